@@ -1,0 +1,240 @@
+//! Every message type the code emits validates against `protocol.cddl`, and messages that break
+//! the spec do not (so the check can fail).
+
+use keyward_proto::ops::*;
+use keyward_proto::secret::{Pin, SecretBytes};
+use keyward_proto::{ErrorBody, ErrorCode, Request, Response};
+
+const CDDL: &str = include_str!("../protocol.cddl");
+const ID: &str = "6f1c1f5e-1c36-4f7e-9d0b-0f3a3c1b2d4e";
+
+fn validate(cbor: &[u8]) -> Result<(), String> {
+    cddl::validate_cbor_from_slice(CDDL, cbor, None).map_err(|e| e.to_string())
+}
+
+fn req<A: serde::Serialize>(op: Op, args: &A) -> Vec<u8> {
+    Request::new(1, op.name(), args).unwrap().to_cbor().unwrap()
+}
+
+fn key_info() -> KeyInfo {
+    KeyInfo {
+        id: ID.into(),
+        kind: "dek".into(),
+        label: Some("photos".into()),
+        parent: Some(ID.into()),
+        scheme: "aes-kwp".into(),
+        purpose: Some(Purpose::Sharing),
+        exportable: true,
+        version: 1,
+        created: 1_763_700_000,
+        rotated: None,
+        state: "active".into(),
+    }
+}
+
+#[test]
+fn every_request_validates() {
+    let pin = PinArgs {
+        pin: Pin::new("123456"),
+    };
+    let requests: Vec<(Op, Vec<u8>)> = vec![
+        (Op::Hello, req(Op::Hello, &HelloArgs::current())),
+        (
+            Op::Hello,
+            req(
+                Op::Hello,
+                &HelloArgs {
+                    version: 1,
+                    client: Some("test".into()),
+                },
+            ),
+        ),
+        (Op::Init, req(Op::Init, &pin)),
+        (Op::Unlock, req(Op::Unlock, &pin)),
+        (Op::Lock, req(Op::Lock, &Empty {})),
+        (Op::KekCreate, req(Op::KekCreate, &KekCreateArgs::default())),
+        (
+            Op::KekCreate,
+            req(
+                Op::KekCreate,
+                &KekCreateArgs {
+                    label: Some("main".into()),
+                },
+            ),
+        ),
+        (Op::KekList, req(Op::KekList, &Empty {})),
+        (Op::DekCreate, req(Op::DekCreate, &DekCreateArgs::default())),
+        (
+            Op::DekCreate,
+            req(
+                Op::DekCreate,
+                &DekCreateArgs {
+                    kek: Some(ID.into()),
+                    purpose: Purpose::Sharing,
+                    exportable: true,
+                    label: Some("x".into()),
+                },
+            ),
+        ),
+        (Op::DekList, req(Op::DekList, &DekListArgs::default())),
+        (Op::DekExport, req(Op::DekExport, &IdArgs { id: ID.into() })),
+        (
+            Op::Encrypt,
+            req(
+                Op::Encrypt,
+                &EncryptArgs {
+                    dek: ID.into(),
+                    plaintext: SecretBytes::new(b"hi".to_vec()),
+                },
+            ),
+        ),
+        (
+            Op::Decrypt,
+            req(
+                Op::Decrypt,
+                &DecryptArgs {
+                    ciphertext: "Aes256Gcm.x.y".into(),
+                    dek: None,
+                },
+            ),
+        ),
+    ];
+    let mut seen = std::collections::HashSet::new();
+    for (op, cbor) in &requests {
+        validate(cbor).unwrap_or_else(|e| panic!("{} request: {e}", op.name()));
+        seen.insert(*op);
+    }
+    for op in Op::ALL {
+        assert!(seen.contains(op), "no CDDL check for {}", op.name());
+    }
+}
+
+#[test]
+fn every_response_validates() {
+    let results = vec![
+        Response::ok(
+            1,
+            &HelloResult {
+                protocol: 1,
+                agent_version: "0.1.0".into(),
+                root_kind: "pkcs11".into(),
+                token: "keyward".into(),
+                initialized: true,
+                locked: false,
+                ops: Op::ALL.iter().map(|o| o.name().to_string()).collect(),
+            },
+        ),
+        Response::ok(
+            1,
+            &InitResult {
+                id: ID.into(),
+                token: "t".into(),
+            },
+        ),
+        Response::ok(1, &LockState { locked: true }),
+        Response::ok(1, &Created { id: ID.into() }),
+        Response::ok(
+            1,
+            &KeyList {
+                keys: vec![key_info(), {
+                    let mut k = key_info();
+                    k.kind = "kek".into();
+                    k.purpose = None;
+                    k.label = None;
+                    k.rotated = Some(1_763_700_100);
+                    k
+                }],
+            },
+        ),
+        Response::ok(
+            1,
+            &ExportedKey {
+                id: ID.into(),
+                key: SecretBytes::new(vec![7; 32]),
+            },
+        ),
+        Response::ok(
+            1,
+            &Ciphertext {
+                ciphertext: "Aes256Gcm.a.b".into(),
+            },
+        ),
+        Response::ok(
+            1,
+            &Plaintext {
+                plaintext: SecretBytes::new(vec![]),
+            },
+        ),
+    ];
+    for r in results {
+        let r = r.unwrap();
+        validate(&r.to_cbor().unwrap()).unwrap_or_else(|e| panic!("{r:?}: {e}"));
+    }
+    let codes = [
+        ErrorCode::Malformed,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::InvalidRequest,
+        ErrorCode::UnknownOp,
+        ErrorCode::InvalidArgs,
+        ErrorCode::HelloRequired,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::PermissionDenied,
+        ErrorCode::NotInitialized,
+        ErrorCode::AlreadyInitialized,
+        ErrorCode::Locked,
+        ErrorCode::PinIncorrect,
+        ErrorCode::PinBackoff,
+        ErrorCode::PinLocked,
+        ErrorCode::NotFound,
+        ErrorCode::Ambiguous,
+        ErrorCode::NotExportable,
+        ErrorCode::KeyInactive,
+        ErrorCode::DecryptFailed,
+        ErrorCode::TokenError,
+        ErrorCode::TokenUnavailable,
+        ErrorCode::KeystoreError,
+        ErrorCode::Internal,
+    ];
+    for code in codes {
+        let mut body = ErrorBody::new(code, "why");
+        body.attempts_left = Some(3);
+        body.retry_after_ms = Some(250);
+        for id in [Some(9), None] {
+            let r = Response::err(id, body.clone());
+            validate(&r.to_cbor().unwrap()).unwrap_or_else(|e| panic!("{code}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn messages_that_break_the_spec_are_rejected() {
+    use ciborium::Value;
+    let enc = |v: Value| keyward_proto::message::to_cbor(&v).unwrap();
+    let t = |s: &str| Value::Text(s.into());
+    // An op the spec does not define.
+    let bad_op = Value::Map(vec![
+        (t("id"), Value::Integer(1.into())),
+        (t("op"), t("format_disk")),
+        (t("args"), Value::Map(vec![])),
+    ]);
+    assert!(validate(&enc(bad_op)).is_err());
+    // An error code the spec does not define.
+    let bad_code = Value::Map(vec![
+        (t("id"), Value::Integer(1.into())),
+        (
+            t("err"),
+            Value::Map(vec![(t("code"), t("oops")), (t("message"), t("m"))]),
+        ),
+    ]);
+    assert!(validate(&enc(bad_code)).is_err());
+    // An exported key of the wrong size.
+    let r = Response::ok(
+        1,
+        &ExportedKey {
+            id: ID.into(),
+            key: SecretBytes::new(vec![1; 5]),
+        },
+    )
+    .unwrap();
+    assert!(validate(&r.to_cbor().unwrap()).is_err());
+}
