@@ -1,1 +1,123 @@
-fn main() {}
+//! keywardd: start-up. Harden the process, read the config, open the keystore and the root,
+//! then serve the socket until SIGTERM or SIGINT.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use keyward_agent::config::{Config, RootConfig};
+use keyward_agent::hierarchy::Hierarchy;
+use keyward_agent::keystore::Keystore;
+use keyward_agent::root::pkcs11::Pkcs11Root;
+use keyward_agent::root::Root;
+use keyward_agent::{hardening, server, service::Service};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "keywardd", version, about = "Keyward key agent")]
+struct Cli {
+    /// Agent configuration (TOML). Default: $KEYWARD_CONFIG, else
+    /// $XDG_CONFIG_HOME/keyward/keyward.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Socket path (overrides the config; KEYWARD_SOCK overrides both).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Log filter (tracing syntax), e.g. `info` or `keyward_agent=debug`. Default: $KEYWARD_LOG or info.
+    #[arg(long)]
+    log: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the socket (the default).
+    Run,
+    /// Reset the wrong-PIN counter after a lockout (run with the agent stopped).
+    ResetPinAttempts,
+}
+
+fn config_path(cli: &Cli) -> PathBuf {
+    if let Some(p) = &cli.config {
+        return p.clone();
+    }
+    if let Some(p) = std::env::var_os("KEYWARD_CONFIG").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("keyward").join("keyward.toml")
+}
+
+fn start(cli: Cli) -> Result<(), String> {
+    hardening::disable_core_dumps().map_err(|e| e.to_string())?;
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("KEYWARD_LOG").ok())
+        .unwrap_or_else(|| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| e.to_string())?)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let path = config_path(&cli);
+    let config = Config::load(&path).map_err(|e| e.to_string())?;
+    let ks = Arc::new(Keystore::open(&config.keystore).map_err(|e| e.to_string())?);
+    let root: Box<dyn Root> = match &config.root {
+        RootConfig::Pkcs11 { uri, env } => Box::new(Pkcs11Root::new(uri, env).map_err(|e| e.to_string())?),
+        _ => return Err(format!("{}: this root kind is not built into this agent", path.display())),
+    };
+    let h = Arc::new(Hierarchy::new(ks.clone(), root, config.unlock));
+    if let Some(Command::ResetPinAttempts) = cli.command {
+        h.reset_pin_attempts().map_err(|e| e.to_string())?;
+        eprintln!("keywardd: wrong-PIN counter reset in {}", ks.path().display());
+        return Ok(());
+    }
+
+    let socket = keyward_proto::paths::socket_path(cli.socket.clone().or(config.socket.clone()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    rt.block_on(async move {
+        let bound = server::bind(&socket).map_err(|e| e.to_string())?;
+        tracing::info!(
+            socket = %socket.display(),
+            keystore = %ks.path().display(),
+            root = %h.describe(),
+            "keywardd listening"
+        );
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {},
+                        _ = int.recv() => {},
+                    }
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        server::serve(bound, Service::new(h.clone()), shutdown).await;
+        // Destroy unwrapped keys in the token before exit.
+        let _ = h.lock();
+        Ok::<(), String>(())
+    })
+}
+
+fn main() -> ExitCode {
+    match start(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keywardd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

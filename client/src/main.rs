@@ -1,1 +1,374 @@
-fn main() {}
+//! `keyward`: the command line for the Keyward agent.
+//!
+//! Every command that creates something prints the new id; with `--json` every command prints
+//! one JSON object (created things carry an `id` field). Commands that take or give data read
+//! stdin or `-i FILE` and write stdout or `-o FILE`. PINs come from a prompt or `--pin-stdin`,
+//! never from arguments (they would show in `ps` and shell history).
+#![forbid(unsafe_code)]
+
+use base64::Engine;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use keyward_client::proto::ops::{DekCreateArgs, KeyInfo, Purpose};
+use keyward_client::proto::secret::Pin;
+use keyward_client::{Client, ClientError};
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "keyward", version, about = "Drive the Keyward key agent")]
+struct Cli {
+    /// Agent socket (default: $KEYWARD_SOCK, else $XDG_RUNTIME_DIR/keyward/agent.sock).
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Print one JSON object per command.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the agent's root, token and lock state.
+    Status,
+    /// Create the root key on the token (once).
+    Init(PinOpt),
+    /// Unlock the agent with the token PIN.
+    Unlock(PinOpt),
+    /// Lock the agent: forget the PIN, destroy unwrapped keys.
+    Lock,
+    /// Key-encryption keys.
+    #[command(subcommand)]
+    Kek(KekCmd),
+    /// Data-encryption keys.
+    #[command(subcommand)]
+    Dek(DekCmd),
+    /// Encrypt data under a DEK (output: a Cryppo Aes256Gcm string).
+    Encrypt {
+        #[arg(long)]
+        dek: String,
+        #[command(flatten)]
+        io: Io,
+    },
+    /// Decrypt a Cryppo string made by `encrypt` (its DEK is named inside).
+    Decrypt {
+        /// Needed only for Cryppo strings that do not name a Keyward DEK.
+        #[arg(long)]
+        dek: Option<String>,
+        #[command(flatten)]
+        io: Io,
+    },
+}
+
+#[derive(Args)]
+struct PinOpt {
+    /// Read the PIN from the first line of stdin instead of prompting.
+    #[arg(long)]
+    pin_stdin: bool,
+}
+
+#[derive(Args)]
+struct Io {
+    /// Input file (default: stdin).
+    #[arg(short = 'i', long = "in")]
+    input: Option<PathBuf>,
+    /// Output file (default: stdout).
+    #[arg(short = 'o', long = "out")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum KekCmd {
+    /// Create a KEK under the root; prints its id.
+    Create {
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List KEKs.
+    List,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PurposeArg {
+    Personal,
+    Sharing,
+}
+
+#[derive(Subcommand)]
+enum DekCmd {
+    /// Create a DEK under a KEK; prints its id.
+    Create {
+        /// The KEK; may be left out when there is exactly one.
+        #[arg(long)]
+        kek: Option<String>,
+        #[arg(long, value_enum, default_value = "personal")]
+        purpose: PurposeArg,
+        /// Allow `dek export` of this key (fixed at creation).
+        #[arg(long)]
+        exportable: bool,
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List DEKs, optionally under one KEK.
+    List {
+        #[arg(long)]
+        kek: Option<String>,
+    },
+    /// Print an exportable DEK as base64url (the Cryppo key format), for client-side encryption.
+    Export {
+        id: String,
+        /// Write the key to this file (mode 0600) instead of stdout.
+        #[arg(short = 'o', long = "out")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// A failure the CLI reports: a message, and the agent's body when it refused.
+struct Failure {
+    message: String,
+    body: Option<keyward_client::proto::ErrorBody>,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Failure {
+            message: e.to_string(),
+            body: e.body().cloned(),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure { message, body: None }
+    }
+}
+
+fn read_pin(opt: &PinOpt, prompt: &str) -> Result<Pin, Failure> {
+    if opt.pin_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the PIN from stdin: {e}"))?;
+        let pin = Pin::new(line.trim_end_matches(['\r', '\n']));
+        zeroize::Zeroize::zeroize(&mut line);
+        if pin.expose().is_empty() {
+            return Err("no PIN on stdin".to_string().into());
+        }
+        return Ok(pin);
+    }
+    rpassword::prompt_password(prompt)
+        .map(Pin::new)
+        .map_err(|e| format!("cannot prompt for the PIN ({e}); use --pin-stdin").into())
+}
+
+fn read_input(path: &Option<PathBuf>) -> Result<Vec<u8>, Failure> {
+    let mut buf = Vec::new();
+    match path {
+        Some(p) => {
+            buf = std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
+        }
+        None => {
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| format!("reading stdin: {e}"))?;
+        }
+    }
+    Ok(buf)
+}
+
+fn write_output(path: &Option<PathBuf>, data: &[u8]) -> Result<(), Failure> {
+    match path {
+        Some(p) => {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(p)
+                .map_err(|e| format!("writing {}: {e}", p.display()))?;
+            f.write_all(data).map_err(|e| format!("writing {}: {e}", p.display()))?;
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(data)
+                .and_then(|_| out.flush())
+                .map_err(|e| format!("writing stdout: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn key_table(keys: &[KeyInfo]) -> String {
+    if keys.is_empty() {
+        return "(none)\n".into();
+    }
+    let mut s = format!("{:<36}  {:<8}  {:<8}  {:<10}  {:<6}  LABEL\n", "ID", "STATE", "PURPOSE", "EXPORTABLE", "SCHEME");
+    for k in keys {
+        let purpose = match k.purpose {
+            Some(Purpose::Personal) => "personal",
+            Some(Purpose::Sharing) => "sharing",
+            None => "-",
+        };
+        s.push_str(&format!(
+            "{:<36}  {:<8}  {:<8}  {:<10}  {:<6}  {}\n",
+            k.id,
+            k.state,
+            purpose,
+            if k.exportable { "yes" } else { "no" },
+            k.scheme,
+            k.label.as_deref().unwrap_or("")
+        ));
+    }
+    s
+}
+
+/// What a command prints: text for people, JSON for programs.
+struct Out {
+    text: String,
+    json: Value,
+}
+
+fn out(text: impl Into<String>, json: Value) -> Out {
+    Out {
+        text: text.into(),
+        json,
+    }
+}
+
+async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
+    let path = keyward_client::proto::paths::socket_path(cli.socket.clone());
+    let c = Client::connect(&path).await?;
+    let b64 = base64::engine::general_purpose::URL_SAFE;
+    Ok(Some(match &cli.command {
+        Command::Status => {
+            let h = c.status().await?;
+            let text = format!(
+                "agent:       keywardd {} (protocol {})\nroot:        {}\ntoken:       {}\ninitialized: {}\nlocked:      {}\n",
+                h.agent_version, h.protocol, h.root_kind, h.token,
+                if h.initialized { "yes" } else { "no" },
+                if h.locked { "yes" } else { "no" },
+            );
+            out(text, serde_json::to_value(&h).map_err(|e| e.to_string())?)
+        }
+        Command::Init(opt) => {
+            let pin = read_pin(opt, "Token PIN: ")?;
+            let r = c.init(pin).await?;
+            out(format!("{}\n", r.id), json!({"id": r.id, "token": r.token}))
+        }
+        Command::Unlock(opt) => {
+            let pin = read_pin(opt, "Token PIN: ")?;
+            c.unlock(pin).await?;
+            out("unlocked\n", json!({"locked": false}))
+        }
+        Command::Lock => {
+            c.lock().await?;
+            out("locked\n", json!({"locked": true}))
+        }
+        Command::Kek(KekCmd::Create { label }) => {
+            let r = c.kek_create(label.clone()).await?;
+            out(format!("{}\n", r.id), json!({"id": r.id}))
+        }
+        Command::Kek(KekCmd::List) => {
+            let r = c.kek_list().await?;
+            out(key_table(&r.keys), json!({"keys": r.keys}))
+        }
+        Command::Dek(DekCmd::Create {
+            kek,
+            purpose,
+            exportable,
+            label,
+        }) => {
+            let args = DekCreateArgs {
+                kek: kek.clone(),
+                purpose: match purpose {
+                    PurposeArg::Personal => Purpose::Personal,
+                    PurposeArg::Sharing => Purpose::Sharing,
+                },
+                exportable: *exportable,
+                label: label.clone(),
+            };
+            let r = c.dek_create(&args).await?;
+            out(format!("{}\n", r.id), json!({"id": r.id}))
+        }
+        Command::Dek(DekCmd::List { kek }) => {
+            let r = c.dek_list(kek.clone()).await?;
+            out(key_table(&r.keys), json!({"keys": r.keys}))
+        }
+        Command::Dek(DekCmd::Export { id, output }) => {
+            let r = c.dek_export(id).await?;
+            let key = zeroize::Zeroizing::new(b64.encode(r.key.expose()));
+            if output.is_some() {
+                write_output(output, format!("{}\n", key.as_str()).as_bytes())?;
+                out("", json!({"id": r.id, "written": true}))
+            } else if cli.json {
+                out("", json!({"id": r.id, "key": key.as_str()}))
+            } else {
+                out(format!("{}\n", key.as_str()), Value::Null)
+            }
+        }
+        Command::Encrypt { dek, io } => {
+            let data = zeroize::Zeroizing::new(read_input(&io.input)?);
+            let ct = c.encrypt(dek, &data).await?;
+            if io.output.is_some() || !cli.json {
+                write_output(&io.output, format!("{ct}\n").as_bytes())?;
+                if !cli.json {
+                    return Ok(None);
+                }
+                out("", json!({"dek": dek, "written": true}))
+            } else {
+                out("", json!({"dek": dek, "ciphertext": ct}))
+            }
+        }
+        Command::Decrypt { dek, io } => {
+            let data = read_input(&io.input)?;
+            let text = String::from_utf8(data).map_err(|_| "the input is not a Cryppo string (not UTF-8)".to_string())?;
+            let pt = c.decrypt(text.trim(), dek.as_deref()).await?;
+            if io.output.is_some() || !cli.json {
+                write_output(&io.output, pt.expose())?;
+                if !cli.json {
+                    return Ok(None);
+                }
+                out("", json!({"written": true}))
+            } else {
+                out("", json!({"plaintext": b64.encode(pt.expose())}))
+            }
+        }
+    }))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keyward: starting a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(&cli)) {
+        Ok(Some(o)) => {
+            if cli.json {
+                println!("{}", o.json);
+            } else {
+                print!("{}", o.text);
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(f) => {
+            if cli.json {
+                let err = match &f.body {
+                    Some(b) => serde_json::to_value(b).unwrap_or(Value::Null),
+                    None => json!({"code": "client", "message": f.message}),
+                };
+                println!("{}", json!({ "error": err }));
+            }
+            eprintln!("keyward: {}", f.message);
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The agent's configuration file (TOML).
+//!
+//! ```toml
+//! # socket = "/run/user/1000/keyward/agent.sock"   # else KEYWARD_SOCK, else the default
+//! keystore = "keystore.db"                          # relative paths are relative to this file
+//! [root]
+//! kind = "pkcs11"
+//! uri = "pkcs11:token=keyward;object=keyward-root?module-path=/usr/lib/softhsm/libsofthsm2.so"
+//! [root.env]                                        # set before the module is loaded
+//! SOFTHSM2_CONF = "softhsm2.conf"
+//! [unlock]
+//! max_attempts = 10       # wrong PINs in a row before the agent refuses PINs altogether
+//! free_attempts = 3       # wrong PINs before back-off starts
+//! backoff_base_ms = 1000  # first wait; doubles with each further wrong PIN
+//! backoff_max_ms = 300000
+//! ```
+//! This module only reads and checks the file; it never holds PINs (a config with a PIN in it,
+//! e.g. `pin-value` in the URI, is refused).
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// The whole configuration, paths resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: Option<PathBuf>,
+    pub keystore: PathBuf,
+    pub root: RootConfig,
+    pub unlock: UnlockPolicy,
+}
+
+/// Which root backend, and how to reach it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+#[non_exhaustive]
+pub enum RootConfig {
+    /// A PKCS#11 token, selected by an RFC 7512 URI.
+    Pkcs11 {
+        uri: String,
+        /// Environment variables set before the module loads (e.g. `SOFTHSM2_CONF`).
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
+}
+
+/// How the agent limits PIN guessing. SoftHSM never locks a token, so the agent must.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UnlockPolicy {
+    pub max_attempts: u32,
+    pub free_attempts: u32,
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+}
+
+impl Default for UnlockPolicy {
+    fn default() -> Self {
+        UnlockPolicy {
+            max_attempts: 10,
+            free_attempts: 3,
+            backoff_base_ms: 1000,
+            backoff_max_ms: 300_000,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    socket: Option<PathBuf>,
+    keystore: Option<PathBuf>,
+    root: RootConfig,
+    #[serde(default)]
+    unlock: UnlockPolicy,
+}
+
+/// The default keystore: `$XDG_DATA_HOME/keyward/keystore.db` (`~/.local/share/...`).
+pub fn default_keystore() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("keyward").join("keystore.db")
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let root = match raw.root {
+            RootConfig::Pkcs11 { uri, env } => {
+                if uri.contains("pin-value=") {
+                    return Err(invalid(
+                        "the PKCS#11 URI holds a pin-value: PINs never go in config files".into(),
+                    ));
+                }
+                // Relative paths in env values (SOFTHSM2_CONF) are relative to this file.
+                let env = env
+                    .into_iter()
+                    .map(|(k, v)| {
+                        let p = PathBuf::from(&v);
+                        let v = if k.ends_with("_CONF") && p.is_relative() {
+                            base.join(p).to_string_lossy().into_owned()
+                        } else {
+                            v
+                        };
+                        (k, v)
+                    })
+                    .collect();
+                RootConfig::Pkcs11 { uri, env }
+            }
+        };
+        let u = raw.unlock;
+        if u.max_attempts == 0 || u.free_attempts > u.max_attempts {
+            return Err(invalid(
+                "unlock: need 0 < max_attempts and free_attempts <= max_attempts".into(),
+            ));
+        }
+        Ok(Config {
+            socket: raw.socket.map(resolve),
+            keystore: raw.keystore.map(resolve).unwrap_or_else(default_keystore),
+            root,
+            unlock: u,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_file() {
+        let c = Config::parse(
+            "keystore = \"ks.db\"\n[root]\nkind = \"pkcs11\"\nuri = \"pkcs11:token=t\"\n[root.env]\nSOFTHSM2_CONF = \"s.conf\"\n",
+            Path::new("/etc/kw/keyward.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.keystore, PathBuf::from("/etc/kw/ks.db"));
+        let RootConfig::Pkcs11 { env, .. } = c.root;
+        assert_eq!(env["SOFTHSM2_CONF"], "/etc/kw/s.conf");
+        assert_eq!(c.unlock, UnlockPolicy::default());
+    }
+
+    #[test]
+    fn pins_in_config_and_unknown_keys_are_refused() {
+        let p = Path::new("/x.toml");
+        assert!(matches!(
+            Config::parse("[root]\nkind=\"pkcs11\"\nuri=\"pkcs11:token=t?pin-value=1234\"\n", p),
+            Err(ConfigError::Invalid { .. })
+        ));
+        assert!(matches!(
+            Config::parse("colour = 1\n[root]\nkind=\"pkcs11\"\nuri=\"pkcs11:\"\n", p),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+}

@@ -1,0 +1,97 @@
+//! The agent's errors, and how each becomes a wire error code.
+//!
+//! Messages name the operation and the kind of failure; they never carry PINs, keys or
+//! plaintexts.
+
+use crate::keystore::KeystoreError;
+use crate::root::RootError;
+use keyward_proto::{ErrorBody, ErrorCode};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum AgentError {
+    #[error("no root yet: run `keyward init`")]
+    NotInitialized,
+    #[error("a root exists already; init never makes a second one")]
+    AlreadyInitialized,
+    #[error("{op}: the agent is locked: run `keyward unlock`")]
+    Locked { op: &'static str },
+    #[error("the PIN is incorrect")]
+    PinIncorrect {
+        attempts_left: u32,
+        retry_after_ms: Option<u64>,
+    },
+    #[error("too many wrong PINs: wait before trying again")]
+    PinBackoff { retry_after_ms: u64 },
+    #[error("the PIN attempt limit is used up: the agent refuses PINs until an administrator resets the counter (keywardd reset-pin-attempts)")]
+    PinLocked,
+    #[error("no {kind} with id {id}")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{0}")]
+    Ambiguous(String),
+    #[error("DEK {id} was created non-exportable")]
+    NotExportable { id: String },
+    #[error("{kind} {id} is {state}")]
+    KeyInactive {
+        kind: &'static str,
+        id: String,
+        state: &'static str,
+    },
+    #[error("decrypt: {0}")]
+    DecryptFailed(String),
+    #[error("{0}")]
+    InvalidArgs(String),
+    #[error(transparent)]
+    Root(#[from] RootError),
+    #[error(transparent)]
+    Keystore(#[from] KeystoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AgentError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AgentError::NotInitialized => ErrorCode::NotInitialized,
+            AgentError::AlreadyInitialized => ErrorCode::AlreadyInitialized,
+            AgentError::Locked { .. } => ErrorCode::Locked,
+            AgentError::PinIncorrect { .. } => ErrorCode::PinIncorrect,
+            AgentError::PinBackoff { .. } => ErrorCode::PinBackoff,
+            AgentError::PinLocked => ErrorCode::PinLocked,
+            AgentError::NotFound { .. } => ErrorCode::NotFound,
+            AgentError::Ambiguous(_) => ErrorCode::Ambiguous,
+            AgentError::NotExportable { .. } => ErrorCode::NotExportable,
+            AgentError::KeyInactive { .. } => ErrorCode::KeyInactive,
+            AgentError::DecryptFailed(_) => ErrorCode::DecryptFailed,
+            AgentError::InvalidArgs(_) => ErrorCode::InvalidArgs,
+            AgentError::Root(r) => match r {
+                RootError::PinIncorrect { .. } => ErrorCode::PinIncorrect,
+                RootError::PinLocked { .. } => ErrorCode::PinLocked,
+                RootError::RootExists { .. } => ErrorCode::AlreadyInitialized,
+                RootError::Locked { .. } => ErrorCode::Locked,
+                RootError::Unavailable { .. } => ErrorCode::TokenUnavailable,
+                RootError::DecryptFailed { .. } => ErrorCode::DecryptFailed,
+                _ => ErrorCode::TokenError,
+            },
+            AgentError::Keystore(_) => ErrorCode::KeystoreError,
+            AgentError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub fn to_body(&self) -> ErrorBody {
+        let mut b = ErrorBody::new(self.code(), self.to_string());
+        match self {
+            AgentError::PinIncorrect {
+                attempts_left,
+                retry_after_ms,
+            } => {
+                b.attempts_left = Some(*attempts_left);
+                b.retry_after_ms = *retry_after_ms;
+            }
+            AgentError::PinBackoff { retry_after_ms } => b.retry_after_ms = Some(*retry_after_ms),
+            _ => {}
+        }
+        b
+    }
+}

@@ -1,0 +1,482 @@
+//! The keystore: wrapped keys and their metadata, in SQLite.
+//!
+//! One row per key (root, KEK, DEK, keypair) with the fields DESIGN.md lists: id, kind, label,
+//! parent, scheme, wrapped bytes, public key, purpose, version, times and state. The file is opened
+//! with WAL and `synchronous=FULL`, so a write that returned is on disk; writes that replace keys
+//! run in transactions, so a crash leaves the old or the new state, never neither. The schema is
+//! versioned (`PRAGMA user_version`) and migrated forward in one transaction at open.
+//!
+//! It must never hold a key in the clear: every key material column is wrapped by its parent
+//! (or, for the root, is only a reference to where the root lives).
+
+use keyward_proto::ops::{KeyInfo, Purpose};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use thiserror::Error;
+use uuid::Uuid;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum KeystoreError {
+    #[error("keystore {op}: {source}")]
+    Sql {
+        op: &'static str,
+        source: rusqlite::Error,
+    },
+    #[error("keystore {op}: {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("keystore schema version {found} is newer than this agent's {supported}")]
+    TooNew { found: i64, supported: i64 },
+    #[error("keystore record {id} is corrupt: {what}")]
+    Corrupt { id: String, what: String },
+}
+
+fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> KeystoreError {
+    move |source| KeystoreError::Sql { op, source }
+}
+
+/// Schema migrations: entry `n` takes the schema from version `n` to `n + 1`.
+const MIGRATIONS: &[&str] = &[
+    // v1: keys and agent metadata.
+    "CREATE TABLE keys (
+        id          TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL CHECK (kind IN ('root', 'kek', 'dek', 'keypair')),
+        label       TEXT,
+        parent      TEXT REFERENCES keys(id),
+        scheme      TEXT NOT NULL,
+        wrapped     BLOB,
+        public_key  BLOB,
+        locator     TEXT,
+        purpose     TEXT CHECK (purpose IS NULL OR purpose IN ('personal', 'sharing')),
+        exportable  INTEGER NOT NULL DEFAULT 0,
+        version     INTEGER NOT NULL DEFAULT 1,
+        created     INTEGER NOT NULL,
+        rotated     INTEGER,
+        state       TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'retired', 'revoked'))
+     );
+     CREATE INDEX keys_by_parent ON keys(parent);
+     CREATE INDEX keys_by_kind ON keys(kind);
+     CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);",
+];
+
+/// What a key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Root,
+    Kek,
+    Dek,
+    Keypair,
+}
+
+impl KeyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::Root => "root",
+            KeyKind::Kek => "kek",
+            KeyKind::Dek => "dek",
+            KeyKind::Keypair => "keypair",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "root" => KeyKind::Root,
+            "kek" => KeyKind::Kek,
+            "dek" => KeyKind::Dek,
+            "keypair" => KeyKind::Keypair,
+            _ => return None,
+        })
+    }
+}
+
+/// A key's life-cycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    Active,
+    Retired,
+    Revoked,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::Retired => "retired",
+            KeyState::Revoked => "revoked",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "active" => KeyState::Active,
+            "retired" => KeyState::Retired,
+            "revoked" => KeyState::Revoked,
+            _ => return None,
+        })
+    }
+}
+
+/// One keystore row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: Uuid,
+    pub kind: KeyKind,
+    pub label: Option<String>,
+    pub parent: Option<Uuid>,
+    /// Wrapping scheme (`aes-kwp`, `ecdh-p256`, `pbkdf2`, ...) or, for a root, its kind.
+    pub scheme: String,
+    pub wrapped: Option<Vec<u8>>,
+    pub public_key: Option<Vec<u8>>,
+    /// Where a key that is not wrapped lives (a PKCS#11 URI for a token root).
+    pub locator: Option<String>,
+    pub purpose: Option<Purpose>,
+    pub exportable: bool,
+    pub version: u32,
+    pub created: u64,
+    pub rotated: Option<u64>,
+    pub state: KeyState,
+}
+
+impl KeyRecord {
+    /// A fresh active record of `kind`, created now.
+    pub fn new(kind: KeyKind, scheme: &str) -> Self {
+        KeyRecord {
+            id: Uuid::new_v4(),
+            kind,
+            label: None,
+            parent: None,
+            scheme: scheme.to_string(),
+            wrapped: None,
+            public_key: None,
+            locator: None,
+            purpose: None,
+            exportable: false,
+            version: 1,
+            created: now(),
+            rotated: None,
+            state: KeyState::Active,
+        }
+    }
+
+    /// What a client may see of this record: never key material.
+    pub fn info(&self) -> KeyInfo {
+        KeyInfo {
+            id: self.id.to_string(),
+            kind: self.kind.as_str().to_string(),
+            label: self.label.clone(),
+            parent: self.parent.map(|p| p.to_string()),
+            scheme: self.scheme.clone(),
+            purpose: self.purpose,
+            exportable: self.exportable,
+            version: self.version,
+            created: self.created,
+            rotated: self.rotated,
+            state: self.state.as_str().to_string(),
+        }
+    }
+}
+
+/// Unix seconds now.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn purpose_str(p: Purpose) -> &'static str {
+    match p {
+        Purpose::Personal => "personal",
+        Purpose::Sharing => "sharing",
+    }
+}
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, KeystoreError>> {
+    let id: String = row.get("id")?;
+    let kind: String = row.get("kind")?;
+    let parent: Option<String> = row.get("parent")?;
+    let purpose: Option<String> = row.get("purpose")?;
+    let state: String = row.get("state")?;
+    let corrupt = |what: String| KeystoreError::Corrupt {
+        id: id.clone(),
+        what,
+    };
+    let build = || -> Result<KeyRecord, KeystoreError> {
+        Ok(KeyRecord {
+            id: Uuid::parse_str(&id).map_err(|_| corrupt("id is not a UUID".into()))?,
+            kind: KeyKind::parse(&kind).ok_or_else(|| corrupt(format!("kind {kind}")))?,
+            label: row.get("label").map_err(sql("read label"))?,
+            parent: parent
+                .as_deref()
+                .map(Uuid::parse_str)
+                .transpose()
+                .map_err(|_| corrupt("parent is not a UUID".into()))?,
+            scheme: row.get("scheme").map_err(sql("read scheme"))?,
+            wrapped: row.get("wrapped").map_err(sql("read wrapped"))?,
+            public_key: row.get("public_key").map_err(sql("read public_key"))?,
+            locator: row.get("locator").map_err(sql("read locator"))?,
+            purpose: match purpose.as_deref() {
+                None => None,
+                Some("personal") => Some(Purpose::Personal),
+                Some("sharing") => Some(Purpose::Sharing),
+                Some(p) => return Err(corrupt(format!("purpose {p}"))),
+            },
+            exportable: row.get("exportable").map_err(sql("read exportable"))?,
+            version: row.get("version").map_err(sql("read version"))?,
+            created: row.get("created").map_err(sql("read created"))?,
+            rotated: row.get("rotated").map_err(sql("read rotated"))?,
+            state: KeyState::parse(&state).ok_or_else(|| corrupt(format!("state {state}")))?,
+        })
+    };
+    Ok(build())
+}
+
+/// The keystore. Cheap to share: one connection behind a mutex (SQLite serialises writers anyway,
+/// and every call here is a few index lookups).
+pub struct Keystore {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+impl Keystore {
+    /// Open (creating if needed) the keystore at `path`; its directory is made 0700 and the file
+    /// 0600.
+    pub fn open(path: &Path) -> Result<Keystore, KeystoreError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let io = |op, source| KeystoreError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| io("create directory", e))?;
+        }
+        let conn = Connection::open(path).map_err(sql("open"))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| io("set permissions", e))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql("set WAL"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql("set synchronous=FULL"))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql("enable foreign keys"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql("set busy timeout"))?;
+        let ks = Keystore {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        };
+        ks.migrate()?;
+        Ok(ks)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (it has its own
+        // transactions), so a poisoned mutex is still safe to use.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The schema version this agent writes.
+    pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+    fn migrate(&self) -> Result<(), KeystoreError> {
+        let mut conn = self.lock();
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql("read schema version"))?;
+        if found > Self::SCHEMA_VERSION {
+            return Err(KeystoreError::TooNew {
+                found,
+                supported: Self::SCHEMA_VERSION,
+            });
+        }
+        let tx = conn.transaction().map_err(sql("begin migration"))?;
+        for (v, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            tx.execute_batch(step).map_err(sql("migrate schema"))?;
+            tx.pragma_update(None, "user_version", v as i64 + 1)
+                .map_err(sql("set schema version"))?;
+        }
+        tx.commit().map_err(sql("commit migration"))
+    }
+
+    /// Insert a new record.
+    pub fn insert(&self, r: &KeyRecord) -> Result<(), KeystoreError> {
+        let conn = self.lock();
+        conn.execute(
+            "INSERT INTO keys (id, kind, label, parent, scheme, wrapped, public_key, locator,
+                               purpose, exportable, version, created, rotated, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![
+                r.id.to_string(),
+                r.kind.as_str(),
+                r.label,
+                r.parent.map(|p| p.to_string()),
+                r.scheme,
+                r.wrapped,
+                r.public_key,
+                r.locator,
+                r.purpose.map(purpose_str),
+                r.exportable,
+                r.version,
+                r.created,
+                r.rotated,
+                r.state.as_str(),
+            ],
+        )
+        .map_err(sql("insert key"))?;
+        Ok(())
+    }
+
+    fn query(
+        &self,
+        op: &'static str,
+        where_: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<KeyRecord>, KeystoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT * FROM keys WHERE {where_} ORDER BY created, id"
+            ))
+            .map_err(sql(op))?;
+        let rows = stmt.query_map(args, from_row).map_err(sql(op))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row.map_err(sql(op))??);
+        }
+        Ok(out)
+    }
+
+    /// The record with this id, of any kind.
+    pub fn get(&self, id: &Uuid) -> Result<Option<KeyRecord>, KeystoreError> {
+        Ok(self
+            .query("get key", "id = ?1", &[&id.to_string()])?
+            .into_iter()
+            .next())
+    }
+
+    /// All records of `kind`, optionally only the children of `parent`.
+    pub fn list(
+        &self,
+        kind: KeyKind,
+        parent: Option<&Uuid>,
+    ) -> Result<Vec<KeyRecord>, KeystoreError> {
+        match parent {
+            None => self.query("list keys", "kind = ?1", &[&kind.as_str()]),
+            Some(p) => self.query(
+                "list keys",
+                "kind = ?1 AND parent = ?2",
+                &[&kind.as_str(), &p.to_string()],
+            ),
+        }
+    }
+
+    /// The root record, if `init` has run.
+    pub fn root(&self) -> Result<Option<KeyRecord>, KeystoreError> {
+        Ok(self.list(KeyKind::Root, None)?.into_iter().next())
+    }
+
+    pub fn meta(&self, name: &str) -> Result<Option<String>, KeystoreError> {
+        self.lock()
+            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql("read meta"))
+    }
+
+    pub fn set_meta(&self, name: &str, value: &str) -> Result<(), KeystoreError> {
+        self.lock()
+            .execute(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                [name, value],
+            )
+            .map_err(sql("write meta"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp() -> (tempfile::TempDir, Keystore) {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Keystore::open(&dir.path().join("sub/keystore.db")).unwrap();
+        (dir, ks)
+    }
+
+    #[test]
+    fn records_round_trip_and_list_by_parent() {
+        let (_d, ks) = temp();
+        let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
+        ks.insert(&root).unwrap();
+        let mut kek = KeyRecord::new(KeyKind::Kek, "aes-kwp");
+        kek.parent = Some(root.id);
+        kek.wrapped = Some(vec![1; 40]);
+        ks.insert(&kek).unwrap();
+        let mut dek = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+        dek.parent = Some(kek.id);
+        dek.purpose = Some(Purpose::Sharing);
+        dek.exportable = true;
+        dek.label = Some("photos".into());
+        ks.insert(&dek).unwrap();
+        assert_eq!(ks.get(&dek.id).unwrap().unwrap(), dek);
+        assert_eq!(ks.root().unwrap().unwrap(), root);
+        assert_eq!(ks.list(KeyKind::Dek, Some(&kek.id)).unwrap(), vec![dek]);
+        assert!(ks.list(KeyKind::Dek, Some(&root.id)).unwrap().is_empty());
+        assert!(ks.get(&Uuid::new_v4()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_parent_must_exist() {
+        let (_d, ks) = temp();
+        let mut orphan = KeyRecord::new(KeyKind::Kek, "aes-kwp");
+        orphan.parent = Some(Uuid::new_v4());
+        assert!(matches!(ks.insert(&orphan), Err(KeystoreError::Sql { .. })));
+    }
+
+    #[test]
+    fn reopen_keeps_data_and_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.db");
+        let r = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
+        {
+            let ks = Keystore::open(&p).unwrap();
+            ks.insert(&r).unwrap();
+            ks.set_meta("pin_failures", "2").unwrap();
+        }
+        let ks = Keystore::open(&p).unwrap();
+        assert_eq!(ks.root().unwrap().unwrap(), r);
+        assert_eq!(ks.meta("pin_failures").unwrap().as_deref(), Some("2"));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.db");
+        Connection::open(&p)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            Keystore::open(&p),
+            Err(KeystoreError::TooNew { found: 99, .. })
+        ));
+    }
+}

@@ -1,0 +1,97 @@
+//! Root backends: where the root key (the MEK-equivalent) lives, behind one trait.
+//!
+//! A root wraps and unwraps KEKs; an opened KEK ([`Kek`]) wraps, unwraps and uses DEKs. A backend
+//! does this inside its hardware where it can: the PKCS#11 backend never lets KEK or non-exportable
+//! DEK material into agent memory. Backends must never create a root except from an explicit
+//! `init`, and never hold a PIN longer than they are unlocked.
+
+pub mod pkcs11;
+pub mod uri;
+
+use keyward_proto::secret::Pin;
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+/// Why a root operation failed. Each variant names the operation.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RootError {
+    #[error("{op}: the PIN is incorrect")]
+    PinIncorrect { op: &'static str },
+    #[error("{op}: the token has locked the PIN")]
+    PinLocked { op: &'static str },
+    #[error("{op}: the root key is not on the token (it is never re-created: restore the token or its backup)")]
+    RootMissing { op: &'static str },
+    #[error("{op}: the token already holds a Keyward root")]
+    RootExists { op: &'static str },
+    #[error("{op}: the root is locked")]
+    Locked { op: &'static str },
+    #[error("{op}: the token is not available: {detail}")]
+    Unavailable { op: &'static str, detail: String },
+    /// A session or object handle went stale (re-login, token reset): recover and retry.
+    #[error("{op}: token handles are stale: {detail}")]
+    Stale { op: &'static str, detail: String },
+    #[error("{op}: authentication failed")]
+    DecryptFailed { op: &'static str },
+    #[error("{op}: the token failed: {detail}")]
+    Token { op: &'static str, detail: String },
+    #[error("{op}: unsupported: {detail}")]
+    Unsupported { op: &'static str, detail: String },
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// A key wrapped under its parent, with the scheme that wrapped it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wrapped {
+    pub scheme: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+/// What `init` made: the record the keystore keeps about the root.
+#[derive(Debug, Clone)]
+pub struct RootInit {
+    /// The root's scheme name in the keystore (`pkcs11-aes`).
+    pub scheme: &'static str,
+    /// Where the root lives (a PKCS#11 URI naming the object).
+    pub locator: String,
+}
+
+/// A root backend.
+pub trait Root: Send + Sync {
+    /// `pkcs11`, `soft`, `yubikey`.
+    fn kind(&self) -> &'static str;
+    /// A description for people: token label, serial.
+    fn describe(&self) -> String;
+    /// Create the root. Refuses when one exists already. Leaves the root unlocked.
+    fn init(&self, pin: &Pin) -> Result<RootInit, RootError>;
+    /// Check the PIN and find the root. Never creates a root.
+    fn unlock(&self, pin: &Pin) -> Result<(), RootError>;
+    /// Forget the PIN and destroy every unwrapped key the backend holds.
+    fn lock(&self) -> Result<(), RootError>;
+    fn is_unlocked(&self) -> bool;
+    /// After a `Stale` error: reconnect, log in again with the PIN given at unlock, find the root.
+    fn recover(&self) -> Result<(), RootError>;
+    /// Make a new KEK and return it wrapped under the root.
+    fn generate_kek(&self) -> Result<Wrapped, RootError>;
+    /// Unwrap a KEK for use (inside the token where possible).
+    fn open_kek(&self, wrapped: &[u8]) -> Result<Box<dyn Kek>, RootError>;
+}
+
+/// An unwrapped KEK. Dropping it destroys the unwrapped copy.
+pub trait Kek: Send + Sync {
+    /// Make a new AES-256 DEK and return it wrapped under this KEK.
+    fn generate_dek(&self) -> Result<Wrapped, RootError>;
+    /// AES-256-GCM with the wrapped DEK: returns ciphertext ‖ 16-byte tag.
+    fn seal(&self, dek: &[u8], iv: &[u8; 12], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>, RootError>;
+    /// AES-256-GCM open of ciphertext ‖ tag with the wrapped DEK.
+    fn open(
+        &self,
+        dek: &[u8],
+        iv: &[u8; 12],
+        aad: &[u8],
+        ct_tag: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, RootError>;
+    /// The plaintext DEK (for DEKs created exportable: the caller checks).
+    fn export_dek(&self, dek: &[u8]) -> Result<Zeroizing<Vec<u8>>, RootError>;
+}

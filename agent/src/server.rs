@@ -1,0 +1,236 @@
+//! The socket: binding it safely, checking peers, and running connections.
+//!
+//! The socket lives in a 0700 directory and is itself 0600; every connection's peer uid
+//! (SO_PEERCRED) must equal the agent's, or it gets `permission_denied` and is closed. A
+//! connection must start with `hello`; after that its requests run concurrently (pipelining) and
+//! responses go back as they finish, each with its request's id. A bad frame gets a typed error:
+//! malformed CBOR and bad requests leave the connection usable; an oversized or truncated frame
+//! ends it (the stream cannot be resynchronised), never the agent.
+
+use crate::service::Service;
+use keyward_proto::ops::HelloArgs;
+use keyward_proto::{frame, ErrorBody, ErrorCode, Request, Response, MAX_FRAME, PROTOCOL_VERSION};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, Semaphore};
+
+/// Requests one connection may have in flight; further ones wait for a slot.
+const MAX_IN_FLIGHT: usize = 64;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    #[error("socket {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("socket directory {0} is not safe: {1}")]
+    UnsafeDir(PathBuf, String),
+    #[error("another agent is already listening on {0}")]
+    InUse(PathBuf),
+}
+
+/// A bound socket that removes its file when dropped.
+pub struct Bound {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Create the socket directory (0700, ours) and bind the socket (0600).
+pub fn bind(path: &Path) -> Result<Bound, ServerError> {
+    let io = |op, source| ServerError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| io("create directory for", e))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| io("inspect directory of", e))?;
+    let uid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != uid {
+        return Err(ServerError::UnsafeDir(
+            dir.to_path_buf(),
+            format!("owned by uid {}, not {uid}", meta.uid()),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        // Ours: tighten it rather than refuse (e.g. a directory made by an older version).
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io("chmod directory of", e))?;
+    }
+    if path.exists() {
+        // A live agent answers; a stale socket from a crash does not.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServerError::InUse(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(|e| io("remove stale", e))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io("bind", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("chmod", e))?;
+    Ok(Bound {
+        listener,
+        path: path.to_path_buf(),
+    })
+}
+
+/// Accept connections until `shutdown` resolves; then stop accepting and remove the socket.
+pub async fn serve(bound: Bound, service: Service, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let uid = nix::unistd::geteuid().as_raw();
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = bound.listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let service = service.clone();
+                    tokio::spawn(async move { connection(stream, service, uid).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+    tracing::info!(socket = %bound.path.display(), "shutting down; removing socket");
+    drop(bound);
+}
+
+async fn send(tx: &mpsc::Sender<Response>, r: Response) {
+    let _ = tx.send(r).await;
+}
+
+async fn connection(stream: UnixStream, service: Service, uid: u32) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Response>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(async move {
+        while let Some(resp) = rx.recv().await {
+            let bytes = match resp.to_cbor() {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(error = %e, "encoding a response failed");
+                    continue;
+                }
+            };
+            if frame::write(&mut wr, &bytes, MAX_FRAME).await.is_err() {
+                break;
+            }
+        }
+    });
+
+    let peer = rd.as_ref().peer_cred().map(|c| c.uid());
+    match peer {
+        Ok(p) if p == uid => serve_requests(&mut rd, &tx, service).await,
+        Ok(p) => {
+            tracing::warn!(peer_uid = p, "refused a connection from another user");
+            let msg = format!("this agent serves uid {uid} only");
+            send(&tx, Response::err(None, ErrorBody::new(ErrorCode::PermissionDenied, msg))).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read peer credentials; refusing");
+            let msg = "peer credentials unavailable".to_string();
+            send(&tx, Response::err(None, ErrorBody::new(ErrorCode::PermissionDenied, msg))).await;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+async fn serve_requests(
+    rd: &mut tokio::net::unix::OwnedReadHalf,
+    tx: &mpsc::Sender<Response>,
+    service: Service,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut greeted = false;
+    loop {
+        let bytes = match frame::read(rd, MAX_FRAME).await {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(frame::FrameError::TooLarge { len, max }) => {
+                let msg = format!("frame of {len} bytes is over the {max}-byte limit");
+                send(tx, Response::err(None, ErrorBody::new(ErrorCode::FrameTooLarge, msg))).await;
+                break;
+            }
+            Err(frame::FrameError::Truncated) => {
+                let msg = "the connection closed in the middle of a frame";
+                send(tx, Response::err(None, ErrorBody::new(ErrorCode::Malformed, msg))).await;
+                break;
+            }
+            Err(_) => break,
+        };
+        let req = match Request::from_cbor(&bytes) {
+            Ok(r) => r,
+            Err((id, body)) => {
+                send(tx, Response::err(id, body)).await;
+                continue;
+            }
+        };
+        if req.op == "hello" {
+            send(tx, hello(&req, &service).await).await;
+            greeted = true;
+            continue;
+        }
+        if !greeted {
+            let msg = "the first request on a connection must be `hello`";
+            send(tx, Response::err(Some(req.id), ErrorBody::new(ErrorCode::HelloRequired, msg))).await;
+            continue;
+        }
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let (tx, service) = (tx.clone(), service.clone());
+        tokio::spawn(async move {
+            let id = req.id;
+            let resp = tokio::task::spawn_blocking(move || service.handle(&req))
+                .await
+                .unwrap_or_else(|_| {
+                    Response::err(Some(id), ErrorBody::new(ErrorCode::Internal, "request handler failed"))
+                });
+            send(&tx, resp).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn hello(req: &Request, service: &Service) -> Response {
+    let args: HelloArgs = match req.args() {
+        Ok(a) => a,
+        Err(body) => return Response::err(Some(req.id), body),
+    };
+    if args.version != PROTOCOL_VERSION {
+        let msg = format!(
+            "client speaks protocol {}, this agent speaks {PROTOCOL_VERSION}",
+            args.version
+        );
+        return Response::err(Some(req.id), ErrorBody::new(ErrorCode::UnsupportedVersion, msg));
+    }
+    let service = service.clone();
+    let id = req.id;
+    tokio::task::spawn_blocking(move || match service.hello() {
+        Ok(h) => Response::ok(id, &h).unwrap_or_else(|e| {
+            Response::err(Some(id), ErrorBody::new(ErrorCode::Internal, e.to_string()))
+        }),
+        Err(e) => Response::err(Some(id), e.to_body()),
+    })
+    .await
+    .unwrap_or_else(|_| Response::err(Some(id), ErrorBody::new(ErrorCode::Internal, "hello failed")))
+}

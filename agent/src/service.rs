@@ -1,0 +1,149 @@
+//! One function per protocol operation: typed arguments in, typed result or error out.
+//!
+//! Runs on blocking threads (token calls block). It never sees the socket and never decides who
+//! may call it: the server has checked the peer and the `hello` phase before a request gets here.
+
+use crate::error::AgentError;
+use crate::hierarchy::Hierarchy;
+use keyward_proto::ops::*;
+use keyward_proto::secret::SecretBytes;
+use keyward_proto::{ErrorBody, ErrorCode, Request, Response, PROTOCOL_VERSION};
+use std::sync::Arc;
+
+/// The agent's operations over one hierarchy.
+#[derive(Clone)]
+pub struct Service {
+    h: Arc<Hierarchy>,
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorBody {
+    ErrorBody::new(ErrorCode::Internal, format!("encoding the result: {e}"))
+}
+
+impl Service {
+    pub fn new(h: Arc<Hierarchy>) -> Self {
+        Service { h }
+    }
+
+    /// The `hello` result.
+    pub fn hello(&self) -> Result<HelloResult, AgentError> {
+        Ok(HelloResult {
+            protocol: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            root_kind: self.h.root_kind().to_string(),
+            token: self.h.describe(),
+            initialized: self.h.is_initialized()?,
+            locked: self.h.is_locked(),
+            ops: Op::ALL.iter().map(|o| o.name().to_string()).collect(),
+        })
+    }
+
+    /// Handle one request (after the connection's `hello`).
+    pub fn handle(&self, req: &Request) -> Response {
+        let id = req.id;
+        let Some(op) = Op::from_name(&req.op) else {
+            return Response::err(
+                Some(id),
+                ErrorBody::new(ErrorCode::UnknownOp, format!("unknown operation `{}`", req.op)),
+            );
+        };
+        match self.dispatch(op, req) {
+            Ok(r) => r,
+            Err(body) => {
+                if body.code == ErrorCode::Internal || body.code == ErrorCode::TokenError {
+                    tracing::error!(op = op.name(), error = %body.message, "request failed");
+                } else {
+                    tracing::debug!(op = op.name(), code = %body.code, "request refused");
+                }
+                Response::err(Some(id), body)
+            }
+        }
+    }
+
+    fn dispatch(&self, op: Op, req: &Request) -> Result<Response, ErrorBody> {
+        let id = req.id;
+        let h = &self.h;
+        let e = |e: AgentError| e.to_body();
+        let ok = |r: Result<Response, _>| r.map_err(internal);
+        match op {
+            Op::Hello => {
+                let _: HelloArgs = req.args()?;
+                ok(Response::ok(id, &self.hello().map_err(e)?))
+            }
+            Op::Init => {
+                let a: PinArgs = req.args()?;
+                let root = h.init(&a.pin).map_err(e)?;
+                ok(Response::ok(
+                    id,
+                    &InitResult {
+                        id: root.to_string(),
+                        token: h.describe(),
+                    },
+                ))
+            }
+            Op::Unlock => {
+                let a: PinArgs = req.args()?;
+                h.unlock(&a.pin).map_err(e)?;
+                ok(Response::ok(id, &LockState { locked: false }))
+            }
+            Op::Lock => {
+                let _: Empty = req.args()?;
+                h.lock().map_err(e)?;
+                ok(Response::ok(id, &LockState { locked: true }))
+            }
+            Op::KekCreate => {
+                let a: KekCreateArgs = req.args()?;
+                let kid = h.kek_create(a.label).map_err(e)?;
+                ok(Response::ok(id, &Created { id: kid.to_string() }))
+            }
+            Op::KekList => {
+                let _: Empty = req.args()?;
+                ok(Response::ok(id, &KeyList { keys: h.kek_list().map_err(e)? }))
+            }
+            Op::DekCreate => {
+                let a: DekCreateArgs = req.args()?;
+                let did = h.dek_create(&a).map_err(e)?;
+                ok(Response::ok(id, &Created { id: did.to_string() }))
+            }
+            Op::DekList => {
+                let a: DekListArgs = req.args()?;
+                ok(Response::ok(
+                    id,
+                    &KeyList {
+                        keys: h.dek_list(a.kek.as_deref()).map_err(e)?,
+                    },
+                ))
+            }
+            Op::DekExport => {
+                let a: IdArgs = req.args()?;
+                let key = h.dek_export(&a.id).map_err(e)?;
+                ok(Response::ok(
+                    id,
+                    &ExportedKey {
+                        id: a.id,
+                        key: SecretBytes::from(key),
+                    },
+                ))
+            }
+            Op::Encrypt => {
+                let a: EncryptArgs = req.args()?;
+                let ct = h.encrypt(&a.dek, a.plaintext.expose()).map_err(e)?;
+                ok(Response::ok(id, &Ciphertext { ciphertext: ct }))
+            }
+            Op::Decrypt => {
+                let a: DecryptArgs = req.args()?;
+                let pt = h.decrypt(&a.ciphertext, a.dek.as_deref()).map_err(e)?;
+                ok(Response::ok(
+                    id,
+                    &Plaintext {
+                        plaintext: SecretBytes::from(pt),
+                    },
+                ))
+            }
+            _ => Err(ErrorBody::new(
+                ErrorCode::UnknownOp,
+                format!("operation `{}` is not served by this agent", op.name()),
+            )),
+        }
+    }
+}

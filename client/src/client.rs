@@ -1,0 +1,242 @@
+//! The connection: a writer shared by callers, a reader task routing responses by id.
+
+use crate::error::ClientError;
+use keyward_proto::message::ResponseError;
+use keyward_proto::ops::*;
+use keyward_proto::secret::{Pin, SecretBytes};
+use keyward_proto::{frame, Request, Response, MAX_FRAME};
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::oneshot;
+
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Response>>>>>;
+
+/// An async connection to the agent. Cheap to share by reference across tasks; requests made
+/// concurrently are pipelined on the one socket.
+pub struct Client {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Pending,
+    next_id: AtomicU64,
+    hello: HelloResult,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+fn lock_pending(p: &Pending) -> std::sync::MutexGuard<'_, Option<HashMap<u64, oneshot::Sender<Response>>>> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Client {
+    /// Connect to the socket `KEYWARD_SOCK` names, or the default one.
+    pub async fn connect_default() -> Result<Client, ClientError> {
+        Self::connect(&keyward_proto::paths::socket_path(None)).await
+    }
+
+    /// Connect to the agent at `path` and say `hello`.
+    pub async fn connect(path: &Path) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: PathBuf::from(path),
+                source,
+            })?;
+        let (mut rd, wr) = stream.into_split();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let routes = pending.clone();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(bytes)) = frame::read(&mut rd, MAX_FRAME).await {
+                let Ok(resp) = Response::from_cbor(&bytes) else { break };
+                let waiter = match resp.id {
+                    Some(id) => lock_pending(&routes).as_mut().and_then(|m| m.remove(&id)),
+                    // A frame-level error: it belongs to whichever request is oldest.
+                    None => lock_pending(&routes).as_mut().and_then(|m| {
+                        let oldest = m.keys().min().copied()?;
+                        m.remove(&oldest)
+                    }),
+                };
+                if let Some(w) = waiter {
+                    let _ = w.send(resp);
+                }
+            }
+            // Closed: every waiter sees its sender dropped.
+            lock_pending(&routes).take();
+        });
+        let mut client = Client {
+            writer: tokio::sync::Mutex::new(wr),
+            pending,
+            next_id: AtomicU64::new(1),
+            hello: HelloResult {
+                protocol: 0,
+                agent_version: String::new(),
+                root_kind: String::new(),
+                token: String::new(),
+                initialized: false,
+                locked: true,
+                ops: Vec::new(),
+            },
+            reader,
+        };
+        client.hello = client
+            .call("hello", &HelloArgs {
+                version: keyward_proto::PROTOCOL_VERSION,
+                client: Some(format!("keyward-client {}", env!("CARGO_PKG_VERSION"))),
+            })
+            .await?;
+        Ok(client)
+    }
+
+    /// What the agent said at `hello` (as of connecting).
+    pub fn hello_info(&self) -> &HelloResult {
+        &self.hello
+    }
+
+    /// Send one request and wait for its response. `op` is the wire name of the operation.
+    pub async fn call<A: Serialize, R: DeserializeOwned>(&self, op: &str, args: &A) -> Result<R, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let req = Request::new(id, op, args).map_err(|e| ClientError::Protocol {
+            op: op.into(),
+            detail: e.to_string(),
+        })?;
+        let bytes = req.to_cbor().map_err(|e| ClientError::Protocol {
+            op: op.into(),
+            detail: e.to_string(),
+        })?;
+        let (tx, rx) = oneshot::channel();
+        match lock_pending(&self.pending).as_mut() {
+            Some(m) => m.insert(id, tx),
+            None => return Err(ClientError::Closed { op: op.into() }),
+        };
+        {
+            let mut w = self.writer.lock().await;
+            if let Err(e) = frame::write(&mut *w, &bytes, MAX_FRAME).await {
+                if let Some(m) = lock_pending(&self.pending).as_mut() {
+                    m.remove(&id);
+                }
+                return Err(ClientError::Transport {
+                    op: op.into(),
+                    detail: e.to_string(),
+                });
+            }
+        }
+        let resp = rx.await.map_err(|_| ClientError::Closed { op: op.into() })?;
+        resp.into_result().map_err(|e| match e {
+            ResponseError::Agent(body) => ClientError::Agent { op: op.into(), body },
+            other => ClientError::Protocol {
+                op: op.into(),
+                detail: other.to_string(),
+            },
+        })
+    }
+
+    /// The agent's current state (a fresh `hello`).
+    pub async fn status(&self) -> Result<HelloResult, ClientError> {
+        self.call(Op::Hello.name(), &HelloArgs::current()).await
+    }
+
+    /// Create the root on the token. Returns the root's id.
+    pub async fn init(&self, pin: Pin) -> Result<InitResult, ClientError> {
+        self.call(Op::Init.name(), &PinArgs { pin }).await
+    }
+
+    pub async fn unlock(&self, pin: Pin) -> Result<LockState, ClientError> {
+        self.call(Op::Unlock.name(), &PinArgs { pin }).await
+    }
+
+    pub async fn lock(&self) -> Result<LockState, ClientError> {
+        self.call(Op::Lock.name(), &Empty {}).await
+    }
+
+    pub async fn kek_create(&self, label: Option<String>) -> Result<Created, ClientError> {
+        self.call(Op::KekCreate.name(), &KekCreateArgs { label }).await
+    }
+
+    pub async fn kek_list(&self) -> Result<KeyList, ClientError> {
+        self.call(Op::KekList.name(), &Empty {}).await
+    }
+
+    pub async fn dek_create(&self, args: &DekCreateArgs) -> Result<Created, ClientError> {
+        self.call(Op::DekCreate.name(), args).await
+    }
+
+    pub async fn dek_list(&self, kek: Option<String>) -> Result<KeyList, ClientError> {
+        self.call(Op::DekList.name(), &DekListArgs { kek }).await
+    }
+
+    /// The plaintext of an exportable DEK.
+    pub async fn dek_export(&self, id: &str) -> Result<ExportedKey, ClientError> {
+        self.call(Op::DekExport.name(), &IdArgs { id: id.into() }).await
+    }
+
+    /// Encrypt under a DEK; returns a Cryppo `Aes256Gcm` string.
+    pub async fn encrypt(&self, dek: &str, plaintext: &[u8]) -> Result<String, ClientError> {
+        let args = EncryptArgs {
+            dek: dek.into(),
+            plaintext: SecretBytes::new(plaintext.to_vec()),
+        };
+        let r: Ciphertext = self.call(Op::Encrypt.name(), &args).await?;
+        Ok(r.ciphertext)
+    }
+
+    /// Decrypt a Cryppo string; `dek` is needed only when the ciphertext does not name its DEK.
+    pub async fn decrypt(&self, ciphertext: &str, dek: Option<&str>) -> Result<SecretBytes, ClientError> {
+        let args = DecryptArgs {
+            ciphertext: ciphertext.into(),
+            dek: dek.map(Into::into),
+        };
+        let r: Plaintext = self.call(Op::Decrypt.name(), &args).await?;
+        Ok(r.plaintext)
+    }
+}
+
+/// A blocking client: the async [`Client`] on a private current-thread runtime.
+///
+/// ```no_run
+/// # fn main() -> Result<(), keyward_client::ClientError> {
+/// let c = keyward_client::BlockingClient::connect_default()?;
+/// let ct = c.run(|c| c.encrypt("6f1c1f5e-1c36-4f7e-9d0b-0f3a3c1b2d4e", b"hi"))?;
+/// # Ok(()) }
+/// ```
+pub struct BlockingClient {
+    rt: tokio::runtime::Runtime,
+    inner: Client,
+}
+
+impl BlockingClient {
+    pub fn connect_default() -> Result<Self, ClientError> {
+        Self::connect(&keyward_proto::paths::socket_path(None))
+    }
+
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Transport {
+                op: "connect".into(),
+                detail: format!("starting a runtime: {e}"),
+            })?;
+        let inner = rt.block_on(Client::connect(path))?;
+        Ok(BlockingClient { rt, inner })
+    }
+
+    pub fn hello_info(&self) -> &HelloResult {
+        self.inner.hello_info()
+    }
+
+    /// Run any [`Client`] method to completion: `c.run(|c| c.kek_list())`.
+    pub fn run<'a, F, T>(&'a self, f: impl FnOnce(&'a Client) -> F) -> T
+    where
+        F: std::future::Future<Output = T> + 'a,
+    {
+        self.rt.block_on(f(&self.inner))
+    }
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# softhsm-setup.sh [--dir DIR] [--install-only]
+#
+# Sets up a private SoftHSM2 development token for Keyward:
+#   - installs softhsm2 and opensc with apt-get when they are missing;
+#   - creates DIR/softhsm2.conf and an initialised token labelled `keyward` under DIR/tokens;
+#   - writes DIR/keyward.toml, an agent config selecting module and token by PKCS#11 URI and
+#     keeping the keystore under DIR, so one directory holds a whole dev setup;
+#   - prints the lines to export.
+# DIR defaults to ${XDG_DATA_HOME:-~/.local/share}/keyward/softhsm.
+# PINs: KEYWARD_DEV_PIN / KEYWARD_DEV_SO_PIN, else the DEV-ONLY defaults 123456 / 12345678.
+# Idempotent: a second run keeps the token and its keys.
+set -euo pipefail
+
+dir="${XDG_DATA_HOME:-$HOME/.local/share}/keyward/softhsm"
+install_only=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dir) dir="${2:?--dir needs a directory}"; shift 2 ;;
+    --dir=*) dir="${1#--dir=}"; shift ;;
+    --install-only) install_only=1; shift ;;
+    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "softhsm-setup.sh: unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+
+say() { echo "softhsm-setup: $*" >&2; }
+
+find_module() {
+  for m in /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so /usr/local/lib/softhsm/libsofthsm2.so; do
+    [ -e "$m" ] && { echo "$m"; return 0; }
+  done
+  return 1
+}
+
+need=()
+command -v softhsm2-util >/dev/null 2>&1 && find_module >/dev/null || need+=(softhsm2)
+command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing ${need[*]} with apt-get"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  # Serialise concurrent installs (parallel tests) on dpkg's own lock.
+  $sudo apt-get -o DPkg::Lock::Timeout=300 update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${need[@]}" >/dev/null
+fi
+module=$(find_module) || { say "libsofthsm2.so not found after install"; exit 1; }
+[ "$install_only" -eq 1 ] && { say "softhsm2 and opensc are installed (module $module)"; exit 0; }
+
+pin="${KEYWARD_DEV_PIN:-123456}"
+so_pin="${KEYWARD_DEV_SO_PIN:-12345678}"
+[ -n "${KEYWARD_DEV_PIN:-}" ] || say "using the DEV-ONLY default user PIN 123456 (set KEYWARD_DEV_PIN to choose)"
+[ -n "${KEYWARD_DEV_SO_PIN:-}" ] || say "using the DEV-ONLY default SO PIN 12345678 (set KEYWARD_DEV_SO_PIN to choose)"
+
+mkdir -p "$dir/tokens"
+chmod 700 "$dir"
+dir=$(cd "$dir" && pwd)
+conf="$dir/softhsm2.conf"
+cat > "$conf" <<CONF
+# SoftHSM2 config for a Keyward dev token (written by softhsm-setup.sh)
+directories.tokendir = $dir/tokens
+objectstore.backend = file
+log.level = ERROR
+slots.removable = false
+CONF
+export SOFTHSM2_CONF="$conf"
+
+if softhsm2-util --show-slots 2>/dev/null | grep -Eq '^[[:space:]]*Label:[[:space:]]+keyward[[:space:]]*$'; then
+  say "token \`keyward\` exists in $dir/tokens: keeping it"
+else
+  softhsm2-util --init-token --free --label keyward --so-pin "$so_pin" --pin "$pin" >/dev/null
+  say "initialised token \`keyward\` in $dir/tokens"
+fi
+
+cat > "$dir/keyward.toml" <<TOML
+# Keyward agent config for the SoftHSM dev token (written by softhsm-setup.sh)
+keystore = "keystore.db"
+
+[root]
+kind = "pkcs11"
+uri = "pkcs11:token=keyward;object=keyward-root?module-path=$module"
+
+[root.env]
+SOFTHSM2_CONF = "softhsm2.conf"
+TOML
+
+cat <<OUT
+# Keyward dev token ready in $dir
+export SOFTHSM2_CONF=$conf
+export KEYWARD_CONFIG=$dir/keyward.toml
+# start the agent:  keywardd --config $dir/keyward.toml
+OUT
