@@ -1,0 +1,122 @@
+//! The `Rsa4096` encryption strategy: RSA-OAEP with SHA-1 and MGF1-SHA-1, artefacts an empty
+//! BSON document (`QQUAAAAA`).
+//!
+//! Backend: `aws-lc-rs` (`OAEP_SHA1_MGF1SHA1`). The RustCrypto `rsa` crate was rejected: its
+//! decryption leaks timing on attacker-chosen ciphertexts (RUSTSEC-2023-0071, "Marvin attack",
+//! no fixed release). AWS-LC's RSA private-key operation is constant-time with blinding, and
+//! its OAEP decoding checks padding in constant time; it comes from BoringSSL with a
+//! FIPS-validated lineage. `ring` has no RSA encryption at all.
+//!
+//! Keys are PEM: PKCS#1 (`RSA PRIVATE KEY` / `RSA PUBLIC KEY`, what Cryppo writes) or
+//! PKCS#8 / SubjectPublicKeyInfo (`PRIVATE KEY` / `PUBLIC KEY`).
+//!
+//! This module must never distinguish decryption failures (bad padding vs. bad ciphertext):
+//! every failure is the same [`Error::Decrypt`]. It must never keep private key bytes outside
+//! `Zeroizing` buffers.
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rsa::{
+    KeyPair, OaepPrivateDecryptingKey, OaepPublicEncryptingKey, PrivateDecryptingKey,
+    PublicEncryptingKey, PublicKey, OAEP_SHA1_MGF1SHA1,
+};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::pem;
+use crate::serialized::{Artefacts, EncryptedData, EncryptionStrategy, Serialized};
+
+/// Parse a PEM RSA private key (PKCS#1 or PKCS#8) into a signing key pair.
+pub(crate) fn key_pair(private_pem: &str) -> Result<KeyPair> {
+    let (label, der) = pem::decode(private_pem)?;
+    match label.as_str() {
+        "RSA PRIVATE KEY" => KeyPair::from_der(&der),
+        "PRIVATE KEY" => KeyPair::from_pkcs8(&der),
+        _ => {
+            return Err(Error::Key(
+                "expected an RSA PRIVATE KEY or PRIVATE KEY PEM block",
+            ))
+        }
+    }
+    .map_err(|_| Error::Key("not a usable RSA private key"))
+}
+
+/// Parse a PEM RSA public key (PKCS#1 or SubjectPublicKeyInfo) to DER for verification.
+pub(crate) fn public_der(public_pem: &str) -> Result<Zeroizing<Vec<u8>>> {
+    let (label, der) = pem::decode(public_pem)?;
+    match label.as_str() {
+        "RSA PUBLIC KEY" | "PUBLIC KEY" => Ok(der),
+        _ => Err(Error::Key(
+            "expected an RSA PUBLIC KEY or PUBLIC KEY PEM block",
+        )),
+    }
+}
+
+fn encrypting_key(public_pem: &str) -> Result<OaepPublicEncryptingKey> {
+    let der = public_der(public_pem)?;
+    let public =
+        PublicKey::from_der(&der).map_err(|_| Error::Key("not a usable RSA public key"))?;
+    // PKCS#1 or SPKI in, SPKI out: `PublicEncryptingKey` reads SubjectPublicKeyInfo only.
+    let spki = public
+        .as_der()
+        .map_err(|_| Error::Key("not a usable RSA public key"))?;
+    let key = PublicEncryptingKey::from_der(spki.as_ref())
+        .map_err(|_| Error::Key("not a usable RSA public key"))?;
+    OaepPublicEncryptingKey::new(key).map_err(|_| Error::Key("not a usable RSA public key"))
+}
+
+fn decrypting_key(private_pem: &str) -> Result<OaepPrivateDecryptingKey> {
+    let pkcs8 = key_pair(private_pem)?
+        .as_der()
+        .map_err(|_| Error::Key("cannot re-encode RSA private key"))?;
+    let key = PrivateDecryptingKey::from_pkcs8(pkcs8.as_ref())
+        .map_err(|_| Error::Key("not a usable RSA private key"))?;
+    OaepPrivateDecryptingKey::new(key).map_err(|_| Error::Key("not a usable RSA private key"))
+}
+
+/// Encrypt with RSA-OAEP(SHA-1) to a PEM public key; returns `Rsa4096.<ct>.QQUAAAAA`.
+pub fn encrypt(public_pem: &str, plaintext: &[u8]) -> Result<String> {
+    let key = encrypting_key(public_pem)?;
+    let max = key.max_plaintext_size(&OAEP_SHA1_MGF1SHA1);
+    if plaintext.len() > max {
+        return Err(Error::PlaintextTooLong {
+            len: plaintext.len(),
+            max,
+        });
+    }
+    let mut out = vec![0u8; key.ciphertext_size()];
+    let len = key
+        .encrypt(&OAEP_SHA1_MGF1SHA1, plaintext, &mut out, None)
+        .map_err(|_| Error::Backend("RSA-OAEP encrypt"))?
+        .len();
+    out.truncate(len);
+    Ok(
+        EncryptedData::new(EncryptionStrategy::Rsa4096, out, Artefacts::empty(), None)?
+            .to_cryppo_string(),
+    )
+}
+
+/// Decrypt parsed `Rsa4096` data with a PEM private key.
+pub fn decrypt_data(private_pem: &str, data: &EncryptedData) -> Result<Zeroizing<Vec<u8>>> {
+    if data.strategy() != EncryptionStrategy::Rsa4096 {
+        return Err(Error::WrongKind {
+            expected: "Rsa4096 data",
+            found: data.strategy().as_str(),
+        });
+    }
+    let key = decrypting_key(private_pem)?;
+    let mut out = Zeroizing::new(vec![0u8; key.min_output_size()]);
+    let len = key
+        .decrypt(&OAEP_SHA1_MGF1SHA1, data.ciphertext(), &mut out, None)
+        .map_err(|_| Error::Decrypt)?
+        .len();
+    out.truncate(len);
+    Ok(out)
+}
+
+/// Parse and decrypt an `Rsa4096` Cryppo string with a PEM private key.
+pub fn decrypt(private_pem: &str, serialized: &str) -> Result<Zeroizing<Vec<u8>>> {
+    decrypt_data(
+        private_pem,
+        &Serialized::parse(serialized)?.into_encrypted()?,
+    )
+}
