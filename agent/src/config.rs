@@ -179,7 +179,10 @@ mod tests {
     fn pins_in_config_and_unknown_keys_are_refused() {
         let p = Path::new("/x.toml");
         assert!(matches!(
-            Config::parse("[root]\nkind=\"pkcs11\"\nuri=\"pkcs11:token=t?pin-value=1234\"\n", p),
+            Config::parse(
+                "[root]\nkind=\"pkcs11\"\nuri=\"pkcs11:token=t?pin-value=1234\"\n",
+                p
+            ),
             Err(ConfigError::Invalid { .. })
         ));
         assert!(matches!(

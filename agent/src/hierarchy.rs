@@ -192,7 +192,10 @@ impl Hierarchy {
 
     /// Run `f`; if the root reports stale handles, rebuild (re-login, empty KEK cache) and run it
     /// once more.
-    fn with_recovery<T>(&self, mut f: impl FnMut() -> Result<T, AgentError>) -> Result<T, AgentError> {
+    fn with_recovery<T>(
+        &self,
+        mut f: impl FnMut() -> Result<T, AgentError>,
+    ) -> Result<T, AgentError> {
         match f() {
             Err(AgentError::Root(RootError::Stale { .. })) => {
                 lock(&self.keks).clear();
@@ -232,9 +235,10 @@ impl Hierarchy {
         if let Some(k) = lock(&self.keks).get(&kek.id) {
             return Ok(k.clone());
         }
-        let wrapped = kek.wrapped.as_deref().ok_or_else(|| {
-            AgentError::Internal(format!("KEK {} has no wrapped key", kek.id))
-        })?;
+        let wrapped = kek
+            .wrapped
+            .as_deref()
+            .ok_or_else(|| AgentError::Internal(format!("KEK {} has no wrapped key", kek.id)))?;
         let opened: Arc<dyn Kek> = Arc::from(self.root.open_kek(wrapped)?);
         lock(&self.keks).insert(kek.id, opened.clone());
         Ok(opened)
@@ -249,9 +253,9 @@ impl Hierarchy {
     }
 
     fn wrapped<'r>(&self, r: &'r KeyRecord) -> Result<&'r [u8], AgentError> {
-        r.wrapped
-            .as_deref()
-            .ok_or_else(|| AgentError::Internal(format!("{} {} has no wrapped key", r.kind.as_str(), r.id)))
+        r.wrapped.as_deref().ok_or_else(|| {
+            AgentError::Internal(format!("{} {} has no wrapped key", r.kind.as_str(), r.id))
+        })
     }
 
     // ---- KEKs ---------------------------------------------------------------------------------
@@ -269,7 +273,12 @@ impl Hierarchy {
     }
 
     pub fn kek_list(&self) -> Result<Vec<KeyInfo>, AgentError> {
-        Ok(self.ks.list(KeyKind::Kek, None)?.iter().map(KeyRecord::info).collect())
+        Ok(self
+            .ks
+            .list(KeyKind::Kek, None)?
+            .iter()
+            .map(KeyRecord::info)
+            .collect())
     }
 
     /// The named KEK, or the only active one.
@@ -349,10 +358,15 @@ impl Hierarchy {
         let ad = format!("{AD_PREFIX}{}", dek.id);
         let mut iv = [0u8; 12];
         OsRng.fill_bytes(&mut iv);
-        let mut sealed =
-            self.with_recovery(|| Ok(self.kek_handle(&kek)?.seal(wrapped, &iv, ad.as_bytes(), plaintext)?))?;
+        let mut sealed = self.with_recovery(|| {
+            Ok(self
+                .kek_handle(&kek)?
+                .seal(wrapped, &iv, ad.as_bytes(), plaintext)?)
+        })?;
         if sealed.len() < 16 {
-            return Err(AgentError::Internal("GCM output shorter than its tag".into()));
+            return Err(AgentError::Internal(
+                "GCM output shorter than its tag".into(),
+            ));
         }
         let tag: [u8; 16] = sealed[sealed.len() - 16..]
             .try_into()
@@ -367,12 +381,18 @@ impl Hierarchy {
 
     /// Decrypt a Cryppo `Aes256Gcm` string. The DEK comes from its `ad` unless `dek` names one
     /// (for Cryppo strings made elsewhere with an exported DEK).
-    pub fn decrypt(&self, ciphertext: &str, dek: Option<&str>) -> Result<Zeroizing<Vec<u8>>, AgentError> {
+    pub fn decrypt(
+        &self,
+        ciphertext: &str,
+        dek: Option<&str>,
+    ) -> Result<Zeroizing<Vec<u8>>, AgentError> {
         self.root_record("decrypt")?;
         let parsed = Serialized::parse(ciphertext.trim())
             .map_err(|e| AgentError::DecryptFailed(format!("not a Cryppo string: {e}")))?;
         let Serialized::Encrypted(data) = parsed else {
-            return Err(AgentError::DecryptFailed("not Cryppo encrypted data".into()));
+            return Err(AgentError::DecryptFailed(
+                "not Cryppo encrypted data".into(),
+            ));
         };
         let gcm = data
             .gcm()
@@ -407,5 +427,4 @@ impl Hierarchy {
                 .open(wrapped, gcm.iv, gcm.ad.as_bytes(), &ct_tag)?)
         })
     }
-
 }

@@ -61,7 +61,9 @@ fn start(cli: Cli) -> Result<(), String> {
         .or_else(|| std::env::var("KEYWARD_LOG").ok())
         .unwrap_or_else(|| "info".into());
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| e.to_string())?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| e.to_string())?,
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -70,13 +72,23 @@ fn start(cli: Cli) -> Result<(), String> {
     let config = Config::load(&path).map_err(|e| e.to_string())?;
     let ks = Arc::new(Keystore::open(&config.keystore).map_err(|e| e.to_string())?);
     let root: Box<dyn Root> = match &config.root {
-        RootConfig::Pkcs11 { uri, env } => Box::new(Pkcs11Root::new(uri, env).map_err(|e| e.to_string())?),
-        _ => return Err(format!("{}: this root kind is not built into this agent", path.display())),
+        RootConfig::Pkcs11 { uri, env } => {
+            Box::new(Pkcs11Root::new(uri, env).map_err(|e| e.to_string())?)
+        }
+        _ => {
+            return Err(format!(
+                "{}: this root kind is not built into this agent",
+                path.display()
+            ))
+        }
     };
     let h = Arc::new(Hierarchy::new(ks.clone(), root, config.unlock));
     if let Some(Command::ResetPinAttempts) = cli.command {
         h.reset_pin_attempts().map_err(|e| e.to_string())?;
-        eprintln!("keywardd: wrong-PIN counter reset in {}", ks.path().display());
+        eprintln!(
+            "keywardd: wrong-PIN counter reset in {}",
+            ks.path().display()
+        );
         return Ok(());
     }
 
@@ -95,7 +107,10 @@ fn start(cli: Cli) -> Result<(), String> {
         );
         let shutdown = async {
             use tokio::signal::unix::{signal, SignalKind};
-            match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
                 (Ok(mut term), Ok(mut int)) => {
                     tokio::select! {
                         _ = term.recv() => {},

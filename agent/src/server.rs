@@ -92,7 +92,11 @@ pub fn bind(path: &Path) -> Result<Bound, ServerError> {
 }
 
 /// Accept connections until `shutdown` resolves; then stop accepting and remove the socket.
-pub async fn serve(bound: Bound, service: Service, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve(
+    bound: Bound,
+    service: Service,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let uid = nix::unistd::geteuid().as_raw();
     loop {
@@ -142,12 +146,20 @@ async fn connection(stream: UnixStream, service: Service, uid: u32) {
         Ok(p) => {
             tracing::warn!(peer_uid = p, "refused a connection from another user");
             let msg = format!("this agent serves uid {uid} only");
-            send(&tx, Response::err(None, ErrorBody::new(ErrorCode::PermissionDenied, msg))).await;
+            send(
+                &tx,
+                Response::err(None, ErrorBody::new(ErrorCode::PermissionDenied, msg)),
+            )
+            .await;
         }
         Err(e) => {
             tracing::warn!(error = %e, "could not read peer credentials; refusing");
             let msg = "peer credentials unavailable".to_string();
-            send(&tx, Response::err(None, ErrorBody::new(ErrorCode::PermissionDenied, msg))).await;
+            send(
+                &tx,
+                Response::err(None, ErrorBody::new(ErrorCode::PermissionDenied, msg)),
+            )
+            .await;
         }
     }
     drop(tx);
@@ -167,12 +179,20 @@ async fn serve_requests(
             Ok(None) => break,
             Err(frame::FrameError::TooLarge { len, max }) => {
                 let msg = format!("frame of {len} bytes is over the {max}-byte limit");
-                send(tx, Response::err(None, ErrorBody::new(ErrorCode::FrameTooLarge, msg))).await;
+                send(
+                    tx,
+                    Response::err(None, ErrorBody::new(ErrorCode::FrameTooLarge, msg)),
+                )
+                .await;
                 break;
             }
             Err(frame::FrameError::Truncated) => {
                 let msg = "the connection closed in the middle of a frame";
-                send(tx, Response::err(None, ErrorBody::new(ErrorCode::Malformed, msg))).await;
+                send(
+                    tx,
+                    Response::err(None, ErrorBody::new(ErrorCode::Malformed, msg)),
+                )
+                .await;
                 break;
             }
             Err(_) => break,
@@ -185,13 +205,18 @@ async fn serve_requests(
             }
         };
         if req.op == "hello" {
-            send(tx, hello(&req, &service).await).await;
-            greeted = true;
+            let resp = hello(&req, &service).await;
+            greeted |= resp.ok.is_some(); // a refused hello (version, args) opens nothing
+            send(tx, resp).await;
             continue;
         }
         if !greeted {
             let msg = "the first request on a connection must be `hello`";
-            send(tx, Response::err(Some(req.id), ErrorBody::new(ErrorCode::HelloRequired, msg))).await;
+            send(
+                tx,
+                Response::err(Some(req.id), ErrorBody::new(ErrorCode::HelloRequired, msg)),
+            )
+            .await;
             continue;
         }
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -203,7 +228,10 @@ async fn serve_requests(
             let resp = tokio::task::spawn_blocking(move || service.handle(&req))
                 .await
                 .unwrap_or_else(|_| {
-                    Response::err(Some(id), ErrorBody::new(ErrorCode::Internal, "request handler failed"))
+                    Response::err(
+                        Some(id),
+                        ErrorBody::new(ErrorCode::Internal, "request handler failed"),
+                    )
                 });
             send(&tx, resp).await;
             drop(permit);
@@ -221,7 +249,10 @@ async fn hello(req: &Request, service: &Service) -> Response {
             "client speaks protocol {}, this agent speaks {PROTOCOL_VERSION}",
             args.version
         );
-        return Response::err(Some(req.id), ErrorBody::new(ErrorCode::UnsupportedVersion, msg));
+        return Response::err(
+            Some(req.id),
+            ErrorBody::new(ErrorCode::UnsupportedVersion, msg),
+        );
     }
     let service = service.clone();
     let id = req.id;
@@ -232,5 +263,10 @@ async fn hello(req: &Request, service: &Service) -> Response {
         Err(e) => Response::err(Some(id), e.to_body()),
     })
     .await
-    .unwrap_or_else(|_| Response::err(Some(id), ErrorBody::new(ErrorCode::Internal, "hello failed")))
+    .unwrap_or_else(|_| {
+        Response::err(
+            Some(id),
+            ErrorBody::new(ErrorCode::Internal, "hello failed"),
+        )
+    })
 }

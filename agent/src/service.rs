@@ -44,7 +44,10 @@ impl Service {
         let Some(op) = Op::from_name(&req.op) else {
             return Response::err(
                 Some(id),
-                ErrorBody::new(ErrorCode::UnknownOp, format!("unknown operation `{}`", req.op)),
+                ErrorBody::new(
+                    ErrorCode::UnknownOp,
+                    format!("unknown operation `{}`", req.op),
+                ),
             );
         };
         match self.dispatch(op, req) {
@@ -94,16 +97,31 @@ impl Service {
             Op::KekCreate => {
                 let a: KekCreateArgs = req.args()?;
                 let kid = h.kek_create(a.label).map_err(e)?;
-                ok(Response::ok(id, &Created { id: kid.to_string() }))
+                ok(Response::ok(
+                    id,
+                    &Created {
+                        id: kid.to_string(),
+                    },
+                ))
             }
             Op::KekList => {
                 let _: Empty = req.args()?;
-                ok(Response::ok(id, &KeyList { keys: h.kek_list().map_err(e)? }))
+                ok(Response::ok(
+                    id,
+                    &KeyList {
+                        keys: h.kek_list().map_err(e)?,
+                    },
+                ))
             }
             Op::DekCreate => {
                 let a: DekCreateArgs = req.args()?;
                 let did = h.dek_create(&a).map_err(e)?;
-                ok(Response::ok(id, &Created { id: did.to_string() }))
+                ok(Response::ok(
+                    id,
+                    &Created {
+                        id: did.to_string(),
+                    },
+                ))
             }
             Op::DekList => {
                 let a: DekListArgs = req.args()?;

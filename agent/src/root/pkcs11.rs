@@ -242,19 +242,16 @@ impl Pkcs11Root {
             op,
             detail: format!(
                 "no initialized token matches {}",
-                self.uri.token().map_or("the URI".into(), |t| format!("token `{t}`"))
+                self.uri
+                    .token()
+                    .map_or("the URI".into(), |t| format!("token `{t}`"))
             ),
         })
     }
 
     /// The current connection, connecting if there is none.
     fn conn(&self, op: &'static str) -> Result<Arc<Conn>, RootError> {
-        if let Some(c) = self
-            .conn
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
+        if let Some(c) = self.conn.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
             return Ok(c.clone());
         }
         let mut w = self.conn.write().unwrap_or_else(|p| p.into_inner());
@@ -291,7 +288,11 @@ impl Pkcs11Root {
         t
     }
 
-    fn find_roots(&self, session: &Session, op: &'static str) -> Result<Vec<ObjectHandle>, RootError> {
+    fn find_roots(
+        &self,
+        session: &Session,
+        op: &'static str,
+    ) -> Result<Vec<ObjectHandle>, RootError> {
         session.find_objects(&self.root_template()).map_err(ck(op))
     }
 
@@ -302,7 +303,10 @@ impl Pkcs11Root {
         *lock(&conn.root) = None;
         lock(&conn.pool).clear();
         anchor
-            .login(UserType::User, Some(&AuthPin::from(pin.expose().to_string())))
+            .login(
+                UserType::User,
+                Some(&AuthPin::from(pin.expose().to_string())),
+            )
             .map_err(ck(op))
     }
 
@@ -314,7 +318,11 @@ impl Pkcs11Root {
             [] => Err(RootError::RootMissing { op }),
             _ => Err(RootError::Token {
                 op,
-                detail: format!("{} objects match the root's label `{}`", found.len(), self.label),
+                detail: format!(
+                    "{} objects match the root's label `{}`",
+                    found.len(),
+                    self.label
+                ),
             }),
         }
     }
@@ -340,10 +348,21 @@ impl Root for Pkcs11Root {
             c.ctx
                 .get_token_info(c.slot)
                 .map_err(ck("describe"))
-                .map(|i| (i.manufacturer_id().to_string(), i.serial_number().to_string()))
+                .map(|i| {
+                    (
+                        i.manufacturer_id().to_string(),
+                        i.serial_number().to_string(),
+                    )
+                })
         }) {
-            Ok((mfr, serial)) => format!("PKCS#11 token `{token}` ({mfr}, serial {serial}) via {}", self.module),
-            Err(_) => format!("PKCS#11 token `{token}` via {} (not reachable)", self.module),
+            Ok((mfr, serial)) => format!(
+                "PKCS#11 token `{token}` ({mfr}, serial {serial}) via {}",
+                self.module
+            ),
+            Err(_) => format!(
+                "PKCS#11 token `{token}` via {} (not reachable)",
+                self.module
+            ),
         }
     }
 
@@ -422,7 +441,9 @@ impl Root for Pkcs11Root {
 
     fn recover(&self) -> Result<(), RootError> {
         const OP: &str = "recover token session";
-        let pin = lock(&self.pin).clone().ok_or(RootError::Locked { op: OP })?;
+        let pin = lock(&self.pin)
+            .clone()
+            .ok_or(RootError::Locked { op: OP })?;
         tracing::warn!("token handles went stale: reinitializing the module and logging in again");
         self.disconnect();
         self.unlock_inner(&pin, OP)

@@ -53,7 +53,9 @@ fn decode(s: &str) -> Result<Vec<u8>, UriError> {
 fn attrs(part: &str, sep: char) -> Result<BTreeMap<String, Vec<u8>>, UriError> {
     let mut m = BTreeMap::new();
     for a in part.split(sep).filter(|a| !a.is_empty()) {
-        let (k, v) = a.split_once('=').ok_or_else(|| UriError::NoValue(a.into()))?;
+        let (k, v) = a
+            .split_once('=')
+            .ok_or_else(|| UriError::NoValue(a.into()))?;
         if m.insert(k.to_string(), decode(v)?).is_some() {
             return Err(UriError::Duplicate(k.into()));
         }
@@ -140,7 +142,10 @@ mod tests {
         assert_eq!(u.token().unwrap(), "The Software PKCS#11 Softtoken");
         assert_eq!(u.manufacturer().unwrap(), "Snake Oil, Inc.");
         assert_eq!(u.object().unwrap(), "my-certificate");
-        assert_eq!(u.id().unwrap(), &[0x69, 0x95, 0x3e, 0x5c, 0xf4, 0xbd, 0xec, 0x91]);
+        assert_eq!(
+            u.id().unwrap(),
+            &[0x69, 0x95, 0x3e, 0x5c, 0xf4, 0xbd, 0xec, 0x91]
+        );
         assert_eq!(u.serial().unwrap(), "");
         assert_eq!(u.module_path().unwrap(), "/usr/lib/p11.so");
         assert_eq!(Pkcs11Uri::parse("pkcs11:").unwrap(), Pkcs11Uri::default());
@@ -149,12 +154,27 @@ mod tests {
     #[test]
     fn rejects_bad_uris() {
         assert_eq!(Pkcs11Uri::parse("pkcs12:token=x"), Err(UriError::Scheme));
-        assert!(matches!(Pkcs11Uri::parse("pkcs11:token=%zz"), Err(UriError::Percent(_))));
-        assert!(matches!(Pkcs11Uri::parse("pkcs11:token"), Err(UriError::NoValue(_))));
-        assert!(matches!(Pkcs11Uri::parse("pkcs11:token=a;token=b"), Err(UriError::Duplicate(_))));
-        assert_eq!(Pkcs11Uri::parse("pkcs11:token=a?pin-value=1234"), Err(UriError::PinValue));
+        assert!(matches!(
+            Pkcs11Uri::parse("pkcs11:token=%zz"),
+            Err(UriError::Percent(_))
+        ));
+        assert!(matches!(
+            Pkcs11Uri::parse("pkcs11:token"),
+            Err(UriError::NoValue(_))
+        ));
+        assert!(matches!(
+            Pkcs11Uri::parse("pkcs11:token=a;token=b"),
+            Err(UriError::Duplicate(_))
+        ));
+        assert_eq!(
+            Pkcs11Uri::parse("pkcs11:token=a?pin-value=1234"),
+            Err(UriError::PinValue)
+        );
         assert_eq!(Pkcs11Uri::parse("pkcs11:slot-id=x"), Err(UriError::SlotId));
-        assert!(matches!(Pkcs11Uri::parse("pkcs11:token=%4"), Err(UriError::Percent(_))));
+        assert!(matches!(
+            Pkcs11Uri::parse("pkcs11:token=%4"),
+            Err(UriError::Percent(_))
+        ));
     }
 
     #[test]
