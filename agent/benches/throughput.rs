@@ -134,7 +134,8 @@ fn main() {
         .expect("read")
         .expect("kek record");
     let root = Pkcs11Root::new(&uri, &BTreeMap::<String, String>::from_iter(env)).expect("root");
-    root.unlock(&Pin::new(PIN)).expect("unlock");
+    root.unlock(&Pin::new(PIN), &Default::default())
+        .expect("unlock");
     let kek = root
         .open_kek(kek_rec.wrapped.as_deref().expect("wrapped"))
         .expect("open kek");

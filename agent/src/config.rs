@@ -57,6 +57,15 @@ pub enum RootConfig {
         #[serde(default)]
         env: BTreeMap<String, String>,
     },
+    /// A passphrase root (no hardware): PBKDF2-HMAC-SHA256 with at least 600,000 iterations.
+    Soft {
+        #[serde(default = "default_iterations")]
+        iterations: u32,
+    },
+}
+
+fn default_iterations() -> u32 {
+    600_000
 }
 
 /// How the agent limits PIN guessing. SoftHSM never locks a token, so the agent must.
@@ -142,6 +151,7 @@ impl Config {
                     .collect();
                 RootConfig::Pkcs11 { uri, env }
             }
+            soft @ RootConfig::Soft { .. } => soft,
         };
         let u = raw.unlock;
         if u.max_attempts == 0 || u.free_attempts > u.max_attempts {
@@ -170,7 +180,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.keystore, PathBuf::from("/etc/kw/ks.db"));
-        let RootConfig::Pkcs11 { env, .. } = c.root;
+        let RootConfig::Pkcs11 { env, .. } = c.root else {
+            panic!("expected pkcs11")
+        };
         assert_eq!(env["SOFTHSM2_CONF"], "/etc/kw/s.conf");
         assert_eq!(c.unlock, UnlockPolicy::default());
     }

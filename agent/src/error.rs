@@ -17,7 +17,7 @@ pub enum AgentError {
     AlreadyInitialized,
     #[error("{op}: the agent is locked: run `keyward unlock`")]
     Locked { op: &'static str },
-    #[error("the PIN is incorrect")]
+    #[error("the PIN or passphrase is incorrect")]
     PinIncorrect {
         attempts_left: u32,
         retry_after_ms: Option<u64>,
@@ -42,6 +42,8 @@ pub enum AgentError {
     DecryptFailed(String),
     #[error("{0}")]
     InvalidArgs(String),
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Root(#[from] RootError),
     #[error(transparent)]
@@ -65,6 +67,7 @@ impl AgentError {
             AgentError::KeyInactive { .. } => ErrorCode::KeyInactive,
             AgentError::DecryptFailed(_) => ErrorCode::DecryptFailed,
             AgentError::InvalidArgs(_) => ErrorCode::InvalidArgs,
+            AgentError::TooLarge(_) => ErrorCode::TooLarge,
             AgentError::Root(r) => match r {
                 RootError::PinIncorrect { .. } => ErrorCode::PinIncorrect,
                 RootError::PinLocked { .. } => ErrorCode::PinLocked,

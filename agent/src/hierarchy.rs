@@ -9,7 +9,7 @@
 use crate::config::UnlockPolicy;
 use crate::error::AgentError;
 use crate::keystore::{KeyKind, KeyRecord, KeyState, Keystore};
-use crate::root::{Kek, Root, RootError};
+use crate::root::{Kek, Root, RootError, StoredRoot};
 use keyward_envelope::{Artefacts, EncryptedData, EncryptionStrategy, Serialized};
 use keyward_proto::ops::{DekCreateArgs, KeyInfo};
 use keyward_proto::secret::Pin;
@@ -160,17 +160,20 @@ impl Hierarchy {
         let mut rec = KeyRecord::new(KeyKind::Root, made.scheme);
         rec.label = Some("root".into());
         rec.locator = Some(made.locator);
+        rec.wrapped = made.check;
         self.ks.insert(&rec)?;
         tracing::info!(id = %rec.id, "root created");
         Ok(rec.id)
     }
 
     pub fn unlock(&self, pin: &Pin) -> Result<(), AgentError> {
-        if self.ks.root()?.is_none() {
-            return Err(AgentError::NotInitialized);
-        }
+        let root = self.ks.root()?.ok_or(AgentError::NotInitialized)?;
+        let stored = StoredRoot {
+            locator: root.locator,
+            check: root.wrapped,
+        };
         lock(&self.keks).clear();
-        self.with_pin_policy(|| self.root.unlock(pin))?;
+        self.with_pin_policy(|| self.root.unlock(pin, &stored))?;
         tracing::info!("unlocked");
         Ok(())
     }
@@ -350,6 +353,13 @@ impl Hierarchy {
 
     /// Encrypt under a DEK: a Cryppo `Aes256Gcm` string whose `ad` names the DEK.
     pub fn encrypt(&self, dek_id: &str, plaintext: &[u8]) -> Result<String, AgentError> {
+        if plaintext.len() > keyward_proto::MAX_PLAINTEXT {
+            return Err(AgentError::TooLarge(format!(
+                "encrypt: {} bytes is over the {}-byte limit of one request; encrypt larger data in chunks or client-side with an exportable DEK",
+                plaintext.len(),
+                keyward_proto::MAX_PLAINTEXT
+            )));
+        }
         self.root_record("encrypt")?;
         let dek = self.record(dek_id, KeyKind::Dek)?;
         Self::require_active(&dek)?;

@@ -7,6 +7,7 @@ use keyward_agent::config::{Config, RootConfig};
 use keyward_agent::hierarchy::Hierarchy;
 use keyward_agent::keystore::Keystore;
 use keyward_agent::root::pkcs11::Pkcs11Root;
+use keyward_agent::root::soft::SoftRoot;
 use keyward_agent::root::Root;
 use keyward_agent::{hardening, server, service::Service};
 use std::path::PathBuf;
@@ -74,6 +75,9 @@ fn start(cli: Cli) -> Result<(), String> {
     let root: Box<dyn Root> = match &config.root {
         RootConfig::Pkcs11 { uri, env } => {
             Box::new(Pkcs11Root::new(uri, env).map_err(|e| e.to_string())?)
+        }
+        RootConfig::Soft { iterations } => {
+            Box::new(SoftRoot::new(*iterations).map_err(|e| e.to_string())?)
         }
         _ => {
             return Err(format!(

@@ -128,7 +128,20 @@ async fn connection(stream: UnixStream, service: Service, uid: u32) {
     let writer = tokio::spawn(async move {
         while let Some(resp) = rx.recv().await {
             let bytes = match resp.to_cbor() {
-                Ok(b) => b,
+                Ok(b) if b.len() <= MAX_FRAME => b,
+                Ok(b) => {
+                    // Never drop an answer silently: say why instead.
+                    let msg = format!(
+                        "the answer ({} bytes) is over the {MAX_FRAME}-byte frame limit",
+                        b.len()
+                    );
+                    tracing::warn!(id = ?resp.id, "{msg}");
+                    match Response::err(resp.id, ErrorBody::new(ErrorCode::TooLarge, msg)).to_cbor()
+                    {
+                        Ok(b) => b,
+                        Err(_) => continue,
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "encoding a response failed");
                     continue;
@@ -141,6 +154,7 @@ async fn connection(stream: UnixStream, service: Service, uid: u32) {
     });
 
     let peer = rd.as_ref().peer_cred().map(|c| c.uid());
+    let refused = !matches!(peer, Ok(p) if p == uid);
     match peer {
         Ok(p) if p == uid => serve_requests(&mut rd, &tx, service).await,
         Ok(p) => {
@@ -164,6 +178,17 @@ async fn connection(stream: UnixStream, service: Service, uid: u32) {
     }
     drop(tx);
     let _ = writer.await;
+    if refused {
+        // The refusal is written and our write half shut. Read what the peer sends (its hello)
+        // until it closes or a short time passes, so that closing does not reset the connection
+        // before the peer has read why it was refused.
+        let mut sink = [0u8; 4096];
+        let drain = async {
+            use tokio::io::AsyncReadExt;
+            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+    }
 }
 
 async fn serve_requests(

@@ -21,6 +21,9 @@ type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Response>>>>>;
 pub struct Client {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
     pending: Pending,
+    /// A frame-level error (id null) that arrived while no request was waiting, e.g. the
+    /// agent's refusal of this peer sent before our `hello`: reported instead of "closed".
+    unclaimed: Arc<Mutex<Option<keyward_proto::ErrorBody>>>,
     next_id: AtomicU64,
     hello: HelloResult,
     reader: tokio::task::JoinHandle<()>,
@@ -32,7 +35,9 @@ impl Drop for Client {
     }
 }
 
-fn lock_pending(p: &Pending) -> std::sync::MutexGuard<'_, Option<HashMap<u64, oneshot::Sender<Response>>>> {
+fn lock_pending(
+    p: &Pending,
+) -> std::sync::MutexGuard<'_, Option<HashMap<u64, oneshot::Sender<Response>>>> {
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -53,9 +58,13 @@ impl Client {
         let (mut rd, wr) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let routes = pending.clone();
+        let unclaimed = Arc::new(Mutex::new(None));
+        let orphan = unclaimed.clone();
         let reader = tokio::spawn(async move {
             while let Ok(Some(bytes)) = frame::read(&mut rd, MAX_FRAME).await {
-                let Ok(resp) = Response::from_cbor(&bytes) else { break };
+                let Ok(resp) = Response::from_cbor(&bytes) else {
+                    break;
+                };
                 let waiter = match resp.id {
                     Some(id) => lock_pending(&routes).as_mut().and_then(|m| m.remove(&id)),
                     // A frame-level error: it belongs to whichever request is oldest.
@@ -64,8 +73,14 @@ impl Client {
                         m.remove(&oldest)
                     }),
                 };
-                if let Some(w) = waiter {
-                    let _ = w.send(resp);
+                match waiter {
+                    Some(w) => {
+                        let _ = w.send(resp);
+                    }
+                    None if resp.id.is_none() => {
+                        *orphan.lock().unwrap_or_else(|e| e.into_inner()) = resp.err;
+                    }
+                    None => {}
                 }
             }
             // Closed: every waiter sees its sender dropped.
@@ -74,6 +89,7 @@ impl Client {
         let mut client = Client {
             writer: tokio::sync::Mutex::new(wr),
             pending,
+            unclaimed,
             next_id: AtomicU64::new(1),
             hello: HelloResult {
                 protocol: 0,
@@ -87,10 +103,13 @@ impl Client {
             reader,
         };
         client.hello = client
-            .call("hello", &HelloArgs {
-                version: keyward_proto::PROTOCOL_VERSION,
-                client: Some(format!("keyward-client {}", env!("CARGO_PKG_VERSION"))),
-            })
+            .call(
+                "hello",
+                &HelloArgs {
+                    version: keyward_proto::PROTOCOL_VERSION,
+                    client: Some(format!("keyward-client {}", env!("CARGO_PKG_VERSION"))),
+                },
+            )
             .await?;
         Ok(client)
     }
@@ -101,7 +120,37 @@ impl Client {
     }
 
     /// Send one request and wait for its response. `op` is the wire name of the operation.
-    pub async fn call<A: Serialize, R: DeserializeOwned>(&self, op: &str, args: &A) -> Result<R, ClientError> {
+    pub async fn call<A: Serialize, R: DeserializeOwned>(
+        &self,
+        op: &str,
+        args: &A,
+    ) -> Result<R, ClientError> {
+        match self.call_inner(op, args).await {
+            Err(e @ (ClientError::Closed { .. } | ClientError::Transport { .. })) => {
+                // Give the reader a moment to deliver a refusal that raced our request.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                match self
+                    .unclaimed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()
+                {
+                    Some(body) => Err(ClientError::Agent {
+                        op: op.into(),
+                        body,
+                    }),
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn call_inner<A: Serialize, R: DeserializeOwned>(
+        &self,
+        op: &str,
+        args: &A,
+    ) -> Result<R, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let req = Request::new(id, op, args).map_err(|e| ClientError::Protocol {
             op: op.into(),
@@ -128,9 +177,14 @@ impl Client {
                 });
             }
         }
-        let resp = rx.await.map_err(|_| ClientError::Closed { op: op.into() })?;
+        let resp = rx
+            .await
+            .map_err(|_| ClientError::Closed { op: op.into() })?;
         resp.into_result().map_err(|e| match e {
-            ResponseError::Agent(body) => ClientError::Agent { op: op.into(), body },
+            ResponseError::Agent(body) => ClientError::Agent {
+                op: op.into(),
+                body,
+            },
             other => ClientError::Protocol {
                 op: op.into(),
                 detail: other.to_string(),
@@ -157,7 +211,8 @@ impl Client {
     }
 
     pub async fn kek_create(&self, label: Option<String>) -> Result<Created, ClientError> {
-        self.call(Op::KekCreate.name(), &KekCreateArgs { label }).await
+        self.call(Op::KekCreate.name(), &KekCreateArgs { label })
+            .await
     }
 
     pub async fn kek_list(&self) -> Result<KeyList, ClientError> {
@@ -174,7 +229,8 @@ impl Client {
 
     /// The plaintext of an exportable DEK.
     pub async fn dek_export(&self, id: &str) -> Result<ExportedKey, ClientError> {
-        self.call(Op::DekExport.name(), &IdArgs { id: id.into() }).await
+        self.call(Op::DekExport.name(), &IdArgs { id: id.into() })
+            .await
     }
 
     /// Encrypt under a DEK; returns a Cryppo `Aes256Gcm` string.
@@ -188,7 +244,11 @@ impl Client {
     }
 
     /// Decrypt a Cryppo string; `dek` is needed only when the ciphertext does not name its DEK.
-    pub async fn decrypt(&self, ciphertext: &str, dek: Option<&str>) -> Result<SecretBytes, ClientError> {
+    pub async fn decrypt(
+        &self,
+        ciphertext: &str,
+        dek: Option<&str>,
+    ) -> Result<SecretBytes, ClientError> {
         let args = DecryptArgs {
             ciphertext: ciphertext.into(),
             dek: dek.map(Into::into),

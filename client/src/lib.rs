@@ -11,6 +11,7 @@
 
 mod client;
 mod error;
+pub mod passphrase;
 
 pub use client::{BlockingClient, Client};
 pub use error::ClientError;

@@ -16,6 +16,8 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cryppo;
+
 #[derive(Parser)]
 #[command(name = "keyward", version, about = "Drive the Keyward key agent")]
 struct Cli {
@@ -33,8 +35,15 @@ struct Cli {
 enum Command {
     /// Show the agent's root, token and lock state.
     Status,
-    /// Create the root key on the token (once).
-    Init(PinOpt),
+    /// Create the root (once): on the token, or with `--soft` from a passphrase.
+    Init {
+        #[command(flatten)]
+        pin: PinOpt,
+        /// The agent has a passphrase (soft) root: generate a passphrase unless one is given
+        /// on stdin, and show it once.
+        #[arg(long)]
+        soft: bool,
+    },
     /// Unlock the agent with the token PIN.
     Unlock(PinOpt),
     /// Lock the agent: forget the PIN, destroy unwrapped keys.
@@ -60,12 +69,88 @@ enum Command {
         #[command(flatten)]
         io: Io,
     },
+    /// Offline Cryppo helpers (no agent needed).
+    #[command(subcommand)]
+    Cryppo(CryppoCmd),
+}
+
+#[derive(Args)]
+struct CryppoKey {
+    /// AES-256 key, base64url (the Cryppo key format; `keyward dek export` prints one).
+    #[arg(long, conflicts_with_all = ["key_file", "passphrase_stdin"])]
+    key: Option<String>,
+    /// File holding the base64url key (keeps it out of `ps`).
+    #[arg(long, conflicts_with = "passphrase_stdin")]
+    key_file: Option<PathBuf>,
+    /// Passphrase on the first line of stdin (PBKDF2-derived key, 5-part strings).
+    #[arg(long)]
+    passphrase_stdin: bool,
+    /// PBKDF2 iterations when encrypting with a passphrase.
+    #[arg(long, default_value_t = 600_000)]
+    iterations: u32,
+}
+
+#[derive(Subcommand)]
+enum CryppoCmd {
+    /// Encrypt to a Cryppo Aes256Gcm string (3 parts with a key, 5 with a passphrase).
+    Encrypt {
+        #[command(flatten)]
+        key: CryppoKey,
+        #[command(flatten)]
+        io: Io,
+    },
+    /// Decrypt a Cryppo Aes256Gcm string.
+    Decrypt {
+        #[command(flatten)]
+        key: CryppoKey,
+        #[command(flatten)]
+        io: Io,
+    },
+}
+
+fn key_source(k: &CryppoKey) -> Result<cryppo::KeySource, Failure> {
+    match (&k.key, &k.key_file, k.passphrase_stdin) {
+        (Some(key), None, false) => {
+            Ok(cryppo::KeySource::Key(zeroize::Zeroizing::new(key.clone())))
+        }
+        (None, Some(f), false) => Ok(cryppo::KeySource::KeyFile(f.clone())),
+        (None, None, true) => Ok(cryppo::KeySource::PassphraseStdin {
+            iterations: k.iterations,
+        }),
+        _ => Err("give one of --key, --key-file or --passphrase-stdin"
+            .to_string()
+            .into()),
+    }
+}
+
+/// The offline commands: no agent connection.
+fn run_offline(cmd: &CryppoCmd, json: bool) -> Result<Option<Out>, Failure> {
+    let b64 = base64::engine::general_purpose::URL_SAFE;
+    match cmd {
+        CryppoCmd::Encrypt { key, io } => {
+            let s = cryppo::encrypt(&key_source(key)?, &io.input)?;
+            if json && io.output.is_none() {
+                let text = String::from_utf8_lossy(&s).trim().to_string();
+                return Ok(Some(out("", json!({ "ciphertext": text }))));
+            }
+            write_output(&io.output, &s)?;
+            Ok(json.then(|| out("", json!({"written": true}))))
+        }
+        CryppoCmd::Decrypt { key, io } => {
+            let pt = cryppo::decrypt(&key_source(key)?, &io.input)?;
+            if json && io.output.is_none() {
+                return Ok(Some(out("", json!({ "plaintext": b64.encode(&pt) }))));
+            }
+            write_output(&io.output, &pt)?;
+            Ok(json.then(|| out("", json!({"written": true}))))
+        }
+    }
 }
 
 #[derive(Args)]
 struct PinOpt {
-    /// Read the PIN from the first line of stdin instead of prompting.
-    #[arg(long)]
+    /// Read the PIN (or passphrase) from the first line of stdin instead of prompting.
+    #[arg(long, alias = "passphrase-stdin")]
     pin_stdin: bool,
 }
 
@@ -142,7 +227,10 @@ impl From<ClientError> for Failure {
 
 impl From<String> for Failure {
     fn from(message: String) -> Self {
-        Failure { message, body: None }
+        Failure {
+            message,
+            body: None,
+        }
     }
 }
 
@@ -190,7 +278,8 @@ fn write_output(path: &Option<PathBuf>, data: &[u8]) -> Result<(), Failure> {
                 .mode(0o600)
                 .open(p)
                 .map_err(|e| format!("writing {}: {e}", p.display()))?;
-            f.write_all(data).map_err(|e| format!("writing {}: {e}", p.display()))?;
+            f.write_all(data)
+                .map_err(|e| format!("writing {}: {e}", p.display()))?;
         }
         None => {
             let mut out = std::io::stdout().lock();
@@ -206,7 +295,10 @@ fn key_table(keys: &[KeyInfo]) -> String {
     if keys.is_empty() {
         return "(none)\n".into();
     }
-    let mut s = format!("{:<36}  {:<8}  {:<8}  {:<10}  {:<6}  LABEL\n", "ID", "STATE", "PURPOSE", "EXPORTABLE", "SCHEME");
+    let mut s = format!(
+        "{:<36}  {:<8}  {:<8}  {:<10}  {:<6}  LABEL\n",
+        "ID", "STATE", "PURPOSE", "EXPORTABLE", "SCHEME"
+    );
     for k in keys {
         let purpose = match k.purpose {
             Some(Purpose::Personal) => "personal",
@@ -239,7 +331,18 @@ fn out(text: impl Into<String>, json: Value) -> Out {
     }
 }
 
+fn prompt(c: &Client) -> &'static str {
+    if c.hello_info().root_kind == "soft" {
+        "Passphrase: "
+    } else {
+        "Token PIN: "
+    }
+}
+
 async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
+    if let Command::Cryppo(cmd) = &cli.command {
+        return run_offline(cmd, cli.json);
+    }
     let path = keyward_client::proto::paths::socket_path(cli.socket.clone());
     let c = Client::connect(&path).await?;
     let b64 = base64::engine::general_purpose::URL_SAFE;
@@ -254,13 +357,42 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             );
             out(text, serde_json::to_value(&h).map_err(|e| e.to_string())?)
         }
-        Command::Init(opt) => {
-            let pin = read_pin(opt, "Token PIN: ")?;
+        Command::Init { pin: opt, soft } => {
+            let is_soft = c.hello_info().root_kind == "soft";
+            if *soft != is_soft {
+                return Err(if is_soft {
+                    "this agent's root is a passphrase (soft) root: run `keyward init --soft`"
+                } else {
+                    "--soft is for agents configured with a passphrase root ([root] kind = \"soft\")"
+                }
+                .to_string()
+                .into());
+            }
+            let (pin, generated) = if *soft && !opt.pin_stdin {
+                let p = keyward_client::passphrase::generate();
+                (Pin::new(p.as_str()), Some(p))
+            } else {
+                (read_pin(opt, prompt(&c))?, None)
+            };
             let r = c.init(pin).await?;
-            out(format!("{}\n", r.id), json!({"id": r.id, "token": r.token}))
+            let mut j = json!({"id": r.id, "token": r.token});
+            if let Some(p) = &generated {
+                // Shown once: on stderr in text mode, so `ID=$(keyward init --soft)` keeps the id
+                // clean and the passphrase still reaches the person at the terminal.
+                if cli.json {
+                    j["passphrase"] = json!(p.as_str());
+                } else {
+                    eprintln!(
+                        "\nYour passphrase ({} bits). It is shown only this once: write it down.\n\n    {}\n",
+                        keyward_client::passphrase::BITS,
+                        p.as_str()
+                    );
+                }
+            }
+            out(format!("{}\n", r.id), j)
         }
         Command::Unlock(opt) => {
-            let pin = read_pin(opt, "Token PIN: ")?;
+            let pin = read_pin(opt, prompt(&c))?;
             c.unlock(pin).await?;
             out("unlocked\n", json!({"locked": false}))
         }
@@ -325,7 +457,8 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         }
         Command::Decrypt { dek, io } => {
             let data = read_input(&io.input)?;
-            let text = String::from_utf8(data).map_err(|_| "the input is not a Cryppo string (not UTF-8)".to_string())?;
+            let text = String::from_utf8(data)
+                .map_err(|_| "the input is not a Cryppo string (not UTF-8)".to_string())?;
             let pt = c.decrypt(text.trim(), dek.as_deref()).await?;
             if io.output.is_some() || !cli.json {
                 write_output(&io.output, pt.expose())?;
@@ -337,12 +470,20 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
                 out("", json!({"plaintext": b64.encode(pt.expose())}))
             }
         }
+        Command::Cryppo(_) => {
+            return Err("internal: offline command reached the agent path"
+                .to_string()
+                .into())
+        }
     }))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keyward: starting a runtime: {e}");

@@ -22,6 +22,9 @@ pub enum ErrorCode {
     UnknownOp,
     /// The operation's arguments are missing, unknown or of the wrong type.
     InvalidArgs,
+    /// The data is over what one request can carry (see `MAX_PLAINTEXT`), or the answer
+    /// would be over the frame limit.
+    TooLarge,
     /// An operation other than `hello` came before `hello` on this connection.
     HelloRequired,
     /// The client speaks a protocol version this agent does not.
@@ -71,6 +74,7 @@ impl ErrorCode {
             ErrorCode::InvalidRequest => "invalid_request",
             ErrorCode::UnknownOp => "unknown_op",
             ErrorCode::InvalidArgs => "invalid_args",
+            ErrorCode::TooLarge => "too_large",
             ErrorCode::HelloRequired => "hello_required",
             ErrorCode::UnsupportedVersion => "unsupported_version",
             ErrorCode::PermissionDenied => "permission_denied",
@@ -143,7 +147,11 @@ mod tests {
 
     #[test]
     fn codes_serialize_as_their_names() {
-        for code in [ErrorCode::PinBackoff, ErrorCode::FrameTooLarge, ErrorCode::NotFound] {
+        for code in [
+            ErrorCode::PinBackoff,
+            ErrorCode::FrameTooLarge,
+            ErrorCode::NotFound,
+        ] {
             let mut buf = Vec::new();
             ciborium::into_writer(&code, &mut buf).unwrap();
             let v: ciborium::Value = ciborium::from_reader(&buf[..]).unwrap();

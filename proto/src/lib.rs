@@ -28,3 +28,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest frame either side accepts (1 MiB). Longer frames are refused from their length
 /// prefix alone, before any of the body is read.
 pub const MAX_FRAME: usize = 1 << 20;
+
+/// Largest plaintext one `encrypt` request takes (760 KiB): its Cryppo string (base64, 4/3 of the
+/// size, plus artefacts) must fit in one response frame. Larger data: encrypt it client-side with
+/// an exported DEK, or in chunks.
+pub const MAX_PLAINTEXT: usize = 760 * 1024;

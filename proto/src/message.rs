@@ -275,7 +275,10 @@ mod tests {
             .to_cbor()
             .unwrap();
         b.push(0);
-        assert_eq!(Request::from_cbor(&b).unwrap_err().1.code, ErrorCode::Malformed);
+        assert_eq!(
+            Request::from_cbor(&b).unwrap_err().1.code,
+            ErrorCode::Malformed
+        );
     }
 
     #[test]

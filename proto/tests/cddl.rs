@@ -176,6 +176,7 @@ fn every_response_validates() {
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownOp,
         ErrorCode::InvalidArgs,
+        ErrorCode::TooLarge,
         ErrorCode::HelloRequired,
         ErrorCode::UnsupportedVersion,
         ErrorCode::PermissionDenied,

@@ -6,6 +6,7 @@
 //! `init`, and never hold a PIN longer than they are unlocked.
 
 pub mod pkcs11;
+pub mod soft;
 pub mod uri;
 
 use keyward_proto::secret::Pin;
@@ -53,8 +54,17 @@ pub struct Wrapped {
 pub struct RootInit {
     /// The root's scheme name in the keystore (`pkcs11-aes`).
     pub scheme: &'static str,
-    /// Where the root lives (a PKCS#11 URI naming the object).
+    /// Where the root lives (a PKCS#11 URI naming the object), or how it is derived (soft).
     pub locator: String,
+    /// A value that proves a PIN or passphrase right at unlock, for roots that need one.
+    pub check: Option<Vec<u8>>,
+}
+
+/// What the keystore holds about the root, handed back at unlock.
+#[derive(Debug, Clone, Default)]
+pub struct StoredRoot {
+    pub locator: Option<String>,
+    pub check: Option<Vec<u8>>,
 }
 
 /// A root backend.
@@ -66,7 +76,7 @@ pub trait Root: Send + Sync {
     /// Create the root. Refuses when one exists already. Leaves the root unlocked.
     fn init(&self, pin: &Pin) -> Result<RootInit, RootError>;
     /// Check the PIN and find the root. Never creates a root.
-    fn unlock(&self, pin: &Pin) -> Result<(), RootError>;
+    fn unlock(&self, pin: &Pin, stored: &StoredRoot) -> Result<(), RootError>;
     /// Forget the PIN and destroy every unwrapped key the backend holds.
     fn lock(&self) -> Result<(), RootError>;
     fn is_unlocked(&self) -> bool;

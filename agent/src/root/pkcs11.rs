@@ -14,7 +14,7 @@
 //! the PIN after `lock`.
 
 use super::uri::{encode, Pkcs11Uri};
-use super::{Kek, Root, RootError, RootInit, Wrapped};
+use super::{Kek, Root, RootError, RootInit, StoredRoot, Wrapped};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
@@ -417,10 +417,11 @@ impl Root for Pkcs11Root {
                 encode(self.label.as_bytes()),
                 encode(&id)
             ),
+            check: None,
         })
     }
 
-    fn unlock(&self, pin: &Pin) -> Result<(), RootError> {
+    fn unlock(&self, pin: &Pin, _stored: &StoredRoot) -> Result<(), RootError> {
         self.unlock_inner(pin, "unlock")
     }
 

@@ -1,0 +1,17 @@
+//! End-to-end tests: one test binary (so every test runs in parallel), one module per area.
+//! Each test gets its own token, keystore and agent (`keyward_tests::TestEnv`).
+
+#[path = "e2e/cli.rs"]
+mod cli;
+#[path = "e2e/keys.rs"]
+mod keys;
+#[path = "e2e/lifecycle.rs"]
+mod lifecycle;
+#[path = "e2e/peers.rs"]
+mod peers;
+#[path = "e2e/pin.rs"]
+mod pin;
+#[path = "e2e/process.rs"]
+mod process;
+#[path = "e2e/wire.rs"]
+mod wire;
