@@ -74,7 +74,7 @@ fn main() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = setup_token(tmp.path());
     let cfg = keyward_agent::config::Config::load(Path::new(&config)).expect("config");
-    let keyward_agent::config::RootConfig::Pkcs11 { uri, env } = cfg.root.clone() else {
+    let keyward_agent::config::RootConfig::Pkcs11 { uri, env, .. } = cfg.root.clone() else {
         panic!("expected a pkcs11 config")
     };
 

@@ -14,6 +14,10 @@
 //! backoff_base_ms = 1000  # first wait; doubles with each further wrong PIN
 //! backoff_max_ms = 300000
 //! ```
+//! Other roots: `kind = "pkcs11"` with `key_type = "ec"` (a P-256 key pair on a token without AES
+//! key wrap), `kind = "yubikey"` (`serial`, `slot`, `pin_policy`, `touch_policy`,
+//! `management_key_hex`), `kind = "soft"` (`iterations`); see README.md.
+//!
 //! This module only reads and checks the file; it never holds PINs (a config with a PIN in it,
 //! e.g. `pin-value` in the URI, is refused).
 
@@ -56,6 +60,32 @@ pub enum RootConfig {
         /// Environment variables set before the module loads (e.g. `SOFTHSM2_CONF`).
         #[serde(default)]
         env: BTreeMap<String, String>,
+        /// `aes` (default): an AES-256 root, scheme `aes-kwp`. `ec`: a P-256 key pair, scheme
+        /// `ecdh-p256`, for tokens without AES key wrap (PIV cards through ykcs11 or OpenSC).
+        #[serde(default)]
+        key_type: Pkcs11KeyType,
+        /// EC roots only: `init` generates the key pair logged in as SO with this value (48 hex
+        /// digits), for tokens where only the SO may generate keys (ykcs11: the SO PIN is the
+        /// PIV management key). Without it `init` generates as the user.
+        management_key_hex: Option<String>,
+    },
+    /// A P-256 key in a PIV slot of a YubiKey, through PC/SC (scheme `ecdh-p256`).
+    #[serde(rename = "yubikey")]
+    YubiKey {
+        /// The card's serial. Without it: the only card present (several: an error).
+        serial: Option<u32>,
+        /// `9d` (default) or a retired slot `82`..`95`.
+        #[serde(default = "default_slot")]
+        slot: String,
+        /// `once` (default), `always`, `never`, `default`: set at `init` on the card.
+        #[serde(default = "default_pin_policy")]
+        pin_policy: String,
+        /// `cached` (default), `always`, `never`, `default`: set at `init` on the card.
+        #[serde(default = "default_touch_policy")]
+        touch_policy: String,
+        /// The 3DES management key `init` authenticates with (48 hex digits); default: the
+        /// factory key 010203040506070801020304050607080102030405060708.
+        management_key_hex: Option<String>,
     },
     /// A passphrase root (no hardware): PBKDF2-HMAC-SHA256 with at least 600,000 iterations.
     Soft {
@@ -66,6 +96,27 @@ pub enum RootConfig {
 
 fn default_iterations() -> u32 {
     600_000
+}
+
+fn default_slot() -> String {
+    "9d".into()
+}
+
+fn default_pin_policy() -> String {
+    "once".into()
+}
+
+fn default_touch_policy() -> String {
+    "cached".into()
+}
+
+/// The kind of root key on a PKCS#11 token.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Pkcs11KeyType {
+    #[default]
+    Aes,
+    Ec,
 }
 
 /// How the agent limits PIN guessing. SoftHSM never locks a token, so the agent must.
@@ -130,7 +181,21 @@ impl Config {
             message,
         };
         let root = match raw.root {
-            RootConfig::Pkcs11 { uri, env } => {
+            RootConfig::Pkcs11 {
+                uri,
+                env,
+                key_type,
+                management_key_hex,
+            } => {
+                if management_key_hex.is_some() && key_type != Pkcs11KeyType::Ec {
+                    return Err(invalid(
+                        "management_key_hex is for key_type = \"ec\" roots only".into(),
+                    ));
+                }
+                if let Some(k) = &management_key_hex {
+                    crate::root::yubikey::parse_management_key(k)
+                        .map_err(|e| invalid(e.to_string()))?;
+                }
                 if uri.contains("pin-value=") {
                     return Err(invalid(
                         "the PKCS#11 URI holds a pin-value: PINs never go in config files".into(),
@@ -149,9 +214,18 @@ impl Config {
                         (k, v)
                     })
                     .collect();
-                RootConfig::Pkcs11 { uri, env }
+                RootConfig::Pkcs11 {
+                    uri,
+                    env,
+                    key_type,
+                    management_key_hex,
+                }
             }
             soft @ RootConfig::Soft { .. } => soft,
+            yk @ RootConfig::YubiKey { .. } => {
+                crate::root::yubikey::options(&yk).map_err(|e| invalid(e.to_string()))?;
+                yk
+            }
         };
         let u = raw.unlock;
         if u.max_attempts == 0 || u.free_attempts > u.max_attempts {
@@ -185,6 +259,55 @@ mod tests {
         };
         assert_eq!(env["SOFTHSM2_CONF"], "/etc/kw/s.conf");
         assert_eq!(c.unlock, UnlockPolicy::default());
+    }
+
+    #[test]
+    fn yubikey_and_ec_roots_parse_and_are_checked() {
+        let p = Path::new("/x.toml");
+        let c = Config::parse("[root]\nkind = \"yubikey\"\nserial = 5437251\n", p).unwrap();
+        let RootConfig::YubiKey {
+            serial,
+            slot,
+            pin_policy,
+            touch_policy,
+            management_key_hex,
+        } = c.root
+        else {
+            panic!("expected yubikey")
+        };
+        assert_eq!(serial, Some(5437251));
+        assert_eq!((slot.as_str(), pin_policy.as_str()), ("9d", "once"));
+        assert_eq!(touch_policy, "cached");
+        assert!(management_key_hex.is_none());
+        for bad in [
+            "slot = \"9a\"",
+            "pin_policy = \"often\"",
+            "management_key_hex = \"0102\"",
+        ] {
+            assert!(matches!(
+                Config::parse(&format!("[root]\nkind = \"yubikey\"\n{bad}\n"), p),
+                Err(ConfigError::Invalid { .. })
+            ));
+        }
+        let c = Config::parse(
+            "[root]\nkind = \"pkcs11\"\nkey_type = \"ec\"\nuri = \"pkcs11:token=t\"\n",
+            p,
+        )
+        .unwrap();
+        assert!(matches!(
+            c.root,
+            RootConfig::Pkcs11 {
+                key_type: Pkcs11KeyType::Ec,
+                ..
+            }
+        ));
+        assert!(matches!(
+            Config::parse(
+                "[root]\nkind = \"pkcs11\"\nuri = \"pkcs11:\"\nmanagement_key_hex = \"010203040506070801020304050607080102030405060708\"\n",
+                p
+            ),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 
     #[test]

@@ -44,6 +44,12 @@ pub enum AgentError {
     InvalidArgs(String),
     #[error("{0}")]
     TooLarge(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    WrongKey(String),
+    #[error("{0}")]
+    VerifyFailed(String),
     #[error(transparent)]
     Root(#[from] RootError),
     #[error(transparent)]
@@ -68,6 +74,9 @@ impl AgentError {
             AgentError::DecryptFailed(_) => ErrorCode::DecryptFailed,
             AgentError::InvalidArgs(_) => ErrorCode::InvalidArgs,
             AgentError::TooLarge(_) => ErrorCode::TooLarge,
+            AgentError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            AgentError::WrongKey(_) => ErrorCode::WrongKey,
+            AgentError::VerifyFailed(_) => ErrorCode::VerifyFailed,
             AgentError::Root(r) => match r {
                 RootError::PinIncorrect { .. } => ErrorCode::PinIncorrect,
                 RootError::PinLocked { .. } => ErrorCode::PinLocked,

@@ -38,7 +38,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The hierarchy of one agent.
 pub struct Hierarchy {
-    ks: Arc<Keystore>,
+    pub(crate) ks: Arc<Keystore>,
     root: Box<dyn Root>,
     policy: UnlockPolicy,
     keks: Mutex<HashMap<Uuid, Arc<dyn Kek>>>,
@@ -185,7 +185,7 @@ impl Hierarchy {
         Ok(())
     }
 
-    fn root_record(&self, op: &'static str) -> Result<KeyRecord, AgentError> {
+    pub(crate) fn root_record(&self, op: &'static str) -> Result<KeyRecord, AgentError> {
         let root = self.ks.root()?.ok_or(AgentError::NotInitialized)?;
         if !self.root.is_unlocked() {
             return Err(AgentError::Locked { op });
@@ -195,7 +195,7 @@ impl Hierarchy {
 
     /// Run `f`; if the root reports stale handles, rebuild (re-login, empty KEK cache) and run it
     /// once more.
-    fn with_recovery<T>(
+    pub(crate) fn with_recovery<T>(
         &self,
         mut f: impl FnMut() -> Result<T, AgentError>,
     ) -> Result<T, AgentError> {
@@ -211,7 +211,7 @@ impl Hierarchy {
 
     // ---- records ------------------------------------------------------------------------------
 
-    fn record(&self, id: &str, kind: KeyKind) -> Result<KeyRecord, AgentError> {
+    pub(crate) fn record(&self, id: &str, kind: KeyKind) -> Result<KeyRecord, AgentError> {
         let not_found = || AgentError::NotFound {
             kind: kind.as_str(),
             id: id.to_string(),
@@ -223,7 +223,7 @@ impl Hierarchy {
         }
     }
 
-    fn require_active(r: &KeyRecord) -> Result<(), AgentError> {
+    pub(crate) fn require_active(r: &KeyRecord) -> Result<(), AgentError> {
         match r.state {
             KeyState::Active => Ok(()),
             s => Err(AgentError::KeyInactive {
@@ -234,7 +234,7 @@ impl Hierarchy {
         }
     }
 
-    fn kek_handle(&self, kek: &KeyRecord) -> Result<Arc<dyn Kek>, AgentError> {
+    pub(crate) fn kek_handle(&self, kek: &KeyRecord) -> Result<Arc<dyn Kek>, AgentError> {
         if let Some(k) = lock(&self.keks).get(&kek.id) {
             return Ok(k.clone());
         }
@@ -247,15 +247,15 @@ impl Hierarchy {
         Ok(opened)
     }
 
-    /// The KEK a DEK is wrapped under.
-    fn parent_kek(&self, dek: &KeyRecord) -> Result<KeyRecord, AgentError> {
-        let parent = dek
-            .parent
-            .ok_or_else(|| AgentError::Internal(format!("DEK {} has no parent", dek.id)))?;
+    /// The KEK a DEK, keypair or secret is wrapped under.
+    pub(crate) fn parent_kek(&self, key: &KeyRecord) -> Result<KeyRecord, AgentError> {
+        let parent = key.parent.ok_or_else(|| {
+            AgentError::Internal(format!("{} {} has no parent", key.kind.as_str(), key.id))
+        })?;
         self.record(&parent.to_string(), KeyKind::Kek)
     }
 
-    fn wrapped<'r>(&self, r: &'r KeyRecord) -> Result<&'r [u8], AgentError> {
+    pub(crate) fn wrapped<'r>(&self, r: &'r KeyRecord) -> Result<&'r [u8], AgentError> {
         r.wrapped.as_deref().ok_or_else(|| {
             AgentError::Internal(format!("{} {} has no wrapped key", r.kind.as_str(), r.id))
         })
@@ -285,7 +285,7 @@ impl Hierarchy {
     }
 
     /// The named KEK, or the only active one.
-    fn choose_kek(&self, id: Option<&str>) -> Result<KeyRecord, AgentError> {
+    pub(crate) fn choose_kek(&self, id: Option<&str>) -> Result<KeyRecord, AgentError> {
         if let Some(id) = id {
             let k = self.record(id, KeyKind::Kek)?;
             Self::require_active(&k)?;

@@ -62,6 +62,44 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX keys_by_parent ON keys(parent);
      CREATE INDEX keys_by_kind ON keys(kind);
      CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);",
+    // v2: derivation secrets as a kind; node names, issuers and delegation statements; and
+    // revocations. SQLite cannot change a CHECK constraint in place, so the table is rebuilt
+    // (foreign keys are off during migrations, and checked before commit).
+    "CREATE TABLE keys_v2 (
+        id          TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL CHECK (kind IN ('root', 'kek', 'dek', 'keypair', 'secret')),
+        label       TEXT,
+        parent      TEXT REFERENCES keys(id),
+        scheme      TEXT NOT NULL,
+        wrapped     BLOB,
+        public_key  BLOB,
+        locator     TEXT,
+        purpose     TEXT CHECK (purpose IS NULL OR purpose IN ('personal', 'sharing')),
+        exportable  INTEGER NOT NULL DEFAULT 0,
+        version     INTEGER NOT NULL DEFAULT 1,
+        created     INTEGER NOT NULL,
+        rotated     INTEGER,
+        state       TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'retired', 'revoked')),
+        name        TEXT,
+        issuer      TEXT REFERENCES keys(id),
+        statement   BLOB
+     );
+     INSERT INTO keys_v2 (id, kind, label, parent, scheme, wrapped, public_key, locator, purpose,
+                          exportable, version, created, rotated, state)
+        SELECT id, kind, label, parent, scheme, wrapped, public_key, locator, purpose,
+               exportable, version, created, rotated, state FROM keys;
+     DROP TABLE keys;
+     ALTER TABLE keys_v2 RENAME TO keys;
+     CREATE INDEX keys_by_parent ON keys(parent);
+     CREATE INDEX keys_by_kind ON keys(kind);
+     CREATE UNIQUE INDEX keys_by_node_name ON keys(name) WHERE name IS NOT NULL AND state = 'active';
+     CREATE TABLE revocations (
+        id          TEXT PRIMARY KEY,
+        revoked     TEXT NOT NULL,
+        issuer      TEXT NOT NULL,
+        statement   BLOB NOT NULL,
+        created     INTEGER NOT NULL
+     );",
 ];
 
 /// What a key is.
@@ -71,6 +109,8 @@ pub enum KeyKind {
     Kek,
     Dek,
     Keypair,
+    /// A secret that is not a key of its own (a node-key derivation secret).
+    Secret,
 }
 
 impl KeyKind {
@@ -80,6 +120,7 @@ impl KeyKind {
             KeyKind::Kek => "kek",
             KeyKind::Dek => "dek",
             KeyKind::Keypair => "keypair",
+            KeyKind::Secret => "secret",
         }
     }
     fn parse(s: &str) -> Option<Self> {
@@ -88,6 +129,7 @@ impl KeyKind {
             "kek" => KeyKind::Kek,
             "dek" => KeyKind::Dek,
             "keypair" => KeyKind::Keypair,
+            "secret" => KeyKind::Secret,
             _ => return None,
         })
     }
@@ -138,6 +180,22 @@ pub struct KeyRecord {
     pub created: u64,
     pub rotated: Option<u64>,
     pub state: KeyState,
+    /// A node key's name (unique among active keys).
+    pub name: Option<String>,
+    /// The keypair that vouched for this one (node keys).
+    pub issuer: Option<Uuid>,
+    /// The signed statement that vouches for this key (a COSE_Sign1 delegation).
+    pub statement: Option<Vec<u8>>,
+}
+
+/// A signed revocation of a key, as kept for chain export.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub id: Uuid,
+    pub revoked: Uuid,
+    pub issuer: Uuid,
+    pub statement: Vec<u8>,
+    pub created: u64,
 }
 
 impl KeyRecord {
@@ -158,6 +216,9 @@ impl KeyRecord {
             created: now(),
             rotated: None,
             state: KeyState::Active,
+            name: None,
+            issuer: None,
+            statement: None,
         }
     }
 
@@ -175,6 +236,8 @@ impl KeyRecord {
             created: self.created,
             rotated: self.rotated,
             state: self.state.as_str().to_string(),
+            public_key: self.public_key.clone().map(serde_bytes::ByteBuf::from),
+            name: self.name.clone(),
         }
     }
 }
@@ -229,9 +292,63 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, KeystoreError>>
             created: row.get("created").map_err(sql("read created"))?,
             rotated: row.get("rotated").map_err(sql("read rotated"))?,
             state: KeyState::parse(&state).ok_or_else(|| corrupt(format!("state {state}")))?,
+            name: row.get("name").map_err(sql("read name"))?,
+            issuer: row
+                .get::<_, Option<String>>("issuer")
+                .map_err(sql("read issuer"))?
+                .as_deref()
+                .map(Uuid::parse_str)
+                .transpose()
+                .map_err(|_| corrupt("issuer is not a UUID".into()))?,
+            statement: row.get("statement").map_err(sql("read statement"))?,
         })
     };
     Ok(build())
+}
+
+fn insert_with(conn: &Connection, r: &KeyRecord) -> Result<(), KeystoreError> {
+    conn.execute(
+        "INSERT INTO keys (id, kind, label, parent, scheme, wrapped, public_key, locator,
+                           purpose, exportable, version, created, rotated, state,
+                           name, issuer, statement)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+        params![
+            r.id.to_string(),
+            r.kind.as_str(),
+            r.label,
+            r.parent.map(|p| p.to_string()),
+            r.scheme,
+            r.wrapped,
+            r.public_key,
+            r.locator,
+            r.purpose.map(purpose_str),
+            r.exportable,
+            r.version,
+            r.created,
+            r.rotated,
+            r.state.as_str(),
+            r.name,
+            r.issuer.map(|p| p.to_string()),
+            r.statement,
+        ],
+    )
+    .map_err(sql("insert key"))?;
+    Ok(())
+}
+
+fn insert_revocation_with(conn: &Connection, r: &Revocation) -> Result<(), KeystoreError> {
+    conn.execute(
+        "INSERT INTO revocations (id, revoked, issuer, statement, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            r.id.to_string(),
+            r.revoked.to_string(),
+            r.issuer.to_string(),
+            r.statement,
+            r.created
+        ],
+    )
+    .map_err(sql("store revocation"))?;
+    Ok(())
 }
 
 /// The keystore. Cheap to share: one connection behind a mutex (SQLite serialises writers anyway,
@@ -301,41 +418,37 @@ impl Keystore {
                 supported: Self::SCHEMA_VERSION,
             });
         }
+        if found == Self::SCHEMA_VERSION {
+            return Ok(());
+        }
+        // Table rebuilds need foreign keys off; the pragma is a no-op inside a transaction.
+        conn.pragma_update(None, "foreign_keys", "OFF")
+            .map_err(sql("disable foreign keys for migration"))?;
         let tx = conn.transaction().map_err(sql("begin migration"))?;
         for (v, step) in MIGRATIONS.iter().enumerate().skip(found as usize) {
             tx.execute_batch(step).map_err(sql("migrate schema"))?;
             tx.pragma_update(None, "user_version", v as i64 + 1)
                 .map_err(sql("set schema version"))?;
         }
-        tx.commit().map_err(sql("commit migration"))
+        let broken: i64 = tx
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })
+            .map_err(sql("check foreign keys after migration"))?;
+        if broken > 0 {
+            return Err(KeystoreError::Corrupt {
+                id: "(schema)".into(),
+                what: format!("{broken} dangling references after migration"),
+            });
+        }
+        tx.commit().map_err(sql("commit migration"))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(sql("enable foreign keys"))
     }
 
     /// Insert a new record.
     pub fn insert(&self, r: &KeyRecord) -> Result<(), KeystoreError> {
-        let conn = self.lock();
-        conn.execute(
-            "INSERT INTO keys (id, kind, label, parent, scheme, wrapped, public_key, locator,
-                               purpose, exportable, version, created, rotated, state)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-            params![
-                r.id.to_string(),
-                r.kind.as_str(),
-                r.label,
-                r.parent.map(|p| p.to_string()),
-                r.scheme,
-                r.wrapped,
-                r.public_key,
-                r.locator,
-                r.purpose.map(purpose_str),
-                r.exportable,
-                r.version,
-                r.created,
-                r.rotated,
-                r.state.as_str(),
-            ],
-        )
-        .map_err(sql("insert key"))?;
-        Ok(())
+        insert_with(&self.lock(), r)
     }
 
     fn query(
@@ -385,6 +498,96 @@ impl Keystore {
     /// The root record, if `init` has run.
     pub fn root(&self) -> Result<Option<KeyRecord>, KeystoreError> {
         Ok(self.list(KeyKind::Root, None)?.into_iter().next())
+    }
+
+    /// The active key with this node name.
+    pub fn by_name(&self, name: &str) -> Result<Option<KeyRecord>, KeystoreError> {
+        Ok(self
+            .query("find node", "name = ?1 AND state = 'active'", &[&name])?
+            .into_iter()
+            .next())
+    }
+
+    /// Remove a key. Refused (a `Sql` error) while other keys name it as parent or issuer.
+    pub fn delete(&self, id: &Uuid) -> Result<bool, KeystoreError> {
+        let n = self
+            .lock()
+            .execute("DELETE FROM keys WHERE id = ?1", [id.to_string()])
+            .map_err(sql("delete key"))?;
+        Ok(n > 0)
+    }
+
+    /// Replace a key with its successor in one transaction: the old one gets `state`, the new
+    /// one is inserted, and a revocation (if any) is kept. A crash leaves all of it or none.
+    pub fn replace(
+        &self,
+        old: &Uuid,
+        state: KeyState,
+        new: &KeyRecord,
+        revocation: Option<&Revocation>,
+    ) -> Result<(), KeystoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin replace"))?;
+        tx.execute(
+            "UPDATE keys SET state = ?2, rotated = ?3 WHERE id = ?1",
+            params![old.to_string(), state.as_str(), now()],
+        )
+        .map_err(sql("retire key"))?;
+        insert_with(&tx, new)?;
+        if let Some(r) = revocation {
+            insert_revocation_with(&tx, r)?;
+        }
+        tx.commit().map_err(sql("commit replace"))
+    }
+
+    /// Mark a key revoked and keep the signed revocation, in one transaction.
+    pub fn revoke(&self, r: &Revocation) -> Result<(), KeystoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin revoke"))?;
+        tx.execute(
+            "UPDATE keys SET state = 'revoked', rotated = ?2 WHERE id = ?1",
+            params![r.revoked.to_string(), now()],
+        )
+        .map_err(sql("mark key revoked"))?;
+        insert_revocation_with(&tx, r)?;
+        tx.commit().map_err(sql("commit revoke"))
+    }
+
+    /// Every stored revocation, oldest first.
+    pub fn revocations(&self) -> Result<Vec<Revocation>, KeystoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT id, revoked, issuer, statement, created FROM revocations ORDER BY created, id")
+            .map_err(sql("list revocations"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, u64>(4)?,
+                ))
+            })
+            .map_err(sql("list revocations"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, revoked, issuer, statement, created) = row.map_err(sql("list revocations"))?;
+            let uuid = |s: &str| {
+                Uuid::parse_str(s).map_err(|_| KeystoreError::Corrupt {
+                    id: id.clone(),
+                    what: "revocation id is not a UUID".into(),
+                })
+            };
+            out.push(Revocation {
+                id: uuid(&id)?,
+                revoked: uuid(&revoked)?,
+                issuer: uuid(&issuer)?,
+                statement,
+                created,
+            });
+        }
+        Ok(out)
     }
 
     pub fn meta(&self, name: &str) -> Result<Option<String>, KeystoreError> {
@@ -464,6 +667,58 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn a_v1_keystore_migrates_to_v2_keeping_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.db");
+        {
+            let conn = Connection::open(&p).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO keys (id, kind, scheme, created) VALUES ('6f1c1f5e-1c36-4f7e-9d0b-0f3a3c1b2d4e', 'root', 'pkcs11-aes', 1);
+                 INSERT INTO keys (id, kind, parent, scheme, wrapped, created) VALUES ('7f1c1f5e-1c36-4f7e-9d0b-0f3a3c1b2d4e', 'kek', '6f1c1f5e-1c36-4f7e-9d0b-0f3a3c1b2d4e', 'aes-kwp', x'0102', 2);",
+            )
+            .unwrap();
+        }
+        let ks = Keystore::open(&p).unwrap();
+        let kek = ks
+            .get(&Uuid::parse_str("7f1c1f5e-1c36-4f7e-9d0b-0f3a3c1b2d4e").unwrap())
+            .unwrap()
+            .unwrap();
+        assert_eq!(kek.wrapped.as_deref(), Some(&[1u8, 2][..]));
+        assert_eq!(kek.parent, ks.root().unwrap().map(|r| r.id));
+        let mut secret = KeyRecord::new(KeyKind::Secret, "aes-kwp");
+        secret.parent = Some(kek.id);
+        ks.insert(&secret).unwrap();
+        let version: i64 = ks
+            .lock()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, Keystore::SCHEMA_VERSION);
+        // Foreign keys are back on after the migration.
+        let mut orphan = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+        orphan.parent = Some(Uuid::new_v4());
+        assert!(ks.insert(&orphan).is_err());
+    }
+
+    #[test]
+    fn revoke_marks_the_key_and_keeps_the_statement() {
+        let (_d, ks) = temp();
+        let k = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
+        ks.insert(&k).unwrap();
+        let r = Revocation {
+            id: Uuid::new_v4(),
+            revoked: k.id,
+            issuer: k.id,
+            statement: vec![9, 9],
+            created: 5,
+        };
+        ks.revoke(&r).unwrap();
+        assert_eq!(ks.get(&k.id).unwrap().unwrap().state, KeyState::Revoked);
+        assert_eq!(ks.revocations().unwrap(), vec![r]);
     }
 
     #[test]

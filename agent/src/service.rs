@@ -158,6 +158,139 @@ impl Service {
                     },
                 ))
             }
+            Op::KeypairCreate => {
+                let a: KeypairCreateArgs = req.args()?;
+                let kid = h.keypair_create(a.kek.as_deref(), a.label).map_err(e)?;
+                ok(Response::ok(
+                    id,
+                    &Created {
+                        id: kid.to_string(),
+                    },
+                ))
+            }
+            Op::KeypairList => {
+                let _: Empty = req.args()?;
+                ok(Response::ok(
+                    id,
+                    &KeyList {
+                        keys: h.keypair_list().map_err(e)?,
+                    },
+                ))
+            }
+            Op::KeypairShow => {
+                let a: IdArgs = req.args()?;
+                ok(Response::ok(id, &h.keypair_show(&a.id).map_err(e)?))
+            }
+            Op::KeypairDelete => {
+                let a: IdArgs = req.args()?;
+                let gone = h.keypair_delete(&a.id).map_err(e)?;
+                ok(Response::ok(
+                    id,
+                    &Deleted {
+                        id: gone.to_string(),
+                        deleted: true,
+                    },
+                ))
+            }
+            Op::Sign => {
+                let a: SignArgs = req.args()?;
+                let sig = h.sign(&a.key, &a.data, a.raw).map_err(e)?;
+                ok(Response::ok(
+                    id,
+                    &SignatureResult {
+                        signature: serde_bytes::ByteBuf::from(sig),
+                    },
+                ))
+            }
+            Op::ShareSeal => {
+                let a: ShareSealArgs = req.args()?;
+                let sealed = h.share_seal(&a.dek, &a.to, a.from.as_deref()).map_err(e)?;
+                ok(Response::ok(id, &SealedResult { sealed }))
+            }
+            Op::ShareOpen => {
+                let a: ShareOpenArgs = req.args()?;
+                let (dek, sender) = h
+                    .share_open(&a.sealed, a.kek.as_deref(), a.from.as_deref())
+                    .map_err(e)?;
+                ok(Response::ok(id, &OpenedShareResult { id: dek, sender }))
+            }
+            Op::NodeDerive => {
+                let a: NodeDeriveArgs = req.args()?;
+                let nid = h
+                    .node_derive(
+                        &a.name,
+                        a.parent.as_deref(),
+                        a.kek.as_deref(),
+                        a.ttl_seconds,
+                    )
+                    .map_err(e)?;
+                ok(Response::ok(
+                    id,
+                    &Created {
+                        id: nid.to_string(),
+                    },
+                ))
+            }
+            Op::NodeRekey => {
+                let a: NodeRekeyArgs = req.args()?;
+                let nid = h.node_rekey(&a.name, a.ttl_seconds).map_err(e)?;
+                ok(Response::ok(
+                    id,
+                    &Created {
+                        id: nid.to_string(),
+                    },
+                ))
+            }
+            Op::NodeRevoke => {
+                let a: NodeRevokeArgs = req.args()?;
+                let nid = h.node_revoke(&a.name, a.by.as_deref()).map_err(e)?;
+                ok(Response::ok(
+                    id,
+                    &Created {
+                        id: nid.to_string(),
+                    },
+                ))
+            }
+            Op::NodeList => {
+                let _: Empty = req.args()?;
+                ok(Response::ok(
+                    id,
+                    &KeyList {
+                        keys: h.node_list().map_err(e)?,
+                    },
+                ))
+            }
+            Op::NodeChain => {
+                let _: Empty = req.args()?;
+                let chain = h.node_chain().map_err(e)?;
+                ok(Response::ok(
+                    id,
+                    &ChainResult {
+                        chain: serde_bytes::ByteBuf::from(chain),
+                    },
+                ))
+            }
+            Op::Seal => {
+                let a: SealArgs = req.args()?;
+                let sealed = h
+                    .seal(&a.to, &a.sign_with, a.plaintext.expose())
+                    .map_err(e)?;
+                ok(Response::ok(id, &SealedResult { sealed }))
+            }
+            Op::Open => {
+                let a: OpenArgs = req.args()?;
+                let (pt, sender, sender_name) = h
+                    .open(&a.sealed, a.chain.as_deref().map(|c| c.as_slice()))
+                    .map_err(e)?;
+                ok(Response::ok(
+                    id,
+                    &OpenedMessage {
+                        plaintext: SecretBytes::from(pt),
+                        sender,
+                        sender_name,
+                    },
+                ))
+            }
             _ => Err(ErrorBody::new(
                 ErrorCode::UnknownOp,
                 format!("operation `{}` is not served by this agent", op.name()),

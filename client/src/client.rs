@@ -258,6 +258,98 @@ impl Client {
     }
 }
 
+impl Client {
+    pub async fn keypair_create(&self, args: &KeypairCreateArgs) -> Result<Created, ClientError> {
+        self.call(Op::KeypairCreate.name(), args).await
+    }
+
+    pub async fn keypair_list(&self) -> Result<KeyList, ClientError> {
+        self.call(Op::KeypairList.name(), &Empty {}).await
+    }
+
+    pub async fn keypair_show(&self, id: &str) -> Result<KeyInfo, ClientError> {
+        self.call(Op::KeypairShow.name(), &IdArgs { id: id.into() })
+            .await
+    }
+
+    pub async fn keypair_delete(&self, id: &str) -> Result<Deleted, ClientError> {
+        self.call(Op::KeypairDelete.name(), &IdArgs { id: id.into() })
+            .await
+    }
+
+    /// ECDSA P-256 / SHA-256 signature over `data` (DER, or raw r‖s).
+    pub async fn sign(&self, key: &str, data: &[u8], raw: bool) -> Result<Vec<u8>, ClientError> {
+        let args = SignArgs {
+            key: key.into(),
+            data: serde_bytes::ByteBuf::from(data.to_vec()),
+            raw,
+        };
+        let r: SignatureResult = self.call(Op::Sign.name(), &args).await?;
+        Ok(r.signature.into_vec())
+    }
+
+    /// Seal a sharing DEK to a recipient (did:key, PEM or JWK); returns base64url text.
+    pub async fn share_seal(&self, args: &ShareSealArgs) -> Result<String, ClientError> {
+        let r: SealedResult = self.call(Op::ShareSeal.name(), args).await?;
+        Ok(r.sealed)
+    }
+
+    pub async fn share_open(&self, args: &ShareOpenArgs) -> Result<OpenedShareResult, ClientError> {
+        self.call(Op::ShareOpen.name(), args).await
+    }
+
+    pub async fn node_derive(&self, args: &NodeDeriveArgs) -> Result<Created, ClientError> {
+        self.call(Op::NodeDerive.name(), args).await
+    }
+
+    pub async fn node_rekey(&self, args: &NodeRekeyArgs) -> Result<Created, ClientError> {
+        self.call(Op::NodeRekey.name(), args).await
+    }
+
+    pub async fn node_revoke(&self, args: &NodeRevokeArgs) -> Result<Created, ClientError> {
+        self.call(Op::NodeRevoke.name(), args).await
+    }
+
+    pub async fn node_list(&self) -> Result<KeyList, ClientError> {
+        self.call(Op::NodeList.name(), &Empty {}).await
+    }
+
+    /// The cluster's public chain as CBOR.
+    pub async fn node_chain(&self) -> Result<Vec<u8>, ClientError> {
+        let r: ChainResult = self.call(Op::NodeChain.name(), &Empty {}).await?;
+        Ok(r.chain.into_vec())
+    }
+
+    /// Seal a message to `to`, authenticated by our keypair `sign_with`.
+    pub async fn seal(
+        &self,
+        to: &str,
+        sign_with: &str,
+        plaintext: &[u8],
+    ) -> Result<String, ClientError> {
+        let args = SealArgs {
+            to: to.into(),
+            sign_with: sign_with.into(),
+            plaintext: SecretBytes::new(plaintext.to_vec()),
+        };
+        let r: SealedResult = self.call(Op::Seal.name(), &args).await?;
+        Ok(r.sealed)
+    }
+
+    /// Open a sealed message; with a chain, the agent refuses senders it does not vouch for.
+    pub async fn open(
+        &self,
+        sealed: &str,
+        chain: Option<Vec<u8>>,
+    ) -> Result<OpenedMessage, ClientError> {
+        let args = OpenArgs {
+            sealed: sealed.into(),
+            chain: chain.map(serde_bytes::ByteBuf::from),
+        };
+        self.call(Op::Open.name(), &args).await
+    }
+}
+
 /// A blocking client: the async [`Client`] on a private current-thread runtime.
 ///
 /// ```no_run

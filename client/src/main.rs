@@ -8,15 +8,18 @@
 
 use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use keyward_client::proto::ops::{DekCreateArgs, KeyInfo, Purpose};
+use keyward_client::proto::ops::{DekCreateArgs, Purpose};
 use keyward_client::proto::secret::Pin;
-use keyward_client::{Client, ClientError};
+use keyward_client::Client;
 use serde_json::{json, Value};
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cli;
 mod cryppo;
+mod identity_cmds;
+
+use cli::{key_table, out, read_input, write_output, Failure, Out};
 
 #[derive(Parser)]
 #[command(name = "keyward", version, about = "Drive the Keyward key agent")]
@@ -72,6 +75,23 @@ enum Command {
     /// Offline Cryppo helpers (no agent needed).
     #[command(subcommand)]
     Cryppo(CryppoCmd),
+    /// P-256 keypairs: signing, key agreement, identity (did:key).
+    #[command(subcommand)]
+    Keypair(identity_cmds::KeypairCmd),
+    /// Sign data with a keypair (ECDSA P-256 / SHA-256; DER, or --raw r‖s).
+    Sign(identity_cmds::SignCmd),
+    /// Verify a signature (offline: no agent needed).
+    Verify(identity_cmds::VerifyCmd),
+    /// Share DEKs with other users (HPKE to their public key).
+    #[command(subcommand)]
+    Share(identity_cmds::ShareCmd),
+    /// Node keys: derive, rekey, revoke, chains.
+    #[command(subcommand)]
+    Node(identity_cmds::NodeCmd),
+    /// Seal a message to a node's public key, authenticated by one of our keypairs.
+    Seal(identity_cmds::SealCmd),
+    /// Open a sealed message addressed to one of our keypairs.
+    Open(identity_cmds::OpenCmd),
 }
 
 #[derive(Args)]
@@ -155,13 +175,13 @@ struct PinOpt {
 }
 
 #[derive(Args)]
-struct Io {
+pub struct Io {
     /// Input file (default: stdin).
     #[arg(short = 'i', long = "in")]
-    input: Option<PathBuf>,
+    pub input: Option<PathBuf>,
     /// Output file (default: stdout).
     #[arg(short = 'o', long = "out")]
-    output: Option<PathBuf>,
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -210,30 +230,6 @@ enum DekCmd {
     },
 }
 
-/// A failure the CLI reports: a message, and the agent's body when it refused.
-struct Failure {
-    message: String,
-    body: Option<keyward_client::proto::ErrorBody>,
-}
-
-impl From<ClientError> for Failure {
-    fn from(e: ClientError) -> Self {
-        Failure {
-            message: e.to_string(),
-            body: e.body().cloned(),
-        }
-    }
-}
-
-impl From<String> for Failure {
-    fn from(message: String) -> Self {
-        Failure {
-            message,
-            body: None,
-        }
-    }
-}
-
 fn read_pin(opt: &PinOpt, prompt: &str) -> Result<Pin, Failure> {
     if opt.pin_stdin {
         let mut line = String::new();
@@ -252,85 +248,6 @@ fn read_pin(opt: &PinOpt, prompt: &str) -> Result<Pin, Failure> {
         .map_err(|e| format!("cannot prompt for the PIN ({e}); use --pin-stdin").into())
 }
 
-fn read_input(path: &Option<PathBuf>) -> Result<Vec<u8>, Failure> {
-    let mut buf = Vec::new();
-    match path {
-        Some(p) => {
-            buf = std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?;
-        }
-        None => {
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .map_err(|e| format!("reading stdin: {e}"))?;
-        }
-    }
-    Ok(buf)
-}
-
-fn write_output(path: &Option<PathBuf>, data: &[u8]) -> Result<(), Failure> {
-    match path {
-        Some(p) => {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(p)
-                .map_err(|e| format!("writing {}: {e}", p.display()))?;
-            f.write_all(data)
-                .map_err(|e| format!("writing {}: {e}", p.display()))?;
-        }
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(data)
-                .and_then(|_| out.flush())
-                .map_err(|e| format!("writing stdout: {e}"))?;
-        }
-    }
-    Ok(())
-}
-
-fn key_table(keys: &[KeyInfo]) -> String {
-    if keys.is_empty() {
-        return "(none)\n".into();
-    }
-    let mut s = format!(
-        "{:<36}  {:<8}  {:<8}  {:<10}  {:<6}  LABEL\n",
-        "ID", "STATE", "PURPOSE", "EXPORTABLE", "SCHEME"
-    );
-    for k in keys {
-        let purpose = match k.purpose {
-            Some(Purpose::Personal) => "personal",
-            Some(Purpose::Sharing) => "sharing",
-            None => "-",
-        };
-        s.push_str(&format!(
-            "{:<36}  {:<8}  {:<8}  {:<10}  {:<6}  {}\n",
-            k.id,
-            k.state,
-            purpose,
-            if k.exportable { "yes" } else { "no" },
-            k.scheme,
-            k.label.as_deref().unwrap_or("")
-        ));
-    }
-    s
-}
-
-/// What a command prints: text for people, JSON for programs.
-struct Out {
-    text: String,
-    json: Value,
-}
-
-fn out(text: impl Into<String>, json: Value) -> Out {
-    Out {
-        text: text.into(),
-        json,
-    }
-}
-
 fn prompt(c: &Client) -> &'static str {
     if c.hello_info().root_kind == "soft" {
         "Passphrase: "
@@ -340,8 +257,13 @@ fn prompt(c: &Client) -> &'static str {
 }
 
 async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
-    if let Command::Cryppo(cmd) = &cli.command {
-        return run_offline(cmd, cli.json);
+    match &cli.command {
+        Command::Cryppo(cmd) => return run_offline(cmd, cli.json),
+        Command::Verify(cmd) => return identity_cmds::verify(cmd).map(Some),
+        Command::Node(identity_cmds::NodeCmd::Verify { chain, key }) => {
+            return identity_cmds::node_verify(chain, key).map(Some)
+        }
+        _ => {}
     }
     let path = keyward_client::proto::paths::socket_path(cli.socket.clone());
     let c = Client::connect(&path).await?;
@@ -406,7 +328,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         }
         Command::Kek(KekCmd::List) => {
             let r = c.kek_list().await?;
-            out(key_table(&r.keys), json!({"keys": r.keys}))
+            out(key_table(&r.keys), cli::keys_json(&r.keys))
         }
         Command::Dek(DekCmd::Create {
             kek,
@@ -428,7 +350,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         }
         Command::Dek(DekCmd::List { kek }) => {
             let r = c.dek_list(kek.clone()).await?;
-            out(key_table(&r.keys), json!({"keys": r.keys}))
+            out(key_table(&r.keys), cli::keys_json(&r.keys))
         }
         Command::Dek(DekCmd::Export { id, output }) => {
             let r = c.dek_export(id).await?;
@@ -470,7 +392,13 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
                 out("", json!({"plaintext": b64.encode(pt.expose())}))
             }
         }
-        Command::Cryppo(_) => {
+        Command::Keypair(cmd) => identity_cmds::keypair(&c, cmd).await?,
+        Command::Sign(cmd) => return identity_cmds::sign(&c, cmd, cli.json).await,
+        Command::Share(cmd) => identity_cmds::share(&c, cmd).await?,
+        Command::Node(cmd) => identity_cmds::node(&c, cmd).await?,
+        Command::Seal(cmd) => return identity_cmds::seal(&c, cmd, cli.json).await,
+        Command::Open(cmd) => return identity_cmds::open(&c, cmd, cli.json).await,
+        Command::Cryppo(_) | Command::Verify(_) => {
             return Err("internal: offline command reached the agent path"
                 .to_string()
                 .into())

@@ -36,6 +36,7 @@ pub mod ecdsa;
 pub mod format;
 pub mod hpke;
 pub mod keys;
+pub mod message;
 pub mod node_key;
 pub mod share;
 
@@ -46,6 +47,7 @@ pub use delegation::{
 pub use ecdsa::{SigEncoding, SignError, Signer, VerifyError};
 pub use format::FormatError;
 pub use keys::{KeyId, LocalKey, PublicKey};
+pub use message::{MessageError, SealedMessage};
 pub use node_key::{derive_node_key, NodeKeyError};
 pub use share::{Dek, OpenedShare, SealedShare, ShareError};
 

@@ -49,6 +49,13 @@ pub enum ErrorCode {
     Ambiguous,
     /// The key was created non-exportable.
     NotExportable,
+    /// A key with that id or name exists already.
+    AlreadyExists,
+    /// The key exists but is of the wrong kind or purpose for this operation.
+    WrongKey,
+    /// A signature, delegation chain or sealed message does not verify (tampered, expired,
+    /// revoked, or not for us).
+    VerifyFailed,
     /// The key exists but is retired or revoked.
     KeyInactive,
     /// Authentication of the ciphertext failed, or it is not a ciphertext for this agent.
@@ -87,6 +94,9 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Ambiguous => "ambiguous",
             ErrorCode::NotExportable => "not_exportable",
+            ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::WrongKey => "wrong_key",
+            ErrorCode::VerifyFailed => "verify_failed",
             ErrorCode::KeyInactive => "key_inactive",
             ErrorCode::DecryptFailed => "decrypt_failed",
             ErrorCode::TokenError => "token_error",

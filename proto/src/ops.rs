@@ -22,6 +22,20 @@ pub enum Op {
     DekExport,
     Encrypt,
     Decrypt,
+    KeypairCreate,
+    KeypairList,
+    KeypairShow,
+    KeypairDelete,
+    Sign,
+    ShareSeal,
+    ShareOpen,
+    NodeDerive,
+    NodeRekey,
+    NodeRevoke,
+    NodeList,
+    NodeChain,
+    Seal,
+    Open,
 }
 
 impl Op {
@@ -37,6 +51,20 @@ impl Op {
         Op::DekExport,
         Op::Encrypt,
         Op::Decrypt,
+        Op::KeypairCreate,
+        Op::KeypairList,
+        Op::KeypairShow,
+        Op::KeypairDelete,
+        Op::Sign,
+        Op::ShareSeal,
+        Op::ShareOpen,
+        Op::NodeDerive,
+        Op::NodeRekey,
+        Op::NodeRevoke,
+        Op::NodeList,
+        Op::NodeChain,
+        Op::Seal,
+        Op::Open,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +80,20 @@ impl Op {
             Op::DekExport => "dek.export",
             Op::Encrypt => "encrypt",
             Op::Decrypt => "decrypt",
+            Op::KeypairCreate => "keypair.create",
+            Op::KeypairList => "keypair.list",
+            Op::KeypairShow => "keypair.show",
+            Op::KeypairDelete => "keypair.delete",
+            Op::Sign => "sign",
+            Op::ShareSeal => "share.seal",
+            Op::ShareOpen => "share.open",
+            Op::NodeDerive => "node.derive",
+            Op::NodeRekey => "node.rekey",
+            Op::NodeRevoke => "node.revoke",
+            Op::NodeList => "node.list",
+            Op::NodeChain => "node.chain",
+            Op::Seal => "seal",
+            Op::Open => "open",
         }
     }
 
@@ -196,6 +238,12 @@ pub struct KeyInfo {
     pub rotated: Option<u64>,
     /// `active`, `retired`, `revoked`.
     pub state: String,
+    /// Keypairs: the public key, SEC1 compressed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<serde_bytes::ByteBuf>,
+    /// Node keys: the node's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// `kek.list` and `dek.list` result.
@@ -251,4 +299,149 @@ mod tests {
         }
         assert_eq!(Op::from_name("rm -rf"), None);
     }
+}
+
+/// `keypair.create` arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeypairCreateArgs {
+    /// The KEK that wraps the private half; may be left out when there is exactly one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kek: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// `keypair.delete` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deleted {
+    pub id: String,
+    /// Always true: the key is gone from the keystore.
+    pub deleted: bool,
+}
+
+/// `sign` arguments: ECDSA P-256 / SHA-256 over `data`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignArgs {
+    pub key: String,
+    pub data: serde_bytes::ByteBuf,
+    /// Raw r‖s (64 bytes) instead of DER.
+    #[serde(default)]
+    pub raw: bool,
+}
+
+/// `sign` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignatureResult {
+    pub signature: serde_bytes::ByteBuf,
+}
+
+/// `share.seal` arguments: seal a sharing DEK to a recipient's public key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareSealArgs {
+    pub dek: String,
+    /// The recipient: did:key, SPKI PEM or JWK.
+    pub to: String,
+    /// The sender keypair (authenticates the share); may be left out when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+/// `share.seal` and `seal` result: base64url text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedResult {
+    pub sealed: String,
+}
+
+/// `share.open` arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareOpenArgs {
+    pub sealed: String,
+    /// The KEK to import the DEK under; may be left out when there is exactly one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kek: Option<String>,
+    /// Refuse shares from anyone but this sender (did:key, PEM or JWK).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+}
+
+/// `share.open` result: the imported DEK keeps the sender's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenedShareResult {
+    pub id: String,
+    /// The sender's did:key.
+    pub sender: String,
+}
+
+/// `node.derive` arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeDeriveArgs {
+    pub name: String,
+    /// The parent keypair that signs the delegation; default: the cluster root (made on first use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kek: Option<String>,
+    /// Validity of the delegation in seconds (default 365 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// `node.rekey` arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRekeyArgs {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// `node.revoke` arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRevokeArgs {
+    pub name: String,
+    /// The ancestor keypair that signs the revocation; default: the node's parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+}
+
+/// `node.chain` result: the cluster's public chain (root key, delegations, revocations) as CBOR.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainResult {
+    pub chain: serde_bytes::ByteBuf,
+}
+
+/// `seal` arguments: encrypt to a node's public key, authenticated by our keypair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealArgs {
+    pub to: String,
+    pub sign_with: String,
+    pub plaintext: SecretBytes,
+}
+
+/// `open` arguments: decrypt a sealed message addressed to one of our keypairs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenArgs {
+    pub sealed: String,
+    /// A cluster chain (CBOR): refuse senders it does not vouch for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<serde_bytes::ByteBuf>,
+}
+
+/// `open` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenedMessage {
+    pub plaintext: SecretBytes,
+    /// The sender's did:key.
+    pub sender: String,
+    /// The sender's node name, when a chain vouched for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_name: Option<String>,
 }

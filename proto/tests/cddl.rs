@@ -29,6 +29,8 @@ fn key_info() -> KeyInfo {
         created: 1_763_700_000,
         rotated: None,
         state: "active".into(),
+        public_key: None,
+        name: None,
     }
 }
 
@@ -95,6 +97,112 @@ fn every_request_validates() {
                 &DecryptArgs {
                     ciphertext: "Aes256Gcm.x.y".into(),
                     dek: None,
+                },
+            ),
+        ),
+        (
+            Op::KeypairCreate,
+            req(
+                Op::KeypairCreate,
+                &KeypairCreateArgs {
+                    kek: Some(ID.into()),
+                    label: Some("me".into()),
+                },
+            ),
+        ),
+        (Op::KeypairList, req(Op::KeypairList, &Empty {})),
+        (
+            Op::KeypairShow,
+            req(Op::KeypairShow, &IdArgs { id: ID.into() }),
+        ),
+        (
+            Op::KeypairDelete,
+            req(Op::KeypairDelete, &IdArgs { id: ID.into() }),
+        ),
+        (
+            Op::Sign,
+            req(
+                Op::Sign,
+                &SignArgs {
+                    key: ID.into(),
+                    data: serde_bytes::ByteBuf::from(b"m".to_vec()),
+                    raw: true,
+                },
+            ),
+        ),
+        (
+            Op::ShareSeal,
+            req(
+                Op::ShareSeal,
+                &ShareSealArgs {
+                    dek: ID.into(),
+                    to: "did:key:zDnaerDaTF5BXEavCrfRZEk316dpbLsfPDZ3WJ5hRTPFU2169".into(),
+                    from: None,
+                },
+            ),
+        ),
+        (
+            Op::ShareOpen,
+            req(
+                Op::ShareOpen,
+                &ShareOpenArgs {
+                    sealed: "b64".into(),
+                    kek: None,
+                    from: Some("did:key:z".into()),
+                },
+            ),
+        ),
+        (
+            Op::NodeDerive,
+            req(
+                Op::NodeDerive,
+                &NodeDeriveArgs {
+                    name: "web1".into(),
+                    ttl_seconds: Some(30),
+                    ..Default::default()
+                },
+            ),
+        ),
+        (
+            Op::NodeRekey,
+            req(
+                Op::NodeRekey,
+                &NodeRekeyArgs {
+                    name: "web1".into(),
+                    ttl_seconds: None,
+                },
+            ),
+        ),
+        (
+            Op::NodeRevoke,
+            req(
+                Op::NodeRevoke,
+                &NodeRevokeArgs {
+                    name: "web1".into(),
+                    by: Some(ID.into()),
+                },
+            ),
+        ),
+        (Op::NodeList, req(Op::NodeList, &Empty {})),
+        (Op::NodeChain, req(Op::NodeChain, &Empty {})),
+        (
+            Op::Seal,
+            req(
+                Op::Seal,
+                &SealArgs {
+                    to: "did:key:z".into(),
+                    sign_with: ID.into(),
+                    plaintext: SecretBytes::new(b"x".to_vec()),
+                },
+            ),
+        ),
+        (
+            Op::Open,
+            req(
+                Op::Open,
+                &OpenArgs {
+                    sealed: "b64".into(),
+                    chain: Some(serde_bytes::ByteBuf::from(vec![0xa0])),
                 },
             ),
         ),
@@ -165,6 +273,54 @@ fn every_response_validates() {
                 plaintext: SecretBytes::new(vec![]),
             },
         ),
+        Response::ok(1, &{
+            let mut k = key_info();
+            k.kind = "keypair".into();
+            k.purpose = None;
+            k.public_key = Some(serde_bytes::ByteBuf::from(vec![2; 33]));
+            k.name = Some("web1".into());
+            k
+        }),
+        Response::ok(
+            1,
+            &Deleted {
+                id: ID.into(),
+                deleted: true,
+            },
+        ),
+        Response::ok(
+            1,
+            &SignatureResult {
+                signature: serde_bytes::ByteBuf::from(vec![1; 64]),
+            },
+        ),
+        Response::ok(
+            1,
+            &SealedResult {
+                sealed: "b64".into(),
+            },
+        ),
+        Response::ok(
+            1,
+            &OpenedShareResult {
+                id: ID.into(),
+                sender: "did:key:z".into(),
+            },
+        ),
+        Response::ok(
+            1,
+            &ChainResult {
+                chain: serde_bytes::ByteBuf::from(vec![0xa0]),
+            },
+        ),
+        Response::ok(
+            1,
+            &OpenedMessage {
+                plaintext: SecretBytes::new(b"hi".to_vec()),
+                sender: "did:key:z".into(),
+                sender_name: Some("web1".into()),
+            },
+        ),
     ];
     for r in results {
         let r = r.unwrap();
@@ -189,6 +345,9 @@ fn every_response_validates() {
         ErrorCode::NotFound,
         ErrorCode::Ambiguous,
         ErrorCode::NotExportable,
+        ErrorCode::AlreadyExists,
+        ErrorCode::WrongKey,
+        ErrorCode::VerifyFailed,
         ErrorCode::KeyInactive,
         ErrorCode::DecryptFailed,
         ErrorCode::TokenError,

@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod vcard;
+
 pub use ciborium::Value;
 pub use keyward_client;
 pub use keyward_proto;
@@ -37,6 +39,13 @@ pub enum RootKind {
     /// A passphrase root (`[root] kind = "soft"`, PBKDF2 at the agent's default 600,000
     /// iterations); the secret is the passphrase.
     Soft,
+    /// A YubiKey root (`[root] kind = "yubikey"`) on the virtual PIV card of
+    /// `vcard-setup.sh` through the real pcscd ([`vcard`]); the secret is the card PIN.
+    YubiKey,
+    /// An EC (P-256, `ecdh-p256`) root on a SoftHSM2 token (`key_type = "ec"`).
+    Pkcs11Ec,
+    /// An EC root on the virtual PIV card through ykcs11 (`key_type = "ec"`), see [`vcard`].
+    Pkcs11EcCard,
 }
 
 impl RootKind {
@@ -45,6 +54,8 @@ impl RootKind {
         match self {
             RootKind::Pkcs11 => "pkcs11",
             RootKind::Soft => "soft",
+            RootKind::YubiKey => "yubikey",
+            RootKind::Pkcs11Ec | RootKind::Pkcs11EcCard => "pkcs11",
         }
     }
 }
@@ -159,6 +170,9 @@ impl TestEnv {
         let config = match kind {
             RootKind::Pkcs11 => setup_pkcs11(dir.path()),
             RootKind::Soft => setup_soft(dir.path()),
+            RootKind::YubiKey => vcard::setup_yubikey(dir.path()),
+            RootKind::Pkcs11Ec => vcard::setup_pkcs11_ec(dir.path()),
+            RootKind::Pkcs11EcCard => vcard::setup_ykcs11(dir.path()),
         };
         let policy = opts.unlock;
         let mut f = OpenOptions::new()
@@ -202,14 +216,19 @@ impl TestEnv {
     /// The CLI arguments that initialise this kind of root with the secret on stdin.
     pub fn init_args(&self) -> Vec<&'static str> {
         match self.kind {
-            RootKind::Pkcs11 => vec!["init", "--pin-stdin"],
+            RootKind::Pkcs11 | RootKind::YubiKey | RootKind::Pkcs11Ec | RootKind::Pkcs11EcCard => {
+                vec!["init", "--pin-stdin"]
+            }
             RootKind::Soft => vec!["init", "--soft", "--passphrase-stdin"],
         }
     }
 
     /// The secret `init` and `unlock` take.
     pub fn pin(&self) -> &'static str {
-        TEST_PIN
+        match self.kind {
+            RootKind::YubiKey | RootKind::Pkcs11EcCard => vcard::CARD_PIN,
+            _ => TEST_PIN,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -510,7 +529,7 @@ fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(pid, sig).expect("kill");
 }
 
-fn setup_pkcs11(dir: &Path) -> PathBuf {
+pub(crate) fn setup_pkcs11(dir: &Path) -> PathBuf {
     let script = repo_root().join("softhsm-setup.sh");
     let out = Command::new("bash")
         .arg(&script)

@@ -3,6 +3,8 @@
 
 #[path = "e2e/cli.rs"]
 mod cli;
+#[path = "e2e/identity.rs"]
+mod identity;
 #[path = "e2e/keys.rs"]
 mod keys;
 #[path = "e2e/lifecycle.rs"]

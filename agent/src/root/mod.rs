@@ -5,9 +5,12 @@
 //! DEK material into agent memory. Backends must never create a root except from an explicit
 //! `init`, and never hold a PIN longer than they are unlocked.
 
+pub mod ecdh;
+pub(crate) mod memory_kek;
 pub mod pkcs11;
 pub mod soft;
 pub mod uri;
+pub mod yubikey;
 
 use keyward_proto::secret::Pin;
 use thiserror::Error;
@@ -17,8 +20,13 @@ use zeroize::Zeroizing;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum RootError {
+    /// `card_retries`: what the card itself says is left before it blocks the PIN, for
+    /// hardware that counts (a PIV card); `None` where the token does not say (SoftHSM, soft).
     #[error("{op}: the PIN is incorrect")]
-    PinIncorrect { op: &'static str },
+    PinIncorrect {
+        op: &'static str,
+        card_retries: Option<u32>,
+    },
     #[error("{op}: the token has locked the PIN")]
     PinLocked { op: &'static str },
     #[error("{op}: the root key is not on the token (it is never re-created: restore the token or its backup)")]
@@ -52,7 +60,7 @@ pub struct Wrapped {
 /// What `init` made: the record the keystore keeps about the root.
 #[derive(Debug, Clone)]
 pub struct RootInit {
-    /// The root's scheme name in the keystore (`pkcs11-aes`).
+    /// The root's scheme name in the keystore (`pkcs11-aes`, `pkcs11-ec-p256`, `yubikey-p256`).
     pub scheme: &'static str,
     /// Where the root lives (a PKCS#11 URI naming the object), or how it is derived (soft).
     pub locator: String,
@@ -69,7 +77,7 @@ pub struct StoredRoot {
 
 /// A root backend.
 pub trait Root: Send + Sync {
-    /// `pkcs11`, `soft`, `yubikey`.
+    /// `pkcs11`, `pkcs11-ec`, `soft`, `yubikey`.
     fn kind(&self) -> &'static str;
     /// A description for people: token label, serial.
     fn describe(&self) -> String;
@@ -102,6 +110,10 @@ pub trait Kek: Send + Sync {
         aad: &[u8],
         ct_tag: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, RootError>;
-    /// The plaintext DEK (for DEKs created exportable: the caller checks).
+    /// The plaintext of a 32-byte secret wrapped under this KEK: an exportable DEK (the caller
+    /// checks), or a keypair's private scalar for the moment it is used.
     fn export_dek(&self, dek: &[u8]) -> Result<Zeroizing<Vec<u8>>, RootError>;
+    /// Wrap a 32-byte secret made elsewhere (a keypair's private scalar, a DEK received in a
+    /// share) under this KEK, with the same scheme as [`Kek::generate_dek`].
+    fn wrap_secret(&self, secret: &[u8]) -> Result<Wrapped, RootError>;
 }

@@ -12,12 +12,24 @@
 //! finalizes the library, initializes it again, logs in with the PIN held since unlock and finds
 //! the root again. This module must never create a root anywhere but in `init`, and never keep
 //! the PIN after `lock`.
+//!
+//! **EC roots** (`key_type = "ec"`, scheme `ecdh-p256`, see [`super::ecdh`]) are for tokens with
+//! no AES key wrap, e.g. PIV cards through ykcs11 or OpenSC: `init` generates a P-256 key pair in
+//! the token (CKM_EC_KEY_PAIR_GEN; private half SENSITIVE, EXTRACTABLE=false, DERIVE only) and the
+//! root record keeps the public key (`x-keyward-pub` in the locator URI's query). KEKs are wrapped
+//! in software to that public key; opening one derives the ECDH secret in the token
+//! (CKM_ECDH1_DERIVE, KDF NULL, into a short-lived session object that is read and destroyed) and
+//! the KEK then lives in agent memory ([`MemoryKek`]) while unlocked.
 
+use super::ecdh;
+use super::memory_kek::{random_key, MemoryKek};
 use super::uri::{encode, Pkcs11Uri};
 use super::{Kek, Root, RootError, RootInit, StoredRoot, Wrapped};
+use crate::config::Pkcs11KeyType;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
+use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
@@ -32,8 +44,41 @@ use zeroize::Zeroizing;
 pub const DEFAULT_ROOT_LABEL: &str = "keyward-root";
 /// Scheme recorded for a PKCS#11 AES root.
 pub const ROOT_SCHEME: &str = "pkcs11-aes";
+/// Scheme recorded for a PKCS#11 EC (P-256) root.
+pub const EC_ROOT_SCHEME: &str = "pkcs11-ec-p256";
 /// Scheme of keys wrapped by CKM_AES_KEY_WRAP_PAD.
 pub const KWP: &str = "aes-kwp";
+/// DER of the P-256 (prime256v1) OID, for CKA_EC_PARAMS.
+const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+/// The query attribute of an EC root's locator that carries its public key (hex SEC1).
+const PUB_ATTR: &str = "x-keyward-pub=";
+
+/// The public key from an EC root's CKA_EC_POINT (DER OCTET STRING, or raw as some tokens give).
+fn ec_point(bytes: &[u8]) -> Option<p256::PublicKey> {
+    let raw = match bytes {
+        [0x04, 0x41, rest @ ..] if rest.len() == 65 => rest,
+        raw => raw,
+    };
+    p256::PublicKey::from_sec1_bytes(raw).ok()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The public key recorded in an EC root's locator.
+fn locator_public(locator: &str) -> Option<p256::PublicKey> {
+    let start = locator.find(PUB_ATTR)? + PUB_ATTR.len();
+    let h = locator[start..].split('&').next()?;
+    if h.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+        .collect();
+    p256::PublicKey::from_sec1_bytes(&bytes?).ok()
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // State behind these mutexes stays consistent across a panic (handles and sessions only).
@@ -44,7 +89,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 fn ck(op: &'static str) -> impl Fn(CkError) -> RootError {
     move |e| match e {
         CkError::Pkcs11(rv, _) => match rv {
-            RvError::PinIncorrect => RootError::PinIncorrect { op },
+            RvError::PinIncorrect => RootError::PinIncorrect {
+                op,
+                card_retries: None,
+            },
             RvError::PinLocked => RootError::PinLocked { op },
             RvError::ObjectHandleInvalid
             | RvError::KeyHandleInvalid
@@ -169,6 +217,11 @@ pub struct Pkcs11Root {
     conn: RwLock<Option<Arc<Conn>>>,
     /// Held while unlocked, for re-login after the token or library resets. Never on disk.
     pin: Mutex<Option<Pin>>,
+    key_type: Pkcs11KeyType,
+    /// EC roots: the SO PIN `init` generates the key pair with (ykcs11: the management key).
+    keygen_so_pin: Option<Pin>,
+    /// EC roots: the root's public key, once initialized or unlocked.
+    ec_public: Mutex<Option<p256::PublicKey>>,
 }
 
 impl Pkcs11Root {
@@ -176,6 +229,17 @@ impl Pkcs11Root {
     /// loaded and the token looked for now, but a missing token is not fatal: operations report
     /// `token_unavailable` and connect once it is there.
     pub fn new(uri: &str, env: &BTreeMap<String, String>) -> Result<Self, RootError> {
+        Self::with_key_type(uri, env, Pkcs11KeyType::Aes, None)
+    }
+
+    /// [`Pkcs11Root::new`] for an AES or an EC root. `keygen_so_pin`: EC roots only, see
+    /// `management_key_hex` in the config.
+    pub fn with_key_type(
+        uri: &str,
+        env: &BTreeMap<String, String>,
+        key_type: Pkcs11KeyType,
+        keygen_so_pin: Option<Pin>,
+    ) -> Result<Self, RootError> {
         let uri = Pkcs11Uri::parse(uri).map_err(|e| RootError::Config(e.to_string()))?;
         let module = uri
             .module_path()
@@ -196,6 +260,9 @@ impl Pkcs11Root {
             label,
             conn: RwLock::new(None),
             pin: Mutex::new(None),
+            key_type,
+            keygen_so_pin,
+            ec_public: Mutex::new(None),
         };
         if let Err(e) = root.conn("connect") {
             tracing::warn!(error = %e, "token not reachable at start-up; will retry on use");
@@ -276,6 +343,9 @@ impl Pkcs11Root {
     }
 
     fn root_template(&self) -> Vec<Attribute> {
+        if self.key_type == Pkcs11KeyType::Ec {
+            return self.ec_template(ObjectClass::PRIVATE_KEY);
+        }
         let mut t = vec![
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(KeyType::AES),
@@ -286,6 +356,218 @@ impl Pkcs11Root {
             t.push(Attribute::Id(id.to_vec()));
         }
         t
+    }
+
+    /// An EC root's private or public key: by id and/or label (the default label only when the
+    /// URI names neither, so `id=%03` alone finds ykcs11's fixed-label slot 9d key).
+    fn ec_template(&self, class: ObjectClass) -> Vec<Attribute> {
+        let mut t = vec![
+            Attribute::Class(class),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::Token(true),
+        ];
+        if self.uri.object().is_some() || self.uri.id().is_none() {
+            t.push(Attribute::Label(self.label.as_bytes().to_vec()));
+        }
+        if let Some(id) = self.uri.id() {
+            t.push(Attribute::Id(id.to_vec()));
+        }
+        t
+    }
+
+    /// The public key of the EC root from the token's public-key object (for unlock without a
+    /// recorded one).
+    fn token_ec_public(
+        &self,
+        session: &Session,
+        op: &'static str,
+    ) -> Result<p256::PublicKey, RootError> {
+        let found = session
+            .find_objects(&self.ec_template(ObjectClass::PUBLIC_KEY))
+            .map_err(ck(op))?;
+        let [h] = found.as_slice() else {
+            return Err(RootError::RootMissing { op });
+        };
+        let attrs = session
+            .get_attributes(*h, &[AttributeType::EcPoint])
+            .map_err(ck(op))?;
+        attrs
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::EcPoint(p) => ec_point(&p),
+                _ => None,
+            })
+            .ok_or_else(|| RootError::Token {
+                op,
+                detail: "the root's public key object has no P-256 CKA_EC_POINT".into(),
+            })
+    }
+
+    /// `init` for an EC root: generate the key pair (as SO when configured), log in as the user.
+    fn init_ec(&self, conn: &Conn, pin: &Pin, op: &'static str) -> Result<RootInit, RootError> {
+        if let Some(so) = &self.keygen_so_pin {
+            let anchor = lock(&conn.anchor);
+            let _ = anchor.logout();
+            anchor
+                .login(UserType::So, Some(&AuthPin::from(so.expose().to_string())))
+                .map_err(|e| match ck(op)(e) {
+                    RootError::PinIncorrect { .. } => RootError::Token {
+                        op,
+                        detail: "the token refused the SO PIN (management_key_hex)".into(),
+                    },
+                    other => other,
+                })?;
+        } else {
+            self.login(conn, pin, op)?;
+        }
+        let generated = (|| {
+            let anchor = lock(&conn.anchor);
+            if !self.find_roots(&anchor, op)?.is_empty() {
+                return Err(RootError::RootExists { op });
+            }
+            let id = match self.uri.id() {
+                Some(id) => id.to_vec(),
+                None => {
+                    let mut id = vec![0u8; 16];
+                    anchor.generate_random_slice(&mut id).map_err(ck(op))?;
+                    id
+                }
+            };
+            let label = Attribute::Label(self.label.as_bytes().to_vec());
+            let public_t = vec![
+                Attribute::Token(true),
+                Attribute::EcParams(P256_PARAMS.to_vec()),
+                Attribute::Verify(false),
+                Attribute::Id(id.clone()),
+                label.clone(),
+            ];
+            let private_t = vec![
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Derive(true),
+                Attribute::Sign(false),
+                Attribute::Decrypt(false),
+                Attribute::Id(id.clone()),
+                label,
+            ];
+            let (public, private) = match anchor.generate_key_pair(
+                &Mechanism::EccKeyPairGen,
+                &public_t,
+                &private_t,
+            ) {
+                Ok(pair) => pair,
+                // PIV modules (ykcs11) take only a few attributes: the slot (CKA_ID) and the
+                // curve; their keys are non-extractable and allow ECDH by construction.
+                Err(CkError::Pkcs11(
+                    RvError::AttributeTypeInvalid | RvError::TemplateInconsistent,
+                    _,
+                )) => {
+                    tracing::info!("the token refused the full EC key template; generating with the minimal one");
+                    anchor
+                        .generate_key_pair(
+                            &Mechanism::EccKeyPairGen,
+                            &[
+                                Attribute::EcParams(P256_PARAMS.to_vec()),
+                                Attribute::Id(id.clone()),
+                            ],
+                            &[Attribute::Id(id.clone())],
+                        )
+                        .map_err(ck(op))?
+                }
+                Err(e) => return Err(ck(op)(e)),
+            };
+            let attrs = anchor
+                .get_attributes(public, &[AttributeType::EcPoint])
+                .map_err(ck(op))?;
+            let pk = attrs
+                .into_iter()
+                .find_map(|a| match a {
+                    Attribute::EcPoint(p) => ec_point(&p),
+                    _ => None,
+                })
+                .ok_or_else(|| RootError::Token {
+                    op,
+                    detail: "the generated key has no P-256 CKA_EC_POINT".into(),
+                })?;
+            Ok((id, private, pk))
+        })();
+        let (id, _, pk) = generated?;
+        if self.keygen_so_pin.is_some() {
+            self.login(conn, pin, op)?;
+        }
+        // Handles may change across logins: find the key again as the user.
+        let root = self.find_root(conn, op)?;
+        *lock(&conn.root) = Some(root);
+        *lock(&self.pin) = Some(pin.clone());
+        *lock(&self.ec_public) = Some(pk);
+        let info = conn.ctx.get_token_info(conn.slot).map_err(ck(op))?;
+        Ok(RootInit {
+            scheme: EC_ROOT_SCHEME,
+            locator: format!(
+                "pkcs11:token={};serial={};object={};id={};type=private?{PUB_ATTR}{}",
+                encode(info.label().trim_end().as_bytes()),
+                encode(info.serial_number().trim_end().as_bytes()),
+                encode(self.label.as_bytes()),
+                encode(&id),
+                hex(&ecdh::sec1(&pk))
+            ),
+            check: None,
+        })
+    }
+
+    /// ECDH in the token with the root's private key: the x coordinate (CKM_ECDH1_DERIVE, KDF
+    /// NULL, into a session object that is read and destroyed at once).
+    fn token_ecdh(
+        session: &Session,
+        root: ObjectHandle,
+        peer: &[u8],
+        op: &'static str,
+    ) -> Result<Zeroizing<Vec<u8>>, RootError> {
+        let params = Ecdh1DeriveParams::new(EcKdf::null(), peer);
+        let full = vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::Token(false),
+            Attribute::Private(true),
+            Attribute::Sensitive(false),
+            Attribute::Extractable(true),
+            Attribute::ValueLen(32.into()),
+        ];
+        let minimal = vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+        ];
+        let handle = match session.derive_key(&Mechanism::Ecdh1Derive(params), root, &full) {
+            Ok(h) => h,
+            // Some modules (ykcs11) take fewer attributes on derived keys.
+            Err(CkError::Pkcs11(
+                RvError::AttributeTypeInvalid
+                | RvError::AttributeValueInvalid
+                | RvError::TemplateInconsistent
+                | RvError::TemplateIncomplete,
+                _,
+            )) => session
+                .derive_key(&Mechanism::Ecdh1Derive(params), root, &minimal)
+                .map_err(ck(op))?,
+            Err(e) => return Err(ck(op)(e)),
+        };
+        let key = TempKey { session, handle };
+        let attrs = session
+            .get_attributes(key.handle, &[AttributeType::Value])
+            .map_err(ck(op))?;
+        for a in attrs {
+            if let Attribute::Value(mut v) = a {
+                let out = Zeroizing::new(v.clone());
+                zeroize::Zeroize::zeroize(&mut v);
+                return Ok(out);
+            }
+        }
+        Err(RootError::Token {
+            op,
+            detail: "the derived ECDH secret has no readable CKA_VALUE".into(),
+        })
     }
 
     fn find_roots(
@@ -327,10 +609,21 @@ impl Pkcs11Root {
         }
     }
 
+    fn key_kind(&self) -> &'static str {
+        match self.key_type {
+            Pkcs11KeyType::Aes => "",
+            Pkcs11KeyType::Ec => ", EC P-256 root (ecdh-p256)",
+        }
+    }
+
     fn unlock_inner(&self, pin: &Pin, op: &'static str) -> Result<(), RootError> {
         let conn = self.conn(op)?;
         self.login(&conn, pin, op)?;
         let root = self.find_root(&conn, op)?;
+        if self.key_type == Pkcs11KeyType::Ec && lock(&self.ec_public).is_none() {
+            let pk = self.token_ec_public(&lock(&conn.anchor), op)?;
+            *lock(&self.ec_public) = Some(pk);
+        }
         *lock(&conn.root) = Some(root);
         *lock(&self.pin) = Some(pin.clone());
         Ok(())
@@ -356,12 +649,14 @@ impl Root for Pkcs11Root {
                 })
         }) {
             Ok((mfr, serial)) => format!(
-                "PKCS#11 token `{token}` ({mfr}, serial {serial}) via {}",
-                self.module
+                "PKCS#11 token `{token}` ({mfr}, serial {serial}) via {}{}",
+                self.module,
+                self.key_kind()
             ),
             Err(_) => format!(
-                "PKCS#11 token `{token}` via {} (not reachable)",
-                self.module
+                "PKCS#11 token `{token}` via {}{} (not reachable)",
+                self.module,
+                self.key_kind()
             ),
         }
     }
@@ -369,6 +664,9 @@ impl Root for Pkcs11Root {
     fn init(&self, pin: &Pin) -> Result<RootInit, RootError> {
         const OP: &str = "init root";
         let conn = self.conn(OP)?;
+        if self.key_type == Pkcs11KeyType::Ec {
+            return self.init_ec(&conn, pin, OP);
+        }
         self.login(&conn, pin, OP)?;
         let anchor = lock(&conn.anchor);
         if !self.find_roots(&anchor, OP)?.is_empty() {
@@ -421,7 +719,11 @@ impl Root for Pkcs11Root {
         })
     }
 
-    fn unlock(&self, pin: &Pin, _stored: &StoredRoot) -> Result<(), RootError> {
+    fn unlock(&self, pin: &Pin, stored: &StoredRoot) -> Result<(), RootError> {
+        if self.key_type == Pkcs11KeyType::Ec {
+            // The recorded public key wins over the token's public object (ykcs11 may not show it).
+            *lock(&self.ec_public) = stored.locator.as_deref().and_then(locator_public);
+        }
         self.unlock_inner(pin, "unlock")
     }
 
@@ -454,6 +756,13 @@ impl Root for Pkcs11Root {
         const OP: &str = "generate KEK";
         let conn = self.conn(OP)?;
         let root = conn.root_handle(OP)?;
+        if self.key_type == Pkcs11KeyType::Ec {
+            let public = (*lock(&self.ec_public)).ok_or(RootError::Locked { op: OP })?;
+            return Ok(Wrapped {
+                scheme: ecdh::SCHEME,
+                bytes: ecdh::wrap(&public, &random_key())?,
+            });
+        }
         conn.with_session(OP, |s| generate_wrapped(s, root, OP))
     }
 
@@ -461,6 +770,13 @@ impl Root for Pkcs11Root {
         const OP: &str = "unwrap KEK";
         let conn = self.conn(OP)?;
         let root = conn.root_handle(OP)?;
+        if self.key_type == Pkcs11KeyType::Ec {
+            let public = (*lock(&self.ec_public)).ok_or(RootError::Locked { op: OP })?;
+            let kek = conn.with_session(OP, |s| {
+                ecdh::unwrap(&public, wrapped, |eph| Self::token_ecdh(s, root, eph, OP))
+            })?;
+            return Ok(Box::new(MemoryKek::new(&kek)));
+        }
         let handle = {
             let anchor = lock(&conn.anchor);
             anchor
@@ -571,6 +887,31 @@ impl Kek for Pkcs11Kek {
                 op: OP,
                 detail: "the token returned no CKA_VALUE".into(),
             })
+        })
+    }
+
+    fn wrap_secret(&self, secret: &[u8]) -> Result<Wrapped, RootError> {
+        const OP: &str = "wrap secret";
+        if secret.len() != 32 {
+            return Err(RootError::Unsupported {
+                op: OP,
+                detail: format!("only 32-byte secrets are wrapped, not {}", secret.len()),
+            });
+        }
+        // The secret enters the token as an extractable AES-256 session object just long enough
+        // to be wrapped by the KEK (which never leaves the token), then it is destroyed. 32-byte
+        // secrets only: SoftHSM's KWP is RFC 5649 exact for those (DESIGN.md).
+        self.conn.with_session(OP, |s| {
+            let mut t = secret_template(true, true, false, false);
+            t.push(Attribute::Value(secret.to_vec()));
+            let key = TempKey {
+                session: s,
+                handle: s.create_object(&t).map_err(ck(OP))?,
+            };
+            let bytes = s
+                .wrap_key(&Mechanism::AesKeyWrapPad, self.handle, key.handle)
+                .map_err(ck(OP))?;
+            Ok(Wrapped { scheme: KWP, bytes })
         })
     }
 }

@@ -7,13 +7,14 @@
 //! MEK carrying the same derivation artefacts, the way Meeco's keystore stores its KEK. DEKs under
 //! a KEK are AES-KWP (RFC 5649) with the `aes-kw` crate: the same bytes a token produces.
 //!
-//! Unlike the PKCS#11 root, key material is in agent memory here (zeroized on drop): this backend
+//! Unlike the PKCS#11 root, key material is in agent memory here (zeroized on drop; the KEK in a
+//! `MemoryKek`, see `memory_kek.rs`): this backend
 //! exists for machines without hardware. It must never store the passphrase or the MEK.
 
+use super::memory_kek::{random_key, MemoryKek};
 use super::{Kek, Root, RootError, RootInit, StoredRoot, Wrapped};
 use keyward_envelope::{aes256gcm, pbkdf2, EncryptedData, Serialized};
 use keyward_proto::secret::Pin;
-use rand_core::{OsRng, RngCore};
 use std::sync::{Mutex, MutexGuard};
 use zeroize::Zeroizing;
 
@@ -24,18 +25,11 @@ pub const MIN_ITERATIONS: u32 = 600_000;
 const CHECK_AD: &str = "keyward:soft-root:check";
 const CHECK_PLAINTEXT: &[u8] = b"keyward soft root v1";
 const KEK_AD: &str = "keyward:kek";
-const KWP: &str = "aes-kwp";
 
 type Key = Zeroizing<[u8; 32]>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn random_key() -> Key {
-    let mut k = Zeroizing::new([0u8; 32]);
-    OsRng.fill_bytes(k.as_mut());
-    k
 }
 
 fn env_err(op: &'static str) -> impl Fn(keyward_envelope::Error) -> RootError {
@@ -120,7 +114,12 @@ impl Root for SoftRoot {
         let mek = pbkdf2::derive_key_from(pin.expose(), &artefacts).map_err(env_err(OP))?;
         match aes256gcm::decrypt_with_key(check, &mek) {
             Ok(pt) if pt.as_slice() == CHECK_PLAINTEXT => {}
-            _ => return Err(RootError::PinIncorrect { op: OP }),
+            _ => {
+                return Err(RootError::PinIncorrect {
+                    op: OP,
+                    card_retries: None,
+                })
+            }
         }
         *lock(&self.mek) = Some((mek, artefacts));
         Ok(())
@@ -171,81 +170,8 @@ impl Root for SoftRoot {
             op: OP,
             detail: "the unwrapped KEK is not 32 bytes".into(),
         })?;
-        Ok(Box::new(SoftKek {
-            key: Zeroizing::new(key),
-        }))
-    }
-}
-
-/// A KEK in agent memory (zeroized on drop).
-struct SoftKek {
-    key: Key,
-}
-
-impl SoftKek {
-    fn kw(&self) -> aes_kw::KekAes256 {
-        aes_kw::KekAes256::from(*self.key)
-    }
-
-    fn unwrap_dek(&self, dek: &[u8], op: &'static str) -> Result<Key, RootError> {
-        let v = Zeroizing::new(self.kw().unwrap_with_padding_vec(dek).map_err(|_| {
-            RootError::Token {
-                op,
-                detail: "the wrapped DEK does not unwrap under its KEK".into(),
-            }
-        })?);
-        let k: [u8; 32] = v.as_slice().try_into().map_err(|_| RootError::Token {
-            op,
-            detail: "the unwrapped DEK is not 32 bytes".into(),
-        })?;
-        Ok(Zeroizing::new(k))
-    }
-}
-
-impl Kek for SoftKek {
-    fn generate_dek(&self) -> Result<Wrapped, RootError> {
-        const OP: &str = "generate DEK";
-        let dek = random_key();
-        let bytes =
-            self.kw()
-                .wrap_with_padding_vec(dek.as_ref())
-                .map_err(|e| RootError::Token {
-                    op: OP,
-                    detail: e.to_string(),
-                })?;
-        Ok(Wrapped { scheme: KWP, bytes })
-    }
-
-    fn seal(&self, dek: &[u8], iv: &[u8; 12], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>, RootError> {
-        const OP: &str = "encrypt";
-        let key = self.unwrap_dek(dek, OP)?;
-        let (mut ct, tag) = aes256gcm::seal(&key, iv, aad, pt).map_err(env_err(OP))?;
-        ct.extend_from_slice(&tag);
-        Ok(ct)
-    }
-
-    fn open(
-        &self,
-        dek: &[u8],
-        iv: &[u8; 12],
-        aad: &[u8],
-        ct_tag: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, RootError> {
-        const OP: &str = "decrypt";
-        let key = self.unwrap_dek(dek, OP)?;
-        let split = ct_tag
-            .len()
-            .checked_sub(16)
-            .ok_or(RootError::DecryptFailed { op: OP })?;
-        let (ct, tag) = ct_tag.split_at(split);
-        let tag: [u8; 16] = tag
-            .try_into()
-            .map_err(|_| RootError::DecryptFailed { op: OP })?;
-        aes256gcm::open(&key, iv, aad, ct, &tag).map_err(|_| RootError::DecryptFailed { op: OP })
-    }
-
-    fn export_dek(&self, dek: &[u8]) -> Result<Zeroizing<Vec<u8>>, RootError> {
-        Ok(Zeroizing::new(self.unwrap_dek(dek, "export DEK")?.to_vec()))
+        let key = Zeroizing::new(key);
+        Ok(Box::new(MemoryKek::new(&key)))
     }
 }
 

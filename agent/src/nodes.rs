@@ -1,0 +1,312 @@
+//! Node keys: a cluster of keys that derive from one root, vouched for by signed delegations and
+//! revocable by their ancestors; and sealed messages between nodes.
+//!
+//! The cluster root is a keypair named `/`, made on first use. `node.derive NAME` derives a
+//! deterministic P-256 key from a derivation secret (kept wrapped under a KEK) by HKDF, one path
+//! per name, and the parent signs a COSE_Sign1 delegation (subject key, name, parent key id,
+//! issued and expiry times). `node.rekey` replaces a node's key with a fresh random one (not
+//! derivable) vouched for by the same parent; `node.revoke` has an ancestor sign a revocation.
+//! `node.chain` exports the public chain: everything a peer needs to verify offline, and nothing
+//! secret.
+
+use crate::error::AgentError;
+use crate::hierarchy::Hierarchy;
+use crate::keystore::{now, KeyKind, KeyRecord, KeyState, Revocation};
+use keyward_identity::{
+    derive_node_key, issue_delegation, issue_revocation, Chain, LocalKey, PublicKey, SealedMessage,
+};
+use keyward_proto::ops::KeyInfo;
+use rand_core::{OsRng, RngCore};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+/// The cluster root's node name.
+pub const CLUSTER_ROOT: &str = "/";
+const DEFAULT_TTL_SECONDS: u64 = 365 * 86_400;
+const SECRET_LABEL: &str = "node-derivation";
+
+/// An opened message: plaintext, the sender's did:key, and its node name if a chain vouched.
+pub type Opened = (Zeroizing<Vec<u8>>, String, Option<String>);
+
+fn statement_err(e: impl std::fmt::Display) -> AgentError {
+    AgentError::Internal(format!("signing a statement: {e}"))
+}
+
+impl Hierarchy {
+    /// The cluster root keypair, made under `kek` on first use.
+    fn cluster_root(&self, kek: Option<&str>) -> Result<KeyRecord, AgentError> {
+        if let Some(r) = self.ks.by_name(CLUSTER_ROOT)? {
+            return Ok(r);
+        }
+        let kek = self.choose_kek(kek)?;
+        let key = LocalKey::generate(&mut OsRng);
+        let mut rec = self.keypair_record(&key, &kek)?;
+        rec.name = Some(CLUSTER_ROOT.into());
+        rec.label = Some("cluster root".into());
+        self.ks.insert(&rec)?;
+        tracing::info!(id = %rec.id, "cluster root created");
+        Ok(rec)
+    }
+
+    /// The node-derivation secret, made under `kek` on first use.
+    fn derivation_secret(&self, kek: Option<&str>) -> Result<Zeroizing<[u8; 32]>, AgentError> {
+        let existing = self
+            .ks
+            .list(KeyKind::Secret, None)?
+            .into_iter()
+            .find(|s| s.label.as_deref() == Some(SECRET_LABEL) && s.state == KeyState::Active);
+        let rec = match existing {
+            Some(r) => r,
+            None => {
+                let kek = self.choose_kek(kek)?;
+                let mut secret = Zeroizing::new([0u8; 32]);
+                OsRng.fill_bytes(secret.as_mut());
+                let w = self
+                    .with_recovery(|| Ok(self.kek_handle(&kek)?.wrap_secret(secret.as_ref())?))?;
+                let mut rec = KeyRecord::new(KeyKind::Secret, w.scheme);
+                rec.parent = Some(kek.id);
+                rec.label = Some(SECRET_LABEL.into());
+                rec.wrapped = Some(w.bytes);
+                self.ks.insert(&rec)?;
+                return Ok(secret);
+            }
+        };
+        let kek = self.parent_kek(&rec)?;
+        let wrapped = self.wrapped(&rec)?;
+        let raw = self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))?;
+        let arr: [u8; 32] = raw
+            .as_slice()
+            .try_into()
+            .map_err(|_| AgentError::Internal("the derivation secret is not 32 bytes".into()))?;
+        Ok(Zeroizing::new(arr))
+    }
+
+    fn delegation(
+        &self,
+        parent: &KeyRecord,
+        subject: &PublicKey,
+        name: &str,
+        ttl_seconds: Option<u64>,
+    ) -> Result<Vec<u8>, AgentError> {
+        let ttl = ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
+        if ttl == 0 || ttl > 100 * 365 * 86_400 {
+            return Err(AgentError::InvalidArgs(
+                "a delegation's lifetime must be between 1 second and 100 years".into(),
+            ));
+        }
+        let signer = self.unwrap_keypair(parent)?;
+        let iat = now();
+        let exp = iat + ttl;
+        issue_delegation(
+            &signer,
+            &Self::public_of(parent)?.key_id(),
+            subject,
+            name,
+            iat,
+            exp,
+        )
+        .map_err(statement_err)
+    }
+
+    /// Derive the node key NAME and have its parent vouch for it.
+    pub fn node_derive(
+        &self,
+        name: &str,
+        parent: Option<&str>,
+        kek: Option<&str>,
+        ttl_seconds: Option<u64>,
+    ) -> Result<Uuid, AgentError> {
+        self.root_record("node.derive")?;
+        if name == CLUSTER_ROOT {
+            return Err(AgentError::InvalidArgs(
+                "`/` is the cluster root's name".into(),
+            ));
+        }
+        if self.ks.by_name(name)?.is_some() {
+            return Err(AgentError::AlreadyExists(format!(
+                "node `{name}` exists: use `node rekey` for a new key"
+            )));
+        }
+        let parent = match parent {
+            Some(id) => {
+                let p = self.record(id, KeyKind::Keypair)?;
+                Self::require_active(&p)?;
+                p
+            }
+            None => self.cluster_root(kek)?,
+        };
+        let secret = self.derivation_secret(kek)?;
+        let derived = derive_node_key(&secret, name)
+            .map_err(|e| AgentError::InvalidArgs(format!("node name: {e}")))?;
+        let key = LocalKey::from_secret_key(derived);
+        let statement = self.delegation(&parent, &key.public_key(), name, ttl_seconds)?;
+        let kek = self.choose_kek(kek)?;
+        let mut rec = self.keypair_record(&key, &kek)?;
+        rec.name = Some(name.into());
+        rec.label = Some(format!("node {name}"));
+        rec.issuer = Some(parent.id);
+        rec.statement = Some(statement);
+        self.ks.insert(&rec)?;
+        tracing::info!(id = %rec.id, name, "node key derived");
+        Ok(rec.id)
+    }
+
+    /// Give node NAME a fresh random key, vouched for by the same parent; the old key is retired.
+    pub fn node_rekey(&self, name: &str, ttl_seconds: Option<u64>) -> Result<Uuid, AgentError> {
+        self.root_record("node.rekey")?;
+        let old = self.node(name)?;
+        let parent_id = old.issuer.ok_or_else(|| {
+            AgentError::WrongKey(format!("`{name}` has no parent to vouch for a new key"))
+        })?;
+        let parent = self.record(&parent_id.to_string(), KeyKind::Keypair)?;
+        Self::require_active(&parent)?;
+        let key = LocalKey::generate(&mut OsRng);
+        let statement = self.delegation(&parent, &key.public_key(), name, ttl_seconds)?;
+        let kek = self.parent_kek(&old)?;
+        let mut rec = self.keypair_record(&key, &kek)?;
+        rec.name = Some(name.into());
+        rec.label = Some(format!("node {name}"));
+        rec.issuer = Some(parent.id);
+        rec.statement = Some(statement);
+        rec.version = old.version + 1;
+        self.ks.replace(&old.id, KeyState::Retired, &rec, None)?;
+        tracing::info!(id = %rec.id, name, "node key replaced");
+        Ok(rec.id)
+    }
+
+    fn node(&self, name: &str) -> Result<KeyRecord, AgentError> {
+        self.ks.by_name(name)?.ok_or_else(|| AgentError::NotFound {
+            kind: "node",
+            id: name.to_string(),
+        })
+    }
+
+    /// Revoke node NAME with a revocation signed by `by` (default: its parent), which must be
+    /// one of its ancestors.
+    pub fn node_revoke(&self, name: &str, by: Option<&str>) -> Result<Uuid, AgentError> {
+        self.root_record("node.revoke")?;
+        let target = self.node(name)?;
+        let mut ancestors = Vec::new();
+        let mut cur = target.issuer;
+        while let Some(id) = cur {
+            if ancestors.contains(&id) || ancestors.len() > 64 {
+                break;
+            }
+            ancestors.push(id);
+            cur = self.ks.get(&id)?.and_then(|r| r.issuer);
+        }
+        let issuer = match by {
+            Some(id) => self.record(id, KeyKind::Keypair)?,
+            None => {
+                let id = ancestors.first().ok_or_else(|| {
+                    AgentError::WrongKey(format!(
+                        "`{name}` has no parent: name a revoker with --by"
+                    ))
+                })?;
+                self.record(&id.to_string(), KeyKind::Keypair)?
+            }
+        };
+        if !ancestors.contains(&issuer.id) {
+            return Err(AgentError::WrongKey(format!(
+                "keypair {} is not an ancestor of `{name}`: only ancestors may revoke it",
+                issuer.id
+            )));
+        }
+        let signer = self.unwrap_keypair(&issuer)?;
+        let statement = issue_revocation(
+            &signer,
+            &Self::public_of(&issuer)?.key_id(),
+            &Self::public_of(&target)?.key_id(),
+            now(),
+        )
+        .map_err(statement_err)?;
+        self.ks.revoke(&Revocation {
+            id: Uuid::new_v4(),
+            revoked: target.id,
+            issuer: issuer.id,
+            statement,
+            created: now(),
+        })?;
+        tracing::info!(id = %target.id, name, by = %issuer.id, "node key revoked");
+        Ok(target.id)
+    }
+
+    pub fn node_list(&self) -> Result<Vec<KeyInfo>, AgentError> {
+        Ok(self
+            .ks
+            .list(KeyKind::Keypair, None)?
+            .iter()
+            .filter(|k| k.name.is_some())
+            .map(KeyRecord::info)
+            .collect())
+    }
+
+    /// The cluster's public chain: root key, every delegation ever issued, every revocation.
+    pub fn node_chain(&self) -> Result<Vec<u8>, AgentError> {
+        let root = self
+            .ks
+            .by_name(CLUSTER_ROOT)?
+            .ok_or_else(|| AgentError::NotFound {
+                kind: "cluster",
+                id: "(no node keys yet: run `keyward node derive NAME`)".into(),
+            })?;
+        let mut chain = Chain::new(Self::public_of(&root)?);
+        let push = |chain: &mut Chain, st: Vec<u8>| {
+            chain
+                .push(st)
+                .map_err(|e| AgentError::Internal(format!("building the chain: {e}")))
+        };
+        for k in self.ks.list(KeyKind::Keypair, None)? {
+            if let Some(st) = k.statement {
+                push(&mut chain, st)?;
+            }
+        }
+        for r in self.ks.revocations()? {
+            push(&mut chain, r.statement)?;
+        }
+        Ok(chain.to_cbor())
+    }
+
+    /// Seal `plaintext` to `to`, authenticated by our keypair `sign_with`.
+    pub fn seal(&self, to: &str, sign_with: &str, plaintext: &[u8]) -> Result<String, AgentError> {
+        self.root_record("seal")?;
+        let recipient =
+            PublicKey::parse(to).map_err(|e| AgentError::InvalidArgs(format!("recipient: {e}")))?;
+        let rec = self.record(sign_with, KeyKind::Keypair)?;
+        Self::require_active(&rec)?;
+        let me = self.unwrap_keypair(&rec)?;
+        let m = SealedMessage::seal(&me, &recipient, plaintext, &mut OsRng)
+            .map_err(|e| AgentError::Internal(format!("seal: {e}")))?;
+        Ok(m.to_base64url())
+    }
+
+    /// Open a message sealed to one of our keypairs; with a chain, refuse senders it does not
+    /// vouch for. Returns the plaintext, the sender's did:key and its node name.
+    pub fn open(&self, sealed: &str, chain: Option<&[u8]>) -> Result<Opened, AgentError> {
+        self.root_record("open")?;
+        let m = SealedMessage::from_base64url(sealed)
+            .map_err(|e| AgentError::InvalidArgs(format!("not a sealed message: {e}")))?;
+        let mine = self.keypair_by_key_id(m.recipient())?.ok_or_else(|| {
+            AgentError::WrongKey(format!(
+                "the message is sealed to key {}, which this agent does not hold",
+                m.recipient()
+            ))
+        })?;
+        let me = self.unwrap_keypair(&mine)?;
+        let pt = m
+            .open(&me)
+            .map_err(|e| AgentError::VerifyFailed(format!("open: {e}")))?;
+        let name = match chain {
+            None => None,
+            Some(bytes) => {
+                let chain = Chain::from_cbor(bytes)
+                    .map_err(|e| AgentError::InvalidArgs(format!("chain: {e}")))?;
+                let vouch = chain.verify_key(m.sender(), now()).map_err(|e| {
+                    AgentError::VerifyFailed(format!("the sender is not vouched for: {e}"))
+                })?;
+                vouch.name
+            }
+        };
+        Ok((pt, m.sender().to_did_key(), name))
+    }
+}

@@ -1,0 +1,435 @@
+//! CLI commands for keypairs, signatures, sharing, node keys and sealed messages.
+//!
+//! `verify` and `node verify` run offline (no agent): they need only public keys and chains.
+
+use crate::cli::{key_table, keys_json, out, read_input, write_output, Failure, Out};
+use base64::Engine;
+use clap::{Args, Subcommand};
+use keyward_client::proto::ops::{
+    KeyInfo, KeypairCreateArgs, NodeDeriveArgs, NodeRekeyArgs, NodeRevokeArgs, ShareOpenArgs,
+    ShareSealArgs,
+};
+use keyward_client::Client;
+use keyward_identity::{ecdsa, Chain, PublicKey};
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum KeypairCmd {
+    /// Create a P-256 keypair; its private half is wrapped under a KEK. Prints its id.
+    Create {
+        #[arg(long)]
+        kek: Option<String>,
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List keypairs (node keys included).
+    List,
+    /// Show a keypair's public key as did:key, JWK and SPKI PEM.
+    Show { id: String },
+    /// Delete a keypair (refused while it vouches for node keys).
+    Delete { id: String },
+}
+
+#[derive(Args)]
+pub struct SignCmd {
+    /// The keypair.
+    #[arg(long)]
+    key: String,
+    /// Raw r‖s (64 bytes) instead of DER.
+    #[arg(long)]
+    raw: bool,
+    #[command(flatten)]
+    io: crate::Io,
+}
+
+#[derive(Args)]
+pub struct VerifyCmd {
+    /// The public key: did:key, or a file (or text) holding a PEM or JWK.
+    #[arg(long)]
+    key: String,
+    /// The signature file (DER or raw r‖s).
+    #[arg(long)]
+    signature: PathBuf,
+    /// The signed data (default: stdin).
+    #[arg(short = 'i', long = "in")]
+    input: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum ShareCmd {
+    /// Seal a sharing DEK to a recipient (HPKE auth mode); prints base64url.
+    Seal {
+        #[arg(long)]
+        dek: String,
+        /// The recipient: did:key, or a file (or text) holding a PEM or JWK.
+        #[arg(long)]
+        to: String,
+        /// Our keypair that authenticates the share (default: the only one).
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(short = 'o', long = "out")]
+        output: Option<PathBuf>,
+    },
+    /// Open a share (from -i FILE or stdin) into the keystore; prints the DEK's id.
+    Open {
+        #[arg(long)]
+        kek: Option<String>,
+        /// Refuse shares from anyone but this sender (did:key, PEM or JWK).
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(short = 'i', long = "in")]
+        input: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Derive node key NAME from the root's derivation secret, vouched for by its parent.
+    Derive {
+        name: String,
+        /// The parent keypair (default: the cluster root, made on first use).
+        #[arg(long)]
+        parent: Option<String>,
+        #[arg(long)]
+        kek: Option<String>,
+        /// Validity of the delegation: `365d` (default), `12h`, `30m`, `90s`.
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<u64>,
+    },
+    /// Give NAME a fresh random key vouched for by the same parent.
+    Rekey {
+        name: String,
+        /// Validity of the new delegation (as for `derive`).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<u64>,
+    },
+    /// Revoke NAME with a revocation signed by an ancestor (default: its parent).
+    Revoke {
+        name: String,
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// List node keys.
+    List,
+    /// Chain files.
+    #[command(subcommand)]
+    Chain(ChainCmd),
+    /// Is this key vouched for by a non-revoked key of the cluster? (offline)
+    Verify {
+        #[arg(long)]
+        chain: PathBuf,
+        /// did:key, or a file (or text) holding a PEM or JWK.
+        #[arg(long)]
+        key: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ChainCmd {
+    /// Write the cluster's public chain (root key, delegations, revocations) as one CBOR file.
+    Export {
+        #[arg(short = 'o', long = "out")]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+pub struct SealCmd {
+    /// The recipient node's public key: did:key, or a file (or text) holding a PEM or JWK.
+    #[arg(long)]
+    to: String,
+    /// Our keypair that authenticates the message.
+    #[arg(long)]
+    sign_with: String,
+    #[command(flatten)]
+    io: crate::Io,
+}
+
+#[derive(Args)]
+pub struct OpenCmd {
+    /// A chain file: refuse senders it does not vouch for.
+    #[arg(long)]
+    from: Option<PathBuf>,
+    #[command(flatten)]
+    io: crate::Io,
+}
+
+/// A duration: a number with `s`, `m`, `h` or `d` (seconds when bare).
+fn parse_ttl(s: &str) -> Result<u64, String> {
+    let (num, unit) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], c),
+        _ => (s, 's'),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 365d, 12h, 30m or 90s"))?;
+    let mult = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(format!("`{s}`: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too long"))
+}
+
+/// A public key argument: did:key or PEM/JWK text as given, else the contents of that file.
+fn key_text(arg: &str) -> Result<String, Failure> {
+    let t = arg.trim();
+    if t.starts_with("did:") || t.starts_with("-----BEGIN") || t.starts_with('{') {
+        return Ok(t.to_string());
+    }
+    match std::fs::read_to_string(t) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            Err(format!("`{t}` is not a did:key, PEM or JWK, nor a readable file ({e})").into())
+        }
+    }
+}
+
+fn public_key(arg: &str) -> Result<PublicKey, Failure> {
+    PublicKey::parse(&key_text(arg)?).map_err(|e| format!("public key: {e}").into())
+}
+
+fn created(id: String) -> Out {
+    out(format!("{id}\n"), json!({ "id": id }))
+}
+
+fn keypair_json(k: &KeyInfo) -> Result<(serde_json::Value, String), Failure> {
+    let bytes = k
+        .public_key
+        .as_deref()
+        .ok_or_else(|| format!("keypair {} has no public key", k.id))?;
+    let pk = PublicKey::from_sec1_bytes(bytes).map_err(|e| format!("public key: {e}"))?;
+    let pem = pk.to_spki_pem().map_err(|e| format!("PEM: {e}"))?;
+    let did = pk.to_did_key();
+    let jwk: serde_json::Value =
+        serde_json::from_str(&pk.to_jwk_string()).map_err(|e| format!("JWK: {e}"))?;
+    let mut j = serde_json::to_value(k).map_err(|e| e.to_string())?;
+    j["public_key"] = json!(hex::encode(bytes));
+    j["did"] = json!(did);
+    j["jwk"] = jwk.clone();
+    j["pem"] = json!(pem);
+    let text = format!(
+        "id:      {}\nlabel:   {}\nname:    {}\nstate:   {}\ndid:     {did}\njwk:     {jwk}\n{pem}",
+        k.id,
+        k.label.as_deref().unwrap_or(""),
+        k.name.as_deref().unwrap_or(""),
+        k.state,
+    );
+    Ok((j, text))
+}
+
+pub async fn keypair(c: &Client, cmd: &KeypairCmd) -> Result<Out, Failure> {
+    Ok(match cmd {
+        KeypairCmd::Create { kek, label } => {
+            let args = KeypairCreateArgs {
+                kek: kek.clone(),
+                label: label.clone(),
+            };
+            created(c.keypair_create(&args).await?.id)
+        }
+        KeypairCmd::List => {
+            let r = c.keypair_list().await?;
+            out(key_table(&r.keys), keys_json(&r.keys))
+        }
+        KeypairCmd::Show { id } => {
+            let (j, text) = keypair_json(&c.keypair_show(id).await?)?;
+            out(text, j)
+        }
+        KeypairCmd::Delete { id } => {
+            let r = c.keypair_delete(id).await?;
+            out(
+                format!("deleted {}\n", r.id),
+                json!({ "id": r.id, "deleted": true }),
+            )
+        }
+    })
+}
+
+pub async fn sign(c: &Client, cmd: &SignCmd, json_out: bool) -> Result<Option<Out>, Failure> {
+    let data = read_input(&cmd.io.input)?;
+    let sig = c.sign(&cmd.key, &data, cmd.raw).await?;
+    if json_out && cmd.io.output.is_none() {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&sig);
+        return Ok(Some(out("", json!({ "signature": b64, "raw": cmd.raw }))));
+    }
+    write_output(&cmd.io.output, &sig)?;
+    Ok(json_out.then(|| out("", json!({ "written": true }))))
+}
+
+/// Offline: exit 0 with "valid" or fail with why.
+pub fn verify(cmd: &VerifyCmd) -> Result<Out, Failure> {
+    let key_text = key_text(&cmd.key)?;
+    let sig = std::fs::read(&cmd.signature)
+        .map_err(|e| format!("reading {}: {e}", cmd.signature.display()))?;
+    let data = read_input(&cmd.input)?;
+    let pk =
+        ecdsa::verify_with_key_text(&key_text, &data, &sig).map_err(|e| format!("verify: {e}"))?;
+    Ok(out(
+        "valid\n",
+        json!({ "valid": true, "key": pk.to_did_key() }),
+    ))
+}
+
+pub async fn share(c: &Client, cmd: &ShareCmd) -> Result<Out, Failure> {
+    Ok(match cmd {
+        ShareCmd::Seal {
+            dek,
+            to,
+            from,
+            output,
+        } => {
+            let args = ShareSealArgs {
+                dek: dek.clone(),
+                to: key_text(to)?,
+                from: from.clone(),
+            };
+            let sealed = c.share_seal(&args).await?;
+            if output.is_some() {
+                write_output(output, format!("{sealed}\n").as_bytes())?;
+                out("", json!({ "dek": dek, "written": true }))
+            } else {
+                out(
+                    format!("{sealed}\n"),
+                    json!({ "dek": dek, "sealed": sealed }),
+                )
+            }
+        }
+        ShareCmd::Open { kek, from, input } => {
+            let sealed = String::from_utf8(read_input(input)?)
+                .map_err(|_| "the share is not base64url text".to_string())?;
+            let args = ShareOpenArgs {
+                sealed: sealed.trim().to_string(),
+                kek: kek.clone(),
+                from: from.as_deref().map(key_text).transpose()?,
+            };
+            let r = c.share_open(&args).await?;
+            out(
+                format!("{}\n", r.id),
+                json!({ "id": r.id, "sender": r.sender }),
+            )
+        }
+    })
+}
+
+pub async fn node(c: &Client, cmd: &NodeCmd) -> Result<Out, Failure> {
+    Ok(match cmd {
+        NodeCmd::Derive {
+            name,
+            parent,
+            kek,
+            ttl,
+        } => {
+            let args = NodeDeriveArgs {
+                name: name.clone(),
+                parent: parent.clone(),
+                kek: kek.clone(),
+                ttl_seconds: *ttl,
+            };
+            created(c.node_derive(&args).await?.id)
+        }
+        NodeCmd::Rekey { name, ttl } => {
+            let args = NodeRekeyArgs {
+                name: name.clone(),
+                ttl_seconds: *ttl,
+            };
+            created(c.node_rekey(&args).await?.id)
+        }
+        NodeCmd::Revoke { name, by } => {
+            let args = NodeRevokeArgs {
+                name: name.clone(),
+                by: by.clone(),
+            };
+            let r = c.node_revoke(&args).await?;
+            out(
+                format!("revoked {}\n", r.id),
+                json!({ "id": r.id, "revoked": true }),
+            )
+        }
+        NodeCmd::List => {
+            let r = c.node_list().await?;
+            let mut text = String::new();
+            for k in &r.keys {
+                text.push_str(&format!(
+                    "{:<24}  {:<8}  {}\n",
+                    k.name.as_deref().unwrap_or(""),
+                    k.state,
+                    k.id
+                ));
+            }
+            out(text, keys_json(&r.keys))
+        }
+        NodeCmd::Chain(ChainCmd::Export { output }) => {
+            let chain = c.node_chain().await?;
+            write_output(output, &chain)?;
+            out("", json!({ "written": true, "bytes": chain.len() }))
+        }
+        NodeCmd::Verify { .. } => {
+            return Err("internal: offline command reached the agent"
+                .to_string()
+                .into())
+        }
+    })
+}
+
+/// Offline: is `key` vouched for by the chain?
+pub fn node_verify(chain: &PathBuf, key: &str) -> Result<Out, Failure> {
+    let bytes = std::fs::read(chain).map_err(|e| format!("reading {}: {e}", chain.display()))?;
+    let chain = Chain::from_cbor(&bytes).map_err(|e| format!("chain: {e}"))?;
+    let pk = public_key(key)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let v = chain
+        .verify_key(&pk, now)
+        .map_err(|e| format!("not vouched for: {e}"))?;
+    let name = v.name.clone().unwrap_or_else(|| "(cluster root)".into());
+    Ok(out(
+        format!(
+            "vouched for: {name} ({} links to the root)\n",
+            v.path.len().saturating_sub(1)
+        ),
+        json!({ "vouched": true, "name": v.name, "expires_at": v.expires_at, "depth": v.path.len().saturating_sub(1) }),
+    ))
+}
+
+pub async fn seal(c: &Client, cmd: &SealCmd, json_out: bool) -> Result<Option<Out>, Failure> {
+    let data = zeroize::Zeroizing::new(read_input(&cmd.io.input)?);
+    let sealed = c.seal(&key_text(&cmd.to)?, &cmd.sign_with, &data).await?;
+    if json_out && cmd.io.output.is_none() {
+        return Ok(Some(out("", json!({ "sealed": sealed }))));
+    }
+    write_output(&cmd.io.output, format!("{sealed}\n").as_bytes())?;
+    Ok(json_out.then(|| out("", json!({ "written": true }))))
+}
+
+pub async fn open(c: &Client, cmd: &OpenCmd, json_out: bool) -> Result<Option<Out>, Failure> {
+    let sealed = String::from_utf8(read_input(&cmd.io.input)?)
+        .map_err(|_| "the sealed message is not base64url text".to_string())?;
+    let chain = match &cmd.from {
+        Some(p) => Some(std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?),
+        None => None,
+    };
+    let r = c.open(sealed.trim(), chain).await?;
+    if json_out && cmd.io.output.is_none() {
+        let b64 = base64::engine::general_purpose::URL_SAFE.encode(r.plaintext.expose());
+        return Ok(Some(out(
+            "",
+            json!({ "plaintext": b64, "sender": r.sender, "sender_name": r.sender_name }),
+        )));
+    }
+    eprintln!(
+        "keyward: from {}{}",
+        r.sender_name
+            .as_deref()
+            .map(|n| format!("node `{n}`, "))
+            .unwrap_or_default(),
+        r.sender
+    );
+    write_output(&cmd.io.output, r.plaintext.expose())?;
+    Ok(json_out.then(|| out("", json!({ "written": true, "sender": r.sender }))))
+}

@@ -1,0 +1,439 @@
+//! Keypairs, signatures, sharing between users, node keys and sealed messages, through the real
+//! CLI and agent. Cross-checks with independent implementations where they exist here
+//! (`openssl dgst -verify` for ECDSA).
+
+use keyward_tests::{RootKind, TestEnv};
+use std::process::Command;
+
+keyward_tests::keyward_e2e_tests!(
+    keypairs_sign_and_verify_offline_and_with_openssl,
+    sharing_a_dek_between_three_agents,
+    node_keys_chain_revocation_and_expiry,
+    sealed_messages_between_nodes,
+);
+
+fn setup(env: &TestEnv) {
+    let pin_line = format!("{}\n", env.pin());
+    env.cli_ok(&env.init_args(), Some(pin_line.as_bytes()));
+    env.cli_ok(&["kek", "create"], None);
+}
+
+fn keypair(env: &TestEnv, label: &str) -> (String, serde_json::Value) {
+    let id = env.cli_json(&["keypair", "create", "--label", label], None)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let show = env.cli_json(&["keypair", "show", &id], None);
+    (id, show)
+}
+
+fn write(env: &TestEnv, name: &str, data: &[u8]) -> String {
+    let p = env.dir().join(name);
+    std::fs::write(&p, data).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+fn keypairs_sign_and_verify_offline_and_with_openssl(env: &mut TestEnv) {
+    setup(env);
+    let (id, show) = keypair(env, "me");
+    // Three encodings of one public key.
+    let did = show["did"].as_str().unwrap();
+    assert!(did.starts_with("did:key:zDn"), "{did}");
+    assert_eq!(show["jwk"]["kty"], "EC");
+    assert_eq!(show["jwk"]["crv"], "P-256");
+    let pem = show["pem"].as_str().unwrap();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"));
+    let listed = env.cli_json(&["keypair", "list"], None);
+    assert!(listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k["id"] == id.as_str()));
+
+    let data = write(env, "data", b"the message to sign");
+    let sig_der = env.dir().join("sig.der").to_string_lossy().into_owned();
+    env.cli_ok(&["sign", "--key", &id, "-i", &data, "-o", &sig_der], None);
+    let sig_raw = env.dir().join("sig.raw").to_string_lossy().into_owned();
+    env.cli_ok(
+        &["sign", "--key", &id, "--raw", "-i", &data, "-o", &sig_raw],
+        None,
+    );
+    assert_eq!(std::fs::read(&sig_raw).unwrap().len(), 64, "raw r||s");
+
+    // Offline verify with each key form (no agent involved in `verify`).
+    let pem_file = write(env, "pub.pem", pem.as_bytes());
+    let jwk_file = write(env, "pub.jwk", show["jwk"].to_string().as_bytes());
+    for key in [did, pem_file.as_str(), jwk_file.as_str()] {
+        for sig in [&sig_der, &sig_raw] {
+            let v = env.cli_json(
+                &["verify", "--key", key, "--signature", sig, "-i", &data],
+                None,
+            );
+            assert_eq!(v["valid"], true);
+        }
+    }
+    // The real peer: OpenSSL checks the DER signature.
+    let out = Command::new("openssl")
+        .args([
+            "dgst",
+            "-sha256",
+            "-verify",
+            &pem_file,
+            "-signature",
+            &sig_der,
+            &data,
+        ])
+        .output()
+        .expect("run openssl (the test needs it, it is not skipped)");
+    assert!(out.status.success(), "openssl: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Verified OK"));
+
+    // A tampered signature and tampered data fail, with a clear error.
+    let mut bad = std::fs::read(&sig_raw).unwrap();
+    bad[10] ^= 1;
+    let bad_sig = write(env, "bad.sig", &bad);
+    let out = env.cli(
+        &["verify", "--key", did, "--signature", &bad_sig, "-i", &data],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("verify"),
+        "{out:?}"
+    );
+    let other = write(env, "other", b"another message");
+    let out = env.cli(
+        &[
+            "verify",
+            "--key",
+            did,
+            "--signature",
+            &sig_der,
+            "-i",
+            &other,
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    // A malformed did:key is a clear error, not a crash.
+    let out = env.cli(
+        &[
+            "verify",
+            "--key",
+            "did:key:zDnaeNOTBASE58!!",
+            "--signature",
+            &sig_der,
+            "-i",
+            &data,
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("did:key"),
+        "{out:?}"
+    );
+
+    // Unknown and deleted keys.
+    assert_eq!(
+        env.cli_json_err(
+            &[
+                "sign",
+                "--key",
+                "9b2d1c8e-0000-4000-8000-000000000000",
+                "-i",
+                &data
+            ],
+            None
+        ),
+        "not_found"
+    );
+    env.cli_json(&["keypair", "delete", &id], None);
+    assert_eq!(
+        env.cli_json_err(&["keypair", "show", &id], None),
+        "not_found"
+    );
+}
+
+fn sharing_a_dek_between_three_agents(alice: &mut TestEnv) {
+    let bob = TestEnv::start(alice.kind());
+    let carol = TestEnv::start(alice.kind());
+    for env in [&*alice, &bob, &carol] {
+        setup(env);
+    }
+    let (_a_key, a_show) = keypair(alice, "alice");
+    let (_b_key, b_show) = keypair(&bob, "bob");
+    keypair(&carol, "carol");
+    let a_did = a_show["did"].as_str().unwrap().to_string();
+    let b_did = b_show["did"].as_str().unwrap().to_string();
+
+    // Alice encrypts under a sharing DEK and seals the DEK to Bob.
+    let dek = alice.cli_json(&["dek", "create", "--purpose", "sharing"], None)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ct = alice.cli_ok(&["encrypt", "--dek", &dek], Some(b"for bob's eyes"));
+    let sealed = alice.cli_json(&["share", "seal", "--dek", &dek, "--to", &b_did], None)["sealed"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let share = write(&bob, "share", sealed.as_bytes());
+
+    // Carol cannot open it, and Bob refuses it when he expects another sender.
+    assert_eq!(
+        carol.cli_json_err(&["share", "open", "-i", &share], None),
+        "wrong_key"
+    );
+    let c_did = carol.cli_json(&["keypair", "list"], None)["keys"][0]["did"].clone();
+    assert!(c_did.as_str().unwrap().starts_with("did:key:"), "{c_did}");
+    assert_eq!(
+        bob.cli_json_err(&["share", "open", "-i", &share, "--from", &b_did], None),
+        "verify_failed",
+        "a share from Alice is refused when Bob expects himself"
+    );
+    // Bob opens it (naming Alice as the expected sender): same DEK id, and Alice's data decrypts.
+    let opened = bob.cli_json(&["share", "open", "-i", &share, "--from", &a_did], None);
+    assert_eq!(opened["id"], dek.as_str());
+    assert_eq!(opened["sender"], a_did.as_str());
+    let pt = bob.cli_ok(&["decrypt"], Some(&ct));
+    assert_eq!(pt, b"for bob's eyes");
+    // Carol cannot decrypt Alice's data: she has no such DEK.
+    assert_eq!(carol.cli_json_err(&["decrypt"], Some(&ct)), "not_found");
+    // Opening twice is refused; a tampered share fails; a personal DEK is never sealed.
+    assert_eq!(
+        bob.cli_json_err(&["share", "open", "-i", &share], None),
+        "already_exists"
+    );
+    let mut t = sealed.into_bytes();
+    let n = t.len() - 5;
+    t[n] = if t[n] == b'A' { b'B' } else { b'A' };
+    let tampered = write(&carol, "tampered", &t);
+    let code = bob.cli_json_err(&["share", "open", "-i", &tampered], None);
+    assert!(
+        ["verify_failed", "invalid_args", "wrong_key"].contains(&code.as_str()),
+        "{code}"
+    );
+    let personal = alice.cli_json(&["dek", "create"], None)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        alice.cli_json_err(&["share", "seal", "--dek", &personal, "--to", &b_did], None),
+        "wrong_key"
+    );
+    assert_eq!(
+        alice.cli_json_err(
+            &["share", "seal", "--dek", &dek, "--to", "did:key:zDnaXXXX"],
+            None
+        ),
+        "invalid_args"
+    );
+    // And the shared key keeps working across Bob's restart.
+    let mut bob = bob;
+    bob.restart();
+    let unlock = format!("{}\n", bob.pin());
+    bob.cli_ok(&["unlock", "--pin-stdin"], Some(unlock.as_bytes()));
+    assert_eq!(bob.cli_ok(&["decrypt"], Some(&ct)), b"for bob's eyes");
+}
+
+fn did_of(env: &TestEnv, name: &str) -> String {
+    let nodes = env.cli_json(&["node", "list"], None);
+    let id = nodes["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == name && k["state"] == "active")
+        .unwrap_or_else(|| panic!("no active node {name}: {nodes}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.cli_json(&["keypair", "show", &id], None)["did"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn export_chain(env: &TestEnv, file: &str) -> String {
+    let p = env.dir().join(file).to_string_lossy().into_owned();
+    env.cli_ok(&["node", "chain", "export", "-o", &p], None);
+    p
+}
+
+fn node_keys_chain_revocation_and_expiry(env: &mut TestEnv) {
+    setup(env);
+    env.cli_json(&["node", "derive", "web1"], None);
+    env.cli_json(&["node", "derive", "web2"], None);
+    let web1 = did_of(env, "web1");
+    let web2 = did_of(env, "web2");
+    assert_eq!(
+        env.cli_json_err(&["node", "derive", "web1"], None),
+        "already_exists"
+    );
+    let chain = export_chain(env, "chain1");
+    let v = env.cli_json(&["node", "verify", "--chain", &chain, "--key", &web1], None);
+    assert_eq!(v["vouched"], true);
+    assert_eq!(v["name"], "web1");
+
+    // A key outside the cluster is not vouched for.
+    let (_, stranger) = keypair(env, "stranger");
+    let out = env.cli(
+        &[
+            "node",
+            "verify",
+            "--chain",
+            &chain,
+            "--key",
+            stranger["did"].as_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!out.status.success(), "{out:?}");
+
+    // Rekey: a fresh key, vouched for by the same parent.
+    env.cli_json(&["node", "rekey", "web2"], None);
+    let web2b = did_of(env, "web2");
+    assert_ne!(web2, web2b, "rekey makes a new key");
+    let chain = export_chain(env, "chain2");
+    assert_eq!(
+        env.cli_json(
+            &["node", "verify", "--chain", &chain, "--key", &web2b],
+            None
+        )["name"],
+        "web2"
+    );
+
+    // Revoke web1: the new chain says no; the old chain file still says yes (it predates it).
+    env.cli_json(&["node", "revoke", "web1"], None);
+    let chain3 = export_chain(env, "chain3");
+    let out = env.cli(
+        &["node", "verify", "--chain", &chain3, "--key", &web1],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("revoked"),
+        "{out:?}"
+    );
+    assert_eq!(
+        env.cli_json(&["node", "verify", "--chain", &chain, "--key", &web1], None)["vouched"],
+        true
+    );
+    assert_eq!(
+        env.cli_json_err(&["node", "revoke", "web1"], None),
+        "not_found"
+    );
+
+    // Only an ancestor may revoke: the stranger keypair is not one.
+    let sid = env.cli_json(&["keypair", "list"], None)["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["label"] == "stranger")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        env.cli_json_err(&["node", "revoke", "web2", "--by", &sid], None),
+        "wrong_key"
+    );
+
+    // A zero lifetime is refused; an expired delegation (valid for 1 s) is not vouched for.
+    assert_eq!(
+        env.cli_json_err(&["node", "derive", "never", "--ttl", "0s"], None),
+        "invalid_args"
+    );
+    env.cli_json(&["node", "derive", "shortlived", "--ttl", "1s"], None);
+    let short = did_of(env, "shortlived");
+    let chain4 = export_chain(env, "chain4");
+    assert_eq!(
+        env.cli_json(
+            &["node", "verify", "--chain", &chain4, "--key", &short],
+            None
+        )["vouched"],
+        true
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let out = env.cli(
+        &["node", "verify", "--chain", &chain4, "--key", &short],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("xpire"),
+        "{out:?}"
+    );
+    // A corrupted chain file is an error, not a crash.
+    let junk = write(env, "junk", b"\xa1\x01");
+    assert!(!env
+        .cli(&["node", "verify", "--chain", &junk, "--key", &web2b], None)
+        .status
+        .success());
+}
+
+fn sealed_messages_between_nodes(env: &mut TestEnv) {
+    setup(env);
+    env.cli_json(&["node", "derive", "web1"], None);
+    env.cli_json(&["node", "derive", "web2"], None);
+    let nodes = env.cli_json(&["node", "list"], None);
+    let id_of = |name: &str| {
+        nodes["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["name"] == name)
+            .unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let (web1, web2) = (id_of("web1"), id_of("web2"));
+    let web2_did = did_of(env, "web2");
+    let sealed = env.cli_json(
+        &["seal", "--to", &web2_did, "--sign-with", &web1],
+        Some(b"hello web2"),
+    )["sealed"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let chain = export_chain(env, "chain");
+    let msg = write(env, "msg", sealed.as_bytes());
+    let opened = env.cli_json(&["open", "--from", &chain, "-i", &msg], None);
+    assert_eq!(opened["sender_name"], "web1");
+    use base64::Engine;
+    let pt = base64::engine::general_purpose::URL_SAFE
+        .decode(opened["plaintext"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(pt, b"hello web2");
+    let _ = web2;
+
+    // Tampered: refused.
+    let mut t = sealed.clone().into_bytes();
+    let n = t.len() - 3;
+    t[n] = if t[n] == b'A' { b'B' } else { b'A' };
+    let tampered = write(env, "tampered", &t);
+    let code = env.cli_json_err(&["open", "-i", &tampered], None);
+    assert!(
+        ["verify_failed", "invalid_args"].contains(&code.as_str()),
+        "{code}"
+    );
+    // After web1 is revoked, a chain that knows it refuses the sender.
+    env.cli_json(&["node", "revoke", "web1"], None);
+    let chain2 = export_chain(env, "chain2");
+    assert_eq!(
+        env.cli_json_err(&["open", "--from", &chain2, "-i", &msg], None),
+        "verify_failed"
+    );
+    // A message to a key this agent does not hold.
+    let other = TestEnv::start(RootKind::Soft);
+    setup(&other);
+    let (oid, _) = keypair(&other, "o");
+    let to_other = env.cli_json(
+        &["seal", "--to", &web2_did, "--sign-with", &web2],
+        Some(b"x"),
+    )["sealed"]
+        .clone();
+    let f = write(&other, "m", to_other.as_str().unwrap().as_bytes());
+    assert_eq!(other.cli_json_err(&["open", "-i", &f], None), "wrong_key");
+    let _ = oid;
+}
