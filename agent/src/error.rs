@@ -84,6 +84,7 @@ impl AgentError {
                 RootError::Locked { .. } => ErrorCode::Locked,
                 RootError::Unavailable { .. } => ErrorCode::TokenUnavailable,
                 RootError::DecryptFailed { .. } => ErrorCode::DecryptFailed,
+                RootError::Unsupported { .. } => ErrorCode::InvalidArgs,
                 _ => ErrorCode::TokenError,
             },
             AgentError::Keystore(_) => ErrorCode::KeystoreError,

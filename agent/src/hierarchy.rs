@@ -39,7 +39,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The hierarchy of one agent.
 pub struct Hierarchy {
     pub(crate) ks: Arc<Keystore>,
-    root: Box<dyn Root>,
+    pub(crate) root: Box<dyn Root>,
     policy: UnlockPolicy,
     keks: Mutex<HashMap<Uuid, Arc<dyn Kek>>>,
     /// Serialises init/unlock so the attempt counter cannot be raced.

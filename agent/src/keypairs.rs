@@ -8,14 +8,59 @@
 use crate::error::AgentError;
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{KeyKind, KeyRecord, KeyState};
+use crate::root::pkcs11::TOKEN_KEYPAIR_SCHEME;
+use keyward_identity::ecdsa::{SignError, Signer};
+use keyward_identity::p256::ecdsa::Signature;
 use keyward_identity::{ecdsa, LocalKey, PublicKey, SigEncoding};
 use keyward_proto::ops::KeyInfo;
 use rand_core::OsRng;
 use uuid::Uuid;
 
+/// A keypair whose private key is a token object: signs through the root.
+struct TokenSigner<'h> {
+    h: &'h Hierarchy,
+    locator: String,
+    public: PublicKey,
+}
+
+impl Signer for TokenSigner<'_> {
+    fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    fn sign_prehash(&self, digest: &[u8; 32]) -> Result<Signature, SignError> {
+        let raw = self
+            .h
+            .root
+            .token_sign(&self.locator, digest)
+            .map_err(|e| SignError::Backend(Box::new(e)))?;
+        Signature::from_slice(&raw).map_err(|e| SignError::Backend(Box::new(e)))
+    }
+}
+
 impl Hierarchy {
+    /// Something that signs with this keypair: the token, or the unwrapped key in memory.
+    pub(crate) fn signer(&self, rec: &KeyRecord) -> Result<Box<dyn Signer + '_>, AgentError> {
+        if rec.scheme == TOKEN_KEYPAIR_SCHEME {
+            return Ok(Box::new(TokenSigner {
+                h: self,
+                locator: rec.locator.clone().ok_or_else(|| {
+                    AgentError::Internal(format!("token keypair {} has no locator", rec.id))
+                })?,
+                public: Self::public_of(rec)?,
+            }));
+        }
+        Ok(Box::new(self.unwrap_keypair(rec)?))
+    }
+
     /// The private half of a keypair, in memory for as long as the caller holds it.
     pub(crate) fn unwrap_keypair(&self, rec: &KeyRecord) -> Result<LocalKey, AgentError> {
+        if rec.scheme == TOKEN_KEYPAIR_SCHEME {
+            return Err(AgentError::WrongKey(format!(
+                "keypair {} lives on the token: it signs, but cannot open shares or messages",
+                rec.id
+            )));
+        }
         let kek = self.parent_kek(rec)?;
         let wrapped = self.wrapped(rec)?;
         let secret = self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))?;
@@ -55,11 +100,26 @@ impl Hierarchy {
         &self,
         kek: Option<&str>,
         label: Option<String>,
+        on_token: bool,
     ) -> Result<Uuid, AgentError> {
-        self.root_record("keypair.create")?;
-        let kek = self.choose_kek(kek)?;
-        let key = LocalKey::generate(&mut OsRng);
-        let mut rec = self.keypair_record(&key, &kek)?;
+        let root = self.root_record("keypair.create")?;
+        let mut rec = if on_token {
+            let name = label.clone().unwrap_or_else(|| "keyward keypair".into());
+            let made = self.with_recovery(|| Ok(self.root.generate_token_keypair(&name)?))?;
+            let mut rec = KeyRecord::new(KeyKind::Keypair, TOKEN_KEYPAIR_SCHEME);
+            rec.parent = Some(root.id);
+            rec.locator = Some(made.locator);
+            rec.public_key = Some(
+                PublicKey::from_p256(made.public)
+                    .to_sec1_compressed()
+                    .to_vec(),
+            );
+            rec
+        } else {
+            let kek = self.choose_kek(kek)?;
+            let key = LocalKey::generate(&mut OsRng);
+            self.keypair_record(&key, &kek)?
+        };
         rec.label = label;
         self.ks.insert(&rec)?;
         tracing::info!(id = %rec.id, "keypair created");
@@ -139,12 +199,12 @@ impl Hierarchy {
         self.root_record("sign")?;
         let rec = self.record(key, KeyKind::Keypair)?;
         Self::require_active(&rec)?;
-        let local = self.unwrap_keypair(&rec)?;
+        let signer = self.signer(&rec)?;
         let enc = if raw {
             SigEncoding::Raw
         } else {
             SigEncoding::Der
         };
-        ecdsa::sign(&local, data, enc).map_err(|e| AgentError::Internal(format!("sign: {e}")))
+        ecdsa::sign(&*signer, data, enc).map_err(|e| AgentError::Internal(format!("sign: {e}")))
     }
 }

@@ -94,11 +94,11 @@ impl Hierarchy {
                 "a delegation's lifetime must be between 1 second and 100 years".into(),
             ));
         }
-        let signer = self.unwrap_keypair(parent)?;
+        let signer = self.signer(parent)?;
         let iat = now();
         let exp = iat + ttl;
         issue_delegation(
-            &signer,
+            &*signer,
             &Self::public_of(parent)?.key_id(),
             subject,
             name,
@@ -212,9 +212,9 @@ impl Hierarchy {
                 issuer.id
             )));
         }
-        let signer = self.unwrap_keypair(&issuer)?;
+        let signer = self.signer(&issuer)?;
         let statement = issue_revocation(
-            &signer,
+            &*signer,
             &Self::public_of(&issuer)?.key_id(),
             &Self::public_of(&target)?.key_id(),
             now(),
@@ -241,28 +241,48 @@ impl Hierarchy {
             .collect())
     }
 
-    /// The cluster's public chain: root key, every delegation ever issued, every revocation.
-    pub fn node_chain(&self) -> Result<Vec<u8>, AgentError> {
-        let root = self
-            .ks
-            .by_name(CLUSTER_ROOT)?
-            .ok_or_else(|| AgentError::NotFound {
-                kind: "cluster",
-                id: "(no node keys yet: run `keyward node derive NAME`)".into(),
-            })?;
+    /// The public chain rooted at `root` (default: the cluster root): its key, every delegation
+    /// ever issued in its tree, and the revocations of keys in that tree.
+    pub fn node_chain(&self, root: Option<&str>) -> Result<Vec<u8>, AgentError> {
+        let root = match root {
+            Some(id) => self.record(id, KeyKind::Keypair)?,
+            None => self
+                .ks
+                .by_name(CLUSTER_ROOT)?
+                .ok_or_else(|| AgentError::NotFound {
+                    kind: "cluster",
+                    id: "(no cluster root yet: run `keyward node derive NAME`, or name a --root)"
+                        .into(),
+                })?,
+        };
         let mut chain = Chain::new(Self::public_of(&root)?);
         let push = |chain: &mut Chain, st: Vec<u8>| {
             chain
                 .push(st)
                 .map_err(|e| AgentError::Internal(format!("building the chain: {e}")))
         };
-        for k in self.ks.list(KeyKind::Keypair, None)? {
-            if let Some(st) = k.statement {
+        let keys = self.ks.list(KeyKind::Keypair, None)?;
+        // The keys in the tree under `root`: follow issuer links down from it.
+        let mut tree = vec![root.id];
+        let mut grew = true;
+        while grew {
+            grew = false;
+            for k in &keys {
+                if k.issuer.is_some_and(|i| tree.contains(&i)) && !tree.contains(&k.id) {
+                    tree.push(k.id);
+                    grew = true;
+                }
+            }
+        }
+        for k in keys {
+            if let Some(st) = k.statement.filter(|_| tree.contains(&k.id)) {
                 push(&mut chain, st)?;
             }
         }
         for r in self.ks.revocations()? {
-            push(&mut chain, r.statement)?;
+            if tree.contains(&r.revoked) {
+                push(&mut chain, r.statement)?;
+            }
         }
         Ok(chain.to_cbor())
     }

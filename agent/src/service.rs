@@ -160,7 +160,9 @@ impl Service {
             }
             Op::KeypairCreate => {
                 let a: KeypairCreateArgs = req.args()?;
-                let kid = h.keypair_create(a.kek.as_deref(), a.label).map_err(e)?;
+                let kid = h
+                    .keypair_create(a.kek.as_deref(), a.label, a.on_token)
+                    .map_err(e)?;
                 ok(Response::ok(
                     id,
                     &Created {
@@ -261,8 +263,8 @@ impl Service {
                 ))
             }
             Op::NodeChain => {
-                let _: Empty = req.args()?;
-                let chain = h.node_chain().map_err(e)?;
+                let a: NodeChainArgs = req.args()?;
+                let chain = h.node_chain(a.root.as_deref()).map_err(e)?;
                 ok(Response::ok(
                     id,
                     &ChainResult {

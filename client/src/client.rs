@@ -315,8 +315,10 @@ impl Client {
     }
 
     /// The cluster's public chain as CBOR.
-    pub async fn node_chain(&self) -> Result<Vec<u8>, ClientError> {
-        let r: ChainResult = self.call(Op::NodeChain.name(), &Empty {}).await?;
+    pub async fn node_chain(&self, root: Option<String>) -> Result<Vec<u8>, ClientError> {
+        let r: ChainResult = self
+            .call(Op::NodeChain.name(), &NodeChainArgs { root })
+            .await?;
         Ok(r.chain.into_vec())
     }
 

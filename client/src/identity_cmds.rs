@@ -22,6 +22,10 @@ pub enum KeypairCmd {
         kek: Option<String>,
         #[arg(long)]
         label: Option<String>,
+        /// Keep the private key in the root's token, non-extractable (PKCS#11 roots). It signs
+        /// (also delegations), but cannot open shares or sealed messages.
+        #[arg(long, conflicts_with = "kek")]
+        on_token: bool,
     },
     /// List keypairs (node keys included).
     List,
@@ -129,6 +133,9 @@ pub enum NodeCmd {
 pub enum ChainCmd {
     /// Write the cluster's public chain (root key, delegations, revocations) as one CBOR file.
     Export {
+        /// Root the chain at this keypair (default: the cluster root `/`).
+        #[arg(long)]
+        root: Option<String>,
         #[arg(short = 'o', long = "out")]
         output: Option<PathBuf>,
     },
@@ -224,10 +231,15 @@ fn keypair_json(k: &KeyInfo) -> Result<(serde_json::Value, String), Failure> {
 
 pub async fn keypair(c: &Client, cmd: &KeypairCmd) -> Result<Out, Failure> {
     Ok(match cmd {
-        KeypairCmd::Create { kek, label } => {
+        KeypairCmd::Create {
+            kek,
+            label,
+            on_token,
+        } => {
             let args = KeypairCreateArgs {
                 kek: kek.clone(),
                 label: label.clone(),
+                on_token: *on_token,
             };
             created(c.keypair_create(&args).await?.id)
         }
@@ -362,8 +374,8 @@ pub async fn node(c: &Client, cmd: &NodeCmd) -> Result<Out, Failure> {
             }
             out(text, keys_json(&r.keys))
         }
-        NodeCmd::Chain(ChainCmd::Export { output }) => {
-            let chain = c.node_chain().await?;
+        NodeCmd::Chain(ChainCmd::Export { root, output }) => {
+            let chain = c.node_chain(root.clone()).await?;
             write_output(output, &chain)?;
             out("", json!({ "written": true, "bytes": chain.len() }))
         }

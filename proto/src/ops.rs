@@ -310,6 +310,10 @@ pub struct KeypairCreateArgs {
     pub kek: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Keep the private key in the root's token as a non-extractable object (PKCS#11 roots).
+    /// Such a key signs, but cannot open shares or sealed messages.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub on_token: bool,
 }
 
 /// `keypair.delete` result.
@@ -408,6 +412,15 @@ pub struct NodeRevokeArgs {
     /// The ancestor keypair that signs the revocation; default: the node's parent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+}
+
+/// `node.chain` arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeChainArgs {
+    /// The keypair the chain is rooted at (default: the cluster root `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
 }
 
 /// `node.chain` result: the cluster's public chain (root key, delegations, revocations) as CBOR.

@@ -107,6 +107,7 @@ fn every_request_validates() {
                 &KeypairCreateArgs {
                     kek: Some(ID.into()),
                     label: Some("me".into()),
+                    on_token: true,
                 },
             ),
         ),
@@ -184,7 +185,15 @@ fn every_request_validates() {
             ),
         ),
         (Op::NodeList, req(Op::NodeList, &Empty {})),
-        (Op::NodeChain, req(Op::NodeChain, &Empty {})),
+        (
+            Op::NodeChain,
+            req(
+                Op::NodeChain,
+                &NodeChainArgs {
+                    root: Some(ID.into()),
+                },
+            ),
+        ),
         (
             Op::Seal,
             req(

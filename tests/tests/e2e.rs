@@ -3,6 +3,8 @@
 
 #[path = "e2e/cli.rs"]
 mod cli;
+#[path = "e2e/cryppo.rs"]
+mod cryppo;
 #[path = "e2e/identity.rs"]
 mod identity;
 #[path = "e2e/keys.rs"]

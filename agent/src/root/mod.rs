@@ -94,6 +94,28 @@ pub trait Root: Send + Sync {
     fn generate_kek(&self) -> Result<Wrapped, RootError>;
     /// Unwrap a KEK for use (inside the token where possible).
     fn open_kek(&self, wrapped: &[u8]) -> Result<Box<dyn Kek>, RootError>;
+    /// Generate a P-256 keypair whose private key stays in the token (`--on-token`).
+    fn generate_token_keypair(&self, _label: &str) -> Result<TokenKeypair, RootError> {
+        Err(RootError::Unsupported {
+            op: "keypair.create --on-token",
+            detail: format!("a {} root keeps no keypairs; PKCS#11 roots do", self.kind()),
+        })
+    }
+    /// ECDSA over a SHA-256 digest with a token keypair; returns raw r‖s.
+    fn token_sign(&self, _locator: &str, _digest: &[u8; 32]) -> Result<Vec<u8>, RootError> {
+        Err(RootError::Unsupported {
+            op: "sign with token key",
+            detail: format!("a {} root keeps no keypairs", self.kind()),
+        })
+    }
+}
+
+/// A keypair generated inside a root's token.
+#[derive(Debug, Clone)]
+pub struct TokenKeypair {
+    /// A PKCS#11 URI naming the private key object.
+    pub locator: String,
+    pub public: p256::PublicKey,
 }
 
 /// An unwrapped KEK. Dropping it destroys the unwrapped copy.

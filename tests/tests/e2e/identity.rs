@@ -10,6 +10,7 @@ keyward_tests::keyward_e2e_tests!(
     sharing_a_dek_between_three_agents,
     node_keys_chain_revocation_and_expiry,
     sealed_messages_between_nodes,
+    token_keypairs_sign_but_never_leave_the_token,
 );
 
 fn setup(env: &TestEnv) {
@@ -436,4 +437,105 @@ fn sealed_messages_between_nodes(env: &mut TestEnv) {
     let f = write(&other, "m", to_other.as_str().unwrap().as_bytes());
     assert_eq!(other.cli_json_err(&["open", "-i", &f], None), "wrong_key");
     let _ = oid;
+}
+
+fn token_keypairs_sign_but_never_leave_the_token(env: &mut TestEnv) {
+    setup(env);
+    if env.kind() != RootKind::Pkcs11 {
+        // Only a token root can hold keypairs; others say so with a typed error.
+        assert_eq!(
+            env.cli_json_err(&["keypair", "create", "--on-token"], None),
+            "invalid_args"
+        );
+        return;
+    }
+    let id = env.cli_json(
+        &["keypair", "create", "--on-token", "--label", "tokenkey"],
+        None,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let show = env.cli_json(&["keypair", "show", &id], None);
+    assert_eq!(show["scheme"], "pkcs11-token");
+    let pem = write(env, "tok.pem", show["pem"].as_str().unwrap().as_bytes());
+    let data = write(env, "data", b"signed inside the token");
+    let sig = env.dir().join("tok.sig").to_string_lossy().into_owned();
+    env.cli_ok(&["sign", "--key", &id, "-i", &data, "-o", &sig], None);
+    let out = Command::new("openssl")
+        .args([
+            "dgst",
+            "-sha256",
+            "-verify",
+            &pem,
+            "-signature",
+            &sig,
+            &data,
+        ])
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl: {out:?}");
+
+    // The real peer: pkcs11-tool sees a sensitive, never-extractable EC private key.
+    let module = "/usr/lib/softhsm/libsofthsm2.so";
+    let out = Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", env.dir().join("softhsm2.conf"))
+        .args([
+            "--module",
+            module,
+            "--token-label",
+            "keyward",
+            "--login",
+            "--pin",
+            env.pin(),
+            "--list-objects",
+            "--type",
+            "privkey",
+        ])
+        .output()
+        .expect("pkcs11-tool (installed by softhsm-setup.sh)");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "pkcs11-tool: {out:?}");
+    let block = listing
+        .split("Private Key Object")
+        .find(|b| b.contains("tokenkey"))
+        .unwrap_or_else(|| panic!("token key not listed:\n{listing}"));
+    assert!(block.contains("EC"), "{block}");
+    assert!(block.contains("never extractable"), "{block}");
+    assert!(block.contains("sensitive"), "{block}");
+
+    // It vouches for a node (the delegation is signed in the token) ...
+    env.cli_json(&["node", "derive", "edge1", "--parent", &id], None);
+    let chain = env.dir().join("chain").to_string_lossy().into_owned();
+    env.cli_ok(
+        &["node", "chain", "export", "--root", &id, "-o", &chain],
+        None,
+    );
+    let edge = did_of(env, "edge1");
+    assert_eq!(
+        env.cli_json(&["node", "verify", "--chain", &chain, "--key", &edge], None)["vouched"],
+        true
+    );
+    // ... but cannot authenticate a share (HPKE needs the scalar): a typed refusal.
+    let (_, peer) = keypair(env, "peer");
+    let dek = env.cli_json(&["dek", "create", "--purpose", "sharing"], None)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        env.cli_json_err(
+            &[
+                "share",
+                "seal",
+                "--dek",
+                &dek,
+                "--to",
+                peer["did"].as_str().unwrap(),
+                "--from",
+                &id
+            ],
+            None
+        ),
+        "wrong_key"
+    );
 }

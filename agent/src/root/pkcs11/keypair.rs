@@ -1,0 +1,110 @@
+//! Keypairs that live on the token (`keypair create --on-token`): a P-256 key pair generated
+//! inside the token, the private key a token object (TOKEN, PRIVATE, SENSITIVE,
+//! EXTRACTABLE=false, SIGN only). It signs through CKM_ECDSA over a SHA-256 digest (SoftHSM has no
+//! CKM_ECDSA_SHA256) and never exists outside the token. It cannot open HPKE shares or messages:
+//! the `hpke` crate needs the scalar. This module must never create a key with EXTRACTABLE=true.
+
+use super::*;
+
+/// Scheme recorded for keypairs whose private key is a token object.
+pub const TOKEN_KEYPAIR_SCHEME: &str = "pkcs11-token";
+
+impl Pkcs11Root {
+    pub(super) fn generate_token_keypair_inner(
+        &self,
+        label: &str,
+    ) -> Result<TokenKeypair, RootError> {
+        const OP: &str = "generate token keypair";
+        let conn = self.conn(OP)?;
+        conn.root_handle(OP)?;
+        conn.with_session(OP, |s| {
+            let mut id = vec![0u8; 16];
+            s.generate_random_slice(&mut id).map_err(ck(OP))?;
+            let public = [
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::Token(true),
+                Attribute::Private(false),
+                Attribute::Verify(true),
+                Attribute::Encrypt(false),
+                Attribute::Wrap(false),
+                Attribute::Derive(false),
+                Attribute::EcParams(P256_PARAMS.to_vec()),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(id.clone()),
+            ];
+            let private = [
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+                Attribute::KeyType(KeyType::EC),
+                Attribute::Token(true),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Sign(true),
+                Attribute::Decrypt(false),
+                Attribute::Unwrap(false),
+                Attribute::Derive(false),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::Id(id.clone()),
+            ];
+            let (pub_h, _) = s
+                .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+                .map_err(ck(OP))?;
+            let point = s
+                .get_attributes(pub_h, &[AttributeType::EcPoint])
+                .map_err(ck(OP))?
+                .into_iter()
+                .find_map(|a| match a {
+                    Attribute::EcPoint(p) => ec_point(&p),
+                    _ => None,
+                })
+                .ok_or_else(|| RootError::Token {
+                    op: OP,
+                    detail: "the new key pair has no P-256 CKA_EC_POINT".into(),
+                })?;
+            Ok(TokenKeypair {
+                locator: format!(
+                    "pkcs11:object={};id={};type=private",
+                    encode(label.as_bytes()),
+                    encode(&id)
+                ),
+                public: point,
+            })
+        })
+    }
+
+    pub(super) fn token_sign_inner(
+        &self,
+        locator: &str,
+        digest: &[u8; 32],
+    ) -> Result<Vec<u8>, RootError> {
+        const OP: &str = "sign with token key";
+        let uri = Pkcs11Uri::parse(locator).map_err(|e| RootError::Token {
+            op: OP,
+            detail: format!("bad key locator: {e}"),
+        })?;
+        let id = uri.id().ok_or_else(|| RootError::Token {
+            op: OP,
+            detail: "the key locator has no id".into(),
+        })?;
+        let conn = self.conn(OP)?;
+        conn.root_handle(OP)?;
+        conn.with_session(OP, |s| {
+            let found = s
+                .find_objects(&[
+                    Attribute::Class(ObjectClass::PRIVATE_KEY),
+                    Attribute::KeyType(KeyType::EC),
+                    Attribute::Token(true),
+                    Attribute::Id(id.to_vec()),
+                ])
+                .map_err(ck(OP))?;
+            let [h] = found.as_slice() else {
+                return Err(RootError::Token {
+                    op: OP,
+                    detail: format!("{} token objects match the key (want 1)", found.len()),
+                });
+            };
+            s.sign(&Mechanism::Ecdsa, *h, digest).map_err(ck(OP))
+        })
+    }
+}
