@@ -10,6 +10,7 @@ pub mod keypairs;
 pub mod keystore;
 pub mod nodes;
 pub mod root;
+pub mod rsa_keys;
 pub mod server;
 pub mod service;
 pub mod sharing;

@@ -194,6 +194,18 @@ impl Service {
                     },
                 ))
             }
+            Op::KeypairImport => {
+                let a: KeypairImportArgs = req.args()?;
+                let kid = h
+                    .keypair_import(a.pem.expose(), a.kek.as_deref(), a.label)
+                    .map_err(e)?;
+                ok(Response::ok(
+                    id,
+                    &Created {
+                        id: kid.to_string(),
+                    },
+                ))
+            }
             Op::Sign => {
                 let a: SignArgs = req.args()?;
                 let sig = h.sign(&a.key, &a.data, a.raw).map_err(e)?;
@@ -212,7 +224,12 @@ impl Service {
             Op::ShareOpen => {
                 let a: ShareOpenArgs = req.args()?;
                 let (dek, sender) = h
-                    .share_open(&a.sealed, a.kek.as_deref(), a.from.as_deref())
+                    .share_open(
+                        &a.sealed,
+                        a.kek.as_deref(),
+                        a.from.as_deref(),
+                        a.id.as_deref(),
+                    )
                     .map_err(e)?;
                 ok(Response::ok(id, &OpenedShareResult { id: dek, sender }))
             }

@@ -4,8 +4,10 @@
 //! Shares are HPKE (RFC 9180) DHKEM(P-256, HKDF-SHA256), HKDF-SHA256, AES-256-GCM in auth mode
 //! with the sender's keypair (`keyward_identity::SealedShare`). An opened DEK keeps its id, so
 //! data the sender encrypted under it (whose Cryppo `ad` names that id) decrypts for the
-//! recipient as it is. Only DEKs created with purpose `sharing` are ever sealed: a personal DEK
-//! never leaves its owner this way.
+//! recipient as it is. For Cryppo interop, a DEK sealed to an RSA public key is a Cryppo
+//! `Rsa4096` string (RSA-OAEP, as Meeco's connections exchange keys); that format carries neither
+//! the DEK's id nor its sender. Only DEKs created with purpose `sharing` are ever sealed: a
+//! personal DEK never leaves its owner this way.
 
 use crate::error::AgentError;
 use crate::hierarchy::Hierarchy;
@@ -14,13 +16,30 @@ use keyward_identity::share::{Dek, SealedShare, ShareError};
 use keyward_identity::PublicKey;
 use keyward_proto::ops::Purpose;
 use rand_core::OsRng;
+use uuid::Uuid;
+use zeroize::Zeroizing;
 
 fn parse_key(what: &str, text: &str) -> Result<PublicKey, AgentError> {
     PublicKey::parse(text).map_err(|e| AgentError::InvalidArgs(format!("{what}: {e}")))
 }
 
 impl Hierarchy {
-    /// Seal a sharing DEK to `to` (did:key, PEM or JWK), authenticated by keypair `from`.
+    /// The plaintext of a sharing DEK, for sealing it to someone.
+    fn sharing_dek_bytes(&self, rec: &KeyRecord) -> Result<Zeroizing<Vec<u8>>, AgentError> {
+        Self::require_active(rec)?;
+        if rec.purpose != Some(Purpose::Sharing) {
+            return Err(AgentError::WrongKey(format!(
+                "DEK {} is a personal DEK: only DEKs created with --purpose sharing are sealed to others",
+                rec.id
+            )));
+        }
+        let kek = self.parent_kek(rec)?;
+        let wrapped = self.wrapped(rec)?;
+        self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))
+    }
+
+    /// Seal a sharing DEK to `to` (did:key, PEM or JWK), authenticated by keypair `from`; to an
+    /// RSA public key PEM, a Cryppo `Rsa4096` string.
     pub fn share_seal(
         &self,
         dek: &str,
@@ -28,19 +47,24 @@ impl Hierarchy {
         from: Option<&str>,
     ) -> Result<String, AgentError> {
         self.root_record("share.seal")?;
-        let recipient = parse_key("recipient", to)?;
         let rec = self.record(dek, KeyKind::Dek)?;
-        Self::require_active(&rec)?;
-        if rec.purpose != Some(Purpose::Sharing) {
-            return Err(AgentError::WrongKey(format!(
-                "DEK {dek} is a personal DEK: only DEKs created with --purpose sharing are sealed to others"
-            )));
-        }
+        let recipient = match PublicKey::parse(to) {
+            Ok(k) => k,
+            Err(e) if to.contains("-----BEGIN") => {
+                let raw = self.sharing_dek_bytes(&rec)?;
+                let sealed = keyward_envelope::rsa::encrypt(to, &raw).map_err(|re| {
+                    AgentError::InvalidArgs(format!(
+                        "the recipient is neither a P-256 key ({e}) nor an RSA key ({re})"
+                    ))
+                })?;
+                tracing::info!(dek = %rec.id, "DEK sealed for sharing as Rsa4096");
+                return Ok(sealed);
+            }
+            Err(e) => return Err(AgentError::InvalidArgs(format!("recipient: {e}"))),
+        };
+        let raw = self.sharing_dek_bytes(&rec)?;
         let sender_rec = self.choose_keypair(from)?;
         let sender = self.unwrap_keypair(&sender_rec)?;
-        let kek = self.parent_kek(&rec)?;
-        let wrapped = self.wrapped(&rec)?;
-        let raw = self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))?;
         let bytes: [u8; 32] = raw
             .as_slice()
             .try_into()
@@ -52,15 +76,61 @@ impl Hierarchy {
         Ok(share.to_base64url())
     }
 
-    /// Open a share addressed to one of our keypairs and import its DEK under a KEK.
-    /// Returns the DEK id and the sender's did:key.
+    /// Import a received DEK under a KEK with the given id.
+    fn import_shared(
+        &self,
+        id: Uuid,
+        dek: &[u8],
+        kek: Option<&str>,
+        label: String,
+    ) -> Result<(), AgentError> {
+        if self.ks.get(&id)?.is_some() {
+            return Err(AgentError::AlreadyExists(format!(
+                "a key with id {id} exists already in this keystore"
+            )));
+        }
+        let kek = self.choose_kek(kek)?;
+        let w = self.with_recovery(|| Ok(self.kek_handle(&kek)?.wrap_secret(dek)?))?;
+        let mut rec = KeyRecord::new(KeyKind::Dek, w.scheme);
+        rec.id = id;
+        rec.parent = Some(kek.id);
+        rec.purpose = Some(Purpose::Sharing);
+        rec.wrapped = Some(w.bytes);
+        rec.label = Some(label);
+        self.ks.insert(&rec)?;
+        tracing::info!(dek = %rec.id, "shared DEK imported");
+        Ok(())
+    }
+
+    /// Open a share and import its DEK under a KEK. A Keyward share must be addressed to one of
+    /// our keypairs (and, with `from`, come from that sender); a Cryppo `Rsa4096` string must
+    /// open with one of our RSA keypairs, and its DEK gets `id` or a new one.
+    /// Returns the DEK id and the sender.
     pub fn share_open(
         &self,
         sealed: &str,
         kek: Option<&str>,
         from: Option<&str>,
+        id: Option<&str>,
     ) -> Result<(String, String), AgentError> {
         self.root_record("share.open")?;
+        let sealed = sealed.trim();
+        if sealed.starts_with("Rsa4096.") {
+            let id = match id {
+                Some(i) => Uuid::parse_str(i)
+                    .map_err(|_| AgentError::InvalidArgs(format!("`{i}` is not a UUID")))?,
+                None => Uuid::new_v4(),
+            };
+            let dek = self.rsa_open(sealed)?;
+            if dek.len() != 32 {
+                return Err(AgentError::InvalidArgs(format!(
+                    "the Rsa4096 share holds {} bytes, not a 32-byte DEK",
+                    dek.len()
+                )));
+            }
+            self.import_shared(id, &dek, kek, "shared as Rsa4096".into())?;
+            return Ok((id.to_string(), "rsa4096 (unauthenticated)".into()));
+        }
         let share = SealedShare::from_base64url(sealed)
             .map_err(|e| AgentError::InvalidArgs(format!("not a sealed share: {e}")))?;
         let expected = from.map(|f| parse_key("expected sender", f)).transpose()?;
@@ -77,24 +147,18 @@ impl Hierarchy {
             }
             other => AgentError::InvalidArgs(format!("share.open: {other}")),
         })?;
-        if self.ks.get(&opened.dek_id)?.is_some() {
-            return Err(AgentError::AlreadyExists(format!(
-                "a key with id {} exists already in this keystore",
-                opened.dek_id
-            )));
+        if id.is_some_and(|i| !i.eq_ignore_ascii_case(&opened.dek_id.to_string())) {
+            return Err(AgentError::InvalidArgs(
+                "this share names its DEK's id; --id is only for Rsa4096 shares".into(),
+            ));
         }
-        let kek = self.choose_kek(kek)?;
-        let w = self
-            .with_recovery(|| Ok(self.kek_handle(&kek)?.wrap_secret(opened.dek.as_bytes())?))?;
-        let mut rec = KeyRecord::new(KeyKind::Dek, w.scheme);
-        rec.id = opened.dek_id;
-        rec.parent = Some(kek.id);
-        rec.purpose = Some(Purpose::Sharing);
-        rec.wrapped = Some(w.bytes);
         let sender = opened.sender.to_did_key();
-        rec.label = Some(format!("shared by {sender}"));
-        self.ks.insert(&rec)?;
-        tracing::info!(dek = %rec.id, from = %sender, "shared DEK imported");
-        Ok((rec.id.to_string(), sender))
+        self.import_shared(
+            opened.dek_id,
+            opened.dek.as_bytes(),
+            kek,
+            format!("shared by {sender}"),
+        )?;
+        Ok((opened.dek_id.to_string(), sender))
     }
 }

@@ -272,6 +272,11 @@ impl Client {
             .await
     }
 
+    /// Import an RSA private key (PEM) for Cryppo `Rsa4096` shares.
+    pub async fn keypair_import(&self, args: &KeypairImportArgs) -> Result<Created, ClientError> {
+        self.call(Op::KeypairImport.name(), args).await
+    }
+
     pub async fn keypair_delete(&self, id: &str) -> Result<Deleted, ClientError> {
         self.call(Op::KeypairDelete.name(), &IdArgs { id: id.into() })
             .await

@@ -6,8 +6,8 @@ use crate::cli::{key_table, keys_json, out, read_input, write_output, Failure, O
 use base64::Engine;
 use clap::{Args, Subcommand};
 use keyward_client::proto::ops::{
-    KeyInfo, KeypairCreateArgs, NodeDeriveArgs, NodeRekeyArgs, NodeRevokeArgs, ShareOpenArgs,
-    ShareSealArgs,
+    KeyInfo, KeypairCreateArgs, KeypairImportArgs, NodeDeriveArgs, NodeRekeyArgs, NodeRevokeArgs,
+    ShareOpenArgs, ShareSealArgs,
 };
 use keyward_client::Client;
 use keyward_identity::{ecdsa, Chain, PublicKey};
@@ -26,6 +26,16 @@ pub enum KeypairCmd {
         /// (also delegations), but cannot open shares or sealed messages.
         #[arg(long, conflicts_with = "kek")]
         on_token: bool,
+    },
+    /// Import an RSA private key (PKCS#1 or PKCS#8 PEM) for Cryppo Rsa4096 shares.
+    Import {
+        /// The PEM file.
+        #[arg(long)]
+        pem: PathBuf,
+        #[arg(long)]
+        kek: Option<String>,
+        #[arg(long)]
+        label: Option<String>,
     },
     /// List keypairs (node keys included).
     List,
@@ -79,6 +89,9 @@ pub enum ShareCmd {
     Open {
         #[arg(long)]
         kek: Option<String>,
+        /// The DEK's id, for Cryppo Rsa4096 shares (which carry none; default: a new id).
+        #[arg(long)]
+        id: Option<String>,
         /// Refuse shares from anyone but this sender (did:key, PEM or JWK).
         #[arg(long)]
         from: Option<String>,
@@ -205,6 +218,24 @@ fn created(id: String) -> Out {
 }
 
 fn keypair_json(k: &KeyInfo) -> Result<(serde_json::Value, String), Failure> {
+    if k.scheme == "rsa-pem-gcm" {
+        let pem = String::from_utf8_lossy(
+            k.public_key
+                .as_ref()
+                .map(|b| b.as_slice())
+                .unwrap_or_default(),
+        )
+        .into_owned();
+        let mut j = serde_json::to_value(k).map_err(|e| e.to_string())?;
+        j["public_key"] = json!(null);
+        j["pem"] = json!(pem);
+        let text = format!(
+            "id:      {}\nlabel:   {}\ntype:    RSA (Cryppo Rsa4096 shares)\n{pem}",
+            k.id,
+            k.label.as_deref().unwrap_or("")
+        );
+        return Ok((j, text));
+    }
     let bytes = k
         .public_key
         .as_deref()
@@ -242,6 +273,16 @@ pub async fn keypair(c: &Client, cmd: &KeypairCmd) -> Result<Out, Failure> {
                 on_token: *on_token,
             };
             created(c.keypair_create(&args).await?.id)
+        }
+        KeypairCmd::Import { pem, kek, label } => {
+            let bytes =
+                std::fs::read(pem).map_err(|e| format!("reading {}: {e}", pem.display()))?;
+            let args = KeypairImportArgs {
+                pem: keyward_client::proto::secret::SecretBytes::new(bytes),
+                kek: kek.clone(),
+                label: label.clone(),
+            };
+            created(c.keypair_import(&args).await?.id)
         }
         KeypairCmd::List => {
             let r = c.keypair_list().await?;
@@ -310,13 +351,19 @@ pub async fn share(c: &Client, cmd: &ShareCmd) -> Result<Out, Failure> {
                 )
             }
         }
-        ShareCmd::Open { kek, from, input } => {
+        ShareCmd::Open {
+            kek,
+            id,
+            from,
+            input,
+        } => {
             let sealed = String::from_utf8(read_input(input)?)
                 .map_err(|_| "the share is not base64url text".to_string())?;
             let args = ShareOpenArgs {
                 sealed: sealed.trim().to_string(),
                 kek: kek.clone(),
                 from: from.as_deref().map(key_text).transpose()?,
+                id: id.clone(),
             };
             let r = c.share_open(&args).await?;
             out(

@@ -73,6 +73,25 @@ fn decrypting_key(private_pem: &str) -> Result<OaepPrivateDecryptingKey> {
     OaepPrivateDecryptingKey::new(key).map_err(|_| Error::Key("not a usable RSA private key"))
 }
 
+/// The SubjectPublicKeyInfo PEM (`PUBLIC KEY`) of an RSA private key (PKCS#1 or PKCS#8 PEM).
+pub fn public_pem(private_pem: &str) -> Result<String> {
+    use aws_lc_rs::signature::KeyPair as _;
+    use base64::Engine as _;
+    let kp = key_pair(private_pem)?;
+    let der = kp
+        .public_key()
+        .as_der()
+        .map_err(|_| Error::Key("cannot encode the RSA public key"))?;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let mut out = String::from("-----BEGIN PUBLIC KEY-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END PUBLIC KEY-----\n");
+    Ok(out)
+}
+
 /// Encrypt with RSA-OAEP(SHA-1) to a PEM public key; returns `Rsa4096.<ct>.QQUAAAAA`.
 pub fn encrypt(public_pem: &str, plaintext: &[u8]) -> Result<String> {
     let key = encrypting_key(public_pem)?;
@@ -119,4 +138,30 @@ pub fn decrypt(private_pem: &str, serialized: &str) -> Result<Zeroizing<Vec<u8>>
         private_pem,
         &Serialized::parse(serialized)?.into_encrypted()?,
     )
+}
+
+#[cfg(test)]
+mod public_pem_tests {
+    #[test]
+    fn public_pem_encrypts_to_the_private_key() {
+        let v: serde_json::Value =
+            serde_json::from_str(include_str!("../tests/vectors/cryppo/compat.json")).unwrap();
+        let pem = v["encryption_with_key"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["encryption_strategy"] == "Rsa4096")
+            .unwrap()["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let public = super::public_pem(&pem).unwrap();
+        assert!(public.starts_with("-----BEGIN PUBLIC KEY-----\n"));
+        let ct = super::encrypt(&public, b"dek bytes").unwrap();
+        assert_eq!(&*super::decrypt(&pem, &ct).unwrap(), b"dek bytes");
+        assert!(
+            super::public_pem("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+                .is_err()
+        );
+    }
 }

@@ -26,6 +26,7 @@ pub enum Op {
     KeypairList,
     KeypairShow,
     KeypairDelete,
+    KeypairImport,
     Sign,
     ShareSeal,
     ShareOpen,
@@ -55,6 +56,7 @@ impl Op {
         Op::KeypairList,
         Op::KeypairShow,
         Op::KeypairDelete,
+        Op::KeypairImport,
         Op::Sign,
         Op::ShareSeal,
         Op::ShareOpen,
@@ -84,6 +86,7 @@ impl Op {
             Op::KeypairList => "keypair.list",
             Op::KeypairShow => "keypair.show",
             Op::KeypairDelete => "keypair.delete",
+            Op::KeypairImport => "keypair.import",
             Op::Sign => "sign",
             Op::ShareSeal => "share.seal",
             Op::ShareOpen => "share.open",
@@ -316,6 +319,18 @@ pub struct KeypairCreateArgs {
     pub on_token: bool,
 }
 
+/// `keypair.import` arguments: an RSA private key (PKCS#1 or PKCS#8 PEM), for Cryppo
+/// `Rsa4096` shares as Meeco's connections use them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeypairImportArgs {
+    pub pem: SecretBytes,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kek: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
 /// `keypair.delete` result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deleted {
@@ -370,6 +385,9 @@ pub struct ShareOpenArgs {
     /// Refuse shares from anyone but this sender (did:key, PEM or JWK).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
+    /// The DEK's id, for Cryppo `Rsa4096` shares (which carry none); default: a new id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// `share.open` result: the imported DEK keeps the sender's id.

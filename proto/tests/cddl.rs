@@ -113,6 +113,17 @@ fn every_request_validates() {
         ),
         (Op::KeypairList, req(Op::KeypairList, &Empty {})),
         (
+            Op::KeypairImport,
+            req(
+                Op::KeypairImport,
+                &KeypairImportArgs {
+                    pem: SecretBytes::new(b"-----BEGIN PRIVATE KEY-----".to_vec()),
+                    kek: None,
+                    label: Some("rsa".into()),
+                },
+            ),
+        ),
+        (
             Op::KeypairShow,
             req(Op::KeypairShow, &IdArgs { id: ID.into() }),
         ),
@@ -150,6 +161,7 @@ fn every_request_validates() {
                     sealed: "b64".into(),
                     kek: None,
                     from: Some("did:key:z".into()),
+                    id: Some(ID.into()),
                 },
             ),
         ),

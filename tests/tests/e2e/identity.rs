@@ -11,6 +11,7 @@ keyward_tests::keyward_e2e_tests!(
     node_keys_chain_revocation_and_expiry,
     sealed_messages_between_nodes,
     token_keypairs_sign_but_never_leave_the_token,
+    cryppo_rsa4096_shares_with_imported_rsa_keys,
 );
 
 fn setup(env: &TestEnv) {
@@ -537,5 +538,126 @@ fn token_keypairs_sign_but_never_leave_the_token(env: &mut TestEnv) {
             None
         ),
         "wrong_key"
+    );
+}
+
+fn cryppo_rsa4096_shares_with_imported_rsa_keys(alice: &mut TestEnv) {
+    let bob = TestEnv::start(alice.kind());
+    setup(alice);
+    setup(&bob);
+    // Bob imports an RSA-4096 private key (one of Cryppo's own test keys).
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../envelope/tests/vectors/cryppo/compat.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+    let private = v["encryption_with_key"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["encryption_strategy"] == "Rsa4096")
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key_file = write(&bob, "rsa.pem", private.as_bytes());
+    let rid = bob.cli_json(&["keypair", "import", "--pem", &key_file], None)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let public = bob.cli_json(&["keypair", "show", &rid], None)["pem"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{public}");
+    let pub_file = write(alice, "bob-rsa.pem", public.as_bytes());
+
+    // Alice seals a sharing DEK to Bob's RSA key: a Cryppo Rsa4096 string.
+    let dek = alice.cli_json(&["dek", "create", "--purpose", "sharing"], None)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ct = alice.cli_ok(
+        &["encrypt", "--dek", &dek],
+        Some(b"for bob, the Cryppo way"),
+    );
+    let sealed = alice.cli_json(&["share", "seal", "--dek", &dek, "--to", &pub_file], None)
+        ["sealed"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(sealed.starts_with("Rsa4096."), "{sealed}");
+    let share = write(&bob, "share", sealed.as_bytes());
+    let opened = bob.cli_json(&["share", "open", "--id", &dek, "-i", &share], None);
+    assert_eq!(opened["id"], dek.as_str());
+    assert_eq!(
+        bob.cli_ok(&["decrypt"], Some(&ct)),
+        b"for bob, the Cryppo way"
+    );
+
+    // An independent peer: openssl RSA-OAEP(SHA-1) encrypts a DEK; wrapped as Cryppo, it opens.
+    let dek_bytes: Vec<u8> = (0u8..32)
+        .map(|i| i.wrapping_mul(7).wrapping_add(3))
+        .collect();
+    let raw = write(&bob, "dek.bin", &dek_bytes);
+    let enc = bob.dir().join("dek.enc");
+    let out = Command::new("openssl")
+        .args([
+            "pkeyutl", "-encrypt", "-pubin", "-inkey", &pub_file, "-in", &raw, "-out",
+        ])
+        .arg(&enc)
+        .args([
+            "-pkeyopt",
+            "rsa_padding_mode:oaep",
+            "-pkeyopt",
+            "rsa_oaep_md:sha1",
+            "-pkeyopt",
+            "rsa_mgf1_md:sha1",
+        ])
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{out:?}");
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE.encode(std::fs::read(&enc).unwrap());
+    let foreign = write(
+        &bob,
+        "foreign",
+        format!("Rsa4096.{b64}.QQUAAAAA").as_bytes(),
+    );
+    let new_id = "0b6e3c1a-5d2f-4e8b-9a7c-1f2e3d4c5b6a";
+    bob.cli_json(&["share", "open", "--id", new_id, "-i", &foreign], None);
+    // The imported key is exactly openssl's DEK: data encrypted offline with it decrypts.
+    let key_b64 = base64::engine::general_purpose::URL_SAFE.encode(&dek_bytes);
+    let offline = bob.cli_ok(
+        &["cryppo", "encrypt", "--key", &key_b64],
+        Some(b"from openssl's key"),
+    );
+    assert_eq!(
+        bob.cli_ok(&["decrypt", "--dek", new_id], Some(&offline)),
+        b"from openssl's key"
+    );
+
+    // Alice has no RSA key: a typed refusal; a personal DEK is never sealed, to RSA either.
+    assert_eq!(
+        alice.cli_json_err(&["share", "open", "--id", new_id, "-i", &share], None),
+        "wrong_key"
+    );
+    let personal = alice.cli_json(&["dek", "create"], None)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        alice.cli_json_err(
+            &["share", "seal", "--dek", &personal, "--to", &pub_file],
+            None
+        ),
+        "wrong_key"
+    );
+    let junk = write(
+        &bob,
+        "junk.pem",
+        b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    );
+    assert_eq!(
+        bob.cli_json_err(&["keypair", "import", "--pem", &junk], None),
+        "invalid_args"
     );
 }
