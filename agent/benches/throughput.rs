@@ -3,7 +3,9 @@
 //! Sets up a private SoftHSM token (softhsm-setup.sh), then measures for 1 and 8 clients:
 //! - `encrypt 64 B`: through the agent (socket, CBOR, DEK unwrap + AES-GCM in the token,
 //!   Cryppo serialization) vs. in-process (`Kek::seal`: the same unwrap + GCM token calls);
-//! - `dek export`: through the agent vs. in-process `Kek::export_dek`.
+//! - `dek export`: through the agent vs. in-process `Kek::export_dek`;
+//! - and in between, the same operations through `Hierarchy` in-process (keystore lookups,
+//!   policy, Cryppo serialization; no socket), to show where the agent's time goes.
 //!
 //! Each figure is the median of 5 rounds of 1 s. Run: `cargo bench -p keyward-agent --bench throughput`.
 
@@ -150,20 +152,37 @@ fn main() {
     let d_enc8 = median(8, &direct_enc);
     let d_exp1 = median(1, &direct_exp);
     let d_exp8 = median(8, &direct_exp);
-    let _ = Hierarchy::new(ks, Box::new(root), UnlockPolicy::default());
+    drop(kek);
+
+    // --- in-process through the hierarchy: keystore lookups, policy, Cryppo serialization ----
+    let h = Hierarchy::new(ks, Box::new(root), UnlockPolicy::default());
+    h.unlock(&Pin::new(PIN)).expect("unlock hierarchy");
+    let hier_enc = |_t: usize| {
+        h.encrypt(&dek, &pt).expect("encrypt");
+    };
+    let hier_exp = |_t: usize| {
+        h.dek_export(&dek).expect("export");
+    };
+    let h_enc1 = median(1, &hier_enc);
+    let h_enc8 = median(8, &hier_enc);
+    let h_exp1 = median(1, &hier_exp);
+    let h_exp8 = median(8, &hier_exp);
 
     println!(
         "\nKeyward throughput (median of {ROUNDS} x {}s rounds, ops/s)",
         ROUND.as_secs()
     );
-    println!("| operation | clients | through agent | in-process token | agent / in-process |");
-    println!("|---|---|---|---|---|");
-    for (name, n, a, d) in [
-        ("encrypt 64 B", 1, a_enc1, d_enc1),
-        ("encrypt 64 B", 8, a_enc8, d_enc8),
-        ("dek export", 1, a_exp1, d_exp1),
-        ("dek export", 8, a_exp8, d_exp8),
+    println!("| operation | clients | through agent | in-process hierarchy | in-process token op | agent / token op |");
+    println!("|---|---|---|---|---|---|");
+    for (name, n, a, hh, d) in [
+        ("encrypt 64 B", 1, a_enc1, h_enc1, d_enc1),
+        ("encrypt 64 B", 8, a_enc8, h_enc8, d_enc8),
+        ("dek export", 1, a_exp1, h_exp1, d_exp1),
+        ("dek export", 8, a_exp8, h_exp8, d_exp8),
     ] {
-        println!("| {name} | {n} | {a:.0} | {d:.0} | {:.2} |", a / d);
+        println!(
+            "| {name} | {n} | {a:.0} | {hh:.0} | {d:.0} | {:.2} |",
+            a / d
+        );
     }
 }

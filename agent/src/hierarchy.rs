@@ -125,17 +125,23 @@ impl Hierarchy {
                 }
                 Ok(v)
             }
-            Err(RootError::PinIncorrect { .. }) => {
+            Err(RootError::PinIncorrect { card_retries, .. }) => {
                 let n = failures + 1;
                 self.ks.set_meta(META_FAILURES, &n.to_string())?;
                 self.ks.set_meta(META_LAST_FAILURE, &now_ms().to_string())?;
                 tracing::warn!(failures = n, "wrong PIN");
+                if card_retries == Some(0) {
+                    // The card itself has now blocked its PIN (unblocking needs the PUK).
+                    return Err(RootError::PinLocked { op: "unlock" }.into());
+                }
                 if n >= self.policy.max_attempts {
                     return Err(AgentError::PinLocked);
                 }
                 let wait = self.backoff_ms(n);
+                let agent_left = self.policy.max_attempts - n;
                 Err(AgentError::PinIncorrect {
-                    attempts_left: self.policy.max_attempts - n,
+                    // The fewer of the card's own retries and the agent's remaining attempts.
+                    attempts_left: card_retries.map_or(agent_left, |c| c.min(agent_left)),
                     retry_after_ms: (wait > 0).then_some(wait),
                 })
             }

@@ -10,8 +10,8 @@
 //! `mlock`ed (through the `region` crate's safe API; this crate forbids `unsafe`), so it is not
 //! swapped out. When the lock cannot be taken (RLIMIT_MEMLOCK exhausted) the key still works and a
 //! warning is logged once. The buffer is zeroized before it is freed. Transient copies (the AES key
-//! schedule inside `aes-kw`, an unwrapped DEK) live on the stack or in `Zeroizing` values for the
-//! length of one operation; they are not locked. Core dumps are disabled for the whole process.
+//! schedule inside `aes-kw`, zeroized on drop through the `aes` crate's `zeroize` feature; an
+//! unwrapped DEK, in `Zeroizing`) live for the length of one operation; they are not locked. Core dumps are disabled for the whole process.
 //!
 //! A root may attach a *guard* (checked before every use: e.g. "is the card still there?") and
 //! may *wipe* a KEK it handed out ([`KekCell::wipe`]), e.g. when the card is removed: after that

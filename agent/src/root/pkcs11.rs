@@ -24,7 +24,7 @@
 use super::ecdh;
 use super::memory_kek::{random_key, MemoryKek};
 use super::uri::{encode, Pkcs11Uri};
-use super::{Kek, Root, RootError, RootInit, StoredRoot, Wrapped};
+use super::{Kek, Root, RootError, RootInit, StoredRoot, TokenKeypair, Wrapped};
 use crate::config::Pkcs11KeyType;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -790,7 +790,18 @@ impl Root for Pkcs11Root {
         };
         Ok(Box::new(Pkcs11Kek { conn, handle }))
     }
+
+    fn generate_token_keypair(&self, label: &str) -> Result<TokenKeypair, RootError> {
+        self.generate_token_keypair_inner(label)
+    }
+
+    fn token_sign(&self, locator: &str, digest: &[u8; 32]) -> Result<Vec<u8>, RootError> {
+        self.token_sign_inner(locator, digest)
+    }
 }
+
+mod keypair;
+pub use keypair::TOKEN_KEYPAIR_SCHEME;
 
 /// A KEK unwrapped into a session object of the anchor session.
 struct Pkcs11Kek {

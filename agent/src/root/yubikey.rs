@@ -308,7 +308,7 @@ impl Inner {
     /// Forget the PIN and wipe every KEK handed out (card removed or PIN no longer right).
     fn forget(&self, why: &str) {
         let mut st = lock(&self.state);
-        if st.pin.is_some() {
+        if st.pin.is_some() && !matches!(why, "lock" | "unlock") {
             tracing::warn!("{why}: locking the YubiKey root (the PIN is needed again)");
         }
         st.pin = None;
