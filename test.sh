@@ -4,14 +4,19 @@
 # tools/piv-card card; installs its packages and builds the card, ~3 min cold), builds every
 # binary, then runs every crate's tests: the end-to-end tests against the real keywardd on real
 # SoftHSM tokens in parallel, then the card tests (names containing `yubikey`) one at a time,
-# since pcscd has a single socket and they share the one virtual card.
+# since pcscd has a single socket and they share the one virtual card. Ends with one line
+# counting every test that ran.
 # If the card stack cannot start, this fails: card tests are never skipped silently.
 set -euo pipefail
 cd "$(dirname "$0")"
+log=$(mktemp)
+trap './vcard-setup.sh stop >/dev/null 2>&1 || true; rm -f "$log"' EXIT
 ./softhsm-setup.sh --install-only
-trap './vcard-setup.sh stop >/dev/null 2>&1 || true' EXIT
 ./vcard-setup.sh start
 cargo build --workspace --bins
-cargo test --workspace -- --skip yubikey
+cargo test --workspace -- --skip yubikey 2>&1 | tee -a "$log"
 # `--workspace` (not only -p keyward-tests) so the agent's root::yubikey unit tests run too.
-cargo test --workspace yubikey -- --test-threads=1
+cargo test --workspace yubikey -- --test-threads=1 2>&1 | tee -a "$log"
+# (pipefail: a failing cargo test fails the script above.)
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "all tests: %d passed, %d failed\n", p, f; if (p == 0) exit 1 }' "$log"
