@@ -170,6 +170,29 @@ impl Drop for TempKey<'_> {
     }
 }
 
+/// The CKA_VALUE of a non-sensitive session object (an exportable DEK, a derived ECDH secret),
+/// copied once into zeroizing memory.
+fn read_value(
+    session: &Session,
+    handle: ObjectHandle,
+    op: &'static str,
+) -> Result<Zeroizing<Vec<u8>>, RootError> {
+    for a in session
+        .get_attributes(handle, &[AttributeType::Value])
+        .map_err(ck(op))?
+    {
+        if let Attribute::Value(mut v) = a {
+            let out = Zeroizing::new(v.clone());
+            zeroize::Zeroize::zeroize(&mut v);
+            return Ok(out);
+        }
+    }
+    Err(RootError::Token {
+        op,
+        detail: "the token returned no readable CKA_VALUE".into(),
+    })
+}
+
 /// Every boolean attribute given (SoftHSM's defaults are permissive), never CKA_VALUE_LEN.
 fn secret_template(sensitive: bool, extractable: bool, wrap: bool, crypt: bool) -> Vec<Attribute> {
     vec![
@@ -554,20 +577,7 @@ impl Pkcs11Root {
             Err(e) => return Err(ck(op)(e)),
         };
         let key = TempKey { session, handle };
-        let attrs = session
-            .get_attributes(key.handle, &[AttributeType::Value])
-            .map_err(ck(op))?;
-        for a in attrs {
-            if let Attribute::Value(mut v) = a {
-                let out = Zeroizing::new(v.clone());
-                zeroize::Zeroize::zeroize(&mut v);
-                return Ok(out);
-            }
-        }
-        Err(RootError::Token {
-            op,
-            detail: "the derived ECDH secret has no readable CKA_VALUE".into(),
-        })
+        read_value(session, key.handle, op)
     }
 
     fn find_roots(
@@ -884,20 +894,7 @@ impl Kek for Pkcs11Kek {
         const OP: &str = "export DEK";
         self.conn.with_session(OP, |s| {
             let key = self.unwrap_dek(s, dek, true, OP)?;
-            let attrs = s
-                .get_attributes(key.handle, &[AttributeType::Value])
-                .map_err(ck(OP))?;
-            for a in attrs {
-                if let Attribute::Value(mut v) = a {
-                    let out = Zeroizing::new(v.clone());
-                    zeroize::Zeroize::zeroize(&mut v);
-                    return Ok(out);
-                }
-            }
-            Err(RootError::Token {
-                op: OP,
-                detail: "the token returned no CKA_VALUE".into(),
-            })
+            read_value(s, key.handle, OP)
         })
     }
 
