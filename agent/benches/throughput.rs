@@ -88,6 +88,7 @@ fn main() {
         .arg("--log")
         .arg("warn")
         .env("KEYWARD_SOCK", &sock)
+        .envs(std::env::var_os("KW_INLINE").map(|v| ("KW_INLINE", v)))
         .spawn()
         .expect("start keywardd");
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -116,6 +117,12 @@ fn main() {
     let agent_exp = |t: usize| {
         clients[t].run(|c| c.dek_export(&dek)).expect("export");
     };
+    // The transport floor: a round trip that touches no token (one keystore read).
+    let list = |t: usize| {
+        clients[t].run(|c| c.kek_list()).expect("list");
+    };
+    let floor1 = median(1, &list);
+    let floor8 = median(8, &list);
     let a_enc1 = median(1, &agent_enc);
     let a_enc8 = median(8, &agent_enc);
     let a_exp1 = median(1, &agent_exp);
