@@ -192,4 +192,6 @@ fn main() {
             a / d
         );
     }
+    println!("| kek.list (no token: the transport floor) | 1 | {floor1:.0} | | | |");
+    println!("| kek.list (no token: the transport floor) | 8 | {floor8:.0} | | | |");
 }
