@@ -2,7 +2,8 @@
 # softhsm-setup.sh [--dir DIR] [--install-only]
 #
 # Sets up a private SoftHSM2 development token for Keyward:
-#   - installs softhsm2 and opensc with apt-get when they are missing;
+#   - installs softhsm2 and opensc with apt-get when they are missing, and what building and
+#     testing Keyward needs (gcc, pkg-config, libpcsclite-dev, openssl); --install-only stops there;
 #   - creates DIR/softhsm2.conf and an initialised token labelled `keyward` under DIR/tokens;
 #   - writes DIR/keyward.toml, an agent config selecting module and token by PKCS#11 URI and
 #     keeping the keystore under DIR, so one directory holds a whole dev setup;
@@ -36,6 +37,12 @@ find_module() {
 need=()
 command -v softhsm2-util >/dev/null 2>&1 && find_module >/dev/null || need+=(softhsm2)
 command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
+# Building keywardd: a C compiler (bundled SQLite, aws-lc), and libpcsclite through pkg-config
+# for the YubiKey backend (pcsc-sys). The tests also use the openssl CLI as a peer.
+command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+pkg-config --exists libpcsclite 2>/dev/null || need+=(libpcsclite-dev)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]} with apt-get"
   sudo=""
@@ -45,7 +52,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${need[@]}" >/dev/null
 fi
 module=$(find_module) || { say "libsofthsm2.so not found after install"; exit 1; }
-[ "$install_only" -eq 1 ] && { say "softhsm2 and opensc are installed (module $module)"; exit 0; }
+[ "$install_only" -eq 1 ] && { say "softhsm2, opensc and the build prerequisites are installed (module $module)"; exit 0; }
 
 pin="${KEYWARD_DEV_PIN:-123456}"
 so_pin="${KEYWARD_DEV_SO_PIN:-12345678}"

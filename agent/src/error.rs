@@ -15,7 +15,7 @@ pub enum AgentError {
     NotInitialized,
     #[error("a root exists already; init never makes a second one")]
     AlreadyInitialized,
-    #[error("{op}: the agent is locked: run `keyward unlock`")]
+    #[error("the agent is locked: run `keyward unlock` (refused: {op})")]
     Locked { op: &'static str },
     #[error("the PIN or passphrase is incorrect")]
     PinIncorrect {
