@@ -734,7 +734,23 @@ impl Root for Pkcs11Root {
             // The recorded public key wins over the token's public object (ykcs11 may not show it).
             *lock(&self.ec_public) = stored.locator.as_deref().and_then(locator_public);
         }
-        self.unlock_inner(pin, "unlock")
+        match self.unlock_inner(pin, "unlock") {
+            // SoftHSM (and other file-backed modules) never heal in-process once their token
+            // files were gone: only C_Finalize + C_Initialize does (DESIGN.md). So when unlock
+            // fails for any reason but the PIN, start the module afresh and try once more.
+            // This never creates a root: a missing root stays `RootMissing`.
+            Err(
+                e @ (RootError::Token { .. }
+                | RootError::Stale { .. }
+                | RootError::Unavailable { .. }
+                | RootError::RootMissing { .. }),
+            ) => {
+                tracing::warn!(error = %e, "unlock failed: reinitializing the PKCS#11 module and trying once more");
+                self.disconnect();
+                self.unlock_inner(pin, "unlock")
+            }
+            other => other,
+        }
     }
 
     fn lock(&self) -> Result<(), RootError> {

@@ -7,6 +7,7 @@ use keyward_tests::RootKind;
 use keyward_tests::{expect_code, pin, TestEnv, WRONG_PIN};
 
 keyward_tests::keyward_e2e_tests!(
+    token_files_vanish_and_return,
     round_trip_with_the_client_library,
     restart_keeps_everything_and_starts_locked,
     second_init_is_refused_also_after_restart,
@@ -214,4 +215,56 @@ fn uninitialised_agent_refuses_unlock_and_key_operations(env: &mut TestEnv) {
     assert!(c.run(|c| c.kek_list()).unwrap().keys.is_empty());
     // Init still works afterwards.
     c.run(|c| c.init(pin(env.pin()))).expect("init");
+}
+
+/// SoftHSM's token files disappear while the agent is locked, then come back (a restored
+/// backup, a remounted disk). Unlock fails with a typed error meanwhile and never makes a new
+/// root; once the files are back, unlock works again without restarting the agent (the module is
+/// reinitialized) and the old data decrypts.
+fn token_files_vanish_and_return(env: &mut TestEnv) {
+    if env.kind() != RootKind::Pkcs11 {
+        return; // Only the file-backed token has files to lose.
+    }
+    let keys = env.init_with_keys(false, b"survives");
+    let c = env.client();
+    c.run(|c| c.lock()).expect("lock");
+    let tokens = env.dir().join("tokens");
+    let away = env.dir().join("tokens.away");
+    std::fs::rename(&tokens, &away).expect("move the token files away");
+    for _ in 0..2 {
+        let err = c
+            .run(|c| c.unlock(pin(env.pin())))
+            .expect_err("unlock without token files");
+        let code = err.code().expect("a typed agent error");
+        assert!(
+            [ErrorCode::TokenError, ErrorCode::TokenUnavailable].contains(&code),
+            "{err}"
+        );
+    }
+    std::fs::rename(&away, &tokens).expect("restore the token files");
+    c.run(|c| c.unlock(pin(env.pin())))
+        .expect("unlock after the files are back");
+    let pt = c
+        .run(|c| c.decrypt(&keys.ciphertext, None))
+        .expect("decrypt");
+    assert_eq!(pt.expose(), b"survives");
+    // Still exactly one root object on the token.
+    let out = std::process::Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", env.dir().join("softhsm2.conf"))
+        .args([
+            "--module",
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "--token-label",
+            "keyward",
+            "--login",
+            "--pin",
+            env.pin(),
+            "--list-objects",
+            "--type",
+            "secrkey",
+        ])
+        .output()
+        .expect("pkcs11-tool");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listing.matches("keyward-root").count(), 1, "{listing}");
 }
