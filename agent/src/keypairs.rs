@@ -139,21 +139,37 @@ impl Hierarchy {
         Ok(self.record(id, KeyKind::Keypair)?.info())
     }
 
-    /// Delete a keypair. Refused while it vouches for node keys (revoke or delete those first).
+    /// Delete a keypair (and, for a token keypair, its token objects). Refused for a keypair
+    /// that has vouched for any key: the chain's history needs its public key to verify, so such
+    /// a keypair is revoked, never deleted. The record goes first and the token objects after, so
+    /// a refusal never loses key material.
     pub fn keypair_delete(&self, id: &str) -> Result<Uuid, AgentError> {
         let rec = self.record(id, KeyKind::Keypair)?;
         let vouched = self
             .ks
             .list(KeyKind::Keypair, None)?
             .into_iter()
-            .filter(|k| k.issuer == Some(rec.id) && k.state == KeyState::Active)
+            .filter(|k| k.issuer == Some(rec.id))
             .count();
         if vouched > 0 {
             return Err(AgentError::WrongKey(format!(
-                "keypair {id} vouches for {vouched} active node key(s): revoke them first"
+                "keypair {id} has vouched for {vouched} node key(s): it stays for their chain's history (revoke it instead)"
             )));
         }
+        if rec.scheme == TOKEN_KEYPAIR_SCHEME {
+            // Its objects can only be destroyed while logged in: check before touching anything.
+            self.root_record("keypair.delete")?;
+        }
         self.ks.delete(&rec.id)?;
+        if rec.scheme == TOKEN_KEYPAIR_SCHEME {
+            let locator = rec.locator.as_deref().unwrap_or_default();
+            self.with_recovery(|| Ok(self.root.token_delete(locator)?))
+                .map_err(|e| {
+                    AgentError::Internal(format!(
+                        "keypair {id} is deleted from the keystore, but destroying its token objects failed: {e}"
+                    ))
+                })?;
+        }
         tracing::info!(id = %rec.id, "keypair deleted");
         Ok(rec.id)
     }

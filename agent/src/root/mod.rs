@@ -101,6 +101,13 @@ pub trait Root: Send + Sync {
             detail: format!("a {} root keeps no keypairs; PKCS#11 roots do", self.kind()),
         })
     }
+    /// Destroy a token keypair's objects (private and public key).
+    fn token_delete(&self, _locator: &str) -> Result<(), RootError> {
+        Err(RootError::Unsupported {
+            op: "delete token key",
+            detail: format!("a {} root keeps no keypairs", self.kind()),
+        })
+    }
     /// ECDSA over a SHA-256 digest with a token keypair; returns raw r‖s.
     fn token_sign(&self, _locator: &str, _digest: &[u8; 32]) -> Result<Vec<u8>, RootError> {
         Err(RootError::Unsupported {

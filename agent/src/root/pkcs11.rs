@@ -824,6 +824,10 @@ impl Root for Pkcs11Root {
     fn token_sign(&self, locator: &str, digest: &[u8; 32]) -> Result<Vec<u8>, RootError> {
         self.token_sign_inner(locator, digest)
     }
+
+    fn token_delete(&self, locator: &str) -> Result<(), RootError> {
+        self.token_delete_inner(locator)
+    }
 }
 
 mod keypair;

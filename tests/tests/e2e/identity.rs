@@ -539,6 +539,57 @@ fn token_keypairs_sign_but_never_leave_the_token(env: &mut TestEnv) {
         ),
         "wrong_key"
     );
+    // A keypair that vouched for a node stays (the chain's history needs it), even revoked.
+    assert_eq!(
+        env.cli_json_err(&["keypair", "delete", &id], None),
+        "wrong_key"
+    );
+    env.cli_json(&["node", "revoke", "edge1"], None);
+    assert_eq!(
+        env.cli_json_err(&["keypair", "delete", &id], None),
+        "wrong_key"
+    );
+    // Deleting one that vouched for nothing destroys its token objects too.
+    let other = env.cli_json(
+        &["keypair", "create", "--on-token", "--label", "shortterm"],
+        None,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let objects = || {
+        let out = Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", env.dir().join("softhsm2.conf"))
+            .args([
+                "--module",
+                module,
+                "--token-label",
+                "keyward",
+                "--login",
+                "--pin",
+                env.pin(),
+                "--list-objects",
+            ])
+            .output()
+            .expect("pkcs11-tool");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        objects().matches("shortterm").count(),
+        2,
+        "private and public key"
+    );
+    env.cli_json(&["keypair", "delete", &other], None);
+    assert_eq!(objects().matches("shortterm").count(), 0);
+    assert!(
+        objects().contains("tokenkey"),
+        "the other token keypair is untouched"
+    );
+    assert_eq!(
+        env.cli_json_err(&["keypair", "show", &other], None),
+        "not_found"
+    );
 }
 
 fn cryppo_rsa4096_shares_with_imported_rsa_keys(alice: &mut TestEnv) {

@@ -6,6 +6,20 @@
 
 use super::*;
 
+/// The CKA_ID a token keypair's locator names.
+fn key_id(locator: &str, op: &'static str) -> Result<Vec<u8>, RootError> {
+    let uri = Pkcs11Uri::parse(locator).map_err(|e| RootError::Token {
+        op,
+        detail: format!("bad key locator: {e}"),
+    })?;
+    uri.id()
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| RootError::Token {
+            op,
+            detail: "the key locator has no id".into(),
+        })
+}
+
 /// Scheme recorded for keypairs whose private key is a token object.
 pub const TOKEN_KEYPAIR_SCHEME: &str = "pkcs11-token";
 
@@ -73,20 +87,37 @@ impl Pkcs11Root {
         })
     }
 
+    /// Destroy every token object with the keypair's CKA_ID (its private and public key).
+    pub(super) fn token_delete_inner(&self, locator: &str) -> Result<(), RootError> {
+        const OP: &str = "delete token key";
+        let id = key_id(locator, OP)?;
+        let conn = self.conn(OP)?;
+        conn.root_handle(OP)?;
+        conn.with_session(OP, |s| {
+            for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
+                let found = s
+                    .find_objects(&[
+                        Attribute::Class(class),
+                        Attribute::KeyType(KeyType::EC),
+                        Attribute::Token(true),
+                        Attribute::Id(id.clone()),
+                    ])
+                    .map_err(ck(OP))?;
+                for h in found {
+                    s.destroy_object(h).map_err(ck(OP))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
     pub(super) fn token_sign_inner(
         &self,
         locator: &str,
         digest: &[u8; 32],
     ) -> Result<Vec<u8>, RootError> {
         const OP: &str = "sign with token key";
-        let uri = Pkcs11Uri::parse(locator).map_err(|e| RootError::Token {
-            op: OP,
-            detail: format!("bad key locator: {e}"),
-        })?;
-        let id = uri.id().ok_or_else(|| RootError::Token {
-            op: OP,
-            detail: "the key locator has no id".into(),
-        })?;
+        let id = key_id(locator, OP)?;
         let conn = self.conn(OP)?;
         conn.root_handle(OP)?;
         conn.with_session(OP, |s| {
@@ -95,7 +126,7 @@ impl Pkcs11Root {
                     Attribute::Class(ObjectClass::PRIVATE_KEY),
                     Attribute::KeyType(KeyType::EC),
                     Attribute::Token(true),
-                    Attribute::Id(id.to_vec()),
+                    Attribute::Id(id.clone()),
                 ])
                 .map_err(ck(OP))?;
             let [h] = found.as_slice() else {
