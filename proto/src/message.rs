@@ -46,6 +46,13 @@ pub fn cbor_value(bytes: &[u8]) -> Result<Value, CodecError> {
 /// Serde's messages quote the offending value (`invalid type: string "1234"`), which could be a
 /// PIN sent with the wrong type. Keep the shape of the message and drop quoted values.
 pub fn sanitize_serde_message(msg: &str) -> String {
+    // "unknown field `x`, expected ...": the field's name is the client's own key, not a value,
+    // and naming it is the useful part of the message.
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        if let Some((name, _)) = rest.split_once('`') {
+            return format!("unknown field `{name}`");
+        }
+    }
     let mut out = String::with_capacity(msg.len());
     let mut in_quote: Option<char> = None;
     for ch in msg.chars() {
@@ -152,12 +159,15 @@ impl Request {
     /// `invalid_args`; the message never quotes the values sent.
     pub fn args<T: DeserializeOwned>(&self) -> Result<T, ErrorBody> {
         self.args.deserialized().map_err(|e| {
+            let text = match e {
+                ciborium::value::Error::Custom(m) => m,
+            };
             ErrorBody::new(
                 ErrorCode::InvalidArgs,
                 format!(
                     "invalid arguments for `{}`: {}",
                     self.op,
-                    sanitize_serde_message(&e.to_string())
+                    sanitize_serde_message(&text)
                 ),
             )
         })
@@ -305,6 +315,8 @@ mod tests {
         };
         let e = r.args::<crate::ops::PinArgs>().unwrap_err();
         assert!(!e.message.contains("secret-ish"), "{}", e.message);
+        // The unknown field's name is kept: it is the client's own key, and the useful part.
+        assert!(e.message.contains("unknown field `pinn`"), "{}", e.message);
     }
 
     #[test]

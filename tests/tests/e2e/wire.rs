@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::Shutdown;
 
 keyward_tests::keyward_e2e_tests!(
+    every_op_refuses_unknown_fields_and_non_map_args,
     malformed_cbor_keeps_the_connection,
     non_map_and_misshapen_requests_keep_the_connection,
     oversized_frame_is_refused_from_its_length_alone,
@@ -461,5 +462,68 @@ fn pipelined_raw_requests_are_answered_by_id(env: &mut TestEnv) {
     }
     drop(r);
     drop(c);
+    env.assert_intact(&keys);
+}
+
+/// Every operation the agent serves refuses an unknown argument field (naming it), arguments
+/// that are not a map, and mistyped arguments, with typed errors; the agent goes on serving and
+/// the keystore is intact.
+fn every_op_refuses_unknown_fields_and_non_map_args(env: &mut TestEnv) {
+    use keyward_tests::keyward_proto::ops::Op;
+    let keys = setup(env);
+    let mut r = env.raw();
+    r.hello(1);
+    let mut id = 100;
+    for op in Op::ALL {
+        id += 1;
+        let resp = r.call(&request(
+            id,
+            op.name(),
+            map(&[("zz_unknown", Value::Bool(true))]),
+        ));
+        assert_eq!(
+            err_code(&resp),
+            ErrorCode::InvalidArgs,
+            "{}: {resp:?}",
+            op.name()
+        );
+        let msg = &resp.err.as_ref().unwrap().message;
+        if *op != Op::Hello {
+            // Ops whose required fields are missing may say so first; the rest name the field.
+            assert!(
+                msg.contains("zz_unknown") || msg.contains("missing field"),
+                "{}: {msg}",
+                op.name()
+            );
+        }
+        id += 1;
+        let resp = r.call(&request(id, op.name(), Value::Array(vec![int(1)])));
+        assert_eq!(
+            err_code(&resp),
+            ErrorCode::InvalidRequest,
+            "{}: {resp:?}",
+            op.name()
+        );
+        assert_eq!(resp.id, Some(id));
+        // Every known field name with a value of the wrong type (a map where scalars go).
+        id += 1;
+        let wrong = map(&[
+            ("id", map(&[])),
+            ("dek", map(&[])),
+            ("kek", map(&[])),
+            ("key", map(&[])),
+            ("name", map(&[])),
+            ("pin", map(&[])),
+            ("version", map(&[])),
+        ]);
+        let resp = r.call(&request(id, op.name(), wrong));
+        assert_eq!(
+            err_code(&resp),
+            ErrorCode::InvalidArgs,
+            "{}: {resp:?}",
+            op.name()
+        );
+    }
+    drop(r);
     env.assert_intact(&keys);
 }
