@@ -159,9 +159,7 @@ impl Request {
     /// `invalid_args`; the message never quotes the values sent.
     pub fn args<T: DeserializeOwned>(&self) -> Result<T, ErrorBody> {
         self.args.deserialized().map_err(|e| {
-            let text = match e {
-                ciborium::value::Error::Custom(m) => m,
-            };
+            let ciborium::value::Error::Custom(text) = e;
             ErrorBody::new(
                 ErrorCode::InvalidArgs,
                 format!(
