@@ -429,8 +429,13 @@ impl Hierarchy {
             }
         };
         let dek = self.record(&dek_id, KeyKind::Dek)?;
+        // A retired DEK still decrypts what it encrypted; a revoked one does nothing.
         if dek.state == KeyState::Revoked {
-            return Self::require_active(&dek).map(|_| Zeroizing::new(Vec::new()));
+            return Err(AgentError::KeyInactive {
+                kind: "dek",
+                id: dek.id.to_string(),
+                state: dek.state.as_str(),
+            });
         }
         let kek = self.parent_kek(&dek)?;
         let wrapped = self.wrapped(&dek)?;
