@@ -10,8 +10,13 @@ use crate::hierarchy::Hierarchy;
 use crate::keystore::{KeyKind, KeyRecord, KeyState};
 use crate::root::pkcs11::TOKEN_KEYPAIR_SCHEME;
 use keyward_identity::ecdsa::{SignError, Signer};
+use keyward_identity::ed25519::Ed25519Key;
 use keyward_identity::p256::ecdsa::Signature;
 use keyward_identity::{ecdsa, LocalKey, PublicKey, SigEncoding};
+
+/// Keypair algorithms.
+pub const P256: &str = "p256";
+pub const ED25519: &str = "ed25519";
 use keyward_proto::ops::KeyInfo;
 use rand_core::OsRng;
 use uuid::Uuid;
@@ -55,6 +60,7 @@ impl Hierarchy {
 
     /// The private half of a keypair, in memory for as long as the caller holds it.
     pub(crate) fn unwrap_keypair(&self, rec: &KeyRecord) -> Result<LocalKey, AgentError> {
+        Self::require_p256(rec)?;
         if rec.scheme == TOKEN_KEYPAIR_SCHEME {
             return Err(AgentError::WrongKey(format!(
                 "keypair {} lives on the token: it signs, but cannot open shares or messages",
@@ -71,8 +77,20 @@ impl Hierarchy {
             .map_err(|_| AgentError::Internal(format!("keypair {} is not a P-256 scalar", rec.id)))
     }
 
+    /// Refuse keypairs that are not P-256 where only P-256 works (HPKE, COSE ES256, ECDH).
+    pub(crate) fn require_p256(rec: &KeyRecord) -> Result<(), AgentError> {
+        match rec.algorithm.as_deref() {
+            None | Some(P256) => Ok(()),
+            Some(other) => Err(AgentError::WrongKey(format!(
+                "keypair {} is {other}: sharing, sealed messages and node keys use P-256 keypairs",
+                rec.id
+            ))),
+        }
+    }
+
     /// The public key a keypair record holds.
     pub(crate) fn public_of(rec: &KeyRecord) -> Result<PublicKey, AgentError> {
+        Self::require_p256(rec)?;
         rec.public_key
             .as_deref()
             .and_then(|b| PublicKey::from_sec1_bytes(b).ok())
@@ -93,6 +111,7 @@ impl Hierarchy {
         rec.parent = Some(kek.id);
         rec.wrapped = Some(w.bytes);
         rec.public_key = Some(key.public_key().to_sec1_compressed().to_vec());
+        rec.algorithm = Some(P256.into());
         Ok(rec)
     }
 
@@ -101,9 +120,31 @@ impl Hierarchy {
         kek: Option<&str>,
         label: Option<String>,
         on_token: bool,
+        alg: Option<&str>,
     ) -> Result<Uuid, AgentError> {
         let root = self.root_record("keypair.create")?;
-        let mut rec = if on_token {
+        let mut rec = if alg == Some(ED25519) {
+            if on_token {
+                return Err(AgentError::InvalidArgs(
+                    "--on-token keypairs are P-256 (Ed25519 keys live wrapped under a KEK)".into(),
+                ));
+            }
+            let kek = self.choose_kek(kek)?;
+            let key = Ed25519Key::generate(&mut OsRng);
+            let seed = key.to_bytes();
+            let w =
+                self.with_recovery(|| Ok(self.kek_handle(&kek)?.wrap_secret(seed.as_ref())?))?;
+            let mut rec = KeyRecord::new(KeyKind::Keypair, w.scheme);
+            rec.parent = Some(kek.id);
+            rec.wrapped = Some(w.bytes);
+            rec.public_key = Some(key.public_key().to_bytes().to_vec());
+            rec.algorithm = Some(ED25519.into());
+            rec
+        } else if let Some(other) = alg.filter(|a| *a != P256) {
+            return Err(AgentError::InvalidArgs(format!(
+                "unknown keypair algorithm `{other}`: p256 or ed25519"
+            )));
+        } else if on_token {
             let name = label.clone().unwrap_or_else(|| "keyward keypair".into());
             let made = self.with_recovery(|| Ok(self.root.generate_token_keypair(&name)?))?;
             let mut rec = KeyRecord::new(KeyKind::Keypair, TOKEN_KEYPAIR_SCHEME);
@@ -114,6 +155,7 @@ impl Hierarchy {
                     .to_sec1_compressed()
                     .to_vec(),
             );
+            rec.algorithm = Some(P256.into());
             rec
         } else {
             let kek = self.choose_kek(kek)?;
@@ -185,7 +227,11 @@ impl Hierarchy {
             .ks
             .list(KeyKind::Keypair, None)?
             .into_iter()
-            .filter(|k| k.state == KeyState::Active && k.name.is_none())
+            .filter(|k| {
+                k.state == KeyState::Active
+                    && k.name.is_none()
+                    && matches!(k.algorithm.as_deref(), None | Some(P256))
+            })
             .collect();
         match own.len() {
             1 => Ok(own.remove(0)),
@@ -203,7 +249,10 @@ impl Hierarchy {
         kid: &keyward_identity::KeyId,
     ) -> Result<Option<KeyRecord>, AgentError> {
         for k in self.ks.list(KeyKind::Keypair, None)? {
-            if k.state != KeyState::Revoked && Self::public_of(&k)?.key_id() == *kid {
+            if k.state != KeyState::Revoked
+                && matches!(k.algorithm.as_deref(), None | Some(P256))
+                && Self::public_of(&k)?.key_id() == *kid
+            {
                 return Ok(Some(k));
             }
         }
@@ -215,6 +264,16 @@ impl Hierarchy {
         self.root_record("sign")?;
         let rec = self.record(key, KeyKind::Keypair)?;
         Self::require_active(&rec)?;
+        if rec.algorithm.as_deref() == Some(ED25519) {
+            let kek = self.parent_kek(&rec)?;
+            let wrapped = self.wrapped(&rec)?;
+            let seed = self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))?;
+            let seed: &[u8; 32] = seed.as_slice().try_into().map_err(|_| {
+                AgentError::Internal(format!("keypair {key} is not an Ed25519 seed"))
+            })?;
+            // Ed25519 signatures are 64 bytes in every encoding.
+            return Ok(Ed25519Key::from_bytes(seed).sign(data).to_vec());
+        }
         let signer = self.signer(&rec)?;
         let enc = if raw {
             SigEncoding::Raw

@@ -100,6 +100,10 @@ const MIGRATIONS: &[&str] = &[
         statement   BLOB NOT NULL,
         created     INTEGER NOT NULL
      );",
+    // v3: a keypair's algorithm (p256, ed25519, rsa), backfilled from what v2 could hold.
+    "ALTER TABLE keys ADD COLUMN algorithm TEXT;
+     UPDATE keys SET algorithm = 'rsa' WHERE kind = 'keypair' AND scheme = 'rsa-pem-gcm';
+     UPDATE keys SET algorithm = 'p256' WHERE kind = 'keypair' AND algorithm IS NULL;",
 ];
 
 /// What a key is.
@@ -186,6 +190,8 @@ pub struct KeyRecord {
     pub issuer: Option<Uuid>,
     /// The signed statement that vouches for this key (a COSE_Sign1 delegation).
     pub statement: Option<Vec<u8>>,
+    /// Keypairs: `p256`, `ed25519` or `rsa`.
+    pub algorithm: Option<String>,
 }
 
 /// A signed revocation of a key, as kept for chain export.
@@ -219,6 +225,7 @@ impl KeyRecord {
             name: None,
             issuer: None,
             statement: None,
+            algorithm: None,
         }
     }
 
@@ -238,6 +245,7 @@ impl KeyRecord {
             state: self.state.as_str().to_string(),
             public_key: self.public_key.clone().map(serde_bytes::ByteBuf::from),
             name: self.name.clone(),
+            algorithm: self.algorithm.clone(),
         }
     }
 }
@@ -301,6 +309,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, KeystoreError>>
                 .transpose()
                 .map_err(|_| corrupt("issuer is not a UUID".into()))?,
             statement: row.get("statement").map_err(sql("read statement"))?,
+            algorithm: row.get("algorithm").map_err(sql("read algorithm"))?,
         })
     };
     Ok(build())
@@ -310,8 +319,8 @@ fn insert_with(conn: &Connection, r: &KeyRecord) -> Result<(), KeystoreError> {
     conn.execute(
         "INSERT INTO keys (id, kind, label, parent, scheme, wrapped, public_key, locator,
                            purpose, exportable, version, created, rotated, state,
-                           name, issuer, statement)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                           name, issuer, statement, algorithm)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         params![
             r.id.to_string(),
             r.kind.as_str(),
@@ -330,6 +339,7 @@ fn insert_with(conn: &Connection, r: &KeyRecord) -> Result<(), KeystoreError> {
             r.name,
             r.issuer.map(|p| p.to_string()),
             r.statement,
+            r.algorithm,
         ],
     )
     .map_err(sql("insert key"))?;

@@ -161,7 +161,7 @@ impl Service {
             Op::KeypairCreate => {
                 let a: KeypairCreateArgs = req.args()?;
                 let kid = h
-                    .keypair_create(a.kek.as_deref(), a.label, a.on_token)
+                    .keypair_create(a.kek.as_deref(), a.label, a.on_token, a.alg.as_deref())
                     .map_err(e)?;
                 ok(Response::ok(
                     id,

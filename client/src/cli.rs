@@ -104,8 +104,17 @@ pub fn keys_json(keys: &[KeyInfo]) -> Value {
             let mut v = serde_json::to_value(k).unwrap_or(Value::Null);
             if let Some(pk) = &k.public_key {
                 v["public_key"] = Value::String(hex::encode(pk));
-                if let Ok(p) = keyward_identity::PublicKey::from_sec1_bytes(pk) {
-                    v["did"] = Value::String(p.to_did_key());
+                let did = match k.algorithm.as_deref() {
+                    Some("ed25519") => keyward_identity::ed25519::Ed25519Public::from_bytes(pk)
+                        .ok()
+                        .map(|p| p.to_did_key()),
+                    Some("rsa") => None,
+                    _ => keyward_identity::PublicKey::from_sec1_bytes(pk)
+                        .ok()
+                        .map(|p| p.to_did_key()),
+                };
+                if let Some(d) = did {
+                    v["did"] = Value::String(d);
                 }
             }
             v

@@ -10,6 +10,7 @@ use keyward_client::proto::ops::{
     ShareOpenArgs, ShareSealArgs,
 };
 use keyward_client::Client;
+use keyward_identity::ed25519::Ed25519Public;
 use keyward_identity::{ecdsa, Chain, PublicKey};
 use serde_json::json;
 use std::path::PathBuf;
@@ -26,6 +27,9 @@ pub enum KeypairCmd {
         /// (also delegations), but cannot open shares or sealed messages.
         #[arg(long, conflicts_with = "kek")]
         on_token: bool,
+        /// `p256` (default: signing, key agreement, sharing, node keys) or `ed25519` (signing).
+        #[arg(long, value_parser = ["p256", "ed25519"])]
+        alg: Option<String>,
     },
     /// Import an RSA private key (PKCS#1 or PKCS#8 PEM) for Cryppo Rsa4096 shares.
     Import {
@@ -139,6 +143,9 @@ pub enum NodeCmd {
         /// did:key, or a file (or text) holding a PEM or JWK.
         #[arg(long)]
         key: String,
+        /// Judge as of this time (unix seconds) instead of now: was it vouched for then?
+        #[arg(long)]
+        at: Option<u64>,
     },
 }
 
@@ -240,11 +247,17 @@ fn keypair_json(k: &KeyInfo) -> Result<(serde_json::Value, String), Failure> {
         .public_key
         .as_deref()
         .ok_or_else(|| format!("keypair {} has no public key", k.id))?;
-    let pk = PublicKey::from_sec1_bytes(bytes).map_err(|e| format!("public key: {e}"))?;
-    let pem = pk.to_spki_pem().map_err(|e| format!("PEM: {e}"))?;
-    let did = pk.to_did_key();
+    let (pem, did, jwk_text) = if k.algorithm.as_deref() == Some("ed25519") {
+        let pk = Ed25519Public::from_bytes(bytes).map_err(|e| format!("public key: {e}"))?;
+        let pem = pk.to_spki_pem().map_err(|e| format!("PEM: {e}"))?;
+        (pem, pk.to_did_key(), pk.to_jwk_string())
+    } else {
+        let pk = PublicKey::from_sec1_bytes(bytes).map_err(|e| format!("public key: {e}"))?;
+        let pem = pk.to_spki_pem().map_err(|e| format!("PEM: {e}"))?;
+        (pem, pk.to_did_key(), pk.to_jwk_string())
+    };
     let jwk: serde_json::Value =
-        serde_json::from_str(&pk.to_jwk_string()).map_err(|e| format!("JWK: {e}"))?;
+        serde_json::from_str(&jwk_text).map_err(|e| format!("JWK: {e}"))?;
     let mut j = serde_json::to_value(k).map_err(|e| e.to_string())?;
     j["public_key"] = json!(hex::encode(bytes));
     j["did"] = json!(did);
@@ -266,11 +279,13 @@ pub async fn keypair(c: &Client, cmd: &KeypairCmd) -> Result<Out, Failure> {
             kek,
             label,
             on_token,
+            alg,
         } => {
             let args = KeypairCreateArgs {
                 kek: kek.clone(),
                 label: label.clone(),
                 on_token: *on_token,
+                alg: alg.clone(),
             };
             created(c.keypair_create(&args).await?.id)
         }
@@ -319,11 +334,19 @@ pub fn verify(cmd: &VerifyCmd) -> Result<Out, Failure> {
     let sig = std::fs::read(&cmd.signature)
         .map_err(|e| format!("reading {}: {e}", cmd.signature.display()))?;
     let data = read_input(&cmd.input)?;
+    // An Ed25519 key (did:key z6Mk..., OKP JWK, Ed25519 PEM), else P-256 ECDSA.
+    if let Ok(ed) = Ed25519Public::parse(&key_text) {
+        ed.verify(&data, &sig).map_err(|e| format!("verify: {e}"))?;
+        return Ok(out(
+            "valid\n",
+            json!({ "valid": true, "key": ed.to_did_key(), "algorithm": "ed25519" }),
+        ));
+    }
     let pk =
         ecdsa::verify_with_key_text(&key_text, &data, &sig).map_err(|e| format!("verify: {e}"))?;
     Ok(out(
         "valid\n",
-        json!({ "valid": true, "key": pk.to_did_key() }),
+        json!({ "valid": true, "key": pk.to_did_key(), "algorithm": "p256" }),
     ))
 }
 
@@ -435,14 +458,16 @@ pub async fn node(c: &Client, cmd: &NodeCmd) -> Result<Out, Failure> {
 }
 
 /// Offline: is `key` vouched for by the chain?
-pub fn node_verify(chain: &PathBuf, key: &str) -> Result<Out, Failure> {
+pub fn node_verify(chain: &PathBuf, key: &str, at: Option<u64>) -> Result<Out, Failure> {
     let bytes = std::fs::read(chain).map_err(|e| format!("reading {}: {e}", chain.display()))?;
     let chain = Chain::from_cbor(&bytes).map_err(|e| format!("chain: {e}"))?;
     let pk = public_key(key)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let now = at.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    });
     let v = chain
         .verify_key(&pk, now)
         .map_err(|e| format!("not vouched for: {e}"))?;

@@ -260,8 +260,8 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
     match &cli.command {
         Command::Cryppo(cmd) => return run_offline(cmd, cli.json),
         Command::Verify(cmd) => return identity_cmds::verify(cmd).map(Some),
-        Command::Node(identity_cmds::NodeCmd::Verify { chain, key }) => {
-            return identity_cmds::node_verify(chain, key).map(Some)
+        Command::Node(identity_cmds::NodeCmd::Verify { chain, key, at }) => {
+            return identity_cmds::node_verify(chain, key, *at).map(Some)
         }
         _ => {}
     }

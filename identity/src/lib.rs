@@ -33,6 +33,7 @@ mod cbor;
 pub mod cose;
 pub mod delegation;
 pub mod ecdsa;
+pub mod ed25519;
 pub mod format;
 pub mod hpke;
 pub mod keys;

@@ -247,6 +247,9 @@ pub struct KeyInfo {
     /// Node keys: the node's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Keypairs: `p256`, `ed25519` or `rsa`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
 }
 
 /// `kek.list` and `dek.list` result.
@@ -317,6 +320,9 @@ pub struct KeypairCreateArgs {
     /// Such a key signs, but cannot open shares or sealed messages.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub on_token: bool,
+    /// `p256` (the default: signing, key agreement, sharing, node keys) or `ed25519` (signing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
 }
 
 /// `keypair.import` arguments: an RSA private key (PKCS#1 or PKCS#8 PEM), for Cryppo

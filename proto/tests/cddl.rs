@@ -31,6 +31,7 @@ fn key_info() -> KeyInfo {
         state: "active".into(),
         public_key: None,
         name: None,
+        algorithm: None,
     }
 }
 
@@ -108,6 +109,7 @@ fn every_request_validates() {
                     kek: Some(ID.into()),
                     label: Some("me".into()),
                     on_token: true,
+                    alg: Some("ed25519".into()),
                 },
             ),
         ),
@@ -300,6 +302,7 @@ fn every_response_validates() {
             k.purpose = None;
             k.public_key = Some(serde_bytes::ByteBuf::from(vec![2; 33]));
             k.name = Some("web1".into());
+            k.algorithm = Some("p256".into());
             k
         }),
         Response::ok(

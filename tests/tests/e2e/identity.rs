@@ -12,6 +12,7 @@ keyward_tests::keyward_e2e_tests!(
     sealed_messages_between_nodes,
     token_keypairs_sign_but_never_leave_the_token,
     cryppo_rsa4096_shares_with_imported_rsa_keys,
+    ed25519_keypairs_sign_and_openssl_verifies,
 );
 
 fn setup(env: &TestEnv) {
@@ -340,12 +341,13 @@ fn node_keys_chain_revocation_and_expiry(env: &mut TestEnv) {
         "wrong_key"
     );
 
-    // A zero lifetime is refused; an expired delegation (valid for 1 s) is not vouched for.
+    // A zero lifetime is refused. A delegation valid for one hour is vouched for now and was
+    // not yet two hours from now (judged with --at, so no test depends on the clock's speed).
     assert_eq!(
         env.cli_json_err(&["node", "derive", "never", "--ttl", "0s"], None),
         "invalid_args"
     );
-    env.cli_json(&["node", "derive", "shortlived", "--ttl", "1s"], None);
+    env.cli_json(&["node", "derive", "shortlived", "--ttl", "1h"], None);
     let short = did_of(env, "shortlived");
     let chain4 = export_chain(env, "chain4");
     assert_eq!(
@@ -355,9 +357,16 @@ fn node_keys_chain_revocation_and_expiry(env: &mut TestEnv) {
         )["vouched"],
         true
     );
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let later = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 7200)
+        .to_string();
     let out = env.cli(
-        &["node", "verify", "--chain", &chain4, "--key", &short],
+        &[
+            "node", "verify", "--chain", &chain4, "--key", &short, "--at", &later,
+        ],
         None,
     );
     assert!(!out.status.success());
@@ -711,4 +720,101 @@ fn cryppo_rsa4096_shares_with_imported_rsa_keys(alice: &mut TestEnv) {
         bob.cli_json_err(&["keypair", "import", "--pem", &junk], None),
         "invalid_args"
     );
+}
+
+fn ed25519_keypairs_sign_and_openssl_verifies(env: &mut TestEnv) {
+    setup(env);
+    let id = env.cli_json(
+        &["keypair", "create", "--alg", "ed25519", "--label", "ed"],
+        None,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let show = env.cli_json(&["keypair", "show", &id], None);
+    assert_eq!(show["algorithm"], "ed25519");
+    let did = show["did"].as_str().unwrap().to_string();
+    assert!(did.starts_with("did:key:z6Mk"), "{did}");
+    assert_eq!(show["jwk"]["kty"], "OKP");
+    assert_eq!(show["jwk"]["crv"], "Ed25519");
+    let pem = write(env, "ed.pem", show["pem"].as_str().unwrap().as_bytes());
+    let jwk = write(env, "ed.jwk", show["jwk"].to_string().as_bytes());
+    let data = write(env, "data", b"signed with ed25519");
+    let sig = env.dir().join("ed.sig").to_string_lossy().into_owned();
+    env.cli_ok(&["sign", "--key", &id, "-i", &data, "-o", &sig], None);
+    assert_eq!(std::fs::read(&sig).unwrap().len(), 64);
+    for key in [did.as_str(), pem.as_str(), jwk.as_str()] {
+        let v = env.cli_json(
+            &["verify", "--key", key, "--signature", &sig, "-i", &data],
+            None,
+        );
+        assert_eq!(v["algorithm"], "ed25519");
+    }
+    // The real peer: OpenSSL verifies the pure Ed25519 signature.
+    let out = Command::new("openssl")
+        .args([
+            "pkeyutl", "-verify", "-pubin", "-inkey", &pem, "-rawin", "-in", &data, "-sigfile",
+            &sig,
+        ])
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl: {out:?}");
+    let other = write(env, "other", b"not what was signed");
+    assert!(!env
+        .cli(
+            &["verify", "--key", &did, "--signature", &sig, "-i", &other],
+            None
+        )
+        .status
+        .success());
+    // Ed25519 keys sign; sharing, sealed messages and node keys stay P-256: typed refusals.
+    let (_, peer) = keypair(env, "peer");
+    let dek = env.cli_json(&["dek", "create", "--purpose", "sharing"], None)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        env.cli_json_err(
+            &[
+                "share",
+                "seal",
+                "--dek",
+                &dek,
+                "--to",
+                peer["did"].as_str().unwrap(),
+                "--from",
+                &id
+            ],
+            None
+        ),
+        "wrong_key"
+    );
+    assert_eq!(
+        env.cli_json_err(&["node", "derive", "n1", "--parent", &id], None),
+        "wrong_key"
+    );
+    assert_eq!(
+        env.cli_json_err(&["share", "seal", "--dek", &dek, "--to", &did], None),
+        "invalid_args"
+    );
+    assert_eq!(
+        env.cli_json_err(
+            &["keypair", "create", "--alg", "ed25519", "--on-token"],
+            None
+        ),
+        "invalid_args"
+    );
+    // A P-256 default sender is still chosen when an Ed25519 keypair also exists.
+    let sealed = env.cli_json(
+        &[
+            "share",
+            "seal",
+            "--dek",
+            &dek,
+            "--to",
+            peer["did"].as_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(sealed["sealed"].is_string());
 }
