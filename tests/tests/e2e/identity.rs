@@ -15,6 +15,20 @@ keyward_tests::keyward_e2e_tests!(
     ed25519_keypairs_sign_and_openssl_verifies,
 );
 
+/// A fresh P-256 peer keypair and sharing DEK, and the check that keypair `id` is refused as the
+/// sender of a share (`wrong_key`). Returns the peer's `keypair show` and the DEK id.
+fn refused_as_share_sender(env: &TestEnv, id: &str) -> (serde_json::Value, String) {
+    let (_, peer) = keypair(env, "peer");
+    let dek = env.cli_json(&["dek", "create", "--purpose", "sharing"], None)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let to = peer["did"].as_str().unwrap();
+    let args = ["share", "seal", "--dek", &dek, "--to", to, "--from", id];
+    assert_eq!(env.cli_json_err(&args, None), "wrong_key");
+    (peer, dek)
+}
+
 fn setup(env: &TestEnv) {
     let pin_line = format!("{}\n", env.pin());
     env.cli_ok(&env.init_args(), Some(pin_line.as_bytes()));
@@ -527,27 +541,7 @@ fn token_keypairs_sign_but_never_leave_the_token(env: &mut TestEnv) {
         true
     );
     // ... but cannot authenticate a share (HPKE needs the scalar): a typed refusal.
-    let (_, peer) = keypair(env, "peer");
-    let dek = env.cli_json(&["dek", "create", "--purpose", "sharing"], None)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        env.cli_json_err(
-            &[
-                "share",
-                "seal",
-                "--dek",
-                &dek,
-                "--to",
-                peer["did"].as_str().unwrap(),
-                "--from",
-                &id
-            ],
-            None
-        ),
-        "wrong_key"
-    );
+    refused_as_share_sender(env, &id);
     // A keypair that vouched for a node stays (the chain's history needs it), even revoked.
     assert_eq!(
         env.cli_json_err(&["keypair", "delete", &id], None),
@@ -768,27 +762,7 @@ fn ed25519_keypairs_sign_and_openssl_verifies(env: &mut TestEnv) {
         .status
         .success());
     // Ed25519 keys sign; sharing, sealed messages and node keys stay P-256: typed refusals.
-    let (_, peer) = keypair(env, "peer");
-    let dek = env.cli_json(&["dek", "create", "--purpose", "sharing"], None)["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(
-        env.cli_json_err(
-            &[
-                "share",
-                "seal",
-                "--dek",
-                &dek,
-                "--to",
-                peer["did"].as_str().unwrap(),
-                "--from",
-                &id
-            ],
-            None
-        ),
-        "wrong_key"
-    );
+    let (peer, dek) = refused_as_share_sender(env, &id);
     assert_eq!(
         env.cli_json_err(&["node", "derive", "n1", "--parent", &id], None),
         "wrong_key"
