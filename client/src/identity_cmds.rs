@@ -52,7 +52,7 @@ pub enum KeypairCmd {
 #[derive(Args)]
 pub struct SignCmd {
     /// The keypair.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     key: String,
     /// Raw r‖s (64 bytes) instead of DER.
     #[arg(long)]
@@ -64,7 +64,7 @@ pub struct SignCmd {
 #[derive(Args)]
 pub struct VerifyCmd {
     /// The public key: did:key, or a file (or text) holding a PEM or JWK.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     key: String,
     /// The signature file (DER or raw r‖s).
     #[arg(long)]
@@ -81,10 +81,10 @@ pub enum ShareCmd {
         #[arg(long)]
         dek: String,
         /// The recipient: did:key, or a file (or text) holding a PEM or JWK.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         to: String,
         /// Our keypair that authenticates the share (default: the only one).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         from: Option<String>,
         #[arg(short = 'o', long = "out")]
         output: Option<PathBuf>,
@@ -97,7 +97,7 @@ pub enum ShareCmd {
         #[arg(long)]
         id: Option<String>,
         /// Refuse shares from anyone but this sender (did:key, PEM or JWK).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         from: Option<String>,
         #[arg(short = 'i', long = "in")]
         input: Option<PathBuf>,
@@ -141,7 +141,7 @@ pub enum NodeCmd {
         #[arg(long)]
         chain: PathBuf,
         /// did:key, or a file (or text) holding a PEM or JWK.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         key: String,
         /// Judge as of this time (unix seconds) instead of now: was it vouched for then?
         #[arg(long)]
@@ -164,7 +164,7 @@ pub enum ChainCmd {
 #[derive(Args)]
 pub struct SealCmd {
     /// The recipient node's public key: did:key, or a file (or text) holding a PEM or JWK.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     to: String,
     /// Our keypair that authenticates the message.
     #[arg(long)]

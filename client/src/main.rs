@@ -97,7 +97,7 @@ enum Command {
 #[derive(Args)]
 struct CryppoKey {
     /// AES-256 key, base64url (the Cryppo key format; `keyward dek export` prints one).
-    #[arg(long, conflicts_with_all = ["key_file", "passphrase_stdin"])]
+    #[arg(long, allow_hyphen_values = true, conflicts_with_all = ["key_file", "passphrase_stdin"])]
     key: Option<String>,
     /// File holding the base64url key (keeps it out of `ps`).
     #[arg(long, conflicts_with = "passphrase_stdin")]

@@ -112,6 +112,15 @@ fn cryppo_cli_reads_cryppo_vectors_and_interoperates_with_the_agent(env: &mut Te
         env.cli_ok(&["decrypt", "--dek", &keys.dek], Some(&offline)),
         b"made offline"
     );
+    // A key whose base64url starts with '-' (1 in 64 random keys) is a value, not a flag.
+    use base64::Engine;
+    let dashed = base64::engine::general_purpose::URL_SAFE.encode([0xf8u8; 32]);
+    assert!(dashed.starts_with('-'), "{dashed}");
+    let ct = env.cli_ok(&["cryppo", "encrypt", "--key", &dashed], Some(b"dash"));
+    assert_eq!(
+        env.cli_ok(&["cryppo", "decrypt", "--key", &dashed], Some(&ct)),
+        b"dash"
+    );
     // Bad keys are clear errors.
     let out = env.cli(&["cryppo", "encrypt", "--key", "c2hvcnQ="], Some(b"x"));
     assert!(!out.status.success());

@@ -639,6 +639,9 @@ fn cryppo_rsa4096_shares_with_imported_rsa_keys(alice: &mut TestEnv) {
         .unwrap()
         .to_string();
     assert!(sealed.starts_with("Rsa4096."), "{sealed}");
+    // The PEM given as text (it starts with '-----BEGIN') is a value too, not a flag.
+    let again = alice.cli_json(&["share", "seal", "--dek", &dek, "--to", &public], None);
+    assert!(again["sealed"].as_str().unwrap().starts_with("Rsa4096."));
     let share = write(&bob, "share", sealed.as_bytes());
     let opened = bob.cli_json(&["share", "open", "--id", &dek, "-i", &share], None);
     assert_eq!(opened["id"], dek.as_str());
