@@ -85,6 +85,7 @@ impl AgentError {
                 RootError::Unavailable { .. } => ErrorCode::TokenUnavailable,
                 RootError::DecryptFailed { .. } => ErrorCode::DecryptFailed,
                 RootError::Unsupported { .. } => ErrorCode::InvalidArgs,
+                RootError::Ambiguous { .. } => ErrorCode::Ambiguous,
                 _ => ErrorCode::TokenError,
             },
             AgentError::Keystore(_) => ErrorCode::KeystoreError,

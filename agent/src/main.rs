@@ -120,6 +120,19 @@ fn start(cli: Cli) -> Result<(), String> {
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
     rt.block_on(async move {
+        // Handlers first, socket second: a SIGTERM that arrives the moment the socket exists
+        // must still shut down cleanly (remove the socket, lock), not kill the process.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())
+            .map_err(|e| format!("installing the SIGTERM handler: {e}"))?;
+        let mut int = signal(SignalKind::interrupt())
+            .map_err(|e| format!("installing the SIGINT handler: {e}"))?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        };
         let bound = server::bind(&socket).map_err(|e| e.to_string())?;
         tracing::info!(
             socket = %socket.display(),
@@ -127,21 +140,6 @@ fn start(cli: Cli) -> Result<(), String> {
             root = %h.describe(),
             "keywardd listening"
         );
-        let shutdown = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            match (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => {},
-                        _ = int.recv() => {},
-                    }
-                }
-                _ => std::future::pending::<()>().await,
-            }
-        };
         server::serve(bound, Service::new(h.clone()), shutdown).await;
         // Destroy unwrapped keys in the token before exit.
         let _ = h.lock();

@@ -9,6 +9,8 @@
 
 #[path = "yubikey/card.rs"]
 mod card;
+#[path = "yubikey/several.rs"]
+mod several;
 #[path = "yubikey/softhsm_ec.rs"]
 mod softhsm_ec;
 #[path = "yubikey/ykcs11.rs"]

@@ -48,6 +48,9 @@ pub enum RootError {
     Unsupported { op: &'static str, detail: String },
     #[error("configuration: {0}")]
     Config(String),
+    /// More than one device would fit and the configuration names none.
+    #[error("{op}: {detail}")]
+    Ambiguous { op: &'static str, detail: String },
 }
 
 /// A key wrapped under its parent, with the scheme that wrapped it.

@@ -386,10 +386,13 @@ impl Inner {
                         for y in found {
                             let _ = y.disconnect(pcsc::Disposition::LeaveCard);
                         }
-                        return Err(RootError::Config(format!(
-                            "{op}: {n} YubiKeys are present (serials {}): name one with `serial = N` in [root]",
-                            serials.join(", ")
-                        )));
+                        return Err(RootError::Ambiguous {
+                            op,
+                            detail: format!(
+                                "{n} YubiKeys are present (serials {}): name one with `serial = N` in [root]",
+                                serials.join(", ")
+                            ),
+                        });
                     }
                 }
             }
