@@ -170,6 +170,26 @@ impl Drop for TempKey<'_> {
     }
 }
 
+/// The P-256 public key of an EC public-key object (its CKA_EC_POINT).
+fn read_ec_point(
+    session: &Session,
+    handle: ObjectHandle,
+    op: &'static str,
+) -> Result<p256::PublicKey, RootError> {
+    session
+        .get_attributes(handle, &[AttributeType::EcPoint])
+        .map_err(ck(op))?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::EcPoint(p) => ec_point(&p),
+            _ => None,
+        })
+        .ok_or_else(|| RootError::Token {
+            op,
+            detail: "the public key object has no P-256 CKA_EC_POINT".into(),
+        })
+}
+
 /// The CKA_VALUE of a non-sensitive session object (an exportable DEK, a derived ECDH secret),
 /// copied once into zeroizing memory.
 fn read_value(
@@ -411,19 +431,7 @@ impl Pkcs11Root {
         let [h] = found.as_slice() else {
             return Err(RootError::RootMissing { op });
         };
-        let attrs = session
-            .get_attributes(*h, &[AttributeType::EcPoint])
-            .map_err(ck(op))?;
-        attrs
-            .into_iter()
-            .find_map(|a| match a {
-                Attribute::EcPoint(p) => ec_point(&p),
-                _ => None,
-            })
-            .ok_or_else(|| RootError::Token {
-                op,
-                detail: "the root's public key object has no P-256 CKA_EC_POINT".into(),
-            })
+        read_ec_point(session, *h, op)
     }
 
     /// `init` for an EC root: generate the key pair (as SO when configured), log in as the user.
@@ -501,19 +509,7 @@ impl Pkcs11Root {
                 }
                 Err(e) => return Err(ck(op)(e)),
             };
-            let attrs = anchor
-                .get_attributes(public, &[AttributeType::EcPoint])
-                .map_err(ck(op))?;
-            let pk = attrs
-                .into_iter()
-                .find_map(|a| match a {
-                    Attribute::EcPoint(p) => ec_point(&p),
-                    _ => None,
-                })
-                .ok_or_else(|| RootError::Token {
-                    op,
-                    detail: "the generated key has no P-256 CKA_EC_POINT".into(),
-                })?;
+            let pk = read_ec_point(&anchor, public, op)?;
             Ok((id, private, pk))
         })();
         let (id, _, pk) = generated?;

@@ -64,18 +64,7 @@ impl Pkcs11Root {
             let (pub_h, _) = s
                 .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
                 .map_err(ck(OP))?;
-            let point = s
-                .get_attributes(pub_h, &[AttributeType::EcPoint])
-                .map_err(ck(OP))?
-                .into_iter()
-                .find_map(|a| match a {
-                    Attribute::EcPoint(p) => ec_point(&p),
-                    _ => None,
-                })
-                .ok_or_else(|| RootError::Token {
-                    op: OP,
-                    detail: "the new key pair has no P-256 CKA_EC_POINT".into(),
-                })?;
+            let point = read_ec_point(s, pub_h, OP)?;
             Ok(TokenKeypair {
                 locator: format!(
                     "pkcs11:object={};id={};type=private",
