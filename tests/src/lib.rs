@@ -244,6 +244,28 @@ impl TestEnv {
     }
 
     /// The keystore file (as `softhsm-setup.sh` configures it: next to the config).
+    /// What the real `pkcs11-tool` lists on this test's SoftHSM token (logged in as the user),
+    /// optionally only objects of one `--type` (`privkey`, `pubkey`, `secrkey`).
+    pub fn token_objects(&self, object_type: Option<&str>) -> String {
+        let mut cmd = Command::new("pkcs11-tool");
+        cmd.env("SOFTHSM2_CONF", self.dir().join("softhsm2.conf"))
+            .args([
+                "--module",
+                "/usr/lib/softhsm/libsofthsm2.so",
+                "--token-label",
+                "keyward",
+            ])
+            .args(["--login", "--pin", self.pin(), "--list-objects"]);
+        if let Some(t) = object_type {
+            cmd.args(["--type", t]);
+        }
+        let out = cmd
+            .output()
+            .expect("pkcs11-tool (installed by softhsm-setup.sh)");
+        assert!(out.status.success(), "pkcs11-tool: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn keystore_path(&self) -> PathBuf {
         self.dir.path().join("keystore.db")
     }

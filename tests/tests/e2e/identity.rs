@@ -501,25 +501,7 @@ fn token_keypairs_sign_but_never_leave_the_token(env: &mut TestEnv) {
     assert!(out.status.success(), "openssl: {out:?}");
 
     // The real peer: pkcs11-tool sees a sensitive, never-extractable EC private key.
-    let module = "/usr/lib/softhsm/libsofthsm2.so";
-    let out = Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", env.dir().join("softhsm2.conf"))
-        .args([
-            "--module",
-            module,
-            "--token-label",
-            "keyward",
-            "--login",
-            "--pin",
-            env.pin(),
-            "--list-objects",
-            "--type",
-            "privkey",
-        ])
-        .output()
-        .expect("pkcs11-tool (installed by softhsm-setup.sh)");
-    let listing = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "pkcs11-tool: {out:?}");
+    let listing = env.token_objects(Some("privkey"));
     let block = listing
         .split("Private Key Object")
         .find(|b| b.contains("tokenkey"))
@@ -560,24 +542,7 @@ fn token_keypairs_sign_but_never_leave_the_token(env: &mut TestEnv) {
         .as_str()
         .unwrap()
         .to_string();
-    let objects = || {
-        let out = Command::new("pkcs11-tool")
-            .env("SOFTHSM2_CONF", env.dir().join("softhsm2.conf"))
-            .args([
-                "--module",
-                module,
-                "--token-label",
-                "keyward",
-                "--login",
-                "--pin",
-                env.pin(),
-                "--list-objects",
-            ])
-            .output()
-            .expect("pkcs11-tool");
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let objects = || env.token_objects(None);
     assert_eq!(
         objects().matches("shortterm").count(),
         2,

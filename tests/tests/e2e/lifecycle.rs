@@ -249,22 +249,6 @@ fn token_files_vanish_and_return(env: &mut TestEnv) {
         .expect("decrypt");
     assert_eq!(pt.expose(), b"survives");
     // Still exactly one root object on the token.
-    let out = std::process::Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", env.dir().join("softhsm2.conf"))
-        .args([
-            "--module",
-            "/usr/lib/softhsm/libsofthsm2.so",
-            "--token-label",
-            "keyward",
-            "--login",
-            "--pin",
-            env.pin(),
-            "--list-objects",
-            "--type",
-            "secrkey",
-        ])
-        .output()
-        .expect("pkcs11-tool");
-    let listing = String::from_utf8_lossy(&out.stdout);
+    let listing = env.token_objects(Some("secrkey"));
     assert_eq!(listing.matches("keyward-root").count(), 1, "{listing}");
 }
