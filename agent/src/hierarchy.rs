@@ -42,6 +42,9 @@ pub struct Hierarchy {
     pub(crate) root: Box<dyn Root>,
     policy: UnlockPolicy,
     keks: Mutex<HashMap<Uuid, Arc<dyn Kek>>>,
+    /// The root record, once it exists: it never changes after `init`, so key operations need
+    /// not read it from the keystore each time.
+    root_rec: std::sync::OnceLock<KeyRecord>,
     /// Serialises init/unlock so the attempt counter cannot be raced.
     pin_gate: Mutex<()>,
 }
@@ -53,6 +56,7 @@ impl Hierarchy {
             root,
             policy,
             keks: Mutex::new(HashMap::new()),
+            root_rec: std::sync::OnceLock::new(),
             pin_gate: Mutex::new(()),
         }
     }
@@ -66,7 +70,7 @@ impl Hierarchy {
     }
 
     pub fn is_initialized(&self) -> Result<bool, AgentError> {
-        Ok(self.ks.root()?.is_some())
+        Ok(self.stored_root()?.is_some())
     }
 
     pub fn is_locked(&self) -> bool {
@@ -159,7 +163,7 @@ impl Hierarchy {
 
     /// Create the root and record it. Refuses if the keystore or the token has one already.
     pub fn init(&self, pin: &Pin) -> Result<Uuid, AgentError> {
-        if self.ks.root()?.is_some() {
+        if self.stored_root()?.is_some() {
             return Err(AgentError::AlreadyInitialized);
         }
         let made = self.with_pin_policy(|| self.root.init(pin))?;
@@ -173,7 +177,7 @@ impl Hierarchy {
     }
 
     pub fn unlock(&self, pin: &Pin) -> Result<(), AgentError> {
-        let root = self.ks.root()?.ok_or(AgentError::NotInitialized)?;
+        let root = self.stored_root()?.ok_or(AgentError::NotInitialized)?;
         let stored = StoredRoot {
             locator: root.locator,
             check: root.wrapped,
@@ -191,8 +195,20 @@ impl Hierarchy {
         Ok(())
     }
 
+    /// The root record from the keystore, read once it exists.
+    fn stored_root(&self) -> Result<Option<KeyRecord>, AgentError> {
+        if let Some(r) = self.root_rec.get() {
+            return Ok(Some(r.clone()));
+        }
+        let found = self.ks.root()?;
+        if let Some(r) = &found {
+            let _ = self.root_rec.set(r.clone());
+        }
+        Ok(found)
+    }
+
     pub(crate) fn root_record(&self, op: &'static str) -> Result<KeyRecord, AgentError> {
-        let root = self.ks.root()?.ok_or(AgentError::NotInitialized)?;
+        let root = self.stored_root()?.ok_or(AgentError::NotInitialized)?;
         if !self.root.is_unlocked() {
             return Err(AgentError::Locked { op });
         }
