@@ -61,7 +61,7 @@ impl Hierarchy {
         }
     }
 
-    pub fn root_kind(&self) -> &'static str {
+    pub fn root_kind(&self) -> keyward_proto::ops::RootKind {
         self.root.kind()
     }
 

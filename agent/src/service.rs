@@ -30,7 +30,7 @@ impl Service {
         Ok(HelloResult {
             protocol: PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            root_kind: self.h.root_kind().to_string(),
+            root_kind: self.h.root_kind(),
             token: self.h.describe(),
             initialized: self.h.is_initialized()?,
             locked: self.h.is_locked(),

@@ -94,7 +94,7 @@ impl Client {
             hello: HelloResult {
                 protocol: 0,
                 agent_version: String::new(),
-                root_kind: String::new(),
+                root_kind: RootKind::Soft,
                 token: String::new(),
                 initialized: false,
                 locked: true,

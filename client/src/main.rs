@@ -8,7 +8,7 @@
 
 use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use keyward_client::proto::ops::{DekCreateArgs, Purpose};
+use keyward_client::proto::ops::{DekCreateArgs, Purpose, RootKind};
 use keyward_client::proto::secret::Pin;
 use keyward_client::Client;
 use serde_json::{json, Value};
@@ -249,7 +249,7 @@ fn read_pin(opt: &PinOpt, prompt: &str) -> Result<Pin, Failure> {
 }
 
 fn prompt(c: &Client) -> &'static str {
-    if c.hello_info().root_kind == "soft" {
+    if c.hello_info().root_kind == RootKind::Soft {
         "Passphrase: "
     } else {
         "Token PIN: "
@@ -280,7 +280,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             out(text, serde_json::to_value(&h).map_err(|e| e.to_string())?)
         }
         Command::Init { pin: opt, soft } => {
-            let is_soft = c.hello_info().root_kind == "soft";
+            let is_soft = c.hello_info().root_kind == RootKind::Soft;
             if *soft != is_soft {
                 return Err(if is_soft {
                     "this agent's root is a passphrase (soft) root: run `keyward init --soft`"

@@ -129,13 +129,49 @@ impl HelloArgs {
     }
 }
 
+/// Where an agent's root key lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum RootKind {
+    /// A key on a PKCS#11 token (HSM, smartcard, SoftHSM).
+    Pkcs11,
+    /// A key derived from a passphrase (no hardware).
+    Soft,
+    /// A P-256 key in a YubiKey PIV slot, through PC/SC.
+    #[serde(rename = "yubikey")]
+    YubiKey,
+}
+
+impl RootKind {
+    /// The wire and config name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RootKind::Pkcs11 => "pkcs11",
+            RootKind::Soft => "soft",
+            RootKind::YubiKey => "yubikey",
+        }
+    }
+}
+
+impl std::fmt::Display for RootKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for RootKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// `hello` result: what this agent is and can do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HelloResult {
     pub protocol: u32,
     pub agent_version: String,
-    /// `pkcs11`, `soft`, `yubikey`.
-    pub root_kind: String,
+    pub root_kind: RootKind,
     /// A description of the token or card (label, serial), or of the soft root.
     pub token: String,
     pub initialized: bool,

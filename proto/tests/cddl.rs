@@ -248,7 +248,7 @@ fn every_response_validates() {
             &HelloResult {
                 protocol: 1,
                 agent_version: "0.1.0".into(),
-                root_kind: "pkcs11".into(),
+                root_kind: keyward_proto::ops::RootKind::Pkcs11,
                 token: "keyward".into(),
                 initialized: true,
                 locked: false,

@@ -12,6 +12,7 @@ pub mod soft;
 pub mod uri;
 pub mod yubikey;
 
+use keyward_proto::ops::RootKind;
 use keyward_proto::secret::Pin;
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -80,8 +81,7 @@ pub struct StoredRoot {
 
 /// A root backend.
 pub trait Root: Send + Sync {
-    /// `pkcs11`, `pkcs11-ec`, `soft`, `yubikey`.
-    fn kind(&self) -> &'static str;
+    fn kind(&self) -> RootKind;
     /// A description for people: token label, serial.
     fn describe(&self) -> String;
     /// Create the root. Refuses when one exists already. Leaves the root unlocked.

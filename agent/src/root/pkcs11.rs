@@ -637,8 +637,8 @@ impl Pkcs11Root {
 }
 
 impl Root for Pkcs11Root {
-    fn kind(&self) -> &'static str {
-        "pkcs11"
+    fn kind(&self) -> keyward_proto::ops::RootKind {
+        keyward_proto::ops::RootKind::Pkcs11
     }
 
     fn describe(&self) -> String {

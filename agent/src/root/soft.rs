@@ -71,8 +71,8 @@ impl SoftRoot {
 }
 
 impl Root for SoftRoot {
-    fn kind(&self) -> &'static str {
-        "soft"
+    fn kind(&self) -> keyward_proto::ops::RootKind {
+        keyward_proto::ops::RootKind::Soft
     }
 
     fn describe(&self) -> String {

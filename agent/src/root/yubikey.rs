@@ -524,8 +524,8 @@ impl YubiKeyRoot {
 }
 
 impl Root for YubiKeyRoot {
-    fn kind(&self) -> &'static str {
-        "yubikey"
+    fn kind(&self) -> keyward_proto::ops::RootKind {
+        keyward_proto::ops::RootKind::YubiKey
     }
 
     fn describe(&self) -> String {
