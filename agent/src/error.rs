@@ -11,6 +11,11 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum AgentError {
+    #[error(
+        "client speaks protocol {client}, this agent speaks {}",
+        keyward_proto::PROTOCOL_VERSION
+    )]
+    UnsupportedVersion { client: u32 },
     #[error("no root yet: run `keyward init`")]
     NotInitialized,
     #[error("a root exists already; init never makes a second one")]
@@ -61,6 +66,7 @@ pub enum AgentError {
 impl AgentError {
     pub fn code(&self) -> ErrorCode {
         match self {
+            AgentError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
             AgentError::NotInitialized => ErrorCode::NotInitialized,
             AgentError::AlreadyInitialized => ErrorCode::AlreadyInitialized,
             AgentError::Locked { .. } => ErrorCode::Locked,

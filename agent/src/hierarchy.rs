@@ -8,10 +8,9 @@
 
 use crate::config::UnlockPolicy;
 use crate::error::AgentError;
-use crate::keystore::{KeyKind, KeyRecord, KeyState, Keystore};
+use crate::keystore::{KeyKind, KeyRecord, KeyState, Keystore, Purpose};
 use crate::root::{Kek, Root, RootError, StoredRoot};
 use keyward_envelope::{Artefacts, EncryptedData, EncryptionStrategy, Serialized};
-use keyward_proto::ops::{DekCreateArgs, KeyInfo};
 use keyward_proto::secret::Pin;
 use rand_core::{OsRng, RngCore};
 use std::collections::HashMap;
@@ -297,13 +296,8 @@ impl Hierarchy {
         Ok(rec.id)
     }
 
-    pub fn kek_list(&self) -> Result<Vec<KeyInfo>, AgentError> {
-        Ok(self
-            .ks
-            .list(KeyKind::Kek, None)?
-            .iter()
-            .map(KeyRecord::info)
-            .collect())
+    pub fn kek_list(&self) -> Result<Vec<KeyRecord>, AgentError> {
+        Ok(self.ks.list(KeyKind::Kek, None)?)
     }
 
     /// The named KEK, or the only active one.
@@ -333,32 +327,34 @@ impl Hierarchy {
 
     // ---- DEKs ---------------------------------------------------------------------------------
 
-    pub fn dek_create(&self, args: &DekCreateArgs) -> Result<Uuid, AgentError> {
+    /// A new DEK under `kek` (or the only active KEK). `exportable` is fixed for its life.
+    pub fn dek_create(
+        &self,
+        kek: Option<&str>,
+        purpose: Purpose,
+        exportable: bool,
+        label: Option<String>,
+    ) -> Result<Uuid, AgentError> {
         self.root_record("dek.create")?;
-        let kek = self.choose_kek(args.kek.as_deref())?;
+        let kek = self.choose_kek(kek)?;
         let w = self.with_recovery(|| Ok(self.kek_handle(&kek)?.generate_dek()?))?;
         let mut rec = KeyRecord::new(KeyKind::Dek, w.scheme);
         rec.parent = Some(kek.id);
-        rec.label = args.label.clone();
-        rec.purpose = Some(args.purpose);
-        rec.exportable = args.exportable;
+        rec.label = label;
+        rec.purpose = Some(purpose);
+        rec.exportable = exportable;
         rec.wrapped = Some(w.bytes);
         self.ks.insert(&rec)?;
         tracing::info!(id = %rec.id, kek = %kek.id, "DEK created");
         Ok(rec.id)
     }
 
-    pub fn dek_list(&self, kek: Option<&str>) -> Result<Vec<KeyInfo>, AgentError> {
+    pub fn dek_list(&self, kek: Option<&str>) -> Result<Vec<KeyRecord>, AgentError> {
         let parent = match kek {
             Some(id) => Some(self.record(id, KeyKind::Kek)?.id),
             None => None,
         };
-        Ok(self
-            .ks
-            .list(KeyKind::Dek, parent.as_ref())?
-            .iter()
-            .map(KeyRecord::info)
-            .collect())
+        Ok(self.ks.list(KeyKind::Dek, parent.as_ref())?)
     }
 
     pub fn dek_export(&self, id: &str) -> Result<Zeroizing<Vec<u8>>, AgentError> {

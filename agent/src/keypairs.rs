@@ -7,17 +7,13 @@
 
 use crate::error::AgentError;
 use crate::hierarchy::Hierarchy;
-use crate::keystore::{KeyKind, KeyRecord, KeyState};
+use crate::keystore::{Algorithm, KeyKind, KeyRecord, KeyState};
 use crate::root::pkcs11::TOKEN_KEYPAIR_SCHEME;
 use keyward_identity::ecdsa::{SignError, Signer};
 use keyward_identity::ed25519::Ed25519Key;
 use keyward_identity::p256::ecdsa::Signature;
 use keyward_identity::{ecdsa, LocalKey, PublicKey, SigEncoding};
 
-/// Keypair algorithms.
-pub const P256: &str = "p256";
-pub const ED25519: &str = "ed25519";
-use keyward_proto::ops::KeyInfo;
 use rand_core::OsRng;
 use uuid::Uuid;
 
@@ -79,11 +75,12 @@ impl Hierarchy {
 
     /// Refuse keypairs that are not P-256 where only P-256 works (HPKE, COSE ES256, ECDH).
     pub(crate) fn require_p256(rec: &KeyRecord) -> Result<(), AgentError> {
-        match rec.algorithm.as_deref() {
-            None | Some(P256) => Ok(()),
+        match rec.algorithm {
+            None | Some(Algorithm::P256) => Ok(()),
             Some(other) => Err(AgentError::WrongKey(format!(
-                "keypair {} is {other}: sharing, sealed messages and node keys use P-256 keypairs",
-                rec.id
+                "keypair {} is {}: sharing, sealed messages and node keys use P-256 keypairs",
+                rec.id,
+                other.as_str()
             ))),
         }
     }
@@ -111,7 +108,7 @@ impl Hierarchy {
         rec.parent = Some(kek.id);
         rec.wrapped = Some(w.bytes);
         rec.public_key = Some(key.public_key().to_sec1_compressed().to_vec());
-        rec.algorithm = Some(P256.into());
+        rec.algorithm = Some(Algorithm::P256);
         Ok(rec)
     }
 
@@ -120,10 +117,10 @@ impl Hierarchy {
         kek: Option<&str>,
         label: Option<String>,
         on_token: bool,
-        alg: Option<&str>,
+        alg: Option<Algorithm>,
     ) -> Result<Uuid, AgentError> {
         let root = self.root_record("keypair.create")?;
-        let mut rec = if alg == Some(ED25519) {
+        let mut rec = if alg == Some(Algorithm::Ed25519) {
             if on_token {
                 return Err(AgentError::InvalidArgs(
                     "--on-token keypairs are P-256 (Ed25519 keys live wrapped under a KEK)".into(),
@@ -138,11 +135,12 @@ impl Hierarchy {
             rec.parent = Some(kek.id);
             rec.wrapped = Some(w.bytes);
             rec.public_key = Some(key.public_key().to_bytes().to_vec());
-            rec.algorithm = Some(ED25519.into());
+            rec.algorithm = Some(Algorithm::Ed25519);
             rec
-        } else if let Some(other) = alg.filter(|a| *a != P256) {
+        } else if let Some(other) = alg.filter(|a| *a != Algorithm::P256) {
             return Err(AgentError::InvalidArgs(format!(
-                "unknown keypair algorithm `{other}`: p256 or ed25519"
+                "unknown keypair algorithm `{}`: p256 or ed25519",
+                other.as_str()
             )));
         } else if on_token {
             let name = label.clone().unwrap_or_else(|| "keyward keypair".into());
@@ -155,7 +153,7 @@ impl Hierarchy {
                     .to_sec1_compressed()
                     .to_vec(),
             );
-            rec.algorithm = Some(P256.into());
+            rec.algorithm = Some(Algorithm::P256);
             rec
         } else {
             let kek = self.choose_kek(kek)?;
@@ -168,17 +166,12 @@ impl Hierarchy {
         Ok(rec.id)
     }
 
-    pub fn keypair_list(&self) -> Result<Vec<KeyInfo>, AgentError> {
-        Ok(self
-            .ks
-            .list(KeyKind::Keypair, None)?
-            .iter()
-            .map(KeyRecord::info)
-            .collect())
+    pub fn keypair_list(&self) -> Result<Vec<KeyRecord>, AgentError> {
+        Ok(self.ks.list(KeyKind::Keypair, None)?)
     }
 
-    pub fn keypair_show(&self, id: &str) -> Result<KeyInfo, AgentError> {
-        Ok(self.record(id, KeyKind::Keypair)?.info())
+    pub fn keypair_show(&self, id: &str) -> Result<KeyRecord, AgentError> {
+        self.record(id, KeyKind::Keypair)
     }
 
     /// Delete a keypair (and, for a token keypair, its token objects). Refused for a keypair
@@ -230,7 +223,7 @@ impl Hierarchy {
             .filter(|k| {
                 k.state == KeyState::Active
                     && k.name.is_none()
-                    && matches!(k.algorithm.as_deref(), None | Some(P256))
+                    && matches!(k.algorithm, None | Some(Algorithm::P256))
             })
             .collect();
         match own.len() {
@@ -250,7 +243,7 @@ impl Hierarchy {
     ) -> Result<Option<KeyRecord>, AgentError> {
         for k in self.ks.list(KeyKind::Keypair, None)? {
             if k.state != KeyState::Revoked
-                && matches!(k.algorithm.as_deref(), None | Some(P256))
+                && matches!(k.algorithm, None | Some(Algorithm::P256))
                 && Self::public_of(&k)?.key_id() == *kid
             {
                 return Ok(Some(k));
@@ -264,7 +257,7 @@ impl Hierarchy {
         self.root_record("sign")?;
         let rec = self.record(key, KeyKind::Keypair)?;
         Self::require_active(&rec)?;
-        if rec.algorithm.as_deref() == Some(ED25519) {
+        if rec.algorithm == Some(Algorithm::Ed25519) {
             let kek = self.parent_kek(&rec)?;
             let wrapped = self.wrapped(&rec)?;
             let seed = self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))?;

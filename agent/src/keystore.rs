@@ -9,7 +9,6 @@
 //! It must never hold a key in the clear: every key material column is wrapped by its parent
 //! (or, for the root, is only a reference to where the root lives).
 
-use keyward_proto::ops::{KeyInfo, Purpose};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -190,8 +189,8 @@ pub struct KeyRecord {
     pub issuer: Option<Uuid>,
     /// The signed statement that vouches for this key (a COSE_Sign1 delegation).
     pub statement: Option<Vec<u8>>,
-    /// Keypairs: `p256`, `ed25519` or `rsa`.
-    pub algorithm: Option<String>,
+    /// Keypairs: their algorithm.
+    pub algorithm: Option<Algorithm>,
 }
 
 /// A signed revocation of a key, as kept for chain export.
@@ -228,26 +227,6 @@ impl KeyRecord {
             algorithm: None,
         }
     }
-
-    /// What a client may see of this record: never key material.
-    pub fn info(&self) -> KeyInfo {
-        KeyInfo {
-            id: self.id.to_string(),
-            kind: self.kind.as_str().to_string(),
-            label: self.label.clone(),
-            parent: self.parent.map(|p| p.to_string()),
-            scheme: self.scheme.clone(),
-            purpose: self.purpose,
-            exportable: self.exportable,
-            version: self.version,
-            created: self.created,
-            rotated: self.rotated,
-            state: self.state.as_str().to_string(),
-            public_key: self.public_key.clone().map(serde_bytes::ByteBuf::from),
-            name: self.name.clone(),
-            algorithm: self.algorithm.clone(),
-        }
-    }
 }
 
 /// Unix seconds now.
@@ -258,10 +237,61 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-fn purpose_str(p: Purpose) -> &'static str {
-    match p {
-        Purpose::Personal => "personal",
-        Purpose::Sharing => "sharing",
+/// What a DEK is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Purpose {
+    /// The owner's own data.
+    #[default]
+    Personal,
+    /// Data shared with someone else.
+    Sharing,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Personal => "personal",
+            Purpose::Sharing => "sharing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Purpose> {
+        match s {
+            "personal" => Some(Purpose::Personal),
+            "sharing" => Some(Purpose::Sharing),
+            _ => None,
+        }
+    }
+}
+
+/// A keypair's algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// ECDSA P-256 / ECDH: signing, key agreement, sharing, node keys.
+    P256,
+    /// Ed25519: signing only.
+    Ed25519,
+    /// RSA keys imported for Cryppo `Rsa4096` shares.
+    Rsa,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::P256 => "p256",
+            Algorithm::Ed25519 => "ed25519",
+            Algorithm::Rsa => "rsa",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        match s {
+            "p256" => Some(Algorithm::P256),
+            "ed25519" => Some(Algorithm::Ed25519),
+            "rsa" => Some(Algorithm::Rsa),
+            _ => None,
+        }
     }
 }
 
@@ -270,6 +300,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, KeystoreError>>
     let kind: String = row.get("kind")?;
     let parent: Option<String> = row.get("parent")?;
     let purpose: Option<String> = row.get("purpose")?;
+    let algorithm: Option<String> = row.get("algorithm")?;
     let state: String = row.get("state")?;
     let corrupt = |what: String| KeystoreError::Corrupt {
         id: id.clone(),
@@ -291,9 +322,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, KeystoreError>>
             locator: row.get("locator").map_err(sql("read locator"))?,
             purpose: match purpose.as_deref() {
                 None => None,
-                Some("personal") => Some(Purpose::Personal),
-                Some("sharing") => Some(Purpose::Sharing),
-                Some(p) => return Err(corrupt(format!("purpose {p}"))),
+                Some(p) => Some(Purpose::parse(p).ok_or_else(|| corrupt(format!("purpose {p}")))?),
             },
             exportable: row.get("exportable").map_err(sql("read exportable"))?,
             version: row.get("version").map_err(sql("read version"))?,
@@ -309,7 +338,12 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, KeystoreError>>
                 .transpose()
                 .map_err(|_| corrupt("issuer is not a UUID".into()))?,
             statement: row.get("statement").map_err(sql("read statement"))?,
-            algorithm: row.get("algorithm").map_err(sql("read algorithm"))?,
+            algorithm: match algorithm.as_deref() {
+                None => None,
+                Some(a) => {
+                    Some(Algorithm::parse(a).ok_or_else(|| corrupt(format!("algorithm {a}")))?)
+                }
+            },
         })
     };
     Ok(build())
@@ -330,7 +364,7 @@ fn insert_with(conn: &Connection, r: &KeyRecord) -> Result<(), KeystoreError> {
             r.wrapped,
             r.public_key,
             r.locator,
-            r.purpose.map(purpose_str),
+            r.purpose.map(Purpose::as_str),
             r.exportable,
             r.version,
             r.created,
@@ -339,7 +373,7 @@ fn insert_with(conn: &Connection, r: &KeyRecord) -> Result<(), KeystoreError> {
             r.name,
             r.issuer.map(|p| p.to_string()),
             r.statement,
-            r.algorithm,
+            r.algorithm.map(Algorithm::as_str),
         ],
     )
     .map_err(sql("insert key"))?;

@@ -15,7 +15,6 @@ use crate::keystore::{now, KeyKind, KeyRecord, KeyState, Revocation};
 use keyward_identity::{
     derive_node_key, issue_delegation, issue_revocation, Chain, LocalKey, PublicKey, SealedMessage,
 };
-use keyward_proto::ops::KeyInfo;
 use rand_core::{OsRng, RngCore};
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -231,14 +230,10 @@ impl Hierarchy {
         Ok(target.id)
     }
 
-    pub fn node_list(&self) -> Result<Vec<KeyInfo>, AgentError> {
-        Ok(self
-            .ks
-            .list(KeyKind::Keypair, None)?
-            .iter()
-            .filter(|k| k.name.is_some())
-            .map(KeyRecord::info)
-            .collect())
+    pub fn node_list(&self) -> Result<Vec<KeyRecord>, AgentError> {
+        let mut keys = self.ks.list(KeyKind::Keypair, None)?;
+        keys.retain(|k| k.name.is_some());
+        Ok(keys)
     }
 
     /// The public chain rooted at `root` (default: the cluster root): its key, every delegation

@@ -49,7 +49,7 @@ impl Hierarchy {
         rec.parent = Some(kek.id);
         rec.wrapped = Some(sealed);
         rec.public_key = Some(public.into_bytes());
-        rec.algorithm = Some("rsa".into());
+        rec.algorithm = Some(crate::keystore::Algorithm::Rsa);
         rec.label = label;
         self.ks.insert(&rec)?;
         tracing::info!(id = %rec.id, "RSA keypair imported");

@@ -8,8 +8,8 @@
 //! ends it (the stream cannot be resynchronised), never the agent.
 
 use crate::service::Service;
-use keyward_proto::ops::HelloArgs;
-use keyward_proto::{frame, ErrorBody, ErrorCode, Request, Response, MAX_FRAME, PROTOCOL_VERSION};
+use keyward_proto::ops::Op;
+use keyward_proto::{frame, ErrorBody, ErrorCode, Request, Response, MAX_FRAME};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -167,10 +167,22 @@ async fn connection(stream: UnixStream, service: Service, uid: u32) {
                 Ok(p) => tracing::warn!(peer_uid = p, "refused a connection from another user"),
                 Err(e) => tracing::warn!(error = %e, "could not read peer credentials; refusing"),
             }
+            // Answer the peer's first request (its hello) by id, so that the refusal is the
+            // answer to that request and not a frame racing it; a peer that sends nothing
+            // readable in time gets the refusal with no id.
+            let first = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                frame::read(&mut rd, MAX_FRAME),
+            )
+            .await;
+            let id = match first {
+                Ok(Ok(Some(bytes))) => Request::from_cbor(&bytes).ok().map(|r| r.id),
+                _ => None,
+            };
             let msg = format!("this agent serves uid {uid} only");
             replies
                 .send(Response::err(
-                    None,
+                    id,
                     ErrorBody::new(ErrorCode::PermissionDenied, msg),
                 ))
                 .await;
@@ -178,9 +190,8 @@ async fn connection(stream: UnixStream, service: Service, uid: u32) {
                 use tokio::io::AsyncWriteExt;
                 let _ = replies.wr.lock().await.shutdown().await;
             }
-            // Read what the peer sends (its hello) until it closes or a short time passes, so
-            // that closing does not reset the connection before the peer has read why it was
-            // refused.
+            // Read what else the peer sends until it closes or a short time passes, so that
+            // closing does not reset the connection before the peer has read why it was refused.
             let mut sink = [0u8; 4096];
             let drain = async {
                 use tokio::io::AsyncReadExt;
@@ -231,8 +242,9 @@ async fn serve_requests(
                 continue;
             }
         };
-        if req.op == "hello" {
-            let resp = hello(&req, &service).await;
+        if Op::from_name(&req.op) == Some(Op::Hello) {
+            // Answered before the next frame is read: nothing else runs until it succeeds.
+            let resp = run(service.clone(), req).await;
             greeted |= resp.ok.is_some(); // a refused hello (version, args) opens nothing
             replies.send(resp).await;
             continue;
@@ -252,49 +264,22 @@ async fn serve_requests(
         };
         let (replies, service) = (replies.clone(), service.clone());
         tokio::spawn(async move {
-            let id = req.id;
-            let resp = tokio::task::spawn_blocking(move || service.handle(&req))
-                .await
-                .unwrap_or_else(|_| {
-                    Response::err(
-                        Some(id),
-                        ErrorBody::new(ErrorCode::Internal, "request handler failed"),
-                    )
-                });
+            let resp = run(service, req).await;
             replies.send(resp).await;
             drop(permit);
         });
     }
 }
 
-async fn hello(req: &Request, service: &Service) -> Response {
-    let args: HelloArgs = match req.args() {
-        Ok(a) => a,
-        Err(body) => return Response::err(Some(req.id), body),
-    };
-    if args.version != PROTOCOL_VERSION {
-        let msg = format!(
-            "client speaks protocol {}, this agent speaks {PROTOCOL_VERSION}",
-            args.version
-        );
-        return Response::err(
-            Some(req.id),
-            ErrorBody::new(ErrorCode::UnsupportedVersion, msg),
-        );
-    }
-    let service = service.clone();
+/// Run one request on a blocking thread (token calls block).
+async fn run(service: Service, req: Request) -> Response {
     let id = req.id;
-    tokio::task::spawn_blocking(move || match service.hello() {
-        Ok(h) => Response::ok(id, &h).unwrap_or_else(|e| {
-            Response::err(Some(id), ErrorBody::new(ErrorCode::Internal, e.to_string()))
-        }),
-        Err(e) => Response::err(Some(id), e.to_body()),
-    })
-    .await
-    .unwrap_or_else(|_| {
-        Response::err(
-            Some(id),
-            ErrorBody::new(ErrorCode::Internal, "hello failed"),
-        )
-    })
+    tokio::task::spawn_blocking(move || service.handle(&req))
+        .await
+        .unwrap_or_else(|_| {
+            Response::err(
+                Some(id),
+                ErrorBody::new(ErrorCode::Internal, "request handler failed"),
+            )
+        })
 }

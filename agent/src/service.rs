@@ -1,11 +1,15 @@
-//! One function per protocol operation: typed arguments in, typed result or error out.
+//! The agent's operations: the protocol's [`Handler`], one typed method per operation.
 //!
-//! Runs on blocking threads (token calls block). It never sees the socket and never decides who
-//! may call it: the server has checked the peer and the `hello` phase before a request gets here.
+//! This is the edge between the wire and the hierarchy: it turns argument structs into the
+//! hierarchy's own types and keystore records into [`KeyInfo`], so that neither the hierarchy nor
+//! the keystore ever takes or returns a protocol type. Runs on blocking threads (token calls
+//! block). It never sees the socket and never decides who may call it: the server has checked the
+//! peer and the `hello` phase before a request gets here.
 
 use crate::error::AgentError;
 use crate::hierarchy::Hierarchy;
-use keyward_proto::ops::*;
+use crate::keystore::{Algorithm, KeyRecord, Purpose};
+use keyward_proto::ops::{self as wire, *};
 use keyward_proto::secret::SecretBytes;
 use keyward_proto::{ErrorBody, ErrorCode, Request, Response, PROTOCOL_VERSION};
 use std::sync::Arc;
@@ -16,17 +20,78 @@ pub struct Service {
     h: Arc<Hierarchy>,
 }
 
-fn internal(e: impl std::fmt::Display) -> ErrorBody {
-    ErrorBody::new(ErrorCode::Internal, format!("encoding the result: {e}"))
-}
-
 impl Service {
     pub fn new(h: Arc<Hierarchy>) -> Self {
         Service { h }
     }
 
-    /// The `hello` result.
-    pub fn hello(&self) -> Result<HelloResult, AgentError> {
+    /// Handle one request: decode, check access, run, encode. Failures are logged by code only
+    /// (never with arguments).
+    pub fn handle(&self, req: &Request) -> Response {
+        let resp = dispatch(self, req);
+        if let Some(body) = &resp.err {
+            if body.code == ErrorCode::Internal || body.code == ErrorCode::TokenError {
+                tracing::error!(op = %req.op, error = %body.message, "request failed");
+            } else {
+                tracing::debug!(op = %req.op, code = %body.code, "request refused");
+            }
+        }
+        resp
+    }
+}
+
+impl HandlerError for AgentError {
+    fn to_body(&self) -> ErrorBody {
+        AgentError::to_body(self)
+    }
+}
+
+/// What a client may see of a keystore record: never key material.
+pub fn key_info(r: &KeyRecord) -> KeyInfo {
+    KeyInfo {
+        id: r.id.to_string(),
+        kind: r.kind.as_str().to_string(),
+        label: r.label.clone(),
+        parent: r.parent.map(|p| p.to_string()),
+        scheme: r.scheme.clone(),
+        purpose: r.purpose.map(|p| match p {
+            Purpose::Personal => wire::Purpose::Personal,
+            Purpose::Sharing => wire::Purpose::Sharing,
+        }),
+        exportable: r.exportable,
+        version: r.version,
+        created: r.created,
+        rotated: r.rotated,
+        state: r.state.as_str().to_string(),
+        public_key: r.public_key.clone().map(serde_bytes::ByteBuf::from),
+        name: r.name.clone(),
+        algorithm: r.algorithm.map(|a| a.as_str().to_string()),
+    }
+}
+
+fn key_list(keys: Vec<KeyRecord>) -> KeyList {
+    KeyList {
+        keys: keys.iter().map(key_info).collect(),
+    }
+}
+
+fn created(id: uuid::Uuid) -> Created {
+    Created { id: id.to_string() }
+}
+
+impl Handler for Service {
+    type Error = AgentError;
+
+    fn check_access(&self, op: Op) -> Result<(), AgentError> {
+        self.h.root_record(op.name()).map(|_| ())
+    }
+
+    fn hello(&self, args: HelloArgs) -> Result<HelloResult, AgentError> {
+        if args.version != PROTOCOL_VERSION {
+            return Err(AgentError::UnsupportedVersion {
+                client: args.version,
+            });
+        }
         Ok(HelloResult {
             protocol: PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -38,282 +103,167 @@ impl Service {
         })
     }
 
-    /// Handle one request (after the connection's `hello`).
-    pub fn handle(&self, req: &Request) -> Response {
-        let id = req.id;
-        let Some(op) = Op::from_name(&req.op) else {
-            return Response::err(
-                Some(id),
-                ErrorBody::new(
-                    ErrorCode::UnknownOp,
-                    format!("unknown operation `{}`", req.op),
-                ),
-            );
-        };
-        match self.dispatch(op, req) {
-            Ok(r) => r,
-            Err(body) => {
-                if body.code == ErrorCode::Internal || body.code == ErrorCode::TokenError {
-                    tracing::error!(op = op.name(), error = %body.message, "request failed");
-                } else {
-                    tracing::debug!(op = op.name(), code = %body.code, "request refused");
-                }
-                Response::err(Some(id), body)
-            }
-        }
+    fn init(&self, a: PinArgs) -> Result<InitResult, AgentError> {
+        let root = self.h.init(&a.pin)?;
+        Ok(InitResult {
+            id: root.to_string(),
+            token: self.h.describe(),
+        })
     }
 
-    fn dispatch(&self, op: Op, req: &Request) -> Result<Response, ErrorBody> {
-        let id = req.id;
-        let h = &self.h;
-        let e = |e: AgentError| e.to_body();
-        let ok = |r: Result<Response, _>| r.map_err(internal);
-        match op {
-            Op::Hello => {
-                let _: HelloArgs = req.args()?;
-                ok(Response::ok(id, &self.hello().map_err(e)?))
-            }
-            Op::Init => {
-                let a: PinArgs = req.args()?;
-                let root = h.init(&a.pin).map_err(e)?;
-                ok(Response::ok(
-                    id,
-                    &InitResult {
-                        id: root.to_string(),
-                        token: h.describe(),
-                    },
+    fn unlock(&self, a: PinArgs) -> Result<LockState, AgentError> {
+        self.h.unlock(&a.pin)?;
+        Ok(LockState { locked: false })
+    }
+
+    fn lock(&self, _: Empty) -> Result<LockState, AgentError> {
+        self.h.lock()?;
+        Ok(LockState { locked: true })
+    }
+
+    fn kek_create(&self, a: KekCreateArgs) -> Result<Created, AgentError> {
+        self.h.kek_create(a.label).map(created)
+    }
+
+    fn kek_list(&self, _: Empty) -> Result<KeyList, AgentError> {
+        self.h.kek_list().map(key_list)
+    }
+
+    fn dek_create(&self, a: DekCreateArgs) -> Result<Created, AgentError> {
+        let purpose = match a.purpose {
+            wire::Purpose::Personal => Purpose::Personal,
+            wire::Purpose::Sharing => Purpose::Sharing,
+        };
+        self.h
+            .dek_create(a.kek.as_deref(), purpose, a.exportable, a.label)
+            .map(created)
+    }
+
+    fn dek_list(&self, a: DekListArgs) -> Result<KeyList, AgentError> {
+        self.h.dek_list(a.kek.as_deref()).map(key_list)
+    }
+
+    fn dek_export(&self, a: IdArgs) -> Result<ExportedKey, AgentError> {
+        let key = self.h.dek_export(&a.id)?;
+        Ok(ExportedKey {
+            id: a.id,
+            key: SecretBytes::from(key),
+        })
+    }
+
+    fn encrypt(&self, a: EncryptArgs) -> Result<Ciphertext, AgentError> {
+        let ciphertext = self.h.encrypt(&a.dek, a.plaintext.expose())?;
+        Ok(Ciphertext { ciphertext })
+    }
+
+    fn decrypt(&self, a: DecryptArgs) -> Result<Plaintext, AgentError> {
+        let pt = self.h.decrypt(&a.ciphertext, a.dek.as_deref())?;
+        Ok(Plaintext {
+            plaintext: SecretBytes::from(pt),
+        })
+    }
+
+    fn keypair_create(&self, a: KeypairCreateArgs) -> Result<Created, AgentError> {
+        let alg = match a.alg.as_deref() {
+            None => None,
+            Some(name) => Some(Algorithm::parse(name).ok_or_else(|| {
+                AgentError::InvalidArgs(format!(
+                    "unknown keypair algorithm `{name}`: p256 or ed25519"
                 ))
-            }
-            Op::Unlock => {
-                let a: PinArgs = req.args()?;
-                h.unlock(&a.pin).map_err(e)?;
-                ok(Response::ok(id, &LockState { locked: false }))
-            }
-            Op::Lock => {
-                let _: Empty = req.args()?;
-                h.lock().map_err(e)?;
-                ok(Response::ok(id, &LockState { locked: true }))
-            }
-            Op::KekCreate => {
-                let a: KekCreateArgs = req.args()?;
-                let kid = h.kek_create(a.label).map_err(e)?;
-                ok(Response::ok(
-                    id,
-                    &Created {
-                        id: kid.to_string(),
-                    },
-                ))
-            }
-            Op::KekList => {
-                let _: Empty = req.args()?;
-                ok(Response::ok(
-                    id,
-                    &KeyList {
-                        keys: h.kek_list().map_err(e)?,
-                    },
-                ))
-            }
-            Op::DekCreate => {
-                let a: DekCreateArgs = req.args()?;
-                let did = h.dek_create(&a).map_err(e)?;
-                ok(Response::ok(
-                    id,
-                    &Created {
-                        id: did.to_string(),
-                    },
-                ))
-            }
-            Op::DekList => {
-                let a: DekListArgs = req.args()?;
-                ok(Response::ok(
-                    id,
-                    &KeyList {
-                        keys: h.dek_list(a.kek.as_deref()).map_err(e)?,
-                    },
-                ))
-            }
-            Op::DekExport => {
-                let a: IdArgs = req.args()?;
-                let key = h.dek_export(&a.id).map_err(e)?;
-                ok(Response::ok(
-                    id,
-                    &ExportedKey {
-                        id: a.id,
-                        key: SecretBytes::from(key),
-                    },
-                ))
-            }
-            Op::Encrypt => {
-                let a: EncryptArgs = req.args()?;
-                let ct = h.encrypt(&a.dek, a.plaintext.expose()).map_err(e)?;
-                ok(Response::ok(id, &Ciphertext { ciphertext: ct }))
-            }
-            Op::Decrypt => {
-                let a: DecryptArgs = req.args()?;
-                let pt = h.decrypt(&a.ciphertext, a.dek.as_deref()).map_err(e)?;
-                ok(Response::ok(
-                    id,
-                    &Plaintext {
-                        plaintext: SecretBytes::from(pt),
-                    },
-                ))
-            }
-            Op::KeypairCreate => {
-                let a: KeypairCreateArgs = req.args()?;
-                let kid = h
-                    .keypair_create(a.kek.as_deref(), a.label, a.on_token, a.alg.as_deref())
-                    .map_err(e)?;
-                ok(Response::ok(
-                    id,
-                    &Created {
-                        id: kid.to_string(),
-                    },
-                ))
-            }
-            Op::KeypairList => {
-                let _: Empty = req.args()?;
-                ok(Response::ok(
-                    id,
-                    &KeyList {
-                        keys: h.keypair_list().map_err(e)?,
-                    },
-                ))
-            }
-            Op::KeypairShow => {
-                let a: IdArgs = req.args()?;
-                ok(Response::ok(id, &h.keypair_show(&a.id).map_err(e)?))
-            }
-            Op::KeypairDelete => {
-                let a: IdArgs = req.args()?;
-                let gone = h.keypair_delete(&a.id).map_err(e)?;
-                ok(Response::ok(
-                    id,
-                    &Deleted {
-                        id: gone.to_string(),
-                        deleted: true,
-                    },
-                ))
-            }
-            Op::KeypairImport => {
-                let a: KeypairImportArgs = req.args()?;
-                let kid = h
-                    .keypair_import(a.pem.expose(), a.kek.as_deref(), a.label)
-                    .map_err(e)?;
-                ok(Response::ok(
-                    id,
-                    &Created {
-                        id: kid.to_string(),
-                    },
-                ))
-            }
-            Op::Sign => {
-                let a: SignArgs = req.args()?;
-                let sig = h.sign(&a.key, &a.data, a.raw).map_err(e)?;
-                ok(Response::ok(
-                    id,
-                    &SignatureResult {
-                        signature: serde_bytes::ByteBuf::from(sig),
-                    },
-                ))
-            }
-            Op::ShareSeal => {
-                let a: ShareSealArgs = req.args()?;
-                let sealed = h.share_seal(&a.dek, &a.to, a.from.as_deref()).map_err(e)?;
-                ok(Response::ok(id, &SealedResult { sealed }))
-            }
-            Op::ShareOpen => {
-                let a: ShareOpenArgs = req.args()?;
-                let (dek, sender) = h
-                    .share_open(
-                        &a.sealed,
-                        a.kek.as_deref(),
-                        a.from.as_deref(),
-                        a.id.as_deref(),
-                    )
-                    .map_err(e)?;
-                ok(Response::ok(id, &OpenedShareResult { id: dek, sender }))
-            }
-            Op::NodeDerive => {
-                let a: NodeDeriveArgs = req.args()?;
-                let nid = h
-                    .node_derive(
-                        &a.name,
-                        a.parent.as_deref(),
-                        a.kek.as_deref(),
-                        a.ttl_seconds,
-                    )
-                    .map_err(e)?;
-                ok(Response::ok(
-                    id,
-                    &Created {
-                        id: nid.to_string(),
-                    },
-                ))
-            }
-            Op::NodeRekey => {
-                let a: NodeRekeyArgs = req.args()?;
-                let nid = h.node_rekey(&a.name, a.ttl_seconds).map_err(e)?;
-                ok(Response::ok(
-                    id,
-                    &Created {
-                        id: nid.to_string(),
-                    },
-                ))
-            }
-            Op::NodeRevoke => {
-                let a: NodeRevokeArgs = req.args()?;
-                let nid = h.node_revoke(&a.name, a.by.as_deref()).map_err(e)?;
-                ok(Response::ok(
-                    id,
-                    &Created {
-                        id: nid.to_string(),
-                    },
-                ))
-            }
-            Op::NodeList => {
-                let _: Empty = req.args()?;
-                ok(Response::ok(
-                    id,
-                    &KeyList {
-                        keys: h.node_list().map_err(e)?,
-                    },
-                ))
-            }
-            Op::NodeChain => {
-                let a: NodeChainArgs = req.args()?;
-                let chain = h.node_chain(a.root.as_deref()).map_err(e)?;
-                ok(Response::ok(
-                    id,
-                    &ChainResult {
-                        chain: serde_bytes::ByteBuf::from(chain),
-                    },
-                ))
-            }
-            Op::Seal => {
-                let a: SealArgs = req.args()?;
-                let sealed = h
-                    .seal(&a.to, &a.sign_with, a.plaintext.expose())
-                    .map_err(e)?;
-                ok(Response::ok(id, &SealedResult { sealed }))
-            }
-            Op::Open => {
-                let a: OpenArgs = req.args()?;
-                let (pt, sender, sender_name) = h
-                    .open(&a.sealed, a.chain.as_deref().map(|c| c.as_slice()))
-                    .map_err(e)?;
-                ok(Response::ok(
-                    id,
-                    &OpenedMessage {
-                        plaintext: SecretBytes::from(pt),
-                        sender,
-                        sender_name,
-                    },
-                ))
-            }
-            _ => Err(ErrorBody::new(
-                ErrorCode::UnknownOp,
-                format!("operation `{}` is not served by this agent", op.name()),
-            )),
-        }
+            })?),
+        };
+        self.h
+            .keypair_create(a.kek.as_deref(), a.label, a.on_token, alg)
+            .map(created)
+    }
+
+    fn keypair_list(&self, _: Empty) -> Result<KeyList, AgentError> {
+        self.h.keypair_list().map(key_list)
+    }
+
+    fn keypair_show(&self, a: IdArgs) -> Result<KeyInfo, AgentError> {
+        self.h.keypair_show(&a.id).map(|r| key_info(&r))
+    }
+
+    fn keypair_delete(&self, a: IdArgs) -> Result<Deleted, AgentError> {
+        let gone = self.h.keypair_delete(&a.id)?;
+        Ok(Deleted {
+            id: gone.to_string(),
+            deleted: true,
+        })
+    }
+
+    fn keypair_import(&self, a: KeypairImportArgs) -> Result<Created, AgentError> {
+        self.h
+            .keypair_import(a.pem.expose(), a.kek.as_deref(), a.label)
+            .map(created)
+    }
+
+    fn sign(&self, a: SignArgs) -> Result<SignatureResult, AgentError> {
+        let sig = self.h.sign(&a.key, &a.data, a.raw)?;
+        Ok(SignatureResult {
+            signature: serde_bytes::ByteBuf::from(sig),
+        })
+    }
+
+    fn share_seal(&self, a: ShareSealArgs) -> Result<SealedResult, AgentError> {
+        let sealed = self.h.share_seal(&a.dek, &a.to, a.from.as_deref())?;
+        Ok(SealedResult { sealed })
+    }
+
+    fn share_open(&self, a: ShareOpenArgs) -> Result<OpenedShareResult, AgentError> {
+        let (id, sender) = self.h.share_open(
+            &a.sealed,
+            a.kek.as_deref(),
+            a.from.as_deref(),
+            a.id.as_deref(),
+        )?;
+        Ok(OpenedShareResult { id, sender })
+    }
+
+    fn node_derive(&self, a: NodeDeriveArgs) -> Result<Created, AgentError> {
+        self.h
+            .node_derive(
+                &a.name,
+                a.parent.as_deref(),
+                a.kek.as_deref(),
+                a.ttl_seconds,
+            )
+            .map(created)
+    }
+
+    fn node_rekey(&self, a: NodeRekeyArgs) -> Result<Created, AgentError> {
+        self.h.node_rekey(&a.name, a.ttl_seconds).map(created)
+    }
+
+    fn node_revoke(&self, a: NodeRevokeArgs) -> Result<Created, AgentError> {
+        self.h.node_revoke(&a.name, a.by.as_deref()).map(created)
+    }
+
+    fn node_list(&self, _: Empty) -> Result<KeyList, AgentError> {
+        self.h.node_list().map(key_list)
+    }
+
+    fn node_chain(&self, a: NodeChainArgs) -> Result<ChainResult, AgentError> {
+        let chain = self.h.node_chain(a.root.as_deref())?;
+        Ok(ChainResult {
+            chain: serde_bytes::ByteBuf::from(chain),
+        })
+    }
+
+    fn seal(&self, a: SealArgs) -> Result<SealedResult, AgentError> {
+        let sealed = self.h.seal(&a.to, &a.sign_with, a.plaintext.expose())?;
+        Ok(SealedResult { sealed })
+    }
+
+    fn open(&self, a: OpenArgs) -> Result<OpenedMessage, AgentError> {
+        let (pt, sender, sender_name) = self
+            .h
+            .open(&a.sealed, a.chain.as_deref().map(|c| c.as_slice()))?;
+        Ok(OpenedMessage {
+            plaintext: SecretBytes::from(pt),
+            sender,
+            sender_name,
+        })
     }
 }

@@ -11,10 +11,10 @@
 
 use crate::error::AgentError;
 use crate::hierarchy::Hierarchy;
+use crate::keystore::Purpose;
 use crate::keystore::{KeyKind, KeyRecord};
 use keyward_identity::share::{Dek, SealedShare, ShareError};
 use keyward_identity::PublicKey;
-use keyward_proto::ops::Purpose;
 use rand_core::OsRng;
 use uuid::Uuid;
 use zeroize::Zeroizing;

@@ -103,13 +103,10 @@ impl Client {
             reader,
         };
         client.hello = client
-            .call(
-                "hello",
-                &HelloArgs {
-                    version: keyward_proto::PROTOCOL_VERSION,
-                    client: Some(format!("keyward-client {}", env!("CARGO_PKG_VERSION"))),
-                },
-            )
+            .call::<op::Hello>(&HelloArgs {
+                version: keyward_proto::PROTOCOL_VERSION,
+                client: Some(format!("keyward-client {}", env!("CARGO_PKG_VERSION"))),
+            })
             .await?;
         Ok(client)
     }
@@ -119,16 +116,22 @@ impl Client {
         &self.hello
     }
 
-    /// Send one request and wait for its response. `op` is the wire name of the operation.
-    pub async fn call<A: Serialize, R: DeserializeOwned>(
+    /// Send one request and wait for its response, typed by the operation:
+    /// `client.call::<op::KekList>(&Empty {})` returns a [`KeyList`].
+    pub async fn call<O: Operation>(&self, args: &O::Args) -> Result<O::Result, ClientError> {
+        self.call_named(O::OP.name(), args).await
+    }
+
+    /// Send one request by wire name with any arguments (for operations this library does not
+    /// know, and for tests of the agent's refusals).
+    pub async fn call_named<A: Serialize, R: DeserializeOwned>(
         &self,
         op: &str,
         args: &A,
     ) -> Result<R, ClientError> {
         match self.call_inner(op, args).await {
             Err(e @ (ClientError::Closed { .. } | ClientError::Transport { .. })) => {
-                // Give the reader a moment to deliver a refusal that raced our request.
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                // A frame-level error the agent sent before closing (id null) explains the close.
                 match self
                     .unclaimed
                     .lock()
@@ -194,43 +197,41 @@ impl Client {
 
     /// The agent's current state (a fresh `hello`).
     pub async fn status(&self) -> Result<HelloResult, ClientError> {
-        self.call(Op::Hello.name(), &HelloArgs::current()).await
+        self.call::<op::Hello>(&HelloArgs::current()).await
     }
 
     /// Create the root on the token. Returns the root's id.
     pub async fn init(&self, pin: Pin) -> Result<InitResult, ClientError> {
-        self.call(Op::Init.name(), &PinArgs { pin }).await
+        self.call::<op::Init>(&PinArgs { pin }).await
     }
 
     pub async fn unlock(&self, pin: Pin) -> Result<LockState, ClientError> {
-        self.call(Op::Unlock.name(), &PinArgs { pin }).await
+        self.call::<op::Unlock>(&PinArgs { pin }).await
     }
 
     pub async fn lock(&self) -> Result<LockState, ClientError> {
-        self.call(Op::Lock.name(), &Empty {}).await
+        self.call::<op::Lock>(&Empty {}).await
     }
 
     pub async fn kek_create(&self, label: Option<String>) -> Result<Created, ClientError> {
-        self.call(Op::KekCreate.name(), &KekCreateArgs { label })
-            .await
+        self.call::<op::KekCreate>(&KekCreateArgs { label }).await
     }
 
     pub async fn kek_list(&self) -> Result<KeyList, ClientError> {
-        self.call(Op::KekList.name(), &Empty {}).await
+        self.call::<op::KekList>(&Empty {}).await
     }
 
     pub async fn dek_create(&self, args: &DekCreateArgs) -> Result<Created, ClientError> {
-        self.call(Op::DekCreate.name(), args).await
+        self.call::<op::DekCreate>(args).await
     }
 
     pub async fn dek_list(&self, kek: Option<String>) -> Result<KeyList, ClientError> {
-        self.call(Op::DekList.name(), &DekListArgs { kek }).await
+        self.call::<op::DekList>(&DekListArgs { kek }).await
     }
 
     /// The plaintext of an exportable DEK.
     pub async fn dek_export(&self, id: &str) -> Result<ExportedKey, ClientError> {
-        self.call(Op::DekExport.name(), &IdArgs { id: id.into() })
-            .await
+        self.call::<op::DekExport>(&IdArgs { id: id.into() }).await
     }
 
     /// Encrypt under a DEK; returns a Cryppo `Aes256Gcm` string.
@@ -239,7 +240,7 @@ impl Client {
             dek: dek.into(),
             plaintext: SecretBytes::new(plaintext.to_vec()),
         };
-        let r: Ciphertext = self.call(Op::Encrypt.name(), &args).await?;
+        let r: Ciphertext = self.call::<op::Encrypt>(&args).await?;
         Ok(r.ciphertext)
     }
 
@@ -253,32 +254,32 @@ impl Client {
             ciphertext: ciphertext.into(),
             dek: dek.map(Into::into),
         };
-        let r: Plaintext = self.call(Op::Decrypt.name(), &args).await?;
+        let r: Plaintext = self.call::<op::Decrypt>(&args).await?;
         Ok(r.plaintext)
     }
 }
 
 impl Client {
     pub async fn keypair_create(&self, args: &KeypairCreateArgs) -> Result<Created, ClientError> {
-        self.call(Op::KeypairCreate.name(), args).await
+        self.call::<op::KeypairCreate>(args).await
     }
 
     pub async fn keypair_list(&self) -> Result<KeyList, ClientError> {
-        self.call(Op::KeypairList.name(), &Empty {}).await
+        self.call::<op::KeypairList>(&Empty {}).await
     }
 
     pub async fn keypair_show(&self, id: &str) -> Result<KeyInfo, ClientError> {
-        self.call(Op::KeypairShow.name(), &IdArgs { id: id.into() })
+        self.call::<op::KeypairShow>(&IdArgs { id: id.into() })
             .await
     }
 
     /// Import an RSA private key (PEM) for Cryppo `Rsa4096` shares.
     pub async fn keypair_import(&self, args: &KeypairImportArgs) -> Result<Created, ClientError> {
-        self.call(Op::KeypairImport.name(), args).await
+        self.call::<op::KeypairImport>(args).await
     }
 
     pub async fn keypair_delete(&self, id: &str) -> Result<Deleted, ClientError> {
-        self.call(Op::KeypairDelete.name(), &IdArgs { id: id.into() })
+        self.call::<op::KeypairDelete>(&IdArgs { id: id.into() })
             .await
     }
 
@@ -289,41 +290,39 @@ impl Client {
             data: serde_bytes::ByteBuf::from(data.to_vec()),
             raw,
         };
-        let r: SignatureResult = self.call(Op::Sign.name(), &args).await?;
+        let r: SignatureResult = self.call::<op::Sign>(&args).await?;
         Ok(r.signature.into_vec())
     }
 
     /// Seal a sharing DEK to a recipient (did:key, PEM or JWK); returns base64url text.
     pub async fn share_seal(&self, args: &ShareSealArgs) -> Result<String, ClientError> {
-        let r: SealedResult = self.call(Op::ShareSeal.name(), args).await?;
+        let r: SealedResult = self.call::<op::ShareSeal>(args).await?;
         Ok(r.sealed)
     }
 
     pub async fn share_open(&self, args: &ShareOpenArgs) -> Result<OpenedShareResult, ClientError> {
-        self.call(Op::ShareOpen.name(), args).await
+        self.call::<op::ShareOpen>(args).await
     }
 
     pub async fn node_derive(&self, args: &NodeDeriveArgs) -> Result<Created, ClientError> {
-        self.call(Op::NodeDerive.name(), args).await
+        self.call::<op::NodeDerive>(args).await
     }
 
     pub async fn node_rekey(&self, args: &NodeRekeyArgs) -> Result<Created, ClientError> {
-        self.call(Op::NodeRekey.name(), args).await
+        self.call::<op::NodeRekey>(args).await
     }
 
     pub async fn node_revoke(&self, args: &NodeRevokeArgs) -> Result<Created, ClientError> {
-        self.call(Op::NodeRevoke.name(), args).await
+        self.call::<op::NodeRevoke>(args).await
     }
 
     pub async fn node_list(&self) -> Result<KeyList, ClientError> {
-        self.call(Op::NodeList.name(), &Empty {}).await
+        self.call::<op::NodeList>(&Empty {}).await
     }
 
     /// The cluster's public chain as CBOR.
     pub async fn node_chain(&self, root: Option<String>) -> Result<Vec<u8>, ClientError> {
-        let r: ChainResult = self
-            .call(Op::NodeChain.name(), &NodeChainArgs { root })
-            .await?;
+        let r: ChainResult = self.call::<op::NodeChain>(&NodeChainArgs { root }).await?;
         Ok(r.chain.into_vec())
     }
 
@@ -339,7 +338,7 @@ impl Client {
             sign_with: sign_with.into(),
             plaintext: SecretBytes::new(plaintext.to_vec()),
         };
-        let r: SealedResult = self.call(Op::Seal.name(), &args).await?;
+        let r: SealedResult = self.call::<op::Seal>(&args).await?;
         Ok(r.sealed)
     }
 
@@ -353,7 +352,7 @@ impl Client {
             sealed: sealed.into(),
             chain: chain.map(serde_bytes::ByteBuf::from),
         };
-        self.call(Op::Open.name(), &args).await
+        self.call::<op::Open>(&args).await
     }
 }
 

@@ -17,6 +17,7 @@ pub mod message;
 pub mod ops;
 pub mod paths;
 pub mod secret;
+mod table;
 
 pub use error::{ErrorBody, ErrorCode};
 pub use message::{Request, Response};

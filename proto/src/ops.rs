@@ -7,103 +7,7 @@
 use crate::secret::{Pin, SecretBytes};
 use serde::{Deserialize, Serialize};
 
-/// Every operation this protocol version defines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Op {
-    Hello,
-    Init,
-    Unlock,
-    Lock,
-    KekCreate,
-    KekList,
-    DekCreate,
-    DekList,
-    DekExport,
-    Encrypt,
-    Decrypt,
-    KeypairCreate,
-    KeypairList,
-    KeypairShow,
-    KeypairDelete,
-    KeypairImport,
-    Sign,
-    ShareSeal,
-    ShareOpen,
-    NodeDerive,
-    NodeRekey,
-    NodeRevoke,
-    NodeList,
-    NodeChain,
-    Seal,
-    Open,
-}
-
-impl Op {
-    pub const ALL: &'static [Op] = &[
-        Op::Hello,
-        Op::Init,
-        Op::Unlock,
-        Op::Lock,
-        Op::KekCreate,
-        Op::KekList,
-        Op::DekCreate,
-        Op::DekList,
-        Op::DekExport,
-        Op::Encrypt,
-        Op::Decrypt,
-        Op::KeypairCreate,
-        Op::KeypairList,
-        Op::KeypairShow,
-        Op::KeypairDelete,
-        Op::KeypairImport,
-        Op::Sign,
-        Op::ShareSeal,
-        Op::ShareOpen,
-        Op::NodeDerive,
-        Op::NodeRekey,
-        Op::NodeRevoke,
-        Op::NodeList,
-        Op::NodeChain,
-        Op::Seal,
-        Op::Open,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Op::Hello => "hello",
-            Op::Init => "init",
-            Op::Unlock => "unlock",
-            Op::Lock => "lock",
-            Op::KekCreate => "kek.create",
-            Op::KekList => "kek.list",
-            Op::DekCreate => "dek.create",
-            Op::DekList => "dek.list",
-            Op::DekExport => "dek.export",
-            Op::Encrypt => "encrypt",
-            Op::Decrypt => "decrypt",
-            Op::KeypairCreate => "keypair.create",
-            Op::KeypairList => "keypair.list",
-            Op::KeypairShow => "keypair.show",
-            Op::KeypairDelete => "keypair.delete",
-            Op::KeypairImport => "keypair.import",
-            Op::Sign => "sign",
-            Op::ShareSeal => "share.seal",
-            Op::ShareOpen => "share.open",
-            Op::NodeDerive => "node.derive",
-            Op::NodeRekey => "node.rekey",
-            Op::NodeRevoke => "node.revoke",
-            Op::NodeList => "node.list",
-            Op::NodeChain => "node.chain",
-            Op::Seal => "seal",
-            Op::Open => "open",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Op> {
-        Op::ALL.iter().copied().find(|op| op.name() == name)
-    }
-}
+pub use crate::table::{dispatch, op, Access, Handler, HandlerError, Op, Operation};
 
 /// Arguments of operations that take none.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -328,19 +232,6 @@ pub struct DecryptArgs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plaintext {
     pub plaintext: SecretBytes,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn op_names_round_trip() {
-        for op in Op::ALL {
-            assert_eq!(Op::from_name(op.name()), Some(*op));
-        }
-        assert_eq!(Op::from_name("rm -rf"), None);
-    }
 }
 
 /// `keypair.create` arguments.

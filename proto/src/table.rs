@@ -1,0 +1,216 @@
+//! The operation table: every operation declared once, with its wire name, argument type, result
+//! type and whether it needs the agent unlocked.
+//!
+//! From the one table [`operations!`] generates:
+//! - [`Op`], [`Op::ALL`], [`Op::name`], [`Op::from_name`] and [`Op::access`];
+//! - a marker type per operation in [`op`] implementing [`Operation`], so that a client call is
+//!   typed end to end (`client.call::<op::KekList>(&Empty {})` returns a [`KeyList`]);
+//! - the [`Handler`] trait with one method per operation, and [`dispatch`], which decodes a
+//!   request's arguments, checks access, calls the method and encodes the result. `dispatch`
+//!   matches every `Op` with no catch-all, and `Handler` has no default methods: an operation
+//!   added to the table without a handler is a compile error in the agent.
+//!
+//! The model is rustls's `enum_builder!` (a wire table declared once) and age-plugin's
+//! `RecipientPluginV1` (the library owns the protocol loop; the plugin implements one typed
+//! method per message). This module must never decide policy: access is declared here and
+//! enforced by the handler's [`Handler::check_access`].
+//!
+//! Adding an operation: one line here, its argument and result types in `ops`, a CDDL rule and a
+//! sample in `tests/cddl.rs`, the handler method in the agent, the client/CLI surface, and a test
+//! (ARCHITECTURE.md, "Add an operation").
+
+use crate::ops::*;
+use crate::{ErrorBody, ErrorCode, Request, Response};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Whether an operation may run while the agent is locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Runs whatever the lock state (status, listing public records, init, unlock, lock).
+    Always,
+    /// Needs an initialized, unlocked agent: it touches key material.
+    Unlocked,
+}
+
+/// One operation as a type: what it is called and what it takes and gives.
+pub trait Operation {
+    const OP: Op;
+    type Args: Serialize + DeserializeOwned;
+    type Result: Serialize + DeserializeOwned;
+}
+
+/// An error a [`Handler`] returns: it knows its wire form.
+pub trait HandlerError {
+    fn to_body(&self) -> ErrorBody;
+}
+
+macro_rules! operations {
+    ($(
+        $(#[$doc:meta])*
+        $variant:ident, $method:ident, $name:literal: $args:ty => $result:ty, $access:ident;
+    )+) => {
+        /// Every operation this protocol version defines.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum Op {
+            $( $(#[$doc])* $variant, )+
+        }
+
+        impl Op {
+            /// Every operation, in table order.
+            pub const ALL: &'static [Op] = &[ $( Op::$variant, )+ ];
+
+            /// The wire name.
+            pub const fn name(self) -> &'static str {
+                match self { $( Op::$variant => $name, )+ }
+            }
+
+            /// Whether the agent must be unlocked.
+            pub const fn access(self) -> Access {
+                match self { $( Op::$variant => Access::$access, )+ }
+            }
+
+            pub fn from_name(name: &str) -> Option<Op> {
+                match name {
+                    $( $name => Some(Op::$variant), )+
+                    _ => None,
+                }
+            }
+        }
+
+        /// One marker type per operation, for typed calls.
+        pub mod op {
+            use super::*;
+            $(
+                $(#[$doc])*
+                #[derive(Debug, Clone, Copy)]
+                pub struct $variant;
+                impl Operation for $variant {
+                    const OP: Op = Op::$variant;
+                    type Args = $args;
+                    type Result = $result;
+                }
+            )+
+        }
+
+        /// What an agent implements: one typed method per operation, no defaults.
+        pub trait Handler {
+            type Error: HandlerError;
+            /// Refuse an [`Access::Unlocked`] operation while the agent cannot serve it (not
+            /// initialized, locked). Called after the arguments decoded, before the method.
+            fn check_access(&self, op: Op) -> Result<(), Self::Error>;
+            $(
+                $(#[$doc])*
+                fn $method(&self, args: $args) -> Result<$result, Self::Error>;
+            )+
+        }
+
+        /// Run one request through `h`: decode its arguments, check access, call the operation's
+        /// method, encode the result. Every failure is a typed error response with the
+        /// request's id.
+        pub fn dispatch<H: Handler + ?Sized>(h: &H, req: &Request) -> Response {
+            let Some(op) = Op::from_name(&req.op) else {
+                return Response::err(
+                    Some(req.id),
+                    ErrorBody::new(
+                        ErrorCode::UnknownOp,
+                        format!("unknown operation `{}`", req.op),
+                    ),
+                );
+            };
+            let result = match op {
+                $( Op::$variant => run(h, req, op, H::$method), )+
+            };
+            match result {
+                Ok(r) => r,
+                Err(body) => Response::err(Some(req.id), body),
+            }
+        }
+    };
+}
+
+fn run<H, A, R>(
+    h: &H,
+    req: &Request,
+    op: Op,
+    method: impl FnOnce(&H, A) -> Result<R, H::Error>,
+) -> Result<Response, ErrorBody>
+where
+    H: Handler + ?Sized,
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let args: A = req.args()?;
+    if op.access() == Access::Unlocked {
+        h.check_access(op).map_err(|e| e.to_body())?;
+    }
+    let result = method(h, args).map_err(|e| e.to_body())?;
+    Response::ok(req.id, &result).map_err(|e| {
+        ErrorBody::new(
+            ErrorCode::Internal,
+            format!("{}: encoding the result: {e}", op.name()),
+        )
+    })
+}
+
+operations! {
+    /// Protocol version and agent state; the first request on every connection.
+    Hello, hello, "hello": HelloArgs => HelloResult, Always;
+    /// Create the root on the token (never a second one).
+    Init, init, "init": PinArgs => InitResult, Always;
+    Unlock, unlock, "unlock": PinArgs => LockState, Always;
+    /// Forget the PIN and destroy every unwrapped key.
+    Lock, lock, "lock": Empty => LockState, Always;
+    KekCreate, kek_create, "kek.create": KekCreateArgs => Created, Unlocked;
+    KekList, kek_list, "kek.list": Empty => KeyList, Always;
+    DekCreate, dek_create, "dek.create": DekCreateArgs => Created, Unlocked;
+    DekList, dek_list, "dek.list": DekListArgs => KeyList, Always;
+    /// The plaintext of a DEK created exportable.
+    DekExport, dek_export, "dek.export": IdArgs => ExportedKey, Unlocked;
+    Encrypt, encrypt, "encrypt": EncryptArgs => Ciphertext, Unlocked;
+    Decrypt, decrypt, "decrypt": DecryptArgs => Plaintext, Unlocked;
+    KeypairCreate, keypair_create, "keypair.create": KeypairCreateArgs => Created, Unlocked;
+    KeypairList, keypair_list, "keypair.list": Empty => KeyList, Always;
+    KeypairShow, keypair_show, "keypair.show": IdArgs => KeyInfo, Always;
+    KeypairDelete, keypair_delete, "keypair.delete": IdArgs => Deleted, Always;
+    KeypairImport, keypair_import, "keypair.import": KeypairImportArgs => Created, Unlocked;
+    Sign, sign, "sign": SignArgs => SignatureResult, Unlocked;
+    ShareSeal, share_seal, "share.seal": ShareSealArgs => SealedResult, Unlocked;
+    ShareOpen, share_open, "share.open": ShareOpenArgs => OpenedShareResult, Unlocked;
+    NodeDerive, node_derive, "node.derive": NodeDeriveArgs => Created, Unlocked;
+    NodeRekey, node_rekey, "node.rekey": NodeRekeyArgs => Created, Unlocked;
+    NodeRevoke, node_revoke, "node.revoke": NodeRevokeArgs => Created, Unlocked;
+    NodeList, node_list, "node.list": Empty => KeyList, Always;
+    NodeChain, node_chain, "node.chain": NodeChainArgs => ChainResult, Always;
+    Seal, seal, "seal": SealArgs => SealedResult, Unlocked;
+    Open, open, "open": OpenArgs => OpenedMessage, Unlocked;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_names_round_trip() {
+        for op in Op::ALL {
+            assert_eq!(Op::from_name(op.name()), Some(*op));
+        }
+        assert_eq!(Op::from_name("rm -rf"), None);
+    }
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = Op::ALL.iter().map(|o| o.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Op::ALL.len());
+    }
+
+    #[test]
+    fn marker_types_name_their_op() {
+        assert_eq!(<op::KekList as Operation>::OP, Op::KekList);
+        assert_eq!(<op::Hello as Operation>::OP.name(), "hello");
+        assert_eq!(Op::Encrypt.access(), Access::Unlocked);
+        assert_eq!(Op::KekList.access(), Access::Always);
+    }
+}
