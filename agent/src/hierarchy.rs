@@ -166,7 +166,7 @@ impl Hierarchy {
             return Err(AgentError::AlreadyInitialized);
         }
         let made = self.with_pin_policy(|| self.root.init(pin))?;
-        let mut rec = KeyRecord::new(KeyKind::Root, made.scheme);
+        let mut rec = KeyRecord::new(KeyKind::Root, made.scheme.as_str());
         rec.label = Some("root".into());
         rec.locator = Some(made.locator);
         rec.wrapped = made.check;
@@ -287,7 +287,7 @@ impl Hierarchy {
     pub fn kek_create(&self, label: Option<String>) -> Result<Uuid, AgentError> {
         let root = self.root_record("kek.create")?;
         let w = self.with_recovery(|| Ok(self.root.generate_kek()?))?;
-        let mut rec = KeyRecord::new(KeyKind::Kek, w.scheme);
+        let mut rec = KeyRecord::new(KeyKind::Kek, w.scheme.as_str());
         rec.parent = Some(root.id);
         rec.label = label;
         rec.wrapped = Some(w.bytes);
@@ -338,7 +338,7 @@ impl Hierarchy {
         self.root_record("dek.create")?;
         let kek = self.choose_kek(kek)?;
         let w = self.with_recovery(|| Ok(self.kek_handle(&kek)?.generate_dek()?))?;
-        let mut rec = KeyRecord::new(KeyKind::Dek, w.scheme);
+        let mut rec = KeyRecord::new(KeyKind::Dek, w.scheme.as_str());
         rec.parent = Some(kek.id);
         rec.label = label;
         rec.purpose = Some(purpose);

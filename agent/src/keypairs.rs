@@ -8,7 +8,7 @@
 use crate::error::AgentError;
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{Algorithm, KeyKind, KeyRecord, KeyState};
-use crate::root::pkcs11::TOKEN_KEYPAIR_SCHEME;
+use crate::root::Scheme;
 use keyward_identity::ecdsa::{SignError, Signer};
 use keyward_identity::ed25519::Ed25519Key;
 use keyward_identity::p256::ecdsa::Signature;
@@ -33,16 +33,22 @@ impl Signer for TokenSigner<'_> {
         let raw = self
             .h
             .root
-            .token_sign(&self.locator, digest)
+            .require_token_keypairs("sign with token key")
+            .and_then(|t| t.sign(&self.locator, digest))
             .map_err(|e| SignError::Backend(Box::new(e)))?;
         Signature::from_slice(&raw).map_err(|e| SignError::Backend(Box::new(e)))
     }
 }
 
+/// A keypair whose private key is a token object.
+fn on_token(rec: &KeyRecord) -> bool {
+    Scheme::parse(&rec.scheme).is_ok_and(Scheme::is_token_keypair)
+}
+
 impl Hierarchy {
     /// Something that signs with this keypair: the token, or the unwrapped key in memory.
     pub(crate) fn signer(&self, rec: &KeyRecord) -> Result<Box<dyn Signer + '_>, AgentError> {
-        if rec.scheme == TOKEN_KEYPAIR_SCHEME {
+        if on_token(rec) {
             return Ok(Box::new(TokenSigner {
                 h: self,
                 locator: rec.locator.clone().ok_or_else(|| {
@@ -57,7 +63,7 @@ impl Hierarchy {
     /// The private half of a keypair, in memory for as long as the caller holds it.
     pub(crate) fn unwrap_keypair(&self, rec: &KeyRecord) -> Result<LocalKey, AgentError> {
         Self::require_p256(rec)?;
-        if rec.scheme == TOKEN_KEYPAIR_SCHEME {
+        if on_token(rec) {
             return Err(AgentError::WrongKey(format!(
                 "keypair {} lives on the token: it signs, but cannot open shares or messages",
                 rec.id
@@ -104,7 +110,7 @@ impl Hierarchy {
     ) -> Result<KeyRecord, AgentError> {
         let scalar = key.to_bytes();
         let w = self.with_recovery(|| Ok(self.kek_handle(kek)?.wrap_secret(scalar.as_ref())?))?;
-        let mut rec = KeyRecord::new(KeyKind::Keypair, w.scheme);
+        let mut rec = KeyRecord::new(KeyKind::Keypair, w.scheme.as_str());
         rec.parent = Some(kek.id);
         rec.wrapped = Some(w.bytes);
         rec.public_key = Some(key.public_key().to_sec1_compressed().to_vec());
@@ -131,7 +137,7 @@ impl Hierarchy {
             let seed = key.to_bytes();
             let w =
                 self.with_recovery(|| Ok(self.kek_handle(&kek)?.wrap_secret(seed.as_ref())?))?;
-            let mut rec = KeyRecord::new(KeyKind::Keypair, w.scheme);
+            let mut rec = KeyRecord::new(KeyKind::Keypair, w.scheme.as_str());
             rec.parent = Some(kek.id);
             rec.wrapped = Some(w.bytes);
             rec.public_key = Some(key.public_key().to_bytes().to_vec());
@@ -144,8 +150,13 @@ impl Hierarchy {
             )));
         } else if on_token {
             let name = label.clone().unwrap_or_else(|| "keyward keypair".into());
-            let made = self.with_recovery(|| Ok(self.root.generate_token_keypair(&name)?))?;
-            let mut rec = KeyRecord::new(KeyKind::Keypair, TOKEN_KEYPAIR_SCHEME);
+            let made = self.with_recovery(|| {
+                Ok(self
+                    .root
+                    .require_token_keypairs("keypair.create --on-token")?
+                    .generate(&name)?)
+            })?;
+            let mut rec = KeyRecord::new(KeyKind::Keypair, made.scheme.as_str());
             rec.parent = Some(root.id);
             rec.locator = Some(made.locator);
             rec.public_key = Some(
@@ -191,14 +202,19 @@ impl Hierarchy {
                 "keypair {id} has vouched for {vouched} node key(s): it stays for their chain's history (revoke it instead)"
             )));
         }
-        if rec.scheme == TOKEN_KEYPAIR_SCHEME {
+        if on_token(&rec) {
             // Its objects can only be destroyed while logged in: check before touching anything.
             self.root_record("keypair.delete")?;
         }
         self.ks.delete(&rec.id)?;
-        if rec.scheme == TOKEN_KEYPAIR_SCHEME {
+        if on_token(&rec) {
             let locator = rec.locator.as_deref().unwrap_or_default();
-            self.with_recovery(|| Ok(self.root.token_delete(locator)?))
+            self.with_recovery(|| {
+                Ok(self
+                    .root
+                    .require_token_keypairs("delete token key")?
+                    .delete(locator)?)
+            })
                 .map_err(|e| {
                     AgentError::Internal(format!(
                         "keypair {id} is deleted from the keystore, but destroying its token objects failed: {e}"

@@ -62,7 +62,7 @@ impl Hierarchy {
                 OsRng.fill_bytes(secret.as_mut());
                 let w = self
                     .with_recovery(|| Ok(self.kek_handle(&kek)?.wrap_secret(secret.as_ref())?))?;
-                let mut rec = KeyRecord::new(KeyKind::Secret, w.scheme);
+                let mut rec = KeyRecord::new(KeyKind::Secret, w.scheme.as_str());
                 rec.parent = Some(kek.id);
                 rec.label = Some(SECRET_LABEL.into());
                 rec.wrapped = Some(w.bytes);

@@ -91,7 +91,7 @@ impl Hierarchy {
         }
         let kek = self.choose_kek(kek)?;
         let w = self.with_recovery(|| Ok(self.kek_handle(&kek)?.wrap_secret(dek)?))?;
-        let mut rec = KeyRecord::new(KeyKind::Dek, w.scheme);
+        let mut rec = KeyRecord::new(KeyKind::Dek, w.scheme.as_str());
         rec.id = id;
         rec.parent = Some(kek.id);
         rec.purpose = Some(Purpose::Sharing);

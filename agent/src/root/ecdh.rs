@@ -24,8 +24,6 @@ use rand_core::OsRng;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
-/// Scheme name of KEKs wrapped this way.
-pub const SCHEME: &str = "ecdh-p256";
 /// HKDF info prefix (then the ephemeral and the root public key).
 pub const INFO: &[u8] = b"keyward ecdh-p256 kek-wrap v1";
 /// Uncompressed SEC1 P-256 point.

@@ -17,15 +17,12 @@
 //! may *wipe* a KEK it handed out ([`KekCell::wipe`]), e.g. when the card is removed: after that
 //! every use fails with `Locked`. This module must never log or return the KEK itself.
 
-use super::{Kek, RootError, Wrapped};
+use super::{Kek, RootError, Scheme, Wrapped};
 use keyward_envelope::aes256gcm;
 use rand_core::{OsRng, RngCore};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use zeroize::{Zeroize, Zeroizing};
-
-/// Scheme of DEKs wrapped under a KEK (RFC 5649).
-pub(crate) const KWP: &str = "aes-kwp";
 
 type Key = Zeroizing<[u8; 32]>;
 
@@ -180,7 +177,10 @@ impl Kek for MemoryKek {
                     detail: e.to_string(),
                 })
         })?;
-        Ok(Wrapped { scheme: KWP, bytes })
+        Ok(Wrapped {
+            scheme: Scheme::AesKwp,
+            bytes,
+        })
     }
 
     fn seal(&self, dek: &[u8], iv: &[u8; 12], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>, RootError> {
@@ -230,7 +230,10 @@ impl Kek for MemoryKek {
                     detail: e.to_string(),
                 })
         })?;
-        Ok(Wrapped { scheme: KWP, bytes })
+        Ok(Wrapped {
+            scheme: Scheme::AesKwp,
+            bytes,
+        })
     }
 }
 

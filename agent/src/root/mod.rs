@@ -6,11 +6,18 @@
 //! `init`, and never hold a PIN longer than they are unlocked.
 
 pub mod ecdh;
+#[cfg(any(test, feature = "testing"))]
+pub mod memory;
 pub(crate) mod memory_kek;
 pub mod pkcs11;
+mod scheme;
 pub mod soft;
 pub mod uri;
 pub mod yubikey;
+
+#[cfg(any(test, feature = "testing"))]
+pub use memory::MemoryRoot;
+pub use scheme::{Scheme, UnknownScheme};
 
 use keyward_proto::ops::RootKind;
 use keyward_proto::secret::Pin;
@@ -54,18 +61,45 @@ pub enum RootError {
     Ambiguous { op: &'static str, detail: String },
 }
 
+impl RootError {
+    /// The token, card or library failed in a way no other variant names.
+    pub fn token(op: &'static str, detail: impl Into<String>) -> RootError {
+        RootError::Token {
+            op,
+            detail: detail.into(),
+        }
+    }
+
+    /// Handles went stale: recover and retry.
+    pub fn stale(op: &'static str, detail: impl Into<String>) -> RootError {
+        RootError::Stale {
+            op,
+            detail: detail.into(),
+        }
+    }
+
+    /// The token or card is not there.
+    pub fn unavailable(op: &'static str, detail: impl Into<String>) -> RootError {
+        RootError::Unavailable {
+            op,
+            detail: detail.into(),
+        }
+    }
+}
+
 /// A key wrapped under its parent, with the scheme that wrapped it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wrapped {
-    pub scheme: &'static str,
+    pub scheme: Scheme,
     pub bytes: Vec<u8>,
 }
 
 /// What `init` made: the record the keystore keeps about the root.
 #[derive(Debug, Clone)]
 pub struct RootInit {
-    /// The root's scheme name in the keystore (`pkcs11-aes`, `pkcs11-ec-p256`, `yubikey-p256`).
-    pub scheme: &'static str,
+    /// The root's scheme in the keystore (`pkcs11-aes`, `pkcs11-ec-p256`, `yubikey-p256`,
+    /// `pbkdf2`).
+    pub scheme: Scheme,
     /// Where the root lives (a PKCS#11 URI naming the object), or how it is derived (soft).
     pub locator: String,
     /// A value that proves a PIN or passphrase right at unlock, for roots that need one.
@@ -97,33 +131,46 @@ pub trait Root: Send + Sync {
     fn generate_kek(&self) -> Result<Wrapped, RootError>;
     /// Unwrap a KEK for use (inside the token where possible).
     fn open_kek(&self, wrapped: &[u8]) -> Result<Box<dyn Kek>, RootError>;
-    /// Generate a P-256 keypair whose private key stays in the token (`--on-token`).
-    fn generate_token_keypair(&self, _label: &str) -> Result<TokenKeypair, RootError> {
-        Err(RootError::Unsupported {
-            op: "keypair.create --on-token",
-            detail: format!("a {} root keeps no keypairs; PKCS#11 roots do", self.kind()),
+    /// Keypairs whose private key stays on the root's token (`keypair create --on-token`), for
+    /// backends that keep them; `None` (the default) for the others.
+    fn token_keypairs(&self) -> Option<&dyn TokenKeypairs> {
+        None
+    }
+}
+
+impl dyn Root + '_ {
+    /// [`Root::token_keypairs`], or `Unsupported` (`invalid_args` on the wire) naming `op`.
+    pub fn require_token_keypairs(
+        &self,
+        op: &'static str,
+    ) -> Result<&dyn TokenKeypairs, RootError> {
+        self.token_keypairs().ok_or_else(|| RootError::Unsupported {
+            op,
+            detail: format!(
+                "a {} root keeps no keypairs on a token; PKCS#11 roots do",
+                self.kind()
+            ),
         })
     }
-    /// Destroy a token keypair's objects (private and public key).
-    fn token_delete(&self, _locator: &str) -> Result<(), RootError> {
-        Err(RootError::Unsupported {
-            op: "delete token key",
-            detail: format!("a {} root keeps no keypairs", self.kind()),
-        })
-    }
+}
+
+/// The optional capability of keeping P-256 keypairs on the token: the private key is generated
+/// there, signs there and never leaves (no HPKE: opening shares needs the scalar in memory).
+pub trait TokenKeypairs: Send + Sync {
+    /// Generate a keypair labelled `label`; its record keeps the returned locator and public key.
+    fn generate(&self, label: &str) -> Result<TokenKeypair, RootError>;
     /// ECDSA over a SHA-256 digest with a token keypair; returns raw r‖s.
-    fn token_sign(&self, _locator: &str, _digest: &[u8; 32]) -> Result<Vec<u8>, RootError> {
-        Err(RootError::Unsupported {
-            op: "sign with token key",
-            detail: format!("a {} root keeps no keypairs", self.kind()),
-        })
-    }
+    fn sign(&self, locator: &str, digest: &[u8; 32]) -> Result<Vec<u8>, RootError>;
+    /// Destroy a token keypair's objects (private and public key).
+    fn delete(&self, locator: &str) -> Result<(), RootError>;
 }
 
 /// A keypair generated inside a root's token.
 #[derive(Debug, Clone)]
 pub struct TokenKeypair {
-    /// A PKCS#11 URI naming the private key object.
+    /// The scheme its record carries ([`Scheme::is_token_keypair`]).
+    pub scheme: Scheme,
+    /// Where the private key is (a PKCS#11 URI naming the object).
     pub locator: String,
     pub public: p256::PublicKey,
 }

@@ -24,7 +24,9 @@
 use super::ecdh;
 use super::memory_kek::{random_key, MemoryKek};
 use super::uri::{encode, Pkcs11Uri};
-use super::{Kek, Root, RootError, RootInit, StoredRoot, TokenKeypair, Wrapped};
+use super::{
+    Kek, Root, RootError, RootInit, Scheme, StoredRoot, TokenKeypair, TokenKeypairs, Wrapped,
+};
 use crate::config::Pkcs11KeyType;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
@@ -42,12 +44,6 @@ use zeroize::Zeroizing;
 
 /// Default label of the root object when the URI names none.
 pub const DEFAULT_ROOT_LABEL: &str = "keyward-root";
-/// Scheme recorded for a PKCS#11 AES root.
-pub const ROOT_SCHEME: &str = "pkcs11-aes";
-/// Scheme recorded for a PKCS#11 EC (P-256) root.
-pub const EC_ROOT_SCHEME: &str = "pkcs11-ec-p256";
-/// Scheme of keys wrapped by CKM_AES_KEY_WRAP_PAD.
-pub const KWP: &str = "aes-kwp";
 /// DER of the P-256 (prime256v1) OID, for CKA_EC_PARAMS.
 const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 /// The query attribute of an EC root's locator that carries its public key (hex SEC1).
@@ -249,7 +245,10 @@ fn generate_wrapped(
     let bytes = session
         .wrap_key(&Mechanism::AesKeyWrapPad, wrapping_key, key.handle)
         .map_err(ck(op))?;
-    Ok(Wrapped { scheme: KWP, bytes })
+    Ok(Wrapped {
+        scheme: Scheme::AesKwp,
+        bytes,
+    })
 }
 
 /// The PKCS#11 root backend.
@@ -523,7 +522,7 @@ impl Pkcs11Root {
         *lock(&self.ec_public) = Some(pk);
         let info = conn.ctx.get_token_info(conn.slot).map_err(ck(op))?;
         Ok(RootInit {
-            scheme: EC_ROOT_SCHEME,
+            scheme: Scheme::Pkcs11EcP256,
             locator: format!(
                 "pkcs11:token={};serial={};object={};id={};type=private?{PUB_ATTR}{}",
                 encode(info.label().trim_end().as_bytes()),
@@ -713,7 +712,7 @@ impl Root for Pkcs11Root {
         *lock(&self.pin) = Some(pin.clone());
         let info = conn.ctx.get_token_info(conn.slot).map_err(ck(OP))?;
         Ok(RootInit {
-            scheme: ROOT_SCHEME,
+            scheme: Scheme::Pkcs11Aes,
             locator: format!(
                 "pkcs11:token={};serial={};object={};id={};type=secret-key",
                 encode(info.label().trim_end().as_bytes()),
@@ -781,7 +780,7 @@ impl Root for Pkcs11Root {
         if self.key_type == Pkcs11KeyType::Ec {
             let public = (*lock(&self.ec_public)).ok_or(RootError::Locked { op: OP })?;
             return Ok(Wrapped {
-                scheme: ecdh::SCHEME,
+                scheme: Scheme::EcdhP256,
                 bytes: ecdh::wrap(&public, &random_key())?,
             });
         }
@@ -813,21 +812,26 @@ impl Root for Pkcs11Root {
         Ok(Box::new(Pkcs11Kek { conn, handle }))
     }
 
-    fn generate_token_keypair(&self, label: &str) -> Result<TokenKeypair, RootError> {
+    fn token_keypairs(&self) -> Option<&dyn TokenKeypairs> {
+        Some(self)
+    }
+}
+
+impl TokenKeypairs for Pkcs11Root {
+    fn generate(&self, label: &str) -> Result<TokenKeypair, RootError> {
         self.generate_token_keypair_inner(label)
     }
 
-    fn token_sign(&self, locator: &str, digest: &[u8; 32]) -> Result<Vec<u8>, RootError> {
+    fn sign(&self, locator: &str, digest: &[u8; 32]) -> Result<Vec<u8>, RootError> {
         self.token_sign_inner(locator, digest)
     }
 
-    fn token_delete(&self, locator: &str) -> Result<(), RootError> {
+    fn delete(&self, locator: &str) -> Result<(), RootError> {
         self.token_delete_inner(locator)
     }
 }
 
 mod keypair;
-pub use keypair::TOKEN_KEYPAIR_SCHEME;
 
 /// A KEK unwrapped into a session object of the anchor session.
 struct Pkcs11Kek {
@@ -935,7 +939,10 @@ impl Kek for Pkcs11Kek {
             let bytes = s
                 .wrap_key(&Mechanism::AesKeyWrapPad, self.handle, key.handle)
                 .map_err(ck(OP))?;
-            Ok(Wrapped { scheme: KWP, bytes })
+            Ok(Wrapped {
+                scheme: Scheme::AesKwp,
+                bytes,
+            })
         })
     }
 }

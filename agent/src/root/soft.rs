@@ -12,14 +12,12 @@
 //! exists for machines without hardware. It must never store the passphrase or the MEK.
 
 use super::memory_kek::{random_key, MemoryKek};
-use super::{Kek, Root, RootError, RootInit, StoredRoot, Wrapped};
+use super::{Kek, Root, RootError, RootInit, Scheme, StoredRoot, Wrapped};
 use keyward_envelope::{aes256gcm, pbkdf2, EncryptedData, Serialized};
 use keyward_proto::secret::Pin;
 use std::sync::{Mutex, MutexGuard};
 use zeroize::Zeroizing;
 
-/// Scheme of the soft root and of KEKs wrapped under it.
-pub const SCHEME: &str = "pbkdf2";
 /// The least PBKDF2 count the agent accepts (OWASP 2023 for PBKDF2-HMAC-SHA256).
 pub const MIN_ITERATIONS: u32 = 600_000;
 const CHECK_AD: &str = "keyward:soft-root:check";
@@ -90,7 +88,7 @@ impl Root for SoftRoot {
         let locator = artefacts.to_string();
         *lock(&self.mek) = Some((mek, artefacts));
         Ok(RootInit {
-            scheme: SCHEME,
+            scheme: Scheme::Pbkdf2,
             locator,
             check: Some(check.into_bytes()),
         })
@@ -152,7 +150,7 @@ impl Root for SoftRoot {
         )
         .map_err(env_err(OP))?;
         Ok(Wrapped {
-            scheme: SCHEME,
+            scheme: Scheme::Pbkdf2,
             bytes: with_derivation.to_string().into_bytes(),
         })
     }

@@ -26,7 +26,7 @@
 
 use super::ecdh;
 use super::memory_kek::{random_key, Guard, KekCell, MemoryKek};
-use super::{Kek, Root, RootError, RootInit, StoredRoot, Wrapped};
+use super::{Kek, Root, RootError, RootInit, Scheme, StoredRoot, Wrapped};
 use keyward_proto::secret::Pin;
 use p256::PublicKey;
 use std::ffi::CString;
@@ -36,8 +36,6 @@ use yubikey::piv::{self, AlgorithmId, SlotId};
 use yubikey::{MgmKey, PinPolicy, Serial, TouchPolicy, YubiKey};
 use zeroize::Zeroizing;
 
-/// Scheme recorded for a YubiKey root.
-pub const ROOT_SCHEME: &str = "yubikey-p256";
 /// The default slot: 9d, "Key Management" (ECDH is what it is for).
 pub const DEFAULT_SLOT: u8 = 0x9d;
 
@@ -627,7 +625,7 @@ impl Root for YubiKeyRoot {
         st.root = Some(root);
         st.pin = Some(pin.clone());
         Ok(RootInit {
-            scheme: ROOT_SCHEME,
+            scheme: Scheme::YubiKeyP256,
             locator,
             check: None,
         })
@@ -700,7 +698,7 @@ impl Root for YubiKeyRoot {
         };
         let kek = random_key();
         Ok(Wrapped {
-            scheme: ecdh::SCHEME,
+            scheme: Scheme::EcdhP256,
             bytes: ecdh::wrap(&public, &kek)?,
         })
     }

@@ -20,9 +20,6 @@ fn key_id(locator: &str, op: &'static str) -> Result<Vec<u8>, RootError> {
         })
 }
 
-/// Scheme recorded for keypairs whose private key is a token object.
-pub const TOKEN_KEYPAIR_SCHEME: &str = "pkcs11-token";
-
 impl Pkcs11Root {
     pub(super) fn generate_token_keypair_inner(
         &self,
@@ -66,6 +63,7 @@ impl Pkcs11Root {
                 .map_err(ck(OP))?;
             let point = read_ec_point(s, pub_h, OP)?;
             Ok(TokenKeypair {
+                scheme: Scheme::Pkcs11Token,
                 locator: format!(
                     "pkcs11:object={};id={};type=private",
                     encode(label.as_bytes()),
