@@ -461,3 +461,7 @@ impl Hierarchy {
         })
     }
 }
+
+#[cfg(test)]
+#[path = "hierarchy_tests.rs"]
+mod tests;

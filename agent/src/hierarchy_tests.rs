@@ -1,0 +1,393 @@
+//! The hierarchy's policy, tested in-process on a [`MemoryRoot`] and a keystore in a temporary
+//! directory: no token, no socket. `cargo test -p keyward-agent --lib hierarchy` runs these.
+
+use super::*;
+use crate::config::UnlockPolicy;
+use crate::keystore::{KeyKind, KeyRecord, KeyState, Keystore, Purpose};
+use crate::root::memory::MemoryRoot;
+
+const PIN: &str = "right-pin-1234";
+
+struct Fixture {
+    h: Hierarchy,
+    root: MemoryRoot,
+    _dir: tempfile::TempDir,
+}
+
+fn pin(s: &str) -> Pin {
+    Pin::new(s)
+}
+
+/// A hierarchy with no wait between wrong PINs unless a test asks for one.
+fn policy(max_attempts: u32, free_attempts: u32, backoff_base_ms: u64) -> UnlockPolicy {
+    UnlockPolicy {
+        max_attempts,
+        free_attempts,
+        backoff_base_ms,
+        backoff_max_ms: 60_000,
+    }
+}
+
+fn fixture_with(root: MemoryRoot, policy: UnlockPolicy) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ks = Arc::new(Keystore::open(&dir.path().join("ks.db")).expect("keystore"));
+    let h = Hierarchy::new(ks, Box::new(root.clone()), policy);
+    Fixture { h, root, _dir: dir }
+}
+
+fn fixture() -> Fixture {
+    fixture_with(MemoryRoot::new(), policy(5, 10, 0))
+}
+
+/// Initialized and unlocked, with one KEK.
+fn ready() -> (Fixture, Uuid) {
+    let f = fixture();
+    f.h.init(&pin(PIN)).expect("init");
+    let kek = f.h.kek_create(Some("k".into())).expect("kek");
+    (f, kek)
+}
+
+fn dek(f: &Fixture, exportable: bool) -> String {
+    f.h.dek_create(None, Purpose::Personal, exportable, None)
+        .expect("dek")
+        .to_string()
+}
+
+#[test]
+fn hierarchy_wrong_pin_counts_and_tells_attempts_left() {
+    let f = fixture();
+    f.h.init(&pin(PIN)).unwrap();
+    f.h.lock().unwrap();
+    match f.h.unlock(&pin("wrong")) {
+        Err(AgentError::PinIncorrect { attempts_left, .. }) => assert_eq!(attempts_left, 4),
+        other => panic!("expected PinIncorrect, got {other:?}"),
+    }
+    match f.h.unlock(&pin("wrong")) {
+        Err(AgentError::PinIncorrect { attempts_left, .. }) => assert_eq!(attempts_left, 3),
+        other => panic!("expected PinIncorrect, got {other:?}"),
+    }
+    assert!(f.h.is_locked());
+}
+
+#[test]
+fn hierarchy_attempt_limit_refuses_even_the_right_pin_until_reset() {
+    let f = fixture_with(MemoryRoot::new(), policy(2, 10, 0));
+    f.h.init(&pin(PIN)).unwrap();
+    f.h.lock().unwrap();
+    assert!(matches!(
+        f.h.unlock(&pin("w1")),
+        Err(AgentError::PinIncorrect { .. })
+    ));
+    assert!(matches!(f.h.unlock(&pin("w2")), Err(AgentError::PinLocked)));
+    assert!(matches!(f.h.unlock(&pin(PIN)), Err(AgentError::PinLocked)));
+    assert!(f.h.is_locked());
+    f.h.reset_pin_attempts().unwrap();
+    f.h.unlock(&pin(PIN)).expect("unlock after reset");
+    assert!(!f.h.is_locked());
+}
+
+#[test]
+fn hierarchy_backoff_starts_after_the_free_attempts() {
+    let f = fixture_with(MemoryRoot::new(), policy(10, 1, 60_000));
+    f.h.init(&pin(PIN)).unwrap();
+    f.h.lock().unwrap();
+    // The first wrong PIN is free, and says what the next one will cost.
+    match f.h.unlock(&pin("wrong")) {
+        Err(AgentError::PinIncorrect { retry_after_ms, .. }) => {
+            assert_eq!(retry_after_ms, Some(60_000))
+        }
+        other => panic!("expected PinIncorrect, got {other:?}"),
+    }
+    // Within the back-off even the right PIN is not tried.
+    match f.h.unlock(&pin(PIN)) {
+        Err(AgentError::PinBackoff { retry_after_ms }) => {
+            assert!(retry_after_ms > 0 && retry_after_ms <= 60_000)
+        }
+        other => panic!("expected PinBackoff, got {other:?}"),
+    }
+    assert!(f.h.is_locked());
+}
+
+#[test]
+fn hierarchy_good_unlock_clears_the_counter() {
+    let f = fixture_with(MemoryRoot::new(), policy(3, 10, 0));
+    f.h.init(&pin(PIN)).unwrap();
+    f.h.lock().unwrap();
+    for _ in 0..2 {
+        assert!(f.h.unlock(&pin("wrong")).is_err());
+    }
+    f.h.unlock(&pin(PIN)).unwrap();
+    f.h.lock().unwrap();
+    // Two more wrong PINs are allowed again: the count restarted at zero.
+    match f.h.unlock(&pin("wrong")) {
+        Err(AgentError::PinIncorrect { attempts_left, .. }) => assert_eq!(attempts_left, 2),
+        other => panic!("expected PinIncorrect, got {other:?}"),
+    }
+}
+
+#[test]
+fn hierarchy_card_retries_bound_attempts_left_and_zero_locks() {
+    let f = fixture_with(MemoryRoot::with_card_retries(2), policy(10, 10, 0));
+    f.h.init(&pin(PIN)).unwrap();
+    f.h.lock().unwrap();
+    match f.h.unlock(&pin("wrong")) {
+        // The card has 1 retry left, the agent 9: the fewer is reported.
+        Err(AgentError::PinIncorrect { attempts_left, .. }) => assert_eq!(attempts_left, 1),
+        other => panic!("expected PinIncorrect, got {other:?}"),
+    }
+    match f.h.unlock(&pin("wrong")) {
+        Err(e) => assert_eq!(e.code(), keyward_proto::ErrorCode::PinLocked, "{e:?}"),
+        Ok(()) => panic!("a wrong PIN unlocked"),
+    }
+}
+
+#[test]
+fn hierarchy_init_never_makes_a_second_root_and_unlock_needs_one() {
+    let f = fixture();
+    assert!(matches!(
+        f.h.unlock(&pin(PIN)),
+        Err(AgentError::NotInitialized)
+    ));
+    assert!(!f.h.is_initialized().unwrap());
+    f.h.init(&pin(PIN)).unwrap();
+    assert!(f.h.is_initialized().unwrap());
+    assert!(matches!(
+        f.h.init(&pin(PIN)),
+        Err(AgentError::AlreadyInitialized)
+    ));
+}
+
+#[test]
+fn hierarchy_key_operations_refuse_while_locked_or_uninitialized() {
+    let f = fixture();
+    assert!(matches!(
+        f.h.kek_create(None),
+        Err(AgentError::NotInitialized)
+    ));
+    f.h.init(&pin(PIN)).unwrap();
+    f.h.kek_create(None).unwrap();
+    let d = dek(&f, false);
+    f.h.lock().unwrap();
+    match f.h.encrypt(&d, b"x") {
+        Err(AgentError::Locked { op }) => assert_eq!(op, "encrypt"),
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    assert!(matches!(
+        f.h.dek_create(None, Purpose::Personal, false, None),
+        Err(AgentError::Locked { .. })
+    ));
+}
+
+#[test]
+fn hierarchy_kek_choice_one_none_or_ambiguous() {
+    let f = fixture();
+    f.h.init(&pin(PIN)).unwrap();
+    assert!(matches!(
+        f.h.dek_create(None, Purpose::Personal, false, None),
+        Err(AgentError::NotFound { kind: "kek", .. })
+    ));
+    let k1 = f.h.kek_create(None).unwrap();
+    let d =
+        f.h.dek_create(None, Purpose::Personal, false, None)
+            .unwrap();
+    assert_eq!(f.h.ks.get(&d).unwrap().unwrap().parent, Some(k1));
+    let k2 = f.h.kek_create(None).unwrap();
+    assert!(matches!(
+        f.h.dek_create(None, Purpose::Personal, false, None),
+        Err(AgentError::Ambiguous(_))
+    ));
+    let d2 =
+        f.h.dek_create(Some(&k2.to_string()), Purpose::Sharing, false, None)
+            .unwrap();
+    let rec = f.h.ks.get(&d2).unwrap().unwrap();
+    assert_eq!(
+        (rec.parent, rec.purpose),
+        (Some(k2), Some(Purpose::Sharing))
+    );
+    assert!(matches!(
+        f.h.dek_create(Some("not-a-uuid"), Purpose::Personal, false, None),
+        Err(AgentError::NotFound { kind: "kek", .. })
+    ));
+}
+
+#[test]
+fn hierarchy_decrypt_finds_the_dek_from_the_ciphertext() {
+    let (f, _) = ready();
+    let (d1, d2) = (dek(&f, false), dek(&f, false));
+    let ct = f.h.encrypt(&d1, b"hello").unwrap();
+    assert_eq!(&f.h.decrypt(&ct, None).unwrap()[..], b"hello");
+    assert_eq!(&f.h.decrypt(&ct, Some(&d1)).unwrap()[..], b"hello");
+    // Naming another DEK than the ciphertext's is refused before any key is used.
+    match f.h.decrypt(&ct, Some(&d2)) {
+        Err(AgentError::DecryptFailed(m)) => assert!(m.contains(&d1), "{m}"),
+        other => panic!("expected DecryptFailed, got {other:?}"),
+    }
+    assert!(matches!(
+        f.h.decrypt("not cryppo", None),
+        Err(AgentError::DecryptFailed(_))
+    ));
+}
+
+#[test]
+fn hierarchy_foreign_ciphertext_needs_a_dek_and_then_decrypts() {
+    let (f, _) = ready();
+    let d = dek(&f, true);
+    let key = f.h.dek_export(&d).unwrap();
+    // A Cryppo string made outside the agent with the exported key names no Keyward DEK.
+    let key32: &[u8; 32] = key.as_slice().try_into().unwrap();
+    let foreign = keyward_envelope::aes256gcm::encrypt(key32, b"made elsewhere", "none").unwrap();
+    assert!(matches!(
+        f.h.decrypt(&foreign, None),
+        Err(AgentError::DecryptFailed(_))
+    ));
+    assert_eq!(
+        &f.h.decrypt(&foreign, Some(&d)).unwrap()[..],
+        b"made elsewhere"
+    );
+}
+
+#[test]
+fn hierarchy_export_only_for_exportable_deks() {
+    let (f, _) = ready();
+    let (plain, open) = (dek(&f, false), dek(&f, true));
+    assert!(matches!(
+        f.h.dek_export(&plain),
+        Err(AgentError::NotExportable { .. })
+    ));
+    let key = f.h.dek_export(&open).unwrap();
+    assert_eq!(key.len(), 32);
+    // The exported key is the one the agent encrypts with.
+    let ct = f.h.encrypt(&open, b"offline").unwrap();
+    let key32: &[u8; 32] = key.as_slice().try_into().unwrap();
+    let offline = keyward_envelope::aes256gcm::decrypt_with_key(&ct, key32).unwrap();
+    assert_eq!(&offline[..], b"offline");
+}
+
+#[test]
+fn hierarchy_revoked_deks_do_nothing_and_retired_deks_only_decrypt() {
+    let (f, kek) = ready();
+    let (retired, revoked) = (dek(&f, true), dek(&f, true));
+    let ct = f.h.encrypt(&retired, b"old data").unwrap();
+    let ct2 = f.h.encrypt(&revoked, b"gone").unwrap();
+    let mut successor = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+    successor.parent = Some(kek);
+    f.h.ks
+        .replace(
+            &Uuid::parse_str(&retired).unwrap(),
+            KeyState::Retired,
+            &successor,
+            None,
+        )
+        .unwrap();
+    f.h.ks
+        .replace(
+            &Uuid::parse_str(&revoked).unwrap(),
+            KeyState::Revoked,
+            &KeyRecord::new(KeyKind::Dek, "aes-kwp"),
+            None,
+        )
+        .unwrap();
+    // Retired: still decrypts what it encrypted, encrypts and exports nothing new.
+    assert_eq!(&f.h.decrypt(&ct, None).unwrap()[..], b"old data");
+    assert!(matches!(
+        f.h.encrypt(&retired, b"new"),
+        Err(AgentError::KeyInactive {
+            state: "retired",
+            ..
+        })
+    ));
+    assert!(matches!(
+        f.h.dek_export(&retired),
+        Err(AgentError::KeyInactive { .. })
+    ));
+    // Revoked: nothing at all.
+    for r in [
+        f.h.decrypt(&ct2, None).map(|_| ()),
+        f.h.encrypt(&revoked, b"x").map(|_| ()),
+    ] {
+        assert!(
+            matches!(
+                r,
+                Err(AgentError::KeyInactive {
+                    state: "revoked",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+}
+
+#[test]
+fn hierarchy_retired_kek_is_not_chosen() {
+    let (f, k1) = ready();
+    let k2 = f.h.kek_create(None).unwrap();
+    let mut successor = KeyRecord::new(KeyKind::Kek, "aes-kwp");
+    successor.parent = f.h.ks.get(&k1).unwrap().unwrap().parent;
+    f.h.ks
+        .replace(&k1, KeyState::Retired, &successor, None)
+        .unwrap();
+    // k1 retired; k2 and the successor are active: ambiguous, but naming k1 is refused.
+    assert!(matches!(
+        f.h.dek_create(Some(&k1.to_string()), Purpose::Personal, false, None),
+        Err(AgentError::KeyInactive { kind: "kek", .. })
+    ));
+    let d =
+        f.h.dek_create(Some(&k2.to_string()), Purpose::Personal, false, None)
+            .unwrap();
+    assert_eq!(f.h.ks.get(&d).unwrap().unwrap().parent, Some(k2));
+}
+
+#[test]
+fn hierarchy_stale_handles_recover_once_and_the_request_succeeds() {
+    let (f, _) = ready();
+    let d = dek(&f, false);
+    let ct = f.h.encrypt(&d, b"before").unwrap();
+    f.root.make_stale();
+    let ct2 = f.h.encrypt(&d, b"after").expect("recovered");
+    assert_eq!(f.root.recoveries(), 1);
+    assert_eq!(&f.h.decrypt(&ct, None).unwrap()[..], b"before");
+    assert_eq!(&f.h.decrypt(&ct2, None).unwrap()[..], b"after");
+}
+
+#[test]
+fn hierarchy_lock_drops_opened_keks_and_unlock_brings_them_back() {
+    let (f, _) = ready();
+    let d = dek(&f, false);
+    let ct = f.h.encrypt(&d, b"data").unwrap();
+    f.h.lock().unwrap();
+    assert!(crate::hierarchy::lock(&f.h.keks).is_empty());
+    assert!(matches!(
+        f.h.decrypt(&ct, None),
+        Err(AgentError::Locked { .. })
+    ));
+    f.h.unlock(&pin(PIN)).unwrap();
+    assert_eq!(&f.h.decrypt(&ct, None).unwrap()[..], b"data");
+}
+
+#[test]
+fn hierarchy_lost_root_is_never_recreated() {
+    let (f, _) = ready();
+    f.h.lock().unwrap();
+    f.root.remove_root();
+    let e = f.h.unlock(&pin(PIN)).unwrap_err();
+    assert!(
+        matches!(e, AgentError::Root(RootError::RootMissing { .. })),
+        "{e:?}"
+    );
+    assert!(matches!(
+        f.h.init(&pin(PIN)),
+        Err(AgentError::AlreadyInitialized)
+    ));
+}
+
+#[test]
+fn hierarchy_encrypt_refuses_more_than_one_request_holds() {
+    let (f, _) = ready();
+    let d = dek(&f, false);
+    let big = vec![0u8; keyward_proto::MAX_PLAINTEXT + 1];
+    assert!(matches!(
+        f.h.encrypt(&d, &big),
+        Err(AgentError::TooLarge(_))
+    ));
+}
