@@ -1,6 +1,6 @@
 //! The keystore: wrapped keys and their metadata, in SQLite.
 //!
-//! One row per key (root, KEK, DEK, keypair) with the fields DESIGN.md lists: id, kind, label,
+//! One row per key (root, KEK, DEK, keypair) with the fields ARCHITECTURE.md lists: id, kind, label,
 //! parent, scheme, wrapped bytes, public key, purpose, version, times and state. The file is opened
 //! with WAL and `synchronous=FULL`, so a write that returned is on disk; writes that replace keys
 //! run in transactions, so a crash leaves the old or the new state, never neither. The schema is
