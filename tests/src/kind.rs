@@ -72,7 +72,8 @@ macro_rules! __keyward_e2e_kinds {
 macro_rules! __keyward_root_kind_list {
     ([$($module:ident => $variant:ident),*] {}) => {
         impl $crate::RootKind {
-            /// The root kinds every generic scenario of [`keyward_e2e_tests!`] runs on, in the
+            /// The root kinds every generic scenario of
+            /// [`keyward_e2e_tests!`](crate::keyward_e2e_tests) runs on, in the
             /// order of their test modules (the card kinds need the card stack, and have their
             /// own tests).
             pub const E2E: &'static [$crate::RootKind] = &[$($crate::RootKind::$variant),*];

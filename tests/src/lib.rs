@@ -15,7 +15,7 @@
 //! - [`kind`]: the root kinds and the one list the generic scenarios run on;
 //! - [`token`]: setting up a root (SoftHSM2 token, soft root config, `[unlock]` policy);
 //! - [`vcard`]: the virtual PIV card and the EC root set-ups;
-//! - [`env`]: one test's environment ([`TestEnv`]) and where its files are;
+//! - [`env`](mod@env): one test's environment ([`TestEnv`]) and where its files are;
 //! - [`process`]: starting, stopping, killing and waiting for `keywardd`;
 //! - [`cli`]: running the `keyward` CLI;
 //! - [`client`]: the client library, common set-ups, error-code assertions;
