@@ -23,7 +23,7 @@ pub const FRESH_RETRIES: u32 = 3;
 pub const YKCS11: &str = "/usr/lib/x86_64-linux-gnu/libykcs11.so";
 
 fn script() -> PathBuf {
-    crate::repo_root().join("vcard-setup.sh")
+    crate::util::repo_root().join("vcard-setup.sh")
 }
 
 /// Run `vcard-setup.sh [--dir] ARGS`; returns its output whatever the status.
@@ -111,7 +111,7 @@ pub(crate) fn setup_ykcs11(dir: &Path) -> PathBuf {
 
 /// A SoftHSM token (as for [`crate::RootKind::Pkcs11`]) with an EC root: `key_type = "ec"`.
 pub(crate) fn setup_pkcs11_ec(dir: &Path) -> PathBuf {
-    let config = crate::setup_pkcs11(dir);
+    let config = crate::token::setup_pkcs11(dir);
     let text = std::fs::read_to_string(&config).expect("read config");
     assert!(
         text.contains("kind = \"pkcs11\"\n"),

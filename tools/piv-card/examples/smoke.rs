@@ -15,6 +15,8 @@
 //! WARNING: this generates new keys in slots 9a and 9d of the card it opens. It only
 //! opens the card with the given serial; never point it at a real YubiKey you care about.
 
+#![forbid(unsafe_code)]
+
 use std::{
     process::Command,
     time::{Duration, Instant},

@@ -67,6 +67,8 @@
 //! the process (SIGTERM/SIGINT/SIGKILL) is how tests "remove" the card: vpcd then
 //! reports the reader as empty.
 
+#![forbid(unsafe_code)]
+
 mod platform;
 
 use std::{
@@ -327,20 +329,8 @@ fn serve(stream: TcpStream, card: &mut Card<'_>) -> io::Result<()> {
 }
 
 fn set_quickack(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let one: libc::c_int = 1;
-    // SAFETY: valid socket fd, option value points to a c_int of the given size.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_QUICKACK,
-            &one as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        log::debug!("setsockopt(TCP_QUICKACK): {}", io::Error::last_os_error());
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_quickack(true) {
+        log::debug!("setsockopt(TCP_QUICKACK): {e}");
     }
 }
 
