@@ -121,10 +121,10 @@ pub enum Cause {
     Detail(String),
 }
 
-/// cryptoki's `Pkcs11` errors name their function already; other cryptoki errors do not.
+/// `C_Logout: CryptokiNotInitialized: <the CKR's description>`, or the call and cryptoki's text.
 fn pkcs11_text(call: &str, e: &cryptoki::error::Error) -> String {
     match e {
-        cryptoki::error::Error::Pkcs11(..) => e.to_string(),
+        cryptoki::error::Error::Pkcs11(rv, _) => format!("{call}: {rv:?}: {rv}"),
         other => format!("{call}: {other}"),
     }
 }
