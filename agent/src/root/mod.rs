@@ -4,6 +4,11 @@
 //! does this inside its hardware where it can: the PKCS#11 backend never lets KEK or non-exportable
 //! DEK material into agent memory. Backends must never create a root except from an explicit
 //! `init`, and never hold a PIN longer than they are unlocked.
+//!
+//! Backends are built in one place, [`from_config`]; everything above this module (hierarchy,
+//! keypairs, sharing, nodes) sees only the [`Root`], [`Kek`] and optional [`TokenKeypairs`]
+//! traits, [`Scheme`] and [`RootError`]. A test-only in-memory root, `MemoryRoot`, exists with
+//! the `testing` feature.
 
 pub mod ecdh;
 #[cfg(any(test, feature = "testing"))]
