@@ -12,12 +12,9 @@
 use keyward_agent::config::UnlockPolicy;
 use keyward_agent::hierarchy::Hierarchy;
 use keyward_agent::keystore::Keystore;
-use keyward_agent::root::pkcs11::Pkcs11Root;
-use keyward_agent::root::Root;
 use keyward_client::proto::ops::DekCreateArgs;
 use keyward_client::proto::secret::Pin;
 use keyward_client::BlockingClient;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -76,9 +73,10 @@ fn main() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = setup_token(tmp.path());
     let cfg = keyward_agent::config::Config::load(Path::new(&config)).expect("config");
-    let keyward_agent::config::RootConfig::Pkcs11 { uri, env, .. } = cfg.root.clone() else {
-        panic!("expected a pkcs11 config")
-    };
+    assert!(
+        matches!(cfg.root, keyward_agent::config::RootConfig::Pkcs11 { .. }),
+        "expected a pkcs11 config"
+    );
 
     // --- through the agent ----------------------------------------------------------------
     let sock = tmp.path().join("agent.sock");
@@ -142,7 +140,7 @@ fn main() {
         .get(&dek_rec.parent.expect("parent"))
         .expect("read")
         .expect("kek record");
-    let root = Pkcs11Root::new(&uri, &BTreeMap::<String, String>::from_iter(env)).expect("root");
+    let root = keyward_agent::root::from_config(&cfg.root).expect("root");
     root.unlock(&Pin::new(PIN), &Default::default())
         .expect("unlock");
     let kek = root
@@ -162,7 +160,7 @@ fn main() {
     drop(kek);
 
     // --- in-process through the hierarchy: keystore lookups, policy, Cryppo serialization ----
-    let h = Hierarchy::new(ks, Box::new(root), UnlockPolicy::default());
+    let h = Hierarchy::new(ks, root, UnlockPolicy::default());
     h.unlock(&Pin::new(PIN)).expect("unlock hierarchy");
     let hier_enc = |_t: usize| {
         h.encrypt(&dek, &pt).expect("encrypt");

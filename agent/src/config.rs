@@ -192,10 +192,6 @@ impl Config {
                         "management_key_hex is for key_type = \"ec\" roots only".into(),
                     ));
                 }
-                if let Some(k) = &management_key_hex {
-                    crate::root::yubikey::parse_management_key(k)
-                        .map_err(|e| invalid(e.to_string()))?;
-                }
                 if uri.contains("pin-value=") {
                     return Err(invalid(
                         "the PKCS#11 URI holds a pin-value: PINs never go in config files".into(),
@@ -222,11 +218,9 @@ impl Config {
                 }
             }
             soft @ RootConfig::Soft { .. } => soft,
-            yk @ RootConfig::YubiKey { .. } => {
-                crate::root::yubikey::options(&yk).map_err(|e| invalid(e.to_string()))?;
-                yk
-            }
+            yk @ RootConfig::YubiKey { .. } => yk,
         };
+        crate::root::check_config(&root).map_err(|e| invalid(e.to_string()))?;
         let u = raw.unlock;
         if u.max_attempts == 0 || u.free_attempts > u.max_attempts {
             return Err(invalid(

@@ -83,17 +83,7 @@ impl AgentError {
             AgentError::AlreadyExists(_) => ErrorCode::AlreadyExists,
             AgentError::WrongKey(_) => ErrorCode::WrongKey,
             AgentError::VerifyFailed(_) => ErrorCode::VerifyFailed,
-            AgentError::Root(r) => match r {
-                RootError::PinIncorrect { .. } => ErrorCode::PinIncorrect,
-                RootError::PinLocked { .. } => ErrorCode::PinLocked,
-                RootError::RootExists { .. } => ErrorCode::AlreadyInitialized,
-                RootError::Locked { .. } => ErrorCode::Locked,
-                RootError::Unavailable { .. } => ErrorCode::TokenUnavailable,
-                RootError::DecryptFailed { .. } => ErrorCode::DecryptFailed,
-                RootError::Unsupported { .. } => ErrorCode::InvalidArgs,
-                RootError::Ambiguous { .. } => ErrorCode::Ambiguous,
-                _ => ErrorCode::TokenError,
-            },
+            AgentError::Root(r) => r.code(),
             AgentError::Keystore(_) => ErrorCode::KeystoreError,
             AgentError::Internal(_) => ErrorCode::Internal,
         }

@@ -3,15 +3,10 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use keyward_agent::config::{Config, RootConfig};
+use keyward_agent::config::Config;
 use keyward_agent::hierarchy::Hierarchy;
 use keyward_agent::keystore::Keystore;
-use keyward_agent::root::pkcs11::Pkcs11Root;
-use keyward_agent::root::soft::SoftRoot;
-use keyward_agent::root::yubikey::YubiKeyRoot;
-use keyward_agent::root::Root;
 use keyward_agent::{hardening, server, service::Service};
-use keyward_proto::secret::Pin;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -74,36 +69,7 @@ fn start(cli: Cli) -> Result<(), String> {
     let path = config_path(&cli);
     let config = Config::load(&path).map_err(|e| e.to_string())?;
     let ks = Arc::new(Keystore::open(&config.keystore).map_err(|e| e.to_string())?);
-    let root: Box<dyn Root> = match &config.root {
-        RootConfig::Pkcs11 {
-            uri,
-            env,
-            key_type,
-            management_key_hex,
-        } => Box::new(
-            Pkcs11Root::with_key_type(
-                uri,
-                env,
-                *key_type,
-                management_key_hex.as_deref().map(Pin::new),
-            )
-            .map_err(|e| e.to_string())?,
-        ),
-        yk @ RootConfig::YubiKey { .. } => Box::new(
-            keyward_agent::root::yubikey::options(yk)
-                .and_then(YubiKeyRoot::new)
-                .map_err(|e| e.to_string())?,
-        ),
-        RootConfig::Soft { iterations } => {
-            Box::new(SoftRoot::new(*iterations).map_err(|e| e.to_string())?)
-        }
-        _ => {
-            return Err(format!(
-                "{}: this root kind is not built into this agent",
-                path.display()
-            ))
-        }
-    };
+    let root = keyward_agent::root::from_config(&config.root).map_err(|e| e.to_string())?;
     let h = Arc::new(Hierarchy::new(ks.clone(), root, config.unlock));
     if let Some(Command::ResetPinAttempts) = cli.command {
         h.reset_pin_attempts().map_err(|e| e.to_string())?;

@@ -43,10 +43,10 @@ fn wrapping_key(
     op: &'static str,
 ) -> Result<Zeroizing<[u8; 32]>, RootError> {
     if z.len() != 32 {
-        return Err(RootError::Token {
+        return Err(RootError::token(
             op,
-            detail: format!("ECDH returned {} bytes, not 32", z.len()),
-        });
+            format!("ECDH returned {} bytes, not 32", z.len()),
+        ));
     }
     let mut info = Vec::with_capacity(INFO.len() + 2 * POINT_LEN);
     info.extend_from_slice(INFO);
@@ -55,10 +55,7 @@ fn wrapping_key(
     let mut k = Zeroizing::new([0u8; 32]);
     Hkdf::<Sha256>::new(None, z)
         .expand(&info, k.as_mut())
-        .map_err(|_| RootError::Token {
-            op,
-            detail: "HKDF output length".into(),
-        })?;
+        .map_err(|_| RootError::token(op, "HKDF output length"))?;
     Ok(k)
 }
 
@@ -79,10 +76,7 @@ pub fn wrap_with(
     let k = wrapping_key(shared.raw_secret_bytes(), &eph, &sec1(root), OP)?;
     let w = aes_kw::KekAes256::from(*k)
         .wrap_vec(kek)
-        .map_err(|e| RootError::Token {
-            op: OP,
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| RootError::token(OP, e.to_string()))?;
     let mut out = eph;
     out.extend_from_slice(&w);
     Ok(out)
@@ -98,21 +92,21 @@ pub fn unwrap(
 ) -> Result<Zeroizing<[u8; 32]>, RootError> {
     const OP: &str = "unwrap KEK (ecdh-p256)";
     if stored.len() != POINT_LEN + WRAPPED_LEN {
-        return Err(RootError::Token {
-            op: OP,
-            detail: format!(
+        return Err(RootError::token(
+            OP,
+            format!(
                 "a wrapped KEK is {} bytes, not {}",
                 stored.len(),
                 POINT_LEN + WRAPPED_LEN
             ),
-        });
+        ));
     }
     let (eph, w) = stored.split_at(POINT_LEN);
     if eph[0] != 0x04 || PublicKey::from_sec1_bytes(eph).is_err() {
-        return Err(RootError::Token {
-            op: OP,
-            detail: "the ephemeral key is not an uncompressed P-256 point".into(),
-        });
+        return Err(RootError::token(
+            OP,
+            "the ephemeral key is not an uncompressed P-256 point",
+        ));
     }
     let z = ecdh(eph)?;
     let k = wrapping_key(&z, eph, &sec1(root), OP)?;
@@ -123,10 +117,7 @@ pub fn unwrap(
     );
     let mut out = Zeroizing::new([0u8; 32]);
     if kek.len() != 32 {
-        return Err(RootError::Token {
-            op: OP,
-            detail: "the unwrapped KEK is not 32 bytes".into(),
-        });
+        return Err(RootError::token(OP, "the unwrapped KEK is not 32 bytes"));
     }
     out.copy_from_slice(&kek);
     Ok(out)
@@ -137,10 +128,8 @@ pub fn software_ecdh(
     secret: &SecretKey,
     peer_sec1: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, RootError> {
-    let peer = PublicKey::from_sec1_bytes(peer_sec1).map_err(|_| RootError::Token {
-        op: "ECDH",
-        detail: "not a P-256 point".into(),
-    })?;
+    let peer = PublicKey::from_sec1_bytes(peer_sec1)
+        .map_err(|_| RootError::token("ECDH", "not a P-256 point"))?;
     let shared = p256::ecdh::diffie_hellman(secret.to_nonzero_scalar(), peer.as_affine());
     Ok(Zeroizing::new(shared.raw_secret_bytes().to_vec()))
 }

@@ -146,23 +146,13 @@ impl MemoryKek {
         let v = self.with_kw(op, |kw| {
             kw.unwrap_with_padding_vec(dek)
                 .map(Zeroizing::new)
-                .map_err(|_| RootError::Token {
-                    op,
-                    detail: "the wrapped DEK does not unwrap under its KEK".into(),
-                })
+                .map_err(|_| RootError::token(op, "the wrapped DEK does not unwrap under its KEK"))
         })?;
-        let k: [u8; 32] = v.as_slice().try_into().map_err(|_| RootError::Token {
-            op,
-            detail: "the unwrapped DEK is not 32 bytes".into(),
-        })?;
+        let k: [u8; 32] = v
+            .as_slice()
+            .try_into()
+            .map_err(|_| RootError::token(op, "the unwrapped DEK is not 32 bytes"))?;
         Ok(Zeroizing::new(k))
-    }
-}
-
-fn env_err(op: &'static str) -> impl Fn(keyward_envelope::Error) -> RootError {
-    move |e| RootError::Token {
-        op,
-        detail: e.to_string(),
     }
 }
 
@@ -172,10 +162,7 @@ impl Kek for MemoryKek {
         let dek = random_key();
         let bytes = self.with_kw(OP, |kw| {
             kw.wrap_with_padding_vec(dek.as_ref())
-                .map_err(|e| RootError::Token {
-                    op: OP,
-                    detail: e.to_string(),
-                })
+                .map_err(|e| RootError::token(OP, e.to_string()))
         })?;
         Ok(Wrapped {
             scheme: Scheme::AesKwp,
@@ -186,7 +173,8 @@ impl Kek for MemoryKek {
     fn seal(&self, dek: &[u8], iv: &[u8; 12], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>, RootError> {
         const OP: &str = "encrypt";
         let key = self.unwrap_dek(dek, OP)?;
-        let (mut ct, tag) = aes256gcm::seal(&key, iv, aad, pt).map_err(env_err(OP))?;
+        let (mut ct, tag) = aes256gcm::seal(&key, iv, aad, pt)
+            .map_err(|e| RootError::crypto(OP, "aes256gcm::seal", e))?;
         ct.extend_from_slice(&tag);
         Ok(ct)
     }
@@ -225,10 +213,7 @@ impl Kek for MemoryKek {
         }
         let bytes = self.with_kw(OP, |kw| {
             kw.wrap_with_padding_vec(secret)
-                .map_err(|e| RootError::Token {
-                    op: OP,
-                    detail: e.to_string(),
-                })
+                .map_err(|e| RootError::token(OP, e.to_string()))
         })?;
         Ok(Wrapped {
             scheme: Scheme::AesKwp,
@@ -261,12 +246,7 @@ mod tests {
             Err(RootError::Locked { .. })
         ));
 
-        let g: Guard = Arc::new(|op| {
-            Err(RootError::Unavailable {
-                op,
-                detail: "gone".into(),
-            })
-        });
+        let g: Guard = Arc::new(|op| Err(RootError::unavailable(op, "gone")));
         let k = MemoryKek::with_guard(&[7u8; 32], g);
         assert!(matches!(
             k.export_dek(&dek.bytes),

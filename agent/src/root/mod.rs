@@ -4,6 +4,11 @@
 //! does this inside its hardware where it can: the PKCS#11 backend never lets KEK or non-exportable
 //! DEK material into agent memory. Backends must never create a root except from an explicit
 //! `init`, and never hold a PIN longer than they are unlocked.
+//!
+//! Backends are built in one place, [`from_config`]; everything above this module (hierarchy,
+//! keypairs, sharing, nodes) sees only the [`Root`], [`Kek`] and optional [`TokenKeypairs`]
+//! traits, [`Scheme`] and [`RootError`]. A test-only in-memory root, `MemoryRoot`, exists with
+//! the `testing` feature.
 
 pub mod ecdh;
 #[cfg(any(test, feature = "testing"))]
@@ -19,12 +24,16 @@ pub mod yubikey;
 pub use memory::MemoryRoot;
 pub use scheme::{Scheme, UnknownScheme};
 
+use crate::config::{Pkcs11KeyType, RootConfig};
 use keyward_proto::ops::RootKind;
 use keyward_proto::secret::Pin;
+use keyward_proto::ErrorCode;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-/// Why a root operation failed. Each variant names the operation.
+/// Why a root operation failed. Each variant names the operation (`op`); a failure that came
+/// from a library keeps that library's error as its source ([`Cause`]), with the call that
+/// returned it. How each variant answers on the wire is [`RootError::code`].
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum RootError {
@@ -43,15 +52,29 @@ pub enum RootError {
     RootExists { op: &'static str },
     #[error("{op}: the root is locked")]
     Locked { op: &'static str },
-    #[error("{op}: the token is not available: {detail}")]
-    Unavailable { op: &'static str, detail: String },
+    /// The token, card or PC/SC service is not there (removed, not inserted, not running).
+    #[error("{op}: the token is not available: {cause}")]
+    Unavailable {
+        op: &'static str,
+        #[source]
+        cause: Cause,
+    },
     /// A session or object handle went stale (re-login, token reset): recover and retry.
-    #[error("{op}: token handles are stale: {detail}")]
-    Stale { op: &'static str, detail: String },
+    #[error("{op}: token handles are stale: {cause}")]
+    Stale {
+        op: &'static str,
+        #[source]
+        cause: Cause,
+    },
     #[error("{op}: authentication failed")]
     DecryptFailed { op: &'static str },
-    #[error("{op}: the token failed: {detail}")]
-    Token { op: &'static str, detail: String },
+    /// The token, card or a cryptographic library failed in a way no other variant names.
+    #[error("{op}: the token failed: {cause}")]
+    Token {
+        op: &'static str,
+        #[source]
+        cause: Cause,
+    },
     #[error("{op}: unsupported: {detail}")]
     Unsupported { op: &'static str, detail: String },
     #[error("configuration: {0}")]
@@ -61,29 +84,156 @@ pub enum RootError {
     Ambiguous { op: &'static str, detail: String },
 }
 
+/// What lies under an `Unavailable`, `Stale` or `Token` error: the library call that failed with
+/// the library's own error (kept as the `source`), or what the backend saw where no library
+/// error says it.
+///
+/// The library error's text is part of this `Display` too, because clients get an error as its
+/// `Display` text alone.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Cause {
+    /// A PKCS#11 call (`call`: the `C_` function) failed.
+    #[error("{}", pkcs11_text(call, source))]
+    Pkcs11 {
+        call: &'static str,
+        #[source]
+        source: cryptoki::error::Error,
+    },
+    /// A call of the `yubikey` crate (PIV on the card) failed.
+    #[error("{call}: {source}")]
+    Card {
+        call: &'static str,
+        #[source]
+        source: ::yubikey::Error,
+    },
+    /// A PC/SC call (to pcscd) failed.
+    #[error("PC/SC {call}: {source}")]
+    Pcsc {
+        call: &'static str,
+        #[source]
+        source: pcsc::Error,
+    },
+    /// A cryptographic operation in agent memory (Cryppo, AES-GCM, PBKDF2) failed.
+    #[error("{call}: {source}")]
+    Crypto {
+        call: &'static str,
+        #[source]
+        source: keyward_envelope::Error,
+    },
+    /// No library error: what the backend found (a missing attribute, a removed card, ...).
+    #[error("{0}")]
+    Detail(String),
+}
+
+/// `C_Logout: CryptokiNotInitialized: <the CKR's description>`, or the call and cryptoki's text.
+fn pkcs11_text(call: &str, e: &cryptoki::error::Error) -> String {
+    match e {
+        cryptoki::error::Error::Pkcs11(rv, _) => format!("{call}: {rv:?}: {rv}"),
+        other => format!("{call}: {other}"),
+    }
+}
+
 impl RootError {
-    /// The token, card or library failed in a way no other variant names.
+    /// `Token` with a [`Cause::Detail`]: the token, card or library failed in a way no library
+    /// error describes.
     pub fn token(op: &'static str, detail: impl Into<String>) -> RootError {
         RootError::Token {
             op,
-            detail: detail.into(),
+            cause: Cause::Detail(detail.into()),
         }
     }
 
-    /// Handles went stale: recover and retry.
+    /// `Stale` with a [`Cause::Detail`]: handles went stale; recover and retry.
     pub fn stale(op: &'static str, detail: impl Into<String>) -> RootError {
         RootError::Stale {
             op,
-            detail: detail.into(),
+            cause: Cause::Detail(detail.into()),
         }
     }
 
-    /// The token or card is not there.
+    /// `Unavailable` with a [`Cause::Detail`]: the token or card is not there.
     pub fn unavailable(op: &'static str, detail: impl Into<String>) -> RootError {
         RootError::Unavailable {
             op,
-            detail: detail.into(),
+            cause: Cause::Detail(detail.into()),
         }
+    }
+
+    /// A `Token` error from a cryptographic operation in agent memory.
+    pub fn crypto(
+        op: &'static str,
+        call: &'static str,
+        source: keyward_envelope::Error,
+    ) -> RootError {
+        RootError::Token {
+            op,
+            cause: Cause::Crypto { call, source },
+        }
+    }
+
+    /// The wire error code. Every variant is listed (no catch-all): a new variant must be
+    /// given its code here.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            RootError::PinIncorrect { .. } => ErrorCode::PinIncorrect,
+            RootError::PinLocked { .. } => ErrorCode::PinLocked,
+            RootError::RootMissing { .. } => ErrorCode::TokenError,
+            RootError::RootExists { .. } => ErrorCode::AlreadyInitialized,
+            RootError::Locked { .. } => ErrorCode::Locked,
+            RootError::Unavailable { .. } => ErrorCode::TokenUnavailable,
+            RootError::Stale { .. } => ErrorCode::TokenError,
+            RootError::DecryptFailed { .. } => ErrorCode::DecryptFailed,
+            RootError::Token { .. } => ErrorCode::TokenError,
+            RootError::Unsupported { .. } => ErrorCode::InvalidArgs,
+            RootError::Config(_) => ErrorCode::TokenError,
+            RootError::Ambiguous { .. } => ErrorCode::Ambiguous,
+        }
+    }
+}
+
+/// Build the root backend a configuration names: the one place that knows every backend.
+/// PKCS#11 backends load their module and look for the token now (a missing token is not an
+/// error until it is used); the others touch no hardware here.
+pub fn from_config(cfg: &RootConfig) -> Result<Box<dyn Root>, RootError> {
+    Ok(match cfg {
+        RootConfig::Pkcs11 {
+            uri,
+            env,
+            key_type: Pkcs11KeyType::Aes,
+            ..
+        } => Box::new(pkcs11::Pkcs11AesRoot::new(uri, env)?),
+        RootConfig::Pkcs11 {
+            uri,
+            env,
+            key_type: Pkcs11KeyType::Ec,
+            management_key_hex,
+        } => Box::new(pkcs11::Pkcs11EcRoot::new(
+            uri,
+            env,
+            management_key_hex.as_deref().map(Pin::new),
+        )?),
+        yk @ RootConfig::YubiKey { .. } => {
+            Box::new(yubikey::YubiKeyRoot::new(yubikey::options(yk)?)?)
+        }
+        RootConfig::Soft { iterations } => Box::new(soft::SoftRoot::new(*iterations)?),
+    })
+}
+
+/// Check the backend-specific values of a configuration (slot names, policies, key formats)
+/// without building the backend or touching hardware.
+pub fn check_config(cfg: &RootConfig) -> Result<(), RootError> {
+    match cfg {
+        RootConfig::Pkcs11 {
+            management_key_hex, ..
+        } => {
+            if let Some(k) = management_key_hex {
+                yubikey::parse_management_key(k)?;
+            }
+            Ok(())
+        }
+        yk @ RootConfig::YubiKey { .. } => yubikey::options(yk).map(|_| ()),
+        RootConfig::Soft { .. } => Ok(()),
     }
 }
 

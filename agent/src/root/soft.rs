@@ -30,11 +30,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn env_err(op: &'static str) -> impl Fn(keyward_envelope::Error) -> RootError {
-    move |e| RootError::Token {
-        op,
-        detail: e.to_string(),
-    }
+fn env_err(op: &'static str, call: &'static str) -> impl Fn(keyward_envelope::Error) -> RootError {
+    move |e| RootError::crypto(op, call, e)
 }
 
 /// The passphrase root backend.
@@ -82,9 +79,10 @@ impl Root for SoftRoot {
 
     fn init(&self, pin: &Pin) -> Result<RootInit, RootError> {
         const OP: &str = "init soft root";
-        let (mek, artefacts) =
-            pbkdf2::derive_new_key(pin.expose(), self.iterations).map_err(env_err(OP))?;
-        let check = aes256gcm::encrypt(&mek, CHECK_PLAINTEXT, CHECK_AD).map_err(env_err(OP))?;
+        let (mek, artefacts) = pbkdf2::derive_new_key(pin.expose(), self.iterations)
+            .map_err(env_err(OP, "pbkdf2::derive_new_key"))?;
+        let check = aes256gcm::encrypt(&mek, CHECK_PLAINTEXT, CHECK_AD)
+            .map_err(env_err(OP, "aes256gcm::encrypt"))?;
         let locator = artefacts.to_string();
         *lock(&self.mek) = Some((mek, artefacts));
         Ok(RootInit {
@@ -96,10 +94,8 @@ impl Root for SoftRoot {
 
     fn unlock(&self, pin: &Pin, stored: &StoredRoot) -> Result<(), RootError> {
         const OP: &str = "unlock soft root";
-        let corrupt = |what: &str| RootError::Token {
-            op: OP,
-            detail: format!("the root record's {what} is unreadable"),
-        };
+        let corrupt =
+            |what: &str| RootError::token(OP, format!("the root record's {what} is unreadable"));
         let artefacts = match stored.locator.as_deref().map(Serialized::parse) {
             Some(Ok(Serialized::DerivedKey(a))) => a,
             _ => return Err(corrupt("derivation artefacts")),
@@ -109,7 +105,8 @@ impl Root for SoftRoot {
             .as_deref()
             .and_then(|c| std::str::from_utf8(c).ok())
             .ok_or_else(|| corrupt("check value"))?;
-        let mek = pbkdf2::derive_key_from(pin.expose(), &artefacts).map_err(env_err(OP))?;
+        let mek = pbkdf2::derive_key_from(pin.expose(), &artefacts)
+            .map_err(env_err(OP, "pbkdf2::derive_key_from"))?;
         match aes256gcm::decrypt_with_key(check, &mek) {
             Ok(pt) if pt.as_slice() == CHECK_PLAINTEXT => {}
             _ => {
@@ -141,14 +138,15 @@ impl Root for SoftRoot {
         const OP: &str = "generate KEK";
         let (mek, artefacts) = self.mek(OP)?;
         let kek = random_key();
-        let data = aes256gcm::encrypt_data(&mek, kek.as_ref(), KEK_AD).map_err(env_err(OP))?;
+        let data = aes256gcm::encrypt_data(&mek, kek.as_ref(), KEK_AD)
+            .map_err(env_err(OP, "aes256gcm::encrypt_data"))?;
         let with_derivation = EncryptedData::new(
             data.strategy(),
             data.ciphertext().to_vec(),
             data.artefacts().clone(),
             Some(artefacts),
         )
-        .map_err(env_err(OP))?;
+        .map_err(env_err(OP, "EncryptedData::new"))?;
         Ok(Wrapped {
             scheme: Scheme::Pbkdf2,
             bytes: with_derivation.to_string().into_bytes(),
@@ -158,16 +156,14 @@ impl Root for SoftRoot {
     fn open_kek(&self, wrapped: &[u8]) -> Result<Box<dyn Kek>, RootError> {
         const OP: &str = "unwrap KEK";
         let (mek, _) = self.mek(OP)?;
-        let text = std::str::from_utf8(wrapped).map_err(|_| RootError::Token {
-            op: OP,
-            detail: "the wrapped KEK is not a Cryppo string".into(),
-        })?;
+        let text = std::str::from_utf8(wrapped)
+            .map_err(|_| RootError::token(OP, "the wrapped KEK is not a Cryppo string"))?;
         let pt = aes256gcm::decrypt_with_key(text, &mek)
             .map_err(|_| RootError::DecryptFailed { op: OP })?;
-        let key: [u8; 32] = pt.as_slice().try_into().map_err(|_| RootError::Token {
-            op: OP,
-            detail: "the unwrapped KEK is not 32 bytes".into(),
-        })?;
+        let key: [u8; 32] = pt
+            .as_slice()
+            .try_into()
+            .map_err(|_| RootError::token(OP, "the unwrapped KEK is not 32 bytes"))?;
         let key = Zeroizing::new(key);
         Ok(Box::new(MemoryKek::new(&key)))
     }

@@ -4,33 +4,32 @@
 //! CKM_ECDSA_SHA256) and never exists outside the token. It cannot open HPKE shares or messages:
 //! the `hpke` crate needs the scalar. This module must never create a key with EXTRACTABLE=true.
 
-use super::*;
+use super::conn::{read_ec_point, Connection, P256_PARAMS};
+use super::error::ck;
+use crate::root::uri::{encode, Pkcs11Uri};
+use crate::root::{RootError, Scheme, TokenKeypair, TokenKeypairs};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, KeyType, ObjectClass};
 
 /// The CKA_ID a token keypair's locator names.
 fn key_id(locator: &str, op: &'static str) -> Result<Vec<u8>, RootError> {
-    let uri = Pkcs11Uri::parse(locator).map_err(|e| RootError::Token {
-        op,
-        detail: format!("bad key locator: {e}"),
-    })?;
+    let uri = Pkcs11Uri::parse(locator)
+        .map_err(|e| RootError::token(op, format!("bad key locator: {e}")))?;
     uri.id()
         .map(<[u8]>::to_vec)
-        .ok_or_else(|| RootError::Token {
-            op,
-            detail: "the key locator has no id".into(),
-        })
+        .ok_or_else(|| RootError::token(op, "the key locator has no id"))
 }
 
-impl Pkcs11Root {
-    pub(super) fn generate_token_keypair_inner(
-        &self,
-        label: &str,
-    ) -> Result<TokenKeypair, RootError> {
+/// Both PKCS#11 roots keep token keypairs, on the token the root is on (logged in: unlocked).
+impl TokenKeypairs for Connection {
+    fn generate(&self, label: &str) -> Result<TokenKeypair, RootError> {
         const OP: &str = "generate token keypair";
-        let conn = self.conn(OP)?;
+        let conn = self.sessions(OP)?;
         conn.root_handle(OP)?;
         conn.with_session(OP, |s| {
             let mut id = vec![0u8; 16];
-            s.generate_random_slice(&mut id).map_err(ck(OP))?;
+            s.generate_random_slice(&mut id)
+                .map_err(ck(OP, "C_GenerateRandom"))?;
             let public = [
                 Attribute::Class(ObjectClass::PUBLIC_KEY),
                 Attribute::KeyType(KeyType::EC),
@@ -60,7 +59,7 @@ impl Pkcs11Root {
             ];
             let (pub_h, _) = s
                 .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
-                .map_err(ck(OP))?;
+                .map_err(ck(OP, "C_GenerateKeyPair"))?;
             let point = read_ec_point(s, pub_h, OP)?;
             Ok(TokenKeypair {
                 scheme: Scheme::Pkcs11Token,
@@ -75,10 +74,10 @@ impl Pkcs11Root {
     }
 
     /// Destroy every token object with the keypair's CKA_ID (its private and public key).
-    pub(super) fn token_delete_inner(&self, locator: &str) -> Result<(), RootError> {
+    fn delete(&self, locator: &str) -> Result<(), RootError> {
         const OP: &str = "delete token key";
         let id = key_id(locator, OP)?;
-        let conn = self.conn(OP)?;
+        let conn = self.sessions(OP)?;
         conn.root_handle(OP)?;
         conn.with_session(OP, |s| {
             for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
@@ -89,23 +88,19 @@ impl Pkcs11Root {
                         Attribute::Token(true),
                         Attribute::Id(id.clone()),
                     ])
-                    .map_err(ck(OP))?;
+                    .map_err(ck(OP, "C_FindObjects"))?;
                 for h in found {
-                    s.destroy_object(h).map_err(ck(OP))?;
+                    s.destroy_object(h).map_err(ck(OP, "C_DestroyObject"))?;
                 }
             }
             Ok(())
         })
     }
 
-    pub(super) fn token_sign_inner(
-        &self,
-        locator: &str,
-        digest: &[u8; 32],
-    ) -> Result<Vec<u8>, RootError> {
+    fn sign(&self, locator: &str, digest: &[u8; 32]) -> Result<Vec<u8>, RootError> {
         const OP: &str = "sign with token key";
         let id = key_id(locator, OP)?;
-        let conn = self.conn(OP)?;
+        let conn = self.sessions(OP)?;
         conn.root_handle(OP)?;
         conn.with_session(OP, |s| {
             let found = s
@@ -115,14 +110,15 @@ impl Pkcs11Root {
                     Attribute::Token(true),
                     Attribute::Id(id.clone()),
                 ])
-                .map_err(ck(OP))?;
+                .map_err(ck(OP, "C_FindObjects"))?;
             let [h] = found.as_slice() else {
-                return Err(RootError::Token {
-                    op: OP,
-                    detail: format!("{} token objects match the key (want 1)", found.len()),
-                });
+                return Err(RootError::token(
+                    OP,
+                    format!("{} token objects match the key (want 1)", found.len()),
+                ));
             };
-            s.sign(&Mechanism::Ecdsa, *h, digest).map_err(ck(OP))
+            s.sign(&Mechanism::Ecdsa, *h, digest)
+                .map_err(ck(OP, "C_Sign"))
         })
     }
 }

@@ -1,0 +1,25 @@
+//! The PKCS#11 roots: a root key inside a token (HSM, smartcard, SoftHSM), reached through its
+//! module and selected by an RFC 7512 URI.
+//!
+//! Two root types share one [`conn::Connection`] (module, slot, login, sessions, recovery):
+//! - [`Pkcs11AesRoot`] (`key_type = "aes"`, scheme `pkcs11-aes`): an AES-256 root that wraps KEKs
+//!   with CKM_AES_KEY_WRAP_PAD (`aes-kwp`); KEKs ([`kek`]) and DEKs stay inside the token;
+//! - [`Pkcs11EcRoot`] (`key_type = "ec"`, scheme `pkcs11-ec-p256`): a P-256 key pair for tokens
+//!   without AES key wrap; KEKs are `ecdh-p256` and live in agent memory while unlocked.
+//!
+//! Both keep token keypairs ([`keypair`], `keypair create --on-token`). How CKR values become
+//! root errors is [`error`]. This module must never create a root anywhere but in `init`, and
+//! never keep the PIN after `lock`.
+
+mod aes;
+mod conn;
+mod ec;
+mod error;
+mod kek;
+mod keypair;
+
+pub use aes::Pkcs11AesRoot;
+pub use ec::Pkcs11EcRoot;
+
+/// Default label of the root object when the URI names none.
+pub const DEFAULT_ROOT_LABEL: &str = "keyward-root";

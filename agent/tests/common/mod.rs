@@ -1,0 +1,179 @@
+//! What the agent's integration tests share: a SoftHSM directory with two initialized tokens
+//! (made by the repo's `softhsm-setup.sh`), configs for roots on them, and the virtual PIV card
+//! of `vcard-setup.sh`.
+//!
+//! Nothing here skips: a missing SoftHSM or card stack fails the test saying how to get it.
+//! One SoftHSM directory per test process: the library reads its config once per process.
+#![allow(dead_code)] // Each test binary uses a part.
+
+use keyward_agent::config::Config;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+/// The user PIN of the test tokens.
+pub const PIN: &str = "conformance-1234";
+/// The virtual card's serial and fresh PIN (vcard-setup.sh's defaults).
+pub const CARD_SERIAL: u32 = 5_437_251;
+pub const CARD_PIN: &str = "123456";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the agent crate is inside the repository")
+        .to_path_buf()
+}
+
+fn softhsm_module() -> Option<PathBuf> {
+    let candidates = [
+        "/usr/lib/softhsm/libsofthsm2.so",
+        "/usr/local/lib/softhsm/libsofthsm2.so",
+    ];
+    candidates
+        .iter()
+        .map(PathBuf::from)
+        .chain(
+            std::fs::read_dir("/usr/lib")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path().join("softhsm/libsofthsm2.so")),
+        )
+        .find(|p| p.exists())
+}
+
+/// Fail (never skip) when SoftHSM2 is not installed.
+pub fn require_softhsm() -> PathBuf {
+    let util = Command::new("softhsm2-util")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    match softhsm_module() {
+        Some(m) if util => m,
+        _ => panic!(
+            "SoftHSM2 is not installed (softhsm2-util and libsofthsm2.so are needed): \
+             run `./softhsm-setup.sh --install-only` (test.sh does)"
+        ),
+    }
+}
+
+/// A SoftHSM directory with tokens `keyward` and `keyward-ec`, and the config
+/// `softhsm-setup.sh` wrote for the first.
+pub struct Tokens {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+    pub config_text: String,
+}
+
+/// The process's SoftHSM tokens, made on first use.
+pub fn tokens() -> &'static Tokens {
+    static TOKENS: OnceLock<Tokens> = OnceLock::new();
+    TOKENS.get_or_init(|| {
+        require_softhsm();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().to_path_buf();
+        let out = Command::new("bash")
+            .arg(repo_root().join("softhsm-setup.sh"))
+            .arg("--dir")
+            .arg(&path)
+            .env("KEYWARD_DEV_PIN", PIN)
+            .env("KEYWARD_DEV_SO_PIN", "conformance-so-1234")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running softhsm-setup.sh");
+        assert!(
+            out.status.success(),
+            "softhsm-setup.sh failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", "keyward-ec"])
+            .args(["--so-pin", "conformance-so-1234", "--pin", PIN])
+            .env("SOFTHSM2_CONF", path.join("softhsm2.conf"))
+            .output()
+            .expect("running softhsm2-util");
+        assert!(
+            out.status.success(),
+            "softhsm2-util --init-token failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config_text =
+            std::fs::read_to_string(path.join("keyward.toml")).expect("read keyward.toml");
+        Tokens {
+            _dir: dir,
+            path,
+            config_text,
+        }
+    })
+}
+
+fn parse(t: &Tokens, text: &str) -> Config {
+    Config::parse(text, &t.path.join("keyward.toml")).expect("parse the test config")
+}
+
+/// An AES root on token `keyward`.
+pub fn pkcs11_aes_config() -> Config {
+    let t = tokens();
+    parse(t, &t.config_text)
+}
+
+/// An EC root on token `keyward-ec`.
+pub fn pkcs11_ec_config() -> Config {
+    let t = tokens();
+    assert!(
+        t.config_text.contains("kind = \"pkcs11\"\n") && t.config_text.contains("token=keyward;")
+    );
+    let text = t
+        .config_text
+        .replacen(
+            "kind = \"pkcs11\"\n",
+            "kind = \"pkcs11\"\nkey_type = \"ec\"\n",
+            1,
+        )
+        .replacen("token=keyward;", "token=keyward-ec;", 1);
+    parse(t, &text)
+}
+
+/// Run `vcard-setup.sh ARGS` (with `--dir $KEYWARD_VCARD_DIR` when set).
+fn vcard(args: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("vcard-setup.sh"));
+    if let Some(dir) = std::env::var_os("KEYWARD_VCARD_DIR").filter(|d| !d.is_empty()) {
+        cmd.arg("--dir").arg(dir);
+    }
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running vcard-setup.sh")
+}
+
+/// A blank virtual card in the reader, or a failure saying how to start the stack.
+pub fn fresh_card() {
+    let out = vcard(&["status"]);
+    assert!(
+        out.status.success(),
+        "the virtual card stack is not running: run `./vcard-setup.sh start` first (test.sh does).\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = vcard(&["--fresh", "card-start"]);
+    assert!(
+        out.status.success(),
+        "vcard-setup.sh --fresh card-start failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A YubiKey root on the virtual card.
+pub fn yubikey_config() -> Config {
+    Config::parse(
+        &format!("[root]\nkind = \"yubikey\"\nserial = {CARD_SERIAL}\nslot = \"9d\"\n"),
+        Path::new("/nonexistent/keyward.toml"),
+    )
+    .expect("parse the yubikey config")
+}
