@@ -390,6 +390,11 @@ impl Hierarchy {
                     ))
                 }
             };
+            for r in [kek, secret] {
+                if r.wrapped.is_none() {
+                    return Err(tampered(r.id.to_string(), "it has no wrapped key"));
+                }
+            }
             let unwrap_failed = |id: Uuid| {
                 move |e: RootError| match e {
                     RootError::DecryptFailed { .. } | RootError::Token { .. } => {

@@ -1383,7 +1383,7 @@ mod tests {
         ));
         let integrity = KeyRecord::new(KeyKind::Integrity, "aes-kwp");
         assert_eq!(
-            ks.install_integrity(&[integrity.clone()], true, &[META_UPGRADE])
+            ks.install_integrity(std::slice::from_ref(&integrity), true, &[META_UPGRADE])
                 .unwrap(),
             3
         );
