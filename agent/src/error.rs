@@ -57,10 +57,23 @@ pub enum AgentError {
     VerifyFailed(String),
     #[error(transparent)]
     Root(#[from] RootError),
+    /// A keystore record (or the stored PIN counter) was changed outside the agent: its MAC
+    /// under the keystore integrity key is missing or wrong.
+    #[error("keystore record {id} was modified outside the agent ({what}): refusing to use it; restore the keystore from a backup")]
+    KeystoreTampered { id: String, what: String },
     #[error(transparent)]
-    Keystore(#[from] KeystoreError),
+    Keystore(KeystoreError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<KeystoreError> for AgentError {
+    fn from(e: KeystoreError) -> Self {
+        match e {
+            KeystoreError::Tampered { id, what } => AgentError::KeystoreTampered { id, what },
+            e => AgentError::Keystore(e),
+        }
+    }
 }
 
 impl AgentError {
@@ -84,6 +97,7 @@ impl AgentError {
             AgentError::WrongKey(_) => ErrorCode::WrongKey,
             AgentError::VerifyFailed(_) => ErrorCode::VerifyFailed,
             AgentError::Root(r) => r.code(),
+            AgentError::KeystoreTampered { .. } => ErrorCode::KeystoreTampered,
             AgentError::Keystore(_) => ErrorCode::KeystoreError,
             AgentError::Internal(_) => ErrorCode::Internal,
         }

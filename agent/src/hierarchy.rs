@@ -8,11 +8,13 @@
 
 use crate::config::UnlockPolicy;
 use crate::error::AgentError;
-use crate::keystore::{KeyKind, KeyRecord, KeyState, Keystore, Purpose};
+use crate::keystore::{Encoder, KeyKind, KeyRecord, KeyState, Keystore, Purpose};
 use crate::root::{Kek, Root, RootError, StoredRoot};
+use hmac::{Hmac, Mac};
 use keyward_envelope::{Artefacts, EncryptedData, EncryptionStrategy, Serialized};
 use keyward_proto::secret::Pin;
 use rand_core::{OsRng, RngCore};
+use sha2::Sha256;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
@@ -23,6 +25,66 @@ pub const AD_PREFIX: &str = "keyward:dek:";
 
 const META_FAILURES: &str = "pin_failures";
 const META_LAST_FAILURE: &str = "pin_last_failure_ms";
+/// HMAC of the two above under the keystore MAC key, when they were written while unlocked.
+const META_FAILURES_MAC: &str = "pin_failures_mac";
+/// Set before `init` makes a root, cleared when the keystore has recorded it (finding 6).
+const META_INIT_PENDING: &str = "init_pending";
+
+/// Test hook (debug builds only): `KEYWARD_TEST_CRASH_AFTER=<point>` aborts the process there,
+/// as a `kill -9` would. Release builds compile it to nothing.
+fn crash_point(point: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var_os("KEYWARD_TEST_CRASH_AFTER").is_some_and(|v| v == point) {
+        tracing::error!(point, "KEYWARD_TEST_CRASH_AFTER: aborting");
+        std::process::abort();
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = point;
+}
+
+fn hmac(key: &[u8], parts: &[&[u8]]) -> Option<Zeroizing<[u8; 32]>> {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
+    for p in parts {
+        m.update(p);
+    }
+    Some(Zeroizing::new(m.finalize().into_bytes().into()))
+}
+
+/// A fixed 32-byte value that the agent wraps under the integrity KEK to bind the MAC key to
+/// that KEK (see `derive_mac_key`). It must never be wrapped under any other KEK: share import
+/// refuses it.
+pub(crate) fn integrity_binding() -> [u8; 32] {
+    use sha2::Digest;
+    Sha256::digest(b"keyward/keystore/integrity-binding/v4").into()
+}
+
+fn counter_body(n: &str, last: &str) -> Vec<u8> {
+    let mut e = Encoder::new("keyward/keystore/pin-counter/v4");
+    e.text(Some(n)).text(Some(last));
+    e.finish()
+}
+
+/// What the agent keeps of the PIN it was unlocked with, to check a PIN sent while unlocked
+/// without asking the token (which logs out on a wrong one): HMAC-SHA256 under a random salt.
+struct PinTag {
+    salt: [u8; 32],
+    tag: Zeroizing<[u8; 32]>,
+}
+
+impl PinTag {
+    fn new(pin: &Pin) -> Option<PinTag> {
+        let mut salt = [0u8; 32];
+        OsRng.fill_bytes(&mut salt);
+        let tag = hmac(&salt, &[pin.expose().as_bytes()])?;
+        Some(PinTag { salt, tag })
+    }
+
+    fn matches(&self, pin: &Pin) -> bool {
+        use subtle::ConstantTimeEq;
+        hmac(&self.salt, &[pin.expose().as_bytes()])
+            .is_some_and(|t| bool::from(t.as_ref().ct_eq(self.tag.as_ref())))
+    }
+}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -46,6 +108,12 @@ pub struct Hierarchy {
     root_rec: std::sync::OnceLock<KeyRecord>,
     /// Serialises init/unlock so the attempt counter cannot be raced.
     pin_gate: Mutex<()>,
+    /// The highest (failures, last failure ms) this process has seen: the stored counter can be
+    /// edited by others, so it is only ever raised from what is stored, and lowered only by a
+    /// good PIN.
+    seen: Mutex<(u32, u64)>,
+    /// The PIN of the last good unlock, while unlocked.
+    held_pin: Mutex<Option<PinTag>>,
 }
 
 impl Hierarchy {
@@ -57,6 +125,8 @@ impl Hierarchy {
             keks: Mutex::new(HashMap::new()),
             root_rec: std::sync::OnceLock::new(),
             pin_gate: Mutex::new(()),
+            seen: Mutex::new((0, 0)),
+            held_pin: Mutex::new(None),
         }
     }
 
@@ -76,20 +146,68 @@ impl Hierarchy {
         !self.root.is_unlocked()
     }
 
-    // ---- PIN attempts -------------------------------------------------------------------------
+    // ---- PIN attempts ----------------------------------------------------------------------
 
+    fn stored_counter(&self) -> Result<[Option<String>; 3], AgentError> {
+        Ok([
+            self.ks.meta(META_FAILURES)?,
+            self.ks.meta(META_LAST_FAILURE)?,
+            self.ks.meta(META_FAILURES_MAC)?,
+        ])
+    }
+
+    /// The failure count and last failure time: the higher of what is stored and what this
+    /// process has seen. A stored count that does not parse counts as the limit reached.
     fn failures(&self) -> Result<(u32, u64), AgentError> {
-        let n = self
-            .ks
-            .meta(META_FAILURES)?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let last = self
-            .ks
-            .meta(META_LAST_FAILURE)?
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        Ok((n, last))
+        let [n, last, _] = self.stored_counter()?;
+        let n = match n {
+            None => 0,
+            Some(v) => v.trim().parse().unwrap_or_else(|_| {
+                tracing::error!("the stored PIN counter is unreadable: counting it as the limit reached (keywardd reset-pin-attempts clears it)");
+                self.policy.max_attempts
+            }),
+        };
+        let last = last.and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        let mut seen = lock(&self.seen);
+        *seen = (seen.0.max(n), seen.1.max(last));
+        Ok(*seen)
+    }
+
+    /// Store the counter, MAC'd when the MAC key is loaded (unlocked), else without a MAC.
+    fn store_failures(&self, n: u32, last: u64) -> Result<(), AgentError> {
+        *lock(&self.seen) = (n, last);
+        let (n, last) = (n.to_string(), last.to_string());
+        let mac = self.ks.mac_tag(&counter_body(&n, &last)).map(hex::encode);
+        self.ks.set_metas(&[
+            (META_FAILURES, Some(&n)),
+            (META_LAST_FAILURE, Some(&last)),
+            (META_FAILURES_MAC, mac.as_deref()),
+        ])?;
+        Ok(())
+    }
+
+    /// After a good PIN, with the MAC key loaded: check the stored counter's MAC (when it has
+    /// one), then reset it.
+    fn settle_counter(&self) -> Result<(), AgentError> {
+        let [n, last, mac] = self.stored_counter()?;
+        if let Some(mac) = mac {
+            let body = counter_body(n.as_deref().unwrap_or(""), last.as_deref().unwrap_or(""));
+            let ok = hex::decode(mac.trim())
+                .ok()
+                .and_then(|t| self.ks.mac_verify(&body, &t));
+            if ok != Some(true) {
+                tracing::error!(
+                    keystore = %self.ks.path().display(),
+                    "keystore_tampered: the stored PIN counter was changed outside the agent (its MAC does not verify); unlock refused until `keywardd reset-pin-attempts`"
+                );
+                return Err(AgentError::KeystoreTampered {
+                    id: META_FAILURES.into(),
+                    what: "the PIN counter's MAC does not verify".into(),
+                });
+            }
+        }
+        let last = lock(&self.seen).1;
+        self.store_failures(0, last)
     }
 
     /// The wait owed after `failures` wrong PINs in a row.
@@ -104,10 +222,11 @@ impl Hierarchy {
             .min(self.policy.backoff_max_ms)
     }
 
-    /// Run a PIN-checking root call under the attempt policy.
+    /// Run a PIN-checking call under the attempt policy. On success the stored counter is
+    /// checked and reset; if that fails the agent is locked again.
     fn with_pin_policy<T>(
         &self,
-        call: impl FnOnce() -> Result<T, RootError>,
+        call: impl FnOnce() -> Result<T, AgentError>,
     ) -> Result<T, AgentError> {
         let _gate = lock(&self.pin_gate);
         let (failures, last) = self.failures()?;
@@ -123,15 +242,15 @@ impl Hierarchy {
         }
         match call() {
             Ok(v) => {
-                if failures > 0 {
-                    self.ks.set_meta(META_FAILURES, "0")?;
+                if let Err(e) = self.settle_counter() {
+                    self.lock_quietly();
+                    return Err(e);
                 }
                 Ok(v)
             }
-            Err(RootError::PinIncorrect { card_retries, .. }) => {
+            Err(AgentError::Root(RootError::PinIncorrect { card_retries, .. })) => {
                 let n = failures + 1;
-                self.ks.set_meta(META_FAILURES, &n.to_string())?;
-                self.ks.set_meta(META_LAST_FAILURE, &now_ms().to_string())?;
+                self.store_failures(n, now_ms())?;
                 tracing::warn!(failures = n, "wrong PIN");
                 if card_retries == Some(0) {
                     // The card itself has now blocked its PIN (unblocking needs the PUK).
@@ -148,47 +267,259 @@ impl Hierarchy {
                     retry_after_ms: (wait > 0).then_some(wait),
                 })
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
-    /// Forget the attempt counter (administrator action, `keywardd reset-pin-attempts`).
+    /// Forget the attempt counter (administrator action, `keywardd reset-pin-attempts`). It is
+    /// written without a MAC (no key is loaded), which the next good unlock accepts.
     pub fn reset_pin_attempts(&self) -> Result<(), AgentError> {
-        self.ks.set_meta(META_FAILURES, "0")?;
+        *lock(&self.seen) = (0, 0);
+        self.ks
+            .set_metas(&[(META_FAILURES, Some("0")), (META_FAILURES_MAC, None)])?;
         Ok(())
+    }
+
+    /// A PIN sent while already unlocked: checked against the one held (constant time), never
+    /// by the token (a wrong PIN there would log it out under the agent).
+    fn check_held_pin(&self, pin: &Pin) -> Result<(), AgentError> {
+        match &*lock(&self.held_pin) {
+            Some(t) if t.matches(pin) => Ok(()),
+            Some(_) => Err(RootError::PinIncorrect {
+                op: "unlock",
+                card_retries: None,
+            }
+            .into()),
+            None => Err(AgentError::Internal(
+                "unlocked without a remembered PIN".into(),
+            )),
+        }
+    }
+
+    fn remember_pin(&self, pin: &Pin) -> Result<(), AgentError> {
+        let tag = PinTag::new(pin).ok_or_else(|| AgentError::Internal("PIN tag".into()))?;
+        *lock(&self.held_pin) = Some(tag);
+        Ok(())
+    }
+
+    // ---- integrity ----------------------------------------------------------------------------
+
+    /// The keystore MAC key from the integrity KEK (opened by the root) and the secret wrapped
+    /// under it: HMAC-SHA256(secret, label ‖ KEK-wrap of a fixed value). The second half is a
+    /// function of the integrity KEK itself, which no one outside the token knows; so a file
+    /// whose integrity records were replaced by another KEK's records and a secret whose value
+    /// is known (an exported or imported DEK) does not give a MAC key anyone can compute.
+    fn derive_mac_key(
+        &self,
+        kek: &dyn Kek,
+        secret_wrapped: &[u8],
+    ) -> Result<crate::keystore::MacKey, RootError> {
+        let secret = kek.export_dek(secret_wrapped)?;
+        let binding = kek.wrap_secret(&integrity_binding())?;
+        let key = hmac(&secret, &[b"keyward/keystore/mac-key/v4", &binding.bytes])
+            .ok_or_else(|| RootError::token("derive keystore MAC key", "HMAC"))?;
+        Ok(crate::keystore::MacKey::new(key))
+    }
+
+    /// Make a new integrity KEK and secret under the root (unlocked) and load the MAC key.
+    fn make_integrity(&self, root: &KeyRecord) -> Result<[KeyRecord; 2], AgentError> {
+        let w = self.with_recovery(|| Ok(self.root.generate_kek()?))?;
+        let opened = self.root.open_kek(&w.bytes)?;
+        let s = opened.generate_dek()?;
+        let key = self.derive_mac_key(opened.as_ref(), &s.bytes)?;
+        let mut kek = KeyRecord::new(KeyKind::Integrity, w.scheme.as_str());
+        kek.parent = Some(root.id);
+        kek.label = Some("keystore integrity KEK".into());
+        kek.wrapped = Some(w.bytes);
+        let mut secret = KeyRecord::new(KeyKind::Integrity, s.scheme.as_str());
+        secret.parent = Some(kek.id);
+        secret.label = Some("keystore integrity key".into());
+        secret.wrapped = Some(s.bytes);
+        self.ks.set_mac_key(Some(key));
+        Ok([kek, secret])
+    }
+
+    /// At unlock (root unlocked): load the MAC key, then check the integrity records and the
+    /// root record with it. A keystore just migrated to v4 (and only one with no integrity key
+    /// yet) gets its key here, and every record it holds gets its first MAC: trust-on-upgrade.
+    fn open_integrity(&self, root: &KeyRecord) -> Result<(), AgentError> {
+        let tampered = |id: String, what: &str| AgentError::KeystoreTampered {
+            id,
+            what: what.to_string(),
+        };
+        let recs = self.ks.integrity_records()?;
+        let upgrade = self.ks.meta(crate::keystore::META_UPGRADE)?.is_some();
+        if recs.is_empty() {
+            if !upgrade {
+                return Err(tampered(
+                    "(keystore integrity key)".into(),
+                    "the keystore has no integrity key",
+                ));
+            }
+            let made = self.make_integrity(root)?;
+            let adopted =
+                self.ks
+                    .install_integrity(&made, true, &[crate::keystore::META_UPGRADE])?;
+            tracing::warn!(
+                adopted,
+                "keystore: trust-on-upgrade: the records written before schema v4 got their first MAC now; from here on any change made outside the agent is refused"
+            );
+        } else {
+            let keks: Vec<&KeyRecord> = recs.iter().filter(|r| r.parent == Some(root.id)).collect();
+            let kek = match keks[..] {
+                [k] => k,
+                _ => {
+                    return Err(tampered(
+                        "(keystore integrity key)".into(),
+                        "not exactly one integrity KEK",
+                    ))
+                }
+            };
+            let secrets: Vec<&KeyRecord> =
+                recs.iter().filter(|r| r.parent == Some(kek.id)).collect();
+            let secret = match secrets[..] {
+                [s] if recs.len() == 2 => s,
+                _ => {
+                    return Err(tampered(
+                        "(keystore integrity key)".into(),
+                        "not exactly one integrity secret",
+                    ))
+                }
+            };
+            for r in [kek, secret] {
+                if r.wrapped.is_none() {
+                    return Err(tampered(r.id.to_string(), "it has no wrapped key"));
+                }
+            }
+            let unwrap_failed = |id: Uuid| {
+                move |e: RootError| match e {
+                    RootError::DecryptFailed { .. } | RootError::Token { .. } => {
+                        tampered(id.to_string(), "its wrapped key does not unwrap")
+                    }
+                    e => e.into(),
+                }
+            };
+            let opened = self
+                .with_recovery(|| Ok(self.root.open_kek(self.wrapped(kek)?)?))
+                .map_err(|e| match e {
+                    AgentError::Root(r) => unwrap_failed(kek.id)(r),
+                    e => e,
+                })?;
+            let key = self
+                .derive_mac_key(opened.as_ref(), self.wrapped(secret)?)
+                .map_err(unwrap_failed(secret.id))?;
+            self.ks.set_mac_key(Some(key));
+            // Checked reads, now that the key is loaded.
+            self.ks.get(&kek.id)?;
+            self.ks.get(&secret.id)?;
+            if upgrade {
+                tracing::warn!("keystore: an `integrity_upgrade` mark in a keystore that has its integrity key is ignored (and removed)");
+                self.ks.delete_meta(crate::keystore::META_UPGRADE)?;
+            }
+        }
+        match self.ks.get(&root.id)? {
+            Some(r) if r == *root => Ok(()),
+            _ => Err(tampered(
+                root.id.to_string(),
+                "the root record differs from the one the agent read",
+            )),
+        }
+    }
+
+    /// Lock after a refused unlock, without reporting lock errors over the original one.
+    fn lock_quietly(&self) {
+        lock(&self.keks).clear();
+        self.ks.set_mac_key(None);
+        *lock(&self.held_pin) = None;
+        let _ = self.root.lock();
     }
 
     // ---- root ---------------------------------------------------------------------------------
 
-    /// Create the root and record it. Refuses if the keystore or the token has one already.
+    /// Create the root and record it. Refuses if the keystore or the token has one already,
+    /// except for a root that an interrupted `init` of this keystore left in the token (it is
+    /// adopted: the keystore marks `init` pending before the root is made).
     pub fn init(&self, pin: &Pin) -> Result<Uuid, AgentError> {
         if self.stored_root()?.is_some() {
             return Err(AgentError::AlreadyInitialized);
         }
-        let made = self.with_pin_policy(|| self.root.init(pin))?;
-        let mut rec = KeyRecord::new(KeyKind::Root, made.scheme.as_str());
-        rec.label = Some("root".into());
-        rec.locator = Some(made.locator);
-        rec.wrapped = made.check;
-        self.ks.insert(&rec)?;
-        tracing::info!(id = %rec.id, "root created");
-        Ok(rec.id)
+        let pending = self.ks.meta(META_INIT_PENDING)?.is_some();
+        if !pending {
+            self.ks.set_meta(META_INIT_PENDING, &now_ms().to_string())?;
+        }
+        let id = self.with_pin_policy(|| {
+            let mut rec = match self.root.init(pin) {
+                Ok(made) => {
+                    crash_point("root-created");
+                    let mut rec = KeyRecord::new(KeyKind::Root, made.scheme.as_str());
+                    rec.locator = Some(made.locator);
+                    rec.wrapped = made.check;
+                    rec
+                }
+                Err(RootError::RootExists { .. }) if pending => {
+                    // Unlock finds the root by the configuration and checks the PIN.
+                    self.root.unlock(pin, &StoredRoot::default())?;
+                    tracing::warn!(
+                        "init: completing an interrupted init with the root it left in the token"
+                    );
+                    KeyRecord::new(KeyKind::Root, self.root.scheme().as_str())
+                }
+                Err(e) => return Err(e.into()),
+            };
+            rec.label = Some("root".into());
+            let done = self.make_integrity(&rec).and_then(|[kek, secret]| {
+                self.ks.install_integrity(
+                    &[rec.clone(), kek, secret],
+                    false,
+                    &[META_INIT_PENDING, crate::keystore::META_UPGRADE],
+                )?;
+                self.remember_pin(pin)
+            });
+            if let Err(e) = done {
+                self.lock_quietly();
+                return Err(e);
+            }
+            Ok(rec.id)
+        })?;
+        tracing::info!(%id, "root created");
+        Ok(id)
     }
 
+    /// Unlock with the PIN. While already unlocked, the PIN is checked against the one held (a
+    /// wrong one counts, and changes nothing else).
     pub fn unlock(&self, pin: &Pin) -> Result<(), AgentError> {
-        let root = self.stored_root()?.ok_or(AgentError::NotInitialized)?;
-        let stored = StoredRoot {
-            locator: root.locator,
-            check: root.wrapped,
-        };
-        lock(&self.keks).clear();
-        self.with_pin_policy(|| self.root.unlock(pin, &stored))?;
-        tracing::info!("unlocked");
-        Ok(())
+        let root = self.stored_root()?;
+        if root.is_none() && !self.root.is_unlocked() {
+            return Err(AgentError::NotInitialized);
+        }
+        self.with_pin_policy(|| {
+            if self.root.is_unlocked() {
+                return self.check_held_pin(pin);
+            }
+            let root = root.clone().ok_or(AgentError::NotInitialized)?;
+            let stored = StoredRoot {
+                locator: root.locator.clone(),
+                check: root.wrapped.clone(),
+            };
+            lock(&self.keks).clear();
+            self.root.unlock(pin, &stored)?;
+            if let Err(e) = self
+                .open_integrity(&root)
+                .and_then(|()| self.remember_pin(pin))
+            {
+                tracing::error!(error = %e, "unlock refused");
+                self.lock_quietly();
+                return Err(e);
+            }
+            tracing::info!("unlocked");
+            Ok(())
+        })
     }
 
     pub fn lock(&self) -> Result<(), AgentError> {
         lock(&self.keks).clear();
+        self.ks.set_mac_key(None);
+        *lock(&self.held_pin) = None;
         self.root.lock()?;
         tracing::info!("locked");
         Ok(())

@@ -8,12 +8,26 @@
 //!
 //! It must never hold a key in the clear: every key material column is wrapped by its parent
 //! (or, for the root, is only a reference to where the root lives).
+//!
+//! Integrity (schema v4): every row of `keys` and `revocations` carries `mac`, an HMAC-SHA256
+//! under the keystore MAC key ([`MacKey`], itself a key of the hierarchy, loaded by the hierarchy
+//! while unlocked) over a canonical, length-prefixed encoding of every other column. While a MAC
+//! key is loaded, every read here checks it — this is the one place records are verified — and a
+//! missing or wrong MAC is [`KeystoreError::Tampered`], naming the record; every write MACs what it
+//! writes.
+//!
+//! The file is created 0600 (never wider, whatever the umask) and checked with SQLite's
+//! `PRAGMA integrity_check` at open: a damaged file is [`KeystoreError::Damaged`], naming it, and is
+//! never re-created.
 
+use hmac::{Hmac, Mac};
 use rusqlite::{params, Connection, OptionalExtension, Row};
+use sha2::Sha256;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use thiserror::Error;
 use uuid::Uuid;
+use zeroize::Zeroizing;
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -33,6 +47,13 @@ pub enum KeystoreError {
     TooNew { found: i64, supported: i64 },
     #[error("keystore record {id} is corrupt: {what}")]
     Corrupt { id: String, what: String },
+    /// A record's MAC is missing or does not verify: it was written by something other than this
+    /// agent (or a copy of it was moved between records).
+    #[error("keystore record {id} was modified outside the agent ({what}): refusing to use it; restore the keystore from a backup")]
+    Tampered { id: String, what: String },
+    /// SQLite's own checks fail: the file is damaged. It is never re-created.
+    #[error("keystore {path} is damaged ({detail}): keywardd will not use or re-create it; restore it from a backup")]
+    Damaged { path: PathBuf, detail: String },
 }
 
 fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> KeystoreError {
@@ -103,7 +124,192 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE keys ADD COLUMN algorithm TEXT;
      UPDATE keys SET algorithm = 'rsa' WHERE kind = 'keypair' AND scheme = 'rsa-pem-gcm';
      UPDATE keys SET algorithm = 'p256' WHERE kind = 'keypair' AND algorithm IS NULL;",
+    // v4: record integrity. A `mac` on every key and revocation, and the keystore integrity key
+    // as its own kind (so KEK and secret listings never see it): the table is rebuilt for the
+    // new CHECK. Rows from before v4 have no MAC yet; a keystore that has any is marked for the
+    // trust-on-upgrade step at the next unlock (see `Keystore::install_integrity`).
+    "CREATE TABLE keys_v4 (
+        id          TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL CHECK (kind IN ('root', 'kek', 'dek', 'keypair', 'secret', 'integrity')),
+        label       TEXT,
+        parent      TEXT REFERENCES keys(id),
+        scheme      TEXT NOT NULL,
+        wrapped     BLOB,
+        public_key  BLOB,
+        locator     TEXT,
+        purpose     TEXT CHECK (purpose IS NULL OR purpose IN ('personal', 'sharing')),
+        exportable  INTEGER NOT NULL DEFAULT 0,
+        version     INTEGER NOT NULL DEFAULT 1,
+        created     INTEGER NOT NULL,
+        rotated     INTEGER,
+        state       TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'retired', 'revoked')),
+        name        TEXT,
+        issuer      TEXT REFERENCES keys(id),
+        statement   BLOB,
+        algorithm   TEXT,
+        mac         BLOB
+     );
+     INSERT INTO keys_v4 (id, kind, label, parent, scheme, wrapped, public_key, locator, purpose,
+                          exportable, version, created, rotated, state, name, issuer, statement,
+                          algorithm)
+        SELECT id, kind, label, parent, scheme, wrapped, public_key, locator, purpose,
+               exportable, version, created, rotated, state, name, issuer, statement, algorithm
+        FROM keys;
+     DROP TABLE keys;
+     ALTER TABLE keys_v4 RENAME TO keys;
+     CREATE INDEX keys_by_parent ON keys(parent);
+     CREATE INDEX keys_by_kind ON keys(kind);
+     CREATE UNIQUE INDEX keys_by_node_name ON keys(name) WHERE name IS NOT NULL AND state = 'active';
+     ALTER TABLE revocations ADD COLUMN mac BLOB;
+     INSERT INTO meta (name, value) SELECT 'integrity_upgrade', 'pending'
+        WHERE EXISTS (SELECT 1 FROM keys) OR EXISTS (SELECT 1 FROM revocations);",
 ];
+
+/// Meta row the v4 migration leaves when it found records written before v4 (without MACs).
+pub const META_UPGRADE: &str = "integrity_upgrade";
+
+// ---- integrity ------------------------------------------------------------------------------
+
+/// The keystore MAC key: 32 bytes, zeroized on drop, on `mlock`ed memory where the limit allows.
+/// Held only while the agent is unlocked.
+pub struct MacKey {
+    key: Box<Zeroizing<[u8; 32]>>,
+    _lock: Option<region::LockGuard>,
+}
+
+impl MacKey {
+    pub fn new(key: Zeroizing<[u8; 32]>) -> MacKey {
+        let key = Box::new(key);
+        let lock = region::lock(key.as_ptr(), 32).ok();
+        MacKey { key, _lock: lock }
+    }
+
+    fn mac(&self, body: &[u8]) -> Option<Hmac<Sha256>> {
+        // HMAC takes keys of any length: this does not fail.
+        let key: &[u8] = &self.key[..];
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
+        m.update(body);
+        Some(m)
+    }
+
+    /// The MAC of `body` (an [`Encoder`] output).
+    pub fn tag(&self, body: &[u8]) -> Vec<u8> {
+        self.mac(body)
+            .map(|m| m.finalize().into_bytes().to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Constant-time check of `tag` against `body`.
+    pub fn verify(&self, body: &[u8], tag: &[u8]) -> bool {
+        self.mac(body).is_some_and(|m| m.verify_slice(tag).is_ok())
+    }
+}
+
+impl std::fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MacKey(..)")
+    }
+}
+
+/// Canonical encoding for MACs: a domain string, then each field as a presence byte and, when
+/// present, a 4-byte big-endian length and the bytes. Unambiguous for any field contents.
+pub struct Encoder(Vec<u8>);
+
+impl Encoder {
+    pub fn new(domain: &str) -> Encoder {
+        let mut e = Encoder(Vec::with_capacity(256));
+        e.field(Some(domain.as_bytes()));
+        e
+    }
+    pub fn field(&mut self, v: Option<&[u8]>) -> &mut Self {
+        match v {
+            None => self.0.push(0),
+            Some(b) => {
+                self.0.push(1);
+                self.0.extend_from_slice(&(b.len() as u32).to_be_bytes());
+                self.0.extend_from_slice(b);
+            }
+        }
+        self
+    }
+    pub fn text(&mut self, v: Option<&str>) -> &mut Self {
+        self.field(v.map(str::as_bytes))
+    }
+    pub fn num(&mut self, v: Option<u64>) -> &mut Self {
+        self.field(v.map(|n| n.to_be_bytes()).as_ref().map(|b| &b[..]))
+    }
+    pub fn finish(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// What a key row's MAC covers: every column but `mac`, in schema order.
+fn record_body(r: &KeyRecord) -> Vec<u8> {
+    let mut e = Encoder::new("keyward/keystore/keys/v4");
+    e.text(Some(&r.id.to_string()))
+        .text(Some(r.kind.as_str()))
+        .text(r.label.as_deref())
+        .text(r.parent.map(|p| p.to_string()).as_deref())
+        .text(Some(&r.scheme))
+        .field(r.wrapped.as_deref())
+        .field(r.public_key.as_deref())
+        .text(r.locator.as_deref())
+        .text(r.purpose.map(Purpose::as_str))
+        .num(Some(r.exportable as u64))
+        .num(Some(u64::from(r.version)))
+        .num(Some(r.created))
+        .num(r.rotated)
+        .text(Some(r.state.as_str()))
+        .text(r.name.as_deref())
+        .text(r.issuer.map(|p| p.to_string()).as_deref())
+        .field(r.statement.as_deref())
+        .text(r.algorithm.map(Algorithm::as_str));
+    e.finish()
+}
+
+/// What a revocation row's MAC covers.
+fn revocation_body(r: &Revocation) -> Vec<u8> {
+    let mut e = Encoder::new("keyward/keystore/revocations/v4");
+    e.text(Some(&r.id.to_string()))
+        .text(Some(&r.revoked.to_string()))
+        .text(Some(&r.issuer.to_string()))
+        .field(Some(&r.statement))
+        .num(Some(r.created));
+    e.finish()
+}
+
+fn check_mac(key: &MacKey, id: &str, body: &[u8], mac: Option<&[u8]>) -> Result<(), KeystoreError> {
+    let tampered = |what: &str| KeystoreError::Tampered {
+        id: id.to_string(),
+        what: what.to_string(),
+    };
+    match mac {
+        None => Err(tampered("no MAC")),
+        Some(tag) if key.verify(body, tag) => Ok(()),
+        Some(_) => Err(tampered("its MAC does not verify")),
+    }
+}
+
+/// A row read with the key loaded: parse errors are tampering too (the agent never writes them).
+fn verified(
+    key: Option<&MacKey>,
+    id: &str,
+    parsed: Result<KeyRecord, KeystoreError>,
+    mac: Option<Vec<u8>>,
+) -> Result<KeyRecord, KeystoreError> {
+    match (key, parsed) {
+        (None, parsed) => parsed,
+        (Some(_), Err(KeystoreError::Corrupt { what, .. })) => Err(KeystoreError::Tampered {
+            id: id.to_string(),
+            what,
+        }),
+        (Some(_), Err(e)) => Err(e),
+        (Some(k), Ok(r)) => {
+            check_mac(k, id, &record_body(&r), mac.as_deref())?;
+            Ok(r)
+        }
+    }
+}
 
 /// What a key is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +320,8 @@ pub enum KeyKind {
     Keypair,
     /// A secret that is not a key of its own (a node-key derivation secret).
     Secret,
+    /// The keystore integrity key: its KEK (parent: the root) and its secret (parent: that KEK).
+    Integrity,
 }
 
 impl KeyKind {
@@ -124,6 +332,7 @@ impl KeyKind {
             KeyKind::Dek => "dek",
             KeyKind::Keypair => "keypair",
             KeyKind::Secret => "secret",
+            KeyKind::Integrity => "integrity",
         }
     }
     fn parse(s: &str) -> Option<Self> {
@@ -133,6 +342,7 @@ impl KeyKind {
             "dek" => KeyKind::Dek,
             "keypair" => KeyKind::Keypair,
             "secret" => KeyKind::Secret,
+            "integrity" => KeyKind::Integrity,
             _ => return None,
         })
     }
@@ -349,12 +559,17 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, KeystoreError>>
     Ok(build())
 }
 
-fn insert_with(conn: &Connection, r: &KeyRecord) -> Result<(), KeystoreError> {
+fn insert_with(
+    conn: &Connection,
+    key: Option<&MacKey>,
+    r: &KeyRecord,
+) -> Result<(), KeystoreError> {
+    let mac = key.map(|k| k.tag(&record_body(r)));
     conn.execute(
         "INSERT INTO keys (id, kind, label, parent, scheme, wrapped, public_key, locator,
                            purpose, exportable, version, created, rotated, state,
-                           name, issuer, statement, algorithm)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                           name, issuer, statement, algorithm, mac)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
         params![
             r.id.to_string(),
             r.kind.as_str(),
@@ -374,25 +589,93 @@ fn insert_with(conn: &Connection, r: &KeyRecord) -> Result<(), KeystoreError> {
             r.issuer.map(|p| p.to_string()),
             r.statement,
             r.algorithm.map(Algorithm::as_str),
+            mac,
         ],
     )
     .map_err(sql("insert key"))?;
     Ok(())
 }
 
-fn insert_revocation_with(conn: &Connection, r: &Revocation) -> Result<(), KeystoreError> {
+fn insert_revocation_with(
+    conn: &Connection,
+    key: Option<&MacKey>,
+    r: &Revocation,
+) -> Result<(), KeystoreError> {
+    let mac = key.map(|k| k.tag(&revocation_body(r)));
     conn.execute(
-        "INSERT INTO revocations (id, revoked, issuer, statement, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO revocations (id, revoked, issuer, statement, created, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             r.id.to_string(),
             r.revoked.to_string(),
             r.issuer.to_string(),
             r.statement,
-            r.created
+            r.created,
+            mac
         ],
     )
     .map_err(sql("store revocation"))?;
     Ok(())
+}
+
+/// Read every row of `keys` matching `where_`, each with its MAC checked when `key` is given.
+fn query_with(
+    conn: &Connection,
+    key: Option<&MacKey>,
+    op: &'static str,
+    where_: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<KeyRecord>, KeystoreError> {
+    let mut stmt = conn
+        .prepare_cached(&format!(
+            "SELECT * FROM keys WHERE {where_} ORDER BY created, id"
+        ))
+        .map_err(sql(op))?;
+    let rows = stmt
+        .query_map(args, |row| {
+            Ok((
+                row.get::<_, String>("id")?,
+                from_row(row)?,
+                row.get::<_, Option<Vec<u8>>>("mac")?,
+            ))
+        })
+        .map_err(sql(op))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, parsed, mac) = row.map_err(sql(op))?;
+        out.push(verified(key, &id, parsed, mac)?);
+    }
+    Ok(out)
+}
+
+/// Set a key's state (and `rotated`), re-MACing the row: read (checked), change, write back.
+fn set_state_with(
+    conn: &Connection,
+    key: Option<&MacKey>,
+    id: &Uuid,
+    state: KeyState,
+) -> Result<(), KeystoreError> {
+    let Some(mut r) = query_with(conn, key, "read key", "id = ?1", &[&id.to_string()])?
+        .into_iter()
+        .next()
+    else {
+        return Ok(());
+    };
+    r.state = state;
+    r.rotated = Some(now());
+    let mac = key.map(|k| k.tag(&record_body(&r)));
+    conn.execute(
+        "UPDATE keys SET state = ?2, rotated = ?3, mac = ?4 WHERE id = ?1",
+        params![id.to_string(), state.as_str(), r.rotated, mac],
+    )
+    .map_err(sql("update key state"))?;
+    Ok(())
+}
+
+fn is_damage(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+    )
 }
 
 /// The keystore. Cheap to share: one connection behind a mutex (SQLite serialises writers anyway,
@@ -400,13 +683,27 @@ fn insert_revocation_with(conn: &Connection, r: &Revocation) -> Result<(), Keyst
 pub struct Keystore {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// The MAC key while the agent is unlocked; `None` while locked (reads are then unchecked:
+    /// nothing keyed by the root is available).
+    mac: RwLock<Option<Arc<MacKey>>>,
 }
 
 impl Keystore {
     /// Open (creating if needed) the keystore at `path`; its directory is made 0700 and the file
-    /// 0600.
+    /// 0600 (created so, never chmod-ed down from the umask's mode). A damaged file (SQLite's
+    /// `integrity_check` fails) is refused with [`KeystoreError::Damaged`] naming it.
     pub fn open(path: &Path) -> Result<Keystore, KeystoreError> {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        Self::open_inner(path).map_err(|e| match e {
+            KeystoreError::Sql { op, source } if is_damage(&source) => KeystoreError::Damaged {
+                path: path.to_path_buf(),
+                detail: format!("{op}: {source}"),
+            },
+            e => e,
+        })
+    }
+
+    fn open_inner(path: &Path) -> Result<Keystore, KeystoreError> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
         let io = |op, source| KeystoreError::Io {
             op,
             path: path.to_path_buf(),
@@ -419,9 +716,22 @@ impl Keystore {
                 .create(dir)
                 .map_err(|e| io("create directory", e))?;
         }
+        // Create the file 0600 before SQLite opens it (an empty file is an empty database), so
+        // it never exists with the umask's mode. SQLite gives its -wal and -shm files the
+        // database file's mode. An existing file is left as it is here and chmod-ed below (files
+        // made by older agents).
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| io("create", e))?;
         let conn = Connection::open(path).map_err(sql("open"))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| io("set permissions", e))?;
+        Self::check_integrity(&conn, path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql("set WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -433,9 +743,29 @@ impl Keystore {
         let ks = Keystore {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
+            mac: RwLock::new(None),
         };
         ks.migrate()?;
         Ok(ks)
+    }
+
+    /// SQLite's full `integrity_check` (`quick_check` misses damaged indexes).
+    fn check_integrity(conn: &Connection, path: &Path) -> Result<(), KeystoreError> {
+        let mut stmt = conn
+            .prepare("PRAGMA integrity_check(20)")
+            .map_err(sql("integrity check"))?;
+        let problems = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(sql("integrity check"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sql("integrity check"))?;
+        if problems.len() == 1 && problems[0] == "ok" {
+            return Ok(());
+        }
+        Err(KeystoreError::Damaged {
+            path: path.to_path_buf(),
+            detail: format!("integrity_check: {}", problems.join("; ")),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -446,6 +776,29 @@ impl Keystore {
         // A panic while holding the lock cannot leave SQLite inconsistent (it has its own
         // transactions), so a poisoned mutex is still safe to use.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn key(&self) -> Option<Arc<MacKey>> {
+        self.mac.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Load (at unlock) or drop (at lock) the MAC key. While loaded every read is checked.
+    pub fn set_mac_key(&self, key: Option<MacKey>) {
+        *self.mac.write().unwrap_or_else(|p| p.into_inner()) = key.map(Arc::new);
+    }
+
+    pub fn has_mac_key(&self) -> bool {
+        self.key().is_some()
+    }
+
+    /// The MAC of `body` under the loaded key, if one is loaded.
+    pub fn mac_tag(&self, body: &[u8]) -> Option<Vec<u8>> {
+        self.key().map(|k| k.tag(body))
+    }
+
+    /// Check `tag` over `body` with the loaded key; `None` when no key is loaded.
+    pub fn mac_verify(&self, body: &[u8], tag: &[u8]) -> Option<bool> {
+        self.key().map(|k| k.verify(body, tag))
     }
 
     /// The schema version this agent writes.
@@ -490,9 +843,10 @@ impl Keystore {
             .map_err(sql("enable foreign keys"))
     }
 
-    /// Insert a new record.
+    /// Insert a new record (MAC'd when the key is loaded).
     pub fn insert(&self, r: &KeyRecord) -> Result<(), KeystoreError> {
-        insert_with(&self.lock(), r)
+        let key = self.key();
+        insert_with(&self.lock(), key.as_deref(), r)
     }
 
     fn query(
@@ -501,18 +855,8 @@ impl Keystore {
         where_: &str,
         args: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<KeyRecord>, KeystoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT * FROM keys WHERE {where_} ORDER BY created, id"
-            ))
-            .map_err(sql(op))?;
-        let rows = stmt.query_map(args, from_row).map_err(sql(op))?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(row.map_err(sql(op))??);
-        }
-        Ok(out)
+        let key = self.key();
+        query_with(&self.lock(), key.as_deref(), op, where_, args)
     }
 
     /// The record with this id, of any kind.
@@ -537,6 +881,18 @@ impl Keystore {
                 &[&kind.as_str(), &p.to_string()],
             ),
         }
+    }
+
+    /// The integrity-key records, unchecked: they are read to load the MAC key, before there is
+    /// one. The hierarchy checks them (with [`Keystore::get`]) once it is loaded.
+    pub fn integrity_records(&self) -> Result<Vec<KeyRecord>, KeystoreError> {
+        query_with(
+            &self.lock(),
+            None,
+            "read integrity key",
+            "kind = 'integrity'",
+            &[],
+        )
     }
 
     /// The root record, if `init` has run.
@@ -570,38 +926,35 @@ impl Keystore {
         new: &KeyRecord,
         revocation: Option<&Revocation>,
     ) -> Result<(), KeystoreError> {
+        let key = self.key();
+        let key = key.as_deref();
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(sql("begin replace"))?;
-        tx.execute(
-            "UPDATE keys SET state = ?2, rotated = ?3 WHERE id = ?1",
-            params![old.to_string(), state.as_str(), now()],
-        )
-        .map_err(sql("retire key"))?;
-        insert_with(&tx, new)?;
+        set_state_with(&tx, key, old, state)?;
+        insert_with(&tx, key, new)?;
         if let Some(r) = revocation {
-            insert_revocation_with(&tx, r)?;
+            insert_revocation_with(&tx, key, r)?;
         }
         tx.commit().map_err(sql("commit replace"))
     }
 
     /// Mark a key revoked and keep the signed revocation, in one transaction.
     pub fn revoke(&self, r: &Revocation) -> Result<(), KeystoreError> {
+        let key = self.key();
+        let key = key.as_deref();
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(sql("begin revoke"))?;
-        tx.execute(
-            "UPDATE keys SET state = 'revoked', rotated = ?2 WHERE id = ?1",
-            params![r.revoked.to_string(), now()],
-        )
-        .map_err(sql("mark key revoked"))?;
-        insert_revocation_with(&tx, r)?;
+        set_state_with(&tx, key, &r.revoked, KeyState::Revoked)?;
+        insert_revocation_with(&tx, key, r)?;
         tx.commit().map_err(sql("commit revoke"))
     }
 
-    /// Every stored revocation, oldest first.
+    /// Every stored revocation, oldest first (each checked while the MAC key is loaded).
     pub fn revocations(&self) -> Result<Vec<Revocation>, KeystoreError> {
+        let key = self.key();
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached("SELECT id, revoked, issuer, statement, created FROM revocations ORDER BY created, id")
+            .prepare_cached("SELECT id, revoked, issuer, statement, created, mac FROM revocations ORDER BY created, id")
             .map_err(sql("list revocations"))?;
         let rows = stmt
             .query_map([], |r| {
@@ -611,27 +964,112 @@ impl Keystore {
                     r.get::<_, String>(2)?,
                     r.get::<_, Vec<u8>>(3)?,
                     r.get::<_, u64>(4)?,
+                    r.get::<_, Option<Vec<u8>>>(5)?,
                 ))
             })
             .map_err(sql("list revocations"))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, revoked, issuer, statement, created) = row.map_err(sql("list revocations"))?;
-            let uuid = |s: &str| {
-                Uuid::parse_str(s).map_err(|_| KeystoreError::Corrupt {
-                    id: id.clone(),
-                    what: "revocation id is not a UUID".into(),
-                })
+            let (id, revoked, issuer, statement, created, mac) =
+                row.map_err(sql("list revocations"))?;
+            let bad = |what: &str| {
+                if key.is_some() {
+                    KeystoreError::Tampered {
+                        id: id.clone(),
+                        what: what.into(),
+                    }
+                } else {
+                    KeystoreError::Corrupt {
+                        id: id.clone(),
+                        what: what.into(),
+                    }
+                }
             };
-            out.push(Revocation {
+            let uuid = |s: &str| Uuid::parse_str(s).map_err(|_| bad("revocation id is not a UUID"));
+            let r = Revocation {
                 id: uuid(&id)?,
                 revoked: uuid(&revoked)?,
                 issuer: uuid(&issuer)?,
                 statement,
                 created,
-            });
+            };
+            if let Some(k) = key.as_deref() {
+                check_mac(k, &id, &revocation_body(&r), mac.as_deref())?;
+            }
+            out.push(r);
         }
         Ok(out)
+    }
+
+    /// Store the integrity-key records (and, at `init`, the root record before them) MAC'd under
+    /// the key now loaded, in one transaction with the meta clean-up. With `adopt` (the
+    /// trust-on-upgrade step after the v4 migration) every row that has no MAC yet gets one:
+    /// whatever the file held at that moment is trusted. Returns how many rows were adopted.
+    pub fn install_integrity(
+        &self,
+        records: &[KeyRecord],
+        adopt: bool,
+        clear_meta: &[&str],
+    ) -> Result<usize, KeystoreError> {
+        let key = self.key().ok_or_else(|| KeystoreError::Corrupt {
+            id: "(integrity)".into(),
+            what: "no MAC key loaded".into(),
+        })?;
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin integrity set-up"))?;
+        for r in records {
+            insert_with(&tx, Some(&key), r)?;
+        }
+        let mut adopted = 0;
+        if adopt {
+            for r in query_with(&tx, None, "adopt keys", "mac IS NULL", &[])? {
+                tx.execute(
+                    "UPDATE keys SET mac = ?2 WHERE id = ?1",
+                    params![r.id.to_string(), key.tag(&record_body(&r))],
+                )
+                .map_err(sql("adopt key"))?;
+                adopted += 1;
+            }
+            let revs: Vec<(String, String, String, Vec<u8>, u64)> = {
+                let mut stmt = tx
+                    .prepare("SELECT id, revoked, issuer, statement, created FROM revocations WHERE mac IS NULL")
+                    .map_err(sql("adopt revocations"))?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    })
+                    .map_err(sql("adopt revocations"))?;
+                rows.collect::<Result<_, _>>()
+                    .map_err(sql("adopt revocations"))?
+            };
+            for (id, revoked, issuer, statement, created) in revs {
+                let uuid = |s: &str| {
+                    Uuid::parse_str(s).map_err(|_| KeystoreError::Corrupt {
+                        id: id.clone(),
+                        what: "revocation id is not a UUID".into(),
+                    })
+                };
+                let r = Revocation {
+                    id: uuid(&id)?,
+                    revoked: uuid(&revoked)?,
+                    issuer: uuid(&issuer)?,
+                    statement,
+                    created,
+                };
+                tx.execute(
+                    "UPDATE revocations SET mac = ?2 WHERE id = ?1",
+                    params![id, key.tag(&revocation_body(&r))],
+                )
+                .map_err(sql("adopt revocation"))?;
+                adopted += 1;
+            }
+        }
+        for name in clear_meta {
+            tx.execute("DELETE FROM meta WHERE name = ?1", [name])
+                .map_err(sql("clear meta"))?;
+        }
+        tx.commit().map_err(sql("commit integrity set-up"))?;
+        Ok(adopted)
     }
 
     pub fn meta(&self, name: &str) -> Result<Option<String>, KeystoreError> {
@@ -644,14 +1082,29 @@ impl Keystore {
     }
 
     pub fn set_meta(&self, name: &str, value: &str) -> Result<(), KeystoreError> {
-        self.lock()
-            .execute(
-                "INSERT INTO meta (name, value) VALUES (?1, ?2)
-                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                [name, value],
-            )
+        self.set_metas(&[(name, Some(value))])
+    }
+
+    pub fn delete_meta(&self, name: &str) -> Result<(), KeystoreError> {
+        self.set_metas(&[(name, None)])
+    }
+
+    /// Set (`Some`) or delete (`None`) several meta rows in one transaction.
+    pub fn set_metas(&self, rows: &[(&str, Option<&str>)]) -> Result<(), KeystoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin write meta"))?;
+        for (name, value) in rows {
+            match value {
+                Some(v) => tx.execute(
+                    "INSERT INTO meta (name, value) VALUES (?1, ?2)
+                     ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    [name, v],
+                ),
+                None => tx.execute("DELETE FROM meta WHERE name = ?1", [name]),
+            }
             .map_err(sql("write meta"))?;
-        Ok(())
+        }
+        tx.commit().map_err(sql("commit write meta"))
     }
 }
 
@@ -777,5 +1230,240 @@ mod tests {
             Keystore::open(&p),
             Err(KeystoreError::TooNew { found: 99, .. })
         ));
+    }
+
+    fn test_key(b: u8) -> MacKey {
+        MacKey::new(Zeroizing::new([b; 32]))
+    }
+
+    fn full_record(parent: Option<Uuid>) -> KeyRecord {
+        let mut r = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
+        r.label = Some("l".into());
+        r.parent = parent;
+        r.wrapped = Some(vec![1, 2, 3]);
+        r.public_key = Some(vec![4]);
+        r.locator = Some("pkcs11:x".into());
+        r.purpose = Some(Purpose::Personal);
+        r.rotated = Some(9);
+        r.name = Some("n".into());
+        r.issuer = parent;
+        r.statement = Some(vec![5]);
+        r.algorithm = Some(Algorithm::P256);
+        r
+    }
+
+    #[test]
+    fn with_the_key_loaded_every_column_is_checked() {
+        let (_d, ks) = temp();
+        ks.set_mac_key(Some(test_key(7)));
+        let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
+        ks.insert(&root).unwrap();
+        let r = full_record(Some(root.id));
+        ks.insert(&r).unwrap();
+        let other = KeyRecord::new(KeyKind::Root, "x");
+        ks.insert(&other).unwrap();
+        assert_eq!(ks.get(&r.id).unwrap().unwrap(), r);
+        let id = r.id.to_string();
+        let edits = [
+            ("kind", "'dek'".to_string()),
+            ("label", "'m'".into()),
+            ("label", "NULL".into()),
+            ("parent", format!("'{}'", other.id)),
+            ("scheme", "'aes-kw'".into()),
+            ("wrapped", "x'010204'".into()),
+            ("public_key", "NULL".into()),
+            ("locator", "'pkcs11:y'".into()),
+            ("purpose", "'sharing'".into()),
+            ("exportable", "1".into()),
+            ("version", "2".into()),
+            ("created", "created + 1".into()),
+            ("rotated", "NULL".into()),
+            ("state", "'revoked'".into()),
+            ("name", "'o'".into()),
+            ("issuer", format!("'{}'", other.id)),
+            ("statement", "x'06'".into()),
+            ("algorithm", "'ed25519'".into()),
+            ("mac", "NULL".into()),
+            ("mac", "x'00'".into()),
+        ];
+        for (column, value) in edits {
+            let conn = Connection::open(ks.path()).unwrap();
+            let old: String = conn
+                .query_row(
+                    &format!("SELECT quote({column}) FROM keys WHERE id = ?1"),
+                    [&id],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            conn.execute(
+                &format!("UPDATE keys SET {column} = {value} WHERE id = ?1"),
+                [&id],
+            )
+            .unwrap();
+            match ks.get(&r.id) {
+                Err(KeystoreError::Tampered { id: t, .. }) => assert_eq!(t, id, "{column}"),
+                other => panic!("{column} = {value}: {other:?}"),
+            }
+            // Without the key (locked) the row is read as it is.
+            ks.set_mac_key(None);
+            assert!(ks.get(&r.id).is_ok(), "{column}");
+            ks.set_mac_key(Some(test_key(7)));
+            conn.execute(
+                &format!("UPDATE keys SET {column} = {old} WHERE id = ?1"),
+                [&id],
+            )
+            .unwrap();
+            assert_eq!(ks.get(&r.id).unwrap().unwrap(), r, "{column} restored");
+        }
+        // Another key does not verify.
+        ks.set_mac_key(Some(test_key(8)));
+        assert!(matches!(ks.get(&r.id), Err(KeystoreError::Tampered { .. })));
+    }
+
+    #[test]
+    fn state_changes_and_revocations_are_maced() {
+        let (_d, ks) = temp();
+        ks.set_mac_key(Some(test_key(1)));
+        let k = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
+        ks.insert(&k).unwrap();
+        let r = Revocation {
+            id: Uuid::new_v4(),
+            revoked: k.id,
+            issuer: k.id,
+            statement: vec![9],
+            created: 5,
+        };
+        ks.revoke(&r).unwrap();
+        assert_eq!(ks.get(&k.id).unwrap().unwrap().state, KeyState::Revoked);
+        assert_eq!(ks.revocations().unwrap(), vec![r.clone()]);
+        let conn = Connection::open(ks.path()).unwrap();
+        conn.execute("UPDATE revocations SET created = 6", [])
+            .unwrap();
+        assert!(
+            matches!(ks.revocations(), Err(KeystoreError::Tampered { id, .. }) if id == r.id.to_string())
+        );
+    }
+
+    #[test]
+    fn a_v3_keystore_migrates_to_v4_and_is_adopted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.db");
+        let root = "6f1c1f5e-1c36-4f7e-9d0b-0f3a3c1b2d4e";
+        let kek = "7f1c1f5e-1c36-4f7e-9d0b-0f3a3c1b2d4e";
+        {
+            let conn = Connection::open(&p).unwrap();
+            for m in &MIGRATIONS[..3] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute_batch(&format!(
+                "INSERT INTO keys (id, kind, scheme, created) VALUES ('{root}', 'root', 'pkcs11-aes', 1);
+                 INSERT INTO keys (id, kind, parent, scheme, wrapped, created) VALUES ('{kek}', 'kek', '{root}', 'aes-kwp', x'0102', 2);
+                 INSERT INTO revocations (id, revoked, issuer, statement, created) VALUES ('{kek}', '{kek}', '{root}', x'01', 3);
+                 INSERT INTO meta (name, value) VALUES ('pin_failures', '2');"
+            ))
+            .unwrap();
+        }
+        let ks = Keystore::open(&p).unwrap();
+        let version: i64 = ks
+            .lock()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 4);
+        assert_eq!(ks.meta(META_UPGRADE).unwrap().as_deref(), Some("pending"));
+        assert_eq!(ks.meta("pin_failures").unwrap().as_deref(), Some("2"));
+        let kek_id = Uuid::parse_str(kek).unwrap();
+        // Locked: readable as before.
+        assert_eq!(ks.get(&kek_id).unwrap().unwrap().wrapped, Some(vec![1, 2]));
+        // Unlocked, before the trust-on-upgrade step: no MAC is no MAC.
+        ks.set_mac_key(Some(test_key(3)));
+        assert!(matches!(
+            ks.get(&kek_id),
+            Err(KeystoreError::Tampered { .. })
+        ));
+        let integrity = KeyRecord::new(KeyKind::Integrity, "aes-kwp");
+        assert_eq!(
+            ks.install_integrity(std::slice::from_ref(&integrity), true, &[META_UPGRADE])
+                .unwrap(),
+            3
+        );
+        assert!(ks.meta(META_UPGRADE).unwrap().is_none());
+        assert_eq!(ks.get(&kek_id).unwrap().unwrap().wrapped, Some(vec![1, 2]));
+        assert_eq!(ks.revocations().unwrap().len(), 1);
+        assert_eq!(ks.integrity_records().unwrap(), vec![integrity]);
+        // Integrity records are their own kind: no KEK listing sees them.
+        assert_eq!(ks.list(KeyKind::Kek, None).unwrap().len(), 1);
+        drop(ks);
+        // A fresh keystore is not marked.
+        let fresh = dir.path().join("fresh.db");
+        assert!(Keystore::open(&fresh)
+            .unwrap()
+            .meta(META_UPGRADE)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn a_damaged_file_is_refused_naming_it_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.db");
+        {
+            let ks = Keystore::open(&p).unwrap();
+            for _ in 0..200 {
+                let mut r = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
+                r.wrapped = Some(vec![7; 64]);
+                ks.insert(&r).unwrap();
+            }
+        }
+        let mut bytes = std::fs::read(&p).unwrap();
+        // A whole page in the middle of the file.
+        let mid = bytes.len() / 2 / 4096 * 4096;
+        for b in &mut bytes[mid..mid + 4096] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&p, &bytes).unwrap();
+        match Keystore::open(&p) {
+            Err(e @ KeystoreError::Damaged { .. }) => {
+                assert!(e.to_string().contains(&p.display().to_string()), "{e}")
+            }
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("opened a damaged keystore"),
+        }
+        assert_eq!(std::fs::read(&p).unwrap(), bytes);
+    }
+
+    /// `cargo test -p keyward-agent --release -- --ignored integrity_check_time --nocapture`
+    #[test]
+    #[ignore]
+    fn integrity_check_time_on_100k_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.db");
+        {
+            let ks = Keystore::open(&p).unwrap();
+            ks.set_mac_key(Some(test_key(1)));
+            let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
+            ks.insert(&root).unwrap();
+            let mut conn = ks.lock();
+            let tx = conn.transaction().unwrap();
+            for _ in 0..100_000 {
+                let mut r = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+                r.parent = Some(root.id);
+                r.wrapped = Some(vec![7; 40]);
+                r.purpose = Some(Purpose::Personal);
+                insert_with(&tx, Some(&test_key(1)), &r).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let size = std::fs::metadata(&p).unwrap().len();
+        let t = std::time::Instant::now();
+        let ks = Keystore::open(&p).unwrap();
+        let open = t.elapsed();
+        let conn = ks.lock();
+        let t = std::time::Instant::now();
+        Keystore::check_integrity(&conn, &p).unwrap();
+        eprintln!(
+            "100k records, {size} bytes: open {open:?}, integrity_check {:?}",
+            t.elapsed()
+        );
     }
 }

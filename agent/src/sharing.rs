@@ -89,6 +89,13 @@ impl Hierarchy {
                 "a key with id {id} exists already in this keystore"
             )));
         }
+        if dek == crate::hierarchy::integrity_binding() {
+            // Wrapped under a KEK, this value would let whoever chose it compute a MAC key for
+            // a keystore whose integrity records were swapped for that KEK's (hierarchy.rs).
+            return Err(AgentError::InvalidArgs(
+                "this key value is reserved and cannot be imported".into(),
+            ));
+        }
         let kek = self.choose_kek(kek)?;
         let w = self.with_recovery(|| Ok(self.kek_handle(&kek)?.wrap_secret(dek)?))?;
         let mut rec = KeyRecord::new(KeyKind::Dek, w.scheme.as_str());

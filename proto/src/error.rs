@@ -66,6 +66,9 @@ pub enum ErrorCode {
     TokenUnavailable,
     /// The keystore could not be read or written.
     KeystoreError,
+    /// A keystore record (or the stored PIN counter) was changed outside the agent: its MAC
+    /// under the keystore integrity key is missing or wrong. The message names the record.
+    KeystoreTampered,
     /// A bug or an unexpected state in the agent.
     Internal,
     /// A code this client does not know (from a newer agent).
@@ -102,6 +105,7 @@ impl ErrorCode {
             ErrorCode::TokenError => "token_error",
             ErrorCode::TokenUnavailable => "token_unavailable",
             ErrorCode::KeystoreError => "keystore_error",
+            ErrorCode::KeystoreTampered => "keystore_tampered",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }

@@ -172,7 +172,7 @@ operations! {
     KeypairCreate, keypair_create, "keypair.create": KeypairCreateArgs => Created, Unlocked;
     KeypairList, keypair_list, "keypair.list": Empty => KeyList, Always;
     KeypairShow, keypair_show, "keypair.show": IdArgs => KeyInfo, Always;
-    KeypairDelete, keypair_delete, "keypair.delete": IdArgs => Deleted, Always;
+    KeypairDelete, keypair_delete, "keypair.delete": IdArgs => Deleted, Unlocked;
     KeypairImport, keypair_import, "keypair.import": KeypairImportArgs => Created, Unlocked;
     Sign, sign, "sign": SignArgs => SignatureResult, Unlocked;
     ShareSeal, share_seal, "share.seal": ShareSealArgs => SealedResult, Unlocked;

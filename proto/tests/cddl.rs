@@ -377,6 +377,7 @@ fn every_response_validates() {
         ErrorCode::TokenError,
         ErrorCode::TokenUnavailable,
         ErrorCode::KeystoreError,
+        ErrorCode::KeystoreTampered,
         ErrorCode::Internal,
     ];
     for code in codes {

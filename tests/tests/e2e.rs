@@ -17,5 +17,7 @@ mod peers;
 mod pin;
 #[path = "e2e/process.rs"]
 mod process;
+#[path = "e2e/tamper.rs"]
+mod tamper;
 #[path = "e2e/wire.rs"]
 mod wire;

@@ -126,6 +126,10 @@ fn kwp(key: &[u8; 32]) -> aes_kw::KekAes256 {
 }
 
 impl Root for MemoryRoot {
+    fn scheme(&self) -> crate::root::Scheme {
+        crate::root::Scheme::Memory
+    }
+
     fn kind(&self) -> RootKind {
         // No hardware, like the soft root; the wire has no kind of its own for a test root.
         RootKind::Soft

@@ -266,6 +266,8 @@ pub struct StoredRoot {
 /// A root backend.
 pub trait Root: Send + Sync {
     fn kind(&self) -> RootKind;
+    /// The scheme of the root record `init` makes (the same as `RootInit::scheme`).
+    fn scheme(&self) -> Scheme;
     /// A description for people: token label, serial.
     fn describe(&self) -> String;
     /// Create the root. Refuses when one exists already. Leaves the root unlocked.

@@ -66,6 +66,10 @@ impl SoftRoot {
 }
 
 impl Root for SoftRoot {
+    fn scheme(&self) -> crate::root::Scheme {
+        crate::root::Scheme::Pbkdf2
+    }
+
     fn kind(&self) -> keyward_proto::ops::RootKind {
         keyward_proto::ops::RootKind::Soft
     }

@@ -51,6 +51,10 @@ fn nothing_more(_: &Sessions, _: &'static str) -> Result<(), RootError> {
 }
 
 impl Root for Pkcs11AesRoot {
+    fn scheme(&self) -> crate::root::Scheme {
+        crate::root::Scheme::Pkcs11Aes
+    }
+
     fn kind(&self) -> RootKind {
         RootKind::Pkcs11
     }

@@ -205,6 +205,10 @@ impl Pkcs11EcRoot {
 }
 
 impl Root for Pkcs11EcRoot {
+    fn scheme(&self) -> crate::root::Scheme {
+        crate::root::Scheme::Pkcs11EcP256
+    }
+
     fn kind(&self) -> RootKind {
         RootKind::Pkcs11
     }

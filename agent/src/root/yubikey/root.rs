@@ -311,6 +311,10 @@ impl YubiKeyRoot {
 }
 
 impl Root for YubiKeyRoot {
+    fn scheme(&self) -> crate::root::Scheme {
+        crate::root::Scheme::YubiKeyP256
+    }
+
     fn kind(&self) -> RootKind {
         RootKind::YubiKey
     }
