@@ -64,6 +64,7 @@ unsafe fn template(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> R<Template> {
         .map(|a| {
             Ok((
                 a.type_,
+                // SAFETY: the value pointer comes with its length from the caller.
                 unsafe { bytes(a.pValue as *const u8, a.ulValueLen) }?.to_vec(),
             ))
         })

@@ -408,10 +408,7 @@ fn uuid_bytes(id: &str) -> Vec<u8> {
     uuid::Uuid::parse_str(id).map_or_else(|_| id.as_bytes().to_vec(), |u| u.as_bytes().to_vec())
 }
 
-fn template_get<'t>(
-    t: &'t [(CK_ATTRIBUTE_TYPE, Vec<u8>)],
-    a: CK_ATTRIBUTE_TYPE,
-) -> Option<&'t [u8]> {
+fn template_get(t: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)], a: CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
     t.iter()
         .rev()
         .find(|(k, _)| *k == a)
@@ -1057,11 +1054,7 @@ impl Module {
         Ok(())
     }
 
-    fn crypt_session<'s>(
-        st: &'s mut State,
-        h: CK_SESSION_HANDLE,
-        encrypt: bool,
-    ) -> R<&'s mut Session> {
+    fn crypt_session(st: &mut State, h: CK_SESSION_HANDLE, encrypt: bool) -> R<&mut Session> {
         let s = st.session(h)?;
         match &s.crypt {
             Some(op) if op.encrypt == encrypt => Ok(s),

@@ -41,7 +41,7 @@ fn rv<T: std::fmt::Debug>(r: Result<T, Error>) -> Option<RvError> {
     }
 }
 
-fn e<T>(what: &str) -> impl FnOnce(Error) -> String + '_ {
+fn e(what: &str) -> impl FnOnce(Error) -> String + '_ {
     move |err| format!("FAILED: {what}: {err}")
 }
 
@@ -51,13 +51,13 @@ fn init(p: &Pkcs11) -> Result<(), Error> {
 
 fn find(s: &Session, class: ObjectClass, kt: KeyType) -> Result<Vec<ObjectHandle>, String> {
     s.find_objects(&[Attribute::Class(class), Attribute::KeyType(kt)])
-        .map_err(e::<()>("find objects"))
+        .map_err(e("find objects"))
 }
 
 fn ec_point(s: &Session, h: ObjectHandle) -> Result<Vec<u8>, String> {
     match s
         .get_attributes(h, &[AttributeType::EcPoint])
-        .map_err(e::<()>("EC_POINT"))?
+        .map_err(e("EC_POINT"))?
         .pop()
     {
         Some(Attribute::EcPoint(p)) if p.len() == 67 => Ok(p[2..].to_vec()),
@@ -68,7 +68,7 @@ fn ec_point(s: &Session, h: ObjectHandle) -> Result<Vec<u8>, String> {
 fn id_of(s: &Session, h: ObjectHandle) -> Result<Vec<u8>, String> {
     match s
         .get_attributes(h, &[AttributeType::Id])
-        .map_err(e::<()>("CKA_ID"))?
+        .map_err(e("CKA_ID"))?
         .pop()
     {
         Some(Attribute::Id(id)) => Ok(id),
@@ -97,7 +97,7 @@ fn sign_once(s: &Session, key: ObjectHandle, point: &[u8], msg: &[u8]) -> Res {
     let d = sha256(msg);
     let sig = s
         .sign(&Mechanism::Ecdsa, key, &d)
-        .map_err(e::<()>("C_Sign CKM_ECDSA"))?;
+        .map_err(e("C_Sign CKM_ECDSA"))?;
     if verify_p256(point, &d, &sig) {
         Ok(())
     } else {
@@ -117,7 +117,7 @@ fn p256_keys(s: &Session) -> Result<Keys, String> {
     let id = id_of(s, private)?;
     let public = s
         .find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(id)])
-        .map_err(e::<()>("public key by CKA_ID"))?;
+        .map_err(e("public key by CKA_ID"))?;
     let public = *public
         .first()
         .ok_or("FAILED: no public key with the private key's CKA_ID")?;
@@ -128,16 +128,16 @@ fn p256_keys(s: &Session) -> Result<Keys, String> {
 }
 
 fn all(module: &str, pin: &str) -> Res {
-    let p = Pkcs11::new(module).map_err(e::<()>("load module"))?;
-    init(&p).map_err(e::<()>("C_Initialize"))?;
+    let p = Pkcs11::new(module).map_err(e("load module"))?;
+    init(&p).map_err(e("C_Initialize"))?;
     check(
         rv(init(&p)) == Some(RvError::CryptokiAlreadyInitialized),
         "second C_Initialize: CKR_CRYPTOKI_ALREADY_INITIALIZED",
     )?;
-    let slots = p.get_slots_with_token().map_err(e::<()>("slots"))?;
+    let slots = p.get_slots_with_token().map_err(e("slots"))?;
     check(slots.len() == 1, "one slot")?;
     let slot = slots[0];
-    let ti = p.get_token_info(slot).map_err(e::<()>("token info"))?;
+    let ti = p.get_token_info(slot).map_err(e("token info"))?;
     check(
         ti.label() == "Keyward" && ti.login_required() && !ti.serial_number().is_empty(),
         "token Keyward, login required, serial",
@@ -145,9 +145,7 @@ fn all(module: &str, pin: &str) -> Res {
     let pin_ok = AuthPin::from(pin.to_string());
 
     // Public objects without login; private ones only after it.
-    let s = p
-        .open_ro_session(slot)
-        .map_err(e::<()>("open RO session"))?;
+    let s = p.open_ro_session(slot).map_err(e("open RO session"))?;
     check(
         !find(&s, ObjectClass::PUBLIC_KEY, KeyType::EC)?.is_empty(),
         "public keys visible without login",
@@ -168,8 +166,8 @@ fn all(module: &str, pin: &str) -> Res {
         "wrong PIN: CKR_PIN_INCORRECT",
     )?;
     s.login(UserType::User, Some(&pin_ok))
-        .map_err(e::<()>("C_Login"))?;
-    let info = s.get_session_info().map_err(e::<()>("session info"))?;
+        .map_err(e("C_Login"))?;
+    let info = s.get_session_info().map_err(e("session info"))?;
     check(
         info.session_state() == SessionState::RoUser,
         "RO user session after login",
@@ -182,17 +180,17 @@ fn all(module: &str, pin: &str) -> Res {
     let msg = b"multi-part message".repeat(10);
     let sig = s
         .sign(&Mechanism::EcdsaSha256, keys.private, &msg)
-        .map_err(e::<()>("CKM_ECDSA_SHA256"))?;
+        .map_err(e("CKM_ECDSA_SHA256"))?;
     check(
         verify_p256(&keys.point, &sha256(&msg), &sig),
         "CKM_ECDSA_SHA256 single-part verifies",
     )?;
     s.sign_init(&Mechanism::EcdsaSha256, keys.private)
-        .map_err(e::<()>("SignInit"))?;
+        .map_err(e("SignInit"))?;
     for chunk in msg.chunks(7) {
-        s.sign_update(chunk).map_err(e::<()>("SignUpdate"))?;
+        s.sign_update(chunk).map_err(e("SignUpdate"))?;
     }
-    let sig = s.sign_final().map_err(e::<()>("SignFinal"))?;
+    let sig = s.sign_final().map_err(e("SignFinal"))?;
     check(
         verify_p256(&keys.point, &sha256(&msg), &sig),
         "CKM_ECDSA_SHA256 multi-part verifies",
@@ -202,7 +200,7 @@ fn all(module: &str, pin: &str) -> Res {
             Attribute::Class(ObjectClass::PUBLIC_KEY),
             Attribute::Id(id_of(&s, keys.private)?),
         ])
-        .map_err(e::<()>("find"))?[0];
+        .map_err(e("find"))?[0];
     check(
         s.verify(&Mechanism::EcdsaSha256, public, &msg, &sig)
             .is_ok(),
@@ -227,11 +225,11 @@ fn all(module: &str, pin: &str) -> Res {
                 *ed,
                 b"ed message",
             )
-            .map_err(e::<()>("CKM_EDDSA"))?;
+            .map_err(e("CKM_EDDSA"))?;
         let id = id_of(&s, *ed)?;
         let edpub = s
             .find_objects(&[Attribute::Class(ObjectClass::PUBLIC_KEY), Attribute::Id(id)])
-            .map_err(e::<()>("find"))?[0];
+            .map_err(e("find"))?[0];
         check(
             s.verify(
                 &Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
@@ -254,7 +252,7 @@ fn all(module: &str, pin: &str) -> Res {
                 AttributeType::Label,
             ],
         )
-        .map_err(e::<()>("attribute info"))?;
+        .map_err(e("attribute info"))?;
     check(
         matches!(infos[0], AttributeInfo::Sensitive),
         "private CKA_VALUE: sensitive",
@@ -277,7 +275,7 @@ fn all(module: &str, pin: &str) -> Res {
             Attribute::Class(ObjectClass::SECRET_KEY),
             Attribute::KeyType(KeyType::AES),
         ])
-        .map_err(e::<()>("find DEK"))?
+        .map_err(e("find DEK"))?
         .first()
         .ok_or("FAILED: no DEK object")?;
     let dek_id = uuid::Uuid::from_slice(&id_of(&s, dek)?)
@@ -286,7 +284,7 @@ fn all(module: &str, pin: &str) -> Res {
     check(
         matches!(
             s.get_attribute_info(dek, &[AttributeType::Value])
-                .map_err(e::<()>("DEK value"))?[0],
+                .map_err(e("DEK value"))?[0],
             AttributeInfo::Sensitive
         ),
         "DEK CKA_VALUE: sensitive",
@@ -298,13 +296,12 @@ fn all(module: &str, pin: &str) -> Res {
         let ct = s
             .encrypt(
                 &Mechanism::AesGcm(
-                    GcmParams::new(&mut iv, &aad, tag_bits.into())
-                        .map_err(e::<()>("gcm params"))?,
+                    GcmParams::new(&mut iv, &aad, tag_bits.into()).map_err(e("gcm params"))?,
                 ),
                 dek,
                 &pt,
             )
-            .map_err(e::<()>("C_Encrypt GCM"))?;
+            .map_err(e("C_Encrypt GCM"))?;
         let args = GcmArgs {
             dek: dek_id.clone(),
             iv: serde_bytes::ByteBuf::from(iv.to_vec()),
@@ -329,13 +326,12 @@ fn all(module: &str, pin: &str) -> Res {
         let back = s
             .decrypt(
                 &Mechanism::AesGcm(
-                    GcmParams::new(&mut iv, &aad, tag_bits.into())
-                        .map_err(e::<()>("gcm params"))?,
+                    GcmParams::new(&mut iv, &aad, tag_bits.into()).map_err(e("gcm params"))?,
                 ),
                 dek,
                 &sealed,
             )
-            .map_err(e::<()>("C_Decrypt GCM"))?;
+            .map_err(e("C_Decrypt GCM"))?;
         check(
             back == b"from the agent",
             &format!("agent gcm.seal (tag {tag_bits} bits) decrypts in the module"),
@@ -345,8 +341,7 @@ fn all(module: &str, pin: &str) -> Res {
         check(
             rv(s.decrypt(
                 &Mechanism::AesGcm(
-                    GcmParams::new(&mut iv, &aad, tag_bits.into())
-                        .map_err(e::<()>("gcm params"))?,
+                    GcmParams::new(&mut iv, &aad, tag_bits.into()).map_err(e("gcm params"))?,
                 ),
                 dek,
                 &bad,
@@ -356,7 +351,7 @@ fn all(module: &str, pin: &str) -> Res {
     }
     let rnd = s
         .generate_random_vec(100_000)
-        .map_err(e::<()>("C_GenerateRandom"))?;
+        .map_err(e("C_GenerateRandom"))?;
     check(
         rnd.len() == 100_000 && rnd.iter().any(|b| *b != 0),
         "C_GenerateRandom (100000 bytes, in bounded agent requests)",
@@ -369,7 +364,7 @@ fn all(module: &str, pin: &str) -> Res {
                 let p = &p;
                 let point = keys.point.clone();
                 sc.spawn(move || -> Res {
-                    let s = p.open_ro_session(slot).map_err(e::<()>("thread session"))?;
+                    let s = p.open_ro_session(slot).map_err(e("thread session"))?;
                     let k = p256_keys(&s)?;
                     for i in 0..10 {
                         sign_once(
@@ -398,8 +393,6 @@ fn all(module: &str, pin: &str) -> Res {
     )?;
 
     // fork: the child is not initialized until it calls C_Initialize, then signs on its own.
-    // SAFETY-free: nix's fork is unsafe to call only because of what the child may do; the
-    // child here calls the module and exits with _exit, touching nothing else.
     match fork_child(&p, slot, pin)? {
         0 => {}
         code => return Err(format!("FAILED: forked child exited {code}")),
@@ -416,12 +409,12 @@ fn all(module: &str, pin: &str) -> Res {
         "locked agent: CKR_USER_NOT_LOGGED_IN",
     )?;
     s.login(UserType::User, Some(&pin_ok))
-        .map_err(e::<()>("login after lock"))?;
+        .map_err(e("login after lock"))?;
     sign_once(&s, keys.private, &keys.point, b"after relogin")?;
     println!("ok: C_Login after the lock unlocks again");
 
     // C_Logout ends the module's login, not the agent's.
-    s.logout().map_err(e::<()>("logout"))?;
+    s.logout().map_err(e("logout"))?;
     let locked = BlockingClient::connect(std::path::Path::new(&sock))
         .map_err(|e| format!("agent: {e}"))?
         .hello_info()
@@ -437,10 +430,10 @@ fn all(module: &str, pin: &str) -> Res {
 fn fork_child(p: &Pkcs11, slot: cryptoki::slot::Slot, pin: &str) -> Result<i32, String> {
     use nix::sys::wait::{waitpid, WaitStatus};
     use nix::unistd::{fork, ForkResult};
-    // SAFETY: the child only calls the module (no allocator-sensitive locks are held by other
-    // threads of this single-threaded moment: the signing threads above have joined) and ends
-    // with _exit, running no destructor of the parent's state.
-    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+    // SAFETY: the signing threads have joined; the child only calls the module and ends with
+    // _exit, running no destructor of the parent's state.
+    let forked = unsafe { fork() };
+    match forked.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             let code = match child(p, slot, pin) {
                 Ok(()) => 0,
@@ -465,24 +458,23 @@ fn child(p: &Pkcs11, slot: cryptoki::slot::Slot, pin: &str) -> Res {
             "child: C_GetSlotList before C_Initialize was not CKR_CRYPTOKI_NOT_INITIALIZED".into(),
         );
     }
-    init(p).map_err(e::<()>("child C_Initialize"))?;
+    init(p).map_err(e("child C_Initialize"))?;
     let s = p
         .open_ro_session_no_drop(slot)
-        .map_err(e::<()>("child session"))?;
+        .map_err(e("child session"))?;
     s.login(UserType::User, Some(&AuthPin::from(pin.to_string())))
-        .map_err(e::<()>("child login"))?;
+        .map_err(e("child login"))?;
     let k = p256_keys(&s)?;
     sign_once(&s, k.private, &k.point, b"child")
 }
 
 fn restart(module: &str, pin: &str) -> Res {
-    let p = Pkcs11::new(module).map_err(e::<()>("load module"))?;
-    init(&p).map_err(e::<()>("C_Initialize"))?;
-    let slot = p.get_slots_with_token().map_err(e::<()>("slots"))?[0];
-    let s = p.open_ro_session(slot).map_err(e::<()>("session"))?;
+    let p = Pkcs11::new(module).map_err(e("load module"))?;
+    init(&p).map_err(e("C_Initialize"))?;
+    let slot = p.get_slots_with_token().map_err(e("slots"))?[0];
+    let s = p.open_ro_session(slot).map_err(e("session"))?;
     let pin = AuthPin::from(pin.to_string());
-    s.login(UserType::User, Some(&pin))
-        .map_err(e::<()>("login"))?;
+    s.login(UserType::User, Some(&pin)).map_err(e("login"))?;
     let k = p256_keys(&s)?;
     sign_once(&s, k.private, &k.point, b"before restart")?;
     println!("ready");
@@ -496,7 +488,7 @@ fn restart(module: &str, pin: &str) -> Res {
         &format!("after the restart: a clean error ({r:?}), no crash"),
     )?;
     s.login(UserType::User, Some(&pin))
-        .map_err(e::<()>("login after restart"))?;
+        .map_err(e("login after restart"))?;
     sign_once(&s, k.private, &k.point, b"after restart")?;
     println!("ok: reconnected, logged in and signed after the restart");
     Ok(())
@@ -504,9 +496,9 @@ fn restart(module: &str, pin: &str) -> Res {
 
 fn noagent(module: &str) -> Res {
     let t = Instant::now();
-    let p = Pkcs11::new(module).map_err(e::<()>("load module"))?;
-    init(&p).map_err(e::<()>("C_Initialize without an agent"))?;
-    let slots = p.get_all_slots().map_err(e::<()>("slots"))?;
+    let p = Pkcs11::new(module).map_err(e("load module"))?;
+    init(&p).map_err(e("C_Initialize without an agent"))?;
+    let slots = p.get_all_slots().map_err(e("slots"))?;
     check(slots.is_empty(), "no agent: zero slots")?;
     check(t.elapsed() < Duration::from_secs(5), "no agent: no hang")
 }
