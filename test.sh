@@ -12,8 +12,12 @@ cd "$(dirname "$0")"
 log=$(mktemp)
 trap './vcard-setup.sh stop >/dev/null 2>&1 || true; rm -f "$log"' EXIT
 ./softhsm-setup.sh --install-only
+# pkcs11-tool, p11tool, NSS tools, OpenSSH and libp11 for the PKCS#11 module's tests.
+./pkcs11-setup.sh --install-only
 ./vcard-setup.sh start
 cargo build --workspace --bins
+# The PKCS#11 module (a cdylib: --bins does not build it).
+cargo build -p keyward-pkcs11
 cargo test --workspace -- --skip yubikey 2>&1 | tee -a "$log"
 # `--workspace` (not only -p keyward-tests) so the agent's root::yubikey unit tests run too.
 cargo test --workspace yubikey -- --test-threads=1 2>&1 | tee -a "$log"

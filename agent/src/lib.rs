@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod door;
 pub mod error;
 pub mod hardening;
 pub mod hierarchy;

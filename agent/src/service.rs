@@ -266,4 +266,52 @@ impl Handler for Service {
             sender_name,
         })
     }
+
+    // ---- the PKCS#11 module's operations (door.rs) ----
+
+    fn root_info(&self, _: Empty) -> Result<RootInfoResult, AgentError> {
+        Ok(RootInfoResult {
+            id: self.h.root_id()?,
+            initialized: self.h.is_initialized()?,
+            locked: self.h.is_locked(),
+        })
+    }
+
+    fn sign_digest(&self, a: SignDigestArgs) -> Result<SignatureResult, AgentError> {
+        let sig = self.h.sign_digest(&a.key, &a.digest)?;
+        Ok(SignatureResult {
+            signature: serde_bytes::ByteBuf::from(sig),
+        })
+    }
+
+    fn gcm_seal(&self, a: GcmArgs) -> Result<GcmResult, AgentError> {
+        let ct = self
+            .h
+            .gcm_seal(&a.dek, &a.iv, &a.aad, a.tag_len, a.data.expose())?;
+        Ok(GcmResult {
+            data: SecretBytes::new(ct),
+        })
+    }
+
+    fn gcm_open(&self, a: GcmArgs) -> Result<GcmResult, AgentError> {
+        let pt = self
+            .h
+            .gcm_open(&a.dek, &a.iv, &a.aad, a.tag_len, a.data.expose())?;
+        Ok(GcmResult {
+            data: SecretBytes::from(pt),
+        })
+    }
+
+    fn keypair_ecdh(&self, a: EcdhArgs) -> Result<SharedSecret, AgentError> {
+        let secret = self.h.keypair_ecdh(&a.key, &a.peer)?;
+        Ok(SharedSecret {
+            secret: SecretBytes::from(secret),
+        })
+    }
+
+    fn random(&self, a: RandomArgs) -> Result<RandomBytes, AgentError> {
+        Ok(RandomBytes {
+            bytes: serde_bytes::ByteBuf::from(self.h.random(a.len)?),
+        })
+    }
 }

@@ -354,6 +354,30 @@ impl Client {
         };
         self.call::<op::Open>(&args).await
     }
+
+    // ---- the PKCS#11 module's operations ----
+
+    /// The root's id (stable for its life) and the lock state.
+    pub async fn root_info(&self) -> Result<RootInfoResult, ClientError> {
+        self.call::<op::RootInfo>(&Empty {}).await
+    }
+
+    /// Raw AES-256-GCM seal under a DEK: ciphertext ‖ the first `tag_len` bytes of the tag.
+    pub async fn gcm_seal(&self, args: &GcmArgs) -> Result<Vec<u8>, ClientError> {
+        let r = self.call::<op::GcmSeal>(args).await?;
+        Ok(r.data.expose().to_vec())
+    }
+
+    /// Raw AES-256-GCM open under a DEK of ciphertext ‖ tag.
+    pub async fn gcm_open(&self, args: &GcmArgs) -> Result<SecretBytes, ClientError> {
+        Ok(self.call::<op::GcmOpen>(args).await?.data)
+    }
+
+    /// `len` random bytes from the agent.
+    pub async fn random(&self, len: u32) -> Result<Vec<u8>, ClientError> {
+        let r = self.call::<op::Random>(&RandomArgs { len }).await?;
+        Ok(r.bytes.into_vec())
+    }
 }
 
 /// A blocking client: the async [`Client`] on a private current-thread runtime.

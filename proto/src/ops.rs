@@ -409,3 +409,72 @@ pub struct OpenedMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender_name: Option<String>,
 }
+
+// ---- operations for the PKCS#11 module (pkcs11-shim) ----------------------------------------
+
+/// Largest `random` request, in bytes.
+pub const MAX_RANDOM: u32 = 64 * 1024;
+
+/// `root.info` result: the root's keystore id (stable for the root's life) and the lock state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootInfoResult {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub initialized: bool,
+    pub locked: bool,
+}
+
+/// `sign.digest` arguments: ECDSA P-256 over a digest the caller computed (PKCS#11 `CKM_ECDSA`).
+/// The digest is taken as ECDSA takes any hash: its leftmost 32 bytes, or left-padded with zeros.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignDigestArgs {
+    pub key: String,
+    pub digest: serde_bytes::ByteBuf,
+}
+
+/// `gcm.seal` / `gcm.open` arguments: raw AES-256-GCM under a DEK with the caller's 12-byte IV,
+/// AAD and tag length (4..=16 bytes). `data` is the plaintext (seal) or ciphertext ‖ tag (open).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcmArgs {
+    pub dek: String,
+    pub iv: serde_bytes::ByteBuf,
+    #[serde(default)]
+    pub aad: serde_bytes::ByteBuf,
+    pub tag_len: u8,
+    pub data: SecretBytes,
+}
+
+/// `gcm.seal` / `gcm.open` result: ciphertext ‖ tag (seal) or the plaintext (open).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcmResult {
+    pub data: SecretBytes,
+}
+
+/// `keypair.ecdh` arguments: ECDH (P-256, no KDF) of a keypair with a peer's SEC1 point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EcdhArgs {
+    pub key: String,
+    pub peer: serde_bytes::ByteBuf,
+}
+
+/// `keypair.ecdh` result: the shared x-coordinate (32 bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedSecret {
+    pub secret: SecretBytes,
+}
+
+/// `random` arguments: how many bytes (at most [`MAX_RANDOM`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RandomArgs {
+    pub len: u32,
+}
+
+/// `random` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RandomBytes {
+    pub bytes: serde_bytes::ByteBuf,
+}

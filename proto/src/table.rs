@@ -184,6 +184,18 @@ operations! {
     NodeChain, node_chain, "node.chain": NodeChainArgs => ChainResult, Always;
     Seal, seal, "seal": SealArgs => SealedResult, Unlocked;
     Open, open, "open": OpenArgs => OpenedMessage, Unlocked;
+    // For the PKCS#11 module (ARCHITECTURE.md, "The PKCS#11 door").
+    /// The root's id (the module's token serial) and the lock state.
+    RootInfo, root_info, "root.info": Empty => RootInfoResult, Always;
+    /// ECDSA P-256 over a caller's digest: raw r‖s.
+    SignDigest, sign_digest, "sign.digest": SignDigestArgs => SignatureResult, Unlocked;
+    /// Raw AES-256-GCM under a DEK (caller IV, AAD, tag length).
+    GcmSeal, gcm_seal, "gcm.seal": GcmArgs => GcmResult, Unlocked;
+    GcmOpen, gcm_open, "gcm.open": GcmArgs => GcmResult, Unlocked;
+    /// ECDH with a P-256 keypair: the shared x-coordinate.
+    KeypairEcdh, keypair_ecdh, "keypair.ecdh": EcdhArgs => SharedSecret, Unlocked;
+    /// Random bytes from the agent's CSPRNG (at most `MAX_RANDOM`).
+    Random, random, "random": RandomArgs => RandomBytes, Always;
 }
 
 #[cfg(test)]

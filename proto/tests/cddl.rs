@@ -40,6 +40,13 @@ fn every_request_validates() {
     let pin = PinArgs {
         pin: Pin::new("123456"),
     };
+    let gcm = GcmArgs {
+        dek: ID.into(),
+        iv: serde_bytes::ByteBuf::from(vec![1; 12]),
+        aad: serde_bytes::ByteBuf::from(b"hdr".to_vec()),
+        tag_len: 12,
+        data: SecretBytes::new(b"pt".to_vec()),
+    };
     let requests: Vec<(Op, Vec<u8>)> = vec![
         (Op::Hello, req(Op::Hello, &HelloArgs::current())),
         (
@@ -229,6 +236,31 @@ fn every_request_validates() {
                 },
             ),
         ),
+        // The PKCS#11 module's operations.
+        (Op::RootInfo, req(Op::RootInfo, &Empty {})),
+        (
+            Op::SignDigest,
+            req(
+                Op::SignDigest,
+                &SignDigestArgs {
+                    key: ID.into(),
+                    digest: serde_bytes::ByteBuf::from(vec![9; 32]),
+                },
+            ),
+        ),
+        (Op::GcmSeal, req(Op::GcmSeal, &gcm)),
+        (Op::GcmOpen, req(Op::GcmOpen, &gcm)),
+        (
+            Op::KeypairEcdh,
+            req(
+                Op::KeypairEcdh,
+                &EcdhArgs {
+                    key: ID.into(),
+                    peer: serde_bytes::ByteBuf::from(vec![4; 65]),
+                },
+            ),
+        ),
+        (Op::Random, req(Op::Random, &RandomArgs { len: 32 })),
     ];
     let mut seen = std::collections::HashSet::new();
     for (op, cbor) in &requests {
@@ -343,6 +375,33 @@ fn every_response_validates() {
                 plaintext: SecretBytes::new(b"hi".to_vec()),
                 sender: "did:key:z".into(),
                 sender_name: Some("web1".into()),
+            },
+        ),
+        // The PKCS#11 module's operations.
+        Response::ok(
+            1,
+            &RootInfoResult {
+                id: Some(ID.into()),
+                initialized: true,
+                locked: false,
+            },
+        ),
+        Response::ok(
+            1,
+            &GcmResult {
+                data: SecretBytes::new(vec![1; 20]),
+            },
+        ),
+        Response::ok(
+            1,
+            &SharedSecret {
+                secret: SecretBytes::new(vec![3; 32]),
+            },
+        ),
+        Response::ok(
+            1,
+            &RandomBytes {
+                bytes: serde_bytes::ByteBuf::from(vec![5; 8]),
             },
         ),
     ];

@@ -26,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod env;
 pub mod kind;
+pub mod pkcs11;
 pub mod process;
 pub mod raw;
 pub mod token;

@@ -1,0 +1,199 @@
+//! The operations the PKCS#11 module (`pkcs11-shim`) needs beyond the rest of the protocol: the
+//! root's id, ECDSA over a caller's digest, raw AES-256-GCM under a DEK with the caller's IV, AAD
+//! and tag length, ECDH with a keypair, and random bytes.
+//!
+//! Policy is the hierarchy's: the same active/retired/revoked rules as `sign`, `encrypt` and
+//! `decrypt`, and the DEK stays wherever its KEK keeps it (inside the token on PKCS#11 roots).
+//! This module must never return key material: a shared ECDH secret is the one secret it gives,
+//! and only to the caller that names its own keypair and a peer.
+
+use crate::error::AgentError;
+use crate::hierarchy::Hierarchy;
+use crate::keystore::{Algorithm, KeyKind, KeyState};
+use keyward_identity::PublicKey;
+use rand_core::{OsRng, RngCore};
+use zeroize::Zeroizing;
+
+/// The GCM tag is 16 bytes; the caller may ask for a shorter one (PKCS#11 `ulTagBits`).
+const FULL_TAG: usize = 16;
+/// Shortest tag accepted (32 bits, NIST SP 800-38D's floor for special uses).
+const MIN_TAG: usize = 4;
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// ECDSA's reading of a digest of any length as a P-256 scalar input: the leftmost 32 bytes, or
+/// the digest left-padded with zeros (the same integer).
+pub fn digest_to_32(digest: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if digest.len() >= 32 {
+        out.copy_from_slice(&digest[..32]);
+    } else {
+        out[32 - digest.len()..].copy_from_slice(digest);
+    }
+    out
+}
+
+impl Hierarchy {
+    /// The root's keystore id (once initialized): stable for the root's life.
+    pub fn root_id(&self) -> Result<Option<String>, AgentError> {
+        Ok(self.ks.root()?.map(|r| r.id.to_string()))
+    }
+
+    /// ECDSA P-256 over a caller's digest: raw r‖s.
+    pub fn sign_digest(&self, key: &str, digest: &[u8]) -> Result<Vec<u8>, AgentError> {
+        self.root_record("sign.digest")?;
+        if digest.is_empty() || digest.len() > 64 {
+            return Err(AgentError::InvalidArgs(
+                "sign.digest: `digest` must be 1 to 64 bytes".into(),
+            ));
+        }
+        let rec = self.record(key, KeyKind::Keypair)?;
+        Self::require_active(&rec)?;
+        let signer = self.signer(&rec)?;
+        let sig = signer
+            .sign_prehash(&digest_to_32(digest))
+            .map_err(|e| AgentError::Internal(format!("sign.digest: {e}")))?;
+        Ok(sig.to_bytes().to_vec())
+    }
+
+    fn gcm_params<'a>(
+        op: &'static str,
+        iv: &'a [u8],
+        tag_len: u8,
+    ) -> Result<(&'a [u8; 12], usize), AgentError> {
+        let iv: &[u8; 12] = iv
+            .try_into()
+            .map_err(|_| AgentError::InvalidArgs(format!("{op}: `iv` must be 12 bytes")))?;
+        let tag_len = usize::from(tag_len);
+        if !(MIN_TAG..=FULL_TAG).contains(&tag_len) {
+            return Err(AgentError::InvalidArgs(format!(
+                "{op}: `tag_len` must be {MIN_TAG} to {FULL_TAG} bytes"
+            )));
+        }
+        Ok((iv, tag_len))
+    }
+
+    /// Raw AES-256-GCM seal under a DEK: ciphertext ‖ the tag's first `tag_len` bytes.
+    pub fn gcm_seal(
+        &self,
+        dek_id: &str,
+        iv: &[u8],
+        aad: &[u8],
+        tag_len: u8,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, AgentError> {
+        let (iv, tag_len) = Self::gcm_params("gcm.seal", iv, tag_len)?;
+        if plaintext.len() > keyward_proto::MAX_PLAINTEXT {
+            return Err(AgentError::TooLarge(format!(
+                "gcm.seal: over the {}-byte limit of one request",
+                keyward_proto::MAX_PLAINTEXT
+            )));
+        }
+        self.root_record("gcm.seal")?;
+        let dek = self.record(dek_id, KeyKind::Dek)?;
+        Self::require_active(&dek)?;
+        let kek = self.parent_kek(&dek)?;
+        let wrapped = self.wrapped(&dek)?;
+        let mut out =
+            self.with_recovery(|| Ok(self.kek_handle(&kek)?.seal(wrapped, iv, aad, plaintext)?))?;
+        out.truncate(plaintext.len() + tag_len);
+        Ok(out)
+    }
+
+    /// Raw AES-256-GCM open under a DEK of ciphertext ‖ tag (`tag_len` bytes). A shortened tag is
+    /// checked by recomputing the full one: GCM's keystream is the same for the same key and IV,
+    /// so sealing the ciphertext gives the plaintext, and sealing that gives the full tag.
+    pub fn gcm_open(
+        &self,
+        dek_id: &str,
+        iv: &[u8],
+        aad: &[u8],
+        tag_len: u8,
+        ct_tag: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, AgentError> {
+        let (iv, tag_len) = Self::gcm_params("gcm.open", iv, tag_len)?;
+        if ct_tag.len() < tag_len {
+            return Err(AgentError::DecryptFailed(
+                "gcm.open: shorter than its tag".into(),
+            ));
+        }
+        self.root_record("gcm.open")?;
+        let dek = self.record(dek_id, KeyKind::Dek)?;
+        // A retired DEK still decrypts what it encrypted; a revoked one does nothing.
+        if dek.state == KeyState::Revoked {
+            return Err(AgentError::KeyInactive {
+                kind: "dek",
+                id: dek.id.to_string(),
+                state: dek.state.as_str(),
+            });
+        }
+        let kek = self.parent_kek(&dek)?;
+        let wrapped = self.wrapped(&dek)?;
+        if tag_len == FULL_TAG {
+            return self
+                .with_recovery(|| Ok(self.kek_handle(&kek)?.open(wrapped, iv, aad, ct_tag)?));
+        }
+        let (ct, tag) = ct_tag.split_at(ct_tag.len() - tag_len);
+        let k = self.with_recovery(|| self.kek_handle(&kek))?;
+        let mut pt = Zeroizing::new(k.seal(wrapped, iv, b"", ct)?);
+        pt.truncate(ct.len());
+        let again = k.seal(wrapped, iv, aad, &pt)?;
+        if again.len() != ct.len() + FULL_TAG
+            || !ct_eq(&again[..ct.len()], ct)
+            || !ct_eq(&again[ct.len()..ct.len() + tag_len], tag)
+        {
+            return Err(AgentError::DecryptFailed(
+                "gcm.open: authentication failed".into(),
+            ));
+        }
+        Ok(pt)
+    }
+
+    /// ECDH (P-256, no KDF) of a wrapped keypair with a peer's SEC1 point: the shared x.
+    pub fn keypair_ecdh(&self, key: &str, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, AgentError> {
+        self.root_record("keypair.ecdh")?;
+        let rec = self.record(key, KeyKind::Keypair)?;
+        Self::require_active(&rec)?;
+        if rec.algorithm.is_some_and(|a| a != Algorithm::P256) {
+            return Err(AgentError::WrongKey(format!(
+                "keypair {key} is not P-256: ECDH needs a P-256 keypair"
+            )));
+        }
+        let peer = PublicKey::from_sec1_bytes(peer).map_err(|_| {
+            AgentError::InvalidArgs("keypair.ecdh: `peer` is not a P-256 point".into())
+        })?;
+        let local = self.unwrap_keypair(&rec)?;
+        let shared = local.diffie_hellman(&peer);
+        Ok(Zeroizing::new(shared.raw_secret_bytes().to_vec()))
+    }
+
+    /// `len` bytes from the operating system's CSPRNG.
+    pub fn random(&self, len: u32) -> Result<Vec<u8>, AgentError> {
+        if len > keyward_proto::ops::MAX_RANDOM {
+            return Err(AgentError::TooLarge(format!(
+                "random: at most {} bytes per request",
+                keyward_proto::ops::MAX_RANDOM
+            )));
+        }
+        let mut out = vec![0u8; len as usize];
+        OsRng.fill_bytes(&mut out);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::digest_to_32;
+
+    #[test]
+    fn digests_read_as_ecdsa_reads_them() {
+        let d = [7u8; 20];
+        let x = digest_to_32(&d);
+        assert_eq!(&x[..12], &[0u8; 12]);
+        assert_eq!(&x[12..], &d);
+        let long: Vec<u8> = (0..48).collect();
+        assert_eq!(&digest_to_32(&long)[..], &long[..32]);
+    }
+}

@@ -1,0 +1,18 @@
+//! `libkeyward_pkcs11.so`: a PKCS#11 module that gives every PKCS#11 application (OpenSSH,
+//! OpenSSL's engine, NSS/Firefox, GnuTLS, Java) the Keyward agent's keys, under the agent's
+//! hierarchy, policy and hardware root.
+//!
+//! - `ffi`: the exported C functions; the crate's only `unsafe` code.
+//! - `token`: the module's state and every operation, in safe Rust.
+//! - `objects`: objects and their attributes.
+//! - `conn`: a blocking client of the agent's socket (no runtime, no threads in the host).
+//!
+//! The module must never hold a private or secret key's value (keys are used inside the agent;
+//! a derived session secret is the one exception), never keep a PIN, never start a thread in its
+//! host, and never tear down a parent's state in a forked child.
+#![deny(unsafe_code)]
+
+pub mod conn;
+mod ffi;
+pub mod objects;
+pub mod token;
