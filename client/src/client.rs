@@ -14,6 +14,24 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 
+/// Deadlines for one client.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub connect_timeout: std::time::Duration,
+    pub request_timeout: std::time::Duration,
+    pub interactive_timeout: std::time::Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: std::time::Duration::from_secs(5),
+            request_timeout: std::time::Duration::from_secs(30),
+            interactive_timeout: std::time::Duration::from_secs(120),
+        }
+    }
+}
+
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Response>>>>>;
 
 /// An async connection to the agent. Cheap to share by reference across tasks; requests made
@@ -49,6 +67,11 @@ impl Client {
 
     /// Connect to the agent at `path` and say `hello`.
     pub async fn connect(path: &Path) -> Result<Client, ClientError> {
+        Self::connect_with(path, &ClientOptions::default()).await
+    }
+
+    /// Connect with explicit deadlines.
+    pub async fn connect_with(path: &Path, _opts: &ClientOptions) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path)
             .await
             .map_err(|source| ClientError::Connect {
