@@ -340,8 +340,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.limits.max_connections, 8);
         assert_eq!(c.limits.hello_timeout_ms, 500);
-        assert_eq!(c.limits.frame_timeout_ms, Limits::default().frame_timeout_ms);
-        for bad in ["max_connections = 0", "frame_timeout_ms = 0", "max_depth = 1", "colour = 1"] {
+        assert_eq!(
+            c.limits.frame_timeout_ms,
+            Limits::default().frame_timeout_ms
+        );
+        for bad in [
+            "max_connections = 0",
+            "frame_timeout_ms = 0",
+            "max_depth = 1",
+            "colour = 1",
+        ] {
             assert!(
                 Config::parse(&format!("{root}[limits]\n{bad}\n"), p).is_err(),
                 "{bad}"

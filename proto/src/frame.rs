@@ -27,7 +27,11 @@ pub fn reserve_wiping(buf: &mut Vec<u8>, additional: usize, cap_hint: usize) {
         return;
     }
     let want = need.max(buf.capacity().saturating_mul(2)).max(64);
-    let want = if cap_hint >= need { want.min(cap_hint) } else { want };
+    let want = if cap_hint >= need {
+        want.min(cap_hint)
+    } else {
+        want
+    };
     let mut grown = Vec::with_capacity(want);
     grown.extend_from_slice(buf);
     buf.zeroize();

@@ -133,8 +133,7 @@ pub fn check(bytes: &[u8], limits: &DecodeLimits) -> Result<(), LimitError> {
         let open = match h.major {
             2 | 3 if h.indefinite => Some(Open::Indefinite),
             2 | 3 => {
-                let Some(end) = usize::try_from(h.arg).ok().and_then(|n| pos.checked_add(n))
-                else {
+                let Some(end) = usize::try_from(h.arg).ok().and_then(|n| pos.checked_add(n)) else {
                     return Ok(());
                 };
                 if end > bytes.len() {

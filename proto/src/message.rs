@@ -236,14 +236,6 @@ pub struct Response {
     pub err: Option<ErrorBody>,
 }
 
-impl Drop for Response {
-    fn drop(&mut self) {
-        if let Some(v) = self.ok.as_mut() {
-            wipe_value(v);
-        }
-    }
-}
-
 impl Response {
     pub fn ok<T: Serialize>(id: u64, result: &T) -> Result<Self, CodecError> {
         let v = Value::serialized(result).map_err(|e| CodecError::Encode(e.to_string()))?;
@@ -281,12 +273,18 @@ impl Response {
     }
 
     /// The result as the operation's typed result, or the agent's error.
-    pub fn into_result<T: DeserializeOwned>(mut self) -> Result<T, ResponseError> {
-        match (self.ok.as_ref(), self.err.take()) {
+    pub fn into_result<T: DeserializeOwned>(self) -> Result<T, ResponseError> {
+        match (self.ok, self.err) {
             (_, Some(e)) => Err(ResponseError::Agent(e)),
-            (Some(v), None) => v
-                .deserialized()
-                .map_err(|e| ResponseError::Codec(CodecError::Shape(e.to_string()))),
+            (Some(mut v), None) => {
+                // The result may be a key or a plaintext: the typed copy is the caller's to
+                // keep (secret types wipe themselves), this one is wiped here.
+                let r = v
+                    .deserialized()
+                    .map_err(|e| ResponseError::Codec(CodecError::Shape(e.to_string())));
+                wipe_value(&mut v);
+                r
+            }
             (None, None) => Err(ResponseError::Codec(CodecError::Shape(
                 "empty response".into(),
             ))),

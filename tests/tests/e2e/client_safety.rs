@@ -36,7 +36,10 @@ fn cli_error(sock: &Path, args: &[&str], stdin: &[u8]) -> (String, String, Strin
     let v = parse_json(&out.stdout);
     (
         v["error"]["code"].as_str().unwrap_or_default().to_string(),
-        v["error"]["message"].as_str().unwrap_or_default().to_string(),
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
         stdout,
     )
 }
@@ -129,7 +132,9 @@ fn client_refuses_unsafe_socket_directories() {
         chown(&run, (me.uid(), me.gid()));
         env.cli_ok(&["status"], None);
     } else {
-        eprintln!("client_refuses_unsafe_socket_directories: owner check NOT EXERCISED (needs root)");
+        eprintln!(
+            "client_refuses_unsafe_socket_directories: owner check NOT EXERCISED (needs root)"
+        );
     }
 }
 
@@ -174,7 +179,11 @@ fn agent_refuses_a_regular_file_at_the_socket_path() {
     std::fs::write(&sock, b"precious").unwrap();
     let err = agent_refuses(&env);
     assert!(err.contains("not a socket"), "{err}");
-    assert_eq!(std::fs::read(&sock).unwrap(), b"precious", "the file was touched");
+    assert_eq!(
+        std::fs::read(&sock).unwrap(),
+        b"precious",
+        "the file was touched"
+    );
     std::fs::remove_file(&sock).unwrap();
     std::os::unix::fs::symlink(env.dir().join("keyward.toml"), &sock).unwrap();
     let err = agent_refuses(&env);
