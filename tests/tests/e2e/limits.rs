@@ -453,7 +453,6 @@ fn client_times_out_against_a_silent_server() {
         connect_timeout: Duration::from_millis(500),
         request_timeout: Duration::from_millis(500),
         interactive_timeout: Duration::from_millis(1500),
-        ..ClientOptions::default()
     };
     let t = Instant::now();
     let e = rt
