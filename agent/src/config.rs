@@ -13,7 +13,19 @@
 //! free_attempts = 3       # wrong PINs before back-off starts
 //! backoff_base_ms = 1000  # first wait; doubles with each further wrong PIN
 //! backoff_max_ms = 300000
+//! [limits]                # every key optional; these are the defaults
+//! max_connections = 1024  # open connections; more get `busy` and are closed. Also bounded by
+//!                         # the descriptor limit: RLIMIT_NOFILE (soft raised to hard at start)
+//!                         # minus fd_reserve
+//! fd_reserve = 64         # descriptors kept for the token, the keystore and logs
+//! hello_timeout_ms = 10000  # a connection must say `hello` within this, or is closed
+//! frame_timeout_ms = 10000  # a frame, once its first byte arrived, must arrive whole within this
+//! write_timeout_ms = 10000  # a response must be taken by the client within this
+//! max_depth = 16            # CBOR nesting depth of a request
+//! max_items = 4096          # CBOR items (every key, value and element) in a request
+//! blocking_decode_bytes = 65536  # frames larger than this are decoded off the async workers
 //! ```
+//! Idle connections that have said `hello` have no deadline: SSH clients keep theirs open.
 //! Other roots: `kind = "pkcs11"` with `key_type = "ec"` (a P-256 key pair on a token without AES
 //! key wrap), `kind = "yubikey"` (`serial`, `slot`, `pin_policy`, `touch_policy`,
 //! `management_key_hex`), `kind = "soft"` (`iterations`); see README.md.
@@ -47,6 +59,57 @@ pub struct Config {
     pub keystore: PathBuf,
     pub root: RootConfig,
     pub unlock: UnlockPolicy,
+    pub limits: Limits,
+}
+
+/// Connection limits and deadlines (`[limits]`); see the module doc for what each one bounds.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub fd_reserve: u64,
+    pub hello_timeout_ms: u64,
+    pub frame_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    pub max_depth: usize,
+    pub max_items: usize,
+    pub blocking_decode_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1024,
+            fd_reserve: 64,
+            hello_timeout_ms: 10_000,
+            frame_timeout_ms: 10_000,
+            write_timeout_ms: 10_000,
+            max_depth: 16,
+            max_items: 4096,
+            blocking_decode_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Limits {
+    fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("max_connections", self.max_connections as u64),
+            ("hello_timeout_ms", self.hello_timeout_ms),
+            ("frame_timeout_ms", self.frame_timeout_ms),
+            ("write_timeout_ms", self.write_timeout_ms),
+        ];
+        for (name, v) in positive {
+            if v == 0 {
+                return Err(format!("limits: {name} must be over 0"));
+            }
+        }
+        // A request is a map holding `args`, a map: depth 2 and 7 items at the least.
+        if self.max_depth < 4 || self.max_items < 16 {
+            return Err("limits: need max_depth >= 4 and max_items >= 16".into());
+        }
+        Ok(())
+    }
 }
 
 /// Which root backend, and how to reach it.
@@ -148,6 +211,8 @@ struct RawConfig {
     root: RootConfig,
     #[serde(default)]
     unlock: UnlockPolicy,
+    #[serde(default)]
+    limits: Limits,
 }
 
 /// The default keystore: `$XDG_DATA_HOME/keyward/keystore.db` (`~/.local/share/...`).
@@ -227,11 +292,13 @@ impl Config {
                 "unlock: need 0 < max_attempts and free_attempts <= max_attempts".into(),
             ));
         }
+        raw.limits.check().map_err(invalid)?;
         Ok(Config {
             socket: raw.socket.map(resolve),
             keystore: raw.keystore.map(resolve).unwrap_or_else(default_keystore),
             root,
             unlock: u,
+            limits: raw.limits,
         })
     }
 }
@@ -253,6 +320,35 @@ mod tests {
         };
         assert_eq!(env["SOFTHSM2_CONF"], "/etc/kw/s.conf");
         assert_eq!(c.unlock, UnlockPolicy::default());
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn limits_parse_and_are_checked() {
+        let p = Path::new("/x.toml");
+        let root = "[root]\nkind = \"soft\"\n";
+        let c = Config::parse(
+            &format!("{root}[limits]\nmax_connections = 8\nhello_timeout_ms = 500\n"),
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.limits.max_connections, 8);
+        assert_eq!(c.limits.hello_timeout_ms, 500);
+        assert_eq!(
+            c.limits.frame_timeout_ms,
+            Limits::default().frame_timeout_ms
+        );
+        for bad in [
+            "max_connections = 0",
+            "frame_timeout_ms = 0",
+            "max_depth = 1",
+            "colour = 1",
+        ] {
+            assert!(
+                Config::parse(&format!("{root}[limits]\n{bad}\n"), p).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

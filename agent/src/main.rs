@@ -81,6 +81,7 @@ fn start(cli: Cli) -> Result<(), String> {
     }
 
     let socket = keyward_proto::paths::socket_path(cli.socket.clone().or(config.socket.clone()));
+    let limits = server::Limits::from_config(&config.limits);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,7 +107,7 @@ fn start(cli: Cli) -> Result<(), String> {
             root = %h.describe(),
             "keywardd listening"
         );
-        server::serve(bound, Service::new(h.clone()), shutdown).await;
+        server::serve(bound, Service::new(h.clone()), limits, shutdown).await;
         // Destroy unwrapped keys in the token before exit.
         let _ = h.lock();
         Ok::<(), String>(())

@@ -6,17 +6,115 @@
 //! responses go back as they finish, each with its request's id. A bad frame gets a typed error:
 //! malformed CBOR and bad requests leave the connection usable; an oversized or truncated frame
 //! ends it (the stream cannot be resynchronised), never the agent.
+//!
+//! Limits ([`Limits`], from `[limits]` in the config): at most `max_connections` connections,
+//! bounded by the descriptor limit (the soft `RLIMIT_NOFILE` is raised to the hard one at start,
+//! and `fd_reserve` descriptors are kept for the token, the keystore and logs); a connection
+//! over the cap gets one `busy` frame and is closed. A connection must say `hello` within
+//! `hello_timeout`, and a frame once begun must arrive whole within `frame_timeout`, or the
+//! connection gets one `timeout` frame and is closed; after `hello`, idle connections stay open.
+//! A response the client does not take within `write_timeout` ends the connection. Frames over
+//! `blocking_decode_bytes` are decoded on a blocking thread, after the CBOR depth and item
+//! pre-scan. Accept errors (EMFILE) back off and are logged once per interval; a spare
+//! descriptor is given up to accept and refuse the waiting client, so it never hangs.
 
 use crate::service::Service;
+use keyward_proto::limits::DecodeLimits;
 use keyward_proto::ops::Op;
 use keyward_proto::{frame, ErrorBody, ErrorCode, Request, Response, MAX_FRAME};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use zeroize::Zeroizing;
+
+/// Connections being refused (a `busy` frame, then a short drain) at once; beyond this a
+/// refused connection gets its frame and is dropped without the drain.
+const REFUSING: usize = 32;
+
+/// How often at most an accept failure or a refusal at the cap is logged.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The server's limits, with the connection cap already bounded by the descriptor limit.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub hello_timeout: Duration,
+    pub frame_timeout: Duration,
+    pub write_timeout: Duration,
+    pub decode: DecodeLimits,
+    pub blocking_decode_bytes: usize,
+}
+
+impl Limits {
+    /// Raise the soft `RLIMIT_NOFILE` to the hard limit and derive the connection cap: the
+    /// configured one, but no more than the descriptors left after the reserve and the
+    /// connections being refused. Logs the result.
+    pub fn from_config(c: &crate::config::Limits) -> Limits {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let nofile = match getrlimit(Resource::RLIMIT_NOFILE) {
+            Ok((soft, hard)) => {
+                if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                    hard
+                } else {
+                    soft
+                }
+            }
+            Err(_) => 1024,
+        };
+        let budget = nofile
+            .saturating_sub(c.fd_reserve)
+            .saturating_sub(REFUSING as u64);
+        let cap = c
+            .max_connections
+            .min(usize::try_from(budget).unwrap_or(usize::MAX))
+            .max(1);
+        if cap < c.max_connections {
+            tracing::warn!(
+                configured = c.max_connections,
+                nofile,
+                reserve = c.fd_reserve,
+                "connection cap {cap}: lowered to fit RLIMIT_NOFILE"
+            );
+        } else {
+            tracing::info!(nofile, reserve = c.fd_reserve, "connection cap {cap}");
+        }
+        Limits {
+            max_connections: cap,
+            hello_timeout: Duration::from_millis(c.hello_timeout_ms),
+            frame_timeout: Duration::from_millis(c.frame_timeout_ms),
+            write_timeout: Duration::from_millis(c.write_timeout_ms),
+            decode: DecodeLimits {
+                max_depth: c.max_depth,
+                max_items: c.max_items,
+            },
+            blocking_decode_bytes: c.blocking_decode_bytes,
+        }
+    }
+}
+
+impl Default for Limits {
+    /// The config defaults, without touching the process's descriptor limit.
+    fn default() -> Self {
+        let c = crate::config::Limits::default();
+        Limits {
+            max_connections: c.max_connections,
+            hello_timeout: Duration::from_millis(c.hello_timeout_ms),
+            frame_timeout: Duration::from_millis(c.frame_timeout_ms),
+            write_timeout: Duration::from_millis(c.write_timeout_ms),
+            decode: DecodeLimits {
+                max_depth: c.max_depth,
+                max_items: c.max_items,
+            },
+            blocking_decode_bytes: c.blocking_decode_bytes,
+        }
+    }
+}
 
 /// Requests one connection may have in flight; further ones wait for a slot.
 const MAX_IN_FLIGHT: usize = 64;
@@ -34,6 +132,22 @@ pub enum ServerError {
     UnsafeDir(PathBuf, String),
     #[error("another agent is already listening on {0}")]
     InUse(PathBuf),
+    #[error("{0} exists and is not a socket ({1}): refusing to delete it; move it away or choose another socket path")]
+    NotASocket(PathBuf, &'static str),
+}
+
+fn kind_of(t: std::fs::FileType) -> &'static str {
+    if t.is_symlink() {
+        "a symlink"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else {
+        "a device or other special file"
+    }
 }
 
 /// A bound socket that removes its file when dropped.
@@ -55,15 +169,36 @@ pub fn bind(path: &Path) -> Result<Bound, ServerError> {
         path: path.to_path_buf(),
         source,
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| io("create directory for", e))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    // lstat throughout: a symlink (e.g. /tmp/keyward-$UID made by another user to point
+    // elsewhere) is refused, never followed.
+    match std::fs::symlink_metadata(dir) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| io("create directory for", e))?;
+        }
+        Err(e) => return Err(io("inspect directory of", e)),
     }
-    let meta = std::fs::metadata(dir).map_err(|e| io("inspect directory of", e))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| io("inspect directory of", e))?;
+    if meta.file_type().is_symlink() {
+        return Err(ServerError::UnsafeDir(
+            dir.to_path_buf(),
+            "it is a symlink; point the socket path at the real directory".into(),
+        ));
+    }
+    if !meta.is_dir() {
+        return Err(ServerError::UnsafeDir(
+            dir.to_path_buf(),
+            format!("it is {}, not a directory", kind_of(meta.file_type())),
+        ));
+    }
     let uid = nix::unistd::geteuid().as_raw();
     if meta.uid() != uid {
         return Err(ServerError::UnsafeDir(
@@ -76,12 +211,22 @@ pub fn bind(path: &Path) -> Result<Bound, ServerError> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| io("chmod directory of", e))?;
     }
-    if path.exists() {
-        // A live agent answers; a stale socket from a crash does not.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ServerError::InUse(path.to_path_buf()));
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            // A live agent answers; a stale socket from a crash does not.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServerError::InUse(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(|e| io("remove stale", e))?;
         }
-        std::fs::remove_file(path).map_err(|e| io("remove stale", e))?;
+        Ok(m) => {
+            return Err(ServerError::NotASocket(
+                path.to_path_buf(),
+                kind_of(m.file_type()),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("inspect", e)),
     }
     let listener = UnixListener::bind(path).map_err(|e| io("bind", e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
@@ -92,25 +237,102 @@ pub fn bind(path: &Path) -> Result<Bound, ServerError> {
     })
 }
 
+/// Log at most once per [`LOG_INTERVAL`], counting what was left out.
+struct Throttled {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttled {
+    fn new() -> Self {
+        Throttled {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)`: log now (n suppressed since the last time); `None`: stay quiet.
+    fn tick(&mut self) -> Option<u64> {
+        match self.last {
+            Some(t) if t.elapsed() < LOG_INTERVAL => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(Instant::now());
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// A descriptor held in reserve: given up when accept fails for lack of descriptors, so that
+/// the waiting client can be accepted and told `busy` instead of hanging in the backlog.
+fn spare_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
 /// Accept connections until `shutdown` resolves; then stop accepting and remove the socket.
 pub async fn serve(
     bound: Bound,
     service: Service,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
     let uid = nix::unistd::geteuid().as_raw();
+    let limits = Arc::new(limits);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(Semaphore::new(REFUSING));
+    let mut spare = spare_fd();
+    let (mut accept_log, mut busy_log) = (Throttled::new(), Throttled::new());
+    let mut backoff = Duration::from_millis(10);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = bound.listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let service = service.clone();
-                    tokio::spawn(async move { connection(stream, service, uid).await });
+                    backoff = Duration::from_millis(10);
+                    match slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            let (service, limits) = (service.clone(), limits.clone());
+                            tokio::spawn(async move {
+                                connection(stream, service, uid, limits, slot).await
+                            });
+                        }
+                        Err(_) => {
+                            if let Some(n) = busy_log.tick() {
+                                tracing::warn!(
+                                    cap = limits.max_connections,
+                                    suppressed = n,
+                                    "connection cap reached; refusing new connections with `busy`"
+                                );
+                            }
+                            refuse_busy(stream, limits.max_connections, &refusing);
+                        }
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    let out_of_fds =
+                        matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE));
+                    if let Some(n) = accept_log.tick() {
+                        tracing::warn!(error = %e, suppressed = n, "accept failed");
+                    }
+                    if out_of_fds {
+                        if let Some(f) = spare.take() {
+                            drop(f);
+                            let quick = tokio::time::timeout(
+                                Duration::from_millis(10),
+                                bound.listener.accept(),
+                            );
+                            if let Ok(Ok((stream, _))) = quick.await {
+                                refuse_busy(stream, limits.max_connections, &refusing);
+                            }
+                            spare = spare_fd();
+                        }
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             },
         }
@@ -119,11 +341,52 @@ pub async fn serve(
     drop(bound);
 }
 
+/// Tell a connection over the cap `busy` (id null) and close it. While few refusals are under
+/// way, the connection is drained briefly after the frame, so that closing does not reset it
+/// before the client has read why; otherwise it is dropped at once.
+fn refuse_busy(stream: UnixStream, cap: usize, refusing: &Arc<Semaphore>) {
+    let msg = format!("the agent is at its cap of {cap} connections; try again later");
+    let Ok(bytes) = Response::err(None, ErrorBody::new(ErrorCode::Busy, msg)).to_cbor() else {
+        return;
+    };
+    let Ok(hdr) = frame::header(bytes.len(), MAX_FRAME) else {
+        return;
+    };
+    let mut framed = hdr.to_vec();
+    framed.extend_from_slice(&bytes);
+    match refusing.clone().try_acquire_owned() {
+        Ok(permit) => {
+            tokio::spawn(async move {
+                let (mut rd, mut wr) = stream.into_split();
+                let wait = Duration::from_secs(1);
+                let _ = tokio::time::timeout(wait, async {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    if wr.write_all(&framed).await.is_ok() {
+                        let _ = wr.shutdown().await;
+                        let mut sink = [0u8; 4096];
+                        while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+                    }
+                })
+                .await;
+                drop(permit);
+            });
+        }
+        Err(_) => {
+            // A fresh socket's send buffer always has room for one small frame.
+            let _ = stream.try_write(&framed);
+        }
+    }
+}
+
 /// The connection's write half, shared by everyone who answers on it. Each answer is written by
 /// the task that produced it (no hop through a writer task: on 2 cores every cross-thread wake-up
 /// is a measurable share of a ~100 µs request).
 struct Replies {
     wr: tokio::sync::Mutex<OwnedWriteHalf>,
+    write_timeout: Duration,
+    /// Set when a response could not be written in time: the connection is ended.
+    dead: AtomicBool,
+    ended: Notify,
 }
 
 impl Replies {
@@ -131,7 +394,7 @@ impl Replies {
     /// never dropped silently.
     async fn send(&self, resp: Response) {
         let bytes = match resp.to_cbor() {
-            Ok(b) if b.len() <= MAX_FRAME => b,
+            Ok(b) if b.len() <= MAX_FRAME => Zeroizing::new(b),
             Ok(b) => {
                 let msg = format!(
                     "the answer ({} bytes) is over the {MAX_FRAME}-byte frame limit",
@@ -139,7 +402,10 @@ impl Replies {
                 );
                 tracing::warn!(id = ?resp.id, "{msg}");
                 match Response::err(resp.id, ErrorBody::new(ErrorCode::TooLarge, msg)).to_cbor() {
-                    Ok(b) => b,
+                    Ok(small) => {
+                        drop(Zeroizing::new(b));
+                        Zeroizing::new(small)
+                    }
                     Err(_) => return,
                 }
             }
@@ -148,20 +414,49 @@ impl Replies {
                 return;
             }
         };
+        drop(resp);
+        if self.dead.load(Ordering::Relaxed) {
+            return;
+        }
         let mut wr = self.wr.lock().await;
-        // A peer that went away cannot be answered; its requests are simply dropped.
-        let _ = frame::write(&mut *wr, &bytes, MAX_FRAME).await;
+        // A peer that went away cannot be answered; its requests are simply dropped. A peer that
+        // does not read its answers in time loses the connection.
+        let written = tokio::time::timeout(
+            self.write_timeout,
+            frame::write(&mut *wr, &bytes, MAX_FRAME),
+        )
+        .await;
+        if written.is_err() {
+            tracing::warn!("a client did not take its response in time; closing the connection");
+            self.dead.store(true, Ordering::Relaxed);
+            self.ended.notify_one();
+        }
+    }
+
+    /// Send one frame-level error (id null), e.g. before closing.
+    async fn fail(&self, code: ErrorCode, msg: impl Into<String>) {
+        self.send(Response::err(None, ErrorBody::new(code, msg)))
+            .await;
     }
 }
 
-async fn connection(stream: UnixStream, service: Service, uid: u32) {
+async fn connection(
+    stream: UnixStream,
+    service: Service,
+    uid: u32,
+    limits: Arc<Limits>,
+    _slot: OwnedSemaphorePermit,
+) {
     let (mut rd, wr) = stream.into_split();
     let replies = Arc::new(Replies {
         wr: tokio::sync::Mutex::new(wr),
+        write_timeout: limits.write_timeout,
+        dead: AtomicBool::new(false),
+        ended: Notify::new(),
     });
     let peer = rd.as_ref().peer_cred().map(|c| c.uid());
     match peer {
-        Ok(p) if p == uid => serve_requests(&mut rd, &replies, service).await,
+        Ok(p) if p == uid => serve_requests(&mut rd, &replies, service, &limits).await,
         other => {
             match other {
                 Ok(p) => tracing::warn!(peer_uid = p, "refused a connection from another user"),
@@ -176,7 +471,7 @@ async fn connection(stream: UnixStream, service: Service, uid: u32) {
             )
             .await;
             let id = match first {
-                Ok(Ok(Some(bytes))) => Request::from_cbor(&bytes).ok().map(|r| r.id),
+                Ok(Ok(Some(bytes))) => keyward_proto::limits::peek_id(&bytes),
                 _ => None,
             };
             let msg = format!("this agent serves uid {uid} only");
@@ -206,36 +501,64 @@ async fn serve_requests(
     rd: &mut tokio::net::unix::OwnedReadHalf,
     replies: &Arc<Replies>,
     service: Service,
+    limits: &Limits,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut greeted = false;
+    let hello_by = tokio::time::Instant::now() + limits.hello_timeout;
     loop {
-        let bytes = match frame::read(rd, MAX_FRAME).await {
+        let next = tokio::select! {
+            r = frame::read_with_deadline(rd, MAX_FRAME, limits.frame_timeout) => r,
+            _ = tokio::time::sleep_until(hello_by), if !greeted => {
+                let ms = limits.hello_timeout.as_millis();
+                replies
+                    .fail(ErrorCode::Timeout, format!("no `hello` within {ms} ms; closing"))
+                    .await;
+                break;
+            }
+            _ = replies.ended.notified() => break,
+        };
+        let bytes = match next {
             Ok(Some(b)) => b,
             Ok(None) => break,
             Err(frame::FrameError::TooLarge { len, max }) => {
                 let msg = format!("frame of {len} bytes is over the {max}-byte limit");
-                replies
-                    .send(Response::err(
-                        None,
-                        ErrorBody::new(ErrorCode::FrameTooLarge, msg),
-                    ))
-                    .await;
+                replies.fail(ErrorCode::FrameTooLarge, msg).await;
                 break;
             }
             Err(frame::FrameError::Truncated) => {
                 let msg = "the connection closed in the middle of a frame";
-                replies
-                    .send(Response::err(
-                        None,
-                        ErrorBody::new(ErrorCode::Malformed, msg),
-                    ))
-                    .await;
+                replies.fail(ErrorCode::Malformed, msg).await;
+                break;
+            }
+            Err(frame::FrameError::Timeout(after)) => {
+                let msg = format!(
+                    "the frame did not arrive whole within {} ms of its first byte; closing",
+                    after.as_millis()
+                );
+                replies.fail(ErrorCode::Timeout, msg).await;
                 break;
             }
             Err(_) => break,
         };
-        let req = match Request::from_cbor(&bytes) {
+        // The frame buffer is wiped when dropped, right after decoding (on the blocking thread
+        // for a large frame: decoding a megabyte must not stall the runtime's workers).
+        let decoded = if bytes.len() > limits.blocking_decode_bytes {
+            let decode = limits.decode;
+            tokio::task::spawn_blocking(move || Request::from_cbor_limited(&bytes, &decode))
+                .await
+                .unwrap_or_else(|_| {
+                    Err((
+                        None,
+                        ErrorBody::new(ErrorCode::Internal, "decoding the request failed"),
+                    ))
+                })
+        } else {
+            let r = Request::from_cbor_limited(&bytes, &limits.decode);
+            drop(bytes);
+            r
+        };
+        let req = match decoded {
             Ok(r) => r,
             Err((id, body)) => {
                 replies.send(Response::err(id, body)).await;

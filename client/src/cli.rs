@@ -10,6 +10,8 @@ use std::path::PathBuf;
 pub struct Failure {
     pub message: String,
     pub body: Option<keyward_client::proto::ErrorBody>,
+    /// For errors of the client itself (`unsafe_socket`, `timeout`): the `--json` code.
+    pub client_code: Option<&'static str>,
 }
 
 impl From<ClientError> for Failure {
@@ -17,6 +19,7 @@ impl From<ClientError> for Failure {
         Failure {
             message: e.to_string(),
             body: e.body().cloned(),
+            client_code: e.client_code(),
         }
     }
 }
@@ -26,6 +29,7 @@ impl From<String> for Failure {
         Failure {
             message,
             body: None,
+            client_code: None,
         }
     }
 }

@@ -1,4 +1,11 @@
 //! The connection: a writer shared by callers, a reader task routing responses by id.
+//!
+//! Before a byte is sent, the socket is checked: its directory must be owned by this user
+//! (euid) and not group- or world-writable, and the process listening on it (SO_PEERCRED) must
+//! run as this user. Anything else is refused with [`ClientError::UnsafeSocket`]: a PIN sent to
+//! a socket another user controls is a PIN given away. Every step has a deadline
+//! ([`ClientOptions`]); `init` and `unlock`, which may wait for a person (a PIN pad, a touch),
+//! have a longer one.
 
 use crate::error::ClientError;
 use keyward_proto::message::ResponseError;
@@ -14,12 +21,97 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 
+/// Deadlines for one client. Defaults: 5 s to connect and say `hello`, 30 s per request, 120 s
+/// for `init` and `unlock` (they may wait for a person).
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Connecting, the socket checks and `hello`.
+    pub connect_timeout: std::time::Duration,
+    /// Writing a request and receiving its answer.
+    pub request_timeout: std::time::Duration,
+    /// The same for operations that may wait for a person: `init` and `unlock`.
+    pub interactive_timeout: std::time::Duration,
+}
+
+impl ClientOptions {
+    /// The deadline for one operation, by wire name.
+    pub fn deadline_for(&self, op: &str) -> std::time::Duration {
+        match op {
+            "init" | "unlock" => self.interactive_timeout,
+            _ => self.request_timeout,
+        }
+    }
+}
+
+/// The socket's directory must be ours and writable by no one else. A directory that cannot
+/// be inspected is left to `connect`, which fails the same way and says why.
+fn check_socket_dir(path: &Path) -> Result<(), ClientError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    let unsafe_socket = |reason: String| ClientError::UnsafeSocket {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if meta.uid() != me {
+        return Err(unsafe_socket(format!(
+            "its directory {} is owned by uid {}, not by you (uid {me})",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(unsafe_socket(format!(
+            "its directory {} is group- or world-writable (mode {:o})",
+            dir.display(),
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// The process at the other end must be ours (SO_PEERCRED).
+fn check_peer(stream: &UnixStream, path: &Path) -> Result<(), ClientError> {
+    let me = nix::unistd::geteuid().as_raw();
+    let unsafe_socket = |reason: String| ClientError::UnsafeSocket {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match stream.peer_cred() {
+        Ok(c) if c.uid() == me => Ok(()),
+        Ok(c) => Err(unsafe_socket(format!(
+            "the process listening on it runs as uid {}, not as you (uid {me})",
+            c.uid()
+        ))),
+        Err(e) => Err(unsafe_socket(format!(
+            "the listening process's credentials cannot be read: {e}"
+        ))),
+    }
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            connect_timeout: std::time::Duration::from_secs(5),
+            request_timeout: std::time::Duration::from_secs(30),
+            interactive_timeout: std::time::Duration::from_secs(120),
+        }
+    }
+}
+
 type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Response>>>>>;
 
 /// An async connection to the agent. Cheap to share by reference across tasks; requests made
 /// concurrently are pipelined on the one socket.
 pub struct Client {
     writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    opts: ClientOptions,
     pending: Pending,
     /// A frame-level error (id null) that arrived while no request was waiting, e.g. the
     /// agent's refusal of this peer sent before our `hello`: reported instead of "closed".
@@ -49,12 +141,30 @@ impl Client {
 
     /// Connect to the agent at `path` and say `hello`.
     pub async fn connect(path: &Path) -> Result<Client, ClientError> {
+        Self::connect_with(path, &ClientOptions::default()).await
+    }
+
+    /// Connect with explicit deadlines: the socket checks, connecting and `hello` all within
+    /// `opts.connect_timeout`.
+    pub async fn connect_with(path: &Path, opts: &ClientOptions) -> Result<Client, ClientError> {
+        match tokio::time::timeout(opts.connect_timeout, Self::connect_inner(path, opts)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout {
+                op: "connect".into(),
+                after: opts.connect_timeout,
+            }),
+        }
+    }
+
+    async fn connect_inner(path: &Path, opts: &ClientOptions) -> Result<Client, ClientError> {
+        check_socket_dir(path)?;
         let stream = UnixStream::connect(path)
             .await
             .map_err(|source| ClientError::Connect {
                 path: PathBuf::from(path),
                 source,
             })?;
+        check_peer(&stream, path)?;
         let (mut rd, wr) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let routes = pending.clone();
@@ -88,6 +198,11 @@ impl Client {
         });
         let mut client = Client {
             writer: tokio::sync::Mutex::new(wr),
+            // The connect deadline covers hello (see connect_with).
+            opts: ClientOptions {
+                request_timeout: opts.connect_timeout,
+                ..opts.clone()
+            },
             pending,
             unclaimed,
             next_id: AtomicU64::new(1),
@@ -108,7 +223,18 @@ impl Client {
                 client: Some(format!("keyward-client {}", env!("CARGO_PKG_VERSION"))),
             })
             .await?;
+        client.opts = opts.clone();
         Ok(client)
+    }
+
+    /// The deadlines in force.
+    pub fn options(&self) -> &ClientOptions {
+        &self.opts
+    }
+
+    /// Change the deadlines for later requests.
+    pub fn set_options(&mut self, opts: ClientOptions) {
+        self.opts = opts;
     }
 
     /// What the agent said at `hello` (as of connecting).
@@ -155,34 +281,68 @@ impl Client {
         args: &A,
     ) -> Result<R, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let after = self.opts.deadline_for(op);
+        match tokio::time::timeout(after, self.exchange(id, op, args)).await {
+            Ok(r) => r,
+            Err(_) => {
+                if let Some(m) = lock_pending(&self.pending).as_mut() {
+                    m.remove(&id);
+                }
+                Err(ClientError::Timeout {
+                    op: op.into(),
+                    after,
+                })
+            }
+        }
+    }
+
+    async fn exchange<A: Serialize, R: DeserializeOwned>(
+        &self,
+        id: u64,
+        op: &str,
+        args: &A,
+    ) -> Result<R, ClientError> {
         let req = Request::new(id, op, args).map_err(|e| ClientError::Protocol {
             op: op.into(),
             detail: e.to_string(),
         })?;
-        let bytes = req.to_cbor().map_err(|e| ClientError::Protocol {
+        // The encoded request may hold a PIN or a plaintext: wiped once written.
+        let bytes = zeroize::Zeroizing::new(req.to_cbor().map_err(|e| ClientError::Protocol {
             op: op.into(),
             detail: e.to_string(),
-        })?;
+        })?);
+        drop(req);
         let (tx, rx) = oneshot::channel();
         match lock_pending(&self.pending).as_mut() {
             Some(m) => m.insert(id, tx),
             None => return Err(ClientError::Closed { op: op.into() }),
         };
-        {
+        let written = {
             let mut w = self.writer.lock().await;
-            if let Err(e) = frame::write(&mut *w, &bytes, MAX_FRAME).await {
-                if let Some(m) = lock_pending(&self.pending).as_mut() {
-                    m.remove(&id);
+            frame::write(&mut *w, &bytes, MAX_FRAME).await
+        };
+        drop(bytes);
+        let resp = match written {
+            Ok(()) => rx
+                .await
+                .map_err(|_| ClientError::Closed { op: op.into() })?,
+            Err(e) => {
+                // The agent may have refused the connection (`busy`) and closed before reading
+                // this request: its frame, if it comes, explains the failed write.
+                match tokio::time::timeout(std::time::Duration::from_millis(500), rx).await {
+                    Ok(Ok(resp)) => resp,
+                    _ => {
+                        if let Some(m) = lock_pending(&self.pending).as_mut() {
+                            m.remove(&id);
+                        }
+                        return Err(ClientError::Transport {
+                            op: op.into(),
+                            detail: e.to_string(),
+                        });
+                    }
                 }
-                return Err(ClientError::Transport {
-                    op: op.into(),
-                    detail: e.to_string(),
-                });
             }
-        }
-        let resp = rx
-            .await
-            .map_err(|_| ClientError::Closed { op: op.into() })?;
+        };
         resp.into_result().map_err(|e| match e {
             ResponseError::Agent(body) => ClientError::Agent {
                 op: op.into(),
@@ -399,6 +559,11 @@ impl BlockingClient {
     }
 
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        Self::connect_with(path, &ClientOptions::default())
+    }
+
+    /// Connect with explicit deadlines (see [`ClientOptions`]).
+    pub fn connect_with(path: &Path, opts: &ClientOptions) -> Result<Self, ClientError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -406,7 +571,7 @@ impl BlockingClient {
                 op: "connect".into(),
                 detail: format!("starting a runtime: {e}"),
             })?;
-        let inner = rt.block_on(Client::connect(path))?;
+        let inner = rt.block_on(Client::connect_with(path, opts))?;
         Ok(BlockingClient { rt, inner })
     }
 

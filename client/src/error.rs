@@ -20,6 +20,16 @@ pub enum ClientError {
     Protocol { op: String, detail: String },
     #[error("{op}: {body}")]
     Agent { op: String, body: ErrorBody },
+    /// The socket is not safe to talk to: its directory is not ours or is writable by others,
+    /// or the process listening on it runs as another user. Nothing was sent.
+    #[error("refusing the agent socket {path}: {reason}; nothing was sent (a socket must be in a directory of your own that only you can write, served by an agent running as you)")]
+    UnsafeSocket { path: PathBuf, reason: String },
+    /// No answer within the deadline (`ClientOptions`).
+    #[error("{op}: timed out after {after:?} waiting for the agent")]
+    Timeout {
+        op: String,
+        after: std::time::Duration,
+    },
 }
 
 impl ClientError {
@@ -27,6 +37,16 @@ impl ClientError {
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
             ClientError::Agent { body, .. } => Some(body.code),
+            _ => None,
+        }
+    }
+
+    /// A short code for errors that come from the client itself rather than the agent
+    /// (`unsafe_socket`, `timeout`); `None` for agent errors and other client errors.
+    pub fn client_code(&self) -> Option<&'static str> {
+        match self {
+            ClientError::UnsafeSocket { .. } => Some("unsafe_socket"),
+            ClientError::Timeout { .. } => Some("timeout"),
             _ => None,
         }
     }

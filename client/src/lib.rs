@@ -13,6 +13,6 @@ mod client;
 mod error;
 pub mod passphrase;
 
-pub use client::{BlockingClient, Client};
+pub use client::{BlockingClient, Client, ClientOptions};
 pub use error::ClientError;
 pub use keyward_proto as proto;

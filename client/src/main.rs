@@ -432,7 +432,10 @@ fn main() -> ExitCode {
             if cli.json {
                 let err = match &f.body {
                     Some(b) => serde_json::to_value(b).unwrap_or(Value::Null),
-                    None => json!({"code": "client", "message": f.message}),
+                    None => json!({
+                        "code": f.client_code.unwrap_or("client"),
+                        "message": f.message,
+                    }),
                 };
                 println!("{}", json!({ "error": err }));
             }

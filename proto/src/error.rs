@@ -31,6 +31,12 @@ pub enum ErrorCode {
     UnsupportedVersion,
     /// The peer is not the agent's user.
     PermissionDenied,
+    /// The agent is at its connection cap (`[limits] max_connections`, bounded by its
+    /// descriptor limit): this connection is closed at once; try again when others have closed.
+    Busy,
+    /// The connection did not say `hello` in time, or a frame that had begun did not arrive
+    /// whole in time: the agent closes the connection.
+    Timeout,
     /// There is no root yet: run `init`.
     NotInitialized,
     /// A root exists already; `init` never makes a second.
@@ -88,6 +94,8 @@ impl ErrorCode {
             ErrorCode::HelloRequired => "hello_required",
             ErrorCode::UnsupportedVersion => "unsupported_version",
             ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Timeout => "timeout",
             ErrorCode::NotInitialized => "not_initialized",
             ErrorCode::AlreadyInitialized => "already_initialized",
             ErrorCode::Locked => "locked",

@@ -13,6 +13,7 @@
 
 pub mod error;
 pub mod frame;
+pub mod limits;
 pub mod message;
 pub mod ops;
 pub mod paths;

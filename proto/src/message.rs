@@ -22,11 +22,43 @@ pub enum CodecError {
     Shape(String),
 }
 
-/// Encode any serializable message as one CBOR item.
+/// A `Vec` writer that wipes its old allocation whenever it grows (messages carry secrets).
+struct WipingWriter(Vec<u8>);
+
+impl std::io::Write for WipingWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        crate::frame::reserve_wiping(&mut self.0, b.len(), 0);
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Encode any serializable message as one CBOR item. Growing the buffer leaves no copy behind;
+/// callers holding secret-bearing messages wipe the result when done (see `frame`).
 pub fn to_cbor<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
-    let mut buf = Vec::new();
-    ciborium::into_writer(msg, &mut buf).map_err(|e| CodecError::Encode(e.to_string()))?;
-    Ok(buf)
+    let mut w = WipingWriter(Vec::new());
+    ciborium::into_writer(msg, &mut w).map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(w.0)
+}
+
+/// Overwrite every string and byte string in `v` (before it is dropped: a decoded request's
+/// `args` may hold a PIN or a plaintext, a response's result a key).
+pub fn wipe_value(v: &mut Value) {
+    use zeroize::Zeroize;
+    match v {
+        Value::Text(s) => s.zeroize(),
+        Value::Bytes(b) => b.zeroize(),
+        Value::Array(a) => a.iter_mut().for_each(wipe_value),
+        Value::Map(m) => m.iter_mut().for_each(|(k, v)| {
+            wipe_value(k);
+            wipe_value(v);
+        }),
+        Value::Tag(_, inner) => wipe_value(inner),
+        _ => {}
+    }
 }
 
 /// Decode exactly one CBOR item from `bytes`; trailing bytes are an error.
@@ -69,12 +101,18 @@ pub fn sanitize_serde_message(msg: &str) -> String {
     out
 }
 
-/// A request: which operation, with what arguments.
+/// A request: which operation, with what arguments. Its `args` are wiped when it is dropped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
     pub id: u64,
     pub op: String,
     pub args: Value,
+}
+
+impl Drop for Request {
+    fn drop(&mut self) {
+        wipe_value(&mut self.args);
+    }
 }
 
 #[derive(Serialize)]
@@ -103,9 +141,25 @@ impl Request {
         })
     }
 
-    /// Parse a request frame, as the agent does. On failure, returns the id if one could be read
-    /// (so the error response can name it) and the error to send.
+    /// Parse a request frame with the default [`DecodeLimits`](crate::limits::DecodeLimits).
     pub fn from_cbor(bytes: &[u8]) -> Result<Request, (Option<u64>, ErrorBody)> {
+        Self::from_cbor_limited(bytes, &crate::limits::DecodeLimits::default())
+    }
+
+    /// Parse a request frame, as the agent does: first a scan of the item heads against
+    /// `limits` (nesting and item count: `invalid_request`, naming the id when it can be read),
+    /// then the decoding. On failure, returns the id if one could be read (so the error response
+    /// can name it) and the error to send.
+    pub fn from_cbor_limited(
+        bytes: &[u8],
+        limits: &crate::limits::DecodeLimits,
+    ) -> Result<Request, (Option<u64>, ErrorBody)> {
+        if let Err(e) = crate::limits::check(bytes, limits) {
+            return Err((
+                crate::limits::peek_id(bytes),
+                ErrorBody::new(ErrorCode::InvalidRequest, e.to_string()),
+            ));
+        }
         let v = cbor_value(bytes)
             .map_err(|e| (None, ErrorBody::new(ErrorCode::Malformed, e.to_string())))?;
         let Value::Map(entries) = v else {
@@ -206,10 +260,10 @@ impl Response {
 
     /// Parse a response frame, as a client does. Exactly one of `ok` and `err` must be present.
     pub fn from_cbor(bytes: &[u8]) -> Result<Self, CodecError> {
-        let v = cbor_value(bytes)?;
-        let r: Response = v
-            .deserialized()
-            .map_err(|e| CodecError::Shape(e.to_string()))?;
+        let mut v = cbor_value(bytes)?;
+        let r = v.deserialized::<Response>();
+        wipe_value(&mut v);
+        let r = r.map_err(|e| CodecError::Shape(e.to_string()))?;
         if r.ok.is_some() == r.err.is_some() {
             return Err(CodecError::Shape(
                 "a response must have exactly one of `ok` and `err`".into(),
@@ -222,9 +276,15 @@ impl Response {
     pub fn into_result<T: DeserializeOwned>(self) -> Result<T, ResponseError> {
         match (self.ok, self.err) {
             (_, Some(e)) => Err(ResponseError::Agent(e)),
-            (Some(v), None) => v
-                .deserialized()
-                .map_err(|e| ResponseError::Codec(CodecError::Shape(e.to_string()))),
+            (Some(mut v), None) => {
+                // The result may be a key or a plaintext: the typed copy is the caller's to
+                // keep (secret types wipe themselves), this one is wiped here.
+                let r = v
+                    .deserialized()
+                    .map_err(|e| ResponseError::Codec(CodecError::Shape(e.to_string())));
+                wipe_value(&mut v);
+                r
+            }
             (None, None) => Err(ResponseError::Codec(CodecError::Shape(
                 "empty response".into(),
             ))),
@@ -274,6 +334,24 @@ mod tests {
         let (id, e) = Request::from_cbor(&frame(&extra)).unwrap_err();
         assert_eq!((id, e.code), (Some(4), ErrorCode::InvalidRequest));
         assert!(e.message.contains("evil"));
+    }
+
+    #[test]
+    fn limits_are_checked_before_decoding() {
+        let mut deep = vec![0x81u8; 40];
+        deep.push(0);
+        let r = Request::new(
+            5,
+            "kek.list",
+            &Value::Map(vec![(
+                Value::Text("x".into()),
+                ciborium::from_reader::<Value, _>(&deep[..]).unwrap(),
+            )]),
+        )
+        .unwrap();
+        let (id, e) = Request::from_cbor(&r.to_cbor().unwrap()).unwrap_err();
+        assert_eq!((id, e.code), (Some(5), ErrorCode::InvalidRequest));
+        assert!(e.message.contains("nested"), "{}", e.message);
     }
 
     #[test]

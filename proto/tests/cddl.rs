@@ -419,6 +419,8 @@ fn every_response_validates() {
         ErrorCode::HelloRequired,
         ErrorCode::UnsupportedVersion,
         ErrorCode::PermissionDenied,
+        ErrorCode::Busy,
+        ErrorCode::Timeout,
         ErrorCode::NotInitialized,
         ErrorCode::AlreadyInitialized,
         ErrorCode::Locked,

@@ -3,6 +3,8 @@
 
 #[path = "e2e/cli.rs"]
 mod cli;
+#[path = "e2e/client_safety.rs"]
+mod client_safety;
 #[path = "e2e/cryppo.rs"]
 mod cryppo;
 #[path = "e2e/identity.rs"]
@@ -11,6 +13,8 @@ mod identity;
 mod keys;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
+#[path = "e2e/limits.rs"]
+mod limits;
 #[path = "e2e/peers.rs"]
 mod peers;
 #[path = "e2e/pin.rs"]
