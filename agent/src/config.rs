@@ -13,6 +13,10 @@
 //! free_attempts = 3       # wrong PINs before back-off starts
 //! backoff_base_ms = 1000  # first wait; doubles with each further wrong PIN
 //! backoff_max_ms = 300000
+//! [ssh]
+//! enabled = true          # the SSH-agent socket (default: on)
+//! # socket = "/run/user/1000/keyward/ssh.sock"     # else KEYWARD_SSH_SOCK, else beside the socket
+//! # askpass = "/usr/bin/ssh-askpass"              # confirmation prompts; else $SSH_ASKPASS
 //! ```
 //! Other roots: `kind = "pkcs11"` with `key_type = "ec"` (a P-256 key pair on a token without AES
 //! key wrap), `kind = "yubikey"` (`serial`, `slot`, `pin_policy`, `touch_policy`,
@@ -47,6 +51,29 @@ pub struct Config {
     pub keystore: PathBuf,
     pub root: RootConfig,
     pub unlock: UnlockPolicy,
+    pub ssh: SshConfig,
+}
+
+/// `[ssh]`: the SSH-agent socket.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Serve the SSH-agent socket (default: yes).
+    pub enabled: bool,
+    /// Its path (KEYWARD_SSH_SOCK overrides; default: `ssh.sock` beside the CBOR socket).
+    pub socket: Option<PathBuf>,
+    /// The confirmation program (SSH_ASKPASS protocol); default: $SSH_ASKPASS, else ssh-askpass.
+    pub askpass: Option<PathBuf>,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            enabled: true,
+            socket: None,
+            askpass: None,
+        }
+    }
 }
 
 /// Which root backend, and how to reach it.
@@ -148,6 +175,8 @@ struct RawConfig {
     root: RootConfig,
     #[serde(default)]
     unlock: UnlockPolicy,
+    #[serde(default)]
+    ssh: SshConfig,
 }
 
 /// The default keystore: `$XDG_DATA_HOME/keyward/keystore.db` (`~/.local/share/...`).
@@ -238,6 +267,11 @@ impl Config {
             keystore: raw.keystore.map(resolve).unwrap_or_else(default_keystore),
             root,
             unlock: u,
+            ssh: SshConfig {
+                socket: raw.ssh.socket.map(resolve),
+                askpass: raw.ssh.askpass.map(resolve),
+                ..raw.ssh
+            },
         })
     }
 }

@@ -103,6 +103,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE keys ADD COLUMN algorithm TEXT;
      UPDATE keys SET algorithm = 'rsa' WHERE kind = 'keypair' AND scheme = 'rsa-pem-gcm';
      UPDATE keys SET algorithm = 'p256' WHERE kind = 'keypair' AND algorithm IS NULL;",
+    // v4: SSH-agent flags of a keypair (`SshFlags`: offered, confirm on use, added by ssh-add).
+    "ALTER TABLE keys ADD COLUMN ssh INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// What a key is.
@@ -655,9 +657,97 @@ impl Keystore {
     }
 }
 
+/// A keypair's SSH-agent flags (the `ssh` column; 0 = not offered to SSH).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SshFlags(pub u32);
+
+impl SshFlags {
+    /// Offered on the SSH-agent socket.
+    pub const OFFERED: u32 = 1;
+    /// Each signature is confirmed by the user first.
+    pub const CONFIRM: u32 = 2;
+    /// Added through the SSH door (`ssh-add`): removed through it too.
+    pub const ADDED: u32 = 4;
+
+    pub fn has(self, bit: u32) -> bool {
+        self.0 & bit != 0
+    }
+}
+
+impl Keystore {
+    /// The SSH flags of every active keypair that has any.
+    pub fn ssh_flags(&self) -> Result<Vec<(Uuid, SshFlags)>, KeystoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, ssh FROM keys WHERE kind = 'keypair' AND ssh != 0 AND state = 'active'",
+            )
+            .map_err(sql("list ssh flags"))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))
+            .map_err(sql("list ssh flags"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, flags) = row.map_err(sql("list ssh flags"))?;
+            let id = Uuid::parse_str(&id).map_err(|_| KeystoreError::Corrupt {
+                id: id.clone(),
+                what: "id is not a UUID".into(),
+            })?;
+            out.push((id, SshFlags(flags)));
+        }
+        Ok(out)
+    }
+
+    /// Set a keypair's SSH flags; false when there is no such keypair.
+    pub fn set_ssh_flags(&self, id: &Uuid, flags: SshFlags) -> Result<bool, KeystoreError> {
+        let n = self
+            .lock()
+            .execute(
+                "UPDATE keys SET ssh = ?2 WHERE id = ?1 AND kind = 'keypair'",
+                params![id.to_string(), flags.0],
+            )
+            .map_err(sql("set ssh flags"))?;
+        Ok(n > 0)
+    }
+
+    /// Insert a keypair with its SSH flags in one transaction.
+    pub fn insert_with_ssh_flags(
+        &self,
+        r: &KeyRecord,
+        flags: SshFlags,
+    ) -> Result<(), KeystoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin insert"))?;
+        insert_with(&tx, r)?;
+        tx.execute(
+            "UPDATE keys SET ssh = ?2 WHERE id = ?1",
+            params![r.id.to_string(), flags.0],
+        )
+        .map_err(sql("set ssh flags"))?;
+        tx.commit().map_err(sql("commit insert"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ssh_flags_round_trip() {
+        let (_d, ks) = temp();
+        let k = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
+        ks.insert(&k).unwrap();
+        assert!(ks.ssh_flags().unwrap().is_empty());
+        assert!(ks
+            .set_ssh_flags(&k.id, SshFlags(SshFlags::OFFERED | SshFlags::CONFIRM))
+            .unwrap());
+        assert_eq!(ks.ssh_flags().unwrap(), vec![(k.id, SshFlags(3))]);
+        let k2 = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
+        ks.insert_with_ssh_flags(&k2, SshFlags(SshFlags::OFFERED | SshFlags::ADDED))
+            .unwrap();
+        assert_eq!(ks.ssh_flags().unwrap().len(), 2);
+        assert!(!ks.set_ssh_flags(&Uuid::new_v4(), SshFlags(1)).unwrap());
+    }
 
     fn temp() -> (tempfile::TempDir, Keystore) {
         let dir = tempfile::tempdir().unwrap();

@@ -184,6 +184,8 @@ operations! {
     NodeChain, node_chain, "node.chain": NodeChainArgs => ChainResult, Always;
     Seal, seal, "seal": SealArgs => SealedResult, Unlocked;
     Open, open, "open": OpenArgs => OpenedMessage, Unlocked;
+    /// Offer a keypair on the SSH-agent socket (`on`, `confirm`) or stop (`off`).
+    KeypairSsh, keypair_ssh, "keypair.ssh": KeypairSshArgs => KeyInfo, Always;
 }
 
 #[cfg(test)]
