@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod ssh;
 pub mod vcard;
 
 pub use ciborium::Value;
@@ -293,6 +294,7 @@ impl TestEnv {
             .env("KEYWARD_SOCK", &self.socket)
             .env_remove("KEYWARD_CONFIG")
             .env_remove("KEYWARD_LOG")
+            .env_remove("KEYWARD_SSH_SOCK")
             .stdin(Stdio::null());
         if let Some((uid, gid)) = self.opts.run_as {
             use std::os::unix::process::CommandExt;
