@@ -144,12 +144,15 @@ pub fn describe(rec: &KeyRecord) -> Option<(String, String)> {
     Some((pk.to_openssh().ok()?, fp))
 }
 
+/// Stored identities, and the flags list they were built from.
+type Index = (Vec<(Uuid, SshFlags)>, Vec<Offered>);
+
 /// The offered keys and the caches behind them.
 pub struct SshKeys {
     h: Arc<Hierarchy>,
     mem: Mutex<Vec<MemKey>>,
     /// Stored identities by public key, and the flags list they were built from.
-    index: Mutex<(Vec<(Uuid, SshFlags)>, Vec<Offered>)>,
+    index: Mutex<Index>,
     /// Unwrapped software keys by keypair id (bounded; emptied on lock).
     cache: Mutex<HashMap<Uuid, Arc<Pinned>>>,
 }

@@ -14,8 +14,15 @@ use crate::server::Bound;
 use std::sync::Arc;
 use tokio::net::UnixStream;
 
-/// A connection's place under the connection cap, held for the connection's life.
+/// A connection's place under the connection cap, held for the connection's life (the cap's
+/// permit goes in here).
 struct Slot;
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        // Where the shared cap's permit is released.
+    }
+}
 
 /// Where a shared connection cap (the hardening work's limits) plugs in: every accepted SSH
 /// connection passes here first. Returns a guard held for the connection's life, or `None` to
