@@ -24,6 +24,10 @@
 //! max_depth = 16            # CBOR nesting depth of a request
 //! max_items = 4096          # CBOR items (every key, value and element) in a request
 //! blocking_decode_bytes = 65536  # frames larger than this are decoded off the async workers
+//! [ssh]
+//! enabled = true          # the SSH-agent socket (default: on)
+//! # socket = "/run/user/1000/keyward/ssh.sock"     # else KEYWARD_SSH_SOCK, else beside the socket
+//! # askpass = "/usr/bin/ssh-askpass"              # confirmation prompts; else $SSH_ASKPASS
 //! ```
 //! Idle connections that have said `hello` have no deadline: SSH clients keep theirs open.
 //! Other roots: `kind = "pkcs11"` with `key_type = "ec"` (a P-256 key pair on a token without AES
@@ -60,6 +64,7 @@ pub struct Config {
     pub root: RootConfig,
     pub unlock: UnlockPolicy,
     pub limits: Limits,
+    pub ssh: SshConfig,
 }
 
 /// Connection limits and deadlines (`[limits]`); see the module doc for what each one bounds.
@@ -109,6 +114,28 @@ impl Limits {
             return Err("limits: need max_depth >= 4 and max_items >= 16".into());
         }
         Ok(())
+    }
+}
+
+/// `[ssh]`: the SSH-agent socket.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Serve the SSH-agent socket (default: yes).
+    pub enabled: bool,
+    /// Its path (KEYWARD_SSH_SOCK overrides; default: `ssh.sock` beside the CBOR socket).
+    pub socket: Option<PathBuf>,
+    /// The confirmation program (SSH_ASKPASS protocol); default: $SSH_ASKPASS, else ssh-askpass.
+    pub askpass: Option<PathBuf>,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            enabled: true,
+            socket: None,
+            askpass: None,
+        }
     }
 }
 
@@ -213,6 +240,8 @@ struct RawConfig {
     unlock: UnlockPolicy,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    ssh: SshConfig,
 }
 
 /// The default keystore: `$XDG_DATA_HOME/keyward/keystore.db` (`~/.local/share/...`).
@@ -299,6 +328,11 @@ impl Config {
             root,
             unlock: u,
             limits: raw.limits,
+            ssh: SshConfig {
+                socket: raw.ssh.socket.map(resolve),
+                askpass: raw.ssh.askpass.map(resolve),
+                ..raw.ssh
+            },
         })
     }
 }

@@ -163,6 +163,8 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE revocations ADD COLUMN mac BLOB;
      INSERT INTO meta (name, value) SELECT 'integrity_upgrade', 'pending'
         WHERE EXISTS (SELECT 1 FROM keys) OR EXISTS (SELECT 1 FROM revocations);",
+    // v5: SSH-agent flags of a keypair (`SshFlags`: offered, confirm on use, added by ssh-add).
+    "ALTER TABLE keys ADD COLUMN ssh INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Meta row the v4 migration leaves when it found records written before v4 (without MACs).
@@ -263,7 +265,8 @@ fn record_body(r: &KeyRecord) -> Vec<u8> {
         .text(r.name.as_deref())
         .text(r.issuer.map(|p| p.to_string()).as_deref())
         .field(r.statement.as_deref())
-        .text(r.algorithm.map(Algorithm::as_str));
+        .text(r.algorithm.map(Algorithm::as_str))
+        .num(Some(u64::from(r.ssh.0)));
     e.finish()
 }
 
@@ -401,6 +404,9 @@ pub struct KeyRecord {
     pub statement: Option<Vec<u8>>,
     /// Keypairs: their algorithm.
     pub algorithm: Option<Algorithm>,
+    /// Keypairs: how the SSH door offers them (MAC'd like every other column: a flipped
+    /// `confirm` bit is tampering).
+    pub ssh: SshFlags,
 }
 
 /// A signed revocation of a key, as kept for chain export.
@@ -435,6 +441,7 @@ impl KeyRecord {
             issuer: None,
             statement: None,
             algorithm: None,
+            ssh: SshFlags::default(),
         }
     }
 }
@@ -554,6 +561,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, KeystoreError>>
                     Some(Algorithm::parse(a).ok_or_else(|| corrupt(format!("algorithm {a}")))?)
                 }
             },
+            ssh: SshFlags(row.get("ssh").map_err(sql("read ssh"))?),
         })
     };
     Ok(build())
@@ -568,8 +576,8 @@ fn insert_with(
     conn.execute(
         "INSERT INTO keys (id, kind, label, parent, scheme, wrapped, public_key, locator,
                            purpose, exportable, version, created, rotated, state,
-                           name, issuer, statement, algorithm, mac)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                           name, issuer, statement, algorithm, ssh, mac)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
         params![
             r.id.to_string(),
             r.kind.as_str(),
@@ -589,6 +597,7 @@ fn insert_with(
             r.issuer.map(|p| p.to_string()),
             r.statement,
             r.algorithm.map(Algorithm::as_str),
+            r.ssh.0,
             mac,
         ],
     )
@@ -1108,9 +1117,93 @@ impl Keystore {
     }
 }
 
+/// A keypair's SSH-agent flags (the `ssh` column; 0 = not offered to SSH).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SshFlags(pub u32);
+
+impl SshFlags {
+    /// Offered on the SSH-agent socket.
+    pub const OFFERED: u32 = 1;
+    /// Each signature is confirmed by the user first.
+    pub const CONFIRM: u32 = 2;
+    /// Added through the SSH door (`ssh-add`): removed through it too.
+    pub const ADDED: u32 = 4;
+
+    pub fn has(self, bit: u32) -> bool {
+        self.0 & bit != 0
+    }
+}
+
+impl Keystore {
+    /// The SSH flags of every active keypair that has any (records checked like every read).
+    pub fn ssh_flags(&self) -> Result<Vec<(Uuid, SshFlags)>, KeystoreError> {
+        Ok(self
+            .list(KeyKind::Keypair, None)?
+            .into_iter()
+            .filter(|r| r.ssh.0 != 0 && r.state == KeyState::Active)
+            .map(|r| (r.id, r.ssh))
+            .collect())
+    }
+
+    /// Set a keypair's SSH flags, re-MACing the row; false when there is no such keypair.
+    pub fn set_ssh_flags(&self, id: &Uuid, flags: SshFlags) -> Result<bool, KeystoreError> {
+        let key = self.key();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin set ssh flags"))?;
+        let Some(mut r) = query_with(
+            &tx,
+            key.as_deref(),
+            "read key",
+            "id = ?1 AND kind = 'keypair'",
+            &[&id.to_string()],
+        )?
+        .into_iter()
+        .next() else {
+            return Ok(false);
+        };
+        r.ssh = flags;
+        let mac = key.as_deref().map(|k| k.tag(&record_body(&r)));
+        tx.execute(
+            "UPDATE keys SET ssh = ?2, mac = ?3 WHERE id = ?1",
+            params![id.to_string(), flags.0, mac],
+        )
+        .map_err(sql("set ssh flags"))?;
+        tx.commit().map_err(sql("commit set ssh flags"))?;
+        Ok(true)
+    }
+
+    /// Insert a keypair with its SSH flags.
+    pub fn insert_with_ssh_flags(
+        &self,
+        r: &KeyRecord,
+        flags: SshFlags,
+    ) -> Result<(), KeystoreError> {
+        let mut r = r.clone();
+        r.ssh = flags;
+        self.insert(&r)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ssh_flags_round_trip() {
+        let (_d, ks) = temp();
+        let k = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
+        ks.insert(&k).unwrap();
+        assert!(ks.ssh_flags().unwrap().is_empty());
+        assert!(ks
+            .set_ssh_flags(&k.id, SshFlags(SshFlags::OFFERED | SshFlags::CONFIRM))
+            .unwrap());
+        assert_eq!(ks.ssh_flags().unwrap(), vec![(k.id, SshFlags(3))]);
+        let k2 = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
+        ks.insert_with_ssh_flags(&k2, SshFlags(SshFlags::OFFERED | SshFlags::ADDED))
+            .unwrap();
+        assert_eq!(ks.ssh_flags().unwrap().len(), 2);
+        assert!(!ks.set_ssh_flags(&Uuid::new_v4(), SshFlags(1)).unwrap());
+    }
 
     fn temp() -> (tempfile::TempDir, Keystore) {
         let dir = tempfile::tempdir().unwrap();
@@ -1369,7 +1462,7 @@ mod tests {
             .lock()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 4);
+        assert_eq!(version, Keystore::SCHEMA_VERSION);
         assert_eq!(ks.meta(META_UPGRADE).unwrap().as_deref(), Some("pending"));
         assert_eq!(ks.meta("pin_failures").unwrap().as_deref(), Some("2"));
         let kek_id = Uuid::parse_str(kek).unwrap();

@@ -15,3 +15,4 @@ pub mod rsa_keys;
 pub mod server;
 pub mod service;
 pub mod sharing;
+pub mod ssh;

@@ -101,13 +101,43 @@ fn start(cli: Cli) -> Result<(), String> {
             }
         };
         let bound = server::bind(&socket).map_err(|e| e.to_string())?;
+        let mut service = Service::new(h.clone());
+        // The SSH door: a second socket, stopped by the same signal as the first.
+        let (stop_ssh, ssh_stopped) = tokio::sync::watch::channel(());
+        let ssh_task = if config.ssh.enabled {
+            let path = keyward_proto::paths::ssh_socket_path(config.ssh.socket.clone(), &socket);
+            let ssh_bound = server::bind(&path).map_err(|e| e.to_string())?;
+            let settings = keyward_agent::ssh::SshSettings {
+                askpass: config.ssh.askpass.clone(),
+            };
+            let agent = Arc::new(keyward_agent::ssh::requests::SshAgent::new(
+                h.clone(),
+                settings,
+            ));
+            service = service.with_ssh(&path, agent.clone());
+            tracing::info!(socket = %path.display(), "keywardd SSH agent listening");
+            let mut stopped = ssh_stopped.clone();
+            let stop = async move {
+                let _ = stopped.changed().await;
+            };
+            Some(tokio::spawn(keyward_agent::ssh::server::serve(
+                ssh_bound, agent, stop,
+            )))
+        } else {
+            None
+        };
         tracing::info!(
             socket = %socket.display(),
             keystore = %ks.path().display(),
             root = %h.describe(),
             "keywardd listening"
         );
-        server::serve(bound, Service::new(h.clone()), limits, shutdown).await;
+        server::serve(bound, service, limits, shutdown).await;
+        let _ = stop_ssh.send(());
+        if let Some(t) = ssh_task {
+            let _ = t.await;
+        }
+        drop(ssh_stopped);
         // Destroy unwrapped keys in the token before exit.
         let _ = h.lock();
         Ok::<(), String>(())

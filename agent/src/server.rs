@@ -156,6 +156,17 @@ pub struct Bound {
     path: PathBuf,
 }
 
+impl Bound {
+    /// The listening socket (the SSH door's accept loop uses it).
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 impl Drop for Bound {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

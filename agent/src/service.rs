@@ -8,7 +8,7 @@
 
 use crate::error::AgentError;
 use crate::hierarchy::Hierarchy;
-use crate::keystore::{Algorithm, KeyRecord, Purpose};
+use crate::keystore::{Algorithm, KeyRecord, Purpose, SshFlags};
 use keyward_proto::ops::{self as wire, *};
 use keyward_proto::secret::SecretBytes;
 use keyward_proto::{ErrorBody, ErrorCode, Request, Response, PROTOCOL_VERSION};
@@ -18,11 +18,37 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct Service {
     h: Arc<Hierarchy>,
+    /// The SSH door, when the agent serves one: its socket (for `hello`) and state (for `lock`).
+    ssh: Option<(String, Arc<crate::ssh::requests::SshAgent>)>,
 }
 
 impl Service {
     pub fn new(h: Arc<Hierarchy>) -> Self {
-        Service { h }
+        Service { h, ssh: None }
+    }
+
+    /// Tell clients about the SSH-agent socket, and empty its key cache on `lock`.
+    pub fn with_ssh(
+        mut self,
+        socket: &std::path::Path,
+        agent: Arc<crate::ssh::requests::SshAgent>,
+    ) -> Self {
+        self.ssh = Some((socket.display().to_string(), agent));
+        self
+    }
+
+    /// A keypair's [`KeyInfo`] with its SSH mode (`on`/`confirm`) filled in.
+    fn keypair_info(&self, r: &KeyRecord) -> Result<KeyInfo, AgentError> {
+        let mut info = key_info(r);
+        let f = self.h.keypair_ssh_flags(&r.id)?;
+        info.ssh_mode = f
+            .has(SshFlags::OFFERED)
+            .then_some(if f.has(SshFlags::CONFIRM) {
+                SshMode::Confirm
+            } else {
+                SshMode::On
+            });
+        Ok(info)
     }
 
     /// Handle one request: decode, check access, run, encode. Failures are logged by code only
@@ -66,6 +92,9 @@ pub fn key_info(r: &KeyRecord) -> KeyInfo {
         public_key: r.public_key.clone().map(serde_bytes::ByteBuf::from),
         name: r.name.clone(),
         algorithm: r.algorithm.map(|a| a.as_str().to_string()),
+        ssh_mode: None,
+        ssh: crate::ssh::keys::describe(r).map(|d| d.0),
+        ssh_fingerprint: crate::ssh::keys::describe(r).map(|d| d.1),
     }
 }
 
@@ -100,6 +129,7 @@ impl Handler for Service {
             initialized: self.h.is_initialized()?,
             locked: self.h.is_locked(),
             ops: Op::ALL.iter().map(|o| o.name().to_string()).collect(),
+            ssh_socket: self.ssh.as_ref().map(|s| s.0.clone()),
         })
     }
 
@@ -117,6 +147,9 @@ impl Handler for Service {
     }
 
     fn lock(&self, _: Empty) -> Result<LockState, AgentError> {
+        if let Some((_, ssh)) = &self.ssh {
+            ssh.on_lock();
+        }
         self.h.lock()?;
         Ok(LockState { locked: true })
     }
@@ -172,17 +205,34 @@ impl Handler for Service {
                 ))
             })?),
         };
-        self.h
-            .keypair_create(a.kek.as_deref(), a.label, a.on_token, alg)
-            .map(created)
+        let id = self
+            .h
+            .keypair_create(a.kek.as_deref(), a.label, a.on_token, alg)?;
+        if let Some(mode) = a.ssh.filter(|m| *m != SshMode::Off) {
+            self.h
+                .keypair_set_ssh(&id.to_string(), true, mode == SshMode::Confirm)?;
+        }
+        Ok(created(id))
     }
 
     fn keypair_list(&self, _: Empty) -> Result<KeyList, AgentError> {
-        self.h.keypair_list().map(key_list)
+        let keys = self.h.keypair_list()?;
+        let keys = keys.iter().map(|r| self.keypair_info(r));
+        Ok(KeyList {
+            keys: keys.collect::<Result<_, _>>()?,
+        })
     }
 
     fn keypair_show(&self, a: IdArgs) -> Result<KeyInfo, AgentError> {
-        self.h.keypair_show(&a.id).map(|r| key_info(&r))
+        self.keypair_info(&self.h.keypair_show(&a.id)?)
+    }
+
+    fn keypair_ssh(&self, a: KeypairSshArgs) -> Result<KeyInfo, AgentError> {
+        let on = a.mode != SshMode::Off;
+        let r = self
+            .h
+            .keypair_set_ssh(&a.id, on, a.mode == SshMode::Confirm)?;
+        self.keypair_info(&r)
     }
 
     fn keypair_delete(&self, a: IdArgs) -> Result<Deleted, AgentError> {

@@ -214,6 +214,7 @@ impl Client {
                 initialized: false,
                 locked: true,
                 ops: Vec::new(),
+                ssh_socket: None,
             },
             reader,
         };
@@ -436,6 +437,15 @@ impl Client {
     /// Import an RSA private key (PEM) for Cryppo `Rsa4096` shares.
     pub async fn keypair_import(&self, args: &KeypairImportArgs) -> Result<Created, ClientError> {
         self.call::<op::KeypairImport>(args).await
+    }
+
+    /// Offer a keypair on the SSH-agent socket (`on`, `confirm`), or stop (`off`).
+    pub async fn keypair_ssh(&self, id: &str, mode: SshMode) -> Result<KeyInfo, ClientError> {
+        self.call::<op::KeypairSsh>(&KeypairSshArgs {
+            id: id.into(),
+            mode,
+        })
+        .await
     }
 
     pub async fn keypair_delete(&self, id: &str) -> Result<Deleted, ClientError> {

@@ -30,6 +30,9 @@ pub enum KeypairCmd {
         /// `p256` (default: signing, key agreement, sharing, node keys) or `ed25519` (signing).
         #[arg(long, value_parser = ["p256", "ed25519"])]
         alg: Option<String>,
+        /// Offer it on the SSH-agent socket (`keyward ssh env`); see `keypair ssh`.
+        #[arg(long)]
+        ssh: bool,
     },
     /// Import an RSA private key (PKCS#1 or PKCS#8 PEM) for Cryppo Rsa4096 shares.
     Import {
@@ -47,6 +50,8 @@ pub enum KeypairCmd {
     Show { id: String },
     /// Delete a keypair (refused while it vouches for node keys).
     Delete { id: String },
+    /// Offer a keypair to SSH clients (--on), ask before each use (--confirm), or stop (--off).
+    Ssh(crate::ssh_cmds::KeypairSshCmd),
 }
 
 #[derive(Args)]
@@ -263,13 +268,14 @@ fn keypair_json(k: &KeyInfo) -> Result<(serde_json::Value, String), Failure> {
     j["did"] = json!(did);
     j["jwk"] = jwk.clone();
     j["pem"] = json!(pem);
-    let text = format!(
+    let mut text = format!(
         "id:      {}\nlabel:   {}\nname:    {}\nstate:   {}\ndid:     {did}\njwk:     {jwk}\n{pem}",
         k.id,
         k.label.as_deref().unwrap_or(""),
         k.name.as_deref().unwrap_or(""),
         k.state,
     );
+    text.push_str(&crate::ssh_cmds::show_lines(k));
     Ok((j, text))
 }
 
@@ -280,12 +286,14 @@ pub async fn keypair(c: &Client, cmd: &KeypairCmd) -> Result<Out, Failure> {
             label,
             on_token,
             alg,
+            ssh,
         } => {
             let args = KeypairCreateArgs {
                 kek: kek.clone(),
                 label: label.clone(),
                 on_token: *on_token,
                 alg: alg.clone(),
+                ssh: ssh.then_some(keyward_client::proto::ops::SshMode::On),
             };
             created(c.keypair_create(&args).await?.id)
         }
@@ -307,6 +315,7 @@ pub async fn keypair(c: &Client, cmd: &KeypairCmd) -> Result<Out, Failure> {
             let (j, text) = keypair_json(&c.keypair_show(id).await?)?;
             out(text, j)
         }
+        KeypairCmd::Ssh(cmd) => crate::ssh_cmds::keypair_ssh(c, cmd).await?,
         KeypairCmd::Delete { id } => {
             let r = c.keypair_delete(id).await?;
             out(

@@ -18,6 +18,7 @@ use std::process::ExitCode;
 mod cli;
 mod cryppo;
 mod identity_cmds;
+mod ssh_cmds;
 
 use cli::{key_table, out, read_input, write_output, Failure, Out};
 
@@ -92,6 +93,9 @@ enum Command {
     Seal(identity_cmds::SealCmd),
     /// Open a sealed message addressed to one of our keypairs.
     Open(identity_cmds::OpenCmd),
+    /// The SSH agent: `eval "$(keyward ssh env)"`.
+    #[command(subcommand)]
+    Ssh(ssh_cmds::SshCmd),
 }
 
 #[derive(Args)]
@@ -263,6 +267,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         Command::Node(identity_cmds::NodeCmd::Verify { chain, key, at }) => {
             return identity_cmds::node_verify(chain, key, *at).map(Some)
         }
+        Command::Ssh(cmd) => return ssh_cmds::ssh(cli.socket.clone(), cmd).await,
         _ => {}
     }
     let path = keyward_client::proto::paths::socket_path(cli.socket.clone());
@@ -271,12 +276,15 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
     Ok(Some(match &cli.command {
         Command::Status => {
             let h = c.status().await?;
-            let text = format!(
+            let mut text = format!(
                 "agent:       keywardd {} (protocol {})\nroot:        {}\ntoken:       {}\ninitialized: {}\nlocked:      {}\n",
                 h.agent_version, h.protocol, h.root_kind, h.token,
                 if h.initialized { "yes" } else { "no" },
                 if h.locked { "yes" } else { "no" },
             );
+            if let Some(s) = &h.ssh_socket {
+                text.push_str(&format!("ssh socket:  {s}\n"));
+            }
             out(text, serde_json::to_value(&h).map_err(|e| e.to_string())?)
         }
         Command::Init { pin: opt, soft } => {
@@ -398,7 +406,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         Command::Node(cmd) => identity_cmds::node(&c, cmd).await?,
         Command::Seal(cmd) => return identity_cmds::seal(&c, cmd, cli.json).await,
         Command::Open(cmd) => return identity_cmds::open(&c, cmd, cli.json).await,
-        Command::Cryppo(_) | Command::Verify(_) => {
+        Command::Cryppo(_) | Command::Verify(_) | Command::Ssh(_) => {
             return Err("internal: offline command reached the agent path"
                 .to_string()
                 .into())

@@ -81,6 +81,9 @@ pub struct HelloResult {
     pub initialized: bool,
     pub locked: bool,
     pub ops: Vec<String>,
+    /// The agent's SSH-agent socket, when it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_socket: Option<String>,
 }
 
 /// Arguments of `init` and `unlock`.
@@ -190,6 +193,35 @@ pub struct KeyInfo {
     /// Keypairs: `p256`, `ed25519` or `rsa`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<String>,
+    /// Keypairs offered to SSH clients: `on` or `confirm` (absent: not offered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_mode: Option<SshMode>,
+    /// P-256 and Ed25519 keypairs: the public key as an `authorized_keys` line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<String>,
+    /// P-256 and Ed25519 keypairs: the SSH fingerprint, `SHA256:...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_fingerprint: Option<String>,
+}
+
+/// Whether a keypair is offered on the SSH-agent socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SshMode {
+    /// Offered, and signs without asking.
+    On,
+    /// Not offered.
+    Off,
+    /// Offered; each signature is confirmed by the user first.
+    Confirm,
+}
+
+/// `keypair.ssh` arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeypairSshArgs {
+    pub id: String,
+    pub mode: SshMode,
 }
 
 /// `kek.list` and `dek.list` result.
@@ -250,6 +282,9 @@ pub struct KeypairCreateArgs {
     /// `p256` (the default: signing, key agreement, sharing, node keys) or `ed25519` (signing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alg: Option<String>,
+    /// Offer the new keypair on the SSH-agent socket (`on` or `confirm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshMode>,
 }
 
 /// `keypair.import` arguments: an RSA private key (PKCS#1 or PKCS#8 PEM), for Cryppo

@@ -22,3 +22,20 @@ pub fn socket_path(configured: Option<PathBuf>) -> PathBuf {
         _ => configured.unwrap_or_else(default_socket_path),
     }
 }
+
+/// Environment variable that overrides the SSH-agent socket path.
+pub const SSH_SOCKET_ENV: &str = "KEYWARD_SSH_SOCK";
+
+/// The SSH-agent socket: `KEYWARD_SSH_SOCK` if set, else `configured` (`[ssh] socket`), else
+/// `ssh.sock` in the directory of the CBOR socket `beside` (the same precedence as that socket).
+pub fn ssh_socket_path(configured: Option<PathBuf>, beside: &std::path::Path) -> PathBuf {
+    match std::env::var_os(SSH_SOCKET_ENV) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => configured.unwrap_or_else(|| {
+            beside
+                .parent()
+                .map(|d| d.join("ssh.sock"))
+                .unwrap_or_else(|| PathBuf::from("ssh.sock"))
+        }),
+    }
+}

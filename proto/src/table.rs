@@ -196,6 +196,8 @@ operations! {
     KeypairEcdh, keypair_ecdh, "keypair.ecdh": EcdhArgs => SharedSecret, Unlocked;
     /// Random bytes from the agent's CSPRNG (at most `MAX_RANDOM`).
     Random, random, "random": RandomArgs => RandomBytes, Always;
+    /// Offer a keypair on the SSH-agent socket (`on`, `confirm`) or stop (`off`).
+    KeypairSsh, keypair_ssh, "keypair.ssh": KeypairSshArgs => KeyInfo, Always;
 }
 
 #[cfg(test)]

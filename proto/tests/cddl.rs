@@ -32,6 +32,9 @@ fn key_info() -> KeyInfo {
         public_key: None,
         name: None,
         algorithm: None,
+        ssh_mode: None,
+        ssh: None,
+        ssh_fingerprint: None,
     }
 }
 
@@ -117,6 +120,7 @@ fn every_request_validates() {
                     label: Some("me".into()),
                     on_token: true,
                     alg: Some("ed25519".into()),
+                    ssh: Some(SshMode::Confirm),
                 },
             ),
         ),
@@ -139,6 +143,16 @@ fn every_request_validates() {
         (
             Op::KeypairDelete,
             req(Op::KeypairDelete, &IdArgs { id: ID.into() }),
+        ),
+        (
+            Op::KeypairSsh,
+            req(
+                Op::KeypairSsh,
+                &KeypairSshArgs {
+                    id: ID.into(),
+                    mode: SshMode::On,
+                },
+            ),
         ),
         (
             Op::Sign,
@@ -285,6 +299,7 @@ fn every_response_validates() {
                 initialized: true,
                 locked: false,
                 ops: Op::ALL.iter().map(|o| o.name().to_string()).collect(),
+                ssh_socket: Some("/run/user/1000/keyward/ssh.sock".into()),
             },
         ),
         Response::ok(
@@ -335,6 +350,17 @@ fn every_response_validates() {
             k.public_key = Some(serde_bytes::ByteBuf::from(vec![2; 33]));
             k.name = Some("web1".into());
             k.algorithm = Some("p256".into());
+            k
+        }),
+        // keypair.ssh / keypair.show of a keypair offered to SSH.
+        Response::ok(1, &{
+            let mut k = key_info();
+            k.kind = "keypair".into();
+            k.purpose = None;
+            k.algorithm = Some("ed25519".into());
+            k.ssh_mode = Some(SshMode::Confirm);
+            k.ssh = Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA== laptop".into());
+            k.ssh_fingerprint = Some("SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU".into());
             k
         }),
         Response::ok(

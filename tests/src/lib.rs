@@ -29,6 +29,7 @@ pub mod kind;
 pub mod pkcs11;
 pub mod process;
 pub mod raw;
+pub mod ssh;
 pub mod token;
 pub mod util;
 pub mod vcard;

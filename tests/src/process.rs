@@ -56,6 +56,7 @@ impl TestEnv {
             .env("KEYWARD_SOCK", &self.socket)
             .env_remove("KEYWARD_CONFIG")
             .env_remove("KEYWARD_LOG")
+            .env_remove("KEYWARD_SSH_SOCK")
             .stdin(Stdio::null());
         if let Some((uid, gid)) = self.opts.run_as {
             use std::os::unix::process::CommandExt;

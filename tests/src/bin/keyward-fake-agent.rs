@@ -46,6 +46,7 @@ fn serve(socket: &str, record: &str) -> Result<(), String> {
                             initialized: true,
                             locked: true,
                             ops: vec!["hello".into(), "unlock".into()],
+                            ssh_socket: None,
                         },
                     )
                 } else {

@@ -1,0 +1,104 @@
+//! SSH agent framing: a 4-byte big-endian length, then that many bytes (type byte + payload).
+//!
+//! Our own, not `ssh-agent-lib`'s codec: a frame over [`MAX_SSH_FRAME`] is refused from its
+//! length, before any of it is read or allocated. This module must never allocate from an
+//! unchecked length, and never resynchronise a stream after a bad frame (the caller closes it).
+
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The largest frame read or written: 256 KiB (OpenSSH's own limit is the same).
+pub const MAX_SSH_FRAME: usize = 256 * 1024;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    #[error("frame of {len} bytes is over the {max}-byte limit")]
+    TooLarge { len: usize, max: usize },
+    #[error("empty frame (no message type)")]
+    Empty,
+    #[error("the connection closed in the middle of a frame")]
+    Truncated,
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Read one frame; `Ok(None)` on a clean end of stream between frames.
+pub async fn read<R: AsyncRead + Unpin>(rd: &mut R) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = rd.read(&mut len[got..]).await?;
+        if n == 0 {
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
+        }
+        got += n;
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_SSH_FRAME {
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_SSH_FRAME,
+        });
+    }
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
+    let mut body = vec![0u8; len];
+    rd.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::Truncated
+        } else {
+            FrameError::Io(e)
+        }
+    })?;
+    Ok(Some(body))
+}
+
+/// Write one frame (length prefix and body in one write).
+pub async fn write<W: AsyncWrite + Unpin>(wr: &mut W, body: &[u8]) -> Result<(), FrameError> {
+    if body.len() > MAX_SSH_FRAME {
+        return Err(FrameError::TooLarge {
+            len: body.len(),
+            max: MAX_SSH_FRAME,
+        });
+    }
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(body);
+    wr.write_all(&buf).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lengths_are_checked_before_reading() {
+        let mut ok: &[u8] = &[0, 0, 0, 1, 11];
+        assert_eq!(read(&mut ok).await.unwrap(), Some(vec![11]));
+        let mut eof: &[u8] = &[];
+        assert!(read(&mut eof).await.unwrap().is_none());
+        let mut big: &[u8] = &[0, 4, 0, 1];
+        assert!(matches!(
+            read(&mut big).await,
+            Err(FrameError::TooLarge { .. })
+        ));
+        let mut huge: &[u8] = &[0xff, 0xff, 0xff, 0xff];
+        assert!(matches!(
+            read(&mut huge).await,
+            Err(FrameError::TooLarge { .. })
+        ));
+        let mut short: &[u8] = &[0, 0, 0, 5, 11];
+        assert!(matches!(read(&mut short).await, Err(FrameError::Truncated)));
+        let mut half: &[u8] = &[0, 0];
+        assert!(matches!(read(&mut half).await, Err(FrameError::Truncated)));
+        let mut empty: &[u8] = &[0, 0, 0, 0];
+        assert!(matches!(read(&mut empty).await, Err(FrameError::Empty)));
+    }
+}

@@ -1,0 +1,514 @@
+//! Which keys the SSH door offers, and how each signs.
+//!
+//! Two sources:
+//! - keypairs in the keystore whose SSH flags say "offered" (`keypair create --ssh`,
+//!   `keypair ssh ID --on|--confirm`, or added by `ssh-add FILE`): P-256 and Ed25519 keys wrapped
+//!   under a KEK, and P-256 token keypairs, which sign in the token;
+//! - keys added with a lifetime (`ssh-add -t`) or destination constraints (`ssh-add -h`): kept
+//!   in memory only (zeroized on drop), never written to the keystore, gone at expiry, removal
+//!   or exit.
+//!
+//! Signing a software keypair unwraps it under its KEK. While the agent is unlocked the unwrapped
+//! key may stay in a bounded cache ([`CACHE_MAX`] keys), each in its own heap block locked into
+//! RAM (`mlock`) where the limit allows and zeroized on drop; the cache is emptied on `lock`, on
+//! any change to the offered keys, and whenever a sign finds the agent locked.
+//!
+//! This module must never return or log a private key, never persist a key that came with a
+//! lifetime or destination constraint, and never delete a keypair the SSH door did not add.
+
+use super::SshError;
+use crate::error::AgentError;
+use crate::hierarchy::Hierarchy;
+use crate::keystore::{Algorithm, KeyKind, KeyRecord, KeyState, SshFlags};
+use keyward_identity::ed25519::Ed25519Key;
+use keyward_identity::p256::ecdsa::signature::Signer as _;
+use keyward_identity::p256::ecdsa::{Signature as P256Signature, SigningKey};
+use keyward_identity::{LocalKey, PublicKey};
+use ssh_agent_lib::proto::extension::DestinationConstraint;
+use ssh_key::private::KeypairData;
+use ssh_key::public::{EcdsaPublicKey, Ed25519PublicKey, KeyData};
+use ssh_key::{Algorithm as SshAlgorithm, HashAlg, Signature};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+/// Unwrapped software keys kept while unlocked, at most.
+pub const CACHE_MAX: usize = 64;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A private key in agent memory. Both variants zeroize on drop.
+pub enum Secret {
+    P256(SigningKey),
+    Ed25519(Ed25519Key),
+}
+
+impl Secret {
+    fn sign(&self, data: &[u8]) -> Result<Signature, SshError> {
+        match self {
+            Secret::P256(k) => {
+                let sig: P256Signature = k
+                    .try_sign(data)
+                    .map_err(|e| SshError::Refused(format!("ECDSA signing failed: {e}")))?;
+                Ok(Signature::try_from(sig)?)
+            }
+            Secret::Ed25519(k) => Ok(Signature::new(
+                SshAlgorithm::Ed25519,
+                k.sign(data).to_vec(),
+            )?),
+        }
+    }
+}
+
+/// A [`Secret`] in its own heap block, locked into RAM if the limit allows.
+struct Pinned {
+    /// Dropped before `secret` (field order): munlock, then zeroize and free.
+    _lock: Option<region::LockGuard>,
+    secret: Box<Secret>,
+}
+
+impl Pinned {
+    fn new(secret: Secret) -> Pinned {
+        let secret = Box::new(secret);
+        let lock = region::lock(&*secret as *const Secret, std::mem::size_of::<Secret>()).ok();
+        Pinned {
+            _lock: lock,
+            secret,
+        }
+    }
+}
+
+/// What a destination-constrained or lifetime key carries.
+#[derive(Clone, Default)]
+pub struct Constraints {
+    pub expires: Option<Instant>,
+    pub confirm: bool,
+    pub destinations: Vec<DestinationConstraint>,
+}
+
+/// A key added through the SSH door that lives in memory only.
+struct MemKey {
+    public: KeyData,
+    comment: String,
+    secret: Pinned,
+    constraints: Constraints,
+}
+
+/// Where an offered identity's private half is.
+#[derive(Clone)]
+pub enum Source {
+    /// A keystore keypair (wrapped, or a token object).
+    Stored {
+        rec: Box<KeyRecord>,
+        flags: SshFlags,
+    },
+    /// A key added with a lifetime or destination constraints.
+    Memory,
+}
+
+/// One identity the SSH door offers.
+#[derive(Clone)]
+pub struct Offered {
+    pub public: KeyData,
+    pub comment: String,
+    pub confirm: bool,
+    pub destinations: Vec<DestinationConstraint>,
+    pub source: Source,
+}
+
+/// The SSH public key of a P-256 or Ed25519 keypair record; `None` for other keypairs.
+pub fn key_data(rec: &KeyRecord) -> Option<KeyData> {
+    let bytes = rec.public_key.as_deref()?;
+    match rec.algorithm {
+        None | Some(Algorithm::P256) => {
+            let pk = PublicKey::from_sec1_bytes(bytes).ok()?;
+            Some(KeyData::Ecdsa(EcdsaPublicKey::from(pk.verifying_key())))
+        }
+        Some(Algorithm::Ed25519) => {
+            let raw: [u8; 32] = bytes.try_into().ok()?;
+            Some(KeyData::Ed25519(Ed25519PublicKey(raw)))
+        }
+        _ => None,
+    }
+}
+
+/// A record's `authorized_keys` line (comment: its label) and `SHA256:` fingerprint.
+pub fn describe(rec: &KeyRecord) -> Option<(String, String)> {
+    let kd = key_data(rec)?;
+    let fp = kd.fingerprint(HashAlg::Sha256).to_string();
+    let pk = ssh_key::PublicKey::new(kd, rec.label.clone().unwrap_or_default());
+    Some((pk.to_openssh().ok()?, fp))
+}
+
+/// Stored identities, and the flags list they were built from.
+type Index = (Vec<(Uuid, SshFlags)>, Vec<Offered>);
+
+/// The offered keys and the caches behind them.
+pub struct SshKeys {
+    h: Arc<Hierarchy>,
+    mem: Mutex<Vec<MemKey>>,
+    /// Stored identities by public key, and the flags list they were built from.
+    index: Mutex<Index>,
+    /// Unwrapped software keys by keypair id (bounded; emptied on lock).
+    cache: Mutex<HashMap<Uuid, Arc<Pinned>>>,
+}
+
+impl SshKeys {
+    pub fn new(h: Arc<Hierarchy>) -> SshKeys {
+        SshKeys {
+            h,
+            mem: Mutex::new(Vec::new()),
+            index: Mutex::new((Vec::new(), Vec::new())),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn hierarchy(&self) -> &Hierarchy {
+        &self.h
+    }
+
+    /// Forget every unwrapped key (called on `lock`).
+    pub fn clear_cache(&self) {
+        lock(&self.cache).clear();
+    }
+
+    /// Every identity offered now: stored keypairs marked for SSH, then memory keys that have
+    /// not expired.
+    pub fn offered(&self) -> Result<Vec<Offered>, SshError> {
+        let flags: Vec<(Uuid, SshFlags)> = self
+            .h
+            .ks
+            .ssh_flags()?
+            .into_iter()
+            .filter(|(_, f)| f.has(SshFlags::OFFERED))
+            .collect();
+        let mut out = {
+            let mut index = lock(&self.index);
+            if index.0 != flags || (flags.is_empty() && !index.1.is_empty()) {
+                let mut list = Vec::new();
+                for (id, f) in &flags {
+                    let Some(rec) = self.h.ks.get(id)? else {
+                        continue;
+                    };
+                    if rec.kind != KeyKind::Keypair || rec.state != KeyState::Active {
+                        continue;
+                    }
+                    let Some(public) = key_data(&rec) else {
+                        continue;
+                    };
+                    list.push(Offered {
+                        public,
+                        comment: rec.label.clone().unwrap_or_default(),
+                        confirm: f.has(SshFlags::CONFIRM),
+                        destinations: Vec::new(),
+                        source: Source::Stored {
+                            rec: Box::new(rec),
+                            flags: *f,
+                        },
+                    });
+                }
+                // Keys no longer offered leave the cache at once.
+                let keep: std::collections::HashSet<Uuid> =
+                    flags.iter().map(|(id, _)| *id).collect();
+                lock(&self.cache).retain(|id, _| keep.contains(id));
+                *index = (flags, list);
+            }
+            index.1.clone()
+        };
+        let now = Instant::now();
+        let mut mem = lock(&self.mem);
+        mem.retain(|k| k.constraints.expires.is_none_or(|t| t > now));
+        out.extend(mem.iter().map(|k| Offered {
+            public: k.public.clone(),
+            comment: k.comment.clone(),
+            confirm: k.constraints.confirm,
+            destinations: k.constraints.destinations.clone(),
+            source: Source::Memory,
+        }));
+        Ok(out)
+    }
+
+    /// The offered identity with this public key.
+    pub fn find(&self, public: &KeyData) -> Result<Offered, SshError> {
+        self.offered()?
+            .into_iter()
+            .find(|o| &o.public == public)
+            .ok_or(SshError::UnknownKey)
+    }
+
+    /// Sign `data` with an offered identity. Refused while the agent is locked.
+    pub fn sign(&self, id: &Offered, data: &[u8]) -> Result<Signature, SshError> {
+        if self.h.is_locked() {
+            self.clear_cache();
+            return Err(AgentError::Locked { op: "ssh sign" }.into());
+        }
+        match &id.source {
+            Source::Memory => {
+                let mem = lock(&self.mem);
+                let k = mem
+                    .iter()
+                    .find(|k| k.public == id.public)
+                    .ok_or(SshError::UnknownKey)?;
+                k.secret.secret.sign(data)
+            }
+            Source::Stored { rec, .. } => self.sign_stored(rec, data),
+        }
+    }
+
+    fn sign_stored(&self, rec: &KeyRecord, data: &[u8]) -> Result<Signature, SshError> {
+        let on_token = crate::root::Scheme::parse(&rec.scheme)
+            .is_ok_and(crate::root::Scheme::is_token_keypair);
+        if on_token {
+            let signer = self.h.signer(rec)?;
+            let sig = keyward_identity::ecdsa::sign_message(&*signer, data)
+                .map_err(|e| SshError::Refused(format!("token signature failed: {e}")))?;
+            return Ok(Signature::try_from(sig)?);
+        }
+        let cached = lock(&self.cache).get(&rec.id).cloned();
+        let pinned = match cached {
+            Some(p) => p,
+            None => {
+                let p = Arc::new(Pinned::new(self.unwrap(rec)?));
+                let mut cache = lock(&self.cache);
+                if cache.len() >= CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(rec.id, p.clone());
+                p
+            }
+        };
+        pinned.secret.sign(data)
+    }
+
+    /// Unwrap a software keypair (P-256 or Ed25519) under its KEK.
+    fn unwrap(&self, rec: &KeyRecord) -> Result<Secret, SshError> {
+        self.h.root_record("ssh sign")?;
+        Hierarchy::require_active(rec)?;
+        match rec.algorithm {
+            Some(Algorithm::Ed25519) => {
+                let kek = self.h.parent_kek(rec)?;
+                let wrapped = self.h.wrapped(rec)?;
+                let seed = self
+                    .h
+                    .with_recovery(|| Ok(self.h.kek_handle(&kek)?.export_dek(wrapped)?))?;
+                let seed: &[u8; 32] = seed.as_slice().try_into().map_err(|_| {
+                    AgentError::Internal(format!("keypair {} is not an Ed25519 seed", rec.id))
+                })?;
+                Ok(Secret::Ed25519(Ed25519Key::from_bytes(seed)))
+            }
+            None | Some(Algorithm::P256) => {
+                let key = self.h.unwrap_keypair(rec)?;
+                Ok(Secret::P256(SigningKey::from(key.secret_key())))
+            }
+            Some(other) => Err(SshError::Unsupported(format!(
+                "{} keypairs are not offered to SSH",
+                other.as_str()
+            ))),
+        }
+    }
+
+    /// `ssh-add`: keep the key in memory (with a lifetime or destination constraints), or wrap
+    /// it under a KEK as a keypair offered to SSH (persisting across restarts).
+    pub fn add(
+        &self,
+        key: &KeypairData,
+        comment: &str,
+        constraints: Constraints,
+    ) -> Result<(), SshError> {
+        // Adding needs the agent unlocked (to wrap), even for memory keys: a locked agent holds
+        // no usable key material.
+        self.h.root_record("ssh add")?;
+        let (secret, public) = match key {
+            KeypairData::Ecdsa(ssh_key::private::EcdsaKeypair::NistP256 { private, .. }) => {
+                let bytes: &[u8; 32] = private.as_ref();
+                let local = LocalKey::from_bytes(bytes)
+                    .map_err(|_| SshError::Refused("not a valid P-256 private key".into()))?;
+                let public =
+                    KeyData::Ecdsa(EcdsaPublicKey::from(local.public_key().verifying_key()));
+                (Secret::P256(SigningKey::from(local.secret_key())), public)
+            }
+            KeypairData::Ed25519(kp) => {
+                let seed = Zeroizing::new(kp.private.to_bytes());
+                let k = Ed25519Key::from_bytes(&seed);
+                let public = KeyData::Ed25519(Ed25519PublicKey(k.public_key().to_bytes()));
+                if public != KeyData::Ed25519(kp.public) {
+                    return Err(SshError::Refused(
+                        "Ed25519 public half does not match".into(),
+                    ));
+                }
+                (Secret::Ed25519(k), public)
+            }
+            other => {
+                return Err(SshError::Unsupported(format!(
+                    "{} keys (Keyward's SSH door holds ecdsa-sha2-nistp256 and ssh-ed25519)",
+                    other.algorithm().map(|a| a.to_string()).unwrap_or_default()
+                )))
+            }
+        };
+        // A key added again replaces the earlier one (as OpenSSH does).
+        self.remove_quietly(&public)?;
+        if constraints.expires.is_some() || !constraints.destinations.is_empty() {
+            lock(&self.mem).push(MemKey {
+                public,
+                comment: comment.to_string(),
+                secret: Pinned::new(secret),
+                constraints,
+            });
+            tracing::info!("ssh: key added in memory only (lifetime or destination constraints)");
+            return Ok(());
+        }
+        let kek = self.ssh_kek()?;
+        let mut rec = match &secret {
+            Secret::P256(sk) => {
+                let local = LocalKey::from_secret_key(sk.as_nonzero_scalar().into());
+                self.h.keypair_record(&local, &kek)?
+            }
+            Secret::Ed25519(k) => {
+                let seed = k.to_bytes();
+                let w = self
+                    .h
+                    .with_recovery(|| Ok(self.h.kek_handle(&kek)?.wrap_secret(seed.as_ref())?))?;
+                let mut rec = KeyRecord::new(KeyKind::Keypair, w.scheme.as_str());
+                rec.parent = Some(kek.id);
+                rec.wrapped = Some(w.bytes);
+                rec.public_key = Some(k.public_key().to_bytes().to_vec());
+                rec.algorithm = Some(Algorithm::Ed25519);
+                rec
+            }
+        };
+        rec.label = Some(comment.to_string()).filter(|c| !c.is_empty());
+        let mut flags = SshFlags::OFFERED | SshFlags::ADDED;
+        if constraints.confirm {
+            flags |= SshFlags::CONFIRM;
+        }
+        self.h.ks.insert_with_ssh_flags(&rec, SshFlags(flags))?;
+        tracing::info!(id = %rec.id, "ssh: key added as a keypair wrapped under KEK {}", kek.id);
+        Ok(())
+    }
+
+    /// The KEK that wraps keys added through `ssh-add`: the oldest active KEK, or a new one
+    /// labelled `ssh` when there is none.
+    fn ssh_kek(&self) -> Result<KeyRecord, SshError> {
+        let active = self
+            .h
+            .kek_list()?
+            .into_iter()
+            .find(|k| k.state == KeyState::Active);
+        match active {
+            Some(k) => Ok(k),
+            None => {
+                let id = self.h.kek_create(Some("ssh".into()))?;
+                Ok(self.h.record(&id.to_string(), KeyKind::Kek)?)
+            }
+        }
+    }
+
+    /// `ssh-add -d`: forget a memory key; delete a keypair the SSH door added; stop offering
+    /// any other keypair (never deleting it).
+    pub fn remove(&self, public: &KeyData) -> Result<(), SshError> {
+        if self.remove_quietly(public)? {
+            Ok(())
+        } else {
+            Err(SshError::UnknownKey)
+        }
+    }
+
+    fn remove_quietly(&self, public: &KeyData) -> Result<bool, SshError> {
+        let before = {
+            let mut mem = lock(&self.mem);
+            let n = mem.len();
+            mem.retain(|k| &k.public != public);
+            n != mem.len()
+        };
+        let mut found = before;
+        for o in self.offered()? {
+            if &o.public != public {
+                continue;
+            }
+            if let Source::Stored { rec, flags } = &o.source {
+                self.unoffer(rec, *flags)?;
+                found = true;
+            }
+        }
+        Ok(found)
+    }
+
+    fn unoffer(&self, rec: &KeyRecord, flags: SshFlags) -> Result<(), SshError> {
+        lock(&self.cache).remove(&rec.id);
+        if flags.has(SshFlags::ADDED) {
+            self.h.keypair_delete(&rec.id.to_string())?;
+            tracing::info!(id = %rec.id, "ssh: removed a key added through ssh-add");
+        } else {
+            self.h.ks.set_ssh_flags(&rec.id, SshFlags(0))?;
+            tracing::info!(id = %rec.id, "ssh: keypair no longer offered to SSH (kept)");
+        }
+        Ok(())
+    }
+
+    /// `ssh-add -D`.
+    pub fn remove_all(&self) -> Result<(), SshError> {
+        lock(&self.mem).clear();
+        for o in self.offered()? {
+            if let Source::Stored { rec, flags } = &o.source {
+                self.unoffer(rec, *flags)?;
+            }
+        }
+        self.clear_cache();
+        Ok(())
+    }
+
+    /// Seconds until the next memory key expires (for logs and tests).
+    pub fn next_expiry(&self) -> Option<Duration> {
+        let now = Instant::now();
+        lock(&self.mem)
+            .iter()
+            .filter_map(|k| k.constraints.expires)
+            .min()
+            .map(|t| t.saturating_duration_since(now))
+    }
+}
+
+impl Hierarchy {
+    /// Mark a keypair for SSH (`on`, `confirm`) or stop offering it (`off`). Only P-256 and
+    /// Ed25519 keypairs can be offered.
+    pub fn keypair_set_ssh(
+        &self,
+        id: &str,
+        offered: bool,
+        confirm: bool,
+    ) -> Result<KeyRecord, AgentError> {
+        let rec = self.record(id, KeyKind::Keypair)?;
+        if offered && key_data(&rec).is_none() {
+            return Err(AgentError::WrongKey(format!(
+                "keypair {id} is {}: SSH takes P-256 and Ed25519 keypairs",
+                rec.algorithm.map(|a| a.as_str()).unwrap_or("unknown")
+            )));
+        }
+        let old = self.keypair_ssh_flags(&rec.id)?;
+        let mut flags = old.0 & SshFlags::ADDED;
+        if offered {
+            flags |= SshFlags::OFFERED;
+            if confirm {
+                flags |= SshFlags::CONFIRM;
+            }
+        }
+        self.ks.set_ssh_flags(&rec.id, SshFlags(flags))?;
+        tracing::info!(id = %rec.id, offered, confirm, "keypair SSH use changed");
+        Ok(rec)
+    }
+
+    /// A keypair's SSH flags (0 when it has none).
+    pub fn keypair_ssh_flags(&self, id: &Uuid) -> Result<SshFlags, AgentError> {
+        Ok(self
+            .ks
+            .ssh_flags()?
+            .into_iter()
+            .find(|(k, _)| k == id)
+            .map(|(_, f)| f)
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,340 @@
+//! One SSH agent request in, one answer out.
+//!
+//! [`parse`] decodes a message body with `ssh-agent-lib`'s types; [`SshAgent::handle`] runs it
+//! against the offered keys, the door lock and the connection's bindings, and encodes the answer.
+//! Every refusal is `SSH_AGENT_FAILURE` plus a log line (never with key material or data); an
+//! unknown message type is FAILURE too, and the connection stays usable. Runs on a blocking
+//! thread (token signatures and confirmation prompts block). This module must never answer
+//! anything but FAILURE while the door is locked (except the identity list, empty, and UNLOCK).
+
+use super::confirm;
+use super::keys::{Constraints, Offered, SshKeys};
+use super::restrict::{self, Bindings};
+use super::{SshError, SshSettings};
+use crate::hierarchy::Hierarchy;
+use ssh_agent_lib::proto::extension::{QueryResponse, RestrictDestination, SessionBind};
+use ssh_agent_lib::proto::{
+    AddIdentity, Extension, Identity, KeyConstraint, PrivateCredential, PublicCredential, Request,
+    Response,
+};
+use ssh_encoding::{Decode, Encode};
+use ssh_key::HashAlg;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// The extensions this agent answers to.
+pub const EXTENSIONS: &[&str] = &[
+    "query",
+    "session-bind@openssh.com",
+    "restrict-destination-v00@openssh.com",
+];
+
+/// FAILURE, encoded.
+pub const FAILURE: &[u8] = &[5];
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Decode one message body (type byte and payload). Unknown types and malformed payloads are
+/// errors, answered FAILURE by the caller. The fuzz target's entry point.
+pub fn parse(body: &[u8]) -> Result<Request, SshError> {
+    let mut r = body;
+    let req = Request::decode(&mut r)?;
+    if !r.is_empty() {
+        return Err(SshError::Refused(format!(
+            "{} trailing bytes after the message",
+            r.len()
+        )));
+    }
+    Ok(req)
+}
+
+/// What one connection knows: who is on the other end and what it bound itself to.
+#[derive(Default, Debug)]
+pub struct Conn {
+    pub peer_pid: Option<i32>,
+    pub bindings: Bindings,
+}
+
+/// The door lock of `ssh-add -x`: a salted hash of the passphrase while locked.
+struct DoorLock {
+    salt: [u8; 16],
+    hash: Option<Zeroizing<[u8; 32]>>,
+}
+
+/// The SSH door's shared state.
+pub struct SshAgent {
+    keys: SshKeys,
+    settings: SshSettings,
+    door: Mutex<DoorLock>,
+}
+
+impl SshAgent {
+    pub fn new(h: Arc<Hierarchy>, settings: SshSettings) -> SshAgent {
+        let mut salt = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut salt);
+        SshAgent {
+            keys: SshKeys::new(h),
+            settings,
+            door: Mutex::new(DoorLock { salt, hash: None }),
+        }
+    }
+
+    pub fn keys(&self) -> &SshKeys {
+        &self.keys
+    }
+
+    /// Called when the agent locks: unwrapped keys go.
+    pub fn on_lock(&self) {
+        self.keys.clear_cache();
+    }
+
+    fn door_locked(&self) -> bool {
+        lock(&self.door).hash.is_some()
+    }
+
+    fn hash(&self, salt: &[u8; 16], pass: &[u8]) -> Zeroizing<[u8; 32]> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(salt);
+        h.update(pass);
+        Zeroizing::new(h.finalize().into())
+    }
+
+    /// Answer one message body.
+    pub fn handle(&self, conn: &mut Conn, body: &[u8]) -> Vec<u8> {
+        let req = match parse(body) {
+            Ok(r) => r,
+            Err(e) => {
+                let t = body.first().copied().unwrap_or(0);
+                tracing::info!(message_type = t, error = %e, "ssh: request refused");
+                return FAILURE.to_vec();
+            }
+        };
+        let what = req.message_id();
+        match self.answer(conn, req) {
+            Ok(resp) => {
+                let mut out = Vec::new();
+                match resp.encode(&mut out) {
+                    Ok(()) => out,
+                    Err(e) => {
+                        tracing::error!(error = %e, "ssh: encoding an answer failed");
+                        FAILURE.to_vec()
+                    }
+                }
+            }
+            Err(e) => {
+                match &e {
+                    SshError::Agent(crate::error::AgentError::Locked { .. }) => tracing::warn!(
+                        message_type = what,
+                        "ssh: refused: keywardd is locked (run `keyward unlock`)"
+                    ),
+                    _ => tracing::warn!(message_type = what, error = %e, "ssh: request refused"),
+                }
+                FAILURE.to_vec()
+            }
+        }
+    }
+
+    fn answer(&self, conn: &mut Conn, req: Request) -> Result<Response, SshError> {
+        if self.door_locked() {
+            return match req {
+                Request::RequestIdentities => Ok(Response::IdentitiesAnswer(Vec::new())),
+                Request::Unlock(pass) => self.unlock(pass),
+                _ => Err(SshError::DoorLocked),
+            };
+        }
+        match req {
+            Request::RequestIdentities => {
+                let list = self
+                    .keys
+                    .offered()?
+                    .into_iter()
+                    .filter(|o| conn.bindings.permitted(&o.destinations, None).is_ok())
+                    .map(|o| Identity {
+                        credential: PublicCredential::Key(o.public),
+                        comment: o.comment,
+                    })
+                    .collect();
+                Ok(Response::IdentitiesAnswer(list))
+            }
+            Request::SignRequest(s) => {
+                let key = s.credential.key_data().clone();
+                let id = self.keys.find(&key)?;
+                let destination = self.check_destination(conn, &id, &s.data)?;
+                if id.confirm {
+                    self.confirm(conn, &id, destination.as_deref())?;
+                }
+                let sig = self.keys.sign(&id, &s.data)?;
+                tracing::debug!(key = %id.public.fingerprint(HashAlg::Sha256), "ssh: signed");
+                Ok(Response::SignResponse(sig))
+            }
+            Request::AddIdentity(a) => self.add(a, &[]),
+            Request::AddIdConstrained(a) => self.add(a.identity, &a.constraints),
+            Request::RemoveIdentity(r) => {
+                self.keys.remove(r.credential.key_data())?;
+                Ok(Response::Success)
+            }
+            Request::RemoveAllIdentities => {
+                self.keys.remove_all()?;
+                Ok(Response::Success)
+            }
+            Request::AddSmartcardKey(_)
+            | Request::AddSmartcardKeyConstrained(_)
+            | Request::RemoveSmartcardKey(_) => Err(SshError::Unsupported(
+                "smartcard keys: Keyward reaches tokens through its own root (keypair create --on-token --ssh)".into(),
+            )),
+            Request::Lock(pass) => {
+                let pass = Zeroizing::new(pass);
+                let mut door = lock(&self.door);
+                let salt = door.salt;
+                door.hash = Some(self.hash(&salt, pass.as_bytes()));
+                tracing::info!("ssh: door locked (ssh-add -x)");
+                Ok(Response::Success)
+            }
+            Request::Unlock(pass) => {
+                drop(Zeroizing::new(pass));
+                Err(SshError::Refused("the SSH door is not locked".into()))
+            }
+            Request::Extension(ext) => self.extension(conn, ext),
+        }
+    }
+
+    fn unlock(&self, pass: String) -> Result<Response, SshError> {
+        let pass = Zeroizing::new(pass);
+        let mut door = lock(&self.door);
+        let salt = door.salt;
+        let given = self.hash(&salt, pass.as_bytes());
+        let ok = door
+            .hash
+            .as_ref()
+            .is_some_and(|h| subtle::ConstantTimeEq::ct_eq(&h[..], &given[..]).into());
+        if ok {
+            door.hash = None;
+            tracing::info!("ssh: door unlocked (ssh-add -X)");
+            Ok(Response::Success)
+        } else {
+            drop(door);
+            // As OpenSSH: slow down guessing.
+            std::thread::sleep(Duration::from_millis(100));
+            Err(SshError::Refused("wrong passphrase for ssh-add -X".into()))
+        }
+    }
+
+    fn add(&self, a: AddIdentity, constraints: &[KeyConstraint]) -> Result<Response, SshError> {
+        let PrivateCredential::Key { privkey, comment } = a.credential else {
+            return Err(SshError::Unsupported("certificates".into()));
+        };
+        let mut c = Constraints::default();
+        for k in constraints {
+            match k {
+                KeyConstraint::Lifetime(secs) => {
+                    c.expires = Some(Instant::now() + Duration::from_secs(u64::from(*secs)))
+                }
+                KeyConstraint::Confirm => c.confirm = true,
+                KeyConstraint::Extension(ext) => {
+                    match ext.parse_key_constraint::<RestrictDestination>() {
+                        Ok(Some(r)) => c.destinations.extend(r.constraints),
+                        Ok(None) => {
+                            return Err(SshError::Unsupported(format!(
+                                "key constraint {}",
+                                ext.name
+                            )))
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        self.keys.add(&privkey, &comment, c)?;
+        Ok(Response::Success)
+    }
+
+    fn extension(&self, conn: &mut Conn, ext: Extension) -> Result<Response, SshError> {
+        if let Some(bind) = ext.parse_message::<SessionBind>()? {
+            let r = conn.bindings.bind(&bind);
+            match &r {
+                Ok(()) => tracing::info!(
+                    host_key = %bind.host_key.fingerprint(HashAlg::Sha256),
+                    forwarding = bind.is_forwarding,
+                    "ssh: session bound"
+                ),
+                Err(_) => conn.bindings.attempted = true,
+            }
+            r?;
+            return Ok(Response::Success);
+        }
+        if ext.name == "query" {
+            let q = QueryResponse {
+                extensions: EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+            };
+            return Ok(Response::ExtensionResponse(Extension::new_message(q)?));
+        }
+        Err(SshError::Unsupported(format!("extension {}", ext.name)))
+    }
+
+    /// OpenSSH's checks for a destination-constrained key; returns the destination host name.
+    fn check_destination(
+        &self,
+        conn: &Conn,
+        id: &Offered,
+        data: &[u8],
+    ) -> Result<Option<String>, SshError> {
+        let last = conn.bindings.last();
+        if id.destinations.is_empty() {
+            return Ok(
+                last.map(|b| format!("host key {}", b.host_key.fingerprint(HashAlg::Sha256)))
+            );
+        }
+        let Some(last) = last else {
+            return Err(SshError::Refused(
+                "destination-constrained key used on a connection with no session binding".into(),
+            ));
+        };
+        let ua = restrict::parse_userauth(data, &id.public)?;
+        let host = conn.bindings.permitted(&id.destinations, Some(&ua.user))?;
+        if ua.session_id != last.session_id {
+            return Err(SshError::Refused(
+                "the request is not for the bound session".into(),
+            ));
+        }
+        if conn.bindings.hops.len() > 1 && ua.host_key.is_none() {
+            return Err(SshError::Refused(
+                "no host key in a forwarded request".into(),
+            ));
+        }
+        if ua.host_key.as_ref().is_some_and(|k| k != &last.host_key) {
+            return Err(SshError::Refused(
+                "the request's host key is not the bound session's".into(),
+            ));
+        }
+        let fp = last.host_key.fingerprint(HashAlg::Sha256);
+        Ok(Some(match host {
+            Some(h) => format!("{}@{h} (host key {fp})", ua.user),
+            None => format!("{} (host key {fp})", ua.user),
+        }))
+    }
+
+    fn confirm(
+        &self,
+        conn: &Conn,
+        id: &Offered,
+        destination: Option<&str>,
+    ) -> Result<(), SshError> {
+        let fp = id.public.fingerprint(HashAlg::Sha256).to_string();
+        let who = confirm::describe_process(conn.peer_pid);
+        let q = confirm::prompt(&id.comment, &fp, &who, destination);
+        match confirm::ask(self.settings.askpass.as_ref(), &q) {
+            Ok(()) => {
+                tracing::info!(key = %fp, requester = %who, "ssh: use confirmed");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(key = %fp, requester = %who, "ssh: use not confirmed");
+                Err(e)
+            }
+        }
+    }
+}

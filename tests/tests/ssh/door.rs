@@ -1,0 +1,79 @@
+//! The socket itself: hand-made frames, unknown messages, smartcard requests, both sockets.
+
+use keyward_tests::ssh::*;
+use keyward_tests::{RootKind, TestEnv};
+use std::io::Write;
+
+#[test]
+fn malformed_frames_close_cleanly_and_unknown_types_get_failure() {
+    let env = TestEnv::start(RootKind::Pkcs11);
+    init_with_kek(&env);
+    ssh_keypair(&env, &[], "frames");
+    // An unknown message type: FAILURE, and the connection stays usable.
+    let mut c = RawSsh::connect(&env);
+    c.send(&[200, 1, 2, 3]);
+    assert_eq!(c.recv(), Some(vec![5]));
+    c.send(&[11]); // REQUEST_IDENTITIES
+    let ids = c.recv().expect("identities answer");
+    assert_eq!(ids[0], 12);
+    assert_eq!(&ids[1..5], &[0, 0, 0, 1]);
+    // A known type with a malformed payload: FAILURE, still usable.
+    c.send(&[13, 0, 0]);
+    assert_eq!(c.recv(), Some(vec![5]));
+    // ADD_SMARTCARD_KEY: FAILURE (tokens are reached through the root).
+    c.send(&[20, 0, 0, 0, 1, b'x', 0, 0, 0, 0]);
+    assert_eq!(c.recv(), Some(vec![5]));
+    // The query extension lists what we support.
+    let mut q = vec![27, 0, 0, 0, 5];
+    q.extend_from_slice(b"query");
+    c.send(&q);
+    let ans = c.recv().expect("query answer");
+    assert_eq!(ans[0], 29, "{ans:?}");
+    assert!(String::from_utf8_lossy(&ans).contains("session-bind@openssh.com"));
+    // A 256 KiB + 1 length: closed without reading the body.
+    let mut big = RawSsh::connect(&env);
+    big.0
+        .write_all(&((256 * 1024 + 1) as u32).to_be_bytes())
+        .unwrap();
+    assert_eq!(big.recv(), None);
+    // A zero length: closed.
+    let mut zero = RawSsh::connect(&env);
+    zero.0.write_all(&[0, 0, 0, 0]).unwrap();
+    assert_eq!(zero.recv(), None);
+    // A truncated frame: closed.
+    let mut short = RawSsh::connect(&env);
+    short.0.write_all(&[0, 0, 0, 10, 11]).unwrap();
+    short.0.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(short.recv(), None);
+    // The agent keeps serving both sockets.
+    assert!(listed(&env).contains("frames"));
+    env.cli_json(&["status"], None);
+    assert!(env.log().contains("bad frame"), "{}", env.log());
+}
+
+#[test]
+fn ssh_socket_follows_config_and_can_be_disabled() {
+    let mut env = TestEnv::start(RootKind::Pkcs11);
+    let custom = env.dir().join("custom").join("agent-ssh.sock");
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        format!("{cfg}\n[ssh]\nsocket = \"{}\"\n", custom.display()),
+    )
+    .unwrap();
+    env.restart();
+    assert!(custom.exists(), "[ssh] socket not used:\n{}", env.log());
+    assert_eq!(keyward_tests::mode(custom.parent().unwrap()) & 0o777, 0o700);
+    assert_eq!(
+        env.cli_json(&["status"], None)["ssh_socket"],
+        custom.display().to_string()
+    );
+    std::fs::write(
+        env.config_path(),
+        format!("{cfg}\n[ssh]\nenabled = false\n"),
+    )
+    .unwrap();
+    env.restart();
+    assert!(env.cli_json(&["status"], None).get("ssh_socket").is_none());
+    assert!(!ssh_sock(&env).exists());
+}
