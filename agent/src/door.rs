@@ -59,11 +59,11 @@ impl Hierarchy {
         let signer = self.signer(&rec)?;
         let sig = signer
             .sign_prehash(&digest_to_32(digest))
-            .map_err(|e| AgentError::crypto("sign.digest")(e.into()))?;
+            .map_err(AgentError::crypto("sign.digest"))?;
         Ok(sig.to_bytes().to_vec())
     }
 
-    fn gcm_params<'a>(iv: &'a [u8], tag_len: u8) -> Result<(&'a [u8; 12], usize), AgentError> {
+    fn gcm_params(iv: &[u8], tag_len: u8) -> Result<(&[u8; 12], usize), AgentError> {
         let iv: &[u8; 12] = iv
             .try_into()
             .map_err(|_| AgentError::invalid("iv", Problem::Length { expected: 12 }))?;

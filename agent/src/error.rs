@@ -372,8 +372,13 @@ impl AgentError {
     }
 
     /// A cryptography library's failure during `op`.
-    pub(crate) fn crypto(op: &'static str) -> impl FnOnce(CryptoError) -> Self {
-        move |source| AgentError::Internal(Internal::Crypto { op, source })
+    pub(crate) fn crypto<E: Into<CryptoError>>(op: &'static str) -> impl FnOnce(E) -> Self {
+        move |e| {
+            AgentError::Internal(Internal::Crypto {
+                op,
+                source: e.into(),
+            })
+        }
     }
 
     pub(crate) fn invalid(arg: &'static str, problem: Problem) -> Self {

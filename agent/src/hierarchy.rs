@@ -711,9 +711,9 @@ impl Hierarchy {
             .map_err(|_| short(sealed.len()))?;
         sealed.truncate(sealed.len() - 16);
         let artefacts = Artefacts::aes256gcm(&iv, &tag, &ad)
-            .map_err(|e| AgentError::crypto("serializing artefacts")(e.into()))?;
+            .map_err(AgentError::crypto("serializing artefacts"))?;
         let data = EncryptedData::new(EncryptionStrategy::Aes256Gcm, sealed, artefacts, None)
-            .map_err(|e| AgentError::crypto("serializing ciphertext")(e.into()))?;
+            .map_err(AgentError::crypto("serializing ciphertext"))?;
         Ok(data.to_string())
     }
 

@@ -287,6 +287,6 @@ impl Hierarchy {
         } else {
             SigEncoding::Der
         };
-        ecdsa::sign(&*signer, data, enc).map_err(|e| AgentError::crypto("sign")(e.into()))
+        ecdsa::sign(&*signer, data, enc).map_err(AgentError::crypto("sign"))
     }
 }

@@ -28,7 +28,7 @@ const SECRET_LABEL: &str = "node-derivation";
 pub type Opened = (Zeroizing<Vec<u8>>, String, Option<String>);
 
 fn statement_err(e: keyward_identity::StatementError) -> AgentError {
-    AgentError::crypto("signing a statement")(e.into())
+    AgentError::crypto("signing a statement")(e)
 }
 
 impl Hierarchy {
@@ -260,7 +260,7 @@ impl Hierarchy {
         let push = |chain: &mut Chain, st: Vec<u8>| {
             chain
                 .push(st)
-                .map_err(|e| AgentError::crypto("building the chain")(e.into()))
+                .map_err(AgentError::crypto("building the chain"))
         };
         let keys = self.ks.list(KeyKind::Keypair, None)?;
         // The keys in the tree under `root`: follow issuer links down from it.
@@ -297,7 +297,7 @@ impl Hierarchy {
         Self::require_active(&rec)?;
         let me = self.unwrap_keypair(&rec)?;
         let m = SealedMessage::seal(&me, &recipient, plaintext, &mut OsRng)
-            .map_err(|e| AgentError::crypto("seal")(e.into()))?;
+            .map_err(AgentError::crypto("seal"))?;
         Ok(m.to_base64url())
     }
 

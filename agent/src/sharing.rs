@@ -66,7 +66,7 @@ impl Hierarchy {
         })?;
         let key = Dek::from_bytes(bytes);
         let share = SealedShare::seal(&sender, &recipient, &key, rec.id, "sharing", &mut OsRng)
-            .map_err(|e| AgentError::crypto("share.seal")(e.into()))?;
+            .map_err(AgentError::crypto("share.seal"))?;
         tracing::info!(dek = %rec.id, to = %recipient.to_did_key(), "DEK sealed for sharing");
         Ok(share.to_base64url())
     }
