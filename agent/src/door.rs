@@ -7,7 +7,7 @@
 //! This module must never return key material: a shared ECDH secret is the one secret it gives,
 //! and only to the caller that names its own keypair and a peer.
 
-use crate::error::AgentError;
+use crate::error::{AgentError, DecryptFailure, Problem, WrongKey};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{Algorithm, KeyKind, KeyState};
 use keyward_identity::PublicKey;
@@ -45,8 +45,13 @@ impl Hierarchy {
     pub fn sign_digest(&self, key: &str, digest: &[u8]) -> Result<Vec<u8>, AgentError> {
         self.root_record("sign.digest")?;
         if digest.is_empty() || digest.len() > 64 {
-            return Err(AgentError::InvalidArgs(
-                "sign.digest: `digest` must be 1 to 64 bytes".into(),
+            return Err(AgentError::invalid(
+                "digest",
+                Problem::OutOfRange {
+                    min: 1,
+                    max: 64,
+                    unit: "bytes",
+                },
             ));
         }
         let rec = self.record(key, KeyKind::Keypair)?;
@@ -54,23 +59,24 @@ impl Hierarchy {
         let signer = self.signer(&rec)?;
         let sig = signer
             .sign_prehash(&digest_to_32(digest))
-            .map_err(|e| AgentError::Internal(format!("sign.digest: {e}")))?;
+            .map_err(AgentError::crypto("sign.digest"))?;
         Ok(sig.to_bytes().to_vec())
     }
 
-    fn gcm_params<'a>(
-        op: &'static str,
-        iv: &'a [u8],
-        tag_len: u8,
-    ) -> Result<(&'a [u8; 12], usize), AgentError> {
+    fn gcm_params(iv: &[u8], tag_len: u8) -> Result<(&[u8; 12], usize), AgentError> {
         let iv: &[u8; 12] = iv
             .try_into()
-            .map_err(|_| AgentError::InvalidArgs(format!("{op}: `iv` must be 12 bytes")))?;
+            .map_err(|_| AgentError::invalid("iv", Problem::Length { expected: 12 }))?;
         let tag_len = usize::from(tag_len);
         if !(MIN_TAG..=FULL_TAG).contains(&tag_len) {
-            return Err(AgentError::InvalidArgs(format!(
-                "{op}: `tag_len` must be {MIN_TAG} to {FULL_TAG} bytes"
-            )));
+            return Err(AgentError::invalid(
+                "tag_len",
+                Problem::OutOfRange {
+                    min: MIN_TAG as u64,
+                    max: FULL_TAG as u64,
+                    unit: "bytes",
+                },
+            ));
         }
         Ok((iv, tag_len))
     }
@@ -84,12 +90,13 @@ impl Hierarchy {
         tag_len: u8,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, AgentError> {
-        let (iv, tag_len) = Self::gcm_params("gcm.seal", iv, tag_len)?;
+        let (iv, tag_len) = Self::gcm_params(iv, tag_len)?;
         if plaintext.len() > keyward_proto::MAX_PLAINTEXT {
-            return Err(AgentError::TooLarge(format!(
-                "gcm.seal: over the {}-byte limit of one request",
-                keyward_proto::MAX_PLAINTEXT
-            )));
+            return Err(AgentError::TooLarge {
+                op: "gcm.seal",
+                len: plaintext.len(),
+                max: keyward_proto::MAX_PLAINTEXT,
+            });
         }
         self.root_record("gcm.seal")?;
         let dek = self.record(dek_id, KeyKind::Dek)?;
@@ -113,20 +120,18 @@ impl Hierarchy {
         tag_len: u8,
         ct_tag: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, AgentError> {
-        let (iv, tag_len) = Self::gcm_params("gcm.open", iv, tag_len)?;
+        let (iv, tag_len) = Self::gcm_params(iv, tag_len)?;
         if ct_tag.len() < tag_len {
-            return Err(AgentError::DecryptFailed(
-                "gcm.open: shorter than its tag".into(),
-            ));
+            return Err(AgentError::DecryptFailed(DecryptFailure::ShorterThanTag));
         }
         self.root_record("gcm.open")?;
         let dek = self.record(dek_id, KeyKind::Dek)?;
         // A retired DEK still decrypts what it encrypted; a revoked one does nothing.
         if dek.state == KeyState::Revoked {
             return Err(AgentError::KeyInactive {
-                kind: "dek",
-                id: dek.id.to_string(),
-                state: dek.state.as_str(),
+                kind: dek.kind,
+                id: dek.id,
+                state: dek.state,
             });
         }
         let kek = self.parent_kek(&dek)?;
@@ -144,9 +149,7 @@ impl Hierarchy {
             || !ct_eq(&again[..ct.len()], ct)
             || !ct_eq(&again[ct.len()..ct.len() + tag_len], tag)
         {
-            return Err(AgentError::DecryptFailed(
-                "gcm.open: authentication failed".into(),
-            ));
+            return Err(AgentError::DecryptFailed(DecryptFailure::Authentication));
         }
         Ok(pt)
     }
@@ -156,14 +159,11 @@ impl Hierarchy {
         self.root_record("keypair.ecdh")?;
         let rec = self.record(key, KeyKind::Keypair)?;
         Self::require_active(&rec)?;
-        if rec.algorithm.is_some_and(|a| a != Algorithm::P256) {
-            return Err(AgentError::WrongKey(format!(
-                "keypair {key} is not P-256: ECDH needs a P-256 keypair"
-            )));
+        if let Some(alg) = rec.algorithm.filter(|a| *a != Algorithm::P256) {
+            return Err(AgentError::WrongKey(WrongKey::NotP256 { id: rec.id, alg }));
         }
-        let peer = PublicKey::from_sec1_bytes(peer).map_err(|_| {
-            AgentError::InvalidArgs("keypair.ecdh: `peer` is not a P-256 point".into())
-        })?;
+        let peer = PublicKey::from_sec1_bytes(peer)
+            .map_err(|e| AgentError::invalid("peer", Problem::NotP256Point(e)))?;
         let local = self.unwrap_keypair(&rec)?;
         let shared = local.diffie_hellman(&peer);
         Ok(Zeroizing::new(shared.raw_secret_bytes().to_vec()))
@@ -172,10 +172,11 @@ impl Hierarchy {
     /// `len` bytes from the operating system's CSPRNG.
     pub fn random(&self, len: u32) -> Result<Vec<u8>, AgentError> {
         if len > keyward_proto::ops::MAX_RANDOM {
-            return Err(AgentError::TooLarge(format!(
-                "random: at most {} bytes per request",
-                keyward_proto::ops::MAX_RANDOM
-            )));
+            return Err(AgentError::TooLarge {
+                op: "random",
+                len: len as usize,
+                max: keyward_proto::ops::MAX_RANDOM as usize,
+            });
         }
         let mut out = vec![0u8; len as usize];
         OsRng.fill_bytes(&mut out);

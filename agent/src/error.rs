@@ -1,12 +1,23 @@
 //! The agent's errors, and how each becomes a wire error code.
 //!
+//! Every variant carries typed data: ids are `Uuid`s, kinds and states are the keystore's enums,
+//! and the closed sets of reasons are sub-enums ([`Missing`], [`DecryptFailure`], [`Problem`],
+//! [`WrongKey`], [`Existing`], [`Unverified`], [`Tampering`], [`Internal`]) whose library errors
+//! are kept as `#[source]`. The `Display` text is the wire message, so it includes the cause's
+//! text as well; a printer that walks `source()` should skip causes already in the message.
+//!
 //! Messages name the operation and the kind of failure; they never carry PINs, keys or
-//! plaintexts.
+//! plaintexts, and `invalid_args` messages name fields, never their values.
 
-use crate::keystore::KeystoreError;
+use crate::keystore::{Algorithm, KeyKind, KeyState, KeystoreError};
 use crate::root::RootError;
+use keyward_identity::{
+    ChainError, FormatError, KeyId, MessageError, NodeKeyError, ShareError, SignError,
+    StatementError,
+};
 use keyward_proto::{ErrorBody, ErrorCode};
 use thiserror::Error;
+use uuid::Uuid;
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -31,52 +42,351 @@ pub enum AgentError {
     PinBackoff { retry_after_ms: u64 },
     #[error("the PIN attempt limit is used up: the agent refuses PINs until an administrator resets the counter (keywardd reset-pin-attempts)")]
     PinLocked,
-    #[error("no {kind} with id {id}")]
-    NotFound { kind: &'static str, id: String },
     #[error("{0}")]
-    Ambiguous(String),
+    NotFound(Missing),
+    #[error("{count} {}: name one{}", .what.plural(), .what.hint())]
+    Ambiguous { what: Choice, count: usize },
     #[error("DEK {id} was created non-exportable")]
-    NotExportable { id: String },
-    #[error("{kind} {id} is {state}")]
+    NotExportable { id: Uuid },
+    #[error("{} {id} is {}", kind.as_str(), state.as_str())]
     KeyInactive {
-        kind: &'static str,
-        id: String,
-        state: &'static str,
+        kind: KeyKind,
+        id: Uuid,
+        state: KeyState,
     },
     #[error("decrypt: {0}")]
-    DecryptFailed(String),
+    DecryptFailed(#[source] DecryptFailure),
+    #[error("invalid `{arg}`: {problem}")]
+    InvalidArgs {
+        arg: &'static str,
+        #[source]
+        problem: Problem,
+    },
+    #[error("{op}: {len} bytes is over the {max}-byte limit of one request")]
+    TooLarge {
+        op: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("{0}")]
-    InvalidArgs(String),
+    AlreadyExists(Existing),
     #[error("{0}")]
-    TooLarge(String),
+    WrongKey(WrongKey),
     #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
-    WrongKey(String),
-    #[error("{0}")]
-    VerifyFailed(String),
+    VerifyFailed(#[source] Unverified),
     #[error(transparent)]
     Root(#[from] RootError),
-    /// A keystore record (or the stored PIN counter) was changed outside the agent: its MAC
-    /// under the keystore integrity key is missing or wrong.
-    #[error("keystore record {id} was modified outside the agent ({what}): refusing to use it; restore the keystore from a backup")]
-    KeystoreTampered { id: String, what: String },
+    /// Integrity data the hierarchy checks itself (the PIN counter, the integrity records, the
+    /// root record) was changed outside the agent. A single record whose MAC the keystore finds
+    /// missing or wrong is `Keystore(KeystoreError::Tampered)`, with the same wire code.
+    #[error("keystore record {} was modified outside the agent ({}): refusing to use it; restore the keystore from a backup", .0.record(), .0)]
+    KeystoreTampered(Tampering),
     #[error(transparent)]
-    Keystore(KeystoreError),
+    Keystore(#[from] KeystoreError),
     #[error("internal error: {0}")]
-    Internal(String),
+    Internal(#[source] Internal),
 }
 
-impl From<KeystoreError> for AgentError {
-    fn from(e: KeystoreError) -> Self {
-        match e {
-            KeystoreError::Tampered { id, what } => AgentError::KeystoreTampered { id, what },
-            e => AgentError::Keystore(e),
+/// What the agent picks when the caller names none: the only active one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    Kek,
+    Keypair,
+}
+
+impl std::fmt::Display for Choice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Choice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Choice::Kek => "kek",
+            Choice::Keypair => "keypair",
+        }
+    }
+
+    fn plural(self) -> &'static str {
+        match self {
+            Choice::Kek => "active KEKs",
+            Choice::Keypair => "keypairs",
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            Choice::Kek => " with --kek",
+            Choice::Keypair => "",
         }
     }
 }
 
+/// What was looked for and not found.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Missing {
+    #[error("no {} with id {id}", kind.as_str())]
+    Key { kind: KeyKind, id: Uuid },
+    /// The id given is not a UUID, so no key has it (echoed: an id is not a secret).
+    #[error("no {} with id {given}", kind.as_str())]
+    NotAnId { kind: KeyKind, given: String },
+    /// Nothing was named, and there is none to choose.
+    #[error("no {what} exists: create one with `keyward {what} create`")]
+    NoneToChoose { what: Choice },
+    #[error("no node named `{name}`")]
+    Node { name: String },
+    #[error("no cluster root yet: run `keyward node derive NAME`, or name a --root")]
+    ClusterRoot,
+}
+
+/// Why a ciphertext does not decrypt.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DecryptFailure {
+    #[error("not a Cryppo string: {0}")]
+    NotCryppo(#[source] keyward_envelope::Error),
+    #[error("not Cryppo encrypted data")]
+    NotEncrypted,
+    #[error("not Aes256Gcm data: {0}")]
+    NotAesGcm(#[source] keyward_envelope::Error),
+    /// The ciphertext's `ad` names one DEK and the caller another. Both as written: the `ad`
+    /// is the ciphertext's text, `given` the caller's, and neither need be a UUID.
+    #[error("the ciphertext is for DEK {named}, not {given}")]
+    DekMismatch { named: String, given: String },
+    #[error("the ciphertext names no Keyward DEK: give one with --dek")]
+    NoDekNamed,
+    #[error("gcm.open: shorter than its tag")]
+    ShorterThanTag,
+    #[error("gcm.open: authentication failed")]
+    Authentication,
+}
+
+/// What is wrong with an argument. Never carries the argument's value.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Problem {
+    #[error("must be {min} to {max} {unit}")]
+    OutOfRange {
+        min: u64,
+        max: u64,
+        unit: &'static str,
+    },
+    #[error("must be {expected} bytes")]
+    Length { expected: usize },
+    #[error("holds {len} bytes, not a {expected}-byte key")]
+    KeyLength { len: usize, expected: usize },
+    #[error("not a UUID")]
+    NotUuid,
+    #[error("unknown keypair algorithm: p256 or ed25519")]
+    UnknownAlgorithm,
+    #[error("keypair algorithm {} is not one `keypair.create` makes: p256 or ed25519", .0.as_str())]
+    UnsupportedAlgorithm(Algorithm),
+    #[error("reserved: {0}")]
+    Reserved(&'static str),
+    #[error("not with {0}")]
+    Conflicts(&'static str),
+    #[error("not a public key: {0}")]
+    NotPublicKey(#[source] FormatError),
+    #[error("not a P-256 point: {0}")]
+    NotP256Point(#[source] FormatError),
+    #[error("neither a P-256 key ({p256}) nor an RSA key ({rsa})")]
+    NeitherP256NorRsa {
+        p256: FormatError,
+        #[source]
+        rsa: keyward_envelope::Error,
+    },
+    #[error("not PEM text")]
+    NotPemText,
+    #[error("not an RSA private key: {0}")]
+    NotRsaKey(#[source] keyward_envelope::Error),
+    #[error("not a node name: {0}")]
+    NotNodeName(#[source] NodeKeyError),
+    #[error("not a sealed message: {0}")]
+    NotSealedMessage(#[source] MessageError),
+    #[error("not a sealed share: {0}")]
+    NotSealedShare(#[source] ShareError),
+    #[error("not a chain: {0}")]
+    NotChain(#[source] ChainError),
+}
+
+/// Something that must not exist yet.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Existing {
+    #[error("node `{name}` exists: use `node rekey` for a new key")]
+    Node { name: String },
+    #[error("a key with id {id} exists already in this keystore")]
+    KeyId { id: Uuid },
+}
+
+/// The key named (or found) cannot do what was asked.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum WrongKey {
+    #[error("keypair {id} lives on the token: it signs, but cannot open shares or messages")]
+    OnToken { id: Uuid },
+    #[error("keypair {id} is {}: ECDH, sharing, sealed messages and node keys use P-256 keypairs", .alg.as_str())]
+    NotP256 { id: Uuid, alg: Algorithm },
+    #[error("keypair {id} has vouched for {count} node key(s): it stays for their chain's history (revoke it instead)")]
+    VouchedFor { id: Uuid, count: usize },
+    #[error("`{name}` has no parent to vouch for a new key")]
+    NoParentToVouch { name: String },
+    #[error("`{name}` has no parent: name a revoker with --by")]
+    NoParentToRevoke { name: String },
+    #[error("keypair {id} is not an ancestor of `{name}`: only ancestors may revoke it")]
+    NotAncestor { id: Uuid, name: String },
+    #[error("the {what} is sealed to key {key}, which this agent does not hold")]
+    NotHeld { what: &'static str, key: KeyId },
+    #[error(
+        "DEK {id} is a personal DEK: only DEKs created with --purpose sharing are sealed to others"
+    )]
+    PersonalDek { id: Uuid },
+    #[error(
+        "an Rsa4096 share needs an RSA keypair: import one with `keyward keypair import --pem`"
+    )]
+    NoRsaKeypair,
+    #[error("none of this agent's {tried} RSA keypair(s) opens the share")]
+    NoRsaKeypairOpens { tried: usize },
+    #[error("keypair {id} is {}: SSH takes P-256 and Ed25519 keypairs", .alg.map_or("unknown", Algorithm::as_str))]
+    NotForSsh { id: Uuid, alg: Option<Algorithm> },
+}
+
+/// A signature, a sealed message or a share that does not verify.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Unverified {
+    #[error("open: {0}")]
+    Message(#[source] MessageError),
+    #[error("the sender is not vouched for: {0}")]
+    NotVouched(#[source] ChainError),
+    #[error("share.open: {0}")]
+    Share(#[source] ShareError),
+}
+
+/// What the hierarchy found changed outside the agent.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Tampering {
+    #[error("the PIN counter's MAC does not verify")]
+    PinCounter,
+    #[error("the keystore has no integrity key")]
+    NoIntegrityKey,
+    #[error("not exactly one integrity KEK")]
+    IntegrityKeks,
+    #[error("not exactly one integrity secret")]
+    IntegritySecrets,
+    #[error("it has no wrapped key")]
+    NoWrappedKey { id: Uuid },
+    #[error("its wrapped key does not unwrap")]
+    DoesNotUnwrap { id: Uuid },
+    #[error("the root record differs from the one the agent read")]
+    RootRecord { id: Uuid },
+}
+
+impl Tampering {
+    /// The record the message names.
+    pub fn record(&self) -> String {
+        match self {
+            Tampering::PinCounter => crate::hierarchy::META_FAILURES.to_string(),
+            Tampering::NoIntegrityKey | Tampering::IntegrityKeks | Tampering::IntegritySecrets => {
+                "(keystore integrity key)".to_string()
+            }
+            Tampering::NoWrappedKey { id }
+            | Tampering::DoesNotUnwrap { id }
+            | Tampering::RootRecord { id } => id.to_string(),
+        }
+    }
+}
+
+/// Failures that are not the caller's: a damaged record, a crypto library refusing, a token
+/// that could not clean up. Wire code `internal`.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Internal {
+    #[error("{} {id} {defect}", kind.as_str())]
+    BadRecord {
+        kind: KeyKind,
+        id: Uuid,
+        defect: Defect,
+    },
+    #[error("{op}: {source}")]
+    Crypto {
+        op: &'static str,
+        source: CryptoError,
+    },
+    #[error("{op}: the token returned {len} bytes, fewer than a GCM tag")]
+    ShortGcmOutput { op: &'static str, len: usize },
+    #[error("unlocked without a remembered PIN")]
+    NoHeldPin,
+    /// The keystore record is gone; its token objects may remain.
+    #[error("keypair {id} is deleted from the keystore, but destroying its token objects failed: {source}")]
+    TokenCleanup { id: Uuid, source: RootError },
+}
+
+/// What is wrong with a stored record (the agent never writes such records).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Defect {
+    #[error("has no wrapped key")]
+    NoWrappedKey,
+    #[error("has no parent")]
+    NoParent,
+    #[error("has no locator")]
+    NoLocator,
+    #[error("has no readable public key")]
+    NoPublicKey,
+    #[error("is not a P-256 scalar")]
+    NotP256Scalar,
+    #[error("unwraps to {len} bytes, not {expected}")]
+    BadLength { len: usize, expected: usize },
+    #[error("is truncated")]
+    Truncated,
+    #[error("is not PEM")]
+    NotPem,
+}
+
+/// A cryptography library's error.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CryptoError {
+    #[error(transparent)]
+    Sign(#[from] SignError),
+    #[error(transparent)]
+    Statement(#[from] StatementError),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Message(#[from] MessageError),
+    #[error(transparent)]
+    Share(#[from] ShareError),
+    #[error(transparent)]
+    Envelope(#[from] keyward_envelope::Error),
+    #[error("HMAC-SHA256 refused its key")]
+    Hmac,
+}
+
 impl AgentError {
+    /// A damaged record.
+    pub(crate) fn bad_record(kind: KeyKind, id: Uuid, defect: Defect) -> Self {
+        AgentError::Internal(Internal::BadRecord { kind, id, defect })
+    }
+
+    /// A cryptography library's failure during `op`.
+    pub(crate) fn crypto<E: Into<CryptoError>>(op: &'static str) -> impl FnOnce(E) -> Self {
+        move |e| {
+            AgentError::Internal(Internal::Crypto {
+                op,
+                source: e.into(),
+            })
+        }
+    }
+
+    pub(crate) fn invalid(arg: &'static str, problem: Problem) -> Self {
+        AgentError::InvalidArgs { arg, problem }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             AgentError::UnsupportedVersion { .. } => ErrorCode::UnsupportedVersion,
@@ -86,19 +396,19 @@ impl AgentError {
             AgentError::PinIncorrect { .. } => ErrorCode::PinIncorrect,
             AgentError::PinBackoff { .. } => ErrorCode::PinBackoff,
             AgentError::PinLocked => ErrorCode::PinLocked,
-            AgentError::NotFound { .. } => ErrorCode::NotFound,
-            AgentError::Ambiguous(_) => ErrorCode::Ambiguous,
+            AgentError::NotFound(_) => ErrorCode::NotFound,
+            AgentError::Ambiguous { .. } => ErrorCode::Ambiguous,
             AgentError::NotExportable { .. } => ErrorCode::NotExportable,
             AgentError::KeyInactive { .. } => ErrorCode::KeyInactive,
             AgentError::DecryptFailed(_) => ErrorCode::DecryptFailed,
-            AgentError::InvalidArgs(_) => ErrorCode::InvalidArgs,
-            AgentError::TooLarge(_) => ErrorCode::TooLarge,
+            AgentError::InvalidArgs { .. } => ErrorCode::InvalidArgs,
+            AgentError::TooLarge { .. } => ErrorCode::TooLarge,
             AgentError::AlreadyExists(_) => ErrorCode::AlreadyExists,
             AgentError::WrongKey(_) => ErrorCode::WrongKey,
             AgentError::VerifyFailed(_) => ErrorCode::VerifyFailed,
             AgentError::Root(r) => r.code(),
-            AgentError::KeystoreTampered { .. } => ErrorCode::KeystoreTampered,
-            AgentError::Keystore(_) => ErrorCode::KeystoreError,
+            AgentError::KeystoreTampered(_) => ErrorCode::KeystoreTampered,
+            AgentError::Keystore(k) => k.code(),
             AgentError::Internal(_) => ErrorCode::Internal,
         }
     }

@@ -7,7 +7,9 @@
 //! It must never log or return key material except an exportable DEK on `dek.export`.
 
 use crate::config::UnlockPolicy;
-use crate::error::AgentError;
+use crate::error::{
+    AgentError, Choice, CryptoError, DecryptFailure, Defect, Internal, Missing, Tampering,
+};
 use crate::keystore::{Encoder, KeyKind, KeyRecord, KeyState, Keystore, Purpose};
 use crate::root::{Kek, Root, RootError, StoredRoot};
 use hmac::{Hmac, Mac};
@@ -23,7 +25,7 @@ use zeroize::Zeroizing;
 /// The Cryppo `ad` of agent ciphertexts names the DEK: `keyward:dek:<uuid>`.
 pub const AD_PREFIX: &str = "keyward:dek:";
 
-const META_FAILURES: &str = "pin_failures";
+pub(crate) const META_FAILURES: &str = "pin_failures";
 const META_LAST_FAILURE: &str = "pin_last_failure_ms";
 /// HMAC of the two above under the keystore MAC key, when they were written while unlocked.
 const META_FAILURES_MAC: &str = "pin_failures_mac";
@@ -200,10 +202,7 @@ impl Hierarchy {
                     keystore = %self.ks.path().display(),
                     "keystore_tampered: the stored PIN counter was changed outside the agent (its MAC does not verify); unlock refused until `keywardd reset-pin-attempts`"
                 );
-                return Err(AgentError::KeystoreTampered {
-                    id: META_FAILURES.into(),
-                    what: "the PIN counter's MAC does not verify".into(),
-                });
+                return Err(AgentError::KeystoreTampered(Tampering::PinCounter));
             }
         }
         let last = lock(&self.seen).1;
@@ -290,14 +289,13 @@ impl Hierarchy {
                 card_retries: None,
             }
             .into()),
-            None => Err(AgentError::Internal(
-                "unlocked without a remembered PIN".into(),
-            )),
+            None => Err(AgentError::Internal(Internal::NoHeldPin)),
         }
     }
 
     fn remember_pin(&self, pin: &Pin) -> Result<(), AgentError> {
-        let tag = PinTag::new(pin).ok_or_else(|| AgentError::Internal("PIN tag".into()))?;
+        let tag =
+            PinTag::new(pin).ok_or_else(|| AgentError::crypto("PIN tag")(CryptoError::Hmac))?;
         *lock(&self.held_pin) = Some(tag);
         Ok(())
     }
@@ -343,18 +341,12 @@ impl Hierarchy {
     /// root record with it. A keystore just migrated to v4 (and only one with no integrity key
     /// yet) gets its key here, and every record it holds gets its first MAC: trust-on-upgrade.
     fn open_integrity(&self, root: &KeyRecord) -> Result<(), AgentError> {
-        let tampered = |id: String, what: &str| AgentError::KeystoreTampered {
-            id,
-            what: what.to_string(),
-        };
+        let tampered = AgentError::KeystoreTampered;
         let recs = self.ks.integrity_records()?;
         let upgrade = self.ks.meta(crate::keystore::META_UPGRADE)?.is_some();
         if recs.is_empty() {
             if !upgrade {
-                return Err(tampered(
-                    "(keystore integrity key)".into(),
-                    "the keystore has no integrity key",
-                ));
+                return Err(tampered(Tampering::NoIntegrityKey));
             }
             let made = self.make_integrity(root)?;
             let adopted =
@@ -368,33 +360,23 @@ impl Hierarchy {
             let keks: Vec<&KeyRecord> = recs.iter().filter(|r| r.parent == Some(root.id)).collect();
             let kek = match keks[..] {
                 [k] => k,
-                _ => {
-                    return Err(tampered(
-                        "(keystore integrity key)".into(),
-                        "not exactly one integrity KEK",
-                    ))
-                }
+                _ => return Err(tampered(Tampering::IntegrityKeks)),
             };
             let secrets: Vec<&KeyRecord> =
                 recs.iter().filter(|r| r.parent == Some(kek.id)).collect();
             let secret = match secrets[..] {
                 [s] if recs.len() == 2 => s,
-                _ => {
-                    return Err(tampered(
-                        "(keystore integrity key)".into(),
-                        "not exactly one integrity secret",
-                    ))
-                }
+                _ => return Err(tampered(Tampering::IntegritySecrets)),
             };
             for r in [kek, secret] {
                 if r.wrapped.is_none() {
-                    return Err(tampered(r.id.to_string(), "it has no wrapped key"));
+                    return Err(tampered(Tampering::NoWrappedKey { id: r.id }));
                 }
             }
             let unwrap_failed = |id: Uuid| {
                 move |e: RootError| match e {
                     RootError::DecryptFailed { .. } | RootError::Token { .. } => {
-                        tampered(id.to_string(), "its wrapped key does not unwrap")
+                        tampered(Tampering::DoesNotUnwrap { id })
                     }
                     e => e.into(),
                 }
@@ -419,10 +401,7 @@ impl Hierarchy {
         }
         match self.ks.get(&root.id)? {
             Some(r) if r == *root => Ok(()),
-            _ => Err(tampered(
-                root.id.to_string(),
-                "the root record differs from the one the agent read",
-            )),
+            _ => Err(tampered(Tampering::RootRecord { id: root.id })),
         }
     }
 
@@ -564,24 +543,25 @@ impl Hierarchy {
     // ---- records ------------------------------------------------------------------------------
 
     pub(crate) fn record(&self, id: &str, kind: KeyKind) -> Result<KeyRecord, AgentError> {
-        let not_found = || AgentError::NotFound {
-            kind: kind.as_str(),
-            id: id.to_string(),
-        };
-        let uuid = Uuid::parse_str(id).map_err(|_| not_found())?;
+        let uuid = Uuid::parse_str(id).map_err(|_| {
+            AgentError::NotFound(Missing::NotAnId {
+                kind,
+                given: id.to_string(),
+            })
+        })?;
         match self.ks.get(&uuid)? {
             Some(r) if r.kind == kind => Ok(r),
-            _ => Err(not_found()),
+            _ => Err(AgentError::NotFound(Missing::Key { kind, id: uuid })),
         }
     }
 
     pub(crate) fn require_active(r: &KeyRecord) -> Result<(), AgentError> {
         match r.state {
             KeyState::Active => Ok(()),
-            s => Err(AgentError::KeyInactive {
-                kind: r.kind.as_str(),
-                id: r.id.to_string(),
-                state: s.as_str(),
+            state => Err(AgentError::KeyInactive {
+                kind: r.kind,
+                id: r.id,
+                state,
             }),
         }
     }
@@ -593,7 +573,7 @@ impl Hierarchy {
         let wrapped = kek
             .wrapped
             .as_deref()
-            .ok_or_else(|| AgentError::Internal(format!("KEK {} has no wrapped key", kek.id)))?;
+            .ok_or_else(|| AgentError::bad_record(kek.kind, kek.id, Defect::NoWrappedKey))?;
         let opened: Arc<dyn Kek> = Arc::from(self.root.open_kek(wrapped)?);
         lock(&self.keks).insert(kek.id, opened.clone());
         Ok(opened)
@@ -601,16 +581,16 @@ impl Hierarchy {
 
     /// The KEK a DEK, keypair or secret is wrapped under.
     pub(crate) fn parent_kek(&self, key: &KeyRecord) -> Result<KeyRecord, AgentError> {
-        let parent = key.parent.ok_or_else(|| {
-            AgentError::Internal(format!("{} {} has no parent", key.kind.as_str(), key.id))
-        })?;
+        let parent = key
+            .parent
+            .ok_or_else(|| AgentError::bad_record(key.kind, key.id, Defect::NoParent))?;
         self.record(&parent.to_string(), KeyKind::Kek)
     }
 
     pub(crate) fn wrapped<'r>(&self, r: &'r KeyRecord) -> Result<&'r [u8], AgentError> {
-        r.wrapped.as_deref().ok_or_else(|| {
-            AgentError::Internal(format!("{} {} has no wrapped key", r.kind.as_str(), r.id))
-        })
+        r.wrapped
+            .as_deref()
+            .ok_or_else(|| AgentError::bad_record(r.kind, r.id, Defect::NoWrappedKey))
     }
 
     // ---- KEKs ---------------------------------------------------------------------------------
@@ -646,13 +626,13 @@ impl Hierarchy {
             .collect();
         match active.len() {
             1 => Ok(active.remove(0)),
-            0 => Err(AgentError::NotFound {
-                kind: "kek",
-                id: "(none exists: create one with `keyward kek create`)".into(),
+            0 => Err(AgentError::NotFound(Missing::NoneToChoose {
+                what: Choice::Kek,
+            })),
+            count => Err(AgentError::Ambiguous {
+                what: Choice::Kek,
+                count,
             }),
-            n => Err(AgentError::Ambiguous(format!(
-                "{n} active KEKs: name one with --kek"
-            ))),
         }
     }
 
@@ -692,7 +672,7 @@ impl Hierarchy {
         self.root_record("dek.export")?;
         let dek = self.record(id, KeyKind::Dek)?;
         if !dek.exportable {
-            return Err(AgentError::NotExportable { id: id.to_string() });
+            return Err(AgentError::NotExportable { id: dek.id });
         }
         Self::require_active(&dek)?;
         let kek = self.parent_kek(&dek)?;
@@ -703,11 +683,11 @@ impl Hierarchy {
     /// Encrypt under a DEK: a Cryppo `Aes256Gcm` string whose `ad` names the DEK.
     pub fn encrypt(&self, dek_id: &str, plaintext: &[u8]) -> Result<String, AgentError> {
         if plaintext.len() > keyward_proto::MAX_PLAINTEXT {
-            return Err(AgentError::TooLarge(format!(
-                "encrypt: {} bytes is over the {}-byte limit of one request; encrypt larger data in chunks or client-side with an exportable DEK",
-                plaintext.len(),
-                keyward_proto::MAX_PLAINTEXT
-            )));
+            return Err(AgentError::TooLarge {
+                op: "encrypt",
+                len: plaintext.len(),
+                max: keyward_proto::MAX_PLAINTEXT,
+            });
         }
         self.root_record("encrypt")?;
         let dek = self.record(dek_id, KeyKind::Dek)?;
@@ -722,19 +702,18 @@ impl Hierarchy {
                 .kek_handle(&kek)?
                 .seal(wrapped, &iv, ad.as_bytes(), plaintext)?)
         })?;
+        let short = |len| AgentError::Internal(Internal::ShortGcmOutput { op: "encrypt", len });
         if sealed.len() < 16 {
-            return Err(AgentError::Internal(
-                "GCM output shorter than its tag".into(),
-            ));
+            return Err(short(sealed.len()));
         }
         let tag: [u8; 16] = sealed[sealed.len() - 16..]
             .try_into()
-            .map_err(|_| AgentError::Internal("GCM tag".into()))?;
+            .map_err(|_| short(sealed.len()))?;
         sealed.truncate(sealed.len() - 16);
         let artefacts = Artefacts::aes256gcm(&iv, &tag, &ad)
-            .map_err(|e| AgentError::Internal(format!("serializing artefacts: {e}")))?;
+            .map_err(AgentError::crypto("serializing artefacts"))?;
         let data = EncryptedData::new(EncryptionStrategy::Aes256Gcm, sealed, artefacts, None)
-            .map_err(|e| AgentError::Internal(format!("serializing ciphertext: {e}")))?;
+            .map_err(AgentError::crypto("serializing ciphertext"))?;
         Ok(data.to_string())
     }
 
@@ -747,37 +726,32 @@ impl Hierarchy {
     ) -> Result<Zeroizing<Vec<u8>>, AgentError> {
         self.root_record("decrypt")?;
         let parsed = Serialized::parse(ciphertext.trim())
-            .map_err(|e| AgentError::DecryptFailed(format!("not a Cryppo string: {e}")))?;
+            .map_err(|e| AgentError::DecryptFailed(DecryptFailure::NotCryppo(e)))?;
         let Serialized::Encrypted(data) = parsed else {
-            return Err(AgentError::DecryptFailed(
-                "not Cryppo encrypted data".into(),
-            ));
+            return Err(AgentError::DecryptFailed(DecryptFailure::NotEncrypted));
         };
         let gcm = data
             .gcm()
-            .map_err(|e| AgentError::DecryptFailed(format!("not Aes256Gcm data: {e}")))?;
+            .map_err(|e| AgentError::DecryptFailed(DecryptFailure::NotAesGcm(e)))?;
         let named = gcm.ad.strip_prefix(AD_PREFIX);
         let dek_id = match (named, dek) {
             (Some(n), Some(d)) if !n.eq_ignore_ascii_case(d) => {
-                return Err(AgentError::DecryptFailed(format!(
-                    "the ciphertext is for DEK {n}, not {d}"
-                )))
+                return Err(AgentError::DecryptFailed(DecryptFailure::DekMismatch {
+                    named: n.to_string(),
+                    given: d.to_string(),
+                }))
             }
             (_, Some(d)) => d.to_string(),
             (Some(n), None) => n.to_string(),
-            (None, None) => {
-                return Err(AgentError::DecryptFailed(
-                    "the ciphertext names no Keyward DEK: give one with --dek".into(),
-                ))
-            }
+            (None, None) => return Err(AgentError::DecryptFailed(DecryptFailure::NoDekNamed)),
         };
         let dek = self.record(&dek_id, KeyKind::Dek)?;
         // A retired DEK still decrypts what it encrypted; a revoked one does nothing.
         if dek.state == KeyState::Revoked {
             return Err(AgentError::KeyInactive {
-                kind: "dek",
-                id: dek.id.to_string(),
-                state: dek.state.as_str(),
+                kind: dek.kind,
+                id: dek.id,
+                state: dek.state,
             });
         }
         let kek = self.parent_kek(&dek)?;

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::config::UnlockPolicy;
+use crate::error::{Choice, DecryptFailure, Missing};
 use crate::keystore::{KeyKind, KeyRecord, KeyState, Keystore, Purpose};
 use crate::root::memory::MemoryRoot;
 
@@ -184,7 +185,9 @@ fn hierarchy_kek_choice_one_none_or_ambiguous() {
     f.h.init(&pin(PIN)).unwrap();
     assert!(matches!(
         f.h.dek_create(None, Purpose::Personal, false, None),
-        Err(AgentError::NotFound { kind: "kek", .. })
+        Err(AgentError::NotFound(Missing::NoneToChoose {
+            what: Choice::Kek
+        }))
     ));
     let k1 = f.h.kek_create(None).unwrap();
     let d =
@@ -194,7 +197,10 @@ fn hierarchy_kek_choice_one_none_or_ambiguous() {
     let k2 = f.h.kek_create(None).unwrap();
     assert!(matches!(
         f.h.dek_create(None, Purpose::Personal, false, None),
-        Err(AgentError::Ambiguous(_))
+        Err(AgentError::Ambiguous {
+            what: Choice::Kek,
+            count: 2
+        })
     ));
     let d2 =
         f.h.dek_create(Some(&k2.to_string()), Purpose::Sharing, false, None)
@@ -206,7 +212,15 @@ fn hierarchy_kek_choice_one_none_or_ambiguous() {
     );
     assert!(matches!(
         f.h.dek_create(Some("not-a-uuid"), Purpose::Personal, false, None),
-        Err(AgentError::NotFound { kind: "kek", .. })
+        Err(AgentError::NotFound(Missing::NotAnId {
+            kind: KeyKind::Kek,
+            ..
+        }))
+    ));
+    let ghost = Uuid::new_v4();
+    assert!(matches!(
+        f.h.dek_create(Some(&ghost.to_string()), Purpose::Personal, false, None),
+        Err(AgentError::NotFound(Missing::Key { kind: KeyKind::Kek, id })) if id == ghost
     ));
 }
 
@@ -219,12 +233,14 @@ fn hierarchy_decrypt_finds_the_dek_from_the_ciphertext() {
     assert_eq!(&f.h.decrypt(&ct, Some(&d1)).unwrap()[..], b"hello");
     // Naming another DEK than the ciphertext's is refused before any key is used.
     match f.h.decrypt(&ct, Some(&d2)) {
-        Err(AgentError::DecryptFailed(m)) => assert!(m.contains(&d1), "{m}"),
+        Err(AgentError::DecryptFailed(DecryptFailure::DekMismatch { named, given })) => {
+            assert_eq!((named, given), (d1.clone(), d2.clone()))
+        }
         other => panic!("expected DecryptFailed, got {other:?}"),
     }
     assert!(matches!(
         f.h.decrypt("not cryppo", None),
-        Err(AgentError::DecryptFailed(_))
+        Err(AgentError::DecryptFailed(DecryptFailure::NotCryppo(_)))
     ));
 }
 
@@ -238,7 +254,7 @@ fn hierarchy_foreign_ciphertext_needs_a_dek_and_then_decrypts() {
     let foreign = keyward_envelope::aes256gcm::encrypt(key32, b"made elsewhere", "none").unwrap();
     assert!(matches!(
         f.h.decrypt(&foreign, None),
-        Err(AgentError::DecryptFailed(_))
+        Err(AgentError::DecryptFailed(DecryptFailure::NoDekNamed))
     ));
     assert_eq!(
         &f.h.decrypt(&foreign, Some(&d)).unwrap()[..],
@@ -252,7 +268,7 @@ fn hierarchy_export_only_for_exportable_deks() {
     let (plain, open) = (dek(&f, false), dek(&f, true));
     assert!(matches!(
         f.h.dek_export(&plain),
-        Err(AgentError::NotExportable { .. })
+        Err(AgentError::NotExportable { id }) if id.to_string() == plain
     ));
     let key = f.h.dek_export(&open).unwrap();
     assert_eq!(key.len(), 32);
@@ -292,7 +308,7 @@ fn hierarchy_revoked_deks_do_nothing_and_retired_deks_only_decrypt() {
     assert!(matches!(
         f.h.encrypt(&retired, b"new"),
         Err(AgentError::KeyInactive {
-            state: "retired",
+            state: KeyState::Retired,
             ..
         })
     ));
@@ -309,7 +325,7 @@ fn hierarchy_revoked_deks_do_nothing_and_retired_deks_only_decrypt() {
             matches!(
                 r,
                 Err(AgentError::KeyInactive {
-                    state: "revoked",
+                    state: KeyState::Revoked,
                     ..
                 })
             ),
@@ -330,7 +346,7 @@ fn hierarchy_retired_kek_is_not_chosen() {
     // k1 retired; k2 and the successor are active: ambiguous, but naming k1 is refused.
     assert!(matches!(
         f.h.dek_create(Some(&k1.to_string()), Purpose::Personal, false, None),
-        Err(AgentError::KeyInactive { kind: "kek", .. })
+        Err(AgentError::KeyInactive { kind: KeyKind::Kek, id, .. }) if id == k1
     ));
     let d =
         f.h.dek_create(Some(&k2.to_string()), Purpose::Personal, false, None)
@@ -388,6 +404,10 @@ fn hierarchy_encrypt_refuses_more_than_one_request_holds() {
     let big = vec![0u8; keyward_proto::MAX_PLAINTEXT + 1];
     assert!(matches!(
         f.h.encrypt(&d, &big),
-        Err(AgentError::TooLarge(_))
+        Err(AgentError::TooLarge {
+            op: "encrypt",
+            len,
+            max: keyward_proto::MAX_PLAINTEXT
+        }) if len == big.len()
     ));
 }

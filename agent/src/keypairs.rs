@@ -5,7 +5,7 @@
 //! operation that needs it and zeroized when that ends (`LocalKey` wipes on drop). This module
 //! must never return or log a private key.
 
-use crate::error::AgentError;
+use crate::error::{AgentError, Choice, Defect, Internal, Missing, Problem, WrongKey};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{Algorithm, KeyKind, KeyRecord, KeyState};
 use crate::root::Scheme;
@@ -51,9 +51,10 @@ impl Hierarchy {
         if on_token(rec) {
             return Ok(Box::new(TokenSigner {
                 h: self,
-                locator: rec.locator.clone().ok_or_else(|| {
-                    AgentError::Internal(format!("token keypair {} has no locator", rec.id))
-                })?,
+                locator: rec
+                    .locator
+                    .clone()
+                    .ok_or_else(|| AgentError::bad_record(rec.kind, rec.id, Defect::NoLocator))?,
                 public: Self::public_of(rec)?,
             }));
         }
@@ -64,30 +65,21 @@ impl Hierarchy {
     pub(crate) fn unwrap_keypair(&self, rec: &KeyRecord) -> Result<LocalKey, AgentError> {
         Self::require_p256(rec)?;
         if on_token(rec) {
-            return Err(AgentError::WrongKey(format!(
-                "keypair {} lives on the token: it signs, but cannot open shares or messages",
-                rec.id
-            )));
+            return Err(AgentError::WrongKey(WrongKey::OnToken { id: rec.id }));
         }
         let kek = self.parent_kek(rec)?;
         let wrapped = self.wrapped(rec)?;
         let secret = self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))?;
-        let bytes: &[u8; 32] = secret.as_slice().try_into().map_err(|_| {
-            AgentError::Internal(format!("keypair {} is not a P-256 scalar", rec.id))
-        })?;
-        LocalKey::from_bytes(bytes)
-            .map_err(|_| AgentError::Internal(format!("keypair {} is not a P-256 scalar", rec.id)))
+        let not_scalar = || AgentError::bad_record(rec.kind, rec.id, Defect::NotP256Scalar);
+        let bytes: &[u8; 32] = secret.as_slice().try_into().map_err(|_| not_scalar())?;
+        LocalKey::from_bytes(bytes).map_err(|_| not_scalar())
     }
 
     /// Refuse keypairs that are not P-256 where only P-256 works (HPKE, COSE ES256, ECDH).
     pub(crate) fn require_p256(rec: &KeyRecord) -> Result<(), AgentError> {
         match rec.algorithm {
             None | Some(Algorithm::P256) => Ok(()),
-            Some(other) => Err(AgentError::WrongKey(format!(
-                "keypair {} is {}: sharing, sealed messages and node keys use P-256 keypairs",
-                rec.id,
-                other.as_str()
-            ))),
+            Some(alg) => Err(AgentError::WrongKey(WrongKey::NotP256 { id: rec.id, alg })),
         }
     }
 
@@ -97,9 +89,7 @@ impl Hierarchy {
         rec.public_key
             .as_deref()
             .and_then(|b| PublicKey::from_sec1_bytes(b).ok())
-            .ok_or_else(|| {
-                AgentError::Internal(format!("keypair {} has no readable public key", rec.id))
-            })
+            .ok_or_else(|| AgentError::bad_record(rec.kind, rec.id, Defect::NoPublicKey))
     }
 
     /// Wrap `key` under `kek` and describe it as a new keypair record (not yet stored).
@@ -128,8 +118,11 @@ impl Hierarchy {
         let root = self.root_record("keypair.create")?;
         let mut rec = if alg == Some(Algorithm::Ed25519) {
             if on_token {
-                return Err(AgentError::InvalidArgs(
-                    "--on-token keypairs are P-256 (Ed25519 keys live wrapped under a KEK)".into(),
+                return Err(AgentError::invalid(
+                    "on_token",
+                    Problem::Conflicts(
+                        "`alg` ed25519: token keypairs are P-256 (Ed25519 keys live wrapped under a KEK)",
+                    ),
                 ));
             }
             let kek = self.choose_kek(kek)?;
@@ -144,10 +137,10 @@ impl Hierarchy {
             rec.algorithm = Some(Algorithm::Ed25519);
             rec
         } else if let Some(other) = alg.filter(|a| *a != Algorithm::P256) {
-            return Err(AgentError::InvalidArgs(format!(
-                "unknown keypair algorithm `{}`: p256 or ed25519",
-                other.as_str()
-            )));
+            return Err(AgentError::invalid(
+                "alg",
+                Problem::UnsupportedAlgorithm(other),
+            ));
         } else if on_token {
             let name = label.clone().unwrap_or_else(|| "keyward keypair".into());
             let made = self.with_recovery(|| {
@@ -198,9 +191,10 @@ impl Hierarchy {
             .filter(|k| k.issuer == Some(rec.id))
             .count();
         if vouched > 0 {
-            return Err(AgentError::WrongKey(format!(
-                "keypair {id} has vouched for {vouched} node key(s): it stays for their chain's history (revoke it instead)"
-            )));
+            return Err(AgentError::WrongKey(WrongKey::VouchedFor {
+                id: rec.id,
+                count: vouched,
+            }));
         }
         if on_token(&rec) {
             // Its objects can only be destroyed while logged in: check before touching anything.
@@ -215,11 +209,12 @@ impl Hierarchy {
                     .require_token_keypairs("delete token key")?
                     .delete(locator)?)
             })
-                .map_err(|e| {
-                    AgentError::Internal(format!(
-                        "keypair {id} is deleted from the keystore, but destroying its token objects failed: {e}"
-                    ))
-                })?;
+            .map_err(|e| match e {
+                AgentError::Root(source) => {
+                    AgentError::Internal(Internal::TokenCleanup { id: rec.id, source })
+                }
+                other => other,
+            })?;
         }
         tracing::info!(id = %rec.id, "keypair deleted");
         Ok(rec.id)
@@ -244,11 +239,13 @@ impl Hierarchy {
             .collect();
         match own.len() {
             1 => Ok(own.remove(0)),
-            0 => Err(AgentError::NotFound {
-                kind: "keypair",
-                id: "(none exists: create one with `keyward keypair create`)".into(),
+            0 => Err(AgentError::NotFound(Missing::NoneToChoose {
+                what: Choice::Keypair,
+            })),
+            count => Err(AgentError::Ambiguous {
+                what: Choice::Keypair,
+                count,
             }),
-            n => Err(AgentError::Ambiguous(format!("{n} keypairs: name one"))),
         }
     }
 
@@ -278,7 +275,8 @@ impl Hierarchy {
             let wrapped = self.wrapped(&rec)?;
             let seed = self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))?;
             let seed: &[u8; 32] = seed.as_slice().try_into().map_err(|_| {
-                AgentError::Internal(format!("keypair {key} is not an Ed25519 seed"))
+                let (len, expected) = (seed.len(), 32);
+                AgentError::bad_record(rec.kind, rec.id, Defect::BadLength { len, expected })
             })?;
             // Ed25519 signatures are 64 bytes in every encoding.
             return Ok(Ed25519Key::from_bytes(seed).sign(data).to_vec());
@@ -289,6 +287,6 @@ impl Hierarchy {
         } else {
             SigEncoding::Der
         };
-        ecdsa::sign(&*signer, data, enc).map_err(|e| AgentError::Internal(format!("sign: {e}")))
+        ecdsa::sign(&*signer, data, enc).map_err(AgentError::crypto("sign"))
     }
 }

@@ -56,6 +56,21 @@ pub enum KeystoreError {
     Damaged { path: PathBuf, detail: String },
 }
 
+impl KeystoreError {
+    /// The wire error code. Every variant is listed (no catch-all).
+    pub fn code(&self) -> keyward_proto::ErrorCode {
+        use keyward_proto::ErrorCode;
+        match self {
+            KeystoreError::Tampered { .. } => ErrorCode::KeystoreTampered,
+            KeystoreError::Sql { .. }
+            | KeystoreError::Io { .. }
+            | KeystoreError::TooNew { .. }
+            | KeystoreError::Corrupt { .. }
+            | KeystoreError::Damaged { .. } => ErrorCode::KeystoreError,
+        }
+    }
+}
+
 fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> KeystoreError {
     move |source| KeystoreError::Sql { op, source }
 }

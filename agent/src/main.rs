@@ -3,13 +3,68 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
-use keyward_agent::config::Config;
+use keyward_agent::config::{Config, ConfigError};
+use keyward_agent::error::AgentError;
+use keyward_agent::hardening::{self, HardeningError};
 use keyward_agent::hierarchy::Hierarchy;
-use keyward_agent::keystore::Keystore;
-use keyward_agent::{hardening, server, service::Service};
+use keyward_agent::keystore::{Keystore, KeystoreError};
+use keyward_agent::root::RootError;
+use keyward_agent::server::{self, ServerError};
+use keyward_agent::service::Service;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use thiserror::Error;
+
+/// Why keywardd did not start (or stopped). Each variant says which step failed; the cause is
+/// its `source`, printed after it by `main`.
+#[derive(Debug, Error)]
+enum StartError {
+    #[error("disabling core dumps")]
+    CoreDumps(#[source] HardeningError),
+    #[error("log filter `{filter}`")]
+    LogFilter {
+        filter: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("configuration")]
+    Config(#[source] ConfigError),
+    #[error("opening the keystore")]
+    Keystore(#[source] KeystoreError),
+    #[error("opening the root")]
+    Root(#[source] RootError),
+    #[error("resetting the wrong-PIN counter")]
+    ResetPinAttempts(#[source] AgentError),
+    #[error("starting the runtime")]
+    Runtime(#[source] std::io::Error),
+    #[error("installing the {signal} handler")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("binding the socket")]
+    Bind(#[source] ServerError),
+}
+
+/// `e: cause: cause…`, skipping a cause whose text its parent's message already includes (most
+/// of the agent's errors print their source inline as well).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut last = out.clone();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = c.to_string();
+        if !last.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        last = text;
+        cur = c.source();
+    }
+    out
+}
 
 #[derive(Parser)]
 #[command(name = "keywardd", version, about = "Keyward key agent")]
@@ -51,8 +106,8 @@ fn config_path(cli: &Cli) -> PathBuf {
     base.join("keyward").join("keyward.toml")
 }
 
-fn start(cli: Cli) -> Result<(), String> {
-    hardening::disable_core_dumps().map_err(|e| e.to_string())?;
+fn start(cli: Cli) -> Result<(), StartError> {
+    hardening::disable_core_dumps().map_err(StartError::CoreDumps)?;
     let filter = cli
         .log
         .clone()
@@ -60,19 +115,21 @@ fn start(cli: Cli) -> Result<(), String> {
         .unwrap_or_else(|| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter).map_err(|e| e.to_string())?,
+            tracing_subscriber::EnvFilter::try_new(&filter)
+                .map_err(|source| StartError::LogFilter { filter, source })?,
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let path = config_path(&cli);
-    let config = Config::load(&path).map_err(|e| e.to_string())?;
-    let ks = Arc::new(Keystore::open(&config.keystore).map_err(|e| e.to_string())?);
-    let root = keyward_agent::root::from_config(&config.root).map_err(|e| e.to_string())?;
+    let config = Config::load(&path).map_err(StartError::Config)?;
+    let ks = Arc::new(Keystore::open(&config.keystore).map_err(StartError::Keystore)?);
+    let root = keyward_agent::root::from_config(&config.root).map_err(StartError::Root)?;
     let h = Arc::new(Hierarchy::new(ks.clone(), root, config.unlock));
     if let Some(Command::ResetPinAttempts) = cli.command {
-        h.reset_pin_attempts().map_err(|e| e.to_string())?;
+        h.reset_pin_attempts()
+            .map_err(StartError::ResetPinAttempts)?;
         eprintln!(
             "keywardd: wrong-PIN counter reset in {}",
             ks.path().display()
@@ -85,28 +142,31 @@ fn start(cli: Cli) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("starting the runtime: {e}"))?;
+        .map_err(StartError::Runtime)?;
     rt.block_on(async move {
         // Handlers first, socket second: a SIGTERM that arrives the moment the socket exists
         // must still shut down cleanly (remove the socket, lock), not kill the process.
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())
-            .map_err(|e| format!("installing the SIGTERM handler: {e}"))?;
-        let mut int = signal(SignalKind::interrupt())
-            .map_err(|e| format!("installing the SIGINT handler: {e}"))?;
+        let installing = |name| {
+            move |source| StartError::Signal {
+                signal: name,
+                source,
+            }
+        };
+        let mut term = signal(SignalKind::terminate()).map_err(installing("SIGTERM"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(installing("SIGINT"))?;
         let shutdown = async move {
             tokio::select! {
                 _ = term.recv() => {},
                 _ = int.recv() => {},
             }
         };
-        let bound = server::bind(&socket).map_err(|e| e.to_string())?;
         let mut service = Service::new(h.clone());
         // The SSH door: a second socket, stopped by the same signal as the first.
         let (stop_ssh, ssh_stopped) = tokio::sync::watch::channel(());
         let ssh_task = if config.ssh.enabled {
             let path = keyward_proto::paths::ssh_socket_path(config.ssh.socket.clone(), &socket);
-            let ssh_bound = server::bind(&path).map_err(|e| e.to_string())?;
+            let ssh_bound = server::bind(&path).map_err(StartError::Bind)?;
             let settings = keyward_agent::ssh::SshSettings {
                 askpass: config.ssh.askpass.clone(),
             };
@@ -126,6 +186,9 @@ fn start(cli: Cli) -> Result<(), String> {
         } else {
             None
         };
+        // The CBOR socket last: once it exists (what clients and tests wait for), the SSH
+        // socket does too.
+        let bound = server::bind(&socket).map_err(StartError::Bind)?;
         tracing::info!(
             socket = %socket.display(),
             keystore = %ks.path().display(),
@@ -140,7 +203,7 @@ fn start(cli: Cli) -> Result<(), String> {
         drop(ssh_stopped);
         // Destroy unwrapped keys in the token before exit.
         let _ = h.lock();
-        Ok::<(), String>(())
+        Ok::<(), StartError>(())
     })
 }
 
@@ -148,7 +211,7 @@ fn main() -> ExitCode {
     match start(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("keywardd: {e}");
+            eprintln!("keywardd: {}", chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -9,7 +9,7 @@
 //! `node.chain` exports the public chain: everything a peer needs to verify offline, and nothing
 //! secret.
 
-use crate::error::AgentError;
+use crate::error::{AgentError, Defect, Existing, Missing, Problem, Unverified, WrongKey};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{now, KeyKind, KeyRecord, KeyState, Revocation};
 use keyward_identity::{
@@ -27,8 +27,8 @@ const SECRET_LABEL: &str = "node-derivation";
 /// An opened message: plaintext, the sender's did:key, and its node name if a chain vouched.
 pub type Opened = (Zeroizing<Vec<u8>>, String, Option<String>);
 
-fn statement_err(e: impl std::fmt::Display) -> AgentError {
-    AgentError::Internal(format!("signing a statement: {e}"))
+fn statement_err(e: keyward_identity::StatementError) -> AgentError {
+    AgentError::crypto("signing a statement")(e)
 }
 
 impl Hierarchy {
@@ -73,10 +73,10 @@ impl Hierarchy {
         let kek = self.parent_kek(&rec)?;
         let wrapped = self.wrapped(&rec)?;
         let raw = self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))?;
-        let arr: [u8; 32] = raw
-            .as_slice()
-            .try_into()
-            .map_err(|_| AgentError::Internal("the derivation secret is not 32 bytes".into()))?;
+        let arr: [u8; 32] = raw.as_slice().try_into().map_err(|_| {
+            let (len, expected) = (raw.len(), 32);
+            AgentError::bad_record(rec.kind, rec.id, Defect::BadLength { len, expected })
+        })?;
         Ok(Zeroizing::new(arr))
     }
 
@@ -88,9 +88,15 @@ impl Hierarchy {
         ttl_seconds: Option<u64>,
     ) -> Result<Vec<u8>, AgentError> {
         let ttl = ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
-        if ttl == 0 || ttl > 100 * 365 * 86_400 {
-            return Err(AgentError::InvalidArgs(
-                "a delegation's lifetime must be between 1 second and 100 years".into(),
+        const MAX_TTL: u64 = 100 * 365 * 86_400;
+        if ttl == 0 || ttl > MAX_TTL {
+            return Err(AgentError::invalid(
+                "ttl_seconds",
+                Problem::OutOfRange {
+                    min: 1,
+                    max: MAX_TTL,
+                    unit: "seconds (100 years)",
+                },
             ));
         }
         let signer = self.signer(parent)?;
@@ -117,14 +123,15 @@ impl Hierarchy {
     ) -> Result<Uuid, AgentError> {
         self.root_record("node.derive")?;
         if name == CLUSTER_ROOT {
-            return Err(AgentError::InvalidArgs(
-                "`/` is the cluster root's name".into(),
+            return Err(AgentError::invalid(
+                "name",
+                Problem::Reserved("`/` is the cluster root's name"),
             ));
         }
         if self.ks.by_name(name)?.is_some() {
-            return Err(AgentError::AlreadyExists(format!(
-                "node `{name}` exists: use `node rekey` for a new key"
-            )));
+            return Err(AgentError::AlreadyExists(Existing::Node {
+                name: name.to_string(),
+            }));
         }
         let parent = match parent {
             Some(id) => {
@@ -136,7 +143,7 @@ impl Hierarchy {
         };
         let secret = self.derivation_secret(kek)?;
         let derived = derive_node_key(&secret, name)
-            .map_err(|e| AgentError::InvalidArgs(format!("node name: {e}")))?;
+            .map_err(|e| AgentError::invalid("name", Problem::NotNodeName(e)))?;
         let key = LocalKey::from_secret_key(derived);
         let statement = self.delegation(&parent, &key.public_key(), name, ttl_seconds)?;
         let kek = self.choose_kek(kek)?;
@@ -155,7 +162,9 @@ impl Hierarchy {
         self.root_record("node.rekey")?;
         let old = self.node(name)?;
         let parent_id = old.issuer.ok_or_else(|| {
-            AgentError::WrongKey(format!("`{name}` has no parent to vouch for a new key"))
+            AgentError::WrongKey(WrongKey::NoParentToVouch {
+                name: name.to_string(),
+            })
         })?;
         let parent = self.record(&parent_id.to_string(), KeyKind::Keypair)?;
         Self::require_active(&parent)?;
@@ -174,9 +183,10 @@ impl Hierarchy {
     }
 
     fn node(&self, name: &str) -> Result<KeyRecord, AgentError> {
-        self.ks.by_name(name)?.ok_or_else(|| AgentError::NotFound {
-            kind: "node",
-            id: name.to_string(),
+        self.ks.by_name(name)?.ok_or_else(|| {
+            AgentError::NotFound(Missing::Node {
+                name: name.to_string(),
+            })
         })
     }
 
@@ -198,18 +208,18 @@ impl Hierarchy {
             Some(id) => self.record(id, KeyKind::Keypair)?,
             None => {
                 let id = ancestors.first().ok_or_else(|| {
-                    AgentError::WrongKey(format!(
-                        "`{name}` has no parent: name a revoker with --by"
-                    ))
+                    AgentError::WrongKey(WrongKey::NoParentToRevoke {
+                        name: name.to_string(),
+                    })
                 })?;
                 self.record(&id.to_string(), KeyKind::Keypair)?
             }
         };
         if !ancestors.contains(&issuer.id) {
-            return Err(AgentError::WrongKey(format!(
-                "keypair {} is not an ancestor of `{name}`: only ancestors may revoke it",
-                issuer.id
-            )));
+            return Err(AgentError::WrongKey(WrongKey::NotAncestor {
+                id: issuer.id,
+                name: name.to_string(),
+            }));
         }
         let signer = self.signer(&issuer)?;
         let statement = issue_revocation(
@@ -244,17 +254,13 @@ impl Hierarchy {
             None => self
                 .ks
                 .by_name(CLUSTER_ROOT)?
-                .ok_or_else(|| AgentError::NotFound {
-                    kind: "cluster",
-                    id: "(no cluster root yet: run `keyward node derive NAME`, or name a --root)"
-                        .into(),
-                })?,
+                .ok_or(AgentError::NotFound(Missing::ClusterRoot))?,
         };
         let mut chain = Chain::new(Self::public_of(&root)?);
         let push = |chain: &mut Chain, st: Vec<u8>| {
             chain
                 .push(st)
-                .map_err(|e| AgentError::Internal(format!("building the chain: {e}")))
+                .map_err(AgentError::crypto("building the chain"))
         };
         let keys = self.ks.list(KeyKind::Keypair, None)?;
         // The keys in the tree under `root`: follow issuer links down from it.
@@ -285,13 +291,13 @@ impl Hierarchy {
     /// Seal `plaintext` to `to`, authenticated by our keypair `sign_with`.
     pub fn seal(&self, to: &str, sign_with: &str, plaintext: &[u8]) -> Result<String, AgentError> {
         self.root_record("seal")?;
-        let recipient =
-            PublicKey::parse(to).map_err(|e| AgentError::InvalidArgs(format!("recipient: {e}")))?;
+        let recipient = PublicKey::parse(to)
+            .map_err(|e| AgentError::invalid("to", Problem::NotPublicKey(e)))?;
         let rec = self.record(sign_with, KeyKind::Keypair)?;
         Self::require_active(&rec)?;
         let me = self.unwrap_keypair(&rec)?;
         let m = SealedMessage::seal(&me, &recipient, plaintext, &mut OsRng)
-            .map_err(|e| AgentError::Internal(format!("seal: {e}")))?;
+            .map_err(AgentError::crypto("seal"))?;
         Ok(m.to_base64url())
     }
 
@@ -300,25 +306,25 @@ impl Hierarchy {
     pub fn open(&self, sealed: &str, chain: Option<&[u8]>) -> Result<Opened, AgentError> {
         self.root_record("open")?;
         let m = SealedMessage::from_base64url(sealed)
-            .map_err(|e| AgentError::InvalidArgs(format!("not a sealed message: {e}")))?;
+            .map_err(|e| AgentError::invalid("sealed", Problem::NotSealedMessage(e)))?;
         let mine = self.keypair_by_key_id(m.recipient())?.ok_or_else(|| {
-            AgentError::WrongKey(format!(
-                "the message is sealed to key {}, which this agent does not hold",
-                m.recipient()
-            ))
+            AgentError::WrongKey(WrongKey::NotHeld {
+                what: "message",
+                key: *m.recipient(),
+            })
         })?;
         let me = self.unwrap_keypair(&mine)?;
         let pt = m
             .open(&me)
-            .map_err(|e| AgentError::VerifyFailed(format!("open: {e}")))?;
+            .map_err(|e| AgentError::VerifyFailed(Unverified::Message(e)))?;
         let name = match chain {
             None => None,
             Some(bytes) => {
                 let chain = Chain::from_cbor(bytes)
-                    .map_err(|e| AgentError::InvalidArgs(format!("chain: {e}")))?;
-                let vouch = chain.verify_key(m.sender(), now()).map_err(|e| {
-                    AgentError::VerifyFailed(format!("the sender is not vouched for: {e}"))
-                })?;
+                    .map_err(|e| AgentError::invalid("chain", Problem::NotChain(e)))?;
+                let vouch = chain
+                    .verify_key(m.sender(), now())
+                    .map_err(|e| AgentError::VerifyFailed(Unverified::NotVouched(e)))?;
                 vouch.name
             }
         };

@@ -7,7 +7,7 @@
 //! On a PKCS#11 root the GCM runs inside the token. The PEM is in agent memory only while a share
 //! is opened (zeroized). This module must never return or log the private PEM.
 
-use crate::error::AgentError;
+use crate::error::{AgentError, Defect, Problem, WrongKey};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{KeyKind, KeyRecord, KeyState};
 use keyward_envelope::rsa;
@@ -33,9 +33,9 @@ impl Hierarchy {
     ) -> Result<Uuid, AgentError> {
         self.root_record("keypair.import")?;
         let text = std::str::from_utf8(pem)
-            .map_err(|_| AgentError::InvalidArgs("the key is not PEM text".into()))?;
-        let public = rsa::public_pem(text)
-            .map_err(|e| AgentError::InvalidArgs(format!("not an RSA private key: {e}")))?;
+            .map_err(|_| AgentError::invalid("pem", Problem::NotPemText))?;
+        let public =
+            rsa::public_pem(text).map_err(|e| AgentError::invalid("pem", Problem::NotRsaKey(e)))?;
         let kek = self.choose_kek(kek)?;
         let mut rec = KeyRecord::new(KeyKind::Keypair, RSA_SCHEME);
         let mut iv = [0u8; 12];
@@ -60,17 +60,13 @@ impl Hierarchy {
     fn rsa_private(&self, rec: &KeyRecord) -> Result<Zeroizing<String>, AgentError> {
         let kek = self.parent_kek(rec)?;
         let w = self.wrapped(rec)?;
+        let truncated = || AgentError::bad_record(rec.kind, rec.id, Defect::Truncated);
         if w.len() < WRAPPED_DEK_LEN + 12 + 16 {
-            return Err(AgentError::Internal(format!(
-                "RSA keypair {} is truncated",
-                rec.id
-            )));
+            return Err(truncated());
         }
         let (dek, rest) = w.split_at(WRAPPED_DEK_LEN);
         let (iv, ct) = rest.split_at(12);
-        let iv: [u8; 12] = iv
-            .try_into()
-            .map_err(|_| AgentError::Internal("IV".into()))?;
+        let iv: [u8; 12] = iv.try_into().map_err(|_| truncated())?;
         let pem = self.with_recovery(|| {
             Ok(self
                 .kek_handle(&kek)?
@@ -78,7 +74,7 @@ impl Hierarchy {
         })?;
         String::from_utf8(pem.to_vec())
             .map(Zeroizing::new)
-            .map_err(|_| AgentError::Internal(format!("RSA keypair {} is not PEM", rec.id)))
+            .map_err(|_| AgentError::bad_record(rec.kind, rec.id, Defect::NotPem))
     }
 
     /// Open a Cryppo `Rsa4096` string with whichever of our RSA keypairs it was made for;
@@ -96,10 +92,9 @@ impl Hierarchy {
             }
         }
         Err(AgentError::WrongKey(if tried == 0 {
-            "an Rsa4096 share needs an RSA keypair: import one with `keyward keypair import --pem`"
-                .into()
+            WrongKey::NoRsaKeypair
         } else {
-            format!("none of this agent's {tried} RSA keypair(s) opens the share")
+            WrongKey::NoRsaKeypairOpens { tried }
         }))
     }
 }

@@ -6,7 +6,7 @@
 //! block). It never sees the socket and never decides who may call it: the server has checked the
 //! peer and the `hello` phase before a request gets here.
 
-use crate::error::AgentError;
+use crate::error::{AgentError, Problem};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{Algorithm, KeyRecord, Purpose, SshFlags};
 use keyward_proto::ops::{self as wire, *};
@@ -199,11 +199,10 @@ impl Handler for Service {
     fn keypair_create(&self, a: KeypairCreateArgs) -> Result<Created, AgentError> {
         let alg = match a.alg.as_deref() {
             None => None,
-            Some(name) => Some(Algorithm::parse(name).ok_or_else(|| {
-                AgentError::InvalidArgs(format!(
-                    "unknown keypair algorithm `{name}`: p256 or ed25519"
-                ))
-            })?),
+            Some(name) => Some(
+                Algorithm::parse(name)
+                    .ok_or_else(|| AgentError::invalid("alg", Problem::UnknownAlgorithm))?,
+            ),
         };
         let id = self
             .h

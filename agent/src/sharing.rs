@@ -9,7 +9,7 @@
 //! the DEK's id nor its sender. Only DEKs created with purpose `sharing` are ever sealed: a
 //! personal DEK never leaves its owner this way.
 
-use crate::error::AgentError;
+use crate::error::{AgentError, Defect, Existing, Problem, Unverified, WrongKey};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::Purpose;
 use crate::keystore::{KeyKind, KeyRecord};
@@ -19,8 +19,8 @@ use rand_core::OsRng;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-fn parse_key(what: &str, text: &str) -> Result<PublicKey, AgentError> {
-    PublicKey::parse(text).map_err(|e| AgentError::InvalidArgs(format!("{what}: {e}")))
+fn parse_key(arg: &'static str, text: &str) -> Result<PublicKey, AgentError> {
+    PublicKey::parse(text).map_err(|e| AgentError::invalid(arg, Problem::NotPublicKey(e)))
 }
 
 impl Hierarchy {
@@ -28,10 +28,7 @@ impl Hierarchy {
     fn sharing_dek_bytes(&self, rec: &KeyRecord) -> Result<Zeroizing<Vec<u8>>, AgentError> {
         Self::require_active(rec)?;
         if rec.purpose != Some(Purpose::Sharing) {
-            return Err(AgentError::WrongKey(format!(
-                "DEK {} is a personal DEK: only DEKs created with --purpose sharing are sealed to others",
-                rec.id
-            )));
+            return Err(AgentError::WrongKey(WrongKey::PersonalDek { id: rec.id }));
         }
         let kek = self.parent_kek(rec)?;
         let wrapped = self.wrapped(rec)?;
@@ -50,28 +47,26 @@ impl Hierarchy {
         let rec = self.record(dek, KeyKind::Dek)?;
         let recipient = match PublicKey::parse(to) {
             Ok(k) => k,
-            Err(e) if to.contains("-----BEGIN") => {
+            Err(p256) if to.contains("-----BEGIN") => {
                 let raw = self.sharing_dek_bytes(&rec)?;
-                let sealed = keyward_envelope::rsa::encrypt(to, &raw).map_err(|re| {
-                    AgentError::InvalidArgs(format!(
-                        "the recipient is neither a P-256 key ({e}) nor an RSA key ({re})"
-                    ))
+                let sealed = keyward_envelope::rsa::encrypt(to, &raw).map_err(|rsa| {
+                    AgentError::invalid("to", Problem::NeitherP256NorRsa { p256, rsa })
                 })?;
                 tracing::info!(dek = %rec.id, "DEK sealed for sharing as Rsa4096");
                 return Ok(sealed);
             }
-            Err(e) => return Err(AgentError::InvalidArgs(format!("recipient: {e}"))),
+            Err(e) => return Err(AgentError::invalid("to", Problem::NotPublicKey(e))),
         };
         let raw = self.sharing_dek_bytes(&rec)?;
         let sender_rec = self.choose_keypair(from)?;
         let sender = self.unwrap_keypair(&sender_rec)?;
-        let bytes: [u8; 32] = raw
-            .as_slice()
-            .try_into()
-            .map_err(|_| AgentError::Internal(format!("DEK {dek} is not 32 bytes")))?;
+        let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| {
+            let (len, expected) = (raw.len(), 32);
+            AgentError::bad_record(rec.kind, rec.id, Defect::BadLength { len, expected })
+        })?;
         let key = Dek::from_bytes(bytes);
         let share = SealedShare::seal(&sender, &recipient, &key, rec.id, "sharing", &mut OsRng)
-            .map_err(|e| AgentError::Internal(format!("share.seal: {e}")))?;
+            .map_err(AgentError::crypto("share.seal"))?;
         tracing::info!(dek = %rec.id, to = %recipient.to_did_key(), "DEK sealed for sharing");
         Ok(share.to_base64url())
     }
@@ -85,15 +80,14 @@ impl Hierarchy {
         label: String,
     ) -> Result<(), AgentError> {
         if self.ks.get(&id)?.is_some() {
-            return Err(AgentError::AlreadyExists(format!(
-                "a key with id {id} exists already in this keystore"
-            )));
+            return Err(AgentError::AlreadyExists(Existing::KeyId { id }));
         }
         if dek == crate::hierarchy::integrity_binding() {
             // Wrapped under a KEK, this value would let whoever chose it compute a MAC key for
             // a keystore whose integrity records were swapped for that KEK's (hierarchy.rs).
-            return Err(AgentError::InvalidArgs(
-                "this key value is reserved and cannot be imported".into(),
+            return Err(AgentError::invalid(
+                "sealed",
+                Problem::Reserved("this key value cannot be imported"),
             ));
         }
         let kek = self.choose_kek(kek)?;
@@ -124,39 +118,46 @@ impl Hierarchy {
         let sealed = sealed.trim();
         if sealed.starts_with("Rsa4096.") {
             let id = match id {
-                Some(i) => Uuid::parse_str(i)
-                    .map_err(|_| AgentError::InvalidArgs(format!("`{i}` is not a UUID")))?,
+                Some(i) => {
+                    Uuid::parse_str(i).map_err(|_| AgentError::invalid("id", Problem::NotUuid))?
+                }
                 None => Uuid::new_v4(),
             };
             let dek = self.rsa_open(sealed)?;
             if dek.len() != 32 {
-                return Err(AgentError::InvalidArgs(format!(
-                    "the Rsa4096 share holds {} bytes, not a 32-byte DEK",
-                    dek.len()
-                )));
+                return Err(AgentError::invalid(
+                    "sealed",
+                    Problem::KeyLength {
+                        len: dek.len(),
+                        expected: 32,
+                    },
+                ));
             }
             self.import_shared(id, &dek, kek, "shared as Rsa4096".into())?;
             return Ok((id.to_string(), "rsa4096 (unauthenticated)".into()));
         }
         let share = SealedShare::from_base64url(sealed)
-            .map_err(|e| AgentError::InvalidArgs(format!("not a sealed share: {e}")))?;
-        let expected = from.map(|f| parse_key("expected sender", f)).transpose()?;
+            .map_err(|e| AgentError::invalid("sealed", Problem::NotSealedShare(e)))?;
+        let expected = from.map(|f| parse_key("from", f)).transpose()?;
         let mine = self.keypair_by_key_id(share.recipient())?.ok_or_else(|| {
-            AgentError::WrongKey(format!(
-                "the share is sealed to key {}, which this agent does not hold",
-                share.recipient()
-            ))
+            AgentError::WrongKey(WrongKey::NotHeld {
+                what: "share",
+                key: *share.recipient(),
+            })
         })?;
         let me = self.unwrap_keypair(&mine)?;
         let opened = share.open(&me, expected.as_ref()).map_err(|e| match e {
             ShareError::UnexpectedSender { .. } | ShareError::DecryptFailed => {
-                AgentError::VerifyFailed(format!("share.open: {e}"))
+                AgentError::VerifyFailed(Unverified::Share(e))
             }
-            other => AgentError::InvalidArgs(format!("share.open: {other}")),
+            other => AgentError::invalid("sealed", Problem::NotSealedShare(other)),
         })?;
         if id.is_some_and(|i| !i.eq_ignore_ascii_case(&opened.dek_id.to_string())) {
-            return Err(AgentError::InvalidArgs(
-                "this share names its DEK's id; --id is only for Rsa4096 shares".into(),
+            return Err(AgentError::invalid(
+                "id",
+                Problem::Conflicts(
+                    "a Keyward share, which names its DEK's id (`id` is only for Rsa4096 shares)",
+                ),
             ));
         }
         let sender = opened.sender.to_did_key();

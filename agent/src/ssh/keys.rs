@@ -17,7 +17,7 @@
 //! lifetime or destination constraint, and never delete a keypair the SSH door did not add.
 
 use super::SshError;
-use crate::error::AgentError;
+use crate::error::{AgentError, Defect, WrongKey};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{Algorithm, KeyKind, KeyRecord, KeyState, SshFlags};
 use keyward_identity::ed25519::Ed25519Key;
@@ -296,7 +296,14 @@ impl SshKeys {
                     .h
                     .with_recovery(|| Ok(self.h.kek_handle(&kek)?.export_dek(wrapped)?))?;
                 let seed: &[u8; 32] = seed.as_slice().try_into().map_err(|_| {
-                    AgentError::Internal(format!("keypair {} is not an Ed25519 seed", rec.id))
+                    AgentError::bad_record(
+                        KeyKind::Keypair,
+                        rec.id,
+                        Defect::BadLength {
+                            len: seed.len(),
+                            expected: 32,
+                        },
+                    )
                 })?;
                 Ok(Secret::Ed25519(Ed25519Key::from_bytes(seed)))
             }
@@ -483,10 +490,10 @@ impl Hierarchy {
     ) -> Result<KeyRecord, AgentError> {
         let rec = self.record(id, KeyKind::Keypair)?;
         if offered && key_data(&rec).is_none() {
-            return Err(AgentError::WrongKey(format!(
-                "keypair {id} is {}: SSH takes P-256 and Ed25519 keypairs",
-                rec.algorithm.map(|a| a.as_str()).unwrap_or("unknown")
-            )));
+            return Err(AgentError::WrongKey(WrongKey::NotForSsh {
+                id: rec.id,
+                alg: rec.algorithm,
+            }));
         }
         let old = self.keypair_ssh_flags(&rec.id)?;
         let mut flags = old.0 & SshFlags::ADDED;
