@@ -158,6 +158,8 @@ fn main() {
     let d_exp1 = median(1, &direct_exp);
     let d_exp8 = median(8, &direct_exp);
     drop(kek);
+    // The hierarchy unlocks the root itself (and keeps what it needs to check later PINs).
+    root.lock().expect("lock");
 
     // --- in-process through the hierarchy: keystore lookups, policy, Cryppo serialization ----
     let h = Hierarchy::new(ks, root, UnlockPolicy::default());
