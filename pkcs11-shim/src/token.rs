@@ -293,7 +293,13 @@ pub struct Module {
     pid: u32,
     agent: Agent,
     st: Mutex<State>,
+    /// `KEYWARD_PKCS11_HIDE_EDDSA=1`: show no Ed25519 keypairs. libp11 0.4.12 (Debian 12's
+    /// OpenSSL engine) fails its whole key enumeration on a key type it does not know.
+    hide_eddsa: bool,
 }
+
+/// The environment variable that hides Ed25519 keypairs from the module's host.
+pub const HIDE_EDDSA_ENV: &str = "KEYWARD_PKCS11_HIDE_EDDSA";
 
 static MODULE: RwLock<Option<Arc<Module>>> = RwLock::new(None);
 
@@ -314,6 +320,7 @@ pub fn initialize() -> R<()> {
         pid: std::process::id(),
         agent: Agent::new(sock),
         st: Mutex::new(State::default()),
+        hide_eddsa: std::env::var_os(HIDE_EDDSA_ENV).is_some_and(|v| v == "1"),
     });
     if let Some(inherited) = g.replace(fresh) {
         // A forked child: the parent's connections are the parent's. Leak them, never close.
@@ -642,7 +649,9 @@ impl Module {
                     Ok(p) => (Curve::P256, p.to_encoded_point(false).as_bytes().to_vec()),
                     Err(_) => continue,
                 },
-                (Some("ed25519"), Some(pk)) if pk.len() == 32 => (Curve::Ed25519, pk.to_vec()),
+                (Some("ed25519"), Some(pk)) if pk.len() == 32 && !self.hide_eddsa => {
+                    (Curve::Ed25519, pk.to_vec())
+                }
                 _ => continue, // RSA imports and keys without a public key are not shown.
             };
             let label = k
