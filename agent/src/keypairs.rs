@@ -185,6 +185,27 @@ impl Hierarchy {
         self.record(id, KeyKind::Keypair)
     }
 
+    /// Set (or with `None` remove) a keypair's X.509 certificate (DER). The certificate must
+    /// parse and carry the keypair's own public key; the agent does not check who signed it.
+    pub fn keypair_cert_set(
+        &self,
+        id: &str,
+        cert: Option<Vec<u8>>,
+    ) -> Result<KeyRecord, AgentError> {
+        let rec = self.record(id, KeyKind::Keypair)?;
+        if let Some(der) = &cert {
+            certificate_matches(&rec, der)?;
+        }
+        if !self.ks.set_certificate(&rec.id, cert)? {
+            return Err(AgentError::NotFound {
+                kind: "keypair",
+                id: id.to_string(),
+            });
+        }
+        tracing::info!(id = %rec.id, "keypair certificate set");
+        self.record(id, KeyKind::Keypair)
+    }
+
     /// Delete a keypair (and, for a token keypair, its token objects). Refused for a keypair
     /// that has vouched for any key: the chain's history needs its public key to verify, so such
     /// a keypair is revoked, never deleted. The record goes first and the token objects after, so
@@ -290,5 +311,49 @@ impl Hierarchy {
             SigEncoding::Der
         };
         ecdsa::sign(&*signer, data, enc).map_err(|e| AgentError::Internal(format!("sign: {e}")))
+    }
+}
+
+/// Largest certificate a keypair may carry.
+const MAX_CERT: usize = 16 * 1024;
+
+/// Whether `der` is an X.509 certificate for `rec`'s public key.
+fn certificate_matches(rec: &KeyRecord, der: &[u8]) -> Result<(), AgentError> {
+    use x509_cert::der::Decode;
+    if der.len() > MAX_CERT {
+        return Err(AgentError::TooLarge(format!(
+            "certificate: {} bytes, at most {MAX_CERT}",
+            der.len()
+        )));
+    }
+    let cert = x509_cert::Certificate::from_der(der)
+        .map_err(|e| AgentError::InvalidArgs(format!("certificate: not X.509 DER: {e}")))?;
+    let spki = &cert.tbs_certificate.subject_public_key_info;
+    let in_cert = spki.subject_public_key.raw_bytes();
+    let ours = rec.public_key.as_deref().unwrap_or_default();
+    let same = match rec.algorithm {
+        Some(Algorithm::Ed25519) => in_cert == ours,
+        Some(Algorithm::P256) | None => {
+            match (
+                keyward_identity::p256::PublicKey::from_sec1_bytes(in_cert),
+                keyward_identity::p256::PublicKey::from_sec1_bytes(ours),
+            ) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            }
+        }
+        Some(Algorithm::Rsa) => {
+            return Err(AgentError::InvalidArgs(
+                "certificates are for P-256 and Ed25519 keypairs".into(),
+            ))
+        }
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(AgentError::WrongKey(format!(
+            "the certificate's public key is not keypair {}'s",
+            rec.id
+        )))
     }
 }

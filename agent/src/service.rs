@@ -66,6 +66,7 @@ pub fn key_info(r: &KeyRecord) -> KeyInfo {
         public_key: r.public_key.clone().map(serde_bytes::ByteBuf::from),
         name: r.name.clone(),
         algorithm: r.algorithm.map(|a| a.as_str().to_string()),
+        certificate: r.certificate.clone().map(serde_bytes::ByteBuf::from),
     }
 }
 
@@ -191,6 +192,12 @@ impl Handler for Service {
             id: gone.to_string(),
             deleted: true,
         })
+    }
+
+    fn keypair_cert_set(&self, a: KeypairCertSetArgs) -> Result<KeyInfo, AgentError> {
+        self.h
+            .keypair_cert_set(&a.id, a.cert.map(serde_bytes::ByteBuf::into_vec))
+            .map(|r| key_info(&r))
     }
 
     fn keypair_import(&self, a: KeypairImportArgs) -> Result<Created, AgentError> {

@@ -223,6 +223,7 @@ enum Half {
     Private,
     Public,
     Secret,
+    Cert,
 }
 
 #[derive(Default)]
@@ -669,6 +670,12 @@ impl Module {
             };
             let mut public = base.clone();
             public.kind = Kind::Public(curve);
+            // A certificate that does not parse (the agent checked it) is not shown.
+            if let Some(cert) = k.certificate.as_ref().and_then(|c| objects::Cert::parse(c)) {
+                let mut c = public.clone();
+                c.kind = Kind::Cert(cert);
+                fresh.push((k.id.clone(), Half::Cert, c));
+            }
             fresh.push((k.id.clone(), Half::Private, base));
             fresh.push((k.id.clone(), Half::Public, public));
         }

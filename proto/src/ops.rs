@@ -153,6 +153,16 @@ pub struct DekListArgs {
     pub kek: Option<String>,
 }
 
+/// `keypair.cert.set` arguments: an X.509 certificate (DER) for a keypair, whose public key must
+/// be the keypair's; no `cert` removes the one set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeypairCertSetArgs {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<serde_bytes::ByteBuf>,
+}
+
 /// Arguments naming one key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -190,6 +200,9 @@ pub struct KeyInfo {
     /// Keypairs: `p256`, `ed25519` or `rsa`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub algorithm: Option<String>,
+    /// Keypairs: the X.509 certificate set for the key (DER), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<serde_bytes::ByteBuf>,
 }
 
 /// `kek.list` and `dek.list` result.

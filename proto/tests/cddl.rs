@@ -32,6 +32,7 @@ fn key_info() -> KeyInfo {
         public_key: None,
         name: None,
         algorithm: None,
+        certificate: None,
     }
 }
 
@@ -139,6 +140,16 @@ fn every_request_validates() {
         (
             Op::KeypairDelete,
             req(Op::KeypairDelete, &IdArgs { id: ID.into() }),
+        ),
+        (
+            Op::KeypairCertSet,
+            req(
+                Op::KeypairCertSet,
+                &KeypairCertSetArgs {
+                    id: ID.into(),
+                    cert: Some(serde_bytes::ByteBuf::from(vec![0x30, 0])),
+                },
+            ),
         ),
         (
             Op::Sign,
@@ -335,6 +346,7 @@ fn every_response_validates() {
             k.public_key = Some(serde_bytes::ByteBuf::from(vec![2; 33]));
             k.name = Some("web1".into());
             k.algorithm = Some("p256".into());
+            k.certificate = Some(serde_bytes::ByteBuf::from(vec![0x30, 0]));
             k
         }),
         Response::ok(
