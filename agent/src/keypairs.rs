@@ -69,14 +69,29 @@ impl Hierarchy {
                 rec.id
             )));
         }
+        let bytes = self.keypair_secret(rec)?;
+        LocalKey::from_bytes(&bytes)
+            .map_err(|_| AgentError::Internal(format!("keypair {} is not a P-256 scalar", rec.id)))
+    }
+
+    /// A software keypair's 32-byte secret (P-256 scalar or Ed25519 seed): from the key cache,
+    /// or unwrapped by its KEK and then cached until the agent locks.
+    pub(crate) fn keypair_secret(
+        &self,
+        rec: &KeyRecord,
+    ) -> Result<crate::key_cache::Secret, AgentError> {
+        if let Some(s) = self.key_cache.get(&rec.id) {
+            return Ok(s);
+        }
+        let epoch = self.key_cache.epoch();
         let kek = self.parent_kek(rec)?;
         let wrapped = self.wrapped(rec)?;
         let secret = self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))?;
         let bytes: &[u8; 32] = secret.as_slice().try_into().map_err(|_| {
-            AgentError::Internal(format!("keypair {} is not a P-256 scalar", rec.id))
+            AgentError::Internal(format!("keypair {} does not hold a 32-byte secret", rec.id))
         })?;
-        LocalKey::from_bytes(bytes)
-            .map_err(|_| AgentError::Internal(format!("keypair {} is not a P-256 scalar", rec.id)))
+        self.key_cache.insert(epoch, rec.id, bytes);
+        Ok(zeroize::Zeroizing::new(*bytes))
     }
 
     /// Refuse keypairs that are not P-256 where only P-256 works (HPKE, COSE ES256, ECDH).
@@ -228,6 +243,7 @@ impl Hierarchy {
             self.root_record("keypair.delete")?;
         }
         self.ks.delete(&rec.id)?;
+        self.key_cache.remove(&rec.id);
         if on_token(&rec) {
             let locator = rec.locator.as_deref().unwrap_or_default();
             self.with_recovery(|| {
@@ -295,14 +311,9 @@ impl Hierarchy {
         let rec = self.record(key, KeyKind::Keypair)?;
         Self::require_active(&rec)?;
         if rec.algorithm == Some(Algorithm::Ed25519) {
-            let kek = self.parent_kek(&rec)?;
-            let wrapped = self.wrapped(&rec)?;
-            let seed = self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))?;
-            let seed: &[u8; 32] = seed.as_slice().try_into().map_err(|_| {
-                AgentError::Internal(format!("keypair {key} is not an Ed25519 seed"))
-            })?;
+            let seed = self.keypair_secret(&rec)?;
             // Ed25519 signatures are 64 bytes in every encoding.
-            return Ok(Ed25519Key::from_bytes(seed).sign(data).to_vec());
+            return Ok(Ed25519Key::from_bytes(&seed).sign(data).to_vec());
         }
         let signer = self.signer(&rec)?;
         let enc = if raw {
