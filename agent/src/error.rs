@@ -209,6 +209,10 @@ pub enum Problem {
     NotSealedShare(#[source] ShareError),
     #[error("not a chain: {0}")]
     NotChain(#[source] ChainError),
+    #[error("not X.509 DER: {0}")]
+    NotCertificate(#[source] x509_cert::der::Error),
+    #[error("certificates are for P-256 and Ed25519 keypairs")]
+    NoCertificateForRsa,
 }
 
 /// Something that must not exist yet.
@@ -249,6 +253,8 @@ pub enum WrongKey {
     NoRsaKeypair,
     #[error("none of this agent's {tried} RSA keypair(s) opens the share")]
     NoRsaKeypairOpens { tried: usize },
+    #[error("the certificate's public key is not keypair {id}'s")]
+    CertificateMismatch { id: Uuid },
     #[error("keypair {id} is {}: SSH takes P-256 and Ed25519 keypairs", .alg.map_or("unknown", Algorithm::as_str))]
     NotForSsh { id: Uuid, alg: Option<Algorithm> },
 }

@@ -105,6 +105,8 @@ pub struct Hierarchy {
     pub(crate) root: Box<dyn Root>,
     policy: UnlockPolicy,
     keks: Mutex<HashMap<Uuid, Arc<dyn Kek>>>,
+    /// Unwrapped software keypair secrets while unlocked (`key_cache.rs`).
+    pub(crate) key_cache: crate::key_cache::KeyCache,
     /// The root record, once it exists: it never changes after `init`, so key operations need
     /// not read it from the keystore each time.
     root_rec: std::sync::OnceLock<KeyRecord>,
@@ -125,6 +127,7 @@ impl Hierarchy {
             root,
             policy,
             keks: Mutex::new(HashMap::new()),
+            key_cache: crate::key_cache::KeyCache::new(),
             root_rec: std::sync::OnceLock::new(),
             pin_gate: Mutex::new(()),
             seen: Mutex::new((0, 0)),
@@ -408,6 +411,7 @@ impl Hierarchy {
     /// Lock after a refused unlock, without reporting lock errors over the original one.
     fn lock_quietly(&self) {
         lock(&self.keks).clear();
+        self.key_cache.clear();
         self.ks.set_mac_key(None);
         *lock(&self.held_pin) = None;
         let _ = self.root.lock();
@@ -497,6 +501,7 @@ impl Hierarchy {
 
     pub fn lock(&self) -> Result<(), AgentError> {
         lock(&self.keks).clear();
+        self.key_cache.clear();
         self.ks.set_mac_key(None);
         *lock(&self.held_pin) = None;
         self.root.lock()?;
@@ -533,6 +538,7 @@ impl Hierarchy {
         match f() {
             Err(AgentError::Root(RootError::Stale { .. })) => {
                 lock(&self.keks).clear();
+                self.key_cache.clear();
                 self.root.recover()?;
                 f()
             }

@@ -411,3 +411,36 @@ fn hierarchy_encrypt_refuses_more_than_one_request_holds() {
         }) if len == big.len()
     ));
 }
+
+#[test]
+fn hierarchy_key_cache_fills_on_sign_and_is_cleared_on_lock() {
+    let (f, _) = ready();
+    let p =
+        f.h.keypair_create(None, None, false, None)
+            .unwrap()
+            .to_string();
+    let e =
+        f.h.keypair_create(None, None, false, Some(crate::keystore::Algorithm::Ed25519))
+            .unwrap()
+            .to_string();
+    assert!(f.h.key_cache.is_empty());
+    let first = f.h.sign(&p, b"m", true).unwrap();
+    f.h.sign(&e, b"m", true).unwrap();
+    assert_eq!(f.h.key_cache.len(), 2);
+    // From the cache: the same key signs (ECDSA signatures are randomized, so check the length).
+    assert_eq!(f.h.sign(&p, b"m", true).unwrap().len(), first.len());
+    f.h.lock().unwrap();
+    assert!(f.h.key_cache.is_empty(), "lock clears the key cache");
+    assert!(matches!(
+        f.h.sign(&p, b"m", true),
+        Err(AgentError::Locked { .. })
+    ));
+    f.h.unlock(&pin(PIN)).unwrap();
+    f.h.sign(&p, b"m", true).unwrap();
+    assert_eq!(f.h.key_cache.len(), 1);
+    f.h.keypair_delete(&p).unwrap();
+    assert!(
+        f.h.key_cache.is_empty(),
+        "a deleted keypair leaves the cache"
+    );
+}

@@ -67,12 +67,30 @@ impl Hierarchy {
         if on_token(rec) {
             return Err(AgentError::WrongKey(WrongKey::OnToken { id: rec.id }));
         }
+        let bytes = self.keypair_secret(rec)?;
+        LocalKey::from_bytes(&bytes)
+            .map_err(|_| AgentError::bad_record(rec.kind, rec.id, Defect::NotP256Scalar))
+    }
+
+    /// A software keypair's 32-byte secret (P-256 scalar or Ed25519 seed): from the key cache,
+    /// or unwrapped by its KEK and then cached until the agent locks.
+    pub(crate) fn keypair_secret(
+        &self,
+        rec: &KeyRecord,
+    ) -> Result<crate::key_cache::Secret, AgentError> {
+        if let Some(s) = self.key_cache.get(&rec.id) {
+            return Ok(s);
+        }
+        let epoch = self.key_cache.epoch();
         let kek = self.parent_kek(rec)?;
         let wrapped = self.wrapped(rec)?;
         let secret = self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))?;
-        let not_scalar = || AgentError::bad_record(rec.kind, rec.id, Defect::NotP256Scalar);
-        let bytes: &[u8; 32] = secret.as_slice().try_into().map_err(|_| not_scalar())?;
-        LocalKey::from_bytes(bytes).map_err(|_| not_scalar())
+        let bytes: &[u8; 32] = secret.as_slice().try_into().map_err(|_| {
+            let (len, expected) = (secret.len(), 32);
+            AgentError::bad_record(rec.kind, rec.id, Defect::BadLength { len, expected })
+        })?;
+        self.key_cache.insert(epoch, rec.id, bytes);
+        Ok(zeroize::Zeroizing::new(*bytes))
     }
 
     /// Refuse keypairs that are not P-256 where only P-256 works (HPKE, COSE ES256, ECDH).
@@ -178,6 +196,27 @@ impl Hierarchy {
         self.record(id, KeyKind::Keypair)
     }
 
+    /// Set (or with `None` remove) a keypair's X.509 certificate (DER). The certificate must
+    /// parse and carry the keypair's own public key; the agent does not check who signed it.
+    pub fn keypair_cert_set(
+        &self,
+        id: &str,
+        cert: Option<Vec<u8>>,
+    ) -> Result<KeyRecord, AgentError> {
+        let rec = self.record(id, KeyKind::Keypair)?;
+        if let Some(der) = &cert {
+            certificate_matches(&rec, der)?;
+        }
+        if !self.ks.set_certificate(&rec.id, cert)? {
+            return Err(AgentError::NotFound(Missing::Key {
+                kind: KeyKind::Keypair,
+                id: rec.id,
+            }));
+        }
+        tracing::info!(id = %rec.id, "keypair certificate set");
+        self.record(id, KeyKind::Keypair)
+    }
+
     /// Delete a keypair (and, for a token keypair, its token objects). Refused for a keypair
     /// that has vouched for any key: the chain's history needs its public key to verify, so such
     /// a keypair is revoked, never deleted. The record goes first and the token objects after, so
@@ -201,6 +240,7 @@ impl Hierarchy {
             self.root_record("keypair.delete")?;
         }
         self.ks.delete(&rec.id)?;
+        self.key_cache.remove(&rec.id);
         if on_token(&rec) {
             let locator = rec.locator.as_deref().unwrap_or_default();
             self.with_recovery(|| {
@@ -271,15 +311,9 @@ impl Hierarchy {
         let rec = self.record(key, KeyKind::Keypair)?;
         Self::require_active(&rec)?;
         if rec.algorithm == Some(Algorithm::Ed25519) {
-            let kek = self.parent_kek(&rec)?;
-            let wrapped = self.wrapped(&rec)?;
-            let seed = self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))?;
-            let seed: &[u8; 32] = seed.as_slice().try_into().map_err(|_| {
-                let (len, expected) = (seed.len(), 32);
-                AgentError::bad_record(rec.kind, rec.id, Defect::BadLength { len, expected })
-            })?;
+            let seed = self.keypair_secret(&rec)?;
             // Ed25519 signatures are 64 bytes in every encoding.
-            return Ok(Ed25519Key::from_bytes(seed).sign(data).to_vec());
+            return Ok(Ed25519Key::from_bytes(&seed).sign(data).to_vec());
         }
         let signer = self.signer(&rec)?;
         let enc = if raw {
@@ -288,5 +322,47 @@ impl Hierarchy {
             SigEncoding::Der
         };
         ecdsa::sign(&*signer, data, enc).map_err(AgentError::crypto("sign"))
+    }
+}
+
+/// Largest certificate a keypair may carry.
+const MAX_CERT: usize = 16 * 1024;
+
+/// Whether `der` is an X.509 certificate for `rec`'s public key.
+fn certificate_matches(rec: &KeyRecord, der: &[u8]) -> Result<(), AgentError> {
+    use x509_cert::der::Decode;
+    if der.len() > MAX_CERT {
+        return Err(AgentError::TooLarge {
+            op: "keypair.cert.set",
+            len: der.len(),
+            max: MAX_CERT,
+        });
+    }
+    let cert = x509_cert::Certificate::from_der(der)
+        .map_err(|e| AgentError::invalid("cert", Problem::NotCertificate(e)))?;
+    let spki = &cert.tbs_certificate.subject_public_key_info;
+    let in_cert = spki.subject_public_key.raw_bytes();
+    let ours = rec.public_key.as_deref().unwrap_or_default();
+    let same = match rec.algorithm {
+        Some(Algorithm::Ed25519) => in_cert == ours,
+        Some(Algorithm::P256) | None => {
+            match (
+                keyward_identity::p256::PublicKey::from_sec1_bytes(in_cert),
+                keyward_identity::p256::PublicKey::from_sec1_bytes(ours),
+            ) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => false,
+            }
+        }
+        Some(Algorithm::Rsa) => {
+            return Err(AgentError::invalid("id", Problem::NoCertificateForRsa))
+        }
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(AgentError::WrongKey(WrongKey::CertificateMismatch {
+            id: rec.id,
+        }))
     }
 }

@@ -180,6 +180,9 @@ const MIGRATIONS: &[&str] = &[
         WHERE EXISTS (SELECT 1 FROM keys) OR EXISTS (SELECT 1 FROM revocations);",
     // v5: SSH-agent flags of a keypair (`SshFlags`: offered, confirm on use, added by ssh-add).
     "ALTER TABLE keys ADD COLUMN ssh INTEGER NOT NULL DEFAULT 0;",
+    // v6: a keypair's X.509 certificate (DER), shown by the PKCS#11 module. Covered by the
+    // row's MAC when present (see `record_body`), so rows MAC'd before v6 still verify.
+    "ALTER TABLE keys ADD COLUMN certificate BLOB;",
 ];
 
 /// Meta row the v4 migration leaves when it found records written before v4 (without MACs).
@@ -260,7 +263,10 @@ impl Encoder {
     }
 }
 
-/// What a key row's MAC covers: every column but `mac`, in schema order.
+/// What a key row's MAC covers: every column but `mac`, in schema order. `certificate` (v5) is
+/// appended only when present: a row without one has the v4 body, so MACs written before v5
+/// still verify, while setting, changing or removing a certificate changes the body (the
+/// encoding is length-prefixed, so the longer body can never equal the shorter one).
 fn record_body(r: &KeyRecord) -> Vec<u8> {
     let mut e = Encoder::new("keyward/keystore/keys/v4");
     e.text(Some(&r.id.to_string()))
@@ -282,6 +288,9 @@ fn record_body(r: &KeyRecord) -> Vec<u8> {
         .field(r.statement.as_deref())
         .text(r.algorithm.map(Algorithm::as_str))
         .num(Some(u64::from(r.ssh.0)));
+    if let Some(cert) = &r.certificate {
+        e.field(Some(cert));
+    }
     e.finish()
 }
 
@@ -422,6 +431,8 @@ pub struct KeyRecord {
     /// Keypairs: how the SSH door offers them (MAC'd like every other column: a flipped
     /// `confirm` bit is tampering).
     pub ssh: SshFlags,
+    /// Keypairs: an X.509 certificate for the key (DER), if one was set.
+    pub certificate: Option<Vec<u8>>,
 }
 
 /// A signed revocation of a key, as kept for chain export.
@@ -457,6 +468,7 @@ impl KeyRecord {
             statement: None,
             algorithm: None,
             ssh: SshFlags::default(),
+            certificate: None,
         }
     }
 }
@@ -577,6 +589,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, KeystoreError>>
                 }
             },
             ssh: SshFlags(row.get("ssh").map_err(sql("read ssh"))?),
+            certificate: row.get("certificate").map_err(sql("read certificate"))?,
         })
     };
     Ok(build())
@@ -591,8 +604,8 @@ fn insert_with(
     conn.execute(
         "INSERT INTO keys (id, kind, label, parent, scheme, wrapped, public_key, locator,
                            purpose, exportable, version, created, rotated, state,
-                           name, issuer, statement, algorithm, ssh, mac)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
+                           name, issuer, statement, algorithm, ssh, mac, certificate)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
         params![
             r.id.to_string(),
             r.kind.as_str(),
@@ -614,6 +627,7 @@ fn insert_with(
             r.algorithm.map(Algorithm::as_str),
             r.ssh.0,
             mac,
+            r.certificate,
         ],
     )
     .map_err(sql("insert key"))?;
@@ -963,6 +977,30 @@ impl Keystore {
     }
 
     /// Mark a key revoked and keep the signed revocation, in one transaction.
+    /// Set (or, with `None`, remove) a key's certificate, re-MACing the row: read (checked),
+    /// change, write back. `Ok(false)` when there is no such key.
+    pub fn set_certificate(&self, id: &Uuid, cert: Option<Vec<u8>>) -> Result<bool, KeystoreError> {
+        let key = self.key();
+        let key = key.as_deref();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin set certificate"))?;
+        let Some(mut r) = query_with(&tx, key, "read key", "id = ?1", &[&id.to_string()])?
+            .into_iter()
+            .next()
+        else {
+            return Ok(false);
+        };
+        r.certificate = cert;
+        let mac = key.map(|k| k.tag(&record_body(&r)));
+        tx.execute(
+            "UPDATE keys SET certificate = ?2, mac = ?3 WHERE id = ?1",
+            params![id.to_string(), r.certificate, mac],
+        )
+        .map_err(sql("set certificate"))?;
+        tx.commit().map_err(sql("commit set certificate"))?;
+        Ok(true)
+    }
+
     pub fn revoke(&self, r: &Revocation) -> Result<(), KeystoreError> {
         let key = self.key();
         let key = key.as_deref();
@@ -1357,6 +1395,7 @@ mod tests {
         r.issuer = parent;
         r.statement = Some(vec![5]);
         r.algorithm = Some(Algorithm::P256);
+        r.certificate = Some(vec![7]);
         r
     }
 
@@ -1391,6 +1430,8 @@ mod tests {
             ("issuer", format!("'{}'", other.id)),
             ("statement", "x'06'".into()),
             ("algorithm", "'ed25519'".into()),
+            ("certificate", "NULL".into()),
+            ("certificate", "x'08'".into()),
             ("mac", "NULL".into()),
             ("mac", "x'00'".into()),
         ];
@@ -1426,6 +1467,37 @@ mod tests {
         // Another key does not verify.
         ks.set_mac_key(Some(test_key(8)));
         assert!(matches!(ks.get(&r.id), Err(KeystoreError::Tampered { .. })));
+    }
+
+    #[test]
+    fn certificates_are_maced_and_old_rows_still_verify() {
+        let (_d, ks) = temp();
+        ks.set_mac_key(Some(test_key(4)));
+        let r = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
+        ks.insert(&r).unwrap();
+        // No certificate: the v4 body, as written before v5.
+        assert_eq!(ks.get(&r.id).unwrap().unwrap().certificate, None);
+        assert!(ks.set_certificate(&r.id, Some(vec![0x30, 1, 2])).unwrap());
+        assert_eq!(
+            ks.get(&r.id).unwrap().unwrap().certificate,
+            Some(vec![0x30, 1, 2])
+        );
+        // Removing it behind the agent's back is tampering; through the keystore it is not.
+        let conn = Connection::open(ks.path()).unwrap();
+        conn.execute(
+            "UPDATE keys SET certificate = NULL WHERE id = ?1",
+            [r.id.to_string()],
+        )
+        .unwrap();
+        assert!(matches!(ks.get(&r.id), Err(KeystoreError::Tampered { .. })));
+        conn.execute(
+            "UPDATE keys SET certificate = x'300102' WHERE id = ?1",
+            [r.id.to_string()],
+        )
+        .unwrap();
+        assert!(ks.set_certificate(&r.id, None).unwrap());
+        assert_eq!(ks.get(&r.id).unwrap().unwrap().certificate, None);
+        assert!(!ks.set_certificate(&Uuid::new_v4(), None).unwrap());
     }
 
     #[test]

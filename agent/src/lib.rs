@@ -7,6 +7,7 @@ pub mod door;
 pub mod error;
 pub mod hardening;
 pub mod hierarchy;
+pub mod key_cache;
 pub mod keypairs;
 pub mod keystore;
 pub mod nodes;

@@ -95,6 +95,7 @@ pub fn key_info(r: &KeyRecord) -> KeyInfo {
         ssh_mode: None,
         ssh: crate::ssh::keys::describe(r).map(|d| d.0),
         ssh_fingerprint: crate::ssh::keys::describe(r).map(|d| d.1),
+        certificate: r.certificate.clone().map(serde_bytes::ByteBuf::from),
     }
 }
 
@@ -240,6 +241,12 @@ impl Handler for Service {
             id: gone.to_string(),
             deleted: true,
         })
+    }
+
+    fn keypair_cert_set(&self, a: KeypairCertSetArgs) -> Result<KeyInfo, AgentError> {
+        self.h
+            .keypair_cert_set(&a.id, a.cert.map(serde_bytes::ByteBuf::into_vec))
+            .map(|r| key_info(&r))
     }
 
     fn keypair_import(&self, a: KeypairImportArgs) -> Result<Created, AgentError> {

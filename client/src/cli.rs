@@ -106,6 +106,9 @@ pub fn keys_json(keys: &[KeyInfo]) -> Value {
         .iter()
         .map(|k| {
             let mut v = serde_json::to_value(k).unwrap_or(Value::Null);
+            if let Some(c) = &k.certificate {
+                v["certificate"] = Value::String(crate::identity_cmds::cert_pem(c));
+            }
             if let Some(pk) = &k.public_key {
                 v["public_key"] = Value::String(hex::encode(pk));
                 let did = match k.algorithm.as_deref() {

@@ -448,6 +448,19 @@ impl Client {
         .await
     }
 
+    /// Set (`Some`, DER) or remove (`None`) a keypair's X.509 certificate.
+    pub async fn keypair_cert_set(
+        &self,
+        id: &str,
+        cert: Option<Vec<u8>>,
+    ) -> Result<KeyInfo, ClientError> {
+        let args = KeypairCertSetArgs {
+            id: id.into(),
+            cert: cert.map(serde_bytes::ByteBuf::from),
+        };
+        self.call::<op::KeypairCertSet>(&args).await
+    }
+
     pub async fn keypair_delete(&self, id: &str) -> Result<Deleted, ClientError> {
         self.call::<op::KeypairDelete>(&IdArgs { id: id.into() })
             .await

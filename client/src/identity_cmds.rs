@@ -52,6 +52,55 @@ pub enum KeypairCmd {
     Delete { id: String },
     /// Offer a keypair to SSH clients (--on), ask before each use (--confirm), or stop (--off).
     Ssh(crate::ssh_cmds::KeypairSshCmd),
+    /// A keypair's X.509 certificate (shown by the PKCS#11 module as a certificate object).
+    #[command(subcommand)]
+    Cert(CertCmd),
+}
+
+#[derive(Subcommand)]
+pub enum CertCmd {
+    /// Set the certificate (PEM or DER; its public key must be the keypair's).
+    Set {
+        id: String,
+        #[arg(short = 'i', long = "in")]
+        input: PathBuf,
+    },
+    /// Remove the certificate.
+    Remove { id: String },
+}
+
+const CERT_BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+const CERT_END: &str = "-----END CERTIFICATE-----";
+
+/// A certificate file's DER: the first PEM `CERTIFICATE` block, or the file as it is.
+pub fn cert_der(file: &[u8]) -> Result<Vec<u8>, Failure> {
+    let Ok(text) = std::str::from_utf8(file) else {
+        return Ok(file.to_vec());
+    };
+    let Some(start) = text.find(CERT_BEGIN) else {
+        return Ok(file.to_vec());
+    };
+    let body = &text[start + CERT_BEGIN.len()..];
+    let end = body
+        .find(CERT_END)
+        .ok_or_else(|| format!("certificate: no {CERT_END} line"))?;
+    let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
+    Ok(base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("certificate: bad base64: {e}"))?)
+}
+
+/// DER as a PEM `CERTIFICATE` block.
+pub fn cert_pem(der: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("{CERT_BEGIN}\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str(CERT_END);
+    out.push('\n');
+    out
 }
 
 #[derive(Args)]
@@ -264,6 +313,9 @@ fn keypair_json(k: &KeyInfo) -> Result<(serde_json::Value, String), Failure> {
     let jwk: serde_json::Value =
         serde_json::from_str(&jwk_text).map_err(|e| format!("JWK: {e}"))?;
     let mut j = serde_json::to_value(k).map_err(|e| e.to_string())?;
+    if let Some(c) = &k.certificate {
+        j["certificate"] = json!(cert_pem(c));
+    }
     j["public_key"] = json!(hex::encode(bytes));
     j["did"] = json!(did);
     j["jwk"] = jwk.clone();
@@ -321,6 +373,21 @@ pub async fn keypair(c: &Client, cmd: &KeypairCmd) -> Result<Out, Failure> {
             out(
                 format!("deleted {}\n", r.id),
                 json!({ "id": r.id, "deleted": true }),
+            )
+        }
+        KeypairCmd::Cert(CertCmd::Set { id, input }) => {
+            let file = std::fs::read(input).map_err(|e| format!("{}: {e}", input.display()))?;
+            let r = c.keypair_cert_set(id, Some(cert_der(&file)?)).await?;
+            out(
+                format!("certificate set for {}\n", r.id),
+                json!({ "id": r.id, "certificate": true }),
+            )
+        }
+        KeypairCmd::Cert(CertCmd::Remove { id }) => {
+            let r = c.keypair_cert_set(id, None).await?;
+            out(
+                format!("certificate removed from {}\n", r.id),
+                json!({ "id": r.id, "certificate": false }),
             )
         }
     })

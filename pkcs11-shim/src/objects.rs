@@ -1,6 +1,7 @@
 //! The objects the token shows: the agent's keypairs (a private and a public object sharing one
-//! `CKA_ID`), its DEKs (AES secret keys), and the session's derived secrets; and their
-//! attributes, read the way `C_GetAttributeValue` and `C_FindObjectsInit` need them.
+//! `CKA_ID`, and the keypair's X.509 certificate when one is set, with the same `CKA_ID`), its
+//! DEKs (AES secret keys), and the session's derived secrets; and their attributes, read the way
+//! `C_GetAttributeValue` and `C_FindObjectsInit` need them.
 //!
 //! Attribute values are encoded here once (booleans as one byte, `CK_ULONG`s in native order, EC
 //! parameters and points in DER). This module must never yield a private or secret key's value:
@@ -40,12 +41,38 @@ pub enum Kind {
     Dek {
         exportable: bool,
     },
+    /// A keypair's X.509 certificate (`CKC_X_509`): public, like the public key.
+    Cert(Cert),
     /// A secret made by `C_DeriveKey` in this session; the value lives in the module.
     Derived {
         value: Zeroizing<Vec<u8>>,
         sensitive: bool,
         session: CK_SESSION_HANDLE,
     },
+}
+
+/// A certificate's DER and the fields PKCS#11 shows separately, each DER-encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cert {
+    pub der: Vec<u8>,
+    pub subject: Vec<u8>,
+    pub issuer: Vec<u8>,
+    pub serial: Vec<u8>,
+}
+
+impl Cert {
+    /// Parse a certificate; `None` if it is not X.509 DER.
+    pub fn parse(der: &[u8]) -> Option<Cert> {
+        use x509_cert::der::{Decode, Encode};
+        let c = x509_cert::Certificate::from_der(der).ok()?;
+        let tbs = &c.tbs_certificate;
+        Some(Cert {
+            der: der.to_vec(),
+            subject: tbs.subject.to_der().ok()?,
+            issuer: tbs.issuer.to_der().ok()?,
+            serial: tbs.serial_number.to_der().ok()?,
+        })
+    }
 }
 
 /// One object.
@@ -121,13 +148,14 @@ impl Object {
         match self.kind {
             Kind::Private(_) => CKO_PRIVATE_KEY,
             Kind::Public(_) => CKO_PUBLIC_KEY,
+            Kind::Cert(_) => CKO_CERTIFICATE,
             Kind::Dek { .. } | Kind::Derived { .. } => CKO_SECRET_KEY,
         }
     }
 
     /// Visible only after login (`CKA_PRIVATE`).
     pub fn is_private(&self) -> bool {
-        !matches!(self.kind, Kind::Public(_))
+        !matches!(self.kind, Kind::Public(_) | Kind::Cert(_))
     }
 
     pub fn is_token(&self) -> bool {
@@ -172,12 +200,31 @@ impl Object {
             CKA_TOKEN => Some(bool_(self.is_token())),
             CKA_PRIVATE => Some(bool_(self.is_private())),
             CKA_MODIFIABLE | CKA_COPYABLE => Some(bool_(false)),
-            CKA_DESTROYABLE => Some(bool_(!matches!(self.kind, Kind::Dek { .. }))),
+            CKA_DESTROYABLE => Some(bool_(!matches!(
+                self.kind,
+                Kind::Dek { .. } | Kind::Cert(_)
+            ))),
             CKA_LABEL => Some(self.label.as_bytes().to_vec()),
             _ => None,
         };
         if let Some(v) = common {
             return Bytes(v);
+        }
+        if let Kind::Cert(c) = &self.kind {
+            return match t {
+                CKA_CERTIFICATE_TYPE => Bytes(ulong(CKC_X_509)),
+                CKA_TRUSTED => Bytes(bool_(false)),
+                CKA_CERTIFICATE_CATEGORY => Bytes(ulong(CK_CERTIFICATE_CATEGORY_UNSPECIFIED)),
+                CKA_JAVA_MIDP_SECURITY_DOMAIN => Bytes(ulong(0)),
+                CKA_START_DATE | CKA_END_DATE | CKA_URL => Bytes(Vec::new()),
+                CKA_HASH_OF_SUBJECT_PUBLIC_KEY | CKA_HASH_OF_ISSUER_PUBLIC_KEY => Bytes(Vec::new()),
+                CKA_ID => Bytes(self.ck_id.clone()),
+                CKA_SUBJECT => Bytes(c.subject.clone()),
+                CKA_ISSUER => Bytes(c.issuer.clone()),
+                CKA_SERIAL_NUMBER => Bytes(c.serial.clone()),
+                CKA_VALUE => Bytes(c.der.clone()),
+                _ => Invalid,
+            };
         }
         // Key attributes, common to every object here (they are all keys).
         let key = match t {
@@ -190,13 +237,13 @@ impl Object {
                     CKM_EC_EDWARDS_KEY_PAIR_GEN
                 }
                 Kind::Dek { .. } => CKM_AES_KEY_GEN,
-                Kind::Derived { .. } => CK_UNAVAILABLE_INFORMATION,
+                Kind::Derived { .. } | Kind::Cert(_) => CK_UNAVAILABLE_INFORMATION,
             })),
             CKA_KEY_TYPE => Some(ulong(match &self.kind {
                 Kind::Private(Curve::P256) | Kind::Public(Curve::P256) => CKK_EC,
                 Kind::Private(Curve::Ed25519) | Kind::Public(Curve::Ed25519) => CKK_EC_EDWARDS,
                 Kind::Dek { .. } => CKK_AES,
-                Kind::Derived { .. } => CKK_GENERIC_SECRET,
+                Kind::Derived { .. } | Kind::Cert(_) => CKK_GENERIC_SECRET,
             })),
             CKA_DERIVE => Some(bool_(self.can_derive())),
             _ => None,
@@ -245,6 +292,7 @@ impl Object {
                 CKA_VALUE => Sensitive,
                 _ => Invalid,
             },
+            Kind::Cert(_) => Invalid,
             Kind::Derived {
                 value, sensitive, ..
             } => match t {

@@ -223,6 +223,7 @@ enum Half {
     Private,
     Public,
     Secret,
+    Cert,
 }
 
 #[derive(Default)]
@@ -293,7 +294,13 @@ pub struct Module {
     pid: u32,
     agent: Agent,
     st: Mutex<State>,
+    /// `KEYWARD_PKCS11_HIDE_EDDSA=1`: show no Ed25519 keypairs. libp11 0.4.12 (Debian 12's
+    /// OpenSSL engine) fails its whole key enumeration on a key type it does not know.
+    hide_eddsa: bool,
 }
+
+/// The environment variable that hides Ed25519 keypairs from the module's host.
+pub const HIDE_EDDSA_ENV: &str = "KEYWARD_PKCS11_HIDE_EDDSA";
 
 static MODULE: RwLock<Option<Arc<Module>>> = RwLock::new(None);
 
@@ -314,6 +321,7 @@ pub fn initialize() -> R<()> {
         pid: std::process::id(),
         agent: Agent::new(sock),
         st: Mutex::new(State::default()),
+        hide_eddsa: std::env::var_os(HIDE_EDDSA_ENV).is_some_and(|v| v == "1"),
     });
     if let Some(inherited) = g.replace(fresh) {
         // A forked child: the parent's connections are the parent's. Leak them, never close.
@@ -642,7 +650,9 @@ impl Module {
                     Ok(p) => (Curve::P256, p.to_encoded_point(false).as_bytes().to_vec()),
                     Err(_) => continue,
                 },
-                (Some("ed25519"), Some(pk)) if pk.len() == 32 => (Curve::Ed25519, pk.to_vec()),
+                (Some("ed25519"), Some(pk)) if pk.len() == 32 && !self.hide_eddsa => {
+                    (Curve::Ed25519, pk.to_vec())
+                }
                 _ => continue, // RSA imports and keys without a public key are not shown.
             };
             let label = k
@@ -660,6 +670,12 @@ impl Module {
             };
             let mut public = base.clone();
             public.kind = Kind::Public(curve);
+            // A certificate that does not parse (the agent checked it) is not shown.
+            if let Some(cert) = k.certificate.as_ref().and_then(|c| objects::Cert::parse(c)) {
+                let mut c = public.clone();
+                c.kind = Kind::Cert(cert);
+                fresh.push((k.id.clone(), Half::Cert, c));
+            }
             fresh.push((k.id.clone(), Half::Private, base));
             fresh.push((k.id.clone(), Half::Public, public));
         }

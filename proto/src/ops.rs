@@ -156,6 +156,16 @@ pub struct DekListArgs {
     pub kek: Option<String>,
 }
 
+/// `keypair.cert.set` arguments: an X.509 certificate (DER) for a keypair, whose public key must
+/// be the keypair's; no `cert` removes the one set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeypairCertSetArgs {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<serde_bytes::ByteBuf>,
+}
+
 /// Arguments naming one key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -202,6 +212,9 @@ pub struct KeyInfo {
     /// P-256 and Ed25519 keypairs: the SSH fingerprint, `SHA256:...`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_fingerprint: Option<String>,
+    /// Keypairs: the X.509 certificate set for the key (DER), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<serde_bytes::ByteBuf>,
 }
 
 /// Whether a keypair is offered on the SSH-agent socket.

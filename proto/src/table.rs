@@ -173,6 +173,8 @@ operations! {
     KeypairList, keypair_list, "keypair.list": Empty => KeyList, Always;
     KeypairShow, keypair_show, "keypair.show": IdArgs => KeyInfo, Always;
     KeypairDelete, keypair_delete, "keypair.delete": IdArgs => Deleted, Unlocked;
+    /// Set or remove a keypair's X.509 certificate.
+    KeypairCertSet, keypair_cert_set, "keypair.cert.set": KeypairCertSetArgs => KeyInfo, Unlocked;
     KeypairImport, keypair_import, "keypair.import": KeypairImportArgs => Created, Unlocked;
     Sign, sign, "sign": SignArgs => SignatureResult, Unlocked;
     ShareSeal, share_seal, "share.seal": ShareSealArgs => SealedResult, Unlocked;

@@ -35,6 +35,7 @@ fn key_info() -> KeyInfo {
         ssh_mode: None,
         ssh: None,
         ssh_fingerprint: None,
+        certificate: None,
     }
 }
 
@@ -151,6 +152,16 @@ fn every_request_validates() {
                 &KeypairSshArgs {
                     id: ID.into(),
                     mode: SshMode::On,
+                },
+            ),
+        ),
+        (
+            Op::KeypairCertSet,
+            req(
+                Op::KeypairCertSet,
+                &KeypairCertSetArgs {
+                    id: ID.into(),
+                    cert: Some(serde_bytes::ByteBuf::from(vec![0x30, 0])),
                 },
             ),
         ),
@@ -350,6 +361,7 @@ fn every_response_validates() {
             k.public_key = Some(serde_bytes::ByteBuf::from(vec![2; 33]));
             k.name = Some("web1".into());
             k.algorithm = Some("p256".into());
+            k.certificate = Some(serde_bytes::ByteBuf::from(vec![0x30, 0]));
             k
         }),
         // keypair.ssh / keypair.show of a keypair offered to SSH.

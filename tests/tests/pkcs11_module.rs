@@ -15,17 +15,10 @@ keyward_tests::keyward_e2e_tests!(
     p11tool_lists_objects,
     openssh_lists_keys,
     nss_lists_the_key,
+    openssh_lists_and_logs_in,
+    openssl_engine_signs,
+    certificate_in_nss_and_pkcs11_tool,
 );
-
-// Not yet passing, so not instantiated (see the module's README section): `ssh -I` into the
-// test sshd ends "Permission denied (publickey)" after ssh offered the key, and libp11's engine
-// reports "Unable to enumerate private keys". Both run by hand with:
-// `cargo test -p keyward-tests --test pkcs11_module -- --ignored` once they are listed above.
-#[allow(dead_code)]
-fn not_yet_passing(env: &mut TestEnv) {
-    openssh_lists_and_logs_in(env);
-    openssl_engine_signs(env);
-}
 
 fn openssh_lists_keys(env: &mut TestEnv) {
     ensure_programs();
@@ -246,6 +239,9 @@ fn openssh_lists_and_logs_in(env: &mut TestEnv) {
     });
     let auth = d.join("authorized_keys");
     std::fs::write(&auth, format!("{line}\n")).unwrap();
+    // With IdentitiesOnly, ssh uses a PKCS#11 key only if an identity file names it.
+    let ident = d.join("p11-key.pub");
+    std::fs::write(&ident, format!("{line}\n")).unwrap();
     let port = free_port();
     let cfg = d.join("sshd_config");
     std::fs::write(
@@ -284,7 +280,12 @@ fn openssh_lists_and_logs_in(env: &mut TestEnv) {
         "IdentitiesOnly=yes",
         "-o",
         "PasswordAuthentication=no",
+        "-o",
+        "IdentityAgent=none",
     ])
+    .arg("-i")
+    .arg(&ident)
+    .arg("-v")
     .arg("-I")
     .arg(module())
     .args([
@@ -296,7 +297,6 @@ fn openssh_lists_and_logs_in(env: &mut TestEnv) {
     .env("SSH_ASKPASS", &askpass)
     .env("SSH_ASKPASS_REQUIRE", "force")
     .env("DISPLAY", ":0")
-    .arg("-v")
     .stdin(Stdio::null());
     let out = c.output().expect("ssh");
     let _ = sshd.kill();
@@ -367,19 +367,25 @@ fn engine_path() -> String {
         .to_string()
 }
 
-fn openssl_engine_signs(env: &mut TestEnv) {
-    ensure_programs();
-    let keys = init_for_module(env);
+/// An OpenSSL configuration loading libp11's engine with the module.
+fn engine_conf(env: &TestEnv) -> std::path::PathBuf {
     let conf = env.dir().join("openssl.cnf");
     std::fs::write(
         &conf,
         format!(
-            "openssl_conf = openssl_init\n[openssl_init]\nengines = engine_section\n[engine_section]\npkcs11 = pkcs11_section\n[pkcs11_section]\nengine_id = pkcs11\ndynamic_path = {}\nMODULE_PATH = {}\ninit = 0\n",
+            "openssl_conf = openssl_init\n[openssl_init]\nengines = engine_section\n[engine_section]\npkcs11 = pkcs11_section\n[pkcs11_section]\nengine_id = pkcs11\ndynamic_path = {}\nMODULE_PATH = {}\ninit = 0\n[req]\ndistinguished_name = dn\n[dn]\n",
             engine_path(),
             module()
         ),
     )
     .unwrap();
+    conf
+}
+
+fn openssl_engine_signs(env: &mut TestEnv) {
+    ensure_programs();
+    let keys = init_for_module(env);
+    let conf = engine_conf(env);
     let digest = env.dir().join("digest");
     std::fs::write(&digest, [0x5au8; 32]).unwrap();
     let sig = env.dir().join("engine.sig");
@@ -388,6 +394,8 @@ fn openssl_engine_signs(env: &mut TestEnv) {
         env.pin()
     );
     let mut c = host(env, "openssl");
+    // libp11 0.4.12 gives up on the whole enumeration at the Ed25519 key: hide it (README).
+    c.env("KEYWARD_PKCS11_HIDE_EDDSA", "1");
     c.env("OPENSSL_CONF", &conf).args([
         "pkeyutl",
         "-engine",
@@ -417,4 +425,126 @@ fn openssl_engine_signs(env: &mut TestEnv) {
         sig.to_str().unwrap(),
     ]);
     assert!(run_ok(c).contains("Signature Verified Successfully"));
+}
+
+/// A self-signed certificate made by OpenSSL with the agent's key through the engine, set with
+/// `keyward keypair cert set`: NSS lists it on the token and pkcs11-tool shows the object.
+fn certificate_in_nss_and_pkcs11_tool(env: &mut TestEnv) {
+    ensure_programs();
+    let keys = init_for_module(env);
+    let conf = engine_conf(env);
+    let cert = env.dir().join("cert.pem");
+    let mut c = host(env, "openssl");
+    c.env("KEYWARD_PKCS11_HIDE_EDDSA", "1")
+        .env("OPENSSL_CONF", &conf)
+        .args([
+            "req", "-new", "-x509", "-engine", "pkcs11", "-keyform", "engine", "-key",
+        ])
+        .arg(format!(
+            "pkcs11:token=Keyward;object=p11-ecdsa;type=private;pin-value={}",
+            env.pin()
+        ))
+        .args([
+            "-sha256",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=keyward-p11-test",
+            "-out",
+        ])
+        .arg(&cert);
+    run_ok(c);
+    // A certificate for another key is refused.
+    let other = env.dir().join("other.pem");
+    run_ok({
+        let mut c = Command::new("openssl");
+        c.args([
+            "req",
+            "-new",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+        ])
+        .arg(env.dir().join("other.key"))
+        .args(["-subj", "/CN=other", "-days", "1", "-out"])
+        .arg(&other);
+        c
+    });
+    let code = env.cli_json_err(
+        &[
+            "keypair",
+            "cert",
+            "set",
+            &keys.p256,
+            "-i",
+            other.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, "wrong_key");
+    env.cli_ok(
+        &[
+            "keypair",
+            "cert",
+            "set",
+            &keys.p256,
+            "-i",
+            cert.to_str().unwrap(),
+        ],
+        None,
+    );
+
+    let o = {
+        let mut c = host(env, "pkcs11-tool");
+        c.args(["--module", &module(), "-O", "--type", "cert"]);
+        run_ok(c)
+    };
+    assert!(
+        o.contains("Certificate Object") && o.contains("keyward-p11-test"),
+        "{o}"
+    );
+    assert!(
+        o.contains(&ck_id(&keys.p256)),
+        "the certificate's CKA_ID:\n{o}"
+    );
+
+    let db = env.dir().join("nssdb-cert");
+    std::fs::create_dir_all(&db).unwrap();
+    let sql = format!("sql:{}", db.display());
+    run_ok({
+        let mut c = Command::new("certutil");
+        c.args(["-N", "-d", &sql, "--empty-password"]);
+        c
+    });
+    run_ok({
+        let mut c = host(env, "modutil");
+        c.args([
+            "-dbdir",
+            &sql,
+            "-add",
+            "keyward",
+            "-libfile",
+            &module(),
+            "-force",
+        ]);
+        c
+    });
+    let pinfile = env.dir().join("nss-cert-pin");
+    std::fs::write(&pinfile, env.pin()).unwrap();
+    let mut c = host(env, "certutil");
+    c.args([
+        "-L",
+        "-d",
+        &sql,
+        "-h",
+        "Keyward",
+        "-f",
+        pinfile.to_str().unwrap(),
+    ]);
+    let out = run_ok(c);
+    assert!(out.contains("Keyward:p11-ecdsa"), "{out}");
 }

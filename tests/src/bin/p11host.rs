@@ -1,7 +1,7 @@
 //! p11host: a PKCS#11 host written for the module's tests (Rust over `cryptoki`). It loads the
 //! module like any application and checks what applications rely on: initialization rules,
 //! fork, threads, the agent restarting, buffer and attribute conventions, AES-GCM against the
-//! agent's raw-GCM operation both ways, and a locked agent.
+//! agent's raw-GCM operation both ways, a locked agent, and a wrong PIN while unlocked.
 //!
 //! `p11host MODULE PIN SCENARIO`; the agent socket is `KEYWARD_SOCK`. Prints one `ok: ...` line
 //! per check and exits 0, or prints the failed check and exits 1. Scenarios: `all`, `restart`
@@ -424,6 +424,32 @@ fn all(module: &str, pin: &str) -> Res {
         find(&s, ObjectClass::PRIVATE_KEY, KeyType::EC)?.is_empty(),
         "private keys hidden after C_Logout",
     )?;
+
+    // A wrong PIN while the agent is unlocked: checked against the agent's PIN, refused, and
+    // the agent stays unlocked for its other clients.
+    check(
+        rv(s.login(
+            UserType::User,
+            Some(&AuthPin::from("wrong-pin".to_string())),
+        )) == Some(RvError::PinIncorrect),
+        "wrong PIN while the agent is unlocked: CKR_PIN_INCORRECT",
+    )?;
+    let locked = BlockingClient::connect(std::path::Path::new(&sock))
+        .map_err(|e| format!("agent: {e}"))?
+        .hello_info()
+        .locked;
+    check(
+        !locked,
+        "the wrong PIN leaves the agent unlocked for others",
+    )?;
+    check(
+        find(&s, ObjectClass::PRIVATE_KEY, KeyType::EC)?.is_empty(),
+        "no login from the wrong PIN",
+    )?;
+    s.login(UserType::User, Some(&pin_ok))
+        .map_err(e("login with the right PIN while unlocked"))?;
+    sign_once(&s, keys.private, &keys.point, b"after the right PIN")?;
+    println!("ok: the right PIN while unlocked logs in");
     Ok(())
 }
 
