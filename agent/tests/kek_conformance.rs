@@ -168,8 +168,14 @@ fn soft_kek_conforms() {
     conformance("soft", &*a, &*b);
 }
 
+/// The PKCS#11 cases load the one SoftHSM library in this process: a second context initializing
+/// (or finalizing, when its root drops) while the first is in use breaks the first (SoftHSM is a
+/// process-wide singleton; this crashed the test binary). One at a time.
+static ONE_MODULE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn pkcs11_aes_kek_conforms() {
+    let _one = ONE_MODULE.lock().unwrap_or_else(|p| p.into_inner());
     let r = root::from_config(&common::pkcs11_aes_config().root).expect("PKCS#11 AES root");
     let (a, b) = open_two(
         &*r,
@@ -184,6 +190,7 @@ fn pkcs11_aes_kek_conforms() {
 
 #[test]
 fn pkcs11_ec_kek_conforms() {
+    let _one = ONE_MODULE.lock().unwrap_or_else(|p| p.into_inner());
     let r = root::from_config(&common::pkcs11_ec_config().root).expect("PKCS#11 EC root");
     assert!(r.describe().contains("EC P-256"), "{}", r.describe());
     let (a, b) = open_two(
