@@ -102,7 +102,9 @@ pub enum StreamError {
     },
     /// The stream ends before its last chunk: chunks `0 .. chunk` verified, but none of them is
     /// marked last.
-    #[error("the stream is truncated: it ends before chunk {chunk}, and no chunk before is its last")]
+    #[error(
+        "the stream is truncated: it ends before chunk {chunk}, and no chunk before is its last"
+    )]
     Truncated {
         /// The index of the first missing chunk.
         chunk: u64,
@@ -134,6 +136,33 @@ pub enum StreamError {
 }
 
 impl StreamError {
+    /// A short stable code for programs (`keyward --json` prints it).
+    pub fn code(&self) -> &'static str {
+        match self {
+            StreamError::NotAStream => "not_a_stream",
+            StreamError::UnsupportedVersion(_) => "unsupported_version",
+            StreamError::BadHeader(_) | StreamError::TruncatedHeader => "bad_header",
+            StreamError::Authentication { .. } => "stream_authentication",
+            StreamError::Truncated { .. } => "stream_truncated",
+            StreamError::TrailingData { .. } => "stream_trailing_data",
+            StreamError::EmptyLastChunk { .. } => "stream_malformed",
+            StreamError::TooLong => "stream_too_long",
+            StreamError::Finished | StreamError::Backend(_) => "internal",
+            StreamError::Io(_) => "io",
+        }
+    }
+
+    /// The chunk the error is about, when it is about one.
+    pub fn chunk(&self) -> Option<u64> {
+        match self {
+            StreamError::Authentication { chunk }
+            | StreamError::Truncated { chunk }
+            | StreamError::TrailingData { chunk }
+            | StreamError::EmptyLastChunk { chunk } => Some(*chunk),
+            _ => None,
+        }
+    }
+
     /// The stream error inside an `io::Error` the adapters returned, if it is one.
     pub fn from_io(e: &io::Error) -> Option<&StreamError> {
         e.get_ref().and_then(|i| i.downcast_ref::<StreamError>())
@@ -464,12 +493,9 @@ impl ChunkOpener {
     /// Verify and decrypt the chunk (ciphertext ‖ tag) in `buf` in place, leaving its
     /// plaintext. `last`: the input ends after this chunk. On failure `buf` is emptied and the
     /// error names the chunk: a chunk that verifies as a middle chunk where the input ends is
-    /// [`StreamError::Truncated`].
+    /// [`StreamError::Truncated`], and one that verifies as the last where more follows,
+    /// [`StreamError::TrailingData`].
     pub fn open(&mut self, buf: &mut Vec<u8>, last: bool) -> Result<()> {
-        self.open_checked(buf, last, false)
-    }
-
-    fn open_checked(&mut self, buf: &mut Vec<u8>, last: bool, last_if_fails: bool) -> Result<()> {
         let chunk = self.k.counter;
         if self.k.finished {
             buf.clear();
@@ -493,7 +519,7 @@ impl ChunkOpener {
             return Err(StreamError::Authentication { chunk });
         }
         // Keep a copy only where a second reading can name the failure better.
-        let retry = (last && full) || (!last && last_if_fails);
+        let retry = full;
         if retry {
             self.spare.clear();
             self.spare.extend_from_slice(buf);
@@ -606,7 +632,8 @@ impl<W: Write> Write for EncryptWriter<W> {
             self.seal_and_write(false).map_err(StreamError::into_io)?;
         }
         let n = data.len().min(self.chunk - self.buf.len());
-        self.buf.extend_from_slice(data.get(..n).unwrap_or_default());
+        self.buf
+            .extend_from_slice(data.get(..n).unwrap_or_default());
         Ok(n)
     }
 
@@ -671,7 +698,7 @@ impl<R: Read> DecryptReader<R> {
             }
         }
         self.pos = 0;
-        self.opener.open_checked(&mut self.buf, last, !last)?;
+        self.opener.open(&mut self.buf, last)?;
         self.done = last;
         Ok(())
     }
@@ -744,7 +771,17 @@ mod tests {
     fn round_trips_from_0_bytes_to_chunk_sizes_plus_minus_one() {
         for chunk in [16u32, 64, 1000] {
             let c = chunk as usize;
-            for n in [0, 1, c - 1, c, c + 1, 2 * c - 1, 2 * c, 2 * c + 1, 5 * c + 3] {
+            for n in [
+                0,
+                1,
+                c - 1,
+                c,
+                c + 1,
+                2 * c - 1,
+                2 * c,
+                2 * c + 1,
+                5 * c + 3,
+            ] {
                 let h = header(chunk);
                 let pt = data(n);
                 let ct = encrypt(&pt, &h);
@@ -868,7 +905,10 @@ mod tests {
         let mut s = ChunkSealer::new(&KEY, &h).unwrap();
         assert!(s.seal(&mut vec![0; 15], false).is_err());
         s.seal(&mut vec![0; 16], false).unwrap();
-        assert!(s.seal(&mut Vec::new(), true).is_err(), "empty last after others");
+        assert!(
+            s.seal(&mut Vec::new(), true).is_err(),
+            "empty last after others"
+        );
         s.seal(&mut vec![0; 3], true).unwrap();
         assert!(matches!(
             s.seal(&mut vec![0; 3], true),
