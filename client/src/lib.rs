@@ -17,4 +17,4 @@ pub mod stream;
 pub use client::{BlockingClient, Client, ClientOptions};
 pub use error::ClientError;
 pub use keyward_proto as proto;
-pub use stream::{AsyncDecryptReader, AsyncEncryptWriter, StreamKey};
+pub use stream::{stream_error, AsyncDecryptReader, AsyncEncryptWriter, StreamKey};

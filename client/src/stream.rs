@@ -19,12 +19,19 @@ use crate::{Client, ClientError};
 use keyward_envelope::stream::{
     ChunkOpener, ChunkSealer, Header, StreamError, FIXED_HEADER_LEN, KEY_LEN, MAGIC, TAG_LEN,
 };
-pub use keyward_envelope::stream::{DecryptReader, EncryptWriter, DEFAULT_CHUNK};
+pub use keyward_envelope::stream::{
+    DecryptReader, EncryptWriter, StreamError as Error, DEFAULT_CHUNK,
+};
 use std::io::{Read, Write};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use zeroize::Zeroizing;
+
+/// The [`StreamError`] inside an `io::Error` an adapter returned, if it is one.
+pub fn stream_error(e: &std::io::Error) -> Option<&StreamError> {
+    StreamError::from_io(e)
+}
 
 /// A data key in memory: zeroized on drop, never printed.
 pub struct StreamKey(Zeroizing<[u8; KEY_LEN]>);
