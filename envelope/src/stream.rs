@@ -262,7 +262,8 @@ impl Header {
     /// Read a header from the start of `r` (exactly its bytes, no more).
     pub fn read_from<R: Read + ?Sized>(r: &mut R) -> Result<Header> {
         let mut fixed = [0u8; FIXED_HEADER_LEN];
-        read_exact_or(r, &mut fixed[..MAGIC.len()], StreamError::NotAStream)?;
+        let (magic, _) = fixed.split_at_mut(MAGIC.len());
+        read_exact_or(r, magic, StreamError::NotAStream)?;
         Self::read_after_magic(r, fixed)
     }
 
@@ -276,12 +277,16 @@ impl Header {
         if *magic != MAGIC {
             return Err(StreamError::NotAStream);
         }
-        read_exact_or(r, &mut rest[..1], StreamError::TruncatedHeader)?;
-        if rest[0] != VERSION {
-            return Err(StreamError::UnsupportedVersion(rest[0]));
+        let (version, rest) = rest.split_at_mut(1);
+        read_exact_or(r, version, StreamError::TruncatedHeader)?;
+        if version != [VERSION] {
+            return Err(StreamError::UnsupportedVersion(
+                version.first().copied().unwrap_or(0),
+            ));
         }
-        read_exact_or(r, &mut rest[1..], StreamError::TruncatedHeader)?;
-        let mut f = Fields(&fixed[MAGIC.len() + 1..]);
+        read_exact_or(r, rest, StreamError::TruncatedHeader)?;
+        let (_, fields) = fixed.split_at(MAGIC.len() + 1);
+        let mut f = Fields(fields);
         let dek_id: [u8; 16] = f.take()?;
         let dek_version = u32::from_be_bytes(f.take()?);
         let chunk_size = u32::from_be_bytes(f.take()?);

@@ -48,7 +48,11 @@ fn encrypt(pt: &[u8], chunk: u32, seed: u8) -> (Vec<u8>, usize) {
 
 /// Every vector: (name, stream bytes, Ok(plaintext) | Err((code, chunk))).
 #[allow(clippy::type_complexity)]
-fn build() -> Vec<(&'static str, Vec<u8>, Result<Vec<u8>, (&'static str, Option<u64>)>)> {
+fn build() -> Vec<(
+    &'static str,
+    Vec<u8>,
+    Result<Vec<u8>, (&'static str, Option<u64>)>,
+)> {
     let mut v = Vec::new();
     for (name, n, chunk) in [
         ("empty", 0, 16),
@@ -68,7 +72,11 @@ fn build() -> Vec<(&'static str, Vec<u8>, Result<Vec<u8>, (&'static str, Option<
         ct[..hl + 3 * enc].to_vec(),
         Err(("stream_truncated", Some(3))),
     ));
-    v.push(("header-only", ct[..hl].to_vec(), Err(("stream_truncated", Some(0)))));
+    v.push((
+        "header-only",
+        ct[..hl].to_vec(),
+        Err(("stream_truncated", Some(0))),
+    ));
     let mut swapped = ct.clone();
     swapped[hl + enc..hl + 2 * enc].copy_from_slice(&ct[hl + 2 * enc..hl + 3 * enc]);
     swapped[hl + 2 * enc..hl + 3 * enc].copy_from_slice(&ct[hl + enc..hl + 2 * enc]);
