@@ -157,6 +157,13 @@ pub enum DecryptFailure {
     DekMismatch { named: String, given: String },
     #[error("the ciphertext names no Keyward DEK: give one with --dek")]
     NoDekNamed,
+    /// A data key wrapped under another version of the DEK than the one the keystore holds.
+    #[error("the data key was wrapped under version {version} of DEK {id}, which is at version {current}")]
+    DekVersion {
+        id: Uuid,
+        version: u32,
+        current: u32,
+    },
     #[error("gcm.open: shorter than its tag")]
     ShorterThanTag,
     #[error("gcm.open: authentication failed")]

@@ -444,3 +444,84 @@ fn hierarchy_key_cache_fills_on_sign_and_is_cleared_on_lock() {
         "a deleted keypair leaves the cache"
     );
 }
+
+#[test]
+fn hierarchy_datakeys_follow_encrypt_and_decrypt_rules() {
+    let (f, kek) = ready();
+    let (retired, revoked) = (dek(&f, false), dek(&f, false));
+    let made = f.h.datakey_create(&retired).unwrap();
+    assert_eq!(made.key.len(), 32);
+    assert_eq!(made.wrapped.len(), crate::datakeys::WRAPPED_LEN);
+    assert_eq!(made.dek.to_string(), retired);
+    let opened =
+        f.h.datakey_open(&retired, made.version, &made.wrapped)
+            .unwrap();
+    assert_eq!(&opened[..], &made.key[..]);
+    // Another DEK, another version, or a flipped byte: refused.
+    let other = f.h.datakey_create(&revoked).unwrap();
+    assert!(matches!(
+        f.h.datakey_open(&retired, other.version, &other.wrapped),
+        Err(AgentError::Root(RootError::DecryptFailed { .. }))
+    ));
+    assert!(matches!(
+        f.h.datakey_open(&retired, made.version + 1, &made.wrapped),
+        Err(AgentError::DecryptFailed(DecryptFailure::DekVersion { .. }))
+    ));
+    for i in 0..made.wrapped.len() {
+        let mut w = made.wrapped.clone();
+        w[i] ^= 1;
+        assert!(
+            f.h.datakey_open(&retired, made.version, &w).is_err(),
+            "byte {i}"
+        );
+    }
+    assert!(matches!(
+        f.h.datakey_open(&retired, made.version, &made.wrapped[1..]),
+        Err(AgentError::InvalidArgs { arg: "wrapped", .. })
+    ));
+    let mut successor = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+    successor.parent = Some(kek);
+    let id = |s: &str| Uuid::parse_str(s).unwrap();
+    f.h.ks
+        .replace(&id(&retired), KeyState::Retired, &successor, None)
+        .unwrap();
+    f.h.ks
+        .replace(
+            &id(&revoked),
+            KeyState::Revoked,
+            &KeyRecord::new(KeyKind::Dek, "aes-kwp"),
+            None,
+        )
+        .unwrap();
+    // Retired: opens what it wrapped, makes nothing new. Revoked: nothing.
+    let again =
+        f.h.datakey_open(&retired, made.version, &made.wrapped)
+            .unwrap();
+    assert_eq!(&again[..], &made.key[..]);
+    assert!(matches!(
+        f.h.datakey_create(&retired),
+        Err(AgentError::KeyInactive {
+            state: KeyState::Retired,
+            ..
+        })
+    ));
+    assert!(matches!(
+        f.h.datakey_create(&revoked),
+        Err(AgentError::KeyInactive {
+            state: KeyState::Revoked,
+            ..
+        })
+    ));
+    assert!(matches!(
+        f.h.datakey_open(&revoked, other.version, &other.wrapped),
+        Err(AgentError::KeyInactive {
+            state: KeyState::Revoked,
+            ..
+        })
+    ));
+    f.h.lock().unwrap();
+    assert!(matches!(
+        f.h.datakey_create(&retired),
+        Err(AgentError::Locked { .. })
+    ));
+}

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod datakeys;
 pub mod door;
 pub mod error;
 pub mod hardening;

@@ -197,6 +197,23 @@ impl Handler for Service {
         })
     }
 
+    fn datakey_create(&self, a: DatakeyCreateArgs) -> Result<DataKey, AgentError> {
+        let made = self.h.datakey_create(&a.dek)?;
+        Ok(DataKey {
+            dek: made.dek.to_string(),
+            version: made.version,
+            key: SecretBytes::from(made.key),
+            wrapped: serde_bytes::ByteBuf::from(made.wrapped),
+        })
+    }
+
+    fn datakey_open(&self, a: DatakeyOpenArgs) -> Result<OpenedDataKey, AgentError> {
+        let key = self.h.datakey_open(&a.dek, a.version, &a.wrapped)?;
+        Ok(OpenedDataKey {
+            key: SecretBytes::from(key),
+        })
+    }
+
     fn keypair_create(&self, a: KeypairCreateArgs) -> Result<Created, AgentError> {
         let alg = match a.alg.as_deref() {
             None => None,

@@ -10,16 +10,24 @@ use std::path::PathBuf;
 pub struct Failure {
     pub message: String,
     pub body: Option<keyward_client::proto::ErrorBody>,
-    /// For errors of the client itself (`unsafe_socket`, `timeout`): the `--json` code.
+    /// For errors of the client itself (`unsafe_socket`, `timeout`, stream errors): the
+    /// `--json` code.
     pub client_code: Option<&'static str>,
+    /// For stream errors about one chunk: its index (from 0), printed in `--json` errors.
+    pub chunk: Option<u64>,
 }
 
 impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
+        let chunk = match &e {
+            ClientError::Stream(s) => s.chunk(),
+            _ => None,
+        };
         Failure {
             message: e.to_string(),
             body: e.body().cloned(),
             client_code: e.client_code(),
+            chunk,
         }
     }
 }
@@ -30,6 +38,7 @@ impl From<String> for Failure {
             message,
             body: None,
             client_code: None,
+            chunk: None,
         }
     }
 }
@@ -49,28 +58,104 @@ pub fn read_input(path: &Option<PathBuf>) -> Result<Vec<u8>, Failure> {
     Ok(buf)
 }
 
-pub fn write_output(path: &Option<PathBuf>, data: &[u8]) -> Result<(), Failure> {
-    match path {
-        Some(p) => {
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(p)
-                .map_err(|e| format!("writing {}: {e}", p.display()))?;
-            f.write_all(data)
-                .map_err(|e| format!("writing {}: {e}", p.display()))?;
+impl From<keyward_envelope::stream::StreamError> for Failure {
+    fn from(e: keyward_envelope::stream::StreamError) -> Self {
+        ClientError::Stream(e).into()
+    }
+}
+
+/// Where a command's output goes: a temporary file beside `-o FILE`, renamed over it only when
+/// the command succeeded (so a failed command never leaves a half-written file), or stdout.
+pub enum Sink {
+    File {
+        tmp: tempfile::NamedTempFile,
+        path: PathBuf,
+    },
+    /// An existing path that is not a regular file (`/dev/null`, a FIFO): written in place.
+    Special(std::fs::File),
+    Stdout(std::io::StdoutLock<'static>),
+}
+
+impl Sink {
+    pub fn open(path: &Option<PathBuf>) -> Result<Sink, Failure> {
+        Ok(match path {
+            Some(p) if std::fs::metadata(p).is_ok_and(|m| !m.is_file()) => Sink::Special(
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .map_err(|e| format!("writing {}: {e}", p.display()))?,
+            ),
+            Some(p) => {
+                let dir = match p.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d,
+                    _ => std::path::Path::new("."),
+                };
+                // Mode 0600, in the target's directory (so the rename stays on one filesystem).
+                let tmp = tempfile::Builder::new()
+                    .prefix(".keyward-")
+                    .suffix(".tmp")
+                    .tempfile_in(dir)
+                    .map_err(|e| format!("writing {}: {e}", p.display()))?;
+                Sink::File {
+                    tmp,
+                    path: p.clone(),
+                }
+            }
+            None => Sink::Stdout(std::io::stdout().lock()),
+        })
+    }
+
+    pub fn is_stdout(&self) -> bool {
+        matches!(self, Sink::Stdout(_))
+    }
+
+    /// Flush, and for a file rename it into place.
+    pub fn commit(self) -> Result<(), Failure> {
+        match self {
+            Sink::File { mut tmp, path } => {
+                tmp.flush()
+                    .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                tmp.persist(&path)
+                    .map_err(|e| format!("writing {}: {}", path.display(), e.error))?;
+            }
+            Sink::Stdout(mut out) => {
+                out.flush().map_err(|e| format!("writing stdout: {e}"))?;
+            }
+            Sink::Special(mut f) => {
+                f.flush().map_err(|e| format!("writing the output: {e}"))?;
+            }
         }
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(data)
-                .and_then(|_| out.flush())
-                .map_err(|e| format!("writing stdout: {e}"))?;
+        Ok(())
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::File { tmp, .. } => tmp.write(buf),
+            Sink::Stdout(o) => o.write(buf),
+            Sink::Special(f) => f.write(buf),
         }
     }
-    Ok(())
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::File { tmp, .. } => tmp.flush(),
+            Sink::Stdout(o) => o.flush(),
+            Sink::Special(f) => f.flush(),
+        }
+    }
+}
+
+pub fn write_output(path: &Option<PathBuf>, data: &[u8]) -> Result<(), Failure> {
+    let mut sink = Sink::open(path)?;
+    let what = match path {
+        Some(p) => p.display().to_string(),
+        None => "stdout".into(),
+    };
+    sink.write_all(data)
+        .map_err(|e| format!("writing {what}: {e}"))?;
+    sink.commit()
 }
 
 pub fn key_table(keys: &[KeyInfo]) -> String {

@@ -418,6 +418,29 @@ impl Client {
         let r: Plaintext = self.call::<op::Decrypt>(&args).await?;
         Ok(r.plaintext)
     }
+
+    /// A fresh data key under an active DEK: plaintext and wrapped (`datakey.create`). Most
+    /// programs want [`Client::encrypt_writer`] instead.
+    pub async fn datakey_create(&self, dek: &str) -> Result<DataKey, ClientError> {
+        self.call::<op::DatakeyCreate>(&DatakeyCreateArgs { dek: dek.into() })
+            .await
+    }
+
+    /// Unwrap a data key `datakey.create` made under `dek` at `version` (`datakey.open`).
+    pub async fn datakey_open(
+        &self,
+        dek: &str,
+        version: u32,
+        wrapped: &[u8],
+    ) -> Result<SecretBytes, ClientError> {
+        let args = DatakeyOpenArgs {
+            dek: dek.into(),
+            version,
+            wrapped: serde_bytes::ByteBuf::from(wrapped.to_vec()),
+        };
+        let r: OpenedDataKey = self.call::<op::DatakeyOpen>(&args).await?;
+        Ok(r.key)
+    }
 }
 
 impl Client {

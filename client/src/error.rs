@@ -24,6 +24,9 @@ pub enum ClientError {
     /// or the process listening on it runs as another user. Nothing was sent.
     #[error("refusing the agent socket {path}: {reason}; nothing was sent (a socket must be in a directory of your own that only you can write, served by an agent running as you)")]
     UnsafeSocket { path: PathBuf, reason: String },
+    /// A stream that does not decrypt or could not be written (the error names the chunk).
+    #[error("{0}")]
+    Stream(#[from] keyward_envelope::stream::StreamError),
     /// No answer within the deadline (`ClientOptions`).
     #[error("{op}: timed out after {after:?} waiting for the agent")]
     Timeout {
@@ -47,6 +50,7 @@ impl ClientError {
         match self {
             ClientError::UnsafeSocket { .. } => Some("unsafe_socket"),
             ClientError::Timeout { .. } => Some("timeout"),
+            ClientError::Stream(e) => Some(e.code()),
             _ => None,
         }
     }

@@ -12,7 +12,9 @@
 mod client;
 mod error;
 pub mod passphrase;
+pub mod stream;
 
 pub use client::{BlockingClient, Client, ClientOptions};
 pub use error::ClientError;
 pub use keyward_proto as proto;
+pub use stream::{stream_error, AsyncDecryptReader, AsyncEncryptWriter, StreamKey};

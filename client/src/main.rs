@@ -19,8 +19,9 @@ mod cli;
 mod cryppo;
 mod identity_cmds;
 mod ssh_cmds;
+mod stream_cmds;
 
-use cli::{key_table, out, read_input, write_output, Failure, Out};
+use cli::{key_table, out, write_output, Failure, Out};
 
 #[derive(Parser)]
 #[command(name = "keyward", version, about = "Drive the Keyward key agent")]
@@ -58,14 +59,21 @@ enum Command {
     /// Data-encryption keys.
     #[command(subcommand)]
     Dek(DekCmd),
-    /// Encrypt data under a DEK (output: a Cryppo Aes256Gcm string).
+    /// Encrypt data of any size under a DEK: up to 64 KiB a Cryppo Aes256Gcm string, larger
+    /// inputs the Keyward streaming format (constant memory).
     Encrypt {
         #[arg(long)]
         dek: String,
+        /// Always write the streaming format.
+        #[arg(long, conflicts_with = "cryppo")]
+        stream: bool,
+        /// Always write a Cryppo string (at most one agent request of data).
+        #[arg(long)]
+        cryppo: bool,
         #[command(flatten)]
         io: Io,
     },
-    /// Decrypt a Cryppo string made by `encrypt` (its DEK is named inside).
+    /// Decrypt what `encrypt` made: a stream or a Cryppo string (its DEK is named inside).
     Decrypt {
         /// Needed only for Cryppo strings that do not name a Keyward DEK.
         #[arg(long)]
@@ -372,33 +380,21 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
                 out(format!("{}\n", key.as_str()), Value::Null)
             }
         }
-        Command::Encrypt { dek, io } => {
-            let data = zeroize::Zeroizing::new(read_input(&io.input)?);
-            let ct = c.encrypt(dek, &data).await?;
-            if io.output.is_some() || !cli.json {
-                write_output(&io.output, format!("{ct}\n").as_bytes())?;
-                if !cli.json {
-                    return Ok(None);
-                }
-                out("", json!({"dek": dek, "written": true}))
-            } else {
-                out("", json!({"dek": dek, "ciphertext": ct}))
-            }
+        Command::Encrypt {
+            dek,
+            stream,
+            cryppo,
+            io,
+        } => {
+            let format = match (stream, cryppo) {
+                (true, _) => stream_cmds::Format::Stream,
+                (_, true) => stream_cmds::Format::Cryppo,
+                _ => stream_cmds::Format::Auto,
+            };
+            return stream_cmds::encrypt(&c, dek, io, format, cli.json).await;
         }
         Command::Decrypt { dek, io } => {
-            let data = read_input(&io.input)?;
-            let text = String::from_utf8(data)
-                .map_err(|_| "the input is not a Cryppo string (not UTF-8)".to_string())?;
-            let pt = c.decrypt(text.trim(), dek.as_deref()).await?;
-            if io.output.is_some() || !cli.json {
-                write_output(&io.output, pt.expose())?;
-                if !cli.json {
-                    return Ok(None);
-                }
-                out("", json!({"written": true}))
-            } else {
-                out("", json!({"plaintext": b64.encode(pt.expose())}))
-            }
+            return stream_cmds::decrypt(&c, dek.as_deref(), io, cli.json).await;
         }
         Command::Keypair(cmd) => identity_cmds::keypair(&c, cmd).await?,
         Command::Sign(cmd) => return identity_cmds::sign(&c, cmd, cli.json).await,
@@ -440,10 +436,16 @@ fn main() -> ExitCode {
             if cli.json {
                 let err = match &f.body {
                     Some(b) => serde_json::to_value(b).unwrap_or(Value::Null),
-                    None => json!({
-                        "code": f.client_code.unwrap_or("client"),
-                        "message": f.message,
-                    }),
+                    None => {
+                        let mut e = json!({
+                            "code": f.client_code.unwrap_or("client"),
+                            "message": f.message,
+                        });
+                        if let Some(chunk) = f.chunk {
+                            e["chunk"] = json!(chunk);
+                        }
+                        e
+                    }
                 };
                 println!("{}", json!({ "error": err }));
             }

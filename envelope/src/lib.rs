@@ -51,6 +51,7 @@ mod pem;
 pub mod rsa;
 mod serialized;
 pub mod sign;
+pub mod stream;
 mod yaml;
 
 pub use error::{Error, Part, Result};

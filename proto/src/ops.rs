@@ -279,6 +279,39 @@ pub struct Plaintext {
     pub plaintext: SecretBytes,
 }
 
+/// `datakey.create` arguments: a fresh data key under this DEK (which must be active).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatakeyCreateArgs {
+    pub dek: String,
+}
+
+/// `datakey.create` result: a random 256-bit data key, in plaintext and wrapped under the DEK
+/// (AES-256-GCM, `iv ‖ ciphertext ‖ tag`, AAD binding the DEK id and version), and the DEK id
+/// and version that wrapped it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataKey {
+    pub dek: String,
+    pub version: u32,
+    pub key: SecretBytes,
+    pub wrapped: serde_bytes::ByteBuf,
+}
+
+/// `datakey.open` arguments: a data key `datakey.create` wrapped under `dek` at `version`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatakeyOpenArgs {
+    pub dek: String,
+    pub version: u32,
+    pub wrapped: serde_bytes::ByteBuf,
+}
+
+/// `datakey.open` result: the data key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenedDataKey {
+    pub key: SecretBytes,
+}
+
 /// `keypair.create` arguments.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

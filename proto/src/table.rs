@@ -169,6 +169,10 @@ operations! {
     DekExport, dek_export, "dek.export": IdArgs => ExportedKey, Unlocked;
     Encrypt, encrypt, "encrypt": EncryptArgs => Ciphertext, Unlocked;
     Decrypt, decrypt, "decrypt": DecryptArgs => Plaintext, Unlocked;
+    /// A fresh data key, in plaintext and wrapped under a DEK (streaming encryption).
+    DatakeyCreate, datakey_create, "datakey.create": DatakeyCreateArgs => DataKey, Unlocked;
+    /// Unwrap a data key `datakey.create` made.
+    DatakeyOpen, datakey_open, "datakey.open": DatakeyOpenArgs => OpenedDataKey, Unlocked;
     KeypairCreate, keypair_create, "keypair.create": KeypairCreateArgs => Created, Unlocked;
     KeypairList, keypair_list, "keypair.list": Empty => KeyList, Always;
     KeypairShow, keypair_show, "keypair.show": IdArgs => KeyInfo, Always;

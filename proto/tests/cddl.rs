@@ -273,6 +273,21 @@ fn every_request_validates() {
                 },
             ),
         ),
+        (
+            Op::DatakeyCreate,
+            req(Op::DatakeyCreate, &DatakeyCreateArgs { dek: ID.into() }),
+        ),
+        (
+            Op::DatakeyOpen,
+            req(
+                Op::DatakeyOpen,
+                &DatakeyOpenArgs {
+                    dek: ID.into(),
+                    version: 1,
+                    wrapped: serde_bytes::ByteBuf::from(vec![7; 60]),
+                },
+            ),
+        ),
         (Op::GcmSeal, req(Op::GcmSeal, &gcm)),
         (Op::GcmOpen, req(Op::GcmOpen, &gcm)),
         (
@@ -413,6 +428,21 @@ fn every_response_validates() {
                 plaintext: SecretBytes::new(b"hi".to_vec()),
                 sender: "did:key:z".into(),
                 sender_name: Some("web1".into()),
+            },
+        ),
+        Response::ok(
+            1,
+            &DataKey {
+                dek: ID.into(),
+                version: 1,
+                key: SecretBytes::new(vec![1; 32]),
+                wrapped: serde_bytes::ByteBuf::from(vec![2; 60]),
+            },
+        ),
+        Response::ok(
+            1,
+            &OpenedDataKey {
+                key: SecretBytes::new(vec![1; 32]),
             },
         ),
         // The PKCS#11 module's operations.

@@ -21,6 +21,8 @@ mod peers;
 mod pin;
 #[path = "e2e/process.rs"]
 mod process;
+#[path = "e2e/stream.rs"]
+mod stream;
 #[path = "e2e/tamper.rs"]
 mod tamper;
 #[path = "e2e/wire.rs"]
