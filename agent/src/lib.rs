@@ -2,6 +2,7 @@
 //! and benchmarks call them directly.
 #![forbid(unsafe_code)]
 
+pub mod activation;
 pub mod config;
 pub mod door;
 pub mod error;
