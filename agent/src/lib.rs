@@ -12,6 +12,7 @@ pub mod key_cache;
 pub mod keypairs;
 pub mod keystore;
 pub mod nodes;
+pub mod prompt;
 pub mod root;
 pub mod rsa_keys;
 pub mod server;

@@ -164,7 +164,8 @@ fn start(cli: Cli) -> Result<(), StartError> {
                 _ = int.recv() => {},
             }
         };
-        let mut service = Service::new(h.clone());
+        let prompt = keyward_agent::prompt::Prompter::new(&config.prompt).map(Arc::new);
+        let mut service = Service::new(h.clone()).with_prompt(prompt);
         // The SSH door: a second socket, stopped by the same signal as the first.
         let (stop_ssh, ssh_stopped) = tokio::sync::watch::channel(());
         let activated = inherited.activated();

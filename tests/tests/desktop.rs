@@ -1,7 +1,10 @@
 //! Desktop and service integration: the systemd units and socket activation (`desktop/systemd.rs`),
+//! PIN prompts through pinentry (`desktop/prompt.rs`),
 //! driven by Debian 12's real `systemd-analyze` and `systemd-socket-activate` (installed by
 //! `desktop-setup.sh --install-only`; a missing program fails the test and names the script).
 
+#[path = "desktop/prompt.rs"]
+mod prompt;
 #[path = "desktop/systemd.rs"]
 mod systemd;
 
