@@ -8,6 +8,7 @@ pub mod door;
 pub mod error;
 pub mod hardening;
 pub mod hierarchy;
+pub mod idle;
 pub mod key_cache;
 pub mod keypairs;
 pub mod keystore;

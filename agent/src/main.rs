@@ -200,6 +200,8 @@ fn start(cli: Cli) -> Result<(), StartError> {
         };
         // The CBOR socket last: once it exists (what clients and tests wait for), the SSH
         // socket does too.
+        let _usr1 =
+            keyward_agent::idle::lock_on_sigusr1(service.clone()).map_err(installing("SIGUSR1"))?;
         let bound = match inherited.cbor {
             Some(l) => server::Bound::inherited(l).map_err(StartError::Inherited)?,
             None => server::bind(&socket).map_err(StartError::Bind)?,
