@@ -14,6 +14,9 @@ trap './vcard-setup.sh stop >/dev/null 2>&1 || true; rm -f "$log"' EXIT
 ./softhsm-setup.sh --install-only
 # pkcs11-tool, p11tool, NSS tools, OpenSSH and libp11 for the PKCS#11 module's tests.
 ./pkcs11-setup.sh --install-only
+# OpenSSH for the SSH door's tests; systemd tools, pinentry and tmux for the desktop tests.
+./ssh-setup.sh --install-only
+./desktop-setup.sh --install-only
 ./vcard-setup.sh start
 cargo build --workspace --bins
 # The PKCS#11 module (a cdylib: --bins does not build it).

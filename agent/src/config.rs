@@ -28,6 +28,10 @@
 //! enabled = true          # the SSH-agent socket (default: on)
 //! # socket = "/run/user/1000/keyward/ssh.sock"     # else KEYWARD_SSH_SOCK, else beside the socket
 //! # askpass = "/usr/bin/ssh-askpass"              # confirmation prompts; else $SSH_ASKPASS
+//! [prompt]                # the agent asks for the PIN itself when locked (prompt.rs)
+//! # pinentry = "pinentry" # unset: never prompts
+//! # timeout_s = 60
+//! # tty = "/dev/pts/3"    # for pinentry-tty / pinentry-curses
 //! ```
 //! Idle connections that have said `hello` have no deadline: SSH clients keep theirs open.
 //! Other roots: `kind = "pkcs11"` with `key_type = "ec"` (a P-256 key pair on a token without AES
@@ -65,6 +69,7 @@ pub struct Config {
     pub unlock: UnlockPolicy,
     pub limits: Limits,
     pub ssh: SshConfig,
+    pub prompt: crate::prompt::PromptConfig,
 }
 
 /// Connection limits and deadlines (`[limits]`); see the module doc for what each one bounds.
@@ -242,6 +247,8 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     ssh: SshConfig,
+    #[serde(default)]
+    prompt: crate::prompt::PromptConfig,
 }
 
 /// The default keystore: `$XDG_DATA_HOME/keyward/keystore.db` (`~/.local/share/...`).
@@ -333,6 +340,7 @@ impl Config {
                 askpass: raw.ssh.askpass.map(resolve),
                 ..raw.ssh
             },
+            prompt: raw.prompt,
         })
     }
 }

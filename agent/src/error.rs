@@ -33,6 +33,8 @@ pub enum AgentError {
     AlreadyInitialized,
     #[error("the agent is locked: run `keyward unlock` (refused: {op})")]
     Locked { op: &'static str },
+    #[error(transparent)]
+    Prompt(#[from] crate::prompt::PromptError),
     #[error("the PIN or passphrase is incorrect")]
     PinIncorrect {
         attempts_left: u32,
@@ -406,6 +408,7 @@ impl AgentError {
             AgentError::NotInitialized => ErrorCode::NotInitialized,
             AgentError::AlreadyInitialized => ErrorCode::AlreadyInitialized,
             AgentError::Locked { .. } => ErrorCode::Locked,
+            AgentError::Prompt(e) => e.code(),
             AgentError::PinIncorrect { .. } => ErrorCode::PinIncorrect,
             AgentError::PinBackoff { .. } => ErrorCode::PinBackoff,
             AgentError::PinLocked => ErrorCode::PinLocked,

@@ -151,6 +151,12 @@ impl Hierarchy {
         !self.root.is_unlocked()
     }
 
+    /// Wrong PINs left before the agent refuses PINs (as far as this process has seen; for
+    /// prompts).
+    pub fn pin_attempts_left(&self) -> u32 {
+        self.policy.max_attempts.saturating_sub(lock(&self.seen).0)
+    }
+
     // ---- PIN attempts ----------------------------------------------------------------------
 
     fn stored_counter(&self) -> Result<[Option<String>; 3], AgentError> {

@@ -2,16 +2,19 @@
 //! and benchmarks call them directly.
 #![forbid(unsafe_code)]
 
+pub mod activation;
 pub mod config;
 pub mod datakeys;
 pub mod door;
 pub mod error;
 pub mod hardening;
 pub mod hierarchy;
+pub mod idle;
 pub mod key_cache;
 pub mod keypairs;
 pub mod keystore;
 pub mod nodes;
+pub mod prompt;
 pub mod root;
 pub mod rsa_keys;
 pub mod server;

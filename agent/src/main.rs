@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
+use keyward_agent::activation::{self, State};
 use keyward_agent::config::{Config, ConfigError};
 use keyward_agent::error::AgentError;
 use keyward_agent::hardening::{self, HardeningError};
@@ -46,6 +47,10 @@ enum StartError {
     },
     #[error("binding the socket")]
     Bind(#[source] ServerError),
+    #[error("taking the sockets passed by systemd")]
+    Activation(#[source] keyward_agent::activation::ActivationError),
+    #[error("serving the socket passed by systemd")]
+    Inherited(#[source] std::io::Error),
 }
 
 /// `e: cause: cause…`, skipping a cause whose text its parent's message already includes (most
@@ -108,19 +113,17 @@ fn config_path(cli: &Cli) -> PathBuf {
 
 fn start(cli: Cli) -> Result<(), StartError> {
     hardening::disable_core_dumps().map_err(StartError::CoreDumps)?;
+    // Before any thread: systemd's sockets (close-on-exec from here on).
+    let inherited = activation::take_sockets().map_err(StartError::Activation)?;
     let filter = cli
         .log
         .clone()
         .or_else(|| std::env::var("KEYWARD_LOG").ok())
         .unwrap_or_else(|| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&filter)
-                .map_err(|source| StartError::LogFilter { filter, source })?,
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    activation::init_logging(
+        tracing_subscriber::EnvFilter::try_new(&filter)
+            .map_err(|source| StartError::LogFilter { filter, source })?,
+    );
 
     let path = config_path(&cli);
     let config = Config::load(&path).map_err(StartError::Config)?;
@@ -161,12 +164,21 @@ fn start(cli: Cli) -> Result<(), StartError> {
                 _ = int.recv() => {},
             }
         };
-        let mut service = Service::new(h.clone());
+        let prompt = keyward_agent::prompt::Prompter::new(&config.prompt).map(Arc::new);
+        let mut service = Service::new(h.clone()).with_prompt(prompt);
         // The SSH door: a second socket, stopped by the same signal as the first.
         let (stop_ssh, ssh_stopped) = tokio::sync::watch::channel(());
-        let ssh_task = if config.ssh.enabled {
-            let path = keyward_proto::paths::ssh_socket_path(config.ssh.socket.clone(), &socket);
-            let ssh_bound = server::bind(&path).map_err(StartError::Bind)?;
+        let activated = inherited.activated();
+        let ssh_task = if config.ssh.enabled || inherited.ssh.is_some() {
+            let ssh_bound = match inherited.ssh {
+                Some(l) => server::Bound::inherited(l).map_err(StartError::Inherited)?,
+                None => server::bind(&keyward_proto::paths::ssh_socket_path(
+                    config.ssh.socket.clone(),
+                    &socket,
+                ))
+                .map_err(StartError::Bind)?,
+            };
+            let path = ssh_bound.path().to_path_buf();
             let settings = keyward_agent::ssh::SshSettings {
                 askpass: config.ssh.askpass.clone(),
             };
@@ -188,14 +200,26 @@ fn start(cli: Cli) -> Result<(), StartError> {
         };
         // The CBOR socket last: once it exists (what clients and tests wait for), the SSH
         // socket does too.
-        let bound = server::bind(&socket).map_err(StartError::Bind)?;
+        let _usr1 =
+            keyward_agent::idle::lock_on_sigusr1(service.clone()).map_err(installing("SIGUSR1"))?;
+        let bound = match inherited.cbor {
+            Some(l) => server::Bound::inherited(l).map_err(StartError::Inherited)?,
+            None => server::bind(&socket).map_err(StartError::Bind)?,
+        };
+        activation::notify(State::Ready);
+        let watchdog = activation::watchdog();
         tracing::info!(
-            socket = %socket.display(),
+            socket = %bound.path().display(),
+            activated,
             keystore = %ks.path().display(),
             root = %h.describe(),
             "keywardd listening"
         );
         server::serve(bound, service, limits, shutdown).await;
+        activation::notify(State::Stopping);
+        if let Some(w) = watchdog {
+            w.abort();
+        }
         let _ = stop_ssh.send(());
         if let Some(t) = ssh_task {
             let _ = t.await;

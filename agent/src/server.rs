@@ -150,10 +150,13 @@ fn kind_of(t: std::fs::FileType) -> &'static str {
     }
 }
 
-/// A bound socket that removes its file when dropped.
+/// A bound socket that removes its file when dropped, only if the agent made that file (an
+/// inherited socket, [`Bound::inherited`], is left alone; so is a file replaced since bind).
 pub struct Bound {
     listener: UnixListener,
     path: PathBuf,
+    /// (device, inode) of the socket file this process created; `None`: not ours.
+    created: Option<(u64, u64)>,
 }
 
 impl Bound {
@@ -165,11 +168,30 @@ impl Bound {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// A listening socket handed to us (systemd socket activation): served, never unlinked.
+    pub fn inherited(listener: std::os::unix::net::UnixListener) -> std::io::Result<Bound> {
+        let path = listener
+            .local_addr()?
+            .as_pathname()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        listener.set_nonblocking(true)?;
+        Ok(Bound {
+            listener: UnixListener::from_std(listener)?,
+            path,
+            created: None,
+        })
+    }
 }
 
 impl Drop for Bound {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if let (Some(ours), Ok(m)) = (self.created, std::fs::symlink_metadata(&self.path)) {
+            if (m.dev(), m.ino()) == ours {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
     }
 }
 
@@ -242,9 +264,11 @@ pub fn bind(path: &Path) -> Result<Bound, ServerError> {
     let listener = UnixListener::bind(path).map_err(|e| io("bind", e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| io("chmod", e))?;
+    let m = std::fs::symlink_metadata(path).map_err(|e| io("inspect", e))?;
     Ok(Bound {
         listener,
         path: path.to_path_buf(),
+        created: Some((m.dev(), m.ino())),
     })
 }
 

@@ -20,11 +20,23 @@ pub struct Service {
     h: Arc<Hierarchy>,
     /// The SSH door, when the agent serves one: its socket (for `hello`) and state (for `lock`).
     ssh: Option<(String, Arc<crate::ssh::requests::SshAgent>)>,
+    /// The PIN prompt (`[prompt]`), when configured.
+    prompt: Option<Arc<crate::prompt::Prompter>>,
 }
 
 impl Service {
     pub fn new(h: Arc<Hierarchy>) -> Self {
-        Service { h, ssh: None }
+        Service {
+            h,
+            ssh: None,
+            prompt: None,
+        }
+    }
+
+    /// Ask for the PIN through pinentry when a request needs the root and the agent is locked.
+    pub fn with_prompt(mut self, prompt: Option<Arc<crate::prompt::Prompter>>) -> Self {
+        self.prompt = prompt;
+        self
     }
 
     /// Tell clients about the SSH-agent socket, and empty its key cache on `lock`.
@@ -113,7 +125,13 @@ impl Handler for Service {
     type Error = AgentError;
 
     fn check_access(&self, op: Op) -> Result<(), AgentError> {
-        self.h.root_record(op.name()).map(|_| ())
+        match (self.h.root_record(op.name()), &self.prompt) {
+            (Err(AgentError::Locked { .. }), Some(p)) => {
+                p.unlock(&self.h, op.name())?;
+                self.h.root_record(op.name()).map(|_| ())
+            }
+            (r, _) => r.map(|_| ()),
+        }
     }
 
     fn hello(&self, args: HelloArgs) -> Result<HelloResult, AgentError> {

@@ -77,6 +77,11 @@ pub enum ErrorCode {
     KeystoreTampered,
     /// A bug or an unexpected state in the agent.
     Internal,
+    /// The user cancelled the agent's PIN or confirmation prompt (pinentry).
+    Cancelled,
+    /// The agent needed to ask the user (pinentry) and nobody could be asked: the program
+    /// failed to start or draw, or the prompt timed out.
+    PromptUnavailable,
     /// A code this client does not know (from a newer agent).
     #[serde(other)]
     Unknown,
@@ -115,6 +120,8 @@ impl ErrorCode {
             ErrorCode::KeystoreError => "keystore_error",
             ErrorCode::KeystoreTampered => "keystore_tampered",
             ErrorCode::Internal => "internal",
+            ErrorCode::Cancelled => "cancelled",
+            ErrorCode::PromptUnavailable => "prompt_unavailable",
             ErrorCode::Unknown => "unknown",
         }
     }

@@ -508,6 +508,8 @@ fn every_response_validates() {
         ErrorCode::KeystoreError,
         ErrorCode::KeystoreTampered,
         ErrorCode::Internal,
+        ErrorCode::Cancelled,
+        ErrorCode::PromptUnavailable,
     ];
     for code in codes {
         let mut body = ErrorBody::new(code, "why");

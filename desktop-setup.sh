@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# desktop-setup.sh --install-only
+#
+# Installs what the desktop tests (tests/tests/desktop.rs) drive, with apt-get, when missing:
+# systemd-analyze and systemd-socket-activate (systemd), udevadm (udev), pinentry-tty and
+# pinentry-curses (the real Assuan pinentry programs), tmux (a terminal for them to draw on).
+# Idempotent. Nothing is started: a policy-rc.d refusing service starts is in place while
+# apt-get runs. The tests never skip when a program is missing: they fail and name this script.
+set -euo pipefail
+case "${1:-}" in
+  --install-only|"") ;;
+  -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+  *) echo "desktop-setup.sh: unknown argument: $1" >&2; exit 2 ;;
+esac
+
+need=()
+command -v systemd-analyze >/dev/null 2>&1 && command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
+command -v udevadm >/dev/null 2>&1 || need+=(udev)
+command -v pinentry-tty >/dev/null 2>&1 || need+=(pinentry-tty)
+command -v pinentry-curses >/dev/null 2>&1 || need+=(pinentry-curses)
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "desktop-setup: installing ${need[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  made_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
+  [ "$made_policy" -eq 0 ] || $sudo rm -f /usr/sbin/policy-rc.d
+fi
