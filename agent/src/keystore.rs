@@ -18,7 +18,9 @@
 //!
 //! The file is created 0600 (never wider, whatever the umask) and checked with SQLite's
 //! `PRAGMA integrity_check` at open: a damaged file is [`KeystoreError::Damaged`], naming it, and is
-//! never re-created.
+//! never re-created. On a read-only file system an existing keystore is opened read-only (reads
+//! work, every write fails with SQLite's `ReadOnly`); a full disk fails the write (`DiskFull`),
+//! rolled back. Both say so in their message ([`sql_text`]).
 
 use hmac::{Hmac, Mac};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -32,7 +34,7 @@ use zeroize::Zeroizing;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum KeystoreError {
-    #[error("keystore {op}: {source}")]
+    #[error("keystore {op}: {}", sql_text(source))]
     Sql {
         op: &'static str,
         source: rusqlite::Error,
@@ -68,6 +70,20 @@ impl KeystoreError {
             | KeystoreError::Corrupt { .. }
             | KeystoreError::Damaged { .. } => ErrorCode::KeystoreError,
         }
+    }
+}
+
+/// SQLite's text, with what it means for the two faults a person can fix: a full disk and a
+/// read-only file system (nothing was changed either way: the transaction rolled back).
+fn sql_text(e: &rusqlite::Error) -> String {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => format!(
+            "the file system holding the keystore is full ({e}); nothing was changed: free some space and retry"
+        ),
+        Some(rusqlite::ErrorCode::ReadOnly) => format!(
+            "the keystore is read-only ({e}): nothing was changed; reads still work"
+        ),
+        _ => e.to_string(),
     }
 }
 
@@ -832,10 +848,12 @@ impl Keystore {
                 readable(&c).map_err(sql("open read-only (immutable)"))?;
                 c
             }
-            Err(e) => return Err(KeystoreError::Sql {
-                op: "open read-only",
-                source: e,
-            }),
+            Err(e) => {
+                return Err(KeystoreError::Sql {
+                    op: "open read-only",
+                    source: e,
+                })
+            }
         };
         Self::check_integrity(&conn, path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))

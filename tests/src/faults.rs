@@ -64,7 +64,11 @@ impl Tmpfs {
     /// Remount read-only (`true`) or read-write. Fails (busy) while a file on it is open for
     /// writing: stop the agent first.
     pub fn remount(&self, read_only: bool) {
-        let opt = if read_only { "remount,ro" } else { "remount,rw" };
+        let opt = if read_only {
+            "remount,ro"
+        } else {
+            "remount,rw"
+        };
         let out = Command::new("mount")
             .args(["-o", opt])
             .arg(&self.path)
@@ -155,7 +159,7 @@ impl Rng {
         Rng(seed | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -166,6 +170,19 @@ impl Rng {
 
     /// Uniform-ish in `lo..hi` (`hi > lo`).
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
+        lo + self.next_u64() % (hi - lo)
+    }
+}
+
+impl TestEnv {
+    /// SoftHSM rewrites its `token.object` in place (truncate, then write): a process killed in
+    /// between leaves it empty, and the token (its label and PINs) is gone. A limitation of
+    /// SoftHSM's file store, not of the agent; the kill loops detect it with this.
+    pub fn softhsm_token_lost(&self) -> bool {
+        let Ok(dirs) = std::fs::read_dir(self.dir().join("tokens")) else {
+            return false;
+        };
+        dirs.flatten()
+            .any(|d| std::fs::metadata(d.path().join("token.object")).is_ok_and(|m| m.len() == 0))
     }
 }

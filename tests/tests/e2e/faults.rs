@@ -110,7 +110,10 @@ fn start_refused(env: &TestEnv) -> String {
         std::thread::sleep(Duration::from_millis(20));
     };
     let err = std::fs::read_to_string(&errlog).unwrap_or_default();
-    assert!(!st.success(), "keywardd should have refused to start: {err}");
+    assert!(
+        !st.success(),
+        "keywardd should have refused to start: {err}"
+    );
     err
 }
 
@@ -147,15 +150,16 @@ fn full_disk_refuses_writes_typed_keeps_serving_and_resumes() {
         }
     }
     let e = refused.expect("no write failed on a full file system");
-    refused_for(Err::<(), _>(e), &["full"], "dek.create on a full disk");
+    let full: &[&str] = &["the file system holding the keystore is full"];
+    refused_for(Err::<(), _>(e), full, "dek.create on a full disk");
     refused_for(
         c.run(|c| c.kek_create(None)),
-        &["full"],
+        full,
         "kek.create on a full disk",
     );
     refused_for(
         keypair_create(&c, &keys.kek, false),
-        &["full"],
+        full,
         "keypair.create on a full disk",
     );
     // Nothing acknowledged is lost and reads go on: status, lists, encrypt, decrypt, sign.
@@ -170,7 +174,9 @@ fn full_disk_refuses_writes_typed_keeps_serving_and_resumes() {
     for d in &deks {
         assert!(listed.contains(d), "DEK {d} listed on a full disk");
     }
-    let pt = c.run(|c| c.decrypt(&keys.ciphertext, None)).expect("decrypt");
+    let pt = c
+        .run(|c| c.decrypt(&keys.ciphertext, None))
+        .expect("decrypt");
     assert_eq!(pt.expose(), &keys.plaintext[..]);
     dek_works(&c, &deks[1]);
     keypair_works(&c, &kp);
@@ -220,15 +226,34 @@ fn check_read_only(env: &mut TestEnv, kek: &str, ciphertext: &str, deks: &[Strin
     c.run(|c| c.decrypt(ciphertext, None)).expect("decrypt");
     keypair_works(&c, kp);
     c.run(|c| c.kek_list()).expect("kek.list");
-    let ro: &[&str] = &["read-only", "readonly"];
+    let ro: &[&str] = &["the keystore is read-only"];
     refused_for(c.run(|c| c.kek_create(None)), ro, "kek.create");
     refused_for(dek_create(&c, kek), ro, "dek.create");
     refused_for(keypair_create(&c, kek, false), ro, "keypair.create");
     refused_for(c.run(|c| c.keypair_delete(kp)), ro, "keypair.delete");
     keypair_works(&c, kp);
+    // A wrong PIN cannot be stored: typed, counted in memory; the right one still unlocks
+    // (the stored count is an authenticated 0: nothing to write).
+    let e = c
+        .run(|c| c.unlock(pin(keyward_tests::WRONG_PIN)))
+        .expect_err("a wrong PIN");
+    assert!(
+        matches!(
+            e.code(),
+            Some(ErrorCode::KeystoreError | ErrorCode::PinIncorrect)
+        ),
+        "wrong PIN on a read-only keystore: {e}"
+    );
+    c.run(|c| c.lock()).expect("lock");
+    c.run(|c| c.unlock(pin(env.pin())))
+        .expect("unlock again on a read-only keystore");
     // The agent is still up and still unlocked.
     assert!(!c.run(|c| c.status()).expect("status").locked);
     assert!(env.is_running());
+    assert!(
+        env.log().contains("read-only"),
+        "the read-only keystore is logged"
+    );
 }
 
 #[test]
@@ -438,10 +463,12 @@ fn kill_9_during_creates_and_deletes_loses_no_acknowledged_key() {
     let mut kps: BTreeSet<String> = BTreeSet::new();
     let mut gone: BTreeSet<String> = BTreeSet::new();
     let (mut acked, mut in_flight) = (0, 0);
+    let mut rounds = 0;
     for round in 0..20 {
+        rounds += 1;
         let (sock, kek) = (env.socket_path().to_path_buf(), keys.kek.clone());
         let known: Vec<String> = kps.iter().cloned().collect();
-        let seed = rng.next();
+        let seed = rng.next_u64();
         let (tx, rx) = mpsc::channel();
         let h = std::thread::spawn(move || {
             let _ = tx.send(burst(sock, kek, known, seed));
@@ -453,6 +480,18 @@ fn kill_9_during_creates_and_deletes_loses_no_acknowledged_key() {
             .unwrap_or_else(|_| panic!("round {round}: the burst client hung after the kill"));
         h.join().unwrap();
         assert_integrity(&env);
+        if env.softhsm_token_lost() {
+            eprintln!("!!!! round {round}: SoftHSM emptied its token.object when killed (a SoftHSM limitation; see the README): stopping the loop here");
+            env.start_agent();
+            let c = env.client();
+            expect_code(
+                c.run(|c| c.unlock(pin(env.pin()))),
+                ErrorCode::TokenUnavailable,
+            );
+            c.run(|c| c.kek_list())
+                .expect("kek.list answers without the token");
+            break;
+        }
 
         // Acknowledged: must be there (or gone). In flight: either way, but whole.
         let mut maybe: Vec<Op> = Vec::new();
@@ -549,11 +588,13 @@ fn kill_9_during_creates_and_deletes_loses_no_acknowledged_key() {
         }
         drop(c);
     }
-    let c = env.client();
-    let pt = c.run(|c| c.decrypt(&keys.ciphertext, None)).unwrap();
-    assert_eq!(pt.expose(), &keys.plaintext[..]);
+    if !env.softhsm_token_lost() {
+        let c = env.client();
+        let pt = c.run(|c| c.decrypt(&keys.ciphertext, None)).unwrap();
+        assert_eq!(pt.expose(), &keys.plaintext[..]);
+    }
     eprintln!(
-        "kill_9 creates/deletes: 20 rounds, {acked} acknowledged, {in_flight} in flight, {} DEKs, {} keypairs, {} deleted: {:?}",
+        "kill_9 creates/deletes: {rounds} rounds, {acked} acknowledged, {in_flight} in flight, {} DEKs, {} keypairs, {} deleted: {:?}",
         deks.len(),
         kps.len(),
         gone.len(),
@@ -567,7 +608,7 @@ fn kill_9_during_creates_and_deletes_loses_no_acknowledged_key() {
 fn kill_9_during_init_then_init_completes() {
     let t0 = Instant::now();
     let mut rng = Rng::from_env("kill_9_during_init");
-    let (mut killed_before, mut killed_after) = (0, 0);
+    let (mut killed_before, mut killed_after, mut token_lost) = (0, 0, 0);
     for round in 0..8 {
         let mut env = TestEnv::start(RootKind::Pkcs11);
         if round % 4 == 0 {
@@ -607,6 +648,16 @@ fn kill_9_during_init_then_init_completes() {
         assert_integrity(&env);
         env.start_agent();
         let c = env.client();
+        if env.softhsm_token_lost() {
+            // SoftHSM's own file store lost the token: the agent must say so, typed.
+            eprintln!("!!!! round {round}: SoftHSM emptied its token.object when killed (a SoftHSM limitation; see the README)");
+            expect_code(
+                c.run(|c| c.init(pin(env.pin()))),
+                ErrorCode::TokenUnavailable,
+            );
+            token_lost += 1;
+            continue;
+        }
         if c.hello_info().initialized {
             killed_after += 1;
             c.run(|c| c.unlock(pin(env.pin())))
@@ -630,14 +681,21 @@ fn kill_9_during_init_then_init_completes() {
         let pt = c.run(|c| c.decrypt(&ct, None)).expect("decrypt");
         assert_eq!(pt.expose(), b"after");
         // At most one root in the token: the retried init adopted the first, made no second.
-        let roots = env.token_objects(Some("secrkey")).matches("keyward-root").count();
+        let roots = env
+            .token_objects(Some("secrkey"))
+            .matches("keyward-root")
+            .count();
         assert!(roots <= 1, "round {round}: {roots} roots in the token");
         drop(c);
         env.stop();
         assert_integrity(&env);
     }
+    assert!(
+        killed_before + killed_after >= 4,
+        "SoftHSM lost its token in {token_lost} of 8 rounds"
+    );
     eprintln!(
-        "kill_9 init: 8 rounds ({killed_before} before the record, {killed_after} after): {:?}",
+        "kill_9 init: 8 rounds ({killed_before} before the record, {killed_after} after, {token_lost} SoftHSM token lost): {:?}",
         t0.elapsed()
     );
 }
@@ -666,8 +724,12 @@ fn token_vanishing_under_load_gives_typed_errors_and_recovers_after_unlock() {
             keys.kek.clone(),
             keys.dek.clone(),
         );
-        let (phase, stop, errors, oks_back) =
-            (phase.clone(), stop.clone(), errors.clone(), oks_back.clone());
+        let (phase, stop, errors, oks_back) = (
+            phase.clone(),
+            stop.clone(),
+            errors.clone(),
+            oks_back.clone(),
+        );
         workers.push(std::thread::spawn(move || {
             let c = BlockingClient::connect(&sock).expect("connect");
             let mut codes = Vec::new();
@@ -717,10 +779,17 @@ fn token_vanishing_under_load_gives_typed_errors_and_recovers_after_unlock() {
     let c = env.client();
     let t = Instant::now();
     c.run(|c| c.status()).expect("status with the token gone");
-    let keks = c.run(|c| c.kek_list()).expect("kek.list with the token gone");
+    let keks = c
+        .run(|c| c.kek_list())
+        .expect("kek.list with the token gone");
     assert!(keks.keys.iter().any(|k| k.id == keys.kek));
-    c.run(|c| c.dek_list(None)).expect("dek.list with the token gone");
-    assert!(t.elapsed() < Duration::from_secs(5), "slow: {:?}", t.elapsed());
+    c.run(|c| c.dek_list(None))
+        .expect("dek.list with the token gone");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "slow: {:?}",
+        t.elapsed()
+    );
     let e = dek_create(&c, &keys.kek).expect_err("dek.create with the token gone");
     assert!(
         matches!(
@@ -764,7 +833,9 @@ fn token_vanishing_under_load_gives_typed_errors_and_recovers_after_unlock() {
     eprintln!(
         "token_vanishing: {} typed errors ({:?}): {:?}",
         all.len(),
-        all.iter().map(|(_, c, _)| c.to_string()).collect::<BTreeSet<_>>(),
+        all.iter()
+            .map(|(_, c, _)| c.to_string())
+            .collect::<BTreeSet<_>>(),
         t0.elapsed()
     );
 }

@@ -67,7 +67,6 @@ impl Sessions {
         }
         out
     }
-
 }
 
 /// The anchor session is logged in as the user and the root object answers.
@@ -475,7 +474,11 @@ impl Connection {
     /// failed): that is `Stale`, so the caller's recovery logs in again with the held PIN once
     /// the token is back, instead of every operation answering `locked` from an agent that
     /// says it is unlocked. Without the PIN it is `Locked`.
-    pub(super) fn root_of(&self, s: &Sessions, op: &'static str) -> Result<ObjectHandle, RootError> {
+    pub(super) fn root_of(
+        &self,
+        s: &Sessions,
+        op: &'static str,
+    ) -> Result<ObjectHandle, RootError> {
         match *lock(&s.root) {
             Some(h) => Ok(h),
             None if self.is_unlocked() => Err(RootError::stale(
