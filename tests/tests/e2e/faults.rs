@@ -753,6 +753,8 @@ fn token_vanishing_under_load_gives_typed_errors_and_recovers_after_unlock() {
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        // The phase when it failed: the move may come while a request runs.
+                        let p = phase.load(Ordering::SeqCst);
                         let code = e
                             .code()
                             .unwrap_or_else(|| panic!("not an agent error under load: {e}"));
@@ -770,8 +772,8 @@ fn token_vanishing_under_load_gives_typed_errors_and_recovers_after_unlock() {
     std::thread::sleep(Duration::from_millis(300));
     let tokens = env.dir().join("tokens");
     let away = env.dir().join("tokens.away");
-    std::fs::rename(&tokens, &away).unwrap();
     phase.store(GONE, Ordering::SeqCst);
+    std::fs::rename(&tokens, &away).unwrap();
     keyward_tests::wait_for("the clients to fail once the token is gone", || {
         (errors.load(Ordering::SeqCst) >= 6).then_some(())
     });
@@ -799,7 +801,8 @@ fn token_vanishing_under_load_gives_typed_errors_and_recovers_after_unlock() {
         "dek.create with the token gone: {e}"
     );
 
-    // The files come back; the module is only healed by `unlock` (re-initialized).
+    // The files come back. Restoring them does not heal the loaded module; the next request's
+    // recovery (or `unlock`) re-initializes it and logs in again with the held PIN.
     std::fs::rename(&away, &tokens).unwrap();
     phase.store(BACK, Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(200));

@@ -24,6 +24,7 @@ use cryptoki::types::AuthPin;
 use keyward_proto::secret::Pin;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 /// DER of the P-256 (prime256v1) OID, for CKA_EC_PARAMS.
@@ -258,6 +259,20 @@ impl Connection {
     pub(super) fn disconnect(&self) {
         let old = self.live.write().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(sessions) = old {
+            // PKCS#11 leaves C_Finalize undefined while other threads are in calls, and SoftHSM
+            // can hang then: give requests still using these sessions a moment to let go (new
+            // ones get new sessions). Cached KEKs hold them too; callers empty that cache first.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Arc::strong_count(&sessions) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let users = Arc::strong_count(&sessions) - 1;
+            if users > 0 {
+                tracing::warn!(
+                    users,
+                    "finalizing the PKCS#11 module while requests still hold its sessions"
+                );
+            }
             let ctx = sessions.ctx.clone();
             drop(sessions);
             // Other holders of the old sessions (in-flight operations) fail with stale
