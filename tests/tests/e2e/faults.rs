@@ -755,9 +755,10 @@ fn token_vanishing_under_load_gives_typed_errors_and_recovers_after_unlock() {
                     Err(e) => {
                         // The phase when it failed: the move may come while a request runs.
                         let p = phase.load(Ordering::SeqCst);
-                        let code = e
-                            .code()
-                            .unwrap_or_else(|| panic!("not an agent error under load: {e}"));
+                        let Some(code) = e.code() else {
+                            // The connection failed: the agent died (the test says so).
+                            return (codes, slowest, back_ok, Some(e.to_string()));
+                        };
                         if p != NORMAL {
                             errors.fetch_add(1, Ordering::SeqCst);
                         }
@@ -766,7 +767,7 @@ fn token_vanishing_under_load_gives_typed_errors_and_recovers_after_unlock() {
                     }
                 }
             }
-            (codes, slowest, back_ok)
+            (codes, slowest, back_ok, None)
         }));
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -775,6 +776,11 @@ fn token_vanishing_under_load_gives_typed_errors_and_recovers_after_unlock() {
     phase.store(GONE, Ordering::SeqCst);
     std::fs::rename(&tokens, &away).unwrap();
     keyward_tests::wait_for("the clients to fail once the token is gone", || {
+        assert!(
+            env.is_running(),
+            "keywardd died when the token vanished under load (a crash inside SoftHSM was seen \
+             here about once in 20 runs: an open problem, see the README)"
+        );
         (errors.load(Ordering::SeqCst) >= 6).then_some(())
     });
     // The agent keeps serving what needs no token.
@@ -809,12 +815,14 @@ fn token_vanishing_under_load_gives_typed_errors_and_recovers_after_unlock() {
     c.run(|c| c.unlock(pin(env.pin())))
         .expect("unlock after the token returned");
     keyward_tests::wait_for("the clients to work again after unlock", || {
+        assert!(env.is_running(), "keywardd died after the token came back");
         (oks_back.load(Ordering::SeqCst) >= 20).then_some(())
     });
     stop.store(true, Ordering::SeqCst);
     let mut all = Vec::new();
     for w in workers {
-        let (codes, slowest, back_ok) = w.join().expect("a worker panicked");
+        let (codes, slowest, back_ok, broken) = w.join().expect("a worker panicked");
+        assert_eq!(broken, None, "a client lost its connection");
         assert!(back_ok > 0, "every client works again after unlock");
         assert!(
             slowest < Duration::from_secs(10),
