@@ -18,7 +18,9 @@
 //!
 //! The file is created 0600 (never wider, whatever the umask) and checked with SQLite's
 //! `PRAGMA integrity_check` at open: a damaged file is [`KeystoreError::Damaged`], naming it, and is
-//! never re-created.
+//! never re-created. On a read-only file system an existing keystore is opened read-only (reads
+//! work, every write fails with SQLite's `ReadOnly`); a full disk fails the write (`DiskFull`),
+//! rolled back. Both say so in their message ([`sql_text`]).
 
 use hmac::{Hmac, Mac};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -32,7 +34,7 @@ use zeroize::Zeroizing;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum KeystoreError {
-    #[error("keystore {op}: {source}")]
+    #[error("keystore {op}: {}", sql_text(source))]
     Sql {
         op: &'static str,
         source: rusqlite::Error,
@@ -68,6 +70,20 @@ impl KeystoreError {
             | KeystoreError::Corrupt { .. }
             | KeystoreError::Damaged { .. } => ErrorCode::KeystoreError,
         }
+    }
+}
+
+/// SQLite's text, with what it means for the two faults a person can fix: a full disk and a
+/// read-only file system (nothing was changed either way: the transaction rolled back).
+fn sql_text(e: &rusqlite::Error) -> String {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DiskFull) => format!(
+            "the file system holding the keystore is full ({e}); nothing was changed: free some space and retry"
+        ),
+        Some(rusqlite::ErrorCode::ReadOnly) => format!(
+            "the keystore is read-only ({e}): nothing was changed; reads still work"
+        ),
+        _ => e.to_string(),
     }
 }
 
@@ -716,6 +732,21 @@ fn is_damage(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// `path` for an SQLite `file:` URI: `%`, `?` and `#` (and anything not printable ASCII)
+/// percent-encoded.
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b'%' | b'?' | b'#' => out.push_str(&format!("%{b:02X}")),
+            0x21..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
 /// The keystore. Cheap to share: one connection behind a mutex (SQLite serialises writers anyway,
 /// and every call here is a few index lookups).
 pub struct Keystore {
@@ -758,14 +789,22 @@ impl Keystore {
         // it never exists with the umask's mode. SQLite gives its -wal and -shm files the
         // database file's mode. An existing file is left as it is here and chmod-ed below (files
         // made by older agents).
-        std::fs::OpenOptions::new()
+        match std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
             .open(path)
-            .map_err(|e| io("create", e))?;
+        {
+            Ok(_) => {}
+            // A keystore on a read-only file system (a read-only mount, a backup medium): serve
+            // what it holds; every change fails with SQLite's "readonly" error.
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) && path.is_file() => {
+                return Self::open_read_only(path);
+            }
+            Err(e) => return Err(io("create", e)),
+        }
         let conn = Connection::open(path).map_err(sql("open"))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| io("set permissions", e))?;
@@ -783,6 +822,62 @@ impl Keystore {
             path: path.to_path_buf(),
             mac: RwLock::new(None),
         };
+        ks.migrate()?;
+        Ok(ks)
+    }
+
+    /// Open an existing keystore on a read-only file system, read-only. With a WAL left by an
+    /// agent that did not stop cleanly, SQLite reads it (and the -shm) as they are. After a
+    /// clean stop there is no WAL, and SQLite cannot open a WAL-mode file read-only without
+    /// making one: then the file holds everything and nothing can change it while the file
+    /// system is read-only, so it is opened `immutable`. A WAL with content is never ignored.
+    fn open_read_only(path: &Path) -> Result<Keystore, KeystoreError> {
+        use rusqlite::OpenFlags;
+        tracing::warn!(
+            path = %path.display(),
+            "the keystore's file system is read-only: serving what it holds, refusing every change"
+        );
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let readable = |c: &Connection| {
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        };
+        let conn = Connection::open_with_flags(path, flags).map_err(sql("open read-only"))?;
+        let conn = match readable(&conn) {
+            Ok(_) => conn,
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::CannotOpen) => {
+                let wal = PathBuf::from(format!("{}-wal", path.display()));
+                if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+                    return Err(KeystoreError::Sql {
+                        op: "open read-only",
+                        source: e,
+                    });
+                }
+                let uri = format!("file:{}?immutable=1", uri_path(path));
+                let c = Connection::open_with_flags(&uri, flags)
+                    .map_err(sql("open read-only (immutable)"))?;
+                readable(&c).map_err(sql("open read-only (immutable)"))?;
+                c
+            }
+            Err(e) => {
+                return Err(KeystoreError::Sql {
+                    op: "open read-only",
+                    source: e,
+                })
+            }
+        };
+        Self::check_integrity(&conn, path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql("set busy timeout"))?;
+        let ks = Keystore {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+            mac: RwLock::new(None),
+        };
+        // Current schema: nothing to write. An older one cannot be migrated here, and says so.
         ks.migrate()?;
         Ok(ks)
     }

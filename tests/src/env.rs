@@ -27,6 +27,8 @@ pub struct TestEnv {
     pub(crate) log: PathBuf,
     /// The running agent ([`crate::process`]); `None` while it is stopped.
     pub(crate) child: Option<Child>,
+    /// The keystore when a test moved it ([`TestEnv::move_keystore_to`]).
+    pub(crate) keystore: Option<PathBuf>,
 }
 
 impl TestEnv {
@@ -60,6 +62,7 @@ impl TestEnv {
             config,
             dir,
             child: None,
+            keystore: None,
         };
         env.spawn_agent();
         env
@@ -91,9 +94,12 @@ impl TestEnv {
         &self.config
     }
 
-    /// The keystore file (as `softhsm-setup.sh` configures it: next to the config).
+    /// The keystore file (as `softhsm-setup.sh` configures it: next to the config, unless a
+    /// test moved it).
     pub fn keystore_path(&self) -> PathBuf {
-        self.dir.path().join("keystore.db")
+        self.keystore
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("keystore.db"))
     }
 
     /// Everything the agent has written to stderr so far (all runs).

@@ -20,11 +20,13 @@
 //! - [`cli`]: running the `keyward` CLI;
 //! - [`client`]: the client library, common set-ups, error-code assertions;
 //! - [`raw`]: the raw protocol client (hand-made CBOR frames);
+//! - [`faults`]: fault injection (a tmpfs to fill or make read-only, a seeded RNG);
 //! - [`util`]: the time bound, polling, paths, file modes and users.
 
 pub mod cli;
 pub mod client;
 pub mod env;
+pub mod faults;
 pub mod kind;
 pub mod pkcs11;
 pub mod process;

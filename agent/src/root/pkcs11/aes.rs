@@ -120,14 +120,14 @@ impl Root for Pkcs11AesRoot {
     fn generate_kek(&self) -> Result<Wrapped, RootError> {
         const OP: &str = "generate KEK";
         let s = self.conn.sessions(OP)?;
-        let root = s.root_handle(OP)?;
+        let root = self.conn.root_of(&s, OP)?;
         s.with_session(OP, |session| generate_wrapped(session, root, OP))
     }
 
     fn open_kek(&self, wrapped: &[u8]) -> Result<Box<dyn Kek>, RootError> {
         const OP: &str = "unwrap KEK";
         let s = self.conn.sessions(OP)?;
-        let root = s.root_handle(OP)?;
+        let root = self.conn.root_of(&s, OP)?;
         Ok(Box::new(Pkcs11Kek::unwrap(s, root, wrapped, OP)?))
     }
 

@@ -18,12 +18,13 @@ use crate::root::RootError;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
-use cryptoki::session::{Session, UserType};
+use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use keyward_proto::secret::Pin;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
 /// DER of the P-256 (prime256v1) OID, for CKA_EC_PARAMS.
@@ -67,10 +68,15 @@ impl Sessions {
         }
         out
     }
+}
 
-    pub(super) fn root_handle(&self, op: &'static str) -> Result<ObjectHandle, RootError> {
-        lock(&self.root).ok_or(RootError::Locked { op })
-    }
+/// The anchor session is logged in as the user and the root object answers.
+fn usable(s: &Sessions, root: ObjectHandle) -> bool {
+    let anchor = lock(&s.anchor);
+    anchor
+        .get_session_info()
+        .is_ok_and(|i| matches!(i.session_state(), SessionState::RwUser))
+        && anchor.get_attributes(root, &[AttributeType::Class]).is_ok()
 }
 
 /// A session object destroyed when this guard drops.
@@ -143,6 +149,9 @@ pub(super) struct Connection {
     live: RwLock<Option<Arc<Sessions>>>,
     /// Held while unlocked, for re-login after the token or library resets. Never on disk.
     pin: Mutex<Option<Pin>>,
+    /// Held by the one recovery running: concurrent recoveries would finalize the library
+    /// under each other's logins (SoftHSM crashes on that).
+    recovering: Mutex<()>,
 }
 
 impl Connection {
@@ -169,6 +178,7 @@ impl Connection {
             label,
             live: RwLock::new(None),
             pin: Mutex::new(None),
+            recovering: Mutex::new(()),
         };
         if let Err(e) = conn.sessions("connect") {
             tracing::warn!(error = %e, "token not reachable at start-up; will retry on use");
@@ -249,6 +259,20 @@ impl Connection {
     pub(super) fn disconnect(&self) {
         let old = self.live.write().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(sessions) = old {
+            // PKCS#11 leaves C_Finalize undefined while other threads are in calls, and SoftHSM
+            // can hang then: give requests still using these sessions a moment to let go (new
+            // ones get new sessions). Cached KEKs hold them too; callers empty that cache first.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Arc::strong_count(&sessions) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let users = Arc::strong_count(&sessions) - 1;
+            if users > 0 {
+                tracing::warn!(
+                    users,
+                    "finalizing the PKCS#11 module while requests still hold its sessions"
+                );
+            }
             let ctx = sessions.ctx.clone();
             drop(sessions);
             // Other holders of the old sessions (in-flight operations) fail with stale
@@ -409,9 +433,28 @@ impl Connection {
         found: &dyn Fn(&Sessions, &'static str) -> Result<(), RootError>,
     ) -> Result<(), RootError> {
         const OP: &str = "recover token session";
+        let _one = lock(&self.recovering);
         let pin = lock(&self.pin)
             .clone()
             .ok_or(RootError::Locked { op: OP })?;
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(s) = live {
+            let root = *lock(&s.root);
+            match root {
+                // Another request recovered while this one waited (or the trouble has passed):
+                // the sessions work; finalizing them would fail every request using them.
+                Some(root) if usable(&s, root) => return Ok(()),
+                // Connected after a recovery that failed (the token's files were gone, and are
+                // back): log in on them.
+                None => {
+                    if self.unlock_once(&pin, OP, template, found).is_ok() {
+                        tracing::info!("token reachable again: logged in with the held PIN");
+                        return Ok(());
+                    }
+                }
+                Some(_) => {}
+            }
+        }
         tracing::warn!("token handles went stale: reinitializing the module and logging in again");
         self.disconnect();
         self.unlock_once(&pin, OP, template, found)
@@ -439,6 +482,26 @@ impl Connection {
 
     pub(super) fn is_unlocked(&self) -> bool {
         lock(&self.pin).is_some()
+    }
+
+    /// The root object on `s`. Sessions without it while the PIN is held were connected after
+    /// a recovery that failed (the token's files were gone, so `C_Initialize` or the login
+    /// failed): that is `Stale`, so the caller's recovery logs in again with the held PIN once
+    /// the token is back, instead of every operation answering `locked` from an agent that
+    /// says it is unlocked. Without the PIN it is `Locked`.
+    pub(super) fn root_of(
+        &self,
+        s: &Sessions,
+        op: &'static str,
+    ) -> Result<ObjectHandle, RootError> {
+        match *lock(&s.root) {
+            Some(h) => Ok(h),
+            None if self.is_unlocked() => Err(RootError::stale(
+                op,
+                "the module was re-initialized without the root (an earlier recovery failed)",
+            )),
+            None => Err(RootError::Locked { op }),
+        }
     }
 
     /// A description for people; `suffix` says what kind of root.

@@ -272,7 +272,7 @@ impl Root for Pkcs11EcRoot {
     fn generate_kek(&self) -> Result<Wrapped, RootError> {
         const OP: &str = "generate KEK";
         let s = self.conn.sessions(OP)?;
-        s.root_handle(OP)?;
+        self.conn.root_of(&s, OP)?;
         let public = self.public(OP)?;
         Ok(Wrapped {
             scheme: Scheme::EcdhP256,
@@ -283,7 +283,7 @@ impl Root for Pkcs11EcRoot {
     fn open_kek(&self, wrapped: &[u8]) -> Result<Box<dyn Kek>, RootError> {
         const OP: &str = "unwrap KEK";
         let s = self.conn.sessions(OP)?;
-        let root = s.root_handle(OP)?;
+        let root = self.conn.root_of(&s, OP)?;
         let public = self.public(OP)?;
         let kek = s.with_session(OP, |session| {
             ecdh::unwrap(&public, wrapped, |eph| {

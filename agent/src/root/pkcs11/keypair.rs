@@ -25,7 +25,7 @@ impl TokenKeypairs for Connection {
     fn generate(&self, label: &str) -> Result<TokenKeypair, RootError> {
         const OP: &str = "generate token keypair";
         let conn = self.sessions(OP)?;
-        conn.root_handle(OP)?;
+        self.root_of(&conn, OP)?;
         conn.with_session(OP, |s| {
             let mut id = vec![0u8; 16];
             s.generate_random_slice(&mut id)
@@ -78,7 +78,7 @@ impl TokenKeypairs for Connection {
         const OP: &str = "delete token key";
         let id = key_id(locator, OP)?;
         let conn = self.sessions(OP)?;
-        conn.root_handle(OP)?;
+        self.root_of(&conn, OP)?;
         conn.with_session(OP, |s| {
             for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
                 let found = s
@@ -101,7 +101,7 @@ impl TokenKeypairs for Connection {
         const OP: &str = "sign with token key";
         let id = key_id(locator, OP)?;
         let conn = self.sessions(OP)?;
-        conn.root_handle(OP)?;
+        self.root_of(&conn, OP)?;
         conn.with_session(OP, |s| {
             let found = s
                 .find_objects(&[
