@@ -45,6 +45,10 @@ pub(super) struct Sessions {
     pool: Mutex<Vec<Session>>,
     /// The root object, once unlocked.
     pub(super) root: Mutex<Option<ObjectHandle>>,
+    /// True once the module was finalized. Every call through a worker session holds this for
+    /// reading; [`Connection::disconnect`] takes it for writing before `C_Finalize`, so no call
+    /// is inside the library when it is finalized (SoftHSM crashed on that under load).
+    finalized: RwLock<bool>,
 }
 
 impl Sessions {
@@ -54,6 +58,10 @@ impl Sessions {
         op: &'static str,
         f: impl FnOnce(&Session) -> Result<T, RootError>,
     ) -> Result<T, RootError> {
+        let finalized = self.finalized.read().unwrap_or_else(|p| p.into_inner());
+        if *finalized {
+            return Err(RootError::stale(op, "the PKCS#11 module was finalized"));
+        }
         let pooled = lock(&self.pool).pop();
         let session = match pooled {
             Some(s) => s,
@@ -209,6 +217,7 @@ impl Connection {
             anchor: Mutex::new(anchor),
             pool: Mutex::new(Vec::new()),
             root: Mutex::new(None),
+            finalized: RwLock::new(false),
         })
     }
 
@@ -274,10 +283,20 @@ impl Connection {
                 );
             }
             let ctx = sessions.ctx.clone();
+            {
+                // No call may be inside the library while it finalizes: wait for the anchor and
+                // for every worker call to finish, and mark the sessions finalized so that later
+                // holders (cached KEKs of in-flight requests) fail with stale handles and retry
+                // on new sessions instead of calling into a finalized module.
+                let _anchor = lock(&sessions.anchor);
+                let mut finalized = sessions
+                    .finalized
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner());
+                *finalized = true;
+                let _ = ctx.finalize();
+            }
             drop(sessions);
-            // Other holders of the old sessions (in-flight operations) fail with stale
-            // handles and retry on the new ones.
-            let _ = ctx.finalize();
         }
     }
 
