@@ -365,6 +365,12 @@ pub enum CryptoError {
     Envelope(#[from] keyward_envelope::Error),
     #[error("HMAC-SHA256 refused its key")]
     Hmac,
+    #[error("aws-lc: {0}")]
+    AwsLc(#[from] aws_lc_rs::error::Unspecified),
+    #[error("aws-lc refused the key: {0}")]
+    KeyRejected(#[from] aws_lc_rs::error::KeyRejected),
+    #[error("ECDSA signature: {0}")]
+    Ecdsa(#[from] keyward_identity::p256::ecdsa::Error),
 }
 
 impl AgentError {

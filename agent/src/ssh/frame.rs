@@ -1,9 +1,11 @@
 //! SSH agent framing: a 4-byte big-endian length, then that many bytes (type byte + payload).
 //!
 //! Our own, not `ssh-agent-lib`'s codec: a frame over [`MAX_SSH_FRAME`] is refused from its
-//! length, before any of it is read or allocated. This module must never allocate from an
+//! length, before any of it is read or allocated. Once a frame's first byte has arrived, the
+//! server gives the rest a deadline ([`read_with_deadline`]); an idle connection has none. This module must never allocate from an
 //! unchecked length, and never resynchronise a stream after a bad frame (the caller closes it).
 
+use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -19,22 +21,56 @@ pub enum FrameError {
     Empty,
     #[error("the connection closed in the middle of a frame")]
     Truncated,
+    #[error("the frame did not arrive whole within {} ms of its first byte", .0.as_millis())]
+    Timeout(Duration),
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Read one frame; `Ok(None)` on a clean end of stream between frames.
+/// Read one frame; `Ok(None)` on a clean end of stream between frames. No deadline.
 pub async fn read<R: AsyncRead + Unpin>(rd: &mut R) -> Result<Option<Vec<u8>>, FrameError> {
+    read_inner(rd, None).await
+}
+
+/// Read one frame, waiting as long as it takes for its first byte (idle SSH connections stay
+/// open: clients keep theirs) but no longer than `deadline` for the rest once it has begun (a
+/// slowloris is cut off with [`FrameError::Timeout`]).
+pub async fn read_with_deadline<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    deadline: Duration,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    read_inner(rd, Some(deadline)).await
+}
+
+async fn read_inner<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    deadline: Option<Duration>,
+) -> Result<Option<Vec<u8>>, FrameError> {
     let mut len = [0u8; 4];
-    let mut got = 0;
+    let got = rd.read(&mut len).await?;
+    if got == 0 {
+        return Ok(None);
+    }
+    let rest = rest(rd, len, got);
+    match deadline {
+        None => rest.await.map(Some),
+        Some(d) => match tokio::time::timeout(d, rest).await {
+            Ok(body) => body.map(Some),
+            Err(_) => Err(FrameError::Timeout(d)),
+        },
+    }
+}
+
+/// The rest of a frame whose first `got` length bytes are in `len`.
+async fn rest<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    mut len: [u8; 4],
+    mut got: usize,
+) -> Result<Vec<u8>, FrameError> {
     while got < 4 {
         let n = rd.read(&mut len[got..]).await?;
         if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(FrameError::Truncated)
-            };
+            return Err(FrameError::Truncated);
         }
         got += n;
     }
@@ -56,7 +92,7 @@ pub async fn read<R: AsyncRead + Unpin>(rd: &mut R) -> Result<Option<Vec<u8>>, F
             FrameError::Io(e)
         }
     })?;
-    Ok(Some(body))
+    Ok(body)
 }
 
 /// Write one frame (length prefix and body in one write).
@@ -100,5 +136,26 @@ mod tests {
         assert!(matches!(read(&mut half).await, Err(FrameError::Truncated)));
         let mut empty: &[u8] = &[0, 0, 0, 0];
         assert!(matches!(read(&mut empty).await, Err(FrameError::Empty)));
+    }
+
+    #[tokio::test]
+    async fn a_begun_frame_has_a_deadline_an_idle_stream_none() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        // Half a length prefix, then nothing: cut off at the deadline.
+        b.write_all(&[0, 0]).await.unwrap();
+        let d = Duration::from_millis(50);
+        assert!(matches!(
+            read_with_deadline(&mut a, d).await,
+            Err(FrameError::Timeout(_))
+        ));
+        // Idle for longer than the deadline, then a whole frame: read.
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            b.write_all(&[0, 0, 0, 1, 11]).await.unwrap();
+            b
+        });
+        assert_eq!(read_with_deadline(&mut a, d).await.unwrap(), Some(vec![11]));
+        drop(writer.await.unwrap());
     }
 }

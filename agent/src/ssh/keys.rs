@@ -20,9 +20,9 @@ use super::SshError;
 use crate::error::{AgentError, Defect, WrongKey};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{Algorithm, KeyKind, KeyRecord, KeyState, SshFlags};
+use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use keyward_identity::ed25519::Ed25519Key;
-use keyward_identity::p256::ecdsa::signature::Signer as _;
-use keyward_identity::p256::ecdsa::{Signature as P256Signature, SigningKey};
+use keyward_identity::p256::ecdsa::Signature as P256Signature;
 use keyward_identity::{LocalKey, PublicKey};
 use ssh_agent_lib::proto::extension::DestinationConstraint;
 use ssh_key::private::KeypairData;
@@ -41,19 +41,45 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A private key in agent memory. Both variants zeroize on drop.
+/// A private key in agent memory, parsed once into the object that signs.
+///
+/// P-256 keys are aws-lc `EcdsaKeyPair`s: the scalar lives in aws-lc's heap, which wipes every
+/// allocation when it frees it (`OPENSSL_free` cleanses), so the key is zeroized on drop but is
+/// not inside our `mlock`ed block. Ed25519 keys are `ed25519-dalek` keys (zeroize on drop).
 pub enum Secret {
-    P256(SigningKey),
+    P256(EcdsaKeyPair),
     Ed25519(Ed25519Key),
 }
 
 impl Secret {
+    /// A P-256 key from its scalar (big-endian) and public point (SEC1).
+    fn p256(scalar: &[u8], public_sec1: &[u8]) -> Result<Secret, SshError> {
+        EcdsaKeyPair::from_private_key_and_public_key(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            scalar,
+            public_sec1,
+        )
+        .map(Secret::P256)
+        .map_err(|e| AgentError::crypto("ssh p256 key")(e).into())
+    }
+
+    /// A P-256 key from an unwrapped keypair.
+    fn from_local(key: &LocalKey) -> Result<Secret, SshError> {
+        let scalar = Zeroizing::new(key.secret_key().to_bytes());
+        let point = key.public_key().verifying_key().to_encoded_point(false);
+        Secret::p256(scalar.as_slice(), point.as_bytes())
+    }
+
     fn sign(&self, data: &[u8]) -> Result<Signature, SshError> {
         match self {
+            // aws-lc's ECDSA draws its nonce from its own DRBG (seeded from the OS); the `rng`
+            // argument is a zero-sized handle to the same.
             Secret::P256(k) => {
-                let sig: P256Signature = k
-                    .try_sign(data)
-                    .map_err(|e| SshError::Refused(format!("ECDSA signing failed: {e}")))?;
+                let rs = k
+                    .sign(&aws_lc_rs::rand::SystemRandom::new(), data)
+                    .map_err(|e| AgentError::crypto("ssh ecdsa sign")(e))?;
+                let sig = P256Signature::from_slice(rs.as_ref())
+                    .map_err(|e| AgentError::crypto("ssh ecdsa sign")(e))?;
                 Ok(Signature::try_from(sig)?)
             }
             Secret::Ed25519(k) => Ok(Signature::new(
@@ -65,7 +91,7 @@ impl Secret {
 }
 
 /// A [`Secret`] in its own heap block, locked into RAM if the limit allows.
-struct Pinned {
+pub struct Pinned {
     /// Dropped before `secret` (field order): munlock, then zeroize and free.
     _lock: Option<region::LockGuard>,
     secret: Box<Secret>,
@@ -79,6 +105,11 @@ impl Pinned {
             _lock: lock,
             secret,
         }
+    }
+
+    /// Sign `data` (no keystore, no token: never blocks).
+    pub fn sign(&self, data: &[u8]) -> Result<Signature, SshError> {
+        self.secret.sign(data)
     }
 }
 
@@ -94,8 +125,20 @@ pub struct Constraints {
 struct MemKey {
     public: KeyData,
     comment: String,
-    secret: Pinned,
+    secret: Arc<Pinned>,
     constraints: Constraints,
+}
+
+impl MemKey {
+    fn offered(&self) -> Arc<Offered> {
+        Arc::new(Offered {
+            public: self.public.clone(),
+            comment: self.comment.clone(),
+            confirm: self.constraints.confirm,
+            destinations: self.constraints.destinations.clone(),
+            source: Source::Memory,
+        })
+    }
 }
 
 /// Where an offered identity's private half is.
@@ -144,14 +187,21 @@ pub fn describe(rec: &KeyRecord) -> Option<(String, String)> {
     Some((pk.to_openssh().ok()?, fp))
 }
 
-/// Stored identities, and the flags list they were built from.
-type Index = (Vec<(Uuid, SshFlags)>, Vec<Offered>);
+/// The stored identities, as built from the keystore at one [`Keystore::generation`].
+///
+/// [`Keystore::generation`]: crate::keystore::Keystore::generation
+#[derive(Default)]
+struct Index {
+    generation: Option<(u64, u64)>,
+    stored: Arc<Vec<Arc<Offered>>>,
+}
 
 /// The offered keys and the caches behind them.
 pub struct SshKeys {
     h: Arc<Hierarchy>,
     mem: Mutex<Vec<MemKey>>,
-    /// Stored identities by public key, and the flags list they were built from.
+    /// Stored identities, rebuilt when the keystore's generation moves (any write through the
+    /// agent, or the MAC key loaded or dropped): no keystore query per sign request.
     index: Mutex<Index>,
     /// Unwrapped software keys by keypair id (bounded; emptied on lock).
     cache: Mutex<HashMap<Uuid, Arc<Pinned>>>,
@@ -162,7 +212,7 @@ impl SshKeys {
         SshKeys {
             h,
             mem: Mutex::new(Vec::new()),
-            index: Mutex::new((Vec::new(), Vec::new())),
+            index: Mutex::new(Index::default()),
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -176,68 +226,107 @@ impl SshKeys {
         lock(&self.cache).clear();
     }
 
-    /// Every identity offered now: stored keypairs marked for SSH, then memory keys that have
-    /// not expired.
-    pub fn offered(&self) -> Result<Vec<Offered>, SshError> {
-        let flags: Vec<(Uuid, SshFlags)> = self
-            .h
-            .ks
-            .ssh_flags()?
-            .into_iter()
-            .filter(|(_, f)| f.has(SshFlags::OFFERED))
-            .collect();
-        let mut out = {
-            let mut index = lock(&self.index);
-            if index.0 != flags || (flags.is_empty() && !index.1.is_empty()) {
-                let mut list = Vec::new();
-                for (id, f) in &flags {
-                    let Some(rec) = self.h.ks.get(id)? else {
-                        continue;
-                    };
-                    if rec.kind != KeyKind::Keypair || rec.state != KeyState::Active {
-                        continue;
-                    }
-                    let Some(public) = key_data(&rec) else {
-                        continue;
-                    };
-                    list.push(Offered {
-                        public,
-                        comment: rec.label.clone().unwrap_or_default(),
-                        confirm: f.has(SshFlags::CONFIRM),
-                        destinations: Vec::new(),
-                        source: Source::Stored {
-                            rec: Box::new(rec),
-                            flags: *f,
-                        },
-                    });
-                }
-                // Keys no longer offered leave the cache at once.
-                let keep: std::collections::HashSet<Uuid> =
-                    flags.iter().map(|(id, _)| *id).collect();
-                lock(&self.cache).retain(|id, _| keep.contains(id));
-                *index = (flags, list);
+    /// The stored identities, from the index while it is current, else rebuilt.
+    fn stored(&self) -> Result<Arc<Vec<Arc<Offered>>>, SshError> {
+        let generation = self.h.ks.generation();
+        {
+            let index = lock(&self.index);
+            if index.generation == Some(generation) {
+                return Ok(index.stored.clone());
             }
-            index.1.clone()
+        }
+        // Read after taking the generation: a write in between makes the next call rebuild.
+        let mut list = Vec::new();
+        for rec in self.h.ks.list(KeyKind::Keypair, None)? {
+            if !rec.ssh.has(SshFlags::OFFERED) || rec.state != KeyState::Active {
+                continue;
+            }
+            let Some(public) = key_data(&rec) else {
+                continue;
+            };
+            list.push(Arc::new(Offered {
+                public,
+                comment: rec.label.clone().unwrap_or_default(),
+                confirm: rec.ssh.has(SshFlags::CONFIRM),
+                destinations: Vec::new(),
+                source: Source::Stored {
+                    flags: rec.ssh,
+                    rec: Box::new(rec),
+                },
+            }));
+        }
+        // Keys no longer offered leave the cache at once.
+        let keep: std::collections::HashSet<Uuid> = list
+            .iter()
+            .filter_map(|o| match &o.source {
+                Source::Stored { rec, .. } => Some(rec.id),
+                Source::Memory => None,
+            })
+            .collect();
+        lock(&self.cache).retain(|id, _| keep.contains(id));
+        let stored = Arc::new(list);
+        *lock(&self.index) = Index {
+            generation: Some(generation),
+            stored: stored.clone(),
         };
+        Ok(stored)
+    }
+
+    /// Memory keys that have not expired (expired ones are dropped here).
+    fn memory(&self) -> Vec<Arc<Offered>> {
         let now = Instant::now();
         let mut mem = lock(&self.mem);
         mem.retain(|k| k.constraints.expires.is_none_or(|t| t > now));
-        out.extend(mem.iter().map(|k| Offered {
-            public: k.public.clone(),
-            comment: k.comment.clone(),
-            confirm: k.constraints.confirm,
-            destinations: k.constraints.destinations.clone(),
-            source: Source::Memory,
-        }));
+        mem.iter().map(MemKey::offered).collect()
+    }
+
+    /// Every identity offered now: stored keypairs marked for SSH, then memory keys that have
+    /// not expired.
+    pub fn offered(&self) -> Result<Vec<Arc<Offered>>, SshError> {
+        let mut out: Vec<Arc<Offered>> = self.stored()?.iter().cloned().collect();
+        out.extend(self.memory());
         Ok(out)
     }
 
     /// The offered identity with this public key.
-    pub fn find(&self, public: &KeyData) -> Result<Offered, SshError> {
-        self.offered()?
+    pub fn find(&self, public: &KeyData) -> Result<Arc<Offered>, SshError> {
+        if let Some(o) = self.stored()?.iter().find(|o| &o.public == public) {
+            return Ok(o.clone());
+        }
+        self.memory()
             .into_iter()
             .find(|o| &o.public == public)
             .ok_or(SshError::UnknownKey)
+    }
+
+    /// The identity with this public key and a signer for it, when both are at hand without
+    /// waiting (the index is current and its lock free, the key is a memory key or its unwrapped
+    /// form is cached, the agent is unlocked); `None` sends the caller to the slow path.
+    pub fn ready(&self, public: &KeyData) -> Option<(Arc<Offered>, Arc<Pinned>)> {
+        if self.h.is_locked() {
+            return None;
+        }
+        let generation = self.h.ks.try_generation()?;
+        let stored = {
+            let index = self.index.try_lock().ok()?;
+            if index.generation != Some(generation) {
+                return None;
+            }
+            index.stored.iter().find(|o| &o.public == public).cloned()
+        };
+        if let Some(o) = stored {
+            let Source::Stored { rec, .. } = &o.source else {
+                return None;
+            };
+            let signer = lock(&self.cache).get(&rec.id).cloned()?;
+            return Some((o, signer));
+        }
+        let now = Instant::now();
+        let mem = lock(&self.mem);
+        let k = mem
+            .iter()
+            .find(|k| &k.public == public && k.constraints.expires.is_none_or(|t| t > now))?;
+        Some((k.offered(), k.secret.clone()))
     }
 
     /// Sign `data` with an offered identity. Refused while the agent is locked.
@@ -248,12 +337,14 @@ impl SshKeys {
         }
         match &id.source {
             Source::Memory => {
-                let mem = lock(&self.mem);
-                let k = mem
-                    .iter()
-                    .find(|k| k.public == id.public)
-                    .ok_or(SshError::UnknownKey)?;
-                k.secret.secret.sign(data)
+                let secret = {
+                    let mem = lock(&self.mem);
+                    mem.iter()
+                        .find(|k| k.public == id.public)
+                        .map(|k| k.secret.clone())
+                        .ok_or(SshError::UnknownKey)?
+                };
+                secret.sign(data)
             }
             Source::Stored { rec, .. } => self.sign_stored(rec, data),
         }
@@ -277,11 +368,14 @@ impl SshKeys {
                 if cache.len() >= CACHE_MAX {
                     cache.clear();
                 }
-                cache.insert(rec.id, p.clone());
+                // Locked meanwhile: do not keep it.
+                if !self.h.is_locked() {
+                    cache.insert(rec.id, p.clone());
+                }
                 p
             }
         };
-        pinned.secret.sign(data)
+        pinned.sign(data)
     }
 
     /// Unwrap a software keypair (P-256 or Ed25519) under its KEK.
@@ -309,7 +403,7 @@ impl SshKeys {
             }
             None | Some(Algorithm::P256) => {
                 let key = self.h.unwrap_keypair(rec)?;
-                Ok(Secret::P256(SigningKey::from(key.secret_key())))
+                Secret::from_local(&key)
             }
             Some(other) => Err(SshError::Unsupported(format!(
                 "{} keypairs are not offered to SSH",
@@ -329,6 +423,8 @@ impl SshKeys {
         // Adding needs the agent unlocked (to wrap), even for memory keys: a locked agent holds
         // no usable key material.
         self.h.root_record("ssh add")?;
+        // The P-256 scalar, for the keystore record (the signer itself is aws-lc's).
+        let mut p256_local = None;
         let (secret, public) = match key {
             KeypairData::Ecdsa(ssh_key::private::EcdsaKeypair::NistP256 { private, .. }) => {
                 let bytes: &[u8; 32] = private.as_ref();
@@ -336,7 +432,9 @@ impl SshKeys {
                     .map_err(|_| SshError::Refused("not a valid P-256 private key".into()))?;
                 let public =
                     KeyData::Ecdsa(EcdsaPublicKey::from(local.public_key().verifying_key()));
-                (Secret::P256(SigningKey::from(local.secret_key())), public)
+                let secret = Secret::from_local(&local)?;
+                p256_local = Some(local);
+                (secret, public)
             }
             KeypairData::Ed25519(kp) => {
                 let seed = Zeroizing::new(kp.private.to_bytes());
@@ -362,19 +460,19 @@ impl SshKeys {
             lock(&self.mem).push(MemKey {
                 public,
                 comment: comment.to_string(),
-                secret: Pinned::new(secret),
+                secret: Arc::new(Pinned::new(secret)),
                 constraints,
             });
             tracing::info!("ssh: key added in memory only (lifetime or destination constraints)");
             return Ok(());
         }
         let kek = self.ssh_kek()?;
-        let mut rec = match &secret {
-            Secret::P256(sk) => {
-                let local = LocalKey::from_secret_key(sk.as_nonzero_scalar().into());
-                self.h.keypair_record(&local, &kek)?
+        let mut rec = match (&secret, &p256_local) {
+            (Secret::P256(_), Some(local)) => self.h.keypair_record(local, &kek)?,
+            (Secret::P256(_), None) => {
+                return Err(SshError::Refused("P-256 key without its scalar".into()))
             }
-            Secret::Ed25519(k) => {
+            (Secret::Ed25519(k), _) => {
                 let seed = k.to_bytes();
                 let w = self
                     .h

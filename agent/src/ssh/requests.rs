@@ -103,18 +103,54 @@ impl SshAgent {
         Zeroizing::new(h.finalize().into())
     }
 
-    /// Answer one message body.
+    /// Answer one message body (on a thread that may block).
     pub fn handle(&self, conn: &mut Conn, body: &[u8]) -> Vec<u8> {
-        let req = match parse(body) {
-            Ok(r) => r,
-            Err(e) => {
-                let t = body.first().copied().unwrap_or(0);
-                tracing::info!(message_type = t, error = %e, "ssh: request refused");
-                return FAILURE.to_vec();
-            }
-        };
+        match parse(body) {
+            Ok(req) => self.respond(conn, req),
+            Err(e) => Self::malformed(body, &e),
+        }
+    }
+
+    /// The answer to a message that did not parse: FAILURE, logged.
+    pub fn malformed(body: &[u8], e: &SshError) -> Vec<u8> {
+        let t = body.first().copied().unwrap_or(0);
+        tracing::info!(message_type = t, error = %e, "ssh: request refused");
+        FAILURE.to_vec()
+    }
+
+    /// Answer a parsed request (on a thread that may block: token signatures, confirmation
+    /// prompts, keystore reads).
+    pub fn respond(&self, conn: &mut Conn, req: Request) -> Vec<u8> {
         let what = req.message_id();
-        match self.answer(conn, req) {
+        let result = self.answer(conn, req);
+        Self::encode(what, result)
+    }
+
+    /// Answer now, on the connection's task, when nothing on the way can block: a SIGN_REQUEST
+    /// for a key whose private half is already in memory (a memory key, or a software keypair
+    /// whose unwrapped key is cached), with no confirmation, the door and the agent unlocked,
+    /// and the identity index current. `None`: answer with [`SshAgent::respond`] on a blocking
+    /// thread instead. The checks are the slow path's (destination constraints included).
+    pub fn respond_now(&self, conn: &Conn, req: &Request) -> Option<Vec<u8>> {
+        let Request::SignRequest(s) = req else {
+            return None;
+        };
+        if self.door.try_lock().ok()?.hash.is_some() {
+            return None;
+        }
+        let (id, signer) = self.keys.ready(s.credential.key_data())?;
+        if id.confirm {
+            return None;
+        }
+        let result = self
+            .check_destination(conn, &id, &s.data)
+            .and_then(|_| signer.sign(&s.data))
+            .map(Response::SignResponse);
+        Some(Self::encode(req.message_id(), result))
+    }
+
+    fn encode(what: u8, result: Result<Response, SshError>) -> Vec<u8> {
+        match result {
             Ok(resp) => {
                 let mut out = Vec::new();
                 match resp.encode(&mut out) {
@@ -154,8 +190,8 @@ impl SshAgent {
                     .into_iter()
                     .filter(|o| conn.bindings.permitted(&o.destinations, None).is_ok())
                     .map(|o| Identity {
-                        credential: PublicCredential::Key(o.public),
-                        comment: o.comment,
+                        credential: PublicCredential::Key(o.public.clone()),
+                        comment: o.comment.clone(),
                     })
                     .collect();
                 Ok(Response::IdentitiesAnswer(list))
