@@ -8,6 +8,7 @@
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use zeroize::{Zeroize, Zeroizing};
 
 /// The largest frame read or written: 256 KiB (OpenSSH's own limit is the same).
 pub const MAX_SSH_FRAME: usize = 256 * 1024;
@@ -95,6 +96,130 @@ async fn rest<R: AsyncRead + Unpin>(
     Ok(body)
 }
 
+/// Bytes read at most per `read` call while no frame length is known, or while much of one is
+/// still to come: buffers grow as bytes arrive, never from a length prefix.
+const CHUNK: usize = 16 * 1024;
+
+/// A connection's frame reader: one `read` call usually brings a whole request (and tells tokio
+/// the socket is drained, so no extra `read` that would only say "empty" is made before the
+/// next request). Frames are taken from its buffer in order; bytes after a frame stay for the
+/// next one. The buffer is wiped as frames are taken and when the reader is dropped (`ssh-add`
+/// sends private keys).
+#[derive(Default)]
+pub struct Reader {
+    buf: Zeroizing<Vec<u8>>,
+    /// Unread bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+}
+
+impl Reader {
+    pub fn new() -> Reader {
+        Reader::default()
+    }
+
+    /// The next frame: as long as it takes for its first byte (idle connections stay open), then
+    /// at most `deadline` for the rest ([`FrameError::Timeout`]). `Ok(None)`: a clean end of
+    /// stream between frames.
+    pub async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        deadline: Duration,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, FrameError> {
+        if let Some(f) = self.take()? {
+            return Ok(Some(f));
+        }
+        if self.start == self.end {
+            if self.fill(rd).await? == 0 {
+                return Ok(None);
+            }
+            if let Some(f) = self.take()? {
+                return Ok(Some(f));
+            }
+        }
+        let rest = async {
+            loop {
+                if self.fill(rd).await? == 0 {
+                    return Err(FrameError::Truncated);
+                }
+                if let Some(f) = self.take()? {
+                    return Ok(f);
+                }
+            }
+        };
+        match tokio::time::timeout(deadline, rest).await {
+            Ok(f) => f.map(Some),
+            Err(_) => Err(FrameError::Timeout(deadline)),
+        }
+    }
+
+    /// The announced length of the frame at the head of the buffer, checked.
+    fn head_len(&self) -> Result<Option<usize>, FrameError> {
+        let Some(hdr) = self.buf.get(self.start..self.start + 4) else {
+            return Ok(None);
+        };
+        if self.end - self.start < 4 {
+            return Ok(None);
+        }
+        let mut b = [0u8; 4];
+        b.copy_from_slice(hdr);
+        let len = u32::from_be_bytes(b) as usize;
+        if len > MAX_SSH_FRAME {
+            return Err(FrameError::TooLarge {
+                len,
+                max: MAX_SSH_FRAME,
+            });
+        }
+        if len == 0 {
+            return Err(FrameError::Empty);
+        }
+        Ok(Some(len))
+    }
+
+    /// A whole frame from the buffer, if one is there.
+    fn take(&mut self) -> Result<Option<Zeroizing<Vec<u8>>>, FrameError> {
+        let Some(len) = self.head_len()? else {
+            return Ok(None);
+        };
+        if self.end - self.start < 4 + len {
+            return Ok(None);
+        }
+        let (from, to) = (self.start + 4, self.start + 4 + len);
+        let body = Zeroizing::new(self.buf[from..to].to_vec());
+        self.buf[self.start..to].zeroize();
+        self.start = to;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        Ok(Some(body))
+    }
+
+    /// One `read` into the buffer (after moving unread bytes to its front); 0 at end of stream.
+    async fn fill<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> Result<usize, FrameError> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            let (old_end, new_end) = (self.end, self.end - self.start);
+            self.buf[new_end..old_end].zeroize();
+            self.end = new_end;
+            self.start = 0;
+        }
+        // Room for the rest of a known frame (by CHUNKs), else one CHUNK.
+        let want = match self.head_len()? {
+            Some(len) => (4 + len - self.end).min(CHUNK),
+            None => CHUNK,
+        };
+        if self.buf.len() < self.end + want {
+            let mut bigger = Zeroizing::new(vec![0u8; self.end + want]);
+            bigger[..self.end].copy_from_slice(&self.buf[..self.end]);
+            self.buf = bigger;
+        }
+        let n = rd.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+}
+
 /// Write one frame (length prefix and body in one write).
 pub async fn write<W: AsyncWrite + Unpin>(wr: &mut W, body: &[u8]) -> Result<(), FrameError> {
     if body.len() > MAX_SSH_FRAME {
@@ -157,5 +282,48 @@ mod tests {
         });
         assert_eq!(read_with_deadline(&mut a, d).await.unwrap(), Some(vec![11]));
         drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_reader_splits_and_joins_frames() {
+        let d = Duration::from_millis(200);
+        // Two frames in one read, then one in three pieces.
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        b.write_all(&[0, 0, 0, 1, 11, 0, 0, 0, 2, 13, 14])
+            .await
+            .unwrap();
+        let mut r = Reader::new();
+        assert_eq!(&r.next(&mut a, d).await.unwrap().unwrap()[..], &[11]);
+        assert_eq!(&r.next(&mut a, d).await.unwrap().unwrap()[..], &[13, 14]);
+        let big = vec![7u8; 100_000];
+        let mut f = (big.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(&big);
+        let writer = tokio::spawn(async move {
+            for piece in f.chunks(40_000) {
+                b.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            b
+        });
+        assert_eq!(r.next(&mut a, d).await.unwrap().unwrap().len(), 100_000);
+        let b = writer.await.unwrap();
+        drop(b);
+        assert!(r.next(&mut a, d).await.unwrap().is_none());
+        // Bad lengths, a truncated frame and a slow one.
+        for (bytes, want) in [
+            (vec![0, 4, 0, 1], "TooLarge"),
+            (vec![0, 0, 0, 0], "Empty"),
+            (vec![0, 0, 0, 5, 1], "Truncated"),
+        ] {
+            let (mut a, mut b) = tokio::io::duplex(64);
+            b.write_all(&bytes).await.unwrap();
+            drop(b);
+            let e = Reader::new().next(&mut a, d).await.unwrap_err();
+            assert!(format!("{e:?}").starts_with(want), "{e:?}");
+        }
+        let (mut a, mut b) = tokio::io::duplex(64);
+        b.write_all(&[0, 0, 0, 5, 1]).await.unwrap();
+        let e = Reader::new().next(&mut a, d).await.unwrap_err();
+        assert!(matches!(e, FrameError::Timeout(_)), "{e:?}");
     }
 }

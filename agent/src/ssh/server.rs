@@ -108,8 +108,9 @@ async fn connection(stream: UnixStream, agent: Arc<SshAgent>, uid: u32, limits: 
         ..Conn::default()
     };
     let (mut rd, mut wr) = stream.into_split();
+    let mut frames = frame::Reader::new();
     loop {
-        let body = match frame::read_with_deadline(&mut rd, limits.frame_timeout).await {
+        let body = match frames.next(&mut rd, limits.frame_timeout).await {
             Ok(Some(b)) => b,
             Ok(None) => break,
             Err(FrameError::Io(e)) => {
