@@ -3,15 +3,24 @@
 //! Two sources:
 //! - keypairs in the keystore whose SSH flags say "offered" (`keypair create --ssh`,
 //!   `keypair ssh ID --on|--confirm`, or added by `ssh-add FILE`): P-256 and Ed25519 keys wrapped
-//!   under a KEK, and P-256 token keypairs, which sign in the token;
+//!   under a KEK, RSA keys (PKCS#8 PEM under AES-256-GCM with a KEK-wrapped DEK, as
+//!   `keypair import` stores them; signing `rsa-sha2-256`/`-512` only, never SHA-1), and P-256
+//!   token keypairs, which sign in the token;
 //! - keys added with a lifetime (`ssh-add -t`) or destination constraints (`ssh-add -h`): kept
 //!   in memory only (zeroized on drop), never written to the keystore, gone at expiry, removal
 //!   or exit.
 //!
 //! Signing a software keypair unwraps it under its KEK. While the agent is unlocked the unwrapped
-//! key may stay in a bounded cache ([`CACHE_MAX`] keys), each in its own heap block locked into
-//! RAM (`mlock`) where the limit allows and zeroized on drop; the cache is emptied on `lock`, on
-//! any change to the offered keys, and whenever a sign finds the agent locked.
+//! key may stay in a bounded cache ([`CACHE_MAX`] keys) as the parsed object that signs (aws-lc's
+//! P-256 and RSA key pairs, whose C heap is cleansed on free; dalek's Ed25519 key, zeroized on
+//! drop), each in its own heap block locked into RAM (`mlock`) where the limit allows; the cache
+//! is emptied on `lock`, on any change to the offered keys, and whenever a sign finds the agent
+//! locked.
+//!
+//! The stored identities are indexed in memory, keyed on the keystore's generation (any write
+//! through the agent, or the MAC key loaded or dropped, rebuilds it): a sign request costs no
+//! keystore query. [`SshKeys::ready`] hands the connection task a signer that is already in
+//! memory, so such requests never leave it for a blocking thread.
 //!
 //! This module must never return or log a private key, never persist a key that came with a
 //! lifetime or destination constraint, and never delete a keypair the SSH door did not add.
@@ -20,13 +29,17 @@ use super::SshError;
 use crate::error::{AgentError, Defect, WrongKey};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{Algorithm, KeyKind, KeyRecord, KeyState, SshFlags};
-use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, RsaEncoding, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256,
+    RSA_PKCS1_SHA512,
+};
 use keyward_identity::ed25519::Ed25519Key;
 use keyward_identity::p256::ecdsa::Signature as P256Signature;
 use keyward_identity::{LocalKey, PublicKey};
 use ssh_agent_lib::proto::extension::DestinationConstraint;
 use ssh_key::private::KeypairData;
-use ssh_key::public::{EcdsaPublicKey, Ed25519PublicKey, KeyData};
+use ssh_key::public::{EcdsaPublicKey, Ed25519PublicKey, KeyData, RsaPublicKey};
+use ssh_key::Mpint;
 use ssh_key::{Algorithm as SshAlgorithm, HashAlg, Signature};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -49,7 +62,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub enum Secret {
     P256(EcdsaKeyPair),
     Ed25519(Ed25519Key),
+    /// An aws-lc RSA key (its heap is cleansed on free, like the P-256 one).
+    Rsa(RsaKeyPair),
 }
+
+/// SIGN_REQUEST flags for RSA keys (OpenSSH `PROTOCOL.agent`).
+pub const RSA_SHA2_256: u32 = 2;
+pub const RSA_SHA2_512: u32 = 4;
 
 impl Secret {
     /// A P-256 key from its scalar (big-endian) and public point (SEC1).
@@ -70,7 +89,7 @@ impl Secret {
         Secret::p256(scalar.as_slice(), point.as_bytes())
     }
 
-    fn sign(&self, data: &[u8]) -> Result<Signature, SshError> {
+    fn sign(&self, data: &[u8], flags: u32) -> Result<Signature, SshError> {
         match self {
             // aws-lc's ECDSA draws its nonce from its own DRBG (seeded from the OS); the `rng`
             // argument is a zero-sized handle to the same.
@@ -86,6 +105,28 @@ impl Secret {
                 SshAlgorithm::Ed25519,
                 k.sign(data).to_vec(),
             )?),
+            Secret::Rsa(k) => {
+                // rsa-sha2-512 when asked for it, else rsa-sha2-256 when asked; SHA-1 `ssh-rsa`
+                // (no flag) is refused: OpenSSH has not asked for it since 8.8.
+                let (padding, hash): (&'static dyn RsaEncoding, _) = if flags & RSA_SHA2_512 != 0 {
+                    (&RSA_PKCS1_SHA512, HashAlg::Sha512)
+                } else if flags & RSA_SHA2_256 != 0 {
+                    (&RSA_PKCS1_SHA256, HashAlg::Sha256)
+                } else {
+                    return Err(SshError::Unsupported(
+                        "SHA-1 ssh-rsa signatures (ask for rsa-sha2-256 or rsa-sha2-512)".into(),
+                    ));
+                };
+                let mut sig = vec![0u8; k.public_modulus_len()];
+                k.sign(
+                    padding,
+                    &aws_lc_rs::rand::SystemRandom::new(),
+                    data,
+                    &mut sig,
+                )
+                .map_err(|e| AgentError::crypto("ssh rsa sign")(e))?;
+                Ok(Signature::new(SshAlgorithm::Rsa { hash: Some(hash) }, sig)?)
+            }
         }
     }
 }
@@ -107,10 +148,33 @@ impl Pinned {
         }
     }
 
-    /// Sign `data` (no keystore, no token: never blocks).
-    pub fn sign(&self, data: &[u8]) -> Result<Signature, SshError> {
-        self.secret.sign(data)
+    /// Sign `data` (no keystore, no token: never blocks). `flags`: the request's (RSA hash).
+    pub fn sign(&self, data: &[u8], flags: u32) -> Result<Signature, SshError> {
+        self.secret.sign(data, flags)
     }
+}
+
+/// An `ssh-add`ed RSA key as aws-lc's key pair. The CRT exponents the SSH encoding lacks are
+/// computed by the `rsa` crate (its conversion only: no private-key operation runs there).
+fn rsa_key_pair(kp: &ssh_key::private::RsaKeypair) -> Result<RsaKeyPair, SshError> {
+    use rsa::pkcs8::EncodePrivateKey as _;
+    use rsa::traits::PublicKeyParts as _;
+    // Not ssh-key 0.6.7's `TryFrom<&RsaKeypair>`: it passes `p` twice as the primes.
+    let int = |m: &Mpint| rsa::BigUint::try_from(m);
+    let key = rsa::RsaPrivateKey::from_components(
+        int(&kp.public.n)?,
+        int(&kp.public.e)?,
+        int(&kp.private.d)?,
+        vec![int(&kp.private.p)?, int(&kp.private.q)?],
+    )
+    .map_err(|_| SshError::Refused("inconsistent RSA key components".into()))?;
+    if key.size() < 2048 / 8 {
+        return Err(SshError::Refused("RSA keys under 2048 bits".into()));
+    }
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|_| SshError::Refused("the RSA key does not encode as PKCS#8".into()))?;
+    RsaKeyPair::from_pkcs8(der.as_bytes()).map_err(|e| AgentError::crypto("ssh rsa key")(e).into())
 }
 
 /// What a destination-constrained or lifetime key carries.
@@ -175,7 +239,22 @@ pub fn key_data(rec: &KeyRecord) -> Option<KeyData> {
             let raw: [u8; 32] = bytes.try_into().ok()?;
             Some(KeyData::Ed25519(Ed25519PublicKey(raw)))
         }
-        _ => None,
+        Some(Algorithm::Rsa) => {
+            use rsa::pkcs1::DecodeRsaPublicKey as _;
+            use rsa::pkcs8::DecodePublicKey as _;
+            use rsa::traits::PublicKeyParts as _;
+            let pem = std::str::from_utf8(bytes).ok()?;
+            let (der, spki) = keyward_envelope::rsa::public_key_der(pem).ok()?;
+            let key = if spki {
+                rsa::RsaPublicKey::from_public_key_der(&der).ok()?
+            } else {
+                rsa::RsaPublicKey::from_pkcs1_der(&der).ok()?
+            };
+            Some(KeyData::Rsa(RsaPublicKey {
+                e: Mpint::from_positive_bytes(&key.e().to_bytes_be()).ok()?,
+                n: Mpint::from_positive_bytes(&key.n().to_bytes_be()).ok()?,
+            }))
+        }
     }
 }
 
@@ -330,7 +409,7 @@ impl SshKeys {
     }
 
     /// Sign `data` with an offered identity. Refused while the agent is locked.
-    pub fn sign(&self, id: &Offered, data: &[u8]) -> Result<Signature, SshError> {
+    pub fn sign(&self, id: &Offered, data: &[u8], flags: u32) -> Result<Signature, SshError> {
         if self.h.is_locked() {
             self.clear_cache();
             return Err(AgentError::Locked { op: "ssh sign" }.into());
@@ -344,13 +423,13 @@ impl SshKeys {
                         .map(|k| k.secret.clone())
                         .ok_or(SshError::UnknownKey)?
                 };
-                secret.sign(data)
+                secret.sign(data, flags)
             }
-            Source::Stored { rec, .. } => self.sign_stored(rec, data),
+            Source::Stored { rec, .. } => self.sign_stored(rec, data, flags),
         }
     }
 
-    fn sign_stored(&self, rec: &KeyRecord, data: &[u8]) -> Result<Signature, SshError> {
+    fn sign_stored(&self, rec: &KeyRecord, data: &[u8], flags: u32) -> Result<Signature, SshError> {
         let on_token = crate::root::Scheme::parse(&rec.scheme)
             .is_ok_and(crate::root::Scheme::is_token_keypair);
         if on_token {
@@ -375,10 +454,10 @@ impl SshKeys {
                 p
             }
         };
-        pinned.sign(data)
+        pinned.sign(data, flags)
     }
 
-    /// Unwrap a software keypair (P-256 or Ed25519) under its KEK.
+    /// Unwrap a software keypair (P-256, Ed25519 or RSA) under its KEK.
     fn unwrap(&self, rec: &KeyRecord) -> Result<Secret, SshError> {
         self.h.root_record("ssh sign")?;
         Hierarchy::require_active(rec)?;
@@ -405,10 +484,12 @@ impl SshKeys {
                 let key = self.h.unwrap_keypair(rec)?;
                 Secret::from_local(&key)
             }
-            Some(other) => Err(SshError::Unsupported(format!(
-                "{} keypairs are not offered to SSH",
-                other.as_str()
-            ))),
+            Some(Algorithm::Rsa) => {
+                let pem = self.h.rsa_private(rec)?;
+                let key = keyward_envelope::rsa::signing_key(&pem)
+                    .map_err(|e| AgentError::crypto("ssh rsa key")(e))?;
+                Ok(Secret::Rsa(key))
+            }
         }
     }
 
@@ -447,12 +528,15 @@ impl SshKeys {
                 }
                 (Secret::Ed25519(k), public)
             }
-            other => {
-                return Err(SshError::Unsupported(format!(
-                    "{} keys (Keyward's SSH door holds ecdsa-sha2-nistp256 and ssh-ed25519)",
-                    other.algorithm().map(|a| a.to_string()).unwrap_or_default()
-                )))
+            KeypairData::Rsa(kp) => {
+                let key = rsa_key_pair(kp)?;
+                let public = KeyData::Rsa(kp.public.clone());
+                (Secret::Rsa(key), public)
             }
+            other => return Err(SshError::Unsupported(format!(
+                "{} keys (Keyward's SSH door holds ecdsa-sha2-nistp256, ssh-ed25519 and ssh-rsa)",
+                other.algorithm().map(|a| a.to_string()).unwrap_or_default()
+            ))),
         };
         // A key added again replaces the earlier one (as OpenSSH does).
         self.remove_quietly(&public)?;
@@ -467,10 +551,30 @@ impl SshKeys {
             return Ok(());
         }
         let kek = self.ssh_kek()?;
+        let mut flags = SshFlags::OFFERED | SshFlags::ADDED;
+        if constraints.confirm {
+            flags |= SshFlags::CONFIRM;
+        }
+        let label = Some(comment.to_string()).filter(|c| !c.is_empty());
+        if let Secret::Rsa(k) = &secret {
+            // Stored as the agent stores every RSA keypair: PKCS#8 PEM under AES-256-GCM with a
+            // DEK wrapped under the KEK.
+            let pem = keyward_envelope::rsa::private_pem(k)
+                .map_err(|e| AgentError::crypto("ssh rsa key")(e))?;
+            let id = self.h.keypair_import_with_ssh(
+                pem.as_bytes(),
+                Some(&kek.id.to_string()),
+                label,
+                SshFlags(flags),
+            )?;
+            tracing::info!(%id, "ssh: RSA key added as a keypair under KEK {}", kek.id);
+            return Ok(());
+        }
         let mut rec = match (&secret, &p256_local) {
             (Secret::P256(_), Some(local)) => self.h.keypair_record(local, &kek)?,
-            (Secret::P256(_), None) => {
-                return Err(SshError::Refused("P-256 key without its scalar".into()))
+            // Not reached: P-256 keys come with their scalar, RSA keys were stored above.
+            (Secret::P256(_), None) | (Secret::Rsa(_), _) => {
+                return Err(SshError::Refused("a key without its record".into()))
             }
             (Secret::Ed25519(k), _) => {
                 let seed = k.to_bytes();
@@ -485,11 +589,7 @@ impl SshKeys {
                 rec
             }
         };
-        rec.label = Some(comment.to_string()).filter(|c| !c.is_empty());
-        let mut flags = SshFlags::OFFERED | SshFlags::ADDED;
-        if constraints.confirm {
-            flags |= SshFlags::CONFIRM;
-        }
+        rec.label = label;
         self.h.ks.insert_with_ssh_flags(&rec, SshFlags(flags))?;
         tracing::info!(id = %rec.id, "ssh: key added as a keypair wrapped under KEK {}", kek.id);
         Ok(())

@@ -144,7 +144,7 @@ impl SshAgent {
         }
         let result = self
             .check_destination(conn, &id, &s.data)
-            .and_then(|_| signer.sign(&s.data))
+            .and_then(|_| signer.sign(&s.data, s.flags))
             .map(Response::SignResponse);
         Some(Self::encode(req.message_id(), result))
     }
@@ -203,7 +203,7 @@ impl SshAgent {
                 if id.confirm {
                     self.confirm(conn, &id, destination.as_deref())?;
                 }
-                let sig = self.keys.sign(&id, &s.data)?;
+                let sig = self.keys.sign(&id, &s.data, s.flags)?;
                 tracing::debug!(key = %id.public.fingerprint(HashAlg::Sha256), "ssh: signed");
                 Ok(Response::SignResponse(sig))
             }
