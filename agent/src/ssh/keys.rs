@@ -533,10 +533,12 @@ impl SshKeys {
                 let public = KeyData::Rsa(kp.public.clone());
                 (Secret::Rsa(key), public)
             }
-            other => return Err(SshError::Unsupported(format!(
+            other => {
+                return Err(SshError::Unsupported(format!(
                 "{} keys (Keyward's SSH door holds ecdsa-sha2-nistp256, ssh-ed25519 and ssh-rsa)",
                 other.algorithm().map(|a| a.to_string()).unwrap_or_default()
-            ))),
+            )))
+            }
         };
         // A key added again replaces the earlier one (as OpenSSH does).
         self.remove_quietly(&public)?;
