@@ -249,7 +249,7 @@ pub enum WrongKey {
     NoRsaKeypair,
     #[error("none of this agent's {tried} RSA keypair(s) opens the share")]
     NoRsaKeypairOpens { tried: usize },
-    #[error("keypair {id} is {}: SSH takes P-256 and Ed25519 keypairs", .alg.map_or("unknown", Algorithm::as_str))]
+    #[error("keypair {id} is {}: SSH takes P-256, Ed25519 and RSA keypairs", .alg.map_or("unknown", Algorithm::as_str))]
     NotForSsh { id: Uuid, alg: Option<Algorithm> },
 }
 

@@ -227,7 +227,7 @@ pub struct Offered {
     pub source: Source,
 }
 
-/// The SSH public key of a P-256 or Ed25519 keypair record; `None` for other keypairs.
+/// The SSH public key of a P-256, Ed25519 or RSA keypair record; `None` when it has none.
 pub fn key_data(rec: &KeyRecord) -> Option<KeyData> {
     let bytes = rec.public_key.as_deref()?;
     match rec.algorithm {
@@ -680,8 +680,8 @@ impl SshKeys {
 }
 
 impl Hierarchy {
-    /// Mark a keypair for SSH (`on`, `confirm`) or stop offering it (`off`). Only P-256 and
-    /// Ed25519 keypairs can be offered.
+    /// Mark a keypair for SSH (`on`, `confirm`) or stop offering it (`off`). P-256, Ed25519 and
+    /// RSA keypairs can be offered.
     pub fn keypair_set_ssh(
         &self,
         id: &str,
