@@ -264,7 +264,7 @@ pub enum WrongKey {
     NoRsaKeypairOpens { tried: usize },
     #[error("the certificate's public key is not keypair {id}'s")]
     CertificateMismatch { id: Uuid },
-    #[error("keypair {id} is {}: SSH takes P-256 and Ed25519 keypairs", .alg.map_or("unknown", Algorithm::as_str))]
+    #[error("keypair {id} is {}: SSH takes P-256, Ed25519 and RSA keypairs", .alg.map_or("unknown", Algorithm::as_str))]
     NotForSsh { id: Uuid, alg: Option<Algorithm> },
 }
 
@@ -380,6 +380,12 @@ pub enum CryptoError {
     Envelope(#[from] keyward_envelope::Error),
     #[error("HMAC-SHA256 refused its key")]
     Hmac,
+    #[error("aws-lc: {0}")]
+    AwsLc(#[from] aws_lc_rs::error::Unspecified),
+    #[error("aws-lc refused the key: {0}")]
+    KeyRejected(#[from] aws_lc_rs::error::KeyRejected),
+    #[error("ECDSA signature: {0}")]
+    Ecdsa(#[from] keyward_identity::p256::ecdsa::Error),
 }
 
 impl AgentError {

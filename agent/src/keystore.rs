@@ -755,6 +755,8 @@ pub struct Keystore {
     /// The MAC key while the agent is unlocked; `None` while locked (reads are then unchecked:
     /// nothing keyed by the root is available).
     mac: RwLock<Option<Arc<MacKey>>>,
+    /// Bumped whenever the MAC key is loaded or dropped (part of [`Keystore::generation`]).
+    mac_epoch: std::sync::atomic::AtomicU64,
 }
 
 impl Keystore {
@@ -821,6 +823,7 @@ impl Keystore {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
             mac: RwLock::new(None),
+            mac_epoch: std::sync::atomic::AtomicU64::new(0),
         };
         ks.migrate()?;
         Ok(ks)
@@ -876,6 +879,7 @@ impl Keystore {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
             mac: RwLock::new(None),
+            mac_epoch: std::sync::atomic::AtomicU64::new(0),
         };
         // Current schema: nothing to write. An older one cannot be migrated here, and says so.
         ks.migrate()?;
@@ -918,6 +922,34 @@ impl Keystore {
     /// Load (at unlock) or drop (at lock) the MAC key. While loaded every read is checked.
     pub fn set_mac_key(&self, key: Option<MacKey>) {
         *self.mac.write().unwrap_or_else(|p| p.into_inner()) = key.map(Arc::new);
+        self.mac_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A value that changes whenever this process writes the keystore (every row inserted,
+    /// updated or deleted, committed or not) or loads or drops the MAC key. Caches built from
+    /// records (the SSH door's identity index) compare it to know they are stale. Changes made
+    /// by another process to the file are not seen; the agent is the keystore's only writer.
+    pub fn generation(&self) -> (u64, u64) {
+        let changes = self.lock().total_changes();
+        (
+            changes,
+            self.mac_epoch.load(std::sync::atomic::Ordering::SeqCst),
+        )
+    }
+
+    /// [`Keystore::generation`] without waiting: `None` while another thread holds the
+    /// connection (async callers then take their slow path rather than block a worker).
+    pub fn try_generation(&self) -> Option<(u64, u64)> {
+        let changes = match self.conn.try_lock() {
+            Ok(c) => c.total_changes(),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().total_changes(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some((
+            changes,
+            self.mac_epoch.load(std::sync::atomic::Ordering::SeqCst),
+        ))
     }
 
     pub fn has_mac_key(&self) -> bool {

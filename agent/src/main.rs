@@ -192,8 +192,12 @@ fn start(cli: Cli) -> Result<(), StartError> {
             let stop = async move {
                 let _ = stopped.changed().await;
             };
+            // The same limits (and so the same connection cap) as the CBOR socket.
             Some(tokio::spawn(keyward_agent::ssh::server::serve(
-                ssh_bound, agent, stop,
+                ssh_bound,
+                agent,
+                limits.clone(),
+                stop,
             )))
         } else {
             None

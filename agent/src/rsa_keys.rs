@@ -9,7 +9,7 @@
 
 use crate::error::{AgentError, Defect, Problem, WrongKey};
 use crate::hierarchy::Hierarchy;
-use crate::keystore::{KeyKind, KeyRecord, KeyState};
+use crate::keystore::{KeyKind, KeyRecord, KeyState, SshFlags};
 use keyward_envelope::rsa;
 use rand_core::{OsRng, RngCore};
 use uuid::Uuid;
@@ -31,6 +31,17 @@ impl Hierarchy {
         kek: Option<&str>,
         label: Option<String>,
     ) -> Result<Uuid, AgentError> {
+        self.keypair_import_with_ssh(pem, kek, label, SshFlags::default())
+    }
+
+    /// [`Hierarchy::keypair_import`] with the keypair's SSH flags (`ssh-add` of an RSA key).
+    pub(crate) fn keypair_import_with_ssh(
+        &self,
+        pem: &[u8],
+        kek: Option<&str>,
+        label: Option<String>,
+        ssh: SshFlags,
+    ) -> Result<Uuid, AgentError> {
         self.root_record("keypair.import")?;
         let text = std::str::from_utf8(pem)
             .map_err(|_| AgentError::invalid("pem", Problem::NotPemText))?;
@@ -51,13 +62,13 @@ impl Hierarchy {
         rec.public_key = Some(public.into_bytes());
         rec.algorithm = Some(crate::keystore::Algorithm::Rsa);
         rec.label = label;
-        self.ks.insert(&rec)?;
+        self.ks.insert_with_ssh_flags(&rec, ssh)?;
         tracing::info!(id = %rec.id, "RSA keypair imported");
         Ok(rec.id)
     }
 
     /// The private PEM of an RSA keypair, for one operation.
-    fn rsa_private(&self, rec: &KeyRecord) -> Result<Zeroizing<String>, AgentError> {
+    pub(crate) fn rsa_private(&self, rec: &KeyRecord) -> Result<Zeroizing<String>, AgentError> {
         let kek = self.parent_kek(rec)?;
         let w = self.wrapped(rec)?;
         let truncated = || AgentError::bad_record(rec.kind, rec.id, Defect::Truncated);

@@ -10,7 +10,8 @@
 //! Limits ([`Limits`], from `[limits]` in the config): at most `max_connections` connections,
 //! bounded by the descriptor limit (the soft `RLIMIT_NOFILE` is raised to the hard one at start,
 //! and `fd_reserve` descriptors are kept for the token, the keystore and logs); a connection
-//! over the cap gets one `busy` frame and is closed. A connection must say `hello` within
+//! over the cap gets one `busy` frame and is closed. The cap is shared with the SSH socket
+//! (`ssh::server`), which gets the same [`Limits`]. A connection must say `hello` within
 //! `hello_timeout`, and a frame once begun must arrive whole within `frame_timeout`, or the
 //! connection gets one `timeout` frame and is closed; after `hello`, idle connections stay open.
 //! A response the client does not take within `write_timeout` ends the connection. Frames over
@@ -41,9 +42,13 @@ const REFUSING: usize = 32;
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The server's limits, with the connection cap already bounded by the descriptor limit.
+/// Clones share one connection cap: `keywardd` hands the same `Limits` to the CBOR socket and
+/// the SSH socket, so `max_connections` counts both doors together.
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub max_connections: usize,
+    /// The cap's permits, shared by every clone (both doors).
+    pub connections: Arc<Semaphore>,
     pub hello_timeout: Duration,
     pub frame_timeout: Duration,
     pub write_timeout: Duration,
@@ -86,6 +91,7 @@ impl Limits {
         }
         Limits {
             max_connections: cap,
+            connections: Arc::new(Semaphore::new(cap)),
             hello_timeout: Duration::from_millis(c.hello_timeout_ms),
             frame_timeout: Duration::from_millis(c.frame_timeout_ms),
             write_timeout: Duration::from_millis(c.write_timeout_ms),
@@ -104,6 +110,7 @@ impl Default for Limits {
         let c = crate::config::Limits::default();
         Limits {
             max_connections: c.max_connections,
+            connections: Arc::new(Semaphore::new(c.max_connections)),
             hello_timeout: Duration::from_millis(c.hello_timeout_ms),
             frame_timeout: Duration::from_millis(c.frame_timeout_ms),
             write_timeout: Duration::from_millis(c.write_timeout_ms),
@@ -273,13 +280,13 @@ pub fn bind(path: &Path) -> Result<Bound, ServerError> {
 }
 
 /// Log at most once per [`LOG_INTERVAL`], counting what was left out.
-struct Throttled {
+pub(crate) struct Throttled {
     last: Option<Instant>,
     suppressed: u64,
 }
 
 impl Throttled {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Throttled {
             last: None,
             suppressed: 0,
@@ -287,7 +294,7 @@ impl Throttled {
     }
 
     /// `Some(n)`: log now (n suppressed since the last time); `None`: stay quiet.
-    fn tick(&mut self) -> Option<u64> {
+    pub(crate) fn tick(&mut self) -> Option<u64> {
         match self.last {
             Some(t) if t.elapsed() < LOG_INTERVAL => {
                 self.suppressed += 1;
@@ -316,8 +323,8 @@ pub async fn serve(
 ) {
     tokio::pin!(shutdown);
     let uid = nix::unistd::geteuid().as_raw();
+    let slots = limits.connections.clone();
     let limits = Arc::new(limits);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(REFUSING));
     let mut spare = spare_fd();
     let (mut accept_log, mut busy_log) = (Throttled::new(), Throttled::new());

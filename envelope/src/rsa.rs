@@ -40,6 +40,35 @@ pub(crate) fn key_pair(private_pem: &str) -> Result<KeyPair> {
     .map_err(|_| Error::Key("not a usable RSA private key"))
 }
 
+/// An RSA private key (PKCS#1 or PKCS#8 PEM) as aws-lc's signing key pair (the SSH door signs
+/// `rsa-sha2-256`/`rsa-sha2-512` with it).
+pub fn signing_key(private_pem: &str) -> Result<KeyPair> {
+    key_pair(private_pem)
+}
+
+/// The PKCS#8 PEM (`PRIVATE KEY`) of an RSA key pair, in a zeroizing string.
+pub fn private_pem(key: &KeyPair) -> Result<Zeroizing<String>> {
+    use base64::Engine as _;
+    let der = key
+        .as_der()
+        .map_err(|_| Error::Key("cannot encode the RSA private key"))?;
+    let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der.as_ref()));
+    let mut out = Zeroizing::new(String::from("-----BEGIN PRIVATE KEY-----\n"));
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str("-----END PRIVATE KEY-----\n");
+    Ok(out)
+}
+
+/// The DER of a PEM RSA public key (PKCS#1 `RSA PUBLIC KEY` or SubjectPublicKeyInfo
+/// `PUBLIC KEY`, as [`public_pem`] writes), and whether it is SubjectPublicKeyInfo.
+pub fn public_key_der(public_pem: &str) -> Result<(Zeroizing<Vec<u8>>, bool)> {
+    let (label, _) = pem::decode(public_pem)?;
+    Ok((public_der(public_pem)?, label == "PUBLIC KEY"))
+}
+
 /// Parse a PEM RSA public key (PKCS#1 or SubjectPublicKeyInfo) to DER for verification.
 pub(crate) fn public_der(public_pem: &str) -> Result<Zeroizing<Vec<u8>>> {
     let (label, der) = pem::decode(public_pem)?;

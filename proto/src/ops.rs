@@ -206,10 +206,10 @@ pub struct KeyInfo {
     /// Keypairs offered to SSH clients: `on` or `confirm` (absent: not offered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_mode: Option<SshMode>,
-    /// P-256 and Ed25519 keypairs: the public key as an `authorized_keys` line.
+    /// P-256, Ed25519 and RSA keypairs: the public key as an `authorized_keys` line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh: Option<String>,
-    /// P-256 and Ed25519 keypairs: the SSH fingerprint, `SHA256:...`.
+    /// P-256, Ed25519 and RSA keypairs: the SSH fingerprint, `SHA256:...`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_fingerprint: Option<String>,
     /// Keypairs: the X.509 certificate set for the key (DER), if any.

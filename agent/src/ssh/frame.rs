@@ -1,11 +1,14 @@
 //! SSH agent framing: a 4-byte big-endian length, then that many bytes (type byte + payload).
 //!
 //! Our own, not `ssh-agent-lib`'s codec: a frame over [`MAX_SSH_FRAME`] is refused from its
-//! length, before any of it is read or allocated. This module must never allocate from an
+//! length, before any of it is read or allocated. Once a frame's first byte has arrived, the
+//! server gives the rest a deadline ([`read_with_deadline`]); an idle connection has none. This module must never allocate from an
 //! unchecked length, and never resynchronise a stream after a bad frame (the caller closes it).
 
+use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use zeroize::{Zeroize, Zeroizing};
 
 /// The largest frame read or written: 256 KiB (OpenSSH's own limit is the same).
 pub const MAX_SSH_FRAME: usize = 256 * 1024;
@@ -19,22 +22,56 @@ pub enum FrameError {
     Empty,
     #[error("the connection closed in the middle of a frame")]
     Truncated,
+    #[error("the frame did not arrive whole within {} ms of its first byte", .0.as_millis())]
+    Timeout(Duration),
     #[error("socket: {0}")]
     Io(#[from] std::io::Error),
 }
 
-/// Read one frame; `Ok(None)` on a clean end of stream between frames.
+/// Read one frame; `Ok(None)` on a clean end of stream between frames. No deadline.
 pub async fn read<R: AsyncRead + Unpin>(rd: &mut R) -> Result<Option<Vec<u8>>, FrameError> {
+    read_inner(rd, None).await
+}
+
+/// Read one frame, waiting as long as it takes for its first byte (idle SSH connections stay
+/// open: clients keep theirs) but no longer than `deadline` for the rest once it has begun (a
+/// slowloris is cut off with [`FrameError::Timeout`]).
+pub async fn read_with_deadline<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    deadline: Duration,
+) -> Result<Option<Vec<u8>>, FrameError> {
+    read_inner(rd, Some(deadline)).await
+}
+
+async fn read_inner<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    deadline: Option<Duration>,
+) -> Result<Option<Vec<u8>>, FrameError> {
     let mut len = [0u8; 4];
-    let mut got = 0;
+    let got = rd.read(&mut len).await?;
+    if got == 0 {
+        return Ok(None);
+    }
+    let rest = rest(rd, len, got);
+    match deadline {
+        None => rest.await.map(Some),
+        Some(d) => match tokio::time::timeout(d, rest).await {
+            Ok(body) => body.map(Some),
+            Err(_) => Err(FrameError::Timeout(d)),
+        },
+    }
+}
+
+/// The rest of a frame whose first `got` length bytes are in `len`.
+async fn rest<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    mut len: [u8; 4],
+    mut got: usize,
+) -> Result<Vec<u8>, FrameError> {
     while got < 4 {
         let n = rd.read(&mut len[got..]).await?;
         if n == 0 {
-            return if got == 0 {
-                Ok(None)
-            } else {
-                Err(FrameError::Truncated)
-            };
+            return Err(FrameError::Truncated);
         }
         got += n;
     }
@@ -56,7 +93,131 @@ pub async fn read<R: AsyncRead + Unpin>(rd: &mut R) -> Result<Option<Vec<u8>>, F
             FrameError::Io(e)
         }
     })?;
-    Ok(Some(body))
+    Ok(body)
+}
+
+/// Bytes read at most per `read` call while no frame length is known, or while much of one is
+/// still to come: buffers grow as bytes arrive, never from a length prefix.
+const CHUNK: usize = 16 * 1024;
+
+/// A connection's frame reader: one `read` call usually brings a whole request (and tells tokio
+/// the socket is drained, so no extra `read` that would only say "empty" is made before the
+/// next request). Frames are taken from its buffer in order; bytes after a frame stay for the
+/// next one. The buffer is wiped as frames are taken and when the reader is dropped (`ssh-add`
+/// sends private keys).
+#[derive(Default)]
+pub struct Reader {
+    buf: Zeroizing<Vec<u8>>,
+    /// Unread bytes are `buf[start..end]`.
+    start: usize,
+    end: usize,
+}
+
+impl Reader {
+    pub fn new() -> Reader {
+        Reader::default()
+    }
+
+    /// The next frame: as long as it takes for its first byte (idle connections stay open), then
+    /// at most `deadline` for the rest ([`FrameError::Timeout`]). `Ok(None)`: a clean end of
+    /// stream between frames.
+    pub async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        deadline: Duration,
+    ) -> Result<Option<Zeroizing<Vec<u8>>>, FrameError> {
+        if let Some(f) = self.take()? {
+            return Ok(Some(f));
+        }
+        if self.start == self.end {
+            if self.fill(rd).await? == 0 {
+                return Ok(None);
+            }
+            if let Some(f) = self.take()? {
+                return Ok(Some(f));
+            }
+        }
+        let rest = async {
+            loop {
+                if self.fill(rd).await? == 0 {
+                    return Err(FrameError::Truncated);
+                }
+                if let Some(f) = self.take()? {
+                    return Ok(f);
+                }
+            }
+        };
+        match tokio::time::timeout(deadline, rest).await {
+            Ok(f) => f.map(Some),
+            Err(_) => Err(FrameError::Timeout(deadline)),
+        }
+    }
+
+    /// The announced length of the frame at the head of the buffer, checked.
+    fn head_len(&self) -> Result<Option<usize>, FrameError> {
+        let Some(hdr) = self.buf.get(self.start..self.start + 4) else {
+            return Ok(None);
+        };
+        if self.end - self.start < 4 {
+            return Ok(None);
+        }
+        let mut b = [0u8; 4];
+        b.copy_from_slice(hdr);
+        let len = u32::from_be_bytes(b) as usize;
+        if len > MAX_SSH_FRAME {
+            return Err(FrameError::TooLarge {
+                len,
+                max: MAX_SSH_FRAME,
+            });
+        }
+        if len == 0 {
+            return Err(FrameError::Empty);
+        }
+        Ok(Some(len))
+    }
+
+    /// A whole frame from the buffer, if one is there.
+    fn take(&mut self) -> Result<Option<Zeroizing<Vec<u8>>>, FrameError> {
+        let Some(len) = self.head_len()? else {
+            return Ok(None);
+        };
+        if self.end - self.start < 4 + len {
+            return Ok(None);
+        }
+        let (from, to) = (self.start + 4, self.start + 4 + len);
+        let body = Zeroizing::new(self.buf[from..to].to_vec());
+        self.buf[self.start..to].zeroize();
+        self.start = to;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        Ok(Some(body))
+    }
+
+    /// One `read` into the buffer (after moving unread bytes to its front); 0 at end of stream.
+    async fn fill<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> Result<usize, FrameError> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            let (old_end, new_end) = (self.end, self.end - self.start);
+            self.buf[new_end..old_end].zeroize();
+            self.end = new_end;
+            self.start = 0;
+        }
+        // Room for the rest of a known frame (by CHUNKs), else one CHUNK.
+        let want = match self.head_len()? {
+            Some(len) => (4 + len - self.end).min(CHUNK),
+            None => CHUNK,
+        };
+        if self.buf.len() < self.end + want {
+            let mut bigger = Zeroizing::new(vec![0u8; self.end + want]);
+            bigger[..self.end].copy_from_slice(&self.buf[..self.end]);
+            self.buf = bigger;
+        }
+        let n = rd.read(&mut self.buf[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
 }
 
 /// Write one frame (length prefix and body in one write).
@@ -100,5 +261,69 @@ mod tests {
         assert!(matches!(read(&mut half).await, Err(FrameError::Truncated)));
         let mut empty: &[u8] = &[0, 0, 0, 0];
         assert!(matches!(read(&mut empty).await, Err(FrameError::Empty)));
+    }
+
+    #[tokio::test]
+    async fn a_begun_frame_has_a_deadline_an_idle_stream_none() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        // Half a length prefix, then nothing: cut off at the deadline.
+        b.write_all(&[0, 0]).await.unwrap();
+        let d = Duration::from_millis(50);
+        assert!(matches!(
+            read_with_deadline(&mut a, d).await,
+            Err(FrameError::Timeout(_))
+        ));
+        // Idle for longer than the deadline, then a whole frame: read.
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            b.write_all(&[0, 0, 0, 1, 11]).await.unwrap();
+            b
+        });
+        assert_eq!(read_with_deadline(&mut a, d).await.unwrap(), Some(vec![11]));
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_reader_splits_and_joins_frames() {
+        let d = Duration::from_millis(200);
+        // Two frames in one read, then one in three pieces.
+        let (mut a, mut b) = tokio::io::duplex(1 << 20);
+        b.write_all(&[0, 0, 0, 1, 11, 0, 0, 0, 2, 13, 14])
+            .await
+            .unwrap();
+        let mut r = Reader::new();
+        assert_eq!(&r.next(&mut a, d).await.unwrap().unwrap()[..], &[11]);
+        assert_eq!(&r.next(&mut a, d).await.unwrap().unwrap()[..], &[13, 14]);
+        let big = vec![7u8; 100_000];
+        let mut f = (big.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(&big);
+        let writer = tokio::spawn(async move {
+            for piece in f.chunks(40_000) {
+                b.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            b
+        });
+        assert_eq!(r.next(&mut a, d).await.unwrap().unwrap().len(), 100_000);
+        let b = writer.await.unwrap();
+        drop(b);
+        assert!(r.next(&mut a, d).await.unwrap().is_none());
+        // Bad lengths, a truncated frame and a slow one.
+        for (bytes, want) in [
+            (vec![0, 4, 0, 1], "TooLarge"),
+            (vec![0, 0, 0, 0], "Empty"),
+            (vec![0, 0, 0, 5, 1], "Truncated"),
+        ] {
+            let (mut a, mut b) = tokio::io::duplex(64);
+            b.write_all(&bytes).await.unwrap();
+            drop(b);
+            let e = Reader::new().next(&mut a, d).await.unwrap_err();
+            assert!(format!("{e:?}").starts_with(want), "{e:?}");
+        }
+        let (mut a, mut b) = tokio::io::duplex(64);
+        b.write_all(&[0, 0, 0, 5, 1]).await.unwrap();
+        let e = Reader::new().next(&mut a, d).await.unwrap_err();
+        assert!(matches!(e, FrameError::Timeout(_)), "{e:?}");
     }
 }

@@ -3,15 +3,24 @@
 //! Two sources:
 //! - keypairs in the keystore whose SSH flags say "offered" (`keypair create --ssh`,
 //!   `keypair ssh ID --on|--confirm`, or added by `ssh-add FILE`): P-256 and Ed25519 keys wrapped
-//!   under a KEK, and P-256 token keypairs, which sign in the token;
+//!   under a KEK, RSA keys (PKCS#8 PEM under AES-256-GCM with a KEK-wrapped DEK, as
+//!   `keypair import` stores them; signing `rsa-sha2-256`/`-512` only, never SHA-1), and P-256
+//!   token keypairs, which sign in the token;
 //! - keys added with a lifetime (`ssh-add -t`) or destination constraints (`ssh-add -h`): kept
 //!   in memory only (zeroized on drop), never written to the keystore, gone at expiry, removal
 //!   or exit.
 //!
 //! Signing a software keypair unwraps it under its KEK. While the agent is unlocked the unwrapped
-//! key may stay in a bounded cache ([`CACHE_MAX`] keys), each in its own heap block locked into
-//! RAM (`mlock`) where the limit allows and zeroized on drop; the cache is emptied on `lock`, on
-//! any change to the offered keys, and whenever a sign finds the agent locked.
+//! key may stay in a bounded cache ([`CACHE_MAX`] keys) as the parsed object that signs (aws-lc's
+//! P-256 and RSA key pairs, whose C heap is cleansed on free; dalek's Ed25519 key, zeroized on
+//! drop), each in its own heap block locked into RAM (`mlock`) where the limit allows; the cache
+//! is emptied on `lock`, on any change to the offered keys, and whenever a sign finds the agent
+//! locked.
+//!
+//! The stored identities are indexed in memory, keyed on the keystore's generation (any write
+//! through the agent, or the MAC key loaded or dropped, rebuilds it): a sign request costs no
+//! keystore query. [`SshKeys::ready`] hands the connection task a signer that is already in
+//! memory, so such requests never leave it for a blocking thread.
 //!
 //! This module must never return or log a private key, never persist a key that came with a
 //! lifetime or destination constraint, and never delete a keypair the SSH door did not add.
@@ -20,13 +29,17 @@ use super::SshError;
 use crate::error::{AgentError, Defect, WrongKey};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{Algorithm, KeyKind, KeyRecord, KeyState, SshFlags};
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, RsaEncoding, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256,
+    RSA_PKCS1_SHA512,
+};
 use keyward_identity::ed25519::Ed25519Key;
-use keyward_identity::p256::ecdsa::signature::Signer as _;
-use keyward_identity::p256::ecdsa::{Signature as P256Signature, SigningKey};
+use keyward_identity::p256::ecdsa::Signature as P256Signature;
 use keyward_identity::{LocalKey, PublicKey};
 use ssh_agent_lib::proto::extension::DestinationConstraint;
 use ssh_key::private::KeypairData;
-use ssh_key::public::{EcdsaPublicKey, Ed25519PublicKey, KeyData};
+use ssh_key::public::{EcdsaPublicKey, Ed25519PublicKey, KeyData, RsaPublicKey};
+use ssh_key::Mpint;
 use ssh_key::{Algorithm as SshAlgorithm, HashAlg, Signature};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,31 +54,85 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A private key in agent memory. Both variants zeroize on drop.
+/// A private key in agent memory, parsed once into the object that signs.
+///
+/// P-256 keys are aws-lc `EcdsaKeyPair`s: the scalar lives in aws-lc's heap, which wipes every
+/// allocation when it frees it (`OPENSSL_free` cleanses), so the key is zeroized on drop but is
+/// not inside our `mlock`ed block. Ed25519 keys are `ed25519-dalek` keys (zeroize on drop).
 pub enum Secret {
-    P256(SigningKey),
+    P256(EcdsaKeyPair),
     Ed25519(Ed25519Key),
+    /// An aws-lc RSA key (its heap is cleansed on free, like the P-256 one).
+    Rsa(RsaKeyPair),
 }
 
+/// SIGN_REQUEST flags for RSA keys (OpenSSH `PROTOCOL.agent`).
+pub const RSA_SHA2_256: u32 = 2;
+pub const RSA_SHA2_512: u32 = 4;
+
 impl Secret {
-    fn sign(&self, data: &[u8]) -> Result<Signature, SshError> {
+    /// A P-256 key from its scalar (big-endian) and public point (SEC1).
+    fn p256(scalar: &[u8], public_sec1: &[u8]) -> Result<Secret, SshError> {
+        EcdsaKeyPair::from_private_key_and_public_key(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            scalar,
+            public_sec1,
+        )
+        .map(Secret::P256)
+        .map_err(|e| AgentError::crypto("ssh p256 key")(e).into())
+    }
+
+    /// A P-256 key from an unwrapped keypair.
+    fn from_local(key: &LocalKey) -> Result<Secret, SshError> {
+        let scalar = Zeroizing::new(key.secret_key().to_bytes());
+        let point = key.public_key().verifying_key().to_encoded_point(false);
+        Secret::p256(scalar.as_slice(), point.as_bytes())
+    }
+
+    fn sign(&self, data: &[u8], flags: u32) -> Result<Signature, SshError> {
         match self {
+            // aws-lc's ECDSA draws its nonce from its own DRBG (seeded from the OS); the `rng`
+            // argument is a zero-sized handle to the same.
             Secret::P256(k) => {
-                let sig: P256Signature = k
-                    .try_sign(data)
-                    .map_err(|e| SshError::Refused(format!("ECDSA signing failed: {e}")))?;
+                let rs = k
+                    .sign(&aws_lc_rs::rand::SystemRandom::new(), data)
+                    .map_err(|e| AgentError::crypto("ssh ecdsa sign")(e))?;
+                let sig = P256Signature::from_slice(rs.as_ref())
+                    .map_err(|e| AgentError::crypto("ssh ecdsa sign")(e))?;
                 Ok(Signature::try_from(sig)?)
             }
             Secret::Ed25519(k) => Ok(Signature::new(
                 SshAlgorithm::Ed25519,
                 k.sign(data).to_vec(),
             )?),
+            Secret::Rsa(k) => {
+                // rsa-sha2-512 when asked for it, else rsa-sha2-256 when asked; SHA-1 `ssh-rsa`
+                // (no flag) is refused: OpenSSH has not asked for it since 8.8.
+                let (padding, hash): (&'static dyn RsaEncoding, _) = if flags & RSA_SHA2_512 != 0 {
+                    (&RSA_PKCS1_SHA512, HashAlg::Sha512)
+                } else if flags & RSA_SHA2_256 != 0 {
+                    (&RSA_PKCS1_SHA256, HashAlg::Sha256)
+                } else {
+                    return Err(SshError::Unsupported(
+                        "SHA-1 ssh-rsa signatures (ask for rsa-sha2-256 or rsa-sha2-512)".into(),
+                    ));
+                };
+                let mut sig = vec![0u8; k.public_modulus_len()];
+                k.sign(
+                    padding,
+                    &aws_lc_rs::rand::SystemRandom::new(),
+                    data,
+                    &mut sig,
+                )
+                .map_err(|e| AgentError::crypto("ssh rsa sign")(e))?;
+                Ok(Signature::new(SshAlgorithm::Rsa { hash: Some(hash) }, sig)?)
+            }
         }
     }
 }
 
 /// A [`Secret`] in its own heap block, locked into RAM if the limit allows.
-struct Pinned {
+pub struct Pinned {
     /// Dropped before `secret` (field order): munlock, then zeroize and free.
     _lock: Option<region::LockGuard>,
     secret: Box<Secret>,
@@ -80,6 +147,34 @@ impl Pinned {
             secret,
         }
     }
+
+    /// Sign `data` (no keystore, no token: never blocks). `flags`: the request's (RSA hash).
+    pub fn sign(&self, data: &[u8], flags: u32) -> Result<Signature, SshError> {
+        self.secret.sign(data, flags)
+    }
+}
+
+/// An `ssh-add`ed RSA key as aws-lc's key pair. The CRT exponents the SSH encoding lacks are
+/// computed by the `rsa` crate (its conversion only: no private-key operation runs there).
+fn rsa_key_pair(kp: &ssh_key::private::RsaKeypair) -> Result<RsaKeyPair, SshError> {
+    use rsa::pkcs8::EncodePrivateKey as _;
+    use rsa::traits::PublicKeyParts as _;
+    // Not ssh-key 0.6.7's `TryFrom<&RsaKeypair>`: it passes `p` twice as the primes.
+    let int = |m: &Mpint| rsa::BigUint::try_from(m);
+    let key = rsa::RsaPrivateKey::from_components(
+        int(&kp.public.n)?,
+        int(&kp.public.e)?,
+        int(&kp.private.d)?,
+        vec![int(&kp.private.p)?, int(&kp.private.q)?],
+    )
+    .map_err(|_| SshError::Refused("inconsistent RSA key components".into()))?;
+    if key.size() < 2048 / 8 {
+        return Err(SshError::Refused("RSA keys under 2048 bits".into()));
+    }
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|_| SshError::Refused("the RSA key does not encode as PKCS#8".into()))?;
+    RsaKeyPair::from_pkcs8(der.as_bytes()).map_err(|e| AgentError::crypto("ssh rsa key")(e).into())
 }
 
 /// What a destination-constrained or lifetime key carries.
@@ -94,8 +189,20 @@ pub struct Constraints {
 struct MemKey {
     public: KeyData,
     comment: String,
-    secret: Pinned,
+    secret: Arc<Pinned>,
     constraints: Constraints,
+}
+
+impl MemKey {
+    fn offered(&self) -> Arc<Offered> {
+        Arc::new(Offered {
+            public: self.public.clone(),
+            comment: self.comment.clone(),
+            confirm: self.constraints.confirm,
+            destinations: self.constraints.destinations.clone(),
+            source: Source::Memory,
+        })
+    }
 }
 
 /// Where an offered identity's private half is.
@@ -120,7 +227,7 @@ pub struct Offered {
     pub source: Source,
 }
 
-/// The SSH public key of a P-256 or Ed25519 keypair record; `None` for other keypairs.
+/// The SSH public key of a P-256, Ed25519 or RSA keypair record; `None` when it has none.
 pub fn key_data(rec: &KeyRecord) -> Option<KeyData> {
     let bytes = rec.public_key.as_deref()?;
     match rec.algorithm {
@@ -132,7 +239,22 @@ pub fn key_data(rec: &KeyRecord) -> Option<KeyData> {
             let raw: [u8; 32] = bytes.try_into().ok()?;
             Some(KeyData::Ed25519(Ed25519PublicKey(raw)))
         }
-        _ => None,
+        Some(Algorithm::Rsa) => {
+            use rsa::pkcs1::DecodeRsaPublicKey as _;
+            use rsa::pkcs8::DecodePublicKey as _;
+            use rsa::traits::PublicKeyParts as _;
+            let pem = std::str::from_utf8(bytes).ok()?;
+            let (der, spki) = keyward_envelope::rsa::public_key_der(pem).ok()?;
+            let key = if spki {
+                rsa::RsaPublicKey::from_public_key_der(&der).ok()?
+            } else {
+                rsa::RsaPublicKey::from_pkcs1_der(&der).ok()?
+            };
+            Some(KeyData::Rsa(RsaPublicKey {
+                e: Mpint::from_positive_bytes(&key.e().to_bytes_be()).ok()?,
+                n: Mpint::from_positive_bytes(&key.n().to_bytes_be()).ok()?,
+            }))
+        }
     }
 }
 
@@ -144,14 +266,21 @@ pub fn describe(rec: &KeyRecord) -> Option<(String, String)> {
     Some((pk.to_openssh().ok()?, fp))
 }
 
-/// Stored identities, and the flags list they were built from.
-type Index = (Vec<(Uuid, SshFlags)>, Vec<Offered>);
+/// The stored identities, as built from the keystore at one [`Keystore::generation`].
+///
+/// [`Keystore::generation`]: crate::keystore::Keystore::generation
+#[derive(Default)]
+struct Index {
+    generation: Option<(u64, u64)>,
+    stored: Arc<Vec<Arc<Offered>>>,
+}
 
 /// The offered keys and the caches behind them.
 pub struct SshKeys {
     h: Arc<Hierarchy>,
     mem: Mutex<Vec<MemKey>>,
-    /// Stored identities by public key, and the flags list they were built from.
+    /// Stored identities, rebuilt when the keystore's generation moves (any write through the
+    /// agent, or the MAC key loaded or dropped): no keystore query per sign request.
     index: Mutex<Index>,
     /// Unwrapped software keys by keypair id (bounded; emptied on lock).
     cache: Mutex<HashMap<Uuid, Arc<Pinned>>>,
@@ -162,7 +291,7 @@ impl SshKeys {
         SshKeys {
             h,
             mem: Mutex::new(Vec::new()),
-            index: Mutex::new((Vec::new(), Vec::new())),
+            index: Mutex::new(Index::default()),
             cache: Mutex::new(HashMap::new()),
         }
     }
@@ -176,90 +305,131 @@ impl SshKeys {
         lock(&self.cache).clear();
     }
 
-    /// Every identity offered now: stored keypairs marked for SSH, then memory keys that have
-    /// not expired.
-    pub fn offered(&self) -> Result<Vec<Offered>, SshError> {
-        let flags: Vec<(Uuid, SshFlags)> = self
-            .h
-            .ks
-            .ssh_flags()?
-            .into_iter()
-            .filter(|(_, f)| f.has(SshFlags::OFFERED))
-            .collect();
-        let mut out = {
-            let mut index = lock(&self.index);
-            if index.0 != flags || (flags.is_empty() && !index.1.is_empty()) {
-                let mut list = Vec::new();
-                for (id, f) in &flags {
-                    let Some(rec) = self.h.ks.get(id)? else {
-                        continue;
-                    };
-                    if rec.kind != KeyKind::Keypair || rec.state != KeyState::Active {
-                        continue;
-                    }
-                    let Some(public) = key_data(&rec) else {
-                        continue;
-                    };
-                    list.push(Offered {
-                        public,
-                        comment: rec.label.clone().unwrap_or_default(),
-                        confirm: f.has(SshFlags::CONFIRM),
-                        destinations: Vec::new(),
-                        source: Source::Stored {
-                            rec: Box::new(rec),
-                            flags: *f,
-                        },
-                    });
-                }
-                // Keys no longer offered leave the cache at once.
-                let keep: std::collections::HashSet<Uuid> =
-                    flags.iter().map(|(id, _)| *id).collect();
-                lock(&self.cache).retain(|id, _| keep.contains(id));
-                *index = (flags, list);
+    /// The stored identities, from the index while it is current, else rebuilt.
+    fn stored(&self) -> Result<Arc<Vec<Arc<Offered>>>, SshError> {
+        let generation = self.h.ks.generation();
+        {
+            let index = lock(&self.index);
+            if index.generation == Some(generation) {
+                return Ok(index.stored.clone());
             }
-            index.1.clone()
+        }
+        // Read after taking the generation: a write in between makes the next call rebuild.
+        let mut list = Vec::new();
+        for rec in self.h.ks.list(KeyKind::Keypair, None)? {
+            if !rec.ssh.has(SshFlags::OFFERED) || rec.state != KeyState::Active {
+                continue;
+            }
+            let Some(public) = key_data(&rec) else {
+                continue;
+            };
+            list.push(Arc::new(Offered {
+                public,
+                comment: rec.label.clone().unwrap_or_default(),
+                confirm: rec.ssh.has(SshFlags::CONFIRM),
+                destinations: Vec::new(),
+                source: Source::Stored {
+                    flags: rec.ssh,
+                    rec: Box::new(rec),
+                },
+            }));
+        }
+        // Keys no longer offered leave the cache at once.
+        let keep: std::collections::HashSet<Uuid> = list
+            .iter()
+            .filter_map(|o| match &o.source {
+                Source::Stored { rec, .. } => Some(rec.id),
+                Source::Memory => None,
+            })
+            .collect();
+        lock(&self.cache).retain(|id, _| keep.contains(id));
+        let stored = Arc::new(list);
+        *lock(&self.index) = Index {
+            generation: Some(generation),
+            stored: stored.clone(),
         };
+        Ok(stored)
+    }
+
+    /// Memory keys that have not expired (expired ones are dropped here).
+    fn memory(&self) -> Vec<Arc<Offered>> {
         let now = Instant::now();
         let mut mem = lock(&self.mem);
         mem.retain(|k| k.constraints.expires.is_none_or(|t| t > now));
-        out.extend(mem.iter().map(|k| Offered {
-            public: k.public.clone(),
-            comment: k.comment.clone(),
-            confirm: k.constraints.confirm,
-            destinations: k.constraints.destinations.clone(),
-            source: Source::Memory,
-        }));
+        mem.iter().map(MemKey::offered).collect()
+    }
+
+    /// Every identity offered now: stored keypairs marked for SSH, then memory keys that have
+    /// not expired.
+    pub fn offered(&self) -> Result<Vec<Arc<Offered>>, SshError> {
+        let mut out: Vec<Arc<Offered>> = self.stored()?.iter().cloned().collect();
+        out.extend(self.memory());
         Ok(out)
     }
 
     /// The offered identity with this public key.
-    pub fn find(&self, public: &KeyData) -> Result<Offered, SshError> {
-        self.offered()?
+    pub fn find(&self, public: &KeyData) -> Result<Arc<Offered>, SshError> {
+        if let Some(o) = self.stored()?.iter().find(|o| &o.public == public) {
+            return Ok(o.clone());
+        }
+        self.memory()
             .into_iter()
             .find(|o| &o.public == public)
             .ok_or(SshError::UnknownKey)
     }
 
+    /// The identity with this public key and a signer for it, when both are at hand without
+    /// waiting (the index is current and its lock free, the key is a memory key or its unwrapped
+    /// form is cached, the agent is unlocked); `None` sends the caller to the slow path.
+    pub fn ready(&self, public: &KeyData) -> Option<(Arc<Offered>, Arc<Pinned>)> {
+        if self.h.is_locked() {
+            return None;
+        }
+        let generation = self.h.ks.try_generation()?;
+        let stored = {
+            let index = self.index.try_lock().ok()?;
+            if index.generation != Some(generation) {
+                return None;
+            }
+            index.stored.iter().find(|o| &o.public == public).cloned()
+        };
+        if let Some(o) = stored {
+            let Source::Stored { rec, .. } = &o.source else {
+                return None;
+            };
+            let signer = lock(&self.cache).get(&rec.id).cloned()?;
+            return Some((o, signer));
+        }
+        let now = Instant::now();
+        let mem = lock(&self.mem);
+        let k = mem
+            .iter()
+            .find(|k| &k.public == public && k.constraints.expires.is_none_or(|t| t > now))?;
+        Some((k.offered(), k.secret.clone()))
+    }
+
     /// Sign `data` with an offered identity. Refused while the agent is locked.
-    pub fn sign(&self, id: &Offered, data: &[u8]) -> Result<Signature, SshError> {
+    pub fn sign(&self, id: &Offered, data: &[u8], flags: u32) -> Result<Signature, SshError> {
         if self.h.is_locked() {
             self.clear_cache();
             return Err(AgentError::Locked { op: "ssh sign" }.into());
         }
         match &id.source {
             Source::Memory => {
-                let mem = lock(&self.mem);
-                let k = mem
-                    .iter()
-                    .find(|k| k.public == id.public)
-                    .ok_or(SshError::UnknownKey)?;
-                k.secret.secret.sign(data)
+                let secret = {
+                    let mem = lock(&self.mem);
+                    mem.iter()
+                        .find(|k| k.public == id.public)
+                        .map(|k| k.secret.clone())
+                        .ok_or(SshError::UnknownKey)?
+                };
+                secret.sign(data, flags)
             }
-            Source::Stored { rec, .. } => self.sign_stored(rec, data),
+            Source::Stored { rec, .. } => self.sign_stored(rec, data, flags),
         }
     }
 
-    fn sign_stored(&self, rec: &KeyRecord, data: &[u8]) -> Result<Signature, SshError> {
+    fn sign_stored(&self, rec: &KeyRecord, data: &[u8], flags: u32) -> Result<Signature, SshError> {
         let on_token = crate::root::Scheme::parse(&rec.scheme)
             .is_ok_and(crate::root::Scheme::is_token_keypair);
         if on_token {
@@ -277,14 +447,17 @@ impl SshKeys {
                 if cache.len() >= CACHE_MAX {
                     cache.clear();
                 }
-                cache.insert(rec.id, p.clone());
+                // Locked meanwhile: do not keep it.
+                if !self.h.is_locked() {
+                    cache.insert(rec.id, p.clone());
+                }
                 p
             }
         };
-        pinned.secret.sign(data)
+        pinned.sign(data, flags)
     }
 
-    /// Unwrap a software keypair (P-256 or Ed25519) under its KEK.
+    /// Unwrap a software keypair (P-256, Ed25519 or RSA) under its KEK.
     fn unwrap(&self, rec: &KeyRecord) -> Result<Secret, SshError> {
         self.h.root_record("ssh sign")?;
         Hierarchy::require_active(rec)?;
@@ -309,12 +482,14 @@ impl SshKeys {
             }
             None | Some(Algorithm::P256) => {
                 let key = self.h.unwrap_keypair(rec)?;
-                Ok(Secret::P256(SigningKey::from(key.secret_key())))
+                Secret::from_local(&key)
             }
-            Some(other) => Err(SshError::Unsupported(format!(
-                "{} keypairs are not offered to SSH",
-                other.as_str()
-            ))),
+            Some(Algorithm::Rsa) => {
+                let pem = self.h.rsa_private(rec)?;
+                let key = keyward_envelope::rsa::signing_key(&pem)
+                    .map_err(|e| AgentError::crypto("ssh rsa key")(e))?;
+                Ok(Secret::Rsa(key))
+            }
         }
     }
 
@@ -329,6 +504,8 @@ impl SshKeys {
         // Adding needs the agent unlocked (to wrap), even for memory keys: a locked agent holds
         // no usable key material.
         self.h.root_record("ssh add")?;
+        // The P-256 scalar, for the keystore record (the signer itself is aws-lc's).
+        let mut p256_local = None;
         let (secret, public) = match key {
             KeypairData::Ecdsa(ssh_key::private::EcdsaKeypair::NistP256 { private, .. }) => {
                 let bytes: &[u8; 32] = private.as_ref();
@@ -336,7 +513,9 @@ impl SshKeys {
                     .map_err(|_| SshError::Refused("not a valid P-256 private key".into()))?;
                 let public =
                     KeyData::Ecdsa(EcdsaPublicKey::from(local.public_key().verifying_key()));
-                (Secret::P256(SigningKey::from(local.secret_key())), public)
+                let secret = Secret::from_local(&local)?;
+                p256_local = Some(local);
+                (secret, public)
             }
             KeypairData::Ed25519(kp) => {
                 let seed = Zeroizing::new(kp.private.to_bytes());
@@ -349,11 +528,16 @@ impl SshKeys {
                 }
                 (Secret::Ed25519(k), public)
             }
+            KeypairData::Rsa(kp) => {
+                let key = rsa_key_pair(kp)?;
+                let public = KeyData::Rsa(kp.public.clone());
+                (Secret::Rsa(key), public)
+            }
             other => {
                 return Err(SshError::Unsupported(format!(
-                    "{} keys (Keyward's SSH door holds ecdsa-sha2-nistp256 and ssh-ed25519)",
-                    other.algorithm().map(|a| a.to_string()).unwrap_or_default()
-                )))
+                "{} keys (Keyward's SSH door holds ecdsa-sha2-nistp256, ssh-ed25519 and ssh-rsa)",
+                other.algorithm().map(|a| a.to_string()).unwrap_or_default()
+            )))
             }
         };
         // A key added again replaces the earlier one (as OpenSSH does).
@@ -362,19 +546,39 @@ impl SshKeys {
             lock(&self.mem).push(MemKey {
                 public,
                 comment: comment.to_string(),
-                secret: Pinned::new(secret),
+                secret: Arc::new(Pinned::new(secret)),
                 constraints,
             });
             tracing::info!("ssh: key added in memory only (lifetime or destination constraints)");
             return Ok(());
         }
         let kek = self.ssh_kek()?;
-        let mut rec = match &secret {
-            Secret::P256(sk) => {
-                let local = LocalKey::from_secret_key(sk.as_nonzero_scalar().into());
-                self.h.keypair_record(&local, &kek)?
+        let mut flags = SshFlags::OFFERED | SshFlags::ADDED;
+        if constraints.confirm {
+            flags |= SshFlags::CONFIRM;
+        }
+        let label = Some(comment.to_string()).filter(|c| !c.is_empty());
+        if let Secret::Rsa(k) = &secret {
+            // Stored as the agent stores every RSA keypair: PKCS#8 PEM under AES-256-GCM with a
+            // DEK wrapped under the KEK.
+            let pem = keyward_envelope::rsa::private_pem(k)
+                .map_err(|e| AgentError::crypto("ssh rsa key")(e))?;
+            let id = self.h.keypair_import_with_ssh(
+                pem.as_bytes(),
+                Some(&kek.id.to_string()),
+                label,
+                SshFlags(flags),
+            )?;
+            tracing::info!(%id, "ssh: RSA key added as a keypair under KEK {}", kek.id);
+            return Ok(());
+        }
+        let mut rec = match (&secret, &p256_local) {
+            (Secret::P256(_), Some(local)) => self.h.keypair_record(local, &kek)?,
+            // Not reached: P-256 keys come with their scalar, RSA keys were stored above.
+            (Secret::P256(_), None) | (Secret::Rsa(_), _) => {
+                return Err(SshError::Refused("a key without its record".into()))
             }
-            Secret::Ed25519(k) => {
+            (Secret::Ed25519(k), _) => {
                 let seed = k.to_bytes();
                 let w = self
                     .h
@@ -387,11 +591,7 @@ impl SshKeys {
                 rec
             }
         };
-        rec.label = Some(comment.to_string()).filter(|c| !c.is_empty());
-        let mut flags = SshFlags::OFFERED | SshFlags::ADDED;
-        if constraints.confirm {
-            flags |= SshFlags::CONFIRM;
-        }
+        rec.label = label;
         self.h.ks.insert_with_ssh_flags(&rec, SshFlags(flags))?;
         tracing::info!(id = %rec.id, "ssh: key added as a keypair wrapped under KEK {}", kek.id);
         Ok(())
@@ -480,8 +680,8 @@ impl SshKeys {
 }
 
 impl Hierarchy {
-    /// Mark a keypair for SSH (`on`, `confirm`) or stop offering it (`off`). Only P-256 and
-    /// Ed25519 keypairs can be offered.
+    /// Mark a keypair for SSH (`on`, `confirm`) or stop offering it (`off`). P-256, Ed25519 and
+    /// RSA keypairs can be offered.
     pub fn keypair_set_ssh(
         &self,
         id: &str,

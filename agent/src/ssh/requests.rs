@@ -103,18 +103,54 @@ impl SshAgent {
         Zeroizing::new(h.finalize().into())
     }
 
-    /// Answer one message body.
+    /// Answer one message body (on a thread that may block).
     pub fn handle(&self, conn: &mut Conn, body: &[u8]) -> Vec<u8> {
-        let req = match parse(body) {
-            Ok(r) => r,
-            Err(e) => {
-                let t = body.first().copied().unwrap_or(0);
-                tracing::info!(message_type = t, error = %e, "ssh: request refused");
-                return FAILURE.to_vec();
-            }
-        };
+        match parse(body) {
+            Ok(req) => self.respond(conn, req),
+            Err(e) => Self::malformed(body, &e),
+        }
+    }
+
+    /// The answer to a message that did not parse: FAILURE, logged.
+    pub fn malformed(body: &[u8], e: &SshError) -> Vec<u8> {
+        let t = body.first().copied().unwrap_or(0);
+        tracing::info!(message_type = t, error = %e, "ssh: request refused");
+        FAILURE.to_vec()
+    }
+
+    /// Answer a parsed request (on a thread that may block: token signatures, confirmation
+    /// prompts, keystore reads).
+    pub fn respond(&self, conn: &mut Conn, req: Request) -> Vec<u8> {
         let what = req.message_id();
-        match self.answer(conn, req) {
+        let result = self.answer(conn, req);
+        Self::encode(what, result)
+    }
+
+    /// Answer now, on the connection's task, when nothing on the way can block: a SIGN_REQUEST
+    /// for a key whose private half is already in memory (a memory key, or a software keypair
+    /// whose unwrapped key is cached), with no confirmation, the door and the agent unlocked,
+    /// and the identity index current. `None`: answer with [`SshAgent::respond`] on a blocking
+    /// thread instead. The checks are the slow path's (destination constraints included).
+    pub fn respond_now(&self, conn: &Conn, req: &Request) -> Option<Vec<u8>> {
+        let Request::SignRequest(s) = req else {
+            return None;
+        };
+        if self.door.try_lock().ok()?.hash.is_some() {
+            return None;
+        }
+        let (id, signer) = self.keys.ready(s.credential.key_data())?;
+        if id.confirm {
+            return None;
+        }
+        let result = self
+            .check_destination(conn, &id, &s.data)
+            .and_then(|_| signer.sign(&s.data, s.flags))
+            .map(Response::SignResponse);
+        Some(Self::encode(req.message_id(), result))
+    }
+
+    fn encode(what: u8, result: Result<Response, SshError>) -> Vec<u8> {
+        match result {
             Ok(resp) => {
                 let mut out = Vec::new();
                 match resp.encode(&mut out) {
@@ -154,8 +190,8 @@ impl SshAgent {
                     .into_iter()
                     .filter(|o| conn.bindings.permitted(&o.destinations, None).is_ok())
                     .map(|o| Identity {
-                        credential: PublicCredential::Key(o.public),
-                        comment: o.comment,
+                        credential: PublicCredential::Key(o.public.clone()),
+                        comment: o.comment.clone(),
                     })
                     .collect();
                 Ok(Response::IdentitiesAnswer(list))
@@ -167,7 +203,7 @@ impl SshAgent {
                 if id.confirm {
                     self.confirm(conn, &id, destination.as_deref())?;
                 }
-                let sig = self.keys.sign(&id, &s.data)?;
+                let sig = self.keys.sign(&id, &s.data, s.flags)?;
                 tracing::debug!(key = %id.public.fingerprint(HashAlg::Sha256), "ssh: signed");
                 Ok(Response::SignResponse(sig))
             }
@@ -335,6 +371,95 @@ impl SshAgent {
                 tracing::warn!(key = %fp, requester = %who, "ssh: use not confirmed");
                 Err(e)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ssh_agent_lib::proto::{AddIdentityConstrained, SignRequest};
+    use ssh_key::private::{Ed25519Keypair, KeypairData};
+    use ssh_key::public::KeyData;
+
+    /// Real message shapes (as `ssh-add` and `ssh` send them), encoded by ssh-agent-lib.
+    fn seeds() -> Vec<Vec<u8>> {
+        let kp = Ed25519Keypair::from_seed(&[7; 32]);
+        let public = KeyData::Ed25519(kp.public);
+        let add = AddIdentity {
+            credential: PrivateCredential::Key {
+                privkey: KeypairData::Ed25519(kp),
+                comment: "seed".into(),
+            },
+        };
+        let reqs = [
+            Request::RequestIdentities,
+            Request::SignRequest(SignRequest {
+                credential: PublicCredential::Key(public),
+                data: vec![0x42; 64],
+                flags: 2,
+            }),
+            Request::AddIdentity(add.clone()),
+            Request::AddIdConstrained(AddIdentityConstrained {
+                identity: add,
+                constraints: vec![KeyConstraint::Lifetime(2), KeyConstraint::Confirm],
+            }),
+            Request::Lock("pass".into()),
+            Request::RemoveAllIdentities,
+        ];
+        let mut out: Vec<Vec<u8>> = reqs
+            .iter()
+            .map(|r| {
+                let mut b = Vec::new();
+                r.encode(&mut b).expect("encode seed");
+                b
+            })
+            .collect();
+        let mut q = vec![27, 0, 0, 0, 5];
+        q.extend_from_slice(b"query");
+        out.push(q);
+        out
+    }
+
+    /// A small fuzz run in the unit tests: mutated real messages never panic the parser or the
+    /// framing, and whatever parses re-encodes.
+    #[tokio::test]
+    async fn mutated_messages_never_panic() {
+        let seeds = seeds();
+        for s in &seeds {
+            parse(s).expect("seed parses");
+        }
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..60_000u64 {
+            let mut m = seeds[(i as usize) % seeds.len()].clone();
+            for _ in 0..1 + next() % 4 {
+                let r = next();
+                let pos = (r >> 8) as usize % (m.len() + 1);
+                match r % 4 {
+                    0 if pos < m.len() => m[pos] ^= 1 << ((r >> 40) % 8),
+                    1 => m.truncate(pos),
+                    2 => m.insert(pos, (r >> 32) as u8),
+                    _ if pos + 4 <= m.len() => {
+                        m[pos..pos + 4].copy_from_slice(&((r >> 16) as u32).to_be_bytes())
+                    }
+                    _ => {}
+                }
+            }
+            if let Ok(req) = parse(&m) {
+                let mut again = Vec::new();
+                req.encode(&mut again).expect("a parsed request re-encodes");
+            }
+            let mut framed = (m.len() as u32).to_be_bytes().to_vec();
+            framed.extend_from_slice(&m);
+            framed.truncate((next() as usize) % (framed.len() + 1));
+            let mut rd: &[u8] = &framed;
+            let _ = super::super::frame::read(&mut rd).await;
         }
     }
 }

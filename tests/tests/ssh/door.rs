@@ -77,3 +77,70 @@ fn ssh_socket_follows_config_and_can_be_disabled() {
     assert!(env.cli_json(&["status"], None).get("ssh_socket").is_none());
     assert!(!ssh_sock(&env).exists());
 }
+
+/// The SSH socket shares the CBOR socket's limits: one connection cap counts both sockets (an
+/// SSH connection over it is closed, a CBOR client over it gets `busy`), a frame once begun on
+/// the SSH socket must arrive within the frame deadline (a slowloris is cut off and its slot
+/// freed), and idle SSH connections have no deadline. The agent keeps serving both sockets.
+#[test]
+fn ssh_connections_share_the_cap_and_deadlines() {
+    use keyward_tests::keyward_proto::ErrorCode;
+    use std::time::{Duration, Instant};
+    let mut env = TestEnv::start(RootKind::Pkcs11);
+    init_with_kek(&env);
+    ssh_keypair(&env, &[], "capped");
+    env.stop();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(env.config_path())
+        .expect("open config");
+    write!(
+        f,
+        "\n[limits]\nmax_connections = 3\nframe_timeout_ms = 300\n"
+    )
+    .expect("config");
+    drop(f);
+    env.start_agent();
+    // Three SSH connections take every slot.
+    let mut held: Vec<RawSsh> = (0..3).map(|_| RawSsh::connect(&env)).collect();
+    for c in &mut held {
+        c.send(&[11]);
+        assert_eq!(c.recv().expect("identities")[0], 12);
+    }
+    // Over the cap on the SSH socket: closed unanswered.
+    for _ in 0..5 {
+        let mut over = RawSsh::connect(&env);
+        let _ = over.0.write_all(&[0, 0, 0, 1, 11]);
+        assert_eq!(
+            over.recv(),
+            None,
+            "an SSH connection over the cap was served"
+        );
+    }
+    // Over the cap on the CBOR socket too: the cap is shared.
+    let e = keyward_tests::keyward_client::BlockingClient::connect(env.socket_path())
+        .err()
+        .expect("a CBOR client over the shared cap is refused");
+    assert_eq!(e.code(), Some(ErrorCode::Busy), "{e}");
+    // Idle for longer than the frame deadline: still served.
+    std::thread::sleep(Duration::from_millis(700));
+    held[0].send(&[11]);
+    assert_eq!(held[0].recv().expect("identities after idling")[0], 12);
+    // A slowloris (half a length prefix, then nothing) is cut off at the frame deadline.
+    let mut slow = held.pop().expect("held");
+    slow.0.write_all(&[0, 0]).expect("half a prefix");
+    let t = Instant::now();
+    assert_eq!(slow.recv(), None, "a slow frame was not cut off");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    drop(slow);
+    // Its slot is free again: both sockets serve.
+    let c = keyward_tests::wait_for("a CBOR slot after the slowloris was cut off", || {
+        keyward_tests::keyward_client::BlockingClient::connect(env.socket_path()).ok()
+    });
+    c.run(|c| c.status()).expect("status");
+    drop(c);
+    assert!(listed(&env).contains("capped"));
+    let log = env.log();
+    assert!(log.contains("slow frame"), "{log}");
+    assert!(log.contains("connection cap reached"), "{log}");
+}
