@@ -202,6 +202,11 @@ fn start(cli: Cli) -> Result<(), StartError> {
         // socket does too.
         let _usr1 =
             keyward_agent::idle::lock_on_sigusr1(service.clone()).map_err(installing("SIGUSR1"))?;
+        let deadlines = keyward_agent::idle::lock_on_deadlines(
+            service.clone(),
+            h.clone(),
+            config.unlock.deadlines(),
+        );
         let bound = match inherited.cbor {
             Some(l) => server::Bound::inherited(l).map_err(StartError::Inherited)?,
             None => server::bind(&socket).map_err(StartError::Bind)?,
@@ -219,6 +224,9 @@ fn start(cli: Cli) -> Result<(), StartError> {
         activation::notify(State::Stopping);
         if let Some(w) = watchdog {
             w.abort();
+        }
+        if let Some(d) = deadlines {
+            d.abort();
         }
         let _ = stop_ssh.send(());
         if let Some(t) = ssh_task {
