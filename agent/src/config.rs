@@ -282,6 +282,35 @@ pub fn default_keystore() -> PathBuf {
 }
 
 impl Config {
+    /// What `keywardd check-config` prints (JSON): the paths and what the root needs, for
+    /// `keyward doctor`. Never a secret (the config holds none).
+    pub fn summary(&self, path: &Path) -> serde_json::Value {
+        let root = match &self.root {
+            RootConfig::Pkcs11 {
+                uri, env, key_type, ..
+            } => {
+                let u = crate::root::uri::Pkcs11Uri::parse(uri).ok();
+                serde_json::json!({
+                    "kind": "pkcs11",
+                    "key_type": match key_type { Pkcs11KeyType::Aes => "aes", Pkcs11KeyType::Ec => "ec" },
+                    "module": u.as_ref().and_then(|u| u.module_path()),
+                    "token": u.as_ref().and_then(|u| u.token()),
+                    "env": env,
+                })
+            }
+            RootConfig::YubiKey { serial, slot, .. } => {
+                serde_json::json!({ "kind": "yubikey", "serial": serial, "slot": slot })
+            }
+            RootConfig::Soft { .. } => serde_json::json!({ "kind": "soft" }),
+        };
+        serde_json::json!({
+            "config": path.display().to_string(),
+            "keystore": self.keystore.display().to_string(),
+            "socket": self.socket.as_ref().map(|s| s.display().to_string()),
+            "root": root,
+        })
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),

@@ -94,6 +94,9 @@ enum Command {
     Run,
     /// Reset the wrong-PIN counter after a lockout (run with the agent stopped).
     ResetPinAttempts,
+    /// Check the configuration and print what it names as JSON (for `keyward doctor`); opens
+    /// neither the keystore nor the root.
+    CheckConfig,
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
@@ -127,6 +130,10 @@ fn start(cli: Cli) -> Result<(), StartError> {
 
     let path = config_path(&cli);
     let config = Config::load(&path).map_err(StartError::Config)?;
+    if let Some(Command::CheckConfig) = cli.command {
+        println!("{}", config.summary(&path));
+        return Ok(());
+    }
     let ks = Arc::new(Keystore::open(&config.keystore).map_err(StartError::Keystore)?);
     let root = keyward_agent::root::from_config(&config.root).map_err(StartError::Root)?;
     let h = Arc::new(Hierarchy::new(ks.clone(), root, config.unlock));
@@ -165,7 +172,9 @@ fn start(cli: Cli) -> Result<(), StartError> {
             }
         };
         let prompt = keyward_agent::prompt::Prompter::new(&config.prompt).map(Arc::new);
-        let mut service = Service::new(h.clone()).with_prompt(prompt);
+        let mut service = Service::new(h.clone())
+            .with_prompt(prompt)
+            .with_config_path(&std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone()));
         // The SSH door: a second socket, stopped by the same signal as the first.
         let (stop_ssh, ssh_stopped) = tokio::sync::watch::channel(());
         let activated = inherited.activated();

@@ -22,6 +22,8 @@ pub struct Service {
     ssh: Option<(String, Arc<crate::ssh::requests::SshAgent>)>,
     /// The PIN prompt (`[prompt]`), when configured.
     prompt: Option<Arc<crate::prompt::Prompter>>,
+    /// The configuration file, reported by `hello` (for `keyward doctor`).
+    config_path: Option<String>,
 }
 
 impl Service {
@@ -30,7 +32,14 @@ impl Service {
             h,
             ssh: None,
             prompt: None,
+            config_path: None,
         }
+    }
+
+    /// Report the configuration file's path in `hello`.
+    pub fn with_config_path(mut self, path: &std::path::Path) -> Self {
+        self.config_path = Some(path.display().to_string());
+        self
     }
 
     /// Ask for the PIN through pinentry when a request needs the root and the agent is locked.
@@ -149,6 +158,9 @@ impl Handler for Service {
             locked: self.h.is_locked(),
             ops: Op::ALL.iter().map(|o| o.name().to_string()).collect(),
             ssh_socket: self.ssh.as_ref().map(|s| s.0.clone()),
+            config: self.config_path.clone(),
+            keystore: Some(self.h.ks.path().display().to_string()),
+            pin_attempts_left: Some(self.h.pin_attempts_left()),
         })
     }
 
