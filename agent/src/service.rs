@@ -24,6 +24,8 @@ pub struct Service {
     prompt: Option<Arc<crate::prompt::Prompter>>,
     /// The configuration file, reported by `hello` (for `keyward doctor`).
     config_path: Option<String>,
+    /// The connection's peer process (SO_PEERCRED), named in PIN prompts.
+    peer_pid: Option<i32>,
 }
 
 impl Service {
@@ -33,6 +35,15 @@ impl Service {
             ssh: None,
             prompt: None,
             config_path: None,
+            peer_pid: None,
+        }
+    }
+
+    /// This service for one connection, whose peer process is `pid` (named in PIN prompts).
+    pub fn for_peer(&self, pid: Option<i32>) -> Self {
+        Service {
+            peer_pid: pid,
+            ..self.clone()
         }
     }
 
@@ -136,7 +147,8 @@ impl Handler for Service {
     fn check_access(&self, op: Op) -> Result<(), AgentError> {
         match (self.h.root_record(op.name()), &self.prompt) {
             (Err(AgentError::Locked { .. }), Some(p)) => {
-                p.unlock(&self.h, op.name())?;
+                let who = crate::ssh::confirm::describe_process(self.peer_pid);
+                p.unlock(&self.h, op.name(), &who)?;
                 self.h.root_record(op.name()).map(|_| ())
             }
             (r, _) => r.map(|_| ()),

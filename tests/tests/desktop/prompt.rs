@@ -65,7 +65,7 @@ fn log_of(dir: &Path) -> String {
 }
 
 #[test]
-fn prompt_unlocks_a_locked_agent_and_setdesc_names_the_token_and_attempts() {
+fn prompt_unlocks_a_locked_agent_and_setdesc_names_the_token_attempts_and_peer() {
     let dir = tempfile::tempdir().unwrap();
     let env = locked_env_with_prompt(&fake_pinentry(dir.path(), &answer_pin()), 30);
     let c = env.client();
@@ -80,6 +80,13 @@ fn prompt_unlocks_a_locked_agent_and_setdesc_names_the_token_and_attempts() {
     assert!(desc.len() < 1000);
     assert!(
         desc.contains("kek.create") && desc.contains("Attempts left"),
+        "{desc}"
+    );
+    // The peer is this test process: its executable is named.
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        desc.contains(&format!("process {}", std::process::id())) && desc.contains(&exe),
         "{desc}"
     );
     assert!(log.contains("SETTIMEOUT 30"), "{log}");
