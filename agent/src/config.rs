@@ -13,6 +13,8 @@
 //! free_attempts = 3       # wrong PINs before back-off starts
 //! backoff_base_ms = 1000  # first wait; doubles with each further wrong PIN
 //! backoff_max_ms = 300000
+//! # idle_lock = "15m"     # lock when no request used the root for this long (idle.rs)
+//! # max_unlocked = "8h"   # lock this long after unlocking, however busy
 //! [limits]                # every key optional; these are the defaults
 //! max_connections = 1024  # open connections; more get `busy` and are closed. Also bounded by
 //!                         # the descriptor limit: RLIMIT_NOFILE (soft raised to hard at start)
@@ -222,6 +224,22 @@ pub struct UnlockPolicy {
     pub free_attempts: u32,
     pub backoff_base_ms: u64,
     pub backoff_max_ms: u64,
+    /// Lock when no request has used the root for this long (`"15m"`; unset: never).
+    #[serde(deserialize_with = "crate::idle::deserialize_opt_duration")]
+    pub idle_lock: Option<std::time::Duration>,
+    /// Lock this long after an unlock, however busy (`"8h"`; unset: never).
+    #[serde(deserialize_with = "crate::idle::deserialize_opt_duration")]
+    pub max_unlocked: Option<std::time::Duration>,
+}
+
+impl UnlockPolicy {
+    /// The lock deadlines (`idle.rs`).
+    pub fn deadlines(&self) -> crate::idle::Deadlines {
+        crate::idle::Deadlines {
+            idle_lock: self.idle_lock,
+            max_unlocked: self.max_unlocked,
+        }
+    }
 }
 
 impl Default for UnlockPolicy {
@@ -231,6 +249,8 @@ impl Default for UnlockPolicy {
             free_attempts: 3,
             backoff_base_ms: 1000,
             backoff_max_ms: 300_000,
+            idle_lock: None,
+            max_unlocked: None,
         }
     }
 }
@@ -262,6 +282,35 @@ pub fn default_keystore() -> PathBuf {
 }
 
 impl Config {
+    /// What `keywardd check-config` prints (JSON): the paths and what the root needs, for
+    /// `keyward doctor`. Never a secret (the config holds none).
+    pub fn summary(&self, path: &Path) -> serde_json::Value {
+        let root = match &self.root {
+            RootConfig::Pkcs11 {
+                uri, env, key_type, ..
+            } => {
+                let u = crate::root::uri::Pkcs11Uri::parse(uri).ok();
+                serde_json::json!({
+                    "kind": "pkcs11",
+                    "key_type": match key_type { Pkcs11KeyType::Aes => "aes", Pkcs11KeyType::Ec => "ec" },
+                    "module": u.as_ref().and_then(|u| u.module_path()),
+                    "token": u.as_ref().and_then(|u| u.token()),
+                    "env": env,
+                })
+            }
+            RootConfig::YubiKey { serial, slot, .. } => {
+                serde_json::json!({ "kind": "yubikey", "serial": serial, "slot": slot })
+            }
+            RootConfig::Soft { .. } => serde_json::json!({ "kind": "soft" }),
+        };
+        serde_json::json!({
+            "config": path.display().to_string(),
+            "keystore": self.keystore.display().to_string(),
+            "socket": self.socket.as_ref().map(|s| s.display().to_string()),
+            "root": root,
+        })
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
@@ -456,5 +505,38 @@ mod tests {
             Config::parse("colour = 1\n[root]\nkind=\"pkcs11\"\nuri=\"pkcs11:\"\n", p),
             Err(ConfigError::Parse { .. })
         ));
+    }
+
+    #[test]
+    fn lock_deadlines_parse_as_durations() {
+        let p = Path::new("/x.toml");
+        let root = "[root]\nkind = \"soft\"\n";
+        let c = Config::parse(
+            &format!("{root}[unlock]\nidle_lock = \"15m\"\nmax_unlocked = \"8h\"\n"),
+            p,
+        )
+        .unwrap();
+        assert_eq!(
+            c.unlock.idle_lock,
+            Some(std::time::Duration::from_secs(900))
+        );
+        assert_eq!(
+            c.unlock.max_unlocked,
+            Some(std::time::Duration::from_secs(8 * 3600))
+        );
+        assert_eq!(c.unlock.max_attempts, 10);
+        for bad in [
+            "idle_lock = \"15\"",
+            "idle_lock = 15",
+            "max_unlocked = \"0s\"",
+        ] {
+            assert!(
+                matches!(
+                    Config::parse(&format!("{root}[unlock]\n{bad}\n"), p),
+                    Err(ConfigError::Parse { .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 }

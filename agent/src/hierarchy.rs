@@ -118,6 +118,10 @@ pub struct Hierarchy {
     seen: Mutex<(u32, u64)>,
     /// The PIN of the last good unlock, while unlocked.
     held_pin: Mutex<Option<PinTag>>,
+    /// While unlocked: when, and when a request last used the root (`idle.rs`'s deadlines).
+    activity: Mutex<Option<crate::idle::Activity>>,
+    /// Wakes the deadline task on each unlock.
+    unlocked: tokio::sync::Notify,
 }
 
 impl Hierarchy {
@@ -132,6 +136,35 @@ impl Hierarchy {
             pin_gate: Mutex::new(()),
             seen: Mutex::new((0, 0)),
             held_pin: Mutex::new(None),
+            activity: Mutex::new(None),
+            unlocked: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// While unlocked: when it was unlocked and last used (boot-clock times, `idle.rs`). An
+    /// unlocked root with no record (unlocked before this was kept) counts from now.
+    pub fn activity(&self) -> Option<crate::idle::Activity> {
+        let mut a = lock(&self.activity);
+        if self.is_locked() {
+            *a = None;
+            return None;
+        }
+        let now = crate::idle::boot_now();
+        Some(*a.get_or_insert(crate::idle::Activity {
+            unlocked_at: now,
+            last_used: now,
+        }))
+    }
+
+    /// Resolves after the next unlock (at once if one happened since the last call).
+    pub async fn unlocked(&self) {
+        self.unlocked.notified().await
+    }
+
+    /// A request used the root: push the idle deadline back.
+    fn touch(&self) {
+        if let Some(a) = lock(&self.activity).as_mut() {
+            a.last_used = crate::idle::boot_now();
         }
     }
 
@@ -315,6 +348,13 @@ impl Hierarchy {
         let tag =
             PinTag::new(pin).ok_or_else(|| AgentError::crypto("PIN tag")(CryptoError::Hmac))?;
         *lock(&self.held_pin) = Some(tag);
+        // Init and unlock end here: the deadlines start now.
+        let now = crate::idle::boot_now();
+        *lock(&self.activity) = Some(crate::idle::Activity {
+            unlocked_at: now,
+            last_used: now,
+        });
+        self.unlocked.notify_one();
         Ok(())
     }
 
@@ -429,6 +469,7 @@ impl Hierarchy {
         self.key_cache.clear();
         self.ks.set_mac_key(None);
         *lock(&self.held_pin) = None;
+        *lock(&self.activity) = None;
         let _ = self.root.lock();
     }
 
@@ -492,7 +533,9 @@ impl Hierarchy {
         }
         self.with_pin_policy(|| {
             if self.root.is_unlocked() {
-                return self.check_held_pin(pin);
+                self.check_held_pin(pin)?;
+                self.touch();
+                return Ok(());
             }
             let root = root.clone().ok_or(AgentError::NotInitialized)?;
             let stored = StoredRoot {
@@ -519,6 +562,7 @@ impl Hierarchy {
         self.key_cache.clear();
         self.ks.set_mac_key(None);
         *lock(&self.held_pin) = None;
+        *lock(&self.activity) = None;
         self.root.lock()?;
         tracing::info!("locked");
         Ok(())
@@ -541,6 +585,7 @@ impl Hierarchy {
         if !self.root.is_unlocked() {
             return Err(AgentError::Locked { op });
         }
+        self.touch();
         Ok(root)
     }
 

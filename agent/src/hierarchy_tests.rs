@@ -26,6 +26,7 @@ fn policy(max_attempts: u32, free_attempts: u32, backoff_base_ms: u64) -> Unlock
         free_attempts,
         backoff_base_ms,
         backoff_max_ms: 60_000,
+        ..UnlockPolicy::default()
     }
 }
 

@@ -94,6 +94,9 @@ enum Command {
     Run,
     /// Reset the wrong-PIN counter after a lockout (run with the agent stopped).
     ResetPinAttempts,
+    /// Check the configuration and print what it names as JSON (for `keyward doctor`); opens
+    /// neither the keystore nor the root.
+    CheckConfig,
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
@@ -127,6 +130,10 @@ fn start(cli: Cli) -> Result<(), StartError> {
 
     let path = config_path(&cli);
     let config = Config::load(&path).map_err(StartError::Config)?;
+    if let Some(Command::CheckConfig) = cli.command {
+        println!("{}", config.summary(&path));
+        return Ok(());
+    }
     let ks = Arc::new(Keystore::open(&config.keystore).map_err(StartError::Keystore)?);
     let root = keyward_agent::root::from_config(&config.root).map_err(StartError::Root)?;
     let h = Arc::new(Hierarchy::new(ks.clone(), root, config.unlock));
@@ -165,7 +172,9 @@ fn start(cli: Cli) -> Result<(), StartError> {
             }
         };
         let prompt = keyward_agent::prompt::Prompter::new(&config.prompt).map(Arc::new);
-        let mut service = Service::new(h.clone()).with_prompt(prompt);
+        let mut service = Service::new(h.clone())
+            .with_prompt(prompt)
+            .with_config_path(&std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone()));
         // The SSH door: a second socket, stopped by the same signal as the first.
         let (stop_ssh, ssh_stopped) = tokio::sync::watch::channel(());
         let activated = inherited.activated();
@@ -206,6 +215,11 @@ fn start(cli: Cli) -> Result<(), StartError> {
         // socket does too.
         let _usr1 =
             keyward_agent::idle::lock_on_sigusr1(service.clone()).map_err(installing("SIGUSR1"))?;
+        let deadlines = keyward_agent::idle::lock_on_deadlines(
+            service.clone(),
+            h.clone(),
+            config.unlock.deadlines(),
+        );
         let bound = match inherited.cbor {
             Some(l) => server::Bound::inherited(l).map_err(StartError::Inherited)?,
             None => server::bind(&socket).map_err(StartError::Bind)?,
@@ -223,6 +237,9 @@ fn start(cli: Cli) -> Result<(), StartError> {
         activation::notify(State::Stopping);
         if let Some(w) = watchdog {
             w.abort();
+        }
+        if let Some(d) = deadlines {
+            d.abort();
         }
         let _ = stop_ssh.send(());
         if let Some(t) = ssh_task {

@@ -181,9 +181,10 @@ impl Prompter {
         })
     }
 
-    /// Unlock `h` with a PIN asked through pinentry, for the operation `op`; requests arriving
-    /// meanwhile wait for this one prompt and share its outcome.
-    pub fn unlock(&self, h: &Hierarchy, op: &'static str) -> Result<(), AgentError> {
+    /// Unlock `h` with a PIN asked through pinentry, for the operation `op` that the process
+    /// `who` (its pid, executable and command line) sent; requests arriving meanwhile wait for
+    /// this one prompt and share its outcome.
+    pub fn unlock(&self, h: &Hierarchy, op: &'static str, who: &str) -> Result<(), AgentError> {
         let seen = lock(&self.last).0;
         let _gate = lock(&self.gate);
         if !h.is_locked() {
@@ -197,8 +198,9 @@ impl Prompter {
                 }
             }
         }
+        // Who asks comes last: truncation cuts its command line, not the token or attempts.
         let desc = format!(
-            "Keyward needs the PIN of {} to answer `{op}`. Attempts left: {}.",
+            "Keyward needs the PIN of {} to answer `{op}`. Attempts left: {}. Asked by {who}",
             h.describe(),
             h.pin_attempts_left()
         );

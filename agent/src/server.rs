@@ -496,9 +496,14 @@ async fn connection(
         dead: AtomicBool::new(false),
         ended: Notify::new(),
     });
-    let peer = rd.as_ref().peer_cred().map(|c| c.uid());
+    let cred = rd.as_ref().peer_cred();
+    let pid = cred.as_ref().ok().and_then(|c| c.pid());
+    let peer = cred.map(|c| c.uid());
     match peer {
-        Ok(p) if p == uid => serve_requests(&mut rd, &replies, service, &limits).await,
+        Ok(p) if p == uid => {
+            let service = service.for_peer(pid);
+            serve_requests(&mut rd, &replies, service, &limits).await
+        }
         other => {
             match other {
                 Ok(p) => tracing::warn!(peer_uid = p, "refused a connection from another user"),

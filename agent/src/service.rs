@@ -22,6 +22,10 @@ pub struct Service {
     ssh: Option<(String, Arc<crate::ssh::requests::SshAgent>)>,
     /// The PIN prompt (`[prompt]`), when configured.
     prompt: Option<Arc<crate::prompt::Prompter>>,
+    /// The configuration file, reported by `hello` (for `keyward doctor`).
+    config_path: Option<String>,
+    /// The connection's peer process (SO_PEERCRED), named in PIN prompts.
+    peer_pid: Option<i32>,
 }
 
 impl Service {
@@ -30,7 +34,23 @@ impl Service {
             h,
             ssh: None,
             prompt: None,
+            config_path: None,
+            peer_pid: None,
         }
+    }
+
+    /// This service for one connection, whose peer process is `pid` (named in PIN prompts).
+    pub fn for_peer(&self, pid: Option<i32>) -> Self {
+        Service {
+            peer_pid: pid,
+            ..self.clone()
+        }
+    }
+
+    /// Report the configuration file's path in `hello`.
+    pub fn with_config_path(mut self, path: &std::path::Path) -> Self {
+        self.config_path = Some(path.display().to_string());
+        self
     }
 
     /// Ask for the PIN through pinentry when a request needs the root and the agent is locked.
@@ -127,7 +147,8 @@ impl Handler for Service {
     fn check_access(&self, op: Op) -> Result<(), AgentError> {
         match (self.h.root_record(op.name()), &self.prompt) {
             (Err(AgentError::Locked { .. }), Some(p)) => {
-                p.unlock(&self.h, op.name())?;
+                let who = crate::ssh::confirm::describe_process(self.peer_pid);
+                p.unlock(&self.h, op.name(), &who)?;
                 self.h.root_record(op.name()).map(|_| ())
             }
             (r, _) => r.map(|_| ()),
@@ -149,6 +170,9 @@ impl Handler for Service {
             locked: self.h.is_locked(),
             ops: Op::ALL.iter().map(|o| o.name().to_string()).collect(),
             ssh_socket: self.ssh.as_ref().map(|s| s.0.clone()),
+            config: self.config_path.clone(),
+            keystore: Some(self.h.ks.path().display().to_string()),
+            pin_attempts_left: Some(self.h.pin_attempts_left()),
         })
     }
 

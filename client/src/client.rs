@@ -215,6 +215,9 @@ impl Client {
                 locked: true,
                 ops: Vec::new(),
                 ssh_socket: None,
+                config: None,
+                keystore: None,
+                pin_attempts_left: None,
             },
             reader,
         };

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 
 mod cli;
 mod cryppo;
+mod doctor;
 mod identity_cmds;
 mod ssh_cmds;
 mod stream_cmds;
@@ -40,6 +41,17 @@ struct Cli {
 enum Command {
     /// Show the agent's root, token and lock state.
     Status,
+    /// Check the set-up (agent, socket, config, token, pcscd, SSH_AUTH_SOCK, units, keystore)
+    /// and say how to fix each problem; exits non-zero when there is one.
+    Doctor {
+        /// The agent's config (default: what the agent reports, else $KEYWARD_CONFIG, else
+        /// $XDG_CONFIG_HOME/keyward/keyward.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The keystore to check (default: what the agent or the config names).
+        #[arg(long)]
+        keystore: Option<PathBuf>,
+    },
     /// Create the root (once): on the token, or with `--soft` from a passphrase.
     Init {
         #[command(flatten)]
@@ -293,6 +305,15 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             if let Some(s) = &h.ssh_socket {
                 text.push_str(&format!("ssh socket:  {s}\n"));
             }
+            if let Some(s) = &h.config {
+                text.push_str(&format!("config:      {s}\n"));
+            }
+            if let Some(s) = &h.keystore {
+                text.push_str(&format!("keystore:    {s}\n"));
+            }
+            if let Some(n) = h.pin_attempts_left {
+                text.push_str(&format!("PIN attempts left: {n}\n"));
+            }
             out(text, serde_json::to_value(&h).map_err(|e| e.to_string())?)
         }
         Command::Init { pin: opt, soft } => {
@@ -402,7 +423,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         Command::Node(cmd) => identity_cmds::node(&c, cmd).await?,
         Command::Seal(cmd) => return identity_cmds::seal(&c, cmd, cli.json).await,
         Command::Open(cmd) => return identity_cmds::open(&c, cmd, cli.json).await,
-        Command::Cryppo(_) | Command::Verify(_) | Command::Ssh(_) => {
+        Command::Cryppo(_) | Command::Verify(_) | Command::Ssh(_) | Command::Doctor { .. } => {
             return Err("internal: offline command reached the agent path"
                 .to_string()
                 .into())
@@ -422,6 +443,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Command::Doctor { config, keystore } = &cli.command {
+        let opts = doctor::Options {
+            socket: keyward_client::proto::paths::socket_path(cli.socket.clone()),
+            config: config.clone(),
+            keystore: keystore.clone(),
+        };
+        let checks = rt.block_on(doctor::run(&opts));
+        let (text, json) = doctor::render(&checks);
+        if cli.json {
+            println!("{json}");
+        } else {
+            print!("{text}");
+        }
+        return if json["ok"] == json!(true) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     match rt.block_on(run(&cli)) {
         Ok(Some(o)) => {
             if cli.json {

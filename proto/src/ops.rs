@@ -84,6 +84,15 @@ pub struct HelloResult {
     /// The agent's SSH-agent socket, when it serves one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_socket: Option<String>,
+    /// The agent's configuration file (for `keyward doctor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    /// The agent's keystore (for `keyward doctor`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keystore: Option<String>,
+    /// Wrong PINs left before the agent refuses PINs (as far as it has seen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_attempts_left: Option<u32>,
 }
 
 /// Arguments of `init` and `unlock`.

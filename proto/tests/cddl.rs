@@ -326,6 +326,9 @@ fn every_response_validates() {
                 locked: false,
                 ops: Op::ALL.iter().map(|o| o.name().to_string()).collect(),
                 ssh_socket: Some("/run/user/1000/keyward/ssh.sock".into()),
+                config: Some("/home/u/.config/keyward/keyward.toml".into()),
+                keystore: Some("/home/u/.local/share/keyward/keystore.db".into()),
+                pin_attempts_left: Some(10),
             },
         ),
         Response::ok(

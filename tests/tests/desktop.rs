@@ -1,14 +1,19 @@
 //! Desktop and service integration: the systemd units and socket activation (`desktop/systemd.rs`),
-//! PIN prompts through pinentry (`desktop/prompt.rs`), SIGUSR1 locking (`desktop/idle.rs`),
+//! PIN prompts through pinentry (`desktop/prompt.rs`), SIGUSR1 and idle locking (`desktop/idle.rs`),
+//! `keyward doctor` (`desktop/doctor.rs`), the udev rules (`desktop/udev.rs`),
 //! driven by Debian 12's real `systemd-analyze` and `systemd-socket-activate` (installed by
 //! `desktop-setup.sh --install-only`; a missing program fails the test and names the script).
 
+#[path = "desktop/doctor.rs"]
+mod doctor;
 #[path = "desktop/idle.rs"]
 mod idle;
 #[path = "desktop/prompt.rs"]
 mod prompt;
 #[path = "desktop/systemd.rs"]
 mod systemd;
+#[path = "desktop/udev.rs"]
+mod udev;
 
 use std::path::PathBuf;
 use std::process::Command;

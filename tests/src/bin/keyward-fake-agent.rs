@@ -47,6 +47,9 @@ fn serve(socket: &str, record: &str) -> Result<(), String> {
                             locked: true,
                             ops: vec!["hello".into(), "unlock".into()],
                             ssh_socket: None,
+                            config: None,
+                            keystore: None,
+                            pin_attempts_left: None,
                         },
                     )
                 } else {

@@ -1,6 +1,7 @@
 //! PIN prompts through pinentry: a fake Assuan pinentry (a shell script) drives every path —
 //! the PIN typed, cancel, a program that fails or is missing, one that times out or never
-//! answers, concurrent requests sharing one prompt.
+//! answers, concurrent requests sharing one prompt; and the real `pinentry-tty` drawing in a
+//! `tmux` pane, the PIN typed with `send-keys`.
 
 use keyward_proto::ErrorCode;
 use keyward_tests::{expect_code, RootKind, TestEnv};
@@ -65,7 +66,7 @@ fn log_of(dir: &Path) -> String {
 }
 
 #[test]
-fn prompt_unlocks_a_locked_agent_and_setdesc_names_the_token_and_attempts() {
+fn prompt_unlocks_a_locked_agent_and_setdesc_names_the_token_attempts_and_peer() {
     let dir = tempfile::tempdir().unwrap();
     let env = locked_env_with_prompt(&fake_pinentry(dir.path(), &answer_pin()), 30);
     let c = env.client();
@@ -80,6 +81,13 @@ fn prompt_unlocks_a_locked_agent_and_setdesc_names_the_token_and_attempts() {
     assert!(desc.len() < 1000);
     assert!(
         desc.contains("kek.create") && desc.contains("Attempts left"),
+        "{desc}"
+    );
+    // The peer is this test process: its executable is named.
+    let exe = std::env::current_exe().unwrap();
+    let exe = exe.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        desc.contains(&format!("process {}", std::process::id())) && desc.contains(&exe),
         "{desc}"
     );
     assert!(log.contains("SETTIMEOUT 30"), "{log}");
@@ -158,4 +166,84 @@ fn prompt_concurrent_requests_share_one_prompt() {
         .filter(|l| l.starts_with("GETPIN"))
         .count();
     assert_eq!(getpins, 1, "one prompt for four requests");
+}
+
+/// `tmux -L SOCKET ARGS` (a private tmux server per test).
+fn tmux(socket: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::need("tmux"))
+        .arg("-L")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn prompt_real_pinentry_tty_in_tmux_takes_the_typed_pin() {
+    let pinentry = crate::need("pinentry-tty");
+    let socket = format!("keyward-pin-{}", std::process::id());
+    let started = tmux(&socket, &["new-session", "-d", "-s", "pin", "sleep 600"]);
+    assert!(started.status.success(), "{started:?}");
+    struct Kill<'a>(&'a str);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = tmux(self.0, &["kill-server"]);
+        }
+    }
+    let _kill = Kill(&socket);
+    let tty = tmux(
+        &socket,
+        &["display-message", "-p", "-t", "pin", "#{pane_tty}"],
+    );
+    let tty = String::from_utf8_lossy(&tty.stdout).trim().to_string();
+    assert!(tty.starts_with("/dev/"), "pane tty: {tty:?}");
+
+    let mut env = TestEnv::start(RootKind::Soft);
+    env.init();
+    env.stop();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(env.config_path())
+        .unwrap();
+    writeln!(
+        f,
+        "\n[prompt]\npinentry = \"{}\"\ntimeout_s = 30\ntty = \"{tty}\"",
+        pinentry.display()
+    )
+    .unwrap();
+    drop(f);
+    env.start_agent();
+    assert!(env.client().hello_info().locked);
+
+    std::thread::scope(|s| {
+        let request = s.spawn(|| env.client().run(|c| c.kek_create(Some("tmux".into()))));
+        // Wait for pinentry-tty to draw its prompt in the pane, then type the PIN.
+        let start = Instant::now();
+        loop {
+            let pane = tmux(&socket, &["capture-pane", "-p", "-t", "pin"]);
+            let pane = String::from_utf8_lossy(&pane.stdout).into_owned();
+            if pane.contains("PIN") {
+                assert!(pane.contains("kek.create"), "{pane}");
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no prompt in the pane:\n{pane}\nagent log:\n{}",
+                env.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let typed = tmux(
+            &socket,
+            &["send-keys", "-t", "pin", RootKind::Soft.secret(), "Enter"],
+        );
+        assert!(typed.status.success());
+        let r = request.join().unwrap();
+        assert!(r.is_ok(), "{r:?}; agent log:\n{}", env.log());
+    });
+    assert!(!env.client().hello_info().locked);
+    assert!(
+        !env.log().contains(RootKind::Soft.secret()),
+        "the PIN was logged"
+    );
 }
