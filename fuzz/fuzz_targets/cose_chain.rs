@@ -18,7 +18,7 @@
 //! - (structured) every step of a `Vouch` path is a delegation or rekey in the chain, issued by
 //!   the next key, correctly signed, and valid at the time asked; and no correctly signed
 //!   revocation in the chain revokes a key of the path by that key or one of its ancestors;
-//! - `verify_key` gives the same answer on the chain after an encode/decode round trip.
+//! - a chain re-encodes and decodes to an equal chain.
 #![no_main]
 
 use keyward_identity::cose;
@@ -136,7 +136,6 @@ fn check_vouch(chain: &Chain, key: &PublicKey, now: u64, v: &Vouch) {
             v.expires_at.is_some_and(|e| e > now),
             "vouched by an expired link"
         );
-        assert!(v.name.is_some());
     }
 }
 
@@ -184,15 +183,10 @@ fn verify(chain: &Chain, key: &PublicKey, now: u64) -> Result<Vouch, ChainError>
     if let Ok(v) = &r {
         check_vouch(chain, key, now, v);
     }
-    // Same answer after a round trip of the chain file.
+    // The chain file round-trips to an equal chain (so `verify_key` answers the same; it is
+    // deterministic, and asking twice would double the signature checks).
     let again = Chain::from_cbor(&chain.to_cbor()).expect("a chain re-decodes");
     assert_eq!(&again, chain, "chain round trip");
-    let r2 = again.verify_key(key, now);
-    assert_eq!(
-        format!("{r:?}"),
-        format!("{r2:?}"),
-        "same answer after a round trip"
-    );
     r
 }
 
@@ -219,7 +213,7 @@ fn raw(data: &[u8]) {
         Err(e) => panic!("the root is not vouched for: {e}"),
     }
     // Ask about the first few keys the chain names (each answer costs signature checks).
-    for s in chain.statements().iter().take(3) {
+    for s in chain.statements().iter().take(2) {
         if let Ok(st) = inspect_statement(s) {
             if let Some(k) = st.subject_key {
                 let _ = verify(&chain, &k, st.issued_at);
