@@ -32,7 +32,7 @@ struct Chunked<'a> {
 impl io::Read for Chunked<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.calls += 1;
-        if self.interrupt && self.calls % 2 == 0 {
+        if self.interrupt && self.calls.is_multiple_of(2) {
             return Err(io::ErrorKind::Interrupted.into());
         }
         let n = buf.len().min(self.chunk).min(self.data.len() - self.pos);
