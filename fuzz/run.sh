@@ -77,11 +77,14 @@ smoke() {
         fi
         rm -rf "$scratch" "$scratch.log"
     done
+    local total
+    total=$(targets | wc -l)
     if ((${#failed[@]})); then
         echo "fuzz smoke: crash or error in: ${failed[*]} (inputs under fuzz/artifacts/)"
+        echo "fuzz: $((total - ${#failed[@]})) passed, ${#failed[@]} failed"
         exit 1
     fi
-    echo "fuzz smoke: $(targets | wc -l) targets, 0 crashes"
+    echo "fuzz: $total passed, 0 failed"
 }
 
 long() {
