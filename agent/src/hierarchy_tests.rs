@@ -1,5 +1,6 @@
 //! The hierarchy's policy, tested in-process on a [`MemoryRoot`] and a keystore in a temporary
 //! directory: no token, no socket. `cargo test -p keyward-agent --lib hierarchy` runs these.
+// Compiled only under #[cfg(test)]: `mod tests` at the end of hierarchy.rs includes this file.
 
 use super::*;
 use crate::config::UnlockPolicy;

@@ -275,8 +275,8 @@ pub extern "C" fn C_GetInterface(
         if flags != 0 {
             return Err(CKR_ARGUMENTS_BAD);
         }
-        // SAFETY: name is NULL or a NUL-terminated string; version NULL or a CK_VERSION; out
-        // non-NULL. The interface returned is a static.
+        // The interface returned is a static; `out` was checked non-NULL above.
+        // SAFETY: name is NULL or a NUL-terminated string, version NULL or a CK_VERSION (spec).
         unsafe {
             if !name.is_null() {
                 let n = std::ffi::CStr::from_ptr(name as *const std::ffi::c_char);
@@ -479,8 +479,8 @@ extern "C" fn C_GetAttributeValue(
         if n > 0 {
             nonnull(t)?;
         }
-        // SAFETY: t points to n attributes whose pValue buffers hold ulValueLen bytes (or are
-        // NULL); each is written only within the length its caller gave.
+        // Each attribute's pValue is written only within the ulValueLen its caller gave.
+        // SAFETY: t points to n attributes whose pValue buffers hold ulValueLen bytes, or NULL.
         unsafe {
             let attrs = if n == 0 {
                 &mut [][..]
