@@ -19,6 +19,8 @@ command -v udevadm >/dev/null 2>&1 || need+=(udev)
 command -v pinentry-tty >/dev/null 2>&1 || need+=(pinentry-tty)
 command -v pinentry-curses >/dev/null 2>&1 || need+=(pinentry-curses)
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+# The keystore-mode test traces the agent's open() with strace (tests/tests/e2e/tamper.rs).
+command -v strace >/dev/null 2>&1 || need+=(strace)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "desktop-setup: installing ${need[*]}" >&2
