@@ -46,10 +46,7 @@ pub struct NewDataKey {
 impl Hierarchy {
     /// A fresh data key under an active DEK, in plaintext and wrapped.
     pub fn datakey_create(&self, dek_id: &str) -> Result<NewDataKey, AgentError> {
-        self.root_record("datakey.create")?;
-        let dek = self.record(dek_id, KeyKind::Dek)?;
-        Self::require_active(&dek)?;
-        let kek = self.parent_kek(&dek)?;
+        let (dek, kek) = self.active_dek("datakey.create", dek_id)?;
         let wrapped_dek = self.wrapped(&dek)?;
         let mut key = Zeroizing::new(vec![0u8; DATAKEY_LEN]);
         OsRng.fill_bytes(&mut key);

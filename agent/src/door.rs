@@ -98,10 +98,7 @@ impl Hierarchy {
                 max: keyward_proto::MAX_PLAINTEXT,
             });
         }
-        self.root_record("gcm.seal")?;
-        let dek = self.record(dek_id, KeyKind::Dek)?;
-        Self::require_active(&dek)?;
-        let kek = self.parent_kek(&dek)?;
+        let (dek, kek) = self.active_dek("gcm.seal", dek_id)?;
         let wrapped = self.wrapped(&dek)?;
         let mut out =
             self.with_recovery(|| Ok(self.kek_handle(&kek)?.seal(wrapped, iv, aad, plaintext)?))?;

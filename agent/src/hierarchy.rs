@@ -746,6 +746,21 @@ impl Hierarchy {
         self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))
     }
 
+    /// An active DEK that `op` will seal under, and its KEK: the agent is unlocked, the DEK
+    /// exists and is active. The one check for every operation that makes new ciphertext
+    /// (`encrypt`, `gcm.seal`, `datakey.create`).
+    pub(crate) fn active_dek(
+        &self,
+        op: &'static str,
+        dek_id: &str,
+    ) -> Result<(KeyRecord, KeyRecord), AgentError> {
+        self.root_record(op)?;
+        let dek = self.record(dek_id, KeyKind::Dek)?;
+        Self::require_active(&dek)?;
+        let kek = self.parent_kek(&dek)?;
+        Ok((dek, kek))
+    }
+
     /// Encrypt under a DEK: a Cryppo `Aes256Gcm` string whose `ad` names the DEK.
     pub fn encrypt(&self, dek_id: &str, plaintext: &[u8]) -> Result<String, AgentError> {
         if plaintext.len() > keyward_proto::MAX_PLAINTEXT {
@@ -755,10 +770,7 @@ impl Hierarchy {
                 max: keyward_proto::MAX_PLAINTEXT,
             });
         }
-        self.root_record("encrypt")?;
-        let dek = self.record(dek_id, KeyKind::Dek)?;
-        Self::require_active(&dek)?;
-        let kek = self.parent_kek(&dek)?;
+        let (dek, kek) = self.active_dek("encrypt", dek_id)?;
         let wrapped = self.wrapped(&dek)?;
         let ad = format!("{AD_PREFIX}{}", dek.id);
         let mut iv = [0u8; 12];
