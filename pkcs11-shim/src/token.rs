@@ -363,6 +363,8 @@ pub fn code_rv(code: ErrorCode) -> CK_RV {
         ErrorCode::NotInitialized => CKR_USER_PIN_NOT_INITIALIZED,
         ErrorCode::PinIncorrect => CKR_PIN_INCORRECT,
         ErrorCode::PinLocked => CKR_PIN_LOCKED,
+        // The agent's own PIN prompt (a NULL-PIN `C_Login`) was cancelled.
+        ErrorCode::Cancelled => CKR_FUNCTION_CANCELED,
         ErrorCode::NotFound => CKR_OBJECT_HANDLE_INVALID,
         ErrorCode::WrongKey | ErrorCode::KeyInactive | ErrorCode::NotExportable => {
             CKR_KEY_FUNCTION_NOT_PERMITTED
@@ -483,6 +485,9 @@ impl Module {
         if info.initialized {
             flags |= CKF_TOKEN_INITIALIZED;
         }
+        if info.prompt {
+            flags |= CKF_PROTECTED_AUTHENTICATION_PATH;
+        }
         let st = self.st();
         let rw = st.sessions.values().filter(|s| s.rw).count() as CK_ULONG;
         Ok(CK_TOKEN_INFO {
@@ -569,7 +574,10 @@ impl Module {
 
     /// `C_Login(CKU_USER)` unlocks the agent (the agent counts wrong PINs). The security officer
     /// does not exist here: `CKR_USER_TYPE_INVALID`.
-    pub fn login(&self, h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> R<()> {
+    /// `C_Login`. A `None` PIN (NULL in C) asks the agent to prompt for it, which it offers
+    /// (`CKF_PROTECTED_AUTHENTICATION_PATH`) only with a pinentry configured; without one it is
+    /// `CKR_ARGUMENTS_BAD`, as the spec says for a token without a protected path.
+    pub fn login(&self, h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: Option<&[u8]>) -> R<()> {
         let already = {
             let mut st = self.st();
             st.session(h)?;
@@ -580,11 +588,20 @@ impl Module {
             CKU_CONTEXT_SPECIFIC => return Err(CKR_OPERATION_NOT_INITIALIZED),
             _ => return Err(CKR_USER_TYPE_INVALID),
         }
-        if already && !self.call::<op::RootInfo>(&wire::Empty {})?.locked {
+        let info = self.call::<op::RootInfo>(&wire::Empty {})?;
+        if already && !info.locked {
             return Err(CKR_USER_ALREADY_LOGGED_IN);
         }
-        let pin = std::str::from_utf8(pin).map_err(|_| CKR_PIN_INCORRECT)?;
-        self.call::<op::Unlock>(&wire::PinArgs { pin: Pin::new(pin) })?;
+        match pin {
+            Some(pin) => {
+                let pin = std::str::from_utf8(pin).map_err(|_| CKR_PIN_INCORRECT)?;
+                self.call::<op::Unlock>(&wire::PinArgs { pin: Pin::new(pin) })?;
+            }
+            None if info.prompt => {
+                self.call::<op::UnlockPrompt>(&wire::Empty {})?;
+            }
+            None => return Err(CKR_ARGUMENTS_BAD),
+        }
         self.st().logged_in = true;
         self.refresh()?;
         Ok(())
