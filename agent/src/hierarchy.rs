@@ -10,8 +10,8 @@ use crate::config::UnlockPolicy;
 use crate::error::{
     AgentError, Choice, CryptoError, DecryptFailure, Defect, Internal, Missing, Tampering,
 };
-use crate::keystore::{Encoder, KeyKind, KeyRecord, KeyState, Keystore, Purpose};
 use crate::keystore::{Cursor, ListFilter, Page, PageSize};
+use crate::keystore::{Encoder, KeyKind, KeyRecord, KeyState, Keystore, Purpose};
 use crate::root::{Kek, Root, RootError, StoredRoot};
 use hmac::{Hmac, Mac};
 use keyward_envelope::{Artefacts, EncryptedData, EncryptionStrategy, Serialized};

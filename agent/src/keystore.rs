@@ -1225,7 +1225,11 @@ impl Keystore {
             }
             records.push(r);
         }
-        let next = if more { records.last().map(Cursor::of) } else { None };
+        let next = if more {
+            records.last().map(Cursor::of)
+        } else {
+            None
+        };
         Ok(Page { records, next })
     }
 
@@ -1611,7 +1615,7 @@ mod tests {
                 d
             })
             .collect();
-        deks.sort_by(|a, b| (a.created, a.id.to_string()).cmp(&(b.created, b.id.to_string())));
+        deks.sort_by_key(|d| (d.created, d.id.to_string()));
         (kek.id, deks)
     }
 
@@ -1651,14 +1655,27 @@ mod tests {
         let (kek, deks) = with_deks(&ks, 23);
         let want: Vec<Uuid> = deks.iter().map(|d| d.id).collect();
         for limit in [1, 2, 5, 22, 23, 24, 1000] {
-            assert_eq!(walk(&ks, &ListFilter::Kind(KeyKind::Dek), limit, |_, _| ()), want);
             assert_eq!(
-                walk(&ks, &ListFilter::Children(KeyKind::Dek, kek), limit, |_, _| ()),
+                walk(&ks, &ListFilter::Kind(KeyKind::Dek), limit, |_, _| ()),
+                want
+            );
+            assert_eq!(
+                walk(
+                    &ks,
+                    &ListFilter::Children(KeyKind::Dek, kek),
+                    limit,
+                    |_, _| ()
+                ),
                 want
             );
         }
         // The full list reads the same order.
-        let listed: Vec<Uuid> = ks.list(KeyKind::Dek, None).unwrap().iter().map(|r| r.id).collect();
+        let listed: Vec<Uuid> = ks
+            .list(KeyKind::Dek, None)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
         assert_eq!(listed, want);
         // A page that ends exactly at the last key has no `next`.
         let page = ks
@@ -1668,7 +1685,11 @@ mod tests {
         assert!(page.next.is_none());
         // Another KEK's children, and an empty list.
         assert!(ks
-            .page(&ListFilter::Children(KeyKind::Dek, Uuid::new_v4()), None, &by_count(5))
+            .page(
+                &ListFilter::Children(KeyKind::Dek, Uuid::new_v4()),
+                None,
+                &by_count(5)
+            )
             .unwrap()
             .records
             .is_empty());
@@ -1685,9 +1706,17 @@ mod tests {
         let got = walk(&ks, &ListFilter::Kind(KeyKind::Dek), 4, |n, cursor| {
             // Delete a key not yet listed (two past the cursor) and one already listed (the
             // cursor's own key), add a key that sorts last and one that sorts before the cursor.
-            let live: Vec<Uuid> = ks.list(KeyKind::Dek, None).unwrap().iter().map(|r| r.id).collect();
+            let live: Vec<Uuid> = ks
+                .list(KeyKind::Dek, None)
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect();
             let at = live.iter().position(|id| *id == cursor.id).unwrap();
-            if let Some(ahead) = live.get(at + 2).filter(|id| deks.iter().any(|d| d.id == **id)) {
+            if let Some(ahead) = live
+                .get(at + 2)
+                .filter(|id| deks.iter().any(|d| d.id == **id))
+            {
                 assert!(ks.delete(ahead).unwrap());
                 deleted.push(*ahead);
             }
@@ -1797,9 +1826,8 @@ mod tests {
             for after in [false, true] {
                 let sql = format!("EXPLAIN QUERY PLAN {}", page_sql(&filter, after));
                 let n = filter.clause().1.len() + if after { 3 } else { 1 };
-                let args: Vec<rusqlite::types::Value> = (0..n)
-                    .map(|_| rusqlite::types::Value::Integer(1))
-                    .collect();
+                let args: Vec<rusqlite::types::Value> =
+                    (0..n).map(|_| rusqlite::types::Value::Integer(1)).collect();
                 let mut stmt = conn.prepare(&sql).unwrap();
                 let plan: Vec<String> = stmt
                     .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))

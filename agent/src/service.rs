@@ -560,7 +560,11 @@ mod tests {
     }
 
     fn frame_len(list: &KeyList) -> usize {
-        Response::ok(u64::MAX, list).unwrap().to_cbor().unwrap().len()
+        Response::ok(u64::MAX, list)
+            .unwrap()
+            .to_cbor()
+            .unwrap()
+            .len()
     }
 
     #[test]
@@ -645,7 +649,12 @@ mod tests {
             assert_eq!(e.code(), ErrorCode::InvalidArgs);
             assert!(e.to_string().contains("`limit`"), "{e}");
         }
-        for bad in ["", "x", "1", "2000000000000000000000000000000000000000000000000"] {
+        for bad in [
+            "",
+            "x",
+            "1",
+            "2000000000000000000000000000000000000000000000000",
+        ] {
             let e = run(Some(5), Some(bad)).unwrap_err();
             assert_eq!(e.code(), ErrorCode::InvalidArgs);
             assert!(e.to_string().contains("`after`"), "{e}");

@@ -366,7 +366,9 @@ pub async fn keypair(c: &Client, cmd: &KeypairCmd) -> Result<Out, Failure> {
             created(c.keypair_import(&args).await?.id)
         }
         KeypairCmd::List { page } => {
-            let r = page.fetch("keypair.list", |p| c.keypair_list_page(p)).await?;
+            let r = page
+                .fetch("keypair.list", |p| c.keypair_list_page(p))
+                .await?;
             crate::cli::list_out(&r, key_table(&r.keys))
         }
         KeypairCmd::Show { id } => {

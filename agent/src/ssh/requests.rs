@@ -457,9 +457,9 @@ mod tests {
         let mut raw = [0u8; 32];
         raw[..4].copy_from_slice(&i.to_be_bytes());
         Identity {
-            credential: PublicCredential::Key(KeyData::Ed25519(
-                ssh_key::public::Ed25519PublicKey(raw),
-            )),
+            credential: PublicCredential::Key(KeyData::Ed25519(ssh_key::public::Ed25519PublicKey(
+                raw,
+            ))),
             comment: "c".repeat(comment_len),
         }
     }
@@ -481,7 +481,11 @@ mod tests {
         let answer = Response::IdentitiesAnswer(out);
         let mut body = Vec::new();
         answer.encode(&mut body).unwrap();
-        assert!(body.len() <= crate::ssh::frame::MAX_SSH_FRAME, "{}", body.len());
+        assert!(
+            body.len() <= crate::ssh::frame::MAX_SSH_FRAME,
+            "{}",
+            body.len()
+        );
     }
 
     /// A small fuzz run in the unit tests: mutated real messages never panic the parser or the

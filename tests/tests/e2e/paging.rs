@@ -98,7 +98,11 @@ fn every_list_pages_with_small_limits(env: &mut TestEnv) {
     let all_nodes = c.run(|c| c.node_list()).unwrap().keys;
     assert_eq!(all_keks.len(), 3);
     assert_eq!(all_deks.len(), 13);
-    assert_eq!(all_kps.len(), 5 + 4, "5 keypairs, 3 node keys and the cluster root");
+    assert_eq!(
+        all_kps.len(),
+        5 + 4,
+        "5 keypairs, 3 node keys and the cluster root"
+    );
     assert_eq!(all_nodes.len(), 4);
     assert!(all_nodes.iter().all(|k| k.name.is_some()));
     for limit in [1, 2, 4] {
@@ -120,7 +124,11 @@ fn every_list_pages_with_small_limits(env: &mut TestEnv) {
             |_| (),
         );
         assert_eq!(got, all_deks);
-        let (got, _) = walk(limit, |p| c.run(|c| c.keypair_list_page(p)).unwrap(), |_| ());
+        let (got, _) = walk(
+            limit,
+            |p| c.run(|c| c.keypair_list_page(p)).unwrap(),
+            |_| (),
+        );
         assert_eq!(got, all_kps);
         let (got, _) = walk(limit, |p| c.run(|c| c.node_list_page(p)).unwrap(), |_| ());
         assert_eq!(got, ids(&all_nodes));
@@ -231,7 +239,10 @@ fn pages_stay_right_while_keys_come_and_go(env: &mut TestEnv) {
     // Keys created during the walk are listed at most once (above); whether a page reaches one
     // depends on where it sorts: `created` has one-second steps and the id breaks ties.
     for id in &listed_so_far {
-        assert!(before.contains(id) || added.contains(id), "{id} came from nowhere");
+        assert!(
+            before.contains(id) || added.contains(id),
+            "{id} came from nowhere"
+        );
     }
     // DEKs (no delete op): inserts between pages are listed once each, nothing repeats.
     let mk = || {
@@ -267,7 +278,10 @@ fn pages_stay_right_while_keys_come_and_go(env: &mut TestEnv) {
         assert!(got.contains(id), "{id} missing");
     }
     for id in &got {
-        assert!(first.contains(id) || added.contains(id), "{id} came from nowhere");
+        assert!(
+            first.contains(id) || added.contains(id),
+            "{id} came from nowhere"
+        );
     }
 }
 
@@ -328,12 +342,12 @@ fn bad_limits_and_cursors_are_invalid_args(env: &mut TestEnv) {
         "x".repeat(10_000),
     ];
     for after in &cursors {
-        let e = expect_code(
-            c.run(|c| c.kek_list_page(page(Some(5), Some(after)))),
-            bad,
-        );
+        let e = expect_code(c.run(|c| c.kek_list_page(page(Some(5), Some(after)))), bad);
         assert!(e.to_string().contains("`after`"), "{e}");
-        assert!(!e.to_string().contains(after.as_str()) || after.is_empty(), "{e}");
+        assert!(
+            !e.to_string().contains(after.as_str()) || after.is_empty(),
+            "{e}"
+        );
         let a = DekListArgs {
             kek: None,
             limit: None,
@@ -350,7 +364,10 @@ fn bad_limits_and_cursors_are_invalid_args(env: &mut TestEnv) {
         map(&[("limit", text("ten"))]),
         map(&[("limit", keyward_tests::int(0))]),
         map(&[("after", keyward_tests::int(7))]),
-        map(&[("limit", keyward_tests::int(5)), ("page", keyward_tests::int(2))]),
+        map(&[
+            ("limit", keyward_tests::int(5)),
+            ("page", keyward_tests::int(2)),
+        ]),
     ]
     .into_iter()
     .enumerate()
@@ -381,7 +398,12 @@ fn old_clients_without_limit_get_the_whole_list(env: &mut TestEnv) {
     // one page) and no `next`.
     let mut raw = RawConn::connect(env.socket_path());
     raw.hello(1);
-    for (op, want) in [("dek.list", 31), ("kek.list", 1), ("keypair.list", 0), ("node.list", 0)] {
+    for (op, want) in [
+        ("dek.list", 31),
+        ("kek.list", 1),
+        ("keypair.list", 0),
+        ("node.list", 0),
+    ] {
         let r = raw.call(&request(5, op, map(&[])));
         let ok = r.ok.unwrap_or_else(|| panic!("{op}: {:?}", r.err));
         let list: KeyList = ok.deserialized().unwrap();
@@ -432,7 +454,10 @@ fn six_thousand_deks_list_through_the_socket(env: &mut TestEnv) {
     );
     assert_eq!(created.len(), N);
     // The whole list is over one frame: before paging, `dek.list` answered `too_large`.
-    let listed = c.run(|c| c.dek_list(None)).expect("dek.list, all pages").keys;
+    let listed = c
+        .run(|c| c.dek_list(None))
+        .expect("dek.list, all pages")
+        .keys;
     let one_frame: usize = listed
         .iter()
         .map(|k| {
@@ -441,7 +466,10 @@ fn six_thousand_deks_list_through_the_socket(env: &mut TestEnv) {
             b.len()
         })
         .sum();
-    assert!(one_frame > MAX_FRAME, "{one_frame} bytes would fit one frame");
+    assert!(
+        one_frame > MAX_FRAME,
+        "{one_frame} bytes would fit one frame"
+    );
     let mut got = ids(&listed);
     no_repeats(&got);
     got.sort();
@@ -453,7 +481,11 @@ fn six_thousand_deks_list_through_the_socket(env: &mut TestEnv) {
     raw.hello(1);
     let r = raw.call(&request(2, "dek.list", map(&[])));
     let first: KeyList = r.ok.expect("a page, not too_large").deserialized().unwrap();
-    assert!(first.keys.len() > 3_000 && first.keys.len() < N, "{}", first.keys.len());
+    assert!(
+        first.keys.len() > 3_000 && first.keys.len() < N,
+        "{}",
+        first.keys.len()
+    );
     assert!(first.next.is_some());
     // Pages of MAX_PAGE: ceil(6000 / 1000) of them.
     let (paged, pages) = walk(
@@ -575,8 +607,14 @@ fn cli_limit_after_and_json(env: &mut TestEnv) {
         assert!(v.get("next").is_none(), "{list:?}");
     }
     // Refusals are typed: a limit of 0 or over the maximum, a cursor that is not one.
-    assert_eq!(env.cli_json_err(&["dek", "list", "--limit", "0"], None), "invalid_args");
-    assert_eq!(env.cli_json_err(&["kek", "list", "--limit", "1001"], None), "invalid_args");
+    assert_eq!(
+        env.cli_json_err(&["dek", "list", "--limit", "0"], None),
+        "invalid_args"
+    );
+    assert_eq!(
+        env.cli_json_err(&["kek", "list", "--limit", "1001"], None),
+        "invalid_args"
+    );
     assert_eq!(
         env.cli_json_err(&["keypair", "list", "--after", "nope"], None),
         "invalid_args"
