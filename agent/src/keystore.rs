@@ -801,6 +801,8 @@ pub struct Page {
 
 /// How big a page may be: at most `limit` records and, when `size` is given, at most `bytes`
 /// of `size(record)` summed (but always at least one record, so a list always moves on).
+/// `size` is called once per record read, in list order, before the record joins the page: on
+/// the page's records and, when the budget ends the page, on the one that did not fit.
 pub struct PageSize<'a> {
     pub limit: usize,
     pub bytes: usize,

@@ -203,7 +203,14 @@ fn list_page(
     fetch: impl FnOnce(Option<&Cursor>, &PageSize) -> Result<Page, AgentError>,
 ) -> Result<KeyList, AgentError> {
     let (limit, after) = page_request(limit, after)?;
-    let size = |r: &KeyRecord| encoded_len(&info(r));
+    // Each record's `KeyInfo` is made once: measured here, kept for the answer.
+    let infos = std::cell::RefCell::new(Vec::new());
+    let size = |r: &KeyRecord| {
+        let i = info(r);
+        let len = encoded_len(&i);
+        infos.borrow_mut().push(i);
+        len
+    };
     let page = fetch(
         after.as_ref(),
         &PageSize {
@@ -212,8 +219,15 @@ fn list_page(
             size: Some(&size),
         },
     )?;
+    // `size` saw the page's records in order, and perhaps the one that did not fit.
+    let mut keys = infos.into_inner();
+    keys.truncate(page.records.len());
+    debug_assert!(keys
+        .iter()
+        .zip(&page.records)
+        .all(|(k, r)| k.id == r.id.to_string()));
     Ok(KeyList {
-        keys: page.records.iter().map(info).collect(),
+        keys,
         next: page.next.map(|c| c.to_text()),
     })
 }
