@@ -454,10 +454,15 @@ fn six_thousand_deks_list_through_the_socket(env: &mut TestEnv) {
     );
     assert_eq!(created.len(), N);
     // The whole list is over one frame: before paging, `dek.list` answered `too_large`.
+    let started = Instant::now();
     let listed = c
         .run(|c| c.dek_list(None))
         .expect("dek.list, all pages")
         .keys;
+    eprintln!(
+        "listed {N} DEKs (every page, no limit) in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
     let one_frame: usize = listed
         .iter()
         .map(|k| {
