@@ -2085,6 +2085,54 @@ mod tests {
         );
     }
 
+    /// A keystore from before the paging indexes (v6) gains them at open, and its MAC'd records
+    /// page as they listed (the indexes change no row, so no MAC).
+    #[test]
+    fn a_v6_keystore_gains_the_paging_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.db");
+        let mac = || test_key(7);
+        let want: Vec<Uuid> = {
+            let conn = Connection::open(&p).unwrap();
+            for m in &MIGRATIONS[..6] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 6).unwrap();
+            drop(conn);
+            // Written by the v6 code path: the same insert, before the indexes exist.
+            let conn = Connection::open(&p).unwrap();
+            let key = mac();
+            let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
+            insert_with(&conn, Some(&key), &root).unwrap();
+            (0..7)
+                .map(|i| {
+                    let mut d = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+                    d.parent = Some(root.id);
+                    d.created = 100 + i;
+                    insert_with(&conn, Some(&key), &d).unwrap();
+                    d.id
+                })
+                .collect()
+        };
+        let ks = Keystore::open(&p).unwrap();
+        ks.set_mac_key(Some(mac()));
+        let indexes: Vec<String> = ks
+            .lock()
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'keys_page_%'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(indexes.len(), 3, "{indexes:?}");
+        let got: Vec<Uuid> = walk(&ks, &ListFilter::Kind(KeyKind::Dek), 3, |_, _| ())
+            .into_iter()
+            .collect();
+        assert_eq!(got, want);
+    }
+
     #[test]
     fn a_v3_keystore_migrates_to_v4_and_is_adopted_once() {
         let dir = tempfile::tempdir().unwrap();
