@@ -8,7 +8,7 @@
 
 use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use keyward_client::proto::ops::{DekCreateArgs, Purpose, RootKind};
+use keyward_client::proto::ops::{DekCreateArgs, DekListArgs, Purpose, RootKind};
 use keyward_client::proto::secret::Pin;
 use keyward_client::Client;
 use serde_json::{json, Value};
@@ -248,8 +248,11 @@ enum KekCmd {
         #[arg(long)]
         label: Option<String>,
     },
-    /// List KEKs.
-    List,
+    /// List KEKs (every page, or one with --limit).
+    List {
+        #[command(flatten)]
+        page: cli::PageOpts,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -273,10 +276,12 @@ enum DekCmd {
         #[arg(long)]
         label: Option<String>,
     },
-    /// List DEKs, optionally under one KEK.
+    /// List DEKs, optionally under one KEK (every page, or one with --limit).
     List {
         #[arg(long)]
         kek: Option<String>,
+        #[command(flatten)]
+        page: cli::PageOpts,
     },
     /// Print an exportable DEK as base64url (the Cryppo key format), for client-side encryption.
     Export {
@@ -397,9 +402,9 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             let r = c.kek_create(label.clone()).await?;
             out(format!("{}\n", r.id), json!({"id": r.id}))
         }
-        Command::Kek(KekCmd::List) => {
-            let r = c.kek_list().await?;
-            out(key_table(&r.keys), cli::keys_json(&r.keys))
+        Command::Kek(KekCmd::List { page }) => {
+            let r = page.fetch("kek.list", |p| c.kek_list_page(p)).await?;
+            cli::list_out(&r, key_table(&r.keys))
         }
         Command::Dek(DekCmd::Create {
             kek,
@@ -419,9 +424,17 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             let r = c.dek_create(&args).await?;
             out(format!("{}\n", r.id), json!({"id": r.id}))
         }
-        Command::Dek(DekCmd::List { kek }) => {
-            let r = c.dek_list(kek.clone()).await?;
-            out(key_table(&r.keys), cli::keys_json(&r.keys))
+        Command::Dek(DekCmd::List { kek, page }) => {
+            let r = page
+                .fetch("dek.list", |p| {
+                    c.dek_list_page(DekListArgs {
+                        kek: kek.clone(),
+                        limit: p.limit,
+                        after: p.after,
+                    })
+                })
+                .await?;
+            cli::list_out(&r, key_table(&r.keys))
         }
         Command::Dek(DekCmd::Export { id, output }) => {
             let r = c.dek_export(id).await?;

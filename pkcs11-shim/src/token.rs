@@ -624,12 +624,40 @@ impl Module {
 
     // ---- objects ----------------------------------------------------------------------------
 
-    /// Read the agent's keypairs and DEKs into objects, keeping every handle stable.
+    /// Every page of a list: `page(after)` fetches one; pages are followed by `next` to the
+    /// end (a page with a `next` and no keys would never end: CKR_DEVICE_ERROR).
+    fn all_pages(
+        &self,
+        mut page: impl FnMut(Option<String>) -> R<wire::KeyList>,
+    ) -> R<Vec<wire::KeyInfo>> {
+        let mut keys = Vec::new();
+        let mut after = None;
+        loop {
+            let p = page(after.take())?;
+            if p.next.is_some() && p.keys.is_empty() {
+                return Err(CKR_DEVICE_ERROR);
+            }
+            keys.extend(p.keys);
+            match p.next {
+                Some(n) => after = Some(n),
+                None => return Ok(keys),
+            }
+        }
+    }
+
+    /// Read the agent's keypairs and DEKs (every page of each) into objects, keeping every
+    /// handle stable.
     pub fn refresh(&self) -> R<()> {
-        let keypairs = self.call::<op::KeypairList>(&wire::Empty {})?.keys;
-        let deks = self
-            .call::<op::DekList>(&wire::DekListArgs::default())?
-            .keys;
+        let keypairs = self.all_pages(|after| {
+            self.call::<op::KeypairList>(&wire::ListArgs { limit: None, after })
+        })?;
+        let deks = self.all_pages(|after| {
+            self.call::<op::DekList>(&wire::DekListArgs {
+                kek: None,
+                limit: None,
+                after,
+            })
+        })?;
         let mut st = self.st();
         let mut fresh: Vec<(String, Half, Object)> = Vec::new();
         for k in keypairs.iter().filter(|k| k.state != "revoked") {

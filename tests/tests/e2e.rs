@@ -19,6 +19,8 @@ mod keys;
 mod lifecycle;
 #[path = "e2e/limits.rs"]
 mod limits;
+#[path = "e2e/paging.rs"]
+mod paging;
 #[path = "e2e/peers.rs"]
 mod peers;
 #[path = "e2e/pin.rs"]

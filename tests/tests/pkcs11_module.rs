@@ -18,6 +18,7 @@ keyward_tests::keyward_e2e_tests!(
     openssh_lists_and_logs_in,
     openssl_engine_signs,
     certificate_in_nss_and_pkcs11_tool,
+    the_module_lists_every_page_of_keys,
 );
 
 fn openssh_lists_keys(env: &mut TestEnv) {
@@ -547,6 +548,75 @@ fn certificate_in_nss_and_pkcs11_tool(env: &mut TestEnv) {
     ]);
     let out = run_ok(c);
     assert!(out.contains("Keyward:p11-ecdsa"), "{out}");
+}
+
+/// More DEKs than one page of `dek.list` holds (a page stops at 960 KiB, ~5,000 DEKs): the
+/// module follows `next`, so every DEK, the last one created included, is an object.
+fn the_module_lists_every_page_of_keys(env: &mut TestEnv) {
+    use keyward_tests::keyward_proto::ops::{DekCreateArgs, DekListArgs};
+    use std::sync::Arc;
+    const N: usize = 6_000;
+    ensure_programs();
+    let keys = init_for_module(env);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for who in 0..8 {
+            let c = Arc::new(env.async_client().await);
+            tasks.spawn(async move {
+                let mut inflight = tokio::task::JoinSet::new();
+                for i in 0..N / 8 {
+                    if inflight.len() >= 32 {
+                        inflight.join_next().await.unwrap().unwrap();
+                    }
+                    let c = c.clone();
+                    inflight.spawn(async move {
+                        c.dek_create(&DekCreateArgs::default())
+                            .await
+                            .unwrap_or_else(|e| panic!("client {who} dek {i}: {e}"));
+                    });
+                }
+                while let Some(r) = inflight.join_next().await {
+                    r.unwrap();
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+    });
+    let c = env.client();
+    let a = DekCreateArgs {
+        label: Some("the-last-dek".into()),
+        ..Default::default()
+    };
+    let last = c.run(|c| c.dek_create(&a)).unwrap().id;
+    // The module's own request (no limit) gets more than one page.
+    let first = c.run(|c| c.dek_list_page(DekListArgs::default())).unwrap();
+    assert!(
+        first.next.is_some(),
+        "{} DEKs fit one page",
+        first.keys.len()
+    );
+    assert!(!first.keys.iter().any(|k| k.id == last));
+    let mut tool = host(env, "pkcs11-tool");
+    tool.arg("--module").arg(module()).args([
+        "--login",
+        "--pin",
+        env.pin(),
+        "-O",
+        "--type",
+        "secrkey",
+    ]);
+    let o = run_ok(tool);
+    let objects = o.matches("Secret Key Object").count();
+    assert_eq!(objects, N + 2, "the first DEK, {N}, and the last");
+    assert!(o.contains(&ck_id(&last)) && o.contains("the-last-dek"));
+    assert!(o.contains(&ck_id(&keys.dek)));
 }
 
 /// With a pinentry configured, the module offers a protected authentication path: pkcs11-tool
