@@ -11,6 +11,7 @@
 //! the `testing` feature.
 
 pub mod ecdh;
+pub mod env;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub(crate) mod memory_kek;

@@ -112,7 +112,10 @@ pub fn tokens() -> &'static Tokens {
 }
 
 fn parse(t: &Tokens, text: &str) -> Config {
-    Config::parse(text, &t.path.join("keyward.toml")).expect("parse the test config")
+    let c = Config::parse(text, &t.path.join("keyward.toml")).expect("parse the test config");
+    // What keywardd does at start-up; every test config of this process has the same env.
+    keyward_agent::root::env::apply_at_startup(&c.root_env().expect("root env"));
+    c
 }
 
 /// An AES root on token `keyward`.

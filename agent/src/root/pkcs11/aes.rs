@@ -5,7 +5,7 @@
 //! This module must never create a root anywhere but in `init`, and never let KEK material out
 //! of the token.
 
-use super::conn::{lock, Connection, Sessions};
+use super::conn::{Connection, Sessions};
 use super::error::ck;
 use super::kek::{generate_wrapped, Pkcs11Kek};
 use crate::root::{Kek, Root, RootError, RootInit, Scheme, StoredRoot, TokenKeypairs, Wrapped};
@@ -90,7 +90,8 @@ impl Root for Pkcs11AesRoot {
             Attribute::Label(self.conn.label().as_bytes().to_vec()),
             Attribute::Id(id.clone()),
         ];
-        let root = lock(&s.anchor)
+        let root = s
+            .anchor(OP)?
             .generate_key(&Mechanism::AesKeyGen, &template)
             .map_err(ck(OP, "C_GenerateKey"))?;
         self.conn.set_unlocked(&s, root, pin);

@@ -94,7 +94,7 @@ impl Pkcs11EcRoot {
         let [h] = found.as_slice() else {
             return Err(RootError::RootMissing { op });
         };
-        let pk = read_ec_point(&lock(&s.anchor), *h, op)?;
+        let pk = read_ec_point(&*s.anchor(op)?, *h, op)?;
         *lock(&self.public) = Some(pk);
         Ok(())
     }
@@ -114,7 +114,7 @@ impl Pkcs11EcRoot {
             return Err(RootError::RootExists { op });
         }
         let id = self.conn.new_root_id(s, op)?;
-        let anchor = lock(&s.anchor);
+        let anchor = s.anchor(op)?;
         let label = Attribute::Label(self.conn.label().as_bytes().to_vec());
         let public_t = vec![
             Attribute::Token(true),

@@ -17,6 +17,7 @@ mod ec;
 mod error;
 mod kek;
 mod keypair;
+mod module;
 
 pub use aes::Pkcs11AesRoot;
 pub use ec::Pkcs11EcRoot;
