@@ -16,6 +16,7 @@ pub mod env;
 pub mod memory;
 pub(crate) mod memory_kek;
 pub mod pkcs11;
+mod public;
 mod scheme;
 pub mod soft;
 pub mod uri;
@@ -23,6 +24,8 @@ pub mod yubikey;
 
 #[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryRoot;
+pub use memory_kek::ExportedKek;
+pub use public::{KekTarget, PublicRoot};
 pub use scheme::{Scheme, UnknownScheme};
 
 use crate::config::{Pkcs11KeyType, RootConfig};
@@ -83,6 +86,11 @@ pub enum RootError {
     /// More than one device would fit and the configuration names none.
     #[error("{op}: {detail}")]
     Ambiguous { op: &'static str, detail: String },
+    /// The token's policy refuses to unwrap a KEK as extractable, which taking it to another
+    /// root needs (`export_kek`). The root still works for everything else, and can still
+    /// receive KEKs (`import_kek`).
+    #[error("{op}: the root {root} refuses to unwrap a KEK as extractable (its token's policy): run this from another enrolled root (a card, the recovery root), or enroll this root before KEKs exist")]
+    NotExtractable { op: &'static str, root: String },
 }
 
 /// What lies under an `Unavailable`, `Stale` or `Token` error: the library call that failed with
@@ -189,6 +197,7 @@ impl RootError {
             RootError::Unsupported { .. } => ErrorCode::InvalidArgs,
             RootError::Config(_) => ErrorCode::TokenError,
             RootError::Ambiguous { .. } => ErrorCode::Ambiguous,
+            RootError::NotExtractable { .. } => ErrorCode::NotExportable,
         }
     }
 }
@@ -284,6 +293,18 @@ pub trait Root: Send + Sync {
     fn generate_kek(&self) -> Result<Wrapped, RootError>;
     /// Unwrap a KEK for use (inside the token where possible).
     fn open_kek(&self, wrapped: &[u8]) -> Result<Box<dyn Kek>, RootError>;
+    /// The plaintext of a KEK wrapped under this root, to wrap it under another root: only for
+    /// the administrative operations of ARCHITECTURE.md "Key lifecycle: when a KEK leaves the
+    /// token" (root add, kek rotate, root rotate, recovery, device approve), never for a key
+    /// operation. Token roots unwrap a second, extractable copy into a session object, read it
+    /// and destroy the object on every path; a token whose policy refuses that answers
+    /// [`RootError::NotExtractable`]. Needs the root unlocked.
+    fn export_kek(&self, wrapped: &[u8]) -> Result<ExportedKek, RootError>;
+    /// Wrap KEK material made elsewhere (32 bytes, from another root's [`Root::export_kek`])
+    /// under this root: exactly the wrapped form this root's `open_kek` accepts. `ecdh-p256`
+    /// roots need only their public key (no PIN once the key is known; see [`PublicRoot`] for
+    /// a root that is nothing but a public key).
+    fn import_kek(&self, kek: &[u8]) -> Result<Wrapped, RootError>;
     /// Keypairs whose private key stays on the root's token (`keypair create --on-token`), for
     /// backends that keep them; `None` (the default) for the others.
     fn token_keypairs(&self) -> Option<&dyn TokenKeypairs> {

@@ -375,7 +375,8 @@ impl Connection {
         Ok(c)
     }
 
-    /// Drop the sessions and finalize the module, so the next use starts afresh. Every other
+    /// Drop the sessions and finalize the module, so the next use starts afresh (also without
+    /// sessions: a module finds its tokens only when it initializes). Every other
     /// connection on the module then finds its sessions of an older generation (`Stale`) and
     /// logs in again on its next use. The module is finalized only if it is still in the
     /// generation of these sessions: another root may have re-initialized it already.
@@ -398,6 +399,12 @@ impl Connection {
             }
             sessions.module.finalize(sessions.generation);
             drop(sessions);
+        } else if let Some(m) = module::loaded(&self.module) {
+            // No sessions: the last connect failed (SoftHSM saw no such token at its
+            // C_Initialize, e.g. its files were gone). A module finds tokens only when it
+            // initializes, so start it afresh for the next try even though other roots on it
+            // then log in again.
+            m.finalize(m.generation());
         }
     }
 

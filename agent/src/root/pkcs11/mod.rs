@@ -20,6 +20,7 @@ mod keypair;
 mod module;
 
 pub use aes::Pkcs11AesRoot;
+pub(crate) use ec::locator_public;
 pub use ec::Pkcs11EcRoot;
 
 /// Default label of the root object when the URI names none.

@@ -96,6 +96,15 @@ pub(crate) fn module(path: &str, op: &'static str) -> Result<Arc<Module>, RootEr
     Ok(m)
 }
 
+/// The module at `path` if this process loaded it.
+pub(crate) fn loaded(path: &str) -> Option<Arc<Module>> {
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(path)
+        .cloned()
+}
+
 impl Module {
     fn key(&self) -> usize {
         self as *const Module as usize
