@@ -6,8 +6,11 @@
 //! [root]
 //! kind = "pkcs11"
 //! uri = "pkcs11:token=keyward;object=keyward-root?module-path=/usr/lib/softhsm/libsofthsm2.so"
-//! [root.env]                                        # set before the module is loaded
+//! [root.env]                                        # set once at start-up, before any thread
 //! SOFTHSM2_CONF = "softhsm2.conf"
+//! # [[extra_root]]        # a further root this agent uses (same keys as [root]); its env is
+//! # kind = "pkcs11"       # applied at start-up too, and must agree with every other root's
+//! # uri = "pkcs11:token=keyward-backup?module-path=/usr/lib/softhsm/libsofthsm2.so"
 //! [unlock]
 //! max_attempts = 10       # wrong PINs in a row before the agent refuses PINs altogether
 //! free_attempts = 3       # wrong PINs before back-off starts

@@ -3,13 +3,15 @@
 //! handles go stale.
 //!
 //! How sessions are kept follows what SoftHSM does (see ARCHITECTURE.md): one context per
-//! process, one login, an anchor session open for the process's life (closing the last session
-//! would log out and destroy every session object), KEK objects created in the anchor session,
-//! and a pool of worker sessions (a `Session` is `Send` but not `Sync`). When handles go stale,
-//! [`Connection::recover`] finalizes the library, initializes it again, logs in with the PIN held
-//! since unlock and finds the root again. This module knows nothing of the root's key type: the
-//! root types hand it the template that finds their root object. It must never create an object
-//! itself, and never keep the PIN after `lock`.
+//! module per process, shared by every root on it ([`super::module`]: sessions of a generation
+//! the module has left answer `Stale`), one login per token, an anchor session open for the
+//! connection's life (closing the last session would log out and destroy every session object),
+//! KEK objects created in the anchor session, and a pool of worker sessions (a `Session` is
+//! `Send` but not `Sync`). When handles go stale, [`Connection::recover`] re-initializes the
+//! module (unless another root already did), logs in with the PIN held since unlock and finds
+//! the root again. This module knows nothing of the root's key type: the root types hand it the
+//! template that finds their root object. It must never create an object itself, and never keep
+//! the PIN after `lock`.
 
 use super::error::{ck, logout_result};
 use super::module::{self, Inside, Module};
