@@ -81,3 +81,53 @@ impl KekTarget<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::root::ecdh;
+
+    /// A public root from each record form wraps to the key that the record names: the holder of
+    /// the private key (here a software scalar, as the card's) unwraps the same KEK.
+    #[test]
+    fn records_of_card_and_ec_token_roots_give_public_roots_that_import() {
+        let secret = p256::SecretKey::random(&mut rand_core::OsRng);
+        let pub_hex = hex::encode(ecdh::sec1(&secret.public_key()));
+        let records = [
+            (
+                Scheme::YubiKeyP256,
+                format!("yubikey:serial=5437251;slot=9d;pub={pub_hex}"),
+            ),
+            (
+                Scheme::Pkcs11EcP256,
+                format!("pkcs11:token=t;object=o;id=%01;type=private?x-keyward-pub={pub_hex}"),
+            ),
+        ];
+        let kek = [0x5au8; 32];
+        for (scheme, locator) in records {
+            let public = PublicRoot::from_record(scheme, &locator).expect("public root");
+            assert_eq!(public.public_key(), &secret.public_key());
+            let w = KekTarget::Public(&public).import_kek(&kek).expect("import");
+            assert_eq!(w.scheme, Scheme::EcdhP256);
+            let back = ecdh::unwrap(public.public_key(), &w.bytes, |e| {
+                ecdh::software_ecdh(&secret, e)
+            })
+            .expect("the private key opens it");
+            assert_eq!(*back, kek);
+        }
+        // A record without its public key, and a scheme without one, are typed errors.
+        assert!(matches!(
+            PublicRoot::from_record(Scheme::YubiKeyP256, "yubikey:serial=1;slot=9d"),
+            Err(RootError::Token { .. })
+        ));
+        assert!(matches!(
+            PublicRoot::from_record(Scheme::Pbkdf2, "Pbkdf2Hmac.x"),
+            Err(RootError::Unsupported { .. })
+        ));
+        let p = PublicRoot::new(secret.public_key());
+        assert!(matches!(
+            p.import_kek(&[1u8; 31]),
+            Err(RootError::Unsupported { .. })
+        ));
+    }
+}
