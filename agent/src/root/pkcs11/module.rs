@@ -79,8 +79,9 @@ fn registry() -> &'static Mutex<BTreeMap<String, Arc<Module>>> {
 /// The module at `path`, loaded on first use and shared afterwards. A module that fails to load
 /// is not remembered: the next use tries again.
 pub(crate) fn module(path: &str, op: &'static str) -> Result<Arc<Module>, RootError> {
+    let key = registry_key(path);
     let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(m) = reg.get(path) {
+    if let Some(m) = reg.get(&key) {
         return Ok(m.clone());
     }
     let ctx = Pkcs11::new(path)
@@ -92,17 +93,27 @@ pub(crate) fn module(path: &str, op: &'static str) -> Result<Arc<Module>, RootEr
         generation: AtomicU64::new(0),
         initialized: AtomicBool::new(false),
     });
-    reg.insert(path.to_string(), m.clone());
+    reg.insert(key, m.clone());
     Ok(m)
 }
 
 /// The module at `path` if this process loaded it.
 pub(crate) fn loaded(path: &str) -> Option<Arc<Module>> {
+    let key = registry_key(path);
     registry()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .get(path)
+        .get(&key)
         .cloned()
+}
+
+/// The registry's key for a module path: the file it resolves to (two spellings of one path,
+/// or a symlink, are one loaded library and must be one module), else the path as given (a
+/// bare `libfoo.so` the loader finds).
+fn registry_key(path: &str) -> String {
+    std::fs::canonicalize(path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| path.to_string())
 }
 
 impl Module {
