@@ -19,6 +19,7 @@ use super::DEFAULT_ROOT_LABEL;
 use crate::root::uri::{encode, Pkcs11Uri};
 use crate::root::RootError;
 use cryptoki::context::Pkcs11;
+use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::{Slot, TokenInfo};
@@ -306,14 +307,25 @@ impl Connection {
     fn find_slot(&self, ctx: &Pkcs11, op: &'static str) -> Result<Slot, RootError> {
         let want = |field: Option<String>, have: &str| field.is_none_or(|w| w == have.trim_end());
         let mut found = Vec::new();
-        for slot in ctx
-            .get_slots_with_initialized_token()
-            .map_err(ck(op, "C_GetSlotList"))?
-        {
+        // Every slot, and each token's information on its own: a token that fails (another
+        // root's, whose files are gone) must not hide this root's token. SoftHSM fails the
+        // whole C_GetSlotList(tokenPresent) then.
+        let mut failed = None;
+        for slot in ctx.get_all_slots().map_err(ck(op, "C_GetSlotList"))? {
             if self.uri.slot_id().is_some_and(|id| id != slot.id()) {
                 continue;
             }
-            let info = ctx.get_token_info(slot).map_err(ck(op, "C_GetTokenInfo"))?;
+            let info = match ctx.get_token_info(slot) {
+                Ok(i) => i,
+                Err(CkError::Pkcs11(RvError::TokenNotPresent, _)) => continue,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
+            if !info.token_initialized() {
+                continue;
+            }
             if want(self.uri.token(), info.label())
                 && want(self.uri.serial(), info.serial_number())
                 && want(self.uri.manufacturer(), info.manufacturer_id())
@@ -324,6 +336,10 @@ impl Connection {
         }
         match found.len() {
             1 => Ok(found.remove(0).0),
+            0 if failed.is_some() => Err(failed.map_or_else(
+                || RootError::unavailable(op, "no token"),
+                ck(op, "C_GetTokenInfo"),
+            )),
             0 => Err(RootError::unavailable(
                 op,
                 format!(
@@ -533,7 +549,8 @@ impl Connection {
     }
 
     /// Log in, find the root with `template`, run `found` (the root type's own checks), and
-    /// hold the PIN.
+    /// hold the PIN. When another root re-initializes the module meanwhile (the sessions turn
+    /// `Stale` because their generation is gone), start again on new sessions, a few times.
     fn unlock_once(
         &self,
         pin: &Pin,
@@ -541,12 +558,20 @@ impl Connection {
         template: &[Attribute],
         found: &dyn Fn(&Sessions, &'static str) -> Result<(), RootError>,
     ) -> Result<(), RootError> {
-        let s = self.sessions(op)?;
-        self.login(&s, pin, op)?;
-        let root = self.find_root(&s, template, op)?;
-        found(&s, op)?;
-        self.set_unlocked(&s, root, pin);
-        Ok(())
+        let mut tries = 0;
+        loop {
+            let s = self.sessions(op)?;
+            let out = self.login(&s, pin, op).and_then(|()| {
+                let root = self.find_root(&s, template, op)?;
+                found(&s, op)?;
+                self.set_unlocked(&s, root, pin);
+                Ok(())
+            });
+            match out {
+                Err(RootError::Stale { .. }) if !s.is_current() && tries < 3 => tries += 1,
+                other => return other,
+            }
+        }
     }
 
     /// `unlock`: check the PIN and find the root; never creates one.
@@ -600,6 +625,9 @@ impl Connection {
                         tracing::info!("the PKCS#11 module was re-initialized (another root's recovery): logged in again with the held PIN");
                         return Ok(());
                     }
+                    // The module is being re-initialized again by another root: finalizing it
+                    // here as well would only take that root's new sessions too.
+                    Err(e @ RootError::Stale { .. }) => return Err(e),
                     Err(e) => {
                         tracing::warn!(error = %e, "logging in again after the module's re-initialization failed");
                     }
