@@ -2,8 +2,11 @@
 //!
 //! A root wraps and unwraps KEKs; an opened KEK ([`Kek`]) wraps, unwraps and uses DEKs. A backend
 //! does this inside its hardware where it can: the PKCS#11 backend never lets KEK or non-exportable
-//! DEK material into agent memory. Backends must never create a root except from an explicit
-//! `init`, and never hold a PIN longer than they are unlocked.
+//! DEK material into agent memory, except a KEK through [`Root::export_kek`] for the moment it is
+//! wrapped under another root (ARCHITECTURE.md "Key lifecycle"). A root that is only a public key
+//! ([`PublicRoot`]) can still receive KEKs. Backends must never create a root except from an
+//! explicit `init`, and never hold a PIN longer than they are unlocked. `[root.env]` is applied
+//! once at start-up ([`env`]), never by a backend.
 //!
 //! Backends are built in one place, [`from_config`]; everything above this module (hierarchy,
 //! keypairs, sharing, nodes) sees only the [`Root`], [`Kek`] and optional [`TokenKeypairs`]
