@@ -11,7 +11,8 @@
 # two builds can be compared when timing cannot tell them apart. Instructions are not time:
 # they do not see lock waits, syscalls' kernel time or cache misses. Use it next to the
 # throughput bench, not instead of it. Needs valgrind (installed with apt-get when missing) and
-# the debug `keyward` CLI of this tree for set-up.
+# the debug `keyward` CLI of this tree for set-up. KEEP_PROFILES=DIR keeps each op's callgrind
+# profile there (callgrind_annotate DIR/callgrind.kek.list).
 set -euo pipefail
 bin="${1:?usage: instructions-per-request.sh KEYWARDD [N]}"
 n="${2:-300}"
@@ -45,6 +46,7 @@ for op in encrypt dek.export kek.list; do
   wait "$DRV_PID"
   callgrind_control -i off "$pid" >/dev/null 2>&1
   callgrind_control -d "$op" "$pid" >/dev/null 2>&1
+  [ -n "${KEEP_PROFILES:-}" ] && cp "$work/cg.$pid.$i" "$KEEP_PROFILES/callgrind.$op"
   ir=$(awk '/^totals:/ {print $2}' "$work/cg.$pid.$i")
   echo "instructions: $op n=$n per_request=$((ir / n))"
 done

@@ -176,7 +176,7 @@ fn start(cli: Cli) -> Result<(), StartError> {
         };
         let prompt = keyward_agent::prompt::Prompter::new(&config.prompt).map(Arc::new);
         let mut service = Service::new(h.clone())
-            .with_prompt(prompt)
+            .with_prompt(prompt.clone())
             .with_config_path(&std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone()));
         // The SSH door: a second socket, stopped by the same signal as the first.
         let (stop_ssh, ssh_stopped) = tokio::sync::watch::channel(());
@@ -193,6 +193,7 @@ fn start(cli: Cli) -> Result<(), StartError> {
             let path = ssh_bound.path().to_path_buf();
             let settings = keyward_agent::ssh::SshSettings {
                 askpass: config.ssh.askpass.clone(),
+                pinentry: prompt.clone(),
             };
             let agent = Arc::new(keyward_agent::ssh::requests::SshAgent::new(
                 h.clone(),

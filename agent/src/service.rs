@@ -389,6 +389,26 @@ impl Handler for Service {
             id: self.h.root_id()?,
             initialized: self.h.is_initialized()?,
             locked: self.h.is_locked(),
+            prompt: self.prompt.is_some(),
+        })
+    }
+
+    fn unlock_prompt(&self, _: Empty) -> Result<LockState, AgentError> {
+        if !self.h.is_initialized()? {
+            return Err(AgentError::NotInitialized);
+        }
+        let Some(p) = &self.prompt else {
+            return Err(crate::prompt::PromptError::Unavailable(
+                crate::prompt::Unavailable::NotConfigured,
+            )
+            .into());
+        };
+        if self.h.is_locked() {
+            let who = crate::ssh::confirm::describe_process(self.peer_pid);
+            p.unlock(&self.h, "unlock.prompt", &who)?;
+        }
+        Ok(LockState {
+            locked: self.h.is_locked(),
         })
     }
 

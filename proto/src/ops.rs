@@ -512,6 +512,10 @@ pub struct RootInfoResult {
     pub id: Option<String>,
     pub initialized: bool,
     pub locked: bool,
+    /// The agent asks for the PIN itself (`[prompt] pinentry`): `unlock.prompt` works, and the
+    /// PKCS#11 module offers a protected authentication path.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prompt: bool,
 }
 
 /// `sign.digest` arguments: ECDSA P-256 over a digest the caller computed (PKCS#11 `CKM_ECDSA`).

@@ -193,6 +193,9 @@ operations! {
     // For the PKCS#11 module (ARCHITECTURE.md, "The PKCS#11 door").
     /// The root's id (the module's token serial) and the lock state.
     RootInfo, root_info, "root.info": Empty => RootInfoResult, Always;
+    /// Unlock with a PIN the agent asks for through its pinentry (`C_Login` with a NULL PIN);
+    /// `prompt_unavailable` when it has none configured.
+    UnlockPrompt, unlock_prompt, "unlock.prompt": Empty => LockState, Always;
     /// ECDSA P-256 over a caller's digest: raw r‖s.
     SignDigest, sign_digest, "sign.digest": SignDigestArgs => SignatureResult, Unlocked;
     /// Raw AES-256-GCM under a DEK (caller IV, AAD, tag length).

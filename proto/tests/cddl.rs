@@ -263,6 +263,7 @@ fn every_request_validates() {
         ),
         // The PKCS#11 module's operations.
         (Op::RootInfo, req(Op::RootInfo, &Empty {})),
+        (Op::UnlockPrompt, req(Op::UnlockPrompt, &Empty {})),
         (
             Op::SignDigest,
             req(
@@ -455,6 +456,7 @@ fn every_response_validates() {
                 id: Some(ID.into()),
                 initialized: true,
                 locked: false,
+                prompt: true,
             },
         ),
         Response::ok(

@@ -548,3 +548,77 @@ fn certificate_in_nss_and_pkcs11_tool(env: &mut TestEnv) {
     let out = run_ok(c);
     assert!(out.contains("Keyward:p11-ecdsa"), "{out}");
 }
+
+/// With a pinentry configured, the module offers a protected authentication path: pkcs11-tool
+/// logs in without `--pin` (a NULL-PIN `C_Login`), and the agent asks through its pinentry; a
+/// cancelled prompt fails the login.
+#[test]
+fn pkcs11_tool_logs_in_through_the_agents_prompt() {
+    ensure_programs();
+    let mut env = TestEnv::start(keyward_tests::RootKind::Soft);
+    init_for_module(&env);
+    let dir = env.dir().to_path_buf();
+    let script = dir.join("fake-pinentry");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/bash
+echo "OK Pleased to meet you"
+while IFS= read -r line; do
+  printf '%s\n' "$line" >> {d}/pinentry.log
+  case "$line" in
+    GETPIN*) if [ -e {d}/cancel ]; then echo 'ERR 83886179 Operation cancelled <Pinentry>'; else echo 'D {pin}'; echo OK; fi ;;
+    BYE*) echo OK; exit 0 ;;
+    *) echo OK ;;
+  esac
+done
+"#,
+            d = dir.display(),
+            pin = env.pin()
+        ),
+    )
+    .unwrap();
+    keyward_tests::chmod(&script, 0o755);
+    let mut cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    cfg.push_str(&format!(
+        "\n[prompt]\npinentry = \"{}\"\ntimeout_s = 20\n",
+        script.display()
+    ));
+    std::fs::write(env.config_path(), cfg).unwrap();
+    env.restart();
+    assert!(env.client().hello_info().locked);
+    let m = module();
+    let tool = |args: &[&str]| {
+        let mut c = host(&env, "pkcs11-tool");
+        c.arg("--module").arg(&m).args(args);
+        c
+    };
+    let l = run_ok(tool(&["-L"]));
+    assert!(l.contains("PIN pad present"), "{l}");
+
+    // A cancelled prompt: the login fails, the agent stays locked.
+    std::fs::write(dir.join("cancel"), b"").unwrap();
+    let out = tool(&["--login", "-O"]).output().unwrap();
+    assert!(
+        !out.status.success(),
+        "logged in although the prompt was cancelled"
+    );
+    assert!(env.client().hello_info().locked);
+
+    std::fs::remove_file(dir.join("cancel")).unwrap();
+    let o = run_ok(tool(&["--login", "-O"]));
+    assert!(
+        o.contains("Private Key Object") && o.contains("p11-ecdsa"),
+        "{o}"
+    );
+    assert!(
+        !env.client().hello_info().locked,
+        "the prompt unlocked the agent"
+    );
+    let log = std::fs::read_to_string(dir.join("pinentry.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("SETDESC ") && l.contains("unlock.prompt")),
+        "{log}"
+    );
+}

@@ -362,7 +362,15 @@ impl SshAgent {
         let fp = id.public.fingerprint(HashAlg::Sha256).to_string();
         let who = confirm::describe_process(conn.peer_pid);
         let q = confirm::prompt(&id.comment, &fp, &who, destination);
-        match confirm::ask(self.settings.askpass.as_ref(), &q) {
+        let answer = match (&self.settings.askpass, &self.settings.pinentry) {
+            (None, Some(p)) => match p.confirm(&q) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(SshError::NotConfirmed("denied (pinentry)".into())),
+                Err(e) => Err(SshError::NotConfirmed(format!("pinentry: {e}"))),
+            },
+            (askpass, _) => confirm::ask(askpass.as_ref(), &q),
+        };
+        match answer {
             Ok(()) => {
                 tracing::info!(key = %fp, requester = %who, "ssh: use confirmed");
                 Ok(())
