@@ -239,6 +239,7 @@ fn main() {
         .get(&dek_rec.parent.expect("parent"))
         .expect("read")
         .expect("kek record");
+    keyward_agent::root::env::apply_at_startup(&cfg.root_env().expect("root env"));
     let root = keyward_agent::root::from_config(&cfg.root).expect("root");
     root.unlock(&Pin::new(PIN), &Default::default())
         .expect("unlock");

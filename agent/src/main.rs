@@ -134,6 +134,9 @@ fn start(cli: Cli) -> Result<(), StartError> {
         println!("{}", config.summary(&path));
         return Ok(());
     }
+    // Still before any thread: the environment every root's module reads ([root.env] of `[root]`
+    // and each `[[extra_root]]`), set once, never later (root/env.rs).
+    keyward_agent::root::env::apply_at_startup(&config.root_env().map_err(StartError::Root)?);
     let ks = Arc::new(Keystore::open(&config.keystore).map_err(StartError::Keystore)?);
     let root = keyward_agent::root::from_config(&config.root).map_err(StartError::Root)?;
     let h = Arc::new(Hierarchy::new(ks.clone(), root, config.unlock));
