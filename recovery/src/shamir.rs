@@ -21,8 +21,9 @@
 //!   secret, e.g. before and after a trustee change, are told apart), the threshold K, the
 //!   trustee list (`did:key`s, in share order) and the share index `i` (1-based; it is the
 //!   Shamir x coordinate, and `trustees[i-1]` is the trustee who holds it).
-//! - A **statement** signed by the recovery key (COSE_Sign1, ES256, external AAD
-//!   `"keyward/recovery/v1/share"`) over `{v, tag, set, k, index, trustees, share_hash}` with
+//! - A **statement** signed by the recovery key (COSE_Sign1, ES256, `kid` = the recovery key's
+//!   KeyId, no external AAD), whose payload is the CBOR map
+//!   `{v: 1, kind: "keyward/recovery/v1/share", tag, set, k, index, trustees, share_hash}` with
 //!   `share_hash = SHA-256("keyward/recovery/v1/share-hash" || set || index || y)`, where `y`
 //!   is the 32-byte Shamir value. The statement holds a hash of `y`, not `y`, so the COSE
 //!   library never handles secret bytes; `y` itself only lives in zeroizing buffers.
@@ -73,7 +74,8 @@ pub const SET_ID_LEN: usize = 16;
 
 const TAG_LABEL: &[u8] = b"keyward/recovery/v1/share-tag";
 const HASH_LABEL: &[u8] = b"keyward/recovery/v1/share-hash";
-const COSE_AAD: &[u8] = b"keyward/recovery/v1/share";
+/// The statement's `kind` (domain separation: `sign_es256` takes no external AAD).
+const STATEMENT_KIND: &str = "keyward/recovery/v1/share";
 const INFO_LABEL: &[u8] = b"keyward/recovery/v1/share-info";
 const AAD_LABEL: &[u8] = b"keyward/recovery/v1/share-aad";
 const KIND_SEALED: u8 = 1;
@@ -329,6 +331,7 @@ struct EnvelopeWire {
 #[serde(deny_unknown_fields)]
 struct Statement {
     v: u8,
+    kind: String,
     #[serde(with = "serde_bytes")]
     tag: Vec<u8>,
     #[serde(with = "serde_bytes")]
@@ -660,7 +663,7 @@ fn verify_statement(
     let index = hint.index;
     let tampered = |what| ShareError::Tampered { index, what };
     let msg = cose::parse(&plain.cose).map_err(|_| tampered(Tamper::Signature))?;
-    let payload = cose::verify_es256_protected(&msg, recovery, COSE_AAD)
+    let payload = cose::verify_es256_protected(&msg, recovery, b"")
         .map_err(|_| tampered(Tamper::Signature))?;
     let statement: Statement =
         crate::cbor::from_slice(payload).map_err(|_| tampered(Tamper::Mismatch))?;
@@ -672,6 +675,7 @@ fn verify_statement(
     let y = Zeroizing::new(y);
     let expected = Statement {
         v: SHARE_VERSION,
+        kind: STATEMENT_KIND.to_owned(),
         tag: tag.0.to_vec(),
         set: hint.set_id.to_vec(),
         k: hint.threshold,
@@ -686,6 +690,53 @@ fn verify_statement(
         cose: plain.cose.clone(),
         y,
     })
+}
+
+/// Signs the statement for `(hint, y)` with the recovery key and seals the
+/// share to `trustees[hint.index - 1]` (kind 1).
+fn seal_to_trustee<R: CryptoRng + RngCore>(
+    key: &RecoveryKey,
+    hint: Hint,
+    trustees: &[PublicKey],
+    y: &[u8; SECRET_LEN],
+    rng: &mut R,
+) -> Result<Envelope, ShareError> {
+    let recovery = key.public_key();
+    let tag = ShareTag::of(&recovery);
+    let trustee = *trustees
+        .get(usize::from(hint.index).wrapping_sub(1))
+        .ok_or(ShareError::Malformed("share index out of range"))?;
+    let statement = Statement {
+        v: SHARE_VERSION,
+        kind: STATEMENT_KIND.to_owned(),
+        tag: tag.0.to_vec(),
+        set: hint.set_id.to_vec(),
+        k: hint.threshold,
+        index: hint.index,
+        trustees: hint.trustees.clone(),
+        share_hash: share_hash(&hint.set_id, hint.index, y).to_vec(),
+    };
+    let cose = cose::sign_es256(
+        key.local_key(),
+        recovery.key_id().as_bytes(),
+        cbor_to_vec(&statement).to_vec(),
+    )
+    .map_err(|e| ShareError::Sign(e.to_string()))?;
+    let plain = Plain {
+        cose,
+        y: y.to_vec(),
+    };
+    Envelope {
+        kind: KIND_SEALED,
+        tag,
+        recovery,
+        hint,
+        trustee_keys: trustees.to_vec(),
+        recipient: trustee.key_id(),
+        enc: Vec::new(),
+        ct: Vec::new(),
+    }
+    .seal(key.local_key(), &trustee, &plain, rng)
 }
 
 // ---------------------------------------------------------------- owner: split
@@ -753,36 +804,7 @@ impl ShareSet {
                 trustees: dids.clone(),
                 index,
             };
-            let statement = Statement {
-                v: SHARE_VERSION,
-                tag: tag.0.to_vec(),
-                set: set_id.to_vec(),
-                k,
-                index,
-                trustees: dids.clone(),
-                share_hash: share_hash(&set_id, index, &y).to_vec(),
-            };
-            let cose = cose::sign_es256(
-                key.local_key(),
-                recovery.key_id().as_bytes(),
-                cbor_to_vec(&statement).to_vec(),
-            )
-            .map_err(|e| ShareError::Sign(e.to_string()))?;
-            let plain = Plain {
-                cose,
-                y: y.to_vec(),
-            };
-            let env = Envelope {
-                kind: KIND_SEALED,
-                tag,
-                recovery,
-                hint,
-                trustee_keys: trustees.to_vec(),
-                recipient: trustees[i].key_id(),
-                enc: Vec::new(),
-                ct: Vec::new(),
-            }
-            .seal(key.local_key(), &trustees[i], &plain, rng)?;
+            let env = seal_to_trustee(&key, hint, trustees, &y, rng)?;
             shares.push(SealedShare(env));
         }
         if shares.len() != n {
@@ -988,7 +1010,7 @@ impl HeldShare {
             .map_err(|_| ShareError::Malformed("bad recovery key"))?;
         // The hint comes from the signed statement itself.
         let msg = cose::parse(&w.cose).map_err(|_| ShareError::Malformed("bad statement"))?;
-        let payload = cose::verify_es256_protected(&msg, &recovery, COSE_AAD).map_err(|_| {
+        let payload = cose::verify_es256_protected(&msg, &recovery, b"").map_err(|_| {
             ShareError::Tampered {
                 index: 0,
                 what: Tamper::Signature,
@@ -1156,3 +1178,7 @@ pub fn combine(
     }
     Ok(Recovered { secret, key })
 }
+
+#[cfg(test)]
+#[path = "shamir_tests.rs"]
+mod tests;
