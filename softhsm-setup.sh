@@ -2,8 +2,8 @@
 # softhsm-setup.sh [--dir DIR] [--install-only]
 #
 # Sets up a private SoftHSM2 development token for Keyward:
-#   - installs softhsm2 and opensc with apt-get when they are missing, and what building and testing
-#     Keyward needs (gcc, pkg-config, libpcsclite-dev, openssl, python3-mnemonic); --install-only stops;
+#   - installs softhsm2 and opensc with apt-get when they are missing, and what building and
+#     testing Keyward needs (gcc, pkg-config, libpcsclite-dev, openssl); --install-only stops there;
 #   - creates DIR/softhsm2.conf and an initialised token labelled `keyward` under DIR/tokens;
 #   - writes DIR/keyward.toml, an agent config selecting module and token by PKCS#11 URI and
 #     keeping the keystore under DIR, so one directory holds a whole dev setup;
@@ -43,10 +43,11 @@ command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists libpcsclite 2>/dev/null || need+=(libpcsclite-dev)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
-# The recovery crate's BIP39 words are checked by an independent implementation, Debian's
-# python3-mnemonic, for Debian's /usr/bin/python3 (recovery/tests/mnemonic_python.rs fails,
-# naming this script, without it).
+# The recovery crate is checked by independent implementations for Debian's /usr/bin/python3:
+# its BIP39 words by python3-mnemonic, its derivation vectors by python3-cryptography
+# (recovery/tests/python_check.rs fails, naming this script, without them).
 /usr/bin/python3 -c 'import mnemonic' >/dev/null 2>&1 || need+=(python3-mnemonic)
+/usr/bin/python3 -c 'import cryptography' >/dev/null 2>&1 || need+=(python3-cryptography)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]} with apt-get"
   sudo=""
