@@ -30,8 +30,10 @@
 //! or a `Debug` output, or keep them outside zeroizing containers. It does no
 //! other I/O and keeps no state. Residual copies it cannot reach: the `bip39`
 //! parser's stack arrays and `blahaj`'s interpolation temporaries are not
-//! zeroized by those crates; callers should keep recovery in a short-lived,
-//! non-swappable process (the agent `mlock`s and disables core dumps).
+//! zeroized by those crates, nor is `ciborium`'s decoding scratch buffer
+//! (a share value passes through it when a share is opened). `coset` never
+//! sees a share value (statements carry its hash). Callers should run recovery in a process with core dumps disabled
+//! (as `keywardd` does, `agent/src/hardening.rs`) and drop the values soon.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(

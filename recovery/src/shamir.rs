@@ -379,8 +379,10 @@ impl Drop for HeldWire {
     }
 }
 
-fn cbor_to_vec<T: Serialize>(value: &T) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(Vec::with_capacity(512));
+/// Encodes into a zeroizing buffer sized up front (`capacity` must cover the
+/// encoding, so the Vec never reallocates and leaves an unzeroized copy).
+fn cbor_to_vec<T: Serialize>(value: &T, capacity: usize) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(capacity));
     // Serializing plain structs into a Vec cannot fail.
     let _ = ciborium::into_writer(value, &mut *out);
     out
@@ -483,7 +485,7 @@ impl Envelope {
     ) -> Result<Self, ShareError> {
         let info = Self::info(self.kind, &self.recovery, &sender.public_key(), recipient);
         let aad = self.aad();
-        let pt = cbor_to_vec(plain);
+        let pt = cbor_to_vec(plain, plain.cose.len() + 128);
         let sealed = hpke::seal_auth(recipient, sender, &info, &aad, &pt, rng)
             .map_err(|e: HpkeError| ShareError::Seal(e.to_string()))?;
         self.enc = sealed.enc;
@@ -719,7 +721,8 @@ fn seal_to_trustee<R: CryptoRng + RngCore>(
     let cose = cose::sign_es256(
         key.local_key(),
         recovery.key_id().as_bytes(),
-        cbor_to_vec(&statement).to_vec(),
+        // A statement holds no secret (only the share's hash): no capacity needed.
+        cbor_to_vec(&statement, 0).to_vec(),
     )
     .map_err(|e| ShareError::Sign(e.to_string()))?;
     let plain = Plain {
@@ -949,7 +952,7 @@ impl HeldShare {
     ) -> Result<ReleasedShare, ShareError> {
         let index = self.hint.index;
         let me = trustee_key.public_key();
-        if self.trustee_keys.get(usize::from(index) - 1) != Some(&me) {
+        if self.trustee_keys.get(usize::from(index).wrapping_sub(1)) != Some(&me) {
             return Err(ShareError::NotTheTrustee {
                 index,
                 trustee: self.hint.trustee().to_owned(),
@@ -984,7 +987,7 @@ impl HeldShare {
             cose: self.cose.clone(),
             y: self.y.to_vec(),
         };
-        cbor_to_vec(&wire)
+        cbor_to_vec(&wire, self.cose.len() + 256)
     }
 
     /// Reads [`to_bytes`](Self::to_bytes) back, re-verifying the signature

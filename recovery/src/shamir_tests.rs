@@ -678,7 +678,7 @@ fn held_share_storage_round_trips_and_detects_tampering() {
     let mut w: HeldWire = crate::cbor::from_slice(&held.to_bytes()).unwrap();
     w.y[3] ^= 1;
     assert_eq!(
-        HeldShare::from_bytes(&cbor_to_vec(&w)).unwrap_err(),
+        HeldShare::from_bytes(&cbor_to_vec(&w, 4096)).unwrap_err(),
         ShareError::Tampered {
             index: 3,
             what: Tamper::Mismatch
@@ -690,7 +690,7 @@ fn held_share_storage_round_trips_and_detects_tampering() {
         .to_sec1_compressed()
         .to_vec();
     assert_eq!(
-        HeldShare::from_bytes(&cbor_to_vec(&w)).unwrap_err(),
+        HeldShare::from_bytes(&cbor_to_vec(&w, 4096)).unwrap_err(),
         ShareError::Tampered {
             index: 0,
             what: Tamper::Signature
@@ -715,4 +715,40 @@ fn held_share_storage_round_trips_and_detects_tampering() {
     )
     .unwrap();
     assert_eq!(r.secret, s);
+}
+
+#[test]
+fn the_largest_split_fits_the_limits_and_buffers_never_grow() {
+    let (s, t, req) = (
+        secret(),
+        trustees(MAX_TRUSTEES),
+        RequestKey::generate(&mut OsRng),
+    );
+    let set = ShareSet::split(&s, &pubs(&t), 2, &mut OsRng).unwrap();
+    let last = set.shares().last().unwrap();
+    let bytes = last.to_cbor();
+    assert!(bytes.len() < MAX_SHARE_LEN, "{} bytes", bytes.len());
+    let held = SealedShare::from_cbor(&bytes)
+        .unwrap()
+        .open(&t[MAX_TRUSTEES - 1].key)
+        .unwrap();
+    // The zeroizing buffers holding a share value are sized up front: no
+    // reallocation leaves an unzeroized copy behind.
+    let stored = held.to_bytes();
+    assert_eq!(stored.capacity(), held.cose.len() + 256);
+    let plain = Plain {
+        cose: held.cose.clone(),
+        y: held.y.to_vec(),
+    };
+    let pt = cbor_to_vec(&plain, plain.cose.len() + 128);
+    assert_eq!(pt.capacity(), plain.cose.len() + 128);
+    let rel = held
+        .release(&t[MAX_TRUSTEES - 1].key, &req.did_key(), &mut OsRng)
+        .unwrap();
+    assert!(rel.to_cbor().len() < MAX_SHARE_LEN);
+    let first = set.shares()[0].open(&t[0].key).unwrap();
+    let rel0 = first
+        .release(&t[0].key, &req.did_key(), &mut OsRng)
+        .unwrap();
+    assert_eq!(combine(&[rel0, rel], &req).unwrap().secret, s);
 }
