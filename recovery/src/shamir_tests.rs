@@ -752,3 +752,34 @@ fn the_largest_split_fits_the_limits_and_buffers_never_grow() {
         .unwrap();
     assert_eq!(combine(&[rel0, rel], &req).unwrap().secret, s);
 }
+
+#[test]
+fn k_minus_one_share_values_do_not_determine_the_secret() {
+    // Bypassing combine's count check: interpolating K-1 of the values gives
+    // something else than the secret (the polynomial really has degree K-1).
+    let (s, t) = (secret(), trustees(5));
+    let set = ShareSet::split(&s, &pubs(&t), 3, &mut OsRng).unwrap();
+    let points: Vec<blahaj::Share> = (0..2)
+        .map(|i| {
+            let held = set.shares()[i].open(&t[i].key).unwrap();
+            let mut b = vec![held.hint().index];
+            b.extend_from_slice(held.y.as_ref());
+            blahaj::Share::try_from(b.as_slice()).unwrap()
+        })
+        .collect();
+    let guess = blahaj::Sharks(2).recover(points.iter()).unwrap();
+    assert_ne!(guess.as_slice(), s.as_bytes());
+    // While any 3 do.
+    let three: Vec<blahaj::Share> = (2..5)
+        .map(|i| {
+            let held = set.shares()[i].open(&t[i].key).unwrap();
+            let mut b = vec![held.hint().index];
+            b.extend_from_slice(held.y.as_ref());
+            blahaj::Share::try_from(b.as_slice()).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        blahaj::Sharks(3).recover(three.iter()).unwrap().as_slice(),
+        s.as_bytes()
+    );
+}
