@@ -1168,13 +1168,12 @@ pub fn combine(
             .map_err(|_| ShareError::Shamir("recovery refused"))?,
     );
     drop(points);
-    let bytes: [u8; SECRET_LEN] = combined
-        .as_slice()
-        .try_into()
-        .map_err(|_| ShareError::Shamir("recovered secret has the wrong length"))?;
-    let secret = RecoverySecret::from_bytes(bytes);
-    let mut bytes = bytes;
-    bytes.zeroize();
+    if combined.len() != SECRET_LEN {
+        return Err(ShareError::Shamir("recovered secret has the wrong length"));
+    }
+    let mut bytes = Zeroizing::new([0u8; SECRET_LEN]);
+    bytes.copy_from_slice(&combined);
+    let secret = RecoverySecret::from_bytes(*bytes);
     let key = RecoveryKey::derive(&secret)?;
     if key.public_key() != first.0.recovery {
         return Err(ShareError::CombinedKeyMismatch);
