@@ -49,6 +49,11 @@ command -v cc >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 pkg-config --exists libpcsclite 2>/dev/null || need+=(libpcsclite-dev)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The recovery crate is checked by independent implementations for Debian's /usr/bin/python3:
+# its BIP39 words by python3-mnemonic, its derivation vectors by python3-cryptography
+# (recovery/tests/python_check.rs fails, naming this script, without them).
+/usr/bin/python3 -c 'import mnemonic' >/dev/null 2>&1 || need+=(python3-mnemonic)
+/usr/bin/python3 -c 'import cryptography' >/dev/null 2>&1 || need+=(python3-cryptography)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]} with apt-get"
   sudo=""

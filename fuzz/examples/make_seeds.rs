@@ -107,6 +107,7 @@ fn requests() -> Vec<(&'static str, Vec<u8>)> {
                 label: Some("me".into()),
                 on_token: true,
                 alg: Some("ed25519".into()),
+                ssh: None,
             },
         ),
         req(Op::KeypairList, &Empty {}),
@@ -388,6 +389,30 @@ fn main() {
     s.add("share-other-recipient", share2.to_cbor());
     let msg = SealedMessage::seal(&sender, &me.public_key(), b"hello", &mut OsRng).unwrap();
     s.add("message-b64", msg.to_base64url());
+
+    // recovery_share: a 2-of-3 split whose first trustee is key 0x33 (the target's trustee), a
+    // share for another trustee, the stored form, a share released to request key 0x44 (the
+    // target's request key), a request key file and two phrases.
+    let mut s = Seeds::new(&root, "recovery_share");
+    let secret = keyward_recovery::RecoverySecret::from_bytes([0x5a; 32]);
+    let trustee = LocalKey::from_bytes(&[0x33; 32]).unwrap();
+    let trustees = [
+        trustee.public_key(),
+        LocalKey::from_bytes(&[0x34; 32]).unwrap().public_key(),
+        LocalKey::from_bytes(&[0x35; 32]).unwrap().public_key(),
+    ];
+    let set = keyward_recovery::ShareSet::split(&secret, &trustees, 2, &mut OsRng).unwrap();
+    s.add("trustee-share", set.shares()[0].to_cbor());
+    s.add("other-trustee-share", set.shares()[1].to_cbor());
+    let held = set.shares()[0].open(&trustee).unwrap();
+    s.add("held-share", &*held.to_bytes());
+    let req =
+        keyward_recovery::RequestKey::from_local_key(LocalKey::from_bytes(&[0x44; 32]).unwrap());
+    let released = held.release(&trustee, &req.did_key(), &mut OsRng).unwrap();
+    s.add("released-share", released.to_cbor());
+    s.add("request-key", &*req.to_bytes());
+    s.add("words", &*keyward_recovery::to_words(&secret));
+    s.add("words-bad-checksum", "zoo ".repeat(24));
 
     // cose_chain: raw mode (0x00 + chain / statement / payload) and structured mode (0x01 + ...).
     let mut s = Seeds::new(&root, "cose_chain");
