@@ -64,3 +64,44 @@ fn pkcs11_ec_cli_flow() {
     env.cli_ok(&["unlock", "--pin-stdin"], Some(pin_line.as_bytes()));
     assert_eq!(env.cli_ok(&["decrypt"], Some(&ct)), b"via the cli");
 }
+
+/// Hot-plug: the EC root's opened KEKs live in agent memory, so only a check of the token tells
+/// that it went away. With the token's files gone while unlocked, a key operation answers a
+/// typed token error (the opened KEKs are dropped) instead of carrying on without the token;
+/// with the files back, an unlock brings everything back.
+#[test]
+fn pkcs11_ec_notices_a_vanished_token_while_unlocked() {
+    let env = TestEnv::start(RootKind::Pkcs11Ec);
+    let keys = env.init_with_keys(false, b"ec hot-plug");
+    let c = env.client();
+    // The KEK is opened (cached in memory) before the token goes.
+    c.run(|c| c.encrypt(&keys.dek, b"warm")).expect("encrypt");
+    let tokens = env.dir().join("tokens");
+    let away = env.dir().join("tokens.away");
+    std::fs::rename(&tokens, &away).expect("move the token files away");
+    let err = c
+        .run(|c| c.encrypt(&keys.dek, b"no token"))
+        .expect_err("encrypt with the token gone");
+    let code = err.code().expect("a typed agent error");
+    assert!(
+        [
+            ErrorCode::TokenUnavailable,
+            ErrorCode::TokenError,
+            ErrorCode::Locked
+        ]
+        .contains(&code),
+        "{err}"
+    );
+    // The agent keeps serving.
+    assert!(c.run(|c| c.status()).is_ok());
+    std::fs::rename(&away, &tokens).expect("restore the token files");
+    let c = env.client();
+    if c.hello_info().locked {
+        c.run(|c| c.unlock(pin(env.pin())))
+            .expect("unlock after the files are back");
+    }
+    let pt = c
+        .run(|c| c.decrypt(&keys.ciphertext, None))
+        .expect("decrypt");
+    assert_eq!(pt.expose(), b"ec hot-plug");
+}

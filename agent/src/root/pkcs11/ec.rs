@@ -20,7 +20,7 @@ use crate::root::{
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use keyward_proto::ops::RootKind;
 use keyward_proto::secret::Pin;
@@ -40,7 +40,7 @@ pub(crate) fn locator_public(locator: &str) -> Option<p256::PublicKey> {
 
 /// A root that is a P-256 key pair on a PKCS#11 token.
 pub struct Pkcs11EcRoot {
-    conn: Connection,
+    conn: std::sync::Arc<Connection>,
     /// The SO PIN `init` generates the key pair with (ykcs11: the management key).
     keygen_so_pin: Option<Pin>,
     /// The root's public key, once initialized or unlocked.
@@ -56,7 +56,7 @@ impl Pkcs11EcRoot {
         keygen_so_pin: Option<Pin>,
     ) -> Result<Self, RootError> {
         Ok(Pkcs11EcRoot {
-            conn: Connection::new(uri, env)?,
+            conn: std::sync::Arc::new(Connection::new(uri, env)?),
             keygen_so_pin,
             public: Mutex::new(None),
         })
@@ -292,7 +292,10 @@ impl Root for Pkcs11EcRoot {
                 Self::token_ecdh(session, root, eph, OP)
             })
         })?;
-        Ok(Box::new(MemoryKek::new(&kek)))
+        Ok(Box::new(CheckedKek {
+            kek: MemoryKek::new(&kek),
+            conn: self.conn.clone(),
+        }))
     }
 
     /// The ECDH unwrap of `open_kek`, into locked memory instead of a [`MemoryKek`].
@@ -321,7 +324,65 @@ impl Root for Pkcs11EcRoot {
     }
 
     fn token_keypairs(&self) -> Option<&dyn TokenKeypairs> {
-        Some(&self.conn)
+        Some(self.conn.as_ref())
+    }
+}
+
+/// An opened `ecdh-p256` KEK: its material is in agent memory ([`MemoryKek`]), so nothing it
+/// does would touch the token. Before each use it asks the token for the root object (one
+/// `C_GetAttributeValue`), so a token that went away (removed, its files gone) is noticed as the
+/// AES root notices it: the failure is reported as stale handles, the hierarchy drops every
+/// opened KEK and reconnects, and while the token is away requests get a typed token error.
+struct CheckedKek {
+    kek: MemoryKek,
+    conn: std::sync::Arc<Connection>,
+}
+
+impl CheckedKek {
+    fn check(&self) -> Result<(), RootError> {
+        const OP: &str = "check the token";
+        let s = self.conn.sessions(OP)?;
+        let root = self.conn.root_of(&s, OP)?;
+        s.with_session(OP, |session| {
+            session
+                .get_attributes(root, &[AttributeType::Class])
+                .map(|_| ())
+                .map_err(|e| match ck(OP, "C_GetAttributeValue")(e) {
+                    // Whatever the module answers about the root object (SoftHSM: a general
+                    // error once its files are gone), the opened KEKs must not outlive it.
+                    RootError::Token { op, cause } => RootError::Stale { op, cause },
+                    other => other,
+                })
+        })
+    }
+}
+
+impl Kek for CheckedKek {
+    fn generate_dek(&self) -> Result<Wrapped, RootError> {
+        self.check()?;
+        self.kek.generate_dek()
+    }
+    fn seal(&self, dek: &[u8], iv: &[u8; 12], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>, RootError> {
+        self.check()?;
+        self.kek.seal(dek, iv, aad, pt)
+    }
+    fn open(
+        &self,
+        dek: &[u8],
+        iv: &[u8; 12],
+        aad: &[u8],
+        ct_tag: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, RootError> {
+        self.check()?;
+        self.kek.open(dek, iv, aad, ct_tag)
+    }
+    fn export_dek(&self, dek: &[u8]) -> Result<Zeroizing<Vec<u8>>, RootError> {
+        self.check()?;
+        self.kek.export_dek(dek)
+    }
+    fn wrap_secret(&self, secret: &[u8]) -> Result<Wrapped, RootError> {
+        self.check()?;
+        self.kek.wrap_secret(secret)
     }
 }
 
