@@ -199,6 +199,19 @@ const MIGRATIONS: &[&str] = &[
     // v6: a keypair's X.509 certificate (DER), shown by the PKCS#11 module. Covered by the
     // row's MAC when present (see `record_body`), so rows MAC'd before v6 still verify.
     "ALTER TABLE keys ADD COLUMN certificate BLOB;",
+    // v7: DEK versions. `keys.version` is a DEK's newest version and `keys.wrapped` stays its
+    // version 1; versions 2 and up are rows of `key_versions`, each MAC'd on its own
+    // (`version_body`). `keys.min_version` (NULL: 1) is the oldest version that still
+    // decrypts; it is covered by the key row's MAC when set (see `record_body`).
+    "CREATE TABLE key_versions (
+        key         TEXT NOT NULL REFERENCES keys(id),
+        version     INTEGER NOT NULL CHECK (version >= 2),
+        wrapped     BLOB NOT NULL,
+        created     INTEGER NOT NULL,
+        mac         BLOB,
+        PRIMARY KEY (key, version)
+     );
+     ALTER TABLE keys ADD COLUMN min_version INTEGER;",
 ];
 
 /// Meta row the v4 migration leaves when it found records written before v4 (without MACs).
@@ -283,6 +296,9 @@ impl Encoder {
 /// appended only when present: a row without one has the v4 body, so MACs written before v5
 /// still verify, while setting, changing or removing a certificate changes the body (the
 /// encoding is length-prefixed, so the longer body can never equal the shorter one).
+/// `min_version` (v7) likewise: when set, the certificate field is always written (absent or
+/// present) and then the minimum, so the field sequence, and so the bytes, differ from every
+/// body without one.
 fn record_body(r: &KeyRecord) -> Vec<u8> {
     let mut e = Encoder::new("keyward/keystore/keys/v4");
     e.text(Some(&r.id.to_string()))
@@ -304,10 +320,36 @@ fn record_body(r: &KeyRecord) -> Vec<u8> {
         .field(r.statement.as_deref())
         .text(r.algorithm.map(Algorithm::as_str))
         .num(Some(u64::from(r.ssh.0)));
-    if let Some(cert) = &r.certificate {
-        e.field(Some(cert));
+    match (r.min_version, &r.certificate) {
+        (None, None) => {}
+        (None, Some(cert)) => {
+            e.field(Some(cert));
+        }
+        (Some(min), cert) => {
+            e.field(cert.as_deref()).num(Some(u64::from(min)));
+        }
     }
     e.finish()
+}
+
+/// What a `key_versions` row's MAC covers: the key's id, the version, the wrapped key and when
+/// it was made (so a row cannot move to another key or version).
+fn version_body(v: &KeyVersion) -> Vec<u8> {
+    let mut e = Encoder::new("keyward/keystore/key_versions/v7");
+    e.text(Some(&v.key.to_string()))
+        .num(Some(u64::from(v.version)))
+        .field(Some(&v.wrapped))
+        .num(Some(v.created));
+    e.finish()
+}
+
+/// A DEK version above 1 (version 1 is the key row's own `wrapped`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyVersion {
+    pub key: Uuid,
+    pub version: u32,
+    pub wrapped: Vec<u8>,
+    pub created: u64,
 }
 
 /// What a revocation row's MAC covers.
@@ -449,6 +491,8 @@ pub struct KeyRecord {
     pub ssh: SshFlags,
     /// Keypairs: an X.509 certificate for the key (DER), if one was set.
     pub certificate: Option<Vec<u8>>,
+    /// DEKs: the oldest version that still decrypts (`None`: 1).
+    pub min_version: Option<u32>,
 }
 
 /// A signed revocation of a key, as kept for chain export.
@@ -485,6 +529,7 @@ impl KeyRecord {
             algorithm: None,
             ssh: SshFlags::default(),
             certificate: None,
+            min_version: None,
         }
     }
 }
@@ -606,6 +651,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, KeystoreError>>
             },
             ssh: SshFlags(row.get("ssh").map_err(sql("read ssh"))?),
             certificate: row.get("certificate").map_err(sql("read certificate"))?,
+            min_version: row.get("min_version").map_err(sql("read min_version"))?,
         })
     };
     Ok(build())
@@ -620,8 +666,8 @@ fn insert_with(
     conn.execute(
         "INSERT INTO keys (id, kind, label, parent, scheme, wrapped, public_key, locator,
                            purpose, exportable, version, created, rotated, state,
-                           name, issuer, statement, algorithm, ssh, mac, certificate)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                           name, issuer, statement, algorithm, ssh, mac, certificate, min_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
         params![
             r.id.to_string(),
             r.kind.as_str(),
@@ -644,6 +690,7 @@ fn insert_with(
             r.ssh.0,
             mac,
             r.certificate,
+            r.min_version,
         ],
     )
     .map_err(sql("insert key"))?;
@@ -1297,6 +1344,147 @@ impl Keystore {
     }
 }
 
+// ---- DEK versions ---------------------------------------------------------------------------
+
+impl Keystore {
+    /// Add version `r.version + 1` of DEK `id` with `wrapped`, and make it the newest, in one
+    /// transaction (the key row is read, checked and re-MAC'd inside it). Returns the new
+    /// version, or `None` when there is no such key.
+    pub fn add_version(&self, id: &Uuid, wrapped: Vec<u8>) -> Result<Option<u32>, KeystoreError> {
+        let key = self.key();
+        let key = key.as_deref();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin add version"))?;
+        let Some(mut r) = query_with(&tx, key, "read key", "id = ?1", &[&id.to_string()])?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let v = KeyVersion {
+            key: r.id,
+            version: r.version.saturating_add(1),
+            wrapped,
+            created: now(),
+        };
+        tx.execute(
+            "INSERT INTO key_versions (key, version, wrapped, created, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                v.key.to_string(),
+                v.version,
+                v.wrapped,
+                v.created,
+                key.map(|k| k.tag(&version_body(&v)))
+            ],
+        )
+        .map_err(sql("insert key version"))?;
+        r.version = v.version;
+        r.rotated = Some(v.created);
+        let mac = key.map(|k| k.tag(&record_body(&r)));
+        tx.execute(
+            "UPDATE keys SET version = ?2, rotated = ?3, mac = ?4 WHERE id = ?1",
+            params![id.to_string(), r.version, r.rotated, mac],
+        )
+        .map_err(sql("update key version"))?;
+        tx.commit().map_err(sql("commit add version"))?;
+        Ok(Some(v.version))
+    }
+
+    /// Version `version` (≥ 2) of key `id`, its MAC checked while the MAC key is loaded.
+    pub fn version(&self, id: &Uuid, version: u32) -> Result<Option<KeyVersion>, KeystoreError> {
+        let key = self.key();
+        let conn = self.lock();
+        let row = conn
+            .prepare_cached(
+                "SELECT wrapped, created, mac FROM key_versions WHERE key = ?1 AND version = ?2",
+            )
+            .map_err(sql("read key version"))?
+            .query_row(params![id.to_string(), version], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, u64>(1)?,
+                    r.get::<_, Option<Vec<u8>>>(2)?,
+                ))
+            })
+            .optional()
+            .map_err(sql("read key version"))?;
+        let Some((wrapped, created, mac)) = row else {
+            return Ok(None);
+        };
+        let v = KeyVersion {
+            key: *id,
+            version,
+            wrapped,
+            created,
+        };
+        if let Some(k) = key.as_deref() {
+            check_mac(
+                k,
+                &format!("{id} version {version}"),
+                &version_body(&v),
+                mac.as_deref(),
+            )?;
+        }
+        Ok(Some(v))
+    }
+
+    /// Set a key's minimum version, re-MACing the row. Returns the record as it was before, or
+    /// `None` when there is no such key.
+    pub fn set_min_version(&self, id: &Uuid, min: u32) -> Result<Option<KeyRecord>, KeystoreError> {
+        let key = self.key();
+        let key = key.as_deref();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin set min version"))?;
+        let Some(before) = query_with(&tx, key, "read key", "id = ?1", &[&id.to_string()])?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let mut r = before.clone();
+        r.min_version = Some(min);
+        let mac = key.map(|k| k.tag(&record_body(&r)));
+        tx.execute(
+            "UPDATE keys SET min_version = ?2, mac = ?3 WHERE id = ?1",
+            params![id.to_string(), min, mac],
+        )
+        .map_err(sql("set min version"))?;
+        tx.commit().map_err(sql("commit set min version"))?;
+        Ok(Some(before))
+    }
+
+    /// Revoke key `id` and every key wrapped under it (its children, for a KEK) that is not
+    /// revoked yet, in one transaction, re-MACing each row. Returns the ids revoked (`id`
+    /// first; empty when there is no such key).
+    pub fn revoke_tree(&self, id: &Uuid) -> Result<Vec<Uuid>, KeystoreError> {
+        let key = self.key();
+        let key = key.as_deref();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin revoke"))?;
+        let mut ids = Vec::new();
+        for r in query_with(&tx, key, "read key", "id = ?1", &[&id.to_string()])? {
+            ids.push(r.id);
+        }
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        for r in query_with(
+            &tx,
+            key,
+            "read children",
+            "parent = ?1 AND state != 'revoked'",
+            &[&id.to_string()],
+        )? {
+            ids.push(r.id);
+        }
+        for i in &ids {
+            set_state_with(&tx, key, i, KeyState::Revoked)?;
+        }
+        tx.commit().map_err(sql("commit revoke"))?;
+        Ok(ids)
+    }
+}
+
 /// A keypair's SSH-agent flags (the `ssh` column; 0 = not offered to SSH).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SshFlags(pub u32);
@@ -1559,6 +1747,7 @@ mod tests {
             ("algorithm", "'ed25519'".into()),
             ("certificate", "NULL".into()),
             ("certificate", "x'08'".into()),
+            ("min_version", "2".into()),
             ("mac", "NULL".into()),
             ("mac", "x'00'".into()),
         ];
@@ -1625,6 +1814,80 @@ mod tests {
         assert!(ks.set_certificate(&r.id, None).unwrap());
         assert_eq!(ks.get(&r.id).unwrap().unwrap().certificate, None);
         assert!(!ks.set_certificate(&Uuid::new_v4(), None).unwrap());
+    }
+
+    #[test]
+    fn dek_versions_and_min_version_are_maced_and_old_rows_still_verify() {
+        let (_d, ks) = temp();
+        ks.set_mac_key(Some(test_key(5)));
+        let mut dek = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+        dek.wrapped = Some(vec![1; 40]);
+        let other = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+        ks.insert(&dek).unwrap();
+        ks.insert(&other).unwrap();
+        assert_eq!(ks.add_version(&dek.id, vec![2; 40]).unwrap(), Some(2));
+        assert_eq!(ks.add_version(&dek.id, vec![3; 40]).unwrap(), Some(3));
+        assert_eq!(ks.add_version(&Uuid::new_v4(), vec![3; 40]).unwrap(), None);
+        let now = ks.get(&dek.id).unwrap().unwrap();
+        assert_eq!(
+            (now.version, now.wrapped.as_deref()),
+            (3, Some(&[1u8; 40][..]))
+        );
+        assert_eq!(
+            ks.version(&dek.id, 2).unwrap().unwrap().wrapped,
+            vec![2; 40]
+        );
+        assert_eq!(ks.version(&dek.id, 4).unwrap(), None);
+        // A version row moved to another key, or to another version, or edited: tampering.
+        let conn = Connection::open(ks.path()).unwrap();
+        for (edit, undo) in [
+            (
+                format!("UPDATE key_versions SET key = '{}' WHERE key = '{}' AND version = 2", other.id, dek.id),
+                format!("UPDATE key_versions SET key = '{}' WHERE key = '{}' AND version = 2", dek.id, other.id),
+            ),
+            (
+                format!("UPDATE key_versions SET wrapped = x'00' WHERE key = '{}' AND version = 2", dek.id),
+                format!("UPDATE key_versions SET wrapped = zeroblob(40) WHERE key = '{}' AND version = 2", dek.id),
+            ),
+        ] {
+            conn.execute(&edit, []).unwrap();
+            let (who, v) = if edit.contains("SET key") { (other.id, 2) } else { (dek.id, 2) };
+            assert!(
+                matches!(ks.version(&who, v), Err(KeystoreError::Tampered { .. })),
+                "{edit}"
+            );
+            conn.execute(&undo, []).unwrap();
+        }
+        // The version column of the key row is MAC'd (rolling it back is tampering).
+        conn.execute(
+            "UPDATE keys SET version = 2 WHERE id = ?1",
+            [dek.id.to_string()],
+        )
+        .unwrap();
+        assert!(matches!(
+            ks.get(&dek.id),
+            Err(KeystoreError::Tampered { .. })
+        ));
+        conn.execute(
+            "UPDATE keys SET version = 3 WHERE id = ?1",
+            [dek.id.to_string()],
+        )
+        .unwrap();
+        // min_version: set through the keystore verifies; cleared or changed outside does not.
+        let before = ks.set_min_version(&dek.id, 2).unwrap().unwrap();
+        assert_eq!(before.min_version, None);
+        assert_eq!(ks.get(&dek.id).unwrap().unwrap().min_version, Some(2));
+        conn.execute(
+            "UPDATE keys SET min_version = NULL WHERE id = ?1",
+            [dek.id.to_string()],
+        )
+        .unwrap();
+        assert!(matches!(
+            ks.get(&dek.id),
+            Err(KeystoreError::Tampered { .. })
+        ));
+        // A row without min_version keeps the body it had before v7.
+        assert!(ks.get(&other.id).unwrap().is_some());
     }
 
     #[test]
