@@ -1,0 +1,508 @@
+//! Key life cycle through the real socket and CLI: DEK versions (`dek rotate`, `rewrap`,
+//! `dek min-version`, `dek show`), the versioned Cryppo `ad`, streams across a rotation, and
+//! revocation of KEKs, DEKs and keypairs; with the refusals for bad input.
+
+use keyward_envelope::Serialized;
+use keyward_tests::keyward_proto::ops::{DekCreateArgs, GcmArgs, KeypairCreateArgs};
+use keyward_tests::keyward_proto::secret::SecretBytes;
+use keyward_tests::keyward_proto::ErrorCode;
+use keyward_tests::{expect_code, pin, TestEnv};
+
+keyward_tests::keyward_e2e_tests!(
+    rotate_keeps_old_ciphertexts_and_rewrap_moves_them_to_the_newest_version,
+    min_version_retires_versions_with_a_warning_and_survives_a_restart,
+    streams_and_raw_gcm_across_a_rotation,
+    cli_rotate_rewrap_min_version_show_and_revoke,
+    lifecycle_bad_input_is_typed_and_the_agent_keeps_serving,
+    revocation_refuses_every_use_and_a_kek_takes_its_children,
+);
+
+/// The `ad` of a Cryppo string.
+fn ad_of(ct: &str) -> String {
+    let Serialized::Encrypted(d) = Serialized::parse(ct.trim()).expect("cryppo") else {
+        panic!("not encrypted data")
+    };
+    d.gcm().expect("gcm").ad.to_string()
+}
+
+fn rotate_keeps_old_ciphertexts_and_rewrap_moves_them_to_the_newest_version(env: &mut TestEnv) {
+    let keys = env.init_with_keys(false, b"written at version 1");
+    let c = env.client();
+    let dek = keys.dek.as_str();
+    // Version 1 ciphertexts are written as before versions existed (older agents read them).
+    assert_eq!(ad_of(&keys.ciphertext), format!("keyward:dek:{dek}"));
+    let info = c.run(|c| c.dek_show(dek)).unwrap();
+    assert_eq!((info.version, info.min_version), (1, None));
+
+    assert_eq!(c.run(|c| c.dek_rotate(dek)).unwrap().version, 2);
+    let v2 = c.run(|c| c.encrypt(dek, b"written at version 2")).unwrap();
+    assert_eq!(ad_of(&v2), format!("keyward:dek:{dek}:v2"));
+    assert_eq!(c.run(|c| c.dek_rotate(dek)).unwrap().version, 3);
+    let info = c.run(|c| c.dek_show(dek)).unwrap();
+    assert_eq!(info.version, 3);
+    assert!(info.rotated.is_some());
+
+    // Every version still decrypts.
+    let pt = c.run(|c| c.decrypt(&keys.ciphertext, None)).unwrap();
+    assert_eq!(pt.expose(), b"written at version 1");
+    let pt = c.run(|c| c.decrypt(&v2, None)).unwrap();
+    assert_eq!(pt.expose(), b"written at version 2");
+
+    // Rewrap: the newest version, the same plaintext, a different ciphertext.
+    let re = c.run(|c| c.rewrap(&keys.ciphertext, None)).unwrap();
+    assert_eq!(ad_of(&re), format!("keyward:dek:{dek}:v3"));
+    assert_ne!(re, keys.ciphertext);
+    let pt = c.run(|c| c.decrypt(&re, None)).unwrap();
+    assert_eq!(pt.expose(), b"written at version 1");
+    let re2 = c.run(|c| c.rewrap(&v2, None)).unwrap();
+    assert_eq!(ad_of(&re2), format!("keyward:dek:{dek}:v3"));
+    // Rewrapping what is already at the newest version gives another version-3 ciphertext.
+    let re3 = c.run(|c| c.rewrap(&re, None)).unwrap();
+    assert_eq!(ad_of(&re3), format!("keyward:dek:{dek}:v3"));
+    assert_eq!(
+        c.run(|c| c.decrypt(&re3, None)).unwrap().expose(),
+        b"written at version 1"
+    );
+    // Naming the DEK is fine; naming another is refused.
+    c.run(|c| c.rewrap(&keys.ciphertext, Some(dek))).unwrap();
+    let default_args = DekCreateArgs::default();
+    let other = c.run(|c| c.dek_create(&default_args)).unwrap().id;
+    expect_code(
+        c.run(|c| c.rewrap(&keys.ciphertext, Some(&other))),
+        ErrorCode::DecryptFailed,
+    );
+    // A restart keeps the versions.
+    env.restart();
+    let c = env.client();
+    c.run(|c| c.unlock(pin(env.pin()))).unwrap();
+    assert_eq!(c.run(|c| c.dek_show(dek)).unwrap().version, 3);
+    for (ct, want) in [
+        (&keys.ciphertext, &b"written at version 1"[..]),
+        (&v2, b"written at version 2"),
+        (&re, b"written at version 1"),
+    ] {
+        assert_eq!(c.run(|c| c.decrypt(ct, None)).unwrap().expose(), want);
+    }
+}
+
+fn min_version_retires_versions_with_a_warning_and_survives_a_restart(env: &mut TestEnv) {
+    let keys = env.init_with_keys(false, b"old");
+    let c = env.client();
+    let dek = keys.dek.as_str();
+    c.run(|c| c.dek_rotate(dek)).unwrap();
+    let v2 = c.run(|c| c.encrypt(dek, b"new")).unwrap();
+    // Out of range: 0 and above the newest version.
+    for n in [0, 3, u32::MAX] {
+        expect_code(c.run(|c| c.dek_min_version(dek, n)), ErrorCode::InvalidArgs);
+    }
+    let r = c.run(|c| c.dek_min_version(dek, 2)).unwrap();
+    assert_eq!((r.version, r.min_version), (2, 2));
+    let w = r
+        .warning
+        .expect("a warning: version 1 was not retired before");
+    assert!(w.contains("version 1") && w.contains("rewrap"), "{w}");
+    let e = expect_code(
+        c.run(|c| c.decrypt(&keys.ciphertext, None)),
+        ErrorCode::VersionRetired,
+    );
+    assert!(e.to_string().contains("version 1"), "{e}");
+    expect_code(
+        c.run(|c| c.rewrap(&keys.ciphertext, None)),
+        ErrorCode::VersionRetired,
+    );
+    assert_eq!(c.run(|c| c.decrypt(&v2, None)).unwrap().expose(), b"new");
+    // Encrypting is unaffected.
+    c.run(|c| c.encrypt(dek, b"more")).unwrap();
+    // The same minimum again: nothing newly retired, no warning.
+    assert_eq!(c.run(|c| c.dek_min_version(dek, 2)).unwrap().warning, None);
+    assert_eq!(c.run(|c| c.dek_show(dek)).unwrap().min_version, Some(2));
+    let listed = c.run(|c| c.dek_list(None)).unwrap().keys;
+    assert_eq!(listed[0].min_version, Some(2));
+    // Kept across a restart.
+    env.restart();
+    let c = env.client();
+    c.run(|c| c.unlock(pin(env.pin()))).unwrap();
+    expect_code(
+        c.run(|c| c.decrypt(&keys.ciphertext, None)),
+        ErrorCode::VersionRetired,
+    );
+    // Lowered again, version 1 decrypts again (its key was kept).
+    assert_eq!(c.run(|c| c.dek_min_version(dek, 1)).unwrap().warning, None);
+    assert_eq!(
+        c.run(|c| c.decrypt(&keys.ciphertext, None))
+            .unwrap()
+            .expose(),
+        b"old"
+    );
+}
+
+fn streams_and_raw_gcm_across_a_rotation(env: &mut TestEnv) {
+    let keys = env.init_with_keys(false, b"x");
+    let dek = keys.dek.as_str();
+    let dir = env.dir().to_path_buf();
+    let plain: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    let p = dir.join("plain");
+    std::fs::write(&p, &plain).unwrap();
+    let enc = |out: &str| {
+        let o = dir.join(out);
+        env.cli_ok(
+            &[
+                "encrypt",
+                "--dek",
+                dek,
+                "--stream",
+                "-i",
+                p.to_str().unwrap(),
+                "-o",
+                o.to_str().unwrap(),
+            ],
+            None,
+        );
+        o
+    };
+    let dec_args = |i: &std::path::Path, o: &str| -> Vec<String> {
+        vec![
+            "decrypt".into(),
+            "-i".into(),
+            i.to_str().unwrap().into(),
+            "-o".into(),
+            dir.join(o).to_str().unwrap().into(),
+        ]
+    };
+    let s1 = enc("s1");
+    let c = env.client();
+    // Raw GCM (the PKCS#11 door) before the rotation.
+    let gcm = |data: &[u8], tag_len: u8| GcmArgs {
+        dek: dek.into(),
+        iv: serde_bytes::ByteBuf::from(vec![5; 12]),
+        aad: serde_bytes::ByteBuf::from(b"hdr".to_vec()),
+        tag_len,
+        data: SecretBytes::new(data.to_vec()),
+    };
+    let seal = |a: GcmArgs| c.run(|c| c.gcm_seal(&a));
+    let open = |a: GcmArgs| c.run(|c| c.gcm_open(&a));
+    let g1 = seal(gcm(b"raw before", 16)).unwrap();
+    let g1_short = seal(gcm(b"raw short", 8)).unwrap();
+    let dk1 = c.run(|c| c.datakey_create(dek)).unwrap();
+    assert_eq!(dk1.version, 1);
+
+    c.run(|c| c.dek_rotate(dek)).unwrap();
+    let dk2 = c.run(|c| c.datakey_create(dek)).unwrap();
+    assert_eq!(dk2.version, 2);
+    let s2 = enc("s2");
+    for (s, out) in [(&s1, "b1"), (&s2, "b2")] {
+        let a = dec_args(s, out);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        env.cli_ok(&a, None);
+        assert_eq!(std::fs::read(dir.join(out)).unwrap(), plain);
+    }
+    // Raw GCM: the newest version seals; what version 1 sealed still opens (full and short tag).
+    let g2 = seal(gcm(b"raw before", 16)).unwrap();
+    assert_ne!(g1, g2);
+    assert_eq!(open(gcm(&g1, 16)).unwrap().expose(), b"raw before");
+    assert_eq!(open(gcm(&g1_short, 8)).unwrap().expose(), b"raw short");
+    // A data key's version must be the one it was wrapped under.
+    expect_code(
+        c.run(|c| c.datakey_open(dek, 2, dk1.wrapped.as_ref())),
+        ErrorCode::DecryptFailed,
+    );
+    expect_code(
+        c.run(|c| c.datakey_open(dek, 7, dk1.wrapped.as_ref())),
+        ErrorCode::DecryptFailed,
+    );
+    assert_eq!(
+        c.run(|c| c.datakey_open(dek, 1, dk1.wrapped.as_ref()))
+            .unwrap()
+            .expose(),
+        dk1.key.expose()
+    );
+    // Retiring version 1: the old stream is version_retired, the new one still decrypts.
+    c.run(|c| c.dek_min_version(dek, 2)).unwrap();
+    let a = dec_args(&s1, "b3");
+    let mut a: Vec<&str> = a.iter().map(String::as_str).collect();
+    a.insert(0, "--json");
+    let out = env.cli(&a, None);
+    assert!(!out.status.success());
+    let v = keyward_tests::parse_json(&out.stdout);
+    assert_eq!(v["error"]["code"], "version_retired", "{v}");
+    let a = dec_args(&s2, "b4");
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    env.cli_ok(&a, None);
+    expect_code(open(gcm(&g1, 16)), ErrorCode::DecryptFailed);
+}
+
+fn cli_rotate_rewrap_min_version_show_and_revoke(env: &mut TestEnv) {
+    env.init();
+    let kek = String::from_utf8(env.cli_ok(&["kek", "create"], None)).unwrap();
+    let kek = kek.trim();
+    let dek = String::from_utf8(env.cli_ok(&["dek", "create"], None)).unwrap();
+    let dek = dek.trim();
+    let ct1 = env.cli_ok(&["encrypt", "--dek", dek], Some(b"cli plaintext"));
+    // `dek rotate` prints the new version.
+    assert_eq!(env.cli_ok(&["dek", "rotate", dek], None), b"2\n");
+    let j = env.cli_json(&["dek", "rotate", dek], None);
+    assert_eq!(
+        (j["id"].as_str(), j["version"].as_u64()),
+        (Some(dek), Some(3))
+    );
+    // rewrap: stdin to stdout, and -i / -o.
+    let re = env.cli_ok(&["rewrap"], Some(&ct1));
+    let re = String::from_utf8(re).unwrap();
+    assert_eq!(ad_of(&re), format!("keyward:dek:{dek}:v3"));
+    assert_eq!(
+        env.cli_ok(&["decrypt"], Some(re.as_bytes())),
+        b"cli plaintext"
+    );
+    let (i, o) = (env.dir().join("ct1"), env.dir().join("ct1.new"));
+    std::fs::write(&i, &ct1).unwrap();
+    env.cli_ok(
+        &[
+            "rewrap",
+            "-i",
+            i.to_str().unwrap(),
+            "-o",
+            o.to_str().unwrap(),
+        ],
+        None,
+    );
+    let from_file = std::fs::read_to_string(&o).unwrap();
+    assert_eq!(ad_of(&from_file), format!("keyward:dek:{dek}:v3"));
+    let j = env.cli_json(&["rewrap"], Some(&ct1));
+    assert_eq!(ad_of(j["ciphertext"].as_str().unwrap()), ad_of(&re));
+    // dek show / dek list.
+    let j = env.cli_json(&["dek", "show", dek], None);
+    assert_eq!(j["version"], 3);
+    assert!(j.get("min_version").is_none(), "{j}");
+    let table = String::from_utf8(env.cli_ok(&["dek", "list"], None)).unwrap();
+    assert!(
+        table.contains("VERSION") && table.contains("MIN"),
+        "{table}"
+    );
+    // min-version: the warning goes to stderr, the result to stdout.
+    let out = env.cli(&["dek", "min-version", dek, "3"], None);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning") && err.contains("versions 1 to 2"),
+        "{err}"
+    );
+    let j = env.cli_json(&["dek", "show", dek], None);
+    assert_eq!(j["min_version"], 3);
+    assert_eq!(
+        env.cli_json_err(&["decrypt"], Some(&ct1)),
+        "version_retired"
+    );
+    let out = env.cli(&["decrypt"], Some(&ct1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("retired"), "{err}");
+    assert_eq!(
+        env.cli_json_err(&["dek", "min-version", dek, "4"], None),
+        "invalid_args"
+    );
+    assert_eq!(
+        env.cli_json_err(&["dek", "min-version", dek, "0"], None),
+        "invalid_args"
+    );
+    // Revocation from the CLI: the DEK, then its KEK (with its remaining children).
+    let kp = String::from_utf8(env.cli_ok(&["keypair", "create"], None)).unwrap();
+    let kp = kp.trim();
+    let j = env.cli_json(&["keypair", "revoke", kp], None);
+    assert_eq!(j["revoked"][0], kp);
+    assert_eq!(
+        env.cli_json_err(&["sign", "--key", kp], Some(b"m")),
+        "key_inactive"
+    );
+    let text = String::from_utf8(env.cli_ok(&["dek", "revoke", dek], None)).unwrap();
+    assert_eq!(text, format!("revoked {dek}\n"));
+    assert_eq!(
+        env.cli_json_err(&["dek", "revoke", dek], None),
+        "key_inactive"
+    );
+    assert_eq!(
+        env.cli_json_err(&["decrypt"], Some(re.as_bytes())),
+        "key_inactive"
+    );
+    let dek2 = String::from_utf8(env.cli_ok(&["dek", "create"], None)).unwrap();
+    let j = env.cli_json(&["kek", "revoke", kek], None);
+    let revoked: Vec<&str> = j["revoked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(revoked[0], kek);
+    assert!(revoked.contains(&dek2.trim()), "{j}");
+    assert!(!revoked.contains(&dek), "already revoked: {j}");
+    assert_eq!(
+        env.cli_json_err(&["encrypt", "--dek", dek2.trim()], Some(b"x")),
+        "key_inactive"
+    );
+    assert_eq!(
+        env.cli_json_err(&["dek", "create", "--kek", kek], None),
+        "key_inactive"
+    );
+    let keks = env.cli_json(&["kek", "list"], None);
+    assert_eq!(keks["keys"][0]["state"], "revoked");
+}
+
+fn lifecycle_bad_input_is_typed_and_the_agent_keeps_serving(env: &mut TestEnv) {
+    let keys = env.init_with_keys(false, b"stays intact");
+    let c = env.client();
+    let ghost = uuid::Uuid::new_v4().to_string();
+    let nf = ErrorCode::NotFound;
+    for id in [
+        ghost.as_str(),
+        "not-a-uuid",
+        "",
+        "'; DROP TABLE key_versions; --",
+    ] {
+        expect_code(c.run(|c| c.dek_rotate(id)), nf);
+        expect_code(c.run(|c| c.dek_min_version(id, 1)), nf);
+        expect_code(c.run(|c| c.dek_show(id)), nf);
+        expect_code(c.run(|c| c.dek_revoke(id)), nf);
+        expect_code(c.run(|c| c.kek_revoke(id)), nf);
+        expect_code(c.run(|c| c.keypair_revoke(id)), nf);
+    }
+    // Ids of the wrong kind.
+    expect_code(c.run(|c| c.dek_rotate(&keys.kek)), nf);
+    expect_code(c.run(|c| c.kek_revoke(&keys.dek)), nf);
+    expect_code(c.run(|c| c.keypair_revoke(&keys.dek)), nf);
+    // Rewrap of garbage, of a non-agent ciphertext, of a tampered one.
+    for garbage in ["", "garbage", "Aes256Gcm.x.y", "Aes256Gcm.AAAA.AAAA.AAAA"] {
+        expect_code(c.run(|c| c.rewrap(garbage, None)), ErrorCode::DecryptFailed);
+    }
+    let foreign = keyward_envelope::aes256gcm::encrypt(&[7u8; 32], b"f", "elsewhere").unwrap();
+    expect_code(
+        c.run(|c| c.rewrap(&foreign, None)),
+        ErrorCode::DecryptFailed,
+    );
+    expect_code(
+        c.run(|c| c.rewrap(&foreign, Some(&keys.dek))),
+        ErrorCode::DecryptFailed,
+    );
+    // Forged versions: one that does not exist, one that is not canonical, one of another DEK.
+    for ad in [
+        format!("keyward:dek:{}:v2", keys.dek),
+        format!("keyward:dek:{}:v02", keys.dek),
+        format!("keyward:dek:{}:v0", keys.dek),
+        format!("keyward:dek:{}:v", keys.dek),
+    ] {
+        let forged = keyward_envelope::aes256gcm::encrypt(&[7u8; 32], b"f", &ad).unwrap();
+        expect_code(c.run(|c| c.rewrap(&forged, None)), ErrorCode::DecryptFailed);
+        expect_code(
+            c.run(|c| c.decrypt(&forged, None)),
+            ErrorCode::DecryptFailed,
+        );
+    }
+    let forged =
+        keyward_envelope::aes256gcm::encrypt(&[7u8; 32], b"f", &format!("keyward:dek:{ghost}:v3"))
+            .unwrap();
+    expect_code(c.run(|c| c.rewrap(&forged, None)), nf);
+    // Version 0 and too large.
+    expect_code(
+        c.run(|c| c.dek_min_version(&keys.dek, 0)),
+        ErrorCode::InvalidArgs,
+    );
+    expect_code(
+        c.run(|c| c.dek_min_version(&keys.dek, 2)),
+        ErrorCode::InvalidArgs,
+    );
+    // Sharing DEKs are not rotated (their recipients hold version 1).
+    let sharing_args = DekCreateArgs {
+        purpose: keyward_tests::keyward_proto::ops::Purpose::Sharing,
+        ..Default::default()
+    };
+    let sharing = c.run(|c| c.dek_create(&sharing_args)).unwrap().id;
+    expect_code(c.run(|c| c.dek_rotate(&sharing)), ErrorCode::WrongKey);
+    // Revoke twice.
+    c.run(|c| c.dek_revoke(&sharing)).unwrap();
+    expect_code(c.run(|c| c.dek_revoke(&sharing)), ErrorCode::KeyInactive);
+    // Locked: every lifecycle op refused as locked, nothing changed.
+    c.run(|c| c.lock()).unwrap();
+    let locked = ErrorCode::Locked;
+    expect_code(c.run(|c| c.dek_rotate(&keys.dek)), locked);
+    expect_code(c.run(|c| c.dek_min_version(&keys.dek, 1)), locked);
+    expect_code(c.run(|c| c.rewrap(&keys.ciphertext, None)), locked);
+    expect_code(c.run(|c| c.dek_revoke(&keys.dek)), locked);
+    expect_code(c.run(|c| c.kek_revoke(&keys.kek)), locked);
+    expect_code(c.run(|c| c.keypair_revoke(&ghost)), locked);
+    // dek.show needs no unlock.
+    assert_eq!(c.run(|c| c.dek_show(&keys.dek)).unwrap().version, 1);
+    env.assert_intact(&keys);
+    let c = env.client();
+    assert_eq!(c.run(|c| c.dek_show(&keys.dek)).unwrap().state, "active");
+}
+
+fn revocation_refuses_every_use_and_a_kek_takes_its_children(env: &mut TestEnv) {
+    let keys = env.init_with_keys(true, b"under the first KEK");
+    let c = env.client();
+    let under_kek1 = KeypairCreateArgs {
+        kek: Some(keys.kek.clone()),
+        ..Default::default()
+    };
+    let kp = c.run(|c| c.keypair_create(&under_kek1)).unwrap().id;
+    c.run(|c| c.sign(&kp, b"m", false)).unwrap();
+    let kek2 = c.run(|c| c.kek_create(Some("second".into()))).unwrap().id;
+    let dek_under_kek2 = DekCreateArgs {
+        kek: Some(kek2.clone()),
+        ..Default::default()
+    };
+    let dek2 = c.run(|c| c.dek_create(&dek_under_kek2)).unwrap().id;
+    let ct2 = c.run(|c| c.encrypt(&dek2, b"under the second")).unwrap();
+    let inactive = ErrorCode::KeyInactive;
+
+    // A keypair.
+    let kp_under_kek2 = KeypairCreateArgs {
+        kek: Some(kek2.clone()),
+        ..Default::default()
+    };
+    let kp2 = c.run(|c| c.keypair_create(&kp_under_kek2)).unwrap().id;
+    assert_eq!(
+        c.run(|c| c.keypair_revoke(&kp2)).unwrap().revoked,
+        vec![kp2.clone()]
+    );
+    expect_code(c.run(|c| c.sign(&kp2, b"m", false)), inactive);
+    expect_code(c.run(|c| c.keypair_revoke(&kp2)), inactive);
+    assert_eq!(c.run(|c| c.keypair_show(&kp2)).unwrap().state, "revoked");
+
+    // The first KEK: it, its DEK and its keypair.
+    let r = c.run(|c| c.kek_revoke(&keys.kek)).unwrap();
+    assert_eq!(r.id, keys.kek);
+    let mut got = r.revoked.clone();
+    got.sort();
+    let mut want = vec![keys.kek.clone(), keys.dek.clone(), kp.clone()];
+    want.sort();
+    assert_eq!(got, want);
+    expect_code(c.run(|c| c.decrypt(&keys.ciphertext, None)), inactive);
+    expect_code(c.run(|c| c.encrypt(&keys.dek, b"x")), inactive);
+    expect_code(c.run(|c| c.dek_export(&keys.dek)), inactive);
+    expect_code(c.run(|c| c.dek_rotate(&keys.dek)), inactive);
+    expect_code(c.run(|c| c.rewrap(&keys.ciphertext, None)), inactive);
+    expect_code(c.run(|c| c.datakey_create(&keys.dek)), inactive);
+    expect_code(c.run(|c| c.sign(&kp, b"m", false)), inactive);
+    let dek_under_kek1 = DekCreateArgs {
+        kek: Some(keys.kek.clone()),
+        ..Default::default()
+    };
+    expect_code(c.run(|c| c.dek_create(&dek_under_kek1)), inactive);
+    expect_code(c.run(|c| c.keypair_create(&under_kek1)), inactive);
+    expect_code(c.run(|c| c.kek_revoke(&keys.kek)), inactive);
+    // Listings say so.
+    let deks = c.run(|c| c.dek_list(None)).unwrap().keys;
+    let d = deks.iter().find(|k| k.id == keys.dek).unwrap();
+    assert_eq!(d.state, "revoked");
+    // The other KEK's keys are untouched, also after a restart.
+    assert_eq!(
+        c.run(|c| c.decrypt(&ct2, None)).unwrap().expose(),
+        b"under the second"
+    );
+    env.restart();
+    let c = env.client();
+    c.run(|c| c.unlock(pin(env.pin()))).unwrap();
+    assert_eq!(
+        c.run(|c| c.decrypt(&ct2, None)).unwrap().expose(),
+        b"under the second"
+    );
+    expect_code(c.run(|c| c.decrypt(&keys.ciphertext, None)), inactive);
+    expect_code(c.run(|c| c.sign(&kp, b"m", false)), inactive);
+}
