@@ -63,12 +63,12 @@ impl MinVersionSet {
     pub fn warning(&self) -> Option<String> {
         self.newly_retired.map(|(lo, hi)| {
             let which = if lo == hi {
-                format!("version {lo}")
+                format!("version {lo} no longer decrypts")
             } else {
-                format!("versions {lo} to {hi}")
+                format!("versions {lo} to {hi} no longer decrypt")
             };
             format!(
-                "DEK {}: {which} no longer decrypt; the agent cannot know which ciphertexts still use them: rewrap them (`keyward rewrap`) or lower the minimum again",
+                "DEK {}: {which}; the agent cannot know which ciphertexts still use them: rewrap them (`keyward rewrap`) or lower the minimum again",
                 self.id
             )
         })
