@@ -34,7 +34,7 @@ const META_INIT_PENDING: &str = "init_pending";
 
 /// Test hook (debug builds only): `KEYWARD_TEST_CRASH_AFTER=<point>` aborts the process there,
 /// as a `kill -9` would. Release builds compile it to nothing.
-fn crash_point(point: &str) {
+pub(crate) fn crash_point(point: &str) {
     #[cfg(debug_assertions)]
     if std::env::var_os("KEYWARD_TEST_CRASH_AFTER").is_some_and(|v| v == point) {
         tracing::error!(point, "KEYWARD_TEST_CRASH_AFTER: aborting");
@@ -551,6 +551,11 @@ impl Hierarchy {
                 tracing::error!(error = %e, "unlock refused");
                 self.lock_quietly();
                 return Err(e);
+            }
+            // A KEK rotation a crash interrupted is finished now (lifecycle.rs); until then
+            // every key still opens under the KEK's old wrap, so a failure here only logs.
+            if let Err(e) = self.finish_rotations() {
+                tracing::error!(error = %e, "finishing an interrupted KEK rotation failed: the next unlock or `keyward kek rotate` tries again");
             }
             tracing::info!("unlocked");
             Ok(())

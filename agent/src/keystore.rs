@@ -211,7 +211,22 @@ const MIGRATIONS: &[&str] = &[
         mac         BLOB,
         PRIMARY KEY (key, version)
      );
-     ALTER TABLE keys ADD COLUMN min_version INTEGER;",
+     ALTER TABLE keys ADD COLUMN min_version INTEGER;
+     CREATE TABLE kek_rotations (
+        kek         TEXT PRIMARY KEY REFERENCES keys(id),
+        wrapped     BLOB NOT NULL,
+        scheme      TEXT NOT NULL,
+        started     INTEGER NOT NULL,
+        mac         BLOB
+     );
+     CREATE TABLE kek_rotation_items (
+        kek         TEXT NOT NULL REFERENCES kek_rotations(kek),
+        key         TEXT NOT NULL REFERENCES keys(id),
+        version     INTEGER NOT NULL,
+        wrapped     BLOB NOT NULL,
+        mac         BLOB,
+        PRIMARY KEY (key, version)
+     );",
 ];
 
 /// Meta row the v4 migration leaves when it found records written before v4 (without MACs).
@@ -340,6 +355,43 @@ fn version_body(v: &KeyVersion) -> Vec<u8> {
         .num(Some(u64::from(v.version)))
         .field(Some(&v.wrapped))
         .num(Some(v.created));
+    e.finish()
+}
+
+/// A KEK rotation in progress (`kek_rotations`): the new KEK, wrapped under the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRotation {
+    pub kek: Uuid,
+    pub wrapped: Vec<u8>,
+    pub scheme: String,
+    pub started: u64,
+}
+
+fn rotation_body(r: &PendingRotation) -> Vec<u8> {
+    let mut e = Encoder::new("keyward/keystore/kek_rotations/v7");
+    e.text(Some(&r.kek.to_string()))
+        .field(Some(&r.wrapped))
+        .text(Some(&r.scheme))
+        .num(Some(r.started));
+    e.finish()
+}
+
+/// One child's wrap under the new KEK, written before the swap (`kek_rotation_items`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationItem {
+    pub kek: Uuid,
+    pub key: Uuid,
+    /// 1: the key row's `wrapped`; ≥ 2: a `key_versions` row.
+    pub version: u32,
+    pub wrapped: Vec<u8>,
+}
+
+fn item_body(i: &RotationItem) -> Vec<u8> {
+    let mut e = Encoder::new("keyward/keystore/kek_rotation_items/v7");
+    e.text(Some(&i.kek.to_string()))
+        .text(Some(&i.key.to_string()))
+        .num(Some(u64::from(i.version)))
+        .field(Some(&i.wrapped));
     e.finish()
 }
 
@@ -1341,6 +1393,315 @@ impl Keystore {
             .map_err(sql("write meta"))?;
         }
         tx.commit().map_err(sql("commit write meta"))
+    }
+}
+
+// ---- KEK rotation journal --------------------------------------------------------------------
+
+/// Every wrapped secret under `kek`: (the child's record, version, wrapped bytes), the key rows'
+/// own (version 1) and their `key_versions` rows, all checked. Children without wrapped bytes
+/// (token keypairs) have nothing to rewrap.
+fn wrapped_under(
+    conn: &Connection,
+    key: Option<&MacKey>,
+    kek: &Uuid,
+) -> Result<Vec<(KeyRecord, u32, Vec<u8>)>, KeystoreError> {
+    let mut out = Vec::new();
+    for r in query_with(
+        conn,
+        key,
+        "list children",
+        "parent = ?1",
+        &[&kek.to_string()],
+    )? {
+        let Some(w) = r.wrapped.clone() else { continue };
+        out.push((r.clone(), 1, w));
+        type Row = (u32, Vec<u8>, u64, Option<Vec<u8>>);
+        let versions: Vec<Row> = {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT version, wrapped, created, mac FROM key_versions WHERE key = ?1 ORDER BY version",
+                )
+                .map_err(sql("list key versions"))?;
+            let rows = stmt
+                .query_map([r.id.to_string()], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })
+                .map_err(sql("list key versions"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(sql("list key versions"))?
+        };
+        for (version, wrapped, created, mac) in versions {
+            let v = KeyVersion {
+                key: r.id,
+                version,
+                wrapped,
+                created,
+            };
+            if let Some(k) = key {
+                check_mac(
+                    k,
+                    &format!("{} version {version}", r.id),
+                    &version_body(&v),
+                    mac.as_deref(),
+                )?;
+            }
+            out.push((r.clone(), version, v.wrapped));
+        }
+    }
+    Ok(out)
+}
+
+/// The (key, version) pairs that already have an item for `kek`.
+fn items_done(
+    conn: &Connection,
+    kek: &Uuid,
+) -> Result<std::collections::HashSet<(String, u32)>, KeystoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT key, version FROM kek_rotation_items WHERE kek = ?1")
+        .map_err(sql("read rotation items"))?;
+    let rows = stmt
+        .query_map([kek.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(sql("read rotation items"))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(sql("read rotation items"))
+}
+
+impl Keystore {
+    /// Record a KEK rotation as begun: the new KEK, wrapped under the root (MAC'd).
+    pub fn rotation_begin(&self, r: &PendingRotation) -> Result<(), KeystoreError> {
+        let key = self.key();
+        self.lock()
+            .execute(
+                "INSERT INTO kek_rotations (kek, wrapped, scheme, started, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    r.kek.to_string(),
+                    r.wrapped,
+                    r.scheme,
+                    r.started,
+                    key.as_deref().map(|k| k.tag(&rotation_body(r)))
+                ],
+            )
+            .map_err(sql("begin KEK rotation"))?;
+        Ok(())
+    }
+
+    /// Every KEK rotation begun and not finished, each checked.
+    pub fn rotations_pending(&self) -> Result<Vec<PendingRotation>, KeystoreError> {
+        let key = self.key();
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT kek, wrapped, scheme, started, mac FROM kek_rotations ORDER BY started",
+            )
+            .map_err(sql("read KEK rotations"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, u64>(3)?,
+                    r.get::<_, Option<Vec<u8>>>(4)?,
+                ))
+            })
+            .map_err(sql("read KEK rotations"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (kek, wrapped, scheme, started, mac) = row.map_err(sql("read KEK rotations"))?;
+            let r = PendingRotation {
+                kek: Uuid::parse_str(&kek).map_err(|_| KeystoreError::Tampered {
+                    id: kek.clone(),
+                    what: "rotation journal: not a UUID".into(),
+                })?,
+                wrapped,
+                scheme,
+                started,
+            };
+            if let Some(k) = key.as_deref() {
+                check_mac(
+                    k,
+                    &format!("rotation of {kek}"),
+                    &rotation_body(&r),
+                    mac.as_deref(),
+                )?;
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// The wrapped secrets under `kek` that have no item yet: (record, version, wrapped).
+    pub fn rotation_todo(
+        &self,
+        kek: &Uuid,
+    ) -> Result<Vec<(KeyRecord, u32, Vec<u8>)>, KeystoreError> {
+        let key = self.key();
+        let conn = self.lock();
+        let done = items_done(&conn, kek)?;
+        Ok(wrapped_under(&conn, key.as_deref(), kek)?
+            .into_iter()
+            .filter(|(r, v, _)| !done.contains(&(r.id.to_string(), *v)))
+            .collect())
+    }
+
+    /// Store a batch of rewrapped children in one transaction (each MAC'd).
+    pub fn rotation_put(&self, items: &[RotationItem]) -> Result<(), KeystoreError> {
+        let key = self.key();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin rotation batch"))?;
+        for i in items {
+            tx.execute(
+                "INSERT OR REPLACE INTO kek_rotation_items (kek, key, version, wrapped, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    i.kek.to_string(),
+                    i.key.to_string(),
+                    i.version,
+                    i.wrapped,
+                    key.as_deref().map(|k| k.tag(&item_body(i)))
+                ],
+            )
+            .map_err(sql("store rotation item"))?;
+        }
+        tx.commit().map_err(sql("commit rotation batch"))
+    }
+
+    /// The swap, in one transaction: when every wrapped secret under the KEK has an item
+    /// (checked inside the transaction, so nothing made meanwhile is missed), each child's
+    /// wrap is replaced by its item (re-MAC'd), the KEK row gets the new wrap and its version
+    /// plus one, and the journal is dropped. `Ok(None)` when some child has no item yet (the caller
+    /// rewraps those and tries again); else the KEK's new version.
+    pub fn rotation_swap(&self, pending: &PendingRotation) -> Result<Option<u32>, KeystoreError> {
+        let key = self.key();
+        let key = key.as_deref();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin rotation swap"))?;
+        let done = items_done(&tx, &pending.kek)?;
+        let all = wrapped_under(&tx, key, &pending.kek)?;
+        if all
+            .iter()
+            .any(|(r, v, _)| !done.contains(&(r.id.to_string(), *v)))
+        {
+            return Ok(None);
+        }
+        let items: Vec<(RotationItem, Option<Vec<u8>>)> = {
+            let mut stmt = tx
+                .prepare("SELECT key, version, wrapped, mac FROM kek_rotation_items WHERE kek = ?1")
+                .map_err(sql("read rotation items"))?;
+            let rows = stmt
+                .query_map([pending.kek.to_string()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, Option<Vec<u8>>>(3)?,
+                    ))
+                })
+                .map_err(sql("read rotation items"))?;
+            let mut v = Vec::new();
+            for row in rows {
+                let (k, version, wrapped, mac) = row.map_err(sql("read rotation items"))?;
+                let id = Uuid::parse_str(&k).map_err(|_| KeystoreError::Tampered {
+                    id: k.clone(),
+                    what: "rotation item: not a UUID".into(),
+                })?;
+                v.push((
+                    RotationItem {
+                        kek: pending.kek,
+                        key: id,
+                        version,
+                        wrapped,
+                    },
+                    mac,
+                ));
+            }
+            v
+        };
+        let records: std::collections::HashMap<Uuid, KeyRecord> =
+            all.into_iter().map(|(r, _, _)| (r.id, r)).collect();
+        for (i, mac) in &items {
+            if let Some(k) = key {
+                check_mac(
+                    k,
+                    &format!("rotation item {} v{}", i.key, i.version),
+                    &item_body(i),
+                    mac.as_deref(),
+                )?;
+            }
+            if i.version == 1 {
+                let Some(r) = records.get(&i.key) else {
+                    continue;
+                };
+                let mut r = r.clone();
+                r.wrapped = Some(i.wrapped.clone());
+                tx.execute(
+                    "UPDATE keys SET wrapped = ?2, mac = ?3 WHERE id = ?1",
+                    params![
+                        r.id.to_string(),
+                        r.wrapped,
+                        key.map(|k| k.tag(&record_body(&r)))
+                    ],
+                )
+                .map_err(sql("swap key wrap"))?;
+            } else {
+                let created: u64 = tx
+                    .query_row(
+                        "SELECT created FROM key_versions WHERE key = ?1 AND version = ?2",
+                        params![i.key.to_string(), i.version],
+                        |r| r.get(0),
+                    )
+                    .map_err(sql("read key version"))?;
+                let v = KeyVersion {
+                    key: i.key,
+                    version: i.version,
+                    wrapped: i.wrapped.clone(),
+                    created,
+                };
+                tx.execute(
+                    "UPDATE key_versions SET wrapped = ?3, mac = ?4 WHERE key = ?1 AND version = ?2",
+                    params![i.key.to_string(), i.version, v.wrapped, key.map(|k| k.tag(&version_body(&v)))],
+                )
+                .map_err(sql("swap key version wrap"))?;
+            }
+        }
+        let Some(mut kek) =
+            query_with(&tx, key, "read KEK", "id = ?1", &[&pending.kek.to_string()])?
+                .into_iter()
+                .next()
+        else {
+            return Err(KeystoreError::Corrupt {
+                id: pending.kek.to_string(),
+                what: "the KEK of a rotation is gone".into(),
+            });
+        };
+        kek.wrapped = Some(pending.wrapped.clone());
+        kek.scheme = pending.scheme.clone();
+        kek.version = kek.version.saturating_add(1);
+        kek.rotated = Some(now());
+        tx.execute(
+            "UPDATE keys SET wrapped = ?2, scheme = ?3, version = ?4, rotated = ?5, mac = ?6 WHERE id = ?1",
+            params![
+                kek.id.to_string(),
+                kek.wrapped,
+                kek.scheme,
+                kek.version,
+                kek.rotated,
+                key.map(|k| k.tag(&record_body(&kek)))
+            ],
+        )
+        .map_err(sql("swap KEK wrap"))?;
+        tx.execute(
+            "DELETE FROM kek_rotation_items WHERE kek = ?1",
+            [pending.kek.to_string()],
+        )
+        .map_err(sql("drop rotation items"))?;
+        tx.execute(
+            "DELETE FROM kek_rotations WHERE kek = ?1",
+            [pending.kek.to_string()],
+        )
+        .map_err(sql("drop rotation journal"))?;
+        tx.commit().map_err(sql("commit rotation swap"))?;
+        Ok(Some(kek.version))
     }
 }
 

@@ -17,10 +17,69 @@
 //! `Zeroizing` buffer between the open and the seal, inside the agent.
 
 use crate::error::{AgentError, DecryptFailure, Problem, WrongKey};
-use crate::hierarchy::{Hierarchy, AD_PREFIX};
-use crate::keystore::{KeyKind, KeyRecord, KeyState, Purpose};
+use crate::hierarchy::{crash_point, Hierarchy, AD_PREFIX};
+use crate::keystore::{KeyKind, KeyRecord, KeyState, PendingRotation, Purpose, RotationItem};
+use crate::root::{Kek, RootError};
+use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 use zeroize::Zeroizing;
+
+/// Children rewrapped per keystore transaction during `kek.rotate`.
+const ROTATION_BATCH: usize = 64;
+
+/// One KEK rotation at a time in this process (a second waits, then finds nothing pending).
+static ROTATION: Mutex<()> = Mutex::new(());
+
+/// What `kek.rotate` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KekRotated {
+    pub id: Uuid,
+    pub version: u32,
+    /// Wrapped secrets moved to the new KEK (DEK versions, keypairs, secrets).
+    pub rewrapped: usize,
+}
+
+/// Rewrap one child's wrapped secret from `old` to `new`: unwrapped into agent memory
+/// (`Zeroizing`, dropped at once) and wrapped again. An RSA keypair's record is its own DEK
+/// wrapped under the KEK followed by the PEM under that DEK: only the first part changes.
+fn rewrap_child(
+    rec: &KeyRecord,
+    wrapped: &[u8],
+    old: &dyn Kek,
+    new: &dyn Kek,
+) -> Result<Vec<u8>, AgentError> {
+    const OP: &str = "kek.rotate";
+    let (inner, rest) = if rec.scheme == crate::rsa_keys::RSA_SCHEME {
+        if wrapped.len() < 40 {
+            return Err(AgentError::bad_record(
+                rec.kind,
+                rec.id,
+                crate::error::Defect::Truncated,
+            ));
+        }
+        wrapped.split_at(40)
+    } else {
+        (wrapped, &[][..])
+    };
+    let secret = old.export_dek(inner)?;
+    let w = new.wrap_secret(&secret)?;
+    drop(secret);
+    let same_scheme = rec.scheme == crate::rsa_keys::RSA_SCHEME || w.scheme.as_str() == rec.scheme;
+    if !same_scheme || w.bytes.len() != inner.len() {
+        return Err(RootError::Unsupported {
+            op: OP,
+            detail: format!(
+                "the new KEK wraps {} {} as {}, not {}",
+                rec.kind.as_str(),
+                rec.id,
+                w.scheme.as_str(),
+                rec.scheme
+            ),
+        }
+        .into());
+    }
+    Ok([w.bytes, rest.to_vec()].concat())
+}
 
 /// The Cryppo `ad` of a ciphertext under `version` of DEK `id`.
 pub fn ad_for(id: &Uuid, version: u32) -> String {
@@ -217,6 +276,93 @@ impl Hierarchy {
             self.decrypt_with_record(ciphertext, dek)?;
         Self::require_active(&dek_rec)?;
         self.encrypt(&dek_rec.id.to_string(), &plaintext)
+    }
+
+    // ---- KEK rotation -----------------------------------------------------------------------
+
+    /// A new version of an active KEK: a new KEK made by the root, every child (DEKs and all
+    /// their versions, keypairs, secrets) rewrapped under it, then the old wrap replaced and so
+    /// destroyed. Journaled (keystore `kek_rotations`, `kek_rotation_items`): a rotation a crash
+    /// interrupted is finished first, here or at the next unlock.
+    pub fn kek_rotate(&self, id: &str) -> Result<KekRotated, AgentError> {
+        self.root_record("kek.rotate")?;
+        let _one = ROTATION.lock().unwrap_or_else(|p| p.into_inner());
+        self.finish_rotations_locked()?;
+        let kek = self.record(id, KeyKind::Kek)?;
+        Self::require_active(&kek)?;
+        let w = self.with_recovery(|| Ok(self.root.generate_kek()?))?;
+        let pending = PendingRotation {
+            kek: kek.id,
+            wrapped: w.bytes,
+            scheme: w.scheme.as_str().to_string(),
+            started: crate::keystore::now(),
+        };
+        self.ks.rotation_begin(&pending)?;
+        crash_point("kek-rotate-begun");
+        let done = self.finish_rotation(&pending)?;
+        tracing::info!(id = %kek.id, version = done.version, rewrapped = done.rewrapped, "KEK rotated");
+        Ok(done)
+    }
+
+    /// Finish every KEK rotation left pending (after a crash). Returns how many.
+    pub(crate) fn finish_rotations(&self) -> Result<usize, AgentError> {
+        let _one = ROTATION.lock().unwrap_or_else(|p| p.into_inner());
+        self.finish_rotations_locked()
+    }
+
+    fn finish_rotations_locked(&self) -> Result<usize, AgentError> {
+        let pending = self.ks.rotations_pending()?;
+        for p in &pending {
+            let done = self.finish_rotation(p)?;
+            tracing::warn!(id = %p.kek, version = done.version, rewrapped = done.rewrapped, "finished an interrupted KEK rotation");
+        }
+        Ok(pending.len())
+    }
+
+    /// Rewrap what has no item yet, in batches, then swap; again if children appeared
+    /// meanwhile (the swap checks inside its transaction).
+    fn finish_rotation(&self, p: &PendingRotation) -> Result<KekRotated, AgentError> {
+        let kek = self
+            .ks
+            .get(&p.kek)?
+            .ok_or(AgentError::NotFound(crate::error::Missing::Key {
+                kind: KeyKind::Kek,
+                id: p.kek,
+            }))?;
+        let old = self.with_recovery(|| self.kek_handle(&kek))?;
+        let new: Arc<dyn Kek> =
+            self.with_recovery(|| Ok(Arc::from(self.root.open_kek(&p.wrapped)?)))?;
+        let mut rewrapped = 0;
+        loop {
+            let todo = self.ks.rotation_todo(&p.kek)?;
+            for chunk in todo.chunks(ROTATION_BATCH) {
+                let items = chunk
+                    .iter()
+                    .map(|(rec, version, wrapped)| {
+                        Ok(RotationItem {
+                            kek: p.kek,
+                            key: rec.id,
+                            version: *version,
+                            wrapped: rewrap_child(rec, wrapped, &*old, &*new)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, AgentError>>()?;
+                self.ks.rotation_put(&items)?;
+                rewrapped += items.len();
+                crash_point("kek-rotate-batch");
+            }
+            if let Some(version) = self.ks.rotation_swap(p)? {
+                // The old wrap is gone from the keystore; its opened copy goes now.
+                self.forget_kek(&p.kek);
+                self.key_cache.clear();
+                crash_point("kek-rotate-swapped");
+                return Ok(KekRotated {
+                    id: p.kek,
+                    version,
+                    rewrapped,
+                });
+            }
+        }
     }
 
     // ---- revocation -------------------------------------------------------------------------

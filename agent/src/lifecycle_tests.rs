@@ -375,3 +375,172 @@ fn hierarchy_lifecycle_revocation_refuses_every_use_and_a_kek_takes_its_children
         Err(AgentError::NotFound(_))
     ));
 }
+
+/// A KEK with DEKs (two with several versions), P-256 and Ed25519 keypairs under it, and a
+/// ciphertext or signature of each, plus a DEK under another KEK.
+fn populated(f: &Fixture, kek: &Uuid) -> (Vec<(String, String)>, Vec<String>) {
+    let k = kek.to_string();
+    let mut cts = Vec::new();
+    for i in 0..5 {
+        let d =
+            f.h.dek_create(Some(&k), Purpose::Personal, false, None)
+                .unwrap()
+                .to_string();
+        cts.push((
+            d.clone(),
+            f.h.encrypt(&d, format!("v1 {i}").as_bytes()).unwrap(),
+        ));
+        if i < 2 {
+            f.h.dek_rotate(&d).unwrap();
+            cts.push((
+                d.clone(),
+                f.h.encrypt(&d, format!("v2 {i}").as_bytes()).unwrap(),
+            ));
+        }
+    }
+    let p256 = f.h.keypair_create(Some(&k), None, false, None).unwrap();
+    let ed =
+        f.h.keypair_create(
+            Some(&k),
+            None,
+            false,
+            Some(crate::keystore::Algorithm::Ed25519),
+        )
+        .unwrap();
+    (cts, vec![p256.to_string(), ed.to_string()])
+}
+
+fn all_still_work(f: &Fixture, cts: &[(String, String)], kps: &[String]) {
+    for (d, ct) in cts {
+        let pt = f.h.decrypt(ct, None).unwrap_or_else(|e| panic!("{d}: {e}"));
+        assert!(pt.starts_with(b"v"), "{d}");
+        f.h.encrypt(d, b"again").unwrap();
+    }
+    for kp in kps {
+        f.h.sign(kp, b"m", false)
+            .unwrap_or_else(|e| panic!("{kp}: {e}"));
+    }
+}
+
+#[test]
+fn hierarchy_lifecycle_kek_rotate_rewraps_every_child_and_destroys_the_old_wrap() {
+    let (f, kek) = ready();
+    let (cts, kps) = populated(&f, &kek);
+    let before = f.h.ks.get(&kek).unwrap().unwrap();
+    let child_before =
+        f.h.ks
+            .get(&Uuid::parse_str(&cts[0].0).unwrap())
+            .unwrap()
+            .unwrap();
+    let r = f.h.kek_rotate(&kek.to_string()).unwrap();
+    // 5 DEKs + 2 extra versions + 2 keypairs.
+    assert_eq!((r.version, r.rewrapped), (2, 9));
+    let after = f.h.ks.get(&kek).unwrap().unwrap();
+    assert_eq!(after.version, 2);
+    assert_ne!(after.wrapped, before.wrapped, "the old wrap is gone");
+    let child_after = f.h.ks.get(&child_before.id).unwrap().unwrap();
+    assert_ne!(child_after.wrapped, child_before.wrapped);
+    assert!(f.h.ks.rotations_pending().unwrap().is_empty());
+    all_still_work(&f, &cts, &kps);
+    // After a lock and unlock (no cached handles), too; and again.
+    f.h.lock().unwrap();
+    f.h.unlock(&Pin::new(PIN)).unwrap();
+    all_still_work(&f, &cts, &kps);
+    assert_eq!(f.h.kek_rotate(&kek.to_string()).unwrap().version, 3);
+    all_still_work(&f, &cts, &kps);
+    // Refusals: unknown, revoked, locked.
+    assert!(matches!(
+        f.h.kek_rotate(&Uuid::new_v4().to_string()),
+        Err(AgentError::NotFound(_))
+    ));
+    let other = f.h.kek_create(None).unwrap().to_string();
+    f.h.revoke(KeyKind::Kek, &other).unwrap();
+    assert!(matches!(
+        f.h.kek_rotate(&other),
+        Err(AgentError::KeyInactive { .. })
+    ));
+    f.h.lock().unwrap();
+    assert!(matches!(
+        f.h.kek_rotate(&kek.to_string()),
+        Err(AgentError::Locked { .. })
+    ));
+}
+
+#[test]
+fn hierarchy_lifecycle_an_interrupted_kek_rotation_is_finished_at_unlock() {
+    let (f, kek) = ready();
+    let (cts, kps) = populated(&f, &kek);
+    // What a crash after the journal and part of the items leaves.
+    let w = f.h.root.generate_kek().unwrap();
+    let pending = PendingRotation {
+        kek,
+        wrapped: w.bytes,
+        scheme: w.scheme.as_str().to_string(),
+        started: crate::keystore::now(),
+    };
+    f.h.ks.rotation_begin(&pending).unwrap();
+    let old = f.h.kek_handle(&f.h.ks.get(&kek).unwrap().unwrap()).unwrap();
+    let new = f.h.root.open_kek(&pending.wrapped).unwrap();
+    let todo = f.h.ks.rotation_todo(&kek).unwrap();
+    assert_eq!(todo.len(), 9);
+    let half: Vec<RotationItem> = todo[..4]
+        .iter()
+        .map(|(r, v, w)| RotationItem {
+            kek,
+            key: r.id,
+            version: *v,
+            wrapped: rewrap_child(r, w, &*old, &*new).unwrap(),
+        })
+        .collect();
+    f.h.ks.rotation_put(&half).unwrap();
+    drop((old, new));
+    // Until finished, everything works under the old wrap, and new keys may appear.
+    all_still_work(&f, &cts, &kps);
+    let late =
+        f.h.dek_create(Some(&kek.to_string()), Purpose::Personal, false, None)
+            .unwrap()
+            .to_string();
+    let late_ct = f.h.encrypt(&late, b"v late").unwrap();
+    // Unlock finishes it.
+    f.h.lock().unwrap();
+    f.h.unlock(&Pin::new(PIN)).unwrap();
+    assert!(f.h.ks.rotations_pending().unwrap().is_empty());
+    let k = f.h.ks.get(&kek).unwrap().unwrap();
+    assert_eq!(
+        (k.version, k.wrapped.as_deref()),
+        (2, Some(&pending.wrapped[..]))
+    );
+    all_still_work(&f, &cts, &kps);
+    all_still_work(&f, &[(late, late_ct)], &[]);
+}
+
+#[test]
+fn hierarchy_lifecycle_a_tampered_rotation_item_stops_the_swap() {
+    let (f, kek) = ready();
+    let (cts, kps) = populated(&f, &kek);
+    let w = f.h.root.generate_kek().unwrap();
+    let pending = PendingRotation {
+        kek,
+        wrapped: w.bytes,
+        scheme: w.scheme.as_str().to_string(),
+        started: crate::keystore::now(),
+    };
+    f.h.ks.rotation_begin(&pending).unwrap();
+    let todo = f.h.ks.rotation_todo(&kek).unwrap();
+    // An item written outside the agent (no MAC).
+    let conn = rusqlite::Connection::open(f.h.ks.path()).unwrap();
+    conn.execute(
+        "INSERT INTO kek_rotation_items (kek, key, version, wrapped) VALUES (?1, ?2, 1, x'00')",
+        [kek.to_string(), todo[0].0.id.to_string()],
+    )
+    .unwrap();
+    assert!(matches!(
+        f.h.kek_rotate(&kek.to_string()),
+        Err(AgentError::Keystore(
+            crate::keystore::KeystoreError::Tampered { .. }
+        ))
+    ));
+    // Nothing was swapped: the old wraps still open everything.
+    assert_eq!(f.h.ks.get(&kek).unwrap().unwrap().version, 1);
+    all_still_work(&f, &cts, &kps);
+}

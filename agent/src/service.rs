@@ -259,6 +259,15 @@ impl Handler for Service {
         Ok(Ciphertext { ciphertext })
     }
 
+    fn kek_rotate(&self, a: IdArgs) -> Result<KekRotated, AgentError> {
+        let r = self.h.kek_rotate(&a.id)?;
+        Ok(KekRotated {
+            id: r.id.to_string(),
+            version: r.version,
+            rewrapped: r.rewrapped as u64,
+        })
+    }
+
     fn kek_revoke(&self, a: IdArgs) -> Result<Revoked, AgentError> {
         self.h
             .revoke(crate::keystore::KeyKind::Kek, &a.id)

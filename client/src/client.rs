@@ -430,6 +430,11 @@ impl Client {
         Ok(self.call::<op::Rewrap>(&args).await?.ciphertext)
     }
 
+    /// A new KEK version, every child rewrapped under it.
+    pub async fn kek_rotate(&self, id: &str) -> Result<KekRotated, ClientError> {
+        self.call::<op::KekRotate>(&IdArgs { id: id.into() }).await
+    }
+
     /// Revoke a KEK (and every key under it).
     pub async fn kek_revoke(&self, id: &str) -> Result<Revoked, ClientError> {
         self.call::<op::KekRevoke>(&IdArgs { id: id.into() }).await

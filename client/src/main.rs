@@ -228,6 +228,8 @@ enum KekCmd {
     List,
     /// Revoke a KEK and every key under it: final; every use afterwards is refused.
     Revoke { id: String },
+    /// Make a new version of a KEK and rewrap every key under it; prints the new version.
+    Rotate { id: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -388,6 +390,17 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             out(key_table(&r.keys), cli::keys_json(&r.keys))
         }
         Command::Kek(KekCmd::Revoke { id }) => revoked_out(c.kek_revoke(id).await?),
+        Command::Kek(KekCmd::Rotate { id }) => {
+            let r = c.kek_rotate(id).await?;
+            eprintln!(
+                "keyward: KEK {}: {} wrapped keys moved to version {}",
+                r.id, r.rewrapped, r.version
+            );
+            out(
+                format!("{}\n", r.version),
+                serde_json::to_value(&r).map_err(|e| e.to_string())?,
+            )
+        }
         Command::Dek(DekCmd::Show { id }) => {
             let k = c.dek_show(id).await?;
             let v = serde_json::to_value(&k).map_err(|e| e.to_string())?;

@@ -618,3 +618,12 @@ pub struct Revoked {
     pub id: String,
     pub revoked: Vec<String>,
 }
+
+/// `kek.rotate` result: the KEK's new version and how many wrapped secrets (DEK versions,
+/// keypairs, secrets) were moved under it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KekRotated {
+    pub id: String,
+    pub version: u32,
+    pub rewrapped: u64,
+}

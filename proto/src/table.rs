@@ -217,6 +217,8 @@ operations! {
     KekRevoke, kek_revoke, "kek.revoke": IdArgs => Revoked, Unlocked;
     DekRevoke, dek_revoke, "dek.revoke": IdArgs => Revoked, Unlocked;
     KeypairRevoke, keypair_revoke, "keypair.revoke": IdArgs => Revoked, Unlocked;
+    /// A new KEK version: every child rewrapped under it (journaled), the old wrap destroyed.
+    KekRotate, kek_rotate, "kek.rotate": IdArgs => KekRotated, Unlocked;
 }
 
 #[cfg(test)]

@@ -302,6 +302,7 @@ fn every_request_validates() {
             ),
         ),
         (Op::Random, req(Op::Random, &RandomArgs { len: 32 })),
+        (Op::KekRotate, req(Op::KekRotate, &IdArgs { id: ID.into() })),
         (Op::DekShow, req(Op::DekShow, &IdArgs { id: ID.into() })),
         (Op::DekRotate, req(Op::DekRotate, &IdArgs { id: ID.into() })),
         (
@@ -392,6 +393,14 @@ fn every_response_validates() {
                 version: 3,
                 min_version: 2,
                 warning: Some("versions 1 to 1 no longer decrypt".into()),
+            },
+        ),
+        Response::ok(
+            1,
+            &KekRotated {
+                id: ID.into(),
+                version: 2,
+                rewrapped: 1000,
             },
         ),
         Response::ok(
