@@ -3,10 +3,13 @@
 //! revocation of KEKs, DEKs and keypairs; with the refusals for bad input.
 
 use keyward_envelope::Serialized;
+use keyward_tests::faults::Rng;
 use keyward_tests::keyward_proto::ops::{DekCreateArgs, GcmArgs, KeypairCreateArgs};
 use keyward_tests::keyward_proto::secret::SecretBytes;
 use keyward_tests::keyward_proto::ErrorCode;
-use keyward_tests::{expect_code, pin, TestEnv};
+use keyward_tests::{expect_code, pin, wait_exit, wait_for, TestEnv};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 keyward_tests::keyward_e2e_tests!(
     rotate_keeps_old_ciphertexts_and_rewrap_moves_them_to_the_newest_version,
@@ -15,6 +18,9 @@ keyward_tests::keyward_e2e_tests!(
     cli_rotate_rewrap_min_version_show_and_revoke,
     lifecycle_bad_input_is_typed_and_the_agent_keeps_serving,
     revocation_refuses_every_use_and_a_kek_takes_its_children,
+    kek_rotate_rewraps_every_child_from_the_cli,
+    kek_rotate_resumes_after_a_crash_at_each_point,
+    kek_rotate_survives_kill_9_at_random_moments,
 );
 
 /// The `ad` of a Cryppo string.
@@ -505,4 +511,271 @@ fn revocation_refuses_every_use_and_a_kek_takes_its_children(env: &mut TestEnv) 
     );
     expect_code(c.run(|c| c.decrypt(&keys.ciphertext, None)), inactive);
     expect_code(c.run(|c| c.sign(&kp, b"m", false)), inactive);
+}
+
+// ---- KEK rotation ---------------------------------------------------------------------------
+
+/// `n` DEKs under `kek` (every third with a second version), a ciphertext from each version,
+/// and a P-256 and an Ed25519 keypair: (dek, ciphertext, plaintext) and the keypairs.
+fn many_children(
+    env: &TestEnv,
+    kek: &str,
+    n: usize,
+) -> (Vec<(String, String, Vec<u8>)>, Vec<String>) {
+    let c = env.client();
+    let args = DekCreateArgs {
+        kek: Some(kek.into()),
+        ..Default::default()
+    };
+    let mut cts = Vec::new();
+    for i in 0..n {
+        let d = c.run(|c| c.dek_create(&args)).unwrap().id;
+        let pt = format!("dek {i} version 1").into_bytes();
+        cts.push((d.clone(), c.run(|c| c.encrypt(&d, &pt)).unwrap(), pt));
+        if i % 3 == 0 {
+            c.run(|c| c.dek_rotate(&d)).unwrap();
+            let pt = format!("dek {i} version 2").into_bytes();
+            cts.push((d.clone(), c.run(|c| c.encrypt(&d, &pt)).unwrap(), pt));
+        }
+    }
+    let mut kps = Vec::new();
+    for alg in ["p256", "ed25519"] {
+        let a = KeypairCreateArgs {
+            kek: Some(kek.into()),
+            alg: Some(alg.into()),
+            ..Default::default()
+        };
+        kps.push(c.run(|c| c.keypair_create(&a)).unwrap().id);
+    }
+    (cts, kps)
+}
+
+/// Every ciphertext decrypts to what it held, every keypair signs, every DEK encrypts.
+fn all_decrypt(env: &TestEnv, cts: &[(String, String, Vec<u8>)], kps: &[String], when: &str) {
+    let c = env.client();
+    if c.hello_info().locked {
+        c.run(|c| c.unlock(pin(env.pin()))).expect("unlock");
+    }
+    for (d, ct, pt) in cts {
+        let got = c
+            .run(|c| c.decrypt(ct, None))
+            .unwrap_or_else(|e| panic!("{when}: DEK {d}: {e}\nagent log:\n{}", env.log()));
+        assert_eq!(got.expose(), &pt[..], "{when}: DEK {d}");
+    }
+    for k in kps {
+        c.run(|c| c.sign(k, b"m", false))
+            .unwrap_or_else(|e| panic!("{when}: keypair {k}: {e}"));
+    }
+}
+
+/// (journal rows, item rows) of the rotation journal, read from the keystore file (opened
+/// read-write: after a kill, only a writer recovers the WAL's committed transactions).
+fn journal(env: &TestEnv) -> (i64, i64) {
+    let db = rusqlite::Connection::open(env.keystore_path()).unwrap();
+    let count = |t: &str| -> i64 {
+        db.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    (count("kek_rotations"), count("kek_rotation_items"))
+}
+
+fn kek_version(env: &TestEnv, kek: &str) -> u32 {
+    let c = env.client();
+    let keks = c.run(|c| c.kek_list()).unwrap().keys;
+    keks.iter()
+        .find(|k| k.id == kek)
+        .expect("kek listed")
+        .version
+}
+
+fn kek_rotate_rewraps_every_child_from_the_cli(env: &mut TestEnv) {
+    let keys = env.init_with_keys(false, b"first");
+    let (mut cts, kps) = many_children(env, &keys.kek, 20);
+    cts.push((
+        keys.dek.clone(),
+        keys.ciphertext.clone(),
+        keys.plaintext.clone(),
+    ));
+    let out = env.cli(&["kek", "rotate", &keys.kek], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"2\n");
+    // 21 DEKs, 7 second versions, 2 keypairs.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("30 wrapped keys moved to version 2"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    all_decrypt(env, &cts, &kps, "after rotate");
+    let j = env.cli_json(&["kek", "rotate", &keys.kek], None);
+    assert_eq!(
+        (j["version"].as_u64(), j["rewrapped"].as_u64()),
+        (Some(3), Some(30))
+    );
+    env.restart();
+    all_decrypt(env, &cts, &kps, "after restart");
+    assert_eq!(kek_version(env, &keys.kek), 3);
+    // Refusals.
+    let ghost = uuid::Uuid::new_v4().to_string();
+    assert_eq!(
+        env.cli_json_err(&["kek", "rotate", &ghost], None),
+        "not_found"
+    );
+    assert_eq!(
+        env.cli_json_err(&["kek", "rotate", "nope"], None),
+        "not_found"
+    );
+    assert_eq!(
+        env.cli_json_err(&["kek", "rotate", &keys.dek], None),
+        "not_found"
+    );
+    let other = String::from_utf8(env.cli_ok(&["kek", "create"], None)).unwrap();
+    env.cli_ok(&["kek", "revoke", other.trim()], None);
+    assert_eq!(
+        env.cli_json_err(&["kek", "rotate", other.trim()], None),
+        "key_inactive"
+    );
+    env.cli_ok(&["lock"], None);
+    assert_eq!(
+        env.cli_json_err(&["kek", "rotate", &keys.kek], None),
+        "locked"
+    );
+    all_decrypt(env, &cts, &kps, "after refusals");
+}
+
+/// Start an agent that aborts at `point`, unlock it, ask for a rotation (never answered),
+/// and wait for it to die.
+fn crash_rotation_at(env: &mut TestEnv, kek: &str, point: &str) {
+    env.stop();
+    let mut cmd = env.agent_command();
+    cmd.env("KEYWARD_TEST_CRASH_AFTER", point)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn keywardd");
+    let sock = env.socket_path().to_path_buf();
+    wait_for("the crashing agent to listen", || {
+        std::os::unix::net::UnixStream::connect(&sock).ok()
+    });
+    let c = env.client();
+    c.run(|c| c.unlock(pin(env.pin()))).expect("unlock");
+    let r = c.run(|c| c.kek_rotate(kek));
+    assert!(r.is_err(), "{point}: the rotation was answered: {r:?}");
+    assert!(
+        r.unwrap_err().code().is_none(),
+        "{point}: an agent error, not a crash"
+    );
+    let st = wait_exit(&mut child, "the agent to abort");
+    assert!(!st.success(), "{point}");
+    env.start_agent();
+}
+
+fn kek_rotate_resumes_after_a_crash_at_each_point(env: &mut TestEnv) {
+    let keys = env.init_with_keys(false, b"first");
+    // More than one batch (64) of children.
+    let (mut cts, kps) = many_children(env, &keys.kek, 100);
+    cts.push((
+        keys.dek.clone(),
+        keys.ciphertext.clone(),
+        keys.plaintext.clone(),
+    ));
+    let mut version = 1;
+    for point in ["kek-rotate-begun", "kek-rotate-batch", "kek-rotate-swapped"] {
+        crash_rotation_at(env, &keys.kek, point);
+        let want = match point {
+            "kek-rotate-begun" => (1, 0),
+            "kek-rotate-batch" => (1, 64),
+            _ => (0, 0),
+        };
+        assert_eq!(journal(env), want, "{point}: the journal the crash left");
+        // Locked after the restart: whatever the crash left, the unlock finishes it.
+        all_decrypt(env, &cts, &kps, point);
+        version += 1;
+        assert_eq!(kek_version(env, &keys.kek), version, "{point}");
+        // And a rotation afterwards works as usual.
+        let c = env.client();
+        version = c.run(|c| c.kek_rotate(&keys.kek)).unwrap().version;
+        all_decrypt(env, &cts, &kps, &format!("{point}, rotated again"));
+    }
+}
+
+fn kek_rotate_survives_kill_9_at_random_moments(env: &mut TestEnv) {
+    let keys = env.init_with_keys(false, b"first");
+    let (mut cts, kps) = many_children(env, &keys.kek, 300);
+    cts.push((
+        keys.dek.clone(),
+        keys.ciphertext.clone(),
+        keys.plaintext.clone(),
+    ));
+    // Uninterrupted rotations, to know how long one takes here (the fastest of three).
+    let c = env.client();
+    let full = (0..3)
+        .map(|_| {
+            let t0 = Instant::now();
+            c.run(|c| c.kek_rotate(&keys.kek)).unwrap();
+            t0.elapsed().as_millis() as u64
+        })
+        .min()
+        .unwrap_or(0)
+        .max(5);
+    eprintln!("one rotation: {full} ms");
+    drop(c);
+    let mut rng = Rng::from_env("kek_rotate_survives_kill_9_at_random_moments");
+    let mut killed_mid = 0;
+    let mut journals: Vec<i64> = Vec::new();
+    for round in 0..8 {
+        let before = kek_version(env, &keys.kek);
+        let sock = env.socket_path().to_path_buf();
+        let kek = keys.kek.clone();
+        let h = std::thread::spawn(move || {
+            let c = keyward_tests::keyward_client::BlockingClient::connect(&sock).unwrap();
+            c.run(|c| c.kek_rotate(&kek)).map(|r| r.version)
+        });
+        let delay = rng.range(0, full + full / 2);
+        std::thread::sleep(Duration::from_millis(delay));
+        env.kill();
+        let answered = h.join().unwrap();
+        if env.softhsm_token_lost() {
+            eprintln!("!!!! round {round}: SoftHSM emptied its token.object when killed (a SoftHSM limitation): stopping here");
+            return;
+        }
+        // What the kill left in the keystore: a journal and how many children it had reached.
+        let (pending, items) = journal(env);
+        if pending > 0 {
+            journals.push(items);
+        }
+        env.start_agent();
+        all_decrypt(
+            env,
+            &cts,
+            &kps,
+            &format!("round {round} (killed after {delay} ms)"),
+        );
+        // The unlock in all_decrypt finished any journal.
+        assert_eq!(
+            journal(env),
+            (0, 0),
+            "round {round}: the journal is still there after unlock"
+        );
+        let after = kek_version(env, &keys.kek);
+        eprintln!("round {round}: killed after {delay} ms; journal {pending}/{items}; version {before} -> {after}; answered {:?}", answered.as_ref().map_err(|e| e.to_string()));
+        match answered {
+            Ok(v) => assert_eq!(after, v, "round {round}: an answered rotation is kept"),
+            // Not answered: it happened (finished at unlock) or it had not begun.
+            Err(_) => {
+                assert!(
+                    after == before || after == before + 1,
+                    "round {round}: {before} -> {after}"
+                );
+                killed_mid += 1;
+            }
+        }
+    }
+    eprintln!(
+        "kek rotate kill -9: 8 rounds over {} DEK versions, {killed_mid} killed before the answer, {} left a journal (items written: {journals:?}); a full rotation took {full} ms",
+        cts.len(),
+        journals.len()
+    );
 }
