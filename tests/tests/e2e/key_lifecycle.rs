@@ -515,13 +515,12 @@ fn revocation_refuses_every_use_and_a_kek_takes_its_children(env: &mut TestEnv) 
 
 // ---- KEK rotation ---------------------------------------------------------------------------
 
+/// (DEK, ciphertext, plaintext).
+type Sample = (String, String, Vec<u8>);
+
 /// `n` DEKs under `kek` (every third with a second version), a ciphertext from each version,
 /// and a P-256 and an Ed25519 keypair: (dek, ciphertext, plaintext) and the keypairs.
-fn many_children(
-    env: &TestEnv,
-    kek: &str,
-    n: usize,
-) -> (Vec<(String, String, Vec<u8>)>, Vec<String>) {
+fn many_children(env: &TestEnv, kek: &str, n: usize) -> (Vec<Sample>, Vec<String>) {
     let c = env.client();
     let args = DekCreateArgs {
         kek: Some(kek.into()),
@@ -551,7 +550,7 @@ fn many_children(
 }
 
 /// Every ciphertext decrypts to what it held, every keypair signs, every DEK encrypts.
-fn all_decrypt(env: &TestEnv, cts: &[(String, String, Vec<u8>)], kps: &[String], when: &str) {
+fn all_decrypt(env: &TestEnv, cts: &[Sample], kps: &[String], when: &str) {
     let c = env.client();
     if c.hello_info().locked {
         c.run(|c| c.unlock(pin(env.pin()))).expect("unlock");
