@@ -1531,6 +1531,24 @@ impl Keystore {
         Ok(out)
     }
 
+    /// Drop a rotation's journal (before its swap nothing refers to it, so this loses nothing
+    /// but the work done).
+    pub fn rotation_abandon(&self, kek: &Uuid) -> Result<(), KeystoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin abandon rotation"))?;
+        tx.execute(
+            "DELETE FROM kek_rotation_items WHERE kek = ?1",
+            [kek.to_string()],
+        )
+        .map_err(sql("drop rotation items"))?;
+        tx.execute(
+            "DELETE FROM kek_rotations WHERE kek = ?1",
+            [kek.to_string()],
+        )
+        .map_err(sql("drop rotation journal"))?;
+        tx.commit().map_err(sql("commit abandon rotation"))
+    }
+
     /// The wrapped secrets under `kek` that have no item yet: (record, version, wrapped).
     pub fn rotation_todo(
         &self,

@@ -319,9 +319,22 @@ impl Hierarchy {
         Ok(pending.len())
     }
 
+    /// [`Hierarchy::finish_rotation_steps`]; on a failure (a token that refuses, a tampered
+    /// item, a full disk) the journal is dropped, which is safe before the swap (nothing refers
+    /// to the new wrap) and keeps one bad rotation from blocking every later one. Only a crash
+    /// leaves a journal behind, for the next unlock to finish.
+    fn finish_rotation(&self, p: &PendingRotation) -> Result<KekRotated, AgentError> {
+        self.finish_rotation_steps(p).inspect_err(|e| {
+            tracing::error!(id = %p.kek, error = %e, "KEK rotation failed: abandoned, every key stays under the old wrap");
+            if let Err(e2) = self.ks.rotation_abandon(&p.kek) {
+                tracing::error!(id = %p.kek, error = %e2, "dropping the failed rotation's journal failed: the next unlock tries it again");
+            }
+        })
+    }
+
     /// Rewrap what has no item yet, in batches, then swap; again if children appeared
     /// meanwhile (the swap checks inside its transaction).
-    fn finish_rotation(&self, p: &PendingRotation) -> Result<KekRotated, AgentError> {
+    fn finish_rotation_steps(&self, p: &PendingRotation) -> Result<KekRotated, AgentError> {
         let kek = self
             .ks
             .get(&p.kek)?

@@ -540,7 +540,11 @@ fn hierarchy_lifecycle_a_tampered_rotation_item_stops_the_swap() {
             crate::keystore::KeystoreError::Tampered { .. }
         ))
     ));
-    // Nothing was swapped: the old wraps still open everything.
+    // Nothing was swapped: the old wraps still open everything; the journal was dropped, so
+    // the next rotation starts afresh and succeeds.
     assert_eq!(f.h.ks.get(&kek).unwrap().unwrap().version, 1);
+    assert!(f.h.ks.rotations_pending().unwrap().is_empty());
+    all_still_work(&f, &cts, &kps);
+    assert_eq!(f.h.kek_rotate(&kek.to_string()).unwrap().version, 2);
     all_still_work(&f, &cts, &kps);
 }
