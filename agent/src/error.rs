@@ -162,8 +162,9 @@ pub enum DecryptFailure {
     DekMismatch { named: String, given: String },
     #[error("the ciphertext names no Keyward DEK: give one with --dek")]
     NoDekNamed,
-    /// A data key wrapped under another version of the DEK than the one the keystore holds.
-    #[error("the data key was wrapped under version {version} of DEK {id}, which is at version {current}")]
+    /// The ciphertext or data key names a version the DEK does not have (0, or above its
+    /// newest).
+    #[error("it names version {version} of DEK {id}, which has versions 1 to {current}")]
     DekVersion {
         id: Uuid,
         version: u32,
