@@ -1,5 +1,6 @@
-//! Key life cycle: DEK versions (`dek.rotate`, `dek.min_version`, `rewrap`) and revocation by
-//! the owner (`kek.revoke`, `dek.revoke`, `keypair.revoke`).
+//! Key life cycle: DEK versions (`dek.rotate`, `dek.min_version`, `rewrap`), KEK rotation
+//! (`kek.rotate`, journaled in the keystore so that a crash is finished at the next unlock), and
+//! revocation by the owner (`kek.revoke`, `dek.revoke`, `keypair.revoke`).
 //!
 //! A DEK's versions: version 1 is the key row's own wrapped key, versions 2 and up are rows of
 //! the keystore's `key_versions` table; `keys.version` is the newest, which every new
@@ -14,7 +15,9 @@
 //! (`Hierarchy::parent_kek`).
 //!
 //! This module must never return or log a plaintext: `rewrap` holds the plaintext in a
-//! `Zeroizing` buffer between the open and the seal, inside the agent.
+//! `Zeroizing` buffer between the open and the seal, inside the agent, and `kek.rotate` holds
+//! each child's secret in one only between the old KEK's unwrap and the new KEK's wrap. It must
+//! never swap a rotation before every wrapped secret under the KEK has its new wrap.
 
 use crate::error::{AgentError, DecryptFailure, Problem, WrongKey};
 use crate::hierarchy::{crash_point, Hierarchy, AD_PREFIX};
