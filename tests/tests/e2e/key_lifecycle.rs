@@ -728,9 +728,13 @@ fn kek_rotate_survives_kill_9_at_random_moments(env: &mut TestEnv) {
         let before = kek_version(env, &keys.kek);
         let sock = env.socket_path().to_path_buf();
         let kek = keys.kek.clone();
+        // A kill before the client has connected is a round where nothing began.
         let h = std::thread::spawn(move || {
-            let c = keyward_tests::keyward_client::BlockingClient::connect(&sock).unwrap();
-            c.run(|c| c.kek_rotate(&kek)).map(|r| r.version)
+            let c = keyward_tests::keyward_client::BlockingClient::connect(&sock)
+                .map_err(|e| (None, e.to_string()))?;
+            c.run(|c| c.kek_rotate(&kek))
+                .map(|r| r.version)
+                .map_err(|e| (e.code(), e.to_string()))
         });
         let delay = rng.range(0, full + full / 2);
         std::thread::sleep(Duration::from_millis(delay));
@@ -759,11 +763,12 @@ fn kek_rotate_survives_kill_9_at_random_moments(env: &mut TestEnv) {
             "round {round}: the journal is still there after unlock"
         );
         let after = kek_version(env, &keys.kek);
-        eprintln!("round {round}: killed after {delay} ms; journal {pending}/{items}; version {before} -> {after}; answered {:?}", answered.as_ref().map_err(|e| e.to_string()));
+        eprintln!("round {round}: killed after {delay} ms; journal {pending}/{items}; version {before} -> {after}; answered {:?}", answered.as_ref().map_err(|e| &e.1));
         match answered {
             Ok(v) => assert_eq!(after, v, "round {round}: an answered rotation is kept"),
             // Not answered: it happened (finished at unlock) or it had not begun.
-            Err(_) => {
+            Err((code, e)) => {
+                assert!(code.is_none(), "round {round}: refused by the agent: {e}");
                 assert!(
                     after == before || after == before + 1,
                     "round {round}: {before} -> {after}"
