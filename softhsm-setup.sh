@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# softhsm-setup.sh [--dir DIR] [--install-only]
+# softhsm-setup.sh [--dir DIR] [--install-only] [--add-token LABEL]...
 #
 # Sets up a private SoftHSM2 development token for Keyward:
 #   - installs softhsm2 and opensc with apt-get when they are missing, and what building and
@@ -10,17 +10,23 @@
 #   - prints the lines to export.
 # DIR defaults to ${XDG_DATA_HOME:-~/.local/share}/keyward/softhsm.
 # PINs: KEYWARD_DEV_PIN / KEYWARD_DEV_SO_PIN, else the DEV-ONLY defaults 123456 / 12345678.
-# Idempotent: a second run keeps the token and its keys.
+# --add-token LABEL (repeatable): also initialise a token LABEL in the same SoftHSM config, for
+#   a second root (a backup token) of the same agent: SoftHSM reads SOFTHSM2_CONF once per
+#   process, so every token one agent uses must live in one config. Its root URI is printed.
+# Idempotent: a second run keeps the tokens and their keys.
 set -euo pipefail
 
 dir="${XDG_DATA_HOME:-$HOME/.local/share}/keyward/softhsm"
 install_only=0
+add_tokens=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --dir) dir="${2:?--dir needs a directory}"; shift 2 ;;
     --dir=*) dir="${1#--dir=}"; shift ;;
     --install-only) install_only=1; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --add-token) add_tokens+=("${2:?--add-token needs a label}"); shift 2 ;;
+    --add-token=*) add_tokens+=("${1#--add-token=}"); shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "softhsm-setup.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -72,12 +78,21 @@ slots.removable = false
 CONF
 export SOFTHSM2_CONF="$conf"
 
-if softhsm2-util --show-slots 2>/dev/null | grep -Eq '^[[:space:]]*Label:[[:space:]]+keyward[[:space:]]*$'; then
-  say "token \`keyward\` exists in $dir/tokens: keeping it"
-else
-  softhsm2-util --init-token --free --label keyward --so-pin "$so_pin" --pin "$pin" >/dev/null
-  say "initialised token \`keyward\` in $dir/tokens"
-fi
+# ensure_token LABEL: initialise a token LABEL unless the config has one.
+ensure_token() {
+  local label="$1" labels
+  labels=$(softhsm2-util --show-slots 2>/dev/null | sed -n 's/^[[:space:]]*Label:[[:space:]]*//p' | sed 's/[[:space:]]*$//')
+  if printf '%s\n' "$labels" | grep -Fxq -- "$label"; then
+    say "token \`$label\` exists in $dir/tokens: keeping it"
+  else
+    softhsm2-util --init-token --free --label "$label" --so-pin "$so_pin" --pin "$pin" >/dev/null
+    say "initialised token \`$label\` in $dir/tokens"
+  fi
+}
+ensure_token keyward
+for label in "${add_tokens[@]}"; do
+  ensure_token "$label"
+done
 
 cat > "$dir/keyward.toml" <<TOML
 # Keyward agent config for the SoftHSM dev token (written by softhsm-setup.sh)
@@ -97,3 +112,6 @@ export SOFTHSM2_CONF=$conf
 export KEYWARD_CONFIG=$dir/keyward.toml
 # start the agent:  keywardd --config $dir/keyward.toml
 OUT
+for label in "${add_tokens[@]}"; do
+  echo "# token \`$label\` (same SOFTHSM2_CONF): uri = \"pkcs11:token=$label;object=keyward-root?module-path=$module\""
+done

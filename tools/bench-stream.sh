@@ -9,7 +9,8 @@
 #     when missing;
 #   - `openssl enc -aes-256-ctr` (no authentication: a floor for AES throughput through a pipe).
 # Each encrypts the file to a file and decrypts that to /dev/null; the page cache is warmed
-# first. Prints MB/s (10^6 bytes per second of plaintext) per tool and direction.
+# first. Prints, per tool and direction, the median MB/s (10^6 bytes per second of plaintext)
+# over ROUNDS runs (default 3) and the median CPU time per GiB (GNU time: user + system).
 # Needs about 3 x SIZE of free space in ${TMPDIR:-/tmp}.
 set -euo pipefail
 
@@ -54,34 +55,49 @@ printf '%s' "$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$work/ctr
 ctr_key="$(cat "$work/ctr.key")"
 ctr_iv="00000000000000000000000000000000"
 
-# time_it LABEL CMD...: run, print MB/s.
-declare -A rate
+# Each tool and direction runs ROUNDS times (default 3), the tools alternating within a round so
+# that they see the same load; reported: the median MB/s, and the median CPU time (user + system,
+# from GNU time) per GiB of plaintext, which moves much less with the machine's load than the
+# rate does.
+rounds="${ROUNDS:-3}"
+command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
+declare -A walls cpus
 time_it() {
   local label="$1"; shift
-  local t0 t1
-  t0=$(date +%s.%N)
-  "$@"
-  t1=$(date +%s.%N)
-  rate[$label]=$(awk -v b="$bytes" -v a="$t0" -v z="$t1" 'BEGIN { printf "%.0f", b / (z - a) / 1e6 }')
+  /usr/bin/time -f "%e %U %S" -o "$work/time" "$@"
+  read -r e u s <"$work/time"
+  walls[$label]+="$e "
+  cpus[$label]+="$(awk -v u="$u" -v s="$s" 'BEGIN { print u + s }') "
 }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+rate_of() { awk -v b="$bytes" -v t="$(echo "${walls[$1]}" | median)" 'BEGIN { printf "%.0f", b / t / 1e6 }'; }
+cpu_of() { awk -v b="$bytes" -v t="$(echo "${cpus[$1]}" | median)" 'BEGIN { printf "%.2f", t * 1073741824 / b }'; }
 
-time_it "keyward encrypt" "$kw" encrypt --dek "$dek" -i "$in" -o "$work/kw.kws"
-cat "$work/kw.kws" >/dev/null
-time_it "keyward decrypt" "$kw" decrypt -i "$work/kw.kws" -o /dev/null
-rm -f "$work/kw.kws"
+for _ in $(seq "$rounds"); do
+  time_it "keyward encrypt" "$kw" encrypt --dek "$dek" -i "$in" -o "$work/kw.kws"
+  cat "$work/kw.kws" >/dev/null
+  time_it "keyward decrypt" "$kw" decrypt -i "$work/kw.kws" -o /dev/null
+  rm -f "$work/kw.kws"
 
-time_it "age encrypt" age -r "$recipient" -o "$work/age.age" "$in"
-cat "$work/age.age" >/dev/null
-time_it "age decrypt" age -d -i "$work/age.key" -o /dev/null "$work/age.age"
-rm -f "$work/age.age"
+  time_it "age encrypt" age -r "$recipient" -o "$work/age.age" "$in"
+  cat "$work/age.age" >/dev/null
+  time_it "age decrypt" age -d -i "$work/age.key" -o /dev/null "$work/age.age"
+  rm -f "$work/age.age"
 
-time_it "openssl encrypt" openssl enc -aes-256-ctr -K "$ctr_key" -iv "$ctr_iv" -in "$in" -out "$work/ctr.bin"
-cat "$work/ctr.bin" >/dev/null
-time_it "openssl decrypt" openssl enc -d -aes-256-ctr -K "$ctr_key" -iv "$ctr_iv" -in "$work/ctr.bin" -out /dev/null
-rm -f "$work/ctr.bin"
+  time_it "openssl encrypt" openssl enc -aes-256-ctr -K "$ctr_key" -iv "$ctr_iv" -in "$in" -out "$work/ctr.bin"
+  cat "$work/ctr.bin" >/dev/null
+  time_it "openssl decrypt" openssl enc -d -aes-256-ctr -K "$ctr_key" -iv "$ctr_iv" -in "$work/ctr.bin" -out /dev/null
+  rm -f "$work/ctr.bin"
+done
 
-echo "file: ${size_mib} MiB of random data; MB/s of plaintext (10^6 B/s)"
-printf '%-28s %10s %10s\n' "tool" "encrypt" "decrypt"
-printf '%-28s %10s %10s\n' "keyward (stream, pkcs11)" "${rate[keyward encrypt]}" "${rate[keyward decrypt]}"
-printf '%-28s %10s %10s\n' "age $(age --version) X25519" "${rate[age encrypt]}" "${rate[age decrypt]}"
-printf '%-28s %10s %10s\n' "openssl enc -aes-256-ctr" "${rate[openssl encrypt]}" "${rate[openssl decrypt]}"
+echo "file: ${size_mib} MiB of random data, ${rounds} rounds; median MB/s of plaintext (10^6 B/s), median CPU s per GiB"
+printf '%-28s %10s %10s %12s %12s\n' "tool" "encrypt" "decrypt" "enc CPU/GiB" "dec CPU/GiB"
+for t in keyward age openssl; do
+  case $t in
+  keyward) name="keyward (stream, pkcs11)" ;;
+  age) name="age $(age --version) X25519" ;;
+  openssl) name="openssl enc -aes-256-ctr" ;;
+  esac
+  printf '%-28s %10s %10s %12s %12s\n' "$name" "$(rate_of "$t encrypt")" "$(rate_of "$t decrypt")" \
+    "$(cpu_of "$t encrypt")" "$(cpu_of "$t decrypt")"
+done

@@ -6,8 +6,11 @@
 //! [root]
 //! kind = "pkcs11"
 //! uri = "pkcs11:token=keyward;object=keyward-root?module-path=/usr/lib/softhsm/libsofthsm2.so"
-//! [root.env]                                        # set before the module is loaded
+//! [root.env]                                        # set once at start-up, before any thread
 //! SOFTHSM2_CONF = "softhsm2.conf"
+//! # [[extra_root]]        # a further root this agent uses (same keys as [root]); its env is
+//! # kind = "pkcs11"       # applied at start-up too, and must agree with every other root's
+//! # uri = "pkcs11:token=keyward-backup?module-path=/usr/lib/softhsm/libsofthsm2.so"
 //! [unlock]
 //! max_attempts = 10       # wrong PINs in a row before the agent refuses PINs altogether
 //! free_attempts = 3       # wrong PINs before back-off starts
@@ -68,6 +71,10 @@ pub struct Config {
     pub socket: Option<PathBuf>,
     pub keystore: PathBuf,
     pub root: RootConfig,
+    /// Further roots this agent may use besides `[root]` (`[[extra_root]]`, same keys): a
+    /// backup token on the same module, a card. Only their environment matters at start-up:
+    /// every root's `env` is applied then ([`Config::root_env`]).
+    pub extra_roots: Vec<RootConfig>,
     pub unlock: UnlockPolicy,
     pub limits: Limits,
     pub ssh: SshConfig,
@@ -262,6 +269,8 @@ struct RawConfig {
     keystore: Option<PathBuf>,
     root: RootConfig,
     #[serde(default)]
+    extra_root: Vec<RootConfig>,
+    #[serde(default)]
     unlock: UnlockPolicy,
     #[serde(default)]
     limits: Limits,
@@ -281,7 +290,84 @@ pub fn default_keystore() -> PathBuf {
     base.join("keyward").join("keystore.db")
 }
 
+/// Resolve relative paths in a root's values (`env` values of `*_CONF` variables are relative
+/// to the config file) and refuse what no root may have (a PIN in the URI).
+fn resolve_root(root: RootConfig, base: &Path) -> Result<RootConfig, String> {
+    Ok(match root {
+        RootConfig::Pkcs11 {
+            uri,
+            env,
+            key_type,
+            management_key_hex,
+        } => {
+            if management_key_hex.is_some() && key_type != Pkcs11KeyType::Ec {
+                return Err("management_key_hex is for key_type = \"ec\" roots only".into());
+            }
+            if uri.contains("pin-value=") {
+                return Err(
+                    "the PKCS#11 URI holds a pin-value: PINs never go in config files".into(),
+                );
+            }
+            // Relative paths in env values (SOFTHSM2_CONF) are relative to this file.
+            let env = env
+                .into_iter()
+                .map(|(k, v)| {
+                    let p = PathBuf::from(&v);
+                    let v = if k.ends_with("_CONF") && p.is_relative() {
+                        base.join(p).to_string_lossy().into_owned()
+                    } else {
+                        v
+                    };
+                    (k, v)
+                })
+                .collect();
+            RootConfig::Pkcs11 {
+                uri,
+                env,
+                key_type,
+                management_key_hex,
+            }
+        }
+        soft @ RootConfig::Soft { .. } => soft,
+        yk @ RootConfig::YubiKey { .. } => yk,
+    })
+}
+
+/// The environment of all `roots` together (`[root.env]` of each), as `keywardd` applies it at
+/// start-up. Two roots that set one variable to different values are refused: a module reads
+/// its environment once per process, so both could not be served.
+pub fn merge_env<'a>(
+    roots: impl IntoIterator<Item = &'a RootConfig>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for r in roots {
+        if let RootConfig::Pkcs11 { uri, env, .. } = r {
+            for (k, v) in env {
+                match out.get(k) {
+                    Some(have) if have != v => {
+                        return Err(format!(
+                            "the roots disagree on [root.env] {k}: {have:?} and {v:?} (for                              {uri}); a PKCS#11 module reads its environment once per process, so                              every root of one agent must use the same value (put a second                              SoftHSM token in the same SoftHSM config: softhsm-setup.sh                              --add-token LABEL)"
+                        ))
+                    }
+                    _ => {
+                        out.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 impl Config {
+    /// The environment of every root this agent may use (`[root]` and `[[extra_root]]`), to
+    /// apply once at start-up ([`crate::root::env::apply_at_startup`]). `parse` has checked that
+    /// the roots agree.
+    pub fn root_env(&self) -> Result<BTreeMap<String, String>, crate::root::RootError> {
+        merge_env(std::iter::once(&self.root).chain(&self.extra_roots))
+            .map_err(crate::root::RootError::Config)
+    }
+
     /// What `keywardd check-config` prints (JSON): the paths and what the root needs, for
     /// `keyward doctor`. Never a secret (the config holds none).
     pub fn summary(&self, path: &Path) -> serde_json::Value {
@@ -330,46 +416,17 @@ impl Config {
             path: path.to_path_buf(),
             message,
         };
-        let root = match raw.root {
-            RootConfig::Pkcs11 {
-                uri,
-                env,
-                key_type,
-                management_key_hex,
-            } => {
-                if management_key_hex.is_some() && key_type != Pkcs11KeyType::Ec {
-                    return Err(invalid(
-                        "management_key_hex is for key_type = \"ec\" roots only".into(),
-                    ));
-                }
-                if uri.contains("pin-value=") {
-                    return Err(invalid(
-                        "the PKCS#11 URI holds a pin-value: PINs never go in config files".into(),
-                    ));
-                }
-                // Relative paths in env values (SOFTHSM2_CONF) are relative to this file.
-                let env = env
-                    .into_iter()
-                    .map(|(k, v)| {
-                        let p = PathBuf::from(&v);
-                        let v = if k.ends_with("_CONF") && p.is_relative() {
-                            base.join(p).to_string_lossy().into_owned()
-                        } else {
-                            v
-                        };
-                        (k, v)
-                    })
-                    .collect();
-                RootConfig::Pkcs11 {
-                    uri,
-                    env,
-                    key_type,
-                    management_key_hex,
-                }
-            }
-            soft @ RootConfig::Soft { .. } => soft,
-            yk @ RootConfig::YubiKey { .. } => yk,
-        };
+        let root = resolve_root(raw.root, base).map_err(invalid)?;
+        let extra_roots = raw
+            .extra_root
+            .into_iter()
+            .map(|r| resolve_root(r, base))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| invalid(format!("extra_root: {m}")))?;
+        for r in &extra_roots {
+            crate::root::check_config(r).map_err(|e| invalid(format!("extra_root: {e}")))?;
+        }
+        merge_env(std::iter::once(&root).chain(&extra_roots)).map_err(invalid)?;
         crate::root::check_config(&root).map_err(|e| invalid(e.to_string()))?;
         let u = raw.unlock;
         if u.max_attempts == 0 || u.free_attempts > u.max_attempts {
@@ -382,6 +439,7 @@ impl Config {
             socket: raw.socket.map(resolve),
             keystore: raw.keystore.map(resolve).unwrap_or_else(default_keystore),
             root,
+            extra_roots,
             unlock: u,
             limits: raw.limits,
             ssh: SshConfig {
@@ -397,6 +455,47 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_roots_share_the_environment_or_are_refused() {
+        let p = Path::new("/etc/kw/keyward.toml");
+        let main = "[root]\nkind = \"pkcs11\"\nuri = \"pkcs11:token=a\"\n[root.env]\nSOFTHSM2_CONF = \"s.conf\"\n";
+        // One config, one variable, two roots: fine, and applied once.
+        let c = Config::parse(
+            &format!("{main}[[extra_root]]\nkind = \"pkcs11\"\nuri = \"pkcs11:token=b\"\n[extra_root.env]\nSOFTHSM2_CONF = \"/etc/kw/s.conf\"\nOTHER = \"1\"\n"),
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.extra_roots.len(), 1);
+        let env = c.root_env().unwrap();
+        assert_eq!(env["SOFTHSM2_CONF"], "/etc/kw/s.conf");
+        assert_eq!(env["OTHER"], "1");
+        // Two values for one variable: refused at load, naming the variable and both values.
+        let e = Config::parse(
+            &format!("{main}[[extra_root]]\nkind = \"pkcs11\"\nuri = \"pkcs11:token=b\"\n[extra_root.env]\nSOFTHSM2_CONF = \"other.conf\"\n"),
+            p,
+        )
+        .unwrap_err();
+        let m = e.to_string();
+        assert!(matches!(e, ConfigError::Invalid { .. }), "{m}");
+        assert!(m.contains("disagree on [root.env] SOFTHSM2_CONF"), "{m}");
+        assert!(
+            m.contains("/etc/kw/s.conf") && m.contains("/etc/kw/other.conf"),
+            "{m}"
+        );
+        // A single-root config is unchanged: no extra roots, its env as before.
+        let c = Config::parse(main, p).unwrap();
+        assert!(c.extra_roots.is_empty());
+        assert_eq!(c.root_env().unwrap()["SOFTHSM2_CONF"], "/etc/kw/s.conf");
+        // An extra root is checked like [root].
+        assert!(Config::parse(
+            &format!(
+                "{main}[[extra_root]]\nkind = \"pkcs11\"\nuri = \"pkcs11:token=b?pin-value=1\"\n"
+            ),
+            p
+        )
+        .is_err());
+    }
 
     #[test]
     fn relative_paths_resolve_against_the_config_file() {

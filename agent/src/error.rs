@@ -229,6 +229,8 @@ pub enum Problem {
     NotCertificate(#[source] x509_cert::der::Error),
     #[error("certificates are for P-256 and Ed25519 keypairs")]
     NoCertificateForRsa,
+    #[error("not a cursor from a list's `next`")]
+    NotCursor,
 }
 
 /// Something that must not exist yet.

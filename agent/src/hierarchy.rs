@@ -10,6 +10,7 @@ use crate::config::UnlockPolicy;
 use crate::error::{
     AgentError, Choice, CryptoError, DecryptFailure, Defect, Internal, Missing, Tampering,
 };
+use crate::keystore::{Cursor, ListFilter, Page, PageSize};
 use crate::keystore::{Encoder, KeyKind, KeyRecord, KeyState, Keystore, Purpose};
 use crate::root::{Kek, Root, RootError, StoredRoot};
 use hmac::{Hmac, Mac};
@@ -697,6 +698,11 @@ impl Hierarchy {
         Ok(self.ks.list(KeyKind::Kek, None)?)
     }
 
+    /// One page of the KEKs (`kek.list`).
+    pub fn kek_page(&self, after: Option<&Cursor>, size: &PageSize) -> Result<Page, AgentError> {
+        Ok(self.ks.page(&ListFilter::Kind(KeyKind::Kek), after, size)?)
+    }
+
     /// The named KEK, or the only active one.
     pub(crate) fn choose_kek(&self, id: Option<&str>) -> Result<KeyRecord, AgentError> {
         if let Some(id) = id {
@@ -752,6 +758,20 @@ impl Hierarchy {
             None => None,
         };
         Ok(self.ks.list(KeyKind::Dek, parent.as_ref())?)
+    }
+
+    /// One page of the DEKs, or of one KEK's DEKs (`dek.list`).
+    pub fn dek_page(
+        &self,
+        kek: Option<&str>,
+        after: Option<&Cursor>,
+        size: &PageSize,
+    ) -> Result<Page, AgentError> {
+        let filter = match kek {
+            Some(id) => ListFilter::Children(KeyKind::Dek, self.record(id, KeyKind::Kek)?.id),
+            None => ListFilter::Kind(KeyKind::Dek),
+        };
+        Ok(self.ks.page(&filter, after, size)?)
     }
 
     pub fn dek_export(&self, id: &str) -> Result<Zeroizing<Vec<u8>>, AgentError> {

@@ -8,6 +8,7 @@
 use crate::error::{AgentError, Choice, Defect, Internal, Missing, Problem, WrongKey};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{Algorithm, KeyKind, KeyRecord, KeyState};
+use crate::keystore::{Cursor, ListFilter, Page, PageSize};
 use crate::root::Scheme;
 use keyward_identity::ecdsa::{SignError, Signer};
 use keyward_identity::ed25519::Ed25519Key;
@@ -190,6 +191,17 @@ impl Hierarchy {
 
     pub fn keypair_list(&self) -> Result<Vec<KeyRecord>, AgentError> {
         Ok(self.ks.list(KeyKind::Keypair, None)?)
+    }
+
+    /// One page of the keypairs (`keypair.list`; node keys included, as in the full list).
+    pub fn keypair_page(
+        &self,
+        after: Option<&Cursor>,
+        size: &PageSize,
+    ) -> Result<Page, AgentError> {
+        Ok(self
+            .ks
+            .page(&ListFilter::Kind(KeyKind::Keypair), after, size)?)
     }
 
     pub fn keypair_show(&self, id: &str) -> Result<KeyRecord, AgentError> {

@@ -228,6 +228,13 @@ const MIGRATIONS: &[&str] = &[
         mac         BLOB,
         PRIMARY KEY (key, version)
      );",
+    // v8: indexes for paged lists (`Keystore::page`), in the lists' order (created, then id), so a
+    // page is a range scan of its own length: by kind; by KEK (a KEK's DEKs); node keys alone.
+    // `IF NOT EXISTS`, so the step is the same whatever number it ends up with.
+    "CREATE INDEX IF NOT EXISTS keys_page_by_kind ON keys(kind, created, id);
+     CREATE INDEX IF NOT EXISTS keys_page_by_parent ON keys(parent, kind, created, id);
+     CREATE INDEX IF NOT EXISTS keys_page_nodes ON keys(created, id)
+        WHERE kind = 'keypair' AND name IS NOT NULL;",
 ];
 
 /// Meta row the v4 migration leaves when it found records written before v4 (without MACs).
@@ -801,6 +808,122 @@ fn query_with(
     Ok(out)
 }
 
+/// Which records a paged list holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListFilter {
+    /// Every record of this kind.
+    Kind(KeyKind),
+    /// The records of this kind under one parent (a KEK's DEKs).
+    Children(KeyKind, Uuid),
+    /// Keypairs with a node name (node keys, of any state).
+    Nodes,
+}
+
+impl ListFilter {
+    /// The index a page of this list reads (named in the query with `INDEXED BY`, so the plan
+    /// cannot drift to a scan: without statistics SQLite would pick `keys_page_by_kind` for node
+    /// keys and filter every keypair).
+    fn index(&self) -> &'static str {
+        match self {
+            ListFilter::Kind(_) => "keys_page_by_kind",
+            ListFilter::Children(..) => "keys_page_by_parent",
+            ListFilter::Nodes => "keys_page_nodes",
+        }
+    }
+
+    /// The WHERE clause (before the cursor condition) and its arguments.
+    fn clause(&self) -> (&'static str, Vec<String>) {
+        match self {
+            ListFilter::Kind(k) => ("kind = ?1", vec![k.as_str().to_string()]),
+            ListFilter::Children(k, p) => (
+                "parent = ?1 AND kind = ?2",
+                vec![p.to_string(), k.as_str().to_string()],
+            ),
+            ListFilter::Nodes => ("kind = 'keypair' AND name IS NOT NULL", vec![]),
+        }
+    }
+}
+
+/// A position in a paged list: the last record of the previous page (lists run in
+/// (created, id) order). Its text form is opaque to clients: `1` then 48 hex digits, the
+/// big-endian `created` (8 bytes) and the id (16 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub created: u64,
+    pub id: Uuid,
+}
+
+/// A cursor that is not one this agent handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[error("not a list cursor")]
+pub struct BadCursor;
+
+impl Cursor {
+    const VERSION: char = '1';
+
+    pub fn of(r: &KeyRecord) -> Cursor {
+        Cursor {
+            created: r.created,
+            id: r.id,
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut b = [0u8; 24];
+        b[..8].copy_from_slice(&self.created.to_be_bytes());
+        b[8..].copy_from_slice(self.id.as_bytes());
+        format!("{}{}", Cursor::VERSION, hex::encode(b))
+    }
+
+    pub fn parse(s: &str) -> Result<Cursor, BadCursor> {
+        let rest = s.strip_prefix(Cursor::VERSION).ok_or(BadCursor)?;
+        if rest.len() != 48 {
+            return Err(BadCursor);
+        }
+        let b = hex::decode(rest).map_err(|_| BadCursor)?;
+        let created = u64::from_be_bytes(b[..8].try_into().map_err(|_| BadCursor)?);
+        // `created` is stored as an SQLite integer (i64): a larger one was never handed out.
+        if i64::try_from(created).is_err() {
+            return Err(BadCursor);
+        }
+        let id = Uuid::from_slice(&b[8..]).map_err(|_| BadCursor)?;
+        Ok(Cursor { created, id })
+    }
+}
+
+/// One page of a list, and where the next one starts (none: this was the last).
+#[derive(Debug)]
+pub struct Page {
+    pub records: Vec<KeyRecord>,
+    pub next: Option<Cursor>,
+}
+
+/// How big a page may be: at most `limit` records and, when `size` is given, at most `bytes`
+/// of `size(record)` summed (but always at least one record, so a list always moves on).
+/// `size` is called once per record read, in list order, before the record joins the page: on
+/// the page's records and, when the budget ends the page, on the one that did not fit.
+pub struct PageSize<'a> {
+    pub limit: usize,
+    pub bytes: usize,
+    pub size: Option<&'a dyn Fn(&KeyRecord) -> usize>,
+}
+
+/// The SQL of one page: the filter, then after the cursor, in (created, id) order.
+fn page_sql(filter: &ListFilter, after: bool) -> String {
+    let (where_, args) = filter.clause();
+    let n = args.len();
+    let cursor = if after {
+        format!(" AND (created, id) > (?{}, ?{})", n + 1, n + 2)
+    } else {
+        String::new()
+    };
+    format!(
+        "SELECT * FROM keys INDEXED BY {} WHERE {where_}{cursor} ORDER BY created, id LIMIT ?{}",
+        filter.index(),
+        n + if after { 3 } else { 1 }
+    )
+}
+
 /// Set a key's state (and `rotated`), re-MACing the row: read (checked), change, write back.
 fn set_state_with(
     conn: &Connection,
@@ -1146,6 +1269,69 @@ impl Keystore {
                 &[&kind.as_str(), &p.to_string()],
             ),
         }
+    }
+
+    /// One page of a list: the records matching `filter` after `after`, in (created, id) order,
+    /// each checked against its MAC as [`Keystore::list`] does. Keyset pagination: a page starts
+    /// strictly after the cursor's (created, id), so keys added or deleted between pages never
+    /// make a later page skip or repeat a key that was there throughout; each query is a range
+    /// scan of the page's length on an index in list order (`keys_page_*`).
+    pub fn page(
+        &self,
+        filter: &ListFilter,
+        after: Option<&Cursor>,
+        size: &PageSize<'_>,
+    ) -> Result<Page, KeystoreError> {
+        const OP: &str = "list keys";
+        let key = self.key();
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(&page_sql(filter, after.is_some()))
+            .map_err(sql(OP))?;
+        let (_, mut args) = filter.clause();
+        let mut params: Vec<rusqlite::types::Value> =
+            args.drain(..).map(rusqlite::types::Value::Text).collect();
+        if let Some(c) = after {
+            let created = i64::try_from(c.created).unwrap_or(i64::MAX);
+            params.push(rusqlite::types::Value::Integer(created));
+            params.push(rusqlite::types::Value::Text(c.id.to_string()));
+        }
+        // One more than the page, to know whether there is a next one.
+        let fetch = size.limit.saturating_add(1);
+        params.push(rusqlite::types::Value::Integer(
+            i64::try_from(fetch).unwrap_or(i64::MAX),
+        ));
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(params))
+            .map_err(sql(OP))?;
+        let mut records = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
+        while let Some(row) = rows.next().map_err(sql(OP))? {
+            if records.len() == size.limit {
+                more = true;
+                break;
+            }
+            let id: String = row.get("id").map_err(sql(OP))?;
+            let parsed = from_row(row).map_err(sql(OP))?;
+            let mac: Option<Vec<u8>> = row.get("mac").map_err(sql(OP))?;
+            let r = verified(key.as_deref(), &id, parsed, mac)?;
+            if let Some(f) = size.size {
+                let len = f(&r);
+                if !records.is_empty() && bytes.saturating_add(len) > size.bytes {
+                    more = true;
+                    break;
+                }
+                bytes = bytes.saturating_add(len);
+            }
+            records.push(r);
+        }
+        let next = if more {
+            records.last().map(Cursor::of)
+        } else {
+            None
+        };
+        Ok(Page { records, next })
     }
 
     /// The integrity-key records, unchecked: they are read to load the MAC key, before there is
@@ -1981,6 +2167,253 @@ mod tests {
         assert!(ks.get(&Uuid::new_v4()).unwrap().is_none());
     }
 
+    /// A root, a KEK, and `n` DEKs under it with `created` from 1 000 (a few share a second, so
+    /// the id breaks ties); returns the KEK id and the DEKs in list order.
+    fn with_deks(ks: &Keystore, n: usize) -> (Uuid, Vec<KeyRecord>) {
+        let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
+        ks.insert(&root).unwrap();
+        let mut kek = KeyRecord::new(KeyKind::Kek, "aes-kwp");
+        kek.parent = Some(root.id);
+        ks.insert(&kek).unwrap();
+        let mut deks: Vec<KeyRecord> = (0..n)
+            .map(|i| {
+                let mut d = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+                d.parent = Some(kek.id);
+                d.created = 1_000 + (i as u64 / 3);
+                ks.insert(&d).unwrap();
+                d
+            })
+            .collect();
+        deks.sort_by_key(|d| (d.created, d.id.to_string()));
+        (kek.id, deks)
+    }
+
+    fn by_count(limit: usize) -> PageSize<'static> {
+        PageSize {
+            limit,
+            bytes: usize::MAX,
+            size: None,
+        }
+    }
+
+    /// Every page of `filter` with pages of `limit`, calling `between` after each page.
+    fn walk(
+        ks: &Keystore,
+        filter: &ListFilter,
+        limit: usize,
+        mut between: impl FnMut(usize, &Cursor),
+    ) -> Vec<Uuid> {
+        let mut out = Vec::new();
+        let mut after = None;
+        for n in 0.. {
+            let page = ks.page(filter, after.as_ref(), &by_count(limit)).unwrap();
+            assert!(page.records.len() <= limit);
+            out.extend(page.records.iter().map(|r| r.id));
+            match page.next {
+                Some(c) => after = Some(c),
+                None => break,
+            }
+            between(n, &page.next.unwrap());
+        }
+        out
+    }
+
+    #[test]
+    fn pages_walk_the_list_in_order_without_gaps_or_repeats() {
+        let (_d, ks) = temp();
+        let (kek, deks) = with_deks(&ks, 23);
+        let want: Vec<Uuid> = deks.iter().map(|d| d.id).collect();
+        for limit in [1, 2, 5, 22, 23, 24, 1000] {
+            assert_eq!(
+                walk(&ks, &ListFilter::Kind(KeyKind::Dek), limit, |_, _| ()),
+                want
+            );
+            assert_eq!(
+                walk(
+                    &ks,
+                    &ListFilter::Children(KeyKind::Dek, kek),
+                    limit,
+                    |_, _| ()
+                ),
+                want
+            );
+        }
+        // The full list reads the same order.
+        let listed: Vec<Uuid> = ks
+            .list(KeyKind::Dek, None)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(listed, want);
+        // A page that ends exactly at the last key has no `next`.
+        let page = ks
+            .page(&ListFilter::Kind(KeyKind::Dek), None, &by_count(23))
+            .unwrap();
+        assert_eq!(page.records.len(), 23);
+        assert!(page.next.is_none());
+        // Another KEK's children, and an empty list.
+        assert!(ks
+            .page(
+                &ListFilter::Children(KeyKind::Dek, Uuid::new_v4()),
+                None,
+                &by_count(5)
+            )
+            .unwrap()
+            .records
+            .is_empty());
+        let nodes = ks.page(&ListFilter::Nodes, None, &by_count(5)).unwrap();
+        assert!(nodes.records.is_empty() && nodes.next.is_none());
+    }
+
+    #[test]
+    fn pages_survive_keys_added_and_deleted_between_them() {
+        let (_d, ks) = temp();
+        let (kek, deks) = with_deks(&ks, 40);
+        let mut deleted = Vec::new();
+        let mut added = Vec::new();
+        let got = walk(&ks, &ListFilter::Kind(KeyKind::Dek), 4, |n, cursor| {
+            // Delete a key not yet listed (two past the cursor) and one already listed (the
+            // cursor's own key), add a key that sorts last and one that sorts before the cursor.
+            let live: Vec<Uuid> = ks
+                .list(KeyKind::Dek, None)
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect();
+            let at = live.iter().position(|id| *id == cursor.id).unwrap();
+            if let Some(ahead) = live
+                .get(at + 2)
+                .filter(|id| deks.iter().any(|d| d.id == **id))
+            {
+                assert!(ks.delete(ahead).unwrap());
+                deleted.push(*ahead);
+            }
+            assert!(ks.delete(&cursor.id).unwrap());
+            for created in [5_000, 10] {
+                let mut d = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+                d.parent = Some(kek);
+                d.created = created + n as u64;
+                ks.insert(&d).unwrap();
+                if created == 5_000 {
+                    added.push(d.id);
+                }
+            }
+        });
+        assert!(deleted.len() >= 5);
+        let mut seen = std::collections::HashSet::new();
+        for id in &got {
+            assert!(seen.insert(*id), "{id} listed twice");
+        }
+        // Every key present from start to end was listed, no deleted-before-reached key was.
+        for d in &deks {
+            if !deleted.contains(&d.id) {
+                assert!(seen.contains(&d.id), "{} missing", d.id);
+            } else {
+                assert!(!seen.contains(&d.id), "{} listed after its deletion", d.id);
+            }
+        }
+        // Keys added after the cursor (created later) are listed too.
+        for id in &added {
+            assert!(seen.contains(id));
+        }
+    }
+
+    #[test]
+    fn a_byte_budget_ends_a_page_early_but_never_empty() {
+        let (_d, ks) = temp();
+        let (_kek, deks) = with_deks(&ks, 10);
+        let size = |_: &KeyRecord| 100;
+        let page = ks
+            .page(
+                &ListFilter::Kind(KeyKind::Dek),
+                None,
+                &PageSize {
+                    limit: 1000,
+                    bytes: 350,
+                    size: Some(&size),
+                },
+            )
+            .unwrap();
+        assert_eq!(page.records.len(), 3);
+        assert_eq!(page.next, Some(Cursor::of(&deks[2])));
+        // A record bigger than the whole budget still makes a page of one.
+        let page = ks
+            .page(
+                &ListFilter::Kind(KeyKind::Dek),
+                None,
+                &PageSize {
+                    limit: 1000,
+                    bytes: 10,
+                    size: Some(&size),
+                },
+            )
+            .unwrap();
+        assert_eq!(page.records.len(), 1);
+        assert_eq!(page.next, Some(Cursor::of(&deks[0])));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_bad_ones_are_refused() {
+        let c = Cursor {
+            created: 1_764_000_000,
+            id: Uuid::new_v4(),
+        };
+        let t = c.to_text();
+        assert_eq!(t.len(), 49);
+        assert_eq!(Cursor::parse(&t), Ok(c));
+        let mut too_big = [0u8; 24];
+        too_big[0] = 0x80;
+        for bad in [
+            String::new(),
+            "1".into(),
+            t[1..].to_string(),
+            format!("2{}", &t[1..]),
+            format!("{t}0"),
+            t[..48].to_string(),
+            format!("1{}", "zz".repeat(24)),
+            format!("1{}", hex::encode(too_big)),
+            "1é".repeat(10),
+        ] {
+            assert_eq!(Cursor::parse(&bad), Err(BadCursor), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_page_is_an_index_range_scan() {
+        let (_d, ks) = temp();
+        with_deks(&ks, 3);
+        let conn = ks.lock();
+        for (filter, index) in [
+            (ListFilter::Kind(KeyKind::Dek), "keys_page_by_kind"),
+            (
+                ListFilter::Children(KeyKind::Dek, Uuid::new_v4()),
+                "keys_page_by_parent",
+            ),
+            (ListFilter::Nodes, "keys_page_nodes"),
+        ] {
+            for after in [false, true] {
+                let sql = format!("EXPLAIN QUERY PLAN {}", page_sql(&filter, after));
+                let n = filter.clause().1.len() + if after { 3 } else { 1 };
+                let args: Vec<rusqlite::types::Value> =
+                    (0..n).map(|_| rusqlite::types::Value::Integer(1)).collect();
+                let mut stmt = conn.prepare(&sql).unwrap();
+                let plan: Vec<String> = stmt
+                    .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                let plan = plan.join(" | ");
+                assert!(plan.contains(index), "{filter:?} after={after}: {plan}");
+                // No sort of the matching rows: the index is already in list order.
+                assert!(!plan.contains("TEMP B-TREE"), "{filter:?}: {plan}");
+                if after {
+                    assert!(plan.contains("(created,id)>(?,?)"), "{filter:?}: {plan}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_parent_must_exist() {
         let (_d, ks) = temp();
@@ -2292,6 +2725,55 @@ mod tests {
         assert!(
             matches!(ks.revocations(), Err(KeystoreError::Tampered { id, .. }) if id == r.id.to_string())
         );
+    }
+
+    /// A keystore from before the paging indexes (v6) gains them at open, and its MAC'd records
+    /// page as they listed (the indexes change no row, so no MAC).
+    #[test]
+    fn a_v7_keystore_gains_the_paging_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.db");
+        let mac = || test_key(7);
+        let want: Vec<Uuid> = {
+            let conn = Connection::open(&p).unwrap();
+            // Up to v7 (DEK versions), the step before the paging indexes.
+            for m in &MIGRATIONS[..7] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 7).unwrap();
+            drop(conn);
+            // Written by the v7 code path: the same insert, before the indexes exist.
+            let conn = Connection::open(&p).unwrap();
+            let key = mac();
+            let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
+            insert_with(&conn, Some(&key), &root).unwrap();
+            (0..7)
+                .map(|i| {
+                    let mut d = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+                    d.parent = Some(root.id);
+                    d.created = 100 + i;
+                    insert_with(&conn, Some(&key), &d).unwrap();
+                    d.id
+                })
+                .collect()
+        };
+        let ks = Keystore::open(&p).unwrap();
+        ks.set_mac_key(Some(mac()));
+        let indexes: Vec<String> = ks
+            .lock()
+            .prepare(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'keys_page_%'",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(indexes.len(), 3, "{indexes:?}");
+        let got: Vec<Uuid> = walk(&ks, &ListFilter::Kind(KeyKind::Dek), 3, |_, _| ())
+            .into_iter()
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

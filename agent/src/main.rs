@@ -134,6 +134,9 @@ fn start(cli: Cli) -> Result<(), StartError> {
         println!("{}", config.summary(&path));
         return Ok(());
     }
+    // Still before any thread: the environment every root's module reads ([root.env] of `[root]`
+    // and each `[[extra_root]]`), set once, never later (root/env.rs).
+    keyward_agent::root::env::apply_at_startup(&config.root_env().map_err(StartError::Root)?);
     let ks = Arc::new(Keystore::open(&config.keystore).map_err(StartError::Keystore)?);
     let root = keyward_agent::root::from_config(&config.root).map_err(StartError::Root)?;
     let h = Arc::new(Hierarchy::new(ks.clone(), root, config.unlock));
@@ -173,7 +176,7 @@ fn start(cli: Cli) -> Result<(), StartError> {
         };
         let prompt = keyward_agent::prompt::Prompter::new(&config.prompt).map(Arc::new);
         let mut service = Service::new(h.clone())
-            .with_prompt(prompt)
+            .with_prompt(prompt.clone())
             .with_config_path(&std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone()));
         // The SSH door: a second socket, stopped by the same signal as the first.
         let (stop_ssh, ssh_stopped) = tokio::sync::watch::channel(());
@@ -190,6 +193,7 @@ fn start(cli: Cli) -> Result<(), StartError> {
             let path = ssh_bound.path().to_path_buf();
             let settings = keyward_agent::ssh::SshSettings {
                 askpass: config.ssh.askpass.clone(),
+                pinentry: prompt.clone(),
             };
             let agent = Arc::new(keyward_agent::ssh::requests::SshAgent::new(
                 h.clone(),

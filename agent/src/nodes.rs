@@ -12,6 +12,7 @@
 use crate::error::{AgentError, Defect, Existing, Missing, Problem, Unverified, WrongKey};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{now, KeyKind, KeyRecord, KeyState, Revocation};
+use crate::keystore::{Cursor, ListFilter, Page, PageSize};
 use keyward_identity::{
     derive_node_key, issue_delegation, issue_revocation, Chain, LocalKey, PublicKey, SealedMessage,
 };
@@ -244,6 +245,11 @@ impl Hierarchy {
         let mut keys = self.ks.list(KeyKind::Keypair, None)?;
         keys.retain(|k| k.name.is_some());
         Ok(keys)
+    }
+
+    /// One page of the node keys (`node.list`).
+    pub fn node_page(&self, after: Option<&Cursor>, size: &PageSize) -> Result<Page, AgentError> {
+        Ok(self.ks.page(&ListFilter::Nodes, after, size)?)
     }
 
     /// The public chain rooted at `root` (default: the cluster root): its key, every delegation

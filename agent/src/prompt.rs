@@ -57,6 +57,8 @@ pub enum Unavailable {
     TimedOut,
     #[error("the pinentry program answered with text that is not UTF-8")]
     Encoding,
+    #[error("no pinentry is configured (`[prompt] pinentry`)")]
+    NotConfigured,
 }
 
 /// How a prompt failed.

@@ -9,6 +9,7 @@
 use crate::error::{AgentError, Problem};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{Algorithm, KeyRecord, Purpose, SshFlags};
+use crate::keystore::{Cursor, Page, PageSize};
 use keyward_proto::ops::{self as wire, *};
 use keyward_proto::secret::SecretBytes;
 use keyward_proto::{ErrorBody, ErrorCode, Request, Response, PROTOCOL_VERSION};
@@ -73,13 +74,7 @@ impl Service {
     fn keypair_info(&self, r: &KeyRecord) -> Result<KeyInfo, AgentError> {
         let mut info = key_info(r);
         let f = self.h.keypair_ssh_flags(&r.id)?;
-        info.ssh_mode = f
-            .has(SshFlags::OFFERED)
-            .then_some(if f.has(SshFlags::CONFIRM) {
-                SshMode::Confirm
-            } else {
-                SshMode::On
-            });
+        info.ssh_mode = ssh_mode(f);
         Ok(info)
     }
 
@@ -139,10 +134,110 @@ fn revoked(ids: Vec<uuid::Uuid>) -> Revoked {
     }
 }
 
-fn key_list(keys: Vec<KeyRecord>) -> KeyList {
-    KeyList {
-        keys: keys.iter().map(key_info).collect(),
+/// `on`/`confirm` for a keypair whose flags say it is offered to SSH clients.
+fn ssh_mode(f: SshFlags) -> Option<SshMode> {
+    f.has(SshFlags::OFFERED)
+        .then_some(if f.has(SshFlags::CONFIRM) {
+            SshMode::Confirm
+        } else {
+            SshMode::On
+        })
+}
+
+/// A keypair's [`KeyInfo`] in a list: its SSH mode from the record's own (MAC-checked) flags,
+/// which the SSH door honours only while the keypair is active (as `keypair_ssh_flags` reads).
+fn listed_keypair_info(r: &KeyRecord) -> KeyInfo {
+    let mut info = key_info(r);
+    if r.state == crate::keystore::KeyState::Active {
+        info.ssh_mode = ssh_mode(r.ssh);
     }
+    info
+}
+
+/// Bytes of a value's CBOR encoding, counted without keeping them.
+fn encoded_len(v: &KeyInfo) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    // Encoding a `KeyInfo` into a sink that never fails does not fail; if it did, counting the
+    // page as full is the safe answer.
+    match ciborium::into_writer(v, &mut c) {
+        Ok(()) => c.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// The page a list request asks for: `limit` (1 to `MAX_PAGE`; absent: as many as fit), every
+/// page bounded by `PAGE_BYTES` of encoded keys; `after` a cursor from an earlier `next`.
+fn page_request(
+    limit: Option<u32>,
+    after: Option<&str>,
+) -> Result<(usize, Option<Cursor>), AgentError> {
+    let limit = match limit {
+        None => usize::MAX,
+        Some(n @ 1..=MAX_PAGE) => n as usize,
+        Some(_) => {
+            return Err(AgentError::invalid(
+                "limit",
+                Problem::OutOfRange {
+                    min: 1,
+                    max: u64::from(MAX_PAGE),
+                    unit: "keys",
+                },
+            ))
+        }
+    };
+    let after = after
+        .map(Cursor::parse)
+        .transpose()
+        .map_err(|_| AgentError::invalid("after", Problem::NotCursor))?;
+    Ok((limit, after))
+}
+
+/// Run one page of a list: `fetch` reads the records (bounded by count and by the encoded size
+/// of what `info` makes of them), `info` turns each into what the client sees.
+fn list_page(
+    limit: Option<u32>,
+    after: Option<&str>,
+    info: fn(&KeyRecord) -> KeyInfo,
+    fetch: impl FnOnce(Option<&Cursor>, &PageSize) -> Result<Page, AgentError>,
+) -> Result<KeyList, AgentError> {
+    let (limit, after) = page_request(limit, after)?;
+    // Each record's `KeyInfo` is made once: measured here, kept for the answer.
+    let infos = std::cell::RefCell::new(Vec::new());
+    let size = |r: &KeyRecord| {
+        let i = info(r);
+        let len = encoded_len(&i);
+        infos.borrow_mut().push(i);
+        len
+    };
+    let page = fetch(
+        after.as_ref(),
+        &PageSize {
+            limit,
+            bytes: PAGE_BYTES,
+            size: Some(&size),
+        },
+    )?;
+    // `size` saw the page's records in order, and perhaps the one that did not fit.
+    let mut keys = infos.into_inner();
+    keys.truncate(page.records.len());
+    debug_assert!(keys
+        .iter()
+        .zip(&page.records)
+        .all(|(k, r)| k.id == r.id.to_string()));
+    Ok(KeyList {
+        keys,
+        next: page.next.map(|c| c.to_text()),
+    })
 }
 
 fn created(id: uuid::Uuid) -> Created {
@@ -209,8 +304,10 @@ impl Handler for Service {
         self.h.kek_create(a.label).map(created)
     }
 
-    fn kek_list(&self, _: Empty) -> Result<KeyList, AgentError> {
-        self.h.kek_list().map(key_list)
+    fn kek_list(&self, a: ListArgs) -> Result<KeyList, AgentError> {
+        list_page(a.limit, a.after.as_deref(), key_info, |after, size| {
+            self.h.kek_page(after, size)
+        })
     }
 
     fn dek_create(&self, a: DekCreateArgs) -> Result<Created, AgentError> {
@@ -224,7 +321,9 @@ impl Handler for Service {
     }
 
     fn dek_list(&self, a: DekListArgs) -> Result<KeyList, AgentError> {
-        self.h.dek_list(a.kek.as_deref()).map(key_list)
+        list_page(a.limit, a.after.as_deref(), key_info, |after, size| {
+            self.h.dek_page(a.kek.as_deref(), after, size)
+        })
     }
 
     fn dek_export(&self, a: IdArgs) -> Result<ExportedKey, AgentError> {
@@ -333,12 +432,13 @@ impl Handler for Service {
         Ok(created(id))
     }
 
-    fn keypair_list(&self, _: Empty) -> Result<KeyList, AgentError> {
-        let keys = self.h.keypair_list()?;
-        let keys = keys.iter().map(|r| self.keypair_info(r));
-        Ok(KeyList {
-            keys: keys.collect::<Result<_, _>>()?,
-        })
+    fn keypair_list(&self, a: ListArgs) -> Result<KeyList, AgentError> {
+        list_page(
+            a.limit,
+            a.after.as_deref(),
+            listed_keypair_info,
+            |after, size| self.h.keypair_page(after, size),
+        )
     }
 
     fn keypair_show(&self, a: IdArgs) -> Result<KeyInfo, AgentError> {
@@ -414,8 +514,10 @@ impl Handler for Service {
         self.h.node_revoke(&a.name, a.by.as_deref()).map(created)
     }
 
-    fn node_list(&self, _: Empty) -> Result<KeyList, AgentError> {
-        self.h.node_list().map(key_list)
+    fn node_list(&self, a: ListArgs) -> Result<KeyList, AgentError> {
+        list_page(a.limit, a.after.as_deref(), key_info, |after, size| {
+            self.h.node_page(after, size)
+        })
     }
 
     fn node_chain(&self, a: NodeChainArgs) -> Result<ChainResult, AgentError> {
@@ -447,6 +549,26 @@ impl Handler for Service {
         Ok(RootInfoResult {
             id: self.h.root_id()?,
             initialized: self.h.is_initialized()?,
+            locked: self.h.is_locked(),
+            prompt: self.prompt.is_some(),
+        })
+    }
+
+    fn unlock_prompt(&self, _: Empty) -> Result<LockState, AgentError> {
+        if !self.h.is_initialized()? {
+            return Err(AgentError::NotInitialized);
+        }
+        let Some(p) = &self.prompt else {
+            return Err(crate::prompt::PromptError::Unavailable(
+                crate::prompt::Unavailable::NotConfigured,
+            )
+            .into());
+        };
+        if self.h.is_locked() {
+            let who = crate::ssh::confirm::describe_process(self.peer_pid);
+            p.unlock(&self.h, "unlock.prompt", &who)?;
+        }
+        Ok(LockState {
             locked: self.h.is_locked(),
         })
     }
@@ -487,5 +609,153 @@ impl Handler for Service {
         Ok(RandomBytes {
             bytes: serde_bytes::ByteBuf::from(self.h.random(a.len)?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Paged lists at the wire edge: every page fits one frame, whatever the records hold.
+    use super::*;
+    use crate::keystore::{KeyKind, Keystore, ListFilter};
+    use keyward_proto::MAX_FRAME;
+
+    fn keystore() -> (tempfile::TempDir, Keystore) {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Keystore::open(&dir.path().join("k.db")).unwrap();
+        (dir, ks)
+    }
+
+    /// A keypair record as large as the agent makes them: a certificate at its 16 KiB limit,
+    /// a public key with its SSH line and fingerprint, a node name, a delegation statement
+    /// (not sent), and a long label (labels have no limit of their own; 4 KiB here).
+    fn big_keypair(parent: uuid::Uuid, i: u64) -> KeyRecord {
+        let mut r = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
+        r.parent = Some(parent);
+        r.created = 1_000 + i;
+        r.algorithm = Some(Algorithm::Ed25519);
+        r.public_key = Some(vec![7; 32]);
+        r.wrapped = Some(vec![1; 72]);
+        r.label = Some("l".repeat(4096));
+        r.name = Some(format!("node-{i}-{}", "n".repeat(200)));
+        r.statement = Some(vec![2; 400]);
+        r.certificate = Some(vec![3; 16 * 1024]);
+        r.ssh = SshFlags(SshFlags::OFFERED | SshFlags::CONFIRM);
+        r
+    }
+
+    fn with_root_and_kek(ks: &Keystore) -> uuid::Uuid {
+        let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
+        ks.insert(&root).unwrap();
+        let mut kek = KeyRecord::new(KeyKind::Kek, "aes-kwp");
+        kek.parent = Some(root.id);
+        ks.insert(&kek).unwrap();
+        kek.id
+    }
+
+    fn frame_len(list: &KeyList) -> usize {
+        Response::ok(u64::MAX, list)
+            .unwrap()
+            .to_cbor()
+            .unwrap()
+            .len()
+    }
+
+    #[test]
+    fn the_page_budget_leaves_room_for_the_envelope() {
+        // The answer around the keys: the largest id, an empty array, and a cursor.
+        let empty = KeyList {
+            keys: vec![],
+            next: Some(
+                Cursor {
+                    created: u64::MAX >> 1,
+                    id: uuid::Uuid::new_v4(),
+                }
+                .to_text(),
+            ),
+        };
+        let envelope = frame_len(&empty) + 9; // + the array head growing to its widest
+        assert!(PAGE_BYTES + envelope <= MAX_FRAME, "{envelope}");
+        // The largest record is far inside one page, so a page always makes progress.
+        let big = listed_keypair_info(&big_keypair(uuid::Uuid::new_v4(), 1));
+        assert!(big.ssh.is_some() && big.ssh_mode == Some(SshMode::Confirm));
+        let one = encoded_len(&big);
+        assert!(one < 26 * 1024 && one * 30 < PAGE_BYTES, "{one}");
+        // By count alone, MAX_PAGE of these would be ~22 MiB: it is the byte budget that keeps
+        // such a page in one frame (as the next test shows), and the count limit for small
+        // records: MAX_PAGE DEKs with 256-byte labels take a fraction of a frame.
+        assert!(one * MAX_PAGE as usize > MAX_FRAME);
+        let mut dek = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+        dek.parent = Some(uuid::Uuid::new_v4());
+        dek.label = Some("d".repeat(256));
+        dek.purpose = Some(Purpose::Sharing);
+        dek.rotated = Some(u64::MAX >> 1);
+        assert!(encoded_len(&key_info(&dek)) * (MAX_PAGE as usize) < PAGE_BYTES / 2);
+    }
+
+    #[test]
+    fn pages_of_the_largest_keypairs_each_fit_one_frame() {
+        let (_d, ks) = keystore();
+        let kek = with_root_and_kek(&ks);
+        let n = 130; // ~2.7 MiB of records: three frames' worth
+        let mut want = Vec::new();
+        for i in 0..n {
+            let r = big_keypair(kek, i);
+            ks.insert(&r).unwrap();
+            want.push(r.id.to_string());
+        }
+        for (limit, filter) in [
+            (None, ListFilter::Kind(KeyKind::Keypair)),
+            (Some(MAX_PAGE), ListFilter::Kind(KeyKind::Keypair)),
+            (Some(MAX_PAGE), ListFilter::Nodes),
+        ] {
+            let mut after: Option<String> = None;
+            let mut got = Vec::new();
+            let mut pages = 0;
+            loop {
+                let list = list_page(limit, after.as_deref(), listed_keypair_info, |a, s| {
+                    Ok(ks.page(&filter, a, s)?)
+                })
+                .unwrap();
+                assert!(frame_len(&list) <= MAX_FRAME, "{}", frame_len(&list));
+                pages += 1;
+                got.extend(list.keys.iter().map(|k| k.id.clone()));
+                match list.next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            assert_eq!(got, want);
+            assert!(pages >= 3, "{pages}");
+        }
+    }
+
+    #[test]
+    fn bad_limits_and_cursors_are_invalid_args() {
+        let (_d, ks) = keystore();
+        let run = |limit: Option<u32>, after: Option<&str>| {
+            list_page(limit, after, key_info, |a, s| {
+                Ok(ks.page(&ListFilter::Kind(KeyKind::Kek), a, s)?)
+            })
+        };
+        for limit in [0, MAX_PAGE + 1, u32::MAX] {
+            let e = run(Some(limit), None).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidArgs);
+            assert!(e.to_string().contains("`limit`"), "{e}");
+        }
+        for bad in [
+            "",
+            "x",
+            "1",
+            "2000000000000000000000000000000000000000000000000",
+        ] {
+            let e = run(Some(5), Some(bad)).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::InvalidArgs);
+            assert!(e.to_string().contains("`after`"), "{e}");
+        }
+        // Limits at both ends, and an empty list, answer.
+        for limit in [1, MAX_PAGE] {
+            let l = run(Some(limit), None).unwrap();
+            assert!(l.keys.is_empty() && l.next.is_none());
+        }
     }
 }

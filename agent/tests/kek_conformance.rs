@@ -168,9 +168,10 @@ fn soft_kek_conforms() {
     conformance("soft", &*a, &*b);
 }
 
-/// The PKCS#11 cases load the one SoftHSM library in this process: a second context initializing
-/// (or finalizing, when its root drops) while the first is in use breaks the first (SoftHSM is a
-/// process-wide singleton; this crashed the test binary). One at a time.
+/// The PKCS#11 cases share the process's one SoftHSM module (root/pkcs11/module.rs: loaded and
+/// initialized once, never finalized when a root drops). Before that registry a second context
+/// finalizing under the first crashed this binary; the cases still run one at a time so that a
+/// failing one, whose unlock may re-initialize the module, cannot disturb another.
 static ONE_MODULE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
@@ -218,4 +219,194 @@ fn yubikey_kek_conforms() {
         },
     );
     conformance("yubikey", &*a, &*b);
+}
+
+/// A root in the export/import matrix: a root this process runs (`Root`), or a public-only
+/// `ecdh-p256` root that imports and is opened by whoever has its private key (`opener`).
+enum Target<'a> {
+    Root(&'a dyn Root),
+    /// A public root built from the PKCS#11 EC root's record, opened by that root.
+    PublicOfToken(root::PublicRoot, &'a dyn Root),
+    /// A public root whose private key is a software scalar (as the recovery root's), opened in
+    /// software.
+    PublicOfScalar(root::PublicRoot, p256::SecretKey),
+}
+
+/// Export a KEK from `a`, import it to `b`, open it under `b`; a DEK made and used under `a`
+/// opens under `b`, and a seal under `b` opens under `a`.
+fn export_import(name: &str, a: &dyn Root, b: &Target) {
+    let iv = [0x22u8; 12];
+    let aad = b"keyward:dek:pairs";
+    let pt = b"one KEK, two roots";
+    let wrapped = a.generate_kek().expect("KEK under A");
+    let exported = a.export_kek(&wrapped.bytes).expect("export from A");
+    assert_eq!(exported.expose().len(), 32, "{name}");
+    assert!(!format!("{exported:?}").contains(&format!("{:?}", exported.expose())));
+    let again = a.export_kek(&wrapped.bytes).expect("export again");
+    assert_eq!(
+        exported.expose(),
+        again.expose(),
+        "{name}: export is deterministic"
+    );
+    let kek_a = a.open_kek(&wrapped.bytes).expect("open under A");
+    let dek = kek_a.generate_dek().expect("DEK under A");
+    let sealed = kek_a.seal(&dek.bytes, &iv, aad, pt).expect("seal under A");
+    match b {
+        Target::Root(b) => {
+            let imported = b.import_kek(exported.expose()).expect("import to B");
+            let own = b.generate_kek().expect("a KEK B made itself");
+            assert_eq!(imported.scheme, own.scheme, "{name}: B's own KEK scheme");
+            let kek_b = b.open_kek(&imported.bytes).expect("open under B");
+            assert_eq!(
+                &*kek_b
+                    .open(&dek.bytes, &iv, aad, &sealed)
+                    .expect("B opens A's seal"),
+                pt,
+                "{name}"
+            );
+            let back = kek_b.seal(&dek.bytes, &iv, aad, pt).expect("seal under B");
+            assert_eq!(
+                &*kek_a
+                    .open(&dek.bytes, &iv, aad, &back)
+                    .expect("A opens B's seal"),
+                pt
+            );
+            assert_eq!(
+                b.export_kek(&imported.bytes)
+                    .expect("export from B")
+                    .expose(),
+                exported.expose(),
+                "{name}: B holds the same KEK"
+            );
+        }
+        Target::PublicOfToken(public, opener) => {
+            let imported = public
+                .import_kek(exported.expose())
+                .expect("import to public");
+            assert_eq!(imported.scheme, Scheme::EcdhP256);
+            let kek_b = opener
+                .open_kek(&imported.bytes)
+                .expect("open under the token");
+            assert_eq!(
+                &*kek_b.open(&dek.bytes, &iv, aad, &sealed).expect("open"),
+                pt
+            );
+        }
+        Target::PublicOfScalar(public, secret) => {
+            let imported = public
+                .import_kek(exported.expose())
+                .expect("import to public");
+            assert_eq!(imported.scheme, Scheme::EcdhP256);
+            let kek = root::ecdh::unwrap(public.public_key(), &imported.bytes, |eph| {
+                root::ecdh::software_ecdh(secret, eph)
+            })
+            .expect("open with the scalar");
+            assert_eq!(&kek[..], exported.expose(), "{name}");
+            // The DEK is AES-KWP under the KEK, the same bytes on every root.
+            let dek_key = aes_kw::KekAes256::from(*kek)
+                .unwrap_with_padding_vec(&dek.bytes)
+                .expect("the DEK unwraps under the recovered KEK");
+            let (ct, tag) = sealed.split_at(sealed.len() - 16);
+            let mut ct_tag = ct.to_vec();
+            ct_tag.extend_from_slice(tag);
+            let opened = Aes256Gcm::new_from_slice(&dek_key)
+                .expect("key")
+                .decrypt(Nonce::from_slice(&iv), Payload { msg: &ct_tag, aad })
+                .expect("software AES-GCM opens A's seal");
+            assert_eq!(opened, pt);
+        }
+    }
+    // Tampered wrapped bytes never export.
+    let mut bad = wrapped.bytes.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(a.export_kek(&bad).is_err(), "{name}: tampered KEK exported");
+}
+
+/// The export/import primitives of ARCHITECTURE.md "Key lifecycle: when a KEK leaves the token",
+/// between every pair of root kinds available here: memory, soft, PKCS#11 AES and EC on SoftHSM,
+/// and public-only `ecdh-p256` roots (from the EC root's record, and a software key).
+#[test]
+fn kek_export_import_between_every_pair_of_roots() {
+    let _one = ONE_MODULE.lock().unwrap_or_else(|p| p.into_inner());
+    let pin = Pin::new(common::PIN);
+    let memory = MemoryRoot::new();
+    memory.init(&pin).expect("memory init");
+    let soft = root::soft::SoftRoot::new(root::soft::MIN_ITERATIONS).expect("soft root");
+    soft.init(&pin).expect("soft init");
+    let aes = root::from_config(
+        &common::pkcs11_config_on("keyward-pair-aes", "object=keyward-root", false).root,
+    )
+    .expect("PKCS#11 AES root");
+    aes.init(&pin).expect("aes init");
+    let ec = root::from_config(
+        &common::pkcs11_config_on("keyward-pair-ec", "object=keyward-root", true).root,
+    )
+    .expect("PKCS#11 EC root");
+    let ec_record = ec.init(&pin).expect("ec init");
+
+    // Public-only roots: built from a record alone (no login), and from a bare public key.
+    let ec_public = root::PublicRoot::from_record(ec_record.scheme, &ec_record.locator)
+        .expect("the EC root's record carries its public key");
+    let scalar = p256::SecretKey::random(&mut rand_core::OsRng);
+    let scalar_public = root::PublicRoot::new(scalar.public_key());
+    assert!(matches!(
+        root::PublicRoot::from_record(Scheme::Pkcs11Aes, "pkcs11:token=x"),
+        Err(RootError::Unsupported { .. })
+    ));
+
+    let sources: [(&str, &dyn Root); 4] = [
+        ("memory", &memory),
+        ("soft", &soft),
+        ("pkcs11 aes", &*aes),
+        ("pkcs11 ec", &*ec),
+    ];
+    for (a_name, a) in sources {
+        for (b_name, b) in sources {
+            export_import(&format!("{a_name} -> {b_name}"), a, &Target::Root(b));
+        }
+        export_import(
+            &format!("{a_name} -> public (ec record)"),
+            a,
+            &Target::PublicOfToken(ec_public.clone(), &*ec),
+        );
+        export_import(
+            &format!("{a_name} -> public (scalar)"),
+            a,
+            &Target::PublicOfScalar(scalar_public.clone(), scalar.clone()),
+        );
+    }
+
+    // Wrong sizes are refused, typed.
+    for r in sources.map(|(_, r)| r) {
+        assert!(matches!(
+            r.import_kek(&[0u8; 16]),
+            Err(RootError::Unsupported { .. })
+        ));
+    }
+    // Locked roots neither export nor import (the public key of an EC root is known since init,
+    // so it still imports: that needs no login).
+    let w = aes.generate_kek().expect("KEK");
+    aes.lock().expect("lock");
+    assert!(matches!(
+        aes.export_kek(&w.bytes),
+        Err(RootError::Locked { .. })
+    ));
+    assert!(matches!(
+        aes.import_kek(&[7u8; 32]),
+        Err(RootError::Locked { .. })
+    ));
+    let w = ec.generate_kek().expect("KEK");
+    ec.lock().expect("lock");
+    assert!(matches!(
+        ec.export_kek(&w.bytes),
+        Err(RootError::Locked { .. })
+    ));
+    let imported = ec.import_kek(&[7u8; 32]).expect("EC import needs no login");
+    assert_eq!(imported.scheme, Scheme::EcdhP256);
+    soft.lock().expect("lock");
+    assert!(matches!(
+        soft.import_kek(&[7u8; 32]),
+        Err(RootError::Locked { .. })
+    ));
 }

@@ -1,6 +1,6 @@
 //! Plumbing every CLI command shares: failures, output, files and stdin.
 
-use keyward_client::proto::ops::{KeyInfo, Purpose};
+use keyward_client::proto::ops::{KeyInfo, KeyList, ListArgs, Purpose};
 use keyward_client::ClientError;
 use serde_json::Value;
 use std::io::{Read, Write};
@@ -255,4 +255,53 @@ pub fn out(text: impl Into<String>, json: Value) -> Out {
         text: text.into(),
         json,
     }
+}
+
+/// `--limit` and `--after` of the list commands.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct PageOpts {
+    /// Print one page of at most N keys (1 to 1000) instead of every key; with --json, the
+    /// answer's `next` is the cursor for the following page.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+    /// Start after this cursor (the `next` of an earlier page).
+    #[arg(long, value_name = "CURSOR")]
+    pub after: Option<String>,
+}
+
+impl PageOpts {
+    /// With `--limit`: that one page. Without: every page from `--after` (or the start), as one
+    /// list with no `next`. `page` fetches one page for the given paging arguments.
+    pub async fn fetch<F, Fut>(&self, op: &str, mut page: F) -> Result<KeyList, ClientError>
+    where
+        F: FnMut(ListArgs) -> Fut,
+        Fut: std::future::Future<Output = Result<KeyList, ClientError>>,
+    {
+        match self.limit {
+            Some(limit) => {
+                page(ListArgs {
+                    limit: Some(limit),
+                    after: self.after.clone(),
+                })
+                .await
+            }
+            None => {
+                keyward_client::all_pages(op, self.after.clone(), |after| {
+                    page(ListArgs { limit: None, after })
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// A list's `--json` object: `keys`, and `next` when there are more pages (only with
+/// `--limit`). In text mode the cursor goes to stderr, so stdout stays the table.
+pub fn list_out(list: &KeyList, text: String) -> Out {
+    let mut json = keys_json(&list.keys);
+    if let Some(next) = &list.next {
+        json["next"] = Value::String(next.clone());
+        eprintln!("more keys: --after {next}");
+    }
+    out(text, json)
 }

@@ -133,6 +133,36 @@ fn lock_pending(
     p.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Every page of a list from the cursor `after` (none: the start): `page(after)` fetches one,
+/// and pages are followed by their `next` until a page has none. The result holds every key
+/// and no `next`. A page that names a `next` but holds no key is a protocol error (it would
+/// never end).
+pub async fn all_pages<F, Fut>(
+    op: &str,
+    mut after: Option<String>,
+    mut page: F,
+) -> Result<KeyList, ClientError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<KeyList, ClientError>>,
+{
+    let mut keys = Vec::new();
+    loop {
+        let p = page(after.take()).await?;
+        if p.next.is_some() && p.keys.is_empty() {
+            return Err(ClientError::Protocol {
+                op: op.to_string(),
+                detail: "an empty page with a next cursor".into(),
+            });
+        }
+        keys.extend(p.keys);
+        match p.next {
+            Some(next) => after = Some(next),
+            None => return Ok(KeyList { keys, next: None }),
+        }
+    }
+}
+
 impl Client {
     /// Connect to the socket `KEYWARD_SOCK` names, or the default one.
     pub async fn connect_default() -> Result<Client, ClientError> {
@@ -247,7 +277,7 @@ impl Client {
     }
 
     /// Send one request and wait for its response, typed by the operation:
-    /// `client.call::<op::KekList>(&Empty {})` returns a [`KeyList`].
+    /// `client.call::<op::KekList>(&ListArgs::default())` returns a [`KeyList`].
     pub async fn call<O: Operation>(&self, args: &O::Args) -> Result<O::Result, ClientError> {
         self.call_named(O::OP.name(), args).await
     }
@@ -381,16 +411,38 @@ impl Client {
         self.call::<op::KekCreate>(&KekCreateArgs { label }).await
     }
 
+    /// Every KEK (all pages).
     pub async fn kek_list(&self) -> Result<KeyList, ClientError> {
-        self.call::<op::KekList>(&Empty {}).await
+        all_pages("kek.list", None, |after| {
+            self.kek_list_page(ListArgs { limit: None, after })
+        })
+        .await
+    }
+
+    /// One page of the KEKs: at most `limit`, after the cursor `after`; `next` names the rest.
+    pub async fn kek_list_page(&self, page: ListArgs) -> Result<KeyList, ClientError> {
+        self.call::<op::KekList>(&page).await
     }
 
     pub async fn dek_create(&self, args: &DekCreateArgs) -> Result<Created, ClientError> {
         self.call::<op::DekCreate>(args).await
     }
 
+    /// Every DEK, or every DEK under `kek` (all pages).
     pub async fn dek_list(&self, kek: Option<String>) -> Result<KeyList, ClientError> {
-        self.call::<op::DekList>(&DekListArgs { kek }).await
+        all_pages("dek.list", None, |after| {
+            self.dek_list_page(DekListArgs {
+                kek: kek.clone(),
+                limit: None,
+                after,
+            })
+        })
+        .await
+    }
+
+    /// One page of the DEKs (`kek`, `limit` and `after` as in [`DekListArgs`]).
+    pub async fn dek_list_page(&self, args: DekListArgs) -> Result<KeyList, ClientError> {
+        self.call::<op::DekList>(&args).await
     }
 
     /// The plaintext of an exportable DEK.
@@ -504,8 +556,17 @@ impl Client {
         self.call::<op::KeypairCreate>(args).await
     }
 
+    /// Every keypair (all pages).
     pub async fn keypair_list(&self) -> Result<KeyList, ClientError> {
-        self.call::<op::KeypairList>(&Empty {}).await
+        all_pages("keypair.list", None, |after| {
+            self.keypair_list_page(ListArgs { limit: None, after })
+        })
+        .await
+    }
+
+    /// One page of the keypairs.
+    pub async fn keypair_list_page(&self, page: ListArgs) -> Result<KeyList, ClientError> {
+        self.call::<op::KeypairList>(&page).await
     }
 
     pub async fn keypair_show(&self, id: &str) -> Result<KeyInfo, ClientError> {
@@ -578,8 +639,17 @@ impl Client {
         self.call::<op::NodeRevoke>(args).await
     }
 
+    /// Every node key (all pages).
     pub async fn node_list(&self) -> Result<KeyList, ClientError> {
-        self.call::<op::NodeList>(&Empty {}).await
+        all_pages("node.list", None, |after| {
+            self.node_list_page(ListArgs { limit: None, after })
+        })
+        .await
+    }
+
+    /// One page of the node keys.
+    pub async fn node_list_page(&self, page: ListArgs) -> Result<KeyList, ClientError> {
+        self.call::<op::NodeList>(&page).await
     }
 
     /// The cluster's public chain as CBOR.

@@ -2,7 +2,7 @@
 //!
 //! `verify` and `node verify` run offline (no agent): they need only public keys and chains.
 
-use crate::cli::{key_table, keys_json, out, read_input, write_output, Failure, Out};
+use crate::cli::{key_table, out, read_input, write_output, Failure, Out};
 use base64::Engine;
 use clap::{Args, Subcommand};
 use keyward_client::proto::ops::{
@@ -44,8 +44,11 @@ pub enum KeypairCmd {
         #[arg(long)]
         label: Option<String>,
     },
-    /// List keypairs (node keys included).
-    List,
+    /// List keypairs, node keys included (every page, or one with --limit).
+    List {
+        #[command(flatten)]
+        page: crate::cli::PageOpts,
+    },
     /// Show a keypair's public key as did:key, JWK and SPKI PEM.
     Show { id: String },
     /// Delete a keypair (refused while it vouches for node keys).
@@ -187,8 +190,11 @@ pub enum NodeCmd {
         #[arg(long)]
         by: Option<String>,
     },
-    /// List node keys.
-    List,
+    /// List node keys (every page, or one with --limit).
+    List {
+        #[command(flatten)]
+        page: crate::cli::PageOpts,
+    },
     /// Chain files.
     #[command(subcommand)]
     Chain(ChainCmd),
@@ -361,9 +367,11 @@ pub async fn keypair(c: &Client, cmd: &KeypairCmd) -> Result<Out, Failure> {
             };
             created(c.keypair_import(&args).await?.id)
         }
-        KeypairCmd::List => {
-            let r = c.keypair_list().await?;
-            out(key_table(&r.keys), keys_json(&r.keys))
+        KeypairCmd::List { page } => {
+            let r = page
+                .fetch("keypair.list", |p| c.keypair_list_page(p))
+                .await?;
+            crate::cli::list_out(&r, key_table(&r.keys))
         }
         KeypairCmd::Show { id } => {
             let (j, text) = keypair_json(&c.keypair_show(id).await?)?;
@@ -510,8 +518,8 @@ pub async fn node(c: &Client, cmd: &NodeCmd) -> Result<Out, Failure> {
                 json!({ "id": r.id, "revoked": true }),
             )
         }
-        NodeCmd::List => {
-            let r = c.node_list().await?;
+        NodeCmd::List { page } => {
+            let r = page.fetch("node.list", |p| c.node_list_page(p)).await?;
             let mut text = String::new();
             for k in &r.keys {
                 text.push_str(&format!(
@@ -521,7 +529,7 @@ pub async fn node(c: &Client, cmd: &NodeCmd) -> Result<Out, Failure> {
                     k.id
                 ));
             }
-            out(text, keys_json(&r.keys))
+            crate::cli::list_out(&r, text)
         }
         NodeCmd::Chain(ChainCmd::Export { root, output }) => {
             let chain = c.node_chain(root.clone()).await?;

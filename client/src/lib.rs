@@ -14,7 +14,7 @@ mod error;
 pub mod passphrase;
 pub mod stream;
 
-pub use client::{BlockingClient, Client, ClientOptions};
+pub use client::{all_pages, BlockingClient, Client, ClientOptions};
 pub use error::ClientError;
 pub use keyward_proto as proto;
 pub use stream::{stream_error, AsyncDecryptReader, AsyncEncryptWriter, StreamKey};

@@ -8,13 +8,14 @@
 
 use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use keyward_client::proto::ops::{DekCreateArgs, Purpose, RootKind};
+use keyward_client::proto::ops::{DekCreateArgs, DekListArgs, Purpose, RootKind};
 use keyward_client::proto::secret::Pin;
 use keyward_client::Client;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod backup;
 mod cli;
 mod cryppo;
 mod doctor;
@@ -125,6 +126,38 @@ enum Command {
     /// The SSH agent: `eval "$(keyward ssh env)"`.
     #[command(subcommand)]
     Ssh(ssh_cmds::SshCmd),
+    /// Copy the keystore to a file, or put such a copy back (it holds only wrapped keys).
+    #[command(subcommand)]
+    Backup(BackupCmd),
+}
+
+#[derive(Subcommand)]
+enum BackupCmd {
+    /// Write a consistent snapshot of the keystore (SQLite online backup), also while the agent
+    /// runs.
+    Export {
+        /// The backup file to write (mode 0600).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The keystore (default: the one the agent on the socket serves).
+        #[arg(long)]
+        keystore: Option<PathBuf>,
+        /// Replace OUTPUT if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put a backup in place as the keystore. The agent must not be serving that keystore.
+    Import {
+        /// The backup file.
+        #[arg(short, long)]
+        input: PathBuf,
+        /// The keystore to write (the `keystore` of the agent's config).
+        #[arg(long)]
+        keystore: PathBuf,
+        /// Replace an existing keystore (it is kept as KEYSTORE.before-import-<time>).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args)]
@@ -224,8 +257,11 @@ enum KekCmd {
         #[arg(long)]
         label: Option<String>,
     },
-    /// List KEKs.
-    List,
+    /// List KEKs (every page, or one with --limit).
+    List {
+        #[command(flatten)]
+        page: cli::PageOpts,
+    },
     /// Revoke a KEK and every key under it: final; every use afterwards is refused.
     Revoke { id: String },
     /// Make a new version of a KEK and rewrap every key under it; prints the new version.
@@ -253,10 +289,12 @@ enum DekCmd {
         #[arg(long)]
         label: Option<String>,
     },
-    /// List DEKs, optionally under one KEK.
+    /// List DEKs, optionally under one KEK (every page, or one with --limit).
     List {
         #[arg(long)]
         kek: Option<String>,
+        #[command(flatten)]
+        page: cli::PageOpts,
     },
     /// Print an exportable DEK as base64url (the Cryppo key format), for client-side encryption.
     /// Exports the newest version.
@@ -310,6 +348,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             return identity_cmds::node_verify(chain, key, *at).map(Some)
         }
         Command::Ssh(cmd) => return ssh_cmds::ssh(cli.socket.clone(), cmd).await,
+        Command::Backup(cmd) => return backup_cmd(cli, cmd).await.map(Some),
         _ => {}
     }
     let path = keyward_client::proto::paths::socket_path(cli.socket.clone());
@@ -385,9 +424,9 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             let r = c.kek_create(label.clone()).await?;
             out(format!("{}\n", r.id), json!({"id": r.id}))
         }
-        Command::Kek(KekCmd::List) => {
-            let r = c.kek_list().await?;
-            out(key_table(&r.keys), cli::keys_json(&r.keys))
+        Command::Kek(KekCmd::List { page }) => {
+            let r = page.fetch("kek.list", |p| c.kek_list_page(p)).await?;
+            cli::list_out(&r, key_table(&r.keys))
         }
         Command::Kek(KekCmd::Revoke { id }) => revoked_out(c.kek_revoke(id).await?),
         Command::Kek(KekCmd::Rotate { id }) => {
@@ -456,9 +495,17 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             let r = c.dek_create(&args).await?;
             out(format!("{}\n", r.id), json!({"id": r.id}))
         }
-        Command::Dek(DekCmd::List { kek }) => {
-            let r = c.dek_list(kek.clone()).await?;
-            out(cli::dek_table(&r.keys), cli::keys_json(&r.keys))
+        Command::Dek(DekCmd::List { kek, page }) => {
+            let r = page
+                .fetch("dek.list", |p| {
+                    c.dek_list_page(DekListArgs {
+                        kek: kek.clone(),
+                        limit: p.limit,
+                        after: p.after,
+                    })
+                })
+                .await?;
+            cli::list_out(&r, cli::dek_table(&r.keys))
         }
         Command::Dek(DekCmd::Export { id, output }) => {
             let r = c.dek_export(id).await?;
@@ -494,7 +541,11 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         Command::Node(cmd) => identity_cmds::node(&c, cmd).await?,
         Command::Seal(cmd) => return identity_cmds::seal(&c, cmd, cli.json).await,
         Command::Open(cmd) => return identity_cmds::open(&c, cmd, cli.json).await,
-        Command::Cryppo(_) | Command::Verify(_) | Command::Ssh(_) | Command::Doctor { .. } => {
+        Command::Cryppo(_)
+        | Command::Verify(_)
+        | Command::Ssh(_)
+        | Command::Doctor { .. }
+        | Command::Backup(_) => {
             return Err("internal: offline command reached the agent path"
                 .to_string()
                 .into())
@@ -509,6 +560,52 @@ pub(crate) fn revoked_out(r: keyward_client::proto::ops::Revoked) -> Out {
         text.push_str(&format!("revoked {id}\n"));
     }
     out(text, json!({"id": r.id, "revoked": r.revoked}))
+}
+
+/// The keystore the agent on the socket serves, if an agent answers.
+async fn served_keystore(cli: &Cli) -> Option<PathBuf> {
+    let path = keyward_client::proto::paths::socket_path(cli.socket.clone());
+    let c = Client::connect(&path).await.ok()?;
+    c.status().await.ok()?.keystore.map(PathBuf::from)
+}
+
+async fn backup_cmd(cli: &Cli, cmd: &BackupCmd) -> Result<Out, Failure> {
+    match cmd {
+        BackupCmd::Export {
+            output,
+            keystore,
+            force,
+        } => {
+            let keystore = match keystore {
+                Some(k) => k.clone(),
+                None => served_keystore(cli).await.ok_or_else(|| {
+                    "no agent answers on the socket to name its keystore: give --keystore FILE"
+                        .to_string()
+                })?,
+            };
+            let s = backup::export(&keystore, output, *force)?;
+            Ok(out(s.to_text("wrote", output), s.to_json(output)))
+        }
+        BackupCmd::Import {
+            input,
+            keystore,
+            force,
+        } => {
+            let serving = served_keystore(cli).await;
+            let (s, kept) = backup::import(input, keystore, *force, serving.as_deref())?;
+            let mut text = s.to_text("restored", keystore);
+            let mut json = s.to_json(keystore);
+            if let Some(k) = &kept {
+                text.push_str(&format!(
+                    "the previous keystore is kept as {}\n",
+                    k.display()
+                ));
+                json["previous"] = json!(k.display().to_string());
+            }
+            text.push_str("start the agent and unlock it: every record's MAC is checked then\n");
+            Ok(out(text, json))
+        }
+    }
 }
 
 fn main() -> ExitCode {

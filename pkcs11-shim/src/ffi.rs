@@ -437,9 +437,13 @@ extern "C" fn C_Login(
 ) -> CK_RV {
     guard(|| {
         let m = module()?;
-        // SAFETY: the PIN is `len` readable bytes (NULL only with a protected path, unsupported).
+        if pin.is_null() {
+            // A NULL PIN: the protected authentication path (the agent's own prompt).
+            return m.login(h, user, None);
+        }
+        // SAFETY: the PIN is non-NULL and, per the contract, `len` readable bytes.
         let pin = zeroize::Zeroizing::new(unsafe { bytes(pin, len) }?.to_vec());
-        m.login(h, user, &pin)
+        m.login(h, user, Some(&pin))
     })
 }
 

@@ -5,6 +5,7 @@
 //! - `ffi`: the exported C functions; the crate's only `unsafe` code.
 //! - `token`: the module's state and every operation, in safe Rust.
 //! - `objects`: objects and their attributes.
+//! - `template`: what the module accepts in a caller's key-creation template.
 //! - `conn`: a blocking client of the agent's socket (no runtime, no threads in the host).
 //!
 //! The module must never hold a private or secret key's value (keys are used inside the agent;
@@ -15,4 +16,5 @@
 pub mod conn;
 mod ffi;
 pub mod objects;
+pub mod template;
 pub mod token;

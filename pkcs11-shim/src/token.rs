@@ -11,7 +11,8 @@
 //! closes), and never start a thread.
 
 use crate::conn::{Agent, CallError};
-use crate::objects::{self, as_bool, as_ulong, unwrap_point, Curve, Kind, Object, Read};
+use crate::objects::{self, unwrap_point, Curve, Kind, Object, Read};
+use crate::template;
 use cryptoki_sys::*;
 use keyward_proto::ops::{self as wire, op, Operation};
 use keyward_proto::secret::{Pin, SecretBytes};
@@ -362,6 +363,8 @@ pub fn code_rv(code: ErrorCode) -> CK_RV {
         ErrorCode::NotInitialized => CKR_USER_PIN_NOT_INITIALIZED,
         ErrorCode::PinIncorrect => CKR_PIN_INCORRECT,
         ErrorCode::PinLocked => CKR_PIN_LOCKED,
+        // The agent's own PIN prompt (a NULL-PIN `C_Login`) was cancelled.
+        ErrorCode::Cancelled => CKR_FUNCTION_CANCELED,
         ErrorCode::NotFound => CKR_OBJECT_HANDLE_INVALID,
         ErrorCode::WrongKey | ErrorCode::KeyInactive | ErrorCode::NotExportable => {
             CKR_KEY_FUNCTION_NOT_PERMITTED
@@ -414,36 +417,6 @@ pub fn mechanism_info(t: CK_MECHANISM_TYPE) -> R<CK_MECHANISM_INFO> {
 
 fn uuid_bytes(id: &str) -> Vec<u8> {
     uuid::Uuid::parse_str(id).map_or_else(|_| id.as_bytes().to_vec(), |u| u.as_bytes().to_vec())
-}
-
-fn template_get(t: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)], a: CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
-    t.iter()
-        .rev()
-        .find(|(k, _)| *k == a)
-        .map(|(_, v)| v.as_slice())
-}
-
-fn template_bool(t: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)], a: CK_ATTRIBUTE_TYPE) -> R<Option<bool>> {
-    template_get(t, a)
-        .map(|v| as_bool(v).ok_or(CKR_ATTRIBUTE_VALUE_INVALID))
-        .transpose()
-}
-
-fn template_label(t: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> R<Option<String>> {
-    template_get(t, CKA_LABEL)
-        .map(|v| String::from_utf8(v.to_vec()).map_err(|_| CKR_ATTRIBUTE_VALUE_INVALID))
-        .transpose()
-}
-
-/// The curve a key generation template's `CKA_EC_PARAMS` names.
-pub fn curve_of_params(p: &[u8]) -> R<Curve> {
-    if p == objects::P256_PARAMS || p == b"\x13\x0aprime256v1" {
-        Ok(Curve::P256)
-    } else if p == objects::ED25519_PARAMS || p == objects::ED25519_OID {
-        Ok(Curve::Ed25519)
-    } else {
-        Err(CKR_CURVE_NOT_SUPPORTED)
-    }
 }
 
 impl Module {
@@ -511,6 +484,9 @@ impl Module {
         let mut flags = CKF_USER_PIN_INITIALIZED | CKF_RNG | CKF_LOGIN_REQUIRED;
         if info.initialized {
             flags |= CKF_TOKEN_INITIALIZED;
+        }
+        if info.prompt {
+            flags |= CKF_PROTECTED_AUTHENTICATION_PATH;
         }
         let st = self.st();
         let rw = st.sessions.values().filter(|s| s.rw).count() as CK_ULONG;
@@ -598,7 +574,10 @@ impl Module {
 
     /// `C_Login(CKU_USER)` unlocks the agent (the agent counts wrong PINs). The security officer
     /// does not exist here: `CKR_USER_TYPE_INVALID`.
-    pub fn login(&self, h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> R<()> {
+    /// `C_Login`. A `None` PIN (NULL in C) asks the agent to prompt for it, which it offers
+    /// (`CKF_PROTECTED_AUTHENTICATION_PATH`) only with a pinentry configured; without one it is
+    /// `CKR_ARGUMENTS_BAD`, as the spec says for a token without a protected path.
+    pub fn login(&self, h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: Option<&[u8]>) -> R<()> {
         let already = {
             let mut st = self.st();
             st.session(h)?;
@@ -609,11 +588,20 @@ impl Module {
             CKU_CONTEXT_SPECIFIC => return Err(CKR_OPERATION_NOT_INITIALIZED),
             _ => return Err(CKR_USER_TYPE_INVALID),
         }
-        if already && !self.call::<op::RootInfo>(&wire::Empty {})?.locked {
+        let info = self.call::<op::RootInfo>(&wire::Empty {})?;
+        if already && !info.locked {
             return Err(CKR_USER_ALREADY_LOGGED_IN);
         }
-        let pin = std::str::from_utf8(pin).map_err(|_| CKR_PIN_INCORRECT)?;
-        self.call::<op::Unlock>(&wire::PinArgs { pin: Pin::new(pin) })?;
+        match pin {
+            Some(pin) => {
+                let pin = std::str::from_utf8(pin).map_err(|_| CKR_PIN_INCORRECT)?;
+                self.call::<op::Unlock>(&wire::PinArgs { pin: Pin::new(pin) })?;
+            }
+            None if info.prompt => {
+                self.call::<op::UnlockPrompt>(&wire::Empty {})?;
+            }
+            None => return Err(CKR_ARGUMENTS_BAD),
+        }
         self.st().logged_in = true;
         self.refresh()?;
         Ok(())
@@ -636,12 +624,40 @@ impl Module {
 
     // ---- objects ----------------------------------------------------------------------------
 
-    /// Read the agent's keypairs and DEKs into objects, keeping every handle stable.
+    /// Every page of a list: `page(after)` fetches one; pages are followed by `next` to the
+    /// end (a page with a `next` and no keys would never end: CKR_DEVICE_ERROR).
+    fn all_pages(
+        &self,
+        mut page: impl FnMut(Option<String>) -> R<wire::KeyList>,
+    ) -> R<Vec<wire::KeyInfo>> {
+        let mut keys = Vec::new();
+        let mut after = None;
+        loop {
+            let p = page(after.take())?;
+            if p.next.is_some() && p.keys.is_empty() {
+                return Err(CKR_DEVICE_ERROR);
+            }
+            keys.extend(p.keys);
+            match p.next {
+                Some(n) => after = Some(n),
+                None => return Ok(keys),
+            }
+        }
+    }
+
+    /// Read the agent's keypairs and DEKs (every page of each) into objects, keeping every
+    /// handle stable.
     pub fn refresh(&self) -> R<()> {
-        let keypairs = self.call::<op::KeypairList>(&wire::Empty {})?.keys;
-        let deks = self
-            .call::<op::DekList>(&wire::DekListArgs::default())?
-            .keys;
+        let keypairs = self.all_pages(|after| {
+            self.call::<op::KeypairList>(&wire::ListArgs { limit: None, after })
+        })?;
+        let deks = self.all_pages(|after| {
+            self.call::<op::DekList>(&wire::DekListArgs {
+                kek: None,
+                limit: None,
+                after,
+            })
+        })?;
         let mut st = self.st();
         let mut fresh: Vec<(String, Half, Object)> = Vec::new();
         for k in keypairs.iter().filter(|k| k.state != "revoked") {
@@ -1182,20 +1198,10 @@ impl Module {
             return Err(CKR_MECHANISM_INVALID);
         }
         self.require_rw_user(h)?;
-        if let Some(len) = template_get(t, CKA_VALUE_LEN) {
-            if as_ulong(len) != Some(32) {
-                return Err(CKR_TEMPLATE_INCONSISTENT);
-            }
-        }
-        if template_bool(t, CKA_TOKEN)? == Some(false)
-            || template_bool(t, CKA_SENSITIVE)? == Some(false)
-            || template_bool(t, CKA_EXTRACTABLE)? == Some(true)
-        {
-            return Err(CKR_TEMPLATE_INCONSISTENT);
-        }
+        let label = template::secret_key_gen(t)?;
         let id = self
             .call::<op::DekCreate>(&wire::DekCreateArgs {
-                label: template_label(t)?,
+                label,
                 ..Default::default()
             })?
             .id;
@@ -1217,21 +1223,7 @@ impl Module {
             return Err(CKR_MECHANISM_INVALID);
         }
         self.require_rw_user(h)?;
-        let params = template_get(public, CKA_EC_PARAMS).ok_or(CKR_TEMPLATE_INCOMPLETE)?;
-        let curve = curve_of_params(params)?;
-        if (curve == Curve::Ed25519) != (kind == CKM_EC_EDWARDS_KEY_PAIR_GEN) {
-            return Err(CKR_TEMPLATE_INCONSISTENT);
-        }
-        if template_bool(private, CKA_TOKEN)? == Some(false)
-            || template_bool(private, CKA_SENSITIVE)? == Some(false)
-            || template_bool(private, CKA_EXTRACTABLE)? == Some(true)
-        {
-            return Err(CKR_TEMPLATE_INCONSISTENT);
-        }
-        let label = match template_label(private)? {
-            Some(l) => Some(l),
-            None => template_label(public)?,
-        };
+        let (curve, label) = template::key_pair_gen(kind, public, private)?;
         let id = self
             .call::<op::KeypairCreate>(&wire::KeypairCreateArgs {
                 label,
@@ -1283,18 +1275,7 @@ impl Module {
             }
             o.key_id.clone()
         };
-        if template_bool(t, CKA_TOKEN)? == Some(true) {
-            return Err(CKR_TEMPLATE_INCONSISTENT);
-        }
-        let len = match template_get(t, CKA_VALUE_LEN) {
-            Some(v) => match as_ulong(v) {
-                Some(n @ 1..=32) => n as usize,
-                _ => return Err(CKR_ATTRIBUTE_VALUE_INVALID),
-            },
-            None => 32,
-        };
-        let sensitive = template_bool(t, CKA_SENSITIVE)?.unwrap_or(true)
-            || template_bool(t, CKA_EXTRACTABLE)? == Some(false);
+        let d = template::derived_secret(t)?;
         let secret = self
             .call::<op::KeypairEcdh>(&wire::EcdhArgs {
                 key,
@@ -1302,16 +1283,16 @@ impl Module {
             })?
             .secret;
         let mut value = Zeroizing::new(secret.expose().to_vec());
-        value.truncate(len);
+        value.truncate(d.len);
         let o = Object {
             kind: Kind::Derived {
                 value,
-                sensitive,
+                sensitive: d.sensitive,
                 session: h,
             },
             key_id: String::new(),
             ck_id: Vec::new(),
-            label: template_label(t)?.unwrap_or_default(),
+            label: d.label,
             public: Vec::new(),
             on_token: false,
         };

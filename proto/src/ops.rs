@@ -157,12 +157,41 @@ pub struct DekCreateArgs {
     pub label: Option<String>,
 }
 
+/// The most keys one page of a list may be asked for (`limit`).
+pub const MAX_PAGE: u32 = 1000;
+
+/// The most bytes of encoded [`KeyInfo`]s one page carries: the agent ends a page early (with a
+/// `next` cursor) rather than pass it, so an answer stays under [`crate::MAX_FRAME`] whatever the
+/// records hold. The rest of the frame (64 KiB) is for the envelope: the response's id, the
+/// `keys` array head and the `next` cursor need well under 100 bytes.
+pub const PAGE_BYTES: usize = crate::MAX_FRAME - 64 * 1024;
+
+/// Paging arguments of `kek.list`, `keypair.list` and `node.list` (`dek.list` has the same two
+/// fields beside `kek`). Both are optional: a request without `limit` gets a page filled up to
+/// [`PAGE_BYTES`], which holds every key of any list that fit in one frame before lists paged.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListArgs {
+    /// At most this many keys (1 to [`MAX_PAGE`]); a page may hold fewer and still have a `next`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// The `next` cursor of the previous page (opaque); absent: the first page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
 /// `dek.list` arguments.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DekListArgs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kek: Option<String>,
+    /// As [`ListArgs::limit`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// As [`ListArgs::after`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 /// `keypair.cert.set` arguments: an X.509 certificate (DER) for a keypair, whose public key must
@@ -250,10 +279,14 @@ pub struct KeypairSshArgs {
     pub mode: SshMode,
 }
 
-/// `kek.list` and `dek.list` result.
+/// `kek.list`, `dek.list`, `keypair.list` and `node.list` result: one page, in the order keys
+/// were created (then by id).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyList {
     pub keys: Vec<KeyInfo>,
+    /// The cursor for the next page (`after`); absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// `dek.export` result: the plaintext DEK, for client-side encryption.
@@ -516,6 +549,10 @@ pub struct RootInfoResult {
     pub id: Option<String>,
     pub initialized: bool,
     pub locked: bool,
+    /// The agent asks for the PIN itself (`[prompt] pinentry`): `unlock.prompt` works, and the
+    /// PKCS#11 module offers a protected authentication path.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prompt: bool,
 }
 
 /// `sign.digest` arguments: ECDSA P-256 over a digest the caller computed (PKCS#11 `CKM_ECDSA`).

@@ -4,7 +4,7 @@
 //! From the one table [`operations!`] generates:
 //! - [`Op`], [`Op::ALL`], [`Op::name`], [`Op::from_name`] and [`Op::access`];
 //! - a marker type per operation in [`op`] implementing [`Operation`], so that a client call is
-//!   typed end to end (`client.call::<op::KekList>(&Empty {})` returns a [`KeyList`]);
+//!   typed end to end (`client.call::<op::KekList>(&ListArgs::default())` returns a [`KeyList`]);
 //! - the [`Handler`] trait with one method per operation, and [`dispatch`], which decodes a
 //!   request's arguments, checks access, calls the method and encodes the result. `dispatch`
 //!   matches every `Op` with no catch-all, and `Handler` has no default methods: an operation
@@ -162,7 +162,7 @@ operations! {
     /// Forget the PIN and destroy every unwrapped key.
     Lock, lock, "lock": Empty => LockState, Always;
     KekCreate, kek_create, "kek.create": KekCreateArgs => Created, Unlocked;
-    KekList, kek_list, "kek.list": Empty => KeyList, Always;
+    KekList, kek_list, "kek.list": ListArgs => KeyList, Always;
     DekCreate, dek_create, "dek.create": DekCreateArgs => Created, Unlocked;
     DekList, dek_list, "dek.list": DekListArgs => KeyList, Always;
     /// The plaintext of a DEK created exportable.
@@ -174,7 +174,7 @@ operations! {
     /// Unwrap a data key `datakey.create` made.
     DatakeyOpen, datakey_open, "datakey.open": DatakeyOpenArgs => OpenedDataKey, Unlocked;
     KeypairCreate, keypair_create, "keypair.create": KeypairCreateArgs => Created, Unlocked;
-    KeypairList, keypair_list, "keypair.list": Empty => KeyList, Always;
+    KeypairList, keypair_list, "keypair.list": ListArgs => KeyList, Always;
     KeypairShow, keypair_show, "keypair.show": IdArgs => KeyInfo, Always;
     KeypairDelete, keypair_delete, "keypair.delete": IdArgs => Deleted, Unlocked;
     /// Set or remove a keypair's X.509 certificate.
@@ -186,13 +186,16 @@ operations! {
     NodeDerive, node_derive, "node.derive": NodeDeriveArgs => Created, Unlocked;
     NodeRekey, node_rekey, "node.rekey": NodeRekeyArgs => Created, Unlocked;
     NodeRevoke, node_revoke, "node.revoke": NodeRevokeArgs => Created, Unlocked;
-    NodeList, node_list, "node.list": Empty => KeyList, Always;
+    NodeList, node_list, "node.list": ListArgs => KeyList, Always;
     NodeChain, node_chain, "node.chain": NodeChainArgs => ChainResult, Always;
     Seal, seal, "seal": SealArgs => SealedResult, Unlocked;
     Open, open, "open": OpenArgs => OpenedMessage, Unlocked;
     // For the PKCS#11 module (ARCHITECTURE.md, "The PKCS#11 door").
     /// The root's id (the module's token serial) and the lock state.
     RootInfo, root_info, "root.info": Empty => RootInfoResult, Always;
+    /// Unlock with a PIN the agent asks for through its pinentry (`C_Login` with a NULL PIN);
+    /// `prompt_unavailable` when it has none configured.
+    UnlockPrompt, unlock_prompt, "unlock.prompt": Empty => LockState, Always;
     /// ECDSA P-256 over a caller's digest: raw r‖s.
     SignDigest, sign_digest, "sign.digest": SignDigestArgs => SignatureResult, Unlocked;
     /// Raw AES-256-GCM under a DEK (caller IV, AAD, tag length).

@@ -77,7 +77,17 @@ fn every_request_validates() {
                 },
             ),
         ),
-        (Op::KekList, req(Op::KekList, &Empty {})),
+        (Op::KekList, req(Op::KekList, &ListArgs::default())),
+        (
+            Op::KekList,
+            req(
+                Op::KekList,
+                &ListArgs {
+                    limit: Some(MAX_PAGE),
+                    after: Some("01000000006920b3c01f6b1a2c3d4e4f5061728394a5b6c7d8".into()),
+                },
+            ),
+        ),
         (Op::DekCreate, req(Op::DekCreate, &DekCreateArgs::default())),
         (
             Op::DekCreate,
@@ -92,6 +102,17 @@ fn every_request_validates() {
             ),
         ),
         (Op::DekList, req(Op::DekList, &DekListArgs::default())),
+        (
+            Op::DekList,
+            req(
+                Op::DekList,
+                &DekListArgs {
+                    kek: Some(ID.into()),
+                    limit: Some(1),
+                    after: Some("cursor".into()),
+                },
+            ),
+        ),
         (Op::DekExport, req(Op::DekExport, &IdArgs { id: ID.into() })),
         (
             Op::Encrypt,
@@ -126,7 +147,17 @@ fn every_request_validates() {
                 },
             ),
         ),
-        (Op::KeypairList, req(Op::KeypairList, &Empty {})),
+        (Op::KeypairList, req(Op::KeypairList, &ListArgs::default())),
+        (
+            Op::KeypairList,
+            req(
+                Op::KeypairList,
+                &ListArgs {
+                    limit: Some(10),
+                    after: None,
+                },
+            ),
+        ),
         (
             Op::KeypairImport,
             req(
@@ -231,7 +262,17 @@ fn every_request_validates() {
                 },
             ),
         ),
-        (Op::NodeList, req(Op::NodeList, &Empty {})),
+        (Op::NodeList, req(Op::NodeList, &ListArgs::default())),
+        (
+            Op::NodeList,
+            req(
+                Op::NodeList,
+                &ListArgs {
+                    limit: None,
+                    after: Some("cursor".into()),
+                },
+            ),
+        ),
         (
             Op::NodeChain,
             req(
@@ -264,6 +305,7 @@ fn every_request_validates() {
         ),
         // The PKCS#11 module's operations.
         (Op::RootInfo, req(Op::RootInfo, &Empty {})),
+        (Op::UnlockPrompt, req(Op::UnlockPrompt, &Empty {})),
         (
             Op::SignDigest,
             req(
@@ -428,6 +470,14 @@ fn every_response_validates() {
                     k.rotated = Some(1_763_700_100);
                     k
                 }],
+                next: None,
+            },
+        ),
+        Response::ok(
+            1,
+            &KeyList {
+                keys: vec![key_info()],
+                next: Some("01000000006920b3c01f6b1a2c3d4e4f5061728394a5b6c7d8".into()),
             },
         ),
         Response::ok(
@@ -532,6 +582,7 @@ fn every_response_validates() {
                 id: Some(ID.into()),
                 initialized: true,
                 locked: false,
+                prompt: true,
             },
         ),
         Response::ok(
@@ -633,4 +684,12 @@ fn messages_that_break_the_spec_are_rejected() {
     )
     .unwrap();
     assert!(validate(&r.to_cbor().unwrap()).is_err());
+    // A page limit of 0 or above MAX_PAGE.
+    for limit in [0, MAX_PAGE + 1] {
+        let list = ListArgs {
+            limit: Some(limit),
+            after: None,
+        };
+        assert!(validate(&req(Op::KekList, &list)).is_err(), "limit {limit}");
+    }
 }

@@ -1,6 +1,8 @@
 //! End-to-end tests: one test binary (so every test runs in parallel), one module per area.
 //! Each test gets its own token, keystore and agent (`keyward_tests::TestEnv`).
 
+#[path = "e2e/backup.rs"]
+mod backup;
 #[path = "e2e/cli.rs"]
 mod cli;
 #[path = "e2e/client_safety.rs"]
@@ -19,6 +21,8 @@ mod keys;
 mod lifecycle;
 #[path = "e2e/limits.rs"]
 mod limits;
+#[path = "e2e/paging.rs"]
+mod paging;
 #[path = "e2e/peers.rs"]
 mod peers;
 #[path = "e2e/pin.rs"]

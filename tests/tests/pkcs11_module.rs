@@ -19,6 +19,7 @@ keyward_tests::keyward_e2e_tests!(
     openssl_engine_signs,
     certificate_in_nss_and_pkcs11_tool,
     revoked_keys_leave_the_module,
+    the_module_lists_every_page_of_keys,
 );
 
 fn openssh_lists_keys(env: &mut TestEnv) {
@@ -581,4 +582,147 @@ fn certificate_in_nss_and_pkcs11_tool(env: &mut TestEnv) {
     ]);
     let out = run_ok(c);
     assert!(out.contains("Keyward:p11-ecdsa"), "{out}");
+}
+
+/// More DEKs than one page of `dek.list` holds (a page stops at 960 KiB, ~5,000 DEKs): the
+/// module follows `next`, so every DEK, the last one created included, is an object.
+fn the_module_lists_every_page_of_keys(env: &mut TestEnv) {
+    use keyward_tests::keyward_proto::ops::{DekCreateArgs, DekListArgs};
+    use std::sync::Arc;
+    const N: usize = 6_000;
+    ensure_programs();
+    let keys = init_for_module(env);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for who in 0..8 {
+            let c = Arc::new(env.async_client().await);
+            tasks.spawn(async move {
+                let mut inflight = tokio::task::JoinSet::new();
+                for i in 0..N / 8 {
+                    if inflight.len() >= 32 {
+                        inflight.join_next().await.unwrap().unwrap();
+                    }
+                    let c = c.clone();
+                    inflight.spawn(async move {
+                        c.dek_create(&DekCreateArgs::default())
+                            .await
+                            .unwrap_or_else(|e| panic!("client {who} dek {i}: {e}"));
+                    });
+                }
+                while let Some(r) = inflight.join_next().await {
+                    r.unwrap();
+                }
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+    });
+    let c = env.client();
+    let a = DekCreateArgs {
+        label: Some("the-last-dek".into()),
+        ..Default::default()
+    };
+    let last = c.run(|c| c.dek_create(&a)).unwrap().id;
+    // The module's own request (no limit) gets more than one page.
+    let first = c.run(|c| c.dek_list_page(DekListArgs::default())).unwrap();
+    assert!(
+        first.next.is_some(),
+        "{} DEKs fit one page",
+        first.keys.len()
+    );
+    assert!(!first.keys.iter().any(|k| k.id == last));
+    let mut tool = host(env, "pkcs11-tool");
+    tool.arg("--module").arg(module()).args([
+        "--login",
+        "--pin",
+        env.pin(),
+        "-O",
+        "--type",
+        "secrkey",
+    ]);
+    let o = run_ok(tool);
+    let objects = o.matches("Secret Key Object").count();
+    assert_eq!(objects, N + 2, "the first DEK, {N}, and the last");
+    assert!(o.contains(&ck_id(&last)) && o.contains("the-last-dek"));
+    assert!(o.contains(&ck_id(&keys.dek)));
+}
+
+/// With a pinentry configured, the module offers a protected authentication path: pkcs11-tool
+/// logs in without `--pin` (a NULL-PIN `C_Login`), and the agent asks through its pinentry; a
+/// cancelled prompt fails the login.
+#[test]
+fn pkcs11_tool_logs_in_through_the_agents_prompt() {
+    ensure_programs();
+    let mut env = TestEnv::start(keyward_tests::RootKind::Soft);
+    init_for_module(&env);
+    let dir = env.dir().to_path_buf();
+    let script = dir.join("fake-pinentry");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/bash
+echo "OK Pleased to meet you"
+while IFS= read -r line; do
+  printf '%s\n' "$line" >> {d}/pinentry.log
+  case "$line" in
+    GETPIN*) if [ -e {d}/cancel ]; then echo 'ERR 83886179 Operation cancelled <Pinentry>'; else echo 'D {pin}'; echo OK; fi ;;
+    BYE*) echo OK; exit 0 ;;
+    *) echo OK ;;
+  esac
+done
+"#,
+            d = dir.display(),
+            pin = env.pin()
+        ),
+    )
+    .unwrap();
+    keyward_tests::chmod(&script, 0o755);
+    let mut cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    cfg.push_str(&format!(
+        "\n[prompt]\npinentry = \"{}\"\ntimeout_s = 20\n",
+        script.display()
+    ));
+    std::fs::write(env.config_path(), cfg).unwrap();
+    env.restart();
+    assert!(env.client().hello_info().locked);
+    let m = module();
+    let tool = |args: &[&str]| {
+        let mut c = host(&env, "pkcs11-tool");
+        c.arg("--module").arg(&m).args(args);
+        c
+    };
+    let l = run_ok(tool(&["-L"]));
+    assert!(l.contains("PIN pad present"), "{l}");
+
+    // A cancelled prompt: the login fails, the agent stays locked.
+    std::fs::write(dir.join("cancel"), b"").unwrap();
+    let out = tool(&["--login", "-O"]).output().unwrap();
+    assert!(
+        !out.status.success(),
+        "logged in although the prompt was cancelled"
+    );
+    assert!(env.client().hello_info().locked);
+
+    std::fs::remove_file(dir.join("cancel")).unwrap();
+    let o = run_ok(tool(&["--login", "-O"]));
+    assert!(
+        o.contains("Private Key Object") && o.contains("p11-ecdsa"),
+        "{o}"
+    );
+    assert!(
+        !env.client().hello_info().locked,
+        "the prompt unlocked the agent"
+    );
+    let log = std::fs::read_to_string(dir.join("pinentry.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("SETDESC ") && l.contains("unlock.prompt")),
+        "{log}"
+    );
 }

@@ -13,7 +13,7 @@
 //! This module is compiled only for tests and the `testing` feature: it must never be part of
 //! keywardd, and never hold a key that matters.
 
-use super::memory_kek::{random_key, Guard, KekCell, MemoryKek};
+use super::memory_kek::{kek_bytes, random_key, ExportedKek, Guard, KekCell, MemoryKek};
 use super::{
     Kek, Root, RootError, RootInit, Scheme, StoredRoot, TokenKeypair, TokenKeypairs, Wrapped,
 };
@@ -231,6 +231,30 @@ impl Root for MemoryRoot {
         let kek = MemoryKek::with_guard(&key, self.guard());
         lock(&self.state).keks.push(kek.cell());
         Ok(Box::new(kek))
+    }
+
+    fn export_kek(&self, wrapped: &[u8]) -> Result<ExportedKek, RootError> {
+        const OP: &str = "export KEK";
+        let root = lock(&self.state).usable(OP)?;
+        let key = Zeroizing::new(
+            kwp(&root)
+                .unwrap_with_padding_vec(wrapped)
+                .map_err(|_| RootError::token(OP, "the KEK does not unwrap under this root"))?,
+        );
+        ExportedKek::take(key, OP)
+    }
+
+    fn import_kek(&self, kek: &[u8]) -> Result<Wrapped, RootError> {
+        const OP: &str = "import KEK";
+        let kek = kek_bytes(kek, OP)?;
+        let root = lock(&self.state).usable(OP)?;
+        let bytes = kwp(&root)
+            .wrap_with_padding_vec(kek.as_ref())
+            .map_err(|e| RootError::token(OP, format!("AES-KWP: {e}")))?;
+        Ok(Wrapped {
+            scheme: Scheme::AesKwp,
+            bytes,
+        })
     }
 
     fn token_keypairs(&self) -> Option<&dyn TokenKeypairs> {

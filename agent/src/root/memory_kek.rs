@@ -81,6 +81,56 @@ impl LockedKey {
     }
 }
 
+/// KEK material taken out of a root to be wrapped under another root (ARCHITECTURE.md, "Key
+/// lifecycle: when a KEK leaves the token"): 32 bytes on a page of their own, `mlock`ed where the
+/// limit allows, zeroized and unlocked when dropped. It has no `Clone` and its `Debug` shows no
+/// key; the only way to the bytes is [`ExportedKek::expose`], for the wrapping.
+pub struct ExportedKek(LockedKey);
+
+impl ExportedKek {
+    pub(crate) fn new(key: &[u8; 32]) -> ExportedKek {
+        ExportedKek(LockedKey::new(key))
+    }
+
+    /// Take token output (a `CKA_VALUE`, an unwrapped plaintext) into locked memory, zeroizing
+    /// the given copy; it must be 32 bytes.
+    pub(crate) fn take(
+        mut v: Zeroizing<Vec<u8>>,
+        op: &'static str,
+    ) -> Result<ExportedKek, RootError> {
+        let key: Result<&[u8; 32], _> = v.as_slice().try_into();
+        let out = match key {
+            Ok(k) => Ok(ExportedKek::new(k)),
+            Err(_) => Err(RootError::token(
+                op,
+                format!("the KEK is {} bytes, not 32", v.len()),
+            )),
+        };
+        v.zeroize();
+        out
+    }
+
+    /// The 32 key bytes, for wrapping them under another root.
+    pub fn expose(&self) -> &[u8] {
+        &self.0.buf[self.0.offset..self.0.offset + 32]
+    }
+}
+
+impl std::fmt::Debug for ExportedKek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExportedKek(32 bytes, not shown)")
+    }
+}
+
+/// The 32-byte KEK given to `import_kek`, or `Unsupported` naming `op`.
+pub(crate) fn kek_bytes(kek: &[u8], op: &'static str) -> Result<Zeroizing<[u8; 32]>, RootError> {
+    let k: &[u8; 32] = kek.try_into().map_err(|_| RootError::Unsupported {
+        op,
+        detail: format!("a KEK is 32 bytes, not {}", kek.len()),
+    })?;
+    Ok(Zeroizing::new(*k))
+}
+
 impl Drop for LockedKey {
     fn drop(&mut self) {
         self.buf.zeroize();

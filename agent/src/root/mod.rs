@@ -2,8 +2,11 @@
 //!
 //! A root wraps and unwraps KEKs; an opened KEK ([`Kek`]) wraps, unwraps and uses DEKs. A backend
 //! does this inside its hardware where it can: the PKCS#11 backend never lets KEK or non-exportable
-//! DEK material into agent memory. Backends must never create a root except from an explicit
-//! `init`, and never hold a PIN longer than they are unlocked.
+//! DEK material into agent memory, except a KEK through [`Root::export_kek`] for the moment it is
+//! wrapped under another root (ARCHITECTURE.md "Key lifecycle"). A root that is only a public key
+//! ([`PublicRoot`]) can still receive KEKs. Backends must never create a root except from an
+//! explicit `init`, and never hold a PIN longer than they are unlocked. `[root.env]` is applied
+//! once at start-up ([`env`]), never by a backend.
 //!
 //! Backends are built in one place, [`from_config`]; everything above this module (hierarchy,
 //! keypairs, sharing, nodes) sees only the [`Root`], [`Kek`] and optional [`TokenKeypairs`]
@@ -11,10 +14,12 @@
 //! the `testing` feature.
 
 pub mod ecdh;
+pub mod env;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
 pub(crate) mod memory_kek;
 pub mod pkcs11;
+mod public;
 mod scheme;
 pub mod soft;
 pub mod uri;
@@ -22,6 +27,8 @@ pub mod yubikey;
 
 #[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryRoot;
+pub use memory_kek::ExportedKek;
+pub use public::{KekTarget, PublicRoot};
 pub use scheme::{Scheme, UnknownScheme};
 
 use crate::config::{Pkcs11KeyType, RootConfig};
@@ -82,6 +89,11 @@ pub enum RootError {
     /// More than one device would fit and the configuration names none.
     #[error("{op}: {detail}")]
     Ambiguous { op: &'static str, detail: String },
+    /// The token's policy refuses to unwrap a KEK as extractable, which taking it to another
+    /// root needs (`export_kek`). The root still works for everything else, and can still
+    /// receive KEKs (`import_kek`).
+    #[error("{op}: the root {root} refuses to unwrap a KEK as extractable (its token's policy): run this from another enrolled root (a card, the recovery root), or enroll this root before KEKs exist")]
+    NotExtractable { op: &'static str, root: String },
 }
 
 /// What lies under an `Unavailable`, `Stale` or `Token` error: the library call that failed with
@@ -188,6 +200,7 @@ impl RootError {
             RootError::Unsupported { .. } => ErrorCode::InvalidArgs,
             RootError::Config(_) => ErrorCode::TokenError,
             RootError::Ambiguous { .. } => ErrorCode::Ambiguous,
+            RootError::NotExtractable { .. } => ErrorCode::NotExportable,
         }
     }
 }
@@ -283,6 +296,18 @@ pub trait Root: Send + Sync {
     fn generate_kek(&self) -> Result<Wrapped, RootError>;
     /// Unwrap a KEK for use (inside the token where possible).
     fn open_kek(&self, wrapped: &[u8]) -> Result<Box<dyn Kek>, RootError>;
+    /// The plaintext of a KEK wrapped under this root, to wrap it under another root: only for
+    /// the administrative operations of ARCHITECTURE.md "Key lifecycle: when a KEK leaves the
+    /// token" (root add, kek rotate, root rotate, recovery, device approve), never for a key
+    /// operation. Token roots unwrap a second, extractable copy into a session object, read it
+    /// and destroy the object on every path; a token whose policy refuses that answers
+    /// [`RootError::NotExtractable`]. Needs the root unlocked.
+    fn export_kek(&self, wrapped: &[u8]) -> Result<ExportedKek, RootError>;
+    /// Wrap KEK material made elsewhere (32 bytes, from another root's [`Root::export_kek`])
+    /// under this root: exactly the wrapped form this root's `open_kek` accepts. `ecdh-p256`
+    /// roots need only their public key (no PIN once the key is known; see [`PublicRoot`] for
+    /// a root that is nothing but a public key).
+    fn import_kek(&self, kek: &[u8]) -> Result<Wrapped, RootError>;
     /// Keypairs whose private key stays on the root's token (`keypair create --on-token`), for
     /// backends that keep them; `None` (the default) for the others.
     fn token_keypairs(&self) -> Option<&dyn TokenKeypairs> {

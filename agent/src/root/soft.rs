@@ -11,7 +11,7 @@
 //! `MemoryKek`, see `memory_kek.rs`): this backend
 //! exists for machines without hardware. It must never store the passphrase or the MEK.
 
-use super::memory_kek::{random_key, MemoryKek};
+use super::memory_kek::{kek_bytes, random_key, ExportedKek, MemoryKek};
 use super::{Kek, Root, RootError, RootInit, Scheme, StoredRoot, Wrapped};
 use keyward_envelope::{aes256gcm, pbkdf2, EncryptedData, Serialized};
 use keyward_proto::secret::Pin;
@@ -139,37 +139,56 @@ impl Root for SoftRoot {
     }
 
     fn generate_kek(&self) -> Result<Wrapped, RootError> {
-        const OP: &str = "generate KEK";
-        let (mek, artefacts) = self.mek(OP)?;
-        let kek = random_key();
+        self.wrap_kek(&random_key(), "generate KEK")
+    }
+
+    fn open_kek(&self, wrapped: &[u8]) -> Result<Box<dyn Kek>, RootError> {
+        let key = self.unwrap_kek(wrapped, "unwrap KEK")?;
+        Ok(Box::new(MemoryKek::new(&key)))
+    }
+
+    fn export_kek(&self, wrapped: &[u8]) -> Result<ExportedKek, RootError> {
+        let key = self.unwrap_kek(wrapped, "export KEK")?;
+        Ok(ExportedKek::new(&key))
+    }
+
+    fn import_kek(&self, kek: &[u8]) -> Result<Wrapped, RootError> {
+        const OP: &str = "import KEK";
+        self.wrap_kek(&kek_bytes(kek, OP)?, OP)
+    }
+}
+
+impl SoftRoot {
+    /// A KEK as the soft root stores it: a Cryppo `Aes256Gcm` string under the MEK carrying the
+    /// derivation artefacts.
+    fn wrap_kek(&self, kek: &Key, op: &'static str) -> Result<Wrapped, RootError> {
+        let (mek, artefacts) = self.mek(op)?;
         let data = aes256gcm::encrypt_data(&mek, kek.as_ref(), KEK_AD)
-            .map_err(env_err(OP, "aes256gcm::encrypt_data"))?;
+            .map_err(env_err(op, "aes256gcm::encrypt_data"))?;
         let with_derivation = EncryptedData::new(
             data.strategy(),
             data.ciphertext().to_vec(),
             data.artefacts().clone(),
             Some(artefacts),
         )
-        .map_err(env_err(OP, "EncryptedData::new"))?;
+        .map_err(env_err(op, "EncryptedData::new"))?;
         Ok(Wrapped {
             scheme: Scheme::Pbkdf2,
             bytes: with_derivation.to_string().into_bytes(),
         })
     }
 
-    fn open_kek(&self, wrapped: &[u8]) -> Result<Box<dyn Kek>, RootError> {
-        const OP: &str = "unwrap KEK";
-        let (mek, _) = self.mek(OP)?;
+    fn unwrap_kek(&self, wrapped: &[u8], op: &'static str) -> Result<Key, RootError> {
+        let (mek, _) = self.mek(op)?;
         let text = std::str::from_utf8(wrapped)
-            .map_err(|_| RootError::token(OP, "the wrapped KEK is not a Cryppo string"))?;
-        let pt = aes256gcm::decrypt_with_key(text, &mek)
-            .map_err(|_| RootError::DecryptFailed { op: OP })?;
+            .map_err(|_| RootError::token(op, "the wrapped KEK is not a Cryppo string"))?;
+        let pt =
+            aes256gcm::decrypt_with_key(text, &mek).map_err(|_| RootError::DecryptFailed { op })?;
         let key: [u8; 32] = pt
             .as_slice()
             .try_into()
-            .map_err(|_| RootError::token(OP, "the unwrapped KEK is not 32 bytes"))?;
-        let key = Zeroizing::new(key);
-        Ok(Box::new(MemoryKek::new(&key)))
+            .map_err(|_| RootError::token(op, "the unwrapped KEK is not 32 bytes"))?;
+        Ok(Zeroizing::new(key))
     }
 }
 

@@ -54,9 +54,21 @@ pub enum SshError {
 }
 
 /// The SSH door's settings (`[ssh]` in the config).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct SshSettings {
-    /// The confirmation program (`SSH_ASKPASS` protocol); else `$SSH_ASKPASS`, else
-    /// `ssh-askpass` on `PATH`.
+    /// The confirmation program (`SSH_ASKPASS` protocol), when `[ssh] askpass` names one: it
+    /// is used even when a pinentry is configured.
     pub askpass: Option<std::path::PathBuf>,
+    /// The agent's pinentry (`[prompt]`): without `[ssh] askpass`, confirmations are asked
+    /// through its `CONFIRM` dialog. Without either, `$SSH_ASKPASS`, else `ssh-askpass`.
+    pub pinentry: Option<std::sync::Arc<crate::prompt::Prompter>>,
+}
+
+impl std::fmt::Debug for SshSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshSettings")
+            .field("askpass", &self.askpass)
+            .field("pinentry", &self.pinentry.is_some())
+            .finish()
+    }
 }

@@ -184,7 +184,7 @@ impl SshAgent {
         }
         match req {
             Request::RequestIdentities => {
-                let list = self
+                let list: Vec<Identity> = self
                     .keys
                     .offered()?
                     .into_iter()
@@ -194,7 +194,7 @@ impl SshAgent {
                         comment: o.comment.clone(),
                     })
                     .collect();
-                Ok(Response::IdentitiesAnswer(list))
+                Ok(Response::IdentitiesAnswer(bounded_identities(list)))
             }
             Request::SignRequest(s) => {
                 let key = s.credential.key_data().clone();
@@ -362,7 +362,15 @@ impl SshAgent {
         let fp = id.public.fingerprint(HashAlg::Sha256).to_string();
         let who = confirm::describe_process(conn.peer_pid);
         let q = confirm::prompt(&id.comment, &fp, &who, destination);
-        match confirm::ask(self.settings.askpass.as_ref(), &q) {
+        let answer = match (&self.settings.askpass, &self.settings.pinentry) {
+            (None, Some(p)) => match p.confirm(&q) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(SshError::NotConfirmed("denied (pinentry)".into())),
+                Err(e) => Err(SshError::NotConfirmed(format!("pinentry: {e}"))),
+            },
+            (askpass, _) => confirm::ask(askpass.as_ref(), &q),
+        };
+        match answer {
             Ok(()) => {
                 tracing::info!(key = %fp, requester = %who, "ssh: use confirmed");
                 Ok(())
@@ -373,6 +381,38 @@ impl SshAgent {
             }
         }
     }
+}
+
+/// The most identities one answer lists: OpenSSH's clients refuse an answer with more
+/// (`MAX_AGENT_IDENTITIES` in authfd.c).
+pub const MAX_IDENTITIES: usize = 2048;
+
+/// The identities answer, bounded: the SSH agent protocol has no paging, so with more offered
+/// keys than fit, the answer lists the first ones (in keystore order: created, then id) up to
+/// [`MAX_IDENTITIES`] and up to one [`MAX_SSH_FRAME`](super::frame::MAX_SSH_FRAME) (less the
+/// message's 9-byte head), and the agent logs how many it left out. Every offered key still
+/// signs when a client names it (a client that has the public key file can use `-i`).
+pub fn bounded_identities(mut list: Vec<Identity>) -> Vec<Identity> {
+    let room = super::frame::MAX_SSH_FRAME - 9;
+    let mut used = 0usize;
+    let mut keep = 0usize;
+    for id in list.iter().take(MAX_IDENTITIES) {
+        let len = id.encoded_len().unwrap_or(usize::MAX);
+        if used.saturating_add(len) > room {
+            break;
+        }
+        used += len;
+        keep += 1;
+    }
+    if keep < list.len() {
+        tracing::warn!(
+            offered = list.len(),
+            listed = keep,
+            "SSH identities answer bounded: more keys are offered than one answer can list"
+        );
+        list.truncate(keep);
+    }
+    list
 }
 
 #[cfg(test)]
@@ -419,6 +459,41 @@ mod tests {
         q.extend_from_slice(b"query");
         out.push(q);
         out
+    }
+
+    fn identity(i: u32, comment_len: usize) -> Identity {
+        let mut raw = [0u8; 32];
+        raw[..4].copy_from_slice(&i.to_be_bytes());
+        Identity {
+            credential: PublicCredential::Key(KeyData::Ed25519(ssh_key::public::Ed25519PublicKey(
+                raw,
+            ))),
+            comment: "c".repeat(comment_len),
+        }
+    }
+
+    /// Many offered keys: the answer lists the first ones, at most MAX_IDENTITIES and never
+    /// more than one SSH frame; a few keys are listed whole and in order.
+    #[test]
+    fn the_identities_answer_is_bounded() {
+        let few: Vec<Identity> = (0..10).map(|i| identity(i, 10)).collect();
+        assert_eq!(bounded_identities(few.clone()), few);
+        let many: Vec<Identity> = (0..5000).map(|i| identity(i, 10)).collect();
+        let out = bounded_identities(many.clone());
+        assert_eq!(out.len(), MAX_IDENTITIES);
+        assert_eq!(out[..], many[..MAX_IDENTITIES]);
+        // Long comments (labels have no limit): bounded by bytes before the count.
+        let big: Vec<Identity> = (0..1000).map(|i| identity(i, 1024)).collect();
+        let out = bounded_identities(big);
+        assert!(out.len() < 1000 && !out.is_empty());
+        let answer = Response::IdentitiesAnswer(out);
+        let mut body = Vec::new();
+        answer.encode(&mut body).unwrap();
+        assert!(
+            body.len() <= crate::ssh::frame::MAX_SSH_FRAME,
+            "{}",
+            body.len()
+        );
     }
 
     /// A small fuzz run in the unit tests: mutated real messages never panic the parser or the

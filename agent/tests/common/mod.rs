@@ -59,8 +59,19 @@ pub fn require_softhsm() -> PathBuf {
     }
 }
 
-/// A SoftHSM directory with tokens `keyward` and `keyward-ec`, and the config
-/// `softhsm-setup.sh` wrote for the first.
+/// The tokens `softhsm-setup.sh --add-token` adds beside `keyward`, all in one SoftHSM config
+/// (SoftHSM finds tokens when it initializes, once per process: every token a test process uses
+/// exists before its first root is built).
+pub const EXTRA_TOKENS: [&str; 5] = [
+    "keyward-pair-aes",
+    "keyward-pair-ec",
+    "kw-first",
+    "kw-second",
+    "kw-dup",
+];
+
+/// A SoftHSM directory with tokens `keyward`, `keyward-ec` and [`EXTRA_TOKENS`], and the
+/// config `softhsm-setup.sh` wrote for the first.
 pub struct Tokens {
     _dir: tempfile::TempDir,
     pub path: PathBuf,
@@ -78,6 +89,7 @@ pub fn tokens() -> &'static Tokens {
             .arg(repo_root().join("softhsm-setup.sh"))
             .arg("--dir")
             .arg(&path)
+            .args(EXTRA_TOKENS.iter().flat_map(|t| ["--add-token", t]))
             .env("KEYWARD_DEV_PIN", PIN)
             .env("KEYWARD_DEV_SO_PIN", "conformance-so-1234")
             .stdin(Stdio::null())
@@ -112,7 +124,10 @@ pub fn tokens() -> &'static Tokens {
 }
 
 fn parse(t: &Tokens, text: &str) -> Config {
-    Config::parse(text, &t.path.join("keyward.toml")).expect("parse the test config")
+    let c = Config::parse(text, &t.path.join("keyward.toml")).expect("parse the test config");
+    // What keywardd does at start-up; every test config of this process has the same env.
+    keyward_agent::root::env::apply_at_startup(&c.root_env().expect("root env"));
+    c
 }
 
 /// An AES root on token `keyward`.
@@ -136,6 +151,50 @@ pub fn pkcs11_ec_config() -> Config {
         )
         .replacen("token=keyward;", "token=keyward-ec;", 1);
     parse(t, &text)
+}
+
+/// A root on token `token` of the test SoftHSM config (`ec`: a P-256 root), with `object` as
+/// the URI's object attributes (`object=keyward-root`, `object=x;id=%01`, ...).
+pub fn pkcs11_config_on(token: &str, object: &str, ec: bool) -> Config {
+    let t = tokens();
+    let old = "token=keyward;object=keyward-root";
+    assert!(t.config_text.contains(old), "{}", t.config_text);
+    let uri_part = if token.is_empty() {
+        object.to_string()
+    } else {
+        format!("token={token};{object}")
+    };
+    let mut text = t.config_text.replacen(old, &uri_part, 1);
+    if ec {
+        text = text.replacen(
+            "kind = \"pkcs11\"\n",
+            "kind = \"pkcs11\"\nkey_type = \"ec\"\n",
+            1,
+        );
+    }
+    parse(t, &text)
+}
+
+/// The directory of token `label` under the SoftHSM token directory (the one whose
+/// `token.object` names it; labels must not be prefixes of each other's).
+pub fn token_dir(label: &str) -> PathBuf {
+    let dir = tokens().path.join("tokens");
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(&dir)
+        .expect("read the token directory")
+        .flatten()
+    {
+        let obj = std::fs::read(e.path().join("token.object")).unwrap_or_default();
+        if obj.windows(label.len()).any(|w| w == label.as_bytes()) {
+            found.push(e.path());
+        }
+    }
+    assert_eq!(
+        found.len(),
+        1,
+        "token directories naming `{label}`: {found:?}"
+    );
+    found.remove(0)
 }
 
 /// Run `vcard-setup.sh ARGS` (with `--dir $KEYWARD_VCARD_DIR` when set).

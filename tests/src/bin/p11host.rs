@@ -158,6 +158,16 @@ fn all(module: &str, pin: &str) -> Res {
         rv(s.login(UserType::So, Some(&pin_ok))) == Some(RvError::UserTypeInvalid),
         "SO login refused: CKR_USER_TYPE_INVALID",
     )?;
+    // This agent has no PIN prompt: no protected authentication path, and a NULL PIN is refused.
+    let token = p.get_token_info(slot).map_err(e("token info"))?;
+    check(
+        !token.protected_authentication_path(),
+        "no CKF_PROTECTED_AUTHENTICATION_PATH without a prompt",
+    )?;
+    check(
+        rv(s.login(UserType::User, None)) == Some(RvError::ArgumentsBad),
+        "NULL PIN without a prompt: CKR_ARGUMENTS_BAD",
+    )?;
     check(
         rv(s.login(
             UserType::User,

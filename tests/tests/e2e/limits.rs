@@ -103,6 +103,12 @@ fn connections_over_the_cap_get_busy() {
     c.run(|c| c.status()).expect("status after a slot freed");
     drop(c);
     drop(held);
+    // The agent frees a slot when it sees the close, a moment after the drop: wait for one
+    // before the intact check connects (it failed once under load without this).
+    drop(keyward_tests::wait_for(
+        "a slot after the held connections closed",
+        || keyward_tests::keyward_client::BlockingClient::connect(env.socket_path()).ok(),
+    ));
     env.assert_intact(&keys);
 }
 

@@ -269,3 +269,78 @@ fn revoked_keypairs_and_keypairs_under_a_revoked_kek_are_not_offered() {
         0
     );
 }
+
+#[test]
+fn confirmation_goes_through_pinentry_confirm_when_a_prompt_is_configured() {
+    let mut env = TestEnv::start(RootKind::Pkcs11);
+    init_with_kek(&env);
+    let k = ssh_keypair(&env, &[], "pinentry-confirm");
+    env.cli_ok(
+        &["keypair", "ssh", k["id"].as_str().unwrap(), "--confirm"],
+        None,
+    );
+    let dir = env.dir().to_path_buf();
+    // A fake Assuan pinentry: logs every command, answers CONFIRM from the file `answer`
+    // (`OK` is yes; pinentry's cancel error is no).
+    let script = dir.join("fake-pinentry");
+    std::fs::write(
+        &script,
+        format!(
+            r#"#!/bin/bash
+echo "OK Pleased to meet you"
+while IFS= read -r line; do
+  printf '%s\n' "$line" >> {d}/pinentry.log
+  case "$line" in
+    CONFIRM*) if [ "$(cat {d}/answer)" = yes ]; then echo OK; else echo 'ERR 83886179 Operation cancelled <Pinentry>'; fi ;;
+    BYE*) echo OK; exit 0 ;;
+    *) echo OK ;;
+  esac
+done
+"#,
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    keyward_tests::chmod(&script, 0o755);
+    let mut cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    cfg.push_str(&format!(
+        "\n[prompt]\npinentry = \"{}\"\ntimeout_s = 20\n",
+        script.display()
+    ));
+    std::fs::write(env.config_path(), cfg).unwrap();
+    env.restart();
+    env.cli_ok(
+        &["unlock", "--pin-stdin"],
+        Some(format!("{}\n", env.pin()).as_bytes()),
+    );
+    std::fs::write(dir.join("answer"), "yes").unwrap();
+    git_sign_and_verify(&env, k["ssh"].as_str().unwrap(), "yes");
+    let log = std::fs::read_to_string(dir.join("pinentry.log")).unwrap();
+    let desc = log
+        .lines()
+        .find(|l| l.starts_with("SETDESC "))
+        .unwrap_or_else(|| panic!("no SETDESC in {log}"));
+    assert!(desc.contains("pinentry-confirm"), "names the key: {desc}");
+    assert!(desc.contains("ssh-keygen"), "names the process: {desc}");
+    assert!(log.lines().any(|l| l.starts_with("CONFIRM")), "{log}");
+
+    std::fs::write(dir.join("answer"), "no").unwrap();
+    std::fs::write(
+        dir.join("n.pub"),
+        format!("{}\n", k["ssh"].as_str().unwrap()),
+    )
+    .unwrap();
+    std::fs::write(dir.join("n.msg"), b"x").unwrap();
+    let out = run(
+        &env,
+        "ssh-keygen",
+        &["-Y", "sign", "-n", "git", "-f", "n.pub", "n.msg"],
+        None,
+    );
+    assert!(!out.status.success(), "signed although the user said no");
+    assert!(
+        env.log().contains("use not confirmed"),
+        "the denial is logged: {}",
+        env.log()
+    );
+}

@@ -3,23 +3,26 @@
 //! handles go stale.
 //!
 //! How sessions are kept follows what SoftHSM does (see ARCHITECTURE.md): one context per
-//! process, one login, an anchor session open for the process's life (closing the last session
-//! would log out and destroy every session object), KEK objects created in the anchor session,
-//! and a pool of worker sessions (a `Session` is `Send` but not `Sync`). When handles go stale,
-//! [`Connection::recover`] finalizes the library, initializes it again, logs in with the PIN held
-//! since unlock and finds the root again. This module knows nothing of the root's key type: the
-//! root types hand it the template that finds their root object. It must never create an object
-//! itself, and never keep the PIN after `lock`.
+//! module per process, shared by every root on it ([`super::module`]: sessions of a generation
+//! the module has left answer `Stale`), one login per token, an anchor session open for the
+//! connection's life (closing the last session would log out and destroy every session object),
+//! KEK objects created in the anchor session, and a pool of worker sessions (a `Session` is
+//! `Send` but not `Sync`). When handles go stale, [`Connection::recover`] re-initializes the
+//! module (unless another root already did), logs in with the PIN held since unlock and finds
+//! the root again. This module knows nothing of the root's key type: the root types hand it the
+//! template that finds their root object. It must never create an object itself, and never keep
+//! the PIN after `lock`.
 
 use super::error::{ck, logout_result};
+use super::module::{self, Inside, Module};
 use super::DEFAULT_ROOT_LABEL;
 use crate::root::uri::{encode, Pkcs11Uri};
 use crate::root::RootError;
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::context::Pkcs11;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::{Session, SessionState, UserType};
-use cryptoki::slot::Slot;
+use cryptoki::slot::{Slot, TokenInfo};
 use cryptoki::types::AuthPin;
 use keyward_proto::secret::Pin;
 use std::collections::BTreeMap;
@@ -36,42 +39,116 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// One loaded and initialized module with its anchor session and worker pool.
+/// The sessions of one connection on one generation of its module: the anchor session and
+/// the pool of worker sessions. Every call goes through [`Module::enter`] with the generation
+/// they were opened in, so after a re-initialization of the module (by this root or another on
+/// it) they answer `Stale` instead of reaching handles that now belong to someone else.
 pub(super) struct Sessions {
-    pub(super) ctx: Pkcs11,
+    module: Arc<Module>,
+    generation: u64,
     pub(super) slot: Slot,
-    /// Open for the process's life; login happens here and KEK objects are created here.
-    pub(super) anchor: Mutex<Session>,
+    /// Open for the connection's life; login happens here and KEK objects are created here.
+    /// `None` only inside `Drop`.
+    anchor: Mutex<Option<Session>>,
     pool: Mutex<Vec<Session>>,
     /// The root object, once unlocked.
     pub(super) root: Mutex<Option<ObjectHandle>>,
-    /// True once the module was finalized. Every call through a worker session holds this for
-    /// reading; [`Connection::disconnect`] takes it for writing before `C_Finalize`, so no call
-    /// is inside the library when it is finalized (SoftHSM crashed on that under load).
-    finalized: RwLock<bool>,
+}
+
+/// The anchor session, locked, with the module entered for the call.
+pub(super) struct Anchor<'a> {
+    // Dropped first: the session's lock, then the module's gate.
+    session: MutexGuard<'a, Option<Session>>,
+    _inside: Inside<'a>,
+}
+
+impl std::ops::Deref for Anchor<'_> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        match self.session.as_ref() {
+            Some(s) => s,
+            // The anchor is taken out only in `Drop for Sessions`, which has `&mut self`: no
+            // `Anchor` can exist then.
+            None => unreachable!("the anchor session is present until the sessions drop"),
+        }
+    }
+}
+
+impl Drop for Sessions {
+    fn drop(&mut self) {
+        let anchor = self
+            .anchor
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let pool = std::mem::take(self.pool.get_mut().unwrap_or_else(|p| p.into_inner()));
+        // Close the sessions only while their generation is current: after a re-initialization
+        // their handle numbers may name another root's sessions.
+        if let Ok(_inside) = self.module.enter(self.generation, "close sessions") {
+            for s in pool {
+                let _ = s.close();
+            }
+            if let Some(a) = anchor {
+                let _ = a.close();
+            }
+        }
+    }
 }
 
 impl Sessions {
+    /// Whether the module is still in the generation these sessions were opened in.
+    pub(super) fn is_current(&self) -> bool {
+        self.module.is_current(self.generation)
+    }
+
+    /// The anchor session for one call: `Stale` once the module was re-initialized.
+    pub(super) fn anchor(&self, op: &'static str) -> Result<Anchor<'_>, RootError> {
+        let inside = self.module.enter(self.generation, op)?;
+        Ok(Anchor {
+            session: lock(&self.anchor),
+            _inside: inside,
+        })
+    }
+
+    /// The token's information (label, serial, ...).
+    pub(super) fn token_info(&self, op: &'static str) -> Result<TokenInfo, RootError> {
+        let inside = self.module.enter(self.generation, op)?;
+        inside
+            .ctx()
+            .get_token_info(self.slot)
+            .map_err(ck(op, "C_GetTokenInfo"))
+    }
+
+    /// Close the worker sessions (after a logout: they are opened again on demand).
+    fn clear_pool(&self, op: &'static str) {
+        let pool = std::mem::take(&mut *lock(&self.pool));
+        if let Ok(_inside) = self.module.enter(self.generation, op) {
+            for s in pool {
+                let _ = s.close();
+            }
+        }
+    }
+
     /// Run `f` on a pooled worker session. A session that saw a stale-handle error is dropped.
     pub(super) fn with_session<T>(
         &self,
         op: &'static str,
         f: impl FnOnce(&Session) -> Result<T, RootError>,
     ) -> Result<T, RootError> {
-        let finalized = self.finalized.read().unwrap_or_else(|p| p.into_inner());
-        if *finalized {
-            return Err(RootError::stale(op, "the PKCS#11 module was finalized"));
-        }
+        let inside = self.module.enter(self.generation, op)?;
         let pooled = lock(&self.pool).pop();
         let session = match pooled {
             Some(s) => s,
-            None => self
-                .ctx
-                .open_rw_session(self.slot)
+            None => inside
+                .ctx()
+                .open_rw_session_no_drop(self.slot)
                 .map_err(ck(op, "C_OpenSession"))?,
         };
         let out = f(&session);
-        if !matches!(out, Err(RootError::Stale { .. })) {
+        if matches!(out, Err(RootError::Stale { .. })) {
+            // Its handle is no good; closing it could only fail.
+            drop(session);
+        } else {
             lock(&self.pool).push(session);
         }
         out
@@ -80,7 +157,9 @@ impl Sessions {
 
 /// The anchor session is logged in as the user and the root object answers.
 fn usable(s: &Sessions, root: ObjectHandle) -> bool {
-    let anchor = lock(&s.anchor);
+    let Ok(anchor) = s.anchor("check the token session") else {
+        return false;
+    };
     anchor
         .get_session_info()
         .is_ok_and(|i| matches!(i.session_state(), SessionState::RwUser))
@@ -149,6 +228,8 @@ pub(super) fn read_value(
 }
 
 /// The token a root lives on, shared by [`super::Pkcs11AesRoot`] and [`super::Pkcs11EcRoot`].
+/// Several connections (one per root) may share one module ([`module`]): each is one token or
+/// slot, told apart by the URI's `token=`, `serial=`, `slot-id=`.
 pub(super) struct Connection {
     module: String,
     uri: Pkcs11Uri,
@@ -163,7 +244,8 @@ pub(super) struct Connection {
 }
 
 impl Connection {
-    /// Parse the URI, set `env`, load the module and look for the token. A missing token is not
+    /// Parse the URI, check that `env` is the process's (it is applied once, at start-up:
+    /// [`crate::root::env`]), load the module and look for the token. A missing token is not
     /// fatal: operations report `token_unavailable` and connect once it is there.
     pub(super) fn new(uri: &str, env: &BTreeMap<String, String>) -> Result<Self, RootError> {
         let uri = Pkcs11Uri::parse(uri).map_err(|e| RootError::Config(e.to_string()))?;
@@ -175,10 +257,7 @@ impl Connection {
                     "the PKCS#11 URI names no module (add ?module-path=/path/to/module.so)".into(),
                 )
             })?;
-        for (k, v) in env {
-            // Start-up, before any thread that could read the environment exists.
-            std::env::set_var(k, v);
-        }
+        crate::root::env::check_applied(env)?;
         let label = uri.object().unwrap_or_else(|| DEFAULT_ROOT_LABEL.into());
         let conn = Connection {
             module,
@@ -202,75 +281,129 @@ impl Connection {
         &self.label
     }
 
+    /// Open the anchor session on the token, initializing the shared module if it is not.
     fn connect(&self, op: &'static str) -> Result<Sessions, RootError> {
-        let ctx = Pkcs11::new(&self.module)
-            .map_err(|e| RootError::unavailable(op, format!("loading {}: {e}", self.module)))?;
-        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
-            Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(ck(op, "C_Initialize")(e)),
-        }
-        let slot = self.find_slot(&ctx, op)?;
-        let anchor = ctx.open_rw_session(slot).map_err(ck(op, "C_OpenSession"))?;
+        let m = module::module(&self.module, op)?;
+        let generation = m.initialize(op)?;
+        let inside = m.enter(generation, op)?;
+        let slot = self.find_slot(inside.ctx(), op)?;
+        let anchor = inside
+            .ctx()
+            .open_rw_session_no_drop(slot)
+            .map_err(ck(op, "C_OpenSession"))?;
+        drop(inside);
         Ok(Sessions {
-            ctx,
+            module: m,
+            generation,
             slot,
-            anchor: Mutex::new(anchor),
+            anchor: Mutex::new(Some(anchor)),
             pool: Mutex::new(Vec::new()),
             root: Mutex::new(None),
-            finalized: RwLock::new(false),
         })
     }
 
+    /// The one slot whose token the URI names (`slot-id`, `token`, `serial`, `manufacturer`,
+    /// `model`). Several matching tokens are `Ambiguous`, naming what tells them apart.
     fn find_slot(&self, ctx: &Pkcs11, op: &'static str) -> Result<Slot, RootError> {
         let want = |field: Option<String>, have: &str| field.is_none_or(|w| w == have.trim_end());
-        for slot in ctx
-            .get_slots_with_initialized_token()
-            .map_err(ck(op, "C_GetSlotList"))?
-        {
+        let mut found = Vec::new();
+        // Every slot, and each token's information on its own: a token that fails (another
+        // root's, whose files are gone) must not hide this root's token. SoftHSM fails the
+        // whole C_GetSlotList(tokenPresent) then.
+        let mut failed = None;
+        for slot in ctx.get_all_slots().map_err(ck(op, "C_GetSlotList"))? {
             if self.uri.slot_id().is_some_and(|id| id != slot.id()) {
                 continue;
             }
-            let info = ctx.get_token_info(slot).map_err(ck(op, "C_GetTokenInfo"))?;
+            let info = match ctx.get_token_info(slot) {
+                Ok(i) => i,
+                Err(CkError::Pkcs11(RvError::TokenNotPresent, _)) => continue,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
+            if !info.token_initialized() {
+                continue;
+            }
             if want(self.uri.token(), info.label())
                 && want(self.uri.serial(), info.serial_number())
                 && want(self.uri.manufacturer(), info.manufacturer_id())
                 && want(self.uri.model(), info.model())
             {
-                return Ok(slot);
+                found.push((slot, info));
             }
         }
-        Err(RootError::unavailable(
-            op,
-            format!(
-                "no initialized token matches {}",
-                self.uri
-                    .token()
-                    .map_or("the URI".into(), |t| format!("token `{t}`"))
-            ),
-        ))
+        match found.len() {
+            1 => Ok(found.remove(0).0),
+            0 if failed.is_some() => Err(failed.map_or_else(
+                || RootError::unavailable(op, "no token"),
+                ck(op, "C_GetTokenInfo"),
+            )),
+            0 => Err(RootError::unavailable(
+                op,
+                format!(
+                    "no initialized token matches {}",
+                    self.uri
+                        .token()
+                        .map_or("the URI".into(), |t| format!("token `{t}`"))
+                ),
+            )),
+            n => Err(RootError::Ambiguous {
+                op,
+                detail: format!(
+                    "{n} tokens match the root's URI ({}): add `token=`, `serial=` or `slot-id=` \
+                     to the URI to name one",
+                    found
+                        .iter()
+                        .map(|(slot, i)| format!(
+                            "slot-id={} token={} serial={}",
+                            slot.id(),
+                            i.label().trim_end(),
+                            i.serial_number().trim_end()
+                        ))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            }),
+        }
     }
 
-    /// The current sessions, connecting if there are none.
+    /// The current sessions, connecting if there are none or if the module was re-initialized
+    /// since they were opened (by this root or another root on the module). New sessions have
+    /// no root handle: while the PIN is held, [`Connection::root_of`] answers `Stale` on them,
+    /// so the caller's recovery logs in again.
     pub(super) fn sessions(&self, op: &'static str) -> Result<Arc<Sessions>, RootError> {
         if let Some(c) = self.live.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            return Ok(c.clone());
+            if c.is_current() {
+                return Ok(c.clone());
+            }
         }
         let mut w = self.live.write().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = w.as_ref() {
-            return Ok(c.clone());
+            if c.is_current() {
+                return Ok(c.clone());
+            }
         }
+        // Sessions of an older generation are gone with it: forget them (never closed, see
+        // `Drop for Sessions`).
+        *w = None;
         let c = Arc::new(self.connect(op)?);
         *w = Some(c.clone());
         Ok(c)
     }
 
-    /// Drop the sessions and finalize the library, so the next use starts afresh.
+    /// Drop the sessions and finalize the module, so the next use starts afresh (also without
+    /// sessions: a module finds its tokens only when it initializes). Every other
+    /// connection on the module then finds its sessions of an older generation (`Stale`) and
+    /// logs in again on its next use. The module is finalized only if it is still in the
+    /// generation of these sessions: another root may have re-initialized it already.
     pub(super) fn disconnect(&self) {
         let old = self.live.write().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(sessions) = old {
-            // PKCS#11 leaves C_Finalize undefined while other threads are in calls, and SoftHSM
-            // can hang then: give requests still using these sessions a moment to let go (new
-            // ones get new sessions). Cached KEKs hold them too; callers empty that cache first.
+            // Give requests still using these sessions a moment to let go (new ones get new
+            // sessions). Cached KEKs hold them too; callers empty that cache first. The module's
+            // gate then waits for every call of every connection to leave the library.
             let deadline = Instant::now() + Duration::from_secs(2);
             while Arc::strong_count(&sessions) > 1 && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(2));
@@ -282,21 +415,14 @@ impl Connection {
                     "finalizing the PKCS#11 module while requests still hold its sessions"
                 );
             }
-            let ctx = sessions.ctx.clone();
-            {
-                // No call may be inside the library while it finalizes: wait for the anchor and
-                // for every worker call to finish, and mark the sessions finalized so that later
-                // holders (cached KEKs of in-flight requests) fail with stale handles and retry
-                // on new sessions instead of calling into a finalized module.
-                let _anchor = lock(&sessions.anchor);
-                let mut finalized = sessions
-                    .finalized
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner());
-                *finalized = true;
-                let _ = ctx.finalize();
-            }
+            sessions.module.finalize(sessions.generation);
             drop(sessions);
+        } else if let Some(m) = module::loaded(&self.module) {
+            // No sessions: the last connect failed (SoftHSM saw no such token at its
+            // C_Initialize, e.g. its files were gone). A module finds tokens only when it
+            // initializes, so start it afresh for the next try even though other roots on it
+            // then log in again.
+            m.finalize(m.generation());
         }
     }
 
@@ -315,10 +441,10 @@ impl Connection {
         pin: &Pin,
         op: &'static str,
     ) -> Result<(), RootError> {
-        let anchor = lock(&s.anchor);
+        let anchor = s.anchor(op)?;
         let _ = anchor.logout();
         *lock(&s.root) = None;
-        lock(&s.pool).clear();
+        s.clear_pool(op);
         anchor
             .login(user, Some(&AuthPin::from(pin.expose().to_string())))
             .map_err(ck(op, "C_Login"))
@@ -331,12 +457,14 @@ impl Connection {
         template: &[Attribute],
         op: &'static str,
     ) -> Result<Vec<ObjectHandle>, RootError> {
-        lock(&s.anchor)
+        s.anchor(op)?
             .find_objects(template)
             .map_err(ck(op, "C_FindObjects"))
     }
 
-    /// The one root object `template` finds.
+    /// The one root object `template` finds (the root types put the object's label, and its
+    /// CKA_ID when the URI has `id=`, in it). Several are `Ambiguous`, naming the labels and
+    /// ids that would tell them apart in the URI.
     pub(super) fn find_root(
         &self,
         s: &Sessions,
@@ -347,14 +475,37 @@ impl Connection {
         match found.as_slice() {
             [h] => Ok(*h),
             [] => Err(RootError::RootMissing { op }),
-            _ => Err(RootError::token(
-                op,
-                format!(
-                    "{} objects match the root's label `{}`",
-                    found.len(),
-                    self.label
-                ),
-            )),
+            _ => {
+                let anchor = s.anchor(op)?;
+                let names: Vec<String> = found
+                    .iter()
+                    .map(|h| {
+                        let attrs = anchor
+                            .get_attributes(*h, &[AttributeType::Label, AttributeType::Id])
+                            .unwrap_or_default();
+                        let mut label = String::new();
+                        let mut id = String::new();
+                        for a in attrs {
+                            match a {
+                                Attribute::Label(l) => label = encode(&l),
+                                Attribute::Id(i) => id = encode(&i),
+                                _ => {}
+                            }
+                        }
+                        format!("object={label};id={id}")
+                    })
+                    .collect();
+                let token = self.uri.token().unwrap_or_else(|| "(any)".into());
+                Err(RootError::Ambiguous {
+                    op,
+                    detail: format!(
+                        "{} root objects on token `{token}` match the URI ({}): add the `id=` \
+                         (and `object=`) of the one to use to the URI",
+                        found.len(),
+                        names.join(", ")
+                    ),
+                })
+            }
         }
     }
 
@@ -364,7 +515,7 @@ impl Connection {
             Some(id) => Ok(id.to_vec()),
             None => {
                 let mut id = vec![0u8; 16];
-                lock(&s.anchor)
+                s.anchor(op)?
                     .generate_random_slice(&mut id)
                     .map_err(ck(op, "C_GenerateRandom"))?;
                 Ok(id)
@@ -381,10 +532,7 @@ impl Connection {
         tail: &str,
         op: &'static str,
     ) -> Result<String, RootError> {
-        let info = s
-            .ctx
-            .get_token_info(s.slot)
-            .map_err(ck(op, "C_GetTokenInfo"))?;
+        let info = s.token_info(op)?;
         Ok(format!(
             "pkcs11:token={};serial={};object={};id={};{tail}",
             encode(info.label().trim_end().as_bytes()),
@@ -401,7 +549,8 @@ impl Connection {
     }
 
     /// Log in, find the root with `template`, run `found` (the root type's own checks), and
-    /// hold the PIN.
+    /// hold the PIN. When another root re-initializes the module meanwhile (the sessions turn
+    /// `Stale` because their generation is gone), start again on new sessions, a few times.
     fn unlock_once(
         &self,
         pin: &Pin,
@@ -409,12 +558,20 @@ impl Connection {
         template: &[Attribute],
         found: &dyn Fn(&Sessions, &'static str) -> Result<(), RootError>,
     ) -> Result<(), RootError> {
-        let s = self.sessions(op)?;
-        self.login(&s, pin, op)?;
-        let root = self.find_root(&s, template, op)?;
-        found(&s, op)?;
-        self.set_unlocked(&s, root, pin);
-        Ok(())
+        let mut tries = 0;
+        loop {
+            let s = self.sessions(op)?;
+            let out = self.login(&s, pin, op).and_then(|()| {
+                let root = self.find_root(&s, template, op)?;
+                found(&s, op)?;
+                self.set_unlocked(&s, root, pin);
+                Ok(())
+            });
+            match out {
+                Err(RootError::Stale { .. }) if !s.is_current() && tries < 3 => tries += 1,
+                other => return other,
+            }
+        }
     }
 
     /// `unlock`: check the PIN and find the root; never creates one.
@@ -429,7 +586,8 @@ impl Connection {
             // SoftHSM (and other file-backed modules) never heal in-process once their token
             // files were gone: only C_Finalize + C_Initialize does (ARCHITECTURE.md). So when
             // unlock fails for any reason but the PIN, start the module afresh and try once more.
-            // This never creates a root: a missing root stays `RootMissing`.
+            // This never creates a root: a missing root stays `RootMissing`. Other roots on the
+            // module see `Stale` once and log in again.
             Err(
                 e @ (RootError::Token { .. }
                 | RootError::Stale { .. }
@@ -445,7 +603,9 @@ impl Connection {
     }
 
     /// After a `Stale` error: reconnect, log in again with the PIN given at unlock, find the
-    /// root.
+    /// root. When another root re-initialized the module (the sessions are of an older
+    /// generation), this only opens new sessions and logs in: finalizing again would take the
+    /// other root's new sessions with it.
     pub(super) fn recover(
         &self,
         template: &[Attribute],
@@ -458,20 +618,37 @@ impl Connection {
             .ok_or(RootError::Locked { op: OP })?;
         let live = self.live.read().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(s) = live {
-            let root = *lock(&s.root);
-            match root {
-                // Another request recovered while this one waited (or the trouble has passed):
-                // the sessions work; finalizing them would fail every request using them.
-                Some(root) if usable(&s, root) => return Ok(()),
-                // Connected after a recovery that failed (the token's files were gone, and are
-                // back): log in on them.
-                None => {
-                    if self.unlock_once(&pin, OP, template, found).is_ok() {
-                        tracing::info!("token reachable again: logged in with the held PIN");
+            if !s.is_current() {
+                drop(s);
+                match self.unlock_once(&pin, OP, template, found) {
+                    Ok(()) => {
+                        tracing::info!("the PKCS#11 module was re-initialized (another root's recovery): logged in again with the held PIN");
                         return Ok(());
                     }
+                    // The module is being re-initialized again by another root: finalizing it
+                    // here as well would only take that root's new sessions too.
+                    Err(e @ RootError::Stale { .. }) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "logging in again after the module's re-initialization failed");
+                    }
                 }
-                Some(_) => {}
+            } else {
+                let root = *lock(&s.root);
+                match root {
+                    // Another request recovered while this one waited (or the trouble has
+                    // passed): the sessions work; finalizing them would fail every request
+                    // using them.
+                    Some(root) if usable(&s, root) => return Ok(()),
+                    // Connected after a recovery that failed (the token's files were gone, and
+                    // are back): log in on them.
+                    None => {
+                        if self.unlock_once(&pin, OP, template, found).is_ok() {
+                            tracing::info!("token reachable again: logged in with the held PIN");
+                            return Ok(());
+                        }
+                    }
+                    Some(_) => {}
+                }
             }
         }
         tracing::warn!("token handles went stale: reinitializing the module and logging in again");
@@ -481,7 +658,8 @@ impl Connection {
 
     /// Forget the PIN and log out, which destroys every private session object (all unwrapped
     /// KEKs and DEKs). A failed `C_Logout` is reported, not hidden: the library is then finalized
-    /// (closing every session, which takes its objects with it) and the error returned.
+    /// (closing every session, which takes its objects with it) and the error returned. Sessions
+    /// of an older generation are gone already: nothing to log out.
     pub(super) fn lock(&self) -> Result<(), RootError> {
         *lock(&self.pin) = None;
         let live = self.live.read().unwrap_or_else(|p| p.into_inner()).clone();
@@ -489,8 +667,11 @@ impl Connection {
             return Ok(());
         };
         *lock(&s.root) = None;
-        lock(&s.pool).clear();
-        let out = logout_result(lock(&s.anchor).logout());
+        s.clear_pool("lock");
+        let out = match s.anchor("lock") {
+            Ok(anchor) => logout_result(anchor.logout()),
+            Err(_) => Ok(()),
+        };
         drop(s);
         if let Err(e) = &out {
             tracing::error!(error = %e, "lock: C_Logout failed; finalizing the PKCS#11 module to close every session");
@@ -505,9 +686,9 @@ impl Connection {
 
     /// The root object on `s`. Sessions without it while the PIN is held were connected after
     /// a recovery that failed (the token's files were gone, so `C_Initialize` or the login
-    /// failed): that is `Stale`, so the caller's recovery logs in again with the held PIN once
-    /// the token is back, instead of every operation answering `locked` from an agent that
-    /// says it is unlocked. Without the PIN it is `Locked`.
+    /// failed), or after another root re-initialized the module: that is `Stale`, so the
+    /// caller's recovery logs in again with the held PIN, instead of every operation answering
+    /// `locked` from an agent that says it is unlocked. Without the PIN it is `Locked`.
     pub(super) fn root_of(
         &self,
         s: &Sessions,
@@ -517,7 +698,8 @@ impl Connection {
             Some(h) => Ok(h),
             None if self.is_unlocked() => Err(RootError::stale(
                 op,
-                "the module was re-initialized without the root (an earlier recovery failed)",
+                "the module was re-initialized without the root (an earlier recovery failed, or \
+                 another root on the module recovered)",
             )),
             None => Err(RootError::Locked { op }),
         }
@@ -527,15 +709,12 @@ impl Connection {
     pub(super) fn describe(&self, suffix: &str) -> String {
         let token = self.uri.token().unwrap_or_else(|| "(any)".into());
         match self.sessions("describe").and_then(|s| {
-            s.ctx
-                .get_token_info(s.slot)
-                .map_err(ck("describe", "C_GetTokenInfo"))
-                .map(|i| {
-                    (
-                        i.manufacturer_id().to_string(),
-                        i.serial_number().to_string(),
-                    )
-                })
+            s.token_info("describe").map(|i| {
+                (
+                    i.manufacturer_id().to_string(),
+                    i.serial_number().to_string(),
+                )
+            })
         }) {
             Ok((mfr, serial)) => format!(
                 "PKCS#11 token `{token}` ({mfr}, serial {serial}) via {}{suffix}",

@@ -13,8 +13,10 @@
 use super::conn::{lock, read_ec_point, read_value, Connection, Sessions, TempKey, P256_PARAMS};
 use super::error::ck;
 use crate::root::ecdh;
-use crate::root::memory_kek::{random_key, MemoryKek};
-use crate::root::{Kek, Root, RootError, RootInit, Scheme, StoredRoot, TokenKeypairs, Wrapped};
+use crate::root::memory_kek::{kek_bytes, random_key, MemoryKek};
+use crate::root::{
+    ExportedKek, Kek, Root, RootError, RootInit, Scheme, StoredRoot, TokenKeypairs, Wrapped,
+};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::Mechanism;
@@ -30,7 +32,7 @@ use zeroize::Zeroizing;
 const PUB_ATTR: &str = "x-keyward-pub=";
 
 /// The public key recorded in an EC root's locator.
-fn locator_public(locator: &str) -> Option<p256::PublicKey> {
+pub(crate) fn locator_public(locator: &str) -> Option<p256::PublicKey> {
     let start = locator.find(PUB_ATTR)? + PUB_ATTR.len();
     let h = locator[start..].split('&').next()?;
     p256::PublicKey::from_sec1_bytes(&hex::decode(h).ok()?).ok()
@@ -94,7 +96,7 @@ impl Pkcs11EcRoot {
         let [h] = found.as_slice() else {
             return Err(RootError::RootMissing { op });
         };
-        let pk = read_ec_point(&lock(&s.anchor), *h, op)?;
+        let pk = read_ec_point(&*s.anchor(op)?, *h, op)?;
         *lock(&self.public) = Some(pk);
         Ok(())
     }
@@ -114,7 +116,7 @@ impl Pkcs11EcRoot {
             return Err(RootError::RootExists { op });
         }
         let id = self.conn.new_root_id(s, op)?;
-        let anchor = lock(&s.anchor);
+        let anchor = s.anchor(op)?;
         let label = Attribute::Label(self.conn.label().as_bytes().to_vec());
         let public_t = vec![
             Attribute::Token(true),
@@ -291,6 +293,31 @@ impl Root for Pkcs11EcRoot {
             })
         })?;
         Ok(Box::new(MemoryKek::new(&kek)))
+    }
+
+    /// The ECDH unwrap of `open_kek`, into locked memory instead of a [`MemoryKek`].
+    fn export_kek(&self, wrapped: &[u8]) -> Result<ExportedKek, RootError> {
+        const OP: &str = "export KEK";
+        let s = self.conn.sessions(OP)?;
+        let root = self.conn.root_of(&s, OP)?;
+        let public = self.public(OP)?;
+        let kek = s.with_session(OP, |session| {
+            ecdh::unwrap(&public, wrapped, |eph| {
+                Self::token_ecdh(session, root, eph, OP)
+            })
+        })?;
+        Ok(ExportedKek::new(&kek))
+    }
+
+    /// Needs only the public key (known since `init` or `unlock`): no token call.
+    fn import_kek(&self, kek: &[u8]) -> Result<Wrapped, RootError> {
+        const OP: &str = "import KEK";
+        let kek = kek_bytes(kek, OP)?;
+        let public = self.public(OP)?;
+        Ok(Wrapped {
+            scheme: Scheme::EcdhP256,
+            bytes: ecdh::wrap(&public, &kek)?,
+        })
     }
 
     fn token_keypairs(&self) -> Option<&dyn TokenKeypairs> {

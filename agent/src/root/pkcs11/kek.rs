@@ -6,7 +6,7 @@
 //! keypair scalars, for the moment they are used). This module must never make a KEK object
 //! extractable, nor leave an unwrapped DEK object behind after an operation.
 
-use super::conn::{lock, read_value, Sessions, TempKey};
+use super::conn::{read_value, Sessions, TempKey};
 use super::error::ck;
 use crate::root::{Kek, RootError, Scheme, Wrapped};
 use cryptoki::error::{Error as CkError, RvError};
@@ -72,7 +72,9 @@ pub(super) struct Pkcs11Kek {
 
 impl Drop for Pkcs11Kek {
     fn drop(&mut self) {
-        let _ = lock(&self.sessions.anchor).destroy_object(self.handle);
+        if let Ok(anchor) = self.sessions.anchor("destroy KEK") {
+            let _ = anchor.destroy_object(self.handle);
+        }
     }
 }
 
@@ -84,7 +86,8 @@ impl Pkcs11Kek {
         wrapped: &[u8],
         op: &'static str,
     ) -> Result<Pkcs11Kek, RootError> {
-        let handle = lock(&sessions.anchor)
+        let handle = sessions
+            .anchor(op)?
             .unwrap_key(
                 &Mechanism::AesKeyWrapPad,
                 root,

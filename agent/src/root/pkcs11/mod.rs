@@ -7,6 +7,9 @@
 //! - [`Pkcs11EcRoot`] (`key_type = "ec"`, scheme `pkcs11-ec-p256`): a P-256 key pair for tokens
 //!   without AES key wrap; KEKs are `ecdh-p256` and live in agent memory while unlocked.
 //!
+//! A module is loaded and initialized once per process ([`module`]): several roots on one module
+//! (a backup token, a second card) are several `Connection`s on it, each told apart by its URI,
+//! and a re-initialization by one makes the others' sessions `Stale` (re-login), never wrong.
 //! Both keep token keypairs ([`keypair`], `keypair create --on-token`). How CKR values become
 //! root errors is [`error`]. This module must never create a root anywhere but in `init`, and
 //! never keep the PIN after `lock`.
@@ -17,8 +20,10 @@ mod ec;
 mod error;
 mod kek;
 mod keypair;
+mod module;
 
 pub use aes::Pkcs11AesRoot;
+pub(crate) use ec::locator_public;
 pub use ec::Pkcs11EcRoot;
 
 /// Default label of the root object when the URI names none.

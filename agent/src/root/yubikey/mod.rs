@@ -32,3 +32,8 @@ pub use options::{
     YubiKeyOptions, DEFAULT_SLOT,
 };
 pub use root::YubiKeyRoot;
+
+/// The public key a card root's record (its `yubikey:` locator) carries.
+pub(crate) fn locator_public(locator: &str) -> Option<p256::PublicKey> {
+    locator::CardLocator::parse(locator).map(|l| l.public)
+}

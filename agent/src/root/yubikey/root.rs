@@ -10,8 +10,10 @@ use super::locator::CardLocator;
 use super::options::{parse_slot, YubiKeyOptions};
 use super::presence::{Presence, Seen, Verdict};
 use crate::root::ecdh;
-use crate::root::memory_kek::{random_key, Guard, KekCell, MemoryKek};
-use crate::root::{Cause, Kek, Root, RootError, RootInit, Scheme, StoredRoot, Wrapped};
+use crate::root::memory_kek::{kek_bytes, random_key, Guard, KekCell, MemoryKek};
+use crate::root::{
+    Cause, ExportedKek, Kek, Root, RootError, RootInit, Scheme, StoredRoot, Wrapped,
+};
 use keyward_proto::ops::RootKind;
 use keyward_proto::secret::Pin;
 use p256::PublicKey;
@@ -514,6 +516,32 @@ impl Root for YubiKeyRoot {
         let k = MemoryKek::with_guard(&kek, guard);
         lock(&self.inner.state).keks.push(k.cell());
         Ok(Box::new(k))
+    }
+
+    /// The card's ECDH unwrap of `open_kek`, into locked memory instead of a `MemoryKek`.
+    fn export_kek(&self, wrapped: &[u8]) -> Result<ExportedKek, RootError> {
+        const OP: &str = "export KEK";
+        let kek = self.inner.session(OP, |yk, root| {
+            ecdh::unwrap(&root.public, wrapped, |eph| {
+                Inner::card_ecdh(yk, root.slot, eph, OP)
+            })
+        })?;
+        Ok(ExportedKek::new(&kek))
+    }
+
+    /// Needs only the slot's public key (known since `init` or `unlock`): the card need not be
+    /// present.
+    fn import_kek(&self, kek: &[u8]) -> Result<Wrapped, RootError> {
+        const OP: &str = "import KEK";
+        let kek = kek_bytes(kek, OP)?;
+        let public = match &lock(&self.inner.state).root {
+            Some(r) => r.public,
+            None => return Err(RootError::Locked { op: OP }),
+        };
+        Ok(Wrapped {
+            scheme: Scheme::EcdhP256,
+            bytes: ecdh::wrap(&public, &kek)?,
+        })
     }
 }
 
