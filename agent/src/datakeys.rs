@@ -9,12 +9,14 @@
 //! `"keyward datakey v1" ‖ DEK id (16 bytes) ‖ version (u32 BE)`. Wrapped form: IV ‖ ciphertext
 //! ‖ tag (60 bytes).
 //!
-//! Policy follows `encrypt` and `decrypt`: `datakey.create` needs an active DEK; `datakey.open`
-//! works with an active or retired DEK, never a revoked one. This module must never return a data
+//! Policy follows `encrypt` and `decrypt`: `datakey.create` needs an active DEK and wraps under
+//! its newest version (named in the result and in the stream header); `datakey.open` works with
+//! an active or retired DEK, never a revoked one, and with the version the stream names, unless
+//! that version is below the DEK's minimum (`version_retired`). This module must never return a data
 //! key except to the caller of these two operations, never log one, and never keep one after the
 //! call (they live in `Zeroizing` buffers).
 
-use crate::error::{AgentError, DecryptFailure, Problem};
+use crate::error::{AgentError, Problem};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{KeyKind, KeyRecord, KeyState};
 use rand_core::{OsRng, RngCore};
@@ -47,12 +49,13 @@ impl Hierarchy {
     /// A fresh data key under an active DEK, in plaintext and wrapped.
     pub fn datakey_create(&self, dek_id: &str) -> Result<NewDataKey, AgentError> {
         let (dek, kek) = self.active_dek("datakey.create", dek_id)?;
-        let wrapped_dek = self.wrapped(&dek)?;
+        let (version, wrapped_dek) = self.dek_newest(&dek)?;
+        let wrapped_dek = &wrapped_dek[..];
         let mut key = Zeroizing::new(vec![0u8; DATAKEY_LEN]);
         OsRng.fill_bytes(&mut key);
         let mut iv = [0u8; 12];
         OsRng.fill_bytes(&mut iv);
-        let aad = aad(&dek, dek.version);
+        let aad = aad(&dek, version);
         let sealed = self
             .with_recovery(|| Ok(self.kek_handle(&kek)?.seal(wrapped_dek, &iv, &aad, &key)?))?;
         if sealed.len() != DATAKEY_LEN + 16 {
@@ -68,7 +71,7 @@ impl Hierarchy {
         wrapped.extend_from_slice(&sealed);
         Ok(NewDataKey {
             dek: dek.id,
-            version: dek.version,
+            version,
             key,
             wrapped,
         })
@@ -99,15 +102,10 @@ impl Hierarchy {
                 state: dek.state,
             });
         }
-        if version != dek.version {
-            return Err(AgentError::DecryptFailed(DecryptFailure::DekVersion {
-                id: dek.id,
-                version,
-                current: dek.version,
-            }));
-        }
         let kek = self.parent_kek(&dek)?;
-        let wrapped_dek = self.wrapped(&dek)?;
+        // The version must exist (`decrypt_failed`) and not be retired (`version_retired`).
+        let wrapped_dek = self.dek_version_for_open(&dek, version)?;
+        let wrapped_dek = &wrapped_dek[..];
         let (iv, ct_tag) = wrapped.split_at(12);
         let iv: &[u8; 12] = iv.try_into().map_err(|_| {
             AgentError::invalid(

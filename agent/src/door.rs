@@ -99,7 +99,8 @@ impl Hierarchy {
             });
         }
         let (dek, kek) = self.active_dek("gcm.seal", dek_id)?;
-        let wrapped = self.wrapped(&dek)?;
+        let (_, wrapped) = self.dek_newest(&dek)?;
+        let wrapped = &wrapped[..];
         let mut out =
             self.with_recovery(|| Ok(self.kek_handle(&kek)?.seal(wrapped, iv, aad, plaintext)?))?;
         out.truncate(plaintext.len() + tag_len);
@@ -132,13 +133,37 @@ impl Hierarchy {
             });
         }
         let kek = self.parent_kek(&dek)?;
-        let wrapped = self.wrapped(&dek)?;
+        // PKCS#11 has no place for a DEK version: the newest is tried first, then each older
+        // one down to the minimum (ARCHITECTURE.md, "DEK versions").
+        let mut last = None;
+        for v in (Self::min_version(&dek)..=dek.version).rev() {
+            let wrapped = self.dek_version_wrapped(&dek, v)?;
+            match self.gcm_open_one(&kek, &wrapped, iv, aad, tag_len, ct_tag) {
+                Err(
+                    e @ (AgentError::Root(crate::root::RootError::DecryptFailed { .. })
+                    | AgentError::DecryptFailed(DecryptFailure::Authentication)),
+                ) => last = Some(e),
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or(AgentError::DecryptFailed(DecryptFailure::Authentication)))
+    }
+
+    fn gcm_open_one(
+        &self,
+        kek: &crate::keystore::KeyRecord,
+        wrapped: &[u8],
+        iv: &[u8; 12],
+        aad: &[u8],
+        tag_len: usize,
+        ct_tag: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, AgentError> {
         if tag_len == FULL_TAG {
             return self
-                .with_recovery(|| Ok(self.kek_handle(&kek)?.open(wrapped, iv, aad, ct_tag)?));
+                .with_recovery(|| Ok(self.kek_handle(kek)?.open(wrapped, iv, aad, ct_tag)?));
         }
         let (ct, tag) = ct_tag.split_at(ct_tag.len() - tag_len);
-        let k = self.with_recovery(|| self.kek_handle(&kek))?;
+        let k = self.with_recovery(|| self.kek_handle(kek))?;
         let mut pt = Zeroizing::new(k.seal(wrapped, iv, b"", ct)?);
         pt.truncate(ct.len());
         let again = k.seal(wrapped, iv, aad, &pt)?;

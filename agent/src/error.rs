@@ -58,6 +58,9 @@ pub enum AgentError {
     },
     #[error("decrypt: {0}")]
     DecryptFailed(#[source] DecryptFailure),
+    /// The ciphertext (or data key) is under a DEK version below the DEK's minimum.
+    #[error("DEK {id} version {version} is retired (the minimum version is {min}): rewrap what was encrypted under it before raising the minimum, or lower it with `keyward dek min-version`")]
+    VersionRetired { id: Uuid, version: u32, min: u32 },
     #[error("invalid `{arg}`: {problem}")]
     InvalidArgs {
         arg: &'static str,
@@ -159,13 +162,17 @@ pub enum DecryptFailure {
     DekMismatch { named: String, given: String },
     #[error("the ciphertext names no Keyward DEK: give one with --dek")]
     NoDekNamed,
-    /// A data key wrapped under another version of the DEK than the one the keystore holds.
-    #[error("the data key was wrapped under version {version} of DEK {id}, which is at version {current}")]
+    /// The ciphertext or data key names a version the DEK does not have (0, or above its
+    /// newest).
+    #[error("it names version {version} of DEK {id}, which has versions 1 to {current}")]
     DekVersion {
         id: Uuid,
         version: u32,
         current: u32,
     },
+    /// The `ad` names a Keyward DEK but its version suffix is not `:v<N>` with N ≥ 2.
+    #[error("the ciphertext's DEK version is malformed (expected keyward:dek:<id> or keyward:dek:<id>:v<N>, N ≥ 2)")]
+    BadVersion,
     #[error("gcm.open: shorter than its tag")]
     ShorterThanTag,
     #[error("gcm.open: authentication failed")]
@@ -266,6 +273,8 @@ pub enum WrongKey {
     NoRsaKeypairOpens { tried: usize },
     #[error("the certificate's public key is not keypair {id}'s")]
     CertificateMismatch { id: Uuid },
+    #[error("DEK {id} is a sharing DEK: its recipients hold version 1, so it is not rotated (create a new sharing DEK instead)")]
+    SharedDekRotation { id: Uuid },
     #[error("keypair {id} is {}: SSH takes P-256, Ed25519 and RSA keypairs", .alg.map_or("unknown", Algorithm::as_str))]
     NotForSsh { id: Uuid, alg: Option<Algorithm> },
 }
@@ -425,6 +434,7 @@ impl AgentError {
             AgentError::NotExportable { .. } => ErrorCode::NotExportable,
             AgentError::KeyInactive { .. } => ErrorCode::KeyInactive,
             AgentError::DecryptFailed(_) => ErrorCode::DecryptFailed,
+            AgentError::VersionRetired { .. } => ErrorCode::VersionRetired,
             AgentError::InvalidArgs { .. } => ErrorCode::InvalidArgs,
             AgentError::TooLarge { .. } => ErrorCode::TooLarge,
             AgentError::AlreadyExists(_) => ErrorCode::AlreadyExists,

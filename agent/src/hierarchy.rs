@@ -35,7 +35,7 @@ const META_INIT_PENDING: &str = "init_pending";
 
 /// Test hook (debug builds only): `KEYWARD_TEST_CRASH_AFTER=<point>` aborts the process there,
 /// as a `kill -9` would. Release builds compile it to nothing.
-fn crash_point(point: &str) {
+pub(crate) fn crash_point(point: &str) {
     #[cfg(debug_assertions)]
     if std::env::var_os("KEYWARD_TEST_CRASH_AFTER").is_some_and(|v| v == point) {
         tracing::error!(point, "KEYWARD_TEST_CRASH_AFTER: aborting");
@@ -553,6 +553,11 @@ impl Hierarchy {
                 self.lock_quietly();
                 return Err(e);
             }
+            // A KEK rotation a crash interrupted is finished now (lifecycle.rs); until then
+            // every key still opens under the KEK's old wrap, so a failure here only logs.
+            if let Err(e) = self.finish_rotations() {
+                tracing::error!(error = %e, "finishing an interrupted KEK rotation failed: the next unlock or `keyward kek rotate` tries again");
+            }
             tracing::info!("unlocked");
             Ok(())
         })
@@ -646,12 +651,27 @@ impl Hierarchy {
         Ok(opened)
     }
 
-    /// The KEK a DEK, keypair or secret is wrapped under.
+    /// The KEK a DEK, keypair or secret is wrapped under. A revoked KEK is `key_inactive`: no
+    /// key under it is used (revoking a KEK also revokes its children, `lifecycle.rs`; this
+    /// check holds whatever their own state says).
     pub(crate) fn parent_kek(&self, key: &KeyRecord) -> Result<KeyRecord, AgentError> {
         let parent = key
             .parent
             .ok_or_else(|| AgentError::bad_record(key.kind, key.id, Defect::NoParent))?;
-        self.record(&parent.to_string(), KeyKind::Kek)
+        let kek = self.record(&parent.to_string(), KeyKind::Kek)?;
+        if kek.state == KeyState::Revoked {
+            return Err(AgentError::KeyInactive {
+                kind: kek.kind,
+                id: kek.id,
+                state: kek.state,
+            });
+        }
+        Ok(kek)
+    }
+
+    /// Drop an opened KEK from the cache (after it was revoked).
+    pub(crate) fn forget_kek(&self, id: &Uuid) {
+        lock(&self.keks).remove(id);
     }
 
     pub(crate) fn wrapped<'r>(&self, r: &'r KeyRecord) -> Result<&'r [u8], AgentError> {
@@ -762,8 +782,9 @@ impl Hierarchy {
         }
         Self::require_active(&dek)?;
         let kek = self.parent_kek(&dek)?;
-        let wrapped = self.wrapped(&dek)?;
-        self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))
+        // The newest version: the one new ciphertexts use.
+        let (_, wrapped) = self.dek_newest(&dek)?;
+        self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(&wrapped)?))
     }
 
     /// An active DEK that `op` will seal under, and its KEK: the agent is unlocked, the DEK
@@ -791,8 +812,9 @@ impl Hierarchy {
             });
         }
         let (dek, kek) = self.active_dek("encrypt", dek_id)?;
-        let wrapped = self.wrapped(&dek)?;
-        let ad = format!("{AD_PREFIX}{}", dek.id);
+        let (version, wrapped) = self.dek_newest(&dek)?;
+        let wrapped = &wrapped[..];
+        let ad = crate::lifecycle::ad_for(&dek.id, version);
         let mut iv = [0u8; 12];
         OsRng.fill_bytes(&mut iv);
         let mut sealed = self.with_recovery(|| {
@@ -815,14 +837,24 @@ impl Hierarchy {
         Ok(data.to_string())
     }
 
-    /// Decrypt a Cryppo `Aes256Gcm` string. The DEK comes from its `ad` unless `dek` names one
-    /// (for Cryppo strings made elsewhere with an exported DEK).
+    /// Decrypt a Cryppo `Aes256Gcm` string. The DEK and its version come from its `ad`
+    /// (`lifecycle::parse_ad`) unless `dek` names one (for Cryppo strings made elsewhere with
+    /// an exported DEK: then every version from the newest down is tried).
     pub fn decrypt(
         &self,
         ciphertext: &str,
         dek: Option<&str>,
     ) -> Result<Zeroizing<Vec<u8>>, AgentError> {
         self.root_record("decrypt")?;
+        Ok(self.decrypt_with_record(ciphertext, dek)?.0)
+    }
+
+    /// `decrypt`, also returning the DEK's record (for `rewrap`).
+    pub(crate) fn decrypt_with_record(
+        &self,
+        ciphertext: &str,
+        dek: Option<&str>,
+    ) -> Result<(Zeroizing<Vec<u8>>, KeyRecord), AgentError> {
         let parsed = Serialized::parse(ciphertext.trim())
             .map_err(|e| AgentError::DecryptFailed(DecryptFailure::NotCryppo(e)))?;
         let Serialized::Encrypted(data) = parsed else {
@@ -831,16 +863,16 @@ impl Hierarchy {
         let gcm = data
             .gcm()
             .map_err(|e| AgentError::DecryptFailed(DecryptFailure::NotAesGcm(e)))?;
-        let named = gcm.ad.strip_prefix(AD_PREFIX);
-        let dek_id = match (named, dek) {
-            (Some(n), Some(d)) if !n.eq_ignore_ascii_case(d) => {
+        let named = crate::lifecycle::parse_ad(gcm.ad).map_err(AgentError::DecryptFailed)?;
+        let (dek_id, version) = match (named, dek) {
+            (Some((n, _)), Some(d)) if !n.eq_ignore_ascii_case(d) => {
                 return Err(AgentError::DecryptFailed(DecryptFailure::DekMismatch {
                     named: n.to_string(),
                     given: d.to_string(),
                 }))
             }
-            (_, Some(d)) => d.to_string(),
-            (Some(n), None) => n.to_string(),
+            (Some((n, v)), _) => (n.to_string(), Some(v)),
+            (None, Some(d)) => (d.to_string(), None),
             (None, None) => return Err(AgentError::DecryptFailed(DecryptFailure::NoDekNamed)),
         };
         let dek = self.record(&dek_id, KeyKind::Dek)?;
@@ -853,15 +885,39 @@ impl Hierarchy {
             });
         }
         let kek = self.parent_kek(&dek)?;
-        let wrapped = self.wrapped(&dek)?;
         let mut ct_tag = Vec::with_capacity(gcm.ciphertext.len() + 16);
         ct_tag.extend_from_slice(gcm.ciphertext);
         ct_tag.extend_from_slice(gcm.tag);
-        self.with_recovery(|| {
-            Ok(self
-                .kek_handle(&kek)?
-                .open(wrapped, gcm.iv, gcm.ad.as_bytes(), &ct_tag)?)
-        })
+        let open = |wrapped: &[u8]| {
+            self.with_recovery(|| {
+                Ok(self
+                    .kek_handle(&kek)?
+                    .open(wrapped, gcm.iv, gcm.ad.as_bytes(), &ct_tag)?)
+            })
+        };
+        if let Some(v) = version {
+            let wrapped = self.dek_version_for_open(&dek, v)?;
+            return Ok((open(&wrapped)?, dek));
+        }
+        // Not named: the newest version first; one below the minimum that opens it is refused.
+        let mut last = None;
+        for v in (1..=dek.version).rev() {
+            let wrapped = self.dek_version_wrapped(&dek, v)?;
+            match open(&wrapped) {
+                Ok(pt) if v < Self::min_version(&dek) => {
+                    drop(pt);
+                    return Err(AgentError::VersionRetired {
+                        id: dek.id,
+                        version: v,
+                        min: Self::min_version(&dek),
+                    });
+                }
+                Ok(pt) => return Ok((pt, dek)),
+                Err(e @ AgentError::Root(RootError::DecryptFailed { .. })) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(AgentError::DecryptFailed(DecryptFailure::Authentication)))
     }
 }
 

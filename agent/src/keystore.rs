@@ -14,7 +14,8 @@
 //! while unlocked) over a canonical, length-prefixed encoding of every other column. While a MAC
 //! key is loaded, every read here checks it — this is the one place records are verified — and a
 //! missing or wrong MAC is [`KeystoreError::Tampered`], naming the record; every write MACs what it
-//! writes.
+//! writes. The tables of schema v7 (`key_versions`, the KEK rotation journal `kek_rotations` and
+//! `kek_rotation_items`) are MAC'd the same way, each with its own domain string.
 //!
 //! The file is created 0600 (never wider, whatever the umask) and checked with SQLite's
 //! `PRAGMA integrity_check` at open: a damaged file is [`KeystoreError::Damaged`], naming it, and is
@@ -199,8 +200,35 @@ const MIGRATIONS: &[&str] = &[
     // v6: a keypair's X.509 certificate (DER), shown by the PKCS#11 module. Covered by the
     // row's MAC when present (see `record_body`), so rows MAC'd before v6 still verify.
     "ALTER TABLE keys ADD COLUMN certificate BLOB;",
-    // v8 (merge note: v7 is DEK versions, added on another branch; this one comes after it):
-    // indexes for paged lists (`Keystore::page`), in the lists' order (created, then id), so a
+    // v7: DEK versions. `keys.version` is a DEK's newest version and `keys.wrapped` stays its
+    // version 1; versions 2 and up are rows of `key_versions`, each MAC'd on its own
+    // (`version_body`). `keys.min_version` (NULL: 1) is the oldest version that still
+    // decrypts; it is covered by the key row's MAC when set (see `record_body`).
+    "CREATE TABLE key_versions (
+        key         TEXT NOT NULL REFERENCES keys(id),
+        version     INTEGER NOT NULL CHECK (version >= 2),
+        wrapped     BLOB NOT NULL,
+        created     INTEGER NOT NULL,
+        mac         BLOB,
+        PRIMARY KEY (key, version)
+     );
+     ALTER TABLE keys ADD COLUMN min_version INTEGER;
+     CREATE TABLE kek_rotations (
+        kek         TEXT PRIMARY KEY REFERENCES keys(id),
+        wrapped     BLOB NOT NULL,
+        scheme      TEXT NOT NULL,
+        started     INTEGER NOT NULL,
+        mac         BLOB
+     );
+     CREATE TABLE kek_rotation_items (
+        kek         TEXT NOT NULL REFERENCES kek_rotations(kek),
+        key         TEXT NOT NULL REFERENCES keys(id),
+        version     INTEGER NOT NULL,
+        wrapped     BLOB NOT NULL,
+        mac         BLOB,
+        PRIMARY KEY (key, version)
+     );",
+    // v8: indexes for paged lists (`Keystore::page`), in the lists' order (created, then id), so a
     // page is a range scan of its own length: by kind; by KEK (a KEK's DEKs); node keys alone.
     // `IF NOT EXISTS`, so the step is the same whatever number it ends up with.
     "CREATE INDEX IF NOT EXISTS keys_page_by_kind ON keys(kind, created, id);
@@ -291,6 +319,9 @@ impl Encoder {
 /// appended only when present: a row without one has the v4 body, so MACs written before v5
 /// still verify, while setting, changing or removing a certificate changes the body (the
 /// encoding is length-prefixed, so the longer body can never equal the shorter one).
+/// `min_version` (v7) likewise: when set, the certificate field is always written (absent or
+/// present) and then the minimum, so the field sequence, and so the bytes, differ from every
+/// body without one.
 fn record_body(r: &KeyRecord) -> Vec<u8> {
     let mut e = Encoder::new("keyward/keystore/keys/v4");
     e.text(Some(&r.id.to_string()))
@@ -312,10 +343,73 @@ fn record_body(r: &KeyRecord) -> Vec<u8> {
         .field(r.statement.as_deref())
         .text(r.algorithm.map(Algorithm::as_str))
         .num(Some(u64::from(r.ssh.0)));
-    if let Some(cert) = &r.certificate {
-        e.field(Some(cert));
+    match (r.min_version, &r.certificate) {
+        (None, None) => {}
+        (None, Some(cert)) => {
+            e.field(Some(cert));
+        }
+        (Some(min), cert) => {
+            e.field(cert.as_deref()).num(Some(u64::from(min)));
+        }
     }
     e.finish()
+}
+
+/// What a `key_versions` row's MAC covers: the key's id, the version, the wrapped key and when
+/// it was made (so a row cannot move to another key or version).
+fn version_body(v: &KeyVersion) -> Vec<u8> {
+    let mut e = Encoder::new("keyward/keystore/key_versions/v7");
+    e.text(Some(&v.key.to_string()))
+        .num(Some(u64::from(v.version)))
+        .field(Some(&v.wrapped))
+        .num(Some(v.created));
+    e.finish()
+}
+
+/// A KEK rotation in progress (`kek_rotations`): the new KEK, wrapped under the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRotation {
+    pub kek: Uuid,
+    pub wrapped: Vec<u8>,
+    pub scheme: String,
+    pub started: u64,
+}
+
+fn rotation_body(r: &PendingRotation) -> Vec<u8> {
+    let mut e = Encoder::new("keyward/keystore/kek_rotations/v7");
+    e.text(Some(&r.kek.to_string()))
+        .field(Some(&r.wrapped))
+        .text(Some(&r.scheme))
+        .num(Some(r.started));
+    e.finish()
+}
+
+/// One child's wrap under the new KEK, written before the swap (`kek_rotation_items`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationItem {
+    pub kek: Uuid,
+    pub key: Uuid,
+    /// 1: the key row's `wrapped`; ≥ 2: a `key_versions` row.
+    pub version: u32,
+    pub wrapped: Vec<u8>,
+}
+
+fn item_body(i: &RotationItem) -> Vec<u8> {
+    let mut e = Encoder::new("keyward/keystore/kek_rotation_items/v7");
+    e.text(Some(&i.kek.to_string()))
+        .text(Some(&i.key.to_string()))
+        .num(Some(u64::from(i.version)))
+        .field(Some(&i.wrapped));
+    e.finish()
+}
+
+/// A DEK version above 1 (version 1 is the key row's own `wrapped`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyVersion {
+    pub key: Uuid,
+    pub version: u32,
+    pub wrapped: Vec<u8>,
+    pub created: u64,
 }
 
 /// What a revocation row's MAC covers.
@@ -457,6 +551,8 @@ pub struct KeyRecord {
     pub ssh: SshFlags,
     /// Keypairs: an X.509 certificate for the key (DER), if one was set.
     pub certificate: Option<Vec<u8>>,
+    /// DEKs: the oldest version that still decrypts (`None`: 1).
+    pub min_version: Option<u32>,
 }
 
 /// A signed revocation of a key, as kept for chain export.
@@ -493,6 +589,7 @@ impl KeyRecord {
             algorithm: None,
             ssh: SshFlags::default(),
             certificate: None,
+            min_version: None,
         }
     }
 }
@@ -614,6 +711,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, KeystoreError>>
             },
             ssh: SshFlags(row.get("ssh").map_err(sql("read ssh"))?),
             certificate: row.get("certificate").map_err(sql("read certificate"))?,
+            min_version: row.get("min_version").map_err(sql("read min_version"))?,
         })
     };
     Ok(build())
@@ -628,8 +726,8 @@ fn insert_with(
     conn.execute(
         "INSERT INTO keys (id, kind, label, parent, scheme, wrapped, public_key, locator,
                            purpose, exportable, version, created, rotated, state,
-                           name, issuer, statement, algorithm, ssh, mac, certificate)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                           name, issuer, statement, algorithm, ssh, mac, certificate, min_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
         params![
             r.id.to_string(),
             r.kind.as_str(),
@@ -652,6 +750,7 @@ fn insert_with(
             r.ssh.0,
             mac,
             r.certificate,
+            r.min_version,
         ],
     )
     .map_err(sql("insert key"))?;
@@ -1484,6 +1583,474 @@ impl Keystore {
     }
 }
 
+// ---- KEK rotation journal --------------------------------------------------------------------
+
+/// Every wrapped secret under `kek`: (the child's record, version, wrapped bytes), the key rows'
+/// own (version 1) and their `key_versions` rows, all checked. Children without wrapped bytes
+/// (token keypairs) have nothing to rewrap.
+fn wrapped_under(
+    conn: &Connection,
+    key: Option<&MacKey>,
+    kek: &Uuid,
+) -> Result<Vec<(KeyRecord, u32, Vec<u8>)>, KeystoreError> {
+    let mut out = Vec::new();
+    for r in query_with(
+        conn,
+        key,
+        "list children",
+        "parent = ?1",
+        &[&kek.to_string()],
+    )? {
+        let Some(w) = r.wrapped.clone() else { continue };
+        out.push((r.clone(), 1, w));
+        type Row = (u32, Vec<u8>, u64, Option<Vec<u8>>);
+        let versions: Vec<Row> = {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT version, wrapped, created, mac FROM key_versions WHERE key = ?1 ORDER BY version",
+                )
+                .map_err(sql("list key versions"))?;
+            let rows = stmt
+                .query_map([r.id.to_string()], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })
+                .map_err(sql("list key versions"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(sql("list key versions"))?
+        };
+        for (version, wrapped, created, mac) in versions {
+            let v = KeyVersion {
+                key: r.id,
+                version,
+                wrapped,
+                created,
+            };
+            if let Some(k) = key {
+                check_mac(
+                    k,
+                    &format!("{} version {version}", r.id),
+                    &version_body(&v),
+                    mac.as_deref(),
+                )?;
+            }
+            out.push((r.clone(), version, v.wrapped));
+        }
+    }
+    Ok(out)
+}
+
+/// The (key, version) pairs that already have an item for `kek`.
+fn items_done(
+    conn: &Connection,
+    kek: &Uuid,
+) -> Result<std::collections::HashSet<(String, u32)>, KeystoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT key, version FROM kek_rotation_items WHERE kek = ?1")
+        .map_err(sql("read rotation items"))?;
+    let rows = stmt
+        .query_map([kek.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(sql("read rotation items"))?;
+    rows.collect::<Result<_, _>>()
+        .map_err(sql("read rotation items"))
+}
+
+impl Keystore {
+    /// Record a KEK rotation as begun: the new KEK, wrapped under the root (MAC'd).
+    pub fn rotation_begin(&self, r: &PendingRotation) -> Result<(), KeystoreError> {
+        let key = self.key();
+        self.lock()
+            .execute(
+                "INSERT INTO kek_rotations (kek, wrapped, scheme, started, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    r.kek.to_string(),
+                    r.wrapped,
+                    r.scheme,
+                    r.started,
+                    key.as_deref().map(|k| k.tag(&rotation_body(r)))
+                ],
+            )
+            .map_err(sql("begin KEK rotation"))?;
+        Ok(())
+    }
+
+    /// Every KEK rotation begun and not finished, each checked.
+    pub fn rotations_pending(&self) -> Result<Vec<PendingRotation>, KeystoreError> {
+        let key = self.key();
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT kek, wrapped, scheme, started, mac FROM kek_rotations ORDER BY started",
+            )
+            .map_err(sql("read KEK rotations"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, u64>(3)?,
+                    r.get::<_, Option<Vec<u8>>>(4)?,
+                ))
+            })
+            .map_err(sql("read KEK rotations"))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (kek, wrapped, scheme, started, mac) = row.map_err(sql("read KEK rotations"))?;
+            let r = PendingRotation {
+                kek: Uuid::parse_str(&kek).map_err(|_| KeystoreError::Tampered {
+                    id: kek.clone(),
+                    what: "rotation journal: not a UUID".into(),
+                })?,
+                wrapped,
+                scheme,
+                started,
+            };
+            if let Some(k) = key.as_deref() {
+                check_mac(
+                    k,
+                    &format!("rotation of {kek}"),
+                    &rotation_body(&r),
+                    mac.as_deref(),
+                )?;
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Drop a rotation's journal (before its swap nothing refers to it, so this loses nothing
+    /// but the work done).
+    pub fn rotation_abandon(&self, kek: &Uuid) -> Result<(), KeystoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin abandon rotation"))?;
+        tx.execute(
+            "DELETE FROM kek_rotation_items WHERE kek = ?1",
+            [kek.to_string()],
+        )
+        .map_err(sql("drop rotation items"))?;
+        tx.execute(
+            "DELETE FROM kek_rotations WHERE kek = ?1",
+            [kek.to_string()],
+        )
+        .map_err(sql("drop rotation journal"))?;
+        tx.commit().map_err(sql("commit abandon rotation"))
+    }
+
+    /// The wrapped secrets under `kek` that have no item yet: (record, version, wrapped).
+    pub fn rotation_todo(
+        &self,
+        kek: &Uuid,
+    ) -> Result<Vec<(KeyRecord, u32, Vec<u8>)>, KeystoreError> {
+        let key = self.key();
+        let conn = self.lock();
+        let done = items_done(&conn, kek)?;
+        Ok(wrapped_under(&conn, key.as_deref(), kek)?
+            .into_iter()
+            .filter(|(r, v, _)| !done.contains(&(r.id.to_string(), *v)))
+            .collect())
+    }
+
+    /// Store a batch of rewrapped children in one transaction (each MAC'd).
+    pub fn rotation_put(&self, items: &[RotationItem]) -> Result<(), KeystoreError> {
+        let key = self.key();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin rotation batch"))?;
+        for i in items {
+            tx.execute(
+                "INSERT OR REPLACE INTO kek_rotation_items (kek, key, version, wrapped, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    i.kek.to_string(),
+                    i.key.to_string(),
+                    i.version,
+                    i.wrapped,
+                    key.as_deref().map(|k| k.tag(&item_body(i)))
+                ],
+            )
+            .map_err(sql("store rotation item"))?;
+        }
+        tx.commit().map_err(sql("commit rotation batch"))
+    }
+
+    /// The swap, in one transaction: when every wrapped secret under the KEK has an item
+    /// (checked inside the transaction, so nothing made meanwhile is missed), each child's
+    /// wrap is replaced by its item (re-MAC'd), the KEK row gets the new wrap and its version
+    /// plus one, and the journal is dropped. `Ok(None)` when some child has no item yet (the caller
+    /// rewraps those and tries again); else the KEK's new version.
+    pub fn rotation_swap(&self, pending: &PendingRotation) -> Result<Option<u32>, KeystoreError> {
+        let key = self.key();
+        let key = key.as_deref();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin rotation swap"))?;
+        let done = items_done(&tx, &pending.kek)?;
+        let all = wrapped_under(&tx, key, &pending.kek)?;
+        if all
+            .iter()
+            .any(|(r, v, _)| !done.contains(&(r.id.to_string(), *v)))
+        {
+            return Ok(None);
+        }
+        let items: Vec<(RotationItem, Option<Vec<u8>>)> = {
+            let mut stmt = tx
+                .prepare("SELECT key, version, wrapped, mac FROM kek_rotation_items WHERE kek = ?1")
+                .map_err(sql("read rotation items"))?;
+            let rows = stmt
+                .query_map([pending.kek.to_string()], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, Option<Vec<u8>>>(3)?,
+                    ))
+                })
+                .map_err(sql("read rotation items"))?;
+            let mut v = Vec::new();
+            for row in rows {
+                let (k, version, wrapped, mac) = row.map_err(sql("read rotation items"))?;
+                let id = Uuid::parse_str(&k).map_err(|_| KeystoreError::Tampered {
+                    id: k.clone(),
+                    what: "rotation item: not a UUID".into(),
+                })?;
+                v.push((
+                    RotationItem {
+                        kek: pending.kek,
+                        key: id,
+                        version,
+                        wrapped,
+                    },
+                    mac,
+                ));
+            }
+            v
+        };
+        let records: std::collections::HashMap<Uuid, KeyRecord> =
+            all.into_iter().map(|(r, _, _)| (r.id, r)).collect();
+        for (i, mac) in &items {
+            if let Some(k) = key {
+                check_mac(
+                    k,
+                    &format!("rotation item {} v{}", i.key, i.version),
+                    &item_body(i),
+                    mac.as_deref(),
+                )?;
+            }
+            if i.version == 1 {
+                let Some(r) = records.get(&i.key) else {
+                    continue;
+                };
+                let mut r = r.clone();
+                r.wrapped = Some(i.wrapped.clone());
+                tx.execute(
+                    "UPDATE keys SET wrapped = ?2, mac = ?3 WHERE id = ?1",
+                    params![
+                        r.id.to_string(),
+                        r.wrapped,
+                        key.map(|k| k.tag(&record_body(&r)))
+                    ],
+                )
+                .map_err(sql("swap key wrap"))?;
+            } else {
+                let created: u64 = tx
+                    .query_row(
+                        "SELECT created FROM key_versions WHERE key = ?1 AND version = ?2",
+                        params![i.key.to_string(), i.version],
+                        |r| r.get(0),
+                    )
+                    .map_err(sql("read key version"))?;
+                let v = KeyVersion {
+                    key: i.key,
+                    version: i.version,
+                    wrapped: i.wrapped.clone(),
+                    created,
+                };
+                tx.execute(
+                    "UPDATE key_versions SET wrapped = ?3, mac = ?4 WHERE key = ?1 AND version = ?2",
+                    params![i.key.to_string(), i.version, v.wrapped, key.map(|k| k.tag(&version_body(&v)))],
+                )
+                .map_err(sql("swap key version wrap"))?;
+            }
+        }
+        let Some(mut kek) =
+            query_with(&tx, key, "read KEK", "id = ?1", &[&pending.kek.to_string()])?
+                .into_iter()
+                .next()
+        else {
+            return Err(KeystoreError::Corrupt {
+                id: pending.kek.to_string(),
+                what: "the KEK of a rotation is gone".into(),
+            });
+        };
+        kek.wrapped = Some(pending.wrapped.clone());
+        kek.scheme = pending.scheme.clone();
+        kek.version = kek.version.saturating_add(1);
+        kek.rotated = Some(now());
+        tx.execute(
+            "UPDATE keys SET wrapped = ?2, scheme = ?3, version = ?4, rotated = ?5, mac = ?6 WHERE id = ?1",
+            params![
+                kek.id.to_string(),
+                kek.wrapped,
+                kek.scheme,
+                kek.version,
+                kek.rotated,
+                key.map(|k| k.tag(&record_body(&kek)))
+            ],
+        )
+        .map_err(sql("swap KEK wrap"))?;
+        tx.execute(
+            "DELETE FROM kek_rotation_items WHERE kek = ?1",
+            [pending.kek.to_string()],
+        )
+        .map_err(sql("drop rotation items"))?;
+        tx.execute(
+            "DELETE FROM kek_rotations WHERE kek = ?1",
+            [pending.kek.to_string()],
+        )
+        .map_err(sql("drop rotation journal"))?;
+        tx.commit().map_err(sql("commit rotation swap"))?;
+        Ok(Some(kek.version))
+    }
+}
+
+// ---- DEK versions ---------------------------------------------------------------------------
+
+impl Keystore {
+    /// Add version `r.version + 1` of DEK `id` with `wrapped`, and make it the newest, in one
+    /// transaction (the key row is read, checked and re-MAC'd inside it). Returns the new
+    /// version, or `None` when there is no such key.
+    pub fn add_version(&self, id: &Uuid, wrapped: Vec<u8>) -> Result<Option<u32>, KeystoreError> {
+        let key = self.key();
+        let key = key.as_deref();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin add version"))?;
+        let Some(mut r) = query_with(&tx, key, "read key", "id = ?1", &[&id.to_string()])?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let v = KeyVersion {
+            key: r.id,
+            version: r.version.saturating_add(1),
+            wrapped,
+            created: now(),
+        };
+        tx.execute(
+            "INSERT INTO key_versions (key, version, wrapped, created, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                v.key.to_string(),
+                v.version,
+                v.wrapped,
+                v.created,
+                key.map(|k| k.tag(&version_body(&v)))
+            ],
+        )
+        .map_err(sql("insert key version"))?;
+        r.version = v.version;
+        r.rotated = Some(v.created);
+        let mac = key.map(|k| k.tag(&record_body(&r)));
+        tx.execute(
+            "UPDATE keys SET version = ?2, rotated = ?3, mac = ?4 WHERE id = ?1",
+            params![id.to_string(), r.version, r.rotated, mac],
+        )
+        .map_err(sql("update key version"))?;
+        tx.commit().map_err(sql("commit add version"))?;
+        Ok(Some(v.version))
+    }
+
+    /// Version `version` (≥ 2) of key `id`, its MAC checked while the MAC key is loaded.
+    pub fn version(&self, id: &Uuid, version: u32) -> Result<Option<KeyVersion>, KeystoreError> {
+        let key = self.key();
+        let conn = self.lock();
+        let row = conn
+            .prepare_cached(
+                "SELECT wrapped, created, mac FROM key_versions WHERE key = ?1 AND version = ?2",
+            )
+            .map_err(sql("read key version"))?
+            .query_row(params![id.to_string(), version], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, u64>(1)?,
+                    r.get::<_, Option<Vec<u8>>>(2)?,
+                ))
+            })
+            .optional()
+            .map_err(sql("read key version"))?;
+        let Some((wrapped, created, mac)) = row else {
+            return Ok(None);
+        };
+        let v = KeyVersion {
+            key: *id,
+            version,
+            wrapped,
+            created,
+        };
+        if let Some(k) = key.as_deref() {
+            check_mac(
+                k,
+                &format!("{id} version {version}"),
+                &version_body(&v),
+                mac.as_deref(),
+            )?;
+        }
+        Ok(Some(v))
+    }
+
+    /// Set a key's minimum version, re-MACing the row. Returns the record as it was before, or
+    /// `None` when there is no such key.
+    pub fn set_min_version(&self, id: &Uuid, min: u32) -> Result<Option<KeyRecord>, KeystoreError> {
+        let key = self.key();
+        let key = key.as_deref();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin set min version"))?;
+        let Some(before) = query_with(&tx, key, "read key", "id = ?1", &[&id.to_string()])?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let mut r = before.clone();
+        r.min_version = Some(min);
+        let mac = key.map(|k| k.tag(&record_body(&r)));
+        tx.execute(
+            "UPDATE keys SET min_version = ?2, mac = ?3 WHERE id = ?1",
+            params![id.to_string(), min, mac],
+        )
+        .map_err(sql("set min version"))?;
+        tx.commit().map_err(sql("commit set min version"))?;
+        Ok(Some(before))
+    }
+
+    /// Revoke key `id` and every key wrapped under it (its children, for a KEK) that is not
+    /// revoked yet, in one transaction, re-MACing each row. Returns the ids revoked (`id`
+    /// first; empty when there is no such key).
+    pub fn revoke_tree(&self, id: &Uuid) -> Result<Vec<Uuid>, KeystoreError> {
+        let key = self.key();
+        let key = key.as_deref();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin revoke"))?;
+        let mut ids = Vec::new();
+        for r in query_with(&tx, key, "read key", "id = ?1", &[&id.to_string()])? {
+            ids.push(r.id);
+        }
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        for r in query_with(
+            &tx,
+            key,
+            "read children",
+            "parent = ?1 AND state != 'revoked'",
+            &[&id.to_string()],
+        )? {
+            ids.push(r.id);
+        }
+        for i in &ids {
+            set_state_with(&tx, key, i, KeyState::Revoked)?;
+        }
+        tx.commit().map_err(sql("commit revoke"))?;
+        Ok(ids)
+    }
+}
+
 /// A keypair's SSH-agent flags (the `ssh` column; 0 = not offered to SSH).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SshFlags(pub u32);
@@ -1993,6 +2560,7 @@ mod tests {
             ("algorithm", "'ed25519'".into()),
             ("certificate", "NULL".into()),
             ("certificate", "x'08'".into()),
+            ("min_version", "2".into()),
             ("mac", "NULL".into()),
             ("mac", "x'00'".into()),
         ];
@@ -2062,6 +2630,80 @@ mod tests {
     }
 
     #[test]
+    fn dek_versions_and_min_version_are_maced_and_old_rows_still_verify() {
+        let (_d, ks) = temp();
+        ks.set_mac_key(Some(test_key(5)));
+        let mut dek = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+        dek.wrapped = Some(vec![1; 40]);
+        let other = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+        ks.insert(&dek).unwrap();
+        ks.insert(&other).unwrap();
+        assert_eq!(ks.add_version(&dek.id, vec![2; 40]).unwrap(), Some(2));
+        assert_eq!(ks.add_version(&dek.id, vec![3; 40]).unwrap(), Some(3));
+        assert_eq!(ks.add_version(&Uuid::new_v4(), vec![3; 40]).unwrap(), None);
+        let now = ks.get(&dek.id).unwrap().unwrap();
+        assert_eq!(
+            (now.version, now.wrapped.as_deref()),
+            (3, Some(&[1u8; 40][..]))
+        );
+        assert_eq!(
+            ks.version(&dek.id, 2).unwrap().unwrap().wrapped,
+            vec![2; 40]
+        );
+        assert_eq!(ks.version(&dek.id, 4).unwrap(), None);
+        // A version row moved to another key, or to another version, or edited: tampering.
+        let conn = Connection::open(ks.path()).unwrap();
+        for (edit, undo) in [
+            (
+                format!("UPDATE key_versions SET key = '{}' WHERE key = '{}' AND version = 2", other.id, dek.id),
+                format!("UPDATE key_versions SET key = '{}' WHERE key = '{}' AND version = 2", dek.id, other.id),
+            ),
+            (
+                format!("UPDATE key_versions SET wrapped = x'00' WHERE key = '{}' AND version = 2", dek.id),
+                format!("UPDATE key_versions SET wrapped = zeroblob(40) WHERE key = '{}' AND version = 2", dek.id),
+            ),
+        ] {
+            conn.execute(&edit, []).unwrap();
+            let (who, v) = if edit.contains("SET key") { (other.id, 2) } else { (dek.id, 2) };
+            assert!(
+                matches!(ks.version(&who, v), Err(KeystoreError::Tampered { .. })),
+                "{edit}"
+            );
+            conn.execute(&undo, []).unwrap();
+        }
+        // The version column of the key row is MAC'd (rolling it back is tampering).
+        conn.execute(
+            "UPDATE keys SET version = 2 WHERE id = ?1",
+            [dek.id.to_string()],
+        )
+        .unwrap();
+        assert!(matches!(
+            ks.get(&dek.id),
+            Err(KeystoreError::Tampered { .. })
+        ));
+        conn.execute(
+            "UPDATE keys SET version = 3 WHERE id = ?1",
+            [dek.id.to_string()],
+        )
+        .unwrap();
+        // min_version: set through the keystore verifies; cleared or changed outside does not.
+        let before = ks.set_min_version(&dek.id, 2).unwrap().unwrap();
+        assert_eq!(before.min_version, None);
+        assert_eq!(ks.get(&dek.id).unwrap().unwrap().min_version, Some(2));
+        conn.execute(
+            "UPDATE keys SET min_version = NULL WHERE id = ?1",
+            [dek.id.to_string()],
+        )
+        .unwrap();
+        assert!(matches!(
+            ks.get(&dek.id),
+            Err(KeystoreError::Tampered { .. })
+        ));
+        // A row without min_version keeps the body it had before v7.
+        assert!(ks.get(&other.id).unwrap().is_some());
+    }
+
+    #[test]
     fn state_changes_and_revocations_are_maced() {
         let (_d, ks) = temp();
         ks.set_mac_key(Some(test_key(1)));
@@ -2088,18 +2730,19 @@ mod tests {
     /// A keystore from before the paging indexes (v6) gains them at open, and its MAC'd records
     /// page as they listed (the indexes change no row, so no MAC).
     #[test]
-    fn a_v6_keystore_gains_the_paging_indexes() {
+    fn a_v7_keystore_gains_the_paging_indexes() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k.db");
         let mac = || test_key(7);
         let want: Vec<Uuid> = {
             let conn = Connection::open(&p).unwrap();
-            for m in &MIGRATIONS[..6] {
+            // Up to v7 (DEK versions), the step before the paging indexes.
+            for m in &MIGRATIONS[..7] {
                 conn.execute_batch(m).unwrap();
             }
-            conn.pragma_update(None, "user_version", 6).unwrap();
+            conn.pragma_update(None, "user_version", 7).unwrap();
             drop(conn);
-            // Written by the v6 code path: the same insert, before the indexes exist.
+            // Written by the v7 code path: the same insert, before the indexes exist.
             let conn = Connection::open(&p).unwrap();
             let key = mac();
             let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");

@@ -13,6 +13,7 @@ pub mod idle;
 pub mod key_cache;
 pub mod keypairs;
 pub mod keystore;
+pub mod lifecycle;
 pub mod nodes;
 pub mod prompt;
 pub mod root;

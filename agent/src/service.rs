@@ -123,6 +123,14 @@ pub fn key_info(r: &KeyRecord) -> KeyInfo {
         ssh: crate::ssh::keys::describe(r).map(|d| d.0),
         ssh_fingerprint: crate::ssh::keys::describe(r).map(|d| d.1),
         certificate: r.certificate.clone().map(serde_bytes::ByteBuf::from),
+        min_version: r.min_version,
+    }
+}
+
+fn revoked(ids: Vec<uuid::Uuid>) -> Revoked {
+    Revoked {
+        id: ids.first().map(|i| i.to_string()).unwrap_or_default(),
+        revoked: ids.iter().map(|i| i.to_string()).collect(),
     }
 }
 
@@ -324,6 +332,57 @@ impl Handler for Service {
             id: a.id,
             key: SecretBytes::from(key),
         })
+    }
+
+    fn dek_show(&self, a: IdArgs) -> Result<KeyInfo, AgentError> {
+        self.h.dek_show(&a.id).map(|r| key_info(&r))
+    }
+
+    fn dek_rotate(&self, a: IdArgs) -> Result<DekRotated, AgentError> {
+        let version = self.h.dek_rotate(&a.id)?;
+        Ok(DekRotated { id: a.id, version })
+    }
+
+    fn dek_min_version(&self, a: DekMinVersionArgs) -> Result<DekMinVersionResult, AgentError> {
+        let set = self.h.dek_min_version(&a.id, a.min_version)?;
+        Ok(DekMinVersionResult {
+            id: set.id.to_string(),
+            version: set.version,
+            min_version: set.min_version,
+            warning: set.warning(),
+        })
+    }
+
+    fn rewrap(&self, a: RewrapArgs) -> Result<Ciphertext, AgentError> {
+        let ciphertext = self.h.rewrap(&a.ciphertext, a.dek.as_deref())?;
+        Ok(Ciphertext { ciphertext })
+    }
+
+    fn kek_rotate(&self, a: IdArgs) -> Result<KekRotated, AgentError> {
+        let r = self.h.kek_rotate(&a.id)?;
+        Ok(KekRotated {
+            id: r.id.to_string(),
+            version: r.version,
+            rewrapped: r.rewrapped as u64,
+        })
+    }
+
+    fn kek_revoke(&self, a: IdArgs) -> Result<Revoked, AgentError> {
+        self.h
+            .revoke(crate::keystore::KeyKind::Kek, &a.id)
+            .map(revoked)
+    }
+
+    fn dek_revoke(&self, a: IdArgs) -> Result<Revoked, AgentError> {
+        self.h
+            .revoke(crate::keystore::KeyKind::Dek, &a.id)
+            .map(revoked)
+    }
+
+    fn keypair_revoke(&self, a: IdArgs) -> Result<Revoked, AgentError> {
+        self.h
+            .revoke(crate::keystore::KeyKind::Keypair, &a.id)
+            .map(revoked)
     }
 
     fn encrypt(&self, a: EncryptArgs) -> Result<Ciphertext, AgentError> {

@@ -185,6 +185,35 @@ pub fn key_table(keys: &[KeyInfo]) -> String {
     s
 }
 
+/// DEKs as a table, with their newest and minimum versions.
+pub fn dek_table(keys: &[KeyInfo]) -> String {
+    if keys.is_empty() {
+        return "(none)\n".into();
+    }
+    let mut s = format!(
+        "{:<36}  {:<8}  {:<8}  {:<10}  {:<7}  {:<3}  LABEL\n",
+        "ID", "STATE", "PURPOSE", "EXPORTABLE", "VERSION", "MIN"
+    );
+    for k in keys {
+        let purpose = match k.purpose {
+            Some(Purpose::Personal) => "personal",
+            Some(Purpose::Sharing) => "sharing",
+            None => "-",
+        };
+        s.push_str(&format!(
+            "{:<36}  {:<8}  {:<8}  {:<10}  {:<7}  {:<3}  {}\n",
+            k.id,
+            k.state,
+            purpose,
+            if k.exportable { "yes" } else { "no" },
+            k.version,
+            k.min_version.unwrap_or(1),
+            k.label.as_deref().unwrap_or("")
+        ));
+    }
+    s
+}
+
 /// `{"keys": [...]}` for `--json`, with public keys as hex and their did:key.
 pub fn keys_json(keys: &[KeyInfo]) -> Value {
     let list: Vec<Value> = keys

@@ -450,6 +450,59 @@ impl Client {
         self.call::<op::DekExport>(&IdArgs { id: id.into() }).await
     }
 
+    /// One DEK's record (newest and minimum version, state).
+    pub async fn dek_show(&self, id: &str) -> Result<KeyInfo, ClientError> {
+        self.call::<op::DekShow>(&IdArgs { id: id.into() }).await
+    }
+
+    /// Add a version to a DEK; returns the new version.
+    pub async fn dek_rotate(&self, id: &str) -> Result<DekRotated, ClientError> {
+        self.call::<op::DekRotate>(&IdArgs { id: id.into() }).await
+    }
+
+    /// Refuse decryption below `min_version`.
+    pub async fn dek_min_version(
+        &self,
+        id: &str,
+        min_version: u32,
+    ) -> Result<DekMinVersionResult, ClientError> {
+        self.call::<op::DekMinVersion>(&DekMinVersionArgs {
+            id: id.into(),
+            min_version,
+        })
+        .await
+    }
+
+    /// Re-encrypt a Cryppo ciphertext under the newest version of its DEK (inside the agent).
+    pub async fn rewrap(&self, ciphertext: &str, dek: Option<&str>) -> Result<String, ClientError> {
+        let args = RewrapArgs {
+            ciphertext: ciphertext.into(),
+            dek: dek.map(Into::into),
+        };
+        Ok(self.call::<op::Rewrap>(&args).await?.ciphertext)
+    }
+
+    /// A new KEK version, every child rewrapped under it.
+    pub async fn kek_rotate(&self, id: &str) -> Result<KekRotated, ClientError> {
+        self.call::<op::KekRotate>(&IdArgs { id: id.into() }).await
+    }
+
+    /// Revoke a KEK (and every key under it).
+    pub async fn kek_revoke(&self, id: &str) -> Result<Revoked, ClientError> {
+        self.call::<op::KekRevoke>(&IdArgs { id: id.into() }).await
+    }
+
+    /// Revoke a DEK.
+    pub async fn dek_revoke(&self, id: &str) -> Result<Revoked, ClientError> {
+        self.call::<op::DekRevoke>(&IdArgs { id: id.into() }).await
+    }
+
+    /// Revoke a keypair.
+    pub async fn keypair_revoke(&self, id: &str) -> Result<Revoked, ClientError> {
+        self.call::<op::KeypairRevoke>(&IdArgs { id: id.into() })
+            .await
+    }
+
     /// Encrypt under a DEK; returns a Cryppo `Aes256Gcm` string.
     pub async fn encrypt(&self, dek: &str, plaintext: &[u8]) -> Result<String, ClientError> {
         let args = EncryptArgs {

@@ -53,6 +53,8 @@ pub enum KeypairCmd {
     Show { id: String },
     /// Delete a keypair (refused while it vouches for node keys).
     Delete { id: String },
+    /// Revoke a keypair: final; it signs nothing more and leaves the SSH and PKCS#11 doors.
+    Revoke { id: String },
     /// Offer a keypair to SSH clients (--on), ask before each use (--confirm), or stop (--off).
     Ssh(crate::ssh_cmds::KeypairSshCmd),
     /// A keypair's X.509 certificate (shown by the PKCS#11 module as a certificate object).
@@ -376,6 +378,7 @@ pub async fn keypair(c: &Client, cmd: &KeypairCmd) -> Result<Out, Failure> {
             out(text, j)
         }
         KeypairCmd::Ssh(cmd) => crate::ssh_cmds::keypair_ssh(c, cmd).await?,
+        KeypairCmd::Revoke { id } => crate::revoked_out(c.keypair_revoke(id).await?),
         KeypairCmd::Delete { id } => {
             let r = c.keypair_delete(id).await?;
             out(

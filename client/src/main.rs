@@ -94,6 +94,15 @@ enum Command {
         #[command(flatten)]
         io: Io,
     },
+    /// Re-encrypt a Cryppo ciphertext under the newest version of its DEK, inside the agent
+    /// (the plaintext never leaves it). Reads stdin or -i, writes stdout or -o.
+    Rewrap {
+        /// Needed only for Cryppo strings that do not name a Keyward DEK.
+        #[arg(long)]
+        dek: Option<String>,
+        #[command(flatten)]
+        io: Io,
+    },
     /// Offline Cryppo helpers (no agent needed).
     #[command(subcommand)]
     Cryppo(CryppoCmd),
@@ -253,6 +262,10 @@ enum KekCmd {
         #[command(flatten)]
         page: cli::PageOpts,
     },
+    /// Revoke a KEK and every key under it: final; every use afterwards is refused.
+    Revoke { id: String },
+    /// Make a new version of a KEK and rewrap every key under it; prints the new version.
+    Rotate { id: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -284,12 +297,21 @@ enum DekCmd {
         page: cli::PageOpts,
     },
     /// Print an exportable DEK as base64url (the Cryppo key format), for client-side encryption.
+    /// Exports the newest version.
     Export {
         id: String,
         /// Write the key to this file (mode 0600) instead of stdout.
         #[arg(short = 'o', long = "out")]
         output: Option<PathBuf>,
     },
+    /// Show one DEK: state, newest version, minimum version.
+    Show { id: String },
+    /// Add a version to a DEK; new encryptions use it. Prints the new version.
+    Rotate { id: String },
+    /// Refuse decryption below version N (1 to the newest); warns when that retires versions.
+    MinVersion { id: String, n: u32 },
+    /// Revoke a DEK: final; every use afterwards is refused.
+    Revoke { id: String },
 }
 
 fn read_pin(opt: &PinOpt, prompt: &str) -> Result<Pin, Failure> {
@@ -406,6 +428,55 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             let r = page.fetch("kek.list", |p| c.kek_list_page(p)).await?;
             cli::list_out(&r, key_table(&r.keys))
         }
+        Command::Kek(KekCmd::Revoke { id }) => revoked_out(c.kek_revoke(id).await?),
+        Command::Kek(KekCmd::Rotate { id }) => {
+            let r = c.kek_rotate(id).await?;
+            eprintln!(
+                "keyward: KEK {}: {} wrapped keys moved to version {}",
+                r.id, r.rewrapped, r.version
+            );
+            out(
+                format!("{}\n", r.version),
+                serde_json::to_value(&r).map_err(|e| e.to_string())?,
+            )
+        }
+        Command::Dek(DekCmd::Show { id }) => {
+            let k = c.dek_show(id).await?;
+            let v = serde_json::to_value(&k).map_err(|e| e.to_string())?;
+            out(cli::dek_table(std::slice::from_ref(&k)), v)
+        }
+        Command::Dek(DekCmd::Rotate { id }) => {
+            let r = c.dek_rotate(id).await?;
+            out(
+                format!("{}\n", r.version),
+                json!({"id": r.id, "version": r.version}),
+            )
+        }
+        Command::Dek(DekCmd::MinVersion { id, n }) => {
+            let r = c.dek_min_version(id, *n).await?;
+            if let Some(w) = &r.warning {
+                eprintln!("keyward: warning: {w}");
+            }
+            out(
+                format!(
+                    "DEK {}: minimum version {} (newest {})\n",
+                    r.id, r.min_version, r.version
+                ),
+                serde_json::to_value(&r).map_err(|e| e.to_string())?,
+            )
+        }
+        Command::Dek(DekCmd::Revoke { id }) => revoked_out(c.dek_revoke(id).await?),
+        Command::Rewrap { dek, io } => {
+            let input = cli::read_input(&io.input)?;
+            let text = String::from_utf8(input)
+                .map_err(|_| "the input is not a Cryppo string (not UTF-8)".to_string())?;
+            let ct = c.rewrap(text.trim(), dek.as_deref()).await?;
+            if io.output.is_some() || !cli.json {
+                write_output(&io.output, format!("{ct}\n").as_bytes())?;
+                return Ok(cli.json.then(|| out("", json!({"written": true}))));
+            }
+            out("", json!({"ciphertext": ct}))
+        }
         Command::Dek(DekCmd::Create {
             kek,
             purpose,
@@ -434,7 +505,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
                     })
                 })
                 .await?;
-            cli::list_out(&r, key_table(&r.keys))
+            cli::list_out(&r, cli::dek_table(&r.keys))
         }
         Command::Dek(DekCmd::Export { id, output }) => {
             let r = c.dek_export(id).await?;
@@ -480,6 +551,15 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
                 .into())
         }
     }))
+}
+
+/// What `kek/dek/keypair revoke` print: every key revoked, one a line.
+pub(crate) fn revoked_out(r: keyward_client::proto::ops::Revoked) -> Out {
+    let mut text = String::new();
+    for id in &r.revoked {
+        text.push_str(&format!("revoked {id}\n"));
+    }
+    out(text, json!({"id": r.id, "revoked": r.revoked}))
 }
 
 /// The keystore the agent on the socket serves, if an agent answers.

@@ -66,6 +66,9 @@ pub enum ErrorCode {
     KeyInactive,
     /// Authentication of the ciphertext failed, or it is not a ciphertext for this agent.
     DecryptFailed,
+    /// The ciphertext is under a DEK version below the DEK's minimum (`dek.min_version`):
+    /// that version no longer decrypts.
+    VersionRetired,
     /// The token or card refused or failed the operation.
     TokenError,
     /// The token or card is not reachable (removed, or its service is down).
@@ -115,6 +118,7 @@ impl ErrorCode {
             ErrorCode::VerifyFailed => "verify_failed",
             ErrorCode::KeyInactive => "key_inactive",
             ErrorCode::DecryptFailed => "decrypt_failed",
+            ErrorCode::VersionRetired => "version_retired",
             ErrorCode::TokenError => "token_error",
             ErrorCode::TokenUnavailable => "token_unavailable",
             ErrorCode::KeystoreError => "keystore_error",

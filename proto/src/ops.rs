@@ -253,6 +253,10 @@ pub struct KeyInfo {
     /// Keypairs: the X.509 certificate set for the key (DER), if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<serde_bytes::ByteBuf>,
+    /// DEKs: the oldest version that still decrypts, once `dek.min_version` has set one
+    /// (absent: 1). `version` is the newest, which new ciphertexts use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_version: Option<u32>,
 }
 
 /// Whether a keypair is offered on the SSH-agent socket.
@@ -604,4 +608,59 @@ pub struct RandomArgs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RandomBytes {
     pub bytes: serde_bytes::ByteBuf,
+}
+
+// ---- key life cycle ---------------------------------------------------------------------------
+
+/// `dek.rotate` result: the DEK's new (newest) version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DekRotated {
+    pub id: String,
+    pub version: u32,
+}
+
+/// `dek.min_version` arguments: refuse decryption below `min_version` (1 to the newest).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DekMinVersionArgs {
+    pub id: String,
+    pub min_version: u32,
+}
+
+/// `dek.min_version` result. `warning` is set when versions that decrypted before this call
+/// no longer do (ciphertexts under them may still exist and need `rewrap` first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DekMinVersionResult {
+    pub id: String,
+    pub version: u32,
+    pub min_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// `rewrap` arguments: a Cryppo ciphertext to re-encrypt under the newest version of its DEK.
+/// `dek` as in `decrypt`, for ciphertexts that name none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewrapArgs {
+    pub ciphertext: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dek: Option<String>,
+}
+
+/// `kek.revoke`, `dek.revoke`, `keypair.revoke` result: every key revoked (the one named
+/// first; a KEK's children after it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    pub id: String,
+    pub revoked: Vec<String>,
+}
+
+/// `kek.rotate` result: the KEK's new version and how many wrapped secrets (DEK versions,
+/// keypairs, secrets) were moved under it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KekRotated {
+    pub id: String,
+    pub version: u32,
+    pub rewrapped: u64,
 }

@@ -207,6 +207,21 @@ operations! {
     Random, random, "random": RandomArgs => RandomBytes, Always;
     /// Offer a keypair on the SSH-agent socket (`on`, `confirm`) or stop (`off`).
     KeypairSsh, keypair_ssh, "keypair.ssh": KeypairSshArgs => KeyInfo, Always;
+    // Key life cycle (README "Key lifecycle").
+    /// One DEK's record: its newest and minimum versions, state.
+    DekShow, dek_show, "dek.show": IdArgs => KeyInfo, Always;
+    /// Add a version to a DEK; new encryptions use it.
+    DekRotate, dek_rotate, "dek.rotate": IdArgs => DekRotated, Unlocked;
+    /// Refuse decryption below a version (`version_retired`).
+    DekMinVersion, dek_min_version, "dek.min_version": DekMinVersionArgs => DekMinVersionResult, Unlocked;
+    /// Re-encrypt a Cryppo ciphertext under the newest version of its DEK, inside the agent.
+    Rewrap, rewrap, "rewrap": RewrapArgs => Ciphertext, Unlocked;
+    /// Revoke a KEK (and every key under it), a DEK or a keypair: final.
+    KekRevoke, kek_revoke, "kek.revoke": IdArgs => Revoked, Unlocked;
+    DekRevoke, dek_revoke, "dek.revoke": IdArgs => Revoked, Unlocked;
+    KeypairRevoke, keypair_revoke, "keypair.revoke": IdArgs => Revoked, Unlocked;
+    /// A new KEK version: every child rewrapped under it (journaled), the old wrap destroyed.
+    KekRotate, kek_rotate, "kek.rotate": IdArgs => KekRotated, Unlocked;
 }
 
 #[cfg(test)]

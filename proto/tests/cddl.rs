@@ -36,6 +36,7 @@ fn key_info() -> KeyInfo {
         ssh: None,
         ssh_fingerprint: None,
         certificate: None,
+        min_version: None,
     }
 }
 
@@ -343,6 +344,45 @@ fn every_request_validates() {
             ),
         ),
         (Op::Random, req(Op::Random, &RandomArgs { len: 32 })),
+        (Op::KekRotate, req(Op::KekRotate, &IdArgs { id: ID.into() })),
+        (Op::DekShow, req(Op::DekShow, &IdArgs { id: ID.into() })),
+        (Op::DekRotate, req(Op::DekRotate, &IdArgs { id: ID.into() })),
+        (
+            Op::DekMinVersion,
+            req(
+                Op::DekMinVersion,
+                &DekMinVersionArgs {
+                    id: ID.into(),
+                    min_version: 2,
+                },
+            ),
+        ),
+        (
+            Op::Rewrap,
+            req(
+                Op::Rewrap,
+                &RewrapArgs {
+                    ciphertext: "Aes256Gcm.a.b".into(),
+                    dek: None,
+                },
+            ),
+        ),
+        (
+            Op::Rewrap,
+            req(
+                Op::Rewrap,
+                &RewrapArgs {
+                    ciphertext: "Aes256Gcm.a.b".into(),
+                    dek: Some(ID.into()),
+                },
+            ),
+        ),
+        (Op::KekRevoke, req(Op::KekRevoke, &IdArgs { id: ID.into() })),
+        (Op::DekRevoke, req(Op::DekRevoke, &IdArgs { id: ID.into() })),
+        (
+            Op::KeypairRevoke,
+            req(Op::KeypairRevoke, &IdArgs { id: ID.into() }),
+        ),
     ];
     let mut seen = std::collections::HashSet::new();
     for (op, cbor) in &requests {
@@ -381,6 +421,43 @@ fn every_response_validates() {
             },
         ),
         Response::ok(1, &LockState { locked: true }),
+        Response::ok(
+            1,
+            &DekRotated {
+                id: ID.into(),
+                version: 2,
+            },
+        ),
+        Response::ok(
+            1,
+            &DekMinVersionResult {
+                id: ID.into(),
+                version: 3,
+                min_version: 2,
+                warning: Some("versions 1 to 1 no longer decrypt".into()),
+            },
+        ),
+        Response::ok(
+            1,
+            &KekRotated {
+                id: ID.into(),
+                version: 2,
+                rewrapped: 1000,
+            },
+        ),
+        Response::ok(
+            1,
+            &Revoked {
+                id: ID.into(),
+                revoked: vec![ID.into(), ID.into()],
+            },
+        ),
+        Response::ok(1, &{
+            let mut k = key_info();
+            k.version = 3;
+            k.min_version = Some(2);
+            k
+        }),
         Response::ok(1, &Created { id: ID.into() }),
         Response::ok(
             1,

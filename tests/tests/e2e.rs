@@ -13,6 +13,8 @@ mod cryppo;
 mod faults;
 #[path = "e2e/identity.rs"]
 mod identity;
+#[path = "e2e/key_lifecycle.rs"]
+mod key_lifecycle;
 #[path = "e2e/keys.rs"]
 mod keys;
 #[path = "e2e/lifecycle.rs"]

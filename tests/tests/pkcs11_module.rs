@@ -18,6 +18,7 @@ keyward_tests::keyward_e2e_tests!(
     openssh_lists_and_logs_in,
     openssl_engine_signs,
     certificate_in_nss_and_pkcs11_tool,
+    revoked_keys_leave_the_module,
     the_module_lists_every_page_of_keys,
 );
 
@@ -186,6 +187,39 @@ fn pkcs11_tool_lists_tests_signs_and_generates(env: &mut TestEnv) {
     ]);
     let list = String::from_utf8_lossy(&env.cli_ok(&["keypair", "list"], None)).to_string();
     assert!(list.contains("made-by-p11"), "{list}");
+}
+
+/// Revoked keypairs and DEKs (and the keys under a revoked KEK) are not module objects.
+fn revoked_keys_leave_the_module(env: &mut TestEnv) {
+    ensure_programs();
+    let keys = init_for_module(env);
+    let m = module();
+    let objects = |env: &TestEnv| {
+        let mut c = host(env, "pkcs11-tool");
+        c.arg("--module")
+            .arg(&m)
+            .args(["-O", "--login", "--pin", env.pin()]);
+        run_ok(c)
+    };
+    let o = objects(env);
+    assert!(o.contains("p11-ecdsa") && o.contains("p11-dek"), "{o}");
+    env.cli_ok(&["keypair", "revoke", &keys.p256], None);
+    let o = objects(env);
+    assert!(
+        !o.contains("p11-ecdsa"),
+        "a revoked keypair is listed:\n{o}"
+    );
+    assert!(o.contains("p11-ed") && o.contains("p11-dek"), "{o}");
+    let kek = env.cli_json(&["kek", "list"], None)["keys"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.cli_ok(&["kek", "revoke", &kek], None);
+    let o = objects(env);
+    assert!(
+        !o.contains("p11-ed") && !o.contains("p11-dek"),
+        "keys under a revoked KEK are listed:\n{o}"
+    );
 }
 
 fn p11tool_lists_objects(env: &mut TestEnv) {

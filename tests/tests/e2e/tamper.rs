@@ -227,6 +227,9 @@ fn downgrade_to_v3(env: &TestEnv) {
          ALTER TABLE keys DROP COLUMN mac;
          ALTER TABLE revocations DROP COLUMN mac;
          DELETE FROM meta WHERE name LIKE 'pin_failures%' OR name LIKE 'integrity%';
+         DROP TABLE IF EXISTS kek_rotation_items;
+         DROP TABLE IF EXISTS kek_rotations;
+         DROP TABLE IF EXISTS key_versions;
          PRAGMA user_version = 3;",
     )
     .unwrap();

@@ -232,6 +232,45 @@ fn confirmation_asks_with_key_and_process_and_denial_fails() {
 }
 
 #[test]
+fn revoked_keypairs_and_keypairs_under_a_revoked_kek_are_not_offered() {
+    let env = TestEnv::start(RootKind::Pkcs11);
+    init_with_kek(&env);
+    let a = ssh_keypair(&env, &[], "to-revoke");
+    let b = ssh_keypair(&env, &["--alg", "ed25519"], "under-kek");
+    let line = |k: &serde_json::Value| k["ssh"].as_str().expect("ssh line").to_string();
+    let l = run_ok(&env, "ssh-add", &["-L"], None);
+    assert!(l.contains(&line(&a)) && l.contains(&line(&b)), "{l}");
+    // Signed once, so the unwrapped key is in the door's cache.
+    git_sign_and_verify(&env, &line(&a), "before");
+    env.cli_ok(&["keypair", "revoke", a["id"].as_str().unwrap()], None);
+    let l = run_ok(&env, "ssh-add", &["-L"], None);
+    assert!(!l.contains(&line(&a)), "a revoked keypair is offered:\n{l}");
+    // And it signs nothing, though it was cached.
+    std::fs::write(env.dir().join("after.msg"), b"commit tree 5678\n").unwrap();
+    let out = run(
+        &env,
+        "ssh-keygen",
+        &["-Y", "sign", "-n", "git", "-f", "before.pub", "after.msg"],
+        None,
+    );
+    assert!(!out.status.success(), "a revoked keypair signed");
+    assert!(l.contains(&line(&b)), "{l}");
+    // The KEK: its keypair leaves too.
+    let kek = env.cli_json(&["kek", "list"], None)["keys"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.cli_ok(&["kek", "revoke", &kek], None);
+    assert_eq!(
+        listed(&env)
+            .lines()
+            .filter(|l| l.contains("SHA256:"))
+            .count(),
+        0
+    );
+}
+
+#[test]
 fn confirmation_goes_through_pinentry_confirm_when_a_prompt_is_configured() {
     let mut env = TestEnv::start(RootKind::Pkcs11);
     init_with_kek(&env);
