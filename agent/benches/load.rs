@@ -11,17 +11,16 @@
 //! agent's resident set size (VmRSS, VmHWM) before and after.
 //! Run: `cargo bench -p keyward-agent --bench load`.
 
+mod common;
+
 use keyward_client::proto::ops::{DekCreateArgs, KeypairCreateArgs};
-use keyward_client::proto::secret::Pin;
 use keyward_client::BlockingClient;
 use keyward_identity::ecdsa::{verify, SigEncoding};
 use keyward_identity::PublicKey;
 use std::path::Path;
-use std::process::{Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-const PIN: &str = "bench-pin-1234";
 
 fn rss(pid: u32) -> (u64, u64) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -126,37 +125,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../softhsm-setup.sh");
-    let st = Command::new("bash")
-        .arg(&script)
-        .arg("--dir")
-        .arg(tmp.path())
-        .env("KEYWARD_DEV_PIN", PIN)
-        .stdout(Stdio::null())
-        .status()
-        .expect("run softhsm-setup.sh");
-    assert!(st.success(), "softhsm-setup.sh failed");
-    let config = tmp.path().join("keyward.toml");
+    let config = common::setup_token(tmp.path());
     let sock = tmp.path().join("agent.sock");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_keywardd"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--log")
-        .arg("warn")
-        .env("KEYWARD_SOCK", &sock)
-        .spawn()
-        .expect("start keywardd");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "keywardd did not bind its socket"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let c = BlockingClient::connect(&sock).expect("connect");
-    c.run(|c| c.init(Pin::new(PIN))).expect("init");
-    c.run(|c| c.kek_create(None)).expect("kek");
+    let agent = common::Agent::start(&config, &sock, &sock, |_| {});
+    let c = common::init_with_kek(&sock);
     let mut fx = Fixture {
         deks: Vec::new(),
         before: Vec::new(),
@@ -182,14 +154,13 @@ fn main() {
         fx.keys.push((id, public));
     }
     drop(c);
-    let pid = agent.id();
+    let pid = agent.pid();
     let rss0 = rss(pid);
     let (ops1, err1, t1) = round(&sock, &fx, 1, secs);
     let rss1 = rss(pid);
     let (opsn, errn, tn) = round(&sock, &fx, clients, secs);
     let rssn = rss(pid);
-    let _ = Command::new("kill").arg(pid.to_string()).status();
-    let _ = agent.wait();
+    drop(agent);
     let (r1, rn) = (ops1 as f64 / t1, opsn as f64 / tn);
     println!("\nKeyward under load ({secs} s rounds; mixed encrypt+decrypt, decrypt, sign, list, create)");
     println!("| clients | operations | ops/s | errors | agent RSS after (VmRSS / peak) |");

@@ -8,27 +8,11 @@
 //! Needs softhsm2 (softhsm-setup.sh). Run: `cargo bench -p keyward-agent --bench rewrap`
 //! (`KEYWARD_BENCH_REWRAP_N` changes the count).
 
+mod common;
+
 use keyward_client::proto::ops::DekCreateArgs;
-use keyward_client::proto::secret::Pin;
 use keyward_client::BlockingClient;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const PIN: &str = "bench-pin-1234";
-
-fn setup_token(dir: &Path) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../softhsm-setup.sh");
-    let st = Command::new("bash")
-        .arg(script)
-        .arg(dir)
-        .env("KEYWARD_DEV_PIN", PIN)
-        .stdout(Stdio::null())
-        .status()
-        .expect("run softhsm-setup.sh");
-    assert!(st.success(), "softhsm-setup.sh failed");
-    dir.join("keyward.toml").to_string_lossy().into_owned()
-}
 
 /// Apply `op` to every item of `items` from `clients` connections in parallel (item i on
 /// connection i % clients); returns the results in order and the wall time.
@@ -71,27 +55,10 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
     let tmp = tempfile::tempdir().expect("tempdir");
-    let config = setup_token(tmp.path());
+    let config = common::setup_token(tmp.path());
     let sock = tmp.path().join("agent.sock");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_keywardd"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--log")
-        .arg("warn")
-        .env("KEYWARD_SOCK", &sock)
-        .spawn()
-        .expect("start keywardd");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "keywardd did not bind its socket"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let c = BlockingClient::connect(&sock).expect("connect");
-    c.run(|c| c.init(Pin::new(PIN))).expect("init");
-    c.run(|c| c.kek_create(None)).expect("kek");
+    let agent = common::Agent::start(&config, &sock, &sock, |_| {});
+    let c = common::init_with_kek(&sock);
     let args = DekCreateArgs::default();
     let dek = c.run(|c| c.dek_create(&args)).expect("dek").id;
     let clients: Vec<BlockingClient> = (0..4)
@@ -118,8 +85,7 @@ fn main() {
     assert!(v2.iter().all(|ct| !ct.is_empty()));
     drop(clients);
     drop(c);
-    let _ = Command::new("kill").arg(agent.id().to_string()).status();
-    let _ = agent.wait();
+    drop(agent);
 
     let per_s = |d: Duration| count as f64 / d.as_secs_f64();
     println!(

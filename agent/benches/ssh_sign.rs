@@ -10,9 +10,9 @@
 //! Needs softhsm2 and openssh-client (softhsm-setup.sh, ssh-setup.sh).
 //! Run: `cargo bench -p keyward-agent --bench ssh_sign`.
 
+mod common;
+
 use keyward_client::proto::ops::{KeypairCreateArgs, SshMode};
-use keyward_client::proto::secret::Pin;
-use keyward_client::BlockingClient;
 use ssh_agent_lib::proto::{PublicCredential, Request, SignRequest};
 use ssh_encoding::Encode;
 use std::io::{Read, Write};
@@ -22,7 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const PIN: &str = "bench-pin-1234";
+use common::PIN;
 const ROUNDS: usize = 5;
 const ROUND: Duration = Duration::from_secs(1);
 
@@ -168,26 +168,11 @@ fn main() {
     let config = tmp.path().join("keyward.toml");
     let sock = tmp.path().join("run/agent.sock");
     let ssh_sock = tmp.path().join("run/ssh.sock");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_keywardd"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--log")
-        .arg(std::env::var("KEYWARD_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
-        .env("KEYWARD_SOCK", &sock)
-        .env_remove("KEYWARD_SSH_SOCK")
-        .spawn()
-        .expect("start keywardd");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !ssh_sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "keywardd did not bind its sockets"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let c = BlockingClient::connect(&sock).expect("connect");
-    c.run(|c| c.init(Pin::new(PIN))).expect("init");
-    c.run(|c| c.kek_create(None)).expect("kek");
+    let agent = common::Agent::start(&config, &sock, &ssh_sock, |cmd| {
+        cmd.env_remove("KEYWARD_SSH_SOCK");
+    });
+    let deadline = Instant::now();
+    let c = common::init_with_kek(&sock);
     let args = KeypairCreateArgs {
         on_token: true,
         label: Some("token".into()),
@@ -250,7 +235,7 @@ fn main() {
     for n in [1, 4] {
         let ours = Side {
             sock: &ssh_sock,
-            pid: agent.id(),
+            pid: agent.pid(),
         };
         let theirs = Side {
             sock: &openssh_sock,
@@ -272,6 +257,5 @@ fn main() {
     drop(c);
     let _ = openssh.kill();
     let _ = openssh.wait();
-    let _ = Command::new("kill").arg(agent.id().to_string()).status();
-    let _ = agent.wait();
+    drop(agent);
 }

@@ -17,19 +17,20 @@
 //! (for `kek.list`: `pingpong=<ops/s> ratio=<agent/pingpong>`).
 //! Run: `cargo bench -p keyward-agent --bench throughput`.
 
+mod common;
+
 use keyward_agent::config::UnlockPolicy;
 use keyward_agent::hierarchy::Hierarchy;
 use keyward_agent::keystore::Keystore;
 use keyward_client::proto::ops::DekCreateArgs;
 use keyward_client::proto::secret::Pin;
 use keyward_client::BlockingClient;
-use std::path::Path;
-use std::process::{Command, Stdio};
+
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const PIN: &str = "bench-pin-1234";
 const ROUNDS: usize = 5;
 const ROUND: Duration = Duration::from_secs(1);
 
@@ -58,20 +59,6 @@ fn median(threads: usize, op: &(dyn Fn(usize) + Sync)) -> f64 {
     let mut v: Vec<f64> = (0..ROUNDS).map(|_| rate(threads, op)).collect();
     v.sort_by(|a, b| a.total_cmp(b));
     v[ROUNDS / 2]
-}
-
-fn setup_token(dir: &Path) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../softhsm-setup.sh");
-    let st = Command::new("bash")
-        .arg(&script)
-        .arg("--dir")
-        .arg(dir)
-        .env("KEYWARD_DEV_PIN", PIN)
-        .stdout(Stdio::null())
-        .status()
-        .expect("run softhsm-setup.sh");
-    assert!(st.success(), "softhsm-setup.sh failed");
-    dir.join("keyward.toml").to_string_lossy().into_owned()
 }
 
 /// The ping-pong server (this bench re-executed): accept connections on `path`; on each, read
@@ -136,8 +123,8 @@ fn main() {
         }
     }
     let tmp = tempfile::tempdir().expect("tempdir");
-    let config = setup_token(tmp.path());
-    let cfg = keyward_agent::config::Config::load(Path::new(&config)).expect("config");
+    let config = common::setup_token(tmp.path());
+    let cfg = keyward_agent::config::Config::load(&config).expect("config");
     assert!(
         matches!(cfg.root, keyward_agent::config::RootConfig::Pkcs11 { .. }),
         "expected a pkcs11 config"
@@ -145,26 +132,10 @@ fn main() {
 
     // --- through the agent ----------------------------------------------------------------
     let sock = tmp.path().join("agent.sock");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_keywardd"))
-        .arg("--config")
-        .arg(&config)
-        .arg("--log")
-        .arg("warn")
-        .env("KEYWARD_SOCK", &sock)
-        .envs(std::env::var_os("KW_INLINE").map(|v| ("KW_INLINE", v)))
-        .spawn()
-        .expect("start keywardd");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "keywardd did not bind its socket"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let c = BlockingClient::connect(&sock).expect("connect");
-    c.run(|c| c.init(Pin::new(PIN))).expect("init");
-    c.run(|c| c.kek_create(None)).expect("kek");
+    let agent = common::Agent::start(&config, &sock, &sock, |cmd| {
+        cmd.envs(std::env::var_os("KW_INLINE").map(|v| ("KW_INLINE", v)));
+    });
+    let c = common::init_with_kek(&sock);
     let args = DekCreateArgs {
         exportable: true,
         ..Default::default()
@@ -203,8 +174,7 @@ fn main() {
     let a_exp8 = median(8, &agent_exp);
     drop(clients);
     drop(c);
-    let _ = Command::new("kill").arg(agent.id().to_string()).status();
-    let _ = agent.wait();
+    drop(agent);
 
     // --- the physical floor: a bare Unix-socket ping-pong between two processes -------------
     let pp_path = tmp.path().join("pingpong.sock");
@@ -241,7 +211,7 @@ fn main() {
         .expect("kek record");
     keyward_agent::root::env::apply_at_startup(&cfg.root_env().expect("root env"));
     let root = keyward_agent::root::from_config(&cfg.root).expect("root");
-    root.unlock(&Pin::new(PIN), &Default::default())
+    root.unlock(&Pin::new(common::PIN), &Default::default())
         .expect("unlock");
     let kek = root
         .open_kek(kek_rec.wrapped.as_deref().expect("wrapped"))
@@ -263,7 +233,7 @@ fn main() {
 
     // --- in-process through the hierarchy: keystore lookups, policy, Cryppo serialization ----
     let h = Hierarchy::new(ks, root, UnlockPolicy::default());
-    h.unlock(&Pin::new(PIN)).expect("unlock hierarchy");
+    h.unlock(&Pin::new(common::PIN)).expect("unlock hierarchy");
     let hier_enc = |_t: usize| {
         h.encrypt(&dek, &pt).expect("encrypt");
     };

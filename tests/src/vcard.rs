@@ -78,6 +78,17 @@ pub fn insert_card() {
     vcard(&["card-start"]);
 }
 
+/// Whether pcscd sees a card in the virtual reader now (`vcard-setup.sh status`, which asks
+/// pcscd through `opensc-tool --list-readers`; no APDU is sent, so the card's state and
+/// pcsc-lite's event counter are untouched).
+pub fn card_seen_by_pcscd() -> bool {
+    // `status` lists the readers as `opensc-tool` prints them: "  N  Yes|No  name".
+    String::from_utf8_lossy(&run(&["status"]).stdout)
+        .lines()
+        .filter(|l| l.contains("Keyward virtual PIV"))
+        .any(|l| l.split_whitespace().nth(1) == Some("Yes"))
+}
+
 fn write_config(dir: &Path, root: &str) -> PathBuf {
     let config = dir.join("keyward.toml");
     std::fs::write(

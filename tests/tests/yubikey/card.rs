@@ -167,3 +167,32 @@ fn yubikey_card_removed_then_reinserted_needs_the_pin_again() {
     env.assert_intact(&keys);
     eprintln!("yubikey removal: {:?}", t.elapsed());
 }
+
+/// Hot-plug between two operations: the card is removed and put back while nothing uses it, so
+/// no operation ever finds it missing. pcsc-lite's per-reader event counter still tells, and
+/// the next operation treats it as a new card: the PIN is forgotten (`locked`), an unlock brings
+/// everything back.
+#[test]
+fn yubikey_card_swapped_between_operations_is_noticed() {
+    let env = start();
+    let keys = env.init_with_keys(false, b"swapped");
+    let c = env.client();
+    c.run(|c| c.decrypt(&keys.ciphertext, None))
+        .expect("decrypt before the swap");
+    vcard::remove_card();
+    wait_for("pcscd to see the card gone", || {
+        (!vcard::card_seen_by_pcscd()).then_some(())
+    });
+    // `card-start` returns once pcscd shows the card again.
+    vcard::insert_card();
+    expect_code(
+        c.run(|c| c.decrypt(&keys.ciphertext, None)),
+        ErrorCode::Locked,
+    );
+    c.run(|c| c.unlock(pin(env.pin())))
+        .expect("unlock after the swap");
+    let pt = c
+        .run(|c| c.decrypt(&keys.ciphertext, None))
+        .expect("decrypt after unlock");
+    assert_eq!(pt.expose(), b"swapped");
+}
