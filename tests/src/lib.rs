@@ -28,6 +28,7 @@ pub mod client;
 pub mod env;
 pub mod faults;
 pub mod kind;
+pub mod pinentry;
 pub mod pkcs11;
 pub mod process;
 pub mod raw;

@@ -662,33 +662,14 @@ fn pkcs11_tool_logs_in_through_the_agents_prompt() {
     let mut env = TestEnv::start(keyward_tests::RootKind::Soft);
     init_for_module(&env);
     let dir = env.dir().to_path_buf();
-    let script = dir.join("fake-pinentry");
-    std::fs::write(
-        &script,
-        format!(
-            r#"#!/bin/bash
-echo "OK Pleased to meet you"
-while IFS= read -r line; do
-  printf '%s\n' "$line" >> {d}/pinentry.log
-  case "$line" in
-    GETPIN*) if [ -e {d}/cancel ]; then echo 'ERR 83886179 Operation cancelled <Pinentry>'; else echo 'D {pin}'; echo OK; fi ;;
-    BYE*) echo OK; exit 0 ;;
-    *) echo OK ;;
-  esac
-done
-"#,
-            d = dir.display(),
-            pin = env.pin()
-        ),
-    )
-    .unwrap();
-    keyward_tests::chmod(&script, 0o755);
-    let mut cfg = std::fs::read_to_string(env.config_path()).unwrap();
-    cfg.push_str(&format!(
-        "\n[prompt]\npinentry = \"{}\"\ntimeout_s = 20\n",
-        script.display()
-    ));
-    std::fs::write(env.config_path(), cfg).unwrap();
+    let getpin = format!(
+        "if [ -e {}/cancel ]; then {}; else {}; fi",
+        dir.display(),
+        keyward_tests::pinentry::CANCEL,
+        keyward_tests::pinentry::answer(env.pin())
+    );
+    let script = keyward_tests::pinentry::fake(&dir, &getpin, keyward_tests::pinentry::YES);
+    keyward_tests::pinentry::configure(&env, &script, 20);
     env.restart();
     assert!(env.client().hello_info().locked);
     let m = module();

@@ -9,31 +9,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// A fake pinentry in `dir`: greets, logs each command to `dir/pinentry.log`, and answers
-/// GETPIN with the shell lines `getpin`.
+/// A fake pinentry in `dir` (`keyward_tests::pinentry`) whose GETPIN runs the shell lines
+/// `getpin`.
 fn fake_pinentry(dir: &Path, getpin: &str) -> PathBuf {
-    let path = dir.join("fake-pinentry");
-    let script = format!(
-        r#"#!/bin/bash
-log="$(dirname "$0")/pinentry.log"
-echo "OK Pleased to meet you"
-while IFS= read -r line; do
-  printf '%s\n' "$line" >> "$log"
-  case "$line" in
-    GETPIN*) {getpin} ;;
-    BYE*) echo OK; exit 0 ;;
-    *) echo OK ;;
-  esac
-done
-"#
-    );
-    std::fs::write(&path, script).unwrap();
-    keyward_tests::chmod(&path, 0o755);
-    path
+    keyward_tests::pinentry::fake(dir, getpin, keyward_tests::pinentry::YES)
 }
 
 fn answer_pin() -> String {
-    format!("echo 'D {}'; echo OK", RootKind::Soft.secret())
+    keyward_tests::pinentry::answer(RootKind::Soft.secret())
 }
 
 /// An environment (soft root, initialised, then restarted locked) whose agent prompts with
@@ -42,17 +25,7 @@ fn locked_env_with_prompt(program: &Path, timeout_s: u16) -> TestEnv {
     let mut env = TestEnv::start(RootKind::Soft);
     env.init();
     env.stop();
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(env.config_path())
-        .unwrap();
-    writeln!(
-        f,
-        "\n[prompt]\npinentry = \"{}\"\ntimeout_s = {timeout_s}",
-        program.display()
-    )
-    .unwrap();
-    drop(f);
+    keyward_tests::pinentry::configure(&env, program, timeout_s);
     env.start_agent();
     assert!(
         env.client().hello_info().locked,
@@ -62,7 +35,7 @@ fn locked_env_with_prompt(program: &Path, timeout_s: u16) -> TestEnv {
 }
 
 fn log_of(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("pinentry.log")).unwrap_or_default()
+    keyward_tests::pinentry::log(dir)
 }
 
 #[test]

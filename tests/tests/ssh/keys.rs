@@ -282,32 +282,14 @@ fn confirmation_goes_through_pinentry_confirm_when_a_prompt_is_configured() {
     let dir = env.dir().to_path_buf();
     // A fake Assuan pinentry: logs every command, answers CONFIRM from the file `answer`
     // (`OK` is yes; pinentry's cancel error is no).
-    let script = dir.join("fake-pinentry");
-    std::fs::write(
-        &script,
-        format!(
-            r#"#!/bin/bash
-echo "OK Pleased to meet you"
-while IFS= read -r line; do
-  printf '%s\n' "$line" >> {d}/pinentry.log
-  case "$line" in
-    CONFIRM*) if [ "$(cat {d}/answer)" = yes ]; then echo OK; else echo 'ERR 83886179 Operation cancelled <Pinentry>'; fi ;;
-    BYE*) echo OK; exit 0 ;;
-    *) echo OK ;;
-  esac
-done
-"#,
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    keyward_tests::chmod(&script, 0o755);
-    let mut cfg = std::fs::read_to_string(env.config_path()).unwrap();
-    cfg.push_str(&format!(
-        "\n[prompt]\npinentry = \"{}\"\ntimeout_s = 20\n",
-        script.display()
-    ));
-    std::fs::write(env.config_path(), cfg).unwrap();
+    let confirm = format!(
+        "if [ \"$(cat {}/answer)\" = yes ]; then {}; else {}; fi",
+        dir.display(),
+        keyward_tests::pinentry::YES,
+        keyward_tests::pinentry::CANCEL
+    );
+    let script = keyward_tests::pinentry::fake(&dir, "echo OK", &confirm);
+    keyward_tests::pinentry::configure(&env, &script, 20);
     env.restart();
     env.cli_ok(
         &["unlock", "--pin-stdin"],
@@ -315,7 +297,7 @@ done
     );
     std::fs::write(dir.join("answer"), "yes").unwrap();
     git_sign_and_verify(&env, k["ssh"].as_str().unwrap(), "yes");
-    let log = std::fs::read_to_string(dir.join("pinentry.log")).unwrap();
+    let log = keyward_tests::pinentry::log(&dir);
     let desc = log
         .lines()
         .find(|l| l.starts_with("SETDESC "))
