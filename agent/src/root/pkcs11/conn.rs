@@ -654,6 +654,12 @@ impl Connection {
         tracing::warn!("token handles went stale: reinitializing the module and logging in again");
         self.disconnect();
         self.unlock_once(&pin, OP, template, found)
+            .map_err(|e| match e {
+                // The token answered before and cannot be reached now (SoftHSM with its files
+                // gone fails `C_Initialize` with CKR_GENERAL_ERROR): unavailable, not broken.
+                RootError::Token { op, cause } => RootError::Unavailable { op, cause },
+                e => e,
+            })
     }
 
     /// Forget the PIN and log out, which destroys every private session object (all unwrapped
