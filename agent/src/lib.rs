@@ -14,6 +14,7 @@ pub mod key_cache;
 pub mod keypairs;
 pub mod keystore;
 pub mod nodes;
+pub mod peer;
 pub mod prompt;
 pub mod root;
 pub mod rsa_keys;

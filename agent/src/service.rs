@@ -10,10 +10,11 @@ use crate::error::{AgentError, Problem};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{Algorithm, KeyRecord, Purpose, SshFlags};
 use crate::keystore::{Cursor, Page, PageSize};
+use crate::peer::{Door, Peer};
 use keyward_proto::ops::{self as wire, *};
 use keyward_proto::secret::SecretBytes;
 use keyward_proto::{ErrorBody, ErrorCode, Request, Response, PROTOCOL_VERSION};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The agent's operations over one hierarchy.
 #[derive(Clone)]
@@ -25,8 +26,11 @@ pub struct Service {
     prompt: Option<Arc<crate::prompt::Prompter>>,
     /// The configuration file, reported by `hello` (for `keyward doctor`).
     config_path: Option<String>,
-    /// The connection's peer process (SO_PEERCRED), named in PIN prompts.
-    peer_pid: Option<i32>,
+    /// The connection's peer process (SO_PEERCRED and `/proc`), named in prompts.
+    peer: Arc<Peer>,
+    /// The connection's front door, set by its `hello` (socket unless the client names itself
+    /// the PKCS#11 module).
+    door: Arc<OnceLock<Door>>,
 }
 
 impl Service {
@@ -36,16 +40,28 @@ impl Service {
             ssh: None,
             prompt: None,
             config_path: None,
-            peer_pid: None,
+            peer: Arc::new(Peer::unknown()),
+            door: Arc::new(OnceLock::new()),
         }
     }
 
-    /// This service for one connection, whose peer process is `pid` (named in PIN prompts).
-    pub fn for_peer(&self, pid: Option<i32>) -> Self {
+    /// This service for one connection, whose peer process is `peer` (named in prompts).
+    pub fn for_peer(&self, peer: Peer) -> Self {
         Service {
-            peer_pid: pid,
+            peer: Arc::new(peer),
+            door: Arc::new(OnceLock::new()),
             ..self.clone()
         }
+    }
+
+    /// The connection's peer process.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// The connection's front door (the socket until its `hello` says otherwise).
+    pub fn door(&self) -> Door {
+        self.door.get().copied().unwrap_or(Door::Socket)
     }
 
     /// Report the configuration file's path in `hello`.
@@ -242,7 +258,7 @@ impl Handler for Service {
     fn check_access(&self, op: Op) -> Result<(), AgentError> {
         match (self.h.root_record(op.name()), &self.prompt) {
             (Err(AgentError::Locked { .. }), Some(p)) => {
-                let who = crate::ssh::confirm::describe_process(self.peer_pid);
+                let who = self.peer.describe();
                 p.unlock(&self.h, op.name(), &who)?;
                 self.h.root_record(op.name()).map(|_| ())
             }
@@ -255,6 +271,18 @@ impl Handler for Service {
             return Err(AgentError::UnsupportedVersion {
                 client: args.version,
             });
+        }
+        let door = Door::from_hello_client(args.client.as_deref());
+        if self.door.set(door).is_ok() {
+            let p = &self.peer;
+            tracing::info!(
+                door = door.name(),
+                pid = p.pid,
+                uid = p.uid,
+                exe = p.exe_text().as_deref().unwrap_or("?"),
+                unit = p.unit.as_deref().unwrap_or("-"),
+                "client connected"
+            );
         }
         Ok(HelloResult {
             protocol: PROTOCOL_VERSION,
@@ -506,7 +534,7 @@ impl Handler for Service {
             .into());
         };
         if self.h.is_locked() {
-            let who = crate::ssh::confirm::describe_process(self.peer_pid);
+            let who = self.peer.describe();
             p.unlock(&self.h, "unlock.prompt", &who)?;
         }
         Ok(LockState {

@@ -54,7 +54,7 @@ pub fn parse(body: &[u8]) -> Result<Request, SshError> {
 /// What one connection knows: who is on the other end and what it bound itself to.
 #[derive(Default, Debug)]
 pub struct Conn {
-    pub peer_pid: Option<i32>,
+    pub peer: crate::peer::Peer,
     pub bindings: Bindings,
 }
 
@@ -360,7 +360,7 @@ impl SshAgent {
         destination: Option<&str>,
     ) -> Result<(), SshError> {
         let fp = id.public.fingerprint(HashAlg::Sha256).to_string();
-        let who = confirm::describe_process(conn.peer_pid);
+        let who = conn.peer.describe();
         let q = confirm::prompt(&id.comment, &fp, &who, destination);
         let answer = match (&self.settings.askpass, &self.settings.pinentry) {
             (None, Some(p)) => match p.confirm(&q) {
