@@ -15,6 +15,7 @@ pub mod keypairs;
 pub mod keystore;
 pub mod nodes;
 pub mod peer;
+pub mod policy;
 pub mod prompt;
 pub mod root;
 pub mod rsa_keys;

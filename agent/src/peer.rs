@@ -15,35 +15,15 @@ use std::path::{Path, PathBuf};
 /// The most of a command line kept (bytes); prompts show less.
 const MAX_CMDLINE: usize = 4096;
 
-/// The front door a request came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Door {
-    /// The CBOR socket (the `keyward` CLI and other protocol clients).
-    Socket,
-    /// The SSH-agent socket.
-    Ssh,
-    /// The PKCS#11 module (it talks CBOR on the agent's socket and says so in `hello`).
-    Pkcs11,
-}
+pub use keyward_policy::Door;
 
-impl Door {
-    /// The name used in policy files and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Door::Socket => "socket",
-            Door::Ssh => "ssh",
-            Door::Pkcs11 => "pkcs11",
-        }
-    }
-
-    /// The door a CBOR client is, from the `client` field of its `hello`: the PKCS#11 module
-    /// names itself `keyward-pkcs11` (or `pkcs11`); everything else is the socket. The client
-    /// says this itself, so it only tells honest clients apart.
-    pub fn from_hello_client(client: Option<&str>) -> Door {
-        match client {
-            Some("keyward-pkcs11" | "pkcs11") => Door::Pkcs11,
-            _ => Door::Socket,
-        }
+/// The door a CBOR client is, from the `client` field of its `hello`: the PKCS#11 module names
+/// itself `keyward-pkcs11` (or `pkcs11`); everything else is the socket. The client says this
+/// itself, so it only tells honest clients apart.
+pub fn door_from_hello(client: Option<&str>) -> Door {
+    match client {
+        Some("keyward-pkcs11" | "pkcs11") => Door::Pkcs11,
+        _ => Door::Socket,
     }
 }
 
@@ -245,13 +225,10 @@ mod tests {
     }
 
     #[test]
-    fn door_from_hello() {
-        assert_eq!(
-            Door::from_hello_client(Some("keyward-pkcs11")),
-            Door::Pkcs11
-        );
-        assert_eq!(Door::from_hello_client(Some("pkcs11")), Door::Pkcs11);
-        assert_eq!(Door::from_hello_client(Some("keyward-cli")), Door::Socket);
-        assert_eq!(Door::from_hello_client(None), Door::Socket);
+    fn door_from_the_hello_client() {
+        assert_eq!(door_from_hello(Some("keyward-pkcs11")), Door::Pkcs11);
+        assert_eq!(door_from_hello(Some("pkcs11")), Door::Pkcs11);
+        assert_eq!(door_from_hello(Some("keyward-cli")), Door::Socket);
+        assert_eq!(door_from_hello(None), Door::Socket);
     }
 }

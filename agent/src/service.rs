@@ -28,6 +28,8 @@ pub struct Service {
     config_path: Option<String>,
     /// The connection's peer process (SO_PEERCRED and `/proc`), named in prompts.
     peer: Arc<Peer>,
+    /// The policy file's rules (none: everything allowed), shared by every connection.
+    policy: Arc<crate::policy::PolicyState>,
     /// The connection's front door, set by its `hello` (socket unless the client names itself
     /// the PKCS#11 module).
     door: Arc<OnceLock<Door>>,
@@ -41,6 +43,7 @@ impl Service {
             prompt: None,
             config_path: None,
             peer: Arc::new(Peer::unknown()),
+            policy: Arc::new(crate::policy::PolicyState::none()),
             door: Arc::new(OnceLock::new()),
         }
     }
@@ -62,6 +65,48 @@ impl Service {
     /// The connection's front door (the socket until its `hello` says otherwise).
     pub fn door(&self) -> Door {
         self.door.get().copied().unwrap_or(Door::Socket)
+    }
+
+    /// Enforce `policy` on every request but `hello`.
+    pub fn with_policy(mut self, policy: Arc<crate::policy::PolicyState>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The policy rules every request is checked against, before anything else runs.
+    /// `hello` is never refused (clients must be able to learn the agent's state); every other
+    /// op, known or malformed, is checked by its name and the key its arguments name.
+    fn check_policy(&self, req: &Request) -> Result<(), AgentError> {
+        if self.policy.current().is_none() || req.op == Op::Hello.name() {
+            return Ok(());
+        }
+        let id = crate::policy::key_id_of(&req.args);
+        // Read-only: the record's label, kind and purpose for the rules that name them. A key
+        // that is not found (or an id that is no UUID) is matched by its id only.
+        let rec = id
+            .and_then(|i| uuid::Uuid::parse_str(i).ok())
+            .and_then(|u| self.h.ks.get(&u).ok().flatten());
+        let key = id.map(|id| crate::policy::KeyFacts {
+            id,
+            label: rec.as_ref().and_then(|r| r.label.as_deref()),
+            kind: rec.as_ref().map(|r| r.kind.as_str()),
+            purpose: rec.as_ref().and_then(|r| r.purpose.map(|p| p.as_str())),
+        });
+        let what = match (&key, rec.as_ref().and_then(|r| r.label.as_deref())) {
+            (Some(k), Some(l)) => format!("`{}` with key {} ({l})", req.op, k.id),
+            (Some(k), None) => format!("`{}` with key {}", req.op, k.id),
+            (None, _) => format!("`{}`", req.op),
+        };
+        self.policy
+            .check(
+                &self.peer,
+                self.door(),
+                &req.op,
+                key,
+                &what,
+                self.prompt.as_deref(),
+            )
+            .map_err(AgentError::PolicyDenied)
     }
 
     /// Report the configuration file's path in `hello`.
@@ -97,7 +142,10 @@ impl Service {
     /// Handle one request: decode, check access, run, encode. Failures are logged by code only
     /// (never with arguments).
     pub fn handle(&self, req: &Request) -> Response {
-        let resp = dispatch(self, req);
+        let resp = match self.check_policy(req) {
+            Ok(()) => dispatch(self, req),
+            Err(e) => Response::err(Some(req.id), e.to_body()),
+        };
         if let Some(body) = &resp.err {
             if body.code == ErrorCode::Internal || body.code == ErrorCode::TokenError {
                 tracing::error!(op = %req.op, error = %body.message, "request failed");
@@ -272,7 +320,7 @@ impl Handler for Service {
                 client: args.version,
             });
         }
-        let door = Door::from_hello_client(args.client.as_deref());
+        let door = crate::peer::door_from_hello(args.client.as_deref());
         if self.door.set(door).is_ok() {
             let p = &self.peer;
             tracing::info!(
