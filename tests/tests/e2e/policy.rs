@@ -378,3 +378,76 @@ fn policy_ssh_door_denies_a_signature_by_rule() {
     let id = work["id"].as_str().unwrap();
     env.cli_ok(&["sign", "--key", id], Some(b"m"));
 }
+
+/// `keyward policy check` works offline (no agent): it validates a file, lists its rules, and
+/// says which rule a request hits and why the rules before it did not match.
+#[test]
+fn policy_check_explains_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    std::fs::write(
+        &file,
+        "[[rule]]\nname = \"git signs\"\nops = [\"sign\"]\nlabel = \"ssh-*\"\nexe = [\"/usr/bin/git\", \"/usr/bin/ssh\"]\neffect = \"allow\"\n\
+         [[rule]]\nname = \"nobody else\"\nops = [\"sign\"]\nlabel = \"ssh-*\"\neffect = \"deny\"\n\
+         [default]\neffect = \"allow\"\n",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let check = |extra: &[&str]| {
+        let mut c = Command::new(bin("keyward"));
+        c.args([
+            "--json",
+            "--socket",
+            "/nonexistent/agent.sock",
+            "policy",
+            "check",
+            "--policy",
+            f,
+        ])
+        .args(extra);
+        c.output().unwrap()
+    };
+    let out = check(&[]);
+    assert!(out.status.success());
+    let v = keyward_tests::parse_json(&out.stdout);
+    assert_eq!(
+        (v["valid"].as_bool(), v["rules"].as_u64()),
+        (Some(true), Some(2))
+    );
+    let key = ["--op", "sign", "--key", "k1", "--label", "ssh-laptop"];
+    let mut args = key.to_vec();
+    args.extend(["--exe", "/usr/bin/git"]);
+    let v = keyward_tests::parse_json(&check(&args).stdout);
+    assert_eq!(v["decision"]["effect"], "allow");
+    assert_eq!(v["decision"]["rule"], 1);
+    let mut args = key.to_vec();
+    args.extend(["--exe", "/usr/bin/python3"]);
+    let v = keyward_tests::parse_json(&check(&args).stdout);
+    assert_eq!(v["decision"]["effect"], "deny");
+    assert_eq!(v["decision"]["text"], "rule 2 (\"nobody else\")");
+    assert_eq!(v["skipped"][0]["criterion"], "exe");
+    let v = keyward_tests::parse_json(&check(&["--op", "encrypt"]).stdout);
+    assert_eq!(v["decision"]["text"], "the default rule");
+    // Plain text names the rule too.
+    let mut c = Command::new(bin("keyward"));
+    c.args(["policy", "check", "--policy", f]).args(args);
+    let text = String::from_utf8(c.output().unwrap().stdout).unwrap();
+    assert!(text.contains("rule 1 does not match: exe"), "{text}");
+    assert!(
+        text.contains("rule 2 (\"nobody else\"): deny `sign`"),
+        "{text}"
+    );
+    // A bad file fails with the rule and the reason; an unknown op too.
+    std::fs::write(
+        &file,
+        "[[rule]]\nops = [\"dek.exprot\"]\neffect = \"deny\"\n",
+    )
+    .unwrap();
+    let out = check(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("rule 1: unknown op \"dek.exprot\""),
+        "{stderr}"
+    );
+}
