@@ -451,3 +451,38 @@ fn policy_check_explains_offline() {
         "{stderr}"
     );
 }
+
+/// Under a default-deny policy: `hello` still answers, an op no rule allows is `policy_denied`
+/// (unknown ops and malformed arguments included, before they are decoded), an allowed op with
+/// malformed arguments is `invalid_args`, and the agent keeps serving with its keystore intact.
+#[test]
+fn policy_default_deny_with_unknown_and_malformed_requests() {
+    use keyward_tests::{int, map, request, text};
+    let mut env = env_with_policy(
+        "[[rule]]\nname = \"the basics\"\nops = [\"init\", \"unlock\", \"kek.create\", \"kek.list\", \"dek.create\", \"dek.list\", \"encrypt\", \"decrypt\"]\neffect = \"allow\"\n\
+         [default]\nname = \"closed\"\neffect = \"deny\"\n",
+        "",
+    );
+    let keys = env.init_with_keys(true, b"closed");
+    let mut raw = env.raw();
+    raw.hello(1);
+    let r = raw.call(&request(2, "frobnicate", map(&[])));
+    assert_eq!(
+        r.err.as_ref().map(|e| e.code),
+        Some(ErrorCode::PolicyDenied)
+    );
+    assert!(r
+        .err
+        .unwrap()
+        .message
+        .contains("the default rule (\"closed\")"));
+    let r = raw.call(&request(3, "dek.export", map(&[("id", int(5))])));
+    assert_eq!(r.err.map(|e| e.code), Some(ErrorCode::PolicyDenied));
+    let r = raw.call(&request(4, "dek.export", map(&[("id", text(&keys.dek))])));
+    assert_eq!(r.err.map(|e| e.code), Some(ErrorCode::PolicyDenied));
+    let r = raw.call(&request(5, "encrypt", map(&[("dek", int(7))])));
+    assert_eq!(r.err.map(|e| e.code), Some(ErrorCode::InvalidArgs));
+    let r = raw.call(&request(6, "kek.list", map(&[])));
+    assert!(r.ok.is_some(), "{:?}", r.err);
+    env.assert_intact(&keys);
+}
