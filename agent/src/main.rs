@@ -133,6 +133,9 @@ fn start(cli: Cli) -> Result<(), StartError> {
     let path = config_path(&cli);
     let config = Config::load(&path).map_err(StartError::Config)?;
     if let Some(Command::CheckConfig) = cli.command {
+        // The policy file too: a config whose policy does not load would not start.
+        keyward_agent::policy::PolicyState::load(config.policy.as_deref())
+            .map_err(StartError::Policy)?;
         println!("{}", config.summary(&path));
         return Ok(());
     }

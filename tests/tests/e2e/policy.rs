@@ -326,6 +326,15 @@ fn policy_bad_file_at_start_stops_the_agent() {
         stderr.contains("policy") && stderr.contains("unknown op"),
         "{stderr}"
     );
+    // `keywardd check-config` says so too.
+    let out = env
+        .agent_command()
+        .arg("check-config")
+        .output()
+        .expect("keywardd check-config");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown op \"nope\""), "{stderr}");
 }
 
 #[test]
