@@ -780,6 +780,35 @@ mod tests {
         }
     }
 
+    /// The README's "worth copying" policy parses and means what its comments say.
+    #[test]
+    fn the_readme_example_policy() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("# Only git and ssh may sign with my SSH keys")
+            .expect("the example in the README");
+        let text = &readme[start..];
+        let p = Policy::parse(&text[..text.find("```").unwrap()]).expect("the README example");
+        let key = KeyFacts {
+            id: "k",
+            label: Some("ssh-laptop"),
+            kind: Some("keypair"),
+            purpose: None,
+        };
+        let mut sign = q("sign", Some("/usr/bin/ssh-keygen"));
+        sign.key = Some(key);
+        assert_eq!(p.decide(&sign).effect, Effect::Allow);
+        sign.exe = Some("/usr/bin/python3");
+        assert_eq!(p.decide(&sign).effect, Effect::Deny);
+        let mut export = q("dek.export", Some("/usr/local/bin/keyward"));
+        assert_eq!(p.decide(&export).effect, Effect::Confirm);
+        export.exe = Some("/usr/bin/python3");
+        assert_eq!(p.decide(&export).effect, Effect::Deny);
+        let mut backup = q("decrypt", Some("/usr/bin/backup"));
+        backup.unit = Some("backup.service");
+        assert_eq!(p.decide(&backup).effect, Effect::Deny);
+    }
+
     #[test]
     fn every_door_round_trips() {
         for d in Door::ALL {
