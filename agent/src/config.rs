@@ -3,6 +3,7 @@
 //! ```toml
 //! # socket = "/run/user/1000/keyward/agent.sock"   # else KEYWARD_SOCK, else the default
 //! keystore = "keystore.db"                          # relative paths are relative to this file
+//! # policy = "policy.toml"   # per-client rules (README "Policy"); none: everything allowed
 //! [root]
 //! kind = "pkcs11"
 //! uri = "pkcs11:token=keyward;object=keyward-root?module-path=/usr/lib/softhsm/libsofthsm2.so"
@@ -70,6 +71,8 @@ pub enum ConfigError {
 pub struct Config {
     pub socket: Option<PathBuf>,
     pub keystore: PathBuf,
+    /// The policy file (`policy`), when one is named: rules on which client may do what.
+    pub policy: Option<PathBuf>,
     pub root: RootConfig,
     /// Further roots this agent may use besides `[root]` (`[[extra_root]]`, same keys): a
     /// backup token on the same module, a card. Only their environment matters at start-up:
@@ -267,6 +270,7 @@ impl Default for UnlockPolicy {
 struct RawConfig {
     socket: Option<PathBuf>,
     keystore: Option<PathBuf>,
+    policy: Option<PathBuf>,
     root: RootConfig,
     #[serde(default)]
     extra_root: Vec<RootConfig>,
@@ -392,6 +396,7 @@ impl Config {
         serde_json::json!({
             "config": path.display().to_string(),
             "keystore": self.keystore.display().to_string(),
+            "policy": self.policy.as_ref().map(|p| p.display().to_string()),
             "socket": self.socket.as_ref().map(|s| s.display().to_string()),
             "root": root,
         })
@@ -438,6 +443,7 @@ impl Config {
         Ok(Config {
             socket: raw.socket.map(resolve),
             keystore: raw.keystore.map(resolve).unwrap_or_else(default_keystore),
+            policy: raw.policy.map(resolve),
             root,
             extra_roots,
             unlock: u,

@@ -90,6 +90,9 @@ pub enum AgentError {
     Keystore(#[from] KeystoreError),
     #[error("internal error: {0}")]
     Internal(#[source] Internal),
+    /// A rule of the policy file refused the request (`policy_denied`).
+    #[error("{0}")]
+    PolicyDenied(crate::policy::Denied),
 }
 
 /// What the agent picks when the caller names none: the only active one.
@@ -444,6 +447,7 @@ impl AgentError {
             AgentError::KeystoreTampered(_) => ErrorCode::KeystoreTampered,
             AgentError::Keystore(k) => k.code(),
             AgentError::Internal(_) => ErrorCode::Internal,
+            AgentError::PolicyDenied(_) => ErrorCode::PolicyDenied,
         }
     }
 

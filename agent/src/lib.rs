@@ -15,6 +15,8 @@ pub mod keypairs;
 pub mod keystore;
 pub mod lifecycle;
 pub mod nodes;
+pub mod peer;
+pub mod policy;
 pub mod prompt;
 pub mod root;
 pub mod rsa_keys;

@@ -45,6 +45,8 @@ enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("loading the policy file")]
+    Policy(#[source] keyward_agent::policy::PolicyError),
     #[error("binding the socket")]
     Bind(#[source] ServerError),
     #[error("taking the sockets passed by systemd")]
@@ -131,6 +133,9 @@ fn start(cli: Cli) -> Result<(), StartError> {
     let path = config_path(&cli);
     let config = Config::load(&path).map_err(StartError::Config)?;
     if let Some(Command::CheckConfig) = cli.command {
+        // The policy file too: a config whose policy does not load would not start.
+        keyward_agent::policy::PolicyState::load(config.policy.as_deref())
+            .map_err(StartError::Policy)?;
         println!("{}", config.summary(&path));
         return Ok(());
     }
@@ -175,8 +180,17 @@ fn start(cli: Cli) -> Result<(), StartError> {
             }
         };
         let prompt = keyward_agent::prompt::Prompter::new(&config.prompt).map(Arc::new);
+        // A policy file that does not load stops the start (never run unguarded by mistake);
+        // on SIGHUP a bad file keeps the policy in force.
+        let policy = Arc::new(
+            keyward_agent::policy::PolicyState::load(config.policy.as_deref())
+                .map_err(StartError::Policy)?,
+        );
+        let _hup = keyward_agent::policy::reload_on_sighup(policy.clone())
+            .map_err(installing("SIGHUP"))?;
         let mut service = Service::new(h.clone())
             .with_prompt(prompt.clone())
+            .with_policy(policy.clone())
             .with_config_path(&std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone()));
         // The SSH door: a second socket, stopped by the same signal as the first.
         let (stop_ssh, ssh_stopped) = tokio::sync::watch::channel(());
@@ -194,6 +208,7 @@ fn start(cli: Cli) -> Result<(), StartError> {
             let settings = keyward_agent::ssh::SshSettings {
                 askpass: config.ssh.askpass.clone(),
                 pinentry: prompt.clone(),
+                policy: policy.clone(),
             };
             let agent = Arc::new(keyward_agent::ssh::requests::SshAgent::new(
                 h.clone(),

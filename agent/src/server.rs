@@ -501,7 +501,11 @@ async fn connection(
     let peer = cred.map(|c| c.uid());
     match peer {
         Ok(p) if p == uid => {
-            let service = service.for_peer(pid);
+            // /proc reads are small but blocking: off the runtime's threads.
+            let peer = tokio::task::spawn_blocking(move || crate::peer::Peer::from_cred(p, pid))
+                .await
+                .unwrap_or_else(|_| crate::peer::Peer::unknown());
+            let service = service.for_peer(peer);
             serve_requests(&mut rd, &replies, service, &limits).await
         }
         other => {

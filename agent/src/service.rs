@@ -10,10 +10,11 @@ use crate::error::{AgentError, Problem};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{Algorithm, KeyRecord, Purpose, SshFlags};
 use crate::keystore::{Cursor, Page, PageSize};
+use crate::peer::{Door, Peer};
 use keyward_proto::ops::{self as wire, *};
 use keyward_proto::secret::SecretBytes;
 use keyward_proto::{ErrorBody, ErrorCode, Request, Response, PROTOCOL_VERSION};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// The agent's operations over one hierarchy.
 #[derive(Clone)]
@@ -25,8 +26,13 @@ pub struct Service {
     prompt: Option<Arc<crate::prompt::Prompter>>,
     /// The configuration file, reported by `hello` (for `keyward doctor`).
     config_path: Option<String>,
-    /// The connection's peer process (SO_PEERCRED), named in PIN prompts.
-    peer_pid: Option<i32>,
+    /// The connection's peer process (SO_PEERCRED and `/proc`), named in prompts.
+    peer: Arc<Peer>,
+    /// The policy file's rules (none: everything allowed), shared by every connection.
+    policy: Arc<crate::policy::PolicyState>,
+    /// The connection's front door, set by its `hello` (socket unless the client names itself
+    /// the PKCS#11 module).
+    door: Arc<OnceLock<Door>>,
 }
 
 impl Service {
@@ -36,16 +42,71 @@ impl Service {
             ssh: None,
             prompt: None,
             config_path: None,
-            peer_pid: None,
+            peer: Arc::new(Peer::unknown()),
+            policy: Arc::new(crate::policy::PolicyState::none()),
+            door: Arc::new(OnceLock::new()),
         }
     }
 
-    /// This service for one connection, whose peer process is `pid` (named in PIN prompts).
-    pub fn for_peer(&self, pid: Option<i32>) -> Self {
+    /// This service for one connection, whose peer process is `peer` (named in prompts).
+    pub fn for_peer(&self, peer: Peer) -> Self {
         Service {
-            peer_pid: pid,
+            peer: Arc::new(peer),
+            door: Arc::new(OnceLock::new()),
             ..self.clone()
         }
+    }
+
+    /// The connection's peer process.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// The connection's front door (the socket until its `hello` says otherwise).
+    pub fn door(&self) -> Door {
+        self.door.get().copied().unwrap_or(Door::Socket)
+    }
+
+    /// Enforce `policy` on every request but `hello`.
+    pub fn with_policy(mut self, policy: Arc<crate::policy::PolicyState>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The policy rules every request is checked against, before anything else runs.
+    /// `hello` is never refused (clients must be able to learn the agent's state); every other
+    /// op, known or malformed, is checked by its name and the key its arguments name.
+    fn check_policy(&self, req: &Request) -> Result<(), AgentError> {
+        if self.policy.current().is_none() || req.op == Op::Hello.name() {
+            return Ok(());
+        }
+        let id = crate::policy::key_id_of(&req.args);
+        // Read-only: the record's label, kind and purpose for the rules that name them. A key
+        // that is not found (or an id that is no UUID) is matched by its id only.
+        let rec = id
+            .and_then(|i| uuid::Uuid::parse_str(i).ok())
+            .and_then(|u| self.h.ks.get(&u).ok().flatten());
+        let key = id.map(|id| crate::policy::KeyFacts {
+            id,
+            label: rec.as_ref().and_then(|r| r.label.as_deref()),
+            kind: rec.as_ref().map(|r| r.kind.as_str()),
+            purpose: rec.as_ref().and_then(|r| r.purpose.map(|p| p.as_str())),
+        });
+        let what = match (&key, rec.as_ref().and_then(|r| r.label.as_deref())) {
+            (Some(k), Some(l)) => format!("`{}` with key {} ({l})", req.op, k.id),
+            (Some(k), None) => format!("`{}` with key {}", req.op, k.id),
+            (None, _) => format!("`{}`", req.op),
+        };
+        self.policy
+            .check(
+                &self.peer,
+                self.door(),
+                &req.op,
+                key,
+                &what,
+                self.prompt.as_deref(),
+            )
+            .map_err(AgentError::PolicyDenied)
     }
 
     /// Report the configuration file's path in `hello`.
@@ -81,7 +142,10 @@ impl Service {
     /// Handle one request: decode, check access, run, encode. Failures are logged by code only
     /// (never with arguments).
     pub fn handle(&self, req: &Request) -> Response {
-        let resp = dispatch(self, req);
+        let resp = match self.check_policy(req) {
+            Ok(()) => dispatch(self, req),
+            Err(e) => Response::err(Some(req.id), e.to_body()),
+        };
         if let Some(body) = &resp.err {
             if body.code == ErrorCode::Internal || body.code == ErrorCode::TokenError {
                 tracing::error!(op = %req.op, error = %body.message, "request failed");
@@ -250,7 +314,7 @@ impl Handler for Service {
     fn check_access(&self, op: Op) -> Result<(), AgentError> {
         match (self.h.root_record(op.name()), &self.prompt) {
             (Err(AgentError::Locked { .. }), Some(p)) => {
-                let who = crate::ssh::confirm::describe_process(self.peer_pid);
+                let who = self.peer.describe();
                 p.unlock(&self.h, op.name(), &who)?;
                 self.h.root_record(op.name()).map(|_| ())
             }
@@ -263,6 +327,18 @@ impl Handler for Service {
             return Err(AgentError::UnsupportedVersion {
                 client: args.version,
             });
+        }
+        let door = crate::peer::door_from_hello(args.client.as_deref());
+        if self.door.set(door).is_ok() {
+            let p = &self.peer;
+            tracing::info!(
+                door = door.name(),
+                pid = p.pid,
+                uid = p.uid,
+                exe = p.exe_text().as_deref().unwrap_or("?"),
+                unit = p.unit.as_deref().unwrap_or("-"),
+                "client connected"
+            );
         }
         Ok(HelloResult {
             protocol: PROTOCOL_VERSION,
@@ -565,7 +641,7 @@ impl Handler for Service {
             .into());
         };
         if self.h.is_locked() {
-            let who = crate::ssh::confirm::describe_process(self.peer_pid);
+            let who = self.peer.describe();
             p.unlock(&self.h, "unlock.prompt", &who)?;
         }
         Ok(LockState {

@@ -20,6 +20,7 @@ mod cli;
 mod cryppo;
 mod doctor;
 mod identity_cmds;
+mod policy_cmds;
 mod ssh_cmds;
 mod stream_cmds;
 
@@ -129,6 +130,9 @@ enum Command {
     /// Copy the keystore to a file, or put such a copy back (it holds only wrapped keys).
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// The agent's policy file: `policy check` validates one and explains a decision (offline).
+    #[command(subcommand)]
+    Policy(policy_cmds::PolicyCmd),
 }
 
 #[derive(Subcommand)]
@@ -349,6 +353,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         }
         Command::Ssh(cmd) => return ssh_cmds::ssh(cli.socket.clone(), cmd).await,
         Command::Backup(cmd) => return backup_cmd(cli, cmd).await.map(Some),
+        Command::Policy(cmd) => return policy_cmds::policy(cmd).map(Some),
         _ => {}
     }
     let path = keyward_client::proto::paths::socket_path(cli.socket.clone());
@@ -545,6 +550,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         | Command::Verify(_)
         | Command::Ssh(_)
         | Command::Doctor { .. }
+        | Command::Policy(_)
         | Command::Backup(_) => {
             return Err("internal: offline command reached the agent path"
                 .to_string()

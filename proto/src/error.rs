@@ -85,6 +85,9 @@ pub enum ErrorCode {
     /// The agent needed to ask the user (pinentry) and nobody could be asked: the program
     /// failed to start or draw, or the prompt timed out.
     PromptUnavailable,
+    /// A rule of the agent's policy file refused this client the operation (or asked for a
+    /// confirmation nobody gave). The message names the rule (its index and name).
+    PolicyDenied,
     /// A code this client does not know (from a newer agent).
     #[serde(other)]
     Unknown,
@@ -126,6 +129,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::PromptUnavailable => "prompt_unavailable",
+            ErrorCode::PolicyDenied => "policy_denied",
             ErrorCode::Unknown => "unknown",
         }
     }

@@ -641,6 +641,7 @@ fn every_response_validates() {
         ErrorCode::Internal,
         ErrorCode::Cancelled,
         ErrorCode::PromptUnavailable,
+        ErrorCode::PolicyDenied,
     ];
     for code in codes {
         let mut body = ErrorBody::new(code, "why");

@@ -27,6 +27,8 @@ mod paging;
 mod peers;
 #[path = "e2e/pin.rs"]
 mod pin;
+#[path = "e2e/policy.rs"]
+mod policy;
 #[path = "e2e/process.rs"]
 mod process;
 #[path = "e2e/stream.rs"]

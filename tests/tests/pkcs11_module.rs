@@ -707,3 +707,62 @@ fn pkcs11_tool_logs_in_through_the_agents_prompt() {
         "{log}"
     );
 }
+
+/// The module's connections are the `pkcs11` door (its `hello` names it) with the host program
+/// as the client: a rule for that door refuses the module's signatures, while the same key still
+/// signs through the CLI on the socket door.
+#[test]
+fn policy_rules_see_the_module_as_the_pkcs11_door() {
+    ensure_programs();
+    let mut env = TestEnv::start(keyward_tests::RootKind::Soft);
+    env.stop();
+    std::fs::write(
+        env.config_path().with_file_name("policy.toml"),
+        "[[rule]]\nname = \"no module signatures\"\ndoor = \"pkcs11\"\nops = [\"sign\", \"sign.digest\"]\neffect = \"deny\"\n",
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        format!("policy = \"policy.toml\"\n{cfg}"),
+    )
+    .unwrap();
+    env.start_agent();
+    let keys = init_for_module(&env);
+    let msg = env.dir().join("msg");
+    std::fs::write(&msg, b"refused").unwrap();
+    let sig = env.dir().join("sig");
+    let mut c = host(&env, "pkcs11-tool");
+    c.arg("--module").arg(module()).args([
+        "--login",
+        "--pin",
+        env.pin(),
+        "--sign",
+        "-m",
+        "ECDSA-SHA256",
+        "--id",
+        &ck_id(&keys.p256),
+        "-i",
+        msg.to_str().unwrap(),
+        "-o",
+        sig.to_str().unwrap(),
+    ]);
+    let out = c.output().expect("pkcs11-tool");
+    assert!(
+        !out.status.success(),
+        "the module must not sign: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let log = env.log();
+    assert!(
+        log.lines().any(|l| l.contains("client connected")
+            && l.contains("door=\"pkcs11\"")
+            && l.contains("pkcs11-tool")),
+        "{log}"
+    );
+    assert!(
+        log.contains("policy rule 1 (\"no module signatures\") denies"),
+        "{log}"
+    );
+    env.cli_ok(&["sign", "--key", &keys.p256], Some(b"m"));
+}

@@ -1,8 +1,8 @@
 //! Confirmation before a signature: the prompt, and asking through an `SSH_ASKPASS`-compatible
 //! program (`SSH_ASKPASS_PROMPT=confirm`; exit status 0 means yes), as OpenSSH's agent does.
 //!
-//! The prompt names the key (comment and fingerprint), the requesting process (the peer pid from
-//! `SO_PEERCRED`, its executable and command line from `/proc`) and, when the connection is bound
+//! The prompt names the key (comment and fingerprint), the requesting process
+//! ([`crate::peer::Peer::describe`]: pid, executable, command line and systemd unit) and, when the connection is bound
 //! to a session, the destination. This module must never treat a program that cannot be run, a
 //! timeout or any exit status but 0 as consent.
 
@@ -13,34 +13,6 @@ use std::time::{Duration, Instant};
 
 /// How long a prompt may stay open before it counts as a denial.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The requesting process: `pid N (exe): cmdline`, as far as `/proc` tells.
-pub fn describe_process(pid: Option<i32>) -> String {
-    let Some(pid) = pid.filter(|p| *p > 0) else {
-        return "an unknown process".into();
-    };
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "?".into());
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            b.split(|c| *c == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default();
-    let mut cmdline: String = cmdline
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect();
-    if cmdline.is_empty() {
-        cmdline = "?".into();
-    }
-    format!("process {pid} ({exe}): {cmdline}")
-}
 
 /// The question shown to the user.
 pub fn prompt(

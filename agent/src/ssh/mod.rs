@@ -62,6 +62,9 @@ pub struct SshSettings {
     /// The agent's pinentry (`[prompt]`): without `[ssh] askpass`, confirmations are asked
     /// through its `CONFIRM` dialog. Without either, `$SSH_ASKPASS`, else `ssh-askpass`.
     pub pinentry: Option<std::sync::Arc<crate::prompt::Prompter>>,
+    /// The policy file's rules, checked before a signature (`sign`) and a listing
+    /// (`keypair.list`).
+    pub policy: std::sync::Arc<crate::policy::PolicyState>,
 }
 
 impl std::fmt::Debug for SshSettings {

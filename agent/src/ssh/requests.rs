@@ -54,7 +54,7 @@ pub fn parse(body: &[u8]) -> Result<Request, SshError> {
 /// What one connection knows: who is on the other end and what it bound itself to.
 #[derive(Default, Debug)]
 pub struct Conn {
-    pub peer_pid: Option<i32>,
+    pub peer: crate::peer::Peer,
     pub bindings: Bindings,
 }
 
@@ -138,6 +138,10 @@ impl SshAgent {
         if self.door.try_lock().ok()?.hash.is_some() {
             return None;
         }
+        // With a policy file every signature takes the slow path, where the rules are checked.
+        if self.settings.policy.current().is_some() {
+            return None;
+        }
         let (id, signer) = self.keys.ready(s.credential.key_data())?;
         if id.confirm {
             return None;
@@ -184,6 +188,7 @@ impl SshAgent {
         }
         match req {
             Request::RequestIdentities => {
+                self.check_policy(conn, "keypair.list", None)?;
                 let list: Vec<Identity> = self
                     .keys
                     .offered()?
@@ -200,6 +205,7 @@ impl SshAgent {
                 let key = s.credential.key_data().clone();
                 let id = self.keys.find(&key)?;
                 let destination = self.check_destination(conn, &id, &s.data)?;
+                self.check_policy(conn, "sign", Some(&id))?;
                 if id.confirm {
                     self.confirm(conn, &id, destination.as_deref())?;
                 }
@@ -353,6 +359,45 @@ impl SshAgent {
         }))
     }
 
+    /// The policy file's verdict on `op` (`sign`, `keypair.list`) for this connection's peer,
+    /// with the keystore record of a stored key (a key added with `ssh-add` is matched by its
+    /// fingerprint as `key`, with no label, kind or purpose).
+    fn check_policy(&self, conn: &Conn, op: &str, id: Option<&Offered>) -> Result<(), SshError> {
+        if self.settings.policy.current().is_none() {
+            return Ok(());
+        }
+        let rec = match id.map(|o| &o.source) {
+            Some(super::keys::Source::Stored { rec, .. }) => Some(rec),
+            _ => None,
+        };
+        let fp = id.map(|o| o.public.fingerprint(HashAlg::Sha256).to_string());
+        let key_id = rec.map(|r| r.id.to_string()).or_else(|| fp.clone());
+        let key = key_id.as_deref().map(|i| crate::policy::KeyFacts {
+            id: i,
+            label: rec.and_then(|r| r.label.as_deref()),
+            kind: rec.map(|r| r.kind.as_str()),
+            purpose: rec.and_then(|r| r.purpose.map(|p| p.as_str())),
+        });
+        let what = match (id, &fp) {
+            (Some(o), Some(fp)) if !o.comment.is_empty() => {
+                format!("an SSH signature with key {} {fp}", o.comment)
+            }
+            (_, Some(fp)) => format!("an SSH signature with key {fp}"),
+            _ => "listing the SSH keys".to_string(),
+        };
+        self.settings
+            .policy
+            .check(
+                &conn.peer,
+                crate::policy::Door::Ssh,
+                op,
+                key,
+                &what,
+                self.settings.pinentry.as_deref(),
+            )
+            .map_err(|d| SshError::Agent(crate::error::AgentError::PolicyDenied(d)))
+    }
+
     fn confirm(
         &self,
         conn: &Conn,
@@ -360,7 +405,7 @@ impl SshAgent {
         destination: Option<&str>,
     ) -> Result<(), SshError> {
         let fp = id.public.fingerprint(HashAlg::Sha256).to_string();
-        let who = confirm::describe_process(conn.peer_pid);
+        let who = conn.peer.describe();
         let q = confirm::prompt(&id.comment, &fp, &who, destination);
         let answer = match (&self.settings.askpass, &self.settings.pinentry) {
             (None, Some(p)) => match p.confirm(&q) {

@@ -104,9 +104,21 @@ async fn connection(stream: UnixStream, agent: Arc<SshAgent>, uid: u32, limits: 
         }
     };
     let mut conn = Conn {
-        peer_pid: cred.pid(),
+        peer: tokio::task::spawn_blocking(move || {
+            crate::peer::Peer::from_cred(cred.uid(), cred.pid())
+        })
+        .await
+        .unwrap_or_else(|_| crate::peer::Peer::unknown()),
         ..Conn::default()
     };
+    tracing::info!(
+        door = "ssh",
+        pid = conn.peer.pid,
+        uid = conn.peer.uid,
+        exe = conn.peer.exe_text().as_deref().unwrap_or("?"),
+        unit = conn.peer.unit.as_deref().unwrap_or("-"),
+        "client connected"
+    );
     let (mut rd, mut wr) = stream.into_split();
     let mut frames = frame::Reader::new();
     loop {
