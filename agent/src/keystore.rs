@@ -915,8 +915,12 @@ pub struct PageSize<'a> {
     pub size: Option<&'a dyn Fn(&KeyRecord) -> usize>,
 }
 
-/// The SQL of one page: the filter, then after the cursor, in (created, id) order.
-fn page_sql(filter: &ListFilter, after: bool) -> String {
+/// The SQL of one page: the filter, then after the cursor, in (created, id) order, at most
+/// `fetch` rows. The row count is a literal, not a parameter: SQLite plans with the value of a
+/// bound `LIMIT` and then re-prepares the statement whenever it is bound again, which is every
+/// execution (measured: a third to over half of a `kek.list`'s instructions). Statements are
+/// cached by their text, and clients use few distinct page sizes.
+fn page_sql(filter: &ListFilter, after: bool, fetch: usize) -> String {
     let (where_, args) = filter.clause();
     let n = args.len();
     let cursor = if after {
@@ -925,9 +929,8 @@ fn page_sql(filter: &ListFilter, after: bool) -> String {
         String::new()
     };
     format!(
-        "SELECT {KEY_COLUMNS} FROM keys INDEXED BY {} WHERE {where_}{cursor} ORDER BY created, id LIMIT ?{}",
+        "SELECT {KEY_COLUMNS} FROM keys INDEXED BY {} WHERE {where_}{cursor} ORDER BY created, id LIMIT {fetch}",
         filter.index(),
-        n + if after { 3 } else { 1 }
     )
 }
 
@@ -1292,8 +1295,11 @@ impl Keystore {
         const OP: &str = "list keys";
         let key = self.key();
         let conn = self.lock();
+        // One more than the page, to know whether there is a next one (at most SQLite's largest
+        // integer: a list without a count limit).
+        let fetch = size.limit.saturating_add(1).min(i64::MAX as usize);
         let mut stmt = conn
-            .prepare_cached(&page_sql(filter, after.is_some()))
+            .prepare_cached(&page_sql(filter, after.is_some(), fetch))
             .map_err(sql(OP))?;
         let (_, mut args) = filter.clause();
         let mut params: Vec<rusqlite::types::Value> =
@@ -1303,11 +1309,6 @@ impl Keystore {
             params.push(rusqlite::types::Value::Integer(created));
             params.push(rusqlite::types::Value::Text(c.id.to_string()));
         }
-        // One more than the page, to know whether there is a next one.
-        let fetch = size.limit.saturating_add(1);
-        params.push(rusqlite::types::Value::Integer(
-            i64::try_from(fetch).unwrap_or(i64::MAX),
-        ));
         let mut rows = stmt
             .query(rusqlite::params_from_iter(params))
             .map_err(sql(OP))?;
@@ -2400,8 +2401,8 @@ mod tests {
             (ListFilter::Nodes, "keys_page_nodes"),
         ] {
             for after in [false, true] {
-                let sql = format!("EXPLAIN QUERY PLAN {}", page_sql(&filter, after));
-                let n = filter.clause().1.len() + if after { 3 } else { 1 };
+                let sql = format!("EXPLAIN QUERY PLAN {}", page_sql(&filter, after, 11));
+                let n = filter.clause().1.len() + if after { 2 } else { 0 };
                 let args: Vec<rusqlite::types::Value> =
                     (0..n).map(|_| rusqlite::types::Value::Integer(1)).collect();
                 let mut stmt = conn.prepare(&sql).unwrap();
@@ -2418,6 +2419,42 @@ mod tests {
                     assert!(plan.contains("(created,id)>(?,?)"), "{filter:?}: {plan}");
                 }
             }
+        }
+    }
+
+    /// Regression: with the page size bound as a parameter (`LIMIT ?`), SQLite re-prepared the
+    /// cached statement on every execution (it plans with a bound LIMIT's value); pages must
+    /// reuse it.
+    #[test]
+    fn a_cached_page_statement_is_not_reprepared() {
+        let (_d, ks) = temp();
+        with_deks(&ks, 3);
+        let size = PageSize {
+            limit: 2,
+            bytes: usize::MAX,
+            size: None,
+        };
+        let filter = ListFilter::Kind(KeyKind::Dek);
+        for _ in 0..5 {
+            let page = ks.page(&filter, None, &size).unwrap();
+            assert_eq!(page.records.len(), 2);
+            ks.page(&filter, page.next.as_ref(), &size).unwrap();
+        }
+        // No count limit (old clients): the literal is clamped to SQLite's largest integer.
+        let all = PageSize {
+            limit: usize::MAX,
+            bytes: usize::MAX,
+            size: None,
+        };
+        assert_eq!(ks.page(&filter, None, &all).unwrap().records.len(), 3);
+        let conn = ks.lock();
+        for after in [false, true] {
+            let stmt = conn.prepare_cached(&page_sql(&filter, after, 3)).unwrap();
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "after={after}: re-prepared"
+            );
         }
     }
 
