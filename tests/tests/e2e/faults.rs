@@ -784,7 +784,7 @@ fn token_vanishing_under_load_gives_typed_errors_and_recovers_after_unlock() {
         assert!(
             env.is_running(),
             "keywardd died when the token vanished under load (a crash inside SoftHSM was seen \
-             here about once in 20 runs: an open problem, see the README)"
+             here about once in 10-20 runs until 2026-11-30; see the README, \"Faults\")"
         );
         (errors.load(Ordering::SeqCst) >= 6).then_some(())
     });
