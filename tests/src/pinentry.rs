@@ -15,6 +15,12 @@ pub fn answer(pin: &str) -> String {
     format!("echo 'D {pin}'; echo OK")
 }
 
+/// `CONFIRM` lines that answer from the file `answer` beside the script: yes when it holds
+/// `yes`, a cancel otherwise.
+pub fn confirm_from_file() -> String {
+    format!("if [ \"$(cat \"$(dirname \"$0\")/answer\")\" = yes ]; then {YES}; else {CANCEL}; fi")
+}
+
 /// Write the fake pinentry `dir/fake-pinentry`; `getpin` and `confirm` are the shell lines run
 /// for those commands.
 pub fn fake(dir: &Path, getpin: &str, confirm: &str) -> PathBuf {

@@ -190,27 +190,11 @@ fn policy_exe_rule_tells_the_cli_from_a_python_client() {
 /// A fake Assuan pinentry that answers CONFIRM from the file `answer` beside it and logs every
 /// command to `pinentry.log`.
 fn fake_pinentry(dir: &Path) -> PathBuf {
-    let script = dir.join("fake-pinentry");
-    std::fs::write(
-        &script,
-        format!(
-            r#"#!/bin/bash
-echo "OK Pleased to meet you"
-while IFS= read -r line; do
-  printf '%s\n' "$line" >> {d}/pinentry.log
-  case "$line" in
-    CONFIRM*) if [ "$(cat {d}/answer)" = yes ]; then echo OK; else echo 'ERR 83886179 Operation cancelled <Pinentry>'; fi ;;
-    BYE*) echo OK; exit 0 ;;
-    *) echo OK ;;
-  esac
-done
-"#,
-            d = dir.display()
-        ),
+    keyward_tests::pinentry::fake(
+        dir,
+        "echo OK",
+        &keyward_tests::pinentry::confirm_from_file(),
     )
-    .unwrap();
-    keyward_tests::chmod(&script, 0o755);
-    script
 }
 
 #[test]
@@ -227,7 +211,7 @@ fn policy_confirm_asks_pinentry_yes_and_no() {
     let keys = env.init_with_keys(true, b"confirm");
     std::fs::write(dir.path().join("answer"), "yes").unwrap();
     assert_eq!(export(&env, &keys.dek), None, "confirmed: exported");
-    let log = std::fs::read_to_string(dir.path().join("pinentry.log")).unwrap();
+    let log = keyward_tests::pinentry::log(dir.path());
     let desc = log
         .lines()
         .find(|l| l.starts_with("SETDESC "))

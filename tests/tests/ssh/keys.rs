@@ -282,12 +282,7 @@ fn confirmation_goes_through_pinentry_confirm_when_a_prompt_is_configured() {
     let dir = env.dir().to_path_buf();
     // A fake Assuan pinentry: logs every command, answers CONFIRM from the file `answer`
     // (`OK` is yes; pinentry's cancel error is no).
-    let confirm = format!(
-        "if [ \"$(cat {}/answer)\" = yes ]; then {}; else {}; fi",
-        dir.display(),
-        keyward_tests::pinentry::YES,
-        keyward_tests::pinentry::CANCEL
-    );
+    let confirm = keyward_tests::pinentry::confirm_from_file();
     let script = keyward_tests::pinentry::fake(&dir, "echo OK", &confirm);
     keyward_tests::pinentry::configure(&env, &script, 20);
     env.restart();
