@@ -91,6 +91,28 @@ pub fn ssh_keypair(env: &TestEnv, extra: &[&str], label: &str) -> serde_json::Va
     env.cli_json(&["keypair", "show", id.trim()], None)
 }
 
+/// Try to sign the way git does with the agent key whose public line is `pubkey`; the
+/// `ssh-keygen` output, whatever its status (for signatures that must be refused).
+pub fn git_sign_attempt(env: &TestEnv, pubkey: &str, tag: &str) -> Output {
+    let dir = env.dir();
+    std::fs::write(dir.join(format!("{tag}.pub")), format!("{pubkey}\n")).expect("write pub");
+    std::fs::write(dir.join(format!("{tag}.msg")), b"x").expect("write msg");
+    run(
+        env,
+        "ssh-keygen",
+        &[
+            "-Y",
+            "sign",
+            "-n",
+            "git",
+            "-f",
+            &format!("{tag}.pub"),
+            &format!("{tag}.msg"),
+        ],
+        None,
+    )
+}
+
 /// Sign `msg` the way git does (`ssh-keygen -Y sign -n git` with the agent key whose public
 /// line is `pubkey`) and verify it with an `allowed_signers` file; panics unless both succeed.
 pub fn git_sign_and_verify(env: &TestEnv, pubkey: &str, tag: &str) {

@@ -207,18 +207,7 @@ fn confirmation_asks_with_key_and_process_and_denial_fails() {
         "the prompt names the requesting process: {prompts}"
     );
     std::fs::write(dir.join("answer"), "1").unwrap();
-    std::fs::write(
-        dir.join("n.pub"),
-        format!("{}\n", k["ssh"].as_str().unwrap()),
-    )
-    .unwrap();
-    std::fs::write(dir.join("n.msg"), b"x").unwrap();
-    let out = run(
-        &env,
-        "ssh-keygen",
-        &["-Y", "sign", "-n", "git", "-f", "n.pub", "n.msg"],
-        None,
-    );
+    let out = git_sign_attempt(&env, k["ssh"].as_str().unwrap(), "n");
     assert!(!out.status.success(), "signed although the user said no");
     // ssh-add -c: a file key marked for confirmation.
     let f = file_key(&env, "ed25519", "file-confirm");
@@ -302,18 +291,7 @@ fn confirmation_goes_through_pinentry_confirm_when_a_prompt_is_configured() {
     assert!(log.lines().any(|l| l.starts_with("CONFIRM")), "{log}");
 
     std::fs::write(dir.join("answer"), "no").unwrap();
-    std::fs::write(
-        dir.join("n.pub"),
-        format!("{}\n", k["ssh"].as_str().unwrap()),
-    )
-    .unwrap();
-    std::fs::write(dir.join("n.msg"), b"x").unwrap();
-    let out = run(
-        &env,
-        "ssh-keygen",
-        &["-Y", "sign", "-n", "git", "-f", "n.pub", "n.msg"],
-        None,
-    );
+    let out = git_sign_attempt(&env, k["ssh"].as_str().unwrap(), "n");
     assert!(!out.status.success(), "signed although the user said no");
     assert!(
         env.log().contains("use not confirmed"),
