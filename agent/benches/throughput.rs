@@ -125,6 +125,9 @@ fn main() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = common::setup_token(tmp.path());
     let cfg = keyward_agent::config::Config::load(&config).expect("config");
+    // The in-process root below needs its environment applied as keywardd applies it: once, at
+    // start-up, before any thread.
+    keyward_agent::root::env::apply_at_startup(&cfg.root_env().expect("root env"));
     assert!(
         matches!(cfg.root, keyward_agent::config::RootConfig::Pkcs11 { .. }),
         "expected a pkcs11 config"
