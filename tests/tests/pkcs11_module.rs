@@ -636,7 +636,15 @@ fn the_module_lists_every_page_of_keys(env: &mut TestEnv) {
         "{} DEKs fit one page",
         first.keys.len()
     );
-    assert!(!first.keys.iter().any(|k| k.id == last));
+    // A key the first page does not hold (keys made in the same second sort by id, so the
+    // last one made may land on either page: take one from the second page instead).
+    let second_args = DekListArgs {
+        after: first.next.clone(),
+        ..Default::default()
+    };
+    let second = c.run(|c| c.dek_list_page(second_args.clone())).unwrap();
+    let beyond = second.keys.first().expect("a second page").id.clone();
+    assert!(!first.keys.iter().any(|k| k.id == beyond));
     let mut tool = host(env, "pkcs11-tool");
     tool.arg("--module").arg(module()).args([
         "--login",
@@ -650,6 +658,10 @@ fn the_module_lists_every_page_of_keys(env: &mut TestEnv) {
     let objects = o.matches("Secret Key Object").count();
     assert_eq!(objects, N + 2, "the first DEK, {N}, and the last");
     assert!(o.contains(&ck_id(&last)) && o.contains("the-last-dek"));
+    assert!(
+        o.contains(&ck_id(&beyond)),
+        "a key of the second page is listed"
+    );
     assert!(o.contains(&ck_id(&keys.dek)));
 }
 
