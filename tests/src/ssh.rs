@@ -96,7 +96,7 @@ pub fn ssh_keypair(env: &TestEnv, extra: &[&str], label: &str) -> serde_json::Va
 pub fn git_sign_attempt(env: &TestEnv, pubkey: &str, tag: &str) -> Output {
     let dir = env.dir();
     std::fs::write(dir.join(format!("{tag}.pub")), format!("{pubkey}\n")).expect("write pub");
-    std::fs::write(dir.join(format!("{tag}.msg")), b"x").expect("write msg");
+    std::fs::write(dir.join(format!("{tag}.msg")), b"commit tree 1234\n").expect("write msg");
     run(
         env,
         "ssh-keygen",
@@ -117,21 +117,12 @@ pub fn git_sign_attempt(env: &TestEnv, pubkey: &str, tag: &str) -> Output {
 /// line is `pubkey`) and verify it with an `allowed_signers` file; panics unless both succeed.
 pub fn git_sign_and_verify(env: &TestEnv, pubkey: &str, tag: &str) {
     let dir = env.dir();
-    std::fs::write(dir.join(format!("{tag}.pub")), format!("{pubkey}\n")).expect("write pub");
-    std::fs::write(dir.join(format!("{tag}.msg")), b"commit tree 1234\n").expect("write msg");
-    run_ok(
-        env,
-        "ssh-keygen",
-        &[
-            "-Y",
-            "sign",
-            "-n",
-            "git",
-            "-f",
-            &format!("{tag}.pub"),
-            &format!("{tag}.msg"),
-        ],
-        None,
+    let signed = git_sign_attempt(env, pubkey, tag);
+    assert!(
+        signed.status.success(),
+        "ssh-keygen -Y sign failed ({}): {}",
+        signed.status,
+        String::from_utf8_lossy(&signed.stderr)
     );
     std::fs::write(
         dir.join("allowed_signers"),
