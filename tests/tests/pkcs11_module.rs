@@ -350,10 +350,10 @@ fn openssh_lists_and_logs_in(env: &mut TestEnv) {
     );
 }
 
-fn nss_lists_the_key(env: &mut TestEnv) {
-    ensure_programs();
-    init_for_module(env);
-    let db = env.dir().join("nssdb");
+/// A new NSS database `env.dir()/NAME` with the module added to it; its `sql:` name and a PIN
+/// file holding the agent's PIN.
+fn nss_db(env: &TestEnv, name: &str) -> (String, std::path::PathBuf) {
+    let db = env.dir().join(name);
     std::fs::create_dir_all(&db).unwrap();
     let sql = format!("sql:{}", db.display());
     run_ok({
@@ -374,8 +374,15 @@ fn nss_lists_the_key(env: &mut TestEnv) {
         ]);
         c
     });
-    let pinfile = env.dir().join("nss-pin");
+    let pinfile = env.dir().join(format!("{name}-pin"));
     std::fs::write(&pinfile, env.pin()).unwrap();
+    (sql, pinfile)
+}
+
+fn nss_lists_the_key(env: &mut TestEnv) {
+    ensure_programs();
+    init_for_module(env);
+    let (sql, pinfile) = nss_db(env, "nssdb");
     let mut c = host(env, "certutil");
     c.args([
         "-K",
@@ -547,29 +554,7 @@ fn certificate_in_nss_and_pkcs11_tool(env: &mut TestEnv) {
         "the certificate's CKA_ID:\n{o}"
     );
 
-    let db = env.dir().join("nssdb-cert");
-    std::fs::create_dir_all(&db).unwrap();
-    let sql = format!("sql:{}", db.display());
-    run_ok({
-        let mut c = Command::new("certutil");
-        c.args(["-N", "-d", &sql, "--empty-password"]);
-        c
-    });
-    run_ok({
-        let mut c = host(env, "modutil");
-        c.args([
-            "-dbdir",
-            &sql,
-            "-add",
-            "keyward",
-            "-libfile",
-            &module(),
-            "-force",
-        ]);
-        c
-    });
-    let pinfile = env.dir().join("nss-cert-pin");
-    std::fs::write(&pinfile, env.pin()).unwrap();
+    let (sql, pinfile) = nss_db(env, "nssdb-cert");
     let mut c = host(env, "certutil");
     c.args([
         "-L",
