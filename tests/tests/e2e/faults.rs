@@ -117,18 +117,25 @@ fn start_refused(env: &TestEnv) -> String {
     err
 }
 
+/// An agent (SoftHSM root) whose keystore lives on a 4 MiB tmpfs of its own; `None` where a
+/// tmpfs cannot be mounted (`Tmpfs::mount_or_skip` says why).
+fn agent_on_tmpfs(test: &str) -> Option<(TestEnv, Tmpfs)> {
+    let mut env = TestEnv::start(RootKind::Pkcs11);
+    env.stop();
+    let fs = Tmpfs::mount_or_skip(&env.dir().join("ks"), "4m", test)?;
+    env.move_keystore_to(fs.path());
+    env.start_agent();
+    Some((env, fs))
+}
+
 // ---- a full file system --------------------------------------------------------------------
 
 #[test]
 fn full_disk_refuses_writes_typed_keeps_serving_and_resumes() {
     let t0 = Instant::now();
-    let mut env = TestEnv::start(RootKind::Pkcs11);
-    env.stop();
-    let Some(fs) = Tmpfs::mount_or_skip(&env.dir().join("ks"), "4m", "full_disk") else {
+    let Some((mut env, fs)) = agent_on_tmpfs("full_disk") else {
         return;
     };
-    env.move_keystore_to(fs.path());
-    env.start_agent();
     let keys = env.init_with_keys(false, b"before the disk filled");
     let c = env.client();
     let mut deks = vec![keys.dek.clone()];
@@ -259,13 +266,9 @@ fn check_read_only(env: &mut TestEnv, kek: &str, ciphertext: &str, deks: &[Strin
 #[test]
 fn read_only_keystore_serves_reads_and_refuses_writes_typed() {
     let t0 = Instant::now();
-    let mut env = TestEnv::start(RootKind::Pkcs11);
-    env.stop();
-    let Some(fs) = Tmpfs::mount_or_skip(&env.dir().join("ks"), "4m", "read_only") else {
+    let Some((mut env, fs)) = agent_on_tmpfs("read_only") else {
         return;
     };
-    env.move_keystore_to(fs.path());
-    env.start_agent();
     let keys = env.init_with_keys(false, b"read-only");
     let c = env.client();
     let mut deks = vec![keys.dek.clone()];
