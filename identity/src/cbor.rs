@@ -5,7 +5,7 @@
 use serde::de::DeserializeOwned;
 
 /// Decodes exactly one CBOR item from `bytes`; trailing data is an error.
-pub(crate) fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+pub fn from_slice<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let mut cursor = std::io::Cursor::new(bytes);
     let value: T = ciborium::from_reader(&mut cursor).map_err(|e| e.to_string())?;
     if usize::try_from(cursor.position()).ok() != Some(bytes.len()) {

@@ -29,7 +29,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-mod cbor;
+pub mod cbor;
 pub mod cose;
 pub mod delegation;
 pub mod ecdsa;

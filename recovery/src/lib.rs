@@ -41,7 +41,6 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-mod cbor;
 pub mod derive;
 pub mod request;
 pub mod secret;

@@ -135,7 +135,7 @@ impl RequestKey {
         if bytes.len() as u64 > MAX_REQUEST_FILE_LEN {
             return Err(RequestError::TooLarge);
         }
-        let wire: Wire = crate::cbor::from_slice(bytes)
+        let wire: Wire = keyward_identity::cbor::from_slice(bytes)
             .map_err(|_| RequestError::Malformed("not a CBOR request map"))?;
         if wire.kind != REQUEST_KIND {
             return Err(RequestError::Malformed("wrong kind"));

@@ -509,7 +509,8 @@ impl Envelope {
         let pt = hpke::open_auth(key, &sender, &self.enc, &info, &self.aad(), &self.ct)
             .map_err(|_| tampered(Tamper::Aead))?;
         // Authenticated plaintext that does not parse was still made by the sender: tampered.
-        let plain: Plain = crate::cbor::from_slice(&pt).map_err(|_| tampered(Tamper::Mismatch))?;
+        let plain: Plain =
+            keyward_identity::cbor::from_slice(&pt).map_err(|_| tampered(Tamper::Mismatch))?;
         let value = verify_statement(&self.recovery, &self.tag, &self.hint, plain)?;
         Ok(value)
     }
@@ -543,7 +544,7 @@ impl Envelope {
         if bytes.len() > MAX_SHARE_LEN {
             return Err(ShareError::TooLarge { len: bytes.len() });
         }
-        let w: EnvelopeWire = crate::cbor::from_slice(bytes)
+        let w: EnvelopeWire = keyward_identity::cbor::from_slice(bytes)
             .map_err(|_| ShareError::Malformed("not a CBOR share envelope"))?;
         if w.v != SHARE_VERSION {
             return Err(ShareError::UnsupportedVersion(w.v));
@@ -668,7 +669,7 @@ fn verify_statement(
     let payload = cose::verify_es256_protected(&msg, recovery, b"")
         .map_err(|_| tampered(Tamper::Signature))?;
     let statement: Statement =
-        crate::cbor::from_slice(payload).map_err(|_| tampered(Tamper::Mismatch))?;
+        keyward_identity::cbor::from_slice(payload).map_err(|_| tampered(Tamper::Mismatch))?;
     let y: [u8; SECRET_LEN] = plain
         .y
         .as_slice()
@@ -996,7 +997,7 @@ impl HeldShare {
         if bytes.len() > MAX_SHARE_LEN {
             return Err(ShareError::TooLarge { len: bytes.len() });
         }
-        let mut w: HeldWire = crate::cbor::from_slice(bytes)
+        let mut w: HeldWire = keyward_identity::cbor::from_slice(bytes)
             .map_err(|_| ShareError::Malformed("not a CBOR held share"))?;
         if w.kind != HELD_KIND {
             return Err(ShareError::Malformed("not a held share"));
@@ -1019,7 +1020,7 @@ impl HeldShare {
                 what: Tamper::Signature,
             }
         })?;
-        let st: Statement = crate::cbor::from_slice(payload)
+        let st: Statement = keyward_identity::cbor::from_slice(payload)
             .map_err(|_| ShareError::Malformed("bad statement payload"))?;
         let (recovery, tag, hint, trustee_keys) =
             parse_hint(&w.recovery, &st.tag, &st.set, st.k, st.index, &st.trustees)?;

@@ -675,7 +675,7 @@ fn held_share_storage_round_trips_and_detects_tampering() {
     assert!(!d.contains(&hex::encode(*held.y)));
     assert!(!d.contains(&format!("{:?}", &held.y[..4])));
     // A changed value is caught against the signed hash.
-    let mut w: HeldWire = crate::cbor::from_slice(&held.to_bytes()).unwrap();
+    let mut w: HeldWire = keyward_identity::cbor::from_slice(&held.to_bytes()).unwrap();
     w.y[3] ^= 1;
     assert_eq!(
         HeldShare::from_bytes(&cbor_to_vec(&w, 4096)).unwrap_err(),
@@ -684,7 +684,7 @@ fn held_share_storage_round_trips_and_detects_tampering() {
             what: Tamper::Mismatch
         }
     );
-    let mut w: HeldWire = crate::cbor::from_slice(&held.to_bytes()).unwrap();
+    let mut w: HeldWire = keyward_identity::cbor::from_slice(&held.to_bytes()).unwrap();
     w.recovery = LocalKey::generate(&mut OsRng)
         .public_key()
         .to_sec1_compressed()
