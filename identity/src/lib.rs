@@ -22,6 +22,7 @@
 //! - [`cose`]: ES256 COSE_Sign1 signing and verification.
 //! - [`delegation`]: delegation / rekey / revocation statements and [`Chain`].
 //! - [`node_key`]: deterministic node key derivation.
+//! - [`authz`]: the signed agent authorization policy (DKMS: which agent keys act for an identity).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(
@@ -29,6 +30,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod authz;
 pub mod cbor;
 pub mod cose;
 pub mod delegation;
@@ -41,6 +43,7 @@ pub mod message;
 pub mod node_key;
 pub mod share;
 
+pub use authz::{verify_policy, AgentEntry, AgentPolicy, AuthzError, Capability};
 pub use delegation::{
     issue_delegation, issue_rekey, issue_revocation, verify_statement, Chain, ChainError,
     Statement, StatementError, StatementKind, Vouch,
