@@ -90,6 +90,12 @@ pub enum AgentError {
     Keystore(#[from] KeystoreError),
     #[error("internal error: {0}")]
     Internal(#[source] Internal),
+    /// The agent authorization policy revoked this agent key: it cannot be listed again.
+    #[error("agent key {key} was revoked: a revocation is final")]
+    AgentKeyRevoked { key: KeyId },
+    /// SQLite's full check of the keystore, started just after the socket, has not finished.
+    #[error("the keystore is still being checked (started {ms} ms ago): try again shortly")]
+    KeystoreChecking { ms: u64 },
     /// A rule of the policy file refused the request (`policy_denied`).
     #[error("{0}")]
     PolicyDenied(crate::policy::Denied),
@@ -147,6 +153,8 @@ pub enum Missing {
     Node { name: String },
     #[error("no cluster root yet: run `keyward node derive NAME`, or name a --root")]
     ClusterRoot,
+    #[error("no agent authorization policy yet: run `keyward agents add DID --cap ...`")]
+    AgentPolicy,
 }
 
 /// Why a ciphertext does not decrypt.
@@ -234,6 +242,10 @@ pub enum Problem {
     NoCertificateForRsa,
     #[error("not a cursor from a list's `next`")]
     NotCursor,
+    #[error("unknown capability: sign, decrypt, recover or admin (at least one)")]
+    UnknownCapability,
+    #[error("{0}")]
+    AgentPolicy(#[source] keyward_identity::AuthzError),
 }
 
 /// Something that must not exist yet.
@@ -292,6 +304,8 @@ pub enum Unverified {
     NotVouched(#[source] ChainError),
     #[error("share.open: {0}")]
     Share(#[source] ShareError),
+    #[error("the sender's agent key {key} was revoked at {at} by the agent authorization policy")]
+    AgentRevoked { key: KeyId, at: u64 },
 }
 
 /// What the hierarchy found changed outside the agent.
@@ -312,6 +326,8 @@ pub enum Tampering {
     DoesNotUnwrap { id: Uuid },
     #[error("the root record differs from the one the agent read")]
     RootRecord { id: Uuid },
+    #[error("the agent authorization policy's MAC or signature does not verify")]
+    AgentPolicy,
 }
 
 impl Tampering {
@@ -322,6 +338,7 @@ impl Tampering {
             Tampering::NoIntegrityKey | Tampering::IntegrityKeks | Tampering::IntegritySecrets => {
                 "(keystore integrity key)".to_string()
             }
+            Tampering::AgentPolicy => crate::agents::META_POLICY.to_string(),
             Tampering::NoWrappedKey { id }
             | Tampering::DoesNotUnwrap { id }
             | Tampering::RootRecord { id } => id.to_string(),
@@ -391,6 +408,8 @@ pub enum CryptoError {
     #[error(transparent)]
     Share(#[from] ShareError),
     #[error(transparent)]
+    Authz(#[from] keyward_identity::AuthzError),
+    #[error(transparent)]
     Envelope(#[from] keyward_envelope::Error),
     #[error("HMAC-SHA256 refused its key")]
     Hmac,
@@ -448,6 +467,8 @@ impl AgentError {
             AgentError::Keystore(k) => k.code(),
             AgentError::Internal(_) => ErrorCode::Internal,
             AgentError::PolicyDenied(_) => ErrorCode::PolicyDenied,
+            AgentError::AgentKeyRevoked { .. } => ErrorCode::KeyInactive,
+            AgentError::KeystoreChecking { .. } => ErrorCode::KeystoreChecking,
         }
     }
 

@@ -123,6 +123,8 @@ pub struct Hierarchy {
     activity: Mutex<Option<crate::idle::Activity>>,
     /// Wakes the deadline task on each unlock.
     unlocked: tokio::sync::Notify,
+    /// The keystore's deferred start-up check (`integrity.rs`); none: checked at open.
+    keystore_check: std::sync::OnceLock<Arc<crate::integrity::KeystoreCheck>>,
 }
 
 impl Hierarchy {
@@ -139,7 +141,27 @@ impl Hierarchy {
             held_pin: Mutex::new(None),
             activity: Mutex::new(None),
             unlocked: tokio::sync::Notify::new(),
+            keystore_check: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hold key operations until this check passes (`keywardd`, once, at start).
+    pub fn set_keystore_check(&self, check: Arc<crate::integrity::KeystoreCheck>) {
+        let _ = self.keystore_check.set(check);
+    }
+
+    /// Ok when the keystore's start-up check passed (or none was deferred); else
+    /// `keystore_checking` (after waiting up to `integrity::GATE_WAIT`) or the damage.
+    pub fn keystore_ready(&self) -> Result<(), AgentError> {
+        match self.keystore_check.get() {
+            Some(c) => c.gate(crate::integrity::GATE_WAIT),
+            None => Ok(()),
+        }
+    }
+
+    /// The keystore check's state, for `hello`.
+    pub fn keystore_check(&self) -> Option<keyward_proto::ops::KeystoreCheck> {
+        self.keystore_check.get().map(|c| c.report())
     }
 
     /// While unlocked: when it was unlocked and last used (boot-clock times, `idle.rs`). An

@@ -19,7 +19,8 @@
 //!
 //! The file is created 0600 (never wider, whatever the umask) and checked with SQLite's
 //! `PRAGMA integrity_check` at open: a damaged file is [`KeystoreError::Damaged`], naming it, and is
-//! never re-created. On a read-only file system an existing keystore is opened read-only (reads
+//! never re-created. `keywardd` defers that check to just after its socket is up
+//! ([`Keystore::open_deferring_check`], [`Keystore::check_file`], `integrity.rs`). On a read-only file system an existing keystore is opened read-only (reads
 //! work, every write fails with SQLite's `ReadOnly`); a full disk fails the write (`DiskFull`),
 //! rolled back. Both say so in their message ([`sql_text`]).
 
@@ -997,7 +998,19 @@ impl Keystore {
     /// 0600 (created so, never chmod-ed down from the umask's mode). A damaged file (SQLite's
     /// `integrity_check` fails) is refused with [`KeystoreError::Damaged`] naming it.
     pub fn open(path: &Path) -> Result<Keystore, KeystoreError> {
-        Self::open_inner(path).map_err(|e| match e {
+        Self::open_checking(path, false).map(|(ks, _)| ks)
+    }
+
+    /// Like [`open`](Self::open), but without SQLite's full check of a keystore that needs no
+    /// migration (one that does is still checked before it is migrated): the caller runs
+    /// [`check_file`](Self::check_file) later (`keywardd` does, just after binding its socket;
+    /// `integrity.rs`). The flag says whether the check is still to do.
+    pub fn open_deferring_check(path: &Path) -> Result<(Keystore, bool), KeystoreError> {
+        Self::open_checking(path, true)
+    }
+
+    fn open_checking(path: &Path, defer: bool) -> Result<(Keystore, bool), KeystoreError> {
+        Self::open_inner(path, defer).map_err(|e| match e {
             KeystoreError::Sql { op, source } if is_damage(&source) => KeystoreError::Damaged {
                 path: path.to_path_buf(),
                 detail: format!("{op}: {source}"),
@@ -1006,7 +1019,7 @@ impl Keystore {
         })
     }
 
-    fn open_inner(path: &Path) -> Result<Keystore, KeystoreError> {
+    fn open_inner(path: &Path, defer: bool) -> Result<(Keystore, bool), KeystoreError> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
         let io = |op, source| KeystoreError::Io {
             op,
@@ -1036,14 +1049,17 @@ impl Keystore {
             // A keystore on a read-only file system (a read-only mount, a backup medium): serve
             // what it holds; every change fails with SQLite's "readonly" error.
             Err(e) if e.raw_os_error() == Some(libc::EROFS) && path.is_file() => {
-                return Self::open_read_only(path);
+                return Self::open_read_only(path, defer);
             }
             Err(e) => return Err(io("create", e)),
         }
         let conn = Connection::open(path).map_err(sql("open"))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| io("set permissions", e))?;
-        Self::check_integrity(&conn, path)?;
+        let deferred = defer && !Self::needs_migration(&conn)?;
+        if !deferred {
+            Self::check_integrity(&conn, path)?;
+        }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql("set WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -1059,7 +1075,43 @@ impl Keystore {
             mac_epoch: std::sync::atomic::AtomicU64::new(0),
         };
         ks.migrate()?;
-        Ok(ks)
+        Ok((ks, deferred))
+    }
+
+    /// Whether the schema is older than this agent's (a migration will write).
+    fn needs_migration(conn: &Connection) -> Result<bool, KeystoreError> {
+        let found: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql("read schema version"))?;
+        Ok(found < Self::SCHEMA_VERSION)
+    }
+
+    /// SQLite's full `integrity_check` of the keystore file at `path`, through a read-only
+    /// connection of its own (the agent's connection keeps serving meanwhile). A damaged file
+    /// is [`KeystoreError::Damaged`] naming it.
+    pub fn check_file(path: &Path) -> Result<(), KeystoreError> {
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = match Connection::open_with_flags(path, flags) {
+            Ok(c) => c,
+            // A WAL-mode file on a read-only file system with no WAL left (opened `immutable`
+            // by the agent, see open_read_only).
+            Err(_) => {
+                let uri = format!("file:{}?immutable=1", uri_path(path));
+                Connection::open_with_flags(&uri, flags).map_err(sql("open for the check"))?
+            }
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql("set busy timeout"))?;
+        Self::check_integrity(&conn, path).map_err(|e| match e {
+            KeystoreError::Sql { op, source } if is_damage(&source) => KeystoreError::Damaged {
+                path: path.to_path_buf(),
+                detail: format!("{op}: {source}"),
+            },
+            e => e,
+        })
     }
 
     /// Open an existing keystore on a read-only file system, read-only. With a WAL left by an
@@ -1067,7 +1119,7 @@ impl Keystore {
     /// clean stop there is no WAL, and SQLite cannot open a WAL-mode file read-only without
     /// making one: then the file holds everything and nothing can change it while the file
     /// system is read-only, so it is opened `immutable`. A WAL with content is never ignored.
-    fn open_read_only(path: &Path) -> Result<Keystore, KeystoreError> {
+    fn open_read_only(path: &Path, defer: bool) -> Result<(Keystore, bool), KeystoreError> {
         use rusqlite::OpenFlags;
         tracing::warn!(
             path = %path.display(),
@@ -1105,7 +1157,10 @@ impl Keystore {
                 })
             }
         };
-        Self::check_integrity(&conn, path)?;
+        let deferred = defer && !Self::needs_migration(&conn)?;
+        if !deferred {
+            Self::check_integrity(&conn, path)?;
+        }
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql("set busy timeout"))?;
         let ks = Keystore {
@@ -1116,7 +1171,7 @@ impl Keystore {
         };
         // Current schema: nothing to write. An older one cannot be migrated here, and says so.
         ks.migrate()?;
-        Ok(ks)
+        Ok((ks, deferred))
     }
 
     /// SQLite's full `integrity_check` (`quick_check` misses damaged indexes).

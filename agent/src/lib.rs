@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod activation;
+pub mod agents;
 pub mod config;
 pub mod datakeys;
 pub mod door;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod hardening;
 pub mod hierarchy;
 pub mod idle;
+pub mod integrity;
 pub mod key_cache;
 pub mod keypairs;
 pub mod keystore;

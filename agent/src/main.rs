@@ -33,6 +33,8 @@ enum StartError {
     Config(#[source] ConfigError),
     #[error("opening the keystore")]
     Keystore(#[source] KeystoreError),
+    #[error("starting the keystore check")]
+    KeystoreCheck(#[source] std::io::Error),
     #[error("opening the root")]
     Root(#[source] RootError),
     #[error("resetting the wrong-PIN counter")]
@@ -142,7 +144,17 @@ fn start(cli: Cli) -> Result<(), StartError> {
     // Still before any thread: the environment every root's module reads ([root.env] of `[root]`
     // and each `[[extra_root]]`), set once, never later (root/env.rs).
     keyward_agent::root::env::apply_at_startup(&config.root_env().map_err(StartError::Root)?);
-    let ks = Arc::new(Keystore::open(&config.keystore).map_err(StartError::Keystore)?);
+    // SQLite's full check of the keystore runs just after the socket is up (integrity.rs);
+    // `reset-pin-attempts` writes, so it checks first, as before.
+    let (ks, check_pending) = if let Some(Command::ResetPinAttempts) = cli.command {
+        (Keystore::open(&config.keystore), false)
+    } else {
+        match Keystore::open_deferring_check(&config.keystore) {
+            Ok((ks, pending)) => (Ok(ks), pending),
+            Err(e) => (Err(e), false),
+        }
+    };
+    let ks = Arc::new(ks.map_err(StartError::Keystore)?);
     let root = keyward_agent::root::from_config(&config.root).map_err(StartError::Root)?;
     let h = Arc::new(Hierarchy::new(ks.clone(), root, config.unlock));
     if let Some(Command::ResetPinAttempts) = cli.command {
@@ -243,6 +255,13 @@ fn start(cli: Cli) -> Result<(), StartError> {
             Some(l) => server::Bound::inherited(l).map_err(StartError::Inherited)?,
             None => server::bind(&socket).map_err(StartError::Bind)?,
         };
+        // The socket is up: now the keystore's full check, on a thread of its own; key
+        // operations wait for it (hello and lock answer at once).
+        if check_pending {
+            let check = keyward_agent::integrity::KeystoreCheck::start(ks.path().to_path_buf())
+                .map_err(StartError::KeystoreCheck)?;
+            h.set_keystore_check(check);
+        }
         activation::notify(State::Ready);
         let watchdog = activation::watchdog();
         tracing::info!(

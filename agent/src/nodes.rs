@@ -34,7 +34,7 @@ fn statement_err(e: keyward_identity::StatementError) -> AgentError {
 
 impl Hierarchy {
     /// The cluster root keypair, made under `kek` on first use.
-    fn cluster_root(&self, kek: Option<&str>) -> Result<KeyRecord, AgentError> {
+    pub(crate) fn cluster_root(&self, kek: Option<&str>) -> Result<KeyRecord, AgentError> {
         if let Some(r) = self.ks.by_name(CLUSTER_ROOT)? {
             return Ok(r);
         }
@@ -323,6 +323,8 @@ impl Hierarchy {
         let pt = m
             .open(&me)
             .map_err(|e| AgentError::VerifyFailed(Unverified::Message(e)))?;
+        // A sender the identity's agent policy revoked (agents.rs), whatever the chain says.
+        self.refuse_revoked_agent(m.sender())?;
         let name = match chain {
             None => None,
             Some(bytes) => {

@@ -142,7 +142,13 @@ impl Service {
     /// Handle one request: decode, check access, run, encode. Failures are logged by code only
     /// (never with arguments).
     pub fn handle(&self, req: &Request) -> Response {
-        let resp = match self.check_policy(req) {
+        // Until the keystore's start-up check passed, only `hello` (status) and `lock` run.
+        let ready = if req.op == Op::Hello.name() || req.op == Op::Lock.name() {
+            Ok(())
+        } else {
+            self.h.keystore_ready()
+        };
+        let resp = match ready.and_then(|()| self.check_policy(req)) {
             Ok(()) => dispatch(self, req),
             Err(e) => Response::err(Some(req.id), e.to_body()),
         };
@@ -160,6 +166,14 @@ impl Service {
 impl HandlerError for AgentError {
     fn to_body(&self) -> ErrorBody {
         AgentError::to_body(self)
+    }
+}
+
+fn policy_result(p: crate::agents::SignedAgentPolicy) -> AgentPolicyResult {
+    AgentPolicyResult {
+        root: p.policy.root.to_did_key(),
+        seq: p.policy.seq,
+        policy: serde_bytes::ByteBuf::from(p.bytes),
     }
 }
 
@@ -352,6 +366,7 @@ impl Handler for Service {
             config: self.config_path.clone(),
             keystore: Some(self.h.ks.path().display().to_string()),
             pin_attempts_left: Some(self.h.pin_attempts_left()),
+            keystore_check: self.h.keystore_check(),
         })
     }
 
@@ -617,6 +632,22 @@ impl Handler for Service {
             sender,
             sender_name,
         })
+    }
+
+    // ---- agent authorization (agents.rs) ----
+
+    fn agents_policy(&self, _: Empty) -> Result<AgentPolicyResult, AgentError> {
+        Ok(policy_result(self.h.agents_policy()?))
+    }
+
+    fn agents_add(&self, a: AgentsAddArgs) -> Result<AgentPolicyResult, AgentError> {
+        Ok(policy_result(
+            self.h.agents_add(&a.key, &a.caps, a.expires)?,
+        ))
+    }
+
+    fn agents_revoke(&self, a: AgentsRevokeArgs) -> Result<AgentPolicyResult, AgentError> {
+        Ok(policy_result(self.h.agents_revoke(&a.key)?))
     }
 
     // ---- the PKCS#11 module's operations (door.rs) ----

@@ -248,6 +248,7 @@ impl Client {
                 config: None,
                 keystore: None,
                 pin_attempts_left: None,
+                keystore_check: None,
             },
             reader,
         };
@@ -685,6 +686,34 @@ impl Client {
             chain: chain.map(serde_bytes::ByteBuf::from),
         };
         self.call::<op::Open>(&args).await
+    }
+
+    // ---- agent authorization (DKMS) ----
+
+    /// The identity's signed agent policy (`not_found` before the first change).
+    pub async fn agents_policy(&self) -> Result<AgentPolicyResult, ClientError> {
+        self.call::<op::AgentsPolicy>(&Empty {}).await
+    }
+
+    /// Authorize agent key `key` (did:key) for `caps` until `expires` (unix seconds).
+    pub async fn agents_add(
+        &self,
+        key: &str,
+        caps: Vec<String>,
+        expires: Option<u64>,
+    ) -> Result<AgentPolicyResult, ClientError> {
+        let args = AgentsAddArgs {
+            key: key.into(),
+            caps,
+            expires,
+        };
+        self.call::<op::AgentsAdd>(&args).await
+    }
+
+    /// Revoke agent key `key` (did:key): final.
+    pub async fn agents_revoke(&self, key: &str) -> Result<AgentPolicyResult, ClientError> {
+        self.call::<op::AgentsRevoke>(&AgentsRevokeArgs { key: key.into() })
+            .await
     }
 
     // ---- the PKCS#11 module's operations ----

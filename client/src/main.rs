@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod agents_cmds;
 mod backup;
 mod cli;
 mod cryppo;
@@ -133,6 +134,9 @@ enum Command {
     /// The agent's policy file: `policy check` validates one and explains a decision (offline).
     #[command(subcommand)]
     Policy(policy_cmds::PolicyCmd),
+    /// Agent authorization (DKMS): which agent keys act for this identity, signed by its root.
+    #[command(subcommand)]
+    Agents(agents_cmds::AgentsCmd),
 }
 
 #[derive(Subcommand)]
@@ -380,6 +384,18 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             if let Some(n) = h.pin_attempts_left {
                 text.push_str(&format!("PIN attempts left: {n}\n"));
             }
+            if let Some(k) = &h.keystore_check {
+                use keyward_client::proto::ops::KeystoreCheckState as S;
+                let state = match k.state {
+                    S::Checking => "running",
+                    S::Ok => "ok",
+                    S::Failed => "FAILED: key operations are refused",
+                };
+                text.push_str(&format!("keystore check: {state} ({} ms)\n", k.ms));
+                if let Some(d) = &k.detail {
+                    text.push_str(&format!("  {d}\n"));
+                }
+            }
             out(text, serde_json::to_value(&h).map_err(|e| e.to_string())?)
         }
         Command::Init { pin: opt, soft } => {
@@ -546,6 +562,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         Command::Node(cmd) => identity_cmds::node(&c, cmd).await?,
         Command::Seal(cmd) => return identity_cmds::seal(&c, cmd, cli.json).await,
         Command::Open(cmd) => return identity_cmds::open(&c, cmd, cli.json).await,
+        Command::Agents(cmd) => return agents_cmds::agents(&c, cmd, cli.json).await,
         Command::Cryppo(_)
         | Command::Verify(_)
         | Command::Ssh(_)
@@ -644,6 +661,20 @@ fn main() -> ExitCode {
         } else {
             ExitCode::FAILURE
         };
+    }
+    if let Command::Agents(cmd @ agents_cmds::AgentsCmd::Verify { .. }) = &cli.command {
+        let (code, text, json) = agents_cmds::verify(cmd);
+        if cli.json {
+            println!("{json}");
+        }
+        if code == 0 {
+            if !cli.json {
+                print!("{text}");
+            }
+        } else {
+            eprintln!("keyward: {text}");
+        }
+        return ExitCode::from(code);
     }
     match rt.block_on(run(&cli)) {
         Ok(Some(o)) => {

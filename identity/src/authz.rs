@@ -207,7 +207,10 @@ fn list(caps: &[Capability]) -> String {
     if caps.is_empty() {
         return "none".into();
     }
-    caps.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+    caps.iter()
+        .map(|c| c.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[derive(Serialize, Deserialize)]
@@ -276,7 +279,9 @@ impl AgentPolicy {
         caps.sort_unstable();
         caps.dedup();
         if caps.is_empty() {
-            return Err(AuthzError::Invalid("an agent needs at least one capability"));
+            return Err(AuthzError::Invalid(
+                "an agent needs at least one capability",
+            ));
         }
         if expires.is_some_and(|e| e <= now) {
             return Err(AuthzError::Invalid("the expiry is not in the future"));
@@ -398,7 +403,9 @@ impl AgentPolicy {
             caps.sort_unstable();
             caps.dedup();
             if caps != a.caps {
-                return Err(AuthzError::Invalid("capabilities are not sorted and unique"));
+                return Err(AuthzError::Invalid(
+                    "capabilities are not sorted and unique",
+                ));
             }
             if a.exp.is_some_and(|e| e <= a.added) {
                 return Err(AuthzError::Invalid("an expiry is not after its added time"));
@@ -440,7 +447,11 @@ impl AgentPolicy {
 
     /// Signs this policy with the root key as the next version: `seq` + 1, issued at `now`.
     /// `signer` must be the policy's root key ([`AuthzError::WrongSigner`] otherwise).
-    pub fn sign<S: Signer + ?Sized>(&mut self, signer: &S, now: u64) -> Result<Vec<u8>, AuthzError> {
+    pub fn sign<S: Signer + ?Sized>(
+        &mut self,
+        signer: &S,
+        now: u64,
+    ) -> Result<Vec<u8>, AuthzError> {
         let kid = signer.public_key().key_id();
         if signer.public_key() != self.root {
             return Err(AuthzError::WrongSigner {
@@ -521,17 +532,26 @@ mod tests {
     fn sign_then_verify_lists_the_agent_with_its_capabilities() {
         let (root, a, _) = setup();
         let mut p = AgentPolicy::new(root.public_key());
-        p.add(a.public_key(), &[Capability::Sign, Capability::Decrypt], None, T0)
-            .unwrap();
+        p.add(
+            a.public_key(),
+            &[Capability::Sign, Capability::Decrypt],
+            None,
+            T0,
+        )
+        .unwrap();
         let bytes = p.sign(&root, T0).unwrap();
         let v = verify_policy(&bytes, Some(&root.public_key())).unwrap();
         assert_eq!(v.seq, 1);
         assert_eq!(v, p);
         v.check(&a.public_key(), Capability::Sign, T0 + 1).unwrap();
-        v.check(&a.public_key(), Capability::Decrypt, T0 + 1).unwrap();
+        v.check(&a.public_key(), Capability::Decrypt, T0 + 1)
+            .unwrap();
         assert!(matches!(
             v.check(&a.public_key(), Capability::Admin, T0 + 1),
-            Err(AuthzError::MissingCapability { cap: Capability::Admin, .. })
+            Err(AuthzError::MissingCapability {
+                cap: Capability::Admin,
+                ..
+            })
         ));
     }
 
@@ -539,7 +559,8 @@ mod tests {
     fn an_unlisted_key_is_not_listed() {
         let (root, a, b) = setup();
         let mut p = AgentPolicy::new(root.public_key());
-        p.add(a.public_key(), &[Capability::Sign], None, T0).unwrap();
+        p.add(a.public_key(), &[Capability::Sign], None, T0)
+            .unwrap();
         let v = verify_policy(&p.sign(&root, T0).unwrap(), None).unwrap();
         assert!(matches!(
             v.check(&b.public_key(), Capability::Sign, T0),
@@ -551,9 +572,13 @@ mod tests {
     fn revocation_is_final_and_wins_over_capabilities() {
         let (root, a, b) = setup();
         let mut p = AgentPolicy::new(root.public_key());
-        p.add(a.public_key(), &[Capability::Sign], None, T0).unwrap();
+        p.add(a.public_key(), &[Capability::Sign], None, T0)
+            .unwrap();
         assert!(p.revoke(a.public_key(), T0 + 5).unwrap());
-        assert!(!p.revoke(a.public_key(), T0 + 6).unwrap(), "already revoked");
+        assert!(
+            !p.revoke(a.public_key(), T0 + 6).unwrap(),
+            "already revoked"
+        );
         assert!(matches!(
             p.add(a.public_key(), &[Capability::Sign], None, T0 + 7),
             Err(AuthzError::AlreadyRevoked(_))
@@ -590,7 +615,8 @@ mod tests {
     fn a_tampered_policy_fails_its_signature() {
         let (root, a, b) = setup();
         let mut p = AgentPolicy::new(root.public_key());
-        p.add(a.public_key(), &[Capability::Sign], None, T0).unwrap();
+        p.add(a.public_key(), &[Capability::Sign], None, T0)
+            .unwrap();
         let good = p.sign(&root, T0).unwrap();
         // Swap the agent's key for another inside the signed bytes.
         let old = a.public_key().to_sec1_compressed();
@@ -606,7 +632,10 @@ mod tests {
         for i in 0..good.len() {
             let mut t = good.clone();
             t[i] ^= 0x01;
-            assert!(verify_policy(&t, None).is_err(), "flip at byte {i} accepted");
+            assert!(
+                verify_policy(&t, None).is_err(),
+                "flip at byte {i} accepted"
+            );
         }
     }
 
@@ -614,7 +643,8 @@ mod tests {
     fn a_policy_of_another_root_is_the_wrong_signer() {
         let (root, a, other) = setup();
         let mut p = AgentPolicy::new(other.public_key());
-        p.add(a.public_key(), &[Capability::Sign], None, T0).unwrap();
+        p.add(a.public_key(), &[Capability::Sign], None, T0)
+            .unwrap();
         let bytes = p.sign(&other, T0).unwrap();
         assert!(matches!(
             verify_policy(&bytes, Some(&root.public_key())),
@@ -633,13 +663,17 @@ mod tests {
     fn a_policy_naming_one_root_but_signed_by_another_fails() {
         let (root, a, other) = setup();
         let mut p = AgentPolicy::new(root.public_key());
-        p.add(a.public_key(), &[Capability::Sign], None, T0).unwrap();
+        p.add(a.public_key(), &[Capability::Sign], None, T0)
+            .unwrap();
         p.seq = 1;
         p.issued_at = T0;
         // Forge: the payload names `root`, the signature is `other`'s, the kid `root`'s.
-        let bytes =
-            cose::sign_es256(&other, root.public_key().key_id().as_bytes(), p.to_payload())
-                .unwrap();
+        let bytes = cose::sign_es256(
+            &other,
+            root.public_key().key_id().as_bytes(),
+            p.to_payload(),
+        )
+        .unwrap();
         assert!(matches!(
             verify_policy(&bytes, None),
             Err(AuthzError::BadSignature { .. })
@@ -648,7 +682,12 @@ mod tests {
 
     #[test]
     fn malformed_inputs_are_refused_without_panicking() {
-        for bytes in [&b""[..], b"\xa0", b"not cbor", &[0xd2, 0x84, 0x40, 0xa0, 0xf6, 0x40]] {
+        for bytes in [
+            &b""[..],
+            b"\xa0",
+            b"not cbor",
+            &[0xd2, 0x84, 0x40, 0xa0, 0xf6, 0x40],
+        ] {
             assert!(verify_policy(bytes, None).is_err());
         }
         let big = vec![0u8; MAX_POLICY_BYTES + 1];

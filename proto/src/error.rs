@@ -88,6 +88,9 @@ pub enum ErrorCode {
     /// A rule of the agent's policy file refused this client the operation (or asked for a
     /// confirmation nobody gave). The message names the rule (its index and name).
     PolicyDenied,
+    /// The agent started moments ago and SQLite's full check of its keystore has not finished
+    /// yet: try again shortly (`keyward --json status` shows `keystore_check`).
+    KeystoreChecking,
     /// A code this client does not know (from a newer agent).
     #[serde(other)]
     Unknown,
@@ -130,6 +133,7 @@ impl ErrorCode {
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::PromptUnavailable => "prompt_unavailable",
             ErrorCode::PolicyDenied => "policy_denied",
+            ErrorCode::KeystoreChecking => "keystore_checking",
             ErrorCode::Unknown => "unknown",
         }
     }

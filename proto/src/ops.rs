@@ -93,6 +93,34 @@ pub struct HelloResult {
     /// Wrong PINs left before the agent refuses PINs (as far as it has seen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_attempts_left: Option<u32>,
+    /// SQLite's full check of the keystore, which runs just after the socket is up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keystore_check: Option<KeystoreCheck>,
+}
+
+/// Where the keystore's start-up check (SQLite `integrity_check`) stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeystoreCheck {
+    /// `checking`, `ok` or `failed`.
+    pub state: KeystoreCheckState,
+    /// How long the check took (or has run so far), in milliseconds.
+    pub ms: u64,
+    /// What SQLite found, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// The state of [`KeystoreCheck`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeystoreCheckState {
+    /// Still running: key operations are refused with `keystore_checking`.
+    Checking,
+    /// Passed.
+    Ok,
+    /// Failed: every key operation is refused with `keystore_error`.
+    Failed,
 }
 
 /// Arguments of `init` and `unlock`.
@@ -535,6 +563,37 @@ pub struct OpenedMessage {
     /// The sender's node name, when a chain vouched for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender_name: Option<String>,
+}
+
+// ---- agent authorization (DKMS) ------------------------------------------------------------
+
+/// `agents.add` arguments: list an agent key (did:key, P-256) with capabilities.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsAddArgs {
+    pub key: String,
+    /// Any of `sign`, `decrypt`, `recover`, `admin` (at least one).
+    pub caps: Vec<String>,
+    /// When the authorization ends (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+}
+
+/// `agents.revoke` arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsRevokeArgs {
+    pub key: String,
+}
+
+/// The identity's signed agent authorization policy (COSE_Sign1 bytes) and its signer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentPolicyResult {
+    pub policy: serde_bytes::ByteBuf,
+    /// The identity root's did:key (the cluster root `/`), which signs it.
+    pub root: String,
+    /// The policy's sequence number.
+    pub seq: u64,
 }
 
 // ---- operations for the PKCS#11 module (pkcs11-shim) ----------------------------------------

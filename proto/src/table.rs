@@ -222,6 +222,13 @@ operations! {
     KeypairRevoke, keypair_revoke, "keypair.revoke": IdArgs => Revoked, Unlocked;
     /// A new KEK version: every child rewrapped under it (journaled), the old wrap destroyed.
     KekRotate, kek_rotate, "kek.rotate": IdArgs => KekRotated, Unlocked;
+    // Agent authorization (DKMS; README "Agent authorization").
+    /// The identity's signed agent policy (`not_found` before the first `agents.add`/`revoke`).
+    AgentsPolicy, agents_policy, "agents.policy": Empty => AgentPolicyResult, Always;
+    /// List an agent key with capabilities (and expiry); re-signs the policy.
+    AgentsAdd, agents_add, "agents.add": AgentsAddArgs => AgentPolicyResult, Unlocked;
+    /// Revoke an agent key (final); re-signs the policy.
+    AgentsRevoke, agents_revoke, "agents.revoke": AgentsRevokeArgs => AgentPolicyResult, Unlocked;
 }
 
 #[cfg(test)]

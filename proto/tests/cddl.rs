@@ -345,6 +345,27 @@ fn every_request_validates() {
         ),
         (Op::Random, req(Op::Random, &RandomArgs { len: 32 })),
         (Op::KekRotate, req(Op::KekRotate, &IdArgs { id: ID.into() })),
+        (Op::AgentsPolicy, req(Op::AgentsPolicy, &Empty {})),
+        (
+            Op::AgentsAdd,
+            req(
+                Op::AgentsAdd,
+                &AgentsAddArgs {
+                    key: "did:key:zDnae".into(),
+                    caps: vec!["sign".into(), "decrypt".into()],
+                    expires: Some(1_900_000_000),
+                },
+            ),
+        ),
+        (
+            Op::AgentsRevoke,
+            req(
+                Op::AgentsRevoke,
+                &AgentsRevokeArgs {
+                    key: "did:key:zDnae".into(),
+                },
+            ),
+        ),
         (Op::DekShow, req(Op::DekShow, &IdArgs { id: ID.into() })),
         (Op::DekRotate, req(Op::DekRotate, &IdArgs { id: ID.into() })),
         (
@@ -411,6 +432,11 @@ fn every_response_validates() {
                 config: Some("/home/u/.config/keyward/keyward.toml".into()),
                 keystore: Some("/home/u/.local/share/keyward/keystore.db".into()),
                 pin_attempts_left: Some(10),
+                keystore_check: Some(keyward_proto::ops::KeystoreCheck {
+                    state: keyward_proto::ops::KeystoreCheckState::Failed,
+                    ms: 12,
+                    detail: Some("integrity_check: row 3 missing from index".into()),
+                }),
             },
         ),
         Response::ok(
@@ -443,6 +469,14 @@ fn every_response_validates() {
                 id: ID.into(),
                 version: 2,
                 rewrapped: 1000,
+            },
+        ),
+        Response::ok(
+            1,
+            &AgentPolicyResult {
+                policy: serde_bytes::ByteBuf::from(vec![0xd2, 0x84]),
+                root: "did:key:zDnae".into(),
+                seq: 3,
             },
         ),
         Response::ok(
@@ -642,6 +676,7 @@ fn every_response_validates() {
         ErrorCode::Cancelled,
         ErrorCode::PromptUnavailable,
         ErrorCode::PolicyDenied,
+        ErrorCode::KeystoreChecking,
     ];
     for code in codes {
         let mut body = ErrorBody::new(code, "why");

@@ -276,6 +276,13 @@ struct Index {
 }
 
 /// The offered keys and the caches behind them.
+impl SshKeys {
+    /// Ok once the keystore's start-up check passed (`integrity.rs`).
+    pub(crate) fn keystore_ready(&self) -> Result<(), crate::error::AgentError> {
+        self.h.keystore_ready()
+    }
+}
+
 pub struct SshKeys {
     h: Arc<Hierarchy>,
     mem: Mutex<Vec<MemKey>>,

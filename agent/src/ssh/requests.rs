@@ -179,6 +179,8 @@ impl SshAgent {
     }
 
     fn answer(&self, conn: &mut Conn, req: Request) -> Result<Response, SshError> {
+        // Nothing the door answers runs before the keystore's start-up check passed.
+        self.keys.keystore_ready()?;
         if self.door_locked() {
             return match req {
                 Request::RequestIdentities => Ok(Response::IdentitiesAnswer(Vec::new())),
