@@ -23,6 +23,7 @@ pub const META_POLICY_MAC: &str = "agents_policy_mac";
 const MAC_DOMAIN: &str = "keyward/keystore/meta/agents_policy/v1";
 
 /// The signed policy as stored and served.
+#[derive(Debug)]
 pub struct SignedAgentPolicy {
     /// The COSE_Sign1 bytes.
     pub bytes: Vec<u8>,

@@ -527,3 +527,123 @@ fn hierarchy_datakeys_follow_encrypt_and_decrypt_rules() {
         Err(AgentError::Locked { .. })
     ));
 }
+
+// ---- agent authorization (agents.rs) ---------------------------------------------------------
+
+fn did_of(f: &Fixture, id: &Uuid) -> String {
+    let rec = f.h.ks.get(id).unwrap().unwrap();
+    Hierarchy::public_of(&rec).unwrap().to_did_key()
+}
+
+#[test]
+fn hierarchy_agents_add_revoke_sign_a_policy_the_identity_root_verifies() {
+    use keyward_identity::authz::{verify_policy, AuthzError, Capability};
+    let (f, _) = ready();
+    assert!(matches!(
+        f.h.agents_policy(),
+        Err(AgentError::NotFound(Missing::AgentPolicy))
+    ));
+    let a = f.h.keypair_create(None, None, false, None).unwrap();
+    let a_did = did_of(&f, &a);
+    let p =
+        f.h.agents_add(&a_did, &["sign".into(), "decrypt".into()], None)
+            .unwrap();
+    assert_eq!(p.policy.seq, 1);
+    let root = f.h.ks.by_name(crate::nodes::CLUSTER_ROOT).unwrap().unwrap();
+    let root_pub = Hierarchy::public_of(&root).unwrap();
+    let v = verify_policy(&p.bytes, Some(&root_pub)).unwrap();
+    let a_pub = keyward_identity::PublicKey::parse(&a_did).unwrap();
+    v.check(&a_pub, Capability::Sign, crate::keystore::now())
+        .unwrap();
+    let p = f.h.agents_revoke(&a_did).unwrap();
+    assert_eq!(p.policy.seq, 2);
+    let stored = f.h.agents_policy().unwrap();
+    assert_eq!(stored.bytes, p.bytes);
+    assert!(matches!(
+        verify_policy(&stored.bytes, Some(&root_pub))
+            .unwrap()
+            .check(&a_pub, Capability::Sign, crate::keystore::now()),
+        Err(AuthzError::Revoked { .. })
+    ));
+    // Final: listing it again is key_inactive.
+    let e = f.h.agents_add(&a_did, &["sign".into()], None).unwrap_err();
+    assert_eq!(e.code(), keyward_proto::ErrorCode::KeyInactive, "{e}");
+}
+
+#[test]
+fn hierarchy_agents_refuses_bad_arguments() {
+    let (f, _) = ready();
+    let a = f.h.keypair_create(None, None, false, None).unwrap();
+    let a_did = did_of(&f, &a);
+    for (key, caps, exp) in [
+        ("did:key:nope", vec!["sign".to_string()], None),
+        (a_did.as_str(), vec!["root".to_string()], None),
+        (a_did.as_str(), vec![], None),
+        (a_did.as_str(), vec!["sign".to_string()], Some(1)),
+    ] {
+        let e = f.h.agents_add(key, &caps, exp).unwrap_err();
+        assert_eq!(e.code(), keyward_proto::ErrorCode::InvalidArgs, "{e}");
+    }
+    assert!(f.h.agents_policy().is_err(), "nothing was signed");
+}
+
+#[test]
+fn hierarchy_agents_open_refuses_a_sender_the_policy_revoked() {
+    let (f, _) = ready();
+    let me = f.h.keypair_create(None, None, false, None).unwrap();
+    let sender = f.h.keypair_create(None, None, false, None).unwrap();
+    let (me_did, sender_did) = (did_of(&f, &me), did_of(&f, &sender));
+    let sealed = f.h.seal(&me_did, &sender.to_string(), b"hi").unwrap();
+    // No policy, then a policy that lists the sender: opens.
+    assert_eq!(&f.h.open(&sealed, None).unwrap().0[..], b"hi");
+    f.h.agents_add(&sender_did, &["sign".into()], None).unwrap();
+    assert_eq!(&f.h.open(&sealed, None).unwrap().0[..], b"hi");
+    f.h.agents_revoke(&sender_did).unwrap();
+    let e = f.h.open(&sealed, None).unwrap_err();
+    assert_eq!(e.code(), keyward_proto::ErrorCode::VerifyFailed);
+    assert!(e.to_string().contains("revoked"), "{e}");
+}
+
+#[test]
+fn hierarchy_agents_a_policy_changed_in_the_keystore_is_tampering() {
+    let (f, _) = ready();
+    let a = f.h.keypair_create(None, None, false, None).unwrap();
+    let b = f.h.keypair_create(None, None, false, None).unwrap();
+    let (a_did, b_did) = (did_of(&f, &a), did_of(&f, &b));
+    f.h.agents_add(&a_did, &["sign".into()], None).unwrap();
+    let first = f.h.ks.meta(crate::agents::META_POLICY).unwrap().unwrap();
+    let first_mac =
+        f.h.ks
+            .meta(crate::agents::META_POLICY_MAC)
+            .unwrap()
+            .unwrap();
+    f.h.agents_revoke(&a_did).unwrap();
+    f.h.agents_add(&b_did, &["sign".into()], None).unwrap();
+    // A byte changed: the MAC no longer verifies.
+    let cur = f.h.ks.meta(crate::agents::META_POLICY).unwrap().unwrap();
+    let mut edited = cur.clone().into_bytes();
+    let i = edited.len() - 3;
+    edited[i] = if edited[i] == b'0' { b'1' } else { b'0' };
+    f.h.ks
+        .set_meta(
+            crate::agents::META_POLICY,
+            std::str::from_utf8(&edited).unwrap(),
+        )
+        .unwrap();
+    let e = f.h.agents_policy().err().unwrap();
+    assert_eq!(e.code(), keyward_proto::ErrorCode::KeystoreTampered, "{e}");
+    // The MAC removed: tampering too.
+    f.h.ks.set_meta(crate::agents::META_POLICY, &cur).unwrap();
+    f.h.ks.delete_meta(crate::agents::META_POLICY_MAC).unwrap();
+    let e = f.h.agents_policy().err().unwrap();
+    assert_eq!(e.code(), keyward_proto::ErrorCode::KeystoreTampered, "{e}");
+    // An older signed policy with its own MAC put back verifies: a whole older copy of the meta
+    // rows is a rollback the MAC cannot see (README says so), like restoring a backup.
+    f.h.ks
+        .set_metas(&[
+            (crate::agents::META_POLICY, Some(&first)),
+            (crate::agents::META_POLICY_MAC, Some(&first_mac)),
+        ])
+        .unwrap();
+    assert_eq!(f.h.agents_policy().unwrap().policy.seq, 1);
+}

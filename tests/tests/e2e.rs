@@ -1,6 +1,8 @@
 //! End-to-end tests: one test binary (so every test runs in parallel), one module per area.
 //! Each test gets its own token, keystore and agent (`keyward_tests::TestEnv`).
 
+#[path = "e2e/agents.rs"]
+mod agents;
 #[path = "e2e/backup.rs"]
 mod backup;
 #[path = "e2e/cli.rs"]
@@ -17,6 +19,8 @@ mod identity;
 mod key_lifecycle;
 #[path = "e2e/keys.rs"]
 mod keys;
+#[path = "e2e/keystore_check.rs"]
+mod keystore_check;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/limits.rs"]

@@ -85,38 +85,6 @@ fn refused_for<T: std::fmt::Debug>(r: Result<T, ClientError>, why: &[&str], what
     );
 }
 
-/// Start `keywardd` expecting it to refuse to start; returns its stderr.
-fn start_refused(env: &TestEnv) -> String {
-    let errlog = env.dir().join("refused.log");
-    let mut child = env
-        .agent_command()
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&errlog).unwrap())
-        .spawn()
-        .expect("run keywardd");
-    let start = Instant::now();
-    let st = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "keywardd kept running: {}",
-                std::fs::read_to_string(&errlog).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let err = std::fs::read_to_string(&errlog).unwrap_or_default();
-    assert!(
-        !st.success(),
-        "keywardd should have refused to start: {err}"
-    );
-    err
-}
-
 /// An agent (SoftHSM root) whose keystore lives on a 4 MiB tmpfs of its own; `None` where a
 /// tmpfs cannot be mounted (`Tmpfs::mount_or_skip` says why).
 fn agent_on_tmpfs(test: &str) -> Option<(TestEnv, Tmpfs)> {
@@ -315,9 +283,11 @@ fn read_only_keystore_serves_reads_and_refuses_writes_typed() {
 
 /// Only the index's page is damaged, in a way SQLite's `quick_check` does not see (every entry
 /// of the index's one leaf page names a parent that sorts in the same place but does not
-/// exist): `integrity_check` does, and the agent refuses to start, naming the file.
+/// exist): `integrity_check` does. It runs just after the agent binds its socket: the agent
+/// then refuses every key operation with `keystore_error` naming the file, `status` reports the
+/// failed check, the log says so, and the file is never re-created or changed.
 #[test]
-fn damaged_index_page_alone_stops_the_agent() {
+fn damaged_index_page_alone_refuses_every_key_operation() {
     let mut env = TestEnv::start(RootKind::Pkcs11);
     let keys = env.init_with_keys(false, b"index");
     let c = env.client();
@@ -385,13 +355,28 @@ fn damaged_index_page_alone_stops_the_agent() {
     }
     assert_ne!(integrity(&env), "ok", "integrity_check sees it");
 
-    let err = start_refused(&env);
+    env.start_agent();
+    let st = keyward_tests::wait_for("the keystore check to fail", || {
+        let s = env.cli_json(&["status"], None);
+        (s["keystore_check"]["state"] != "checking").then_some(s)
+    });
+    assert_eq!(st["keystore_check"]["state"], "failed", "{st}");
+    let detail = st["keystore_check"]["detail"].as_str().unwrap();
+    assert!(detail.contains("integrity_check"), "{detail}");
+    let pin_line = format!("{}\n", env.pin());
+    let out = env.cli(&["unlock", "--pin-stdin"], Some(pin_line.as_bytes()));
+    assert_eq!(out.status.code(), Some(1), "unlock is refused");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         err.contains(&path.display().to_string()),
         "the message names the file: {err}"
     );
     assert!(err.contains("damaged"), "{err}");
-    assert!(!env.socket_path().exists(), "no socket");
+    for args in [&["kek", "list"][..], &["dek", "list"], &["keypair", "list"]] {
+        assert_eq!(env.cli_json_err(args, None), "keystore_error", "{args:?}");
+    }
+    assert!(env.log().contains("keystore check FAILED"), "{}", env.log());
+    env.stop();
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "never re-created");
 }
 
