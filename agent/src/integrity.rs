@@ -50,11 +50,12 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl KeystoreCheck {
-    /// A check that already passed (the keystore was checked when it was opened).
-    pub fn passed() -> Arc<KeystoreCheck> {
+    /// A check that already passed, in `took` (the keystore was checked when it was opened,
+    /// before a migration).
+    pub fn passed(took: Duration) -> Arc<KeystoreCheck> {
         Arc::new(KeystoreCheck {
             started: Instant::now(),
-            state: Mutex::new(State::Passed { ms: 0 }),
+            state: Mutex::new(State::Passed { ms: ms(took) }),
             done: Condvar::new(),
         })
     }
