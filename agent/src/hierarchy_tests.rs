@@ -647,3 +647,32 @@ fn hierarchy_agents_a_policy_changed_in_the_keystore_is_tampering() {
         .unwrap();
     assert_eq!(f.h.agents_policy().unwrap().policy.seq, 1);
 }
+
+#[test]
+fn hierarchy_agents_open_refuses_a_sender_a_peers_policy_revoked() {
+    use keyward_identity::authz::{AgentPolicy, Capability};
+    let (f, _) = ready();
+    let me = f.h.keypair_create(None, None, false, None).unwrap();
+    let sender = f.h.keypair_create(None, None, false, None).unwrap();
+    let me_did = did_of(&f, &me);
+    let sender_pub = keyward_identity::PublicKey::parse(&did_of(&f, &sender)).unwrap();
+    let sealed = f.h.seal(&me_did, &sender.to_string(), b"hi").unwrap();
+    // The sender's identity (a root of its own) publishes a policy.
+    let peer_root = keyward_identity::LocalKey::generate(&mut rand_core::OsRng);
+    let mut p = AgentPolicy::new(peer_root.public_key());
+    p.add(sender_pub, &[Capability::Sign], None, 1_000).unwrap();
+    let listed = p.sign(&peer_root, 1_000).unwrap();
+    p.revoke(sender_pub, 2_000).unwrap();
+    let revoked = p.sign(&peer_root, 2_000).unwrap();
+    assert_eq!(
+        &f.h.open_checked(&sealed, None, Some(&listed)).unwrap().0[..],
+        b"hi"
+    );
+    let e = f.h.open_checked(&sealed, None, Some(&revoked)).unwrap_err();
+    assert_eq!(e.code(), keyward_proto::ErrorCode::VerifyFailed, "{e}");
+    // A policy that does not verify is invalid_args, never ignored.
+    let mut bad = revoked.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    let e = f.h.open_checked(&sealed, None, Some(&bad)).unwrap_err();
+    assert_eq!(e.code(), keyward_proto::ErrorCode::InvalidArgs, "{e}");
+}

@@ -310,7 +310,23 @@ impl Hierarchy {
     /// Open a message sealed to one of our keypairs; with a chain, refuse senders it does not
     /// vouch for. Returns the plaintext, the sender's did:key and its node name.
     pub fn open(&self, sealed: &str, chain: Option<&[u8]>) -> Result<Opened, AgentError> {
+        self.open_checked(sealed, chain, None)
+    }
+
+    /// [`open`](Self::open), also refusing a sender that `agents`, a peer's signed agent policy
+    /// (`agents.policy` of the sender's identity), revoked. The policy is checked under the root
+    /// it names: it can only make `open` refuse, so no root need be pinned for it.
+    pub fn open_checked(
+        &self,
+        sealed: &str,
+        chain: Option<&[u8]>,
+        agents: Option<&[u8]>,
+    ) -> Result<Opened, AgentError> {
         self.root_record("open")?;
+        let peer_policy = agents
+            .map(|b| keyward_identity::verify_policy(b, None))
+            .transpose()
+            .map_err(|e| AgentError::invalid("agents", Problem::AgentPolicy(e)))?;
         let m = SealedMessage::from_base64url(sealed)
             .map_err(|e| AgentError::invalid("sealed", Problem::NotSealedMessage(e)))?;
         let mine = self.keypair_by_key_id(m.recipient())?.ok_or_else(|| {
@@ -325,6 +341,12 @@ impl Hierarchy {
             .map_err(|e| AgentError::VerifyFailed(Unverified::Message(e)))?;
         // A sender the identity's agent policy revoked (agents.rs), whatever the chain says.
         self.refuse_revoked_agent(m.sender())?;
+        if let Some(at) = peer_policy.as_ref().and_then(|p| p.revoked_at(m.sender())) {
+            return Err(AgentError::VerifyFailed(Unverified::AgentRevoked {
+                key: m.sender().key_id(),
+                at,
+            }));
+        }
         let name = match chain {
             None => None,
             Some(bytes) => {

@@ -624,9 +624,11 @@ impl Handler for Service {
     }
 
     fn open(&self, a: OpenArgs) -> Result<OpenedMessage, AgentError> {
-        let (pt, sender, sender_name) = self
-            .h
-            .open(&a.sealed, a.chain.as_deref().map(|c| c.as_slice()))?;
+        let (pt, sender, sender_name) = self.h.open_checked(
+            &a.sealed,
+            a.chain.as_deref().map(|c| c.as_slice()),
+            a.agents.as_deref().map(|c| c.as_slice()),
+        )?;
         Ok(OpenedMessage {
             plaintext: SecretBytes::from(pt),
             sender,

@@ -681,9 +681,21 @@ impl Client {
         sealed: &str,
         chain: Option<Vec<u8>>,
     ) -> Result<OpenedMessage, ClientError> {
+        self.open_checked(sealed, chain, None).await
+    }
+
+    /// Open a sealed message, refusing senders `chain` does not vouch for and senders a peer's
+    /// signed agent policy `agents` revoked.
+    pub async fn open_checked(
+        &self,
+        sealed: &str,
+        chain: Option<Vec<u8>>,
+        agents: Option<Vec<u8>>,
+    ) -> Result<OpenedMessage, ClientError> {
         let args = OpenArgs {
             sealed: sealed.into(),
             chain: chain.map(serde_bytes::ByteBuf::from),
+            agents: agents.map(serde_bytes::ByteBuf::from),
         };
         self.call::<op::Open>(&args).await
     }

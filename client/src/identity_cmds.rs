@@ -240,6 +240,9 @@ pub struct OpenCmd {
     /// A chain file: refuse senders it does not vouch for.
     #[arg(long)]
     from: Option<PathBuf>,
+    /// A peer's agent policy file (`keyward agents policy export`): refuse senders it revoked.
+    #[arg(long)]
+    agents: Option<PathBuf>,
     #[command(flatten)]
     io: crate::Io,
 }
@@ -585,7 +588,11 @@ pub async fn open(c: &Client, cmd: &OpenCmd, json_out: bool) -> Result<Option<Ou
         Some(p) => Some(std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?),
         None => None,
     };
-    let r = c.open(sealed.trim(), chain).await?;
+    let agents = match &cmd.agents {
+        Some(p) => Some(std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))?),
+        None => None,
+    };
+    let r = c.open_checked(sealed.trim(), chain, agents).await?;
     if json_out && cmd.io.output.is_none() {
         let b64 = base64::engine::general_purpose::URL_SAFE.encode(r.plaintext.expose());
         return Ok(Some(out(

@@ -189,6 +189,7 @@ fn requests() -> Vec<(&'static str, Vec<u8>)> {
             &OpenArgs {
                 sealed: "b64".into(),
                 chain: Some(serde_bytes::ByteBuf::from(vec![0xa0])),
+                agents: None,
             },
         ),
     ];

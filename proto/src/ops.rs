@@ -552,6 +552,9 @@ pub struct OpenArgs {
     /// A cluster chain (CBOR): refuse senders it does not vouch for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<serde_bytes::ByteBuf>,
+    /// A peer's signed agent policy (COSE_Sign1, `agents.policy`): refuse senders it revoked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agents: Option<serde_bytes::ByteBuf>,
 }
 
 /// `open` result.

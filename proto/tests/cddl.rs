@@ -300,6 +300,7 @@ fn every_request_validates() {
                 &OpenArgs {
                     sealed: "b64".into(),
                     chain: Some(serde_bytes::ByteBuf::from(vec![0xa0])),
+                    agents: Some(serde_bytes::ByteBuf::from(vec![0xd2])),
                 },
             ),
         ),

@@ -10,6 +10,7 @@ keyward_tests::keyward_e2e_tests!(
     agents_authorize_verify_revoke_and_expire_through_the_cli,
     agents_open_refuses_a_message_from_a_revoked_agent_key,
     agents_refuse_bad_arguments_and_keep_serving,
+    agents_open_refuses_a_sender_a_peers_published_policy_revoked,
 );
 
 fn setup(env: &TestEnv) {
@@ -336,4 +337,46 @@ fn agents_refuse_bad_arguments_and_keep_serving(env: &mut TestEnv) {
     );
     // Still serving.
     env.cli_json(&["status"], None);
+}
+
+/// Two identities: the sender's publishes a policy revoking its agent key; the recipient's
+/// agent, whose own policy says nothing about that key, refuses it with `open --agents FILE`.
+fn agents_open_refuses_a_sender_a_peers_published_policy_revoked(env: &mut TestEnv) {
+    setup(env);
+    let (_, me) = keypair(env, "me");
+    let peer = TestEnv::start(env.kind());
+    setup(&peer);
+    let (sender, sender_did) = keypair(&peer, "peer agent");
+    peer.cli_json(&["agents", "add", &sender_did, "--cap", "sign"], None);
+    let sealed = peer.cli_json(&["seal", "--to", &me, "--sign-with", &sender], Some(b"hi"))
+        ["sealed"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let msg = env.dir().join("msg");
+    std::fs::write(&msg, sealed.as_bytes()).unwrap();
+    let msg = msg.to_string_lossy().into_owned();
+    let listed = export(&peer, "listed.cbor");
+    let opened = env.cli_json(&["open", "--agents", &listed, "-i", &msg], None);
+    assert_eq!(opened["sender"], sender_did.as_str());
+    peer.cli_json(&["agents", "revoke", &sender_did], None);
+    let revoked = export(&peer, "revoked.cbor");
+    assert_eq!(
+        env.cli_json_err(&["open", "--agents", &revoked, "-i", &msg], None),
+        "verify_failed"
+    );
+    // Without the peer's policy this agent has no reason to refuse.
+    env.cli_json(&["open", "-i", &msg], None);
+    // A policy file that does not verify is refused, not ignored.
+    let mut bytes = std::fs::read(&revoked).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x01;
+    let bad = env.dir().join("bad.cbor");
+    std::fs::write(&bad, &bytes).unwrap();
+    assert_eq!(
+        env.cli_json_err(
+            &["open", "--agents", bad.to_str().unwrap(), "-i", &msg],
+            None
+        ),
+        "invalid_args"
+    );
 }
