@@ -36,7 +36,7 @@ keyward_tests::keyward_e2e_tests!(
     },
     init_interrupted_after_the_root_is_made_completes_on_retry,
     keypair_delete_while_locked_is_refused,
-    damaged_keystore_stops_the_agent_naming_the_file,
+    damaged_keystore_is_refused_naming_the_file,
     keystore_is_created_0600_under_umask_000,
 );
 
@@ -452,7 +452,7 @@ fn keypair_delete_while_locked_is_refused(env: &mut TestEnv) {
         .expect("deleted when unlocked");
 }
 
-fn damaged_keystore_stops_the_agent_naming_the_file(env: &mut TestEnv) {
+fn damaged_keystore_is_refused_naming_the_file(env: &mut TestEnv) {
     env.init_with_keys(false, b"damage");
     let c = env.client();
     let kek = c.run(|c| c.kek_list()).unwrap().keys[0].id.clone();
@@ -491,6 +491,9 @@ fn damaged_keystore_stops_the_agent_naming_the_file(env: &mut TestEnv) {
     flip((pages / 2) * page_size, page_size);
     std::fs::write(&path, &bytes).unwrap();
 
+    // SQLite's full check runs just after the socket is up (integrity.rs). Damage that already
+    // breaks opening stops keywardd at start; damage only the check finds leaves it serving
+    // `status` and refusing every key operation. Either way the message names the file.
     let errlog = env.dir().join("damaged.log");
     let mut child = env
         .agent_command()
@@ -499,31 +502,53 @@ fn damaged_keystore_stops_the_agent_naming_the_file(env: &mut TestEnv) {
         .spawn()
         .expect("run keywardd");
     let start = std::time::Instant::now();
-    let st = loop {
+    let exited = loop {
         if let Some(st) = child.try_wait().unwrap() {
-            break st;
+            break Some(st);
+        }
+        if std::os::unix::net::UnixStream::connect(env.socket_path()).is_ok() {
+            break None;
         }
         if start.elapsed() > std::time::Duration::from_secs(20) {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "keywardd started on a damaged keystore: {}",
+                "keywardd neither listened nor stopped: {}",
                 std::fs::read_to_string(&errlog).unwrap_or_default()
             );
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
-    let err = std::fs::read_to_string(&errlog).unwrap_or_default();
-    assert!(
-        !st.success(),
-        "keywardd started on a damaged keystore: {err}"
-    );
+    let err = match exited {
+        Some(st) => {
+            let err = std::fs::read_to_string(&errlog).unwrap_or_default();
+            assert!(!st.success(), "{err}");
+            assert!(!env.socket_path().exists(), "no socket");
+            err
+        }
+        None => {
+            let s = keyward_tests::wait_for("the keystore check to end", || {
+                let s = env.cli_json(&["status"], None);
+                (s["keystore_check"]["state"] != "checking").then_some(s)
+            });
+            assert_eq!(s["keystore_check"]["state"], "failed", "{s}");
+            let pin_line = format!("{}\n", env.pin());
+            let out = env.cli(&["unlock", "--pin-stdin"], Some(pin_line.as_bytes()));
+            assert_eq!(out.status.code(), Some(1), "unlock is refused");
+            assert_eq!(env.cli_json_err(&["kek", "list"], None), "keystore_error");
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+            child.wait().unwrap();
+            let log = std::fs::read_to_string(&errlog).unwrap_or_default();
+            assert!(log.contains("keystore check FAILED"), "{log}");
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        }
+    };
     assert!(
         err.contains(&path.display().to_string()),
         "the message names the file: {err}"
     );
     assert!(err.contains("damaged"), "{err}");
-    assert!(!env.socket_path().exists(), "no socket");
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "never re-created");
 }
 
