@@ -73,7 +73,7 @@ impl KeystoreCheck {
             .spawn(move || {
                 test_delay();
                 let result = Keystore::check_file(&path);
-                c.finish(result);
+                c.finish(&path, result);
             })?;
         Ok(check)
     }
@@ -82,7 +82,7 @@ impl KeystoreCheck {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn finish(&self, result: Result<(), KeystoreError>) {
+    fn finish(&self, checked: &std::path::Path, result: Result<(), KeystoreError>) {
         let took = ms(self.started.elapsed());
         let state = match result {
             Ok(()) => {
@@ -92,7 +92,7 @@ impl KeystoreCheck {
             Err(e) => {
                 let (path, detail) = match e {
                     KeystoreError::Damaged { path, detail } => (path, detail),
-                    other => (PathBuf::new(), other.to_string()),
+                    other => (checked.to_path_buf(), other.to_string()),
                 };
                 tracing::error!(
                     ms = took,
@@ -198,7 +198,7 @@ mod tests {
         let c2 = c.clone();
         let t = std::thread::spawn(move || c2.gate(Duration::from_secs(10)));
         std::thread::sleep(Duration::from_millis(50));
-        c.finish(Ok(()));
+        c.finish(std::path::Path::new("/k.db"), Ok(()));
         t.join().unwrap().unwrap();
         assert_eq!(c.report().state, KeystoreCheckState::Ok);
     }
@@ -206,10 +206,13 @@ mod tests {
     #[test]
     fn a_failed_check_refuses_every_request_with_the_damage() {
         let c = checking();
-        c.finish(Err(KeystoreError::Damaged {
-            path: "/k.db".into(),
-            detail: "integrity_check: broken".into(),
-        }));
+        c.finish(
+            std::path::Path::new("/k.db"),
+            Err(KeystoreError::Damaged {
+                path: "/k.db".into(),
+                detail: "integrity_check: broken".into(),
+            }),
+        );
         for _ in 0..3 {
             let e = c.gate(Duration::ZERO).unwrap_err();
             assert_eq!(e.code(), ErrorCode::KeystoreError);

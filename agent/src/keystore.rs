@@ -1094,13 +1094,21 @@ impl Keystore {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let readable = |c: &Connection| {
+            c.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+                r.get::<_, i64>(0)
+            })
+        };
         let conn = match Connection::open_with_flags(path, flags) {
-            Ok(c) => c,
-            // A WAL-mode file on a read-only file system with no WAL left (opened `immutable`
-            // by the agent, see open_read_only).
-            Err(_) => {
+            Ok(c) if readable(&c).is_ok() => c,
+            // A WAL-mode file on a read-only file system with no WAL left, which the agent
+            // opened `immutable` (see open_read_only): nothing can change it meanwhile.
+            _ => {
                 let uri = format!("file:{}?immutable=1", uri_path(path));
-                Connection::open_with_flags(&uri, flags).map_err(sql("open for the check"))?
+                let c =
+                    Connection::open_with_flags(&uri, flags).map_err(sql("open for the check"))?;
+                readable(&c).map_err(sql("open for the check"))?;
+                c
             }
         };
         conn.busy_timeout(std::time::Duration::from_secs(5))
