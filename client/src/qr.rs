@@ -32,7 +32,9 @@ mod tests {
     #[test]
     fn draws_a_square_of_half_blocks() {
         let words = "abandon ".repeat(23) + "art";
-        let q = render(&words).unwrap();
+        let Ok(q) = render(&words) else {
+            panic!("rendering failed")
+        };
         let lines: Vec<&str> = q.lines().collect();
         // 24 words (~170 bytes) at level M: version 8 or so, 49+ modules plus the quiet zone.
         assert!(lines.len() > 20, "{}", lines.len());

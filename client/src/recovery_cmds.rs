@@ -387,7 +387,7 @@ pub async fn run(
                     }))
                     .collect::<Vec<_>>());
             }
-            let mut text = format!("{did}\n");
+            let text = format!("{did}\n");
             if json_mode {
                 j["words"] = json!(words.as_str());
             } else {
@@ -401,8 +401,8 @@ pub async fn run(
                     );
                 }
                 if enrolled.is_none() {
-                    text.push_str(
-                        "not enrolled (--offline): run `keyward recovery enroll DID` with the key above on the agent\n",
+                    eprintln!(
+                        "not enrolled (--offline): run `keyward recovery enroll {did}` on the agent"
                     );
                 }
             }
