@@ -259,6 +259,8 @@ pub enum Existing {
     Node { name: String },
     #[error("a key with id {id} exists already in this keystore")]
     KeyId { id: Uuid },
+    #[error("this agent holds that recovery share already (held share {id})")]
+    HeldShare { id: Uuid },
 }
 
 /// The key named (or found) cannot do what was asked.
@@ -271,6 +273,8 @@ pub enum WrongKey {
     NotP256 { id: Uuid, alg: Algorithm },
     #[error("keypair {id} has vouched for {count} node key(s): it stays for their chain's history (revoke it instead)")]
     VouchedFor { id: Uuid, count: usize },
+    #[error("keypair {id} opens {count} recovery share(s) held for others: `keyward recovery delete` them first (once their owners no longer need them)")]
+    HoldsRecoveryShares { id: Uuid, count: usize },
     #[error("`{name}` has no parent to vouch for a new key")]
     NoParentToVouch { name: String },
     #[error("`{name}` has no parent: name a revoker with --by")]

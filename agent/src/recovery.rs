@@ -11,7 +11,10 @@
 //!   HeldShare::to_bytes())`, sealed and opened by the KEK (in the token for `aes-kwp` KEKs);
 //! - `public_key`: the owner's recovery public key (SEC1 compressed), which is also what tells a
 //!   held share from the node-derivation secret (`ListFilter::HeldShares`);
-//! - `label`: which share of which split, for `recovery held`.
+//! - `issuer`: the trustee keypair the share is sealed to (so `keypair.delete` refuses it while
+//!   shares need it);
+//! - `label`: which share of which split (index, N, K, recovery key, set id), for `recovery
+//!   held`; two held records with one label are one share held twice, which `hold` refuses.
 //!
 //! Every column is under the keystore's MAC like any record, and the held share is re-verified
 //! (the recovery key's signature over the share's hash) each time it is opened, so a changed
@@ -22,11 +25,11 @@
 //! enrollment or a restore as done when it was not.
 
 use crate::error::{
-    AgentError, Defect, Internal, Missing, NotAvailable, Problem, Unverified, WrongKey,
+    AgentError, Defect, Existing, Internal, Missing, NotAvailable, Problem, Unverified, WrongKey,
 };
 use crate::hierarchy::Hierarchy;
 use crate::keystore::Cursor;
-use crate::keystore::{KeyKind, KeyRecord, ListFilter, Page, PageSize};
+use crate::keystore::{KeyKind, KeyRecord, KeyState, ListFilter, Page, PageSize};
 use keyward_identity::PublicKey;
 use keyward_proto::secret::Pin;
 use keyward_recovery::shamir::MAX_SHARE_LEN;
@@ -74,8 +77,9 @@ fn unverified(op: &'static str) -> impl FnOnce(keyward_recovery::ShareError) -> 
 }
 
 fn label(hint: &Hint, recovery: &PublicKey) -> String {
+    let set: String = hint.set_id.iter().map(|b| format!("{b:02x}")).collect();
     format!(
-        "recovery share {} of {} ({} needed) for {}",
+        "recovery share {} of {} ({} needed) for {} (set {set})",
         hint.index,
         hint.trustees.len(),
         hint.threshold,
@@ -116,6 +120,18 @@ impl Hierarchy {
         drop(key);
         let kek = self.parent_kek(&kp)?;
         Self::require_active(&kek)?;
+        let recovery = held.recovery_public_key();
+        let sec1 = recovery.to_sec1_compressed().to_vec();
+        let label = label(held.hint(), &recovery);
+        if let Some(dup) = self.ks.list(KeyKind::Secret, None)?.into_iter().find(|r| {
+            r.state == KeyState::Active
+                && r.public_key.as_deref() == Some(&sec1[..])
+                && r.label.as_deref() == Some(label.as_str())
+        }) {
+            return Err(AgentError::AlreadyExists(Existing::HeldShare {
+                id: dup.id,
+            }));
+        }
 
         let dek = self.with_recovery(|| Ok(self.kek_handle(&kek)?.generate_dek()?))?;
         let mut rec = KeyRecord::new(KeyKind::Secret, dek.scheme.as_str());
@@ -141,9 +157,9 @@ impl Hierarchy {
         blob.extend_from_slice(&ct);
         rec.wrapped = Some(dek.bytes);
         rec.statement = Some(blob);
-        let recovery = held.recovery_public_key();
-        rec.public_key = Some(recovery.to_sec1_compressed().to_vec());
-        rec.label = Some(label(held.hint(), &recovery));
+        rec.public_key = Some(sec1);
+        rec.label = Some(label);
+        rec.issuer = Some(kp.id);
         self.ks.insert(&rec)?;
         tracing::info!(id = %rec.id, index = held.hint().index, "recovery share held");
         Ok(HeldFacts {
@@ -234,6 +250,27 @@ impl Hierarchy {
                 keypair: kp.id,
             },
         ))
+    }
+
+    /// Forget held share `id` (its owner made new shares, or no longer needs it): the record is
+    /// deleted. Returns its id.
+    pub fn recovery_delete(&self, id: &str) -> Result<Uuid, AgentError> {
+        self.root_record("recovery.delete")?;
+        let rec = self.held_record(id)?;
+        self.ks.delete(&rec.id)?;
+        tracing::info!(id = %rec.id, "recovery share deleted");
+        Ok(rec.id)
+    }
+
+    /// How many held shares are sealed to keypair `id` (any state: a revoked share's record
+    /// still names it).
+    pub(crate) fn held_shares_of(&self, id: &Uuid) -> Result<usize, AgentError> {
+        Ok(self
+            .ks
+            .list(KeyKind::Secret, None)?
+            .into_iter()
+            .filter(|r| r.public_key.is_some() && r.issuer == Some(*id))
+            .count())
     }
 
     /// One page of the shares this agent holds for others.
@@ -411,6 +448,38 @@ mod tests {
         assert_eq!(e.code(), ErrorCode::Locked);
         h.unlock(&Pin::new("pin-1234")).unwrap();
         h.recovery_release(&id, &req.did_key()).unwrap();
+    }
+
+    #[test]
+    fn recovery_one_share_is_held_once_and_keeps_its_keypair() {
+        let (_d, h, _) = ready();
+        let (kp, mine) = trustee_key(&h);
+        let other = LocalKey::generate(&mut OsRng);
+        let secret = RecoverySecret::generate(&mut OsRng);
+        let set = ShareSet::split(&secret, &[mine, other.public_key()], 2, &mut OsRng).unwrap();
+        let share = set.shares()[0].to_cbor();
+        let first = h.recovery_hold(&share).unwrap();
+        let e = h.recovery_hold(&share).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::AlreadyExists, "{e}");
+        assert!(e.to_string().contains(&first.id.to_string()), "{e}");
+        // A second split of the same secret among the same trustees is another share.
+        let again = ShareSet::split(&secret, &[mine, other.public_key()], 2, &mut OsRng).unwrap();
+        let second = h.recovery_hold(&again.shares()[0].to_cbor()).unwrap();
+        assert_eq!(all_held(&h).len(), 2);
+        // The trustee keypair cannot be deleted while shares need it.
+        let e = h.keypair_delete(&kp.to_string()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::WrongKey, "{e}");
+        assert!(e.to_string().contains("2 recovery share"), "{e}");
+        // Deleting: only held shares, by id.
+        let kek = h.kek_list().unwrap()[0].id.to_string();
+        let e = h.recovery_delete(&kek).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::NotFound, "{e}");
+        h.recovery_delete(&first.id.to_string()).unwrap();
+        h.recovery_delete(&second.id.to_string()).unwrap();
+        assert!(all_held(&h).is_empty());
+        let e = h.recovery_delete(&first.id.to_string()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::NotFound, "{e}");
+        h.keypair_delete(&kp.to_string()).unwrap();
     }
 
     #[test]

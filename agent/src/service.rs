@@ -648,6 +648,14 @@ impl Handler for Service {
         })
     }
 
+    fn recovery_delete(&self, a: IdArgs) -> Result<Deleted, AgentError> {
+        let gone = self.h.recovery_delete(&a.id)?;
+        Ok(Deleted {
+            id: gone.to_string(),
+            deleted: true,
+        })
+    }
+
     fn recovery_held(&self, a: ListArgs) -> Result<KeyList, AgentError> {
         list_page(a.limit, a.after.as_deref(), key_info, |after, size| {
             self.h.recovery_held_page(after, size)

@@ -734,6 +734,12 @@ impl Client {
         self.call::<op::RecoveryRelease>(&args).await
     }
 
+    /// Forget held recovery share `id`.
+    pub async fn recovery_delete(&self, id: &str) -> Result<Deleted, ClientError> {
+        self.call::<op::RecoveryDelete>(&IdArgs { id: id.into() })
+            .await
+    }
+
     /// One page of the recovery shares the agent holds for others.
     pub async fn recovery_held_page(&self, page: ListArgs) -> Result<KeyList, ClientError> {
         self.call::<op::RecoveryHeld>(&page).await

@@ -85,6 +85,11 @@ pub enum RecoveryCmd {
         #[command(flatten)]
         page: PageOpts,
     },
+    /// Trustee: forget a held share (once its owner has new trustees, or no longer needs it).
+    Delete {
+        /// The held share's id.
+        id: String,
+    },
     /// Owner, on the new machine: make a one-time request key in REQ (mode 0600) and print its
     /// did:key for the trustees.
     Request {
@@ -455,6 +460,14 @@ pub async fn run(
                 .fetch("recovery.held", |p| c.recovery_held_page(p))
                 .await?;
             Ok(crate::cli::list_out(&r, key_table(&r.keys)))
+        }
+        RecoveryCmd::Delete { id } => {
+            let c = connect(&socket).await?;
+            let d = c.recovery_delete(id).await?;
+            Ok(out(
+                format!("deleted {}\n", d.id),
+                json!({"id": d.id, "deleted": d.deleted}),
+            ))
         }
         RecoveryCmd::Request { output } => {
             let key = RequestKey::generate(&mut OsRng);

@@ -227,6 +227,8 @@ operations! {
     RecoveryHold, recovery_hold, "recovery.hold": RecoveryHoldArgs => HeldShareInfo, Unlocked;
     /// Seal a held share to the owner's one-time request key.
     RecoveryRelease, recovery_release, "recovery.release": RecoveryReleaseArgs => ReleasedShareResult, Unlocked;
+    /// Forget a held recovery share (its owner no longer needs it).
+    RecoveryDelete, recovery_delete, "recovery.delete": IdArgs => Deleted, Unlocked;
     /// The recovery shares this agent holds for others (paged).
     RecoveryHeld, recovery_held, "recovery.held": ListArgs => KeyList, Always;
     /// Enroll a recovery public key: every existing and future KEK is wrapped to it.

@@ -407,6 +407,10 @@ fn every_request_validates() {
             req(Op::RecoveryHeld, &ListArgs::default()),
         ),
         (
+            Op::RecoveryDelete,
+            req(Op::RecoveryDelete, &IdArgs { id: ID.into() }),
+        ),
+        (
             Op::RecoveryEnroll,
             req(
                 Op::RecoveryEnroll,

@@ -451,6 +451,43 @@ fn trustee_refusals_leave_the_agent_serving(env: &mut TestEnv) {
     env.cli_ok(&["unlock", "--pin-stdin"], Some(pin_line.as_bytes()));
     release(env, &id, &req_did, &out);
     assert!(std::fs::metadata(&out).unwrap().len() > 100);
+
+    // One share is held once; a share of another split is another.
+    assert_eq!(
+        env.cli_json_err(&["recovery", "hold", "-i", &file(0)], None),
+        "already_exists"
+    );
+    let made2 = create(env, &[mine.as_str(), theirs.as_str()], &path(env, "s2"));
+    let second = hold(env, made2["shares"][0]["file"].as_str().unwrap());
+    let keypair = second["keypair"].as_str().unwrap().to_string();
+    let second = second["id"].as_str().unwrap().to_string();
+    // Paged: one at a time, then the rest.
+    let p1 = env.cli_json(&["recovery", "held", "--limit", "1"], None);
+    assert_eq!(p1["keys"].as_array().unwrap().len(), 1, "{p1}");
+    let next = p1["next"].as_str().unwrap();
+    let p2 = env.cli_json(&["recovery", "held", "--limit", "1", "--after", next], None);
+    assert_eq!(p2["keys"].as_array().unwrap().len(), 1, "{p2}");
+    assert!(p2.get("next").is_none(), "{p2}");
+    let mut ids = vec![p1["keys"][0]["id"].clone(), p2["keys"][0]["id"].clone()];
+    ids.sort_by_key(|v| v.to_string());
+    let mut want = vec![serde_json::json!(id), serde_json::json!(second)];
+    want.sort_by_key(|v| v.to_string());
+    assert_eq!(ids, want);
+    // The trustee keypair stays while shares need it; deleting the shares frees it.
+    assert_eq!(
+        env.cli_json_err(&["keypair", "delete", &keypair], None),
+        "wrong_key"
+    );
+    assert_eq!(
+        env.cli_json_err(&["recovery", "delete", &kek], None),
+        "not_found"
+    );
+    for held in [&id, &second] {
+        env.cli_json(&["recovery", "delete", held], None);
+    }
+    let list = env.cli_json(&["recovery", "held"], None);
+    assert!(list["keys"].as_array().unwrap().is_empty(), "{list}");
+    env.cli_json(&["keypair", "delete", &keypair], None);
 }
 
 fn enroll_and_restore_are_not_available_without_several_roots(env: &mut TestEnv) {
