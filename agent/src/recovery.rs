@@ -287,6 +287,14 @@ impl Hierarchy {
     /// return the root record's id and the number of KEKs wrapped. The lead wires this to the
     /// hierarchy's `enroll_public_root(...)` at merge; until then it refuses with the typed
     /// `not_available` and changes nothing (it never reports an enrollment it did not make).
+    ///
+    /// With wip-roots as of its commit e454fbd (`roots.rs`), the body is:
+    /// ```text
+    /// let id = self.enroll_public_root(
+    ///     crate::roots::PublicRootKind::Recovery, None, recovery.as_p256())?;
+    /// let keks = self.ks.wrapped_keks()?.len() as u64;
+    /// Ok(Enrolled { id, recovery: *recovery, keks })
+    /// ```
     pub fn recovery_enroll(&self, recovery: &PublicKey) -> Result<Enrolled, AgentError> {
         self.root_record("recovery.enroll")?;
         let _ = recovery;
@@ -302,6 +310,14 @@ impl Hierarchy {
     /// token, create the new root with `pin`, rewrap each KEK under it (journaled like root
     /// rotate), and list the enrolled roots that are absent. Until then: `not_available`, and
     /// nothing changes.
+    ///
+    /// With wip-roots (e454fbd): the recovery root is the root record with scheme
+    /// `roots::PUBLIC_ROOT_SCHEME`, locator `public:recovery` and `public_key` the derived key
+    /// (SEC1 uncompressed there); none matching is `WrongRecoveryRoot` (a typed refusal: add a
+    /// `WrongKey` case). `self.open_keks_for_root(&root.id, &|wrap| <ecdh-p256 unwrap of wrap
+    /// with key.local_key()>)` opens every KEK (and the integrity KEK, first) *before* the
+    /// token is touched; then the new root is made on the fresh token with `pin` and each KEK
+    /// imported under it (`Root::import_kek`), journaled like root rotate.
     pub fn recovery_restore(
         &self,
         secret: &RecoverySecret,

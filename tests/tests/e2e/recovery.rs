@@ -12,6 +12,7 @@ keyward_tests::keyward_e2e_tests!(
     recovery_refuses_bad_shares_and_words,
     trustee_refusals_leave_the_agent_serving,
     enroll_and_restore_are_not_available_without_several_roots,
+    created_words_give_the_printed_key_by_an_independent_implementation,
 );
 
 fn setup(env: &TestEnv) {
@@ -536,4 +537,54 @@ fn enroll_and_restore_are_not_available_without_several_roots(env: &mut TestEnv)
     );
     // The agent kept serving.
     env.cli_ok(&["kek", "create"], None);
+}
+
+/// The words `recovery create` shows give the key it prints, recomputed by Debian's
+/// python3-mnemonic (words -> entropy) and python3-cryptography (the frozen HKDF derivation):
+/// `recovery/tests/vectors/crosscheck.py dids`. Never skipped: a missing module fails the test
+/// and names the script that installs it.
+fn created_words_give_the_printed_key_by_an_independent_implementation(env: &mut TestEnv) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    const PYTHON: &str = "/usr/bin/python3";
+    for module in ["mnemonic", "cryptography"] {
+        let ok = Command::new(PYTHON)
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "{PYTHON} cannot import `{module}`: run `./softhsm-setup.sh --install-only`"
+        );
+    }
+    let items: Vec<serde_json::Value> = (0..8)
+        .map(|_| {
+            let made = env.cli_json(&["recovery", "create", "--offline"], None);
+            serde_json::json!({"words": made["words"], "did_key": made["recovery"]})
+        })
+        .collect();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../recovery/tests/vectors/crosscheck.py");
+    let mut child = Command::new(PYTHON)
+        .arg(script)
+        .arg("dids")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run /usr/bin/python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::Value::from(items).to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "crosscheck.py dids: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 8");
 }
