@@ -11,7 +11,7 @@
 //! `create`'s one showing, never put them (or a share value) in an error, and never send the
 //! secret to the agent before it was checked (checksum, or tag, signatures and the combined key).
 
-use crate::cli::{key_table, out, read_input, write_output, Failure, Out, PageOpts};
+use crate::cli::{key_table, out, write_output, Failure, Out, PageOpts};
 use clap::{Args, Subcommand};
 use keyward_client::proto::secret::SecretBytes;
 use keyward_client::Client;
@@ -287,24 +287,31 @@ fn show_words(words: &str, qr: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Write the share files (never overwriting one), returning their paths in trustee order.
+/// Write the share files (never overwriting one), returning their paths in trustee order. On
+/// a failure the files already written are removed.
 fn write_shares(dir: &Path, set: &ShareSet) -> Result<Vec<PathBuf>, Failure> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let mut paths = Vec::new();
+    let mut paths: Vec<PathBuf> = Vec::new();
     for share in set.shares() {
         let path = dir.join(format!("share-{}.cbor", share.hint().index));
-        let mut f = std::fs::OpenOptions::new()
+        let written = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
-        f.write_all(&share.to_cbor())
-            .and_then(|()| f.sync_all())
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
-        paths.push(path);
+            .and_then(|mut f| {
+                paths.push(path.clone());
+                f.write_all(&share.to_cbor())?;
+                f.sync_all()
+            });
+        if let Err(e) = written {
+            for p in &paths {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(format!("writing {}: {e}", path.display()).into());
+        }
     }
     Ok(paths)
 }
@@ -356,20 +363,32 @@ pub async fn run(
                 }
                 None => None,
             };
-            // The agent enrolls the key before anything is shown or written: words for a key
-            // the agent refused would protect nothing.
-            let enrolled = if *offline {
-                None
-            } else {
-                let c = connect(&socket).await?;
-                Some(
-                    c.recovery_enroll(&key.public_key().to_sec1_compressed())
-                        .await?,
-                )
-            };
+            // The share files are written first (the step most likely to fail), then the agent
+            // enrolls the key, and only then are the words shown: words for a key the agent
+            // refused would protect nothing, so a refusal removes the files again.
             let files = match (&set, out_dir) {
                 (Some(set), Some(dir)) => write_shares(dir, set)?,
                 _ => Vec::new(),
+            };
+            let enrolled = if *offline {
+                None
+            } else {
+                let answer = match connect(&socket).await {
+                    Ok(c) => c
+                        .recovery_enroll(&key.public_key().to_sec1_compressed())
+                        .await
+                        .map_err(Failure::from),
+                    Err(f) => Err(f),
+                };
+                match answer {
+                    Ok(e) => Some(e),
+                    Err(f) => {
+                        for p in &files {
+                            let _ = std::fs::remove_file(p);
+                        }
+                        return Err(f);
+                    }
+                }
             };
             let words = to_words(&secret);
             let did = key.did_key();
@@ -423,7 +442,7 @@ pub async fn run(
             ))
         }
         RecoveryCmd::Hold { input } => {
-            let share = read_input(&Some(input.clone()))?;
+            let share = read_bounded(input, MAX_SHARE_LEN)?;
             let c = connect(&socket).await?;
             let h = c.recovery_hold(&share).await?;
             let text = format!(

@@ -505,6 +505,24 @@ fn enroll_and_restore_are_not_available_without_several_roots(env: &mut TestEnv)
     let out = env.cli(&["recovery", "create"], None);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
+    // With trustees: the share files it wrote before asking are removed again.
+    let t1 = env.cli_json(&["recovery", "request", "-o", &path(env, "t1")], None);
+    let t2 = env.cli_json(&["recovery", "request", "-o", &path(env, "t2")], None);
+    let dir = path(env, "shares");
+    let args = [
+        "recovery",
+        "create",
+        "--trustee",
+        t1["did"].as_str().unwrap(),
+        "--trustee",
+        t2["did"].as_str().unwrap(),
+        "--threshold",
+        "2",
+        "-o",
+        &dir,
+    ];
+    assert_eq!(env.cli_json_err(&args, None), "not_available");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     // Enrolling a key made offline, and restoring from its words: refused the same way.
     let made = env.cli_json(&["recovery", "create", "--offline"], None);
     let did = made["recovery"].as_str().unwrap();
