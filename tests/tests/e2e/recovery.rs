@@ -469,6 +469,13 @@ fn trustee_refusals_leave_the_agent_serving(env: &mut TestEnv) {
     let p2 = env.cli_json(&["recovery", "held", "--limit", "1", "--after", next], None);
     assert_eq!(p2["keys"].as_array().unwrap().len(), 1, "{p2}");
     assert!(p2.get("next").is_none(), "{p2}");
+    for bad in [
+        vec!["recovery", "held", "--limit", "0"],
+        vec!["recovery", "held", "--limit", "1001"],
+        vec!["recovery", "held", "--limit", "1", "--after", "x"],
+    ] {
+        assert_eq!(env.cli_json_err(&bad, None), "invalid_args", "{bad:?}");
+    }
     let mut ids = vec![p1["keys"][0]["id"].clone(), p2["keys"][0]["id"].clone()];
     ids.sort_by_key(|v| v.to_string());
     let mut want = vec![serde_json::json!(id), serde_json::json!(second)];
