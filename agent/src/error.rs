@@ -93,6 +93,19 @@ pub enum AgentError {
     /// A rule of the policy file refused the request (`policy_denied`).
     #[error("{0}")]
     PolicyDenied(crate::policy::Denied),
+    /// The operation exists but this build cannot carry it out (`not_available`); nothing changed.
+    #[error("{0}")]
+    NotAvailable(NotAvailable),
+}
+
+/// Operations this build knows but cannot carry out yet.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NotAvailable {
+    /// Recovery enrollment and restore wrap every KEK under a second root: they need several
+    /// roots per KEK (`kek_wraps`, enrolled public roots), which this build does not have.
+    #[error("{op} is not available in this build: it needs several roots per KEK (enrolled public roots), which this agent does not have yet; nothing was changed")]
+    NeedsSeveralRoots { op: &'static str },
 }
 
 /// What the agent picks when the caller names none: the only active one.
@@ -226,6 +239,8 @@ pub enum Problem {
     NotSealedMessage(#[source] MessageError),
     #[error("not a sealed share: {0}")]
     NotSealedShare(#[source] ShareError),
+    #[error("not a recovery share: {0}")]
+    NotRecoveryShare(#[source] keyward_recovery::ShareError),
     #[error("not a chain: {0}")]
     NotChain(#[source] ChainError),
     #[error("not X.509 DER: {0}")]
@@ -244,6 +259,8 @@ pub enum Existing {
     Node { name: String },
     #[error("a key with id {id} exists already in this keystore")]
     KeyId { id: Uuid },
+    #[error("this agent holds that recovery share already (held share {id})")]
+    HeldShare { id: Uuid },
 }
 
 /// The key named (or found) cannot do what was asked.
@@ -256,6 +273,8 @@ pub enum WrongKey {
     NotP256 { id: Uuid, alg: Algorithm },
     #[error("keypair {id} has vouched for {count} node key(s): it stays for their chain's history (revoke it instead)")]
     VouchedFor { id: Uuid, count: usize },
+    #[error("keypair {id} opens {count} recovery share(s) held for others: `keyward recovery delete` them first (once their owners no longer need them)")]
+    HoldsRecoveryShares { id: Uuid, count: usize },
     #[error("`{name}` has no parent to vouch for a new key")]
     NoParentToVouch { name: String },
     #[error("`{name}` has no parent: name a revoker with --by")]
@@ -292,6 +311,12 @@ pub enum Unverified {
     NotVouched(#[source] ChainError),
     #[error("share.open: {0}")]
     Share(#[source] ShareError),
+    #[error("{op}: {source}")]
+    RecoveryShare {
+        op: &'static str,
+        #[source]
+        source: keyward_recovery::ShareError,
+    },
 }
 
 /// What the hierarchy found changed outside the agent.
@@ -374,6 +399,8 @@ pub enum Defect {
     Truncated,
     #[error("is not PEM")]
     NotPem,
+    #[error("does not hold a recovery share: {0}")]
+    NotHeldShare(#[source] keyward_recovery::ShareError),
 }
 
 /// A cryptography library's error.
@@ -392,6 +419,8 @@ pub enum CryptoError {
     Share(#[from] ShareError),
     #[error(transparent)]
     Envelope(#[from] keyward_envelope::Error),
+    #[error(transparent)]
+    RecoveryDerive(#[from] keyward_recovery::DeriveError),
     #[error("HMAC-SHA256 refused its key")]
     Hmac,
     #[error("aws-lc: {0}")]
@@ -448,6 +477,7 @@ impl AgentError {
             AgentError::Keystore(k) => k.code(),
             AgentError::Internal(_) => ErrorCode::Internal,
             AgentError::PolicyDenied(_) => ErrorCode::PolicyDenied,
+            AgentError::NotAvailable(_) => ErrorCode::NotAvailable,
         }
     }
 
