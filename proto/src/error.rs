@@ -88,6 +88,14 @@ pub enum ErrorCode {
     /// A rule of the agent's policy file refused this client the operation (or asked for a
     /// confirmation nobody gave). The message names the rule (its index and name).
     PolicyDenied,
+    /// The key's usage limits do not allow this use (`--usage`), or its confirmation was not
+    /// given. The message names the key and the usage.
+    UsageDenied,
+    /// The key's `not_after` has passed: it is refused for every use.
+    KeyExpired,
+    /// `key.limits` asked to widen a key's limits (add a usage, drop confirmation, a later or
+    /// no `not_after`): limits only narrow.
+    LimitsWidened,
     /// A code this client does not know (from a newer agent).
     #[serde(other)]
     Unknown,
@@ -130,6 +138,9 @@ impl ErrorCode {
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::PromptUnavailable => "prompt_unavailable",
             ErrorCode::PolicyDenied => "policy_denied",
+            ErrorCode::UsageDenied => "usage_denied",
+            ErrorCode::KeyExpired => "key_expired",
+            ErrorCode::LimitsWidened => "limits_widened",
             ErrorCode::Unknown => "unknown",
         }
     }

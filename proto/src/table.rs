@@ -222,6 +222,8 @@ operations! {
     KeypairRevoke, keypair_revoke, "keypair.revoke": IdArgs => Revoked, Unlocked;
     /// A new KEK version: every child rewrapped under it (journaled), the old wrap destroyed.
     KekRotate, kek_rotate, "kek.rotate": IdArgs => KekRotated, Unlocked;
+    /// Narrow a DEK's or keypair's usage limits (usage set, confirm, not-after).
+    KeyLimits, key_limits, "key.limits": KeyLimitsArgs => KeyInfo, Unlocked;
 }
 
 #[cfg(test)]
