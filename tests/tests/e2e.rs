@@ -35,5 +35,7 @@ mod process;
 mod stream;
 #[path = "e2e/tamper.rs"]
 mod tamper;
+#[path = "e2e/usage_limits.rs"]
+mod usage_limits;
 #[path = "e2e/wire.rs"]
 mod wire;
