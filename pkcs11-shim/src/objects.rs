@@ -433,6 +433,30 @@ mod tests {
     }
 
     #[test]
+    fn usage_limits_show_as_attributes() {
+        let mut d = dek();
+        assert_eq!(d.attr(CKA_ENCRYPT), Value::Bytes(bool_(true)));
+        assert_eq!(d.attr(CKA_END_DATE), Value::Bytes(Vec::new()));
+        d.limits = Limits {
+            no_encrypt: true,
+            end_date: Some(*b"20310506"),
+            ..Limits::default()
+        };
+        assert_eq!(d.attr(CKA_ENCRYPT), Value::Bytes(bool_(false)));
+        assert_eq!(d.attr(CKA_DECRYPT), Value::Bytes(bool_(true)));
+        assert_eq!(d.attr(CKA_END_DATE), Value::Bytes(b"20310506".to_vec()));
+        assert!(!d.can_crypt(true) && d.can_crypt(false));
+        let mut k = dek();
+        k.kind = Kind::Private(Curve::P256);
+        assert!(k.can_sign() && k.can_derive());
+        k.limits.no_sign = true;
+        k.limits.no_derive = true;
+        assert!(!k.can_sign() && !k.can_derive());
+        assert_eq!(k.attr(CKA_SIGN), Value::Bytes(bool_(false)));
+        assert_eq!(k.attr(CKA_DERIVE), Value::Bytes(bool_(false)));
+    }
+
+    #[test]
     fn points_wrap_and_unwrap() {
         let p = vec![4u8; 65];
         assert_eq!(unwrap_point(&octet_string(&p)), &p[..]);
