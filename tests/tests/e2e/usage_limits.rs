@@ -320,6 +320,23 @@ fn limits_reach_the_ssh_door() {
     // The socket still serves, and says why.
     let (code, _) = err(&env, &["sign", "--key", id], Some(b"m"));
     assert_eq!(code, "key_expired");
+
+    // A date that passes while the key is offered (no write, so the door's index still lists
+    // it): the door's signature path asks the hierarchy, which refuses.
+    let soon = keyward_tests::keyward_proto::rfc3339::format(now() + 3);
+    let brief = make("ssh-brief", &["--not-after", &soon]);
+    git_sign_and_verify(&env, brief["ssh"].as_str().unwrap(), "brief-ok");
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let out = git_sign_attempt(&env, brief["ssh"].as_str().unwrap(), "brief-late");
+    assert!(!out.status.success(), "the key expired while offered");
+    assert!(env.log().contains("expired at"), "{}", env.log());
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// The PKCS#11 module shows the limits as attributes and the operations are refused.
@@ -444,6 +461,27 @@ fn limits_reach_the_pkcs11_module() {
         text(&refused).contains("CKR_KEY_FUNCTION_NOT_PERMITTED"),
         "{}",
         text(&refused)
+    );
+    // A key whose date has passed shows CKA_SIGN (the module does not watch the clock): the
+    // agent refuses it through the module's sign.digest, and the module answers
+    // CKR_KEY_FUNCTION_NOT_PERMITTED.
+    let old = id_of(env.cli_ok(
+        &[
+            "keypair",
+            "create",
+            "--label",
+            "p11-old",
+            "--not-after",
+            "2001-01-01",
+        ],
+        None,
+    ));
+    let late = sign_with(&old);
+    assert!(!late.status.success(), "{}", text(&late));
+    assert!(
+        text(&late).contains("CKR_KEY_FUNCTION_NOT_PERMITTED"),
+        "{}",
+        text(&late)
     );
     // The agent itself refuses too, whatever the module shows (a host that ignores
     // CKA_SIGN still cannot sign): the typed error through the socket.
