@@ -489,3 +489,68 @@ fn limits_reach_the_pkcs11_module() {
     assert_eq!(code, "usage_denied");
     assert!(env.is_running());
 }
+
+/// A keypair with `--confirm` used through the PKCS#11 module: the agent asks its pinentry
+/// (naming the key and `sign`), yes signs, no is CKR_KEY_FUNCTION_NOT_PERMITTED.
+#[test]
+fn limits_confirm_through_the_pkcs11_module() {
+    let st = Command::new("bash")
+        .arg(keyward_tests::repo_root().join("pkcs11-setup.sh"))
+        .arg("--install-only")
+        .status()
+        .expect("pkcs11-setup.sh");
+    assert!(st.success(), "pkcs11-setup.sh --install-only failed");
+    let m = module_path().display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let env = env_with_pinentry(dir.path());
+    env.init();
+    env.cli_ok(&["kek", "create"], None);
+    let asks = id_of(env.cli_ok(
+        &["keypair", "create", "--label", "p11-asks", "--confirm"],
+        None,
+    ));
+    let msg = env.dir().join("msg");
+    std::fs::write(&msg, b"confirm me").unwrap();
+    let sig = env.dir().join("sig");
+    let sign = || {
+        let mut c = host(&env, "pkcs11-tool");
+        c.arg("--module")
+            .arg(&m)
+            .args([
+                "--login",
+                "--pin",
+                env.pin(),
+                "--sign",
+                "-m",
+                "ECDSA-SHA256",
+            ])
+            .args(["--id", &ck_id(&asks), "-i", msg.to_str().unwrap()])
+            .args(["-o", sig.to_str().unwrap()]);
+        c.output().expect("pkcs11-tool")
+    };
+    std::fs::write(dir.path().join("answer"), "yes").unwrap();
+    let out = sign();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = keyward_tests::pinentry::log(dir.path());
+    let desc = log
+        .lines()
+        .find(|l| l.starts_with("SETDESC ") && l.contains(&asks))
+        .unwrap_or_else(|| panic!("no SETDESC naming the key in {log}"));
+    assert!(
+        desc.contains("sign") && desc.contains("pkcs11-tool"),
+        "{desc}"
+    );
+    std::fs::write(dir.path().join("answer"), "no").unwrap();
+    let out = sign();
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("CKR_KEY_FUNCTION_NOT_PERMITTED"), "{text}");
+}
