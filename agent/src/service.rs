@@ -135,7 +135,7 @@ impl Service {
     fn keypair_info(&self, r: &KeyRecord) -> Result<KeyInfo, AgentError> {
         let mut info = key_info(r);
         let f = self.h.keypair_ssh_flags(&r.id)?;
-        info.ssh_mode = ssh_mode(f);
+        info.ssh_mode = ssh_mode(f, r);
         Ok(info)
     }
 
@@ -259,13 +259,16 @@ fn revoked(ids: Vec<uuid::Uuid>) -> Revoked {
 }
 
 /// `on`/`confirm` for a keypair whose flags say it is offered to SSH clients.
-fn ssh_mode(f: SshFlags) -> Option<SshMode> {
-    f.has(SshFlags::OFFERED)
-        .then_some(if f.has(SshFlags::CONFIRM) {
+/// A keypair whose usage limits ask for confirmation is confirmed by the SSH door too, so it
+/// shows as `confirm`.
+fn ssh_mode(f: SshFlags, r: &KeyRecord) -> Option<SshMode> {
+    f.has(SshFlags::OFFERED).then_some(
+        if f.has(SshFlags::CONFIRM) || crate::limits::Limits::of(r).confirm {
             SshMode::Confirm
         } else {
             SshMode::On
-        })
+        },
+    )
 }
 
 /// A keypair's [`KeyInfo`] in a list: its SSH mode from the record's own (MAC-checked) flags,
@@ -273,7 +276,7 @@ fn ssh_mode(f: SshFlags) -> Option<SshMode> {
 fn listed_keypair_info(r: &KeyRecord) -> KeyInfo {
     let mut info = key_info(r);
     if r.state == crate::keystore::KeyState::Active {
-        info.ssh_mode = ssh_mode(r.ssh);
+        info.ssh_mode = ssh_mode(r.ssh, r);
     }
     info
 }

@@ -285,6 +285,10 @@ fn limits_reach_the_ssh_door() {
     let signer = make("ssh-signer", &["--usage", "sign"]);
     let nosign = make("ssh-nosign", &["--usage", "derive"]);
     let asks = make("ssh-asks", &["--confirm"]);
+    assert_eq!(
+        asks["ssh_mode"], "confirm",
+        "limits' confirm is the door's: {asks}"
+    );
     let listed = String::from_utf8(run(&env, "ssh-add", &["-L"], None).stdout).unwrap();
     assert!(
         listed.contains("ssh-signer") && listed.contains("ssh-asks"),
