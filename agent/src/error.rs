@@ -93,6 +93,28 @@ pub enum AgentError {
     /// A rule of the policy file refused the request (`policy_denied`).
     #[error("{0}")]
     PolicyDenied(crate::policy::Denied),
+    /// The key's usage limits refuse this use, or its confirmation was not given.
+    #[error("{} {id} may not be used for `{usage}`: {why}", kind.as_str())]
+    UsageDenied {
+        kind: KeyKind,
+        id: Uuid,
+        usage: crate::limits::Usage,
+        #[source]
+        why: crate::limits::Refusal,
+    },
+    /// The key's `not_after` has passed.
+    #[error("{} {id} expired at {} (its not-after date): it is refused for every use", kind.as_str(), keyward_proto::rfc3339::format(*not_after))]
+    KeyExpired {
+        kind: KeyKind,
+        id: Uuid,
+        not_after: u64,
+    },
+    /// `key.limits` asked for wider limits than the key has.
+    #[error("the limits of key {id} only narrow: refused {what}")]
+    LimitsWidened {
+        id: Uuid,
+        what: crate::limits::Widening,
+    },
     /// The operation exists but this build cannot carry it out (`not_available`); nothing changed.
     #[error("{0}")]
     NotAvailable(NotAvailable),
@@ -160,6 +182,9 @@ pub enum Missing {
     Node { name: String },
     #[error("no cluster root yet: run `keyward node derive NAME`, or name a --root")]
     ClusterRoot,
+    /// `key.limits`: limits are for DEKs and keypairs.
+    #[error("no DEK or keypair with id {id}")]
+    DekOrKeypair { id: Uuid },
 }
 
 /// Why a ciphertext does not decrypt.
@@ -249,6 +274,13 @@ pub enum Problem {
     NoCertificateForRsa,
     #[error("not a cursor from a list's `next`")]
     NotCursor,
+    #[error("`{usage}` is not a usage of a {}", kind.as_str())]
+    UsageForKind {
+        usage: crate::limits::Usage,
+        kind: KeyKind,
+    },
+    #[error("not an RFC 3339 date-time (e.g. 2027-01-31T18:00:00Z) or date")]
+    NotRfc3339,
 }
 
 /// Something that must not exist yet.
@@ -478,6 +510,9 @@ impl AgentError {
             AgentError::Internal(_) => ErrorCode::Internal,
             AgentError::PolicyDenied(_) => ErrorCode::PolicyDenied,
             AgentError::NotAvailable(_) => ErrorCode::NotAvailable,
+            AgentError::UsageDenied { .. } => ErrorCode::UsageDenied,
+            AgentError::KeyExpired { .. } => ErrorCode::KeyExpired,
+            AgentError::LimitsWidened { .. } => ErrorCode::LimitsWidened,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod key_cache;
 pub mod keypairs;
 pub mod keystore;
 pub mod lifecycle;
+pub mod limits;
 pub mod nodes;
 pub mod peer;
 pub mod policy;

@@ -135,7 +135,7 @@ impl Service {
     fn keypair_info(&self, r: &KeyRecord) -> Result<KeyInfo, AgentError> {
         let mut info = key_info(r);
         let f = self.h.keypair_ssh_flags(&r.id)?;
-        info.ssh_mode = ssh_mode(f);
+        info.ssh_mode = ssh_mode(f, r);
         Ok(info)
     }
 
@@ -143,7 +143,8 @@ impl Service {
     /// (never with arguments).
     pub fn handle(&self, req: &Request) -> Response {
         let resp = match self.check_policy(req) {
-            Ok(()) => dispatch(self, req),
+            // Key limits that ask for confirmation name this connection's peer.
+            Ok(()) => crate::limits::with_requester(self.peer.clone(), || dispatch(self, req)),
             Err(e) => Response::err(Some(req.id), e.to_body()),
         };
         if let Some(body) = &resp.err {
@@ -161,6 +162,53 @@ impl HandlerError for AgentError {
     fn to_body(&self) -> ErrorBody {
         AgentError::to_body(self)
     }
+}
+
+fn usage_from_wire(u: wire::Usage) -> crate::limits::Usage {
+    use crate::limits::Usage as U;
+    match u {
+        wire::Usage::Encrypt => U::Encrypt,
+        wire::Usage::Decrypt => U::Decrypt,
+        wire::Usage::Sign => U::Sign,
+        wire::Usage::Derive => U::Derive,
+        wire::Usage::Export => U::Export,
+        wire::Usage::Share => U::Share,
+    }
+}
+
+fn usage_to_wire(u: crate::limits::Usage) -> wire::Usage {
+    use crate::limits::Usage as U;
+    match u {
+        U::Encrypt => wire::Usage::Encrypt,
+        U::Decrypt => wire::Usage::Decrypt,
+        U::Sign => wire::Usage::Sign,
+        U::Derive => wire::Usage::Derive,
+        U::Export => wire::Usage::Export,
+        U::Share => wire::Usage::Share,
+    }
+}
+
+/// An RFC 3339 `not_after` as Unix seconds (`invalid_args` names the field, never the text).
+fn parse_not_after(text: &str) -> Result<u64, AgentError> {
+    keyward_proto::rfc3339::parse(text)
+        .ok_or_else(|| AgentError::invalid("not_after", Problem::NotRfc3339))
+}
+
+/// The limits a `dek.create` or `keypair.create` asks for, in the hierarchy's terms.
+fn limits_request(
+    spec: Option<&KeyLimitsSpec>,
+) -> Result<crate::limits::LimitsRequest, AgentError> {
+    let Some(spec) = spec else {
+        return Ok(crate::limits::LimitsRequest::default());
+    };
+    Ok(crate::limits::LimitsRequest {
+        usage: spec
+            .usage
+            .as_ref()
+            .map(|u| u.iter().copied().map(usage_from_wire).collect()),
+        confirm: spec.confirm.then_some(true),
+        not_after: spec.not_after.as_deref().map(parse_not_after).transpose()?,
+    })
 }
 
 /// What a client may see of a keystore record: never key material.
@@ -188,6 +236,18 @@ pub fn key_info(r: &KeyRecord) -> KeyInfo {
         ssh_fingerprint: crate::ssh::keys::describe(r).map(|d| d.1),
         certificate: r.certificate.clone().map(serde_bytes::ByteBuf::from),
         min_version: r.min_version,
+        // Absent for keys without stored limits (the kind's defaults, `KeyInfo::usage_or_default`):
+        // old keys' answers stay as small as they were.
+        usage: (r.usage.is_some() && crate::limits::possible_usage(r.kind).is_some()).then(|| {
+            crate::limits::Limits::of(r)
+                .usage
+                .iter()
+                .map(usage_to_wire)
+                .collect()
+        }),
+        confirm: crate::limits::possible_usage(r.kind).is_some()
+            && crate::limits::Limits::of(r).confirm,
+        not_after: r.not_after,
     }
 }
 
@@ -199,13 +259,16 @@ fn revoked(ids: Vec<uuid::Uuid>) -> Revoked {
 }
 
 /// `on`/`confirm` for a keypair whose flags say it is offered to SSH clients.
-fn ssh_mode(f: SshFlags) -> Option<SshMode> {
-    f.has(SshFlags::OFFERED)
-        .then_some(if f.has(SshFlags::CONFIRM) {
+/// A keypair whose usage limits ask for confirmation is confirmed by the SSH door too, so it
+/// shows as `confirm`.
+fn ssh_mode(f: SshFlags, r: &KeyRecord) -> Option<SshMode> {
+    f.has(SshFlags::OFFERED).then_some(
+        if f.has(SshFlags::CONFIRM) || crate::limits::Limits::of(r).confirm {
             SshMode::Confirm
         } else {
             SshMode::On
-        })
+        },
+    )
 }
 
 /// A keypair's [`KeyInfo`] in a list: its SSH mode from the record's own (MAC-checked) flags,
@@ -213,7 +276,7 @@ fn ssh_mode(f: SshFlags) -> Option<SshMode> {
 fn listed_keypair_info(r: &KeyRecord) -> KeyInfo {
     let mut info = key_info(r);
     if r.state == crate::keystore::KeyState::Active {
-        info.ssh_mode = ssh_mode(r.ssh);
+        info.ssh_mode = ssh_mode(r.ssh, r);
     }
     info
 }
@@ -404,8 +467,9 @@ impl Handler for Service {
             wire::Purpose::Personal => Purpose::Personal,
             wire::Purpose::Sharing => Purpose::Sharing,
         };
+        let limits = limits_request(a.limits.as_ref())?;
         self.h
-            .dek_create(a.kek.as_deref(), purpose, a.exportable, a.label)
+            .dek_create_limited(a.kek.as_deref(), purpose, a.exportable, a.label, &limits)
             .map(created)
     }
 
@@ -445,6 +509,21 @@ impl Handler for Service {
     fn rewrap(&self, a: RewrapArgs) -> Result<Ciphertext, AgentError> {
         let ciphertext = self.h.rewrap(&a.ciphertext, a.dek.as_deref())?;
         Ok(Ciphertext { ciphertext })
+    }
+
+    fn key_limits(&self, a: KeyLimitsArgs) -> Result<KeyInfo, AgentError> {
+        let req = crate::limits::LimitsRequest {
+            usage: a
+                .usage
+                .map(|u| u.into_iter().map(usage_from_wire).collect()),
+            confirm: a.confirm,
+            not_after: a.not_after.as_deref().map(parse_not_after).transpose()?,
+        };
+        let r = self.h.key_limits(&a.id, &req)?;
+        match r.kind {
+            crate::keystore::KeyKind::Keypair => self.keypair_info(&r),
+            _ => Ok(key_info(&r)),
+        }
     }
 
     fn kek_rotate(&self, a: IdArgs) -> Result<KekRotated, AgentError> {
@@ -511,9 +590,10 @@ impl Handler for Service {
                     .ok_or_else(|| AgentError::invalid("alg", Problem::UnknownAlgorithm))?,
             ),
         };
-        let id = self
-            .h
-            .keypair_create(a.kek.as_deref(), a.label, a.on_token, alg)?;
+        let limits = limits_request(a.limits.as_ref())?;
+        let id =
+            self.h
+                .keypair_create_limited(a.kek.as_deref(), a.label, a.on_token, alg, &limits)?;
         if let Some(mode) = a.ssh.filter(|m| *m != SshMode::Off) {
             self.h
                 .keypair_set_ssh(&id.to_string(), true, mode == SshMode::Confirm)?;

@@ -461,6 +461,11 @@ impl Client {
     }
 
     /// Refuse decryption below `min_version`.
+    /// Narrow a DEK's or keypair's usage limits (`key.limits`).
+    pub async fn key_limits(&self, args: &KeyLimitsArgs) -> Result<KeyInfo, ClientError> {
+        self.call::<op::KeyLimits>(args).await
+    }
+
     pub async fn dek_min_version(
         &self,
         id: &str,

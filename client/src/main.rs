@@ -20,6 +20,7 @@ mod cli;
 mod cryppo;
 mod doctor;
 mod identity_cmds;
+mod limits_cmds;
 mod policy_cmds;
 mod qr;
 mod recovery_cmds;
@@ -292,11 +293,13 @@ enum DekCmd {
         kek: Option<String>,
         #[arg(long, value_enum, default_value = "personal")]
         purpose: PurposeArg,
-        /// Allow `dek export` of this key (fixed at creation).
+        /// Allow `dek export` of this key (fixed at creation; shorthand for `--usage` export).
         #[arg(long)]
         exportable: bool,
         #[arg(long)]
         label: Option<String>,
+        #[command(flatten)]
+        limits: limits_cmds::LimitOpts,
     },
     /// List DEKs, optionally under one KEK (every page, or one with --limit).
     List {
@@ -321,6 +324,8 @@ enum DekCmd {
     MinVersion { id: String, n: u32 },
     /// Revoke a DEK: final; every use afterwards is refused.
     Revoke { id: String },
+    /// Narrow a DEK's usage limits (--usage subset, --confirm, an earlier --not-after).
+    Limit(limits_cmds::LimitCmd),
 }
 
 fn read_pin(opt: &PinOpt, prompt: &str) -> Result<Pin, Failure> {
@@ -458,8 +463,10 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         Command::Dek(DekCmd::Show { id }) => {
             let k = c.dek_show(id).await?;
             let v = serde_json::to_value(&k).map_err(|e| e.to_string())?;
-            out(cli::dek_table(std::slice::from_ref(&k)), v)
+            let text = cli::dek_table(std::slice::from_ref(&k)) + &limits_cmds::limits_text(&k);
+            out(text, v)
         }
+        Command::Dek(DekCmd::Limit(cmd)) => limits_cmds::limit(&c, cmd).await?,
         Command::Dek(DekCmd::Rotate { id }) => {
             let r = c.dek_rotate(id).await?;
             out(
@@ -497,6 +504,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             purpose,
             exportable,
             label,
+            limits,
         }) => {
             let args = DekCreateArgs {
                 kek: kek.clone(),
@@ -506,6 +514,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
                 },
                 exportable: *exportable,
                 label: label.clone(),
+                limits: limits.spec(),
             };
             let r = c.dek_create(&args).await?;
             out(format!("{}\n", r.id), json!({"id": r.id}))

@@ -235,6 +235,8 @@ operations! {
     RecoveryEnroll, recovery_enroll, "recovery.enroll": RecoveryEnrollArgs => EnrolledRecovery, Unlocked;
     /// Restore with the recovery secret onto a fresh token (a new root; every KEK rewrapped).
     RecoveryRestore, recovery_restore, "recovery.restore": RecoveryRestoreArgs => RestoredResult, Always;
+    /// Narrow a DEK's or keypair's usage limits (usage set, confirm, not-after).
+    KeyLimits, key_limits, "key.limits": KeyLimitsArgs => KeyInfo, Unlocked;
 }
 
 #[cfg(test)]

@@ -37,6 +37,9 @@ fn key_info() -> KeyInfo {
         ssh_fingerprint: None,
         certificate: None,
         min_version: None,
+        usage: None,
+        confirm: false,
+        not_after: None,
     }
 }
 
@@ -98,6 +101,11 @@ fn every_request_validates() {
                     purpose: Purpose::Sharing,
                     exportable: true,
                     label: Some("x".into()),
+                    limits: Some(KeyLimitsSpec {
+                        usage: Some(vec![Usage::Decrypt, Usage::Export]),
+                        confirm: true,
+                        not_after: Some("2030-01-01T00:00:00Z".into()),
+                    }),
                 },
             ),
         ),
@@ -144,6 +152,11 @@ fn every_request_validates() {
                     on_token: true,
                     alg: Some("ed25519".into()),
                     ssh: Some(SshMode::Confirm),
+                    limits: Some(KeyLimitsSpec {
+                        usage: Some(vec![Usage::Sign]),
+                        confirm: false,
+                        not_after: None,
+                    }),
                 },
             ),
         ),
@@ -429,6 +442,28 @@ fn every_request_validates() {
                 },
             ),
         ),
+        (
+            Op::KeyLimits,
+            req(
+                Op::KeyLimits,
+                &KeyLimitsArgs {
+                    id: ID.into(),
+                    usage: Some(vec![Usage::Sign, Usage::Derive]),
+                    confirm: Some(true),
+                    not_after: Some("2030-01-01".into()),
+                },
+            ),
+        ),
+        (
+            Op::KeyLimits,
+            req(
+                Op::KeyLimits,
+                &KeyLimitsArgs {
+                    id: ID.into(),
+                    ..Default::default()
+                },
+            ),
+        ),
     ];
     let mut seen = std::collections::HashSet::new();
     for (op, cbor) in &requests {
@@ -539,6 +574,13 @@ fn every_response_validates() {
             let mut k = key_info();
             k.version = 3;
             k.min_version = Some(2);
+            k
+        }),
+        Response::ok(1, &{
+            let mut k = key_info();
+            k.usage = Some(vec![Usage::Encrypt, Usage::Decrypt]);
+            k.confirm = true;
+            k.not_after = Some(1_900_000_000);
             k
         }),
         Response::ok(1, &Created { id: ID.into() }),
@@ -725,6 +767,9 @@ fn every_response_validates() {
         ErrorCode::Cancelled,
         ErrorCode::PromptUnavailable,
         ErrorCode::PolicyDenied,
+        ErrorCode::UsageDenied,
+        ErrorCode::KeyExpired,
+        ErrorCode::LimitsWidened,
     ];
     for code in codes {
         let mut body = ErrorBody::new(code, "why");

@@ -37,5 +37,7 @@ mod recovery;
 mod stream;
 #[path = "e2e/tamper.rs"]
 mod tamper;
+#[path = "e2e/usage_limits.rs"]
+mod usage_limits;
 #[path = "e2e/wire.rs"]
 mod wire;
