@@ -99,6 +99,41 @@ pub enum AgentError {
     /// A rule of the policy file refused the request (`policy_denied`).
     #[error("{0}")]
     PolicyDenied(crate::policy::Denied),
+    /// The key's usage limits refuse this use, or its confirmation was not given.
+    #[error("{} {id} may not be used for `{usage}`: {why}", kind.as_str())]
+    UsageDenied {
+        kind: KeyKind,
+        id: Uuid,
+        usage: crate::limits::Usage,
+        #[source]
+        why: crate::limits::Refusal,
+    },
+    /// The key's `not_after` has passed.
+    #[error("{} {id} expired at {} (its not-after date): it is refused for every use", kind.as_str(), keyward_proto::rfc3339::format(*not_after))]
+    KeyExpired {
+        kind: KeyKind,
+        id: Uuid,
+        not_after: u64,
+    },
+    /// `key.limits` asked for wider limits than the key has.
+    #[error("the limits of key {id} only narrow: refused {what}")]
+    LimitsWidened {
+        id: Uuid,
+        what: crate::limits::Widening,
+    },
+    /// The operation exists but this build cannot carry it out (`not_available`); nothing changed.
+    #[error("{0}")]
+    NotAvailable(NotAvailable),
+}
+
+/// Operations this build knows but cannot carry out yet.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NotAvailable {
+    /// Recovery enrollment and restore wrap every KEK under a second root: they need several
+    /// roots per KEK (`kek_wraps`, enrolled public roots), which this build does not have.
+    #[error("{op} is not available in this build: it needs several roots per KEK (enrolled public roots), which this agent does not have yet; nothing was changed")]
+    NeedsSeveralRoots { op: &'static str },
 }
 
 /// What the agent picks when the caller names none: the only active one.
@@ -155,6 +190,9 @@ pub enum Missing {
     ClusterRoot,
     #[error("no agent authorization policy yet: run `keyward agents add DID --cap ...`")]
     AgentPolicy,
+    /// `key.limits`: limits are for DEKs and keypairs.
+    #[error("no DEK or keypair with id {id}")]
+    DekOrKeypair { id: Uuid },
 }
 
 /// Why a ciphertext does not decrypt.
@@ -234,6 +272,8 @@ pub enum Problem {
     NotSealedMessage(#[source] MessageError),
     #[error("not a sealed share: {0}")]
     NotSealedShare(#[source] ShareError),
+    #[error("not a recovery share: {0}")]
+    NotRecoveryShare(#[source] keyward_recovery::ShareError),
     #[error("not a chain: {0}")]
     NotChain(#[source] ChainError),
     #[error("not X.509 DER: {0}")]
@@ -246,6 +286,13 @@ pub enum Problem {
     UnknownCapability,
     #[error("{0}")]
     AgentPolicy(#[source] keyward_identity::AuthzError),
+    #[error("`{usage}` is not a usage of a {}", kind.as_str())]
+    UsageForKind {
+        usage: crate::limits::Usage,
+        kind: KeyKind,
+    },
+    #[error("not an RFC 3339 date-time (e.g. 2027-01-31T18:00:00Z) or date")]
+    NotRfc3339,
 }
 
 /// Something that must not exist yet.
@@ -256,6 +303,8 @@ pub enum Existing {
     Node { name: String },
     #[error("a key with id {id} exists already in this keystore")]
     KeyId { id: Uuid },
+    #[error("this agent holds that recovery share already (held share {id})")]
+    HeldShare { id: Uuid },
 }
 
 /// The key named (or found) cannot do what was asked.
@@ -268,6 +317,8 @@ pub enum WrongKey {
     NotP256 { id: Uuid, alg: Algorithm },
     #[error("keypair {id} has vouched for {count} node key(s): it stays for their chain's history (revoke it instead)")]
     VouchedFor { id: Uuid, count: usize },
+    #[error("keypair {id} opens {count} recovery share(s) held for others: `keyward recovery delete` them first (once their owners no longer need them)")]
+    HoldsRecoveryShares { id: Uuid, count: usize },
     #[error("`{name}` has no parent to vouch for a new key")]
     NoParentToVouch { name: String },
     #[error("`{name}` has no parent: name a revoker with --by")]
@@ -306,6 +357,12 @@ pub enum Unverified {
     Share(#[source] ShareError),
     #[error("the sender's agent key {key} was revoked at {at} by the agent authorization policy")]
     AgentRevoked { key: KeyId, at: u64 },
+    #[error("{op}: {source}")]
+    RecoveryShare {
+        op: &'static str,
+        #[source]
+        source: keyward_recovery::ShareError,
+    },
 }
 
 /// What the hierarchy found changed outside the agent.
@@ -391,6 +448,8 @@ pub enum Defect {
     Truncated,
     #[error("is not PEM")]
     NotPem,
+    #[error("does not hold a recovery share: {0}")]
+    NotHeldShare(#[source] keyward_recovery::ShareError),
 }
 
 /// A cryptography library's error.
@@ -411,6 +470,8 @@ pub enum CryptoError {
     Authz(#[from] keyward_identity::AuthzError),
     #[error(transparent)]
     Envelope(#[from] keyward_envelope::Error),
+    #[error(transparent)]
+    RecoveryDerive(#[from] keyward_recovery::DeriveError),
     #[error("HMAC-SHA256 refused its key")]
     Hmac,
     #[error("aws-lc: {0}")]
@@ -469,6 +530,10 @@ impl AgentError {
             AgentError::PolicyDenied(_) => ErrorCode::PolicyDenied,
             AgentError::AgentKeyRevoked { .. } => ErrorCode::KeyInactive,
             AgentError::KeystoreChecking { .. } => ErrorCode::KeystoreChecking,
+            AgentError::NotAvailable(_) => ErrorCode::NotAvailable,
+            AgentError::UsageDenied { .. } => ErrorCode::UsageDenied,
+            AgentError::KeyExpired { .. } => ErrorCode::KeyExpired,
+            AgentError::LimitsWidened { .. } => ErrorCode::LimitsWidened,
         }
     }
 

@@ -125,6 +125,8 @@ pub struct Hierarchy {
     unlocked: tokio::sync::Notify,
     /// The keystore's deferred start-up check (`integrity.rs`); none: checked at open.
     keystore_check: std::sync::OnceLock<Arc<crate::integrity::KeystoreCheck>>,
+    /// The pinentry that confirms uses of keys whose limits ask for it (`limits.rs`).
+    prompter: std::sync::OnceLock<Arc<crate::prompt::Prompter>>,
 }
 
 impl Hierarchy {
@@ -142,6 +144,7 @@ impl Hierarchy {
             activity: Mutex::new(None),
             unlocked: tokio::sync::Notify::new(),
             keystore_check: std::sync::OnceLock::new(),
+            prompter: std::sync::OnceLock::new(),
         }
     }
 
@@ -162,6 +165,17 @@ impl Hierarchy {
     /// The keystore check's state, for `hello`.
     pub fn keystore_check(&self) -> Option<keyward_proto::ops::KeystoreCheck> {
         self.keystore_check.get().map(|c| c.report())
+    }
+
+    /// The pinentry that confirms key uses whose limits ask for confirmation (set once, at
+    /// start-up; without one such uses are refused).
+    pub fn set_prompter(&self, p: Arc<crate::prompt::Prompter>) {
+        let _ = self.prompter.set(p);
+    }
+
+    /// The confirmation pinentry, if configured.
+    pub fn prompter(&self) -> Option<&crate::prompt::Prompter> {
+        self.prompter.get().map(|p| &**p)
     }
 
     /// While unlocked: when it was unlocked and last used (boot-clock times, `idle.rs`). An
@@ -760,7 +774,21 @@ impl Hierarchy {
         exportable: bool,
         label: Option<String>,
     ) -> Result<Uuid, AgentError> {
+        let none = crate::limits::LimitsRequest::default();
+        self.dek_create_limited(kek, purpose, exportable, label, &none)
+    }
+
+    /// `dek_create` with usage limits (`limits.rs`); `exportable` adds `export`.
+    pub fn dek_create_limited(
+        &self,
+        kek: Option<&str>,
+        purpose: Purpose,
+        exportable: bool,
+        label: Option<String>,
+        limits: &crate::limits::LimitsRequest,
+    ) -> Result<Uuid, AgentError> {
         self.root_record("dek.create")?;
+        let (limits, exportable) = Self::limits_for_new(KeyKind::Dek, exportable, limits)?;
         let kek = self.choose_kek(kek)?;
         let w = self.with_recovery(|| Ok(self.kek_handle(&kek)?.generate_dek()?))?;
         let mut rec = KeyRecord::new(KeyKind::Dek, w.scheme.as_str());
@@ -768,6 +796,8 @@ impl Hierarchy {
         rec.label = label;
         rec.purpose = Some(purpose);
         rec.exportable = exportable;
+        rec.usage = limits.map(|l| l.bits());
+        rec.not_after = limits.and_then(|l| l.not_after);
         rec.wrapped = Some(w.bytes);
         self.ks.insert(&rec)?;
         tracing::info!(id = %rec.id, kek = %kek.id, "DEK created");
@@ -803,6 +833,7 @@ impl Hierarchy {
             return Err(AgentError::NotExportable { id: dek.id });
         }
         Self::require_active(&dek)?;
+        self.permit(&dek, crate::limits::Usage::Export)?;
         let kek = self.parent_kek(&dek)?;
         // The newest version: the one new ciphertexts use.
         let (_, wrapped) = self.dek_newest(&dek)?;
@@ -821,6 +852,7 @@ impl Hierarchy {
         let dek = self.record(dek_id, KeyKind::Dek)?;
         Self::require_active(&dek)?;
         let kek = self.parent_kek(&dek)?;
+        self.permit(&dek, crate::limits::Usage::Encrypt)?;
         Ok((dek, kek))
     }
 
@@ -907,6 +939,7 @@ impl Hierarchy {
             });
         }
         let kek = self.parent_kek(&dek)?;
+        self.permit(&dek, crate::limits::Usage::Decrypt)?;
         let mut ct_tag = Vec::with_capacity(gcm.ciphertext.len() + 16);
         ct_tag.extend_from_slice(gcm.ciphertext);
         ct_tag.extend_from_slice(gcm.tag);

@@ -21,7 +21,10 @@ mod cli;
 mod cryppo;
 mod doctor;
 mod identity_cmds;
+mod limits_cmds;
 mod policy_cmds;
+mod qr;
+mod recovery_cmds;
 mod ssh_cmds;
 mod stream_cmds;
 
@@ -137,6 +140,9 @@ enum Command {
     /// Agent authorization (DKMS): which agent keys act for this identity, signed by its root.
     #[command(subcommand)]
     Agents(agents_cmds::AgentsCmd),
+    /// Offline and social recovery: the recovery words, trustees' shares, restore.
+    #[command(subcommand)]
+    Recovery(recovery_cmds::RecoveryCmd),
 }
 
 #[derive(Subcommand)]
@@ -291,11 +297,13 @@ enum DekCmd {
         kek: Option<String>,
         #[arg(long, value_enum, default_value = "personal")]
         purpose: PurposeArg,
-        /// Allow `dek export` of this key (fixed at creation).
+        /// Allow `dek export` of this key (fixed at creation; shorthand for `--usage` export).
         #[arg(long)]
         exportable: bool,
         #[arg(long)]
         label: Option<String>,
+        #[command(flatten)]
+        limits: limits_cmds::LimitOpts,
     },
     /// List DEKs, optionally under one KEK (every page, or one with --limit).
     List {
@@ -320,6 +328,8 @@ enum DekCmd {
     MinVersion { id: String, n: u32 },
     /// Revoke a DEK: final; every use afterwards is refused.
     Revoke { id: String },
+    /// Narrow a DEK's usage limits (--usage subset, --confirm, an earlier --not-after).
+    Limit(limits_cmds::LimitCmd),
 }
 
 fn read_pin(opt: &PinOpt, prompt: &str) -> Result<Pin, Failure> {
@@ -358,6 +368,11 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         Command::Ssh(cmd) => return ssh_cmds::ssh(cli.socket.clone(), cmd).await,
         Command::Backup(cmd) => return backup_cmd(cli, cmd).await.map(Some),
         Command::Policy(cmd) => return policy_cmds::policy(cmd).map(Some),
+        Command::Recovery(cmd) => {
+            return recovery_cmds::run(cli.socket.clone(), cmd, cli.json)
+                .await
+                .map(Some)
+        }
         _ => {}
     }
     let path = keyward_client::proto::paths::socket_path(cli.socket.clone());
@@ -464,8 +479,10 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         Command::Dek(DekCmd::Show { id }) => {
             let k = c.dek_show(id).await?;
             let v = serde_json::to_value(&k).map_err(|e| e.to_string())?;
-            out(cli::dek_table(std::slice::from_ref(&k)), v)
+            let text = cli::dek_table(std::slice::from_ref(&k)) + &limits_cmds::limits_text(&k);
+            out(text, v)
         }
+        Command::Dek(DekCmd::Limit(cmd)) => limits_cmds::limit(&c, cmd).await?,
         Command::Dek(DekCmd::Rotate { id }) => {
             let r = c.dek_rotate(id).await?;
             out(
@@ -503,6 +520,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             purpose,
             exportable,
             label,
+            limits,
         }) => {
             let args = DekCreateArgs {
                 kek: kek.clone(),
@@ -512,6 +530,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
                 },
                 exportable: *exportable,
                 label: label.clone(),
+                limits: limits.spec(),
             };
             let r = c.dek_create(&args).await?;
             out(format!("{}\n", r.id), json!({"id": r.id}))
@@ -568,6 +587,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         | Command::Ssh(_)
         | Command::Doctor { .. }
         | Command::Policy(_)
+        | Command::Recovery(_)
         | Command::Backup(_) => {
             return Err("internal: offline command reached the agent path"
                 .to_string()

@@ -229,6 +229,21 @@ operations! {
     AgentsAdd, agents_add, "agents.add": AgentsAddArgs => AgentPolicyResult, Unlocked;
     /// Revoke an agent key (final); re-signs the policy.
     AgentsRevoke, agents_revoke, "agents.revoke": AgentsRevokeArgs => AgentPolicyResult, Unlocked;
+    // Recovery (README "Recovery").
+    /// Store a recovery share sealed to one of this agent's keypairs, wrapped under its KEK.
+    RecoveryHold, recovery_hold, "recovery.hold": RecoveryHoldArgs => HeldShareInfo, Unlocked;
+    /// Seal a held share to the owner's one-time request key.
+    RecoveryRelease, recovery_release, "recovery.release": RecoveryReleaseArgs => ReleasedShareResult, Unlocked;
+    /// Forget a held recovery share (its owner no longer needs it).
+    RecoveryDelete, recovery_delete, "recovery.delete": IdArgs => Deleted, Unlocked;
+    /// The recovery shares this agent holds for others (paged).
+    RecoveryHeld, recovery_held, "recovery.held": ListArgs => KeyList, Always;
+    /// Enroll a recovery public key: every existing and future KEK is wrapped to it.
+    RecoveryEnroll, recovery_enroll, "recovery.enroll": RecoveryEnrollArgs => EnrolledRecovery, Unlocked;
+    /// Restore with the recovery secret onto a fresh token (a new root; every KEK rewrapped).
+    RecoveryRestore, recovery_restore, "recovery.restore": RecoveryRestoreArgs => RestoredResult, Always;
+    /// Narrow a DEK's or keypair's usage limits (usage set, confirm, not-after).
+    KeyLimits, key_limits, "key.limits": KeyLimitsArgs => KeyInfo, Unlocked;
 }
 
 #[cfg(test)]

@@ -37,6 +37,9 @@ fn key_info() -> KeyInfo {
         ssh_fingerprint: None,
         certificate: None,
         min_version: None,
+        usage: None,
+        confirm: false,
+        not_after: None,
     }
 }
 
@@ -98,6 +101,11 @@ fn every_request_validates() {
                     purpose: Purpose::Sharing,
                     exportable: true,
                     label: Some("x".into()),
+                    limits: Some(KeyLimitsSpec {
+                        usage: Some(vec![Usage::Decrypt, Usage::Export]),
+                        confirm: true,
+                        not_after: Some("2030-01-01T00:00:00Z".into()),
+                    }),
                 },
             ),
         ),
@@ -144,6 +152,11 @@ fn every_request_validates() {
                     on_token: true,
                     alg: Some("ed25519".into()),
                     ssh: Some(SshMode::Confirm),
+                    limits: Some(KeyLimitsSpec {
+                        usage: Some(vec![Usage::Sign]),
+                        confirm: false,
+                        not_after: None,
+                    }),
                 },
             ),
         ),
@@ -405,6 +418,74 @@ fn every_request_validates() {
             Op::KeypairRevoke,
             req(Op::KeypairRevoke, &IdArgs { id: ID.into() }),
         ),
+        (
+            Op::RecoveryHold,
+            req(
+                Op::RecoveryHold,
+                &RecoveryHoldArgs {
+                    share: serde_bytes::ByteBuf::from(vec![0xa1; 900]),
+                },
+            ),
+        ),
+        (
+            Op::RecoveryRelease,
+            req(
+                Op::RecoveryRelease,
+                &RecoveryReleaseArgs {
+                    id: ID.into(),
+                    to: "did:key:zDnae".into(),
+                },
+            ),
+        ),
+        (
+            Op::RecoveryHeld,
+            req(Op::RecoveryHeld, &ListArgs::default()),
+        ),
+        (
+            Op::RecoveryDelete,
+            req(Op::RecoveryDelete, &IdArgs { id: ID.into() }),
+        ),
+        (
+            Op::RecoveryEnroll,
+            req(
+                Op::RecoveryEnroll,
+                &RecoveryEnrollArgs {
+                    public_key: serde_bytes::ByteBuf::from(vec![2; 33]),
+                },
+            ),
+        ),
+        (
+            Op::RecoveryRestore,
+            req(
+                Op::RecoveryRestore,
+                &RecoveryRestoreArgs {
+                    secret: keyward_proto::secret::SecretBytes::new(vec![9; 32]),
+                    pin: keyward_proto::secret::Pin::new("1234"),
+                },
+            ),
+        ),
+        (
+            Op::KeyLimits,
+            req(
+                Op::KeyLimits,
+                &KeyLimitsArgs {
+                    id: ID.into(),
+                    usage: Some(vec![Usage::Sign, Usage::Derive]),
+                    confirm: Some(true),
+                    not_after: Some("2030-01-01".into()),
+                },
+            ),
+        ),
+        (
+            Op::KeyLimits,
+            req(
+                Op::KeyLimits,
+                &KeyLimitsArgs {
+                    id: ID.into(),
+                    ..Default::default()
+                },
+            ),
+        ),
     ];
     let mut seen = std::collections::HashSet::new();
     for (op, cbor) in &requests {
@@ -466,6 +547,43 @@ fn every_response_validates() {
         ),
         Response::ok(
             1,
+            &HeldShareInfo {
+                id: ID.into(),
+                recovery: "did:key:zDnae".into(),
+                tag: "ab".repeat(32),
+                index: 2,
+                threshold: 2,
+                trustees: vec!["did:key:zDna".into(), "did:key:zDnb".into()],
+                keypair: ID.into(),
+            },
+        ),
+        Response::ok(
+            1,
+            &ReleasedShareResult {
+                id: ID.into(),
+                index: 2,
+                recovery: "did:key:zDnae".into(),
+                released: serde_bytes::ByteBuf::from(vec![0xa1; 700]),
+            },
+        ),
+        Response::ok(
+            1,
+            &EnrolledRecovery {
+                id: ID.into(),
+                recovery: "did:key:zDnae".into(),
+                keks: 3,
+            },
+        ),
+        Response::ok(
+            1,
+            &RestoredResult {
+                root: ID.into(),
+                keks: 3,
+                absent_roots: vec![ID.into()],
+            },
+        ),
+        Response::ok(
+            1,
             &KekRotated {
                 id: ID.into(),
                 version: 2,
@@ -491,6 +609,13 @@ fn every_response_validates() {
             let mut k = key_info();
             k.version = 3;
             k.min_version = Some(2);
+            k
+        }),
+        Response::ok(1, &{
+            let mut k = key_info();
+            k.usage = Some(vec![Usage::Encrypt, Usage::Decrypt]);
+            k.confirm = true;
+            k.not_after = Some(1_900_000_000);
             k
         }),
         Response::ok(1, &Created { id: ID.into() }),
@@ -678,6 +803,9 @@ fn every_response_validates() {
         ErrorCode::PromptUnavailable,
         ErrorCode::PolicyDenied,
         ErrorCode::KeystoreChecking,
+        ErrorCode::UsageDenied,
+        ErrorCode::KeyExpired,
+        ErrorCode::LimitsWidened,
     ];
     for code in codes {
         let mut body = ErrorBody::new(code, "why");
