@@ -3191,6 +3191,24 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), bytes);
     }
 
+    /// `keywardd`'s open defers SQLite's full check unless a migration is due, and
+    /// `check_file` runs it on its own connection while the agent's stays open.
+    #[test]
+    fn the_full_check_is_deferred_unless_a_migration_is_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ks.db");
+        let (ks, pending) = Keystore::open_deferring_check(&p).unwrap();
+        assert!(!pending, "a new file is migrated, so checked first");
+        ks.insert(&KeyRecord::new(KeyKind::Kek, "aes-kwp")).unwrap();
+        drop(ks);
+        let (ks, pending) = Keystore::open_deferring_check(&p).unwrap();
+        assert!(pending, "a current schema defers the check");
+        Keystore::check_file(&p).expect("a sound file passes, beside the open connection");
+        assert_eq!(ks.list(KeyKind::Kek, None).unwrap().len(), 1);
+        let missing = dir.path().join("nope.db");
+        assert!(Keystore::check_file(&missing).is_err(), "no file: no pass");
+    }
+
     /// `cargo test -p keyward-agent --release -- --ignored integrity_check_time --nocapture`
     #[test]
     #[ignore]
