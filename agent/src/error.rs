@@ -93,6 +93,9 @@ pub enum AgentError {
     /// A rule of the policy file refused the request (`policy_denied`).
     #[error("{0}")]
     PolicyDenied(crate::policy::Denied),
+    /// An operation on the enrolled roots refused (`roots.rs`).
+    #[error("{0}")]
+    Roots(RootRefusal),
 }
 
 /// What the agent picks when the caller names none: the only active one.
@@ -244,6 +247,8 @@ pub enum Existing {
     Node { name: String },
     #[error("a key with id {id} exists already in this keystore")]
     KeyId { id: Uuid },
+    #[error("this root is enrolled already, as root {id}")]
+    Root { id: Uuid },
 }
 
 /// The key named (or found) cannot do what was asked.
@@ -374,6 +379,53 @@ pub enum Defect {
     Truncated,
     #[error("is not PEM")]
     NotPem,
+    /// A KEK with no wrap under an enrolled root (the agent writes every root's wrap with the
+    /// KEK, in one transaction).
+    #[error("has no wrap under root {root}")]
+    NoWrapForRoot { root: Uuid },
+}
+
+/// Why an operation on the enrolled roots (`root.add`, `root.remove`, and the KEK operations
+/// that wrap under every root) is refused.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RootRefusal {
+    /// `root.remove` of the root this agent runs on.
+    #[error("{op}: root {id} is the root this agent runs on: remove it from an agent started on another enrolled root")]
+    OwnRoot { op: &'static str, id: Uuid },
+    /// `root.remove` of the only enrolled root.
+    #[error("{op}: root {id} is the last enrolled root: every key would be lost")]
+    LastRoot { op: &'static str, id: Uuid },
+    /// A root that needs its secret to wrap a KEK (an AES token, a soft root) is not the one
+    /// this agent runs on.
+    #[error("{op}: enrolled root {id} ({scheme}) needs its token or passphrase to wrap a KEK and is not present in this agent: run this from an agent started on it, or drop it (`--drop-root {id}` or `keyward root remove {id}`)")]
+    Absent {
+        op: &'static str,
+        id: Uuid,
+        scheme: String,
+    },
+    /// No enrolled root is of the configured backend's scheme.
+    #[error("unlock: no enrolled root is a {scheme} root (the configured [root]): start the agent with the configuration of an enrolled root")]
+    NoneOfScheme { scheme: &'static str },
+    /// `--drop-root` named the root this agent runs on, or twice the same root.
+    #[error("{op}: --drop-root {id}: {problem}")]
+    BadDrop {
+        op: &'static str,
+        id: Uuid,
+        problem: &'static str,
+    },
+}
+
+impl RootRefusal {
+    fn code(&self) -> ErrorCode {
+        match self {
+            RootRefusal::OwnRoot { .. }
+            | RootRefusal::LastRoot { .. }
+            | RootRefusal::BadDrop { .. } => ErrorCode::WrongKey,
+            RootRefusal::Absent { .. } => ErrorCode::TokenUnavailable,
+            RootRefusal::NoneOfScheme { .. } => ErrorCode::NotInitialized,
+        }
+    }
 }
 
 /// A cryptography library's error.
@@ -448,6 +500,7 @@ impl AgentError {
             AgentError::Keystore(k) => k.code(),
             AgentError::Internal(_) => ErrorCode::Internal,
             AgentError::PolicyDenied(_) => ErrorCode::PolicyDenied,
+            AgentError::Roots(r) => r.code(),
         }
     }
 

@@ -235,6 +235,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX IF NOT EXISTS keys_page_by_parent ON keys(parent, kind, created, id);
      CREATE INDEX IF NOT EXISTS keys_page_nodes ON keys(created, id)
         WHERE kind = 'keypair' AND name IS NOT NULL;",
+    // v9: several roots per KEK: each KEK's wraps under the enrolled roots that are not its
+    // parent, and their journal during a KEK rotation (`keystore_roots.rs`).
+    roots::MIGRATION_V9,
 ];
 
 /// Meta row the v4 migration leaves when it found records written before v4 (without MACs).
@@ -1745,6 +1748,11 @@ impl Keystore {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(sql("begin abandon rotation"))?;
         tx.execute(
+            "DELETE FROM kek_rotation_wraps WHERE kek = ?1",
+            [kek.to_string()],
+        )
+        .map_err(sql("drop rotation wraps"))?;
+        tx.execute(
             "DELETE FROM kek_rotation_items WHERE kek = ?1",
             [kek.to_string()],
         )
@@ -1900,19 +1908,29 @@ impl Keystore {
                 what: "the KEK of a rotation is gone".into(),
             });
         };
-        kek.wrapped = Some(pending.wrapped.clone());
-        kek.scheme = pending.scheme.clone();
+        match roots::swap_wraps(&tx, key, &kek)? {
+            Some((parent, scheme, wrapped)) => {
+                kek.parent = Some(parent);
+                kek.scheme = scheme;
+                kek.wrapped = Some(wrapped);
+            }
+            None => {
+                kek.wrapped = Some(pending.wrapped.clone());
+                kek.scheme = pending.scheme.clone();
+            }
+        }
         kek.version = kek.version.saturating_add(1);
         kek.rotated = Some(now());
         tx.execute(
-            "UPDATE keys SET wrapped = ?2, scheme = ?3, version = ?4, rotated = ?5, mac = ?6 WHERE id = ?1",
+            "UPDATE keys SET wrapped = ?2, scheme = ?3, version = ?4, rotated = ?5, mac = ?6, parent = ?7 WHERE id = ?1",
             params![
                 kek.id.to_string(),
                 kek.wrapped,
                 kek.scheme,
                 kek.version,
                 kek.rotated,
-                key.map(|k| k.tag(&record_body(&kek)))
+                key.map(|k| k.tag(&record_body(&kek))),
+                kek.parent.map(|p| p.to_string())
             ],
         )
         .map_err(sql("swap KEK wrap"))?;
@@ -1930,6 +1948,10 @@ impl Keystore {
         Ok(Some(kek.version))
     }
 }
+
+#[path = "keystore_roots.rs"]
+mod roots;
+pub use roots::{KekWrap, META_ROOT_SET};
 
 // ---- DEK versions ---------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ pub mod peer;
 pub mod policy;
 pub mod prompt;
 pub mod root;
+pub mod roots;
 pub mod rsa_keys;
 pub mod server;
 pub mod service;
