@@ -237,6 +237,10 @@ pub enum Problem {
     NoCertificateForRsa,
     #[error("not a cursor from a list's `next`")]
     NotCursor,
+    /// `root.add`: the configuration text does not give a usable `[root]` (what is wrong, never
+    /// the file's text: a TOML syntax error is not quoted).
+    #[error("not a keywardd configuration with a usable [root]: {0}")]
+    BadConfig(String),
 }
 
 /// Something that must not exist yet.

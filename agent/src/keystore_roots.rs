@@ -21,8 +21,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeSet, HashMap};
 use uuid::Uuid;
 
-/// The schema step that adds the tables (appended to `MIGRATIONS` as v9).
-pub(super) const MIGRATION_V9: &str = "CREATE TABLE kek_wraps (
+/// The schema step that adds the tables (appended to `MIGRATIONS` as v9). `IF NOT EXISTS`, so
+/// the step is the same whatever number it ends up with.
+pub(super) const MIGRATION_V9: &str = "CREATE TABLE IF NOT EXISTS kek_wraps (
         kek         TEXT NOT NULL REFERENCES keys(id) ON DELETE CASCADE,
         root        TEXT NOT NULL REFERENCES keys(id) ON DELETE CASCADE,
         scheme      TEXT NOT NULL,
@@ -31,8 +32,8 @@ pub(super) const MIGRATION_V9: &str = "CREATE TABLE kek_wraps (
         mac         BLOB,
         PRIMARY KEY (kek, root)
      );
-     CREATE INDEX kek_wraps_by_root ON kek_wraps(root);
-     CREATE TABLE kek_rotation_wraps (
+     CREATE INDEX IF NOT EXISTS kek_wraps_by_root ON kek_wraps(root);
+     CREATE TABLE IF NOT EXISTS kek_rotation_wraps (
         kek         TEXT NOT NULL REFERENCES kek_rotations(kek) ON DELETE CASCADE,
         root        TEXT NOT NULL REFERENCES keys(id) ON DELETE CASCADE,
         scheme      TEXT NOT NULL,

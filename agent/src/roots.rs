@@ -251,7 +251,35 @@ impl Hierarchy {
         self.root_record(OP)?;
         let _one = ROTATION.lock().unwrap_or_else(|p| p.into_inner());
         self.finish_rotations_locked()?;
-        let (mut rec, created) = match new.init(pin) {
+        // A soft root made from a passphrase an enrolled soft root already has is that root.
+        if new.scheme() == Scheme::Pbkdf2 {
+            for r in self.ks.roots_checked()? {
+                if r.scheme != Scheme::Pbkdf2.as_str() {
+                    continue;
+                }
+                let stored = StoredRoot {
+                    locator: r.locator.clone(),
+                    check: r.wrapped.clone(),
+                };
+                if new.unlock(pin, &stored).is_ok() {
+                    let _ = new.lock();
+                    return Err(AgentError::AlreadyExists(Existing::Root { id: r.id }));
+                }
+            }
+        }
+        let made = match new.init(pin) {
+            // A token made after the module was loaded is found only when the module
+            // initializes again, which an unlock of a root without sessions does; it then
+            // finds no root object there, and `init` makes one. (Other roots on the module see
+            // one `Stale` and log in again: `with_recovery`.)
+            Err(RootError::Unavailable { .. }) => {
+                let _ = new.unlock(pin, &StoredRoot::default());
+                let _ = new.lock();
+                new.init(pin)
+            }
+            other => other,
+        };
+        let (mut rec, created) = match made {
             Ok(made) => {
                 let mut rec = KeyRecord::new(KeyKind::Root, made.scheme.as_str());
                 rec.locator = Some(made.locator);
