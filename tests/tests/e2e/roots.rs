@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 keyward_tests::keyward_e2e_tests!(
     a_second_root_unlocks_the_keystore_alone_and_decrypts_everything,
     root_bad_input_is_typed_and_the_agent_keeps_serving,
+    an_ec_backup_root_receives_new_and_rotated_keks_by_its_public_key,
 );
 
 const SECOND_PASSPHRASE: &str = "second-passphrase-for-the-backup-root-2026";
@@ -50,6 +51,82 @@ fn second_root(env: &TestEnv) -> (PathBuf, &'static str) {
         }
         RootKind::Soft => (env.config_path().to_path_buf(), SECOND_PASSPHRASE),
         other => panic!("no second root for {other:?}"),
+    }
+}
+
+/// PKCS#11 only: the backup token enrolled as an EC P-256 root (`key_type = "ec"`). Its public
+/// key is all later wraps need, so with it enrolled (and absent) KEKs are still made and
+/// rotated; the agent then started on it alone, the first token deleted, decrypts all of it.
+fn an_ec_backup_root_receives_new_and_rotated_keks_by_its_public_key(env: &mut TestEnv) {
+    if env.kind() != RootKind::Pkcs11 {
+        return;
+    }
+    let keys = env.init_with_keys(false, b"under the first KEK");
+    let (config, secret) = second_root(env);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let ec = text.replace(
+        "kind = \"pkcs11\"\n",
+        "kind = \"pkcs11\"\nkey_type = \"ec\"\n",
+    );
+    assert_ne!(ec, text, "{text}");
+    std::fs::write(&config, ec).unwrap();
+    let second = enroll(env, &config, secret);
+    let entry = roots(env)
+        .into_iter()
+        .find(|r| r["id"] == second.as_str())
+        .unwrap();
+    assert_eq!(entry["scheme"], "pkcs11-ec-p256", "{entry}");
+    let c = env.client();
+    let mut data = vec![(keys.ciphertext.clone(), keys.plaintext.clone())];
+    // A KEK made now is wrapped to the EC root's public key (no PIN, no token needed).
+    let kek2 = c
+        .run(|c| c.kek_create(None))
+        .expect("kek with an EC root enrolled")
+        .id;
+    let args = keyward_tests::keyward_proto::ops::DekCreateArgs {
+        kek: Some(kek2.clone()),
+        ..Default::default()
+    };
+    let dek2 = c.run(|c| c.dek_create(&args)).expect("dek").id;
+    let pt = b"under the second KEK".to_vec();
+    data.push((c.run(|c| c.encrypt(&dek2, &pt)).unwrap(), pt));
+    // A rotation wraps the new version under both roots.
+    let r = c.run(|c| c.kek_rotate(&keys.kek)).expect("rotate");
+    assert_eq!(r.version, 2);
+    let pt = b"after the rotation".to_vec();
+    data.push((c.run(|c| c.encrypt(&keys.dek, &pt)).unwrap(), pt));
+    drop(c);
+    env.stop();
+    std::fs::remove_dir_all(token_dir(env, "keyward")).expect("delete the first token");
+    std::fs::copy(&config, env.config_path()).expect("config of the EC token");
+    env.start_agent();
+    let c = env.client();
+    c.run(|c| c.unlock(pin(secret)))
+        .expect("unlock on the EC root");
+    for (ct, pt) in &data {
+        assert_eq!(
+            c.run(|c| c.decrypt(ct, None)).expect("decrypt").expose(),
+            &pt[..]
+        );
+    }
+    assert_eq!(current(&roots(env)), second);
+    // The first root (an absent AES token) refuses new KEKs until it is dropped.
+    expect_code(c.run(|c| c.kek_create(None)), ErrorCode::TokenUnavailable);
+    let first = roots(env)
+        .into_iter()
+        .find(|r| r["current"] == false)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rotated = env.cli_json(&["kek", "rotate", &kek2, "--drop-root", &first], None);
+    assert_eq!(rotated["version"], 2, "{rotated}");
+    assert_eq!(roots(env).len(), 1);
+    for (ct, pt) in &data {
+        assert_eq!(
+            c.run(|c| c.decrypt(ct, None)).expect("decrypt").expose(),
+            &pt[..]
+        );
     }
 }
 
