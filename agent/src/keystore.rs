@@ -15,7 +15,9 @@
 //! key is loaded, every read here checks it — this is the one place records are verified — and a
 //! missing or wrong MAC is [`KeystoreError::Tampered`], naming the record; every write MACs what it
 //! writes. The tables of schema v7 (`key_versions`, the KEK rotation journal `kek_rotations` and
-//! `kek_rotation_items`) are MAC'd the same way, each with its own domain string.
+//! `kek_rotation_items`) are MAC'd the same way, each with its own domain string, and so are
+//! those of v9 (several roots per KEK: `kek_wraps`, `kek_rotation_wraps`, and the MAC'd list of
+//! root ids in `meta`; `keystore_roots.rs`).
 //!
 //! The file is created 0600 (never wider, whatever the umask) and checked with SQLite's
 //! `PRAGMA integrity_check` at open: a damaged file is [`KeystoreError::Damaged`], naming it, and is
