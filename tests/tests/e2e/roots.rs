@@ -7,7 +7,7 @@
 
 use keyward_tests::keyward_proto::ErrorCode;
 use keyward_tests::TEST_PIN;
-use keyward_tests::{expect_code, pin, repo_root, RootKind, TestEnv};
+use keyward_tests::{expect_code, pin, repo_root, wait_exit, wait_for, RootKind, TestEnv};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -15,6 +15,7 @@ keyward_tests::keyward_e2e_tests!(
     a_second_root_unlocks_the_keystore_alone_and_decrypts_everything,
     root_bad_input_is_typed_and_the_agent_keeps_serving,
     an_ec_backup_root_receives_new_and_rotated_keks_by_its_public_key,
+    a_rotation_a_crash_interrupted_is_finished_on_the_other_root,
 );
 
 const SECOND_PASSPHRASE: &str = "second-passphrase-for-the-backup-root-2026";
@@ -62,15 +63,7 @@ fn an_ec_backup_root_receives_new_and_rotated_keks_by_its_public_key(env: &mut T
         return;
     }
     let keys = env.init_with_keys(false, b"under the first KEK");
-    let (config, secret) = second_root(env);
-    let text = std::fs::read_to_string(&config).unwrap();
-    let ec = text.replace(
-        "kind = \"pkcs11\"\n",
-        "kind = \"pkcs11\"\nkey_type = \"ec\"\n",
-    );
-    assert_ne!(ec, text, "{text}");
-    std::fs::write(&config, ec).unwrap();
-    let second = enroll(env, &config, secret);
+    let (config, secret, second) = enroll_ec_backup(env);
     let entry = roots(env)
         .into_iter()
         .find(|r| r["id"] == second.as_str())
@@ -360,5 +353,94 @@ fn root_bad_input_is_typed_and_the_agent_keeps_serving(env: &mut TestEnv) {
             .unwrap()
             .expose(),
         b"stays readable"
+    );
+}
+
+/// PKCS#11: enroll the `backup` token as an EC P-256 root; its config, PIN and root id.
+fn enroll_ec_backup(env: &TestEnv) -> (PathBuf, &'static str, String) {
+    let (config, secret) = second_root(env);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let ec = text.replace(
+        "kind = \"pkcs11\"\n",
+        "kind = \"pkcs11\"\nkey_type = \"ec\"\n",
+    );
+    assert_ne!(ec, text, "{text}");
+    std::fs::write(&config, ec).unwrap();
+    let id = enroll(env, &config, secret);
+    (config, secret, id)
+}
+
+/// PKCS#11 only: a KEK rotation with an EC backup enrolled, killed (abort) right after its
+/// journal (the new KEK's wrap under both roots) was written. The first token is then deleted
+/// and the agent started on the backup token alone: its unlock finishes the rotation from the
+/// journal's wrap for the backup root, and everything decrypts.
+fn a_rotation_a_crash_interrupted_is_finished_on_the_other_root(env: &mut TestEnv) {
+    if env.kind() != RootKind::Pkcs11 {
+        return;
+    }
+    let keys = env.init_with_keys(false, b"before the crash");
+    let (config, secret, second) = enroll_ec_backup(env);
+    env.stop();
+    let mut cmd = env.agent_command();
+    cmd.env("KEYWARD_TEST_CRASH_AFTER", "kek-rotate-begun")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn keywardd");
+    let sock = env.socket_path().to_path_buf();
+    wait_for("the crashing agent to listen", || {
+        std::os::unix::net::UnixStream::connect(&sock).ok()
+    });
+    let c = env.client();
+    c.run(|c| c.unlock(pin(env.pin()))).expect("unlock");
+    let r = c.run(|c| c.kek_rotate(&keys.kek));
+    assert!(
+        r.as_ref().is_err_and(|e| e.code().is_none()),
+        "not a crash: {r:?}"
+    );
+    drop(c);
+    assert!(!wait_exit(&mut child, "the agent to abort").success());
+    let keystore = env.keystore_path();
+    let journal = |table: &str| -> i64 {
+        let db = rusqlite::Connection::open(&keystore).expect("keystore");
+        db.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .expect("count")
+    };
+    // The new KEK under both roots, journaled.
+    assert_eq!(journal("kek_rotation_wraps"), 2);
+    assert_eq!(journal("kek_rotations"), 1);
+
+    std::fs::remove_dir_all(token_dir(env, "keyward")).expect("delete the first token");
+    std::fs::copy(&config, env.config_path()).expect("config of the EC token");
+    env.start_agent();
+    let c = env.client();
+    c.run(|c| c.unlock(pin(secret)))
+        .expect("unlock on the EC root");
+    assert_eq!(journal("kek_rotations"), 0);
+    assert_eq!(journal("kek_rotation_wraps"), 0);
+    let kek = c
+        .run(|c| c.kek_list())
+        .unwrap()
+        .keys
+        .into_iter()
+        .find(|k| k.id == keys.kek)
+        .unwrap();
+    assert_eq!(kek.version, 2);
+    assert_eq!(current(&roots(env)), second);
+    assert_eq!(
+        c.run(|c| c.decrypt(&keys.ciphertext, None))
+            .unwrap()
+            .expose(),
+        b"before the crash"
+    );
+    // And after a restart (the swapped wraps, not a cache).
+    drop(c);
+    env.restart();
+    let c = env.client();
+    c.run(|c| c.unlock(pin(secret))).expect("unlock again");
+    assert_eq!(
+        c.run(|c| c.decrypt(&keys.ciphertext, None))
+            .unwrap()
+            .expose(),
+        b"before the crash"
     );
 }
