@@ -278,3 +278,43 @@ fn roots_public_root_receives_every_kek_and_opens_them_for_restore() {
         Err(AgentError::NotFound(_))
     ));
 }
+
+/// A keystore from before v9 has no root set: with one root it is written at the first unlock
+/// (trust-on-upgrade); with two roots and no set the unlock is refused.
+#[test]
+fn roots_the_root_set_is_adopted_for_one_root_and_required_for_two() {
+    let t = two_roots();
+    let path = t.dir.path().join("ks.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let drop_set = || {
+        conn.execute_batch("DELETE FROM meta WHERE name IN ('root_set', 'root_set_mac')")
+            .unwrap()
+    };
+    t.a.lock().unwrap();
+    drop_set();
+    match t.a.unlock(&pin()) {
+        Err(e) => assert_eq!(e.code(), keyward_proto::ErrorCode::KeystoreTampered, "{e}"),
+        Ok(()) => panic!("two roots without a root set were accepted"),
+    }
+    // Back to one root (as a v8 keystore): adopted at unlock, and checked from then on.
+    let a =
+        t.ks.roots()
+            .unwrap()
+            .into_iter()
+            .find(|r| r.id != t.b_id)
+            .unwrap();
+    conn.execute_batch(&format!(
+        "PRAGMA foreign_keys = ON; DELETE FROM kek_wraps; DELETE FROM keys WHERE id = '{}'",
+        t.b_id
+    ))
+    .unwrap();
+    drop_set();
+    t.a.unlock(&pin()).expect("one root, no set: adopted");
+    let set: String = conn
+        .query_row("SELECT value FROM meta WHERE name = 'root_set'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(set, a.id.to_string());
+    assert_eq!(&t.a.decrypt(&t.ct, None).unwrap()[..], b"before");
+}
