@@ -96,6 +96,19 @@ pub enum AgentError {
     /// An operation on the enrolled roots refused (`roots.rs`).
     #[error("{0}")]
     Roots(RootRefusal),
+    /// The operation exists but this build cannot carry it out (`not_available`); nothing changed.
+    #[error("{0}")]
+    NotAvailable(NotAvailable),
+}
+
+/// Operations this build knows but cannot carry out yet.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NotAvailable {
+    /// Recovery enrollment and restore wrap every KEK under a second root: they need several
+    /// roots per KEK (`kek_wraps`, enrolled public roots), which this build does not have.
+    #[error("{op} is not available in this build: it needs several roots per KEK (enrolled public roots), which this agent does not have yet; nothing was changed")]
+    NeedsSeveralRoots { op: &'static str },
 }
 
 /// What the agent picks when the caller names none: the only active one.
@@ -229,6 +242,8 @@ pub enum Problem {
     NotSealedMessage(#[source] MessageError),
     #[error("not a sealed share: {0}")]
     NotSealedShare(#[source] ShareError),
+    #[error("not a recovery share: {0}")]
+    NotRecoveryShare(#[source] keyward_recovery::ShareError),
     #[error("not a chain: {0}")]
     NotChain(#[source] ChainError),
     #[error("not X.509 DER: {0}")]
@@ -253,6 +268,8 @@ pub enum Existing {
     KeyId { id: Uuid },
     #[error("this root is enrolled already, as root {id}")]
     Root { id: Uuid },
+    #[error("this agent holds that recovery share already (held share {id})")]
+    HeldShare { id: Uuid },
 }
 
 /// The key named (or found) cannot do what was asked.
@@ -265,6 +282,8 @@ pub enum WrongKey {
     NotP256 { id: Uuid, alg: Algorithm },
     #[error("keypair {id} has vouched for {count} node key(s): it stays for their chain's history (revoke it instead)")]
     VouchedFor { id: Uuid, count: usize },
+    #[error("keypair {id} opens {count} recovery share(s) held for others: `keyward recovery delete` them first (once their owners no longer need them)")]
+    HoldsRecoveryShares { id: Uuid, count: usize },
     #[error("`{name}` has no parent to vouch for a new key")]
     NoParentToVouch { name: String },
     #[error("`{name}` has no parent: name a revoker with --by")]
@@ -301,6 +320,12 @@ pub enum Unverified {
     NotVouched(#[source] ChainError),
     #[error("share.open: {0}")]
     Share(#[source] ShareError),
+    #[error("{op}: {source}")]
+    RecoveryShare {
+        op: &'static str,
+        #[source]
+        source: keyward_recovery::ShareError,
+    },
 }
 
 /// What the hierarchy found changed outside the agent.
@@ -387,6 +412,8 @@ pub enum Defect {
     /// KEK, in one transaction).
     #[error("has no wrap under root {root}")]
     NoWrapForRoot { root: Uuid },
+    #[error("does not hold a recovery share: {0}")]
+    NotHeldShare(#[source] keyward_recovery::ShareError),
 }
 
 /// Why an operation on the enrolled roots (`root.add`, `root.remove`, and the KEK operations
@@ -448,6 +475,8 @@ pub enum CryptoError {
     Share(#[from] ShareError),
     #[error(transparent)]
     Envelope(#[from] keyward_envelope::Error),
+    #[error(transparent)]
+    RecoveryDerive(#[from] keyward_recovery::DeriveError),
     #[error("HMAC-SHA256 refused its key")]
     Hmac,
     #[error("aws-lc: {0}")]
@@ -505,6 +534,7 @@ impl AgentError {
             AgentError::Internal(_) => ErrorCode::Internal,
             AgentError::PolicyDenied(_) => ErrorCode::PolicyDenied,
             AgentError::Roots(r) => r.code(),
+            AgentError::NotAvailable(_) => ErrorCode::NotAvailable,
         }
     }
 

@@ -247,6 +247,14 @@ impl Hierarchy {
                 count: vouched,
             }));
         }
+        // Recovery shares held for others are sealed to this keypair (recovery.rs).
+        let shares = self.held_shares_of(&rec.id)?;
+        if shares > 0 {
+            return Err(AgentError::WrongKey(WrongKey::HoldsRecoveryShares {
+                id: rec.id,
+                count: shares,
+            }));
+        }
         if on_token(&rec) {
             // Its objects can only be destroyed while logged in: check before touching anything.
             self.root_record("keypair.delete")?;

@@ -829,6 +829,9 @@ pub enum ListFilter {
     Children(KeyKind, Uuid),
     /// Keypairs with a node name (node keys, of any state).
     Nodes,
+    /// Recovery shares held for others: secrets that carry a public key (the owner's recovery
+    /// key; the node-derivation secret has none). `recovery.rs`.
+    HeldShares,
 }
 
 impl ListFilter {
@@ -840,6 +843,7 @@ impl ListFilter {
             ListFilter::Kind(_) => "keys_page_by_kind",
             ListFilter::Children(..) => "keys_page_by_parent",
             ListFilter::Nodes => "keys_page_nodes",
+            ListFilter::HeldShares => "keys_page_by_kind",
         }
     }
 
@@ -852,6 +856,7 @@ impl ListFilter {
                 vec![p.to_string(), k.as_str().to_string()],
             ),
             ListFilter::Nodes => ("kind = 'keypair' AND name IS NOT NULL", vec![]),
+            ListFilter::HeldShares => ("kind = 'secret' AND public_key IS NOT NULL", vec![]),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod nodes;
 pub mod peer;
 pub mod policy;
 pub mod prompt;
+pub mod recovery;
 pub mod root;
 pub mod roots;
 pub mod rsa_keys;

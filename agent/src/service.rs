@@ -304,6 +304,19 @@ fn list_page(
     })
 }
 
+/// What a client sees of a held recovery share.
+fn held_info(f: crate::recovery::HeldFacts) -> HeldShareInfo {
+    HeldShareInfo {
+        id: f.id.to_string(),
+        recovery: f.recovery.to_did_key(),
+        tag: f.tag.to_hex(),
+        index: f.hint.index,
+        threshold: f.hint.threshold,
+        trustees: f.hint.trustees,
+        keypair: f.keypair.to_string(),
+    }
+}
+
 fn created(id: uuid::Uuid) -> Created {
     Created { id: id.to_string() }
 }
@@ -669,6 +682,66 @@ impl Handler for Service {
             plaintext: SecretBytes::from(pt),
             sender,
             sender_name,
+        })
+    }
+
+    // ---- recovery (recovery.rs) ----
+
+    fn recovery_hold(&self, a: RecoveryHoldArgs) -> Result<HeldShareInfo, AgentError> {
+        self.h.recovery_hold(&a.share).map(held_info)
+    }
+
+    fn recovery_release(&self, a: RecoveryReleaseArgs) -> Result<ReleasedShareResult, AgentError> {
+        let (released, facts) = self.h.recovery_release(&a.id, &a.to)?;
+        Ok(ReleasedShareResult {
+            id: facts.id.to_string(),
+            index: facts.hint.index,
+            recovery: facts.recovery.to_did_key(),
+            released: serde_bytes::ByteBuf::from(released),
+        })
+    }
+
+    fn recovery_delete(&self, a: IdArgs) -> Result<Deleted, AgentError> {
+        let gone = self.h.recovery_delete(&a.id)?;
+        Ok(Deleted {
+            id: gone.to_string(),
+            deleted: true,
+        })
+    }
+
+    fn recovery_held(&self, a: ListArgs) -> Result<KeyList, AgentError> {
+        list_page(a.limit, a.after.as_deref(), key_info, |after, size| {
+            self.h.recovery_held_page(after, size)
+        })
+    }
+
+    fn recovery_enroll(&self, a: RecoveryEnrollArgs) -> Result<EnrolledRecovery, AgentError> {
+        let key = keyward_identity::PublicKey::from_sec1_bytes(&a.public_key)
+            .map_err(|e| AgentError::invalid("public_key", Problem::NotP256Point(e)))?;
+        let e = self.h.recovery_enroll(&key)?;
+        Ok(EnrolledRecovery {
+            id: e.id.to_string(),
+            recovery: e.recovery.to_did_key(),
+            keks: e.keks,
+        })
+    }
+
+    fn recovery_restore(&self, a: RecoveryRestoreArgs) -> Result<RestoredResult, AgentError> {
+        const LEN: usize = keyward_recovery::SECRET_LEN;
+        if a.secret.expose().len() != LEN {
+            return Err(AgentError::invalid(
+                "secret",
+                Problem::Length { expected: LEN },
+            ));
+        }
+        let mut bytes = zeroize::Zeroizing::new([0u8; LEN]);
+        bytes.copy_from_slice(a.secret.expose());
+        let secret = keyward_recovery::RecoverySecret::from_bytes(*bytes);
+        let r = self.h.recovery_restore(&secret, &a.pin)?;
+        Ok(RestoredResult {
+            root: r.root.to_string(),
+            keks: r.keks,
+            absent_roots: r.absent_roots.iter().map(|i| i.to_string()).collect(),
         })
     }
 

@@ -775,6 +775,61 @@ impl Client {
         let r = self.call::<op::Random>(&RandomArgs { len }).await?;
         Ok(r.bytes.into_vec())
     }
+
+    // ---- recovery ----
+
+    /// Hold a recovery share (CBOR) sealed to one of the agent's keypairs.
+    pub async fn recovery_hold(&self, share: &[u8]) -> Result<HeldShareInfo, ClientError> {
+        let args = RecoveryHoldArgs {
+            share: serde_bytes::ByteBuf::from(share.to_vec()),
+        };
+        self.call::<op::RecoveryHold>(&args).await
+    }
+
+    /// Release held share `id` to the owner's request key `to` (did:key).
+    pub async fn recovery_release(
+        &self,
+        id: &str,
+        to: &str,
+    ) -> Result<ReleasedShareResult, ClientError> {
+        let args = RecoveryReleaseArgs {
+            id: id.into(),
+            to: to.into(),
+        };
+        self.call::<op::RecoveryRelease>(&args).await
+    }
+
+    /// Forget held recovery share `id`.
+    pub async fn recovery_delete(&self, id: &str) -> Result<Deleted, ClientError> {
+        self.call::<op::RecoveryDelete>(&IdArgs { id: id.into() })
+            .await
+    }
+
+    /// One page of the recovery shares the agent holds for others.
+    pub async fn recovery_held_page(&self, page: ListArgs) -> Result<KeyList, ClientError> {
+        self.call::<op::RecoveryHeld>(&page).await
+    }
+
+    /// Enroll a recovery public key (SEC1): every KEK is wrapped to it.
+    pub async fn recovery_enroll(
+        &self,
+        public_key: &[u8],
+    ) -> Result<EnrolledRecovery, ClientError> {
+        let args = RecoveryEnrollArgs {
+            public_key: serde_bytes::ByteBuf::from(public_key.to_vec()),
+        };
+        self.call::<op::RecoveryEnroll>(&args).await
+    }
+
+    /// Restore onto a fresh token with the recovery secret (32 bytes).
+    pub async fn recovery_restore(
+        &self,
+        secret: SecretBytes,
+        pin: Pin,
+    ) -> Result<RestoredResult, ClientError> {
+        self.call::<op::RecoveryRestore>(&RecoveryRestoreArgs { secret, pin })
+            .await
+    }
 }
 
 /// A blocking client: the async [`Client`] on a private current-thread runtime.

@@ -21,6 +21,8 @@ mod cryppo;
 mod doctor;
 mod identity_cmds;
 mod policy_cmds;
+mod qr;
+mod recovery_cmds;
 mod ssh_cmds;
 mod stream_cmds;
 
@@ -136,6 +138,9 @@ enum Command {
     /// The agent's policy file: `policy check` validates one and explains a decision (offline).
     #[command(subcommand)]
     Policy(policy_cmds::PolicyCmd),
+    /// Offline and social recovery: the recovery words, trustees' shares, restore.
+    #[command(subcommand)]
+    Recovery(recovery_cmds::RecoveryCmd),
 }
 
 #[derive(Subcommand)]
@@ -386,6 +391,11 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         Command::Ssh(cmd) => return ssh_cmds::ssh(cli.socket.clone(), cmd).await,
         Command::Backup(cmd) => return backup_cmd(cli, cmd).await.map(Some),
         Command::Policy(cmd) => return policy_cmds::policy(cmd).map(Some),
+        Command::Recovery(cmd) => {
+            return recovery_cmds::run(cli.socket.clone(), cmd, cli.json)
+                .await
+                .map(Some)
+        }
         _ => {}
     }
     let path = keyward_client::proto::paths::socket_path(cli.socket.clone());
@@ -584,6 +594,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         | Command::Ssh(_)
         | Command::Doctor { .. }
         | Command::Policy(_)
+        | Command::Recovery(_)
         | Command::Backup(_) => {
             return Err("internal: offline command reached the agent path"
                 .to_string()

@@ -88,6 +88,10 @@ pub enum ErrorCode {
     /// A rule of the agent's policy file refused this client the operation (or asked for a
     /// confirmation nobody gave). The message names the rule (its index and name).
     PolicyDenied,
+    /// The agent knows the operation but this build cannot carry it out yet (a feature that
+    /// depends on work not in this version, e.g. recovery enrollment before several roots per
+    /// KEK). Nothing was changed.
+    NotAvailable,
     /// A code this client does not know (from a newer agent).
     #[serde(other)]
     Unknown,
@@ -130,6 +134,7 @@ impl ErrorCode {
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::PromptUnavailable => "prompt_unavailable",
             ErrorCode::PolicyDenied => "policy_denied",
+            ErrorCode::NotAvailable => "not_available",
             ErrorCode::Unknown => "unknown",
         }
     }

@@ -724,3 +724,86 @@ pub struct RootPage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
 }
+
+// ---- recovery (issue 14, parts 5 and 6; README "Recovery") -----------------------------------
+
+/// `recovery.hold` arguments: a recovery share sealed to one of this agent's P-256 keypairs
+/// (the CBOR file `keyward recovery create -o DIR` wrote for this trustee).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryHoldArgs {
+    pub share: serde_bytes::ByteBuf,
+}
+
+/// What a trustee's agent knows of a share it holds (all of it signed by the recovery key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldShareInfo {
+    /// The held share's keystore id (`recovery.release` takes it).
+    pub id: String,
+    /// The owner's recovery public key, as a did:key.
+    pub recovery: String,
+    /// Which secret the share belongs to (hex).
+    pub tag: String,
+    /// This share's index (1 to N).
+    pub index: u8,
+    /// Shares needed to recover (K).
+    pub threshold: u8,
+    /// Every trustee of the split, in share order.
+    pub trustees: Vec<String>,
+    /// The keypair of this agent the share is sealed to.
+    pub keypair: String,
+}
+
+/// `recovery.release` arguments: seal held share `id` to the owner's one-time request key
+/// (`to`, a did:key the trustee checked out of band).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryReleaseArgs {
+    pub id: String,
+    pub to: String,
+}
+
+/// `recovery.release` result: the released share (CBOR) for the owner's `recovery restore`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasedShareResult {
+    pub id: String,
+    pub index: u8,
+    pub recovery: String,
+    pub released: serde_bytes::ByteBuf,
+}
+
+/// `recovery.enroll` arguments: the recovery public key (SEC1) to wrap every KEK to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryEnrollArgs {
+    pub public_key: serde_bytes::ByteBuf,
+}
+
+/// `recovery.enroll` result: the enrolled recovery root and how many KEKs were wrapped to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolledRecovery {
+    /// The recovery root's keystore id.
+    pub id: String,
+    /// The recovery public key, as a did:key.
+    pub recovery: String,
+    pub keks: u64,
+}
+
+/// `recovery.restore` arguments: the recovery secret (from the words or the combined shares,
+/// checked by the client) and the PIN of the fresh token the new root is made on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryRestoreArgs {
+    pub secret: SecretBytes,
+    pub pin: Pin,
+}
+
+/// `recovery.restore` result: the new root, the KEKs rewrapped under it, and the enrolled roots
+/// that are not present (for `root remove`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredResult {
+    pub root: String,
+    pub keks: u64,
+    #[serde(default)]
+    pub absent_roots: Vec<String>,
+}

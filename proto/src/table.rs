@@ -229,6 +229,19 @@ operations! {
     RootList, root_list, "root.list": ListArgs => RootPage, Unlocked;
     /// Remove an enrolled root (not the agent's own, not the last).
     RootRemove, root_remove, "root.remove": IdArgs => Deleted, Unlocked;
+    // Recovery (README "Recovery").
+    /// Store a recovery share sealed to one of this agent's keypairs, wrapped under its KEK.
+    RecoveryHold, recovery_hold, "recovery.hold": RecoveryHoldArgs => HeldShareInfo, Unlocked;
+    /// Seal a held share to the owner's one-time request key.
+    RecoveryRelease, recovery_release, "recovery.release": RecoveryReleaseArgs => ReleasedShareResult, Unlocked;
+    /// Forget a held recovery share (its owner no longer needs it).
+    RecoveryDelete, recovery_delete, "recovery.delete": IdArgs => Deleted, Unlocked;
+    /// The recovery shares this agent holds for others (paged).
+    RecoveryHeld, recovery_held, "recovery.held": ListArgs => KeyList, Always;
+    /// Enroll a recovery public key: every existing and future KEK is wrapped to it.
+    RecoveryEnroll, recovery_enroll, "recovery.enroll": RecoveryEnrollArgs => EnrolledRecovery, Unlocked;
+    /// Restore with the recovery secret onto a fresh token (a new root; every KEK rewrapped).
+    RecoveryRestore, recovery_restore, "recovery.restore": RecoveryRestoreArgs => RestoredResult, Always;
 }
 
 #[cfg(test)]

@@ -419,6 +419,52 @@ fn every_request_validates() {
             Op::KeypairRevoke,
             req(Op::KeypairRevoke, &IdArgs { id: ID.into() }),
         ),
+        (
+            Op::RecoveryHold,
+            req(
+                Op::RecoveryHold,
+                &RecoveryHoldArgs {
+                    share: serde_bytes::ByteBuf::from(vec![0xa1; 900]),
+                },
+            ),
+        ),
+        (
+            Op::RecoveryRelease,
+            req(
+                Op::RecoveryRelease,
+                &RecoveryReleaseArgs {
+                    id: ID.into(),
+                    to: "did:key:zDnae".into(),
+                },
+            ),
+        ),
+        (
+            Op::RecoveryHeld,
+            req(Op::RecoveryHeld, &ListArgs::default()),
+        ),
+        (
+            Op::RecoveryDelete,
+            req(Op::RecoveryDelete, &IdArgs { id: ID.into() }),
+        ),
+        (
+            Op::RecoveryEnroll,
+            req(
+                Op::RecoveryEnroll,
+                &RecoveryEnrollArgs {
+                    public_key: serde_bytes::ByteBuf::from(vec![2; 33]),
+                },
+            ),
+        ),
+        (
+            Op::RecoveryRestore,
+            req(
+                Op::RecoveryRestore,
+                &RecoveryRestoreArgs {
+                    secret: keyward_proto::secret::SecretBytes::new(vec![9; 32]),
+                    pin: keyward_proto::secret::Pin::new("1234"),
+                },
+            ),
+        ),
     ];
     let mut seen = std::collections::HashSet::new();
     for (op, cbor) in &requests {
@@ -471,6 +517,43 @@ fn every_response_validates() {
                 version: 3,
                 min_version: 2,
                 warning: Some("versions 1 to 1 no longer decrypt".into()),
+            },
+        ),
+        Response::ok(
+            1,
+            &HeldShareInfo {
+                id: ID.into(),
+                recovery: "did:key:zDnae".into(),
+                tag: "ab".repeat(32),
+                index: 2,
+                threshold: 2,
+                trustees: vec!["did:key:zDna".into(), "did:key:zDnb".into()],
+                keypair: ID.into(),
+            },
+        ),
+        Response::ok(
+            1,
+            &ReleasedShareResult {
+                id: ID.into(),
+                index: 2,
+                recovery: "did:key:zDnae".into(),
+                released: serde_bytes::ByteBuf::from(vec![0xa1; 700]),
+            },
+        ),
+        Response::ok(
+            1,
+            &EnrolledRecovery {
+                id: ID.into(),
+                recovery: "did:key:zDnae".into(),
+                keks: 3,
+            },
+        ),
+        Response::ok(
+            1,
+            &RestoredResult {
+                root: ID.into(),
+                keks: 3,
+                absent_roots: vec![ID.into()],
             },
         ),
         Response::ok(

@@ -31,6 +31,8 @@ mod pin;
 mod policy;
 #[path = "e2e/process.rs"]
 mod process;
+#[path = "e2e/recovery.rs"]
+mod recovery;
 #[path = "e2e/roots.rs"]
 mod roots;
 #[path = "e2e/stream.rs"]
