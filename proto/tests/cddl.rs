@@ -357,7 +357,43 @@ fn every_request_validates() {
             ),
         ),
         (Op::Random, req(Op::Random, &RandomArgs { len: 32 })),
-        (Op::KekRotate, req(Op::KekRotate, &IdArgs { id: ID.into() })),
+        (
+            Op::KekRotate,
+            req(
+                Op::KekRotate,
+                &KekRotateArgs {
+                    id: ID.into(),
+                    drop_roots: vec![],
+                },
+            ),
+        ),
+        (
+            Op::KekRotate,
+            req(
+                Op::KekRotate,
+                &KekRotateArgs {
+                    id: ID.into(),
+                    drop_roots: vec![ID.into()],
+                },
+            ),
+        ),
+        (
+            Op::RootAdd,
+            req(
+                Op::RootAdd,
+                &RootAddArgs {
+                    config: "[root]\nkind = \"soft\"\n".into(),
+                    path: Some("/home/u/backup.toml".into()),
+                    pin: Pin::new("123456"),
+                    label: Some("backup".into()),
+                },
+            ),
+        ),
+        (Op::RootList, req(Op::RootList, &ListArgs::default())),
+        (
+            Op::RootRemove,
+            req(Op::RootRemove, &IdArgs { id: ID.into() }),
+        ),
         (Op::DekShow, req(Op::DekShow, &IdArgs { id: ID.into() })),
         (Op::DekRotate, req(Op::DekRotate, &IdArgs { id: ID.into() })),
         (
@@ -561,6 +597,38 @@ fn every_response_validates() {
                 id: ID.into(),
                 version: 2,
                 rewrapped: 1000,
+            },
+        ),
+        Response::ok(
+            1,
+            &RootAdded {
+                id: ID.into(),
+                created: true,
+                wrapped: 3,
+            },
+        ),
+        Response::ok(
+            1,
+            &RootPage {
+                roots: vec![
+                    RootEntry {
+                        id: ID.into(),
+                        scheme: "pkcs11-aes".into(),
+                        label: Some("backup".into()),
+                        locator: Some("pkcs11:token=b;object=keyward-root".into()),
+                        created: 1_700_000_000,
+                        current: true,
+                    },
+                    RootEntry {
+                        id: ID.into(),
+                        scheme: "public-p256".into(),
+                        label: None,
+                        locator: None,
+                        created: 1_700_000_001,
+                        current: false,
+                    },
+                ],
+                next: Some("01000000006920b3c01f6b1a2c3d4e4f5061728394a5b6c7d8".into()),
             },
         ),
         Response::ok(
