@@ -121,6 +121,9 @@ pub enum AgentError {
         id: Uuid,
         what: crate::limits::Widening,
     },
+    /// An operation on the enrolled roots refused (`roots.rs`).
+    #[error("{0}")]
+    Roots(RootRefusal),
     /// The operation exists but this build cannot carry it out (`not_available`); nothing changed.
     #[error("{0}")]
     NotAvailable(NotAvailable),
@@ -293,6 +296,10 @@ pub enum Problem {
     },
     #[error("not an RFC 3339 date-time (e.g. 2027-01-31T18:00:00Z) or date")]
     NotRfc3339,
+    /// `root.add`: the configuration text does not give a usable `[root]` (what is wrong, never
+    /// the file's text: a TOML syntax error is not quoted).
+    #[error("not a keywardd configuration with a usable [root]: {0}")]
+    BadConfig(String),
 }
 
 /// Something that must not exist yet.
@@ -303,6 +310,8 @@ pub enum Existing {
     Node { name: String },
     #[error("a key with id {id} exists already in this keystore")]
     KeyId { id: Uuid },
+    #[error("this root is enrolled already, as root {id}")]
+    Root { id: Uuid },
     #[error("this agent holds that recovery share already (held share {id})")]
     HeldShare { id: Uuid },
 }
@@ -448,8 +457,55 @@ pub enum Defect {
     Truncated,
     #[error("is not PEM")]
     NotPem,
+    /// A KEK with no wrap under an enrolled root (the agent writes every root's wrap with the
+    /// KEK, in one transaction).
+    #[error("has no wrap under root {root}")]
+    NoWrapForRoot { root: Uuid },
     #[error("does not hold a recovery share: {0}")]
     NotHeldShare(#[source] keyward_recovery::ShareError),
+}
+
+/// Why an operation on the enrolled roots (`root.add`, `root.remove`, and the KEK operations
+/// that wrap under every root) is refused.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RootRefusal {
+    /// `root.remove` of the root this agent runs on.
+    #[error("{op}: root {id} is the root this agent runs on: remove it from an agent started on another enrolled root")]
+    OwnRoot { op: &'static str, id: Uuid },
+    /// `root.remove` of the only enrolled root.
+    #[error("{op}: root {id} is the last enrolled root: every key would be lost")]
+    LastRoot { op: &'static str, id: Uuid },
+    /// A root that needs its secret to wrap a KEK (an AES token, a soft root) is not the one
+    /// this agent runs on.
+    #[error("{op}: enrolled root {id} ({scheme}) needs its token or passphrase to wrap a KEK and is not present in this agent: run this from an agent started on it, or drop it (`--drop-root {id}` or `keyward root remove {id}`)")]
+    Absent {
+        op: &'static str,
+        id: Uuid,
+        scheme: String,
+    },
+    /// No enrolled root is of the configured backend's scheme.
+    #[error("unlock: no enrolled root is a {scheme} root (the configured [root]): start the agent with the configuration of an enrolled root")]
+    NoneOfScheme { scheme: &'static str },
+    /// `--drop-root` named the root this agent runs on, or twice the same root.
+    #[error("{op}: --drop-root {id}: {problem}")]
+    BadDrop {
+        op: &'static str,
+        id: Uuid,
+        problem: &'static str,
+    },
+}
+
+impl RootRefusal {
+    fn code(&self) -> ErrorCode {
+        match self {
+            RootRefusal::OwnRoot { .. }
+            | RootRefusal::LastRoot { .. }
+            | RootRefusal::BadDrop { .. } => ErrorCode::WrongKey,
+            RootRefusal::Absent { .. } => ErrorCode::TokenUnavailable,
+            RootRefusal::NoneOfScheme { .. } => ErrorCode::NotInitialized,
+        }
+    }
 }
 
 /// A cryptography library's error.
@@ -530,6 +586,7 @@ impl AgentError {
             AgentError::PolicyDenied(_) => ErrorCode::PolicyDenied,
             AgentError::AgentKeyRevoked { .. } => ErrorCode::KeyInactive,
             AgentError::KeystoreChecking { .. } => ErrorCode::KeystoreChecking,
+            AgentError::Roots(r) => r.code(),
             AgentError::NotAvailable(_) => ErrorCode::NotAvailable,
             AgentError::UsageDenied { .. } => ErrorCode::UsageDenied,
             AgentError::KeyExpired { .. } => ErrorCode::KeyExpired,

@@ -15,7 +15,9 @@
 //! key is loaded, every read here checks it — this is the one place records are verified — and a
 //! missing or wrong MAC is [`KeystoreError::Tampered`], naming the record; every write MACs what it
 //! writes. The tables of schema v7 (`key_versions`, the KEK rotation journal `kek_rotations` and
-//! `kek_rotation_items`) are MAC'd the same way, each with its own domain string.
+//! `kek_rotation_items`) are MAC'd the same way, each with its own domain string, and so are
+//! those of v9 (several roots per KEK: `kek_wraps`, `kek_rotation_wraps`, and the MAC'd list of
+//! root ids in `meta`; `keystore_roots.rs`).
 //!
 //! The file is created 0600 (never wider, whatever the umask) and checked with SQLite's
 //! `PRAGMA integrity_check` at open: a damaged file is [`KeystoreError::Damaged`], naming it, and is
@@ -236,8 +238,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX IF NOT EXISTS keys_page_by_parent ON keys(parent, kind, created, id);
      CREATE INDEX IF NOT EXISTS keys_page_nodes ON keys(created, id)
         WHERE kind = 'keypair' AND name IS NOT NULL;",
-    // v9: reserved for another branch's step (the lead puts it here at merge). A no-op.
-    "-- v9: reserved",
+    // v9: several roots per KEK: each KEK's wraps under the enrolled roots that are not its
+    // parent, and their journal during a KEK rotation (`keystore_roots.rs`).
+    roots::MIGRATION_V9,
     // v10: per-key usage limits (`crate::limits`). `keys.usage` (NULL: the kind's default
     // usages, as every key made before v10) is a bit set of usages plus the confirm bit;
     // `keys.not_after` (NULL: none) Unix seconds. Both are covered by the key row's MAC when
@@ -1842,6 +1845,11 @@ impl Keystore {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(sql("begin abandon rotation"))?;
         tx.execute(
+            "DELETE FROM kek_rotation_wraps WHERE kek = ?1",
+            [kek.to_string()],
+        )
+        .map_err(sql("drop rotation wraps"))?;
+        tx.execute(
             "DELETE FROM kek_rotation_items WHERE kek = ?1",
             [kek.to_string()],
         )
@@ -1997,19 +2005,29 @@ impl Keystore {
                 what: "the KEK of a rotation is gone".into(),
             });
         };
-        kek.wrapped = Some(pending.wrapped.clone());
-        kek.scheme = pending.scheme.clone();
+        match roots::swap_wraps(&tx, key, &kek)? {
+            Some((parent, scheme, wrapped)) => {
+                kek.parent = Some(parent);
+                kek.scheme = scheme;
+                kek.wrapped = Some(wrapped);
+            }
+            None => {
+                kek.wrapped = Some(pending.wrapped.clone());
+                kek.scheme = pending.scheme.clone();
+            }
+        }
         kek.version = kek.version.saturating_add(1);
         kek.rotated = Some(now());
         tx.execute(
-            "UPDATE keys SET wrapped = ?2, scheme = ?3, version = ?4, rotated = ?5, mac = ?6 WHERE id = ?1",
+            "UPDATE keys SET wrapped = ?2, scheme = ?3, version = ?4, rotated = ?5, mac = ?6, parent = ?7 WHERE id = ?1",
             params![
                 kek.id.to_string(),
                 kek.wrapped,
                 kek.scheme,
                 kek.version,
                 kek.rotated,
-                key.map(|k| k.tag(&record_body(&kek)))
+                key.map(|k| k.tag(&record_body(&kek))),
+                kek.parent.map(|p| p.to_string())
             ],
         )
         .map_err(sql("swap KEK wrap"))?;
@@ -2027,6 +2045,10 @@ impl Keystore {
         Ok(Some(kek.version))
     }
 }
+
+#[path = "keystore_roots.rs"]
+mod roots;
+pub use roots::{KekWrap, META_ROOT_SET};
 
 // ---- DEK versions ---------------------------------------------------------------------------
 

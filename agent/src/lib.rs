@@ -23,6 +23,7 @@ pub mod policy;
 pub mod prompt;
 pub mod recovery;
 pub mod root;
+pub mod roots;
 pub mod rsa_keys;
 pub mod server;
 pub mod service;

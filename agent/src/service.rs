@@ -541,8 +541,8 @@ impl Handler for Service {
         }
     }
 
-    fn kek_rotate(&self, a: IdArgs) -> Result<KekRotated, AgentError> {
-        let r = self.h.kek_rotate(&a.id)?;
+    fn kek_rotate(&self, a: KekRotateArgs) -> Result<KekRotated, AgentError> {
+        let r = self.h.kek_rotate_dropping(&a.id, &a.drop_roots)?;
         Ok(KekRotated {
             id: r.id.to_string(),
             version: r.version,
@@ -635,6 +635,59 @@ impl Handler for Service {
             .h
             .keypair_set_ssh(&a.id, on, a.mode == SshMode::Confirm)?;
         self.keypair_info(&r)
+    }
+
+    fn root_add(&self, a: RootAddArgs) -> Result<wire::RootAdded, AgentError> {
+        let path = std::path::PathBuf::from(a.path.as_deref().unwrap_or("/root-add.toml"));
+        let cfg = crate::config::Config::parse(&a.config, &path).map_err(|e| {
+            let detail = match e {
+                crate::config::ConfigError::Invalid { message, .. } => message,
+                _ => "not TOML, or a key keywardd does not know (as `keywardd --config FILE` reads it)".into(),
+            };
+            AgentError::invalid("config", Problem::BadConfig(detail))
+        })?;
+        let new = crate::root::from_config(&cfg.root)?;
+        let r = self.h.root_add(new.as_ref(), &a.pin, a.label)?;
+        Ok(wire::RootAdded {
+            id: r.id.to_string(),
+            created: r.created,
+            wrapped: r.wrapped as u64,
+        })
+    }
+
+    fn root_list(&self, a: ListArgs) -> Result<RootPage, AgentError> {
+        let (limit, after) = page_request(a.limit, a.after.as_deref())?;
+        let (page, own) = self.h.root_page(
+            after.as_ref(),
+            &PageSize {
+                limit,
+                bytes: PAGE_BYTES,
+                size: None,
+            },
+        )?;
+        Ok(RootPage {
+            roots: page
+                .records
+                .iter()
+                .map(|r| RootEntry {
+                    id: r.id.to_string(),
+                    scheme: r.scheme.clone(),
+                    label: r.label.clone(),
+                    locator: r.locator.clone(),
+                    created: r.created,
+                    current: own == Some(r.id),
+                })
+                .collect(),
+            next: page.next.map(|c| c.to_text()),
+        })
+    }
+
+    fn root_remove(&self, a: IdArgs) -> Result<Deleted, AgentError> {
+        let gone = self.h.root_remove(&a.id)?;
+        Ok(Deleted {
+            id: gone.to_string(),
+            deleted: true,
+        })
     }
 
     fn keypair_delete(&self, a: IdArgs) -> Result<Deleted, AgentError> {

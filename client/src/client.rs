@@ -490,7 +490,72 @@ impl Client {
 
     /// A new KEK version, every child rewrapped under it.
     pub async fn kek_rotate(&self, id: &str) -> Result<KekRotated, ClientError> {
-        self.call::<op::KekRotate>(&IdArgs { id: id.into() }).await
+        self.kek_rotate_dropping(id, &[]).await
+    }
+
+    /// [`Client::kek_rotate`], removing the enrolled roots `drop_roots` first (`--drop-root`).
+    pub async fn kek_rotate_dropping(
+        &self,
+        id: &str,
+        drop_roots: &[String],
+    ) -> Result<KekRotated, ClientError> {
+        self.call::<op::KekRotate>(&KekRotateArgs {
+            id: id.into(),
+            drop_roots: drop_roots.to_vec(),
+        })
+        .await
+    }
+
+    /// Enroll the root the configuration text `config` describes in its `[root]` (`path`: the
+    /// file's absolute path, for its relative paths), with that root's PIN.
+    pub async fn root_add(
+        &self,
+        config: String,
+        path: Option<String>,
+        pin: Pin,
+        label: Option<String>,
+    ) -> Result<RootAdded, ClientError> {
+        self.call::<op::RootAdd>(&RootAddArgs {
+            config,
+            path,
+            pin,
+            label,
+        })
+        .await
+    }
+
+    /// One page of the enrolled roots.
+    pub async fn root_list_page(&self, page: ListArgs) -> Result<RootPage, ClientError> {
+        self.call::<op::RootList>(&page).await
+    }
+
+    /// Every enrolled root (all pages from `after`).
+    pub async fn root_list(&self, mut after: Option<String>) -> Result<RootPage, ClientError> {
+        let mut roots = Vec::new();
+        loop {
+            let p = self
+                .root_list_page(ListArgs {
+                    limit: None,
+                    after: after.take(),
+                })
+                .await?;
+            if p.next.is_some() && p.roots.is_empty() {
+                return Err(ClientError::Protocol {
+                    op: "root.list".into(),
+                    detail: "an empty page with a next cursor".into(),
+                });
+            }
+            roots.extend(p.roots);
+            match p.next {
+                Some(next) => after = Some(next),
+                None => return Ok(RootPage { roots, next: None }),
+            }
+        }
+    }
+
+    /// Remove an enrolled root.
+    pub async fn root_remove(&self, id: &str) -> Result<Deleted, ClientError> {
+        self.call::<op::RootRemove>(&IdArgs { id: id.into() }).await
     }
 
     /// Revoke a KEK (and every key under it).

@@ -838,6 +838,66 @@ pub struct KekRotated {
     pub rewrapped: u64,
 }
 
+/// `kek.rotate` arguments: the KEK, and enrolled roots to remove first (`--drop-root`: absent
+/// roots that would need their secret to receive the new version).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KekRotateArgs {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_roots: Vec<String>,
+}
+
+/// `root.add` arguments: the text of a keywardd configuration file whose `[root]` describes the
+/// root to enroll (read by the client, so the agent needs no access to the file), and that
+/// token's PIN (or the soft root's passphrase).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootAddArgs {
+    pub config: String,
+    /// The file's absolute path: relative paths in it are resolved against its directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub pin: Pin,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// `root.add` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootAdded {
+    pub id: String,
+    /// Whether the root object was made on its token now (else one was there already).
+    pub created: bool,
+    /// KEKs (the keystore integrity KEK included) wrapped under it.
+    pub wrapped: u64,
+}
+
+/// One enrolled root (`root.list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootEntry {
+    pub id: String,
+    /// `pkcs11-aes`, `pkcs11-ec-p256`, `yubikey-p256`, `pbkdf2`, `public-p256`.
+    pub scheme: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Where the root lives (a PKCS#11 URI, `yubikey:...`, `public:recovery`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locator: Option<String>,
+    /// Unix seconds.
+    pub created: u64,
+    /// The root this agent runs on.
+    pub current: bool,
+}
+
+/// `root.list` result (`RootPage`): one page, in enrollment order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootPage {
+    pub roots: Vec<RootEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
 // ---- recovery (issue 14, parts 5 and 6; README "Recovery") -----------------------------------
 
 /// `recovery.hold` arguments: a recovery share sealed to one of this agent's P-256 keypairs

@@ -221,7 +221,7 @@ operations! {
     DekRevoke, dek_revoke, "dek.revoke": IdArgs => Revoked, Unlocked;
     KeypairRevoke, keypair_revoke, "keypair.revoke": IdArgs => Revoked, Unlocked;
     /// A new KEK version: every child rewrapped under it (journaled), the old wrap destroyed.
-    KekRotate, kek_rotate, "kek.rotate": IdArgs => KekRotated, Unlocked;
+    KekRotate, kek_rotate, "kek.rotate": KekRotateArgs => KekRotated, Unlocked;
     // Agent authorization (DKMS; README "Agent authorization").
     /// The identity's signed agent policy (`not_found` before the first `agents.add`/`revoke`).
     AgentsPolicy, agents_policy, "agents.policy": Empty => AgentPolicyResult, Always;
@@ -229,6 +229,13 @@ operations! {
     AgentsAdd, agents_add, "agents.add": AgentsAddArgs => AgentPolicyResult, Unlocked;
     /// Revoke an agent key (final); re-signs the policy.
     AgentsRevoke, agents_revoke, "agents.revoke": AgentsRevokeArgs => AgentPolicyResult, Unlocked;
+    // Several roots per KEK (README "Several roots").
+    /// Enroll the root a configuration's `[root]` describes; every KEK is wrapped under it.
+    RootAdd, root_add, "root.add": RootAddArgs => RootAdded, Unlocked;
+    /// The enrolled roots, one page.
+    RootList, root_list, "root.list": ListArgs => RootPage, Unlocked;
+    /// Remove an enrolled root (not the agent's own, not the last).
+    RootRemove, root_remove, "root.remove": IdArgs => Deleted, Unlocked;
     // Recovery (README "Recovery").
     /// Store a recovery share sealed to one of this agent's keypairs, wrapped under its KEK.
     RecoveryHold, recovery_hold, "recovery.hold": RecoveryHoldArgs => HeldShareInfo, Unlocked;

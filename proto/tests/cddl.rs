@@ -358,7 +358,39 @@ fn every_request_validates() {
             ),
         ),
         (Op::Random, req(Op::Random, &RandomArgs { len: 32 })),
-        (Op::KekRotate, req(Op::KekRotate, &IdArgs { id: ID.into() })),
+        (
+            Op::KekRotate,
+            req(
+                Op::KekRotate,
+                &KekRotateArgs {
+                    id: ID.into(),
+                    drop_roots: vec![],
+                },
+            ),
+        ),
+        (
+            Op::KekRotate,
+            req(
+                Op::KekRotate,
+                &KekRotateArgs {
+                    id: ID.into(),
+                    drop_roots: vec![ID.into()],
+                },
+            ),
+        ),
+        (
+            Op::RootAdd,
+            req(
+                Op::RootAdd,
+                &RootAddArgs {
+                    config: "[root]\nkind = \"soft\"\n".into(),
+                    path: Some("/home/u/backup.toml".into()),
+                    pin: Pin::new("123456"),
+                    label: Some("backup".into()),
+                },
+            ),
+        ),
+        (Op::RootList, req(Op::RootList, &ListArgs::default())),
         (Op::AgentsPolicy, req(Op::AgentsPolicy, &Empty {})),
         (
             Op::AgentsAdd,
@@ -379,6 +411,10 @@ fn every_request_validates() {
                     key: "did:key:zDnae".into(),
                 },
             ),
+        ),
+        (
+            Op::RootRemove,
+            req(Op::RootRemove, &IdArgs { id: ID.into() }),
         ),
         (Op::DekShow, req(Op::DekShow, &IdArgs { id: ID.into() })),
         (Op::DekRotate, req(Op::DekRotate, &IdArgs { id: ID.into() })),
@@ -600,6 +636,38 @@ fn every_response_validates() {
         ),
         Response::ok(
             1,
+            &RootAdded {
+                id: ID.into(),
+                created: true,
+                wrapped: 3,
+            },
+        ),
+        Response::ok(
+            1,
+            &RootPage {
+                roots: vec![
+                    RootEntry {
+                        id: ID.into(),
+                        scheme: "pkcs11-aes".into(),
+                        label: Some("backup".into()),
+                        locator: Some("pkcs11:token=b;object=keyward-root".into()),
+                        created: 1_700_000_000,
+                        current: true,
+                    },
+                    RootEntry {
+                        id: ID.into(),
+                        scheme: "public-p256".into(),
+                        label: None,
+                        locator: None,
+                        created: 1_700_000_001,
+                        current: false,
+                    },
+                ],
+                next: Some("01000000006920b3c01f6b1a2c3d4e4f5061728394a5b6c7d8".into()),
+            },
+        ),
+        Response::ok(
+            1,
             &Revoked {
                 id: ID.into(),
                 revoked: vec![ID.into(), ID.into()],
@@ -802,10 +870,10 @@ fn every_response_validates() {
         ErrorCode::Cancelled,
         ErrorCode::PromptUnavailable,
         ErrorCode::PolicyDenied,
-        ErrorCode::KeystoreChecking,
         ErrorCode::UsageDenied,
         ErrorCode::KeyExpired,
         ErrorCode::LimitsWidened,
+        ErrorCode::KeystoreChecking,
     ];
     for code in codes {
         let mut body = ErrorBody::new(code, "why");

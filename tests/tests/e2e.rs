@@ -37,6 +37,8 @@ mod policy;
 mod process;
 #[path = "e2e/recovery.rs"]
 mod recovery;
+#[path = "e2e/roots.rs"]
+mod roots;
 #[path = "e2e/stream.rs"]
 mod stream;
 #[path = "e2e/tamper.rs"]
