@@ -430,19 +430,35 @@ impl Handler for Service {
                 "client connected"
             );
         }
+        let keystore_check = self.h.keystore_check();
+        // A keystore whose start-up check has not passed may not even be readable: `hello`
+        // still answers (status must say why), reporting it uninitialized; every other
+        // request is refused by the gate in `handle`.
+        let initialized = match self.h.is_initialized() {
+            Ok(b) => b,
+            Err(e)
+                if keystore_check
+                    .as_ref()
+                    .is_some_and(|c| c.state != KeystoreCheckState::Ok) =>
+            {
+                tracing::warn!(error = %e, "hello: the keystore cannot be read before its check passed");
+                false
+            }
+            Err(e) => return Err(e),
+        };
         Ok(HelloResult {
             protocol: PROTOCOL_VERSION,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             root_kind: self.h.root_kind(),
             token: self.h.describe(),
-            initialized: self.h.is_initialized()?,
+            initialized,
             locked: self.h.is_locked(),
             ops: Op::ALL.iter().map(|o| o.name().to_string()).collect(),
             ssh_socket: self.ssh.as_ref().map(|s| s.0.clone()),
             config: self.config_path.clone(),
             keystore: Some(self.h.ks.path().display().to_string()),
             pin_attempts_left: Some(self.h.pin_attempts_left()),
-            keystore_check: self.h.keystore_check(),
+            keystore_check,
         })
     }
 
