@@ -38,6 +38,11 @@
 //! # pinentry = "pinentry" # unset: never prompts
 //! # timeout_s = 60
 //! # tty = "/dev/pts/3"    # for pinentry-tty / pinentry-curses
+//! [audit]                 # the audit log (audit.rs); without this table, none is kept
+//! # path = "audit.log"    # default: audit.log beside the keystore
+//! # required = true       # refuse key operations while the log cannot be written
+//! # checkpoint_every = 1000  # a signed checkpoint every N entries (and at lock/unlock/stop)
+//! # max_bytes = 67108864  # rotate the live file past this size (PATH.1, PATH.2, ...)
 //! ```
 //! Idle connections that have said `hello` have no deadline: SSH clients keep theirs open.
 //! Other roots: `kind = "pkcs11"` with `key_type = "ec"` (a P-256 key pair on a token without AES
@@ -82,6 +87,8 @@ pub struct Config {
     pub limits: Limits,
     pub ssh: SshConfig,
     pub prompt: crate::prompt::PromptConfig,
+    /// `[audit]`, when present: the audit log, its path resolved (default: beside the keystore).
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 /// Connection limits and deadlines (`[limits]`); see the module doc for what each one bounds.
@@ -282,6 +289,7 @@ struct RawConfig {
     ssh: SshConfig,
     #[serde(default)]
     prompt: crate::prompt::PromptConfig,
+    audit: Option<crate::audit::AuditConfig>,
 }
 
 /// The default keystore: `$XDG_DATA_HOME/keyward/keystore.db` (`~/.local/share/...`).
@@ -397,6 +405,7 @@ impl Config {
             "config": path.display().to_string(),
             "keystore": self.keystore.display().to_string(),
             "policy": self.policy.as_ref().map(|p| p.display().to_string()),
+            "audit_log": self.audit.as_ref().and_then(|a| a.path.as_ref()).map(|p| p.display().to_string()),
             "socket": self.socket.as_ref().map(|s| s.display().to_string()),
             "root": root,
         })
@@ -440,9 +449,22 @@ impl Config {
             ));
         }
         raw.limits.check().map_err(invalid)?;
+        if let Some(a) = &raw.audit {
+            a.check().map_err(invalid)?;
+        }
+        let keystore = raw.keystore.map(resolve).unwrap_or_else(default_keystore);
+        let audit = raw.audit.map(|a| crate::audit::AuditConfig {
+            path: Some(
+                a.path
+                    .clone()
+                    .map(resolve)
+                    .unwrap_or_else(|| keystore.with_file_name("audit.log")),
+            ),
+            ..a
+        });
         Ok(Config {
             socket: raw.socket.map(resolve),
-            keystore: raw.keystore.map(resolve).unwrap_or_else(default_keystore),
+            keystore,
             policy: raw.policy.map(resolve),
             root,
             extra_roots,
@@ -454,6 +476,7 @@ impl Config {
                 ..raw.ssh
             },
             prompt: raw.prompt,
+            audit,
         })
     }
 }

@@ -93,6 +93,9 @@ pub enum AgentError {
     /// A rule of the policy file refused the request (`policy_denied`).
     #[error("{0}")]
     PolicyDenied(crate::policy::Denied),
+    /// The audit log cannot be written and the config requires it (`audit_unavailable`).
+    #[error("`{op}` refused: the audit log cannot be written (disk full, read-only or removed); key operations are refused until it can (`[audit] required = false` opts out)")]
+    AuditUnavailable { op: &'static str },
 }
 
 /// What the agent picks when the caller names none: the only active one.
@@ -312,6 +315,8 @@ pub enum Tampering {
     DoesNotUnwrap { id: Uuid },
     #[error("the root record differs from the one the agent read")]
     RootRecord { id: Uuid },
+    #[error("the audit key's row does not verify (its MAC, or its contents)")]
+    AuditKey,
 }
 
 impl Tampering {
@@ -319,6 +324,7 @@ impl Tampering {
     pub fn record(&self) -> String {
         match self {
             Tampering::PinCounter => crate::hierarchy::META_FAILURES.to_string(),
+            Tampering::AuditKey => "(audit key)".to_string(),
             Tampering::NoIntegrityKey | Tampering::IntegrityKeks | Tampering::IntegritySecrets => {
                 "(keystore integrity key)".to_string()
             }
@@ -448,6 +454,7 @@ impl AgentError {
             AgentError::Keystore(k) => k.code(),
             AgentError::Internal(_) => ErrorCode::Internal,
             AgentError::PolicyDenied(_) => ErrorCode::PolicyDenied,
+            AgentError::AuditUnavailable { .. } => ErrorCode::AuditUnavailable,
         }
     }
 

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod activation;
+pub mod audit;
 pub mod config;
 pub mod datakeys;
 pub mod door;

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod audit_cmds;
 mod backup;
 mod cli;
 mod cryppo;
@@ -133,6 +134,9 @@ enum Command {
     /// The agent's policy file: `policy check` validates one and explains a decision (offline).
     #[command(subcommand)]
     Policy(policy_cmds::PolicyCmd),
+    /// The agent's audit log: `audit show` prints it, `audit verify` checks its chain.
+    #[command(subcommand)]
+    Audit(audit_cmds::AuditCmd),
 }
 
 #[derive(Subcommand)]
@@ -380,6 +384,9 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             if let Some(n) = h.pin_attempts_left {
                 text.push_str(&format!("PIN attempts left: {n}\n"));
             }
+            if let Some(s) = &h.audit_log {
+                text.push_str(&format!("audit log:   {s}\n"));
+            }
             out(text, serde_json::to_value(&h).map_err(|e| e.to_string())?)
         }
         Command::Init { pin: opt, soft } => {
@@ -551,6 +558,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         | Command::Ssh(_)
         | Command::Doctor { .. }
         | Command::Policy(_)
+        | Command::Audit(_)
         | Command::Backup(_) => {
             return Err("internal: offline command reached the agent path"
                 .to_string()
@@ -644,6 +652,33 @@ fn main() -> ExitCode {
         } else {
             ExitCode::FAILURE
         };
+    }
+    if let Command::Audit(cmd) = &cli.command {
+        let socket = keyward_client::proto::paths::socket_path(cli.socket.clone());
+        match rt.block_on(audit_cmds::audit(&socket, cmd)) {
+            Ok((o, ok)) => {
+                if cli.json {
+                    println!("{}", o.json);
+                } else {
+                    print!("{}", o.text);
+                }
+                return if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                };
+            }
+            Err(f) => {
+                if cli.json {
+                    println!(
+                        "{}",
+                        json!({ "error": {"code": f.body.as_ref().map_or("client", |b| b.code.as_str()), "message": f.message} })
+                    );
+                }
+                eprintln!("keyward: {}", f.message);
+                return ExitCode::FAILURE;
+            }
+        }
     }
     match rt.block_on(run(&cli)) {
         Ok(Some(o)) => {

@@ -88,6 +88,9 @@ pub enum ErrorCode {
     /// A rule of the agent's policy file refused this client the operation (or asked for a
     /// confirmation nobody gave). The message names the rule (its index and name).
     PolicyDenied,
+    /// The agent's audit log cannot be written (disk full, read-only, removed) and the config
+    /// requires it (`[audit] required`, the default): key operations are refused until it can.
+    AuditUnavailable,
     /// A code this client does not know (from a newer agent).
     #[serde(other)]
     Unknown,
@@ -130,6 +133,7 @@ impl ErrorCode {
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::PromptUnavailable => "prompt_unavailable",
             ErrorCode::PolicyDenied => "policy_denied",
+            ErrorCode::AuditUnavailable => "audit_unavailable",
             ErrorCode::Unknown => "unknown",
         }
     }

@@ -222,6 +222,9 @@ operations! {
     KeypairRevoke, keypair_revoke, "keypair.revoke": IdArgs => Revoked, Unlocked;
     /// A new KEK version: every child rewrapped under it (journaled), the old wrap destroyed.
     KekRotate, kek_rotate, "kek.rotate": IdArgs => KekRotated, Unlocked;
+    /// The audit log's path, and the audit key and chain head from the keystore (for
+    /// `keyward audit verify`).
+    AuditInfo, audit_info, "audit.info": Empty => AuditInfoResult, Always;
 }
 
 #[cfg(test)]

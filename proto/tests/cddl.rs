@@ -305,6 +305,7 @@ fn every_request_validates() {
         ),
         // The PKCS#11 module's operations.
         (Op::RootInfo, req(Op::RootInfo, &Empty {})),
+        (Op::AuditInfo, req(Op::AuditInfo, &Empty {})),
         (Op::UnlockPrompt, req(Op::UnlockPrompt, &Empty {})),
         (
             Op::SignDigest,
@@ -411,6 +412,7 @@ fn every_response_validates() {
                 config: Some("/home/u/.config/keyward/keyward.toml".into()),
                 keystore: Some("/home/u/.local/share/keyward/keystore.db".into()),
                 pin_attempts_left: Some(10),
+                audit_log: Some("/home/u/.local/share/keyward/audit.log".into()),
             },
         ),
         Response::ok(
@@ -575,6 +577,18 @@ fn every_response_validates() {
                 key: SecretBytes::new(vec![1; 32]),
             },
         ),
+        Response::ok(
+            1,
+            &AuditInfoResult {
+                path: Some("/home/u/.local/share/keyward/audit.log".into()),
+                required: true,
+                failing: false,
+                public_key: Some(serde_bytes::ByteBuf::from(vec![2; 33])),
+                head_seq: Some(41),
+                head_hash: Some(serde_bytes::ByteBuf::from(vec![7; 32])),
+                checked: true,
+            },
+        ),
         // The PKCS#11 module's operations.
         Response::ok(
             1,
@@ -642,6 +656,7 @@ fn every_response_validates() {
         ErrorCode::Cancelled,
         ErrorCode::PromptUnavailable,
         ErrorCode::PolicyDenied,
+        ErrorCode::AuditUnavailable,
     ];
     for code in codes {
         let mut body = ErrorBody::new(code, "why");

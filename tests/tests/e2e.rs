@@ -1,6 +1,8 @@
 //! End-to-end tests: one test binary (so every test runs in parallel), one module per area.
 //! Each test gets its own token, keystore and agent (`keyward_tests::TestEnv`).
 
+#[path = "e2e/audit.rs"]
+mod audit;
 #[path = "e2e/backup.rs"]
 mod backup;
 #[path = "e2e/cli.rs"]

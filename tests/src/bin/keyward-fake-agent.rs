@@ -50,6 +50,7 @@ fn serve(socket: &str, record: &str) -> Result<(), String> {
                             config: None,
                             keystore: None,
                             pin_attempts_left: None,
+                            audit_log: None,
                         },
                     )
                 } else {
