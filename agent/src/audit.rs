@@ -698,3 +698,152 @@ fn last_entry(text: &[u8]) -> Option<keyward_audit::Parsed> {
         .rev()
         .find_map(keyward_audit::parse_line)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The writer against a real file and a memory root: rotation keeps one chain, a restart
+    //! continues it (cutting a torn line), entries written while locked wait for the next
+    //! checkpoint, the key and head come from the keystore, and a second writer is refused.
+    use super::*;
+    use crate::keystore::Keystore;
+    use crate::root::memory::MemoryRoot;
+    use keyward_proto::secret::Pin;
+
+    fn hierarchy(dir: &Path) -> Arc<Hierarchy> {
+        let ks = Arc::new(Keystore::open(&dir.join("ks.db")).unwrap());
+        let policy = crate::config::UnlockPolicy {
+            backoff_base_ms: 0,
+            ..Default::default()
+        };
+        Arc::new(Hierarchy::new(ks, Box::new(MemoryRoot::new()), policy))
+    }
+
+    fn rec(op: &str) -> Record {
+        Record {
+            op: op.into(),
+            door: "socket",
+            result: "ok".into(),
+            ..Record::default()
+        }
+    }
+
+    fn trust(a: &Audit) -> keyward_audit::Trust {
+        let i = a.info().unwrap();
+        keyward_audit::Trust {
+            key: i
+                .public_key
+                .and_then(|k| keyward_identity::PublicKey::from_sec1_bytes(&k).ok()),
+            head: i
+                .head_seq
+                .zip(i.head_hash.and_then(|h| h.to_vec().try_into().ok())),
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_one_chain_and_a_restart_continues_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        let cfg = AuditConfig {
+            checkpoint_every: 7,
+            max_bytes: 4096,
+            ..AuditConfig::default()
+        };
+        let a = Audit::open(&cfg, &path, h.clone()).unwrap();
+        for i in 0..60 {
+            assert!(a.append(rec(&format!("op{i}")), i % 10 == 0));
+        }
+        a.shutdown();
+        let files = keyward_audit::files(&path).unwrap();
+        assert!(files.len() >= 3, "{files:?}");
+        // A restart: a torn last line (a crash mid-write) is cut, and the chain goes on.
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"seq\":99,\"ti")
+            .unwrap();
+        let a = Audit::open(&cfg, &path, h.clone()).unwrap();
+        assert!(a.append(rec("after restart"), true));
+        let lines = keyward_audit::read_lines(&path).unwrap();
+        let r = keyward_audit::verify(&lines, &trust(&a));
+        assert_eq!(r.problem, None, "{r:?}");
+        assert!(r.head_matched, "{r:?}");
+        assert!(r.signed_through.is_some(), "{r:?}");
+        // agent.start, 60 entries, agent.stop, agent.start, one more, and checkpoints.
+        assert!(r.entries > 64, "{r:?}");
+        a.shutdown();
+        let r = keyward_audit::verify(&keyward_audit::read_lines(&path).unwrap(), &trust(&a));
+        assert_eq!(r.problem, None, "{r:?}");
+        assert_eq!(r.unsigned, 0, "a shutdown checkpoint signs the end: {r:?}");
+    }
+
+    #[test]
+    fn entries_written_while_locked_wait_for_the_next_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        let a = Audit::open(&AuditConfig::default(), &path, h.clone()).unwrap();
+        assert!(a.checkpoint("lock"));
+        let head = a.info().unwrap().head_seq.unwrap();
+        h.lock().unwrap();
+        for i in 0..5 {
+            assert!(a.append(rec(&format!("locked{i}")), true));
+        }
+        // No key, no MAC key: no checkpoint, and the keystore head stays.
+        assert!(a.checkpoint("every"));
+        let info = a.info().unwrap();
+        assert_eq!(info.head_seq, Some(head));
+        assert!(!info.checked);
+        let r = keyward_audit::verify(&keyward_audit::read_lines(&path).unwrap(), &trust(&a));
+        assert_eq!((r.problem.clone(), r.unsigned), (None, 5), "{r:?}");
+        // Unlocked again: the next checkpoint signs them, and the head moves on.
+        h.unlock(&Pin::new("1234")).unwrap();
+        assert!(a.checkpoint("unlock"));
+        let info = a.info().unwrap();
+        assert!(info.checked && info.head_seq > Some(head));
+        let r = keyward_audit::verify(&keyward_audit::read_lines(&path).unwrap(), &trust(&a));
+        assert_eq!((r.problem, r.unsigned), (None, 0));
+        a.shutdown();
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_and_an_edited_key_row_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        let a = Audit::open(&AuditConfig::default(), &path, h.clone()).unwrap();
+        assert!(matches!(
+            Audit::open(&AuditConfig::default(), &path, h.clone()),
+            Err(AuditError::InUse { .. })
+        ));
+        assert!(a.checkpoint("every"));
+        // Another public key swapped into the row: its MAC no longer verifies.
+        let row = h.ks.meta(META_KEY).unwrap().unwrap();
+        let other = LocalKey::generate(&mut rand_core::OsRng);
+        let (k, w, _) = row.split(':').fold(("", "", ""), |acc, p| match acc {
+            ("", _, _) => (p, "", ""),
+            (k, "", _) => (k, p, ""),
+            (k, w, _) => (k, w, p),
+        });
+        let forged = format!(
+            "{k}:{w}:{}",
+            hex::encode(other.public_key().to_sec1_compressed())
+        );
+        h.ks.set_meta(META_KEY, &forged).unwrap();
+        assert!(!a.info().unwrap().checked);
+        assert!(matches!(
+            h.audit_key(),
+            Err(crate::error::AgentError::KeystoreTampered(
+                Tampering::AuditKey
+            ))
+        ));
+        a.shutdown();
+    }
+
+    use crate::error::Tampering;
+}

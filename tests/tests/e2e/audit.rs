@@ -360,3 +360,32 @@ fn a_second_agent_on_the_same_audit_log_refuses_to_start() {
     // The first agent is unaffected.
     env.cli_ok(&["status"], None);
 }
+
+#[test]
+fn ssh_signatures_are_audited_with_the_ssh_door_and_the_signing_program() {
+    keyward_tests::ssh::ensure_openssh();
+    let env = env_with_audit("[audit]\n");
+    keyward_tests::ssh::init_with_kek(&env);
+    let k = keyward_tests::ssh::ssh_keypair(&env, &[], "audited-ssh");
+    let id = k["id"].as_str().unwrap();
+    keyward_tests::ssh::git_sign_and_verify(&env, k["ssh"].as_str().unwrap(), "audited");
+    let entries = show(&env, &[]);
+    let signed = entries
+        .iter()
+        .find(|e| e["op"] == "sign" && e["door"] == "ssh")
+        .unwrap_or_else(|| panic!("no SSH signature entry: {entries:#?}"));
+    assert_eq!(signed["key"], id, "{signed}");
+    assert_eq!(signed["label"], "audited-ssh", "{signed}");
+    assert_eq!(signed["result"], "ok", "{signed}");
+    assert!(
+        signed["exe"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("ssh-keygen")),
+        "{signed}"
+    );
+    assert!(entries
+        .iter()
+        .any(|e| e["op"] == "keypair.list" && e["door"] == "ssh"));
+    let (ok, r) = verify(&env, None);
+    assert!(ok, "{r}");
+}
