@@ -389,3 +389,116 @@ fn ssh_signatures_are_audited_with_the_ssh_door_and_the_signing_program() {
     let (ok, r) = verify(&env, None);
     assert!(ok, "{r}");
 }
+
+/// Unknown, malformed and refused requests are entries too (typed errors, the agent keeps
+/// serving), an op name built to forge a line stays inside its own entry, and a policy denial
+/// names the refused client.
+#[test]
+fn unknown_malformed_and_denied_requests_are_audited_and_cannot_forge_lines() {
+    let env = TestEnv::start(RootKind::Soft);
+    let mut env = env;
+    env.stop();
+    std::fs::write(
+        env.config_path().with_file_name("policy.toml"),
+        "[[rule]]\nname = \"nobody exports\"\nops = [\"dek.export\"]\neffect = \"deny\"\n",
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        format!("policy = \"policy.toml\"\n{cfg}\n[audit]\n"),
+    )
+    .unwrap();
+    env.start_agent();
+    let keys = env.init_with_keys(true, b"forge");
+    let mut raw = env.raw();
+    raw.hello(1);
+    use keyward_tests::{err_code, int, map, request, text};
+    // An op name with a newline and a whole fake entry in it, and a very long one.
+    let forged = "x\"}\n{\"seq\":1,\"op\":\"forged\"}\n";
+    let r = raw.call(&request(2, forged, map(&[])));
+    assert_eq!(err_code(&r), ErrorCode::UnknownOp);
+    let long = "y".repeat(5000);
+    let r = raw.call(&request(3, &long, map(&[])));
+    assert_eq!(err_code(&r), ErrorCode::UnknownOp);
+    // Malformed arguments of the audit op itself.
+    let r = raw.call(&request(4, "audit.info", map(&[("bogus", int(1))])));
+    assert_eq!(err_code(&r), ErrorCode::InvalidArgs);
+    let r = raw.call(&request(5, "dek.show", map(&[("id", int(7))])));
+    assert_eq!(err_code(&r), ErrorCode::InvalidArgs);
+    // A denial, from Python.
+    let r = python_call(&env, "dek.export", &keys.dek);
+    assert_eq!(r.err.map(|e| e.code), Some(ErrorCode::PolicyDenied));
+    let r = raw.call(&request(6, "dek.show", map(&[("id", text(&keys.dek))])));
+    assert!(r.err.is_none(), "still serving: {:?}", r.err);
+    drop(raw);
+
+    let entries = show(&env, &[]);
+    let forged_entry = entries
+        .iter()
+        .find(|e| e["op"] == forged)
+        .unwrap_or_else(|| panic!("the forged op is one entry: {entries:#?}"));
+    assert_eq!(forged_entry["result"], "unknown_op");
+    assert!(!entries.iter().any(|e| e["op"] == "forged"));
+    let long_entry = entries
+        .iter()
+        .find(|e| e["op"].as_str().is_some_and(|o| o.starts_with("yyy")))
+        .expect("the long op");
+    assert_eq!(long_entry["op"].as_str().unwrap().len(), 256, "clipped");
+    assert!(entries
+        .iter()
+        .any(|e| e["op"] == "audit.info" && e["result"] == "invalid_args"));
+    let denied = entries
+        .iter()
+        .find(|e| e["op"] == "dek.export")
+        .expect("the denial");
+    assert_eq!(denied["result"], "policy_denied");
+    assert!(
+        denied["exe"].as_str().unwrap().contains("python"),
+        "{denied}"
+    );
+    let (ok, r) = verify(&env, None);
+    assert!(ok, "{r}");
+    env.assert_intact(&keys);
+}
+
+/// Every op of the table, sent by this test process with empty arguments (most are refused,
+/// some run): each gets one entry naming this executable, the socket door and the code it got.
+#[test]
+fn every_op_of_the_table_gets_an_entry_with_its_client_and_result() {
+    use keyward_tests::keyward_proto::ops::Op;
+    use keyward_tests::{map, request};
+    let env = env_with_audit("[audit]\n");
+    env.init();
+    let mut raw = env.raw();
+    raw.hello(1);
+    let mut sent = Vec::new();
+    for (i, op) in Op::ALL.iter().enumerate() {
+        if *op == Op::Hello {
+            continue;
+        }
+        let r = raw.call(&request(10 + i as u64, op.name(), map(&[])));
+        let result = r
+            .err
+            .map(|e| e.code.as_str().to_string())
+            .unwrap_or_else(|| "ok".into());
+        sent.push((op.name(), result));
+    }
+    drop(raw);
+    let me = std::env::current_exe().unwrap().display().to_string();
+    let entries = show(&env, &[]);
+    for (op, result) in &sent {
+        // The last one: `init` and `unlock` also came from this process before.
+        let e = entries
+            .iter()
+            .rev()
+            .find(|e| e["op"] == *op && e["exe"] == me.as_str())
+            .unwrap_or_else(|| panic!("no `{op}` entry by {me}"));
+        assert_eq!(e["result"], result.as_str(), "{op}: {e}");
+        assert_eq!(e["door"], "socket", "{op}: {e}");
+        assert_eq!(e["pid"], std::process::id(), "{op}: {e}");
+    }
+    assert!(!entries.iter().any(|e| e["op"] == "hello"));
+    let (ok, r) = verify(&env, None);
+    assert!(ok, "{r}");
+}
