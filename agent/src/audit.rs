@@ -137,6 +137,8 @@ fn clip(s: &str) -> String {
 enum Msg {
     Entry(Record, Option<SyncSender<bool>>),
     Checkpoint(&'static str, Option<SyncSender<bool>>),
+    /// Acknowledged once everything queued before it was written (or failed).
+    Flush(SyncSender<bool>),
     Stop(SyncSender<()>),
 }
 
@@ -181,6 +183,7 @@ impl Audit {
             max_bytes: cfg.max_bytes,
             h: h.clone(),
             failing: Arc::new(AtomicBool::new(false)),
+            lost: 0,
         };
         w.resume().map_err(|source| AuditError::Open {
             path: path.to_path_buf(),
@@ -255,6 +258,12 @@ impl Audit {
         self.send(Msg::Checkpoint(reason, Some(ack))) && done.recv().unwrap_or(false)
     }
 
+    /// Wait until every entry queued so far is written (`false`: its batch failed).
+    pub fn flush(&self) -> bool {
+        let (ack, done) = mpsc::sync_channel(1);
+        self.send(Msg::Flush(ack)) && done.recv().unwrap_or(false)
+    }
+
     /// Write `agent.stop` and a last checkpoint, then end the writer thread.
     pub fn shutdown(&self) {
         let (ack, done) = mpsc::sync_channel(1);
@@ -268,8 +277,10 @@ impl Audit {
     }
 
     /// What `audit.info` answers: the path, and the audit key and head from the keystore, their
-    /// MACs checked when the agent is unlocked.
+    /// MACs checked when the agent is unlocked. Everything queued before is written first, so a
+    /// reader that asks this and then reads the file sees every earlier entry.
     pub fn info(&self) -> Result<keyward_proto::ops::AuditInfoResult, crate::error::AgentError> {
+        self.flush();
         let ks = &self.h.ks;
         let key = ks.meta(META_KEY)?;
         let key_mac = ks.meta(META_KEY_MAC)?;
@@ -450,6 +461,9 @@ struct Writer {
     max_bytes: u64,
     h: Arc<Hierarchy>,
     failing: Arc<AtomicBool>,
+    /// Entries of batches whose write failed (dropped, not kept: a full disk must not fill the
+    /// memory too); the next batch that writes says how many, as an `audit.lost` entry.
+    lost: u64,
 }
 
 impl Writer {
@@ -511,6 +525,22 @@ impl Writer {
         let mut out = String::new();
         let (mut seq, mut prev, mut since) = (self.seq, self.prev, self.since_checkpoint);
         let mut reason: Option<&'static str> = None;
+        let mut records = 0u64;
+        let mut batch: Vec<Msg> = batch;
+        let reports_lost = self.lost > 0;
+        if reports_lost {
+            let lost = Record {
+                op: "audit.lost".into(),
+                door: "agent",
+                result: "audit_unavailable".into(),
+                detail: Some(format!(
+                    "{} entries could not be written while the log failed",
+                    self.lost
+                )),
+                ..Record::default()
+            };
+            batch.insert(0, Msg::Entry(lost, None));
+        }
         for m in batch {
             let r = match m {
                 Msg::Entry(r, ack) => {
@@ -520,6 +550,10 @@ impl Writer {
                 Msg::Checkpoint(why, ack) => {
                     acks.extend(ack);
                     reason = Some(why);
+                    continue;
+                }
+                Msg::Flush(ack) => {
+                    acks.push(ack);
                     continue;
                 }
                 Msg::Stop(ack) => {
@@ -551,6 +585,7 @@ impl Writer {
                 prev: hex::encode(prev),
                 sig: None,
             };
+            records += 1;
             if let Ok((line, hash)) = keyward_audit::encode(&e) {
                 out.push_str(&line);
                 out.push('\n');
@@ -573,7 +608,12 @@ impl Writer {
             }
         }
         let ok = out.is_empty() || self.write(out.as_bytes());
+        if !ok {
+            // The `audit.lost` entry itself is not counted as lost again.
+            self.lost += records.saturating_sub(u64::from(reports_lost));
+        }
         if ok {
+            self.lost = 0;
             self.seq = seq;
             self.prev = prev;
             self.since_checkpoint = since;
@@ -636,11 +676,38 @@ impl Writer {
         self.h.ks.get(&id).ok().flatten()?.label
     }
 
+    /// The path still names the file this writer holds (one `stat` per batch): a log moved
+    /// away (an outside rotation) is followed by a new file at the path, continuing the chain;
+    /// a path taken by something else (a directory, another file) is a write failure until the
+    /// path is free again.
+    fn still_ours(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let held = self.file.metadata()?;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.is_file() && (m.dev(), m.ino()) == (held.dev(), held.ino()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match open_locked(&self.path) {
+                Ok(f) => {
+                    tracing::warn!(path = %self.path.display(), "audit: the log file was moved away; the chain continues in a new file");
+                    self.file = f;
+                    self.size = 0;
+                    Ok(())
+                }
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            },
+            Ok(_) => Err(std::io::Error::other(
+                "the log's path now names something else (replaced)",
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Append `bytes` and make them durable; on failure, cut the file back to where it was.
     fn write(&mut self, bytes: &[u8]) -> bool {
-        let done = (&*self.file)
-            .write_all(bytes)
-            .and_then(|()| self.file.sync_data());
+        let done = self.still_ours().and_then(|()| {
+            (&*self.file)
+                .write_all(bytes)
+                .and_then(|()| self.file.sync_data())
+        });
         match done {
             Ok(()) => {
                 self.size += bytes.len() as u64;
@@ -843,6 +910,50 @@ mod tests {
             ))
         ));
         a.shutdown();
+    }
+
+    #[test]
+    fn a_log_replaced_by_a_directory_fails_and_a_moved_log_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        let a = Audit::open(&AuditConfig::default(), &path, h.clone()).unwrap();
+        assert!(a.append(rec("before"), true));
+        // Moved away (as an outside rotation would) and a directory put in its place.
+        std::fs::rename(&path, dir.path().join("audit.log.1")).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(!a.append(rec("refused"), true));
+        assert!(a.failing() && a.refuses());
+        // The path free again: a new file continues the chain, nothing was lost or torn.
+        std::fs::remove_dir(&path).unwrap();
+        assert!(a.append(rec("after"), true));
+        assert!(!a.failing());
+        a.shutdown();
+        let lines = keyward_audit::read_lines(&path).unwrap();
+        let r = keyward_audit::verify(&lines, &trust(&a));
+        assert_eq!(r.problem, None, "{r:?}");
+        let ops: Vec<String> = lines
+            .iter()
+            .filter_map(|l| keyward_audit::parse_line(&l.text))
+            .map(|p| p.entry.op)
+            .collect();
+        // The refused entry is not there; an `audit.lost` entry says one was lost.
+        assert!(!ops.iter().any(|o| o == "refused"), "{ops:?}");
+        let lost = lines
+            .iter()
+            .filter_map(|l| keyward_audit::parse_line(&l.text))
+            .find(|p| p.entry.op == "audit.lost")
+            .expect("an audit.lost entry");
+        assert_eq!(
+            lost.entry.detail.as_deref(),
+            Some("1 entries could not be written while the log failed")
+        );
+        let at = |op: &str| ops.iter().position(|o| o == op).unwrap();
+        assert!(
+            at("before") < at("audit.lost") && at("audit.lost") < at("after"),
+            "{ops:?}"
+        );
     }
 
     use crate::error::Tampering;

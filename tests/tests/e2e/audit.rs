@@ -310,6 +310,20 @@ fn a_full_audit_log_refuses_key_ops_with_audit_unavailable_and_the_agent_keeps_s
     drop(c);
     let (ok, r) = verify(&env, None);
     assert!(ok, "{r}");
+    // The entries that could not be written are counted in the log once it works again.
+    let lost = show(&env, &[]);
+    let lost = lost
+        .iter()
+        .find(|e| e["op"] == "audit.lost")
+        .expect("an audit.lost entry");
+    assert_eq!(lost["result"], "audit_unavailable");
+    assert!(
+        lost["detail"]
+            .as_str()
+            .unwrap()
+            .contains("entries could not be written"),
+        "{lost}"
+    );
     env.assert_intact(&keys);
     env.stop();
 }
