@@ -486,6 +486,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn audit_table_defaults_beside_the_keystore_and_is_checked() {
+        let p = Path::new("/etc/kw/keyward.toml");
+        let base = "keystore = \"data/ks.db\"\n[root]\nkind = \"soft\"\n";
+        // No table: no audit log.
+        assert_eq!(Config::parse(base, p).unwrap().audit, None);
+        // An empty table: beside the keystore, required, the default intervals.
+        let c = Config::parse(&format!("{base}[audit]\n"), p).unwrap();
+        let a = c.audit.unwrap();
+        assert_eq!(a.path.as_deref(), Some(Path::new("/etc/kw/data/audit.log")));
+        assert!(a.required);
+        assert_eq!((a.checkpoint_every, a.max_bytes), (1000, 64 << 20));
+        // A relative path is relative to the config file.
+        let c = Config::parse(
+            &format!("{base}[audit]\npath = \"logs/a.log\"\nrequired = false\n"),
+            p,
+        )
+        .unwrap();
+        let a = c.audit.unwrap();
+        assert_eq!(a.path.as_deref(), Some(Path::new("/etc/kw/logs/a.log")));
+        assert!(!a.required);
+        // Nonsense is refused with the table named; unknown keys too.
+        for bad in ["checkpoint_every = 0", "max_bytes = 10", "requried = true"] {
+            let e = Config::parse(&format!("{base}[audit]\n{bad}\n"), p).unwrap_err();
+            assert!(
+                e.to_string().contains("audit") || e.to_string().contains("requried"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
     fn extra_roots_share_the_environment_or_are_refused() {
         let p = Path::new("/etc/kw/keyward.toml");
         let main = "[root]\nkind = \"pkcs11\"\nuri = \"pkcs11:token=a\"\n[root.env]\nSOFTHSM2_CONF = \"s.conf\"\n";
