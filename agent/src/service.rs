@@ -196,6 +196,10 @@ impl Service {
             // Only a success waits for its entry: a refusal gave nothing away.
             let wait = a.required() && !exempt && resp.err.is_none();
             if !a.append(r, wait) && wait {
+                // The result is withheld: a key or plaintext in it is wiped, not sent.
+                if let Some(mut v) = resp.ok.take() {
+                    keyward_proto::message::wipe_value(&mut v);
+                }
                 let e = AgentError::AuditUnavailable { op: op_name() };
                 resp = Response::err(Some(req.id), e.to_body());
             }
