@@ -173,7 +173,18 @@ impl Audit {
         path: &Path,
         h: Arc<Hierarchy>,
     ) -> Result<Arc<Audit>, AuditError> {
-        let file = open_locked(path)?;
+        // Another agent's log stops the start; a log that cannot be opened (a missing mount, a
+        // directory in its place) is a failing log: key operations are refused while it is
+        // required, and each batch tries again.
+        let file = match open_locked(path) {
+            Ok(f) => Some(f),
+            Err(e @ AuditError::InUse { .. }) => return Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, "audit: the log cannot be opened; key operations are refused while it cannot (unless [audit] required = false)");
+                None
+            }
+        };
+        let opened = file.is_some();
         let mut w = Writer {
             file,
             path: path.to_path_buf(),
@@ -184,14 +195,16 @@ impl Audit {
             every: cfg.checkpoint_every,
             max_bytes: cfg.max_bytes,
             h: h.clone(),
-            failing: Arc::new(AtomicBool::new(false)),
+            failing: Arc::new(AtomicBool::new(!opened)),
             syncs: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             lost: 0,
         };
-        w.resume().map_err(|source| AuditError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        if opened {
+            w.resume().map_err(|source| AuditError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
         let (tx, rx) = mpsc::channel();
         let failing = w.failing.clone();
         let syncs = w.syncs.clone();
@@ -459,7 +472,8 @@ impl Hierarchy {
 }
 
 struct Writer {
-    file: nix::fcntl::Flock<File>,
+    /// The live file, locked; `None` while it could not be opened.
+    file: Option<nix::fcntl::Flock<File>>,
     path: PathBuf,
     size: u64,
     /// The last entry written: its sequence number and hash.
@@ -481,9 +495,12 @@ impl Writer {
     /// Find the end of the chain: the last entry of the newest file. A torn last line (a crash
     /// in the middle of a write, never acknowledged) is cut off.
     fn resume(&mut self) -> std::io::Result<()> {
+        let Some(file) = self.file.as_ref() else {
+            return Ok(());
+        };
         let mut text = Vec::new();
-        (&*self.file).seek(SeekFrom::Start(0))?;
-        (&*self.file).read_to_end(&mut text)?;
+        (&**file).seek(SeekFrom::Start(0))?;
+        (&**file).read_to_end(&mut text)?;
         if !text.is_empty() && !text.ends_with(b"\n") {
             let keep = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
             tracing::warn!(
@@ -491,7 +508,7 @@ impl Writer {
                 cut = text.len() - keep,
                 "audit: the log ended in a torn line (a write a crash interrupted); cutting it off"
             );
-            self.file.set_len(keep as u64)?;
+            file.set_len(keep as u64)?;
             text.truncate(keep);
         }
         self.size = text.len() as u64;
@@ -534,6 +551,8 @@ impl Writer {
         let mut acks: Vec<SyncSender<bool>> = Vec::new();
         let mut stop: Option<SyncSender<()>> = None;
         let mut out = String::new();
+        // First: the file is there (a first open moves `seq` and `prev` to its end).
+        let ready = self.still_ours();
         let (mut seq, mut prev, mut since) = (self.seq, self.prev, self.since_checkpoint);
         let mut reason: Option<&'static str> = None;
         let mut records = 0u64;
@@ -618,7 +637,7 @@ impl Writer {
                 None => tracing::debug!("audit: no checkpoint now (locked); entries wait"),
             }
         }
-        let ok = out.is_empty() || self.write(out.as_bytes());
+        let ok = self.write(ready, out.as_bytes());
         if !ok {
             // The `audit.lost` entry itself is not counted as lost again.
             self.lost += records.saturating_sub(u64::from(reports_lost));
@@ -691,15 +710,24 @@ impl Writer {
     /// away (an outside rotation) is followed by a new file at the path, continuing the chain;
     /// a path taken by something else (a directory, another file) is a write failure until the
     /// path is free again.
+    /// Called before a batch is encoded (a first open finds where the chain ends).
     fn still_ours(&mut self) -> std::io::Result<()> {
         use std::os::unix::fs::MetadataExt;
-        let held = self.file.metadata()?;
+        let Some(file) = self.file.as_ref() else {
+            // Never opened yet: open it now and go on from its last entry.
+            let f = open_locked(&self.path).map_err(|e| std::io::Error::other(e.to_string()))?;
+            self.file = Some(f);
+            self.resume()?;
+            tracing::warn!(path = %self.path.display(), "audit: the log could be opened now");
+            return Ok(());
+        };
+        let held = file.metadata()?;
         match std::fs::symlink_metadata(&self.path) {
             Ok(m) if m.is_file() && (m.dev(), m.ino()) == (held.dev(), held.ino()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => match open_locked(&self.path) {
                 Ok(f) => {
                     tracing::warn!(path = %self.path.display(), "audit: the log file was moved away; the chain continues in a new file");
-                    self.file = f;
+                    self.file = Some(f);
                     self.size = 0;
                     Ok(())
                 }
@@ -712,12 +740,15 @@ impl Writer {
         }
     }
 
-    /// Append `bytes` and make them durable; on failure, cut the file back to where it was.
-    fn write(&mut self, bytes: &[u8]) -> bool {
-        let done = self.still_ours().and_then(|()| {
-            (&*self.file)
-                .write_all(bytes)
-                .and_then(|()| self.file.sync_data())
+    /// Append `bytes` and make them durable (after `ready`, the outcome of [`Self::still_ours`]);
+    /// on failure, cut the file back to where it was.
+    fn write(&mut self, ready: std::io::Result<()>, bytes: &[u8]) -> bool {
+        if bytes.is_empty() && ready.is_ok() {
+            return true;
+        }
+        let done = ready.and_then(|()| match self.file.as_ref() {
+            Some(f) => (&**f).write_all(bytes).and_then(|()| f.sync_data()),
+            None => Err(std::io::Error::other("the log is not open")),
         });
         match done {
             Ok(()) => {
@@ -729,7 +760,9 @@ impl Writer {
                 if !self.failing.swap(true, Ordering::AcqRel) {
                     tracing::error!(path = %self.path.display(), error = %e, "audit: writing the log failed; key operations are refused while it fails (unless [audit] required = false)");
                 }
-                let _ = self.file.set_len(self.size);
+                if let Some(f) = self.file.as_ref() {
+                    let _ = f.set_len(self.size);
+                }
                 false
             }
         }
@@ -759,7 +792,7 @@ impl Writer {
         }
         match open_locked(&self.path) {
             Ok(f) => {
-                self.file = f;
+                self.file = Some(f);
                 self.size = 0;
                 tracing::info!(rotated = %PathBuf::from(&to).display(), "audit: log rotated");
             }
@@ -997,6 +1030,24 @@ mod tests {
         a.shutdown();
         let r = keyward_audit::verify(&keyward_audit::read_lines(&path).unwrap(), &trust(&a));
         assert_eq!(r.problem, None);
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_opened_at_start_fails_until_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        std::fs::create_dir(&path).unwrap();
+        let a = Audit::open(&AuditConfig::default(), &path, h.clone()).unwrap();
+        assert!(a.failing() && a.refuses());
+        assert!(!a.append(rec("refused"), true));
+        std::fs::remove_dir(&path).unwrap();
+        assert!(a.append(rec("works"), true));
+        assert!(!a.failing());
+        a.shutdown();
+        let r = keyward_audit::verify(&keyward_audit::read_lines(&path).unwrap(), &trust(&a));
+        assert_eq!(r.problem, None, "{r:?}");
     }
 
     use crate::error::Tampering;
