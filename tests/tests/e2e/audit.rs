@@ -516,3 +516,43 @@ fn every_op_of_the_table_gets_an_entry_with_its_client_and_result() {
     let (ok, r) = verify(&env, None);
     assert!(ok, "{r}");
 }
+
+/// A log path the agent cannot open at start (a directory there): the agent starts and serves,
+/// key operations are refused while the log is required, and work once the path is free.
+#[test]
+fn an_audit_log_that_cannot_be_opened_at_start_refuses_key_ops_until_it_can() {
+    let mut env = TestEnv::start(RootKind::Soft);
+    env.stop();
+    let path = env.dir().join("audit.log");
+    std::fs::create_dir(&path).unwrap();
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        format!("{cfg}\n[audit]\npath = \"{}\"\n", path.display()),
+    )
+    .unwrap();
+    env.start_agent();
+    let c = env.client();
+    let st = c.run(|c| c.status()).expect("status answers");
+    assert_eq!(st.audit_log.as_deref(), Some(path.to_str().unwrap()));
+    let e = c
+        .run(|c| c.init(pin(env.pin())))
+        .expect_err("init is refused");
+    assert_eq!(e.body().map(|b| b.code), Some(ErrorCode::AuditUnavailable), "{e}");
+    std::fs::remove_dir(&path).unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        match c.run(|c| c.init(pin(env.pin()))) {
+            Ok(_) => break,
+            Err(e) if start.elapsed() < std::time::Duration::from_secs(10) => {
+                assert_eq!(e.body().map(|b| b.code), Some(ErrorCode::AuditUnavailable), "{e}");
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("init after the path was freed: {e}"),
+        }
+    }
+    drop(c);
+    let (ok, r) = verify(&env, None);
+    assert!(ok, "{r}");
+    env.stop();
+}
