@@ -538,14 +538,22 @@ fn an_audit_log_that_cannot_be_opened_at_start_refuses_key_ops_until_it_can() {
     let e = c
         .run(|c| c.init(pin(env.pin())))
         .expect_err("init is refused");
-    assert_eq!(e.body().map(|b| b.code), Some(ErrorCode::AuditUnavailable), "{e}");
+    assert_eq!(
+        e.body().map(|b| b.code),
+        Some(ErrorCode::AuditUnavailable),
+        "{e}"
+    );
     std::fs::remove_dir(&path).unwrap();
     let start = std::time::Instant::now();
     loop {
         match c.run(|c| c.init(pin(env.pin()))) {
             Ok(_) => break,
             Err(e) if start.elapsed() < std::time::Duration::from_secs(10) => {
-                assert_eq!(e.body().map(|b| b.code), Some(ErrorCode::AuditUnavailable), "{e}");
+                assert_eq!(
+                    e.body().map(|b| b.code),
+                    Some(ErrorCode::AuditUnavailable),
+                    "{e}"
+                );
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
             Err(e) => panic!("init after the path was freed: {e}"),
