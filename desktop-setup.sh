@@ -13,6 +13,8 @@ case "${1:-}" in
   *) echo "desktop-setup.sh: unknown argument: $1" >&2; exit 2 ;;
 esac
 
+# shellcheck source=apt-install.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 need=()
 command -v systemd-analyze >/dev/null 2>&1 && command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
 command -v udevadm >/dev/null 2>&1 || need+=(udev)
@@ -24,15 +26,5 @@ command -v strace >/dev/null 2>&1 || need+=(strace)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "desktop-setup: installing ${need[*]}" >&2
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  made_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
-    $sudo chmod +x /usr/sbin/policy-rc.d
-    made_policy=1
-  fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
-  [ "$made_policy" -eq 0 ] || $sudo rm -f /usr/sbin/policy-rc.d
+  apt_install --no-recommends "${need[@]}"
 fi

@@ -16,6 +16,8 @@ esac
 cd "$(dirname "$0")"
 ./softhsm-setup.sh --install-only
 
+# shellcheck source=apt-install.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 need=()
 command -v p11tool >/dev/null 2>&1 || need+=(gnutls-bin)
 command -v certutil >/dev/null 2>&1 && command -v modutil >/dev/null 2>&1 || need+=(libnss3-tools)
@@ -28,16 +30,5 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "pkcs11-setup: installing ${need[*]}" >&2
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  # Keep the openssh-server package from starting sshd (containers, CI).
-  made_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
-    $sudo chmod +x /usr/sbin/policy-rc.d
-    made_policy=1
-  fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >&2
-  [ "$made_policy" -eq 0 ] || $sudo rm -f /usr/sbin/policy-rc.d
+  apt_install --no-recommends "${need[@]}"
 fi

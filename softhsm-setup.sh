@@ -40,6 +40,8 @@ find_module() {
   return 1
 }
 
+# shellcheck source=apt-install.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 need=()
 command -v softhsm2-util >/dev/null 2>&1 && find_module >/dev/null || need+=(softhsm2)
 command -v pkcs11-tool >/dev/null 2>&1 || need+=(opensc)
@@ -56,11 +58,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 /usr/bin/python3 -c 'import cryptography' >/dev/null 2>&1 || need+=(python3-cryptography)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]} with apt-get"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  # Serialise concurrent installs (parallel tests) on dpkg's own lock.
-  $sudo apt-get -o DPkg::Lock::Timeout=300 update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${need[@]}" >/dev/null
+  apt_install "${need[@]}"
 fi
 module=$(find_module) || { say "libsofthsm2.so not found after install"; exit 1; }
 [ "$install_only" -eq 1 ] && { say "softhsm2, opensc and the build prerequisites are installed (module $module)"; exit 0; }

@@ -19,6 +19,8 @@ done
 
 say() { echo "ssh-setup: $*" >&2; }
 
+# shellcheck source=apt-install.sh
+. "$(dirname "${BASH_SOURCE[0]}")/apt-install.sh"
 need=()
 for tool in ssh ssh-add ssh-keygen ssh-agent; do
   command -v "$tool" >/dev/null 2>&1 || { need+=(openssh-client); break; }
@@ -26,18 +28,7 @@ done
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 if [ ${#need[@]} -gt 0 ]; then
   say "installing ${need[*]} with apt-get"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  added_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
-    $sudo chmod 755 /usr/sbin/policy-rc.d
-    added_policy=1
-  fi
-  # Serialise concurrent installs (parallel tests) on dpkg's own lock.
-  $sudo apt-get -o DPkg::Lock::Timeout=300 update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${need[@]}" >/dev/null
-  [ "$added_policy" -eq 0 ] || $sudo rm -f /usr/sbin/policy-rc.d
+  apt_install "${need[@]}"
 fi
 [ -x /usr/sbin/sshd ] || { say "/usr/sbin/sshd not found after install"; exit 1; }
 say "OpenSSH $(ssh -V 2>&1) client and server are installed"

@@ -292,6 +292,45 @@ struct RawConfig {
     audit: Option<crate::audit::AuditConfig>,
 }
 
+/// `keystore` must name a SQLite file. A URI (`postgres://...`, `sqlite://...`) or a libpq
+/// keyword string (`host=... dbname=...`) is refused rather than taken as a relative file name:
+/// this build has no database backend, and creating a file called `postgres:` beside the config
+/// would hide the mistake until the keys were needed on another machine.
+fn check_keystore_path(path: &Path) -> Result<(), String> {
+    let text = path.to_string_lossy();
+    if text.trim().is_empty() {
+        return Err("keystore: empty path".into());
+    }
+    if let Some((scheme, _)) = text.split_once("://") {
+        let is_scheme = scheme
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+        if is_scheme {
+            return Err(format!(
+                "keystore: {scheme}:// is not supported; `keystore` names a SQLite file \
+                 (a database keystore is not built yet)"
+            ));
+        }
+    }
+    const LIBPQ_KEYS: &[&str] = &["host", "hostaddr", "dbname", "user", "port", "sslmode"];
+    let libpq = text.split_whitespace().any(|word| {
+        word.split_once('=')
+            .is_some_and(|(k, _)| LIBPQ_KEYS.contains(&k))
+    });
+    if libpq && text.contains(char::is_whitespace) {
+        return Err(
+            "keystore: looks like a PostgreSQL connection string; `keystore` names a SQLite \
+             file (a database keystore is not built yet)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// The default keystore: `$XDG_DATA_HOME/keyward/keystore.db` (`~/.local/share/...`).
 pub fn default_keystore() -> PathBuf {
     let base = std::env::var_os("XDG_DATA_HOME")
@@ -449,6 +488,9 @@ impl Config {
             ));
         }
         raw.limits.check().map_err(invalid)?;
+        if let Some(k) = &raw.keystore {
+            check_keystore_path(k).map_err(invalid)?;
+        }
         if let Some(a) = &raw.audit {
             a.check().map_err(invalid)?;
         }
@@ -696,6 +738,34 @@ mod tests {
                 ),
                 "{bad}"
             );
+        }
+    }
+
+    /// Found bug: `keystore = "postgres://..."` was taken as a relative SQLite file path (a file
+    /// named `postgres:` appeared beside the config). What is not understood is refused.
+    #[test]
+    fn a_keystore_that_is_not_a_file_path_is_refused() {
+        let p = Path::new("/etc/kw/keyward.toml");
+        let root = "[root]\nkind = \"pkcs11\"\nuri = \"pkcs11:token=a\"\n";
+        for bad in [
+            "postgres://kw@db.example/keyward",
+            "postgresql://db/keyward?sslmode=require",
+            "host=db.example dbname=keyward user=kw",
+            "sqlite://ks.db",
+            "",
+        ] {
+            let text = format!("keystore = {bad:?}\n{root}");
+            let err = Config::parse(&text, p).expect_err(bad);
+            let msg = err.to_string();
+            assert!(
+                matches!(err, ConfigError::Invalid { .. }) && msg.contains("keystore"),
+                "{bad}: {msg}"
+            );
+        }
+        // Ordinary paths still work, even with '=' or ':' inside a file name.
+        for good in ["ks.db", "/var/lib/kw/ks.db", "dir/a=b.db", "c:d.db"] {
+            let text = format!("keystore = {good:?}\n{root}");
+            assert!(Config::parse(&text, p).is_ok(), "{good}");
         }
     }
 }

@@ -103,6 +103,7 @@ impl Hierarchy {
             });
         }
         let kek = self.parent_kek(&dek)?;
+        self.permit(&dek, crate::limits::Usage::Decrypt)?;
         // The version must exist (`decrypt_failed`) and not be retired (`version_retired`).
         let wrapped_dek = self.dek_version_for_open(&dek, version)?;
         let wrapped_dek = &wrapped_dek[..];

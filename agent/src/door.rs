@@ -56,6 +56,7 @@ impl Hierarchy {
         }
         let rec = self.record(key, KeyKind::Keypair)?;
         Self::require_active(&rec)?;
+        self.permit(&rec, crate::limits::Usage::Sign)?;
         let signer = self.signer(&rec)?;
         let sig = signer
             .sign_prehash(&digest_to_32(digest))
@@ -133,6 +134,7 @@ impl Hierarchy {
             });
         }
         let kek = self.parent_kek(&dek)?;
+        self.permit(&dek, crate::limits::Usage::Decrypt)?;
         // PKCS#11 has no place for a DEK version: the newest is tried first, then each older
         // one down to the minimum (ARCHITECTURE.md, "DEK versions").
         let mut last = None;
@@ -186,6 +188,7 @@ impl Hierarchy {
         }
         let peer = PublicKey::from_sec1_bytes(peer)
             .map_err(|e| AgentError::invalid("peer", Problem::NotP256Point(e)))?;
+        self.permit(&rec, crate::limits::Usage::Derive)?;
         let local = self.unwrap_keypair(&rec)?;
         let shared = local.diffie_hellman(&peer);
         Ok(Zeroizing::new(shared.raw_secret_bytes().to_vec()))

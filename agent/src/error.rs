@@ -96,6 +96,44 @@ pub enum AgentError {
     /// The audit log cannot be written and the config requires it (`audit_unavailable`).
     #[error("`{op}` refused: the audit log cannot be written (disk full, read-only or removed); key operations are refused until it can (`[audit] required = false` opts out)")]
     AuditUnavailable { op: &'static str },
+    /// The key's usage limits refuse this use, or its confirmation was not given.
+    #[error("{} {id} may not be used for `{usage}`: {why}", kind.as_str())]
+    UsageDenied {
+        kind: KeyKind,
+        id: Uuid,
+        usage: crate::limits::Usage,
+        #[source]
+        why: crate::limits::Refusal,
+    },
+    /// The key's `not_after` has passed.
+    #[error("{} {id} expired at {} (its not-after date): it is refused for every use", kind.as_str(), keyward_proto::rfc3339::format(*not_after))]
+    KeyExpired {
+        kind: KeyKind,
+        id: Uuid,
+        not_after: u64,
+    },
+    /// `key.limits` asked for wider limits than the key has.
+    #[error("the limits of key {id} only narrow: refused {what}")]
+    LimitsWidened {
+        id: Uuid,
+        what: crate::limits::Widening,
+    },
+    /// An operation on the enrolled roots refused (`roots.rs`).
+    #[error("{0}")]
+    Roots(RootRefusal),
+    /// The operation exists but this build cannot carry it out (`not_available`); nothing changed.
+    #[error("{0}")]
+    NotAvailable(NotAvailable),
+}
+
+/// Operations this build knows but cannot carry out yet.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NotAvailable {
+    /// Recovery enrollment and restore wrap every KEK under a second root: they need several
+    /// roots per KEK (`kek_wraps`, enrolled public roots), which this build does not have.
+    #[error("{op} is not available in this build: it needs several roots per KEK (enrolled public roots), which this agent does not have yet; nothing was changed")]
+    NeedsSeveralRoots { op: &'static str },
 }
 
 /// What the agent picks when the caller names none: the only active one.
@@ -150,6 +188,9 @@ pub enum Missing {
     Node { name: String },
     #[error("no cluster root yet: run `keyward node derive NAME`, or name a --root")]
     ClusterRoot,
+    /// `key.limits`: limits are for DEKs and keypairs.
+    #[error("no DEK or keypair with id {id}")]
+    DekOrKeypair { id: Uuid },
 }
 
 /// Why a ciphertext does not decrypt.
@@ -229,6 +270,8 @@ pub enum Problem {
     NotSealedMessage(#[source] MessageError),
     #[error("not a sealed share: {0}")]
     NotSealedShare(#[source] ShareError),
+    #[error("not a recovery share: {0}")]
+    NotRecoveryShare(#[source] keyward_recovery::ShareError),
     #[error("not a chain: {0}")]
     NotChain(#[source] ChainError),
     #[error("not X.509 DER: {0}")]
@@ -237,6 +280,17 @@ pub enum Problem {
     NoCertificateForRsa,
     #[error("not a cursor from a list's `next`")]
     NotCursor,
+    #[error("`{usage}` is not a usage of a {}", kind.as_str())]
+    UsageForKind {
+        usage: crate::limits::Usage,
+        kind: KeyKind,
+    },
+    #[error("not an RFC 3339 date-time (e.g. 2027-01-31T18:00:00Z) or date")]
+    NotRfc3339,
+    /// `root.add`: the configuration text does not give a usable `[root]` (what is wrong, never
+    /// the file's text: a TOML syntax error is not quoted).
+    #[error("not a keywardd configuration with a usable [root]: {0}")]
+    BadConfig(String),
 }
 
 /// Something that must not exist yet.
@@ -247,6 +301,10 @@ pub enum Existing {
     Node { name: String },
     #[error("a key with id {id} exists already in this keystore")]
     KeyId { id: Uuid },
+    #[error("this root is enrolled already, as root {id}")]
+    Root { id: Uuid },
+    #[error("this agent holds that recovery share already (held share {id})")]
+    HeldShare { id: Uuid },
 }
 
 /// The key named (or found) cannot do what was asked.
@@ -259,6 +317,8 @@ pub enum WrongKey {
     NotP256 { id: Uuid, alg: Algorithm },
     #[error("keypair {id} has vouched for {count} node key(s): it stays for their chain's history (revoke it instead)")]
     VouchedFor { id: Uuid, count: usize },
+    #[error("keypair {id} opens {count} recovery share(s) held for others: `keyward recovery delete` them first (once their owners no longer need them)")]
+    HoldsRecoveryShares { id: Uuid, count: usize },
     #[error("`{name}` has no parent to vouch for a new key")]
     NoParentToVouch { name: String },
     #[error("`{name}` has no parent: name a revoker with --by")]
@@ -295,6 +355,12 @@ pub enum Unverified {
     NotVouched(#[source] ChainError),
     #[error("share.open: {0}")]
     Share(#[source] ShareError),
+    #[error("{op}: {source}")]
+    RecoveryShare {
+        op: &'static str,
+        #[source]
+        source: keyward_recovery::ShareError,
+    },
 }
 
 /// What the hierarchy found changed outside the agent.
@@ -380,6 +446,55 @@ pub enum Defect {
     Truncated,
     #[error("is not PEM")]
     NotPem,
+    /// A KEK with no wrap under an enrolled root (the agent writes every root's wrap with the
+    /// KEK, in one transaction).
+    #[error("has no wrap under root {root}")]
+    NoWrapForRoot { root: Uuid },
+    #[error("does not hold a recovery share: {0}")]
+    NotHeldShare(#[source] keyward_recovery::ShareError),
+}
+
+/// Why an operation on the enrolled roots (`root.add`, `root.remove`, and the KEK operations
+/// that wrap under every root) is refused.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RootRefusal {
+    /// `root.remove` of the root this agent runs on.
+    #[error("{op}: root {id} is the root this agent runs on: remove it from an agent started on another enrolled root")]
+    OwnRoot { op: &'static str, id: Uuid },
+    /// `root.remove` of the only enrolled root.
+    #[error("{op}: root {id} is the last enrolled root: every key would be lost")]
+    LastRoot { op: &'static str, id: Uuid },
+    /// A root that needs its secret to wrap a KEK (an AES token, a soft root) is not the one
+    /// this agent runs on.
+    #[error("{op}: enrolled root {id} ({scheme}) needs its token or passphrase to wrap a KEK and is not present in this agent: run this from an agent started on it, or drop it (`--drop-root {id}` or `keyward root remove {id}`)")]
+    Absent {
+        op: &'static str,
+        id: Uuid,
+        scheme: String,
+    },
+    /// No enrolled root is of the configured backend's scheme.
+    #[error("unlock: no enrolled root is a {scheme} root (the configured [root]): start the agent with the configuration of an enrolled root")]
+    NoneOfScheme { scheme: &'static str },
+    /// `--drop-root` named the root this agent runs on, or twice the same root.
+    #[error("{op}: --drop-root {id}: {problem}")]
+    BadDrop {
+        op: &'static str,
+        id: Uuid,
+        problem: &'static str,
+    },
+}
+
+impl RootRefusal {
+    fn code(&self) -> ErrorCode {
+        match self {
+            RootRefusal::OwnRoot { .. }
+            | RootRefusal::LastRoot { .. }
+            | RootRefusal::BadDrop { .. } => ErrorCode::WrongKey,
+            RootRefusal::Absent { .. } => ErrorCode::TokenUnavailable,
+            RootRefusal::NoneOfScheme { .. } => ErrorCode::NotInitialized,
+        }
+    }
 }
 
 /// A cryptography library's error.
@@ -398,6 +513,8 @@ pub enum CryptoError {
     Share(#[from] ShareError),
     #[error(transparent)]
     Envelope(#[from] keyward_envelope::Error),
+    #[error(transparent)]
+    RecoveryDerive(#[from] keyward_recovery::DeriveError),
     #[error("HMAC-SHA256 refused its key")]
     Hmac,
     #[error("aws-lc: {0}")]
@@ -455,6 +572,11 @@ impl AgentError {
             AgentError::Internal(_) => ErrorCode::Internal,
             AgentError::PolicyDenied(_) => ErrorCode::PolicyDenied,
             AgentError::AuditUnavailable { .. } => ErrorCode::AuditUnavailable,
+            AgentError::Roots(r) => r.code(),
+            AgentError::NotAvailable(_) => ErrorCode::NotAvailable,
+            AgentError::UsageDenied { .. } => ErrorCode::UsageDenied,
+            AgentError::KeyExpired { .. } => ErrorCode::KeyExpired,
+            AgentError::LimitsWidened { .. } => ErrorCode::LimitsWidened,
         }
     }
 

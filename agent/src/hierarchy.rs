@@ -96,7 +96,7 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -105,12 +105,13 @@ pub struct Hierarchy {
     pub(crate) ks: Arc<Keystore>,
     pub(crate) root: Box<dyn Root>,
     policy: UnlockPolicy,
-    keks: Mutex<HashMap<Uuid, Arc<dyn Kek>>>,
+    pub(crate) keks: Mutex<HashMap<Uuid, Arc<dyn Kek>>>,
     /// Unwrapped software keypair secrets while unlocked (`key_cache.rs`).
     pub(crate) key_cache: crate::key_cache::KeyCache,
-    /// The root record, once it exists: it never changes after `init`, so key operations need
-    /// not read it from the keystore each time.
-    root_rec: std::sync::OnceLock<KeyRecord>,
+    /// The record of the root this agent runs on (one of the enrolled roots, `roots.rs`): the one
+    /// `init` made, or the one `unlock` found its backend opens. Root records change (`root
+    /// add`/`remove`), so this is the agent's own record only, chosen again at each unlock.
+    pub(crate) own_root: Mutex<Option<KeyRecord>>,
     /// Serialises init/unlock so the attempt counter cannot be raced.
     pin_gate: Mutex<()>,
     /// The highest (failures, last failure ms) this process has seen: the stored counter can be
@@ -123,6 +124,8 @@ pub struct Hierarchy {
     activity: Mutex<Option<crate::idle::Activity>>,
     /// Wakes the deadline task on each unlock.
     unlocked: tokio::sync::Notify,
+    /// The pinentry that confirms uses of keys whose limits ask for it (`limits.rs`).
+    prompter: std::sync::OnceLock<Arc<crate::prompt::Prompter>>,
 }
 
 impl Hierarchy {
@@ -133,13 +136,25 @@ impl Hierarchy {
             policy,
             keks: Mutex::new(HashMap::new()),
             key_cache: crate::key_cache::KeyCache::new(),
-            root_rec: std::sync::OnceLock::new(),
+            own_root: Mutex::new(None),
             pin_gate: Mutex::new(()),
             seen: Mutex::new((0, 0)),
             held_pin: Mutex::new(None),
             activity: Mutex::new(None),
             unlocked: tokio::sync::Notify::new(),
+            prompter: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The pinentry that confirms key uses whose limits ask for confirmation (set once, at
+    /// start-up; without one such uses are refused).
+    pub fn set_prompter(&self, p: Arc<crate::prompt::Prompter>) {
+        let _ = self.prompter.set(p);
+    }
+
+    /// The confirmation pinentry, if configured.
+    pub fn prompter(&self) -> Option<&crate::prompt::Prompter> {
+        self.prompter.get().map(|p| &**p)
     }
 
     /// While unlocked: when it was unlocked and last used (boot-clock times, `idle.rs`). An
@@ -399,7 +414,7 @@ impl Hierarchy {
     /// At unlock (root unlocked): load the MAC key, then check the integrity records and the
     /// root record with it. A keystore just migrated to v4 (and only one with no integrity key
     /// yet) gets its key here, and every record it holds gets its first MAC: trust-on-upgrade.
-    fn open_integrity(&self, root: &KeyRecord) -> Result<(), AgentError> {
+    pub(crate) fn open_integrity(&self, root: &KeyRecord) -> Result<(), AgentError> {
         let tampered = AgentError::KeystoreTampered;
         let recs = self.ks.integrity_records()?;
         let upgrade = self.ks.meta(crate::keystore::META_UPGRADE)?.is_some();
@@ -416,7 +431,11 @@ impl Hierarchy {
                 "keystore: trust-on-upgrade: the records written before schema v4 got their first MAC now; from here on any change made outside the agent is refused"
             );
         } else {
-            let keks: Vec<&KeyRecord> = recs.iter().filter(|r| r.parent == Some(root.id)).collect();
+            let root_ids: Vec<Uuid> = self.ks.roots()?.iter().map(|r| r.id).collect();
+            let keks: Vec<&KeyRecord> = recs
+                .iter()
+                .filter(|r| r.parent.is_some_and(|p| root_ids.contains(&p)))
+                .collect();
             let kek = match keks[..] {
                 [k] => k,
                 _ => return Err(tampered(Tampering::IntegrityKeks)),
@@ -440,8 +459,11 @@ impl Hierarchy {
                     e => e.into(),
                 }
             };
+            // This root's wrap of the integrity KEK: the row's own when it is the parent, else
+            // its `kek_wraps` row (read unchecked now, checked below once the key is loaded).
+            let wrap = self.wrap_for(kek, root)?;
             let opened = self
-                .with_recovery(|| Ok(self.root.open_kek(self.wrapped(kek)?)?))
+                .with_recovery(|| Ok(self.root.open_kek(&wrap)?))
                 .map_err(|e| match e {
                     AgentError::Root(r) => unwrap_failed(kek.id)(r),
                     e => e,
@@ -453,19 +475,25 @@ impl Hierarchy {
             // Checked reads, now that the key is loaded.
             self.ks.get(&kek.id)?;
             self.ks.get(&secret.id)?;
+            if self.wrap_for(kek, root)? != wrap {
+                return Err(tampered(Tampering::DoesNotUnwrap { id: kek.id }));
+            }
             if upgrade {
                 tracing::warn!("keystore: an `integrity_upgrade` mark in a keystore that has its integrity key is ignored (and removed)");
                 self.ks.delete_meta(crate::keystore::META_UPGRADE)?;
             }
         }
         match self.ks.get(&root.id)? {
-            Some(r) if r == *root => Ok(()),
-            _ => Err(tampered(Tampering::RootRecord { id: root.id })),
+            Some(r) if r == *root => {}
+            _ => return Err(tampered(Tampering::RootRecord { id: root.id })),
         }
+        // Every root record, and the set of them, under the MAC (`keystore_roots.rs`).
+        self.ks.roots_checked()?;
+        Ok(())
     }
 
     /// Lock after a refused unlock, without reporting lock errors over the original one.
-    fn lock_quietly(&self) {
+    pub(crate) fn lock_quietly(&self) {
         lock(&self.keks).clear();
         self.key_cache.clear();
         self.ks.set_mac_key(None);
@@ -519,6 +547,7 @@ impl Hierarchy {
                 self.lock_quietly();
                 return Err(e);
             }
+            *lock(&self.own_root) = Some(rec.clone());
             Ok(rec.id)
         })?;
         tracing::info!(%id, "root created");
@@ -538,17 +567,11 @@ impl Hierarchy {
                 self.touch();
                 return Ok(());
             }
-            let root = root.clone().ok_or(AgentError::NotInitialized)?;
-            let stored = StoredRoot {
-                locator: root.locator.clone(),
-                check: root.wrapped.clone(),
-            };
+            root.as_ref().ok_or(AgentError::NotInitialized)?;
             lock(&self.keks).clear();
-            self.root.unlock(pin, &stored)?;
-            if let Err(e) = self
-                .open_integrity(&root)
-                .and_then(|()| self.remember_pin(pin))
-            {
+            let chosen = self.unlock_enrolled(pin)?;
+            *lock(&self.own_root) = Some(chosen);
+            if let Err(e) = self.remember_pin(pin) {
                 tracing::error!(error = %e, "unlock refused");
                 self.lock_quietly();
                 return Err(e);
@@ -574,23 +597,24 @@ impl Hierarchy {
         Ok(())
     }
 
-    /// The root record from the keystore, read once it exists.
+    /// The agent's own root record once chosen, else the first enrolled root (`None` before
+    /// `init`).
     fn stored_root(&self) -> Result<Option<KeyRecord>, AgentError> {
-        if let Some(r) = self.root_rec.get() {
+        if let Some(r) = &*lock(&self.own_root) {
             return Ok(Some(r.clone()));
         }
-        let found = self.ks.root()?;
-        if let Some(r) = &found {
-            let _ = self.root_rec.set(r.clone());
-        }
-        Ok(found)
+        Ok(self.ks.root()?)
     }
 
+    /// The record of the root this agent runs on, while unlocked.
     pub(crate) fn root_record(&self, op: &'static str) -> Result<KeyRecord, AgentError> {
-        let root = self.stored_root()?.ok_or(AgentError::NotInitialized)?;
         if !self.root.is_unlocked() {
+            self.stored_root()?.ok_or(AgentError::NotInitialized)?;
             return Err(AgentError::Locked { op });
         }
+        let root = lock(&self.own_root)
+            .clone()
+            .ok_or(AgentError::NotInitialized)?;
         self.touch();
         Ok(root)
     }
@@ -642,11 +666,8 @@ impl Hierarchy {
         if let Some(k) = lock(&self.keks).get(&kek.id) {
             return Ok(k.clone());
         }
-        let wrapped = kek
-            .wrapped
-            .as_deref()
-            .ok_or_else(|| AgentError::bad_record(kek.kind, kek.id, Defect::NoWrappedKey))?;
-        let opened: Arc<dyn Kek> = Arc::from(self.root.open_kek(wrapped)?);
+        let wrapped = self.own_wrap(kek)?;
+        let opened: Arc<dyn Kek> = Arc::from(self.root.open_kek(&wrapped)?);
         lock(&self.keks).insert(kek.id, opened.clone());
         Ok(opened)
     }
@@ -688,8 +709,9 @@ impl Hierarchy {
         let mut rec = KeyRecord::new(KeyKind::Kek, w.scheme.as_str());
         rec.parent = Some(root.id);
         rec.label = label;
-        rec.wrapped = Some(w.bytes);
-        self.ks.insert(&rec)?;
+        rec.wrapped = Some(w.bytes.clone());
+        // Wrapped under every other enrolled root too, in the same transaction (roots.rs).
+        self.insert_kek_everywhere(&rec, &w)?;
         tracing::info!(id = %rec.id, "KEK created");
         Ok(rec.id)
     }
@@ -738,7 +760,21 @@ impl Hierarchy {
         exportable: bool,
         label: Option<String>,
     ) -> Result<Uuid, AgentError> {
+        let none = crate::limits::LimitsRequest::default();
+        self.dek_create_limited(kek, purpose, exportable, label, &none)
+    }
+
+    /// `dek_create` with usage limits (`limits.rs`); `exportable` adds `export`.
+    pub fn dek_create_limited(
+        &self,
+        kek: Option<&str>,
+        purpose: Purpose,
+        exportable: bool,
+        label: Option<String>,
+        limits: &crate::limits::LimitsRequest,
+    ) -> Result<Uuid, AgentError> {
         self.root_record("dek.create")?;
+        let (limits, exportable) = Self::limits_for_new(KeyKind::Dek, exportable, limits)?;
         let kek = self.choose_kek(kek)?;
         let w = self.with_recovery(|| Ok(self.kek_handle(&kek)?.generate_dek()?))?;
         let mut rec = KeyRecord::new(KeyKind::Dek, w.scheme.as_str());
@@ -746,6 +782,8 @@ impl Hierarchy {
         rec.label = label;
         rec.purpose = Some(purpose);
         rec.exportable = exportable;
+        rec.usage = limits.map(|l| l.bits());
+        rec.not_after = limits.and_then(|l| l.not_after);
         rec.wrapped = Some(w.bytes);
         self.ks.insert(&rec)?;
         tracing::info!(id = %rec.id, kek = %kek.id, "DEK created");
@@ -781,6 +819,7 @@ impl Hierarchy {
             return Err(AgentError::NotExportable { id: dek.id });
         }
         Self::require_active(&dek)?;
+        self.permit(&dek, crate::limits::Usage::Export)?;
         let kek = self.parent_kek(&dek)?;
         // The newest version: the one new ciphertexts use.
         let (_, wrapped) = self.dek_newest(&dek)?;
@@ -799,6 +838,7 @@ impl Hierarchy {
         let dek = self.record(dek_id, KeyKind::Dek)?;
         Self::require_active(&dek)?;
         let kek = self.parent_kek(&dek)?;
+        self.permit(&dek, crate::limits::Usage::Encrypt)?;
         Ok((dek, kek))
     }
 
@@ -885,6 +925,7 @@ impl Hierarchy {
             });
         }
         let kek = self.parent_kek(&dek)?;
+        self.permit(&dek, crate::limits::Usage::Decrypt)?;
         let mut ct_tag = Vec::with_capacity(gcm.ciphertext.len() + 16);
         ct_tag.extend_from_slice(gcm.ciphertext);
         ct_tag.extend_from_slice(gcm.tag);

@@ -134,7 +134,21 @@ impl Hierarchy {
         on_token: bool,
         alg: Option<Algorithm>,
     ) -> Result<Uuid, AgentError> {
+        let none = crate::limits::LimitsRequest::default();
+        self.keypair_create_limited(kek, label, on_token, alg, &none)
+    }
+
+    /// `keypair_create` with usage limits (`limits.rs`).
+    pub fn keypair_create_limited(
+        &self,
+        kek: Option<&str>,
+        label: Option<String>,
+        on_token: bool,
+        alg: Option<Algorithm>,
+        limits: &crate::limits::LimitsRequest,
+    ) -> Result<Uuid, AgentError> {
         let root = self.root_record("keypair.create")?;
+        let (limits, _) = Self::limits_for_new(KeyKind::Keypair, false, limits)?;
         let mut rec = if alg == Some(Algorithm::Ed25519) {
             if on_token {
                 return Err(AgentError::invalid(
@@ -184,6 +198,8 @@ impl Hierarchy {
             self.keypair_record(&key, &kek)?
         };
         rec.label = label;
+        rec.usage = limits.map(|l| l.bits());
+        rec.not_after = limits.and_then(|l| l.not_after);
         self.ks.insert(&rec)?;
         tracing::info!(id = %rec.id, "keypair created");
         Ok(rec.id)
@@ -245,6 +261,14 @@ impl Hierarchy {
             return Err(AgentError::WrongKey(WrongKey::VouchedFor {
                 id: rec.id,
                 count: vouched,
+            }));
+        }
+        // Recovery shares held for others are sealed to this keypair (recovery.rs).
+        let shares = self.held_shares_of(&rec.id)?;
+        if shares > 0 {
+            return Err(AgentError::WrongKey(WrongKey::HoldsRecoveryShares {
+                id: rec.id,
+                count: shares,
             }));
         }
         if on_token(&rec) {
@@ -322,6 +346,7 @@ impl Hierarchy {
         self.root_record("sign")?;
         let rec = self.record(key, KeyKind::Keypair)?;
         Self::require_active(&rec)?;
+        self.permit(&rec, crate::limits::Usage::Sign)?;
         if rec.algorithm == Some(Algorithm::Ed25519) {
             let seed = self.keypair_secret(&rec)?;
             // Ed25519 signatures are 64 bytes in every encoding.

@@ -15,7 +15,9 @@
 //! key is loaded, every read here checks it — this is the one place records are verified — and a
 //! missing or wrong MAC is [`KeystoreError::Tampered`], naming the record; every write MACs what it
 //! writes. The tables of schema v7 (`key_versions`, the KEK rotation journal `kek_rotations` and
-//! `kek_rotation_items`) are MAC'd the same way, each with its own domain string.
+//! `kek_rotation_items`) are MAC'd the same way, each with its own domain string, and so are
+//! those of v9 (several roots per KEK: `kek_wraps`, `kek_rotation_wraps`, and the MAC'd list of
+//! root ids in `meta`; `keystore_roots.rs`).
 //!
 //! The file is created 0600 (never wider, whatever the umask) and checked with SQLite's
 //! `PRAGMA integrity_check` at open: a damaged file is [`KeystoreError::Damaged`], naming it, and is
@@ -235,6 +237,15 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX IF NOT EXISTS keys_page_by_parent ON keys(parent, kind, created, id);
      CREATE INDEX IF NOT EXISTS keys_page_nodes ON keys(created, id)
         WHERE kind = 'keypair' AND name IS NOT NULL;",
+    // v9: several roots per KEK: each KEK's wraps under the enrolled roots that are not its
+    // parent, and their journal during a KEK rotation (`keystore_roots.rs`).
+    roots::MIGRATION_V9,
+    // v10: per-key usage limits (`crate::limits`). `keys.usage` (NULL: the kind's default
+    // usages, as every key made before v10) is a bit set of usages plus the confirm bit;
+    // `keys.not_after` (NULL: none) Unix seconds. Both are covered by the key row's MAC when
+    // either is set (see `record_body`), so rows MAC'd before v10 still verify.
+    "ALTER TABLE keys ADD COLUMN usage INTEGER;
+     ALTER TABLE keys ADD COLUMN not_after INTEGER;",
 ];
 
 /// Meta row the v4 migration leaves when it found records written before v4 (without MACs).
@@ -321,7 +332,9 @@ impl Encoder {
 /// encoding is length-prefixed, so the longer body can never equal the shorter one).
 /// `min_version` (v7) likewise: when set, the certificate field is always written (absent or
 /// present) and then the minimum, so the field sequence, and so the bytes, differ from every
-/// body without one.
+/// body without one. Usage limits (v10, `usage` and `not_after`) likewise: when either is set,
+/// certificate, minimum, usage and not-after are all written (each absent or present), four
+/// fields where bodies without limits have at most two.
 fn record_body(r: &KeyRecord) -> Vec<u8> {
     let mut e = Encoder::new("keyward/keystore/keys/v4");
     e.text(Some(&r.id.to_string()))
@@ -343,13 +356,20 @@ fn record_body(r: &KeyRecord) -> Vec<u8> {
         .field(r.statement.as_deref())
         .text(r.algorithm.map(Algorithm::as_str))
         .num(Some(u64::from(r.ssh.0)));
-    match (r.min_version, &r.certificate) {
-        (None, None) => {}
-        (None, Some(cert)) => {
+    let limited = r.usage.is_some() || r.not_after.is_some();
+    match (limited, r.min_version, &r.certificate) {
+        (false, None, None) => {}
+        (false, None, Some(cert)) => {
             e.field(Some(cert));
         }
-        (Some(min), cert) => {
+        (false, Some(min), cert) => {
             e.field(cert.as_deref()).num(Some(u64::from(min)));
+        }
+        (true, min, cert) => {
+            e.field(cert.as_deref())
+                .num(min.map(u64::from))
+                .num(r.usage.map(u64::from))
+                .num(r.not_after);
         }
     }
     e.finish()
@@ -553,6 +573,11 @@ pub struct KeyRecord {
     pub certificate: Option<Vec<u8>>,
     /// DEKs: the oldest version that still decrypts (`None`: 1).
     pub min_version: Option<u32>,
+    /// DEKs and keypairs: usage limits as a bit set (`crate::limits::Limits::bits`); `None`:
+    /// the kind's default usages (every key made before v10, or without limits).
+    pub usage: Option<u32>,
+    /// DEKs and keypairs: Unix seconds after which the key is refused (`key_expired`).
+    pub not_after: Option<u64>,
 }
 
 /// A signed revocation of a key, as kept for chain export.
@@ -590,6 +615,8 @@ impl KeyRecord {
             ssh: SshFlags::default(),
             certificate: None,
             min_version: None,
+            usage: None,
+            not_after: None,
         }
     }
 }
@@ -663,9 +690,9 @@ impl Algorithm {
 /// The columns every read of `keys` selects, in this order: [`from_row`] reads them by position
 /// (rusqlite's by-name lookup compares column names on every get: 14% of a `kek.list`'s
 /// instructions before). `mac` is read at [`MAC_COLUMN`].
-const KEY_COLUMNS: &str = "id, kind, label, parent, scheme, wrapped, public_key, locator, purpose, exportable, version, created, rotated, state, name, issuer, statement, algorithm, ssh, certificate, min_version, mac";
+const KEY_COLUMNS: &str = "id, kind, label, parent, scheme, wrapped, public_key, locator, purpose, exportable, version, created, rotated, state, name, issuer, statement, algorithm, ssh, certificate, min_version, usage, not_after, mac";
 /// The position of `mac` in [`KEY_COLUMNS`].
-const MAC_COLUMN: usize = 21;
+const MAC_COLUMN: usize = 23;
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, KeystoreError>> {
     let id: String = row.get(0)?;
@@ -719,6 +746,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, KeystoreError>>
             ssh: SshFlags(row.get(18).map_err(sql("read ssh"))?),
             certificate: row.get(19).map_err(sql("read certificate"))?,
             min_version: row.get(20).map_err(sql("read min_version"))?,
+            usage: row.get(21).map_err(sql("read usage"))?,
+            not_after: row.get(22).map_err(sql("read not_after"))?,
         })
     };
     Ok(build())
@@ -733,8 +762,9 @@ fn insert_with(
     conn.execute(
         "INSERT INTO keys (id, kind, label, parent, scheme, wrapped, public_key, locator,
                            purpose, exportable, version, created, rotated, state,
-                           name, issuer, statement, algorithm, ssh, mac, certificate, min_version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+                           name, issuer, statement, algorithm, ssh, mac, certificate, min_version,
+                           usage, not_after)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
         params![
             r.id.to_string(),
             r.kind.as_str(),
@@ -758,6 +788,8 @@ fn insert_with(
             mac,
             r.certificate,
             r.min_version,
+            r.usage,
+            r.not_after,
         ],
     )
     .map_err(sql("insert key"))?;
@@ -824,6 +856,9 @@ pub enum ListFilter {
     Children(KeyKind, Uuid),
     /// Keypairs with a node name (node keys, of any state).
     Nodes,
+    /// Recovery shares held for others: secrets that carry a public key (the owner's recovery
+    /// key; the node-derivation secret has none). `recovery.rs`.
+    HeldShares,
 }
 
 impl ListFilter {
@@ -835,6 +870,7 @@ impl ListFilter {
             ListFilter::Kind(_) => "keys_page_by_kind",
             ListFilter::Children(..) => "keys_page_by_parent",
             ListFilter::Nodes => "keys_page_nodes",
+            ListFilter::HeldShares => "keys_page_by_kind",
         }
     }
 
@@ -847,6 +883,7 @@ impl ListFilter {
                 vec![p.to_string(), k.as_str().to_string()],
             ),
             ListFilter::Nodes => ("kind = 'keypair' AND name IS NOT NULL", vec![]),
+            ListFilter::HeldShares => ("kind = 'secret' AND public_key IS NOT NULL", vec![]),
         }
     }
 }
@@ -1745,6 +1782,11 @@ impl Keystore {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(sql("begin abandon rotation"))?;
         tx.execute(
+            "DELETE FROM kek_rotation_wraps WHERE kek = ?1",
+            [kek.to_string()],
+        )
+        .map_err(sql("drop rotation wraps"))?;
+        tx.execute(
             "DELETE FROM kek_rotation_items WHERE kek = ?1",
             [kek.to_string()],
         )
@@ -1900,19 +1942,29 @@ impl Keystore {
                 what: "the KEK of a rotation is gone".into(),
             });
         };
-        kek.wrapped = Some(pending.wrapped.clone());
-        kek.scheme = pending.scheme.clone();
+        match roots::swap_wraps(&tx, key, &kek)? {
+            Some((parent, scheme, wrapped)) => {
+                kek.parent = Some(parent);
+                kek.scheme = scheme;
+                kek.wrapped = Some(wrapped);
+            }
+            None => {
+                kek.wrapped = Some(pending.wrapped.clone());
+                kek.scheme = pending.scheme.clone();
+            }
+        }
         kek.version = kek.version.saturating_add(1);
         kek.rotated = Some(now());
         tx.execute(
-            "UPDATE keys SET wrapped = ?2, scheme = ?3, version = ?4, rotated = ?5, mac = ?6 WHERE id = ?1",
+            "UPDATE keys SET wrapped = ?2, scheme = ?3, version = ?4, rotated = ?5, mac = ?6, parent = ?7 WHERE id = ?1",
             params![
                 kek.id.to_string(),
                 kek.wrapped,
                 kek.scheme,
                 kek.version,
                 kek.rotated,
-                key.map(|k| k.tag(&record_body(&kek)))
+                key.map(|k| k.tag(&record_body(&kek))),
+                kek.parent.map(|p| p.to_string())
             ],
         )
         .map_err(sql("swap KEK wrap"))?;
@@ -1930,6 +1982,10 @@ impl Keystore {
         Ok(Some(kek.version))
     }
 }
+
+#[path = "keystore_roots.rs"]
+mod roots;
+pub use roots::{KekWrap, META_ROOT_SET};
 
 // ---- DEK versions ---------------------------------------------------------------------------
 
@@ -2013,6 +2069,39 @@ impl Keystore {
             )?;
         }
         Ok(Some(v))
+    }
+
+    /// Change a key's usage limits (`usage`, `not_after`) and `exportable`, re-MACing the row,
+    /// in one transaction: `change` sees the row as it is (MAC-checked) and answers the new
+    /// values, or refuses. Returns the record after the change, or `None` when there is no such
+    /// key.
+    pub fn update_limits<E: From<KeystoreError>>(
+        &self,
+        id: &Uuid,
+        change: impl FnOnce(&KeyRecord) -> Result<(Option<u32>, Option<u64>, bool), E>,
+    ) -> Result<Option<KeyRecord>, E> {
+        let key = self.key();
+        let key = key.as_deref();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin set limits"))?;
+        let Some(mut r) = query_with(&tx, key, "read key", "id = ?1", &[&id.to_string()])?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let (usage, not_after, exportable) = change(&r)?;
+        r.usage = usage;
+        r.not_after = not_after;
+        r.exportable = exportable;
+        let mac = key.map(|k| k.tag(&record_body(&r)));
+        tx.execute(
+            "UPDATE keys SET usage = ?2, not_after = ?3, exportable = ?4, mac = ?5 WHERE id = ?1",
+            params![id.to_string(), r.usage, r.not_after, r.exportable, mac],
+        )
+        .map_err(sql("set limits"))?;
+        tx.commit().map_err(sql("commit set limits"))?;
+        Ok(Some(r))
     }
 
     /// Set a key's minimum version, re-MACing the row. Returns the record as it was before, or
@@ -2595,6 +2684,8 @@ mod tests {
         r.statement = Some(vec![5]);
         r.algorithm = Some(Algorithm::P256);
         r.certificate = Some(vec![7]);
+        r.usage = Some(0b101);
+        r.not_after = Some(2_000_000_000);
         r
     }
 
@@ -2632,6 +2723,10 @@ mod tests {
             ("certificate", "NULL".into()),
             ("certificate", "x'08'".into()),
             ("min_version", "2".into()),
+            ("usage", "NULL".into()),
+            ("usage", "4".into()),
+            ("not_after", "NULL".into()),
+            ("not_after", "not_after + 1".into()),
             ("mac", "NULL".into()),
             ("mac", "x'00'".into()),
         ];
@@ -2667,6 +2762,108 @@ mod tests {
         // Another key does not verify.
         ks.set_mac_key(Some(test_key(8)));
         assert!(matches!(ks.get(&r.id), Err(KeystoreError::Tampered { .. })));
+    }
+
+    /// `record_body` as it was before v10 (no usage limits).
+    fn record_body_v7(r: &KeyRecord) -> Vec<u8> {
+        let mut e = Encoder::new("keyward/keystore/keys/v4");
+        e.text(Some(&r.id.to_string()))
+            .text(Some(r.kind.as_str()))
+            .text(r.label.as_deref())
+            .text(r.parent.map(|p| p.to_string()).as_deref())
+            .text(Some(&r.scheme))
+            .field(r.wrapped.as_deref())
+            .field(r.public_key.as_deref())
+            .text(r.locator.as_deref())
+            .text(r.purpose.map(Purpose::as_str))
+            .num(Some(r.exportable as u64))
+            .num(Some(u64::from(r.version)))
+            .num(Some(r.created))
+            .num(r.rotated)
+            .text(Some(r.state.as_str()))
+            .text(r.name.as_deref())
+            .text(r.issuer.map(|p| p.to_string()).as_deref())
+            .field(r.statement.as_deref())
+            .text(r.algorithm.map(Algorithm::as_str))
+            .num(Some(u64::from(r.ssh.0)));
+        match (r.min_version, &r.certificate) {
+            (None, None) => {}
+            (None, Some(cert)) => {
+                e.field(Some(cert));
+            }
+            (Some(min), cert) => {
+                e.field(cert.as_deref()).num(Some(u64::from(min)));
+            }
+        }
+        e.finish()
+    }
+
+    #[test]
+    fn usage_limits_are_maced_and_old_rows_still_verify() {
+        // Rows without limits keep the body (so the MAC) they were written with before v10.
+        let mut bodies = std::collections::HashSet::new();
+        for (cert, min) in [
+            (None, None),
+            (Some(vec![1u8]), None),
+            (None, Some(2)),
+            (Some(vec![1]), Some(2)),
+        ] {
+            let mut r = full_record(None);
+            r.usage = None;
+            r.not_after = None;
+            r.certificate = cert;
+            r.min_version = min;
+            assert_eq!(record_body(&r), record_body_v7(&r));
+            assert!(bodies.insert(record_body(&r)));
+            // Any limit changes the body, and no two combinations share one.
+            for (usage, not_after) in [(Some(0), None), (None, Some(0)), (Some(3), Some(9))] {
+                r.usage = usage;
+                r.not_after = not_after;
+                assert!(bodies.insert(record_body(&r)), "{usage:?} {not_after:?}");
+            }
+        }
+        // Through the keystore: set, MAC-checked, read back; cleared behind its back: tampering.
+        let (_d, ks) = temp();
+        ks.set_mac_key(Some(test_key(5)));
+        let r = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+        ks.insert(&r).unwrap();
+        let after = ks
+            .update_limits::<KeystoreError>(&r.id, |old| {
+                assert_eq!((old.usage, old.not_after), (None, None));
+                Ok((Some(0b11), Some(1_900_000_000), false))
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(ks.get(&r.id).unwrap().unwrap(), after);
+        assert_eq!(
+            (after.usage, after.not_after),
+            (Some(0b11), Some(1_900_000_000))
+        );
+        let conn = Connection::open(ks.path()).unwrap();
+        conn.execute(
+            "UPDATE keys SET usage = NULL WHERE id = ?1",
+            [r.id.to_string()],
+        )
+        .unwrap();
+        assert!(matches!(ks.get(&r.id), Err(KeystoreError::Tampered { .. })));
+        // A refusal changes nothing; an unknown id is `None`.
+        conn.execute(
+            "UPDATE keys SET usage = 3 WHERE id = ?1",
+            [r.id.to_string()],
+        )
+        .unwrap();
+        let refused = ks.update_limits(&r.id, |_| {
+            Err(KeystoreError::Corrupt {
+                id: "x".into(),
+                what: "no".into(),
+            })
+        });
+        assert!(refused.is_err());
+        assert_eq!(ks.get(&r.id).unwrap().unwrap(), after);
+        assert!(ks
+            .update_limits::<KeystoreError>(&Uuid::new_v4(), |_| Ok((None, None, false)))
+            .unwrap()
+            .is_none());
     }
 
     #[test]
@@ -2813,17 +3010,35 @@ mod tests {
             }
             conn.pragma_update(None, "user_version", 7).unwrap();
             drop(conn);
-            // Written by the v7 code path: the same insert, before the indexes exist.
+            // Written by the v7 code path: its insert (v7's columns), before the indexes exist.
             let conn = Connection::open(&p).unwrap();
             let key = mac();
+            let insert_v7 = |r: &KeyRecord| {
+                conn.execute(
+                    "INSERT INTO keys (id, kind, label, parent, scheme, wrapped, public_key,
+                        locator, purpose, exportable, version, created, rotated, state, name,
+                        issuer, statement, algorithm, ssh, mac, certificate, min_version)
+                     VALUES (?1, ?2, NULL, ?3, ?4, NULL, NULL, NULL, NULL, 0, 1, ?5, NULL,
+                        'active', NULL, NULL, NULL, NULL, 0, ?6, NULL, NULL)",
+                    params![
+                        r.id.to_string(),
+                        r.kind.as_str(),
+                        r.parent.map(|p| p.to_string()),
+                        r.scheme,
+                        r.created,
+                        key.tag(&record_body(r)),
+                    ],
+                )
+                .unwrap();
+            };
             let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
-            insert_with(&conn, Some(&key), &root).unwrap();
+            insert_v7(&root);
             (0..7)
                 .map(|i| {
                     let mut d = KeyRecord::new(KeyKind::Dek, "aes-kwp");
                     d.parent = Some(root.id);
                     d.created = 100 + i;
-                    insert_with(&conn, Some(&key), &d).unwrap();
+                    insert_v7(&d);
                     d.id
                 })
                 .collect()

@@ -31,7 +31,7 @@ use zeroize::Zeroizing;
 const ROTATION_BATCH: usize = 64;
 
 /// One KEK rotation at a time in this process (a second waits, then finds nothing pending).
-static ROTATION: Mutex<()> = Mutex::new(());
+pub(crate) static ROTATION: Mutex<()> = Mutex::new(());
 
 /// What `kek.rotate` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,19 +288,48 @@ impl Hierarchy {
     /// destroyed. Journaled (keystore `kek_rotations`, `kek_rotation_items`): a rotation a crash
     /// interrupted is finished first, here or at the next unlock.
     pub fn kek_rotate(&self, id: &str) -> Result<KekRotated, AgentError> {
-        self.root_record("kek.rotate")?;
+        self.kek_rotate_dropping(id, &[])
+    }
+
+    /// [`Hierarchy::kek_rotate`] with several roots: the new KEK is wrapped under every enrolled
+    /// root (journaled with the rotation, `kek_rotation_wraps`, and swapped in with it); the
+    /// roots in `drop_roots` are removed first (`--drop-root`). An absent root that needs its
+    /// secret to wrap refuses the rotation ([`crate::error::RootRefusal::Absent`]) before
+    /// anything changes.
+    pub fn kek_rotate_dropping(
+        &self,
+        id: &str,
+        drop_roots: &[String],
+    ) -> Result<KekRotated, AgentError> {
+        const OP: &str = "kek.rotate";
+        let own = self.root_record(OP)?;
         let _one = ROTATION.lock().unwrap_or_else(|p| p.into_inner());
         self.finish_rotations_locked()?;
         let kek = self.record(id, KeyKind::Kek)?;
         Self::require_active(&kek)?;
+        let drop = self.drop_roots_locked(OP, &own, drop_roots)?;
         let w = self.with_recovery(|| Ok(self.root.generate_kek()?))?;
+        let others = self.wraps_for_new_kek(OP, kek.id, &w, &drop)?;
+        self.remove_dropped_locked(OP, &own, &drop)?;
         let pending = PendingRotation {
             kek: kek.id,
-            wrapped: w.bytes,
+            wrapped: w.bytes.clone(),
             scheme: w.scheme.as_str().to_string(),
             started: crate::keystore::now(),
         };
-        self.ks.rotation_begin(&pending)?;
+        if others.is_empty() && self.ks.roots()?.len() <= 1 {
+            self.ks.rotation_begin(&pending)?;
+        } else {
+            let mut wraps = others;
+            wraps.push(crate::keystore::KekWrap {
+                kek: kek.id,
+                root: own.id,
+                scheme: pending.scheme.clone(),
+                wrapped: w.bytes,
+                created: pending.started,
+            });
+            self.ks.rotation_begin_wraps(&pending, &wraps)?;
+        }
         crash_point("kek-rotate-begun");
         let done = self.finish_rotation(&pending)?;
         tracing::info!(id = %kek.id, version = done.version, rewrapped = done.rewrapped, "KEK rotated");
@@ -313,7 +342,7 @@ impl Hierarchy {
         self.finish_rotations_locked()
     }
 
-    fn finish_rotations_locked(&self) -> Result<usize, AgentError> {
+    pub(crate) fn finish_rotations_locked(&self) -> Result<usize, AgentError> {
         let pending = self.ks.rotations_pending()?;
         for p in &pending {
             let done = self.finish_rotation(p)?;
@@ -346,8 +375,18 @@ impl Hierarchy {
                 id: p.kek,
             }))?;
         let old = self.with_recovery(|| self.kek_handle(&kek))?;
+        // The new KEK under the agent's root: the journal's wrap for it when the rotation
+        // journaled wraps (it may have been begun on another enrolled root), else the pending
+        // wrap (begun on this one, the only root).
+        let own = self.root_record("kek.rotate")?;
+        let new_wrap = self
+            .ks
+            .rotation_wraps(&p.kek)?
+            .into_iter()
+            .find(|w| w.root == own.id)
+            .map_or_else(|| p.wrapped.clone(), |w| w.wrapped);
         let new: Arc<dyn Kek> =
-            self.with_recovery(|| Ok(Arc::from(self.root.open_kek(&p.wrapped)?)))?;
+            self.with_recovery(|| Ok(Arc::from(self.root.open_kek(&new_wrap)?)))?;
         let mut rewrapped = 0;
         loop {
             let todo = self.ks.rotation_todo(&p.kek)?;

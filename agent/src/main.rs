@@ -196,6 +196,10 @@ fn start(cli: Cli) -> Result<(), StartError> {
             }
         };
         let prompt = keyward_agent::prompt::Prompter::new(&config.prompt).map(Arc::new);
+        // Keys whose usage limits ask for confirmation are confirmed through the same pinentry.
+        if let Some(p) = &prompt {
+            h.set_prompter(p.clone());
+        }
         // A policy file that does not load stops the start (never run unguarded by mistake);
         // on SIGHUP a bad file keeps the policy in force.
         let policy = Arc::new(

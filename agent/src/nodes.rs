@@ -142,6 +142,7 @@ impl Hierarchy {
             }
             None => self.cluster_root(kek)?,
         };
+        self.permit(&parent, crate::limits::Usage::Sign)?;
         let secret = self.derivation_secret(kek)?;
         let derived = derive_node_key(&secret, name)
             .map_err(|e| AgentError::invalid("name", Problem::NotNodeName(e)))?;
@@ -301,6 +302,7 @@ impl Hierarchy {
             .map_err(|e| AgentError::invalid("to", Problem::NotPublicKey(e)))?;
         let rec = self.record(sign_with, KeyKind::Keypair)?;
         Self::require_active(&rec)?;
+        self.permit(&rec, crate::limits::Usage::Sign)?;
         let me = self.unwrap_keypair(&rec)?;
         let m = SealedMessage::seal(&me, &recipient, plaintext, &mut OsRng)
             .map_err(AgentError::crypto("seal"))?;
@@ -319,6 +321,7 @@ impl Hierarchy {
                 key: *m.recipient(),
             })
         })?;
+        self.permit(&mine, crate::limits::Usage::Decrypt)?;
         let me = self.unwrap_keypair(&mine)?;
         let pt = m
             .open(&me)

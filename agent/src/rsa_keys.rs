@@ -96,9 +96,18 @@ impl Hierarchy {
             if rec.scheme != RSA_SCHEME || rec.state == KeyState::Revoked {
                 continue;
             }
+            // Keys whose limits refuse `decrypt` (or that expired) are not tried; one that
+            // asks for confirmation is confirmed before its plaintext is returned.
+            if self
+                .check_limits(&rec, crate::limits::Usage::Decrypt)
+                .is_err()
+            {
+                continue;
+            }
             tried += 1;
             let pem = self.rsa_private(&rec)?;
             if let Ok(pt) = rsa::decrypt(&pem, cryppo) {
+                self.permit(&rec, crate::limits::Usage::Decrypt)?;
                 return Ok(pt);
             }
         }

@@ -164,7 +164,7 @@ impl Service {
     fn keypair_info(&self, r: &KeyRecord) -> Result<KeyInfo, AgentError> {
         let mut info = key_info(r);
         let f = self.h.keypair_ssh_flags(&r.id)?;
-        info.ssh_mode = ssh_mode(f);
+        info.ssh_mode = ssh_mode(f, r);
         Ok(info)
     }
 
@@ -179,7 +179,8 @@ impl Service {
             Response::err(Some(req.id), e.to_body())
         } else {
             match self.check_policy(req) {
-                Ok(()) => dispatch(self, req),
+                // Key limits that ask for confirmation name this connection's peer.
+                Ok(()) => crate::limits::with_requester(self.peer.clone(), || dispatch(self, req)),
                 Err(e) => Response::err(Some(req.id), e.to_body()),
             }
         };
@@ -221,6 +222,53 @@ impl HandlerError for AgentError {
     }
 }
 
+fn usage_from_wire(u: wire::Usage) -> crate::limits::Usage {
+    use crate::limits::Usage as U;
+    match u {
+        wire::Usage::Encrypt => U::Encrypt,
+        wire::Usage::Decrypt => U::Decrypt,
+        wire::Usage::Sign => U::Sign,
+        wire::Usage::Derive => U::Derive,
+        wire::Usage::Export => U::Export,
+        wire::Usage::Share => U::Share,
+    }
+}
+
+fn usage_to_wire(u: crate::limits::Usage) -> wire::Usage {
+    use crate::limits::Usage as U;
+    match u {
+        U::Encrypt => wire::Usage::Encrypt,
+        U::Decrypt => wire::Usage::Decrypt,
+        U::Sign => wire::Usage::Sign,
+        U::Derive => wire::Usage::Derive,
+        U::Export => wire::Usage::Export,
+        U::Share => wire::Usage::Share,
+    }
+}
+
+/// An RFC 3339 `not_after` as Unix seconds (`invalid_args` names the field, never the text).
+fn parse_not_after(text: &str) -> Result<u64, AgentError> {
+    keyward_proto::rfc3339::parse(text)
+        .ok_or_else(|| AgentError::invalid("not_after", Problem::NotRfc3339))
+}
+
+/// The limits a `dek.create` or `keypair.create` asks for, in the hierarchy's terms.
+fn limits_request(
+    spec: Option<&KeyLimitsSpec>,
+) -> Result<crate::limits::LimitsRequest, AgentError> {
+    let Some(spec) = spec else {
+        return Ok(crate::limits::LimitsRequest::default());
+    };
+    Ok(crate::limits::LimitsRequest {
+        usage: spec
+            .usage
+            .as_ref()
+            .map(|u| u.iter().copied().map(usage_from_wire).collect()),
+        confirm: spec.confirm.then_some(true),
+        not_after: spec.not_after.as_deref().map(parse_not_after).transpose()?,
+    })
+}
+
 /// What a client may see of a keystore record: never key material.
 pub fn key_info(r: &KeyRecord) -> KeyInfo {
     KeyInfo {
@@ -246,6 +294,18 @@ pub fn key_info(r: &KeyRecord) -> KeyInfo {
         ssh_fingerprint: crate::ssh::keys::describe(r).map(|d| d.1),
         certificate: r.certificate.clone().map(serde_bytes::ByteBuf::from),
         min_version: r.min_version,
+        // Absent for keys without stored limits (the kind's defaults, `KeyInfo::usage_or_default`):
+        // old keys' answers stay as small as they were.
+        usage: (r.usage.is_some() && crate::limits::possible_usage(r.kind).is_some()).then(|| {
+            crate::limits::Limits::of(r)
+                .usage
+                .iter()
+                .map(usage_to_wire)
+                .collect()
+        }),
+        confirm: crate::limits::possible_usage(r.kind).is_some()
+            && crate::limits::Limits::of(r).confirm,
+        not_after: r.not_after,
     }
 }
 
@@ -257,13 +317,16 @@ fn revoked(ids: Vec<uuid::Uuid>) -> Revoked {
 }
 
 /// `on`/`confirm` for a keypair whose flags say it is offered to SSH clients.
-fn ssh_mode(f: SshFlags) -> Option<SshMode> {
-    f.has(SshFlags::OFFERED)
-        .then_some(if f.has(SshFlags::CONFIRM) {
+/// A keypair whose usage limits ask for confirmation is confirmed by the SSH door too, so it
+/// shows as `confirm`.
+fn ssh_mode(f: SshFlags, r: &KeyRecord) -> Option<SshMode> {
+    f.has(SshFlags::OFFERED).then_some(
+        if f.has(SshFlags::CONFIRM) || crate::limits::Limits::of(r).confirm {
             SshMode::Confirm
         } else {
             SshMode::On
-        })
+        },
+    )
 }
 
 /// A keypair's [`KeyInfo`] in a list: its SSH mode from the record's own (MAC-checked) flags,
@@ -271,7 +334,7 @@ fn ssh_mode(f: SshFlags) -> Option<SshMode> {
 fn listed_keypair_info(r: &KeyRecord) -> KeyInfo {
     let mut info = key_info(r);
     if r.state == crate::keystore::KeyState::Active {
-        info.ssh_mode = ssh_mode(r.ssh);
+        info.ssh_mode = ssh_mode(r.ssh, r);
     }
     info
 }
@@ -360,6 +423,19 @@ fn list_page(
         keys,
         next: page.next.map(|c| c.to_text()),
     })
+}
+
+/// What a client sees of a held recovery share.
+fn held_info(f: crate::recovery::HeldFacts) -> HeldShareInfo {
+    HeldShareInfo {
+        id: f.id.to_string(),
+        recovery: f.recovery.to_did_key(),
+        tag: f.tag.to_hex(),
+        index: f.hint.index,
+        threshold: f.hint.threshold,
+        trustees: f.hint.trustees,
+        keypair: f.keypair.to_string(),
+    }
 }
 
 fn created(id: uuid::Uuid) -> Created {
@@ -461,8 +537,9 @@ impl Handler for Service {
             wire::Purpose::Personal => Purpose::Personal,
             wire::Purpose::Sharing => Purpose::Sharing,
         };
+        let limits = limits_request(a.limits.as_ref())?;
         self.h
-            .dek_create(a.kek.as_deref(), purpose, a.exportable, a.label)
+            .dek_create_limited(a.kek.as_deref(), purpose, a.exportable, a.label, &limits)
             .map(created)
     }
 
@@ -504,8 +581,23 @@ impl Handler for Service {
         Ok(Ciphertext { ciphertext })
     }
 
-    fn kek_rotate(&self, a: IdArgs) -> Result<KekRotated, AgentError> {
-        let r = self.h.kek_rotate(&a.id)?;
+    fn key_limits(&self, a: KeyLimitsArgs) -> Result<KeyInfo, AgentError> {
+        let req = crate::limits::LimitsRequest {
+            usage: a
+                .usage
+                .map(|u| u.into_iter().map(usage_from_wire).collect()),
+            confirm: a.confirm,
+            not_after: a.not_after.as_deref().map(parse_not_after).transpose()?,
+        };
+        let r = self.h.key_limits(&a.id, &req)?;
+        match r.kind {
+            crate::keystore::KeyKind::Keypair => self.keypair_info(&r),
+            _ => Ok(key_info(&r)),
+        }
+    }
+
+    fn kek_rotate(&self, a: KekRotateArgs) -> Result<KekRotated, AgentError> {
+        let r = self.h.kek_rotate_dropping(&a.id, &a.drop_roots)?;
         Ok(KekRotated {
             id: r.id.to_string(),
             version: r.version,
@@ -568,9 +660,10 @@ impl Handler for Service {
                     .ok_or_else(|| AgentError::invalid("alg", Problem::UnknownAlgorithm))?,
             ),
         };
-        let id = self
-            .h
-            .keypair_create(a.kek.as_deref(), a.label, a.on_token, alg)?;
+        let limits = limits_request(a.limits.as_ref())?;
+        let id =
+            self.h
+                .keypair_create_limited(a.kek.as_deref(), a.label, a.on_token, alg, &limits)?;
         if let Some(mode) = a.ssh.filter(|m| *m != SshMode::Off) {
             self.h
                 .keypair_set_ssh(&id.to_string(), true, mode == SshMode::Confirm)?;
@@ -597,6 +690,59 @@ impl Handler for Service {
             .h
             .keypair_set_ssh(&a.id, on, a.mode == SshMode::Confirm)?;
         self.keypair_info(&r)
+    }
+
+    fn root_add(&self, a: RootAddArgs) -> Result<wire::RootAdded, AgentError> {
+        let path = std::path::PathBuf::from(a.path.as_deref().unwrap_or("/root-add.toml"));
+        let cfg = crate::config::Config::parse(&a.config, &path).map_err(|e| {
+            let detail = match e {
+                crate::config::ConfigError::Invalid { message, .. } => message,
+                _ => "not TOML, or a key keywardd does not know (as `keywardd --config FILE` reads it)".into(),
+            };
+            AgentError::invalid("config", Problem::BadConfig(detail))
+        })?;
+        let new = crate::root::from_config(&cfg.root)?;
+        let r = self.h.root_add(new.as_ref(), &a.pin, a.label)?;
+        Ok(wire::RootAdded {
+            id: r.id.to_string(),
+            created: r.created,
+            wrapped: r.wrapped as u64,
+        })
+    }
+
+    fn root_list(&self, a: ListArgs) -> Result<RootPage, AgentError> {
+        let (limit, after) = page_request(a.limit, a.after.as_deref())?;
+        let (page, own) = self.h.root_page(
+            after.as_ref(),
+            &PageSize {
+                limit,
+                bytes: PAGE_BYTES,
+                size: None,
+            },
+        )?;
+        Ok(RootPage {
+            roots: page
+                .records
+                .iter()
+                .map(|r| RootEntry {
+                    id: r.id.to_string(),
+                    scheme: r.scheme.clone(),
+                    label: r.label.clone(),
+                    locator: r.locator.clone(),
+                    created: r.created,
+                    current: own == Some(r.id),
+                })
+                .collect(),
+            next: page.next.map(|c| c.to_text()),
+        })
+    }
+
+    fn root_remove(&self, a: IdArgs) -> Result<Deleted, AgentError> {
+        let gone = self.h.root_remove(&a.id)?;
+        Ok(Deleted {
+            id: gone.to_string(),
+            deleted: true,
+        })
     }
 
     fn keypair_delete(&self, a: IdArgs) -> Result<Deleted, AgentError> {
@@ -686,6 +832,66 @@ impl Handler for Service {
             plaintext: SecretBytes::from(pt),
             sender,
             sender_name,
+        })
+    }
+
+    // ---- recovery (recovery.rs) ----
+
+    fn recovery_hold(&self, a: RecoveryHoldArgs) -> Result<HeldShareInfo, AgentError> {
+        self.h.recovery_hold(&a.share).map(held_info)
+    }
+
+    fn recovery_release(&self, a: RecoveryReleaseArgs) -> Result<ReleasedShareResult, AgentError> {
+        let (released, facts) = self.h.recovery_release(&a.id, &a.to)?;
+        Ok(ReleasedShareResult {
+            id: facts.id.to_string(),
+            index: facts.hint.index,
+            recovery: facts.recovery.to_did_key(),
+            released: serde_bytes::ByteBuf::from(released),
+        })
+    }
+
+    fn recovery_delete(&self, a: IdArgs) -> Result<Deleted, AgentError> {
+        let gone = self.h.recovery_delete(&a.id)?;
+        Ok(Deleted {
+            id: gone.to_string(),
+            deleted: true,
+        })
+    }
+
+    fn recovery_held(&self, a: ListArgs) -> Result<KeyList, AgentError> {
+        list_page(a.limit, a.after.as_deref(), key_info, |after, size| {
+            self.h.recovery_held_page(after, size)
+        })
+    }
+
+    fn recovery_enroll(&self, a: RecoveryEnrollArgs) -> Result<EnrolledRecovery, AgentError> {
+        let key = keyward_identity::PublicKey::from_sec1_bytes(&a.public_key)
+            .map_err(|e| AgentError::invalid("public_key", Problem::NotP256Point(e)))?;
+        let e = self.h.recovery_enroll(&key)?;
+        Ok(EnrolledRecovery {
+            id: e.id.to_string(),
+            recovery: e.recovery.to_did_key(),
+            keks: e.keks,
+        })
+    }
+
+    fn recovery_restore(&self, a: RecoveryRestoreArgs) -> Result<RestoredResult, AgentError> {
+        const LEN: usize = keyward_recovery::SECRET_LEN;
+        if a.secret.expose().len() != LEN {
+            return Err(AgentError::invalid(
+                "secret",
+                Problem::Length { expected: LEN },
+            ));
+        }
+        let mut bytes = zeroize::Zeroizing::new([0u8; LEN]);
+        bytes.copy_from_slice(a.secret.expose());
+        let secret = keyward_recovery::RecoverySecret::from_bytes(*bytes);
+        let r = self.h.recovery_restore(&secret, &a.pin)?;
+        Ok(RestoredResult {
+            root: r.root.to_string(),
+            keks: r.keks,
+            absent_roots: r.absent_roots.iter().map(|i| i.to_string()).collect(),
         })
     }
 

@@ -31,6 +31,7 @@ impl Hierarchy {
             return Err(AgentError::WrongKey(WrongKey::PersonalDek { id: rec.id }));
         }
         let kek = self.parent_kek(rec)?;
+        self.permit(rec, crate::limits::Usage::Share)?;
         let wrapped = self.wrapped(rec)?;
         self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))
     }
@@ -59,6 +60,7 @@ impl Hierarchy {
         };
         let raw = self.sharing_dek_bytes(&rec)?;
         let sender_rec = self.choose_keypair(from)?;
+        self.permit(&sender_rec, crate::limits::Usage::Share)?;
         let sender = self.unwrap_keypair(&sender_rec)?;
         let bytes: [u8; 32] = raw.as_slice().try_into().map_err(|_| {
             let (len, expected) = (raw.len(), 32);
@@ -145,6 +147,7 @@ impl Hierarchy {
                 key: *share.recipient(),
             })
         })?;
+        self.permit(&mine, crate::limits::Usage::Decrypt)?;
         let me = self.unwrap_keypair(&mine)?;
         let opened = share.open(&me, expected.as_ref()).map_err(|e| match e {
             ShareError::UnexpectedSender { .. } | ShareError::DecryptFailed => {

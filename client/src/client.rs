@@ -462,6 +462,11 @@ impl Client {
     }
 
     /// Refuse decryption below `min_version`.
+    /// Narrow a DEK's or keypair's usage limits (`key.limits`).
+    pub async fn key_limits(&self, args: &KeyLimitsArgs) -> Result<KeyInfo, ClientError> {
+        self.call::<op::KeyLimits>(args).await
+    }
+
     pub async fn dek_min_version(
         &self,
         id: &str,
@@ -485,7 +490,72 @@ impl Client {
 
     /// A new KEK version, every child rewrapped under it.
     pub async fn kek_rotate(&self, id: &str) -> Result<KekRotated, ClientError> {
-        self.call::<op::KekRotate>(&IdArgs { id: id.into() }).await
+        self.kek_rotate_dropping(id, &[]).await
+    }
+
+    /// [`Client::kek_rotate`], removing the enrolled roots `drop_roots` first (`--drop-root`).
+    pub async fn kek_rotate_dropping(
+        &self,
+        id: &str,
+        drop_roots: &[String],
+    ) -> Result<KekRotated, ClientError> {
+        self.call::<op::KekRotate>(&KekRotateArgs {
+            id: id.into(),
+            drop_roots: drop_roots.to_vec(),
+        })
+        .await
+    }
+
+    /// Enroll the root the configuration text `config` describes in its `[root]` (`path`: the
+    /// file's absolute path, for its relative paths), with that root's PIN.
+    pub async fn root_add(
+        &self,
+        config: String,
+        path: Option<String>,
+        pin: Pin,
+        label: Option<String>,
+    ) -> Result<RootAdded, ClientError> {
+        self.call::<op::RootAdd>(&RootAddArgs {
+            config,
+            path,
+            pin,
+            label,
+        })
+        .await
+    }
+
+    /// One page of the enrolled roots.
+    pub async fn root_list_page(&self, page: ListArgs) -> Result<RootPage, ClientError> {
+        self.call::<op::RootList>(&page).await
+    }
+
+    /// Every enrolled root (all pages from `after`).
+    pub async fn root_list(&self, mut after: Option<String>) -> Result<RootPage, ClientError> {
+        let mut roots = Vec::new();
+        loop {
+            let p = self
+                .root_list_page(ListArgs {
+                    limit: None,
+                    after: after.take(),
+                })
+                .await?;
+            if p.next.is_some() && p.roots.is_empty() {
+                return Err(ClientError::Protocol {
+                    op: "root.list".into(),
+                    detail: "an empty page with a next cursor".into(),
+                });
+            }
+            roots.extend(p.roots);
+            match p.next {
+                Some(next) => after = Some(next),
+                None => return Ok(RootPage { roots, next: None }),
+            }
+        }
+    }
+
+    /// Remove an enrolled root.
+    pub async fn root_remove(&self, id: &str) -> Result<Deleted, ClientError> {
+        self.call::<op::RootRemove>(&IdArgs { id: id.into() }).await
     }
 
     /// Revoke a KEK (and every key under it).
@@ -715,6 +785,61 @@ impl Client {
     pub async fn random(&self, len: u32) -> Result<Vec<u8>, ClientError> {
         let r = self.call::<op::Random>(&RandomArgs { len }).await?;
         Ok(r.bytes.into_vec())
+    }
+
+    // ---- recovery ----
+
+    /// Hold a recovery share (CBOR) sealed to one of the agent's keypairs.
+    pub async fn recovery_hold(&self, share: &[u8]) -> Result<HeldShareInfo, ClientError> {
+        let args = RecoveryHoldArgs {
+            share: serde_bytes::ByteBuf::from(share.to_vec()),
+        };
+        self.call::<op::RecoveryHold>(&args).await
+    }
+
+    /// Release held share `id` to the owner's request key `to` (did:key).
+    pub async fn recovery_release(
+        &self,
+        id: &str,
+        to: &str,
+    ) -> Result<ReleasedShareResult, ClientError> {
+        let args = RecoveryReleaseArgs {
+            id: id.into(),
+            to: to.into(),
+        };
+        self.call::<op::RecoveryRelease>(&args).await
+    }
+
+    /// Forget held recovery share `id`.
+    pub async fn recovery_delete(&self, id: &str) -> Result<Deleted, ClientError> {
+        self.call::<op::RecoveryDelete>(&IdArgs { id: id.into() })
+            .await
+    }
+
+    /// One page of the recovery shares the agent holds for others.
+    pub async fn recovery_held_page(&self, page: ListArgs) -> Result<KeyList, ClientError> {
+        self.call::<op::RecoveryHeld>(&page).await
+    }
+
+    /// Enroll a recovery public key (SEC1): every KEK is wrapped to it.
+    pub async fn recovery_enroll(
+        &self,
+        public_key: &[u8],
+    ) -> Result<EnrolledRecovery, ClientError> {
+        let args = RecoveryEnrollArgs {
+            public_key: serde_bytes::ByteBuf::from(public_key.to_vec()),
+        };
+        self.call::<op::RecoveryEnroll>(&args).await
+    }
+
+    /// Restore onto a fresh token with the recovery secret (32 bytes).
+    pub async fn recovery_restore(
+        &self,
+        secret: SecretBytes,
+        pin: Pin,
+    ) -> Result<RestoredResult, ClientError> {
+        self.call::<op::RecoveryRestore>(&RecoveryRestoreArgs { secret, pin })
+            .await
     }
 }
 

@@ -33,6 +33,8 @@ pub enum KeypairCmd {
         /// Offer it on the SSH-agent socket (`keyward ssh env`); see `keypair ssh`.
         #[arg(long)]
         ssh: bool,
+        #[command(flatten)]
+        limits: crate::limits_cmds::LimitOpts,
     },
     /// Import an RSA private key (PKCS#1 or PKCS#8 PEM) for Cryppo Rsa4096 shares.
     Import {
@@ -60,6 +62,8 @@ pub enum KeypairCmd {
     /// A keypair's X.509 certificate (shown by the PKCS#11 module as a certificate object).
     #[command(subcommand)]
     Cert(CertCmd),
+    /// Narrow a keypair's usage limits (--usage subset, --confirm, an earlier --not-after).
+    Limit(crate::limits_cmds::LimitCmd),
 }
 
 #[derive(Subcommand)]
@@ -336,6 +340,7 @@ fn keypair_json(k: &KeyInfo) -> Result<(serde_json::Value, String), Failure> {
         k.state,
     );
     text.push_str(&crate::ssh_cmds::show_lines(k));
+    text.push_str(&crate::limits_cmds::limits_text(k));
     Ok((j, text))
 }
 
@@ -347,6 +352,7 @@ pub async fn keypair(c: &Client, cmd: &KeypairCmd) -> Result<Out, Failure> {
             on_token,
             alg,
             ssh,
+            limits,
         } => {
             let args = KeypairCreateArgs {
                 kek: kek.clone(),
@@ -354,6 +360,7 @@ pub async fn keypair(c: &Client, cmd: &KeypairCmd) -> Result<Out, Failure> {
                 on_token: *on_token,
                 alg: alg.clone(),
                 ssh: ssh.then_some(keyward_client::proto::ops::SshMode::On),
+                limits: limits.spec(),
             };
             created(c.keypair_create(&args).await?.id)
         }
@@ -378,6 +385,7 @@ pub async fn keypair(c: &Client, cmd: &KeypairCmd) -> Result<Out, Failure> {
             out(text, j)
         }
         KeypairCmd::Ssh(cmd) => crate::ssh_cmds::keypair_ssh(c, cmd).await?,
+        KeypairCmd::Limit(cmd) => crate::limits_cmds::limit(c, cmd).await?,
         KeypairCmd::Revoke { id } => crate::revoked_out(c.keypair_revoke(id).await?),
         KeypairCmd::Delete { id } => {
             let r = c.keypair_delete(id).await?;

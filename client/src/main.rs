@@ -8,7 +8,7 @@
 
 use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use keyward_client::proto::ops::{DekCreateArgs, DekListArgs, Purpose, RootKind};
+use keyward_client::proto::ops::{DekCreateArgs, DekListArgs, ListArgs, Purpose, RootKind};
 use keyward_client::proto::secret::Pin;
 use keyward_client::Client;
 use serde_json::{json, Value};
@@ -21,7 +21,10 @@ mod cli;
 mod cryppo;
 mod doctor;
 mod identity_cmds;
+mod limits_cmds;
 mod policy_cmds;
+mod qr;
+mod recovery_cmds;
 mod ssh_cmds;
 mod stream_cmds;
 
@@ -71,6 +74,9 @@ enum Command {
     /// Key-encryption keys.
     #[command(subcommand)]
     Kek(KekCmd),
+    /// The roots every KEK is wrapped under (a backup token, a card, the recovery root).
+    #[command(subcommand)]
+    Root(RootCmd),
     /// Data-encryption keys.
     #[command(subcommand)]
     Dek(DekCmd),
@@ -137,6 +143,9 @@ enum Command {
     /// The agent's audit log: `audit show` prints it, `audit verify` checks its chain.
     #[command(subcommand)]
     Audit(audit_cmds::AuditCmd),
+    /// Offline and social recovery: the recovery words, trustees' shares, restore.
+    #[command(subcommand)]
+    Recovery(recovery_cmds::RecoveryCmd),
 }
 
 #[derive(Subcommand)]
@@ -273,7 +282,36 @@ enum KekCmd {
     /// Revoke a KEK and every key under it: final; every use afterwards is refused.
     Revoke { id: String },
     /// Make a new version of a KEK and rewrap every key under it; prints the new version.
-    Rotate { id: String },
+    /// The new version is wrapped under every enrolled root.
+    Rotate {
+        id: String,
+        /// Remove this enrolled root first (an absent AES or soft root that would otherwise
+        /// refuse the rotation); repeatable.
+        #[arg(long = "drop-root", value_name = "ROOT_ID")]
+        drop_root: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RootCmd {
+    /// Enroll the root FILE's `[root]` describes (a keywardd configuration): make the root on
+    /// that token if it has none, and wrap every KEK under it. Asks for that token's PIN.
+    Add {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[command(flatten)]
+        pin: PinOpt,
+        /// A label for `root list` (default: the token's description).
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// List the enrolled roots (every page, or one with --limit); `*` marks the agent's own.
+    List {
+        #[command(flatten)]
+        page: cli::PageOpts,
+    },
+    /// Remove an enrolled root and every KEK wrap under it (not the agent's own, not the last).
+    Remove { id: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -291,11 +329,13 @@ enum DekCmd {
         kek: Option<String>,
         #[arg(long, value_enum, default_value = "personal")]
         purpose: PurposeArg,
-        /// Allow `dek export` of this key (fixed at creation).
+        /// Allow `dek export` of this key (fixed at creation; shorthand for `--usage` export).
         #[arg(long)]
         exportable: bool,
         #[arg(long)]
         label: Option<String>,
+        #[command(flatten)]
+        limits: limits_cmds::LimitOpts,
     },
     /// List DEKs, optionally under one KEK (every page, or one with --limit).
     List {
@@ -320,6 +360,8 @@ enum DekCmd {
     MinVersion { id: String, n: u32 },
     /// Revoke a DEK: final; every use afterwards is refused.
     Revoke { id: String },
+    /// Narrow a DEK's usage limits (--usage subset, --confirm, an earlier --not-after).
+    Limit(limits_cmds::LimitCmd),
 }
 
 fn read_pin(opt: &PinOpt, prompt: &str) -> Result<Pin, Failure> {
@@ -358,6 +400,11 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         Command::Ssh(cmd) => return ssh_cmds::ssh(cli.socket.clone(), cmd).await,
         Command::Backup(cmd) => return backup_cmd(cli, cmd).await.map(Some),
         Command::Policy(cmd) => return policy_cmds::policy(cmd).map(Some),
+        Command::Recovery(cmd) => {
+            return recovery_cmds::run(cli.socket.clone(), cmd, cli.json)
+                .await
+                .map(Some)
+        }
         _ => {}
     }
     let path = keyward_client::proto::paths::socket_path(cli.socket.clone());
@@ -441,8 +488,9 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             cli::list_out(&r, key_table(&r.keys))
         }
         Command::Kek(KekCmd::Revoke { id }) => revoked_out(c.kek_revoke(id).await?),
-        Command::Kek(KekCmd::Rotate { id }) => {
-            let r = c.kek_rotate(id).await?;
+        Command::Root(cmd) => root_cmd(&c, cmd).await?,
+        Command::Kek(KekCmd::Rotate { id, drop_root }) => {
+            let r = c.kek_rotate_dropping(id, drop_root).await?;
             eprintln!(
                 "keyward: KEK {}: {} wrapped keys moved to version {}",
                 r.id, r.rewrapped, r.version
@@ -455,8 +503,10 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         Command::Dek(DekCmd::Show { id }) => {
             let k = c.dek_show(id).await?;
             let v = serde_json::to_value(&k).map_err(|e| e.to_string())?;
-            out(cli::dek_table(std::slice::from_ref(&k)), v)
+            let text = cli::dek_table(std::slice::from_ref(&k)) + &limits_cmds::limits_text(&k);
+            out(text, v)
         }
+        Command::Dek(DekCmd::Limit(cmd)) => limits_cmds::limit(&c, cmd).await?,
         Command::Dek(DekCmd::Rotate { id }) => {
             let r = c.dek_rotate(id).await?;
             out(
@@ -494,6 +544,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             purpose,
             exportable,
             label,
+            limits,
         }) => {
             let args = DekCreateArgs {
                 kek: kek.clone(),
@@ -503,6 +554,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
                 },
                 exportable: *exportable,
                 label: label.clone(),
+                limits: limits.spec(),
             };
             let r = c.dek_create(&args).await?;
             out(format!("{}\n", r.id), json!({"id": r.id}))
@@ -559,6 +611,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         | Command::Doctor { .. }
         | Command::Policy(_)
         | Command::Audit(_)
+        | Command::Recovery(_)
         | Command::Backup(_) => {
             return Err("internal: offline command reached the agent path"
                 .to_string()
@@ -574,6 +627,75 @@ pub(crate) fn revoked_out(r: keyward_client::proto::ops::Revoked) -> Out {
         text.push_str(&format!("revoked {id}\n"));
     }
     out(text, json!({"id": r.id, "revoked": r.revoked}))
+}
+
+/// `keyward root add|list|remove`.
+async fn root_cmd(c: &Client, cmd: &RootCmd) -> Result<Out, Failure> {
+    match cmd {
+        RootCmd::Add { config, pin, label } => {
+            let text = std::fs::read_to_string(config)
+                .map_err(|e| format!("reading {}: {e}", config.display()))?;
+            let path = std::fs::canonicalize(config)
+                .ok()
+                .map(|p| p.display().to_string());
+            let pin = read_pin(
+                pin,
+                "PIN of the root to enroll (its token's PIN, or passphrase): ",
+            )?;
+            let r = c.root_add(text, path, pin, label.clone()).await?;
+            eprintln!(
+                "keyward: root {} enrolled ({}); {} KEKs wrapped under it",
+                r.id,
+                if r.created {
+                    "made on its token now"
+                } else {
+                    "found on its token"
+                },
+                r.wrapped
+            );
+            Ok(out(
+                format!("{}\n", r.id),
+                serde_json::to_value(&r).map_err(|e| e.to_string())?,
+            ))
+        }
+        RootCmd::List { page } => {
+            let r = match page.limit {
+                Some(limit) => {
+                    c.root_list_page(ListArgs {
+                        limit: Some(limit),
+                        after: page.after.clone(),
+                    })
+                    .await?
+                }
+                None => c.root_list(page.after.clone()).await?,
+            };
+            let mut text = String::new();
+            for e in &r.roots {
+                text.push_str(&format!(
+                    "{} {}  {:<15} {}  {}\n",
+                    if e.current { "*" } else { " " },
+                    e.id,
+                    e.scheme,
+                    e.label.as_deref().unwrap_or("-"),
+                    e.locator.as_deref().unwrap_or("-"),
+                ));
+            }
+            if let Some(next) = &r.next {
+                eprintln!("more roots: --after {next}");
+            }
+            Ok(out(
+                text,
+                serde_json::to_value(&r).map_err(|e| e.to_string())?,
+            ))
+        }
+        RootCmd::Remove { id } => {
+            let r = c.root_remove(id).await?;
+            Ok(out(
+                format!("removed {}\n", r.id),
+                json!({"id": r.id, "deleted": r.deleted}),
+            ))
+        }
+    }
 }
 
 /// The keystore the agent on the socket serves, if an agent answers.

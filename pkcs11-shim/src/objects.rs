@@ -88,6 +88,21 @@ pub struct Object {
     pub public: Vec<u8>,
     /// The private key lives on the token (`pkcs11-token` scheme): never extractable, no ECDH.
     pub on_token: bool,
+    /// The key's usage limits as the agent reported them (`KeyInfo::usage`, `not_after`).
+    pub limits: Limits,
+}
+
+/// What a key's usage limits refuse, shown as `CKA_SIGN`, `CKA_ENCRYPT`, `CKA_DECRYPT`,
+/// `CKA_DERIVE` and `CKA_END_DATE`. The default (an agent before limits) refuses nothing. The
+/// agent enforces the limits itself; the module only refuses early, at `C_*Init`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub no_sign: bool,
+    pub no_encrypt: bool,
+    pub no_decrypt: bool,
+    pub no_derive: bool,
+    /// `CKA_END_DATE` (`CK_DATE`, `YYYYMMDD`) from the key's not-after.
+    pub end_date: Option<[u8; 8]>,
 }
 
 /// One attribute as read for a caller.
@@ -170,11 +185,21 @@ impl Object {
     }
 
     pub fn can_sign(&self) -> bool {
-        matches!(self.kind, Kind::Private(_))
+        matches!(self.kind, Kind::Private(_)) && !self.limits.no_sign
     }
 
     pub fn can_derive(&self) -> bool {
-        matches!(self.kind, Kind::Private(Curve::P256)) && !self.on_token
+        matches!(self.kind, Kind::Private(Curve::P256)) && !self.on_token && !self.limits.no_derive
+    }
+
+    /// A DEK's `CKA_ENCRYPT` (`encrypt`) or `CKA_DECRYPT` (`!encrypt`).
+    pub fn can_crypt(&self, encrypt: bool) -> bool {
+        matches!(self.kind, Kind::Dek { .. })
+            && !(if encrypt {
+                self.limits.no_encrypt
+            } else {
+                self.limits.no_decrypt
+            })
     }
 
     fn ec_params(&self) -> Option<&'static [u8]> {
@@ -229,7 +254,8 @@ impl Object {
         // Key attributes, common to every object here (they are all keys).
         let key = match t {
             CKA_ID => Some(self.ck_id.clone()),
-            CKA_START_DATE | CKA_END_DATE => Some(Vec::new()),
+            CKA_START_DATE => Some(Vec::new()),
+            CKA_END_DATE => Some(self.limits.end_date.map(Vec::from).unwrap_or_default()),
             CKA_LOCAL => Some(bool_(!matches!(self.kind, Kind::Derived { .. }))),
             CKA_KEY_GEN_MECHANISM => Some(ulong(match &self.kind {
                 Kind::Private(Curve::P256) | Kind::Public(Curve::P256) => CKM_EC_KEY_PAIR_GEN,
@@ -253,7 +279,7 @@ impl Object {
         }
         match &self.kind {
             Kind::Private(_) => match t {
-                CKA_SIGN => Bytes(bool_(true)),
+                CKA_SIGN => Bytes(bool_(self.can_sign())),
                 CKA_SIGN_RECOVER
                 | CKA_DECRYPT
                 | CKA_UNWRAP
@@ -278,7 +304,8 @@ impl Object {
                 _ => Invalid,
             },
             Kind::Dek { exportable } => match t {
-                CKA_ENCRYPT | CKA_DECRYPT => Bytes(bool_(true)),
+                CKA_ENCRYPT => Bytes(bool_(self.can_crypt(true))),
+                CKA_DECRYPT => Bytes(bool_(self.can_crypt(false))),
                 CKA_SIGN
                 | CKA_VERIFY
                 | CKA_WRAP
@@ -381,6 +408,7 @@ mod tests {
             label: "d".into(),
             public: vec![],
             on_token: false,
+            limits: Limits::default(),
         }
     }
 
@@ -402,6 +430,30 @@ mod tests {
         assert_eq!(r[2], Read::Unavailable(CKR_ATTRIBUTE_TYPE_INVALID));
         assert_eq!(r[3], Read::Unavailable(CKR_BUFFER_TOO_SMALL));
         assert_eq!(r[4], Read::Copy(vec![1; 16]));
+    }
+
+    #[test]
+    fn usage_limits_show_as_attributes() {
+        let mut d = dek();
+        assert_eq!(d.attr(CKA_ENCRYPT), Value::Bytes(bool_(true)));
+        assert_eq!(d.attr(CKA_END_DATE), Value::Bytes(Vec::new()));
+        d.limits = Limits {
+            no_encrypt: true,
+            end_date: Some(*b"20310506"),
+            ..Limits::default()
+        };
+        assert_eq!(d.attr(CKA_ENCRYPT), Value::Bytes(bool_(false)));
+        assert_eq!(d.attr(CKA_DECRYPT), Value::Bytes(bool_(true)));
+        assert_eq!(d.attr(CKA_END_DATE), Value::Bytes(b"20310506".to_vec()));
+        assert!(!d.can_crypt(true) && d.can_crypt(false));
+        let mut k = dek();
+        k.kind = Kind::Private(Curve::P256);
+        assert!(k.can_sign() && k.can_derive());
+        k.limits.no_sign = true;
+        k.limits.no_derive = true;
+        assert!(!k.can_sign() && !k.can_derive());
+        assert_eq!(k.attr(CKA_SIGN), Value::Bytes(bool_(false)));
+        assert_eq!(k.attr(CKA_DERIVE), Value::Bytes(bool_(false)));
     }
 
     #[test]

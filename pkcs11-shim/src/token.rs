@@ -356,6 +356,28 @@ pub fn module() -> R<Arc<Module>> {
     }
 }
 
+/// A key's usage limits as the module shows them (no `usage` reported: the kind's defaults,
+/// which refuse nothing the module offers).
+fn limits_of(k: &wire::KeyInfo) -> objects::Limits {
+    let usage = k.usage_or_default();
+    let lacks = |u| !usage.contains(&u);
+    objects::Limits {
+        no_sign: lacks(wire::Usage::Sign),
+        no_encrypt: lacks(wire::Usage::Encrypt),
+        no_decrypt: lacks(wire::Usage::Decrypt),
+        no_derive: lacks(wire::Usage::Derive),
+        end_date: k.not_after.map(|t| {
+            let text = keyward_proto::rfc3339::format(t);
+            let b = text.as_bytes();
+            let mut d = [b'0'; 8];
+            d[..4].copy_from_slice(&b[0..4]);
+            d[4..6].copy_from_slice(&b[5..7]);
+            d[6..8].copy_from_slice(&b[8..10]);
+            d
+        }),
+    }
+}
+
 /// The agent's refusal as a PKCS#11 code.
 pub fn code_rv(code: ErrorCode) -> CK_RV {
     match code {
@@ -366,9 +388,11 @@ pub fn code_rv(code: ErrorCode) -> CK_RV {
         // The agent's own PIN prompt (a NULL-PIN `C_Login`) was cancelled.
         ErrorCode::Cancelled => CKR_FUNCTION_CANCELED,
         ErrorCode::NotFound => CKR_OBJECT_HANDLE_INVALID,
-        ErrorCode::WrongKey | ErrorCode::KeyInactive | ErrorCode::NotExportable => {
-            CKR_KEY_FUNCTION_NOT_PERMITTED
-        }
+        ErrorCode::WrongKey
+        | ErrorCode::KeyInactive
+        | ErrorCode::NotExportable
+        | ErrorCode::UsageDenied
+        | ErrorCode::KeyExpired => CKR_KEY_FUNCTION_NOT_PERMITTED,
         ErrorCode::DecryptFailed => CKR_ENCRYPTED_DATA_INVALID,
         ErrorCode::VerifyFailed => CKR_SIGNATURE_INVALID,
         ErrorCode::InvalidArgs => CKR_ARGUMENTS_BAD,
@@ -683,6 +707,7 @@ impl Module {
                 label,
                 public,
                 on_token: k.scheme == "pkcs11-token",
+                limits: limits_of(k),
             };
             let mut public = base.clone();
             public.kind = Kind::Public(curve);
@@ -711,6 +736,7 @@ impl Module {
                         .unwrap_or_else(|| format!("dek {}", &k.id[..8.min(k.id.len())])),
                     public: Vec::new(),
                     on_token: false,
+                    limits: limits_of(k),
                 },
             ));
         }
@@ -826,7 +852,8 @@ impl Module {
         let o = st.key(key)?.clone();
         let curve = o.curve().ok_or(CKR_KEY_TYPE_INCONSISTENT)?;
         match (&o.kind, sign) {
-            (Kind::Private(_), true) | (Kind::Public(_), false) => {}
+            (Kind::Private(_), true) if o.can_sign() => {}
+            (Kind::Public(_), false) => {}
             _ => return Err(CKR_KEY_FUNCTION_NOT_PERMITTED),
         }
         match (&mech, curve) {
@@ -1070,6 +1097,10 @@ impl Module {
         if !matches!(o.kind, Kind::Dek { .. }) {
             return Err(CKR_KEY_TYPE_INCONSISTENT);
         }
+        // The DEK's usage limits (CKA_ENCRYPT / CKA_DECRYPT); the agent checks them too.
+        if !o.can_crypt(encrypt) {
+            return Err(CKR_KEY_FUNCTION_NOT_PERMITTED);
+        }
         if iv.len() != 12 || tag_bits % 8 != 0 || !(32..=128).contains(&tag_bits) {
             return Err(CKR_MECHANISM_PARAM_INVALID);
         }
@@ -1295,6 +1326,7 @@ impl Module {
             label: d.label,
             public: Vec::new(),
             on_token: false,
+            limits: objects::Limits::default(),
         };
         let mut st = self.st();
         st.session(h)?;

@@ -91,6 +91,18 @@ pub enum ErrorCode {
     /// The agent's audit log cannot be written (disk full, read-only, removed) and the config
     /// requires it (`[audit] required`, the default): key operations are refused until it can.
     AuditUnavailable,
+    /// The agent knows the operation but this build cannot carry it out yet (a feature that
+    /// depends on work not in this version, e.g. recovery enrollment before several roots per
+    /// KEK). Nothing was changed.
+    NotAvailable,
+    /// The key's usage limits do not allow this use (`--usage`), or its confirmation was not
+    /// given. The message names the key and the usage.
+    UsageDenied,
+    /// The key's `not_after` has passed: it is refused for every use.
+    KeyExpired,
+    /// `key.limits` asked to widen a key's limits (add a usage, drop confirmation, a later or
+    /// no `not_after`): limits only narrow.
+    LimitsWidened,
     /// A code this client does not know (from a newer agent).
     #[serde(other)]
     Unknown,
@@ -134,6 +146,10 @@ impl ErrorCode {
             ErrorCode::PromptUnavailable => "prompt_unavailable",
             ErrorCode::PolicyDenied => "policy_denied",
             ErrorCode::AuditUnavailable => "audit_unavailable",
+            ErrorCode::NotAvailable => "not_available",
+            ErrorCode::UsageDenied => "usage_denied",
+            ErrorCode::KeyExpired => "key_expired",
+            ErrorCode::LimitsWidened => "limits_widened",
             ErrorCode::Unknown => "unknown",
         }
     }

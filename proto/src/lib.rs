@@ -17,6 +17,7 @@ pub mod limits;
 pub mod message;
 pub mod ops;
 pub mod paths;
+pub mod rfc3339;
 pub mod secret;
 mod table;
 

@@ -153,11 +153,85 @@ pub struct DekCreateArgs {
     pub kek: Option<String>,
     #[serde(default)]
     pub purpose: Purpose,
-    /// Whether `dek.export` may ever hand this key out. Fixed at creation.
+    /// Whether `dek.export` may ever hand this key out. Fixed at creation (shorthand for
+    /// `export` in `limits.usage`).
     #[serde(default)]
     pub exportable: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Usage limits (README "Key usage limits"); absent: the kind's default usages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<KeyLimitsSpec>,
+}
+
+/// What a key may be used for (`--usage`). Which operations need which usage: README
+/// "Key usage limits".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Usage {
+    Encrypt,
+    Decrypt,
+    Sign,
+    Derive,
+    Export,
+    Share,
+}
+
+impl Usage {
+    pub const ALL: [Usage; 6] = [
+        Usage::Encrypt,
+        Usage::Decrypt,
+        Usage::Sign,
+        Usage::Derive,
+        Usage::Export,
+        Usage::Share,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Usage::Encrypt => "encrypt",
+            Usage::Decrypt => "decrypt",
+            Usage::Sign => "sign",
+            Usage::Derive => "derive",
+            Usage::Export => "export",
+            Usage::Share => "share",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Usage> {
+        Usage::ALL.into_iter().find(|u| u.as_str() == s)
+    }
+}
+
+/// Usage limits given when a DEK or keypair is created (`dek.create`, `keypair.create`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimitsSpec {
+    /// The usages allowed (absent: the kind's default set; `exportable` adds `export`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Vec<Usage>>,
+    /// Every use is confirmed by the user first (pinentry CONFIRM; SSH: the door's confirm).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirm: bool,
+    /// RFC 3339 date-time after which the key is refused (`key_expired`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+}
+
+/// `key.limits` arguments: narrow a DEK's or keypair's limits. Absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyLimitsArgs {
+    pub id: String,
+    /// The new usage set: it must be a subset of the current one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Vec<Usage>>,
+    /// `true` adds confirmation; `false` on a key that has it is widening (refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<bool>,
+    /// RFC 3339; no later than a date already set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
 }
 
 /// The most keys one page of a list may be asked for (`limit`).
@@ -260,6 +334,40 @@ pub struct KeyInfo {
     /// (absent: 1). `version` is the newest, which new ciphertexts use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_version: Option<u32>,
+    /// DEKs and keypairs with stored usage limits: what the key may be used for. Absent: the
+    /// kind's default set ([`KeyInfo::usage_or_default`]), as for every key made before limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Vec<Usage>>,
+    /// Every use is confirmed by the user first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirm: bool,
+    /// Unix seconds after which the key is refused (`key_expired`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<u64>,
+}
+
+impl KeyInfo {
+    /// What the key may be used for: `usage` when the agent reported limits, else the kind's
+    /// default (DEKs: encrypt, decrypt, derive, share, and export when exportable; keypairs:
+    /// sign, decrypt, derive, share; other kinds: none). The agent's `limits::default_usage`
+    /// is the same table.
+    pub fn usage_or_default(&self) -> Vec<Usage> {
+        if let Some(u) = &self.usage {
+            return u.clone();
+        }
+        match self.kind.as_str() {
+            "dek" => {
+                let mut u = vec![Usage::Encrypt, Usage::Decrypt, Usage::Derive];
+                if self.exportable {
+                    u.push(Usage::Export);
+                }
+                u.push(Usage::Share);
+                u
+            }
+            "keypair" => vec![Usage::Decrypt, Usage::Sign, Usage::Derive, Usage::Share],
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// Whether a keypair is offered on the SSH-agent socket.
@@ -380,6 +488,9 @@ pub struct KeypairCreateArgs {
     /// Offer the new keypair on the SSH-agent socket (`on` or `confirm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh: Option<SshMode>,
+    /// Usage limits (README "Key usage limits"); absent: the kind's default usages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<KeyLimitsSpec>,
 }
 
 /// `keypair.import` arguments: an RSA private key (PKCS#1 or PKCS#8 PEM), for Cryppo
@@ -693,4 +804,147 @@ pub struct AuditInfoResult {
     pub head_hash: Option<serde_bytes::ByteBuf>,
     /// The MACs of the key and head rows verified under the keystore integrity key just now.
     pub checked: bool,
+}
+
+/// `kek.rotate` arguments: the KEK, and enrolled roots to remove first (`--drop-root`: absent
+/// roots that would need their secret to receive the new version).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KekRotateArgs {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop_roots: Vec<String>,
+}
+
+/// `root.add` arguments: the text of a keywardd configuration file whose `[root]` describes the
+/// root to enroll (read by the client, so the agent needs no access to the file), and that
+/// token's PIN (or the soft root's passphrase).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootAddArgs {
+    pub config: String,
+    /// The file's absolute path: relative paths in it are resolved against its directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub pin: Pin,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// `root.add` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootAdded {
+    pub id: String,
+    /// Whether the root object was made on its token now (else one was there already).
+    pub created: bool,
+    /// KEKs (the keystore integrity KEK included) wrapped under it.
+    pub wrapped: u64,
+}
+
+/// One enrolled root (`root.list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootEntry {
+    pub id: String,
+    /// `pkcs11-aes`, `pkcs11-ec-p256`, `yubikey-p256`, `pbkdf2`, `public-p256`.
+    pub scheme: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Where the root lives (a PKCS#11 URI, `yubikey:...`, `public:recovery`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locator: Option<String>,
+    /// Unix seconds.
+    pub created: u64,
+    /// The root this agent runs on.
+    pub current: bool,
+}
+
+/// `root.list` result (`RootPage`): one page, in enrollment order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootPage {
+    pub roots: Vec<RootEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+// ---- recovery (issue 14, parts 5 and 6; README "Recovery") -----------------------------------
+
+/// `recovery.hold` arguments: a recovery share sealed to one of this agent's P-256 keypairs
+/// (the CBOR file `keyward recovery create -o DIR` wrote for this trustee).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryHoldArgs {
+    pub share: serde_bytes::ByteBuf,
+}
+
+/// What a trustee's agent knows of a share it holds (all of it signed by the recovery key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldShareInfo {
+    /// The held share's keystore id (`recovery.release` takes it).
+    pub id: String,
+    /// The owner's recovery public key, as a did:key.
+    pub recovery: String,
+    /// Which secret the share belongs to (hex).
+    pub tag: String,
+    /// This share's index (1 to N).
+    pub index: u8,
+    /// Shares needed to recover (K).
+    pub threshold: u8,
+    /// Every trustee of the split, in share order.
+    pub trustees: Vec<String>,
+    /// The keypair of this agent the share is sealed to.
+    pub keypair: String,
+}
+
+/// `recovery.release` arguments: seal held share `id` to the owner's one-time request key
+/// (`to`, a did:key the trustee checked out of band).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryReleaseArgs {
+    pub id: String,
+    pub to: String,
+}
+
+/// `recovery.release` result: the released share (CBOR) for the owner's `recovery restore`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleasedShareResult {
+    pub id: String,
+    pub index: u8,
+    pub recovery: String,
+    pub released: serde_bytes::ByteBuf,
+}
+
+/// `recovery.enroll` arguments: the recovery public key (SEC1) to wrap every KEK to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryEnrollArgs {
+    pub public_key: serde_bytes::ByteBuf,
+}
+
+/// `recovery.enroll` result: the enrolled recovery root and how many KEKs were wrapped to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrolledRecovery {
+    /// The recovery root's keystore id.
+    pub id: String,
+    /// The recovery public key, as a did:key.
+    pub recovery: String,
+    pub keks: u64,
+}
+
+/// `recovery.restore` arguments: the recovery secret (from the words or the combined shares,
+/// checked by the client) and the PIN of the fresh token the new root is made on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryRestoreArgs {
+    pub secret: SecretBytes,
+    pub pin: Pin,
+}
+
+/// `recovery.restore` result: the new root, the KEKs rewrapped under it, and the enrolled roots
+/// that are not present (for `root remove`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredResult {
+    pub root: String,
+    pub keks: u64,
+    #[serde(default)]
+    pub absent_roots: Vec<String>,
 }

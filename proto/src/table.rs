@@ -221,7 +221,29 @@ operations! {
     DekRevoke, dek_revoke, "dek.revoke": IdArgs => Revoked, Unlocked;
     KeypairRevoke, keypair_revoke, "keypair.revoke": IdArgs => Revoked, Unlocked;
     /// A new KEK version: every child rewrapped under it (journaled), the old wrap destroyed.
-    KekRotate, kek_rotate, "kek.rotate": IdArgs => KekRotated, Unlocked;
+    KekRotate, kek_rotate, "kek.rotate": KekRotateArgs => KekRotated, Unlocked;
+    // Several roots per KEK (README "Several roots").
+    /// Enroll the root a configuration's `[root]` describes; every KEK is wrapped under it.
+    RootAdd, root_add, "root.add": RootAddArgs => RootAdded, Unlocked;
+    /// The enrolled roots, one page.
+    RootList, root_list, "root.list": ListArgs => RootPage, Unlocked;
+    /// Remove an enrolled root (not the agent's own, not the last).
+    RootRemove, root_remove, "root.remove": IdArgs => Deleted, Unlocked;
+    // Recovery (README "Recovery").
+    /// Store a recovery share sealed to one of this agent's keypairs, wrapped under its KEK.
+    RecoveryHold, recovery_hold, "recovery.hold": RecoveryHoldArgs => HeldShareInfo, Unlocked;
+    /// Seal a held share to the owner's one-time request key.
+    RecoveryRelease, recovery_release, "recovery.release": RecoveryReleaseArgs => ReleasedShareResult, Unlocked;
+    /// Forget a held recovery share (its owner no longer needs it).
+    RecoveryDelete, recovery_delete, "recovery.delete": IdArgs => Deleted, Unlocked;
+    /// The recovery shares this agent holds for others (paged).
+    RecoveryHeld, recovery_held, "recovery.held": ListArgs => KeyList, Always;
+    /// Enroll a recovery public key: every existing and future KEK is wrapped to it.
+    RecoveryEnroll, recovery_enroll, "recovery.enroll": RecoveryEnrollArgs => EnrolledRecovery, Unlocked;
+    /// Restore with the recovery secret onto a fresh token (a new root; every KEK rewrapped).
+    RecoveryRestore, recovery_restore, "recovery.restore": RecoveryRestoreArgs => RestoredResult, Always;
+    /// Narrow a DEK's or keypair's usage limits (usage set, confirm, not-after).
+    KeyLimits, key_limits, "key.limits": KeyLimitsArgs => KeyInfo, Unlocked;
     /// The audit log's path, and the audit key and chain head from the keystore (for
     /// `keyward audit verify`).
     AuditInfo, audit_info, "audit.info": Empty => AuditInfoResult, Always;

@@ -37,6 +37,9 @@ fn key_info() -> KeyInfo {
         ssh_fingerprint: None,
         certificate: None,
         min_version: None,
+        usage: None,
+        confirm: false,
+        not_after: None,
     }
 }
 
@@ -98,6 +101,11 @@ fn every_request_validates() {
                     purpose: Purpose::Sharing,
                     exportable: true,
                     label: Some("x".into()),
+                    limits: Some(KeyLimitsSpec {
+                        usage: Some(vec![Usage::Decrypt, Usage::Export]),
+                        confirm: true,
+                        not_after: Some("2030-01-01T00:00:00Z".into()),
+                    }),
                 },
             ),
         ),
@@ -144,6 +152,11 @@ fn every_request_validates() {
                     on_token: true,
                     alg: Some("ed25519".into()),
                     ssh: Some(SshMode::Confirm),
+                    limits: Some(KeyLimitsSpec {
+                        usage: Some(vec![Usage::Sign]),
+                        confirm: false,
+                        not_after: None,
+                    }),
                 },
             ),
         ),
@@ -345,7 +358,43 @@ fn every_request_validates() {
             ),
         ),
         (Op::Random, req(Op::Random, &RandomArgs { len: 32 })),
-        (Op::KekRotate, req(Op::KekRotate, &IdArgs { id: ID.into() })),
+        (
+            Op::KekRotate,
+            req(
+                Op::KekRotate,
+                &KekRotateArgs {
+                    id: ID.into(),
+                    drop_roots: vec![],
+                },
+            ),
+        ),
+        (
+            Op::KekRotate,
+            req(
+                Op::KekRotate,
+                &KekRotateArgs {
+                    id: ID.into(),
+                    drop_roots: vec![ID.into()],
+                },
+            ),
+        ),
+        (
+            Op::RootAdd,
+            req(
+                Op::RootAdd,
+                &RootAddArgs {
+                    config: "[root]\nkind = \"soft\"\n".into(),
+                    path: Some("/home/u/backup.toml".into()),
+                    pin: Pin::new("123456"),
+                    label: Some("backup".into()),
+                },
+            ),
+        ),
+        (Op::RootList, req(Op::RootList, &ListArgs::default())),
+        (
+            Op::RootRemove,
+            req(Op::RootRemove, &IdArgs { id: ID.into() }),
+        ),
         (Op::DekShow, req(Op::DekShow, &IdArgs { id: ID.into() })),
         (Op::DekRotate, req(Op::DekRotate, &IdArgs { id: ID.into() })),
         (
@@ -383,6 +432,74 @@ fn every_request_validates() {
         (
             Op::KeypairRevoke,
             req(Op::KeypairRevoke, &IdArgs { id: ID.into() }),
+        ),
+        (
+            Op::RecoveryHold,
+            req(
+                Op::RecoveryHold,
+                &RecoveryHoldArgs {
+                    share: serde_bytes::ByteBuf::from(vec![0xa1; 900]),
+                },
+            ),
+        ),
+        (
+            Op::RecoveryRelease,
+            req(
+                Op::RecoveryRelease,
+                &RecoveryReleaseArgs {
+                    id: ID.into(),
+                    to: "did:key:zDnae".into(),
+                },
+            ),
+        ),
+        (
+            Op::RecoveryHeld,
+            req(Op::RecoveryHeld, &ListArgs::default()),
+        ),
+        (
+            Op::RecoveryDelete,
+            req(Op::RecoveryDelete, &IdArgs { id: ID.into() }),
+        ),
+        (
+            Op::RecoveryEnroll,
+            req(
+                Op::RecoveryEnroll,
+                &RecoveryEnrollArgs {
+                    public_key: serde_bytes::ByteBuf::from(vec![2; 33]),
+                },
+            ),
+        ),
+        (
+            Op::RecoveryRestore,
+            req(
+                Op::RecoveryRestore,
+                &RecoveryRestoreArgs {
+                    secret: keyward_proto::secret::SecretBytes::new(vec![9; 32]),
+                    pin: keyward_proto::secret::Pin::new("1234"),
+                },
+            ),
+        ),
+        (
+            Op::KeyLimits,
+            req(
+                Op::KeyLimits,
+                &KeyLimitsArgs {
+                    id: ID.into(),
+                    usage: Some(vec![Usage::Sign, Usage::Derive]),
+                    confirm: Some(true),
+                    not_after: Some("2030-01-01".into()),
+                },
+            ),
+        ),
+        (
+            Op::KeyLimits,
+            req(
+                Op::KeyLimits,
+                &KeyLimitsArgs {
+                    id: ID.into(),
+                    ..Default::default()
+                },
+            ),
         ),
     ];
     let mut seen = std::collections::HashSet::new();
@@ -441,10 +558,79 @@ fn every_response_validates() {
         ),
         Response::ok(
             1,
+            &HeldShareInfo {
+                id: ID.into(),
+                recovery: "did:key:zDnae".into(),
+                tag: "ab".repeat(32),
+                index: 2,
+                threshold: 2,
+                trustees: vec!["did:key:zDna".into(), "did:key:zDnb".into()],
+                keypair: ID.into(),
+            },
+        ),
+        Response::ok(
+            1,
+            &ReleasedShareResult {
+                id: ID.into(),
+                index: 2,
+                recovery: "did:key:zDnae".into(),
+                released: serde_bytes::ByteBuf::from(vec![0xa1; 700]),
+            },
+        ),
+        Response::ok(
+            1,
+            &EnrolledRecovery {
+                id: ID.into(),
+                recovery: "did:key:zDnae".into(),
+                keks: 3,
+            },
+        ),
+        Response::ok(
+            1,
+            &RestoredResult {
+                root: ID.into(),
+                keks: 3,
+                absent_roots: vec![ID.into()],
+            },
+        ),
+        Response::ok(
+            1,
             &KekRotated {
                 id: ID.into(),
                 version: 2,
                 rewrapped: 1000,
+            },
+        ),
+        Response::ok(
+            1,
+            &RootAdded {
+                id: ID.into(),
+                created: true,
+                wrapped: 3,
+            },
+        ),
+        Response::ok(
+            1,
+            &RootPage {
+                roots: vec![
+                    RootEntry {
+                        id: ID.into(),
+                        scheme: "pkcs11-aes".into(),
+                        label: Some("backup".into()),
+                        locator: Some("pkcs11:token=b;object=keyward-root".into()),
+                        created: 1_700_000_000,
+                        current: true,
+                    },
+                    RootEntry {
+                        id: ID.into(),
+                        scheme: "public-p256".into(),
+                        label: None,
+                        locator: None,
+                        created: 1_700_000_001,
+                        current: false,
+                    },
+                ],
+                next: Some("01000000006920b3c01f6b1a2c3d4e4f5061728394a5b6c7d8".into()),
             },
         ),
         Response::ok(
@@ -458,6 +644,13 @@ fn every_response_validates() {
             let mut k = key_info();
             k.version = 3;
             k.min_version = Some(2);
+            k
+        }),
+        Response::ok(1, &{
+            let mut k = key_info();
+            k.usage = Some(vec![Usage::Encrypt, Usage::Decrypt]);
+            k.confirm = true;
+            k.not_after = Some(1_900_000_000);
             k
         }),
         Response::ok(1, &Created { id: ID.into() }),
@@ -657,6 +850,9 @@ fn every_response_validates() {
         ErrorCode::PromptUnavailable,
         ErrorCode::PolicyDenied,
         ErrorCode::AuditUnavailable,
+        ErrorCode::UsageDenied,
+        ErrorCode::KeyExpired,
+        ErrorCode::LimitsWidened,
     ];
     for code in codes {
         let mut body = ErrorBody::new(code, "why");

@@ -33,9 +33,15 @@ mod pin;
 mod policy;
 #[path = "e2e/process.rs"]
 mod process;
+#[path = "e2e/recovery.rs"]
+mod recovery;
+#[path = "e2e/roots.rs"]
+mod roots;
 #[path = "e2e/stream.rs"]
 mod stream;
 #[path = "e2e/tamper.rs"]
 mod tamper;
+#[path = "e2e/usage_limits.rs"]
+mod usage_limits;
 #[path = "e2e/wire.rs"]
 mod wire;

@@ -320,13 +320,21 @@ impl SshKeys {
             if !rec.ssh.has(SshFlags::OFFERED) || rec.state != KeyState::Active {
                 continue;
             }
+            // Usage limits: a keypair that may not sign (or has expired) is not offered; one
+            // whose limits ask for confirmation is confirmed by the door's own prompt.
+            let limits = crate::limits::Limits::of(&rec);
+            if !limits.usage.contains(crate::limits::Usage::Sign)
+                || limits.expired(crate::keystore::now())
+            {
+                continue;
+            }
             let Some(public) = key_data(&rec) else {
                 continue;
             };
             list.push(Arc::new(Offered {
                 public,
                 comment: rec.label.clone().unwrap_or_default(),
-                confirm: rec.ssh.has(SshFlags::CONFIRM),
+                confirm: rec.ssh.has(SshFlags::CONFIRM) || limits.confirm,
                 destinations: Vec::new(),
                 source: Source::Stored {
                     flags: rec.ssh,
@@ -397,6 +405,10 @@ impl SshKeys {
             let Source::Stored { rec, .. } = &o.source else {
                 return None;
             };
+            // An expiry that passed since the index was built: the slow path refuses it.
+            if rec.not_after.is_some() {
+                return None;
+            }
             let signer = lock(&self.cache).get(&rec.id).cloned()?;
             return Some((o, signer));
         }
@@ -430,6 +442,9 @@ impl SshKeys {
     }
 
     fn sign_stored(&self, rec: &KeyRecord, data: &[u8], flags: u32) -> Result<Signature, SshError> {
+        // Usage and expiry, in the hierarchy; a confirmation the limits ask for was given to
+        // the door's prompt (`Offered::confirm`) before this call.
+        self.h.check_limits(rec, crate::limits::Usage::Sign)?;
         let on_token = crate::root::Scheme::parse(&rec.scheme)
             .is_ok_and(crate::root::Scheme::is_token_keypair);
         if on_token {

@@ -5,6 +5,8 @@
 
   crosscheck.py words    < [{"entropy": hex, "words": "..."}]   python-mnemonic checks each phrase
   crosscheck.py vectors  < derive.json                          recomputes every published vector
+  crosscheck.py dids     < [{"words": "...", "did_key": ...}]     words -> entropy -> did:key, independently
+                                                                 (tests/tests/e2e/recovery.rs: `keyward recovery create`)
 
 Prints "ok N" and exits 0, or prints what differs and exits 1.
 """
@@ -73,7 +75,39 @@ def check_vectors(doc):
     return len(doc["vectors"])
 
 
+def check_dids(items):
+    """Each phrase's did:key recomputed from the words alone (python-mnemonic for the entropy,
+    python-cryptography for the frozen v1 derivation)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    m = Mnemonic("english")
+    for it in items:
+        if not m.check(it["words"]):
+            sys.exit("python-mnemonic rejects a phrase")
+        entropy = bytes(m.to_entropy(it["words"]))
+        counter = 0
+        while True:
+            okm = HKDF(
+                hashes.SHA256(), 32, b"keyward/recovery/v1",
+                b"keyward/recovery/v1/p256-scalar" + bytes([counter]),
+            ).derive(entropy)
+            d = int.from_bytes(okm, "big")
+            if 0 < d < N:
+                break
+            counter += 1
+        pub = ec.derive_private_key(d, ec.SECP256R1()).public_key()
+        comp = pub.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+        )
+        did = "did:key:z" + b58(bytes([0x80, 0x24]) + comp)
+        if did != it["did_key"]:
+            sys.exit(f"the words give {did}, not {it['did_key']}")
+    return len(items)
+
+
 if __name__ == "__main__":
     data = json.load(sys.stdin)
-    n = check_words(data) if sys.argv[1] == "words" else check_vectors(data)
-    print(f"ok {n}")
+    modes = {"words": check_words, "vectors": check_vectors, "dids": check_dids}
+    print(f"ok {modes[sys.argv[1]](data)}")

@@ -53,6 +53,7 @@ fn round_trip_with_the_client_library(env: &mut TestEnv) {
         purpose: Purpose::Sharing,
         exportable: false,
         label: Some("dek-one".into()),
+        limits: None,
     };
     let dek = c.run(|c| c.dek_create(&args)).unwrap().id;
     // Without naming the KEK: there is exactly one.

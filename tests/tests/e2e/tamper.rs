@@ -226,7 +226,9 @@ fn downgrade_to_v3(env: &TestEnv) {
          DELETE FROM keys WHERE kind = 'integrity';
          ALTER TABLE keys DROP COLUMN mac;
          ALTER TABLE revocations DROP COLUMN mac;
-         DELETE FROM meta WHERE name LIKE 'pin_failures%' OR name LIKE 'integrity%';
+         DELETE FROM meta WHERE name LIKE 'pin_failures%' OR name LIKE 'integrity%' OR name LIKE 'root_set%';
+         DROP TABLE IF EXISTS kek_rotation_wraps;
+         DROP TABLE IF EXISTS kek_wraps;
          DROP TABLE IF EXISTS kek_rotation_items;
          DROP TABLE IF EXISTS kek_rotations;
          DROP TABLE IF EXISTS key_versions;

@@ -1,0 +1,515 @@
+//! Recovery in the agent (issue 14, parts 5 and 6): the trustee side of social recovery (hold,
+//! release and list the shares this agent keeps for others), and the two operations that need
+//! several roots per KEK (enroll a recovery public key, restore from the recovery secret), each
+//! behind one hierarchy method that is the integration point with that work.
+//!
+//! The cryptography is `keyward-recovery`'s; this module only stores and finds. A held share is a
+//! `secret` record (no migration):
+//! - `parent`: the KEK of the trustee keypair the share is sealed to;
+//! - `wrapped`: a fresh AES-256 key made by that KEK (`Kek::generate_dek`, as a DEK);
+//! - `statement`: `iv (12) || AES-256-GCM(that key, aad = "keyward:recovery-share:<record id>",
+//!   HeldShare::to_bytes())`, sealed and opened by the KEK (in the token for `aes-kwp` KEKs);
+//! - `public_key`: the owner's recovery public key (SEC1 compressed), which is also what tells a
+//!   held share from the node-derivation secret (`ListFilter::HeldShares`);
+//! - `issuer`: the trustee keypair the share is sealed to (so `keypair.delete` refuses it while
+//!   shares need it);
+//! - `label`: which share of which split (index, N, K, recovery key, set id), for `recovery
+//!   held`; two held records with one label are one share held twice, which `hold` refuses.
+//!
+//! Every column is under the keystore's MAC like any record, and the held share is re-verified
+//! (the recovery key's signature over the share's hash) each time it is opened, so a changed
+//! share is refused before it is released. KEK rotation rewraps `wrapped` like any secret.
+//!
+//! This module must never return, log or put in an error a share value, the recovery secret or a
+//! private scalar; never store a share it could not open and verify; and never report an
+//! enrollment or a restore as done when it was not.
+
+use crate::error::{
+    AgentError, Defect, Existing, Internal, Missing, NotAvailable, Problem, Unverified, WrongKey,
+};
+use crate::hierarchy::Hierarchy;
+use crate::keystore::Cursor;
+use crate::keystore::{KeyKind, KeyRecord, KeyState, ListFilter, Page, PageSize};
+use keyward_identity::PublicKey;
+use keyward_proto::secret::Pin;
+use keyward_recovery::shamir::MAX_SHARE_LEN;
+use keyward_recovery::{HeldShare, Hint, RecoveryKey, RecoverySecret, SealedShare, ShareTag};
+use rand_core::{OsRng, RngCore};
+use uuid::Uuid;
+
+const AAD_PREFIX: &str = "keyward:recovery-share:";
+const IV_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+
+/// What the agent tells about a held share (all of it signed by the recovery key).
+#[derive(Debug, Clone)]
+pub struct HeldFacts {
+    pub id: Uuid,
+    pub recovery: PublicKey,
+    pub tag: ShareTag,
+    pub hint: Hint,
+    /// The trustee keypair the share is sealed to.
+    pub keypair: Uuid,
+}
+
+/// A recovery root enrolled by [`Hierarchy::recovery_enroll`].
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    pub id: Uuid,
+    pub recovery: PublicKey,
+    pub keks: u64,
+}
+
+/// The outcome of [`Hierarchy::recovery_restore`].
+#[derive(Debug, Clone)]
+pub struct Restored {
+    pub root: Uuid,
+    pub keks: u64,
+    pub absent_roots: Vec<Uuid>,
+}
+
+fn aad(id: &Uuid) -> String {
+    format!("{AAD_PREFIX}{id}")
+}
+
+fn unverified(op: &'static str) -> impl FnOnce(keyward_recovery::ShareError) -> AgentError {
+    move |source| AgentError::VerifyFailed(Unverified::RecoveryShare { op, source })
+}
+
+fn label(hint: &Hint, recovery: &PublicKey) -> String {
+    let set: String = hint.set_id.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "recovery share {} of {} ({} needed) for {} (set {set})",
+        hint.index,
+        hint.trustees.len(),
+        hint.threshold,
+        recovery.to_did_key()
+    )
+}
+
+impl Hierarchy {
+    /// The trustee keypair a share names (by the key id it is sealed to), active and P-256.
+    fn trustee_keypair(&self, kid: &keyward_identity::KeyId) -> Result<KeyRecord, AgentError> {
+        let kp = self
+            .keypair_by_key_id(kid)?
+            .ok_or(AgentError::WrongKey(WrongKey::NotHeld {
+                what: "recovery share",
+                key: *kid,
+            }))?;
+        Self::require_active(&kp)?;
+        Ok(kp)
+    }
+
+    /// Store a recovery share sealed to one of this agent's keypairs, wrapped under that
+    /// keypair's KEK. Refuses a share sealed to a key this agent does not hold (`wrong_key`), a
+    /// malformed one (`invalid_args`) and one whose seal or signature fails (`verify_failed`).
+    pub fn recovery_hold(&self, share: &[u8]) -> Result<HeldFacts, AgentError> {
+        self.root_record("recovery.hold")?;
+        if share.len() > MAX_SHARE_LEN {
+            return Err(AgentError::TooLarge {
+                op: "recovery.hold",
+                len: share.len(),
+                max: MAX_SHARE_LEN,
+            });
+        }
+        let sealed = SealedShare::from_cbor(share)
+            .map_err(|e| AgentError::invalid("share", Problem::NotRecoveryShare(e)))?;
+        let kp = self.trustee_keypair(&sealed.recipient())?;
+        let key = self.unwrap_keypair(&kp)?;
+        let held = sealed.open(&key).map_err(unverified("recovery.hold"))?;
+        drop(key);
+        let kek = self.parent_kek(&kp)?;
+        Self::require_active(&kek)?;
+        let recovery = held.recovery_public_key();
+        let sec1 = recovery.to_sec1_compressed().to_vec();
+        let label = label(held.hint(), &recovery);
+        if let Some(dup) = self.ks.list(KeyKind::Secret, None)?.into_iter().find(|r| {
+            r.state == KeyState::Active
+                && r.public_key.as_deref() == Some(&sec1[..])
+                && r.label.as_deref() == Some(label.as_str())
+        }) {
+            return Err(AgentError::AlreadyExists(Existing::HeldShare {
+                id: dup.id,
+            }));
+        }
+
+        let dek = self.with_recovery(|| Ok(self.kek_handle(&kek)?.generate_dek()?))?;
+        let mut rec = KeyRecord::new(KeyKind::Secret, dek.scheme.as_str());
+        rec.parent = Some(kek.id);
+        let mut iv = [0u8; IV_LEN];
+        OsRng.fill_bytes(&mut iv);
+        let plain = held.to_bytes();
+        let ad = aad(&rec.id);
+        let ct = self.with_recovery(|| {
+            Ok(self
+                .kek_handle(&kek)?
+                .seal(&dek.bytes, &iv, ad.as_bytes(), &plain)?)
+        })?;
+        drop(plain);
+        if ct.len() < TAG_LEN {
+            return Err(AgentError::Internal(Internal::ShortGcmOutput {
+                op: "recovery.hold",
+                len: ct.len(),
+            }));
+        }
+        let mut blob = Vec::with_capacity(IV_LEN + ct.len());
+        blob.extend_from_slice(&iv);
+        blob.extend_from_slice(&ct);
+        rec.wrapped = Some(dek.bytes);
+        rec.statement = Some(blob);
+        rec.public_key = Some(sec1);
+        rec.label = Some(label);
+        rec.issuer = Some(kp.id);
+        self.ks.insert(&rec)?;
+        tracing::info!(id = %rec.id, index = held.hint().index, "recovery share held");
+        Ok(HeldFacts {
+            id: rec.id,
+            recovery,
+            tag: held.tag(),
+            hint: held.hint().clone(),
+            keypair: kp.id,
+        })
+    }
+
+    /// A held-share record by id (`not_found` for any other record).
+    fn held_record(&self, id: &str) -> Result<KeyRecord, AgentError> {
+        let rec = self.record(id, KeyKind::Secret)?;
+        if rec.public_key.is_none() {
+            return Err(AgentError::NotFound(Missing::Key {
+                kind: KeyKind::Secret,
+                id: rec.id,
+            }));
+        }
+        Ok(rec)
+    }
+
+    /// Open a held-share record: unseal under its KEK, then re-verify the share.
+    fn open_held(&self, rec: &KeyRecord) -> Result<HeldShare, AgentError> {
+        let kek = self.parent_kek(rec)?;
+        let wrapped = self.wrapped(rec)?;
+        let blob = rec
+            .statement
+            .as_deref()
+            .filter(|b| b.len() >= IV_LEN + TAG_LEN)
+            .ok_or_else(|| AgentError::bad_record(rec.kind, rec.id, Defect::Truncated))?;
+        let (iv, ct) = blob.split_at(IV_LEN);
+        let iv: &[u8; IV_LEN] = iv
+            .try_into()
+            .map_err(|_| AgentError::bad_record(rec.kind, rec.id, Defect::Truncated))?;
+        let ad = aad(&rec.id);
+        let plain = self.with_recovery(|| {
+            Ok(self
+                .kek_handle(&kek)?
+                .open(wrapped, iv, ad.as_bytes(), ct)?)
+        })?;
+        let held = HeldShare::from_bytes(&plain)
+            .map_err(|e| AgentError::bad_record(rec.kind, rec.id, Defect::NotHeldShare(e)))?;
+        // The record's clear recovery key must be the one the share is signed by.
+        if rec.public_key.as_deref() != Some(&held.recovery_public_key().to_sec1_compressed()[..]) {
+            return Err(AgentError::bad_record(
+                rec.kind,
+                rec.id,
+                Defect::NoPublicKey,
+            ));
+        }
+        Ok(held)
+    }
+
+    /// Seal held share `id` to the owner's one-time request key `to` (a P-256 did:key the
+    /// trustee checked out of band), with the trustee keypair as the sender. Returns the
+    /// released share (CBOR) and what it is.
+    pub fn recovery_release(&self, id: &str, to: &str) -> Result<(Vec<u8>, HeldFacts), AgentError> {
+        self.root_record("recovery.release")?;
+        let rec = self.held_record(id)?;
+        Self::require_active(&rec)?;
+        let owner = PublicKey::from_did_key(to)
+            .map_err(|e| AgentError::invalid("to", Problem::NotPublicKey(e)))?;
+        let held = self.open_held(&rec)?;
+        if owner == held.recovery_public_key() {
+            return Err(AgentError::invalid(
+                "to",
+                Problem::Reserved("the recovery key itself: give the owner's request key"),
+            ));
+        }
+        // The hint's trustees were parsed and signature-checked when the share was opened.
+        let trustee = PublicKey::from_did_key(held.hint().trustee())
+            .map_err(|_| AgentError::bad_record(rec.kind, rec.id, Defect::NoPublicKey))?;
+        let kp = self.trustee_keypair(&trustee.key_id())?;
+        let key = self.unwrap_keypair(&kp)?;
+        let released = held
+            .release(&key, to, &mut OsRng)
+            .map_err(unverified("recovery.release"))?;
+        tracing::info!(id = %rec.id, index = held.hint().index, "recovery share released");
+        Ok((
+            released.to_cbor(),
+            HeldFacts {
+                id: rec.id,
+                recovery: held.recovery_public_key(),
+                tag: held.tag(),
+                hint: held.hint().clone(),
+                keypair: kp.id,
+            },
+        ))
+    }
+
+    /// Forget held share `id` (its owner made new shares, or no longer needs it): the record is
+    /// deleted. Returns its id.
+    pub fn recovery_delete(&self, id: &str) -> Result<Uuid, AgentError> {
+        self.root_record("recovery.delete")?;
+        let rec = self.held_record(id)?;
+        self.ks.delete(&rec.id)?;
+        tracing::info!(id = %rec.id, "recovery share deleted");
+        Ok(rec.id)
+    }
+
+    /// How many held shares are sealed to keypair `id` (any state: a revoked share's record
+    /// still names it).
+    pub(crate) fn held_shares_of(&self, id: &Uuid) -> Result<usize, AgentError> {
+        Ok(self
+            .ks
+            .list(KeyKind::Secret, None)?
+            .into_iter()
+            .filter(|r| r.public_key.is_some() && r.issuer == Some(*id))
+            .count())
+    }
+
+    /// One page of the shares this agent holds for others.
+    pub fn recovery_held_page(
+        &self,
+        after: Option<&Cursor>,
+        size: &PageSize,
+    ) -> Result<Page, AgentError> {
+        Ok(self.ks.page(&ListFilter::HeldShares, after, size)?)
+    }
+
+    /// INTEGRATION POINT with "several roots per KEK" (branch wip-roots): enroll `recovery`
+    /// as an `ecdh-p256` public root, so every existing and future KEK is wrapped to it, and
+    /// return the root record's id and the number of KEKs wrapped. The lead wires this to the
+    /// hierarchy's `enroll_public_root(...)` at merge; until then it refuses with the typed
+    /// `not_available` and changes nothing (it never reports an enrollment it did not make).
+    ///
+    /// With wip-roots as of its commit e454fbd (`roots.rs`), the body is:
+    /// ```text
+    /// let id = self.enroll_public_root(
+    ///     crate::roots::PublicRootKind::Recovery, None, recovery.as_p256())?;
+    /// let keks = self.ks.wrapped_keks()?.len() as u64;
+    /// Ok(Enrolled { id, recovery: *recovery, keks })
+    /// ```
+    pub fn recovery_enroll(&self, recovery: &PublicKey) -> Result<Enrolled, AgentError> {
+        self.root_record("recovery.enroll")?;
+        let _ = recovery;
+        Err(AgentError::NotAvailable(NotAvailable::NeedsSeveralRoots {
+            op: "recovery.enroll",
+        }))
+    }
+
+    /// INTEGRATION POINT with "several roots per KEK" (branch wip-roots): restore from the
+    /// recovery secret onto a fresh token. What it must do once wired (issue 14 part 5): derive
+    /// the recovery key (done here), require it to be the enrolled recovery root
+    /// (`WrongRecoveryRoot` otherwise), check every KEK's recovery wrap *before* touching the
+    /// token, create the new root with `pin`, rewrap each KEK under it (journaled like root
+    /// rotate), and list the enrolled roots that are absent. Until then: `not_available`, and
+    /// nothing changes.
+    ///
+    /// With wip-roots (e454fbd): the recovery root is the root record with scheme
+    /// `roots::PUBLIC_ROOT_SCHEME`, locator `public:recovery` and `public_key` the derived key
+    /// (SEC1 uncompressed there); none matching is `WrongRecoveryRoot` (a typed refusal: add a
+    /// `WrongKey` case). `self.open_keks_for_root(&root.id, &|wrap| <ecdh-p256 unwrap of wrap
+    /// with key.local_key()>)` opens every KEK (and the integrity KEK, first) *before* the
+    /// token is touched; then the new root is made on the fresh token with `pin` and each KEK
+    /// imported under it (`Root::import_kek`), journaled like root rotate.
+    pub fn recovery_restore(
+        &self,
+        secret: &RecoverySecret,
+        pin: &Pin,
+    ) -> Result<Restored, AgentError> {
+        let key =
+            RecoveryKey::derive(secret).map_err(AgentError::crypto("deriving the recovery key"))?;
+        let _ = (key, pin);
+        Err(AgentError::NotAvailable(NotAvailable::NeedsSeveralRoots {
+            op: "recovery.restore",
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The trustee side on a memory root: hold, list, release, and the refusals.
+    use super::*;
+    use crate::config::UnlockPolicy;
+    use crate::keystore::Keystore;
+    use crate::root::memory::MemoryRoot;
+    use keyward_identity::LocalKey;
+    use keyward_proto::ErrorCode;
+    use keyward_recovery::{combine, RequestKey, ShareSet};
+    use std::sync::Arc;
+
+    fn ready() -> (tempfile::TempDir, Hierarchy, Uuid) {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Arc::new(Keystore::open(&dir.path().join("ks.db")).unwrap());
+        let h = Hierarchy::new(ks, Box::new(MemoryRoot::new()), UnlockPolicy::default());
+        h.init(&Pin::new("pin-1234")).unwrap();
+        let kek = h.kek_create(None).unwrap();
+        (dir, h, kek)
+    }
+
+    fn trustee_key(h: &Hierarchy) -> (Uuid, PublicKey) {
+        let id = h.keypair_create(None, None, false, None).unwrap();
+        let rec = h.keypair_show(&id.to_string()).unwrap();
+        (id, Hierarchy::public_of(&rec).unwrap())
+    }
+
+    fn all_held(h: &Hierarchy) -> Vec<KeyRecord> {
+        let size = PageSize {
+            limit: 100,
+            bytes: usize::MAX,
+            size: None,
+        };
+        h.recovery_held_page(None, &size).unwrap().records
+    }
+
+    #[test]
+    fn recovery_hold_release_combine_round_trip() {
+        let (_d, h, kek) = ready();
+        let (kp, mine) = trustee_key(&h);
+        let other = LocalKey::generate(&mut OsRng);
+        let secret = RecoverySecret::generate(&mut OsRng);
+        let set = ShareSet::split(&secret, &[mine, other.public_key()], 2, &mut OsRng).unwrap();
+
+        let facts = h.recovery_hold(&set.shares()[0].to_cbor()).unwrap();
+        assert_eq!(facts.keypair, kp);
+        assert_eq!(facts.hint.index, 1);
+        assert_eq!(facts.recovery, set.recovery_public_key());
+        // Stored as a secret under the trustee keypair's KEK, listed apart from other secrets
+        // (the node-derivation secret made by a node key is not a held share).
+        h.node_derive("n1", None, None, None).unwrap();
+        let held = all_held(&h);
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].id, facts.id);
+        assert_eq!(held[0].parent, Some(kek));
+        assert_eq!(held[0].kind, KeyKind::Secret);
+        // The share value is not in the clear anywhere in the record.
+        let value = h.open_held(&held[0]).unwrap().to_bytes();
+        let stmt = held[0].statement.as_deref().unwrap();
+        assert!(!stmt.windows(value.len()).any(|w| w == &value[..]));
+
+        // Released to the owner's request key, and (after a KEK rotation, which rewraps the
+        // held share's key like any secret) released again: both combine.
+        let req = RequestKey::generate(&mut OsRng);
+        let (r1, _) = h
+            .recovery_release(&facts.id.to_string(), &req.did_key())
+            .unwrap();
+        let r2 = set.shares()[1]
+            .open(&other)
+            .unwrap()
+            .release(&other, &req.did_key(), &mut OsRng)
+            .unwrap();
+        let r1 = keyward_recovery::ReleasedShare::from_cbor(&r1).unwrap();
+        let got = combine(&[r1, r2.clone()], &req).unwrap();
+        assert_eq!(got.secret, secret);
+
+        h.kek_rotate(&kek.to_string()).unwrap();
+        let (again, _) = h
+            .recovery_release(&facts.id.to_string(), &req.did_key())
+            .unwrap();
+        let again = keyward_recovery::ReleasedShare::from_cbor(&again).unwrap();
+        assert_eq!(combine(&[r2, again], &req).unwrap().secret, secret);
+    }
+
+    #[test]
+    fn recovery_refusals_are_typed() {
+        let (_d, h, _) = ready();
+        let (_, mine) = trustee_key(&h);
+        let other = LocalKey::generate(&mut OsRng);
+        let secret = RecoverySecret::generate(&mut OsRng);
+        let set = ShareSet::split(&secret, &[mine, other.public_key()], 2, &mut OsRng).unwrap();
+        // Someone else's share; garbage; too large.
+        let e = h.recovery_hold(&set.shares()[1].to_cbor()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::WrongKey, "{e}");
+        let e = h.recovery_hold(b"\x00\x01").unwrap_err();
+        assert_eq!(e.code(), ErrorCode::InvalidArgs, "{e}");
+        let e = h.recovery_hold(&vec![0; MAX_SHARE_LEN + 1]).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::TooLarge, "{e}");
+        // Tampered ciphertext: the seal fails.
+        let mut t = set.shares()[0].to_cbor();
+        let n = t.len() - 1;
+        t[n] ^= 1;
+        let e = h.recovery_hold(&t).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::VerifyFailed, "{e}");
+        assert!(all_held(&h).is_empty());
+
+        let facts = h.recovery_hold(&set.shares()[0].to_cbor()).unwrap();
+        let id = facts.id.to_string();
+        let req = RequestKey::generate(&mut OsRng);
+        for (who, to, code) in [
+            (id.as_str(), "did:key:zNope", ErrorCode::InvalidArgs),
+            (
+                id.as_str(),
+                &set.recovery_public_key().to_did_key()[..],
+                ErrorCode::InvalidArgs,
+            ),
+            ("not-an-id", &req.did_key()[..], ErrorCode::NotFound),
+            (
+                &Uuid::new_v4().to_string()[..],
+                &req.did_key()[..],
+                ErrorCode::NotFound,
+            ),
+        ] {
+            let e = h.recovery_release(who, to).unwrap_err();
+            assert_eq!(e.code(), code, "{who} {to}: {e}");
+        }
+        // Locked: refused; unlocked: works.
+        h.lock().unwrap();
+        let e = h.recovery_release(&id, &req.did_key()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Locked);
+        h.unlock(&Pin::new("pin-1234")).unwrap();
+        h.recovery_release(&id, &req.did_key()).unwrap();
+    }
+
+    #[test]
+    fn recovery_one_share_is_held_once_and_keeps_its_keypair() {
+        let (_d, h, _) = ready();
+        let (kp, mine) = trustee_key(&h);
+        let other = LocalKey::generate(&mut OsRng);
+        let secret = RecoverySecret::generate(&mut OsRng);
+        let set = ShareSet::split(&secret, &[mine, other.public_key()], 2, &mut OsRng).unwrap();
+        let share = set.shares()[0].to_cbor();
+        let first = h.recovery_hold(&share).unwrap();
+        let e = h.recovery_hold(&share).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::AlreadyExists, "{e}");
+        assert!(e.to_string().contains(&first.id.to_string()), "{e}");
+        // A second split of the same secret among the same trustees is another share.
+        let again = ShareSet::split(&secret, &[mine, other.public_key()], 2, &mut OsRng).unwrap();
+        let second = h.recovery_hold(&again.shares()[0].to_cbor()).unwrap();
+        assert_eq!(all_held(&h).len(), 2);
+        // The trustee keypair cannot be deleted while shares need it.
+        let e = h.keypair_delete(&kp.to_string()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::WrongKey, "{e}");
+        assert!(e.to_string().contains("2 recovery share"), "{e}");
+        // Deleting: only held shares, by id.
+        let kek = h.kek_list().unwrap()[0].id.to_string();
+        let e = h.recovery_delete(&kek).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::NotFound, "{e}");
+        h.recovery_delete(&first.id.to_string()).unwrap();
+        h.recovery_delete(&second.id.to_string()).unwrap();
+        assert!(all_held(&h).is_empty());
+        let e = h.recovery_delete(&first.id.to_string()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::NotFound, "{e}");
+        h.keypair_delete(&kp.to_string()).unwrap();
+    }
+
+    #[test]
+    fn recovery_enroll_and_restore_are_not_available_and_change_nothing() {
+        let (_d, h, _) = ready();
+        let before = h.kek_list().unwrap().len();
+        let secret = RecoverySecret::generate(&mut OsRng);
+        let key = RecoveryKey::derive(&secret).unwrap();
+        let e = h.recovery_enroll(&key.public_key()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::NotAvailable, "{e}");
+        let e = h
+            .recovery_restore(&secret, &Pin::new("pin-1234"))
+            .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::NotAvailable, "{e}");
+        assert_eq!(h.kek_list().unwrap().len(), before);
+    }
+}

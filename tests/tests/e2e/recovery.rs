@@ -1,0 +1,615 @@
+//! Recovery through the real CLI and agents (README "Recovery"): 2-of-3 social recovery across
+//! four agents (the owner's and three trustees'), the owner's words, and the refusals (shares
+//! sealed to someone else, tampered shares, fewer than K, shares of different secrets, the
+//! wrong request key, wrong words). Enrollment and restore need several roots per KEK: until
+//! that is merged the agent answers them `not_available`, and a test says so.
+
+use keyward_tests::TestEnv;
+use std::os::unix::fs::PermissionsExt;
+
+keyward_tests::keyward_e2e_tests!(
+    social_recovery_two_of_three_across_four_agents,
+    recovery_refuses_bad_shares_and_words,
+    trustee_refusals_leave_the_agent_serving,
+    enroll_and_restore_are_not_available_without_several_roots,
+    created_words_give_the_printed_key_by_an_independent_implementation,
+);
+
+fn setup(env: &TestEnv) {
+    let pin_line = format!("{}\n", env.pin());
+    env.cli_ok(&env.init_args(), Some(pin_line.as_bytes()));
+    env.cli_ok(&["kek", "create"], None);
+}
+
+/// A trustee's agent: initialized, with one P-256 keypair; returns its did:key.
+fn trustee(env: &TestEnv) -> String {
+    setup(env);
+    let id = env.cli_json(&["keypair", "create", "--label", "trustee"], None)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.cli_json(&["keypair", "show", &id], None)["did"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn path(env: &TestEnv, name: &str) -> String {
+    env.dir().join(name).to_string_lossy().into_owned()
+}
+
+/// `recovery create --offline` splitting 2-of-N among `dids` into `dir`: the JSON answer.
+fn create(env: &TestEnv, dids: &[&str], dir: &str) -> serde_json::Value {
+    let mut args = vec![
+        "recovery",
+        "create",
+        "--offline",
+        "--threshold",
+        "2",
+        "-o",
+        dir,
+    ];
+    for d in dids {
+        args.extend(["--trustee", d]);
+    }
+    env.cli_json(&args, None)
+}
+
+fn hold(env: &TestEnv, file: &str) -> serde_json::Value {
+    env.cli_json(&["recovery", "hold", "-i", file], None)
+}
+
+fn release(env: &TestEnv, id: &str, to: &str, out: &str) {
+    env.cli_json(&["recovery", "release", id, "--to", to, "-o", out], None);
+}
+
+fn social_recovery_two_of_three_across_four_agents(owner: &mut TestEnv) {
+    let trustees: Vec<TestEnv> = (0..3).map(|_| TestEnv::start(owner.kind())).collect();
+    let dids: Vec<String> = trustees.iter().map(trustee).collect();
+    let did_refs: Vec<&str> = dids.iter().map(String::as_str).collect();
+
+    // The owner makes the secret and the three sealed shares.
+    let dir = path(owner, "shares");
+    let made = create(owner, &did_refs, &dir);
+    let recovery = made["recovery"].as_str().unwrap().to_string();
+    assert!(recovery.starts_with("did:key:zDn"), "{recovery}");
+    assert_eq!(made["enrolled"], false);
+    assert_eq!(made["threshold"], 2);
+    let words = made["words"].as_str().unwrap();
+    assert_eq!(words.split(' ').count(), 24);
+    let shares = made["shares"].as_array().unwrap();
+    assert_eq!(shares.len(), 3);
+    for (i, s) in shares.iter().enumerate() {
+        assert_eq!(s["index"], i + 1);
+        assert_eq!(s["trustee"], dids[i].as_str());
+        let f = s["file"].as_str().unwrap();
+        assert_eq!(
+            std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let share_file = |i: usize| shares[i]["file"].as_str().unwrap().to_string();
+
+    // Each trustee holds its own share; the agent says what it is.
+    let mut held = Vec::new();
+    for (i, t) in trustees.iter().enumerate() {
+        let h = hold(t, &share_file(i));
+        assert_eq!(h["recovery"], recovery.as_str());
+        assert_eq!(h["index"], i + 1);
+        assert_eq!(h["threshold"], 2);
+        assert_eq!(h["trustees"].as_array().unwrap().len(), 3);
+        assert_eq!(h["tag"], made["tag"]);
+        let id = h["id"].as_str().unwrap().to_string();
+        let list = t.cli_json(&["recovery", "held"], None);
+        let keys = list["keys"].as_array().unwrap();
+        assert_eq!(keys.len(), 1, "{list}");
+        assert_eq!(keys[0]["id"], id.as_str());
+        assert!(
+            keys[0]["label"].as_str().unwrap().contains(&recovery),
+            "{list}"
+        );
+        held.push(id);
+    }
+    // The held share survives a restart of the trustee's agent (it is in the keystore, wrapped).
+    let pin_line = format!("{}\n", trustees[2].pin());
+    let mut trustees = trustees;
+    trustees[2].restart();
+    trustees[2].cli_ok(&["unlock", "--pin-stdin"], Some(pin_line.as_bytes()));
+
+    // On the new machine: the one-time request key, 0600, its did:key printed.
+    let req = path(owner, "request.key");
+    let r = owner.cli_json(&["recovery", "request", "-o", &req], None);
+    let req_did = r["did"].as_str().unwrap().to_string();
+    assert!(req_did.starts_with("did:key:zDn"), "{req_did}");
+    assert_eq!(
+        std::fs::metadata(&req).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Trustees 1 and 3 release their shares to the request key.
+    let r1 = path(owner, "released-1");
+    let r3 = path(owner, "released-3");
+    release(&trustees[0], &held[0], &req_did, &r1);
+    release(&trustees[2], &held[2], &req_did, &r3);
+
+    // Two shares combine into the secret whose key `create` printed; so do the words.
+    let checked = owner.cli_json(
+        &[
+            "recovery",
+            "check",
+            "--request",
+            &req,
+            "--share",
+            &r1,
+            "--share",
+            &r3,
+            "--expect",
+            &recovery,
+        ],
+        None,
+    );
+    assert_eq!(checked["recovery"], recovery.as_str());
+    assert_eq!(checked["from"]["shares"], 2);
+    let words_file = path(owner, "words.txt");
+    std::fs::write(&words_file, words).unwrap();
+    let from_words = owner.cli_json(&["recovery", "check", "--words-file", &words_file], None);
+    assert_eq!(from_words["recovery"], recovery.as_str());
+    // Text mode prints the did alone on stdout.
+    let text = owner.cli_ok(&["recovery", "check", "--words-file", &words_file], None);
+    assert_eq!(String::from_utf8(text).unwrap(), format!("{recovery}\n"));
+
+    // Any two of three: trustee 2's share with trustee 1's gives the same key.
+    let r2 = path(owner, "released-2");
+    release(&trustees[1], &held[1], &req_did, &r2);
+    let checked = owner.cli_json(
+        &[
+            "recovery",
+            "check",
+            "--request",
+            &req,
+            "--share",
+            &r2,
+            "--share",
+            &r1,
+        ],
+        None,
+    );
+    assert_eq!(checked["recovery"], recovery.as_str());
+}
+
+fn recovery_refuses_bad_shares_and_words(owner: &mut TestEnv) {
+    let trustees: Vec<TestEnv> = (0..2).map(|_| TestEnv::start(owner.kind())).collect();
+    let dids: Vec<String> = trustees.iter().map(trustee).collect();
+    let did_refs: Vec<&str> = dids.iter().map(String::as_str).collect();
+    let a = create(owner, &did_refs, &path(owner, "a"));
+    let b = create(owner, &did_refs, &path(owner, "b"));
+    let file =
+        |set: &serde_json::Value, i: usize| set["shares"][i]["file"].as_str().unwrap().to_string();
+
+    let req = path(owner, "req");
+    let req_did = owner.cli_json(&["recovery", "request", "-o", &req], None)["did"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A second request key file is never written over the first.
+    assert_eq!(
+        owner.cli_json_err(&["recovery", "request", "-o", &req], None),
+        "already_exists"
+    );
+    // Trustee 1 holds a share of each secret, trustee 2 one of secret A; all three released.
+    let mut released = Vec::new();
+    for (t, set, i, name) in [
+        (&trustees[0], &a, 0, "a1"),
+        (&trustees[0], &b, 0, "b1"),
+        (&trustees[1], &a, 1, "a2"),
+    ] {
+        let id = hold(t, &file(set, i))["id"].as_str().unwrap().to_string();
+        let out = path(owner, name);
+        release(t, &id, &req_did, &out);
+        released.push(out);
+    }
+    let (a1, b1, a2) = (
+        released[0].as_str(),
+        released[1].as_str(),
+        released[2].as_str(),
+    );
+    let check = |shares: &[&str]| {
+        let mut args = vec!["recovery", "check", "--request", req.as_str()];
+        for s in shares {
+            args.extend(["--share", s]);
+        }
+        owner.cli_json_err(&args, None)
+    };
+    // Fewer than K.
+    assert_eq!(check(&[a1]), "not_enough_shares");
+    // Shares of two different secrets.
+    assert_eq!(check(&[a1, b1]), "different_secrets");
+    // The same share twice is not two shares.
+    assert_eq!(check(&[a1, a1]), "duplicate_share");
+    // A tampered share: one bit of its ciphertext flipped.
+    let mut t = std::fs::read(a2).unwrap();
+    let n = t.len() - 1;
+    t[n] ^= 1;
+    let tampered = path(owner, "a2-tampered");
+    std::fs::write(&tampered, &t).unwrap();
+    assert_eq!(check(&[a1, tampered.as_str()]), "tampered_share");
+    // Garbage is not a share.
+    let junk = path(owner, "junk");
+    std::fs::write(&junk, b"not a share").unwrap();
+    assert_eq!(check(&[a1, junk.as_str()]), "malformed_share");
+    // The right shares with someone else's request key.
+    let other = path(owner, "other-req");
+    owner.cli_ok(&["recovery", "request", "-o", &other], None);
+    assert_eq!(
+        owner.cli_json_err(
+            &[
+                "recovery",
+                "check",
+                "--request",
+                &other,
+                "--share",
+                a1,
+                "--share",
+                a2
+            ],
+            None
+        ),
+        "wrong_request_key"
+    );
+    // A request file others can read is refused.
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(
+        owner.cli_json_err(
+            &[
+                "recovery",
+                "check",
+                "--request",
+                &other,
+                "--share",
+                a1,
+                "--share",
+                a2
+            ],
+            None
+        ),
+        "insecure_permissions"
+    );
+    // The right shares, but not the recovery root the caller expects.
+    let b_did = b["recovery"].as_str().unwrap();
+    assert_eq!(
+        owner.cli_json_err(
+            &[
+                "recovery",
+                "check",
+                "--request",
+                &req,
+                "--share",
+                a1,
+                "--share",
+                a2,
+                "--expect",
+                b_did
+            ],
+            None
+        ),
+        "wrong_recovery_root"
+    );
+    // And they do give A's key.
+    let ok = owner.cli_json(
+        &[
+            "recovery",
+            "check",
+            "--request",
+            &req,
+            "--share",
+            a1,
+            "--share",
+            a2,
+        ],
+        None,
+    );
+    assert_eq!(ok["recovery"], a["recovery"]);
+
+    // Wrong words: a changed last word (checksum), an unknown word, 23 words.
+    let words: Vec<String> = a["words"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .map(str::to_string)
+        .collect();
+    let try_words = |w: &[String]| {
+        let f = path(owner, "words");
+        std::fs::write(&f, w.join(" ")).unwrap();
+        owner.cli_json_err(&["recovery", "check", "--words-file", &f], None)
+    };
+    // Every word known, the checksum wrong (24 x "abandon": the zero entropy ends in "art").
+    let abandon: Vec<String> = vec!["abandon".to_string(); 24];
+    assert_eq!(try_words(&abandon), "bad_checksum");
+    let mut unknown = words.clone();
+    unknown[5] = "keyward".into();
+    assert_eq!(try_words(&unknown), "unknown_word");
+    assert_eq!(try_words(&words[..23]), "wrong_word_count");
+    // The right words, but not the expected root.
+    let f = path(owner, "words-ok");
+    std::fs::write(&f, words.join("\n")).unwrap();
+    assert_eq!(
+        owner.cli_json_err(
+            &["recovery", "check", "--words-file", &f, "--expect", b_did],
+            None
+        ),
+        "wrong_recovery_root"
+    );
+}
+
+fn trustee_refusals_leave_the_agent_serving(env: &mut TestEnv) {
+    let other = TestEnv::start(env.kind());
+    let mine = trustee(env);
+    let theirs = trustee(&other);
+    let dir = path(env, "s");
+    let made = create(env, &[mine.as_str(), theirs.as_str()], &dir);
+    let file = |i: usize| made["shares"][i]["file"].as_str().unwrap().to_string();
+
+    // A share sealed to someone else's key.
+    assert_eq!(
+        env.cli_json_err(&["recovery", "hold", "-i", &file(1)], None),
+        "wrong_key"
+    );
+    // Not a share at all, and a tampered one (its ciphertext's last byte flipped).
+    let junk = path(env, "junk");
+    std::fs::write(&junk, b"\xa1\x01\x02").unwrap();
+    assert_eq!(
+        env.cli_json_err(&["recovery", "hold", "-i", &junk], None),
+        "invalid_args"
+    );
+    let mut t = std::fs::read(file(0)).unwrap();
+    let n = t.len() - 1;
+    t[n] ^= 0x40;
+    let tampered = path(env, "tampered");
+    std::fs::write(&tampered, &t).unwrap();
+    assert_eq!(
+        env.cli_json_err(&["recovery", "hold", "-i", &tampered], None),
+        "verify_failed"
+    );
+    // Nothing was stored by the refusals.
+    let list = env.cli_json(&["recovery", "held"], None);
+    assert!(list["keys"].as_array().unwrap().is_empty(), "{list}");
+
+    // The good share is held; releases with bad arguments are refused.
+    let id = hold(env, &file(0))["id"].as_str().unwrap().to_string();
+    let out = path(env, "released");
+    let req = path(env, "req");
+    let req_did = env.cli_json(&["recovery", "request", "-o", &req], None)["did"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        env.cli_json_err(
+            &[
+                "recovery",
+                "release",
+                &id,
+                "--to",
+                "did:key:nope",
+                "-o",
+                &out
+            ],
+            None
+        ),
+        "invalid_args"
+    );
+    let recovery = made["recovery"].as_str().unwrap();
+    assert_eq!(
+        env.cli_json_err(
+            &["recovery", "release", &id, "--to", recovery, "-o", &out],
+            None
+        ),
+        "invalid_args",
+        "a share is never released to the recovery key itself"
+    );
+    let unknown = "00000000-0000-4000-8000-000000000000";
+    assert_eq!(
+        env.cli_json_err(
+            &["recovery", "release", unknown, "--to", &req_did, "-o", &out],
+            None
+        ),
+        "not_found"
+    );
+    // A KEK's id is not a held share's.
+    let kek = env.cli_json(&["kek", "list"], None)["keys"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        env.cli_json_err(
+            &["recovery", "release", &kek, "--to", &req_did, "-o", &out],
+            None
+        ),
+        "not_found"
+    );
+    assert!(!std::path::Path::new(&out).exists());
+    // Locked: hold and release are refused, the list still answers.
+    env.cli_ok(&["lock"], None);
+    assert_eq!(
+        env.cli_json_err(
+            &["recovery", "release", &id, "--to", &req_did, "-o", &out],
+            None
+        ),
+        "locked"
+    );
+    assert_eq!(
+        env.cli_json_err(&["recovery", "hold", "-i", &file(0)], None),
+        "locked"
+    );
+    assert_eq!(
+        env.cli_json(&["recovery", "held"], None)["keys"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // Unlocked again, the agent serves and releases.
+    let pin_line = format!("{}\n", env.pin());
+    env.cli_ok(&["unlock", "--pin-stdin"], Some(pin_line.as_bytes()));
+    release(env, &id, &req_did, &out);
+    assert!(std::fs::metadata(&out).unwrap().len() > 100);
+
+    // One share is held once; a share of another split is another.
+    assert_eq!(
+        env.cli_json_err(&["recovery", "hold", "-i", &file(0)], None),
+        "already_exists"
+    );
+    let made2 = create(env, &[mine.as_str(), theirs.as_str()], &path(env, "s2"));
+    let second = hold(env, made2["shares"][0]["file"].as_str().unwrap());
+    let keypair = second["keypair"].as_str().unwrap().to_string();
+    let second = second["id"].as_str().unwrap().to_string();
+    // Paged: one at a time, then the rest.
+    let p1 = env.cli_json(&["recovery", "held", "--limit", "1"], None);
+    assert_eq!(p1["keys"].as_array().unwrap().len(), 1, "{p1}");
+    let next = p1["next"].as_str().unwrap();
+    let p2 = env.cli_json(&["recovery", "held", "--limit", "1", "--after", next], None);
+    assert_eq!(p2["keys"].as_array().unwrap().len(), 1, "{p2}");
+    assert!(p2.get("next").is_none(), "{p2}");
+    for bad in [
+        vec!["recovery", "held", "--limit", "0"],
+        vec!["recovery", "held", "--limit", "1001"],
+        vec!["recovery", "held", "--limit", "1", "--after", "x"],
+    ] {
+        assert_eq!(env.cli_json_err(&bad, None), "invalid_args", "{bad:?}");
+    }
+    let mut ids = vec![p1["keys"][0]["id"].clone(), p2["keys"][0]["id"].clone()];
+    ids.sort_by_key(|v| v.to_string());
+    let mut want = vec![serde_json::json!(id), serde_json::json!(second)];
+    want.sort_by_key(|v| v.to_string());
+    assert_eq!(ids, want);
+    // The trustee keypair stays while shares need it; deleting the shares frees it.
+    assert_eq!(
+        env.cli_json_err(&["keypair", "delete", &keypair], None),
+        "wrong_key"
+    );
+    assert_eq!(
+        env.cli_json_err(&["recovery", "delete", &kek], None),
+        "not_found"
+    );
+    for held in [&id, &second] {
+        env.cli_json(&["recovery", "delete", held], None);
+    }
+    let list = env.cli_json(&["recovery", "held"], None);
+    assert!(list["keys"].as_array().unwrap().is_empty(), "{list}");
+    env.cli_json(&["keypair", "delete", &keypair], None);
+}
+
+fn enroll_and_restore_are_not_available_without_several_roots(env: &mut TestEnv) {
+    setup(env);
+    // `create` asks the agent to enroll before it shows or writes anything: refused, and no
+    // words anywhere in the output.
+    let out = env.cli(&["--json", "recovery", "create"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "not_available", "{v}");
+    assert!(v.get("words").is_none());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(" 1. "));
+    // Text mode: the same refusal, nothing on stdout.
+    let out = env.cli(&["recovery", "create"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    // With trustees: the share files it wrote before asking are removed again.
+    let t1 = env.cli_json(&["recovery", "request", "-o", &path(env, "t1")], None);
+    let t2 = env.cli_json(&["recovery", "request", "-o", &path(env, "t2")], None);
+    let dir = path(env, "shares");
+    let args = [
+        "recovery",
+        "create",
+        "--trustee",
+        t1["did"].as_str().unwrap(),
+        "--trustee",
+        t2["did"].as_str().unwrap(),
+        "--threshold",
+        "2",
+        "-o",
+        &dir,
+    ];
+    assert_eq!(env.cli_json_err(&args, None), "not_available");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    // Enrolling a key made offline, and restoring from its words: refused the same way.
+    let made = env.cli_json(&["recovery", "create", "--offline"], None);
+    let did = made["recovery"].as_str().unwrap();
+    assert_eq!(
+        env.cli_json_err(&["recovery", "enroll", did], None),
+        "not_available"
+    );
+    assert_eq!(
+        env.cli_json_err(&["recovery", "enroll", "did:key:zBad"], None),
+        "invalid_args"
+    );
+    let words = path(env, "words");
+    std::fs::write(&words, made["words"].as_str().unwrap()).unwrap();
+    let pin_line = format!("{}\n", env.pin());
+    assert_eq!(
+        env.cli_json_err(
+            &["recovery", "restore", "--words-file", &words, "--pin-stdin"],
+            Some(pin_line.as_bytes())
+        ),
+        "not_available"
+    );
+    // Bad words are refused before the agent is asked (no PIN read, no request).
+    std::fs::write(&words, "abandon ".repeat(24)).unwrap();
+    assert_eq!(
+        env.cli_json_err(
+            &["recovery", "restore", "--words-file", &words, "--pin-stdin"],
+            Some(pin_line.as_bytes())
+        ),
+        "bad_checksum"
+    );
+    // The agent kept serving.
+    env.cli_ok(&["kek", "create"], None);
+}
+
+/// The words `recovery create` shows give the key it prints, recomputed by Debian's
+/// python3-mnemonic (words -> entropy) and python3-cryptography (the frozen HKDF derivation):
+/// `recovery/tests/vectors/crosscheck.py dids`. Never skipped: a missing module fails the test
+/// and names the script that installs it.
+fn created_words_give_the_printed_key_by_an_independent_implementation(env: &mut TestEnv) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    const PYTHON: &str = "/usr/bin/python3";
+    for module in ["mnemonic", "cryptography"] {
+        let ok = Command::new(PYTHON)
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "{PYTHON} cannot import `{module}`: run `./softhsm-setup.sh --install-only`"
+        );
+    }
+    let items: Vec<serde_json::Value> = (0..8)
+        .map(|_| {
+            let made = env.cli_json(&["recovery", "create", "--offline"], None);
+            serde_json::json!({"words": made["words"], "did_key": made["recovery"]})
+        })
+        .collect();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../recovery/tests/vectors/crosscheck.py");
+    let mut child = Command::new(PYTHON)
+        .arg(script)
+        .arg("dids")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run /usr/bin/python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::Value::from(items).to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "crosscheck.py dids: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok 8");
+}
