@@ -38,6 +38,11 @@
 //! # pinentry = "pinentry" # unset: never prompts
 //! # timeout_s = 60
 //! # tty = "/dev/pts/3"    # for pinentry-tty / pinentry-curses
+//! [audit]                 # the audit log (audit.rs); without this table, none is kept
+//! # path = "audit.log"    # default: audit.log beside the keystore
+//! # required = true       # refuse key operations while the log cannot be written
+//! # checkpoint_every = 1000  # a signed checkpoint every N entries (and at lock/unlock/stop)
+//! # max_bytes = 67108864  # rotate the live file past this size (PATH.1, PATH.2, ...)
 //! ```
 //! Idle connections that have said `hello` have no deadline: SSH clients keep theirs open.
 //! Other roots: `kind = "pkcs11"` with `key_type = "ec"` (a P-256 key pair on a token without AES
@@ -82,6 +87,8 @@ pub struct Config {
     pub limits: Limits,
     pub ssh: SshConfig,
     pub prompt: crate::prompt::PromptConfig,
+    /// `[audit]`, when present: the audit log, its path resolved (default: beside the keystore).
+    pub audit: Option<crate::audit::AuditConfig>,
 }
 
 /// Connection limits and deadlines (`[limits]`); see the module doc for what each one bounds.
@@ -282,6 +289,7 @@ struct RawConfig {
     ssh: SshConfig,
     #[serde(default)]
     prompt: crate::prompt::PromptConfig,
+    audit: Option<crate::audit::AuditConfig>,
 }
 
 /// `keystore` must name a SQLite file. A URI (`postgres://...`, `sqlite://...`) or a libpq
@@ -436,6 +444,7 @@ impl Config {
             "config": path.display().to_string(),
             "keystore": self.keystore.display().to_string(),
             "policy": self.policy.as_ref().map(|p| p.display().to_string()),
+            "audit_log": self.audit.as_ref().and_then(|a| a.path.as_ref()).map(|p| p.display().to_string()),
             "socket": self.socket.as_ref().map(|s| s.display().to_string()),
             "root": root,
         })
@@ -482,9 +491,22 @@ impl Config {
         if let Some(k) = &raw.keystore {
             check_keystore_path(k).map_err(invalid)?;
         }
+        if let Some(a) = &raw.audit {
+            a.check().map_err(invalid)?;
+        }
+        let keystore = raw.keystore.map(resolve).unwrap_or_else(default_keystore);
+        let audit = raw.audit.map(|a| crate::audit::AuditConfig {
+            path: Some(
+                a.path
+                    .clone()
+                    .map(resolve)
+                    .unwrap_or_else(|| keystore.with_file_name("audit.log")),
+            ),
+            ..a
+        });
         Ok(Config {
             socket: raw.socket.map(resolve),
-            keystore: raw.keystore.map(resolve).unwrap_or_else(default_keystore),
+            keystore,
             policy: raw.policy.map(resolve),
             root,
             extra_roots,
@@ -496,6 +518,7 @@ impl Config {
                 ..raw.ssh
             },
             prompt: raw.prompt,
+            audit,
         })
     }
 }
@@ -503,6 +526,37 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn audit_table_defaults_beside_the_keystore_and_is_checked() {
+        let p = Path::new("/etc/kw/keyward.toml");
+        let base = "keystore = \"data/ks.db\"\n[root]\nkind = \"soft\"\n";
+        // No table: no audit log.
+        assert_eq!(Config::parse(base, p).unwrap().audit, None);
+        // An empty table: beside the keystore, required, the default intervals.
+        let c = Config::parse(&format!("{base}[audit]\n"), p).unwrap();
+        let a = c.audit.unwrap();
+        assert_eq!(a.path.as_deref(), Some(Path::new("/etc/kw/data/audit.log")));
+        assert!(a.required);
+        assert_eq!((a.checkpoint_every, a.max_bytes), (1000, 64 << 20));
+        // A relative path is relative to the config file.
+        let c = Config::parse(
+            &format!("{base}[audit]\npath = \"logs/a.log\"\nrequired = false\n"),
+            p,
+        )
+        .unwrap();
+        let a = c.audit.unwrap();
+        assert_eq!(a.path.as_deref(), Some(Path::new("/etc/kw/logs/a.log")));
+        assert!(!a.required);
+        // Nonsense is refused with the table named; unknown keys too.
+        for bad in ["checkpoint_every = 0", "max_bytes = 10", "requried = true"] {
+            let e = Config::parse(&format!("{base}[audit]\n{bad}\n"), p).unwrap_err();
+            assert!(
+                e.to_string().contains("audit") || e.to_string().contains("requried"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn extra_roots_share_the_environment_or_are_refused() {

@@ -99,6 +99,9 @@ pub enum AgentError {
     /// A rule of the policy file refused the request (`policy_denied`).
     #[error("{0}")]
     PolicyDenied(crate::policy::Denied),
+    /// The audit log cannot be written and the config requires it (`audit_unavailable`).
+    #[error("`{op}` refused: the audit log cannot be written (disk full, read-only or removed); key operations are refused until it can (`[audit] required = false` opts out)")]
+    AuditUnavailable { op: &'static str },
     /// The key's usage limits refuse this use, or its confirmation was not given.
     #[error("{} {id} may not be used for `{usage}`: {why}", kind.as_str())]
     UsageDenied {
@@ -394,6 +397,8 @@ pub enum Tampering {
     RootRecord { id: Uuid },
     #[error("the agent authorization policy's MAC or signature does not verify")]
     AgentPolicy,
+    #[error("the audit key's row does not verify (its MAC, or its contents)")]
+    AuditKey,
 }
 
 impl Tampering {
@@ -401,6 +406,7 @@ impl Tampering {
     pub fn record(&self) -> String {
         match self {
             Tampering::PinCounter => crate::hierarchy::META_FAILURES.to_string(),
+            Tampering::AuditKey => "(audit key)".to_string(),
             Tampering::NoIntegrityKey | Tampering::IntegrityKeks | Tampering::IntegritySecrets => {
                 "(keystore integrity key)".to_string()
             }
@@ -586,6 +592,7 @@ impl AgentError {
             AgentError::PolicyDenied(_) => ErrorCode::PolicyDenied,
             AgentError::AgentKeyRevoked { .. } => ErrorCode::KeyInactive,
             AgentError::KeystoreChecking { .. } => ErrorCode::KeystoreChecking,
+            AgentError::AuditUnavailable { .. } => ErrorCode::AuditUnavailable,
             AgentError::Roots(r) => r.code(),
             AgentError::NotAvailable(_) => ErrorCode::NotAvailable,
             AgentError::UsageDenied { .. } => ErrorCode::UsageDenied,

@@ -4,6 +4,7 @@
 
 pub mod activation;
 pub mod agents;
+pub mod audit;
 pub mod config;
 pub mod datakeys;
 pub mod door;

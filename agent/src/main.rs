@@ -47,6 +47,8 @@ enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error("opening the audit log")]
+    Audit(#[source] keyward_agent::audit::AuditError),
     #[error("loading the policy file")]
     Policy(#[source] keyward_agent::policy::PolicyError),
     #[error("binding the socket")]
@@ -169,6 +171,20 @@ fn start(cli: Cli) -> Result<(), StartError> {
         return Ok(());
     }
 
+    // The audit log before the socket: a second agent on the same log stops here.
+    let audit = match &config.audit {
+        Some(a) => {
+            let path = a
+                .path
+                .clone()
+                .unwrap_or_else(|| ks.path().with_file_name("audit.log"));
+            Some(
+                keyward_agent::audit::Audit::open(a, &path, h.clone())
+                    .map_err(StartError::Audit)?,
+            )
+        }
+        None => None,
+    };
     let socket = keyward_proto::paths::socket_path(cli.socket.clone().or(config.socket.clone()));
     let limits = server::Limits::from_config(&config.limits);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -209,6 +225,7 @@ fn start(cli: Cli) -> Result<(), StartError> {
         let mut service = Service::new(h.clone())
             .with_prompt(prompt.clone())
             .with_policy(policy.clone())
+            .with_audit(audit.clone())
             .with_config_path(&std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone()));
         // The SSH door: a second socket, stopped by the same signal as the first.
         let (stop_ssh, ssh_stopped) = tokio::sync::watch::channel(());
@@ -227,6 +244,7 @@ fn start(cli: Cli) -> Result<(), StartError> {
                 askpass: config.ssh.askpass.clone(),
                 pinentry: prompt.clone(),
                 policy: policy.clone(),
+                audit: audit.clone(),
             };
             let agent = Arc::new(keyward_agent::ssh::requests::SshAgent::new(
                 h.clone(),
@@ -293,6 +311,11 @@ fn start(cli: Cli) -> Result<(), StartError> {
             let _ = t.await;
         }
         drop(ssh_stopped);
+        // The last entries and a signed checkpoint, while the key is still there.
+        if let Some(a) = &audit {
+            let a = a.clone();
+            let _ = tokio::task::spawn_blocking(move || a.shutdown()).await;
+        }
         // Destroy unwrapped keys in the token before exit.
         let _ = h.lock();
         Ok::<(), StartError>(())

@@ -33,6 +33,28 @@ pub struct Service {
     /// The connection's front door, set by its `hello` (socket unless the client names itself
     /// the PKCS#11 module).
     door: Arc<OnceLock<Door>>,
+    /// The audit log, when the agent keeps one: every request but `hello` is appended.
+    audit: Option<Arc<crate::audit::Audit>>,
+}
+
+/// Ops that run while a required audit log is failing: they reveal and change no key (hello,
+/// locking, and the audit log's own state).
+fn runs_without_audit(op: &str) -> bool {
+    [Op::Hello, Op::Lock, Op::AuditInfo, Op::RootInfo]
+        .iter()
+        .any(|o| o.name() == op)
+}
+
+/// The `id` a result names (a created, revoked or deleted key), for the audit entry of an op
+/// whose arguments name none.
+fn result_id(v: &ciborium::Value) -> Option<&str> {
+    let ciborium::Value::Map(m) = v else {
+        return None;
+    };
+    m.iter().find_map(|(k, v)| match (k, v) {
+        (ciborium::Value::Text(k), ciborium::Value::Text(v)) if k == "id" => Some(v.as_str()),
+        _ => None,
+    })
 }
 
 impl Service {
@@ -45,7 +67,14 @@ impl Service {
             peer: Arc::new(Peer::unknown()),
             policy: Arc::new(crate::policy::PolicyState::none()),
             door: Arc::new(OnceLock::new()),
+            audit: None,
         }
+    }
+
+    /// Append every request to `audit` (and refuse key operations while it fails, if required).
+    pub fn with_audit(mut self, audit: Option<Arc<crate::audit::Audit>>) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// This service for one connection, whose peer process is `peer` (named in prompts).
@@ -148,11 +177,40 @@ impl Service {
         } else {
             self.h.keystore_ready()
         };
-        let resp = match ready.and_then(|()| self.check_policy(req)) {
-            // Key limits that ask for confirmation name this connection's peer.
-            Ok(()) => crate::limits::with_requester(self.peer.clone(), || dispatch(self, req)),
-            Err(e) => Response::err(Some(req.id), e.to_body()),
+        let audit = self.audit.as_ref().filter(|_| req.op != Op::Hello.name());
+        let exempt = runs_without_audit(&req.op);
+        let op_name = || Op::from_name(&req.op).map_or("request", Op::name);
+        let mut resp = if audit.is_some_and(|a| a.refuses()) && !exempt {
+            let e = AgentError::AuditUnavailable { op: op_name() };
+            Response::err(Some(req.id), e.to_body())
+        } else {
+            match ready.and_then(|()| self.check_policy(req)) {
+                // Key limits that ask for confirmation name this connection's peer.
+                Ok(()) => crate::limits::with_requester(self.peer.clone(), || dispatch(self, req)),
+                Err(e) => Response::err(Some(req.id), e.to_body()),
+            }
         };
+        if let Some(a) = audit {
+            let mut r = crate::audit::Record::of(&req.op, self.door().name(), &self.peer);
+            r.key = crate::policy::key_id_of(&req.args)
+                .or_else(|| resp.ok.as_ref().and_then(result_id))
+                .map(|k| k.chars().take(128).collect());
+            r.result = resp
+                .err
+                .as_ref()
+                .map_or("ok", |e| e.code.as_str())
+                .to_string();
+            // Only a success waits for its entry: a refusal gave nothing away.
+            let wait = a.required() && !exempt && resp.err.is_none();
+            if !a.append(r, wait) && wait {
+                // The result is withheld: a key or plaintext in it is wiped, not sent.
+                if let Some(mut v) = resp.ok.take() {
+                    keyward_proto::message::wipe_value(&mut v);
+                }
+                let e = AgentError::AuditUnavailable { op: op_name() };
+                resp = Response::err(Some(req.id), e.to_body());
+            }
+        }
         if let Some(body) = &resp.err {
             if body.code == ErrorCode::Internal || body.code == ErrorCode::TokenError {
                 tracing::error!(op = %req.op, error = %body.message, "request failed");
@@ -459,11 +517,15 @@ impl Handler for Service {
             keystore: Some(self.h.ks.path().display().to_string()),
             pin_attempts_left: Some(self.h.pin_attempts_left()),
             keystore_check,
+            audit_log: self.audit.as_ref().map(|a| a.path().display().to_string()),
         })
     }
 
     fn init(&self, a: PinArgs) -> Result<InitResult, AgentError> {
         let root = self.h.init(&a.pin)?;
+        if let Some(a) = &self.audit {
+            a.checkpoint("init");
+        }
         Ok(InitResult {
             id: root.to_string(),
             token: self.h.describe(),
@@ -472,12 +534,20 @@ impl Handler for Service {
 
     fn unlock(&self, a: PinArgs) -> Result<LockState, AgentError> {
         self.h.unlock(&a.pin)?;
+        if let Some(a) = &self.audit {
+            // Signs the entries written while locked.
+            a.checkpoint("unlock");
+        }
         Ok(LockState { locked: false })
     }
 
     fn lock(&self, _: Empty) -> Result<LockState, AgentError> {
         if let Some((_, ssh)) = &self.ssh {
             ssh.on_lock();
+        }
+        if let Some(a) = &self.audit {
+            // The last signature before the key goes away.
+            a.checkpoint("lock");
         }
         self.h.lock()?;
         Ok(LockState { locked: true })
@@ -934,6 +1004,21 @@ impl Handler for Service {
         Ok(SharedSecret {
             secret: SecretBytes::from(secret),
         })
+    }
+
+    fn audit_info(&self, _: Empty) -> Result<AuditInfoResult, AgentError> {
+        match &self.audit {
+            Some(a) => a.info(),
+            None => Ok(AuditInfoResult {
+                path: None,
+                required: false,
+                failing: false,
+                public_key: None,
+                head_seq: None,
+                head_hash: None,
+                checked: false,
+            }),
+        }
     }
 
     fn random(&self, a: RandomArgs) -> Result<RandomBytes, AgentError> {

@@ -249,6 +249,7 @@ impl Client {
                 keystore: None,
                 pin_attempts_left: None,
                 keystore_check: None,
+                audit_log: None,
             },
             reader,
         };
@@ -801,6 +802,11 @@ impl Client {
     // ---- the PKCS#11 module's operations ----
 
     /// The root's id (stable for its life) and the lock state.
+    /// The audit log's path, audit key and chain head (`audit.info`).
+    pub async fn audit_info(&self) -> Result<AuditInfoResult, ClientError> {
+        self.call::<op::AuditInfo>(&Empty {}).await
+    }
+
     pub async fn root_info(&self) -> Result<RootInfoResult, ClientError> {
         self.call::<op::RootInfo>(&Empty {}).await
     }

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 mod agents_cmds;
+mod audit_cmds;
 mod backup;
 mod cli;
 mod cryppo;
@@ -143,6 +144,9 @@ enum Command {
     /// Agent authorization (DKMS): which agent keys act for this identity, signed by its root.
     #[command(subcommand)]
     Agents(agents_cmds::AgentsCmd),
+    /// The agent's audit log: `audit show` prints it, `audit verify` checks its chain.
+    #[command(subcommand)]
+    Audit(audit_cmds::AuditCmd),
     /// Offline and social recovery: the recovery words, trustees' shares, restore.
     #[command(subcommand)]
     Recovery(recovery_cmds::RecoveryCmd),
@@ -443,6 +447,9 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
                     text.push_str(&format!("  {d}\n"));
                 }
             }
+            if let Some(s) = &h.audit_log {
+                text.push_str(&format!("audit log:   {s}\n"));
+            }
             out(text, serde_json::to_value(&h).map_err(|e| e.to_string())?)
         }
         Command::Init { pin: opt, soft } => {
@@ -620,6 +627,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         | Command::Ssh(_)
         | Command::Doctor { .. }
         | Command::Policy(_)
+        | Command::Audit(_)
         | Command::Recovery(_)
         | Command::Backup(_) => {
             return Err("internal: offline command reached the agent path"
@@ -797,6 +805,33 @@ fn main() -> ExitCode {
             eprintln!("keyward: {text}");
         }
         return ExitCode::from(code);
+    }
+    if let Command::Audit(cmd) = &cli.command {
+        let socket = keyward_client::proto::paths::socket_path(cli.socket.clone());
+        match rt.block_on(audit_cmds::audit(&socket, cmd)) {
+            Ok((o, ok)) => {
+                if cli.json {
+                    println!("{}", o.json);
+                } else {
+                    print!("{}", o.text);
+                }
+                return if ok {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                };
+            }
+            Err(f) => {
+                if cli.json {
+                    println!(
+                        "{}",
+                        json!({ "error": {"code": f.body.as_ref().map_or("client", |b| b.code.as_str()), "message": f.message} })
+                    );
+                }
+                eprintln!("keyward: {}", f.message);
+                return ExitCode::FAILURE;
+            }
+        }
     }
     match rt.block_on(run(&cli)) {
         Ok(Some(o)) => {

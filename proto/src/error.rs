@@ -91,6 +91,9 @@ pub enum ErrorCode {
     /// The agent started moments ago and SQLite's full check of its keystore has not finished
     /// yet: try again shortly (`keyward --json status` shows `keystore_check`).
     KeystoreChecking,
+    /// The agent's audit log cannot be written (disk full, read-only, removed) and the config
+    /// requires it (`[audit] required`, the default): key operations are refused until it can.
+    AuditUnavailable,
     /// The agent knows the operation but this build cannot carry it out yet (a feature that
     /// depends on work not in this version, e.g. recovery enrollment before several roots per
     /// KEK). Nothing was changed.
@@ -146,6 +149,7 @@ impl ErrorCode {
             ErrorCode::PromptUnavailable => "prompt_unavailable",
             ErrorCode::PolicyDenied => "policy_denied",
             ErrorCode::KeystoreChecking => "keystore_checking",
+            ErrorCode::AuditUnavailable => "audit_unavailable",
             ErrorCode::NotAvailable => "not_available",
             ErrorCode::UsageDenied => "usage_denied",
             ErrorCode::KeyExpired => "key_expired",

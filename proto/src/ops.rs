@@ -93,6 +93,9 @@ pub struct HelloResult {
     /// Wrong PINs left before the agent refuses PINs (as far as it has seen).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_attempts_left: Option<u32>,
+    /// The agent's audit log (`[audit] path`), when it keeps one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_log: Option<String>,
     /// SQLite's full check of the keystore, which runs just after the socket is up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keystore_check: Option<KeystoreCheck>,
@@ -836,6 +839,33 @@ pub struct KekRotated {
     pub id: String,
     pub version: u32,
     pub rewrapped: u64,
+}
+
+// ---- the audit log ---------------------------------------------------------------------------
+
+/// `audit.info` result: where the agent's audit log is, and what a verifier must take from the
+/// agent's keystore rather than from the log: the audit key's public half and the chain head.
+/// `checked` says whether the agent verified those keystore rows' MAC just now (only possible
+/// while unlocked); a verifier should not trust unchecked values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditInfoResult {
+    /// The live log file (rotated files beside it: `PATH.1`, `PATH.2`, …); none: no audit log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Key operations are refused while the log cannot be written.
+    pub required: bool,
+    /// The log cannot be written right now.
+    pub failing: bool,
+    /// The audit key's public half (SEC1), once the agent made it (at the first checkpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<serde_bytes::ByteBuf>,
+    /// The newest entry the keystore recorded: its sequence number and hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_hash: Option<serde_bytes::ByteBuf>,
+    /// The MACs of the key and head rows verified under the keystore integrity key just now.
+    pub checked: bool,
 }
 
 /// `kek.rotate` arguments: the KEK, and enrolled roots to remove first (`--drop-root`: absent

@@ -251,6 +251,9 @@ operations! {
     RecoveryRestore, recovery_restore, "recovery.restore": RecoveryRestoreArgs => RestoredResult, Always;
     /// Narrow a DEK's or keypair's usage limits (usage set, confirm, not-after).
     KeyLimits, key_limits, "key.limits": KeyLimitsArgs => KeyInfo, Unlocked;
+    /// The audit log's path, and the audit key and chain head from the keystore (for
+    /// `keyward audit verify`).
+    AuditInfo, audit_info, "audit.info": Empty => AuditInfoResult, Always;
 }
 
 #[cfg(test)]

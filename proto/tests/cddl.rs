@@ -319,6 +319,7 @@ fn every_request_validates() {
         ),
         // The PKCS#11 module's operations.
         (Op::RootInfo, req(Op::RootInfo, &Empty {})),
+        (Op::AuditInfo, req(Op::AuditInfo, &Empty {})),
         (Op::UnlockPrompt, req(Op::UnlockPrompt, &Empty {})),
         (
             Op::SignDigest,
@@ -555,6 +556,7 @@ fn every_response_validates() {
                     ms: 12,
                     detail: Some("integrity_check: row 3 missing from index".into()),
                 }),
+                audit_log: Some("/home/u/.local/share/keyward/audit.log".into()),
             },
         ),
         Response::ok(
@@ -803,6 +805,18 @@ fn every_response_validates() {
                 key: SecretBytes::new(vec![1; 32]),
             },
         ),
+        Response::ok(
+            1,
+            &AuditInfoResult {
+                path: Some("/home/u/.local/share/keyward/audit.log".into()),
+                required: true,
+                failing: false,
+                public_key: Some(serde_bytes::ByteBuf::from(vec![2; 33])),
+                head_seq: Some(41),
+                head_hash: Some(serde_bytes::ByteBuf::from(vec![7; 32])),
+                checked: true,
+            },
+        ),
         // The PKCS#11 module's operations.
         Response::ok(
             1,
@@ -870,6 +884,7 @@ fn every_response_validates() {
         ErrorCode::Cancelled,
         ErrorCode::PromptUnavailable,
         ErrorCode::PolicyDenied,
+        ErrorCode::AuditUnavailable,
         ErrorCode::UsageDenied,
         ErrorCode::KeyExpired,
         ErrorCode::LimitsWidened,

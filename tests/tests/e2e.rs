@@ -3,6 +3,8 @@
 
 #[path = "e2e/agents.rs"]
 mod agents;
+#[path = "e2e/audit.rs"]
+mod audit;
 #[path = "e2e/backup.rs"]
 mod backup;
 #[path = "e2e/cli.rs"]

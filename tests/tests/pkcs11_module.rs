@@ -763,3 +763,50 @@ fn policy_rules_see_the_module_as_the_pkcs11_door() {
     );
     env.cli_ok(&["sign", "--key", &keys.p256], Some(b"m"));
 }
+
+/// With an audit log, the module's requests are entries of the `pkcs11` door naming the host
+/// program and the key.
+#[test]
+fn the_modules_signatures_are_audited_as_the_pkcs11_door() {
+    ensure_programs();
+    let mut env = TestEnv::start(keyward_tests::RootKind::Soft);
+    env.stop();
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(env.config_path(), format!("{cfg}\n[audit]\n")).unwrap();
+    env.start_agent();
+    let keys = init_for_module(&env);
+    let msg = env.dir().join("msg");
+    std::fs::write(&msg, b"audited").unwrap();
+    let sig = env.dir().join("sig");
+    let mut c = host(&env, "pkcs11-tool");
+    c.arg("--module").arg(module()).args([
+        "--login",
+        "--pin",
+        env.pin(),
+        "--sign",
+        "-m",
+        "ECDSA-SHA256",
+        "--id",
+        &ck_id(&keys.p256),
+        "-i",
+        msg.to_str().unwrap(),
+        "-o",
+        sig.to_str().unwrap(),
+    ]);
+    run_ok(c);
+    let entries = env.cli_json(&["audit", "show"], None);
+    let entries = entries.as_array().expect("entries");
+    let signed = entries
+        .iter()
+        .find(|e| e["door"] == "pkcs11" && e["op"].as_str().is_some_and(|o| o.starts_with("sign")))
+        .unwrap_or_else(|| panic!("no module signature entry: {entries:#?}"));
+    assert_eq!(signed["key"], keys.p256.as_str(), "{signed}");
+    assert_eq!(signed["label"], "p11-ecdsa", "{signed}");
+    assert_eq!(signed["result"], "ok", "{signed}");
+    assert!(
+        signed["exe"]
+            .as_str()
+            .is_some_and(|e| e.contains("pkcs11-tool")),
+        "{signed}"
+    );
+}

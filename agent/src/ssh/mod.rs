@@ -65,6 +65,8 @@ pub struct SshSettings {
     /// The policy file's rules, checked before a signature (`sign`) and a listing
     /// (`keypair.list`).
     pub policy: std::sync::Arc<crate::policy::PolicyState>,
+    /// The audit log, when the agent keeps one: every request is appended (door `ssh`).
+    pub audit: Option<std::sync::Arc<crate::audit::Audit>>,
 }
 
 impl std::fmt::Debug for SshSettings {

@@ -33,6 +33,20 @@ pub const EXTENSIONS: &[&str] = &[
 /// FAILURE, encoded.
 pub const FAILURE: &[u8] = &[5];
 
+/// How an SSH request ended, for its audit entry: the wire error code where the agent has one.
+fn ssh_result(e: &SshError) -> &'static str {
+    match e {
+        SshError::Agent(a) => a.code().as_str(),
+        SshError::Keystore(k) => k.code().as_str(),
+        SshError::Malformed(_) | SshError::Encoding(_) | SshError::Key(_) => "malformed",
+        SshError::DoorLocked => "door_locked",
+        SshError::UnknownKey => "not_found",
+        SshError::Unsupported(_) => "unsupported",
+        SshError::Refused(_) => "refused",
+        SshError::NotConfirmed(_) => "cancelled",
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -122,8 +136,54 @@ impl SshAgent {
     /// prompts, keystore reads).
     pub fn respond(&self, conn: &mut Conn, req: Request) -> Vec<u8> {
         let what = req.message_id();
-        let result = self.answer(conn, req);
+        let Some(audit) = self.settings.audit.clone() else {
+            return Self::encode(what, self.answer(conn, req));
+        };
+        let mut rec = self.audit_record(conn, &req);
+        let refuse = audit.refuses() && !matches!(req, Request::Lock(_) | Request::Unlock(_));
+        let mut result = if refuse {
+            Err(SshError::Agent(
+                crate::error::AgentError::AuditUnavailable { op: "ssh request" },
+            ))
+        } else {
+            self.answer(conn, req)
+        };
+        rec.result = match &result {
+            Ok(_) => "ok".into(),
+            Err(e) => ssh_result(e).into(),
+        };
+        let wait = audit.required() && result.is_ok();
+        if !audit.append(rec, wait) && wait {
+            result = Err(SshError::Agent(
+                crate::error::AgentError::AuditUnavailable { op: "ssh request" },
+            ));
+        }
         Self::encode(what, result)
+    }
+
+    /// The audit entry of an SSH request: its op name (the protocol's where there is one), and
+    /// the key it names: a stored keypair's id (its label is added by the writer), else the
+    /// key's SHA-256 fingerprint.
+    fn audit_record(&self, conn: &Conn, req: &Request) -> crate::audit::Record {
+        let (op, key) = match req {
+            Request::RequestIdentities => ("keypair.list", None),
+            Request::SignRequest(s) => ("sign", Some(s.credential.key_data())),
+            Request::AddIdentity(_) | Request::AddIdConstrained(_) => ("ssh.add", None),
+            Request::RemoveIdentity(r) => ("ssh.remove", Some(r.credential.key_data())),
+            Request::RemoveAllIdentities => ("ssh.remove_all", None),
+            Request::AddSmartcardKey(_)
+            | Request::AddSmartcardKeyConstrained(_)
+            | Request::RemoveSmartcardKey(_) => ("ssh.smartcard", None),
+            Request::Lock(_) => ("ssh.lock", None),
+            Request::Unlock(_) => ("ssh.unlock", None),
+            Request::Extension(_) => ("ssh.extension", None),
+        };
+        let mut r = crate::audit::Record::of(op, "ssh", &conn.peer);
+        r.key = key.map(|k| match self.keys.find(k).as_deref().map(|o| &o.source) {
+            Ok(super::keys::Source::Stored { rec, .. }) => rec.id.to_string(),
+            _ => k.fingerprint(HashAlg::Sha256).to_string(),
+        });
+        r
     }
 
     /// Answer now, on the connection's task, when nothing on the way can block: a SIGN_REQUEST
@@ -138,8 +198,9 @@ impl SshAgent {
         if self.door.try_lock().ok()?.hash.is_some() {
             return None;
         }
-        // With a policy file every signature takes the slow path, where the rules are checked.
-        if self.settings.policy.current().is_some() {
+        // With a policy file every signature takes the slow path, where the rules are checked;
+        // with an audit log too, where the entry is written (and waited for, when required).
+        if self.settings.policy.current().is_some() || self.settings.audit.is_some() {
             return None;
         }
         let (id, signer) = self.keys.ready(s.credential.key_data())?;

@@ -51,6 +51,7 @@ fn serve(socket: &str, record: &str) -> Result<(), String> {
                             keystore: None,
                             pin_attempts_left: None,
                             keystore_check: None,
+                            audit_log: None,
                         },
                     )
                 } else {

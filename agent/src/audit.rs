@@ -1,0 +1,1054 @@
+//! The audit log's writer: every operation through every door appended as one hash-chained
+//! entry (format and verification: the `keyward-audit` crate), grouped into batches by one
+//! writer thread, signed at checkpoints by the agent's audit key, its head recorded in the
+//! keystore.
+//!
+//! - **One writer.** The live file is held under an exclusive `flock` for the agent's life; a
+//!   second agent on the same log refuses to start ([`AuditError::InUse`]).
+//! - **Group commit.** Requests hand their entry to the writer thread over a channel and go on;
+//!   the thread takes everything queued, writes it with one `write` and one `fdatasync`. Only
+//!   when the log is required (`[audit] required`, the default) does a request wait for its
+//!   batch, and then a failed write turns its answer into `audit_unavailable`. While the last
+//!   write failed, key operations are refused before they run; the next batch that writes clears
+//!   that (a refused request's own entry is the retry).
+//! - **Checkpoints.** Every `checkpoint_every` entries, and at lock, unlock and shutdown, the
+//!   writer appends a checkpoint signed (COSE_Sign1, ES256) by the audit key: a P-256 key made
+//!   at the first checkpoint, wrapped under its own KEK under the root, kept with its public half
+//!   in keystore meta rows under the keystore MAC. While the agent is locked there is no key:
+//!   entries wait for the next checkpoint.
+//! - **Head.** After each batch written while unlocked, the chain head (sequence, hash) goes to a
+//!   MAC'd keystore meta row, so a log cut short of it is caught by `keyward audit verify`.
+//! - **Rotation.** When the live file passes `max_bytes` it is renamed `PATH.N` (N one more than
+//!   the highest there) and a new file continues the same chain.
+//!
+//! This module must never write data, plaintexts, PINs or keys into the log (entries hold the op
+//! name, key id and label, the client's uid, pid and executable, the door and the result code
+//! only), never let a request wait on the log when it is not required, and never sign a
+//! checkpoint over entries it did not write.
+
+use crate::hierarchy::Hierarchy;
+use crate::keystore::Encoder;
+use keyward_audit::{Entry, CHECKPOINT_OP};
+use keyward_identity::LocalKey;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+use zeroize::Zeroizing;
+
+/// Meta row: the chain head, `SEQ:HASH` (hex).
+const META_HEAD: &str = "audit_head";
+const META_HEAD_MAC: &str = "audit_head_mac";
+/// Meta row: the audit key, `KEK:KEY:PUBLIC` (hex: the KEK wrapped under the root, the private
+/// scalar wrapped under that KEK, the SEC1 public key).
+const META_KEY: &str = "audit_key";
+const META_KEY_MAC: &str = "audit_key_mac";
+
+/// The most entries one batch takes from the queue.
+const MAX_BATCH: usize = 4096;
+/// Longest op name, key id, label or executable kept in an entry.
+const MAX_FIELD: usize = 256;
+
+/// `[audit]`: the audit log.
+#[derive(Debug, Clone, serde::Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The live log file (default: `audit.log` beside the keystore).
+    pub path: Option<PathBuf>,
+    /// Refuse key operations while the log cannot be written (default: yes).
+    pub required: bool,
+    /// A signed checkpoint every this many entries (default 1000).
+    pub checkpoint_every: u64,
+    /// Rotate the live file past this size (default 64 MiB).
+    pub max_bytes: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: None,
+            required: true,
+            checkpoint_every: 1000,
+            max_bytes: 64 << 20,
+        }
+    }
+}
+
+impl AuditConfig {
+    pub fn check(&self) -> Result<(), String> {
+        if self.checkpoint_every == 0 || self.max_bytes < 4096 {
+            return Err("audit: need checkpoint_every >= 1 and max_bytes >= 4096".into());
+        }
+        Ok(())
+    }
+}
+
+/// Why the log could not be opened at start-up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    #[error("the audit log {path} is held by another agent (its lock is taken): one log has one writer; stop the other agent or give this one its own `[audit] path`")]
+    InUse { path: PathBuf },
+    #[error("opening the audit log {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the audit writer thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// What happened, as the request path hands it over (the writer adds the label, the sequence
+/// number and the chain).
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub op: String,
+    pub door: &'static str,
+    pub key: Option<String>,
+    pub label: Option<String>,
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+    pub exe: Option<String>,
+    pub result: String,
+    pub detail: Option<String>,
+}
+
+impl Record {
+    /// A record of `op` by `peer` through `door`.
+    pub fn of(op: &str, door: &'static str, peer: &crate::peer::Peer) -> Record {
+        Record {
+            op: clip(op),
+            door,
+            uid: peer.uid,
+            pid: peer.pid,
+            exe: peer.exe_text().map(|e| clip(&e)),
+            ..Record::default()
+        }
+    }
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(MAX_FIELD).collect()
+}
+
+enum Msg {
+    Entry(Record, Option<SyncSender<bool>>),
+    Checkpoint(&'static str, Option<SyncSender<bool>>),
+    /// Acknowledged once everything queued before it was written (or failed).
+    Flush(SyncSender<bool>),
+    Stop(SyncSender<()>),
+}
+
+/// The agent's audit log: a handle to its writer thread.
+pub struct Audit {
+    tx: Mutex<Option<Sender<Msg>>>,
+    failing: Arc<AtomicBool>,
+    /// Batches written (each one `write` and one `fdatasync`).
+    syncs: Arc<std::sync::atomic::AtomicU64>,
+    required: bool,
+    path: PathBuf,
+    h: Arc<Hierarchy>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Audit {
+    /// Open (or create) the log at `path`, take its lock, find where its chain ends, and start
+    /// the writer thread. The first entry it writes is `agent.start`.
+    pub fn open(
+        cfg: &AuditConfig,
+        path: &Path,
+        h: Arc<Hierarchy>,
+    ) -> Result<Arc<Audit>, AuditError> {
+        // Another agent's log stops the start; a log that cannot be opened (a missing mount, a
+        // directory in its place) is a failing log: key operations are refused while it is
+        // required, and each batch tries again.
+        let file = match open_locked(path) {
+            Ok(f) => Some(f),
+            Err(e @ AuditError::InUse { .. }) => return Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, "audit: the log cannot be opened; key operations are refused while it cannot (unless [audit] required = false)");
+                None
+            }
+        };
+        let opened = file.is_some();
+        let mut w = Writer {
+            file,
+            path: path.to_path_buf(),
+            size: 0,
+            seq: 0,
+            prev: keyward_audit::GENESIS,
+            since_checkpoint: 0,
+            every: cfg.checkpoint_every,
+            max_bytes: cfg.max_bytes,
+            h: h.clone(),
+            failing: Arc::new(AtomicBool::new(!opened)),
+            syncs: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            lost: 0,
+        };
+        if opened {
+            w.resume().map_err(|source| AuditError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let (tx, rx) = mpsc::channel();
+        let failing = w.failing.clone();
+        let syncs = w.syncs.clone();
+        let thread = std::thread::Builder::new()
+            .name("keyward-audit".into())
+            .spawn(move || w.run(rx))
+            .map_err(AuditError::Thread)?;
+        let audit = Arc::new(Audit {
+            tx: Mutex::new(Some(tx)),
+            failing,
+            syncs,
+            required: cfg.required,
+            path: path.to_path_buf(),
+            h,
+            thread: Mutex::new(Some(thread)),
+        });
+        audit.append(
+            Record {
+                op: "agent.start".into(),
+                door: "agent",
+                result: "ok".into(),
+                uid: Some(nix::unistd::geteuid().as_raw()),
+                pid: Some(std::process::id() as i32),
+                ..Record::default()
+            },
+            false,
+        );
+        Ok(audit)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
+    /// The last write failed (and no later one succeeded).
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
+    /// How many batches were written so far (one `write` and one `fdatasync` each).
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Whether key operations must be refused now: the log is required and failing.
+    pub fn refuses(&self) -> bool {
+        self.required && self.failing()
+    }
+
+    fn send(&self, m: Msg) -> bool {
+        match lock(&self.tx).as_ref() {
+            Some(tx) => tx.send(m).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Queue an entry. With `wait`, block until its batch is on disk: `false` when that write
+    /// failed (or the writer is gone).
+    pub fn append(&self, r: Record, wait: bool) -> bool {
+        if !wait {
+            return self.send(Msg::Entry(r, None));
+        }
+        let (ack, done) = mpsc::sync_channel(1);
+        self.send(Msg::Entry(r, Some(ack))) && done.recv().unwrap_or(false)
+    }
+
+    /// Append a signed checkpoint now (if the agent is unlocked), and wait for it.
+    pub fn checkpoint(&self, reason: &'static str) -> bool {
+        let (ack, done) = mpsc::sync_channel(1);
+        self.send(Msg::Checkpoint(reason, Some(ack))) && done.recv().unwrap_or(false)
+    }
+
+    /// Wait until every entry queued so far is written (`false`: its batch failed).
+    pub fn flush(&self) -> bool {
+        let (ack, done) = mpsc::sync_channel(1);
+        self.send(Msg::Flush(ack)) && done.recv().unwrap_or(false)
+    }
+
+    /// Write `agent.stop` and a last checkpoint, then end the writer thread.
+    pub fn shutdown(&self) {
+        let (ack, done) = mpsc::sync_channel(1);
+        if self.send(Msg::Stop(ack)) {
+            let _ = done.recv();
+        }
+        lock(&self.tx).take();
+        if let Some(t) = lock(&self.thread).take() {
+            let _ = t.join();
+        }
+    }
+
+    /// What `audit.info` answers: the path, and the audit key and head from the keystore, their
+    /// MACs checked when the agent is unlocked. Everything queued before is written first, so a
+    /// reader that asks this and then reads the file sees every earlier entry.
+    pub fn info(&self) -> Result<keyward_proto::ops::AuditInfoResult, crate::error::AgentError> {
+        self.flush();
+        let ks = &self.h.ks;
+        let key = ks.meta(META_KEY)?;
+        let key_mac = ks.meta(META_KEY_MAC)?;
+        let head = ks.meta(META_HEAD)?;
+        let head_mac = ks.meta(META_HEAD_MAC)?;
+        let public = key
+            .as_deref()
+            .and_then(|k| parse_key_row(k).map(|(_, _, p)| p));
+        let parsed_head = head.as_deref().and_then(parse_head_row);
+        let checked = ks.has_mac_key()
+            && key
+                .as_deref()
+                .is_some_and(|k| mac_ok(ks, &key_body(k), key_mac.as_deref()))
+            && head
+                .as_deref()
+                .is_some_and(|h| mac_ok(ks, &head_body(h), head_mac.as_deref()));
+        Ok(keyward_proto::ops::AuditInfoResult {
+            path: Some(self.path.display().to_string()),
+            required: self.required,
+            failing: self.failing(),
+            public_key: public.map(serde_bytes::ByteBuf::from),
+            head_seq: parsed_head.map(|h| h.0),
+            head_hash: parsed_head.map(|h| serde_bytes::ByteBuf::from(h.1.to_vec())),
+            checked,
+        })
+    }
+}
+
+impl Drop for Audit {
+    fn drop(&mut self) {
+        lock(&self.tx).take();
+    }
+}
+
+/// Open the live file for appending and take its lock; the path must still name the locked
+/// file (a rotation may have renamed it in between).
+fn open_locked(path: &Path) -> Result<nix::fcntl::Flock<File>, AuditError> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let open_err = |source| AuditError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    for _ in 0..3 {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(open_err)?;
+        let locked = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(AuditError::InUse {
+                    path: path.to_path_buf(),
+                })
+            }
+            Err((_, e)) => return Err(open_err(std::io::Error::from(e))),
+        };
+        let here = std::fs::metadata(path).map_err(open_err)?;
+        let held = locked.metadata().map_err(open_err)?;
+        if (here.dev(), here.ino()) == (held.dev(), held.ino()) {
+            return Ok(locked);
+        }
+    }
+    Err(AuditError::InUse {
+        path: path.to_path_buf(),
+    })
+}
+
+fn head_body(row: &str) -> Vec<u8> {
+    let mut e = Encoder::new("keyward/keystore/audit-head/v1");
+    e.text(Some(row));
+    e.finish()
+}
+
+fn key_body(row: &str) -> Vec<u8> {
+    let mut e = Encoder::new("keyward/keystore/audit-key/v1");
+    e.text(Some(row));
+    e.finish()
+}
+
+fn mac_ok(ks: &crate::keystore::Keystore, body: &[u8], mac: Option<&str>) -> bool {
+    mac.and_then(|m| hex::decode(m.trim()).ok())
+        .and_then(|t| ks.mac_verify(body, &t))
+        == Some(true)
+}
+
+fn parse_head_row(row: &str) -> Option<(u64, [u8; 32])> {
+    let (s, h) = row.split_once(':')?;
+    Some((s.parse().ok()?, hex::decode(h).ok()?.try_into().ok()?))
+}
+
+/// (wrapped KEK, wrapped private scalar, SEC1 public key).
+fn parse_key_row(row: &str) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+    let mut it = row.split(':').map(hex::decode);
+    let (Some(Ok(k)), Some(Ok(w)), Some(Ok(p)), None) =
+        (it.next(), it.next(), it.next(), it.next())
+    else {
+        return None;
+    };
+    Some((k, w, p))
+}
+
+impl Hierarchy {
+    /// The audit key, made (and recorded, MAC'd) the first time it is needed. `None` while the
+    /// agent is locked or not initialized; an error when the stored key's MAC does not verify
+    /// (it is then never used, and never replaced: that needs a person).
+    fn audit_key(&self) -> Result<Option<LocalKey>, crate::error::AgentError> {
+        use crate::error::{AgentError, Tampering};
+        if self.is_locked() || !self.ks.has_mac_key() || self.root_record("audit").is_err() {
+            return Ok(None);
+        }
+        if let Some(row) = self.ks.meta(META_KEY)? {
+            if !mac_ok(
+                &self.ks,
+                &key_body(&row),
+                self.ks.meta(META_KEY_MAC)?.as_deref(),
+            ) {
+                return Err(AgentError::KeystoreTampered(Tampering::AuditKey));
+            }
+            let (kek, wrapped, _) =
+                parse_key_row(&row).ok_or(AgentError::KeystoreTampered(Tampering::AuditKey))?;
+            let opened = self.with_recovery(|| Ok(self.root.open_kek(&kek)?))?;
+            let secret = opened.export_dek(&wrapped)?;
+            let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(
+                secret
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| AgentError::KeystoreTampered(Tampering::AuditKey))?,
+            );
+            return LocalKey::from_bytes(&bytes)
+                .map(Some)
+                .map_err(|_| AgentError::KeystoreTampered(Tampering::AuditKey));
+        }
+        let key = LocalKey::generate(&mut rand_core::OsRng);
+        let kek = self.with_recovery(|| Ok(self.root.generate_kek()?))?;
+        let opened = self.with_recovery(|| Ok(self.root.open_kek(&kek.bytes)?))?;
+        let wrapped = opened.wrap_secret(key.to_bytes().as_ref())?;
+        let row = format!(
+            "{}:{}:{}",
+            hex::encode(&kek.bytes),
+            hex::encode(&wrapped.bytes),
+            hex::encode(key.public_key().to_sec1_compressed())
+        );
+        let Some(mac) = self.ks.mac_tag(&key_body(&row)).map(hex::encode) else {
+            return Ok(None);
+        };
+        self.ks
+            .set_metas(&[(META_KEY, Some(&row)), (META_KEY_MAC, Some(&mac))])?;
+        tracing::info!("audit: made the audit key (checkpoint signatures)");
+        Ok(Some(key))
+    }
+
+    /// Record the chain head, MAC'd; nothing while locked (no MAC key).
+    fn audit_head(&self, seq: u64, hash: &[u8; 32]) -> Result<bool, crate::error::AgentError> {
+        let row = format!("{seq}:{}", hex::encode(hash));
+        let Some(mac) = self.ks.mac_tag(&head_body(&row)).map(hex::encode) else {
+            return Ok(false);
+        };
+        self.ks
+            .set_metas(&[(META_HEAD, Some(&row)), (META_HEAD_MAC, Some(&mac))])?;
+        Ok(true)
+    }
+}
+
+struct Writer {
+    /// The live file, locked; `None` while it could not be opened.
+    file: Option<nix::fcntl::Flock<File>>,
+    path: PathBuf,
+    size: u64,
+    /// The last entry written: its sequence number and hash.
+    seq: u64,
+    prev: [u8; 32],
+    /// Entries since the last checkpoint.
+    since_checkpoint: u64,
+    every: u64,
+    max_bytes: u64,
+    h: Arc<Hierarchy>,
+    failing: Arc<AtomicBool>,
+    syncs: Arc<std::sync::atomic::AtomicU64>,
+    /// Entries of batches whose write failed (dropped, not kept: a full disk must not fill the
+    /// memory too); the next batch that writes says how many, as an `audit.lost` entry.
+    lost: u64,
+}
+
+impl Writer {
+    /// Find the end of the chain: the last entry of the newest file. A torn last line (a crash
+    /// in the middle of a write, never acknowledged) is cut off.
+    fn resume(&mut self) -> std::io::Result<()> {
+        let Some(file) = self.file.as_ref() else {
+            return Ok(());
+        };
+        let mut text = Vec::new();
+        (&**file).seek(SeekFrom::Start(0))?;
+        (&**file).read_to_end(&mut text)?;
+        if !text.is_empty() && !text.ends_with(b"\n") {
+            let keep = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            tracing::warn!(
+                path = %self.path.display(),
+                cut = text.len() - keep,
+                "audit: the log ended in a torn line (a write a crash interrupted); cutting it off"
+            );
+            file.set_len(keep as u64)?;
+            text.truncate(keep);
+        }
+        self.size = text.len() as u64;
+        let mut last = last_entry(&text);
+        if last.is_none() && text.is_empty() {
+            // A fresh live file after a rotation: the chain goes on from the newest rotated file.
+            let files = keyward_audit::files(&self.path)?;
+            if let Some(f) = files.iter().rev().find(|f| **f != self.path) {
+                last = last_entry(&std::fs::read(f)?);
+            }
+        }
+        if let Some(p) = last {
+            self.seq = p.entry.seq;
+            self.prev = p.stored;
+        } else if !text.is_empty() {
+            tracing::error!(path = %self.path.display(), "audit: no readable entry at the end of the log; a new chain starts after it (`keyward audit verify` will name the damage)");
+        }
+        Ok(())
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            if self.batch(batch) {
+                return;
+            }
+        }
+        // Every handle is gone without a `Stop`: sign what is there if we can.
+        self.batch(vec![]);
+    }
+
+    /// Write one batch; `true` when it held a `Stop`.
+    fn batch(&mut self, batch: Vec<Msg>) -> bool {
+        let mut acks: Vec<SyncSender<bool>> = Vec::new();
+        let mut stop: Option<SyncSender<()>> = None;
+        let mut out = String::new();
+        // First: the file is there (a first open moves `seq` and `prev` to its end).
+        let ready = self.still_ours();
+        let (mut seq, mut prev, mut since) = (self.seq, self.prev, self.since_checkpoint);
+        let mut reason: Option<&'static str> = None;
+        let mut records = 0u64;
+        let mut batch: Vec<Msg> = batch;
+        let reports_lost = self.lost > 0;
+        if reports_lost {
+            let lost = Record {
+                op: "audit.lost".into(),
+                door: "agent",
+                result: "audit_unavailable".into(),
+                detail: Some(format!(
+                    "{} entries could not be written while the log failed",
+                    self.lost
+                )),
+                ..Record::default()
+            };
+            batch.insert(0, Msg::Entry(lost, None));
+        }
+        for m in batch {
+            let r = match m {
+                Msg::Entry(r, ack) => {
+                    acks.extend(ack);
+                    r
+                }
+                Msg::Checkpoint(why, ack) => {
+                    acks.extend(ack);
+                    reason = Some(why);
+                    continue;
+                }
+                Msg::Flush(ack) => {
+                    acks.push(ack);
+                    continue;
+                }
+                Msg::Stop(ack) => {
+                    stop = Some(ack);
+                    reason = Some("shutdown");
+                    Record {
+                        op: "agent.stop".into(),
+                        door: "agent",
+                        result: "ok".into(),
+                        uid: Some(nix::unistd::geteuid().as_raw()),
+                        pid: Some(std::process::id() as i32),
+                        ..Record::default()
+                    }
+                }
+            };
+            let label = r.label.or_else(|| self.label_of(r.key.as_deref()));
+            let e = Entry {
+                seq: seq + 1,
+                time: now_ms(),
+                op: r.op,
+                door: r.door.into(),
+                key: r.key,
+                label: label.map(|l| clip(&l)),
+                uid: r.uid,
+                pid: r.pid,
+                exe: r.exe,
+                result: r.result,
+                detail: r.detail,
+                prev: hex::encode(prev),
+                sig: None,
+            };
+            records += 1;
+            if let Ok((line, hash)) = keyward_audit::encode(&e) {
+                out.push_str(&line);
+                out.push('\n');
+                seq += 1;
+                prev = hash;
+                since += 1;
+            }
+        }
+        let due = reason.or((since >= self.every).then_some("every"));
+        if let Some(why) = due.filter(|_| since > 0 || reason.is_some()) {
+            match self.checkpoint_entry(seq, &prev, why) {
+                Some((line, hash)) => {
+                    out.push_str(&line);
+                    out.push('\n');
+                    seq += 1;
+                    prev = hash;
+                    since = 0;
+                }
+                None => tracing::debug!("audit: no checkpoint now (locked); entries wait"),
+            }
+        }
+        let ok = self.write(ready, out.as_bytes());
+        if !ok {
+            // The `audit.lost` entry itself is not counted as lost again.
+            self.lost += records.saturating_sub(u64::from(reports_lost));
+        }
+        if ok {
+            self.lost = 0;
+            self.seq = seq;
+            self.prev = prev;
+            self.since_checkpoint = since;
+            if self.failing.swap(false, Ordering::AcqRel) {
+                tracing::warn!(path = %self.path.display(), "audit: the log is writable again");
+            }
+            if let Err(e) = self.h.audit_head(seq, &prev) {
+                tracing::error!(error = %e, "audit: recording the chain head in the keystore failed");
+            }
+        }
+        for a in acks {
+            let _ = a.send(ok);
+        }
+        if ok && self.size > self.max_bytes {
+            self.rotate();
+        }
+        match stop {
+            Some(ack) => {
+                let _ = ack.send(());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A checkpoint over entry `seq` (hash `prev`), if the agent can sign now.
+    fn checkpoint_entry(
+        &self,
+        seq: u64,
+        prev: &[u8; 32],
+        why: &'static str,
+    ) -> Option<(String, [u8; 32])> {
+        let key = match self.h.audit_key() {
+            Ok(Some(k)) => k,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!(error = %e, "audit: no checkpoint: the audit key is unusable");
+                return None;
+            }
+        };
+        let sig = keyward_audit::sign_checkpoint(&key, seq, prev)
+            .map_err(|e| tracing::error!(error = %e, "audit: signing a checkpoint failed"))
+            .ok()?;
+        let e = Entry {
+            seq: seq + 1,
+            time: now_ms(),
+            op: CHECKPOINT_OP.into(),
+            door: "agent".into(),
+            result: "ok".into(),
+            detail: Some(why.into()),
+            prev: hex::encode(prev),
+            sig: Some(sig),
+            ..Entry::default()
+        };
+        keyward_audit::encode(&e).ok()
+    }
+
+    fn label_of(&self, key: Option<&str>) -> Option<String> {
+        let id = uuid::Uuid::parse_str(key?).ok()?;
+        self.h.ks.get(&id).ok().flatten()?.label
+    }
+
+    /// The path still names the file this writer holds (one `stat` per batch): a log moved
+    /// away (an outside rotation) is followed by a new file at the path, continuing the chain;
+    /// a path taken by something else (a directory, another file) is a write failure until the
+    /// path is free again.
+    /// Called before a batch is encoded (a first open finds where the chain ends).
+    fn still_ours(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(file) = self.file.as_ref() else {
+            // Never opened yet: open it now and go on from its last entry.
+            let f = open_locked(&self.path).map_err(|e| std::io::Error::other(e.to_string()))?;
+            self.file = Some(f);
+            self.resume()?;
+            tracing::warn!(path = %self.path.display(), "audit: the log could be opened now");
+            return Ok(());
+        };
+        let held = file.metadata()?;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.is_file() && (m.dev(), m.ino()) == (held.dev(), held.ino()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match open_locked(&self.path) {
+                Ok(f) => {
+                    tracing::warn!(path = %self.path.display(), "audit: the log file was moved away; the chain continues in a new file");
+                    self.file = Some(f);
+                    self.size = 0;
+                    Ok(())
+                }
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            },
+            Ok(_) => Err(std::io::Error::other(
+                "the log's path now names something else (replaced)",
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Append `bytes` and make them durable (after `ready`, the outcome of [`Self::still_ours`]);
+    /// on failure, cut the file back to where it was.
+    fn write(&mut self, ready: std::io::Result<()>, bytes: &[u8]) -> bool {
+        if bytes.is_empty() && ready.is_ok() {
+            return true;
+        }
+        let done = ready.and_then(|()| match self.file.as_ref() {
+            Some(f) => (&**f).write_all(bytes).and_then(|()| f.sync_data()),
+            None => Err(std::io::Error::other("the log is not open")),
+        });
+        match done {
+            Ok(()) => {
+                self.size += bytes.len() as u64;
+                self.syncs.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::AcqRel) {
+                    tracing::error!(path = %self.path.display(), error = %e, "audit: writing the log failed; key operations are refused while it fails (unless [audit] required = false)");
+                }
+                if let Some(f) = self.file.as_ref() {
+                    let _ = f.set_len(self.size);
+                }
+                false
+            }
+        }
+    }
+
+    /// Rename the live file `PATH.N` and continue the chain in a new one.
+    fn rotate(&mut self) {
+        let n = keyward_audit::files(&self.path)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|f| {
+                f.file_name()?
+                    .to_str()?
+                    .rsplit('.')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let mut to = self.path.clone().into_os_string();
+        to.push(format!(".{n}"));
+        if let Err(e) = std::fs::rename(&self.path, &to) {
+            tracing::error!(error = %e, "audit: rotating the log failed; the live file keeps growing");
+            return;
+        }
+        match open_locked(&self.path) {
+            Ok(f) => {
+                self.file = Some(f);
+                self.size = 0;
+                tracing::info!(rotated = %PathBuf::from(&to).display(), "audit: log rotated");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit: opening a new log after rotation failed; writing on in the rotated file");
+            }
+        }
+    }
+}
+
+/// The last entry in `text` that parses.
+fn last_entry(text: &[u8]) -> Option<keyward_audit::Parsed> {
+    String::from_utf8_lossy(text)
+        .lines()
+        .rev()
+        .find_map(keyward_audit::parse_line)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The writer against a real file and a memory root: rotation keeps one chain, a restart
+    //! continues it (cutting a torn line), entries written while locked wait for the next
+    //! checkpoint, the key and head come from the keystore, and a second writer is refused.
+    use super::*;
+    use crate::keystore::Keystore;
+    use crate::root::memory::MemoryRoot;
+    use keyward_proto::secret::Pin;
+
+    fn hierarchy(dir: &Path) -> Arc<Hierarchy> {
+        let ks = Arc::new(Keystore::open(&dir.join("ks.db")).unwrap());
+        let policy = crate::config::UnlockPolicy {
+            backoff_base_ms: 0,
+            ..Default::default()
+        };
+        Arc::new(Hierarchy::new(ks, Box::new(MemoryRoot::new()), policy))
+    }
+
+    fn rec(op: &str) -> Record {
+        Record {
+            op: op.into(),
+            door: "socket",
+            result: "ok".into(),
+            ..Record::default()
+        }
+    }
+
+    fn trust(a: &Audit) -> keyward_audit::Trust {
+        let i = a.info().unwrap();
+        keyward_audit::Trust {
+            key: i
+                .public_key
+                .and_then(|k| keyward_identity::PublicKey::from_sec1_bytes(&k).ok()),
+            head: i
+                .head_seq
+                .zip(i.head_hash.and_then(|h| h.to_vec().try_into().ok())),
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_one_chain_and_a_restart_continues_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        let cfg = AuditConfig {
+            checkpoint_every: 7,
+            max_bytes: 4096,
+            ..AuditConfig::default()
+        };
+        let a = Audit::open(&cfg, &path, h.clone()).unwrap();
+        for i in 0..60 {
+            assert!(a.append(rec(&format!("op{i}")), i % 10 == 0));
+        }
+        a.shutdown();
+        let files = keyward_audit::files(&path).unwrap();
+        assert!(files.len() >= 3, "{files:?}");
+        // A restart: a torn last line (a crash mid-write) is cut, and the chain goes on.
+        use std::io::Write as _;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{\"seq\":99,\"ti")
+            .unwrap();
+        let a = Audit::open(&cfg, &path, h.clone()).unwrap();
+        assert!(a.append(rec("after restart"), true));
+        let lines = keyward_audit::read_lines(&path).unwrap();
+        let r = keyward_audit::verify(&lines, &trust(&a));
+        assert_eq!(r.problem, None, "{r:?}");
+        assert!(r.head_matched, "{r:?}");
+        assert!(r.signed_through.is_some(), "{r:?}");
+        // agent.start, 60 entries, agent.stop, agent.start, one more, and checkpoints.
+        assert!(r.entries > 64, "{r:?}");
+        a.shutdown();
+        let r = keyward_audit::verify(&keyward_audit::read_lines(&path).unwrap(), &trust(&a));
+        assert_eq!(r.problem, None, "{r:?}");
+        assert_eq!(r.unsigned, 0, "a shutdown checkpoint signs the end: {r:?}");
+    }
+
+    #[test]
+    fn entries_written_while_locked_wait_for_the_next_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        let a = Audit::open(&AuditConfig::default(), &path, h.clone()).unwrap();
+        assert!(a.checkpoint("lock"));
+        let head = a.info().unwrap().head_seq.unwrap();
+        h.lock().unwrap();
+        for i in 0..5 {
+            assert!(a.append(rec(&format!("locked{i}")), true));
+        }
+        // No key, no MAC key: no checkpoint, and the keystore head stays.
+        assert!(a.checkpoint("every"));
+        let info = a.info().unwrap();
+        assert_eq!(info.head_seq, Some(head));
+        assert!(!info.checked);
+        let r = keyward_audit::verify(&keyward_audit::read_lines(&path).unwrap(), &trust(&a));
+        assert_eq!((r.problem.clone(), r.unsigned), (None, 5), "{r:?}");
+        // Unlocked again: the next checkpoint signs them, and the head moves on.
+        h.unlock(&Pin::new("1234")).unwrap();
+        assert!(a.checkpoint("unlock"));
+        let info = a.info().unwrap();
+        assert!(info.checked && info.head_seq > Some(head));
+        let r = keyward_audit::verify(&keyward_audit::read_lines(&path).unwrap(), &trust(&a));
+        assert_eq!((r.problem, r.unsigned), (None, 0));
+        a.shutdown();
+    }
+
+    #[test]
+    fn a_second_writer_is_refused_and_an_edited_key_row_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        let a = Audit::open(&AuditConfig::default(), &path, h.clone()).unwrap();
+        assert!(matches!(
+            Audit::open(&AuditConfig::default(), &path, h.clone()),
+            Err(AuditError::InUse { .. })
+        ));
+        assert!(a.checkpoint("every"));
+        // Another public key swapped into the row: its MAC no longer verifies.
+        let row = h.ks.meta(META_KEY).unwrap().unwrap();
+        let other = LocalKey::generate(&mut rand_core::OsRng);
+        let (k, w, _) = row.split(':').fold(("", "", ""), |acc, p| match acc {
+            ("", _, _) => (p, "", ""),
+            (k, "", _) => (k, p, ""),
+            (k, w, _) => (k, w, p),
+        });
+        let forged = format!(
+            "{k}:{w}:{}",
+            hex::encode(other.public_key().to_sec1_compressed())
+        );
+        h.ks.set_meta(META_KEY, &forged).unwrap();
+        assert!(!a.info().unwrap().checked);
+        assert!(matches!(
+            h.audit_key(),
+            Err(crate::error::AgentError::KeystoreTampered(
+                Tampering::AuditKey
+            ))
+        ));
+        a.shutdown();
+    }
+
+    #[test]
+    fn a_log_replaced_by_a_directory_fails_and_a_moved_log_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        let a = Audit::open(&AuditConfig::default(), &path, h.clone()).unwrap();
+        assert!(a.append(rec("before"), true));
+        // Moved away (as an outside rotation would) and a directory put in its place.
+        std::fs::rename(&path, dir.path().join("audit.log.1")).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(!a.append(rec("refused"), true));
+        assert!(a.failing() && a.refuses());
+        // The path free again: a new file continues the chain, nothing was lost or torn.
+        std::fs::remove_dir(&path).unwrap();
+        assert!(a.append(rec("after"), true));
+        assert!(!a.failing());
+        a.shutdown();
+        let lines = keyward_audit::read_lines(&path).unwrap();
+        let r = keyward_audit::verify(&lines, &trust(&a));
+        assert_eq!(r.problem, None, "{r:?}");
+        let ops: Vec<String> = lines
+            .iter()
+            .filter_map(|l| keyward_audit::parse_line(&l.text))
+            .map(|p| p.entry.op)
+            .collect();
+        // The refused entry is not there; an `audit.lost` entry says one was lost.
+        assert!(!ops.iter().any(|o| o == "refused"), "{ops:?}");
+        let lost = lines
+            .iter()
+            .filter_map(|l| keyward_audit::parse_line(&l.text))
+            .find(|p| p.entry.op == "audit.lost")
+            .expect("an audit.lost entry");
+        assert_eq!(
+            lost.entry.detail.as_deref(),
+            Some("1 entries could not be written while the log failed")
+        );
+        let at = |op: &str| ops.iter().position(|o| o == op).unwrap();
+        assert!(
+            at("before") < at("audit.lost") && at("audit.lost") < at("after"),
+            "{ops:?}"
+        );
+    }
+
+    #[test]
+    fn concurrent_waiting_requests_share_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        let a = Audit::open(&AuditConfig::default(), &path, h.clone()).unwrap();
+        assert!(a.flush());
+        let before = a.syncs();
+        let (threads, each) = (16, 25);
+        std::thread::scope(|s| {
+            for t in 0..threads {
+                let a = &a;
+                s.spawn(move || {
+                    for i in 0..each {
+                        assert!(a.append(rec(&format!("t{t}-{i}")), true));
+                    }
+                });
+            }
+        });
+        let syncs = a.syncs() - before;
+        let entries = (threads * each) as u64;
+        // Each waiting request has its entry durable when answered, yet fsyncs are shared:
+        // with 16 requests in flight, far fewer than one per entry.
+        assert!(syncs < entries, "{syncs} syncs for {entries} entries");
+        eprintln!("group commit: {entries} entries in {syncs} batches");
+        a.shutdown();
+        let r = keyward_audit::verify(&keyward_audit::read_lines(&path).unwrap(), &trust(&a));
+        assert_eq!(r.problem, None);
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_opened_at_start_fails_until_it_can() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        std::fs::create_dir(&path).unwrap();
+        let a = Audit::open(&AuditConfig::default(), &path, h.clone()).unwrap();
+        assert!(a.failing() && a.refuses());
+        assert!(!a.append(rec("refused"), true));
+        std::fs::remove_dir(&path).unwrap();
+        assert!(a.append(rec("works"), true));
+        assert!(!a.failing());
+        a.shutdown();
+        let r = keyward_audit::verify(&keyward_audit::read_lines(&path).unwrap(), &trust(&a));
+        assert_eq!(r.problem, None, "{r:?}");
+    }
+
+    use crate::error::Tampering;
+}

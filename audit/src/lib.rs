@@ -1,0 +1,403 @@
+//! Keyward's audit log format, and its offline verification.
+//!
+//! The log is a sequence of JSON lines, one [`Entry`] each, spread over the live file and its
+//! rotated predecessors (`audit.log.1`, `audit.log.2`, … oldest first, then `audit.log`). Each
+//! line is the entry's JSON object with a last member `"hash"`: the SHA-256 of a domain string and
+//! the bytes of the object *without* that member (see [`encode`]). Every entry names the hash of
+//! the entry before it (`prev`; 64 zeros for the first), so the entries form one chain across
+//! files. Some entries are checkpoints (`op` = `audit.checkpoint`): their `sig` is a COSE_Sign1
+//! (ES256) over [`checkpoint_payload`] — the sequence number and hash of the entry just before —
+//! made by the agent's audit key, whose public half the agent keeps in its integrity-protected
+//! keystore (never in the log).
+//!
+//! [`verify`] walks the chain and names the first entry that was changed, removed or reordered,
+//! checks every checkpoint's signature with a key the caller got from elsewhere, compares the end
+//! of the log with the head the keystore recorded (a cut tail), and counts the entries after the
+//! last signed checkpoint (unsigned: a writer with file access could have rewritten them).
+//!
+//! This crate must never read anything but the log files it is pointed at, and never take a
+//! verifying key from the log itself. Entries never hold data, plaintexts, PINs or keys: only
+//! what an operation was, on which key, by whom, through which door, and how it ended.
+
+use base64::Engine;
+use keyward_identity::PublicKey;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// The domain string hashed before every entry's body.
+pub const DOMAIN: &[u8] = b"keyward-audit/v1\n";
+/// The `op` of a checkpoint entry.
+pub const CHECKPOINT_OP: &str = "audit.checkpoint";
+/// The COSE `kid` of checkpoint signatures.
+pub const KID: &[u8] = b"keyward-audit";
+/// The `prev` of the first entry.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// The fixed tail of every line: `,"hash":"` + 64 hex digits + `"}`.
+const HASH_TAIL: usize = 9 + 64 + 2;
+
+/// One audit entry: what happened, never the data it happened to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// 1, 2, 3, … across every file of the log.
+    pub seq: u64,
+    /// Unix time in milliseconds when the agent finished the operation.
+    pub time: u64,
+    /// The protocol op name (`sign`, `dek.export`, …), or an agent event (`audit.checkpoint`,
+    /// `agent.start`, `agent.stop`).
+    pub op: String,
+    /// The front door: `socket`, `ssh`, `pkcs11`; `agent` for the agent's own entries.
+    pub door: String,
+    /// The key the operation named (a UUID, or an SSH key's fingerprint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// That key's label, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The client's uid, pid and executable (as `/proc` told the agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    /// `ok`, or the wire error code the client got (`policy_denied`, `not_found`, …).
+    pub result: String,
+    /// For agent entries: why (a checkpoint's reason: `every`, `lock`, `unlock`, `shutdown`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The hash of the entry before (hex).
+    pub prev: String,
+    /// A checkpoint's signature: base64 of a tagged COSE_Sign1 over [`checkpoint_payload`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
+}
+
+impl Entry {
+    pub fn is_checkpoint(&self) -> bool {
+        self.op == CHECKPOINT_OP
+    }
+}
+
+/// What a checkpoint signs: the sequence number and hash of the last entry it covers.
+pub fn checkpoint_payload(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
+    format!("keyward-audit-checkpoint/v1:{seq}:{}", hex::encode(hash)).into_bytes()
+}
+
+fn hash_body(body: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(DOMAIN);
+    h.update(body);
+    h.finalize().into()
+}
+
+/// An entry as one line (without the newline) and its hash.
+pub fn encode(e: &Entry) -> Result<(String, [u8; 32]), serde_json::Error> {
+    let body = serde_json::to_string(e)?;
+    let hash = hash_body(body.as_bytes());
+    // `body` is a JSON object: replace its closing brace with the hash member.
+    let mut line = body;
+    line.pop();
+    line.push_str(",\"hash\":\"");
+    line.push_str(&hex::encode(hash));
+    line.push_str("\"}");
+    Ok((line, hash))
+}
+
+/// A line read back: the entry, the hash it claims, and the hash its bytes have.
+#[derive(Debug, Clone)]
+pub struct Parsed {
+    pub entry: Entry,
+    pub stored: [u8; 32],
+    pub computed: [u8; 32],
+}
+
+impl Parsed {
+    pub fn intact(&self) -> bool {
+        self.stored == self.computed
+    }
+}
+
+/// Parse one line. `None` when it is not an entry at all (its JSON or its hash member broken).
+pub fn parse_line(line: &str) -> Option<Parsed> {
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    if line.len() < HASH_TAIL + 2 || !line.is_char_boundary(line.len() - HASH_TAIL) {
+        return None;
+    }
+    let (head, tail) = line.split_at(line.len() - HASH_TAIL);
+    let hex_part = tail.strip_prefix(",\"hash\":\"")?.strip_suffix("\"}")?;
+    let stored: [u8; 32] = hex::decode(hex_part).ok()?.try_into().ok()?;
+    let body = format!("{head}}}");
+    let entry: Entry = serde_json::from_str(&body).ok()?;
+    Some(Parsed {
+        entry,
+        stored,
+        computed: hash_body(body.as_bytes()),
+    })
+}
+
+/// The files of the log at `path`, oldest first: `path.1`, `path.2`, … then `path` itself (when
+/// it exists).
+pub fn files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(vec![]);
+    };
+    let prefix = format!("{name}.");
+    let mut rotated: Vec<(u64, PathBuf)> = Vec::new();
+    match std::fs::read_dir(&dir) {
+        Ok(rd) => {
+            for e in rd {
+                let e = e?;
+                let n = e.file_name();
+                let Some(n) = n.to_str() else { continue };
+                if let Some(k) = n.strip_prefix(&prefix).and_then(|k| k.parse::<u64>().ok()) {
+                    rotated.push((k, e.path()));
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    rotated.sort();
+    let mut out: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
+    if path.exists() {
+        out.push(path.to_path_buf());
+    }
+    Ok(out)
+}
+
+/// One line of the log and where it is.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub file: PathBuf,
+    /// 1-based.
+    pub number: usize,
+    pub text: String,
+}
+
+/// Every line of every file of the log at `path`, oldest first (empty lines skipped).
+pub fn read_lines(path: &Path) -> std::io::Result<Vec<Line>> {
+    let mut out = Vec::new();
+    for f in files(path)? {
+        let bytes = std::fs::read(&f)?;
+        let text = String::from_utf8_lossy(&bytes);
+        for (i, l) in text.split('\n').enumerate() {
+            if l.is_empty() {
+                continue;
+            }
+            out.push(Line {
+                file: f.clone(),
+                number: i + 1,
+                text: l.to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// What the verifier trusts, from outside the log: the agent's audit key and the chain head its
+/// keystore recorded.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    pub key: Option<PublicKey>,
+    /// (sequence, hash) of the newest entry the keystore recorded.
+    pub head: Option<(u64, [u8; 32])>,
+}
+
+/// The first thing wrong with a log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Problem {
+    #[error("{file}:{line}: not an audit entry (changed)")]
+    NotAnEntry { file: String, line: usize },
+    #[error("entry {seq} ({file}:{line}) was changed: its hash does not match its contents")]
+    Changed { seq: u64, file: String, line: usize },
+    #[error(
+        "entry {seq} ({file}:{line}) does not follow the entry before it (changed or replaced)"
+    )]
+    Unchained { seq: u64, file: String, line: usize },
+    #[error(
+        "entries {from} to {to} were removed (the next entry found is {to}+1 at {file}:{line})"
+    )]
+    Removed {
+        from: u64,
+        to: u64,
+        file: String,
+        line: usize,
+    },
+    #[error("entry {seq} is out of order: found at {file}:{line} where entry {expected} belongs (reordered)")]
+    Reordered {
+        seq: u64,
+        expected: u64,
+        file: String,
+        line: usize,
+    },
+    #[error("checkpoint entry {seq} ({file}:{line}): {why}")]
+    BadCheckpoint {
+        seq: u64,
+        file: String,
+        line: usize,
+        why: String,
+    },
+    #[error("the log ends at entry {last} but the keystore recorded entry {head}: entries after {last} were removed (cut tail)")]
+    TailCut { last: u64, head: u64 },
+    #[error("entry {seq} is not the entry the keystore recorded as the chain head (rewritten)")]
+    HeadMismatch { seq: u64 },
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Entries read (up to the first problem).
+    pub entries: u64,
+    /// Sequence number of the last intact entry.
+    pub last_seq: u64,
+    /// The newest checkpoint whose signature verified: its sequence number.
+    pub signed_through: Option<u64>,
+    /// Intact entries after the last verified checkpoint.
+    pub unsigned: u64,
+    /// Whether the keystore's head was found in the log (and matched).
+    pub head_matched: bool,
+    /// Checkpoints seen but not checked (no key given).
+    pub unchecked_checkpoints: u64,
+    pub problem: Option<Problem>,
+}
+
+fn where_(l: &Line) -> (String, usize) {
+    (l.file.display().to_string(), l.number)
+}
+
+/// Verify the chain of `lines` (as [`read_lines`] returns them) against what `trust` holds.
+pub fn verify(lines: &[Line], trust: &Trust) -> Report {
+    let mut r = Report::default();
+    let parsed: Vec<Option<Parsed>> = lines.iter().map(|l| parse_line(&l.text)).collect();
+    let mut prev = GENESIS;
+    let mut expected: u64 = 1;
+    for (i, (l, p)) in lines.iter().zip(&parsed).enumerate() {
+        let (file, line) = where_(l);
+        let Some(p) = p else {
+            r.problem = Some(Problem::NotAnEntry { file, line });
+            return r;
+        };
+        let seq = p.entry.seq;
+        if !p.intact() {
+            // Named by its place in the chain: the edit may have been to its own `seq`.
+            r.problem = Some(Problem::Changed {
+                seq: expected,
+                file,
+                line,
+            });
+            return r;
+        }
+        if seq != expected {
+            // Entry `expected` further on: it was moved (reordered); nowhere: removed.
+            let later = parsed[i + 1..]
+                .iter()
+                .any(|q| q.as_ref().is_some_and(|q| q.entry.seq == expected));
+            r.problem = Some(if later || seq < expected {
+                Problem::Reordered {
+                    seq,
+                    expected,
+                    file,
+                    line,
+                }
+            } else {
+                Problem::Removed {
+                    from: expected,
+                    to: seq - 1,
+                    file,
+                    line,
+                }
+            });
+            return r;
+        }
+        if p.entry.prev != hex::encode(prev) {
+            r.problem = Some(Problem::Unchained { seq, file, line });
+            return r;
+        }
+        if p.entry.is_checkpoint() {
+            match &trust.key {
+                None => r.unchecked_checkpoints += 1,
+                Some(key) => match check_signature(&p.entry, seq.saturating_sub(1), &prev, key) {
+                    Ok(()) => {
+                        r.signed_through = Some(seq);
+                        r.unsigned = 0;
+                    }
+                    Err(why) => {
+                        r.problem = Some(Problem::BadCheckpoint {
+                            seq,
+                            file,
+                            line,
+                            why,
+                        });
+                        return r;
+                    }
+                },
+            }
+        }
+        if r.signed_through != Some(seq) {
+            r.unsigned += 1;
+        }
+        if let Some((hs, hh)) = trust.head {
+            if hs == seq {
+                if hh != p.stored {
+                    r.problem = Some(Problem::HeadMismatch { seq });
+                    return r;
+                }
+                r.head_matched = true;
+            }
+        }
+        r.entries += 1;
+        r.last_seq = seq;
+        prev = p.stored;
+        expected = seq + 1;
+    }
+    if let Some((hs, _)) = trust.head {
+        if hs > r.last_seq {
+            r.problem = Some(Problem::TailCut {
+                last: r.last_seq,
+                head: hs,
+            });
+        }
+    }
+    r
+}
+
+/// Check a checkpoint's COSE_Sign1 with `key`: it must verify and sign exactly `(seq, prev)`.
+pub fn check_signature(
+    e: &Entry,
+    seq: u64,
+    prev: &[u8; 32],
+    key: &PublicKey,
+) -> Result<(), String> {
+    let sig = e.sig.as_deref().ok_or("no signature")?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(sig)
+        .map_err(|_| "the signature is not base64".to_string())?;
+    let msg = keyward_identity::cose::parse(&bytes).map_err(|e| e.to_string())?;
+    let payload = keyward_identity::cose::verify_es256_protected(&msg, key, b"")
+        .map_err(|e| e.to_string())?;
+    if payload != checkpoint_payload(seq, prev).as_slice() {
+        return Err("signed payload names another entry".into());
+    }
+    Ok(())
+}
+
+/// Sign a checkpoint over `(seq, hash)` with `signer` (base64 of a tagged COSE_Sign1).
+pub fn sign_checkpoint<S: keyward_identity::Signer + ?Sized>(
+    signer: &S,
+    seq: u64,
+    hash: &[u8; 32],
+) -> Result<String, keyward_identity::cose::Sign1Error> {
+    let cose = keyward_identity::cose::sign_es256(signer, KID, checkpoint_payload(seq, hash))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(cose))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,203 @@
+//! The chain and its verification: every kind of tampering the README promises to catch.
+use super::*;
+use keyward_identity::rand_core::OsRng;
+use keyward_identity::LocalKey;
+
+/// A chain of `n` entries with a checkpoint every `every` (signed by `key`): the lines, and the
+/// head (seq, hash) a keystore would hold.
+fn chain(n: u64, every: u64, key: &LocalKey) -> (Vec<Line>, (u64, [u8; 32])) {
+    let mut prev = GENESIS;
+    let mut lines = Vec::new();
+    for seq in 1..=n {
+        let mut e = Entry {
+            seq,
+            time: 1_700_000_000_000 + seq,
+            op: "sign".into(),
+            door: "socket".into(),
+            key: Some(format!("key-{seq}")),
+            uid: Some(1000),
+            pid: Some(42),
+            exe: Some("/usr/bin/keyward".into()),
+            result: "ok".into(),
+            prev: hex::encode(prev),
+            ..Entry::default()
+        };
+        if seq % every == 0 {
+            e.op = CHECKPOINT_OP.into();
+            e.door = "agent".into();
+            e.key = None;
+            e.detail = Some("every".into());
+            e.sig = Some(sign_checkpoint(key, seq - 1, &prev).unwrap());
+        }
+        let (text, h) = encode(&e).unwrap();
+        lines.push(Line {
+            file: "audit.log".into(),
+            number: seq as usize,
+            text,
+        });
+        prev = h;
+    }
+    (lines, (n, prev))
+}
+
+fn trust(key: &LocalKey, head: (u64, [u8; 32])) -> Trust {
+    Trust {
+        key: Some(key.public_key()),
+        head: Some(head),
+    }
+}
+
+#[test]
+fn an_intact_chain_verifies_and_counts_unsigned_entries() {
+    let k = LocalKey::generate(&mut OsRng);
+    let (lines, head) = chain(23, 10, &k);
+    let r = verify(&lines, &trust(&k, head));
+    assert_eq!(r.problem, None);
+    assert_eq!(r.entries, 23);
+    assert_eq!(r.signed_through, Some(20));
+    assert_eq!(r.unsigned, 3);
+    assert!(r.head_matched);
+}
+
+#[test]
+fn an_edited_byte_is_named() {
+    let k = LocalKey::generate(&mut OsRng);
+    let (mut lines, head) = chain(12, 5, &k);
+    // Every byte of entry 7, edited one at a time: always caught, and always at entry 7.
+    let orig = lines[6].text.clone();
+    for i in 0..orig.len() {
+        let mut b = orig.clone().into_bytes();
+        b[i] = if b[i] == b'1' { b'2' } else { b'1' };
+        lines[6].text = String::from_utf8(b).unwrap();
+        let r = verify(&lines, &trust(&k, head));
+        match r.problem {
+            Some(Problem::Changed { seq: 7, .. }) | Some(Problem::NotAnEntry { line: 7, .. }) => {}
+            other => panic!("byte {i}: {other:?}"),
+        }
+        assert_eq!(r.last_seq, 6);
+    }
+}
+
+#[test]
+fn a_removed_line_is_named() {
+    let k = LocalKey::generate(&mut OsRng);
+    let (mut lines, head) = chain(12, 5, &k);
+    lines.remove(3); // entry 4
+    let r = verify(&lines, &trust(&k, head));
+    assert!(
+        matches!(r.problem, Some(Problem::Removed { from: 4, to: 4, .. })),
+        "{:?}",
+        r.problem
+    );
+    assert!(r
+        .problem
+        .unwrap()
+        .to_string()
+        .contains("entries 4 to 4 were removed"));
+}
+
+#[test]
+fn a_swapped_pair_is_named() {
+    let k = LocalKey::generate(&mut OsRng);
+    let (mut lines, head) = chain(12, 5, &k);
+    lines.swap(7, 8); // entries 8 and 9
+    let r = verify(&lines, &trust(&k, head));
+    assert!(
+        matches!(
+            r.problem,
+            Some(Problem::Reordered {
+                seq: 9,
+                expected: 8,
+                ..
+            })
+        ),
+        "{:?}",
+        r.problem
+    );
+}
+
+#[test]
+fn a_cut_tail_is_caught_by_the_keystore_head() {
+    let k = LocalKey::generate(&mut OsRng);
+    let (mut lines, head) = chain(12, 5, &k);
+    lines.truncate(9);
+    let r = verify(&lines, &trust(&k, head));
+    assert_eq!(r.problem, Some(Problem::TailCut { last: 9, head: 12 }));
+    // Without the head, nothing in the log itself shows the cut: why the keystore keeps it.
+    let r = verify(
+        &lines,
+        &Trust {
+            key: Some(k.public_key()),
+            head: None,
+        },
+    );
+    assert_eq!(r.problem, None);
+}
+
+#[test]
+fn a_rewritten_tail_is_caught_by_the_head_or_a_checkpoint() {
+    let k = LocalKey::generate(&mut OsRng);
+    let (lines, head) = chain(12, 5, &k);
+    // Rebuild entries 11 and 12 with another op, re-hashed: a consistent chain, but not the
+    // head the keystore holds.
+    let mut forged = lines[..10].to_vec();
+    let mut prev = parse_line(&lines[9].text).unwrap().stored;
+    for l in &lines[10..] {
+        let mut e = parse_line(&l.text).unwrap().entry;
+        e.op = "keypair.list".into();
+        e.prev = hex::encode(prev);
+        let (text, h) = encode(&e).unwrap();
+        forged.push(Line { text, ..l.clone() });
+        prev = h;
+    }
+    let r = verify(&forged, &trust(&k, head));
+    assert_eq!(r.problem, Some(Problem::HeadMismatch { seq: 12 }));
+    // A checkpoint signed by another key does not verify.
+    let other = LocalKey::generate(&mut OsRng);
+    let (lines, head) = chain(12, 5, &other);
+    let r = verify(&lines, &trust(&k, head));
+    assert!(
+        matches!(r.problem, Some(Problem::BadCheckpoint { seq: 5, .. })),
+        "{:?}",
+        r.problem
+    );
+}
+
+#[test]
+fn rotated_files_are_read_oldest_first() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("audit.log");
+    for (name, body) in [
+        ("audit.log.2", "b\n"),
+        ("audit.log", "c\n"),
+        ("audit.log.1", "a\n"),
+        ("audit.log.x", "no\n"),
+    ] {
+        std::fs::write(d.path().join(name), body).unwrap();
+    }
+    let texts: Vec<String> = read_lines(&p)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert_eq!(texts, ["a", "b", "c"]);
+}
+
+#[test]
+fn lines_with_unknown_or_duplicate_fields_are_not_entries() {
+    let k = LocalKey::generate(&mut OsRng);
+    let (lines, _) = chain(1, 5, &k);
+    assert!(parse_line(&lines[0].text).unwrap().intact());
+    let e = Entry {
+        seq: 1,
+        op: "x".into(),
+        ..Entry::default()
+    };
+    let (line, _) = encode(&e).unwrap();
+    let dup = line.replacen("{\"seq\":1,", "{\"seq\":1,\"seq\":2,", 1);
+    assert!(parse_line(&dup).is_none());
+    let extra = line.replacen("{\"seq\":1,", "{\"data\":\"secret\",\"seq\":1,", 1);
+    assert!(parse_line(&extra).is_none());
+    assert!(parse_line("").is_none());
+    assert!(parse_line("{}").is_none());
+}
