@@ -12,10 +12,11 @@
 //!   write failed, key operations are refused before they run; the next batch that writes clears
 //!   that (a refused request's own entry is the retry).
 //! - **Checkpoints.** Every `checkpoint_every` entries, and at lock, unlock and shutdown, the
-//!   writer appends a checkpoint signed (COSE_Sign1, ES256) by the audit key: a P-256 key made
-//!   at the first checkpoint, wrapped under its own KEK under the root, kept with its public half
-//!   in keystore meta rows under the keystore MAC. While the agent is locked there is no key:
-//!   entries wait for the next checkpoint.
+//!   writer appends a checkpoint signed (COSE_Sign1, ES256) by the audit key: a P-256 key
+//!   derived from the keystore MAC key (so no private half is stored, and an agent on any
+//!   enrolled root signs with the same key), its public half recorded in a keystore meta row
+//!   under the keystore MAC. While the agent is locked there is no key: entries wait for the
+//!   next checkpoint.
 //! - **Head.** After each batch written while unlocked, the chain head (sequence, hash) goes to a
 //!   MAC'd keystore meta row, so a log cut short of it is caught by `keyward audit verify`.
 //! - **Rotation.** When the live file passes `max_bytes` it is renamed `PATH.N` (N one more than
@@ -41,8 +42,9 @@ use zeroize::Zeroizing;
 /// Meta row: the chain head, `SEQ:HASH` (hex).
 const META_HEAD: &str = "audit_head";
 const META_HEAD_MAC: &str = "audit_head_mac";
-/// Meta row: the audit key, `KEK:KEY:PUBLIC` (hex: the KEK wrapped under the root, the private
-/// scalar wrapped under that KEK, the SEC1 public key).
+/// Meta row: the audit key's public half (SEC1 compressed, hex), MAC'd. The private half is
+/// never stored: it is derived from the keystore MAC key ([`derive_audit_key`]), which every
+/// enrolled root opens, so an agent on any of them signs with the same key.
 const META_KEY: &str = "audit_key";
 const META_KEY_MAC: &str = "audit_key_mac";
 
@@ -309,9 +311,7 @@ impl Audit {
         let key_mac = ks.meta(META_KEY_MAC)?;
         let head = ks.meta(META_HEAD)?;
         let head_mac = ks.meta(META_HEAD_MAC)?;
-        let public = key
-            .as_deref()
-            .and_then(|k| parse_key_row(k).map(|(_, _, p)| p));
+        let public = key.as_deref().and_then(parse_key_row);
         let parsed_head = head.as_deref().and_then(parse_head_row);
         let checked = ks.has_mac_key()
             && key
@@ -398,15 +398,29 @@ fn parse_head_row(row: &str) -> Option<(u64, [u8; 32])> {
     Some((s.parse().ok()?, hex::decode(h).ok()?.try_into().ok()?))
 }
 
-/// (wrapped KEK, wrapped private scalar, SEC1 public key).
-fn parse_key_row(row: &str) -> Option<(Vec<u8>, Vec<u8>, Vec<u8>)> {
-    let mut it = row.split(':').map(hex::decode);
-    let (Some(Ok(k)), Some(Ok(w)), Some(Ok(p)), None) =
-        (it.next(), it.next(), it.next(), it.next())
-    else {
-        return None;
-    };
-    Some((k, w, p))
+/// The audit key's public half from its meta row (hex SEC1).
+fn parse_key_row(row: &str) -> Option<Vec<u8>> {
+    let bytes = hex::decode(row.trim()).ok()?;
+    keyward_identity::PublicKey::from_sec1_bytes(&bytes).ok()?;
+    Some(bytes)
+}
+
+/// The audit signing key: a P-256 scalar from the keystore MAC key, HMAC-SHA256 under it of a
+/// fixed label and a counter byte, the first output that is a valid scalar (0 < d < n; a miss
+/// has probability about 2^-32). Deterministic, so nothing secret is stored, and the same on
+/// every enrolled root (they all open the one integrity KEK the MAC key comes from). `None`
+/// while no MAC key is loaded (locked).
+fn derive_audit_key(ks: &crate::keystore::Keystore) -> Option<LocalKey> {
+    for counter in 0u8..=255 {
+        let mut input = b"keyward/audit/signing-key/v1".to_vec();
+        input.push(counter);
+        let tag = Zeroizing::new(ks.mac_tag(&input)?);
+        let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(tag.as_slice().try_into().ok()?);
+        if let Ok(k) = LocalKey::from_bytes(&bytes) {
+            return Some(k);
+        }
+    }
+    None
 }
 
 impl Hierarchy {
@@ -418,44 +432,28 @@ impl Hierarchy {
         if self.is_locked() || !self.ks.has_mac_key() || self.root_record("audit").is_err() {
             return Ok(None);
         }
+        let Some(key) = derive_audit_key(&self.ks) else {
+            return Ok(None);
+        };
+        let public = hex::encode(key.public_key().to_sec1_compressed());
         if let Some(row) = self.ks.meta(META_KEY)? {
+            // The row only publishes the public half; it must be this keystore's own.
             if !mac_ok(
                 &self.ks,
                 &key_body(&row),
                 self.ks.meta(META_KEY_MAC)?.as_deref(),
-            ) {
+            ) || parse_key_row(&row).map(hex::encode).as_deref() != Some(public.as_str())
+            {
                 return Err(AgentError::KeystoreTampered(Tampering::AuditKey));
             }
-            let (kek, wrapped, _) =
-                parse_key_row(&row).ok_or(AgentError::KeystoreTampered(Tampering::AuditKey))?;
-            let opened = self.with_recovery(|| Ok(self.root.open_kek(&kek)?))?;
-            let secret = opened.export_dek(&wrapped)?;
-            let bytes: Zeroizing<[u8; 32]> = Zeroizing::new(
-                secret
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| AgentError::KeystoreTampered(Tampering::AuditKey))?,
-            );
-            return LocalKey::from_bytes(&bytes)
-                .map(Some)
-                .map_err(|_| AgentError::KeystoreTampered(Tampering::AuditKey));
+            return Ok(Some(key));
         }
-        let key = LocalKey::generate(&mut rand_core::OsRng);
-        let kek = self.with_recovery(|| Ok(self.root.generate_kek()?))?;
-        let opened = self.with_recovery(|| Ok(self.root.open_kek(&kek.bytes)?))?;
-        let wrapped = opened.wrap_secret(key.to_bytes().as_ref())?;
-        let row = format!(
-            "{}:{}:{}",
-            hex::encode(&kek.bytes),
-            hex::encode(&wrapped.bytes),
-            hex::encode(key.public_key().to_sec1_compressed())
-        );
-        let Some(mac) = self.ks.mac_tag(&key_body(&row)).map(hex::encode) else {
+        let Some(mac) = self.ks.mac_tag(&key_body(&public)).map(hex::encode) else {
             return Ok(None);
         };
         self.ks
-            .set_metas(&[(META_KEY, Some(&row)), (META_KEY_MAC, Some(&mac))])?;
-        tracing::info!("audit: made the audit key (checkpoint signatures)");
+            .set_metas(&[(META_KEY, Some(&public)), (META_KEY_MAC, Some(&mac))])?;
+        tracing::info!("audit: recorded the audit key (checkpoint signatures)");
         Ok(Some(key))
     }
 
@@ -849,6 +847,30 @@ mod tests {
                 .head_seq
                 .zip(i.head_hash.and_then(|h| h.to_vec().try_into().ok())),
         }
+    }
+
+    /// Found bug: the audit key was wrapped under a KEK of the root that made it, with no wrap
+    /// for the other enrolled roots, so an agent running on a backup root (after `root add`,
+    /// `recovery restore` or `root rotate`) could not sign checkpoints any more.
+    #[test]
+    fn an_agent_on_another_enrolled_root_signs_with_the_same_audit_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Arc::new(Keystore::open(&dir.path().join("ks.db")).unwrap());
+        let policy = crate::config::UnlockPolicy {
+            backoff_base_ms: 0,
+            ..Default::default()
+        };
+        let a = Hierarchy::new(ks.clone(), Box::new(MemoryRoot::new()), policy);
+        a.init(&Pin::new("1234")).unwrap();
+        let key_a = a.audit_key().unwrap().expect("audit key on A").public_key();
+        let b_root = MemoryRoot::new();
+        a.root_add(&b_root, &Pin::new("1234"), Some("backup".into()))
+            .unwrap();
+        a.lock().unwrap();
+        let b = Hierarchy::new(ks, Box::new(b_root), policy);
+        b.unlock(&Pin::new("1234")).unwrap();
+        let key_b = b.audit_key().unwrap().expect("audit key on B").public_key();
+        assert_eq!(key_a, key_b);
     }
 
     #[test]
