@@ -14,6 +14,7 @@ keyward_tests::keyward_e2e_tests!(
     trustee_refusals_leave_the_agent_serving,
     recovery_from_words_on_a_fresh_token_decrypts_old_data,
     restore_without_a_recovery_root_is_refused,
+    restore_from_two_of_three_shares_on_a_fresh_token,
     created_words_give_the_printed_key_by_an_independent_implementation,
 );
 
@@ -655,6 +656,86 @@ fn recovery_from_words_on_a_fresh_token_decrypts_old_data(env: &mut TestEnv) {
             &pt[..]
         );
     }
+}
+
+/// The share path end to end: `create` (online) enrolls the recovery root and seals 2-of-3
+/// shares to three trustees' agents, which hold them; the owner's token is lost; on the fresh
+/// token the owner makes a request key, two trustees release their shares to it, and `restore
+/// --request --share --share` restores; the request file is deleted; the old data decrypts.
+fn restore_from_two_of_three_shares_on_a_fresh_token(owner: &mut TestEnv) {
+    let trustees: Vec<TestEnv> = (0..3).map(|_| TestEnv::start(owner.kind())).collect();
+    let dids: Vec<String> = trustees.iter().map(trustee).collect();
+    let keys = owner.init_with_keys(false, b"old data, shared recovery");
+    let first = crate::roots::current(&crate::roots::roots(owner));
+    let dir = path(owner, "shares");
+    let mut args = vec!["recovery", "create", "--threshold", "2", "-o", &dir];
+    for d in &dids {
+        args.extend(["--trustee", d.as_str()]);
+    }
+    let made = owner.cli_json(&args, None);
+    assert_eq!(made["enrolled"], true, "{made}");
+    let shares = made["shares"].as_array().unwrap().clone();
+    let held: Vec<String> = trustees
+        .iter()
+        .zip(&shares)
+        .map(|(t, s)| {
+            hold(t, s["file"].as_str().unwrap())["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+
+    let (config, secret) = crate::roots::second_root(owner);
+    owner.stop();
+    if owner.kind() == RootKind::Pkcs11 {
+        std::fs::remove_dir_all(crate::roots::token_dir(owner, "keyward")).unwrap();
+        std::fs::copy(&config, owner.config_path()).unwrap();
+    }
+    owner.start_agent();
+    let req = path(owner, "request.key");
+    let req_did = owner.cli_json(&["recovery", "request", "-o", &req], None)["did"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r1 = path(owner, "released-1");
+    let r3 = path(owner, "released-3");
+    release(&trustees[0], &held[0], &req_did, &r1);
+    release(&trustees[2], &held[2], &req_did, &r3);
+    let pin_line = format!("{secret}\n");
+    let restore = [
+        "recovery",
+        "restore",
+        "--request",
+        &req,
+        "--share",
+        &r1,
+        "--share",
+        &r3,
+        "--pin-stdin",
+    ];
+    // One share is not enough: refused by the CLI, the request file kept.
+    assert_eq!(
+        owner.cli_json_err(&restore[..6], Some(pin_line.as_bytes())),
+        "not_enough_shares"
+    );
+    assert!(std::path::Path::new(&req).exists());
+    let r = owner.cli_json(&restore, Some(pin_line.as_bytes()));
+    assert_eq!(r["absent_roots"], serde_json::json!([first]), "{r}");
+    assert_eq!(r["recovery"], made["recovery"], "{r}");
+    assert!(
+        !std::path::Path::new(&req).exists(),
+        "the request file is deleted after a successful restore"
+    );
+    let c = owner.client();
+    c.run(|c| c.unlock(pin(secret)))
+        .expect("unlock on the restored root");
+    assert_eq!(
+        c.run(|c| c.decrypt(&keys.ciphertext, None))
+            .expect("decrypt")
+            .expose(),
+        &keys.plaintext[..]
+    );
 }
 
 fn count_roots(db: &rusqlite::Connection) -> i64 {
