@@ -448,6 +448,7 @@ impl Hierarchy {
             drop(exported);
             wraps.push(crate::roots::kek_wrap(k.id, rec.id, w, now));
         }
+        crate::hierarchy::crash_point("restore-wrapped");
         // 4. One transaction: the record, every wrap, the root set.
         if !self.ks.add_root(&rec, &wraps)? {
             return Err(AgentError::Keystore(

@@ -15,6 +15,7 @@ keyward_tests::keyward_e2e_tests!(
     recovery_from_words_on_a_fresh_token_decrypts_old_data,
     restore_without_a_recovery_root_is_refused,
     restore_from_two_of_three_shares_on_a_fresh_token,
+    a_crashed_restore_leaves_nothing_and_the_retry_reuses_the_token_root,
     created_words_give_the_printed_key_by_an_independent_implementation,
 );
 
@@ -730,6 +731,69 @@ fn restore_from_two_of_three_shares_on_a_fresh_token(owner: &mut TestEnv) {
     let c = owner.client();
     c.run(|c| c.unlock(pin(secret)))
         .expect("unlock on the restored root");
+    assert_eq!(
+        c.run(|c| c.decrypt(&keys.ciphertext, None))
+            .expect("decrypt")
+            .expose(),
+        &keys.plaintext[..]
+    );
+}
+
+/// A restore killed (abort, as `kill -9`) after it made the root object on the fresh token, or
+/// after it wrapped every KEK but before its transaction: the keystore has nothing of it (no
+/// record, no wrap); the retry reuses the root object left on the token (PKCS#11) and succeeds;
+/// the old data decrypts.
+fn a_crashed_restore_leaves_nothing_and_the_retry_reuses_the_token_root(env: &mut TestEnv) {
+    let keys = env.init_with_keys(false, b"survives a crashed restore");
+    let made = env.cli_json(&["recovery", "create"], None);
+    let words = path(env, "words");
+    std::fs::write(&words, made["words"].as_str().unwrap()).unwrap();
+    let (config, secret) = crate::roots::second_root(env);
+    env.stop();
+    if env.kind() == RootKind::Pkcs11 {
+        std::fs::remove_dir_all(crate::roots::token_dir(env, "keyward")).unwrap();
+        std::fs::copy(&config, env.config_path()).unwrap();
+    }
+    let db = rusqlite::Connection::open(env.keystore_path()).unwrap();
+    let wraps = |db: &rusqlite::Connection| -> i64 {
+        db.query_row("SELECT count(*) FROM kek_wraps", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = (count_roots(&db), wraps(&db));
+    let pin_line = format!("{secret}\n");
+    let args = ["recovery", "restore", "--words-file", &words, "--pin-stdin"];
+    for point in ["restore-root-created", "restore-wrapped"] {
+        let mut cmd = env.agent_command();
+        cmd.env("KEYWARD_TEST_CRASH_AFTER", point)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().expect("spawn keywardd");
+        let sock = env.socket_path().to_path_buf();
+        keyward_tests::wait_for("the crashing agent to listen", || {
+            std::os::unix::net::UnixStream::connect(&sock).ok()
+        });
+        let out = env.cli(&args, Some(pin_line.as_bytes()));
+        assert!(!out.status.success(), "{point}: {out:?}");
+        assert!(!keyward_tests::wait_exit(&mut child, "the agent to abort").success());
+        assert_eq!((count_roots(&db), wraps(&db)), before, "{point}");
+        if env.kind() == RootKind::Pkcs11 {
+            assert!(!fresh_token_is_empty(env), "{point}: the root object stays");
+        }
+    }
+    env.start_agent();
+    let r = env.cli_json(&args, Some(pin_line.as_bytes()));
+    assert_eq!(r["keks"], 2, "{r}");
+    assert_eq!(count_roots(&db), before.0 + 1);
+    if env.kind() == RootKind::Pkcs11 {
+        assert!(
+            env.log().contains("reusing the root object"),
+            "{}",
+            env.log()
+        );
+    }
+    let c = env.client();
+    c.run(|c| c.unlock(pin(secret)))
+        .expect("unlock after the retry");
     assert_eq!(
         c.run(|c| c.decrypt(&keys.ciphertext, None))
             .expect("decrypt")
