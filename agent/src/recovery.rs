@@ -1,7 +1,8 @@
 //! Recovery in the agent (issue 14, parts 5 and 6): the trustee side of social recovery (hold,
-//! release and list the shares this agent keeps for others), and the two operations that need
-//! several roots per KEK (enroll a recovery public key, restore from the recovery secret), each
-//! behind one hierarchy method that is the integration point with that work.
+//! release and list the shares this agent keeps for others), enrolling a recovery public key as
+//! a root (`roots.rs`'s `enroll_public_root`), and restoring from the recovery secret onto a
+//! fresh root (every recovery wrap checked before the token is touched; the new root and its
+//! wraps written in one transaction).
 //!
 //! The cryptography is `keyward-recovery`'s; this module only stores and finds. A held share is a
 //! `secret` record (no migration):
@@ -21,7 +22,8 @@
 //! share is refused before it is released. KEK rotation rewraps `wrapped` like any secret.
 //!
 //! This module must never return, log or put in an error a share value, the recovery secret or a
-//! private scalar; never store a share it could not open and verify; and never report an
+//! private scalar; never store a share it could not open and verify; never touch the token in
+//! a restore before every KEK's recovery wrap opened and checked; and never report an
 //! enrollment or a restore as done when it was not.
 
 use crate::error::{
@@ -328,7 +330,7 @@ impl Hierarchy {
     ///
     /// The agent is locked at the end (and on every error): `unlock` with `pin` then runs on
     /// the new root. Returns the new root's id, the number of KEKs wrapped and the enrolled
-    /// roots other than the new one and the recovery root (absent here: `root.remove` drops
+    /// roots other than the new one and the recovery roots (absent here: `root.remove` drops
     /// them).
     pub fn recovery_restore(
         &self,
@@ -458,9 +460,10 @@ impl Hierarchy {
                 },
             ));
         }
+        // Recovery roots are never "present" and need nothing to receive KEKs: not listed.
         let absent_roots = roots
             .iter()
-            .filter(|r| r.id != recovery.id)
+            .filter(|r| r.scheme != PUBLIC_ROOT_SCHEME)
             .map(|r| r.id)
             .collect();
         tracing::info!(id = %rec.id, reused, keks = wraps.len(), recovery = %recovery.id, "restored from the recovery root");
@@ -729,7 +732,11 @@ mod tests {
         }
         let rec = ks.get(&e.id).unwrap().unwrap();
         assert_eq!(rec.scheme, PUBLIC_ROOT_SCHEME);
-        assert_eq!(ks.roots_checked().unwrap().len(), 2);
+        // A second recovery root (new trustees before the old root is removed): restore picks
+        // the one the words give, and lists neither as absent.
+        let newer = RecoveryKey::derive(&RecoverySecret::generate(&mut OsRng)).unwrap();
+        a.recovery_enroll(&newer.public_key()).unwrap();
+        assert_eq!(ks.roots_checked().unwrap().len(), 3);
         a.lock().unwrap();
         drop(a);
         let b_root = MemoryRoot::new();
@@ -832,7 +839,7 @@ mod tests {
         assert_eq!(e.code(), ErrorCode::KeystoreTampered, "{e}");
         untouched(&t.b_root);
         set(&orig);
-        assert_eq!(t.ks.roots().unwrap().len(), 2);
+        assert_eq!(t.ks.roots().unwrap().len(), 3);
         // Nothing was written by the refusals; the restore then works.
         t.b.recovery_restore(&t.secret, &pin).unwrap();
         t.b.unlock(&pin).unwrap();
