@@ -16,6 +16,7 @@ keyward_tests::keyward_e2e_tests!(
     restore_without_a_recovery_root_is_refused,
     restore_from_two_of_three_shares_on_a_fresh_token,
     a_crashed_restore_leaves_nothing_and_the_retry_reuses_the_token_root,
+    recovery_on_a_new_machine_from_a_backup,
     created_words_give_the_printed_key_by_an_independent_implementation,
 );
 
@@ -800,6 +801,59 @@ fn a_crashed_restore_leaves_nothing_and_the_retry_reuses_the_token_root(env: &mu
             .expose(),
         &keys.plaintext[..]
     );
+}
+
+/// A new machine: agent B in its own directory (its own SoftHSM token and config, or a soft
+/// root with another passphrase), never initialized, gets A's keystore by `backup export` on A
+/// and `backup import` on B, restores from the words, unlocks and decrypts A's data; A's root
+/// is listed absent and removed.
+fn recovery_on_a_new_machine_from_a_backup(a: &mut TestEnv) {
+    let keys = a.init_with_keys(false, b"old data, new machine");
+    let first = crate::roots::current(&crate::roots::roots(a));
+    let made = a.cli_json(&["recovery", "create"], None);
+    let backup = path(a, "keystore.backup");
+    a.cli_ok(&["backup", "export", "-o", &backup], None);
+    let words = path(a, "words");
+    std::fs::write(&words, made["words"].as_str().unwrap()).unwrap();
+
+    let mut b = TestEnv::start(a.kind());
+    b.stop();
+    let ks = b.keystore_path();
+    for s in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{s}", ks.display()));
+    }
+    b.cli_json(
+        &[
+            "backup",
+            "import",
+            "-i",
+            &backup,
+            "--keystore",
+            ks.to_str().unwrap(),
+        ],
+        None,
+    );
+    b.start_agent();
+    let secret = match b.kind() {
+        RootKind::Soft => "another-passphrase-on-the-new-machine-2026",
+        _ => b.pin(),
+    };
+    let pin_line = format!("{secret}\n");
+    let r = b.cli_json(
+        &["recovery", "restore", "--words-file", &words, "--pin-stdin"],
+        Some(pin_line.as_bytes()),
+    );
+    assert_eq!(r["absent_roots"], serde_json::json!([first]), "{r}");
+    let c = b.client();
+    c.run(|c| c.unlock(pin(secret))).expect("unlock on B");
+    assert_eq!(
+        c.run(|c| c.decrypt(&keys.ciphertext, None))
+            .expect("decrypt")
+            .expose(),
+        &keys.plaintext[..]
+    );
+    b.cli_ok(&["root", "remove", &first], None);
+    assert_eq!(crate::roots::roots(&b).len(), 2);
 }
 
 fn count_roots(db: &rusqlite::Connection) -> i64 {
