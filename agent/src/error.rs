@@ -500,6 +500,20 @@ pub enum RootRefusal {
         id: Uuid,
         problem: &'static str,
     },
+    /// `recovery.restore`: the keystore has no enrolled recovery root.
+    #[error("{op}: this keystore has no enrolled recovery root (`keyward recovery create` was not run on it, or its recovery root was removed); nothing was changed")]
+    NoRecoveryRoot { op: &'static str },
+    /// `recovery.restore`: the words (or shares) give a recovery key that is not an enrolled
+    /// recovery root.
+    #[error("{op}: wrong recovery root: the recovery key {did} is not enrolled in this keystore (words or shares of another recovery secret); nothing was changed")]
+    WrongRecoveryRoot { op: &'static str, did: String },
+    /// `recovery.restore` on an agent that already runs on an enrolled root.
+    #[error("{op}: the agent is unlocked on enrolled root {id}: restore runs on an agent started on a fresh token, locked; nothing was changed")]
+    RunningOnEnrolled { op: &'static str, id: Uuid },
+    /// `recovery.restore` while a KEK rotation is journaled (its new version is wrapped only
+    /// under the roots enrolled when it began).
+    #[error("{op}: KEK {kek} has a rotation in progress: finish it first (unlock an agent on an enrolled root); nothing was changed")]
+    RotationPending { op: &'static str, kek: Uuid },
 }
 
 impl RootRefusal {
@@ -510,6 +524,10 @@ impl RootRefusal {
             | RootRefusal::BadDrop { .. } => ErrorCode::WrongKey,
             RootRefusal::Absent { .. } => ErrorCode::TokenUnavailable,
             RootRefusal::NoneOfScheme { .. } => ErrorCode::NotInitialized,
+            RootRefusal::NoRecoveryRoot { .. } => ErrorCode::NotFound,
+            RootRefusal::WrongRecoveryRoot { .. } => ErrorCode::WrongKey,
+            RootRefusal::RunningOnEnrolled { .. } => ErrorCode::AlreadyInitialized,
+            RootRefusal::RotationPending { .. } => ErrorCode::Busy,
         }
     }
 }

@@ -403,7 +403,7 @@ impl Hierarchy {
     /// function of the integrity KEK itself, which no one outside the token knows; so a file
     /// whose integrity records were replaced by another KEK's records and a secret whose value
     /// is known (an exported or imported DEK) does not give a MAC key anyone can compute.
-    fn derive_mac_key(
+    pub(crate) fn derive_mac_key(
         &self,
         kek: &dyn Kek,
         secret_wrapped: &[u8],

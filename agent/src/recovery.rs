@@ -1,7 +1,8 @@
 //! Recovery in the agent (issue 14, parts 5 and 6): the trustee side of social recovery (hold,
-//! release and list the shares this agent keeps for others), and the two operations that need
-//! several roots per KEK (enroll a recovery public key, restore from the recovery secret), each
-//! behind one hierarchy method that is the integration point with that work.
+//! release and list the shares this agent keeps for others), enrolling a recovery public key as
+//! a root (`roots.rs`'s `enroll_public_root`), and restoring from the recovery secret onto a
+//! fresh root (every recovery wrap checked before the token is touched; the new root and its
+//! wraps written in one transaction).
 //!
 //! The cryptography is `keyward-recovery`'s; this module only stores and finds. A held share is a
 //! `secret` record (no migration):
@@ -21,15 +22,21 @@
 //! share is refused before it is released. KEK rotation rewraps `wrapped` like any secret.
 //!
 //! This module must never return, log or put in an error a share value, the recovery secret or a
-//! private scalar; never store a share it could not open and verify; and never report an
+//! private scalar; never store a share it could not open and verify; never touch the token in
+//! a restore before every KEK's recovery wrap opened and checked; and never report an
 //! enrollment or a restore as done when it was not.
 
 use crate::error::{
-    AgentError, Defect, Existing, Internal, Missing, NotAvailable, Problem, Unverified, WrongKey,
+    AgentError, Defect, Existing, Internal, Missing, Problem, RootRefusal, Tampering, Unverified,
+    WrongKey,
 };
 use crate::hierarchy::Hierarchy;
 use crate::keystore::Cursor;
 use crate::keystore::{KeyKind, KeyRecord, KeyState, ListFilter, Page, PageSize};
+use crate::lifecycle::ROTATION;
+use crate::root::memory_kek::MemoryKek;
+use crate::root::{ExportedKek, RootError, StoredRoot};
+use crate::roots::{PublicRootKind, PUBLIC_ROOT_SCHEME};
 use keyward_identity::PublicKey;
 use keyward_proto::secret::Pin;
 use keyward_recovery::shamir::MAX_SHARE_LEN;
@@ -282,53 +289,233 @@ impl Hierarchy {
         Ok(self.ks.page(&ListFilter::HeldShares, after, size)?)
     }
 
-    /// INTEGRATION POINT with "several roots per KEK" (branch wip-roots): enroll `recovery`
-    /// as an `ecdh-p256` public root, so every existing and future KEK is wrapped to it, and
-    /// return the root record's id and the number of KEKs wrapped. The lead wires this to the
-    /// hierarchy's `enroll_public_root(...)` at merge; until then it refuses with the typed
-    /// `not_available` and changes nothing (it never reports an enrollment it did not make).
-    ///
-    /// With wip-roots as of its commit e454fbd (`roots.rs`), the body is:
-    /// ```text
-    /// let id = self.enroll_public_root(
-    ///     crate::roots::PublicRootKind::Recovery, None, recovery.as_p256())?;
-    /// let keks = self.ks.wrapped_keks()?.len() as u64;
-    /// Ok(Enrolled { id, recovery: *recovery, keks })
-    /// ```
+    /// Enroll `recovery` as a public-key root (`public-p256`, locator `public:recovery`), so
+    /// every existing KEK (and the integrity KEK) is wrapped to it now with `ecdh-p256`, and
+    /// every later one by `kek.create` and `kek.rotate`. Returns the root record's id and the
+    /// number of KEKs wrapped. A recovery key enrolled already is refused (`already_exists`).
     pub fn recovery_enroll(&self, recovery: &PublicKey) -> Result<Enrolled, AgentError> {
         self.root_record("recovery.enroll")?;
-        let _ = recovery;
-        Err(AgentError::NotAvailable(NotAvailable::NeedsSeveralRoots {
-            op: "recovery.enroll",
-        }))
+        let sec1 = crate::root::ecdh::sec1(recovery.as_p256());
+        if let Some(r) =
+            self.ks.roots_checked()?.into_iter().find(|r| {
+                r.scheme == PUBLIC_ROOT_SCHEME && r.public_key.as_deref() == Some(&sec1[..])
+            })
+        {
+            return Err(AgentError::AlreadyExists(Existing::Root { id: r.id }));
+        }
+        let id = self.enroll_public_root(PublicRootKind::Recovery, None, recovery.as_p256())?;
+        let keks = self.ks.wrapped_keks()?.len() as u64;
+        tracing::info!(%id, keks, "recovery root enrolled");
+        Ok(Enrolled {
+            id,
+            recovery: *recovery,
+            keks,
+        })
     }
 
-    /// INTEGRATION POINT with "several roots per KEK" (branch wip-roots): restore from the
-    /// recovery secret onto a fresh token. What it must do once wired (issue 14 part 5): derive
-    /// the recovery key (done here), require it to be the enrolled recovery root
-    /// (`WrongRecoveryRoot` otherwise), check every KEK's recovery wrap *before* touching the
-    /// token, create the new root with `pin`, rewrap each KEK under it (journaled like root
-    /// rotate), and list the enrolled roots that are absent. Until then: `not_available`, and
-    /// nothing changes.
+    /// Restore from the recovery secret onto the configured root (a fresh token, or a new soft
+    /// root), on an agent started with a copy of the keystore, locked. In this order:
+    /// 1. derive the recovery key; find the enrolled recovery root whose public key it is
+    ///    (`NoRecoveryRoot`, `WrongRecoveryRoot` otherwise);
+    /// 2. open the integrity KEK from the recovery root's wrap, derive the keystore MAC key
+    ///    from it and check with it the integrity records, the recovery root's record, every
+    ///    root record and the MAC'd root set; then open every KEK from its recovery wrap (each
+    ///    wrap's row checked by the MAC, each unwrap checked by AES-KWP);
+    /// 3. only then touch the token: create the new root with `pin` (`Root::init`); a root
+    ///    object already there that no enrolled record opens (left by a restore a crash
+    ///    interrupted before its commit) is reused after `unlock` with `pin`; one that is an
+    ///    enrolled root is refused (`already_exists`);
+    /// 4. wrap every KEK under the new root and write the root record, every wrap and the
+    ///    root set in one transaction (`Keystore::add_root`).
     ///
-    /// With wip-roots (e454fbd): the recovery root is the root record with scheme
-    /// `roots::PUBLIC_ROOT_SCHEME`, locator `public:recovery` and `public_key` the derived key
-    /// (SEC1 uncompressed there); none matching is `WrongRecoveryRoot` (a typed refusal: add a
-    /// `WrongKey` case). `self.open_keks_for_root(&root.id, &|wrap| <ecdh-p256 unwrap of wrap
-    /// with key.local_key()>)` opens every KEK (and the integrity KEK, first) *before* the
-    /// token is touched; then the new root is made on the fresh token with `pin` and each KEK
-    /// imported under it (`Root::import_kek`), journaled like root rotate.
+    /// The agent is locked at the end (and on every error): `unlock` with `pin` then runs on
+    /// the new root. Returns the new root's id, the number of KEKs wrapped and the enrolled
+    /// roots other than the new one and the recovery roots (absent here: `root.remove` drops
+    /// them).
     pub fn recovery_restore(
         &self,
         secret: &RecoverySecret,
         pin: &Pin,
     ) -> Result<Restored, AgentError> {
+        const OP: &str = "recovery.restore";
         let key =
             RecoveryKey::derive(secret).map_err(AgentError::crypto("deriving the recovery key"))?;
-        let _ = (key, pin);
-        Err(AgentError::NotAvailable(NotAvailable::NeedsSeveralRoots {
-            op: "recovery.restore",
-        }))
+        if self.root.is_unlocked() {
+            let id = self.root_record(OP)?.id;
+            return Err(AgentError::Roots(RootRefusal::RunningOnEnrolled {
+                op: OP,
+                id,
+            }));
+        }
+        let _one = ROTATION.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.restore_locked(&key, pin);
+        self.lock_quietly();
+        result
+    }
+
+    fn restore_locked(&self, key: &RecoveryKey, pin: &Pin) -> Result<Restored, AgentError> {
+        const OP: &str = "recovery.restore";
+        let tampered = AgentError::KeystoreTampered;
+        // 1. The recovery root (records read unchecked: the MAC key is not loaded yet).
+        let roots = self.ks.roots()?;
+        if roots.is_empty() {
+            return Err(AgentError::NotInitialized);
+        }
+        let public = key.public_key();
+        let sec1 = crate::root::ecdh::sec1(public.as_p256());
+        let recovery_roots: Vec<&KeyRecord> = roots
+            .iter()
+            .filter(|r| {
+                r.scheme == PUBLIC_ROOT_SCHEME
+                    && r.locator.as_deref()
+                        == Some(&format!("public:{}", PublicRootKind::Recovery.as_str())[..])
+            })
+            .collect();
+        if recovery_roots.is_empty() {
+            return Err(AgentError::Roots(RootRefusal::NoRecoveryRoot { op: OP }));
+        }
+        let recovery = recovery_roots
+            .into_iter()
+            .find(|r| r.public_key.as_deref() == Some(&sec1[..]))
+            .cloned()
+            .ok_or_else(|| {
+                AgentError::Roots(RootRefusal::WrongRecoveryRoot {
+                    op: OP,
+                    did: public.to_did_key(),
+                })
+            })?;
+        if let Some(p) = self.ks.rotations_pending()?.first() {
+            return Err(AgentError::Roots(RootRefusal::RotationPending {
+                op: OP,
+                kek: p.kek,
+            }));
+        }
+        let open = |w: &[u8]| -> Result<ExportedKek, RootError> {
+            let k = crate::root::ecdh::unwrap(public.as_p256(), w, |eph| {
+                crate::root::ecdh::software_ecdh(key.local_key().secret_key(), eph)
+            })?;
+            Ok(ExportedKek::new(&k))
+        };
+
+        // 2. The integrity KEK first: it gives the MAC key that checks everything else.
+        let recs = self.ks.integrity_records()?;
+        let root_ids: Vec<Uuid> = roots.iter().map(|r| r.id).collect();
+        let ikek = match recs
+            .iter()
+            .filter(|r| r.parent.is_some_and(|p| root_ids.contains(&p)))
+            .collect::<Vec<_>>()[..]
+        {
+            [k] => k.clone(),
+            _ => return Err(tampered(Tampering::IntegrityKeks)),
+        };
+        let isecret = match recs
+            .iter()
+            .filter(|r| r.parent == Some(ikek.id))
+            .collect::<Vec<_>>()[..]
+        {
+            [s] if recs.len() == 2 => s.clone(),
+            _ => return Err(tampered(Tampering::IntegritySecrets)),
+        };
+        let does_not_unwrap = |id: Uuid| move |_| tampered(Tampering::DoesNotUnwrap { id });
+        let iwrap = self.wrap_for(&ikek, &recovery)?;
+        let opened = open(&iwrap).map_err(does_not_unwrap(ikek.id))?;
+        let mut kbytes = zeroize::Zeroizing::new([0u8; 32]);
+        kbytes.copy_from_slice(opened.expose());
+        let ikek_mem = MemoryKek::new(&kbytes);
+        drop(kbytes);
+        let mac = self
+            .derive_mac_key(&ikek_mem, self.wrapped(&isecret)?)
+            .map_err(does_not_unwrap(isecret.id))?;
+        drop(ikek_mem);
+        self.ks.set_mac_key(Some(mac));
+        // Checked reads from here on: a record or wrap changed outside the agent is refused.
+        self.ks.get(&ikek.id)?;
+        self.ks.get(&isecret.id)?;
+        match self.ks.get(&recovery.id)? {
+            Some(r) if r == recovery => {}
+            _ => return Err(tampered(Tampering::RootRecord { id: recovery.id })),
+        }
+        let roots = self.ks.roots_checked()?;
+        if self.wrap_for(&ikek, &recovery)? != iwrap {
+            return Err(tampered(Tampering::DoesNotUnwrap { id: ikek.id }));
+        }
+        let keks = self.open_keks_for_root(&recovery.id, &|w| open(w))?;
+        // 3. The token, only now.
+        let (mut rec, reused) = self.restore_make_root(pin, &ikek, &roots)?;
+        rec.label = Some(format!("restored: {}", self.root.describe()));
+        let now = crate::keystore::now();
+        let mut wraps = Vec::with_capacity(keks.len());
+        for (k, exported) in keks {
+            let w = self.with_recovery(|| Ok(self.root.import_kek(exported.expose())?))?;
+            drop(exported);
+            wraps.push(crate::roots::kek_wrap(k.id, rec.id, w, now));
+        }
+        crate::hierarchy::crash_point("restore-wrapped");
+        // 4. One transaction: the record, every wrap, the root set.
+        if !self.ks.add_root(&rec, &wraps)? {
+            return Err(AgentError::Keystore(
+                crate::keystore::KeystoreError::Corrupt {
+                    id: rec.id.to_string(),
+                    what: "the KEKs changed during the restore: try again".into(),
+                },
+            ));
+        }
+        // Recovery roots are never "present" and need nothing to receive KEKs: not listed.
+        let absent_roots = roots
+            .iter()
+            .filter(|r| r.scheme != PUBLIC_ROOT_SCHEME)
+            .map(|r| r.id)
+            .collect();
+        tracing::info!(id = %rec.id, reused, keks = wraps.len(), recovery = %recovery.id, "restored from the recovery root");
+        Ok(Restored {
+            root: rec.id,
+            keks: wraps.len() as u64,
+            absent_roots,
+        })
+    }
+
+    /// Step 3 of restore: the new root on the configured token. A root object the token has
+    /// already is reused unless it is an enrolled root (it opens that record's wrap of the
+    /// integrity KEK).
+    fn restore_make_root(
+        &self,
+        pin: &Pin,
+        ikek: &KeyRecord,
+        roots: &[KeyRecord],
+    ) -> Result<(KeyRecord, bool), AgentError> {
+        let made = match self.root.init(pin) {
+            // A token the module has not seen yet (made after start-up): see `root_add`.
+            Err(RootError::Unavailable { .. }) => {
+                let _ = self.root.unlock(pin, &StoredRoot::default());
+                let _ = self.root.lock();
+                self.root.init(pin)
+            }
+            other => other,
+        };
+        match made {
+            Ok(made) => {
+                crate::hierarchy::crash_point("restore-root-created");
+                let mut rec = KeyRecord::new(KeyKind::Root, made.scheme.as_str());
+                rec.locator = Some(made.locator);
+                rec.wrapped = made.check;
+                Ok((rec, false))
+            }
+            Err(RootError::RootExists { .. }) => {
+                self.root.unlock(pin, &StoredRoot::default())?;
+                let scheme = self.root.scheme();
+                for r in roots.iter().filter(|r| r.scheme == scheme.as_str()) {
+                    let Ok(wrap) = self.wrap_for(ikek, r) else {
+                        continue;
+                    };
+                    if self.root.open_kek(&wrap).is_ok() {
+                        return Err(AgentError::AlreadyExists(Existing::Root { id: r.id }));
+                    }
+                }
+                tracing::warn!("recovery.restore: reusing the root object an interrupted restore left on the token");
+                Ok((KeyRecord::new(KeyKind::Root, scheme.as_str()), true))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -498,18 +685,182 @@ mod tests {
         h.keypair_delete(&kp.to_string()).unwrap();
     }
 
-    #[test]
-    fn recovery_enroll_and_restore_are_not_available_and_change_nothing() {
-        let (_d, h, _) = ready();
-        let before = h.kek_list().unwrap().len();
+    /// Root A with a KEK, a DEK and a ciphertext, the recovery root enrolled, a KEK made after
+    /// it; then A is lost and a hierarchy on a fresh memory root B (same keystore) is returned.
+    struct Lost {
+        _d: tempfile::TempDir,
+        ks: Arc<Keystore>,
+        b: Hierarchy,
+        b_root: MemoryRoot,
+        secret: RecoverySecret,
+        recovery_id: Uuid,
+        a_id: Uuid,
+        dek: String,
+        ct: String,
+        keks: Vec<Uuid>,
+    }
+
+    fn lost() -> Lost {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Arc::new(Keystore::open(&dir.path().join("ks.db")).unwrap());
+        let a = Hierarchy::new(
+            ks.clone(),
+            Box::new(MemoryRoot::new()),
+            UnlockPolicy::default(),
+        );
+        let a_id = a.init(&Pin::new("pin-1234")).unwrap();
+        let kek = a.kek_create(None).unwrap();
+        let dek = a
+            .dek_create(None, crate::keystore::Purpose::Personal, false, None)
+            .unwrap()
+            .to_string();
+        let ct = a.encrypt(&dek, b"old data").unwrap();
         let secret = RecoverySecret::generate(&mut OsRng);
         let key = RecoveryKey::derive(&secret).unwrap();
-        let e = h.recovery_enroll(&key.public_key()).unwrap_err();
-        assert_eq!(e.code(), ErrorCode::NotAvailable, "{e}");
+        let e = a.recovery_enroll(&key.public_key()).unwrap();
+        // The KEK and the integrity KEK.
+        assert_eq!(e.keks, 2);
+        // Enrolled once.
+        let again = a.recovery_enroll(&key.public_key()).unwrap_err();
+        assert_eq!(again.code(), ErrorCode::AlreadyExists, "{again}");
+        let kek2 = a.kek_create(None).unwrap();
+        // Every existing and new KEK, and the integrity KEK, has a wrap for the recovery root.
+        let all = ks.wrapped_keks().unwrap();
+        assert_eq!(all.len(), 3);
+        for k in &all {
+            assert!(ks.kek_wrap(&k.id, &e.id).unwrap().is_some(), "KEK {}", k.id);
+        }
+        let rec = ks.get(&e.id).unwrap().unwrap();
+        assert_eq!(rec.scheme, PUBLIC_ROOT_SCHEME);
+        // A second recovery root (new trustees before the old root is removed): restore picks
+        // the one the words give, and lists neither as absent.
+        let newer = RecoveryKey::derive(&RecoverySecret::generate(&mut OsRng)).unwrap();
+        a.recovery_enroll(&newer.public_key()).unwrap();
+        assert_eq!(ks.roots_checked().unwrap().len(), 3);
+        a.lock().unwrap();
+        drop(a);
+        let b_root = MemoryRoot::new();
+        let policy = UnlockPolicy {
+            backoff_base_ms: 0,
+            ..UnlockPolicy::default()
+        };
+        let b = Hierarchy::new(ks.clone(), Box::new(b_root.clone()), policy);
+        Lost {
+            _d: dir,
+            ks,
+            b,
+            b_root,
+            secret,
+            recovery_id: e.id,
+            a_id,
+            dek,
+            ct,
+            keks: vec![kek, kek2],
+        }
+    }
+
+    /// The fresh root B has no root key: the restore did not touch it.
+    fn untouched(root: &MemoryRoot) {
+        use crate::root::Root;
+        assert!(matches!(
+            root.unlock(&Pin::new("new-pin-5678"), &StoredRoot::default()),
+            Err(RootError::RootMissing { .. })
+        ));
+    }
+
+    #[test]
+    fn recovery_restore_on_a_fresh_root_decrypts_old_data() {
+        let t = lost();
+        let roots_before = t.ks.roots().unwrap().len();
+        let r =
+            t.b.recovery_restore(&t.secret, &Pin::new("new-pin-5678"))
+                .unwrap();
+        assert_eq!(r.keks, 3);
+        assert_eq!(r.absent_roots, vec![t.a_id]);
+        assert_eq!(t.ks.roots().unwrap().len(), roots_before + 1);
+        // Locked after the restore; unlocks on the new root with the new PIN.
+        let e = t.b.decrypt(&t.ct, None).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Locked, "{e}");
+        let e = t.b.unlock(&Pin::new("pin-1234")).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::PinIncorrect, "{e}");
+        t.b.unlock(&Pin::new("new-pin-5678")).unwrap();
+        assert_eq!(&t.b.decrypt(&t.ct, None).unwrap()[..], b"old data");
+        for k in &t.keks {
+            assert!(
+                t.ks.kek_wrap(k, &r.root).unwrap().is_some()
+                    || t.ks.get(k).unwrap().unwrap().parent == Some(r.root)
+            );
+        }
+        // The absent root is dropped; new data still works, and the recovery root stays.
+        t.b.root_remove(&t.a_id.to_string()).unwrap();
+        let ct2 = t.b.encrypt(&t.dek, b"new data").unwrap();
+        assert_eq!(&t.b.decrypt(&ct2, None).unwrap()[..], b"new data");
+        assert!(t.ks.get(&t.recovery_id).unwrap().is_some());
+        // Restoring again while unlocked on an enrolled root is refused.
+        let e =
+            t.b.recovery_restore(&t.secret, &Pin::new("new-pin-5678"))
+                .unwrap_err();
+        assert_eq!(e.code(), ErrorCode::AlreadyInitialized, "{e}");
+    }
+
+    #[test]
+    fn recovery_restore_refusals_change_nothing_and_leave_the_token_untouched() {
+        let t = lost();
+        let pin = Pin::new("new-pin-5678");
+        // Another recovery secret: wrong recovery root.
+        let other = RecoverySecret::generate(&mut OsRng);
+        let e = t.b.recovery_restore(&other, &pin).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::WrongKey, "{e}");
+        assert!(e.to_string().contains("wrong recovery root"), "{e}");
+        untouched(&t.b_root);
+        // A tampered recovery wrap: refused by the MAC before the token is touched.
+        let conn = rusqlite::Connection::open(t._d.path().join("ks.db")).unwrap();
+        let kek = t.keks[0].to_string();
+        let root = t.recovery_id.to_string();
+        let orig: Vec<u8> = conn
+            .query_row(
+                "SELECT wrapped FROM kek_wraps WHERE kek = ?1 AND root = ?2",
+                [&kek, &root],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let mut bad = orig.clone();
+        let n = bad.len() - 1;
+        bad[n] ^= 1;
+        let set = |v: &Vec<u8>| {
+            conn.execute(
+                "UPDATE kek_wraps SET wrapped = ?1 WHERE kek = ?2 AND root = ?3",
+                rusqlite::params![v, &kek, &root],
+            )
+            .unwrap()
+        };
+        set(&bad);
+        let e = t.b.recovery_restore(&t.secret, &pin).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::KeystoreTampered, "{e}");
+        untouched(&t.b_root);
+        set(&orig);
+        assert_eq!(t.ks.roots().unwrap().len(), 3);
+        // Nothing was written by the refusals; the restore then works.
+        t.b.recovery_restore(&t.secret, &pin).unwrap();
+        t.b.unlock(&pin).unwrap();
+        assert_eq!(&t.b.decrypt(&t.ct, None).unwrap()[..], b"old data");
+    }
+
+    #[test]
+    fn recovery_restore_without_a_recovery_root_is_refused() {
+        let (_d, h, _) = ready();
+        h.lock().unwrap();
+        let secret = RecoverySecret::generate(&mut OsRng);
         let e = h
             .recovery_restore(&secret, &Pin::new("pin-1234"))
             .unwrap_err();
-        assert_eq!(e.code(), ErrorCode::NotAvailable, "{e}");
-        assert_eq!(h.kek_list().unwrap().len(), before);
+        assert_eq!(e.code(), ErrorCode::NotFound, "{e}");
+        assert!(e.to_string().contains("no enrolled recovery root"), "{e}");
+        h.unlock(&Pin::new("pin-1234")).unwrap();
+        // Enrolling needs the agent unlocked.
+        h.lock().unwrap();
+        let key = RecoveryKey::derive(&secret).unwrap();
+        let e = h.recovery_enroll(&key.public_key()).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Locked, "{e}");
     }
 }

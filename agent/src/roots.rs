@@ -524,7 +524,7 @@ fn public_target(r: &KeyRecord) -> Option<Target> {
         .map(Target::Public)
 }
 
-fn kek_wrap(kek: Uuid, root: Uuid, w: Wrapped, created: u64) -> KekWrap {
+pub(crate) fn kek_wrap(kek: Uuid, root: Uuid, w: Wrapped, created: u64) -> KekWrap {
     KekWrap {
         kek,
         root,

@@ -1,17 +1,22 @@
 //! Recovery through the real CLI and agents (README "Recovery"): 2-of-3 social recovery across
 //! four agents (the owner's and three trustees'), the owner's words, and the refusals (shares
 //! sealed to someone else, tampered shares, fewer than K, shares of different secrets, the
-//! wrong request key, wrong words). Enrollment and restore need several roots per KEK: until
-//! that is merged the agent answers them `not_available`, and a test says so.
+//! wrong request key, wrong words); enrollment and restore from the words on a fresh token, with
+//! their refusals (wrong words, another recovery secret, a tampered recovery wrap, no recovery
+//! root).
 
-use keyward_tests::TestEnv;
+use keyward_tests::{pin, RootKind, TestEnv};
 use std::os::unix::fs::PermissionsExt;
 
 keyward_tests::keyward_e2e_tests!(
     social_recovery_two_of_three_across_four_agents,
     recovery_refuses_bad_shares_and_words,
     trustee_refusals_leave_the_agent_serving,
-    enroll_and_restore_are_not_available_without_several_roots,
+    recovery_from_words_on_a_fresh_token_decrypts_old_data,
+    restore_without_a_recovery_root_is_refused,
+    restore_from_two_of_three_shares_on_a_fresh_token,
+    a_crashed_restore_leaves_nothing_and_the_retry_reuses_the_token_root,
+    recovery_on_a_new_machine_from_a_backup,
     created_words_give_the_printed_key_by_an_independent_implementation,
 );
 
@@ -498,70 +503,410 @@ fn trustee_refusals_leave_the_agent_serving(env: &mut TestEnv) {
     env.cli_json(&["keypair", "delete", &keypair], None);
 }
 
-fn enroll_and_restore_are_not_available_without_several_roots(env: &mut TestEnv) {
-    setup(env);
-    // `create` asks the agent to enroll before it shows or writes anything: refused, and no
-    // words anywhere in the output.
-    let out = env.cli(&["--json", "recovery", "create"], None);
-    assert_eq!(out.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["error"]["code"], "not_available", "{v}");
-    assert!(v.get("words").is_none());
-    assert!(!String::from_utf8_lossy(&out.stderr).contains(" 1. "));
-    // Text mode: the same refusal, nothing on stdout.
-    let out = env.cli(&["recovery", "create"], None);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(out.stdout.is_empty());
-    // With trustees: the share files it wrote before asking are removed again.
-    let t1 = env.cli_json(&["recovery", "request", "-o", &path(env, "t1")], None);
-    let t2 = env.cli_json(&["recovery", "request", "-o", &path(env, "t2")], None);
-    let dir = path(env, "shares");
-    let args = [
-        "recovery",
-        "create",
-        "--trustee",
-        t1["did"].as_str().unwrap(),
-        "--trustee",
-        t2["did"].as_str().unwrap(),
-        "--threshold",
-        "2",
-        "-o",
-        &dir,
-    ];
-    assert_eq!(env.cli_json_err(&args, None), "not_available");
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
-    // Enrolling a key made offline, and restoring from its words: refused the same way.
-    let made = env.cli_json(&["recovery", "create", "--offline"], None);
+/// `create` enrolls the recovery root (listed by `root list`; every KEK, existing and new, gets
+/// a wrap for it); the first token is lost; an agent on a fresh token (PKCS#11: a new token
+/// `backup`, the first token's files deleted; soft: a new passphrase) with the keystore refuses
+/// wrong words, the words of another recovery secret and a tampered recovery wrap (the fresh
+/// token still without a root object), then restores from the words, unlocks with the new PIN,
+/// decrypts the old data and drops the absent root.
+fn recovery_from_words_on_a_fresh_token_decrypts_old_data(env: &mut TestEnv) {
+    let keys = env.init_with_keys(false, b"old data");
+    let first = crate::roots::current(&crate::roots::roots(env));
+    let made = env.cli_json(&["recovery", "create"], None);
+    assert_eq!(made["enrolled"], true, "{made}");
+    // The KEK and the keystore integrity KEK.
+    assert_eq!(made["keks"], 2, "{made}");
+    let recovery = made["id"].as_str().unwrap().to_string();
+    let listed = crate::roots::roots(env);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let entry = listed
+        .iter()
+        .find(|r| r["id"] == recovery.as_str())
+        .unwrap();
+    assert_eq!(entry["scheme"], "public-p256", "{entry}");
+    // Enrolling the same key again is refused.
     let did = made["recovery"].as_str().unwrap();
     assert_eq!(
         env.cli_json_err(&["recovery", "enroll", did], None),
-        "not_available"
+        "already_exists"
     );
     assert_eq!(
         env.cli_json_err(&["recovery", "enroll", "did:key:zBad"], None),
         "invalid_args"
     );
+    // A KEK made after the enrollment is wrapped to the recovery root too.
+    let c = env.client();
+    let kek2 = c.run(|c| c.kek_create(None)).expect("kek").id;
+    let args = keyward_tests::keyward_proto::ops::DekCreateArgs {
+        kek: Some(kek2.clone()),
+        ..Default::default()
+    };
+    let dek2 = c.run(|c| c.dek_create(&args)).expect("dek").id;
+    let mut data = vec![(keys.ciphertext.clone(), keys.plaintext.clone())];
+    let pt = b"under the KEK made after the enrollment".to_vec();
+    data.push((c.run(|c| c.encrypt(&dek2, &pt)).unwrap(), pt));
+    drop(c);
+    let db = rusqlite::Connection::open(env.keystore_path()).unwrap();
+    let keks: Vec<String> = {
+        let mut st = db
+            .prepare("SELECT id FROM keys WHERE kind = 'kek' OR (kind = 'integrity' AND parent IN (SELECT id FROM keys WHERE kind = 'root'))")
+            .unwrap();
+        let rows = st.query_map([], |r| r.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    };
+    assert_eq!(keks.len(), 3);
+    for k in &keks {
+        let n: i64 = db
+            .query_row(
+                "SELECT count(*) FROM kek_wraps WHERE kek = ?1 AND root = ?2",
+                [k, &recovery],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1, "KEK {k} has no wrap for the recovery root");
+    }
+    let words = path(env, "words");
+    std::fs::write(&words, made["words"].as_str().unwrap()).unwrap();
+
+    // The first token is lost; the agent starts on a fresh one with the keystore.
+    let (config, secret) = crate::roots::second_root(env);
+    env.stop();
+    if env.kind() == RootKind::Pkcs11 {
+        std::fs::remove_dir_all(crate::roots::token_dir(env, "keyward")).unwrap();
+        std::fs::copy(&config, env.config_path()).unwrap();
+    }
+    env.start_agent();
+    let pin_line = format!("{secret}\n");
+    let restore = |env: &TestEnv, words: &str| {
+        env.cli_json_err(
+            &["recovery", "restore", "--words-file", words, "--pin-stdin"],
+            Some(pin_line.as_bytes()),
+        )
+    };
+    // Wrong words: refused by the CLI (checksum) before the agent is asked.
+    let bad = path(env, "bad-words");
+    std::fs::write(&bad, "abandon ".repeat(24)).unwrap();
+    assert_eq!(restore(env, &bad), "bad_checksum");
+    // The words of another recovery secret: the wrong recovery root.
+    let other = env.cli_json(&["recovery", "create", "--offline"], None);
+    std::fs::write(&bad, other["words"].as_str().unwrap()).unwrap();
+    assert_eq!(restore(env, &bad), "wrong_key");
+    assert!(fresh_token_is_empty(env));
+    // A tampered recovery wrap: refused by the keystore MAC before the token is touched.
+    env.stop();
+    let orig: Vec<u8> = db
+        .query_row(
+            "SELECT wrapped FROM kek_wraps WHERE kek = ?1 AND root = ?2",
+            [&keys.kek, &recovery],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let mut tampered = orig.clone();
+    let n = tampered.len() - 1;
+    tampered[n] ^= 1;
+    let set = |v: &Vec<u8>| {
+        db.execute(
+            "UPDATE kek_wraps SET wrapped = ?1 WHERE kek = ?2 AND root = ?3",
+            rusqlite::params![v, &keys.kek, &recovery],
+        )
+        .unwrap()
+    };
+    set(&tampered);
+    env.start_agent();
+    assert_eq!(restore(env, &words), "keystore_tampered");
+    assert!(fresh_token_is_empty(env));
+    assert_eq!(count_roots(&db), 2);
+    env.stop();
+    set(&orig);
+    env.start_agent();
+
+    // The restore.
+    let r = env.cli_json(
+        &["recovery", "restore", "--words-file", &words, "--pin-stdin"],
+        Some(pin_line.as_bytes()),
+    );
+    assert_eq!(r["keks"], 3, "{r}");
+    assert_eq!(r["absent_roots"], serde_json::json!([first]), "{r}");
+    assert_eq!(r["recovery"], did, "{r}");
+    let restored = r["root"].as_str().unwrap().to_string();
+    assert!(!fresh_token_is_empty(env) || env.kind() != RootKind::Pkcs11);
+    let c = env.client();
+    c.run(|c| c.unlock(pin(secret)))
+        .expect("unlock on the restored root");
+    for (ct, pt) in &data {
+        assert_eq!(
+            c.run(|c| c.decrypt(ct, None)).expect("decrypt").expose(),
+            &pt[..]
+        );
+    }
+    assert_eq!(crate::roots::current(&crate::roots::roots(env)), restored);
+    // A second restore on the running root is refused.
+    assert_eq!(restore(env, &words), "already_initialized");
+    // The absent root is dropped; new KEKs work (the recovery root needs no secret).
+    env.cli_ok(&["root", "remove", &first], None);
+    assert_eq!(crate::roots::roots(env).len(), 2);
+    c.run(|c| c.kek_create(None))
+        .expect("a KEK after the restore");
+    drop(c);
+    env.restart();
+    let c = env.client();
+    c.run(|c| c.unlock(pin(secret)))
+        .expect("unlock after restart");
+    for (ct, pt) in &data {
+        assert_eq!(
+            c.run(|c| c.decrypt(ct, None)).expect("decrypt").expose(),
+            &pt[..]
+        );
+    }
+}
+
+/// The share path end to end: `create` (online) enrolls the recovery root and seals 2-of-3
+/// shares to three trustees' agents, which hold them; the owner's token is lost; on the fresh
+/// token the owner makes a request key, two trustees release their shares to it, and `restore
+/// --request --share --share` restores; the request file is deleted; the old data decrypts.
+fn restore_from_two_of_three_shares_on_a_fresh_token(owner: &mut TestEnv) {
+    let trustees: Vec<TestEnv> = (0..3).map(|_| TestEnv::start(owner.kind())).collect();
+    let dids: Vec<String> = trustees.iter().map(trustee).collect();
+    let keys = owner.init_with_keys(false, b"old data, shared recovery");
+    let first = crate::roots::current(&crate::roots::roots(owner));
+    let dir = path(owner, "shares");
+    let mut args = vec!["recovery", "create", "--threshold", "2", "-o", &dir];
+    for d in &dids {
+        args.extend(["--trustee", d.as_str()]);
+    }
+    let made = owner.cli_json(&args, None);
+    assert_eq!(made["enrolled"], true, "{made}");
+    let shares = made["shares"].as_array().unwrap().clone();
+    let held: Vec<String> = trustees
+        .iter()
+        .zip(&shares)
+        .map(|(t, s)| {
+            hold(t, s["file"].as_str().unwrap())["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+
+    let (config, secret) = crate::roots::second_root(owner);
+    owner.stop();
+    if owner.kind() == RootKind::Pkcs11 {
+        std::fs::remove_dir_all(crate::roots::token_dir(owner, "keyward")).unwrap();
+        std::fs::copy(&config, owner.config_path()).unwrap();
+    }
+    owner.start_agent();
+    let req = path(owner, "request.key");
+    let req_did = owner.cli_json(&["recovery", "request", "-o", &req], None)["did"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r1 = path(owner, "released-1");
+    let r3 = path(owner, "released-3");
+    release(&trustees[0], &held[0], &req_did, &r1);
+    release(&trustees[2], &held[2], &req_did, &r3);
+    let pin_line = format!("{secret}\n");
+    let restore = [
+        "recovery",
+        "restore",
+        "--request",
+        &req,
+        "--share",
+        &r1,
+        "--share",
+        &r3,
+        "--pin-stdin",
+    ];
+    // One share is not enough: refused by the CLI, the request file kept.
+    assert_eq!(
+        owner.cli_json_err(&restore[..6], Some(pin_line.as_bytes())),
+        "not_enough_shares"
+    );
+    assert!(std::path::Path::new(&req).exists());
+    let r = owner.cli_json(&restore, Some(pin_line.as_bytes()));
+    assert_eq!(r["absent_roots"], serde_json::json!([first]), "{r}");
+    assert_eq!(r["recovery"], made["recovery"], "{r}");
+    assert!(
+        !std::path::Path::new(&req).exists(),
+        "the request file is deleted after a successful restore"
+    );
+    let c = owner.client();
+    c.run(|c| c.unlock(pin(secret)))
+        .expect("unlock on the restored root");
+    assert_eq!(
+        c.run(|c| c.decrypt(&keys.ciphertext, None))
+            .expect("decrypt")
+            .expose(),
+        &keys.plaintext[..]
+    );
+}
+
+/// A restore killed (abort, as `kill -9`) after it made the root object on the fresh token, or
+/// after it wrapped every KEK but before its transaction: the keystore has nothing of it (no
+/// record, no wrap); the retry reuses the root object left on the token (PKCS#11) and succeeds;
+/// the old data decrypts.
+fn a_crashed_restore_leaves_nothing_and_the_retry_reuses_the_token_root(env: &mut TestEnv) {
+    let keys = env.init_with_keys(false, b"survives a crashed restore");
+    let made = env.cli_json(&["recovery", "create"], None);
+    let words = path(env, "words");
+    std::fs::write(&words, made["words"].as_str().unwrap()).unwrap();
+    let (config, secret) = crate::roots::second_root(env);
+    env.stop();
+    if env.kind() == RootKind::Pkcs11 {
+        std::fs::remove_dir_all(crate::roots::token_dir(env, "keyward")).unwrap();
+        std::fs::copy(&config, env.config_path()).unwrap();
+    }
+    let db = rusqlite::Connection::open(env.keystore_path()).unwrap();
+    let wraps = |db: &rusqlite::Connection| -> i64 {
+        db.query_row("SELECT count(*) FROM kek_wraps", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = (count_roots(&db), wraps(&db));
+    let pin_line = format!("{secret}\n");
+    let args = ["recovery", "restore", "--words-file", &words, "--pin-stdin"];
+    for point in ["restore-root-created", "restore-wrapped"] {
+        let mut cmd = env.agent_command();
+        cmd.env("KEYWARD_TEST_CRASH_AFTER", point)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().expect("spawn keywardd");
+        let sock = env.socket_path().to_path_buf();
+        keyward_tests::wait_for("the crashing agent to listen", || {
+            std::os::unix::net::UnixStream::connect(&sock).ok()
+        });
+        let out = env.cli(&args, Some(pin_line.as_bytes()));
+        assert!(!out.status.success(), "{point}: {out:?}");
+        assert!(!keyward_tests::wait_exit(&mut child, "the agent to abort").success());
+        assert_eq!((count_roots(&db), wraps(&db)), before, "{point}");
+        if env.kind() == RootKind::Pkcs11 {
+            assert!(!fresh_token_is_empty(env), "{point}: the root object stays");
+        }
+    }
+    env.start_agent();
+    let r = env.cli_json(&args, Some(pin_line.as_bytes()));
+    assert_eq!(r["keks"], 2, "{r}");
+    assert_eq!(count_roots(&db), before.0 + 1);
+    if env.kind() == RootKind::Pkcs11 {
+        assert!(
+            env.log().contains("reusing the root object"),
+            "{}",
+            env.log()
+        );
+    }
+    let c = env.client();
+    c.run(|c| c.unlock(pin(secret)))
+        .expect("unlock after the retry");
+    assert_eq!(
+        c.run(|c| c.decrypt(&keys.ciphertext, None))
+            .expect("decrypt")
+            .expose(),
+        &keys.plaintext[..]
+    );
+}
+
+/// A new machine: agent B in its own directory (its own SoftHSM token and config, or a soft
+/// root with another passphrase), never initialized, gets A's keystore by `backup export` on A
+/// and `backup import` on B, restores from the words, unlocks and decrypts A's data; A's root
+/// is listed absent and removed.
+fn recovery_on_a_new_machine_from_a_backup(a: &mut TestEnv) {
+    let keys = a.init_with_keys(false, b"old data, new machine");
+    let first = crate::roots::current(&crate::roots::roots(a));
+    let made = a.cli_json(&["recovery", "create"], None);
+    let backup = path(a, "keystore.backup");
+    a.cli_ok(&["backup", "export", "-o", &backup], None);
+    let words = path(a, "words");
+    std::fs::write(&words, made["words"].as_str().unwrap()).unwrap();
+
+    let mut b = TestEnv::start(a.kind());
+    b.stop();
+    let ks = b.keystore_path();
+    for s in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{s}", ks.display()));
+    }
+    b.cli_json(
+        &[
+            "backup",
+            "import",
+            "-i",
+            &backup,
+            "--keystore",
+            ks.to_str().unwrap(),
+        ],
+        None,
+    );
+    b.start_agent();
+    let secret = match b.kind() {
+        RootKind::Soft => "another-passphrase-on-the-new-machine-2026",
+        _ => b.pin(),
+    };
+    let pin_line = format!("{secret}\n");
+    let r = b.cli_json(
+        &["recovery", "restore", "--words-file", &words, "--pin-stdin"],
+        Some(pin_line.as_bytes()),
+    );
+    assert_eq!(r["absent_roots"], serde_json::json!([first]), "{r}");
+    let c = b.client();
+    c.run(|c| c.unlock(pin(secret))).expect("unlock on B");
+    assert_eq!(
+        c.run(|c| c.decrypt(&keys.ciphertext, None))
+            .expect("decrypt")
+            .expose(),
+        &keys.plaintext[..]
+    );
+    b.cli_ok(&["root", "remove", &first], None);
+    assert_eq!(crate::roots::roots(&b).len(), 2);
+}
+
+fn count_roots(db: &rusqlite::Connection) -> i64 {
+    db.query_row("SELECT count(*) FROM keys WHERE kind = 'root'", [], |r| {
+        r.get(0)
+    })
+    .unwrap()
+}
+
+/// PKCS#11: the fresh token `backup` has no secret or private key object (no root). Soft: true.
+fn fresh_token_is_empty(env: &TestEnv) -> bool {
+    if env.kind() != RootKind::Pkcs11 {
+        return true;
+    }
+    let out = std::process::Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", env.dir().join("softhsm2.conf"))
+        .args([
+            "--module",
+            "/usr/lib/softhsm/libsofthsm2.so",
+            "--token-label",
+            "backup",
+            "--login",
+            "--pin",
+            keyward_tests::TEST_PIN,
+            "--list-objects",
+        ])
+        .output()
+        .expect("pkcs11-tool");
+    assert!(out.status.success(), "pkcs11-tool: {out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    !text.contains("Secret Key Object") && !text.contains("Private Key Object")
+}
+
+/// Restore on a keystore with no recovery root (`not_found`), and on an agent unlocked on its
+/// root (`already_initialized`); the agent keeps serving and nothing changes.
+fn restore_without_a_recovery_root_is_refused(env: &mut TestEnv) {
+    let keys = env.init_with_keys(false, b"stays");
+    let made = env.cli_json(&["recovery", "create", "--offline"], None);
     let words = path(env, "words");
     std::fs::write(&words, made["words"].as_str().unwrap()).unwrap();
     let pin_line = format!("{}\n", env.pin());
+    let args = ["recovery", "restore", "--words-file", &words, "--pin-stdin"];
     assert_eq!(
-        env.cli_json_err(
-            &["recovery", "restore", "--words-file", &words, "--pin-stdin"],
-            Some(pin_line.as_bytes())
-        ),
-        "not_available"
+        env.cli_json_err(&args, Some(pin_line.as_bytes())),
+        "already_initialized"
     );
-    // Bad words are refused before the agent is asked (no PIN read, no request).
-    std::fs::write(&words, "abandon ".repeat(24)).unwrap();
+    env.cli_ok(&["lock"], None);
     assert_eq!(
-        env.cli_json_err(
-            &["recovery", "restore", "--words-file", &words, "--pin-stdin"],
-            Some(pin_line.as_bytes())
-        ),
-        "bad_checksum"
+        env.cli_json_err(&args, Some(pin_line.as_bytes())),
+        "not_found"
     );
-    // The agent kept serving.
-    env.cli_ok(&["kek", "create"], None);
+    env.assert_intact(&keys);
+    assert_eq!(crate::roots::roots(env).len(), 1);
 }
 
 /// The words `recovery create` shows give the key it prints, recomputed by Debian's
