@@ -127,19 +127,6 @@ pub enum AgentError {
     /// An operation on the enrolled roots refused (`roots.rs`).
     #[error("{0}")]
     Roots(RootRefusal),
-    /// The operation exists but this build cannot carry it out (`not_available`); nothing changed.
-    #[error("{0}")]
-    NotAvailable(NotAvailable),
-}
-
-/// Operations this build knows but cannot carry out yet.
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum NotAvailable {
-    /// Recovery enrollment and restore wrap every KEK under a second root: they need several
-    /// roots per KEK (`kek_wraps`, enrolled public roots), which this build does not have.
-    #[error("{op} is not available in this build: it needs several roots per KEK (enrolled public roots), which this agent does not have yet; nothing was changed")]
-    NeedsSeveralRoots { op: &'static str },
 }
 
 /// What the agent picks when the caller names none: the only active one.
@@ -612,7 +599,6 @@ impl AgentError {
             AgentError::KeystoreChecking { .. } => ErrorCode::KeystoreChecking,
             AgentError::AuditUnavailable { .. } => ErrorCode::AuditUnavailable,
             AgentError::Roots(r) => r.code(),
-            AgentError::NotAvailable(_) => ErrorCode::NotAvailable,
             AgentError::UsageDenied { .. } => ErrorCode::UsageDenied,
             AgentError::KeyExpired { .. } => ErrorCode::KeyExpired,
             AgentError::LimitsWidened { .. } => ErrorCode::LimitsWidened,

@@ -94,10 +94,6 @@ pub enum ErrorCode {
     /// The agent's audit log cannot be written (disk full, read-only, removed) and the config
     /// requires it (`[audit] required`, the default): key operations are refused until it can.
     AuditUnavailable,
-    /// The agent knows the operation but this build cannot carry it out yet (a feature that
-    /// depends on work not in this version, e.g. recovery enrollment before several roots per
-    /// KEK). Nothing was changed.
-    NotAvailable,
     /// The key's usage limits do not allow this use (`--usage`), or its confirmation was not
     /// given. The message names the key and the usage.
     UsageDenied,
@@ -150,7 +146,6 @@ impl ErrorCode {
             ErrorCode::PolicyDenied => "policy_denied",
             ErrorCode::KeystoreChecking => "keystore_checking",
             ErrorCode::AuditUnavailable => "audit_unavailable",
-            ErrorCode::NotAvailable => "not_available",
             ErrorCode::UsageDenied => "usage_denied",
             ErrorCode::KeyExpired => "key_expired",
             ErrorCode::LimitsWidened => "limits_widened",
