@@ -701,8 +701,10 @@ fn kek_rotate_resumes_after_a_crash_at_each_point(env: &mut TestEnv) {
 }
 
 fn kek_rotate_survives_kill_9_at_random_moments(env: &mut TestEnv) {
+    const ROUNDS: usize = 20;
     let keys = env.init_with_keys(false, b"first");
-    let (mut cts, kps) = many_children(env, &keys.kek, 300);
+    // The numbers: 1,000 DEKs (a third with a second version), 20 kills.
+    let (mut cts, kps) = many_children(env, &keys.kek, 1000);
     cts.push((
         keys.dek.clone(),
         keys.ciphertext.clone(),
@@ -724,7 +726,7 @@ fn kek_rotate_survives_kill_9_at_random_moments(env: &mut TestEnv) {
     let mut rng = Rng::from_env("kek_rotate_survives_kill_9_at_random_moments");
     let mut killed_mid = 0;
     let mut journals: Vec<i64> = Vec::new();
-    for round in 0..8 {
+    for round in 0..ROUNDS {
         let before = kek_version(env, &keys.kek);
         let sock = env.socket_path().to_path_buf();
         let kek = keys.kek.clone();
@@ -778,7 +780,7 @@ fn kek_rotate_survives_kill_9_at_random_moments(env: &mut TestEnv) {
         }
     }
     eprintln!(
-        "kek rotate kill -9: 8 rounds over {} DEK versions, {killed_mid} killed before the answer, {} left a journal (items written: {journals:?}); a full rotation took {full} ms",
+        "kek rotate kill -9: {ROUNDS} rounds over {} DEK versions, {killed_mid} killed before the answer, {} left a journal (items written: {journals:?}); a full rotation took {full} ms",
         cts.len(),
         journals.len()
     );
