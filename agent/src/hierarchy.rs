@@ -45,6 +45,17 @@ pub(crate) fn crash_point(point: &str) {
     let _ = point;
 }
 
+/// Debug builds only: sleep the milliseconds the environment variable `var` names (tests that
+/// must watch a long operation midway, e.g. `kek rotate --progress`). Nothing in release.
+pub(crate) fn test_delay(var: &str) {
+    #[cfg(debug_assertions)]
+    if let Some(ms) = std::env::var(var).ok().and_then(|v| v.parse::<u64>().ok()) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = var;
+}
+
 fn hmac(key: &[u8], parts: &[&[u8]]) -> Option<Zeroizing<[u8; 32]>> {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
     for p in parts {

@@ -1876,6 +1876,41 @@ impl Keystore {
             .collect())
     }
 
+    /// Progress of the pending rotation of `kek` (counts only, nothing decoded): `None` when
+    /// none is pending, else (items rewrapped, wrapped secrets under the KEK: each child's
+    /// current wrap and its older versions).
+    pub fn rotation_progress(&self, kek: &Uuid) -> Result<Option<(u64, u64)>, KeystoreError> {
+        let conn = self.lock();
+        let id = kek.to_string();
+        let count = |what: &'static str, q: &str| -> Result<u64, KeystoreError> {
+            conn.prepare_cached(q)
+                .and_then(|mut s| s.query_row([&id], |r| r.get::<_, i64>(0)))
+                .map(|n| n.max(0) as u64)
+                .map_err(sql(what))
+        };
+        if count(
+            "read rotation journal",
+            "SELECT COUNT(*) FROM kek_rotations WHERE kek = ?1",
+        )? == 0
+        {
+            return Ok(None);
+        }
+        let done = count(
+            "count rotation items",
+            "SELECT COUNT(*) FROM kek_rotation_items WHERE kek = ?1",
+        )?;
+        let current = count(
+            "count children",
+            "SELECT COUNT(*) FROM keys WHERE parent = ?1 AND wrapped IS NOT NULL",
+        )?;
+        let older = count(
+            "count child versions",
+            "SELECT COUNT(*) FROM key_versions v JOIN keys k ON v.key = k.id \
+             WHERE k.parent = ?1 AND k.wrapped IS NOT NULL",
+        )?;
+        Ok(Some((done, current + older)))
+    }
+
     /// Store a batch of rewrapped children in one transaction (each MAC'd).
     pub fn rotation_put(&self, items: &[RotationItem]) -> Result<(), KeystoreError> {
         let key = self.key();

@@ -20,7 +20,7 @@
 //! never swap a rotation before every wrapped secret under the KEK has its new wrap.
 
 use crate::error::{AgentError, DecryptFailure, Problem, WrongKey};
-use crate::hierarchy::{crash_point, Hierarchy, AD_PREFIX};
+use crate::hierarchy::{crash_point, test_delay, Hierarchy, AD_PREFIX};
 use crate::keystore::{KeyKind, KeyRecord, KeyState, PendingRotation, Purpose, RotationItem};
 use crate::root::{Kek, RootError};
 use std::sync::{Arc, Mutex};
@@ -336,6 +336,17 @@ impl Hierarchy {
         Ok(done)
     }
 
+    /// How far the rotation of KEK `id` has come: `None` when none is pending, else (rewrapped
+    /// so far, secrets under the KEK), from the journal. Works while locked (a rotation a crash
+    /// left shows until the unlock finishes it); it takes no lock a rotation holds.
+    pub fn kek_rotation_progress(
+        &self,
+        id: &str,
+    ) -> Result<(Uuid, Option<(u64, u64)>), AgentError> {
+        let kek = self.record(id, KeyKind::Kek)?;
+        Ok((kek.id, self.ks.rotation_progress(&kek.id)?))
+    }
+
     /// Finish every KEK rotation left pending (after a crash). Returns how many.
     pub(crate) fn finish_rotations(&self) -> Result<usize, AgentError> {
         let _one = ROTATION.lock().unwrap_or_else(|p| p.into_inner());
@@ -405,6 +416,7 @@ impl Hierarchy {
                 self.ks.rotation_put(&items)?;
                 rewrapped += items.len();
                 crash_point("kek-rotate-batch");
+                test_delay("KEYWARD_TEST_ROTATION_BATCH_DELAY_MS");
             }
             if let Some(version) = self.ks.rotation_swap(p)? {
                 // The old wrap is gone from the keystore; its opened copy goes now.

@@ -636,6 +636,17 @@ impl Handler for Service {
         })
     }
 
+    fn kek_rotation(&self, a: IdArgs) -> Result<KekRotationStatus, AgentError> {
+        let (id, progress) = self.h.kek_rotation_progress(&a.id)?;
+        let (done, total) = progress.unwrap_or((0, 0));
+        Ok(KekRotationStatus {
+            id: id.to_string(),
+            pending: progress.is_some(),
+            done,
+            total,
+        })
+    }
+
     fn kek_revoke(&self, a: IdArgs) -> Result<Revoked, AgentError> {
         self.h
             .revoke(crate::keystore::KeyKind::Kek, &a.id)

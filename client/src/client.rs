@@ -507,6 +507,12 @@ impl Client {
         .await
     }
 
+    /// How far the rotation of KEK `id` has come (`kek rotate --progress` polls this).
+    pub async fn kek_rotation(&self, id: &str) -> Result<KekRotationStatus, ClientError> {
+        self.call::<op::KekRotation>(&IdArgs { id: id.into() })
+            .await
+    }
+
     /// Enroll the root the configuration text `config` describes in its `[root]` (`path`: the
     /// file's absolute path, for its relative paths), with that root's PIN.
     pub async fn root_add(

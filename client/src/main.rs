@@ -26,6 +26,7 @@ mod limits_cmds;
 mod policy_cmds;
 mod qr;
 mod recovery_cmds;
+mod rotation_progress;
 mod ssh_cmds;
 mod stream_cmds;
 
@@ -293,6 +294,10 @@ enum KekCmd {
         /// refuse the rotation); repeatable.
         #[arg(long = "drop-root", value_name = "ROOT_ID")]
         drop_root: Vec<String>,
+        /// Show progress on stderr while the children are rewrapped (a bar on a terminal, else
+        /// a line a second), polled over a second connection.
+        #[arg(long)]
+        progress: bool,
     },
 }
 
@@ -505,8 +510,17 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         }
         Command::Kek(KekCmd::Revoke { id }) => revoked_out(c.kek_revoke(id).await?),
         Command::Root(cmd) => root_cmd(&c, cmd).await?,
-        Command::Kek(KekCmd::Rotate { id, drop_root }) => {
-            let r = c.kek_rotate_dropping(id, drop_root).await?;
+        Command::Kek(KekCmd::Rotate {
+            id,
+            drop_root,
+            progress,
+        }) => {
+            let watcher = progress.then(|| rotation_progress::watch(path.clone(), id.clone()));
+            let r = c.kek_rotate_dropping(id, drop_root).await;
+            if let Some(w) = watcher {
+                w.stop().await;
+            }
+            let r = r?;
             eprintln!(
                 "keyward: KEK {}: {} wrapped keys moved to version {}",
                 r.id, r.rewrapped, r.version

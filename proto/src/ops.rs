@@ -841,6 +841,19 @@ pub struct KekRotated {
     pub rewrapped: u64,
 }
 
+/// `kek.rotation` result: how far a KEK rotation has come, from its journal in the keystore (so
+/// it also shows a rotation a crash left for the next unlock to finish). `done` counts the
+/// wrapped secrets already rewrapped, `total` the secrets under the KEK; both 0 when
+/// `pending` is false.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KekRotationStatus {
+    pub id: String,
+    pub pending: bool,
+    pub done: u64,
+    pub total: u64,
+}
+
 // ---- the audit log ---------------------------------------------------------------------------
 
 /// `audit.info` result: where the agent's audit log is, and what a verifier must take from the

@@ -222,6 +222,8 @@ operations! {
     KeypairRevoke, keypair_revoke, "keypair.revoke": IdArgs => Revoked, Unlocked;
     /// A new KEK version: every child rewrapped under it (journaled), the old wrap destroyed.
     KekRotate, kek_rotate, "kek.rotate": KekRotateArgs => KekRotated, Unlocked;
+    /// How far a KEK rotation has come (its journal): `kek rotate --progress` polls it.
+    KekRotation, kek_rotation, "kek.rotation": IdArgs => KekRotationStatus, Always;
     // Agent authorization (DKMS; README "Agent authorization").
     /// The identity's signed agent policy (`not_found` before the first `agents.add`/`revoke`).
     AgentsPolicy, agents_policy, "agents.policy": Empty => AgentPolicyResult, Always;

@@ -360,6 +360,10 @@ fn every_request_validates() {
         ),
         (Op::Random, req(Op::Random, &RandomArgs { len: 32 })),
         (
+            Op::KekRotation,
+            req(Op::KekRotation, &IdArgs { id: ID.into() }),
+        ),
+        (
             Op::KekRotate,
             req(
                 Op::KekRotate,
@@ -626,6 +630,15 @@ fn every_response_validates() {
                 id: ID.into(),
                 version: 2,
                 rewrapped: 1000,
+            },
+        ),
+        Response::ok(
+            1,
+            &KekRotationStatus {
+                id: ID.into(),
+                pending: true,
+                done: 640,
+                total: 1337,
             },
         ),
         Response::ok(

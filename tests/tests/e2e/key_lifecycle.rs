@@ -20,6 +20,7 @@ keyward_tests::keyward_e2e_tests!(
     revocation_refuses_every_use_and_a_kek_takes_its_children,
     kek_rotate_rewraps_every_child_from_the_cli,
     kek_rotate_resumes_after_a_crash_at_each_point,
+    kek_rotate_progress_is_shown_from_the_journal,
     kek_rotate_survives_kill_9_at_random_moments,
 );
 
@@ -689,6 +690,22 @@ fn kek_rotate_resumes_after_a_crash_at_each_point(env: &mut TestEnv) {
             _ => (0, 0),
         };
         assert_eq!(journal(env), want, "{point}: the journal the crash left");
+        // `kek.rotation` reports the journal while locked, before the unlock finishes it.
+        let c = env.client();
+        let s = c.run(|c| c.kek_rotation(&keys.kek)).expect("kek.rotation");
+        assert_eq!(
+            (s.pending, s.done),
+            (want.0 == 1, want.1 as u64),
+            "{point}: {s:?}"
+        );
+        // Every DEK version and both keypairs are under the KEK.
+        let total = if s.pending {
+            (cts.len() + kps.len()) as u64
+        } else {
+            0
+        };
+        assert_eq!(s.total, total, "{point}: {s:?}");
+        drop(c);
         // Locked after the restart: whatever the crash left, the unlock finishes it.
         all_decrypt(env, &cts, &kps, point);
         version += 1;
@@ -698,6 +715,61 @@ fn kek_rotate_resumes_after_a_crash_at_each_point(env: &mut TestEnv) {
         version = c.run(|c| c.kek_rotate(&keys.kek)).unwrap().version;
         all_decrypt(env, &cts, &kps, &format!("{point}, rotated again"));
     }
+}
+
+/// `kek rotate --progress`: with the rotation slowed down (a debug-build delay after each batch
+/// of 64), the CLI prints the journal's count on stderr (not a terminal here: lines), and the
+/// result is the same as without it; `kek.rotation` afterwards says nothing is pending.
+fn kek_rotate_progress_is_shown_from_the_journal(env: &mut TestEnv) {
+    let keys = env.init_with_keys(false, b"first");
+    let (cts, kps) = many_children(env, &keys.kek, 150);
+    let total = cts.len() + kps.len() + 1;
+    env.stop();
+    let mut cmd = env.agent_command();
+    cmd.env("KEYWARD_TEST_ROTATION_BATCH_DELAY_MS", "400")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn keywardd");
+    let sock = env.socket_path().to_path_buf();
+    wait_for("the slowed agent to listen", || {
+        std::os::unix::net::UnixStream::connect(&sock).ok()
+    });
+    let c = env.client();
+    c.run(|c| c.unlock(pin(env.pin()))).expect("unlock");
+    let out = env.cli(&["kek", "rotate", "--progress", &keys.kek], None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(out.stdout, b"2\n", "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("keyward: kek rotate: "))
+        .collect();
+    assert!(!lines.is_empty(), "no progress line: {err}");
+    for l in &lines {
+        let (done, of) = l
+            .trim_start_matches("keyward: kek rotate: ")
+            .trim_end_matches(" wrapped keys")
+            .split_once('/')
+            .unwrap_or_else(|| panic!("{l}"));
+        let (done, of): (usize, usize) = (done.parse().unwrap(), of.parse().unwrap());
+        assert_eq!(of, total, "{l}");
+        assert!(done <= of, "{l}");
+    }
+    assert!(
+        err.contains(&format!("{total} wrapped keys moved to version 2")),
+        "{err}"
+    );
+    let s = c.run(|c| c.kek_rotation(&keys.kek)).expect("kek.rotation");
+    assert!(!s.pending && s.done == 0 && s.total == 0, "{s:?}");
+    // Unknown and malformed ids are typed, as for the other KEK operations.
+    let e = c.run(|c| c.kek_rotation("00000000-0000-4000-8000-000000000000"));
+    assert_eq!(e.unwrap_err().code(), Some(ErrorCode::NotFound));
+    let e = c.run(|c| c.kek_rotation("not-an-id"));
+    assert!(e.unwrap_err().code().is_some());
+    drop(c);
+    let _ = child.kill();
+    let _ = child.wait();
+    env.start_agent();
 }
 
 fn kek_rotate_survives_kill_9_at_random_moments(env: &mut TestEnv) {
