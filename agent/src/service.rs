@@ -1048,6 +1048,24 @@ impl Handler for Service {
     }
 }
 
+/// The root a configuration text's `[root]` describes (`root.add`, `root.rotate`); `path` is the
+/// file's, for its relative paths. A bad configuration is `invalid_args`, never echoing the text.
+fn root_from_text(
+    config: &str,
+    path: Option<&str>,
+) -> Result<Box<dyn crate::root::Root>, AgentError> {
+    let path = std::path::PathBuf::from(path.unwrap_or("/root-add.toml"));
+    let cfg = crate::config::Config::parse(config, &path).map_err(|e| {
+        let detail = match e {
+            crate::config::ConfigError::Invalid { message, .. } => message,
+            _ => "not TOML, or a key keywardd does not know (as `keywardd --config FILE` reads it)"
+                .into(),
+        };
+        AgentError::invalid("config", Problem::BadConfig(detail))
+    })?;
+    Ok(crate::root::from_config(&cfg.root)?)
+}
+
 #[cfg(test)]
 mod tests {
     //! Paged lists at the wire edge: every page fits one frame, whatever the records hold.
@@ -1194,22 +1212,4 @@ mod tests {
             assert!(l.keys.is_empty() && l.next.is_none());
         }
     }
-}
-
-/// The root a configuration text's `[root]` describes (`root.add`, `root.rotate`); `path` is the
-/// file's, for its relative paths. A bad configuration is `invalid_args`, never echoing the text.
-fn root_from_text(
-    config: &str,
-    path: Option<&str>,
-) -> Result<Box<dyn crate::root::Root>, AgentError> {
-    let path = std::path::PathBuf::from(path.unwrap_or("/root-add.toml"));
-    let cfg = crate::config::Config::parse(config, &path).map_err(|e| {
-        let detail = match e {
-            crate::config::ConfigError::Invalid { message, .. } => message,
-            _ => "not TOML, or a key keywardd does not know (as `keywardd --config FILE` reads it)"
-                .into(),
-        };
-        AgentError::invalid("config", Problem::BadConfig(detail))
-    })?;
-    Ok(crate::root::from_config(&cfg.root)?)
 }

@@ -23,7 +23,7 @@ const SECOND_PASSPHRASE: &str = "second-passphrase-for-the-backup-root-2026";
 /// A second root for `env`: the config file that describes it and its secret. PKCS#11: a token
 /// `backup` in the same SoftHSM config (`softhsm-setup.sh --add-token`); soft: the same config
 /// (a soft root is its passphrase).
-fn second_root(env: &TestEnv) -> (PathBuf, &'static str) {
+pub(crate) fn second_root(env: &TestEnv) -> (PathBuf, &'static str) {
     match env.kind() {
         RootKind::Pkcs11 => {
             // The script rewrites keyward.toml: keep the test's (with its [unlock]).
@@ -124,7 +124,7 @@ fn an_ec_backup_root_receives_new_and_rotated_keks_by_its_public_key(env: &mut T
 }
 
 /// The token directory of SoftHSM token `label` (its `token.object` holds the label).
-fn token_dir(env: &TestEnv, label: &str) -> PathBuf {
+pub(crate) fn token_dir(env: &TestEnv, label: &str) -> PathBuf {
     let padded = format!("{label:<32}");
     for entry in std::fs::read_dir(env.dir().join("tokens")).expect("tokens dir") {
         let dir = entry.expect("entry").path();
