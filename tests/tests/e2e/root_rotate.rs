@@ -18,6 +18,7 @@ keyward_tests::keyward_e2e_tests!(
     root_rotate_compromised_lists_deks_and_rotates_every_kek,
     root_rotate_killed_at_any_point_loses_nothing,
     root_rotate_bad_input_is_typed_and_the_agent_keeps_serving,
+    root_rotate_to_another_object_on_the_same_token,
 );
 
 /// The two roots of a test: (config, secret) of each; `a` is the one `init` made.
@@ -452,5 +453,46 @@ fn root_rotate_bad_input_is_typed_and_the_agent_keeps_serving(env: &mut TestEnv)
             .unwrap()
             .expose(),
         b"stays readable"
+    );
+}
+
+/// PKCS#11 only: the new root is another object (label) on the agent's own token. Not supported
+/// (two roots on one token share its login state, ARCHITECTURE.md "Several roots in one
+/// process"; `root add` has the same limit): refused with a typed error, nothing enrolled, and
+/// the agent keeps serving.
+fn root_rotate_to_another_object_on_the_same_token(env: &mut TestEnv) {
+    if env.kind() != RootKind::Pkcs11 {
+        return;
+    }
+    let keys = env.init_with_keys(false, b"same token");
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    let object = if text.contains("object=") {
+        text.replacen("object=keyward-root", "object=keyward-root-2", 1)
+    } else {
+        text.replacen("token=keyward;", "token=keyward;object=keyward-root-2;", 1)
+    };
+    assert_ne!(object, text, "{text}");
+    let new = env.dir().join("same-token.toml");
+    std::fs::write(&new, object).unwrap();
+    let code = env.cli_json_err(
+        &[
+            "root",
+            "rotate",
+            "--config",
+            new.to_str().unwrap(),
+            "--pin-stdin",
+            "--destroy-old",
+        ],
+        Some(format!("{}\n", env.pin()).as_bytes()),
+    );
+    assert_eq!(code, "token_error");
+    assert_eq!(root_ids(&env.keystore_path()).len(), 1);
+    assert!(objects(env, "keyward", env.pin()).contains("keyward-root"));
+    let c = env.client();
+    assert_eq!(
+        c.run(|c| c.decrypt(&keys.ciphertext, None))
+            .unwrap()
+            .expose(),
+        b"same token"
     );
 }
