@@ -480,6 +480,17 @@ pub enum RootRefusal {
     /// No enrolled root is of the configured backend's scheme.
     #[error("unlock: no enrolled root is a {scheme} root (the configured [root]): start the agent with the configuration of an enrolled root")]
     NoneOfScheme { scheme: &'static str },
+    /// `root.rotate` to the root this agent runs on (the same token object, or passphrase).
+    #[error("{op}: the new root is root {id}, the one this agent runs on: give the configuration of another token, object or passphrase")]
+    SameRoot { op: &'static str, id: Uuid },
+    /// `root.rotate` while keypairs live on the old root's token (`keypair create --on-token`):
+    /// they cannot move to another root.
+    #[error("{op}: {count} keypair(s) live on the token of root {id} (`--on-token`) and cannot move to another root: delete them first")]
+    TokenKeys {
+        op: &'static str,
+        id: Uuid,
+        count: usize,
+    },
     /// `--drop-root` named the root this agent runs on, or twice the same root.
     #[error("{op}: --drop-root {id}: {problem}")]
     BadDrop {
@@ -508,7 +519,9 @@ impl RootRefusal {
         match self {
             RootRefusal::OwnRoot { .. }
             | RootRefusal::LastRoot { .. }
-            | RootRefusal::BadDrop { .. } => ErrorCode::WrongKey,
+            | RootRefusal::BadDrop { .. }
+            | RootRefusal::SameRoot { .. }
+            | RootRefusal::TokenKeys { .. } => ErrorCode::WrongKey,
             RootRefusal::Absent { .. } => ErrorCode::TokenUnavailable,
             RootRefusal::NoneOfScheme { .. } => ErrorCode::NotInitialized,
             RootRefusal::NoRecoveryRoot { .. } => ErrorCode::NotFound,

@@ -614,6 +614,10 @@ impl Hierarchy {
             if let Err(e) = self.finish_rotations() {
                 tracing::error!(error = %e, "finishing an interrupted KEK rotation failed: the next unlock or `keyward kek rotate` tries again");
             }
+            // KEKs a `root rotate --compromised` left to rotate under this (new) root.
+            if let Err(e) = self.finish_compromised() {
+                tracing::error!(error = %e, "rotating the KEKs of `root rotate --compromised` failed: the next unlock tries again");
+            }
             tracing::info!("unlocked");
             Ok(())
         })

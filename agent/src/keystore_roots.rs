@@ -407,6 +407,100 @@ impl Keystore {
         tx.commit().map_err(sql("commit remove root"))
     }
 
+    /// `root.rotate`'s commit, in one transaction: `new` becomes the parent of every KEK (the
+    /// integrity KEK included): its `kek_wraps` row moves into the KEK row, and the previous
+    /// parent's wrap moves to `kek_wraps` (or goes, when that parent is `old`); then every wrap
+    /// under `old` goes, `old`'s record goes and the root set is rewritten. Refused (`Corrupt`,
+    /// nothing written) when a KEK has no wrap under `new`, or `old`/`new` is not enrolled.
+    /// `meta` (a name and value) is written in the same transaction (`--compromised`: the KEKs
+    /// to rotate at the next unlock). Returns the KEKs whose parent changed.
+    pub fn rotate_root(
+        &self,
+        old: &Uuid,
+        new: &Uuid,
+        meta: Option<(&str, &str)>,
+    ) -> Result<usize, KeystoreError> {
+        let key = need_key(self.key())?;
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin rotate root"))?;
+        let ids = root_ids(&tx)?;
+        let (old_s, new_s) = (old.to_string(), new.to_string());
+        if old == new || !ids.contains(&old_s) || !ids.contains(&new_s) {
+            return Err(corrupt(
+                new,
+                "root rotate: the old and new roots must both be enrolled",
+            ));
+        }
+        let mut moved = 0;
+        for mut kek in wrapped_keks(&tx, Some(&key))? {
+            if kek.parent == Some(*new) {
+                continue;
+            }
+            let Some(w) = wraps_with(
+                &tx,
+                Some(&key),
+                "kek_wraps",
+                "kek = ?1 AND root = ?2",
+                &[&kek.id.to_string(), &new_s],
+            )?
+            .into_iter()
+            .next() else {
+                return Err(corrupt(kek.id, "root rotate: no wrap under the new root"));
+            };
+            let previous = kek
+                .parent
+                .zip(kek.wrapped.clone())
+                .map(|(root, wrapped)| KekWrap {
+                    kek: kek.id,
+                    root,
+                    scheme: kek.scheme.clone(),
+                    wrapped,
+                    created: now(),
+                });
+            kek.parent = Some(*new);
+            kek.scheme = w.scheme.clone();
+            kek.wrapped = Some(w.wrapped.clone());
+            tx.execute(
+                "UPDATE keys SET parent = ?2, scheme = ?3, wrapped = ?4, mac = ?5 WHERE id = ?1",
+                params![
+                    kek.id.to_string(),
+                    kek.parent.map(|p| p.to_string()),
+                    kek.scheme,
+                    kek.wrapped,
+                    key.tag(&record_body(&kek))
+                ],
+            )
+            .map_err(sql("move KEK to the new root"))?;
+            tx.execute(
+                "DELETE FROM kek_wraps WHERE kek = ?1 AND root = ?2",
+                params![kek.id.to_string(), new_s],
+            )
+            .map_err(sql("move KEK to the new root"))?;
+            if let Some(p) =
+                previous.filter(|p| p.root != *old && ids.contains(&p.root.to_string()))
+            {
+                insert_wrap(&tx, &key, &p)?;
+            }
+            moved += 1;
+        }
+        for table in ["kek_wraps", "kek_rotation_wraps"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE root = ?1"), [&old_s])
+                .map_err(sql("drop the old root's wraps"))?;
+        }
+        tx.execute("DELETE FROM keys WHERE id = ?1 AND kind = 'root'", [&old_s])
+            .map_err(sql("delete the old root"))?;
+        write_root_set(&tx, &key)?;
+        if let Some((name, value)) = meta {
+            tx.execute(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                params![name, value],
+            )
+            .map_err(sql("write meta"))?;
+        }
+        tx.commit().map_err(sql("commit rotate root"))?;
+        Ok(moved)
+    }
+
     /// Record a KEK rotation as begun (as [`Keystore::rotation_begin`]) with the new KEK's wrap
     /// under every enrolled root (the running root's included), in one transaction.
     pub fn rotation_begin_wraps(

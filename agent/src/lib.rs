@@ -24,6 +24,7 @@ pub mod policy;
 pub mod prompt;
 pub mod recovery;
 pub mod root;
+pub mod root_rotate;
 pub mod roots;
 pub mod rsa_keys;
 pub mod server;

@@ -293,6 +293,13 @@ impl Hierarchy {
             Err(e) => return Err(e.into()),
         };
         let result = self.enroll_running(new, &mut rec, created, label);
+        // The agent's own root object, configured again: `new` shares the token's login (a
+        // PKCS#11 logout would log the agent itself out), so it is left as it is.
+        if matches!(&result, Err(AgentError::AlreadyExists(Existing::Root { id })) if Some(*id) == lock(&self.own_root).as_ref().map(|r| r.id))
+        {
+            lock(&self.keks).clear();
+            return result;
+        }
         if let Err(e) = new.lock() {
             tracing::warn!(error = %e, "root.add: locking the enrolled root failed");
         }

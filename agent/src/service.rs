@@ -735,15 +735,7 @@ impl Handler for Service {
     }
 
     fn root_add(&self, a: RootAddArgs) -> Result<wire::RootAdded, AgentError> {
-        let path = std::path::PathBuf::from(a.path.as_deref().unwrap_or("/root-add.toml"));
-        let cfg = crate::config::Config::parse(&a.config, &path).map_err(|e| {
-            let detail = match e {
-                crate::config::ConfigError::Invalid { message, .. } => message,
-                _ => "not TOML, or a key keywardd does not know (as `keywardd --config FILE` reads it)".into(),
-            };
-            AgentError::invalid("config", Problem::BadConfig(detail))
-        })?;
-        let new = crate::root::from_config(&cfg.root)?;
+        let new = root_from_text(&a.config, a.path.as_deref())?;
         let r = self.h.root_add(new.as_ref(), &a.pin, a.label)?;
         Ok(wire::RootAdded {
             id: r.id.to_string(),
@@ -776,6 +768,34 @@ impl Handler for Service {
                 })
                 .collect(),
             next: page.next.map(|c| c.to_text()),
+        })
+    }
+
+    fn root_rotate(&self, a: RootRotateArgs) -> Result<wire::RootRotated, AgentError> {
+        let new = root_from_text(&a.config, a.path.as_deref())?;
+        let r = self
+            .h
+            .root_rotate(new.as_ref(), &a.pin, a.label, a.destroy_old, a.compromised)?;
+        use crate::root::RootDestroyed;
+        let (destroyed, not_destroyed) = match r.destroyed {
+            None => (None, None),
+            Some(RootDestroyed::Destroyed(what)) => (Some(what), None),
+            Some(RootDestroyed::Nothing) => (
+                None,
+                Some("a passphrase root is no object: nothing to destroy".into()),
+            ),
+            Some(RootDestroyed::Cannot(why)) => (None, Some(why.into())),
+            Some(RootDestroyed::Failed(e)) => (None, Some(format!("destroying it failed: {e}"))),
+        };
+        Ok(wire::RootRotated {
+            id: r.id.to_string(),
+            old: r.old.to_string(),
+            enrolled: r.enrolled,
+            moved: r.moved as u64,
+            destroyed,
+            not_destroyed,
+            deks: r.deks.iter().map(ToString::to_string).collect(),
+            keks: r.keks.iter().map(ToString::to_string).collect(),
         })
     }
 
@@ -1037,6 +1057,24 @@ impl Handler for Service {
             bytes: serde_bytes::ByteBuf::from(self.h.random(a.len)?),
         })
     }
+}
+
+/// The root a configuration text's `[root]` describes (`root.add`, `root.rotate`); `path` is the
+/// file's, for its relative paths. A bad configuration is `invalid_args`, never echoing the text.
+fn root_from_text(
+    config: &str,
+    path: Option<&str>,
+) -> Result<Box<dyn crate::root::Root>, AgentError> {
+    let path = std::path::PathBuf::from(path.unwrap_or("/root-add.toml"));
+    let cfg = crate::config::Config::parse(config, &path).map_err(|e| {
+        let detail = match e {
+            crate::config::ConfigError::Invalid { message, .. } => message,
+            _ => "not TOML, or a key keywardd does not know (as `keywardd --config FILE` reads it)"
+                .into(),
+        };
+        AgentError::invalid("config", Problem::BadConfig(detail))
+    })?;
+    Ok(crate::root::from_config(&cfg.root)?)
 }
 
 #[cfg(test)]

@@ -560,6 +560,12 @@ impl Client {
         }
     }
 
+    /// Replace the agent's root by the one `args.config` describes (`root.rotate`); the agent
+    /// locks afterwards and must be restarted with that configuration.
+    pub async fn root_rotate(&self, args: &RootRotateArgs) -> Result<RootRotated, ClientError> {
+        self.call::<op::RootRotate>(args).await
+    }
+
     /// Remove an enrolled root.
     pub async fn root_remove(&self, id: &str) -> Result<Deleted, ClientError> {
         self.call::<op::RootRemove>(&IdArgs { id: id.into() }).await

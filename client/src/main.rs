@@ -321,6 +321,25 @@ enum RootCmd {
     },
     /// Remove an enrolled root and every KEK wrap under it (not the agent's own, not the last).
     Remove { id: String },
+    /// Replace the agent's root by the one FILE's `[root]` describes: enroll it, move every KEK
+    /// under it and forget the old root, in one keystore transaction. The agent locks: restart
+    /// it with FILE's configuration. Asks for the new root's PIN.
+    Rotate {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[command(flatten)]
+        pin: PinOpt,
+        /// A label for `root list` (default: the token's description).
+        #[arg(long)]
+        label: Option<String>,
+        /// After the rotation committed, destroy the old root object on its token.
+        #[arg(long)]
+        destroy_old: bool,
+        /// The old root is compromised: print every DEK whose data must be re-encrypted; every
+        /// KEK is rotated when the agent unlocks on the new root.
+        #[arg(long)]
+        compromised: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -713,6 +732,74 @@ async fn root_cmd(c: &Client, cmd: &RootCmd) -> Result<Out, Failure> {
             }
             if let Some(next) = &r.next {
                 eprintln!("more roots: --after {next}");
+            }
+            Ok(out(
+                text,
+                serde_json::to_value(&r).map_err(|e| e.to_string())?,
+            ))
+        }
+        RootCmd::Rotate {
+            config,
+            pin,
+            label,
+            destroy_old,
+            compromised,
+        } => {
+            let text = std::fs::read_to_string(config)
+                .map_err(|e| format!("reading {}: {e}", config.display()))?;
+            let path = std::fs::canonicalize(config)
+                .ok()
+                .map(|p| p.display().to_string());
+            let pin = read_pin(
+                pin,
+                "PIN of the new root (its token's PIN, or passphrase): ",
+            )?;
+            let r = c
+                .root_rotate(&keyward_client::proto::ops::RootRotateArgs {
+                    config: text,
+                    path,
+                    pin,
+                    label: label.clone(),
+                    destroy_old: *destroy_old,
+                    compromised: *compromised,
+                })
+                .await?;
+            eprintln!(
+                "keyward: rotated from root {} to root {} ({}); {} KEKs moved under it",
+                r.old,
+                r.id,
+                if r.enrolled {
+                    "enrolled now"
+                } else {
+                    "already enrolled"
+                },
+                r.moved
+            );
+            if let Some(d) = &r.destroyed {
+                eprintln!("keyward: destroyed the old root: {d}");
+            }
+            if let Some(d) = &r.not_destroyed {
+                eprintln!("keyward: the old root was not destroyed: {d}");
+            }
+            if !r.keks.is_empty() {
+                eprintln!(
+                    "keyward: {} KEKs will be rotated when the agent unlocks on the new root",
+                    r.keks.len()
+                );
+            }
+            if !r.deks.is_empty() {
+                eprintln!(
+                    "keyward: re-encrypt the data of these {} DEKs (`keyward dek rotate ID`, then `keyward rewrap`):",
+                    r.deks.len()
+                );
+            }
+            eprintln!(
+                "keyward: the agent is locked: restart it with {} (the old root no longer opens anything)",
+                config.display()
+            );
+            let mut text = format!("{}\n", r.id);
+            for d in &r.deks {
+                text.push_str(&format!("dek {d}\n"));
             }
             Ok(out(
                 text,

@@ -916,6 +916,52 @@ pub struct RootAdded {
     pub wrapped: u64,
 }
 
+/// `root.rotate` arguments: as `root.add`'s (the new root's configuration text and PIN), and
+/// what to do besides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootRotateArgs {
+    pub config: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub pin: Pin,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// After the rotation committed, destroy the old root object on its token.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub destroy_old: bool,
+    /// The old root is compromised: list every DEK it could reach, and rotate every KEK (at
+    /// the next unlock, on the new root).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compromised: bool,
+}
+
+/// `root.rotate` result. The agent is locked afterwards: restart it with the new root's
+/// configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootRotated {
+    /// The new root.
+    pub id: String,
+    /// The old root (no longer enrolled).
+    pub old: String,
+    /// The new root was enrolled now (else it was already: an interrupted rotation).
+    pub enrolled: bool,
+    /// KEKs (the keystore integrity KEK included) now under the new root.
+    pub moved: u64,
+    /// `destroy_old`: what was destroyed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroyed: Option<String>,
+    /// `destroy_old`: why the old root object was left (a card, a failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_destroyed: Option<String>,
+    /// `compromised`: every DEK whose data must be re-encrypted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deks: Vec<String>,
+    /// `compromised`: the KEKs the agent rotates at its next unlock on the new root.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keks: Vec<String>,
+}
+
 /// One enrolled root (`root.list`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootEntry {

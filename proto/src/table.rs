@@ -238,6 +238,8 @@ operations! {
     RootList, root_list, "root.list": ListArgs => RootPage, Unlocked;
     /// Remove an enrolled root (not the agent's own, not the last).
     RootRemove, root_remove, "root.remove": IdArgs => Deleted, Unlocked;
+    /// Replace the agent's root by the one a configuration describes; the agent locks after.
+    RootRotate, root_rotate, "root.rotate": RootRotateArgs => RootRotated, Unlocked;
     // Recovery (README "Recovery").
     /// Store a recovery share sealed to one of this agent's keypairs, wrapped under its KEK.
     RecoveryHold, recovery_hold, "recovery.hold": RecoveryHoldArgs => HeldShareInfo, Unlocked;

@@ -396,6 +396,20 @@ fn every_request_validates() {
             ),
         ),
         (Op::RootList, req(Op::RootList, &ListArgs::default())),
+        (
+            Op::RootRotate,
+            req(
+                Op::RootRotate,
+                &RootRotateArgs {
+                    config: "[root]\nkind = \"soft\"\n".into(),
+                    path: Some("/home/u/new.toml".into()),
+                    pin: Pin::new("123456"),
+                    label: Some("new".into()),
+                    destroy_old: true,
+                    compromised: true,
+                },
+            ),
+        ),
         (Op::AgentsPolicy, req(Op::AgentsPolicy, &Empty {})),
         (
             Op::AgentsAdd,
@@ -647,6 +661,19 @@ fn every_response_validates() {
                 policy: serde_bytes::ByteBuf::from(vec![0xd2, 0x84]),
                 root: "did:key:zDnae".into(),
                 seq: 3,
+            },
+        ),
+        Response::ok(
+            1,
+            &RootRotated {
+                id: ID.into(),
+                old: ID.into(),
+                enrolled: true,
+                moved: 2,
+                destroyed: Some("1 AES root object(s)".into()),
+                not_destroyed: None,
+                deks: vec![ID.into()],
+                keks: vec![ID.into()],
             },
         ),
         Response::ok(

@@ -39,6 +39,8 @@ mod policy;
 mod process;
 #[path = "e2e/recovery.rs"]
 mod recovery;
+#[path = "e2e/root_rotate.rs"]
+mod root_rotate;
 #[path = "e2e/roots.rs"]
 mod roots;
 #[path = "e2e/stream.rs"]

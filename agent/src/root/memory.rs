@@ -180,6 +180,13 @@ impl Root for MemoryRoot {
         Ok(())
     }
 
+    fn destroy_root(&self) -> Result<crate::root::RootDestroyed, RootError> {
+        self.remove_root();
+        Ok(crate::root::RootDestroyed::Destroyed(
+            "the in-memory test root".into(),
+        ))
+    }
+
     fn lock(&self) -> Result<(), RootError> {
         let mut st = lock(&self.state);
         st.unlocked = false;

@@ -313,6 +313,27 @@ pub trait Root: Send + Sync {
     fn token_keypairs(&self) -> Option<&dyn TokenKeypairs> {
         None
     }
+    /// Destroy the root object itself (`root.rotate --destroy-old`, only after the rotation
+    /// committed and nothing in the keystore is wrapped under it any more). Needs the root
+    /// unlocked. The default: this backend cannot (a card's key is not deleted by keyward).
+    fn destroy_root(&self) -> Result<RootDestroyed, RootError> {
+        Ok(RootDestroyed::Cannot(
+            "this kind of root cannot be destroyed by keyward: reset or wipe the device yourself",
+        ))
+    }
+}
+
+/// What [`Root::destroy_root`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootDestroyed {
+    /// The objects destroyed, described for people (token and labels; no key material).
+    Destroyed(String),
+    /// A root that is not an object anywhere (a passphrase root): nothing to destroy.
+    Nothing,
+    /// The backend cannot destroy it; why.
+    Cannot(&'static str),
+    /// Destroying it failed (the rotation stands; destroy it by hand): the error.
+    Failed(String),
 }
 
 impl dyn Root + '_ {

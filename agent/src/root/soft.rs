@@ -124,6 +124,10 @@ impl Root for SoftRoot {
         Ok(())
     }
 
+    fn destroy_root(&self) -> Result<crate::root::RootDestroyed, RootError> {
+        Ok(crate::root::RootDestroyed::Nothing)
+    }
+
     fn lock(&self) -> Result<(), RootError> {
         *lock(&self.mek) = None;
         Ok(())

@@ -240,6 +240,17 @@ impl Root for Pkcs11AesRoot {
         })
     }
 
+    fn destroy_root(&self) -> Result<crate::root::RootDestroyed, RootError> {
+        let n = self
+            .conn
+            .destroy_objects(&[self.template()], "destroy root")?;
+        Ok(crate::root::RootDestroyed::Destroyed(format!(
+            "{n} AES root object(s) labelled `{}` on {}",
+            self.conn.label(),
+            self.conn.describe("")
+        )))
+    }
+
     fn token_keypairs(&self) -> Option<&dyn TokenKeypairs> {
         Some(&self.conn)
     }

@@ -686,6 +686,29 @@ impl Connection {
         out
     }
 
+    /// Destroy every token object each of `templates` finds (`root.rotate --destroy-old`);
+    /// returns how many. Needs the connection unlocked.
+    pub(super) fn destroy_objects(
+        &self,
+        templates: &[Vec<Attribute>],
+        op: &'static str,
+    ) -> Result<usize, RootError> {
+        let s = self.sessions(op)?;
+        self.root_of(&s, op)?;
+        let n = s.with_session(op, |sess| {
+            let mut n = 0;
+            for t in templates {
+                for h in sess.find_objects(t).map_err(ck(op, "C_FindObjects"))? {
+                    sess.destroy_object(h).map_err(ck(op, "C_DestroyObject"))?;
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })?;
+        *lock(&s.root) = None;
+        Ok(n)
+    }
+
     pub(super) fn is_unlocked(&self) -> bool {
         lock(&self.pin).is_some()
     }

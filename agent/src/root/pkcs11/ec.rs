@@ -323,6 +323,21 @@ impl Root for Pkcs11EcRoot {
         })
     }
 
+    fn destroy_root(&self) -> Result<crate::root::RootDestroyed, RootError> {
+        let n = self.conn.destroy_objects(
+            &[
+                self.template(ObjectClass::PRIVATE_KEY),
+                self.template(ObjectClass::PUBLIC_KEY),
+            ],
+            "destroy root",
+        )?;
+        Ok(crate::root::RootDestroyed::Destroyed(format!(
+            "{n} EC root object(s) (private and public key) labelled `{}` on {}",
+            self.conn.label(),
+            self.conn.describe("")
+        )))
+    }
+
     fn token_keypairs(&self) -> Option<&dyn TokenKeypairs> {
         Some(self.conn.as_ref())
     }
