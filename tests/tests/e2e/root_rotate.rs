@@ -234,7 +234,8 @@ fn root_rotate_compromised_lists_deks_and_rotates_every_kek(env: &mut TestEnv) {
 }
 
 /// Rotations back and forth between the two roots over 200 DEKs, the agent killed (abort at the
-/// crash points before and after the commit; SIGKILL at random delays): restarted on whichever
+/// crash points before and after the commit; SIGKILL at 20 random delays, seed from
+/// `KEYWARD_FAULT_SEED` or the clock): restarted on whichever
 /// root the keystore names, every DEK decrypts what it encrypted before.
 fn root_rotate_killed_at_any_point_loses_nothing(env: &mut TestEnv) {
     env.init();
@@ -256,7 +257,10 @@ fn root_rotate_killed_at_any_point_loses_nothing(env: &mut TestEnv) {
     let mut on_a = true;
     let mut from_id = root_ids(&env.keystore_path())[0].clone();
     let mut crashes = vec![Some("root-rotate-enrolled"), Some("root-rotate-committed")];
-    crashes.extend([None; 6]);
+    // The count: 20 kills at random delays, besides the two crash points.
+    crashes.extend([None; 20]);
+    let mut rng =
+        keyward_tests::faults::Rng::from_env("root_rotate_killed_at_any_point_loses_nothing");
     for (run, crash) in crashes.iter().enumerate() {
         let (from, to) = if on_a {
             (&roots.a, &roots.b)
@@ -296,7 +300,7 @@ fn root_rotate_killed_at_any_point_loses_nothing(env: &mut TestEnv) {
                 let c = restart_on(env, from);
                 drop(c);
                 let pid = env.pid();
-                let delay = 5 + rand_ms(run as u64) % 150;
+                let delay = rng.range(5, 155);
                 let killer = std::thread::spawn(move || {
                     std::thread::sleep(std::time::Duration::from_millis(delay));
                     let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
@@ -342,15 +346,6 @@ fn root_rotate_killed_at_any_point_loses_nothing(env: &mut TestEnv) {
             decrypts(&c, &data);
         }
     }
-}
-
-/// A pseudo-random number from the clock and `salt` (no dependency needed for a delay).
-fn rand_ms(salt: u64) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64;
-    (nanos ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15)) >> 3
 }
 
 fn root_rotate_bad_input_is_typed_and_the_agent_keeps_serving(env: &mut TestEnv) {
