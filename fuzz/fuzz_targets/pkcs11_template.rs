@@ -17,7 +17,7 @@
 #![no_main]
 
 use cryptoki_sys::*;
-use keyward_pkcs11::objects::{self, read_template, Cert, Curve, Kind, Object, Read, Value};
+use keyward_pkcs11::objects::{self, read_template, Cert, Curve, Kind, Limits, Object, Read, Value};
 use keyward_pkcs11::template;
 use libfuzzer_sys::fuzz_target;
 use zeroize::Zeroizing;
@@ -114,6 +114,16 @@ impl Reader<'_> {
             label: String::from_utf8_lossy(&self.bytes(32)).into_owned(),
             public: self.bytes(65),
             on_token: self.byte() & 1 == 1,
+            limits: {
+                let bits = self.byte();
+                Limits {
+                    no_sign: bits & 1 != 0,
+                    no_encrypt: bits & 2 != 0,
+                    no_decrypt: bits & 4 != 0,
+                    no_derive: bits & 8 != 0,
+                    end_date: (bits & 16 != 0).then(|| *b"20300101"),
+                }
+            },
         }
     }
 }
