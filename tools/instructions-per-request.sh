@@ -12,7 +12,8 @@
 # they do not see lock waits, syscalls' kernel time or cache misses. Use it next to the
 # throughput bench, not instead of it. Needs valgrind (installed with apt-get when missing) and
 # the debug `keyward` CLI of this tree for set-up. KEEP_PROFILES=DIR keeps each op's callgrind
-# profile there (callgrind_annotate DIR/callgrind.kek.list).
+# profile there (callgrind_annotate DIR/callgrind.kek.list). POLICY=FILE runs the agent with that
+# policy file (`policy = FILE` in its config), to count what the policy check costs per request.
 set -euo pipefail
 bin="${1:?usage: instructions-per-request.sh KEYWARDD [N]}"
 n="${2:-300}"
@@ -28,6 +29,10 @@ cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; 
 trap cleanup EXIT
 export KEYWARD_DEV_PIN=instr-pin-1234 KEYWARD_SOCK="$work/agent.sock"
 bash "$repo/softhsm-setup.sh" --dir "$work" >/dev/null 2>&1
+if [ -n "${POLICY:-}" ]; then
+  policy="$(cd "$(dirname "$POLICY")" && pwd)/$(basename "$POLICY")"
+  sed -i "s|^keystore = .*|&\npolicy = \"$policy\"|" "$work/keyward.toml"
+fi
 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.%p" \
   "$bin" --config "$work/keyward.toml" --log warn 2>"$work/valgrind.log" &
 pid=$!

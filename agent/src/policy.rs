@@ -109,15 +109,21 @@ impl PolicyState {
             .clone()
     }
 
-    /// Decide one request; `Ok` when it may go on. `confirm` asks `prompter` with `what` (a
-    /// sentence naming the operation and key) and the peer's description.
+    /// Whether the policy in force looks at a key's record (`label`, `kind`, `purpose`): when
+    /// not, a caller passes [`KeyFacts`] with the id only and need not read the record.
+    pub fn names_key_attributes(&self) -> bool {
+        self.current().is_some_and(|p| p.names_key_attributes())
+    }
+
+    /// Decide one request; `Ok` when it may go on. `confirm` asks `prompter` with `what()` (a
+    /// sentence naming the operation and key, built only then) and the peer's description.
     pub fn check(
         &self,
         peer: &Peer,
         door: Door,
         op: &str,
         key: Option<KeyFacts<'_>>,
-        what: &str,
+        what: impl FnOnce() -> String,
         prompter: Option<&Prompter>,
     ) -> Result<(), Denied> {
         let Some(policy) = self.current() else {
@@ -143,7 +149,8 @@ impl PolicyState {
             Effect::Deny => Err(denied(None)),
             Effect::Confirm => {
                 let question = format!(
-                    "Allow {what}?\nRequested by {} through the {} door ({}).",
+                    "Allow {}?\nRequested by {} through the {} door ({}).",
+                    what(),
                     peer.describe(),
                     door.name(),
                     d.rule_text()
@@ -253,16 +260,16 @@ mod tests {
         let st = PolicyState::load(Some(&p)).unwrap();
         let me = Peer::from_cred(0, Some(std::process::id() as i32));
         let e = st
-            .check(&me, Door::Socket, "dek.export", None, "x", None)
+            .check(&me, Door::Socket, "dek.export", None, || "x".into(), None)
             .unwrap_err();
         assert_eq!(e.rule, "rule 1 (\"no export\")");
         assert!(e.to_string().contains("denies `dek.export`"), "{e}");
         assert!(st
-            .check(&me, Door::Socket, "encrypt", None, "x", None)
+            .check(&me, Door::Socket, "encrypt", None, || "x".into(), None)
             .is_ok());
         // Confirm with nobody to ask is a denial.
         let e = st
-            .check(&me, Door::Ssh, "sign", None, "x", None)
+            .check(&me, Door::Ssh, "sign", None, || "x".into(), None)
             .unwrap_err();
         assert_eq!(
             e.not_confirmed.as_deref(),
@@ -272,13 +279,13 @@ mod tests {
         write(dir.path(), "[[rule]]\neffect = \"perhaps\"\n");
         assert!(st.reload().is_err());
         assert!(st
-            .check(&me, Door::Socket, "dek.export", None, "x", None)
+            .check(&me, Door::Socket, "dek.export", None, || "x".into(), None)
             .is_err());
         // A good one replaces it.
         write(dir.path(), "[default]\neffect = \"allow\"\n");
         st.reload().unwrap();
         assert!(st
-            .check(&me, Door::Socket, "dek.export", None, "x", None)
+            .check(&me, Door::Socket, "dek.export", None, || "x".into(), None)
             .is_ok());
     }
 
@@ -286,7 +293,14 @@ mod tests {
     fn no_policy_allows_everything() {
         let st = PolicyState::load(None).unwrap();
         assert!(st
-            .check(&Peer::unknown(), Door::Ssh, "sign", None, "x", None)
+            .check(
+                &Peer::unknown(),
+                Door::Ssh,
+                "sign",
+                None,
+                || "x".into(),
+                None
+            )
             .is_ok());
         assert!(st.reload().is_ok());
     }

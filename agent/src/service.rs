@@ -110,9 +110,11 @@ impl Service {
             return Ok(());
         }
         let id = crate::policy::key_id_of(&req.args);
-        // Read-only: the record's label, kind and purpose for the rules that name them. A key
-        // that is not found (or an id that is no UUID) is matched by its id only.
+        // Read-only: the record's label, kind and purpose, only when a rule names them (the
+        // record read checks its MAC). A key that is not found (or an id that is no UUID) is
+        // matched by its id only.
         let rec = id
+            .filter(|_| self.policy.names_key_attributes())
             .and_then(|i| uuid::Uuid::parse_str(i).ok())
             .and_then(|u| self.h.ks.get(&u).ok().flatten());
         let key = id.map(|id| crate::policy::KeyFacts {
@@ -121,10 +123,19 @@ impl Service {
             kind: rec.as_ref().map(|r| r.kind.as_str()),
             purpose: rec.as_ref().and_then(|r| r.purpose.map(|p| p.as_str())),
         });
-        let what = match (&key, rec.as_ref().and_then(|r| r.label.as_deref())) {
-            (Some(k), Some(l)) => format!("`{}` with key {} ({l})", req.op, k.id),
-            (Some(k), None) => format!("`{}` with key {}", req.op, k.id),
-            (None, _) => format!("`{}`", req.op),
+        // The sentence a `confirm` prompt shows, built only for a prompt; it names the key's
+        // label, so the record is read then if the rules did not need it.
+        let what = || {
+            let label = rec.as_ref().map(|r| r.label.clone()).unwrap_or_else(|| {
+                id.and_then(|i| uuid::Uuid::parse_str(i).ok())
+                    .and_then(|u| self.h.ks.get(&u).ok().flatten())
+                    .and_then(|r| r.label)
+            });
+            match (id, label) {
+                (Some(k), Some(l)) => format!("`{}` with key {k} ({l})", req.op),
+                (Some(k), None) => format!("`{}` with key {k}", req.op),
+                (None, _) => format!("`{}`", req.op),
+            }
         };
         self.policy
             .check(
@@ -132,7 +143,7 @@ impl Service {
                 self.door(),
                 &req.op,
                 key,
-                &what,
+                what,
                 self.prompt.as_deref(),
             )
             .map_err(AgentError::PolicyDenied)
@@ -1221,6 +1232,90 @@ mod tests {
         for limit in [1, MAX_PAGE] {
             let l = run(Some(limit), None).unwrap();
             assert!(l.keys.is_empty() && l.next.is_none());
+        }
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    //! The policy check at the wire edge: rules on a key's record (label, kind, purpose) still
+    //! decide when the record is read only for them, and rules that name none still decide.
+    use super::*;
+    use crate::keystore::Keystore;
+    use crate::root::memory::MemoryRoot;
+    use ciborium::Value;
+
+    fn service(policy: &str) -> (tempfile::TempDir, Service, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Arc::new(Keystore::open(&dir.path().join("ks.db")).unwrap());
+        let h = Hierarchy::new(
+            ks,
+            Box::new(MemoryRoot::new()),
+            crate::config::UnlockPolicy::default(),
+        );
+        h.init(&keyward_proto::secret::Pin::new("right-pin-1234"))
+            .unwrap();
+        h.kek_create(None).unwrap();
+        let dek = h
+            .dek_create(None, Purpose::Sharing, false, Some("pay-1".into()))
+            .unwrap()
+            .to_string();
+        let file = dir.path().join("policy.toml");
+        std::fs::write(&file, policy).unwrap();
+        let state = crate::policy::PolicyState::load(Some(&file)).unwrap();
+        let svc = Service::new(Arc::new(h)).with_policy(Arc::new(state));
+        (dir, svc, dek)
+    }
+
+    fn encrypt(svc: &Service, key: &str) -> Response {
+        let args = Value::Map(vec![
+            (Value::Text("dek".into()), Value::Text(key.into())),
+            (Value::Text("plaintext".into()), Value::Bytes(vec![7; 64])),
+        ]);
+        svc.handle(&Request {
+            id: 9,
+            op: "encrypt".into(),
+            args,
+        })
+    }
+
+    #[test]
+    fn rules_on_label_kind_and_purpose_decide_and_others_do_not_read_the_record() {
+        for (rule, denied) in [
+            ("label = \"pay-*\"", true),
+            ("label = \"other-*\"", false),
+            ("kind = \"dek\"", true),
+            ("kind = \"kek\"", false),
+            ("purpose = \"sharing\"", true),
+            ("purpose = \"personal\"", false),
+            ("uid = 4242", false),
+            ("ops = [\"encrypt\"]", true),
+        ] {
+            let text = format!("[[rule]]\nname = \"r\"\n{rule}\neffect = \"deny\"\n");
+            let (_d, svc, dek) = service(&text);
+            let attrs = rule.starts_with("label")
+                || rule.starts_with("kind")
+                || rule.starts_with("purpose");
+            assert_eq!(svc.policy.names_key_attributes(), attrs, "{rule}");
+            let r = encrypt(&svc, &dek);
+            match &r.err {
+                Some(e) if denied => {
+                    assert_eq!(e.code, ErrorCode::PolicyDenied, "{rule}: {e:?}");
+                    assert!(e.message.contains("rule 1 (\"r\")"), "{}", e.message);
+                }
+                None if !denied => assert!(r.ok.is_some(), "{rule}"),
+                other => panic!("{rule}: {other:?}"),
+            }
+            // A key the keystore does not hold is matched by its id only, and the agent
+            // keeps serving.
+            let r = encrypt(&svc, &uuid::Uuid::new_v4().to_string());
+            let code = r.err.map(|e| e.code);
+            let want = if rule.starts_with("ops") {
+                ErrorCode::PolicyDenied
+            } else {
+                ErrorCode::NotFound
+            };
+            assert_eq!(code, Some(want), "{rule}");
         }
     }
 }

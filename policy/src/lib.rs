@@ -343,6 +343,11 @@ impl Rule {
         self.effect
     }
 
+    /// Whether this rule looks at the key's record (`label`, `kind` or `purpose`), beyond its id.
+    pub fn names_key_attributes(&self) -> bool {
+        self.label.is_some() || self.kind.is_some() || self.purpose.is_some()
+    }
+
     /// The first criterion of this rule that `q` does not meet, or `None` when it matches.
     pub fn mismatch(&self, q: &Query<'_>) -> Option<&'static str> {
         if let Some(d) = self.door {
@@ -501,6 +506,13 @@ impl Policy {
         self.default
     }
 
+    /// Whether any rule looks at a key's `label`, `kind` or `purpose`: when none does, the
+    /// decision is the same whatever [`KeyFacts`] carries beyond the id, so a caller may leave
+    /// them `None` without reading the key's record.
+    pub fn names_key_attributes(&self) -> bool {
+        self.rules.iter().any(Rule::names_key_attributes)
+    }
+
     /// The first matching rule's effect, else the default.
     pub fn decide(&self, q: &Query<'_>) -> Decision {
         for (i, r) in self.rules.iter().enumerate() {
@@ -566,6 +578,29 @@ mod tests {
             Policy::default().decide(&q("sign", None)).effect,
             Effect::Allow
         );
+    }
+
+    #[test]
+    fn names_key_attributes_only_for_label_kind_or_purpose() {
+        let with = |rule: &str| {
+            Policy::parse(&format!("[[rule]]\n{rule}\neffect = \"deny\"\n"))
+                .unwrap()
+                .names_key_attributes()
+        };
+        assert!(!Policy::parse("").unwrap().names_key_attributes());
+        assert!(!with(
+            "ops = [\"sign\"]\nuid = 3\nexe = \"/x\"\nunit = \"u*\""
+        ));
+        assert!(!with("key = \"0b7c4c8e-4a44-4d0a-9d39-1d5d1f0f3a10\""));
+        assert!(with("label = \"ssh-*\""));
+        assert!(with("kind = \"dek\""));
+        assert!(with("purpose = \"sharing\""));
+        // Any one rule naming them is enough.
+        let p = Policy::parse(
+            "[[rule]]\nops = [\"sign\"]\neffect = \"allow\"\n[[rule]]\nkind = \"dek\"\neffect = \"deny\"\n",
+        )
+        .unwrap();
+        assert!(p.names_key_attributes());
     }
 
     #[test]

@@ -455,7 +455,7 @@ impl SshAgent {
                 crate::policy::Door::Ssh,
                 op,
                 key,
-                &what,
+                || what,
                 self.settings.pinentry.as_deref(),
             )
             .map_err(|d| SshError::Agent(crate::error::AgentError::PolicyDenied(d)))
