@@ -57,6 +57,8 @@ const MAX_FIELD: usize = 256;
 #[derive(Debug, Clone, serde::Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
+    /// Keep an audit log at all (default: yes; `enabled = false` turns it off).
+    pub enabled: bool,
     /// The live log file (default: `audit.log` beside the keystore).
     pub path: Option<PathBuf>,
     /// Refuse key operations while the log cannot be written (default: yes).
@@ -70,6 +72,7 @@ pub struct AuditConfig {
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
+            enabled: true,
             path: None,
             required: true,
             checkpoint_every: 1000,

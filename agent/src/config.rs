@@ -38,7 +38,8 @@
 //! # pinentry = "pinentry" # unset: never prompts
 //! # timeout_s = 60
 //! # tty = "/dev/pts/3"    # for pinentry-tty / pinentry-curses
-//! [audit]                 # the audit log (audit.rs); without this table, none is kept
+//! [audit]                 # the audit log (audit.rs); kept by default, even without this table
+//! # enabled = true        # false: no audit log
 //! # path = "audit.log"    # default: audit.log beside the keystore
 //! # required = true       # refuse key operations while the log cannot be written
 //! # checkpoint_every = 1000  # a signed checkpoint every N entries (and at lock/unlock/stop)
@@ -491,19 +492,22 @@ impl Config {
         if let Some(k) = &raw.keystore {
             check_keystore_path(k).map_err(invalid)?;
         }
-        if let Some(a) = &raw.audit {
-            a.check().map_err(invalid)?;
-        }
+        // The audit log is kept unless `[audit] enabled = false`: without the table, the
+        // defaults (beside the keystore, required).
+        let raw_audit = raw.audit.unwrap_or_default();
+        raw_audit.check().map_err(invalid)?;
         let keystore = raw.keystore.map(resolve).unwrap_or_else(default_keystore);
-        let audit = raw.audit.map(|a| crate::audit::AuditConfig {
-            path: Some(
-                a.path
-                    .clone()
-                    .map(resolve)
-                    .unwrap_or_else(|| keystore.with_file_name("audit.log")),
-            ),
-            ..a
-        });
+        let audit = Some(raw_audit)
+            .filter(|a| a.enabled)
+            .map(|a| crate::audit::AuditConfig {
+                path: Some(
+                    a.path
+                        .clone()
+                        .map(resolve)
+                        .unwrap_or_else(|| keystore.with_file_name("audit.log")),
+                ),
+                ..a
+            });
         Ok(Config {
             socket: raw.socket.map(resolve),
             keystore,
@@ -531,14 +535,19 @@ mod tests {
     fn audit_table_defaults_beside_the_keystore_and_is_checked() {
         let p = Path::new("/etc/kw/keyward.toml");
         let base = "keystore = \"data/ks.db\"\n[root]\nkind = \"soft\"\n";
-        // No table: no audit log.
-        assert_eq!(Config::parse(base, p).unwrap().audit, None);
-        // An empty table: beside the keystore, required, the default intervals.
-        let c = Config::parse(&format!("{base}[audit]\n"), p).unwrap();
-        let a = c.audit.unwrap();
-        assert_eq!(a.path.as_deref(), Some(Path::new("/etc/kw/data/audit.log")));
-        assert!(a.required);
-        assert_eq!((a.checkpoint_every, a.max_bytes), (1000, 64 << 20));
+        // No table, or an empty one: kept beside the keystore, required, the default intervals.
+        for text in [base.to_string(), format!("{base}[audit]\n")] {
+            let a = Config::parse(&text, p)
+                .unwrap()
+                .audit
+                .expect("audit on by default");
+            assert_eq!(a.path.as_deref(), Some(Path::new("/etc/kw/data/audit.log")));
+            assert!(a.required);
+            assert_eq!((a.checkpoint_every, a.max_bytes), (1000, 64 << 20));
+        }
+        // Turned off.
+        let c = Config::parse(&format!("{base}[audit]\nenabled = false\n"), p).unwrap();
+        assert_eq!(c.audit, None);
         // A relative path is relative to the config file.
         let c = Config::parse(
             &format!("{base}[audit]\npath = \"logs/a.log\"\nrequired = false\n"),

@@ -1028,6 +1028,9 @@ pub struct Keystore {
     mac: RwLock<Option<Arc<MacKey>>>,
     /// Bumped whenever the MAC key is loaded or dropped (part of [`Keystore::generation`]).
     mac_epoch: std::sync::atomic::AtomicU64,
+    /// Rows changed by [`Keystore::set_metas`] (agent metadata, e.g. the audit chain head after
+    /// every batch), left out of [`Keystore::generation`]: no record cache depends on them.
+    meta_changes: std::sync::atomic::AtomicU64,
 }
 
 impl Keystore {
@@ -1110,6 +1113,7 @@ impl Keystore {
             path: path.to_path_buf(),
             mac: RwLock::new(None),
             mac_epoch: std::sync::atomic::AtomicU64::new(0),
+            meta_changes: std::sync::atomic::AtomicU64::new(0),
         };
         ks.migrate()?;
         Ok((ks, deferred))
@@ -1213,6 +1217,7 @@ impl Keystore {
             path: path.to_path_buf(),
             mac: RwLock::new(None),
             mac_epoch: std::sync::atomic::AtomicU64::new(0),
+            meta_changes: std::sync::atomic::AtomicU64::new(0),
         };
         // Current schema: nothing to write. An older one cannot be migrated here, and says so.
         ks.migrate()?;
@@ -1259,12 +1264,13 @@ impl Keystore {
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// A value that changes whenever this process writes the keystore (every row inserted,
-    /// updated or deleted, committed or not) or loads or drops the MAC key. Caches built from
-    /// records (the SSH door's identity index) compare it to know they are stale. Changes made
-    /// by another process to the file are not seen; the agent is the keystore's only writer.
+    /// A value that changes whenever this process writes the keystore's records (every row
+    /// inserted, updated or deleted, committed or not; not the metadata rows of
+    /// [`Keystore::set_metas`]) or loads or drops the MAC key. Caches built from records (the
+    /// SSH door's identity index) compare it to know they are stale. Changes made by another
+    /// process to the file are not seen; the agent is the keystore's only writer.
     pub fn generation(&self) -> (u64, u64) {
-        let changes = self.lock().total_changes();
+        let changes = self.record_changes(&self.lock());
         (
             changes,
             self.mac_epoch.load(std::sync::atomic::Ordering::SeqCst),
@@ -1275,14 +1281,21 @@ impl Keystore {
     /// connection (async callers then take their slow path rather than block a worker).
     pub fn try_generation(&self) -> Option<(u64, u64)> {
         let changes = match self.conn.try_lock() {
-            Ok(c) => c.total_changes(),
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().total_changes(),
+            Ok(c) => self.record_changes(&c),
+            Err(std::sync::TryLockError::Poisoned(p)) => self.record_changes(&p.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
         Some((
             changes,
             self.mac_epoch.load(std::sync::atomic::Ordering::SeqCst),
         ))
+    }
+
+    /// SQLite's change count less the metadata rows' (read with the connection held, as
+    /// `set_metas` counts its own under it).
+    fn record_changes(&self, conn: &Connection) -> u64 {
+        conn.total_changes()
+            .saturating_sub(self.meta_changes.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     pub fn has_mac_key(&self) -> bool {
@@ -1688,6 +1701,7 @@ impl Keystore {
     /// Set (`Some`) or delete (`None`) several meta rows in one transaction.
     pub fn set_metas(&self, rows: &[(&str, Option<&str>)]) -> Result<(), KeystoreError> {
         let mut conn = self.lock();
+        let before = conn.total_changes();
         let tx = conn.transaction().map_err(sql("begin write meta"))?;
         for (name, value) in rows {
             match value {
@@ -1700,7 +1714,13 @@ impl Keystore {
             }
             .map_err(sql("write meta"))?;
         }
-        tx.commit().map_err(sql("commit write meta"))
+        let done = tx.commit().map_err(sql("commit write meta"));
+        // Counted committed or not (as `total_changes` counts them), under the connection lock.
+        self.meta_changes.fetch_add(
+            conn.total_changes().saturating_sub(before),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        done
     }
 }
 
@@ -2345,6 +2365,23 @@ mod tests {
             .unwrap();
         assert_eq!(ks.ssh_flags().unwrap().len(), 2);
         assert!(!ks.set_ssh_flags(&Uuid::new_v4(), SshFlags(1)).unwrap());
+    }
+
+    /// Found cost: the audit log writes its chain head (a meta row) after every batch, which
+    /// moved the generation and so made the SSH door rebuild its identity index on the next
+    /// signature. Metadata writes leave the generation alone; record writes still move it.
+    #[test]
+    fn metadata_writes_leave_the_generation_and_record_writes_move_it() {
+        let (_d, ks) = temp();
+        let g0 = ks.generation();
+        ks.set_metas(&[("audit_head", Some("1:ab")), ("audit_head_mac", Some("cd"))])
+            .unwrap();
+        ks.set_metas(&[("audit_head", Some("2:ef"))]).unwrap();
+        assert_eq!(ks.generation(), g0);
+        assert_eq!(ks.try_generation(), Some(g0));
+        ks.insert(&KeyRecord::new(KeyKind::Keypair, "aes-kwp"))
+            .unwrap();
+        assert_ne!(ks.generation(), g0);
     }
 
     fn temp() -> (tempfile::TempDir, Keystore) {

@@ -86,12 +86,21 @@ fn refused_for<T: std::fmt::Debug>(r: Result<T, ClientError>, why: &[&str], what
 }
 
 /// An agent (SoftHSM root) whose keystore lives on a 4 MiB tmpfs of its own; `None` where a
-/// tmpfs cannot be mounted (`Tmpfs::mount_or_skip` says why).
+/// tmpfs cannot be mounted (`Tmpfs::mount_or_skip` says why). Its audit log stays off the tmpfs
+/// (in the test directory), so these tests see the keystore's faults alone; a full or read-only
+/// audit log has its own tests (e2e/audit.rs).
 fn agent_on_tmpfs(test: &str) -> Option<(TestEnv, Tmpfs)> {
     let mut env = TestEnv::start(RootKind::Pkcs11);
     env.stop();
     let fs = Tmpfs::mount_or_skip(&env.dir().join("ks"), "4m", test)?;
     env.move_keystore_to(fs.path());
+    let audit = env.dir().join("audit.log");
+    let mut cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    cfg.push_str(&format!(
+        "\n[audit]\npath = {:?}\n",
+        audit.display().to_string()
+    ));
+    std::fs::write(env.config_path(), cfg).unwrap();
     env.start_agent();
     Some((env, fs))
 }

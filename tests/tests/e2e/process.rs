@@ -35,6 +35,16 @@ fn sigterm_and_sigint_shut_down_gracefully(env: &mut TestEnv) {
 
 fn second_agent_on_the_same_socket_refuses_to_start(env: &mut TestEnv) {
     let keys = env.init_with_keys(false, b"first agent");
+    // The same configuration but an audit log of its own: with the same log, the second agent
+    // stops earlier, at the log's lock (tested in e2e/audit.rs); here the socket must stop it.
+    // (The first agent read its config at start; the file is put back below.)
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    let audit = env.dir().join("second-audit.log");
+    std::fs::write(
+        env.config_path(),
+        format!("{cfg}\n[audit]\npath = {:?}\n", audit.display().to_string()),
+    )
+    .unwrap();
     let mut second = env
         .agent_command()
         .stdout(Stdio::null())
@@ -42,6 +52,7 @@ fn second_agent_on_the_same_socket_refuses_to_start(env: &mut TestEnv) {
         .spawn()
         .expect("spawn second keywardd");
     let st = wait_exit(&mut second, "the second keywardd to give up");
+    std::fs::write(env.config_path(), cfg).unwrap();
     let mut err = String::new();
     std::io::Read::read_to_string(second.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(
