@@ -14,7 +14,7 @@ use crate::error::{AgentError, Missing, Problem, Tampering, Unverified};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{now, Encoder};
 use keyward_identity::authz::{verify_policy, AgentPolicy, AuthzError, Capability};
-use keyward_identity::PublicKey;
+use keyward_identity::{LocalKey, PublicKey};
 
 /// The `meta` row holding the signed policy (hex).
 pub const META_POLICY: &str = "agents_policy";
@@ -78,6 +78,28 @@ impl Hierarchy {
         let root = self.identity_root()?.ok_or_else(tampered)?;
         let policy = verify_policy(&bytes, Some(&root)).map_err(|_| tampered())?;
         Ok(Some(SignedAgentPolicy { bytes, policy }))
+    }
+
+    /// The stored policy (if any) moved to a new identity root `signer` (`node.root_rotate`):
+    /// same entries, `root` replaced, signed by the new root as the next version. Returns the
+    /// meta rows to write in the rotation's transaction.
+    pub(crate) fn policy_for_new_root(
+        &self,
+        signer: &LocalKey,
+    ) -> Result<Vec<(&'static str, Option<String>)>, AgentError> {
+        let Some(current) = self.agent_policy()? else {
+            return Ok(Vec::new());
+        };
+        let mut policy = current.policy;
+        policy.root = signer.public_key();
+        let bytes = policy
+            .sign(signer, now())
+            .map_err(AgentError::crypto("signing the agent policy"))?;
+        let tag = self.ks.mac_tag(&mac_body(&bytes)).map(hex::encode);
+        Ok(vec![
+            (META_POLICY, Some(hex::encode(&bytes))),
+            (META_POLICY_MAC, tag),
+        ])
     }
 
     /// Apply `change` to the current policy (or an empty one), sign it with the identity root

@@ -1523,6 +1523,59 @@ impl Keystore {
         tx.commit().map_err(sql("commit replace"))
     }
 
+    /// Replace the cluster root in one transaction (`node.root_rotate`): the old root gets
+    /// `state`, the new root is inserted, a revocation (if any) is kept, and every child in
+    /// `children` gets the new root as issuer and its new delegation (rows re-MACed), and the
+    /// `metas` rows are written (the agent policy re-signed by the new root). A crash
+    /// leaves all of it or none.
+    pub fn replace_root(
+        &self,
+        old: &Uuid,
+        state: KeyState,
+        new: &KeyRecord,
+        revocation: Option<&Revocation>,
+        children: &[(Uuid, Vec<u8>)],
+        metas: &[(&str, Option<&str>)],
+    ) -> Result<(), KeystoreError> {
+        let key = self.key();
+        let key = key.as_deref();
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin replace root"))?;
+        set_state_with(&tx, key, old, state)?;
+        insert_with(&tx, key, new)?;
+        if let Some(r) = revocation {
+            insert_revocation_with(&tx, key, r)?;
+        }
+        for (id, statement) in children {
+            let Some(mut r) = query_with(&tx, key, "read key", "id = ?1", &[&id.to_string()])?
+                .into_iter()
+                .next()
+            else {
+                continue;
+            };
+            r.issuer = Some(new.id);
+            r.statement = Some(statement.clone());
+            let mac = key.map(|k| k.tag(&record_body(&r)));
+            tx.execute(
+                "UPDATE keys SET issuer = ?2, statement = ?3, mac = ?4 WHERE id = ?1",
+                params![id.to_string(), new.id.to_string(), r.statement, mac],
+            )
+            .map_err(sql("re-issue a child of the cluster root"))?;
+        }
+        for (name, value) in metas {
+            match value {
+                Some(v) => tx.execute(
+                    "INSERT INTO meta (name, value) VALUES (?1, ?2)
+                     ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                    [name, v],
+                ),
+                None => tx.execute("DELETE FROM meta WHERE name = ?1", [name]),
+            }
+            .map_err(sql("write meta"))?;
+        }
+        tx.commit().map_err(sql("commit replace root"))
+    }
+
     /// Mark a key revoked and keep the signed revocation, in one transaction.
     /// Set (or, with `None`, remove) a key's certificate, re-MACing the row: read (checked),
     /// change, write back. `Ok(false)` when there is no such key.

@@ -7,14 +7,17 @@
 //! issued and expiry times). `node.rekey` replaces a node's key with a fresh random one (not
 //! derivable) vouched for by the same parent; `node.revoke` has an ancestor sign a revocation.
 //! `node.chain` exports the public chain: everything a peer needs to verify offline, and nothing
-//! secret.
+//! secret. `node.root_rotate` replaces the cluster root `/` itself: the old root vouches for the
+//! new one with a rekey statement (or, `compromised`, revokes itself), and every direct child of
+//! the old root is re-delegated by the new one, all in one keystore transaction.
 
 use crate::error::{AgentError, Defect, Existing, Missing, Problem, Unverified, WrongKey};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{now, KeyKind, KeyRecord, KeyState, Revocation};
 use crate::keystore::{Cursor, ListFilter, Page, PageSize};
 use keyward_identity::{
-    derive_node_key, issue_delegation, issue_revocation, Chain, LocalKey, PublicKey, SealedMessage,
+    derive_node_key, issue_delegation, issue_rekey, issue_revocation, Chain, LocalKey, PublicKey,
+    SealedMessage,
 };
 use rand_core::{OsRng, RngCore};
 use uuid::Uuid;
@@ -24,6 +27,14 @@ use zeroize::Zeroizing;
 pub const CLUSTER_ROOT: &str = "/";
 const DEFAULT_TTL_SECONDS: u64 = 365 * 86_400;
 const SECRET_LABEL: &str = "node-derivation";
+
+/// What `node.root_rotate` did: the new root, the old one, how many children it re-delegated.
+#[derive(Debug, Clone, Copy)]
+pub struct RootRotated {
+    pub id: Uuid,
+    pub old: Uuid,
+    pub redelegated: usize,
+}
 
 /// An opened message: plaintext, the sender's did:key, and its node name if a chain vouched.
 pub type Opened = (Zeroizing<Vec<u8>>, String, Option<String>);
@@ -184,6 +195,106 @@ impl Hierarchy {
         Ok(rec.id)
     }
 
+    /// Replace the cluster root `/` with a fresh random key (`node.root_rotate`).
+    ///
+    /// Without `compromised`, the old root signs a rekey statement (name `/`) vouching for the
+    /// new one, kept as the new root's statement (issuer: the old root), and the old root is
+    /// retired: a peer that trusts the old root accepts the new chain. With `compromised`, the
+    /// old root signs its own revocation (issuer = subject: a self-revocation, checkable with
+    /// the old key a peer already trusts) and is revoked; the new root vouches for itself only
+    /// and is trusted by re-import. Either way every active direct child of the old root gets
+    /// a new delegation from the new root (same key, name and validity length), and a stored
+    /// agent policy is re-signed by the new root; all of it is one transaction.
+    pub fn node_root_rotate(&self, compromised: bool) -> Result<RootRotated, AgentError> {
+        self.root_record("node.root_rotate")?;
+        let old = self
+            .ks
+            .by_name(CLUSTER_ROOT)?
+            .ok_or(AgentError::NotFound(Missing::ClusterRoot))?;
+        Self::require_active(&old)?;
+        self.permit(&old, crate::limits::Usage::Sign)?;
+        let old_pub = Self::public_of(&old)?;
+        let old_signer = self.signer(&old)?;
+        let key = LocalKey::generate(&mut OsRng);
+        let new_pub = key.public_key();
+        let kek = self.parent_kek(&old).or_else(|_| self.choose_kek(None))?;
+        let mut rec = self.keypair_record(&key, &kek)?;
+        rec.name = Some(CLUSTER_ROOT.into());
+        rec.label = Some("cluster root".into());
+        rec.version = old.version + 1;
+        let iat = now();
+        let (state, revocation) = if compromised {
+            let statement =
+                issue_revocation(&*old_signer, &old_pub.key_id(), &old_pub.key_id(), iat)
+                    .map_err(statement_err)?;
+            let r = Revocation {
+                id: Uuid::new_v4(),
+                revoked: old.id,
+                issuer: old.id,
+                statement,
+                created: iat,
+            };
+            (KeyState::Revoked, Some(r))
+        } else {
+            let statement = issue_rekey(
+                &*old_signer,
+                &new_pub,
+                CLUSTER_ROOT,
+                iat,
+                iat + DEFAULT_TTL_SECONDS,
+            )
+            .map_err(statement_err)?;
+            rec.issuer = Some(old.id);
+            rec.statement = Some(statement);
+            (KeyState::Retired, None)
+        };
+        drop(old_signer);
+        let mut children = Vec::new();
+        for child in self.ks.list(KeyKind::Keypair, None)? {
+            if child.issuer != Some(old.id) || child.state != KeyState::Active {
+                continue;
+            }
+            let Some(name) = child.name.clone() else {
+                continue;
+            };
+            // Keep the validity length the old delegation had (default when unreadable).
+            let ttl = child
+                .statement
+                .as_deref()
+                .and_then(|s| keyward_identity::inspect_statement(s).ok())
+                .and_then(|st| st.expires_at.map(|e| e.saturating_sub(st.issued_at)))
+                .filter(|t| *t > 0)
+                .unwrap_or(DEFAULT_TTL_SECONDS);
+            let statement = issue_delegation(
+                &key,
+                &new_pub.key_id(),
+                &Self::public_of(&child)?,
+                &name,
+                iat,
+                iat + ttl,
+            )
+            .map_err(statement_err)?;
+            children.push((child.id, statement));
+        }
+        let metas = self.policy_for_new_root(&key)?;
+        let metas: Vec<(&str, Option<&str>)> =
+            metas.iter().map(|(n, v)| (*n, v.as_deref())).collect();
+        self.ks
+            .replace_root(&old.id, state, &rec, revocation.as_ref(), &children, &metas)?;
+        tracing::info!(
+            old = %old.id,
+            new = %rec.id,
+            compromised,
+            children = children.len(),
+            "cluster root rotated"
+        );
+        Ok(RootRotated {
+            id: rec.id,
+            old: old.id,
+            redelegated: children.len(),
+        })
+    }
+
     fn node(&self, name: &str) -> Result<KeyRecord, AgentError> {
         self.ks.by_name(name)?.ok_or_else(|| {
             AgentError::NotFound(Missing::Node {
@@ -282,13 +393,39 @@ impl Hierarchy {
                 }
             }
         }
-        for k in keys {
-            if let Some(st) = k.statement.filter(|_| tree.contains(&k.id)) {
+        // The roots `root` succeeded (`node.root_rotate`): follow issuer links up from it, so
+        // a peer that trusts any earlier root finds the rekey statements leading here.
+        let mut predecessors = Vec::new();
+        let mut cur = root.issuer;
+        while let Some(id) = cur {
+            if predecessors.contains(&id) || tree.contains(&id) || predecessors.len() > 64 {
+                break;
+            }
+            predecessors.push(id);
+            cur = keys.iter().find(|k| k.id == id).and_then(|k| k.issuer);
+        }
+        for k in keys.iter().filter(|k| predecessors.contains(&k.id)) {
+            if let Some(st) = k.statement.clone() {
+                push(&mut chain, st)?;
+            }
+        }
+        // Former cluster roots (named `/`, no longer active) that revoked themselves in a
+        // compromised rotation: a peer still trusting one is refused, not silently rerouted.
+        let former_root = |id: &Uuid| {
+            keys.iter().any(|k| {
+                k.id == *id
+                    && k.name.as_deref() == Some(CLUSTER_ROOT)
+                    && k.state != KeyState::Active
+            })
+        };
+        for k in &keys {
+            if let Some(st) = k.statement.clone().filter(|_| tree.contains(&k.id)) {
                 push(&mut chain, st)?;
             }
         }
         for r in self.ks.revocations()? {
-            if tree.contains(&r.revoked) {
+            let self_revoked_root = r.revoked == r.issuer && former_root(&r.revoked);
+            if tree.contains(&r.revoked) || predecessors.contains(&r.revoked) || self_revoked_root {
                 push(&mut chain, r.statement)?;
             }
         }
@@ -364,3 +501,7 @@ impl Hierarchy {
         Ok((pt, m.sender().to_did_key(), name))
     }
 }
+
+#[cfg(test)]
+#[path = "nodes_tests.rs"]
+mod tests;

@@ -875,6 +875,16 @@ impl Handler for Service {
         self.h.node_rekey(&a.name, a.ttl_seconds).map(created)
     }
 
+    fn node_root_rotate(&self, a: NodeRootRotateArgs) -> Result<NodeRootRotated, AgentError> {
+        let r = self.h.node_root_rotate(a.compromised)?;
+        Ok(NodeRootRotated {
+            id: r.id.to_string(),
+            old: r.old.to_string(),
+            compromised: a.compromised,
+            redelegated: r.redelegated as u64,
+        })
+    }
+
     fn node_revoke(&self, a: NodeRevokeArgs) -> Result<Created, AgentError> {
         self.h.node_revoke(&a.name, a.by.as_deref()).map(created)
     }

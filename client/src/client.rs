@@ -742,6 +742,14 @@ impl Client {
         Ok(r.chain.into_vec())
     }
 
+    /// Replace the cluster root `/` (`node root rotate [--compromised]`).
+    pub async fn node_root_rotate(
+        &self,
+        args: &NodeRootRotateArgs,
+    ) -> Result<NodeRootRotated, ClientError> {
+        self.call::<op::NodeRootRotate>(args).await
+    }
+
     /// Seal a message to `to`, authenticated by our keypair `sign_with`.
     pub async fn seal(
         &self,

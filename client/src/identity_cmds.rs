@@ -7,7 +7,7 @@ use base64::Engine;
 use clap::{Args, Subcommand};
 use keyward_client::proto::ops::{
     KeyInfo, KeypairCreateArgs, KeypairImportArgs, NodeDeriveArgs, NodeRekeyArgs, NodeRevokeArgs,
-    ShareOpenArgs, ShareSealArgs,
+    NodeRootRotateArgs, ShareOpenArgs, ShareSealArgs,
 };
 use keyward_client::Client;
 use keyward_identity::ed25519::Ed25519Public;
@@ -212,6 +212,26 @@ pub enum NodeCmd {
         /// Judge as of this time (unix seconds) instead of now: was it vouched for then?
         #[arg(long)]
         at: Option<u64>,
+        /// The root key this verifier trusts (did:key, PEM or JWK), when it is not the chain's
+        /// own root: an earlier cluster root that vouched for the current one (`node root
+        /// rotate`). Refused when that root revoked itself (`--compromised`).
+        #[arg(long, allow_hyphen_values = true)]
+        anchor: Option<String>,
+    },
+    /// The cluster root `/`.
+    #[command(subcommand)]
+    Root(NodeRootCmd),
+}
+
+#[derive(Subcommand)]
+pub enum NodeRootCmd {
+    /// Replace the cluster root by a fresh key: the old root vouches for it and is retired;
+    /// its direct children are re-delegated by the new root. Export the chain afterwards.
+    Rotate {
+        /// The old root is compromised: it revokes itself instead of vouching, and peers must
+        /// import the new root (or the new chain) to trust it.
+        #[arg(long)]
+        compromised: bool,
     },
 }
 
@@ -547,6 +567,24 @@ pub async fn node(c: &Client, cmd: &NodeCmd) -> Result<Out, Failure> {
             write_output(output, &chain)?;
             out("", json!({ "written": true, "bytes": chain.len() }))
         }
+        NodeCmd::Root(NodeRootCmd::Rotate { compromised }) => {
+            let args = NodeRootRotateArgs {
+                compromised: *compromised,
+            };
+            let r = c.node_root_rotate(&args).await?;
+            let how = if r.compromised {
+                "old root revoked itself; peers must import the new root"
+            } else {
+                "old root vouches for it and is retired"
+            };
+            out(
+                format!(
+                    "new cluster root {} (was {}; {how}); {} child(ren) re-delegated: export the chain with `keyward node chain export`\n",
+                    r.id, r.old, r.redelegated
+                ),
+                json!({ "id": r.id, "old": r.old, "compromised": r.compromised, "redelegated": r.redelegated }),
+            )
+        }
         NodeCmd::Verify { .. } => {
             return Err("internal: offline command reached the agent"
                 .to_string()
@@ -556,7 +594,12 @@ pub async fn node(c: &Client, cmd: &NodeCmd) -> Result<Out, Failure> {
 }
 
 /// Offline: is `key` vouched for by the chain?
-pub fn node_verify(chain: &PathBuf, key: &str, at: Option<u64>) -> Result<Out, Failure> {
+pub fn node_verify(
+    chain: &PathBuf,
+    key: &str,
+    at: Option<u64>,
+    anchor: Option<&str>,
+) -> Result<Out, Failure> {
     let bytes = std::fs::read(chain).map_err(|e| format!("reading {}: {e}", chain.display()))?;
     let chain = Chain::from_cbor(&bytes).map_err(|e| format!("chain: {e}"))?;
     let pk = public_key(key)?;
@@ -566,9 +609,11 @@ pub fn node_verify(chain: &PathBuf, key: &str, at: Option<u64>) -> Result<Out, F
             .map(|d| d.as_secs())
             .unwrap_or(0)
     });
-    let v = chain
-        .verify_key(&pk, now)
-        .map_err(|e| format!("not vouched for: {e}"))?;
+    let v = match anchor {
+        Some(a) => chain.verify_key_from(&public_key(a)?, &pk, now),
+        None => chain.verify_key(&pk, now),
+    }
+    .map_err(|e| format!("not vouched for: {e}"))?;
     let name = v.name.clone().unwrap_or_else(|| "(cluster root)".into());
     Ok(out(
         format!(

@@ -422,9 +422,12 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
     match &cli.command {
         Command::Cryppo(cmd) => return run_offline(cmd, cli.json),
         Command::Verify(cmd) => return identity_cmds::verify(cmd).map(Some),
-        Command::Node(identity_cmds::NodeCmd::Verify { chain, key, at }) => {
-            return identity_cmds::node_verify(chain, key, *at).map(Some)
-        }
+        Command::Node(identity_cmds::NodeCmd::Verify {
+            chain,
+            key,
+            at,
+            anchor,
+        }) => return identity_cmds::node_verify(chain, key, *at, anchor.as_deref()).map(Some),
         Command::Ssh(cmd) => return ssh_cmds::ssh(cli.socket.clone(), cmd).await,
         Command::Backup(cmd) => return backup_cmd(cli, cmd).await.map(Some),
         Command::Policy(cmd) => return policy_cmds::policy(cmd).map(Some),

@@ -601,6 +601,38 @@ impl Chain {
         })
     }
 
+    /// [`verify_key`](Self::verify_key) for a verifier whose trust anchor is `anchor`, which
+    /// may be an earlier cluster root: after `node root rotate`, the old root's rekey statement
+    /// (kind `rekey`, name `/`) vouches for the new root, so a path from `key` through the new
+    /// root up to `anchor` is accepted. A self-revocation of `anchor` in the chain (what a
+    /// compromised rotation leaves) refuses everything with [`ChainError::Revoked`]; so does
+    /// a revocation of any root on the way (checked as for any key on the path).
+    pub fn verify_key_from(
+        &self,
+        anchor: &PublicKey,
+        key: &PublicKey,
+        now: u64,
+    ) -> Result<Vouch, ChainError> {
+        let a = anchor.key_id();
+        for (msg, st) in &self.decode_all()? {
+            if st.kind == StatementKind::Revocation && st.subject == a && st.issuer == a {
+                verify_decoded(msg, st, anchor).map_err(|_| ChainError::BadSignature {
+                    subject: a,
+                    issuer: a,
+                })?;
+                return Err(ChainError::Revoked { key: a, by: a });
+            }
+        }
+        if a == self.root.key_id() {
+            return self.verify_key(key, now);
+        }
+        let anchored = Chain {
+            root: *anchor,
+            statements: self.statements.clone(),
+        };
+        anchored.verify_key(key, now)
+    }
+
     fn check_link(
         &self,
         msg: &CoseSign1,

@@ -45,8 +45,8 @@ pub mod share;
 
 pub use authz::{verify_policy, AgentEntry, AgentPolicy, AuthzError, Capability};
 pub use delegation::{
-    issue_delegation, issue_rekey, issue_revocation, verify_statement, Chain, ChainError,
-    Statement, StatementError, StatementKind, Vouch,
+    inspect_statement, issue_delegation, issue_rekey, issue_revocation, verify_statement, Chain,
+    ChainError, Statement, StatementError, StatementKind, Vouch,
 };
 pub use ecdsa::{SigEncoding, SignError, Signer, VerifyError};
 pub use format::FormatError;

@@ -634,6 +634,27 @@ pub struct NodeRevokeArgs {
     pub by: Option<String>,
 }
 
+/// `node.root_rotate` arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRootRotateArgs {
+    /// The old root is compromised: it revokes itself instead of vouching for the new root.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compromised: bool,
+}
+
+/// `node.root_rotate` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRootRotated {
+    /// The new cluster root `/`.
+    pub id: String,
+    /// The old root: retired (it vouched for the new one), or revoked (`compromised`).
+    pub old: String,
+    pub compromised: bool,
+    /// Direct children of the old root now delegated by the new one.
+    pub redelegated: u64,
+}
+
 /// `node.chain` arguments.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

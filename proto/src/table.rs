@@ -188,6 +188,8 @@ operations! {
     NodeRevoke, node_revoke, "node.revoke": NodeRevokeArgs => Created, Unlocked;
     NodeList, node_list, "node.list": ListArgs => KeyList, Always;
     NodeChain, node_chain, "node.chain": NodeChainArgs => ChainResult, Always;
+    /// Replace the cluster root `/`; the old root vouches for it (or, compromised, revokes itself).
+    NodeRootRotate, node_root_rotate, "node.root_rotate": NodeRootRotateArgs => NodeRootRotated, Unlocked;
     Seal, seal, "seal": SealArgs => SealedResult, Unlocked;
     Open, open, "open": OpenArgs => OpenedMessage, Unlocked;
     // For the PKCS#11 module (ARCHITECTURE.md, "The PKCS#11 door").

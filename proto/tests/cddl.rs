@@ -266,6 +266,17 @@ fn every_request_validates() {
             ),
         ),
         (
+            Op::NodeRootRotate,
+            req(Op::NodeRootRotate, &NodeRootRotateArgs::default()),
+        ),
+        (
+            Op::NodeRootRotate,
+            req(
+                Op::NodeRootRotate,
+                &NodeRootRotateArgs { compromised: true },
+            ),
+        ),
+        (
             Op::NodeRevoke,
             req(
                 Op::NodeRevoke,
@@ -661,6 +672,15 @@ fn every_response_validates() {
                 policy: serde_bytes::ByteBuf::from(vec![0xd2, 0x84]),
                 root: "did:key:zDnae".into(),
                 seq: 3,
+            },
+        ),
+        Response::ok(
+            1,
+            &NodeRootRotated {
+                id: ID.into(),
+                old: ID.into(),
+                compromised: false,
+                redelegated: 2,
             },
         ),
         Response::ok(

@@ -324,3 +324,167 @@ fn rekey_hands_over_to_the_new_key() {
         ChainError::Revoked { .. }
     ));
 }
+
+/// After a cluster-root rotation: the new root re-delegates the old root's child, and the old
+/// root vouches for the new one with a rekey statement named `/`.
+fn rotated(c: &Cluster, new_root: &LocalKey) -> Chain {
+    let nk = new_root.public_key().key_id();
+    let mut chain = Chain::new(new_root.public_key());
+    chain
+        .push(
+            issue_rekey(
+                &c.root,
+                &new_root.public_key(),
+                "/",
+                T0 + DAY,
+                T0 + 60 * DAY,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    chain
+        .push(
+            issue_delegation(
+                new_root,
+                &nk,
+                &c.inter.public_key(),
+                "inter",
+                T0 + DAY,
+                T0 + 30 * DAY,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let ik = c.inter.public_key().key_id();
+    chain
+        .push(
+            issue_delegation(
+                &c.inter,
+                &ik,
+                &c.node.public_key(),
+                "node-1",
+                T0,
+                T0 + 7 * DAY,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    chain
+}
+
+#[test]
+fn rotated_root_chain_verifies_with_the_old_root_as_anchor() {
+    let c = cluster();
+    let new_root = key(33);
+    let chain = rotated(&c, &new_root);
+    let now = T0 + 2 * DAY;
+    let old = c.root.public_key();
+    let v = chain
+        .verify_key_from(&old, &c.node.public_key(), now)
+        .unwrap();
+    assert_eq!(v.name.as_deref(), Some("node-1"));
+    assert_eq!(
+        v.path,
+        vec![
+            c.node.public_key().key_id(),
+            c.inter.public_key().key_id(),
+            new_root.public_key().key_id(),
+            old.key_id()
+        ]
+    );
+    // The new root itself, through the same rekey link; the chain's own root as anchor too.
+    chain
+        .verify_key_from(&old, &new_root.public_key(), now)
+        .unwrap();
+    let v = chain
+        .verify_key_from(&new_root.public_key(), &c.node.public_key(), now)
+        .unwrap();
+    assert_eq!(v.path.len(), 3);
+    // Survives the file round trip.
+    let back = Chain::from_cbor(&chain.to_cbor()).unwrap();
+    back.verify_key_from(&old, &c.node.public_key(), now)
+        .unwrap();
+}
+
+#[test]
+fn anchor_that_did_not_vouch_for_the_new_root_is_refused() {
+    let c = cluster();
+    let new_root = key(33);
+    let stranger = key(34);
+    let chain = rotated(&c, &new_root);
+    let err = chain
+        .verify_key_from(&stranger.public_key(), &c.node.public_key(), T0 + 2 * DAY)
+        .unwrap_err();
+    // The only link up from the new root is the old root's rekey: an issuer the stranger's
+    // view does not know.
+    assert!(
+        matches!(err, ChainError::UnknownIssuer(k) if k == c.root.public_key().key_id()),
+        "{err:?}"
+    );
+    // A rekey of the root signed by someone else is not the old root's vouching.
+    let mut forged = Chain::new(new_root.public_key());
+    forged
+        .push(issue_rekey(&stranger, &new_root.public_key(), "/", T0, T0 + DAY).unwrap())
+        .unwrap();
+    let err = forged
+        .verify_key_from(&c.root.public_key(), &new_root.public_key(), T0 + 1)
+        .unwrap_err();
+    assert!(matches!(err, ChainError::UnknownIssuer(_)), "{err:?}");
+}
+
+#[test]
+fn compromised_rotation_self_revocation_refuses_the_old_anchor() {
+    let c = cluster();
+    let new_root = key(33);
+    let old = c.root.public_key();
+    let nk = new_root.public_key().key_id();
+    // Compromised: no rekey; the old root revokes itself; the new root re-delegates.
+    let mut chain = Chain::new(new_root.public_key());
+    chain
+        .push(issue_revocation(&c.root, &old.key_id(), &old.key_id(), T0 + DAY).unwrap())
+        .unwrap();
+    chain
+        .push(
+            issue_delegation(
+                &new_root,
+                &nk,
+                &c.inter.public_key(),
+                "inter",
+                T0,
+                T0 + 9 * DAY,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let now = T0 + 2 * DAY;
+    let err = chain
+        .verify_key_from(&old, &c.inter.public_key(), now)
+        .unwrap_err();
+    assert!(
+        matches!(err, ChainError::Revoked { key, by } if key == old.key_id() && by == old.key_id()),
+        "{err:?}"
+    );
+    // The re-imported new root is trusted.
+    chain
+        .verify_key_from(&new_root.public_key(), &c.inter.public_key(), now)
+        .unwrap();
+    // The old root's own chain, with its self-revocation added, refuses the old root and all
+    // under it, even with a rekey in it (a compromised key could sign one).
+    let mut old_chain = c.chain.clone();
+    old_chain
+        .push(issue_revocation(&c.root, &old.key_id(), &old.key_id(), T0 + DAY).unwrap())
+        .unwrap();
+    let err = old_chain.verify_key(&c.node.public_key(), now).unwrap_err();
+    assert!(
+        matches!(err, ChainError::Revoked { key, .. } if key == old.key_id()),
+        "{err:?}"
+    );
+    let mut with_rekey = chain.clone();
+    with_rekey
+        .push(issue_rekey(&c.root, &new_root.public_key(), "/", T0, T0 + 9 * DAY).unwrap())
+        .unwrap();
+    let err = with_rekey
+        .verify_key_from(&old, &c.inter.public_key(), now)
+        .unwrap_err();
+    assert!(matches!(err, ChainError::Revoked { .. }), "{err:?}");
+}

@@ -13,6 +13,8 @@ keyward_tests::keyward_e2e_tests!(
     token_keypairs_sign_but_never_leave_the_token,
     cryppo_rsa4096_shares_with_imported_rsa_keys,
     ed25519_keypairs_sign_and_openssl_verifies,
+    node_root_rotate_old_root_vouches_for_the_new_chain,
+    node_root_rotate_compromised_refuses_the_old_root,
 );
 
 /// A fresh P-256 peer keypair and sharing DEK, and the check that keypair `id` is refused as the
@@ -759,4 +761,197 @@ fn ed25519_keypairs_sign_and_openssl_verifies(env: &mut TestEnv) {
         None,
     );
     assert!(sealed["sealed"].is_string());
+}
+
+/// The cluster root's id and did:key (`node list` names it `/`).
+fn cluster_root(env: &TestEnv) -> (String, String) {
+    let nodes = env.cli_json(&["node", "list"], None);
+    let id = nodes["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "/" && k["state"] == "active")
+        .unwrap_or_else(|| panic!("no active cluster root: {nodes}"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let did = env.cli_json(&["keypair", "show", &id], None)["did"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (id, did)
+}
+
+fn node_verify(env: &TestEnv, chain: &str, key: &str, anchor: &str) -> std::process::Output {
+    env.cli(
+        &[
+            "node", "verify", "--chain", chain, "--key", key, "--anchor", anchor,
+        ],
+        None,
+    )
+}
+
+/// `node root rotate`: a peer that trusts only the old root accepts the fresh chain (the old root
+/// vouches for the new one); the children keep their keys under a new parent; a sealed message
+/// from a node opens with the new chain.
+fn node_root_rotate_old_root_vouches_for_the_new_chain(env: &mut TestEnv) {
+    setup(env);
+    env.cli_json(&["node", "derive", "web1"], None);
+    let web1_id = env.cli_json(&["node", "derive", "web1/db"], None);
+    assert!(web1_id["id"].is_string());
+    let (old_id, old_did) = cluster_root(env);
+    let web1 = did_of(env, "web1");
+    let db = did_of(env, "web1/db");
+
+    let r = env.cli_json(&["node", "root", "rotate"], None);
+    assert_eq!(r["old"], old_id.as_str());
+    assert_eq!(r["compromised"], false);
+    assert_eq!(r["redelegated"], 2, "web1 and web1/db hang off the root");
+    let (new_id, new_did) = cluster_root(env);
+    assert_eq!(r["id"], new_id.as_str());
+    assert_ne!(new_did, old_did);
+    // Same child keys; the old root is retired, not revoked.
+    assert_eq!(did_of(env, "web1"), web1);
+    assert_eq!(
+        env.cli_json(&["keypair", "show", &old_id], None)["state"],
+        "retired"
+    );
+
+    let chain = export_chain(env, "rotated-chain");
+    for (key, name) in [(&web1, "web1"), (&db, "web1/db")] {
+        // The old trust anchor: through the old root's rekey statement.
+        let out = node_verify(env, &chain, key, &old_did);
+        assert!(out.status.success(), "{out:?}");
+        // The chain's own (new) root, and no anchor at all.
+        let v = env.cli_json(
+            &[
+                "node", "verify", "--chain", &chain, "--key", key, "--anchor", &new_did,
+            ],
+            None,
+        );
+        assert_eq!(v["name"], name);
+        let v = env.cli_json(&["node", "verify", "--chain", &chain, "--key", key], None);
+        assert_eq!(v["vouched"], true);
+    }
+    // A stranger's key as anchor vouches for nothing.
+    let (_, stranger) = keypair(env, "stranger");
+    let out = node_verify(env, &chain, &web1, stranger["did"].as_str().unwrap());
+    assert!(!out.status.success(), "{out:?}");
+    // A statement by a child (a sealed message signed by web1) opens with the fresh chain.
+    let (me, _) = keypair(env, "me");
+    let me_did = env.cli_json(&["keypair", "show", &me], None)["did"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let nodes = env.cli_json(&["node", "list"], None);
+    let web1_key = nodes["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "web1")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sealed = env.cli_json(
+        &["seal", "--to", &me_did, "--sign-with", &web1_key],
+        Some(b"hello cluster"),
+    )["sealed"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let msg = write(env, "msg", sealed.as_bytes());
+    let opened = env.cli_json(&["open", "--from", &chain, "-i", &msg], None);
+    assert_eq!(opened["sender_name"], "web1");
+    // New nodes derive under the new root; a second rotation still reaches the first root.
+    env.cli_json(&["node", "derive", "web2"], None);
+    env.cli_json(&["node", "root", "rotate"], None);
+    let chain2 = export_chain(env, "rotated-chain-2");
+    for key in [&web1, &db, &did_of(env, "web2")] {
+        let out = node_verify(env, &chain2, key, &old_did);
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+/// `node root rotate --compromised`: the old root revokes itself; the fresh chain carries that
+/// revocation, so a peer still trusting the old root is refused, and the old root's chain too;
+/// only the re-imported new root vouches. Bad input on the wire is typed; the agent keeps serving.
+fn node_root_rotate_compromised_refuses_the_old_root(env: &mut TestEnv) {
+    use keyward_tests::keyward_proto::ErrorCode;
+    use keyward_tests::raw::{map, request, text};
+    setup(env);
+    // No cluster root yet: not_found, and nothing is made.
+    assert_eq!(
+        env.cli_json_err(&["node", "root", "rotate"], None),
+        "not_found"
+    );
+    env.cli_json(&["node", "derive", "web1"], None);
+    let (old_id, old_did) = cluster_root(env);
+    let web1 = did_of(env, "web1");
+    let old_chain = export_chain(env, "old-chain");
+    let out = node_verify(env, &old_chain, &web1, &old_did);
+    assert!(out.status.success(), "{out:?}");
+
+    let r = env.cli_json(&["node", "root", "rotate", "--compromised"], None);
+    assert_eq!(r["compromised"], true);
+    assert_eq!(r["redelegated"], 1);
+    let (_, new_did) = cluster_root(env);
+    assert_eq!(
+        env.cli_json(&["keypair", "show", &old_id], None)["state"],
+        "revoked"
+    );
+    let chain = export_chain(env, "new-chain");
+    let out = node_verify(env, &chain, &web1, &old_did);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("revoked"),
+        "{out:?}"
+    );
+    let v = env.cli_json(
+        &[
+            "node", "verify", "--chain", &chain, "--key", &web1, "--anchor", &new_did,
+        ],
+        None,
+    );
+    assert_eq!(v["vouched"], true);
+    // The old root's chain, exported again, carries the self-revocation: refused.
+    let p = env
+        .dir()
+        .join("old-chain-now")
+        .to_string_lossy()
+        .into_owned();
+    env.cli_ok(
+        &["node", "chain", "export", "--root", &old_id, "-o", &p],
+        None,
+    );
+    let out = env.cli(&["node", "verify", "--chain", &p, "--key", &old_did], None);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("revoked"),
+        "{out:?}"
+    );
+
+    // Typed bad input: a mistyped and an unknown field are invalid_args; nothing changed.
+    let mut raw = env.raw();
+    raw.hello(1);
+    for (i, args) in [
+        map(&[("compromised", text("yes"))]),
+        map(&[("root", text(&old_id))]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = 10 + i as u64;
+        let r = raw.call(&request(id, "node.root_rotate", args));
+        assert_eq!(r.id, Some(id));
+        assert_eq!(r.err.map(|b| b.code), Some(ErrorCode::InvalidArgs));
+    }
+    assert_eq!(cluster_root(env).1, new_did, "the root did not change");
+    // Locked: refused with `locked`, the agent keeps serving.
+    env.cli_ok(&["lock"], None);
+    assert_eq!(
+        env.cli_json_err(&["node", "root", "rotate"], None),
+        "locked"
+    );
+    assert_eq!(cluster_root(env).1, new_did);
 }
