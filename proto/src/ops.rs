@@ -7,6 +7,7 @@
 use crate::secret::{Pin, SecretBytes};
 use serde::{Deserialize, Serialize};
 
+pub use crate::table::ArgsVisitor;
 pub use crate::table::{dispatch, op, Access, Handler, HandlerError, Op, Operation};
 
 /// Arguments of operations that take none.

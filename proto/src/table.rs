@@ -44,6 +44,14 @@ pub trait HandlerError {
     fn to_body(&self) -> ErrorBody;
 }
 
+/// Something done with an operation's argument type, chosen at run time by [`Op::visit_args`].
+pub trait ArgsVisitor {
+    type Out;
+    fn visit<A>(self, op: Op) -> Self::Out
+    where
+        A: DeserializeOwned + Serialize + std::fmt::Debug;
+}
+
 macro_rules! operations {
     ($(
         $(#[$doc:meta])*
@@ -75,6 +83,12 @@ macro_rules! operations {
                     $( $name => Some(Op::$variant), )+
                     _ => None,
                 }
+            }
+
+            /// Call `v` with this operation's argument type (fuzzing and checks that must
+            /// cover every operation without a hand-kept list).
+            pub fn visit_args<V: ArgsVisitor>(self, v: V) -> V::Out {
+                match self { $( Op::$variant => v.visit::<$args>(self), )+ }
             }
         }
 
