@@ -23,62 +23,27 @@ use std::sync::Arc;
 use thiserror::Error;
 use uuid::Uuid;
 
-/// One use of a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Usage {
-    /// DEKs: `encrypt`, `gcm.seal`, `datakey.create`, the new half of `rewrap`.
-    Encrypt,
-    /// DEKs: `decrypt`, `gcm.open`, `datakey.open`, the old half of `rewrap`. Keypairs: `open`,
-    /// `share.open` (the recipient's key).
-    Decrypt,
-    /// Keypairs: `sign`, `sign.digest`, SSH signatures, `seal --sign-with`, vouching for a node
-    /// key (`node.derive`).
-    Sign,
-    /// Keypairs: `keypair.ecdh` (PKCS#11 `C_DeriveKey`). DEKs: no operation uses it yet.
-    Derive,
-    /// DEKs: `dek.export` (the same as `exportable`).
-    Export,
-    /// DEKs: `share.seal`. Keypairs: authenticating a share (`share.seal --from`).
-    Share,
-}
+/// One use of a key: the wire's type (`keyward_proto::ops::Usage`), so the agent and its clients
+/// cannot disagree on the set. Which operations need which usage:
+/// - `encrypt` (DEKs): `encrypt`, `gcm.seal`, `datakey.create`, the new half of `rewrap`;
+/// - `decrypt` (DEKs): `decrypt`, `gcm.open`, `datakey.open`, the old half of `rewrap`;
+///   (keypairs): `open`, `share.open` (the recipient's key);
+/// - `sign` (keypairs): `sign`, `sign.digest`, SSH signatures, `seal --sign-with`, vouching for
+///   a node key (`node.derive`);
+/// - `derive` (keypairs): `keypair.ecdh` (PKCS#11 `C_DeriveKey`); no DEK operation uses it yet;
+/// - `export` (DEKs): `dek.export` (the same as `exportable`);
+/// - `share` (DEKs): `share.seal`; (keypairs): authenticating a share (`share.seal --from`).
+pub use keyward_proto::ops::Usage;
 
-impl Usage {
-    pub const ALL: [Usage; 6] = [
-        Usage::Encrypt,
-        Usage::Decrypt,
-        Usage::Sign,
-        Usage::Derive,
-        Usage::Export,
-        Usage::Share,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Usage::Encrypt => "encrypt",
-            Usage::Decrypt => "decrypt",
-            Usage::Sign => "sign",
-            Usage::Derive => "derive",
-            Usage::Export => "export",
-            Usage::Share => "share",
-        }
-    }
-
-    /// The usage's bit in `keys.usage` (stored: never renumber).
-    pub const fn bit(self) -> u32 {
-        match self {
-            Usage::Encrypt => 1,
-            Usage::Decrypt => 1 << 1,
-            Usage::Sign => 1 << 2,
-            Usage::Derive => 1 << 3,
-            Usage::Export => 1 << 4,
-            Usage::Share => 1 << 5,
-        }
-    }
-}
-
-impl std::fmt::Display for Usage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+/// The usage's bit in `keys.usage` (stored: never renumber).
+const fn bit(u: Usage) -> u32 {
+    match u {
+        Usage::Encrypt => 1,
+        Usage::Decrypt => 1 << 1,
+        Usage::Sign => 1 << 2,
+        Usage::Derive => 1 << 3,
+        Usage::Export => 1 << 4,
+        Usage::Share => 1 << 5,
     }
 }
 
@@ -96,19 +61,19 @@ impl UsageSet {
     }
 
     pub fn of(usages: &[Usage]) -> UsageSet {
-        UsageSet(usages.iter().fold(0, |b, u| b | u.bit()))
+        UsageSet(usages.iter().fold(0, |b, u| b | bit(*u)))
     }
 
     pub fn contains(self, u: Usage) -> bool {
-        self.0 & u.bit() != 0
+        self.0 & bit(u) != 0
     }
 
     pub fn with(self, u: Usage) -> UsageSet {
-        UsageSet(self.0 | u.bit())
+        UsageSet(self.0 | bit(u))
     }
 
     pub fn without(self, u: Usage) -> UsageSet {
-        UsageSet(self.0 & !u.bit())
+        UsageSet(self.0 & !bit(u))
     }
 
     pub fn is_subset(self, of: UsageSet) -> bool {

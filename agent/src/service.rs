@@ -247,30 +247,6 @@ fn policy_result(p: crate::agents::SignedAgentPolicy) -> AgentPolicyResult {
     }
 }
 
-fn usage_from_wire(u: wire::Usage) -> crate::limits::Usage {
-    use crate::limits::Usage as U;
-    match u {
-        wire::Usage::Encrypt => U::Encrypt,
-        wire::Usage::Decrypt => U::Decrypt,
-        wire::Usage::Sign => U::Sign,
-        wire::Usage::Derive => U::Derive,
-        wire::Usage::Export => U::Export,
-        wire::Usage::Share => U::Share,
-    }
-}
-
-fn usage_to_wire(u: crate::limits::Usage) -> wire::Usage {
-    use crate::limits::Usage as U;
-    match u {
-        U::Encrypt => wire::Usage::Encrypt,
-        U::Decrypt => wire::Usage::Decrypt,
-        U::Sign => wire::Usage::Sign,
-        U::Derive => wire::Usage::Derive,
-        U::Export => wire::Usage::Export,
-        U::Share => wire::Usage::Share,
-    }
-}
-
 /// An RFC 3339 `not_after` as Unix seconds (`invalid_args` names the field, never the text).
 fn parse_not_after(text: &str) -> Result<u64, AgentError> {
     keyward_proto::rfc3339::parse(text)
@@ -285,10 +261,7 @@ fn limits_request(
         return Ok(crate::limits::LimitsRequest::default());
     };
     Ok(crate::limits::LimitsRequest {
-        usage: spec
-            .usage
-            .as_ref()
-            .map(|u| u.iter().copied().map(usage_from_wire).collect()),
+        usage: spec.usage.clone(),
         confirm: spec.confirm.then_some(true),
         not_after: spec.not_after.as_deref().map(parse_not_after).transpose()?,
     })
@@ -321,13 +294,8 @@ pub fn key_info(r: &KeyRecord) -> KeyInfo {
         min_version: r.min_version,
         // Absent for keys without stored limits (the kind's defaults, `KeyInfo::usage_or_default`):
         // old keys' answers stay as small as they were.
-        usage: (r.usage.is_some() && crate::limits::possible_usage(r.kind).is_some()).then(|| {
-            crate::limits::Limits::of(r)
-                .usage
-                .iter()
-                .map(usage_to_wire)
-                .collect()
-        }),
+        usage: (r.usage.is_some() && crate::limits::possible_usage(r.kind).is_some())
+            .then(|| crate::limits::Limits::of(r).usage.iter().collect()),
         confirm: crate::limits::possible_usage(r.kind).is_some()
             && crate::limits::Limits::of(r).confirm,
         not_after: r.not_after,
@@ -625,9 +593,7 @@ impl Handler for Service {
 
     fn key_limits(&self, a: KeyLimitsArgs) -> Result<KeyInfo, AgentError> {
         let req = crate::limits::LimitsRequest {
-            usage: a
-                .usage
-                .map(|u| u.into_iter().map(usage_from_wire).collect()),
+            usage: a.usage,
             confirm: a.confirm,
             not_after: a.not_after.as_deref().map(parse_not_after).transpose()?,
         };
