@@ -484,5 +484,32 @@ fn main() {
     s.add("walk-d-rekey", [1u8, 5, 4, 0, 6, 13, 15, 11]);
     s.add("walk-deep", [1u8, 3, 22, 0xff]);
     s.add("walk-loop", [1u8, 3, 1, 4, 5, 2, 1, 0, 8, 17, 16]);
+
+    // agent_policy: signed authorization policies (a root, agents with capabilities, an expiry
+    // and a revocation), an empty one, and a tampered one.
+    let mut s = Seeds::new(&root, "agent_policy");
+    {
+        use keyward_identity::authz::{AgentPolicy, Capability};
+        let root_key = LocalKey::from_bytes(&[0x31; 32]).unwrap();
+        let agent = |b: u8| LocalKey::from_bytes(&[b; 32]).unwrap().public_key();
+        let mut p = AgentPolicy::new(root_key.public_key());
+        s.add("empty", p.sign(&root_key, 1_000).unwrap());
+        p.add(agent(0x41), &[Capability::Sign], None, 1_000).unwrap();
+        p.add(
+            agent(0x42),
+            &[Capability::Decrypt, Capability::Recover, Capability::Admin],
+            Some(5_000),
+            1_000,
+        )
+        .unwrap();
+        let signed = p.sign(&root_key, 1_100).unwrap();
+        s.add("two-agents", &signed);
+        p.revoke(agent(0x41), 2_000).unwrap();
+        s.add("one-revoked", p.sign(&root_key, 2_000).unwrap());
+        let mut tampered = signed.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        s.add("tampered", tampered);
+    }
     println!("seeds written under {}", root.display());
 }
