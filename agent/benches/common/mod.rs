@@ -25,7 +25,15 @@ pub fn setup_token(dir: &Path) -> PathBuf {
         .status()
         .expect("run softhsm-setup.sh");
     assert!(st.success(), "softhsm-setup.sh failed");
-    dir.join("keyward.toml")
+    let config = dir.join("keyward.toml");
+    // The audit log is on by default (as for users); `KEYWARD_BENCH_AUDIT=off` measures without
+    // it, for the with/without comparison the README quotes.
+    if std::env::var("KEYWARD_BENCH_AUDIT").is_ok_and(|v| v == "off") {
+        let mut text = std::fs::read_to_string(&config).expect("read the bench config");
+        text.push_str("\n[audit]\nenabled = false\n");
+        std::fs::write(&config, text).expect("write the bench config");
+    }
+    config
 }
 
 /// The real `keywardd`, stopped (SIGTERM, then reaped) when dropped.
