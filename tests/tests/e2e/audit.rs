@@ -524,7 +524,7 @@ fn an_audit_log_that_cannot_be_opened_at_start_refuses_key_ops_until_it_can() {
     let mut env = TestEnv::start(RootKind::Soft);
     env.stop();
     let path = env.dir().join("audit.log");
-    // The log the agent kept so far (it is on by default) makes way for a directory.
+    // A log the agent may have kept so far makes way for a directory.
     let _ = std::fs::remove_file(&path);
     std::fs::create_dir(&path).unwrap();
     let cfg = std::fs::read_to_string(env.config_path()).unwrap();

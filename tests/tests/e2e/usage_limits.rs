@@ -335,7 +335,7 @@ fn limits_reach_the_ssh_door() {
     assert!(!out.status.success(), "the key expired while offered");
     // Refused for its date: either the door still offered it and the hierarchy refused the
     // signature (the agent's log says "expired at"), or the door's index was refreshed
-    // meanwhile (the audit log, on by default, writes its chain head to the keystore) and the
+    // meanwhile (by any write to the keystore) and the
     // expired key is no longer offered at all.
     let listed = String::from_utf8(run(&env, "ssh-add", &["-L"], None).stdout).unwrap();
     assert!(
