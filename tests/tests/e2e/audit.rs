@@ -336,14 +336,31 @@ fn audit_required_false_keeps_key_ops_working_on_a_full_log() {
     let keys = env.init_with_keys(true, b"audit optional");
     let c = env.client();
     let _filler = fill(fs.path());
-    // Well past the log's last allocated page: every operation still answers.
-    for _ in 0..60 {
+    // Until the log's writes fail (what `fill` left free, if anything, runs out: a flaky
+    // version of this test stopped after a fixed 60 rounds), and well past that, every
+    // operation still answers.
+    let mut failing_since = None;
+    for round in 0..2000 {
         let ct = c.run(|c| c.encrypt(&keys.dek, b"works")).expect("encrypt");
         assert_eq!(
             c.run(|c| c.decrypt(&ct, None)).expect("decrypt").expose(),
             b"works"
         );
+        if failing_since.is_none() && round % 20 == 19 {
+            let info = c.run(|c| c.audit_info()).expect("audit.info");
+            assert!(!info.required);
+            if info.failing {
+                failing_since = Some(round);
+            }
+        }
+        if failing_since.is_some_and(|r| round >= r + 60) {
+            break;
+        }
     }
+    assert!(
+        failing_since.is_some(),
+        "the log never failed on a full file system"
+    );
     let info = c.run(|c| c.audit_info()).expect("audit.info");
     assert!(info.failing && !info.required);
     drop(c);
