@@ -1,5 +1,6 @@
 //! `root.rotate`: replace the root this agent runs on by another (another token, a card, a soft
-//! root, or another object on the same token), with `--destroy-old` and `--compromised`.
+//! root, or another object on the same token: the PKCS#11 layer shares the token's login
+//! between the two), with `--destroy-old` and `--compromised`.
 //!
 //! The steps (ARCHITECTURE.md "Root rotation"): enroll the new root as `root.add` does (or find
 //! it enrolled already: an interrupted rotation), then in ONE keystore transaction
