@@ -491,6 +491,11 @@ fn root_rotate_to_another_object_on_the_same_token(env: &mut TestEnv) {
         same_token_config(env, "same-token.toml", "keyward-root-2", false),
         env.pin(),
     );
+    // (Made now, from the agent's first configuration.)
+    let ec = (
+        same_token_config(env, "same-token-ec.toml", "keyward-root-ec", true),
+        env.pin(),
+    );
     // A keypair on the token cannot move: refused as for any rotation, nothing enrolled.
     let kp = env.cli_json(
         &["keypair", "create", "--on-token", "--label", "tokenkey"],
@@ -548,10 +553,6 @@ fn root_rotate_to_another_object_on_the_same_token(env: &mut TestEnv) {
     // On to an EC root on the same token, keeping the AES object.
     let c = restart_on(env, &second);
     drop(c);
-    let ec = (
-        same_token_config(env, "same-token-ec.toml", "keyward-root-ec", true),
-        env.pin(),
-    );
     let r = rotate(env, &ec, &[]);
     assert_eq!(r["old"], new.as_str(), "{r}");
     assert!(r["destroyed"].is_null(), "{r}");
