@@ -386,6 +386,10 @@ pub enum Tampering {
     AgentPolicy,
     #[error("the audit key's row does not verify (its MAC, or its contents)")]
     AuditKey,
+    /// The list of KEKs a `root rotate --compromised` left to rotate: its MAC is missing or
+    /// does not verify.
+    #[error("the list of KEKs left to rotate by `root rotate --compromised` does not verify")]
+    CompromisedList,
 }
 
 impl Tampering {
@@ -398,6 +402,7 @@ impl Tampering {
                 "(keystore integrity key)".to_string()
             }
             Tampering::AgentPolicy => crate::agents::META_POLICY.to_string(),
+            Tampering::CompromisedList => crate::root_rotate::META_COMPROMISED.to_string(),
             Tampering::NoWrappedKey { id }
             | Tampering::DoesNotUnwrap { id }
             | Tampering::RootRecord { id } => id.to_string(),

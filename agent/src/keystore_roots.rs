@@ -412,13 +412,13 @@ impl Keystore {
     /// parent's wrap moves to `kek_wraps` (or goes, when that parent is `old`); then every wrap
     /// under `old` goes, `old`'s record goes and the root set is rewritten. Refused (`Corrupt`,
     /// nothing written) when a KEK has no wrap under `new`, or `old`/`new` is not enrolled.
-    /// `meta` (a name and value) is written in the same transaction (`--compromised`: the KEKs
-    /// to rotate at the next unlock). Returns the KEKs whose parent changed.
+    /// `meta` (names and values) is written in the same transaction (`--compromised`: the KEKs
+    /// to rotate at the next unlock, and its MAC). Returns the KEKs whose parent changed.
     pub fn rotate_root(
         &self,
         old: &Uuid,
         new: &Uuid,
-        meta: Option<(&str, &str)>,
+        meta: &[(&str, &str)],
     ) -> Result<usize, KeystoreError> {
         let key = need_key(self.key())?;
         let mut conn = self.lock();
@@ -490,7 +490,7 @@ impl Keystore {
         tx.execute("DELETE FROM keys WHERE id = ?1 AND kind = 'root'", [&old_s])
             .map_err(sql("delete the old root"))?;
         write_root_set(&tx, &key)?;
-        if let Some((name, value)) = meta {
+        for (name, value) in meta {
             tx.execute(
                 "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                 params![name, value],

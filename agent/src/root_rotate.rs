@@ -1,5 +1,6 @@
 //! `root.rotate`: replace the root this agent runs on by another (another token, a card, a soft
-//! root, or another object on the same token), with `--destroy-old` and `--compromised`.
+//! root, or another object on the same token: the PKCS#11 layer shares the token's login
+//! between the two), with `--destroy-old` and `--compromised`.
 //!
 //! The steps (ARCHITECTURE.md "Root rotation"): enroll the new root as `root.add` does (or find
 //! it enrolled already: an interrupted rotation), then in ONE keystore transaction
@@ -13,9 +14,10 @@
 //! This module must never destroy the old root object before the commit succeeded, never rotate
 //! to the root the agent runs on, and never return or log key material.
 
+use crate::error::Tampering;
 use crate::error::{AgentError, Existing, RootRefusal};
 use crate::hierarchy::{crash_point, lock, Hierarchy};
-use crate::keystore::{KeyKind, KeyState};
+use crate::keystore::{Encoder, KeyKind, KeyState};
 use crate::lifecycle::ROTATION;
 use crate::root::{Root, RootDestroyed};
 use keyward_proto::secret::Pin;
@@ -24,6 +26,15 @@ use uuid::Uuid;
 /// Keystore `meta`: the KEKs a `root rotate --compromised` left to rotate at the next unlock
 /// (comma-separated ids), written in the rotation's commit.
 pub const META_COMPROMISED: &str = "root_rotate_compromised";
+/// Keystore `meta`: the list's MAC (hex) under the keystore MAC key, rewritten with it.
+pub const META_COMPROMISED_MAC: &str = "root_rotate_compromised_mac";
+const MAC_DOMAIN: &str = "keyward/keystore/meta/root_rotate_compromised/v1";
+
+fn mac_body(list: &str) -> Vec<u8> {
+    let mut e = Encoder::new(MAC_DOMAIN);
+    e.field(Some(list.as_bytes()));
+    e.finish()
+}
 
 /// What `root.rotate` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,11 +111,15 @@ impl Hierarchy {
                 .map(Uuid::to_string)
                 .collect::<Vec<_>>()
                 .join(",");
-            moved = self.ks.rotate_root(
-                &own.id,
-                &id,
-                (compromised && !keks.is_empty()).then_some((META_COMPROMISED, pending.as_str())),
-            )?;
+            let tag = self.ks.mac_tag(&mac_body(&pending)).map(hex::encode);
+            let meta: Vec<(&str, &str)> = match &tag {
+                Some(tag) if compromised && !keks.is_empty() => vec![
+                    (META_COMPROMISED, pending.as_str()),
+                    (META_COMPROMISED_MAC, tag.as_str()),
+                ],
+                _ => Vec::new(),
+            };
+            moved = self.ks.rotate_root(&own.id, &id, &meta)?;
             lock(&self.keks).clear();
         }
         crash_point("root-rotate-committed");
@@ -142,6 +157,17 @@ impl Hierarchy {
         let Some(list) = self.ks.meta(META_COMPROMISED)? else {
             return Ok(0);
         };
+        // Whoever can write the keystore may delete the list (skipping rotations, as deleting
+        // KEK rows would), but not edit it unseen: a list whose MAC is missing or wrong is not
+        // acted on (the unlock goes on; the error is logged at every unlock).
+        let verified = self
+            .ks
+            .meta(META_COMPROMISED_MAC)?
+            .and_then(|t| hex::decode(t).ok())
+            .is_some_and(|tag| self.ks.mac_verify(&mac_body(&list), &tag) == Some(true));
+        if !verified {
+            return Err(AgentError::KeystoreTampered(Tampering::CompromisedList));
+        }
         let mut left: Vec<String> = list
             .split(',')
             .filter(|s| !s.is_empty())
@@ -165,9 +191,15 @@ impl Hierarchy {
             }
             left.remove(0);
             if left.is_empty() {
-                self.ks.delete_meta(META_COMPROMISED)?;
+                self.ks
+                    .set_metas(&[(META_COMPROMISED, None), (META_COMPROMISED_MAC, None)])?;
             } else {
-                self.ks.set_meta(META_COMPROMISED, &left.join(","))?;
+                let rest = left.join(",");
+                let tag = self.ks.mac_tag(&mac_body(&rest)).map(hex::encode);
+                self.ks.set_metas(&[
+                    (META_COMPROMISED, Some(&rest)),
+                    (META_COMPROMISED_MAC, tag.as_deref()),
+                ])?;
             }
         }
         Ok(done)

@@ -231,3 +231,45 @@ fn root_rotate_compromised_lists_every_dek_and_rotates_every_kek_at_the_new_root
     assert_eq!(after.parent, Some(r.id));
     decrypts_all(&hb, &t.deks);
 }
+
+#[test]
+fn root_rotate_compromised_list_is_under_the_keystore_mac() {
+    let t = one_root();
+    let b_root = MemoryRoot::new();
+    t.a.root_rotate(&b_root, &pin(), None, false, true)
+        .expect("rotate");
+    let moved = t.ks.get(&t.kek).unwrap().unwrap();
+    let list = t.ks.meta(META_COMPROMISED).unwrap().expect("the list");
+    let tag = t.ks.meta(META_COMPROMISED_MAC).unwrap().expect("its MAC");
+    let tampered = |hb: &Hierarchy| {
+        assert!(matches!(
+            hb.finish_compromised(),
+            Err(AgentError::KeystoreTampered(Tampering::CompromisedList))
+        ));
+        // Nothing rotated from an unverified list.
+        assert_eq!(t.ks.get(&t.kek).unwrap().unwrap().wrapped, moved.wrapped);
+    };
+    // Edited outside the agent: the unlock goes on, the list is not acted on, and stays.
+    t.ks.set_meta(META_COMPROMISED, &format!("{list},{}", Uuid::new_v4()))
+        .unwrap();
+    let hb = hierarchy(&t.ks, &b_root);
+    hb.unlock(&pin())
+        .expect("unlock on B despite the edited list");
+    tampered(&hb);
+    assert!(t.ks.meta(META_COMPROMISED).unwrap().is_some());
+    decrypts_all(&hb, &t.deks);
+    // The original list without its MAC: refused the same way.
+    t.ks.set_metas(&[
+        (META_COMPROMISED, Some(&list)),
+        (META_COMPROMISED_MAC, None),
+    ])
+    .unwrap();
+    tampered(&hb);
+    // List and MAC as the rotation wrote them: rotated, both rows gone.
+    t.ks.set_meta(META_COMPROMISED_MAC, &tag).unwrap();
+    assert_eq!(hb.finish_compromised().expect("rotate the KEKs"), 1);
+    assert!(t.ks.meta(META_COMPROMISED).unwrap().is_none());
+    assert!(t.ks.meta(META_COMPROMISED_MAC).unwrap().is_none());
+    assert_ne!(t.ks.get(&t.kek).unwrap().unwrap().wrapped, moved.wrapped);
+    decrypts_all(&hb, &t.deks);
+}

@@ -361,3 +361,107 @@ fn requests_on_one_root_survive_the_other_roots_reinitializations() {
     a.lock().expect("lock A");
     b.lock().expect("lock B");
 }
+
+/// Two root objects on ONE token (two labels; AES beside AES, and an EC root beside an AES
+/// root), as `root add` / `root rotate` to another object on the agent's own token make them:
+/// they share the token's one login. A KEK exported from one is imported into the other (what
+/// `root add` does); locking one leaves the other logged in, its opened KEKs working, with no
+/// recovery; unlocking one again does not log the other out; a wrong PIN while the token is
+/// logged in is `PinIncorrect`; after a re-initialization of the module both log in again (one
+/// `Stale` each); destroying one root object leaves the other.
+#[test]
+fn two_roots_on_one_token_share_its_login() {
+    let _one = serial();
+    let pin = Pin::new(common::PIN);
+    for (label_a, label_b, b_ec) in [("same-a", "same-b", false), ("same-c", "same-ec", true)] {
+        let what = format!("{label_a} + {label_b}");
+        let on = |label: &str, ec: bool| {
+            root::from_config(
+                &common::pkcs11_config_on("kw-second", &format!("object={label}"), ec).root,
+            )
+            .expect("root")
+        };
+        let a = on(label_a, false);
+        let b = on(label_b, b_ec);
+        let made_a = a.init(&pin).expect("init A");
+        let opened_early = a.open_kek(&a.generate_kek().unwrap().bytes).expect("open");
+        let made_b = b
+            .init(&pin)
+            .unwrap_or_else(|e| panic!("{what}: init B beside A: {e}"));
+        opened_early
+            .generate_dek()
+            .unwrap_or_else(|e| panic!("{what}: B's init logged A out: {e}"));
+        let (mut rec_a, mut rec_b) = (0, 0);
+        works(&*a, &mut rec_a, "A beside B");
+        works(&*b, &mut rec_b, "B beside A");
+        assert_eq!((rec_a, rec_b), (0, 0), "{what}: nothing went stale");
+
+        // What `root add` does: a KEK of A exported and imported into B opens under B.
+        let w = a.generate_kek().expect("KEK under A");
+        let exported = a.export_kek(&w.bytes).expect("export from A");
+        let wb = b.import_kek(exported.expose()).expect("import into B");
+        let kek_b = b.open_kek(&wb.bytes).expect("B opens A's KEK");
+        let kek_a = a.open_kek(&w.bytes).expect("A opens it too");
+        let dek = kek_a.generate_dek().expect("DEK");
+        let sealed = kek_a.seal(&dek.bytes, &[1; 12], b"ad", b"one KEK").unwrap();
+        assert_eq!(
+            &*kek_b.open(&dek.bytes, &[1; 12], b"ad", &sealed).unwrap(),
+            b"one KEK"
+        );
+        drop(kek_b);
+
+        // Lock B: A stays logged in, its opened KEK works, no recovery.
+        b.lock().expect("lock B");
+        assert!(matches!(b.generate_kek(), Err(RootError::Locked { .. })));
+        kek_a
+            .generate_dek()
+            .unwrap_or_else(|e| panic!("{what}: locking B logged A out: {e}"));
+        works(&*a, &mut rec_a, "A while B is locked");
+        // A wrong PIN for B while the token is logged in: refused, A undisturbed.
+        match b.unlock(&Pin::new("wrong-pin-0000"), &stored(&made_b)) {
+            Err(RootError::PinIncorrect { .. }) => {}
+            other => panic!("{what}: wrong PIN beside A: {other:?}"),
+        }
+        kek_a.generate_dek().expect("A after B's wrong PIN");
+        b.unlock(&pin, &stored(&made_b)).expect("unlock B again");
+        kek_a
+            .generate_dek()
+            .unwrap_or_else(|e| panic!("{what}: B's unlock logged A out: {e}"));
+        works(&*b, &mut rec_b, "B unlocked again");
+        // And the other way round.
+        a.lock().expect("lock A");
+        works(&*b, &mut rec_b, "B while A is locked");
+        a.unlock(&pin, &stored(&made_a)).expect("unlock A again");
+        assert_eq!(
+            (rec_a, rec_b),
+            (0, 0),
+            "{what}: no lock or unlock disturbed the other"
+        );
+
+        // A root that is not there (on another token) re-initializes the module at its unlock:
+        // both roots of the shared token see one `Stale` and log in again.
+        let absent = on_token("kw-first", "object=nothing-here");
+        assert!(absent.unlock(&pin, &StoredRoot::default()).is_err());
+        works(&*a, &mut rec_a, "A after the re-initialization");
+        works(&*b, &mut rec_b, "B after the re-initialization");
+        assert_eq!((rec_a, rec_b), (1, 1), "{what}: one Stale each");
+
+        // Destroying A's object leaves B's (and B logged in).
+        a.destroy_root().expect("destroy A");
+        works(&*b, &mut rec_b, "B after A's object is gone");
+        a.lock().expect("lock A");
+        assert!(matches!(
+            a.unlock(&pin, &stored(&made_a)),
+            Err(RootError::RootMissing { .. })
+        ));
+        b.lock().expect("lock B");
+        b.unlock(&pin, &stored(&made_b))
+            .expect("B's object is still there");
+        b.destroy_root().expect("destroy B");
+        b.lock().expect("lock B");
+    }
+}
+
+fn on_token(token: &str, object: &str) -> Box<dyn Root> {
+    root::from_config(&common::pkcs11_config_on(token, object, false).root).expect("root")
+}

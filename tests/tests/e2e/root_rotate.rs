@@ -6,7 +6,7 @@
 //! crash points and at random delays during rotations over a few hundred DEKs loses nothing;
 //! bad input is typed and the agent keeps serving.
 
-use super::roots::second_root;
+use super::roots::{same_token_config, second_root};
 use keyward_tests::keyward_proto::ErrorCode;
 use keyward_tests::{expect_code, pin, wait_exit, wait_for, RootKind, TestEnv};
 use std::path::{Path, PathBuf};
@@ -19,6 +19,7 @@ keyward_tests::keyward_e2e_tests!(
     root_rotate_killed_at_any_point_loses_nothing,
     root_rotate_bad_input_is_typed_and_the_agent_keeps_serving,
     root_rotate_to_another_object_on_the_same_token,
+    root_rotate_on_the_same_token_killed_at_any_point_loses_nothing,
 );
 
 /// The two roots of a test: (config, secret) of each; `a` is the one `init` made.
@@ -240,6 +241,19 @@ fn root_rotate_compromised_lists_deks_and_rotates_every_kek(env: &mut TestEnv) {
 fn root_rotate_killed_at_any_point_loses_nothing(env: &mut TestEnv) {
     env.init();
     let roots = two_configs(env);
+    // The issue's count: 20 kills at random delays, besides the two crash points.
+    killed_at_any_point(
+        env,
+        &roots,
+        20,
+        "root_rotate_killed_at_any_point_loses_nothing",
+    );
+}
+
+/// Rotations back and forth between `roots.a` (the agent's) and `roots.b` over 200 DEKs: killed
+/// at both crash points, then by SIGKILL at `random` random delays; after each, restarted on
+/// whichever root the keystore names, every DEK decrypts.
+fn killed_at_any_point(env: &mut TestEnv, roots: &Roots, random: usize, seed_name: &str) {
     let c = env.client();
     let kek = c.run(|c| c.kek_create(None)).unwrap().id;
     let mut data = Vec::new();
@@ -257,10 +271,8 @@ fn root_rotate_killed_at_any_point_loses_nothing(env: &mut TestEnv) {
     let mut on_a = true;
     let mut from_id = root_ids(&env.keystore_path())[0].clone();
     let mut crashes = vec![Some("root-rotate-enrolled"), Some("root-rotate-committed")];
-    // The issue's count: 20 kills at random delays, besides the two crash points.
-    crashes.extend([None; 20]);
-    let mut rng =
-        keyward_tests::faults::Rng::from_env("root_rotate_killed_at_any_point_loses_nothing");
+    crashes.extend(std::iter::repeat_n(None, random));
+    let mut rng = keyward_tests::faults::Rng::from_env(seed_name);
     for (run, crash) in crashes.iter().enumerate() {
         let (from, to) = if on_a {
             (&roots.a, &roots.b)
@@ -451,43 +463,131 @@ fn root_rotate_bad_input_is_typed_and_the_agent_keeps_serving(env: &mut TestEnv)
     );
 }
 
-/// PKCS#11 only: the new root is another object (label) on the agent's own token. Not supported
-/// (two roots on one token share its login state, ARCHITECTURE.md "Several roots in one
-/// process"; `root add` has the same limit): refused with a typed error, nothing enrolled, and
-/// the agent keeps serving.
+/// The object labels `pkcs11-tool --list-objects` shows on token `keyward`.
+fn labels(env: &TestEnv) -> Vec<String> {
+    objects(env, "keyward", env.pin())
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("label:"))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
+/// PKCS#11 only: the new root is another object (label) on the agent's own token, which shares
+/// the token's login with the agent's root (ARCHITECTURE.md "Several roots in one process").
+/// Refused while a keypair lives on the token (as for any rotation); then an AES root
+/// `keyward-root-2` with `--destroy-old` (only the old object goes), restarted on it everything
+/// decrypts; then on to an EC root `keyward-root-ec` on the same token without `--destroy-old`
+/// (both objects stay), restarted on it everything decrypts.
 fn root_rotate_to_another_object_on_the_same_token(env: &mut TestEnv) {
     if env.kind() != RootKind::Pkcs11 {
         return;
     }
     let keys = env.init_with_keys(false, b"same token");
-    let text = std::fs::read_to_string(env.config_path()).unwrap();
-    let object = if text.contains("object=") {
-        text.replacen("object=keyward-root", "object=keyward-root-2", 1)
-    } else {
-        text.replacen("token=keyward;", "token=keyward;object=keyward-root-2;", 1)
-    };
-    assert_ne!(object, text, "{text}");
-    let new = env.dir().join("same-token.toml");
-    std::fs::write(&new, object).unwrap();
-    let code = env.cli_json_err(
-        &[
-            "root",
-            "rotate",
-            "--config",
-            new.to_str().unwrap(),
-            "--pin-stdin",
-            "--destroy-old",
-        ],
-        Some(format!("{}\n", env.pin()).as_bytes()),
+    let mut data = vec![(keys.ciphertext.clone(), keys.plaintext.clone())];
+    let old = current(env);
+    let own = (env.dir().join("a.toml"), env.pin());
+    std::fs::copy(env.config_path(), &own.0).unwrap();
+    let second = (
+        same_token_config(env, "same-token.toml", "keyward-root-2", false),
+        env.pin(),
     );
-    assert_eq!(code, "token_error");
-    assert_eq!(root_ids(&env.keystore_path()).len(), 1);
-    assert!(objects(env, "keyward", env.pin()).contains("keyward-root"));
-    let c = env.client();
+    // (Made now, from the agent's first configuration.)
+    let ec = (
+        same_token_config(env, "same-token-ec.toml", "keyward-root-ec", true),
+        env.pin(),
+    );
+    // A keypair on the token cannot move: refused as for any rotation, nothing enrolled.
+    let kp = env.cli_json(
+        &["keypair", "create", "--on-token", "--label", "tokenkey"],
+        None,
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let args = [
+        "root",
+        "rotate",
+        "--config",
+        second.0.to_str().unwrap(),
+        "--pin-stdin",
+    ];
     assert_eq!(
-        c.run(|c| c.decrypt(&keys.ciphertext, None))
-            .unwrap()
-            .expose(),
-        b"same token"
+        env.cli_json_err(&args, Some(format!("{}\n", env.pin()).as_bytes())),
+        "wrong_key"
+    );
+    assert_eq!(root_ids(&env.keystore_path()), vec![old.clone()]);
+    env.cli_json(&["keypair", "delete", &kp], None);
+
+    let r = rotate(env, &second, &["--destroy-old", "--label", "second"]);
+    assert_eq!(r["old"], old.as_str(), "{r}");
+    assert_eq!(r["enrolled"], true, "{r}");
+    assert_eq!(r["moved"], 2, "{r}");
+    assert!(
+        r["destroyed"]
+            .as_str()
+            .is_some_and(|d| d.contains("`keyward-root`")),
+        "{r}"
+    );
+    let new = r["id"].as_str().unwrap().to_string();
+    assert_eq!(root_ids(&env.keystore_path()), vec![new.clone()]);
+    // Only the old object went: the new one is on the same token.
+    let left = labels(env);
+    assert!(left.iter().any(|l| l == "keyward-root-2"), "{left:?}");
+    assert!(!left.iter().any(|l| l == "keyward-root"), "{left:?}");
+    assert!(env.client().hello_info().locked);
+    let c = restart_on(env, &second);
+    decrypts(&c, &data);
+    assert_eq!(current(env), new);
+    let pt = b"under the second object".to_vec();
+    data.push((c.run(|c| c.encrypt(&keys.dek, &pt)).unwrap(), pt));
+    drop(c);
+    // The old configuration finds no root object any more.
+    env.stop();
+    std::fs::copy(&own.0, env.config_path()).unwrap();
+    env.start_agent();
+    let c = env.client();
+    c.run(|c| c.unlock(pin(own.1)))
+        .expect_err("the old root object is destroyed");
+    drop(c);
+
+    // On to an EC root on the same token, keeping the AES object.
+    let c = restart_on(env, &second);
+    drop(c);
+    let r = rotate(env, &ec, &[]);
+    assert_eq!(r["old"], new.as_str(), "{r}");
+    assert!(r["destroyed"].is_null(), "{r}");
+    let left = labels(env);
+    assert!(left.iter().any(|l| l == "keyward-root-2"), "{left:?}");
+    assert!(left.iter().any(|l| l == "keyward-root-ec"), "{left:?}");
+    let c = restart_on(env, &ec);
+    decrypts(&c, &data);
+    assert_eq!(
+        root_ids(&env.keystore_path()),
+        vec![r["id"].as_str().unwrap()]
+    );
+}
+
+/// PKCS#11 only: rotations back and forth between two objects on the agent's own token,
+/// killed at both crash points and at random delays: restarted on whichever root the keystore
+/// names, every DEK decrypts.
+fn root_rotate_on_the_same_token_killed_at_any_point_loses_nothing(env: &mut TestEnv) {
+    if env.kind() != RootKind::Pkcs11 {
+        return;
+    }
+    env.init();
+    let a = env.dir().join("a.toml");
+    std::fs::copy(env.config_path(), &a).unwrap();
+    let roots = Roots {
+        a: (a, env.pin()),
+        b: (
+            same_token_config(env, "same-token.toml", "keyward-root-2", false),
+            env.pin(),
+        ),
+    };
+    killed_at_any_point(
+        env,
+        &roots,
+        6,
+        "root_rotate_on_the_same_token_killed_at_any_point_loses_nothing",
     );
 }

@@ -16,6 +16,7 @@ keyward_tests::keyward_e2e_tests!(
     root_bad_input_is_typed_and_the_agent_keeps_serving,
     an_ec_backup_root_receives_new_and_rotated_keks_by_its_public_key,
     a_rotation_a_crash_interrupted_is_finished_on_the_other_root,
+    a_second_object_on_the_agent_s_own_token_is_enrolled_beside_it,
 );
 
 const SECOND_PASSPHRASE: &str = "second-passphrase-for-the-backup-root-2026";
@@ -53,6 +54,25 @@ pub(crate) fn second_root(env: &TestEnv) -> (PathBuf, &'static str) {
         RootKind::Soft => (env.config_path().to_path_buf(), SECOND_PASSPHRASE),
         other => panic!("no second root for {other:?}"),
     }
+}
+
+/// PKCS#11 only: the agent's config with the root object `label` on the same token (`ec`: a
+/// P-256 root, `key_type = "ec"`).
+pub(crate) fn same_token_config(env: &TestEnv, name: &str, label: &str, ec: bool) -> PathBuf {
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    assert!(text.contains("object=keyward-root"), "{text}");
+    let mut text = text.replacen("object=keyward-root", &format!("object={label}"), 1);
+    if ec {
+        assert!(text.contains("kind = \"pkcs11\"\n"), "{text}");
+        text = text.replacen(
+            "kind = \"pkcs11\"\n",
+            "kind = \"pkcs11\"\nkey_type = \"ec\"\n",
+            1,
+        );
+    }
+    let path = env.dir().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 /// PKCS#11 only: the backup token enrolled as an EC P-256 root (`key_type = "ec"`). Its public
@@ -443,4 +463,85 @@ fn a_rotation_a_crash_interrupted_is_finished_on_the_other_root(env: &mut TestEn
             .expose(),
         b"before the crash"
     );
+}
+
+/// PKCS#11 only: `root add` of another object (`keyward-root-2`) on the agent's own token. The
+/// two roots share the token's login: enrolling (and locking the new root afterwards) leaves the
+/// agent unlocked and serving; enrolling it again is `already_exists`; the agent locks and
+/// unlocks as before; started on the second object's configuration alone, with the first
+/// object deleted from the token, it decrypts everything.
+fn a_second_object_on_the_agent_s_own_token_is_enrolled_beside_it(env: &mut TestEnv) {
+    if env.kind() != RootKind::Pkcs11 {
+        return;
+    }
+    let keys = env.init_with_keys(false, b"before the second object");
+    let mut data = vec![(keys.ciphertext.clone(), keys.plaintext.clone())];
+    let second = same_token_config(env, "same-token.toml", "keyward-root-2", false);
+    let id = enroll(env, &second, env.pin());
+    // The agent is still logged in: its opened KEK and new data work.
+    let c = env.client();
+    assert!(!c.hello_info().locked);
+    let pt = b"after the second object".to_vec();
+    data.push((c.run(|c| c.encrypt(&keys.dek, &pt)).unwrap(), pt));
+    decrypts(&c, &data);
+    drop(c);
+    assert_eq!(
+        env.cli_json_err(
+            &[
+                "root",
+                "add",
+                "--config",
+                second.to_str().unwrap(),
+                "--pin-stdin"
+            ],
+            Some(format!("{}\n", env.pin()).as_bytes())
+        ),
+        "already_exists"
+    );
+    let listed = roots(env);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    // Lock and unlock with two roots on the token.
+    let c = env.client();
+    decrypts(&c, &data);
+    c.run(|c| c.lock()).unwrap();
+    expect_code(
+        c.run(|c| c.decrypt(&keys.ciphertext, None)),
+        ErrorCode::Locked,
+    );
+    c.run(|c| c.unlock(pin(env.pin()))).unwrap();
+    decrypts(&c, &data);
+    drop(c);
+    // The first object deleted from the token; the agent on the second object alone.
+    env.stop();
+    let out = Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", env.dir().join("softhsm2.conf"))
+        .args(["--module", "/usr/lib/softhsm/libsofthsm2.so"])
+        .args(["--token-label", "keyward", "--login", "--pin", env.pin()])
+        .args([
+            "--delete-object",
+            "--type",
+            "secrkey",
+            "--label",
+            "keyward-root",
+        ])
+        .output()
+        .expect("pkcs11-tool");
+    assert!(out.status.success(), "pkcs11-tool: {out:?}");
+    std::fs::copy(&second, env.config_path()).unwrap();
+    env.start_agent();
+    let c = env.client();
+    c.run(|c| c.unlock(pin(env.pin())))
+        .expect("unlock on the second object");
+    decrypts(&c, &data);
+    drop(c);
+    assert_eq!(current(&roots(env)), id);
+}
+
+fn decrypts(c: &keyward_client::BlockingClient, data: &[(String, Vec<u8>)]) {
+    for (ct, pt) in data {
+        assert_eq!(
+            c.run(|c| c.decrypt(ct, None)).expect("decrypt").expose(),
+            &pt[..]
+        );
+    }
 }

@@ -5,13 +5,23 @@
 //! How sessions are kept follows what SoftHSM does (see ARCHITECTURE.md): one context per
 //! module per process, shared by every root on it ([`super::module`]: sessions of a generation
 //! the module has left answer `Stale`), one login per token, an anchor session open for the
-//! connection's life (closing the last session would log out and destroy every session object),
-//! KEK objects created in the anchor session, and a pool of worker sessions (a `Session` is
-//! `Send` but not `Sync`). When handles go stale, [`Connection::recover`] re-initializes the
-//! module (unless another root already did), logs in with the PIN held since unlock and finds
-//! the root again. This module knows nothing of the root's key type: the root types hand it the
-//! template that finds their root object. It must never create an object itself, and never keep
-//! the PIN after `lock`.
+//! token's life in this process (closing the last session would log out and destroy every
+//! session object), KEK objects created in the anchor session, and a pool of worker sessions (a
+//! `Session` is `Send` but not `Sync`). When handles go stale, [`Connection::recover`]
+//! re-initializes the module (unless another root already did), logs in with the PIN held since
+//! unlock and finds the root again.
+//!
+//! Several roots on *one* token (two object labels: `root add` / `root rotate` to another object
+//! on the agent's own token) share one [`Token`] (registry keyed by module and token): one set of
+//! sessions, one login. PKCS#11 logs in per application and token, so a second login or a logout
+//! by one root would be the other's too: a root logs in (after a logout, so the PIN is checked)
+//! only while no other root on the token is unlocked, else it checks its PIN against the one the
+//! token is logged in with; it logs out at `lock` only when it is the last unlocked root there.
+//! Each root keeps its own root object handle in the shared sessions.
+//!
+//! This module knows nothing of the root's key type: the root types hand it the template that
+//! finds their root object. It must never create an object itself, and never keep the PIN after
+//! `lock`.
 
 use super::error::{ck, logout_result};
 use super::module::{self, Inside, Module};
@@ -25,9 +35,11 @@ use cryptoki::session::{Session, SessionState, UserType};
 use cryptoki::slot::{Slot, TokenInfo};
 use cryptoki::types::AuthPin;
 use keyward_proto::secret::Pin;
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 /// DER of the P-256 (prime256v1) OID, for CKA_EC_PARAMS.
@@ -51,8 +63,12 @@ pub(super) struct Sessions {
     /// `None` only inside `Drop`.
     anchor: Mutex<Option<Session>>,
     pool: Mutex<Vec<Session>>,
-    /// The root object, once unlocked.
-    pub(super) root: Mutex<Option<ObjectHandle>>,
+    /// Each root's object on this token, once unlocked (by [`Connection`] number: several roots
+    /// on one token share these sessions).
+    roots: Mutex<BTreeMap<u64, ObjectHandle>>,
+    /// The user PIN these sessions are logged in with (PKCS#11 logs in per token: every session
+    /// of this generation shares it). `None` before the login and after a logout.
+    login: Mutex<Option<Pin>>,
 }
 
 /// The anchor session, locked, with the module entered for the call.
@@ -227,20 +243,167 @@ pub(super) fn read_value(
     ))
 }
 
-/// The token a root lives on, shared by [`super::Pkcs11AesRoot`] and [`super::Pkcs11EcRoot`].
-/// Several connections (one per root) may share one module ([`module`]): each is one token or
-/// slot, told apart by the URI's `token=`, `serial=`, `slot-id=`.
+/// One token as this process uses it, shared by every root object on it ([`Connection`]s
+/// whose URIs select the same token of the same module): its sessions (one login) and who is
+/// unlocked on it.
+struct Token {
+    live: RwLock<Option<Arc<Sessions>>>,
+    /// Held by the one recovery running on this token: concurrent recoveries would finalize
+    /// the library under each other's logins (SoftHSM crashes on that).
+    recovering: Mutex<()>,
+    /// The roots (by [`Connection`] number) logged in on this token: unlocked, or between their
+    /// login and the end of their unlock. Held while logging in or out, so one root's logout
+    /// never meets another's login.
+    logged_in: Mutex<BTreeSet<u64>>,
+}
+
+/// The process's tokens in use, by [`token_key`]; an entry lives as long as a root on it.
+fn tokens() -> &'static Mutex<BTreeMap<String, Weak<Token>>> {
+    static TOKENS: OnceLock<Mutex<BTreeMap<String, Weak<Token>>>> = OnceLock::new();
+    TOKENS.get_or_init(|| Mutex::new(BTreeMap::new()))
+}
+
+/// The shared [`Token`] for `key`, made on first use.
+fn token_for(key: String) -> Arc<Token> {
+    let mut reg = lock(tokens());
+    reg.retain(|_, t| t.strong_count() > 0);
+    if let Some(t) = reg.get(&key).and_then(Weak::upgrade) {
+        return t;
+    }
+    let t = Arc::new(Token {
+        live: RwLock::new(None),
+        recovering: Mutex::new(()),
+        logged_in: Mutex::new(BTreeSet::new()),
+    });
+    reg.insert(key, Arc::downgrade(&t));
+    t
+}
+
+/// What identifies the token `uri` selects: the module (as the file it resolves to) and the
+/// token's slot and serial when the token can be found now, else the URI's token attributes
+/// (two URIs that spell one absent token differently then get two [`Token`]s, as before
+/// sharing existed).
+fn token_key(module_path: &str, uri: &Pkcs11Uri) -> String {
+    let module = module::registry_key(module_path);
+    const OP: &str = "connect";
+    let found = (|| {
+        let m = module::module(module_path, OP)?;
+        let generation = m.initialize(OP)?;
+        let inside = m.enter(generation, OP)?;
+        let slot = find_slot(uri, inside.ctx(), OP)?;
+        let info = inside
+            .ctx()
+            .get_token_info(slot)
+            .map_err(ck(OP, "C_GetTokenInfo"))?;
+        Ok::<_, RootError>(format!(
+            "{module}\nslot={}\nserial={}",
+            slot.id(),
+            info.serial_number().trim_end()
+        ))
+    })();
+    found.unwrap_or_else(|_| {
+        format!(
+            "{module}\nuri:token={:?};serial={:?};slot-id={:?};manufacturer={:?};model={:?}",
+            uri.token(),
+            uri.serial(),
+            uri.slot_id(),
+            uri.manufacturer(),
+            uri.model()
+        )
+    })
+}
+
+/// The one slot whose token the URI names (`slot-id`, `token`, `serial`, `manufacturer`,
+/// `model`). Several matching tokens are `Ambiguous`, naming what tells them apart.
+fn find_slot(uri: &Pkcs11Uri, ctx: &Pkcs11, op: &'static str) -> Result<Slot, RootError> {
+    let want = |field: Option<String>, have: &str| field.is_none_or(|w| w == have.trim_end());
+    let mut found = Vec::new();
+    // Every slot, and each token's information on its own: a token that fails (another
+    // root's, whose files are gone) must not hide this root's token. SoftHSM fails the
+    // whole C_GetSlotList(tokenPresent) then.
+    let mut failed = None;
+    for slot in ctx.get_all_slots().map_err(ck(op, "C_GetSlotList"))? {
+        if uri.slot_id().is_some_and(|id| id != slot.id()) {
+            continue;
+        }
+        let info = match ctx.get_token_info(slot) {
+            Ok(i) => i,
+            Err(CkError::Pkcs11(RvError::TokenNotPresent, _)) => continue,
+            Err(e) => {
+                failed.get_or_insert(e);
+                continue;
+            }
+        };
+        if !info.token_initialized() {
+            continue;
+        }
+        if want(uri.token(), info.label())
+            && want(uri.serial(), info.serial_number())
+            && want(uri.manufacturer(), info.manufacturer_id())
+            && want(uri.model(), info.model())
+        {
+            found.push((slot, info));
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0).0),
+        0 if failed.is_some() => Err(failed.map_or_else(
+            || RootError::unavailable(op, "no token"),
+            ck(op, "C_GetTokenInfo"),
+        )),
+        0 => Err(RootError::unavailable(
+            op,
+            format!(
+                "no initialized token matches {}",
+                uri.token()
+                    .map_or("the URI".into(), |t| format!("token `{t}`"))
+            ),
+        )),
+        n => Err(RootError::Ambiguous {
+            op,
+            detail: format!(
+                "{n} tokens match the root's URI ({}): add `token=`, `serial=` or `slot-id=` \
+                 to the URI to name one",
+                found
+                    .iter()
+                    .map(|(slot, i)| format!(
+                        "slot-id={} token={} serial={}",
+                        slot.id(),
+                        i.label().trim_end(),
+                        i.serial_number().trim_end()
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        }),
+    }
+}
+
+/// Numbers the connections of this process (the key of their root handle in [`Sessions`]).
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// The token a root lives on, shared by [`super::Pkcs11AesRoot`] and [`super::Pkcs11EcRoot`]:
+/// one per root object. Several connections may share one module ([`module`]): each is one
+/// token or slot, told apart by the URI's `token=`, `serial=`, `slot-id=`; connections to one
+/// token (several root objects there) share its [`Token`] (sessions and login).
 pub(super) struct Connection {
+    /// This connection's number: its key in the token's shared state.
+    number: u64,
     module: String,
     uri: Pkcs11Uri,
     /// The root object's label (the URI's `object`, else [`DEFAULT_ROOT_LABEL`]).
     label: String,
-    live: RwLock<Option<Arc<Sessions>>>,
+    token: Arc<Token>,
     /// Held while unlocked, for re-login after the token or library resets. Never on disk.
     pin: Mutex<Option<Pin>>,
-    /// Held by the one recovery running: concurrent recoveries would finalize the library
-    /// under each other's logins (SoftHSM crashes on that).
-    recovering: Mutex<()>,
+}
+
+impl Drop for Connection {
+    /// A root dropped while logged in (a `root add` that failed half-way) must not keep the
+    /// token logged in for the roots that stay: the last one out logs out.
+    fn drop(&mut self) {
+        let _ = self.lock();
+    }
 }
 
 impl Connection {
@@ -259,13 +422,14 @@ impl Connection {
             })?;
         crate::root::env::check_applied(env)?;
         let label = uri.object().unwrap_or_else(|| DEFAULT_ROOT_LABEL.into());
+        let token = token_for(token_key(&module, &uri));
         let conn = Connection {
+            number: NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed),
             module,
             uri,
             label,
-            live: RwLock::new(None),
+            token,
             pin: Mutex::new(None),
-            recovering: Mutex::new(()),
         };
         if let Err(e) = conn.sessions("connect") {
             tracing::warn!(error = %e, "token not reachable at start-up; will retry on use");
@@ -286,7 +450,7 @@ impl Connection {
         let m = module::module(&self.module, op)?;
         let generation = m.initialize(op)?;
         let inside = m.enter(generation, op)?;
-        let slot = self.find_slot(inside.ctx(), op)?;
+        let slot = find_slot(&self.uri, inside.ctx(), op)?;
         let anchor = inside
             .ctx()
             .open_rw_session_no_drop(slot)
@@ -298,75 +462,9 @@ impl Connection {
             slot,
             anchor: Mutex::new(Some(anchor)),
             pool: Mutex::new(Vec::new()),
-            root: Mutex::new(None),
+            roots: Mutex::new(BTreeMap::new()),
+            login: Mutex::new(None),
         })
-    }
-
-    /// The one slot whose token the URI names (`slot-id`, `token`, `serial`, `manufacturer`,
-    /// `model`). Several matching tokens are `Ambiguous`, naming what tells them apart.
-    fn find_slot(&self, ctx: &Pkcs11, op: &'static str) -> Result<Slot, RootError> {
-        let want = |field: Option<String>, have: &str| field.is_none_or(|w| w == have.trim_end());
-        let mut found = Vec::new();
-        // Every slot, and each token's information on its own: a token that fails (another
-        // root's, whose files are gone) must not hide this root's token. SoftHSM fails the
-        // whole C_GetSlotList(tokenPresent) then.
-        let mut failed = None;
-        for slot in ctx.get_all_slots().map_err(ck(op, "C_GetSlotList"))? {
-            if self.uri.slot_id().is_some_and(|id| id != slot.id()) {
-                continue;
-            }
-            let info = match ctx.get_token_info(slot) {
-                Ok(i) => i,
-                Err(CkError::Pkcs11(RvError::TokenNotPresent, _)) => continue,
-                Err(e) => {
-                    failed.get_or_insert(e);
-                    continue;
-                }
-            };
-            if !info.token_initialized() {
-                continue;
-            }
-            if want(self.uri.token(), info.label())
-                && want(self.uri.serial(), info.serial_number())
-                && want(self.uri.manufacturer(), info.manufacturer_id())
-                && want(self.uri.model(), info.model())
-            {
-                found.push((slot, info));
-            }
-        }
-        match found.len() {
-            1 => Ok(found.remove(0).0),
-            0 if failed.is_some() => Err(failed.map_or_else(
-                || RootError::unavailable(op, "no token"),
-                ck(op, "C_GetTokenInfo"),
-            )),
-            0 => Err(RootError::unavailable(
-                op,
-                format!(
-                    "no initialized token matches {}",
-                    self.uri
-                        .token()
-                        .map_or("the URI".into(), |t| format!("token `{t}`"))
-                ),
-            )),
-            n => Err(RootError::Ambiguous {
-                op,
-                detail: format!(
-                    "{n} tokens match the root's URI ({}): add `token=`, `serial=` or `slot-id=` \
-                     to the URI to name one",
-                    found
-                        .iter()
-                        .map(|(slot, i)| format!(
-                            "slot-id={} token={} serial={}",
-                            slot.id(),
-                            i.label().trim_end(),
-                            i.serial_number().trim_end()
-                        ))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ),
-            }),
-        }
     }
 
     /// The current sessions, connecting if there are none or if the module was re-initialized
@@ -374,12 +472,18 @@ impl Connection {
     /// no root handle: while the PIN is held, [`Connection::root_of`] answers `Stale` on them,
     /// so the caller's recovery logs in again.
     pub(super) fn sessions(&self, op: &'static str) -> Result<Arc<Sessions>, RootError> {
-        if let Some(c) = self.live.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(c) = self
+            .token
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             if c.is_current() {
                 return Ok(c.clone());
             }
         }
-        let mut w = self.live.write().unwrap_or_else(|p| p.into_inner());
+        let mut w = self.token.live.write().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = w.as_ref() {
             if c.is_current() {
                 return Ok(c.clone());
@@ -399,7 +503,12 @@ impl Connection {
     /// logs in again on its next use. The module is finalized only if it is still in the
     /// generation of these sessions: another root may have re-initialized it already.
     pub(super) fn disconnect(&self) {
-        let old = self.live.write().unwrap_or_else(|p| p.into_inner()).take();
+        let old = self
+            .token
+            .live
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(sessions) = old {
             // Give requests still using these sessions a moment to let go (new ones get new
             // sessions). Cached KEKs hold them too; callers empty that cache first. The module's
@@ -432,8 +541,11 @@ impl Connection {
         self.login_as(s, UserType::User, pin, op)
     }
 
-    /// Log in as `user` on the anchor session, after a logout that forgets the root handle and
-    /// the worker sessions.
+    /// Log in as `user` on the anchor session, after a logout that forgets the root handles and
+    /// the worker sessions. While another root on this token is logged in (unlocked), the token
+    /// is not logged out (that would log the other root out and destroy its opened KEKs): a user
+    /// login then only checks `pin` against the PIN the token is logged in with, and an SO login
+    /// is refused.
     pub(super) fn login_as(
         &self,
         s: &Sessions,
@@ -441,13 +553,48 @@ impl Connection {
         pin: &Pin,
         op: &'static str,
     ) -> Result<(), RootError> {
+        let as_user = matches!(user, UserType::User);
+        let mut logged_in = lock(&self.token.logged_in);
+        if logged_in.iter().any(|n| *n != self.number) {
+            if !as_user {
+                return Err(RootError::token(
+                    op,
+                    "cannot log in as the security officer while another root on this token is \
+                     unlocked (a login is per token)",
+                ));
+            }
+            let held = lock(&s.login).clone();
+            if let Some(held) = held {
+                let same: bool = held
+                    .expose()
+                    .as_bytes()
+                    .ct_eq(pin.expose().as_bytes())
+                    .into();
+                if !same {
+                    // The token is logged in with the right PIN; another one is wrong.
+                    return Err(RootError::PinIncorrect {
+                        op,
+                        card_retries: None,
+                    });
+                }
+                logged_in.insert(self.number);
+                return Ok(());
+            }
+            // These sessions are not logged in yet (a new generation): log in as usual.
+        }
         let anchor = s.anchor(op)?;
         let _ = anchor.logout();
-        *lock(&s.root) = None;
+        *lock(&s.login) = None;
+        lock(&s.roots).clear();
         s.clear_pool(op);
         anchor
             .login(user, Some(&AuthPin::from(pin.expose().to_string())))
-            .map_err(ck(op, "C_Login"))
+            .map_err(ck(op, "C_Login"))?;
+        if as_user {
+            *lock(&s.login) = Some(pin.clone());
+            logged_in.insert(self.number);
+        }
+        Ok(())
     }
 
     /// The objects matching `template`, found on the anchor session.
@@ -544,8 +691,9 @@ impl Connection {
 
     /// Record the root as found and the PIN as right: the connection is unlocked.
     pub(super) fn set_unlocked(&self, s: &Sessions, root: ObjectHandle, pin: &Pin) {
-        *lock(&s.root) = Some(root);
+        lock(&s.roots).insert(self.number, root);
         *lock(&self.pin) = Some(pin.clone());
+        lock(&self.token.logged_in).insert(self.number);
     }
 
     /// Log in, find the root with `template`, run `found` (the root type's own checks), and
@@ -569,7 +717,14 @@ impl Connection {
             });
             match out {
                 Err(RootError::Stale { .. }) if !s.is_current() && tries < 3 => tries += 1,
-                other => return other,
+                Err(e) => {
+                    // Logged in for nothing: do not keep the token logged in for this root.
+                    if !self.is_unlocked() {
+                        let _ = self.leave();
+                    }
+                    return Err(e);
+                }
+                ok => return ok,
             }
         }
     }
@@ -612,11 +767,16 @@ impl Connection {
         found: &dyn Fn(&Sessions, &'static str) -> Result<(), RootError>,
     ) -> Result<(), RootError> {
         const OP: &str = "recover token session";
-        let _one = lock(&self.recovering);
+        let _one = lock(&self.token.recovering);
         let pin = lock(&self.pin)
             .clone()
             .ok_or(RootError::Locked { op: OP })?;
-        let live = self.live.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let live = self
+            .token
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if let Some(s) = live {
             if !s.is_current() {
                 drop(s);
@@ -633,7 +793,7 @@ impl Connection {
                     }
                 }
             } else {
-                let root = *lock(&s.root);
+                let root = lock(&s.roots).get(&self.number).copied();
                 match root {
                     // Another request recovered while this one waited (or the trouble has
                     // passed): the sessions work; finalizing them would fail every request
@@ -665,20 +825,41 @@ impl Connection {
     /// Forget the PIN and log out, which destroys every private session object (all unwrapped
     /// KEKs and DEKs). A failed `C_Logout` is reported, not hidden: the library is then finalized
     /// (closing every session, which takes its objects with it) and the error returned. Sessions
-    /// of an older generation are gone already: nothing to log out.
+    /// of an older generation are gone already: nothing to log out. While another root on this
+    /// token is unlocked, only this root's PIN and object handle are forgotten: the token stays
+    /// logged in for the other (its KEKs are its own; this root's opened KEKs are dropped by
+    /// the hierarchy, which destroys their objects).
     pub(super) fn lock(&self) -> Result<(), RootError> {
         *lock(&self.pin) = None;
-        let live = self.live.read().unwrap_or_else(|p| p.into_inner()).clone();
+        self.leave()
+    }
+
+    /// This root leaves the token's login: its object handle is forgotten, and the token is
+    /// logged out unless another root on it is still logged in.
+    fn leave(&self) -> Result<(), RootError> {
+        let mut logged_in = lock(&self.token.logged_in);
+        logged_in.remove(&self.number);
+        let live = self
+            .token
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let Some(s) = live else {
             return Ok(());
         };
-        *lock(&s.root) = None;
+        lock(&s.roots).remove(&self.number);
+        if !logged_in.is_empty() {
+            return Ok(());
+        }
+        *lock(&s.login) = None;
         s.clear_pool("lock");
         let out = match s.anchor("lock") {
             Ok(anchor) => logout_result(anchor.logout()),
             Err(_) => Ok(()),
         };
         drop(s);
+        drop(logged_in);
         if let Err(e) = &out {
             tracing::error!(error = %e, "lock: C_Logout failed; finalizing the PKCS#11 module to close every session");
             self.disconnect();
@@ -705,7 +886,7 @@ impl Connection {
             }
             Ok(n)
         })?;
-        *lock(&s.root) = None;
+        lock(&s.roots).remove(&self.number);
         Ok(n)
     }
 
@@ -723,7 +904,8 @@ impl Connection {
         s: &Sessions,
         op: &'static str,
     ) -> Result<ObjectHandle, RootError> {
-        match *lock(&s.root) {
+        let root = lock(&s.roots).get(&self.number).copied();
+        match root {
             Some(h) => Ok(h),
             None if self.is_unlocked() => Err(RootError::stale(
                 op,

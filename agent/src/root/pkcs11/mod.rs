@@ -10,6 +10,8 @@
 //! A module is loaded and initialized once per process ([`module`]): several roots on one module
 //! (a backup token, a second card) are several `Connection`s on it, each told apart by its URI,
 //! and a re-initialization by one makes the others' sessions `Stale` (re-login), never wrong.
+//! Several root objects on one *token* (two labels) share that token's sessions and its one
+//! login ([`conn`]): locking one never logs the other out.
 //! Both keep token keypairs ([`keypair`], `keypair create --on-token`). How CKR values become
 //! root errors is [`error`]. This module must never create a root anywhere but in `init`, and
 //! never keep the PIN after `lock`.

@@ -110,7 +110,7 @@ pub(crate) fn loaded(path: &str) -> Option<Arc<Module>> {
 /// The registry's key for a module path: the file it resolves to (two spellings of one path,
 /// or a symlink, are one loaded library and must be one module), else the path as given (a
 /// bare `libfoo.so` the loader finds).
-fn registry_key(path: &str) -> String {
+pub(crate) fn registry_key(path: &str) -> String {
     std::fs::canonicalize(path)
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_else(|_| path.to_string())
