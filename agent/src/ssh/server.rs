@@ -1,4 +1,4 @@
-//! The SSH-agent socket: the accept loop and one task per connection.
+//! The SSH-agent socket: the accept loop, and one OS thread per connection.
 //!
 //! The socket is bound with the CBOR socket's rules (`server::bind`: 0700 directory, 0600
 //! socket, stale-socket check). Each connection's peer uid (SO_PEERCRED) must be ours, else it is
@@ -8,18 +8,31 @@
 //! gets FAILURE and the connection stays usable. Accept errors (EMFILE, ...) are logged (at most
 //! once per 10 s) and the loop backs off and goes on.
 //!
+//! Why a thread per connection: an SSH client sends one request and waits for the answer, so a
+//! connection is a strict ping-pong. Served as a tokio task, every request cost an `epoll_wait`
+//! wake-up of a parked worker, futex traffic between workers and a `read` that only said "empty"
+//! on top of the request's own `read` and `write`, a large share of the agent's CPU per signature
+//! with one client. On its own thread with a blocking std socket a request is one `read`, the
+//! answer and one `write`; a request that may block (the keystore, the token, a confirmation
+//! prompt) blocks only its own connection, so it is answered right there too, with no hop to a
+//! blocking pool. The accept loop stays on the runtime.
+//!
 //! Limits are the CBOR socket's (`[limits]`, `server::Limits`): one connection cap counts both
-//! sockets (an SSH connection over it is closed at once, unanswered); a frame once begun must
-//! arrive whole within `frame_timeout` (slowloris), while an idle connection has no deadline
-//! (SSH clients keep theirs open); an answer the client does not take within `write_timeout`
-//! ends the connection. This module must never end the agent, or serve another user.
+//! sockets (an SSH connection over it is closed at once, unanswered) and so also bounds the
+//! threads; a frame once begun must arrive whole within `frame_timeout` (slowloris: the socket's
+//! read timeout), while an idle connection has no deadline (SSH clients keep theirs open); an
+//! answer the client does not take within `write_timeout` (the socket's write timeout) ends the
+//! connection. When the door closes (agent shutdown) every open connection is shut down, which
+//! ends its thread. This module must never end the agent, or serve another user.
 
 use super::frame::{self, FrameError};
 use super::requests::{Conn, SshAgent};
 use crate::server::{Bound, Limits, Throttled};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream as StdStream;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::unix::UCred;
 use tokio::net::UnixStream;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -38,8 +51,33 @@ fn admit(limits: &Limits) -> Option<Slot> {
         .map(Slot)
 }
 
-/// Accept connections until `shutdown` resolves; then stop accepting and remove the socket.
-/// `limits` is the CBOR socket's (the same connection cap, frame and write deadlines).
+/// The open connections' sockets (shared with their threads: no extra descriptor), so that
+/// closing the door can shut them down and end their threads.
+#[derive(Default)]
+struct Live {
+    next: u64,
+    socks: HashMap<u64, Arc<StdStream>>,
+}
+
+fn live(m: &Mutex<Live>) -> std::sync::MutexGuard<'_, Live> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes a connection off [`Live`] when its thread ends (also by a panic).
+struct Registered {
+    live: Arc<Mutex<Live>>,
+    key: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        live(&self.live).socks.remove(&self.key);
+    }
+}
+
+/// Accept connections until `shutdown` resolves; then stop accepting, remove the socket and
+/// shut down the open connections. `limits` is the CBOR socket's (the same connection cap, frame
+/// and write deadlines).
 pub async fn serve(
     bound: Bound,
     agent: Arc<SshAgent>,
@@ -49,7 +87,9 @@ pub async fn serve(
     tokio::pin!(shutdown);
     let uid = nix::unistd::geteuid().as_raw();
     let limits = Arc::new(limits);
-    let (mut accept_log, mut busy_log) = (Throttled::new(), Throttled::new());
+    let open = Arc::new(Mutex::new(Live::default()));
+    let (mut accept_log, mut busy_log, mut start_log) =
+        (Throttled::new(), Throttled::new(), Throttled::new());
     let mut backoff = Duration::from_millis(10);
     loop {
         tokio::select! {
@@ -68,11 +108,11 @@ pub async fn serve(
                         drop(stream);
                         continue;
                     };
-                    let (agent, limits) = (agent.clone(), limits.clone());
-                    tokio::spawn(async move {
-                        connection(stream, agent, uid, &limits).await;
-                        drop(slot);
-                    });
+                    if let Err(e) = start(stream, slot, &agent, uid, &limits, &open) {
+                        if let Some(n) = start_log.tick() {
+                            tracing::warn!(error = %e, suppressed = n, "ssh: could not serve a connection; closed it");
+                        }
+                    }
                 }
                 Err(e) => {
                     if let Some(n) = accept_log.tick() {
@@ -86,9 +126,22 @@ pub async fn serve(
     }
     tracing::info!(socket = %bound.path().display(), "ssh: shutting down; removing socket");
     drop(bound);
+    for (_, sock) in live(&open).socks.drain() {
+        let _ = sock.shutdown(std::net::Shutdown::Both);
+    }
 }
 
-async fn connection(stream: UnixStream, agent: Arc<SshAgent>, uid: u32, limits: &Limits) {
+/// Check the peer and hand an admitted connection to its own thread. `Ok` also when the peer
+/// was refused (logged here); `Err` when the connection could not be served (the socket could
+/// not be made blocking, no thread could be started): it is closed, the agent goes on.
+fn start(
+    stream: UnixStream,
+    slot: Slot,
+    agent: &Arc<SshAgent>,
+    uid: u32,
+    limits: &Arc<Limits>,
+    open: &Arc<Mutex<Live>>,
+) -> std::io::Result<()> {
     let cred = match stream.peer_cred() {
         Ok(c) if c.uid() == uid => c,
         Ok(c) => {
@@ -96,19 +149,45 @@ async fn connection(stream: UnixStream, agent: Arc<SshAgent>, uid: u32, limits: 
                 peer_uid = c.uid(),
                 "ssh: refused a connection from another user"
             );
-            return;
+            return Ok(());
         }
         Err(e) => {
             tracing::warn!(error = %e, "ssh: could not read peer credentials; refusing");
-            return;
+            return Ok(());
         }
     };
-    let mut conn = Conn {
-        peer: tokio::task::spawn_blocking(move || {
-            crate::peer::Peer::from_cred(cred.uid(), cred.pid())
+    let sock = stream.into_std()?;
+    sock.set_nonblocking(false)?;
+    // A zero timeout means "none" to the socket: at least 1 ms.
+    sock.set_write_timeout(Some(limits.write_timeout.max(Duration::from_millis(1))))?;
+    let sock = Arc::new(sock);
+    let key = {
+        let mut l = live(open);
+        l.next += 1;
+        let key = l.next;
+        l.socks.insert(key, sock.clone());
+        key
+    };
+    let registered = Registered {
+        live: open.clone(),
+        key,
+    };
+    let (agent, limits) = (agent.clone(), limits.clone());
+    std::thread::Builder::new()
+        .name("ssh-conn".into())
+        .spawn(move || {
+            let _registered = registered;
+            connection(sock, &agent, cred, &limits);
+            drop(slot);
         })
-        .await
-        .unwrap_or_else(|_| crate::peer::Peer::unknown()),
+        .map(drop)
+}
+
+/// One connection, on its own thread: frames in, answers out, in order, until the client
+/// leaves, a frame is bad or late, or an answer is not taken in time.
+fn connection(sock: Arc<StdStream>, agent: &SshAgent, cred: UCred, limits: &Limits) {
+    let mut conn = Conn {
+        peer: crate::peer::Peer::from_cred(cred.uid(), cred.pid()),
         ..Conn::default()
     };
     tracing::info!(
@@ -119,10 +198,9 @@ async fn connection(stream: UnixStream, agent: Arc<SshAgent>, uid: u32, limits: 
         unit = conn.peer.unit.as_deref().unwrap_or("-"),
         "client connected"
     );
-    let (mut rd, mut wr) = stream.into_split();
     let mut frames = frame::Reader::new();
     loop {
-        let body = match frames.next(&mut rd, limits.frame_timeout).await {
+        let body = match frames.next_blocking(&sock, limits.frame_timeout) {
             Ok(Some(b)) => b,
             Ok(None) => break,
             Err(FrameError::Io(e)) => {
@@ -138,55 +216,38 @@ async fn connection(stream: UnixStream, agent: Arc<SshAgent>, uid: u32, limits: 
                 break;
             }
         };
-        let req = match super::requests::parse(&body) {
-            Ok(r) => r,
-            Err(e) => {
-                let answer = SshAgent::malformed(&body, &e);
-                if !send(&mut wr, &answer, limits).await {
-                    break;
-                }
-                continue;
+        // A panic while answering ends this connection only (as a failed blocking task did).
+        let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            match super::requests::parse(&body) {
+                // A key already in memory signs at once; anything else (the keystore, the
+                // token, a confirmation prompt) may block, which holds up only this connection.
+                Ok(req) => agent
+                    .respond_now(&conn, &req)
+                    .unwrap_or_else(|| agent.respond(&mut conn, req)),
+                Err(e) => SshAgent::malformed(&body, &e),
             }
+        }));
+        let Ok(answer) = answered else {
+            tracing::error!("ssh: request handler failed");
+            break;
         };
-        // A key already in memory signs here; anything that may block (the keystore, the token,
-        // a confirmation prompt) goes to a blocking thread.
-        let answer = match agent.respond_now(&conn, &req) {
-            Some(answer) => answer,
-            None => {
-                let a = agent.clone();
-                let joined = tokio::task::spawn_blocking(move || {
-                    let answer = a.respond(&mut conn, req);
-                    (conn, answer)
-                })
-                .await;
-                match joined {
-                    Ok((c, answer)) => {
-                        conn = c;
-                        answer
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "ssh: request handler failed");
-                        break;
-                    }
-                }
-            }
-        };
-        if !send(&mut wr, &answer, limits).await {
+        if !send(&sock, &answer, limits) {
             break;
         }
     }
 }
 
 /// Write one answer within the write deadline; false ends the connection.
-async fn send(wr: &mut OwnedWriteHalf, answer: &[u8], limits: &Limits) -> bool {
-    match tokio::time::timeout(limits.write_timeout, frame::write(wr, answer)).await {
-        Ok(Ok(())) => true,
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "ssh: writing an answer failed");
+fn send(sock: &StdStream, answer: &[u8], limits: &Limits) -> bool {
+    let deadline = limits.write_timeout.max(Duration::from_millis(1));
+    match frame::write_blocking(sock, answer, deadline) {
+        Ok(()) => true,
+        Err(FrameError::Timeout(_)) => {
+            tracing::warn!("ssh: a client did not take its answer in time; closing the connection");
             false
         }
-        Err(_) => {
-            tracing::warn!("ssh: a client did not take its answer in time; closing the connection");
+        Err(e) => {
+            tracing::debug!(error = %e, "ssh: writing an answer failed");
             false
         }
     }

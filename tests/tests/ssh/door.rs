@@ -155,3 +155,68 @@ fn ssh_connections_share_the_cap_and_deadlines() {
     assert!(log.contains("slow frame"), "{log}");
     assert!(log.contains("connection cap reached"), "{log}");
 }
+
+/// Each SSH connection is served on its own thread: a request that waits (here for a
+/// confirmation) holds up only its own connection, and another connection signs meanwhile.
+/// Stopping the agent closes the SSH connections still open, and it exits cleanly.
+#[test]
+fn a_waiting_request_holds_up_only_its_connection_and_stop_closes_the_rest() {
+    let mut env = TestEnv::start(RootKind::Pkcs11);
+    init_with_kek(&env);
+    let slow = ssh_keypair(&env, &[], "slow");
+    let quick = ssh_keypair(&env, &[], "quick");
+    env.cli_ok(
+        &["keypair", "ssh", slow["id"].as_str().unwrap(), "--confirm"],
+        None,
+    );
+    // An SSH_ASKPASS program that notes it was asked, then says yes once `go` exists (≤ 30 s).
+    let dir = env.dir().to_path_buf();
+    let script = dir.join("askpass.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ntouch {d}/asked\ni=0\nwhile [ ! -e {d}/go ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done\nexit 0\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    keyward_tests::chmod(&script, 0o755);
+    let mut cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    cfg.push_str(&format!("\n[ssh]\naskpass = \"{}\"\n", script.display()));
+    std::fs::write(env.config_path(), cfg).unwrap();
+    env.restart();
+    env.cli_ok(
+        &["unlock", "--pin-stdin"],
+        Some(format!("{}\n", env.pin()).as_bytes()),
+    );
+    let shared = &env;
+    std::thread::scope(|s| {
+        let waiting = s.spawn(|| git_sign_attempt(shared, slow["ssh"].as_str().unwrap(), "slow"));
+        keyward_tests::wait_for("the confirmation prompt", || {
+            dir.join("asked").exists().then_some(())
+        });
+        // That connection waits for the user; this one is answered meanwhile.
+        git_sign_and_verify(shared, quick["ssh"].as_str().unwrap(), "quick");
+        assert!(
+            !waiting.is_finished(),
+            "the confirmation was not waiting any more"
+        );
+        std::fs::write(dir.join("go"), "").unwrap();
+        let out = waiting.join().unwrap();
+        assert!(
+            out.status.success(),
+            "the confirmed signature failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    // An open connection, idle after a request; then the agent stops: the connection is closed.
+    let mut open = RawSsh::connect(&env);
+    open.send(&[11]);
+    assert_eq!(open.recv().expect("identities")[0], 12);
+    env.stop();
+    assert_eq!(
+        open.recv(),
+        None,
+        "an SSH connection outlived the agent's stop"
+    );
+}
