@@ -53,6 +53,9 @@ pub(super) struct Sessions {
     pool: Mutex<Vec<Session>>,
     /// The root object, once unlocked.
     pub(super) root: Mutex<Option<ObjectHandle>>,
+    /// Token keypairs' private-key handles by locator, found once per login on these sessions
+    /// (`keypair.rs`); emptied wherever `root` is forgotten (logout, lock, objects destroyed).
+    pub(super) keypairs: Mutex<std::collections::HashMap<String, ObjectHandle>>,
 }
 
 /// The anchor session, locked, with the module entered for the call.
@@ -299,6 +302,7 @@ impl Connection {
             anchor: Mutex::new(Some(anchor)),
             pool: Mutex::new(Vec::new()),
             root: Mutex::new(None),
+            keypairs: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -444,6 +448,7 @@ impl Connection {
         let anchor = s.anchor(op)?;
         let _ = anchor.logout();
         *lock(&s.root) = None;
+        lock(&s.keypairs).clear();
         s.clear_pool(op);
         anchor
             .login(user, Some(&AuthPin::from(pin.expose().to_string())))
@@ -673,6 +678,7 @@ impl Connection {
             return Ok(());
         };
         *lock(&s.root) = None;
+        lock(&s.keypairs).clear();
         s.clear_pool("lock");
         let out = match s.anchor("lock") {
             Ok(anchor) => logout_result(anchor.logout()),
@@ -706,6 +712,7 @@ impl Connection {
             Ok(n)
         })?;
         *lock(&s.root) = None;
+        lock(&s.keypairs).clear();
         Ok(n)
     }
 
