@@ -404,8 +404,7 @@ impl SshKeys {
             return Ok(Signature::try_from(sig)?);
         }
         // Unwrapped under its KEK and parsed once, then from the one key cache (emptied on
-        // lock, idle lock, token removal; the record is the index's, current for this
-        // keystore generation).
+        // lock, idle lock, token removal).
         self.h.require_unlocked("ssh sign")?;
         self.h.cached_key(rec)?.sign(data, flags)
     }
