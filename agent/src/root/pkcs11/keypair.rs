@@ -131,11 +131,25 @@ impl TokenKeypairs for Connection {
                     Attribute::Id(id),
                 ])
                 .map_err(ck(OP, "C_FindObjects"))?;
-            let [h] = found.as_slice() else {
-                return Err(RootError::token(
-                    OP,
-                    format!("{} token objects match the key (want 1)", found.len()),
-                ));
+            let h = match found.as_slice() {
+                [h] => h,
+                // The object the keypair names is not there: the token was reset or its files
+                // vanished (a module that has not re-initialized since they came back does not
+                // see them). Stale, so the hierarchy's recovery checks the sessions and root and
+                // re-initializes the module if they fail (a token that is gone is then
+                // `token_unavailable`); with a working token it stays a token error.
+                [] => {
+                    return Err(RootError::stale(
+                        OP,
+                        "no token object matches the key (token reset or replaced?)",
+                    ))
+                }
+                more => {
+                    return Err(RootError::token(
+                        OP,
+                        format!("{} token objects match the key (want 1)", more.len()),
+                    ))
+                }
             };
             let sig = s
                 .sign(&Mechanism::Ecdsa, *h, digest)
