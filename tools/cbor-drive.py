@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""cbor-drive.py SOCKET OP N DEK: send N sequential requests of one op over the agent socket.
+"""cbor-drive.py SOCKET OP N KEY: send N sequential requests of one op over the agent socket.
 
 A deliberately small client for tools/instructions-per-request.sh: a hand-written CBOR encoder
-for the few request shapes it sends (hello, encrypt of 64 B, dek.export, kek.list). It checks
+for the few request shapes it sends (hello, encrypt of 64 B, dek.export, kek.list, and
+sign.digest of a 32-byte digest, which is what the PKCS#11 module sends for one C_Sign). KEY is
+the DEK's id, or for sign.digest the keypair's. It checks
 the first answer, then waits for a line on stdin before the measured
 loop, so the measurement starts after connection set-up. Not a client library: replies are read
 by their frame length and not decoded.
@@ -59,6 +61,7 @@ def main():
     args = {
         "encrypt": {"dek": dek, "plaintext": b"x" * 64},
         "dek.export": {"id": dek},
+        "sign.digest": {"key": dek, "digest": bytes(range(32))},
     }.get(op, {})
     first = call(2, op, args)
     if b"err" in first[:12]:

@@ -2,7 +2,9 @@
 # tools/instructions-per-request.sh KEYWARDD [N]  — a measurement, not a test.
 #
 # Counts the instructions (callgrind's Ir) that KEYWARDD executes per request, for `encrypt`
-# (64 B), `dek.export` and `kek.list`, each over N (default 300) sequential requests from one
+# (64 B), `dek.export`, `kek.list`, and `sign.digest` (one PKCS#11-module C_Sign: a 32-byte
+# digest) with a software keypair (`sign.digest`) and a token keypair (`sign.digest.token`),
+# each over N (default 300) sequential requests from one
 # client (tools/cbor-drive.py) on a fresh SoftHSM token (softhsm-setup.sh). Only the measured
 # loop is instrumented (callgrind_control toggles it), so start-up and set-up are not counted.
 #
@@ -14,6 +16,7 @@
 # the debug `keyward` CLI of this tree for set-up. KEEP_PROFILES=DIR keeps each op's callgrind
 # profile there (callgrind_annotate DIR/callgrind.kek.list). POLICY=FILE runs the agent with that
 # policy file (`policy = FILE` in its config), to count what the policy check costs per request.
+# OPS="sign.digest sign.digest.token" measures only those.
 set -euo pipefail
 bin="${1:?usage: instructions-per-request.sh KEYWARDD [N]}"
 n="${2:-300}"
@@ -40,10 +43,17 @@ for _ in $(seq 600); do "$kw" status >/dev/null 2>&1 && break; sleep 0.2; done
 echo "$KEYWARD_DEV_PIN" | "$kw" init --pin-stdin >/dev/null
 "$kw" kek create >/dev/null
 dek=$("$kw" dek create --exportable)
+soft=$("$kw" keypair create)
+token=$("$kw" keypair create --on-token)
 i=0
-for op in encrypt dek.export kek.list; do
+for op in ${OPS:-encrypt dek.export kek.list sign.digest sign.digest.token}; do
   i=$((i + 1))
-  coproc DRV { python3 "$repo/tools/cbor-drive.py" "$KEYWARD_SOCK" "$op" "$n" "$dek"; }
+  case "$op" in
+    sign.digest) wire=sign.digest key="$soft" ;;
+    sign.digest.token) wire=sign.digest key="$token" ;;
+    *) wire="$op" key="$dek" ;;
+  esac
+  coproc DRV { python3 "$repo/tools/cbor-drive.py" "$KEYWARD_SOCK" "$wire" "$n" "$key"; }
   sleep 1
   callgrind_control -z "$pid" >/dev/null 2>&1
   callgrind_control -i on "$pid" >/dev/null 2>&1

@@ -7,7 +7,7 @@
 //! This module must never return key material: a shared ECDH secret is the one secret it gives,
 //! and only to the caller that names its own keypair and a peer.
 
-use crate::error::{AgentError, DecryptFailure, Problem, WrongKey};
+use crate::error::{AgentError, DecryptFailure, Defect, Problem, WrongKey};
 use crate::hierarchy::Hierarchy;
 use crate::keystore::{Algorithm, KeyKind, KeyState};
 use keyward_identity::PublicKey;
@@ -41,9 +41,13 @@ impl Hierarchy {
         Ok(self.ks.root()?.map(|r| r.id.to_string()))
     }
 
-    /// ECDSA P-256 over a caller's digest: raw r‖s.
+    /// ECDSA P-256 over a caller's digest: raw r‖s. The per-signature path of the PKCS#11
+    /// module's `C_Sign`: the keypair's checks run against the in-memory copy of its record
+    /// (dropped whenever the keystore's generation moves) and a software key signs from the one
+    /// key cache, so a signature costs no keystore read, no record MAC and no unwrap once the key
+    /// is cached; a token keypair signs with its cached object handle (`root/pkcs11/keypair.rs`).
     pub fn sign_digest(&self, key: &str, digest: &[u8]) -> Result<Vec<u8>, AgentError> {
-        self.root_record("sign.digest")?;
+        self.require_unlocked("sign.digest")?;
         if digest.is_empty() || digest.len() > 64 {
             return Err(AgentError::invalid(
                 "digest",
@@ -54,14 +58,24 @@ impl Hierarchy {
                 },
             ));
         }
-        let rec = self.record(key, KeyKind::Keypair)?;
+        let rec = self.keypair_for_use(key)?;
         Self::require_active(&rec)?;
         self.permit(&rec, crate::limits::Usage::Sign)?;
-        let signer = self.signer(&rec)?;
-        let sig = signer
-            .sign_prehash(&digest_to_32(digest))
+        let digest = digest_to_32(digest);
+        if crate::keypairs::on_token(&rec) {
+            let locator = rec
+                .locator
+                .as_deref()
+                .ok_or_else(|| AgentError::bad_record(rec.kind, rec.id, Defect::NoLocator))?;
+            return self.token_sign(locator, &digest);
+        }
+        Self::require_p256(&rec)?;
+        let sig = self
+            .cached_key(&rec)?
+            .key()
+            .sign_prehash(&digest)
             .map_err(AgentError::crypto("sign.digest"))?;
-        Ok(sig.to_bytes().to_vec())
+        Ok(sig.to_vec())
     }
 
     fn gcm_params(iv: &[u8], tag_len: u8) -> Result<(&[u8; 12], usize), AgentError> {

@@ -565,6 +565,8 @@ pub enum CryptoError {
     KeyRejected(#[from] aws_lc_rs::error::KeyRejected),
     #[error("ECDSA signature: {0}")]
     Ecdsa(#[from] keyward_identity::p256::ecdsa::Error),
+    #[error("cached key: {0}")]
+    CachedKey(#[from] crate::key_cache::KeyError),
 }
 
 impl AgentError {

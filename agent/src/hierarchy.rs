@@ -656,6 +656,20 @@ impl Hierarchy {
         Ok(root)
     }
 
+    /// Ok while unlocked (and the idle deadline pushed back), as [`Hierarchy::root_record`]
+    /// without copying the root's record: for the per-signature paths.
+    pub(crate) fn require_unlocked(&self, op: &'static str) -> Result<(), AgentError> {
+        if !self.root.is_unlocked() {
+            self.stored_root()?.ok_or(AgentError::NotInitialized)?;
+            return Err(AgentError::Locked { op });
+        }
+        if lock(&self.own_root).is_none() {
+            return Err(AgentError::NotInitialized);
+        }
+        self.touch();
+        Ok(())
+    }
+
     /// Run `f`; if the root reports stale handles, rebuild (re-login, empty KEK cache) and run it
     /// once more.
     pub(crate) fn with_recovery<T>(

@@ -1,53 +1,156 @@
-//! The cache of unwrapped software private keys: a bounded, `mlock`ed, zeroizing table of
-//! keypair secrets (a P-256 scalar or an Ed25519 seed, 32 bytes each), so that signing with a
-//! software keypair does not ask the root to unwrap it every time (as ssh-agent and gpg-agent
-//! keep keys while unlocked).
+//! The one cache of unwrapped software private keys, shared by every door that signs (the SSH
+//! door, `sign`, `sign.digest` and so the PKCS#11 module, and the operations that need a
+//! keypair's scalar: ECDH, HPKE): a bounded table of keys parsed once into the object that signs
+//! (aws-lc's P-256 and RSA key pairs, dalek's Ed25519 key), so a signature neither asks the root to
+//! unwrap the key nor rebuilds it (as ssh-agent and gpg-agent keep keys while unlocked).
 //!
-//! The secrets live in one fixed array of [`CAPACITY`] slots allocated once and `mlock`ed for the
-//! cache's life (where `RLIMIT_MEMLOCK` allows; otherwise it still works, unlocked), so they are
-//! never swapped out and never copied by a growing collection. A slot is zeroized when its key is
-//! evicted (least recently used first) or removed, and every slot is zeroized by [`KeyCache::clear`],
-//! which the hierarchy calls on lock (explicit, idle, or a failed unlock) and when the root reports
-//! stale handles (token removed or reset). The whole array is zeroized on drop.
+//! Each key sits in its own heap block ([`Pinned`]), `mlock`ed where `RLIMIT_MEMLOCK` allows (it
+//! still works unlocked otherwise). An Ed25519 key lives inside that block; a P-256 or RSA key's
+//! numbers live in aws-lc's heap, which cleanses every allocation when it frees it
+//! (`OPENSSL_free`), so they are wiped on drop but not `mlock`ed. At most [`CAPACITY`] keys are
+//! kept; the least recently used one goes when a new one comes. A key is dropped (wiped) when it
+//! is evicted, removed (deleted, revoked, its KEK rotated) or by [`KeyCache::clear`], which the
+//! hierarchy calls on lock (explicit, idle, or a failed unlock) and when the root reports stale
+//! handles (token removed or reset). A signature in flight holds its key (`Arc`) until it ends.
 //!
 //! An unwrap that raced a `clear` must not refill the cache: callers read [`KeyCache::epoch`]
 //! before unwrapping and [`KeyCache::insert`] drops the key if a `clear` happened since.
 //!
-//! This module must never hold token keys (they never leave the token), and never hand out a
-//! reference into the table: [`KeyCache::get`] copies the secret into a zeroizing buffer.
+//! Next to the keys, the cache keeps in-memory copies of keypair records ([`RecordCopies`]), so
+//! that a signature's checks (state, usage limits, `not_after`) cost no keystore read and no
+//! record MAC check: the copies are tagged with the keystore's generation
+//! ([`crate::keystore::Keystore::generation`], moved by every record write through the agent and
+//! by loading or dropping the MAC key) and all dropped when it moves, so a revocation or a
+//! narrowed limit applies to the very next signature, cached key or not.
+//!
+//! This module must never hold token keys (they never leave the token), never hand out the
+//! secret bytes it holds, and never keep a key past `clear`.
 
+use aws_lc_rs::signature::{EcdsaKeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use keyward_identity::ed25519::Ed25519Key;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
-use zeroize::{Zeroize, Zeroizing};
+
+use crate::keystore::KeyRecord;
 
 /// How many keys the cache holds at most.
 pub const CAPACITY: usize = 64;
 
-/// One cached secret.
-pub type Secret = Zeroizing<[u8; 32]>;
+/// How many record copies are kept at most (all are dropped when full, and at each generation).
+pub const RECORDS_MAX: usize = 4096;
 
-struct Slots {
-    /// The secrets; `mlock`ed for the cache's life.
-    keys: Box<[[u8; 32]; CAPACITY]>,
-    _locked: Option<region::LockGuard>,
-    /// Key id → (slot, last use).
-    index: HashMap<Uuid, (usize, u64)>,
-    /// Slots not in use.
-    free: Vec<usize>,
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A private key in agent memory, parsed once into the object that signs.
+pub enum Key {
+    /// aws-lc's P-256 key pair (its heap is cleansed on free).
+    P256(EcdsaKeyPair),
+    /// dalek's Ed25519 key (zeroized on drop).
+    Ed25519(Ed25519Key),
+    /// aws-lc's RSA key pair (its heap is cleansed on free); signs through the SSH door only.
+    Rsa(RsaKeyPair),
+}
+
+/// Why a cached key could not sign.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    #[error("the key is not a P-256 key")]
+    NotP256,
+    #[error("the P-256 key could not be built or sign (aws-lc)")]
+    Crypto,
+}
+
+impl Key {
+    /// A P-256 key from its scalar (big-endian) and public point (SEC1).
+    pub fn p256(scalar: &[u8], public_sec1: &[u8]) -> Result<Key, KeyError> {
+        EcdsaKeyPair::from_private_key_and_public_key(
+            &ECDSA_P256_SHA256_FIXED_SIGNING,
+            scalar,
+            public_sec1,
+        )
+        .map(Key::P256)
+        .map_err(|_| KeyError::Crypto)
+    }
+
+    /// ECDSA P-256 over a 32-byte digest (the caller's hash): raw r‖s.
+    pub fn sign_prehash(&self, digest: &[u8; 32]) -> Result<[u8; 64], KeyError> {
+        let Key::P256(k) = self else {
+            return Err(KeyError::NotP256);
+        };
+        let d = aws_lc_rs::digest::Digest::import_less_safe(digest, &aws_lc_rs::digest::SHA256)
+            .map_err(|_| KeyError::Crypto)?;
+        let sig = k.sign_digest(&d).map_err(|_| KeyError::Crypto)?;
+        sig.as_ref().try_into().map_err(|_| KeyError::Crypto)
+    }
+
+    /// ECDSA P-256 with SHA-256 over `data`: raw r‖s. aws-lc draws the nonce from its own DRBG.
+    pub fn sign_p256(&self, data: &[u8]) -> Result<[u8; 64], KeyError> {
+        let Key::P256(k) = self else {
+            return Err(KeyError::NotP256);
+        };
+        let sig = k
+            .sign(&aws_lc_rs::rand::SystemRandom::new(), data)
+            .map_err(|_| KeyError::Crypto)?;
+        sig.as_ref().try_into().map_err(|_| KeyError::Crypto)
+    }
+
+    /// The P-256 scalar (for ECDH and HPKE, which need it as a `LocalKey`), in a buffer aws-lc
+    /// wipes on drop.
+    pub fn p256_scalar(&self) -> Result<aws_lc_rs::encoding::EcPrivateKeyBin<'static>, KeyError> {
+        use aws_lc_rs::encoding::AsBigEndian as _;
+        let Key::P256(k) = self else {
+            return Err(KeyError::NotP256);
+        };
+        k.private_key().as_be_bytes().map_err(|_| KeyError::Crypto)
+    }
+}
+
+/// A [`Key`] in its own heap block, locked into RAM if the limit allows.
+pub struct Pinned {
+    /// Dropped before `key` (field order): munlock, then wipe and free.
+    _lock: Option<region::LockGuard>,
+    key: Box<Key>,
+}
+
+impl Pinned {
+    pub fn new(key: Key) -> Pinned {
+        let key = Box::new(key);
+        let lock = region::lock(&*key as *const Key, std::mem::size_of::<Key>()).ok();
+        Pinned { _lock: lock, key }
+    }
+
+    pub fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// Whether the key's block could be `mlock`ed.
+    pub fn is_locked_in_memory(&self) -> bool {
+        self._lock.is_some()
+    }
+}
+
+struct Keys {
+    /// Key id → (key, last use).
+    map: HashMap<Uuid, (Arc<Pinned>, u64)>,
     clock: u64,
     epoch: u64,
 }
 
-impl Drop for Slots {
-    fn drop(&mut self) {
-        self.keys.zeroize();
-    }
+/// In-memory copies of keypair records, valid for one keystore generation.
+#[derive(Default)]
+struct RecordCopies {
+    generation: Option<(u64, u64)>,
+    map: HashMap<Uuid, Arc<KeyRecord>>,
 }
 
 /// The cache (see the module docs).
 pub struct KeyCache {
-    slots: Mutex<Slots>,
+    keys: Mutex<Keys>,
+    records: Mutex<RecordCopies>,
 }
 
 impl Default for KeyCache {
@@ -64,123 +167,194 @@ impl std::fmt::Debug for KeyCache {
 
 impl KeyCache {
     pub fn new() -> KeyCache {
-        let keys = Box::new([[0u8; 32]; CAPACITY]);
-        let locked = region::lock(keys.as_ptr(), std::mem::size_of::<[[u8; 32]; CAPACITY]>()).ok();
         KeyCache {
-            slots: Mutex::new(Slots {
-                keys,
-                _locked: locked,
-                index: HashMap::with_capacity(CAPACITY),
-                free: (0..CAPACITY).rev().collect(),
+            keys: Mutex::new(Keys {
+                map: HashMap::with_capacity(CAPACITY),
                 clock: 0,
                 epoch: 0,
             }),
+            records: Mutex::new(RecordCopies::default()),
         }
-    }
-
-    fn slots(&self) -> std::sync::MutexGuard<'_, Slots> {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Whether the table could be `mlock`ed.
-    pub fn is_locked_in_memory(&self) -> bool {
-        self.slots()._locked.is_some()
     }
 
     /// The number of `clear`s so far: read it before unwrapping a key to insert.
     pub fn epoch(&self) -> u64 {
-        self.slots().epoch
+        lock(&self.keys).epoch
     }
 
-    /// A copy of a cached key's secret.
-    pub fn get(&self, id: &Uuid) -> Option<Secret> {
-        let mut s = self.slots();
-        s.clock += 1;
-        let now = s.clock;
-        let (slot, used) = s.index.get_mut(id)?;
+    /// The cached key of keypair `id`.
+    pub fn get(&self, id: &Uuid) -> Option<Arc<Pinned>> {
+        let mut k = lock(&self.keys);
+        k.clock += 1;
+        let now = k.clock;
+        let (key, used) = k.map.get_mut(id)?;
         *used = now;
-        let slot = *slot;
-        Some(Zeroizing::new(s.keys[slot]))
+        Some(key.clone())
     }
 
-    /// Keep `secret` for `id`, evicting the least recently used key when full. Dropped if the
+    /// Keep `key` for `id`, evicting the least recently used key when full. Dropped if the
     /// cache was cleared since `epoch` was read.
-    pub fn insert(&self, epoch: u64, id: Uuid, secret: &[u8; 32]) {
-        let mut s = self.slots();
-        if s.epoch != epoch {
-            return;
-        }
-        s.clock += 1;
-        let now = s.clock;
-        let slot = if let Some((slot, _)) = s.index.get(&id) {
-            *slot
-        } else if let Some(slot) = s.free.pop() {
-            slot
-        } else {
-            let Some((&old, &(slot, _))) = s.index.iter().min_by_key(|(_, (_, used))| *used) else {
+    pub fn insert(&self, epoch: u64, id: Uuid, key: Arc<Pinned>) {
+        let evicted;
+        {
+            let mut k = lock(&self.keys);
+            if k.epoch != epoch {
                 return;
+            }
+            k.clock += 1;
+            let now = k.clock;
+            evicted = if k.map.len() >= CAPACITY && !k.map.contains_key(&id) {
+                let old = k
+                    .map
+                    .iter()
+                    .min_by_key(|(_, (_, used))| *used)
+                    .map(|(i, _)| *i);
+                old.and_then(|o| k.map.remove(&o))
+            } else {
+                None
             };
-            s.index.remove(&old);
-            slot
-        };
-        s.keys[slot].copy_from_slice(secret);
-        s.index.insert(id, (slot, now));
-    }
-
-    /// Forget one key (deleted or revoked).
-    pub fn remove(&self, id: &Uuid) {
-        let mut s = self.slots();
-        if let Some((slot, _)) = s.index.remove(id) {
-            s.keys[slot].zeroize();
-            s.free.push(slot);
+            k.map.insert(id, (key, now));
         }
+        // Wiped outside the lock.
+        drop(evicted);
     }
 
-    /// Forget every key, zeroizing the whole table.
+    /// Forget one key (deleted, revoked, rewrapped).
+    pub fn remove(&self, id: &Uuid) {
+        let gone = lock(&self.keys).map.remove(id);
+        drop(gone);
+        lock(&self.records).map.remove(id);
+    }
+
+    /// Forget every key (wiping each) and every record copy.
     pub fn clear(&self) {
-        let mut s = self.slots();
-        s.keys.zeroize();
-        s.index.clear();
-        s.free = (0..CAPACITY).rev().collect();
-        s.epoch += 1;
+        let gone = {
+            let mut k = lock(&self.keys);
+            k.epoch += 1;
+            std::mem::take(&mut k.map)
+        };
+        drop(gone);
+        *lock(&self.records) = RecordCopies::default();
     }
 
     pub fn len(&self) -> usize {
-        self.slots().index.len()
+        lock(&self.keys).map.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The copy of record `id` made at keystore generation `generation`, if one is kept. A
+    /// different generation drops every copy.
+    pub fn record(&self, generation: (u64, u64), id: &Uuid) -> Option<Arc<KeyRecord>> {
+        let mut r = lock(&self.records);
+        if r.generation != Some(generation) {
+            r.map.clear();
+            r.generation = Some(generation);
+            return None;
+        }
+        r.map.get(id).cloned()
+    }
+
+    /// Keep a copy of `rec`, read from the keystore at (or after) `generation`.
+    pub fn keep_record(&self, generation: (u64, u64), rec: Arc<KeyRecord>) {
+        let mut r = lock(&self.records);
+        if r.generation != Some(generation) {
+            r.map.clear();
+            r.generation = Some(generation);
+        }
+        if r.map.len() >= RECORDS_MAX {
+            r.map.clear();
+        }
+        r.map.insert(rec.id, rec);
+    }
+
+    /// How many record copies are kept (tests).
+    pub fn records_len(&self) -> usize {
+        lock(&self.records).map.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keystore::KeyKind;
+
+    fn ed(i: u8) -> Arc<Pinned> {
+        Arc::new(Pinned::new(Key::Ed25519(Ed25519Key::from_bytes(&[i; 32]))))
+    }
+
+    fn seed_of(p: &Pinned) -> [u8; 32] {
+        match p.key() {
+            Key::Ed25519(k) => k.to_bytes().as_slice().try_into().unwrap(),
+            _ => panic!("not ed25519"),
+        }
+    }
 
     #[test]
     fn bounded_lru_and_cleared() {
         let c = KeyCache::new();
         let ids: Vec<Uuid> = (0..CAPACITY + 1).map(|_| Uuid::new_v4()).collect();
         for (i, id) in ids.iter().take(CAPACITY).enumerate() {
-            c.insert(c.epoch(), *id, &[i as u8; 32]);
+            c.insert(c.epoch(), *id, ed(i as u8));
         }
         assert_eq!(c.len(), CAPACITY);
         // Touch the first: the second is now the least recently used.
-        assert_eq!(*c.get(&ids[0]).unwrap(), [0u8; 32]);
-        c.insert(c.epoch(), ids[CAPACITY], &[0xee; 32]);
+        assert_eq!(seed_of(&c.get(&ids[0]).unwrap()), [0u8; 32]);
+        c.insert(c.epoch(), ids[CAPACITY], ed(0xee));
         assert_eq!(c.len(), CAPACITY);
         assert!(c.get(&ids[1]).is_none());
-        assert_eq!(*c.get(&ids[CAPACITY]).unwrap(), [0xee; 32]);
+        assert_eq!(seed_of(&c.get(&ids[CAPACITY]).unwrap()), [0xee; 32]);
         c.remove(&ids[0]);
         assert!(c.get(&ids[0]).is_none());
 
         let before = c.epoch();
         c.clear();
         assert!(c.is_empty());
-        assert!(c.slots().keys.iter().all(|k| k == &[0u8; 32]));
         // An unwrap that started before the clear does not refill the cache.
-        c.insert(before, ids[2], &[1; 32]);
+        c.insert(before, ids[2], ed(1));
         assert!(c.get(&ids[2]).is_none());
     }
+
+    #[test]
+    fn record_copies_last_one_generation() {
+        let c = KeyCache::new();
+        let rec = Arc::new(KeyRecord::new(KeyKind::Keypair, "soft"));
+        let g = (1, 0);
+        assert!(c.record(g, &rec.id).is_none());
+        c.keep_record(g, rec.clone());
+        assert_eq!(c.record(g, &rec.id).unwrap().id, rec.id);
+        // The keystore was written: every copy goes.
+        assert!(c.record((2, 0), &rec.id).is_none());
+        assert_eq!(c.records_len(), 0);
+        c.keep_record((2, 0), rec.clone());
+        // The MAC key dropped (lock): the same.
+        assert!(c.record((2, 1), &rec.id).is_none());
+        c.keep_record((2, 1), rec.clone());
+        c.clear();
+        assert!(c.record((2, 1), &rec.id).is_none());
+    }
+
+    #[test]
+    fn p256_signs_prehashed_digests_that_verify() {
+        use keyward_identity::p256::ecdsa::signature::hazmat::PrehashVerifier;
+        let local = keyward_identity::LocalKey::generate(&mut rand_core::OsRng);
+        let scalar = local.secret_key().to_bytes();
+        let point = local.public_key().verifying_key().to_encoded_point(false);
+        let k = Key::p256(scalar.as_slice(), point.as_bytes()).unwrap();
+        let digest = [0x5a; 32];
+        let sig = k.sign_prehash(&digest).unwrap();
+        let sig = keyward_identity::p256::ecdsa::Signature::from_slice(&sig).unwrap();
+        local
+            .public_key()
+            .verifying_key()
+            .verify_prehash(&digest, &sig)
+            .unwrap();
+        assert_eq!(k.p256_scalar().unwrap().as_ref(), scalar.as_slice());
+    }
 }
+
+#[cfg(test)]
+#[path = "key_cache_tests.rs"]
+mod hierarchy_tests;

@@ -7,6 +7,7 @@
 
 use crate::error::{AgentError, Choice, Defect, Internal, Missing, Problem, WrongKey};
 use crate::hierarchy::Hierarchy;
+use crate::key_cache::{Key, Pinned};
 use crate::keystore::{Algorithm, KeyKind, KeyRecord, KeyState};
 use crate::keystore::{Cursor, ListFilter, Page, PageSize};
 use crate::root::Scheme;
@@ -16,7 +17,9 @@ use keyward_identity::p256::ecdsa::Signature;
 use keyward_identity::{ecdsa, LocalKey, PublicKey, SigEncoding};
 
 use rand_core::OsRng;
+use std::sync::Arc;
 use uuid::Uuid;
+use zeroize::Zeroizing;
 
 /// A keypair whose private key is a token object: signs through the root.
 struct TokenSigner<'h> {
@@ -33,21 +36,40 @@ impl Signer for TokenSigner<'_> {
     fn sign_prehash(&self, digest: &[u8; 32]) -> Result<Signature, SignError> {
         let raw = self
             .h
-            .root
-            .require_token_keypairs("sign with token key")
-            .and_then(|t| t.sign(&self.locator, digest))
+            .token_sign(&self.locator, digest)
+            .map_err(|e| SignError::Backend(Box::new(e)))?;
+        Signature::from_slice(&raw).map_err(|e| SignError::Backend(Box::new(e)))
+    }
+}
+
+/// A software keypair, signing with its cached key (`key_cache.rs`).
+struct SoftSigner {
+    key: Arc<Pinned>,
+    public: PublicKey,
+}
+
+impl Signer for SoftSigner {
+    fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    fn sign_prehash(&self, digest: &[u8; 32]) -> Result<Signature, SignError> {
+        let raw = self
+            .key
+            .key()
+            .sign_prehash(digest)
             .map_err(|e| SignError::Backend(Box::new(e)))?;
         Signature::from_slice(&raw).map_err(|e| SignError::Backend(Box::new(e)))
     }
 }
 
 /// A keypair whose private key is a token object.
-fn on_token(rec: &KeyRecord) -> bool {
+pub(crate) fn on_token(rec: &KeyRecord) -> bool {
     Scheme::parse(&rec.scheme).is_ok_and(Scheme::is_token_keypair)
 }
 
 impl Hierarchy {
-    /// Something that signs with this keypair: the token, or the unwrapped key in memory.
+    /// Something that signs with this keypair: the token, or the cached key in memory.
     pub(crate) fn signer(&self, rec: &KeyRecord) -> Result<Box<dyn Signer + '_>, AgentError> {
         if on_token(rec) {
             return Ok(Box::new(TokenSigner {
@@ -59,30 +81,79 @@ impl Hierarchy {
                 public: Self::public_of(rec)?,
             }));
         }
-        Ok(Box::new(self.unwrap_keypair(rec)?))
+        Self::require_p256(rec)?;
+        Ok(Box::new(SoftSigner {
+            key: self.cached_key(rec)?,
+            public: Self::public_of(rec)?,
+        }))
     }
 
-    /// The private half of a keypair, in memory for as long as the caller holds it.
+    /// ECDSA in the token with a token keypair (the object named by `locator`): raw r‖s. When
+    /// the root reports stale handles (module re-initialized, token reset) it logs in again and
+    /// signs once more; a token that is gone is `token_unavailable`.
+    pub(crate) fn token_sign(
+        &self,
+        locator: &str,
+        digest: &[u8; 32],
+    ) -> Result<Vec<u8>, AgentError> {
+        self.with_recovery(|| {
+            Ok(self
+                .root
+                .require_token_keypairs("sign with token key")?
+                .sign(locator, digest)?)
+        })
+    }
+
+    /// The private half of a P-256 keypair as a `LocalKey` (ECDH, HPKE), in memory for as long as
+    /// the caller holds it: the scalar of the cached key.
     pub(crate) fn unwrap_keypair(&self, rec: &KeyRecord) -> Result<LocalKey, AgentError> {
         Self::require_p256(rec)?;
         if on_token(rec) {
             return Err(AgentError::WrongKey(WrongKey::OnToken { id: rec.id }));
         }
-        let bytes = self.keypair_secret(rec)?;
-        LocalKey::from_bytes(&bytes)
-            .map_err(|_| AgentError::bad_record(rec.kind, rec.id, Defect::NotP256Scalar))
+        let bad = || AgentError::bad_record(rec.kind, rec.id, Defect::NotP256Scalar);
+        let key = self.cached_key(rec)?;
+        let scalar = key.key().p256_scalar().map_err(|_| bad())?;
+        let bytes: &[u8; 32] = scalar.as_ref().try_into().map_err(|_| bad())?;
+        LocalKey::from_bytes(bytes).map_err(|_| bad())
     }
 
-    /// A software keypair's 32-byte secret (P-256 scalar or Ed25519 seed): from the key cache,
-    /// or unwrapped by its KEK and then cached until the agent locks.
-    pub(crate) fn keypair_secret(
-        &self,
-        rec: &KeyRecord,
-    ) -> Result<crate::key_cache::Secret, AgentError> {
-        if let Some(s) = self.key_cache.get(&rec.id) {
-            return Ok(s);
+    /// A software keypair's key, parsed into the object that signs: from the one key cache
+    /// (`key_cache.rs`), or unwrapped by its KEK, parsed, and then cached until the agent locks.
+    pub(crate) fn cached_key(&self, rec: &KeyRecord) -> Result<Arc<Pinned>, AgentError> {
+        if let Some(k) = self.key_cache.get(&rec.id) {
+            return Ok(k);
+        }
+        if on_token(rec) {
+            return Err(AgentError::WrongKey(WrongKey::OnToken { id: rec.id }));
         }
         let epoch = self.key_cache.epoch();
+        let bad = || AgentError::bad_record(rec.kind, rec.id, Defect::NotP256Scalar);
+        let key = match rec.algorithm {
+            Some(Algorithm::Rsa) => {
+                let pem = self.rsa_private(rec)?;
+                Key::Rsa(
+                    keyward_envelope::rsa::signing_key(&pem)
+                        .map_err(|e| AgentError::crypto("rsa key")(e))?,
+                )
+            }
+            Some(Algorithm::Ed25519) => {
+                Key::Ed25519(Ed25519Key::from_bytes(&*self.keypair_secret(rec)?))
+            }
+            None | Some(Algorithm::P256) => {
+                let bytes = self.keypair_secret(rec)?;
+                let local = LocalKey::from_bytes(&bytes).map_err(|_| bad())?;
+                let point = local.public_key().verifying_key().to_encoded_point(false);
+                Key::p256(bytes.as_slice(), point.as_bytes()).map_err(|_| bad())?
+            }
+        };
+        let key = Arc::new(Pinned::new(key));
+        self.key_cache.insert(epoch, rec.id, key.clone());
+        Ok(key)
+    }
+
+    /// A software keypair's 32-byte secret (P-256 scalar or Ed25519 seed), unwrapped by its KEK.
+    fn keypair_secret(&self, rec: &KeyRecord) -> Result<Zeroizing<[u8; 32]>, AgentError> {
         let kek = self.parent_kek(rec)?;
         let wrapped = self.wrapped(rec)?;
         let secret = self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(wrapped)?))?;
@@ -90,8 +161,40 @@ impl Hierarchy {
             let (len, expected) = (secret.len(), 32);
             AgentError::bad_record(rec.kind, rec.id, Defect::BadLength { len, expected })
         })?;
-        self.key_cache.insert(epoch, rec.id, bytes);
-        Ok(zeroize::Zeroizing::new(*bytes))
+        Ok(Zeroizing::new(*bytes))
+    }
+
+    /// The keypair `id` for a use, from the in-memory copy of its record while the keystore's
+    /// generation has not moved (`key_cache.rs`), else read (MAC-checked) and copied.
+    pub(crate) fn keypair_for_use(&self, id: &str) -> Result<Arc<KeyRecord>, AgentError> {
+        let uuid = Uuid::parse_str(id).map_err(|_| {
+            AgentError::NotFound(Missing::NotAnId {
+                kind: KeyKind::Keypair,
+                given: id.to_string(),
+            })
+        })?;
+        self.keypair_copy(&uuid)
+    }
+
+    /// [`Hierarchy::keypair_for_use`] by id.
+    pub(crate) fn keypair_copy(&self, id: &Uuid) -> Result<Arc<KeyRecord>, AgentError> {
+        let generation = self.ks.generation();
+        if let Some(r) = self.key_cache.record(generation, id) {
+            return Ok(r);
+        }
+        // Read after taking the generation: a write in between moves it, and a copy kept under
+        // the older generation is never used.
+        let rec = match self.ks.get(id)? {
+            Some(r) if r.kind == KeyKind::Keypair => Arc::new(r),
+            _ => {
+                return Err(AgentError::NotFound(Missing::Key {
+                    kind: KeyKind::Keypair,
+                    id: *id,
+                }))
+            }
+        };
+        self.key_cache.keep_record(generation, rec.clone());
+        Ok(rec)
     }
 
     /// Refuse keypairs that are not P-256 where only P-256 works (HPKE, COSE ES256, ECDH).
@@ -341,16 +444,25 @@ impl Hierarchy {
         Ok(None)
     }
 
-    /// ECDSA P-256 / SHA-256 over `data`: DER, or raw r‖s.
+    /// ECDSA P-256 / SHA-256 over `data`: DER, or raw r‖s (Ed25519 keypairs: 64 bytes). The
+    /// checks run against the in-memory copy of the record and the key comes from the one key
+    /// cache, as for `sign.digest` (`door.rs`).
     pub fn sign(&self, key: &str, data: &[u8], raw: bool) -> Result<Vec<u8>, AgentError> {
-        self.root_record("sign")?;
-        let rec = self.record(key, KeyKind::Keypair)?;
+        self.require_unlocked("sign")?;
+        let rec = self.keypair_for_use(key)?;
         Self::require_active(&rec)?;
         self.permit(&rec, crate::limits::Usage::Sign)?;
         if rec.algorithm == Some(Algorithm::Ed25519) {
-            let seed = self.keypair_secret(&rec)?;
+            let key = self.cached_key(&rec)?;
+            let Key::Ed25519(k) = key.key() else {
+                return Err(AgentError::bad_record(
+                    rec.kind,
+                    rec.id,
+                    Defect::NotP256Scalar,
+                ));
+            };
             // Ed25519 signatures are 64 bytes in every encoding.
-            return Ok(Ed25519Key::from_bytes(&seed).sign(data).to_vec());
+            return Ok(k.sign(data).to_vec());
         }
         let signer = self.signer(&rec)?;
         let enc = if raw {

@@ -43,6 +43,8 @@ mod recovery;
 mod root_rotate;
 #[path = "e2e/roots.rs"]
 mod roots;
+#[path = "e2e/signing.rs"]
+mod signing;
 #[path = "e2e/stream.rs"]
 mod stream;
 #[path = "e2e/tamper.rs"]

@@ -810,3 +810,42 @@ fn the_modules_signatures_are_audited_as_the_pkcs11_door() {
         "{signed}"
     );
 }
+
+/// What one C_Sign costs in agent requests: with an audit log (every request but `hello` is an
+/// entry), 20 × (C_SignInit + C_Sign) after login are exactly 20 `sign.digest` requests of the
+/// `pkcs11` door and nothing else: no object listing, refresh or lookup per signature.
+#[test]
+fn one_c_sign_is_one_sign_digest_request() {
+    let mut env = TestEnv::start(keyward_tests::RootKind::Soft);
+    env.stop();
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(env.config_path(), format!("{cfg}\n[audit]\n")).unwrap();
+    env.start_agent();
+    init_for_module(&env);
+    let mut c = host(&env, bin("p11host").to_str().unwrap());
+    c.args([&module(), env.pin(), "signs"]);
+    let out = run_ok(c);
+    assert!(out.contains("ok: 20 signatures"), "{out}");
+    let entries = env.cli_json(&["audit", "show"], None);
+    let module_ops: Vec<&str> = entries
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["door"] == "pkcs11")
+        .filter_map(|e| e["op"].as_str())
+        .collect();
+    let first = module_ops
+        .iter()
+        .position(|o| *o == "sign.digest")
+        .unwrap_or_else(|| panic!("no sign.digest from the module: {module_ops:?}"));
+    let loop_ops = &module_ops[first..];
+    assert_eq!(
+        loop_ops.len(),
+        20,
+        "requests of the signing loop: {loop_ops:?}"
+    );
+    assert!(
+        loop_ops.iter().all(|o| *o == "sign.digest"),
+        "only sign.digest per C_Sign: {loop_ops:?}"
+    );
+}

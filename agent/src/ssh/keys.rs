@@ -10,12 +10,12 @@
 //!   in memory only (zeroized on drop), never written to the keystore, gone at expiry, removal
 //!   or exit.
 //!
-//! Signing a software keypair unwraps it under its KEK. While the agent is unlocked the unwrapped
-//! key may stay in a bounded cache ([`CACHE_MAX`] keys) as the parsed object that signs (aws-lc's
-//! P-256 and RSA key pairs, whose C heap is cleansed on free; dalek's Ed25519 key, zeroized on
-//! drop), each in its own heap block locked into RAM (`mlock`) where the limit allows; the cache
-//! is emptied on `lock`, on any change to the offered keys, and whenever a sign finds the agent
-//! locked.
+//! Signing a software keypair takes its key from the agent's one key cache (`key_cache.rs`),
+//! shared with `sign`, `sign.digest` and the PKCS#11 module: unwrapped under its KEK once and
+//! kept parsed (aws-lc's P-256 and RSA key pairs, dalek's Ed25519 key) while the agent is
+//! unlocked, bounded, and emptied on `lock`, idle lock, token removal and whenever a sign finds
+//! the agent locked; a key no longer offered to SSH is not reachable through the door, and a
+//! deleted or revoked one leaves the cache. Memory keys (below) are held by the door itself.
 //!
 //! The stored identities are indexed in memory, keyed on the keystore's generation (any write
 //! through the agent, or the MAC key loaded or dropped, rebuilds it): a sign request costs no
@@ -26,13 +26,12 @@
 //! lifetime or destination constraint, and never delete a keypair the SSH door did not add.
 
 use super::SshError;
-use crate::error::{AgentError, Defect, WrongKey};
+use crate::error::{AgentError, WrongKey};
 use crate::hierarchy::Hierarchy;
+use crate::key_cache::Key;
+pub use crate::key_cache::Pinned;
 use crate::keystore::{Algorithm, KeyKind, KeyRecord, KeyState, SshFlags};
-use aws_lc_rs::signature::{
-    EcdsaKeyPair, RsaEncoding, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING, RSA_PKCS1_SHA256,
-    RSA_PKCS1_SHA512,
-};
+use aws_lc_rs::signature::{RsaEncoding, RsaKeyPair, RSA_PKCS1_SHA256, RSA_PKCS1_SHA512};
 use keyward_identity::ed25519::Ed25519Key;
 use keyward_identity::p256::ecdsa::Signature as P256Signature;
 use keyward_identity::{LocalKey, PublicKey};
@@ -41,71 +40,46 @@ use ssh_key::private::KeypairData;
 use ssh_key::public::{EcdsaPublicKey, Ed25519PublicKey, KeyData, RsaPublicKey};
 use ssh_key::Mpint;
 use ssh_key::{Algorithm as SshAlgorithm, HashAlg, Signature};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-/// Unwrapped software keys kept while unlocked, at most.
-pub const CACHE_MAX: usize = 64;
-
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A private key in agent memory, parsed once into the object that signs.
-///
-/// P-256 keys are aws-lc `EcdsaKeyPair`s: the scalar lives in aws-lc's heap, which wipes every
-/// allocation when it frees it (`OPENSSL_free` cleanses), so the key is zeroized on drop but is
-/// not inside our `mlock`ed block. Ed25519 keys are `ed25519-dalek` keys (zeroize on drop).
-pub enum Secret {
-    P256(EcdsaKeyPair),
-    Ed25519(Ed25519Key),
-    /// An aws-lc RSA key (its heap is cleansed on free, like the P-256 one).
-    Rsa(RsaKeyPair),
 }
 
 /// SIGN_REQUEST flags for RSA keys (OpenSSH `PROTOCOL.agent`).
 pub const RSA_SHA2_256: u32 = 2;
 pub const RSA_SHA2_512: u32 = 4;
 
-impl Secret {
-    /// A P-256 key from its scalar (big-endian) and public point (SEC1).
-    fn p256(scalar: &[u8], public_sec1: &[u8]) -> Result<Secret, SshError> {
-        EcdsaKeyPair::from_private_key_and_public_key(
-            &ECDSA_P256_SHA256_FIXED_SIGNING,
-            scalar,
-            public_sec1,
-        )
-        .map(Secret::P256)
+/// A P-256 key from an unwrapped keypair, as the key cache holds it.
+fn from_local(key: &LocalKey) -> Result<Key, SshError> {
+    let scalar = Zeroizing::new(key.secret_key().to_bytes());
+    let point = key.public_key().verifying_key().to_encoded_point(false);
+    Key::p256(scalar.as_slice(), point.as_bytes())
         .map_err(|e| AgentError::crypto("ssh p256 key")(e).into())
-    }
+}
 
-    /// A P-256 key from an unwrapped keypair.
-    fn from_local(key: &LocalKey) -> Result<Secret, SshError> {
-        let scalar = Zeroizing::new(key.secret_key().to_bytes());
-        let point = key.public_key().verifying_key().to_encoded_point(false);
-        Secret::p256(scalar.as_slice(), point.as_bytes())
-    }
-
-    fn sign(&self, data: &[u8], flags: u32) -> Result<Signature, SshError> {
-        match self {
-            // aws-lc's ECDSA draws its nonce from its own DRBG (seeded from the OS); the `rng`
-            // argument is a zero-sized handle to the same.
-            Secret::P256(k) => {
-                let rs = k
-                    .sign(&aws_lc_rs::rand::SystemRandom::new(), data)
+/// How the SSH door signs with a key of the one key cache (`key_cache.rs`) or a memory key.
+impl Pinned {
+    /// Sign `data` (no keystore, no token: never blocks). `flags`: the request's (RSA hash).
+    pub fn sign(&self, data: &[u8], flags: u32) -> Result<Signature, SshError> {
+        match self.key() {
+            Key::P256(_) => {
+                let rs = self
+                    .key()
+                    .sign_p256(data)
                     .map_err(|e| AgentError::crypto("ssh ecdsa sign")(e))?;
-                let sig = P256Signature::from_slice(rs.as_ref())
+                let sig = P256Signature::from_slice(&rs)
                     .map_err(|e| AgentError::crypto("ssh ecdsa sign")(e))?;
                 Ok(Signature::try_from(sig)?)
             }
-            Secret::Ed25519(k) => Ok(Signature::new(
+            Key::Ed25519(k) => Ok(Signature::new(
                 SshAlgorithm::Ed25519,
                 k.sign(data).to_vec(),
             )?),
-            Secret::Rsa(k) => {
+            Key::Rsa(k) => {
                 // rsa-sha2-512 when asked for it, else rsa-sha2-256 when asked; SHA-1 `ssh-rsa`
                 // (no flag) is refused: OpenSSH has not asked for it since 8.8.
                 let (padding, hash): (&'static dyn RsaEncoding, _) = if flags & RSA_SHA2_512 != 0 {
@@ -128,29 +102,6 @@ impl Secret {
                 Ok(Signature::new(SshAlgorithm::Rsa { hash: Some(hash) }, sig)?)
             }
         }
-    }
-}
-
-/// A [`Secret`] in its own heap block, locked into RAM if the limit allows.
-pub struct Pinned {
-    /// Dropped before `secret` (field order): munlock, then zeroize and free.
-    _lock: Option<region::LockGuard>,
-    secret: Box<Secret>,
-}
-
-impl Pinned {
-    fn new(secret: Secret) -> Pinned {
-        let secret = Box::new(secret);
-        let lock = region::lock(&*secret as *const Secret, std::mem::size_of::<Secret>()).ok();
-        Pinned {
-            _lock: lock,
-            secret,
-        }
-    }
-
-    /// Sign `data` (no keystore, no token: never blocks). `flags`: the request's (RSA hash).
-    pub fn sign(&self, data: &[u8], flags: u32) -> Result<Signature, SshError> {
-        self.secret.sign(data, flags)
     }
 }
 
@@ -289,8 +240,6 @@ pub struct SshKeys {
     /// Stored identities, rebuilt when the keystore's generation moves (any write through the
     /// agent, or the MAC key loaded or dropped): no keystore query per sign request.
     index: Mutex<Index>,
-    /// Unwrapped software keys by keypair id (bounded; emptied on lock).
-    cache: Mutex<HashMap<Uuid, Arc<Pinned>>>,
 }
 
 impl SshKeys {
@@ -299,7 +248,6 @@ impl SshKeys {
             h,
             mem: Mutex::new(Vec::new()),
             index: Mutex::new(Index::default()),
-            cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -307,9 +255,9 @@ impl SshKeys {
         &self.h
     }
 
-    /// Forget every unwrapped key (called on `lock`).
+    /// Forget every unwrapped key: the one key cache (called on `lock`, which clears it too).
     pub fn clear_cache(&self) {
-        lock(&self.cache).clear();
+        self.h.key_cache.clear();
     }
 
     /// The stored identities, from the index while it is current, else rebuilt.
@@ -349,15 +297,6 @@ impl SshKeys {
                 },
             }));
         }
-        // Keys no longer offered leave the cache at once.
-        let keep: std::collections::HashSet<Uuid> = list
-            .iter()
-            .filter_map(|o| match &o.source {
-                Source::Stored { rec, .. } => Some(rec.id),
-                Source::Memory => None,
-            })
-            .collect();
-        lock(&self.cache).retain(|id, _| keep.contains(id));
         let stored = Arc::new(list);
         *lock(&self.index) = Index {
             generation: Some(generation),
@@ -416,7 +355,7 @@ impl SshKeys {
             if rec.not_after.is_some() {
                 return None;
             }
-            let signer = lock(&self.cache).get(&rec.id).cloned()?;
+            let signer = self.h.key_cache.get(&rec.id)?;
             return Some((o, signer));
         }
         let now = Instant::now();
@@ -449,8 +388,12 @@ impl SshKeys {
     }
 
     fn sign_stored(&self, rec: &KeyRecord, data: &[u8], flags: u32) -> Result<Signature, SshError> {
-        // Usage and expiry, in the hierarchy; a confirmation the limits ask for was given to
-        // the door's prompt (`Offered::confirm`) before this call.
+        // The record as it is now (the in-memory copy of this keystore generation: a revocation
+        // or narrowed limit since the identity was found applies), then usage and expiry, in the
+        // hierarchy; a confirmation the limits ask for was given to the door's prompt
+        // (`Offered::confirm`) before this call.
+        let rec = &*self.h.keypair_copy(&rec.id)?;
+        Hierarchy::require_active(rec)?;
         self.h.check_limits(rec, crate::limits::Usage::Sign)?;
         let on_token = crate::root::Scheme::parse(&rec.scheme)
             .is_ok_and(crate::root::Scheme::is_token_keypair);
@@ -460,59 +403,10 @@ impl SshKeys {
                 .map_err(|e| SshError::Refused(format!("token signature failed: {e}")))?;
             return Ok(Signature::try_from(sig)?);
         }
-        let cached = lock(&self.cache).get(&rec.id).cloned();
-        let pinned = match cached {
-            Some(p) => p,
-            None => {
-                let p = Arc::new(Pinned::new(self.unwrap(rec)?));
-                let mut cache = lock(&self.cache);
-                if cache.len() >= CACHE_MAX {
-                    cache.clear();
-                }
-                // Locked meanwhile: do not keep it.
-                if !self.h.is_locked() {
-                    cache.insert(rec.id, p.clone());
-                }
-                p
-            }
-        };
-        pinned.sign(data, flags)
-    }
-
-    /// Unwrap a software keypair (P-256, Ed25519 or RSA) under its KEK.
-    fn unwrap(&self, rec: &KeyRecord) -> Result<Secret, SshError> {
-        self.h.root_record("ssh sign")?;
-        Hierarchy::require_active(rec)?;
-        match rec.algorithm {
-            Some(Algorithm::Ed25519) => {
-                let kek = self.h.parent_kek(rec)?;
-                let wrapped = self.h.wrapped(rec)?;
-                let seed = self
-                    .h
-                    .with_recovery(|| Ok(self.h.kek_handle(&kek)?.export_dek(wrapped)?))?;
-                let seed: &[u8; 32] = seed.as_slice().try_into().map_err(|_| {
-                    AgentError::bad_record(
-                        KeyKind::Keypair,
-                        rec.id,
-                        Defect::BadLength {
-                            len: seed.len(),
-                            expected: 32,
-                        },
-                    )
-                })?;
-                Ok(Secret::Ed25519(Ed25519Key::from_bytes(seed)))
-            }
-            None | Some(Algorithm::P256) => {
-                let key = self.h.unwrap_keypair(rec)?;
-                Secret::from_local(&key)
-            }
-            Some(Algorithm::Rsa) => {
-                let pem = self.h.rsa_private(rec)?;
-                let key = keyward_envelope::rsa::signing_key(&pem)
-                    .map_err(|e| AgentError::crypto("ssh rsa key")(e))?;
-                Ok(Secret::Rsa(key))
-            }
-        }
+        // Unwrapped under its KEK and parsed once, then from the one key cache (emptied on
+        // lock, idle lock, token removal).
+        self.h.require_unlocked("ssh sign")?;
+        self.h.cached_key(rec)?.sign(data, flags)
     }
 
     /// `ssh-add`: keep the key in memory (with a lifetime or destination constraints), or wrap
@@ -535,7 +429,7 @@ impl SshKeys {
                     .map_err(|_| SshError::Refused("not a valid P-256 private key".into()))?;
                 let public =
                     KeyData::Ecdsa(EcdsaPublicKey::from(local.public_key().verifying_key()));
-                let secret = Secret::from_local(&local)?;
+                let secret = from_local(&local)?;
                 p256_local = Some(local);
                 (secret, public)
             }
@@ -548,12 +442,12 @@ impl SshKeys {
                         "Ed25519 public half does not match".into(),
                     ));
                 }
-                (Secret::Ed25519(k), public)
+                (Key::Ed25519(k), public)
             }
             KeypairData::Rsa(kp) => {
                 let key = rsa_key_pair(kp)?;
                 let public = KeyData::Rsa(kp.public.clone());
-                (Secret::Rsa(key), public)
+                (Key::Rsa(key), public)
             }
             other => {
                 return Err(SshError::Unsupported(format!(
@@ -580,7 +474,7 @@ impl SshKeys {
             flags |= SshFlags::CONFIRM;
         }
         let label = Some(comment.to_string()).filter(|c| !c.is_empty());
-        if let Secret::Rsa(k) = &secret {
+        if let Key::Rsa(k) = &secret {
             // Stored as the agent stores every RSA keypair: PKCS#8 PEM under AES-256-GCM with a
             // DEK wrapped under the KEK.
             let pem = keyward_envelope::rsa::private_pem(k)
@@ -595,12 +489,12 @@ impl SshKeys {
             return Ok(());
         }
         let mut rec = match (&secret, &p256_local) {
-            (Secret::P256(_), Some(local)) => self.h.keypair_record(local, &kek)?,
+            (Key::P256(_), Some(local)) => self.h.keypair_record(local, &kek)?,
             // Not reached: P-256 keys come with their scalar, RSA keys were stored above.
-            (Secret::P256(_), None) | (Secret::Rsa(_), _) => {
+            (Key::P256(_), None) | (Key::Rsa(_), _) => {
                 return Err(SshError::Refused("a key without its record".into()))
             }
-            (Secret::Ed25519(k), _) => {
+            (Key::Ed25519(k), _) => {
                 let seed = k.to_bytes();
                 let w = self
                     .h
@@ -667,7 +561,7 @@ impl SshKeys {
     }
 
     fn unoffer(&self, rec: &KeyRecord, flags: SshFlags) -> Result<(), SshError> {
-        lock(&self.cache).remove(&rec.id);
+        self.h.key_cache.remove(&rec.id);
         if flags.has(SshFlags::ADDED) {
             self.h.keypair_delete(&rec.id.to_string())?;
             tracing::info!(id = %rec.id, "ssh: removed a key added through ssh-add");
@@ -686,7 +580,6 @@ impl SshKeys {
                 self.unoffer(rec, *flags)?;
             }
         }
-        self.clear_cache();
         Ok(())
     }
 

@@ -6,7 +6,8 @@
 //! `p11host MODULE PIN SCENARIO`; the agent socket is `KEYWARD_SOCK`. Prints one `ok: ...` line
 //! per check and exits 0, or prints the failed check and exits 1. Scenarios: `all`, `restart`
 //! (signs, prints `ready`, waits for a line on stdin while the test restarts the agent, then
-//! expects a clean error and recovers), `noagent` (no agent: zero slots, quickly).
+//! expects a clean error and recovers), `noagent` (no agent: zero slots, quickly), `signs` (20
+//! signatures after login, for counting what one C_Sign costs in agent requests).
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
@@ -530,6 +531,24 @@ fn restart(module: &str, pin: &str) -> Res {
     Ok(())
 }
 
+/// `signs`: log in, find the P-256 key, print `signing`, then 20 × (C_SignInit + C_Sign) with
+/// CKM_ECDSA, each checked; the test counts the agent requests the loop made (audit log).
+fn signs(module: &str, pin: &str) -> Res {
+    let p = Pkcs11::new(module).map_err(e("load module"))?;
+    init(&p).map_err(e("C_Initialize"))?;
+    let slot = p.get_slots_with_token().map_err(e("slots"))?[0];
+    let s = p.open_ro_session(slot).map_err(e("session"))?;
+    s.login(UserType::User, Some(&AuthPin::from(pin.to_string())))
+        .map_err(e("login"))?;
+    let k = p256_keys(&s)?;
+    println!("signing");
+    for i in 0..20u8 {
+        sign_once(&s, k.private, &k.point, &[i])?;
+    }
+    println!("ok: 20 signatures");
+    Ok(())
+}
+
 fn noagent(module: &str) -> Res {
     let t = Instant::now();
     let p = Pkcs11::new(module).map_err(e("load module"))?;
@@ -542,13 +561,14 @@ fn noagent(module: &str) -> Res {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 4 {
-        eprintln!("usage: p11host MODULE PIN all|restart|noagent");
+        eprintln!("usage: p11host MODULE PIN all|restart|noagent|signs");
         std::process::exit(2);
     }
     let r = match args[3].as_str() {
         "all" => all(&args[1], &args[2]),
         "restart" => restart(&args[1], &args[2]),
         "noagent" => noagent(&args[1]),
+        "signs" => signs(&args[1], &args[2]),
         other => Err(format!("unknown scenario {other}")),
     };
     if let Err(m) = r {

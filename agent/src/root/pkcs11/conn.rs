@@ -68,7 +68,10 @@ pub(super) struct Sessions {
     roots: Mutex<BTreeMap<u64, ObjectHandle>>,
     /// The user PIN these sessions are logged in with (PKCS#11 logs in per token: every session
     /// of this generation shares it). `None` before the login and after a logout.
-    login: Mutex<Option<Pin>>,
+    pub(super) login: Mutex<Option<Pin>>,
+    /// Token keypairs' private-key handles by locator, found once per login on these sessions
+    /// (`keypair.rs`); emptied whenever the login ends or objects are destroyed.
+    pub(super) keypairs: Mutex<std::collections::HashMap<String, ObjectHandle>>,
 }
 
 /// The anchor session, locked, with the module entered for the call.
@@ -464,6 +467,7 @@ impl Connection {
             pool: Mutex::new(Vec::new()),
             roots: Mutex::new(BTreeMap::new()),
             login: Mutex::new(None),
+            keypairs: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -586,6 +590,7 @@ impl Connection {
         let _ = anchor.logout();
         *lock(&s.login) = None;
         lock(&s.roots).clear();
+        lock(&s.keypairs).clear();
         s.clear_pool(op);
         anchor
             .login(user, Some(&AuthPin::from(pin.expose().to_string())))
@@ -853,6 +858,7 @@ impl Connection {
             return Ok(());
         }
         *lock(&s.login) = None;
+        lock(&s.keypairs).clear();
         s.clear_pool("lock");
         let out = match s.anchor("lock") {
             Ok(anchor) => logout_result(anchor.logout()),
@@ -887,6 +893,7 @@ impl Connection {
             Ok(n)
         })?;
         lock(&s.roots).remove(&self.number);
+        lock(&s.keypairs).clear();
         Ok(n)
     }
 

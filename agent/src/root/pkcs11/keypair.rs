@@ -4,10 +4,11 @@
 //! CKM_ECDSA_SHA256) and never exists outside the token. It cannot open HPKE shares or messages:
 //! the `hpke` crate needs the scalar. This module must never create a key with EXTRACTABLE=true.
 
-use super::conn::{read_ec_point, Connection, P256_PARAMS};
+use super::conn::{lock, read_ec_point, Connection, P256_PARAMS};
 use super::error::ck;
 use crate::root::uri::{encode, Pkcs11Uri};
 use crate::root::{RootError, Scheme, TokenKeypair, TokenKeypairs};
+use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass};
 
@@ -79,6 +80,7 @@ impl TokenKeypairs for Connection {
         let id = key_id(locator, OP)?;
         let conn = self.sessions(OP)?;
         self.root_of(&conn, OP)?;
+        lock(&conn.keypairs).remove(locator);
         conn.with_session(OP, |s| {
             for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY] {
                 let found = s
@@ -97,28 +99,67 @@ impl TokenKeypairs for Connection {
         })
     }
 
+    /// One C_Sign with the private key's handle kept from an earlier signature on these
+    /// sessions (per login: the handles go with every logout, lock and re-initialization, see
+    /// `Sessions::keypairs`). The key is looked up (C_FindObjects by CKA_ID) only the first time,
+    /// or when the kept handle is refused (object or key handle invalid: the object was
+    /// destroyed, or the token reset); then it signs once more with what is found.
     fn sign(&self, locator: &str, digest: &[u8; 32]) -> Result<Vec<u8>, RootError> {
         const OP: &str = "sign with token key";
-        let id = key_id(locator, OP)?;
         let conn = self.sessions(OP)?;
         self.root_of(&conn, OP)?;
+        let kept = lock(&conn.keypairs).get(locator).copied();
         conn.with_session(OP, |s| {
+            if let Some(h) = kept {
+                match s.sign(&Mechanism::Ecdsa, h, digest) {
+                    Ok(sig) => return Ok(sig),
+                    Err(CkError::Pkcs11(
+                        RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid,
+                        _,
+                    )) => {
+                        lock(&conn.keypairs).remove(locator);
+                    }
+                    Err(e) => return Err(ck(OP, "C_Sign")(e)),
+                }
+            }
+            let id = key_id(locator, OP)?;
             let found = s
                 .find_objects(&[
                     Attribute::Class(ObjectClass::PRIVATE_KEY),
                     Attribute::KeyType(KeyType::EC),
                     Attribute::Token(true),
-                    Attribute::Id(id.clone()),
+                    Attribute::Id(id),
                 ])
                 .map_err(ck(OP, "C_FindObjects"))?;
-            let [h] = found.as_slice() else {
-                return Err(RootError::token(
-                    OP,
-                    format!("{} token objects match the key (want 1)", found.len()),
-                ));
+            let h = match found.as_slice() {
+                [h] => h,
+                // The object the keypair names is not there: the token was reset or its files
+                // vanished (a module that has not re-initialized since they came back does not
+                // see them). Stale, so the hierarchy's recovery checks the sessions and root and
+                // re-initializes the module if they fail (a token that is gone is then
+                // `token_unavailable`); with a working token it stays a token error.
+                [] => {
+                    return Err(RootError::stale(
+                        OP,
+                        "no token object matches the key (token reset or replaced?)",
+                    ))
+                }
+                more => {
+                    return Err(RootError::token(
+                        OP,
+                        format!("{} token objects match the key (want 1)", more.len()),
+                    ))
+                }
             };
-            s.sign(&Mechanism::Ecdsa, *h, digest)
-                .map_err(ck(OP, "C_Sign"))
+            let sig = s
+                .sign(&Mechanism::Ecdsa, *h, digest)
+                .map_err(ck(OP, "C_Sign"))?;
+            // Kept only while these sessions are logged in (the login is forgotten, with the
+            // handles, at each logout).
+            if lock(&conn.login).is_some() {
+                lock(&conn.keypairs).insert(locator.to_string(), *h);
+            }
+            Ok(sig)
         })
     }
 }

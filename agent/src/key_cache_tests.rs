@@ -1,0 +1,229 @@
+//! The one key cache seen from every door that signs (`sign`, `sign.digest`, the SSH door), on a
+//! [`MemoryRoot`]: a key cached by one door serves the others, and a revocation, a narrowed
+//! limit, an expiry or a lock stops it at once through every door although it is cached; token
+//! keypairs sign again after the root's handles go stale and report a lost root.
+//! `cargo test -p keyward-agent --lib sign_cache` runs these.
+// Compiled only under #[cfg(test)]: `mod hierarchy_tests` at the end of key_cache.rs.
+
+use crate::config::UnlockPolicy;
+use crate::error::AgentError;
+use crate::hierarchy::Hierarchy;
+use crate::keystore::{KeyKind, Keystore};
+use crate::limits::{LimitsRequest, Usage};
+use crate::root::memory::MemoryRoot;
+use crate::ssh::keys::{key_data, SshKeys};
+use keyward_proto::secret::Pin;
+use std::sync::Arc;
+use uuid::Uuid;
+
+const PIN: &str = "right-pin-1234";
+
+struct Fixture {
+    h: Arc<Hierarchy>,
+    ssh: SshKeys,
+    root: MemoryRoot,
+    _dir: tempfile::TempDir,
+}
+
+fn ready() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ks = Arc::new(Keystore::open(&dir.path().join("ks.db")).expect("keystore"));
+    let root = MemoryRoot::new();
+    let h = Arc::new(Hierarchy::new(
+        ks,
+        Box::new(root.clone()),
+        UnlockPolicy::default(),
+    ));
+    h.init(&Pin::new(PIN)).expect("init");
+    h.kek_create(Some("k".into())).expect("kek");
+    Fixture {
+        ssh: SshKeys::new(h.clone()),
+        h,
+        root,
+        _dir: dir,
+    }
+}
+
+/// A software P-256 keypair offered to SSH.
+fn offered_keypair(f: &Fixture) -> String {
+    let id =
+        f.h.keypair_create(None, None, false, None)
+            .unwrap()
+            .to_string();
+    f.h.keypair_set_ssh(&id, true, false).unwrap();
+    id
+}
+
+fn public(f: &Fixture, id: &str) -> ssh_key::public::KeyData {
+    key_data(&f.h.keypair_show(id).unwrap()).unwrap()
+}
+
+/// Every door signs with `id`; the key is cached once for all of them.
+fn signs_everywhere(f: &Fixture, id: &str) -> Arc<crate::ssh::keys::Offered> {
+    f.h.sign_digest(id, &[7; 32]).expect("sign.digest");
+    f.h.sign(id, b"m", true).expect("sign");
+    let o = f.ssh.find(&public(f, id)).expect("offered to ssh");
+    f.ssh.sign(&o, b"ssh data", 0).expect("ssh sign");
+    assert!(
+        f.ssh.ready(&public(f, id)).is_some(),
+        "the SSH fast path has it"
+    );
+    let uuid = Uuid::parse_str(id).unwrap();
+    assert!(f.h.key_cache.get(&uuid).is_some());
+    o
+}
+
+#[track_caller]
+fn refused(r: Result<impl std::fmt::Debug, AgentError>, what: &str, ok: fn(&AgentError) -> bool) {
+    match r {
+        Err(e) if ok(&e) => {}
+        other => panic!("{what}: expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn sign_cache_one_key_serves_every_door() {
+    let f = ready();
+    let id = offered_keypair(&f);
+    assert!(f.h.key_cache.is_empty());
+    // The SSH door unwraps it; `sign.digest` and `sign` then sign with the same cached key.
+    let o = f.ssh.find(&public(&f, &id)).unwrap();
+    f.ssh.sign(&o, b"x", 0).unwrap();
+    assert_eq!(f.h.key_cache.len(), 1);
+    signs_everywhere(&f, &id);
+    assert_eq!(f.h.key_cache.len(), 1, "one cache, one entry per key");
+    // A signature from the cache verifies with the keypair's public key.
+    let pk = crate::hierarchy::Hierarchy::public_of(&f.h.keypair_show(&id).unwrap()).unwrap();
+    let digest = [0x42; 32];
+    let sig = f.h.sign_digest(&id, &digest).unwrap();
+    let sig = keyward_identity::p256::ecdsa::Signature::from_slice(&sig).unwrap();
+    use keyward_identity::p256::ecdsa::signature::hazmat::PrehashVerifier;
+    pk.verifying_key().verify_prehash(&digest, &sig).unwrap();
+    // Digests shorter than 32 bytes are read as ECDSA reads them (left-padded).
+    let short = f.h.sign_digest(&id, &[1; 20]).unwrap();
+    assert_eq!(short.len(), 64);
+}
+
+#[test]
+fn sign_cache_revoked_key_stops_signing_through_every_door_while_cached() {
+    let f = ready();
+    let id = offered_keypair(&f);
+    let o = signs_everywhere(&f, &id);
+    f.h.revoke(KeyKind::Keypair, &id).unwrap();
+    let inactive = |e: &AgentError| matches!(e, AgentError::KeyInactive { .. });
+    refused(f.h.sign_digest(&id, &[7; 32]), "sign.digest", inactive);
+    refused(f.h.sign(&id, b"m", true), "sign", inactive);
+    assert!(f.ssh.ready(&public(&f, &id)).is_none());
+    assert!(f.ssh.find(&public(&f, &id)).is_err(), "no longer offered");
+    // An identity found before the revocation does not sign either.
+    assert!(f.ssh.sign(&o, b"ssh data", 0).is_err());
+    assert!(f.h.key_cache.get(&Uuid::parse_str(&id).unwrap()).is_none());
+}
+
+#[test]
+fn sign_cache_narrowed_limits_apply_through_every_door_while_cached() {
+    let f = ready();
+    let id = offered_keypair(&f);
+    let o = signs_everywhere(&f, &id);
+    let narrow = LimitsRequest {
+        usage: Some(vec![Usage::Derive]),
+        ..Default::default()
+    };
+    f.h.key_limits(&id, &narrow).unwrap();
+    // Still cached: the limits, not an empty cache, refuse it.
+    assert!(f.h.key_cache.get(&Uuid::parse_str(&id).unwrap()).is_some());
+    let denied = |e: &AgentError| {
+        matches!(
+            e,
+            AgentError::UsageDenied {
+                usage: Usage::Sign,
+                ..
+            }
+        )
+    };
+    refused(f.h.sign_digest(&id, &[7; 32]), "sign.digest", denied);
+    refused(f.h.sign(&id, b"m", true), "sign", denied);
+    assert!(f.ssh.ready(&public(&f, &id)).is_none());
+    assert!(f.ssh.sign(&o, b"ssh data", 0).is_err());
+    // What the limits still allow works, from the same cached key.
+    f.h.keypair_ecdh(
+        &id,
+        &keyward_identity::LocalKey::generate(&mut rand_core::OsRng)
+            .public_key()
+            .to_sec1_uncompressed(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn sign_cache_expiry_applies_while_cached() {
+    let f = ready();
+    let id = offered_keypair(&f);
+    signs_everywhere(&f, &id);
+    let soon = LimitsRequest {
+        not_after: Some(crate::keystore::now() + 1),
+        ..Default::default()
+    };
+    f.h.key_limits(&id, &soon).unwrap();
+    f.h.sign_digest(&id, &[7; 32]).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let expired = |e: &AgentError| matches!(e, AgentError::KeyExpired { .. });
+    refused(f.h.sign_digest(&id, &[7; 32]), "sign.digest", expired);
+    refused(f.h.sign(&id, b"m", true), "sign", expired);
+}
+
+#[test]
+fn sign_cache_lock_clears_keys_and_record_copies() {
+    let f = ready();
+    let id = offered_keypair(&f);
+    let o = signs_everywhere(&f, &id);
+    assert!(f.h.key_cache.records_len() > 0);
+    f.h.lock().unwrap();
+    assert!(f.h.key_cache.is_empty(), "lock empties the key cache");
+    assert_eq!(f.h.key_cache.records_len(), 0, "and the record copies");
+    let locked = |e: &AgentError| matches!(e, AgentError::Locked { .. });
+    refused(f.h.sign_digest(&id, &[7; 32]), "sign.digest", locked);
+    refused(f.h.sign(&id, b"m", true), "sign", locked);
+    assert!(f.ssh.ready(&public(&f, &id)).is_none());
+    assert!(f.ssh.sign(&o, b"x", 0).is_err());
+    assert!(f.h.key_cache.is_empty(), "nothing refilled it while locked");
+    f.h.unlock(&Pin::new(PIN)).unwrap();
+    signs_everywhere(&f, &id);
+}
+
+#[test]
+fn sign_cache_stale_root_clears_the_cache_and_token_keypairs_sign_again() {
+    let f = ready();
+    let soft = offered_keypair(&f);
+    let tok =
+        f.h.keypair_create(None, None, true, None)
+            .unwrap()
+            .to_string();
+    f.h.sign_digest(&soft, &[7; 32]).unwrap();
+    f.h.sign_digest(&tok, &[7; 32]).unwrap();
+    assert!(
+        f.h.key_cache.get(&Uuid::parse_str(&tok).unwrap()).is_none(),
+        "token keys are never cached"
+    );
+    // The token reset: the next token signature recovers (logs in again) and signs; the
+    // recovery empties the key cache.
+    let before = f.root.recoveries();
+    f.root.make_stale();
+    let sig =
+        f.h.sign_digest(&tok, &[7; 32])
+            .expect("signs after re-initialization");
+    assert_eq!(sig.len(), 64);
+    assert_eq!(f.root.recoveries(), before + 1);
+    assert!(
+        f.h.key_cache.is_empty(),
+        "a stale root empties the key cache"
+    );
+    f.h.sign(&tok, b"m", false).expect("sign after recovery");
+    // The root is lost: a typed token error, never a signature.
+    f.root.remove_root();
+    let e = f.h.sign_digest(&tok, &[7; 32]).expect_err("root gone");
+    assert!(
+        matches!(e, AgentError::Root(_) | AgentError::Locked { .. }),
+        "a typed root error when the token is gone, got {e:?}"
+    );
+}
