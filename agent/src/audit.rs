@@ -244,7 +244,10 @@ impl Hooks {
                 .ok()
                 .and_then(|v| v.parse().ok())
             {
-                tracing::warn!(ms = n, "KEYWARD_TEST_AUDIT_SYNC_DELAY_MS: delaying each fdatasync");
+                tracing::warn!(
+                    ms = n,
+                    "KEYWARD_TEST_AUDIT_SYNC_DELAY_MS: delaying each fdatasync"
+                );
                 h.sync_delay_ms.store(n, Ordering::Relaxed);
             }
             if std::env::var_os("KEYWARD_TEST_AUDIT_SYNC_FAIL").is_some_and(|v| v == "1") {
@@ -831,7 +834,10 @@ impl Writer {
         let mut records = 0u64;
         let mut batch: Vec<Msg> = batch;
         let reports_lost = self.lost > 0;
-        if batch.iter().any(|m| matches!(m, Msg::Entry(r, _) if r.key.is_some())) {
+        if batch
+            .iter()
+            .any(|m| matches!(m, Msg::Entry(r, _) if r.key.is_some()))
+        {
             self.check_labels();
         }
         if reports_lost {
@@ -1455,7 +1461,10 @@ mod tests {
         let r = keyward_audit::verify(&keyward_audit::read_lines(&path).unwrap(), &trust(&a));
         assert_eq!((r.problem.clone(), r.unsigned), (None, 0), "{r:?}");
         assert!(r.head_matched, "{r:?}");
-        assert_eq!(ops_in(&path).last().map(String::as_str), Some(CHECKPOINT_OP));
+        assert_eq!(
+            ops_in(&path).last().map(String::as_str),
+            Some(CHECKPOINT_OP)
+        );
     }
 
     #[test]

@@ -634,10 +634,10 @@ mod tests {
         );
     }
 
-    /// With a required audit log, a signature by a key in memory still takes the fast path
-    /// (`respond_now` answers it on the connection's task) and is audited as on the slow path:
-    /// a `sign` entry of the `ssh` door naming the key (its fingerprint), the client and the
-    /// result, in the file when the answer is given.
+    /// With a required audit log, a signature by a key whose private half is in memory still
+    /// takes the fast path (`respond_now` answers it on the connection's task) and is audited
+    /// as on the slow path: the same `sign` entry of the `ssh` door (key id and label, client,
+    /// result), in the file when the answer is given.
     #[test]
     fn the_fast_path_signs_with_an_audit_log_and_writes_its_entry_first() {
         use crate::root::memory::MemoryRoot;
@@ -671,25 +671,25 @@ mod tests {
             },
             bindings: Bindings::default(),
         };
+        // `ssh-add`: stored as a keypair offered on the door.
         let kp = Ed25519Keypair::from_seed(&[9; 32]);
         let public = KeyData::Ed25519(kp.public);
         let add = Request::AddIdentity(AddIdentity {
             credential: PrivateCredential::Key {
                 privkey: KeypairData::Ed25519(kp),
-                comment: "in memory".into(),
+                comment: "added".into(),
             },
         });
         assert_ne!(agent.respond(&mut conn, add), FAILURE.to_vec());
-        // A listing builds the identity index the fast path needs.
-        assert_ne!(
-            agent.respond(&mut conn, Request::RequestIdentities),
-            FAILURE.to_vec()
-        );
         let sign = Request::SignRequest(SignRequest {
             credential: PublicCredential::Key(public.clone()),
             data: vec![0x42; 64],
             flags: 0,
         });
+        // No unwrapped key yet: the fast path declines; the slow path signs (and caches it).
+        assert!(agent.respond_now(&conn, &sign).is_none());
+        let slow = agent.respond(&mut conn, sign.clone());
+        assert_eq!(slow.first(), Some(&14), "SSH_AGENT_SIGN_RESPONSE");
         let answer = agent
             .respond_now(&conn, &sign)
             .expect("the fast path answers with an audit log on");
@@ -701,16 +701,28 @@ mod tests {
             .map(|p| p.entry)
             .filter(|e| e.op == "sign")
             .collect();
-        assert_eq!(signed.len(), 1, "{signed:?}");
-        let e = &signed[0];
-        assert_eq!(e.door, "ssh");
+        assert_eq!(signed.len(), 2, "{signed:?}");
+        let (slow, fast) = (&signed[0], &signed[1]);
+        let id =
+            h.ks.list(crate::keystore::KeyKind::Keypair, None)
+                .unwrap()
+                .first()
+                .map(|r| r.id.to_string());
+        assert!(id.is_some());
+        assert_eq!(fast.key, id);
+        assert_eq!(fast.label.as_deref(), Some("added"));
+        assert_eq!(fast.door, "ssh");
+        assert_eq!((fast.pid, fast.uid), (Some(4242), Some(1000)));
+        assert_eq!(fast.exe.as_deref(), Some("/usr/bin/ssh"));
+        assert_eq!(fast.result, "ok");
+        let fields = |e: &keyward_audit::Entry| {
+            (e.op.clone(), e.door.clone(), e.key.clone(), e.label.clone())
+        };
+        assert_eq!(fields(slow), fields(fast));
         assert_eq!(
-            e.key.as_deref(),
-            Some(public.fingerprint(HashAlg::Sha256).to_string().as_str())
+            (slow.uid, slow.pid, &slow.exe),
+            (fast.uid, fast.pid, &fast.exe)
         );
-        assert_eq!((e.pid, e.uid), (Some(4242), Some(1000)));
-        assert_eq!(e.exe.as_deref(), Some("/usr/bin/ssh"));
-        assert_eq!(e.result, "ok");
         audit.shutdown();
     }
 

@@ -602,7 +602,10 @@ impl Drop for HookedAgent {
 fn the_log_is_on_by_default_and_a_failing_sync_refuses_key_ops() {
     let mut env = TestEnv::start(RootKind::Soft);
     let cfg = std::fs::read_to_string(env.config_path()).unwrap();
-    assert!(!cfg.contains("[audit]"), "the harness config has no [audit] table");
+    assert!(
+        !cfg.contains("[audit]"),
+        "the harness config has no [audit] table"
+    );
     let st = env.client().run(|c| c.status()).expect("status");
     assert_eq!(
         st.audit_log.as_deref(),
