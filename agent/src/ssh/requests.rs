@@ -635,7 +635,7 @@ mod tests {
     }
 
     /// With a required audit log, a signature by a key whose private half is in memory still
-    /// takes the fast path (`respond_now` answers it on the connection's task) and is audited
+    /// takes the fast path (`respond_now` answers it, no blocking hop) and is audited
     /// as on the slow path: the same `sign` entry of the `ssh` door (key id and label, client,
     /// result), in the file when the answer is given.
     #[test]
