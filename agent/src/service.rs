@@ -211,7 +211,9 @@ impl Service {
                 .as_ref()
                 .map_or("ok", |e| e.code.as_str())
                 .to_string();
-            // Only a success waits for its entry: a refusal gave nothing away.
+            // Only a success waits for its entry: a refusal gave nothing away. The wait parks
+            // this thread until the writer thread has `write`n the entry's batch (not synced:
+            // audit.rs), so it is short, but it blocks: call `handle` off the async workers.
             let wait = a.required() && !exempt && resp.err.is_none();
             if !a.append(r, wait) && wait {
                 // The result is withheld: a key or plaintext in it is wiped, not sent.

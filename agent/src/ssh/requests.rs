@@ -198,19 +198,49 @@ impl SshAgent {
         if self.door.try_lock().ok()?.hash.is_some() {
             return None;
         }
-        // With a policy file every signature takes the slow path, where the rules are checked;
-        // with an audit log too, where the entry is written (and waited for, when required).
-        if self.settings.policy.current().is_some() || self.settings.audit.is_some() {
+        // With a policy file every signature takes the slow path, where the rules are checked.
+        if self.settings.policy.current().is_some() {
+            return None;
+        }
+        // A failing required log refuses on the slow path (which logs the refusal).
+        let audit = self.settings.audit.as_ref();
+        if audit.is_some_and(|a| a.refuses()) {
             return None;
         }
         let (id, signer) = self.keys.ready(s.credential.key_data())?;
         if id.confirm {
             return None;
         }
-        let result = self
+        let mut result = self
             .check_destination(conn, &id, &s.data)
             .and_then(|_| signer.sign(&s.data, s.flags))
             .map(Response::SignResponse);
+        if let Some(audit) = audit {
+            // The entry as the slow path makes it (`audit_record`), from the cached identity:
+            // the stored keypair's id and label, else the key's fingerprint.
+            let mut rec = crate::audit::Record::of("sign", "ssh", &conn.peer);
+            match &id.source {
+                super::keys::Source::Stored { rec: k, .. } => {
+                    rec.key = Some(k.id.to_string());
+                    rec.label = k.label.clone();
+                }
+                super::keys::Source::Memory => {
+                    rec.key = Some(id.public.fingerprint(HashAlg::Sha256).to_string());
+                }
+            }
+            rec.result = match &result {
+                Ok(_) => "ok".into(),
+                Err(e) => ssh_result(e).into(),
+            };
+            // A success waits for its entry's write (a park until the writer's `write`, not
+            // its fdatasync: audit.rs), as on the slow path; a refusal does not wait.
+            let wait = audit.required() && result.is_ok();
+            if !audit.append(rec, wait) && wait {
+                result = Err(SshError::Agent(
+                    crate::error::AgentError::AuditUnavailable { op: "ssh request" },
+                ));
+            }
+        }
         Some(Self::encode(req.message_id(), result))
     }
 
@@ -602,6 +632,98 @@ mod tests {
             "{}",
             body.len()
         );
+    }
+
+    /// With a required audit log, a signature by a key whose private half is in memory still
+    /// takes the fast path (`respond_now` answers it, no blocking hop) and is audited
+    /// as on the slow path: the same `sign` entry of the `ssh` door (key id and label, client,
+    /// result), in the file when the answer is given.
+    #[test]
+    fn the_fast_path_signs_with_an_audit_log_and_writes_its_entry_first() {
+        use crate::root::memory::MemoryRoot;
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Arc::new(crate::keystore::Keystore::open(&dir.path().join("ks.db")).unwrap());
+        let unlock = crate::config::UnlockPolicy {
+            backoff_base_ms: 0,
+            ..Default::default()
+        };
+        let h = Arc::new(Hierarchy::new(ks, Box::new(MemoryRoot::new()), unlock));
+        h.init(&keyward_proto::secret::Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        let cfg = crate::audit::AuditConfig {
+            sync_ms: 10_000,
+            ..Default::default()
+        };
+        let audit = crate::audit::Audit::open(&cfg, &path, h.clone()).unwrap();
+        let agent = SshAgent::new(
+            h.clone(),
+            SshSettings {
+                audit: Some(audit.clone()),
+                ..SshSettings::default()
+            },
+        );
+        let mut conn = Conn {
+            peer: crate::peer::Peer {
+                uid: Some(1000),
+                pid: Some(4242),
+                exe: Some("/usr/bin/ssh".into()),
+                ..Default::default()
+            },
+            bindings: Bindings::default(),
+        };
+        // `ssh-add`: stored as a keypair offered on the door.
+        let kp = Ed25519Keypair::from_seed(&[9; 32]);
+        let public = KeyData::Ed25519(kp.public);
+        let add = Request::AddIdentity(AddIdentity {
+            credential: PrivateCredential::Key {
+                privkey: KeypairData::Ed25519(kp),
+                comment: "added".into(),
+            },
+        });
+        assert_ne!(agent.respond(&mut conn, add), FAILURE.to_vec());
+        let sign = Request::SignRequest(SignRequest {
+            credential: PublicCredential::Key(public.clone()),
+            data: vec![0x42; 64],
+            flags: 0,
+        });
+        // No unwrapped key yet: the fast path declines; the slow path signs (and caches it).
+        assert!(agent.respond_now(&conn, &sign).is_none());
+        let slow = agent.respond(&mut conn, sign.clone());
+        assert_eq!(slow.first(), Some(&14), "SSH_AGENT_SIGN_RESPONSE");
+        let answer = agent
+            .respond_now(&conn, &sign)
+            .expect("the fast path answers with an audit log on");
+        assert_eq!(answer.first(), Some(&14), "SSH_AGENT_SIGN_RESPONSE");
+        let signed: Vec<keyward_audit::Entry> = keyward_audit::read_lines(&path)
+            .unwrap()
+            .iter()
+            .filter_map(|l| keyward_audit::parse_line(&l.text))
+            .map(|p| p.entry)
+            .filter(|e| e.op == "sign")
+            .collect();
+        assert_eq!(signed.len(), 2, "{signed:?}");
+        let (slow, fast) = (&signed[0], &signed[1]);
+        let id =
+            h.ks.list(crate::keystore::KeyKind::Keypair, None)
+                .unwrap()
+                .first()
+                .map(|r| r.id.to_string());
+        assert!(id.is_some());
+        assert_eq!(fast.key, id);
+        assert_eq!(fast.label.as_deref(), Some("added"));
+        assert_eq!(fast.door, "ssh");
+        assert_eq!((fast.pid, fast.uid), (Some(4242), Some(1000)));
+        assert_eq!(fast.exe.as_deref(), Some("/usr/bin/ssh"));
+        assert_eq!(fast.result, "ok");
+        let fields = |e: &keyward_audit::Entry| {
+            (e.op.clone(), e.door.clone(), e.key.clone(), e.label.clone())
+        };
+        assert_eq!(fields(slow), fields(fast));
+        assert_eq!(
+            (slow.uid, slow.pid, &slow.exe),
+            (fast.uid, fast.pid, &fast.exe)
+        );
+        audit.shutdown();
     }
 
     /// A small fuzz run in the unit tests: mutated real messages never panic the parser or the

@@ -583,3 +583,70 @@ fn an_audit_log_that_cannot_be_opened_at_start_refuses_key_ops_until_it_can() {
     assert!(ok, "{r}");
     env.stop();
 }
+
+/// The agent started by hand (with a test hook), killed and reaped on drop.
+struct HookedAgent(std::process::Child);
+
+impl Drop for HookedAgent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The log is on without any `[audit]` table (beside the keystore), and a failing `fdatasync`
+/// (the debug-build hook `KEYWARD_TEST_AUDIT_SYNC_FAIL`) fails it as a failed write does: key
+/// operations are refused with `audit_unavailable` while `status` answers; started again
+/// without the hook, the agent works and the log verifies.
+#[test]
+fn the_log_is_on_by_default_and_a_failing_sync_refuses_key_ops() {
+    let mut env = TestEnv::start(RootKind::Soft);
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    assert!(
+        !cfg.contains("[audit]"),
+        "the harness config has no [audit] table"
+    );
+    let st = env.client().run(|c| c.status()).expect("status");
+    assert_eq!(
+        st.audit_log.as_deref(),
+        Some(log_path(&env).to_str().unwrap())
+    );
+    env.stop();
+    let stderr = std::fs::File::create(env.dir().join("sync-fail.log")).unwrap();
+    let agent = HookedAgent(
+        env.agent_command()
+            .env("KEYWARD_TEST_AUDIT_SYNC_FAIL", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("keywardd"),
+    );
+    keyward_tests::wait_for("the socket", || {
+        std::os::unix::net::UnixStream::connect(env.socket_path()).ok()
+    });
+    let c = env.client();
+    // `agent.start` is written at once; its sync (on the timer, or the one `audit.info`'s
+    // flush makes) fails, and from then on every batch must be synced to count.
+    let info = c.run(|c| c.audit_info()).expect("audit.info answers");
+    assert!(info.failing, "{info:?}");
+    let e = c
+        .run(|c| c.init(pin(env.pin())))
+        .expect_err("init is refused");
+    assert!(c.run(|c| c.status()).is_ok(), "status answers");
+    assert_eq!(
+        e.body().map(|b| b.code),
+        Some(ErrorCode::AuditUnavailable),
+        "{e}"
+    );
+    drop(c);
+    drop(agent);
+    let log = std::fs::read_to_string(env.dir().join("sync-fail.log")).unwrap();
+    assert!(log.contains("syncing the log failed"), "{log}");
+    env.start_agent();
+    env.client()
+        .run(|c| c.init(pin(env.pin())))
+        .expect("init without the hook");
+    let (ok, r) = verify(&env, None);
+    assert!(ok, "{r}");
+    env.stop();
+}
