@@ -265,6 +265,15 @@ fn rekey_mark(keystore: &Path) -> bool {
 /// before that commit, the keystore keeps the old integrity records and the mark; the next
 /// unlock replaces them, and everything decrypts throughout.
 fn root_rotate_compromised_replaces_the_integrity_key_even_after_a_crash(env: &mut TestEnv) {
+    // With an audit log: its signing key derives from the integrity key, so it changes too.
+    env.stop();
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        format!("{cfg}\n[audit]\ncheckpoint_every = 4\n"),
+    )
+    .unwrap();
+    env.start_agent();
     let keys = env.init_with_keys(false, b"integrity");
     let data = vec![(keys.ciphertext.clone(), keys.plaintext.clone())];
     let before = integrity_ids(&env.keystore_path());
@@ -302,6 +311,31 @@ fn root_rotate_compromised_replaces_the_integrity_key_even_after_a_crash(env: &m
     let c = restart_on(env, &roots.b);
     decrypts(&c, &data);
     assert_eq!(integrity_ids(&env.keystore_path()), after);
+    // The audit log: the keystore's rows (head, new key) verify under the new MAC key, but
+    // `audit verify` checks every checkpoint with the current audit key only, so it stops at the
+    // first one signed before the switch (documented; the old key is kept in
+    // `audit_key_previous`).
+    let out = env.cli(&["--json", "audit", "verify"], None);
+    let report = keyward_tests::parse_json(&out.stdout);
+    assert!(!out.status.success(), "{report}");
+    assert_eq!(report["keystore_checked"], true, "{report}");
+    assert_eq!(report["key_checked"], true, "{report}");
+    assert_eq!(report["problem"]["kind"], "bad_checkpoint", "{report}");
+    let db = rusqlite::Connection::open(env.keystore_path()).unwrap();
+    let previous: String = db
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'audit_key_previous'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the previous audit key is kept");
+    let current: String = db
+        .query_row("SELECT value FROM meta WHERE name = 'audit_key'", [], |r| {
+            r.get(0)
+        })
+        .expect("the new audit key is recorded");
+    assert_eq!(previous.split(',').count(), 1, "{previous}");
+    assert_ne!(previous, current);
 }
 
 /// Rotations back and forth between the two roots over 200 DEKs, the agent killed (abort at the
