@@ -37,6 +37,20 @@ fn mac_body(bytes: &[u8]) -> Vec<u8> {
     e.finish()
 }
 
+/// The policy's MAC, for the integrity key's replacement (`root_rotate.rs`).
+pub(crate) const POLICY_MAC: crate::keystore::MetaMac = crate::keystore::MetaMac {
+    values: &[META_POLICY],
+    mac: META_POLICY_MAC,
+    body: |v| {
+        mac_body(
+            &v[0]
+                .as_deref()
+                .and_then(|t| hex::decode(t.trim()).ok())
+                .unwrap_or_default(),
+        )
+    },
+};
+
 fn parse_key(text: &str) -> Result<PublicKey, AgentError> {
     PublicKey::parse(text.trim()).map_err(|e| AgentError::invalid("key", Problem::NotPublicKey(e)))
 }

@@ -552,6 +552,21 @@ fn key_body(row: &str) -> Vec<u8> {
     e.finish()
 }
 
+/// For the integrity key's replacement (`root_rotate.rs`): the head's and the key row's MACs
+/// (checked under the old key, the head re-MAC'd), and the key rows, dropped then: the audit key
+/// derives from the MAC key, so the new one is recorded at its first use.
+pub(crate) const REKEY_HEAD: crate::keystore::MetaMac = crate::keystore::MetaMac {
+    values: &[META_HEAD],
+    mac: META_HEAD_MAC,
+    body: |v| head_body(v[0].as_deref().unwrap_or("")),
+};
+pub(crate) const REKEY_KEY: crate::keystore::MetaMac = crate::keystore::MetaMac {
+    values: &[META_KEY],
+    mac: META_KEY_MAC,
+    body: |v| key_body(v[0].as_deref().unwrap_or("")),
+};
+pub(crate) const REKEY_KEY_ROWS: [&str; 2] = [META_KEY, META_KEY_MAC];
+
 fn mac_ok(ks: &crate::keystore::Keystore, body: &[u8], mac: Option<&str>) -> bool {
     mac.and_then(|m| hex::decode(m.trim()).ok())
         .and_then(|t| ks.mac_verify(body, &t))

@@ -390,6 +390,10 @@ pub enum Tampering {
     /// does not verify.
     #[error("the list of KEKs left to rotate by `root rotate --compromised` does not verify")]
     CompromisedList,
+    /// The mark by which `root rotate --compromised` asks the next unlock to replace the
+    /// keystore integrity key: its MAC is missing or does not verify.
+    #[error("the integrity key replacement mark of `root rotate --compromised` does not verify")]
+    IntegrityRekey,
 }
 
 impl Tampering {
@@ -403,6 +407,7 @@ impl Tampering {
             }
             Tampering::AgentPolicy => crate::agents::META_POLICY.to_string(),
             Tampering::CompromisedList => crate::root_rotate::META_COMPROMISED.to_string(),
+            Tampering::IntegrityRekey => crate::root_rotate::META_REKEY.to_string(),
             Tampering::NoWrappedKey { id }
             | Tampering::DoesNotUnwrap { id }
             | Tampering::RootRecord { id } => id.to_string(),

@@ -78,6 +78,13 @@ fn counter_body(n: &str, last: &str) -> Vec<u8> {
     e.finish()
 }
 
+/// The PIN counter's MAC, for the integrity key's replacement (`root_rotate.rs`).
+pub(crate) const PIN_COUNTER_MAC: crate::keystore::MetaMac = crate::keystore::MetaMac {
+    values: &[META_FAILURES, META_LAST_FAILURE],
+    mac: META_FAILURES_MAC,
+    body: |v| counter_body(v[0].as_deref().unwrap_or(""), v[1].as_deref().unwrap_or("")),
+};
+
 /// What the agent keeps of the PIN it was unlocked with, to check a PIN sent while unlocked
 /// without asking the token (which logs out on a wrong one): HMAC-SHA256 under a random salt.
 struct PinTag {
@@ -428,6 +435,24 @@ impl Hierarchy {
 
     /// Make a new integrity KEK and secret under the root (unlocked) and load the MAC key.
     fn make_integrity(&self, root: &KeyRecord) -> Result<[KeyRecord; 2], AgentError> {
+        let (records, _, key) = self.new_integrity(root)?;
+        self.ks.set_mac_key(Some(key));
+        Ok(records)
+    }
+
+    /// A new integrity KEK and secret under the root (unlocked), the KEK's wrap (for the other
+    /// roots' wraps) and the MAC key they give, not loaded.
+    pub(crate) fn new_integrity(
+        &self,
+        root: &KeyRecord,
+    ) -> Result<
+        (
+            [KeyRecord; 2],
+            crate::root::Wrapped,
+            crate::keystore::MacKey,
+        ),
+        AgentError,
+    > {
         let w = self.with_recovery(|| Ok(self.root.generate_kek()?))?;
         let opened = self.root.open_kek(&w.bytes)?;
         let s = opened.generate_dek()?;
@@ -435,13 +460,12 @@ impl Hierarchy {
         let mut kek = KeyRecord::new(KeyKind::Integrity, w.scheme.as_str());
         kek.parent = Some(root.id);
         kek.label = Some("keystore integrity KEK".into());
-        kek.wrapped = Some(w.bytes);
+        kek.wrapped = Some(w.bytes.clone());
         let mut secret = KeyRecord::new(KeyKind::Integrity, s.scheme.as_str());
         secret.parent = Some(kek.id);
         secret.label = Some("keystore integrity key".into());
         secret.wrapped = Some(s.bytes);
-        self.ks.set_mac_key(Some(key));
-        Ok([kek, secret])
+        Ok(([kek, secret], w, key))
     }
 
     /// At unlock (root unlocked): load the MAC key, then check the integrity records and the
@@ -617,6 +641,10 @@ impl Hierarchy {
             // KEKs a `root rotate --compromised` left to rotate under this (new) root.
             if let Err(e) = self.finish_compromised() {
                 tracing::error!(error = %e, "rotating the KEKs of `root rotate --compromised` failed: the next unlock tries again");
+            }
+            // The keystore integrity key the old root could open, replaced (`root_rotate.rs`).
+            if let Err(e) = self.finish_rekey() {
+                tracing::error!(error = %e, "replacing the keystore integrity key after `root rotate --compromised` failed: everything stays under the old key; the next unlock tries again");
             }
             tracing::info!("unlocked");
             Ok(())

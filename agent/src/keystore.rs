@@ -456,6 +456,85 @@ fn check_mac(key: &MacKey, id: &str, body: &[u8], mac: Option<&[u8]>) -> Result<
     }
 }
 
+/// A meta row MAC'd under the keystore MAC key, for [`Keystore::rekey_integrity`]: the rows its
+/// MAC covers (`values`, read inside the transaction, `None` when absent), the row holding the
+/// MAC (hex), and the body the owner MACs (from those values, in that order).
+#[derive(Clone, Copy)]
+pub struct MetaMac {
+    pub values: &'static [&'static str],
+    pub mac: &'static str,
+    pub body: fn(&[Option<String>]) -> Vec<u8>,
+}
+
+fn meta_in(conn: &Connection, name: &str) -> Result<Option<String>, KeystoreError> {
+    conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+        r.get(0)
+    })
+    .optional()
+    .map_err(sql("read meta"))
+}
+
+/// A UUID column for a MAC body: a value that does not parse gives the nil UUID, whose body
+/// then fails the MAC check (the agent only writes parsed UUIDs).
+fn parse_row_uuid(s: &str) -> Uuid {
+    Uuid::parse_str(s).unwrap_or(Uuid::nil())
+}
+
+/// Check every row of `table` (columns `cols`, read after `rowid` and `mac`, so at index 2 and
+/// up for `body`) against `old` and re-MAC it under `new`. `body` answers the id named in errors
+/// and the MAC body.
+fn remac_rows(
+    conn: &Connection,
+    old: &MacKey,
+    new: &MacKey,
+    table: &str,
+    cols: &str,
+    body: impl Fn(&Row) -> rusqlite::Result<(String, Vec<u8>)>,
+) -> Result<usize, KeystoreError> {
+    const OP: &str = "rekey: read rows";
+    /// rowid, stored MAC, id for errors, MAC body.
+    type Row4 = (i64, Option<Vec<u8>>, String, Vec<u8>);
+    let rows: Vec<Row4> = {
+        let mut stmt = conn
+            .prepare(&format!("SELECT rowid, mac, {cols} FROM {table}"))
+            .map_err(sql(OP))?;
+        let it = stmt
+            .query_map([], |r| {
+                let (id, b) = body(r)?;
+                Ok((r.get(0)?, r.get(1)?, id, b))
+            })
+            .map_err(sql(OP))?;
+        it.collect::<Result<_, _>>().map_err(sql(OP))?
+    };
+    for (rowid, mac, id, b) in &rows {
+        check_mac(old, id, b, mac.as_deref())?;
+        conn.execute(
+            &format!("UPDATE {table} SET mac = ?2 WHERE rowid = ?1"),
+            params![rowid, new.tag(b)],
+        )
+        .map_err(sql("rekey: write row"))?;
+    }
+    Ok(rows.len())
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: make the next [`Keystore::rekey_integrity`] on this thread fail just before its
+    /// commit (a crash there).
+    pub(crate) static REKEY_FAIL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn rekey_test_fail() -> Result<(), KeystoreError> {
+    #[cfg(test)]
+    if REKEY_FAIL.with(|f| f.replace(false)) {
+        return Err(KeystoreError::Corrupt {
+            id: "(integrity)".into(),
+            what: "test: injected failure before the rekey commit".into(),
+        });
+    }
+    Ok(())
+}
+
 /// A row read with the key loaded: parse errors are tampering too (the agent never writes them).
 fn verified(
     key: Option<&MacKey>,
@@ -1732,6 +1811,181 @@ impl Keystore {
         }
         tx.commit().map_err(sql("commit integrity set-up"))?;
         Ok(adopted)
+    }
+
+    /// Replace the keystore MAC key (`root rotate --compromised`, at the new root's first
+    /// unlock), in ONE transaction: every MAC'd row (keys, revocations, key versions, the KEK
+    /// rotation journal, the KEK wraps, the root set and the `metas` rows that have a MAC) is
+    /// checked against the key loaded now (a row that does not verify aborts it:
+    /// [`KeystoreError::Tampered`]) and re-MAC'd under `new`; the old integrity records
+    /// (`old_integrity`, children first) and their wraps go, `records` (the new integrity KEK and secret) and
+    /// `wraps` (the new KEK under the other enrolled roots) come in MAC'd under `new`; `clear`
+    /// meta rows are deleted and `set` rows written (their MACs, if any, made by the caller
+    /// under `new`). `new` is loaded as the MAC key before the connection is released. Nothing
+    /// of this is visible before the commit: a failure or a crash leaves everything under the
+    /// old key. Returns how many rows were re-MAC'd.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rekey_integrity(
+        &self,
+        new: MacKey,
+        old_integrity: &[Uuid],
+        records: &[KeyRecord],
+        wraps: &[KekWrap],
+        metas: &[MetaMac],
+        clear: &[&str],
+        set: &[(&str, String)],
+    ) -> Result<usize, KeystoreError> {
+        let old = self.key().ok_or_else(|| KeystoreError::Corrupt {
+            id: "(integrity)".into(),
+            what: "no MAC key loaded".into(),
+        })?;
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql("begin integrity rekey"))?;
+        // The old integrity records and their wraps go first (checked: they are read as rows of
+        // `keys` below otherwise).
+        for id in old_integrity {
+            query_with(
+                &tx,
+                Some(&old),
+                "rekey: read integrity key",
+                "id = ?1",
+                &[&id.to_string()],
+            )?;
+        }
+        for id in old_integrity {
+            tx.execute("DELETE FROM kek_wraps WHERE kek = ?1", [id.to_string()])
+                .map_err(sql("rekey: drop integrity wraps"))?;
+        }
+        // In the order given (the secret before its KEK).
+        for id in old_integrity {
+            tx.execute("DELETE FROM keys WHERE id = ?1", [id.to_string()])
+                .map_err(sql("rekey: drop integrity key"))?;
+        }
+        let mut n = 0;
+        for r in query_with(&tx, Some(&old), "rekey: read keys", "1 = 1", &[])? {
+            tx.execute(
+                "UPDATE keys SET mac = ?2 WHERE id = ?1",
+                params![r.id.to_string(), new.tag(&record_body(&r))],
+            )
+            .map_err(sql("rekey: key"))?;
+            n += 1;
+        }
+        n += remac_rows(
+            &tx,
+            &old,
+            &new,
+            "revocations",
+            "id, revoked, issuer, statement, created",
+            |r| {
+                let id: String = r.get(2)?;
+                let b = Revocation {
+                    id: parse_row_uuid(&id),
+                    revoked: parse_row_uuid(&r.get::<_, String>(3)?),
+                    issuer: parse_row_uuid(&r.get::<_, String>(4)?),
+                    statement: r.get(5)?,
+                    created: r.get(6)?,
+                };
+                Ok((id, revocation_body(&b)))
+            },
+        )?;
+        n += remac_rows(
+            &tx,
+            &old,
+            &new,
+            "key_versions",
+            "key, version, wrapped, created",
+            |r| {
+                let id: String = r.get(2)?;
+                let v = KeyVersion {
+                    key: parse_row_uuid(&id),
+                    version: r.get(3)?,
+                    wrapped: r.get(4)?,
+                    created: r.get(5)?,
+                };
+                Ok((format!("{id} v{}", v.version), version_body(&v)))
+            },
+        )?;
+        n += remac_rows(
+            &tx,
+            &old,
+            &new,
+            "kek_rotations",
+            "kek, wrapped, scheme, started",
+            |r| {
+                let id: String = r.get(2)?;
+                let p = PendingRotation {
+                    kek: parse_row_uuid(&id),
+                    wrapped: r.get(3)?,
+                    scheme: r.get(4)?,
+                    started: r.get(5)?,
+                };
+                Ok((format!("{id} (rotation)"), rotation_body(&p)))
+            },
+        )?;
+        n += remac_rows(
+            &tx,
+            &old,
+            &new,
+            "kek_rotation_items",
+            "kek, key, version, wrapped",
+            |r| {
+                let key: String = r.get(3)?;
+                let i = RotationItem {
+                    kek: parse_row_uuid(&r.get::<_, String>(2)?),
+                    key: parse_row_uuid(&key),
+                    version: r.get(4)?,
+                    wrapped: r.get(5)?,
+                };
+                Ok((format!("{key} (rotation item)"), item_body(&i)))
+            },
+        )?;
+        n += roots::remac_wraps(&tx, &old, &new)?;
+        n += roots::remac_root_set(&tx, &old, &new)?;
+        for m in metas {
+            let values = m
+                .values
+                .iter()
+                .map(|v| meta_in(&tx, v))
+                .collect::<Result<Vec<_>, _>>()?;
+            let Some(tag) = meta_in(&tx, m.mac)? else {
+                continue;
+            };
+            let body = (m.body)(&values);
+            let tag = hex::decode(tag.trim()).unwrap_or_default();
+            check_mac(&old, m.mac, &body, Some(&tag))?;
+            tx.execute(
+                "UPDATE meta SET value = ?2 WHERE name = ?1",
+                params![m.mac, hex::encode(new.tag(&body))],
+            )
+            .map_err(sql("rekey: meta"))?;
+            n += 1;
+        }
+        for r in records {
+            insert_with(&tx, Some(&new), r)?;
+        }
+        roots::insert_wraps(&tx, &new, wraps)?;
+        for name in clear {
+            tx.execute("DELETE FROM meta WHERE name = ?1", [name])
+                .map_err(sql("rekey: clear meta"))?;
+        }
+        for (name, value) in set {
+            tx.execute(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                params![name, value],
+            )
+            .map_err(sql("rekey: write meta"))?;
+        }
+        rekey_test_fail()?;
+        crate::hierarchy::crash_point("integrity-rekey-before-commit");
+        tx.commit().map_err(sql("commit integrity rekey"))?;
+        // Loaded before the connection is released, so no write MAC'd under the old key lands
+        // after the commit through this connection's next holder.
+        *self.mac.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(new));
+        self.mac_epoch
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        drop(conn);
+        Ok(n)
     }
 
     pub fn meta(&self, name: &str) -> Result<Option<String>, KeystoreError> {

@@ -219,6 +219,80 @@ fn need_key(key: Option<std::sync::Arc<MacKey>>) -> Result<std::sync::Arc<MacKey
     key.ok_or_else(|| corrupt("(roots)", "no MAC key loaded"))
 }
 
+/// `Keystore::rekey_integrity`: every `kek_wraps` and `kek_rotation_wraps` row checked under
+/// `old` and re-MAC'd under `new`.
+pub(super) fn remac_wraps(
+    conn: &Connection,
+    old: &MacKey,
+    new: &MacKey,
+) -> Result<usize, KeystoreError> {
+    let mut n = 0;
+    for (table, domain) in [("kek_wraps", WRAPS), ("kek_rotation_wraps", ROTATION_WRAPS)] {
+        for w in wraps_with(conn, Some(old), table, "1 = 1", &[])? {
+            conn.execute(
+                &format!("UPDATE {table} SET mac = ?3 WHERE kek = ?1 AND root = ?2"),
+                params![
+                    w.kek.to_string(),
+                    w.root.to_string(),
+                    new.tag(&wrap_body(domain, &w))
+                ],
+            )
+            .map_err(sql("rekey: KEK wrap"))?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// `Keystore::rekey_integrity`: the root set checked under `old` (and against the root rows)
+/// and re-MAC'd under `new`. A keystore from before v9 with no set yet gets one.
+pub(super) fn remac_root_set(
+    conn: &Connection,
+    old: &MacKey,
+    new: &MacKey,
+) -> Result<usize, KeystoreError> {
+    match (
+        meta_with(conn, META_ROOT_SET)?,
+        meta_with(conn, META_ROOT_SET_MAC)?,
+    ) {
+        (Some(text), Some(mac)) => {
+            let ok = hex::decode(mac.trim())
+                .ok()
+                .is_some_and(|t| old.verify(&root_set_body(&text), &t));
+            if !ok {
+                return Err(tampered(META_ROOT_SET, "its MAC does not verify"));
+            }
+            if text != root_set_text(&root_ids(conn)?) {
+                return Err(tampered(
+                    META_ROOT_SET,
+                    "the root records are not the enrolled roots",
+                ));
+            }
+        }
+        (None, None) => {}
+        _ => {
+            return Err(tampered(
+                META_ROOT_SET,
+                "the list of enrolled roots is missing",
+            ))
+        }
+    }
+    write_root_set(conn, new)?;
+    Ok(1)
+}
+
+/// `Keystore::rekey_integrity`: the new integrity KEK's wraps, MAC'd under `new`.
+pub(super) fn insert_wraps(
+    conn: &Connection,
+    new: &MacKey,
+    wraps: &[KekWrap],
+) -> Result<(), KeystoreError> {
+    for w in wraps {
+        insert_wrap(conn, new, w)?;
+    }
+    Ok(())
+}
+
 impl Keystore {
     /// Every root record, in (created, id) order: unchecked while locked (unlock reads them to
     /// find its root before the MAC key exists), checked while unlocked.

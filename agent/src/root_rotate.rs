@@ -14,10 +14,11 @@
 //! This module must never destroy the old root object before the commit succeeded, never rotate
 //! to the root the agent runs on, and never return or log key material.
 
+use crate::audit::REKEY_KEY_ROWS;
 use crate::error::Tampering;
 use crate::error::{AgentError, Existing, RootRefusal};
 use crate::hierarchy::{crash_point, lock, Hierarchy};
-use crate::keystore::{Encoder, KeyKind, KeyState};
+use crate::keystore::{Encoder, KeyKind, KeyState, MetaMac};
 use crate::lifecycle::ROTATION;
 use crate::root::{Root, RootDestroyed};
 use keyward_proto::secret::Pin;
@@ -34,6 +35,56 @@ fn mac_body(list: &str) -> Vec<u8> {
     let mut e = Encoder::new(MAC_DOMAIN);
     e.field(Some(list.as_bytes()));
     e.finish()
+}
+
+/// Keystore `meta`: the mark by which a `root rotate --compromised` asks the next unlock (on the
+/// new root) to replace the keystore integrity key (value: the old root's id), written in the
+/// rotation's commit and removed in the commit that installs the new key.
+pub const META_REKEY: &str = "root_rotate_rekey_integrity";
+/// Keystore `meta`: the mark's MAC (hex) under the keystore MAC key (the old one).
+pub const META_REKEY_MAC: &str = "root_rotate_rekey_integrity_mac";
+const REKEY_DOMAIN: &str = "keyward/keystore/meta/root_rotate_rekey_integrity/v1";
+
+fn rekey_body(mark: &str) -> Vec<u8> {
+    let mut e = Encoder::new(REKEY_DOMAIN);
+    e.text(Some(mark));
+    e.finish()
+}
+
+/// Keystore `meta`: the audit public keys used before each integrity key replacement (hex SEC1,
+/// oldest first, comma-separated), so checkpoints signed before a switch can still be checked
+/// with the key of their time; MAC'd (`audit_key_previous_mac`).
+pub const META_AUDIT_PREVIOUS: &str = "audit_key_previous";
+const META_AUDIT_PREVIOUS_MAC: &str = "audit_key_previous_mac";
+
+fn previous_body(list: &str) -> Vec<u8> {
+    let mut e = Encoder::new("keyward/keystore/meta/audit_key_previous/v1");
+    e.text(Some(list));
+    e.finish()
+}
+
+/// Every meta row MAC'd under the keystore MAC key, for its replacement.
+fn mac_metas() -> [MetaMac; 6] {
+    [
+        MetaMac {
+            values: &[META_COMPROMISED],
+            mac: META_COMPROMISED_MAC,
+            body: |v| mac_body(v[0].as_deref().unwrap_or("")),
+        },
+        MetaMac {
+            values: &[META_REKEY],
+            mac: META_REKEY_MAC,
+            body: |v| rekey_body(v[0].as_deref().unwrap_or("")),
+        },
+        MetaMac {
+            values: &[META_AUDIT_PREVIOUS],
+            mac: META_AUDIT_PREVIOUS_MAC,
+            body: |v| previous_body(v[0].as_deref().unwrap_or("")),
+        },
+        crate::hierarchy::PIN_COUNTER_MAC,
+        crate::agents::POLICY_MAC,
+        crate::audit::REKEY_HEAD,
+    ]
 }
 
 /// What `root.rotate` did.
@@ -112,13 +163,20 @@ impl Hierarchy {
                 .collect::<Vec<_>>()
                 .join(",");
             let tag = self.ks.mac_tag(&mac_body(&pending)).map(hex::encode);
-            let meta: Vec<(&str, &str)> = match &tag {
+            let mark = own.id.to_string();
+            let mark_tag = self.ks.mac_tag(&rekey_body(&mark)).map(hex::encode);
+            let mut meta: Vec<(&str, &str)> = match &tag {
                 Some(tag) if compromised && !keks.is_empty() => vec![
                     (META_COMPROMISED, pending.as_str()),
                     (META_COMPROMISED_MAC, tag.as_str()),
                 ],
                 _ => Vec::new(),
             };
+            // Whoever holds the old root can derive the MAC key: the next unlock replaces it.
+            if let (true, Some(mark_tag)) = (compromised, &mark_tag) {
+                meta.push((META_REKEY, mark.as_str()));
+                meta.push((META_REKEY_MAC, mark_tag.as_str()));
+            }
             moved = self.ks.rotate_root(&own.id, &id, &meta)?;
             lock(&self.keks).clear();
         }
@@ -203,6 +261,83 @@ impl Hierarchy {
             }
         }
         Ok(done)
+    }
+}
+
+impl Hierarchy {
+    /// At unlock, after [`Hierarchy::finish_compromised`]: when a `root rotate --compromised`
+    /// left its mark, replace the keystore integrity key: a new integrity KEK and secret under
+    /// this (new) root, wrapped under every other enrolled root as `kek.create` does, and in ONE
+    /// keystore transaction ([`crate::keystore::Keystore::rekey_integrity`]) every MAC'd row
+    /// checked under the old key and re-MAC'd under the new one, the old integrity records
+    /// dropped, the new ones installed and the mark removed. The audit key derives from the MAC
+    /// key: its old public half joins the MAC'd list of previous audit keys and its row goes
+    /// (the new key is recorded at its first use). A failure (or a crash) before the commit
+    /// leaves everything under the old key and the mark in place: the next unlock tries again.
+    /// Returns whether the key was replaced.
+    pub(crate) fn finish_rekey(&self) -> Result<bool, AgentError> {
+        const OP: &str = "root.rotate";
+        let Some(mark) = self.ks.meta(META_REKEY)? else {
+            return Ok(false);
+        };
+        let verified = self
+            .ks
+            .meta(META_REKEY_MAC)?
+            .and_then(|t| hex::decode(t.trim()).ok())
+            .is_some_and(|tag| self.ks.mac_verify(&rekey_body(&mark), &tag) == Some(true));
+        if !verified {
+            return Err(AgentError::KeystoreTampered(Tampering::IntegrityRekey));
+        }
+        // No KEK (or root) made or rotated meanwhile: the new KEK's wraps cover every root.
+        let _one = ROTATION.lock().unwrap_or_else(|p| p.into_inner());
+        let own = self.root_record(OP)?;
+        // The integrity records now (checked: the key is loaded), the secret before its KEK.
+        let mut old: Vec<crate::keystore::KeyRecord> = Vec::new();
+        for r in self.ks.integrity_records()? {
+            if let Some(r) = self.ks.get(&r.id)? {
+                old.push(r);
+            }
+        }
+        let old_ids: Vec<Uuid> = {
+            let ids: Vec<Uuid> = old.iter().map(|r| r.id).collect();
+            let (children, parents): (Vec<_>, Vec<_>) = old
+                .iter()
+                .partition(|r| r.parent.is_some_and(|p| ids.contains(&p)));
+            children
+                .iter()
+                .chain(parents.iter())
+                .map(|r| r.id)
+                .collect()
+        };
+        let (records, w, key) = self.new_integrity(&own)?;
+        let wraps = self.wraps_for_new_kek(OP, records[0].id, &w, &[])?;
+        // The audit key of the old MAC key joins the list of previous ones.
+        let audit_key = self.ks.meta(REKEY_KEY_ROWS[0])?;
+        let mut set = Vec::new();
+        if let Some(public) = audit_key
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            let list = match self.ks.meta(META_AUDIT_PREVIOUS)? {
+                Some(l) if !l.is_empty() => format!("{l},{public}"),
+                _ => public.to_string(),
+            };
+            let tag = hex::encode(key.tag(&previous_body(&list)));
+            set.push((META_AUDIT_PREVIOUS, list));
+            set.push((META_AUDIT_PREVIOUS_MAC, tag));
+        }
+        let mut metas = mac_metas().to_vec();
+        metas.push(crate::audit::REKEY_KEY);
+        let mut clear = vec![META_REKEY, META_REKEY_MAC];
+        clear.extend(REKEY_KEY_ROWS);
+        let n = self
+            .ks
+            .rekey_integrity(key, &old_ids, &records, &wraps, &metas, &clear, &set)?;
+        crash_point("integrity-rekey-committed");
+        lock(&self.keks).clear();
+        tracing::info!(rows = n, old_root = %mark, "root rotate --compromised: the keystore integrity key was replaced; every record is MAC'd under the new key");
+        Ok(true)
     }
 }
 

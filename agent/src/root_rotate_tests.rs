@@ -273,3 +273,229 @@ fn root_rotate_compromised_list_is_under_the_keystore_mac() {
     assert_ne!(t.ks.get(&t.kek).unwrap().unwrap().wrapped, moved.wrapped);
     decrypts_all(&hb, &t.deks);
 }
+
+/// The `mac` column of a key row, read straight from the file (an attacker's view).
+fn raw_mac(dir: &tempfile::TempDir, id: &Uuid) -> Vec<u8> {
+    let c = rusqlite::Connection::open(dir.path().join("ks.db")).unwrap();
+    c.query_row(
+        "SELECT mac FROM keys WHERE id = ?1",
+        [id.to_string()],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+fn set_raw_mac(dir: &tempfile::TempDir, id: &Uuid, mac: &[u8]) {
+    let c = rusqlite::Connection::open(dir.path().join("ks.db")).unwrap();
+    let n = c
+        .execute(
+            "UPDATE keys SET mac = ?2 WHERE id = ?1",
+            rusqlite::params![id.to_string(), mac],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+fn integrity_ids(ks: &Keystore) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = ks
+        .integrity_records()
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// A DEK record forged by whoever holds the old root: MAC'd under the old key (the agent on
+/// the old root stands in for the attacker's own computation), then removed, its MAC kept.
+fn forge_with_old_key(t: &One) -> (crate::keystore::KeyRecord, Vec<u8>) {
+    let mut forged = crate::keystore::KeyRecord::new(KeyKind::Dek, "aes-kwp");
+    forged.parent = Some(t.kek);
+    forged.label = Some("forged".into());
+    forged.wrapped = Some(vec![7; 40]);
+    t.ks.insert(&forged).unwrap();
+    let mac = raw_mac(&t._dir, &forged.id);
+    assert!(t.ks.delete(&forged.id).unwrap());
+    (forged, mac)
+}
+
+#[test]
+fn root_rotate_compromised_replaces_the_integrity_key_and_refuses_rows_forged_with_the_old_one() {
+    let t = one_root();
+    // A recovery (public-key) root: the new integrity KEK must be wrapped for it too.
+    let secret = p256::SecretKey::random(&mut rand_core::OsRng);
+    let recovery =
+        t.a.enroll_public_root(
+            crate::roots::PublicRootKind::Recovery,
+            None,
+            &secret.public_key(),
+        )
+        .expect("enroll a public root");
+    let (forged, old_mac) = forge_with_old_key(&t);
+    // A compromised-KEK list forged under the old key (it would skip nothing here, but a
+    // forged list must not be acted on once the key is replaced).
+    let forged_list = Uuid::new_v4().to_string();
+    let forged_tag = hex::encode(t.ks.mac_tag(&mac_body(&forged_list)).unwrap());
+    let old_integrity = integrity_ids(&t.ks);
+    let b_root = MemoryRoot::new();
+    t.a.root_rotate(&b_root, &pin(), None, false, true)
+        .expect("rotate");
+    assert!(t.ks.meta(META_REKEY).unwrap().is_some());
+    let hb = hierarchy(&t.ks, &b_root);
+    hb.unlock(&pin()).expect("unlock on B");
+    // Replaced at the unlock: new integrity records, the mark gone, every key still opens.
+    assert!(t.ks.meta(META_REKEY).unwrap().is_none());
+    assert!(t.ks.meta(META_REKEY_MAC).unwrap().is_none());
+    let new_integrity = integrity_ids(&t.ks);
+    assert_eq!(new_integrity.len(), 2);
+    assert!(new_integrity.iter().all(|id| !old_integrity.contains(id)));
+    decrypts_all(&hb, &t.deks);
+    t.ks.roots_checked().expect("root set re-MAC'd");
+    // The forged row, exactly as the old key MACs it: refused.
+    t.ks.insert(&forged).unwrap();
+    set_raw_mac(&t._dir, &forged.id, &old_mac);
+    match t.ks.get(&forged.id) {
+        Err(crate::keystore::KeystoreError::Tampered { id, .. }) => {
+            assert_eq!(id, forged.id.to_string())
+        }
+        other => panic!("a row MAC'd under the old key was accepted: {other:?}"),
+    }
+    assert_eq!(
+        hb.record(&forged.id.to_string(), KeyKind::Dek)
+            .unwrap_err()
+            .code(),
+        keyward_proto::ErrorCode::KeystoreTampered
+    );
+    t.ks.delete(&forged.id).unwrap();
+    // The forged meta row: refused too.
+    t.ks.set_metas(&[
+        (META_COMPROMISED, Some(&forged_list)),
+        (META_COMPROMISED_MAC, Some(&forged_tag)),
+    ])
+    .unwrap();
+    assert!(matches!(
+        hb.finish_compromised(),
+        Err(AgentError::KeystoreTampered(Tampering::CompromisedList))
+    ));
+    t.ks.set_metas(&[(META_COMPROMISED, None), (META_COMPROMISED_MAC, None)])
+        .unwrap();
+    // The recovery root opens the new integrity KEK (its wrap came in with it).
+    let public = secret.public_key();
+    let open = |w: &[u8]| {
+        let k = crate::root::ecdh::unwrap(&public, w, |e| {
+            crate::root::ecdh::software_ecdh(&secret, e)
+        })?;
+        Ok(crate::root::ExportedKek::new(&k))
+    };
+    let opened = hb
+        .open_keks_for_root(&recovery, &open)
+        .expect("open for restore");
+    assert_eq!(opened[0].0.kind, KeyKind::Integrity);
+    assert!(new_integrity.contains(&opened[0].0.id));
+    let own = hb.own_wrap(&opened[0].0).unwrap();
+    assert_eq!(
+        opened[0].1.expose(),
+        hb.root.export_kek(&own).unwrap().expose()
+    );
+    // A later unlock on B derives the new key from the new records.
+    hb.lock().unwrap();
+    let hb = hierarchy(&t.ks, &b_root);
+    hb.unlock(&pin()).expect("unlock on B again");
+    decrypts_all(&hb, &t.deks);
+    assert_eq!(integrity_ids(&t.ks), new_integrity);
+}
+
+#[test]
+fn root_rotate_compromised_rekey_waits_while_another_enrolled_root_is_absent() {
+    // A third AES-like root the new root cannot wrap for without it present: the replacement
+    // (like `kek.create`) waits, everything stays under the old key, the mark stays.
+    let t = one_root();
+    let c_root = MemoryRoot::new();
+    t.a.root_add(&c_root, &pin(), None).expect("add C");
+    let old_integrity = integrity_ids(&t.ks);
+    let b_root = MemoryRoot::new();
+    t.a.root_rotate(&b_root, &pin(), None, false, true)
+        .expect("rotate");
+    let hb = hierarchy(&t.ks, &b_root);
+    hb.unlock(&pin()).expect("unlock on B");
+    assert!(matches!(
+        hb.finish_rekey(),
+        Err(AgentError::Roots(RootRefusal::Absent { .. }))
+    ));
+    assert!(t.ks.meta(META_REKEY).unwrap().is_some());
+    assert_eq!(integrity_ids(&t.ks), old_integrity);
+    decrypts_all(&hb, &t.deks);
+}
+
+#[test]
+fn root_rotate_compromised_rekey_interrupted_before_its_commit_leaves_the_old_key_and_the_next_unlock_completes_it(
+) {
+    let t = one_root();
+    let (forged, old_mac) = forge_with_old_key(&t);
+    let old_integrity = integrity_ids(&t.ks);
+    let b_root = MemoryRoot::new();
+    t.a.root_rotate(&b_root, &pin(), None, false, true)
+        .expect("rotate");
+    let hb = hierarchy(&t.ks, &b_root);
+    crate::keystore::REKEY_FAIL.with(|f| f.set(true));
+    hb.unlock(&pin())
+        .expect("the unlock goes on when the replacement fails");
+    // Nothing changed: the mark stays, the old integrity records too, everything under the
+    // old key (a row MAC'd under it still verifies).
+    assert!(t.ks.meta(META_REKEY).unwrap().is_some());
+    assert_eq!(integrity_ids(&t.ks), old_integrity);
+    decrypts_all(&hb, &t.deks);
+    t.ks.insert(&forged).unwrap();
+    assert_eq!(raw_mac(&t._dir, &forged.id), old_mac);
+    t.ks.get(&forged.id).expect("still the old key");
+    t.ks.delete(&forged.id).unwrap();
+    hb.lock().unwrap();
+    // The next unlock completes it.
+    let hb = hierarchy(&t.ks, &b_root);
+    hb.unlock(&pin()).expect("unlock on B again");
+    assert!(t.ks.meta(META_REKEY).unwrap().is_none());
+    let now = integrity_ids(&t.ks);
+    assert!(now.iter().all(|id| !old_integrity.contains(id)));
+    decrypts_all(&hb, &t.deks);
+    t.ks.insert(&forged).unwrap();
+    set_raw_mac(&t._dir, &forged.id, &old_mac);
+    assert!(matches!(
+        t.ks.get(&forged.id),
+        Err(crate::keystore::KeystoreError::Tampered { .. })
+    ));
+}
+
+#[test]
+fn root_rotate_compromised_rekey_aborts_on_a_row_that_does_not_verify_under_the_old_key() {
+    let t = one_root();
+    let b_root = MemoryRoot::new();
+    let old_integrity = integrity_ids(&t.ks);
+    t.a.root_rotate(&b_root, &pin(), None, false, true)
+        .expect("rotate");
+    // A row edited outside the agent (no key): its MAC no longer verifies.
+    let dek = Uuid::parse_str(&t.deks[1].0).unwrap();
+    set_raw_mac(&t._dir, &dek, &[0u8; 32]);
+    let hb = hierarchy(&t.ks, &b_root);
+    hb.unlock(&pin()).expect("unlock on B");
+    let e = hb.finish_rekey().unwrap_err();
+    assert_eq!(e.code(), keyward_proto::ErrorCode::KeystoreTampered);
+    // Nothing replaced: the mark and the old integrity records stay, the good keys open.
+    assert!(t.ks.meta(META_REKEY).unwrap().is_some());
+    assert_eq!(integrity_ids(&t.ks), old_integrity);
+    let pt = hb.decrypt(&t.deks[0].1, Some(&t.deks[0].0)).unwrap();
+    assert_eq!(&pt[..], b"secret 0");
+}
+
+#[test]
+fn root_rotate_without_compromised_keeps_the_integrity_key() {
+    let t = one_root();
+    let old_integrity = integrity_ids(&t.ks);
+    let b_root = MemoryRoot::new();
+    t.a.root_rotate(&b_root, &pin(), None, false, false)
+        .expect("rotate");
+    assert!(t.ks.meta(META_REKEY).unwrap().is_none());
+    let hb = hierarchy(&t.ks, &b_root);
+    hb.unlock(&pin()).expect("unlock on B");
+    assert_eq!(integrity_ids(&t.ks), old_integrity);
+}

@@ -2,7 +2,8 @@
 //! `backup`; soft: a second passphrase): the agent locks after the rotation, restarted on the new
 //! root's configuration it decrypts everything, and the old root opens nothing; `--destroy-old`
 //! removes the old root object from its token (as `pkcs11-tool --list-objects` sees it);
-//! `--compromised` lists every DEK and rotates every KEK at the new root's unlock; `kill -9` at
+//! `--compromised` lists every DEK and rotates every KEK at the new root's unlock, and replaces
+//! the keystore integrity key there (a crash before that commit leaves the old one); `kill -9` at
 //! crash points and at random delays during rotations over a few hundred DEKs loses nothing;
 //! bad input is typed and the agent keeps serving.
 
@@ -16,6 +17,7 @@ keyward_tests::keyward_e2e_tests!(
     root_rotate_moves_everything_to_the_new_root_and_the_old_opens_nothing,
     root_rotate_destroy_old_removes_the_old_root_object,
     root_rotate_compromised_lists_deks_and_rotates_every_kek,
+    root_rotate_compromised_replaces_the_integrity_key_even_after_a_crash,
     root_rotate_killed_at_any_point_loses_nothing,
     root_rotate_bad_input_is_typed_and_the_agent_keeps_serving,
     root_rotate_to_another_object_on_the_same_token,
@@ -232,6 +234,108 @@ fn root_rotate_compromised_lists_deks_and_rotates_every_kek(env: &mut TestEnv) {
     let listed = c.run(|c| c.kek_list()).unwrap().keys;
     assert!(listed.iter().all(|k| k.version == 2));
     decrypts(&c, &data);
+}
+
+/// The ids of the keystore integrity records, read straight from the file.
+fn integrity_ids(keystore: &Path) -> Vec<String> {
+    let db = rusqlite::Connection::open(keystore).expect("keystore");
+    let mut stmt = db
+        .prepare("SELECT id FROM keys WHERE kind = 'integrity' ORDER BY id")
+        .unwrap();
+    let ids = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    ids
+}
+
+fn rekey_mark(keystore: &Path) -> bool {
+    let db = rusqlite::Connection::open(keystore).expect("keystore");
+    db.query_row(
+        "SELECT COUNT(*) FROM meta WHERE name = 'root_rotate_rekey_integrity'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap()
+        == 1
+}
+
+/// `--compromised`: the first unlock on the new root replaces the integrity key. Killed just
+/// before that commit, the keystore keeps the old integrity records and the mark; the next
+/// unlock replaces them, and everything decrypts throughout.
+fn root_rotate_compromised_replaces_the_integrity_key_even_after_a_crash(env: &mut TestEnv) {
+    // With an audit log: its signing key derives from the integrity key, so it changes too.
+    env.stop();
+    let cfg = std::fs::read_to_string(env.config_path()).unwrap();
+    std::fs::write(
+        env.config_path(),
+        format!("{cfg}\n[audit]\ncheckpoint_every = 4\n"),
+    )
+    .unwrap();
+    env.start_agent();
+    let keys = env.init_with_keys(false, b"integrity");
+    let data = vec![(keys.ciphertext.clone(), keys.plaintext.clone())];
+    let before = integrity_ids(&env.keystore_path());
+    assert_eq!(before.len(), 2);
+    let roots = two_configs(env);
+    rotate(env, &roots.b, &["--compromised"]);
+    assert!(rekey_mark(&env.keystore_path()));
+    // The first unlock on the new root aborts just before the replacement's commit.
+    env.stop();
+    std::fs::copy(&roots.b.0, env.config_path()).unwrap();
+    let mut cmd = env.agent_command();
+    cmd.env("KEYWARD_TEST_CRASH_AFTER", "integrity-rekey-before-commit")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn keywardd");
+    let sock = env.socket_path().to_path_buf();
+    wait_for("the crashing agent to listen", || {
+        std::os::unix::net::UnixStream::connect(&sock).ok()
+    });
+    let c = env.client();
+    assert!(c.run(|c| c.unlock(pin(roots.b.1))).is_err(), "not a crash");
+    drop(c);
+    assert!(!wait_exit(&mut child, "the agent to abort").success());
+    assert_eq!(integrity_ids(&env.keystore_path()), before);
+    assert!(rekey_mark(&env.keystore_path()));
+    // The next unlock replaces it.
+    let c = restart_on(env, &roots.b);
+    decrypts(&c, &data);
+    let after = integrity_ids(&env.keystore_path());
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|id| !before.contains(id)), "{after:?}");
+    assert!(!rekey_mark(&env.keystore_path()));
+    // And only once.
+    drop(c);
+    let c = restart_on(env, &roots.b);
+    decrypts(&c, &data);
+    assert_eq!(integrity_ids(&env.keystore_path()), after);
+    // The audit log: the keystore's rows (head, new key) verify under the new MAC key, but
+    // `audit verify` checks every checkpoint with the current audit key only, so it stops at the
+    // first one signed before the switch (documented; the old key is kept in
+    // `audit_key_previous`).
+    let out = env.cli(&["--json", "audit", "verify"], None);
+    let report = keyward_tests::parse_json(&out.stdout);
+    assert!(!out.status.success(), "{report}");
+    assert_eq!(report["keystore_checked"], true, "{report}");
+    assert_eq!(report["key_checked"], true, "{report}");
+    assert_eq!(report["problem"]["kind"], "bad_checkpoint", "{report}");
+    let db = rusqlite::Connection::open(env.keystore_path()).unwrap();
+    let previous: String = db
+        .query_row(
+            "SELECT value FROM meta WHERE name = 'audit_key_previous'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the previous audit key is kept");
+    let current: String = db
+        .query_row("SELECT value FROM meta WHERE name = 'audit_key'", [], |r| {
+            r.get(0)
+        })
+        .expect("the new audit key is recorded");
+    assert_eq!(previous.split(',').count(), 1, "{previous}");
+    assert_ne!(previous, current);
 }
 
 /// Rotations back and forth between the two roots over 200 DEKs, the agent killed (abort at the
