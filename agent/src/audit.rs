@@ -478,7 +478,22 @@ impl Audit {
         let head_mac = ks.meta(META_HEAD_MAC)?;
         let public = key.as_deref().and_then(parse_key_row);
         let parsed_head = head.as_deref().and_then(parse_head_row);
+        // The keys before each replacement of the integrity key (`root rotate --compromised`).
+        let previous = ks.meta(crate::root_rotate::META_AUDIT_PREVIOUS)?;
+        let previous_mac = ks.meta(crate::root_rotate::META_AUDIT_PREVIOUS_MAC)?;
+        let previous_keys: Vec<Vec<u8>> = previous
+            .as_deref()
+            .map(|l| l.split(',').filter_map(parse_key_row).collect())
+            .unwrap_or_default();
+        let previous_ok = previous.as_deref().is_none_or(|l| {
+            mac_ok(
+                ks,
+                &crate::root_rotate::previous_body(l),
+                previous_mac.as_deref(),
+            )
+        });
         let checked = ks.has_mac_key()
+            && previous_ok
             && key
                 .as_deref()
                 .is_some_and(|k| mac_ok(ks, &key_body(k), key_mac.as_deref()))
@@ -493,6 +508,10 @@ impl Audit {
             head_seq: parsed_head.map(|h| h.0),
             head_hash: parsed_head.map(|h| serde_bytes::ByteBuf::from(h.1.to_vec())),
             checked,
+            previous_keys: previous_keys
+                .into_iter()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
         })
     }
 }
@@ -1192,6 +1211,11 @@ mod tests {
             key: i
                 .public_key
                 .and_then(|k| keyward_identity::PublicKey::from_sec1_bytes(&k).ok()),
+            previous: i
+                .previous_keys
+                .iter()
+                .filter_map(|k| keyward_identity::PublicKey::from_sec1_bytes(k).ok())
+                .collect(),
             head: i
                 .head_seq
                 .zip(i.head_hash.and_then(|h| h.to_vec().try_into().ok())),

@@ -55,9 +55,9 @@ fn rekey_body(mark: &str) -> Vec<u8> {
 /// oldest first, comma-separated), so checkpoints signed before a switch can still be checked
 /// with the key of their time; MAC'd (`audit_key_previous_mac`).
 pub const META_AUDIT_PREVIOUS: &str = "audit_key_previous";
-const META_AUDIT_PREVIOUS_MAC: &str = "audit_key_previous_mac";
+pub(crate) const META_AUDIT_PREVIOUS_MAC: &str = "audit_key_previous_mac";
 
-fn previous_body(list: &str) -> Vec<u8> {
+pub(crate) fn previous_body(list: &str) -> Vec<u8> {
     let mut e = Encoder::new("keyward/keystore/meta/audit_key_previous/v1");
     e.text(Some(list));
     e.finish()

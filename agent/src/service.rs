@@ -1037,6 +1037,7 @@ impl Handler for Service {
                 head_seq: None,
                 head_hash: None,
                 checked: false,
+                previous_keys: Vec::new(),
             }),
         }
     }

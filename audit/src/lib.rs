@@ -206,6 +206,11 @@ pub fn read_lines(path: &Path) -> std::io::Result<Vec<Line>> {
 #[derive(Debug, Clone, Default)]
 pub struct Trust {
     pub key: Option<PublicKey>,
+    /// The audit keys in use before `key`, oldest first (the keystore integrity key, which the
+    /// audit key derives from, was replaced). A checkpoint may be signed by one of them, but the
+    /// keys only move forward: once a checkpoint verified under a key, no earlier key is
+    /// accepted for a later checkpoint.
+    pub previous: Vec<PublicKey>,
     /// (sequence, hash) of the newest entry the keystore recorded.
     pub head: Option<(u64, [u8; 32])>,
 }
@@ -279,6 +284,9 @@ pub fn verify(lines: &[Line], trust: &Trust) -> Report {
     let parsed: Vec<Option<Parsed>> = lines.iter().map(|l| parse_line(&l.text)).collect();
     let mut prev = GENESIS;
     let mut expected: u64 = 1;
+    // The keys in the order they were used; `era` is the oldest one still acceptable.
+    let keys: Vec<&PublicKey> = trust.previous.iter().chain(trust.key.as_ref()).collect();
+    let mut era = 0;
     for (i, (l, p)) in lines.iter().zip(&parsed).enumerate() {
         let (file, line) = where_(l);
         let Some(p) = p else {
@@ -324,12 +332,20 @@ pub fn verify(lines: &[Line], trust: &Trust) -> Report {
         if p.entry.is_checkpoint() {
             match &trust.key {
                 None => r.unchecked_checkpoints += 1,
-                Some(key) => match check_signature(&p.entry, seq.saturating_sub(1), &prev, key) {
-                    Ok(()) => {
-                        r.signed_through = Some(seq);
-                        r.unsigned = 0;
+                Some(_) => {
+                    // The first acceptable key that verifies it; else the error the newest gave.
+                    let mut why = String::new();
+                    let mut found = None;
+                    for (j, k) in keys[era..].iter().enumerate() {
+                        match check_signature(&p.entry, seq.saturating_sub(1), &prev, k) {
+                            Ok(()) => {
+                                found = Some(j);
+                                break;
+                            }
+                            Err(e) => why = e,
+                        }
                     }
-                    Err(why) => {
+                    let Some(j) = found else {
                         r.problem = Some(Problem::BadCheckpoint {
                             seq,
                             file,
@@ -337,8 +353,11 @@ pub fn verify(lines: &[Line], trust: &Trust) -> Report {
                             why,
                         });
                         return r;
-                    }
-                },
+                    };
+                    era += j;
+                    r.signed_through = Some(seq);
+                    r.unsigned = 0;
+                }
             }
         }
         if r.signed_through != Some(seq) {

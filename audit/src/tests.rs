@@ -6,6 +6,15 @@ use keyward_identity::LocalKey;
 /// A chain of `n` entries with a checkpoint every `every` (signed by `key`): the lines, and the
 /// head (seq, hash) a keystore would hold.
 fn chain(n: u64, every: u64, key: &LocalKey) -> (Vec<Line>, (u64, [u8; 32])) {
+    chain_keyed(n, every, |_| key)
+}
+
+/// As [`chain`], each checkpoint signed by `key_at(seq)`.
+fn chain_keyed<'k>(
+    n: u64,
+    every: u64,
+    key_at: impl Fn(u64) -> &'k LocalKey,
+) -> (Vec<Line>, (u64, [u8; 32])) {
     let mut prev = GENESIS;
     let mut lines = Vec::new();
     for seq in 1..=n {
@@ -27,7 +36,7 @@ fn chain(n: u64, every: u64, key: &LocalKey) -> (Vec<Line>, (u64, [u8; 32])) {
             e.door = "agent".into();
             e.key = None;
             e.detail = Some("every".into());
-            e.sig = Some(sign_checkpoint(key, seq - 1, &prev).unwrap());
+            e.sig = Some(sign_checkpoint(key_at(seq), seq - 1, &prev).unwrap());
         }
         let (text, h) = encode(&e).unwrap();
         lines.push(Line {
@@ -43,6 +52,7 @@ fn chain(n: u64, every: u64, key: &LocalKey) -> (Vec<Line>, (u64, [u8; 32])) {
 fn trust(key: &LocalKey, head: (u64, [u8; 32])) -> Trust {
     Trust {
         key: Some(key.public_key()),
+        previous: Vec::new(),
         head: Some(head),
     }
 }
@@ -128,6 +138,7 @@ fn a_cut_tail_is_caught_by_the_keystore_head() {
         &lines,
         &Trust {
             key: Some(k.public_key()),
+            previous: Vec::new(),
             head: None,
         },
     );
@@ -200,4 +211,42 @@ fn lines_with_unknown_or_duplicate_fields_are_not_entries() {
     assert!(parse_line(&extra).is_none());
     assert!(parse_line("").is_none());
     assert!(parse_line("{}").is_none());
+}
+
+/// After the audit key was replaced (`root rotate --compromised`), checkpoints signed before the
+/// switch verify with the previous key, and only forward: an old key's signature after a newer
+/// key's is refused.
+#[test]
+fn previous_keys_verify_the_checkpoints_of_their_time_and_only_forward() {
+    let old = LocalKey::generate(&mut OsRng);
+    let new = LocalKey::generate(&mut OsRng);
+    let (lines, head) = chain_keyed(40, 5, |seq| if seq <= 20 { &old } else { &new });
+    let mut t = trust(&new, head);
+    // With the current key only, the first checkpoint (signed by the old key) fails.
+    let r = verify(&lines, &t);
+    assert!(
+        matches!(r.problem, Some(Problem::BadCheckpoint { seq: 5, .. })),
+        "{:?}",
+        r.problem
+    );
+    t.previous = vec![old.public_key()];
+    let r = verify(&lines, &t);
+    assert_eq!(r.problem, None);
+    assert_eq!(r.signed_through, Some(40));
+    assert!(r.head_matched);
+    // A checkpoint signed by the old key after one signed by the new key is refused.
+    let (lines, head) = chain_keyed(
+        40,
+        5,
+        |seq| if (11..=20).contains(&seq) { &new } else { &old },
+    );
+    let mut t = trust(&new, head);
+    t.previous = vec![old.public_key()];
+    let r = verify(&lines, &t);
+    assert!(
+        matches!(r.problem, Some(Problem::BadCheckpoint { seq: 25, .. })),
+        "{:?}",
+        r.problem
+    );
+    assert_eq!(r.signed_through, Some(20));
 }

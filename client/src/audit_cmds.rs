@@ -173,6 +173,11 @@ pub async fn audit(socket: &Path, cmd: &AuditCmd) -> Result<(Out, bool), Failure
                 .map_err(|e| format!("reading {}: {e}", path.display()))?;
             let trust = match &info {
                 Some(i) => Trust {
+                    previous: i
+                        .previous_keys
+                        .iter()
+                        .filter_map(|k| keyward_identity::PublicKey::from_sec1_bytes(k).ok())
+                        .collect(),
                     key: i
                         .public_key
                         .as_deref()

@@ -907,6 +907,11 @@ pub struct AuditInfoResult {
     pub head_hash: Option<serde_bytes::ByteBuf>,
     /// The MACs of the key and head rows verified under the keystore integrity key just now.
     pub checked: bool,
+    /// The audit keys used before each replacement of the keystore integrity key (`root rotate
+    /// --compromised`), oldest first (SEC1): checkpoints signed before a replacement verify with
+    /// the key of their time. Covered by `checked` when present.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<serde_bytes::ByteBuf>,
 }
 
 /// `kek.rotate` arguments: the KEK, and enrolled roots to remove first (`--drop-root`: absent

@@ -875,6 +875,7 @@ fn every_response_validates() {
                 head_seq: Some(41),
                 head_hash: Some(serde_bytes::ByteBuf::from(vec![7; 32])),
                 checked: true,
+                previous_keys: vec![serde_bytes::ByteBuf::from(vec![3; 33])],
             },
         ),
         // The PKCS#11 module's operations.
