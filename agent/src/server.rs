@@ -633,20 +633,51 @@ async fn serve_requests(
                 .await;
             continue;
         }
+        // Alone on the connection (nothing in flight, nothing more queued in the socket) and
+        // bounded to microseconds: answered right here, without the two thread hops of a blocking
+        // thread. Several at once still run concurrently on blocking threads (pipelining).
+        if slots.available_permits() == MAX_IN_FLIGHT
+            && !more_queued(rd)
+            && service.runs_inline(&req)
+        {
+            let resp = service.handle(&req);
+            drop(req);
+            replies.send(resp).await;
+            continue;
+        }
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
         let (replies, service) = (replies.clone(), service.clone());
         tokio::spawn(async move {
-            let resp = run(service, req).await;
+            let resp = run_blocking(service, req).await;
             replies.send(resp).await;
             drop(permit);
         });
     }
 }
 
-/// Run one request on a blocking thread (token calls block).
+/// Whether more bytes (the next pipelined request) already wait in the socket: one
+/// non-blocking peek. An error counts as "no": the next read will see it.
+fn more_queued(rd: &tokio::net::unix::OwnedReadHalf) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    matches!(recv(rd.as_ref().as_raw_fd(), &mut byte, flags), Ok(n) if n > 0)
+}
+
+/// Run one request: on this task when [`Service::runs_inline`] allows it, else on a blocking
+/// thread (token calls block).
 async fn run(service: Service, req: Request) -> Response {
+    if service.runs_inline(&req) {
+        return service.handle(&req);
+    }
+    run_blocking(service, req).await
+}
+
+/// Run one request on a blocking thread.
+async fn run_blocking(service: Service, req: Request) -> Response {
     let id = req.id;
     tokio::task::spawn_blocking(move || service.handle(&req))
         .await
@@ -656,4 +687,173 @@ async fn run(service: Service, req: Request) -> Response {
                 ErrorBody::new(ErrorCode::Internal, "request handler failed"),
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UnlockPolicy;
+    use crate::hierarchy::Hierarchy;
+    use crate::keystore::{Keystore, Purpose};
+    use crate::root::memory::MemoryRoot;
+    use keyward_proto::ops::{EncryptArgs, HelloArgs, ListArgs};
+    use keyward_proto::secret::Pin;
+    use std::os::unix::net::UnixStream as StdStream;
+
+    struct Agent {
+        root: MemoryRoot,
+        h: Arc<Hierarchy>,
+        dek: String,
+        sock: PathBuf,
+        _rt: tokio::runtime::Runtime,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Agent {
+        fn drop(&mut self) {
+            if let Some(s) = self.stop.take() {
+                let _ = s.send(());
+            }
+        }
+    }
+
+    /// An agent on a memory root with one DEK, served by a runtime with ONE worker thread, so
+    /// that a request running on the worker would hold up every other connection.
+    fn agent() -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ks = Arc::new(Keystore::open(&dir.path().join("ks.db")).expect("keystore"));
+        let root = MemoryRoot::new();
+        let h = Arc::new(Hierarchy::new(
+            ks,
+            Box::new(root.clone()),
+            UnlockPolicy::default(),
+        ));
+        h.init(&Pin::new("server-test-pin")).expect("init");
+        let kek = h.kek_create(None).expect("kek");
+        let dek = h
+            .dek_create(Some(&kek.to_string()), Purpose::Personal, false, None)
+            .expect("dek")
+            .to_string();
+        let sock = dir.path().join("s").join("agent.sock");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let bound = rt.block_on(async { bind(&sock) }).expect("bind");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let service = Service::new(h.clone());
+        rt.spawn(serve(bound, service, Limits::default(), async move {
+            let _ = stopped.await;
+        }));
+        Agent {
+            root,
+            h,
+            dek,
+            sock,
+            _rt: rt,
+            stop: Some(stop),
+            _dir: dir,
+        }
+    }
+
+    fn send<A: serde::Serialize>(s: &mut StdStream, id: u64, op: &str, args: &A) {
+        let body = Request::new(id, op, args)
+            .expect("request")
+            .to_cbor()
+            .expect("cbor");
+        frame::write_blocking(s, &body, MAX_FRAME).expect("write");
+    }
+
+    fn recv(s: &mut StdStream) -> Response {
+        let body = frame::read_blocking(s, MAX_FRAME)
+            .expect("read")
+            .expect("a frame");
+        Response::from_cbor(&body).expect("response")
+    }
+
+    fn connect(a: &Agent) -> StdStream {
+        let mut s = StdStream::connect(&a.sock).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        send(&mut s, 1, "hello", &HelloArgs::current());
+        assert!(recv(&mut s).ok.is_some(), "hello answered");
+        s
+    }
+
+    fn encrypt_args(a: &Agent) -> EncryptArgs {
+        EncryptArgs {
+            dek: a.dek.clone(),
+            plaintext: keyward_proto::secret::SecretBytes::new(b"x".to_vec()),
+        }
+    }
+
+    #[test]
+    fn fast_backend_requests_are_answered_and_classed_inline() {
+        let a = agent();
+        assert!(a.h.fast_backend(), "the memory root is fast");
+        let service = Service::new(a.h.clone());
+        let req = Request::new(5, "encrypt", &encrypt_args(&a)).expect("request");
+        assert!(
+            service.runs_inline(&req),
+            "encrypt on a fast root runs inline"
+        );
+        let req = Request::new(6, "dek.create", &ListArgs::default()).expect("request");
+        assert!(
+            !service.runs_inline(&req),
+            "a keystore write never runs inline"
+        );
+        let req = Request::new(7, "no.such.op", &ListArgs::default()).expect("request");
+        assert!(
+            !service.runs_inline(&req),
+            "an unknown op is not classed inline"
+        );
+        let mut s = connect(&a);
+        for id in 10..20 {
+            send(&mut s, id, "encrypt", &encrypt_args(&a));
+            let r = recv(&mut s);
+            assert_eq!(r.id, Some(id));
+            assert!(r.ok.is_some(), "{r:?}");
+        }
+        // Malformed args on the inline path: a typed error, and the connection keeps serving.
+        send(&mut s, 30, "encrypt", &ListArgs::default());
+        let r = recv(&mut s);
+        assert_eq!(r.err.map(|e| e.code), Some(ErrorCode::InvalidArgs));
+        send(&mut s, 31, "kek.list", &ListArgs::default());
+        assert!(recv(&mut s).ok.is_some());
+    }
+
+    #[test]
+    fn slow_backend_request_does_not_hold_up_another_connection() {
+        let a = agent();
+        let delay = Duration::from_millis(1500);
+        a.root.set_delay(Some(delay));
+        assert!(!a.h.fast_backend(), "a card-like root is not fast");
+        let service = Service::new(a.h.clone());
+        let req = Request::new(5, "encrypt", &encrypt_args(&a)).expect("request");
+        assert!(
+            !service.runs_inline(&req),
+            "no token op runs inline on a slow root"
+        );
+        let req = Request::new(6, "kek.list", &ListArgs::default()).expect("request");
+        assert!(
+            service.runs_inline(&req),
+            "a keystore-only read runs inline on any root"
+        );
+        let (mut slow, mut quick) = (connect(&a), connect(&a));
+        send(&mut slow, 2, "encrypt", &encrypt_args(&a));
+        // Let the slow request start (on its blocking thread) before the quick one.
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        send(&mut quick, 2, "kek.list", &ListArgs::default());
+        let r = recv(&mut quick);
+        let took = t.elapsed();
+        assert!(r.ok.is_some(), "{r:?}");
+        assert!(
+            took < Duration::from_millis(1000),
+            "kek.list waited {took:?} behind another connection's card operation"
+        );
+        let r = recv(&mut slow);
+        assert!(r.ok.is_some(), "{r:?}");
+    }
 }

@@ -53,6 +53,9 @@ pub(super) struct Sessions {
     pool: Mutex<Vec<Session>>,
     /// The root object, once unlocked.
     pub(super) root: Mutex<Option<ObjectHandle>>,
+    /// The slot says it is hardware (`CKF_HW_SLOT`: a card reader, an HSM); false for a
+    /// software token (SoftHSM), whose calls take microseconds.
+    hardware: bool,
 }
 
 /// The anchor session, locked, with the module entered for the call.
@@ -273,6 +276,16 @@ impl Connection {
         Ok(conn)
     }
 
+    /// Whether the token is a software token (its slot is not `CKF_HW_SLOT`), so that its
+    /// calls take microseconds ([`crate::root::Root::fast`]). False while not connected.
+    pub(super) fn fast(&self) -> bool {
+        self.live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|s| !s.hardware)
+    }
+
     pub(super) fn uri(&self) -> &Pkcs11Uri {
         &self.uri
     }
@@ -287,6 +300,20 @@ impl Connection {
         let generation = m.initialize(op)?;
         let inside = m.enter(generation, op)?;
         let slot = self.find_slot(inside.ctx(), op)?;
+        // Unknown slot information counts as hardware: the safe side (`Connection::fast`).
+        let hardware = inside
+            .ctx()
+            .get_slot_info(slot)
+            .map_or(true, |i| i.hardware_slot());
+        tracing::debug!(
+            hardware,
+            "token slot is {}",
+            if hardware {
+                "hardware: requests run on blocking threads"
+            } else {
+                "a software token: fast requests may run on the socket's task"
+            }
+        );
         let anchor = inside
             .ctx()
             .open_rw_session_no_drop(slot)
@@ -299,6 +326,7 @@ impl Connection {
             anchor: Mutex::new(Some(anchor)),
             pool: Mutex::new(Vec::new()),
             root: Mutex::new(None),
+            hardware,
         })
     }
 
