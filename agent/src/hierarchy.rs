@@ -181,6 +181,24 @@ impl Hierarchy {
         }
     }
 
+    /// True unless the keystore's start-up check is still running: then
+    /// [`keystore_ready`](Self::keystore_ready) may wait, which must not happen on the socket's
+    /// own task (`Service::runs_inline`).
+    pub fn keystore_settled(&self) -> bool {
+        self.keystore_check.get().is_none_or(|c| {
+            !matches!(
+                c.gate(std::time::Duration::ZERO),
+                Err(AgentError::KeystoreChecking { .. })
+            )
+        })
+    }
+
+    /// Whether the root backend's operations take microseconds ([`Root::fast`]): the class
+    /// that decides where a request runs (ARCHITECTURE.md "Where a request runs").
+    pub fn fast_backend(&self) -> bool {
+        self.root.fast()
+    }
+
     /// The keystore check's state, for `hello`.
     pub fn keystore_check(&self) -> Option<keyward_proto::ops::KeystoreCheck> {
         self.keystore_check.get().map(|c| c.report())

@@ -482,6 +482,130 @@ impl Replies {
     }
 }
 
+/// Bytes a connection's reader holds: a frame up to this size (header included) is read whole
+/// into it, usually in one `recv` together with any frames pipelined behind it.
+const READ_BUFFER: usize = 8 * 1024;
+
+/// The frames of one connection, read through a small buffer: one `recv` per request instead of
+/// two (header, then body), and pipelined requests show as bytes already held
+/// ([`Frames::pending`]). A frame larger than the buffer is read into its own buffer, grown as
+/// its bytes arrive (never allocated from its length alone, as [`frame::read_with_deadline`]).
+/// Every buffer is wiped when dropped (requests carry PINs and plaintexts); the read buffer never
+/// reallocates (reads go into its spare capacity). A frame once begun must arrive whole within
+/// the frame timeout; an idle connection has no deadline. Cancel-safe while the frame being
+/// read fits the buffer (the bytes read so far stay in it).
+struct Frames {
+    buf: Zeroizing<Vec<u8>>,
+    /// When the frame now being read, begun but not whole, first waited for more bytes.
+    begun: Option<tokio::time::Instant>,
+}
+
+impl Frames {
+    fn new() -> Self {
+        Frames {
+            buf: Zeroizing::new(Vec::with_capacity(READ_BUFFER)),
+            begun: None,
+        }
+    }
+
+    /// Bytes of a further request are already here (pipelining).
+    fn pending(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// The next frame's body. `Ok(None)`: the peer closed between frames.
+    async fn next(
+        &mut self,
+        rd: &mut tokio::net::unix::OwnedReadHalf,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Option<frame::FrameBuf>, frame::FrameError> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if self.buf.len() >= 4 {
+                let len = frame_len(&self.buf, max)?;
+                if len > READ_BUFFER - 4 {
+                    return self.large(rd, len, timeout).await.map(Some);
+                }
+                if self.buf.len() >= 4 + len {
+                    let body = Zeroizing::new(self.buf[4..4 + len].to_vec());
+                    // Moves the rest down within the same allocation (wiped on drop).
+                    self.buf.drain(..4 + len);
+                    self.begun = None;
+                    return Ok(Some(body));
+                }
+            }
+            // Room is always left: a frame that fits is at most the buffer's capacity. The clock
+            // starts when a begun frame has to wait for more bytes (not read per request).
+            let n = if self.buf.is_empty() {
+                rd.read_buf(&mut *self.buf).await?
+            } else {
+                let t = *self.begun.get_or_insert_with(tokio::time::Instant::now);
+                tokio::time::timeout_at(t + timeout, rd.read_buf(&mut *self.buf))
+                    .await
+                    .map_err(|_| frame::FrameError::Timeout(timeout))??
+            };
+            if n == 0 {
+                return match self.buf.is_empty() {
+                    true => Ok(None),
+                    false => Err(frame::FrameError::Truncated),
+                };
+            }
+        }
+    }
+
+    /// A frame of `len` bytes, larger than the read buffer: the bytes held first, the rest read
+    /// into a buffer of its own in chunks, within the frame's deadline.
+    async fn large(
+        &mut self,
+        rd: &mut tokio::net::unix::OwnedReadHalf,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<frame::FrameBuf, frame::FrameError> {
+        use tokio::io::AsyncReadExt;
+        let begun = self.begun.unwrap_or_else(tokio::time::Instant::now);
+        // (A frame whose bytes all came in one read has no start time yet: it starts now.)
+        let mut body = Zeroizing::new(Vec::with_capacity(len.min(frame::CHUNK)));
+        body.extend_from_slice(&self.buf[4..]);
+        self.buf.clear();
+        self.begun = None;
+        let rest = async {
+            while body.len() < len {
+                let start = body.len();
+                let step = (len - start).min(frame::CHUNK);
+                frame::reserve_wiping(&mut body, step, len);
+                body.resize(start + step, 0);
+                let n = rd.read(&mut body[start..]).await;
+                let n = match n {
+                    Ok(n) => n,
+                    Err(e) => {
+                        body.truncate(start);
+                        return Err(frame::FrameError::Io(e));
+                    }
+                };
+                body.truncate(start + n);
+                if n == 0 {
+                    return Err(frame::FrameError::Truncated);
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout_at(begun + timeout, rest).await {
+            Ok(r) => r.map(|()| body),
+            Err(_) => Err(frame::FrameError::Timeout(timeout)),
+        }
+    }
+}
+
+/// The body length a frame's 4-byte header announces, refused over `max`.
+fn frame_len(buf: &[u8], max: usize) -> Result<usize, frame::FrameError> {
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > max {
+        return Err(frame::FrameError::TooLarge { len, max });
+    }
+    Ok(len)
+}
+
 async fn connection(
     stream: UnixStream,
     service: Service,
@@ -555,11 +679,12 @@ async fn serve_requests(
     limits: &Limits,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut frames = Frames::new();
     let mut greeted = false;
     let hello_by = tokio::time::Instant::now() + limits.hello_timeout;
     loop {
         let next = tokio::select! {
-            r = frame::read_with_deadline(rd, MAX_FRAME, limits.frame_timeout) => r,
+            r = frames.next(rd, MAX_FRAME, limits.frame_timeout) => r,
             _ = tokio::time::sleep_until(hello_by), if !greeted => {
                 let ms = limits.hello_timeout.as_millis();
                 replies
@@ -633,20 +758,41 @@ async fn serve_requests(
                 .await;
             continue;
         }
+        // Alone on the connection (nothing in flight, no further request read yet) and
+        // bounded to microseconds: answered right here, without the two thread hops of a blocking
+        // thread. Several at once still run concurrently on blocking threads (pipelining).
+        if slots.available_permits() == MAX_IN_FLIGHT
+            && !frames.pending()
+            && service.runs_inline(&req)
+        {
+            let resp = service.handle(&req);
+            drop(req);
+            replies.send(resp).await;
+            continue;
+        }
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
         let (replies, service) = (replies.clone(), service.clone());
         tokio::spawn(async move {
-            let resp = run(service, req).await;
+            let resp = run_blocking(service, req).await;
             replies.send(resp).await;
             drop(permit);
         });
     }
 }
 
-/// Run one request on a blocking thread (token calls block).
+/// Run one request: on this task when [`Service::runs_inline`] allows it, else on a blocking
+/// thread (token calls block).
 async fn run(service: Service, req: Request) -> Response {
+    if service.runs_inline(&req) {
+        return service.handle(&req);
+    }
+    run_blocking(service, req).await
+}
+
+/// Run one request on a blocking thread.
+async fn run_blocking(service: Service, req: Request) -> Response {
     let id = req.id;
     tokio::task::spawn_blocking(move || service.handle(&req))
         .await
@@ -656,4 +802,249 @@ async fn run(service: Service, req: Request) -> Response {
                 ErrorBody::new(ErrorCode::Internal, "request handler failed"),
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UnlockPolicy;
+    use crate::hierarchy::Hierarchy;
+    use crate::keystore::{Keystore, Purpose};
+    use crate::root::memory::MemoryRoot;
+    use keyward_proto::ops::{EncryptArgs, HelloArgs, ListArgs};
+    use keyward_proto::secret::Pin;
+    use std::os::unix::net::UnixStream as StdStream;
+
+    struct Agent {
+        root: MemoryRoot,
+        h: Arc<Hierarchy>,
+        dek: String,
+        sock: PathBuf,
+        _rt: tokio::runtime::Runtime,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Agent {
+        fn drop(&mut self) {
+            if let Some(s) = self.stop.take() {
+                let _ = s.send(());
+            }
+        }
+    }
+
+    /// An agent on a memory root with one DEK, served by a runtime with ONE worker thread, so
+    /// that a request running on the worker would hold up every other connection.
+    fn agent() -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ks = Arc::new(Keystore::open(&dir.path().join("ks.db")).expect("keystore"));
+        let root = MemoryRoot::new();
+        let h = Arc::new(Hierarchy::new(
+            ks,
+            Box::new(root.clone()),
+            UnlockPolicy::default(),
+        ));
+        h.init(&Pin::new("server-test-pin")).expect("init");
+        let kek = h.kek_create(None).expect("kek");
+        let dek = h
+            .dek_create(Some(&kek.to_string()), Purpose::Personal, false, None)
+            .expect("dek")
+            .to_string();
+        let sock = dir.path().join("s").join("agent.sock");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let bound = rt.block_on(async { bind(&sock) }).expect("bind");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let service = Service::new(h.clone());
+        rt.spawn(serve(bound, service, Limits::default(), async move {
+            let _ = stopped.await;
+        }));
+        Agent {
+            root,
+            h,
+            dek,
+            sock,
+            _rt: rt,
+            stop: Some(stop),
+            _dir: dir,
+        }
+    }
+
+    fn send<A: serde::Serialize>(s: &mut StdStream, id: u64, op: &str, args: &A) {
+        let body = Request::new(id, op, args)
+            .expect("request")
+            .to_cbor()
+            .expect("cbor");
+        frame::write_blocking(s, &body, MAX_FRAME).expect("write");
+    }
+
+    fn recv(s: &mut StdStream) -> Response {
+        let body = frame::read_blocking(s, MAX_FRAME)
+            .expect("read")
+            .expect("a frame");
+        Response::from_cbor(&body).expect("response")
+    }
+
+    fn connect(a: &Agent) -> StdStream {
+        let mut s = StdStream::connect(&a.sock).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        send(&mut s, 1, "hello", &HelloArgs::current());
+        assert!(recv(&mut s).ok.is_some(), "hello answered");
+        s
+    }
+
+    fn encrypt_args(a: &Agent) -> EncryptArgs {
+        EncryptArgs {
+            dek: a.dek.clone(),
+            plaintext: keyward_proto::secret::SecretBytes::new(b"x".to_vec()),
+        }
+    }
+
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    }
+
+    #[test]
+    fn frames_are_read_whole_split_or_pipelined_and_bad_ones_refused() {
+        use tokio::io::AsyncWriteExt;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (a, mut b) = UnixStream::pair().expect("pair");
+            let (mut rd, _wr) = a.into_split();
+            let mut f = Frames::new();
+            let t = Duration::from_secs(5);
+            // Three frames in one write: one read, then two answered from the buffer.
+            let big = vec![7u8; 3 * READ_BUFFER];
+            let mut all = framed(b"one");
+            all.extend(framed(b""));
+            all.extend(framed(b"three"));
+            b.write_all(&all).await.unwrap();
+            assert_eq!(
+                &f.next(&mut rd, MAX_FRAME, t).await.unwrap().unwrap()[..],
+                b"one"
+            );
+            assert!(f.pending(), "the pipelined frames are held");
+            assert!(f
+                .next(&mut rd, MAX_FRAME, t)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_empty());
+            assert_eq!(
+                &f.next(&mut rd, MAX_FRAME, t).await.unwrap().unwrap()[..],
+                b"three"
+            );
+            assert!(!f.pending());
+            // A frame larger than the buffer, sent a byte of its header at a time.
+            let whole = framed(&big);
+            for byte in &whole[..4] {
+                b.write_all(&[*byte]).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            let send = async { b.write_all(&whole[4..]).await.unwrap() };
+            let (_, got) = tokio::join!(send, f.next(&mut rd, MAX_FRAME, t));
+            assert_eq!(got.unwrap().unwrap()[..], big[..]);
+            // Over the limit: refused from the header alone.
+            b.write_all(&((MAX_FRAME + 1) as u32).to_be_bytes())
+                .await
+                .unwrap();
+            assert!(matches!(
+                f.next(&mut rd, MAX_FRAME, t).await,
+                Err(frame::FrameError::TooLarge { .. })
+            ));
+        });
+        rt.block_on(async {
+            // A frame begun but not finished in time; then one cut off by the peer closing.
+            let (a, mut b) = UnixStream::pair().expect("pair");
+            let (mut rd, _wr) = a.into_split();
+            let mut f = Frames::new();
+            b.write_all(&framed(b"abcdef")[..6]).await.unwrap();
+            let r = f.next(&mut rd, MAX_FRAME, Duration::from_millis(100)).await;
+            assert!(matches!(r, Err(frame::FrameError::Timeout(_))), "{r:?}");
+            let (a, mut b) = UnixStream::pair().expect("pair");
+            let (mut rd, _wr) = a.into_split();
+            let mut f = Frames::new();
+            b.write_all(&framed(b"abcdef")[..6]).await.unwrap();
+            drop(b);
+            let r = f.next(&mut rd, MAX_FRAME, Duration::from_secs(5)).await;
+            assert!(matches!(r, Err(frame::FrameError::Truncated)), "{r:?}");
+        });
+    }
+
+    #[test]
+    fn fast_backend_requests_are_answered_and_classed_inline() {
+        let a = agent();
+        assert!(a.h.fast_backend(), "the memory root is fast");
+        let service = Service::new(a.h.clone());
+        let req = Request::new(5, "encrypt", &encrypt_args(&a)).expect("request");
+        assert!(
+            service.runs_inline(&req),
+            "encrypt on a fast root runs inline"
+        );
+        let req = Request::new(6, "dek.create", &ListArgs::default()).expect("request");
+        assert!(
+            !service.runs_inline(&req),
+            "a keystore write never runs inline"
+        );
+        let req = Request::new(7, "no.such.op", &ListArgs::default()).expect("request");
+        assert!(
+            !service.runs_inline(&req),
+            "an unknown op is not classed inline"
+        );
+        let mut s = connect(&a);
+        for id in 10..20 {
+            send(&mut s, id, "encrypt", &encrypt_args(&a));
+            let r = recv(&mut s);
+            assert_eq!(r.id, Some(id));
+            assert!(r.ok.is_some(), "{r:?}");
+        }
+        // Malformed args on the inline path: a typed error, and the connection keeps serving.
+        send(&mut s, 30, "encrypt", &ListArgs::default());
+        let r = recv(&mut s);
+        assert_eq!(r.err.map(|e| e.code), Some(ErrorCode::InvalidArgs));
+        send(&mut s, 31, "kek.list", &ListArgs::default());
+        assert!(recv(&mut s).ok.is_some());
+    }
+
+    #[test]
+    fn slow_backend_request_does_not_hold_up_another_connection() {
+        let a = agent();
+        let delay = Duration::from_millis(1500);
+        a.root.set_delay(Some(delay));
+        assert!(!a.h.fast_backend(), "a card-like root is not fast");
+        let service = Service::new(a.h.clone());
+        let req = Request::new(5, "encrypt", &encrypt_args(&a)).expect("request");
+        assert!(
+            !service.runs_inline(&req),
+            "no token op runs inline on a slow root"
+        );
+        let req = Request::new(6, "kek.list", &ListArgs::default()).expect("request");
+        assert!(
+            service.runs_inline(&req),
+            "a keystore-only read runs inline on any root"
+        );
+        let (mut slow, mut quick) = (connect(&a), connect(&a));
+        send(&mut slow, 2, "encrypt", &encrypt_args(&a));
+        // Let the slow request start (on its blocking thread) before the quick one.
+        std::thread::sleep(Duration::from_millis(100));
+        let t = Instant::now();
+        send(&mut quick, 2, "kek.list", &ListArgs::default());
+        let r = recv(&mut quick);
+        let took = t.elapsed();
+        assert!(r.ok.is_some(), "{r:?}");
+        assert!(
+            took < Duration::from_millis(1000),
+            "kek.list waited {took:?} behind another connection's card operation"
+        );
+        let r = recv(&mut slow);
+        assert!(r.ok.is_some(), "{r:?}");
+    }
 }

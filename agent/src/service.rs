@@ -45,6 +45,46 @@ fn runs_without_audit(op: &str) -> bool {
         .any(|o| o.name() == op)
 }
 
+/// Operations that read only the keystore (never the root or a token): they may run on the
+/// socket's own task whatever the backend ([`Service::runs_inline`]).
+const KEYSTORE_ONLY_OPS: &[Op] = &[
+    Op::KekList,
+    Op::DekList,
+    Op::DekShow,
+    Op::KeypairList,
+    Op::KeypairShow,
+    Op::NodeList,
+    Op::NodeChain,
+    Op::KekRotation,
+];
+
+/// Operations that may run on the socket's own task when the backend is fast
+/// ([`Service::runs_inline`]): single-key crypto and small reads, each bounded to microseconds on
+/// a fast backend. Left out, whatever the backend: keystore writes (a commit waits for the disk),
+/// PIN and passphrase work (`init`, `unlock`: a KDF), and operations over many keys or records
+/// (rotations, recovery, root changes, policy changes).
+const FAST_BACKEND_OPS: &[Op] = &[
+    Op::Hello,
+    Op::DekExport,
+    Op::Encrypt,
+    Op::Decrypt,
+    Op::DatakeyCreate,
+    Op::DatakeyOpen,
+    Op::Sign,
+    Op::SignDigest,
+    Op::GcmSeal,
+    Op::GcmOpen,
+    Op::KeypairEcdh,
+    Op::Random,
+    Op::Seal,
+    Op::Open,
+    Op::ShareSeal,
+    Op::ShareOpen,
+    Op::Rewrap,
+    Op::RootInfo,
+    Op::AgentsPolicy,
+];
+
 /// The `id` a result names (a created, revoked or deleted key), for the audit entry of an op
 /// whose arguments name none.
 fn result_id(v: &ciborium::Value) -> Option<&str> {
@@ -177,6 +217,27 @@ impl Service {
         let f = self.h.keypair_ssh_flags(&r.id)?;
         info.ssh_mode = ssh_mode(f, r);
         Ok(info)
+    }
+
+    /// Whether `req` may run on the socket's own task (a runtime worker) instead of a blocking
+    /// thread: only when nothing in it can wait for long. That needs all of: an op that reads
+    /// only the keystore ([`KEYSTORE_ONLY_OPS`]), or one of [`FAST_BACKEND_OPS`] on a fast root
+    /// backend ([`Hierarchy::fast_backend`]: in-process or a software token; cards and hardware
+    /// tokens never); no pinentry configured (no prompt can come up: unlock on demand,
+    /// `confirm` rules or key limits); no audit log that makes requests wait for their entry;
+    /// and a keystore whose start-up check is done (its gate waits otherwise). The server adds
+    /// its own condition: no other request of the connection in flight or queued
+    /// (ARCHITECTURE.md "Where a request runs").
+    pub fn runs_inline(&self, req: &Request) -> bool {
+        let Some(op) = Op::from_name(&req.op) else {
+            return false;
+        };
+        (KEYSTORE_ONLY_OPS.contains(&op)
+            || (FAST_BACKEND_OPS.contains(&op) && self.h.fast_backend()))
+            && self.prompt.is_none()
+            && self.h.prompter().is_none()
+            && self.audit.as_ref().is_none_or(|a| !a.required())
+            && self.h.keystore_settled()
     }
 
     /// Handle one request: decode, check access, run, encode. Failures are logged by code only

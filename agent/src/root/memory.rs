@@ -45,6 +45,8 @@ struct State {
     keks: Vec<Weak<KekCell>>,
     token_keys: HashMap<String, p256::SecretKey>,
     next_token_key: u32,
+    /// Set by [`MemoryRoot::slow`]: not `fast`, and every key use takes this long.
+    delay: Option<std::time::Duration>,
 }
 
 impl State {
@@ -96,6 +98,19 @@ impl MemoryRoot {
         r
     }
 
+    /// A root that behaves as a card for where requests run: not [`Root::fast`], and every use
+    /// of a KEK (open, and each operation on an opened one) takes `delay`.
+    pub fn slow(delay: std::time::Duration) -> MemoryRoot {
+        let r = MemoryRoot::new();
+        r.set_delay(Some(delay));
+        r
+    }
+
+    /// Make this root slow (as [`MemoryRoot::slow`]) or, with `None`, fast again.
+    pub fn set_delay(&self, delay: Option<std::time::Duration>) {
+        lock(&self.state).delay = delay;
+    }
+
     /// Make every use (KEK create and open, DEK operations on opened KEKs) fail with `Stale`
     /// until `recover`, as a token does after a reset.
     pub fn make_stale(&self) {
@@ -117,7 +132,13 @@ impl MemoryRoot {
 
     fn guard(&self) -> Guard {
         let state = self.state.clone();
-        Arc::new(move |op| lock(&state).usable(op).map(|_| ()))
+        Arc::new(move |op| {
+            let delay = lock(&state).delay;
+            if let Some(d) = delay {
+                std::thread::sleep(d);
+            }
+            lock(&state).usable(op).map(|_| ())
+        })
     }
 }
 
@@ -133,6 +154,10 @@ impl Root for MemoryRoot {
     fn kind(&self) -> RootKind {
         // No hardware, like the soft root; the wire has no kind of its own for a test root.
         RootKind::Soft
+    }
+
+    fn fast(&self) -> bool {
+        lock(&self.state).delay.is_none()
     }
 
     fn describe(&self) -> String {
@@ -224,6 +249,10 @@ impl Root for MemoryRoot {
 
     fn open_kek(&self, wrapped: &[u8]) -> Result<Box<dyn Kek>, RootError> {
         const OP: &str = "unwrap KEK";
+        let delay = lock(&self.state).delay;
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         let root = lock(&self.state).usable(OP)?;
         let key = Zeroizing::new(
             kwp(&root)

@@ -279,6 +279,13 @@ pub struct StoredRoot {
 /// A root backend.
 pub trait Root: Send + Sync {
     fn kind(&self) -> RootKind;
+    /// Whether this backend's key operations take microseconds (in-process crypto, a software
+    /// PKCS#11 token such as SoftHSM), so that a request may run on the socket's own task
+    /// instead of a blocking thread (`server.rs`, ARCHITECTURE.md "Where a request runs").
+    /// Cards and hardware tokens, which can take 100 ms and more, answer false: the default.
+    fn fast(&self) -> bool {
+        false
+    }
     /// The scheme of the root record `init` makes (the same as `RootInit::scheme`).
     fn scheme(&self) -> Scheme;
     /// A description for people: token label, serial.

@@ -74,6 +74,10 @@ impl Root for SoftRoot {
         keyward_proto::ops::RootKind::Soft
     }
 
+    fn fast(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!(
             "soft root: passphrase, PBKDF2-HMAC-SHA256 x {} (no hardware)",

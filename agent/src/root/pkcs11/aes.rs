@@ -80,6 +80,10 @@ impl Root for Pkcs11AesRoot {
         RootKind::Pkcs11
     }
 
+    fn fast(&self) -> bool {
+        self.conn.fast()
+    }
+
     fn describe(&self) -> String {
         self.conn.describe("")
     }

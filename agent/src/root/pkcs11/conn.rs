@@ -72,6 +72,9 @@ pub(super) struct Sessions {
     /// Token keypairs' private-key handles by locator, found once per login on these sessions
     /// (`keypair.rs`); emptied whenever the login ends or objects are destroyed.
     pub(super) keypairs: Mutex<std::collections::HashMap<String, ObjectHandle>>,
+    /// The slot says it is hardware (`CKF_HW_SLOT`: a card reader, an HSM); false for a
+    /// software token (SoftHSM), whose calls take microseconds.
+    hardware: bool,
 }
 
 /// The anchor session, locked, with the module entered for the call.
@@ -440,6 +443,17 @@ impl Connection {
         Ok(conn)
     }
 
+    /// Whether the token is a software token (its slot is not `CKF_HW_SLOT`), so that its
+    /// calls take microseconds ([`crate::root::Root::fast`]). False while not connected.
+    pub(super) fn fast(&self) -> bool {
+        self.token
+            .live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|s| !s.hardware)
+    }
+
     pub(super) fn uri(&self) -> &Pkcs11Uri {
         &self.uri
     }
@@ -454,6 +468,20 @@ impl Connection {
         let generation = m.initialize(op)?;
         let inside = m.enter(generation, op)?;
         let slot = find_slot(&self.uri, inside.ctx(), op)?;
+        // Unknown slot information counts as hardware: the safe side (`Connection::fast`).
+        let hardware = inside
+            .ctx()
+            .get_slot_info(slot)
+            .map_or(true, |i| i.hardware_slot());
+        tracing::debug!(
+            hardware,
+            "token slot is {}",
+            if hardware {
+                "hardware: requests run on blocking threads"
+            } else {
+                "a software token: fast requests may run on the socket's task"
+            }
+        );
         let anchor = inside
             .ctx()
             .open_rw_session_no_drop(slot)
@@ -468,6 +496,7 @@ impl Connection {
             roots: Mutex::new(BTreeMap::new()),
             login: Mutex::new(None),
             keypairs: Mutex::new(std::collections::HashMap::new()),
+            hardware,
         })
     }
 

@@ -215,6 +215,10 @@ impl Root for Pkcs11EcRoot {
         RootKind::Pkcs11
     }
 
+    fn fast(&self) -> bool {
+        self.conn.fast()
+    }
+
     fn describe(&self) -> String {
         self.conn.describe(", EC P-256 root (ecdh-p256)")
     }
