@@ -224,8 +224,9 @@ impl Service {
     /// only the keystore ([`KEYSTORE_ONLY_OPS`]), or one of [`FAST_BACKEND_OPS`] on a fast root
     /// backend ([`Hierarchy::fast_backend`]: in-process or a software token; cards and hardware
     /// tokens never); no pinentry configured (no prompt can come up: unlock on demand,
-    /// `confirm` rules or key limits); no audit log that makes requests wait for their entry;
-    /// and a keystore whose start-up check is done (its gate waits otherwise). The server adds
+    /// `confirm` rules or key limits); no audit log that makes requests wait for an `fdatasync`
+    /// (`[audit] sync_ms = 0`; otherwise a request writes its own entry with one `write`, as
+    /// short as the keystore reads an inline request does anyway); and a keystore whose start-up check is done (its gate waits otherwise). The server adds
     /// its own condition: no other request of the connection in flight or queued
     /// (ARCHITECTURE.md "Where a request runs").
     pub fn runs_inline(&self, req: &Request) -> bool {
@@ -236,7 +237,10 @@ impl Service {
             || (FAST_BACKEND_OPS.contains(&op) && self.h.fast_backend()))
             && self.prompt.is_none()
             && self.h.prompter().is_none()
-            && self.audit.as_ref().is_none_or(|a| !a.required())
+            && self
+                .audit
+                .as_ref()
+                .is_none_or(|a| !a.required() || a.acknowledges_before_sync())
             && self.h.keystore_settled()
     }
 
