@@ -9,6 +9,7 @@
 #   - MODE=record: a `perf record -g` profile of the loop (the top symbols; TOP=N lines);
 #   - MODE=callgrind: instructions per request (callgrind's Ir; the agent runs under valgrind,
 #     so use a smaller N, e.g. 2000). KEEP_PROFILES=DIR keeps the profile there.
+# AUDIT=off: the agent without its audit log (on by default).
 # KEY=token: a P-256 keypair made in the token instead (`keypair create --on-token --ssh`),
 # which signs in SoftHSM: the door's slow path.
 # Why these: on the shared machine wall-clock rates move with the load; these do not (much).
@@ -28,6 +29,8 @@ cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; 
 trap cleanup EXIT
 export KEYWARD_DEV_PIN=sshreq-pin-1234 KEYWARD_SOCK="$work/agent.sock" KEYWARD_SSH_SOCK="$work/ssh.sock"
 bash "$repo/softhsm-setup.sh" --dir "$work" >/dev/null 2>&1
+# AUDIT=off: without the audit log (on by default), to see what it costs.
+[ "${AUDIT:-on}" = off ] && printf '\n[audit]\nenabled = false\n' >>"$work/keyward.toml"
 if [ "$mode" = callgrind ]; then
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.%p" \
     "$bin" --config "$work/keyward.toml" --log warn 2>"$work/agent.log" &
