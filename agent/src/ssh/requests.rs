@@ -139,26 +139,14 @@ impl SshAgent {
         let Some(audit) = self.settings.audit.clone() else {
             return Self::encode(what, self.answer(conn, req));
         };
-        let mut rec = self.audit_record(conn, &req);
+        let rec = self.audit_record(conn, &req);
         let refuse = audit.refuses() && !matches!(req, Request::Lock(_) | Request::Unlock(_));
-        let mut result = if refuse {
-            Err(SshError::Agent(
-                crate::error::AgentError::AuditUnavailable { op: "ssh request" },
-            ))
+        let result = if refuse {
+            Err(audit_unavailable())
         } else {
             self.answer(conn, req)
         };
-        rec.result = match &result {
-            Ok(_) => "ok".into(),
-            Err(e) => ssh_result(e).into(),
-        };
-        let wait = audit.required() && result.is_ok();
-        if !audit.append(rec, wait) && wait {
-            result = Err(SshError::Agent(
-                crate::error::AgentError::AuditUnavailable { op: "ssh request" },
-            ));
-        }
-        Self::encode(what, result)
+        Self::encode(what, logged(&audit, rec, result))
     }
 
     /// The audit entry of an SSH request: its op name (the protocol's where there is one), and
@@ -211,7 +199,7 @@ impl SshAgent {
         if id.confirm {
             return None;
         }
-        let mut result = self
+        let result = self
             .check_destination(conn, &id, &s.data)
             .and_then(|_| signer.sign(&s.data, s.flags))
             .map(Response::SignResponse);
@@ -228,18 +216,7 @@ impl SshAgent {
                     rec.key = Some(id.public.fingerprint(HashAlg::Sha256).to_string());
                 }
             }
-            rec.result = match &result {
-                Ok(_) => "ok".into(),
-                Err(e) => ssh_result(e).into(),
-            };
-            // A success waits for its entry's write (a park until the writer's `write`, not
-            // its fdatasync: audit.rs), as on the slow path; a refusal does not wait.
-            let wait = audit.required() && result.is_ok();
-            if !audit.append(rec, wait) && wait {
-                result = Err(SshError::Agent(
-                    crate::error::AgentError::AuditUnavailable { op: "ssh request" },
-                ));
-            }
+            return Some(Self::encode(req.message_id(), logged(audit, rec, result)));
         }
         Some(Self::encode(req.message_id(), result))
     }
@@ -551,6 +528,30 @@ pub fn bounded_identities(mut list: Vec<Identity>) -> Vec<Identity> {
         list.truncate(keep);
     }
     list
+}
+
+/// The refusal while a required audit log cannot be written.
+fn audit_unavailable() -> SshError {
+    SshError::Agent(crate::error::AgentError::AuditUnavailable { op: "ssh request" })
+}
+
+/// `result` with its audit entry written (both paths, slow and fast): a success waits for its
+/// entry's `write` (not its `fdatasync`: audit.rs) and becomes `audit_unavailable` if that
+/// failed, since nothing may run unlogged; a refusal does not wait.
+fn logged(
+    audit: &crate::audit::Audit,
+    mut rec: crate::audit::Record,
+    result: Result<Response, SshError>,
+) -> Result<Response, SshError> {
+    rec.result = match &result {
+        Ok(_) => "ok".into(),
+        Err(e) => ssh_result(e).into(),
+    };
+    let wait = audit.required() && result.is_ok();
+    if !audit.append(rec, wait) && wait {
+        return Err(audit_unavailable());
+    }
+    result
 }
 
 #[cfg(test)]
