@@ -158,7 +158,8 @@ fn clip(s: &str) -> String {
 }
 
 enum Msg {
-    Entry(Record, Option<Ack>),
+    /// An entry (written by the request that made it, see [`Audit::append`]).
+    Entry(Record),
     /// Written and synced (with a checkpoint, if the agent can sign now) before acknowledged.
     Checkpoint(&'static str, Ack),
     /// Acknowledged once everything queued before it was written and synced (or failed).
@@ -464,7 +465,7 @@ impl Audit {
                 return false;
             }
             let clean = w.dirty_since.is_none();
-            let (_, ok) = w.batch(vec![Msg::Entry(r, None)]);
+            let (_, ok) = w.batch(vec![Msg::Entry(r)]);
             (ok, clean && w.dirty_since.is_some())
         };
         if woke {
@@ -912,7 +913,7 @@ impl Writer {
         let reports_lost = self.lost > 0;
         if batch
             .iter()
-            .any(|m| matches!(m, Msg::Entry(r, _) if r.key.is_some()))
+            .any(|m| matches!(m, Msg::Entry(r) if r.key.is_some()))
         {
             self.check_labels();
         }
@@ -927,14 +928,11 @@ impl Writer {
                 )),
                 ..Record::default()
             };
-            batch.insert(0, Msg::Entry(lost, None));
+            batch.insert(0, Msg::Entry(lost));
         }
         for m in batch {
             let r = match m {
-                Msg::Entry(r, ack) => {
-                    acks.extend(ack);
-                    r
-                }
+                Msg::Entry(r) => r,
                 Msg::Checkpoint(why, ack) => {
                     acks.push(ack);
                     reason = Some(why);

@@ -466,6 +466,27 @@ pub struct MetaMac {
     pub body: fn(&[Option<String>]) -> Vec<u8>,
 }
 
+/// Set (`Some`) or delete (`None`) meta rows on `conn` (a transaction's, by deref): the one
+/// place the keystore writes `meta`, for every caller that does it inside a larger transaction.
+pub(crate) fn put_metas(
+    conn: &Connection,
+    rows: &[(&str, Option<&str>)],
+    op: &'static str,
+) -> Result<(), KeystoreError> {
+    for (name, value) in rows {
+        match value {
+            Some(v) => conn.execute(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                [name, v],
+            ),
+            None => conn.execute("DELETE FROM meta WHERE name = ?1", [name]),
+        }
+        .map_err(sql(op))?;
+    }
+    Ok(())
+}
+
 fn meta_in(conn: &Connection, name: &str) -> Result<Option<String>, KeystoreError> {
     conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
         r.get(0)
@@ -1641,17 +1662,7 @@ impl Keystore {
             )
             .map_err(sql("re-issue a child of the cluster root"))?;
         }
-        for (name, value) in metas {
-            match value {
-                Some(v) => tx.execute(
-                    "INSERT INTO meta (name, value) VALUES (?1, ?2)
-                     ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                    [name, v],
-                ),
-                None => tx.execute("DELETE FROM meta WHERE name = ?1", [name]),
-            }
-            .map_err(sql("write meta"))?;
-        }
+        put_metas(&tx, metas, "write meta")?;
         tx.commit().map_err(sql("commit replace root"))
     }
 
@@ -1964,18 +1975,11 @@ impl Keystore {
             insert_with(&tx, Some(&new), r)?;
         }
         roots::insert_wraps(&tx, &new, wraps)?;
-        for name in clear {
-            tx.execute("DELETE FROM meta WHERE name = ?1", [name])
-                .map_err(sql("rekey: clear meta"))?;
-        }
-        for (name, value) in set {
-            tx.execute(
-                "INSERT INTO meta (name, value) VALUES (?1, ?2)
-                 ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                params![name, value],
-            )
-            .map_err(sql("rekey: write meta"))?;
-        }
+        let cleared: Vec<(&str, Option<&str>)> = clear.iter().map(|n| (*n, None)).collect();
+        put_metas(&tx, &cleared, "rekey: clear meta")?;
+        let set: Vec<(&str, Option<&str>)> =
+            set.iter().map(|(n, v)| (*n, Some(v.as_str()))).collect();
+        put_metas(&tx, &set, "rekey: write meta")?;
         rekey_test_fail()?;
         crate::hierarchy::crash_point("integrity-rekey-before-commit");
         tx.commit().map_err(sql("commit integrity rekey"))?;
@@ -2010,17 +2014,7 @@ impl Keystore {
         let mut conn = self.lock();
         let before = conn.total_changes();
         let tx = conn.transaction().map_err(sql("begin write meta"))?;
-        for (name, value) in rows {
-            match value {
-                Some(v) => tx.execute(
-                    "INSERT INTO meta (name, value) VALUES (?1, ?2)
-                     ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                    [name, v],
-                ),
-                None => tx.execute("DELETE FROM meta WHERE name = ?1", [name]),
-            }
-            .map_err(sql("write meta"))?;
-        }
+        put_metas(&tx, rows, "write meta")?;
         let done = tx.commit().map_err(sql("commit write meta"));
         // Counted committed or not (as `total_changes` counts them), under the connection lock.
         self.meta_changes.fetch_add(

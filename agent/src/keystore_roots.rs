@@ -187,13 +187,14 @@ fn write_root_set(conn: &Connection, key: &MacKey) -> Result<(), KeystoreError> 
     let ids = root_ids(conn)?;
     let text = root_set_text(&ids);
     let mac = hex::encode(key.tag(&root_set_body(&text)));
-    for (name, value) in [(META_ROOT_SET, text), (META_ROOT_SET_MAC, mac)] {
-        conn.execute(
-            "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-            params![name, value],
-        )
-        .map_err(sql("write root set"))?;
-    }
+    super::put_metas(
+        conn,
+        &[
+            (META_ROOT_SET, Some(&text)),
+            (META_ROOT_SET_MAC, Some(&mac)),
+        ],
+        "write root set",
+    )?;
     Ok(())
 }
 
@@ -564,13 +565,8 @@ impl Keystore {
         tx.execute("DELETE FROM keys WHERE id = ?1 AND kind = 'root'", [&old_s])
             .map_err(sql("delete the old root"))?;
         write_root_set(&tx, &key)?;
-        for (name, value) in meta {
-            tx.execute(
-                "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                params![name, value],
-            )
-            .map_err(sql("write meta"))?;
-        }
+        let meta: Vec<(&str, Option<&str>)> = meta.iter().map(|(n, v)| (*n, Some(*v))).collect();
+        super::put_metas(&tx, &meta, "write meta")?;
         tx.commit().map_err(sql("commit rotate root"))?;
         Ok(moved)
     }
