@@ -92,8 +92,8 @@ impl Hierarchy {
                 },
             ));
         }
-        self.root_record("datakey.open")?;
-        let dek = self.record(dek_id, KeyKind::Dek)?;
+        self.require_unlocked("datakey.open")?;
+        let dek = self.record_for_use(dek_id, KeyKind::Dek)?;
         // A retired DEK still opens what it wrapped; a revoked one does nothing.
         if dek.state == KeyState::Revoked {
             return Err(AgentError::KeyInactive {
@@ -102,7 +102,7 @@ impl Hierarchy {
                 state: dek.state,
             });
         }
-        let kek = self.parent_kek(&dek)?;
+        let kek = self.parent_kek_for_use(&dek)?;
         self.permit(&dek, crate::limits::Usage::Decrypt)?;
         // The version must exist (`decrypt_failed`) and not be retired (`version_retired`).
         let wrapped_dek = self.dek_version_for_open(&dek, version)?;

@@ -137,8 +137,8 @@ impl Hierarchy {
         if ct_tag.len() < tag_len {
             return Err(AgentError::DecryptFailed(DecryptFailure::ShorterThanTag));
         }
-        self.root_record("gcm.open")?;
-        let dek = self.record(dek_id, KeyKind::Dek)?;
+        self.require_unlocked("gcm.open")?;
+        let dek = self.record_for_use(dek_id, KeyKind::Dek)?;
         // A retired DEK still decrypts what it encrypted; a revoked one does nothing.
         if dek.state == KeyState::Revoked {
             return Err(AgentError::KeyInactive {
@@ -147,7 +147,7 @@ impl Hierarchy {
                 state: dek.state,
             });
         }
-        let kek = self.parent_kek(&dek)?;
+        let kek = self.parent_kek_for_use(&dek)?;
         self.permit(&dek, crate::limits::Usage::Decrypt)?;
         // PKCS#11 has no place for a DEK version: the newest is tried first, then each older
         // one down to the minimum (ARCHITECTURE.md, "DEK versions").

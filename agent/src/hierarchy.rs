@@ -748,6 +748,57 @@ impl Hierarchy {
         }
     }
 
+    /// The record of `id` for a request that uses the key (`encrypt`, `decrypt`, `dek.export`,
+    /// `gcm.*`, `datakey.*`, signatures): the in-memory copy kept in the key cache
+    /// ([`crate::key_cache::KeyCache::record`]) while the keystore's generation has not moved, so
+    /// a request on a known key does no SQLite read and no record MAC check. A copy was read (and
+    /// MAC-checked, when the MAC key is loaded) at the generation it is tagged with, and every
+    /// record write through the agent, a lock and an unlock move the generation, which drops every
+    /// copy: the caller's checks (state, limits, `not_after`) always see the current record.
+    pub(crate) fn record_for_use(
+        &self,
+        id: &str,
+        kind: KeyKind,
+    ) -> Result<Arc<KeyRecord>, AgentError> {
+        let uuid = Uuid::parse_str(id).map_err(|_| {
+            AgentError::NotFound(Missing::NotAnId {
+                kind,
+                given: id.to_string(),
+            })
+        })?;
+        self.record_copy(&uuid, kind)
+    }
+
+    /// [`Hierarchy::record_for_use`] by id.
+    pub(crate) fn record_copy(
+        &self,
+        id: &Uuid,
+        kind: KeyKind,
+    ) -> Result<Arc<KeyRecord>, AgentError> {
+        match self.any_record_copy(id)? {
+            Some(r) if r.kind == kind => Ok(r),
+            _ => Err(AgentError::NotFound(Missing::Key { kind, id: *id })),
+        }
+    }
+
+    /// The copy of record `id` of any kind (`None`: no such record), as
+    /// [`Hierarchy::record_for_use`]; also what the policy check reads a key's label, kind and
+    /// purpose from.
+    pub(crate) fn any_record_copy(&self, id: &Uuid) -> Result<Option<Arc<KeyRecord>>, AgentError> {
+        let generation = self.ks.generation();
+        if let Some(r) = self.key_cache.record(generation, id) {
+            return Ok(Some(r));
+        }
+        // Read after taking the generation: a write in between moves it, and a copy kept under
+        // the older generation is never used.
+        let Some(rec) = self.ks.get(id)? else {
+            return Ok(None);
+        };
+        let rec = Arc::new(rec);
+        self.key_cache.keep_record(generation, rec.clone());
+        Ok(Some(rec))
+    }
+
     pub(crate) fn require_active(r: &KeyRecord) -> Result<(), AgentError> {
         match r.state {
             KeyState::Active => Ok(()),
@@ -777,6 +828,23 @@ impl Hierarchy {
             .parent
             .ok_or_else(|| AgentError::bad_record(key.kind, key.id, Defect::NoParent))?;
         let kek = self.record(&parent.to_string(), KeyKind::Kek)?;
+        if kek.state == KeyState::Revoked {
+            return Err(AgentError::KeyInactive {
+                kind: kek.kind,
+                id: kek.id,
+                state: kek.state,
+            });
+        }
+        Ok(kek)
+    }
+
+    /// [`Hierarchy::parent_kek`] from the record copies ([`Hierarchy::record_for_use`]): for the
+    /// per-request paths.
+    pub(crate) fn parent_kek_for_use(&self, key: &KeyRecord) -> Result<Arc<KeyRecord>, AgentError> {
+        let parent = key
+            .parent
+            .ok_or_else(|| AgentError::bad_record(key.kind, key.id, Defect::NoParent))?;
+        let kek = self.record_copy(&parent, KeyKind::Kek)?;
         if kek.state == KeyState::Revoked {
             return Err(AgentError::KeyInactive {
                 kind: kek.kind,
@@ -910,14 +978,14 @@ impl Hierarchy {
     }
 
     pub fn dek_export(&self, id: &str) -> Result<Zeroizing<Vec<u8>>, AgentError> {
-        self.root_record("dek.export")?;
-        let dek = self.record(id, KeyKind::Dek)?;
+        self.require_unlocked("dek.export")?;
+        let dek = self.record_for_use(id, KeyKind::Dek)?;
         if !dek.exportable {
             return Err(AgentError::NotExportable { id: dek.id });
         }
         Self::require_active(&dek)?;
         self.permit(&dek, crate::limits::Usage::Export)?;
-        let kek = self.parent_kek(&dek)?;
+        let kek = self.parent_kek_for_use(&dek)?;
         // The newest version: the one new ciphertexts use.
         let (_, wrapped) = self.dek_newest(&dek)?;
         self.with_recovery(|| Ok(self.kek_handle(&kek)?.export_dek(&wrapped)?))
@@ -930,11 +998,11 @@ impl Hierarchy {
         &self,
         op: &'static str,
         dek_id: &str,
-    ) -> Result<(KeyRecord, KeyRecord), AgentError> {
-        self.root_record(op)?;
-        let dek = self.record(dek_id, KeyKind::Dek)?;
+    ) -> Result<(Arc<KeyRecord>, Arc<KeyRecord>), AgentError> {
+        self.require_unlocked(op)?;
+        let dek = self.record_for_use(dek_id, KeyKind::Dek)?;
         Self::require_active(&dek)?;
-        let kek = self.parent_kek(&dek)?;
+        let kek = self.parent_kek_for_use(&dek)?;
         self.permit(&dek, crate::limits::Usage::Encrypt)?;
         Ok((dek, kek))
     }
@@ -982,7 +1050,7 @@ impl Hierarchy {
         ciphertext: &str,
         dek: Option<&str>,
     ) -> Result<Zeroizing<Vec<u8>>, AgentError> {
-        self.root_record("decrypt")?;
+        self.require_unlocked("decrypt")?;
         Ok(self.decrypt_with_record(ciphertext, dek)?.0)
     }
 
@@ -991,7 +1059,7 @@ impl Hierarchy {
         &self,
         ciphertext: &str,
         dek: Option<&str>,
-    ) -> Result<(Zeroizing<Vec<u8>>, KeyRecord), AgentError> {
+    ) -> Result<(Zeroizing<Vec<u8>>, Arc<KeyRecord>), AgentError> {
         let parsed = Serialized::parse(ciphertext.trim())
             .map_err(|e| AgentError::DecryptFailed(DecryptFailure::NotCryppo(e)))?;
         let Serialized::Encrypted(data) = parsed else {
@@ -1012,7 +1080,7 @@ impl Hierarchy {
             (None, Some(d)) => (d.to_string(), None),
             (None, None) => return Err(AgentError::DecryptFailed(DecryptFailure::NoDekNamed)),
         };
-        let dek = self.record(&dek_id, KeyKind::Dek)?;
+        let dek = self.record_for_use(&dek_id, KeyKind::Dek)?;
         // A retired DEK still decrypts what it encrypted; a revoked one does nothing.
         if dek.state == KeyState::Revoked {
             return Err(AgentError::KeyInactive {
@@ -1021,7 +1089,7 @@ impl Hierarchy {
                 state: dek.state,
             });
         }
-        let kek = self.parent_kek(&dek)?;
+        let kek = self.parent_kek_for_use(&dek)?;
         self.permit(&dek, crate::limits::Usage::Decrypt)?;
         let mut ct_tag = Vec::with_capacity(gcm.ciphertext.len() + 16);
         ct_tag.extend_from_slice(gcm.ciphertext);

@@ -227,3 +227,183 @@ fn sign_cache_stale_root_clears_the_cache_and_token_keypairs_sign_again() {
         "a typed root error when the token is gone, got {e:?}"
     );
 }
+
+// ---- record copies on the DEK paths (`encrypt`, `decrypt`, `dek.export`, `gcm.*`) ------------
+
+/// An exportable DEK under the fixture's KEK, used once by encrypt, decrypt and export so that
+/// its record and its KEK's are copied; returns the DEK and a ciphertext under its version 1.
+fn used_dek(f: &Fixture) -> (String, String) {
+    let dek =
+        f.h.dek_create(None, crate::keystore::Purpose::Personal, true, None)
+            .unwrap()
+            .to_string();
+    let ct = f.h.encrypt(&dek, b"hello").unwrap();
+    assert_eq!(&*f.h.decrypt(&ct, None).unwrap(), b"hello");
+    f.h.dek_export(&dek).unwrap();
+    (dek, ct)
+}
+
+fn ad_of(ct: &str) -> String {
+    use keyward_envelope::Serialized;
+    let Serialized::Encrypted(data) = Serialized::parse(ct).unwrap() else {
+        panic!("not a ciphertext")
+    };
+    data.gcm().unwrap().ad.to_string()
+}
+
+#[test]
+fn record_copies_serve_dek_requests_without_reading_the_keystore() {
+    let f = ready();
+    let (dek, _) = used_dek(&f);
+    let dek_id = Uuid::parse_str(&dek).unwrap();
+    assert_eq!(
+        f.h.key_cache.records_len(),
+        2,
+        "the DEK's and the KEK's records"
+    );
+    // Change the DEK's row behind the agent's back (another process: the generation does not
+    // move). The next requests use the verified copies: they neither read the row nor check
+    // its MAC.
+    {
+        let c = rusqlite::Connection::open(f.h.ks.path()).unwrap();
+        let n = c
+            .execute(
+                "UPDATE keys SET label = 'changed outside' WHERE id = ?1",
+                [dek_id.to_string()],
+            )
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+    let ct = f.h.encrypt(&dek, b"x").expect("served from the copies");
+    f.h.decrypt(&ct, None).expect("served from the copies");
+    f.h.gcm_seal(&dek, &[1; 12], b"", 16, b"y")
+        .expect("gcm.seal");
+    // Any record write through the agent moves the generation: the copies go, the row is read
+    // again and its MAC no longer verifies.
+    f.h.kek_create(None).unwrap();
+    let tampered = |e: &AgentError| {
+        matches!(
+            e,
+            AgentError::Keystore(crate::keystore::KeystoreError::Tampered { .. })
+        )
+    };
+    refused(f.h.encrypt(&dek, b"x"), "encrypt", tampered);
+    refused(f.h.decrypt(&ct, None), "decrypt", tampered);
+    refused(f.h.dek_export(&dek), "dek.export", tampered);
+}
+
+#[test]
+fn record_copies_dek_rotation_and_min_version_apply_to_the_next_request() {
+    let f = ready();
+    let (dek, v1) = used_dek(&f);
+    let id = Uuid::parse_str(&dek).unwrap();
+    assert_eq!(f.h.dek_rotate(&dek).unwrap(), 2);
+    let v2 = f.h.encrypt(&dek, b"two").unwrap();
+    assert_eq!(
+        ad_of(&v2),
+        crate::lifecycle::ad_for(&id, 2),
+        "the new version seals"
+    );
+    assert_eq!(&*f.h.decrypt(&v1, None).unwrap(), b"hello");
+    f.h.dek_min_version(&dek, 2).unwrap();
+    let retired = |e: &AgentError| matches!(e, AgentError::VersionRetired { .. });
+    refused(f.h.decrypt(&v1, None), "decrypt v1", retired);
+    assert_eq!(&*f.h.decrypt(&v2, None).unwrap(), b"two");
+}
+
+#[test]
+fn record_copies_narrowed_limits_and_expiry_apply_to_the_next_dek_request() {
+    let f = ready();
+    let (dek, ct) = used_dek(&f);
+    let decrypt_only = LimitsRequest {
+        usage: Some(vec![Usage::Decrypt]),
+        ..Default::default()
+    };
+    f.h.key_limits(&dek, &decrypt_only).unwrap();
+    let denied = |e: &AgentError| matches!(e, AgentError::UsageDenied { .. });
+    refused(f.h.encrypt(&dek, b"x"), "encrypt", denied);
+    // Without `export` in its usage the DEK is no longer exportable.
+    refused(f.h.dek_export(&dek), "dek.export", |e| {
+        matches!(
+            e,
+            AgentError::NotExportable { .. } | AgentError::UsageDenied { .. }
+        )
+    });
+    refused(
+        f.h.gcm_seal(&dek, &[1; 12], b"", 16, b"y"),
+        "gcm.seal",
+        denied,
+    );
+    assert_eq!(&*f.h.decrypt(&ct, None).unwrap(), b"hello");
+    let soon = LimitsRequest {
+        not_after: Some(crate::keystore::now() + 1),
+        ..Default::default()
+    };
+    f.h.key_limits(&dek, &soon).unwrap();
+    f.h.decrypt(&ct, None).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let expired = |e: &AgentError| matches!(e, AgentError::KeyExpired { .. });
+    refused(f.h.decrypt(&ct, None), "decrypt", expired);
+}
+
+#[test]
+fn record_copies_revoking_a_dek_or_its_kek_stops_the_next_request() {
+    let f = ready();
+    let (dek, ct) = used_dek(&f);
+    let (other, other_ct) = used_dek(&f);
+    f.h.revoke(KeyKind::Dek, &dek).unwrap();
+    let inactive = |e: &AgentError| matches!(e, AgentError::KeyInactive { .. });
+    refused(f.h.encrypt(&dek, b"x"), "encrypt", inactive);
+    refused(f.h.decrypt(&ct, None), "decrypt", inactive);
+    refused(f.h.dek_export(&dek), "dek.export", inactive);
+    // The other DEK still works, then its KEK is revoked (the KEK's record was copied too).
+    f.h.encrypt(&other, b"x").unwrap();
+    let kek = f.h.kek_list().unwrap()[0].id.to_string();
+    f.h.revoke(KeyKind::Kek, &kek).unwrap();
+    refused(f.h.encrypt(&other, b"x"), "encrypt", inactive);
+    refused(f.h.decrypt(&other_ct, None), "decrypt", inactive);
+    refused(f.h.dek_export(&other), "dek.export", inactive);
+}
+
+#[test]
+fn record_copies_kek_rotation_and_lock_apply_to_the_next_request() {
+    let f = ready();
+    let (dek, ct) = used_dek(&f);
+    let kek = f.h.kek_list().unwrap()[0].id.to_string();
+    f.h.kek_rotate(&kek).unwrap();
+    // The DEK's record now holds its wrap under the new KEK: the copy made before would not
+    // open under it.
+    assert_eq!(&*f.h.decrypt(&ct, None).unwrap(), b"hello");
+    let again = f.h.encrypt(&dek, b"after").unwrap();
+    assert_eq!(&*f.h.decrypt(&again, None).unwrap(), b"after");
+    f.h.lock().unwrap();
+    assert_eq!(f.h.key_cache.records_len(), 0);
+    let locked = |e: &AgentError| matches!(e, AgentError::Locked { .. });
+    refused(f.h.encrypt(&dek, b"x"), "encrypt", locked);
+    refused(f.h.decrypt(&ct, None), "decrypt", locked);
+    refused(f.h.dek_export(&dek), "dek.export", locked);
+    f.h.unlock(&Pin::new(PIN)).unwrap();
+    f.h.encrypt(&dek, b"x").unwrap();
+}
+
+#[test]
+fn record_copies_a_deleted_keypair_is_gone_for_the_next_signature() {
+    let f = ready();
+    let id = offered_keypair(&f);
+    signs_everywhere(&f, &id);
+    f.h.keypair_delete(&id).unwrap();
+    let missing = |e: &AgentError| matches!(e, AgentError::NotFound(_));
+    refused(f.h.sign_digest(&id, &[7; 32]), "sign.digest", missing);
+    refused(f.h.sign(&id, b"m", true), "sign", missing);
+}
+
+#[test]
+fn record_copies_a_kind_mismatch_is_not_found() {
+    let f = ready();
+    let (dek, _) = used_dek(&f);
+    // The DEK's record is copied; asked for as a keypair it is still `not_found`.
+    let missing = |e: &AgentError| matches!(e, AgentError::NotFound(_));
+    refused(f.h.sign_digest(&dek, &[7; 32]), "sign.digest", missing);
+    let kek = f.h.kek_list().unwrap()[0].id.to_string();
+    refused(f.h.encrypt(&kek, b"x"), "encrypt with a KEK id", missing);
+}

@@ -178,23 +178,7 @@ impl Hierarchy {
 
     /// [`Hierarchy::keypair_for_use`] by id.
     pub(crate) fn keypair_copy(&self, id: &Uuid) -> Result<Arc<KeyRecord>, AgentError> {
-        let generation = self.ks.generation();
-        if let Some(r) = self.key_cache.record(generation, id) {
-            return Ok(r);
-        }
-        // Read after taking the generation: a write in between moves it, and a copy kept under
-        // the older generation is never used.
-        let rec = match self.ks.get(id)? {
-            Some(r) if r.kind == KeyKind::Keypair => Arc::new(r),
-            _ => {
-                return Err(AgentError::NotFound(Missing::Key {
-                    kind: KeyKind::Keypair,
-                    id: *id,
-                }))
-            }
-        };
-        self.key_cache.keep_record(generation, rec.clone());
-        Ok(rec)
+        self.record_copy(id, KeyKind::Keypair)
     }
 
     /// Refuse keypairs that are not P-256 where only P-256 works (HPKE, COSE ES256, ECDH).

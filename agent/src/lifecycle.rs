@@ -275,7 +275,7 @@ impl Hierarchy {
     /// lives in a zeroizing buffer between the two steps and is never returned.
     pub fn rewrap(&self, ciphertext: &str, dek: Option<&str>) -> Result<String, AgentError> {
         self.root_record("rewrap")?;
-        let (plaintext, dek_rec): (Zeroizing<Vec<u8>>, KeyRecord) =
+        let (plaintext, dek_rec): (Zeroizing<Vec<u8>>, std::sync::Arc<KeyRecord>) =
             self.decrypt_with_record(ciphertext, dek)?;
         Self::require_active(&dek_rec)?;
         self.encrypt(&dek_rec.id.to_string(), &plaintext)

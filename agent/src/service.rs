@@ -156,7 +156,7 @@ impl Service {
         let rec = id
             .filter(|_| self.policy.names_key_attributes())
             .and_then(|i| uuid::Uuid::parse_str(i).ok())
-            .and_then(|u| self.h.ks.get(&u).ok().flatten());
+            .and_then(|u| self.h.any_record_copy(&u).ok().flatten());
         let key = id.map(|id| crate::policy::KeyFacts {
             id,
             label: rec.as_ref().and_then(|r| r.label.as_deref()),
@@ -168,8 +168,8 @@ impl Service {
         let what = || {
             let label = rec.as_ref().map(|r| r.label.clone()).unwrap_or_else(|| {
                 id.and_then(|i| uuid::Uuid::parse_str(i).ok())
-                    .and_then(|u| self.h.ks.get(&u).ok().flatten())
-                    .and_then(|r| r.label)
+                    .and_then(|u| self.h.any_record_copy(&u).ok().flatten())
+                    .and_then(|r| r.label.clone())
             });
             match (id, label) {
                 (Some(k), Some(l)) => format!("`{}` with key {k} ({l})", req.op),
