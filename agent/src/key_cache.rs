@@ -40,6 +40,11 @@ pub const CAPACITY: usize = 64;
 /// How many record copies are kept at most (all are dropped when full, and at each generation).
 pub const RECORDS_MAX: usize = 4096;
 
+/// What record copies are tagged with: [`crate::keystore::Keystore::generation`] (record writes
+/// through the agent, the MAC key's loads and drops) and the keystore file's SQLite
+/// `data_version` (commits by any other connection, `Hierarchy::file_version`).
+pub type Generation = (u64, u64, u64);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -143,7 +148,7 @@ struct Keys {
 /// In-memory copies of keypair records, valid for one keystore generation.
 #[derive(Default)]
 struct RecordCopies {
-    generation: Option<(u64, u64)>,
+    generation: Option<Generation>,
     map: HashMap<Uuid, Arc<KeyRecord>>,
 }
 
@@ -247,7 +252,7 @@ impl KeyCache {
 
     /// The copy of record `id` made at keystore generation `generation`, if one is kept. A
     /// different generation drops every copy.
-    pub fn record(&self, generation: (u64, u64), id: &Uuid) -> Option<Arc<KeyRecord>> {
+    pub fn record(&self, generation: Generation, id: &Uuid) -> Option<Arc<KeyRecord>> {
         let mut r = lock(&self.records);
         if r.generation != Some(generation) {
             r.map.clear();
@@ -258,7 +263,7 @@ impl KeyCache {
     }
 
     /// Keep a copy of `rec`, read from the keystore at (or after) `generation`.
-    pub fn keep_record(&self, generation: (u64, u64), rec: Arc<KeyRecord>) {
+    pub fn keep_record(&self, generation: Generation, rec: Arc<KeyRecord>) {
         let mut r = lock(&self.records);
         if r.generation != Some(generation) {
             r.map.clear();
@@ -321,19 +326,22 @@ mod tests {
     fn record_copies_last_one_generation() {
         let c = KeyCache::new();
         let rec = Arc::new(KeyRecord::new(KeyKind::Keypair, "soft"));
-        let g = (1, 0);
+        let g = (1, 0, 0);
         assert!(c.record(g, &rec.id).is_none());
         c.keep_record(g, rec.clone());
         assert_eq!(c.record(g, &rec.id).unwrap().id, rec.id);
         // The keystore was written: every copy goes.
-        assert!(c.record((2, 0), &rec.id).is_none());
+        assert!(c.record((2, 0, 0), &rec.id).is_none());
         assert_eq!(c.records_len(), 0);
-        c.keep_record((2, 0), rec.clone());
+        c.keep_record((2, 0, 0), rec.clone());
         // The MAC key dropped (lock): the same.
-        assert!(c.record((2, 1), &rec.id).is_none());
-        c.keep_record((2, 1), rec.clone());
+        assert!(c.record((2, 1, 0), &rec.id).is_none());
+        c.keep_record((2, 1, 0), rec.clone());
+        // Another process committed to the file: the same.
+        assert!(c.record((2, 1, 1), &rec.id).is_none());
+        c.keep_record((2, 1, 1), rec.clone());
         c.clear();
-        assert!(c.record((2, 1), &rec.id).is_none());
+        assert!(c.record((2, 1, 1), &rec.id).is_none());
     }
 
     #[test]

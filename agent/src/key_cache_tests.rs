@@ -252,35 +252,37 @@ fn ad_of(ct: &str) -> String {
 }
 
 #[test]
-fn record_copies_serve_dek_requests_without_reading_the_keystore() {
+fn record_copies_serve_dek_requests_and_see_changes_made_outside_the_agent() {
     let f = ready();
-    let (dek, _) = used_dek(&f);
+    let (dek, ct) = used_dek(&f);
     let dek_id = Uuid::parse_str(&dek).unwrap();
     assert_eq!(
         f.h.key_cache.records_len(),
         2,
         "the DEK's and the KEK's records"
     );
-    // Change the DEK's row behind the agent's back (another process: the generation does not
-    // move). The next requests use the verified copies: they neither read the row nor check
-    // its MAC.
-    {
-        let c = rusqlite::Connection::open(f.h.ks.path()).unwrap();
-        let n = c
-            .execute(
-                "UPDATE keys SET label = 'changed outside' WHERE id = ?1",
-                [dek_id.to_string()],
-            )
-            .unwrap();
-        assert_eq!(n, 1);
-    }
-    let ct = f.h.encrypt(&dek, b"x").expect("served from the copies");
-    f.h.decrypt(&ct, None).expect("served from the copies");
-    f.h.gcm_seal(&dek, &[1; 12], b"", 16, b"y")
-        .expect("gcm.seal");
-    // Any record write through the agent moves the generation: the copies go, the row is read
-    // again and its MAC no longer verifies.
-    f.h.kek_create(None).unwrap();
+    // Served from the copies while nothing changes.
+    f.h.encrypt(&dek, b"x").unwrap();
+    assert_eq!(f.h.key_cache.records_len(), 2);
+    // Change the DEK's row behind the agent's back (another process: the agent's own change
+    // count does not move). The file's data_version does: the copies go, the row is read again
+    // and its MAC no longer verifies, at the very next request.
+    let c = rusqlite::Connection::open(f.h.ks.path()).unwrap();
+    let set = |label: &str| {
+        c.execute(
+            "UPDATE keys SET label = ?1 WHERE id = ?2",
+            [label.to_string(), dek_id.to_string()],
+        )
+        .unwrap()
+    };
+    let old: Option<String> = c
+        .query_row(
+            "SELECT label FROM keys WHERE id = ?1",
+            [dek_id.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(set("changed outside"), 1);
     let tampered = |e: &AgentError| {
         matches!(
             e,
@@ -290,6 +292,13 @@ fn record_copies_serve_dek_requests_without_reading_the_keystore() {
     refused(f.h.encrypt(&dek, b"x"), "encrypt", tampered);
     refused(f.h.decrypt(&ct, None), "decrypt", tampered);
     refused(f.h.dek_export(&dek), "dek.export", tampered);
+    // Undone: the row verifies again.
+    c.execute(
+        "UPDATE keys SET label = ?1 WHERE id = ?2",
+        rusqlite::params![old, dek_id.to_string()],
+    )
+    .unwrap();
+    assert_eq!(&*f.h.decrypt(&ct, None).unwrap(), b"hello");
 }
 
 #[test]

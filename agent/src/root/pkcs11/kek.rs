@@ -4,9 +4,17 @@
 //!
 //! Only DEKs created exportable are ever read out, on `dek.export` (and 32-byte secrets such as
 //! keypair scalars, for the moment they are used). This module must never make a KEK object
-//! extractable, nor leave an unwrapped DEK object behind after an operation.
+//! extractable, nor leave an extractable DEK object behind after an operation.
+//!
+//! For `encrypt`/`decrypt` (seal, open) a KEK keeps the DEKs it unwrapped as non-extractable,
+//! sensitive session objects of the anchor session ([`DEK_OBJECTS`] at most, the least recently
+//! used destroyed first), keyed by the wrapped bytes, so a request on a known DEK is one
+//! `C_Encrypt`/`C_Decrypt` instead of `C_UnwrapKey` + the operation + `C_DestroyObject`. They go
+//! with the KEK object: when the KEK is dropped (lock, idle lock, stale handles, KEK revoked or
+//! rotated) each is destroyed, and `C_Logout` destroys them anyway. Whether a DEK may be used is
+//! decided by the hierarchy before the token is asked (a revoked DEK's object is never used).
 
-use super::conn::{read_value, Sessions, TempKey};
+use super::conn::{lock, read_value, Sessions, TempKey};
 use super::error::ck;
 use crate::root::{Kek, RootError, Scheme, Wrapped};
 use cryptoki::error::{Error as CkError, RvError};
@@ -14,8 +22,19 @@ use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
+
+/// How many unwrapped DEK objects one KEK keeps in the token.
+pub(super) const DEK_OBJECTS: usize = 256;
+
+/// Wrapped DEK → (its unwrapped object in the anchor session, last use).
+#[derive(Default)]
+struct DekObjects {
+    map: HashMap<Vec<u8>, (ObjectHandle, u64)>,
+    clock: u64,
+}
 
 /// Every boolean attribute given (SoftHSM's defaults are permissive), never CKA_VALUE_LEN.
 pub(super) fn secret_template(
@@ -68,11 +87,16 @@ pub(super) fn generate_wrapped(
 pub(super) struct Pkcs11Kek {
     sessions: Arc<Sessions>,
     handle: ObjectHandle,
+    deks: Mutex<DekObjects>,
 }
 
 impl Drop for Pkcs11Kek {
     fn drop(&mut self) {
+        let deks = std::mem::take(&mut lock(&self.deks).map);
         if let Ok(anchor) = self.sessions.anchor("destroy KEK") {
+            for (h, _) in deks.into_values() {
+                let _ = anchor.destroy_object(h);
+            }
             let _ = anchor.destroy_object(self.handle);
         }
     }
@@ -95,7 +119,97 @@ impl Pkcs11Kek {
                 &secret_template(true, false, true, false),
             )
             .map_err(ck(op, "C_UnwrapKey"))?;
-        Ok(Pkcs11Kek { sessions, handle })
+        Ok(Pkcs11Kek {
+            sessions,
+            handle,
+            deks: Mutex::default(),
+        })
+    }
+
+    /// The kept object of DEK `dek` (wrapped), unwrapped into the anchor session on first use.
+    fn dek_object(&self, dek: &[u8], op: &'static str) -> Result<ObjectHandle, RootError> {
+        {
+            let mut d = lock(&self.deks);
+            d.clock += 1;
+            let now = d.clock;
+            if let Some((h, used)) = d.map.get_mut(dek) {
+                *used = now;
+                return Ok(*h);
+            }
+        }
+        let anchor = self.sessions.anchor(op)?;
+        let made = anchor
+            .unwrap_key(
+                &Mechanism::AesKeyWrapPad,
+                self.handle,
+                dek,
+                &secret_template(true, false, false, true),
+            )
+            .map_err(ck(op, "C_UnwrapKey"))?;
+        let (handle, surplus) = {
+            let mut d = lock(&self.deks);
+            d.clock += 1;
+            let now = d.clock;
+            if let Some((h, used)) = d.map.get_mut(dek) {
+                // Another request unwrapped it meanwhile: keep theirs.
+                *used = now;
+                (*h, Some(made))
+            } else {
+                let evicted = if d.map.len() >= DEK_OBJECTS {
+                    let old = d
+                        .map
+                        .iter()
+                        .min_by_key(|(_, (_, used))| *used)
+                        .map(|(k, _)| k.clone());
+                    old.and_then(|k| d.map.remove(&k)).map(|(h, _)| h)
+                } else {
+                    None
+                };
+                d.map.insert(dek.to_vec(), (made, now));
+                (made, evicted)
+            }
+        };
+        if let Some(h) = surplus {
+            let _ = anchor.destroy_object(h);
+        }
+        Ok(handle)
+    }
+
+    /// Forget (and destroy) the kept object `handle` of `dek`, after the token refused it.
+    fn drop_dek_object(&self, dek: &[u8], handle: ObjectHandle) {
+        let gone = {
+            let mut d = lock(&self.deks);
+            match d.map.get(dek) {
+                Some((h, _)) if *h == handle => d.map.remove(dek),
+                _ => None,
+            }
+        };
+        if let (Some((h, _)), Ok(anchor)) = (gone, self.sessions.anchor("destroy DEK")) {
+            let _ = anchor.destroy_object(h);
+        }
+    }
+
+    /// Run `f` with the kept object of `dek`. A handle the token no longer knows (evicted and
+    /// destroyed by another request between the lookup and the call) is dropped and `f` runs
+    /// once more on a fresh object, rather than reporting the root stale.
+    fn with_dek<T>(
+        &self,
+        dek: &[u8],
+        op: &'static str,
+        f: impl Fn(&Session, ObjectHandle) -> Result<T, CkError>,
+        map: impl Fn(CkError) -> RootError,
+    ) -> Result<T, RootError> {
+        let handle = self.dek_object(dek, op)?;
+        match self.sessions.with_session(op, |s| Ok(f(s, handle)))? {
+            Ok(v) => Ok(v),
+            Err(CkError::Pkcs11(RvError::KeyHandleInvalid | RvError::ObjectHandleInvalid, _)) => {
+                self.drop_dek_object(dek, handle);
+                let handle = self.dek_object(dek, op)?;
+                self.sessions
+                    .with_session(op, |s| f(s, handle).map_err(&map))
+            }
+            Err(e) => Err(map(e)),
+        }
     }
 
     fn unwrap_dek<'s>(
@@ -126,14 +240,16 @@ impl Kek for Pkcs11Kek {
 
     fn seal(&self, dek: &[u8], iv: &[u8; 12], aad: &[u8], pt: &[u8]) -> Result<Vec<u8>, RootError> {
         const OP: &str = "encrypt";
-        self.sessions.with_session(OP, |s| {
-            let key = self.unwrap_dek(s, dek, false, OP)?;
-            let mut iv = *iv;
-            let params =
-                GcmParams::new(&mut iv, aad, 128.into()).map_err(ck(OP, "CK_GCM_PARAMS"))?;
-            s.encrypt(&Mechanism::AesGcm(params), key.handle, pt)
-                .map_err(ck(OP, "C_Encrypt"))
-        })
+        self.with_dek(
+            dek,
+            OP,
+            |s, key| {
+                let mut iv = *iv;
+                let params = GcmParams::new(&mut iv, aad, 128.into())?;
+                s.encrypt(&Mechanism::AesGcm(params), key, pt)
+            },
+            ck(OP, "C_Encrypt"),
+        )
     }
 
     fn open(
@@ -144,24 +260,27 @@ impl Kek for Pkcs11Kek {
         ct_tag: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, RootError> {
         const OP: &str = "decrypt";
-        self.sessions.with_session(OP, |s| {
-            let key = self.unwrap_dek(s, dek, false, OP)?;
-            let mut iv = *iv;
-            let params =
-                GcmParams::new(&mut iv, aad, 128.into()).map_err(ck(OP, "CK_GCM_PARAMS"))?;
-            match s.decrypt(&Mechanism::AesGcm(params), key.handle, ct_tag) {
-                Ok(pt) => Ok(Zeroizing::new(pt)),
+        self.with_dek(
+            dek,
+            OP,
+            |s, key| {
+                let mut iv = *iv;
+                let params = GcmParams::new(&mut iv, aad, 128.into())?;
+                s.decrypt(&Mechanism::AesGcm(params), key, ct_tag)
+                    .map(Zeroizing::new)
+            },
+            |e| match e {
                 // SoftHSM reports a bad GCM tag as CKR_GENERAL_ERROR; others use
                 // CKR_ENCRYPTED_DATA_INVALID.
-                Err(CkError::Pkcs11(
+                CkError::Pkcs11(
                     RvError::GeneralError
                     | RvError::EncryptedDataInvalid
                     | RvError::EncryptedDataLenRange,
                     _,
-                )) => Err(RootError::DecryptFailed { op: OP }),
-                Err(e) => Err(ck(OP, "C_Decrypt")(e)),
-            }
-        })
+                ) => RootError::DecryptFailed { op: OP },
+                e => ck(OP, "C_Decrypt")(e),
+            },
+        )
     }
 
     fn export_dek(&self, dek: &[u8]) -> Result<Zeroizing<Vec<u8>>, RootError> {
