@@ -16,12 +16,14 @@
 //! An unwrap that raced a `clear` must not refill the cache: callers read [`KeyCache::epoch`]
 //! before unwrapping and [`KeyCache::insert`] drops the key if a `clear` happened since.
 //!
-//! Next to the keys, the cache keeps in-memory copies of keypair records ([`RecordCopies`]), so
-//! that a signature's checks (state, usage limits, `not_after`) cost no keystore read and no
-//! record MAC check: the copies are tagged with the keystore's generation
-//! ([`crate::keystore::Keystore::generation`], moved by every record write through the agent and
-//! by loading or dropping the MAC key) and all dropped when it moves, so a revocation or a
-//! narrowed limit applies to the very next signature, cached key or not.
+//! Next to the keys, the cache keeps in-memory copies of the records requests use ([`RecordCopies`]:
+//! keypairs for signatures, DEKs and KEKs for `encrypt`, `decrypt`, `dek.export`, ...), so that a
+//! request's checks (state, usage limits, `not_after`) cost no keystore read and no record MAC
+//! check: the copies are tagged with a [`Generation`] (the keystore's
+//! [`crate::keystore::Keystore::generation`], moved by every record write through the agent and
+//! by loading or dropping the MAC key, and the file's SQLite `data_version`, moved by any other
+//! connection's commit) and all dropped when it moves, so a revocation, a narrowed limit or a row
+//! edited outside the agent applies to the very next request, cached key or not.
 //!
 //! This module must never hold token keys (they never leave the token), never hand out the
 //! secret bytes it holds, and never keep a key past `clear`.
