@@ -10,7 +10,42 @@ keyward_tests::keyward_e2e_tests!(
     unknown_ids_are_not_found,
     export_refused_for_non_exportable_and_usable_offline_for_exportable,
     tampered_and_garbage_ciphertexts_fail_to_decrypt,
+    more_deks_than_a_kek_keeps_in_the_token_all_encrypt_and_decrypt,
 );
+
+/// A PKCS#11 KEK keeps at most 64 unwrapped DEK objects (`root/pkcs11/kek.rs`): with more DEKs
+/// in use under one KEK, the least recently used are destroyed and unwrapped again when next
+/// used, and every DEK still encrypts and decrypts its own data (and only its own).
+fn more_deks_than_a_kek_keeps_in_the_token_all_encrypt_and_decrypt(env: &mut TestEnv) {
+    let keys = env.init_with_keys(false, b"x");
+    let c = env.client();
+    let mut made = Vec::new();
+    for i in 0..80u32 {
+        let a = DekCreateArgs {
+            kek: Some(keys.kek.clone()),
+            ..Default::default()
+        };
+        let dek = c.run(|c| c.dek_create(&a)).expect("dek.create").id;
+        let pt = i.to_be_bytes().to_vec();
+        let ct = c.run(|c| c.encrypt(&dek, &pt)).expect("encrypt");
+        made.push((dek, pt, ct));
+    }
+    // Twice over, oldest first: each round evicts what the next needs.
+    for _ in 0..2 {
+        for (dek, pt, ct) in &made {
+            let got = c.run(|c| c.decrypt(ct, None)).expect("decrypt");
+            assert_eq!(got.expose(), &pt[..], "{dek}");
+            c.run(|c| c.encrypt(dek, pt)).expect("encrypt again");
+        }
+    }
+    // A ciphertext that names one DEK is refused when another is given.
+    let (first, _, _) = &made[0];
+    let (_, _, other_ct) = &made[1];
+    expect_code(
+        c.run(|c| c.decrypt(other_ct, Some(first.as_str()))),
+        ErrorCode::DecryptFailed,
+    );
+}
 
 fn unknown_ids_are_not_found(env: &mut TestEnv) {
     let keys = env.init_with_keys(true, b"x");

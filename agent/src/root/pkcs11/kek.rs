@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
 /// How many unwrapped DEK objects one KEK keeps in the token.
-pub(super) const DEK_OBJECTS: usize = 256;
+pub(super) const DEK_OBJECTS: usize = 64;
 
 /// Wrapped DEK → (its unwrapped object in the anchor session, last use).
 #[derive(Default)]
