@@ -27,7 +27,7 @@
 
 use super::frame::{self, FrameError};
 use super::requests::{Conn, SshAgent};
-use crate::server::{Bound, Limits, Throttled};
+use crate::server::{Bound, Limits, Spinner, Throttled};
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream as StdStream;
 use std::sync::{Arc, Mutex};
@@ -199,8 +199,14 @@ fn connection(sock: Arc<StdStream>, agent: &SshAgent, cred: UCred, limits: &Limi
         "client connected"
     );
     let mut frames = frame::Reader::new();
+    let mut spinner = Spinner::new(limits.spin.clone());
     loop {
-        let body = match frames.next_blocking(&sock, limits.frame_timeout) {
+        if !frames.pending() {
+            spin(&sock, &mut spinner);
+        }
+        let next = frames.next_blocking(&sock, limits.frame_timeout);
+        spinner.arrived();
+        let body = match next {
             Ok(Some(b)) => b,
             Ok(None) => break,
             Err(FrameError::Io(e)) => {
@@ -234,7 +240,25 @@ fn connection(sock: Arc<StdStream>, agent: &SshAgent, cred: UCred, limits: &Limi
         if !send(&sock, &answer, limits) {
             break;
         }
+        spinner.answered();
     }
+}
+
+/// Spin for the next request after an answer ([`Spinner::spin`]) with non-blocking peeks of
+/// one byte: the blocking read that follows then finds the request there and does not sleep.
+fn spin(sock: &StdStream, spinner: &mut Spinner) {
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    let mut byte = [0u8; 1];
+    spinner.spin(|| {
+        use nix::errno::Errno;
+        use nix::sys::socket::{recv, MsgFlags};
+        match recv(fd, &mut byte, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_PEEK) {
+            Ok(n) => Some(n > 0),
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => None,
+            Err(_) => Some(false),
+        }
+    });
 }
 
 /// Write one answer within the write deadline; false ends the connection.
