@@ -15,7 +15,9 @@
 //! with one client. On its own thread with a blocking std socket a request is one `read`, the
 //! answer and one `write`; a request that may block (the keystore, the token, a confirmation
 //! prompt) blocks only its own connection, so it is answered right there too, with no hop to a
-//! blocking pool. The accept loop stays on the runtime.
+//! blocking pool. The accept loop stays on the runtime. With `[server] spin_us` set (off by
+//! default), a connection in a loop peeks for its next request without blocking for that long
+//! after each answer before its blocking read (`server::Spin`: never for an idle connection).
 //!
 //! Limits are the CBOR socket's (`[limits]`, `server::Limits`): one connection cap counts both
 //! sockets (an SSH connection over it is closed at once, unanswered) and so also bounds the
