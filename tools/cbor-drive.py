@@ -38,8 +38,27 @@ def enc(v):
     raise TypeError(type(v))
 
 
+def frame(i, op, args):
+    body = enc({"id": i, "op": op, "args": args})
+    return struct.pack(">I", len(body)) + body
+
+
+def op_args(op, dek):
+    return {
+        "encrypt": {"dek": dek, "plaintext": b"x" * 64},
+        "dek.export": {"id": dek},
+        "sign.digest": {"key": dek, "digest": bytes(range(32))},
+    }.get(op, {})
+
+
 def main():
     path, op, n, dek = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    if len(sys.argv) > 5:
+        # `cbor-drive.py SOCKET OP N KEY DIR`: only write the hello and the request, framed, to
+        # DIR/hello.bin and DIR/req.bin, for a faster client (tools/cpu-per-request.sh DRIVER=c).
+        open(f"{sys.argv[5]}/hello.bin", "wb").write(frame(1, "hello", {"version": 1}))
+        open(f"{sys.argv[5]}/req.bin", "wb").write(frame(2, op, op_args(op, dek)))
+        return
     s = socket.socket(socket.AF_UNIX)
     s.connect(path)
 
@@ -58,11 +77,7 @@ def main():
         return recvn(struct.unpack(">I", recvn(4))[0])
 
     call(1, "hello", {"version": 1})
-    args = {
-        "encrypt": {"dek": dek, "plaintext": b"x" * 64},
-        "dek.export": {"id": dek},
-        "sign.digest": {"key": dek, "digest": bytes(range(32))},
-    }.get(op, {})
+    args = op_args(op, dek)
     first = call(2, op, args)
     if b"err" in first[:12]:
         sys.exit(f"cbor-drive: {op} failed: {first[:200]!r}")

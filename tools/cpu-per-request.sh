@@ -9,6 +9,9 @@
 # than wall-clock rates do (it still includes cache misses and lock spinning a busy machine
 # causes), and it sees what callgrind does not count the same way (syscalls' kernel time, the
 # CPU's own RDRAND where valgrind emulates it). The clock tick is 10 ms: keep N large.
+# DRIVER=c: a small C client (compiled with cc) sends the same request bytes instead of the
+# Python one: a client that sends its next request within microseconds, like the benches'.
+# SPIN_US=N: the agent with `[server] spin_us = N` (0: no spin after an answer; unset: default).
 set -euo pipefail
 bin="${1:?usage: cpu-per-request.sh KEYWARDD [N]}"
 n="${2:-3000}"
@@ -22,6 +25,7 @@ cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; 
 trap cleanup EXIT
 export KEYWARD_DEV_PIN=cpu-pin-1234 KEYWARD_SOCK="$work/agent.sock"
 bash "$repo/softhsm-setup.sh" --dir "$work" >/dev/null 2>&1
+[ -n "${SPIN_US:-}" ] && printf '\n[server]\nspin_us = %s\n' "$SPIN_US" >>"$work/keyward.toml"
 "$bin" --config "$work/keyward.toml" --log warn 2>"$work/agent.log" &
 pid=$!
 for _ in $(seq 600); do "$kw" status >/dev/null 2>&1 && break; sleep 0.1; done
@@ -38,7 +42,44 @@ for op in ${OPS:-encrypt dek.export kek.list sign.digest sign.digest.token}; do
     sign.digest.token) wire=sign.digest key="$token" ;;
     *) wire="$op" key="$dek" ;;
   esac
-  coproc DRV { python3 "$repo/tools/cbor-drive.py" "$KEYWARD_SOCK" "$wire" "$n" "$key"; }
+  if [ "${DRIVER:-python}" = c ]; then
+    python3 "$repo/tools/cbor-drive.py" "$KEYWARD_SOCK" "$wire" "$n" "$key" "$work"
+    [ -x "$work/drive" ] || cc -O2 -o "$work/drive" -x c - <<'C'
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+static unsigned char ans[1 << 20];
+static int full(int fd, unsigned char *b, size_t n) {
+  for (size_t got = 0; got < n;) { ssize_t r = read(fd, b + got, n - got); if (r <= 0) return -1; got += r; }
+  return 0;
+}
+static size_t load(const char *p, unsigned char *b, size_t cap) { FILE *f = fopen(p, "rb"); size_t n = fread(b, 1, cap, f); fclose(f); return n; }
+static int call(int fd, unsigned char *req, size_t len) {
+  if (write(fd, req, len) != (ssize_t)len || full(fd, ans, 4)) return -1;
+  size_t m = (size_t)ans[0] << 24 | ans[1] << 16 | ans[2] << 8 | ans[3];
+  return m > sizeof ans ? -1 : full(fd, ans, m);
+}
+int main(int argc, char **argv) {
+  static unsigned char hello[4096], req[4096];
+  size_t hl = load(argv[2], hello, sizeof hello), rl = load(argv[3], req, sizeof req);
+  long n = atol(argv[4]);
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0); struct sockaddr_un a = {.sun_family = AF_UNIX};
+  strncpy(a.sun_path, argv[1], sizeof a.sun_path - 1);
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) || call(fd, hello, hl)) { perror("hello"); return 1; }
+  for (long i = -200; i < n; i++) {
+    if (i == 0) { char line[8]; if (!fgets(line, sizeof line, stdin)) return 1; }
+    if (call(fd, req, rl)) { fprintf(stderr, "drive: no answer\n"); return 1; }
+  }
+  return 0;
+}
+C
+    coproc DRV { "$work/drive" "$KEYWARD_SOCK" "$work/hello.bin" "$work/req.bin" "$n"; }
+  else
+    coproc DRV { python3 "$repo/tools/cbor-drive.py" "$KEYWARD_SOCK" "$wire" "$n" "$key"; }
+  fi
   sleep 0.5
   t0=$(ticks); w0=$(date +%s%N)
   echo >&"${DRV[1]}"

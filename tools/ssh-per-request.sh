@@ -10,6 +10,7 @@
 #   - MODE=callgrind: instructions per request (callgrind's Ir; the agent runs under valgrind,
 #     so use a smaller N, e.g. 2000). KEEP_PROFILES=DIR keeps the profile there.
 # AUDIT=off: the agent without its audit log (on by default).
+# SPIN_US=N: the agent with `[server] spin_us = N` (0: no spin after an answer; unset: default).
 # KEY=token: a P-256 keypair made in the token instead (`keypair create --on-token --ssh`),
 # which signs in SoftHSM: the door's slow path.
 # Why these: on the shared machine wall-clock rates move with the load; these do not (much).
@@ -31,6 +32,7 @@ export KEYWARD_DEV_PIN=sshreq-pin-1234 KEYWARD_SOCK="$work/agent.sock" KEYWARD_S
 bash "$repo/softhsm-setup.sh" --dir "$work" >/dev/null 2>&1
 # AUDIT=off: without the audit log (on by default), to see what it costs.
 [ "${AUDIT:-on}" = off ] && printf '\n[audit]\nenabled = false\n' >>"$work/keyward.toml"
+[ -n "${SPIN_US:-}" ] && printf '\n[server]\nspin_us = %s\n' "$SPIN_US" >>"$work/keyward.toml"
 if [ "$mode" = callgrind ]; then
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/cg.%p" \
     "$bin" --config "$work/keyward.toml" --log warn 2>"$work/agent.log" &
@@ -113,9 +115,12 @@ else
   perf stat -x, -e task-clock,context-switches,raw_syscalls:sys_enter -p "$pid" -o "$work/stat" &
   perfpid=$!
   sleep 0.5
+  w0=$(date +%s%N)
   echo >&"${DRV[1]}"
   read -r _ <&"${DRV[0]}"
+  w1=$(date +%s%N)
   kill -INT "$perfpid"; wait "$perfpid" || true
+  echo "wall clock per request (the client's round trip): $(( (w1 - w0) / n / 1000 )) us"
   awk -F, -v n="$n" '
     $3 == "task-clock" { printf "agent CPU per request: %.1f us\n", $1 * 1000 / n }
     $3 == "context-switches" { printf "context switches per request: %.2f\n", $1 / n }

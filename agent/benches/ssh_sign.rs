@@ -7,6 +7,16 @@
 //! shared, so keywardd's and ssh-agent's rounds alternate (each pair sees the same load) and the
 //! ratio is the median of the per-round ratios. Both agents get a warm-up first.
 //! `KEYWARD_BENCH_LOG=debug` passes a log level to keywardd.
+//!
+//! The physical ceiling, in the same run, for the ECDSA file key: a bare Unix-socket ping-pong
+//! between two processes with SIGN_REQUEST's and SIGN_RESPONSE's sizes (`common::pingpong`), and
+//! aws-lc's ECDSA P-256 signature in-process (what keywardd computes per request), one thread
+//! per client. An agent that added nothing but the round trip would sign at
+//! `ceiling = 1 / (t_sign + t_pingpong)`; `bound = ceiling / ssh-agent` is the best
+//! keywardd / ssh-agent ratio reachable (at 4 clients on 2 cores both are CPU-bound and add up
+//! the same way: an estimate). One machine-readable line per client count:
+//! `bench: ssh sign ecdsa clients=<n> keywardd=<signs/s> ssh_agent=<signs/s> ratio=<k/o>
+//! pingpong=<ops/s> sign=<signs/s> ceiling=<signs/s> bound=<ceiling/ssh-agent>`.
 //! Needs softhsm2 and openssh-client (softhsm-setup.sh, ssh-setup.sh).
 //! Run: `cargo bench -p keyward-agent --bench ssh_sign`.
 
@@ -119,6 +129,33 @@ fn paired(a: Side, b: Side, clients: usize, req: &[u8]) -> ((f64, f64), (f64, f6
     )
 }
 
+/// aws-lc ECDSA P-256 signatures over 64 bytes per second, on `threads` threads (median of
+/// the rounds).
+fn sign_rate(key: &aws_lc_rs::signature::EcdsaKeyPair, threads: usize) -> f64 {
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    mid((0..ROUNDS)
+        .map(|_| {
+            let stop = AtomicBool::new(false);
+            let count = AtomicU64::new(0);
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    let (stop, count, rng) = (&stop, &count, &rng);
+                    s.spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            key.sign(rng, &[0x42; 64]).expect("sign");
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                }
+                std::thread::sleep(ROUND);
+                stop.store(true, Ordering::Relaxed);
+            });
+            count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+        })
+        .collect())
+}
+
 /// A framed SIGN_REQUEST for `public_line` (an OpenSSH public key line).
 fn sign_request(public_line: &str) -> Vec<u8> {
     let pk = ssh_key::PublicKey::from_openssh(public_line.trim()).expect("public key");
@@ -155,6 +192,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a list; this is not a test.
     }
+    common::pingpong::serve_if_asked();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     run(Command::new("bash")
         .arg(root.join("ssh-setup.sh"))
@@ -166,6 +204,7 @@ fn main() {
         .arg(tmp.path())
         .env("KEYWARD_DEV_PIN", PIN));
     let config = tmp.path().join("keyward.toml");
+    common::spin_override(&config);
     let sock = tmp.path().join("run/agent.sock");
     let ssh_sock = tmp.path().join("run/ssh.sock");
     let agent = common::Agent::start(&config, &sock, &ssh_sock, |cmd| {
@@ -232,6 +271,7 @@ fn main() {
     for sock in [&ssh_sock, &openssh_sock] {
         median(sock, 1, &ec_req);
     }
+    let mut lines = Vec::new();
     for n in [1, 4] {
         let ours = Side {
             sock: &ssh_sock,
@@ -245,6 +285,7 @@ fn main() {
         println!(
             "| ECDSA P-256 file key | {n} | {k:.0} ({kc:.0} µs CPU/sig) | {o:.0} ({oc:.0} µs CPU/sig) | {ratio:.1}x |"
         );
+        lines.push((n, k, o, ratio));
     }
     for n in [1, 4] {
         let k = median(&ssh_sock, n, &ed_req);
@@ -254,6 +295,32 @@ fn main() {
         let k = median(&ssh_sock, n, &token_req);
         println!("| P-256 token keypair (SoftHSM) | {n} | {k:.0} | | |");
     }
+
+    // The ceiling: one round trip of these sizes plus aws-lc's signature, nothing else.
+    let answer_len = {
+        let mut conn = UnixStream::connect(&ssh_sock).expect("connect");
+        conn.write_all(&ec_req).expect("write");
+        let mut len = [0u8; 4];
+        conn.read_exact(&mut len).expect("read len");
+        u32::from_be_bytes(len) as usize
+    };
+    let server = common::pingpong::Server::start(tmp.path(), "ssh", answer_len);
+    let pingers = server.connect(4, ec_req.len() - 4);
+    let key = aws_lc_rs::signature::EcdsaKeyPair::generate(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+    )
+    .expect("a P-256 key");
+    for (n, k, o, ratio) in lines {
+        let pp = common::pingpong::median(&pingers[..n], ROUNDS, ROUND);
+        let sign = sign_rate(&key, n);
+        let ceiling = common::pingpong::ceiling(sign, pp);
+        println!(
+            "bench: ssh sign ecdsa clients={n} keywardd={k:.0} ssh_agent={o:.0} ratio={ratio:.2} pingpong={pp:.0} sign={sign:.0} ceiling={ceiling:.0} bound={:.2}",
+            ceiling / o
+        );
+    }
+    drop(pingers);
+    drop(server);
     drop(c);
     let _ = openssh.kill();
     let _ = openssh.wait();

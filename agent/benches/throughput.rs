@@ -9,12 +9,17 @@
 //!
 //! - `kek.list`, which touches no token, next to the physical floor measured in the same run: a
 //!   bare Unix-socket ping-pong of the same message sizes between this process and a child (this
-//!   bench re-executed as an echo server), with the same 4-byte framing.
+//!   bench re-executed as an echo server, `common::pingpong`), with the same 4-byte framing.
+//! - The same ping-pong with each token row's request and answer sizes, and from it the row's
+//!   `bound`: the best `agent / token op` ratio reachable if the agent added nothing to the token
+//!   operation but one round trip, `t_token / (t_token + t_pingpong)`. With 8 clients on 2 cores
+//!   both are CPU-bound, so their times per operation add up the same way (an estimate there,
+//!   since a token op waiting on a lock could overlap another client's round trip).
 //!
 //! Each figure is the median of 5 rounds of 1 s. Besides the table, every row is printed as one
 //! machine-readable line:
-//! `bench: <operation> clients=<n> agent=<ops/s> inproc=<ops/s> token=<ops/s> ratio=<agent/token>`
-//! (for `kek.list`: `pingpong=<ops/s> ratio=<agent/pingpong>`).
+//! `bench: <operation> clients=<n> agent=<ops/s> inproc=<ops/s> token=<ops/s> ratio=<agent/token>
+//! pingpong=<ops/s> bound=<ratio>` (for `kek.list`: `pingpong=<ops/s> ratio=<agent/pingpong>`).
 //! Run: `cargo bench -p keyward-agent --bench throughput`.
 
 mod common;
@@ -26,7 +31,6 @@ use keyward_client::proto::ops::DekCreateArgs;
 use keyward_client::proto::secret::Pin;
 use keyward_client::BlockingClient;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,67 +65,12 @@ fn median(threads: usize, op: &(dyn Fn(usize) + Sync)) -> f64 {
     v[ROUNDS / 2]
 }
 
-/// The ping-pong server (this bench re-executed): accept connections on `path`; on each, read
-/// 4-byte-framed messages and answer each with a frame of `reply` bytes, until the peer closes.
-fn pingpong_server(path: &str, reply: usize) {
-    use std::io::{Read, Write};
-    let listener = std::os::unix::net::UnixListener::bind(path).expect("bind ping-pong socket");
-    let body = vec![0xa5u8; reply];
-    let mut frame = (reply as u32).to_be_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    for conn in listener.incoming() {
-        let Ok(mut s) = conn else { continue };
-        let frame = frame.clone();
-        std::thread::spawn(move || {
-            let mut len = [0u8; 4];
-            let mut buf = Vec::new();
-            while s.read_exact(&mut len).is_ok() {
-                buf.resize(u32::from_be_bytes(len) as usize, 0);
-                if s.read_exact(&mut buf).is_err() || s.write_all(&frame).is_err() {
-                    break;
-                }
-            }
-        });
-    }
-}
-
-/// One client's ping-pong: send a frame of `request` bytes, read the reply frame.
-struct PingPong {
-    s: std::sync::Mutex<std::os::unix::net::UnixStream>,
-    frame: Vec<u8>,
-}
-
-impl PingPong {
-    fn connect(path: &std::path::Path, request: usize) -> PingPong {
-        let s = std::os::unix::net::UnixStream::connect(path).expect("connect ping-pong");
-        let mut frame = (request as u32).to_be_bytes().to_vec();
-        frame.extend(std::iter::repeat_n(0x5au8, request));
-        PingPong {
-            s: std::sync::Mutex::new(s),
-            frame,
-        }
-    }
-    fn round_trip(&self) {
-        use std::io::{Read, Write};
-        let mut s = self.s.lock().expect("ping-pong lock");
-        s.write_all(&self.frame).expect("ping");
-        let mut len = [0u8; 4];
-        s.read_exact(&mut len).expect("pong length");
-        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        s.read_exact(&mut body).expect("pong");
-    }
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a list; this is not a test.
     }
-    if let [_, flag, path, reply] = &args[..] {
-        if flag == "--pingpong-server" {
-            return pingpong_server(path, reply.parse().expect("reply size"));
-        }
-    }
+    common::pingpong::serve_if_asked();
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = common::setup_token(tmp.path());
     let cfg = keyward_agent::config::Config::load(&config).expect("config");
@@ -160,17 +109,39 @@ fn main() {
     };
     let floor1 = median(1, &list);
     let floor8 = median(8, &list);
-    // The sizes of one kek.list request and answer, framed as the agent frames them.
-    let req_len =
-        keyward_client::proto::Request::new(7, "kek.list", &keyward_client::proto::ops::Empty {})
+    // The sizes of each measured request and its answer, as the client and the agent encode
+    // them (the ping-pong adds the same 4-byte header).
+    use keyward_client::proto::{ops, Response};
+    let list_args = ops::ListArgs::default();
+    let list_sizes = (
+        request_len("kek.list", &list_args),
+        Response::ok(7, &c.run(|c| c.kek_list()).expect("list"))
             .and_then(|r| r.to_cbor())
-            .expect("encode request")
-            .len();
-    let keks = c.run(|c| c.kek_list()).expect("list");
-    let resp_len = keyward_client::proto::Response::ok(7, &keks)
-        .and_then(|r| r.to_cbor())
-        .expect("encode answer")
-        .len();
+            .expect("encode answer")
+            .len(),
+    );
+    let enc_args = ops::EncryptArgs {
+        dek: dek.clone(),
+        plaintext: keyward_client::proto::secret::SecretBytes::new(pt.to_vec()),
+    };
+    let ct = ops::Ciphertext {
+        ciphertext: c.run(|c| c.encrypt(&dek, &pt)).expect("encrypt"),
+    };
+    let enc_sizes = (
+        request_len("encrypt", &enc_args),
+        Response::ok(7, &ct)
+            .and_then(|r| r.to_cbor())
+            .expect("encode answer")
+            .len(),
+    );
+    let exp_args = ops::IdArgs { id: dek.clone() };
+    let exp_sizes = (
+        request_len("dek.export", &exp_args),
+        Response::ok(7, &c.run(|c| c.dek_export(&dek)).expect("export"))
+            .and_then(|r| r.to_cbor())
+            .expect("encode answer")
+            .len(),
+    );
     let a_enc1 = median(1, &agent_enc);
     let a_enc8 = median(8, &agent_enc);
     let a_exp1 = median(1, &agent_exp);
@@ -179,28 +150,18 @@ fn main() {
     drop(c);
     drop(agent);
 
-    // --- the physical floor: a bare Unix-socket ping-pong between two processes -------------
-    let pp_path = tmp.path().join("pingpong.sock");
-    let mut server = Command::new(std::env::current_exe().expect("own path"))
-        .arg("--pingpong-server")
-        .arg(&pp_path)
-        .arg(resp_len.to_string())
-        .spawn()
-        .expect("start the ping-pong server");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !pp_path.exists() {
-        assert!(Instant::now() < deadline, "ping-pong server did not bind");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let pingers: Vec<PingPong> = (0..8)
-        .map(|_| PingPong::connect(&pp_path, req_len))
-        .collect();
-    let ping = |t: usize| pingers[t].round_trip();
-    let pp1 = median(1, &ping);
-    let pp8 = median(8, &ping);
-    drop(pingers);
-    let _ = server.kill();
-    let _ = server.wait();
+    // --- the physical floor: a bare Unix-socket ping-pong between two processes, with each
+    // measured operation's request and answer sizes -------------------------------------------
+    let pingpong = |name: &str, (req, resp): (usize, usize)| -> (f64, f64) {
+        let server = common::pingpong::Server::start(tmp.path(), name, resp);
+        let conns = server.connect(8, req);
+        let one = common::pingpong::median(&conns[..1], ROUNDS, ROUND);
+        let eight = common::pingpong::median(&conns, ROUNDS, ROUND);
+        (one, eight)
+    };
+    let (pp1, pp8) = pingpong("list", list_sizes);
+    let (pe1, pe8) = pingpong("encrypt", enc_sizes);
+    let (px1, px8) = pingpong("export", exp_sizes);
 
     // --- in-process, the same token operations -------------------------------------------
     let ks = Arc::new(Keystore::open(&cfg.keystore).expect("keystore"));
@@ -248,41 +209,44 @@ fn main() {
     let h_exp1 = median(1, &hier_exp);
     let h_exp8 = median(8, &hier_exp);
 
+    let bound = common::pingpong::bound;
+    let rows = [
+        ("encrypt 64 B", 1, a_enc1, h_enc1, d_enc1, pe1),
+        ("encrypt 64 B", 8, a_enc8, h_enc8, d_enc8, pe8),
+        ("dek export", 1, a_exp1, h_exp1, d_exp1, px1),
+        ("dek export", 8, a_exp8, h_exp8, d_exp8, px8),
+    ];
     println!(
         "\nKeyward throughput (median of {ROUNDS} x {}s rounds, ops/s)",
         ROUND.as_secs()
     );
-    println!("| operation | clients | through agent | in-process hierarchy | in-process token op | agent / token op |");
-    println!("|---|---|---|---|---|---|");
-    for (name, n, a, hh, d) in [
-        ("encrypt 64 B", 1, a_enc1, h_enc1, d_enc1),
-        ("encrypt 64 B", 8, a_enc8, h_enc8, d_enc8),
-        ("dek export", 1, a_exp1, h_exp1, d_exp1),
-        ("dek export", 8, a_exp8, h_exp8, d_exp8),
-    ] {
+    println!("| operation | clients | through agent | in-process hierarchy | in-process token op | agent / token op | ping-pong, same sizes | bound |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, n, a, hh, d, p) in rows {
         println!(
-            "| {name} | {n} | {a:.0} | {hh:.0} | {d:.0} | {:.2} |",
-            a / d
+            "| {name} | {n} | {a:.0} | {hh:.0} | {d:.0} | {:.2} | {p:.0} | {:.2} |",
+            a / d,
+            bound(d, p)
         );
     }
-    println!("| kek.list (no token: the transport floor) | 1 | {floor1:.0} | | | |");
-    println!("| kek.list (no token: the transport floor) | 8 | {floor8:.0} | | | |");
+    println!("| kek.list (no token: the transport floor) | 1 | {floor1:.0} | | | | {pp1:.0} | |");
+    println!("| kek.list (no token: the transport floor) | 8 | {floor8:.0} | | | | {pp8:.0} | |");
+    let sizes = |(q, r): (usize, usize)| format!("{q} B / {r} B");
     println!(
-        "| Unix-socket ping-pong, {req_len} B / {resp_len} B frames (the physical floor) | 1 | {pp1:.0} | | | |"
-    );
-    println!(
-        "| Unix-socket ping-pong, {req_len} B / {resp_len} B frames (the physical floor) | 8 | {pp8:.0} | | | |"
+        "(frame bodies, request / answer: kek.list {}, encrypt {}, dek export {}; bound = the \
+         best agent / token op one round trip allows, t_token / (t_token + t_pingpong); at 8 \
+         clients both are CPU-bound on the same cores, so their times per operation add up the \
+         same way)",
+        sizes(list_sizes),
+        sizes(enc_sizes),
+        sizes(exp_sizes)
     );
     println!();
-    for (name, n, a, hh, d) in [
-        ("encrypt 64 B", 1, a_enc1, h_enc1, d_enc1),
-        ("encrypt 64 B", 8, a_enc8, h_enc8, d_enc8),
-        ("dek export", 1, a_exp1, h_exp1, d_exp1),
-        ("dek export", 8, a_exp8, h_exp8, d_exp8),
-    ] {
+    for (name, n, a, hh, d, p) in rows {
         println!(
-            "bench: {name} clients={n} agent={a:.0} inproc={hh:.0} token={d:.0} ratio={:.2}",
-            a / d
+            "bench: {name} clients={n} agent={a:.0} inproc={hh:.0} token={d:.0} ratio={:.2} pingpong={p:.0} bound={:.2}",
+            a / d,
+            bound(d, p)
         );
     }
     for (n, a, p) in [(1, floor1, pp1), (8, floor8, pp8)] {
@@ -291,4 +255,12 @@ fn main() {
             a / p
         );
     }
+}
+
+/// The encoded length of a request body, as the client sends it.
+fn request_len<A: serde::Serialize>(op: &str, args: &A) -> usize {
+    keyward_client::proto::Request::new(7, op, args)
+        .and_then(|r| r.to_cbor())
+        .expect("encode request")
+        .len()
 }

@@ -5,14 +5,16 @@
 //!
 //! - **One writer.** The live file is held under an exclusive `flock` for the agent's life; a
 //!   second agent on the same log refuses to start ([`AuditError::InUse`]).
-//! - **Group commit, acknowledged after `write`.** Requests hand their entry to the writer
-//!   thread over a channel; the thread takes everything queued and writes it with one `write`.
-//!   Only when the log is required (`[audit] required`, the default) does a request wait, and
-//!   only for that `write` (its entry is then in the file: it survives a crash of the agent),
-//!   not for the disk: the thread `fdatasync`s on a timer, `sync_ms` (default 10) after the
-//!   first unsynced write, and always with a checkpoint, a flush (`audit.info`), a rotation and
-//!   at shutdown (`sync_ms = 0`: every batch is synced before it is acknowledged). A power loss
-//!   can therefore lose up to `sync_ms` of the newest entries. A failed write *or* `fdatasync`
+//! - **Group commit, acknowledged after `write`.** A request writes its own entry under the
+//!   writer's lock, with one `write` (no `stat`: the path is checked at most once per
+//!   `sync_ms`), and, when the log is required (`[audit] required`, the default), its answer
+//!   waits for that `write` (its entry is then in the file: it survives a crash of the agent),
+//!   not for the disk: the writer thread `fdatasync`s on a timer, `sync_ms` (default 10) after
+//!   the first unsynced write, without holding the lock (a snapshot of what the sync covers is
+//!   taken under it; entries written meanwhile stay dirty for the next sync), and so does the
+//!   keystore write of the chain head that follows. A checkpoint, a flush (`audit.info`), a
+//!   rotation and the shutdown are synced before they are acknowledged (`sync_ms = 0`: every
+//!   batch). A power loss can therefore lose up to `sync_ms` of the newest entries. A failed write *or* `fdatasync`
 //!   fails the log: a failed write answers its waiters `audit_unavailable`; a failed sync cuts
 //!   the file back to what was last synced and counts the cut entries as lost. While the log
 //!   fails, key operations are refused before they run; the next batch that is written and
@@ -45,7 +47,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
@@ -60,7 +62,7 @@ const META_KEY_MAC: &str = "audit_key_mac";
 
 /// The most entries one batch takes from the queue.
 const MAX_BATCH: usize = 4096;
-/// The most key labels the writer keeps cached.
+/// The most key labels kept cached ([`Labels`]).
 const MAX_LABELS: usize = 4096;
 /// Longest op name, key id, label or executable kept in an entry.
 const MAX_FIELD: usize = 256;
@@ -155,6 +157,15 @@ impl Record {
 
 fn clip(s: &str) -> String {
     s.chars().take(MAX_FIELD).collect()
+}
+
+/// [`clip`] for an owned string: no copy when it is short enough already.
+fn clipped(s: String) -> String {
+    if s.len() <= MAX_FIELD {
+        s
+    } else {
+        clip(&s)
+    }
 }
 
 enum Msg {
@@ -301,7 +312,7 @@ pub struct Audit {
     tx: Mutex<Option<Sender<Msg>>>,
     /// The writer: the thread's, and taken directly by a request that waits for its entry
     /// (one lock and one `write`, no hand-off to the thread and back).
-    writer: Arc<Mutex<Writer>>,
+    writer: Arc<Log>,
     sync_ms: u64,
     failing: Arc<AtomicBool>,
     counters: Arc<Counters>,
@@ -311,7 +322,18 @@ pub struct Audit {
     required: bool,
     path: PathBuf,
     h: Arc<Hierarchy>,
+    labels: Mutex<Labels>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Key labels by key id, valid while the keystore's records do not change
+/// (`Keystore::generation`), so a stream of requests on one key costs one `ks.get`, not one
+/// per entry. Looked up by the request before it takes the writer's lock (a keystore write in
+/// progress, such as the head a sync records, then holds up only that request).
+#[derive(Default)]
+struct Labels {
+    by_key: std::collections::HashMap<String, Option<String>>,
+    generation: Option<(u64, u64)>,
 }
 
 fn now_ms() -> u64 {
@@ -344,6 +366,7 @@ impl Audit {
                 None
             }
         };
+        let file = file.map(Arc::new);
         let opened = file.is_some();
         let mut w = Writer {
             file,
@@ -356,6 +379,10 @@ impl Audit {
             max_bytes: cfg.max_bytes,
             h: h.clone(),
             failing: Arc::new(AtomicBool::new(!opened)),
+            failures: 0,
+            cuts: 0,
+            syncing: false,
+            checked_at: None,
             counters: Arc::new(Counters::default()),
             hooks: Arc::new(Hooks::from_env()),
             lost: 0,
@@ -364,8 +391,6 @@ impl Audit {
             unsynced: 0,
             reported_unsynced: 0,
             synced: Synced::default(),
-            labels: std::collections::HashMap::new(),
-            labels_generation: None,
             stopped: false,
         };
         if opened {
@@ -379,7 +404,10 @@ impl Audit {
         let failing = w.failing.clone();
         let counters = w.counters.clone();
         let hooks = w.hooks.clone();
-        let writer = Arc::new(Mutex::new(w));
+        let writer = Arc::new(Log {
+            w: Mutex::new(w),
+            idle: Condvar::new(),
+        });
         let theirs = writer.clone();
         let thread = std::thread::Builder::new()
             .name("keyward-audit".into())
@@ -395,6 +423,7 @@ impl Audit {
             required: cfg.required,
             path: path.to_path_buf(),
             h,
+            labels: Mutex::new(Labels::default()),
             thread: Mutex::new(Some(thread)),
         });
         audit.append(
@@ -450,28 +479,54 @@ impl Audit {
         }
     }
 
-    /// Append an entry now: the calling thread takes the writer and writes it with one `write`
-    /// (not its `fdatasync`, which the writer thread does within `sync_ms`, unless `sync_ms =
-    /// 0`). With `wait` the answer is that write's outcome (`false`: it failed, or the log was
-    /// stopped); without, the entry is written all the same (so the log keeps the order in which
-    /// requests ended) and a failure only counts it lost. Writing on the caller's thread spares
-    /// each audited request two thread wake-ups (to the writer and back); concurrent requests
-    /// take turns on the writer's lock, and a sync or checkpoint in progress holds them for its
-    /// duration.
-    pub fn append(&self, r: Record, wait: bool) -> bool {
+    /// Append an entry now: the calling thread looks up the key's label (before the lock), takes
+    /// the writer and writes the entry with one `write` (not its `fdatasync`, which the writer
+    /// thread does within `sync_ms` without the lock, unless `sync_ms = 0`). With `wait` the
+    /// answer is that write's outcome (`false`: it failed, or the log was stopped); without, the
+    /// entry is written all the same (so the log keeps the order in which requests ended) and a
+    /// failure only counts it lost. Writing on the caller's thread spares each audited request
+    /// two thread wake-ups (to the writer and back); concurrent requests take turns on the
+    /// writer's lock, which a timed sync does not hold through its `fdatasync` or head write (a
+    /// checkpoint's signature, a rotation and a moved log's switch do hold it).
+    pub fn append(&self, mut r: Record, wait: bool) -> bool {
+        if r.label.is_none() {
+            if let Some(key) = r.key.as_deref() {
+                r.label = self.label_of(key);
+            }
+        }
         let (ok, woke) = {
-            let mut w = lock(&self.writer);
+            let w = self.writer.lock();
             if w.stopped {
                 return false;
             }
             let clean = w.dirty_since.is_none();
-            let (_, ok) = w.batch(vec![Msg::Entry(r)]);
+            let (w, _, ok) = self.writer.batch(w, vec![Msg::Entry(r)]);
             (ok, clean && w.dirty_since.is_some())
         };
         if woke {
             self.send(Msg::Wake);
         }
         ok || !wait
+    }
+
+    /// The label of the key `key` names (see [`Labels`]).
+    fn label_of(&self, key: &str) -> Option<String> {
+        let generation = self.h.ks.generation();
+        let mut labels = lock(&self.labels);
+        if labels.generation != Some(generation) {
+            labels.by_key.clear();
+            labels.generation = Some(generation);
+        }
+        if let Some(l) = labels.by_key.get(key) {
+            return l.clone();
+        }
+        let id = uuid::Uuid::parse_str(key).ok()?;
+        let label = self.h.ks.get(&id).ok().flatten().and_then(|r| r.label);
+        if labels.by_key.len() >= MAX_LABELS {
+            labels.by_key.clear();
+        }
+        labels.by_key.insert(key.to_string(), label.clone());
+        label
     }
 
     /// Whether a waiting [`Audit::append`] returns after a `write` alone (no `fdatasync`):
@@ -702,8 +757,9 @@ impl Hierarchy {
 }
 
 struct Writer {
-    /// The live file, locked; `None` while it could not be opened.
-    file: Option<nix::fcntl::Flock<File>>,
+    /// The live file, locked; `None` while it could not be opened. Shared with a sync in
+    /// progress (which `fdatasync`s it without the lock, see [`Log::sync`]).
+    file: Option<Arc<nix::fcntl::Flock<File>>>,
     path: PathBuf,
     size: u64,
     /// The last entry written: its sequence number and hash.
@@ -715,6 +771,17 @@ struct Writer {
     max_bytes: u64,
     h: Arc<Hierarchy>,
     failing: Arc<AtomicBool>,
+    /// Failed writes and syncs so far: a batch synced without the lock clears `failing` only
+    /// if no failure came in between.
+    failures: u64,
+    /// Failed syncs so far (each cut the file back): a batch whose sync waited for another one
+    /// knows its entries survived only if this did not move.
+    cuts: u64,
+    /// A sync is in progress (its `fdatasync` and head write run without the lock): no other
+    /// sync starts and the file is not switched until it ends ([`Log::no_syncer`]).
+    syncing: bool,
+    /// When the path was last checked to name the held file ([`Writer::check_path`]).
+    checked_at: Option<Instant>,
     counters: Arc<Counters>,
     hooks: Arc<Hooks>,
     /// Entries of batches whose write failed (dropped, not kept: a full disk must not fill the
@@ -731,21 +798,19 @@ struct Writer {
     reported_unsynced: u64,
     /// The state as of the last successful `fdatasync` (what a failed one goes back to).
     synced: Synced,
-    /// Key labels by key id, valid for `labels_generation` (see [`Writer::label_of`]).
-    labels: std::collections::HashMap<String, Option<String>>,
-    labels_generation: Option<(u64, u64)>,
     /// `agent.stop` is written: nothing more is.
     stopped: bool,
 }
 
 /// The writer thread: batches what comes through the channel, and `fdatasync`s `sync_ms` after
-/// the first unsynced write (its own or a request's, see [`Audit::append`]).
-fn run(writer: &Mutex<Writer>, rx: Receiver<Msg>) {
+/// the first unsynced write (its own or a request's, see [`Audit::append`]), without holding
+/// the writer's lock ([`Log::sync`]).
+fn run(log: &Log, rx: Receiver<Msg>) {
     loop {
         // While something written is not synced yet, wait for the next message only until its
         // sync is due.
         let due = {
-            let w = lock(writer);
+            let w = log.lock();
             w.dirty_since
                 .map(|since| since + Duration::from_millis(w.sync_ms))
         };
@@ -757,7 +822,7 @@ fn run(writer: &Mutex<Writer>, rx: Receiver<Msg>) {
             Some(due) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
                 Ok(m) => m,
                 Err(RecvTimeoutError::Timeout) => {
-                    lock(writer).sync();
+                    let _ = log.sync(log.lock());
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -771,23 +836,198 @@ fn run(writer: &Mutex<Writer>, rx: Receiver<Msg>) {
             }
         }
         batch.retain(|m| !matches!(m, Msg::Wake));
-        let mut w = lock(writer);
-        if !batch.is_empty() && w.batch(batch).0 {
-            return;
+        let mut w = log.lock();
+        if !batch.is_empty() {
+            let (g, stop, _) = log.batch(w, batch);
+            if stop {
+                return;
+            }
+            w = g;
         }
         // Under a steady stream of batches the timer is checked here too.
         if w.dirty_since
             .is_some_and(|t| t.elapsed() >= Duration::from_millis(w.sync_ms))
         {
-            w.sync();
+            let _ = log.sync(w);
         }
     }
     // Every handle is gone without a `Stop`: sign what is there if we can, and sync.
-    let mut w = lock(writer);
-    if !w.stopped {
-        w.batch(vec![]);
+    let w = log.lock();
+    let w = if w.stopped { w } else { log.batch(w, vec![]).0 };
+    let _ = log.sync_held(w);
+}
+
+type Guard<'a> = MutexGuard<'a, Writer>;
+
+/// The writer behind its lock, and the signal that a sync ended. Requests take the lock for
+/// their one `write`; a sync takes it only to look at the state before its `fdatasync` and to
+/// record the outcome after, so no request waits for the disk or for the keystore's head write
+/// (unless it asked for a sync itself, or the file is switched: rotation, a moved log, stop).
+struct Log {
+    w: Mutex<Writer>,
+    /// Notified when a sync ends (`Writer::syncing` cleared).
+    idle: Condvar,
+}
+
+impl Log {
+    fn lock(&self) -> Guard<'_> {
+        lock(&self.w)
     }
-    w.sync();
+
+    /// Wait (the lock released meanwhile) until no sync is in progress: one syncer at a time,
+    /// and no file switch under a sync.
+    fn no_syncer<'a>(&'a self, mut w: Guard<'a>) -> Guard<'a> {
+        while w.syncing {
+            w = self.idle.wait(w).unwrap_or_else(|p| p.into_inner());
+        }
+        w
+    }
+
+    /// `fdatasync` everything written so far, without holding the lock through it: under the
+    /// lock, take what the sync covers (the file, `seq`/`prev`/`size`, the unsynced counts) and
+    /// mark the file clean; release; `fdatasync`; re-lock and mark synced up to that snapshot
+    /// only (what was written meanwhile stays dirty, for the next sync); then record that head in
+    /// the keystore, still without the lock. A failure fails the log as [`Writer::sync`] does:
+    /// the file is cut back to the last good sync, and everything after it (including what was
+    /// written meanwhile) is counted lost. `true`: what was written before the call is on disk.
+    fn sync<'a>(&'a self, w: Guard<'a>) -> (Guard<'a>, bool) {
+        let mut w = self.no_syncer(w);
+        if w.dirty_since.is_none() {
+            return (w, true);
+        }
+        let Some(file) = w.file.clone() else {
+            let ok = w.sync();
+            return (w, ok);
+        };
+        let upto = Synced {
+            seq: w.seq,
+            prev: w.prev,
+            since: w.since_checkpoint,
+            size: w.size,
+        };
+        let (unsynced, reported) = (w.unsynced, w.reported_unsynced);
+        let hooks = w.hooks.clone();
+        w.dirty_since = None;
+        w.syncing = true;
+        drop(w);
+        let done = hooks.before_sync().and_then(|()| file.sync_data());
+        drop(file);
+        let mut w = self.lock();
+        let ok = match done {
+            Ok(()) => {
+                w.counters.syncs.fetch_add(1, Ordering::Relaxed);
+                w.synced = upto;
+                w.unsynced = w.unsynced.saturating_sub(unsynced);
+                w.reported_unsynced = w.reported_unsynced.saturating_sub(reported);
+                true
+            }
+            Err(e) => {
+                w.sync_failed(&e);
+                false
+            }
+        };
+        if ok {
+            // The head of what this sync put on disk (the lock is not needed: no other sync, and
+            // so no other head write, runs before `syncing` is cleared).
+            let h = w.h.clone();
+            drop(w);
+            if let Err(e) = h.audit_head(upto.seq, &upto.prev) {
+                tracing::error!(error = %e, "audit: recording the chain head in the keystore failed");
+            }
+            w = self.lock();
+        }
+        w.syncing = false;
+        self.idle.notify_all();
+        (w, ok)
+    }
+
+    /// Sync with the lock held throughout, so nothing is written between the sync and what the
+    /// caller does next (switching to another file, closing it at stop).
+    fn sync_held<'a>(&'a self, w: Guard<'a>) -> (Guard<'a>, bool) {
+        let mut w = self.no_syncer(w);
+        let ok = w.sync();
+        (w, ok)
+    }
+
+    /// Write one batch (one `write`), sync it when it must be (a checkpoint, a flush, the stop,
+    /// `sync_ms = 0`, a failing log), acknowledge its waiters, rotate when the file is full.
+    /// Returns the lock, whether the batch held a `Stop`, and whether it was written (and, where
+    /// it had to be, synced).
+    fn batch<'a>(&'a self, w: Guard<'a>, msgs: Vec<Msg>) -> (Guard<'a>, bool, bool) {
+        let mut w = w;
+        // First: the path still names the held file (a first open moves `seq` and `prev` to
+        // its end). A moved file is synced, with the lock held, before the switch.
+        let mut synced_for_move = false;
+        let ready = loop {
+            match w.check_path(synced_for_move) {
+                Some(ready) => break ready,
+                None => {
+                    w = self.sync_held(w).0;
+                    synced_for_move = true;
+                }
+            }
+        };
+        let done = w.write_batch(ready, msgs);
+        let stop = done.stop.is_some();
+        if stop {
+            // Nothing is written after `agent.stop` (a late request gets `false`).
+            w.stopped = true;
+        }
+        let (failures, cuts) = (w.failures, w.cuts);
+        let ok = if done.written && done.must_sync {
+            // The stop's sync holds the lock: the file is closed right after.
+            let (g, synced) = if stop {
+                self.sync_held(w)
+            } else {
+                self.sync(w)
+            };
+            w = g;
+            // A sync that failed while this one waited for it cut these entries too.
+            synced && w.cuts == cuts
+        } else {
+            done.written
+        };
+        // Cleared only by a batch that reached the disk, and only when no write or sync failed
+        // while its sync ran without the lock.
+        if ok && w.failures == failures && w.failing.swap(false, Ordering::AcqRel) {
+            tracing::warn!(path = %w.path.display(), "audit: the log is writable again");
+        }
+        for a in done.acks {
+            a.done(ok);
+        }
+        if ok && w.size > w.max_bytes {
+            w = self.no_syncer(w);
+            if w.size > w.max_bytes {
+                w.rotate();
+            }
+        }
+        match done.stop {
+            Some(ack) => {
+                let (mut w, _) = self.sync_held(w);
+                let s = &w.counters;
+                tracing::info!(
+                    entries = s.entries.load(Ordering::Relaxed),
+                    writes = s.writes.load(Ordering::Relaxed),
+                    syncs = s.syncs.load(Ordering::Relaxed),
+                    "audit: log closed (entries, writes and fdatasyncs since start)"
+                );
+                ack.done(ok);
+                // The file (and its lock) goes now: the next agent may open it.
+                w.file = None;
+                (w, true, ok)
+            }
+            None => (w, false, ok),
+        }
+    }
+}
+
+/// A batch as written by [`Writer::write_batch`], to be synced and acknowledged by
+/// [`Log::batch`].
+struct Written {
+    written: bool,
+    must_sync: bool,
+    acks: Vec<Ack>,
+    stop: Option<Ack>,
 }
 
 /// The chain's end, as far as it is known to be on disk.
@@ -807,8 +1047,8 @@ impl Writer {
             return Ok(());
         };
         let mut text = Vec::new();
-        (&**file).seek(SeekFrom::Start(0))?;
-        (&**file).read_to_end(&mut text)?;
+        (&***file).seek(SeekFrom::Start(0))?;
+        (&***file).read_to_end(&mut text)?;
         if !text.is_empty() && !text.ends_with(b"\n") {
             let keep = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
             tracing::warn!(
@@ -853,7 +1093,9 @@ impl Writer {
     /// disk. A failure fails the log as a failed write does, and more: the entries written
     /// since the last good sync may not be on disk, so the file is cut back to it, the chain
     /// goes on from there and those entries are counted as lost (they were acknowledged: their
-    /// requests were answered before the failure was known).
+    /// requests were answered before the failure was known). This one holds the lock through
+    /// the `fdatasync` (for a file switch and the stop; see [`Log::sync`] for the timed one);
+    /// never called while another sync is in progress ([`Log::no_syncer`]).
     fn sync(&mut self) -> bool {
         if self.dirty_since.is_none() {
             return true;
@@ -876,26 +1118,36 @@ impl Writer {
                 true
             }
             Err(e) => {
-                if !self.failing.swap(true, Ordering::AcqRel) {
-                    tracing::error!(path = %self.path.display(), error = %e, lost = self.unsynced, "audit: syncing the log failed; the entries since the last sync are cut off and key operations are refused while it fails (unless [audit] required = false)");
-                }
-                if let Some(f) = self.file.as_ref() {
-                    let _ = f.set_len(self.synced.size);
-                }
-                self.size = self.synced.size;
-                self.seq = self.synced.seq;
-                self.prev = self.synced.prev;
-                self.since_checkpoint = self.synced.since;
-                self.lost += self.unsynced + self.reported_unsynced;
-                self.unsynced = 0;
-                self.reported_unsynced = 0;
+                self.sync_failed(&e);
                 false
             }
         }
     }
 
-    /// Write one batch: (it held a `Stop`, it was written and, where it had to be, synced).
-    fn batch(&mut self, batch: Vec<Msg>) -> (bool, bool) {
+    /// After a failed `fdatasync`: fail the log, cut the file back to the last good sync and
+    /// count everything written since as lost.
+    fn sync_failed(&mut self, e: &std::io::Error) {
+        if !self.failing.swap(true, Ordering::AcqRel) {
+            tracing::error!(path = %self.path.display(), error = %e, lost = self.unsynced, "audit: syncing the log failed; the entries since the last sync are cut off and key operations are refused while it fails (unless [audit] required = false)");
+        }
+        if let Some(f) = self.file.as_ref() {
+            let _ = f.set_len(self.synced.size);
+        }
+        self.failures += 1;
+        self.cuts += 1;
+        self.dirty_since = None;
+        self.size = self.synced.size;
+        self.seq = self.synced.seq;
+        self.prev = self.synced.prev;
+        self.since_checkpoint = self.synced.since;
+        self.lost += self.unsynced + self.reported_unsynced;
+        self.unsynced = 0;
+        self.reported_unsynced = 0;
+    }
+
+    /// Encode and write one batch (after `ready`, the outcome of [`Writer::check_path`]); its
+    /// sync, acknowledgements, rotation and stop are [`Log::batch`]'s.
+    fn write_batch(&mut self, ready: std::io::Result<()>, batch: Vec<Msg>) -> Written {
         let mut acks: Vec<Ack> = Vec::new();
         let mut stop: Option<Ack> = None;
         // A checkpoint, a flush and the stop are acknowledged only once synced; so is every
@@ -904,19 +1156,11 @@ impl Writer {
         let mut must_sync = self.sync_ms == 0 || self.failing.load(Ordering::Acquire);
         let mut checkpoints = 0u64;
         let mut out = String::new();
-        // First: the file is there (a first open moves `seq` and `prev` to its end).
-        let ready = self.still_ours();
         let (mut seq, mut prev, mut since) = (self.seq, self.prev, self.since_checkpoint);
         let mut reason: Option<&'static str> = None;
         let mut records = 0u64;
         let mut batch: Vec<Msg> = batch;
         let reports_lost = self.lost > 0;
-        if batch
-            .iter()
-            .any(|m| matches!(m, Msg::Entry(r) if r.key.is_some()))
-        {
-            self.check_labels();
-        }
         if reports_lost {
             let lost = Record {
                 op: "audit.lost".into(),
@@ -959,20 +1203,20 @@ impl Writer {
                     }
                 }
             };
-            let label = r.label.or_else(|| self.label_of(r.key.as_deref()));
+            let label = r.label;
             let e = Entry {
                 seq: seq + 1,
                 time: now_ms(),
                 op: r.op,
                 door: r.door.into(),
                 key: r.key,
-                label: label.map(|l| clip(&l)),
+                label: label.map(clipped),
                 uid: r.uid,
                 pid: r.pid,
                 exe: r.exe,
                 result: r.result,
                 detail: r.detail,
-                prev: hex::encode(prev),
+                prev: keyward_audit::to_hex(&prev),
                 sig: None,
             };
             records += 1;
@@ -1019,34 +1263,11 @@ impl Writer {
                 .fetch_add(records + checkpoints, Ordering::Relaxed);
             self.counters.writes.fetch_add(1, Ordering::Relaxed);
         }
-        // The sync first, so a failing sync is never followed by "writable again".
-        let ok = written && (!must_sync || self.sync());
-        if ok && self.failing.swap(false, Ordering::AcqRel) {
-            tracing::warn!(path = %self.path.display(), "audit: the log is writable again");
-        }
-        for a in acks {
-            a.done(ok);
-        }
-        if ok && self.size > self.max_bytes {
-            self.rotate();
-        }
-        match stop {
-            Some(ack) => {
-                self.sync();
-                let s = &self.counters;
-                tracing::info!(
-                    entries = s.entries.load(Ordering::Relaxed),
-                    writes = s.writes.load(Ordering::Relaxed),
-                    syncs = s.syncs.load(Ordering::Relaxed),
-                    "audit: log closed (entries, writes and fdatasyncs since start)"
-                );
-                ack.done(ok);
-                self.stopped = true;
-                // The file (and its lock) goes now: the next agent may open it.
-                self.file = None;
-                (true, ok)
-            }
-            None => (false, ok),
+        Written {
+            written,
+            must_sync,
+            acks,
+            stop,
         }
     }
 
@@ -1082,78 +1303,83 @@ impl Writer {
         keyward_audit::encode(&e).ok()
     }
 
-    /// The label of the key an entry names: from a small cache that lives while the keystore's
-    /// records do not change (`Keystore::generation`, checked once a batch), else `ks.get`, so
-    /// a stream of requests on one key costs the writer one lookup, not one per entry.
-    fn label_of(&mut self, key: Option<&str>) -> Option<String> {
-        let key = key?;
-        if let Some(l) = self.labels.get(key) {
-            return l.clone();
-        }
-        let id = uuid::Uuid::parse_str(key).ok()?;
-        let label = self.h.ks.get(&id).ok().flatten().and_then(|r| r.label);
-        if self.labels.len() >= MAX_LABELS {
-            self.labels.clear();
-        }
-        self.labels.insert(key.to_string(), label.clone());
-        label
-    }
-
-    /// Forget cached labels when a keystore record changed since they were read.
-    fn check_labels(&mut self) {
-        let generation = self.h.ks.generation();
-        if self.labels_generation != Some(generation) {
-            self.labels.clear();
-            self.labels_generation = Some(generation);
-        }
-    }
-
-    /// The path still names the file this writer holds (one `stat` per batch): a log moved
-    /// away (an outside rotation) is followed by a new file at the path, continuing the chain;
-    /// a path taken by something else (a directory, another file) is a write failure until the
-    /// path is free again.
-    /// Called before a batch is encoded (a first open finds where the chain ends).
-    fn still_ours(&mut self) -> std::io::Result<()> {
+    /// The path still names the file this writer holds: a log moved away (an outside rotation)
+    /// is followed by a new file at the path, continuing the chain; a path taken by something
+    /// else (a directory, another file) is a write failure until the path is free again.
+    /// Called before a batch is encoded (a first open finds where the chain ends). The check
+    /// (an `fstat` and an `lstat`) runs at most once per `sync_ms` while the log works, so a
+    /// request costs one `write`: a move or replacement is noticed within `sync_ms` (what is
+    /// written until then goes to the held file, which the chain then continues from); while the
+    /// log fails, and with `sync_ms = 0`, every batch checks. `None`: the file was moved away
+    /// and must be synced before the switch (with the lock held until then, see [`Log::batch`];
+    /// `synced` says that is done).
+    fn check_path(&mut self, synced: bool) -> Option<std::io::Result<()>> {
         use std::os::unix::fs::MetadataExt;
         let Some(file) = self.file.as_ref() else {
             // Never opened yet: open it now and go on from its last entry.
-            let f = open_locked(&self.path).map_err(|e| std::io::Error::other(e.to_string()))?;
-            self.file = Some(f);
-            self.resume()?;
+            let f = match open_locked(&self.path) {
+                Ok(f) => f,
+                Err(e) => return Some(Err(std::io::Error::other(e.to_string()))),
+            };
+            self.file = Some(Arc::new(f));
+            if let Err(e) = self.resume() {
+                return Some(Err(e));
+            }
             self.mark_synced();
+            self.checked_at = Some(Instant::now());
             tracing::warn!(path = %self.path.display(), "audit: the log could be opened now");
-            return Ok(());
+            return Some(Ok(()));
         };
-        let held = file.metadata()?;
-        match std::fs::symlink_metadata(&self.path) {
+        let now = Instant::now();
+        if self.sync_ms > 0
+            && !self.failing.load(Ordering::Acquire)
+            && self.checked_at.is_some_and(|t| {
+                now.saturating_duration_since(t) < Duration::from_millis(self.sync_ms)
+            })
+        {
+            return Some(Ok(()));
+        }
+        let held = match file.metadata() {
+            Ok(m) => m,
+            Err(e) => return Some(Err(e)),
+        };
+        let ready = match std::fs::symlink_metadata(&self.path) {
             Ok(m) if m.is_file() && (m.dev(), m.ino()) == (held.dev(), held.ino()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match open_locked(&self.path) {
-                Ok(f) => {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !synced {
                     // What is left unsynced in the moved file is synced (or cut) first.
-                    self.sync();
-                    tracing::warn!(path = %self.path.display(), "audit: the log file was moved away; the chain continues in a new file");
-                    self.file = Some(f);
-                    self.size = 0;
-                    self.synced.size = 0;
-                    Ok(())
+                    return None;
                 }
-                Err(e) => Err(std::io::Error::other(e.to_string())),
-            },
+                match open_locked(&self.path) {
+                    Ok(f) => {
+                        tracing::warn!(path = %self.path.display(), "audit: the log file was moved away; the chain continues in a new file");
+                        self.file = Some(Arc::new(f));
+                        self.size = 0;
+                        self.synced.size = 0;
+                        Ok(())
+                    }
+                    Err(e) => Err(std::io::Error::other(e.to_string())),
+                }
+            }
             Ok(_) => Err(std::io::Error::other(
                 "the log's path now names something else (replaced)",
             )),
             Err(e) => Err(e),
+        };
+        if ready.is_ok() {
+            self.checked_at = Some(now);
         }
+        Some(ready)
     }
 
-    /// Append `bytes` (after `ready`, the outcome of [`Self::still_ours`]); not synced here (see
+    /// Append `bytes` (after `ready`, the outcome of [`Self::check_path`]); not synced here (see
     /// [`Self::sync`]); on failure, cut the file back to where it was.
     fn write(&mut self, ready: std::io::Result<()>, bytes: &[u8]) -> bool {
         if bytes.is_empty() && ready.is_ok() {
             return true;
         }
         let done = ready.and_then(|()| match self.file.as_ref() {
-            Some(f) => (&**f).write_all(bytes),
+            Some(f) => (&***f).write_all(bytes),
             None => Err(std::io::Error::other("the log is not open")),
         });
         match done {
@@ -1168,6 +1394,7 @@ impl Writer {
                 if let Some(f) = self.file.as_ref() {
                     let _ = f.set_len(self.size);
                 }
+                self.failures += 1;
                 false
             }
         }
@@ -1201,7 +1428,7 @@ impl Writer {
         }
         match open_locked(&self.path) {
             Ok(f) => {
-                self.file = Some(f);
+                self.file = Some(Arc::new(f));
                 self.size = 0;
                 self.synced.size = 0;
                 tracing::info!(rotated = %PathBuf::from(&to).display(), "audit: log rotated");
@@ -1404,9 +1631,12 @@ mod tests {
         let path = dir.path().join("audit.log");
         let a = Audit::open(&AuditConfig::default(), &path, h.clone()).unwrap();
         assert!(a.append(rec("before"), true));
-        // Moved away (as an outside rotation would) and a directory put in its place.
+        // Moved away (as an outside rotation would) and a directory put in its place. The
+        // path is checked at most once per `sync_ms` (a request costs one `write`): noticed
+        // within that, until then entries go on into the held (moved) file.
         std::fs::rename(&path, dir.path().join("audit.log.1")).unwrap();
         std::fs::create_dir(&path).unwrap();
+        std::thread::sleep(Duration::from_millis(AuditConfig::default().sync_ms + 5));
         assert!(!a.append(rec("refused"), true));
         assert!(a.failing() && a.refuses());
         // The path free again: a new file continues the chain, nothing was lost or torn.
@@ -1616,6 +1846,133 @@ mod tests {
             lost.entry.detail.as_deref(),
             Some("4 entries could not be written while the log failed")
         );
+    }
+
+    /// Wait (at most 10 s) until `cond` holds.
+    fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn syncing(a: &Audit) -> bool {
+        a.writer.lock().syncing
+    }
+
+    #[test]
+    fn a_timed_sync_holds_up_no_request_and_marks_synced_only_what_it_covered() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        let cfg = AuditConfig {
+            sync_ms: 20,
+            ..AuditConfig::default()
+        };
+        let a = Audit::open(&cfg, &path, h.clone()).unwrap();
+        assert!(a.flush());
+        let head = head_in_keystore(&h).unwrap();
+        let delay = Duration::from_millis(1500);
+        a.hooks
+            .sync_delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+        assert!(a.append(rec("covered"), true));
+        // The timer's sync starts and takes `delay`; requests meanwhile only write.
+        eventually("the timed sync started", || syncing(&a));
+        let t = Instant::now();
+        for i in 0..3 {
+            assert!(a.append(rec(&format!("during{i}")), true));
+        }
+        assert!(
+            t.elapsed() < delay / 3,
+            "requests waited for the sync: {:?}",
+            t.elapsed()
+        );
+        assert!(syncing(&a), "still in the first sync");
+        assert!(ops_in(&path).iter().any(|o| o == "during2"));
+        // The first sync records the head it covered, not the entries written during it.
+        eventually("the first sync's head", || {
+            head_in_keystore(&h) != Some(head)
+        });
+        assert_eq!(head_in_keystore(&h), Some(head + 1));
+        a.hooks.sync_delay_ms.store(0, Ordering::Relaxed);
+        // The entries written during it stay dirty, and the next sync takes them.
+        assert!(a.flush());
+        assert_eq!(head_in_keystore(&h), Some(head + 4));
+        a.shutdown();
+        let r = keyward_audit::verify(&keyward_audit::read_lines(&path).unwrap(), &trust(&a));
+        assert_eq!(r.problem, None, "{r:?}");
+        assert!(r.head_matched, "{r:?}");
+    }
+
+    #[test]
+    fn a_timed_sync_that_fails_cuts_and_counts_what_was_written_during_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        let cfg = AuditConfig {
+            sync_ms: 20,
+            ..AuditConfig::default()
+        };
+        let a = Audit::open(&cfg, &path, h.clone()).unwrap();
+        assert!(a.append(rec("synced"), true));
+        assert!(a.flush());
+        a.hooks.sync_delay_ms.store(500, Ordering::Relaxed);
+        a.hooks.fail_sync.store(true, Ordering::Relaxed);
+        assert!(a.append(rec("before"), true));
+        eventually("the timed sync started", || syncing(&a));
+        // Written (and acknowledged) while the sync runs: the failure cuts it too.
+        assert!(a.append(rec("during"), true));
+        eventually("the failed sync fails the log", || a.failing());
+        assert!(a.refuses());
+        let ops = ops_in(&path);
+        assert!(
+            !ops.iter().any(|o| o == "before" || o == "during"),
+            "{ops:?}"
+        );
+        a.hooks.fail_sync.store(false, Ordering::Relaxed);
+        a.hooks.sync_delay_ms.store(0, Ordering::Relaxed);
+        assert!(a.append(rec("works"), true));
+        assert!(!a.failing());
+        a.shutdown();
+        let lines = keyward_audit::read_lines(&path).unwrap();
+        let r = keyward_audit::verify(&lines, &trust(&a));
+        assert_eq!(r.problem, None, "{r:?}");
+        assert!(r.head_matched, "{r:?}");
+        let lost = lines
+            .iter()
+            .filter_map(|l| keyward_audit::parse_line(&l.text))
+            .find(|p| p.entry.op == "audit.lost")
+            .expect("an audit.lost entry");
+        assert_eq!(
+            lost.entry.detail.as_deref(),
+            Some("2 entries could not be written while the log failed")
+        );
+    }
+
+    #[test]
+    fn a_request_costs_one_write_and_the_path_is_checked_once_per_sync_ms() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        let a = Audit::open(&slow_sync(), &path, h.clone()).unwrap();
+        assert!(a.append(rec("first"), true));
+        let checked = a.writer.lock().checked_at;
+        assert!(checked.is_some());
+        let before = a.stats();
+        for i in 0..50 {
+            assert!(a.append(rec(&format!("e{i}")), true));
+        }
+        let after = a.stats();
+        assert_eq!(after.writes - before.writes, 50);
+        assert_eq!(after.syncs, before.syncs);
+        // No path check within `sync_ms` (10 s here) of the last one.
+        assert_eq!(a.writer.lock().checked_at, checked);
+        a.shutdown();
     }
 
     use crate::error::Tampering;

@@ -186,7 +186,7 @@ fn start(cli: Cli) -> Result<(), StartError> {
         None => None,
     };
     let socket = keyward_proto::paths::socket_path(cli.socket.clone().or(config.socket.clone()));
-    let limits = server::Limits::from_config(&config.limits);
+    let limits = server::Limits::from_config(&config.limits, &config.server);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

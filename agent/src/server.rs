@@ -18,6 +18,11 @@
 //! `blocking_decode_bytes` are decoded on a blocking thread, after the CBOR depth and item
 //! pre-scan. Accept errors (EMFILE) back off and are logged once per interval; a spare
 //! descriptor is given up to accept and refuse the waiting client, so it never hangs.
+//!
+//! [`Spin`] (`[server] spin_us`, off by default; both sockets): after answering a client that
+//! sends its requests back to back, a connection may poll for the next one without blocking for
+//! a few microseconds before it sleeps. It must never spin for an idle connection, with more
+//! looping clients than half the cores, or beyond its budget per second.
 
 use crate::service::Service;
 use keyward_proto::limits::DecodeLimits;
@@ -25,7 +30,7 @@ use keyward_proto::ops::Op;
 use keyward_proto::{frame, ErrorBody, ErrorCode, Request, Response, MAX_FRAME};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -54,13 +59,15 @@ pub struct Limits {
     pub write_timeout: Duration,
     pub decode: DecodeLimits,
     pub blocking_decode_bytes: usize,
+    /// The short spin after an answer (`[server] spin_us`), shared by both doors.
+    pub spin: Arc<Spin>,
 }
 
 impl Limits {
     /// Raise the soft `RLIMIT_NOFILE` to the hard limit and derive the connection cap: the
     /// configured one, but no more than the descriptors left after the reserve and the
     /// connections being refused. Logs the result.
-    pub fn from_config(c: &crate::config::Limits) -> Limits {
+    pub fn from_config(c: &crate::config::Limits, server: &crate::config::ServerConfig) -> Limits {
         use nix::sys::resource::{getrlimit, setrlimit, Resource};
         let nofile = match getrlimit(Resource::RLIMIT_NOFILE) {
             Ok((soft, hard)) => {
@@ -100,6 +107,7 @@ impl Limits {
                 max_items: c.max_items,
             },
             blocking_decode_bytes: c.blocking_decode_bytes,
+            spin: Arc::new(Spin::new(Duration::from_micros(server.spin_us))),
         }
     }
 }
@@ -119,6 +127,203 @@ impl Default for Limits {
                 max_items: c.max_items,
             },
             blocking_decode_bytes: c.blocking_decode_bytes,
+            spin: Arc::new(Spin::new(Duration::from_micros(
+                crate::config::ServerConfig::default().spin_us,
+            ))),
+        }
+    }
+}
+
+/// A request that arrives within this of the answer before it marks its connection as a client
+/// in a loop (request, answer, request, ...): only such a connection spins after an answer.
+const LOOP_GAP: Duration = Duration::from_micros(500);
+
+/// Time all connections together may spend spinning per second (a tenth of one core).
+const SPIN_BUDGET: Duration = Duration::from_millis(100);
+
+/// After a spin that found no request, the connection skips spinning for this many answers at
+/// most (doubling with each further miss, from 1; reset by a spin that finds one).
+const MAX_SKIP: u32 = 64;
+
+/// The short wait, polling without blocking, that a connection makes after an answer before it
+/// blocks (tokio's reactor, or a blocking `read` on the SSH door): a client in a loop usually
+/// sends its next request within microseconds, and reading it at once saves the agent's side of
+/// the wake-up (a halted vCPU's wake-up on an idle VM is tens of microseconds).
+///
+/// Never spins for an idle connection: only after an answer to a request that itself came
+/// within [`LOOP_GAP`] of the answer before it, and at most `max` (`[server] spin_us`, 0: off).
+/// Never when more connections are in such a loop than half the cores (each looping client
+/// needs a core of its own, so with 8 clients on 2 cores nobody spins), never beyond
+/// [`SPIN_BUDGET`] per second for the whole process, and a connection whose spins find nothing
+/// backs off ([`MAX_SKIP`]).
+#[derive(Debug)]
+pub struct Spin {
+    max: Duration,
+    /// Connections whose last request came within [`LOOP_GAP`] of the answer before it.
+    looping: AtomicUsize,
+    /// Most looping connections at which spinning is still allowed: half the cores, at least 1.
+    max_looping: usize,
+    epoch: Instant,
+    /// The current budget window (whole seconds since `epoch`), and the spin time used in it.
+    window: AtomicU64,
+    used_ns: AtomicU64,
+    /// Spins made, and spins that found the next request (for tests and debugging).
+    spins: AtomicU64,
+    hits: AtomicU64,
+}
+
+impl Spin {
+    /// A spin of at most `max` after an answer; zero: never.
+    pub fn new(max: Duration) -> Spin {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Spin {
+            max,
+            looping: AtomicUsize::new(0),
+            max_looping: (cores / 2).max(1),
+            epoch: Instant::now(),
+            window: AtomicU64::new(0),
+            used_ns: AtomicU64::new(0),
+            spins: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    /// (spins made, spins that found the next request) since start.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.spins.load(Ordering::Relaxed),
+            self.hits.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Whether the budget of the current second has room left (starting a new window when a
+    /// second has passed).
+    fn budget_left(&self) -> bool {
+        let now = self.epoch.elapsed().as_secs();
+        let w = self.window.load(Ordering::Relaxed);
+        if w != now
+            && self
+                .window
+                .compare_exchange(w, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.used_ns.store(0, Ordering::Relaxed);
+        }
+        self.used_ns.load(Ordering::Relaxed) < SPIN_BUDGET.as_nanos() as u64
+    }
+
+    fn spent(&self, d: Duration, hit: bool) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.used_ns.fetch_add(ns, Ordering::Relaxed);
+        self.spins.fetch_add(1, Ordering::Relaxed);
+        if hit {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One connection's view of [`Spin`]: when it last answered, whether it is in a loop, its
+/// back-off. Leaves the loop count when dropped.
+pub(crate) struct Spinner {
+    spin: Arc<Spin>,
+    answered: Option<Instant>,
+    looping: bool,
+    skip: u32,
+    next_skip: u32,
+}
+
+impl Spinner {
+    pub(crate) fn new(spin: Arc<Spin>) -> Spinner {
+        Spinner {
+            spin,
+            answered: None,
+            looping: false,
+            skip: 0,
+            next_skip: 1,
+        }
+    }
+
+    /// An answer was just written and nothing else of this connection is under way.
+    pub(crate) fn answered(&mut self) {
+        if !self.spin.max.is_zero() {
+            self.answered = Some(Instant::now());
+        }
+    }
+
+    /// A request arrived (or anything else happened on the connection): is it in a loop?
+    pub(crate) fn arrived(&mut self) {
+        let soon = self
+            .answered
+            .take()
+            .is_some_and(|t| t.elapsed() <= LOOP_GAP);
+        if soon != self.looping {
+            self.looping = soon;
+            match soon {
+                true => self.spin.looping.fetch_add(1, Ordering::Relaxed),
+                false => self.spin.looping.fetch_sub(1, Ordering::Relaxed),
+            };
+        }
+    }
+
+    /// A cheap first check: could this connection spin now at all (spin on, answered, in a
+    /// loop)? The other bounds are [`Spinner::spin`]'s.
+    pub(crate) fn may_spin(&self) -> bool {
+        self.answered.is_some() && self.looping && !self.spin.max.is_zero()
+    }
+
+    /// How long to spin now, if at all (see [`Spin`]).
+    fn allowance(&mut self) -> Option<Duration> {
+        if !self.may_spin() {
+            return None;
+        }
+        if self.skip > 0 {
+            self.skip -= 1;
+            return None;
+        }
+        if self.spin.looping.load(Ordering::Relaxed) > self.spin.max_looping
+            || !self.spin.budget_left()
+        {
+            return None;
+        }
+        Some(self.spin.max)
+    }
+
+    /// Spin: `poll` (a non-blocking attempt to read: `Some(true)` got the next request's bytes,
+    /// `Some(false)` the stream ended or failed, `None` nothing yet) until it has something or
+    /// the allowance runs out. Returns whether it stopped on something; no allowance: `false` at
+    /// once without polling.
+    pub(crate) fn spin(&mut self, mut poll: impl FnMut() -> Option<bool>) -> bool {
+        let Some(max) = self.allowance() else {
+            return false;
+        };
+        let start = Instant::now();
+        let found = loop {
+            if poll().is_some() {
+                break true;
+            }
+            if start.elapsed() >= max {
+                break false;
+            }
+            // About a microsecond between attempts (each is a system call).
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+        };
+        self.spin.spent(start.elapsed(), found);
+        if found {
+            self.next_skip = 1;
+        } else {
+            self.skip = self.next_skip;
+            self.next_skip = (self.next_skip * 2).min(MAX_SKIP);
+        }
+        found
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        if self.looping {
+            self.spin.looping.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -513,6 +718,36 @@ impl Frames {
         !self.buf.is_empty()
     }
 
+    /// Spin for the next request after an answer ([`Spinner::spin`]): non-blocking `recv`s
+    /// straight into the (empty) buffer, bypassing tokio's readiness, which only the reactor
+    /// would update. What arrives is taken by [`Frames::next`] without waiting; an end of stream
+    /// or an error is left for it to meet again. Tokio misses nothing: every arrival also
+    /// raises an edge that its reactor sees later (at worst one `read` that finds nothing).
+    fn spin(&mut self, rd: &tokio::net::unix::OwnedReadHalf, spinner: &mut Spinner) {
+        use std::os::fd::AsRawFd;
+        if self.pending() || !spinner.may_spin() {
+            return;
+        }
+        let fd = rd.as_ref().as_raw_fd();
+        let mut got = 0;
+        let buf = &mut self.buf;
+        // Within the capacity: never reallocates (the bytes stay in the wiped buffer).
+        buf.resize(READ_BUFFER, 0);
+        spinner.spin(|| {
+            use nix::errno::Errno;
+            use nix::sys::socket::{recv, MsgFlags};
+            match recv(fd, &mut buf[..], MsgFlags::MSG_DONTWAIT) {
+                Ok(n) => {
+                    got = n;
+                    Some(n > 0)
+                }
+                Err(Errno::EAGAIN) | Err(Errno::EINTR) => None,
+                Err(_) => Some(false),
+            }
+        });
+        buf.truncate(got);
+    }
+
     /// The next frame's body. `Ok(None)`: the peer closed between frames.
     async fn next(
         &mut self,
@@ -680,9 +915,11 @@ async fn serve_requests(
 ) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut frames = Frames::new();
+    let mut spinner = Spinner::new(limits.spin.clone());
     let mut greeted = false;
     let hello_by = tokio::time::Instant::now() + limits.hello_timeout;
     loop {
+        frames.spin(rd, &mut spinner);
         let next = tokio::select! {
             r = frames.next(rd, MAX_FRAME, limits.frame_timeout) => r,
             _ = tokio::time::sleep_until(hello_by), if !greeted => {
@@ -694,6 +931,7 @@ async fn serve_requests(
             }
             _ = replies.ended.notified() => break,
         };
+        spinner.arrived();
         let bytes = match next {
             Ok(Some(b)) => b,
             Ok(None) => break,
@@ -768,6 +1006,9 @@ async fn serve_requests(
             let resp = service.handle(&req);
             drop(req);
             replies.send(resp).await;
+            if slots.available_permits() == MAX_IN_FLIGHT {
+                spinner.answered();
+            }
             continue;
         }
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -836,6 +1077,10 @@ mod tests {
     /// An agent on a memory root with one DEK, served by a runtime with ONE worker thread, so
     /// that a request running on the worker would hold up every other connection.
     fn agent() -> Agent {
+        agent_with(Limits::default())
+    }
+
+    fn agent_with(limits: Limits) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let ks = Arc::new(Keystore::open(&dir.path().join("ks.db")).expect("keystore"));
         let root = MemoryRoot::new();
@@ -859,7 +1104,7 @@ mod tests {
         let bound = rt.block_on(async { bind(&sock) }).expect("bind");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let service = Service::new(h.clone());
-        rt.spawn(serve(bound, service, Limits::default(), async move {
+        rt.spawn(serve(bound, service, limits, async move {
             let _ = stopped.await;
         }));
         Agent {
@@ -1046,5 +1291,143 @@ mod tests {
         );
         let r = recv(&mut slow);
         assert!(r.ok.is_some(), "{r:?}");
+    }
+
+    /// Limits whose spin is `us` microseconds.
+    fn spinning(us: u64) -> (Limits, Arc<Spin>) {
+        let spin = Arc::new(Spin::new(Duration::from_micros(us)));
+        let limits = Limits {
+            spin: spin.clone(),
+            ..Limits::default()
+        };
+        (limits, spin)
+    }
+
+    #[test]
+    fn spin_reads_a_looping_clients_next_request_and_never_an_idle_ones() {
+        // A long spin, so that a loaded machine still shows hits.
+        let (limits, spin) = spinning(1000);
+        let a = agent_with(limits);
+        let mut s = connect(&a);
+        for id in 10..210 {
+            send(&mut s, id, "kek.list", &ListArgs::default());
+            let r = recv(&mut s);
+            assert_eq!(r.id, Some(id));
+            assert!(r.ok.is_some(), "{r:?}");
+        }
+        let (spins, hits) = spin.counts();
+        assert!(
+            hits > 0,
+            "a client in a loop is read by the spin ({spins} spins)"
+        );
+        // Idle: at most the one spin after the last answer, then none however long it waits.
+        std::thread::sleep(Duration::from_millis(300));
+        let idle = spin.counts();
+        assert!(idle.0 <= spins + 1, "{idle:?} after {spins}");
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(spin.counts(), idle, "an idle connection does not spin");
+        // A request after a pause is no loop: no spin after its answer.
+        send(&mut s, 300, "kek.list", &ListArgs::default());
+        assert!(recv(&mut s).ok.is_some());
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(spin.counts(), idle, "no spin after a lone request");
+        // The connection still serves, and a malformed request in a loop is answered as ever.
+        send(&mut s, 301, "kek.list", &encrypt_args(&a));
+        assert_eq!(
+            recv(&mut s).err.map(|e| e.code),
+            Some(ErrorCode::InvalidArgs)
+        );
+    }
+
+    #[test]
+    fn spin_off_never_spins() {
+        let (limits, spin) = spinning(0);
+        let a = agent_with(limits);
+        let mut s = connect(&a);
+        for id in 10..110 {
+            send(&mut s, id, "kek.list", &ListArgs::default());
+            assert!(recv(&mut s).ok.is_some());
+        }
+        assert_eq!(spin.counts(), (0, 0));
+    }
+
+    #[test]
+    fn spinner_spins_only_for_loops_backs_off_and_respects_the_bounds() {
+        let spin = Arc::new(Spin {
+            max_looping: 1,
+            ..Spin::new(Duration::from_micros(100))
+        });
+        let polls = std::cell::Cell::new(0u32);
+        let never = || {
+            polls.set(polls.get() + 1);
+            None
+        };
+        // Not answered yet, or answered but not in a loop: no spin, no poll.
+        let mut a = Spinner::new(spin.clone());
+        assert!(!a.spin(never));
+        a.answered();
+        assert!(!a.spin(never));
+        assert_eq!(polls.get(), 0);
+        // A request soon after the answer: in a loop; the next answer spins up to the max.
+        a.arrived();
+        a.answered();
+        let t = Instant::now();
+        assert!(!a.spin(never), "nothing came");
+        assert!(t.elapsed() >= Duration::from_micros(100));
+        assert!(polls.get() > 0);
+        assert_eq!(spin.counts(), (1, 0));
+        // A miss skips the next spin (then 2, 4, ... up to MAX_SKIP).
+        a.arrived();
+        a.answered();
+        let before = polls.get();
+        assert!(!a.spin(never), "skipped after a miss");
+        assert_eq!(polls.get(), before);
+        // A hit is counted and resets the back-off.
+        a.arrived();
+        a.answered();
+        assert!(a.spin(|| Some(true)));
+        assert_eq!(spin.counts(), (2, 1));
+        // Two connections in a loop on a budget of one: neither spins.
+        let mut b = Spinner::new(spin.clone());
+        b.answered();
+        b.arrived();
+        a.arrived();
+        a.answered();
+        b.answered();
+        assert_eq!(spin.looping.load(Ordering::Relaxed), 2);
+        let before = polls.get();
+        assert!(!a.spin(never) && !b.spin(never));
+        assert_eq!(polls.get(), before);
+        // A connection that leaves (or pauses) leaves the loop count.
+        drop(b);
+        assert_eq!(spin.looping.load(Ordering::Relaxed), 1);
+        assert!(a.spin(|| Some(true)), "alone again: spins");
+        // A slow request (answered long before the next one) leaves the loop.
+        a.answered();
+        std::thread::sleep(LOOP_GAP * 2);
+        a.arrived();
+        assert_eq!(spin.looping.load(Ordering::Relaxed), 0);
+        drop(a);
+        assert_eq!(spin.looping.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn spin_budget_caps_the_time_spent_per_second() {
+        // One spin longer than the whole budget: the next one within the second is refused.
+        let spin = Arc::new(Spin::new(SPIN_BUDGET + Duration::from_millis(10)));
+        let mut a = Spinner::new(spin.clone());
+        a.answered();
+        a.arrived();
+        a.answered();
+        let window = spin.epoch.elapsed().as_secs();
+        assert!(!a.spin(|| None));
+        a.arrived();
+        a.answered();
+        a.skip = 0;
+        let refused = !a.spin(|| Some(true));
+        if spin.epoch.elapsed().as_secs() == window {
+            assert!(refused, "over budget within the same second");
+            assert_eq!(spin.counts(), (1, 0));
+        }
     }
 }

@@ -101,9 +101,27 @@ pub fn encode(e: &Entry) -> Result<(String, [u8; 32]), serde_json::Error> {
     let mut line = body;
     line.pop();
     line.push_str(",\"hash\":\"");
-    line.push_str(&hex::encode(hash));
+    push_hex(&mut line, &hash);
     line.push_str("\"}");
     Ok((line, hash))
+}
+
+/// Append the lower-case hex of `bytes` to `out` (what `hex::encode` gives, without its
+/// `String` built from a `char` iterator: an entry needs two of these, so they show per request).
+pub fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+}
+
+/// [`push_hex`] into a new string.
+pub fn to_hex(bytes: &[u8]) -> String {
+    let mut s = String::new();
+    push_hex(&mut s, bytes);
+    s
 }
 
 /// A line read back: the entry, the hash it claims, and the hash its bytes have.

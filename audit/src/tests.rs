@@ -250,3 +250,13 @@ fn previous_keys_verify_the_checkpoints_of_their_time_and_only_forward() {
     );
     assert_eq!(r.signed_through, Some(20));
 }
+
+#[test]
+fn to_hex_is_what_hex_encode_gives() {
+    let bytes: Vec<u8> = (0..=255u8).collect();
+    assert_eq!(to_hex(&bytes), hex::encode(&bytes));
+    assert_eq!(to_hex(&[]), "");
+    let mut s = String::from("x");
+    push_hex(&mut s, &[0x0f, 0xa0]);
+    assert_eq!(s, "x0fa0");
+}

@@ -10,6 +10,17 @@
 //! -p keyward-pkcs11 && cargo bench -p keyward-tests --bench pkcs11_sign`. Each figure is the
 //! median of 3 rounds of 1 s; each thread has its own session. Prints a table and the ratios the
 //! README quotes.
+//!
+//! Also, in the same run, the physical floor of the module's one request per `C_Sign`: a bare
+//! Unix-socket ping-pong between two processes with `sign.digest`'s request and answer sizes
+//! (the agent's bench helper `agent/benches/common/pingpong.rs`), and from it the `bound`: the
+//! best `module / SoftHSM direct` ratio if the agent added nothing to SoftHSM's own signature but
+//! one round trip, `t_direct / (t_direct + t_pingpong)` (at 4 threads on 2 cores both are
+//! CPU-bound, so their times add up the same way; an estimate there). An agent key signed by
+//! aws-lc rather than SoftHSM can beat that bound: its signature is faster than SoftHSM's.
+//! One machine-readable line per module row and thread count:
+//! `bench: <row> threads=<n> module=<ops/s> direct=<ops/s> p11kit=<ops/s> ratio=<module/direct>
+//! pingpong=<ops/s> bound=<ratio>`.
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
@@ -22,6 +33,9 @@ use keyward_tests::{Options, RootKind, TestEnv};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "../../agent/benches/common/pingpong.rs"]
+mod pingpong;
 
 const ROUNDS: usize = 3;
 const ROUND: Duration = Duration::from_secs(1);
@@ -176,6 +190,7 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks for a list; there is nothing to list.
     }
+    pingpong::serve_if_asked();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut rows: Vec<(&str, Vec<f64>)> = Vec::new();
 
@@ -223,11 +238,48 @@ fn main() {
     let _ = server.wait();
     rows.push(("p11-kit remote (same SoftHSM token)", remote_rates));
 
+    // The physical floor of one `sign.digest`: its request and answer sizes (a key id, a 32-byte
+    // digest; a 64-byte r || s signature), as the module and the agent encode them.
+    let req = keyward_proto::Request::new(
+        7,
+        "sign.digest",
+        &keyward_proto::ops::SignDigestArgs {
+            key: uuid::Uuid::new_v4().to_string(),
+            digest: serde_bytes::ByteBuf::from(vec![0x5au8; 32]),
+        },
+    )
+    .and_then(|r| r.to_cbor())
+    .expect("encode request")
+    .len();
+    let resp = keyward_proto::Response::ok(
+        7,
+        &keyward_proto::ops::SignatureResult {
+            signature: serde_bytes::ByteBuf::from(vec![0xa5u8; 64]),
+        },
+    )
+    .and_then(|r| r.to_cbor())
+    .expect("encode answer")
+    .len();
+    let server = pingpong::Server::start(dir.path(), "sign", resp);
+    let conns = server.connect(THREADS[THREADS.len() - 1], req);
+    let pp: Vec<f64> = THREADS
+        .iter()
+        .map(|&t| pingpong::median(&conns[..t], ROUNDS, ROUND))
+        .collect();
+    drop(conns);
+    drop(server);
+
     println!("ECDSA P-256 C_Sign/s (median of {ROUNDS} x {ROUND:?})");
     println!("{:<40} {:>10} {:>10}", "", "1 thread", "4 threads");
     for (name, r) in &rows {
         println!("{name:<40} {:>10.0} {:>10.0}", r[0], r[1]);
     }
+    println!(
+        "{:<40} {:>10.0} {:>10.0}",
+        format!("ping-pong, {req} B / {resp} B frames"),
+        pp[0],
+        pp[1]
+    );
     let direct = &rows[2].1;
     let remote = &rows[3].1;
     for (name, r) in &rows[..2] {
@@ -236,6 +288,25 @@ fn main() {
                 "{name}, {t} thread(s): {:.2}x p11-kit remote (target >= 2), {:.2}x SoftHSM direct (target >= 0.6)",
                 r[i] / remote[i],
                 r[i] / direct[i]
+            );
+        }
+    }
+    for (i, t) in THREADS.iter().enumerate() {
+        println!(
+            "bound at {t} thread(s): {:.2}x SoftHSM direct (one round trip added to SoftHSM's signature)",
+            pingpong::bound(direct[i], pp[i])
+        );
+    }
+    for (name, r) in &rows[..2] {
+        for (i, t) in THREADS.iter().enumerate() {
+            println!(
+                "bench: {name} threads={t} module={:.0} direct={:.0} p11kit={:.0} ratio={:.2} pingpong={:.0} bound={:.2}",
+                r[i],
+                direct[i],
+                remote[i],
+                r[i] / direct[i],
+                pp[i],
+                pingpong::bound(direct[i], pp[i])
             );
         }
     }

@@ -45,6 +45,8 @@ mod root_rotate;
 mod roots;
 #[path = "e2e/signing.rs"]
 mod signing;
+#[path = "e2e/spin.rs"]
+mod spin;
 #[path = "e2e/stream.rs"]
 mod stream;
 #[path = "e2e/tamper.rs"]

@@ -34,7 +34,19 @@ pub fn setup_token(dir: &Path) -> PathBuf {
         text.push_str("\n[audit]\nenabled = false\n");
         std::fs::write(&config, text).expect("write the bench config");
     }
+    spin_override(&config);
     config
+}
+
+/// `KEYWARD_BENCH_SPIN_US=N` runs the agent with `[server] spin_us = N` (0: no spin after an
+/// answer), for the on/off comparison the README quotes; unset keeps the default.
+pub fn spin_override(config: &Path) {
+    if let Ok(us) = std::env::var("KEYWARD_BENCH_SPIN_US") {
+        let us: u64 = us.parse().expect("KEYWARD_BENCH_SPIN_US: microseconds");
+        let mut text = std::fs::read_to_string(config).expect("read the bench config");
+        text.push_str(&format!("\n[server]\nspin_us = {us}\n"));
+        std::fs::write(config, text).expect("write the bench config");
+    }
 }
 
 /// The real `keywardd`, stopped (SIGTERM, then reaped) when dropped.
@@ -93,3 +105,4 @@ pub fn init_with_kek(sock: &Path) -> BlockingClient {
     c.run(|c| c.kek_create(None)).expect("kek");
     c
 }
+pub mod pingpong;

@@ -121,6 +121,11 @@ impl Reader {
         Reader::default()
     }
 
+    /// Bytes of a further frame are already held (the client sent ahead).
+    pub fn pending(&self) -> bool {
+        self.start != self.end
+    }
+
     /// The next frame: as long as it takes for its first byte (idle connections stay open), then
     /// at most `deadline` for the rest ([`FrameError::Timeout`]). `Ok(None)`: a clean end of
     /// stream between frames.

@@ -15,7 +15,9 @@
 //! with one client. On its own thread with a blocking std socket a request is one `read`, the
 //! answer and one `write`; a request that may block (the keystore, the token, a confirmation
 //! prompt) blocks only its own connection, so it is answered right there too, with no hop to a
-//! blocking pool. The accept loop stays on the runtime.
+//! blocking pool. The accept loop stays on the runtime. With `[server] spin_us` set (off by
+//! default), a connection in a loop peeks for its next request without blocking for that long
+//! after each answer before its blocking read (`server::Spin`: never for an idle connection).
 //!
 //! Limits are the CBOR socket's (`[limits]`, `server::Limits`): one connection cap counts both
 //! sockets (an SSH connection over it is closed at once, unanswered) and so also bounds the
@@ -27,7 +29,7 @@
 
 use super::frame::{self, FrameError};
 use super::requests::{Conn, SshAgent};
-use crate::server::{Bound, Limits, Throttled};
+use crate::server::{Bound, Limits, Spinner, Throttled};
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream as StdStream;
 use std::sync::{Arc, Mutex};
@@ -199,8 +201,14 @@ fn connection(sock: Arc<StdStream>, agent: &SshAgent, cred: UCred, limits: &Limi
         "client connected"
     );
     let mut frames = frame::Reader::new();
+    let mut spinner = Spinner::new(limits.spin.clone());
     loop {
-        let body = match frames.next_blocking(&sock, limits.frame_timeout) {
+        if !frames.pending() {
+            spin(&sock, &mut spinner);
+        }
+        let next = frames.next_blocking(&sock, limits.frame_timeout);
+        spinner.arrived();
+        let body = match next {
             Ok(Some(b)) => b,
             Ok(None) => break,
             Err(FrameError::Io(e)) => {
@@ -234,7 +242,25 @@ fn connection(sock: Arc<StdStream>, agent: &SshAgent, cred: UCred, limits: &Limi
         if !send(&sock, &answer, limits) {
             break;
         }
+        spinner.answered();
     }
+}
+
+/// Spin for the next request after an answer ([`Spinner::spin`]) with non-blocking peeks of
+/// one byte: the blocking read that follows then finds the request there and does not sleep.
+fn spin(sock: &StdStream, spinner: &mut Spinner) {
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    let mut byte = [0u8; 1];
+    spinner.spin(|| {
+        use nix::errno::Errno;
+        use nix::sys::socket::{recv, MsgFlags};
+        match recv(fd, &mut byte, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_PEEK) {
+            Ok(n) => Some(n > 0),
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => None,
+            Err(_) => Some(false),
+        }
+    });
 }
 
 /// Write one answer within the write deadline; false ends the connection.
