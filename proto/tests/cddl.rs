@@ -949,6 +949,8 @@ fn every_response_validates() {
         ErrorCode::UsageDenied,
         ErrorCode::KeyExpired,
         ErrorCode::LimitsWidened,
+        ErrorCode::KeystoreUnavailable,
+        ErrorCode::Conflict,
         ErrorCode::KeystoreChecking,
     ];
     for code in codes {
