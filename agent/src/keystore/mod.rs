@@ -42,11 +42,13 @@
 //! It must never hand out a row that does not verify while the MAC key is loaded, never write a
 //! MAC'd row without its MAC, and never expose a backend's client types.
 
+mod migrate;
 mod records;
 mod sqlite;
 #[cfg(test)]
 mod tests;
 
+pub use migrate::{MigrateError, MigrateReport};
 pub use records::*;
 #[cfg(test)]
 pub(crate) use sqlite::REKEY_FAIL;
@@ -161,6 +163,28 @@ impl Keystore {
     /// The backend (for what only one backend has: tests, and `migrate`'s destination checks).
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// The MAC key loaded now (`migrate_to` loads a copy into the destination).
+    pub(crate) fn mac_key(&self) -> Option<std::sync::Arc<MacKey>> {
+        dispatch!(self, s => s.mac_key())
+    }
+
+    /// How many rows each table holds.
+    pub fn row_counts(&self) -> Result<RowCounts, KeystoreError> {
+        dispatch!(self, s => s.row_counts())
+    }
+
+    /// Every row of every table, each checked against its MAC (needs the MAC key): one
+    /// consistent read, for `migrate_to`.
+    pub fn snapshot(&self) -> Result<Snapshot, KeystoreError> {
+        dispatch!(self, s => s.snapshot())
+    }
+
+    /// Write `snapshot` into this keystore (it must be empty) in one transaction, each row MAC'd
+    /// under the loaded key.
+    pub fn load_snapshot(&self, snapshot: &Snapshot) -> Result<(), KeystoreError> {
+        dispatch!(self, s => s.load_snapshot(snapshot))
     }
 
     /// The schema version this agent writes.

@@ -60,6 +60,14 @@ impl MacKey {
     }
 }
 
+impl MacKey {
+    /// A second copy of the key (its own mlocked, zeroizing block): for the destination of
+    /// `keystore migrate`, which opens the copied rows with the same key.
+    pub(crate) fn duplicate(&self) -> MacKey {
+        MacKey::new(Zeroizing::new(**self.key))
+    }
+}
+
 /// The MAC key a backend checks and makes MACs with: loaded at unlock, dropped at lock, and an
 /// epoch bumped at each change (part of `Keystore::generation`). Each backend holds one (it
 /// must load the key before the connection a re-keying commit used is released).
@@ -636,4 +644,70 @@ pub(crate) fn root_set_body(text: &str) -> Vec<u8> {
     let mut e = Encoder::new("keyward/keystore/root-set/v9");
     e.text(Some(text));
     e.finish()
+}
+
+// ---- a whole keystore (`keystore migrate`) ---------------------------------------------------
+
+/// How many rows each table of a keystore holds (`keystore migrate`'s progress and check).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowCounts {
+    pub keys: u64,
+    pub versions: u64,
+    pub revocations: u64,
+    pub wraps: u64,
+    pub rotations: u64,
+    pub rotation_items: u64,
+    pub rotation_wraps: u64,
+    pub meta: u64,
+}
+
+impl RowCounts {
+    /// Every table, by the name `keystore migrate` reports it under.
+    pub fn tables(&self) -> [(&'static str, u64); 8] {
+        [
+            ("keys", self.keys),
+            ("key_versions", self.versions),
+            ("revocations", self.revocations),
+            ("kek_wraps", self.wraps),
+            ("kek_rotations", self.rotations),
+            ("kek_rotation_items", self.rotation_items),
+            ("kek_rotation_wraps", self.rotation_wraps),
+            ("meta", self.meta),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.tables().iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// Every row of a keystore, each checked against its MAC when read (`Keystore::snapshot`), as
+/// backend-independent records: what `keystore migrate` copies. Meta rows are copied as they
+/// are (those with MACs carry them in other meta rows, over the same values).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub keys: Vec<KeyRecord>,
+    pub versions: Vec<KeyVersion>,
+    pub revocations: Vec<Revocation>,
+    pub wraps: Vec<KekWrap>,
+    pub rotations: Vec<PendingRotation>,
+    pub rotation_items: Vec<RotationItem>,
+    /// `kek_rotation_wraps` rows (their `created` is 0: the column does not exist).
+    pub rotation_wraps: Vec<KekWrap>,
+    pub meta: Vec<(String, String)>,
+}
+
+impl Snapshot {
+    pub fn counts(&self) -> RowCounts {
+        RowCounts {
+            keys: self.keys.len() as u64,
+            versions: self.versions.len() as u64,
+            revocations: self.revocations.len() as u64,
+            wraps: self.wraps.len() as u64,
+            rotations: self.rotations.len() as u64,
+            rotation_items: self.rotation_items.len() as u64,
+            rotation_wraps: self.rotation_wraps.len() as u64,
+            meta: self.meta.len() as u64,
+        }
+    }
 }

@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
 
+#[path = "sqlite_copy.rs"]
+mod copy;
 #[path = "sqlite_roots.rs"]
 mod roots;
 
@@ -420,7 +422,7 @@ pub(super) fn insert_with(
     Ok(())
 }
 
-fn insert_revocation_with(
+pub(super) fn insert_revocation_with(
     conn: &Connection,
     key: Option<&MacKey>,
     r: &Revocation,
@@ -442,7 +444,7 @@ fn insert_revocation_with(
 }
 
 /// Read every row of `keys` matching `where_`, each with its MAC checked when `key` is given.
-fn query_with(
+pub(super) fn query_with(
     conn: &Connection,
     key: Option<&MacKey>,
     op: &'static str,
@@ -828,6 +830,11 @@ impl SqliteStore {
     fn record_changes(&self, conn: &Connection) -> u64 {
         conn.total_changes()
             .saturating_sub(self.meta_changes.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// The MAC key loaded now (`keystore migrate` loads a copy of it into the destination).
+    pub(crate) fn mac_key(&self) -> Option<Arc<MacKey>> {
+        self.key()
     }
 
     pub fn has_mac_key(&self) -> bool {

@@ -60,7 +60,7 @@ fn parse_uuid(s: &str, what: &str) -> Result<Uuid, KeystoreError> {
 }
 
 /// Every wrap row of `table` matching `where_`, each checked when `key` is given.
-fn wraps_with(
+pub(super) fn wraps_with(
     conn: &Connection,
     key: Option<&MacKey>,
     table: &str,

@@ -1006,3 +1006,210 @@ fn integrity_check_time_on_100k_records() {
         t.elapsed()
     );
 }
+
+// ---- keystore migrate -------------------------------------------------------------------------
+
+/// A keystore with a row in every table, MAC'd under `test_key(7)` (left loaded).
+fn populated() -> (tempfile::TempDir, Keystore) {
+    let (d, ks) = temp();
+    ks.set_mac_key(Some(test_key(7)));
+    let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
+    let mut other_root = KeyRecord::new(KeyKind::Root, "soft");
+    other_root.created = root.created + 1;
+    assert!(ks.add_root(&root, &[]).unwrap());
+    let mut kek = KeyRecord::new(KeyKind::Kek, "aes-kwp");
+    kek.parent = Some(root.id);
+    kek.wrapped = Some(vec![9; 40]);
+    assert!(ks.insert_kek(&kek, &[]).unwrap());
+    let wrap = KekWrap {
+        kek: kek.id,
+        root: other_root.id,
+        scheme: "pbkdf2".into(),
+        wrapped: vec![8; 40],
+        created: 5,
+    };
+    assert!(ks.add_root(&other_root, &[wrap]).unwrap());
+    let mut dek = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+    dek.parent = Some(kek.id);
+    dek.wrapped = Some(vec![1; 40]);
+    dek.exportable = true;
+    ks.insert(&dek).unwrap();
+    ks.add_version(&dek.id, vec![2; 40]).unwrap().unwrap();
+    // A node keypair vouched for by another (issuer before it), and its revocation.
+    let mut issuer = full_record(Some(kek.id));
+    issuer.name = Some("cluster".into());
+    issuer.issuer = None;
+    ks.insert(&issuer).unwrap();
+    let mut node = full_record(Some(kek.id));
+    node.issuer = Some(issuer.id);
+    node.created = 1;
+    ks.insert(&node).unwrap();
+    ks.revoke(&Revocation {
+        id: Uuid::new_v4(),
+        revoked: node.id,
+        issuer: issuer.id,
+        statement: vec![3; 10],
+        created: 11,
+    })
+    .unwrap();
+    // A KEK rotation in progress, with a journaled wrap and an item.
+    let pending = PendingRotation {
+        kek: kek.id,
+        wrapped: vec![4; 40],
+        scheme: "aes-kwp".into(),
+        started: 12,
+    };
+    let jw = KekWrap {
+        kek: kek.id,
+        root: other_root.id,
+        scheme: "pbkdf2".into(),
+        wrapped: vec![6; 40],
+        created: 0,
+    };
+    ks.rotation_begin_wraps(&pending, &[jw]).unwrap();
+    ks.rotation_put(&[RotationItem {
+        kek: kek.id,
+        key: dek.id,
+        version: 1,
+        wrapped: vec![5; 40],
+    }])
+    .unwrap();
+    ks.set_metas(&[("pin_attempts", Some("0")), ("audit_head", Some("3:ab"))])
+        .unwrap();
+    (d, ks)
+}
+
+#[test]
+fn migrate_copies_every_table_and_the_copy_verifies_under_the_same_key() {
+    let (d, ks) = populated();
+    let before = ks.snapshot().unwrap();
+    let c = before.counts();
+    assert!(
+        c.tables().iter().all(|(_, n)| *n > 0),
+        "every table has a row: {c:?}"
+    );
+    let to = d.path().join("copy/ks.db");
+    let report = ks.migrate_to(to.to_str().unwrap()).unwrap();
+    assert_eq!(report.counts, c);
+    // The source is unchanged.
+    assert_eq!(ks.snapshot().unwrap(), before);
+    // The copy opens, and every row verifies under the same key and equals the source's.
+    let copy = Keystore::open(&to).unwrap();
+    copy.set_mac_key(Some(test_key(7)));
+    assert_eq!(copy.snapshot().unwrap(), before);
+    assert_eq!(copy.roots_checked().unwrap().len(), 2);
+    // Under another key nothing verifies.
+    copy.set_mac_key(Some(test_key(8)));
+    assert!(matches!(
+        copy.snapshot(),
+        Err(KeystoreError::Tampered { .. })
+    ));
+}
+
+#[test]
+fn migrate_catches_a_tampered_destination_row_naming_it() {
+    let (d, ks) = populated();
+    let snap = ks.snapshot().unwrap();
+    let to = d.path().join("copy.db");
+    let copy = Keystore::open(&to).unwrap();
+    copy.set_mac_key(Some(test_key(7)));
+    copy.load_snapshot(&snap).unwrap();
+    let to_s = to.to_str().unwrap();
+    assert_eq!(
+        super::migrate::verify(&snap, &copy, to_s).unwrap(),
+        snap.counts()
+    );
+    // A changed column: the row's MAC no longer verifies, and the record is named.
+    let dek = snap.keys.iter().find(|r| r.kind == KeyKind::Dek).unwrap();
+    copy.lock()
+        .execute(
+            "UPDATE keys SET exportable = 0 WHERE id = ?1",
+            [dek.id.to_string()],
+        )
+        .unwrap();
+    match super::migrate::verify(&snap, &copy, to_s) {
+        Err(e @ MigrateError::Verify { .. }) => {
+            assert!(e.to_string().contains(&dek.id.to_string()), "{e}");
+            assert_eq!(e.code(), keyward_proto::ErrorCode::KeystoreTampered);
+        }
+        other => panic!("expected Verify, got {other:?}"),
+    }
+    copy.lock()
+        .execute(
+            "UPDATE keys SET exportable = 1 WHERE id = ?1",
+            [dek.id.to_string()],
+        )
+        .unwrap();
+    // A row whose MAC verifies but is not the source's (a meta value): named too.
+    copy.set_meta("pin_attempts", "5").unwrap();
+    match super::migrate::verify(&snap, &copy, to_s) {
+        Err(e @ MigrateError::Verify { .. }) => assert!(e.to_string().contains("pin_attempts")),
+        other => panic!("expected Verify, got {other:?}"),
+    }
+    // A missing row: the count says which table.
+    copy.set_meta("pin_attempts", "0").unwrap();
+    copy.lock().execute("DELETE FROM key_versions", []).unwrap();
+    match super::migrate::verify(&snap, &copy, to_s) {
+        Err(MigrateError::CountMismatch { table, .. }) => assert_eq!(table, "key_versions"),
+        other => panic!("expected CountMismatch, got {other:?}"),
+    }
+}
+
+#[test]
+fn migrate_refuses_bad_destinations_and_leaves_them_alone() {
+    let (d, ks) = populated();
+    let before = ks.snapshot().unwrap();
+    // A non-empty destination: untouched (not even opened).
+    let busy = d.path().join("busy.db");
+    std::fs::write(&busy, b"something").unwrap();
+    let e = ks.migrate_to(busy.to_str().unwrap()).unwrap_err();
+    assert!(matches!(e, MigrateError::NotEmpty { .. }), "{e}");
+    assert_eq!(e.code(), keyward_proto::ErrorCode::AlreadyExists);
+    assert_eq!(std::fs::read(&busy).unwrap(), b"something");
+    // Itself, a relative path, a PostgreSQL URL: invalid arguments.
+    for to in [
+        ks.path().to_str().unwrap(),
+        "relative/ks.db",
+        "postgres://db/keyward",
+    ] {
+        let e = ks.migrate_to(to).unwrap_err();
+        assert!(
+            matches!(e, MigrateError::BadDestination { .. }),
+            "{to}: {e}"
+        );
+        assert_eq!(e.code(), keyward_proto::ErrorCode::InvalidArgs);
+    }
+    // An unwritable place: a keystore error, and nothing left behind.
+    let e = ks.migrate_to("/proc/keyward-migrate/ks.db").unwrap_err();
+    assert!(matches!(e, MigrateError::Destination { .. }), "{e}");
+    // Locked: refused.
+    ks.set_mac_key(None);
+    let e = ks
+        .migrate_to(d.path().join("new.db").to_str().unwrap())
+        .unwrap_err();
+    assert!(matches!(e, MigrateError::Locked), "{e}");
+    assert!(!d.path().join("new.db").exists());
+    ks.set_mac_key(Some(test_key(7)));
+    assert_eq!(ks.snapshot().unwrap(), before);
+}
+
+#[test]
+fn a_failed_migration_removes_the_copy_it_made() {
+    let (d, ks) = populated();
+    // A source row that does not verify: the copy fails reading it, and the new file goes.
+    let kek = ks.list(KeyKind::Kek, None).unwrap().remove(0);
+    ks.lock()
+        .execute(
+            "UPDATE keys SET label = 'forged' WHERE id = ?1",
+            [kek.id.to_string()],
+        )
+        .unwrap();
+    let to = d.path().join("copy.db");
+    let e = ks.migrate_to(to.to_str().unwrap()).unwrap_err();
+    assert!(
+        matches!(e, MigrateError::Source(KeystoreError::Tampered { .. })),
+        "{e}"
+    );
+    assert_eq!(e.code(), keyward_proto::ErrorCode::KeystoreTampered);
+    assert!(!to.exists());
+}
