@@ -1107,6 +1107,24 @@ impl Handler for Service {
         }
     }
 
+    fn keystore_migrate(&self, a: KeystoreMigrateArgs) -> Result<KeystoreMigrated, AgentError> {
+        let r = self.h.ks.migrate_to(&a.to)?;
+        tracing::info!(to = %r.to, rows = r.counts.total(), ms = r.ms, "keystore copied and checked");
+        Ok(KeystoreMigrated {
+            to: r.to,
+            tables: r
+                .counts
+                .tables()
+                .iter()
+                .map(|(table, rows)| TableCount {
+                    table: table.to_string(),
+                    rows: *rows,
+                })
+                .collect(),
+            ms: r.ms,
+        })
+    }
+
     fn random(&self, a: RandomArgs) -> Result<RandomBytes, AgentError> {
         Ok(RandomBytes {
             bytes: serde_bytes::ByteBuf::from(self.h.random(a.len)?),

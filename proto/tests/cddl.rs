@@ -331,6 +331,15 @@ fn every_request_validates() {
         // The PKCS#11 module's operations.
         (Op::RootInfo, req(Op::RootInfo, &Empty {})),
         (Op::AuditInfo, req(Op::AuditInfo, &Empty {})),
+        (
+            Op::KeystoreMigrate,
+            req(
+                Op::KeystoreMigrate,
+                &KeystoreMigrateArgs {
+                    to: "/home/u/new/keystore.db".into(),
+                },
+            ),
+        ),
         (Op::UnlockPrompt, req(Op::UnlockPrompt, &Empty {})),
         (
             Op::SignDigest,
@@ -863,6 +872,17 @@ fn every_response_validates() {
             1,
             &OpenedDataKey {
                 key: SecretBytes::new(vec![1; 32]),
+            },
+        ),
+        Response::ok(
+            1,
+            &KeystoreMigrated {
+                to: "/home/u/new/keystore.db".into(),
+                tables: vec![TableCount {
+                    table: "keys".into(),
+                    rows: 12,
+                }],
+                ms: 40,
             },
         ),
         Response::ok(
