@@ -1106,6 +1106,7 @@ pub struct RestoredResult {
 /// `keystore.migrate` arguments: the new, empty keystore to copy into (an absolute SQLite file
 /// path; it must not exist or be empty).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct KeystoreMigrateArgs {
     pub to: String,
 }
