@@ -5,10 +5,12 @@
 use keyward_tests::keyward_proto::ops::KeypairCreateArgs;
 use keyward_tests::{pin, TestEnv};
 use std::path::Path;
+use std::process::{Command, Stdio};
 
 keyward_tests::keyward_e2e_tests!(
     keystore_migrate_copy_serves_every_key_on_the_same_token,
     keystore_migrate_refuses_bad_destinations_and_keeps_serving,
+    keystore_migrate_a_second_agent_serves_the_copy_on_the_same_token,
 );
 
 /// Rows per table of a keystore file, read directly.
@@ -150,4 +152,122 @@ fn keystore_migrate_refuses_bad_destinations_and_keeps_serving(env: &mut TestEnv
     // Through all of it the agent kept serving, and its keystore did not change.
     env.assert_intact(&keys);
     assert_eq!(rows(&source), before);
+}
+
+/// A second `keywardd`, on the same token, started on the copy while the first keeps serving the
+/// source: every key works through it.
+fn keystore_migrate_a_second_agent_serves_the_copy_on_the_same_token(env: &mut TestEnv) {
+    let keys = env.init_with_keys(true, b"two agents");
+    let c = env.client();
+    let args = KeypairCreateArgs {
+        kek: Some(keys.kek.clone()),
+        label: Some("signer".into()),
+        on_token: false,
+        alg: Some("ed25519".into()),
+        ssh: None,
+        limits: None,
+    };
+    let kp = c
+        .run(|c| c.keypair_create(&args))
+        .expect("keypair.create")
+        .id;
+    let sig = c.run(|c| c.sign(&kp, b"hello", false)).expect("sign");
+    let exported = c.run(|c| c.dek_export(&keys.dek)).expect("dek.export");
+    let copy = env.dir().join("second").join("keystore.db");
+    env.cli_json(
+        &["keystore", "migrate", "--to", copy.to_str().unwrap()],
+        None,
+    );
+
+    // The same config (same token) but `keystore` = the copy, and a socket of its own.
+    let config = std::fs::read_to_string(env.config_path()).expect("config");
+    let config: Vec<String> = config
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("keystore") && l.contains('=') {
+                format!("keystore = {:?}", copy.display().to_string())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    let config_path = env.dir().join("second.toml");
+    std::fs::write(&config_path, config.join("\n") + "\n").expect("write config");
+    let sock = env.dir().join("run2").join("agent.sock");
+    let log = std::fs::File::create(env.dir().join("second.log")).expect("log");
+    let mut second = Command::new(keyward_tests::process::bin("keywardd"))
+        .arg("--config")
+        .arg(&config_path)
+        .env("KEYWARD_SOCK", &sock)
+        .env_remove("KEYWARD_CONFIG")
+        .env_remove("KEYWARD_LOG")
+        .env_remove("KEYWARD_SSH_SOCK")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("second keywardd");
+    let start = std::time::Instant::now();
+    let c2 = loop {
+        if let Ok(c) = keyward_tests::keyward_client::BlockingClient::connect(&sock) {
+            break c;
+        }
+        assert!(
+            second.try_wait().expect("try_wait").is_none(),
+            "the second agent exited: {}",
+            std::fs::read_to_string(env.dir().join("second.log")).unwrap_or_default()
+        );
+        assert!(
+            start.elapsed().as_secs() < 30,
+            "the second agent did not listen"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let checks = (|| -> Result<(), String> {
+        c2.run(|c| c.unlock(pin(env.pin())))
+            .map_err(|e| format!("unlock: {e}"))?;
+        let pt = c2
+            .run(|c| c.decrypt(&keys.ciphertext, None))
+            .map_err(|e| format!("decrypt: {e}"))?;
+        if pt.expose() != &keys.plaintext[..] {
+            return Err("decrypt: another plaintext".into());
+        }
+        let again = c2
+            .run(|c| c.dek_export(&keys.dek))
+            .map_err(|e| format!("dek.export: {e}"))?;
+        if again.key.expose() != exported.key.expose() {
+            return Err("dek.export: another DEK".into());
+        }
+        let sig2 = c2
+            .run(|c| c.sign(&kp, b"hello", false))
+            .map_err(|e| format!("sign: {e}"))?;
+        if sig2 != sig {
+            return Err("sign: another signature (another key)".into());
+        }
+        let ct = c2
+            .run(|c| c.encrypt(&keys.dek, b"from the second agent"))
+            .map_err(|e| format!("encrypt: {e}"))?;
+        // The first agent, on the source, opens what the second sealed: the same DEK.
+        let pt = c
+            .run(|c| c.decrypt(&ct, None))
+            .map_err(|e| format!("decrypt on the first agent: {e}"))?;
+        if pt.expose() != b"from the second agent" {
+            return Err("decrypt on the first agent: another plaintext".into());
+        }
+        Ok(())
+    })();
+    drop(c2);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let st = keyward_tests::process::wait_exit(&mut second, "the second keywardd to stop");
+    checks.unwrap_or_else(|e| {
+        panic!(
+            "{e}; second agent's log:\n{}",
+            std::fs::read_to_string(env.dir().join("second.log")).unwrap_or_default()
+        )
+    });
+    assert!(st.success(), "the second agent exited with {st}");
+    env.assert_intact(&keys);
 }
