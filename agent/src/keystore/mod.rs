@@ -22,6 +22,8 @@
 //! - `sqlite.rs` + `sqlite_roots.rs`: the SQLite backend ([`SqliteStore`]): every SQL statement
 //!   and every `rusqlite` type. No `rusqlite` type appears in [`Keystore`]'s API
 //!   ([`KeystoreError::Sql`] carries an opaque [`SqlError`]).
+//! - `migrate.rs` (+ `sqlite_copy.rs`, the SQLite side): `keystore migrate`, a copy of every
+//!   table into a new, empty keystore, checked record by record ([`Keystore::migrate_to`]).
 //! - this file: [`Keystore`], the type callers use, and [`KeystoreError`].
 //!
 //! Dispatch: [`Keystore`] holds a [`Backend`] enum and forwards each method with the
