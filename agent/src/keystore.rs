@@ -60,6 +60,15 @@ pub enum KeystoreError {
     /// SQLite's own checks fail: the file is damaged. It is never re-created.
     #[error("keystore {path} is damaged ({detail}): keywardd will not use or re-create it; restore it from a backup")]
     Damaged { path: PathBuf, detail: String },
+    /// The keystore's database is down or unreachable (answered within its connect timeout).
+    #[error("keystore {op}: the database is unavailable: {what}")]
+    Unavailable { op: &'static str, what: String },
+    /// Another agent changed the row meanwhile (its `row_version` moved): retry.
+    #[error("keystore {op}: record {id} was changed by another agent meanwhile; retry")]
+    Conflict { op: &'static str, id: String },
+    /// The database server refused a statement (a constraint, a permission).
+    #[error("keystore {op}: the database refused: {what}")]
+    Database { op: &'static str, what: String },
 }
 
 impl KeystoreError {
@@ -72,7 +81,10 @@ impl KeystoreError {
             | KeystoreError::Io { .. }
             | KeystoreError::TooNew { .. }
             | KeystoreError::Corrupt { .. }
-            | KeystoreError::Damaged { .. } => ErrorCode::KeystoreError,
+            | KeystoreError::Damaged { .. }
+            | KeystoreError::Unavailable { .. }
+            | KeystoreError::Conflict { .. }
+            | KeystoreError::Database { .. } => ErrorCode::KeystoreError,
         }
     }
 }
@@ -2402,6 +2414,7 @@ impl Keystore {
     }
 }
 
+pub mod postgres;
 #[path = "keystore_roots.rs"]
 mod roots;
 pub use roots::{KekWrap, META_ROOT_SET};
