@@ -478,12 +478,20 @@ async fn migrate(c: &mut deadpool_postgres::Object) -> Result<(), KeystoreError>
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
             .await
             .map_err(pg("lock for migration"))?;
-        let exists: Option<String> = tx
-            .query_one("SELECT to_regclass('keyward_schema')::text", &[])
+        // A scan of the catalog with this statement's snapshot: `to_regclass` here can miss a
+        // table that the agent we waited for just created (a stale catalog cache; found by
+        // `concurrent_migrations_run_once`).
+        let exists: bool = tx
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                    WHERE c.relname = 'keyward_schema' AND n.nspname = current_schema())",
+                &[],
+            )
             .await
             .map_err(pg("read schema version"))?
             .get(0);
-        if exists.is_none() {
+        if !exists {
             tx.batch_execute(
                 "CREATE TABLE keyward_schema (
                     version     BIGINT PRIMARY KEY,
