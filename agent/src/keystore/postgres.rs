@@ -26,6 +26,7 @@
 //! (read from the password file), and never `block_on` a runtime from inside one.
 
 mod location;
+mod records;
 mod schema;
 mod tls;
 

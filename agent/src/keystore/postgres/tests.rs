@@ -647,3 +647,103 @@ fn calls_from_a_runtime_worker_do_not_panic() {
         .unwrap();
     assert_eq!(got.map(|g| g.id), Some(r.id));
 }
+
+#[test]
+fn limits_versions_trees_roots_and_ssh_flags() {
+    let s = server();
+    let db = s.database("keyward");
+    let pg = PgStore::open(&s.location("keyward", &db, "")).unwrap();
+    let other = PgStore::open(&s.location("keyward", &db, "")).unwrap();
+    pg.set_mac_key(Some(mac_key()));
+    other.set_mac_key(Some(mac_key()));
+    let kek = KeyRecord::new(KeyKind::Kek, "aes-kwp");
+    let mut dek = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+    dek.parent = Some(kek.id);
+    let mut dek2 = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+    dek2.parent = Some(kek.id);
+    pg.insert_many(&[kek.clone(), dek.clone(), dek2.clone()])
+        .unwrap();
+
+    // Limits: the change sees the row and its answer is stored (and MAC'd).
+    let after = pg
+        .update_limits::<KeystoreError>(&dek.id, |r| {
+            assert_eq!(r.id, dek.id);
+            Ok((Some(3), Some(4_000_000_000), true))
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(pg.get(&dek.id).unwrap().as_ref(), Some(&after));
+    assert_eq!(after.usage, Some(3));
+    assert!(pg
+        .update_limits::<KeystoreError>(&Uuid::new_v4(), |_| unreachable!())
+        .unwrap()
+        .is_none());
+    // Another agent changes the row while the change is being decided: Conflict, theirs stands.
+    let err = pg
+        .update_limits::<KeystoreError>(&dek.id, |_| {
+            other.set_min_version(&dek.id, 2).unwrap();
+            Ok((None, None, false))
+        })
+        .unwrap_err();
+    assert!(matches!(err, KeystoreError::Conflict { .. }), "{err}");
+    let now_row = pg.get(&dek.id).unwrap().unwrap();
+    assert_eq!((now_row.min_version, now_row.usage), (Some(2), Some(3)));
+
+    // Minimum version: answers the record before.
+    let before = pg.set_min_version(&dek.id, 3).unwrap().unwrap();
+    assert_eq!(before.min_version, Some(2));
+    assert_eq!(pg.get(&dek.id).unwrap().unwrap().min_version, Some(3));
+
+    // A tree: the KEK and its children that are not revoked yet.
+    pg.revoke(&Revocation {
+        id: Uuid::new_v4(),
+        revoked: dek2.id,
+        issuer: kek.id,
+        statement: vec![1],
+        created: now(),
+    })
+    .unwrap();
+    assert_eq!(pg.revoke_tree(&kek.id).unwrap(), vec![kek.id, dek.id]);
+    assert_eq!(pg.get(&dek.id).unwrap().unwrap().state, KeyState::Revoked);
+    assert!(pg.revoke_tree(&Uuid::new_v4()).unwrap().is_empty());
+
+    // SSH flags on keypairs only.
+    let kp = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
+    pg.insert_with_ssh_flags(&kp, SshFlags(SshFlags::OFFERED))
+        .unwrap();
+    assert_eq!(
+        pg.ssh_flags().unwrap(),
+        vec![(kp.id, SshFlags(SshFlags::OFFERED))]
+    );
+    assert!(pg
+        .set_ssh_flags(&kp.id, SshFlags(SshFlags::OFFERED | SshFlags::CONFIRM))
+        .unwrap());
+    assert!(!pg.set_ssh_flags(&kek.id, SshFlags(1)).unwrap());
+    assert_eq!(pg.get(&kp.id).unwrap().unwrap().ssh.0, 3);
+
+    // The cluster root replaced: the child re-issued, the policy meta written, one transaction.
+    let mut old_root = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
+    old_root.name = Some("/".into());
+    let mut child = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
+    child.name = Some("/a".into());
+    child.issuer = Some(old_root.id);
+    pg.insert_many(&[old_root.clone(), child.clone()]).unwrap();
+    let mut new_root = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
+    new_root.name = Some("/".into());
+    pg.replace_root(
+        &old_root.id,
+        KeyState::Retired,
+        &new_root,
+        None,
+        &[(child.id, vec![7, 7])],
+        &[("policy", Some("p"))],
+    )
+    .unwrap();
+    assert_eq!(pg.by_name("/").unwrap().map(|r| r.id), Some(new_root.id));
+    let c = pg.get(&child.id).unwrap().unwrap();
+    assert_eq!(
+        (c.issuer, c.statement),
+        (Some(new_root.id), Some(vec![7, 7]))
+    );
+    assert_eq!(pg.meta("policy").unwrap().as_deref(), Some("p"));
+}
