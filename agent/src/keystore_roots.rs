@@ -44,7 +44,7 @@ pub(super) const MIGRATION_V9: &str = "CREATE TABLE IF NOT EXISTS kek_wraps (
 
 /// Meta rows: the enrolled roots' ids (sorted, comma-separated) and their MAC.
 pub const META_ROOT_SET: &str = "root_set";
-const META_ROOT_SET_MAC: &str = "root_set_mac";
+pub(super) const META_ROOT_SET_MAC: &str = "root_set_mac";
 
 /// A KEK wrapped under one root: a `kek_wraps` row, or a `kek_rotation_wraps` row (then
 /// `created` is the rotation's start).
@@ -59,7 +59,7 @@ pub struct KekWrap {
     pub created: u64,
 }
 
-fn wrap_body(domain: &str, w: &KekWrap) -> Vec<u8> {
+pub(super) fn wrap_body(domain: &str, w: &KekWrap) -> Vec<u8> {
     let mut e = Encoder::new(domain);
     e.text(Some(&w.kek.to_string()))
         .text(Some(&w.root.to_string()))
@@ -69,14 +69,14 @@ fn wrap_body(domain: &str, w: &KekWrap) -> Vec<u8> {
     e.finish()
 }
 
-const WRAPS: &str = "keyward/keystore/kek_wraps/v9";
+pub(super) const WRAPS: &str = "keyward/keystore/kek_wraps/v9";
 const ROTATION_WRAPS: &str = "keyward/keystore/kek_rotation_wraps/v9";
 
-fn root_set_text(ids: &BTreeSet<String>) -> String {
+pub(super) fn root_set_text(ids: &BTreeSet<String>) -> String {
     ids.iter().cloned().collect::<Vec<_>>().join(",")
 }
 
-fn root_set_body(text: &str) -> Vec<u8> {
+pub(super) fn root_set_body(text: &str) -> Vec<u8> {
     let mut e = Encoder::new("keyward/keystore/root-set/v9");
     e.text(Some(text));
     e.finish()

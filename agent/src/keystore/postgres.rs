@@ -27,6 +27,7 @@
 
 mod location;
 mod records;
+mod roots;
 mod schema;
 mod tls;
 

@@ -747,3 +747,96 @@ fn limits_versions_trees_roots_and_ssh_flags() {
     );
     assert_eq!(pg.meta("policy").unwrap().as_deref(), Some("p"));
 }
+
+#[test]
+fn roots_and_kek_wraps_with_the_same_macs_as_sqlite() {
+    use crate::keystore::KekWrap;
+    let s = server();
+    let db = s.database("keyward");
+    let pg = PgStore::open(&s.location("keyward", &db, "")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lite = Keystore::open(&dir.path().join("ks.db")).unwrap();
+    pg.set_mac_key(Some(mac_key()));
+    lite.set_mac_key(Some(mac_key()));
+    let a = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
+    let b = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
+    let c = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
+    let mut k = KeyRecord::new(KeyKind::Kek, "aes-kwp");
+    k.parent = Some(a.id);
+    let mut k2 = KeyRecord::new(KeyKind::Kek, "aes-kwp");
+    k2.parent = Some(a.id);
+    let wrap = |kek: &KeyRecord, root: &KeyRecord| KekWrap {
+        kek: kek.id,
+        root: root.id,
+        scheme: "aes-kwp".into(),
+        wrapped: vec![kek.id.as_bytes()[0]; 40],
+        created: 1_700_000_000,
+    };
+    // The same steps on both backends, with the same answers.
+    macro_rules! both {
+        ($ks:ident => $e:expr) => {{
+            let l = {
+                let $ks = &lite;
+                $e
+            };
+            let p = {
+                let $ks = &pg;
+                $e
+            };
+            assert_eq!(l, p, stringify!($e));
+            p
+        }};
+    }
+    both!(ks => ks.insert(&a).unwrap());
+    assert!(both!(ks => ks.insert_kek(&k, &[]).unwrap()));
+    assert_eq!(both!(ks => ks.roots_checked().unwrap()), vec![a.clone()]);
+    assert!(!both!(ks => ks.add_root(&b, &[]).unwrap()));
+    assert!(both!(ks => ks.add_root(&b, &[wrap(&k, &b)]).unwrap()));
+    assert!(!both!(ks => ks.insert_kek(&k2, &[]).unwrap()));
+    assert!(both!(ks => ks.insert_kek(&k2, &[wrap(&k2, &b)]).unwrap()));
+    assert_eq!(
+        both!(ks => ks.kek_wrap(&k.id, &b.id).unwrap()),
+        Some(wrap(&k, &b))
+    );
+    assert_eq!(both!(ks => ks.kek_wrap(&k.id, &c.id).unwrap()), None);
+    assert_eq!(both!(ks => ks.kek_wraps_of(&k2.id).unwrap()).len(), 1);
+    assert_eq!(both!(ks => ks.wrapped_keks().unwrap()).len(), 2);
+    assert_eq!(both!(ks => ks.roots().unwrap()).len(), 2);
+    assert_eq!(both!(ks => ks.roots_checked().unwrap()).len(), 2);
+    // The same MACs: the root set's (a meta row) and a wrap's.
+    assert_eq!(
+        lite.meta("root_set_mac").unwrap(),
+        pg.meta("root_set_mac").unwrap()
+    );
+    let c_lite = rusqlite::Connection::open(dir.path().join("ks.db")).unwrap();
+    let lite_mac: Vec<u8> = c_lite
+        .query_row(
+            "SELECT mac FROM kek_wraps WHERE kek = ?1",
+            [k.id.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        s.query_as(
+            "keyward",
+            &db,
+            &format!(
+                "SELECT encode(mac, 'hex') FROM kek_wraps WHERE kek = '{}'",
+                k.id
+            )
+        )
+        .unwrap(),
+        vec![hex::encode(lite_mac)]
+    );
+    // The root set changed behind the agent's back is tampering.
+    s.query_as(
+        "keyward",
+        &db,
+        "UPDATE meta SET value = 'x' WHERE name = 'root_set'",
+    )
+    .unwrap();
+    assert!(matches!(
+        pg.roots_checked(),
+        Err(KeystoreError::Tampered { .. })
+    ));
+}

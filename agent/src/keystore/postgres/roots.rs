@@ -1,0 +1,325 @@
+//! Several roots per KEK on PostgreSQL (`keystore_roots.rs`'s tables, v9): the enrolled roots,
+//! each KEK's wraps under the roots that are not its parent (`kek_wraps`), and the MAC'd root set
+//! in `meta`. Wraps and the root set are MAC'd with the SQLite module's own bodies and domains,
+//! so the bytes are the same in both backends.
+//!
+//! The checks that span rows ("every KEK has a wrap under every root") run in SERIALIZABLE
+//! transactions: a concurrent enrolment or KEK by another agent makes one of them fail with
+//! `Conflict` (retry) instead of committing a KEK without a wrap. It must never write a wrap or
+//! the root set without MACing it.
+//!
+//! Not here yet: `remove_root`, `rotate_root`, the rotation journal's wraps.
+
+use super::{insert_key, pg, pool_err, query_keys, PgStore};
+use crate::keystore::roots::{
+    root_set_body, root_set_text, wrap_body, KekWrap, META_ROOT_SET, META_ROOT_SET_MAC, WRAPS,
+};
+use crate::keystore::{check_mac, KeyRecord, KeystoreError, MacKey};
+use deadpool_postgres::GenericClient;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::IsolationLevel;
+use uuid::Uuid;
+
+fn tampered(id: &str, what: &str) -> KeystoreError {
+    KeystoreError::Tampered {
+        id: id.to_string(),
+        what: what.to_string(),
+    }
+}
+
+fn need_key(key: Option<Arc<MacKey>>) -> Result<Arc<MacKey>, KeystoreError> {
+    key.ok_or_else(|| KeystoreError::Corrupt {
+        id: "(roots)".into(),
+        what: "no MAC key loaded".into(),
+    })
+}
+
+/// `kek_wraps` rows matching `where_`, each checked when `key` is given.
+async fn wraps<C: GenericClient>(
+    c: &C,
+    key: Option<&MacKey>,
+    where_: &str,
+    args: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<KekWrap>, KeystoreError> {
+    const OP: &str = "read KEK wraps";
+    let rows = c
+        .query(
+            &format!(
+                "SELECT kek, root, scheme, wrapped, created, mac FROM kek_wraps WHERE {where_}
+                 ORDER BY kek, root"
+            ),
+            args,
+        )
+        .await
+        .map_err(pg(OP))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let kek: String = row.try_get(0).map_err(pg(OP))?;
+        let root: String = row.try_get(1).map_err(pg(OP))?;
+        let created: i64 = row.try_get(4).map_err(pg(OP))?;
+        let uuid = |s: &str| Uuid::parse_str(s).map_err(|_| tampered(s, "KEK wrap: not a UUID"));
+        let w = KekWrap {
+            kek: uuid(&kek)?,
+            root: uuid(&root)?,
+            scheme: row.try_get(2).map_err(pg(OP))?,
+            wrapped: row.try_get(3).map_err(pg(OP))?,
+            created: u64::try_from(created)
+                .map_err(|_| tampered(&kek, "KEK wrap: created out of range"))?,
+        };
+        if let Some(k) = key {
+            let mac: Option<Vec<u8>> = row.try_get(5).map_err(pg(OP))?;
+            check_mac(
+                k,
+                &format!("wrap of {kek} under root {root}"),
+                &wrap_body(WRAPS, &w),
+                mac.as_deref(),
+            )?;
+        }
+        out.push(w);
+    }
+    Ok(out)
+}
+
+async fn insert_wrap<C: GenericClient>(
+    c: &C,
+    key: &MacKey,
+    w: &KekWrap,
+) -> Result<(), KeystoreError> {
+    const OP: &str = "store KEK wrap";
+    let created = i64::try_from(w.created).map_err(|_| KeystoreError::Database {
+        op: OP,
+        what: "created does not fit a BIGINT".into(),
+    })?;
+    c.execute(
+        "INSERT INTO kek_wraps (kek, root, scheme, wrapped, created, mac)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (identity, kek, root) DO UPDATE SET scheme = excluded.scheme,
+            wrapped = excluded.wrapped, created = excluded.created, mac = excluded.mac,
+            row_version = kek_wraps.row_version + 1",
+        &[
+            &w.kek.to_string(),
+            &w.root.to_string(),
+            &w.scheme,
+            &w.wrapped,
+            &created,
+            &key.tag(&wrap_body(WRAPS, w)),
+        ],
+    )
+    .await
+    .map_err(pg(OP))?;
+    Ok(())
+}
+
+/// The KEKs every enrolled root must wrap: every `kek` row and the integrity KEK.
+async fn wrapped_keks<C: GenericClient>(
+    c: &C,
+    key: Option<&MacKey>,
+) -> Result<Vec<KeyRecord>, KeystoreError> {
+    Ok(query_keys(
+        c,
+        key,
+        "list KEKs",
+        "kind = 'kek' OR (kind = 'integrity' AND parent IN (SELECT id FROM keys WHERE kind = 'root'))",
+        &[],
+    )
+    .await?
+    .into_iter()
+    .map(|(r, _)| r)
+    .collect())
+}
+
+async fn root_ids<C: GenericClient>(c: &C) -> Result<BTreeSet<String>, KeystoreError> {
+    let rows = c
+        .query("SELECT id FROM keys WHERE kind = 'root'", &[])
+        .await
+        .map_err(pg("list roots"))?;
+    rows.iter()
+        .map(|r| r.try_get::<_, String>(0).map_err(pg("list roots")))
+        .collect()
+}
+
+async fn meta<C: GenericClient>(c: &C, name: &str) -> Result<Option<String>, KeystoreError> {
+    Ok(
+        c.query_opt("SELECT value FROM meta WHERE name = $1", &[&name])
+            .await
+            .map_err(pg("read meta"))?
+            .map(|r| r.get::<_, String>(0)),
+    )
+}
+
+/// Write the root set (the ids of every root row now) with its MAC.
+async fn write_root_set<C: GenericClient>(c: &C, key: &MacKey) -> Result<(), KeystoreError> {
+    let text = root_set_text(&root_ids(c).await?);
+    let mac = hex::encode(key.tag(&root_set_body(&text)));
+    super::put_metas(
+        c,
+        &[
+            (META_ROOT_SET.to_string(), Some(text)),
+            (META_ROOT_SET_MAC.to_string(), Some(mac)),
+        ],
+    )
+    .await
+}
+
+impl PgStore {
+    /// Every root record (checked while unlocked).
+    pub fn roots(&self) -> Result<Vec<KeyRecord>, KeystoreError> {
+        self.list(crate::keystore::KeyKind::Root, None)
+    }
+
+    /// Every root record, checked, and their ids checked against the MAC'd root set (written
+    /// now for a keystore with one root and no set yet). Needs the MAC key.
+    pub fn roots_checked(&self) -> Result<Vec<KeyRecord>, KeystoreError> {
+        let key = need_key(self.key())?;
+        self.run(move |sh| async move {
+            let mut c = sh.pool.get().await.map_err(pool_err("read roots"))?;
+            let tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::Serializable)
+                .start()
+                .await
+                .map_err(pg("begin read roots"))?;
+            let roots: Vec<KeyRecord> =
+                query_keys(&tx, Some(&key), "list roots", "kind = 'root'", &[])
+                    .await?
+                    .into_iter()
+                    .map(|(r, _)| r)
+                    .collect();
+            let ids: BTreeSet<String> = roots.iter().map(|r| r.id.to_string()).collect();
+            match (
+                meta(&tx, META_ROOT_SET).await?,
+                meta(&tx, META_ROOT_SET_MAC).await?,
+            ) {
+                (Some(text), Some(mac)) => {
+                    let ok = hex::decode(mac.trim())
+                        .ok()
+                        .is_some_and(|t| key.verify(&root_set_body(&text), &t));
+                    if !ok {
+                        return Err(tampered(META_ROOT_SET, "its MAC does not verify"));
+                    }
+                    if text != root_set_text(&ids) {
+                        return Err(tampered(
+                            META_ROOT_SET,
+                            "the root records are not the enrolled roots",
+                        ));
+                    }
+                }
+                (None, None) if roots.len() == 1 => {
+                    write_root_set(&tx, &key).await?;
+                    tx.commit().await.map_err(pg("commit root set"))?;
+                }
+                _ => {
+                    return Err(tampered(
+                        META_ROOT_SET,
+                        "the list of enrolled roots is missing",
+                    ))
+                }
+            }
+            Ok(roots)
+        })
+    }
+
+    /// The wrap of `kek` under `root`, checked while unlocked.
+    pub fn kek_wrap(&self, kek: &Uuid, root: &Uuid) -> Result<Option<KekWrap>, KeystoreError> {
+        let key = self.key();
+        let (kek, root) = (kek.to_string(), root.to_string());
+        Ok(self
+            .run(move |sh| async move {
+                let c = sh.pool.get().await.map_err(pool_err("read KEK wraps"))?;
+                wraps(&c, key.as_deref(), "kek = $1 AND root = $2", &[&kek, &root]).await
+            })?
+            .into_iter()
+            .next())
+    }
+
+    /// Every wrap of one KEK, checked while unlocked.
+    pub fn kek_wraps_of(&self, kek: &Uuid) -> Result<Vec<KekWrap>, KeystoreError> {
+        let key = self.key();
+        let kek = kek.to_string();
+        self.run(move |sh| async move {
+            let c = sh.pool.get().await.map_err(pool_err("read KEK wraps"))?;
+            wraps(&c, key.as_deref(), "kek = $1", &[&kek]).await
+        })
+    }
+
+    /// Every record the enrolled roots must wrap (KEKs and the integrity KEK), checked.
+    pub fn wrapped_keks(&self) -> Result<Vec<KeyRecord>, KeystoreError> {
+        let key = self.key();
+        self.run(move |sh| async move {
+            let c = sh.pool.get().await.map_err(pool_err("list KEKs"))?;
+            wrapped_keks(&c, key.as_deref()).await
+        })
+    }
+
+    /// Enroll a root: its record, its wrap of every KEK and the root set, in one (serializable)
+    /// transaction. `Ok(false)`, nothing written, when a KEK has no wrap in `wraps`.
+    pub fn add_root(&self, root: &KeyRecord, wraps: &[KekWrap]) -> Result<bool, KeystoreError> {
+        let key = need_key(self.key())?;
+        let (root, wraps) = (root.clone(), wraps.to_vec());
+        let added = self.run(move |sh| async move {
+            let mut c = sh.pool.get().await.map_err(pool_err("add root"))?;
+            let tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::Serializable)
+                .start()
+                .await
+                .map_err(pg("begin add root"))?;
+            let have: BTreeSet<Uuid> = wraps.iter().map(|w| w.kek).collect();
+            if wrapped_keks(&tx, Some(&key))
+                .await?
+                .iter()
+                .any(|k| !have.contains(&k.id))
+            {
+                return Ok(false);
+            }
+            insert_key(&tx, Some(&key), &root).await?;
+            for w in &wraps {
+                insert_wrap(&tx, &key, w).await?;
+            }
+            write_root_set(&tx, &key).await?;
+            tx.commit().await.map_err(pg("commit add root"))?;
+            Ok(true)
+        })?;
+        self.changed();
+        Ok(added)
+    }
+
+    /// A new KEK and its wraps under the other enrolled roots, in one (serializable)
+    /// transaction. `Ok(false)`, nothing written, when an enrolled root other than the KEK's
+    /// parent has no wrap in `wraps`.
+    pub fn insert_kek(&self, kek: &KeyRecord, wraps: &[KekWrap]) -> Result<bool, KeystoreError> {
+        let key = self.key();
+        let (kek, wraps) = (kek.clone(), wraps.to_vec());
+        let inserted = self.run(move |sh| async move {
+            let mut c = sh.pool.get().await.map_err(pool_err("insert KEK"))?;
+            let tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::Serializable)
+                .start()
+                .await
+                .map_err(pg("begin insert KEK"))?;
+            let have: BTreeSet<String> = wraps.iter().map(|w| w.root.to_string()).collect();
+            let parent = kek.parent.map(|p| p.to_string()).unwrap_or_default();
+            if root_ids(&tx)
+                .await?
+                .iter()
+                .any(|r| *r != parent && !have.contains(r))
+            {
+                return Ok(false);
+            }
+            insert_key(&tx, key.as_deref(), &kek).await?;
+            if !wraps.is_empty() {
+                let key = need_key(key)?;
+                for w in &wraps {
+                    insert_wrap(&tx, &key, w).await?;
+                }
+            }
+            tx.commit().await.map_err(pg("commit insert KEK"))?;
+            Ok(true)
+        })?;
+        self.changed();
+        Ok(inserted)
+    }
+}
