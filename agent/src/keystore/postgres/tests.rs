@@ -840,3 +840,108 @@ fn roots_and_kek_wraps_with_the_same_macs_as_sqlite() {
         Err(KeystoreError::Tampered { .. })
     ));
 }
+
+#[test]
+fn the_rotation_journal_and_integrity_set_up_match_sqlite() {
+    use crate::keystore::{PendingRotation, RotationItem};
+    let s = server();
+    let db = s.database("keyward");
+    let pg = PgStore::open(&s.location("keyward", &db, "")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lite = Keystore::open(&dir.path().join("ks.db")).unwrap();
+    // Rows written while locked (no MAC), then adopted at the integrity set-up.
+    let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
+    let mut kek = KeyRecord::new(KeyKind::Kek, "aes-kwp");
+    kek.parent = Some(root.id);
+    let mut dek = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+    dek.parent = Some(kek.id);
+    dek.wrapped = Some(vec![5; 40]);
+    macro_rules! both {
+        ($ks:ident => $e:expr) => {{
+            let l = {
+                let $ks = &lite;
+                $e
+            };
+            let p = {
+                let $ks = &pg;
+                $e
+            };
+            assert_eq!(l, p, stringify!($e));
+            p
+        }};
+    }
+    both!(ks => ks.insert_many(&[root.clone(), kek.clone(), dek.clone()]).unwrap());
+    both!(ks => ks.set_meta("integrity_upgrade", "pending").unwrap());
+    both!(ks => ks.set_mac_key(Some(mac_key())));
+    assert!(matches!(
+        pg.get(&dek.id),
+        Err(KeystoreError::Tampered { .. })
+    ));
+    let mut ik = KeyRecord::new(KeyKind::Integrity, "aes-kwp");
+    ik.parent = Some(root.id);
+    assert_eq!(
+        both!(ks => ks.install_integrity(&[ik.clone()], true, &["integrity_upgrade"]).unwrap()),
+        3
+    );
+    assert_eq!(both!(ks => ks.get(&dek.id).unwrap()), Some(dek.clone()));
+    assert_eq!(
+        both!(ks => ks.integrity_records().unwrap()),
+        vec![ik.clone()]
+    );
+    assert_eq!(both!(ks => ks.meta("integrity_upgrade").unwrap()), None);
+    assert_eq!(
+        both!(ks => ks.add_version(&dek.id, vec![6; 40]).unwrap()),
+        Some(2)
+    );
+
+    let pending = PendingRotation {
+        kek: kek.id,
+        wrapped: vec![1; 40],
+        scheme: "aes-kwp".into(),
+        started: 1_700_000_000,
+    };
+    assert_eq!(both!(ks => ks.rotation_progress(&kek.id).unwrap()), None);
+    both!(ks => ks.rotation_begin(&pending).unwrap());
+    assert_eq!(
+        both!(ks => ks.rotations_pending().unwrap()),
+        vec![pending.clone()]
+    );
+    assert_eq!(
+        both!(ks => ks.rotation_progress(&kek.id).unwrap()),
+        Some((0, 2))
+    );
+    let todo = both!(ks => ks.rotation_todo(&kek.id).unwrap());
+    assert_eq!(
+        todo.iter().map(|(r, v, _)| (r.id, *v)).collect::<Vec<_>>(),
+        vec![(dek.id, 1), (dek.id, 2)]
+    );
+    let item = RotationItem {
+        kek: kek.id,
+        key: dek.id,
+        version: 1,
+        wrapped: vec![9; 40],
+    };
+    both!(ks => ks.rotation_put(std::slice::from_ref(&item)).unwrap());
+    assert_eq!(
+        both!(ks => ks.rotation_progress(&kek.id).unwrap()),
+        Some((1, 2))
+    );
+    assert_eq!(both!(ks => ks.rotation_todo(&kek.id).unwrap()).len(), 1);
+    // The same MAC on the journal item.
+    let c_lite = rusqlite::Connection::open(dir.path().join("ks.db")).unwrap();
+    let lite_mac: Vec<u8> = c_lite
+        .query_row("SELECT mac FROM kek_rotation_items", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        s.query_as(
+            "keyward",
+            &db,
+            "SELECT encode(mac, 'hex') FROM kek_rotation_items"
+        )
+        .unwrap(),
+        vec![hex::encode(lite_mac)]
+    );
+    both!(ks => ks.rotation_abandon(&kek.id).unwrap());
+    assert_eq!(both!(ks => ks.rotations_pending().unwrap()), vec![]);
+    assert_eq!(both!(ks => ks.rotation_progress(&kek.id).unwrap()), None);
+}
