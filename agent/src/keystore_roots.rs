@@ -70,7 +70,7 @@ pub(super) fn wrap_body(domain: &str, w: &KekWrap) -> Vec<u8> {
 }
 
 pub(super) const WRAPS: &str = "keyward/keystore/kek_wraps/v9";
-const ROTATION_WRAPS: &str = "keyward/keystore/kek_rotation_wraps/v9";
+pub(super) const ROTATION_WRAPS: &str = "keyward/keystore/kek_rotation_wraps/v9";
 
 pub(super) fn root_set_text(ids: &BTreeSet<String>) -> String {
     ids.iter().cloned().collect::<Vec<_>>().join(",")

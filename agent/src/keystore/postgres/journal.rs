@@ -2,14 +2,13 @@
 //! integrity key's installation, mirroring `Keystore`'s methods with the same MAC bodies
 //! (`rotation_body`, `item_body`, `version_body`).
 //!
-//! Not here yet: `rotation_swap` (the journaled swap), `rotation_begin_wraps`/`rotation_wraps`,
-//! `rekey_integrity`. It must never write a journal row without MACing it while the key is
+//! Not here yet: `rekey_integrity`. It must never write a journal row without MACing it while the key is
 //! loaded.
 
 use super::{insert_key, pg, pool_err, query_keys, PgStore};
 use crate::keystore::{
-    check_mac, item_body, revocation_body, rotation_body, version_body, KeyRecord, KeyVersion,
-    KeystoreError, MacKey, PendingRotation, Revocation, RotationItem,
+    check_mac, item_body, now, record_body, revocation_body, rotation_body, version_body,
+    KeyRecord, KeyVersion, KeystoreError, MacKey, PendingRotation, Revocation, RotationItem,
 };
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
@@ -334,5 +333,145 @@ impl PgStore {
         })?;
         self.changed();
         Ok(adopted)
+    }
+
+    /// The swap, in one serializable transaction, as [`crate::keystore::Keystore::rotation_swap`]:
+    /// when every wrapped secret under the KEK has an item, each child's wrap is replaced by its
+    /// item (re-MAC'd), the KEK row gets the new wrap and its version plus one, and the journal
+    /// is dropped. `Ok(None)` when some child has no item yet; else the KEK's new version. A
+    /// concurrent change by another agent is `Conflict` (retry).
+    pub fn rotation_swap(&self, pending: &PendingRotation) -> Result<Option<u32>, KeystoreError> {
+        const OP: &str = "rotation swap";
+        let key = self.key();
+        let pending = pending.clone();
+        let swapped = self.run(move |sh| async move {
+            let key = key.as_deref();
+            let mut c = sh.pool.get().await.map_err(pool_err(OP))?;
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::Serializable)
+                .start()
+                .await
+                .map_err(pg("begin rotation swap"))?;
+            let kek_s = pending.kek.to_string();
+            let rows = tx
+                .query(
+                    "SELECT key, version, wrapped, mac FROM kek_rotation_items WHERE kek = $1",
+                    &[&kek_s],
+                )
+                .await
+                .map_err(pg("read rotation items"))?;
+            let mut items = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let k: String = row.get(0);
+                let version: i64 = row.get(1);
+                let item = RotationItem {
+                    kek: pending.kek,
+                    key: Uuid::parse_str(&k)
+                        .map_err(|_| tampered(&k, "rotation item: not a UUID"))?,
+                    version: u32::try_from(version)
+                        .map_err(|_| tampered(&k, "rotation item: bad version"))?,
+                    wrapped: row.get(2),
+                };
+                items.push((item, row.get::<_, Option<Vec<u8>>>(3)));
+            }
+            let done: std::collections::HashSet<(Uuid, u32)> =
+                items.iter().map(|(i, _)| (i.key, i.version)).collect();
+            let all = wrapped_under(&tx, key, &pending.kek).await?;
+            if all.iter().any(|(r, v, _)| !done.contains(&(r.id, *v))) {
+                return Ok(None);
+            }
+            let records: std::collections::HashMap<Uuid, KeyRecord> =
+                all.into_iter().map(|(r, _, _)| (r.id, r)).collect();
+            for (i, mac) in &items {
+                if let Some(k) = key {
+                    check_mac(
+                        k,
+                        &format!("rotation item {} v{}", i.key, i.version),
+                        &item_body(i),
+                        mac.as_deref(),
+                    )?;
+                }
+                if i.version == 1 {
+                    let Some(r) = records.get(&i.key) else {
+                        continue;
+                    };
+                    let mut r = r.clone();
+                    r.wrapped = Some(i.wrapped.clone());
+                    tx.execute(
+                        "UPDATE keys SET wrapped = $2, mac = $3, row_version = row_version + 1
+                         WHERE id = $1",
+                        &[
+                            &r.id.to_string(),
+                            &r.wrapped,
+                            &key.map(|k| k.tag(&record_body(&r))),
+                        ],
+                    )
+                    .await
+                    .map_err(pg("swap key wrap"))?;
+                } else {
+                    let created: i64 = tx
+                        .query_one(
+                            "SELECT created FROM key_versions WHERE key = $1 AND version = $2",
+                            &[&i.key.to_string(), &i64::from(i.version)],
+                        )
+                        .await
+                        .map_err(pg("read key version"))?
+                        .get(0);
+                    let v = KeyVersion {
+                        key: i.key,
+                        version: i.version,
+                        wrapped: i.wrapped.clone(),
+                        created: u64::try_from(created)
+                            .map_err(|_| tampered(i.key, "created out of range"))?,
+                    };
+                    tx.execute(
+                        "UPDATE key_versions SET wrapped = $3, mac = $4,
+                            row_version = row_version + 1
+                         WHERE key = $1 AND version = $2",
+                        &[
+                            &i.key.to_string(),
+                            &i64::from(i.version),
+                            &v.wrapped,
+                            &key.map(|k| k.tag(&version_body(&v))),
+                        ],
+                    )
+                    .await
+                    .map_err(pg("swap key version wrap"))?;
+                }
+            }
+            let Some((mut kek, rv)) = super::get_key(&tx, key, &pending.kek).await? else {
+                return Err(KeystoreError::Corrupt {
+                    id: kek_s,
+                    what: "the KEK of a rotation is gone".into(),
+                });
+            };
+            match super::roots::swap_wraps(&tx, key, &kek).await? {
+                Some((parent, scheme, wrapped)) => {
+                    kek.parent = Some(parent);
+                    kek.scheme = scheme;
+                    kek.wrapped = Some(wrapped);
+                }
+                None => {
+                    kek.wrapped = Some(pending.wrapped.clone());
+                    kek.scheme = pending.scheme.clone();
+                }
+            }
+            kek.version = kek.version.saturating_add(1);
+            kek.rotated = Some(now());
+            super::update_key(&tx, key, &kek, rv, "swap KEK wrap").await?;
+            for (table, op) in [
+                ("kek_rotation_items", "drop rotation items"),
+                ("kek_rotations", "drop rotation journal"),
+            ] {
+                tx.execute(&format!("DELETE FROM {table} WHERE kek = $1"), &[&kek_s])
+                    .await
+                    .map_err(pg(op))?;
+            }
+            tx.commit().await.map_err(pg("commit rotation swap"))?;
+            Ok(Some(kek.version))
+        })?;
+        self.changed();
+        Ok(swapped)
     }
 }

@@ -8,11 +8,12 @@
 //! `Conflict` (retry) instead of committing a KEK without a wrap. It must never write a wrap or
 //! the root set without MACing it.
 //!
-//! Not here yet: `remove_root`, `rotate_root`, the rotation journal's wraps.
+//! Not here yet: `remove_root`, `rotate_root`.
 
 use super::{insert_key, pg, pool_err, query_keys, PgStore};
 use crate::keystore::roots::{
-    root_set_body, root_set_text, wrap_body, KekWrap, META_ROOT_SET, META_ROOT_SET_MAC, WRAPS,
+    root_set_body, root_set_text, wrap_body, KekWrap, META_ROOT_SET, META_ROOT_SET_MAC,
+    ROTATION_WRAPS, WRAPS,
 };
 use crate::keystore::{check_mac, KeyRecord, KeystoreError, MacKey};
 use deadpool_postgres::GenericClient;
@@ -43,11 +44,28 @@ async fn wraps<C: GenericClient>(
     where_: &str,
     args: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<KekWrap>, KeystoreError> {
+    wraps_in(c, key, "kek_wraps", where_, args).await
+}
+
+/// Wrap rows of `table` (`kek_wraps`, or the journal's `kek_rotation_wraps`, whose `created`
+/// reads as 0, as in SQLite) matching `where_`, each checked when `key` is given.
+async fn wraps_in<C: GenericClient>(
+    c: &C,
+    key: Option<&MacKey>,
+    table: &str,
+    where_: &str,
+    args: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<KekWrap>, KeystoreError> {
     const OP: &str = "read KEK wraps";
+    let (domain, created) = if table == "kek_wraps" {
+        (WRAPS, "created")
+    } else {
+        (ROTATION_WRAPS, "0::bigint")
+    };
     let rows = c
         .query(
             &format!(
-                "SELECT kek, root, scheme, wrapped, created, mac FROM kek_wraps WHERE {where_}
+                "SELECT kek, root, scheme, wrapped, {created}, mac FROM {table} WHERE {where_}
                  ORDER BY kek, root"
             ),
             args,
@@ -73,7 +91,7 @@ async fn wraps<C: GenericClient>(
             check_mac(
                 k,
                 &format!("wrap of {kek} under root {root}"),
-                &wrap_body(WRAPS, &w),
+                &wrap_body(domain, &w),
                 mac.as_deref(),
             )?;
         }
@@ -322,4 +340,135 @@ impl PgStore {
         self.changed();
         Ok(inserted)
     }
+
+    /// Record a KEK rotation as begun with its journaled wraps under the other roots, in one
+    /// transaction (each MAC'd).
+    pub fn rotation_begin_wraps(
+        &self,
+        r: &crate::keystore::PendingRotation,
+        wraps: &[KekWrap],
+    ) -> Result<(), KeystoreError> {
+        const OP: &str = "begin KEK rotation";
+        let key = need_key(self.key())?;
+        let (r, wraps) = (r.clone(), wraps.to_vec());
+        self.run(move |sh| async move {
+            let mut c = sh.pool.get().await.map_err(pool_err(OP))?;
+            let tx = c.transaction().await.map_err(pg(OP))?;
+            let started = i64::try_from(r.started).map_err(|_| KeystoreError::Database {
+                op: OP,
+                what: "started does not fit a BIGINT".into(),
+            })?;
+            tx.execute(
+                "INSERT INTO kek_rotations (kek, wrapped, scheme, started, mac)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &r.kek.to_string(),
+                    &r.wrapped,
+                    &r.scheme,
+                    &started,
+                    &key.tag(&crate::keystore::rotation_body(&r)),
+                ],
+            )
+            .await
+            .map_err(pg(OP))?;
+            for w in wraps {
+                let w = KekWrap { created: 0, ..w };
+                tx.execute(
+                    "INSERT INTO kek_rotation_wraps (kek, root, scheme, wrapped, mac)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    &[
+                        &w.kek.to_string(),
+                        &w.root.to_string(),
+                        &w.scheme,
+                        &w.wrapped,
+                        &key.tag(&wrap_body(ROTATION_WRAPS, &w)),
+                    ],
+                )
+                .await
+                .map_err(pg("journal KEK wrap"))?;
+            }
+            tx.commit().await.map_err(pg("commit begin KEK rotation"))
+        })?;
+        self.changed();
+        Ok(())
+    }
+
+    /// The journaled wraps of a rotation of `kek`, checked while unlocked.
+    pub fn rotation_wraps(&self, kek: &Uuid) -> Result<Vec<KekWrap>, KeystoreError> {
+        let key = self.key();
+        let kek = kek.to_string();
+        self.run(move |sh| async move {
+            let c = sh.pool.get().await.map_err(pool_err("read KEK wraps"))?;
+            wraps_in(
+                &c,
+                key.as_deref(),
+                "kek_rotation_wraps",
+                "kek = $1",
+                &[&kek],
+            )
+            .await
+        })
+    }
+}
+
+/// Inside the rotation swap's transaction, as `keystore_roots.rs`'s `swap_wraps`: with journaled
+/// wraps, the KEK takes its parent's new wrap (or the first root's), every other root's wrap
+/// replaces its `kek_wraps` row, and the journal's wraps go. `Corrupt` when an enrolled root has
+/// no journaled wrap; `None` for a rotation without journaled wraps.
+pub(super) async fn swap_wraps<C: GenericClient>(
+    tx: &C,
+    key: Option<&MacKey>,
+    kek: &KeyRecord,
+) -> Result<Option<(Uuid, String, Vec<u8>)>, KeystoreError> {
+    let corrupt = |what: String| KeystoreError::Corrupt {
+        id: kek.id.to_string(),
+        what,
+    };
+    let id = kek.id.to_string();
+    let journal = wraps_in(tx, key, "kek_rotation_wraps", "kek = $1", &[&id]).await?;
+    if journal.is_empty() {
+        return Ok(None);
+    }
+    let key = key.ok_or_else(|| corrupt("no MAC key loaded".into()))?;
+    let by_root: std::collections::HashMap<String, &KekWrap> =
+        journal.iter().map(|w| (w.root.to_string(), w)).collect();
+    let roots = root_ids(tx).await?;
+    if let Some(r) = roots.iter().find(|r| !by_root.contains_key(*r)) {
+        return Err(corrupt(format!(
+            "the rotation has no wrap for enrolled root {r}"
+        )));
+    }
+    let parent = kek
+        .parent
+        .map(|p| p.to_string())
+        .filter(|p| by_root.contains_key(p))
+        .or_else(|| roots.iter().next().cloned())
+        .ok_or_else(|| corrupt("no enrolled root".into()))?;
+    tx.execute("DELETE FROM kek_wraps WHERE kek = $1", &[&id])
+        .await
+        .map_err(pg("swap KEK wraps"))?;
+    let created = crate::keystore::now();
+    let mut new_parent = None;
+    for w in &journal {
+        if !roots.contains(&w.root.to_string()) {
+            continue;
+        }
+        if w.root.to_string() == parent {
+            new_parent = Some((w.root, w.scheme.clone(), w.wrapped.clone()));
+            continue;
+        }
+        insert_wrap(
+            tx,
+            key,
+            &KekWrap {
+                created,
+                ..w.clone()
+            },
+        )
+        .await?;
+    }
+    tx.execute("DELETE FROM kek_rotation_wraps WHERE kek = $1", &[&id])
+        .await
+        .map_err(pg("drop journaled wraps"))?;
+    Ok(new_parent)
 }

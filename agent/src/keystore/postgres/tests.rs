@@ -944,4 +944,49 @@ fn the_rotation_journal_and_integrity_set_up_match_sqlite() {
     both!(ks => ks.rotation_abandon(&kek.id).unwrap());
     assert_eq!(both!(ks => ks.rotations_pending().unwrap()), vec![]);
     assert_eq!(both!(ks => ks.rotation_progress(&kek.id).unwrap()), None);
+
+    // A whole rotation with a second root: begun with its journaled wrap, swapped once every
+    // wrapped secret has its item.
+    let root2 = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
+    let wrap = |kek: Uuid, root: Uuid, b: u8| crate::keystore::KekWrap {
+        kek,
+        root,
+        scheme: "aes-kwp".into(),
+        wrapped: vec![b; 40],
+        created: 1_700_000_000,
+    };
+    let ik_wrap = wrap(ik.id, root2.id, 3);
+    assert!(
+        both!(ks => ks.add_root(&root2, &[wrap(kek.id, root2.id, 2), ik_wrap.clone()]).unwrap())
+    );
+    both!(ks => ks.rotation_begin_wraps(&pending, &[wrap(kek.id, root.id, 1), wrap(kek.id, root2.id, 4)]).unwrap());
+    assert_eq!(both!(ks => ks.rotation_wraps(&kek.id).unwrap()).len(), 2);
+    both!(ks => ks.rotation_put(std::slice::from_ref(&item)).unwrap());
+    assert_eq!(both!(ks => ks.rotation_swap(&pending).unwrap()), None);
+    let item2 = RotationItem {
+        version: 2,
+        wrapped: vec![10; 40],
+        ..item.clone()
+    };
+    both!(ks => ks.rotation_put(std::slice::from_ref(&item2)).unwrap());
+    assert_eq!(both!(ks => ks.rotation_swap(&pending).unwrap()), Some(2));
+    let after = both!(ks => ks.get(&kek.id).unwrap().unwrap());
+    // The parent's journaled wrap moved into the KEK row.
+    assert_eq!(
+        (after.parent, after.wrapped),
+        (Some(root.id), Some(vec![1; 40]))
+    );
+    assert_eq!(
+        both!(ks => ks.get(&dek.id).unwrap().unwrap()).wrapped,
+        Some(vec![9; 40])
+    );
+    assert_eq!(
+        both!(ks => ks.version(&dek.id, 2).unwrap().unwrap()).wrapped,
+        vec![10; 40]
+    );
+    assert_eq!(
+        both!(ks => ks.kek_wrap(&kek.id, &root2.id).unwrap()).map(|w| w.wrapped),
+        Some(vec![4; 40])
+    );
+    assert_eq!(both!(ks => ks.rotations_pending().unwrap()), vec![]);
 }
