@@ -8,7 +8,6 @@
 //! `Conflict` (retry) instead of committing a KEK without a wrap. It must never write a wrap or
 //! the root set without MACing it.
 //!
-//! Not here yet: `remove_root`, `rotate_root`.
 
 use super::{insert_key, pg, pool_err, query_keys, PgStore};
 use crate::keystore::roots::{
@@ -341,6 +340,152 @@ impl PgStore {
         Ok(inserted)
     }
 
+    /// Remove an enrolled root in one serializable transaction, as
+    /// [`crate::keystore::Keystore::remove_root`]: each KEK whose parent it is moves to another
+    /// root's wrap (`prefer`'s when it has one), its wraps and record go, the root set is
+    /// rewritten. `Corrupt` for a KEK with no other wrap.
+    pub fn remove_root(&self, id: &Uuid, prefer: &Uuid) -> Result<(), KeystoreError> {
+        let key = need_key(self.key())?;
+        let (id, prefer) = (*id, *prefer);
+        self.run(move |sh| async move {
+            let mut c = sh.pool.get().await.map_err(pool_err("remove root"))?;
+            let tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::Serializable)
+                .start()
+                .await
+                .map_err(pg("begin remove root"))?;
+            let id_s = id.to_string();
+            for (mut kek, rv) in wrapped_kek_rows(&tx, &key).await? {
+                if kek.parent != Some(id) {
+                    continue;
+                }
+                let ws = wraps(
+                    &tx,
+                    Some(&key),
+                    "kek = $1 AND root <> $2",
+                    &[&kek.id.to_string(), &id_s],
+                )
+                .await?;
+                let Some(w) = ws
+                    .iter()
+                    .find(|w| w.root == prefer)
+                    .or_else(|| ws.first())
+                    .cloned()
+                else {
+                    return Err(KeystoreError::Corrupt {
+                        id: kek.id.to_string(),
+                        what: "no wrap under another root".into(),
+                    });
+                };
+                kek.parent = Some(w.root);
+                kek.scheme = w.scheme.clone();
+                kek.wrapped = Some(w.wrapped.clone());
+                super::update_key(&tx, Some(&key), &kek, rv, "move KEK to another root").await?;
+                tx.execute(
+                    "DELETE FROM kek_wraps WHERE kek = $1 AND root = $2",
+                    &[&kek.id.to_string(), &w.root.to_string()],
+                )
+                .await
+                .map_err(pg("move KEK to another root"))?;
+            }
+            drop_root(&tx, &id_s).await?;
+            write_root_set(&tx, &key).await?;
+            tx.commit().await.map_err(pg("commit remove root"))
+        })?;
+        self.changed();
+        Ok(())
+    }
+
+    /// `root.rotate`'s commit in one serializable transaction, as
+    /// [`crate::keystore::Keystore::rotate_root`]: `new` becomes every KEK's parent (its wrap
+    /// moves into the KEK row, the previous parent's wrap moves to `kek_wraps` unless that
+    /// parent is `old`), `old`'s wraps and record go, the root set and `meta` are written.
+    /// Returns the KEKs whose parent changed.
+    pub fn rotate_root(
+        &self,
+        old: &Uuid,
+        new: &Uuid,
+        meta: &[(&str, &str)],
+    ) -> Result<usize, KeystoreError> {
+        let key = need_key(self.key())?;
+        let (old, new) = (*old, *new);
+        let meta: Vec<(String, Option<String>)> = meta
+            .iter()
+            .map(|(n, v)| (n.to_string(), Some(v.to_string())))
+            .collect();
+        let moved = self.run(move |sh| async move {
+            let mut c = sh.pool.get().await.map_err(pool_err("rotate root"))?;
+            let tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::Serializable)
+                .start()
+                .await
+                .map_err(pg("begin rotate root"))?;
+            let ids = root_ids(&tx).await?;
+            let (old_s, new_s) = (old.to_string(), new.to_string());
+            if old == new || !ids.contains(&old_s) || !ids.contains(&new_s) {
+                return Err(KeystoreError::Corrupt {
+                    id: new_s,
+                    what: "root rotate: the old and new roots must both be enrolled".into(),
+                });
+            }
+            let mut moved = 0;
+            for (mut kek, rv) in wrapped_kek_rows(&tx, &key).await? {
+                if kek.parent == Some(new) {
+                    continue;
+                }
+                let Some(w) = wraps(
+                    &tx,
+                    Some(&key),
+                    "kek = $1 AND root = $2",
+                    &[&kek.id.to_string(), &new_s],
+                )
+                .await?
+                .into_iter()
+                .next() else {
+                    return Err(KeystoreError::Corrupt {
+                        id: kek.id.to_string(),
+                        what: "root rotate: no wrap under the new root".into(),
+                    });
+                };
+                let previous = kek
+                    .parent
+                    .zip(kek.wrapped.clone())
+                    .map(|(root, wrapped)| KekWrap {
+                        kek: kek.id,
+                        root,
+                        scheme: kek.scheme.clone(),
+                        wrapped,
+                        created: crate::keystore::now(),
+                    });
+                kek.parent = Some(new);
+                kek.scheme = w.scheme.clone();
+                kek.wrapped = Some(w.wrapped.clone());
+                super::update_key(&tx, Some(&key), &kek, rv, "move KEK to the new root").await?;
+                tx.execute(
+                    "DELETE FROM kek_wraps WHERE kek = $1 AND root = $2",
+                    &[&kek.id.to_string(), &new_s],
+                )
+                .await
+                .map_err(pg("move KEK to the new root"))?;
+                if let Some(p) =
+                    previous.filter(|p| p.root != old && ids.contains(&p.root.to_string()))
+                {
+                    insert_wrap(&tx, &key, &p).await?;
+                }
+                moved += 1;
+            }
+            drop_root(&tx, &old_s).await?;
+            write_root_set(&tx, &key).await?;
+            super::put_metas(&tx, &meta).await?;
+            tx.commit().await.map_err(pg("commit rotate root"))?;
+            Ok(moved)
+        })?;
+        self.changed();
+        Ok(moved)
+    }
+
     /// Record a KEK rotation as begun with its journaled wraps under the other roots, in one
     /// transaction (each MAC'd).
     pub fn rotation_begin_wraps(
@@ -409,6 +554,34 @@ impl PgStore {
             .await
         })
     }
+}
+
+/// The KEKs every root must wrap, checked, with their row versions.
+async fn wrapped_kek_rows<C: GenericClient>(
+    c: &C,
+    key: &MacKey,
+) -> Result<Vec<(KeyRecord, i64)>, KeystoreError> {
+    query_keys(
+        c,
+        Some(key),
+        "list KEKs",
+        "kind = 'kek' OR (kind = 'integrity' AND parent IN (SELECT id FROM keys WHERE kind = 'root'))",
+        &[],
+    )
+    .await
+}
+
+/// A root's wraps (current and journaled) and its record.
+async fn drop_root<C: GenericClient>(c: &C, id: &String) -> Result<(), KeystoreError> {
+    for table in ["kek_wraps", "kek_rotation_wraps"] {
+        c.execute(&format!("DELETE FROM {table} WHERE root = $1"), &[id])
+            .await
+            .map_err(pg("drop a root's wraps"))?;
+    }
+    c.execute("DELETE FROM keys WHERE id = $1 AND kind = 'root'", &[id])
+        .await
+        .map_err(pg("delete root"))?;
+    Ok(())
 }
 
 /// Inside the rotation swap's transaction, as `keystore_roots.rs`'s `swap_wraps`: with journaled

@@ -828,6 +828,35 @@ fn roots_and_kek_wraps_with_the_same_macs_as_sqlite() {
         .unwrap(),
         vec![hex::encode(lite_mac)]
     );
+    // A third root, then the rotation from A to C (every KEK moves to C; B keeps its wraps,
+    // A's go), then B removed (nothing had B as parent).
+    assert!(both!(ks => ks.add_root(&c, &[wrap(&k, &c), wrap(&k2, &c)]).unwrap()));
+    assert_eq!(
+        both!(ks => ks.rotate_root(&a.id, &c.id, &[("m", "v")]).unwrap()),
+        2
+    );
+    assert_eq!(
+        both!(ks => ks.get(&k.id).unwrap().unwrap().parent),
+        Some(c.id)
+    );
+    assert_eq!(both!(ks => ks.kek_wrap(&k.id, &a.id).unwrap()), None);
+    assert_eq!(both!(ks => ks.kek_wraps_of(&k.id).unwrap()).len(), 1);
+    assert_eq!(both!(ks => ks.meta("m").unwrap()), Some("v".to_string()));
+    assert!(matches!(
+        pg.rotate_root(&a.id, &c.id, &[]),
+        Err(KeystoreError::Corrupt { .. })
+    ));
+    both!(ks => ks.remove_root(&b.id, &c.id).unwrap());
+    assert_eq!(both!(ks => ks.roots_checked().unwrap()), vec![c.clone()]);
+    // Removing the last root of a KEK is refused (no other wrap).
+    assert!(matches!(
+        pg.remove_root(&c.id, &c.id),
+        Err(KeystoreError::Corrupt { .. })
+    ));
+    assert_eq!(
+        lite.meta("root_set_mac").unwrap(),
+        pg.meta("root_set_mac").unwrap()
+    );
     // The root set changed behind the agent's back is tampering.
     s.query_as(
         "keyward",
