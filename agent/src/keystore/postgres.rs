@@ -25,6 +25,7 @@
 //! It must never hold a key in the clear, never put a password anywhere but the connection
 //! (read from the password file), and never `block_on` a runtime from inside one.
 
+mod integrity;
 mod journal;
 mod location;
 mod records;

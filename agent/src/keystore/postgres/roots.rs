@@ -48,7 +48,7 @@ async fn wraps<C: GenericClient>(
 
 /// Wrap rows of `table` (`kek_wraps`, or the journal's `kek_rotation_wraps`, whose `created`
 /// reads as 0, as in SQLite) matching `where_`, each checked when `key` is given.
-async fn wraps_in<C: GenericClient>(
+pub(super) async fn wraps_in<C: GenericClient>(
     c: &C,
     key: Option<&MacKey>,
     table: &str,
@@ -99,7 +99,7 @@ async fn wraps_in<C: GenericClient>(
     Ok(out)
 }
 
-async fn insert_wrap<C: GenericClient>(
+pub(super) async fn insert_wrap<C: GenericClient>(
     c: &C,
     key: &MacKey,
     w: &KekWrap,
@@ -147,7 +147,7 @@ async fn wrapped_keks<C: GenericClient>(
     .collect())
 }
 
-async fn root_ids<C: GenericClient>(c: &C) -> Result<BTreeSet<String>, KeystoreError> {
+pub(super) async fn root_ids<C: GenericClient>(c: &C) -> Result<BTreeSet<String>, KeystoreError> {
     let rows = c
         .query("SELECT id FROM keys WHERE kind = 'root'", &[])
         .await
@@ -157,7 +157,10 @@ async fn root_ids<C: GenericClient>(c: &C) -> Result<BTreeSet<String>, KeystoreE
         .collect()
 }
 
-async fn meta<C: GenericClient>(c: &C, name: &str) -> Result<Option<String>, KeystoreError> {
+pub(super) async fn meta<C: GenericClient>(
+    c: &C,
+    name: &str,
+) -> Result<Option<String>, KeystoreError> {
     Ok(
         c.query_opt("SELECT value FROM meta WHERE name = $1", &[&name])
             .await
@@ -167,7 +170,10 @@ async fn meta<C: GenericClient>(c: &C, name: &str) -> Result<Option<String>, Key
 }
 
 /// Write the root set (the ids of every root row now) with its MAC.
-async fn write_root_set<C: GenericClient>(c: &C, key: &MacKey) -> Result<(), KeystoreError> {
+pub(super) async fn write_root_set<C: GenericClient>(
+    c: &C,
+    key: &MacKey,
+) -> Result<(), KeystoreError> {
     let text = root_set_text(&root_ids(c).await?);
     let mac = hex::encode(key.tag(&root_set_body(&text)));
     super::put_metas(

@@ -783,7 +783,7 @@ fn roots_and_kek_wraps_with_the_same_macs_as_sqlite() {
                 let $ks = &pg;
                 $e
             };
-            assert_eq!(l, p, stringify!($e));
+            assert_eq!(l, p, "{}", stringify!($e));
             p
         }};
     }
@@ -895,7 +895,7 @@ fn the_rotation_journal_and_integrity_set_up_match_sqlite() {
                 let $ks = &pg;
                 $e
             };
-            assert_eq!(l, p, stringify!($e));
+            assert_eq!(l, p, "{}", stringify!($e));
             p
         }};
     }
@@ -1018,4 +1018,96 @@ fn the_rotation_journal_and_integrity_set_up_match_sqlite() {
         Some(vec![4; 40])
     );
     assert_eq!(both!(ks => ks.rotations_pending().unwrap()), vec![]);
+}
+
+#[test]
+fn rekeying_the_integrity_key_matches_sqlite() {
+    let s = server();
+    let db = s.database("keyward");
+    let pg = PgStore::open(&s.location("keyward", &db, "")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lite = Keystore::open(&dir.path().join("ks.db")).unwrap();
+    macro_rules! both {
+        ($ks:ident => $e:expr) => {{
+            let l = {
+                let $ks = &lite;
+                $e
+            };
+            let p = {
+                let $ks = &pg;
+                $e
+            };
+            assert_eq!(l, p, "{}", stringify!($e));
+            p
+        }};
+    }
+    both!(ks => ks.set_mac_key(Some(mac_key())));
+    let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
+    let mut ik = KeyRecord::new(KeyKind::Integrity, "aes-kwp");
+    ik.parent = Some(root.id);
+    let mut kek = KeyRecord::new(KeyKind::Kek, "aes-kwp");
+    kek.parent = Some(root.id);
+    let mut dek = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+    dek.parent = Some(kek.id);
+    dek.wrapped = Some(vec![1; 40]);
+    both!(ks => ks.insert_many(&[root.clone(), ik.clone(), kek.clone(), dek.clone()]).unwrap());
+    both!(ks => ks.add_version(&dek.id, vec![2; 40]).unwrap());
+    let rev = Revocation {
+        id: Uuid::new_v4(),
+        revoked: dek.id,
+        issuer: root.id,
+        statement: vec![3],
+        created: 5,
+    };
+    both!(ks => ks.revoke(&rev).unwrap());
+    assert_eq!(both!(ks => ks.roots_checked().unwrap()).len(), 1);
+    let mut ik2 = KeyRecord::new(KeyKind::Integrity, "aes-kwp");
+    ik2.parent = Some(root.id);
+    let new = || MacKey::new(zeroize::Zeroizing::new([9u8; 32]));
+    let n = both!(ks => ks.rekey_integrity(new(), &[ik.id], &[ik2.clone()], &[], &[], &[], &[("x", "y".to_string())]).unwrap());
+    assert!(n >= 5, "{n}");
+    assert_eq!(
+        both!(ks => ks.get(&dek.id).unwrap().map(|r| r.state)),
+        Some(KeyState::Revoked)
+    );
+    assert_eq!(both!(ks => ks.get(&ik.id).unwrap()), None);
+    assert_eq!(
+        both!(ks => ks.version(&dek.id, 2).unwrap().map(|v| v.wrapped)),
+        Some(vec![2; 40])
+    );
+    assert_eq!(both!(ks => ks.revocations().unwrap()).len(), 1);
+    assert_eq!(both!(ks => ks.roots_checked().unwrap()).len(), 1);
+    assert_eq!(both!(ks => ks.meta("x").unwrap()), Some("y".to_string()));
+    // The same MACs under the new key.
+    assert_eq!(
+        s.query_as(
+            "keyward",
+            &db,
+            &format!(
+                "SELECT encode(mac, 'hex') FROM keys WHERE id = '{}'",
+                dek.id
+            )
+        )
+        .unwrap(),
+        vec![hex::encode(sqlite_mac(&dir.path().join("ks.db"), &dek.id))]
+    );
+    // The old key no longer verifies anything.
+    pg.set_mac_key(Some(mac_key()));
+    assert!(matches!(
+        pg.get(&dek.id),
+        Err(KeystoreError::Tampered { .. })
+    ));
+    // A row that does not verify under the loaded key aborts a rekey: nothing changes.
+    pg.set_mac_key(Some(new()));
+    s.query_as(
+        "keyward",
+        &db,
+        &format!("UPDATE keys SET label = 'forged' WHERE id = '{}'", kek.id),
+    )
+    .unwrap();
+    assert!(matches!(
+        pg.rekey_integrity(mac_key(), &[], &[], &[], &[], &[], &[]),
+        Err(KeystoreError::Tampered { .. })
+    ));
+    assert!(pg.get(&dek.id).is_ok());
 }
