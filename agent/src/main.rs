@@ -151,16 +151,14 @@ fn start(cli: Cli) -> Result<(), StartError> {
     if let Some(pg) = &config.postgres {
         // Parsed and checked (config.rs), but the agent does not run on it yet: refuse rather
         // than open a SQLite file instead (keystore/postgres.rs, README "PostgreSQL keystore").
-        return Err(StartError::Keystore(
-            keyward_agent::keystore::KeystoreError::Database {
-                op: "open",
-                what: format!(
-                    "{}: keywardd does not run on a PostgreSQL keystore yet (the backend exists, \
-                     the agent is not wired to it); use a SQLite keystore file",
-                    pg.display()
-                ),
-            },
-        ));
+        return Err(StartError::Config(ConfigError::Invalid {
+            path: path.clone(),
+            message: format!(
+                "keystore: {}: keywardd does not run on a PostgreSQL keystore yet (the backend \
+                 exists, the agent is not wired to it); use a SQLite keystore file",
+                pg.display()
+            ),
+        }));
     }
     let opening = std::time::Instant::now();
     let (ks, check_pending) = if let Some(Command::ResetPinAttempts) = cli.command {
