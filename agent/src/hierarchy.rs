@@ -318,7 +318,7 @@ impl Hierarchy {
                 .and_then(|t| self.ks.mac_verify(&body, &t));
             if ok != Some(true) {
                 tracing::error!(
-                    keystore = %self.ks.path().display(),
+                    keystore = %self.ks.location(),
                     "keystore_tampered: the stored PIN counter was changed outside the agent (its MAC does not verify); unlock refused until `keywardd reset-pin-attempts`"
                 );
                 return Err(AgentError::KeystoreTampered(Tampering::PinCounter));

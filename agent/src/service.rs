@@ -560,7 +560,7 @@ impl Handler for Service {
             ops: Op::ALL.iter().map(|o| o.name().to_string()).collect(),
             ssh_socket: self.ssh.as_ref().map(|s| s.0.clone()),
             config: self.config_path.clone(),
-            keystore: Some(self.h.ks.path().display().to_string()),
+            keystore: Some(self.h.ks.location()),
             pin_attempts_left: Some(self.h.pin_attempts_left()),
             keystore_check,
             audit_log: self.audit.as_ref().map(|a| a.path().display().to_string()),

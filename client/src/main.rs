@@ -887,6 +887,18 @@ async fn backup_cmd(cli: &Cli, cmd: &BackupCmd) -> Result<Out, Failure> {
                         .to_string()
                 })?,
             };
+            // The agent names a database keystore by its location (`postgres://...`), never
+            // a file: this command copies SQLite files only.
+            if keystore.to_string_lossy().starts_with("postgres://") {
+                return Err(format!(
+                    "the agent serves a PostgreSQL keystore ({}): `backup export` copies a \
+                     SQLite keystore file; back the database up with the database's own tools \
+                     (pg_dump), or copy the keystore into a file with `keyward keystore migrate \
+                     --to /absolute/path.db`",
+                    keystore.display()
+                )
+                .into());
+            }
             let s = backup::export(&keystore, output, *force)?;
             Ok(out(s.to_text("wrote", output), s.to_json(output)))
         }

@@ -1,8 +1,8 @@
 //! `keystore migrate` (issue #17 item 6): copy the whole keystore into a new, empty keystore
 //! through the backend interface, then check the copy record by record.
 //!
-//! The steps ([`Keystore::migrate_to`]): the destination is parsed (today an absolute SQLite
-//! path; the PostgreSQL backend adds `postgres://`) and opened (created and migrated to the
+//! The steps ([`Keystore::migrate_to`]): the destination is parsed (an absolute SQLite
+//! path, or a PostgreSQL location: `postgres://...`) and opened (created and migrated to the
 //! current schema); it must hold no row at all. The destination gets a copy of the MAC key
 //! loaded now. Every row of the source is read with its MAC checked (`Keystore::snapshot`: one
 //! consistent read), written into the destination in one transaction, MAC'd under the same key
@@ -93,23 +93,32 @@ pub struct MigrateReport {
 /// Where a copy goes.
 enum Destination {
     Sqlite(PathBuf),
+    Postgres(super::postgres::PgLocation),
 }
 
 impl Destination {
-    fn parse(to: &str, serving: &Path) -> Result<Destination, MigrateError> {
+    /// `serving`: the keystore this agent serves (never a destination).
+    fn parse(to: &str, serving: &Keystore) -> Result<Destination, MigrateError> {
         let bad = |why| MigrateError::BadDestination {
             to: to.to_string(),
             why,
         };
-        let lower = to.trim().to_ascii_lowercase();
-        if lower.starts_with("postgres://")
-            || lower.starts_with("postgresql://")
-            || lower.contains("dbname=")
-            || lower.contains("host=")
-        {
-            return Err(bad(
-                "a PostgreSQL destination needs the PostgreSQL backend, which this agent does not have yet",
-            ));
+        if super::postgres::looks_like_postgres(to) {
+            let loc = super::postgres::PgLocation::parse(to).map_err(|what| {
+                MigrateError::Destination {
+                    to: to.to_string(),
+                    source: KeystoreError::Database {
+                        op: "parse the PostgreSQL location",
+                        what,
+                    },
+                }
+            })?;
+            if let super::Backend::Postgres(p) = serving.backend() {
+                if p.location().display() == loc.display() {
+                    return Err(bad("is the keystore this agent serves"));
+                }
+            }
+            return Ok(Destination::Postgres(loc));
         }
         if to.contains("://") {
             return Err(bad("not a keystore location this agent understands"));
@@ -122,8 +131,10 @@ impl Destination {
             (Ok(a), Ok(b)) => a == b,
             _ => false,
         };
-        if path == serving || same(&path, serving) {
-            return Err(bad("is the keystore this agent serves"));
+        if let Some(serving) = serving.path() {
+            if path == serving || same(&path, serving) {
+                return Err(bad("is the keystore this agent serves"));
+            }
         }
         Ok(Destination::Sqlite(path))
     }
@@ -244,22 +255,30 @@ impl Keystore {
             to: to.to_string(),
             source,
         };
-        let Destination::Sqlite(path) = Destination::parse(to, self.path())?;
-        let existed = path.exists();
-        // An existing file that holds anything is never opened (opening migrates its schema).
-        if let Ok(m) = std::fs::metadata(&path) {
-            if !m.is_file() || m.len() > 0 {
-                return Err(MigrateError::NotEmpty {
-                    to: to.to_string(),
-                    what: if m.is_file() {
-                        format!("an existing file of {} bytes", m.len())
-                    } else {
-                        "not a regular file".into()
-                    },
-                });
+        let (dest, created) = match Destination::parse(to, self)? {
+            Destination::Postgres(loc) => {
+                (Keystore::open_postgres(&loc).map_err(destination)?, None)
             }
-        }
-        let dest = Keystore::open(&path).map_err(destination)?;
+            Destination::Sqlite(path) => {
+                let existed = path.exists();
+                // An existing file that holds anything is never opened (opening migrates its
+                // schema).
+                if let Ok(m) = std::fs::metadata(&path) {
+                    if !m.is_file() || m.len() > 0 {
+                        return Err(MigrateError::NotEmpty {
+                            to: to.to_string(),
+                            what: if m.is_file() {
+                                format!("an existing file of {} bytes", m.len())
+                            } else {
+                                "not a regular file".into()
+                            },
+                        });
+                    }
+                }
+                let dest = Keystore::open(&path).map_err(destination)?;
+                (dest, (!existed).then_some(path))
+            }
+        };
         let result = (|| {
             let rows = dest.row_counts().map_err(destination)?.total();
             if rows > 0 {
@@ -282,7 +301,11 @@ impl Keystore {
                 ms: start.elapsed().as_millis() as u64,
             }),
             Err(e) => {
-                if !existed {
+                // A file this step created goes. A database copy is written in one
+                // transaction: a failed write leaves nothing; a copy that fails its check
+                // stays for inspection (the error names the record), and a second migration
+                // into it is refused as not empty.
+                if let Some(path) = created {
                     remove_sqlite(&path);
                 }
                 Err(e)

@@ -22,6 +22,10 @@
 //! - `sqlite.rs` + `sqlite_roots.rs`: the SQLite backend ([`SqliteStore`]): every SQL statement
 //!   and every `rusqlite` type. No `rusqlite` type appears in [`Keystore`]'s API
 //!   ([`KeystoreError::Sql`] carries an opaque [`SqlError`]).
+//! - `postgres.rs` + `postgres/*`: the PostgreSQL backend ([`PgStore`]): a database many agents
+//!   share, rows scoped by identity with row-level security; `postgres/copy.rs` is its side of
+//!   `keystore migrate`. It has no file: [`Keystore::path`] is `None`, [`Keystore::location`]
+//!   names it.
 //! - `migrate.rs` (+ `sqlite_copy.rs`, the SQLite side): `keystore migrate`, a copy of every
 //!   table into a new, empty keystore, checked record by record ([`Keystore::migrate_to`]).
 //! - this file: [`Keystore`], the type callers use, and [`KeystoreError`].
@@ -45,12 +49,14 @@
 //! MAC'd row without its MAC, and never expose a backend's client types.
 
 mod migrate;
+pub mod postgres;
 mod records;
 mod sqlite;
 #[cfg(test)]
 mod tests;
 
 pub use migrate::{MigrateError, MigrateReport};
+pub use postgres::PgStore;
 pub use records::*;
 #[cfg(test)]
 pub(crate) use sqlite::REKEY_FAIL;
@@ -92,6 +98,10 @@ pub enum KeystoreError {
     /// concurrency: the row version moved). Nothing was changed; read again and retry.
     #[error("keystore {op}: record {id} was changed by another agent meanwhile; nothing was changed: retry")]
     Conflict { op: &'static str, id: String },
+    /// A database backend's server refused a statement or the connection's configuration
+    /// (authentication, a missing database, a constraint): its text says what it said.
+    #[error("keystore {op}: the database refused it: {what}")]
+    Database { op: &'static str, what: String },
 }
 
 impl KeystoreError {
@@ -106,7 +116,8 @@ impl KeystoreError {
             | KeystoreError::Io { .. }
             | KeystoreError::TooNew { .. }
             | KeystoreError::Corrupt { .. }
-            | KeystoreError::Damaged { .. } => ErrorCode::KeystoreError,
+            | KeystoreError::Damaged { .. }
+            | KeystoreError::Database { .. } => ErrorCode::KeystoreError,
         }
     }
 }
@@ -115,6 +126,8 @@ impl KeystoreError {
 pub enum Backend {
     /// The embedded default: one SQLite file.
     Sqlite(SqliteStore),
+    /// A shared PostgreSQL database (`postgres://...`).
+    Postgres(PgStore),
 }
 
 /// Forward a call to whichever backend the keystore runs on: `dispatch!(self, s => s.f(args))`.
@@ -123,6 +136,7 @@ macro_rules! dispatch {
     ($self:ident, $s:ident => $call:expr) => {
         match &$self.backend {
             Backend::Sqlite($s) => $call,
+            Backend::Postgres($s) => $call,
         }
     };
 }
@@ -149,10 +163,24 @@ impl Keystore {
         SqliteStore::open_deferring_check(path).map(|(s, d)| (Keystore::from(s), d))
     }
 
-    /// Open the keystore a `keystore` location names (today: an SQLite file path; a database
-    /// backend adds its URL scheme here).
+    /// Open the keystore a `keystore` location names: a PostgreSQL location
+    /// (`postgres://...` or a libpq `host=... dbname=...` string), else an SQLite file path.
     pub fn open_location(location: &str) -> Result<Keystore, KeystoreError> {
+        if postgres::looks_like_postgres(location) {
+            let loc =
+                postgres::PgLocation::parse(location).map_err(|what| KeystoreError::Database {
+                    op: "parse the PostgreSQL location",
+                    what,
+                })?;
+            return Keystore::open_postgres(&loc);
+        }
         Keystore::open(Path::new(location))
+    }
+
+    /// Open (migrating its schema if needed) the PostgreSQL keystore at `loc`. A database that
+    /// is down is [`KeystoreError::Unavailable`] within the location's connect timeout.
+    pub fn open_postgres(loc: &postgres::PgLocation) -> Result<Keystore, KeystoreError> {
+        PgStore::open(loc).map(Keystore::from)
     }
 
     /// SQLite's full `integrity_check` of the keystore file at `path`, through a read-only
@@ -204,8 +232,23 @@ impl Keystore {
         dispatch!(self, s => s.update_limits(id, change))
     }
 
-    pub fn path(&self) -> &Path {
-        dispatch!(self, s => s.path())
+    /// The keystore's file, for a backend that is one (SQLite); `None` for a database. Callers
+    /// that place files beside the keystore (the audit log), check it (`integrity.rs`) or copy
+    /// it (backups) use this and do something else, or refuse, without one.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Sqlite(s) => Some(s.path()),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Where the keystore is, for logs, `status` and errors: the SQLite file's path, or the
+    /// database's location (`postgres://user@host:port/db (sslmode ...)`: never a password).
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(s) => s.path().display().to_string(),
+            Backend::Postgres(p) => p.location().display(),
+        }
     }
 
     /// Load (at unlock) or drop (at lock) the MAC key. While loaded every read is checked.
@@ -573,6 +616,14 @@ impl Keystore {
     }
 }
 
+impl From<PgStore> for Keystore {
+    fn from(s: PgStore) -> Keystore {
+        Keystore {
+            backend: Backend::Postgres(s),
+        }
+    }
+}
+
 impl From<SqliteStore> for Keystore {
     fn from(s: SqliteStore) -> Keystore {
         Keystore {
@@ -587,6 +638,9 @@ impl Keystore {
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
         match &self.backend {
             Backend::Sqlite(s) => s.lock(),
+            Backend::Postgres(_) => {
+                panic!("Keystore::lock: the PostgreSQL backend has no SQLite connection")
+            }
         }
     }
 }

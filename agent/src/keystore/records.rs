@@ -89,6 +89,13 @@ impl MacState {
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Load a key already shared (a re-keying commit that used it inside its transaction), and
+    /// move the epoch.
+    pub(crate) fn set_shared(&self, key: Arc<MacKey>) {
+        *self.key.write().unwrap_or_else(|p| p.into_inner()) = Some(key);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// How many times the key was loaded or dropped.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
@@ -646,7 +653,39 @@ pub(crate) fn root_set_body(text: &str) -> Vec<u8> {
     e.finish()
 }
 
+/// The columns every read of `keys` selects, in this order (both backends read them by
+/// position). `mac` is at [`MAC_COLUMN`].
+pub(crate) const KEY_COLUMNS: &str = "id, kind, label, parent, scheme, wrapped, public_key, locator, purpose, exportable, version, created, rotated, state, name, issuer, statement, algorithm, ssh, certificate, min_version, usage, not_after, mac";
+/// The position of `mac` in [`KEY_COLUMNS`].
+pub(crate) const MAC_COLUMN: usize = 23;
+
 // ---- a whole keystore (`keystore migrate`) ---------------------------------------------------
+
+/// Records in an order that inserts each after its parent and issuer (both reference `keys`).
+pub(crate) fn parents_first(keys: &[KeyRecord]) -> Vec<&KeyRecord> {
+    let ids: std::collections::HashSet<Uuid> = keys.iter().map(|r| r.id).collect();
+    let mut done: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(keys.len());
+    let mut left: Vec<&KeyRecord> = keys.iter().collect();
+    while !left.is_empty() {
+        let before = left.len();
+        let ready = |p: Option<Uuid>| p.is_none_or(|p| !ids.contains(&p) || done.contains(&p));
+        let (now, later): (Vec<&KeyRecord>, Vec<&KeyRecord>) = left
+            .into_iter()
+            .partition(|r| ready(r.parent) && ready(r.issuer));
+        for r in &now {
+            done.insert(r.id);
+        }
+        out.extend(now);
+        left = later;
+        if left.len() == before {
+            // A cycle (never written by the agent): insert the rest as they are; the foreign
+            // key check at commit refuses them.
+            out.append(&mut left);
+        }
+    }
+    out
+}
 
 /// How many rows each table of a keystore holds (`keystore migrate`'s progress and check).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

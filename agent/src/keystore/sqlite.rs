@@ -313,12 +313,8 @@ fn rekey_test_fail() -> Result<(), KeystoreError> {
     Ok(())
 }
 
-/// The columns every read of `keys` selects, in this order: [`from_row`] reads them by position
-/// (rusqlite's by-name lookup compares column names on every get: 14% of a `kek.list`'s
-/// instructions before). `mac` is read at [`MAC_COLUMN`].
-const KEY_COLUMNS: &str = "id, kind, label, parent, scheme, wrapped, public_key, locator, purpose, exportable, version, created, rotated, state, name, issuer, statement, algorithm, ssh, certificate, min_version, usage, not_after, mac";
-/// The position of `mac` in [`KEY_COLUMNS`].
-const MAC_COLUMN: usize = 23;
+// `KEY_COLUMNS` (records.rs): [`from_row`] reads them by position (rusqlite's by-name lookup
+// compares column names on every get: 14% of a `kek.list`'s instructions before).
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, KeystoreError>> {
     let id: String = row.get(0)?;

@@ -10,7 +10,6 @@ use super::super::records::*;
 use super::super::KeystoreError;
 use super::{insert_revocation_with, insert_with, put_metas, query_with, roots, sql, SqliteStore};
 use rusqlite::{params, Connection};
-use std::collections::HashSet;
 use uuid::Uuid;
 
 fn need_key(key: Option<std::sync::Arc<MacKey>>) -> Result<std::sync::Arc<MacKey>, KeystoreError> {
@@ -25,32 +24,6 @@ fn uuid(s: &str, what: &str) -> Result<Uuid, KeystoreError> {
         id: s.to_string(),
         what: what.to_string(),
     })
-}
-
-/// Records in an order that inserts each after its parent and issuer (both reference `keys`).
-fn parents_first(keys: &[KeyRecord]) -> Vec<&KeyRecord> {
-    let ids: HashSet<Uuid> = keys.iter().map(|r| r.id).collect();
-    let mut done: HashSet<Uuid> = HashSet::new();
-    let mut out = Vec::with_capacity(keys.len());
-    let mut left: Vec<&KeyRecord> = keys.iter().collect();
-    while !left.is_empty() {
-        let before = left.len();
-        let ready = |p: Option<Uuid>| p.is_none_or(|p| !ids.contains(&p) || done.contains(&p));
-        let (now, later): (Vec<&KeyRecord>, Vec<&KeyRecord>) = left
-            .into_iter()
-            .partition(|r| ready(r.parent) && ready(r.issuer));
-        for r in &now {
-            done.insert(r.id);
-        }
-        out.extend(now);
-        left = later;
-        if left.len() == before {
-            // A cycle (never written by the agent): insert the rest as they are; the foreign
-            // key check at commit refuses them.
-            out.append(&mut left);
-        }
-    }
-    out
 }
 
 impl SqliteStore {

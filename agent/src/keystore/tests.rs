@@ -456,7 +456,7 @@ fn a_newer_schema_is_refused() {
     ));
 }
 
-fn test_key(b: u8) -> MacKey {
+pub(crate) fn test_key(b: u8) -> MacKey {
     MacKey::new(Zeroizing::new([b; 32]))
 }
 
@@ -521,7 +521,7 @@ fn with_the_key_loaded_every_column_is_checked() {
         ("mac", "x'00'".into()),
     ];
     for (column, value) in edits {
-        let conn = Connection::open(ks.path()).unwrap();
+        let conn = Connection::open(ks.path().unwrap()).unwrap();
         let old: String = conn
             .query_row(
                 &format!("SELECT quote({column}) FROM keys WHERE id = ?1"),
@@ -629,7 +629,7 @@ fn usage_limits_are_maced_and_old_rows_still_verify() {
         (after.usage, after.not_after),
         (Some(0b11), Some(1_900_000_000))
     );
-    let conn = Connection::open(ks.path()).unwrap();
+    let conn = Connection::open(ks.path().unwrap()).unwrap();
     conn.execute(
         "UPDATE keys SET usage = NULL WHERE id = ?1",
         [r.id.to_string()],
@@ -670,7 +670,7 @@ fn certificates_are_maced_and_old_rows_still_verify() {
         Some(vec![0x30, 1, 2])
     );
     // Removing it behind the agent's back is tampering; through the keystore it is not.
-    let conn = Connection::open(ks.path()).unwrap();
+    let conn = Connection::open(ks.path().unwrap()).unwrap();
     conn.execute(
         "UPDATE keys SET certificate = NULL WHERE id = ?1",
         [r.id.to_string()],
@@ -710,7 +710,7 @@ fn dek_versions_and_min_version_are_maced_and_old_rows_still_verify() {
     );
     assert_eq!(ks.version(&dek.id, 4).unwrap(), None);
     // A version row moved to another key, or to another version, or edited: tampering.
-    let conn = Connection::open(ks.path()).unwrap();
+    let conn = Connection::open(ks.path().unwrap()).unwrap();
     for (edit, undo) in [
         (
             format!(
@@ -793,7 +793,7 @@ fn state_changes_and_revocations_are_maced() {
     ks.revoke(&r).unwrap();
     assert_eq!(ks.get(&k.id).unwrap().unwrap().state, KeyState::Revoked);
     assert_eq!(ks.revocations().unwrap(), vec![r.clone()]);
-    let conn = Connection::open(ks.path()).unwrap();
+    let conn = Connection::open(ks.path().unwrap()).unwrap();
     conn.execute("UPDATE revocations SET created = 6", [])
         .unwrap();
     assert!(
@@ -1010,7 +1010,7 @@ fn integrity_check_time_on_100k_records() {
 // ---- keystore migrate -------------------------------------------------------------------------
 
 /// A keystore with a row in every table, MAC'd under `test_key(7)` (left loaded).
-fn populated() -> (tempfile::TempDir, Keystore) {
+pub(crate) fn populated() -> (tempfile::TempDir, Keystore) {
     let (d, ks) = temp();
     ks.set_mac_key(Some(test_key(7)));
     let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
@@ -1166,11 +1166,11 @@ fn migrate_refuses_bad_destinations_and_leaves_them_alone() {
     assert!(matches!(e, MigrateError::NotEmpty { .. }), "{e}");
     assert_eq!(e.code(), keyward_proto::ErrorCode::AlreadyExists);
     assert_eq!(std::fs::read(&busy).unwrap(), b"something");
-    // Itself, a relative path, a PostgreSQL URL: invalid arguments.
+    // Itself, a relative path, a URL of no backend: invalid arguments.
     for to in [
-        ks.path().to_str().unwrap(),
+        ks.path().unwrap().to_str().unwrap(),
         "relative/ks.db",
-        "postgres://db/keyward",
+        "mysql://db/keyward",
     ] {
         let e = ks.migrate_to(to).unwrap_err();
         assert!(
