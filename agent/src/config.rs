@@ -40,7 +40,7 @@
 //! # tty = "/dev/pts/3"    # for pinentry-tty / pinentry-curses
 //! [audit]                 # the audit log (audit.rs); kept by default, even without this table
 //! # enabled = true        # false: no audit log
-//! # path = "audit.log"    # default: audit.log beside the keystore
+//! # path = "audit.log"    # default: audit.log beside the keystore (PostgreSQL: the config)
 //! # required = true       # refuse key operations while the log cannot be written
 //! # checkpoint_every = 1000  # a signed checkpoint every N entries (and at lock/unlock/stop)
 //! # max_bytes = 67108864  # rotate the live file past this size (PATH.1, PATH.2, ...)
@@ -519,7 +519,8 @@ impl Config {
             raw.keystore
         };
         // The audit log is kept unless `[audit] enabled = false`: without the table, the
-        // defaults (beside the keystore, required). A request waits for its entry's `write`,
+        // defaults (beside the keystore file, or, for a PostgreSQL keystore, which has no file
+        // and is shared by many agents, beside this config file; required). A request waits for its entry's `write`,
         // not its `fdatasync` (audit.rs), so this costs no speed target (README "Audit log").
         let raw_audit = raw.audit.unwrap_or_default();
         raw_audit.check().map_err(invalid)?;
@@ -531,7 +532,10 @@ impl Config {
                     a.path
                         .clone()
                         .map(resolve)
-                        .unwrap_or_else(|| keystore.with_file_name("audit.log")),
+                        .unwrap_or_else(|| match &postgres {
+                            Some(_) => resolve(PathBuf::from("audit.log")),
+                            None => keystore.with_file_name("audit.log"),
+                        }),
                 ),
                 ..a
             });
@@ -831,6 +835,9 @@ mod tests {
         let root = "[root]\nkind = \"pkcs11\"\nuri = \"pkcs11:token=a\"\n";
         let text = format!("keystore = \"postgres://kw@db.example/keyward\"\n{root}");
         let c = Config::parse(&text, p).unwrap();
+        // No keystore file: the audit log's default is beside the config file.
+        let audit = c.audit.as_ref().and_then(|a| a.path.as_deref());
+        assert_eq!(audit, Some(Path::new("/etc/kw/audit.log")));
         let l = c.postgres.expect("a PostgreSQL location");
         assert_eq!(l.hosts, vec!["db.example"]);
         assert_eq!(l.sslmode, SslMode::Prefer);

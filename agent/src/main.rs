@@ -178,13 +178,9 @@ fn start(cli: Cli) -> Result<(), StartError> {
             let path = a
                 .path
                 .clone()
-                // Beside the keystore file; with a database keystore, in the state directory
-                // (where the default SQLite keystore would be: `config.keystore`).
-                .unwrap_or_else(|| {
-                    ks.path()
-                        .unwrap_or(&config.keystore)
-                        .with_file_name("audit.log")
-                });
+                // Resolved by config.rs (beside the keystore file, or beside the config
+                // file for a database keystore); this default is for a config built otherwise.
+                .unwrap_or_else(|| ks.path().unwrap_or(&path).with_file_name("audit.log"));
             Some(
                 keyward_agent::audit::Audit::open(a, &path, h.clone())
                     .map_err(StartError::Audit)?,

@@ -25,6 +25,8 @@ mod keys;
 mod keystore_check;
 #[path = "e2e/keystore_migrate.rs"]
 mod keystore_migrate;
+#[path = "e2e/keystore_postgres.rs"]
+mod keystore_postgres;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/limits.rs"]

@@ -128,14 +128,9 @@ fn keystore_migrate_refuses_bad_destinations_and_keeps_serving(env: &mut TestEnv
         None,
     );
     assert_eq!(code, "keystore_error");
-    // A PostgreSQL URL: this agent has no such backend yet.
+    // A URL of no backend this agent has (PostgreSQL destinations: keystore_postgres.rs).
     let code = env.cli_json_err(
-        &[
-            "keystore",
-            "migrate",
-            "--to",
-            "postgres://localhost/keyward",
-        ],
+        &["keystore", "migrate", "--to", "mysql://localhost/keyward"],
         None,
     );
     assert_eq!(code, "invalid_args");
