@@ -139,3 +139,42 @@ fn keystore_postgres_migrate_sqlite_to_postgres_and_back_keeps_every_key() {
     env.start_agent();
     check(&mut env);
 }
+
+/// A database that does not answer: keywardd stops at start within the connect timeout, saying
+/// the keystore is unavailable, and never falls back to a SQLite file.
+#[test]
+fn keystore_postgres_down_at_start_stops_the_agent_naming_it() {
+    let mut env = TestEnv::start(RootKind::Pkcs11);
+    env.stop();
+    // A port nothing listens on (bound, then closed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let passfile = server().passfile();
+    env.set_keystore(&format!(
+        "postgres://keyward@127.0.0.1:{port}/keyward?sslmode=disable&connect_timeout=2&passfile={}",
+        passfile.display()
+    ));
+    let before = std::fs::metadata(env.keystore_path()).map(|m| m.len()).ok();
+    let started = std::time::Instant::now();
+    let out = env
+        .agent_command()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run keywardd");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("unavailable"), "{said}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{said}"
+    );
+    assert!(!env.socket_path().exists());
+    // The SQLite file beside the config was not touched.
+    assert_eq!(
+        std::fs::metadata(env.keystore_path()).map(|m| m.len()).ok(),
+        before
+    );
+}
