@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# postgres-setup.sh --dir DIR [--port PORT] | --stop DIR | --install-only
+# postgres-setup.sh --dir DIR [--port PORT] | --stop DIR | --halt DIR | --resume DIR | --install-only
 #
 # A throwaway PostgreSQL server for Keyward's shared-keystore work and its tests:
 #   - installs Debian's postgresql with apt-get when its binaries are missing (--install-only
@@ -9,24 +9,32 @@
 #     DIR/pgdata names), listening on 127.0.0.1:PORT (default: a free
 #     port) and on a Unix socket beside its data, nothing else;
 #   - creates a role `keyward` with a random password, kept only in DIR/pgpass (mode 0600, libpq's
-#     password-file format), and a database `keyward` it owns;
+#     password-file format), and a database `keyward` it owns; the superuser `pgowner`'s random
+#     password is kept there too (tests create roles and databases with it);
 #   - writes DIR/postgres.env (KEYWARD_TEST_PG: a postgres:// URL without the password;
-#     PGPASSFILE: DIR/pgpass) and prints the lines to export.
+#     KEYWARD_TEST_PG_ADMIN: the same for `pgowner`; PGPASSFILE: DIR/pgpass) and prints the
+#     lines to export.
 # --stop DIR stops that server (`pg_ctl stop -m fast`) and removes its data; DIR is the caller's.
+# --halt DIR stops it and keeps its data; --resume DIR starts it again on the same port (tests of
+# a database that goes away and comes back).
 # Nothing here touches a system cluster or a service: the server lives and dies with DIR.
 set -euo pipefail
 
 dir=""
 port=""
 stop=""
+halt=""
+resume=""
 install_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --dir) dir="${2:?--dir needs a directory}"; shift 2 ;;
     --port) port="${2:?--port needs a number}"; shift 2 ;;
     --stop) stop="${2:?--stop needs the directory given to --dir}"; shift 2 ;;
+    --halt) halt="${2:?--halt needs the directory given to --dir}"; shift 2 ;;
+    --resume) resume="${2:?--resume needs the directory given to --dir}"; shift 2 ;;
     --install-only) install_only=1; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "postgres-setup.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -58,6 +66,23 @@ as_owner() {
     "$@"
   fi
 }
+
+if [ -n "$halt" ]; then
+  [ -d "$halt/pgdata/data" ] || { say "no server data in $halt/pgdata"; exit 1; }
+  home="$(readlink -f "$halt/pgdata")"
+  as_owner "$bin/pg_ctl" -D "$home/data" -m fast -w stop >/dev/null
+  say "halted the server of $halt (data kept)"
+  exit 0
+fi
+
+if [ -n "$resume" ]; then
+  [ -d "$resume/pgdata/data" ] || { say "no server data in $resume/pgdata"; exit 1; }
+  home="$(readlink -f "$resume/pgdata")"
+  as_owner "$bin/pg_ctl" -D "$home/data" -l "$home/postgres.log" -w -t 60 start >/dev/null ||
+    { say "the server did not start (see $home/postgres.log)"; exit 1; }
+  say "resumed the server of $resume"
+  exit 0
+fi
 
 if [ -n "$stop" ]; then
   [ -d "$stop/pgdata/data" ] || { say "no server data in $stop/pgdata"; exit 1; }
@@ -94,7 +119,7 @@ fi
 data="$data_home/data"
 
 random_secret() { head -c 24 /dev/urandom | base64 | tr -d '/+='; }
-owner_password="$(random_secret)"   # the superuser's: used below, then forgotten
+owner_password="$(random_secret)"   # the superuser's: kept in DIR/pgpass (tests make roles)
 password="$(random_secret)"         # the `keyward` role's: kept in DIR/pgpass only
 pwfile="$(mktemp)"
 printf '%s\n' "$owner_password" >"$pwfile"
@@ -106,21 +131,25 @@ as_owner "$bin/initdb" -D "$data" -A scram-sha-256 -U pgowner --pwfile="$pwfile"
   { rm -f "$pwfile"; say "initdb failed (see $dir/initdb.log)"; exit 1; }
 rm -f "$pwfile"
 
-as_owner "$bin/pg_ctl" -D "$data" -l "$data_home/postgres.log" -w -t 60 start \
-  -o "-c listen_addresses=127.0.0.1 -p $port -k $data_home" >/dev/null ||
+# The listening settings live in the data directory, so --resume starts the same server.
+printf "listen_addresses = '127.0.0.1'\nport = %s\nunix_socket_directories = '%s'\n" \
+  "$port" "$data_home" | as_owner tee -a "$data/postgresql.auto.conf" >/dev/null
+as_owner "$bin/pg_ctl" -D "$data" -l "$data_home/postgres.log" -w -t 60 start >/dev/null ||
   { say "the server did not start (see $data_home/postgres.log)"; exit 1; }
 
 as_owner env PGPASSWORD="$owner_password" "$bin/psql" -X -q -v ON_ERROR_STOP=1 \
   -h 127.0.0.1 -p "$port" -U pgowner -d postgres \
   -c "CREATE ROLE keyward LOGIN PASSWORD '$password'" \
   -c "CREATE DATABASE keyward OWNER keyward" >/dev/null
-unset owner_password
 
 umask 077
-printf '127.0.0.1:%s:keyward:keyward:%s\n' "$port" "$password" >"$dir/pgpass"
+printf '127.0.0.1:%s:*:keyward:%s\n127.0.0.1:%s:*:pgowner:%s\n' \
+  "$port" "$password" "$port" "$owner_password" >"$dir/pgpass"
+unset owner_password
 chmod 600 "$dir/pgpass"
 cat >"$dir/postgres.env" <<EOF
 KEYWARD_TEST_PG=postgres://keyward@127.0.0.1:$port/keyward
+KEYWARD_TEST_PG_ADMIN=postgres://pgowner@127.0.0.1:$port/postgres
 PGPASSFILE=$dir/pgpass
 EOF
 say "server up on 127.0.0.1:$port (data in $data, log $data_home/postgres.log)"

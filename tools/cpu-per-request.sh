@@ -12,6 +12,7 @@
 # DRIVER=c: a small C client (compiled with cc) sends the same request bytes instead of the
 # Python one: a client that sends its next request within microseconds, like the benches'.
 # SPIN_US=N: the agent with `[server] spin_us = N` (0: no spin after an answer; unset: default).
+# EXTRA_TOML='...': appended to the agent's config (e.g. $'[audit]\nsync_ms = 1000').
 set -euo pipefail
 bin="${1:?usage: cpu-per-request.sh KEYWARDD [N]}"
 n="${2:-3000}"
@@ -25,6 +26,7 @@ cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; 
 trap cleanup EXIT
 export KEYWARD_DEV_PIN=cpu-pin-1234 KEYWARD_SOCK="$work/agent.sock"
 bash "$repo/softhsm-setup.sh" --dir "$work" >/dev/null 2>&1
+[ -n "${EXTRA_TOML:-}" ] && printf '\n%s\n' "$EXTRA_TOML" >>"$work/keyward.toml"
 [ -n "${SPIN_US:-}" ] && printf '\n[server]\nspin_us = %s\n' "$SPIN_US" >>"$work/keyward.toml"
 "$bin" --config "$work/keyward.toml" --log warn 2>"$work/agent.log" &
 pid=$!

@@ -45,7 +45,7 @@
 //! # tty = "/dev/pts/3"    # for pinentry-tty / pinentry-curses
 //! [audit]                 # the audit log (audit.rs); kept by default, even without this table
 //! # enabled = true        # false: no audit log
-//! # path = "audit.log"    # default: audit.log beside the keystore
+//! # path = "audit.log"    # default: audit.log beside the keystore (PostgreSQL: the config)
 //! # required = true       # refuse key operations while the log cannot be written
 //! # checkpoint_every = 1000  # a signed checkpoint every N entries (and at lock/unlock/stop)
 //! # max_bytes = 67108864  # rotate the live file past this size (PATH.1, PATH.2, ...)
@@ -82,7 +82,12 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub socket: Option<PathBuf>,
+    /// The SQLite keystore file (with a PostgreSQL keystore: the default path, used only to
+    /// place files kept beside the keystore, such as the audit log).
     pub keystore: PathBuf,
+    /// `keystore = "postgres://..."` (or a libpq `host=... dbname=...` string): the PostgreSQL
+    /// keystore's location (`keystore/postgres/location.rs`). `None`: SQLite at `keystore`.
+    pub postgres: Option<crate::keystore::postgres::PgLocation>,
     /// The policy file (`policy`), when one is named: rules on which client may do what.
     pub policy: Option<PathBuf>,
     pub root: RootConfig,
@@ -317,14 +322,23 @@ struct RawConfig {
     audit: Option<crate::audit::AuditConfig>,
 }
 
-/// `keystore` must name a SQLite file. A URI (`postgres://...`, `sqlite://...`) or a libpq
-/// keyword string (`host=... dbname=...`) is refused rather than taken as a relative file name:
-/// this build has no database backend, and creating a file called `postgres:` beside the config
-/// would hide the mistake until the keys were needed on another machine.
-fn check_keystore_path(path: &Path) -> Result<(), String> {
+/// `keystore` names a SQLite file, or a PostgreSQL keystore: a `postgres://` (`postgresql://`)
+/// URL or a libpq keyword string (`host=... dbname=...`), parsed here (`Ok(Some(..))`; what it
+/// does not understand, and any password, is an error). Any other URI (`sqlite://...`) or
+/// keyword-like string is refused rather than taken as a relative file name: creating a file
+/// called `postgres:` beside the config would hide the mistake until the keys were needed on
+/// another machine.
+fn check_keystore_path(
+    path: &Path,
+) -> Result<Option<crate::keystore::postgres::PgLocation>, String> {
     let text = path.to_string_lossy();
     if text.trim().is_empty() {
         return Err("keystore: empty path".into());
+    }
+    if crate::keystore::postgres::looks_like_postgres(&text) {
+        return crate::keystore::postgres::PgLocation::parse(&text)
+            .map(Some)
+            .map_err(|e| format!("keystore: PostgreSQL location: {e}"));
     }
     if let Some((scheme, _)) = text.split_once("://") {
         let is_scheme = scheme
@@ -336,24 +350,26 @@ fn check_keystore_path(path: &Path) -> Result<(), String> {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
         if is_scheme {
             return Err(format!(
-                "keystore: {scheme}:// is not supported; `keystore` names a SQLite file \
-                 (a database keystore is not built yet)"
+                "keystore: {scheme}:// is not supported; `keystore` names a SQLite file or a \
+                 PostgreSQL database (postgres://... or host=... dbname=...)"
             ));
         }
     }
-    const LIBPQ_KEYS: &[&str] = &["host", "hostaddr", "dbname", "user", "port", "sslmode"];
+    const LIBPQ_KEYS: &[&str] = &[
+        "host", "hostaddr", "dbname", "user", "port", "sslmode", "password",
+    ];
     let libpq = text.split_whitespace().any(|word| {
         word.split_once('=')
             .is_some_and(|(k, _)| LIBPQ_KEYS.contains(&k))
     });
     if libpq && text.contains(char::is_whitespace) {
         return Err(
-            "keystore: looks like a PostgreSQL connection string; `keystore` names a SQLite \
-             file (a database keystore is not built yet)"
+            "keystore: looks like a PostgreSQL connection string but does not start with a \
+             keyword (host=... dbname=...); not taken as a file name"
                 .into(),
         );
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The default keystore: `$XDG_DATA_HOME/keyward/keystore.db` (`~/.local/share/...`).
@@ -467,7 +483,10 @@ impl Config {
         };
         serde_json::json!({
             "config": path.display().to_string(),
-            "keystore": self.keystore.display().to_string(),
+            "keystore": match &self.postgres {
+                Some(pg) => pg.display(),
+                None => self.keystore.display().to_string(),
+            },
             "policy": self.policy.as_ref().map(|p| p.display().to_string()),
             "audit_log": self.audit.as_ref().and_then(|a| a.path.as_ref()).map(|p| p.display().to_string()),
             "socket": self.socket.as_ref().map(|s| s.display().to_string()),
@@ -518,15 +537,22 @@ impl Config {
                 "server: spin_us must be at most {MAX_SPIN_US}"
             )));
         }
-        if let Some(k) = &raw.keystore {
-            check_keystore_path(k).map_err(invalid)?;
-        }
+        let postgres = match &raw.keystore {
+            Some(k) => check_keystore_path(k).map_err(invalid)?,
+            None => None,
+        };
+        let raw_keystore = if postgres.is_some() {
+            None
+        } else {
+            raw.keystore
+        };
         // The audit log is kept unless `[audit] enabled = false`: without the table, the
-        // defaults (beside the keystore, required). A request waits for its entry's `write`,
+        // defaults (beside the keystore file, or, for a PostgreSQL keystore, which has no file
+        // and is shared by many agents, beside this config file; required). A request waits for its entry's `write`,
         // not its `fdatasync` (audit.rs), so this costs no speed target (README "Audit log").
         let raw_audit = raw.audit.unwrap_or_default();
         raw_audit.check().map_err(invalid)?;
-        let keystore = raw.keystore.map(resolve).unwrap_or_else(default_keystore);
+        let keystore = raw_keystore.map(resolve).unwrap_or_else(default_keystore);
         let audit = Some(raw_audit)
             .filter(|a| a.enabled)
             .map(|a| crate::audit::AuditConfig {
@@ -534,13 +560,17 @@ impl Config {
                     a.path
                         .clone()
                         .map(resolve)
-                        .unwrap_or_else(|| keystore.with_file_name("audit.log")),
+                        .unwrap_or_else(|| match &postgres {
+                            Some(_) => resolve(PathBuf::from("audit.log")),
+                            None => keystore.with_file_name("audit.log"),
+                        }),
                 ),
                 ..a
             });
         Ok(Config {
             socket: raw.socket.map(resolve),
             keystore,
+            postgres,
             policy: raw.policy.map(resolve),
             root,
             extra_roots,
@@ -817,9 +847,12 @@ mod tests {
         let p = Path::new("/etc/kw/keyward.toml");
         let root = "[root]\nkind = \"pkcs11\"\nuri = \"pkcs11:token=a\"\n";
         for bad in [
-            "postgres://kw@db.example/keyward",
-            "postgresql://db/keyward?sslmode=require",
-            "host=db.example dbname=keyward user=kw",
+            "postgres://kw:pw@db.example/keyward",
+            "postgresql://db/keyward?sslmode=sometimes",
+            "host=db.example dbname=keyward password=x",
+            "host=db.example frobnicate=1",
+            "postgres://db/keyward?application_name=x",
+            "mydb host=db.example dbname=keyward",
             "sqlite://ks.db",
             "",
         ] {
@@ -834,7 +867,33 @@ mod tests {
         // Ordinary paths still work, even with '=' or ':' inside a file name.
         for good in ["ks.db", "/var/lib/kw/ks.db", "dir/a=b.db", "c:d.db"] {
             let text = format!("keystore = {good:?}\n{root}");
-            assert!(Config::parse(&text, p).is_ok(), "{good}");
+            let c = Config::parse(&text, p).expect(good);
+            assert!(c.postgres.is_none(), "{good}");
         }
+    }
+
+    /// `keystore = "postgres://..."` and libpq strings are PostgreSQL locations, parsed
+    /// (sslmode default prefer, connect timeout default 5 s), never file paths.
+    #[test]
+    fn a_postgres_keystore_is_parsed() {
+        use crate::keystore::postgres::SslMode;
+        let p = Path::new("/etc/kw/keyward.toml");
+        let root = "[root]\nkind = \"pkcs11\"\nuri = \"pkcs11:token=a\"\n";
+        let text = format!("keystore = \"postgres://kw@db.example/keyward\"\n{root}");
+        let c = Config::parse(&text, p).unwrap();
+        // No keystore file: the audit log's default is beside the config file.
+        let audit = c.audit.as_ref().and_then(|a| a.path.as_deref());
+        assert_eq!(audit, Some(Path::new("/etc/kw/audit.log")));
+        let l = c.postgres.expect("a PostgreSQL location");
+        assert_eq!(l.hosts, vec!["db.example"]);
+        assert_eq!(l.sslmode, SslMode::Prefer);
+        assert_eq!(l.connect_timeout, std::time::Duration::from_secs(5));
+        assert!(!c.keystore.to_string_lossy().contains("postgres"));
+        let text = format!(
+            "keystore = \"host=db dbname=ks user=kw sslmode=verify-full passfile=/etc/kw/pgpass\"\n{root}"
+        );
+        let l = Config::parse(&text, p).unwrap().postgres.unwrap();
+        assert_eq!(l.sslmode, SslMode::VerifyFull);
+        assert_eq!(l.passfile.as_deref(), Some(Path::new("/etc/kw/pgpass")));
     }
 }

@@ -88,6 +88,9 @@ pub enum AgentError {
     KeystoreTampered(Tampering),
     #[error(transparent)]
     Keystore(#[from] KeystoreError),
+    /// `keystore.migrate` failed: the destination, or the check of the copy.
+    #[error(transparent)]
+    Migrate(#[from] crate::keystore::MigrateError),
     #[error("internal error: {0}")]
     Internal(#[source] Internal),
     /// The agent authorization policy revoked this agent key: it cannot be listed again.
@@ -618,6 +621,7 @@ impl AgentError {
             AgentError::Root(r) => r.code(),
             AgentError::KeystoreTampered(_) => ErrorCode::KeystoreTampered,
             AgentError::Keystore(k) => k.code(),
+            AgentError::Migrate(m) => m.code(),
             AgentError::Internal(_) => ErrorCode::Internal,
             AgentError::PolicyDenied(_) => ErrorCode::PolicyDenied,
             AgentError::AgentKeyRevoked { .. } => ErrorCode::KeyInactive,

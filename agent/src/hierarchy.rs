@@ -126,9 +126,6 @@ pub struct Hierarchy {
     pub(crate) keks: Mutex<HashMap<Uuid, Arc<dyn Kek>>>,
     /// Unwrapped software keypair secrets while unlocked (`key_cache.rs`).
     pub(crate) key_cache: crate::key_cache::KeyCache,
-    /// A read-only connection to the keystore file that watches it for commits made by other
-    /// connections (`file_version`).
-    file_watch: Mutex<Option<rusqlite::Connection>>,
     /// The record of the root this agent runs on (one of the enrolled roots, `roots.rs`): the one
     /// `init` made, or the one `unlock` found its backend opens. Root records change (`root
     /// add`/`remove`), so this is the agent's own record only, chosen again at each unlock.
@@ -159,7 +156,6 @@ impl Hierarchy {
             policy,
             keks: Mutex::new(HashMap::new()),
             key_cache: crate::key_cache::KeyCache::new(),
-            file_watch: Mutex::new(None),
             own_root: Mutex::new(None),
             pin_gate: Mutex::new(()),
             seen: Mutex::new((0, 0)),
@@ -322,7 +318,7 @@ impl Hierarchy {
                 .and_then(|t| self.ks.mac_verify(&body, &t));
             if ok != Some(true) {
                 tracing::error!(
-                    keystore = %self.ks.path().display(),
+                    keystore = %self.ks.location(),
                     "keystore_tampered: the stored PIN counter was changed outside the agent (its MAC does not verify); unlock refused until `keywardd reset-pin-attempts`"
                 );
                 return Err(AgentError::KeystoreTampered(Tampering::PinCounter));
@@ -785,44 +781,14 @@ impl Hierarchy {
         }
     }
 
-    /// SQLite's `data_version` of the keystore file, read on a read-only connection of its own:
-    /// it changes whenever any other connection commits to the file (the agent's own, or
-    /// another process editing it), so record copies are dropped after a change made outside
-    /// the agent too, and its MAC check runs at the next request. `None` when the file cannot
-    /// be watched (then no copies are used).
-    fn file_version(&self) -> Option<u64> {
-        let mut w = lock(&self.file_watch);
-        if w.is_none() {
-            let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
-            *w = rusqlite::Connection::open_with_flags(self.ks.path(), flags).ok();
-        }
-        let c = w.as_ref()?;
-        let v = c
-            .prepare_cached("PRAGMA data_version")
-            .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)));
-        match v {
-            Ok(v) => Some(v as u64),
-            Err(_) => {
-                *w = None;
-                None
-            }
-        }
-    }
-
     /// The copy of record `id` of any kind (`None`: no such record), as
     /// [`Hierarchy::record_for_use`]; also what the policy check reads a key's label, kind and
     /// purpose from.
     pub(crate) fn any_record_copy(&self, id: &Uuid) -> Result<Option<Arc<KeyRecord>>, AgentError> {
-        let Some(file) = self.file_version() else {
-            // The file cannot be watched: no copies, every request reads and checks.
-            return match self.ks.get(id)? {
-                Some(r) => Ok(Some(Arc::new(r))),
-                None => Ok(None),
-            };
-        };
-        let (changes, mac) = self.ks.generation();
-        let generation = (changes, mac, file);
+        // The keystore's generation also moves when another process commits to it (SQLite's
+        // `data_version`; a shared database's notifications), so a row edited outside the agent
+        // is read, and its MAC checked, at the next request.
+        let generation = self.ks.generation();
         if let Some(r) = self.key_cache.record(generation, id) {
             return Ok(Some(r));
         }

@@ -20,9 +20,9 @@
 //! keypairs for signatures, DEKs and KEKs for `encrypt`, `decrypt`, `dek.export`, ...), so that a
 //! request's checks (state, usage limits, `not_after`) cost no keystore read and no record MAC
 //! check: the copies are tagged with a [`Generation`] (the keystore's
-//! [`crate::keystore::Keystore::generation`], moved by every record write through the agent and
-//! by loading or dropping the MAC key, and the file's SQLite `data_version`, moved by any other
-//! connection's commit) and all dropped when it moves, so a revocation, a narrowed limit or a row
+//! [`crate::keystore::Keystore::generation`], moved by every record write through the agent, by
+//! any other connection's commit (SQLite's `data_version`; a shared database's notifications)
+//! and by loading or dropping the MAC key) and all dropped when it moves, so a revocation, a narrowed limit or a row
 //! edited outside the agent applies to the very next request, cached key or not.
 //!
 //! This module must never hold token keys (they never leave the token), never hand out the
@@ -43,9 +43,8 @@ pub const CAPACITY: usize = 64;
 pub const RECORDS_MAX: usize = 4096;
 
 /// What record copies are tagged with: [`crate::keystore::Keystore::generation`] (record writes
-/// through the agent, the MAC key's loads and drops) and the keystore file's SQLite
-/// `data_version` (commits by any other connection, `Hierarchy::file_version`).
-pub type Generation = (u64, u64, u64);
+/// through the agent, commits by any other connection or agent, the MAC key's loads and drops).
+pub type Generation = (u64, u64);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -328,22 +327,19 @@ mod tests {
     fn record_copies_last_one_generation() {
         let c = KeyCache::new();
         let rec = Arc::new(KeyRecord::new(KeyKind::Keypair, "soft"));
-        let g = (1, 0, 0);
+        let g = (1, 0);
         assert!(c.record(g, &rec.id).is_none());
         c.keep_record(g, rec.clone());
         assert_eq!(c.record(g, &rec.id).unwrap().id, rec.id);
-        // The keystore was written: every copy goes.
-        assert!(c.record((2, 0, 0), &rec.id).is_none());
+        // The keystore was written (by the agent or another process): every copy goes.
+        assert!(c.record((2, 0), &rec.id).is_none());
         assert_eq!(c.records_len(), 0);
-        c.keep_record((2, 0, 0), rec.clone());
+        c.keep_record((2, 0), rec.clone());
         // The MAC key dropped (lock): the same.
-        assert!(c.record((2, 1, 0), &rec.id).is_none());
-        c.keep_record((2, 1, 0), rec.clone());
-        // Another process committed to the file: the same.
-        assert!(c.record((2, 1, 1), &rec.id).is_none());
-        c.keep_record((2, 1, 1), rec.clone());
+        assert!(c.record((2, 1), &rec.id).is_none());
+        c.keep_record((2, 1), rec.clone());
         c.clear();
-        assert!(c.record((2, 1, 1), &rec.id).is_none());
+        assert!(c.record((2, 1), &rec.id).is_none());
     }
 
     #[test]

@@ -267,7 +267,7 @@ fn record_copies_serve_dek_requests_and_see_changes_made_outside_the_agent() {
     // Change the DEK's row behind the agent's back (another process: the agent's own change
     // count does not move). The file's data_version does: the copies go, the row is read again
     // and its MAC no longer verifies, at the very next request.
-    let c = rusqlite::Connection::open(f.h.ks.path()).unwrap();
+    let c = rusqlite::Connection::open(f.h.ks.path().unwrap()).unwrap();
     let set = |label: &str| {
         c.execute(
             "UPDATE keys SET label = ?1 WHERE id = ?2",

@@ -528,7 +528,7 @@ fn hierarchy_lifecycle_a_tampered_rotation_item_stops_the_swap() {
     f.h.ks.rotation_begin(&pending).unwrap();
     let todo = f.h.ks.rotation_todo(&kek).unwrap();
     // An item written outside the agent (no MAC).
-    let conn = rusqlite::Connection::open(f.h.ks.path()).unwrap();
+    let conn = rusqlite::Connection::open(f.h.ks.path().unwrap()).unwrap();
     conn.execute(
         "INSERT INTO kek_rotation_items (kek, key, version, wrapped) VALUES (?1, ?2, 1, x'00')",
         [kek.to_string(), todo[0].0.id.to_string()],

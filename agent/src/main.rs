@@ -149,7 +149,11 @@ fn start(cli: Cli) -> Result<(), StartError> {
     // SQLite's full check of the keystore runs just after the socket is up (integrity.rs);
     // `reset-pin-attempts` writes, so it checks first, as before.
     let opening = std::time::Instant::now();
-    let (ks, check_pending) = if let Some(Command::ResetPinAttempts) = cli.command {
+    let (ks, check_pending) = if let Some(pg) = &config.postgres {
+        // A PostgreSQL keystore: the server checks its own storage; SQLite's file check does
+        // not apply. A database that is down stops the start within its connect timeout.
+        (Keystore::open_postgres(pg), false)
+    } else if let Some(Command::ResetPinAttempts) = cli.command {
         (Keystore::open(&config.keystore), false)
     } else {
         match Keystore::open_deferring_check(&config.keystore) {
@@ -164,10 +168,7 @@ fn start(cli: Cli) -> Result<(), StartError> {
     if let Some(Command::ResetPinAttempts) = cli.command {
         h.reset_pin_attempts()
             .map_err(StartError::ResetPinAttempts)?;
-        eprintln!(
-            "keywardd: wrong-PIN counter reset in {}",
-            ks.path().display()
-        );
+        eprintln!("keywardd: wrong-PIN counter reset in {}", ks.location());
         return Ok(());
     }
 
@@ -177,7 +178,9 @@ fn start(cli: Cli) -> Result<(), StartError> {
             let path = a
                 .path
                 .clone()
-                .unwrap_or_else(|| ks.path().with_file_name("audit.log"));
+                // Resolved by config.rs (beside the keystore file, or beside the config
+                // file for a database keystore); this default is for a config built otherwise.
+                .unwrap_or_else(|| ks.path().unwrap_or(&path).with_file_name("audit.log"));
             Some(
                 keyward_agent::audit::Audit::open(a, &path, h.clone())
                     .map_err(StartError::Audit)?,
@@ -281,8 +284,8 @@ fn start(cli: Cli) -> Result<(), StartError> {
         };
         // The socket is up: now the keystore's full check, on a thread of its own; key
         // operations wait for it (hello and lock answer at once).
-        let check = if check_pending {
-            keyward_agent::integrity::KeystoreCheck::start(ks.path().to_path_buf())
+        let check = if let (true, Some(file)) = (check_pending, ks.path()) {
+            keyward_agent::integrity::KeystoreCheck::start(file.to_path_buf())
                 .map_err(StartError::KeystoreCheck)?
         } else {
             // Checked at open, before a migration (its time is at most the whole open's).
@@ -294,7 +297,7 @@ fn start(cli: Cli) -> Result<(), StartError> {
         tracing::info!(
             socket = %bound.path().display(),
             activated,
-            keystore = %ks.path().display(),
+            keystore = %ks.location(),
             root = %h.describe(),
             "keywardd listening"
         );

@@ -242,6 +242,7 @@ impl Service {
                 .as_ref()
                 .is_none_or(|a| !a.required() || a.acknowledges_before_sync())
             && self.h.keystore_settled()
+            && self.h.ks.is_local()
     }
 
     /// Handle one request: decode, check access, run, encode. Failures are logged by code only
@@ -560,7 +561,7 @@ impl Handler for Service {
             ops: Op::ALL.iter().map(|o| o.name().to_string()).collect(),
             ssh_socket: self.ssh.as_ref().map(|s| s.0.clone()),
             config: self.config_path.clone(),
-            keystore: Some(self.h.ks.path().display().to_string()),
+            keystore: Some(self.h.ks.location()),
             pin_attempts_left: Some(self.h.pin_attempts_left()),
             keystore_check,
             audit_log: self.audit.as_ref().map(|a| a.path().display().to_string()),
@@ -1105,6 +1106,24 @@ impl Handler for Service {
                 previous_keys: Vec::new(),
             }),
         }
+    }
+
+    fn keystore_migrate(&self, a: KeystoreMigrateArgs) -> Result<KeystoreMigrated, AgentError> {
+        let r = self.h.ks.migrate_to(&a.to)?;
+        tracing::info!(to = %r.to, rows = r.counts.total(), ms = r.ms, "keystore copied and checked");
+        Ok(KeystoreMigrated {
+            to: r.to,
+            tables: r
+                .counts
+                .tables()
+                .iter()
+                .map(|(table, rows)| TableCount {
+                    table: table.to_string(),
+                    rows: *rows,
+                })
+                .collect(),
+            ms: r.ms,
+        })
     }
 
     fn random(&self, a: RandomArgs) -> Result<RandomBytes, AgentError> {

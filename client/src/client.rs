@@ -827,6 +827,13 @@ impl Client {
         self.call::<op::AuditInfo>(&Empty {}).await
     }
 
+    /// Copy the keystore into a new, empty one at `to` (an absolute path), checked record by
+    /// record (`keystore.migrate`).
+    pub async fn keystore_migrate(&self, to: &str) -> Result<KeystoreMigrated, ClientError> {
+        self.call::<op::KeystoreMigrate>(&KeystoreMigrateArgs { to: to.to_string() })
+            .await
+    }
+
     pub async fn root_info(&self) -> Result<RootInfoResult, ClientError> {
         self.call::<op::RootInfo>(&Empty {}).await
     }

@@ -139,6 +139,9 @@ enum Command {
     /// Copy the keystore to a file, or put such a copy back (it holds only wrapped keys).
     #[command(subcommand)]
     Backup(BackupCmd),
+    /// The keystore itself: `keystore migrate --to DEST` copies it into a new one, checked.
+    #[command(subcommand)]
+    Keystore(KeystoreCmd),
     /// The agent's policy file: `policy check` validates one and explains a decision (offline).
     #[command(subcommand)]
     Policy(policy_cmds::PolicyCmd),
@@ -151,6 +154,18 @@ enum Command {
     /// Offline and social recovery: the recovery words, trustees' shares, restore.
     #[command(subcommand)]
     Recovery(recovery_cmds::RecoveryCmd),
+}
+
+#[derive(Subcommand)]
+enum KeystoreCmd {
+    /// Copy the whole keystore into a new, empty keystore at DEST (a file path), then read every
+    /// copied record back and check it with the keystore MAC key. Needs the agent unlocked;
+    /// the agent keeps using its keystore (switch with: stop, set `keystore = DEST`, start).
+    Migrate {
+        /// The new keystore (must not exist, or be empty).
+        #[arg(long)]
+        to: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -532,6 +547,38 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         }
         Command::Kek(KekCmd::Revoke { id }) => revoked_out(c.kek_revoke(id).await?),
         Command::Root(cmd) => root_cmd(&c, cmd).await?,
+        Command::Keystore(KeystoreCmd::Migrate { to }) => {
+            // The agent resolves nothing against its own working directory: send an absolute
+            // path.
+            let text = to
+                .to_str()
+                .ok_or_else(|| format!("{}: not UTF-8", to.display()))?;
+            // A URL goes as it is (the agent says whether it has that backend).
+            let to = if text.contains("://") {
+                text.to_string()
+            } else {
+                std::path::absolute(to)
+                    .map_err(|e| format!("{}: {e}", to.display()))?
+                    .to_str()
+                    .ok_or_else(|| format!("{}: not UTF-8", to.display()))?
+                    .to_string()
+            };
+            let r = c.keystore_migrate(&to).await?;
+            let mut text = format!(
+                "copied the keystore to {} and checked it ({} ms)\n",
+                r.to, r.ms
+            );
+            for t in &r.tables {
+                text.push_str(&format!("  {:<20} {}\n", t.table, t.rows));
+            }
+            text.push_str("the agent still uses its keystore: to switch, stop it, set `keystore` to the copy in its config, and start it\n");
+            let tables: serde_json::Map<String, serde_json::Value> = r
+                .tables
+                .iter()
+                .map(|t| (t.table.clone(), json!(t.rows)))
+                .collect();
+            out(text, json!({"to": r.to, "ms": r.ms, "tables": tables}))
+        }
         Command::Kek(KekCmd::Rotate {
             id,
             drop_root,
@@ -840,6 +887,18 @@ async fn backup_cmd(cli: &Cli, cmd: &BackupCmd) -> Result<Out, Failure> {
                         .to_string()
                 })?,
             };
+            // The agent names a database keystore by its location (`postgres://...`), never
+            // a file: this command copies SQLite files only.
+            if keystore.to_string_lossy().starts_with("postgres://") {
+                return Err(format!(
+                    "the agent serves a PostgreSQL keystore ({}): `backup export` copies a \
+                     SQLite keystore file; back the database up with the database's own tools \
+                     (pg_dump), or copy the keystore into a file with `keyward keystore migrate \
+                     --to /absolute/path.db`",
+                    keystore.display()
+                )
+                .into());
+            }
             let s = backup::export(&keystore, output, *force)?;
             Ok(out(s.to_text("wrote", output), s.to_json(output)))
         }

@@ -102,6 +102,13 @@ pub enum ErrorCode {
     /// `key.limits` asked to widen a key's limits (add a usage, drop confirmation, a later or
     /// no `not_after`): limits only narrow.
     LimitsWidened,
+    /// The keystore's database cannot be reached (down, refusing, or not answering within its
+    /// connect timeout): nothing was changed; retry when it is back. Keys already open in the
+    /// agent keep working.
+    KeystoreUnavailable,
+    /// Another agent changed the record since it was read (a shared keystore's optimistic
+    /// concurrency): nothing was changed; retry.
+    Conflict,
     /// A code this client does not know (from a newer agent).
     #[serde(other)]
     Unknown,
@@ -149,6 +156,8 @@ impl ErrorCode {
             ErrorCode::UsageDenied => "usage_denied",
             ErrorCode::KeyExpired => "key_expired",
             ErrorCode::LimitsWidened => "limits_widened",
+            ErrorCode::KeystoreUnavailable => "keystore_unavailable",
+            ErrorCode::Conflict => "conflict",
             ErrorCode::Unknown => "unknown",
         }
     }

@@ -1102,3 +1102,27 @@ pub struct RestoredResult {
     #[serde(default)]
     pub absent_roots: Vec<String>,
 }
+
+/// `keystore.migrate` arguments: the new, empty keystore to copy into (an absolute SQLite file
+/// path; it must not exist or be empty).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeystoreMigrateArgs {
+    pub to: String,
+}
+
+/// One table of a `keystore.migrate`: the rows copied and checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableCount {
+    pub table: String,
+    pub rows: u64,
+}
+
+/// `keystore.migrate` result: the destination, the rows copied and checked per table, and how
+/// long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeystoreMigrated {
+    pub to: String,
+    pub tables: Vec<TableCount>,
+    pub ms: u64,
+}

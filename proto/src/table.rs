@@ -274,6 +274,9 @@ operations! {
     /// The audit log's path, and the audit key and chain head from the keystore (for
     /// `keyward audit verify`).
     AuditInfo, audit_info, "audit.info": Empty => AuditInfoResult, Always;
+    /// Copy the whole keystore into a new, empty one and check the copy record by record
+    /// (README "Moving the keystore").
+    KeystoreMigrate, keystore_migrate, "keystore.migrate": KeystoreMigrateArgs => KeystoreMigrated, Unlocked;
 }
 
 #[cfg(test)]

@@ -331,6 +331,15 @@ fn every_request_validates() {
         // The PKCS#11 module's operations.
         (Op::RootInfo, req(Op::RootInfo, &Empty {})),
         (Op::AuditInfo, req(Op::AuditInfo, &Empty {})),
+        (
+            Op::KeystoreMigrate,
+            req(
+                Op::KeystoreMigrate,
+                &KeystoreMigrateArgs {
+                    to: "/home/u/new/keystore.db".into(),
+                },
+            ),
+        ),
         (Op::UnlockPrompt, req(Op::UnlockPrompt, &Empty {})),
         (
             Op::SignDigest,
@@ -867,6 +876,17 @@ fn every_response_validates() {
         ),
         Response::ok(
             1,
+            &KeystoreMigrated {
+                to: "/home/u/new/keystore.db".into(),
+                tables: vec![TableCount {
+                    table: "keys".into(),
+                    rows: 12,
+                }],
+                ms: 40,
+            },
+        ),
+        Response::ok(
+            1,
             &AuditInfoResult {
                 path: Some("/home/u/.local/share/keyward/audit.log".into()),
                 required: true,
@@ -949,6 +969,8 @@ fn every_response_validates() {
         ErrorCode::UsageDenied,
         ErrorCode::KeyExpired,
         ErrorCode::LimitsWidened,
+        ErrorCode::KeystoreUnavailable,
+        ErrorCode::Conflict,
         ErrorCode::KeystoreChecking,
     ];
     for code in codes {

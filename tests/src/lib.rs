@@ -21,6 +21,7 @@
 //! - [`client`]: the client library, common set-ups, error-code assertions;
 //! - [`raw`]: the raw protocol client (hand-made CBOR frames);
 //! - [`python`]: a raw-socket client in Python (a program other than the CLI);
+//! - [`postgres`]: a throwaway PostgreSQL server and databases for a keystore on it;
 //! - [`faults`]: fault injection (a tmpfs to fill or make read-only, a seeded RNG);
 //! - [`util`]: the time bound, polling, paths, file modes and users.
 
@@ -31,6 +32,7 @@ pub mod faults;
 pub mod kind;
 pub mod pinentry;
 pub mod pkcs11;
+pub mod postgres;
 pub mod process;
 pub mod python;
 pub mod raw;

@@ -23,6 +23,10 @@ mod key_lifecycle;
 mod keys;
 #[path = "e2e/keystore_check.rs"]
 mod keystore_check;
+#[path = "e2e/keystore_migrate.rs"]
+mod keystore_migrate;
+#[path = "e2e/keystore_postgres.rs"]
+mod keystore_postgres;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/limits.rs"]

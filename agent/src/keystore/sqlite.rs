@@ -1,79 +1,50 @@
-//! The keystore: wrapped keys and their metadata, in SQLite.
+//! The SQLite backend of the keystore (the embedded default): every SQL statement and every
+//! `rusqlite` type of the keystore lives here and in `sqlite_roots.rs`, nowhere else.
 //!
-//! One row per key (root, KEK, DEK, keypair) with the fields ARCHITECTURE.md lists: id, kind, label,
-//! parent, scheme, wrapped bytes, public key, purpose, version, times and state. The file is opened
-//! with WAL and `synchronous=FULL`, so a write that returned is on disk; writes that replace keys
-//! run in transactions, so a crash leaves the old or the new state, never neither. The schema is
-//! versioned (`PRAGMA user_version`) and migrated forward in one transaction at open.
-//!
-//! It must never hold a key in the clear: every key material column is wrapped by its parent
-//! (or, for the root, is only a reference to where the root lives).
-//!
-//! Integrity (schema v4): every row of `keys` and `revocations` carries `mac`, an HMAC-SHA256
-//! under the keystore MAC key ([`MacKey`], itself a key of the hierarchy, loaded by the hierarchy
-//! while unlocked) over a canonical, length-prefixed encoding of every other column. While a MAC
-//! key is loaded, every read here checks it — this is the one place records are verified — and a
-//! missing or wrong MAC is [`KeystoreError::Tampered`], naming the record; every write MACs what it
-//! writes. The tables of schema v7 (`key_versions`, the KEK rotation journal `kek_rotations` and
-//! `kek_rotation_items`) are MAC'd the same way, each with its own domain string, and so are
-//! those of v9 (several roots per KEK: `kek_wraps`, `kek_rotation_wraps`, and the MAC'd list of
-//! root ids in `meta`; `keystore_roots.rs`).
+//! One row per key in `keys`, with WAL and `synchronous=FULL`, so a write that returned is on
+//! disk; writes that replace keys run in transactions, so a crash leaves the old or the new state,
+//! never neither. The schema is versioned (`PRAGMA user_version`) and migrated forward in one
+//! transaction at open ([`MIGRATIONS`], append only). What a row's MAC covers is not decided here
+//! but in `records.rs` (shared with every backend); this module reads and writes the columns and
+//! checks or makes the MACs with the [`MacKey`] its [`MacState`] holds.
 //!
 //! The file is created 0600 (never wider, whatever the umask) and checked with SQLite's
-//! `PRAGMA integrity_check` at open: a damaged file is [`KeystoreError::Damaged`], naming it, and is
-//! never re-created. `keywardd` defers that check to just after its socket is up
-//! ([`Keystore::open_deferring_check`], [`Keystore::check_file`], `integrity.rs`). On a read-only file system an existing keystore is opened read-only (reads
-//! work, every write fails with SQLite's `ReadOnly`); a full disk fails the write (`DiskFull`),
-//! rolled back. Both say so in their message ([`sql_text`]).
+//! `PRAGMA integrity_check` at open: a damaged file is [`KeystoreError::Damaged`], naming it, and
+//! is never re-created. `keywardd` defers that check to just after its socket is up
+//! ([`SqliteStore::open_deferring_check`], [`SqliteStore::check_file`], `integrity.rs`). On a
+//! read-only file system an existing keystore is opened read-only (reads work, every write fails
+//! with SQLite's `ReadOnly`); a full disk fails the write (`DiskFull`), rolled back. Both say so
+//! in their message ([`SqlError`]).
+//!
+//! It must never hold a key in the clear, never write a MAC'd row without its MAC while a MAC key
+//! is loaded, and never return a row that does not verify while one is loaded.
 
-use hmac::{Hmac, Mac};
+use super::records::*;
+use super::KeystoreError;
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use sha2::Sha256;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use thiserror::Error;
+use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
-use zeroize::Zeroizing;
 
-#[derive(Debug, Error)]
-#[non_exhaustive]
-pub enum KeystoreError {
-    #[error("keystore {op}: {}", sql_text(source))]
-    Sql {
-        op: &'static str,
-        source: rusqlite::Error,
-    },
-    #[error("keystore {op}: {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("keystore schema version {found} is newer than this agent's {supported}")]
-    TooNew { found: i64, supported: i64 },
-    #[error("keystore record {id} is corrupt: {what}")]
-    Corrupt { id: String, what: String },
-    /// A record's MAC is missing or does not verify: it was written by something other than this
-    /// agent (or a copy of it was moved between records).
-    #[error("keystore record {id} was modified outside the agent ({what}): refusing to use it; restore the keystore from a backup")]
-    Tampered { id: String, what: String },
-    /// SQLite's own checks fail: the file is damaged. It is never re-created.
-    #[error("keystore {path} is damaged ({detail}): keywardd will not use or re-create it; restore it from a backup")]
-    Damaged { path: PathBuf, detail: String },
+#[path = "sqlite_copy.rs"]
+mod copy;
+#[path = "sqlite_roots.rs"]
+mod roots;
+
+/// An SQLite error, as [`KeystoreError::Sql`] carries it (no `rusqlite` type in the keystore's
+/// API). Its text says what a full disk or a read-only file system means.
+#[derive(Debug)]
+pub struct SqlError(pub(super) rusqlite::Error);
+
+impl std::fmt::Display for SqlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&sql_text(&self.0))
+    }
 }
 
-impl KeystoreError {
-    /// The wire error code. Every variant is listed (no catch-all).
-    pub fn code(&self) -> keyward_proto::ErrorCode {
-        use keyward_proto::ErrorCode;
-        match self {
-            KeystoreError::Tampered { .. } => ErrorCode::KeystoreTampered,
-            KeystoreError::Sql { .. }
-            | KeystoreError::Io { .. }
-            | KeystoreError::TooNew { .. }
-            | KeystoreError::Corrupt { .. }
-            | KeystoreError::Damaged { .. } => ErrorCode::KeystoreError,
-        }
+impl std::error::Error for SqlError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
     }
 }
 
@@ -91,12 +62,15 @@ fn sql_text(e: &rusqlite::Error) -> String {
     }
 }
 
-fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> KeystoreError {
-    move |source| KeystoreError::Sql { op, source }
+pub(super) fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> KeystoreError {
+    move |source| KeystoreError::Sql {
+        op,
+        source: SqlError(source),
+    }
 }
 
 /// Schema migrations: entry `n` takes the schema from version `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // v1: keys and agent metadata.
     "CREATE TABLE keys (
         id          TEXT PRIMARY KEY,
@@ -249,223 +223,6 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE keys ADD COLUMN not_after INTEGER;",
 ];
 
-/// Meta row the v4 migration leaves when it found records written before v4 (without MACs).
-pub const META_UPGRADE: &str = "integrity_upgrade";
-
-// ---- integrity ------------------------------------------------------------------------------
-
-/// The keystore MAC key: 32 bytes, zeroized on drop, on `mlock`ed memory where the limit allows.
-/// Held only while the agent is unlocked.
-pub struct MacKey {
-    key: Box<Zeroizing<[u8; 32]>>,
-    _lock: Option<region::LockGuard>,
-}
-
-impl MacKey {
-    pub fn new(key: Zeroizing<[u8; 32]>) -> MacKey {
-        let key = Box::new(key);
-        let lock = region::lock(key.as_ptr(), 32).ok();
-        MacKey { key, _lock: lock }
-    }
-
-    fn mac(&self, body: &[u8]) -> Option<Hmac<Sha256>> {
-        // HMAC takes keys of any length: this does not fail.
-        let key: &[u8] = &self.key[..];
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
-        m.update(body);
-        Some(m)
-    }
-
-    /// The MAC of `body` (an [`Encoder`] output).
-    pub fn tag(&self, body: &[u8]) -> Vec<u8> {
-        self.mac(body)
-            .map(|m| m.finalize().into_bytes().to_vec())
-            .unwrap_or_default()
-    }
-
-    /// Constant-time check of `tag` against `body`.
-    pub fn verify(&self, body: &[u8], tag: &[u8]) -> bool {
-        self.mac(body).is_some_and(|m| m.verify_slice(tag).is_ok())
-    }
-}
-
-impl std::fmt::Debug for MacKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MacKey(..)")
-    }
-}
-
-/// Canonical encoding for MACs: a domain string, then each field as a presence byte and, when
-/// present, a 4-byte big-endian length and the bytes. Unambiguous for any field contents.
-pub struct Encoder(Vec<u8>);
-
-impl Encoder {
-    pub fn new(domain: &str) -> Encoder {
-        let mut e = Encoder(Vec::with_capacity(256));
-        e.field(Some(domain.as_bytes()));
-        e
-    }
-    pub fn field(&mut self, v: Option<&[u8]>) -> &mut Self {
-        match v {
-            None => self.0.push(0),
-            Some(b) => {
-                self.0.push(1);
-                self.0.extend_from_slice(&(b.len() as u32).to_be_bytes());
-                self.0.extend_from_slice(b);
-            }
-        }
-        self
-    }
-    pub fn text(&mut self, v: Option<&str>) -> &mut Self {
-        self.field(v.map(str::as_bytes))
-    }
-    pub fn num(&mut self, v: Option<u64>) -> &mut Self {
-        self.field(v.map(|n| n.to_be_bytes()).as_ref().map(|b| &b[..]))
-    }
-    pub fn finish(self) -> Vec<u8> {
-        self.0
-    }
-}
-
-/// What a key row's MAC covers: every column but `mac`, in schema order. `certificate` (v5) is
-/// appended only when present: a row without one has the v4 body, so MACs written before v5
-/// still verify, while setting, changing or removing a certificate changes the body (the
-/// encoding is length-prefixed, so the longer body can never equal the shorter one).
-/// `min_version` (v7) likewise: when set, the certificate field is always written (absent or
-/// present) and then the minimum, so the field sequence, and so the bytes, differ from every
-/// body without one. Usage limits (v10, `usage` and `not_after`) likewise: when either is set,
-/// certificate, minimum, usage and not-after are all written (each absent or present), four
-/// fields where bodies without limits have at most two.
-fn record_body(r: &KeyRecord) -> Vec<u8> {
-    let mut e = Encoder::new("keyward/keystore/keys/v4");
-    e.text(Some(&r.id.to_string()))
-        .text(Some(r.kind.as_str()))
-        .text(r.label.as_deref())
-        .text(r.parent.map(|p| p.to_string()).as_deref())
-        .text(Some(&r.scheme))
-        .field(r.wrapped.as_deref())
-        .field(r.public_key.as_deref())
-        .text(r.locator.as_deref())
-        .text(r.purpose.map(Purpose::as_str))
-        .num(Some(r.exportable as u64))
-        .num(Some(u64::from(r.version)))
-        .num(Some(r.created))
-        .num(r.rotated)
-        .text(Some(r.state.as_str()))
-        .text(r.name.as_deref())
-        .text(r.issuer.map(|p| p.to_string()).as_deref())
-        .field(r.statement.as_deref())
-        .text(r.algorithm.map(Algorithm::as_str))
-        .num(Some(u64::from(r.ssh.0)));
-    let limited = r.usage.is_some() || r.not_after.is_some();
-    match (limited, r.min_version, &r.certificate) {
-        (false, None, None) => {}
-        (false, None, Some(cert)) => {
-            e.field(Some(cert));
-        }
-        (false, Some(min), cert) => {
-            e.field(cert.as_deref()).num(Some(u64::from(min)));
-        }
-        (true, min, cert) => {
-            e.field(cert.as_deref())
-                .num(min.map(u64::from))
-                .num(r.usage.map(u64::from))
-                .num(r.not_after);
-        }
-    }
-    e.finish()
-}
-
-/// What a `key_versions` row's MAC covers: the key's id, the version, the wrapped key and when
-/// it was made (so a row cannot move to another key or version).
-fn version_body(v: &KeyVersion) -> Vec<u8> {
-    let mut e = Encoder::new("keyward/keystore/key_versions/v7");
-    e.text(Some(&v.key.to_string()))
-        .num(Some(u64::from(v.version)))
-        .field(Some(&v.wrapped))
-        .num(Some(v.created));
-    e.finish()
-}
-
-/// A KEK rotation in progress (`kek_rotations`): the new KEK, wrapped under the root.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingRotation {
-    pub kek: Uuid,
-    pub wrapped: Vec<u8>,
-    pub scheme: String,
-    pub started: u64,
-}
-
-fn rotation_body(r: &PendingRotation) -> Vec<u8> {
-    let mut e = Encoder::new("keyward/keystore/kek_rotations/v7");
-    e.text(Some(&r.kek.to_string()))
-        .field(Some(&r.wrapped))
-        .text(Some(&r.scheme))
-        .num(Some(r.started));
-    e.finish()
-}
-
-/// One child's wrap under the new KEK, written before the swap (`kek_rotation_items`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RotationItem {
-    pub kek: Uuid,
-    pub key: Uuid,
-    /// 1: the key row's `wrapped`; ≥ 2: a `key_versions` row.
-    pub version: u32,
-    pub wrapped: Vec<u8>,
-}
-
-fn item_body(i: &RotationItem) -> Vec<u8> {
-    let mut e = Encoder::new("keyward/keystore/kek_rotation_items/v7");
-    e.text(Some(&i.kek.to_string()))
-        .text(Some(&i.key.to_string()))
-        .num(Some(u64::from(i.version)))
-        .field(Some(&i.wrapped));
-    e.finish()
-}
-
-/// A DEK version above 1 (version 1 is the key row's own `wrapped`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyVersion {
-    pub key: Uuid,
-    pub version: u32,
-    pub wrapped: Vec<u8>,
-    pub created: u64,
-}
-
-/// What a revocation row's MAC covers.
-fn revocation_body(r: &Revocation) -> Vec<u8> {
-    let mut e = Encoder::new("keyward/keystore/revocations/v4");
-    e.text(Some(&r.id.to_string()))
-        .text(Some(&r.revoked.to_string()))
-        .text(Some(&r.issuer.to_string()))
-        .field(Some(&r.statement))
-        .num(Some(r.created));
-    e.finish()
-}
-
-fn check_mac(key: &MacKey, id: &str, body: &[u8], mac: Option<&[u8]>) -> Result<(), KeystoreError> {
-    let tampered = |what: &str| KeystoreError::Tampered {
-        id: id.to_string(),
-        what: what.to_string(),
-    };
-    match mac {
-        None => Err(tampered("no MAC")),
-        Some(tag) if key.verify(body, tag) => Ok(()),
-        Some(_) => Err(tampered("its MAC does not verify")),
-    }
-}
-
-/// A meta row MAC'd under the keystore MAC key, for [`Keystore::rekey_integrity`]: the rows its
-/// MAC covers (`values`, read inside the transaction, `None` when absent), the row holding the
-/// MAC (hex), and the body the owner MACs (from those values, in that order).
-#[derive(Clone, Copy)]
-pub struct MetaMac {
-    pub values: &'static [&'static str],
-    pub mac: &'static str,
-    pub body: fn(&[Option<String>]) -> Vec<u8>,
-}
-
 /// Set (`Some`) or delete (`None`) meta rows on `conn` (a transaction's, by deref): the one
 /// place the keystore writes `meta`, for every caller that does it inside a larger transaction.
 pub(crate) fn put_metas(
@@ -556,244 +313,8 @@ fn rekey_test_fail() -> Result<(), KeystoreError> {
     Ok(())
 }
 
-/// A row read with the key loaded: parse errors are tampering too (the agent never writes them).
-fn verified(
-    key: Option<&MacKey>,
-    id: &str,
-    parsed: Result<KeyRecord, KeystoreError>,
-    mac: Option<Vec<u8>>,
-) -> Result<KeyRecord, KeystoreError> {
-    match (key, parsed) {
-        (None, parsed) => parsed,
-        (Some(_), Err(KeystoreError::Corrupt { what, .. })) => Err(KeystoreError::Tampered {
-            id: id.to_string(),
-            what,
-        }),
-        (Some(_), Err(e)) => Err(e),
-        (Some(k), Ok(r)) => {
-            check_mac(k, id, &record_body(&r), mac.as_deref())?;
-            Ok(r)
-        }
-    }
-}
-
-/// What a key is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyKind {
-    Root,
-    Kek,
-    Dek,
-    Keypair,
-    /// A secret that is not a key of its own (a node-key derivation secret).
-    Secret,
-    /// The keystore integrity key: its KEK (parent: the root) and its secret (parent: that KEK).
-    Integrity,
-}
-
-impl KeyKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyKind::Root => "root",
-            KeyKind::Kek => "kek",
-            KeyKind::Dek => "dek",
-            KeyKind::Keypair => "keypair",
-            KeyKind::Secret => "secret",
-            KeyKind::Integrity => "integrity",
-        }
-    }
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "root" => KeyKind::Root,
-            "kek" => KeyKind::Kek,
-            "dek" => KeyKind::Dek,
-            "keypair" => KeyKind::Keypair,
-            "secret" => KeyKind::Secret,
-            "integrity" => KeyKind::Integrity,
-            _ => return None,
-        })
-    }
-}
-
-/// A key's life-cycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyState {
-    Active,
-    Retired,
-    Revoked,
-}
-
-impl KeyState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyState::Active => "active",
-            KeyState::Retired => "retired",
-            KeyState::Revoked => "revoked",
-        }
-    }
-    fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "active" => KeyState::Active,
-            "retired" => KeyState::Retired,
-            "revoked" => KeyState::Revoked,
-            _ => return None,
-        })
-    }
-}
-
-/// One keystore row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyRecord {
-    pub id: Uuid,
-    pub kind: KeyKind,
-    pub label: Option<String>,
-    pub parent: Option<Uuid>,
-    /// Wrapping scheme (`aes-kwp`, `ecdh-p256`, `pbkdf2`, ...) or, for a root, its kind.
-    pub scheme: String,
-    pub wrapped: Option<Vec<u8>>,
-    pub public_key: Option<Vec<u8>>,
-    /// Where a key that is not wrapped lives (a PKCS#11 URI for a token root).
-    pub locator: Option<String>,
-    pub purpose: Option<Purpose>,
-    pub exportable: bool,
-    pub version: u32,
-    pub created: u64,
-    pub rotated: Option<u64>,
-    pub state: KeyState,
-    /// A node key's name (unique among active keys).
-    pub name: Option<String>,
-    /// The keypair that vouched for this one (node keys).
-    pub issuer: Option<Uuid>,
-    /// The signed statement that vouches for this key (a COSE_Sign1 delegation).
-    pub statement: Option<Vec<u8>>,
-    /// Keypairs: their algorithm.
-    pub algorithm: Option<Algorithm>,
-    /// Keypairs: how the SSH door offers them (MAC'd like every other column: a flipped
-    /// `confirm` bit is tampering).
-    pub ssh: SshFlags,
-    /// Keypairs: an X.509 certificate for the key (DER), if one was set.
-    pub certificate: Option<Vec<u8>>,
-    /// DEKs: the oldest version that still decrypts (`None`: 1).
-    pub min_version: Option<u32>,
-    /// DEKs and keypairs: usage limits as a bit set (`crate::limits::Limits::bits`); `None`:
-    /// the kind's default usages (every key made before v10, or without limits).
-    pub usage: Option<u32>,
-    /// DEKs and keypairs: Unix seconds after which the key is refused (`key_expired`).
-    pub not_after: Option<u64>,
-}
-
-/// A signed revocation of a key, as kept for chain export.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Revocation {
-    pub id: Uuid,
-    pub revoked: Uuid,
-    pub issuer: Uuid,
-    pub statement: Vec<u8>,
-    pub created: u64,
-}
-
-impl KeyRecord {
-    /// A fresh active record of `kind`, created now.
-    pub fn new(kind: KeyKind, scheme: &str) -> Self {
-        KeyRecord {
-            id: Uuid::new_v4(),
-            kind,
-            label: None,
-            parent: None,
-            scheme: scheme.to_string(),
-            wrapped: None,
-            public_key: None,
-            locator: None,
-            purpose: None,
-            exportable: false,
-            version: 1,
-            created: now(),
-            rotated: None,
-            state: KeyState::Active,
-            name: None,
-            issuer: None,
-            statement: None,
-            algorithm: None,
-            ssh: SshFlags::default(),
-            certificate: None,
-            min_version: None,
-            usage: None,
-            not_after: None,
-        }
-    }
-}
-
-/// Unix seconds now.
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// What a DEK is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Purpose {
-    /// The owner's own data.
-    #[default]
-    Personal,
-    /// Data shared with someone else.
-    Sharing,
-}
-
-impl Purpose {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Purpose::Personal => "personal",
-            Purpose::Sharing => "sharing",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Purpose> {
-        match s {
-            "personal" => Some(Purpose::Personal),
-            "sharing" => Some(Purpose::Sharing),
-            _ => None,
-        }
-    }
-}
-
-/// A keypair's algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Algorithm {
-    /// ECDSA P-256 / ECDH: signing, key agreement, sharing, node keys.
-    P256,
-    /// Ed25519: signing only.
-    Ed25519,
-    /// RSA keys imported for Cryppo `Rsa4096` shares.
-    Rsa,
-}
-
-impl Algorithm {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::P256 => "p256",
-            Algorithm::Ed25519 => "ed25519",
-            Algorithm::Rsa => "rsa",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Algorithm> {
-        match s {
-            "p256" => Some(Algorithm::P256),
-            "ed25519" => Some(Algorithm::Ed25519),
-            "rsa" => Some(Algorithm::Rsa),
-            _ => None,
-        }
-    }
-}
-
-/// The columns every read of `keys` selects, in this order: [`from_row`] reads them by position
-/// (rusqlite's by-name lookup compares column names on every get: 14% of a `kek.list`'s
-/// instructions before). `mac` is read at [`MAC_COLUMN`].
-const KEY_COLUMNS: &str = "id, kind, label, parent, scheme, wrapped, public_key, locator, purpose, exportable, version, created, rotated, state, name, issuer, statement, algorithm, ssh, certificate, min_version, usage, not_after, mac";
-/// The position of `mac` in [`KEY_COLUMNS`].
-const MAC_COLUMN: usize = 23;
+// `KEY_COLUMNS` (records.rs): [`from_row`] reads them by position (rusqlite's by-name lookup
+// compares column names on every get: 14% of a `kek.list`'s instructions before).
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, KeystoreError>> {
     let id: String = row.get(0)?;
@@ -854,7 +375,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<KeyRecord, KeystoreError>>
     Ok(build())
 }
 
-fn insert_with(
+pub(super) fn insert_with(
     conn: &Connection,
     key: Option<&MacKey>,
     r: &KeyRecord,
@@ -897,7 +418,7 @@ fn insert_with(
     Ok(())
 }
 
-fn insert_revocation_with(
+pub(super) fn insert_revocation_with(
     conn: &Connection,
     key: Option<&MacKey>,
     r: &Revocation,
@@ -919,7 +440,7 @@ fn insert_revocation_with(
 }
 
 /// Read every row of `keys` matching `where_`, each with its MAC checked when `key` is given.
-fn query_with(
+pub(super) fn query_with(
     conn: &Connection,
     key: Option<&MacKey>,
     op: &'static str,
@@ -948,20 +469,6 @@ fn query_with(
     Ok(out)
 }
 
-/// Which records a paged list holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListFilter {
-    /// Every record of this kind.
-    Kind(KeyKind),
-    /// The records of this kind under one parent (a KEK's DEKs).
-    Children(KeyKind, Uuid),
-    /// Keypairs with a node name (node keys, of any state).
-    Nodes,
-    /// Recovery shares held for others: secrets that carry a public key (the owner's recovery
-    /// key; the node-derivation secret has none). `recovery.rs`.
-    HeldShares,
-}
-
 impl ListFilter {
     /// The index a page of this list reads (named in the query with `INDEXED BY`, so the plan
     /// cannot drift to a scan: without statistics SQLite would pick `keys_page_by_kind` for node
@@ -976,7 +483,7 @@ impl ListFilter {
     }
 
     /// The WHERE clause (before the cursor condition) and its arguments.
-    fn clause(&self) -> (&'static str, Vec<String>) {
+    pub(super) fn clause(&self) -> (&'static str, Vec<String>) {
         match self {
             ListFilter::Kind(k) => ("kind = ?1", vec![k.as_str().to_string()]),
             ListFilter::Children(k, p) => (
@@ -989,76 +496,11 @@ impl ListFilter {
     }
 }
 
-/// A position in a paged list: the last record of the previous page (lists run in
-/// (created, id) order). Its text form is opaque to clients: `1` then 48 hex digits, the
-/// big-endian `created` (8 bytes) and the id (16 bytes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    pub created: u64,
-    pub id: Uuid,
-}
-
-/// A cursor that is not one this agent handed out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-#[error("not a list cursor")]
-pub struct BadCursor;
-
-impl Cursor {
-    const VERSION: char = '1';
-
-    pub fn of(r: &KeyRecord) -> Cursor {
-        Cursor {
-            created: r.created,
-            id: r.id,
-        }
-    }
-
-    pub fn to_text(&self) -> String {
-        let mut b = [0u8; 24];
-        b[..8].copy_from_slice(&self.created.to_be_bytes());
-        b[8..].copy_from_slice(self.id.as_bytes());
-        format!("{}{}", Cursor::VERSION, hex::encode(b))
-    }
-
-    pub fn parse(s: &str) -> Result<Cursor, BadCursor> {
-        let rest = s.strip_prefix(Cursor::VERSION).ok_or(BadCursor)?;
-        if rest.len() != 48 {
-            return Err(BadCursor);
-        }
-        let b = hex::decode(rest).map_err(|_| BadCursor)?;
-        let created = u64::from_be_bytes(b[..8].try_into().map_err(|_| BadCursor)?);
-        // `created` is stored as an SQLite integer (i64): a larger one was never handed out.
-        if i64::try_from(created).is_err() {
-            return Err(BadCursor);
-        }
-        let id = Uuid::from_slice(&b[8..]).map_err(|_| BadCursor)?;
-        Ok(Cursor { created, id })
-    }
-}
-
-/// One page of a list, and where the next one starts (none: this was the last).
-#[derive(Debug)]
-pub struct Page {
-    pub records: Vec<KeyRecord>,
-    pub next: Option<Cursor>,
-}
-
-/// How big a page may be: at most `limit` records and, when `size` is given, at most `bytes`
-/// of `size(record)` summed (but always at least one record, so a list always moves on).
-/// `size` is called once per record read, in list order, before the record joins the page: on
-/// the page's records and, when the budget ends the page, on the one that did not fit.
-pub struct PageSize<'a> {
-    pub limit: usize,
-    pub bytes: usize,
-    pub size: Option<&'a dyn Fn(&KeyRecord) -> usize>,
-}
-
-/// The SQL of one page: the filter, then after the cursor, in (created, id) order, at most
 /// `fetch` rows. The row count is a literal, not a parameter: SQLite plans with the value of a
 /// bound `LIMIT` and then re-prepares the statement whenever it is bound again, which is every
 /// execution (measured: a third to over half of a `kek.list`'s instructions). Statements are
 /// cached by their text, and clients use few distinct page sizes.
-fn page_sql(filter: &ListFilter, after: bool, fetch: usize) -> String {
+pub(super) fn page_sql(filter: &ListFilter, after: bool, fetch: usize) -> String {
     let (where_, args) = filter.clause();
     let n = args.len();
     let cursor = if after {
@@ -1118,26 +560,26 @@ fn uri_path(path: &Path) -> String {
     out
 }
 
-/// The keystore. Cheap to share: one connection behind a mutex (SQLite serialises writers anyway,
-/// and every call here is a few index lookups).
-pub struct Keystore {
+/// The SQLite backend of [`Keystore`]. Cheap to share: one connection behind a mutex (SQLite
+/// serialises writers anyway, and every call here is a few index lookups).
+pub struct SqliteStore {
     conn: Mutex<Connection>,
     path: PathBuf,
-    /// The MAC key while the agent is unlocked; `None` while locked (reads are then unchecked:
-    /// nothing keyed by the root is available).
-    mac: RwLock<Option<Arc<MacKey>>>,
-    /// Bumped whenever the MAC key is loaded or dropped (part of [`Keystore::generation`]).
-    mac_epoch: std::sync::atomic::AtomicU64,
+    /// The MAC key while the agent is unlocked, and its epoch (part of
+    /// [`Keystore::generation`]).
+    mac: MacState,
     /// Rows changed by [`Keystore::set_metas`] (agent metadata, e.g. the audit chain head after
     /// every batch), left out of [`Keystore::generation`]: no record cache depends on them.
     meta_changes: std::sync::atomic::AtomicU64,
+    /// Failed reads of `data_version` (each makes the generation move: see `record_changes`).
+    unreadable_versions: std::sync::atomic::AtomicU64,
 }
 
-impl Keystore {
+impl SqliteStore {
     /// Open (creating if needed) the keystore at `path`; its directory is made 0700 and the file
     /// 0600 (created so, never chmod-ed down from the umask's mode). A damaged file (SQLite's
     /// `integrity_check` fails) is refused with [`KeystoreError::Damaged`] naming it.
-    pub fn open(path: &Path) -> Result<Keystore, KeystoreError> {
+    pub fn open(path: &Path) -> Result<SqliteStore, KeystoreError> {
         Self::open_checking(path, false).map(|(ks, _)| ks)
     }
 
@@ -1145,13 +587,13 @@ impl Keystore {
     /// migration (one that does is still checked before it is migrated): the caller runs
     /// [`check_file`](Self::check_file) later (`keywardd` does, just after binding its socket;
     /// `integrity.rs`). The flag says whether the check is still to do.
-    pub fn open_deferring_check(path: &Path) -> Result<(Keystore, bool), KeystoreError> {
+    pub fn open_deferring_check(path: &Path) -> Result<(SqliteStore, bool), KeystoreError> {
         Self::open_checking(path, true)
     }
 
-    fn open_checking(path: &Path, defer: bool) -> Result<(Keystore, bool), KeystoreError> {
+    fn open_checking(path: &Path, defer: bool) -> Result<(SqliteStore, bool), KeystoreError> {
         Self::open_inner(path, defer).map_err(|e| match e {
-            KeystoreError::Sql { op, source } if is_damage(&source) => KeystoreError::Damaged {
+            KeystoreError::Sql { op, source } if is_damage(&source.0) => KeystoreError::Damaged {
                 path: path.to_path_buf(),
                 detail: format!("{op}: {source}"),
             },
@@ -1159,7 +601,7 @@ impl Keystore {
         })
     }
 
-    fn open_inner(path: &Path, defer: bool) -> Result<(Keystore, bool), KeystoreError> {
+    fn open_inner(path: &Path, defer: bool) -> Result<(SqliteStore, bool), KeystoreError> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
         let io = |op, source| KeystoreError::Io {
             op,
@@ -1208,12 +650,12 @@ impl Keystore {
             .map_err(sql("enable foreign keys"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql("set busy timeout"))?;
-        let ks = Keystore {
+        let ks = SqliteStore {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
-            mac: RwLock::new(None),
-            mac_epoch: std::sync::atomic::AtomicU64::new(0),
+            mac: MacState::default(),
             meta_changes: std::sync::atomic::AtomicU64::new(0),
+            unreadable_versions: std::sync::atomic::AtomicU64::new(0),
         };
         ks.migrate()?;
         Ok((ks, deferred))
@@ -1255,7 +697,7 @@ impl Keystore {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql("set busy timeout"))?;
         Self::check_integrity(&conn, path).map_err(|e| match e {
-            KeystoreError::Sql { op, source } if is_damage(&source) => KeystoreError::Damaged {
+            KeystoreError::Sql { op, source } if is_damage(&source.0) => KeystoreError::Damaged {
                 path: path.to_path_buf(),
                 detail: format!("{op}: {source}"),
             },
@@ -1268,7 +710,7 @@ impl Keystore {
     /// clean stop there is no WAL, and SQLite cannot open a WAL-mode file read-only without
     /// making one: then the file holds everything and nothing can change it while the file
     /// system is read-only, so it is opened `immutable`. A WAL with content is never ignored.
-    fn open_read_only(path: &Path, defer: bool) -> Result<(Keystore, bool), KeystoreError> {
+    fn open_read_only(path: &Path, defer: bool) -> Result<(SqliteStore, bool), KeystoreError> {
         use rusqlite::OpenFlags;
         tracing::warn!(
             path = %path.display(),
@@ -1290,7 +732,7 @@ impl Keystore {
                 if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
                     return Err(KeystoreError::Sql {
                         op: "open read-only",
-                        source: e,
+                        source: SqlError(e),
                     });
                 }
                 let uri = format!("file:{}?immutable=1", uri_path(path));
@@ -1302,7 +744,7 @@ impl Keystore {
             Err(e) => {
                 return Err(KeystoreError::Sql {
                     op: "open read-only",
-                    source: e,
+                    source: SqlError(e),
                 })
             }
         };
@@ -1312,12 +754,12 @@ impl Keystore {
         }
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql("set busy timeout"))?;
-        let ks = Keystore {
+        let ks = SqliteStore {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
-            mac: RwLock::new(None),
-            mac_epoch: std::sync::atomic::AtomicU64::new(0),
+            mac: MacState::default(),
             meta_changes: std::sync::atomic::AtomicU64::new(0),
+            unreadable_versions: std::sync::atomic::AtomicU64::new(0),
         };
         // Current schema: nothing to write. An older one cannot be migrated here, and says so.
         ks.migrate()?;
@@ -1325,7 +767,7 @@ impl Keystore {
     }
 
     /// SQLite's full `integrity_check` (`quick_check` misses damaged indexes).
-    fn check_integrity(conn: &Connection, path: &Path) -> Result<(), KeystoreError> {
+    pub(super) fn check_integrity(conn: &Connection, path: &Path) -> Result<(), KeystoreError> {
         let mut stmt = conn
             .prepare("PRAGMA integrity_check(20)")
             .map_err(sql("integrity check"))?;
@@ -1347,34 +789,31 @@ impl Keystore {
         &self.path
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (it has its own
         // transactions), so a poisoned mutex is still safe to use.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn key(&self) -> Option<Arc<MacKey>> {
-        self.mac.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.mac.key()
     }
 
     /// Load (at unlock) or drop (at lock) the MAC key. While loaded every read is checked.
     pub fn set_mac_key(&self, key: Option<MacKey>) {
-        *self.mac.write().unwrap_or_else(|p| p.into_inner()) = key.map(Arc::new);
-        self.mac_epoch
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.mac.set(key);
     }
 
     /// A value that changes whenever this process writes the keystore's records (every row
     /// inserted, updated or deleted, committed or not; not the metadata rows of
-    /// [`Keystore::set_metas`]) or loads or drops the MAC key. Caches built from records (the
-    /// SSH door's identity index) compare it to know they are stale. Changes made by another
-    /// process to the file are not seen; the agent is the keystore's only writer.
+    /// [`Keystore::set_metas`]), whenever another connection commits to the file (another
+    /// process editing it: SQLite's `PRAGMA data_version` on this connection, which the agent's
+    /// own commits do not move), or when the MAC key is loaded or dropped. Caches built from
+    /// records (the record copies, the SSH door's identity index) compare it to know they are
+    /// stale, so a row edited outside the agent is read, and found tampered, at the next use.
     pub fn generation(&self) -> (u64, u64) {
         let changes = self.record_changes(&self.lock());
-        (
-            changes,
-            self.mac_epoch.load(std::sync::atomic::Ordering::SeqCst),
-        )
+        (changes, self.mac.epoch())
     }
 
     /// [`Keystore::generation`] without waiting: `None` while another thread holds the
@@ -1385,17 +824,34 @@ impl Keystore {
             Err(std::sync::TryLockError::Poisoned(p)) => self.record_changes(&p.into_inner()),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        Some((
-            changes,
-            self.mac_epoch.load(std::sync::atomic::Ordering::SeqCst),
-        ))
+        Some((changes, self.mac.epoch()))
     }
 
     /// SQLite's change count less the metadata rows' (read with the connection held, as
-    /// `set_metas` counts its own under it).
+    /// `set_metas` counts its own under it), plus the file's `data_version` as this connection
+    /// sees it (moved only by other connections' commits). Both only grow, so their sum moves
+    /// whenever either does. A `data_version` that cannot be read counts as a change every
+    /// time (the caches then never serve a copy), never as "unchanged".
     fn record_changes(&self, conn: &Connection) -> u64 {
-        conn.total_changes()
-            .saturating_sub(self.meta_changes.load(std::sync::atomic::Ordering::SeqCst))
+        let own = conn
+            .total_changes()
+            .saturating_sub(self.meta_changes.load(std::sync::atomic::Ordering::SeqCst));
+        let others = conn
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
+            .map(|v| v as u64)
+            .unwrap_or_else(|_| {
+                self.unreadable_versions
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    .wrapping_add(1)
+                    << 32
+            });
+        own.wrapping_add(others)
+    }
+
+    /// The MAC key loaded now (`keystore migrate` loads a copy of it into the destination).
+    pub(crate) fn mac_key(&self) -> Option<Arc<MacKey>> {
+        self.key()
     }
 
     pub fn has_mac_key(&self) -> bool {
@@ -1985,9 +1441,7 @@ impl Keystore {
         tx.commit().map_err(sql("commit integrity rekey"))?;
         // Loaded before the connection is released, so no write MAC'd under the old key lands
         // after the commit through this connection's next holder.
-        *self.mac.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(new));
-        self.mac_epoch
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.mac.set(Some(new));
         drop(conn);
         Ok(n)
     }
@@ -2096,7 +1550,7 @@ fn items_done(
         .map_err(sql("read rotation items"))
 }
 
-impl Keystore {
+impl SqliteStore {
     /// Record a KEK rotation as begun: the new KEK, wrapped under the root (MAC'd).
     pub fn rotation_begin(&self, r: &PendingRotation) -> Result<(), KeystoreError> {
         let key = self.key();
@@ -2402,13 +1856,9 @@ impl Keystore {
     }
 }
 
-#[path = "keystore_roots.rs"]
-mod roots;
-pub use roots::{KekWrap, META_ROOT_SET};
-
 // ---- DEK versions ---------------------------------------------------------------------------
 
-impl Keystore {
+impl SqliteStore {
     /// Add version `r.version + 1` of DEK `id` with `wrapped`, and make it the newest, in one
     /// transaction (the key row is read, checked and re-MAC'd inside it). Returns the new
     /// version, or `None` when there is no such key.
@@ -2580,24 +2030,7 @@ impl Keystore {
     }
 }
 
-/// A keypair's SSH-agent flags (the `ssh` column; 0 = not offered to SSH).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SshFlags(pub u32);
-
-impl SshFlags {
-    /// Offered on the SSH-agent socket.
-    pub const OFFERED: u32 = 1;
-    /// Each signature is confirmed by the user first.
-    pub const CONFIRM: u32 = 2;
-    /// Added through the SSH door (`ssh-add`): removed through it too.
-    pub const ADDED: u32 = 4;
-
-    pub fn has(self, bit: u32) -> bool {
-        self.0 & bit != 0
-    }
-}
-
-impl Keystore {
+impl SqliteStore {
     /// The SSH flags of every active keypair that has any (records checked like every read).
     pub fn ssh_flags(&self) -> Result<Vec<(Uuid, SshFlags)>, KeystoreError> {
         Ok(self
@@ -2644,998 +2077,5 @@ impl Keystore {
         let mut r = r.clone();
         r.ssh = flags;
         self.insert(&r)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ssh_flags_round_trip() {
-        let (_d, ks) = temp();
-        let k = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
-        ks.insert(&k).unwrap();
-        assert!(ks.ssh_flags().unwrap().is_empty());
-        assert!(ks
-            .set_ssh_flags(&k.id, SshFlags(SshFlags::OFFERED | SshFlags::CONFIRM))
-            .unwrap());
-        assert_eq!(ks.ssh_flags().unwrap(), vec![(k.id, SshFlags(3))]);
-        let k2 = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
-        ks.insert_with_ssh_flags(&k2, SshFlags(SshFlags::OFFERED | SshFlags::ADDED))
-            .unwrap();
-        assert_eq!(ks.ssh_flags().unwrap().len(), 2);
-        assert!(!ks.set_ssh_flags(&Uuid::new_v4(), SshFlags(1)).unwrap());
-    }
-
-    /// Found cost: the audit log writes its chain head (a meta row) after every batch, which
-    /// moved the generation and so made the SSH door rebuild its identity index on the next
-    /// signature. Metadata writes leave the generation alone; record writes still move it.
-    #[test]
-    fn metadata_writes_leave_the_generation_and_record_writes_move_it() {
-        let (_d, ks) = temp();
-        let g0 = ks.generation();
-        ks.set_metas(&[("audit_head", Some("1:ab")), ("audit_head_mac", Some("cd"))])
-            .unwrap();
-        ks.set_metas(&[("audit_head", Some("2:ef"))]).unwrap();
-        assert_eq!(ks.generation(), g0);
-        assert_eq!(ks.try_generation(), Some(g0));
-        ks.insert(&KeyRecord::new(KeyKind::Keypair, "aes-kwp"))
-            .unwrap();
-        assert_ne!(ks.generation(), g0);
-    }
-
-    fn temp() -> (tempfile::TempDir, Keystore) {
-        let dir = tempfile::tempdir().unwrap();
-        let ks = Keystore::open(&dir.path().join("sub/keystore.db")).unwrap();
-        (dir, ks)
-    }
-
-    #[test]
-    fn records_round_trip_and_list_by_parent() {
-        let (_d, ks) = temp();
-        let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
-        ks.insert(&root).unwrap();
-        let mut kek = KeyRecord::new(KeyKind::Kek, "aes-kwp");
-        kek.parent = Some(root.id);
-        kek.wrapped = Some(vec![1; 40]);
-        ks.insert(&kek).unwrap();
-        let mut dek = KeyRecord::new(KeyKind::Dek, "aes-kwp");
-        dek.parent = Some(kek.id);
-        dek.purpose = Some(Purpose::Sharing);
-        dek.exportable = true;
-        dek.label = Some("photos".into());
-        ks.insert(&dek).unwrap();
-        assert_eq!(ks.get(&dek.id).unwrap().unwrap(), dek);
-        assert_eq!(ks.root().unwrap().unwrap(), root);
-        assert_eq!(ks.list(KeyKind::Dek, Some(&kek.id)).unwrap(), vec![dek]);
-        assert!(ks.list(KeyKind::Dek, Some(&root.id)).unwrap().is_empty());
-        assert!(ks.get(&Uuid::new_v4()).unwrap().is_none());
-    }
-
-    /// A root, a KEK, and `n` DEKs under it with `created` from 1 000 (a few share a second, so
-    /// the id breaks ties); returns the KEK id and the DEKs in list order.
-    fn with_deks(ks: &Keystore, n: usize) -> (Uuid, Vec<KeyRecord>) {
-        let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
-        ks.insert(&root).unwrap();
-        let mut kek = KeyRecord::new(KeyKind::Kek, "aes-kwp");
-        kek.parent = Some(root.id);
-        ks.insert(&kek).unwrap();
-        let mut deks: Vec<KeyRecord> = (0..n)
-            .map(|i| {
-                let mut d = KeyRecord::new(KeyKind::Dek, "aes-kwp");
-                d.parent = Some(kek.id);
-                d.created = 1_000 + (i as u64 / 3);
-                ks.insert(&d).unwrap();
-                d
-            })
-            .collect();
-        deks.sort_by_key(|d| (d.created, d.id.to_string()));
-        (kek.id, deks)
-    }
-
-    fn by_count(limit: usize) -> PageSize<'static> {
-        PageSize {
-            limit,
-            bytes: usize::MAX,
-            size: None,
-        }
-    }
-
-    /// Every page of `filter` with pages of `limit`, calling `between` after each page.
-    fn walk(
-        ks: &Keystore,
-        filter: &ListFilter,
-        limit: usize,
-        mut between: impl FnMut(usize, &Cursor),
-    ) -> Vec<Uuid> {
-        let mut out = Vec::new();
-        let mut after = None;
-        for n in 0.. {
-            let page = ks.page(filter, after.as_ref(), &by_count(limit)).unwrap();
-            assert!(page.records.len() <= limit);
-            out.extend(page.records.iter().map(|r| r.id));
-            match page.next {
-                Some(c) => after = Some(c),
-                None => break,
-            }
-            between(n, &page.next.unwrap());
-        }
-        out
-    }
-
-    #[test]
-    fn pages_walk_the_list_in_order_without_gaps_or_repeats() {
-        let (_d, ks) = temp();
-        let (kek, deks) = with_deks(&ks, 23);
-        let want: Vec<Uuid> = deks.iter().map(|d| d.id).collect();
-        for limit in [1, 2, 5, 22, 23, 24, 1000] {
-            assert_eq!(
-                walk(&ks, &ListFilter::Kind(KeyKind::Dek), limit, |_, _| ()),
-                want
-            );
-            assert_eq!(
-                walk(
-                    &ks,
-                    &ListFilter::Children(KeyKind::Dek, kek),
-                    limit,
-                    |_, _| ()
-                ),
-                want
-            );
-        }
-        // The full list reads the same order.
-        let listed: Vec<Uuid> = ks
-            .list(KeyKind::Dek, None)
-            .unwrap()
-            .iter()
-            .map(|r| r.id)
-            .collect();
-        assert_eq!(listed, want);
-        // A page that ends exactly at the last key has no `next`.
-        let page = ks
-            .page(&ListFilter::Kind(KeyKind::Dek), None, &by_count(23))
-            .unwrap();
-        assert_eq!(page.records.len(), 23);
-        assert!(page.next.is_none());
-        // Another KEK's children, and an empty list.
-        assert!(ks
-            .page(
-                &ListFilter::Children(KeyKind::Dek, Uuid::new_v4()),
-                None,
-                &by_count(5)
-            )
-            .unwrap()
-            .records
-            .is_empty());
-        let nodes = ks.page(&ListFilter::Nodes, None, &by_count(5)).unwrap();
-        assert!(nodes.records.is_empty() && nodes.next.is_none());
-    }
-
-    #[test]
-    fn pages_survive_keys_added_and_deleted_between_them() {
-        let (_d, ks) = temp();
-        let (kek, deks) = with_deks(&ks, 40);
-        let mut deleted = Vec::new();
-        let mut added = Vec::new();
-        let got = walk(&ks, &ListFilter::Kind(KeyKind::Dek), 4, |n, cursor| {
-            // Delete a key not yet listed (two past the cursor) and one already listed (the
-            // cursor's own key), add a key that sorts last and one that sorts before the cursor.
-            let live: Vec<Uuid> = ks
-                .list(KeyKind::Dek, None)
-                .unwrap()
-                .iter()
-                .map(|r| r.id)
-                .collect();
-            let at = live.iter().position(|id| *id == cursor.id).unwrap();
-            if let Some(ahead) = live
-                .get(at + 2)
-                .filter(|id| deks.iter().any(|d| d.id == **id))
-            {
-                assert!(ks.delete(ahead).unwrap());
-                deleted.push(*ahead);
-            }
-            assert!(ks.delete(&cursor.id).unwrap());
-            for created in [5_000, 10] {
-                let mut d = KeyRecord::new(KeyKind::Dek, "aes-kwp");
-                d.parent = Some(kek);
-                d.created = created + n as u64;
-                ks.insert(&d).unwrap();
-                if created == 5_000 {
-                    added.push(d.id);
-                }
-            }
-        });
-        assert!(deleted.len() >= 5);
-        let mut seen = std::collections::HashSet::new();
-        for id in &got {
-            assert!(seen.insert(*id), "{id} listed twice");
-        }
-        // Every key present from start to end was listed, no deleted-before-reached key was.
-        for d in &deks {
-            if !deleted.contains(&d.id) {
-                assert!(seen.contains(&d.id), "{} missing", d.id);
-            } else {
-                assert!(!seen.contains(&d.id), "{} listed after its deletion", d.id);
-            }
-        }
-        // Keys added after the cursor (created later) are listed too.
-        for id in &added {
-            assert!(seen.contains(id));
-        }
-    }
-
-    #[test]
-    fn a_byte_budget_ends_a_page_early_but_never_empty() {
-        let (_d, ks) = temp();
-        let (_kek, deks) = with_deks(&ks, 10);
-        let size = |_: &KeyRecord| 100;
-        let page = ks
-            .page(
-                &ListFilter::Kind(KeyKind::Dek),
-                None,
-                &PageSize {
-                    limit: 1000,
-                    bytes: 350,
-                    size: Some(&size),
-                },
-            )
-            .unwrap();
-        assert_eq!(page.records.len(), 3);
-        assert_eq!(page.next, Some(Cursor::of(&deks[2])));
-        // A record bigger than the whole budget still makes a page of one.
-        let page = ks
-            .page(
-                &ListFilter::Kind(KeyKind::Dek),
-                None,
-                &PageSize {
-                    limit: 1000,
-                    bytes: 10,
-                    size: Some(&size),
-                },
-            )
-            .unwrap();
-        assert_eq!(page.records.len(), 1);
-        assert_eq!(page.next, Some(Cursor::of(&deks[0])));
-    }
-
-    #[test]
-    fn cursors_round_trip_and_bad_ones_are_refused() {
-        let c = Cursor {
-            created: 1_764_000_000,
-            id: Uuid::new_v4(),
-        };
-        let t = c.to_text();
-        assert_eq!(t.len(), 49);
-        assert_eq!(Cursor::parse(&t), Ok(c));
-        let mut too_big = [0u8; 24];
-        too_big[0] = 0x80;
-        for bad in [
-            String::new(),
-            "1".into(),
-            t[1..].to_string(),
-            format!("2{}", &t[1..]),
-            format!("{t}0"),
-            t[..48].to_string(),
-            format!("1{}", "zz".repeat(24)),
-            format!("1{}", hex::encode(too_big)),
-            "1é".repeat(10),
-        ] {
-            assert_eq!(Cursor::parse(&bad), Err(BadCursor), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn a_page_is_an_index_range_scan() {
-        let (_d, ks) = temp();
-        with_deks(&ks, 3);
-        let conn = ks.lock();
-        for (filter, index) in [
-            (ListFilter::Kind(KeyKind::Dek), "keys_page_by_kind"),
-            (
-                ListFilter::Children(KeyKind::Dek, Uuid::new_v4()),
-                "keys_page_by_parent",
-            ),
-            (ListFilter::Nodes, "keys_page_nodes"),
-        ] {
-            for after in [false, true] {
-                let sql = format!("EXPLAIN QUERY PLAN {}", page_sql(&filter, after, 11));
-                let n = filter.clause().1.len() + if after { 2 } else { 0 };
-                let args: Vec<rusqlite::types::Value> =
-                    (0..n).map(|_| rusqlite::types::Value::Integer(1)).collect();
-                let mut stmt = conn.prepare(&sql).unwrap();
-                let plan: Vec<String> = stmt
-                    .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
-                    .unwrap()
-                    .map(Result::unwrap)
-                    .collect();
-                let plan = plan.join(" | ");
-                assert!(plan.contains(index), "{filter:?} after={after}: {plan}");
-                // No sort of the matching rows: the index is already in list order.
-                assert!(!plan.contains("TEMP B-TREE"), "{filter:?}: {plan}");
-                if after {
-                    assert!(plan.contains("(created,id)>(?,?)"), "{filter:?}: {plan}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn insert_many_is_all_or_nothing() {
-        let (_d, ks) = temp();
-        let a = KeyRecord::new(KeyKind::Kek, "aes-kwp");
-        let b = KeyRecord::new(KeyKind::Kek, "aes-kwp");
-        ks.insert_many(&[a.clone(), b.clone()]).unwrap();
-        assert_eq!(ks.list(KeyKind::Kek, None).unwrap().len(), 2);
-        // A duplicate id fails the whole batch: the new record before it is not kept either.
-        let c = KeyRecord::new(KeyKind::Kek, "aes-kwp");
-        assert!(ks.insert_many(&[c.clone(), a]).is_err());
-        assert!(ks.get(&c.id).unwrap().is_none());
-        assert_eq!(ks.list(KeyKind::Kek, None).unwrap().len(), 2);
-    }
-
-    /// Regression: with the page size bound as a parameter (`LIMIT ?`), SQLite re-prepared the
-    /// cached statement on every execution (it plans with a bound LIMIT's value); pages must
-    /// reuse it.
-    #[test]
-    fn a_cached_page_statement_is_not_reprepared() {
-        let (_d, ks) = temp();
-        with_deks(&ks, 3);
-        let size = PageSize {
-            limit: 2,
-            bytes: usize::MAX,
-            size: None,
-        };
-        let filter = ListFilter::Kind(KeyKind::Dek);
-        for _ in 0..5 {
-            let page = ks.page(&filter, None, &size).unwrap();
-            assert_eq!(page.records.len(), 2);
-            ks.page(&filter, page.next.as_ref(), &size).unwrap();
-        }
-        // No count limit (old clients): the literal is clamped to SQLite's largest integer.
-        let all = PageSize {
-            limit: usize::MAX,
-            bytes: usize::MAX,
-            size: None,
-        };
-        assert_eq!(ks.page(&filter, None, &all).unwrap().records.len(), 3);
-        let conn = ks.lock();
-        for after in [false, true] {
-            let stmt = conn.prepare_cached(&page_sql(&filter, after, 3)).unwrap();
-            assert_eq!(
-                stmt.get_status(rusqlite::StatementStatus::RePrepare),
-                0,
-                "after={after}: re-prepared"
-            );
-        }
-    }
-
-    #[test]
-    fn a_parent_must_exist() {
-        let (_d, ks) = temp();
-        let mut orphan = KeyRecord::new(KeyKind::Kek, "aes-kwp");
-        orphan.parent = Some(Uuid::new_v4());
-        assert!(matches!(ks.insert(&orphan), Err(KeystoreError::Sql { .. })));
-    }
-
-    #[test]
-    fn reopen_keeps_data_and_schema_version() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("k.db");
-        let r = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
-        {
-            let ks = Keystore::open(&p).unwrap();
-            ks.insert(&r).unwrap();
-            ks.set_meta("pin_failures", "2").unwrap();
-        }
-        let ks = Keystore::open(&p).unwrap();
-        assert_eq!(ks.root().unwrap().unwrap(), r);
-        assert_eq!(ks.meta("pin_failures").unwrap().as_deref(), Some("2"));
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
-    }
-
-    #[test]
-    fn a_v1_keystore_migrates_to_v2_keeping_its_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("k.db");
-        {
-            let conn = Connection::open(&p).unwrap();
-            conn.execute_batch(MIGRATIONS[0]).unwrap();
-            conn.pragma_update(None, "user_version", 1).unwrap();
-            conn.execute_batch(
-                "INSERT INTO keys (id, kind, scheme, created) VALUES ('6f1c1f5e-1c36-4f7e-9d0b-0f3a3c1b2d4e', 'root', 'pkcs11-aes', 1);
-                 INSERT INTO keys (id, kind, parent, scheme, wrapped, created) VALUES ('7f1c1f5e-1c36-4f7e-9d0b-0f3a3c1b2d4e', 'kek', '6f1c1f5e-1c36-4f7e-9d0b-0f3a3c1b2d4e', 'aes-kwp', x'0102', 2);",
-            )
-            .unwrap();
-        }
-        let ks = Keystore::open(&p).unwrap();
-        let kek = ks
-            .get(&Uuid::parse_str("7f1c1f5e-1c36-4f7e-9d0b-0f3a3c1b2d4e").unwrap())
-            .unwrap()
-            .unwrap();
-        assert_eq!(kek.wrapped.as_deref(), Some(&[1u8, 2][..]));
-        assert_eq!(kek.parent, ks.root().unwrap().map(|r| r.id));
-        let mut secret = KeyRecord::new(KeyKind::Secret, "aes-kwp");
-        secret.parent = Some(kek.id);
-        ks.insert(&secret).unwrap();
-        let version: i64 = ks
-            .lock()
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, Keystore::SCHEMA_VERSION);
-        // Foreign keys are back on after the migration.
-        let mut orphan = KeyRecord::new(KeyKind::Dek, "aes-kwp");
-        orphan.parent = Some(Uuid::new_v4());
-        assert!(ks.insert(&orphan).is_err());
-    }
-
-    #[test]
-    fn revoke_marks_the_key_and_keeps_the_statement() {
-        let (_d, ks) = temp();
-        let k = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
-        ks.insert(&k).unwrap();
-        let r = Revocation {
-            id: Uuid::new_v4(),
-            revoked: k.id,
-            issuer: k.id,
-            statement: vec![9, 9],
-            created: 5,
-        };
-        ks.revoke(&r).unwrap();
-        assert_eq!(ks.get(&k.id).unwrap().unwrap().state, KeyState::Revoked);
-        assert_eq!(ks.revocations().unwrap(), vec![r]);
-    }
-
-    #[test]
-    fn a_newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("k.db");
-        Connection::open(&p)
-            .unwrap()
-            .pragma_update(None, "user_version", 99)
-            .unwrap();
-        assert!(matches!(
-            Keystore::open(&p),
-            Err(KeystoreError::TooNew { found: 99, .. })
-        ));
-    }
-
-    fn test_key(b: u8) -> MacKey {
-        MacKey::new(Zeroizing::new([b; 32]))
-    }
-
-    fn full_record(parent: Option<Uuid>) -> KeyRecord {
-        let mut r = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
-        r.label = Some("l".into());
-        r.parent = parent;
-        r.wrapped = Some(vec![1, 2, 3]);
-        r.public_key = Some(vec![4]);
-        r.locator = Some("pkcs11:x".into());
-        r.purpose = Some(Purpose::Personal);
-        r.rotated = Some(9);
-        r.name = Some("n".into());
-        r.issuer = parent;
-        r.statement = Some(vec![5]);
-        r.algorithm = Some(Algorithm::P256);
-        r.certificate = Some(vec![7]);
-        r.usage = Some(0b101);
-        r.not_after = Some(2_000_000_000);
-        r
-    }
-
-    #[test]
-    fn with_the_key_loaded_every_column_is_checked() {
-        let (_d, ks) = temp();
-        ks.set_mac_key(Some(test_key(7)));
-        let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
-        ks.insert(&root).unwrap();
-        let r = full_record(Some(root.id));
-        ks.insert(&r).unwrap();
-        let other = KeyRecord::new(KeyKind::Root, "x");
-        ks.insert(&other).unwrap();
-        assert_eq!(ks.get(&r.id).unwrap().unwrap(), r);
-        let id = r.id.to_string();
-        let edits = [
-            ("kind", "'dek'".to_string()),
-            ("label", "'m'".into()),
-            ("label", "NULL".into()),
-            ("parent", format!("'{}'", other.id)),
-            ("scheme", "'aes-kw'".into()),
-            ("wrapped", "x'010204'".into()),
-            ("public_key", "NULL".into()),
-            ("locator", "'pkcs11:y'".into()),
-            ("purpose", "'sharing'".into()),
-            ("exportable", "1".into()),
-            ("version", "2".into()),
-            ("created", "created + 1".into()),
-            ("rotated", "NULL".into()),
-            ("state", "'revoked'".into()),
-            ("name", "'o'".into()),
-            ("issuer", format!("'{}'", other.id)),
-            ("statement", "x'06'".into()),
-            ("algorithm", "'ed25519'".into()),
-            ("certificate", "NULL".into()),
-            ("certificate", "x'08'".into()),
-            ("min_version", "2".into()),
-            ("usage", "NULL".into()),
-            ("usage", "4".into()),
-            ("not_after", "NULL".into()),
-            ("not_after", "not_after + 1".into()),
-            ("mac", "NULL".into()),
-            ("mac", "x'00'".into()),
-        ];
-        for (column, value) in edits {
-            let conn = Connection::open(ks.path()).unwrap();
-            let old: String = conn
-                .query_row(
-                    &format!("SELECT quote({column}) FROM keys WHERE id = ?1"),
-                    [&id],
-                    |r| r.get(0),
-                )
-                .unwrap();
-            conn.execute(
-                &format!("UPDATE keys SET {column} = {value} WHERE id = ?1"),
-                [&id],
-            )
-            .unwrap();
-            match ks.get(&r.id) {
-                Err(KeystoreError::Tampered { id: t, .. }) => assert_eq!(t, id, "{column}"),
-                other => panic!("{column} = {value}: {other:?}"),
-            }
-            // Without the key (locked) the row is read as it is.
-            ks.set_mac_key(None);
-            assert!(ks.get(&r.id).is_ok(), "{column}");
-            ks.set_mac_key(Some(test_key(7)));
-            conn.execute(
-                &format!("UPDATE keys SET {column} = {old} WHERE id = ?1"),
-                [&id],
-            )
-            .unwrap();
-            assert_eq!(ks.get(&r.id).unwrap().unwrap(), r, "{column} restored");
-        }
-        // Another key does not verify.
-        ks.set_mac_key(Some(test_key(8)));
-        assert!(matches!(ks.get(&r.id), Err(KeystoreError::Tampered { .. })));
-    }
-
-    /// `record_body` as it was before v10 (no usage limits).
-    fn record_body_v7(r: &KeyRecord) -> Vec<u8> {
-        let mut e = Encoder::new("keyward/keystore/keys/v4");
-        e.text(Some(&r.id.to_string()))
-            .text(Some(r.kind.as_str()))
-            .text(r.label.as_deref())
-            .text(r.parent.map(|p| p.to_string()).as_deref())
-            .text(Some(&r.scheme))
-            .field(r.wrapped.as_deref())
-            .field(r.public_key.as_deref())
-            .text(r.locator.as_deref())
-            .text(r.purpose.map(Purpose::as_str))
-            .num(Some(r.exportable as u64))
-            .num(Some(u64::from(r.version)))
-            .num(Some(r.created))
-            .num(r.rotated)
-            .text(Some(r.state.as_str()))
-            .text(r.name.as_deref())
-            .text(r.issuer.map(|p| p.to_string()).as_deref())
-            .field(r.statement.as_deref())
-            .text(r.algorithm.map(Algorithm::as_str))
-            .num(Some(u64::from(r.ssh.0)));
-        match (r.min_version, &r.certificate) {
-            (None, None) => {}
-            (None, Some(cert)) => {
-                e.field(Some(cert));
-            }
-            (Some(min), cert) => {
-                e.field(cert.as_deref()).num(Some(u64::from(min)));
-            }
-        }
-        e.finish()
-    }
-
-    #[test]
-    fn usage_limits_are_maced_and_old_rows_still_verify() {
-        // Rows without limits keep the body (so the MAC) they were written with before v10.
-        let mut bodies = std::collections::HashSet::new();
-        for (cert, min) in [
-            (None, None),
-            (Some(vec![1u8]), None),
-            (None, Some(2)),
-            (Some(vec![1]), Some(2)),
-        ] {
-            let mut r = full_record(None);
-            r.usage = None;
-            r.not_after = None;
-            r.certificate = cert;
-            r.min_version = min;
-            assert_eq!(record_body(&r), record_body_v7(&r));
-            assert!(bodies.insert(record_body(&r)));
-            // Any limit changes the body, and no two combinations share one.
-            for (usage, not_after) in [(Some(0), None), (None, Some(0)), (Some(3), Some(9))] {
-                r.usage = usage;
-                r.not_after = not_after;
-                assert!(bodies.insert(record_body(&r)), "{usage:?} {not_after:?}");
-            }
-        }
-        // Through the keystore: set, MAC-checked, read back; cleared behind its back: tampering.
-        let (_d, ks) = temp();
-        ks.set_mac_key(Some(test_key(5)));
-        let r = KeyRecord::new(KeyKind::Dek, "aes-kwp");
-        ks.insert(&r).unwrap();
-        let after = ks
-            .update_limits::<KeystoreError>(&r.id, |old| {
-                assert_eq!((old.usage, old.not_after), (None, None));
-                Ok((Some(0b11), Some(1_900_000_000), false))
-            })
-            .unwrap()
-            .unwrap();
-        assert_eq!(ks.get(&r.id).unwrap().unwrap(), after);
-        assert_eq!(
-            (after.usage, after.not_after),
-            (Some(0b11), Some(1_900_000_000))
-        );
-        let conn = Connection::open(ks.path()).unwrap();
-        conn.execute(
-            "UPDATE keys SET usage = NULL WHERE id = ?1",
-            [r.id.to_string()],
-        )
-        .unwrap();
-        assert!(matches!(ks.get(&r.id), Err(KeystoreError::Tampered { .. })));
-        // A refusal changes nothing; an unknown id is `None`.
-        conn.execute(
-            "UPDATE keys SET usage = 3 WHERE id = ?1",
-            [r.id.to_string()],
-        )
-        .unwrap();
-        let refused = ks.update_limits(&r.id, |_| {
-            Err(KeystoreError::Corrupt {
-                id: "x".into(),
-                what: "no".into(),
-            })
-        });
-        assert!(refused.is_err());
-        assert_eq!(ks.get(&r.id).unwrap().unwrap(), after);
-        assert!(ks
-            .update_limits::<KeystoreError>(&Uuid::new_v4(), |_| Ok((None, None, false)))
-            .unwrap()
-            .is_none());
-    }
-
-    #[test]
-    fn certificates_are_maced_and_old_rows_still_verify() {
-        let (_d, ks) = temp();
-        ks.set_mac_key(Some(test_key(4)));
-        let r = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
-        ks.insert(&r).unwrap();
-        // No certificate: the v4 body, as written before v5.
-        assert_eq!(ks.get(&r.id).unwrap().unwrap().certificate, None);
-        assert!(ks.set_certificate(&r.id, Some(vec![0x30, 1, 2])).unwrap());
-        assert_eq!(
-            ks.get(&r.id).unwrap().unwrap().certificate,
-            Some(vec![0x30, 1, 2])
-        );
-        // Removing it behind the agent's back is tampering; through the keystore it is not.
-        let conn = Connection::open(ks.path()).unwrap();
-        conn.execute(
-            "UPDATE keys SET certificate = NULL WHERE id = ?1",
-            [r.id.to_string()],
-        )
-        .unwrap();
-        assert!(matches!(ks.get(&r.id), Err(KeystoreError::Tampered { .. })));
-        conn.execute(
-            "UPDATE keys SET certificate = x'300102' WHERE id = ?1",
-            [r.id.to_string()],
-        )
-        .unwrap();
-        assert!(ks.set_certificate(&r.id, None).unwrap());
-        assert_eq!(ks.get(&r.id).unwrap().unwrap().certificate, None);
-        assert!(!ks.set_certificate(&Uuid::new_v4(), None).unwrap());
-    }
-
-    #[test]
-    fn dek_versions_and_min_version_are_maced_and_old_rows_still_verify() {
-        let (_d, ks) = temp();
-        ks.set_mac_key(Some(test_key(5)));
-        let mut dek = KeyRecord::new(KeyKind::Dek, "aes-kwp");
-        dek.wrapped = Some(vec![1; 40]);
-        let other = KeyRecord::new(KeyKind::Dek, "aes-kwp");
-        ks.insert(&dek).unwrap();
-        ks.insert(&other).unwrap();
-        assert_eq!(ks.add_version(&dek.id, vec![2; 40]).unwrap(), Some(2));
-        assert_eq!(ks.add_version(&dek.id, vec![3; 40]).unwrap(), Some(3));
-        assert_eq!(ks.add_version(&Uuid::new_v4(), vec![3; 40]).unwrap(), None);
-        let now = ks.get(&dek.id).unwrap().unwrap();
-        assert_eq!(
-            (now.version, now.wrapped.as_deref()),
-            (3, Some(&[1u8; 40][..]))
-        );
-        assert_eq!(
-            ks.version(&dek.id, 2).unwrap().unwrap().wrapped,
-            vec![2; 40]
-        );
-        assert_eq!(ks.version(&dek.id, 4).unwrap(), None);
-        // A version row moved to another key, or to another version, or edited: tampering.
-        let conn = Connection::open(ks.path()).unwrap();
-        for (edit, undo) in [
-            (
-                format!("UPDATE key_versions SET key = '{}' WHERE key = '{}' AND version = 2", other.id, dek.id),
-                format!("UPDATE key_versions SET key = '{}' WHERE key = '{}' AND version = 2", dek.id, other.id),
-            ),
-            (
-                format!("UPDATE key_versions SET wrapped = x'00' WHERE key = '{}' AND version = 2", dek.id),
-                format!("UPDATE key_versions SET wrapped = zeroblob(40) WHERE key = '{}' AND version = 2", dek.id),
-            ),
-        ] {
-            conn.execute(&edit, []).unwrap();
-            let (who, v) = if edit.contains("SET key") { (other.id, 2) } else { (dek.id, 2) };
-            assert!(
-                matches!(ks.version(&who, v), Err(KeystoreError::Tampered { .. })),
-                "{edit}"
-            );
-            conn.execute(&undo, []).unwrap();
-        }
-        // The version column of the key row is MAC'd (rolling it back is tampering).
-        conn.execute(
-            "UPDATE keys SET version = 2 WHERE id = ?1",
-            [dek.id.to_string()],
-        )
-        .unwrap();
-        assert!(matches!(
-            ks.get(&dek.id),
-            Err(KeystoreError::Tampered { .. })
-        ));
-        conn.execute(
-            "UPDATE keys SET version = 3 WHERE id = ?1",
-            [dek.id.to_string()],
-        )
-        .unwrap();
-        // min_version: set through the keystore verifies; cleared or changed outside does not.
-        let before = ks.set_min_version(&dek.id, 2).unwrap().unwrap();
-        assert_eq!(before.min_version, None);
-        assert_eq!(ks.get(&dek.id).unwrap().unwrap().min_version, Some(2));
-        conn.execute(
-            "UPDATE keys SET min_version = NULL WHERE id = ?1",
-            [dek.id.to_string()],
-        )
-        .unwrap();
-        assert!(matches!(
-            ks.get(&dek.id),
-            Err(KeystoreError::Tampered { .. })
-        ));
-        // A row without min_version keeps the body it had before v7.
-        assert!(ks.get(&other.id).unwrap().is_some());
-    }
-
-    #[test]
-    fn state_changes_and_revocations_are_maced() {
-        let (_d, ks) = temp();
-        ks.set_mac_key(Some(test_key(1)));
-        let k = KeyRecord::new(KeyKind::Keypair, "aes-kwp");
-        ks.insert(&k).unwrap();
-        let r = Revocation {
-            id: Uuid::new_v4(),
-            revoked: k.id,
-            issuer: k.id,
-            statement: vec![9],
-            created: 5,
-        };
-        ks.revoke(&r).unwrap();
-        assert_eq!(ks.get(&k.id).unwrap().unwrap().state, KeyState::Revoked);
-        assert_eq!(ks.revocations().unwrap(), vec![r.clone()]);
-        let conn = Connection::open(ks.path()).unwrap();
-        conn.execute("UPDATE revocations SET created = 6", [])
-            .unwrap();
-        assert!(
-            matches!(ks.revocations(), Err(KeystoreError::Tampered { id, .. }) if id == r.id.to_string())
-        );
-    }
-
-    /// A keystore from before the paging indexes (v6) gains them at open, and its MAC'd records
-    /// page as they listed (the indexes change no row, so no MAC).
-    #[test]
-    fn a_v7_keystore_gains_the_paging_indexes() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("k.db");
-        let mac = || test_key(7);
-        let want: Vec<Uuid> = {
-            let conn = Connection::open(&p).unwrap();
-            // Up to v7 (DEK versions), the step before the paging indexes.
-            for m in &MIGRATIONS[..7] {
-                conn.execute_batch(m).unwrap();
-            }
-            conn.pragma_update(None, "user_version", 7).unwrap();
-            drop(conn);
-            // Written by the v7 code path: its insert (v7's columns), before the indexes exist.
-            let conn = Connection::open(&p).unwrap();
-            let key = mac();
-            let insert_v7 = |r: &KeyRecord| {
-                conn.execute(
-                    "INSERT INTO keys (id, kind, label, parent, scheme, wrapped, public_key,
-                        locator, purpose, exportable, version, created, rotated, state, name,
-                        issuer, statement, algorithm, ssh, mac, certificate, min_version)
-                     VALUES (?1, ?2, NULL, ?3, ?4, NULL, NULL, NULL, NULL, 0, 1, ?5, NULL,
-                        'active', NULL, NULL, NULL, NULL, 0, ?6, NULL, NULL)",
-                    params![
-                        r.id.to_string(),
-                        r.kind.as_str(),
-                        r.parent.map(|p| p.to_string()),
-                        r.scheme,
-                        r.created,
-                        key.tag(&record_body(r)),
-                    ],
-                )
-                .unwrap();
-            };
-            let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
-            insert_v7(&root);
-            (0..7)
-                .map(|i| {
-                    let mut d = KeyRecord::new(KeyKind::Dek, "aes-kwp");
-                    d.parent = Some(root.id);
-                    d.created = 100 + i;
-                    insert_v7(&d);
-                    d.id
-                })
-                .collect()
-        };
-        let ks = Keystore::open(&p).unwrap();
-        ks.set_mac_key(Some(mac()));
-        let indexes: Vec<String> = ks
-            .lock()
-            .prepare(
-                "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'keys_page_%'",
-            )
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(indexes.len(), 3, "{indexes:?}");
-        let got: Vec<Uuid> = walk(&ks, &ListFilter::Kind(KeyKind::Dek), 3, |_, _| ())
-            .into_iter()
-            .collect();
-        assert_eq!(got, want);
-    }
-
-    #[test]
-    fn a_v3_keystore_migrates_to_v4_and_is_adopted_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("k.db");
-        let root = "6f1c1f5e-1c36-4f7e-9d0b-0f3a3c1b2d4e";
-        let kek = "7f1c1f5e-1c36-4f7e-9d0b-0f3a3c1b2d4e";
-        {
-            let conn = Connection::open(&p).unwrap();
-            for m in &MIGRATIONS[..3] {
-                conn.execute_batch(m).unwrap();
-            }
-            conn.pragma_update(None, "user_version", 3).unwrap();
-            conn.execute_batch(&format!(
-                "INSERT INTO keys (id, kind, scheme, created) VALUES ('{root}', 'root', 'pkcs11-aes', 1);
-                 INSERT INTO keys (id, kind, parent, scheme, wrapped, created) VALUES ('{kek}', 'kek', '{root}', 'aes-kwp', x'0102', 2);
-                 INSERT INTO revocations (id, revoked, issuer, statement, created) VALUES ('{kek}', '{kek}', '{root}', x'01', 3);
-                 INSERT INTO meta (name, value) VALUES ('pin_failures', '2');"
-            ))
-            .unwrap();
-        }
-        let ks = Keystore::open(&p).unwrap();
-        let version: i64 = ks
-            .lock()
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, Keystore::SCHEMA_VERSION);
-        assert_eq!(ks.meta(META_UPGRADE).unwrap().as_deref(), Some("pending"));
-        assert_eq!(ks.meta("pin_failures").unwrap().as_deref(), Some("2"));
-        let kek_id = Uuid::parse_str(kek).unwrap();
-        // Locked: readable as before.
-        assert_eq!(ks.get(&kek_id).unwrap().unwrap().wrapped, Some(vec![1, 2]));
-        // Unlocked, before the trust-on-upgrade step: no MAC is no MAC.
-        ks.set_mac_key(Some(test_key(3)));
-        assert!(matches!(
-            ks.get(&kek_id),
-            Err(KeystoreError::Tampered { .. })
-        ));
-        let integrity = KeyRecord::new(KeyKind::Integrity, "aes-kwp");
-        assert_eq!(
-            ks.install_integrity(std::slice::from_ref(&integrity), true, &[META_UPGRADE])
-                .unwrap(),
-            3
-        );
-        assert!(ks.meta(META_UPGRADE).unwrap().is_none());
-        assert_eq!(ks.get(&kek_id).unwrap().unwrap().wrapped, Some(vec![1, 2]));
-        assert_eq!(ks.revocations().unwrap().len(), 1);
-        assert_eq!(ks.integrity_records().unwrap(), vec![integrity]);
-        // Integrity records are their own kind: no KEK listing sees them.
-        assert_eq!(ks.list(KeyKind::Kek, None).unwrap().len(), 1);
-        drop(ks);
-        // A fresh keystore is not marked.
-        let fresh = dir.path().join("fresh.db");
-        assert!(Keystore::open(&fresh)
-            .unwrap()
-            .meta(META_UPGRADE)
-            .unwrap()
-            .is_none());
-    }
-
-    #[test]
-    fn a_damaged_file_is_refused_naming_it_and_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("k.db");
-        {
-            let ks = Keystore::open(&p).unwrap();
-            for _ in 0..200 {
-                let mut r = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
-                r.wrapped = Some(vec![7; 64]);
-                ks.insert(&r).unwrap();
-            }
-        }
-        let mut bytes = std::fs::read(&p).unwrap();
-        // A whole page in the middle of the file.
-        let mid = bytes.len() / 2 / 4096 * 4096;
-        for b in &mut bytes[mid..mid + 4096] {
-            *b ^= 0x5a;
-        }
-        std::fs::write(&p, &bytes).unwrap();
-        match Keystore::open(&p) {
-            Err(e @ KeystoreError::Damaged { .. }) => {
-                assert!(e.to_string().contains(&p.display().to_string()), "{e}")
-            }
-            Err(e) => panic!("{e:?}"),
-            Ok(_) => panic!("opened a damaged keystore"),
-        }
-        assert_eq!(std::fs::read(&p).unwrap(), bytes);
-    }
-
-    /// `keywardd`'s open defers SQLite's full check unless a migration is due, and
-    /// `check_file` runs it on its own connection while the agent's stays open.
-    #[test]
-    fn the_full_check_is_deferred_unless_a_migration_is_due() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("ks.db");
-        let (ks, pending) = Keystore::open_deferring_check(&p).unwrap();
-        assert!(!pending, "a new file is migrated, so checked first");
-        ks.insert(&KeyRecord::new(KeyKind::Kek, "aes-kwp")).unwrap();
-        drop(ks);
-        let (ks, pending) = Keystore::open_deferring_check(&p).unwrap();
-        assert!(pending, "a current schema defers the check");
-        Keystore::check_file(&p).expect("a sound file passes, beside the open connection");
-        assert_eq!(ks.list(KeyKind::Kek, None).unwrap().len(), 1);
-        let missing = dir.path().join("nope.db");
-        assert!(Keystore::check_file(&missing).is_err(), "no file: no pass");
-    }
-
-    /// `cargo test -p keyward-agent --release -- --ignored integrity_check_time --nocapture`
-    #[test]
-    #[ignore]
-    fn integrity_check_time_on_100k_records() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("k.db");
-        {
-            let ks = Keystore::open(&p).unwrap();
-            ks.set_mac_key(Some(test_key(1)));
-            let root = KeyRecord::new(KeyKind::Root, "pkcs11-aes");
-            ks.insert(&root).unwrap();
-            let mut conn = ks.lock();
-            let tx = conn.transaction().unwrap();
-            for _ in 0..100_000 {
-                let mut r = KeyRecord::new(KeyKind::Dek, "aes-kwp");
-                r.parent = Some(root.id);
-                r.wrapped = Some(vec![7; 40]);
-                r.purpose = Some(Purpose::Personal);
-                insert_with(&tx, Some(&test_key(1)), &r).unwrap();
-            }
-            tx.commit().unwrap();
-        }
-        let size = std::fs::metadata(&p).unwrap().len();
-        let t = std::time::Instant::now();
-        let ks = Keystore::open(&p).unwrap();
-        let open = t.elapsed();
-        let conn = ks.lock();
-        let t = std::time::Instant::now();
-        Keystore::check_integrity(&conn, &p).unwrap();
-        eprintln!(
-            "100k records, {size} bytes: open {open:?}, integrity_check {:?}",
-            t.elapsed()
-        );
     }
 }

@@ -13,10 +13,9 @@
 //! This module must never write a root record, a wrap or the root set without MACing it, and
 //! never leave a KEK without a wrap for an enrolled root when it commits.
 
-use super::{
-    check_mac, insert_with, now, query_with, record_body, sql, Encoder, KeyKind, KeyRecord,
-    Keystore, KeystoreError, MacKey, PendingRotation,
-};
+use super::super::records::*;
+use super::super::KeystoreError;
+use super::{insert_with, query_with, sql, SqliteStore};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::{BTreeSet, HashMap};
 use uuid::Uuid;
@@ -42,46 +41,6 @@ pub(super) const MIGRATION_V9: &str = "CREATE TABLE IF NOT EXISTS kek_wraps (
         PRIMARY KEY (kek, root)
      );";
 
-/// Meta rows: the enrolled roots' ids (sorted, comma-separated) and their MAC.
-pub const META_ROOT_SET: &str = "root_set";
-const META_ROOT_SET_MAC: &str = "root_set_mac";
-
-/// A KEK wrapped under one root: a `kek_wraps` row, or a `kek_rotation_wraps` row (then
-/// `created` is the rotation's start).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KekWrap {
-    pub kek: Uuid,
-    pub root: Uuid,
-    /// The wrap's scheme (`aes-kwp`, `ecdh-p256`, `pbkdf2`): what the KEK row's `scheme`
-    /// becomes if this root turns into the KEK's parent.
-    pub scheme: String,
-    pub wrapped: Vec<u8>,
-    pub created: u64,
-}
-
-fn wrap_body(domain: &str, w: &KekWrap) -> Vec<u8> {
-    let mut e = Encoder::new(domain);
-    e.text(Some(&w.kek.to_string()))
-        .text(Some(&w.root.to_string()))
-        .text(Some(&w.scheme))
-        .field(Some(&w.wrapped))
-        .num(Some(w.created));
-    e.finish()
-}
-
-const WRAPS: &str = "keyward/keystore/kek_wraps/v9";
-const ROTATION_WRAPS: &str = "keyward/keystore/kek_rotation_wraps/v9";
-
-fn root_set_text(ids: &BTreeSet<String>) -> String {
-    ids.iter().cloned().collect::<Vec<_>>().join(",")
-}
-
-fn root_set_body(text: &str) -> Vec<u8> {
-    let mut e = Encoder::new("keyward/keystore/root-set/v9");
-    e.text(Some(text));
-    e.finish()
-}
-
 fn tampered(id: &str, what: &str) -> KeystoreError {
     KeystoreError::Tampered {
         id: id.to_string(),
@@ -101,7 +60,7 @@ fn parse_uuid(s: &str, what: &str) -> Result<Uuid, KeystoreError> {
 }
 
 /// Every wrap row of `table` matching `where_`, each checked when `key` is given.
-fn wraps_with(
+pub(super) fn wraps_with(
     conn: &Connection,
     key: Option<&MacKey>,
     table: &str,
@@ -294,7 +253,7 @@ pub(super) fn insert_wraps(
     Ok(())
 }
 
-impl Keystore {
+impl SqliteStore {
     /// Every root record, in (created, id) order: unchecked while locked (unlock reads them to
     /// find its root before the MAC key exists), checked while unlocked.
     pub fn roots(&self) -> Result<Vec<KeyRecord>, KeystoreError> {
@@ -588,7 +547,7 @@ impl Keystore {
                 r.wrapped,
                 r.scheme,
                 r.started,
-                key.tag(&super::rotation_body(r))
+                key.tag(&rotation_body(r))
             ],
         )
         .map_err(sql("begin KEK rotation"))?;
