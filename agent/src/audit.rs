@@ -62,8 +62,6 @@ const META_KEY_MAC: &str = "audit_key_mac";
 
 /// The most entries one batch takes from the queue.
 const MAX_BATCH: usize = 4096;
-/// The most key labels kept cached ([`Labels`]).
-const MAX_LABELS: usize = 4096;
 /// Longest op name, key id, label or executable kept in an entry.
 const MAX_FIELD: usize = 256;
 
@@ -322,18 +320,7 @@ pub struct Audit {
     required: bool,
     path: PathBuf,
     h: Arc<Hierarchy>,
-    labels: Mutex<Labels>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-/// Key labels by key id, valid while the keystore's records do not change
-/// (`Keystore::generation`), so a stream of requests on one key costs one `ks.get`, not one
-/// per entry. Looked up by the request before it takes the writer's lock (a keystore write in
-/// progress, such as the head a sync records, then holds up only that request).
-#[derive(Default)]
-struct Labels {
-    by_key: std::collections::HashMap<String, Option<String>>,
-    generation: Option<(u64, u64)>,
 }
 
 fn now_ms() -> u64 {
@@ -423,7 +410,6 @@ impl Audit {
             required: cfg.required,
             path: path.to_path_buf(),
             h,
-            labels: Mutex::new(Labels::default()),
             thread: Mutex::new(Some(thread)),
         });
         audit.append(
@@ -509,24 +495,12 @@ impl Audit {
         ok || !wait
     }
 
-    /// The label of the key `key` names (see [`Labels`]).
+    /// The label of the key `key` names, from the hierarchy's record copies
+    /// (`Hierarchy::any_record_copy`: the request usually just read that record, so this costs
+    /// no keystore read), looked up before the writer's lock is taken.
     fn label_of(&self, key: &str) -> Option<String> {
-        let generation = self.h.ks.generation();
-        let mut labels = lock(&self.labels);
-        if labels.generation != Some(generation) {
-            labels.by_key.clear();
-            labels.generation = Some(generation);
-        }
-        if let Some(l) = labels.by_key.get(key) {
-            return l.clone();
-        }
         let id = uuid::Uuid::parse_str(key).ok()?;
-        let label = self.h.ks.get(&id).ok().flatten().and_then(|r| r.label);
-        if labels.by_key.len() >= MAX_LABELS {
-            labels.by_key.clear();
-        }
-        labels.by_key.insert(key.to_string(), label.clone());
-        label
+        self.h.any_record_copy(&id).ok().flatten()?.label.clone()
     }
 
     /// Whether a waiting [`Audit::append`] returns after a `write` alone (no `fdatasync`):

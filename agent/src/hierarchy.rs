@@ -827,22 +827,11 @@ impl Hierarchy {
     /// key under it is used (revoking a KEK also revokes its children, `lifecycle.rs`; this
     /// check holds whatever their own state says).
     pub(crate) fn parent_kek(&self, key: &KeyRecord) -> Result<KeyRecord, AgentError> {
-        let parent = key
-            .parent
-            .ok_or_else(|| AgentError::bad_record(key.kind, key.id, Defect::NoParent))?;
-        let kek = self.record(&parent.to_string(), KeyKind::Kek)?;
-        if kek.state == KeyState::Revoked {
-            return Err(AgentError::KeyInactive {
-                kind: kek.kind,
-                id: kek.id,
-                state: kek.state,
-            });
-        }
-        Ok(kek)
+        self.parent_kek_for_use(key).map(|k| KeyRecord::clone(&k))
     }
 
-    /// [`Hierarchy::parent_kek`] from the record copies ([`Hierarchy::record_for_use`]): for the
-    /// per-request paths.
+    /// The parent KEK of `key`, refused when revoked, from the record copies
+    /// ([`Hierarchy::record_for_use`]; [`Hierarchy::parent_kek`] is the same as an owned record).
     pub(crate) fn parent_kek_for_use(&self, key: &KeyRecord) -> Result<Arc<KeyRecord>, AgentError> {
         let parent = key
             .parent

@@ -39,7 +39,7 @@ pub use location::{looks_like_postgres, lookup_password, PgLocation, SslMode};
 use super::{
     check_mac, now, record_body, revocation_body, verified, version_body, Algorithm, Cursor,
     KeyKind, KeyRecord, KeyState, KeyVersion, KeystoreError, ListFilter, MacKey, MacState, Page,
-    PageSize, Purpose, Revocation, SshFlags, KEY_COLUMNS,
+    PageBuilder, PageSize, Purpose, Revocation, SshFlags, KEY_COLUMNS,
 };
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::future::Future;
@@ -898,31 +898,17 @@ impl PgStore {
                 .map(|r| from_pg_row(r).map(|(id, parsed, mac, _)| (id, parsed, mac)))
                 .collect::<Result<Vec<_>, _>>()
         })?;
-        let mut records = Vec::new();
-        let mut bytes = 0usize;
-        let mut more = false;
+        let mut page = PageBuilder::new(size);
         for (id, parsed, mac) in rows {
-            if records.len() == size.limit {
-                more = true;
+            if !page.wants_more() {
                 break;
             }
             let r = verified(key.as_deref(), &id, parsed, mac)?;
-            if let Some(f) = size.size {
-                let len = f(&r);
-                if !records.is_empty() && bytes.saturating_add(len) > size.bytes {
-                    more = true;
-                    break;
-                }
-                bytes = bytes.saturating_add(len);
+            if !page.push(r) {
+                break;
             }
-            records.push(r);
         }
-        let next = if more {
-            records.last().map(Cursor::of)
-        } else {
-            None
-        };
-        Ok(Page { records, next })
+        Ok(page.finish())
     }
 
     /// The integrity-key records, unchecked (read to load the MAC key).

@@ -594,6 +594,63 @@ pub struct PageSize<'a> {
     pub size: Option<&'a dyn Fn(&KeyRecord) -> usize>,
 }
 
+/// One page assembled from rows in list order, the same way on every backend: at most
+/// `size.limit` records and, with a size callback, at most `size.bytes` (a first record always
+/// fits); whether a next page exists (the backend fetches one row more than the limit). Rows are
+/// checked (`verified`) by the backend before they are pushed.
+pub(crate) struct PageBuilder<'s, 'a> {
+    size: &'s PageSize<'a>,
+    records: Vec<KeyRecord>,
+    bytes: usize,
+    more: bool,
+}
+
+impl<'s, 'a> PageBuilder<'s, 'a> {
+    pub(crate) fn new(size: &'s PageSize<'a>) -> Self {
+        PageBuilder {
+            size,
+            records: Vec::new(),
+            bytes: 0,
+            more: false,
+        }
+    }
+
+    /// Whether the page still takes a row; `false` once it is full (the row at hand then means
+    /// there is a next page).
+    pub(crate) fn wants_more(&mut self) -> bool {
+        if self.records.len() == self.size.limit {
+            self.more = true;
+        }
+        !self.more
+    }
+
+    /// Add a checked record; `false` when the byte budget leaves it for the next page.
+    pub(crate) fn push(&mut self, r: KeyRecord) -> bool {
+        if let Some(f) = self.size.size {
+            let len = f(&r);
+            if !self.records.is_empty() && self.bytes.saturating_add(len) > self.size.bytes {
+                self.more = true;
+                return false;
+            }
+            self.bytes = self.bytes.saturating_add(len);
+        }
+        self.records.push(r);
+        true
+    }
+
+    pub(crate) fn finish(self) -> Page {
+        let next = if self.more {
+            self.records.last().map(Cursor::of)
+        } else {
+            None
+        };
+        Page {
+            records: self.records,
+            next,
+        }
+    }
+}
+
 /// A keypair's SSH-agent flags (the `ssh` column; 0 = not offered to SSH).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SshFlags(pub u32);

@@ -994,34 +994,20 @@ impl SqliteStore {
         let mut rows = stmt
             .query(rusqlite::params_from_iter(params))
             .map_err(sql(OP))?;
-        let mut records = Vec::new();
-        let mut bytes = 0usize;
-        let mut more = false;
+        let mut page = PageBuilder::new(size);
         while let Some(row) = rows.next().map_err(sql(OP))? {
-            if records.len() == size.limit {
-                more = true;
+            if !page.wants_more() {
                 break;
             }
             let id: String = row.get(0).map_err(sql(OP))?;
             let parsed = from_row(row).map_err(sql(OP))?;
             let mac: Option<Vec<u8>> = row.get(MAC_COLUMN).map_err(sql(OP))?;
             let r = verified(key.as_deref(), &id, parsed, mac)?;
-            if let Some(f) = size.size {
-                let len = f(&r);
-                if !records.is_empty() && bytes.saturating_add(len) > size.bytes {
-                    more = true;
-                    break;
-                }
-                bytes = bytes.saturating_add(len);
+            if !page.push(r) {
+                break;
             }
-            records.push(r);
         }
-        let next = if more {
-            records.last().map(Cursor::of)
-        } else {
-            None
-        };
-        Ok(Page { records, next })
+        Ok(page.finish())
     }
 
     /// The integrity-key records, unchecked: they are read to load the MAC key, before there is
