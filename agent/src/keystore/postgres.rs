@@ -1107,6 +1107,12 @@ impl PgStore {
                 wrapped,
                 created: now(),
             };
+            r.version = v.version;
+            r.rotated = Some(v.created);
+            // The key row first: of two agents adding the same version at once, the second
+            // waits on the first's row lock and then finds the row version moved (`Conflict`,
+            // nothing written), rather than failing on `key_versions`' primary key.
+            update_key(&tx, key, &r, rv, "update key version").await?;
             tx.execute(
                 "INSERT INTO key_versions (key, version, wrapped, created, mac)
                  VALUES ($1, $2, $3, $4, $5)",
@@ -1120,9 +1126,6 @@ impl PgStore {
             )
             .await
             .map_err(pg("insert key version"))?;
-            r.version = v.version;
-            r.rotated = Some(v.created);
-            update_key(&tx, key, &r, rv, "update key version").await?;
             tx.commit().await.map_err(pg("commit add version"))?;
             Ok(Some(v.version))
         })?;
