@@ -101,6 +101,93 @@ mod tests {
         assert_eq!(once.delay(1, 0), None);
     }
 
+    /// A fake agent on a socket: `hello` is answered; every other request with `code`, and it
+    /// counts them.
+    async fn fake_agent(
+        code: keyward_proto::ErrorCode,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        std::sync::Arc<std::sync::atomic::AtomicU32>,
+    ) {
+        use keyward_proto::ops::{HelloResult, RootKind};
+        use keyward_proto::{frame, ErrorBody, Request, Response, MAX_FRAME};
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            while let Ok(Some(bytes)) = frame::read(&mut s, MAX_FRAME).await {
+                let req = Request::from_cbor(&bytes).unwrap();
+                let resp = if req.op == "hello" {
+                    let hello = HelloResult {
+                        protocol: keyward_proto::PROTOCOL_VERSION,
+                        agent_version: "fake".into(),
+                        root_kind: RootKind::Soft,
+                        token: String::new(),
+                        initialized: true,
+                        locked: false,
+                        ops: Vec::new(),
+                        ssh_socket: None,
+                        config: None,
+                        keystore: None,
+                        pin_attempts_left: None,
+                        keystore_check: None,
+                        audit_log: None,
+                    };
+                    Response::ok(req.id, &hello).unwrap()
+                } else {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    Response::err(Some(req.id), ErrorBody::new(code, "refused"))
+                };
+                frame::write(&mut s, &resp.to_cbor().unwrap(), MAX_FRAME)
+                    .await
+                    .unwrap();
+            }
+        });
+        (dir, path, seen)
+    }
+
+    #[tokio::test]
+    async fn a_client_retries_conflict_as_told_then_reports_it_and_nothing_else() {
+        use keyward_proto::ErrorCode;
+        use std::sync::atomic::Ordering;
+        // Off by default: one attempt.
+        let (_d, path, seen) = fake_agent(ErrorCode::Conflict).await;
+        let c = crate::Client::connect(&path).await.unwrap();
+        let e = c.kek_create(None).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::Conflict));
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+        // On: every attempt is made, then the conflict is reported saying so.
+        let (_d, path, seen) = fake_agent(ErrorCode::Conflict).await;
+        let mut c = crate::Client::connect(&path).await.unwrap();
+        c.retry_conflicts(Some(ConflictRetry::default()));
+        let t = std::time::Instant::now();
+        let e = c.kek_create(None).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::Conflict));
+        assert_eq!(seen.load(Ordering::SeqCst), 5);
+        assert!(
+            e.to_string().contains("still in conflict after 5 attempts"),
+            "{e}"
+        );
+        // The waits were taken (at least half of 20 + 40 + 80 + 160 ms).
+        assert!(
+            t.elapsed() >= Duration::from_millis(150),
+            "{:?}",
+            t.elapsed()
+        );
+        // Any other error is never retried.
+        let (_d, path, seen) = fake_agent(ErrorCode::KeystoreUnavailable).await;
+        let mut c = crate::Client::connect(&path).await.unwrap();
+        c.retry_conflicts(Some(ConflictRetry::default()));
+        let e = c.kek_create(None).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::KeystoreUnavailable));
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn conflict_retry_jitter_varies() {
         let a: Vec<u32> = (0..8).map(|_| ConflictRetry::jitter()).collect();
