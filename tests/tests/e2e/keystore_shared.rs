@@ -355,3 +355,28 @@ fn keystore_shared_database_down_keeps_cached_keys_and_resumes() {
     env.assert_intact(&keys);
     srv.halt();
 }
+
+/// Each agent's audit log verifies against the chain head the keystore records for it. KNOWN BUG
+/// (ignored until fixed): the head is one `meta` row per identity (`audit_head`), so two agents
+/// on one shared keystore overwrite each other's head and `audit verify` reports a rewritten
+/// entry or a cut tail on both, though nothing was tampered with. Fixing it means a head per
+/// agent (per device, once devices exist), which the integrity rekey's list of MAC'd meta rows
+/// must then cover too.
+#[test]
+#[ignore = "known bug: two agents on one keystore share one audit chain head row"]
+fn keystore_shared_each_agents_audit_log_verifies() {
+    let (a, b, keys, _location) = two_agents(server());
+    for _ in 0..3 {
+        a.cli_ok(&["dek", "rotate", &keys.dek], None);
+        b.cli_ok(&["dek", "rotate", &keys.dek], None);
+    }
+    for env in [&a, &b] {
+        let out = env.cli(&["audit", "verify"], None);
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
