@@ -1272,3 +1272,79 @@ fn a_migration_whose_copy_fails_its_check_leaves_the_database_empty() {
     pg.set_mac_key(Some(test_key(7)));
     assert_eq!(pg.snapshot().unwrap(), before);
 }
+
+/// The server's processes (the postmaster and its children), from its pid file.
+fn server_pids(s: &TestServer) -> Vec<i32> {
+    let pidfile = s.dir.join("pgdata").join("data").join("postmaster.pid");
+    let text = std::fs::read_to_string(&pidfile).unwrap();
+    let main: i32 = text.lines().next().unwrap().trim().parse().unwrap();
+    let mut pids = vec![main];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: the fields after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(main) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn signal_all(pids: &[i32], sig: nix::sys::signal::Signal) {
+    for p in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), sig);
+    }
+}
+
+/// A server that stops answering on connections already open (its processes frozen, as a hung
+/// host or a partition looks from here) is `Unavailable` within about the connect timeout, not
+/// a call that waits for TCP to give up; when it answers again, work resumes.
+#[test]
+fn a_frozen_database_is_unavailable_within_the_connect_timeout() {
+    use nix::sys::signal::Signal;
+    let s = start_server();
+    let loc = s.location("keyward", "keyward", "&connect_timeout=2");
+    let store = Arc::new(PgStore::open(&loc).unwrap());
+    let r = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+    store.insert(&r).unwrap();
+    // The pool holds an open connection now.
+    assert!(store.get(&r.id).unwrap().is_some());
+    let pids = server_pids(&s);
+    signal_all(&pids, Signal::SIGSTOP);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let st = store.clone();
+    let id = r.id;
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        let got = st.get(&id);
+        let _ = tx.send((got.map(|r| r.is_some()), t.elapsed()));
+    });
+    let answer = rx.recv_timeout(Duration::from_secs(15));
+    signal_all(&pids, Signal::SIGCONT);
+    let (got, took) = answer.expect("the call hung on a frozen server");
+    assert!(
+        matches!(got, Err(KeystoreError::Unavailable { .. })),
+        "{got:?}"
+    );
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    // Answering again: the next call works.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store.get(&r.id).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(store.get(&r.id).unwrap().as_ref(), Some(&r));
+    drop(store);
+    let _ = std::process::Command::new("bash")
+        .arg(setup_script())
+        .arg("--stop")
+        .arg(&s.dir)
+        .output();
+}
