@@ -30,10 +30,12 @@ pub struct ConflictRetry {
 }
 
 impl Default for ConflictRetry {
-    /// 5 attempts; waits of about 20, 40, 80, 160 ms (each jittered to 50-100 % of that).
+    /// 6 attempts; waits of about 20, 40, 80, 160, 320 ms (each jittered to 50-100 % of that).
+    /// Each `conflict` means another request on the record committed meanwhile, so N requests
+    /// racing on one record all succeed within N attempts.
     fn default() -> Self {
         ConflictRetry {
-            attempts: 5,
+            attempts: 6,
             base_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(500),
             on_retry: None,
@@ -76,11 +78,12 @@ mod tests {
         assert_eq!(p.delay(1, 0), Some(Duration::from_millis(10)));
         assert_eq!(p.delay(2, u32::MAX), Some(Duration::from_millis(40)));
         assert_eq!(p.delay(4, u32::MAX), Some(Duration::from_millis(160)));
-        // The fifth attempt is the last: no wait, the conflict is reported.
-        assert_eq!(p.delay(5, 0), None);
+        assert_eq!(p.delay(5, u32::MAX), Some(Duration::from_millis(320)));
+        // The sixth attempt is the last: no wait, the conflict is reported.
         assert_eq!(p.delay(6, 0), None);
+        assert_eq!(p.delay(7, 0), None);
         // Every wait lies in [half, full] of its step, whatever the jitter.
-        for attempt in 1..5 {
+        for attempt in 1..6 {
             let full = Duration::from_millis(20 << (attempt - 1));
             for j in [0, 1, u32::MAX / 3, u32::MAX / 2, u32::MAX - 1, u32::MAX] {
                 let d = p.delay(attempt, j).expect("a wait");
@@ -168,14 +171,14 @@ mod tests {
         let t = std::time::Instant::now();
         let e = c.kek_create(None).await.unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::Conflict));
-        assert_eq!(seen.load(Ordering::SeqCst), 5);
+        assert_eq!(seen.load(Ordering::SeqCst), 6);
         assert!(
-            e.to_string().contains("still in conflict after 5 attempts"),
+            e.to_string().contains("still in conflict after 6 attempts"),
             "{e}"
         );
-        // The waits were taken (at least half of 20 + 40 + 80 + 160 ms).
+        // The waits were taken (at least half of 20 + 40 + 80 + 160 + 320 ms).
         assert!(
-            t.elapsed() >= Duration::from_millis(150),
+            t.elapsed() >= Duration::from_millis(310),
             "{:?}",
             t.elapsed()
         );
