@@ -779,6 +779,128 @@ impl Hierarchy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::UnlockPolicy;
+    use crate::keystore::Keystore;
+    use crate::root::memory::MemoryRoot;
+    use keyward_proto::ErrorCode;
+    use std::sync::Arc;
+
+    fn ready() -> (tempfile::TempDir, Hierarchy) {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Arc::new(Keystore::open(&dir.path().join("ks.db")).unwrap());
+        let h = Hierarchy::new(ks, Box::new(MemoryRoot::new()), UnlockPolicy::default());
+        h.init(&Pin::new("pin-1234")).unwrap();
+        (dir, h)
+    }
+
+    /// `init` makes the first device, self-signed and current; it survives lock/unlock.
+    #[test]
+    fn init_makes_the_first_device_self_signed() {
+        let (_d, h) = ready();
+        let (page, next) = h.device_page(None, 10).unwrap();
+        assert_eq!(page.len(), 1);
+        assert!(next.is_none());
+        let d = &page[0];
+        assert!(d.current);
+        assert_eq!(d.row.state, ENROLLED);
+        assert_eq!(d.row.enrolled_by, Some(d.row.id));
+        h.lock().unwrap();
+        h.unlock(&Pin::new("pin-1234")).unwrap();
+        assert_eq!(h.device_page(None, 10).unwrap().0.len(), 1);
+        // A local keystore never joins: a second init is refused as before.
+        assert_eq!(
+            h.init(&Pin::new("pin-1234")).unwrap_err().code(),
+            ErrorCode::AlreadyInitialized
+        );
+    }
+
+    /// A row whose MAC verifies (as if written with the MAC key) is still refused when no
+    /// enrolled device signed it: self-signed but not the first, a signer that is not enrolled,
+    /// a changed field under a valid signature.
+    #[test]
+    fn rows_not_signed_by_an_enrolled_device_are_refused() {
+        let (_d, h) = ready();
+        let first = h.device_page(None, 10).unwrap().0[0].row.clone();
+        let stranger = p256::SecretKey::random(&mut OsRng);
+        let mut row = DeviceRow {
+            id: Uuid::new_v4(),
+            state: ENROLLED.into(),
+            public_key: crate::root::ecdh::sec1(&stranger.public_key()),
+            token_serial: None,
+            label: Some("forged".into()),
+            body: encode(&Body::default()),
+            enrolled_by: None,
+            signature: None,
+            created: first.created + 1,
+        };
+        let sign = |row: &DeviceRow| -> Vec<u8> {
+            let sig: p256::ecdsa::Signature =
+                p256::ecdsa::SigningKey::from(&stranger).sign(&signed_body(row, None, &[]));
+            sig.to_der().as_bytes().to_vec()
+        };
+        let refused = |h: &Hierarchy| {
+            let e = h.device_page(None, 10).unwrap_err();
+            assert_eq!(e.code(), ErrorCode::KeystoreTampered, "{e}");
+        };
+        // Self-signed, not the first device.
+        row.enrolled_by = Some(row.id);
+        row.signature = Some(sign(&row));
+        h.ks.device_put(&row).unwrap();
+        refused(&h);
+        // Signed by a key that is no enrolled device.
+        row.enrolled_by = Some(Uuid::new_v4());
+        row.signature = Some(sign(&row));
+        h.ks.device_put(&row).unwrap();
+        refused(&h);
+        // Claimed to be signed by the first device, with a stranger's signature.
+        row.enrolled_by = Some(first.id);
+        row.signature = Some(sign(&row));
+        h.ks.device_put(&row).unwrap();
+        refused(&h);
+        // The first device's own row, a field changed under its signature.
+        h.ks.device_delete(&row.id).unwrap();
+        let mut changed = first.clone();
+        changed.label = Some("renamed".into());
+        h.ks.device_put(&changed).unwrap();
+        refused(&h);
+        h.ks.device_put(&first).unwrap();
+        assert_eq!(h.device_page(None, 10).unwrap().0.len(), 1);
+    }
+
+    /// Bad ids are typed and change nothing.
+    #[test]
+    fn bad_ids_are_typed() {
+        let (_d, h) = ready();
+        for (id, code) in [
+            ("nope", ErrorCode::NotFound),
+            ("00000000-0000-4000-8000-000000000000", ErrorCode::NotFound),
+        ] {
+            assert_eq!(h.device_revoke(id).unwrap_err().code(), code);
+            assert_eq!(
+                h.device_approve(Some(id), None).unwrap_err().code(),
+                ErrorCode::NotFound
+            );
+        }
+        let own = h.device_page(None, 10).unwrap().0[0].row.id;
+        assert_eq!(
+            h.device_revoke(&own.to_string()).unwrap_err().code(),
+            ErrorCode::WrongKey
+        );
+        assert_eq!(
+            h.device_page(Some("nope"), 10).unwrap_err().code(),
+            ErrorCode::InvalidArgs
+        );
+        // No request of its own: device.request / device.reveal are typed.
+        assert_eq!(
+            h.device_request(None).unwrap_err().code(),
+            ErrorCode::NotInitialized
+        );
+        assert_eq!(
+            h.device_reveal().unwrap_err().code(),
+            ErrorCode::NotInitialized
+        );
+        assert_eq!(h.device_page(None, 10).unwrap().0.len(), 1);
+    }
 
     #[test]
     fn the_code_is_60_bits_in_three_groups_and_binds_every_input() {
