@@ -173,6 +173,12 @@ pub fn fingerprint(public: &[u8]) -> String {
         .join(":")
 }
 
+/// Whether the device's root checks the PIN against the row (a passphrase root: each row has
+/// its own check, so a wrong one is only wrong for that row) rather than on a token that counts.
+fn per_row_check(b: &Body) -> bool {
+    b.root_scheme == crate::root::Scheme::Pbkdf2.as_str()
+}
+
 fn random32() -> [u8; 32] {
     let mut n = [0u8; 32];
     OsRng.fill_bytes(&mut n);
@@ -343,8 +349,13 @@ impl Hierarchy {
                     locator: b.root_locator.clone(),
                     check: b.root_check.clone(),
                 };
-                if root.unlock(pin, &stored).is_err() {
-                    continue;
+                match root.unlock(pin, &stored) {
+                    Ok(()) => {}
+                    // A token counts every wrong PIN: never try it on the next row.
+                    Err(e @ RootError::PinIncorrect { .. }) if !per_row_check(&b) => {
+                        return Err(e.into())
+                    }
+                    Err(_) => continue,
                 }
                 if let Ok(k) = root.export_kek(&b.secret) {
                     if let Ok(sk) = p256::SecretKey::from_slice(k.expose()) {
@@ -607,6 +618,10 @@ impl Hierarchy {
             match root.unlock(pin, &stored) {
                 Ok(()) => {}
                 Err(e @ (RootError::PinLocked { .. } | RootError::Unavailable { .. })) => {
+                    return Err(e.into())
+                }
+                // A token counts every wrong PIN: never try it on the next row.
+                Err(e @ RootError::PinIncorrect { .. }) if !per_row_check(&b) => {
                     return Err(e.into())
                 }
                 Err(_) => continue,
