@@ -335,6 +335,12 @@ impl Hierarchy {
     /// (this device filed before) gives back its request.
     pub(crate) fn device_join(&self, pin: &Pin) -> Result<Uuid, AgentError> {
         const OP: &str = "init (device)";
+        // This device's request, found already (an earlier `init`, or `unlock`).
+        if let Some(p) = self.device.pending() {
+            if self.root.is_unlocked() {
+                return Ok(p.id);
+            }
+        }
         let root = self.device.configured();
         let made = match root.init(pin) {
             Ok(made) => Some(made),

@@ -597,7 +597,7 @@ impl Hierarchy {
     /// device that joined (the id is its request's).
     pub fn init_or_join(&self, pin: &Pin) -> Result<(Uuid, bool), AgentError> {
         if self.stored_root()?.is_some() {
-            if !self.ks.is_local() && !self.root.is_unlocked() {
+            if !self.ks.is_local() && lock(&self.own_root).is_none() {
                 return Ok((self.device_join(pin)?, true));
             }
             return Err(AgentError::AlreadyInitialized);

@@ -305,3 +305,61 @@ fn devices_a_forged_device_row_is_refused() {
         ErrorCode::NotFound,
     );
 }
+
+/// A new device restarted between `init` and `device request`: `unlock` finds its request
+/// (its token opens the request's device key) and answers `not_initialized` ("not enrolled
+/// yet"), `device request` then works; a second `init` gives back the same request; the
+/// enrollment then completes and B decrypts.
+#[test]
+fn devices_a_new_device_restarted_before_its_request_finds_it_again() {
+    let location = server().database();
+    let a = device_on(&location);
+    let keys = a.init_with_keys(false, b"before the restart");
+    let mut b = device_on(&location);
+    let c = b.client();
+    let joined = c.run(|c| c.init(pin(b.pin()))).expect("init on B");
+    assert!(joined.joined);
+    drop(c);
+    b.stop();
+    b.start_agent();
+    // Nothing filed in memory after a restart: typed.
+    assert_eq!(
+        b.cli_json_err(&["device", "request", "--wait", "1"], None),
+        "not_initialized"
+    );
+    let c = b.client();
+    expect_code(c.run(|c| c.unlock(pin(b.pin()))), ErrorCode::NotInitialized);
+    // init again on the same token: the same request, not a second one.
+    let again = c.run(|c| c.init(pin(b.pin()))).expect("init again");
+    assert!(again.joined);
+    assert_eq!(again.id, joined.id);
+    drop(c);
+    let child = b
+        .cli_command(&["--json", "device", "request", "--wait", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn device request");
+    let answered = approve_until_ok(&a, &[]);
+    assert_eq!(answered["id"], joined.id.as_str());
+    let out = child.wait_with_output().expect("device request");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let code = parse_json(&out.stdout)["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let enrolled = approve_until_ok(&a, &[&code]);
+    assert_eq!(enrolled["state"], "enrolled");
+    let c = b.client();
+    c.run(|c| c.unlock(pin(b.pin()))).expect("unlock B");
+    assert_eq!(
+        c.run(|c| c.decrypt(&keys.ciphertext, None))
+            .expect("B")
+            .expose(),
+        keys.plaintext.as_slice()
+    );
+}
