@@ -619,6 +619,41 @@ impl Client {
         self.call::<op::RootRemove>(&IdArgs { id: id.into() }).await
     }
 
+    /// On a new device: file the enrollment request with its commitment.
+    pub async fn device_request(
+        &self,
+        label: Option<String>,
+    ) -> Result<DeviceRequested, ClientError> {
+        self.call::<op::DeviceRequest>(&DeviceRequestArgs { label })
+            .await
+    }
+
+    /// On a new device: the code once an enrolled device answered (`code: None` meanwhile).
+    pub async fn device_reveal(&self) -> Result<DeviceRevealed, ClientError> {
+        self.call::<op::DeviceReveal>(&Empty {}).await
+    }
+
+    /// On an enrolled device: answer a request, or (with its code) enroll it.
+    pub async fn device_approve(
+        &self,
+        id: Option<String>,
+        code: Option<String>,
+    ) -> Result<DeviceApproved, ClientError> {
+        self.call::<op::DeviceApprove>(&DeviceApproveArgs { id, code })
+            .await
+    }
+
+    /// One page of devices.
+    pub async fn device_list_page(&self, page: ListArgs) -> Result<DevicePage, ClientError> {
+        self.call::<op::DeviceList>(&page).await
+    }
+
+    /// Revoke a device: its wraps and root go, every KEK is rotated.
+    pub async fn device_revoke(&self, id: &str) -> Result<DeviceRevoked, ClientError> {
+        self.call::<op::DeviceRevoke>(&IdArgs { id: id.into() })
+            .await
+    }
+
     /// Revoke a KEK (and every key under it).
     pub async fn kek_revoke(&self, id: &str) -> Result<Revoked, ClientError> {
         self.call::<op::KekRevoke>(&IdArgs { id: id.into() }).await

@@ -20,6 +20,7 @@ mod audit_cmds;
 mod backup;
 mod cli;
 mod cryppo;
+mod device_cmds;
 mod doctor;
 mod identity_cmds;
 mod limits_cmds;
@@ -79,6 +80,10 @@ enum Command {
     /// The roots every KEK is wrapped under (a backup token, a card, the recovery root).
     #[command(subcommand)]
     Root(RootCmd),
+    /// Devices sharing this identity's keystore: enroll a new one (`request` on it, `approve`
+    /// on an enrolled one), list, revoke.
+    #[command(subcommand)]
+    Device(device_cmds::DeviceCmd),
     /// Data-encryption keys.
     #[command(subcommand)]
     Dek(DekCmd),
@@ -520,6 +525,16 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             };
             let r = c.init(pin).await?;
             let mut j = json!({"id": r.id, "token": r.token});
+            if r.joined {
+                j["joined"] = json!(true);
+                eprintln!(
+                    "keyward: this keystore already holds the identity: this device's root and \
+                     device key were made, and filed as enrollment request {}.\n\
+                     next: run `keyward device request` here, then `keyward device approve` on \
+                     an enrolled device",
+                    r.id
+                );
+            }
             if let Some(p) = &generated {
                 // Shown once: on stderr in text mode, so `ID=$(keyward init --soft)` keeps the id
                 // clean and the passphrase still reaches the person at the terminal.
@@ -554,6 +569,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         }
         Command::Kek(KekCmd::Revoke { id }) => revoked_out(c.kek_revoke(id).await?),
         Command::Root(cmd) => root_cmd(&c, cmd).await?,
+        Command::Device(cmd) => device_cmds::run(&c, cmd).await?,
         Command::Keystore(KeystoreCmd::Migrate { to }) => {
             // The agent resolves nothing against its own working directory: send an absolute
             // path.

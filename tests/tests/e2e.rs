@@ -13,6 +13,8 @@ mod cli;
 mod client_safety;
 #[path = "e2e/cryppo.rs"]
 mod cryppo;
+#[path = "e2e/devices.rs"]
+mod devices;
 #[path = "e2e/faults.rs"]
 mod faults;
 #[path = "e2e/identity.rs"]

@@ -28,6 +28,7 @@
 //! (read from the password file), and never `block_on` a runtime from inside one.
 
 mod copy;
+mod devices;
 mod integrity;
 mod journal;
 mod location;
