@@ -26,7 +26,9 @@
 //!   derived from the keystore MAC key (so no private half is stored, and an agent on any
 //!   enrolled root signs with the same key), its public half recorded in a keystore meta row
 //!   under the keystore MAC. While the agent is locked there is no key: entries wait for the
-//!   next checkpoint.
+//!   next checkpoint. The writer thread signs a snapshot of the chain's end with the writer's
+//!   lock released ([`Log::checkpoint`]), so requests keep writing meanwhile; the checkpoint
+//!   follows whatever they wrote, and those entries wait for the next one.
 //! - **Head.** After each `fdatasync` while unlocked, the chain head (sequence, hash) of what is
 //!   now on disk goes to a MAC'd keystore meta row, so a log cut short of it is caught by
 //!   `keyward audit verify`, and the head never claims entries a power loss could still remove.
@@ -482,8 +484,8 @@ impl Audit {
     /// entry is written all the same (so the log keeps the order in which requests ended) and a
     /// failure only counts it lost. Writing on the caller's thread spares each audited request
     /// two thread wake-ups (to the writer and back); concurrent requests take turns on the
-    /// writer's lock, which a timed sync does not hold through its `fdatasync` or head write (a
-    /// checkpoint's signature, a rotation and a moved log's switch do hold it).
+    /// writer's lock, which neither a timed sync (through its `fdatasync` or head write) nor a
+    /// checkpoint's signature holds (a rotation and a moved log's switch do hold it).
     pub fn append(&self, mut r: Record, wait: bool) -> bool {
         if r.label.is_none() {
             if let Some(key) = r.key.as_deref() {
