@@ -26,7 +26,9 @@
 //!   derived from the keystore MAC key (so no private half is stored, and an agent on any
 //!   enrolled root signs with the same key), its public half recorded in a keystore meta row
 //!   under the keystore MAC. While the agent is locked there is no key: entries wait for the
-//!   next checkpoint.
+//!   next checkpoint. The writer thread signs a snapshot of the chain's end with the writer's
+//!   lock released ([`Log::checkpoint`]), so requests keep writing meanwhile; the checkpoint
+//!   follows whatever they wrote, and those entries wait for the next one.
 //! - **Head.** After each `fdatasync` while unlocked, the chain head (sequence, hash) of what is
 //!   now on disk goes to a MAC'd keystore meta row, so a log cut short of it is caught by
 //!   `keyward audit verify`, and the head never claims entries a power loss could still remove.
@@ -147,13 +149,17 @@ impl Record {
             door,
             uid: peer.uid,
             pid: peer.pid,
-            exe: peer.exe_text().map(|e| clip(&e)),
+            exe: peer.exe_text().map(clipped),
             ..Record::default()
         }
     }
 }
 
 fn clip(s: &str) -> String {
+    // Short (as op names and paths are): one copy, not a string built char by char.
+    if s.len() <= MAX_FIELD {
+        return s.to_string();
+    }
     s.chars().take(MAX_FIELD).collect()
 }
 
@@ -177,6 +183,9 @@ enum Msg {
     /// A request wrote entries itself ([`Audit::append`] with `wait`) into a synced file: the
     /// thread's sync timer starts.
     Wake,
+    /// A request's entry made an `every` checkpoint due: the thread signs it (outside the
+    /// writer's lock), so no request waits for a signature.
+    Due,
 }
 
 const PENDING: u8 = 0;
@@ -379,6 +388,9 @@ impl Audit {
             reported_unsynced: 0,
             synced: Synced::default(),
             stopped: false,
+            asked: false,
+            #[cfg(test)]
+            before_sign: None,
         };
         if opened {
             w.resume().map_err(|source| AuditError::Open {
@@ -472,24 +484,29 @@ impl Audit {
     /// entry is written all the same (so the log keeps the order in which requests ended) and a
     /// failure only counts it lost. Writing on the caller's thread spares each audited request
     /// two thread wake-ups (to the writer and back); concurrent requests take turns on the
-    /// writer's lock, which a timed sync does not hold through its `fdatasync` or head write (a
-    /// checkpoint's signature, a rotation and a moved log's switch do hold it).
+    /// writer's lock, which neither a timed sync (through its `fdatasync` or head write) nor a
+    /// checkpoint's signature holds (a rotation and a moved log's switch do hold it).
     pub fn append(&self, mut r: Record, wait: bool) -> bool {
         if r.label.is_none() {
             if let Some(key) = r.key.as_deref() {
                 r.label = self.label_of(key);
             }
         }
-        let (ok, woke) = {
+        let (ok, woke, due) = {
             let w = self.writer.lock();
             if w.stopped {
                 return false;
             }
             let clean = w.dirty_since.is_none();
-            let (w, _, ok) = self.writer.batch(w, vec![Msg::Entry(r)]);
-            (ok, clean && w.dirty_since.is_some())
+            let (mut w, _, ok) = self.writer.batch(w, vec![Msg::Entry(r)], false);
+            // A due checkpoint is the thread's to sign: asked for once.
+            let due = w.since_checkpoint >= w.every && !w.asked;
+            w.asked |= due;
+            (ok, clean && w.dirty_since.is_some(), due)
         };
-        if woke {
+        if due {
+            self.send(Msg::Due);
+        } else if woke {
             self.send(Msg::Wake);
         }
         ok || !wait
@@ -774,6 +791,11 @@ struct Writer {
     synced: Synced,
     /// `agent.stop` is written: nothing more is.
     stopped: bool,
+    /// A request sent [`Msg::Due`] and the thread has not looked at it yet.
+    asked: bool,
+    /// Test hook: called with the lock released, before a checkpoint is signed.
+    #[cfg(test)]
+    before_sign: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// The writer thread: batches what comes through the channel, and `fdatasync`s `sync_ms` after
@@ -812,7 +834,7 @@ fn run(log: &Log, rx: Receiver<Msg>) {
         batch.retain(|m| !matches!(m, Msg::Wake));
         let mut w = log.lock();
         if !batch.is_empty() {
-            let (g, stop, _) = log.batch(w, batch);
+            let (g, stop, _) = log.batch(w, batch, true);
             if stop {
                 return;
             }
@@ -827,7 +849,11 @@ fn run(log: &Log, rx: Receiver<Msg>) {
     }
     // Every handle is gone without a `Stop`: sign what is there if we can, and sync.
     let w = log.lock();
-    let w = if w.stopped { w } else { log.batch(w, vec![]).0 };
+    let w = if w.stopped {
+        w
+    } else {
+        log.batch(w, vec![], true).0
+    };
     let _ = log.sync_held(w);
 }
 
@@ -915,6 +941,29 @@ impl Log {
         (w, ok)
     }
 
+    /// Sign `snapshot` with the lock released (requests write their entries meanwhile), then
+    /// append the checkpoint under it. Returns the lock and whether nothing failed.
+    fn checkpoint<'a>(&'a self, w: Guard<'a>, snapshot: Snapshot) -> (Guard<'a>, bool) {
+        let h = w.h.clone();
+        #[cfg(test)]
+        let hook = w.before_sign.clone();
+        drop(w);
+        #[cfg(test)]
+        if let Some(f) = hook {
+            f();
+        }
+        let sig = sign_snapshot(&h, snapshot.seq, &snapshot.prev);
+        let mut w = self.lock();
+        let ok = match sig {
+            Some(sig) => w.append_checkpoint(snapshot, sig),
+            None => {
+                tracing::debug!("audit: no checkpoint now (locked); entries wait");
+                true
+            }
+        };
+        (w, ok)
+    }
+
     /// Sync with the lock held throughout, so nothing is written between the sync and what the
     /// caller does next (switching to another file, closing it at stop).
     fn sync_held<'a>(&'a self, w: Guard<'a>) -> (Guard<'a>, bool) {
@@ -926,9 +975,17 @@ impl Log {
     /// Write one batch (one `write`), sync it when it must be (a checkpoint, a flush, the stop,
     /// `sync_ms = 0`, a failing log), acknowledge its waiters, rotate when the file is full.
     /// Returns the lock, whether the batch held a `Stop`, and whether it was written (and, where
-    /// it had to be, synced).
-    fn batch<'a>(&'a self, w: Guard<'a>, msgs: Vec<Msg>) -> (Guard<'a>, bool, bool) {
+    /// it had to be, synced). `thread`: the writer thread's batch, which also makes the
+    /// checkpoint that is due, if any: it signs a snapshot of the chain's end (the last entry
+    /// written, its sequence number and hash) with the lock released, so requests go on writing
+    /// their entries meanwhile, then appends the checkpoint wherever the chain has got to (its
+    /// `prev` the entry before it, its signature over the snapshot). A request's batch
+    /// (`thread = false`) never signs; [`Audit::append`] asks the thread ([`Msg::Due`]).
+    fn batch<'a>(&'a self, w: Guard<'a>, msgs: Vec<Msg>, thread: bool) -> (Guard<'a>, bool, bool) {
         let mut w = w;
+        if thread {
+            w.asked = false;
+        }
         // First: the path still names the held file (a first open moves `seq` and `prev` to
         // its end). A moved file is synced, with the lock held, before the switch.
         let mut synced_for_move = false;
@@ -941,13 +998,18 @@ impl Log {
                 }
             }
         };
-        let done = w.write_batch(ready, msgs);
+        let (failures, cuts) = (w.failures, w.cuts);
+        let mut done = w.write_batch(ready, msgs, thread);
         let stop = done.stop.is_some();
         if stop {
             // Nothing is written after `agent.stop` (a late request gets `false`).
             w.stopped = true;
         }
-        let (failures, cuts) = (w.failures, w.cuts);
+        if let Some(snapshot) = done.checkpoint.take() {
+            let (g, written) = self.checkpoint(w, snapshot);
+            w = g;
+            done.written &= written;
+        }
         let ok = if done.written && done.must_sync {
             // The stop's sync holds the lock: the file is closed right after.
             let (g, synced) = if stop {
@@ -1002,6 +1064,19 @@ struct Written {
     must_sync: bool,
     acks: Vec<Ack>,
     stop: Option<Ack>,
+    /// A checkpoint is due over this chain end (signed and appended by [`Log::checkpoint`]).
+    checkpoint: Option<Snapshot>,
+}
+
+/// The chain's end a checkpoint signs, taken under the writer's lock.
+#[derive(Debug, Clone, Copy)]
+struct Snapshot {
+    seq: u64,
+    prev: [u8; 32],
+    /// Failed syncs when it was taken ([`Writer::cuts`]): if one comes before the checkpoint is
+    /// appended, the snapshot's entry may be cut off, and the signature is not used.
+    cuts: u64,
+    why: &'static str,
 }
 
 /// The chain's end, as far as it is known to be on disk.
@@ -1121,14 +1196,18 @@ impl Writer {
 
     /// Encode and write one batch (after `ready`, the outcome of [`Writer::check_path`]); its
     /// sync, acknowledgements, rotation and stop are [`Log::batch`]'s.
-    fn write_batch(&mut self, ready: std::io::Result<()>, batch: Vec<Msg>) -> Written {
+    fn write_batch(
+        &mut self,
+        ready: std::io::Result<()>,
+        batch: Vec<Msg>,
+        thread: bool,
+    ) -> Written {
         let mut acks: Vec<Ack> = Vec::new();
         let mut stop: Option<Ack> = None;
         // A checkpoint, a flush and the stop are acknowledged only once synced; so is every
         // batch while the log fails (the retry that clears the failure must reach the disk,
         // or a sync that keeps failing would let requests through between failures).
         let mut must_sync = self.sync_ms == 0 || self.failing.load(Ordering::Acquire);
-        let mut checkpoints = 0u64;
         let mut out = String::new();
         let (mut seq, mut prev, mut since) = (self.seq, self.prev, self.since_checkpoint);
         let mut reason: Option<&'static str> = None;
@@ -1162,7 +1241,7 @@ impl Writer {
                     must_sync = true;
                     continue;
                 }
-                Msg::Wake => continue,
+                Msg::Wake | Msg::Due => continue,
                 Msg::Stop(ack) => {
                     stop = Some(ack);
                     reason = Some("shutdown");
@@ -1202,21 +1281,15 @@ impl Writer {
                 since += 1;
             }
         }
-        let due = reason.or((since >= self.every).then_some("every"));
-        if let Some(why) = due.filter(|_| since > 0 || reason.is_some()) {
-            match self.checkpoint_entry(seq, &prev, why) {
-                Some((line, hash)) => {
-                    out.push_str(&line);
-                    out.push('\n');
-                    seq += 1;
-                    prev = hash;
-                    since = 0;
-                    checkpoints += 1;
-                    must_sync = true;
-                }
-                None => tracing::debug!("audit: no checkpoint now (locked); entries wait"),
-            }
-        }
+        let due = reason.or((thread && since >= self.every).then_some("every"));
+        let checkpoint = due
+            .filter(|_| since > 0 || reason.is_some())
+            .map(|why| Snapshot {
+                seq,
+                prev,
+                cuts: self.cuts,
+                why,
+            });
         let written = self.write(ready, out.as_bytes());
         if !written {
             // The `audit.lost` entry itself is not counted as lost again.
@@ -1230,53 +1303,77 @@ impl Writer {
             self.seq = seq;
             self.prev = prev;
             self.since_checkpoint = since;
-            self.unsynced += records.saturating_sub(u64::from(reports_lost)) + checkpoints;
+            self.unsynced += records.saturating_sub(u64::from(reports_lost));
             self.dirty_since.get_or_insert_with(Instant::now);
-            self.counters
-                .entries
-                .fetch_add(records + checkpoints, Ordering::Relaxed);
+            self.counters.entries.fetch_add(records, Ordering::Relaxed);
             self.counters.writes.fetch_add(1, Ordering::Relaxed);
         }
         Written {
             written,
-            must_sync,
+            must_sync: must_sync || checkpoint.is_some(),
             acks,
             stop,
+            checkpoint: checkpoint.filter(|_| written),
         }
     }
 
-    /// A checkpoint over entry `seq` (hash `prev`), if the agent can sign now.
-    fn checkpoint_entry(
-        &self,
-        seq: u64,
-        prev: &[u8; 32],
-        why: &'static str,
-    ) -> Option<(String, [u8; 32])> {
-        let key = match self.h.audit_key() {
-            Ok(Some(k)) => k,
-            Ok(None) => return None,
-            Err(e) => {
-                tracing::error!(error = %e, "audit: no checkpoint: the audit key is unusable");
-                return None;
-            }
-        };
-        let sig = keyward_audit::sign_checkpoint(&key, seq, prev)
-            .map_err(|e| tracing::error!(error = %e, "audit: signing a checkpoint failed"))
-            .ok()?;
+    /// Append the checkpoint entry whose signature `sig` (over `snapshot`) was made without the
+    /// lock: at the chain's end now (entries written meanwhile come before it, not covered by
+    /// it). Not when a failed sync cut the file back since the snapshot (the signed entry may be
+    /// gone). Returns whether nothing failed (no checkpoint is not a failure: locked).
+    fn append_checkpoint(&mut self, snapshot: Snapshot, sig: String) -> bool {
+        if self.cuts != snapshot.cuts {
+            tracing::warn!("audit: a failed sync cut the log while a checkpoint was signed; it waits for the next one");
+            return true;
+        }
         let e = Entry {
-            seq: seq + 1,
+            seq: self.seq + 1,
             time: now_ms(),
             op: CHECKPOINT_OP.into(),
             door: "agent".into(),
             result: "ok".into(),
-            detail: Some(why.into()),
-            prev: hex::encode(prev),
+            detail: Some(snapshot.why.into()),
+            prev: keyward_audit::to_hex(&self.prev),
             sig: Some(sig),
             ..Entry::default()
         };
-        keyward_audit::encode(&e).ok()
+        let Ok((mut line, hash)) = keyward_audit::encode(&e) else {
+            return true;
+        };
+        line.push('\n');
+        if !self.write(Ok(()), line.as_bytes()) {
+            // Failing now (`write` set it); the checkpoint stays due.
+            return false;
+        }
+        self.seq += 1;
+        self.prev = hash;
+        // What was written after the snapshot is not covered yet: the next `every` counts it.
+        self.since_checkpoint = self.seq - 1 - snapshot.seq;
+        self.unsynced += 1;
+        self.dirty_since.get_or_insert_with(Instant::now);
+        self.counters.entries.fetch_add(1, Ordering::Relaxed);
+        self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        true
     }
+}
 
+/// The signature of a checkpoint over entry `seq` (hash `prev`), if the agent can sign now
+/// (`None`: locked, or the audit key is unusable). Called without the writer's lock.
+fn sign_snapshot(h: &Hierarchy, seq: u64, prev: &[u8; 32]) -> Option<String> {
+    let key = match h.audit_key() {
+        Ok(Some(k)) => k,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::error!(error = %e, "audit: no checkpoint: the audit key is unusable");
+            return None;
+        }
+    };
+    keyward_audit::sign_checkpoint(&key, seq, prev)
+        .map_err(|e| tracing::error!(error = %e, "audit: signing a checkpoint failed"))
+        .ok()
+}
+
+impl Writer {
     /// The path still names the file this writer holds: a log moved away (an outside rotation)
     /// is followed by a new file at the path, continuing the chain; a path taken by something
     /// else (a directory, another file) is a write failure until the path is free again.
@@ -1950,4 +2047,139 @@ mod tests {
     }
 
     use crate::error::Tampering;
+
+    /// Blocks the writer thread's next checkpoint signature (with the lock released) until
+    /// `go` is sent or dropped; `started` says it got there.
+    fn block_signing(a: &Audit) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+        let (started_tx, started) = mpsc::channel::<()>();
+        let (go, go_rx) = mpsc::channel::<()>();
+        let (started_tx, go_rx) = (Mutex::new(started_tx), Mutex::new(go_rx));
+        a.writer.lock().before_sign = Some(Arc::new(move || {
+            let _ = lock(&started_tx).send(());
+            let _ = lock(&go_rx).recv();
+        }));
+        (started, go)
+    }
+
+    /// `append` on another thread: its outcome, if it came within 10 s.
+    fn append_from_another_thread(a: &Arc<Audit>, op: &str) -> Option<bool> {
+        let (done_tx, done) = mpsc::channel();
+        let (a, op) = (a.clone(), op.to_string());
+        std::thread::spawn(move || {
+            let _ = done_tx.send(a.append(rec(&op), true));
+        });
+        done.recv_timeout(Duration::from_secs(10)).ok()
+    }
+
+    #[test]
+    fn a_checkpoint_is_signed_outside_the_writers_lock_and_still_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        let cfg = AuditConfig {
+            checkpoint_every: 5,
+            ..AuditConfig::default()
+        };
+        let a = Audit::open(&cfg, &path, h.clone()).unwrap();
+        assert!(a.flush());
+        let (started, go) = block_signing(&a);
+        // agent.start and four more: the fifth entry makes a checkpoint due (entry 5 signed).
+        for i in 0..4 {
+            assert!(a.append(rec(&format!("before{i}")), true));
+        }
+        started
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer thread signs the due checkpoint");
+        // The signature is being made: requests still write (and are acknowledged).
+        for i in 0..3 {
+            assert_eq!(
+                append_from_another_thread(&a, &format!("during{i}")),
+                Some(true),
+                "a request waited for the checkpoint's signature"
+            );
+        }
+        drop(go);
+        assert!(a.flush());
+        a.writer.lock().before_sign = None;
+        let lines = keyward_audit::read_lines(&path).unwrap();
+        let parsed: Vec<_> = lines
+            .iter()
+            .map(|l| keyward_audit::parse_line(&l.text).unwrap().entry)
+            .collect();
+        let ops: Vec<&str> = parsed.iter().map(|e| e.op.as_str()).collect();
+        assert_eq!(
+            &ops[4..9],
+            ["before3", "during0", "during1", "during2", CHECKPOINT_OP],
+            "{ops:?}"
+        );
+        // It signs the snapshot (entry 5, `before3`), not the entry just before it.
+        let t = trust(&a);
+        let key = t.key.unwrap();
+        let hash5 = keyward_audit::parse_line(&lines[4].text).unwrap().stored;
+        assert_eq!(
+            keyward_audit::signed_entry(&parsed[8], &key).unwrap(),
+            (5, hash5)
+        );
+        let r = keyward_audit::verify(&lines, &t);
+        assert_eq!(r.problem, None, "{r:?}");
+        assert_eq!((r.signed_through, r.unsigned), (Some(9), 3), "{r:?}");
+        assert!(r.head_matched, "{r:?}");
+        // The entries it did not cover are counted towards the next one; the shutdown's
+        // checkpoint signs the end.
+        a.shutdown();
+        let r = keyward_audit::verify(&keyward_audit::read_lines(&path).unwrap(), &trust(&a));
+        assert_eq!((r.problem.clone(), r.unsigned), (None, 0), "{r:?}");
+    }
+
+    #[test]
+    fn a_failure_while_a_checkpoint_is_signed_still_refuses_and_the_signature_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        // Every entry synced by its request: a failed sync cuts the file under the signer.
+        let cfg = AuditConfig {
+            checkpoint_every: 3,
+            sync_ms: 0,
+            ..AuditConfig::default()
+        };
+        let a = Audit::open(&cfg, &path, h.clone()).unwrap();
+        assert!(a.flush());
+        let (started, go) = block_signing(&a);
+        assert!(a.append(rec("before0"), true));
+        assert!(a.append(rec("before1"), true));
+        started
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer thread signs the due checkpoint");
+        a.hooks.fail_sync.store(true, Ordering::Relaxed);
+        assert_eq!(
+            append_from_another_thread(&a, "during"),
+            Some(false),
+            "the failed sync refuses the request"
+        );
+        assert!(a.refuses());
+        a.hooks.fail_sync.store(false, Ordering::Relaxed);
+        drop(go);
+        // The signature made while the file was cut is not used; the checkpoint that is still
+        // due is made again over what survived (the thread's next batch), after `before1` and
+        // the `audit.lost` entry that counts the cut one.
+        assert!(a.flush());
+        a.writer.lock().before_sign = None;
+        assert_eq!(
+            ops_in(&path),
+            [
+                "agent.start",
+                "before0",
+                "before1",
+                "audit.lost",
+                CHECKPOINT_OP
+            ]
+        );
+        assert!(a.append(rec("works"), true));
+        assert!(!a.refuses());
+        a.shutdown();
+        let r = keyward_audit::verify(&keyward_audit::read_lines(&path).unwrap(), &trust(&a));
+        assert_eq!((r.problem.clone(), r.unsigned), (None, 0), "{r:?}");
+    }
 }

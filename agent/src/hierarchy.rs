@@ -153,6 +153,35 @@ pub struct Hierarchy {
     keystore_check: std::sync::OnceLock<Arc<crate::integrity::KeystoreCheck>>,
     /// The pinentry that confirms uses of keys whose limits ask for it (`limits.rs`).
     prompter: std::sync::OnceLock<Arc<crate::prompt::Prompter>>,
+    /// Copies of the last list pages read (`kek.list`, `dek.list`), as the record copies.
+    page_copies: Mutex<PageCopies>,
+}
+
+/// How many list pages [`PageCopies`] keeps, and the most records a kept page may hold (a
+/// bigger page is read from the keystore every time: the copies stay small).
+const PAGE_COPIES: usize = 8;
+const PAGE_COPY_RECORDS: usize = 64;
+
+/// The last list pages read, tagged with the keystore generation they were read at (as the
+/// record copies: [`Hierarchy::any_record_copy`]). While the generation has not moved (no record
+/// written by this agent or committed by another process, no lock or unlock), the same page of
+/// the same list is the same records, already MAC-checked: a repeated `kek.list` does no SQLite
+/// read and no record MAC check. A moved generation drops every copy.
+#[derive(Default)]
+struct PageCopies {
+    generation: Option<crate::key_cache::Generation>,
+    pages: Vec<PageCopy>,
+}
+
+/// One kept page and what it was read for: the filter, the cursor, and the page size (its
+/// count and byte budget, and whether the byte budget was measured at all).
+struct PageCopy {
+    filter: ListFilter,
+    after: Option<Cursor>,
+    limit: usize,
+    bytes: Option<usize>,
+    records: Vec<KeyRecord>,
+    next: Option<Cursor>,
 }
 
 impl Hierarchy {
@@ -173,6 +202,7 @@ impl Hierarchy {
             unlocked: tokio::sync::Notify::new(),
             keystore_check: std::sync::OnceLock::new(),
             prompter: std::sync::OnceLock::new(),
+            page_copies: Mutex::new(PageCopies::default()),
         }
     }
 
@@ -925,9 +955,59 @@ impl Hierarchy {
         Ok(self.ks.list(KeyKind::Kek, None)?)
     }
 
-    /// One page of the KEKs (`kek.list`).
+    /// One page of the KEKs (`kek.list`). `size.size` must be a function of the record alone
+    /// (the page may come from a copy: [`Hierarchy::copied_page`]).
     pub fn kek_page(&self, after: Option<&Cursor>, size: &PageSize) -> Result<Page, AgentError> {
-        Ok(self.ks.page(&ListFilter::Kind(KeyKind::Kek), after, size)?)
+        self.copied_page(&ListFilter::Kind(KeyKind::Kek), after, size)
+    }
+
+    /// One page of a list: the copy kept at the keystore's current generation when there is one
+    /// ([`PageCopies`]; `size.size` is then not called), else read from the keystore (each
+    /// record's MAC checked) and kept when it is small. The generation is taken before the read,
+    /// so a write in between leaves the copy under an older generation, never used.
+    fn copied_page(
+        &self,
+        filter: &ListFilter,
+        after: Option<&Cursor>,
+        size: &PageSize,
+    ) -> Result<Page, AgentError> {
+        let generation = self.ks.generation();
+        let bytes = size.size.map(|_| size.bytes);
+        {
+            let mut c = lock(&self.page_copies);
+            if c.generation != Some(generation) {
+                c.pages.clear();
+                c.generation = Some(generation);
+            } else if let Some(p) = c.pages.iter().find(|p| {
+                p.filter == *filter
+                    && p.after.as_ref() == after
+                    && p.limit == size.limit
+                    && p.bytes == bytes
+            }) {
+                return Ok(Page {
+                    records: p.records.clone(),
+                    next: p.next,
+                });
+            }
+        }
+        let page = self.ks.page(filter, after, size)?;
+        if page.records.len() <= PAGE_COPY_RECORDS {
+            let mut c = lock(&self.page_copies);
+            if c.generation == Some(generation) {
+                if c.pages.len() >= PAGE_COPIES {
+                    c.pages.remove(0);
+                }
+                c.pages.push(PageCopy {
+                    filter: *filter,
+                    after: after.copied(),
+                    limit: size.limit,
+                    bytes,
+                    records: page.records.clone(),
+                    next: page.next,
+                });
+            }
+        }
+        Ok(page)
     }
 
     /// The named KEK, or the only active one.
@@ -1011,10 +1091,12 @@ impl Hierarchy {
         size: &PageSize,
     ) -> Result<Page, AgentError> {
         let filter = match kek {
-            Some(id) => ListFilter::Children(KeyKind::Dek, self.record(id, KeyKind::Kek)?.id),
+            Some(id) => {
+                ListFilter::Children(KeyKind::Dek, self.record_for_use(id, KeyKind::Kek)?.id)
+            }
             None => ListFilter::Kind(KeyKind::Dek),
         };
-        Ok(self.ks.page(&filter, after, size)?)
+        self.copied_page(&filter, after, size)
     }
 
     pub fn dek_export(&self, id: &str) -> Result<Zeroizing<Vec<u8>>, AgentError> {

@@ -676,3 +676,77 @@ fn hierarchy_agents_open_refuses_a_sender_a_peers_policy_revoked() {
     let e = f.h.open_checked(&sealed, None, Some(&bad)).unwrap_err();
     assert_eq!(e.code(), keyward_proto::ErrorCode::InvalidArgs, "{e}");
 }
+
+/// A page as `kek.list` asks for it, without a byte budget.
+fn kek_ids(f: &Fixture) -> Result<Vec<Uuid>, AgentError> {
+    let size = PageSize {
+        limit: 10,
+        bytes: usize::MAX,
+        size: None,
+    };
+    // Sorted: two keys created within the same second list in id order.
+    let mut ids: Vec<Uuid> =
+        f.h.kek_page(None, &size)?
+            .records
+            .iter()
+            .map(|r| r.id)
+            .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+fn sorted<const N: usize>(mut ids: [Uuid; N]) -> Vec<Uuid> {
+    ids.sort();
+    ids.to_vec()
+}
+
+#[test]
+fn hierarchy_list_page_copies_serve_repeats_and_see_every_change() {
+    let (f, kek) = ready();
+    assert_eq!(kek_ids(&f).unwrap(), [kek]);
+    // Kept, and served while nothing changes.
+    assert_eq!(lock(&f.h.page_copies).pages.len(), 1);
+    assert_eq!(kek_ids(&f).unwrap(), [kek]);
+    // The agent's own write: a new KEK shows at once.
+    let second = f.h.kek_create(None).unwrap();
+    assert_eq!(kek_ids(&f).unwrap(), sorted([kek, second]));
+    // A row edited by another process: the copy goes, the row is read again, and its MAC no
+    // longer verifies.
+    let c = rusqlite::Connection::open(f.h.ks.path().unwrap()).unwrap();
+    c.execute(
+        "UPDATE keys SET label = 'changed outside' WHERE id = ?1",
+        [kek.to_string()],
+    )
+    .unwrap();
+    let e = kek_ids(&f).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            AgentError::Keystore(crate::keystore::KeystoreError::Tampered { .. })
+        ),
+        "{e:?}"
+    );
+    c.execute(
+        "UPDATE keys SET label = 'k' WHERE id = ?1",
+        [kek.to_string()],
+    )
+    .unwrap();
+    assert_eq!(kek_ids(&f).unwrap(), sorted([kek, second]));
+    // A revocation is a write too: the page shows the new state.
+    f.h.revoke(KeyKind::Kek, &second.to_string()).unwrap();
+    let size = PageSize {
+        limit: 10,
+        bytes: usize::MAX,
+        size: None,
+    };
+    let state_of = |id: Uuid| {
+        f.h.kek_page(None, &size)
+            .unwrap()
+            .records
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.state)
+    };
+    let states = [state_of(kek), state_of(second)];
+    assert_eq!(states, [Some(KeyState::Active), Some(KeyState::Revoked)]);
+}

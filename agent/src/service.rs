@@ -271,7 +271,10 @@ impl Service {
             let mut r = crate::audit::Record::of(&req.op, self.door().name(), &self.peer);
             r.key = crate::policy::key_id_of(&req.args)
                 .or_else(|| resp.ok.as_ref().and_then(result_id))
-                .map(|k| k.chars().take(128).collect());
+                .map(|k| match k.len() {
+                    0..=128 => k.to_string(),
+                    _ => k.chars().take(128).collect(),
+                });
             r.result = resp
                 .err
                 .as_ref()
@@ -473,8 +476,12 @@ fn list_page(
             size: Some(&size),
         },
     )?;
-    // `size` saw the page's records in order, and perhaps the one that did not fit.
+    // `size` saw the page's records in order, and perhaps the one that did not fit; or none,
+    // when the page came from the hierarchy's page copies.
     let mut keys = infos.into_inner();
+    if keys.len() < page.records.len() {
+        keys = page.records.iter().map(info).collect();
+    }
     keys.truncate(page.records.len());
     debug_assert!(keys
         .iter()

@@ -6,9 +6,11 @@
 //! the bytes of the object *without* that member (see [`encode`]). Every entry names the hash of
 //! the entry before it (`prev`; 64 zeros for the first), so the entries form one chain across
 //! files. Some entries are checkpoints (`op` = `audit.checkpoint`): their `sig` is a COSE_Sign1
-//! (ES256) over [`checkpoint_payload`] — the sequence number and hash of the entry just before —
-//! made by the agent's audit key, whose public half the agent keeps in its integrity-protected
-//! keystore (never in the log).
+//! (ES256) over [`checkpoint_payload`] — the sequence number and hash of an earlier entry of the
+//! chain, the last one it covers: the entry just before it, or (when the agent signed a snapshot
+//! of the chain's end while requests went on writing) one a few entries before — made by the
+//! agent's audit key, whose public half the agent keeps in its integrity-protected keystore
+//! (never in the log). Entries between the signed one and the checkpoint are not covered by it.
 //!
 //! [`verify`] walks the chain and names the first entry that was changed, removed or reordered,
 //! checks every checkpoint's signature with a key the caller got from elsewhere, compares the end
@@ -83,7 +85,20 @@ impl Entry {
 
 /// What a checkpoint signs: the sequence number and hash of the last entry it covers.
 pub fn checkpoint_payload(seq: u64, hash: &[u8; 32]) -> Vec<u8> {
-    format!("keyward-audit-checkpoint/v1:{seq}:{}", hex::encode(hash)).into_bytes()
+    format!("{PAYLOAD_PREFIX}{seq}:{}", hex::encode(hash)).into_bytes()
+}
+
+const PAYLOAD_PREFIX: &str = "keyward-audit-checkpoint/v1:";
+
+/// The `(seq, hash)` a [`checkpoint_payload`] names.
+fn parse_payload(payload: &[u8]) -> Option<(u64, [u8; 32])> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let (seq, hash) = text.strip_prefix(PAYLOAD_PREFIX)?.split_once(':')?;
+    if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let hash: [u8; 32] = hex::decode(hash).ok()?.try_into().ok()?;
+    Some((seq.parse().ok()?, hash))
 }
 
 fn hash_body(body: &[u8]) -> [u8; 32] {
@@ -283,7 +298,8 @@ pub struct Report {
     pub last_seq: u64,
     /// The newest checkpoint whose signature verified: its sequence number.
     pub signed_through: Option<u64>,
-    /// Intact entries after the last verified checkpoint.
+    /// Intact entries that no verified checkpoint covers: those after the last one, and those
+    /// written between the entry it signed and the checkpoint itself.
     pub unsigned: u64,
     /// Whether the keystore's head was found in the log (and matched).
     pub head_matched: bool,
@@ -305,6 +321,9 @@ pub fn verify(lines: &[Line], trust: &Trust) -> Report {
     // The keys in the order they were used; `era` is the oldest one still acceptable.
     let keys: Vec<&PublicKey> = trust.previous.iter().chain(trust.key.as_ref()).collect();
     let mut era = 0;
+    // The entries since the last verified checkpoint (itself included): what the next one may
+    // sign.
+    let mut recent: Vec<(u64, [u8; 32])> = Vec::new();
     for (i, (l, p)) in lines.iter().zip(&parsed).enumerate() {
         let (file, line) = where_(l);
         let Some(p) = p else {
@@ -355,15 +374,22 @@ pub fn verify(lines: &[Line], trust: &Trust) -> Report {
                     let mut why = String::new();
                     let mut found = None;
                     for (j, k) in keys[era..].iter().enumerate() {
-                        match check_signature(&p.entry, seq.saturating_sub(1), &prev, k) {
-                            Ok(()) => {
-                                found = Some(j);
+                        match signed_entry(&p.entry, k) {
+                            // It must name an entry of this chain since the last checkpoint
+                            // (itself included): the one just before, or an earlier one (a
+                            // snapshot signed while entries went on being written).
+                            Ok((s, h))
+                                if s < seq
+                                    && recent.iter().rev().any(|&(rs, rh)| (rs, rh) == (s, h)) =>
+                            {
+                                found = Some((j, s));
                                 break;
                             }
+                            Ok(_) => why = "signed payload names another entry".into(),
                             Err(e) => why = e,
                         }
                     }
-                    let Some(j) = found else {
+                    let Some((j, covered)) = found else {
                         r.problem = Some(Problem::BadCheckpoint {
                             seq,
                             file,
@@ -374,7 +400,10 @@ pub fn verify(lines: &[Line], trust: &Trust) -> Report {
                     };
                     era += j;
                     r.signed_through = Some(seq);
-                    r.unsigned = 0;
+                    // The entries written between the signed one and this checkpoint are not
+                    // covered by its signature (the checkpoint line itself counts as covered).
+                    r.unsigned = seq - 1 - covered;
+                    recent.clear();
                 }
             }
         }
@@ -393,6 +422,9 @@ pub fn verify(lines: &[Line], trust: &Trust) -> Report {
         r.entries += 1;
         r.last_seq = seq;
         prev = p.stored;
+        if trust.key.is_some() {
+            recent.push((seq, p.stored));
+        }
         expected = seq + 1;
     }
     if let Some((hs, _)) = trust.head {
@@ -413,6 +445,14 @@ pub fn check_signature(
     prev: &[u8; 32],
     key: &PublicKey,
 ) -> Result<(), String> {
+    if signed_entry(e, key)? != (seq, *prev) {
+        return Err("signed payload names another entry".into());
+    }
+    Ok(())
+}
+
+/// Check a checkpoint's COSE_Sign1 with `key`, and name the entry it signs: `(seq, hash)`.
+pub fn signed_entry(e: &Entry, key: &PublicKey) -> Result<(u64, [u8; 32]), String> {
     let sig = e.sig.as_deref().ok_or("no signature")?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(sig)
@@ -420,10 +460,7 @@ pub fn check_signature(
     let msg = keyward_identity::cose::parse(&bytes).map_err(|e| e.to_string())?;
     let payload = keyward_identity::cose::verify_es256_protected(&msg, key, b"")
         .map_err(|e| e.to_string())?;
-    if payload != checkpoint_payload(seq, prev).as_slice() {
-        return Err("signed payload names another entry".into());
-    }
-    Ok(())
+    parse_payload(payload).ok_or_else(|| "the signed payload is not a checkpoint's".into())
 }
 
 /// Sign a checkpoint over `(seq, hash)` with `signer` (base64 of a tagged COSE_Sign1).

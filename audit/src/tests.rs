@@ -260,3 +260,146 @@ fn to_hex_is_what_hex_encode_gives() {
     push_hex(&mut s, &[0x0f, 0xa0]);
     assert_eq!(s, "x0fa0");
 }
+
+/// A chain of `n` plain entries, then a checkpoint at `n + 1` signing entry `signs` (and its
+/// hash), then `after` more entries.
+fn chain_with_snapshot(n: u64, signs: u64, after: u64, key: &LocalKey) -> Vec<Line> {
+    let (mut lines, (_, mut prev)) = chain(n, u64::MAX, key);
+    let hash_of =
+        |seq: u64, lines: &[Line]| parse_line(&lines[seq as usize - 1].text).unwrap().stored;
+    let signed = hash_of(signs, &lines);
+    let push = |e: Entry, lines: &mut Vec<Line>, prev: &mut [u8; 32]| {
+        let (text, h) = encode(&e).unwrap();
+        lines.push(Line {
+            file: "audit.log".into(),
+            number: e.seq as usize,
+            text,
+        });
+        *prev = h;
+    };
+    let cp = Entry {
+        seq: n + 1,
+        time: 1_700_000_001_000,
+        op: CHECKPOINT_OP.into(),
+        door: "agent".into(),
+        result: "ok".into(),
+        detail: Some("every".into()),
+        prev: hex::encode(prev),
+        sig: Some(sign_checkpoint(key, signs, &signed).unwrap()),
+        ..Entry::default()
+    };
+    push(cp, &mut lines, &mut prev);
+    for seq in n + 2..n + 2 + after {
+        let e = Entry {
+            seq,
+            time: 1_700_000_002_000 + seq,
+            op: "kek.list".into(),
+            door: "socket".into(),
+            result: "ok".into(),
+            prev: hex::encode(prev),
+            ..Entry::default()
+        };
+        push(e, &mut lines, &mut prev);
+    }
+    lines
+}
+
+#[test]
+fn a_checkpoint_signing_a_snapshot_covers_up_to_it_and_counts_the_rest_unsigned() {
+    let k = LocalKey::generate(&mut OsRng);
+    // Entries 8 and 9 were written while the signature over entry 7 was made.
+    let lines = chain_with_snapshot(9, 7, 2, &k);
+    let r = verify(
+        &lines,
+        &Trust {
+            key: Some(k.public_key()),
+            previous: Vec::new(),
+            head: None,
+        },
+    );
+    assert_eq!(r.problem, None);
+    assert_eq!(r.entries, 12);
+    assert_eq!(r.signed_through, Some(10));
+    // 8 and 9 (not covered by the signature) and 11, 12 (after the checkpoint).
+    assert_eq!(r.unsigned, 4);
+    // Signing the entry just before is the same as before snapshots: nothing unsigned.
+    let lines = chain_with_snapshot(9, 9, 0, &k);
+    let r = verify(
+        &lines,
+        &trust(&k, (10, parse_line(&lines[9].text).unwrap().stored)),
+    );
+    assert_eq!(
+        (r.problem, r.unsigned, r.signed_through),
+        (None, 0, Some(10))
+    );
+}
+
+#[test]
+fn a_checkpoint_naming_an_entry_outside_its_stretch_of_the_chain_is_bad() {
+    let k = LocalKey::generate(&mut OsRng);
+    let t = Trust {
+        key: Some(k.public_key()),
+        previous: Vec::new(),
+        head: None,
+    };
+    // An entry before the previous checkpoint (entry 5 is a checkpoint; the second one, at
+    // 11, signs entry 3): a replayed signature.
+    let (mut lines, _) = chain(5, 5, &k);
+    let e3 = parse_line(&lines[2].text).unwrap().stored;
+    let mut prev = parse_line(&lines[4].text).unwrap().stored;
+    for seq in 6..=11 {
+        let mut e = Entry {
+            seq,
+            op: "sign".into(),
+            door: "socket".into(),
+            result: "ok".into(),
+            prev: hex::encode(prev),
+            ..Entry::default()
+        };
+        if seq == 11 {
+            e.op = CHECKPOINT_OP.into();
+            e.sig = Some(sign_checkpoint(&k, 3, &e3).unwrap());
+        }
+        let (text, h) = encode(&e).unwrap();
+        lines.push(Line {
+            file: "audit.log".into(),
+            number: seq as usize,
+            text,
+        });
+        prev = h;
+    }
+    let r = verify(&lines, &t);
+    assert!(
+        matches!(r.problem, Some(Problem::BadCheckpoint { seq: 11, .. })),
+        "{:?}",
+        r.problem
+    );
+    assert_eq!(r.signed_through, Some(5));
+    // The right sequence number with another hash, and a later entry than the checkpoint.
+    let lines = chain_with_snapshot(9, 7, 0, &k);
+    let bad = lines[..9].to_vec();
+    let prev = parse_line(&bad[8].text).unwrap().stored;
+    for (seq, hash) in [(7, [7u8; 32]), (10, prev), (11, prev)] {
+        let mut b = bad.clone();
+        let e = Entry {
+            seq: 10,
+            op: CHECKPOINT_OP.into(),
+            door: "agent".into(),
+            result: "ok".into(),
+            prev: hex::encode(prev),
+            sig: Some(sign_checkpoint(&k, seq, &hash).unwrap()),
+            ..Entry::default()
+        };
+        b.push(Line {
+            file: "audit.log".into(),
+            number: 10,
+            text: encode(&e).unwrap().0,
+        });
+        let r = verify(&b, &t);
+        assert!(
+            matches!(r.problem, Some(Problem::BadCheckpoint { seq: 10, .. })),
+            "signing ({seq}, …): {:?}",
+            r.problem
+        );
+    }
+}

@@ -234,14 +234,18 @@ pub(crate) fn put_metas(
     rows: &[(&str, Option<&str>)],
     op: &'static str,
 ) -> Result<(), KeystoreError> {
+    // Cached statements: the audit log's chain head is written here after every sync.
     for (name, value) in rows {
         match value {
-            Some(v) => conn.execute(
-                "INSERT INTO meta (name, value) VALUES (?1, ?2)
+            Some(v) => conn
+                .prepare_cached(
+                    "INSERT INTO meta (name, value) VALUES (?1, ?2)
                  ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                [name, v],
-            ),
-            None => conn.execute("DELETE FROM meta WHERE name = ?1", [name]),
+                )
+                .and_then(|mut s| s.execute([name, v])),
+            None => conn
+                .prepare_cached("DELETE FROM meta WHERE name = ?1")
+                .and_then(|mut s| s.execute([name])),
         }
         .map_err(sql(op))?;
     }
