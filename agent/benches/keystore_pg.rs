@@ -177,6 +177,9 @@ fn set_keystore(config: &Path, location: &str) {
 
 // ---- measuring --------------------------------------------------------------------------------
 
+/// One measured request: `op(client, thread, i)`.
+type Op<'a> = dyn Fn(&BlockingClient, usize, u64) + Sync + 'a;
+
 struct Stats {
     ops: f64,
     median_us: f64,
@@ -259,7 +262,7 @@ fn single_agent(
             not_after: None,
         })
         .collect();
-    let ops: [&(dyn Fn(&BlockingClient, usize, u64) + Sync); 5] = [
+    let ops: [&Op; 5] = [
         &|c, _, _| {
             let k = c.run(|c| c.dek_show(dek)).expect("dek.show");
             assert_eq!(k.id, dek, "dek.show answered another key");
