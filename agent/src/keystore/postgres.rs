@@ -1107,6 +1107,13 @@ impl PgStore {
                 wrapped,
                 created: now(),
             };
+            r.version = v.version;
+            r.rotated = Some(v.created);
+            // The key row first: its `row_version` check takes the row's lock, so an agent
+            // adding the same version meanwhile makes this one a `Conflict` (nothing written).
+            // The version row first would meet the other's on the primary key instead: a
+            // duplicate-key error, not a conflict to retry.
+            update_key(&tx, key, &r, rv, "update key version").await?;
             tx.execute(
                 "INSERT INTO key_versions (key, version, wrapped, created, mac)
                  VALUES ($1, $2, $3, $4, $5)",
@@ -1120,9 +1127,6 @@ impl PgStore {
             )
             .await
             .map_err(pg("insert key version"))?;
-            r.version = v.version;
-            r.rotated = Some(v.created);
-            update_key(&tx, key, &r, rv, "update key version").await?;
             tx.commit().await.map_err(pg("commit add version"))?;
             Ok(Some(v.version))
         })?;

@@ -401,6 +401,60 @@ fn a_stale_row_version_is_a_conflict() {
     assert_eq!(rows, vec!["2"]);
 }
 
+/// Issue #17 item 8's bench found this: agents rotating one DEK at once. Each `add_version`
+/// either adds the next version or is a `Conflict` (retry); never a duplicate-key error, and the
+/// versions stay contiguous, one row each.
+#[test]
+fn concurrent_versions_of_one_key_are_conflicts_not_duplicates() {
+    let s = server();
+    let db = s.database("keyward");
+    let stores: Vec<PgStore> = (0..4)
+        .map(|_| PgStore::open(&s.location("keyward", &db, "")).unwrap())
+        .collect();
+    let r = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+    stores[0].insert(&r).unwrap();
+    let (added, conflicts) = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let store = &stores[t % stores.len()];
+                let id = r.id;
+                sc.spawn(move || {
+                    let (mut ok, mut conflict) = (0u32, 0u32);
+                    for _ in 0..25 {
+                        match store.add_version(&id, vec![t as u8; 40]) {
+                            Ok(Some(_)) => ok += 1,
+                            Err(KeystoreError::Conflict { .. }) => conflict += 1,
+                            other => panic!("add_version: {other:?}"),
+                        }
+                    }
+                    (ok, conflict)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .fold((0, 0), |(a, c), (x, y)| (a + x, c + y))
+    });
+    assert_eq!(added + conflicts, 8 * 25);
+    let newest = stores[1].get(&r.id).unwrap().unwrap().version;
+    assert_eq!(newest, 1 + added, "one version per successful add");
+    for v in 2..=newest {
+        assert!(
+            stores[2].version(&r.id, v).unwrap().is_some(),
+            "version {v}"
+        );
+    }
+    let rows = s
+        .query_as(
+            "keyward",
+            &db,
+            &format!("SELECT count(*) FROM key_versions WHERE key = '{}'", r.id),
+        )
+        .unwrap();
+    assert_eq!(rows, vec![added.to_string()]);
+}
+
 #[test]
 fn row_level_security_keeps_identities_apart() {
     let s = server();
