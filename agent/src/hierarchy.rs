@@ -118,12 +118,16 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// An opened KEK and the KEK version it was opened at.
+type OpenedKek = (u32, Arc<dyn Kek>);
+
 /// The hierarchy of one agent.
 pub struct Hierarchy {
     pub(crate) ks: Arc<Keystore>,
     pub(crate) root: Box<dyn Root>,
     policy: UnlockPolicy,
-    pub(crate) keks: Mutex<HashMap<Uuid, Arc<dyn Kek>>>,
+    /// Opened KEKs by id, each with the KEK version it was opened at ([`Hierarchy::kek_handle`]).
+    pub(crate) keks: Mutex<HashMap<Uuid, OpenedKek>>,
     /// Unwrapped software keypair secrets while unlocked (`key_cache.rs`).
     pub(crate) key_cache: crate::key_cache::KeyCache,
     /// The record of the root this agent runs on (one of the enrolled roots, `roots.rs`): the one
@@ -814,12 +818,18 @@ impl Hierarchy {
     }
 
     pub(crate) fn kek_handle(&self, kek: &KeyRecord) -> Result<Arc<dyn Kek>, AgentError> {
-        if let Some(k) = lock(&self.keks).get(&kek.id) {
-            return Ok(k.clone());
+        // Kept by id AND version: another agent sharing the keystore may rotate the KEK (the
+        // same id, a new key under version + 1) without this agent's own rotation path running
+        // (which forgets the handle); the record copy then shows the new version, and the stale
+        // handle is replaced rather than used to unwrap keys it cannot open.
+        if let Some((version, k)) = lock(&self.keks).get(&kek.id) {
+            if *version == kek.version {
+                return Ok(k.clone());
+            }
         }
         let wrapped = self.own_wrap(kek)?;
         let opened: Arc<dyn Kek> = Arc::from(self.root.open_kek(&wrapped)?);
-        lock(&self.keks).insert(kek.id, opened.clone());
+        lock(&self.keks).insert(kek.id, (kek.version, opened.clone()));
         Ok(opened)
     }
 

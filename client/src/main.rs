@@ -454,7 +454,14 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         _ => {}
     }
     let path = keyward_client::proto::paths::socket_path(cli.socket.clone());
-    let c = Client::connect(&path).await?;
+    let mut c = Client::connect(&path).await?;
+    // A request answered `conflict` (another agent changed the record; nothing was changed) is
+    // retried a few times with short jittered waits, then reported (client/src/retry.rs).
+    c.retry_conflicts(Some(keyward_client::ConflictRetry {
+        on_retry: Some(say_conflict_retry),
+        ..keyward_client::ConflictRetry::default()
+    }));
+    let c = c;
     let b64 = base64::engine::general_purpose::URL_SAFE;
     Ok(Some(match &cli.command {
         Command::Status => {
@@ -922,6 +929,15 @@ async fn backup_cmd(cli: &Cli, cmd: &BackupCmd) -> Result<Out, Failure> {
             Ok(out(text, json))
         }
     }
+}
+
+/// The note on stderr before a retry after `conflict` (stdout keeps only the result).
+fn say_conflict_retry(op: &str, attempt: u32, wait: std::time::Duration) {
+    eprintln!(
+        "keyward: {op}: another agent changed the record meanwhile (conflict, attempt {attempt}); \
+         nothing was changed, retrying in {} ms",
+        wait.as_millis()
+    );
 }
 
 fn main() -> ExitCode {

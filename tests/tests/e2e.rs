@@ -27,6 +27,8 @@ mod keystore_check;
 mod keystore_migrate;
 #[path = "e2e/keystore_postgres.rs"]
 mod keystore_postgres;
+#[path = "e2e/keystore_shared.rs"]
+mod keystore_shared;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/limits.rs"]
