@@ -145,11 +145,28 @@ impl Hierarchy {
 
     /// The wrapped key of `version` of `dek`, for decryption: the version must exist
     /// (`decrypt_failed`) and not be below the minimum (`version_retired`).
+    ///
+    /// A version above the newest that `dek` knows is looked up again in the keystore first:
+    /// `dek` may be this agent's copy of the record, taken before another agent on a shared
+    /// keystore added that version (its change notification still on the way); a ciphertext
+    /// under a version the keystore has must open (and a refusal names the stored newest).
     pub(crate) fn dek_version_for_open(
         &self,
         dek: &KeyRecord,
         version: u32,
     ) -> Result<Vec<u8>, AgentError> {
+        let stored;
+        let dek = if version > dek.version {
+            match self.ks.get(&dek.id)? {
+                Some(r) if r.kind == dek.kind => {
+                    stored = r;
+                    &stored
+                }
+                _ => dek,
+            }
+        } else {
+            dek
+        };
         if version == 0 || version > dek.version {
             return Err(AgentError::DecryptFailed(DecryptFailure::DekVersion {
                 id: dek.id,

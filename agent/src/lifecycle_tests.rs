@@ -548,3 +548,30 @@ fn hierarchy_lifecycle_a_tampered_rotation_item_stops_the_swap() {
     assert_eq!(f.h.kek_rotate(&kek.to_string()).unwrap().version, 2);
     all_still_work(&f, &cts, &kps);
 }
+
+/// Issue #17 item 8's bench found this: on a shared keystore an agent's copy of a DEK's record can
+/// lag another agent's rotation (its notification still on the way), and a ciphertext under the
+/// new version was refused as naming a version the DEK did not have. A version above the copy's
+/// newest is looked up in the keystore before refusing; one the keystore lacks is still refused.
+#[test]
+fn hierarchy_lifecycle_a_version_newer_than_a_stale_record_copy_opens() {
+    let (f, _) = ready();
+    let d = dek(&f);
+    let id: Uuid = d.parse().unwrap();
+    let stale = f.h.ks.get(&id).unwrap().unwrap();
+    assert_eq!(stale.version, 1);
+    assert_eq!(f.h.dek_rotate(&d).unwrap(), 2);
+    let fresh = f.h.ks.get(&id).unwrap().unwrap();
+    let wrapped =
+        f.h.dek_version_for_open(&stale, 2)
+            .expect("version 2 opens");
+    assert_eq!(wrapped, f.h.dek_version_wrapped(&fresh, 2).unwrap());
+    match f.h.dek_version_for_open(&stale, 3) {
+        Err(AgentError::DecryptFailed(crate::error::DecryptFailure::DekVersion {
+            version: 3,
+            current: 2,
+            ..
+        })) => {}
+        other => panic!("version 3: {other:?}"),
+    }
+}
