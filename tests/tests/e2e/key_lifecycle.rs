@@ -568,15 +568,13 @@ fn all_decrypt(env: &TestEnv, cts: &[Sample], kps: &[String], when: &str) {
     }
 }
 
-/// (journal rows, item rows) of the rotation journal, read from the keystore file (opened
-/// read-write: after a kill, only a writer recovers the WAL's committed transactions).
+/// (journal rows, item rows) of the rotation journal, read from the keystore (the SQLite file
+/// is opened read-write: after a kill, only a writer recovers the WAL's committed transactions).
 fn journal(env: &TestEnv) -> (i64, i64) {
-    let db = rusqlite::Connection::open(env.keystore_path()).unwrap();
-    let count = |t: &str| -> i64 {
-        db.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
-            .unwrap()
-    };
-    (count("kek_rotations"), count("kek_rotation_items"))
+    (
+        env.keystore_count("kek_rotations"),
+        env.keystore_count("kek_rotation_items"),
+    )
 }
 
 fn kek_version(env: &TestEnv, kek: &str) -> u32 {
