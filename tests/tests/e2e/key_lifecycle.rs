@@ -780,8 +780,17 @@ fn kek_rotate_survives_kill_9_at_random_moments(env: &mut TestEnv) {
         keys.ciphertext.clone(),
         keys.plaintext.clone(),
     ));
-    // Uninterrupted rotations, to know how long one takes here (the fastest of three).
-    let c = env.client();
+    // Uninterrupted rotations, to know how long one takes here (the fastest of three). Waited
+    // for up to 2 minutes: on a loaded machine one rotation of 1,000 children on PostgreSQL
+    // took longer than the client's default 30 s.
+    let c = keyward_tests::keyward_client::BlockingClient::connect_with(
+        env.socket_path(),
+        &keyward_tests::keyward_client::ClientOptions {
+            request_timeout: Duration::from_secs(120),
+            ..Default::default()
+        },
+    )
+    .expect("connect");
     let full = (0..3)
         .map(|_| {
             let t0 = Instant::now();
