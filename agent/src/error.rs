@@ -130,6 +130,9 @@ pub enum AgentError {
     /// An operation on the enrolled roots refused (`roots.rs`).
     #[error("{0}")]
     Roots(RootRefusal),
+    /// A device operation refused (`devices.rs`).
+    #[error("{0}")]
+    Devices(DeviceRefusal),
 }
 
 /// What the agent picks when the caller names none: the only active one.
@@ -545,6 +548,69 @@ impl RootRefusal {
     }
 }
 
+/// Why a device operation (`devices.rs`) refused. Each names the operation.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum DeviceRefusal {
+    /// This agent's device filed a request that no enrolled device has approved yet.
+    #[error("{op}: this device (request {id}) is not enrolled yet: run `keyward device request` here and `keyward device approve` on an enrolled device")]
+    NotEnrolled { op: &'static str, id: Uuid },
+    /// `device.request`/`device.reveal` on an agent that has no pending request of its own.
+    #[error("{op}: this agent has no enrollment request of its own: run `keyward init` on a keystore that holds the identity (or `keyward unlock` after a restart)")]
+    NoOwnRequest { op: &'static str },
+    /// `device.approve`: no enrollment request is pending (or none with that id).
+    #[error("{op}: no pending enrollment request{}", given.as_ref().map(|g| format!(" {g}")).unwrap_or_default())]
+    NoRequest {
+        op: &'static str,
+        given: Option<String>,
+    },
+    /// `device.approve` without an id while several requests are pending.
+    #[error("{op}: {count} enrollment requests are pending: name one with --id")]
+    SeveralRequests { op: &'static str, count: usize },
+    /// The code given is not the one both devices compute.
+    #[error("{op}: wrong code for request {id}: compare the code the new device printed, character by character; nothing was enrolled")]
+    WrongCode { op: &'static str, id: Uuid },
+    /// The new device's revealed nonce does not match its commitment.
+    #[error("{op}: request {id}: the revealed nonce does not match the commitment (a changed request): nothing was enrolled; file a new request")]
+    BadReveal { op: &'static str, id: Uuid },
+    /// An id that is not a UUID, or no device has it.
+    #[error("{op}: no device {given}")]
+    Unknown { op: &'static str, given: String },
+    /// A device row whose signature does not verify, or whose signer is not an enrolled device.
+    #[error("{op}: device row {id} does not verify ({what}): it was not written by an enrolled device; refusing it")]
+    BadSignature {
+        op: &'static str,
+        id: Uuid,
+        what: &'static str,
+    },
+    /// This agent's root has no device row (a keystore from before v11 with devices added by
+    /// another agent).
+    #[error("{op}: the root this agent runs on has no device row")]
+    NoOwnDevice { op: &'static str },
+    /// `device.revoke` of the device this agent is.
+    #[error("{op}: device {id} is this agent: revoke it from another enrolled device")]
+    OwnDevice { op: &'static str, id: Uuid },
+}
+
+impl DeviceRefusal {
+    fn code(&self) -> ErrorCode {
+        match self {
+            DeviceRefusal::NotEnrolled { .. } | DeviceRefusal::NoOwnRequest { .. } => {
+                ErrorCode::NotInitialized
+            }
+            DeviceRefusal::NoRequest { .. }
+            | DeviceRefusal::Unknown { .. }
+            | DeviceRefusal::NoOwnDevice { .. } => ErrorCode::NotFound,
+            DeviceRefusal::SeveralRequests { .. } => ErrorCode::Ambiguous,
+            DeviceRefusal::WrongCode { .. } | DeviceRefusal::BadReveal { .. } => {
+                ErrorCode::VerifyFailed
+            }
+            DeviceRefusal::BadSignature { .. } => ErrorCode::KeystoreTampered,
+            DeviceRefusal::OwnDevice { .. } => ErrorCode::WrongKey,
+        }
+    }
+}
+
 /// A cryptography library's error.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -628,6 +694,7 @@ impl AgentError {
             AgentError::KeystoreChecking { .. } => ErrorCode::KeystoreChecking,
             AgentError::AuditUnavailable { .. } => ErrorCode::AuditUnavailable,
             AgentError::Roots(r) => r.code(),
+            AgentError::Devices(d) => d.code(),
             AgentError::UsageDenied { .. } => ErrorCode::UsageDenied,
             AgentError::KeyExpired { .. } => ErrorCode::KeyExpired,
             AgentError::LimitsWidened { .. } => ErrorCode::LimitsWidened,

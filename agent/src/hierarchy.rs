@@ -118,12 +118,19 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// An opened KEK and the KEK version it was opened at.
+type OpenedKek = (u32, Arc<dyn Kek>);
+
 /// The hierarchy of one agent.
 pub struct Hierarchy {
     pub(crate) ks: Arc<Keystore>,
     pub(crate) root: Box<dyn Root>,
+    /// The same root as `root`, for the device code (`devices.rs`): the device key in front
+    /// of the configured root on a device enrolled by another.
+    pub(crate) device: Arc<crate::root::device::DeviceRoot>,
     policy: UnlockPolicy,
-    pub(crate) keks: Mutex<HashMap<Uuid, Arc<dyn Kek>>>,
+    /// Opened KEKs by id, each with the KEK version it was opened at ([`Hierarchy::kek_handle`]).
+    pub(crate) keks: Mutex<HashMap<Uuid, OpenedKek>>,
     /// Unwrapped software keypair secrets while unlocked (`key_cache.rs`).
     pub(crate) key_cache: crate::key_cache::KeyCache,
     /// The record of the root this agent runs on (one of the enrolled roots, `roots.rs`): the one
@@ -150,9 +157,11 @@ pub struct Hierarchy {
 
 impl Hierarchy {
     pub fn new(ks: Arc<Keystore>, root: Box<dyn Root>, policy: UnlockPolicy) -> Self {
+        let device = Arc::new(crate::root::device::DeviceRoot::new(root));
         Hierarchy {
             ks,
-            root,
+            root: Box::new(device.clone()),
+            device,
             policy,
             keks: Mutex::new(HashMap::new()),
             key_cache: crate::key_cache::KeyCache::new(),
@@ -583,7 +592,18 @@ impl Hierarchy {
     /// except for a root that an interrupted `init` of this keystore left in the token (it is
     /// adopted: the keystore marks `init` pending before the root is made).
     pub fn init(&self, pin: &Pin) -> Result<Uuid, AgentError> {
+        Ok(self.init_or_join(pin)?.0)
+    }
+
+    /// `init`, and on a shared keystore (not a local file) that holds the identity already:
+    /// this device's root object and device key, filed as an enrollment request
+    /// (`devices.rs`), not a second identity. The second value says which: `true` for a
+    /// device that joined (the id is its request's).
+    pub fn init_or_join(&self, pin: &Pin) -> Result<(Uuid, bool), AgentError> {
         if self.stored_root()?.is_some() {
+            if !self.ks.is_local() && lock(&self.own_root).is_none() {
+                return Ok((self.device_join(pin)?, true));
+            }
             return Err(AgentError::AlreadyInitialized);
         }
         let pending = self.ks.meta(META_INIT_PENDING)?.is_some();
@@ -626,7 +646,9 @@ impl Hierarchy {
             Ok(rec.id)
         })?;
         tracing::info!(%id, "root created");
-        Ok(id)
+        // This agent is the identity's first device (`devices.rs`).
+        self.own_device("init")?;
+        Ok((id, false))
     }
 
     /// Unlock with the PIN. While already unlocked, the PIN is checked against the one held (a
@@ -637,14 +659,34 @@ impl Hierarchy {
             return Err(AgentError::NotInitialized);
         }
         self.with_pin_policy(|| {
-            if self.root.is_unlocked() {
+            if self.root.is_unlocked() && lock(&self.own_root).is_some() {
                 self.check_held_pin(pin)?;
                 self.touch();
                 return Ok(());
             }
+            if self.root.is_unlocked() {
+                // A device waiting for its enrollment (`devices.rs`): unlock again, on its key.
+                self.lock_quietly();
+            }
             root.as_ref().ok_or(AgentError::NotInitialized)?;
             lock(&self.keks).clear();
-            let chosen = self.unlock_enrolled(pin)?;
+            let chosen = match self.unlock_enrolled(pin) {
+                Ok(c) => c,
+                // Not an enrolled root here: maybe a device enrolled by another (`devices.rs`).
+                Err(
+                    e @ (AgentError::KeystoreTampered(
+                        Tampering::DoesNotUnwrap { .. } | Tampering::NoWrappedKey { .. },
+                    )
+                    | AgentError::Roots(crate::error::RootRefusal::NoneOfScheme { .. })
+                    | AgentError::Root(
+                        RootError::RootMissing { .. } | RootError::DecryptFailed { .. },
+                    )),
+                ) => match self.unlock_device(pin)? {
+                    Some(rec) => rec,
+                    None => return Err(e),
+                },
+                Err(e) => return Err(e),
+            };
             *lock(&self.own_root) = Some(chosen);
             if let Err(e) = self.remember_pin(pin) {
                 tracing::error!(error = %e, "unlock refused");
@@ -814,12 +856,18 @@ impl Hierarchy {
     }
 
     pub(crate) fn kek_handle(&self, kek: &KeyRecord) -> Result<Arc<dyn Kek>, AgentError> {
-        if let Some(k) = lock(&self.keks).get(&kek.id) {
-            return Ok(k.clone());
+        // Kept by id AND version: another agent sharing the keystore may rotate the KEK (the
+        // same id, a new key under version + 1) without this agent's own rotation path running
+        // (which forgets the handle); the record copy then shows the new version, and the stale
+        // handle is replaced rather than used to unwrap keys it cannot open.
+        if let Some((version, k)) = lock(&self.keks).get(&kek.id) {
+            if *version == kek.version {
+                return Ok(k.clone());
+            }
         }
         let wrapped = self.own_wrap(kek)?;
         let opened: Arc<dyn Kek> = Arc::from(self.root.open_kek(&wrapped)?);
-        lock(&self.keks).insert(kek.id, opened.clone());
+        lock(&self.keks).insert(kek.id, (kek.version, opened.clone()));
         Ok(opened)
     }
 

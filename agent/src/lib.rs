@@ -7,6 +7,7 @@ pub mod agents;
 pub mod audit;
 pub mod config;
 pub mod datakeys;
+pub mod devices;
 pub mod door;
 pub mod error;
 pub mod hardening;

@@ -29,12 +29,16 @@ pub const PUBLIC_ROOT_SCHEME: &str = "public-p256";
 pub enum PublicRootKind {
     /// The recovery root: its private key exists only as words on paper (or trustees' shares).
     Recovery,
+    /// A device enrolled by `device approve` (`devices.rs`): its device key, whose scalar is
+    /// kept wrapped under the device's own configured root.
+    Device,
 }
 
 impl PublicRootKind {
     pub fn as_str(self) -> &'static str {
         match self {
             PublicRootKind::Recovery => "recovery",
+            PublicRootKind::Device => "device",
         }
     }
 }

@@ -569,13 +569,113 @@ impl Handler for Service {
     }
 
     fn init(&self, a: PinArgs) -> Result<InitResult, AgentError> {
-        let root = self.h.init(&a.pin)?;
+        let (root, joined) = self.h.init_or_join(&a.pin)?;
         if let Some(a) = &self.audit {
-            a.checkpoint("init");
+            if !joined {
+                a.checkpoint("init");
+            }
         }
         Ok(InitResult {
             id: root.to_string(),
             token: self.h.describe(),
+            joined,
+        })
+    }
+
+    fn device_request(&self, a: DeviceRequestArgs) -> Result<DeviceRequested, AgentError> {
+        let (id, fingerprint) = self.h.device_request(a.label)?;
+        Ok(DeviceRequested {
+            id: id.to_string(),
+            fingerprint,
+        })
+    }
+
+    fn device_reveal(&self, _: Empty) -> Result<DeviceRevealed, AgentError> {
+        let id = self
+            .h
+            .device
+            .pending()
+            .map(|p| p.id.to_string())
+            .unwrap_or_default();
+        let code = self.h.device_reveal()?;
+        Ok(DeviceRevealed {
+            id,
+            answered: code.is_some(),
+            code,
+        })
+    }
+
+    fn device_approve(&self, a: DeviceApproveArgs) -> Result<DeviceApproved, AgentError> {
+        use crate::devices::Approval;
+        Ok(
+            match self.h.device_approve(a.id.as_deref(), a.code.as_deref())? {
+                Approval::Answered { id, fingerprint } => DeviceApproved {
+                    id: id.to_string(),
+                    state: "answered".into(),
+                    fingerprint: Some(fingerprint),
+                    root: None,
+                    wrapped: None,
+                },
+                Approval::Waiting { id, fingerprint } => DeviceApproved {
+                    id: id.to_string(),
+                    state: "waiting".into(),
+                    fingerprint: Some(fingerprint),
+                    root: None,
+                    wrapped: None,
+                },
+                Approval::Enrolled { id, root, wrapped } => DeviceApproved {
+                    id: id.to_string(),
+                    state: "enrolled".into(),
+                    fingerprint: None,
+                    root: Some(root.to_string()),
+                    wrapped: Some(wrapped),
+                },
+            },
+        )
+    }
+
+    fn device_list(&self, a: ListArgs) -> Result<DevicePage, AgentError> {
+        let limit = match a.limit {
+            None => usize::MAX,
+            Some(n @ 1..=MAX_PAGE) => n as usize,
+            Some(_) => {
+                return Err(AgentError::invalid(
+                    "limit",
+                    Problem::OutOfRange {
+                        min: 1,
+                        max: u64::from(MAX_PAGE),
+                        unit: "devices",
+                    },
+                ))
+            }
+        };
+        let (devices, next) = self.h.device_page(a.after.as_deref(), limit)?;
+        Ok(DevicePage {
+            devices: devices
+                .into_iter()
+                .map(|d| DeviceEntry {
+                    id: d.row.id.to_string(),
+                    state: d.row.state.clone(),
+                    fingerprint: crate::devices::fingerprint(&d.row.public_key),
+                    label: d.row.label.clone(),
+                    token_serial: d.row.token_serial.clone(),
+                    root: d.root.map(|r| r.to_string()),
+                    enrolled_by: d.row.enrolled_by.map(|r| r.to_string()),
+                    created: d.row.created,
+                    current: d.current,
+                })
+                .collect(),
+            next,
+        })
+    }
+
+    fn device_revoke(&self, a: IdArgs) -> Result<DeviceRevoked, AgentError> {
+        let (id, keks, deks) = self.h.device_revoke(&a.id)?;
+        let s = |v: Vec<uuid::Uuid>| v.into_iter().map(|u| u.to_string()).collect();
+        Ok(DeviceRevoked {
+            id: id.to_string(),
+            keks: s(keks),
+            deks: s(deks),
         })
     }
 

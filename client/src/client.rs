@@ -8,10 +8,11 @@
 //! have a longer one.
 
 use crate::error::ClientError;
+use crate::retry::ConflictRetry;
 use keyward_proto::message::ResponseError;
 use keyward_proto::ops::*;
 use keyward_proto::secret::{Pin, SecretBytes};
-use keyward_proto::{frame, Request, Response, MAX_FRAME};
+use keyward_proto::{frame, ErrorCode, Request, Response, MAX_FRAME};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -119,6 +120,8 @@ pub struct Client {
     next_id: AtomicU64,
     hello: HelloResult,
     reader: tokio::task::JoinHandle<()>,
+    /// Retry requests answered with `conflict` ([`Client::retry_conflicts`]); off by default.
+    conflict_retry: Option<ConflictRetry>,
 }
 
 impl Drop for Client {
@@ -252,6 +255,7 @@ impl Client {
                 audit_log: None,
             },
             reader,
+            conflict_retry: None,
         };
         client.hello = client
             .call::<op::Hello>(&HelloArgs {
@@ -273,6 +277,13 @@ impl Client {
         self.opts = opts;
     }
 
+    /// Retry every request the agent answers with `conflict` (another agent changed the record
+    /// meanwhile; nothing was changed) as `policy` says, then report it (`retry.rs` says why
+    /// this is safe). `None` turns it off (the default).
+    pub fn retry_conflicts(&mut self, policy: Option<ConflictRetry>) {
+        self.conflict_retry = policy;
+    }
+
     /// What the agent said at `hello` (as of connecting).
     pub fn hello_info(&self) -> &HelloResult {
         &self.hello
@@ -287,6 +298,43 @@ impl Client {
     /// Send one request by wire name with any arguments (for operations this library does not
     /// know, and for tests of the agent's refusals).
     pub async fn call_named<A: Serialize, R: DeserializeOwned>(
+        &self,
+        op: &str,
+        args: &A,
+    ) -> Result<R, ClientError> {
+        let mut attempt = 1;
+        loop {
+            match self.call_once(op, args).await {
+                Err(ClientError::Agent { op, mut body }) if body.code == ErrorCode::Conflict => {
+                    let Some(policy) = &self.conflict_retry else {
+                        return Err(ClientError::Agent { op, body });
+                    };
+                    match policy.delay(attempt, ConflictRetry::jitter()) {
+                        Some(wait) => {
+                            if let Some(say) = policy.on_retry {
+                                say(&op, attempt, wait);
+                            }
+                            tokio::time::sleep(wait).await;
+                            attempt += 1;
+                        }
+                        None => {
+                            if attempt > 1 {
+                                body.message = format!(
+                                    "{} (still in conflict after {attempt} attempts: another \
+                                     agent keeps changing this record)",
+                                    body.message
+                                );
+                            }
+                            return Err(ClientError::Agent { op, body });
+                        }
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn call_once<A: Serialize, R: DeserializeOwned>(
         &self,
         op: &str,
         args: &A,
@@ -569,6 +617,41 @@ impl Client {
     /// Remove an enrolled root.
     pub async fn root_remove(&self, id: &str) -> Result<Deleted, ClientError> {
         self.call::<op::RootRemove>(&IdArgs { id: id.into() }).await
+    }
+
+    /// On a new device: file the enrollment request with its commitment.
+    pub async fn device_request(
+        &self,
+        label: Option<String>,
+    ) -> Result<DeviceRequested, ClientError> {
+        self.call::<op::DeviceRequest>(&DeviceRequestArgs { label })
+            .await
+    }
+
+    /// On a new device: the code once an enrolled device answered (`code: None` meanwhile).
+    pub async fn device_reveal(&self) -> Result<DeviceRevealed, ClientError> {
+        self.call::<op::DeviceReveal>(&Empty {}).await
+    }
+
+    /// On an enrolled device: answer a request, or (with its code) enroll it.
+    pub async fn device_approve(
+        &self,
+        id: Option<String>,
+        code: Option<String>,
+    ) -> Result<DeviceApproved, ClientError> {
+        self.call::<op::DeviceApprove>(&DeviceApproveArgs { id, code })
+            .await
+    }
+
+    /// One page of devices.
+    pub async fn device_list_page(&self, page: ListArgs) -> Result<DevicePage, ClientError> {
+        self.call::<op::DeviceList>(&page).await
+    }
+
+    /// Revoke a device: its wraps and root go, every KEK is rotated.
+    pub async fn device_revoke(&self, id: &str) -> Result<DeviceRevoked, ClientError> {
+        self.call::<op::DeviceRevoke>(&IdArgs { id: id.into() })
+            .await
     }
 
     /// Revoke a KEK (and every key under it).

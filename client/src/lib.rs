@@ -12,9 +12,11 @@
 mod client;
 mod error;
 pub mod passphrase;
+pub mod retry;
 pub mod stream;
 
 pub use client::{all_pages, BlockingClient, Client, ClientOptions};
 pub use error::ClientError;
 pub use keyward_proto as proto;
+pub use retry::ConflictRetry;
 pub use stream::{stream_error, AsyncDecryptReader, AsyncEncryptWriter, StreamKey};

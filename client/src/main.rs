@@ -20,6 +20,7 @@ mod audit_cmds;
 mod backup;
 mod cli;
 mod cryppo;
+mod device_cmds;
 mod doctor;
 mod identity_cmds;
 mod limits_cmds;
@@ -79,6 +80,10 @@ enum Command {
     /// The roots every KEK is wrapped under (a backup token, a card, the recovery root).
     #[command(subcommand)]
     Root(RootCmd),
+    /// Devices sharing this identity's keystore: enroll a new one (`request` on it, `approve`
+    /// on an enrolled one), list, revoke.
+    #[command(subcommand)]
+    Device(device_cmds::DeviceCmd),
     /// Data-encryption keys.
     #[command(subcommand)]
     Dek(DekCmd),
@@ -454,7 +459,14 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         _ => {}
     }
     let path = keyward_client::proto::paths::socket_path(cli.socket.clone());
-    let c = Client::connect(&path).await?;
+    let mut c = Client::connect(&path).await?;
+    // A request answered `conflict` (another agent changed the record; nothing was changed) is
+    // retried a few times with short jittered waits, then reported (client/src/retry.rs).
+    c.retry_conflicts(Some(keyward_client::ConflictRetry {
+        on_retry: Some(say_conflict_retry),
+        ..keyward_client::ConflictRetry::default()
+    }));
+    let c = c;
     let b64 = base64::engine::general_purpose::URL_SAFE;
     Ok(Some(match &cli.command {
         Command::Status => {
@@ -513,6 +525,16 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
             };
             let r = c.init(pin).await?;
             let mut j = json!({"id": r.id, "token": r.token});
+            if r.joined {
+                j["joined"] = json!(true);
+                eprintln!(
+                    "keyward: this keystore already holds the identity: this device's root and \
+                     device key were made, and filed as enrollment request {}.\n\
+                     next: run `keyward device request` here, then `keyward device approve` on \
+                     an enrolled device",
+                    r.id
+                );
+            }
             if let Some(p) = &generated {
                 // Shown once: on stderr in text mode, so `ID=$(keyward init --soft)` keeps the id
                 // clean and the passphrase still reaches the person at the terminal.
@@ -547,6 +569,7 @@ async fn run(cli: &Cli) -> Result<Option<Out>, Failure> {
         }
         Command::Kek(KekCmd::Revoke { id }) => revoked_out(c.kek_revoke(id).await?),
         Command::Root(cmd) => root_cmd(&c, cmd).await?,
+        Command::Device(cmd) => device_cmds::run(&c, cmd).await?,
         Command::Keystore(KeystoreCmd::Migrate { to }) => {
             // The agent resolves nothing against its own working directory: send an absolute
             // path.
@@ -922,6 +945,15 @@ async fn backup_cmd(cli: &Cli, cmd: &BackupCmd) -> Result<Out, Failure> {
             Ok(out(text, json))
         }
     }
+}
+
+/// The note on stderr before a retry after `conflict` (stdout keeps only the result).
+fn say_conflict_retry(op: &str, attempt: u32, wait: std::time::Duration) {
+    eprintln!(
+        "keyward: {op}: another agent changed the record meanwhile (conflict, attempt {attempt}); \
+         nothing was changed, retrying in {} ms",
+        wait.as_millis()
+    );
 }
 
 fn main() -> ExitCode {

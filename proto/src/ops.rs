@@ -137,9 +137,15 @@ pub struct PinArgs {
 /// `init` result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitResult {
-    /// The root's keystore id.
+    /// The root's keystore id (a device that joined an existing identity: its enrollment
+    /// request's id).
     pub id: String,
     pub token: String,
+    /// Set when `init` found the identity already in a shared keystore: this device's root
+    /// object and device key were made and filed as enrollment request `id`; the next step is
+    /// `keyward device request`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub joined: bool,
 }
 
 /// `unlock` and `lock` result.
@@ -1125,4 +1131,101 @@ pub struct KeystoreMigrated {
     pub to: String,
     pub tables: Vec<TableCount>,
     pub ms: u64,
+}
+
+// ---- devices (issue 17 item 2; README "Devices") ---------------------------------------------
+
+/// `device.request` arguments (on the new device).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceRequestArgs {
+    /// A name for people (default: the root's description).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+}
+
+/// `device.request` result: the request filed with its commitment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRequested {
+    pub id: String,
+    /// The device key's fingerprint (first 8 bytes of its SHA-256, hex).
+    pub fingerprint: String,
+}
+
+/// `device.reveal` result: `code` once an enrolled device has answered (the nonce is then
+/// revealed); absent while waiting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRevealed {
+    pub id: String,
+    /// Whether an enrolled device has answered (then `code` is set).
+    pub answered: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// `device.approve` arguments (on an enrolled, unlocked device).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceApproveArgs {
+    /// The request (default: the only one pending).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The code the new device printed (absent: answer the request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// `device.approve` result. `state`: `answered` (this device's nonce is filed: the new device
+/// now prints the code), `waiting` (answered, no reveal or no code yet), `enrolled`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceApproved {
+    pub id: String,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Enrolled: the device's root (a `public-p256` root, locator `public:device`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    /// Enrolled: KEKs (the integrity KEK included) wrapped to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapped: Option<u64>,
+}
+
+/// One device (`device.list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceEntry {
+    pub id: String,
+    /// `enrolled` or `request`.
+    pub state: String,
+    pub fingerprint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolled_by: Option<String>,
+    /// Unix seconds.
+    pub created: u64,
+    /// This agent is this device.
+    pub current: bool,
+}
+
+/// `device.list` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DevicePage {
+    pub devices: Vec<DeviceEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// `device.revoke` result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRevoked {
+    pub id: String,
+    /// KEKs rotated (the device could open them all).
+    pub keks: Vec<String>,
+    /// DEKs whose data must be re-encrypted (`dek rotate` + `rewrap`).
+    pub deks: Vec<String>,
 }

@@ -254,6 +254,16 @@ operations! {
     RootList, root_list, "root.list": ListArgs => RootPage, Unlocked;
     /// Remove an enrolled root (not the agent's own, not the last).
     RootRemove, root_remove, "root.remove": IdArgs => Deleted, Unlocked;
+    /// A new device (after `init` joined a shared keystore): file its enrollment request
+    /// with a commitment to a nonce.
+    DeviceRequest, device_request, "device.request": DeviceRequestArgs => DeviceRequested, Always;
+    /// A new device: reveal its nonce once an enrolled device answered, and give the code.
+    DeviceReveal, device_reveal, "device.reveal": Empty => DeviceRevealed, Always;
+    /// An enrolled device: answer a request, or (with the code) enroll it.
+    DeviceApprove, device_approve, "device.approve": DeviceApproveArgs => DeviceApproved, Unlocked;
+    DeviceList, device_list, "device.list": ListArgs => DevicePage, Unlocked;
+    /// Remove a device's wraps and root, rotate every KEK it could read.
+    DeviceRevoke, device_revoke, "device.revoke": IdArgs => DeviceRevoked, Unlocked;
     /// Replace the agent's root by the one a configuration describes; the agent locks after.
     RootRotate, root_rotate, "root.rotate": RootRotateArgs => RootRotated, Unlocked;
     // Recovery (README "Recovery").

@@ -417,6 +417,35 @@ fn every_request_validates() {
         ),
         (Op::RootList, req(Op::RootList, &ListArgs::default())),
         (
+            Op::DeviceRequest,
+            req(
+                Op::DeviceRequest,
+                &DeviceRequestArgs {
+                    label: Some("laptop".into()),
+                },
+            ),
+        ),
+        (Op::DeviceReveal, req(Op::DeviceReveal, &Empty {})),
+        (
+            Op::DeviceApprove,
+            req(
+                Op::DeviceApprove,
+                &DeviceApproveArgs {
+                    id: Some(ID.into()),
+                    code: Some("7K3M-Q9ZD-1V0B".into()),
+                },
+            ),
+        ),
+        (
+            Op::DeviceApprove,
+            req(Op::DeviceApprove, &DeviceApproveArgs::default()),
+        ),
+        (Op::DeviceList, req(Op::DeviceList, &ListArgs::default())),
+        (
+            Op::DeviceRevoke,
+            req(Op::DeviceRevoke, &IdArgs { id: ID.into() }),
+        ),
+        (
             Op::RootRotate,
             req(
                 Op::RootRotate,
@@ -602,6 +631,15 @@ fn every_response_validates() {
             &InitResult {
                 id: ID.into(),
                 token: "t".into(),
+                joined: false,
+            },
+        ),
+        Response::ok(
+            1,
+            &InitResult {
+                id: ID.into(),
+                token: "t".into(),
+                joined: true,
             },
         ),
         Response::ok(1, &LockState { locked: true }),
@@ -703,6 +741,64 @@ fn every_response_validates() {
                 not_destroyed: None,
                 deks: vec![ID.into()],
                 keks: vec![ID.into()],
+            },
+        ),
+        Response::ok(
+            1,
+            &DeviceRequested {
+                id: ID.into(),
+                fingerprint: "0a1b:2c3d:4e5f:6071".into(),
+            },
+        ),
+        Response::ok(
+            1,
+            &DeviceRevealed {
+                id: ID.into(),
+                answered: true,
+                code: Some("7K3M-Q9ZD-1V0B".into()),
+            },
+        ),
+        Response::ok(
+            1,
+            &DeviceRevealed {
+                id: ID.into(),
+                answered: false,
+                code: None,
+            },
+        ),
+        Response::ok(
+            1,
+            &DeviceApproved {
+                id: ID.into(),
+                state: "enrolled".into(),
+                fingerprint: None,
+                root: Some(ID.into()),
+                wrapped: Some(3),
+            },
+        ),
+        Response::ok(
+            1,
+            &DevicePage {
+                devices: vec![DeviceEntry {
+                    id: ID.into(),
+                    state: "enrolled".into(),
+                    fingerprint: "0a1b:2c3d:4e5f:6071".into(),
+                    label: Some("laptop".into()),
+                    token_serial: None,
+                    root: Some(ID.into()),
+                    enrolled_by: Some(ID.into()),
+                    created: 1_700_000_000,
+                    current: true,
+                }],
+                next: Some(ID.into()),
+            },
+        ),
+        Response::ok(
+            1,
+            &DeviceRevoked {
+                id: ID.into(),
+                keks: vec![ID.into()],
+                deks: vec![ID.into()],
             },
         ),
         Response::ok(

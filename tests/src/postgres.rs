@@ -94,6 +94,46 @@ pub(crate) fn psql() -> PathBuf {
 }
 
 impl PgServer {
+    /// A server of the caller's own (not the one [`server`] shares): for tests that stop it
+    /// ([`PgServer::halt`]). Stopped, like the shared one, when the test process ends.
+    pub fn start_own() -> PgServer {
+        start()
+    }
+
+    /// Stop the server, keeping its data (`postgres-setup.sh --halt`): a database that went
+    /// away. Only on a server of one's own ([`PgServer::start_own`]).
+    pub fn halt(&self) {
+        self.setup("--halt");
+    }
+
+    /// Start a halted server again on the same port (`postgres-setup.sh --resume`).
+    pub fn resume(&self) {
+        self.setup("--resume");
+    }
+
+    fn setup(&self, what: &str) {
+        let out = Command::new("bash")
+            .arg(setup_script())
+            .arg(what)
+            .arg(&self.dir)
+            .output()
+            .expect("run postgres-setup.sh");
+        assert!(
+            out.status.success(),
+            "postgres-setup.sh {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The database name in a location ([`PgServer::database`]'s).
+    pub fn db_name(location: &str) -> &str {
+        location
+            .split('?')
+            .next()
+            .and_then(|l| l.rsplit('/').next())
+            .expect("database name")
+    }
+
     pub fn passfile(&self) -> PathBuf {
         self.dir.join("pgpass")
     }

@@ -13,6 +13,8 @@ mod cli;
 mod client_safety;
 #[path = "e2e/cryppo.rs"]
 mod cryppo;
+#[path = "e2e/devices.rs"]
+mod devices;
 #[path = "e2e/faults.rs"]
 mod faults;
 #[path = "e2e/identity.rs"]
@@ -27,6 +29,8 @@ mod keystore_check;
 mod keystore_migrate;
 #[path = "e2e/keystore_postgres.rs"]
 mod keystore_postgres;
+#[path = "e2e/keystore_shared.rs"]
+mod keystore_shared;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
 #[path = "e2e/limits.rs"]

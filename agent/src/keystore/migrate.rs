@@ -9,13 +9,16 @@
 //! (so the MACs come out byte for byte as they were), and then read back from the destination
 //! with the MAC key — every row's MAC checked by the backend's own read path — and compared with
 //! the source, table by table and record by record ([`verify`]). A row that does not verify or
-//! differs, or a table whose count differs, fails the migration naming the record; a destination
-//! file this step created is then removed.
+//! differs, or a table whose count differs, fails the migration naming the record, and the
+//! destination is put back as it was: a file this step created is removed, an existing empty
+//! file is emptied again, and the rows a database copy wrote are deleted
+//! ([`super::PgStore::discard_copy`]).
 //!
-//! This module must never write to the source keystore, never write into a destination that
-//! holds anything, and never report success for a copy it has not read back and checked.
+//! This module must never write to the source keystore, never write into (or delete from) a
+//! destination that held anything before, and never report success for a copy it has not read
+//! back and checked.
 
-use super::{Keystore, KeystoreError, RowCounts, Snapshot};
+use super::{Backend, Keystore, KeystoreError, RowCounts, Snapshot};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -152,6 +155,26 @@ fn remove_sqlite(path: &Path) {
     }
 }
 
+/// Put back an SQLite destination that was an existing empty file: truncate it to nothing
+/// again and remove the WAL and shared memory opening it made.
+fn empty_sqlite(path: &Path) {
+    if let Err(e) = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+    {
+        tracing::warn!(path = %path.display(), error = %e, "keystore migrate: could not empty the destination again");
+    }
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let p = PathBuf::from(format!("{}{suffix}", path.display()));
+        if let Err(e) = std::fs::remove_file(&p) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %p.display(), error = %e, "keystore migrate: could not remove a failed copy");
+            }
+        }
+    }
+}
+
 /// Check `dest` against `src`: every table's count, then every row read back through the
 /// destination's backend with the MAC key loaded (a row whose MAC does not verify fails that
 /// read) and compared with the source's, in order. Returns the destination's counts.
@@ -255,6 +278,8 @@ impl Keystore {
             to: to.to_string(),
             source,
         };
+        // What to undo on failure: a file this step created goes; an existing empty file is
+        // emptied again; a database's rows this step wrote are deleted.
         let (dest, created) = match Destination::parse(to, self)? {
             Destination::Postgres(loc) => {
                 (Keystore::open_postgres(&loc).map_err(destination)?, None)
@@ -276,9 +301,10 @@ impl Keystore {
                     }
                 }
                 let dest = Keystore::open(&path).map_err(destination)?;
-                (dest, (!existed).then_some(path))
+                (dest, Some((path, existed)))
             }
         };
+        let mut wrote = false;
         let result = (|| {
             let rows = dest.row_counts().map_err(destination)?.total();
             if rows > 0 {
@@ -290,8 +316,26 @@ impl Keystore {
             dest.set_mac_key(Some(key.duplicate()));
             let snapshot = self.snapshot().map_err(MigrateError::Source)?;
             dest.load_snapshot(&snapshot).map_err(destination)?;
+            // Written (in one transaction: a failed write above left nothing).
+            wrote = true;
             verify(&snapshot, &dest, to)
         })();
+        if result.is_err() && wrote {
+            if let Backend::Postgres(p) = dest.backend() {
+                // The copy does not check out: the destination goes back to the empty keystore
+                // it was (the schema the open created stays, as any open leaves it).
+                match p.discard_copy() {
+                    Ok(n) => tracing::warn!(
+                        to,
+                        rows = n,
+                        "keystore migrate: removed the copy that failed its check"
+                    ),
+                    Err(e) => {
+                        tracing::error!(to, error = %e, "keystore migrate: could not remove the copy that failed its check; remove its rows before another attempt")
+                    }
+                }
+            }
+        }
         dest.set_mac_key(None);
         drop(dest);
         match result {
@@ -301,12 +345,14 @@ impl Keystore {
                 ms: start.elapsed().as_millis() as u64,
             }),
             Err(e) => {
-                // A file this step created goes. A database copy is written in one
-                // transaction: a failed write leaves nothing; a copy that fails its check
-                // stays for inspection (the error names the record), and a second migration
-                // into it is refused as not empty.
-                if let Some(path) = created {
-                    remove_sqlite(&path);
+                // A file this step created goes; an empty file that was there is emptied again
+                // (opening it wrote the schema: a second attempt would find it "not empty").
+                // A database copy is written in one transaction: a failed write leaves nothing,
+                // and a copy that fails its check was deleted above.
+                match created {
+                    Some((path, false)) => remove_sqlite(&path),
+                    Some((path, true)) => empty_sqlite(&path),
+                    None => {}
                 }
                 Err(e)
             }

@@ -543,6 +543,26 @@ impl Keystore {
         dispatch!(self, s => s.insert_with_ssh_flags(r, flags))
     }
 
+    /// Insert or replace a `devices` row (v11, `crate::devices`): MAC'd when the MAC key is
+    /// loaded; an enrolled row needs it.
+    pub fn device_put(&self, d: &DeviceRow) -> Result<(), KeystoreError> {
+        dispatch!(self, s => s.device_put(d))
+    }
+
+    /// One `devices` row; an enrolled one is checked while the MAC key is loaded.
+    pub fn device_get(&self, id: &Uuid) -> Result<Option<DeviceRow>, KeystoreError> {
+        dispatch!(self, s => s.device_get(id))
+    }
+
+    /// Every `devices` row in (created, id) order, enrolled rows checked.
+    pub fn devices(&self) -> Result<Vec<DeviceRow>, KeystoreError> {
+        dispatch!(self, s => s.devices())
+    }
+
+    pub fn device_delete(&self, id: &Uuid) -> Result<bool, KeystoreError> {
+        dispatch!(self, s => s.device_delete(id))
+    }
+
     /// Every root record, in (created, id) order: unchecked while locked (unlock reads them to
     /// find its root before the MAC key exists), checked while unlocked.
     pub fn roots(&self) -> Result<Vec<KeyRecord>, KeystoreError> {

@@ -13,7 +13,9 @@
 //! - **Database down.** Connections come from a `deadpool-postgres` pool whose waits, connects
 //!   and recycles are bounded by the location's `connect_timeout`: a database that is down or
 //!   unreachable answers [`KeystoreError::Unavailable`] within that time, and the next call tries
-//!   again, so work resumes by itself when the database returns.
+//!   again, so work resumes by itself when the database returns. A pooled connection answers an
+//!   empty query before each use (`Verified` recycling), so a server that stopped answering on
+//!   open connections is `Unavailable` too (within about twice the timeout), not a hang.
 //! - **Several agents.** Every row has `row_version`; read-modify-write updates say
 //!   `AND row_version = $n`, and a row changed meanwhile by another agent is
 //!   [`KeystoreError::Conflict`] (the caller retries).
@@ -26,6 +28,7 @@
 //! (read from the password file), and never `block_on` a runtime from inside one.
 
 mod copy;
+mod devices;
 mod integrity;
 mod journal;
 mod location;
@@ -606,8 +609,14 @@ impl PgStore {
             op: "configure TLS",
             what,
         })?;
+        // Verified: a pooled connection answers one empty query (bounded by the recycle
+        // timeout, the connect timeout) before a call uses it. With `Fast` (is the socket still
+        // open?) a server that stopped answering on an open connection (a hung host, a
+        // partition) left the call waiting until TCP gave up, not `Unavailable` within the
+        // connect timeout; a write never starts on a connection that does not answer. The cost
+        // is one round trip per keystore call (the hot paths answer from the record copies).
         let mgr_cfg = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
+            recycling_method: RecyclingMethod::Verified,
         };
         let (mgr, listen_tls) = match tls {
             None => (
@@ -1107,6 +1116,12 @@ impl PgStore {
                 wrapped,
                 created: now(),
             };
+            r.version = v.version;
+            r.rotated = Some(v.created);
+            // The key row first: of two agents adding the same version at once, the second
+            // waits on the first's row lock and then finds the row version moved (`Conflict`,
+            // nothing written), rather than failing on `key_versions`' primary key.
+            update_key(&tx, key, &r, rv, "update key version").await?;
             tx.execute(
                 "INSERT INTO key_versions (key, version, wrapped, created, mac)
                  VALUES ($1, $2, $3, $4, $5)",
@@ -1120,9 +1135,6 @@ impl PgStore {
             )
             .await
             .map_err(pg("insert key version"))?;
-            r.version = v.version;
-            r.rotated = Some(v.created);
-            update_key(&tx, key, &r, rv, "update key version").await?;
             tx.commit().await.map_err(pg("commit add version"))?;
             Ok(Some(v.version))
         })?;

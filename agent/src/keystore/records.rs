@@ -807,3 +807,65 @@ impl Snapshot {
         }
     }
 }
+
+/// MAC domain of a `devices` row (schema v11).
+pub(crate) const DEVICES: &str = "keyward/keystore/devices/v11";
+
+/// A `devices` row (schema v11, `devices.rs`): an enrolled device, or an enrollment request a
+/// new device filed. `body` is the JSON of the fields only the device code reads (where its
+/// device key is, the handshake's commitment and nonces); `enrolled_by` and `signature` are set
+/// on enrolled rows (the enrolling device's ECDSA P-256 signature, `devices.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRow {
+    pub id: Uuid,
+    /// `request` (filed by a device that has no key yet: not MAC'd) or `enrolled`.
+    pub state: String,
+    /// The device public key, uncompressed SEC1.
+    pub public_key: Vec<u8>,
+    pub token_serial: Option<String>,
+    pub label: Option<String>,
+    pub body: Vec<u8>,
+    pub enrolled_by: Option<Uuid>,
+    pub signature: Option<Vec<u8>>,
+    pub created: u64,
+}
+
+/// What a `devices` row's MAC covers: every column but `mac`, in schema order.
+pub(crate) fn device_body(d: &DeviceRow) -> Vec<u8> {
+    let mut e = Encoder::new(DEVICES);
+    e.text(Some(&d.id.to_string()))
+        .text(Some(&d.state))
+        .field(Some(&d.public_key))
+        .text(d.token_serial.as_deref())
+        .text(d.label.as_deref())
+        .field(Some(&d.body))
+        .text(d.enrolled_by.map(|u| u.to_string()).as_deref())
+        .field(d.signature.as_deref())
+        .num(Some(d.created));
+    e.finish()
+}
+
+/// A `devices` row read back: enrolled rows are checked against their MAC when `key` is
+/// given (a request is written by a device that has no key yet, and is checked by the
+/// handshake instead: commitment, code and the enrolling device's signature).
+pub(crate) fn device_verified(
+    key: Option<&MacKey>,
+    d: DeviceRow,
+    mac: Option<Vec<u8>>,
+) -> Result<DeviceRow, KeystoreError> {
+    if d.state == "request" {
+        return Ok(d);
+    }
+    if let Some(k) = key {
+        let ok = mac
+            .as_deref()
+            .is_some_and(|m| k.verify(&device_body(&d), m));
+        if !ok {
+            return Err(KeystoreError::Tampered {
+                id: d.id.to_string(),
+                what: "device row: MAC missing or wrong".into(),
+            });
+        }
+    }
+    Ok(d)
+}

@@ -28,6 +28,8 @@ use uuid::Uuid;
 
 #[path = "sqlite_copy.rs"]
 mod copy;
+#[path = "sqlite_devices.rs"]
+mod devices;
 #[path = "sqlite_roots.rs"]
 mod roots;
 
@@ -221,6 +223,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // either is set (see `record_body`), so rows MAC'd before v10 still verify.
     "ALTER TABLE keys ADD COLUMN usage INTEGER;
      ALTER TABLE keys ADD COLUMN not_after INTEGER;",
+    // v11: devices (`crate::devices`): enrolled devices and pending enrollment requests.
+    devices::MIGRATION_V11,
 ];
 
 /// Set (`Some`) or delete (`None`) meta rows on `conn` (a transaction's, by deref): the one

@@ -1213,3 +1213,34 @@ fn a_failed_migration_removes_the_copy_it_made() {
     assert_eq!(e.code(), keyward_proto::ErrorCode::KeystoreTampered);
     assert!(!to.exists());
 }
+
+#[test]
+fn a_failed_migration_into_an_existing_empty_file_leaves_it_empty() {
+    let (d, ks) = populated();
+    let kek = ks.list(KeyKind::Kek, None).unwrap().remove(0);
+    ks.lock()
+        .execute(
+            "UPDATE keys SET label = 'forged' WHERE id = ?1",
+            [kek.id.to_string()],
+        )
+        .unwrap();
+    // The user made the (empty) destination file; the copy fails after opening it.
+    let to = d.path().join("made-by-the-user.db");
+    std::fs::write(&to, b"").unwrap();
+    let e = ks.migrate_to(to.to_str().unwrap()).unwrap_err();
+    assert!(
+        matches!(e, MigrateError::Source(KeystoreError::Tampered { .. })),
+        "{e}"
+    );
+    // As it was: there, empty, no WAL beside it; so the next attempt is not "not empty".
+    assert_eq!(std::fs::metadata(&to).unwrap().len(), 0);
+    assert!(!d.path().join("made-by-the-user.db-wal").exists());
+    ks.lock()
+        .execute(
+            "UPDATE keys SET label = ?2 WHERE id = ?1",
+            rusqlite::params![kek.id.to_string(), kek.label],
+        )
+        .unwrap();
+    let report = ks.migrate_to(to.to_str().unwrap()).unwrap();
+    assert!(report.counts.keys > 0);
+}

@@ -13,6 +13,7 @@
 //! traits, [`Scheme`] and [`RootError`]. A test-only in-memory root, `MemoryRoot`, exists with
 //! the `testing` feature.
 
+pub mod device;
 pub mod ecdh;
 pub mod env;
 #[cfg(any(test, feature = "testing"))]

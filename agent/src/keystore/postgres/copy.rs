@@ -209,6 +209,40 @@ impl PgStore {
         self.changed();
         Ok(())
     }
+
+    /// Undo a [`PgStore::load_snapshot`] whose copy failed its check: delete every row of every
+    /// table of this identity (row-level security scopes each `DELETE`), in one transaction,
+    /// children first. Only for a destination that was empty before the copy (`migrate_to`
+    /// checked it), so what goes is exactly what the copy wrote. Returns the rows deleted.
+    pub fn discard_copy(&self) -> Result<u64, KeystoreError> {
+        const OP: &str = "migrate: remove the failed copy";
+        let n = self.run(move |sh| async move {
+            let mut c = sh.pool.get().await.map_err(pool_err(OP))?;
+            let tx = c.transaction().await.map_err(pg(OP))?;
+            let mut n = 0;
+            // Children before parents; `keys` in one statement (its references to itself are
+            // checked at the statement's end).
+            for table in [
+                "kek_rotation_items",
+                "kek_rotation_wraps",
+                "kek_rotations",
+                "kek_wraps",
+                "key_versions",
+                "revocations",
+                "keys",
+                "meta",
+            ] {
+                n += tx
+                    .execute(&format!("DELETE FROM {table}"), &[])
+                    .await
+                    .map_err(pg(OP))?;
+            }
+            tx.commit().await.map_err(pg(OP))?;
+            Ok(n)
+        })?;
+        self.changed();
+        Ok(n)
+    }
 }
 
 async fn versions<C: GenericClient>(c: &C, key: &MacKey) -> Result<Vec<KeyVersion>, KeystoreError> {

@@ -207,5 +207,24 @@ pub fn migrations() -> Vec<String> {
         "ALTER TABLE keys ADD COLUMN usage BIGINT;
          ALTER TABLE keys ADD COLUMN not_after BIGINT;"
             .to_string(),
+        // v11: devices (`crate::devices`): enrolled devices and enrollment requests.
+        format!(
+            "CREATE TABLE devices (
+                {SCOPE},
+                id           TEXT COLLATE \"C\" NOT NULL,
+                state        TEXT NOT NULL CHECK (state IN ('request', 'enrolled')),
+                public_key   BYTEA NOT NULL,
+                token_serial TEXT,
+                label        TEXT,
+                body         BYTEA NOT NULL,
+                enrolled_by  TEXT,
+                signature    BYTEA,
+                created      BIGINT NOT NULL,
+                mac          BYTEA,
+                PRIMARY KEY (identity, id)
+             );
+             {}",
+            scoped("devices", true),
+        ),
     ]
 }

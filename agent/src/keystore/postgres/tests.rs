@@ -401,6 +401,55 @@ fn a_stale_row_version_is_a_conflict() {
     assert_eq!(rows, vec!["2"]);
 }
 
+/// Two agents rotating one DEK at once: each rotation either commits or is a typed
+/// `Conflict` (nothing written), never a database error (two agents both inserting the same
+/// new version number once failed on `key_versions`' primary key), and the versions stored are
+/// exactly the rotations that committed.
+#[test]
+fn racing_dek_rotations_commit_or_conflict() {
+    let s = server();
+    let db = s.database("keyward");
+    let a = Arc::new(PgStore::open(&s.location("keyward", &db, "")).unwrap());
+    let b = Arc::new(PgStore::open(&s.location("keyward", &db, "")).unwrap());
+    let r = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+    a.insert(&r).unwrap();
+    let id = r.id;
+    let go = Arc::new(std::sync::Barrier::new(4));
+    let workers: Vec<_> = [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .map(|store| {
+            let go = go.clone();
+            std::thread::spawn(move || {
+                go.wait();
+                let (mut ok, mut conflicts) = (0u32, 0u32);
+                for _ in 0..15 {
+                    match store.add_version(&id, vec![1, 2, 3]) {
+                        Ok(Some(_)) => ok += 1,
+                        Err(KeystoreError::Conflict { .. }) => conflicts += 1,
+                        other => panic!("a rotation neither committed nor conflicted: {other:?}"),
+                    }
+                }
+                (ok, conflicts)
+            })
+        })
+        .collect();
+    let (ok, conflicts) = workers
+        .into_iter()
+        .map(|w| w.join().unwrap())
+        .fold((0, 0), |(o, c), (a, b)| (o + a, c + b));
+    assert_eq!(ok + conflicts, 60);
+    let now = a.get(&id).unwrap().unwrap();
+    assert_eq!(now.version, 1 + ok, "{ok} committed, {conflicts} conflicts");
+    let stored = s
+        .query_as(
+            "keyward",
+            &db,
+            &format!("SELECT count(*) FROM key_versions WHERE key = '{id}'"),
+        )
+        .unwrap();
+    assert_eq!(stored, vec![ok.to_string()]);
+}
+
 #[test]
 fn row_level_security_keeps_identities_apart() {
     let s = server();
@@ -1172,4 +1221,130 @@ fn migrate_sqlite_to_postgres_and_back_keeps_every_row_and_mac() {
         .migrate_to(d.path().join("locked.db").to_str().unwrap())
         .unwrap_err();
     assert!(matches!(e, MigrateError::Locked), "{e}");
+}
+
+/// A copy into PostgreSQL that fails its record-by-record check (a trigger on the destination
+/// changes a DEK's label as it is written, so its MAC no longer verifies) is removed: the
+/// destination is the empty keystore it was, and a second migration into it succeeds.
+#[test]
+fn a_migration_whose_copy_fails_its_check_leaves_the_database_empty() {
+    use crate::keystore::tests::{populated, test_key};
+    use crate::keystore::MigrateError;
+    let s = server();
+    let db = s.database("keyward");
+    let url = s.url_for("keyward", &db, "");
+    let (_d, lite) = populated();
+    let before = lite.snapshot().unwrap();
+    // The schema exists (an open migrates it); then the destination is made to lie.
+    drop(Keystore::open_location(&url).unwrap());
+    s.admin(
+        &db,
+        "CREATE FUNCTION forge() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN NEW.label := 'forged'; RETURN NEW; END $$;
+         CREATE TRIGGER forge BEFORE INSERT ON keys FOR EACH ROW
+            WHEN (NEW.kind = 'dek') EXECUTE FUNCTION forge();",
+    );
+    let e = lite.migrate_to(&url).unwrap_err();
+    assert!(matches!(e, MigrateError::Verify { .. }), "{e}");
+    assert_eq!(e.code(), keyward_proto::ErrorCode::KeystoreTampered);
+    // Nothing of the copy is left, in any table (counted as the superuser: every identity).
+    for table in [
+        "keys",
+        "key_versions",
+        "revocations",
+        "kek_wraps",
+        "kek_rotations",
+        "kek_rotation_items",
+        "kek_rotation_wraps",
+        "meta",
+    ] {
+        let n = s
+            .query_as("pgowner", &db, &format!("SELECT count(*) FROM {table}"))
+            .unwrap();
+        assert_eq!(n, vec!["0"], "{table}");
+    }
+    // The source is untouched, and the next attempt (the destination fixed) goes through.
+    assert_eq!(lite.snapshot().unwrap(), before);
+    s.admin(&db, "DROP TRIGGER forge ON keys");
+    let report = lite.migrate_to(&url).unwrap();
+    assert_eq!(report.counts, before.counts());
+    let pg = Keystore::open_location(&url).unwrap();
+    pg.set_mac_key(Some(test_key(7)));
+    assert_eq!(pg.snapshot().unwrap(), before);
+}
+
+/// The server's processes (the postmaster and its children), from its pid file.
+fn server_pids(s: &TestServer) -> Vec<i32> {
+    let pidfile = s.dir.join("pgdata").join("data").join("postmaster.pid");
+    let text = std::fs::read_to_string(&pidfile).unwrap();
+    let main: i32 = text.lines().next().unwrap().trim().parse().unwrap();
+    let mut pids = vec![main];
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: the fields after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(main) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn signal_all(pids: &[i32], sig: nix::sys::signal::Signal) {
+    for p in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*p), sig);
+    }
+}
+
+/// A server that stops answering on connections already open (its processes frozen, as a hung
+/// host or a partition looks from here) is `Unavailable` within about the connect timeout, not
+/// a call that waits for TCP to give up; when it answers again, work resumes.
+#[test]
+fn a_frozen_database_is_unavailable_within_the_connect_timeout() {
+    use nix::sys::signal::Signal;
+    let s = start_server();
+    let loc = s.location("keyward", "keyward", "&connect_timeout=2");
+    let store = Arc::new(PgStore::open(&loc).unwrap());
+    let r = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+    store.insert(&r).unwrap();
+    // The pool holds an open connection now.
+    assert!(store.get(&r.id).unwrap().is_some());
+    let pids = server_pids(&s);
+    signal_all(&pids, Signal::SIGSTOP);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let st = store.clone();
+    let id = r.id;
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        let got = st.get(&id);
+        let _ = tx.send((got.map(|r| r.is_some()), t.elapsed()));
+    });
+    let answer = rx.recv_timeout(Duration::from_secs(15));
+    signal_all(&pids, Signal::SIGCONT);
+    let (got, took) = answer.expect("the call hung on a frozen server");
+    assert!(
+        matches!(got, Err(KeystoreError::Unavailable { .. })),
+        "{got:?}"
+    );
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    // Answering again: the next call works.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store.get(&r.id).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(store.get(&r.id).unwrap().as_ref(), Some(&r));
+    drop(store);
+    let _ = std::process::Command::new("bash")
+        .arg(setup_script())
+        .arg("--stop")
+        .arg(&s.dir)
+        .output();
 }

@@ -1,0 +1,149 @@
+//! The `devices` table on SQLite (schema v11; `crate::devices` is the design): enrolled devices
+//! and enrollment requests. Enrolled rows are MAC'd (`device_body`); a request is written by a
+//! device that has no MAC key yet and is checked by the handshake instead. It must never write
+//! an enrolled row without its MAC.
+
+use super::{sql, SqliteStore};
+use crate::keystore::records::{device_body, device_verified, DeviceRow};
+use crate::keystore::KeystoreError;
+use rusqlite::{params, OptionalExtension, Row};
+use uuid::Uuid;
+
+/// The schema step (v11). `IF NOT EXISTS`, so the step is the same whatever number it gets.
+pub(super) const MIGRATION_V11: &str = "CREATE TABLE IF NOT EXISTS devices (
+        id           TEXT PRIMARY KEY,
+        state        TEXT NOT NULL CHECK (state IN ('request', 'enrolled')),
+        public_key   BLOB NOT NULL,
+        token_serial TEXT,
+        label        TEXT,
+        body         BLOB NOT NULL,
+        enrolled_by  TEXT,
+        signature    BLOB,
+        created      INTEGER NOT NULL,
+        mac          BLOB
+     );";
+
+const COLUMNS: &str =
+    "id, state, public_key, token_serial, label, body, enrolled_by, signature, created, mac";
+
+/// A row as read: the record (id and signer not parsed yet), its MAC, its id and signer text.
+type RawDevice = (DeviceRow, Option<Vec<u8>>, String, Option<String>);
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<RawDevice> {
+    let id: String = r.get(0)?;
+    let by: Option<String> = r.get(6)?;
+    let created: i64 = r.get(8)?;
+    Ok((
+        DeviceRow {
+            id: Uuid::nil(),
+            state: r.get(1)?,
+            public_key: r.get(2)?,
+            token_serial: r.get(3)?,
+            label: r.get(4)?,
+            body: r.get(5)?,
+            enrolled_by: None,
+            signature: r.get(7)?,
+            created: created.max(0) as u64,
+        },
+        r.get(9)?,
+        id,
+        by,
+    ))
+}
+
+fn parse((mut d, mac, id, by): RawDevice) -> Result<(DeviceRow, Option<Vec<u8>>), KeystoreError> {
+    let bad = |s: &str| KeystoreError::Tampered {
+        id: s.to_string(),
+        what: "device row: not a UUID".into(),
+    };
+    d.id = Uuid::parse_str(&id).map_err(|_| bad(&id))?;
+    d.enrolled_by = match by {
+        Some(b) => Some(Uuid::parse_str(&b).map_err(|_| bad(&b))?),
+        None => None,
+    };
+    Ok((d, mac))
+}
+
+impl SqliteStore {
+    /// Insert or replace a `devices` row, MAC'd when the MAC key is loaded (an enrolled row
+    /// needs it).
+    pub fn device_put(&self, d: &DeviceRow) -> Result<(), KeystoreError> {
+        let key = self.key();
+        if d.state != "request" && key.is_none() {
+            return Err(KeystoreError::Corrupt {
+                id: d.id.to_string(),
+                what: "an enrolled device row needs the MAC key".into(),
+            });
+        }
+        let mac = key.map(|k| k.tag(&device_body(d)));
+        self.lock()
+            .execute(
+                &format!("INSERT OR REPLACE INTO devices ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![
+                    d.id.to_string(),
+                    d.state,
+                    d.public_key,
+                    d.token_serial,
+                    d.label,
+                    d.body,
+                    d.enrolled_by.map(|u| u.to_string()),
+                    d.signature,
+                    d.created as i64,
+                    mac
+                ],
+            )
+            .map_err(sql("write device"))?;
+        Ok(())
+    }
+
+    /// One `devices` row (enrolled rows checked while the MAC key is loaded).
+    pub fn device_get(&self, id: &Uuid) -> Result<Option<DeviceRow>, KeystoreError> {
+        let raw = self
+            .lock()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM devices WHERE id = ?1"),
+                [id.to_string()],
+                from_row,
+            )
+            .optional()
+            .map_err(sql("read device"))?;
+        let key = self.key();
+        raw.map(|r| {
+            let (d, mac) = parse(r)?;
+            device_verified(key.as_deref(), d, mac)
+        })
+        .transpose()
+    }
+
+    /// Every `devices` row in (created, id) order, enrolled rows checked.
+    pub fn devices(&self) -> Result<Vec<DeviceRow>, KeystoreError> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT {COLUMNS} FROM devices ORDER BY created, id"
+            ))
+            .map_err(sql("read devices"))?;
+        let raw = st
+            .query_map([], from_row)
+            .map_err(sql("read devices"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql("read devices"))?;
+        drop(st);
+        drop(conn);
+        let key = self.key();
+        raw.into_iter()
+            .map(|r| {
+                let (d, mac) = parse(r)?;
+                device_verified(key.as_deref(), d, mac)
+            })
+            .collect()
+    }
+
+    pub fn device_delete(&self, id: &Uuid) -> Result<bool, KeystoreError> {
+        let n = self
+            .lock()
+            .execute("DELETE FROM devices WHERE id = ?1", [id.to_string()])
+            .map_err(sql("delete device"))?;
+        Ok(n > 0)
+    }
+}

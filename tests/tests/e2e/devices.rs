@@ -1,0 +1,365 @@
+//! Devices (issue #17 item 2) end to end: two real keywardd on two SoftHSM tokens (two devices)
+//! sharing one PostgreSQL database (`tests/src/postgres.rs`). Device B joins with `init`, files
+//! its request (`keyward device request`, the real CLI), A answers and enrolls it with the code
+//! (`keyward device approve`); B then decrypts A's data, sees A's DEK rotation without a
+//! restart, and after `device revoke` cannot open the KEKs' new versions. Forged rows, wrong
+//! codes and bad ids are refused with typed errors while both agents keep serving.
+
+use keyward_tests::keyward_proto::ops::DekCreateArgs;
+use keyward_tests::keyward_proto::ErrorCode;
+use keyward_tests::postgres::server;
+use keyward_tests::{expect_code, parse_json, pin, RootKind, TestEnv};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// An agent on its own SoftHSM token whose keystore is the database `location`.
+fn device_on(location: &str) -> TestEnv {
+    let mut env = TestEnv::start(RootKind::Pkcs11);
+    env.stop();
+    env.set_keystore(location);
+    env.start_agent();
+    env
+}
+
+/// Run `keyward --json device approve ARGS` on `env` until it succeeds (the request may not be
+/// filed yet), within 30 s; the answer.
+fn approve_until_ok(env: &TestEnv, args: &[&str]) -> serde_json::Value {
+    let start = Instant::now();
+    let mut all = vec!["--json", "device", "approve"];
+    all.extend_from_slice(args);
+    loop {
+        let out = env.cli(&all, None);
+        if out.status.success() {
+            return parse_json(&out.stdout);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "device approve kept failing: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// B joins (init), requests; A answers; B prints the code. Returns (B's device id, code).
+fn request_and_answer(a: &TestEnv, b: &TestEnv) -> (String, String) {
+    let c = b.client();
+    let joined = c.run(|c| c.init(pin(b.pin()))).expect("init on B");
+    assert!(joined.joined, "init on a shared keystore joins: {joined:?}");
+    let b_id = joined.id.clone();
+    drop(c);
+    // `device request` waits for the answer: run it in the background.
+    let child = b
+        .cli_command(&["--json", "device", "request", "--wait", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn device request");
+    let answered = approve_until_ok(a, &[]);
+    assert_eq!(answered["state"], "answered", "{answered}");
+    assert_eq!(answered["id"], b_id.as_str());
+    let out = child.wait_with_output().expect("device request");
+    assert!(
+        out.status.success(),
+        "device request failed: {}\n{}\nB log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        b.log()
+    );
+    let v = parse_json(&out.stdout);
+    let code = v["code"].as_str().expect("code").to_string();
+    assert_eq!(code.len(), 14, "12 characters in three groups: {code}");
+    assert_eq!(
+        v["fingerprint"], answered["fingerprint"],
+        "both sides show the same device key"
+    );
+    (b_id, code)
+}
+
+#[test]
+fn devices_enroll_b_from_a_share_keys_rotate_and_revoke() {
+    let location = server().database();
+    let a = device_on(&location);
+    let keys = a.init_with_keys(true, b"written on device A");
+    let mut b = device_on(&location);
+
+    // A is the first device: its row is self-signed at init.
+    let list = a.cli_json(&["device", "list"], None);
+    let devices = list["devices"].as_array().expect("devices");
+    assert_eq!(devices.len(), 1, "{list}");
+    assert_eq!(devices[0]["current"], true);
+
+    let (b_id, code) = request_and_answer(&a, &b);
+
+    // A wrong code is refused (typed), nothing enrolled, and A keeps serving.
+    let wrong = if code.starts_with('0') {
+        "1111-1111-1111"
+    } else {
+        "0000-0000-0000"
+    };
+    assert_eq!(
+        a.cli_json_err(&["device", "approve", wrong], None),
+        "verify_failed"
+    );
+    let list = a.cli_json(&["device", "list"], None);
+    let pending = list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == b_id.as_str())
+        .expect("B's request listed");
+    assert_eq!(pending["state"], "request");
+
+    // The right code (typed in lower case) enrolls B.
+    let enrolled = approve_until_ok(&a, &[&code.to_lowercase()]);
+    assert_eq!(enrolled["state"], "enrolled", "{enrolled}");
+    assert!(enrolled["wrapped"].as_u64().unwrap() >= 2, "{enrolled}");
+
+    // B unlocks on its device key and decrypts A's data.
+    let cb = b.client();
+    cb.run(|c| c.unlock(pin(b.pin())))
+        .unwrap_or_else(|e| panic!("unlock B: {e}\nB log:\n{}", b.log()));
+    let pt = cb
+        .run(|c| c.decrypt(&keys.ciphertext, None))
+        .expect("B decrypts A's data");
+    assert_eq!(pt.expose(), keys.plaintext.as_slice());
+    let list = b.cli_json(&["device", "list"], None);
+    let devices = list["devices"].as_array().expect("devices");
+    assert_eq!(devices.len(), 2, "{list}");
+    let me: Vec<_> = devices.iter().filter(|d| d["current"] == true).collect();
+    assert_eq!(me.len(), 1);
+    assert_eq!(me[0]["id"], b_id.as_str());
+    assert!(devices.iter().all(|d| d["state"] == "enrolled"));
+    // Pages.
+    let page = b.cli_json(&["device", "list", "--limit", "1"], None);
+    assert_eq!(page["devices"].as_array().unwrap().len(), 1);
+    let next = page["next"].as_str().expect("next").to_string();
+    let page2 = b.cli_json(&["device", "list", "--limit", "1", "--after", &next], None);
+    assert_eq!(page2["devices"].as_array().unwrap().len(), 1);
+    assert!(page2.get("next").is_none(), "{page2}");
+
+    // A rotates the DEK; B sees the new version without a restart.
+    let ca = a.client();
+    ca.run(|c| c.dek_rotate(&keys.dek))
+        .expect("dek rotate on A");
+    let ct2 = ca
+        .run(|c| c.encrypt(&keys.dek, b"version two"))
+        .expect("encrypt v2");
+    let pt2 = cb
+        .run(|c| c.decrypt(&ct2, None))
+        .expect("B decrypts under the new DEK version");
+    assert_eq!(pt2.expose(), b"version two");
+
+    // A KEK made on A after the enrollment reaches B too.
+    let kek2 = ca
+        .run(|c| c.kek_create(Some("after".into())))
+        .expect("kek")
+        .id;
+    let args2 = DekCreateArgs {
+        kek: Some(kek2.clone()),
+        ..Default::default()
+    };
+    let dek2 = ca.run(|c| c.dek_create(&args2)).expect("dek").id;
+    let ct3 = ca.run(|c| c.encrypt(&dek2, b"new kek")).expect("encrypt");
+    assert_eq!(
+        cb.run(|c| c.decrypt(&ct3, None)).expect("B").expose(),
+        b"new kek"
+    );
+    drop(cb);
+
+    // B restarted: its later unlocks run on its own root and device key.
+    b.stop();
+    b.start_agent();
+    let cb = b.client();
+    cb.run(|c| c.unlock(pin(b.pin()))).expect("unlock B again");
+    assert_eq!(
+        cb.run(|c| c.decrypt(&keys.ciphertext, None))
+            .expect("B after restart")
+            .expose(),
+        keys.plaintext.as_slice()
+    );
+    drop(cb);
+
+    // Bad ids: typed errors, A keeps serving.
+    assert_eq!(
+        a.cli_json_err(&["device", "revoke", "not-a-uuid"], None),
+        "not_found"
+    );
+    assert_eq!(
+        a.cli_json_err(
+            &["device", "revoke", "00000000-0000-4000-8000-000000000000"],
+            None
+        ),
+        "not_found"
+    );
+    assert_eq!(
+        a.cli_json_err(&["device", "approve", "--id", "nope"], None),
+        "not_found"
+    );
+    assert_eq!(a.cli_json_err(&["device", "approve"], None), "not_found");
+    let own = a.cli_json(&["device", "list"], None)["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["current"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        a.cli_json_err(&["device", "revoke", &own], None),
+        "wrong_key"
+    );
+
+    // Revoke B: every KEK rotated; B cannot open the new versions.
+    let revoked = a.cli_json(&["device", "revoke", &b_id], None);
+    let rotated = revoked["keks"].as_array().expect("keks");
+    assert_eq!(rotated.len(), 2, "{revoked}");
+    assert!(
+        revoked["deks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == keys.dek.as_str()),
+        "{revoked}"
+    );
+    let args3 = DekCreateArgs {
+        kek: Some(keys.kek.clone()),
+        ..Default::default()
+    };
+    let dek3 = ca
+        .run(|c| c.dek_create(&args3))
+        .expect("dek after revoke")
+        .id;
+    let ct4 = ca
+        .run(|c| c.encrypt(&dek3, b"after revoke"))
+        .expect("encrypt");
+    let cb = b.client();
+    assert!(
+        cb.run(|c| c.decrypt(&ct4, None)).is_err(),
+        "B opened a DEK under the rotated KEK"
+    );
+    drop(cb);
+    b.stop();
+    b.start_agent();
+    let cb = b.client();
+    assert!(
+        cb.run(|c| c.unlock(pin(b.pin()))).is_err(),
+        "a revoked device unlocked"
+    );
+    drop(cb);
+    // A still decrypts everything.
+    assert_eq!(
+        ca.run(|c| c.decrypt(&ct4, None)).expect("A").expose(),
+        b"after revoke"
+    );
+    assert_eq!(
+        ca.run(|c| c.decrypt(&keys.ciphertext, None))
+            .expect("A old data")
+            .expose(),
+        keys.plaintext.as_slice()
+    );
+}
+
+#[test]
+fn devices_a_forged_device_row_is_refused() {
+    let location = server().database();
+    let a = device_on(&location);
+    a.init();
+    let db = location
+        .split('?')
+        .next()
+        .and_then(|l| l.rsplit('/').next())
+        .unwrap()
+        .to_string();
+    // A database writer adds an "enrolled" device, signed by nobody it can sign as.
+    server().admin(
+        &db,
+        "INSERT INTO devices (identity, id, state, public_key, body, enrolled_by, signature, \
+         created, mac) SELECT identity, 'ffffffff-0000-4000-8000-000000000001', 'enrolled', \
+         public_key, body, id, decode('3006020101020101', 'hex'), created + 1, NULL \
+         FROM devices WHERE state = 'enrolled'",
+    );
+    assert_eq!(
+        a.cli_json_err(&["device", "list"], None),
+        "keystore_tampered"
+    );
+    assert_eq!(
+        a.cli_json_err(&["device", "approve"], None),
+        "keystore_tampered"
+    );
+    // The agent keeps serving; the row removed, the list is back.
+    let c = a.client();
+    c.run(|c| c.kek_create(None))
+        .expect("kek.create still works");
+    server().admin(
+        &db,
+        "DELETE FROM devices WHERE id = 'ffffffff-0000-4000-8000-000000000001'",
+    );
+    let list = a.cli_json(&["device", "list"], None);
+    assert_eq!(list["devices"].as_array().unwrap().len(), 1);
+    // With no request pending, an approval has nothing to answer (typed).
+    expect_code(
+        c.run(|c| c.device_approve(None, Some("0000-0000-0000".into()))),
+        ErrorCode::NotFound,
+    );
+}
+
+/// A new device restarted between `init` and `device request`: `unlock` finds its request
+/// (its token opens the request's device key) and answers `not_initialized` ("not enrolled
+/// yet"), `device request` then works; a second `init` gives back the same request; the
+/// enrollment then completes and B decrypts.
+#[test]
+fn devices_a_new_device_restarted_before_its_request_finds_it_again() {
+    let location = server().database();
+    let a = device_on(&location);
+    let keys = a.init_with_keys(false, b"before the restart");
+    let mut b = device_on(&location);
+    let c = b.client();
+    let joined = c.run(|c| c.init(pin(b.pin()))).expect("init on B");
+    assert!(joined.joined);
+    drop(c);
+    b.stop();
+    b.start_agent();
+    // Nothing filed in memory after a restart: typed.
+    assert_eq!(
+        b.cli_json_err(&["device", "request", "--wait", "1"], None),
+        "not_initialized"
+    );
+    let c = b.client();
+    expect_code(c.run(|c| c.unlock(pin(b.pin()))), ErrorCode::NotInitialized);
+    // init again on the same token: the same request, not a second one.
+    let again = c.run(|c| c.init(pin(b.pin()))).expect("init again");
+    assert!(again.joined);
+    assert_eq!(again.id, joined.id);
+    drop(c);
+    let child = b
+        .cli_command(&["--json", "device", "request", "--wait", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn device request");
+    let answered = approve_until_ok(&a, &[]);
+    assert_eq!(answered["id"], joined.id.as_str());
+    let out = child.wait_with_output().expect("device request");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let code = parse_json(&out.stdout)["code"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let enrolled = approve_until_ok(&a, &[&code]);
+    assert_eq!(enrolled["state"], "enrolled");
+    let c = b.client();
+    c.run(|c| c.unlock(pin(b.pin()))).expect("unlock B");
+    assert_eq!(
+        c.run(|c| c.decrypt(&keys.ciphertext, None))
+            .expect("B")
+            .expose(),
+        keys.plaintext.as_slice()
+    );
+}
