@@ -29,6 +29,9 @@ pub struct TestEnv {
     pub(crate) child: Option<Child>,
     /// The keystore when a test moved it ([`TestEnv::move_keystore_to`]).
     pub(crate) keystore: Option<PathBuf>,
+    /// The PostgreSQL database of this environment's agent on the PostgreSQL backend
+    /// ([`crate::backend`]), dropped with the environment.
+    pub(crate) database: Option<String>,
 }
 
 impl TestEnv {
@@ -63,7 +66,11 @@ impl TestEnv {
             dir,
             child: None,
             keystore: None,
+            database: None,
         };
+        if crate::backend::on_postgres() {
+            env.use_fresh_database();
+        }
         env.spawn_agent();
         env
     }
@@ -95,11 +102,17 @@ impl TestEnv {
     }
 
     /// The keystore file (as `softhsm-setup.sh` configures it: next to the config, unless a
-    /// test moved it).
+    /// test moved it). On the PostgreSQL backend ([`crate::backend`]) there is no file unless
+    /// the test made one: the test must say so first ([`TestEnv::requires_sqlite`]).
     pub fn keystore_path(&self) -> PathBuf {
-        self.keystore
-            .clone()
-            .unwrap_or_else(|| self.dir.path().join("keystore.db"))
+        self.keystore.clone().unwrap_or_else(|| {
+            assert!(
+                !crate::backend::on_postgres(),
+                "this test uses the SQLite keystore file, which the PostgreSQL backend has not: \
+                 call `requires_sqlite(why)` first"
+            );
+            self.dir.path().join("keystore.db")
+        })
     }
 
     /// Everything the agent has written to stderr so far (all runs).

@@ -21,10 +21,13 @@
 //! - [`client`]: the client library, common set-ups, error-code assertions;
 //! - [`raw`]: the raw protocol client (hand-made CBOR frames);
 //! - [`python`]: a raw-socket client in Python (a program other than the CLI);
+//! - [`backend`]: the keystore backend the suite runs on (`KEYWARD_TEST_KEYSTORE`) and
+//!   [`requires_sqlite`] for the tests that need the SQLite file;
 //! - [`postgres`]: a throwaway PostgreSQL server and databases for a keystore on it;
 //! - [`faults`]: fault injection (a tmpfs to fill or make read-only, a seeded RNG);
 //! - [`util`]: the time bound, polling, paths, file modes and users.
 
+pub mod backend;
 pub mod cli;
 pub mod client;
 pub mod env;
@@ -45,6 +48,7 @@ pub use ciborium::Value;
 pub use keyward_client;
 pub use keyward_proto;
 
+pub use backend::requires_sqlite;
 pub use cli::{parse_json, run_with_stdin};
 pub use client::{code, expect_code, pin, Keys};
 pub use env::{Options, TestEnv};

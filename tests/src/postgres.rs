@@ -83,7 +83,7 @@ fn start() -> PgServer {
 }
 
 /// `psql` from the PostgreSQL that `postgres-setup.sh` found or installed.
-fn psql() -> PathBuf {
+pub(crate) fn psql() -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .expect("/usr/lib/postgresql")
         .filter_map(|e| e.ok().map(|e| e.path().join("bin").join("psql")))

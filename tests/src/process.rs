@@ -161,6 +161,7 @@ impl Drop for TestEnv {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.drop_database();
         if std::thread::panicking() {
             eprintln!(
                 "---- keywardd log ({}) ----\n{}",

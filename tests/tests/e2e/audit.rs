@@ -19,8 +19,14 @@ fn env_with_audit(audit: &str) -> TestEnv {
     env
 }
 
+/// The default audit log: beside the keystore file, or beside the config on PostgreSQL (the
+/// same directory here).
 fn log_path(env: &TestEnv) -> PathBuf {
-    env.keystore_path().with_file_name("audit.log")
+    if keyward_tests::backend::on_postgres() {
+        env.config_path().with_file_name("audit.log")
+    } else {
+        env.keystore_path().with_file_name("audit.log")
+    }
 }
 
 /// `keyward --json audit show`: the entries.

@@ -19,6 +19,11 @@ fn sidecars(p: &Path) {
 }
 
 fn backup_taken_while_writing_restores_a_working_keystore(env: &mut TestEnv) {
+    if !env.requires_sqlite(
+        "backup export copies the SQLite file (refused on PostgreSQL: keystore_postgres)",
+    ) {
+        return;
+    }
     let keys = env.init_with_keys(false, b"before the backup");
     let out = env.dir().join("snap.kwbackup");
     let out_s = out.to_str().unwrap().to_string();
@@ -77,6 +82,11 @@ fn backup_taken_while_writing_restores_a_working_keystore(env: &mut TestEnv) {
 }
 
 fn backup_holds_no_key_in_the_clear(env: &mut TestEnv) {
+    if !env.requires_sqlite(
+        "backup export copies the SQLite file (refused on PostgreSQL: keystore_postgres)",
+    ) {
+        return;
+    }
     let keys = env.init_with_keys(true, b"secret data");
     let c = env.client();
     let dek = c.run(|c| c.dek_export(&keys.dek)).expect("dek.export");
@@ -97,6 +107,11 @@ fn backup_holds_no_key_in_the_clear(env: &mut TestEnv) {
 }
 
 fn backup_refuses_bad_input_and_changes_nothing(env: &mut TestEnv) {
+    if !env.requires_sqlite(
+        "backup export copies the SQLite file (refused on PostgreSQL: keystore_postgres)",
+    ) {
+        return;
+    }
     let keys = env.init_with_keys(false, b"stays");
     let dir = env.dir().to_path_buf();
     let ks = env.keystore_path();

@@ -568,15 +568,13 @@ fn all_decrypt(env: &TestEnv, cts: &[Sample], kps: &[String], when: &str) {
     }
 }
 
-/// (journal rows, item rows) of the rotation journal, read from the keystore file (opened
-/// read-write: after a kill, only a writer recovers the WAL's committed transactions).
+/// (journal rows, item rows) of the rotation journal, read from the keystore (the SQLite file
+/// is opened read-write: after a kill, only a writer recovers the WAL's committed transactions).
 fn journal(env: &TestEnv) -> (i64, i64) {
-    let db = rusqlite::Connection::open(env.keystore_path()).unwrap();
-    let count = |t: &str| -> i64 {
-        db.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
-            .unwrap()
-    };
-    (count("kek_rotations"), count("kek_rotation_items"))
+    (
+        env.keystore_count("kek_rotations"),
+        env.keystore_count("kek_rotation_items"),
+    )
 }
 
 fn kek_version(env: &TestEnv, kek: &str) -> u32 {
@@ -782,8 +780,17 @@ fn kek_rotate_survives_kill_9_at_random_moments(env: &mut TestEnv) {
         keys.ciphertext.clone(),
         keys.plaintext.clone(),
     ));
-    // Uninterrupted rotations, to know how long one takes here (the fastest of three).
-    let c = env.client();
+    // Uninterrupted rotations, to know how long one takes here (the fastest of three). Waited
+    // for up to 2 minutes: on a loaded machine one rotation of 1,000 children on PostgreSQL
+    // took longer than the client's default 30 s.
+    let c = keyward_tests::keyward_client::BlockingClient::connect_with(
+        env.socket_path(),
+        &keyward_tests::keyward_client::ClientOptions {
+            request_timeout: Duration::from_secs(120),
+            ..Default::default()
+        },
+    )
+    .expect("connect");
     let full = (0..3)
         .map(|_| {
             let t0 = Instant::now();

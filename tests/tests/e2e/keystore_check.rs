@@ -25,6 +25,11 @@ fn status(env: &TestEnv) -> serde_json::Value {
 
 #[test]
 fn key_operations_wait_for_the_keystore_check_that_runs_after_bind() {
+    if !keyward_tests::requires_sqlite(
+        "the start-up check after bind is SQLite's integrity_check of the file",
+    ) {
+        return;
+    }
     let mut env = TestEnv::start(RootKind::Pkcs11);
     let pin_line = format!("{}\n", env.pin());
     env.cli_ok(&env.init_args(), Some(pin_line.as_bytes()));

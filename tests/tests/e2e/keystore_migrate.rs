@@ -37,6 +37,9 @@ fn rows(path: &Path) -> Vec<(String, i64)> {
 }
 
 fn keystore_migrate_copy_serves_every_key_on_the_same_token(env: &mut TestEnv) {
+    if !env.requires_sqlite("migrates a SQLite file to another file") {
+        return;
+    }
     let keys = env.init_with_keys(true, b"migrated data");
     let c = env.client();
     let args = KeypairCreateArgs {
@@ -98,6 +101,9 @@ fn keystore_migrate_copy_serves_every_key_on_the_same_token(env: &mut TestEnv) {
 }
 
 fn keystore_migrate_refuses_bad_destinations_and_keeps_serving(env: &mut TestEnv) {
+    if !env.requires_sqlite("migrates a SQLite file to another file") {
+        return;
+    }
     let keys = env.init_with_keys(false, b"stays put");
     let source = env.keystore_path();
     let before = rows(&source);
@@ -152,6 +158,9 @@ fn keystore_migrate_refuses_bad_destinations_and_keeps_serving(env: &mut TestEnv
 /// A second `keywardd`, on the same token, started on the copy while the first keeps serving the
 /// source: every key works through it.
 fn keystore_migrate_a_second_agent_serves_the_copy_on_the_same_token(env: &mut TestEnv) {
+    if !env.requires_sqlite("migrates a SQLite file to another file") {
+        return;
+    }
     let keys = env.init_with_keys(true, b"two agents");
     let c = env.client();
     let args = KeypairCreateArgs {

@@ -64,6 +64,9 @@ fn keystore_postgres_serves_keys_and_keeps_them_across_a_restart() {
 
 #[test]
 fn keystore_postgres_migrate_sqlite_to_postgres_and_back_keeps_every_key() {
+    if !keyward_tests::requires_sqlite("starts from a SQLite keystore file") {
+        return;
+    }
     let mut env = TestEnv::start(RootKind::Pkcs11);
     let keys = env.init_with_keys(true, b"moved twice");
     let c = env.client();
@@ -156,7 +159,9 @@ fn keystore_postgres_down_at_start_stops_the_agent_naming_it() {
         "postgres://keyward@127.0.0.1:{port}/keyward?sslmode=disable&connect_timeout=2&passfile={}",
         passfile.display()
     ));
-    let before = std::fs::metadata(env.keystore_path()).map(|m| m.len()).ok();
+    // The SQLite file the config named before (none on the PostgreSQL backend).
+    let file = env.dir().join("keystore.db");
+    let before = std::fs::metadata(&file).map(|m| m.len()).ok();
     let started = std::time::Instant::now();
     let out = env
         .agent_command()
@@ -173,8 +178,5 @@ fn keystore_postgres_down_at_start_stops_the_agent_naming_it() {
     );
     assert!(!env.socket_path().exists());
     // The SQLite file beside the config was not touched.
-    assert_eq!(
-        std::fs::metadata(env.keystore_path()).map(|m| m.len()).ok(),
-        before
-    );
+    assert_eq!(std::fs::metadata(&file).map(|m| m.len()).ok(), before);
 }

@@ -151,11 +151,7 @@ fn second_init_is_refused_also_after_restart(env: &mut TestEnv) {
 fn init_is_refused_when_the_token_has_a_root_but_the_keystore_is_new(env: &mut TestEnv) {
     env.init();
     env.stop();
-    for suffix in ["", "-wal", "-shm"] {
-        let mut p = env.keystore_path().into_os_string();
-        p.push(suffix);
-        let _ = std::fs::remove_file(p);
-    }
+    env.fresh_keystore();
     env.start_agent();
     let c = env.client();
     assert!(!c.hello_info().initialized, "new keystore: not initialized");

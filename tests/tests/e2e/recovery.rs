@@ -510,6 +510,9 @@ fn trustee_refusals_leave_the_agent_serving(env: &mut TestEnv) {
 /// token still without a root object), then restores from the words, unlocks with the new PIN,
 /// decrypts the old data and drops the absent root.
 fn recovery_from_words_on_a_fresh_token_decrypts_old_data(env: &mut TestEnv) {
+    if !env.requires_sqlite("tampers with a recovery wrap in the SQLite file") {
+        return;
+    }
     let keys = env.init_with_keys(false, b"old data");
     let first = crate::roots::current(&crate::roots::roots(env));
     let made = env.cli_json(&["recovery", "create"], None);
@@ -615,7 +618,7 @@ fn recovery_from_words_on_a_fresh_token_decrypts_old_data(env: &mut TestEnv) {
     env.start_agent();
     assert_eq!(restore(env, &words), "keystore_tampered");
     assert!(fresh_token_is_empty(env));
-    assert_eq!(count_roots(&db), 2);
+    assert_eq!(count_roots(env), 2);
     env.stop();
     set(&orig);
     env.start_agent();
@@ -755,12 +758,8 @@ fn a_crashed_restore_leaves_nothing_and_the_retry_reuses_the_token_root(env: &mu
         std::fs::remove_dir_all(crate::roots::token_dir(env, "keyward")).unwrap();
         std::fs::copy(&config, env.config_path()).unwrap();
     }
-    let db = rusqlite::Connection::open(env.keystore_path()).unwrap();
-    let wraps = |db: &rusqlite::Connection| -> i64 {
-        db.query_row("SELECT count(*) FROM kek_wraps", [], |r| r.get(0))
-            .unwrap()
-    };
-    let before = (count_roots(&db), wraps(&db));
+    let wraps = |env: &TestEnv| -> i64 { env.keystore_count("kek_wraps") };
+    let before = (count_roots(env), wraps(env));
     let pin_line = format!("{secret}\n");
     let args = ["recovery", "restore", "--words-file", &words, "--pin-stdin"];
     for point in ["restore-root-created", "restore-wrapped"] {
@@ -776,7 +775,7 @@ fn a_crashed_restore_leaves_nothing_and_the_retry_reuses_the_token_root(env: &mu
         let out = env.cli(&args, Some(pin_line.as_bytes()));
         assert!(!out.status.success(), "{point}: {out:?}");
         assert!(!keyward_tests::wait_exit(&mut child, "the agent to abort").success());
-        assert_eq!((count_roots(&db), wraps(&db)), before, "{point}");
+        assert_eq!((count_roots(env), wraps(env)), before, "{point}");
         if env.kind() == RootKind::Pkcs11 {
             assert!(!fresh_token_is_empty(env), "{point}: the root object stays");
         }
@@ -784,7 +783,7 @@ fn a_crashed_restore_leaves_nothing_and_the_retry_reuses_the_token_root(env: &mu
     env.start_agent();
     let r = env.cli_json(&args, Some(pin_line.as_bytes()));
     assert_eq!(r["keks"], 2, "{r}");
-    assert_eq!(count_roots(&db), before.0 + 1);
+    assert_eq!(count_roots(env), before.0 + 1);
     if env.kind() == RootKind::Pkcs11 {
         assert!(
             env.log().contains("reusing the root object"),
@@ -808,6 +807,9 @@ fn a_crashed_restore_leaves_nothing_and_the_retry_reuses_the_token_root(env: &mu
 /// and `backup import` on B, restores from the words, unlocks and decrypts A's data; A's root
 /// is listed absent and removed.
 fn recovery_on_a_new_machine_from_a_backup(a: &mut TestEnv) {
+    if !a.requires_sqlite("backup export and import copy the SQLite file") {
+        return;
+    }
     let keys = a.init_with_keys(false, b"old data, new machine");
     let first = crate::roots::current(&crate::roots::roots(a));
     let made = a.cli_json(&["recovery", "create"], None);
@@ -856,11 +858,8 @@ fn recovery_on_a_new_machine_from_a_backup(a: &mut TestEnv) {
     assert_eq!(crate::roots::roots(&b).len(), 2);
 }
 
-fn count_roots(db: &rusqlite::Connection) -> i64 {
-    db.query_row("SELECT count(*) FROM keys WHERE kind = 'root'", [], |r| {
-        r.get(0)
-    })
-    .unwrap()
+fn count_roots(env: &TestEnv) -> i64 {
+    env.keystore_count("keys WHERE kind = 'root'")
 }
 
 /// PKCS#11: the fresh token `backup` has no secret or private key object (no root). Soft: true.

@@ -10,7 +10,7 @@
 use super::roots::{same_token_config, second_root};
 use keyward_tests::keyward_proto::ErrorCode;
 use keyward_tests::{expect_code, pin, wait_exit, wait_for, RootKind, TestEnv};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 keyward_tests::keyward_e2e_tests!(
@@ -79,17 +79,9 @@ fn decrypts(c: &keyward_client::BlockingClient, data: &[(String, Vec<u8>)]) {
     }
 }
 
-fn root_ids(keystore: &Path) -> Vec<String> {
-    let db = rusqlite::Connection::open(keystore).expect("keystore");
-    let mut stmt = db
-        .prepare("SELECT id FROM keys WHERE kind = 'root' ORDER BY created, id")
-        .unwrap();
-    let ids = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    ids
+/// The root rows' ids, read from the keystore (either backend).
+fn root_ids(env: &TestEnv) -> Vec<String> {
+    env.keystore_rows("SELECT id FROM keys WHERE kind = 'root' ORDER BY created, id")
 }
 
 fn current(env: &TestEnv) -> String {
@@ -138,7 +130,7 @@ fn root_rotate_moves_everything_to_the_new_root_and_the_old_opens_nothing(env: &
     // The agent locked itself; only the new root is enrolled.
     let c = env.client();
     assert!(c.hello_info().locked);
-    assert_eq!(root_ids(&env.keystore_path()), vec![new.clone()]);
+    assert_eq!(root_ids(env), vec![new.clone()]);
     drop(c);
     // Restarted on the new root's configuration: everything decrypts, and new data too.
     let c = restart_on(env, &roots.b);
@@ -236,29 +228,13 @@ fn root_rotate_compromised_lists_deks_and_rotates_every_kek(env: &mut TestEnv) {
     decrypts(&c, &data);
 }
 
-/// The ids of the keystore integrity records, read straight from the file.
-fn integrity_ids(keystore: &Path) -> Vec<String> {
-    let db = rusqlite::Connection::open(keystore).expect("keystore");
-    let mut stmt = db
-        .prepare("SELECT id FROM keys WHERE kind = 'integrity' ORDER BY id")
-        .unwrap();
-    let ids = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    ids
+/// The ids of the keystore integrity records, read straight from the keystore.
+fn integrity_ids(env: &TestEnv) -> Vec<String> {
+    env.keystore_rows("SELECT id FROM keys WHERE kind = 'integrity' ORDER BY id")
 }
 
-fn rekey_mark(keystore: &Path) -> bool {
-    let db = rusqlite::Connection::open(keystore).expect("keystore");
-    db.query_row(
-        "SELECT COUNT(*) FROM meta WHERE name = 'root_rotate_rekey_integrity'",
-        [],
-        |r| r.get::<_, i64>(0),
-    )
-    .unwrap()
-        == 1
+fn rekey_mark(env: &TestEnv) -> bool {
+    env.keystore_count("meta WHERE name = 'root_rotate_rekey_integrity'") == 1
 }
 
 /// `--compromised`: the first unlock on the new root replaces the integrity key. Killed just
@@ -276,11 +252,11 @@ fn root_rotate_compromised_replaces_the_integrity_key_even_after_a_crash(env: &m
     env.start_agent();
     let keys = env.init_with_keys(false, b"integrity");
     let data = vec![(keys.ciphertext.clone(), keys.plaintext.clone())];
-    let before = integrity_ids(&env.keystore_path());
+    let before = integrity_ids(env);
     assert_eq!(before.len(), 2);
     let roots = two_configs(env);
     rotate(env, &roots.b, &["--compromised"]);
-    assert!(rekey_mark(&env.keystore_path()));
+    assert!(rekey_mark(env));
     // The first unlock on the new root aborts just before the replacement's commit.
     env.stop();
     std::fs::copy(&roots.b.0, env.config_path()).unwrap();
@@ -297,20 +273,20 @@ fn root_rotate_compromised_replaces_the_integrity_key_even_after_a_crash(env: &m
     assert!(c.run(|c| c.unlock(pin(roots.b.1))).is_err(), "not a crash");
     drop(c);
     assert!(!wait_exit(&mut child, "the agent to abort").success());
-    assert_eq!(integrity_ids(&env.keystore_path()), before);
-    assert!(rekey_mark(&env.keystore_path()));
+    assert_eq!(integrity_ids(env), before);
+    assert!(rekey_mark(env));
     // The next unlock replaces it.
     let c = restart_on(env, &roots.b);
     decrypts(&c, &data);
-    let after = integrity_ids(&env.keystore_path());
+    let after = integrity_ids(env);
     assert_eq!(after.len(), 2);
     assert!(after.iter().all(|id| !before.contains(id)), "{after:?}");
-    assert!(!rekey_mark(&env.keystore_path()));
+    assert!(!rekey_mark(env));
     // And only once.
     drop(c);
     let c = restart_on(env, &roots.b);
     decrypts(&c, &data);
-    assert_eq!(integrity_ids(&env.keystore_path()), after);
+    assert_eq!(integrity_ids(env), after);
     // The audit log spans the switch: checkpoints before it are signed by the old audit key
     // (kept, MAC'd, in `audit_key_previous`), those after by the new one; `audit verify` checks
     // each with the key of its time, and the keystore's rows verify under the new MAC key.
@@ -320,18 +296,13 @@ fn root_rotate_compromised_replaces_the_integrity_key_even_after_a_crash(env: &m
     assert_eq!(report["keystore_checked"], true, "{report}");
     assert_eq!(report["key_checked"], true, "{report}");
     assert!(report["problem"].is_null(), "{report}");
-    let db = rusqlite::Connection::open(env.keystore_path()).unwrap();
-    let previous: String = db
-        .query_row(
-            "SELECT value FROM meta WHERE name = 'audit_key_previous'",
-            [],
-            |r| r.get(0),
-        )
+    let meta =
+        |name: &str| env.keystore_rows(&format!("SELECT value FROM meta WHERE name = '{name}'"));
+    let previous = meta("audit_key_previous")
+        .pop()
         .expect("the previous audit key is kept");
-    let current: String = db
-        .query_row("SELECT value FROM meta WHERE name = 'audit_key'", [], |r| {
-            r.get(0)
-        })
+    let current = meta("audit_key")
+        .pop()
         .expect("the new audit key is recorded");
     assert_eq!(previous.split(',').count(), 1, "{previous}");
     assert_ne!(previous, current);
@@ -372,7 +343,7 @@ fn killed_at_any_point(env: &mut TestEnv, roots: &Roots, random: usize, seed_nam
     drop(c);
     // Which root the keystore holds decides the configuration to restart on.
     let mut on_a = true;
-    let mut from_id = root_ids(&env.keystore_path())[0].clone();
+    let mut from_id = root_ids(env)[0].clone();
     let mut crashes = vec![Some("root-rotate-enrolled"), Some("root-rotate-committed")];
     crashes.extend(std::iter::repeat_n(None, random));
     let mut rng = keyward_tests::faults::Rng::from_env(seed_name);
@@ -436,7 +407,7 @@ fn killed_at_any_point(env: &mut TestEnv, roots: &Roots, random: usize, seed_nam
         }
         // The keystore says which root to run on: the old one is still enrolled (nothing
         // committed) or gone (committed).
-        let ids = root_ids(&env.keystore_path());
+        let ids = root_ids(env);
         let committed = !ids.contains(&from_id);
         eprintln!("run {run} ({crash:?}): committed {committed}, roots {ids:?}");
         if committed {
@@ -454,7 +425,7 @@ fn killed_at_any_point(env: &mut TestEnv, roots: &Roots, random: usize, seed_nam
             let r = rotate(env, to, &[]);
             assert_eq!(r["enrolled"], false, "run {run}: {r}");
             on_a = !on_a;
-            let ids = root_ids(&env.keystore_path());
+            let ids = root_ids(env);
             assert_eq!(ids.len(), 1, "run {run}: {ids:?}");
             from_id = ids[0].clone();
             let c = restart_on(env, to);
@@ -527,7 +498,7 @@ fn root_rotate_bad_input_is_typed_and_the_agent_keeps_serving(env: &mut TestEnv)
         );
     }
     // Nothing changed; the agent serves, unlocked.
-    assert_eq!(root_ids(&env.keystore_path()).len(), 1);
+    assert_eq!(root_ids(env).len(), 1);
     let c = env.client();
     assert!(!c.hello_info().locked);
     assert_eq!(
@@ -618,7 +589,7 @@ fn root_rotate_to_another_object_on_the_same_token(env: &mut TestEnv) {
         env.cli_json_err(&args, Some(format!("{}\n", env.pin()).as_bytes())),
         "wrong_key"
     );
-    assert_eq!(root_ids(&env.keystore_path()), vec![old.clone()]);
+    assert_eq!(root_ids(env), vec![old.clone()]);
     env.cli_json(&["keypair", "delete", &kp], None);
 
     let r = rotate(env, &second, &["--destroy-old", "--label", "second"]);
@@ -632,7 +603,7 @@ fn root_rotate_to_another_object_on_the_same_token(env: &mut TestEnv) {
         "{r}"
     );
     let new = r["id"].as_str().unwrap().to_string();
-    assert_eq!(root_ids(&env.keystore_path()), vec![new.clone()]);
+    assert_eq!(root_ids(env), vec![new.clone()]);
     // Only the old object went: the new one is on the same token.
     let left = labels(env);
     assert!(left.iter().any(|l| l == "keyward-root-2"), "{left:?}");
@@ -664,10 +635,7 @@ fn root_rotate_to_another_object_on_the_same_token(env: &mut TestEnv) {
     assert!(left.iter().any(|l| l == "keyward-root-ec"), "{left:?}");
     let c = restart_on(env, &ec);
     decrypts(&c, &data);
-    assert_eq!(
-        root_ids(&env.keystore_path()),
-        vec![r["id"].as_str().unwrap()]
-    );
+    assert_eq!(root_ids(env), vec![r["id"].as_str().unwrap()]);
 }
 
 /// PKCS#11 only: rotations back and forth between two objects on the agent's own token,

@@ -86,6 +86,9 @@ fn exportable_dek(c: &BlockingClient, kek: &str) -> String {
 }
 
 fn record_edits_are_refused_as_tampered(env: &mut TestEnv) {
+    if !env.requires_sqlite("edits rows in the SQLite file") {
+        return;
+    }
     let keys = env.init_with_keys(false, b"tamper");
     let c = env.client();
     let open_dek = exportable_dek(&c, &keys.kek);
@@ -238,6 +241,9 @@ fn downgrade_to_v3(env: &TestEnv) {
 }
 
 fn v3_keystore_is_adopted_at_first_unlock_then_protected(env: &mut TestEnv) {
+    if !env.requires_sqlite("rewrites the SQLite file as a v3 keystore") {
+        return;
+    }
     let keys = env.init_with_keys(false, b"upgrade");
     env.stop();
     downgrade_to_v3(env);
@@ -303,6 +309,9 @@ fn reset_pin_attempts(env: &mut TestEnv) {
 }
 
 fn pin_counter_lowered_while_running_keeps_counting(env: &mut TestEnv) {
+    if !env.requires_sqlite("edits the PIN counter in the SQLite file") {
+        return;
+    }
     env.init_with_keys(false, b"counter");
     let c = env.client();
     c.run(|c| c.lock()).unwrap();
@@ -317,6 +326,9 @@ fn pin_counter_lowered_while_running_keeps_counting(env: &mut TestEnv) {
 }
 
 fn unreadable_pin_counter_counts_as_the_limit(env: &mut TestEnv) {
+    if !env.requires_sqlite("edits the PIN counter in the SQLite file") {
+        return;
+    }
     let keys = env.init_with_keys(false, b"counter");
     env.stop();
     set_meta(env, "pin_failures", "zero");
@@ -331,6 +343,9 @@ fn unreadable_pin_counter_counts_as_the_limit(env: &mut TestEnv) {
 }
 
 fn edited_pin_counter_is_tampered_at_the_next_unlock(env: &mut TestEnv) {
+    if !env.requires_sqlite("edits the PIN counter in the SQLite file") {
+        return;
+    }
     let keys = env.init_with_keys(false, b"counter");
     let c = env.client();
     // While unlocked, a wrong PIN is counted and the count is MAC'd.
@@ -455,6 +470,9 @@ fn keypair_delete_while_locked_is_refused(env: &mut TestEnv) {
 }
 
 fn damaged_keystore_is_refused_naming_the_file(env: &mut TestEnv) {
+    if !env.requires_sqlite("damages the SQLite file") {
+        return;
+    }
     env.init_with_keys(false, b"damage");
     let c = env.client();
     let kek = c.run(|c| c.kek_list()).unwrap().keys[0].id.clone();
@@ -555,6 +573,9 @@ fn damaged_keystore_is_refused_naming_the_file(env: &mut TestEnv) {
 }
 
 fn keystore_is_created_0600_under_umask_000(env: &mut TestEnv) {
+    if !env.requires_sqlite("checks the SQLite file's mode") {
+        return;
+    }
     env.stop();
     let path = env.keystore_path();
     for suffix in ["", "-wal", "-shm"] {

@@ -275,6 +275,8 @@ impl PgStore {
                 insert_wrap(&tx, new, w).await?;
             }
             put_metas(&tx, &put).await?;
+            // The same test hook as SQLite's (debug builds): the e2e crash test runs on both.
+            crate::hierarchy::crash_point("integrity-rekey-before-commit");
             tx.commit().await.map_err(pg("commit integrity rekey"))?;
             Ok(n)
         })?;
