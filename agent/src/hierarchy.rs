@@ -632,6 +632,11 @@ impl Hierarchy {
     pub fn init_or_join(&self, pin: &Pin) -> Result<(Uuid, bool), AgentError> {
         if self.stored_root()?.is_some() {
             if !self.ks.is_local() && lock(&self.own_root).is_none() {
+                // An agent that is a device here already (its root or its device key opens the
+                // identity), restarted and locked, is not a new device.
+                if self.unlocks_here(pin)? {
+                    return Err(AgentError::AlreadyInitialized);
+                }
                 return Ok((self.device_join(pin)?, true));
             }
             return Err(AgentError::AlreadyInitialized);
@@ -703,15 +708,7 @@ impl Hierarchy {
             let chosen = match self.unlock_enrolled(pin) {
                 Ok(c) => c,
                 // Not an enrolled root here: maybe a device enrolled by another (`devices.rs`).
-                Err(
-                    e @ (AgentError::KeystoreTampered(
-                        Tampering::DoesNotUnwrap { .. } | Tampering::NoWrappedKey { .. },
-                    )
-                    | AgentError::Roots(crate::error::RootRefusal::NoneOfScheme { .. })
-                    | AgentError::Root(
-                        RootError::RootMissing { .. } | RootError::DecryptFailed { .. },
-                    )),
-                ) => match self.unlock_device(pin)? {
+                Err(e) if not_enrolled_here(&e) => match self.unlock_device(pin)? {
                     Some(rec) => rec,
                     None => return Err(e),
                 },
@@ -739,6 +736,25 @@ impl Hierarchy {
             tracing::info!("unlocked");
             Ok(())
         })
+    }
+
+    /// `init` on a shared keystore that holds the identity: whether this agent's configured root
+    /// (or its device key) already opens it, checked by unlocking and locking again. `false`
+    /// when it is not enrolled here (a new device joins); a wrong PIN is an error.
+    fn unlocks_here(&self, pin: &Pin) -> Result<bool, AgentError> {
+        match self.unlock(pin) {
+            Ok(()) => {
+                self.lock_quietly();
+                Ok(true)
+            }
+            // A device whose request waits for approval: `device_join` finds that request.
+            Err(
+                AgentError::NotInitialized
+                | AgentError::Devices(crate::error::DeviceRefusal::NotEnrolled { .. }),
+            ) => Ok(false),
+            Err(e) if not_enrolled_here(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn lock(&self) -> Result<(), AgentError> {
@@ -1247,6 +1263,19 @@ impl Hierarchy {
         }
         Err(last.unwrap_or(AgentError::DecryptFailed(DecryptFailure::Authentication)))
     }
+}
+
+/// The refusals of an unlock whose root is not one of this keystore's enrolled roots (another
+/// device's keystore, a root object that is not there, a passphrase that opens nothing): the
+/// agent may still be an enrolled device (`devices.rs`), or a new one.
+fn not_enrolled_here(e: &AgentError) -> bool {
+    matches!(
+        e,
+        AgentError::KeystoreTampered(
+            Tampering::DoesNotUnwrap { .. } | Tampering::NoWrappedKey { .. }
+        ) | AgentError::Roots(crate::error::RootRefusal::NoneOfScheme { .. })
+            | AgentError::Root(RootError::RootMissing { .. } | RootError::DecryptFailed { .. })
+    )
 }
 
 #[cfg(test)]

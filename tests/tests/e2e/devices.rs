@@ -362,4 +362,22 @@ fn devices_a_new_device_restarted_before_its_request_finds_it_again() {
             .expose(),
         keys.plaintext.as_slice()
     );
+    // Enrolled now: `init` again after a restart (A's or B's) is refused, not a second join.
+    drop(c);
+    b.stop();
+    b.start_agent();
+    let c = b.client();
+    expect_code(
+        c.run(|c| c.init(pin(b.pin()))),
+        ErrorCode::AlreadyInitialized,
+    );
+    c.run(|c| c.unlock(pin(b.pin())))
+        .expect("unlock B after the refused init");
+    let ac = a.client();
+    expect_code(
+        ac.run(|c| c.init(pin(a.pin()))),
+        ErrorCode::AlreadyInitialized,
+    );
+    let list = a.cli_json(&["device", "list"], None);
+    assert_eq!(list["devices"].as_array().unwrap().len(), 2);
 }
