@@ -430,25 +430,29 @@ fn page_request(
     limit: Option<u32>,
     after: Option<&str>,
 ) -> Result<(usize, Option<Cursor>), AgentError> {
-    let limit = match limit {
-        None => usize::MAX,
-        Some(n @ 1..=MAX_PAGE) => n as usize,
-        Some(_) => {
-            return Err(AgentError::invalid(
-                "limit",
-                Problem::OutOfRange {
-                    min: 1,
-                    max: u64::from(MAX_PAGE),
-                    unit: "keys",
-                },
-            ))
-        }
-    };
+    let limit = page_limit(limit, "keys")?.unwrap_or(usize::MAX);
     let after = after
         .map(Cursor::parse)
         .transpose()
         .map_err(|_| AgentError::invalid("after", Problem::NotCursor))?;
     Ok((limit, after))
+}
+
+/// A list request's `limit`: 1 to `MAX_PAGE` (`unit` names what is counted in the refusal);
+/// `None` when absent.
+fn page_limit(limit: Option<u32>, unit: &'static str) -> Result<Option<usize>, AgentError> {
+    match limit {
+        None => Ok(None),
+        Some(n @ 1..=MAX_PAGE) => Ok(Some(n as usize)),
+        Some(_) => Err(AgentError::invalid(
+            "limit",
+            Problem::OutOfRange {
+                min: 1,
+                max: u64::from(MAX_PAGE),
+                unit,
+            },
+        )),
+    }
 }
 
 /// Run one page of a list: `fetch` reads the records (bounded by count and by the encoded size
@@ -642,20 +646,9 @@ impl Handler for Service {
     }
 
     fn device_list(&self, a: ListArgs) -> Result<DevicePage, AgentError> {
-        let limit = match a.limit {
-            None => usize::MAX,
-            Some(n @ 1..=MAX_PAGE) => n as usize,
-            Some(_) => {
-                return Err(AgentError::invalid(
-                    "limit",
-                    Problem::OutOfRange {
-                        min: 1,
-                        max: u64::from(MAX_PAGE),
-                        unit: "devices",
-                    },
-                ))
-            }
-        };
+        // Without a limit, at most `MAX_PAGE` devices (a few hundred bytes each: well inside a
+        // frame) and a `next`: the answer never grows with the fleet.
+        let limit = page_limit(a.limit, "devices")?.unwrap_or(MAX_PAGE as usize);
         let (devices, next) = self.h.device_page(a.after.as_deref(), limit)?;
         Ok(DevicePage {
             devices: devices
@@ -1264,6 +1257,25 @@ mod tests {
     use super::*;
     use crate::keystore::{KeyKind, Keystore, ListFilter};
     use keyward_proto::MAX_FRAME;
+
+    #[test]
+    fn a_list_limit_is_1_to_max_page_and_names_what_it_counts() {
+        assert_eq!(page_limit(None, "devices").unwrap(), None);
+        assert_eq!(page_limit(Some(1), "devices").unwrap(), Some(1));
+        assert_eq!(
+            page_limit(Some(MAX_PAGE), "devices").unwrap(),
+            Some(MAX_PAGE as usize)
+        );
+        for bad in [0, MAX_PAGE + 1] {
+            match page_limit(Some(bad), "devices") {
+                Err(AgentError::InvalidArgs {
+                    arg: "limit",
+                    problem: Problem::OutOfRange { unit, max, .. },
+                }) => assert_eq!((unit, max), ("devices", u64::from(MAX_PAGE))),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
 
     fn keystore() -> (tempfile::TempDir, Keystore) {
         let dir = tempfile::tempdir().unwrap();
