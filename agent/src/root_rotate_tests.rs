@@ -499,3 +499,26 @@ fn root_rotate_without_compromised_keeps_the_integrity_key() {
     hb.unlock(&pin()).expect("unlock on B");
     assert_eq!(integrity_ids(&t.ks), old_integrity);
 }
+
+#[test]
+fn root_rotate_compromised_rekey_re_macs_the_device_rows() {
+    let t = one_root();
+    // `init` wrote the first device's row, MAC'd under the integrity key being replaced.
+    let before = t.ks.devices().expect("device rows verify");
+    assert_eq!(before.len(), 1);
+    let b_root = MemoryRoot::new();
+    t.a.root_rotate(&b_root, &pin(), None, false, true)
+        .expect("rotate");
+    let hb = hierarchy(&t.ks, &b_root);
+    hb.unlock(&pin())
+        .expect("unlock on B (replaces the integrity key)");
+    assert!(t.ks.meta(META_REKEY).unwrap().is_none(), "key replaced");
+    // Every device row verifies under the new key, unchanged.
+    assert_eq!(t.ks.devices().expect("device rows after the rekey"), before);
+    decrypts_all(&hb, &t.deks);
+    // A later unlock (which reads the device rows) still works.
+    hb.lock().unwrap();
+    let hb = hierarchy(&t.ks, &b_root);
+    hb.unlock(&pin()).expect("unlock on B again");
+    assert_eq!(t.ks.devices().expect("device rows"), before);
+}

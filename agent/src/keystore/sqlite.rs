@@ -1398,6 +1398,7 @@ impl SqliteStore {
         )?;
         n += roots::remac_wraps(&tx, &old, &new)?;
         n += roots::remac_root_set(&tx, &old, &new)?;
+        n += devices::remac_devices(&tx, &old, &new)?;
         for m in metas {
             let values = m
                 .values

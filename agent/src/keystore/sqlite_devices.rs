@@ -5,8 +5,8 @@
 
 use super::{sql, SqliteStore};
 use crate::keystore::records::{device_body, device_verified, DeviceRow};
-use crate::keystore::KeystoreError;
-use rusqlite::{params, OptionalExtension, Row};
+use crate::keystore::{KeystoreError, MacKey};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
 /// The schema step (v11). `IF NOT EXISTS`, so the step is the same whatever number it gets.
@@ -62,6 +62,41 @@ fn parse((mut d, mac, id, by): RawDevice) -> Result<(DeviceRow, Option<Vec<u8>>)
         None => None,
     };
     Ok((d, mac))
+}
+
+/// `Keystore::rekey_integrity`: every enrolled row checked under `old` (a row that does not
+/// verify aborts the rekey) and re-MAC'd under `new`. Requests are left as they are: their MAC,
+/// if any, is never checked (the handshake checks them). Returns how many rows were re-MAC'd.
+pub(super) fn remac_devices(
+    conn: &Connection,
+    old: &MacKey,
+    new: &MacKey,
+) -> Result<usize, KeystoreError> {
+    const OP: &str = "rekey: read devices";
+    let mut st = conn
+        .prepare(&format!("SELECT {COLUMNS} FROM devices"))
+        .map_err(sql(OP))?;
+    let raw = st
+        .query_map([], from_row)
+        .map_err(sql(OP))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql(OP))?;
+    drop(st);
+    let mut n = 0;
+    for r in raw {
+        let (d, mac) = parse(r)?;
+        if d.state == "request" {
+            continue;
+        }
+        let d = device_verified(Some(old), d, mac)?;
+        conn.execute(
+            "UPDATE devices SET mac = ?2 WHERE id = ?1",
+            params![d.id.to_string(), new.tag(&device_body(&d))],
+        )
+        .map_err(sql("rekey: device"))?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 impl SqliteStore {

@@ -250,6 +250,7 @@ impl PgStore {
             }
             write_root_set(&tx, new).await?;
             n += 1;
+            n += super::devices::remac_devices(&tx, old, new).await?;
             for m in &metas {
                 let mut values = Vec::with_capacity(m.values.len());
                 for v in m.values {
