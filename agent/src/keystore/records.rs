@@ -755,11 +755,12 @@ pub struct RowCounts {
     pub rotation_items: u64,
     pub rotation_wraps: u64,
     pub meta: u64,
+    pub devices: u64,
 }
 
 impl RowCounts {
     /// Every table, by the name `keystore migrate` reports it under.
-    pub fn tables(&self) -> [(&'static str, u64); 8] {
+    pub fn tables(&self) -> [(&'static str, u64); 9] {
         [
             ("keys", self.keys),
             ("key_versions", self.versions),
@@ -769,6 +770,7 @@ impl RowCounts {
             ("kek_rotation_items", self.rotation_items),
             ("kek_rotation_wraps", self.rotation_wraps),
             ("meta", self.meta),
+            ("devices", self.devices),
         ]
     }
 
@@ -791,6 +793,9 @@ pub struct Snapshot {
     /// `kek_rotation_wraps` rows (their `created` is 0: the column does not exist).
     pub rotation_wraps: Vec<KekWrap>,
     pub meta: Vec<(String, String)>,
+    /// `devices` rows in (created, id) order: enrolled rows checked against their MAC, requests
+    /// as they are (their MAC is never checked: the handshake checks them).
+    pub devices: Vec<DeviceRow>,
 }
 
 impl Snapshot {
@@ -804,6 +809,7 @@ impl Snapshot {
             rotation_items: self.rotation_items.len() as u64,
             rotation_wraps: self.rotation_wraps.len() as u64,
             meta: self.meta.len() as u64,
+            devices: self.devices.len() as u64,
         }
     }
 }

@@ -99,6 +99,59 @@ pub(super) fn remac_devices(
     Ok(n)
 }
 
+/// `keystore migrate`: every row in (created, id) order, enrolled rows checked under `key`.
+pub(super) fn read_devices(
+    conn: &Connection,
+    key: &MacKey,
+) -> Result<Vec<DeviceRow>, KeystoreError> {
+    const OP: &str = "migrate: read devices";
+    let mut st = conn
+        .prepare(&format!("SELECT {COLUMNS} FROM devices"))
+        .map_err(sql(OP))?;
+    let raw = st
+        .query_map([], from_row)
+        .map_err(sql(OP))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql(OP))?;
+    let mut out = raw
+        .into_iter()
+        .map(|r| {
+            let (d, mac) = parse(r)?;
+            device_verified(Some(key), d, mac)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort_by_key(|d| (d.created, d.id));
+    Ok(out)
+}
+
+/// `keystore migrate`: write `d` (into an empty keystore), MAC'd under `key` as
+/// [`SqliteStore::device_put`] does with the key loaded.
+pub(super) fn insert_device(
+    conn: &Connection,
+    key: &MacKey,
+    d: &DeviceRow,
+) -> Result<(), KeystoreError> {
+    conn.execute(
+        &format!(
+            "INSERT INTO devices ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ),
+        params![
+            d.id.to_string(),
+            d.state,
+            d.public_key,
+            d.token_serial,
+            d.label,
+            d.body,
+            d.enrolled_by.map(|u| u.to_string()),
+            d.signature,
+            d.created as i64,
+            key.tag(&device_body(d))
+        ],
+    )
+    .map_err(sql("migrate: write device"))?;
+    Ok(())
+}
+
 impl SqliteStore {
     /// Insert or replace a `devices` row, MAC'd when the MAC key is loaded (an enrolled row
     /// needs it).

@@ -69,6 +69,55 @@ pub(super) async fn remac_devices<C: GenericClient>(
     Ok(n)
 }
 
+/// `keystore migrate`: every row in (created, id) order, enrolled rows checked under `key`.
+pub(super) async fn read_devices<C: GenericClient>(
+    c: &C,
+    key: &MacKey,
+) -> Result<Vec<DeviceRow>, KeystoreError> {
+    let rows = c
+        .query(&format!("SELECT {COLUMNS} FROM devices"), &[])
+        .await
+        .map_err(pg("migrate: read devices"))?;
+    let mut out = rows
+        .iter()
+        .map(|r| {
+            let (d, mac) = from_row(r)?;
+            device_verified(Some(key), d, mac)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort_by_key(|d| (d.created, d.id));
+    Ok(out)
+}
+
+/// `keystore migrate`: write `d` (into an empty keystore), MAC'd under `key` as
+/// [`PgStore::device_put`] does with the key loaded.
+pub(super) async fn insert_device<C: GenericClient>(
+    c: &C,
+    key: &MacKey,
+    d: &DeviceRow,
+) -> Result<(), KeystoreError> {
+    c.execute(
+        &format!(
+            "INSERT INTO devices ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ),
+        &[
+            &d.id.to_string(),
+            &d.state,
+            &d.public_key,
+            &d.token_serial,
+            &d.label,
+            &d.body,
+            &d.enrolled_by.map(|u| u.to_string()),
+            &d.signature,
+            &(d.created as i64),
+            &key.tag(&device_body(d)),
+        ],
+    )
+    .await
+    .map_err(pg("migrate: write device"))?;
+    Ok(())
+}
+
 impl PgStore {
     /// As `SqliteStore::device_put`.
     pub fn device_put(&self, d: &DeviceRow) -> Result<(), KeystoreError> {

@@ -1214,6 +1214,9 @@ fn migrate_sqlite_to_postgres_and_back_keeps_every_row_and_mac() {
     assert_eq!(pg.row_counts().unwrap(), before.counts());
     pg.set_mac_key(Some(test_key(7)));
     assert_eq!(pg.snapshot().unwrap(), before);
+    // The device rows (the first device's, MAC'd, and a request) came along.
+    assert_eq!(pg.devices().unwrap().len(), 2);
+    assert_eq!(pg.devices().unwrap(), lite.devices().unwrap());
     // The copy is read through the ordinary paths too.
     for r in &before.keys {
         assert_eq!(pg.get(&r.id).unwrap().as_ref(), Some(r));
@@ -1233,6 +1236,7 @@ fn migrate_sqlite_to_postgres_and_back_keeps_every_row_and_mac() {
     let again = Keystore::open(&back).unwrap();
     again.set_mac_key(Some(test_key(7)));
     assert_eq!(again.snapshot().unwrap(), before);
+    assert_eq!(again.devices().unwrap(), lite.devices().unwrap());
     for r in &before.keys {
         assert_eq!(
             sqlite_mac(&back, &r.id),
