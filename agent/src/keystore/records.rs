@@ -276,11 +276,12 @@ pub(crate) fn check_mac(
 
 /// A meta row MAC'd under the keystore MAC key, for [`Keystore::rekey_integrity`]: the rows its
 /// MAC covers (`values`, read inside the transaction, `None` when absent), the row holding the
-/// MAC (hex), and the body the owner MACs (from those values, in that order).
-#[derive(Clone, Copy)]
+/// MAC (hex), and the body the owner MACs (from those values, in that order). The names are
+/// usually constants; some are per device (each device's audit chain head, `audit.rs`).
+#[derive(Clone)]
 pub struct MetaMac {
-    pub values: &'static [&'static str],
-    pub mac: &'static str,
+    pub values: std::borrow::Cow<'static, [std::borrow::Cow<'static, str>]>,
+    pub mac: std::borrow::Cow<'static, str>,
     pub body: fn(&[Option<String>]) -> Vec<u8>,
 }
 
