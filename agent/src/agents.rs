@@ -15,6 +15,7 @@ use crate::hierarchy::Hierarchy;
 use crate::keystore::{now, Encoder};
 use keyward_identity::authz::{verify_policy, AgentPolicy, AuthzError, Capability};
 use keyward_identity::{LocalKey, PublicKey};
+use std::borrow::Cow;
 
 /// The `meta` row holding the signed policy (hex).
 pub const META_POLICY: &str = "agents_policy";
@@ -39,8 +40,8 @@ fn mac_body(bytes: &[u8]) -> Vec<u8> {
 
 /// The policy's MAC, for the integrity key's replacement (`root_rotate.rs`).
 pub(crate) const POLICY_MAC: crate::keystore::MetaMac = crate::keystore::MetaMac {
-    values: &[META_POLICY],
-    mac: META_POLICY_MAC,
+    values: Cow::Borrowed(&[Cow::Borrowed(META_POLICY)]),
+    mac: Cow::Borrowed(META_POLICY_MAC),
     body: |v| {
         mac_body(
             &v[0]

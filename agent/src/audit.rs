@@ -44,6 +44,7 @@ use crate::hierarchy::Hierarchy;
 use crate::keystore::Encoder;
 use keyward_audit::{Entry, CHECKPOINT_OP};
 use keyward_identity::LocalKey;
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -53,7 +54,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
-/// Meta row: the chain head, `SEQ:HASH` (hex).
+/// Meta row: the chain head, `SEQ:HASH` (hex), MAC'd. One per device ([`head_rows`]): the
+/// first device (and a keystore with no device row) uses these names, every other device
+/// `audit_head/<device id>` and `audit_head_mac/<device id>`, so agents on different devices
+/// sharing one keystore do not overwrite each other's head.
 const META_HEAD: &str = "audit_head";
 const META_HEAD_MAC: &str = "audit_head_mac";
 /// Meta row: the audit key's public half (SEC1 compressed, hex), MAC'd. The private half is
@@ -553,8 +557,9 @@ impl Audit {
         let ks = &self.h.ks;
         let key = ks.meta(META_KEY)?;
         let key_mac = ks.meta(META_KEY_MAC)?;
-        let head = ks.meta(META_HEAD)?;
-        let head_mac = ks.meta(META_HEAD_MAC)?;
+        let (head_row, head_mac_row) = head_rows(self.h.audit_device()?);
+        let head = ks.meta(&head_row)?;
+        let head_mac = ks.meta(&head_mac_row)?;
         let public = key.as_deref().and_then(parse_key_row);
         let parsed_head = head.as_deref().and_then(parse_head_row);
         // The keys before each replacement of the integrity key (`root rotate --compromised`).
@@ -650,17 +655,42 @@ fn key_body(row: &str) -> Vec<u8> {
     e.finish()
 }
 
+/// The chain head's rows (value, MAC) of the agent running as `device` (see
+/// [`Hierarchy::audit_device`]): the plain names for `None` (no device row, or the first
+/// device), else names keyed by the device id.
+fn head_rows(device: Option<uuid::Uuid>) -> (Cow<'static, str>, Cow<'static, str>) {
+    match device {
+        None => (Cow::Borrowed(META_HEAD), Cow::Borrowed(META_HEAD_MAC)),
+        Some(id) => (
+            Cow::Owned(format!("{META_HEAD}/{id}")),
+            Cow::Owned(format!("{META_HEAD_MAC}/{id}")),
+        ),
+    }
+}
+
+/// For the integrity key's replacement: the head of the device `id` (its keyed rows; the
+/// first device's plain rows are [`REKEY_HEAD`]). A row that does not exist is skipped.
+pub(crate) fn rekey_device_head(id: uuid::Uuid) -> crate::keystore::MetaMac {
+    let (head, mac) = head_rows(Some(id));
+    crate::keystore::MetaMac {
+        values: Cow::Owned(vec![head]),
+        mac,
+        body: REKEY_HEAD.body,
+    }
+}
+
 /// For the integrity key's replacement (`root_rotate.rs`): the head's and the key row's MACs
 /// (checked under the old key, the head re-MAC'd), and the key rows, dropped then: the audit key
-/// derives from the MAC key, so the new one is recorded at its first use.
+/// derives from the MAC key, so the new one is recorded at its first use. Every other device's
+/// head: [`rekey_device_head`].
 pub(crate) const REKEY_HEAD: crate::keystore::MetaMac = crate::keystore::MetaMac {
-    values: &[META_HEAD],
-    mac: META_HEAD_MAC,
+    values: Cow::Borrowed(&[Cow::Borrowed(META_HEAD)]),
+    mac: Cow::Borrowed(META_HEAD_MAC),
     body: |v| head_body(v[0].as_deref().unwrap_or("")),
 };
 pub(crate) const REKEY_KEY: crate::keystore::MetaMac = crate::keystore::MetaMac {
-    values: &[META_KEY],
-    mac: META_KEY_MAC,
+    values: Cow::Borrowed(&[Cow::Borrowed(META_KEY)]),
+    mac: Cow::Borrowed(META_KEY_MAC),
     body: |v| key_body(v[0].as_deref().unwrap_or("")),
 };
 pub(crate) const REKEY_KEY_ROWS: [&str; 2] = [META_KEY, META_KEY_MAC];
@@ -735,14 +765,16 @@ impl Hierarchy {
         Ok(Some(key))
     }
 
-    /// Record the chain head, MAC'd; nothing while locked (no MAC key).
+    /// Record the chain head (this device's rows, [`head_rows`]), MAC'd; nothing while locked
+    /// (no MAC key).
     fn audit_head(&self, seq: u64, hash: &[u8; 32]) -> Result<bool, crate::error::AgentError> {
         let row = format!("{seq}:{}", hex::encode(hash));
         let Some(mac) = self.ks.mac_tag(&head_body(&row)).map(hex::encode) else {
             return Ok(false);
         };
+        let (head, head_mac) = head_rows(self.audit_device()?);
         self.ks
-            .set_metas(&[(META_HEAD, Some(&row)), (META_HEAD_MAC, Some(&mac))])?;
+            .set_metas(&[(&head, Some(&row)), (&head_mac, Some(&mac))])?;
         Ok(true)
     }
 }

@@ -257,6 +257,23 @@ impl Hierarchy {
         Ok(row)
     }
 
+    /// The device this agent runs as, to name its audit chain head (`audit.rs`): `None` on a
+    /// keystore with no enrolled device row, for the first device (self-signed: it keeps the
+    /// plain `audit_head` rows of keystores from before devices), and while the agent's root is
+    /// not known yet (never unlocked). Only reads: unlike [`Hierarchy::own_device`] it never
+    /// writes a row.
+    pub(crate) fn audit_device(&self) -> Result<Option<Uuid>, AgentError> {
+        let Some(own) = lock(&self.own_root).as_ref().map(|r| r.id) else {
+            return Ok(None);
+        };
+        for d in self.ks.devices()?.iter().filter(|d| d.state == ENROLLED) {
+            if body_of(d)?.root == Some(own) {
+                return Ok((d.enrolled_by != Some(d.id)).then_some(d.id));
+            }
+        }
+        Ok(None)
+    }
+
     /// This device's key, to sign with: in memory on a device running on its device key, else
     /// opened from its row with the configured root.
     fn sign_as(&self, own: &DeviceRow, msg: &[u8]) -> Result<Vec<u8>, AgentError> {

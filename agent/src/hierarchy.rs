@@ -18,6 +18,7 @@ use keyward_envelope::{Artefacts, EncryptedData, EncryptionStrategy, Serialized}
 use keyward_proto::secret::Pin;
 use rand_core::{OsRng, RngCore};
 use sha2::Sha256;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
@@ -80,8 +81,11 @@ fn counter_body(n: &str, last: &str) -> Vec<u8> {
 
 /// The PIN counter's MAC, for the integrity key's replacement (`root_rotate.rs`).
 pub(crate) const PIN_COUNTER_MAC: crate::keystore::MetaMac = crate::keystore::MetaMac {
-    values: &[META_FAILURES, META_LAST_FAILURE],
-    mac: META_FAILURES_MAC,
+    values: Cow::Borrowed(&[
+        Cow::Borrowed(META_FAILURES),
+        Cow::Borrowed(META_LAST_FAILURE),
+    ]),
+    mac: Cow::Borrowed(META_FAILURES_MAC),
     body: |v| counter_body(v[0].as_deref().unwrap_or(""), v[1].as_deref().unwrap_or("")),
 };
 

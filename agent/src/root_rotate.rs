@@ -22,6 +22,7 @@ use crate::keystore::{Encoder, KeyKind, KeyState, MetaMac};
 use crate::lifecycle::ROTATION;
 use crate::root::{Root, RootDestroyed};
 use keyward_proto::secret::Pin;
+use std::borrow::Cow;
 use uuid::Uuid;
 
 /// Keystore `meta`: the KEKs a `root rotate --compromised` left to rotate at the next unlock
@@ -67,18 +68,18 @@ pub(crate) fn previous_body(list: &str) -> Vec<u8> {
 fn mac_metas() -> [MetaMac; 6] {
     [
         MetaMac {
-            values: &[META_COMPROMISED],
-            mac: META_COMPROMISED_MAC,
+            values: Cow::Borrowed(&[Cow::Borrowed(META_COMPROMISED)]),
+            mac: Cow::Borrowed(META_COMPROMISED_MAC),
             body: |v| mac_body(v[0].as_deref().unwrap_or("")),
         },
         MetaMac {
-            values: &[META_REKEY],
-            mac: META_REKEY_MAC,
+            values: Cow::Borrowed(&[Cow::Borrowed(META_REKEY)]),
+            mac: Cow::Borrowed(META_REKEY_MAC),
             body: |v| rekey_body(v[0].as_deref().unwrap_or("")),
         },
         MetaMac {
-            values: &[META_AUDIT_PREVIOUS],
-            mac: META_AUDIT_PREVIOUS_MAC,
+            values: Cow::Borrowed(&[Cow::Borrowed(META_AUDIT_PREVIOUS)]),
+            mac: Cow::Borrowed(META_AUDIT_PREVIOUS_MAC),
             body: |v| previous_body(v[0].as_deref().unwrap_or("")),
         },
         crate::hierarchy::PIN_COUNTER_MAC,
@@ -329,6 +330,10 @@ impl Hierarchy {
         }
         let mut metas = mac_metas().to_vec();
         metas.push(crate::audit::REKEY_KEY);
+        // Every device's own audit chain head (the first device's is in `mac_metas`).
+        for d in self.ks.devices()? {
+            metas.push(crate::audit::rekey_device_head(d.id));
+        }
         let mut clear = vec![META_REKEY, META_REKEY_MAC];
         clear.extend(REKEY_KEY_ROWS);
         let n = self

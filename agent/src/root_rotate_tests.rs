@@ -499,3 +499,60 @@ fn root_rotate_without_compromised_keeps_the_integrity_key() {
     hb.unlock(&pin()).expect("unlock on B");
     assert_eq!(integrity_ids(&t.ks), old_integrity);
 }
+
+#[test]
+fn root_rotate_compromised_rekey_re_macs_the_device_rows() {
+    let t = one_root();
+    // `init` wrote the first device's row, MAC'd under the integrity key being replaced.
+    let before = t.ks.devices().expect("device rows verify");
+    assert_eq!(before.len(), 1);
+    let b_root = MemoryRoot::new();
+    t.a.root_rotate(&b_root, &pin(), None, false, true)
+        .expect("rotate");
+    let hb = hierarchy(&t.ks, &b_root);
+    hb.unlock(&pin())
+        .expect("unlock on B (replaces the integrity key)");
+    assert!(t.ks.meta(META_REKEY).unwrap().is_none(), "key replaced");
+    // Every device row verifies under the new key, unchanged.
+    assert_eq!(t.ks.devices().expect("device rows after the rekey"), before);
+    decrypts_all(&hb, &t.deks);
+    // A later unlock (which reads the device rows) still works.
+    hb.lock().unwrap();
+    let hb = hierarchy(&t.ks, &b_root);
+    hb.unlock(&pin()).expect("unlock on B again");
+    assert_eq!(t.ks.devices().expect("device rows"), before);
+}
+
+#[test]
+fn root_rotate_compromised_rekey_re_macs_every_devices_audit_head() {
+    let t = one_root();
+    // The first device keeps the plain `audit_head` rows: it has no keyed head name.
+    assert_eq!(t.a.audit_device().unwrap(), None);
+    // A head under a device's keyed rows (`audit_head/<id>`, as a device enrolled after the
+    // first writes it), MAC'd under the integrity key being replaced.
+    let device = t.ks.devices().unwrap()[0].id;
+    let (name, mac_name) = (
+        format!("audit_head/{device}"),
+        format!("audit_head_mac/{device}"),
+    );
+    let row = format!("5:{}", hex::encode([7u8; 32]));
+    let body = (crate::audit::REKEY_HEAD.body)(&[Some(row.clone())]);
+    let tag = hex::encode(t.ks.mac_tag(&body).unwrap());
+    t.ks.set_metas(&[(&name, Some(&row)), (&mac_name, Some(&tag))])
+        .unwrap();
+    let b_root = MemoryRoot::new();
+    t.a.root_rotate(&b_root, &pin(), None, false, true)
+        .expect("rotate");
+    let hb = hierarchy(&t.ks, &b_root);
+    hb.unlock(&pin())
+        .expect("unlock on B (replaces the integrity key)");
+    assert!(t.ks.meta(META_REKEY).unwrap().is_none(), "key replaced");
+    // The device's head: the same row, its MAC now under the new key.
+    assert_eq!(t.ks.meta(&name).unwrap(), Some(row));
+    let now = t.ks.meta(&mac_name).unwrap().expect("head MAC");
+    assert_ne!(now, tag);
+    assert_eq!(
+        t.ks.mac_verify(&body, &hex::decode(now).unwrap()),
+        Some(true)
+    );
+}

@@ -234,6 +234,9 @@ pub fn verify(src: &Snapshot, dest: &Keystore, to: &str) -> Result<RowCounts, Mi
         Ok(())
     }
     same(to, "keys", &src.keys, &copy.keys, |r| r.id.to_string())?;
+    same(to, "devices", &src.devices, &copy.devices, |d| {
+        d.id.to_string()
+    })?;
     same(to, "key_versions", &src.versions, &copy.versions, |v| {
         format!("{} version {}", v.key, v.version)
     })?;

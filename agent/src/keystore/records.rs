@@ -276,11 +276,12 @@ pub(crate) fn check_mac(
 
 /// A meta row MAC'd under the keystore MAC key, for [`Keystore::rekey_integrity`]: the rows its
 /// MAC covers (`values`, read inside the transaction, `None` when absent), the row holding the
-/// MAC (hex), and the body the owner MACs (from those values, in that order).
-#[derive(Clone, Copy)]
+/// MAC (hex), and the body the owner MACs (from those values, in that order). The names are
+/// usually constants; some are per device (each device's audit chain head, `audit.rs`).
+#[derive(Clone)]
 pub struct MetaMac {
-    pub values: &'static [&'static str],
-    pub mac: &'static str,
+    pub values: std::borrow::Cow<'static, [std::borrow::Cow<'static, str>]>,
+    pub mac: std::borrow::Cow<'static, str>,
     pub body: fn(&[Option<String>]) -> Vec<u8>,
 }
 
@@ -755,11 +756,12 @@ pub struct RowCounts {
     pub rotation_items: u64,
     pub rotation_wraps: u64,
     pub meta: u64,
+    pub devices: u64,
 }
 
 impl RowCounts {
     /// Every table, by the name `keystore migrate` reports it under.
-    pub fn tables(&self) -> [(&'static str, u64); 8] {
+    pub fn tables(&self) -> [(&'static str, u64); 9] {
         [
             ("keys", self.keys),
             ("key_versions", self.versions),
@@ -769,6 +771,7 @@ impl RowCounts {
             ("kek_rotation_items", self.rotation_items),
             ("kek_rotation_wraps", self.rotation_wraps),
             ("meta", self.meta),
+            ("devices", self.devices),
         ]
     }
 
@@ -791,6 +794,9 @@ pub struct Snapshot {
     /// `kek_rotation_wraps` rows (their `created` is 0: the column does not exist).
     pub rotation_wraps: Vec<KekWrap>,
     pub meta: Vec<(String, String)>,
+    /// `devices` rows in (created, id) order: enrolled rows checked against their MAC, requests
+    /// as they are (their MAC is never checked: the handshake checks them).
+    pub devices: Vec<DeviceRow>,
 }
 
 impl Snapshot {
@@ -804,6 +810,7 @@ impl Snapshot {
             rotation_items: self.rotation_items.len() as u64,
             rotation_wraps: self.rotation_wraps.len() as u64,
             meta: self.meta.len() as u64,
+            devices: self.devices.len() as u64,
         }
     }
 }

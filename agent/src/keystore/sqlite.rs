@@ -1402,21 +1402,22 @@ impl SqliteStore {
         )?;
         n += roots::remac_wraps(&tx, &old, &new)?;
         n += roots::remac_root_set(&tx, &old, &new)?;
+        n += devices::remac_devices(&tx, &old, &new)?;
         for m in metas {
             let values = m
                 .values
                 .iter()
                 .map(|v| meta_in(&tx, v))
                 .collect::<Result<Vec<_>, _>>()?;
-            let Some(tag) = meta_in(&tx, m.mac)? else {
+            let Some(tag) = meta_in(&tx, &m.mac)? else {
                 continue;
             };
             let body = (m.body)(&values);
             let tag = hex::decode(tag.trim()).unwrap_or_default();
-            check_mac(&old, m.mac, &body, Some(&tag))?;
+            check_mac(&old, &m.mac, &body, Some(&tag))?;
             tx.execute(
                 "UPDATE meta SET value = ?2 WHERE name = ?1",
-                params![m.mac, hex::encode(new.tag(&body))],
+                params![&*m.mac, hex::encode(new.tag(&body))],
             )
             .map_err(sql("rekey: meta"))?;
             n += 1;

@@ -46,6 +46,7 @@ impl SqliteStore {
             rotation_items: count("kek_rotation_items")?,
             rotation_wraps: count("kek_rotation_wraps")?,
             meta: count("meta")?,
+            devices: count("devices")?,
         })
     }
 
@@ -70,6 +71,7 @@ impl SqliteStore {
                 &[],
             )?,
             meta: meta(&conn)?,
+            devices: super::devices::read_devices(&conn, &key)?,
         })
     }
 
@@ -126,6 +128,9 @@ impl SqliteStore {
             .map(|(n, v)| (n.as_str(), Some(v.as_str())))
             .collect();
         put_metas(&tx, &rows, "migrate: write meta")?;
+        for d in &s.devices {
+            super::devices::insert_device(&tx, &key, d)?;
+        }
         tx.commit().map_err(sql("migrate: commit"))
     }
 }

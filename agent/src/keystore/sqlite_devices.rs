@@ -5,8 +5,8 @@
 
 use super::{sql, SqliteStore};
 use crate::keystore::records::{device_body, device_verified, DeviceRow};
-use crate::keystore::KeystoreError;
-use rusqlite::{params, OptionalExtension, Row};
+use crate::keystore::{KeystoreError, MacKey};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use uuid::Uuid;
 
 /// The schema step (v11). `IF NOT EXISTS`, so the step is the same whatever number it gets.
@@ -62,6 +62,94 @@ fn parse((mut d, mac, id, by): RawDevice) -> Result<(DeviceRow, Option<Vec<u8>>)
         None => None,
     };
     Ok((d, mac))
+}
+
+/// `Keystore::rekey_integrity`: every enrolled row checked under `old` (a row that does not
+/// verify aborts the rekey) and re-MAC'd under `new`. Requests are left as they are: their MAC,
+/// if any, is never checked (the handshake checks them). Returns how many rows were re-MAC'd.
+pub(super) fn remac_devices(
+    conn: &Connection,
+    old: &MacKey,
+    new: &MacKey,
+) -> Result<usize, KeystoreError> {
+    const OP: &str = "rekey: read devices";
+    let mut st = conn
+        .prepare(&format!("SELECT {COLUMNS} FROM devices"))
+        .map_err(sql(OP))?;
+    let raw = st
+        .query_map([], from_row)
+        .map_err(sql(OP))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql(OP))?;
+    drop(st);
+    let mut n = 0;
+    for r in raw {
+        let (d, mac) = parse(r)?;
+        if d.state == "request" {
+            continue;
+        }
+        let d = device_verified(Some(old), d, mac)?;
+        conn.execute(
+            "UPDATE devices SET mac = ?2 WHERE id = ?1",
+            params![d.id.to_string(), new.tag(&device_body(&d))],
+        )
+        .map_err(sql("rekey: device"))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// `keystore migrate`: every row in (created, id) order, enrolled rows checked under `key`.
+pub(super) fn read_devices(
+    conn: &Connection,
+    key: &MacKey,
+) -> Result<Vec<DeviceRow>, KeystoreError> {
+    const OP: &str = "migrate: read devices";
+    let mut st = conn
+        .prepare(&format!("SELECT {COLUMNS} FROM devices"))
+        .map_err(sql(OP))?;
+    let raw = st
+        .query_map([], from_row)
+        .map_err(sql(OP))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql(OP))?;
+    let mut out = raw
+        .into_iter()
+        .map(|r| {
+            let (d, mac) = parse(r)?;
+            device_verified(Some(key), d, mac)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort_by_key(|d| (d.created, d.id));
+    Ok(out)
+}
+
+/// `keystore migrate`: write `d` (into an empty keystore), MAC'd under `key` as
+/// [`SqliteStore::device_put`] does with the key loaded.
+pub(super) fn insert_device(
+    conn: &Connection,
+    key: &MacKey,
+    d: &DeviceRow,
+) -> Result<(), KeystoreError> {
+    conn.execute(
+        &format!(
+            "INSERT INTO devices ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ),
+        params![
+            d.id.to_string(),
+            d.state,
+            d.public_key,
+            d.token_serial,
+            d.label,
+            d.body,
+            d.enrolled_by.map(|u| u.to_string()),
+            d.signature,
+            d.created as i64,
+            key.tag(&device_body(d))
+        ],
+    )
+    .map_err(sql("migrate: write device"))?;
+    Ok(())
 }
 
 impl SqliteStore {

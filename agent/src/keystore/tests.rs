@@ -1076,6 +1076,28 @@ pub(crate) fn populated() -> (tempfile::TempDir, Keystore) {
     .unwrap();
     ks.set_metas(&[("pin_attempts", Some("0")), ("audit_head", Some("3:ab"))])
         .unwrap();
+    // The first device (enrolled, MAC'd) and a request filed by a new one.
+    let first = DeviceRow {
+        id: Uuid::new_v4(),
+        state: "enrolled".into(),
+        public_key: vec![4; 65],
+        token_serial: Some("serial".into()),
+        label: Some("first".into()),
+        body: b"{}".to_vec(),
+        enrolled_by: None,
+        signature: Some(vec![6; 70]),
+        created: 13,
+    };
+    ks.device_put(&first).unwrap();
+    ks.device_put(&DeviceRow {
+        id: Uuid::new_v4(),
+        state: "request".into(),
+        enrolled_by: None,
+        signature: None,
+        created: 14,
+        ..first.clone()
+    })
+    .unwrap();
     (d, ks)
 }
 
@@ -1097,6 +1119,9 @@ fn migrate_copies_every_table_and_the_copy_verifies_under_the_same_key() {
     let copy = Keystore::open(&to).unwrap();
     copy.set_mac_key(Some(test_key(7)));
     assert_eq!(copy.snapshot().unwrap(), before);
+    // The device rows too (the first device's, MAC'd, and the request).
+    assert_eq!(copy.devices().unwrap().len(), 2);
+    assert_eq!(copy.devices().unwrap(), ks.devices().unwrap());
     assert_eq!(copy.roots_checked().unwrap().len(), 2);
     // Under another key nothing verifies.
     copy.set_mac_key(Some(test_key(8)));

@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// An agent on its own SoftHSM token whose keystore is the database `location`.
-fn device_on(location: &str) -> TestEnv {
+pub(crate) fn device_on(location: &str) -> TestEnv {
     let mut env = TestEnv::start(RootKind::Pkcs11);
     env.stop();
     env.set_keystore(location);
@@ -23,7 +23,7 @@ fn device_on(location: &str) -> TestEnv {
 
 /// Run `keyward --json device approve ARGS` on `env` until it succeeds (the request may not be
 /// filed yet), within 30 s; the answer.
-fn approve_until_ok(env: &TestEnv, args: &[&str]) -> serde_json::Value {
+pub(crate) fn approve_until_ok(env: &TestEnv, args: &[&str]) -> serde_json::Value {
     let start = Instant::now();
     let mut all = vec!["--json", "device", "approve"];
     all.extend_from_slice(args);
@@ -43,7 +43,7 @@ fn approve_until_ok(env: &TestEnv, args: &[&str]) -> serde_json::Value {
 }
 
 /// B joins (init), requests; A answers; B prints the code. Returns (B's device id, code).
-fn request_and_answer(a: &TestEnv, b: &TestEnv) -> (String, String) {
+pub(crate) fn request_and_answer(a: &TestEnv, b: &TestEnv) -> (String, String) {
     let c = b.client();
     let joined = c.run(|c| c.init(pin(b.pin()))).expect("init on B");
     assert!(joined.joined, "init on a shared keystore joins: {joined:?}");

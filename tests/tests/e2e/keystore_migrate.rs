@@ -25,6 +25,7 @@ fn rows(path: &Path) -> Vec<(String, i64)> {
         "kek_rotation_items",
         "kek_rotation_wraps",
         "meta",
+        "devices",
     ]
     .iter()
     .map(|t| {
@@ -71,6 +72,8 @@ fn keystore_migrate_copy_serves_every_key_on_the_same_token(env: &mut TestEnv) {
         assert_eq!(tables[table].as_i64(), Some(*n), "{table}: {v}");
     }
     assert!(tables["keys"].as_i64().unwrap() >= 5, "{v}");
+    // The first device's row (made at `init`) came along.
+    assert_eq!(tables["devices"].as_i64(), Some(1), "{v}");
     // The source is unchanged, and the agent still serves it.
     assert_eq!(rows(&source), before);
     env.assert_intact(&keys);

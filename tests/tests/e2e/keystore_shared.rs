@@ -357,16 +357,25 @@ fn keystore_shared_database_down_keeps_cached_keys_and_resumes() {
     srv.halt();
 }
 
-/// Each agent's audit log verifies against the chain head the keystore records for it. KNOWN BUG
-/// (ignored until fixed): the head is one `meta` row per identity (`audit_head`), so two agents
-/// on one shared keystore overwrite each other's head and `audit verify` reports a rewritten
-/// entry or a cut tail on both, though nothing was tampered with. Fixing it means a head per
-/// agent (per device, once devices exist), which the integrity rekey's list of MAC'd meta rows
-/// must then cover too.
+/// Each agent's audit log verifies against the chain head the keystore records for it: two
+/// devices (A, and B enrolled from A) on one shared keystore, each writing its own log, each
+/// with its own head row (`audit_head` for the first device, `audit_head/<id>` for B). With one
+/// head row for the identity they overwrote each other's and `audit verify` reported a
+/// rewritten entry or a cut tail on both. (Two agents on the SAME device, one root, still
+/// share one head: README "Known problem".)
 #[test]
-#[ignore = "known bug: two agents on one keystore share one audit chain head row"]
 fn keystore_shared_each_agents_audit_log_verifies() {
-    let (a, b, keys, _location) = two_agents(server());
+    use crate::devices::{approve_until_ok, device_on, request_and_answer};
+    let location = server().database();
+    let a = device_on(&location);
+    let keys = a.init_with_keys(true, b"shared by two devices");
+    let b = device_on(&location);
+    let (_, code) = request_and_answer(&a, &b);
+    let enrolled = approve_until_ok(&a, &[&code]);
+    assert_eq!(enrolled["state"], "enrolled", "{enrolled}");
+    b.client()
+        .run(|c| c.unlock(pin(b.pin())))
+        .unwrap_or_else(|e| panic!("unlock B: {e}\nB log:\n{}", b.log()));
     for _ in 0..3 {
         a.cli_ok(&["dek", "rotate", &keys.dek], None);
         b.cli_ok(&["dek", "rotate", &keys.dek], None);

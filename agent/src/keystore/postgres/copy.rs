@@ -43,7 +43,7 @@ fn unsigned<T: TryFrom<i64>>(id: &str, v: i64, what: &str) -> Result<T, Keystore
 }
 
 /// The tables `row_counts` counts, in [`RowCounts`]' order.
-const TABLES: [&str; 8] = [
+const TABLES: [&str; 9] = [
     "keys",
     "key_versions",
     "revocations",
@@ -52,6 +52,7 @@ const TABLES: [&str; 8] = [
     "kek_rotation_items",
     "kek_rotation_wraps",
     "meta",
+    "devices",
 ];
 
 impl PgStore {
@@ -60,7 +61,7 @@ impl PgStore {
         const OP: &str = "count rows";
         self.run(move |sh| async move {
             let c = sh.pool.get().await.map_err(pool_err(OP))?;
-            let mut n = [0u64; 8];
+            let mut n = [0u64; 9];
             for (i, table) in TABLES.iter().enumerate() {
                 let v: i64 = c
                     .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])
@@ -78,6 +79,7 @@ impl PgStore {
                 rotation_items: n[5],
                 rotation_wraps: n[6],
                 meta: n[7],
+                devices: n[8],
             })
         })
     }
@@ -110,6 +112,7 @@ impl PgStore {
                 rotation_items: items(&tx, &key).await?,
                 rotation_wraps: wraps_in(&tx, k, "kek_rotation_wraps", "true", &[]).await?,
                 meta: meta(&tx).await?,
+                devices: super::devices::read_devices(&tx, &key).await?,
             };
             tx.commit().await.map_err(pg("migrate: end read"))?;
             Ok(s)
@@ -204,6 +207,9 @@ impl PgStore {
                 .map(|(n, v)| (n.clone(), Some(v.clone())))
                 .collect();
             put_metas(&tx, &rows).await?;
+            for d in &s.devices {
+                super::devices::insert_device(&tx, &key, d).await?;
+            }
             tx.commit().await.map_err(pg("migrate: commit"))
         })?;
         self.changed();
@@ -231,6 +237,7 @@ impl PgStore {
                 "revocations",
                 "keys",
                 "meta",
+                "devices",
             ] {
                 n += tx
                     .execute(&format!("DELETE FROM {table}"), &[])

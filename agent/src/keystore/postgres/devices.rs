@@ -4,7 +4,8 @@
 
 use super::{pg, pool_err, PgStore};
 use crate::keystore::records::{device_body, device_verified, DeviceRow};
-use crate::keystore::KeystoreError;
+use crate::keystore::{KeystoreError, MacKey};
+use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
 const COLUMNS: &str =
@@ -36,6 +37,85 @@ fn from_row(r: &tokio_postgres::Row) -> Result<(DeviceRow, Option<Vec<u8>>), Key
         },
         r.try_get(9).map_err(pg(OP))?,
     ))
+}
+
+/// `Keystore::rekey_integrity` (inside its transaction `c`): every enrolled row checked under
+/// `old` (a row that does not verify aborts the rekey) and re-MAC'd under `new`. Requests are
+/// left as they are: their MAC, if any, is never checked. Returns how many rows were re-MAC'd.
+pub(super) async fn remac_devices<C: GenericClient>(
+    c: &C,
+    old: &MacKey,
+    new: &MacKey,
+) -> Result<usize, KeystoreError> {
+    let rows = c
+        .query(&format!("SELECT {COLUMNS} FROM devices"), &[])
+        .await
+        .map_err(pg("rekey: read devices"))?;
+    let mut n = 0;
+    for r in &rows {
+        let (d, mac) = from_row(r)?;
+        if d.state == "request" {
+            continue;
+        }
+        let d = device_verified(Some(old), d, mac)?;
+        c.execute(
+            "UPDATE devices SET mac = $2, row_version = row_version + 1 WHERE id = $1",
+            &[&d.id.to_string(), &new.tag(&device_body(&d))],
+        )
+        .await
+        .map_err(pg("rekey: device"))?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// `keystore migrate`: every row in (created, id) order, enrolled rows checked under `key`.
+pub(super) async fn read_devices<C: GenericClient>(
+    c: &C,
+    key: &MacKey,
+) -> Result<Vec<DeviceRow>, KeystoreError> {
+    let rows = c
+        .query(&format!("SELECT {COLUMNS} FROM devices"), &[])
+        .await
+        .map_err(pg("migrate: read devices"))?;
+    let mut out = rows
+        .iter()
+        .map(|r| {
+            let (d, mac) = from_row(r)?;
+            device_verified(Some(key), d, mac)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    out.sort_by_key(|d| (d.created, d.id));
+    Ok(out)
+}
+
+/// `keystore migrate`: write `d` (into an empty keystore), MAC'd under `key` as
+/// [`PgStore::device_put`] does with the key loaded.
+pub(super) async fn insert_device<C: GenericClient>(
+    c: &C,
+    key: &MacKey,
+    d: &DeviceRow,
+) -> Result<(), KeystoreError> {
+    c.execute(
+        &format!(
+            "INSERT INTO devices ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+        ),
+        &[
+            &d.id.to_string(),
+            &d.state,
+            &d.public_key,
+            &d.token_serial,
+            &d.label,
+            &d.body,
+            &d.enrolled_by.map(|u| u.to_string()),
+            &d.signature,
+            &(d.created as i64),
+            &key.tag(&device_body(d)),
+        ],
+    )
+    .await
+    .map_err(pg("migrate: write device"))?;
+    Ok(())
 }
 
 impl PgStore {

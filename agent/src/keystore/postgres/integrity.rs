@@ -250,17 +250,18 @@ impl PgStore {
             }
             write_root_set(&tx, new).await?;
             n += 1;
+            n += super::devices::remac_devices(&tx, old, new).await?;
             for m in &metas {
                 let mut values = Vec::with_capacity(m.values.len());
-                for v in m.values {
+                for v in m.values.iter() {
                     values.push(meta(&tx, v).await?);
                 }
-                let Some(tag) = meta(&tx, m.mac).await? else {
+                let Some(tag) = meta(&tx, &m.mac).await? else {
                     continue;
                 };
                 let body = (m.body)(&values);
                 let tag = hex::decode(tag.trim()).unwrap_or_default();
-                check_mac(old, m.mac, &body, Some(&tag))?;
+                check_mac(old, &m.mac, &body, Some(&tag))?;
                 put_metas(
                     &tx,
                     &[(m.mac.to_string(), Some(hex::encode(new.tag(&body))))],

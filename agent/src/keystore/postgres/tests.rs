@@ -1113,6 +1113,26 @@ fn rekeying_the_integrity_key_matches_sqlite() {
         created: 5,
     };
     both!(ks => ks.revoke(&rev).unwrap());
+    // An enrolled device row (MAC'd) and a request (not checked by its MAC).
+    let device = crate::keystore::DeviceRow {
+        id: Uuid::new_v4(),
+        state: "enrolled".into(),
+        public_key: vec![4; 65],
+        token_serial: Some("serial".into()),
+        label: Some("first".into()),
+        body: b"{}".to_vec(),
+        enrolled_by: None,
+        signature: Some(vec![6; 70]),
+        created: 7,
+    };
+    let request = crate::keystore::DeviceRow {
+        id: Uuid::new_v4(),
+        state: "request".into(),
+        created: 8,
+        ..device.clone()
+    };
+    both!(ks => ks.device_put(&device).unwrap());
+    both!(ks => ks.device_put(&request).unwrap());
     assert_eq!(both!(ks => ks.roots_checked().unwrap()).len(), 1);
     let mut ik2 = KeyRecord::new(KeyKind::Integrity, "aes-kwp");
     ik2.parent = Some(root.id);
@@ -1131,6 +1151,11 @@ fn rekeying_the_integrity_key_matches_sqlite() {
     assert_eq!(both!(ks => ks.revocations().unwrap()).len(), 1);
     assert_eq!(both!(ks => ks.roots_checked().unwrap()).len(), 1);
     assert_eq!(both!(ks => ks.meta("x").unwrap()), Some("y".to_string()));
+    // The device rows verify under the new key (the enrolled one was re-MAC'd).
+    assert_eq!(
+        both!(ks => ks.devices().unwrap()),
+        vec![device.clone(), request.clone()]
+    );
     // The same MACs under the new key.
     assert_eq!(
         s.query_as(
@@ -1189,6 +1214,9 @@ fn migrate_sqlite_to_postgres_and_back_keeps_every_row_and_mac() {
     assert_eq!(pg.row_counts().unwrap(), before.counts());
     pg.set_mac_key(Some(test_key(7)));
     assert_eq!(pg.snapshot().unwrap(), before);
+    // The device rows (the first device's, MAC'd, and a request) came along.
+    assert_eq!(pg.devices().unwrap().len(), 2);
+    assert_eq!(pg.devices().unwrap(), lite.devices().unwrap());
     // The copy is read through the ordinary paths too.
     for r in &before.keys {
         assert_eq!(pg.get(&r.id).unwrap().as_ref(), Some(r));
@@ -1208,6 +1236,7 @@ fn migrate_sqlite_to_postgres_and_back_keeps_every_row_and_mac() {
     let again = Keystore::open(&back).unwrap();
     again.set_mac_key(Some(test_key(7)));
     assert_eq!(again.snapshot().unwrap(), before);
+    assert_eq!(again.devices().unwrap(), lite.devices().unwrap());
     for r in &before.keys {
         assert_eq!(
             sqlite_mac(&back, &r.id),
