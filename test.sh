@@ -29,7 +29,8 @@ cargo test --workspace yubikey -- --test-threads=1 2>&1 | tee -a "$log"
 # (tests/src/backend.rs; one throwaway server for the run, postgres-setup.sh). Tests that need the
 # SQLite file print "not on postgres: <test>: <why>" and are counted below, never skipped silently.
 pg_start=$SECONDS
-KEYWARD_TEST_KEYSTORE=postgres cargo test -p keyward-tests --test e2e 2>&1 | tee -a "$log"
+# `--workspace` as above (not `-p keyward-tests`): the same features, so nothing is built again.
+KEYWARD_TEST_KEYSTORE=postgres cargo test --workspace --test e2e 2>&1 | tee -a "$log"
 echo "end-to-end suite on PostgreSQL: $((SECONDS - pg_start)) s"
 # (pipefail: a failing cargo test fails the script above.)
 # A test left out on PostgreSQL returns at once and libtest counts it as passed: it is counted
