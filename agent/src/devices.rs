@@ -309,7 +309,13 @@ impl Hierarchy {
         let bad = |id: Uuid, what: &'static str| {
             AgentError::Devices(DeviceRefusal::BadSignature { op, id, what })
         };
-        let first = enrolled.first().map(|d| d.id);
+        // The first device is the self-signed row (the earliest, in (created, id) order, if a
+        // forged one joins it: that one is then refused below). Not simply the row that sorts
+        // first: a device enrolled in the same second may sort before it.
+        let first = enrolled
+            .iter()
+            .find(|d| d.enrolled_by == Some(d.id))
+            .map(|d| d.id);
         for d in &enrolled {
             // Walk up to the first device; each link's signature checked.
             let mut cur = *d;
@@ -903,6 +909,33 @@ mod tests {
         refused(&h);
         h.ks.device_put(&first).unwrap();
         assert_eq!(h.device_page(None, 10).unwrap().0.len(), 1);
+    }
+
+    /// A device enrolled in the same second as the first one, whose id sorts before the first
+    /// device's: the first device is the self-signed row, not the row that sorts first (this
+    /// was refused as "self-signed, and not the first device" about half the time when a test
+    /// enrolled a device within a second of `init`).
+    #[test]
+    fn a_device_enrolled_in_the_first_devices_second_is_not_taken_for_the_first() {
+        let (_d, h) = ready();
+        let first = h.device_page(None, 10).unwrap().0[0].row.clone();
+        let other = p256::SecretKey::random(&mut OsRng);
+        let mut row = DeviceRow {
+            id: Uuid::from_u128(1),
+            state: ENROLLED.into(),
+            public_key: crate::root::ecdh::sec1(&other.public_key()),
+            token_serial: None,
+            label: Some("second".into()),
+            body: encode(&Body::default()),
+            enrolled_by: Some(first.id),
+            signature: None,
+            created: first.created,
+        };
+        row.signature = Some(h.sign_as(&first, &signed_body(&row, None, &[])).unwrap());
+        h.ks.device_put(&row).unwrap();
+        let (page, _) = h.device_page(None, 10).expect("both rows verify");
+        assert_eq!(page.len(), 2);
+        assert_eq!(page[0].row.id, row.id, "the second device sorts first");
     }
 
     /// Bad ids are typed and change nothing.
