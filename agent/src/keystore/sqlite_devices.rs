@@ -131,9 +131,26 @@ pub(super) fn insert_device(
     key: &MacKey,
     d: &DeviceRow,
 ) -> Result<(), KeystoreError> {
+    write_device(
+        conn,
+        "INSERT",
+        d,
+        Some(key.tag(&device_body(d))),
+        "migrate: write device",
+    )
+}
+
+/// Write one `devices` row with `mac` (`verb`: `INSERT`, or `INSERT OR REPLACE`).
+fn write_device(
+    conn: &Connection,
+    verb: &str,
+    d: &DeviceRow,
+    mac: Option<Vec<u8>>,
+    op: &'static str,
+) -> Result<(), KeystoreError> {
     conn.execute(
         &format!(
-            "INSERT INTO devices ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+            "{verb} INTO devices ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
         ),
         params![
             d.id.to_string(),
@@ -145,10 +162,10 @@ pub(super) fn insert_device(
             d.enrolled_by.map(|u| u.to_string()),
             d.signature,
             d.created as i64,
-            key.tag(&device_body(d))
+            mac
         ],
     )
-    .map_err(sql("migrate: write device"))?;
+    .map_err(sql(op))?;
     Ok(())
 }
 
@@ -164,24 +181,7 @@ impl SqliteStore {
             });
         }
         let mac = key.map(|k| k.tag(&device_body(d)));
-        self.lock()
-            .execute(
-                &format!("INSERT OR REPLACE INTO devices ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
-                params![
-                    d.id.to_string(),
-                    d.state,
-                    d.public_key,
-                    d.token_serial,
-                    d.label,
-                    d.body,
-                    d.enrolled_by.map(|u| u.to_string()),
-                    d.signature,
-                    d.created as i64,
-                    mac
-                ],
-            )
-            .map_err(sql("write device"))?;
-        Ok(())
+        write_device(&self.lock(), "INSERT OR REPLACE", d, mac, "write device")
     }
 
     /// One `devices` row (enrolled rows checked while the MAC key is loaded).
