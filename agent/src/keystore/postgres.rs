@@ -560,6 +560,9 @@ fn pg_config(loc: &PgLocation) -> Result<tokio_postgres::Config, KeystoreError> 
         }
     }
     cfg.connect_timeout(loc.connect_timeout)
+        // A host that stops acknowledging what we sent (down, partitioned) closes the
+        // connection after this, rather than after the kernel's ~15 minutes of retransmits.
+        .tcp_user_timeout(loc.call_timeout)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
         .application_name("keywardd")
@@ -667,7 +670,7 @@ impl PgStore {
             thread: Some(thread),
             identity: String::new(),
         };
-        store.identity = store.run(|sh| async move {
+        store.identity = store.run_long(|sh| async move {
             let mut c = sh.pool.get().await.map_err(pool_err("connect"))?;
             migrate(&mut c).await?;
             let found: Option<String> = c
@@ -707,18 +710,62 @@ impl PgStore {
         Ok(store)
     }
 
-    /// Run `f` on the store's runtime and wait for its answer. Never nests a runtime: the
-    /// calling thread (a blocking thread or a runtime worker) only waits on a channel.
+    /// Run `f` on the store's runtime and wait for its answer, at most the location's
+    /// `call_timeout`. Never nests a runtime: the calling thread (a blocking thread or a runtime
+    /// worker) only waits on a channel.
     fn run<T, F, Fut>(&self, f: F) -> Result<T, KeystoreError>
     where
         T: Send + 'static,
         F: FnOnce(Arc<Shared>) -> Fut,
         Fut: Future<Output = Result<T, KeystoreError>> + Send + 'static,
     {
+        self.run_within(Some(self.shared.location.call_timeout), f)
+    }
+
+    /// [`PgStore::run`] without the call timeout, for bulk work whose length grows with the
+    /// keystore (the migration copy, the integrity rekey): a long copy is not a hang.
+    fn run_long<T, F, Fut>(&self, f: F) -> Result<T, KeystoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Shared>) -> Fut,
+        Fut: Future<Output = Result<T, KeystoreError>> + Send + 'static,
+    {
+        self.run_within(None, f)
+    }
+
+    /// A call past its deadline is dropped on the runtime: its transaction rolls back when the
+    /// server answers again, and its pooled connection fails the next `Verified` check (bounded
+    /// by the connect timeout) and is discarded. A lone statement the server had already
+    /// received may still take effect when it resumes, so the generation moves and every cache
+    /// re-reads.
+    fn run_within<T, F, Fut>(&self, limit: Option<Duration>, f: F) -> Result<T, KeystoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Shared>) -> Fut,
+        Fut: Future<Output = Result<T, KeystoreError>> + Send + 'static,
+    {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let shared = self.shared.clone();
         let fut = f(self.shared.clone());
         let job: Job = Box::pin(async move {
-            let _ = tx.send(fut.await);
+            let answer = match limit {
+                None => fut.await,
+                Some(t) => match tokio::time::timeout(t, fut).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        shared.changes.fetch_add(1, Ordering::SeqCst);
+                        Err(unavailable(
+                            "keystore call",
+                            format!(
+                                "the database did not answer within the call timeout ({} s, \
+                                 call_timeout)",
+                                t.as_secs()
+                            ),
+                        ))
+                    }
+                },
+            };
+            let _ = tx.send(answer);
         });
         self.jobs
             .as_ref()

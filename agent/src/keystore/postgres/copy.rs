@@ -59,7 +59,7 @@ impl PgStore {
     /// The rows each table holds (this identity's).
     pub fn row_counts(&self) -> Result<RowCounts, KeystoreError> {
         const OP: &str = "count rows";
-        self.run(move |sh| async move {
+        self.run_long(move |sh| async move {
             let c = sh.pool.get().await.map_err(pool_err(OP))?;
             let mut n = [0u64; 9];
             for (i, table) in TABLES.iter().enumerate() {
@@ -88,7 +88,7 @@ impl PgStore {
     /// REPEATABLE READ, read-only transaction (other agents' commits meanwhile are not seen).
     pub fn snapshot(&self) -> Result<Snapshot, KeystoreError> {
         let key = need_key(self.key())?;
-        self.run(move |sh| async move {
+        self.run_long(move |sh| async move {
             let mut c = sh.pool.get().await.map_err(pool_err("migrate: read"))?;
             let tx = c
                 .build_transaction()
@@ -124,7 +124,7 @@ impl PgStore {
     pub fn load_snapshot(&self, s: &Snapshot) -> Result<(), KeystoreError> {
         let key = need_key(self.key())?;
         let s = s.clone();
-        self.run(move |sh| async move {
+        self.run_long(move |sh| async move {
             let mut c = sh.pool.get().await.map_err(pool_err("migrate: write"))?;
             let tx = c
                 .build_transaction()
@@ -222,7 +222,7 @@ impl PgStore {
     /// checked it), so what goes is exactly what the copy wrote. Returns the rows deleted.
     pub fn discard_copy(&self) -> Result<u64, KeystoreError> {
         const OP: &str = "migrate: remove the failed copy";
-        let n = self.run(move |sh| async move {
+        let n = self.run_long(move |sh| async move {
             let mut c = sh.pool.get().await.map_err(pool_err(OP))?;
             let tx = c.transaction().await.map_err(pg(OP))?;
             let mut n = 0;

@@ -99,7 +99,7 @@ impl PgStore {
         let mut put: Vec<(String, Option<String>)> =
             clear.iter().map(|n| (n.to_string(), None)).collect();
         put.extend(set.iter().map(|(n, v)| (n.to_string(), Some(v.clone()))));
-        let n = self.run(move |sh| async move {
+        let n = self.run_long(move |sh| async move {
             let (old, new) = (&*old, &*new2);
             let mut c = sh.pool.get().await.map_err(pool_err("integrity rekey"))?;
             let tx = c

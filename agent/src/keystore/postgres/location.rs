@@ -64,12 +64,20 @@ pub struct PgLocation {
     pub sslmode: SslMode,
     pub sslrootcert: Option<PathBuf>,
     pub connect_timeout: Duration,
+    /// How long one keystore call may wait for the database's answer (`call_timeout`, not a
+    /// libpq keyword): a server that stops answering in the middle of a call (frozen, a lock
+    /// held by a stuck transaction) gives `keystore_unavailable` after this, not a hang.
+    pub call_timeout: Duration,
     /// `None`: `PGPASSFILE`, else `~/.pgpass`.
     pub passfile: Option<PathBuf>,
 }
 
 /// The connect timeout when none is given.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The call timeout when none is given: well above any single-key call (milliseconds), well
+/// below a hang. Bulk copies (`keystore migrate`, the integrity rekey) are not bounded by it.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Default for PgLocation {
     fn default() -> Self {
@@ -81,6 +89,7 @@ impl Default for PgLocation {
             sslmode: SslMode::Prefer,
             sslrootcert: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
             passfile: None,
         }
     }
@@ -109,6 +118,7 @@ const LIBPQ_KEYS: &[&str] = &[
     "sslmode",
     "sslrootcert",
     "connect_timeout",
+    "call_timeout",
     "passfile",
 ];
 
@@ -279,6 +289,16 @@ impl PgLocation {
                         format!("connect_timeout {value:?} is not a number of seconds (1..3600)")
                     })?;
                 self.connect_timeout = Duration::from_secs(s);
+            }
+            "call_timeout" => {
+                let s: u64 = value
+                    .parse()
+                    .ok()
+                    .filter(|s| (1..=3600).contains(s))
+                    .ok_or_else(|| {
+                        format!("call_timeout {value:?} is not a number of seconds (1..3600)")
+                    })?;
+                self.call_timeout = Duration::from_secs(s);
             }
             "passfile" => self.passfile = Some(PathBuf::from(value)),
             other => {

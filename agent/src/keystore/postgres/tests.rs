@@ -1377,3 +1377,80 @@ fn a_frozen_database_is_unavailable_within_the_connect_timeout() {
         .arg(&s.dir)
         .output();
 }
+
+/// A server that stops answering in the middle of a call (here: the call waits behind a lock
+/// held by a stuck transaction, so the connection is open and verified, the query sent, and no
+/// answer comes) is `Unavailable` within the call timeout, not a call that waits as long as the
+/// server does; once the server answers again, work resumes.
+#[test]
+fn a_call_the_server_stops_answering_is_unavailable_within_the_call_timeout() {
+    let s = server();
+    let db = s.database("keyward");
+    let loc = s.location("keyward", &db, "&call_timeout=2");
+    assert_eq!(loc.call_timeout, Duration::from_secs(2));
+    let store = Arc::new(PgStore::open(&loc).unwrap());
+    let r = KeyRecord::new(KeyKind::Dek, "aes-kwp");
+    store.insert(&r).unwrap();
+    let before = store.generation();
+    // A transaction that holds the table for 8 s, as a stuck writer would.
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+    let holder = {
+        let url = s.url_for("pgowner", &db, "");
+        std::thread::spawn(move || {
+            let cfg = pg_config(&PgLocation::parse(&url).unwrap()).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+                let task = tokio::spawn(conn);
+                client
+                    .batch_execute("BEGIN; LOCK TABLE keys IN ACCESS EXCLUSIVE MODE")
+                    .await
+                    .unwrap();
+                locked_tx.send(()).unwrap();
+                client
+                    .batch_execute("SELECT pg_sleep(8); COMMIT")
+                    .await
+                    .unwrap();
+                drop(client);
+                let _ = task.await;
+            });
+        })
+    };
+    locked_rx.recv().unwrap();
+    let t = Instant::now();
+    let got = store.get(&r.id);
+    let took = t.elapsed();
+    assert!(
+        matches!(got, Err(KeystoreError::Unavailable { .. })),
+        "{got:?}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // The generation moved: whatever the dropped call did is re-read by every cache.
+    assert_ne!(store.generation(), before);
+    holder.join().unwrap();
+    // Answering again: the next call works, on the same store.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store.get(&r.id).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(store.get(&r.id).unwrap().as_ref(), Some(&r));
+}
+
+#[test]
+fn call_timeout_is_parsed_and_bounded() {
+    let l = PgLocation::parse("postgres://u@h/db?call_timeout=30").unwrap();
+    assert_eq!(l.call_timeout, Duration::from_secs(30));
+    let l = PgLocation::parse("host=h call_timeout=3").unwrap();
+    assert_eq!(l.call_timeout, Duration::from_secs(3));
+    assert_eq!(
+        PgLocation::parse("postgres://u@h/db").unwrap().call_timeout,
+        crate::keystore::postgres::location::DEFAULT_CALL_TIMEOUT
+    );
+    for bad in ["0", "3601", "ten"] {
+        let e = PgLocation::parse(&format!("postgres://u@h/db?call_timeout={bad}")).unwrap_err();
+        assert!(e.contains("call_timeout"), "{e}");
+    }
+}
