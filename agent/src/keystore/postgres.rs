@@ -15,7 +15,8 @@
 //!   unreachable answers [`KeystoreError::Unavailable`] within that time, and the next call tries
 //!   again, so work resumes by itself when the database returns. A pooled connection answers an
 //!   empty query before each use (`Verified` recycling), so a server that stopped answering on
-//!   open connections is `Unavailable` too (within about twice the timeout), not a hang.
+//!   open connections is `Unavailable` too (within about twice the timeout), not a hang; one
+//!   that stops answering during a call, after `call_timeout` ([`PgStore::run`]).
 //! - **Several agents.** Every row has `row_version`; read-modify-write updates say
 //!   `AND row_version = $n`, and a row changed meanwhile by another agent is
 //!   [`KeystoreError::Conflict`] (the caller retries).
