@@ -18,10 +18,10 @@
 //! - `encrypt 64 B` on a DEK whose unwrapped key and record copy are cached (no keystore read);
 //! - `decrypt` of one ciphertext, checked to round-trip on every request.
 //!
-//! **Part 2, 8 agents sharing one database.** Eight `keywardd` on one database and one identity:
-//! there is no device enrollment on main yet (issue #17 item 2), so they share one passphrase
-//! (soft) root: the first initialises it, the others unlock the same root record with the same
-//! passphrase. One client thread per agent runs a mixed workload on 4 shared DEKs for a fixed
+//! **Part 2, 8 agents sharing one database.** Eight `keywardd` on one database and one identity,
+//! as eight devices: the first initialises it on its soft root; each other agent has its own soft
+//! root (its own passphrase), joins with `init` and is enrolled by the first through the device
+//! handshake (`device.request`, `device.approve`, `device.reveal`, `device.approve CODE`). One client thread per agent runs a mixed workload on 4 shared DEKs for a fixed
 //! time: per 10 requests, 5 `encrypt` (64 B) each followed by a `decrypt` of that ciphertext on
 //! the *next* agent (a cross-agent round trip, checked), 1 `dek.show`, and 3 writes to shared
 //! records: `dek.rotate` and `key.limits` on the shared DEKs, `dek.create` under the shared KEK.
@@ -153,6 +153,20 @@ impl Drop for PgServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// `f()` until it gives something, for at most 10 s.
+fn poll<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -384,18 +398,31 @@ fn shared_agents(tmp: &Path, pg: &PgServer) {
     let deks: Vec<String> = (0..SHARED_DEKS)
         .map(|_| first.run(|c| c.dek_create(&plain)).expect("dek").id)
         .collect();
+    // The others are devices of that identity, each on its own soft root (its own passphrase):
+    // `init` joins the shared keystore, `device.request` files the request, the first agent
+    // answers and enrolls it with the code (the handshake of `keyward device request/approve`),
+    // and the device unlocks on its own root.
+    for (n, d) in dirs.iter().enumerate().skip(1) {
+        agents.push(start(d));
+        let c = BlockingClient::connect(&d.join("agent.sock")).expect("connect");
+        let own = Pin::new(format!("{PASSPHRASE} {n}"));
+        let joined = c.run(|c| c.init(own.clone())).expect("init joins");
+        assert!(joined.joined, "agent {n}: init on the shared keystore joins");
+        let req = c
+            .run(|c| c.device_request(Some(format!("bench agent {n}"))))
+            .expect("device.request");
+        first
+            .run(|c| c.device_approve(Some(req.id.clone()), None))
+            .expect("answer the request");
+        let code = poll(|| c.run(|c| c.device_reveal()).ok().and_then(|r| r.code))
+            .expect("the new device's code");
+        first
+            .run(|c| c.device_approve(Some(req.id.clone()), Some(code.clone())))
+            .expect("enroll with the code");
+        c.run(|c| c.unlock(own.clone()))
+            .expect("unlock the new device on its own root");
+    }
     drop(first);
-    // The others unlock the same root record with the same passphrase (in parallel: PBKDF2).
-    agents.extend(dirs[1..].iter().map(|d| start(d)));
-    std::thread::scope(|s| {
-        for d in &dirs[1..] {
-            s.spawn(move || {
-                let c = BlockingClient::connect(&d.join("agent.sock")).expect("connect");
-                c.run(|c| c.unlock(Pin::new(PASSPHRASE)))
-                    .expect("unlock the shared soft root");
-            });
-        }
-    });
     let clients: Vec<BlockingClient> = dirs
         .iter()
         .map(|d| BlockingClient::connect(&d.join("agent.sock")).expect("connect"))
@@ -539,8 +566,8 @@ fn shared_agents(tmp: &Path, pg: &PgServer) {
     let rate = |n: u64| n as f64 / secs;
     let frac = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     println!(
-        "\n8 agents on one PostgreSQL database, one identity (a shared soft root), one client \
-         each, {secs:.1} s of mixed requests"
+        "\n8 agents on one PostgreSQL database, one identity (8 enrolled devices, each on its own \
+         soft root), one client each, {secs:.1} s of mixed requests"
     );
     println!(
         "| requests/s (all agents) | writes/s | writes | conflict | conflict rate | other errors |"

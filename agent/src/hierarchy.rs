@@ -712,10 +712,12 @@ impl Hierarchy {
             let chosen = match self.unlock_enrolled(pin) {
                 Ok(c) => c,
                 // Not an enrolled root here: maybe a device enrolled by another (`devices.rs`).
-                Err(e) if not_enrolled_here(&e) => match self.unlock_device(pin)? {
-                    Some(rec) => rec,
-                    None => return Err(e),
-                },
+                Err(e) if not_enrolled_here(&e) || self.another_devices_passphrase(&e) => {
+                    match self.unlock_device(pin)? {
+                        Some(rec) => rec,
+                        None => return Err(e),
+                    }
+                }
                 Err(e) => return Err(e),
             };
             *lock(&self.own_root) = Some(chosen);
@@ -757,8 +759,31 @@ impl Hierarchy {
                 | AgentError::Devices(crate::error::DeviceRefusal::NotEnrolled { .. }),
             ) => Ok(false),
             Err(e) if not_enrolled_here(&e) => Ok(false),
+            // A passphrase that opens no root and no device here: a new device on a passphrase
+            // root of its own (it cannot be told from a mistyped passphrase: the refusal was
+            // counted, and the request it files is enrolled only with the code).
+            Err(e) if self.another_devices_passphrase(&e) => {
+                tracing::warn!(
+                    "init: this passphrase opens no root or device of the shared keystore: \
+                     joining as a new device (if this machine is a device here already, the \
+                     passphrase was mistyped)"
+                );
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
+    }
+
+    /// On a shared keystore, a passphrase (soft) root's refusal: the passphrase may be another
+    /// device's root's, not a wrong one (a passphrase root has nothing else to tell them apart:
+    /// two devices may well have identical `[root]` sections), so the devices are tried next.
+    fn another_devices_passphrase(&self, e: &AgentError) -> bool {
+        !self.ks.is_local()
+            && self.root.scheme() == crate::root::Scheme::Pbkdf2
+            && matches!(
+                e,
+                AgentError::Root(RootError::PinIncorrect { .. }) | AgentError::PinIncorrect { .. }
+            )
     }
 
     pub fn lock(&self) -> Result<(), AgentError> {

@@ -381,3 +381,85 @@ fn devices_a_new_device_restarted_before_its_request_finds_it_again() {
     let list = a.cli_json(&["device", "list"], None);
     assert_eq!(list["devices"].as_array().unwrap().len(), 2);
 }
+
+/// Two devices on passphrase roots (no token anywhere, each its own passphrase) share one
+/// identity: B's passphrase opens nothing of A's, so `init` on B joins as a new device (it is
+/// not a wrong passphrase for A's root), B is enrolled with the code, and B then unlocks on its
+/// own passphrase and decrypts A's data. A passphrase of neither device is refused on both.
+#[test]
+fn devices_two_passphrase_roots_share_one_identity() {
+    let location = server().database();
+    let soft_on = |location: &str| {
+        let mut env = TestEnv::start(RootKind::Soft);
+        env.stop();
+        env.set_keystore(location);
+        env.start_agent();
+        env
+    };
+    let a = soft_on(&location);
+    let keys = a.init_with_keys(true, b"written on device A, a passphrase root");
+    let b = soft_on(&location);
+    let b_pass = "device B's own passphrase, not A's";
+
+    let cb = b.client();
+    let joined = cb
+        .run(|c| c.init(pin(b_pass)))
+        .unwrap_or_else(|e| panic!("init on B: {e}\nB log:\n{}", b.log()));
+    assert!(joined.joined, "B joins as a new device: {joined:?}");
+    let req = cb
+        .run(|c| c.device_request(Some("B".into())))
+        .expect("device.request on B");
+    let ca = a.client();
+    ca.run(|c| c.device_approve(Some(req.id.clone()), None))
+        .expect("A answers");
+    let start = Instant::now();
+    let code = loop {
+        if let Some(code) = cb.run(|c| c.device_reveal()).expect("reveal").code {
+            break code;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no code on B");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let enrolled = ca
+        .run(|c| c.device_approve(Some(req.id.clone()), Some(code)))
+        .expect("A enrolls B with the code");
+    assert_eq!(enrolled.state, "enrolled");
+
+    // A wrong passphrase on B is refused; B's own opens it, and B reads A's data.
+    expect_code(
+        cb.run(|c| c.unlock(pin("not B's passphrase"))),
+        ErrorCode::PinIncorrect,
+    );
+    unlock_after_backoff(&cb, b_pass)
+        .unwrap_or_else(|e| panic!("unlock B on its passphrase: {e}\nB log:\n{}", b.log()));
+    let pt = cb
+        .run(|c| c.decrypt(&keys.ciphertext, None))
+        .expect("B decrypts A's data");
+    assert_eq!(pt.expose(), keys.plaintext.as_slice());
+
+    // On A, a passphrase of neither device is refused; A's own opens it. (B's would open B's
+    // device: a passphrase root is its passphrase, on whichever machine it is typed.)
+    ca.run(|c| c.lock()).expect("lock A");
+    expect_code(
+        ca.run(|c| c.unlock(pin("neither device's passphrase"))),
+        ErrorCode::PinIncorrect,
+    );
+    unlock_after_backoff(&ca, a.pin()).expect("A unlocks");
+}
+
+/// Unlock with `secret`, waiting out the agent's back-off after wrong passphrases (what a
+/// person does when told "retry in 0.5 s").
+fn unlock_after_backoff(
+    c: &keyward_tests::keyward_client::BlockingClient,
+    secret: &str,
+) -> Result<(), keyward_tests::keyward_client::ClientError> {
+    let start = Instant::now();
+    loop {
+        match c.run(|c| c.unlock(pin(secret))) {
+            Err(e) if e.code() == Some(ErrorCode::PinBackoff) && start.elapsed().as_secs() < 30 => {
+                std::thread::sleep(Duration::from_millis(250))
+            }
+            other => return other.map(|_| ()),
+        }
+    }
+}
