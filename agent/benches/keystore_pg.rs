@@ -407,7 +407,10 @@ fn shared_agents(tmp: &Path, pg: &PgServer) {
         let c = BlockingClient::connect(&d.join("agent.sock")).expect("connect");
         let own = Pin::new(format!("{PASSPHRASE} {n}"));
         let joined = c.run(|c| c.init(own.clone())).expect("init joins");
-        assert!(joined.joined, "agent {n}: init on the shared keystore joins");
+        assert!(
+            joined.joined,
+            "agent {n}: init on the shared keystore joins"
+        );
         let req = c
             .run(|c| c.device_request(Some(format!("bench agent {n}"))))
             .expect("device.request");

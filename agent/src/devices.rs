@@ -53,6 +53,22 @@ pub const ENROLLED: &str = "enrolled";
 /// Crockford's base32 alphabet (no I, L, O, U): the code's characters.
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
+/// Meta row: a device revocation's DEK rotation not finished yet; its value is the
+/// revocation's time (unix seconds). `Hierarchy::rotate_revoked_deks`.
+pub(crate) const META_REVOKE_DEKS: &str = "device_revoke_deks";
+
+/// What `device.revoke` did.
+#[derive(Debug, Default)]
+pub struct Revoked {
+    pub id: Uuid,
+    /// The KEKs rotated (every active KEK).
+    pub keks: Vec<Uuid>,
+    /// DEKs given a new version.
+    pub deks_rotated: u64,
+    /// Active sharing DEKs, not rotated.
+    pub shared_deks: u64,
+}
+
 /// The JSON `body` of a device row.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -763,7 +779,7 @@ impl Hierarchy {
     /// `device.revoke`: the device's row and its root go (with every wrap under it), then
     /// every active KEK is rotated (journaled), since the device could open them all. Returns
     /// the KEKs rotated and the DEKs whose data must be re-encrypted (`dek rotate` + `rewrap`).
-    pub fn device_revoke(&self, id: &str) -> Result<(Uuid, Vec<Uuid>, Vec<Uuid>), AgentError> {
+    pub fn device_revoke(&self, id: &str) -> Result<Revoked, AgentError> {
         const OP: &str = "device.revoke";
         let own = self.root_record(OP)?;
         let uuid = Uuid::parse_str(id).map_err(|_| {
@@ -789,7 +805,10 @@ impl Hierarchy {
         }
         if row.state == REQUEST {
             self.ks.device_delete(&uuid)?;
-            return Ok((uuid, Vec::new(), Vec::new()));
+            return Ok(Revoked {
+                id: uuid,
+                ..Revoked::default()
+            });
         }
         let keks: Vec<KeyRecord> = self
             .ks
@@ -803,20 +822,78 @@ impl Hierarchy {
                 self.root_remove(&r.to_string())?;
             }
         }
+        // The DEK rotation below is recorded first, so that a crash part-way is finished at the
+        // next unlock (`rotate_revoked_deks`): the time bounds which DEKs the device knew.
+        self.ks
+            .set_meta(META_REVOKE_DEKS, &crate::keystore::now().to_string())?;
         self.ks.device_delete(&uuid)?;
         let mut rotated = Vec::new();
-        let mut deks = Vec::new();
         for k in &keks {
             rotated.push(self.kek_rotate(&k.id.to_string())?.id);
         }
-        for k in self.ks.list(KeyKind::Dek, None)? {
-            if k.state == crate::keystore::KeyState::Active {
-                deks.push(k.id);
+        lock(&self.keks).clear();
+        let (deks_rotated, shared_deks) = self.rotate_revoked_deks()?.unwrap_or_default();
+        tracing::info!(device = %uuid, keks = rotated.len(), deks_rotated, shared_deks, "device revoked");
+        Ok(Revoked {
+            id: uuid,
+            keks: rotated,
+            deks_rotated,
+            shared_deks,
+        })
+    }
+
+    /// The DEK rotation of a device revocation (`META_REVOKE_DEKS`, the revocation's time):
+    /// every active DEK whose newest version is from before it gets a new version, a page at a
+    /// time, so new data is under keys the revoked device never saw. A DEK another agent rotated
+    /// meanwhile (`conflict`, or a newest version from after the revocation) is skipped. The
+    /// meta row goes once every page is done. Also called at unlock, so a revocation that a
+    /// crash interrupted is finished. `None`: no revocation pending. Sharing DEKs are counted,
+    /// not rotated (`dek_rotate` refuses them: their recipients hold version 1).
+    pub(crate) fn rotate_revoked_deks(&self) -> Result<Option<(u64, u64)>, AgentError> {
+        use crate::keystore::{Cursor, KeyState, KeystoreError, ListFilter, PageSize, Purpose};
+        let Some(at) = self.ks.meta(META_REVOKE_DEKS)? else {
+            return Ok(None);
+        };
+        // An unreadable time rotates every DEK: the safe direction.
+        let at: u64 = at.trim().parse().unwrap_or(u64::MAX);
+        let (mut rotated, mut shared) = (0u64, 0u64);
+        let mut after: Option<Cursor> = None;
+        let size = PageSize {
+            limit: 256,
+            bytes: usize::MAX,
+            size: None,
+        };
+        loop {
+            let page = self
+                .ks
+                .page(&ListFilter::Kind(KeyKind::Dek), after.as_ref(), &size)?;
+            for d in &page.records {
+                if d.state != KeyState::Active {
+                    continue;
+                }
+                if d.purpose == Some(Purpose::Sharing) {
+                    shared += 1;
+                    continue;
+                }
+                if d.rotated.unwrap_or(0).max(d.created) > at {
+                    continue;
+                }
+                match self.dek_rotate(&d.id.to_string()) {
+                    Ok(_) => rotated += 1,
+                    Err(AgentError::Keystore(KeystoreError::Conflict { .. })) => {}
+                    Err(e) => return Err(e),
+                }
+                if rotated > 0 && rotated % 1000 == 0 {
+                    tracing::info!(rotated, "device revoke: rotating DEKs");
+                }
+            }
+            match page.next {
+                Some(c) => after = Some(c),
+                None => break,
             }
         }
-        lock(&self.keks).clear();
-        tracing::info!(device = %uuid, keks = rotated.len(), deks = deks.len(), "device revoked");
-        Ok((uuid, rotated, deks))
+        self.ks.delete_meta(META_REVOKE_DEKS)?;
+        Ok(Some((rotated, shared)))
     }
 }
 
@@ -835,6 +912,39 @@ mod tests {
         let h = Hierarchy::new(ks, Box::new(MemoryRoot::new()), UnlockPolicy::default());
         h.init(&Pin::new("pin-1234")).unwrap();
         (dir, h)
+    }
+
+    /// A device revocation's DEK rotation (what `device.revoke` runs, and what unlock finishes
+    /// after a crash): every active personal DEK whose newest version is from before the
+    /// revocation gets a new one, page after page (300 DEKs: more than one page of 256); a DEK
+    /// made after it and a sharing DEK are left (the latter counted); the pending row goes.
+    #[test]
+    fn a_revocations_dek_rotation_rotates_every_dek_from_before_it_and_finishes() {
+        use crate::keystore::Purpose;
+        let (_d, h) = ready();
+        h.kek_create(None).unwrap();
+        let before: Vec<Uuid> = (0..300)
+            .map(|_| h.dek_create(None, Purpose::Personal, false, None).unwrap())
+            .collect();
+        let sharing = h.dek_create(None, Purpose::Sharing, false, None).unwrap();
+        // Nothing pending: nothing done.
+        assert_eq!(h.rotate_revoked_deks().unwrap(), None);
+        // A revocation at `now` (a crash left it pending); a DEK made a second later is new.
+        let at = crate::keystore::now();
+        h.ks.set_meta(META_REVOKE_DEKS, &at.to_string()).unwrap();
+        let mut after = h.ks.get(&before[0]).unwrap().unwrap();
+        after.id = Uuid::new_v4();
+        after.created = at + 1;
+        h.ks.insert(&after).unwrap();
+        assert_eq!(h.rotate_revoked_deks().unwrap(), Some((300, 1)));
+        for id in &before {
+            assert_eq!(h.ks.get(id).unwrap().unwrap().version, 2, "{id}");
+        }
+        assert_eq!(h.ks.get(&after.id).unwrap().unwrap().version, 1);
+        assert_eq!(h.ks.get(&sharing).unwrap().unwrap().version, 1);
+        assert_eq!(h.ks.meta(META_REVOKE_DEKS).unwrap(), None);
+        // Done: a second call does nothing.
+        assert_eq!(h.rotate_revoked_deks().unwrap(), None);
     }
 
     /// `init` makes the first device, self-signed and current; it survives lock/unlock.

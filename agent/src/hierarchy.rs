@@ -735,6 +735,10 @@ impl Hierarchy {
             if let Err(e) = self.finish_compromised() {
                 tracing::error!(error = %e, "rotating the KEKs of `root rotate --compromised` failed: the next unlock tries again");
             }
+            // The DEKs a device revocation left to rotate (`devices.rs`).
+            if let Err(e) = self.rotate_revoked_deks() {
+                tracing::error!(error = %e, "rotating the DEKs of a device revocation failed: the next unlock tries again");
+            }
             // The keystore integrity key the old root could open, replaced (`root_rotate.rs`).
             if let Err(e) = self.finish_rekey() {
                 tracing::error!(error = %e, "replacing the keystore integrity key after `root rotate --compromised` failed: everything stays under the old key; the next unlock tries again");

@@ -670,12 +670,12 @@ impl Handler for Service {
     }
 
     fn device_revoke(&self, a: IdArgs) -> Result<DeviceRevoked, AgentError> {
-        let (id, keks, deks) = self.h.device_revoke(&a.id)?;
-        let s = |v: Vec<uuid::Uuid>| v.into_iter().map(|u| u.to_string()).collect();
+        let r = self.h.device_revoke(&a.id)?;
         Ok(DeviceRevoked {
-            id: id.to_string(),
-            keks: s(keks),
-            deks: s(deks),
+            id: r.id.to_string(),
+            keks: r.keks.into_iter().map(|u| u.to_string()).collect(),
+            deks_rotated: r.deks_rotated,
+            shared_deks: r.shared_deks,
         })
     }
 

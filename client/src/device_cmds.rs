@@ -173,14 +173,21 @@ pub async fn run(c: &Client, cmd: &DeviceCmd) -> Result<Out, Failure> {
         }
         DeviceCmd::Revoke { id } => {
             let r = c.device_revoke(id).await?;
-            eprintln!(
-                "keyward: device {} revoked; {} KEK(s) rotated. It could read the data under \
-                 these {} DEK(s): re-encrypt it (`keyward dek rotate ID`, then `keyward rewrap`):",
+            let mut text = format!(
+                "device {} revoked: {} KEK(s) and {} DEK(s) rotated; new data is under keys it \
+                 never saw.\nData written before could be read by it: re-encrypt it with \
+                 `keyward rewrap` (`keyward dek list` lists the DEKs).\n",
                 r.id,
                 r.keks.len(),
-                r.deks.len()
+                r.deks_rotated
             );
-            let text: String = r.deks.iter().map(|d| format!("{d}\n")).collect();
+            if r.shared_deks > 0 {
+                text.push_str(&format!(
+                    "{} sharing DEK(s) are not rotated (their recipients hold version 1): share \
+                     that data again under a new DEK.\n",
+                    r.shared_deks
+                ));
+            }
             Ok(out(
                 text,
                 serde_json::to_value(&r).map_err(|e| e.to_string())?,

@@ -1226,6 +1226,12 @@ pub struct DeviceRevoked {
     pub id: String,
     /// KEKs rotated (the device could open them all).
     pub keks: Vec<String>,
-    /// DEKs whose data must be re-encrypted (`dek rotate` + `rewrap`).
-    pub deks: Vec<String>,
+    /// DEKs given a new version (every active DEK the device could read, sharing DEKs
+    /// excepted): new data is encrypted under versions it never saw; data written before is
+    /// re-encrypted with `keyward rewrap`. A count, not a list: the answer does not grow with
+    /// the keystore (`keyward dek list` pages them).
+    pub deks_rotated: u64,
+    /// Active sharing DEKs it could read: not rotated (their recipients hold version 1), so
+    /// what they protect is re-shared under a new DEK.
+    pub shared_deks: u64,
 }

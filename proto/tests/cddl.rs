@@ -798,7 +798,8 @@ fn every_response_validates() {
             &DeviceRevoked {
                 id: ID.into(),
                 keks: vec![ID.into()],
-                deks: vec![ID.into()],
+                deks_rotated: 3,
+                shared_deks: 1,
             },
         ),
         Response::ok(
