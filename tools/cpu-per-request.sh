@@ -12,6 +12,9 @@
 # DRIVER=c: a small C client (compiled with cc) sends the same request bytes instead of the
 # Python one: a client that sends its next request within microseconds, like the benches'.
 # SPIN_US=N: the agent with `[server] spin_us = N` (0: no spin after an answer; unset: default).
+# STRACE=1: also `strace -c -f` the agent over the loop and print its system calls per request
+# (strace slows every call: the CPU and wall figures of that run are not comparable).
+# PERF=1: also `perf stat` the agent over the loop: context switches and system calls per request.
 # EXTRA_TOML='...': appended to the agent's config (e.g. $'[audit]\nsync_ms = 1000').
 set -euo pipefail
 bin="${1:?usage: cpu-per-request.sh KEYWARDD [N]}"
@@ -82,10 +85,26 @@ C
   else
     coproc DRV { python3 "$repo/tools/cbor-drive.py" "$KEYWARD_SOCK" "$wire" "$n" "$key"; }
   fi
+  if [ -n "${STRACE:-}" ]; then
+    strace -c -f -p "$pid" -o "$work/strace.$op" 2>/dev/null &
+    tracepid=$!
+  fi
+  if [ -n "${PERF:-}" ]; then
+    perf stat -x, -e context-switches,raw_syscalls:sys_enter -p "$pid" -o "$work/perf.$op" &
+    perfpid=$!
+  fi
   sleep 0.5
   t0=$(ticks); w0=$(date +%s%N)
   echo >&"${DRV[1]}"
   wait "$DRV_PID"
   t1=$(ticks); w1=$(date +%s%N)
+  if [ -n "${PERF:-}" ]; then
+    kill -INT "$perfpid"; wait "$perfpid" || true
+    awk -F, -v n="$n" -v op="$op" '$3 == "context-switches" || $3 == "raw_syscalls:sys_enter" { printf "perf: %s %s per request: %.2f\n", op, $3, $1 / n }' "$work/perf.$op"
+  fi
+  if [ -n "${STRACE:-}" ]; then
+    kill -INT "$tracepid"; wait "$tracepid" || true
+    awk -v n="$n" -v op="$op" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "syscalls: %s %-16s %.2f per request\n", op, $NF, $4 / n }' "$work/strace.$op"
+  fi
   echo "cpu: $op n=$n cpu_us_per_request=$(( (t1 - t0) * 1000000 / hz / n )) wall_us_per_request=$(( (w1 - w0) / 1000 / n ))"
 done

@@ -7,6 +7,8 @@
 # compiled with cc). Measured over the loop only, for the whole keywardd process (all threads):
 #   - `perf stat`: CPU time (task-clock), context switches and syscalls (raw_syscalls) per request;
 #   - MODE=record: a `perf record -g` profile of the loop (the top symbols; TOP=N lines);
+#   - MODE=strace: `strace -c -f` of the loop: which system calls, per request (strace slows
+#     each one, so use a smaller N, e.g. 5000);
 #   - MODE=callgrind: instructions per request (callgrind's Ir; the agent runs under valgrind,
 #     so use a smaller N, e.g. 2000). KEEP_PROFILES=DIR keeps the profile there.
 # AUDIT=off: the agent without its audit log (on by default).
@@ -102,6 +104,14 @@ if [ "$mode" = callgrind ]; then
   [ -n "${KEEP_PROFILES:-}" ] && cp "$f" "$KEEP_PROFILES/callgrind.ssh-sign"
   ir=$(awk '/^totals:/ {print $2}' "$f")
   echo "instructions: ssh sign (1 client) n=$n per_request=$((ir / n))"
+elif [ "$mode" = strace ]; then
+  strace -c -f -p "$pid" -o "$work/strace" 2>/dev/null &
+  tracepid=$!
+  sleep 0.5
+  echo >&"${DRV[1]}"
+  read -r _ <&"${DRV[0]}"
+  kill -INT "$tracepid"; wait "$tracepid" || true
+  awk -v n="$n" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "%-16s %.2f per request\n", $NF, $4 / n }' "$work/strace"
 elif [ "$mode" = record ]; then
   perf record -q -g -p "$pid" -o "$work/perf.data" 2>/dev/null &
   perfpid=$!
@@ -112,7 +122,7 @@ elif [ "$mode" = record ]; then
   perf report -i "$work/perf.data" --stdio --no-children --sort sym 2>/dev/null | grep -v '^$' | grep '%' | head -"${TOP:-40}"
   [ -n "${KEEP_PROFILES:-}" ] && cp "$work/perf.data" "$KEEP_PROFILES/perf.ssh-sign.data"
 else
-  perf stat -x, -e task-clock,context-switches,raw_syscalls:sys_enter -p "$pid" -o "$work/stat" &
+  perf stat -x, -e task-clock,context-switches,raw_syscalls:sys_enter${PERF_EVENTS:+,$PERF_EVENTS} -p "$pid" -o "$work/stat" &
   perfpid=$!
   sleep 0.5
   w0=$(date +%s%N)
@@ -124,5 +134,6 @@ else
   awk -F, -v n="$n" '
     $3 == "task-clock" { printf "agent CPU per request: %.1f us\n", $1 * 1000 / n }
     $3 == "context-switches" { printf "context switches per request: %.2f\n", $1 / n }
-    $3 == "raw_syscalls:sys_enter" { printf "syscalls per request: %.2f\n", $1 / n }' "$work/stat"
+    $3 == "raw_syscalls:sys_enter" { printf "syscalls per request: %.2f\n", $1 / n }
+    $3 != "" && $3 != "task-clock" && $3 != "context-switches" && $3 != "raw_syscalls:sys_enter" { printf "%s per request: %.3f\n", $3, $1 / n }' "$work/stat"
 fi

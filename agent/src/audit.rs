@@ -517,10 +517,15 @@ impl Audit {
     }
 
     /// The label of the key `key` names, from the hierarchy's record copies
-    /// (`Hierarchy::any_record_copy`: the request usually just read that record, so this costs
-    /// no keystore read), looked up before the writer's lock is taken.
+    /// (`KeyCache::last_record`: the copy the request just used, with no second generation
+    /// check; else `Hierarchy::any_record_copy`), looked up before the writer's lock is taken.
     fn label_of(&self, key: &str) -> Option<String> {
         let id = uuid::Uuid::parse_str(key).ok()?;
+        // The copy the request itself used, as it was checked: taking the keystore's generation
+        // again cost a second SQLite read transaction per request (two `fcntl` locks).
+        if let Some(rec) = self.h.key_cache.last_record(&id) {
+            return rec.label.clone();
+        }
         self.h.any_record_copy(&id).ok().flatten()?.label.clone()
     }
 
@@ -773,8 +778,9 @@ impl Hierarchy {
             return Ok(false);
         };
         let (head, head_mac) = head_rows(self.audit_device()?);
+        // Flushed without holding the keystore: requests need it meanwhile.
         self.ks
-            .set_metas(&[(&head, Some(&row)), (&head_mac, Some(&mac))])?;
+            .set_metas_flushed_unlocked(&[(&head, Some(&row)), (&head_mac, Some(&mac))])?;
         Ok(true)
     }
 }

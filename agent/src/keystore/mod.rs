@@ -454,6 +454,19 @@ impl Keystore {
         dispatch!(self, s => s.set_metas(rows))
     }
 
+    /// [`Keystore::set_metas`] for rows written often (the audit chain head): on SQLite the
+    /// disk flush runs after the connection is released (`SqliteStore::set_metas_flushed_unlocked`),
+    /// so requests do not wait for it; as durable as `set_metas` once it returns.
+    pub fn set_metas_flushed_unlocked(
+        &self,
+        rows: &[(&str, Option<&str>)],
+    ) -> Result<(), KeystoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => s.set_metas_flushed_unlocked(rows),
+            Backend::Postgres(p) => p.set_metas(rows),
+        }
+    }
+
     /// Record a KEK rotation as begun: the new KEK, wrapped under the root (MAC'd).
     pub fn rotation_begin(&self, r: &PendingRotation) -> Result<(), KeystoreError> {
         dispatch!(self, s => s.rotation_begin(r))

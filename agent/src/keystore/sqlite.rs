@@ -1461,6 +1461,53 @@ impl SqliteStore {
     /// Set (`Some`) or delete (`None`) several meta rows in one transaction.
     pub fn set_metas(&self, rows: &[(&str, Option<&str>)]) -> Result<(), KeystoreError> {
         let mut conn = self.lock();
+        self.put_metas_locked(&mut conn, rows)
+    }
+
+    /// [`SqliteStore::set_metas`], with the disk flush done after the connection is released:
+    /// the transaction commits with `synchronous = NORMAL` (in WAL mode a commit then writes its
+    /// frames without an `fsync`; checkpoints still sync), then the WAL file is `fdatasync`ed
+    /// without holding the connection, so on return the rows are as durable as `set_metas`
+    /// makes them. For the audit chain head, written every `sync_ms` while requests flow: under
+    /// `synchronous = FULL` its commit held the connection for the WAL's `fsync` (~2 ms here),
+    /// and every request that needed the keystore meanwhile (the generation check of record
+    /// copies, the SSH door's identity index) waited for the disk.
+    pub fn set_metas_flushed_unlocked(
+        &self,
+        rows: &[(&str, Option<&str>)],
+    ) -> Result<(), KeystoreError> {
+        {
+            let mut conn = self.lock();
+            conn.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(sql("set synchronous=NORMAL"))?;
+            let done = self.put_metas_locked(&mut conn, rows);
+            let restored = conn
+                .pragma_update(None, "synchronous", "FULL")
+                .map_err(sql("set synchronous=FULL"));
+            done?;
+            restored?;
+        }
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let io = |source| KeystoreError::Io {
+            op: "flush meta write",
+            path: wal.clone(),
+            source,
+        };
+        match std::fs::File::open(&wal) {
+            Ok(f) => f.sync_data().map_err(io),
+            // No WAL file: not a WAL database (an in-memory one in tests); nothing to flush.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    fn put_metas_locked(
+        &self,
+        conn: &mut Connection,
+        rows: &[(&str, Option<&str>)],
+    ) -> Result<(), KeystoreError> {
         let before = conn.total_changes();
         let tx = conn.transaction().map_err(sql("begin write meta"))?;
         put_metas(&tx, rows, "write meta")?;

@@ -33,7 +33,6 @@ pub use crate::key_cache::Pinned;
 use crate::keystore::{Algorithm, KeyKind, KeyRecord, KeyState, SshFlags};
 use aws_lc_rs::signature::{RsaEncoding, RsaKeyPair, RSA_PKCS1_SHA256, RSA_PKCS1_SHA512};
 use keyward_identity::ed25519::Ed25519Key;
-use keyward_identity::p256::ecdsa::Signature as P256Signature;
 use keyward_identity::{LocalKey, PublicKey};
 use ssh_agent_lib::proto::extension::DestinationConstraint;
 use ssh_key::private::KeypairData;
@@ -67,11 +66,9 @@ impl Pinned {
     pub fn sign(&self, data: &[u8], flags: u32) -> Result<Signature, SshError> {
         match self.key() {
             Key::P256(_) => {
-                let rs = self
+                let sig = self
                     .key()
-                    .sign_p256(data)
-                    .map_err(|e| AgentError::crypto("ssh ecdsa sign")(e))?;
-                let sig = P256Signature::from_slice(&rs)
+                    .sign_p256_signature(data)
                     .map_err(|e| AgentError::crypto("ssh ecdsa sign")(e))?;
                 Ok(Signature::try_from(sig)?)
             }
