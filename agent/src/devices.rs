@@ -32,8 +32,8 @@
 use crate::error::{AgentError, DeviceRefusal, Tampering};
 use crate::hierarchy::{lock, Hierarchy};
 use crate::keystore::{DeviceRow, Encoder, KeyKind, KeyRecord};
-use crate::root::device::Pending;
-use crate::root::{RootError, StoredRoot};
+use crate::root::device::{DeviceKey, Pending};
+use crate::root::{Root, RootError, StoredRoot};
 use crate::roots::{PublicRootKind, PUBLIC_ROOT_SCHEME};
 use keyward_proto::secret::Pin;
 use p256::ecdsa::signature::{Signer, Verifier};
@@ -57,8 +57,17 @@ const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 struct Body {
-    /// The device scalar, wrapped under the device's configured root.
+    /// The device scalar, wrapped under the device's configured root; empty when the key is on
+    /// the token (`token_key`).
     secret: Vec<u8>,
+    /// Where the device key is when it was generated on the configured root's token
+    /// (`Root::device_keys`): the PKCS#11 URI of its private key object (label
+    /// `keyward-device-<id>`, CKA_ID the id). Absent on rows from before it (and on roots
+    /// that keep no keys on a token): the key is then the wrapped `secret`. Not secret; MAC'd
+    /// with the row, not signed (the signed public key is what counts: a key found at another
+    /// locator must still prove it is that key, [`open_device_key`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_key: Option<String>,
     /// The configured root's scheme, locator and check (what `Root::unlock` needs).
     root_scheme: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,6 +199,99 @@ fn scalar(bytes: &[u8], op: &'static str) -> Result<p256::SecretKey, AgentError>
         .map_err(|_| AgentError::Root(RootError::token(op, "the device key is not a P-256 scalar")))
 }
 
+/// A device key just made ([`new_device_key`]).
+struct NewKey {
+    /// SEC1 public key.
+    public: Vec<u8>,
+    /// The scalar wrapped under the configured root; empty for a key on the token.
+    secret: Vec<u8>,
+    /// The token key's locator.
+    token_key: Option<String>,
+    /// The scalar, for the first device's self-signature (none for a key on the token).
+    scalar: Option<p256::SecretKey>,
+}
+
+impl NewKey {
+    /// Sign `msg` with the new key (the first device signs its own row).
+    fn sign(&self, root: &dyn Root, msg: &[u8]) -> Result<Vec<u8>, AgentError> {
+        if let Some(k) = &self.scalar {
+            let sig: p256::ecdsa::Signature = p256::ecdsa::SigningKey::from(k).sign(msg);
+            return Ok(sig.to_der().as_bytes().to_vec());
+        }
+        let keys = root
+            .device_keys()
+            .ok_or_else(|| RootError::token("sign device row", "the root keeps no device keys"))?;
+        let locator = self.token_key.as_deref().unwrap_or_default();
+        Ok(crate::root::device::token_sign(keys, locator, msg)?)
+    }
+}
+
+/// Make device `id`'s key: generated on the configured root's token where the root keeps
+/// device keys there (`Root::device_keys`: the PKCS#11 roots), else a scalar generated here
+/// and wrapped under the root (`import_kek`).
+fn new_device_key(root: &dyn Root, id: &Uuid) -> Result<NewKey, RootError> {
+    if let Some(keys) = root.device_keys() {
+        let made = keys.generate_device_key(id)?;
+        tracing::info!(%id, "device key generated on the token");
+        return Ok(NewKey {
+            public: crate::root::ecdh::sec1(&made.public),
+            secret: Vec::new(),
+            token_key: Some(made.locator),
+            scalar: None,
+        });
+    }
+    let secret_key = p256::SecretKey::random(&mut OsRng);
+    let bytes = Zeroizing::new(secret_key.to_bytes());
+    let wrapped = root.import_kek(&bytes[..])?;
+    Ok(NewKey {
+        public: crate::root::ecdh::sec1(&secret_key.public_key()),
+        secret: wrapped.bytes,
+        token_key: None,
+        scalar: Some(secret_key),
+    })
+}
+
+/// Whether the configured root (unlocked with the row's root) holds the row's device key: the
+/// wrapped scalar opens to the row's public key, or the token key signs a fresh challenge that
+/// the row's public key verifies. `None`: it does not (another device's row).
+fn open_device_key(
+    root: &dyn Root,
+    d: &DeviceRow,
+    b: &Body,
+    op: &'static str,
+) -> Result<Option<DeviceKey>, AgentError> {
+    if let Some(locator) = &b.token_key {
+        let Some(keys) = root.device_keys() else {
+            return Ok(None);
+        };
+        let Ok(public) = p256::PublicKey::from_sec1_bytes(&d.public_key) else {
+            return Ok(None);
+        };
+        let challenge = random32();
+        let Ok(sig) = crate::root::device::token_sign(keys, locator, &challenge) else {
+            return Ok(None);
+        };
+        let verified = p256::ecdsa::Signature::from_der(&sig).is_ok_and(|sig| {
+            p256::ecdsa::VerifyingKey::from(&public)
+                .verify(&challenge, &sig)
+                .is_ok()
+        });
+        return Ok(verified.then(|| DeviceKey::Token {
+            locator: locator.clone(),
+            public,
+        }));
+    }
+    let Ok(opened) = root.export_kek(&b.secret) else {
+        return Ok(None);
+    };
+    let sk = scalar(opened.expose(), op)?;
+    drop(opened);
+    Ok(
+        (crate::root::ecdh::sec1(&sk.public_key()) == d.public_key)
+            .then_some(DeviceKey::Scalar(sk)),
+    )
+}
+
 /// What `device.approve` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Approval {
@@ -224,14 +326,13 @@ impl Hierarchy {
         if rows.iter().any(|d| d.state == ENROLLED) {
             return Err(AgentError::Devices(DeviceRefusal::NoOwnDevice { op }));
         }
-        // The first device: its key under the configured root, its row signed by itself.
-        let secret_key = p256::SecretKey::random(&mut OsRng);
-        let bytes = Zeroizing::new(secret_key.to_bytes());
-        let wrapped =
-            self.with_recovery(|| Ok(self.device.configured().import_kek(&bytes[..])?))?;
+        // The first device: its key on the token or under the configured root, its row signed
+        // by itself.
         let id = Uuid::new_v4();
+        let key = self.with_recovery(|| Ok(new_device_key(self.device.configured(), &id)?))?;
         let body = Body {
-            secret: wrapped.bytes,
+            secret: key.secret.clone(),
+            token_key: key.token_key.clone(),
             root_scheme: own.scheme.clone(),
             root_locator: own.locator.clone(),
             root_check: own.wrapped.clone(),
@@ -241,17 +342,17 @@ impl Hierarchy {
         let mut row = DeviceRow {
             id,
             state: ENROLLED.into(),
-            public_key: crate::root::ecdh::sec1(&secret_key.public_key()),
-            token_serial: None,
+            public_key: key.public.clone(),
+            token_serial: self.device.configured().token_serial(),
             label: Some(self.root.describe()),
             body: encode(&body),
             enrolled_by: Some(id),
             signature: None,
             created: crate::keystore::now(),
         };
-        let sig: p256::ecdsa::Signature = p256::ecdsa::SigningKey::from(&secret_key)
-            .sign(&signed_body(&row, body.root.as_ref(), &body.secret));
-        row.signature = Some(sig.to_der().as_bytes().to_vec());
+        let msg = signed_body(&row, body.root.as_ref(), &body.secret);
+        let sig = self.with_recovery(|| key.sign(self.device.configured(), &msg))?;
+        row.signature = Some(sig);
         self.ks.device_put(&row)?;
         tracing::info!(%id, "first device enrolled (self-signed)");
         Ok(row)
@@ -279,10 +380,26 @@ impl Hierarchy {
     fn sign_as(&self, own: &DeviceRow, msg: &[u8]) -> Result<Vec<u8>, AgentError> {
         if self.device.on_device_key() {
             if let Some(sig) = self.device.sign_device(msg) {
-                return Ok(sig);
+                return Ok(sig?);
             }
         }
         let body = body_of(own)?;
+        if let Some(locator) = &body.token_key {
+            // On the token: it signs there (and the row's signature check catches a key that
+            // is not the row's).
+            return self.with_recovery(|| {
+                let keys = self
+                    .device
+                    .configured()
+                    .device_keys()
+                    .ok_or(AgentError::Devices(DeviceRefusal::BadSignature {
+                        op: "sign device row",
+                        id: own.id,
+                        what: "its key is on a token, and the configured root keeps none",
+                    }))?;
+                Ok(crate::root::device::token_sign(keys, locator, msg)?)
+            });
+        }
         let exported =
             self.with_recovery(|| Ok(self.device.configured().export_kek(&body.secret)?))?;
         let k = scalar(exported.expose(), "sign device row")?;
@@ -386,31 +503,26 @@ impl Hierarchy {
                     }
                     Err(_) => continue,
                 }
-                if let Ok(k) = root.export_kek(&b.secret) {
-                    if let Ok(sk) = p256::SecretKey::from_slice(k.expose()) {
-                        if crate::root::ecdh::sec1(&sk.public_key()) == d.public_key {
-                            if d.state == ENROLLED {
-                                let _ = root.lock();
-                                return Err(AgentError::AlreadyInitialized);
-                            }
-                            self.device.set_pending(Some(Pending {
-                                id: d.id,
-                                nonce: None,
-                            }));
-                            return Ok(d.id);
-                        }
+                if let Ok(Some(_)) = open_device_key(root, &d, &b, OP) {
+                    if d.state == ENROLLED {
+                        let _ = root.lock();
+                        return Err(AgentError::AlreadyInitialized);
                     }
+                    self.device.set_pending(Some(Pending {
+                        id: d.id,
+                        nonce: None,
+                    }));
+                    return Ok(d.id);
                 }
             }
             let _ = root.lock();
             return Err(AgentError::AlreadyInitialized);
         };
-        let secret_key = p256::SecretKey::random(&mut OsRng);
-        let bytes = Zeroizing::new(secret_key.to_bytes());
-        let wrapped = root.import_kek(&bytes[..])?;
         let id = Uuid::new_v4();
+        let key = new_device_key(root, &id)?;
         let body = Body {
-            secret: wrapped.bytes,
+            secret: key.secret.clone(),
+            token_key: key.token_key.clone(),
             root_scheme: made.scheme.as_str().to_string(),
             root_locator: Some(made.locator),
             root_check: made.check,
@@ -419,8 +531,8 @@ impl Hierarchy {
         let row = DeviceRow {
             id,
             state: REQUEST.into(),
-            public_key: crate::root::ecdh::sec1(&secret_key.public_key()),
-            token_serial: None,
+            public_key: key.public.clone(),
+            token_serial: root.token_serial(),
             label: Some(root.describe()),
             body: encode(&body),
             enrolled_by: None,
@@ -606,6 +718,7 @@ impl Hierarchy {
         let wrapped = self.ks.wrapped_keks()?.len() as u64;
         let enrolled = Body {
             secret: body.secret,
+            token_key: body.token_key,
             root_scheme: body.root_scheme,
             root_locator: body.root_locator,
             root_check: body.root_check,
@@ -655,19 +768,10 @@ impl Hierarchy {
                 }
                 Err(_) => continue,
             }
-            let opened = match root.export_kek(&b.secret) {
-                Ok(k) => k,
-                Err(_) => {
-                    let _ = root.lock();
-                    continue;
-                }
-            };
-            let sk = scalar(opened.expose(), OP)?;
-            drop(opened);
-            if crate::root::ecdh::sec1(&sk.public_key()) != d.public_key {
+            let Some(key) = open_device_key(root, &d, &b, OP)? else {
                 let _ = root.lock();
                 continue;
-            }
+            };
             if d.state == REQUEST {
                 self.device.set_pending(Some(Pending {
                     id: d.id,
@@ -693,7 +797,7 @@ impl Hierarchy {
                     id: rec.id,
                 }));
             }
-            self.device.set_device_key(sk);
+            self.device.set_device_key(key);
             if let Err(e) = self.open_integrity(&rec) {
                 self.lock_quietly();
                 return Err(e);
@@ -856,6 +960,35 @@ mod tests {
             h.init(&Pin::new("pin-1234")).unwrap_err().code(),
             ErrorCode::AlreadyInitialized
         );
+    }
+
+    /// A root that keeps no keys on a token (soft, memory): the device key is a scalar wrapped
+    /// under it, no token serial, and the body says nothing of a token key (so agents from
+    /// before it read the row). A body from before `token_key` still parses.
+    #[test]
+    fn a_soft_root_keeps_the_device_key_wrapped_and_old_bodies_parse() {
+        let (_d, h) = ready();
+        let row = h.device_page(None, 10).unwrap().0[0].row.clone();
+        assert_eq!(row.token_serial, None);
+        let b = body_of(&row).unwrap();
+        assert_eq!(b.token_key, None);
+        assert!(!b.secret.is_empty());
+        assert!(!String::from_utf8_lossy(&row.body).contains("token_key"));
+        let old = br#"{"secret":[1,2,3],"root_scheme":"pkcs11-aes","root_locator":"pkcs11:token=t","root":"00000000-0000-4000-8000-000000000001"}"#;
+        let mut r = row.clone();
+        r.body = old.to_vec();
+        let b = body_of(&r).expect("a body from before token_key parses");
+        assert_eq!(b.secret, vec![1, 2, 3]);
+        assert_eq!(b.token_key, None);
+        // Lock and unlock: the wrapped key still opens (the device key is the scalar).
+        h.lock().unwrap();
+        h.unlock(&Pin::new("pin-1234")).unwrap();
+        let again = h.device_page(None, 10).unwrap().0[0].row.clone();
+        assert_eq!(again, row);
+        let sig = h.sign_as(&again, b"msg").unwrap();
+        let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&again.public_key).unwrap();
+        vk.verify(b"msg", &p256::ecdsa::Signature::from_der(&sig).unwrap())
+            .expect("the wrapped scalar signs as the row's key");
     }
 
     /// A row whose MAC verifies (as if written with the MAC key) is still refused when no

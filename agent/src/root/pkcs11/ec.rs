@@ -167,7 +167,7 @@ impl Pkcs11EcRoot {
 
     /// ECDH in the token with the root's private key: the x coordinate (CKM_ECDH1_DERIVE, KDF
     /// NULL, into a session object that is read and destroyed at once).
-    fn token_ecdh(
+    pub(super) fn token_ecdh(
         session: &Session,
         root: ObjectHandle,
         peer: &[u8],
@@ -344,6 +344,14 @@ impl Root for Pkcs11EcRoot {
 
     fn token_keypairs(&self) -> Option<&dyn TokenKeypairs> {
         Some(self.conn.as_ref())
+    }
+
+    fn device_keys(&self) -> Option<&dyn crate::root::TokenDeviceKeys> {
+        Some(self.conn.as_ref())
+    }
+
+    fn token_serial(&self) -> Option<String> {
+        self.conn.token_serial()
     }
 }
 
