@@ -231,14 +231,22 @@ impl NewKey {
 /// and wrapped under the root (`import_kek`).
 fn new_device_key(root: &dyn Root, id: &Uuid) -> Result<NewKey, RootError> {
     if let Some(keys) = root.device_keys() {
-        let made = keys.generate_device_key(id)?;
-        tracing::info!(%id, "device key generated on the token");
-        return Ok(NewKey {
-            public: crate::root::ecdh::sec1(&made.public),
-            secret: Vec::new(),
-            token_key: Some(made.locator),
-            scalar: None,
-        });
+        match keys.generate_device_key(id) {
+            Ok(made) => {
+                tracing::info!(%id, "device key generated on the token");
+                return Ok(NewKey {
+                    public: crate::root::ecdh::sec1(&made.public),
+                    secret: Vec::new(),
+                    token_key: Some(made.locator),
+                    scalar: None,
+                });
+            }
+            // The token cannot make one: the key goes under the root, as on other roots.
+            Err(e @ RootError::Unsupported { .. }) => {
+                tracing::warn!(%id, error = %e, "device key kept under the root instead");
+            }
+            Err(e) => return Err(e),
+        }
     }
     let secret_key = p256::SecretKey::random(&mut OsRng);
     let bytes = Zeroizing::new(secret_key.to_bytes());
@@ -308,6 +316,9 @@ pub enum Approval {
 pub struct DeviceInfo {
     pub row: DeviceRow,
     pub root: Option<Uuid>,
+    /// The device key is on the device's token (the row's `token_key`), not wrapped under its
+    /// root.
+    pub key_on_token: bool,
     /// This agent is this device.
     pub current: bool,
 }
@@ -849,9 +860,11 @@ impl Hierarchy {
         };
         let mut out = Vec::new();
         for d in rows.iter().skip(start).take(limit) {
-            let root = body_of(d)?.root;
+            let body = body_of(d)?;
+            let root = body.root;
             out.push(DeviceInfo {
                 current: root == Some(own.id),
+                key_on_token: body.token_key.is_some(),
                 root,
                 row: d.clone(),
             });

@@ -206,3 +206,25 @@ fn the_first_device_of_a_pkcs11_root_has_its_key_on_the_token() {
     assert_eq!(page[0].row, row);
     assert!(page[0].current);
 }
+
+/// An EC root on a token where only the SO generates keys (`management_key_hex`: a PIV card
+/// through ykcs11) keeps no device keys on the token: its keys live in fixed slots, one of them
+/// the root's. The device key is then wrapped under the root. Nothing touches the token here.
+#[test]
+fn a_piv_style_ec_root_keeps_no_device_key_on_the_token() {
+    // The same EC root without it does (this also applies the tokens' environment).
+    let r =
+        root::from_config(&common::pkcs11_config_on("kw-dup", "object=keyward-root", true).root)
+            .expect("root");
+    assert!(r.device_keys().is_some());
+    let text = common::pkcs11_config_text_on("kw-dup", "object=keyward-root", true).replacen(
+        "key_type = \"ec\"\n",
+        "key_type = \"ec\"\nmanagement_key_hex = \"010203040506070801020304050607080102030405060708\"\n",
+        1,
+    );
+    let cfg =
+        keyward_agent::config::Config::parse(&text, &common::tokens().path.join("keyward.toml"))
+            .expect("parse");
+    let r = root::from_config(&cfg.root).expect("root");
+    assert!(r.device_keys().is_none());
+}

@@ -12,6 +12,7 @@ use super::ec::Pkcs11EcRoot;
 use super::error::ck;
 use crate::root::uri::{encode, Pkcs11Uri};
 use crate::root::{RootError, Scheme, TokenDeviceKeys, TokenKeypair};
+use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -94,7 +95,23 @@ impl TokenDeviceKeys for Connection {
             ];
             let (pub_h, _) = s
                 .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
-                .map_err(ck(OP, "C_GenerateKeyPair"))?;
+                .map_err(|e| match e {
+                    // A token that cannot make such a key (no EC key generation, or not one
+                    // that both signs and derives): the device key stays under the root.
+                    CkError::Pkcs11(
+                        RvError::MechanismInvalid
+                        | RvError::AttributeTypeInvalid
+                        | RvError::AttributeValueInvalid
+                        | RvError::TemplateInconsistent
+                        | RvError::TemplateIncomplete
+                        | RvError::FunctionNotSupported,
+                        _,
+                    ) => RootError::Unsupported {
+                        op: OP,
+                        detail: format!("the token cannot generate a device key: {e}"),
+                    },
+                    e => ck(OP, "C_GenerateKeyPair")(e),
+                })?;
             let point = read_ec_point(s, pub_h, OP)?;
             Ok(TokenKeypair {
                 scheme: Scheme::Pkcs11Token,

@@ -346,7 +346,14 @@ impl Root for Pkcs11EcRoot {
         Some(self.conn.as_ref())
     }
 
+    /// Not on a token where only the SO may generate keys (`management_key_hex`: a PIV card
+    /// through ykcs11): its keys live in a few fixed slots, one of them the root's, and a
+    /// device key generated there would take a slot (or the root's); the device key is then a
+    /// scalar wrapped to the root (ECDH on the card), as on a `yubikey` root.
     fn device_keys(&self) -> Option<&dyn crate::root::TokenDeviceKeys> {
+        if self.keygen_so_pin.is_some() {
+            return None;
+        }
         Some(self.conn.as_ref())
     }
 
