@@ -6,10 +6,11 @@
 //! not on a shared keystore). On a device enrolled by `device approve`, the agent's own root
 //! record is the device's public-key root (`public-p256`, locator `public:device`): every KEK
 //! is wrapped to the device key (`ecdh-p256`), by any device, with the public key alone. At its
-//! unlock the configured root (the PIN) opens the device key's scalar, which is kept wrapped
-//! under that root in the device row; from then on KEKs are generated, opened, exported and
-//! imported with the device key (`ecdh.rs`, in software), and everything else (PIN, lock, token
-//! keypairs) is still the configured root's.
+//! unlock the configured root (the PIN) opens the device key ([`DeviceKey`]): a scalar kept
+//! wrapped under that root in the device row, or a key on the root's token
+//! (`Root::device_keys`); from then on KEKs are generated, opened, exported and imported with
+//! the device key (`ecdh.rs`: in software for a scalar, ECDH in the token for a token key), and
+//! everything else (PIN, lock, token keypairs) is still the configured root's.
 //!
 //! It must never hold the device scalar while locked, and never return it.
 
