@@ -342,8 +342,12 @@ impl Hierarchy {
         }
         // The first device: its key on the token or under the configured root, its row signed
         // by itself.
-        let id = Uuid::new_v4();
-        let key = self.with_recovery(|| Ok(new_device_key(self.device.configured(), &id)?))?;
+        // A fresh id on each try: a retry after a recovery never makes a second token key
+        // under the id of the first.
+        let (id, key) = self.with_recovery(|| {
+            let id = Uuid::new_v4();
+            Ok((id, new_device_key(self.device.configured(), &id)?))
+        })?;
         let body = Body {
             secret: key.secret.clone(),
             token_key: key.token_key.clone(),
