@@ -659,6 +659,7 @@ impl Handler for Service {
                     fingerprint: crate::devices::fingerprint(&d.row.public_key),
                     label: d.row.label.clone(),
                     token_serial: d.row.token_serial.clone(),
+                    key: Some(if d.key_on_token { "token" } else { "root" }.to_string()),
                     root: d.root.map(|r| r.to_string()),
                     enrolled_by: d.row.enrolled_by.map(|r| r.to_string()),
                     created: d.row.created,

@@ -156,11 +156,15 @@ pub async fn run(c: &Client, cmd: &DeviceCmd) -> Result<Out, Failure> {
             let mut text = String::new();
             for d in &devices {
                 text.push_str(&format!(
-                    "{} {}  {:8}  {}  {}\n",
+                    "{} {}  {:8}  {}  key on {:5}  {}  {}\n",
                     if d.current { "*" } else { " " },
                     d.id,
                     d.state,
                     d.fingerprint,
+                    d.key.as_deref().unwrap_or("?"),
+                    d.token_serial
+                        .as_deref()
+                        .map_or("-".to_string(), |s| format!("serial {s}")),
                     d.label.as_deref().unwrap_or("")
                 ));
             }

@@ -1202,6 +1202,10 @@ pub struct DeviceEntry {
     pub label: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_serial: Option<String>,
+    /// Where the device key is: `token` (generated on the device's PKCS#11 token, never out of
+    /// it) or `root` (a scalar wrapped under the device's root). Absent from older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -6,18 +6,19 @@
 //! not on a shared keystore). On a device enrolled by `device approve`, the agent's own root
 //! record is the device's public-key root (`public-p256`, locator `public:device`): every KEK
 //! is wrapped to the device key (`ecdh-p256`), by any device, with the public key alone. At its
-//! unlock the configured root (the PIN) opens the device key's scalar, which is kept wrapped
-//! under that root in the device row; from then on KEKs are generated, opened, exported and
-//! imported with the device key (`ecdh.rs`, in software), and everything else (PIN, lock, token
-//! keypairs) is still the configured root's.
+//! unlock the configured root (the PIN) opens the device key ([`DeviceKey`]): a scalar kept
+//! wrapped under that root in the device row, or a key on the root's token
+//! (`Root::device_keys`); from then on KEKs are generated, opened, exported and imported with
+//! the device key (`ecdh.rs`: in software for a scalar, ECDH in the token for a token key), and
+//! everything else (PIN, lock, token keypairs) is still the configured root's.
 //!
 //! It must never hold the device scalar while locked, and never return it.
 
 use super::ecdh;
 use super::memory_kek::{kek_bytes, random_key, MemoryKek};
 use super::{
-    ExportedKek, Kek, Root, RootDestroyed, RootError, RootInit, Scheme, StoredRoot, TokenKeypairs,
-    Wrapped,
+    ExportedKek, Kek, Root, RootDestroyed, RootError, RootInit, Scheme, StoredRoot,
+    TokenDeviceKeys, TokenKeypairs, Wrapped,
 };
 use keyward_proto::ops::RootKind;
 use keyward_proto::secret::Pin;
@@ -29,10 +30,46 @@ pub struct DeviceRoot {
     inner: Box<dyn Root>,
     /// Whether `key` is set (checked first, without the mutex, on every KEK operation).
     active: AtomicBool,
-    key: Mutex<Option<p256::SecretKey>>,
+    key: Mutex<Option<DeviceKey>>,
     /// This device's own enrollment request while it waits (its id, and the nonce it committed
     /// to, until revealed). Forgotten at lock.
     pending: Mutex<Option<Pending>>,
+}
+
+/// The device key in front of the configured root.
+pub enum DeviceKey {
+    /// A scalar opened from the device row with the configured root (in memory while unlocked).
+    Scalar(p256::SecretKey),
+    /// A key pair on the configured root's token (`Root::device_keys`): its ECDH and signatures
+    /// run in the token.
+    Token {
+        locator: String,
+        public: p256::PublicKey,
+    },
+}
+
+impl DeviceKey {
+    fn public(&self) -> p256::PublicKey {
+        match self {
+            DeviceKey::Scalar(k) => k.public_key(),
+            DeviceKey::Token { public, .. } => *public,
+        }
+    }
+}
+
+/// ECDSA P-256 over SHA-256 of `msg` with a device key on a token, DER-encoded as device rows
+/// keep it (the token answers raw r‖s).
+pub fn token_sign(
+    keys: &dyn TokenDeviceKeys,
+    locator: &str,
+    msg: &[u8],
+) -> Result<Vec<u8>, RootError> {
+    use sha2::Digest;
+    let digest: [u8; 32] = sha2::Sha256::digest(msg).into();
+    let raw = keys.device_sign(locator, &digest)?;
+    let sig = p256::ecdsa::Signature::from_slice(&raw)
+        .map_err(|_| RootError::token("sign with device key", "not a P-256 r‖s signature"))?;
+    Ok(sig.to_der().as_bytes().to_vec())
 }
 
 /// A device's own enrollment request, while it is not enrolled.
@@ -70,7 +107,7 @@ impl DeviceRoot {
     }
 
     /// Run on the device key from now until [`Root::lock`].
-    pub fn set_device_key(&self, key: p256::SecretKey) {
+    pub fn set_device_key(&self, key: DeviceKey) {
         *self.key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
         self.active.store(true, Ordering::SeqCst);
     }
@@ -80,19 +117,27 @@ impl DeviceRoot {
         self.active.load(Ordering::SeqCst)
     }
 
-    /// Sign `digest` with the device key (ECDSA P-256), when it is set.
-    pub fn sign_device(&self, msg: &[u8]) -> Option<Vec<u8>> {
+    /// Sign `msg` with the device key (ECDSA P-256 over SHA-256, DER), when it is set: in
+    /// software, or in the token for a key on the token.
+    pub fn sign_device(&self, msg: &[u8]) -> Option<Result<Vec<u8>, RootError>> {
         use p256::ecdsa::signature::Signer;
         let g = self.key.lock().unwrap_or_else(|p| p.into_inner());
-        let k = g.as_ref()?;
-        let sig: p256::ecdsa::Signature = p256::ecdsa::SigningKey::from(k).sign(msg);
-        Some(sig.to_der().as_bytes().to_vec())
+        match g.as_ref()? {
+            DeviceKey::Scalar(k) => {
+                let sig: p256::ecdsa::Signature = p256::ecdsa::SigningKey::from(k).sign(msg);
+                Some(Ok(sig.to_der().as_bytes().to_vec()))
+            }
+            DeviceKey::Token { locator, .. } => Some(match self.inner.device_keys() {
+                Some(keys) => token_sign(keys, locator, msg),
+                None => Err(no_device_keys("sign with device key")),
+            }),
+        }
     }
 
     fn with_key<T>(
         &self,
         op: &'static str,
-        f: impl FnOnce(&p256::SecretKey) -> Result<T, RootError>,
+        f: impl FnOnce(&DeviceKey) -> Result<T, RootError>,
     ) -> Result<T, RootError> {
         let g = self.key.lock().unwrap_or_else(|p| p.into_inner());
         let k = g.as_ref().ok_or(RootError::Locked { op })?;
@@ -104,9 +149,24 @@ impl DeviceRoot {
         wrapped: &[u8],
         op: &'static str,
     ) -> Result<zeroize::Zeroizing<[u8; 32]>, RootError> {
-        self.with_key(op, |k| {
-            ecdh::unwrap(&k.public_key(), wrapped, |e| ecdh::software_ecdh(k, e))
+        self.with_key(op, |k| match k {
+            DeviceKey::Scalar(s) => {
+                ecdh::unwrap(&s.public_key(), wrapped, |e| ecdh::software_ecdh(s, e))
+            }
+            DeviceKey::Token { locator, public } => {
+                let keys = self.inner.device_keys().ok_or(no_device_keys(op))?;
+                ecdh::unwrap(public, wrapped, |e| keys.device_ecdh(locator, e))
+            }
         })
+    }
+}
+
+/// A device row says its key is on the token, and the configured root keeps no keys there.
+fn no_device_keys(op: &'static str) -> RootError {
+    RootError::Unsupported {
+        op,
+        detail: "the device key is on a token, and the configured root keeps no device keys"
+            .to_string(),
     }
 }
 
@@ -167,7 +227,7 @@ impl Root for DeviceRoot {
             return self.inner.import_kek(kek);
         }
         let kek = kek_bytes(kek, "import KEK (device key)")?;
-        let public = self.with_key("import KEK (device key)", |k| Ok(k.public_key()))?;
+        let public = self.with_key("import KEK (device key)", |k| Ok(k.public()))?;
         Ok(Wrapped {
             scheme: Scheme::EcdhP256,
             bytes: ecdh::wrap(&public, &kek)?,
@@ -175,6 +235,12 @@ impl Root for DeviceRoot {
     }
     fn token_keypairs(&self) -> Option<&dyn TokenKeypairs> {
         self.inner.token_keypairs()
+    }
+    fn device_keys(&self) -> Option<&dyn TokenDeviceKeys> {
+        self.inner.device_keys()
+    }
+    fn token_serial(&self) -> Option<String> {
+        self.inner.token_serial()
     }
     fn destroy_root(&self) -> Result<RootDestroyed, RootError> {
         self.inner.destroy_root()
@@ -225,6 +291,12 @@ impl<T: Root + ?Sized> Root for std::sync::Arc<T> {
     }
     fn token_keypairs(&self) -> Option<&dyn TokenKeypairs> {
         (**self).token_keypairs()
+    }
+    fn device_keys(&self) -> Option<&dyn TokenDeviceKeys> {
+        (**self).device_keys()
+    }
+    fn token_serial(&self) -> Option<String> {
+        (**self).token_serial()
     }
     fn destroy_root(&self) -> Result<RootDestroyed, RootError> {
         (**self).destroy_root()

@@ -321,6 +321,18 @@ pub trait Root: Send + Sync {
     fn token_keypairs(&self) -> Option<&dyn TokenKeypairs> {
         None
     }
+    /// Where this backend can keep a device's key (`crate::devices`) on its token, generated
+    /// there and never leaving it; `None` (the default): the device key is a scalar wrapped
+    /// under the root.
+    fn device_keys(&self) -> Option<&dyn TokenDeviceKeys> {
+        None
+    }
+    /// The serial of the token or card the root is on (PKCS#11 `C_GetTokenInfo` serialNumber,
+    /// trimmed; a card's serial), for the device row; `None` (the default) for a root that is
+    /// on no device (soft). Needs the root unlocked (or known) where the backend asks the token.
+    fn token_serial(&self) -> Option<String> {
+        None
+    }
     /// Destroy the root object itself (`root.rotate --destroy-old`, only after the rotation
     /// committed and nothing in the keystore is wrapped under it any more). Needs the root
     /// unlocked. The default: this backend cannot (a card's key is not deleted by keyward).
@@ -369,6 +381,20 @@ pub trait TokenKeypairs: Send + Sync {
     fn sign(&self, locator: &str, digest: &[u8; 32]) -> Result<Vec<u8>, RootError>;
     /// Destroy a token keypair's objects (private and public key).
     fn delete(&self, locator: &str) -> Result<(), RootError>;
+}
+
+/// The optional capability of keeping a device's key on the root's token (`crate::devices`):
+/// a P-256 key pair generated inside the token (private key TOKEN, PRIVATE, SENSITIVE,
+/// EXTRACTABLE=false, SIGN and DERIVE), named by the device id, found again by its locator
+/// after a restart. Its ECDH (the device's `ecdh-p256` wraps) and its signatures (device rows)
+/// run in the token. Needs the root unlocked.
+pub trait TokenDeviceKeys: Send + Sync {
+    /// Generate the device key of device `id`; the row keeps the returned locator and key.
+    fn generate_device_key(&self, id: &uuid::Uuid) -> Result<TokenKeypair, RootError>;
+    /// ECDH with the device key at `locator` and the SEC1 point `peer`: the shared x coordinate.
+    fn device_ecdh(&self, locator: &str, peer: &[u8]) -> Result<Zeroizing<Vec<u8>>, RootError>;
+    /// ECDSA over a SHA-256 digest with the device key at `locator`; returns raw r‖s.
+    fn device_sign(&self, locator: &str, digest: &[u8; 32]) -> Result<Vec<u8>, RootError>;
 }
 
 /// A keypair generated inside a root's token.

@@ -156,6 +156,11 @@ pub fn pkcs11_ec_config() -> Config {
 /// A root on token `token` of the test SoftHSM config (`ec`: a P-256 root), with `object` as
 /// the URI's object attributes (`object=keyward-root`, `object=x;id=%01`, ...).
 pub fn pkcs11_config_on(token: &str, object: &str, ec: bool) -> Config {
+    parse(tokens(), &pkcs11_config_text_on(token, object, ec))
+}
+
+/// The text of [`pkcs11_config_on`]'s config.
+pub fn pkcs11_config_text_on(token: &str, object: &str, ec: bool) -> String {
     let t = tokens();
     let old = "token=keyward;object=keyward-root";
     assert!(t.config_text.contains(old), "{}", t.config_text);
@@ -172,7 +177,7 @@ pub fn pkcs11_config_on(token: &str, object: &str, ec: bool) -> Config {
             1,
         );
     }
-    parse(t, &text)
+    text
 }
 
 /// The directory of token `label` under the SoftHSM token directory (the one whose

@@ -14,7 +14,12 @@ use std::time::{Duration, Instant};
 
 /// An agent on its own SoftHSM token whose keystore is the database `location`.
 pub(crate) fn device_on(location: &str) -> TestEnv {
-    let mut env = TestEnv::start(RootKind::Pkcs11);
+    device_of_kind(location, RootKind::Pkcs11)
+}
+
+/// As [`device_on`], with a root of `kind`.
+pub(crate) fn device_of_kind(location: &str, kind: RootKind) -> TestEnv {
+    let mut env = TestEnv::start(kind);
     env.stop();
     env.set_keystore(location);
     env.start_agent();
@@ -131,6 +136,14 @@ fn devices_enroll_b_from_a_share_keys_rotate_and_revoke() {
     assert_eq!(me.len(), 1);
     assert_eq!(me[0]["id"], b_id.as_str());
     assert!(devices.iter().all(|d| d["state"] == "enrolled"));
+    // Both device keys are on their (AES root's) tokens, each row with its token's serial.
+    for d in devices {
+        assert_eq!(d["key"], "token", "{d}");
+        assert!(
+            d["token_serial"].as_str().is_some_and(|s| !s.is_empty()),
+            "{d}"
+        );
+    }
     // Pages.
     let page = b.cli_json(&["device", "list", "--limit", "1"], None);
     assert_eq!(page["devices"].as_array().unwrap().len(), 1);
@@ -460,4 +473,64 @@ fn unlock_after_backoff(
             other => return other.map(|_| ()),
         }
     }
+
+/// Device keys on EC tokens (`key_type = "ec"`): A and B each generate their device key on their
+/// own SoftHSM token (`device list`: `key` is `token`, each with its token's serial, in text
+/// and --json); B is enrolled, unlocks on its on-token key (ECDH in the token), decrypts A's
+/// data, and does again after a restart (the key found again on the token by its locator).
+#[test]
+fn devices_ec_tokens_keep_each_device_key_on_the_token() {
+    let location = server().database();
+    let a = device_of_kind(&location, RootKind::Pkcs11Ec);
+    let keys = a.init_with_keys(true, b"written on EC device A");
+    let mut b = device_of_kind(&location, RootKind::Pkcs11Ec);
+    let (b_id, code) = request_and_answer(&a, &b);
+    let enrolled = approve_until_ok(&a, &[&code]);
+    assert_eq!(enrolled["state"], "enrolled", "{enrolled}");
+
+    let cb = b.client();
+    cb.run(|c| c.unlock(pin(b.pin())))
+        .unwrap_or_else(|e| panic!("unlock B: {e}\nB log:\n{}", b.log()));
+    assert_eq!(
+        cb.run(|c| c.decrypt(&keys.ciphertext, None))
+            .expect("B decrypts A's data")
+            .expose(),
+        keys.plaintext.as_slice()
+    );
+    drop(cb);
+    let list = b.cli_json(&["device", "list"], None);
+    let devices = list["devices"].as_array().expect("devices");
+    assert_eq!(devices.len(), 2, "{list}");
+    let mut serials = Vec::new();
+    for d in devices {
+        assert_eq!(d["key"], "token", "{d}");
+        let serial = d["token_serial"]
+            .as_str()
+            .expect("token serial")
+            .to_string();
+        assert!(!serial.is_empty() && serial == serial.trim(), "{d}");
+        serials.push(serial);
+    }
+    assert_ne!(serials[0], serials[1], "two tokens, two serials: {list}");
+    let out = b.cli(&["device", "list"], None);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for s in &serials {
+        assert!(text.contains(&format!("serial {s}")), "{text}");
+    }
+    assert!(text.contains("key on token"), "{text}");
+    assert!(text.contains(&b_id), "{text}");
+
+    // Restarted, B finds its key on the token again.
+    b.stop();
+    b.start_agent();
+    let cb = b.client();
+    cb.run(|c| c.unlock(pin(b.pin())))
+        .unwrap_or_else(|e| panic!("unlock B again: {e}\nB log:\n{}", b.log()));
+    assert_eq!(
+        cb.run(|c| c.decrypt(&keys.ciphertext, None))
+            .expect("B after restart")
+            .expose(),
+        keys.plaintext.as_slice()
+    );
 }

@@ -258,6 +258,14 @@ impl Root for Pkcs11AesRoot {
     fn token_keypairs(&self) -> Option<&dyn TokenKeypairs> {
         Some(&self.conn)
     }
+
+    fn device_keys(&self) -> Option<&dyn crate::root::TokenDeviceKeys> {
+        Some(&self.conn)
+    }
+
+    fn token_serial(&self) -> Option<String> {
+        self.conn.token_serial()
+    }
 }
 
 #[cfg(test)]

@@ -167,7 +167,7 @@ impl Pkcs11EcRoot {
 
     /// ECDH in the token with the root's private key: the x coordinate (CKM_ECDH1_DERIVE, KDF
     /// NULL, into a session object that is read and destroyed at once).
-    fn token_ecdh(
+    pub(super) fn token_ecdh(
         session: &Session,
         root: ObjectHandle,
         peer: &[u8],
@@ -344,6 +344,21 @@ impl Root for Pkcs11EcRoot {
 
     fn token_keypairs(&self) -> Option<&dyn TokenKeypairs> {
         Some(self.conn.as_ref())
+    }
+
+    /// Not on a token where only the SO may generate keys (`management_key_hex`: a PIV card
+    /// through ykcs11): its keys live in a few fixed slots, one of them the root's, and a
+    /// device key generated there would take a slot (or the root's); the device key is then a
+    /// scalar wrapped to the root (ECDH on the card), as on a `yubikey` root.
+    fn device_keys(&self) -> Option<&dyn crate::root::TokenDeviceKeys> {
+        if self.keygen_so_pin.is_some() {
+            return None;
+        }
+        Some(self.conn.as_ref())
+    }
+
+    fn token_serial(&self) -> Option<String> {
+        self.conn.token_serial()
     }
 }
 

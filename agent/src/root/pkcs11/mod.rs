@@ -12,12 +12,14 @@
 //! and a re-initialization by one makes the others' sessions `Stale` (re-login), never wrong.
 //! Several root objects on one *token* (two labels) share that token's sessions and its one
 //! login ([`conn`]): locking one never logs the other out.
-//! Both keep token keypairs ([`keypair`], `keypair create --on-token`). How CKR values become
+//! Both keep token keypairs ([`keypair`], `keypair create --on-token`) and the device key
+//! ([`device_key`]). How CKR values become
 //! root errors is [`error`]. This module must never create a root anywhere but in `init`, and
 //! never keep the PIN after `lock`.
 
 mod aes;
 mod conn;
+mod device_key;
 mod ec;
 mod error;
 mod kek;

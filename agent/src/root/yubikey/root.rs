@@ -468,6 +468,17 @@ impl Root for YubiKeyRoot {
         Ok(())
     }
 
+    /// The card's serial: the one the root is on (known since `init` or `unlock`), else the
+    /// one the config names.
+    fn token_serial(&self) -> Option<String> {
+        let st = lock(&self.inner.state);
+        st.root
+            .as_ref()
+            .map(|r| r.serial)
+            .or(self.inner.opts.serial)
+            .map(|s| s.to_string())
+    }
+
     fn lock(&self) -> Result<(), RootError> {
         self.inner.forget("lock");
         Ok(())
