@@ -473,6 +473,7 @@ fn unlock_after_backoff(
             other => return other.map(|_| ()),
         }
     }
+}
 
 /// Device keys on EC tokens (`key_type = "ec"`): A and B each generate their device key on their
 /// own SoftHSM token (`device list`: `key` is `token`, each with its token's serial, in text
