@@ -179,6 +179,11 @@ fn per_row_check(b: &Body) -> bool {
     b.root_scheme == crate::root::Scheme::Pbkdf2.as_str()
 }
 
+/// The token serial a root locator records (`pkcs11:...;serial=...`), if it is a PKCS#11 URI.
+fn locator_serial(locator: &str) -> Option<String> {
+    crate::root::uri::Pkcs11Uri::parse(locator).ok()?.serial()
+}
+
 fn random32() -> [u8; 32] {
     let mut n = [0u8; 32];
     OsRng.fill_bytes(&mut n);
@@ -272,6 +277,42 @@ impl Hierarchy {
             }
         }
         Ok(None)
+    }
+
+    /// The device whose PIN attempt counter this agent keeps (`hierarchy.rs`, `counter_rows`),
+    /// known before the PIN: the one device row (request or enrolled) whose root is on the
+    /// configured root's token, by the token serial its root locator records (read with
+    /// `C_GetTokenInfo`, no login). `None`, the plain counter rows: the first device
+    /// (self-signed, so single-device keystores keep their counter), no device rows, a root
+    /// that names no token serial (soft, YubiKey, test roots), or no row (or more than one)
+    /// on this token. Rows are read as they are: before unlock their MACs cannot be checked,
+    /// but a writer who forges one only picks which counter is read, as deleting the counter
+    /// would reset it anyway.
+    pub(crate) fn pin_device(&self) -> Result<Option<Uuid>, AgentError> {
+        let root = self.device.configured();
+        let Some(serial) = root.token_serial().filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        let scheme = root.scheme();
+        let mut found: Option<DeviceRow> = None;
+        for d in self.ks.devices()? {
+            let Ok(b) = body_of(&d) else { continue };
+            let on_this_token = b.root_scheme == scheme.as_str()
+                && b.root_locator
+                    .as_deref()
+                    .and_then(locator_serial)
+                    .as_deref()
+                    == Some(serial.as_str());
+            if !on_this_token {
+                continue;
+            }
+            if found.is_some() {
+                tracing::warn!(%serial, "two device rows name this token: the shared PIN counter is used");
+                return Ok(None);
+            }
+            found = Some(d);
+        }
+        Ok(found.and_then(|d| (d.enrolled_by != Some(d.id)).then_some(d.id)))
     }
 
     /// This device's key, to sign with: in memory on a device running on its device key, else
@@ -936,6 +977,104 @@ mod tests {
         let (page, _) = h.device_page(None, 10).expect("both rows verify");
         assert_eq!(page.len(), 2);
         assert_eq!(page[0].row.id, row.id, "the second device sorts first");
+    }
+
+    /// A device row on another token (serial `B-serial`), signed by the first device.
+    fn second_device_on(h: &Hierarchy, serial: &str) -> DeviceRow {
+        let first = h.device_page(None, 10).unwrap().0[0].row.clone();
+        let other = p256::SecretKey::random(&mut OsRng);
+        let body = Body {
+            root_scheme: crate::root::Scheme::Memory.as_str().into(),
+            root_locator: Some(format!(
+                "pkcs11:token=b;serial={serial};object=keyward-root;id=%01;type=secret-key"
+            )),
+            ..Body::default()
+        };
+        let mut row = DeviceRow {
+            id: Uuid::new_v4(),
+            state: ENROLLED.into(),
+            public_key: crate::root::ecdh::sec1(&other.public_key()),
+            token_serial: None,
+            label: Some("second".into()),
+            body: encode(&body),
+            enrolled_by: Some(first.id),
+            signature: None,
+            created: first.created + 1,
+        };
+        row.signature = Some(
+            h.sign_as(&first, &signed_body(&row, None, &body.secret))
+                .unwrap(),
+        );
+        h.ks.device_put(&row).unwrap();
+        row
+    }
+
+    /// The PIN counter is the device's own: an agent whose token is a device's (by the serial
+    /// in the device row's root locator) counts its wrong PINs under `pin_failures/<id>`, and
+    /// `reset-pin-attempts` resets those rows only; the first device, and a token no row names,
+    /// keep the plain rows of single-device keystores.
+    #[test]
+    fn the_pin_counter_is_kept_per_device_by_the_tokens_serial() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Arc::new(Keystore::open(&dir.path().join("ks.db")).unwrap());
+        let root = MemoryRoot::new();
+        let policy = UnlockPolicy {
+            max_attempts: 5,
+            free_attempts: 10,
+            backoff_base_ms: 0,
+            ..UnlockPolicy::default()
+        };
+        let h = Hierarchy::new(ks.clone(), Box::new(root.clone()), policy);
+        let pin = Pin::new("pin-1234");
+        h.init(&pin).unwrap();
+        let b = second_device_on(&h, "B-serial");
+        // No serial, or one no row names: the plain rows.
+        assert_eq!(h.pin_device().unwrap(), None);
+        root.set_token_serial(Some("C-serial"));
+        assert_eq!(h.pin_device().unwrap(), None);
+        assert_eq!(
+            crate::hierarchy::counter_rows(None)[0],
+            crate::hierarchy::META_FAILURES
+        );
+        // On B's token: B's rows.
+        root.set_token_serial(Some("B-serial"));
+        assert_eq!(h.pin_device().unwrap(), Some(b.id));
+        let [n, last, mac] = crate::hierarchy::counter_rows(Some(b.id));
+        assert_eq!(n, format!("pin_failures/{}", b.id));
+        assert_eq!(last, format!("pin_last_failure_ms/{}", b.id));
+        assert_eq!(mac, format!("pin_failures_mac/{}", b.id));
+        // Another device's count on the plain rows (the first device's).
+        ks.set_meta(crate::hierarchy::META_FAILURES, "3").unwrap();
+        h.lock().unwrap();
+        let e = h.unlock(&Pin::new("wrong-pin")).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::PinIncorrect, "{e}");
+        assert_eq!(ks.meta(&n).unwrap().as_deref(), Some("1"));
+        assert_eq!(
+            ks.meta(crate::hierarchy::META_FAILURES).unwrap().as_deref(),
+            Some("3"),
+            "the first device's counter is untouched"
+        );
+        // The reset is this device's only.
+        h.reset_pin_attempts().unwrap();
+        assert_eq!(ks.meta(&n).unwrap().as_deref(), Some("0"));
+        assert_eq!(
+            ks.meta(crate::hierarchy::META_FAILURES).unwrap().as_deref(),
+            Some("3")
+        );
+        // A good PIN settles this device's counter (MAC'd), not the plain one.
+        h.unlock(&pin).unwrap();
+        assert_eq!(ks.meta(&n).unwrap().as_deref(), Some("0"));
+        assert!(
+            ks.meta(&mac).unwrap().is_some(),
+            "settled under the MAC key"
+        );
+        assert_eq!(
+            ks.meta(crate::hierarchy::META_FAILURES).unwrap().as_deref(),
+            Some("3")
+        );
+        // Two rows naming one token: ambiguous, the plain rows.
+        second_device_on(&h, "B-serial");
+        assert_eq!(h.pin_device().unwrap(), None);
     }
 
     /// Bad ids are typed and change nothing.

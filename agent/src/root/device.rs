@@ -123,6 +123,9 @@ impl Root for DeviceRoot {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn token_serial(&self) -> Option<String> {
+        self.inner.token_serial()
+    }
     fn init(&self, pin: &Pin) -> Result<RootInit, RootError> {
         self.inner.init(pin)
     }

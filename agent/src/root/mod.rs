@@ -291,6 +291,13 @@ pub trait Root: Send + Sync {
     fn scheme(&self) -> Scheme;
     /// A description for people: token label, serial.
     fn describe(&self) -> String;
+    /// The serial of the token this root is on, read without a PIN (`C_GetTokenInfo`), to
+    /// tell which device of a shared keystore this agent is before it unlocks (the per-device
+    /// PIN counter, `Hierarchy::pin_device`). `None` (the default): the backend has none, or
+    /// the token cannot be reached.
+    fn token_serial(&self) -> Option<String> {
+        None
+    }
     /// Create the root. Refuses when one exists already. Leaves the root unlocked.
     fn init(&self, pin: &Pin) -> Result<RootInit, RootError>;
     /// Check the PIN and find the root. Never creates a root.

@@ -88,6 +88,10 @@ impl Root for Pkcs11AesRoot {
         self.conn.describe("")
     }
 
+    fn token_serial(&self) -> Option<String> {
+        self.conn.token_serial()
+    }
+
     fn init(&self, pin: &Pin) -> Result<RootInit, RootError> {
         const OP: &str = "init root";
         let s = self.conn.sessions(OP)?;

@@ -952,6 +952,13 @@ impl Connection {
         }
     }
 
+    /// The token's serial (`C_GetTokenInfo`, no login), `None` when it cannot be read.
+    pub(super) fn token_serial(&self) -> Option<String> {
+        const OP: &str = "token serial";
+        let info = self.sessions(OP).and_then(|s| s.token_info(OP)).ok()?;
+        Some(info.serial_number().trim_end().to_string())
+    }
+
     /// A description for people; `suffix` says what kind of root.
     pub(super) fn describe(&self, suffix: &str) -> String {
         let token = self.uri.token().unwrap_or_else(|| "(any)".into());
