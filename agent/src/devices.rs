@@ -206,6 +206,27 @@ pub enum Approval {
     Enrolled { id: Uuid, root: Uuid, wrapped: u64 },
 }
 
+/// This agent as its audit log knows it ([`Hierarchy::audit_self`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AuditSelf {
+    /// The root record the agent runs on.
+    pub root: Uuid,
+    /// The enrolled device row whose root that is: its key signs this agent's checkpoints.
+    pub device: Option<DeviceRow>,
+}
+
+impl AuditSelf {
+    /// The device whose own audit chain rows (`audit_head/<id>`, `audit_key/<id>`, ...) this
+    /// agent writes: `None` for the first device (self-signed; it keeps the plain rows of
+    /// keystores from before devices) and for an agent on no device's root.
+    pub fn chain(&self) -> Option<Uuid> {
+        self.device
+            .as_ref()
+            .filter(|d| d.enrolled_by != Some(d.id))
+            .map(|d| d.id)
+    }
+}
+
 /// One device, for `device.list`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -258,6 +279,8 @@ impl Hierarchy {
             .sign(&signed_body(&row, body.root.as_ref(), &body.secret));
         row.signature = Some(sig.to_der().as_bytes().to_vec());
         self.ks.device_put(&row)?;
+        // Whoever the audit log took this agent for (no device) is out of date.
+        *lock(&self.audit_self) = None;
         tracing::info!(%id, "first device enrolled (self-signed)");
         Ok(row)
     }
@@ -265,18 +288,62 @@ impl Hierarchy {
     /// The device this agent runs as, to name its audit chain head (`audit.rs`): `None` on a
     /// keystore with no enrolled device row, for the first device (self-signed: it keeps the
     /// plain `audit_head` rows of keystores from before devices), and while the agent's root is
-    /// not known yet (never unlocked). Only reads: unlike [`Hierarchy::own_device`] it never
-    /// writes a row.
+    /// not known yet (never unlocked). From [`Hierarchy::audit_self`]: no keystore read while
+    /// unlocked after the first.
     pub(crate) fn audit_device(&self) -> Result<Option<Uuid>, AgentError> {
+        Ok(self.audit_self()?.and_then(|me| me.chain()))
+    }
+
+    /// Who this agent is for its audit log: its root, and the enrolled device row that runs on
+    /// it (`None`: no device row names this root, e.g. a backup root added with `root add`).
+    /// Read from the keystore (the device rows, their signatures checked back to the first
+    /// device while the MAC key is loaded) once per unlock and kept until lock: it cannot
+    /// change meanwhile (a device cannot revoke itself; `root rotate` locks; `device revoke`
+    /// clears it too). `None` before the agent's root is known. Only reads: unlike
+    /// [`Hierarchy::own_device`] it never writes a row.
+    pub(crate) fn audit_self(&self) -> Result<Option<AuditSelf>, AgentError> {
         let Some(own) = lock(&self.own_root).as_ref().map(|r| r.id) else {
             return Ok(None);
         };
-        for d in self.ks.devices()?.iter().filter(|d| d.state == ENROLLED) {
+        if let Some(me) = lock(&self.audit_self).as_ref().filter(|me| me.root == own) {
+            return Ok(Some(me.clone()));
+        }
+        let rows = self.ks.devices()?;
+        let mut device = None;
+        for d in rows.iter().filter(|d| d.state == ENROLLED) {
             if body_of(d)?.root == Some(own) {
-                return Ok((d.enrolled_by != Some(d.id)).then_some(d.id));
+                device = Some(d.clone());
+                break;
             }
         }
-        Ok(None)
+        let unlocked = !self.is_locked() && self.ks.has_mac_key();
+        if unlocked && device.is_some() {
+            // The row's key is the verifying key of this device's checkpoints: it must be
+            // signed back to the first device, not merely MAC'd.
+            self.check_devices("audit", &rows)?;
+        }
+        let me = AuditSelf { root: own, device };
+        // Kept only while unlocked (rows read while locked were not MAC-checked).
+        if unlocked && !self.is_locked() {
+            // This device's key is recorded as its chain's before the chain's first head is
+            // (a head that exists already: the chain is older than device keys, see
+            // `record_audit_key`).
+            if let Some(public) = me
+                .device
+                .as_ref()
+                .and_then(|d| keyward_identity::PublicKey::from_sec1_bytes(&d.public_key).ok())
+            {
+                // A key row that does not verify stops checkpoints (`audit_signer` refuses
+                // it), not the head.
+                if let Err(e) =
+                    self.record_audit_key(me.chain(), &hex::encode(public.to_sec1_compressed()))
+                {
+                    tracing::error!(error = %e, "audit: this device's audit key is not recorded");
+                }
+            }
+            *lock(&self.audit_self) = Some(me.clone());
+        }
+        Ok(Some(me))
     }
 
     /// The device whose PIN attempt counter this agent keeps (`hierarchy.rs`, `counter_rows`),
@@ -317,7 +384,7 @@ impl Hierarchy {
 
     /// This device's key, to sign with: in memory on a device running on its device key, else
     /// opened from its row with the configured root.
-    fn sign_as(&self, own: &DeviceRow, msg: &[u8]) -> Result<Vec<u8>, AgentError> {
+    pub(crate) fn sign_as(&self, own: &DeviceRow, msg: &[u8]) -> Result<Vec<u8>, AgentError> {
         if self.device.on_device_key() {
             if let Some(sig) = self.device.sign_device(msg) {
                 return Ok(sig);
@@ -856,6 +923,7 @@ impl Hierarchy {
             }
         }
         lock(&self.keks).clear();
+        *lock(&self.audit_self) = None;
         tracing::info!(device = %uuid, keks = rotated.len(), deks = deks.len(), "device revoked");
         Ok((uuid, rotated, deks))
     }
@@ -1075,6 +1143,39 @@ mod tests {
         // Two rows naming one token: ambiguous, the plain rows.
         second_device_on(&h, "B-serial");
         assert_eq!(h.pin_device().unwrap(), None);
+    }
+
+    /// Who the agent is for its audit log is read once per unlock (not at every audit sync):
+    /// while unlocked, later calls read no device row (a row deleted meanwhile is not seen);
+    /// lock forgets it, and the next unlock reads the rows again.
+    #[test]
+    fn the_audit_identity_is_read_once_per_unlock_and_forgotten_at_lock() {
+        let (_d, h) = ready();
+        let b = second_device_on(&h, "B-serial");
+        let first = h.device_page(None, 10).unwrap().0[0].row.clone();
+        let first = if first.id == b.id {
+            h.device_page(None, 10).unwrap().0[1].row.clone()
+        } else {
+            first
+        };
+        let me = h.audit_self().unwrap().expect("unlocked after init");
+        assert_eq!(me.device.as_ref().map(|d| d.id), Some(first.id));
+        assert_eq!(me.chain(), None, "the first device keeps the plain rows");
+        assert_eq!(h.audit_device().unwrap(), None);
+        // Kept: the rows are not read again while unlocked.
+        h.ks.device_delete(&first.id).unwrap();
+        for _ in 0..3 {
+            assert_eq!(h.audit_self().unwrap(), Some(me.clone()));
+        }
+        // Forgotten at lock; read again at the next unlock.
+        h.lock().unwrap();
+        assert!(crate::hierarchy::lock(&h.audit_self).is_none());
+        h.unlock(&Pin::new("pin-1234")).unwrap();
+        let again = h.audit_self().unwrap().expect("unlocked");
+        assert_eq!(
+            again.device, None,
+            "the deleted row is seen after the unlock"
+        );
     }
 
     /// Bad ids are typed and change nothing.

@@ -173,6 +173,10 @@ pub struct Hierarchy {
     /// `init` made, or the one `unlock` found its backend opens. Root records change (`root
     /// add`/`remove`), so this is the agent's own record only, chosen again at each unlock.
     pub(crate) own_root: Mutex<Option<KeyRecord>>,
+    /// Who this agent is for its audit log, from its unlock to its lock
+    /// ([`Hierarchy::audit_self`], `devices.rs`): one read of the device rows per unlock, not
+    /// one per audit sync.
+    pub(crate) audit_self: Mutex<Option<crate::devices::AuditSelf>>,
     /// Serialises init/unlock so the attempt counter cannot be raced.
     pin_gate: Mutex<()>,
     /// The highest (failures, last failure ms) this process has seen: the stored counter can be
@@ -231,6 +235,7 @@ impl Hierarchy {
             keks: Mutex::new(HashMap::new()),
             key_cache: crate::key_cache::KeyCache::new(),
             own_root: Mutex::new(None),
+            audit_self: Mutex::new(None),
             pin_gate: Mutex::new(()),
             seen: Mutex::new((0, 0)),
             held_pin: Mutex::new(None),
@@ -658,6 +663,7 @@ impl Hierarchy {
     /// Lock after a refused unlock, without reporting lock errors over the original one.
     pub(crate) fn lock_quietly(&self) {
         lock(&self.keks).clear();
+        *lock(&self.audit_self) = None;
         self.key_cache.clear();
         self.ks.set_mac_key(None);
         *lock(&self.held_pin) = None;
@@ -808,6 +814,7 @@ impl Hierarchy {
 
     pub fn lock(&self) -> Result<(), AgentError> {
         lock(&self.keks).clear();
+        *lock(&self.audit_self) = None;
         self.key_cache.clear();
         self.ks.set_mac_key(None);
         *lock(&self.held_pin) = None;

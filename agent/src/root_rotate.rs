@@ -335,6 +335,7 @@ impl Hierarchy {
         for d in self.ks.devices()? {
             metas.push(crate::audit::rekey_device_head(d.id));
             metas.push(crate::hierarchy::rekey_device_counter(d.id));
+            metas.extend(crate::audit::rekey_device_keys(d.id));
         }
         let mut clear = vec![META_REKEY, META_REKEY_MAC];
         clear.extend(REKEY_KEY_ROWS);

@@ -1204,6 +1204,7 @@ impl Handler for Service {
                 head_hash: None,
                 checked: false,
                 previous_keys: Vec::new(),
+                key_device: None,
             }),
         }
     }
