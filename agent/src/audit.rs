@@ -1955,6 +1955,39 @@ mod tests {
         log.shutdown();
     }
 
+    /// An audit sync writes the chain head and reads no device row (each keystore call is a
+    /// PostgreSQL round trip): who the agent is was read once, at the first sync after the
+    /// unlock, and is kept until lock. (It was one `devices` read per sync.)
+    #[test]
+    fn audit_syncs_read_the_device_rows_once_per_unlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        let cfg = AuditConfig {
+            sync_ms: 0,
+            ..AuditConfig::default()
+        };
+        let a = Audit::open(&cfg, &path, h.clone()).unwrap();
+        assert!(a.append(rec("warm up"), true));
+        let (reads, syncs) = (h.ks.device_reads(), a.syncs());
+        for i in 0..20 {
+            assert!(a.append(rec(&format!("op{i}")), true));
+        }
+        let (reads, syncs) = (h.ks.device_reads() - reads, a.syncs() - syncs);
+        assert!(syncs >= 20, "each waiting request synced: {syncs}");
+        assert_eq!(reads, 0, "{reads} devices reads for {syncs} syncs");
+        // After a lock and an unlock: read once more, then not again.
+        h.lock().unwrap();
+        h.unlock(&Pin::new("1234")).unwrap();
+        let before = h.ks.device_reads();
+        for i in 0..5 {
+            assert!(a.append(rec(&format!("again{i}")), true));
+        }
+        assert_eq!(h.ks.device_reads() - before, 1);
+        a.shutdown();
+    }
+
     #[test]
     fn rotation_keeps_one_chain_and_a_restart_continues_it() {
         let dir = tempfile::tempdir().unwrap();
