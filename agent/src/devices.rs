@@ -348,8 +348,8 @@ impl Hierarchy {
 
     /// The device whose PIN attempt counter this agent keeps (`hierarchy.rs`, `counter_rows`),
     /// known before the PIN: the one device row (request or enrolled) whose root is on the
-    /// configured root's token, by the token serial its root locator records (read with
-    /// `C_GetTokenInfo`, no login). `None`, the plain counter rows: the first device
+    /// configured root's token (read with `C_GetTokenInfo`, no login), by the row's
+    /// `token_serial` when it has one, else the serial its root locator records. `None`, the plain counter rows: the first device
     /// (self-signed, so single-device keystores keep their counter), no device rows, a root
     /// that names no token serial (soft, YubiKey, test roots), or no row (or more than one)
     /// on this token. Rows are read as they are: before unlock their MACs cannot be checked,
@@ -364,12 +364,13 @@ impl Hierarchy {
         let mut found: Option<DeviceRow> = None;
         for d in self.ks.devices()? {
             let Ok(b) = body_of(&d) else { continue };
-            let on_this_token = b.root_scheme == scheme.as_str()
-                && b.root_locator
-                    .as_deref()
-                    .and_then(locator_serial)
-                    .as_deref()
-                    == Some(serial.as_str());
+            // The row's token serial when it records one, else the serial in its root locator.
+            let row_serial = d
+                .token_serial
+                .clone()
+                .or_else(|| b.root_locator.as_deref().and_then(locator_serial));
+            let on_this_token =
+                b.root_scheme == scheme.as_str() && row_serial.as_deref() == Some(serial.as_str());
             if !on_this_token {
                 continue;
             }
@@ -1143,6 +1144,21 @@ mod tests {
         // Two rows naming one token: ambiguous, the plain rows.
         second_device_on(&h, "B-serial");
         assert_eq!(h.pin_device().unwrap(), None);
+        // A row that records its token serial (the column) is found by it.
+        let mut d = second_device_on(&h, "other-serial");
+        d.token_serial = Some("D-serial".into());
+        let first = h
+            .device_page(None, 10)
+            .unwrap()
+            .0
+            .into_iter()
+            .find(|i| i.row.enrolled_by == Some(i.row.id))
+            .unwrap()
+            .row;
+        d.signature = Some(h.sign_as(&first, &signed_body(&d, None, &[])).unwrap());
+        h.ks.device_put(&d).unwrap();
+        root.set_token_serial(Some("D-serial"));
+        assert_eq!(h.pin_device().unwrap(), Some(d.id));
     }
 
     /// Who the agent is for its audit log is read once per unlock (not at every audit sync):
