@@ -291,7 +291,23 @@ impl Hierarchy {
     /// not known yet (never unlocked). From [`Hierarchy::audit_self`]: no keystore read while
     /// unlocked after the first.
     pub(crate) fn audit_device(&self) -> Result<Option<Uuid>, AgentError> {
-        Ok(self.audit_self()?.and_then(|me| me.chain()))
+        match self.audit_self() {
+            Ok(me) => Ok(me.and_then(|me| me.chain())),
+            // The rows do not check (a signer revoked, a forged row): no key to sign with, but
+            // the head is still this device's, by its row as read (every time, then).
+            Err(AgentError::Devices(DeviceRefusal::BadSignature { .. })) => {
+                let Some(own) = lock(&self.own_root).as_ref().map(|r| r.id) else {
+                    return Ok(None);
+                };
+                for d in self.ks.devices()?.iter().filter(|d| d.state == ENROLLED) {
+                    if body_of(d)?.root == Some(own) {
+                        return Ok((d.enrolled_by != Some(d.id)).then_some(d.id));
+                    }
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Who this agent is for its audit log: its root, and the enrolled device row that runs on
@@ -1191,6 +1207,37 @@ mod tests {
         assert_eq!(
             again.device, None,
             "the deleted row is seen after the unlock"
+        );
+    }
+
+    /// A device row that does not check (here: self-signed, not the first) stops the audit
+    /// identity (no key to sign checkpoints with) but not the head's name.
+    #[test]
+    fn rows_that_do_not_check_refuse_the_audit_key_not_the_head() {
+        let (_d, h) = ready();
+        let stranger = p256::SecretKey::random(&mut OsRng);
+        let mut row = DeviceRow {
+            id: Uuid::new_v4(),
+            state: ENROLLED.into(),
+            public_key: crate::root::ecdh::sec1(&stranger.public_key()),
+            token_serial: None,
+            label: Some("forged".into()),
+            body: encode(&Body::default()),
+            enrolled_by: None,
+            signature: None,
+            created: crate::keystore::now(),
+        };
+        row.enrolled_by = Some(row.id);
+        let sig: p256::ecdsa::Signature =
+            p256::ecdsa::SigningKey::from(&stranger).sign(&signed_body(&row, None, &[]));
+        row.signature = Some(sig.to_der().as_bytes().to_vec());
+        h.ks.device_put(&row).unwrap();
+        let e = h.audit_self().unwrap_err();
+        assert_eq!(e.code(), ErrorCode::KeystoreTampered, "{e}");
+        assert_eq!(
+            h.audit_device().unwrap(),
+            None,
+            "the first device's head rows"
         );
     }
 
