@@ -60,9 +60,16 @@ use zeroize::Zeroizing;
 /// sharing one keystore do not overwrite each other's head.
 const META_HEAD: &str = "audit_head";
 const META_HEAD_MAC: &str = "audit_head_mac";
-/// Meta row: the audit key's public half (SEC1 compressed, hex), MAC'd. The private half is
-/// never stored: it is derived from the keystore MAC key ([`derive_audit_key`]), which every
-/// enrolled root opens, so an agent on any of them signs with the same key.
+/// Meta row: the public half (SEC1 compressed, hex), MAC'd, of the key that signs this chain's
+/// checkpoints now, one per chain as the head ([`key_rows`]); the keys before it are in
+/// `audit_key_previous` (MAC'd, oldest first). An agent running as an enrolled device signs
+/// with its **device key** (`devices.rs`), which no other device holds, and whose public half
+/// the verifier takes from the device row (signed back to the first device), never from this
+/// row. An agent on no device's root (a backup root after `root add`, the new root after
+/// `root rotate`) signs with the key derived from the keystore MAC key ([`derive_audit_key`]),
+/// as every agent did before devices. When the signing key changes, the recorded one joins the
+/// earlier keys, so a log that spans the change verifies (each checkpoint with the key of its
+/// time, and only forward: `keyward_audit::Trust::previous`).
 const META_KEY: &str = "audit_key";
 const META_KEY_MAC: &str = "audit_key_mac";
 
@@ -560,17 +567,26 @@ impl Audit {
     pub fn info(&self) -> Result<keyward_proto::ops::AuditInfoResult, crate::error::AgentError> {
         self.flush();
         let ks = &self.h.ks;
-        let key = ks.meta(META_KEY)?;
-        let key_mac = ks.meta(META_KEY_MAC)?;
-        let (head_row, head_mac_row) = head_rows(self.h.audit_device()?);
+        let me = self.h.audit_self()?;
+        let chain = me.as_ref().and_then(crate::devices::AuditSelf::chain);
+        let device = me.and_then(|m| m.device);
+        let [key_row, key_mac_row, previous_row, previous_mac_row] = key_rows(chain);
+        let key = ks.meta(&key_row)?;
+        let key_mac = ks.meta(&key_mac_row)?;
+        let (head_row, head_mac_row) = head_rows(chain);
         let head = ks.meta(&head_row)?;
         let head_mac = ks.meta(&head_mac_row)?;
-        let public = key.as_deref().and_then(parse_key_row);
+        let recorded = key.as_deref().and_then(parse_key_row);
+        // This device's key comes from its device row (MAC'd, and signed back to the first
+        // device), never from a meta row; an agent on no device's root: the recorded key.
+        let device_key = device.as_ref().and_then(|d| compressed(&d.public_key));
+        let public = device_key.clone().or(recorded.clone());
         let parsed_head = head.as_deref().and_then(parse_head_row);
-        // The keys before each replacement of the integrity key (`root rotate --compromised`).
-        let previous = ks.meta(crate::root_rotate::META_AUDIT_PREVIOUS)?;
-        let previous_mac = ks.meta(crate::root_rotate::META_AUDIT_PREVIOUS_MAC)?;
-        let previous_keys: Vec<Vec<u8>> = previous
+        // The keys before: each replacement of the integrity key (`root rotate --compromised`)
+        // and each change of signing key ([`Hierarchy::record_audit_key`]).
+        let previous = ks.meta(&previous_row)?;
+        let previous_mac = ks.meta(&previous_mac_row)?;
+        let mut previous_keys: Vec<Vec<u8>> = previous
             .as_deref()
             .map(|l| l.split(',').filter_map(parse_key_row).collect())
             .unwrap_or_default();
@@ -581,11 +597,29 @@ impl Audit {
                 previous_mac.as_deref(),
             )
         });
+        let key_ok = key
+            .as_deref()
+            .is_none_or(|k| mac_ok(ks, &key_body(k), key_mac.as_deref()));
+        // The key recorded is not this device's yet (read while locked, before this unlock
+        // recorded it): it signed the checkpoints before. A device's chain older than device
+        // keys (a head, no key) inherits the derived key of the plain rows, as
+        // `record_audit_key` will record.
+        let mut inherited_ok = true;
+        match (&device_key, &recorded) {
+            (Some(d), Some(r)) if d != r => previous_keys.push(r.clone()),
+            (Some(_), None) if chain.is_some() && head.is_some() => {
+                if let Some(plain) = ks.meta(META_KEY)? {
+                    inherited_ok = mac_ok(ks, &key_body(&plain), ks.meta(META_KEY_MAC)?.as_deref());
+                    previous_keys.extend(parse_key_row(&plain));
+                }
+            }
+            _ => {}
+        }
         let checked = ks.has_mac_key()
             && previous_ok
-            && key
-                .as_deref()
-                .is_some_and(|k| mac_ok(ks, &key_body(k), key_mac.as_deref()))
+            && key_ok
+            && inherited_ok
+            && public.is_some()
             && head
                 .as_deref()
                 .is_some_and(|h| mac_ok(ks, &head_body(h), head_mac.as_deref()));
@@ -593,6 +627,7 @@ impl Audit {
             path: Some(self.path.display().to_string()),
             required: self.required,
             failing: self.failing(),
+            key_device: device_key.and(device.map(|d| d.id.to_string())),
             public_key: public.map(serde_bytes::ByteBuf::from),
             head_seq: parsed_head.map(|h| h.0),
             head_hash: parsed_head.map(|h| serde_bytes::ByteBuf::from(h.1.to_vec())),
@@ -684,6 +719,46 @@ pub(crate) fn rekey_device_head(id: uuid::Uuid) -> crate::keystore::MetaMac {
     }
 }
 
+/// A chain's audit key rows (current key, its MAC, the earlier keys, their MAC), named as
+/// [`head_rows`]: the plain names (`audit_key`, `audit_key_previous`, ...) for `None`, else
+/// keyed by the device id.
+fn key_rows(device: Option<uuid::Uuid>) -> [Cow<'static, str>; 4] {
+    use crate::root_rotate::{META_AUDIT_PREVIOUS, META_AUDIT_PREVIOUS_MAC};
+    match device {
+        None => [
+            Cow::Borrowed(META_KEY),
+            Cow::Borrowed(META_KEY_MAC),
+            Cow::Borrowed(META_AUDIT_PREVIOUS),
+            Cow::Borrowed(META_AUDIT_PREVIOUS_MAC),
+        ],
+        Some(id) => [
+            Cow::Owned(format!("{META_KEY}/{id}")),
+            Cow::Owned(format!("{META_KEY_MAC}/{id}")),
+            Cow::Owned(format!("{META_AUDIT_PREVIOUS}/{id}")),
+            Cow::Owned(format!("{META_AUDIT_PREVIOUS_MAC}/{id}")),
+        ],
+    }
+}
+
+/// For the integrity key's replacement: the audit key rows of the device `id` (its keyed rows,
+/// re-MAC'd and kept: a device key does not change with the MAC key). Rows that do not exist
+/// are skipped.
+pub(crate) fn rekey_device_keys(id: uuid::Uuid) -> [crate::keystore::MetaMac; 2] {
+    let [key, key_mac, previous, previous_mac] = key_rows(Some(id));
+    [
+        crate::keystore::MetaMac {
+            values: Cow::Owned(vec![key]),
+            mac: key_mac,
+            body: REKEY_KEY.body,
+        },
+        crate::keystore::MetaMac {
+            values: Cow::Owned(vec![previous]),
+            mac: previous_mac,
+            body: |v| crate::root_rotate::previous_body(v[0].as_deref().unwrap_or("")),
+        },
+    ]
+}
+
 /// For the integrity key's replacement (`root_rotate.rs`): the head's and the key row's MACs
 /// (checked under the old key, the head re-MAC'd), and the key rows, dropped then: the audit key
 /// derives from the MAC key, so the new one is recorded at its first use. Every other device's
@@ -711,6 +786,16 @@ fn parse_head_row(row: &str) -> Option<(u64, [u8; 32])> {
     Some((s.parse().ok()?, hex::decode(h).ok()?.try_into().ok()?))
 }
 
+/// A device row's public key as the key rows hold it (SEC1 compressed).
+fn compressed(sec1: &[u8]) -> Option<Vec<u8>> {
+    Some(
+        keyward_identity::PublicKey::from_sec1_bytes(sec1)
+            .ok()?
+            .to_sec1_compressed()
+            .to_vec(),
+    )
+}
+
 /// The audit key's public half from its meta row (hex SEC1).
 fn parse_key_row(row: &str) -> Option<Vec<u8>> {
     let bytes = hex::decode(row.trim()).ok()?;
@@ -736,38 +821,135 @@ fn derive_audit_key(ks: &crate::keystore::Keystore) -> Option<LocalKey> {
     None
 }
 
+/// What signs this agent's checkpoints ([`Hierarchy::audit_signer`]).
+enum AuditSigner {
+    /// The device key of the device this agent runs as (`Hierarchy::sign_as`).
+    Device(crate::keystore::DeviceRow),
+    /// The key derived from the keystore MAC key: an agent on no device's root.
+    Derived(LocalKey),
+}
+
 impl Hierarchy {
-    /// The audit key, made (and recorded, MAC'd) the first time it is needed. `None` while the
-    /// agent is locked or not initialized; an error when the stored key's MAC does not verify
-    /// (it is then never used, and never replaced: that needs a person).
+    /// The derived audit key ([`derive_audit_key`]), as agents on no device's root sign with.
+    /// `None` while the agent is locked or not initialized.
+    #[cfg(test)]
     fn audit_key(&self) -> Result<Option<LocalKey>, crate::error::AgentError> {
+        if self.is_locked() || !self.ks.has_mac_key() || self.root_record("audit").is_err() {
+            return Ok(None);
+        }
+        Ok(derive_audit_key(&self.ks))
+    }
+
+    /// What signs this agent's checkpoints: its device key when it runs as an enrolled device,
+    /// else the derived key; the key is recorded for its chain first ([`Self::record_audit_key`]).
+    /// `None` while the agent is locked or not initialized; an error when the chain's key rows
+    /// do not verify (they are then never used, and never replaced: that needs a person).
+    fn audit_signer(&self) -> Result<Option<AuditSigner>, crate::error::AgentError> {
         use crate::error::{AgentError, Tampering};
         if self.is_locked() || !self.ks.has_mac_key() || self.root_record("audit").is_err() {
             return Ok(None);
         }
-        let Some(key) = derive_audit_key(&self.ks) else {
-            return Ok(None);
-        };
-        let public = hex::encode(key.public_key().to_sec1_compressed());
-        if let Some(row) = self.ks.meta(META_KEY)? {
-            // The row only publishes the public half; it must be this keystore's own.
-            if !mac_ok(
-                &self.ks,
-                &key_body(&row),
-                self.ks.meta(META_KEY_MAC)?.as_deref(),
-            ) || parse_key_row(&row).map(hex::encode).as_deref() != Some(public.as_str())
-            {
-                return Err(AgentError::KeystoreTampered(Tampering::AuditKey));
+        let me = self.audit_self()?;
+        let chain = me.as_ref().and_then(crate::devices::AuditSelf::chain);
+        let (signer, public) = match me.and_then(|m| m.device) {
+            Some(row) => {
+                let public = compressed(&row.public_key)
+                    .ok_or(AgentError::KeystoreTampered(Tampering::AuditKey))?;
+                (AuditSigner::Device(row), public)
             }
-            return Ok(Some(key));
-        }
-        let Some(mac) = self.ks.mac_tag(&key_body(&public)).map(hex::encode) else {
-            return Ok(None);
+            None => {
+                let Some(key) = derive_audit_key(&self.ks) else {
+                    return Ok(None);
+                };
+                let public = key.public_key().to_sec1_compressed().to_vec();
+                (AuditSigner::Derived(key), public)
+            }
         };
-        self.ks
-            .set_metas(&[(META_KEY, Some(&public)), (META_KEY_MAC, Some(&mac))])?;
-        tracing::info!("audit: recorded the audit key (checkpoint signatures)");
-        Ok(Some(key))
+        self.record_audit_key(chain, &hex::encode(public))?;
+        Ok(Some(signer))
+    }
+
+    /// Record `public` (hex SEC1 compressed) as the key of `chain`'s checkpoints, MAC'd. A
+    /// different key recorded before joins the chain's earlier keys (its checkpoints keep
+    /// verifying). A device's keyed chain with no key recorded yet, but a head (written by an
+    /// agent from before device keys, which signed with the derived key; this agent records
+    /// its key before its first head, [`Hierarchy::audit_self`]), inherits the derived key of
+    /// the plain rows as its earlier key; a chain that starts with device keys never trusts
+    /// it. A row whose MAC does not verify is an error, and is not replaced.
+    pub(crate) fn record_audit_key(
+        &self,
+        chain: Option<uuid::Uuid>,
+        public: &str,
+    ) -> Result<(), crate::error::AgentError> {
+        use crate::error::{AgentError, Tampering};
+        let tampered = || AgentError::KeystoreTampered(Tampering::AuditKey);
+        let [key_row, key_mac_row, previous_row, previous_mac_row] = key_rows(chain);
+        let checked = |row: &str, mac_row: &str| -> Result<Option<String>, AgentError> {
+            let Some(v) = self.ks.meta(row)? else {
+                return Ok(None);
+            };
+            if !mac_ok(&self.ks, &key_body(&v), self.ks.meta(mac_row)?.as_deref())
+                || parse_key_row(&v).is_none()
+            {
+                return Err(tampered());
+            }
+            Ok(Some(v))
+        };
+        let recorded = checked(&key_row, &key_mac_row)?;
+        if recorded
+            .as_deref()
+            .and_then(parse_key_row)
+            .map(hex::encode)
+            .as_deref()
+            == Some(public)
+        {
+            return Ok(());
+        }
+        let earlier = match (recorded, chain) {
+            (Some(r), _) => Some(r),
+            (None, Some(_)) if self.ks.meta(&head_rows(chain).0)?.is_some() => {
+                checked(META_KEY, META_KEY_MAC)?
+            }
+            (None, _) => None,
+        };
+        let Some(mac) = self.ks.mac_tag(&key_body(public)).map(hex::encode) else {
+            return Ok(());
+        };
+        let mut set: Vec<(&str, Option<String>)> = vec![
+            (&key_row, Some(public.to_string())),
+            (&key_mac_row, Some(mac)),
+        ];
+        if let Some(earlier) = earlier {
+            let list = match self.ks.meta(&previous_row)? {
+                Some(l) if !l.is_empty() => {
+                    if !mac_ok(
+                        &self.ks,
+                        &crate::root_rotate::previous_body(&l),
+                        self.ks.meta(&previous_mac_row)?.as_deref(),
+                    ) {
+                        return Err(tampered());
+                    }
+                    format!("{l},{}", earlier.trim())
+                }
+                _ => earlier.trim().to_string(),
+            };
+            let Some(tag) = self
+                .ks
+                .mac_tag(&crate::root_rotate::previous_body(&list))
+                .map(hex::encode)
+            else {
+                return Ok(());
+            };
+            set.push((&previous_row, Some(list)));
+            set.push((&previous_mac_row, Some(tag)));
+        }
+        let set: Vec<(&str, Option<&str>)> = set.iter().map(|(k, v)| (*k, v.as_deref())).collect();
+        self.ks.set_metas(&set)?;
+        tracing::info!(
+            device = ?chain,
+            "audit: recorded the key that signs this chain's checkpoints"
+        );
+        Ok(())
     }
 
     /// Record the chain head (this device's rows, [`head_rows`]), MAC'd; nothing while locked
@@ -1398,17 +1580,27 @@ impl Writer {
 /// The signature of a checkpoint over entry `seq` (hash `prev`), if the agent can sign now
 /// (`None`: locked, or the audit key is unusable). Called without the writer's lock.
 fn sign_snapshot(h: &Hierarchy, seq: u64, prev: &[u8; 32]) -> Option<String> {
-    let key = match h.audit_key() {
-        Ok(Some(k)) => k,
+    use keyward_identity::cose::Sign1Error;
+    use keyward_identity::ecdsa::SignError;
+    let signer = match h.audit_signer() {
+        Ok(Some(s)) => s,
         Ok(None) => return None,
         Err(e) => {
             tracing::error!(error = %e, "audit: no checkpoint: the audit key is unusable");
             return None;
         }
     };
-    keyward_audit::sign_checkpoint(&key, seq, prev)
-        .map_err(|e| tracing::error!(error = %e, "audit: signing a checkpoint failed"))
-        .ok()
+    match signer {
+        AuditSigner::Derived(key) => keyward_audit::sign_checkpoint(&key, seq, prev),
+        // The device key's own sign function (in memory on an enrolled device, opened by the
+        // configured root on the first one).
+        AuditSigner::Device(row) => keyward_audit::sign_checkpoint_message(seq, prev, |tbs| {
+            h.sign_as(&row, tbs)
+                .map_err(|e| Sign1Error::Sign(SignError::Backend(Box::new(e))))
+        }),
+    }
+    .map_err(|e| tracing::error!(error = %e, "audit: signing a checkpoint failed"))
+    .ok()
 }
 
 impl Writer {
@@ -1604,26 +1796,202 @@ mod tests {
 
     /// Found bug: the audit key was wrapped under a KEK of the root that made it, with no wrap
     /// for the other enrolled roots, so an agent running on a backup root (after `root add`,
-    /// `recovery restore` or `root rotate`) could not sign checkpoints any more.
+    /// `recovery restore` or `root rotate`) could not sign checkpoints any more. Now the first
+    /// device signs with its device key, an agent on the backup root (no device of its own)
+    /// with the derived key, and one log written by both verifies: the device key is recorded
+    /// as the earlier key when the backup root's agent records its own.
     #[test]
-    fn an_agent_on_another_enrolled_root_signs_with_the_same_audit_key() {
+    fn an_agent_on_another_enrolled_root_signs_and_a_log_across_both_verifies() {
         let dir = tempfile::tempdir().unwrap();
         let ks = Arc::new(Keystore::open(&dir.path().join("ks.db")).unwrap());
         let policy = crate::config::UnlockPolicy {
             backoff_base_ms: 0,
             ..Default::default()
         };
-        let a = Hierarchy::new(ks.clone(), Box::new(MemoryRoot::new()), policy);
+        let a = Arc::new(Hierarchy::new(
+            ks.clone(),
+            Box::new(MemoryRoot::new()),
+            policy,
+        ));
         a.init(&Pin::new("1234")).unwrap();
-        let key_a = a.audit_key().unwrap().expect("audit key on A").public_key();
+        let path = dir.path().join("audit.log");
+        let log = Audit::open(&AuditConfig::default(), &path, a.clone()).unwrap();
+        for i in 0..3 {
+            assert!(log.append(rec(&format!("on A {i}")), true));
+        }
+        assert!(log.checkpoint("every"));
+        let device = ks.devices().unwrap()[0].clone();
+        let device_key = compressed(&device.public_key).unwrap();
+        let info = log.info().unwrap();
+        assert_eq!(info.key_device, Some(device.id.to_string()));
+        assert_eq!(
+            info.public_key.as_deref().map(|k| k.to_vec()),
+            Some(device_key.clone())
+        );
+        assert!(info.checked && info.previous_keys.is_empty(), "{info:?}");
         let b_root = MemoryRoot::new();
         a.root_add(&b_root, &Pin::new("1234"), Some("backup".into()))
             .unwrap();
+        log.shutdown();
+        drop(log);
         a.lock().unwrap();
-        let b = Hierarchy::new(ks, Box::new(b_root), policy);
+        let b = Arc::new(Hierarchy::new(ks, Box::new(b_root), policy));
         b.unlock(&Pin::new("1234")).unwrap();
-        let key_b = b.audit_key().unwrap().expect("audit key on B").public_key();
-        assert_eq!(key_a, key_b);
+        let derived = b
+            .audit_key()
+            .unwrap()
+            .expect("derived key on B")
+            .public_key();
+        let log = Audit::open(&AuditConfig::default(), &path, b.clone()).unwrap();
+        for i in 0..3 {
+            assert!(log.append(rec(&format!("on B {i}")), true));
+        }
+        assert!(log.checkpoint("every"));
+        let info = log.info().unwrap();
+        assert_eq!(info.key_device, None);
+        assert_eq!(
+            info.public_key.as_deref().map(|k| k.to_vec()),
+            Some(derived.to_sec1_compressed().to_vec())
+        );
+        assert_eq!(
+            info.previous_keys
+                .iter()
+                .map(|k| k.to_vec())
+                .collect::<Vec<_>>(),
+            vec![device_key]
+        );
+        assert!(info.checked, "{info:?}");
+        let r = keyward_audit::verify(&keyward_audit::read_lines(&path).unwrap(), &trust(&log));
+        assert_eq!(r.problem, None, "{r:?}");
+        assert_eq!(
+            r.signed_by,
+            Some(1),
+            "the last checkpoint by the current key: {r:?}"
+        );
+        log.shutdown();
+    }
+
+    /// A log whose checkpoints were signed with the derived key (every agent's, before device
+    /// keys) keeps verifying once the device signs with its device key: the derived key joins
+    /// the chain's earlier keys, and only forward (no derived-key checkpoint is accepted after
+    /// a device-key one).
+    #[test]
+    fn a_log_from_before_device_keys_keeps_verifying_after_the_switch() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        // Before devices: no device row, the derived key signs (and is recorded).
+        let first = h.ks.devices().unwrap()[0].id;
+        h.ks.device_delete(&first).unwrap();
+        *crate::hierarchy::lock(&h.audit_self) = None;
+        let path = dir.path().join("audit.log");
+        let log = Audit::open(&AuditConfig::default(), &path, h.clone()).unwrap();
+        for i in 0..3 {
+            assert!(log.append(rec(&format!("old {i}")), true));
+        }
+        assert!(log.checkpoint("every"));
+        let derived = h
+            .audit_key()
+            .unwrap()
+            .unwrap()
+            .public_key()
+            .to_sec1_compressed();
+        assert_eq!(
+            h.ks.meta(META_KEY).unwrap(),
+            Some(hex::encode(derived)),
+            "the derived key is recorded"
+        );
+        let old_log = std::fs::read(&path).unwrap();
+        // The first device is recorded (as at the first unlock of such a keystore's `init`):
+        // from now on it signs with its device key.
+        let device = h.own_device("test").unwrap();
+        *crate::hierarchy::lock(&h.audit_self) = None;
+        for i in 0..3 {
+            assert!(log.append(rec(&format!("new {i}")), true));
+        }
+        assert!(log.checkpoint("every"));
+        let info = log.info().unwrap();
+        assert_eq!(info.key_device, Some(device.id.to_string()));
+        assert_eq!(
+            info.previous_keys
+                .iter()
+                .map(|k| k.to_vec())
+                .collect::<Vec<_>>(),
+            vec![derived.to_vec()]
+        );
+        assert!(info.checked, "{info:?}");
+        let t = trust(&log);
+        let r = keyward_audit::verify(&keyward_audit::read_lines(&path).unwrap(), &t);
+        assert_eq!(r.problem, None, "{r:?}");
+        assert_eq!(r.signed_by, Some(1), "{r:?}");
+        // A checkpoint signed with the derived key after the device key's: refused.
+        let lines = keyward_audit::read_lines(&path).unwrap();
+        let last = keyward_audit::parse_line(&lines.last().unwrap().text).unwrap();
+        let key = derive_audit_key(&h.ks).unwrap();
+        let forged = Entry {
+            seq: last.entry.seq + 1,
+            prev: hex::encode(last.stored),
+            op: CHECKPOINT_OP.into(),
+            sig: Some(keyward_audit::sign_checkpoint(&key, last.entry.seq, &last.stored).unwrap()),
+            ..last.entry.clone()
+        };
+        let (line, _) = keyward_audit::encode(&forged).unwrap();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&line);
+        text.push('\n');
+        let forged_path = dir.path().join("forged.log");
+        std::fs::write(&forged_path, text).unwrap();
+        let r = keyward_audit::verify(&keyward_audit::read_lines(&forged_path).unwrap(), &t);
+        assert!(
+            matches!(
+                r.problem,
+                Some(keyward_audit::Problem::BadCheckpoint { .. })
+            ),
+            "{r:?}"
+        );
+        // The old part alone still verifies with the keys the keystore holds.
+        let old_path = dir.path().join("old.log");
+        std::fs::write(&old_path, old_log).unwrap();
+        let r = keyward_audit::verify(
+            &keyward_audit::read_lines(&old_path).unwrap(),
+            &keyward_audit::Trust { head: None, ..t },
+        );
+        assert_eq!(r.problem, None, "{r:?}");
+        assert_eq!(r.signed_by, Some(0), "by the earlier (derived) key: {r:?}");
+        log.shutdown();
+    }
+
+    /// An audit sync writes the chain head and reads no device row (each keystore call is a
+    /// PostgreSQL round trip): who the agent is was read once, at the first sync after the
+    /// unlock, and is kept until lock. (It was one `devices` read per sync.)
+    #[test]
+    fn audit_syncs_read_the_device_rows_once_per_unlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hierarchy(dir.path());
+        h.init(&Pin::new("1234")).unwrap();
+        let path = dir.path().join("audit.log");
+        let cfg = AuditConfig {
+            sync_ms: 0,
+            ..AuditConfig::default()
+        };
+        let a = Audit::open(&cfg, &path, h.clone()).unwrap();
+        assert!(a.append(rec("warm up"), true));
+        let (reads, syncs) = (h.ks.device_reads(), a.syncs());
+        for i in 0..20 {
+            assert!(a.append(rec(&format!("op{i}")), true));
+        }
+        let (reads, syncs) = (h.ks.device_reads() - reads, a.syncs() - syncs);
+        assert!(syncs >= 20, "each waiting request synced: {syncs}");
+        assert_eq!(reads, 0, "{reads} devices reads for {syncs} syncs");
+        // After a lock and an unlock: read once more, then not again.
+        h.lock().unwrap();
+        h.unlock(&Pin::new("1234")).unwrap();
+        let before = h.ks.device_reads();
+        for i in 0..5 {
+            assert!(a.append(rec(&format!("again{i}")), true));
+        }
+        assert_eq!(h.ks.device_reads() - before, 1);
+        a.shutdown();
     }
 
     #[test]
@@ -1724,7 +2092,7 @@ mod tests {
         h.ks.set_meta(META_KEY, &forged).unwrap();
         assert!(!a.info().unwrap().checked);
         assert!(matches!(
-            h.audit_key(),
+            h.audit_signer(),
             Err(crate::error::AgentError::KeystoreTampered(
                 Tampering::AuditKey
             ))

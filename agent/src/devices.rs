@@ -207,6 +207,11 @@ fn per_row_check(b: &Body) -> bool {
     b.root_scheme == crate::root::Scheme::Pbkdf2.as_str()
 }
 
+/// The token serial a root locator records (`pkcs11:...;serial=...`), if it is a PKCS#11 URI.
+fn locator_serial(locator: &str) -> Option<String> {
+    crate::root::uri::Pkcs11Uri::parse(locator).ok()?.serial()
+}
+
 fn random32() -> [u8; 32] {
     let mut n = [0u8; 32];
     OsRng.fill_bytes(&mut n);
@@ -330,6 +335,27 @@ pub enum Approval {
     Enrolled { id: Uuid, root: Uuid, wrapped: u64 },
 }
 
+/// This agent as its audit log knows it ([`Hierarchy::audit_self`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AuditSelf {
+    /// The root record the agent runs on.
+    pub root: Uuid,
+    /// The enrolled device row whose root that is: its key signs this agent's checkpoints.
+    pub device: Option<DeviceRow>,
+}
+
+impl AuditSelf {
+    /// The device whose own audit chain rows (`audit_head/<id>`, `audit_key/<id>`, ...) this
+    /// agent writes: `None` for the first device (self-signed; it keeps the plain rows of
+    /// keystores from before devices) and for an agent on no device's root.
+    pub fn chain(&self) -> Option<Uuid> {
+        self.device
+            .as_ref()
+            .filter(|d| d.enrolled_by != Some(d.id))
+            .map(|d| d.id)
+    }
+}
+
 /// One device, for `device.list`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
@@ -388,6 +414,8 @@ impl Hierarchy {
         let sig = self.with_recovery(|| key.sign(self.device.configured(), &msg))?;
         row.signature = Some(sig);
         self.ks.device_put(&row)?;
+        // Whoever the audit log took this agent for (no device) is out of date.
+        *lock(&self.audit_self) = None;
         tracing::info!(%id, "first device enrolled (self-signed)");
         Ok(row)
     }
@@ -395,23 +423,120 @@ impl Hierarchy {
     /// The device this agent runs as, to name its audit chain head (`audit.rs`): `None` on a
     /// keystore with no enrolled device row, for the first device (self-signed: it keeps the
     /// plain `audit_head` rows of keystores from before devices), and while the agent's root is
-    /// not known yet (never unlocked). Only reads: unlike [`Hierarchy::own_device`] it never
-    /// writes a row.
+    /// not known yet (never unlocked). From [`Hierarchy::audit_self`]: no keystore read while
+    /// unlocked after the first.
     pub(crate) fn audit_device(&self) -> Result<Option<Uuid>, AgentError> {
+        match self.audit_self() {
+            Ok(me) => Ok(me.and_then(|me| me.chain())),
+            // The rows do not check (a signer revoked, a forged row): no key to sign with, but
+            // the head is still this device's, by its row as read (every time, then).
+            Err(AgentError::Devices(DeviceRefusal::BadSignature { .. })) => {
+                let Some(own) = lock(&self.own_root).as_ref().map(|r| r.id) else {
+                    return Ok(None);
+                };
+                for d in self.ks.devices()?.iter().filter(|d| d.state == ENROLLED) {
+                    if body_of(d)?.root == Some(own) {
+                        return Ok((d.enrolled_by != Some(d.id)).then_some(d.id));
+                    }
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Who this agent is for its audit log: its root, and the enrolled device row that runs on
+    /// it (`None`: no device row names this root, e.g. a backup root added with `root add`).
+    /// Read from the keystore (the device rows, their signatures checked back to the first
+    /// device while the MAC key is loaded) once per unlock and kept until lock: it cannot
+    /// change meanwhile (a device cannot revoke itself; `root rotate` locks; `device revoke`
+    /// clears it too). `None` before the agent's root is known. Only reads: unlike
+    /// [`Hierarchy::own_device`] it never writes a row.
+    pub(crate) fn audit_self(&self) -> Result<Option<AuditSelf>, AgentError> {
         let Some(own) = lock(&self.own_root).as_ref().map(|r| r.id) else {
             return Ok(None);
         };
-        for d in self.ks.devices()?.iter().filter(|d| d.state == ENROLLED) {
+        if let Some(me) = lock(&self.audit_self).as_ref().filter(|me| me.root == own) {
+            return Ok(Some(me.clone()));
+        }
+        let rows = self.ks.devices()?;
+        let mut device = None;
+        for d in rows.iter().filter(|d| d.state == ENROLLED) {
             if body_of(d)?.root == Some(own) {
-                return Ok((d.enrolled_by != Some(d.id)).then_some(d.id));
+                device = Some(d.clone());
+                break;
             }
         }
-        Ok(None)
+        let unlocked = !self.is_locked() && self.ks.has_mac_key();
+        if unlocked && device.is_some() {
+            // The row's key is the verifying key of this device's checkpoints: it must be
+            // signed back to the first device, not merely MAC'd.
+            self.check_devices("audit", &rows)?;
+        }
+        let me = AuditSelf { root: own, device };
+        // Kept only while unlocked (rows read while locked were not MAC-checked).
+        if unlocked && !self.is_locked() {
+            // This device's key is recorded as its chain's before the chain's first head is
+            // (a head that exists already: the chain is older than device keys, see
+            // `record_audit_key`).
+            if let Some(public) = me
+                .device
+                .as_ref()
+                .and_then(|d| keyward_identity::PublicKey::from_sec1_bytes(&d.public_key).ok())
+            {
+                // A key row that does not verify stops checkpoints (`audit_signer` refuses
+                // it), not the head.
+                if let Err(e) =
+                    self.record_audit_key(me.chain(), &hex::encode(public.to_sec1_compressed()))
+                {
+                    tracing::error!(error = %e, "audit: this device's audit key is not recorded");
+                }
+            }
+            *lock(&self.audit_self) = Some(me.clone());
+        }
+        Ok(Some(me))
+    }
+
+    /// The device whose PIN attempt counter this agent keeps (`hierarchy.rs`, `counter_rows`),
+    /// known before the PIN: the one device row (request or enrolled) whose root is on the
+    /// configured root's token (read with `C_GetTokenInfo`, no login), by the row's
+    /// `token_serial` when it has one, else the serial its root locator records. `None`, the plain counter rows: the first device
+    /// (self-signed, so single-device keystores keep their counter), no device rows, a root
+    /// that names no token serial (soft, YubiKey, test roots), or no row (or more than one)
+    /// on this token. Rows are read as they are: before unlock their MACs cannot be checked,
+    /// but a writer who forges one only picks which counter is read, as deleting the counter
+    /// would reset it anyway.
+    pub(crate) fn pin_device(&self) -> Result<Option<Uuid>, AgentError> {
+        let root = self.device.configured();
+        let Some(serial) = root.token_serial().filter(|s| !s.is_empty()) else {
+            return Ok(None);
+        };
+        let scheme = root.scheme();
+        let mut found: Option<DeviceRow> = None;
+        for d in self.ks.devices()? {
+            let Ok(b) = body_of(&d) else { continue };
+            // The row's token serial when it records one, else the serial in its root locator.
+            let row_serial = d
+                .token_serial
+                .clone()
+                .or_else(|| b.root_locator.as_deref().and_then(locator_serial));
+            let on_this_token =
+                b.root_scheme == scheme.as_str() && row_serial.as_deref() == Some(serial.as_str());
+            if !on_this_token {
+                continue;
+            }
+            if found.is_some() {
+                tracing::warn!(%serial, "two device rows name this token: the shared PIN counter is used");
+                return Ok(None);
+            }
+            found = Some(d);
+        }
+        Ok(found.and_then(|d| (d.enrolled_by != Some(d.id)).then_some(d.id)))
     }
 
     /// This device's key, to sign with: in memory on a device running on its device key, else
     /// opened from its row with the configured root.
-    fn sign_as(&self, own: &DeviceRow, msg: &[u8]) -> Result<Vec<u8>, AgentError> {
+    pub(crate) fn sign_as(&self, own: &DeviceRow, msg: &[u8]) -> Result<Vec<u8>, AgentError> {
         if self.device.on_device_key() {
             if let Some(sig) = self.device.sign_device(msg) {
                 return Ok(sig?);
@@ -956,6 +1081,7 @@ impl Hierarchy {
             rotated.push(self.kek_rotate(&k.id.to_string())?.id);
         }
         lock(&self.keks).clear();
+        *lock(&self.audit_self) = None;
         let (deks_rotated, shared_deks) = self.rotate_revoked_deks()?.unwrap_or_default();
         tracing::info!(device = %uuid, keks = rotated.len(), deks_rotated, shared_deks, "device revoked");
         Ok(Revoked {
@@ -1199,6 +1325,183 @@ mod tests {
         let (page, _) = h.device_page(None, 10).expect("both rows verify");
         assert_eq!(page.len(), 2);
         assert_eq!(page[0].row.id, row.id, "the second device sorts first");
+    }
+
+    /// A device row on another token (serial `B-serial`), signed by the first device.
+    fn second_device_on(h: &Hierarchy, serial: &str) -> DeviceRow {
+        let first = h.device_page(None, 10).unwrap().0[0].row.clone();
+        let other = p256::SecretKey::random(&mut OsRng);
+        let body = Body {
+            root_scheme: crate::root::Scheme::Memory.as_str().into(),
+            root_locator: Some(format!(
+                "pkcs11:token=b;serial={serial};object=keyward-root;id=%01;type=secret-key"
+            )),
+            ..Body::default()
+        };
+        let mut row = DeviceRow {
+            id: Uuid::new_v4(),
+            state: ENROLLED.into(),
+            public_key: crate::root::ecdh::sec1(&other.public_key()),
+            token_serial: None,
+            label: Some("second".into()),
+            body: encode(&body),
+            enrolled_by: Some(first.id),
+            signature: None,
+            created: first.created + 1,
+        };
+        row.signature = Some(
+            h.sign_as(&first, &signed_body(&row, None, &body.secret))
+                .unwrap(),
+        );
+        h.ks.device_put(&row).unwrap();
+        row
+    }
+
+    /// The PIN counter is the device's own: an agent whose token is a device's (by the serial
+    /// in the device row's root locator) counts its wrong PINs under `pin_failures/<id>`, and
+    /// `reset-pin-attempts` resets those rows only; the first device, and a token no row names,
+    /// keep the plain rows of single-device keystores.
+    #[test]
+    fn the_pin_counter_is_kept_per_device_by_the_tokens_serial() {
+        let dir = tempfile::tempdir().unwrap();
+        let ks = Arc::new(Keystore::open(&dir.path().join("ks.db")).unwrap());
+        let root = MemoryRoot::new();
+        let policy = UnlockPolicy {
+            max_attempts: 5,
+            free_attempts: 10,
+            backoff_base_ms: 0,
+            ..UnlockPolicy::default()
+        };
+        let h = Hierarchy::new(ks.clone(), Box::new(root.clone()), policy);
+        let pin = Pin::new("pin-1234");
+        h.init(&pin).unwrap();
+        let b = second_device_on(&h, "B-serial");
+        // No serial, or one no row names: the plain rows.
+        assert_eq!(h.pin_device().unwrap(), None);
+        root.set_token_serial(Some("C-serial"));
+        assert_eq!(h.pin_device().unwrap(), None);
+        assert_eq!(
+            crate::hierarchy::counter_rows(None)[0],
+            crate::hierarchy::META_FAILURES
+        );
+        // On B's token: B's rows.
+        root.set_token_serial(Some("B-serial"));
+        assert_eq!(h.pin_device().unwrap(), Some(b.id));
+        let [n, last, mac] = crate::hierarchy::counter_rows(Some(b.id));
+        assert_eq!(n, format!("pin_failures/{}", b.id));
+        assert_eq!(last, format!("pin_last_failure_ms/{}", b.id));
+        assert_eq!(mac, format!("pin_failures_mac/{}", b.id));
+        // Another device's count on the plain rows (the first device's).
+        ks.set_meta(crate::hierarchy::META_FAILURES, "3").unwrap();
+        h.lock().unwrap();
+        let e = h.unlock(&Pin::new("wrong-pin")).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::PinIncorrect, "{e}");
+        assert_eq!(ks.meta(&n).unwrap().as_deref(), Some("1"));
+        assert_eq!(
+            ks.meta(crate::hierarchy::META_FAILURES).unwrap().as_deref(),
+            Some("3"),
+            "the first device's counter is untouched"
+        );
+        // The reset is this device's only.
+        h.reset_pin_attempts().unwrap();
+        assert_eq!(ks.meta(&n).unwrap().as_deref(), Some("0"));
+        assert_eq!(
+            ks.meta(crate::hierarchy::META_FAILURES).unwrap().as_deref(),
+            Some("3")
+        );
+        // A good PIN settles this device's counter (MAC'd), not the plain one.
+        h.unlock(&pin).unwrap();
+        assert_eq!(ks.meta(&n).unwrap().as_deref(), Some("0"));
+        assert!(
+            ks.meta(&mac).unwrap().is_some(),
+            "settled under the MAC key"
+        );
+        assert_eq!(
+            ks.meta(crate::hierarchy::META_FAILURES).unwrap().as_deref(),
+            Some("3")
+        );
+        // Two rows naming one token: ambiguous, the plain rows.
+        second_device_on(&h, "B-serial");
+        assert_eq!(h.pin_device().unwrap(), None);
+        // A row that records its token serial (the column) is found by it.
+        let mut d = second_device_on(&h, "other-serial");
+        d.token_serial = Some("D-serial".into());
+        let first = h
+            .device_page(None, 10)
+            .unwrap()
+            .0
+            .into_iter()
+            .find(|i| i.row.enrolled_by == Some(i.row.id))
+            .unwrap()
+            .row;
+        d.signature = Some(h.sign_as(&first, &signed_body(&d, None, &[])).unwrap());
+        h.ks.device_put(&d).unwrap();
+        root.set_token_serial(Some("D-serial"));
+        assert_eq!(h.pin_device().unwrap(), Some(d.id));
+    }
+
+    /// Who the agent is for its audit log is read once per unlock (not at every audit sync):
+    /// while unlocked, later calls read no device row (a row deleted meanwhile is not seen);
+    /// lock forgets it, and the next unlock reads the rows again.
+    #[test]
+    fn the_audit_identity_is_read_once_per_unlock_and_forgotten_at_lock() {
+        let (_d, h) = ready();
+        let b = second_device_on(&h, "B-serial");
+        let first = h.device_page(None, 10).unwrap().0[0].row.clone();
+        let first = if first.id == b.id {
+            h.device_page(None, 10).unwrap().0[1].row.clone()
+        } else {
+            first
+        };
+        let me = h.audit_self().unwrap().expect("unlocked after init");
+        assert_eq!(me.device.as_ref().map(|d| d.id), Some(first.id));
+        assert_eq!(me.chain(), None, "the first device keeps the plain rows");
+        assert_eq!(h.audit_device().unwrap(), None);
+        // Kept: the rows are not read again while unlocked.
+        h.ks.device_delete(&first.id).unwrap();
+        for _ in 0..3 {
+            assert_eq!(h.audit_self().unwrap(), Some(me.clone()));
+        }
+        // Forgotten at lock; read again at the next unlock.
+        h.lock().unwrap();
+        assert!(crate::hierarchy::lock(&h.audit_self).is_none());
+        h.unlock(&Pin::new("pin-1234")).unwrap();
+        let again = h.audit_self().unwrap().expect("unlocked");
+        assert_eq!(
+            again.device, None,
+            "the deleted row is seen after the unlock"
+        );
+    }
+
+    /// A device row that does not check (here: self-signed, not the first) stops the audit
+    /// identity (no key to sign checkpoints with) but not the head's name.
+    #[test]
+    fn rows_that_do_not_check_refuse_the_audit_key_not_the_head() {
+        let (_d, h) = ready();
+        let stranger = p256::SecretKey::random(&mut OsRng);
+        let mut row = DeviceRow {
+            id: Uuid::new_v4(),
+            state: ENROLLED.into(),
+            public_key: crate::root::ecdh::sec1(&stranger.public_key()),
+            token_serial: None,
+            label: Some("forged".into()),
+            body: encode(&Body::default()),
+            enrolled_by: None,
+            signature: None,
+            created: crate::keystore::now(),
+        };
+        row.enrolled_by = Some(row.id);
+        let sig: p256::ecdsa::Signature =
+            p256::ecdsa::SigningKey::from(&stranger).sign(&signed_body(&row, None, &[]));
+        row.signature = Some(sig.to_der().as_bytes().to_vec());
+        h.ks.device_put(&row).unwrap();
+        let e = h.audit_self().unwrap_err();
+        assert_eq!(e.code(), ErrorCode::KeystoreTampered, "{e}");
+        assert_eq!(
+            h.audit_device().unwrap(),
+            None,
+            "the first device's head rows"
+        );
     }
 
     /// Bad ids are typed and change nothing.

@@ -27,6 +27,9 @@ use zeroize::Zeroizing;
 /// The Cryppo `ad` of agent ciphertexts names the DEK: `keyward:dek:<uuid>`.
 pub const AD_PREFIX: &str = "keyward:dek:";
 
+/// The PIN attempt counter: wrong PINs in a row and the time of the last one. One per device
+/// ([`counter_rows`]): the first device (and any agent that cannot tell its device before the
+/// PIN) uses these names, every other device `<name>/<device id>`.
 pub(crate) const META_FAILURES: &str = "pin_failures";
 const META_LAST_FAILURE: &str = "pin_last_failure_ms";
 /// HMAC of the two above under the keystore MAC key, when they were written while unlocked.
@@ -89,6 +92,35 @@ pub(crate) const PIN_COUNTER_MAC: crate::keystore::MetaMac = crate::keystore::Me
     body: |v| counter_body(v[0].as_deref().unwrap_or(""), v[1].as_deref().unwrap_or("")),
 };
 
+/// The PIN counter's rows (count, last failure, MAC) of the agent running as `device` (see
+/// [`Hierarchy::pin_device`]): the plain names for `None` (no device row, the first device, or
+/// a root that names no token before the PIN), else names keyed by the device id.
+pub(crate) fn counter_rows(device: Option<Uuid>) -> [Cow<'static, str>; 3] {
+    match device {
+        None => [
+            Cow::Borrowed(META_FAILURES),
+            Cow::Borrowed(META_LAST_FAILURE),
+            Cow::Borrowed(META_FAILURES_MAC),
+        ],
+        Some(id) => [
+            Cow::Owned(format!("{META_FAILURES}/{id}")),
+            Cow::Owned(format!("{META_LAST_FAILURE}/{id}")),
+            Cow::Owned(format!("{META_FAILURES_MAC}/{id}")),
+        ],
+    }
+}
+
+/// For the integrity key's replacement: the PIN counter of the device `id` (its keyed rows; the
+/// plain rows are [`PIN_COUNTER_MAC`]). A counter that does not exist is skipped.
+pub(crate) fn rekey_device_counter(id: Uuid) -> crate::keystore::MetaMac {
+    let [n, last, mac] = counter_rows(Some(id));
+    crate::keystore::MetaMac {
+        values: Cow::Owned(vec![n, last]),
+        mac,
+        body: PIN_COUNTER_MAC.body,
+    }
+}
+
 /// What the agent keeps of the PIN it was unlocked with, to check a PIN sent while unlocked
 /// without asking the token (which logs out on a wrong one): HMAC-SHA256 under a random salt.
 struct PinTag {
@@ -141,6 +173,10 @@ pub struct Hierarchy {
     /// `init` made, or the one `unlock` found its backend opens. Root records change (`root
     /// add`/`remove`), so this is the agent's own record only, chosen again at each unlock.
     pub(crate) own_root: Mutex<Option<KeyRecord>>,
+    /// Who this agent is for its audit log, from its unlock to its lock
+    /// ([`Hierarchy::audit_self`], `devices.rs`): one read of the device rows per unlock, not
+    /// one per audit sync.
+    pub(crate) audit_self: Mutex<Option<crate::devices::AuditSelf>>,
     /// Serialises init/unlock so the attempt counter cannot be raced.
     pin_gate: Mutex<()>,
     /// The highest (failures, last failure ms) this process has seen: the stored counter can be
@@ -199,6 +235,7 @@ impl Hierarchy {
             keks: Mutex::new(HashMap::new()),
             key_cache: crate::key_cache::KeyCache::new(),
             own_root: Mutex::new(None),
+            audit_self: Mutex::new(None),
             pin_gate: Mutex::new(()),
             seen: Mutex::new((0, 0)),
             held_pin: Mutex::new(None),
@@ -309,18 +346,21 @@ impl Hierarchy {
 
     // ---- PIN attempts ----------------------------------------------------------------------
 
-    fn stored_counter(&self) -> Result<[Option<String>; 3], AgentError> {
+    fn stored_counter(
+        &self,
+        rows: &[Cow<'static, str>; 3],
+    ) -> Result<[Option<String>; 3], AgentError> {
         Ok([
-            self.ks.meta(META_FAILURES)?,
-            self.ks.meta(META_LAST_FAILURE)?,
-            self.ks.meta(META_FAILURES_MAC)?,
+            self.ks.meta(&rows[0])?,
+            self.ks.meta(&rows[1])?,
+            self.ks.meta(&rows[2])?,
         ])
     }
 
     /// The failure count and last failure time: the higher of what is stored and what this
     /// process has seen. A stored count that does not parse counts as the limit reached.
-    fn failures(&self) -> Result<(u32, u64), AgentError> {
-        let [n, last, _] = self.stored_counter()?;
+    fn failures(&self, rows: &[Cow<'static, str>; 3]) -> Result<(u32, u64), AgentError> {
+        let [n, last, _] = self.stored_counter(rows)?;
         let n = match n {
             None => 0,
             Some(v) => v.trim().parse().unwrap_or_else(|_| {
@@ -335,22 +375,27 @@ impl Hierarchy {
     }
 
     /// Store the counter, MAC'd when the MAC key is loaded (unlocked), else without a MAC.
-    fn store_failures(&self, n: u32, last: u64) -> Result<(), AgentError> {
+    fn store_failures(
+        &self,
+        rows: &[Cow<'static, str>; 3],
+        n: u32,
+        last: u64,
+    ) -> Result<(), AgentError> {
         *lock(&self.seen) = (n, last);
         let (n, last) = (n.to_string(), last.to_string());
         let mac = self.ks.mac_tag(&counter_body(&n, &last)).map(hex::encode);
         self.ks.set_metas(&[
-            (META_FAILURES, Some(&n)),
-            (META_LAST_FAILURE, Some(&last)),
-            (META_FAILURES_MAC, mac.as_deref()),
+            (&rows[0], Some(&n)),
+            (&rows[1], Some(&last)),
+            (&rows[2], mac.as_deref()),
         ])?;
         Ok(())
     }
 
     /// After a good PIN, with the MAC key loaded: check the stored counter's MAC (when it has
     /// one), then reset it.
-    fn settle_counter(&self) -> Result<(), AgentError> {
-        let [n, stored_last, mac] = self.stored_counter()?;
+    fn settle_counter(&self, rows: &[Cow<'static, str>; 3]) -> Result<(), AgentError> {
+        let [n, stored_last, mac] = self.stored_counter(rows)?;
         if let Some(mac) = &mac {
             let body = counter_body(
                 n.as_deref().unwrap_or(""),
@@ -374,7 +419,7 @@ impl Hierarchy {
             *lock(&self.seen) = (0, last);
             return Ok(());
         }
-        self.store_failures(0, last)
+        self.store_failures(rows, 0, last)
     }
 
     /// The wait owed after `failures` wrong PINs in a row.
@@ -396,7 +441,10 @@ impl Hierarchy {
         call: impl FnOnce() -> Result<T, AgentError>,
     ) -> Result<T, AgentError> {
         let _gate = lock(&self.pin_gate);
-        let (failures, last) = self.failures()?;
+        // This device's counter: another device's wrong PINs (its own token, its own PIN)
+        // never count here.
+        let rows = counter_rows(self.pin_device()?);
+        let (failures, last) = self.failures(&rows)?;
         if failures >= self.policy.max_attempts {
             return Err(AgentError::PinLocked);
         }
@@ -409,7 +457,7 @@ impl Hierarchy {
         }
         match call() {
             Ok(v) => {
-                if let Err(e) = self.settle_counter() {
+                if let Err(e) = self.settle_counter(&rows) {
                     self.lock_quietly();
                     return Err(e);
                 }
@@ -417,7 +465,7 @@ impl Hierarchy {
             }
             Err(AgentError::Root(RootError::PinIncorrect { card_retries, .. })) => {
                 let n = failures + 1;
-                self.store_failures(n, now_ms())?;
+                self.store_failures(&rows, n, now_ms())?;
                 tracing::warn!(failures = n, "wrong PIN");
                 if card_retries == Some(0) {
                     // The card itself has now blocked its PIN (unblocking needs the PUK).
@@ -438,12 +486,14 @@ impl Hierarchy {
         }
     }
 
-    /// Forget the attempt counter (administrator action, `keywardd reset-pin-attempts`). It is
-    /// written without a MAC (no key is loaded), which the next good unlock accepts.
+    /// Forget the attempt counter (administrator action, `keywardd reset-pin-attempts`): this
+    /// device's only ([`Hierarchy::pin_device`]). It is written without a MAC (no key is
+    /// loaded), which the next good unlock accepts.
     pub fn reset_pin_attempts(&self) -> Result<(), AgentError> {
         *lock(&self.seen) = (0, 0);
+        let rows = counter_rows(self.pin_device()?);
         self.ks
-            .set_metas(&[(META_FAILURES, Some("0")), (META_FAILURES_MAC, None)])?;
+            .set_metas(&[(&rows[0], Some("0")), (&rows[2], None)])?;
         Ok(())
     }
 
@@ -613,6 +663,7 @@ impl Hierarchy {
     /// Lock after a refused unlock, without reporting lock errors over the original one.
     pub(crate) fn lock_quietly(&self) {
         lock(&self.keks).clear();
+        *lock(&self.audit_self) = None;
         self.key_cache.clear();
         self.ks.set_mac_key(None);
         *lock(&self.held_pin) = None;
@@ -792,6 +843,7 @@ impl Hierarchy {
 
     pub fn lock(&self) -> Result<(), AgentError> {
         lock(&self.keks).clear();
+        *lock(&self.audit_self) = None;
         self.key_cache.clear();
         self.ks.set_mac_key(None);
         *lock(&self.held_pin) = None;

@@ -330,9 +330,12 @@ impl Hierarchy {
         }
         let mut metas = mac_metas().to_vec();
         metas.push(crate::audit::REKEY_KEY);
-        // Every device's own audit chain head (the first device's is in `mac_metas`).
+        // Every device's own audit chain head and PIN counter (the first device's are in
+        // `mac_metas`).
         for d in self.ks.devices()? {
             metas.push(crate::audit::rekey_device_head(d.id));
+            metas.push(crate::hierarchy::rekey_device_counter(d.id));
+            metas.extend(crate::audit::rekey_device_keys(d.id));
         }
         let mut clear = vec![META_REKEY, META_REKEY_MAC];
         clear.extend(REKEY_KEY_ROWS);

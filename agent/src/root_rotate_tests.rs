@@ -556,3 +556,31 @@ fn root_rotate_compromised_rekey_re_macs_every_devices_audit_head() {
         Some(true)
     );
 }
+
+#[test]
+fn root_rotate_compromised_rekey_re_macs_every_devices_pin_counter() {
+    let t = one_root();
+    // A counter under a device's keyed rows (`pin_failures/<id>`, as a device enrolled after
+    // the first keeps it), MAC'd under the integrity key being replaced.
+    let device = t.ks.devices().unwrap()[0].id;
+    let [n, last, mac] = crate::hierarchy::counter_rows(Some(device));
+    let values = [Some("2".to_string()), Some("1234".to_string())];
+    let body = (crate::hierarchy::PIN_COUNTER_MAC.body)(&values);
+    let tag = hex::encode(t.ks.mac_tag(&body).unwrap());
+    t.ks.set_metas(&[(&n, Some("2")), (&last, Some("1234")), (&mac, Some(&tag))])
+        .unwrap();
+    let b_root = MemoryRoot::new();
+    t.a.root_rotate(&b_root, &pin(), None, false, true)
+        .expect("rotate");
+    let hb = hierarchy(&t.ks, &b_root);
+    hb.unlock(&pin())
+        .expect("unlock on B (replaces the integrity key)");
+    assert!(t.ks.meta(META_REKEY).unwrap().is_none(), "key replaced");
+    assert_eq!(t.ks.meta(&n).unwrap().as_deref(), Some("2"));
+    let now = t.ks.meta(&mac).unwrap().expect("counter MAC");
+    assert_ne!(now, tag);
+    assert_eq!(
+        t.ks.mac_verify(&body, &hex::decode(now).unwrap()),
+        Some(true)
+    );
+}

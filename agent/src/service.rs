@@ -1205,6 +1205,7 @@ impl Handler for Service {
                 head_hash: None,
                 checked: false,
                 previous_keys: Vec::new(),
+                key_device: None,
             }),
         }
     }

@@ -298,6 +298,9 @@ pub struct Report {
     pub last_seq: u64,
     /// The newest checkpoint whose signature verified: its sequence number.
     pub signed_through: Option<u64>,
+    /// Which key verified that checkpoint: its index in `previous` followed by `key` of the
+    /// [`Trust`] (`previous.len()`: the current key).
+    pub signed_by: Option<usize>,
     /// Intact entries that no verified checkpoint covers: those after the last one, and those
     /// written between the entry it signed and the checkpoint itself.
     pub unsigned: u64,
@@ -400,6 +403,7 @@ pub fn verify(lines: &[Line], trust: &Trust) -> Report {
                     };
                     era += j;
                     r.signed_through = Some(seq);
+                    r.signed_by = Some(era);
                     // The entries written between the signed one and this checkpoint are not
                     // covered by its signature (the checkpoint line itself counts as covered).
                     r.unsigned = seq - 1 - covered;
@@ -470,6 +474,18 @@ pub fn sign_checkpoint<S: keyward_identity::Signer + ?Sized>(
     hash: &[u8; 32],
 ) -> Result<String, keyward_identity::cose::Sign1Error> {
     let cose = keyward_identity::cose::sign_es256(signer, KID, checkpoint_payload(seq, hash))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(cose))
+}
+
+/// Sign a checkpoint over `(seq, hash)` with a key that signs messages (a device key): `sign`
+/// gets the COSE Sig_structure and answers an ECDSA P-256/SHA-256 signature (DER or `r || s`).
+pub fn sign_checkpoint_message(
+    seq: u64,
+    hash: &[u8; 32],
+    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, keyward_identity::cose::Sign1Error>,
+) -> Result<String, keyward_identity::cose::Sign1Error> {
+    let cose =
+        keyward_identity::cose::sign_es256_message(KID, checkpoint_payload(seq, hash), sign)?;
     Ok(base64::engine::general_purpose::STANDARD.encode(cose))
 }
 

@@ -193,6 +193,7 @@ pub async fn audit(socket: &Path, cmd: &AuditCmd) -> Result<(Out, bool), Failure
             };
             let checked = info.as_ref().is_some_and(|i| i.checked);
             let r = keyward_audit::verify(&lines, &trust);
+            let signer = signed_by(&r, &trust, info.as_ref());
             let mut text = String::new();
             match &r.problem {
                 Some(p) => text.push_str(&format!("FAILED: {p}\n")),
@@ -206,7 +207,8 @@ pub async fn audit(socket: &Path, cmd: &AuditCmd) -> Result<(Out, bool), Failure
                     "checkpoints: not checked (no audit key from the agent's keystore)\n",
                 ),
                 (true, Some(s)) => text.push_str(&format!(
-                    "signed: through entry {s} (last good checkpoint)\n"
+                    "signed: through entry {s} (last good checkpoint), {}\n",
+                    signer_text(&signer)
                 )),
                 (true, None) => text.push_str("signed: no checkpoint yet\n"),
             }
@@ -249,6 +251,7 @@ pub async fn audit(socket: &Path, cmd: &AuditCmd) -> Result<(Out, bool), Failure
                 "entries": r.entries,
                 "last_seq": r.last_seq,
                 "signed_through": r.signed_through,
+                "signed_by": signer.as_ref().map(|s| s.to_json()),
                 "unsigned": r.unsigned,
                 "key_checked": trust.key.is_some(),
                 "head_seq": trust.head.map(|h| h.0),
@@ -258,6 +261,85 @@ pub async fn audit(socket: &Path, cmd: &AuditCmd) -> Result<(Out, bool), Failure
             });
             Ok((out(text, j), r.problem.is_none()))
         }
+    }
+}
+
+/// Which key verified the last good checkpoint, as `audit verify` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Signer {
+    /// This device's own key (its device row's, in the agent's keystore).
+    Device { id: String, fingerprint: String },
+    /// The key derived from the keystore MAC key (an agent on no device's root, or a log from
+    /// before device keys), the current one.
+    Derived { fingerprint: String },
+    /// One of the keys before the current one: `index` of `of` (oldest first).
+    Earlier {
+        index: usize,
+        of: usize,
+        fingerprint: String,
+    },
+}
+
+impl Signer {
+    fn to_json(&self) -> Value {
+        match self {
+            Signer::Device { id, fingerprint } => {
+                json!({"key": "device", "device": id, "fingerprint": fingerprint})
+            }
+            Signer::Derived { fingerprint } => {
+                json!({"key": "derived", "fingerprint": fingerprint})
+            }
+            Signer::Earlier {
+                index,
+                of,
+                fingerprint,
+            } => json!({"key": "earlier", "index": index, "of": of, "fingerprint": fingerprint}),
+        }
+    }
+}
+
+/// The key's x coordinate, its first 16 hex digits (of the SEC1 compressed form after the
+/// sign byte): enough for a person to tell keys apart.
+fn key_fingerprint(k: &keyward_identity::PublicKey) -> String {
+    hex::encode(k.to_sec1_compressed().get(1..9).unwrap_or_default())
+}
+
+fn signed_by(
+    r: &keyward_audit::Report,
+    trust: &Trust,
+    info: Option<&keyward_proto::ops::AuditInfoResult>,
+) -> Option<Signer> {
+    let i = r.signed_by?;
+    if i < trust.previous.len() {
+        return Some(Signer::Earlier {
+            index: i + 1,
+            of: trust.previous.len(),
+            fingerprint: key_fingerprint(&trust.previous[i]),
+        });
+    }
+    let fingerprint = key_fingerprint(trust.key.as_ref()?);
+    Some(match info.and_then(|i| i.key_device.clone()) {
+        Some(id) => Signer::Device { id, fingerprint },
+        None => Signer::Derived { fingerprint },
+    })
+}
+
+fn signer_text(s: &Option<Signer>) -> String {
+    match s {
+        Some(Signer::Device { id, fingerprint }) => {
+            format!("by this device's key (device {id}, key {fingerprint})")
+        }
+        Some(Signer::Derived { fingerprint }) => format!(
+            "by the keystore's derived audit key (key {fingerprint}; this agent runs on no device's root)"
+        ),
+        Some(Signer::Earlier {
+            index,
+            of,
+            fingerprint,
+        }) => format!(
+            "by an earlier audit key ({index} of {of} before the current one, key {fingerprint}), not by the current key"
+        ),
+        None => "by an unknown key".into(),
     }
 }
 

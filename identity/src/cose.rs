@@ -67,6 +67,36 @@ pub fn sign_es256<S: Signer + ?Sized>(
         .map_err(|e| Sign1Error::Encode(format!("{e:?}")))
 }
 
+/// As [`sign_es256`], for a key that signs messages rather than digests (a device key,
+/// possibly on a token): `sign` gets the Sig_structure (which it hashes with SHA-256, as
+/// ECDSA P-256 with SHA-256 does) and answers the signature, DER or raw `r || s`.
+pub fn sign_es256_message(
+    kid: &[u8],
+    payload: Vec<u8>,
+    sign: impl FnOnce(&[u8]) -> Result<Vec<u8>, Sign1Error>,
+) -> Result<Vec<u8>, Sign1Error> {
+    let protected = HeaderBuilder::new()
+        .algorithm(iana::Algorithm::ES256)
+        .key_id(kid.to_vec())
+        .build();
+    let msg = CoseSign1Builder::new()
+        .protected(protected)
+        .payload(payload)
+        .try_create_signature(b"", |tbs| -> Result<Vec<u8>, Sign1Error> {
+            let raw = sign(tbs)?;
+            let sig = if raw.len() == 64 {
+                Signature::from_slice(&raw)
+            } else {
+                Signature::from_der(&raw)
+            }
+            .map_err(|_| Sign1Error::MalformedSignature)?;
+            Ok(sig.to_bytes().to_vec())
+        })?
+        .build();
+    msg.to_tagged_vec()
+        .map_err(|e| Sign1Error::Encode(format!("{e:?}")))
+}
+
 /// Parses a COSE_Sign1, tagged (18) or untagged.
 pub fn parse(bytes: &[u8]) -> Result<CoseSign1, Sign1Error> {
     match CoseSign1::from_tagged_slice(bytes) {

@@ -918,6 +918,11 @@ pub struct AuditInfoResult {
     /// the key of their time. Covered by `checked` when present.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous_keys: Vec<serde_bytes::ByteBuf>,
+    /// The device whose device key `public_key` is (from its device row, signed back to the
+    /// first device); none: the key derived from the keystore MAC key (an agent on no
+    /// device's root, or a keystore without devices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_device: Option<String>,
 }
 
 /// `kek.rotate` arguments: the KEK, and enrolled roots to remove first (`--drop-root`: absent

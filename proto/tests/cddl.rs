@@ -994,6 +994,7 @@ fn every_response_validates() {
                 head_hash: Some(serde_bytes::ByteBuf::from(vec![7; 32])),
                 checked: true,
                 previous_keys: vec![serde_bytes::ByteBuf::from(vec![3; 33])],
+                key_device: Some("0b6f1c6e-6a43-4b2e-9d2f-3f1f6f3e2a10".into()),
             },
         ),
         // The PKCS#11 module's operations.

@@ -145,6 +145,10 @@ macro_rules! dispatch {
 /// names. Cheap to share (`Arc`); every method is safe to call from several threads.
 pub struct Keystore {
     backend: Backend,
+    /// Test builds: how many times the `devices` table was read (one query, a PostgreSQL round
+    /// trip, each), to count what a code path costs.
+    #[cfg(test)]
+    device_reads: std::sync::atomic::AtomicU64,
 }
 
 impl Keystore {
@@ -569,6 +573,9 @@ impl Keystore {
 
     /// Every `devices` row in (created, id) order, enrolled rows checked.
     pub fn devices(&self) -> Result<Vec<DeviceRow>, KeystoreError> {
+        #[cfg(test)]
+        self.device_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         dispatch!(self, s => s.devices())
     }
 
@@ -661,6 +668,8 @@ impl From<PgStore> for Keystore {
     fn from(s: PgStore) -> Keystore {
         Keystore {
             backend: Backend::Postgres(s),
+            #[cfg(test)]
+            device_reads: Default::default(),
         }
     }
 }
@@ -669,12 +678,19 @@ impl From<SqliteStore> for Keystore {
     fn from(s: SqliteStore) -> Keystore {
         Keystore {
             backend: Backend::Sqlite(s),
+            #[cfg(test)]
+            device_reads: Default::default(),
         }
     }
 }
 
 #[cfg(test)]
 impl Keystore {
+    /// How many times the `devices` table was read so far.
+    pub(crate) fn device_reads(&self) -> u64 {
+        self.device_reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Tests: the SQLite connection (the keystore's own tests read and write rows directly).
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
         match &self.backend {

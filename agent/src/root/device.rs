@@ -183,6 +183,9 @@ impl Root for DeviceRoot {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn token_serial(&self) -> Option<String> {
+        self.inner.token_serial()
+    }
     fn init(&self, pin: &Pin) -> Result<RootInit, RootError> {
         self.inner.init(pin)
     }
@@ -238,9 +241,6 @@ impl Root for DeviceRoot {
     }
     fn device_keys(&self) -> Option<&dyn TokenDeviceKeys> {
         self.inner.device_keys()
-    }
-    fn token_serial(&self) -> Option<String> {
-        self.inner.token_serial()
     }
     fn destroy_root(&self) -> Result<RootDestroyed, RootError> {
         self.inner.destroy_root()

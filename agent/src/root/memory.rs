@@ -47,6 +47,8 @@ struct State {
     next_token_key: u32,
     /// Set by [`MemoryRoot::slow`]: not `fast`, and every key use takes this long.
     delay: Option<std::time::Duration>,
+    /// Set by [`MemoryRoot::set_token_serial`]: what `token_serial` answers.
+    serial: Option<String>,
 }
 
 impl State {
@@ -84,6 +86,11 @@ impl MemoryRoot {
     /// A root with nothing in it yet: `init` makes the root key.
     pub fn new() -> MemoryRoot {
         MemoryRoot::default()
+    }
+
+    /// Answer `token_serial` with `serial` (as a PKCS#11 token names itself before login).
+    pub fn set_token_serial(&self, serial: Option<&str>) {
+        lock(&self.state).serial = serial.map(str::to_string);
     }
 
     /// A root that counts wrong PINs as a PIV card does: each wrong PIN reports the retries left
@@ -154,6 +161,10 @@ impl Root for MemoryRoot {
     fn kind(&self) -> RootKind {
         // No hardware, like the soft root; the wire has no kind of its own for a test root.
         RootKind::Soft
+    }
+
+    fn token_serial(&self) -> Option<String> {
+        lock(&self.state).serial.clone()
     }
 
     fn fast(&self) -> bool {

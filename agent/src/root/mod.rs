@@ -291,6 +291,14 @@ pub trait Root: Send + Sync {
     fn scheme(&self) -> Scheme;
     /// A description for people: token label, serial.
     fn describe(&self) -> String;
+    /// The serial of the token or card this root is on (PKCS#11 `C_GetTokenInfo`
+    /// serialNumber, trimmed, read without a PIN; a card's serial), for the device row and to
+    /// tell which device of a shared keystore this agent is before it unlocks (the per-device
+    /// PIN counter, `Hierarchy::pin_device`). `None` (the default): the backend has none
+    /// (soft), or the token cannot be reached.
+    fn token_serial(&self) -> Option<String> {
+        None
+    }
     /// Create the root. Refuses when one exists already. Leaves the root unlocked.
     fn init(&self, pin: &Pin) -> Result<RootInit, RootError>;
     /// Check the PIN and find the root. Never creates a root.
@@ -325,12 +333,6 @@ pub trait Root: Send + Sync {
     /// there and never leaving it; `None` (the default): the device key is a scalar wrapped
     /// under the root.
     fn device_keys(&self) -> Option<&dyn TokenDeviceKeys> {
-        None
-    }
-    /// The serial of the token or card the root is on (PKCS#11 `C_GetTokenInfo` serialNumber,
-    /// trimmed; a card's serial), for the device row; `None` (the default) for a root that is
-    /// on no device (soft). Needs the root unlocked (or known) where the backend asks the token.
-    fn token_serial(&self) -> Option<String> {
         None
     }
     /// Destroy the root object itself (`root.rotate --destroy-old`, only after the rotation

@@ -535,3 +535,76 @@ fn devices_ec_tokens_keep_each_device_key_on_the_token() {
         keys.plaintext.as_slice()
     );
 }
+
+/// A wrong unlock on `env`: `pin_incorrect`, returning (attempts_left, retry_after_ms).
+fn wrong_pin(env: &TestEnv) -> (u32, Option<u64>) {
+    let c = env.client();
+    let e = expect_code(
+        c.run(|c| c.unlock(pin(keyward_tests::WRONG_PIN))),
+        ErrorCode::PinIncorrect,
+    );
+    let b = e.body().expect("error body");
+    (
+        b.attempts_left.expect("attempts_left with pin_incorrect"),
+        b.retry_after_ms,
+    )
+}
+
+/// `keywardd reset-pin-attempts` on `env`, with its agent stopped, then started again.
+fn reset_pin_attempts(env: &mut TestEnv) {
+    env.stop();
+    let mut cmd = env.agent_command();
+    cmd.arg("reset-pin-attempts")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn reset-pin-attempts");
+    let st = keyward_tests::wait_exit(&mut child, "keywardd reset-pin-attempts");
+    let out = child.wait_with_output().expect("reset-pin-attempts output");
+    assert!(
+        st.success(),
+        "reset-pin-attempts failed ({st}): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.start_agent();
+}
+
+/// The PIN attempt counter is each device's own (two tokens, two PINs): wrong PINs on A do not
+/// count against B, and `keywardd reset-pin-attempts` on A resets A's count only. (Default
+/// policy: 5 attempts, 2 free, then a back-off.) With one counter for the keystore, B's first
+/// wrong PIN answered 2 attempts left after a back-off, and A's reset cleared B's count.
+#[test]
+fn devices_each_device_counts_its_own_wrong_pins() {
+    let location = server().database();
+    let mut a = device_on(&location);
+    a.init_with_keys(true, b"pin counters");
+    let b = device_on(&location);
+    let (_, code) = request_and_answer(&a, &b);
+    let enrolled = approve_until_ok(&a, &[&code]);
+    assert_eq!(enrolled["state"], "enrolled", "{enrolled}");
+    b.client()
+        .run(|c| c.unlock(pin(b.pin())))
+        .unwrap_or_else(|e| panic!("unlock B: {e}\nB log:\n{}", b.log()));
+    for env in [&a, &b] {
+        env.client().run(|c| c.lock()).expect("lock");
+    }
+    // Two wrong PINs on A (the second starts A's back-off).
+    assert_eq!(wrong_pin(&a), (4, None));
+    assert_eq!(wrong_pin(&a), (3, Some(500)));
+    // B's count is its own: full, and no back-off.
+    assert_eq!(wrong_pin(&b), (4, None), "B log:\n{}", b.log());
+    // A's reset is A's only.
+    reset_pin_attempts(&mut a);
+    assert_eq!(wrong_pin(&a), (4, None), "A's count after its reset");
+    assert_eq!(
+        wrong_pin(&b),
+        (3, Some(500)),
+        "B's count is untouched by A's reset"
+    );
+    // Both still unlock with their PINs (each counter settles under the MAC key).
+    std::thread::sleep(Duration::from_millis(600));
+    for env in [&a, &b] {
+        env.client()
+            .run(|c| c.unlock(pin(env.pin())))
+            .unwrap_or_else(|e| panic!("unlock: {e}\nlog:\n{}", env.log()));
+    }
+}

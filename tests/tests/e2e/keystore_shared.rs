@@ -366,6 +366,7 @@ fn keystore_shared_database_down_keeps_cached_keys_and_resumes() {
 #[test]
 fn keystore_shared_each_agents_audit_log_verifies() {
     use crate::devices::{approve_until_ok, device_on, request_and_answer};
+    use keyward_tests::parse_json;
     let location = server().database();
     let a = device_on(&location);
     let keys = a.init_with_keys(true, b"shared by two devices");
@@ -380,13 +381,76 @@ fn keystore_shared_each_agents_audit_log_verifies() {
         a.cli_ok(&["dek", "rotate", &keys.dek], None);
         b.cli_ok(&["dek", "rotate", &keys.dek], None);
     }
+    // Each device's checkpoints are signed with its own device key, which `audit verify`
+    // names (the key from its device row).
     for env in [&a, &b] {
-        let out = env.cli(&["audit", "verify"], None);
+        env.cli_ok(&["lock"], None);
+        env.client()
+            .run(|c| c.unlock(pin(env.pin())))
+            .expect("unlock");
+        let me = env.cli_json(&["device", "list"], None)["devices"]
+            .as_array()
+            .expect("devices")
+            .iter()
+            .find(|d| d["current"] == true)
+            .expect("this device")["id"]
+            .clone();
+        let out = env.cli(&["--json", "audit", "verify"], None);
+        let v = parse_json(&out.stdout);
+        assert!(out.status.success(), "{v}");
+        assert_eq!(v["signed_by"]["key"], "device", "{v}");
+        assert_eq!(v["signed_by"]["device"], me, "{v}");
+        let text = env.cli_ok(&["audit", "verify"], None);
+        let text = String::from_utf8_lossy(&text);
         assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            text.contains(&format!(
+                "by this device's key (device {}",
+                me.as_str().unwrap()
+            )),
+            "{text}"
         );
     }
+    // A's log up to its first checkpoint, checked with B's keys: refused at that checkpoint
+    // (A's device key is not B's). With one audit key for the keystore it verified, and only
+    // B's chain head told the logs apart.
+    let a_log = a.cli_json(&["status"], None)["audit_log"]
+        .as_str()
+        .expect("audit_log")
+        .to_string();
+    let text = std::fs::read_to_string(&a_log).expect("A's log");
+    let mut upto = String::new();
+    let mut cp_seq = None;
+    for line in text.lines() {
+        upto.push_str(line);
+        upto.push('\n');
+        let v: serde_json::Value = serde_json::from_str(line).expect("an entry");
+        if v["op"] == "audit.checkpoint" {
+            cp_seq = v["seq"].as_u64();
+            break;
+        }
+    }
+    let cp_seq = cp_seq.expect("a checkpoint in A's log");
+    // B's head past that entry, so its head check does not come first.
+    while b.cli_json(&["audit", "verify"], None)["head_seq"]
+        .as_u64()
+        .is_none_or(|h| h <= cp_seq)
+    {
+        b.cli_ok(&["dek", "rotate", &keys.dek], None);
+    }
+    let copy = b.dir().join("a-until-checkpoint.log");
+    std::fs::write(&copy, upto).expect("copy");
+    let out = b.cli(
+        &[
+            "--json",
+            "audit",
+            "verify",
+            "--file",
+            copy.to_str().unwrap(),
+        ],
+        None,
+    );
+    let v = parse_json(&out.stdout);
+    assert!(!out.status.success(), "{v}");
+    assert_eq!(v["problem"]["kind"], "bad_checkpoint", "{v}");
+    assert_eq!(v["problem"]["seq"], cp_seq, "{v}");
 }

@@ -88,6 +88,10 @@ impl Root for Pkcs11AesRoot {
         self.conn.describe("")
     }
 
+    fn token_serial(&self) -> Option<String> {
+        self.conn.token_serial()
+    }
+
     fn init(&self, pin: &Pin) -> Result<RootInit, RootError> {
         const OP: &str = "init root";
         let s = self.conn.sessions(OP)?;
@@ -261,10 +265,6 @@ impl Root for Pkcs11AesRoot {
 
     fn device_keys(&self) -> Option<&dyn crate::root::TokenDeviceKeys> {
         Some(&self.conn)
-    }
-
-    fn token_serial(&self) -> Option<String> {
-        self.conn.token_serial()
     }
 }
 

@@ -223,6 +223,10 @@ impl Root for Pkcs11EcRoot {
         self.conn.describe(", EC P-256 root (ecdh-p256)")
     }
 
+    fn token_serial(&self) -> Option<String> {
+        self.conn.token_serial()
+    }
+
     /// Generate the key pair (as SO when configured), log in as the user.
     fn init(&self, pin: &Pin) -> Result<RootInit, RootError> {
         const OP: &str = "init root";
@@ -355,10 +359,6 @@ impl Root for Pkcs11EcRoot {
             return None;
         }
         Some(self.conn.as_ref())
-    }
-
-    fn token_serial(&self) -> Option<String> {
-        self.conn.token_serial()
     }
 }
 
