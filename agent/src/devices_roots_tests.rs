@@ -20,10 +20,14 @@ fn pin_b() -> Pin {
 }
 
 fn agent(path: &std::path::Path, root: &MemoryRoot) -> Hierarchy {
+    agent_on(path, Box::new(root.clone()))
+}
+
+fn agent_on(path: &std::path::Path, root: Box<dyn crate::root::Root>) -> Hierarchy {
     let ks = Arc::new(Keystore::open(path).unwrap());
     Hierarchy::new(
         ks,
-        Box::new(root.clone()),
+        root,
         UnlockPolicy {
             backoff_base_ms: 0,
             ..UnlockPolicy::default()
@@ -43,9 +47,13 @@ struct Two {
 /// A initialized with a KEK and a DEK; B joins, requests, A answers, B reveals, A enrolls it
 /// with the code; B unlocks on its device key.
 fn two_devices() -> Two {
+    two_devices_with(|path| agent(path, &MemoryRoot::new()))
+}
+
+fn two_devices_with(first: impl FnOnce(&std::path::Path) -> Hierarchy) -> Two {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ks.db");
-    let a = agent(&path, &MemoryRoot::new());
+    let a = first(&path);
     a.init(&pin_a()).unwrap();
     a.kek_create(Some("a-kek".into())).unwrap();
     let dek = a
@@ -338,4 +346,30 @@ fn a_non_first_device_revokes_a_third_and_cannot_revoke_a_signer() {
     t.a.kek_create(None).expect("A after B's revoke");
     t.b.kek_create(None).expect("B after its revoke");
     assert_eq!(t.a.device_page(None, 10).unwrap().0.len(), 2);
+}
+
+/// The same with A on a passphrase (soft, PBKDF2) root: B makes and rotates a KEK, A reads it,
+/// also after A unlocks again (through its device row, the passphrase opening its device key).
+#[test]
+fn a_non_first_device_makes_keks_when_the_first_runs_on_a_passphrase() {
+    let t = two_devices_with(|path| {
+        agent_on(
+            path,
+            Box::new(crate::root::soft::SoftRoot::new(crate::root::soft::MIN_ITERATIONS).unwrap()),
+        )
+    });
+    assert!(t.a.device.on_device_key());
+    let kek = t.b.kek_create(None).expect("kek.create on B");
+    let dek =
+        t.b.dek_create(Some(&kek.to_string()), Purpose::Personal, false, None)
+            .unwrap()
+            .to_string();
+    t.b.kek_rotate(&kek.to_string()).expect("kek.rotate on B");
+    let ct = t.b.encrypt(&dek, b"B, passphrase A").unwrap();
+    decrypts(&t.a, &(dek.clone(), ct.clone()), b"B, passphrase A");
+    t.a.lock().unwrap();
+    t.a.unlock(&pin_a())
+        .expect("A unlocks through its device row");
+    decrypts(&t.a, &(dek, ct), b"B, passphrase A");
+    decrypts(&t.a, &t.a_dek, b"written on A");
 }
