@@ -791,10 +791,16 @@ impl Hierarchy {
                 self.derive_mac_key(k.as_ref(), s).ok()
             });
         let Some(key) = derived else {
-            tracing::warn!("the keystore integrity key changed and this agent's root does not open the new one: locking");
-            self.lock_quietly();
+            // Edited integrity records (a tampering, refused as it is), not a replacement.
+            tracing::warn!("the keystore integrity records do not verify and this agent's root does not open them");
             return false;
         };
+        // The key this agent holds already: the integrity records were edited, not replaced
+        // (a tampering, refused as it is; the agent keeps its key and stays unlocked).
+        const PROBE: &[u8] = b"keyward/devices/follow-integrity-rekey/probe";
+        if self.ks.mac_tag(PROBE).as_deref() == Some(&key.tag(PROBE)[..]) {
+            return false;
+        }
         // Swapped in at once (never a moment without a key, when reads would go unchecked),
         // then checked as at unlock; a key that does not check locks the agent.
         self.ks.set_mac_key(Some(key));

@@ -373,3 +373,31 @@ fn a_non_first_device_makes_keks_when_the_first_runs_on_a_passphrase() {
     decrypts(&t.a, &(dek, ct), b"B, passphrase A");
     decrypts(&t.a, &t.a_dek, b"written on A");
 }
+
+/// Integrity records edited in the file (not replaced by a device): not followed, the agent
+/// keeps its key and stays unlocked, and the row put back verifies again.
+#[test]
+fn an_edited_integrity_record_is_not_followed_and_the_agent_stays_unlocked() {
+    let t = two_devices();
+    let recs = t.a.ks.integrity_records().unwrap();
+    let ids: Vec<Uuid> = recs.iter().map(|r| r.id).collect();
+    let kek = recs
+        .iter()
+        .find(|r| !r.parent.is_some_and(|p| ids.contains(&p)))
+        .unwrap()
+        .clone();
+    let c = rusqlite::Connection::open(t.dir.path().join("ks.db")).unwrap();
+    c.execute(
+        "UPDATE keys SET label = 'edited' WHERE id = ?1",
+        [kek.id.to_string()],
+    )
+    .unwrap();
+    assert!(!t.a.follow_integrity_rekey());
+    assert!(t.a.root_record("test").is_ok(), "still unlocked");
+    c.execute(
+        "UPDATE keys SET label = ?2 WHERE id = ?1",
+        rusqlite::params![kek.id.to_string(), kek.label],
+    )
+    .unwrap();
+    decrypts(&t.a, &t.a_dek, b"written on A");
+}
