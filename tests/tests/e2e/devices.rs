@@ -548,3 +548,64 @@ fn devices_b_makes_and_rotates_keks_a_reads_them_and_revoke_replaces_the_integri
     );
     assert_eq!(server().count(&location, "keys"), n);
 }
+
+/// The same with A on a passphrase (soft) root, which B (a SoftHSM token) cannot wrap to: B
+/// makes and rotates a KEK, A reads it without a restart, and A, restarted, unlocks with its
+/// passphrase through its device row (its root record went). (B on a second passphrase is not
+/// tested: `init` there answers `pin_incorrect` against A's soft record instead of joining, see
+/// ARCHITECTURE "Devices", Left.)
+#[test]
+fn devices_a_on_a_passphrase_b_makes_and_rotates_keks_and_a_reads_them() {
+    let location = server().database();
+    let mut a = TestEnv::start(RootKind::Soft);
+    a.stop();
+    a.set_keystore(&location);
+    a.start_agent();
+    let keys = a.init_with_keys(true, b"written on A (passphrase)");
+    let b = device_on(&location);
+    let (_, code) = request_and_answer(&a, &b);
+    let enrolled = approve_until_ok(&a, &[&code]);
+    assert_eq!(enrolled["state"], "enrolled", "{enrolled}");
+    let cb = b.client();
+    cb.run(|c| c.unlock(pin(b.pin())))
+        .unwrap_or_else(|e| panic!("unlock B: {e}\nB log:\n{}", b.log()));
+    let kek_b = cb
+        .run(|c| c.kek_create(Some("made on B".into())))
+        .unwrap_or_else(|e| panic!("kek create on B: {e}\nB log:\n{}", b.log()))
+        .id;
+    let args = DekCreateArgs {
+        kek: Some(kek_b.clone()),
+        ..Default::default()
+    };
+    let dek_b = cb.run(|c| c.dek_create(&args)).expect("dek on B").id;
+    cb.run(|c| c.kek_rotate(&kek_b)).expect("kek rotate on B");
+    cb.run(|c| c.dek_rotate(&dek_b)).expect("dek rotate on B");
+    let ct = cb
+        .run(|c| c.encrypt(&dek_b, b"B, A on a passphrase"))
+        .expect("encrypt on B");
+    assert_eq!(
+        a.client()
+            .run(|c| c.decrypt(&ct, None))
+            .expect("A decrypts B's data")
+            .expose(),
+        b"B, A on a passphrase"
+    );
+    drop(cb);
+    a.stop();
+    a.start_agent();
+    let ca = a.client();
+    ca.run(|c| c.unlock(pin(a.pin())))
+        .unwrap_or_else(|e| panic!("unlock A again: {e}\nA log:\n{}", a.log()));
+    assert_eq!(
+        ca.run(|c| c.decrypt(&ct, None))
+            .expect("A restarted")
+            .expose(),
+        b"B, A on a passphrase"
+    );
+    assert_eq!(
+        ca.run(|c| c.decrypt(&keys.ciphertext, None))
+            .expect("A's own data")
+            .expose(),
+        keys.plaintext.as_slice()
+    );
+}
