@@ -873,6 +873,9 @@ impl Hierarchy {
         }
         let public = p256::PublicKey::from_sec1_bytes(&row.public_key)
             .map_err(|_| AgentError::Devices(DeviceRefusal::BadReveal { op: OP, id: row.id }))?;
+        // The approver, if it is the first device still on its configured root, moves onto its
+        // device key first: then every device is a public root (`first_device_on_device_key`).
+        self.first_device_on_device_key(OP, true)?;
         let root = self.enroll_public_root(PublicRootKind::Device, row.label.clone(), &public)?;
         let wrapped = self.ks.wrapped_keks()?.len() as u64;
         let enrolled = Body {
@@ -896,6 +899,213 @@ impl Hierarchy {
             root,
             wrapped,
         })
+    }
+
+    /// The first device moves onto its device key once the identity has another device (at
+    /// `device.approve`, or at an unlock that finds other enrolled devices), so that every
+    /// device is a public-key root and any device can wrap a new KEK to every other one
+    /// (ARCHITECTURE.md "Devices"). Each step is idempotent and found again by the next try, so
+    /// an interruption is finished at the next unlock:
+    /// 1. its device key is enrolled as a `public-p256` device root (found by its key if an
+    ///    earlier try did it), with a wrap of every KEK and the integrity KEK;
+    /// 2. the agent runs on it (the device key in front of the configured root);
+    /// 3. the configured root's record goes (KEKs whose parent it was move to the device
+    ///    root's wrap): no device's secret root stays in the root set, so no device ever needs
+    ///    another device's secret to wrap a KEK;
+    /// 4. its row names the device root, signed again by itself.
+    ///
+    /// `force`: do it even while this is the only enrolled device (`device.approve`). Not done
+    /// (logged) while keypairs live on the first device's token: their records name its root.
+    /// Returns whether anything changed.
+    pub(crate) fn first_device_on_device_key(
+        &self,
+        op: &'static str,
+        force: bool,
+    ) -> Result<bool, AgentError> {
+        let own = self.root_record(op)?;
+        let rows = self.ks.devices()?;
+        let enrolled: Vec<&DeviceRow> = rows.iter().filter(|d| d.state == ENROLLED).collect();
+        if !force && enrolled.len() < 2 {
+            return Ok(false);
+        }
+        if own.scheme == PUBLIC_ROOT_SCHEME {
+            // Steps 1-3 are done; step 4 if an interruption left it.
+            let Some(me) = enrolled
+                .iter()
+                .find(|d| Some(&d.public_key[..]) == own.public_key.as_deref())
+            else {
+                return Ok(false);
+            };
+            let mut body = body_of(me)?;
+            if body.root == Some(own.id) || me.enrolled_by != Some(me.id) {
+                return Ok(false);
+            }
+            let mut row = (*me).clone();
+            body.root = Some(own.id);
+            row.body = encode(&body);
+            row.signature =
+                Some(self.sign_as(me, &signed_body(&row, body.root.as_ref(), &body.secret))?);
+            self.ks.device_put(&row)?;
+            tracing::info!(device = %row.id, root = %own.id, "first device: its row names its device root");
+            return Ok(true);
+        }
+        let Some(me) = enrolled
+            .iter()
+            .find(|d| d.enrolled_by == Some(d.id))
+            .filter(|d| body_of(d).is_ok_and(|b| b.root == Some(own.id)))
+        else {
+            return Ok(false);
+        };
+        let on_token = self.ks.list(KeyKind::Keypair, Some(&own.id))?.len();
+        if on_token > 0 {
+            tracing::warn!(
+                count = on_token,
+                "first device keeps running on its configured root while keypairs live on its token: \
+                 other devices cannot make or rotate KEKs until they are deleted"
+            );
+            return Ok(false);
+        }
+        let body = body_of(me)?;
+        // Its device key: the wrapped scalar, or the key on its token (which must sign for the
+        // row's public key).
+        let key = self
+            .with_recovery(|| open_device_key(self.device.configured(), me, &body, op))?
+            .ok_or(AgentError::Devices(DeviceRefusal::BadSignature {
+                op,
+                id: me.id,
+                what: "its device key does not open to its public key",
+            }))?;
+        let public = key.public();
+        // 1. The device root (an earlier, interrupted try may have enrolled it).
+        let existing = self.ks.roots_checked()?.into_iter().find(|r| {
+            r.scheme == PUBLIC_ROOT_SCHEME
+                && r.locator.as_deref() == Some("public:device")
+                && r.public_key.as_deref() == Some(&me.public_key[..])
+        });
+        let dev_root = match existing {
+            Some(r) => r,
+            None => {
+                let id =
+                    self.enroll_public_root(PublicRootKind::Device, me.label.clone(), &public)?;
+                self.ks
+                    .get(&id)?
+                    .ok_or(AgentError::NotFound(crate::error::Missing::Key {
+                        kind: KeyKind::Root,
+                        id,
+                    }))?
+            }
+        };
+        // 2. Run on it.
+        self.device.set_device_key(key);
+        *lock(&self.own_root) = Some(dev_root.clone());
+        lock(&self.keks).clear();
+        // 3. The configured root's record goes.
+        self.root_remove(&own.id.to_string())?;
+        tracing::info!(device = %me.id, root = %dev_root.id, old = %own.id, "first device: runs on its device key");
+        // 4. Its row names the device root.
+        self.first_device_on_device_key(op, true)?;
+        Ok(true)
+    }
+
+    /// Another device replaced the integrity key (`device.revoke`, `root rotate --compromised`)
+    /// while this agent kept the old MAC key, under which every row now reads as
+    /// `keystore_tampered`. When the integrity records themselves do not verify under the loaded
+    /// key (rows that merely were edited do), the integrity KEK is opened again through the
+    /// agent's own root, as at unlock, and the caches are dropped. A revoked device has no wrap
+    /// of the new key and stays refused. Returns whether a new key was loaded (the service then
+    /// runs the refused request once more).
+    pub(crate) fn follow_integrity_rekey(&self) -> bool {
+        let Some(own) = lock(&self.own_root).clone() else {
+            return false;
+        };
+        if !self.root.is_unlocked() {
+            return false;
+        }
+        let Ok(recs) = self.ks.integrity_records() else {
+            return false;
+        };
+        if recs.is_empty() || recs.iter().all(|r| self.ks.get(&r.id).is_ok()) {
+            return false;
+        }
+        // The new integrity KEK and secret (read unchecked: the loaded key is the old one).
+        let ids: Vec<Uuid> = recs.iter().map(|r| r.id).collect();
+        let Some(kek) = recs
+            .iter()
+            .find(|r| !r.parent.is_some_and(|p| ids.contains(&p)))
+        else {
+            return false;
+        };
+        let Some(secret) = recs.iter().find(|r| r.parent == Some(kek.id)) else {
+            return false;
+        };
+        let wrap = if kek.parent == Some(own.id) {
+            kek.wrapped.clone()
+        } else {
+            match self.ks.kek_wrap_unchecked(&kek.id, &own.id) {
+                Ok(w) => w.map(|w| w.wrapped),
+                Err(_) => return false,
+            }
+        };
+        let Some(wrap) = wrap else {
+            tracing::warn!("the keystore integrity key changed and this agent's root has no wrap of the new one (revoked?): locking");
+            self.lock_quietly();
+            return false;
+        };
+        let derived = self
+            .with_recovery(|| Ok(self.root.open_kek(&wrap)?))
+            .ok()
+            .and_then(|k| {
+                let s = secret.wrapped.as_deref()?;
+                self.derive_mac_key(k.as_ref(), s).ok()
+            });
+        let Some(key) = derived else {
+            // Edited integrity records (a tampering, refused as it is), not a replacement.
+            tracing::warn!("the keystore integrity records do not verify and this agent's root does not open them");
+            return false;
+        };
+        // The key this agent holds already: the integrity records were edited, not replaced
+        // (a tampering, refused as it is; the agent keeps its key and stays unlocked).
+        const PROBE: &[u8] = b"keyward/devices/follow-integrity-rekey/probe";
+        if self.ks.mac_tag(PROBE).as_deref() == Some(&key.tag(PROBE)[..]) {
+            return false;
+        }
+        // Swapped in at once (never a moment without a key, when reads would go unchecked),
+        // then checked as at unlock; a key that does not check locks the agent.
+        self.ks.set_mac_key(Some(key));
+        let checked = (|| -> Result<(), AgentError> {
+            self.ks.get(&kek.id)?;
+            self.ks.get(&secret.id)?;
+            match self.ks.get(&own.id)? {
+                Some(r) if r == own => {}
+                _ => {
+                    return Err(AgentError::KeystoreTampered(Tampering::RootRecord {
+                        id: own.id,
+                    }))
+                }
+            }
+            self.ks.roots_checked()?;
+            if self.wrap_for(kek, &own)? != wrap {
+                return Err(AgentError::KeystoreTampered(Tampering::DoesNotUnwrap {
+                    id: kek.id,
+                }));
+            }
+            Ok(())
+        })();
+        match checked {
+            Ok(()) => {
+                lock(&self.keks).clear();
+                self.key_cache.clear();
+                tracing::info!(
+                    "the keystore integrity key was replaced by another device: loaded the new one"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the new keystore integrity key does not check: locking");
+                self.lock_quietly();
+                false
+            }
+        }
     }
 
     /// At unlock, when no enrolled root of the configured scheme opens the keystore: is this
@@ -942,12 +1152,24 @@ impl Hierarchy {
                 }));
             }
             let Some(root_id) = b.root else { continue };
-            let Some(rec) = self
-                .ks
-                .roots()?
-                .into_iter()
-                .find(|r| r.id == root_id && r.scheme == PUBLIC_ROOT_SCHEME)
-            else {
+            let roots = self.ks.roots()?;
+            let by_id = roots
+                .iter()
+                .find(|r| r.id == root_id && r.scheme == PUBLIC_ROOT_SCHEME);
+            // The first device interrupted between removing its configured root's record and
+            // naming its device root in its row (`first_device_on_device_key`): found by key.
+            let by_key = || {
+                (d.enrolled_by == Some(d.id))
+                    .then(|| {
+                        roots.iter().find(|r| {
+                            r.scheme == PUBLIC_ROOT_SCHEME
+                                && r.locator.as_deref() == Some("public:device")
+                                && r.public_key.as_deref() == Some(&d.public_key[..])
+                        })
+                    })
+                    .flatten()
+            };
+            let Some(rec) = by_id.or_else(by_key).cloned() else {
                 continue;
             };
             if rec.public_key.as_deref() != Some(&d.public_key[..]) {
@@ -1059,13 +1281,29 @@ impl Hierarchy {
                 ..Revoked::default()
             });
         }
+        let signed = rows
+            .iter()
+            .filter(|d| d.state == ENROLLED && d.id != uuid && d.enrolled_by == Some(uuid))
+            .count();
+        if signed > 0 {
+            return Err(AgentError::Devices(DeviceRefusal::Signer {
+                op: OP,
+                id: uuid,
+                count: signed,
+            }));
+        }
         let keks: Vec<KeyRecord> = self
             .ks
             .list(KeyKind::Kek, None)?
             .into_iter()
             .filter(|k| k.state == crate::keystore::KeyState::Active)
             .collect();
-        // The device's root goes first (with every wrap under it), then its row.
+        // The device's root goes first (with every wrap under it): from then on nothing new is
+        // wrapped to it. Then, in one `meta` write, the KEKs it could open join the list to
+        // rotate and the mark asks for a new integrity key (the device could derive the MAC
+        // key, so it could forge rows): both are done below, or at the next unlock if this is
+        // interrupted (`root_rotate.rs`). Then its row goes. A revoke interrupted before the
+        // mark is run again (the row is still there; its root is gone).
         if let Some(r) = root {
             if self.ks.get(&r)?.is_some() {
                 self.root_remove(&r.to_string())?;
@@ -1075,11 +1313,20 @@ impl Hierarchy {
         // next unlock (`rotate_revoked_deks`): the time bounds which DEKs the device knew.
         self.ks
             .set_meta(META_REVOKE_DEKS, &crate::keystore::now().to_string())?;
+        let kek_ids: Vec<Uuid> = keks.iter().map(|k| k.id).collect();
+        self.mark_compromised(&kek_ids, &format!("device {uuid}"))?;
         self.ks.device_delete(&uuid)?;
-        let mut rotated = Vec::new();
-        for k in &keks {
-            rotated.push(self.kek_rotate(&k.id.to_string())?.id);
+        let done = self.finish_compromised()?;
+        let rotated = kek_ids;
+        if done < rotated.len() {
+            tracing::warn!(
+                done,
+                of = rotated.len(),
+                "device.revoke: some KEKs were not rotated (gone or no longer active)"
+            );
         }
+        // The new integrity key, wrapped to the remaining roots only; every row re-MAC'd.
+        self.finish_rekey()?;
         lock(&self.keks).clear();
         *lock(&self.audit_self) = None;
         let (deks_rotated, shared_deks) = self.rotate_revoked_deks()?.unwrap_or_default();
@@ -1146,6 +1393,10 @@ impl Hierarchy {
         Ok(Some((rotated, shared)))
     }
 }
+
+#[cfg(test)]
+#[path = "devices_roots_tests.rs"]
+mod roots_tests;
 
 #[cfg(test)]
 mod tests {

@@ -794,6 +794,11 @@ impl Hierarchy {
             if let Err(e) = self.finish_rekey() {
                 tracing::error!(error = %e, "replacing the keystore integrity key after `root rotate --compromised` failed: everything stays under the old key; the next unlock tries again");
             }
+            // The first device of an identity with other devices runs on its device key
+            // (`devices.rs`); a keystore from before that, or an interrupted switch, now.
+            if let Err(e) = self.first_device_on_device_key("unlock", false) {
+                tracing::error!(error = %e, "moving the first device onto its device key failed: the next unlock tries again");
+            }
             tracing::info!("unlocked");
             Ok(())
         })

@@ -208,6 +208,48 @@ impl Hierarchy {
         })
     }
 
+    /// Ask for what `root rotate --compromised` asks of the next unlock, now (for
+    /// `device.revoke`): `keks` join the MAC'd list of KEKs to rotate and the MAC'd mark asks
+    /// for a new integrity key, both in one `meta` write; [`Hierarchy::finish_compromised`] and
+    /// [`Hierarchy::finish_rekey`] then do them, here or at the next unlock if interrupted.
+    /// `why` names what the key was exposed to (the mark's value, logged).
+    pub(crate) fn mark_compromised(&self, keks: &[Uuid], why: &str) -> Result<(), AgentError> {
+        let mut list: Vec<String> = match self.ks.meta(META_COMPROMISED)? {
+            Some(l) if !l.is_empty() => {
+                let verified = self
+                    .ks
+                    .meta(META_COMPROMISED_MAC)?
+                    .and_then(|t| hex::decode(t).ok())
+                    .is_some_and(|tag| self.ks.mac_verify(&mac_body(&l), &tag) == Some(true));
+                if !verified {
+                    return Err(AgentError::KeystoreTampered(Tampering::CompromisedList));
+                }
+                l.split(',').map(str::to_string).collect()
+            }
+            _ => Vec::new(),
+        };
+        for k in keks {
+            let k = k.to_string();
+            if !list.contains(&k) {
+                list.push(k);
+            }
+        }
+        let pending = list.join(",");
+        let missing = || AgentError::Locked {
+            op: "device.revoke",
+        };
+        let tag = hex::encode(self.ks.mac_tag(&mac_body(&pending)).ok_or_else(missing)?);
+        let mark_tag = hex::encode(self.ks.mac_tag(&rekey_body(why)).ok_or_else(missing)?);
+        let mut meta: Vec<(&str, Option<&str>)> =
+            vec![(META_REKEY, Some(why)), (META_REKEY_MAC, Some(&mark_tag))];
+        if !pending.is_empty() {
+            meta.push((META_COMPROMISED, Some(&pending)));
+            meta.push((META_COMPROMISED_MAC, Some(&tag)));
+        }
+        self.ks.set_metas(&meta)?;
+        Ok(())
+    }
+
     /// At unlock: rotate the KEKs a `root rotate --compromised` left (each a journaled
     /// `kek.rotate`), dropping each id from the list as it is done. A KEK that is gone or no
     /// longer active is skipped; a refusal that another unlock may not meet (an absent root)
@@ -344,7 +386,7 @@ impl Hierarchy {
             .rekey_integrity(key, &old_ids, &records, &wraps, &metas, &clear, &set)?;
         crash_point("integrity-rekey-committed");
         lock(&self.keks).clear();
-        tracing::info!(rows = n, old_root = %mark, "root rotate --compromised: the keystore integrity key was replaced; every record is MAC'd under the new key");
+        tracing::info!(rows = n, exposed_to = %mark, "the keystore integrity key was replaced (root rotate --compromised, or device revoke); every record is MAC'd under the new key");
         Ok(true)
     }
 }

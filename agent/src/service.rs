@@ -263,7 +263,22 @@ impl Service {
         } else {
             match ready.and_then(|()| self.check_policy(req)) {
                 // Key limits that ask for confirmation name this connection's peer.
-                Ok(()) => crate::limits::with_requester(self.peer.clone(), || dispatch(self, req)),
+                Ok(()) => {
+                    let run =
+                        || crate::limits::with_requester(self.peer.clone(), || dispatch(self, req));
+                    let r = run();
+                    // Another device replaced the integrity key (`device.revoke`): load the new
+                    // one and run the request again, once (a refusal changed nothing).
+                    let tampered = r
+                        .err
+                        .as_ref()
+                        .is_some_and(|e| e.code == ErrorCode::KeystoreTampered);
+                    if tampered && self.h.follow_integrity_rekey() {
+                        run()
+                    } else {
+                        r
+                    }
+                }
                 Err(e) => Response::err(Some(req.id), e.to_body()),
             }
         };

@@ -601,6 +601,17 @@ impl Keystore {
         dispatch!(self, s => s.kek_wrap(kek, root))
     }
 
+    /// `kek`'s wrap under `root`, never MAC-checked: to open an integrity KEK that another
+    /// device made while this agent holds the old MAC key (`devices.rs`
+    /// `follow_integrity_rekey`, which checks it under the key it derives).
+    pub fn kek_wrap_unchecked(
+        &self,
+        kek: &Uuid,
+        root: &Uuid,
+    ) -> Result<Option<KekWrap>, KeystoreError> {
+        dispatch!(self, s => s.kek_wrap_unchecked(kek, root))
+    }
+
     /// Every `kek_wraps` row of one KEK, checked while unlocked.
     pub fn kek_wraps_of(&self, kek: &Uuid) -> Result<Vec<KekWrap>, KeystoreError> {
         dispatch!(self, s => s.kek_wraps_of(kek))

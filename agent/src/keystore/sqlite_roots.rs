@@ -304,6 +304,22 @@ impl SqliteStore {
     }
 
     /// The wrap of `kek` under `root` (a `kek_wraps` row), checked while unlocked.
+    pub fn kek_wrap_unchecked(
+        &self,
+        kek: &Uuid,
+        root: &Uuid,
+    ) -> Result<Option<KekWrap>, KeystoreError> {
+        Ok(wraps_with(
+            &self.lock(),
+            None,
+            "kek_wraps",
+            "kek = ?1 AND root = ?2",
+            &[&kek.to_string(), &root.to_string()],
+        )?
+        .into_iter()
+        .next())
+    }
+
     pub fn kek_wrap(&self, kek: &Uuid, root: &Uuid) -> Result<Option<KekWrap>, KeystoreError> {
         let key = self.key();
         Ok(wraps_with(

@@ -49,7 +49,8 @@ pub enum DeviceKey {
 }
 
 impl DeviceKey {
-    fn public(&self) -> p256::PublicKey {
+    /// Its public key.
+    pub fn public(&self) -> p256::PublicKey {
         match self {
             DeviceKey::Scalar(k) => k.public_key(),
             DeviceKey::Token { public, .. } => *public,

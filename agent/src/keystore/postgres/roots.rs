@@ -245,6 +245,21 @@ impl PgStore {
     }
 
     /// The wrap of `kek` under `root`, checked while unlocked.
+    pub fn kek_wrap_unchecked(
+        &self,
+        kek: &Uuid,
+        root: &Uuid,
+    ) -> Result<Option<KekWrap>, KeystoreError> {
+        let (kek, root) = (kek.to_string(), root.to_string());
+        Ok(self
+            .run(move |sh| async move {
+                let c = sh.pool.get().await.map_err(pool_err("read KEK wraps"))?;
+                wraps(&c, None, "kek = $1 AND root = $2", &[&kek, &root]).await
+            })?
+            .into_iter()
+            .next())
+    }
+
     pub fn kek_wrap(&self, kek: &Uuid, root: &Uuid) -> Result<Option<KekWrap>, KeystoreError> {
         let key = self.key();
         let (kek, root) = (kek.to_string(), root.to_string());
