@@ -1117,6 +1117,9 @@ impl Hierarchy {
         const OP: &str = "unlock";
         let root = self.device.configured();
         let scheme = root.scheme();
+        // A passphrase that opened none of the rows of its scheme (each row has its own check):
+        // a wrong passphrase, said so (and counted) rather than "no root of this scheme".
+        let mut wrong = None;
         for d in self.ks.devices()? {
             let Ok(b) = body_of(&d) else { continue };
             if b.root_scheme != scheme.as_str() {
@@ -1134,6 +1137,10 @@ impl Hierarchy {
                 // A token counts every wrong PIN: never try it on the next row.
                 Err(e @ RootError::PinIncorrect { .. }) if !per_row_check(&b) => {
                     return Err(e.into())
+                }
+                Err(e @ RootError::PinIncorrect { .. }) => {
+                    wrong = Some(e);
+                    continue;
                 }
                 Err(_) => continue,
             }
@@ -1198,7 +1205,10 @@ impl Hierarchy {
             tracing::info!(device = %d.id, root = %rec.id, "unlocked on this device's key");
             return Ok(Some(rec));
         }
-        Ok(None)
+        match wrong {
+            Some(e) => Err(e.into()),
+            None => Ok(None),
+        }
     }
 
     /// `device.list`: the devices and pending requests, checked (MACs and the signature
