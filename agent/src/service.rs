@@ -150,6 +150,7 @@ impl Service {
             return Ok(());
         }
         let id = crate::policy::key_id_of(&req.args);
+        let id = id.as_deref();
         // Read-only: the record's label, kind and purpose, only when a rule names them (the
         // record read checks its MAC). A key that is not found (or an id that is no UUID) is
         // matched by its id only.
@@ -270,7 +271,7 @@ impl Service {
         if let Some(a) = audit {
             let mut r = crate::audit::Record::of(&req.op, self.door().name(), &self.peer);
             r.key = crate::policy::key_id_of(&req.args)
-                .or_else(|| resp.ok.as_ref().and_then(result_id))
+                .or_else(|| resp.ok.as_ref().and_then(result_id).map(Into::into))
                 .map(|k| match k.len() {
                     0..=128 => k.to_string(),
                     _ => k.chars().take(128).collect(),
@@ -1457,7 +1458,7 @@ mod policy_tests {
         svc.handle(&Request {
             id: 9,
             op: "encrypt".into(),
-            args,
+            args: keyward_proto::Args::serialized(&args).expect("encodes"),
         })
     }
 

@@ -106,39 +106,93 @@ pub fn sanitize_serde_message(msg: &str) -> String {
 pub struct Request {
     pub id: u64,
     pub op: String,
-    pub args: Value,
+    pub args: Args,
 }
 
-impl Drop for Request {
-    fn drop(&mut self) {
-        wipe_value(&mut self.args);
+/// A request's arguments as they came: the bytes of one well-formed CBOR item (a map, for a
+/// request the agent decoded). They are decoded once, straight into the operation's typed
+/// struct ([`Request::args`]); the key id the policy check and the audit entry need is peeked
+/// in place ([`Args::text_field`]). The bytes are wiped on drop (a PIN or a plaintext may be in
+/// them) and never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Args(zeroize::Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for Args {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Args({} bytes)", self.0.len())
     }
 }
 
-#[derive(Serialize)]
-struct RequestWire<'a> {
-    id: u64,
-    op: &'a str,
-    args: &'a Value,
+impl Args {
+    /// The empty map (a request without `args`).
+    pub fn empty() -> Args {
+        Args(zeroize::Zeroizing::new(vec![0xa0]))
+    }
+
+    /// `args` serialized (any serializable value; a request needs a map).
+    pub fn serialized<A: Serialize>(args: &A) -> Result<Args, CodecError> {
+        to_cbor(args).map(|b| Args(zeroize::Zeroizing::new(b)))
+    }
+
+    /// The CBOR bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The arguments as a generic CBOR value (for tests and tools; the agent never builds it).
+    /// The caller wipes it (`wipe_value`) when it may hold a secret.
+    pub fn to_value(&self) -> Result<Value, CodecError> {
+        cbor_value(&self.0)
+    }
+
+    /// The text value of the first of `names` (by their order) that the map has with a text
+    /// value, read in place; `None` when there is none (or these are not a map).
+    pub fn text_field(&self, names: &[&str]) -> Option<std::borrow::Cow<'_, str>> {
+        crate::scan::text_field(&self.0, names)
+    }
 }
 
 impl Request {
     /// A request whose arguments are `args` serialized.
     pub fn new<A: Serialize>(id: u64, op: &str, args: &A) -> Result<Self, CodecError> {
-        let args = Value::serialized(args).map_err(|e| CodecError::Encode(e.to_string()))?;
         Ok(Request {
             id,
             op: op.to_string(),
-            args,
+            args: Args::serialized(args)?,
         })
     }
 
+    /// The request as one CBOR map `{id, op, args}` (the args' bytes as they are).
     pub fn to_cbor(&self) -> Result<Vec<u8>, CodecError> {
-        to_cbor(&RequestWire {
-            id: self.id,
-            op: &self.op,
-            args: &self.args,
-        })
+        fn head(out: &mut Vec<u8>, major: u8, n: u64) {
+            let m = major << 5;
+            match n {
+                0..=23 => out.push(m | n as u8),
+                24..=0xff => out.extend([m | 24, n as u8]),
+                0x100..=0xffff => {
+                    out.push(m | 25);
+                    out.extend((n as u16).to_be_bytes());
+                }
+                0x1_0000..=0xffff_ffff => {
+                    out.push(m | 26);
+                    out.extend((n as u32).to_be_bytes());
+                }
+                _ => {
+                    out.push(m | 27);
+                    out.extend(n.to_be_bytes());
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(self.op.len() + self.args.0.len() + 24);
+        out.push(0xa3);
+        out.extend(*b"\x62id");
+        head(&mut out, 0, self.id);
+        out.extend(*b"\x62op");
+        head(&mut out, 3, self.op.len() as u64);
+        out.extend(self.op.as_bytes());
+        out.extend(*b"\x64args");
+        out.extend_from_slice(&self.args.0);
+        Ok(out)
     }
 
     /// Parse a request frame with the default [`DecodeLimits`](crate::limits::DecodeLimits).
@@ -148,8 +202,11 @@ impl Request {
 
     /// Parse a request frame, as the agent does: first a scan of the item heads against
     /// `limits` (nesting and item count: `invalid_request`, naming the id when it can be read),
-    /// then the decoding. On failure, returns the id if one could be read (so the error response
-    /// can name it) and the error to send.
+    /// then a well-formedness check of the whole item (`malformed`), then the envelope's fields,
+    /// read in place ([`crate::scan`]): no generic CBOR tree is built, and the arguments stay
+    /// bytes until [`Request::args`] decodes them into the operation's struct. On failure,
+    /// returns the id if one could be read (so the error response can name it) and the error to
+    /// send.
     pub fn from_cbor_limited(
         bytes: &[u8],
         limits: &crate::limits::DecodeLimits,
@@ -160,67 +217,64 @@ impl Request {
                 ErrorBody::new(ErrorCode::InvalidRequest, e.to_string()),
             ));
         }
-        let v = cbor_value(bytes)
-            .map_err(|e| (None, ErrorBody::new(ErrorCode::Malformed, e.to_string())))?;
-        let Value::Map(entries) = v else {
+        crate::scan::well_formed(bytes).map_err(|e| {
+            let e = CodecError::Decode(e.to_string());
+            (None, ErrorBody::new(ErrorCode::Malformed, e.to_string()))
+        })?;
+        let Some(env) = crate::scan::envelope(bytes) else {
             return Err((
                 None,
                 ErrorBody::new(ErrorCode::Malformed, "a request must be a CBOR map"),
             ));
         };
-        let (mut id, mut op, mut args) = (None, None, None);
-        let mut bad_id = false;
-        let mut unknown = Vec::new();
-        for (k, val) in entries {
-            match k.as_text() {
-                Some("id") => match val.as_integer().and_then(|i| u64::try_from(i).ok()) {
-                    Some(i) => id = Some(i),
-                    None => bad_id = true,
-                },
-                Some("op") => op = Some(val),
-                Some("args") => args = Some(val),
-                Some(other) => unknown.push(other.to_string()),
-                None => unknown.push("(non-text key)".to_string()),
-            }
-        }
         let invalid = |id, msg: String| Err((id, ErrorBody::new(ErrorCode::InvalidRequest, msg)));
-        if bad_id {
-            return invalid(None, "`id` must be an unsigned integer".into());
-        }
-        let Some(id) = id else {
-            return invalid(None, "the request has no `id`".into());
+        let id = match env.id {
+            Some(Ok(i)) => i,
+            Some(Err(())) => return invalid(None, "`id` must be an unsigned integer".into()),
+            None => return invalid(None, "the request has no `id`".into()),
         };
-        if !unknown.is_empty() {
+        if !env.unknown.is_empty() {
             return invalid(
                 Some(id),
-                format!("unknown request fields: {}", unknown.join(", ")),
+                format!("unknown request fields: {}", env.unknown.join(", ")),
             );
         }
-        let op = match op {
-            Some(Value::Text(s)) => s,
-            Some(_) => return invalid(Some(id), "`op` must be text".into()),
+        let op = match env.op {
+            Some(Some(s)) => s.into_owned(),
+            Some(None) => return invalid(Some(id), "`op` must be text".into()),
             None => return invalid(Some(id), "the request has no `op`".into()),
         };
-        let args = match args {
-            None => Value::Map(Vec::new()),
-            Some(m @ Value::Map(_)) => m,
-            Some(_) => return invalid(Some(id), "`args` must be a map".into()),
+        let args = match env.args {
+            None => Args::empty(),
+            Some((b, true)) => Args(zeroize::Zeroizing::new(b.to_vec())),
+            Some((_, false)) => return invalid(Some(id), "`args` must be a map".into()),
         };
         Ok(Request { id, op, args })
     }
 
-    /// The arguments as the operation's typed argument struct. Unknown and mistyped fields are
-    /// `invalid_args`; the message never quotes the values sent.
+    /// The arguments as the operation's typed argument struct, decoded from their bytes in one
+    /// pass. Unknown and mistyped fields are `invalid_args`; the message never quotes the values
+    /// sent.
     pub fn args<T: DeserializeOwned>(&self) -> Result<T, ErrorBody> {
-        self.args.deserialized().map_err(|e| {
-            let ciborium::value::Error::Custom(text) = e;
+        use zeroize::Zeroize;
+        // ciborium reads strings through this buffer (a PIN may pass): wiped after. Small, since
+        // wiping is byte by byte (4 KiB, ciborium's default, cost 10k instructions a request);
+        // longer strings and byte strings are read in chunks of it into their own buffers, and
+        // only field names and enum variants must fit in it whole (none is near 256 bytes).
+        let mut scratch = [0u8; 256];
+        let r = ciborium::de::from_reader_with_buffer(&self.args.0[..], &mut scratch);
+        scratch.zeroize();
+        r.map_err(|e| {
+            use ciborium::de::Error;
+            let text = match e {
+                Error::Semantic(_, text) => sanitize_serde_message(&text),
+                Error::Syntax(at) => format!("CBOR not readable at byte {at}"),
+                Error::Io(_) => "the arguments end early".to_string(),
+                Error::RecursionLimitExceeded => "the arguments nest too deeply".to_string(),
+            };
             ErrorBody::new(
                 ErrorCode::InvalidArgs,
-                format!(
-                    "invalid arguments for `{}`: {}",
-                    self.op,
-                    sanitize_serde_message(&text)
-                ),
+                format!("invalid arguments for `{}`: {text}", self.op),
             )
         })
     }
@@ -318,6 +372,68 @@ mod tests {
     }
 
     #[test]
+    fn requests_encode_as_the_generic_encoder_would_and_args_decode_once() {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            id: u64,
+            op: &'a str,
+            args: &'a crate::ops::ListArgs,
+        }
+        let args = crate::ops::ListArgs::default();
+        for id in [0, 23, 24, 255, 256, 70_000, 5_000_000_000] {
+            let r = Request::new(id, "kek.list", &args).unwrap();
+            let generic = to_cbor(&Wire {
+                id,
+                op: "kek.list",
+                args: &args,
+            })
+            .unwrap();
+            assert_eq!(r.to_cbor().unwrap(), generic, "id {id}");
+            let back = Request::from_cbor(&generic).unwrap();
+            assert_eq!(back.args::<crate::ops::ListArgs>().unwrap(), args);
+        }
+        // No `args`: the empty map.
+        let no_args = Value::Map(vec![
+            (Value::Text("id".into()), Value::Integer(1.into())),
+            (Value::Text("op".into()), Value::Text("lock".into())),
+        ]);
+        let r = Request::from_cbor(&frame(&no_args)).unwrap();
+        assert_eq!(r.args, Args::empty());
+        // `args` that are not a map, an `op` that is not text.
+        let bad = |k: &str, v: Value| {
+            let mut m = vec![(Value::Text("id".into()), Value::Integer(2.into()))];
+            if k != "op" {
+                m.push((Value::Text("op".into()), Value::Text("lock".into())));
+            }
+            m.push((Value::Text(k.into()), v));
+            Request::from_cbor(&frame(&Value::Map(m))).unwrap_err()
+        };
+        let (id, e) = bad("args", Value::Array(vec![]));
+        assert_eq!((id, e.code), (Some(2), ErrorCode::InvalidRequest));
+        let (id, e) = bad("op", Value::Integer(3.into()));
+        assert_eq!((id, e.code), (Some(2), ErrorCode::InvalidRequest));
+        // Not well-formed inside the args (text that is not UTF-8): malformed, as before any
+        // typed decoding.
+        let mut b = Request::new(
+            3,
+            "kek.list",
+            &Value::Map(vec![(
+                Value::Text("after".into()),
+                Value::Text("ab".into()),
+            )]),
+        )
+        .unwrap()
+        .to_cbor()
+        .unwrap();
+        let n = b.len();
+        b[n - 1] = 0xff;
+        assert_eq!(
+            Request::from_cbor(&b).unwrap_err().1.code,
+            ErrorCode::Malformed
+        );
+    }
+
+    #[test]
     fn malformed_and_shapeless_requests() {
         let (id, e) = Request::from_cbor(&[0xff, 0x00]).unwrap_err();
         assert_eq!((id, e.code), (None, ErrorCode::Malformed));
@@ -373,10 +489,11 @@ mod tests {
         let r = Request {
             id: 1,
             op: "unlock".into(),
-            args: Value::Map(vec![(
+            args: Args::serialized(&Value::Map(vec![(
                 Value::Text("pin".into()),
                 Value::Integer(987654.into()),
-            )]),
+            )]))
+            .unwrap(),
         };
         let e = r.args::<crate::ops::PinArgs>().unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidArgs);
@@ -384,10 +501,11 @@ mod tests {
         let r = Request {
             id: 1,
             op: "unlock".into(),
-            args: Value::Map(vec![(
+            args: Args::serialized(&Value::Map(vec![(
                 Value::Text("pinn".into()),
                 Value::Text("secret-ish".into()),
-            )]),
+            )]))
+            .unwrap(),
         };
         let e = r.args::<crate::ops::PinArgs>().unwrap_err();
         assert!(!e.message.contains("secret-ish"), "{}", e.message);
