@@ -85,18 +85,6 @@ const FAST_BACKEND_OPS: &[Op] = &[
     Op::AgentsPolicy,
 ];
 
-/// The `id` a result names (a created, revoked or deleted key), for the audit entry of an op
-/// whose arguments name none.
-fn result_id(v: &ciborium::Value) -> Option<&str> {
-    let ciborium::Value::Map(m) = v else {
-        return None;
-    };
-    m.iter().find_map(|(k, v)| match (k, v) {
-        (ciborium::Value::Text(k), ciborium::Value::Text(v)) if k == "id" => Some(v.as_str()),
-        _ => None,
-    })
-}
-
 impl Service {
     pub fn new(h: Arc<Hierarchy>) -> Self {
         Service {
@@ -271,7 +259,7 @@ impl Service {
         if let Some(a) = audit {
             let mut r = crate::audit::Record::of(&req.op, self.door().name(), &self.peer);
             r.key = crate::policy::key_id_of(&req.args)
-                .or_else(|| resp.ok.as_ref().and_then(result_id).map(Into::into))
+                .or_else(|| resp.result_text("id"))
                 .map(|k| match k.len() {
                     0..=128 => k.to_string(),
                     _ => k.chars().take(128).collect(),
@@ -287,9 +275,7 @@ impl Service {
             let wait = a.required() && !exempt && resp.err.is_none();
             if !a.append(r, wait) && wait {
                 // The result is withheld: a key or plaintext in it is wiped, not sent.
-                if let Some(mut v) = resp.ok.take() {
-                    keyward_proto::message::wipe_value(&mut v);
-                }
+                resp.wipe_result();
                 let e = AgentError::AuditUnavailable { op: op_name() };
                 resp = Response::err(Some(req.id), e.to_body());
             }
@@ -1486,7 +1472,7 @@ mod policy_tests {
                     assert_eq!(e.code, ErrorCode::PolicyDenied, "{rule}: {e:?}");
                     assert!(e.message.contains("rule 1 (\"r\")"), "{}", e.message);
                 }
-                None if !denied => assert!(r.ok.is_some(), "{rule}"),
+                None if !denied => assert!(r.is_ok(), "{rule}"),
                 other => panic!("{rule}: {other:?}"),
             }
             // A key the keystore does not hold is matched by its id only, and the agent

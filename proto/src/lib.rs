@@ -23,7 +23,7 @@ pub mod secret;
 mod table;
 
 pub use error::{ErrorBody, ErrorCode};
-pub use message::{Args, Request, Response};
+pub use message::{Args, Cbor, Request, Response};
 
 /// The protocol version this crate speaks. `hello` carries it both ways; an agent refuses a
 /// client whose major version it does not speak.

@@ -39,7 +39,8 @@ impl std::io::Write for WipingWriter {
 /// Encode any serializable message as one CBOR item. Growing the buffer leaves no copy behind;
 /// callers holding secret-bearing messages wipe the result when done (see `frame`).
 pub fn to_cbor<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
-    let mut w = WipingWriter(Vec::new());
+    // Most messages fit: fewer regrowths (each of which copies and wipes the old buffer).
+    let mut w = WipingWriter(Vec::with_capacity(256));
     ciborium::into_writer(msg, &mut w).map_err(|e| CodecError::Encode(e.to_string()))?;
     Ok(w.0)
 }
@@ -101,6 +102,27 @@ pub fn sanitize_serde_message(msg: &str) -> String {
     out
 }
 
+/// A CBOR item head (major type, argument) in its shortest form, as ciborium writes it.
+fn head(out: &mut Vec<u8>, major: u8, n: u64) {
+    let m = major << 5;
+    match n {
+        0..=23 => out.push(m | n as u8),
+        24..=0xff => out.extend([m | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend((n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend((n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend(n.to_be_bytes());
+        }
+    }
+}
+
 /// A request: which operation, with what arguments. Its `args` are wiped when it is dropped.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -112,26 +134,29 @@ pub struct Request {
 /// A request's arguments as they came: the bytes of one well-formed CBOR item (a map, for a
 /// request the agent decoded). They are decoded once, straight into the operation's typed
 /// struct ([`Request::args`]); the key id the policy check and the audit entry need is peeked
-/// in place ([`Args::text_field`]). The bytes are wiped on drop (a PIN or a plaintext may be in
-/// them) and never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Args(zeroize::Zeroizing<Vec<u8>>);
+/// in place ([`Cbor::text_field`]).
+pub type Args = Cbor;
 
-impl std::fmt::Debug for Args {
+/// One CBOR item kept as its bytes (a request's arguments, a response's encoded result), wiped
+/// on drop (a PIN, a plaintext or a key may be in them) and never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Cbor(zeroize::Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for Cbor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Args({} bytes)", self.0.len())
+        write!(f, "Cbor({} bytes)", self.0.len())
     }
 }
 
-impl Args {
+impl Cbor {
     /// The empty map (a request without `args`).
-    pub fn empty() -> Args {
-        Args(zeroize::Zeroizing::new(vec![0xa0]))
+    pub fn empty() -> Cbor {
+        Cbor(zeroize::Zeroizing::new(vec![0xa0]))
     }
 
-    /// `args` serialized (any serializable value; a request needs a map).
-    pub fn serialized<A: Serialize>(args: &A) -> Result<Args, CodecError> {
-        to_cbor(args).map(|b| Args(zeroize::Zeroizing::new(b)))
+    /// `v` serialized (any serializable value; a request's args must be a map).
+    pub fn serialized<A: Serialize>(v: &A) -> Result<Cbor, CodecError> {
+        to_cbor(v).map(|b| Cbor(zeroize::Zeroizing::new(b)))
     }
 
     /// The CBOR bytes.
@@ -164,25 +189,6 @@ impl Request {
 
     /// The request as one CBOR map `{id, op, args}` (the args' bytes as they are).
     pub fn to_cbor(&self) -> Result<Vec<u8>, CodecError> {
-        fn head(out: &mut Vec<u8>, major: u8, n: u64) {
-            let m = major << 5;
-            match n {
-                0..=23 => out.push(m | n as u8),
-                24..=0xff => out.extend([m | 24, n as u8]),
-                0x100..=0xffff => {
-                    out.push(m | 25);
-                    out.extend((n as u16).to_be_bytes());
-                }
-                0x1_0000..=0xffff_ffff => {
-                    out.push(m | 26);
-                    out.extend((n as u32).to_be_bytes());
-                }
-                _ => {
-                    out.push(m | 27);
-                    out.extend(n.to_be_bytes());
-                }
-            }
-        }
         let mut out = Vec::with_capacity(self.op.len() + self.args.0.len() + 24);
         out.push(0xa3);
         out.extend(*b"\x62id");
@@ -246,7 +252,7 @@ impl Request {
         };
         let args = match env.args {
             None => Args::empty(),
-            Some((b, true)) => Args(zeroize::Zeroizing::new(b.to_vec())),
+            Some((b, true)) => Cbor(zeroize::Zeroizing::new(b.to_vec())),
             Some((_, false)) => return invalid(Some(id), "`args` must be a map".into()),
         };
         Ok(Request { id, op, args })
@@ -280,7 +286,10 @@ impl Request {
     }
 }
 
-/// A response: the request's id and either a result or an error.
+/// A response: the request's id and either a result or an error. A response the agent builds
+/// ([`Response::ok`]) holds its result already encoded (`ok_cbor`), straight from the typed
+/// result, with no generic CBOR value in between; a response a client decodes
+/// ([`Response::from_cbor`]) holds it as a value (`ok`). [`Response::is_ok`] covers both.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     pub id: Option<u64>,
@@ -288,15 +297,19 @@ pub struct Response {
     pub ok: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub err: Option<ErrorBody>,
+    /// The result as encoded by [`Response::ok`] (sent as the `ok` member).
+    #[serde(skip)]
+    pub ok_cbor: Option<Cbor>,
 }
 
 impl Response {
+    /// A successful response: `result` encoded once, as the bytes of the `ok` member.
     pub fn ok<T: Serialize>(id: u64, result: &T) -> Result<Self, CodecError> {
-        let v = Value::serialized(result).map_err(|e| CodecError::Encode(e.to_string()))?;
         Ok(Response {
             id: Some(id),
-            ok: Some(v),
+            ok: None,
             err: None,
+            ok_cbor: Some(Cbor::serialized(result)?),
         })
     }
 
@@ -305,11 +318,54 @@ impl Response {
             id,
             ok: None,
             err: Some(err),
+            ok_cbor: None,
         }
     }
 
+    /// Whether this is a result (not an error).
+    pub fn is_ok(&self) -> bool {
+        self.err.is_none() && (self.ok.is_some() || self.ok_cbor.is_some())
+    }
+
+    /// The text member `name` of the result map, if it has one (read in place when encoded).
+    pub fn result_text(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        if let Some(c) = &self.ok_cbor {
+            return c.text_field(&[name]);
+        }
+        let Some(Value::Map(m)) = &self.ok else {
+            return None;
+        };
+        m.iter().find_map(|(k, v)| match (k, v) {
+            (Value::Text(k), Value::Text(v)) if k == name => Some(v.as_str().into()),
+            _ => None,
+        })
+    }
+
+    /// Drop the result (wiping it: it may be a key or a plaintext).
+    pub fn wipe_result(&mut self) {
+        if let Some(mut v) = self.ok.take() {
+            wipe_value(&mut v);
+        }
+        self.ok_cbor = None;
+    }
+
+    /// The response as one CBOR map: `{id, ok}` or `{id, err}` (an encoded result's bytes as they
+    /// are, the same bytes the generic encoder writes for the value).
     pub fn to_cbor(&self) -> Result<Vec<u8>, CodecError> {
-        to_cbor(self)
+        let Some(ok) = self.ok_cbor.as_ref().filter(|_| self.err.is_none()) else {
+            return to_cbor(self);
+        };
+        // Sized up front: the buffer never grows, so no copy of a result is left behind.
+        let mut out = Vec::with_capacity(ok.0.len() + 16);
+        out.push(0xa2);
+        out.extend(*b"\x62id");
+        match self.id {
+            Some(id) => head(&mut out, 0, id),
+            None => out.push(0xf6),
+        }
+        out.extend(*b"\x62ok");
+        out.extend_from_slice(&ok.0);
+        Ok(out)
     }
 
     /// Parse a response frame, as a client does. Exactly one of `ok` and `err` must be present.
@@ -328,6 +384,13 @@ impl Response {
 
     /// The result as the operation's typed result, or the agent's error.
     pub fn into_result<T: DeserializeOwned>(self) -> Result<T, ResponseError> {
+        if let (Some(c), None) = (&self.ok_cbor, &self.err) {
+            let mut scratch = [0u8; 256];
+            let r = ciborium::de::from_reader_with_buffer(&c.0[..], &mut scratch)
+                .map_err(|e| ResponseError::Codec(CodecError::Shape(e.to_string())));
+            zeroize::Zeroize::zeroize(&mut scratch);
+            return r;
+        }
         match (self.ok, self.err) {
             (_, Some(e)) => Err(ResponseError::Agent(e)),
             (Some(mut v), None) => {
@@ -514,11 +577,53 @@ mod tests {
     }
 
     #[test]
+    fn encoded_results_are_the_bytes_the_generic_encoder_writes() {
+        let list = crate::ops::KeyList {
+            keys: vec![],
+            next: None,
+        };
+        let created = Value::Map(vec![
+            (Value::Text("id".into()), Value::Text("k-1".into())),
+            (Value::Text("n".into()), Value::Bytes(vec![0; 300])),
+        ]);
+        for id in [0, 24, 70_000, u64::MAX] {
+            let r = Response::ok(id, &created).unwrap();
+            let generic = Response {
+                id: Some(id),
+                ok: Some(created.clone()),
+                err: None,
+                ok_cbor: None,
+            };
+            assert_eq!(r.to_cbor().unwrap(), to_cbor(&generic).unwrap(), "id {id}");
+            assert!(r.is_ok() && generic.is_ok());
+            assert_eq!(r.result_text("id").as_deref(), Some("k-1"));
+            assert_eq!(generic.result_text("id").as_deref(), Some("k-1"));
+            assert_eq!(r.result_text("n"), None);
+            let back = Response::from_cbor(&r.to_cbor().unwrap()).unwrap();
+            assert_eq!(back.ok, Some(created.clone()));
+            let l = Response::ok(id, &list).unwrap();
+            let typed: crate::ops::KeyList = l.clone().into_result().unwrap();
+            assert_eq!(typed, list);
+            let typed: crate::ops::KeyList = Response::from_cbor(&l.to_cbor().unwrap())
+                .unwrap()
+                .into_result()
+                .unwrap();
+            assert_eq!(typed, list);
+        }
+        let mut r = Response::ok(1, &created).unwrap();
+        r.wipe_result();
+        assert!(!r.is_ok() && r.ok_cbor.is_none());
+        let e = Response::err(None, ErrorBody::new(ErrorCode::Malformed, "m"));
+        assert!(!e.is_ok());
+    }
+
+    #[test]
     fn response_needs_exactly_one_of_ok_and_err() {
         let both = Response {
             id: Some(1),
             ok: Some(Value::Map(vec![])),
             err: Some(ErrorBody::new(ErrorCode::Internal, "x")),
+            ok_cbor: None,
         };
         assert!(Response::from_cbor(&to_cbor(&both).unwrap()).is_err());
         let e = Response::err(None, ErrorBody::new(ErrorCode::FrameTooLarge, "big"));

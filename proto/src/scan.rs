@@ -92,9 +92,9 @@ fn body<'a>(b: &'a [u8], pos: &mut usize, h: Head) -> Result<&'a [u8], ScanError
 
 /// Check one string item (definite, or indefinite made of definite chunks of its own major
 /// type); text must be UTF-8, chunk by chunk.
-fn string(b: &[u8], pos: &mut usize, h: Head) -> Result<(), ScanError> {
+fn string(b: &[u8], pos: &mut usize, h: Head, utf8: bool) -> Result<(), ScanError> {
     let check = |at: usize, s: &[u8]| {
-        if h.major == 3 && std::str::from_utf8(s).is_err() {
+        if utf8 && h.major == 3 && std::str::from_utf8(s).is_err() {
             Err(ScanError::Invalid(at))
         } else {
             Ok(())
@@ -125,19 +125,25 @@ const MAX_DEPTH: usize = 256;
 
 /// Skip one well-formed item at `*pos` (with everything inside it), or say why it is not one.
 fn item(b: &[u8], pos: &mut usize) -> Result<(), ScanError> {
-    nested(b, pos, 0)
+    nested(b, pos, 0, true)
 }
 
-fn nested(b: &[u8], pos: &mut usize, depth: usize) -> Result<(), ScanError> {
+/// Skip one item of bytes already checked by [`well_formed`] (or encoded by this crate): the
+/// same walk without checking text for UTF-8 again.
+fn skip(b: &[u8], pos: &mut usize) -> Result<(), ScanError> {
+    nested(b, pos, 0, false)
+}
+
+fn nested(b: &[u8], pos: &mut usize, depth: usize, utf8: bool) -> Result<(), ScanError> {
     let at = *pos;
     if depth > MAX_DEPTH {
         return Err(ScanError::Invalid(at));
     }
-    let item = |b: &[u8], pos: &mut usize| nested(b, pos, depth + 1);
+    let item = |b: &[u8], pos: &mut usize| nested(b, pos, depth + 1, utf8);
     let h = head(b, pos)?;
     match h.major {
         0 | 1 => Ok(()),
-        2 | 3 => string(b, pos, h),
+        2 | 3 => string(b, pos, h, utf8),
         4 | 5 => {
             let per = if h.major == 5 { 2 } else { 1 };
             if h.indefinite() {
@@ -189,7 +195,7 @@ fn text_at<'a>(b: &'a [u8], pos: &mut usize) -> Option<Cow<'a, str>> {
     let h = head(b, pos).ok()?;
     if h.major != 3 {
         *pos = start;
-        item(b, pos).ok()?;
+        skip(b, pos).ok()?;
         return None;
     }
     if !h.indefinite() {
@@ -237,7 +243,7 @@ fn entries<'a>(
             return Some(());
         }
         *pos = at;
-        item(b, pos).ok()?;
+        skip(b, pos).ok()?;
     }
 }
 
@@ -274,7 +280,7 @@ pub(crate) fn envelope(bytes: &[u8]) -> Option<Envelope<'_>> {
             }
             Some("op") => env.op = Some(text_at(bytes, &mut p)),
             Some("args") => {
-                if item(bytes, &mut p).is_ok() {
+                if skip(bytes, &mut p).is_ok() {
                     let is_map = bytes.get(at).is_some_and(|b| b >> 5 == 5);
                     env.args = Some((&bytes[at..p], is_map));
                 }
