@@ -13,6 +13,9 @@
 # Python one: a client that sends its next request within microseconds, like the benches'.
 # SPIN_US=N: the agent with `[server] spin_us = N` (0: no spin after an answer; unset: default).
 # EXTRA_TOML='...': appended to the agent's config (e.g. $'[audit]\nsync_ms = 1000').
+# STRACE=1: also count the agent's system calls in the measured loop (`strace -c -f` attached to
+# it; the CPU figures are then inflated by strace, the counts are not): calls per request, in
+# all and for the five most frequent.
 set -euo pipefail
 bin="${1:?usage: cpu-per-request.sh KEYWARDD [N]}"
 n="${2:-3000}"
@@ -83,9 +86,22 @@ C
     coproc DRV { python3 "$repo/tools/cbor-drive.py" "$KEYWARD_SOCK" "$wire" "$n" "$key"; }
   fi
   sleep 0.5
+  if [ -n "${STRACE:-}" ]; then
+    strace -c -f -p "$pid" -o "$work/strace.$op" 2>/dev/null &
+    st=$!
+    sleep 1
+  fi
   t0=$(ticks); w0=$(date +%s%N)
   echo >&"${DRV[1]}"
   wait "$DRV_PID"
   t1=$(ticks); w1=$(date +%s%N)
   echo "cpu: $op n=$n cpu_us_per_request=$(( (t1 - t0) * 1000000 / hz / n )) wall_us_per_request=$(( (w1 - w0) / 1000 / n ))"
+  if [ -n "${STRACE:-}" ]; then
+    kill -INT "$st"; wait "$st" 2>/dev/null || true
+    # strace -c's table: calls are the 4th column, the name the last (errors may be empty).
+    top=$(awk -v n="$n" '$1 ~ /^[0-9.]+$/ && $NF != "total" { printf "%s=%.2f\n", $NF, $4 / n }' \
+      "$work/strace.$op" | sort -t= -k2 -nr | head -5 | tr '\n' ' ')
+    total=$(awk -v n="$n" '$NF == "total" { printf "%.2f", $4 / n }' "$work/strace.$op")
+    echo "syscalls: $op n=$n per_request=$total $top"
+  fi
 done

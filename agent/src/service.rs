@@ -250,11 +250,17 @@ impl Service {
             let e = AgentError::AuditUnavailable { op: op_name() };
             Response::err(Some(req.id), e.to_body())
         } else {
-            match ready.and_then(|()| self.check_policy(req)) {
-                // Key limits that ask for confirmation name this connection's peer.
-                Ok(()) => crate::limits::with_requester(self.peer.clone(), || dispatch(self, req)),
-                Err(e) => Response::err(Some(req.id), e.to_body()),
-            }
+            // One `data_version` read for the whole request (policy check, record copies of
+            // the key and its KEK, ...): `Keystore::one_request`.
+            crate::keystore::Keystore::one_request(|| {
+                match ready.and_then(|()| self.check_policy(req)) {
+                    // Key limits that ask for confirmation name this connection's peer.
+                    Ok(()) => {
+                        crate::limits::with_requester(self.peer.clone(), || dispatch(self, req))
+                    }
+                    Err(e) => Response::err(Some(req.id), e.to_body()),
+                }
+            })
         };
         if let Some(a) = audit {
             let mut r = crate::audit::Record::of(&req.op, self.door().name(), &self.peer);
