@@ -16,6 +16,9 @@
 # (strace slows every call: the CPU and wall figures of that run are not comparable).
 # PERF=1: also `perf stat` the agent over the loop: context switches and system calls per request.
 # EXTRA_TOML='...': appended to the agent's config (e.g. $'[audit]\nsync_ms = 1000').
+# STRACE=1: also count the agent's system calls in the measured loop (`strace -c -f` attached to
+# it; the CPU figures are then inflated by strace, the counts are not): calls per request, in
+# all and for the five most frequent.
 set -euo pipefail
 bin="${1:?usage: cpu-per-request.sh KEYWARDD [N]}"
 n="${2:-3000}"
@@ -94,6 +97,11 @@ C
     perfpid=$!
   fi
   sleep 0.5
+  if [ -n "${STRACE:-}" ]; then
+    strace -c -f -p "$pid" -o "$work/strace.$op" 2>/dev/null &
+    st=$!
+    sleep 1
+  fi
   t0=$(ticks); w0=$(date +%s%N)
   echo >&"${DRV[1]}"
   wait "$DRV_PID"
@@ -107,4 +115,12 @@ C
     awk -v n="$n" -v op="$op" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "syscalls: %s %-16s %.2f per request\n", op, $NF, $4 / n }' "$work/strace.$op"
   fi
   echo "cpu: $op n=$n cpu_us_per_request=$(( (t1 - t0) * 1000000 / hz / n )) wall_us_per_request=$(( (w1 - w0) / 1000 / n ))"
+  if [ -n "${STRACE:-}" ]; then
+    kill -INT "$st"; wait "$st" 2>/dev/null || true
+    # strace -c's table: calls are the 4th column, the name the last (errors may be empty).
+    top=$(awk -v n="$n" '$1 ~ /^[0-9.]+$/ && $NF != "total" { printf "%s=%.2f\n", $NF, $4 / n }' \
+      "$work/strace.$op" | sort -t= -k2 -nr | head -5 | tr '\n' ' ')
+    total=$(awk -v n="$n" '$NF == "total" { printf "%.2f", $4 / n }' "$work/strace.$op")
+    echo "syscalls: $op n=$n per_request=$total $top"
+  fi
 done

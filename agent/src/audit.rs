@@ -1428,7 +1428,7 @@ impl Writer {
         // batch while the log fails (the retry that clears the failure must reach the disk,
         // or a sync that keeps failing would let requests through between failures).
         let mut must_sync = self.sync_ms == 0 || self.failing.load(Ordering::Acquire);
-        let mut out = String::new();
+        let mut out = String::with_capacity(512);
         let (mut seq, mut prev, mut since) = (self.seq, self.prev, self.since_checkpoint);
         let mut reason: Option<&'static str> = None;
         let mut records = 0u64;
@@ -1493,13 +1493,11 @@ impl Writer {
                 sig: None,
             };
             records += 1;
-            if let Ok((line, hash)) = keyward_audit::encode(&e) {
-                out.push_str(&line);
-                out.push('\n');
-                seq += 1;
-                prev = hash;
-                since += 1;
-            }
+            // Straight into the batch's buffer: no JSON value, no line of its own.
+            prev = keyward_audit::encode_into(&e, &mut out);
+            out.push('\n');
+            seq += 1;
+            since += 1;
         }
         let due = reason.or((thread && since >= self.every).then_some("every"));
         let checkpoint = due

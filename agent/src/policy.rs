@@ -10,7 +10,6 @@
 
 use crate::peer::Peer;
 use crate::prompt::Prompter;
-use ciborium::Value;
 pub use keyward_policy::{Decision, Door, Effect, KeyFacts, Policy, PolicyError, Query};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -190,17 +189,10 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// DEK or keypair goes under).
 const KEY_FIELDS: &[&str] = &["dek", "key", "id", "sign_with", "kek"];
 
-/// The key id a request's (decoded, not yet typed) arguments name, if any.
-pub fn key_id_of(args: &Value) -> Option<&str> {
-    let Value::Map(entries) = args else {
-        return None;
-    };
-    KEY_FIELDS.iter().find_map(|f| {
-        entries.iter().find_map(|(k, v)| match (k, v) {
-            (Value::Text(k), Value::Text(v)) if k == f => Some(v.as_str()),
-            _ => None,
-        })
-    })
+/// The key id a request's (not yet typed) arguments name, if any: read in place from their
+/// bytes (any CBOR encoding of the text, definite or indefinite, is read the same).
+pub fn key_id_of(args: &keyward_proto::Args) -> Option<std::borrow::Cow<'_, str>> {
+    args.text_field(KEY_FIELDS)
 }
 
 /// Reload the policy on every `SIGHUP`.
@@ -218,30 +210,49 @@ pub fn reload_on_sighup(state: Arc<PolicyState>) -> std::io::Result<tokio::task:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ciborium::Value;
 
-    fn args(entries: &[(&str, &str)]) -> Value {
-        Value::Map(
+    fn args(entries: &[(&str, &str)]) -> keyward_proto::Args {
+        encoded(&Value::Map(
             entries
                 .iter()
                 .map(|(k, v)| (Value::Text(k.to_string()), Value::Text(v.to_string())))
                 .collect(),
-        )
+        ))
+    }
+
+    fn encoded(v: &Value) -> keyward_proto::Args {
+        keyward_proto::Args::serialized(v).expect("encodes")
     }
 
     #[test]
     fn key_id_from_args() {
-        assert_eq!(key_id_of(&args(&[("id", "a")])), Some("a"));
-        assert_eq!(key_id_of(&args(&[("kek", "k"), ("dek", "d")])), Some("d"));
-        assert_eq!(key_id_of(&args(&[("key", "s"), ("x", "y")])), Some("s"));
+        let id = |a: &keyward_proto::Args| key_id_of(a).map(|c| c.into_owned());
+        assert_eq!(id(&args(&[("id", "a")])).as_deref(), Some("a"));
         assert_eq!(
-            key_id_of(&args(&[("to", "n"), ("sign_with", "s")])),
+            id(&args(&[("kek", "k"), ("dek", "d")])).as_deref(),
+            Some("d")
+        );
+        assert_eq!(id(&args(&[("key", "s"), ("x", "y")])).as_deref(), Some("s"));
+        assert_eq!(
+            id(&args(&[("to", "n"), ("sign_with", "s")])).as_deref(),
             Some("s")
         );
-        assert_eq!(key_id_of(&args(&[("kek", "k")])), Some("k"));
-        assert_eq!(key_id_of(&args(&[("label", "l")])), None);
-        assert_eq!(key_id_of(&Value::Null), None);
+        assert_eq!(id(&args(&[("kek", "k")])).as_deref(), Some("k"));
+        assert_eq!(id(&args(&[("label", "l")])), None);
+        assert_eq!(id(&encoded(&Value::Null)), None);
         let not_text = Value::Map(vec![(Value::Text("id".into()), Value::Integer(3.into()))]);
-        assert_eq!(key_id_of(&not_text), None);
+        assert_eq!(id(&encoded(&not_text)), None);
+        // The id as indefinite-length text is the same id (a rule must not be dodged by it).
+        let indefinite = [0xa1, 0x62, b'i', b'd', 0x7f, 0x61, b'a', 0x61, b'b', 0xff];
+        let r = keyward_proto::Request::from_cbor(&{
+            let mut f = vec![0xa3, 0x62, b'i', b'd', 0x01, 0x62, b'o', b'p', 0x61, b'x'];
+            f.extend(*b"\x64args");
+            f.extend(indefinite);
+            f
+        })
+        .expect("parses");
+        assert_eq!(id(&r.args).as_deref(), Some("ab"));
     }
 
     fn write(dir: &Path, text: &str) -> PathBuf {

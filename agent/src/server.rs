@@ -982,7 +982,7 @@ async fn serve_requests(
         if Op::from_name(&req.op) == Some(Op::Hello) {
             // Answered before the next frame is read: nothing else runs until it succeeds.
             let resp = run(service.clone(), req).await;
-            greeted |= resp.ok.is_some(); // a refused hello (version, args) opens nothing
+            greeted |= resp.is_ok(); // a refused hello (version, args) opens nothing
             replies.send(resp).await;
             continue;
         }

@@ -85,18 +85,6 @@ const FAST_BACKEND_OPS: &[Op] = &[
     Op::AgentsPolicy,
 ];
 
-/// The `id` a result names (a created, revoked or deleted key), for the audit entry of an op
-/// whose arguments name none.
-fn result_id(v: &ciborium::Value) -> Option<&str> {
-    let ciborium::Value::Map(m) = v else {
-        return None;
-    };
-    m.iter().find_map(|(k, v)| match (k, v) {
-        (ciborium::Value::Text(k), ciborium::Value::Text(v)) if k == "id" => Some(v.as_str()),
-        _ => None,
-    })
-}
-
 impl Service {
     pub fn new(h: Arc<Hierarchy>) -> Self {
         Service {
@@ -150,6 +138,7 @@ impl Service {
             return Ok(());
         }
         let id = crate::policy::key_id_of(&req.args);
+        let id = id.as_deref();
         // Read-only: the record's label, kind and purpose, only when a rule names them (the
         // record read checks its MAC). A key that is not found (or an id that is no UUID) is
         // matched by its id only.
@@ -261,31 +250,37 @@ impl Service {
             let e = AgentError::AuditUnavailable { op: op_name() };
             Response::err(Some(req.id), e.to_body())
         } else {
-            match ready.and_then(|()| self.check_policy(req)) {
-                // Key limits that ask for confirmation name this connection's peer.
-                Ok(()) => {
-                    let run =
-                        || crate::limits::with_requester(self.peer.clone(), || dispatch(self, req));
-                    let r = run();
-                    // Another device replaced the integrity key (`device.revoke`): load the new
-                    // one and run the request again, once (a refusal changed nothing).
-                    let tampered = r
-                        .err
-                        .as_ref()
-                        .is_some_and(|e| e.code == ErrorCode::KeystoreTampered);
-                    if tampered && self.h.follow_integrity_rekey() {
-                        run()
-                    } else {
-                        r
+            // One `data_version` read for the whole request (policy check, record copies of
+            // the key and its KEK, ...): `Keystore::one_request`.
+            crate::keystore::Keystore::one_request(|| {
+                match ready.and_then(|()| self.check_policy(req)) {
+                    // Key limits that ask for confirmation name this connection's peer.
+                    Ok(()) => {
+                        let run = || {
+                            crate::limits::with_requester(self.peer.clone(), || dispatch(self, req))
+                        };
+                        let r = run();
+                        // Another device replaced the integrity key (`device.revoke`): load the
+                        // new one and run the request again, once (a refusal changed nothing).
+                        if !r.is_ok()
+                            && r.err
+                                .as_ref()
+                                .is_some_and(|e| e.code == ErrorCode::KeystoreTampered)
+                            && self.h.follow_integrity_rekey()
+                        {
+                            run()
+                        } else {
+                            r
+                        }
                     }
+                    Err(e) => Response::err(Some(req.id), e.to_body()),
                 }
-                Err(e) => Response::err(Some(req.id), e.to_body()),
-            }
+            })
         };
         if let Some(a) = audit {
             let mut r = crate::audit::Record::of(&req.op, self.door().name(), &self.peer);
             r.key = crate::policy::key_id_of(&req.args)
-                .or_else(|| resp.ok.as_ref().and_then(result_id))
+                .or_else(|| resp.result_text("id"))
                 .map(|k| match k.len() {
                     0..=128 => k.to_string(),
                     _ => k.chars().take(128).collect(),
@@ -301,9 +296,7 @@ impl Service {
             let wait = a.required() && !exempt && resp.err.is_none();
             if !a.append(r, wait) && wait {
                 // The result is withheld: a key or plaintext in it is wiped, not sent.
-                if let Some(mut v) = resp.ok.take() {
-                    keyward_proto::message::wipe_value(&mut v);
-                }
+                resp.wipe_result();
                 let e = AgentError::AuditUnavailable { op: op_name() };
                 resp = Response::err(Some(req.id), e.to_body());
             }
@@ -1474,7 +1467,7 @@ mod policy_tests {
         svc.handle(&Request {
             id: 9,
             op: "encrypt".into(),
-            args,
+            args: keyward_proto::Args::serialized(&args).expect("encodes"),
         })
     }
 
@@ -1502,7 +1495,7 @@ mod policy_tests {
                     assert_eq!(e.code, ErrorCode::PolicyDenied, "{rule}: {e:?}");
                     assert!(e.message.contains("rule 1 (\"r\")"), "{}", e.message);
                 }
-                None if !denied => assert!(r.ok.is_some(), "{rule}"),
+                None if !denied => assert!(r.is_ok(), "{rule}"),
                 other => panic!("{rule}: {other:?}"),
             }
             // A key the keystore does not hold is matched by its id only, and the agent

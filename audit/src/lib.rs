@@ -110,15 +110,102 @@ fn hash_body(body: &[u8]) -> [u8; 32] {
 
 /// An entry as one line (without the newline) and its hash.
 pub fn encode(e: &Entry) -> Result<(String, [u8; 32]), serde_json::Error> {
-    let body = serde_json::to_string(e)?;
-    let hash = hash_body(body.as_bytes());
-    // `body` is a JSON object: replace its closing brace with the hash member.
-    let mut line = body;
-    line.pop();
-    line.push_str(",\"hash\":\"");
-    push_hex(&mut line, &hash);
-    line.push_str("\"}");
+    let mut line = String::with_capacity(256);
+    let hash = encode_into(e, &mut line);
     Ok((line, hash))
+}
+
+/// Append the entry's line (without the newline) to `out` and return its hash: the bytes
+/// `serde_json` would write for the entry (members in declaration order, `None`s left out, its
+/// string escapes), written straight into `out`, which the agent reuses for a whole batch. A
+/// test holds it byte for byte to `serde_json`'s output, which [`parse_line`] reads back.
+pub fn encode_into(e: &Entry, out: &mut String) -> [u8; 32] {
+    fn num(out: &mut String, n: impl std::fmt::Display) {
+        use std::fmt::Write;
+        let _ = write!(out, "{n}");
+    }
+    let start = out.len();
+    out.push_str("{\"seq\":");
+    num(out, e.seq);
+    out.push_str(",\"time\":");
+    num(out, e.time);
+    out.push_str(",\"op\":");
+    push_json_str(out, &e.op);
+    out.push_str(",\"door\":");
+    push_json_str(out, &e.door);
+    if let Some(k) = &e.key {
+        out.push_str(",\"key\":");
+        push_json_str(out, k);
+    }
+    if let Some(l) = &e.label {
+        out.push_str(",\"label\":");
+        push_json_str(out, l);
+    }
+    if let Some(u) = e.uid {
+        out.push_str(",\"uid\":");
+        num(out, u);
+    }
+    if let Some(p) = e.pid {
+        out.push_str(",\"pid\":");
+        num(out, p);
+    }
+    if let Some(x) = &e.exe {
+        out.push_str(",\"exe\":");
+        push_json_str(out, x);
+    }
+    out.push_str(",\"result\":");
+    push_json_str(out, &e.result);
+    if let Some(d) = &e.detail {
+        out.push_str(",\"detail\":");
+        push_json_str(out, d);
+    }
+    out.push_str(",\"prev\":");
+    push_json_str(out, &e.prev);
+    if let Some(s) = &e.sig {
+        out.push_str(",\"sig\":");
+        push_json_str(out, s);
+    }
+    out.push('}');
+    let hash = hash_body(&out.as_bytes()[start..]);
+    // The body is a JSON object: its closing brace gives way to the hash member.
+    out.pop();
+    out.push_str(",\"hash\":\"");
+    push_hex(out, &hash);
+    out.push_str("\"}");
+    hash
+}
+
+/// `s` as a JSON string, escaped as `serde_json` escapes it: `"` and `\\`, the short escapes
+/// `\\b \\f \\n \\r \\t`, other control characters as `\\u00XX` (lower-case hex), and
+/// everything else (DEL, non-ASCII) as it is.
+fn push_json_str(out: &mut String, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push('"');
+    let mut from = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[from..i]);
+        from = i + 1;
+        if esc.is_empty() {
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        } else {
+            out.push_str(esc);
+        }
+    }
+    out.push_str(&s[from..]);
+    out.push('"');
 }
 
 /// Append the lower-case hex of `bytes` to `out` (what `hex::encode` gives, without its

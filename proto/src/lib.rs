@@ -18,11 +18,12 @@ pub mod message;
 pub mod ops;
 pub mod paths;
 pub mod rfc3339;
+pub mod scan;
 pub mod secret;
 mod table;
 
 pub use error::{ErrorBody, ErrorCode};
-pub use message::{Request, Response};
+pub use message::{Args, Cbor, Request, Response};
 
 /// The protocol version this crate speaks. `hello` carries it both ways; an agent refuses a
 /// client whose major version it does not speak.

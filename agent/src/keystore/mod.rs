@@ -277,6 +277,14 @@ impl Keystore {
         dispatch!(self, s => s.generation())
     }
 
+    /// Run `f`, one request on this thread, reading the keystore file's `data_version` (what
+    /// makes another process's commits move [`Keystore::generation`]) at most once: each read
+    /// costs two `fcntl` locks, and one request took up to three. A commit by another process
+    /// during the request is seen from the next request on.
+    pub fn one_request<T>(f: impl FnOnce() -> T) -> T {
+        sqlite::one_request(f)
+    }
+
     /// [`Keystore::generation`] without waiting: `None` while another thread holds the
     /// connection (async callers then take their slow path rather than block a worker).
     pub fn try_generation(&self) -> Option<(u64, u64)> {

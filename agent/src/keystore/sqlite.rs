@@ -583,6 +583,30 @@ pub struct SqliteStore {
     unreadable_versions: std::sync::atomic::AtomicU64,
 }
 
+thread_local! {
+    /// Inside [`one_request`] on this thread: the `data_version` each store (by its address)
+    /// read first in the request. `None` outside a request.
+    static REQUEST_VERSIONS: std::cell::RefCell<Option<Vec<(usize, u64)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` (one request, on this thread) reading each store's `data_version` at most once:
+/// another process's commit is then seen from the next request on, not in the middle of this
+/// one. The agent's own record writes still move the generation at once (SQLite's change
+/// count, read every time: it costs no system call).
+pub fn one_request<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(Option<Vec<(usize, u64)>>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            let old = self.0.take();
+            REQUEST_VERSIONS.with(|r| *r.borrow_mut() = old);
+        }
+    }
+    let old = REQUEST_VERSIONS.with(|r| r.borrow_mut().replace(Vec::new()));
+    let _reset = Reset(old);
+    f()
+}
+
 impl SqliteStore {
     /// Open (creating if needed) the keystore at `path`; its directory is made 0700 and the file
     /// 0600 (created so, never chmod-ed down from the umask's mode). A damaged file (SQLite's
@@ -844,17 +868,40 @@ impl SqliteStore {
         let own = conn
             .total_changes()
             .saturating_sub(self.meta_changes.load(std::sync::atomic::Ordering::SeqCst));
-        let others = conn
+        let others = self.data_version(conn).unwrap_or_else(|| {
+            self.unreadable_versions
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                .wrapping_add(1)
+                << 32
+        });
+        own.wrapping_add(others)
+    }
+
+    /// The file's `data_version` as this connection sees it: read once per request
+    /// ([`one_request`]: later reads in the same request reuse the first, sparing the two
+    /// `fcntl` locks each `PRAGMA data_version` costs), every time outside one. `None`: it
+    /// could not be read (never kept).
+    fn data_version(&self, conn: &Connection) -> Option<u64> {
+        let me = self as *const SqliteStore as usize;
+        let kept = REQUEST_VERSIONS.with(|r| {
+            r.borrow()
+                .as_ref()
+                .and_then(|m| m.iter().find(|(a, _)| *a == me).map(|(_, v)| *v))
+        });
+        if kept.is_some() {
+            return kept;
+        }
+        let v = conn
             .prepare_cached("PRAGMA data_version")
             .and_then(|mut st| st.query_row([], |r| r.get::<_, i64>(0)))
             .map(|v| v as u64)
-            .unwrap_or_else(|_| {
-                self.unreadable_versions
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-                    .wrapping_add(1)
-                    << 32
-            });
-        own.wrapping_add(others)
+            .ok()?;
+        REQUEST_VERSIONS.with(|r| {
+            if let Some(m) = r.borrow_mut().as_mut() {
+                m.push((me, v));
+            }
+        });
+        Some(v)
     }
 
     /// The MAC key loaded now (`keystore migrate` loads a copy of it into the destination).

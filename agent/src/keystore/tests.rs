@@ -72,6 +72,46 @@ fn flushed_meta_writes_commit_keep_the_generation_and_restore_full_sync() {
     assert_eq!(ks.meta("audit_head").unwrap(), None);
 }
 
+/// Inside one request the file's `data_version` is read once: another process's commit is seen
+/// from the next request on, while the agent's own record writes move the generation at once.
+#[test]
+fn one_request_reads_the_data_version_once_and_still_sees_its_own_writes() {
+    let (d, ks) = temp();
+    let other = Connection::open(d.path().join("sub/keystore.db")).unwrap();
+    let touch = |n: i64| {
+        other
+            .execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES ('h4-test', ?1)",
+                params![n.to_string()],
+            )
+            .unwrap();
+    };
+    let g0 = ks.generation();
+    touch(1);
+    let g1 = ks.generation();
+    assert_ne!(
+        g1, g0,
+        "outside a request, another process's commit moves it"
+    );
+    Keystore::one_request(|| {
+        let g = ks.generation();
+        touch(2);
+        assert_eq!(ks.generation(), g, "read once per request");
+        ks.insert(&KeyRecord::new(KeyKind::Keypair, "aes-kwp"))
+            .unwrap();
+        assert_ne!(ks.generation(), g, "the agent's own write moves it at once");
+        // Nested (a request inside a request never happens, but it must not leak).
+        Keystore::one_request(|| ks.generation());
+    });
+    let g2 = ks.generation();
+    touch(3);
+    assert_ne!(
+        ks.generation(),
+        g2,
+        "after the request, reads are fresh again"
+    );
+}
+
 fn temp() -> (tempfile::TempDir, Keystore) {
     let dir = tempfile::tempdir().unwrap();
     let ks = Keystore::open(&dir.path().join("sub/keystore.db")).unwrap();

@@ -36,7 +36,9 @@ fn vm_kib(pid: u32, field: &str) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// A raw connection that has said `hello`, or the agent's refusal of it.
+/// A raw connection that has said `hello`, or the agent's refusal of it. (A test helper: the
+/// refusal is returned whole, large as a `Response` is.)
+#[allow(clippy::result_large_err)]
 fn hello_or_refusal(path: &Path) -> Result<RawConn, keyward_tests::keyward_proto::Response> {
     let mut r = RawConn::connect(path);
     // The agent may refuse (and close) before it reads the hello: a failed write is fine, the
