@@ -724,20 +724,15 @@ pub(crate) fn rekey_device_head(id: uuid::Uuid) -> crate::keystore::MetaMac {
 /// keyed by the device id.
 fn key_rows(device: Option<uuid::Uuid>) -> [Cow<'static, str>; 4] {
     use crate::root_rotate::{META_AUDIT_PREVIOUS, META_AUDIT_PREVIOUS_MAC};
-    match device {
-        None => [
-            Cow::Borrowed(META_KEY),
-            Cow::Borrowed(META_KEY_MAC),
-            Cow::Borrowed(META_AUDIT_PREVIOUS),
-            Cow::Borrowed(META_AUDIT_PREVIOUS_MAC),
+    crate::devices::device_scoped(
+        [
+            META_KEY,
+            META_KEY_MAC,
+            META_AUDIT_PREVIOUS,
+            META_AUDIT_PREVIOUS_MAC,
         ],
-        Some(id) => [
-            Cow::Owned(format!("{META_KEY}/{id}")),
-            Cow::Owned(format!("{META_KEY_MAC}/{id}")),
-            Cow::Owned(format!("{META_AUDIT_PREVIOUS}/{id}")),
-            Cow::Owned(format!("{META_AUDIT_PREVIOUS_MAC}/{id}")),
-        ],
-    }
+        device,
+    )
 }
 
 /// For the integrity key's replacement: the audit key rows of the device `id` (its keyed rows,

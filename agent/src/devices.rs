@@ -56,6 +56,20 @@ pub const ENROLLED: &str = "enrolled";
 /// Crockford's base32 alphabet (no I, L, O, U): the code's characters.
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
+/// Meta row names kept per device on a shared keystore (the PIN counter, the audit key rows):
+/// the plain names for `None` (a keystore without devices, the first device), else
+/// `name/<device id>`.
+pub(crate) fn device_scoped<const N: usize>(
+    names: [&'static str; N],
+    device: Option<Uuid>,
+) -> [std::borrow::Cow<'static, str>; N] {
+    use std::borrow::Cow;
+    names.map(|n| match device {
+        None => Cow::Borrowed(n),
+        Some(id) => Cow::Owned(format!("{n}/{id}")),
+    })
+}
+
 /// Meta row: a device revocation's DEK rotation not finished yet; its value is the
 /// revocation's time (unix seconds). `Hierarchy::rotate_revoked_deks`.
 pub(crate) const META_REVOKE_DEKS: &str = "device_revoke_deks";
@@ -1508,6 +1522,21 @@ mod tests {
             .expect("the wrapped scalar signs as the row's key");
     }
 
+    /// An enrolled-looking row for `key`, unsigned: what a database writer would put in.
+    fn forged_row(key: &p256::SecretKey, created: u64) -> DeviceRow {
+        DeviceRow {
+            id: Uuid::new_v4(),
+            state: ENROLLED.into(),
+            public_key: crate::root::ecdh::sec1(&key.public_key()),
+            token_serial: None,
+            label: Some("forged".into()),
+            body: encode(&Body::default()),
+            enrolled_by: None,
+            signature: None,
+            created,
+        }
+    }
+
     /// A row whose MAC verifies (as if written with the MAC key) is still refused when no
     /// enrolled device signed it: self-signed but not the first, a signer that is not enrolled,
     /// a changed field under a valid signature.
@@ -1516,17 +1545,7 @@ mod tests {
         let (_d, h) = ready();
         let first = h.device_page(None, 10).unwrap().0[0].row.clone();
         let stranger = p256::SecretKey::random(&mut OsRng);
-        let mut row = DeviceRow {
-            id: Uuid::new_v4(),
-            state: ENROLLED.into(),
-            public_key: crate::root::ecdh::sec1(&stranger.public_key()),
-            token_serial: None,
-            label: Some("forged".into()),
-            body: encode(&Body::default()),
-            enrolled_by: None,
-            signature: None,
-            created: first.created + 1,
-        };
+        let mut row = forged_row(&stranger, first.created + 1);
         let sign = |row: &DeviceRow| -> Vec<u8> {
             let sig: p256::ecdsa::Signature =
                 p256::ecdsa::SigningKey::from(&stranger).sign(&signed_body(row, None, &[]));
@@ -1740,17 +1759,7 @@ mod tests {
     fn rows_that_do_not_check_refuse_the_audit_key_not_the_head() {
         let (_d, h) = ready();
         let stranger = p256::SecretKey::random(&mut OsRng);
-        let mut row = DeviceRow {
-            id: Uuid::new_v4(),
-            state: ENROLLED.into(),
-            public_key: crate::root::ecdh::sec1(&stranger.public_key()),
-            token_serial: None,
-            label: Some("forged".into()),
-            body: encode(&Body::default()),
-            enrolled_by: None,
-            signature: None,
-            created: crate::keystore::now(),
-        };
+        let mut row = forged_row(&stranger, crate::keystore::now());
         row.enrolled_by = Some(row.id);
         let sig: p256::ecdsa::Signature =
             p256::ecdsa::SigningKey::from(&stranger).sign(&signed_body(&row, None, &[]));

@@ -96,18 +96,10 @@ pub(crate) const PIN_COUNTER_MAC: crate::keystore::MetaMac = crate::keystore::Me
 /// [`Hierarchy::pin_device`]): the plain names for `None` (no device row, the first device, or
 /// a root that names no token before the PIN), else names keyed by the device id.
 pub(crate) fn counter_rows(device: Option<Uuid>) -> [Cow<'static, str>; 3] {
-    match device {
-        None => [
-            Cow::Borrowed(META_FAILURES),
-            Cow::Borrowed(META_LAST_FAILURE),
-            Cow::Borrowed(META_FAILURES_MAC),
-        ],
-        Some(id) => [
-            Cow::Owned(format!("{META_FAILURES}/{id}")),
-            Cow::Owned(format!("{META_LAST_FAILURE}/{id}")),
-            Cow::Owned(format!("{META_FAILURES_MAC}/{id}")),
-        ],
-    }
+    crate::devices::device_scoped(
+        [META_FAILURES, META_LAST_FAILURE, META_FAILURES_MAC],
+        device,
+    )
 }
 
 /// For the integrity key's replacement: the PIN counter of the device `id` (its keyed rows; the

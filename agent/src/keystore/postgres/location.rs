@@ -280,26 +280,8 @@ impl PgLocation {
                 })?
             }
             "sslrootcert" => self.sslrootcert = Some(PathBuf::from(value)),
-            "connect_timeout" => {
-                let s: u64 = value
-                    .parse()
-                    .ok()
-                    .filter(|s| (1..=3600).contains(s))
-                    .ok_or_else(|| {
-                        format!("connect_timeout {value:?} is not a number of seconds (1..3600)")
-                    })?;
-                self.connect_timeout = Duration::from_secs(s);
-            }
-            "call_timeout" => {
-                let s: u64 = value
-                    .parse()
-                    .ok()
-                    .filter(|s| (1..=3600).contains(s))
-                    .ok_or_else(|| {
-                        format!("call_timeout {value:?} is not a number of seconds (1..3600)")
-                    })?;
-                self.call_timeout = Duration::from_secs(s);
-            }
+            "connect_timeout" => self.connect_timeout = seconds(key, value)?,
+            "call_timeout" => self.call_timeout = seconds(key, value)?,
             "passfile" => self.passfile = Some(PathBuf::from(value)),
             other => {
                 return Err(format!(
@@ -358,6 +340,16 @@ fn password_refused() -> String {
     "a password in the keystore setting is refused: put it in a password file (passfile=..., \
      PGPASSFILE or ~/.pgpass, mode 0600)"
         .into()
+}
+
+/// A timeout option's value: whole seconds, 1..3600.
+fn seconds(key: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse()
+        .ok()
+        .filter(|s| (1..=3600).contains(s))
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{key} {value:?} is not a number of seconds (1..3600)"))
 }
 
 fn parse_port(p: &str) -> Result<u16, String> {

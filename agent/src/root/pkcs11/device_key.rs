@@ -7,7 +7,7 @@
 //! This module must never create a key with EXTRACTABLE=true, and never keep a derived secret
 //! object after reading it.
 
-use super::conn::{read_ec_point, Connection, P256_PARAMS};
+use super::conn::{read_ec_point, Connection};
 use super::ec::Pkcs11EcRoot;
 use super::error::ck;
 use crate::root::uri::{encode, Pkcs11Uri};
@@ -66,33 +66,7 @@ impl TokenDeviceKeys for Connection {
         let label = device_label(device);
         let id = device.as_bytes().to_vec();
         conn.with_session(OP, |s| {
-            let public = [
-                Attribute::Class(ObjectClass::PUBLIC_KEY),
-                Attribute::KeyType(KeyType::EC),
-                Attribute::Token(true),
-                Attribute::Private(false),
-                Attribute::Verify(true),
-                Attribute::Encrypt(false),
-                Attribute::Wrap(false),
-                Attribute::Derive(false),
-                Attribute::EcParams(P256_PARAMS.to_vec()),
-                Attribute::Label(label.as_bytes().to_vec()),
-                Attribute::Id(id.clone()),
-            ];
-            let private = [
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-                Attribute::KeyType(KeyType::EC),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-                Attribute::Sign(true),
-                Attribute::Derive(true),
-                Attribute::Decrypt(false),
-                Attribute::Unwrap(false),
-                Attribute::Label(label.as_bytes().to_vec()),
-                Attribute::Id(id.clone()),
-            ];
+            let (public, private) = super::keypair::p256_templates(label.as_bytes(), &id, true);
             let (pub_h, _) = s
                 .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
                 .map_err(|e| match e {

@@ -13,6 +13,45 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass};
 
 /// The CKA_ID a token keypair's locator names.
+/// The public and private templates of a P-256 token key pair (`C_GenerateKeyPair`): a token
+/// object, the private half private, sensitive and never extractable, signing only, or signing
+/// and deriving (`derive`: a device key, whose ECDH runs in the token); never decrypting or
+/// unwrapping.
+pub(super) fn p256_templates(
+    label: &[u8],
+    id: &[u8],
+    derive: bool,
+) -> ([Attribute; 11], [Attribute; 12]) {
+    let public = [
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Token(true),
+        Attribute::Private(false),
+        Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Derive(false),
+        Attribute::EcParams(P256_PARAMS.to_vec()),
+        Attribute::Label(label.to_vec()),
+        Attribute::Id(id.to_vec()),
+    ];
+    let private = [
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(true),
+        Attribute::Derive(derive),
+        Attribute::Decrypt(false),
+        Attribute::Unwrap(false),
+        Attribute::Label(label.to_vec()),
+        Attribute::Id(id.to_vec()),
+    ];
+    (public, private)
+}
+
 fn key_id(locator: &str, op: &'static str) -> Result<Vec<u8>, RootError> {
     let uri = Pkcs11Uri::parse(locator)
         .map_err(|e| RootError::token(op, format!("bad key locator: {e}")))?;
@@ -31,33 +70,7 @@ impl TokenKeypairs for Connection {
             let mut id = vec![0u8; 16];
             s.generate_random_slice(&mut id)
                 .map_err(ck(OP, "C_GenerateRandom"))?;
-            let public = [
-                Attribute::Class(ObjectClass::PUBLIC_KEY),
-                Attribute::KeyType(KeyType::EC),
-                Attribute::Token(true),
-                Attribute::Private(false),
-                Attribute::Verify(true),
-                Attribute::Encrypt(false),
-                Attribute::Wrap(false),
-                Attribute::Derive(false),
-                Attribute::EcParams(P256_PARAMS.to_vec()),
-                Attribute::Label(label.as_bytes().to_vec()),
-                Attribute::Id(id.clone()),
-            ];
-            let private = [
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-                Attribute::KeyType(KeyType::EC),
-                Attribute::Token(true),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Extractable(false),
-                Attribute::Sign(true),
-                Attribute::Decrypt(false),
-                Attribute::Unwrap(false),
-                Attribute::Derive(false),
-                Attribute::Label(label.as_bytes().to_vec()),
-                Attribute::Id(id.clone()),
-            ];
+            let (public, private) = p256_templates(label.as_bytes(), &id, false);
             let (pub_h, _) = s
                 .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
                 .map_err(ck(OP, "C_GenerateKeyPair"))?;
