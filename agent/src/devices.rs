@@ -53,6 +53,9 @@ const SIGNED: &str = "keyward/device/row/v1";
 /// `devices.state` of an enrollment request and of an enrolled device.
 pub const REQUEST: &str = "request";
 pub const ENROLLED: &str = "enrolled";
+/// What [`state_of`] says of a revoked device that had enrolled others: its row stays (no
+/// longer enrolled, its root and wraps gone) as the anchor their signatures check back to.
+pub const REVOKED: &str = "revoked";
 /// Crockford's base32 alphabet (no I, L, O, U): the code's characters.
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
@@ -120,6 +123,22 @@ struct Body {
     /// Request: the new device's nonce, revealed after the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reveal: Option<Vec<u8>>,
+    /// Revoked (unix seconds): a device that had enrolled others keeps its row, no longer
+    /// enrolled, as the anchor their signatures check back to ([`state_of`]). MAC'd with the
+    /// row, not signed (the signature stays the enrolling one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revoked: Option<u64>,
+}
+
+/// A row's state as the devices logic sees it: [`REVOKED`] for a revoked anchor (the stored
+/// `state` stays `enrolled`: the table's check allows only `request` and `enrolled`), else the
+/// stored state.
+pub(crate) fn state_of(d: &DeviceRow) -> &str {
+    if d.state == ENROLLED && body_of(d).is_ok_and(|b| b.revoked.is_some()) {
+        REVOKED
+    } else {
+        &d.state
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -388,12 +407,12 @@ impl Hierarchy {
     pub(crate) fn own_device(&self, op: &'static str) -> Result<DeviceRow, AgentError> {
         let own = self.root_record(op)?;
         let rows = self.ks.devices()?;
-        for d in rows.iter().filter(|d| d.state == ENROLLED) {
+        for d in rows.iter().filter(|d| state_of(d) == ENROLLED) {
             if body_of(d)?.root == Some(own.id) {
                 return Ok(d.clone());
             }
         }
-        if rows.iter().any(|d| d.state == ENROLLED) {
+        if rows.iter().any(|d| state_of(d) == ENROLLED) {
             return Err(AgentError::Devices(DeviceRefusal::NoOwnDevice { op }));
         }
         // The first device: its key on the token or under the configured root, its row signed
@@ -448,7 +467,12 @@ impl Hierarchy {
                 let Some(own) = lock(&self.own_root).as_ref().map(|r| r.id) else {
                     return Ok(None);
                 };
-                for d in self.ks.devices()?.iter().filter(|d| d.state == ENROLLED) {
+                for d in self
+                    .ks
+                    .devices()?
+                    .iter()
+                    .filter(|d| state_of(d) == ENROLLED)
+                {
                     if body_of(d)?.root == Some(own) {
                         return Ok((d.enrolled_by != Some(d.id)).then_some(d.id));
                     }
@@ -475,7 +499,7 @@ impl Hierarchy {
         }
         let rows = self.ks.devices()?;
         let mut device = None;
-        for d in rows.iter().filter(|d| d.state == ENROLLED) {
+        for d in rows.iter().filter(|d| state_of(d) == ENROLLED) {
             if body_of(d)?.root == Some(own) {
                 device = Some(d.clone());
                 break;
@@ -595,14 +619,20 @@ impl Hierarchy {
         op: &'static str,
         rows: &[DeviceRow],
     ) -> Result<(), AgentError> {
-        let enrolled: Vec<&DeviceRow> = rows.iter().filter(|d| d.state == ENROLLED).collect();
+        let enrolled: Vec<&DeviceRow> = rows.iter().filter(|d| state_of(d) == ENROLLED).collect();
+        // Signers: enrolled devices, and revoked ones kept as the chain's anchors (a revoked
+        // device signs nothing new: its row is MAC'd under an integrity key it never had).
+        let signers: Vec<&DeviceRow> = rows
+            .iter()
+            .filter(|d| state_of(d) == ENROLLED || state_of(d) == REVOKED)
+            .collect();
         let bad = |id: Uuid, what: &'static str| {
             AgentError::Devices(DeviceRefusal::BadSignature { op, id, what })
         };
         // The first device is the self-signed row (the earliest, in (created, id) order, if a
         // forged one joins it: that one is then refused below). Not simply the row that sorts
         // first: a device enrolled in the same second may sort before it.
-        let first = enrolled
+        let first = signers
             .iter()
             .find(|d| d.enrolled_by == Some(d.id))
             .map(|d| d.id);
@@ -615,7 +645,7 @@ impl Hierarchy {
                 if by == cur.id && Some(cur.id) != first {
                     return Err(bad(cur.id, "self-signed, and not the first device"));
                 }
-                let signer = enrolled
+                let signer = signers
                     .iter()
                     .find(|s| s.id == by)
                     .ok_or(bad(cur.id, "its signer is not an enrolled device"))?;
@@ -634,7 +664,7 @@ impl Hierarchy {
                 }
                 cur = signer;
                 steps += 1;
-                if steps > enrolled.len() {
+                if steps > signers.len() {
                     return Err(bad(d.id, "its signers form a loop"));
                 }
             }
@@ -663,6 +693,10 @@ impl Hierarchy {
         let Some(made) = made else {
             // Filed before? Its request opens with this token.
             for d in self.ks.devices()? {
+                // A revoked device found again joins anew (its old key opens nothing).
+                if state_of(&d) == REVOKED {
+                    continue;
+                }
                 let Ok(b) = body_of(&d) else { continue };
                 let stored = StoredRoot {
                     locator: b.root_locator.clone(),
@@ -938,7 +972,7 @@ impl Hierarchy {
     ) -> Result<bool, AgentError> {
         let own = self.root_record(op)?;
         let rows = self.ks.devices()?;
-        let enrolled: Vec<&DeviceRow> = rows.iter().filter(|d| d.state == ENROLLED).collect();
+        let enrolled: Vec<&DeviceRow> = rows.iter().filter(|d| state_of(d) == ENROLLED).collect();
         if !force && enrolled.len() < 2 {
             return Ok(false);
         }
@@ -1135,6 +1169,9 @@ impl Hierarchy {
         // a wrong passphrase, said so (and counted) rather than "no root of this scheme".
         let mut wrong = None;
         for d in self.ks.devices()? {
+            if state_of(&d) == REVOKED {
+                continue;
+            }
             let Ok(b) = body_of(&d) else { continue };
             if b.root_scheme != scheme.as_str() {
                 continue;
@@ -1256,11 +1293,13 @@ impl Hierarchy {
         for d in rows.iter().skip(start).take(limit) {
             let body = body_of(d)?;
             let root = body.root;
+            let mut row = d.clone();
+            row.state = state_of(d).to_string();
             out.push(DeviceInfo {
                 current: root == Some(own.id),
                 key_on_token: body.token_key.is_some(),
                 root,
-                row: d.clone(),
+                row,
             });
         }
         let next = if start + out.len() < rows.len() {
@@ -1298,24 +1337,21 @@ impl Hierarchy {
                 id: uuid,
             }));
         }
-        if row.state == REQUEST {
-            self.ks.device_delete(&uuid)?;
+        if row.state == REQUEST || state_of(row) == REVOKED {
+            if row.state == REQUEST {
+                self.ks.device_delete(&uuid)?;
+            }
             return Ok(Revoked {
                 id: uuid,
                 ..Revoked::default()
             });
         }
+        // A device whose key signed other rows (the first device always did) keeps its row, as
+        // `revoked`: their signatures check back to it. Any other row is deleted.
         let signed = rows
             .iter()
-            .filter(|d| d.state == ENROLLED && d.id != uuid && d.enrolled_by == Some(uuid))
+            .filter(|d| state_of(d) == ENROLLED && d.id != uuid && d.enrolled_by == Some(uuid))
             .count();
-        if signed > 0 {
-            return Err(AgentError::Devices(DeviceRefusal::Signer {
-                op: OP,
-                id: uuid,
-                count: signed,
-            }));
-        }
         let keks: Vec<KeyRecord> = self
             .ks
             .list(KeyKind::Kek, None)?
@@ -1339,7 +1375,15 @@ impl Hierarchy {
             .set_meta(META_REVOKE_DEKS, &crate::keystore::now().to_string())?;
         let kek_ids: Vec<Uuid> = keks.iter().map(|k| k.id).collect();
         self.mark_compromised(&kek_ids, &format!("device {uuid}"))?;
-        self.ks.device_delete(&uuid)?;
+        if signed > 0 {
+            let mut anchor = row.clone();
+            let mut b = body_of(row)?;
+            b.revoked = Some(crate::keystore::now());
+            anchor.body = encode(&b);
+            self.ks.device_put(&anchor)?;
+        } else {
+            self.ks.device_delete(&uuid)?;
+        }
         let done = self.finish_compromised()?;
         let rotated = kek_ids;
         if done < rotated.len() {

@@ -292,14 +292,15 @@ fn enroll_third(t: &Two) -> (Hierarchy, Uuid) {
     (c, c_id)
 }
 
-/// `device.revoke` on B (a non-first device) of a third device C: every KEK rotated with a
-/// wrap for A's device root, the integrity key replaced; A and B keep working. Revoking a
-/// device that signed others (A, the first) is refused, typed, and changes nothing.
+/// The first device is lost: B revokes it. A signed B's and C's rows, so its row stays as a
+/// revoked anchor of the chain (its signature still checks, it is no longer enrolled): B and
+/// C keep working and their rows still verify; A's root and wraps are gone, every KEK is
+/// rotated, the integrity key replaced, and A cannot unlock or follow the new key. (This was
+/// refused: "device … enrolled 2 other device(s)".)
 #[test]
-fn a_non_first_device_revokes_a_third_and_cannot_revoke_a_signer() {
+fn the_first_device_is_revoked_and_stays_as_the_chains_revoked_anchor() {
     let t = two_devices();
-    let (c, c_id) = enroll_third(&t);
-    decrypts(&c, &t.a_dek, b"written on A");
+    let (c, _c_id) = enroll_third(&t);
     let first =
         t.b.ks
             .devices()
@@ -307,16 +308,46 @@ fn a_non_first_device_revokes_a_third_and_cannot_revoke_a_signer() {
             .into_iter()
             .find(|d| d.enrolled_by == Some(d.id))
             .unwrap();
-    let e = t.b.device_revoke(&first.id.to_string()).unwrap_err();
+    let r =
+        t.b.device_revoke(&first.id.to_string())
+            .expect("B revokes A");
+    assert_eq!(r.id, first.id);
+    assert!(!r.keks.is_empty());
+    let rows = t.b.ks.devices().unwrap();
+    let a_row = rows
+        .iter()
+        .find(|d| d.id == first.id)
+        .expect("A's row kept");
+    assert_eq!(state_of(a_row), REVOKED);
+    t.b.check_devices("test", &rows)
+        .expect("the chain still checks");
+    // B and C go on (C follows the new integrity key); B makes keys.
+    decrypts(&t.b, &t.a_dek, b"written on A");
+    assert!(c.follow_integrity_rekey());
+    decrypts(&c, &t.a_dek, b"written on A");
+    t.b.kek_create(None).expect("B after A's revoke");
+    // A, revoked, has no wrap of the new key: it locks itself, and cannot unlock again.
+    assert!(!t.a.follow_integrity_rekey());
+    t.a.lock().unwrap();
     assert!(
-        matches!(
-            e,
-            AgentError::Devices(DeviceRefusal::Signer { count: 2, .. })
-        ),
-        "{e:?}"
+        t.a.unlock(&Pin::new("pin-aaaa")).is_err(),
+        "a revoked first device unlocked"
     );
-    assert_eq!(e.code(), ErrorCode::WrongKey);
-    assert_eq!(t.b.device_page(None, 10).unwrap().0.len(), 3);
+    // Revoking it again changes nothing; the list shows it revoked.
+    let again = t.b.device_revoke(&first.id.to_string()).expect("again");
+    assert!(again.keks.is_empty());
+    let (page, _) = t.b.device_page(None, 10).unwrap();
+    assert_eq!(page.len(), 3);
+    assert_eq!(page.iter().filter(|d| d.row.state == REVOKED).count(), 1);
+}
+
+/// `device.revoke` on B (a non-first device) of a third device C: every KEK rotated with a
+/// wrap for A's device root, the integrity key replaced; A and B keep working.
+#[test]
+fn a_non_first_device_revokes_a_third() {
+    let t = two_devices();
+    let (c, c_id) = enroll_third(&t);
+    decrypts(&c, &t.a_dek, b"written on A");
     let old_integrity = t.b.ks.integrity_records().unwrap();
     let r = t.b.device_revoke(&c_id.to_string()).expect("B revokes C");
     assert_eq!(r.keks.len(), 1);

@@ -590,14 +590,6 @@ pub enum DeviceRefusal {
     /// `device.revoke` of the device this agent is.
     #[error("{op}: device {id} is this agent: revoke it from another enrolled device")]
     OwnDevice { op: &'static str, id: Uuid },
-    /// `device.revoke` of a device that signed other devices' rows (the first device, or one
-    /// that approved others): their rows would no longer verify.
-    #[error("{op}: device {id} enrolled {count} other device(s) and their rows are signed by it: revoke those first, or revoke from it")]
-    Signer {
-        op: &'static str,
-        id: Uuid,
-        count: usize,
-    },
 }
 
 impl DeviceRefusal {
@@ -614,7 +606,7 @@ impl DeviceRefusal {
                 ErrorCode::VerifyFailed
             }
             DeviceRefusal::BadSignature { .. } => ErrorCode::KeystoreTampered,
-            DeviceRefusal::OwnDevice { .. } | DeviceRefusal::Signer { .. } => ErrorCode::WrongKey,
+            DeviceRefusal::OwnDevice { .. } => ErrorCode::WrongKey,
         }
     }
 }

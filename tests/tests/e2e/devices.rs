@@ -836,3 +836,59 @@ fn devices_a_on_a_passphrase_b_makes_and_rotates_keks_and_a_reads_them() {
         keys.plaintext.as_slice()
     );
 }
+
+/// The first device is the one lost: B revokes A. A signed B's row, so A's row stays, listed as
+/// `revoked` (the anchor B's signature checks back to); every KEK is rotated and the integrity
+/// key replaced; B keeps working and makes keys; A, restarted, cannot unlock. (It was refused:
+/// "device … enrolled 1 other device(s)".)
+#[test]
+fn devices_the_first_device_is_revoked_from_the_second() {
+    let location = server().database();
+    let mut a = device_on(&location);
+    let keys = a.init_with_keys(true, b"written on A, which is then lost");
+    let b = device_on(&location);
+    let (_, code) = request_and_answer(&a, &b);
+    let enrolled = approve_until_ok(&a, &[&code]);
+    assert_eq!(enrolled["state"], "enrolled", "{enrolled}");
+    let cb = b.client();
+    cb.run(|c| c.unlock(pin(b.pin())))
+        .unwrap_or_else(|e| panic!("unlock B: {e}\nB log:\n{}", b.log()));
+    let a_id = b.cli_json(&["device", "list"], None)["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["current"] == false)
+        .expect("A listed on B")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let revoked = b.cli_json(&["device", "revoke", &a_id], None);
+    assert_eq!(revoked["id"], a_id.as_str(), "{revoked}");
+    assert!(revoked["deks_rotated"].as_u64().unwrap() >= 1, "{revoked}");
+    let list = b.cli_json(&["device", "list"], None);
+    let a_row = list["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == a_id.as_str())
+        .expect("A's row kept")
+        .clone();
+    assert_eq!(a_row["state"], "revoked", "{list}");
+    // B goes on: A's old data, new keys.
+    assert_eq!(
+        cb.run(|c| c.decrypt(&keys.ciphertext, None))
+            .expect("B decrypts after revoking A")
+            .expose(),
+        keys.plaintext.as_slice()
+    );
+    cb.run(|c| c.kek_create(Some("after A".into())))
+        .unwrap_or_else(|e| panic!("kek create on B: {e}\nB log:\n{}", b.log()));
+    // A, restarted, cannot unlock (its root and wraps are gone, its row is revoked).
+    a.stop();
+    a.start_agent();
+    assert!(
+        a.client().run(|c| c.unlock(pin(a.pin()))).is_err(),
+        "a revoked first device unlocked"
+    );
+}
