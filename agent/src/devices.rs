@@ -624,7 +624,7 @@ impl Hierarchy {
         // device signs nothing new: its row is MAC'd under an integrity key it never had).
         let signers: Vec<&DeviceRow> = rows
             .iter()
-            .filter(|d| state_of(d) == ENROLLED || state_of(d) == REVOKED)
+            .filter(|d| matches!(state_of(d), ENROLLED | REVOKED))
             .collect();
         let bad = |id: Uuid, what: &'static str| {
             AgentError::Devices(DeviceRefusal::BadSignature { op, id, what })

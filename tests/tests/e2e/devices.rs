@@ -82,6 +82,21 @@ pub(crate) fn request_and_answer(a: &TestEnv, b: &TestEnv) -> (String, String) {
     (b_id, code)
 }
 
+/// B joins and A enrolls it with the code (checked `enrolled`), then B unlocks on its device
+/// key. Returns B's device id and a client of B, unlocked.
+pub(crate) fn enroll_and_unlock(
+    a: &TestEnv,
+    b: &TestEnv,
+) -> (String, keyward_tests::keyward_client::BlockingClient) {
+    let (b_id, code) = request_and_answer(a, b);
+    let enrolled = approve_until_ok(a, &[&code]);
+    assert_eq!(enrolled["state"], "enrolled", "{enrolled}");
+    let cb = b.client();
+    cb.run(|c| c.unlock(pin(b.pin())))
+        .unwrap_or_else(|e| panic!("unlock B: {e}\nB log:\n{}", b.log()));
+    (b_id, cb)
+}
+
 #[test]
 fn devices_enroll_b_from_a_share_keys_rotate_and_revoke() {
     let location = server().database();
@@ -485,13 +500,7 @@ fn devices_ec_tokens_keep_each_device_key_on_the_token() {
     let a = device_of_kind(&location, RootKind::Pkcs11Ec);
     let keys = a.init_with_keys(true, b"written on EC device A");
     let mut b = device_of_kind(&location, RootKind::Pkcs11Ec);
-    let (b_id, code) = request_and_answer(&a, &b);
-    let enrolled = approve_until_ok(&a, &[&code]);
-    assert_eq!(enrolled["state"], "enrolled", "{enrolled}");
-
-    let cb = b.client();
-    cb.run(|c| c.unlock(pin(b.pin())))
-        .unwrap_or_else(|e| panic!("unlock B: {e}\nB log:\n{}", b.log()));
+    let (b_id, cb) = enroll_and_unlock(&a, &b);
     assert_eq!(
         cb.run(|c| c.decrypt(&keys.ciphertext, None))
             .expect("B decrypts A's data")
@@ -578,12 +587,7 @@ fn devices_each_device_counts_its_own_wrong_pins() {
     let mut a = device_on(&location);
     a.init_with_keys(true, b"pin counters");
     let b = device_on(&location);
-    let (_, code) = request_and_answer(&a, &b);
-    let enrolled = approve_until_ok(&a, &[&code]);
-    assert_eq!(enrolled["state"], "enrolled", "{enrolled}");
-    b.client()
-        .run(|c| c.unlock(pin(b.pin())))
-        .unwrap_or_else(|e| panic!("unlock B: {e}\nB log:\n{}", b.log()));
+    enroll_and_unlock(&a, &b);
     for env in [&a, &b] {
         env.client().run(|c| c.lock()).expect("lock");
     }
@@ -622,16 +626,11 @@ fn devices_b_makes_and_rotates_keks_a_reads_them_and_revoke_replaces_the_integri
     let a = device_on(&location);
     let keys = a.init_with_keys(true, b"written on device A");
     let b = device_on(&location);
-    let (b_id, code) = request_and_answer(&a, &b);
-    let enrolled = approve_until_ok(&a, &[&code]);
-    assert_eq!(enrolled["state"], "enrolled", "{enrolled}");
+    let (b_id, cb) = enroll_and_unlock(&a, &b);
     // Only device roots are enrolled now (A's AES root record went).
     let roots = a.cli_json(&["root", "list"], None);
     let roots = roots["roots"].as_array().expect("roots").clone();
     assert_eq!(roots.len(), 2, "{roots:?}");
-    let cb = b.client();
-    cb.run(|c| c.unlock(pin(b.pin())))
-        .unwrap_or_else(|e| panic!("unlock B: {e}\nB log:\n{}", b.log()));
 
     // B makes a KEK and a DEK under it (this was `token_unavailable`).
     let kek_b = cb
@@ -790,12 +789,7 @@ fn devices_a_on_a_passphrase_b_makes_and_rotates_keks_and_a_reads_them() {
     a.start_agent();
     let keys = a.init_with_keys(true, b"written on A (passphrase)");
     let b = device_on(&location);
-    let (_, code) = request_and_answer(&a, &b);
-    let enrolled = approve_until_ok(&a, &[&code]);
-    assert_eq!(enrolled["state"], "enrolled", "{enrolled}");
-    let cb = b.client();
-    cb.run(|c| c.unlock(pin(b.pin())))
-        .unwrap_or_else(|e| panic!("unlock B: {e}\nB log:\n{}", b.log()));
+    let (_, cb) = enroll_and_unlock(&a, &b);
     let kek_b = cb
         .run(|c| c.kek_create(Some("made on B".into())))
         .unwrap_or_else(|e| panic!("kek create on B: {e}\nB log:\n{}", b.log()))
@@ -847,12 +841,7 @@ fn devices_the_first_device_is_revoked_from_the_second() {
     let mut a = device_on(&location);
     let keys = a.init_with_keys(true, b"written on A, which is then lost");
     let b = device_on(&location);
-    let (_, code) = request_and_answer(&a, &b);
-    let enrolled = approve_until_ok(&a, &[&code]);
-    assert_eq!(enrolled["state"], "enrolled", "{enrolled}");
-    let cb = b.client();
-    cb.run(|c| c.unlock(pin(b.pin())))
-        .unwrap_or_else(|e| panic!("unlock B: {e}\nB log:\n{}", b.log()));
+    let (_, cb) = enroll_and_unlock(&a, &b);
     let a_id = b.cli_json(&["device", "list"], None)["devices"]
         .as_array()
         .unwrap()

@@ -14,7 +14,7 @@ use crate::root::uri::{encode, Pkcs11Uri};
 use crate::root::{RootError, Scheme, TokenDeviceKeys, TokenKeypair};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
 use zeroize::Zeroizing;
 
@@ -34,15 +34,7 @@ fn locator_id(locator: &str, op: &'static str) -> Result<Vec<u8>, RootError> {
 
 /// The device key's private object, by CKA_ID (and label): exactly one.
 fn find_private(s: &Session, locator: &str, op: &'static str) -> Result<ObjectHandle, RootError> {
-    let id = locator_id(locator, op)?;
-    let found = s
-        .find_objects(&[
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::KeyType(KeyType::EC),
-            Attribute::Token(true),
-            Attribute::Id(id),
-        ])
-        .map_err(ck(op, "C_FindObjects"))?;
+    let found = super::keypair::ec_private_keys(s, locator_id(locator, op)?, op)?;
     match found.as_slice() {
         [h] => Ok(*h),
         // The token was reset or replaced: stale, so the hierarchy's recovery checks the

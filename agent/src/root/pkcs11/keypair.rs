@@ -52,6 +52,21 @@ pub(super) fn p256_templates(
     (public, private)
 }
 
+/// The EC private key token objects with this `CKA_ID` (a token keypair's or a device key's).
+pub(super) fn ec_private_keys(
+    s: &cryptoki::session::Session,
+    id: Vec<u8>,
+    op: &'static str,
+) -> Result<Vec<cryptoki::object::ObjectHandle>, RootError> {
+    s.find_objects(&[
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::KeyType(KeyType::EC),
+        Attribute::Token(true),
+        Attribute::Id(id),
+    ])
+    .map_err(ck(op, "C_FindObjects"))
+}
+
 fn key_id(locator: &str, op: &'static str) -> Result<Vec<u8>, RootError> {
     let uri = Pkcs11Uri::parse(locator)
         .map_err(|e| RootError::token(op, format!("bad key locator: {e}")))?;
@@ -135,15 +150,7 @@ impl TokenKeypairs for Connection {
                     Err(e) => return Err(ck(OP, "C_Sign")(e)),
                 }
             }
-            let id = key_id(locator, OP)?;
-            let found = s
-                .find_objects(&[
-                    Attribute::Class(ObjectClass::PRIVATE_KEY),
-                    Attribute::KeyType(KeyType::EC),
-                    Attribute::Token(true),
-                    Attribute::Id(id),
-                ])
-                .map_err(ck(OP, "C_FindObjects"))?;
+            let found = ec_private_keys(s, key_id(locator, OP)?, OP)?;
             let h = match found.as_slice() {
                 [h] => h,
                 // The object the keypair names is not there: the token was reset or its files
