@@ -51,20 +51,9 @@ pub fn sign_es256<S: Signer + ?Sized>(
     kid: &[u8],
     payload: Vec<u8>,
 ) -> Result<Vec<u8>, Sign1Error> {
-    let protected = HeaderBuilder::new()
-        .algorithm(iana::Algorithm::ES256)
-        .key_id(kid.to_vec())
-        .build();
-    let msg = CoseSign1Builder::new()
-        .protected(protected)
-        .payload(payload)
-        .try_create_signature(b"", |tbs| -> Result<Vec<u8>, Sign1Error> {
-            let sig = ecdsa::sign_message(signer, tbs)?;
-            Ok(sig.to_bytes().to_vec())
-        })?
-        .build();
-    msg.to_tagged_vec()
-        .map_err(|e| Sign1Error::Encode(format!("{e:?}")))
+    sign_es256_message(kid, payload, |tbs| {
+        Ok(ecdsa::sign_message(signer, tbs)?.to_bytes().to_vec())
+    })
 }
 
 /// As [`sign_es256`], for a key that signs messages rather than digests (a device key,
