@@ -113,7 +113,7 @@ elif [ "$mode" = strace ]; then
   kill -INT "$tracepid"; wait "$tracepid" || true
   awk -v n="$n" '$1 ~ /^[0-9.]+$/ && NF >= 5 { printf "%-16s %.2f per request\n", $NF, $4 / n }' "$work/strace"
 elif [ "$mode" = record ]; then
-  perf record -q -g -p "$pid" -o "$work/perf.data" 2>/dev/null &
+  perf record -q ${PERF_CG:--g} -p "$pid" -o "$work/perf.data" 2>/dev/null &
   perfpid=$!
   sleep 0.5
   echo >&"${DRV[1]}"

@@ -9,7 +9,7 @@
 //!   writer's lock, with one `write` (no `stat`: the path is checked at most once per
 //!   `sync_ms`), and, when the log is required (`[audit] required`, the default), its answer
 //!   waits for that `write` (its entry is then in the file: it survives a crash of the agent),
-//!   not for the disk: the writer thread `fdatasync`s on a timer, `sync_ms` (default 10) after
+//!   not for the disk: the writer thread `fdatasync`s on a timer, `sync_ms` (default 100) after
 //!   the first unsynced write, without holding the lock (a snapshot of what the sync covers is
 //!   taken under it; entries written meanwhile stay dirty for the next sync), and so does the
 //!   keystore write of the chain head that follows. A checkpoint, a flush (`audit.info`), a
@@ -92,7 +92,9 @@ pub struct AuditConfig {
     pub checkpoint_every: u64,
     /// Rotate the live file past this size (default 64 MiB).
     pub max_bytes: u64,
-    /// `fdatasync` at most this many milliseconds after the first unsynced write (default 10);
+    /// `fdatasync` at most this many milliseconds after the first unsynced write (default 100:
+    /// each sync, with the chain head's keystore write after it, costs ~1.5 ms of CPU on a VM,
+    /// so at 10 ms it took a fifth of a busy agent's CPU; see README "Power loss");
     /// 0: sync every batch before acknowledging it.
     pub sync_ms: u64,
 }
@@ -105,7 +107,7 @@ impl Default for AuditConfig {
             required: true,
             checkpoint_every: 1000,
             max_bytes: 64 << 20,
-            sync_ms: 10,
+            sync_ms: 100,
         }
     }
 }

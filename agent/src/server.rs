@@ -19,7 +19,7 @@
 //! pre-scan. Accept errors (EMFILE) back off and are logged once per interval; a spare
 //! descriptor is given up to accept and refuse the waiting client, so it never hangs.
 //!
-//! [`Spin`] (`[server] spin_us`, off by default; both sockets): after answering a client that
+//! [`Spin`] (`[server] spin_us`, 50 µs by default, 0: off; both sockets): after answering a client that
 //! sends its requests back to back, a connection may poll for the next one without blocking for
 //! a few microseconds before it sleeps. It must never spin for an idle connection, with more
 //! looping clients than half the cores, or beyond its budget per second.

@@ -15,8 +15,8 @@
 //! with one client. On its own thread with a blocking std socket a request is one `read`, the
 //! answer and one `write`; a request that may block (the keystore, the token, a confirmation
 //! prompt) blocks only its own connection, so it is answered right there too, with no hop to a
-//! blocking pool. The accept loop stays on the runtime. With `[server] spin_us` set (off by
-//! default), a connection in a loop peeks for its next request without blocking for that long
+//! blocking pool. The accept loop stays on the runtime. With `[server] spin_us` (50 µs by
+//! default; 0: off), a connection in a loop peeks for its next request without blocking for that long
 //! after each answer before its blocking read (`server::Spin`: never for an idle connection).
 //!
 //! Limits are the CBOR socket's (`[limits]`, `server::Limits`): one connection cap counts both
