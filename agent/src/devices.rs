@@ -613,18 +613,21 @@ impl Hierarchy {
 
     /// Check every enrolled row's signature: the first device's by itself, every other by an
     /// enrolled device that verifies (a chain back to the first). Rows are MAC-checked by the
-    /// keystore as they are read.
+    /// keystore as they are read. Each row's signature is verified once per call, however many
+    /// rows were enrolled through it (a chain that reaches an already verified row stops
+    /// there), and signers are found by id in a map: `n` rows cost `n` verifies, not one walk
+    /// to the first device per row (`n²` on a chain of enrollments).
     pub(crate) fn check_devices(
         &self,
         op: &'static str,
         rows: &[DeviceRow],
     ) -> Result<(), AgentError> {
-        let enrolled: Vec<&DeviceRow> = rows.iter().filter(|d| state_of(d) == ENROLLED).collect();
         // Signers: enrolled devices, and revoked ones kept as the chain's anchors (a revoked
         // device signs nothing new: its row is MAC'd under an integrity key it never had).
-        let signers: Vec<&DeviceRow> = rows
+        let signers: std::collections::HashMap<Uuid, &DeviceRow> = rows
             .iter()
             .filter(|d| matches!(state_of(d), ENROLLED | REVOKED))
+            .map(|d| (d.id, d))
             .collect();
         let bad = |id: Uuid, what: &'static str| {
             AgentError::Devices(DeviceRefusal::BadSignature { op, id, what })
@@ -632,22 +635,25 @@ impl Hierarchy {
         // The first device is the self-signed row (the earliest, in (created, id) order, if a
         // forged one joins it: that one is then refused below). Not simply the row that sorts
         // first: a device enrolled in the same second may sort before it.
-        let first = signers
+        let first = rows
             .iter()
+            .filter(|d| signers.contains_key(&d.id))
             .find(|d| d.enrolled_by == Some(d.id))
             .map(|d| d.id);
-        for d in &enrolled {
-            // Walk up to the first device; each link's signature checked.
-            let mut cur = *d;
-            let mut steps = 0;
-            loop {
+        // Rows whose chain to the first device is checked.
+        let mut verified = std::collections::HashSet::new();
+        for d in rows.iter().filter(|d| state_of(d) == ENROLLED) {
+            // Walk up to the first device, or to a row checked already; each link's signature
+            // checked once.
+            let mut cur = d;
+            let mut path = Vec::new();
+            while !verified.contains(&cur.id) {
                 let by = cur.enrolled_by.ok_or(bad(cur.id, "no signer"))?;
                 if by == cur.id && Some(cur.id) != first {
                     return Err(bad(cur.id, "self-signed, and not the first device"));
                 }
-                let signer = signers
-                    .iter()
-                    .find(|s| s.id == by)
+                let signer = *signers
+                    .get(&by)
                     .ok_or(bad(cur.id, "its signer is not an enrolled device"))?;
                 let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(&signer.public_key)
                     .map_err(|_| bad(signer.id, "its key is not a P-256 point"))?;
@@ -657,17 +663,20 @@ impl Hierarchy {
                     .and_then(|s| p256::ecdsa::Signature::from_der(s).ok())
                     .ok_or(bad(cur.id, "no signature"))?;
                 let b = body_of(cur)?;
+                #[cfg(test)]
+                tests::VERIFIES.with(|n| n.set(n.get() + 1));
                 key.verify(&signed_body(cur, b.root.as_ref(), &b.secret), &sig)
                     .map_err(|_| bad(cur.id, "bad signature"))?;
+                path.push(cur.id);
                 if by == cur.id {
                     break;
                 }
-                cur = signer;
-                steps += 1;
-                if steps > signers.len() {
+                if path.len() > signers.len() {
                     return Err(bad(d.id, "its signers form a loop"));
                 }
+                cur = signer;
             }
+            verified.extend(path);
         }
         Ok(())
     }
@@ -1564,6 +1573,52 @@ mod tests {
         let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&again.public_key).unwrap();
         vk.verify(b"msg", &p256::ecdsa::Signature::from_der(&sig).unwrap())
             .expect("the wrapped scalar signs as the row's key");
+    }
+
+    thread_local! {
+        /// Device-row signatures `check_devices` verified on this thread.
+        pub(super) static VERIFIES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A chain of enrollments (each device enrolled by the one before it) is checked with one
+    /// verify per row: before, every row walked its chain back to the first device, so 40
+    /// rows took 40·41/2 verifies. A broken link in the middle still refuses the keystore.
+    #[test]
+    fn a_chain_of_enrollments_costs_one_verify_per_row() {
+        let (_d, h) = ready();
+        let first = h.device_page(None, 10).unwrap().0[0].row.clone();
+        let mut rows = vec![first.clone()];
+        let mut signer: Option<p256::SecretKey> = None;
+        let mut by = first.id;
+        for i in 0..40u64 {
+            let key = p256::SecretKey::random(&mut OsRng);
+            let mut row = forged_row(&key, first.created + 1 + i);
+            row.enrolled_by = Some(by);
+            let body = signed_body(&row, None, &[]);
+            row.signature = Some(match &signer {
+                None => h.sign_as(&first, &body).unwrap(),
+                Some(k) => {
+                    let sig: p256::ecdsa::Signature = p256::ecdsa::SigningKey::from(k).sign(&body);
+                    sig.to_der().as_bytes().to_vec()
+                }
+            });
+            by = row.id;
+            signer = Some(key);
+            rows.push(row);
+        }
+        VERIFIES.with(|n| n.set(0));
+        h.check_devices("test", &rows)
+            .expect("a good chain verifies");
+        assert_eq!(VERIFIES.with(|n| n.get()), rows.len());
+        // Walked from the newest row first: still one verify each.
+        rows.reverse();
+        VERIFIES.with(|n| n.set(0));
+        h.check_devices("test", &rows).expect("in any order");
+        assert_eq!(VERIFIES.with(|n| n.get()), rows.len());
+        // A link in the middle with a changed field under its signature breaks every row below.
+        rows[20].label = Some("renamed".into());
+        let e = h.check_devices("test", &rows).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::KeystoreTampered, "{e}");
     }
 
     /// An enrolled-looking row for `key`, unsigned: what a database writer would put in.
