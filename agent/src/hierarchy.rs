@@ -654,13 +654,21 @@ impl Hierarchy {
 
     /// Lock after a refused unlock, without reporting lock errors over the original one.
     pub(crate) fn lock_quietly(&self) {
+        let _ = self.forget_keys();
+    }
+
+    /// Drop every key and secret the agent holds while unlocked (KEK handles, the audit key,
+    /// record copies and cached keys, the keystore MAC key, a held PIN, the idle deadline),
+    /// then lock the root: what [`Hierarchy::lock`] and [`Hierarchy::lock_quietly`] share.
+    /// Everything is dropped even when the root's own lock fails.
+    fn forget_keys(&self) -> Result<(), crate::root::RootError> {
         lock(&self.keks).clear();
         *lock(&self.audit_self) = None;
         self.key_cache.clear();
         self.ks.set_mac_key(None);
         *lock(&self.held_pin) = None;
         *lock(&self.activity) = None;
-        let _ = self.root.lock();
+        self.root.lock()
     }
 
     // ---- root ---------------------------------------------------------------------------------
@@ -839,13 +847,7 @@ impl Hierarchy {
     }
 
     pub fn lock(&self) -> Result<(), AgentError> {
-        lock(&self.keks).clear();
-        *lock(&self.audit_self) = None;
-        self.key_cache.clear();
-        self.ks.set_mac_key(None);
-        *lock(&self.held_pin) = None;
-        *lock(&self.activity) = None;
-        self.root.lock()?;
+        self.forget_keys()?;
         tracing::info!("locked");
         Ok(())
     }
