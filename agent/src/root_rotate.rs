@@ -307,6 +307,9 @@ impl Hierarchy {
     }
 }
 
+/// How many times [`Hierarchy::finish_rekey`] tries its transaction when it meets a conflict.
+const REKEY_TRIES: u32 = 5;
+
 impl Hierarchy {
     /// At unlock, after [`Hierarchy::finish_compromised`]: when a `root rotate --compromised`
     /// left its mark, replace the keystore integrity key: a new integrity KEK and secret under
@@ -318,7 +321,32 @@ impl Hierarchy {
     /// (the new key is recorded at its first use). A failure (or a crash) before the commit
     /// leaves everything under the old key and the mark in place: the next unlock tries again.
     /// Returns whether the key was replaced.
+    ///
+    /// A `Conflict` at the commit (PostgreSQL's serialization failure: another agent, or this
+    /// agent's own audit head write, committed a row the rekey read) is retried at once, up to
+    /// [`REKEY_TRIES`] times, each try reading everything again; the conflicting commit is
+    /// short, so the next try meets none.
     pub(crate) fn finish_rekey(&self) -> Result<bool, AgentError> {
+        let mut tries = 1;
+        loop {
+            match self.try_finish_rekey() {
+                Err(AgentError::Keystore(crate::keystore::KeystoreError::Conflict { .. }))
+                    if tries < REKEY_TRIES =>
+                {
+                    tracing::info!(
+                        attempt = tries,
+                        "replacing the keystore integrity key met a concurrent commit; trying again"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(5 * u64::from(tries)));
+                    tries += 1;
+                }
+                done => return done,
+            }
+        }
+    }
+
+    /// One try of [`Hierarchy::finish_rekey`].
+    fn try_finish_rekey(&self) -> Result<bool, AgentError> {
         const OP: &str = "root.rotate";
         let Some(mark) = self.ks.meta(META_REKEY)? else {
             return Ok(false);

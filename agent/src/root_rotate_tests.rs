@@ -466,6 +466,51 @@ fn root_rotate_compromised_rekey_interrupted_before_its_commit_leaves_the_old_ke
     ));
 }
 
+/// A conflict at the rekey's commit (on PostgreSQL a serialization failure: this agent's own
+/// audit head write, or another agent, committed a row the rekey read) is retried at once, not
+/// left to the next unlock: the CI's PostgreSQL run of the e2e suite met it after an unlock,
+/// whose audit checkpoint's head write raced the rekey. Conflicts every time: the unlock
+/// still succeeds, everything stays under the old key, and the next unlock tries again.
+#[test]
+fn root_rotate_compromised_rekey_retries_a_conflict_at_its_commit() {
+    let t = one_root();
+    let old_integrity = integrity_ids(&t.ks);
+    let b_root = MemoryRoot::new();
+    t.a.root_rotate(&b_root, &pin(), None, false, true)
+        .expect("rotate");
+    let hb = hierarchy(&t.ks, &b_root);
+    crate::keystore::REKEY_CONFLICTS.with(|n| n.set(2));
+    hb.unlock(&pin()).expect("unlock on B");
+    assert_eq!(crate::keystore::REKEY_CONFLICTS.with(|n| n.get()), 0);
+    assert!(
+        t.ks.meta(META_REKEY).unwrap().is_none(),
+        "replaced at this unlock, after two conflicts"
+    );
+    let now = integrity_ids(&t.ks);
+    assert!(now.iter().all(|id| !old_integrity.contains(id)));
+    decrypts_all(&hb, &t.deks);
+    hb.lock().unwrap();
+
+    // Conflicts on every try: bounded, and nothing is lost.
+    let t = one_root();
+    let old_integrity = integrity_ids(&t.ks);
+    let b_root = MemoryRoot::new();
+    t.a.root_rotate(&b_root, &pin(), None, false, true)
+        .expect("rotate");
+    let hb = hierarchy(&t.ks, &b_root);
+    crate::keystore::REKEY_CONFLICTS.with(|n| n.set(1000));
+    hb.unlock(&pin())
+        .expect("the unlock goes on when the replacement keeps conflicting");
+    let left = crate::keystore::REKEY_CONFLICTS.with(|n| n.replace(0));
+    assert!(
+        left < 1000 && left > 900,
+        "a few tries, not unbounded: {left} left"
+    );
+    assert!(t.ks.meta(META_REKEY).unwrap().is_some());
+    assert_eq!(integrity_ids(&t.ks), old_integrity);
+    decrypts_all(&hb, &t.deks);
+}
+
 #[test]
 fn root_rotate_compromised_rekey_aborts_on_a_row_that_does_not_verify_under_the_old_key() {
     let t = one_root();

@@ -58,9 +58,9 @@ mod tests;
 pub use migrate::{MigrateError, MigrateReport};
 pub use postgres::PgStore;
 pub use records::*;
-#[cfg(test)]
-pub(crate) use sqlite::REKEY_FAIL;
 pub use sqlite::{SqlError, SqliteStore};
+#[cfg(test)]
+pub(crate) use sqlite::{REKEY_CONFLICTS, REKEY_FAIL};
 
 use std::path::{Path, PathBuf};
 use thiserror::Error;

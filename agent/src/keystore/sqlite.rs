@@ -308,9 +308,22 @@ thread_local! {
     /// Tests: make the next [`Keystore::rekey_integrity`] on this thread fail just before its
     /// commit (a crash there).
     pub(crate) static REKEY_FAIL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Tests: make the next this-many [`Keystore::rekey_integrity`]s on this thread end in a
+    /// `Conflict` before their commit, as PostgreSQL's serialization failure does when another
+    /// transaction (another agent, or this agent's audit head write) commits a row the rekey
+    /// read.
+    pub(crate) static REKEY_CONFLICTS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 fn rekey_test_fail() -> Result<(), KeystoreError> {
+    #[cfg(test)]
+    if REKEY_CONFLICTS.with(|n| n.get()) > 0 {
+        REKEY_CONFLICTS.with(|n| n.set(n.get() - 1));
+        return Err(KeystoreError::Conflict {
+            op: "rekey",
+            id: "(transaction)".into(),
+        });
+    }
     #[cfg(test)]
     if REKEY_FAIL.with(|f| f.replace(false)) {
         return Err(KeystoreError::Corrupt {
