@@ -13,7 +13,7 @@
 //! change the keystore (it reads it through its own read-only connection).
 
 use crate::error::AgentError;
-use crate::keystore::{Keystore, KeystoreError};
+use crate::keystore::{CheckStop, Keystore, KeystoreError};
 use keyward_proto::ops::{KeystoreCheck as WireCheck, KeystoreCheckState};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
@@ -43,6 +43,9 @@ pub struct KeystoreCheck {
     started: Instant,
     state: Mutex<State>,
     done: Condvar,
+    /// Ends the check's connection early at the agent's stop ([`KeystoreCheck::stop`]).
+    stop: CheckStop,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 fn ms(d: Duration) -> u64 {
@@ -57,6 +60,8 @@ impl KeystoreCheck {
             started: Instant::now(),
             state: Mutex::new(State::Passed { ms: ms(took) }),
             done: Condvar::new(),
+            stop: CheckStop::default(),
+            thread: Mutex::new(None),
         })
     }
 
@@ -66,16 +71,35 @@ impl KeystoreCheck {
             started: Instant::now(),
             state: Mutex::new(State::Checking),
             done: Condvar::new(),
+            stop: CheckStop::default(),
+            thread: Mutex::new(None),
         });
         let c = check.clone();
-        std::thread::Builder::new()
+        let t = std::thread::Builder::new()
             .name("keystore-check".into())
             .spawn(move || {
-                test_delay();
-                let result = Keystore::check_file(&path);
+                let result = Keystore::check_file_with(&path, &c.stop);
+                if c.stop.stopped() {
+                    // Ended by the agent's stop: no verdict (and none logged as damage).
+                    tracing::debug!("keystore check stopped: the agent is stopping");
+                    return;
+                }
                 c.finish(&path, result);
             })?;
+        *check.thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
         Ok(check)
+    }
+
+    /// At the agent's stop: end a check still running (its statement interrupted) and wait for
+    /// its thread, so its connection is closed before the agent's own. The agent's connection
+    /// is then the last one, and closing it checkpoints and removes the WAL; a check left
+    /// running at exit kept the WAL (`keystore_check::a_stop_during_the_check_*`).
+    pub fn stop(&self) {
+        self.stop.stop();
+        let t = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -157,20 +181,6 @@ impl KeystoreCheck {
 
 /// Test hook (debug builds only): `KEYWARD_TEST_KEYSTORE_CHECK_DELAY_MS=<n>` makes the check
 /// start n ms late, so tests can see the agent answer during it. Release builds ignore it.
-fn test_delay() {
-    #[cfg(debug_assertions)]
-    if let Some(n) = std::env::var("KEYWARD_TEST_KEYSTORE_CHECK_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        tracing::warn!(
-            ms = n,
-            "KEYWARD_TEST_KEYSTORE_CHECK_DELAY_MS: delaying the keystore check"
-        );
-        std::thread::sleep(Duration::from_millis(n));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +191,8 @@ mod tests {
             started: Instant::now(),
             state: Mutex::new(State::Checking),
             done: Condvar::new(),
+            stop: CheckStop::default(),
+            thread: Mutex::new(None),
         })
     }
 

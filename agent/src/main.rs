@@ -291,7 +291,7 @@ fn start(cli: Cli) -> Result<(), StartError> {
             // Checked at open, before a migration (its time is at most the whole open's).
             keyward_agent::integrity::KeystoreCheck::passed(opened_in)
         };
-        h.set_keystore_check(check);
+        h.set_keystore_check(check.clone());
         activation::notify(State::Ready);
         let watchdog = activation::watchdog();
         tracing::info!(
@@ -321,6 +321,9 @@ fn start(cli: Cli) -> Result<(), StartError> {
         }
         // Destroy unwrapped keys in the token before exit.
         let _ = h.lock();
+        // A start-up check still running ends now: its connection closes before the agent's,
+        // which is then the last one and removes the WAL.
+        check.stop();
         Ok::<(), StartError>(())
     })
 }

@@ -58,7 +58,7 @@ mod tests;
 pub use migrate::{MigrateError, MigrateReport};
 pub use postgres::PgStore;
 pub use records::*;
-pub use sqlite::{SqlError, SqliteStore};
+pub use sqlite::{CheckStop, SqlError, SqliteStore};
 #[cfg(test)]
 pub(crate) use sqlite::{REKEY_CONFLICTS, REKEY_FAIL};
 
@@ -192,6 +192,11 @@ impl Keystore {
     /// is [`KeystoreError::Damaged`] naming it.
     pub fn check_file(path: &Path) -> Result<(), KeystoreError> {
         SqliteStore::check_file(path)
+    }
+
+    /// [`Keystore::check_file`] that `stop` can end early (`sqlite::CheckStop`).
+    pub fn check_file_with(path: &Path, stop: &CheckStop) -> Result<(), KeystoreError> {
+        SqliteStore::check_file_with(path, stop)
     }
 
     /// The backend (for what only one backend has: tests, and `migrate`'s destination checks).

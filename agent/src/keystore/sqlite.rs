@@ -303,6 +303,74 @@ fn remac_rows(
     Ok(rows.len())
 }
 
+/// Ends a running [`SqliteStore::check_file_with`] early: the agent's shutdown stops its
+/// start-up check, so the check's connection is closed before the agent's own, which then is
+/// the last one and removes the WAL (a connection left open at exit kept it).
+#[derive(Default)]
+pub struct CheckStop {
+    stopping: std::sync::atomic::AtomicBool,
+    interrupt: Mutex<Option<rusqlite::InterruptHandle>>,
+}
+
+impl std::fmt::Debug for CheckStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckStop")
+            .field("stopping", &self.stopped())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CheckStop {
+    /// Stop the check: interrupt its statement if one runs, and let none start.
+    pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(h) = self
+            .interrupt
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            h.interrupt();
+        }
+    }
+
+    /// Whether [`CheckStop::stop`] was called.
+    pub fn stopped(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The check's connection, once open (interrupted at once if the stop came first).
+    fn register(&self, h: rusqlite::InterruptHandle) {
+        let mut slot = self.interrupt.lock().unwrap_or_else(|p| p.into_inner());
+        if self.stopped() {
+            h.interrupt();
+        }
+        *slot = Some(h);
+    }
+}
+
+/// Debug-build test hook: `KEYWARD_TEST_KEYSTORE_CHECK_DELAY_MS=<n>` holds the start-up check
+/// for n ms with its connection open (ended early by a stop). Release builds never read it.
+fn check_delay(stop: &CheckStop) {
+    #[cfg(debug_assertions)]
+    if let Some(n) = std::env::var("KEYWARD_TEST_KEYSTORE_CHECK_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tracing::warn!(
+            ms = n,
+            "KEYWARD_TEST_KEYSTORE_CHECK_DELAY_MS: delaying the keystore check"
+        );
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(n);
+        while std::time::Instant::now() < until && !stop.stopped() {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = stop;
+}
+
 #[cfg(test)]
 thread_local! {
     /// Tests: make the next [`Keystore::rekey_integrity`] on this thread fail just before its
@@ -718,6 +786,13 @@ impl SqliteStore {
     /// connection of its own (the agent's connection keeps serving meanwhile). A damaged file
     /// is [`KeystoreError::Damaged`] naming it.
     pub fn check_file(path: &Path) -> Result<(), KeystoreError> {
+        Self::check_file_with(path, &CheckStop::default())
+    }
+
+    /// [`check_file`](Self::check_file) that `stop` can end early (the agent stopping): its
+    /// connection's `sqlite3_interrupt`, and no statement started once it is set. Interrupted,
+    /// it is an error the caller does not report as damage ([`CheckStop::stopped`]).
+    pub fn check_file_with(path: &Path, stop: &CheckStop) -> Result<(), KeystoreError> {
         use rusqlite::OpenFlags;
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_URI
@@ -741,6 +816,14 @@ impl SqliteStore {
         };
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql("set busy timeout"))?;
+        stop.register(conn.get_interrupt_handle());
+        check_delay(stop);
+        if stop.stopped() {
+            return Err(KeystoreError::Corrupt {
+                id: "(keystore check)".into(),
+                what: "stopped before it ran: the agent is stopping".into(),
+            });
+        }
         Self::check_integrity(&conn, path).map_err(|e| match e {
             KeystoreError::Sql { op, source } if is_damage(&source.0) => KeystoreError::Damaged {
                 path: path.to_path_buf(),

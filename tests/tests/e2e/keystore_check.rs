@@ -103,3 +103,67 @@ fn key_operations_wait_for_the_keystore_check_that_runs_after_bind() {
     assert_eq!(keks["keys"].as_array().unwrap().len(), 1);
     drop(agent);
 }
+
+/// A stop while the start-up check runs ends the check: the agent exits cleanly without waiting
+/// for it, and its own keystore connection, closed last, removes the WAL. Before, the check's
+/// connection was still open when the agent exited, so the WAL stayed: the CI run met it in
+/// `faults::read_only_keystore_serves_reads_and_refuses_writes_typed` ("a clean stop removes
+/// the WAL"), whose agent is stopped right after it starts, on a loaded machine.
+#[test]
+fn a_stop_during_the_check_ends_it_and_leaves_no_wal() {
+    if !keyward_tests::requires_sqlite("the start-up check is SQLite's integrity_check of the file")
+    {
+        return;
+    }
+    let mut env = TestEnv::start(RootKind::Pkcs11);
+    let pin_line = format!("{}\n", env.pin());
+    env.cli_ok(&env.init_args(), Some(pin_line.as_bytes()));
+    env.cli_ok(&["kek", "create"], None);
+    env.stop();
+    let wal = std::path::PathBuf::from(format!("{}-wal", env.keystore_path().display()));
+    assert!(!wal.exists(), "a clean stop removes the WAL");
+
+    // A check that would hold its connection open for a minute.
+    let log = std::fs::File::create(env.dir().join("stopped-check.log")).unwrap();
+    let mut agent = Agent(
+        env.agent_command()
+            .env("KEYWARD_TEST_KEYSTORE_CHECK_DELAY_MS", "60000")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("keywardd"),
+    );
+    wait_for("the socket", || UnixStream::connect(env.socket_path()).ok());
+    wait_for("the check to run", || {
+        (status(&env)["keystore_check"]["state"] == "checking").then_some(())
+    });
+    assert!(wal.exists(), "the running agent has its WAL");
+
+    let stopped = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let st = agent.0.wait().expect("wait for keywardd");
+    assert!(st.success(), "keywardd exited with {st}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(30),
+        "the stop ended the check instead of waiting for it ({:?})",
+        stopped.elapsed()
+    );
+    assert!(
+        !wal.exists(),
+        "the stop left the WAL: a connection was still open"
+    );
+    let log = std::fs::read_to_string(env.dir().join("stopped-check.log")).unwrap();
+    assert!(
+        !log.contains("keystore check FAILED"),
+        "a stopped check is not reported as damage:\n{log}"
+    );
+    // And the next start checks and serves as usual.
+    env.start_agent();
+    env.cli_ok(&["unlock", "--pin-stdin"], Some(pin_line.as_bytes()));
+    let keks = env.cli_json(&["kek", "list"], None);
+    assert_eq!(keks["keys"].as_array().unwrap().len(), 1);
+}
