@@ -466,6 +466,17 @@ fn root_rotate_compromised_rekey_interrupted_before_its_commit_leaves_the_old_ke
     ));
 }
 
+/// One root with keys, rotated to a new memory root B (`compromised`: with the integrity key's
+/// replacement marked): the set-up, its integrity records before, and B.
+fn rotated_to_b(compromised: bool) -> (One, Vec<Uuid>, MemoryRoot) {
+    let t = one_root();
+    let old_integrity = integrity_ids(&t.ks);
+    let b_root = MemoryRoot::new();
+    t.a.root_rotate(&b_root, &pin(), None, false, compromised)
+        .expect("rotate");
+    (t, old_integrity, b_root)
+}
+
 /// A conflict at the rekey's commit (on PostgreSQL a serialization failure: this agent's own
 /// audit head write, or another agent, committed a row the rekey read) is retried at once, not
 /// left to the next unlock: the CI's PostgreSQL run of the e2e suite met it after an unlock,
@@ -473,11 +484,7 @@ fn root_rotate_compromised_rekey_interrupted_before_its_commit_leaves_the_old_ke
 /// still succeeds, everything stays under the old key, and the next unlock tries again.
 #[test]
 fn root_rotate_compromised_rekey_retries_a_conflict_at_its_commit() {
-    let t = one_root();
-    let old_integrity = integrity_ids(&t.ks);
-    let b_root = MemoryRoot::new();
-    t.a.root_rotate(&b_root, &pin(), None, false, true)
-        .expect("rotate");
+    let (t, old_integrity, b_root) = rotated_to_b(true);
     let hb = hierarchy(&t.ks, &b_root);
     crate::keystore::REKEY_CONFLICTS.with(|n| n.set(2));
     hb.unlock(&pin()).expect("unlock on B");
@@ -492,11 +499,7 @@ fn root_rotate_compromised_rekey_retries_a_conflict_at_its_commit() {
     hb.lock().unwrap();
 
     // Conflicts on every try: bounded, and nothing is lost.
-    let t = one_root();
-    let old_integrity = integrity_ids(&t.ks);
-    let b_root = MemoryRoot::new();
-    t.a.root_rotate(&b_root, &pin(), None, false, true)
-        .expect("rotate");
+    let (t, old_integrity, b_root) = rotated_to_b(true);
     let hb = hierarchy(&t.ks, &b_root);
     crate::keystore::REKEY_CONFLICTS.with(|n| n.set(1000));
     hb.unlock(&pin())
@@ -513,11 +516,7 @@ fn root_rotate_compromised_rekey_retries_a_conflict_at_its_commit() {
 
 #[test]
 fn root_rotate_compromised_rekey_aborts_on_a_row_that_does_not_verify_under_the_old_key() {
-    let t = one_root();
-    let b_root = MemoryRoot::new();
-    let old_integrity = integrity_ids(&t.ks);
-    t.a.root_rotate(&b_root, &pin(), None, false, true)
-        .expect("rotate");
+    let (t, old_integrity, b_root) = rotated_to_b(true);
     // A row edited outside the agent (no key): its MAC no longer verifies.
     let dek = Uuid::parse_str(&t.deks[1].0).unwrap();
     set_raw_mac(&t._dir, &dek, &[0u8; 32]);
@@ -534,11 +533,7 @@ fn root_rotate_compromised_rekey_aborts_on_a_row_that_does_not_verify_under_the_
 
 #[test]
 fn root_rotate_without_compromised_keeps_the_integrity_key() {
-    let t = one_root();
-    let old_integrity = integrity_ids(&t.ks);
-    let b_root = MemoryRoot::new();
-    t.a.root_rotate(&b_root, &pin(), None, false, false)
-        .expect("rotate");
+    let (t, old_integrity, b_root) = rotated_to_b(false);
     assert!(t.ks.meta(META_REKEY).unwrap().is_none());
     let hb = hierarchy(&t.ks, &b_root);
     hb.unlock(&pin()).expect("unlock on B");
