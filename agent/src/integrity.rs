@@ -56,9 +56,14 @@ impl KeystoreCheck {
     /// A check that already passed, in `took` (the keystore was checked when it was opened,
     /// before a migration).
     pub fn passed(took: Duration) -> Arc<KeystoreCheck> {
+        Self::in_state(State::Passed { ms: ms(took) })
+    }
+
+    /// A check in `state`, started now, with no thread yet.
+    fn in_state(state: State) -> Arc<KeystoreCheck> {
         Arc::new(KeystoreCheck {
             started: Instant::now(),
-            state: Mutex::new(State::Passed { ms: ms(took) }),
+            state: Mutex::new(state),
             done: Condvar::new(),
             stop: CheckStop::default(),
             thread: Mutex::new(None),
@@ -67,13 +72,7 @@ impl KeystoreCheck {
 
     /// Run the check of the keystore at `path` on a thread of its own.
     pub fn start(path: PathBuf) -> std::io::Result<Arc<KeystoreCheck>> {
-        let check = Arc::new(KeystoreCheck {
-            started: Instant::now(),
-            state: Mutex::new(State::Checking),
-            done: Condvar::new(),
-            stop: CheckStop::default(),
-            thread: Mutex::new(None),
-        });
+        let check = Self::in_state(State::Checking);
         let c = check.clone();
         let t = std::thread::Builder::new()
             .name("keystore-check".into())
@@ -179,21 +178,13 @@ impl KeystoreCheck {
     }
 }
 
-/// Test hook (debug builds only): `KEYWARD_TEST_KEYSTORE_CHECK_DELAY_MS=<n>` makes the check
-/// start n ms late, so tests can see the agent answer during it. Release builds ignore it.
 #[cfg(test)]
 mod tests {
     use super::*;
     use keyward_proto::ErrorCode;
 
     fn checking() -> Arc<KeystoreCheck> {
-        Arc::new(KeystoreCheck {
-            started: Instant::now(),
-            state: Mutex::new(State::Checking),
-            done: Condvar::new(),
-            stop: CheckStop::default(),
-            thread: Mutex::new(None),
-        })
+        KeystoreCheck::in_state(State::Checking)
     }
 
     #[test]

@@ -819,8 +819,8 @@ impl SqliteStore {
         stop.register(conn.get_interrupt_handle());
         check_delay(stop);
         if stop.stopped() {
-            return Err(KeystoreError::Corrupt {
-                id: "(keystore check)".into(),
+            return Err(KeystoreError::Unavailable {
+                op: "keystore check",
                 what: "stopped before it ran: the agent is stopping".into(),
             });
         }
