@@ -35,6 +35,8 @@
 //!                         # long before sleeping (0: off); never for idle
 //!                         # connections, nor with more looping clients than half the cores
 //!                         # (server::Spin)
+//! ecdsa_nonces = 256      # P-256 signature nonces made ahead on idle CPU while a key is
+//!                         # cached (nonces.rs); 0: off
 //! [ssh]
 //! enabled = true          # the SSH-agent socket (default: on)
 //! # socket = "/run/user/1000/keyward/ssh.sock"     # else KEYWARD_SSH_SOCK, else beside the socket
@@ -164,6 +166,10 @@ pub struct ServerConfig {
     /// from ~8.8k/s to ~13.3k/s and `kek.list` from 0.72x to 1.07x a bare round trip, with less
     /// agent CPU per request (README "The spin after an answer").
     pub spin_us: u64,
+    /// How many ECDSA P-256 nonces a low-priority thread keeps made ahead while a software key
+    /// is cached, so a signature only pays its online half (`nonces.rs`); 0: off. Default
+    /// [`crate::nonces::DEFAULT_POOL`].
+    pub ecdsa_nonces: usize,
 }
 
 /// The default `[server] spin_us`.
@@ -173,6 +179,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             spin_us: DEFAULT_SPIN_US,
+            ecdsa_nonces: crate::nonces::DEFAULT_POOL,
         }
     }
 }
@@ -549,6 +556,12 @@ impl Config {
                 "server: spin_us must be at most {MAX_SPIN_US}"
             )));
         }
+        if raw.server.ecdsa_nonces > crate::nonces::MAX_POOL {
+            return Err(invalid(format!(
+                "server: ecdsa_nonces must be at most {}",
+                crate::nonces::MAX_POOL
+            )));
+        }
         let postgres = match &raw.keystore {
             Some(k) => check_keystore_path(k).map_err(invalid)?,
             None => None,
@@ -738,10 +751,18 @@ mod tests {
     }
 
     #[test]
-    fn server_spin_parses_defaults_and_is_bounded() {
+    fn server_section_parses_defaults_and_is_bounded() {
         let p = Path::new("/x.toml");
         let root = "[root]\nkind = \"soft\"\n";
         assert_eq!(Config::parse(root, p).unwrap().server.spin_us, 50);
+        assert_eq!(
+            Config::parse(root, p).unwrap().server.ecdsa_nonces,
+            crate::nonces::DEFAULT_POOL
+        );
+        let c = Config::parse(&format!("{root}[server]\necdsa_nonces = 0\n"), p).unwrap();
+        assert_eq!(c.server.ecdsa_nonces, 0);
+        let big = format!("{root}[server]\necdsa_nonces = 65537\n");
+        assert!(Config::parse(&big, p).is_err());
         let c = Config::parse(&format!("{root}[server]\nspin_us = 0\n"), p).unwrap();
         assert_eq!(c.server.spin_us, 0);
         let c = Config::parse(&format!("{root}[server]\nspin_us = 50\n"), p).unwrap();

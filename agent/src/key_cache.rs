@@ -53,8 +53,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A private key in agent memory, parsed once into the object that signs.
 pub enum Key {
-    /// aws-lc's P-256 key pair (its heap is cleansed on free).
-    P256(EcdsaKeyPair),
+    /// aws-lc's P-256 key pair (its heap is cleansed on free), and the scalar for signing with a
+    /// precomputed nonce (`nonces.rs`).
+    P256(P256Key),
     /// dalek's Ed25519 key (zeroized on drop).
     Ed25519(Ed25519Key),
     /// aws-lc's RSA key pair (its heap is cleansed on free); signs through the SSH door only.
@@ -71,20 +72,42 @@ pub enum KeyError {
     Crypto,
 }
 
+/// A P-256 private key: aws-lc's key pair, and the same scalar as `p256`'s for the online half
+/// of a signature with a precomputed nonce. Lives in its [`Pinned`] block; the scalar is wiped
+/// on drop.
+pub struct P256Key {
+    pair: EcdsaKeyPair,
+    d: P256Scalar,
+}
+
+struct P256Scalar(p256::Scalar);
+
+impl Drop for P256Scalar {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
 impl Key {
-    /// A P-256 key from its scalar (big-endian) and public point (SEC1). It signs in aws-lc's
-    /// own output, DER, which [`Key::p256_signature`] reads into r and s: aws-lc-rs's FIXED
-    /// format turns the same DER into r‖s through aws-lc's `ECDSA_SIG` and BIGNUMs (~8,700
-    /// instructions per signature under callgrind, 3% of an SSH signature; `p256`'s DER reader
-    /// takes a few hundred).
+    /// A P-256 key from its scalar (big-endian) and public point (SEC1). Without a precomputed
+    /// nonce it signs in aws-lc's own output, DER, which [`Key::p256_signature`] reads into r and
+    /// s: aws-lc-rs's FIXED format turns the same DER into r‖s through aws-lc's `ECDSA_SIG` and
+    /// BIGNUMs (~8,700 instructions per signature under callgrind, 3% of an SSH signature;
+    /// `p256`'s DER reader takes a few hundred).
     pub fn p256(scalar: &[u8], public_sec1: &[u8]) -> Result<Key, KeyError> {
-        EcdsaKeyPair::from_private_key_and_public_key(
+        use p256::elliptic_curve::PrimeField as _;
+        let pair = EcdsaKeyPair::from_private_key_and_public_key(
             &ECDSA_P256_SHA256_ASN1_SIGNING,
             scalar,
             public_sec1,
         )
-        .map(Key::P256)
-        .map_err(|_| KeyError::Crypto)
+        .map_err(|_| KeyError::Crypto)?;
+        let repr: [u8; 32] = scalar.try_into().map_err(|_| KeyError::Crypto)?;
+        let repr = zeroize::Zeroizing::new(repr);
+        let d: Option<p256::Scalar> =
+            p256::Scalar::from_repr(*p256::FieldBytes::from_slice(repr.as_slice())).into();
+        let d = P256Scalar(d.ok_or(KeyError::Crypto)?);
+        Ok(Key::P256(P256Key { pair, d }))
     }
 
     /// ECDSA P-256 over a 32-byte digest (the caller's hash): raw r‖s.
@@ -92,10 +115,27 @@ impl Key {
         let Key::P256(k) = self else {
             return Err(KeyError::NotP256);
         };
+        if let Some(sig) = Self::sign_precomputed(k, || *digest) {
+            return Self::fixed(sig?);
+        }
         let d = aws_lc_rs::digest::Digest::import_less_safe(digest, &aws_lc_rs::digest::SHA256)
             .map_err(|_| KeyError::Crypto)?;
-        let sig = k.sign_digest(&d).map_err(|_| KeyError::Crypto)?;
+        let sig = k.pair.sign_digest(&d).map_err(|_| KeyError::Crypto)?;
         Self::fixed(Self::p256_signature(sig.as_ref())?)
+    }
+
+    /// The signature with a nonce of the agent's pool (`nonces.rs`), or `None` when the pool is
+    /// empty (off, locked, or drained by a busy agent): then aws-lc signs with its own nonce.
+    fn sign_precomputed(
+        k: &P256Key,
+        digest: impl FnOnce() -> [u8; 32],
+    ) -> Option<Result<P256Signature, KeyError>> {
+        let nonce = crate::nonces::NoncePool::global().take()?;
+        let z = crate::nonces::digest_scalar(&digest());
+        let (r, s) = nonce.sign(&k.d.0, &z)?;
+        #[cfg(test)]
+        tests::PRECOMPUTED.with(|n| n.set(n.get() + 1));
+        Some(P256Signature::from_scalars(r.to_bytes(), s.to_bytes()).map_err(|_| KeyError::Crypto))
     }
 
     /// ECDSA P-256 with SHA-256 over `data`: raw r‖s. aws-lc draws the nonce from its own DRBG.
@@ -109,7 +149,15 @@ impl Key {
         let Key::P256(k) = self else {
             return Err(KeyError::NotP256);
         };
+        let digest = || {
+            use sha2::Digest as _;
+            sha2::Sha256::digest(data).into()
+        };
+        if let Some(sig) = Self::sign_precomputed(k, digest) {
+            return sig;
+        }
         let sig = k
+            .pair
             .sign(&aws_lc_rs::rand::SystemRandom::new(), data)
             .map_err(|_| KeyError::Crypto)?;
         Self::p256_signature(sig.as_ref())
@@ -134,7 +182,10 @@ impl Key {
         let Key::P256(k) = self else {
             return Err(KeyError::NotP256);
         };
-        k.private_key().as_be_bytes().map_err(|_| KeyError::Crypto)
+        k.pair
+            .private_key()
+            .as_be_bytes()
+            .map_err(|_| KeyError::Crypto)
     }
 }
 
@@ -244,6 +295,8 @@ impl KeyCache {
             };
             k.map.insert(id, (key, now));
         }
+        // A key is cached: keep precomputed nonces ready (`nonces.rs`).
+        crate::nonces::NoncePool::global().enable();
         // Wiped outside the lock.
         drop(evicted);
     }
@@ -255,7 +308,7 @@ impl KeyCache {
         lock(&self.records).map.remove(id);
     }
 
-    /// Forget every key (wiping each) and every record copy.
+    /// Forget every key (wiping each), every record copy and every precomputed nonce.
     pub fn clear(&self) {
         let gone = {
             let mut k = lock(&self.keys);
@@ -264,6 +317,7 @@ impl KeyCache {
         };
         drop(gone);
         *lock(&self.records) = RecordCopies::default();
+        crate::nonces::NoncePool::global().clear();
     }
 
     pub fn len(&self) -> usize {
@@ -315,6 +369,11 @@ impl KeyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Signatures this thread made with a precomputed nonce.
+        pub(super) static PRECOMPUTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
     use crate::keystore::KeyKind;
 
     fn ed(i: u8) -> Arc<Pinned> {
@@ -410,6 +469,52 @@ mod tests {
             .verify_prehash(&digest, &sig)
             .unwrap();
         assert_eq!(k.p256_scalar().unwrap().as_ref(), scalar.as_slice());
+    }
+
+    #[test]
+    fn p256_signs_with_the_agents_precomputed_nonces_once_a_key_is_cached() {
+        use keyward_identity::p256::ecdsa::signature::hazmat::PrehashVerifier;
+        use keyward_identity::p256::ecdsa::signature::Verifier;
+        use std::time::{Duration, Instant};
+        // The process's one pool, as keywardd starts it (other tests may clear it meanwhile:
+        // keep signing until some signatures used it).
+        crate::nonces::NoncePool::global().start(64).unwrap();
+        let local = keyward_identity::LocalKey::generate(&mut rand_core::OsRng);
+        let scalar = local.secret_key().to_bytes();
+        let point = local.public_key().verifying_key().to_encoded_point(false);
+        let cache = KeyCache::new();
+        let id = Uuid::new_v4();
+        let pinned = Arc::new(Pinned::new(
+            Key::p256(scalar.as_slice(), point.as_bytes()).unwrap(),
+        ));
+        let vk = local.public_key().verifying_key();
+        let before = PRECOMPUTED.with(|n| n.get());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut rs = std::collections::HashSet::new();
+        while PRECOMPUTED.with(|n| n.get()) < before + 20 {
+            assert!(
+                Instant::now() < deadline,
+                "no signature used a precomputed nonce"
+            );
+            cache.insert(cache.epoch(), id, pinned.clone());
+            let k = cache.get(&id).unwrap();
+            let msg = b"the same message each time";
+            let sig = k.key().sign_p256_signature(msg).unwrap();
+            vk.verify(msg, &sig).unwrap();
+            assert!(
+                rs.insert(sig.r().to_bytes()),
+                "two signatures share a nonce"
+            );
+            let digest = [0x3c; 32];
+            let raw = k.key().sign_prehash(&digest).unwrap();
+            let raw = keyward_identity::p256::ecdsa::Signature::from_slice(&raw).unwrap();
+            vk.verify_prehash(&digest, &raw).unwrap();
+            assert!(
+                rs.insert(raw.r().to_bytes()),
+                "two signatures share a nonce"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod keystore;
 pub mod lifecycle;
 pub mod limits;
 pub mod nodes;
+pub mod nonces;
 pub mod peer;
 pub mod policy;
 pub mod prompt;

@@ -190,6 +190,19 @@ fn start(cli: Cli) -> Result<(), StartError> {
     };
     let socket = keyward_proto::paths::socket_path(cli.socket.clone().or(config.socket.clone()));
     let limits = server::Limits::from_config(&config.limits, &config.server);
+    // Before the sockets: ECDSA nonces made ahead on idle CPU (nonces.rs); filled once a key
+    // is cached.
+    let nonces = config.server.ecdsa_nonces;
+    match keyward_agent::nonces::NoncePool::global().start(nonces) {
+        Ok(locked) if nonces > 0 => {
+            tracing::debug!(nonces, mlocked = locked, "ECDSA nonce pool started")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            error = %e,
+            "ECDSA nonce pool not started (its thread could not be spawned); P-256 signatures use aws-lc's own nonces"
+        ),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

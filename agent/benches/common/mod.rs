@@ -39,12 +39,21 @@ pub fn setup_token(dir: &Path) -> PathBuf {
 }
 
 /// `KEYWARD_BENCH_SPIN_US=N` runs the agent with `[server] spin_us = N` (0: no spin after an
-/// answer), for the on/off comparison the README quotes; unset keeps the default.
+/// answer) and `KEYWARD_BENCH_NONCES=N` with `[server] ecdsa_nonces = N` (0: no precomputed
+/// ECDSA nonces), for the on/off comparisons the README quotes; unset keeps the defaults.
 pub fn spin_override(config: &Path) {
+    let mut server = String::new();
     if let Ok(us) = std::env::var("KEYWARD_BENCH_SPIN_US") {
         let us: u64 = us.parse().expect("KEYWARD_BENCH_SPIN_US: microseconds");
+        server.push_str(&format!("spin_us = {us}\n"));
+    }
+    if let Ok(n) = std::env::var("KEYWARD_BENCH_NONCES") {
+        let n: usize = n.parse().expect("KEYWARD_BENCH_NONCES: a pool size");
+        server.push_str(&format!("ecdsa_nonces = {n}\n"));
+    }
+    if !server.is_empty() {
         let mut text = std::fs::read_to_string(config).expect("read the bench config");
-        text.push_str(&format!("\n[server]\nspin_us = {us}\n"));
+        text.push_str(&format!("\n[server]\n{server}"));
         std::fs::write(config, text).expect("write the bench config");
     }
 }

@@ -57,6 +57,53 @@ fn agent_keypairs_are_listed_and_sign_for_git() {
     assert_eq!(keyward_tests::mode(&sock) & 0o777, 0o600);
 }
 
+/// P-256 signatures made back to back, most with the agent's precomputed nonces (`[server]
+/// ecdsa_nonces`, on by default), all verify, never share a nonce, and `ssh-keygen` accepts one
+/// made in the middle of the run.
+#[test]
+fn p256_signatures_back_to_back_verify_and_never_share_a_nonce() {
+    use p256::ecdsa::signature::Verifier as _;
+    use ssh_encoding::{Decode as _, Encode as _};
+    let env = TestEnv::start(RootKind::Pkcs11);
+    init_with_kek(&env);
+    let k = ssh_keypair(&env, &[], "burst");
+    let line = k["ssh"].as_str().unwrap();
+    let public = ssh_key::PublicKey::from_openssh(line).unwrap();
+    let blob = public.to_bytes().unwrap();
+    let mut conn = RawSsh::connect(&env);
+    let mut sign = |data: &[u8]| -> ssh_key::Signature {
+        let mut body = vec![13u8]; // SSH_AGENTC_SIGN_REQUEST
+        blob.as_slice().encode(&mut body).unwrap();
+        data.encode(&mut body).unwrap();
+        0u32.encode(&mut body).unwrap();
+        conn.send(&body);
+        let answer = conn.recv().expect("an answer");
+        assert_eq!(answer[0], 14, "not SIGN_RESPONSE: {answer:?}");
+        let mut rest = &answer[1..];
+        let sig_blob = Vec::<u8>::decode(&mut rest).unwrap();
+        ssh_key::Signature::try_from(sig_blob.as_slice()).unwrap()
+    };
+    // The first signature caches the key, which starts the refill; give it a moment.
+    sign(b"warm-up");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut rs = std::collections::HashSet::new();
+    for i in 0..600u32 {
+        let data = format!("message {i}");
+        let sig = sign(data.as_bytes());
+        public
+            .key_data()
+            .verify(data.as_bytes(), &sig)
+            .unwrap_or_else(|e| panic!("signature {i} does not verify: {e}"));
+        // r is the first mpint of the signature's blob: a repeat means a reused nonce.
+        let mut r = sig.as_bytes();
+        let r = Vec::<u8>::decode(&mut r).unwrap();
+        assert!(rs.insert(r), "signature {i} repeats an r: a reused nonce");
+        if i == 300 {
+            git_sign_and_verify(&env, line, "burst");
+        }
+    }
+}
+
 #[test]
 fn file_keys_persist_expire_and_are_removed() {
     let mut env = TestEnv::start(RootKind::Pkcs11);
