@@ -1,6 +1,11 @@
 //! keywardd, the Keyward key agent, as a library: the binary in `main.rs` wires these together,
 //! and benchmarks call them directly.
 #![forbid(unsafe_code)]
+// No panics outside tests (request paths and start-up return typed errors).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod activation;
 pub mod agents;

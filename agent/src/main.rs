@@ -1,6 +1,11 @@
 //! keywardd: start-up. Harden the process, read the config, open the keystore and the root,
 //! then serve the socket until SIGTERM or SIGINT.
 #![forbid(unsafe_code)]
+// No panics outside tests (request paths and start-up return typed errors).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 use clap::{Parser, Subcommand};
 use keyward_agent::activation::{self, State};

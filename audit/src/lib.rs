@@ -20,6 +20,11 @@
 //! This crate must never read anything but the log files it is pointed at, and never take a
 //! verifying key from the log itself. Entries never hold data, plaintexts, PINs or keys: only
 //! what an operation was, on which key, by whom, through which door, and how it ended.
+// No panics outside tests (request paths and start-up return typed errors).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 use base64::Engine;
 use keyward_identity::PublicKey;

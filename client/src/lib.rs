@@ -8,6 +8,11 @@
 //! Secrets (PINs, exported keys, plaintexts) travel in `keyward_proto::secret` types, which
 //! zeroize on drop; this crate keeps no copies.
 #![forbid(unsafe_code)]
+// No panics outside tests (request paths and start-up return typed errors).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 mod client;
 mod error;

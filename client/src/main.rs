@@ -5,6 +5,11 @@
 //! stdin or `-i FILE` and write stdout or `-o FILE`. PINs come from a prompt or `--pin-stdin`,
 //! never from arguments (they would show in `ps` and shell history).
 #![forbid(unsafe_code)]
+// No panics outside tests (request paths and start-up return typed errors).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};

@@ -12,6 +12,11 @@
 //! a derived session secret is the one exception), never keep a PIN, never start a thread in its
 //! host, and never tear down a parent's state in a forked child.
 #![deny(unsafe_code)]
+// No panics outside tests (request paths and start-up return typed errors).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod conn;
 mod ffi;

@@ -26,6 +26,11 @@
 //! it must never do I/O beyond reading the file it is given, and never decide anything from
 //! what a client says about itself other than the facts the caller hands it.
 #![forbid(unsafe_code)]
+// No panics outside tests (request paths and start-up return typed errors).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 use globset::{Glob, GlobBuilder, GlobMatcher};
 use serde::Deserialize;

@@ -10,6 +10,11 @@
 //! few secret-bearing fields (PINs, exported keys, plaintexts) use [`secret`] types that zeroize
 //! on drop and never print.
 #![forbid(unsafe_code)]
+// No panics outside tests (request paths and start-up return typed errors).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod error;
 pub mod frame;
