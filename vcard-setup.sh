@@ -2,8 +2,10 @@
 # vcard-setup.sh: run a software PIV card ("virtual YubiKey") behind the real PC/SC
 # stack (pcscd + vsmartcard-vpcd) for Keyward's end-to-end tests.
 #
-#   vcard-setup.sh [--dir DIR] [--serial N] [--fresh] start|stop|status|check|card-start|card-stop
+#   vcard-setup.sh [--dir DIR] [--serial N] [--fresh] install|start|stop|status|check|card-start|card-stop
 #
+#   install     only install the missing Debian packages (libclang-dev for building
+#               tools/piv-card, pcscd, vpcd, ...): CI runs it before it lints the card.
 #   start       install missing Debian packages, build tools/piv-card, start pcscd
 #               (foreground process, no systemd) with a vpcd reader named "Yubico ...",
 #               start the card, wait until the reader shows it. Idempotent.
@@ -51,7 +53,7 @@ while [[ $# -gt 0 ]]; do
         --serial=*) SERIAL="${1#--serial=}"; shift ;;
         --fresh) FRESH=1; shift ;;
         -h|--help|help) usage; exit 0 ;;
-        start|stop|status|check|card-start|card-stop)
+        install|start|stop|status|check|card-start|card-stop)
             [[ -z "$CMD" ]] || die "only one command, got '$CMD' and '$1'"; CMD="$1"; shift ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -277,6 +279,7 @@ cmd_check() {
 }
 
 case "$CMD" in
+    install) install_packages; say "Debian packages present: ${PACKAGES[*]}" ;;
     start) cmd_start ;;
     stop)
         stop_pid_file "$CARD_PID" piv-card card
