@@ -459,8 +459,9 @@ impl Hierarchy {
 
     /// ECDSA P-256 over SHA-256(`data`) by keypair `rec` (in the token, or with its cached key),
     /// checked against the keypair's public key before it is returned, so a faulty signature is
-    /// never released. The check runs in aws-lc (~50 µs; RustCrypto's `p256` took ~250 µs, most
-    /// of the request). Used by `sign` and the SSH door.
+    /// never released. The check runs in aws-lc, 5.5x cheaper than RustCrypto's `p256`, which
+    /// it replaced (61–65 µs against 342–367 µs side by side, on a loaded machine): that check
+    /// was most of the request. Used by `sign` and the SSH door's token keys.
     pub(crate) fn sign_p256_checked(
         &self,
         rec: &KeyRecord,
