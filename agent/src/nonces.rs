@@ -221,8 +221,10 @@ impl NoncePool {
         s._lock.is_some()
     }
 
-    /// The refill thread: lowest priority, wakes when the pool falls to half (or every second),
-    /// fills it in batches while a key is cached.
+    /// The refill thread: lowest priority, sleeps until the pool falls to half or a key is
+    /// cached again (an idle agent never wakes it), then fills it in batches. Every change that
+    /// should wake it (`enable`, `take` crossing half) notifies under the pool's lock, so no
+    /// wake-up is lost.
     fn refill(&self) {
         // On Linux `setpriority(PRIO_PROCESS, tid)` sets one thread's nice value.
         if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
@@ -232,10 +234,7 @@ impl NoncePool {
             let epoch = {
                 let mut s = self.state();
                 while !(s.filling && s.count < s.slots.len()) {
-                    s = match self.wake.wait_timeout(s, Duration::from_secs(1)) {
-                        Ok((s, _)) => s,
-                        Err(p) => p.into_inner().0,
-                    };
+                    s = self.wake.wait(s).unwrap_or_else(|p| p.into_inner());
                 }
                 s.epoch
             };
