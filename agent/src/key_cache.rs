@@ -138,7 +138,8 @@ impl Key {
         Some(P256Signature::from_scalars(r.to_bytes(), s.to_bytes()).map_err(|_| KeyError::Crypto))
     }
 
-    /// ECDSA P-256 with SHA-256 over `data`: raw r‖s. aws-lc draws the nonce from its own DRBG.
+    /// ECDSA P-256 with SHA-256 over `data`: raw r‖s. The nonce is a precomputed one of the
+    /// agent's pool (`nonces.rs`), else aws-lc's own.
     pub fn sign_p256(&self, data: &[u8]) -> Result<[u8; 64], KeyError> {
         Self::fixed(self.sign_p256_signature(data)?)
     }

@@ -56,6 +56,12 @@ impl Drop for Nonce {
 }
 
 impl Nonce {
+    /// An empty slot's value (what wiping leaves).
+    const ZERO: Nonce = Nonce {
+        k_inv: Scalar::ZERO,
+        r: Scalar::ZERO,
+    };
+
     /// The signature `(r, s)` of digest `z` (already reduced mod n) by private scalar `d`,
     /// consuming the nonce. `None` in the negligible case `s = 0` (the caller signs another way).
     pub fn sign(self, d: &Scalar, z: &Scalar) -> Option<(Scalar, Scalar)> {
@@ -209,12 +215,7 @@ impl NoncePool {
     fn size(&self, capacity: usize) -> bool {
         let mut s = self.state();
         s._lock = None;
-        s.slots = (0..capacity)
-            .map(|_| Nonce {
-                k_inv: Scalar::ZERO,
-                r: Scalar::ZERO,
-            })
-            .collect();
+        s.slots = (0..capacity).map(|_| Nonce::ZERO).collect();
         s.count = 0;
         let bytes = capacity * std::mem::size_of::<Nonce>();
         s._lock = region::lock(s.slots.as_ptr(), bytes).ok();
@@ -276,13 +277,8 @@ impl NoncePool {
     pub fn take(&self) -> Option<Nonce> {
         let mut s = self.state();
         let i = s.count.checked_sub(1)?;
-        let slot = s.slots.get_mut(i)?;
-        let n = Nonce {
-            k_inv: slot.k_inv,
-            r: slot.r,
-        };
-        slot.k_inv.zeroize();
-        slot.r.zeroize();
+        // Moved out; the slot is left holding zeros.
+        let n = std::mem::replace(s.slots.get_mut(i)?, Nonce::ZERO);
         s.count = i;
         // Wake the refill once, as the pool crosses half (not at every signature).
         if s.count == s.slots.len() / 2 && s.filling {
@@ -307,8 +303,8 @@ impl NoncePool {
         s.epoch += 1;
         let count = s.count;
         for n in s.slots.iter_mut().take(count) {
-            n.k_inv.zeroize();
-            n.r.zeroize();
+            // Dropping the old value wipes it once more; the slot holds zeros.
+            *n = Nonce::ZERO;
         }
         s.count = 0;
     }

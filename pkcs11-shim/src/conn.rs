@@ -7,7 +7,7 @@
 //! more on a fresh connection.
 //!
 //! After sending a request, a call polls the socket without blocking for up to
-//! [`Agent::spin`] (default [`DEFAULT_SPIN_US`], `KEYWARD_PKCS11_SPIN_US` sets it, 0: off)
+//! [`DEFAULT_SPIN_US`] microseconds ([`SPIN_ENV`], `KEYWARD_PKCS11_SPIN_US`, sets it; 0: off)
 //! before it sleeps in `read`: a thread that loops over `C_Sign` then finds the answer without
 //! being put to sleep and woken (on a VM that costs a wake-up of several tens of microseconds
 //! each way), like the agent's own spin after an answer (`[server] spin_us`). Only while no more
@@ -198,7 +198,7 @@ impl Agent {
     }
 
     /// An agent whose calls poll for their answers for up to `spin` (zero: never).
-    pub fn with_spin(path: PathBuf, spin: Duration) -> Agent {
+    fn with_spin(path: PathBuf, spin: Duration) -> Agent {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Agent {
             path,
@@ -222,11 +222,6 @@ impl Agent {
         (spin, InFlight(&self.in_flight))
     }
 
-    /// The poll budget calls use when alone.
-    pub fn spin(&self) -> Duration {
-        self.spin
-    }
-
     fn id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -239,8 +234,7 @@ impl Agent {
             client: Some("keyward-pkcs11".into()),
             ..HelloArgs::current()
         };
-        let (spin, _call) = self.start_call();
-        let hello: HelloResult = into_result(c.call_raw(self.id(), "hello", &args, spin)?)?;
+        let hello: HelloResult = into_result(self.call_on(&mut c, "hello", &args)?)?;
         Ok((c, hello))
     }
 

@@ -192,13 +192,7 @@ fn main() {
     }
     pingpong::serve_if_asked();
     // p11-kit's server and client module, SoftHSM, pkcs11-tool: installed when missing.
-    let setup = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pkcs11-setup.sh");
-    let st = std::process::Command::new("bash")
-        .arg(&setup)
-        .arg("--install-only")
-        .status()
-        .expect("run pkcs11-setup.sh");
-    assert!(st.success(), "pkcs11-setup.sh --install-only failed");
+    keyward_tests::pkcs11::ensure_pkcs11_tools();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut rows: Vec<(&str, Vec<f64>)> = Vec::new();
 

@@ -1,9 +1,25 @@
 //! Helpers for the PKCS#11 module's tests: where the module is, an agent with keys for it, and
 //! running the real host programs (pkcs11-tool, p11tool, ssh, NSS, OpenSSL) against it.
 
-use crate::{bin_dir, pin, TestEnv};
+use crate::{bin_dir, pin, repo_root, TestEnv};
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::sync::Once;
+
+static INSTALL: Once = Once::new();
+
+/// Install the PKCS#11 host programs (pkcs11-tool, p11tool, NSS tools, OpenSSL's engine,
+/// OpenSSH, p11-kit) once per process with `pkcs11-setup.sh`, failing loudly.
+pub fn ensure_pkcs11_tools() {
+    INSTALL.call_once(|| {
+        let st = Command::new("bash")
+            .arg(repo_root().join("pkcs11-setup.sh"))
+            .arg("--install-only")
+            .status()
+            .expect("running pkcs11-setup.sh");
+        assert!(st.success(), "pkcs11-setup.sh --install-only failed");
+    });
+}
 
 /// `libkeyward_pkcs11.so` beside the binaries; build it with `cargo build -p keyward-pkcs11`.
 pub fn module_path() -> PathBuf {

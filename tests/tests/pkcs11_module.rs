@@ -23,7 +23,7 @@ keyward_tests::keyward_e2e_tests!(
 );
 
 fn openssh_lists_keys(env: &mut TestEnv) {
-    ensure_programs();
+    keyward_tests::pkcs11::ensure_pkcs11_tools();
     init_for_module(env);
     let mut c = host(env, "ssh-keygen");
     c.arg("-D").arg(module());
@@ -33,15 +33,6 @@ fn openssh_lists_keys(env: &mut TestEnv) {
             .any(|l| l.starts_with("ecdsa-sha2-nistp256 ") && l.ends_with("p11-ecdsa")),
         "{keys}"
     );
-}
-
-fn ensure_programs() {
-    let st = Command::new("bash")
-        .arg(keyward_tests::repo_root().join("pkcs11-setup.sh"))
-        .arg("--install-only")
-        .status()
-        .expect("pkcs11-setup.sh");
-    assert!(st.success(), "pkcs11-setup.sh --install-only failed");
 }
 
 fn module() -> String {
@@ -92,7 +83,7 @@ fn agent_restart_mid_run(env: &mut TestEnv) {
 }
 
 fn pkcs11_tool_lists_tests_signs_and_generates(env: &mut TestEnv) {
-    ensure_programs();
+    keyward_tests::pkcs11::ensure_pkcs11_tools();
     let keys = init_for_module(env);
     let m = module();
     let tool = |args: &[&str]| {
@@ -191,7 +182,7 @@ fn pkcs11_tool_lists_tests_signs_and_generates(env: &mut TestEnv) {
 
 /// Revoked keypairs and DEKs (and the keys under a revoked KEK) are not module objects.
 fn revoked_keys_leave_the_module(env: &mut TestEnv) {
-    ensure_programs();
+    keyward_tests::pkcs11::ensure_pkcs11_tools();
     let keys = init_for_module(env);
     let m = module();
     let objects = |env: &TestEnv| {
@@ -223,7 +214,7 @@ fn revoked_keys_leave_the_module(env: &mut TestEnv) {
 }
 
 fn p11tool_lists_objects(env: &mut TestEnv) {
-    ensure_programs();
+    keyward_tests::pkcs11::ensure_pkcs11_tools();
     init_for_module(env);
     let mut c = host(env, "p11tool");
     c.args(["--provider", &module(), "--list-all"]);
@@ -243,7 +234,7 @@ fn free_port() -> u16 {
 }
 
 fn openssh_lists_and_logs_in(env: &mut TestEnv) {
-    ensure_programs();
+    keyward_tests::pkcs11::ensure_pkcs11_tools();
     init_for_module(env);
     let mut c = host(env, "ssh-keygen");
     c.arg("-D").arg(module());
@@ -380,7 +371,7 @@ fn nss_db(env: &TestEnv, name: &str) -> (String, std::path::PathBuf) {
 }
 
 fn nss_lists_the_key(env: &mut TestEnv) {
-    ensure_programs();
+    keyward_tests::pkcs11::ensure_pkcs11_tools();
     init_for_module(env);
     let (sql, pinfile) = nss_db(env, "nssdb");
     let mut c = host(env, "certutil");
@@ -425,7 +416,7 @@ fn engine_conf(env: &TestEnv) -> std::path::PathBuf {
 }
 
 fn openssl_engine_signs(env: &mut TestEnv) {
-    ensure_programs();
+    keyward_tests::pkcs11::ensure_pkcs11_tools();
     let keys = init_for_module(env);
     let conf = engine_conf(env);
     let digest = env.dir().join("digest");
@@ -472,7 +463,7 @@ fn openssl_engine_signs(env: &mut TestEnv) {
 /// A self-signed certificate made by OpenSSL with the agent's key through the engine, set with
 /// `keyward keypair cert set`: NSS lists it on the token and pkcs11-tool shows the object.
 fn certificate_in_nss_and_pkcs11_tool(env: &mut TestEnv) {
-    ensure_programs();
+    keyward_tests::pkcs11::ensure_pkcs11_tools();
     let keys = init_for_module(env);
     let conf = engine_conf(env);
     let cert = env.dir().join("cert.pem");
@@ -575,7 +566,7 @@ fn the_module_lists_every_page_of_keys(env: &mut TestEnv) {
     use keyward_tests::keyward_proto::ops::{DekCreateArgs, DekListArgs};
     use std::sync::Arc;
     const N: usize = 6_000;
-    ensure_programs();
+    keyward_tests::pkcs11::ensure_pkcs11_tools();
     let keys = init_for_module(env);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -655,7 +646,7 @@ fn the_module_lists_every_page_of_keys(env: &mut TestEnv) {
 /// cancelled prompt fails the login.
 #[test]
 fn pkcs11_tool_logs_in_through_the_agents_prompt() {
-    ensure_programs();
+    keyward_tests::pkcs11::ensure_pkcs11_tools();
     let mut env = TestEnv::start(keyward_tests::RootKind::Soft);
     init_for_module(&env);
     let dir = env.dir().to_path_buf();
@@ -710,7 +701,7 @@ fn pkcs11_tool_logs_in_through_the_agents_prompt() {
 /// signs through the CLI on the socket door.
 #[test]
 fn policy_rules_see_the_module_as_the_pkcs11_door() {
-    ensure_programs();
+    keyward_tests::pkcs11::ensure_pkcs11_tools();
     let mut env = TestEnv::start(keyward_tests::RootKind::Soft);
     env.stop();
     std::fs::write(
@@ -768,7 +759,7 @@ fn policy_rules_see_the_module_as_the_pkcs11_door() {
 /// program and the key.
 #[test]
 fn the_modules_signatures_are_audited_as_the_pkcs11_door() {
-    ensure_programs();
+    keyward_tests::pkcs11::ensure_pkcs11_tools();
     let mut env = TestEnv::start(keyward_tests::RootKind::Soft);
     env.stop();
     let cfg = std::fs::read_to_string(env.config_path()).unwrap();

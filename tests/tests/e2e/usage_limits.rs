@@ -8,7 +8,6 @@ use keyward_tests::pkcs11::{ck_id, host, module_path};
 use keyward_tests::raw::{map, request, text};
 use keyward_tests::ssh::{git_sign_and_verify, git_sign_attempt, init_with_kek, run};
 use keyward_tests::{RootKind, TestEnv};
-use std::process::Command;
 
 keyward_tests::keyward_e2e_tests!(limits_set_at_creation_and_narrowed_are_enforced_on_the_socket,);
 
@@ -355,12 +354,7 @@ fn now() -> u64 {
 /// The PKCS#11 module shows the limits as attributes and the operations are refused.
 #[test]
 fn limits_reach_the_pkcs11_module() {
-    let st = Command::new("bash")
-        .arg(keyward_tests::repo_root().join("pkcs11-setup.sh"))
-        .arg("--install-only")
-        .status()
-        .expect("pkcs11-setup.sh");
-    assert!(st.success(), "pkcs11-setup.sh --install-only failed");
+    keyward_tests::pkcs11::ensure_pkcs11_tools();
     let m = module_path().display().to_string();
     let mut env = TestEnv::start(RootKind::Soft);
     env.init();
@@ -507,12 +501,7 @@ fn limits_reach_the_pkcs11_module() {
 /// (naming the key and `sign`), yes signs, no is CKR_KEY_FUNCTION_NOT_PERMITTED.
 #[test]
 fn limits_confirm_through_the_pkcs11_module() {
-    let st = Command::new("bash")
-        .arg(keyward_tests::repo_root().join("pkcs11-setup.sh"))
-        .arg("--install-only")
-        .status()
-        .expect("pkcs11-setup.sh");
-    assert!(st.success(), "pkcs11-setup.sh --install-only failed");
+    keyward_tests::pkcs11::ensure_pkcs11_tools();
     let m = module_path().display().to_string();
     let dir = tempfile::tempdir().unwrap();
     let env = env_with_pinentry(dir.path());
